@@ -1,0 +1,49 @@
+"""The ``nowblock`` command: ``simulate``, ``serve`` and ``demo``.
+
+Each sub-command's work lives with its subject (``nowblock.sim.cli``, ``nowblock.ocpp.cli``,
+``nowblock.control``); this module only parses arguments and dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# sub-command -> (module, function that adds its arguments, function that runs it)
+_COMMANDS = {
+    "simulate": ("nowblock.sim.cli", "add_arguments", "run"),
+    "serve": ("nowblock.ocpp.cli", "add_arguments", "run"),
+    "demo": ("nowblock.control", "add_demo_arguments", "run_demo"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command whose module is installed."""
+    parser = argparse.ArgumentParser(prog="nowblock", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (mod, add, _run) in _COMMANDS.items():
+        try:
+            module = importlib.import_module(mod)
+        except ImportError:  # a sub-command whose module is not built yet is simply absent
+            continue
+        p = sub.add_parser(name, help=(module.__doc__ or name).strip().splitlines()[0])
+        getattr(module, add)(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``nowblock`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    mod, _add, run = _COMMANDS[args.command]
+    return int(getattr(importlib.import_module(mod), run)(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

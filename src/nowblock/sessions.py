@@ -1,0 +1,119 @@
+"""The sessions frame: one row per charging session, validated against a site.
+
+Columns (the outside contract): ``session_id`` (str), ``charge_point_id`` (str), ``arrival``,
+``departure`` (tz-aware timestamps), ``energy_kwh`` (requested) and the optional
+``max_current_a`` (the car's own limit per phase [A]), ``phases`` (1, 2 or 3: how many phases
+the car charges on), ``priority`` (weight of this session's shortfall, default 1). The
+optional ``draw_fraction`` (0..1, default 1) tells the simulator that a car draws less than it
+is offered; policies never see it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from nowblock.site import Site
+
+REQUIRED = ("session_id", "charge_point_id", "arrival", "departure", "energy_kwh")
+OPTIONAL_DEFAULTS = {"max_current_a": 32.0, "phases": 3, "priority": 1.0, "draw_fraction": 1.0}
+
+
+class SessionsError(ValueError):
+    """A sessions frame with a bad row; the message names the row (by session_id)."""
+
+
+def _row_name(df: pd.DataFrame, i: int) -> str:
+    return f"row {i} (session_id={df['session_id'].iloc[i]!r})"
+
+
+def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None) -> pd.DataFrame:
+    """Check and normalise a sessions frame; return a new frame with every optional column.
+
+    Raises :class:`SessionsError` naming the first bad row: a missing column, a timestamp
+    without a timezone, departure not after arrival, negative or missing energy [kWh], an
+    unknown charging point, phases not in {1, 2, 3}, a non-positive current limit [A], or two
+    sessions on one charging point at the same time. Nothing in the input is modified.
+    """
+    if not isinstance(sessions, pd.DataFrame):
+        raise SessionsError(f"sessions: expected a pandas DataFrame, got {type(sessions).__name__}")
+    missing = [c for c in REQUIRED if c not in sessions.columns]
+    if missing:
+        raise SessionsError(f"sessions: missing column(s) {missing}")
+    df = sessions.copy().reset_index(drop=True)
+    df["session_id"] = df["session_id"].astype(str)
+    df["charge_point_id"] = df["charge_point_id"].astype(str)
+    dup = df["session_id"].duplicated()
+    if dup.any():
+        raise SessionsError(f"{_row_name(df, int(np.argmax(dup.to_numpy())))}: duplicate session_id")
+    for col in ("arrival", "departure"):
+        try:
+            ts = pd.to_datetime(df[col], format="ISO8601") if df[col].dtype == object else pd.to_datetime(df[col])
+        except (ValueError, TypeError) as exc:
+            raise SessionsError(f"sessions.{col}: cannot parse timestamps ({exc})") from exc
+        if getattr(ts.dt, "tz", None) is None:
+            raise SessionsError(f"sessions.{col}: timestamps must be timezone-aware")
+        bad = ts.isna().to_numpy()
+        if bad.any():
+            raise SessionsError(f"{_row_name(df, int(np.argmax(bad)))}: {col} is missing")
+        df[col] = ts.dt.tz_convert("UTC")
+    for col, default in OPTIONAL_DEFAULTS.items():
+        if col not in df.columns:
+            df[col] = default
+        df[col] = pd.to_numeric(df[col], errors="coerce").fillna(default)
+    df["energy_kwh"] = pd.to_numeric(df["energy_kwh"], errors="coerce")
+    df["phases"] = df["phases"].astype(np.int64)
+
+    checks = [
+        (df["departure"] <= df["arrival"], "departure is not after arrival"),
+        (~(df["energy_kwh"] >= 0), "energy_kwh must be a number >= 0"),
+        (~df["phases"].isin([1, 2, 3]), "phases must be 1, 2 or 3"),
+        (~(df["max_current_a"] > 0), "max_current_a must be > 0"),
+        (~(df["priority"] >= 0), "priority must be >= 0"),
+        (~((df["draw_fraction"] >= 0) & (df["draw_fraction"] <= 1)), "draw_fraction must be in [0, 1]"),
+    ]
+    if site is not None:
+        known = set(site.charge_point_ids)
+        checks.append((~df["charge_point_id"].isin(known), "unknown charge_point_id"))
+    for mask, msg in checks:
+        m = mask.to_numpy()
+        if m.any():
+            i = int(np.argmax(m))
+            extra = f" ({df['charge_point_id'].iloc[i]!r})" if msg.startswith("unknown") else ""
+            raise SessionsError(f"{_row_name(df, i)}: {msg}{extra}")
+
+    # Two sessions on one charging point must not overlap: sort per point, compare neighbours.
+    order = df.sort_values(["charge_point_id", "arrival"], kind="stable")
+    same_cp = order["charge_point_id"].to_numpy()[1:] == order["charge_point_id"].to_numpy()[:-1]
+    overlap = order["arrival"].to_numpy()[1:] < order["departure"].to_numpy()[:-1]
+    clash = np.nonzero(same_cp & overlap)[0]
+    if len(clash):
+        a, b = order.index[clash[0]], order.index[clash[0] + 1]
+        raise SessionsError(
+            f"{_row_name(df, int(b))}: overlaps session {df['session_id'].iloc[a]!r} "
+            f"on charge point {df['charge_point_id'].iloc[b]!r}"
+        )
+    return df.sort_values("arrival", kind="stable").reset_index(drop=True)
+
+
+def read_sessions_csv(path, site: "Site | None" = None) -> pd.DataFrame:
+    """Read ``sessions.csv`` (ISO 8601 timestamps with offset) and validate it."""
+    df = pd.read_csv(path, dtype={"session_id": str, "charge_point_id": str})
+    for col in ("arrival", "departure"):
+        if col in df.columns:
+            try:
+                df[col] = pd.to_datetime(df[col], format="ISO8601", utc=True)
+            except (ValueError, TypeError) as exc:
+                raise SessionsError(f"{path}: column {col}: cannot parse timestamps ({exc})") from exc
+    return validate_sessions(df, site)
+
+
+def write_sessions_csv(sessions: pd.DataFrame, path) -> None:
+    """Write a sessions frame as CSV with ISO 8601 timestamps that carry their offset."""
+    df = sessions.copy()
+    for col in ("arrival", "departure"):
+        df[col] = df[col].map(lambda t: t.isoformat())
+    df.to_csv(path, index=False)

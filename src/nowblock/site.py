@@ -1,0 +1,404 @@
+"""The block's electrical site: a tree of fuses and the charging points behind them.
+
+Everything a schedule must respect is derivable from a :class:`Site`: for any per-charging-point
+currents and car phase counts, :meth:`Site.fuse_phase_currents_a` gives the current on every
+fuse phase, and :meth:`Site.phase_incidence` gives the matrix that maps one to the other (the
+constraint matrix the optimizer and the heuristics share).
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+
+PHASES = ("L1", "L2", "L3")
+_VALID_ROTATIONS = {"".join(p) for p in itertools.permutations(PHASES)}
+
+
+class SiteError(ValueError):
+    """A site file or site object that cannot describe a real block; the message names the key."""
+
+
+@dataclass(frozen=True)
+class CapWindow:
+    """A cap on one charging point's current inside a daily time window.
+
+    Used for grid-operator dimming (section 14a EnWG: 4.2 kW) or a site's own rules.
+    ``start`` and ``end`` are local wall-clock times "HH:MM"; ``end`` before ``start`` wraps
+    past midnight. ``max_current_a`` [A] per phase.
+    """
+
+    start: str
+    end: str
+    max_current_a: float
+
+
+@dataclass(frozen=True)
+class Fuse:
+    """A fuse (or the grid connection, the root) with a per-phase limit ``max_current_a`` [A]."""
+
+    id: str
+    max_current_a: tuple[float, float, float]
+    parent: str | None = None
+
+
+@dataclass(frozen=True)
+class ChargePoint:
+    """One charging point (OCPP identity ``id``) behind fuse ``fuse``.
+
+    ``min_current_a``/``max_current_a`` [A] per phase; ``phases`` 1 or 3 is how the charger is
+    connected; ``phase_rotation`` names the grid phase wired to the charger's L1, L2, L3, so a
+    single-phase car (which draws on the charger's L1) loads grid phase ``phase_rotation[0:2]``.
+    ``password_hash`` is an optional OCPP security-profile-1 hash (see ``nowblock.ocpp``).
+    """
+
+    id: str
+    fuse: str
+    max_current_a: float = 32.0
+    min_current_a: float = 6.0
+    phases: int = 3
+    phase_rotation: str = "L1L2L3"
+    caps: tuple[CapWindow, ...] = ()
+    password_hash: str | None = None
+
+    @property
+    def grid_phases(self) -> tuple[int, int, int]:
+        """Grid phase index (0..2) wired to the charger's L1, L2, L3."""
+        r = self.phase_rotation
+        return tuple(PHASES.index(r[i : i + 2]) for i in (0, 2, 4))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Site:
+    """A block: fuses (a tree whose root is the grid connection), charging points, voltage.
+
+    ``voltage_v`` [V] is phase to neutral. ``max_unbalance_a`` [A], if set, limits the
+    difference between the most and least loaded phase of the grid connection's charging
+    current (VDE-AR-N 4100: 4.6 kVA, that is 20 A at 230 V).
+    """
+
+    name: str
+    fuses: tuple[Fuse, ...]
+    charge_points: tuple[ChargePoint, ...]
+    voltage_v: float = 230.0
+    max_unbalance_a: float | None = None
+    timezone: str = "Europe/Berlin"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # ---- lookups -------------------------------------------------------------------------
+    @cached_property
+    def fuse_ids(self) -> list[str]:
+        """Fuse ids in file order; index 0 is the root (grid connection)."""
+        return [f.id for f in self.fuses]
+
+    @cached_property
+    def charge_point_ids(self) -> list[str]:
+        """Charging point ids in file order."""
+        return [c.id for c in self.charge_points]
+
+    @cached_property
+    def root(self) -> Fuse:
+        """The grid connection: the first fuse without a parent."""
+        return next(f for f in self.fuses if f.parent is None)
+
+    def charge_point(self, cp_id: str) -> ChargePoint:
+        """The charging point with OCPP identity ``cp_id`` (KeyError if unknown)."""
+        return self.charge_points[self._cp_index[cp_id]]
+
+    @cached_property
+    def _cp_index(self) -> dict[str, int]:
+        return {c.id: i for i, c in enumerate(self.charge_points)}
+
+    def cp_index(self, cp_ids) -> np.ndarray:
+        """Positions of ``cp_ids`` in :attr:`charge_points` (KeyError naming an unknown id)."""
+        return np.array([self._cp_index[c] for c in cp_ids], dtype=np.int64)
+
+    @cached_property
+    def limits_a(self) -> np.ndarray:
+        """Per-phase fuse ratings [A], shape (n_fuses, 3)."""
+        return np.array([f.max_current_a for f in self.fuses], dtype=float)
+
+    @cached_property
+    def cp_min_current_a(self) -> np.ndarray:
+        """Minimum current per charging point [A], shape (n_cp,)."""
+        return np.array([c.min_current_a for c in self.charge_points], dtype=float)
+
+    @cached_property
+    def cp_max_current_a(self) -> np.ndarray:
+        """Maximum current per charging point [A], shape (n_cp,)."""
+        return np.array([c.max_current_a for c in self.charge_points], dtype=float)
+
+    @cached_property
+    def cp_phases(self) -> np.ndarray:
+        """Number of phases each charging point is connected with, shape (n_cp,)."""
+        return np.array([c.phases for c in self.charge_points], dtype=np.int64)
+
+    @cached_property
+    def ancestry(self) -> np.ndarray:
+        """Boolean (n_fuses, n_cp): True where the fuse carries the charging point's current."""
+        idx = {f: i for i, f in enumerate(self.fuse_ids)}
+        parent = {f.id: f.parent for f in self.fuses}
+        m = np.zeros((len(self.fuses), len(self.charge_points)), dtype=bool)
+        for j, cp in enumerate(self.charge_points):
+            f: str | None = cp.fuse
+            while f is not None:
+                m[idx[f], j] = True
+                f = parent[f]
+        return m
+
+    def phase_usage(self, cp_index: np.ndarray, car_phases: np.ndarray) -> np.ndarray:
+        """Which grid phases each (charging point, car) pair loads: bool (n, 3).
+
+        A car with ``k`` phases on a charger with ``m`` phases draws on the charger's first
+        ``min(k, m)`` phases; the rotation maps them to grid phases.
+        """
+        cp_index = np.asarray(cp_index, dtype=np.int64)
+        car_phases = np.asarray(car_phases, dtype=np.int64)
+        rot = np.array([c.grid_phases for c in self.charge_points], dtype=np.int64)[cp_index]
+        k = np.minimum(car_phases, self.cp_phases[cp_index])
+        used = np.zeros((len(cp_index), 3), dtype=bool)
+        for i in range(3):  # charger phase i is used when the car has more than i phases
+            active = k > i
+            used[np.nonzero(active)[0], rot[active, i]] = True
+        return used
+
+    def phase_incidence(self, cp_index: np.ndarray, car_phases: np.ndarray) -> np.ndarray:
+        """Matrix (n_fuses * 3, n) mapping per-car current [A] to fuse-phase current [A].
+
+        Row ``f * 3 + p`` is fuse ``f``, grid phase ``p``; column ``j`` is the ``j``-th car,
+        plugged in at charging point ``cp_index[j]`` with ``car_phases[j]`` phases.
+        """
+        cp_index = np.asarray(cp_index, dtype=np.int64)
+        used = self.phase_usage(cp_index, car_phases)  # (n, 3)
+        anc = self.ancestry[:, cp_index]  # (F, n)
+        return (anc[:, None, :] & used.T[None, :, :]).reshape(len(self.fuses) * 3, -1).astype(float)
+
+    def fuse_phase_currents_a(
+        self, current_a: np.ndarray, cp_index: np.ndarray, car_phases: np.ndarray
+    ) -> np.ndarray:
+        """Current on every fuse phase [A], shape (n_fuses, 3), from per-car currents [A]."""
+        a = self.phase_incidence(cp_index, car_phases)
+        return (a @ np.asarray(current_a, dtype=float)).reshape(len(self.fuses), 3)
+
+    def base_load_phase_current_a(self, base_load_kw: np.ndarray | float) -> np.ndarray:
+        """Per-phase current [A] of the block's other load, spread evenly over three phases.
+
+        Shape ``(..., 3)`` for a ``(...)``-shaped ``base_load_kw`` [kW]; it loads the root
+        fuse only (household load is metered behind the grid connection).
+        """
+        p = np.asarray(base_load_kw, dtype=float)
+        i = p * 1000.0 / (3.0 * self.voltage_v)
+        return np.repeat(i[..., None], 3, axis=-1)
+
+    def cap_current_a(self, times) -> np.ndarray:
+        """Per-charging-point cap [A] from time windows, shape (len(times), n_cp); inf if none."""
+        idx = _to_local_index(times, self.timezone)
+        minutes = (idx.hour * 60 + idx.minute).to_numpy()
+        out = np.full((len(idx), len(self.charge_points)), np.inf)
+        for j, cp in enumerate(self.charge_points):
+            for w in cp.caps:
+                s, e = _hhmm(w.start), _hhmm(w.end)
+                inside = (minutes >= s) & (minutes < e) if s <= e else (minutes >= s) | (minutes < e)
+                out[inside, j] = np.minimum(out[inside, j], w.max_current_a)
+        return out
+
+    def current_to_kw(self, current_a, n_phases) -> np.ndarray:
+        """Power [kW] of a car drawing ``current_a`` [A] per phase on ``n_phases`` phases."""
+        return np.asarray(current_a, dtype=float) * np.asarray(n_phases) * self.voltage_v / 1000.0
+
+    # ---- TOML -----------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Site":
+        """Build a site from the parsed TOML table (see ARCHITECTURE.md for the keys)."""
+        try:
+            fuses = tuple(
+                Fuse(
+                    id=str(_req(f, "id", f"fuses[{i}]")),
+                    max_current_a=_three(_req(f, "max_current_a", f"fuses[{i}]"), f"fuses[{i}].max_current_a"),
+                    parent=f.get("parent"),
+                )
+                for i, f in enumerate(_req(d, "fuses", "site"))
+            )
+            cps = tuple(
+                ChargePoint(
+                    id=str(_req(c, "id", f"charge_points[{i}]")),
+                    fuse=str(_req(c, "fuse", f"charge_points[{i}]")),
+                    max_current_a=float(c.get("max_current_a", 32.0)),
+                    min_current_a=float(c.get("min_current_a", 6.0)),
+                    phases=int(c.get("phases", 3)),
+                    phase_rotation=str(c.get("phase_rotation", "L1L2L3")),
+                    caps=tuple(
+                        CapWindow(str(w["start"]), str(w["end"]), float(w["max_current_a"]))
+                        for w in c.get("caps", [])
+                    ),
+                    password_hash=c.get("password_hash"),
+                )
+                for i, c in enumerate(d.get("charge_points", []))
+            )
+        except (TypeError, KeyError) as exc:
+            raise SiteError(f"site: malformed entry ({exc})") from exc
+        known = {"name", "voltage_v", "fuses", "charge_points", "max_unbalance_a", "timezone"}
+        return cls(
+            name=str(d.get("name", "site")),
+            fuses=fuses,
+            charge_points=cps,
+            voltage_v=float(d.get("voltage_v", 230.0)),
+            max_unbalance_a=None if d.get("max_unbalance_a") is None else float(d["max_unbalance_a"]),
+            timezone=str(d.get("timezone", "Europe/Berlin")),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "Site":
+        """Read a site file; raises :class:`SiteError` naming the bad key."""
+        try:
+            with open(path, "rb") as fh:
+                d = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise SiteError(f"{path}: not valid TOML ({exc})") from exc
+        return cls.from_dict(d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The site as a TOML-ready table (optional keys only when set)."""
+        d: dict[str, Any] = {"name": self.name, "voltage_v": self.voltage_v, "timezone": self.timezone}
+        if self.max_unbalance_a is not None:
+            d["max_unbalance_a"] = self.max_unbalance_a
+        d.update(self.extra)
+        d["fuses"] = []
+        for f in self.fuses:
+            t: dict[str, Any] = {"id": f.id}
+            if f.parent is not None:
+                t["parent"] = f.parent
+            t["max_current_a"] = list(f.max_current_a)
+            d["fuses"].append(t)
+        d["charge_points"] = []
+        for c in self.charge_points:
+            t = {
+                "id": c.id,
+                "fuse": c.fuse,
+                "max_current_a": c.max_current_a,
+                "min_current_a": c.min_current_a,
+                "phases": c.phases,
+                "phase_rotation": c.phase_rotation,
+            }
+            if c.caps:
+                t["caps"] = [{"start": w.start, "end": w.end, "max_current_a": w.max_current_a} for w in c.caps]
+            if c.password_hash:
+                t["password_hash"] = c.password_hash
+            d["charge_points"].append(t)
+        return d
+
+    def to_toml(self, path: str | Path) -> None:
+        """Write the site file."""
+        Path(path).write_text(tomli_w.dumps(self.to_dict()))
+
+    def with_root_limit(self, max_current_a: float) -> "Site":
+        """A copy whose grid connection is rated ``max_current_a`` [A] on every phase."""
+        fuses = tuple(
+            replace(f, max_current_a=(max_current_a,) * 3) if f.parent is None else f for f in self.fuses
+        )
+        return replace(self, fuses=fuses)
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def _req(d: dict, key: str, where: str):
+    if not isinstance(d, dict):
+        raise SiteError(f"{where}: expected a table, got {type(d).__name__}")
+    if key not in d:
+        raise SiteError(f"{where}.{key}: missing")
+    return d[key]
+
+
+def _three(v, where: str) -> tuple[float, float, float]:
+    if isinstance(v, (int, float)):
+        v = [v, v, v]
+    if not isinstance(v, (list, tuple)) or len(v) != 3:
+        raise SiteError(f"{where}: expected three per-phase values [L1, L2, L3], got {v!r}")
+    try:
+        return tuple(float(x) for x in v)  # type: ignore[return-value]
+    except (TypeError, ValueError) as exc:
+        raise SiteError(f"{where}: not numbers ({v!r})") from exc
+
+
+def _hhmm(s: str) -> int:
+    h, m = s.split(":")
+    return int(h) * 60 + int(m)
+
+
+def _to_local_index(times, tz: str):
+    import pandas as pd
+
+    idx = pd.DatetimeIndex(times)
+    if idx.tz is None:
+        idx = idx.tz_localize("UTC")
+    return idx.tz_convert(tz)
+
+
+def _validate(site: Site) -> None:
+    if not site.fuses:
+        raise SiteError("fuses: a site needs at least one fuse (the grid connection)")
+    if not (site.voltage_v > 0):
+        raise SiteError(f"voltage_v: must be positive, got {site.voltage_v}")
+    if site.max_unbalance_a is not None and site.max_unbalance_a < 0:
+        raise SiteError(f"max_unbalance_a: must be >= 0, got {site.max_unbalance_a}")
+    ids = [f.id for f in site.fuses]
+    seen: set[str] = set()
+    for i, f in enumerate(site.fuses):
+        if f.id in seen:
+            raise SiteError(f"fuses[{i}].id: duplicate fuse id {f.id!r}")
+        seen.add(f.id)
+        if any(not (x > 0) for x in f.max_current_a):
+            raise SiteError(f"fuses[{i}].max_current_a: ratings must be positive, got {list(f.max_current_a)}")
+    roots = [f for f in site.fuses if f.parent is None]
+    if len(roots) != 1:
+        raise SiteError(
+            f"fuses: exactly one fuse must have no parent (the grid connection); found {[f.id for f in roots]}"
+        )
+    parent = {f.id: f.parent for f in site.fuses}
+    for i, f in enumerate(site.fuses):
+        if f.parent is not None and f.parent not in parent:
+            raise SiteError(f"fuses[{i}].parent: unknown fuse {f.parent!r} (dangling parent of {f.id!r})")
+    for i, f in enumerate(site.fuses):
+        path, cur = [f.id], f.parent
+        while cur is not None:
+            if cur in path:
+                raise SiteError(f"fuses[{i}].parent: cycle {' -> '.join(path + [cur])}")
+            path.append(cur)
+            cur = parent[cur]
+    cps: set[str] = set()
+    for i, c in enumerate(site.charge_points):
+        where = f"charge_points[{i}]"
+        if c.id in cps:
+            raise SiteError(f"{where}.id: duplicate charging point id {c.id!r}")
+        cps.add(c.id)
+        if c.fuse not in parent:
+            raise SiteError(f"{where}.fuse: unknown fuse {c.fuse!r} for charging point {c.id!r}")
+        if c.phases not in (1, 3):
+            raise SiteError(f"{where}.phases: must be 1 or 3, got {c.phases}")
+        if c.phase_rotation not in _VALID_ROTATIONS:
+            raise SiteError(
+                f"{where}.phase_rotation: {c.phase_rotation!r} is not a permutation of L1L2L3"
+            )
+        if not (c.min_current_a >= 0):
+            raise SiteError(f"{where}.min_current_a: must be >= 0, got {c.min_current_a}")
+        if c.min_current_a > c.max_current_a:
+            raise SiteError(
+                f"{where}.min_current_a: {c.min_current_a} A is above max_current_a {c.max_current_a} A"
+            )
+        for k, w in enumerate(c.caps):
+            try:
+                _hhmm(w.start), _hhmm(w.end)
+            except ValueError as exc:
+                raise SiteError(f"{where}.caps[{k}]: start/end must be 'HH:MM'") from exc
+            if w.max_current_a < 0:
+                raise SiteError(f"{where}.caps[{k}].max_current_a: must be >= 0")
