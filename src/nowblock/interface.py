@@ -13,6 +13,7 @@ even if every car draws all it is offered.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -46,6 +47,13 @@ class BlockSnapshot:
     load (measured now, forecast after), indexed by time from ``time`` on at ``step`` spacing;
     ``prices_eur_per_kwh`` [EUR/kWh] likewise or None. ``current_step_a`` [A] is the setpoint
     granularity chargers accept (1 A by default, 0.1 A for OCPP 1.6 limits).
+    ``incidence_a`` optionally carries :meth:`incidence` precomputed by the producer, and
+    ``car_arrays`` numeric columns of ``cars`` as arrays in row order (a producer that has
+    them anyway saves the policy the pandas look-ups; they must equal the columns;
+    ``arrival``/``departure`` as int64 nanoseconds since the epoch).
+
+    A snapshot is frozen: treat ``cars`` as read-only. Derived arrays (:meth:`values`,
+    :meth:`incidence`, :func:`constraint_rows`) are computed once and cached.
     """
 
     time: pd.Timestamp
@@ -56,32 +64,101 @@ class BlockSnapshot:
     prices_eur_per_kwh: pd.Series | None = None
     current_step_a: float = 1.0
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    incidence_a: np.ndarray | None = field(default=None, compare=False, hash=False, repr=False)
+    car_arrays: dict | None = field(default=None, compare=False, hash=False, repr=False)
 
-    @property
+    @cached_property
     def dt_h(self) -> float:
         """Length of the control step [h]."""
-        return self.step / pd.Timedelta(hours=1)
+        return pd.Timedelta(self.step).value / 3.6e12
+
+    @cached_property
+    def _cache(self) -> dict:
+        return {}
+
+    def values(self, column: str) -> np.ndarray:
+        """A numeric column of :attr:`cars` as a read-only float array (cached)."""
+        c = self._cache
+        key = ("col", column)
+        if key not in c:
+            pre = self.car_arrays.get(column) if self.car_arrays else None
+            if pre is not None:
+                a = np.array(pre, dtype=float)
+            else:
+                ser = self.cars[column]
+                if ser.dtype.kind in "fiub":
+                    a = np.array(ser.to_numpy(), dtype=float)
+                else:
+                    a = ser.to_numpy(dtype=float, na_value=np.nan)
+            a.flags.writeable = False
+            c[key] = a
+        return c[key]
 
     @property
     def remaining_kwh(self) -> np.ndarray:
         """Energy each car still wants [kWh], never negative."""
-        c = self.cars
-        return np.maximum(c["energy_requested_kwh"].to_numpy(float) - c["energy_delivered_kwh"].to_numpy(float), 0.0)
+        return np.maximum(self.values("energy_requested_kwh") - self.values("energy_delivered_kwh"), 0.0)
+
+    @property
+    def hours_to_departure_h(self) -> np.ndarray:
+        """Time from :attr:`time` to each car's (known or estimated) departure [h]; inf if unknown."""
+        return self._hours("departure", np.inf)
+
+    @property
+    def hours_since_arrival_h(self) -> np.ndarray:
+        """Time from each car's arrival to :attr:`time` [h]; 0 if unknown."""
+        return -self._hours("arrival", -0.0)
+
+    def _hours(self, column: str, missing: float) -> np.ndarray:
+        c = self._cache
+        key = ("hours", column)
+        if key not in c:
+            pre = self.car_arrays.get(column) if self.car_arrays else None
+            if pre is not None:  # int64 nanoseconds since the epoch (UTC)
+                ns, na = np.asarray(pre, dtype=np.int64), None
+            else:
+                arr = self.cars[column].array
+                if not isinstance(arr, pd.arrays.DatetimeArray):
+                    arr = pd.DatetimeIndex(arr).array
+                arr = arr.as_unit("ns")
+                ns, na = arr.asi8, arr.isna()
+            h = (ns - pd.Timestamp(self.time).as_unit("ns").value) / 3.6e12
+            if na is not None:
+                h[na] = missing
+            h.flags.writeable = False
+            c[key] = h
+        return c[key]
 
     def incidence(self) -> np.ndarray:
         """Matrix (n_fuses*3, n_cars) from car current [A] to fuse-phase current [A]."""
-        return self.site.phase_incidence(self.cars["cp_index"].to_numpy(), self.cars["phases"].to_numpy())
+        c = self._cache
+        if "incidence" not in c:
+            if self.incidence_a is not None:
+                g = np.asarray(self.incidence_a, dtype=float)
+            else:
+                g = self.site.phase_incidence(self.cars["cp_index"].to_numpy(), self.cars["phases"].to_numpy())
+            g.flags.writeable = False
+            c["incidence"] = g
+        return c["incidence"].copy()
 
     def headroom_a(self) -> np.ndarray:
         """Per-fuse-phase current [A] left for charging now, shape (n_fuses, 3), >= 0."""
         base_now = float(self.base_load_kw.iloc[0]) if len(self.base_load_kw) else 0.0
         room = self.site.limits_a.copy()
-        room[0] -= self.site.base_load_phase_current_a(base_now)
+        room[root_index(self.site)] -= self.site.base_load_phase_current_a(base_now)
         return np.maximum(room, 0.0)
 
     def kw_per_a(self) -> np.ndarray:
         """Power per ampere of setpoint for each car [kW/A]."""
-        return self.cars["phases"].to_numpy(float) * self.site.voltage_v / 1000.0
+        return self.values("phases") * self.site.voltage_v / 1000.0
+
+
+def root_index(site: Site) -> int:
+    """Position of the grid connection (the fuse without a parent) in ``site.fuses``.
+
+    A site file may list a feeder before the grid connection, so this is not always 0.
+    """
+    return site.fuse_ids.index(site.root.id)
 
 
 @runtime_checkable
@@ -96,12 +173,26 @@ class Policy(Protocol):
 
 
 def constraint_rows(snapshot: BlockSnapshot) -> tuple[np.ndarray, np.ndarray]:
-    """All linear limits on car currents now as ``G @ current_a <= h`` (fuses, unbalance)."""
+    """All linear limits on car currents now as ``G @ current_a <= h`` (fuses, unbalance).
+
+    Rows ``f * 3 + p`` are fuse ``f``, grid phase ``p`` (``h`` is the headroom left by the base
+    load); when ``site.max_unbalance_a`` is set, six more rows bound the difference of the
+    grid connection's charging current between any two phases. Returns fresh copies.
+    """
+    cache = snapshot._cache
+    if "rows" not in cache:
+        cache["rows"] = _constraint_rows(snapshot)
+    g, h = cache["rows"]
+    return g.copy(), h.copy()
+
+
+def _constraint_rows(snapshot: BlockSnapshot) -> tuple[np.ndarray, np.ndarray]:
     g = snapshot.incidence()
     h = snapshot.headroom_a().reshape(-1)
     u = snapshot.site.max_unbalance_a
     if u is not None and len(snapshot.cars):
-        root = g[0:3]  # the grid connection is fuse 0 in every site (see Site.fuse_ids)
+        r0 = 3 * root_index(snapshot.site)
+        root = g[r0 : r0 + 3]
         rows = [root[p] - root[q] for p in range(3) for q in range(3) if p != q]
         g = np.vstack([g, np.array(rows)])
         h = np.concatenate([h, np.full(len(rows), float(u))])
@@ -116,54 +207,90 @@ def make_safe(
 ) -> pd.Series:
     """Repair proposed setpoints [A] so that they are safe to send; returns a Series by session.
 
-    1. Clip to [0, max]; a setpoint below a car's minimum becomes 0 (IEC 61851).
+    1. Clip to [0, max] (NaN counts as 0); a setpoint below a car's minimum becomes 0
+       (IEC 61851: a charger offers 0 or at least the minimum).
     2. Round down to ``snapshot.current_step_a`` (never up, so rounding cannot overload).
-    3. While a limit row is violated, lower the cars that load it: first proportionally down
-       to their minimum, then switch off the car with the lowest priority and most time left.
-    The loop only ever lowers currents, so it ends, at worst with every car at 0.
+    3. While a limit row of :func:`constraint_rows` (fuse phases, and the grid connection's
+       phase unbalance when ``site.max_unbalance_a`` is set) is violated, lower the cars that
+       load it: first proportionally down to their minimum, then switch off the car with the
+       lowest priority and the most time left.
+
+    Every step only lowers currents, and all-zero satisfies every row (headroom and the
+    unbalance limit are >= 0), so the result never violates a row by more than ``tol_a`` [A].
+    The number of proportional rounds is bounded; after that only switch-offs happen (at
+    most one per car), so the loop ends.
     """
     cars = snapshot.cars
     n = len(cars)
     if n == 0:
         return pd.Series(np.zeros(0), index=cars.index, name="current_a", dtype=float)
-    x = np.asarray(pd.Series(current_a, index=cars.index).reindex(cars.index).fillna(0.0), dtype=float)
-    lo = cars["min_current_a"].to_numpy(float)
-    hi = cars["max_current_a"].to_numpy(float)
+    x = aligned_current_a(cars.index, current_a)
+    lo = _finite_or_0(snapshot.values("min_current_a"))
+    hi = _finite_or_0(snapshot.values("max_current_a"))
     step = float(snapshot.current_step_a)
-    x = np.clip(np.nan_to_num(x), 0.0, hi)
+    x = np.clip(_finite_or_0(x), 0.0, np.maximum(hi, 0.0))
     x = _floor_step(x, step)
-    x[(x < lo - tol_a)] = 0.0
+    x[x < lo - tol_a] = 0.0
     g, h = constraint_rows(snapshot)
-    # Tie-break order for switching cars off: lowest priority first, then most slack.
-    slack = (cars["departure"] - snapshot.time).dt.total_seconds().to_numpy(float)
-    prio = cars["priority"].to_numpy(float)
-    for _ in range(4 * n + 50):
+    if len(h) == 0:
+        return pd.Series(x, index=cars.index, name="current_a")
+    # Tie-break order for switching cars off: lowest priority first, then most time left.
+    slack = snapshot.hours_to_departure_h
+    prio = _finite_or_0(snapshot.values("priority"))
+    max_proportional = 2 * (len(h) + n) + 10
+    for it in range(max_proportional + n + 1):
         viol = g @ x - h
         r = int(np.argmax(viol))
         if viol[r] <= tol_a:
             break
         on = (g[r] > 0) & (x > 0)
         reducible = on & (x > lo + tol_a)
-        excess = viol[r]
-        if reducible.any():
+        if it < max_proportional and reducible.any():
             room = (x - lo)[reducible] * g[r, reducible]
-            frac = min(1.0, excess / room.sum())
+            frac = min(1.0, viol[r] / room.sum())
             x[reducible] -= frac * (x - lo)[reducible]
             x = _floor_step(x, step)
             x[(x > 0) & (x < lo - tol_a)] = 0.0
             continue
         cand = np.nonzero(on)[0]
-        if len(cand) == 0:
-            x[:] = 0.0  # unreachable for fuse rows; defensive for unbalance rows
+        if len(cand) == 0:  # a violated row always has a car on it; defensive only
+            x[:] = 0.0
             break
         victim = cand[np.lexsort((-slack[cand], prio[cand]))[0]]
         x[victim] = 0.0
-    else:  # pragma: no cover - the loop bound is generous; all-zero is always safe
+    if (g @ x - h).max() > tol_a:  # pragma: no cover - unreachable by the argument above
         x[:] = 0.0
     return pd.Series(x, index=cars.index, name="current_a")
 
 
+def aligned_current_a(index: pd.Index, current_a) -> np.ndarray:
+    """Setpoints [A] as a fresh float array in the order of ``index`` (the cars' session ids).
+
+    A Series or dict is aligned by session id (missing ones count as NaN); an array must
+    already be in ``index`` order; a scalar applies to every car.
+    """
+    if isinstance(current_a, dict):
+        current_a = pd.Series(current_a, dtype=float)
+    if isinstance(current_a, pd.Series):
+        if current_a.index.equals(index):
+            return current_a.to_numpy(dtype=float, na_value=np.nan, copy=True)
+        return current_a.reindex(index).to_numpy(dtype=float, na_value=np.nan)
+    x = np.asarray(current_a, dtype=float)
+    if x.ndim == 0:
+        return np.full(len(index), float(x))
+    x = x.reshape(-1)
+    if len(x) != len(index):
+        raise ValueError(f"{len(x)} setpoints for {len(index)} cars")
+    return x.copy()
+
+
+def _finite_or_0(a: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(a), a, 0.0)
+
+
 def _floor_step(x: np.ndarray, step: float) -> np.ndarray:
+    if not step > 0:
+        return x
     # A tiny epsilon keeps 16.0 from flooring to 15 after a float subtraction gave 15.9999999.
     return np.floor(x / step + 1e-9) * step
 
@@ -171,5 +298,5 @@ def _floor_step(x: np.ndarray, step: float) -> np.ndarray:
 def violation_a(snapshot: BlockSnapshot, current_a) -> float:
     """Worst excess [A] of any limit row for setpoints ``current_a`` (0 when all hold)."""
     g, h = constraint_rows(snapshot)
-    x = np.asarray(pd.Series(current_a).reindex(snapshot.cars.index).fillna(0.0), dtype=float)
+    x = np.nan_to_num(aligned_current_a(snapshot.cars.index, current_a), nan=0.0)
     return float(max(0.0, (g @ x - h).max())) if len(h) else 0.0

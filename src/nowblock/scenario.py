@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from nowblock.sessions import SessionsError, read_sessions_csv, validate_sessions, write_sessions_csv
+from nowblock.sessions import _OFFSET, SessionsError, read_sessions_csv, validate_sessions, write_sessions_csv
 from nowblock.site import Site
 
 
@@ -27,8 +28,14 @@ def _series(obj, name: str, what: str) -> pd.Series | None:
     idx = pd.DatetimeIndex(s.index)
     if idx.tz is None:
         raise ScenarioError(f"{what}: time index must be timezone-aware")
-    s.index = idx.tz_convert("UTC")
+    idx = idx.tz_convert("UTC")
+    if len(idx) >= 3 and idx.is_monotonic_increasing and not idx.has_duplicates:
+        # The same series read back from CSV equals the one written (freq included).
+        idx = pd.DatetimeIndex(idx, freq="infer")
+    s.index = idx
     s.index.name = "time"
+    if s.index.has_duplicates:
+        raise ScenarioError(f"{what}: duplicate times, first {s.index[s.index.duplicated()][0]}")
     if s.isna().any():
         raise ScenarioError(f"{what}: missing values at {list(s.index[s.isna()][:3])}")
     return s.sort_index()
@@ -85,11 +92,13 @@ class Scenario:
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
         self.site.to_toml(p / "site.toml")
-        write_sessions_csv(self.sessions, p / "sessions.csv")
+        # Local wall-clock times with their offset: readable, and exact after conversion to UTC.
+        tz = self.site.timezone
+        write_sessions_csv(self.sessions, p / "sessions.csv", tz=tz)
         for s, fname in ((self.base_load, "base_load.csv"), (self.prices, "prices.csv")):
             if s is not None:
                 out = s.to_frame()
-                out.index = out.index.map(lambda t: t.isoformat())
+                out.index = [t.isoformat() for t in pd.DatetimeIndex(out.index).tz_convert(tz)]
                 out.to_csv(p / fname, index_label="time")
         return p
 
@@ -114,8 +123,18 @@ def _read_ts(path: Path, col: str) -> pd.Series | None:
     df = pd.read_csv(path)
     if "time" not in df.columns or col not in df.columns:
         raise ScenarioError(f"{path}: expected columns time,{col}; got {list(df.columns)}")
+    text = df["time"].astype("string")
+    no_offset = ~text.str.contains(_OFFSET, regex=True).fillna(False).to_numpy()
+    if no_offset.any():
+        i = int(np.argmax(no_offset))
+        raise ScenarioError(f"{path}: row {i}: time {text.iloc[i]!r} has no UTC offset")
     try:
-        t = pd.to_datetime(df["time"], format="ISO8601", utc=True)
+        t = pd.to_datetime(text, format="ISO8601", utc=True)
     except (ValueError, TypeError) as exc:
         raise ScenarioError(f"{path}: cannot parse time column ({exc})") from exc
-    return pd.Series(pd.to_numeric(df[col], errors="coerce").to_numpy(), index=pd.DatetimeIndex(t), name=col)
+    values = pd.to_numeric(df[col], errors="coerce")
+    bad = (values.isna() & df[col].notna()).to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ScenarioError(f"{path}: row {i}: {col} {df[col].iloc[i]!r} is not a number")
+    return pd.Series(values.to_numpy(float), index=pd.DatetimeIndex(t), name=col)

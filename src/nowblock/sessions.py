@@ -30,6 +30,48 @@ def _row_name(df: pd.DataFrame, i: int) -> str:
     return f"row {i} (session_id={df['session_id'].iloc[i]!r})"
 
 
+def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
+    """``df[col]`` as floats; a value that is present but not a number raises naming its row."""
+    raw = df[col]
+    num = pd.to_numeric(raw, errors="coerce").astype(float)
+    bad = (num.isna() & raw.notna()).to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise SessionsError(f"{_row_name(df, i)}: {col} is not a number ({raw.iloc[i]!r})")
+    return num
+
+
+def _to_utc(df: pd.DataFrame, col: str) -> pd.Series:
+    """Column ``col`` as UTC timestamps; a missing, unparsable or naive value raises naming its row."""
+    raw = df[col]
+    if isinstance(raw.dtype, pd.DatetimeTZDtype):
+        ts = raw
+    elif pd.api.types.is_datetime64_dtype(raw.dtype):
+        i = int(np.argmax(raw.notna().to_numpy())) if raw.notna().any() else 0
+        raise SessionsError(f"{_row_name(df, i)}: {col} {raw.iloc[i]} has no timezone (timestamps must be tz-aware)")
+    else:
+        # Strings or Python objects: look at every value, since one column may mix offsets
+        # (+01:00 and +02:00 across a DST change) and a single naive value must be caught.
+        parsed = []
+        for i, v in enumerate(raw.tolist()):
+            if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT:
+                raise SessionsError(f"{_row_name(df, i)}: {col} is missing")
+            try:
+                t = pd.Timestamp(v)
+            except (ValueError, TypeError) as exc:
+                raise SessionsError(f"{_row_name(df, i)}: {col} {v!r} is not a timestamp ({exc})") from exc
+            if t is pd.NaT:
+                raise SessionsError(f"{_row_name(df, i)}: {col} is missing")
+            if t.tz is None:
+                raise SessionsError(f"{_row_name(df, i)}: {col} {v!r} has no timezone (timestamps must be tz-aware)")
+            parsed.append(t.tz_convert("UTC"))
+        ts = pd.Series(pd.DatetimeIndex(parsed, tz="UTC"), index=raw.index)
+    bad = ts.isna().to_numpy()
+    if bad.any():
+        raise SessionsError(f"{_row_name(df, int(np.argmax(bad)))}: {col} is missing")
+    return ts.dt.tz_convert("UTC")
+
+
 def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None) -> pd.DataFrame:
     """Check and normalise a sessions frame; return a new frame with every optional column.
 
@@ -44,34 +86,33 @@ def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None) -> pd.
     if missing:
         raise SessionsError(f"sessions: missing column(s) {missing}")
     df = sessions.copy().reset_index(drop=True)
-    df["session_id"] = df["session_id"].astype(str)
-    df["charge_point_id"] = df["charge_point_id"].astype(str)
+    for col in ("session_id", "charge_point_id"):
+        gone = (df[col].isna() | (df[col].astype(str).str.strip() == "")).to_numpy()
+        if gone.any():
+            i = int(np.argmax(gone))
+            raise SessionsError(f"row {i} (session_id={df['session_id'].iloc[i]!r}): {col} is missing")
+        df[col] = df[col].astype(str)
     dup = df["session_id"].duplicated()
     if dup.any():
         raise SessionsError(f"{_row_name(df, int(np.argmax(dup.to_numpy())))}: duplicate session_id")
     for col in ("arrival", "departure"):
-        try:
-            ts = pd.to_datetime(df[col], format="ISO8601") if df[col].dtype == object else pd.to_datetime(df[col])
-        except (ValueError, TypeError) as exc:
-            raise SessionsError(f"sessions.{col}: cannot parse timestamps ({exc})") from exc
-        if getattr(ts.dt, "tz", None) is None:
-            raise SessionsError(f"sessions.{col}: timestamps must be timezone-aware")
-        bad = ts.isna().to_numpy()
-        if bad.any():
-            raise SessionsError(f"{_row_name(df, int(np.argmax(bad)))}: {col} is missing")
-        df[col] = ts.dt.tz_convert("UTC")
+        df[col] = _to_utc(df, col)
     for col, default in OPTIONAL_DEFAULTS.items():
         if col not in df.columns:
             df[col] = default
-        df[col] = pd.to_numeric(df[col], errors="coerce").fillna(default)
-    df["energy_kwh"] = pd.to_numeric(df["energy_kwh"], errors="coerce")
+        # An empty cell means the default; anything else that is not a number is an error.
+        df[col] = _numeric(df, col).fillna(default)
+    df["energy_kwh"] = _numeric(df, "energy_kwh")
+    fractional = (df["phases"] != df["phases"].round()).to_numpy()
+    if fractional.any():
+        raise SessionsError(f"{_row_name(df, int(np.argmax(fractional)))}: phases must be 1, 2 or 3")
     df["phases"] = df["phases"].astype(np.int64)
 
     checks = [
         (df["departure"] <= df["arrival"], "departure is not after arrival"),
-        (~(df["energy_kwh"] >= 0), "energy_kwh must be a number >= 0"),
+        (~((df["energy_kwh"] >= 0) & np.isfinite(df["energy_kwh"])), "energy_kwh must be a number >= 0"),
         (~df["phases"].isin([1, 2, 3]), "phases must be 1, 2 or 3"),
-        (~(df["max_current_a"] > 0), "max_current_a must be > 0"),
+        (~((df["max_current_a"] > 0) & np.isfinite(df["max_current_a"])), "max_current_a must be > 0"),
         (~(df["priority"] >= 0), "priority must be >= 0"),
         (~((df["draw_fraction"] >= 0) & (df["draw_fraction"] <= 1)), "draw_fraction must be in [0, 1]"),
     ]
@@ -100,20 +141,39 @@ def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None) -> pd.
 
 
 def read_sessions_csv(path, site: "Site | None" = None) -> pd.DataFrame:
-    """Read ``sessions.csv`` (ISO 8601 timestamps with offset) and validate it."""
-    df = pd.read_csv(path, dtype={"session_id": str, "charge_point_id": str})
+    """Read ``sessions.csv`` (ISO 8601 timestamps with offset) and validate it.
+
+    A timestamp without an offset is reported by its row, never read as UTC.
+    """
+    try:
+        df = pd.read_csv(path, dtype={"session_id": str, "charge_point_id": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise SessionsError(f"{path}: cannot read sessions ({exc})") from exc
     for col in ("arrival", "departure"):
-        if col in df.columns:
-            try:
-                df[col] = pd.to_datetime(df[col], format="ISO8601", utc=True)
-            except (ValueError, TypeError) as exc:
-                raise SessionsError(f"{path}: column {col}: cannot parse timestamps ({exc})") from exc
+        if col not in df.columns:
+            continue
+        text = df[col].astype("string")
+        if text.str.contains(_OFFSET, regex=True).fillna(False).all():
+            try:  # fast path; whatever fails here is reported row by row in validate_sessions
+                df[col] = pd.to_datetime(text, format="ISO8601", utc=True)
+            except (ValueError, TypeError):
+                pass
     return validate_sessions(df, site)
 
 
-def write_sessions_csv(sessions: pd.DataFrame, path) -> None:
-    """Write a sessions frame as CSV with ISO 8601 timestamps that carry their offset."""
+_OFFSET = r"(?:Z|[+-]\d{2}:?\d{2})$"
+
+
+def write_sessions_csv(sessions: pd.DataFrame, path, tz: str | None = None) -> None:
+    """Write a sessions frame as CSV with ISO 8601 timestamps that carry their offset.
+
+    ``tz`` (for example the site's ``Europe/Berlin``) writes local times, easier to read;
+    the default keeps the frame's own timezone (UTC after validation).
+    """
     df = sessions.copy()
     for col in ("arrival", "departure"):
-        df[col] = df[col].map(lambda t: t.isoformat())
+        t = pd.DatetimeIndex(df[col])
+        if tz is not None:
+            t = t.tz_convert(tz)
+        df[col] = [x.isoformat() for x in t]
     df.to_csv(path, index=False)

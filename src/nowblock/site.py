@@ -26,6 +26,15 @@ class SiteError(ValueError):
     """A site file or site object that cannot describe a real block; the message names the key."""
 
 
+class SiteFileNotFoundError(SiteError, FileNotFoundError):
+    """The site file does not exist (a :class:`SiteError` and a :class:`FileNotFoundError`)."""
+
+
+_FUSE_KEYS = {"id", "parent", "max_current_a"}
+_CP_KEYS = {"id", "fuse", "max_current_a", "min_current_a", "phases", "phase_rotation", "caps", "password_hash"}
+_CAP_KEYS = {"start", "end", "max_current_a"}
+
+
 @dataclass(frozen=True)
 class CapWindow:
     """A cap on one charging point's current inside a daily time window.
@@ -93,12 +102,19 @@ class Site:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "fuses", tuple(self.fuses))
+        object.__setattr__(self, "charge_points", tuple(self.charge_points))
         _validate(self)
+        # The grid connection goes first, so row block 0 of every constraint matrix is the root.
+        roots = [i for i, f in enumerate(self.fuses) if f.parent is None]
+        if roots[0] != 0:
+            i = roots[0]
+            object.__setattr__(self, "fuses", (self.fuses[i],) + self.fuses[:i] + self.fuses[i + 1 :])
 
     # ---- lookups -------------------------------------------------------------------------
     @cached_property
     def fuse_ids(self) -> list[str]:
-        """Fuse ids in file order; index 0 is the root (grid connection)."""
+        """Fuse ids; index 0 is the root (grid connection), the others in file order."""
         return [f.id for f in self.fuses]
 
     @cached_property
@@ -219,54 +235,97 @@ class Site:
     # ---- TOML -----------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Site":
-        """Build a site from the parsed TOML table (see ARCHITECTURE.md for the keys)."""
-        try:
-            fuses = tuple(
+        """Build a site from the parsed TOML table (see ARCHITECTURE.md for the keys).
+
+        Raises :class:`SiteError` naming the key (for example ``charge_points[3].max_current_a``)
+        for a missing or malformed entry, and for an unknown key in a fuse or charging-point
+        table (a misspelt rating must not silently fall back to its default).
+        """
+        if not isinstance(d, dict):
+            raise SiteError(f"site: expected a table, got {type(d).__name__}")
+        fuse_list = _req(d, "fuses", "site")
+        if not isinstance(fuse_list, list):
+            raise SiteError(f"fuses: expected an array of tables ([[fuses]]), got {type(fuse_list).__name__}")
+        fuses = []
+        for i, f in enumerate(fuse_list):
+            where = f"fuses[{i}]"
+            _known_keys(f, _FUSE_KEYS, where)
+            parent = f.get("parent")
+            fuses.append(
                 Fuse(
-                    id=str(_req(f, "id", f"fuses[{i}]")),
-                    max_current_a=_three(_req(f, "max_current_a", f"fuses[{i}]"), f"fuses[{i}].max_current_a"),
-                    parent=f.get("parent"),
+                    id=_str(_req(f, "id", where), f"{where}.id"),
+                    max_current_a=_three(_req(f, "max_current_a", where), f"{where}.max_current_a"),
+                    parent=None if parent is None else _str(parent, f"{where}.parent"),
                 )
-                for i, f in enumerate(_req(d, "fuses", "site"))
             )
-            cps = tuple(
+        cp_list = d.get("charge_points", [])
+        if not isinstance(cp_list, list):
+            raise SiteError(
+                f"charge_points: expected an array of tables ([[charge_points]]), got {type(cp_list).__name__}"
+            )
+        cps = []
+        for i, c in enumerate(cp_list):
+            where = f"charge_points[{i}]"
+            _known_keys(c, _CP_KEYS, where)
+            caps_list = c.get("caps", [])
+            if not isinstance(caps_list, list):
+                raise SiteError(f"{where}.caps: expected an array of tables, got {type(caps_list).__name__}")
+            caps = []
+            for k, w in enumerate(caps_list):
+                wk = f"{where}.caps[{k}]"
+                _known_keys(w, _CAP_KEYS, wk)
+                caps.append(
+                    CapWindow(
+                        start=_str(_req(w, "start", wk), f"{wk}.start"),
+                        end=_str(_req(w, "end", wk), f"{wk}.end"),
+                        max_current_a=_num(_req(w, "max_current_a", wk), f"{wk}.max_current_a"),
+                    )
+                )
+            phases = _num(c.get("phases", 3), f"{where}.phases")
+            if phases != int(phases):
+                raise SiteError(f"{where}.phases: must be 1 or 3, got {phases}")
+            pw = c.get("password_hash")
+            cps.append(
                 ChargePoint(
-                    id=str(_req(c, "id", f"charge_points[{i}]")),
-                    fuse=str(_req(c, "fuse", f"charge_points[{i}]")),
-                    max_current_a=float(c.get("max_current_a", 32.0)),
-                    min_current_a=float(c.get("min_current_a", 6.0)),
-                    phases=int(c.get("phases", 3)),
-                    phase_rotation=str(c.get("phase_rotation", "L1L2L3")),
-                    caps=tuple(
-                        CapWindow(str(w["start"]), str(w["end"]), float(w["max_current_a"]))
-                        for w in c.get("caps", [])
-                    ),
-                    password_hash=c.get("password_hash"),
+                    id=_str(_req(c, "id", where), f"{where}.id"),
+                    fuse=_str(_req(c, "fuse", where), f"{where}.fuse"),
+                    max_current_a=_num(c.get("max_current_a", 32.0), f"{where}.max_current_a"),
+                    min_current_a=_num(c.get("min_current_a", 6.0), f"{where}.min_current_a"),
+                    phases=int(phases),
+                    phase_rotation=_str(c.get("phase_rotation", "L1L2L3"), f"{where}.phase_rotation"),
+                    caps=tuple(caps),
+                    password_hash=None if pw is None else _str(pw, f"{where}.password_hash"),
                 )
-                for i, c in enumerate(d.get("charge_points", []))
             )
-        except (TypeError, KeyError) as exc:
-            raise SiteError(f"site: malformed entry ({exc})") from exc
         known = {"name", "voltage_v", "fuses", "charge_points", "max_unbalance_a", "timezone"}
+        unbalance = d.get("max_unbalance_a")
         return cls(
-            name=str(d.get("name", "site")),
-            fuses=fuses,
-            charge_points=cps,
-            voltage_v=float(d.get("voltage_v", 230.0)),
-            max_unbalance_a=None if d.get("max_unbalance_a") is None else float(d["max_unbalance_a"]),
-            timezone=str(d.get("timezone", "Europe/Berlin")),
+            name=_str(d.get("name", "site"), "name"),
+            fuses=tuple(fuses),
+            charge_points=tuple(cps),
+            voltage_v=_num(d.get("voltage_v", 230.0), "voltage_v"),
+            max_unbalance_a=None if unbalance is None else _num(unbalance, "max_unbalance_a"),
+            timezone=_str(d.get("timezone", "Europe/Berlin"), "timezone"),
             extra={k: v for k, v in d.items() if k not in known},
         )
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "Site":
         """Read a site file; raises :class:`SiteError` naming the bad key."""
+        p = Path(path)
+        if not p.exists():
+            raise SiteFileNotFoundError(f"{p}: no such site file")
         try:
-            with open(path, "rb") as fh:
+            with open(p, "rb") as fh:
                 d = tomllib.load(fh)
         except tomllib.TOMLDecodeError as exc:
-            raise SiteError(f"{path}: not valid TOML ({exc})") from exc
-        return cls.from_dict(d)
+            raise SiteError(f"{p}: not valid TOML ({exc})") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SiteError(f"{p}: cannot read site file ({exc})") from exc
+        try:
+            return cls.from_dict(d)
+        except SiteError as exc:
+            raise SiteError(f"{p}: {exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
         """The site as a TOML-ready table (optional keys only when set)."""
@@ -319,20 +378,41 @@ def _req(d: dict, key: str, where: str):
     return d[key]
 
 
+def _known_keys(d, allowed: set[str], where: str) -> None:
+    if not isinstance(d, dict):
+        raise SiteError(f"{where}: expected a table, got {type(d).__name__}")
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise SiteError(f"{where}.{unknown[0]}: unknown key (expected one of {sorted(allowed)})")
+
+
+def _num(v, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise SiteError(f"{where}: expected a number, got {v!r}")
+    return float(v)
+
+
+def _str(v, where: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise SiteError(f"{where}: expected a non-empty string, got {v!r}")
+    return v
+
+
 def _three(v, where: str) -> tuple[float, float, float]:
-    if isinstance(v, (int, float)):
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
         v = [v, v, v]
     if not isinstance(v, (list, tuple)) or len(v) != 3:
         raise SiteError(f"{where}: expected three per-phase values [L1, L2, L3], got {v!r}")
-    try:
-        return tuple(float(x) for x in v)  # type: ignore[return-value]
-    except (TypeError, ValueError) as exc:
-        raise SiteError(f"{where}: not numbers ({v!r})") from exc
+    return tuple(_num(x, where) for x in v)  # type: ignore[return-value]
 
 
 def _hhmm(s: str) -> int:
+    """Minutes after local midnight of "HH:MM" (00:00 to 24:00); ValueError otherwise."""
     h, m = s.split(":")
-    return int(h) * 60 + int(m)
+    minutes = int(h) * 60 + int(m)
+    if len(m) != 2 or not (0 <= int(m) < 60) or not (0 <= minutes <= 24 * 60):
+        raise ValueError(f"not a time of day: {s!r}")
+    return minutes
 
 
 def _to_local_index(times, tz: str):
@@ -351,7 +431,6 @@ def _validate(site: Site) -> None:
         raise SiteError(f"voltage_v: must be positive, got {site.voltage_v}")
     if site.max_unbalance_a is not None and site.max_unbalance_a < 0:
         raise SiteError(f"max_unbalance_a: must be >= 0, got {site.max_unbalance_a}")
-    ids = [f.id for f in site.fuses]
     seen: set[str] = set()
     for i, f in enumerate(site.fuses):
         if f.id in seen:
@@ -359,11 +438,6 @@ def _validate(site: Site) -> None:
         seen.add(f.id)
         if any(not (x > 0) for x in f.max_current_a):
             raise SiteError(f"fuses[{i}].max_current_a: ratings must be positive, got {list(f.max_current_a)}")
-    roots = [f for f in site.fuses if f.parent is None]
-    if len(roots) != 1:
-        raise SiteError(
-            f"fuses: exactly one fuse must have no parent (the grid connection); found {[f.id for f in roots]}"
-        )
     parent = {f.id: f.parent for f in site.fuses}
     for i, f in enumerate(site.fuses):
         if f.parent is not None and f.parent not in parent:
@@ -375,6 +449,11 @@ def _validate(site: Site) -> None:
                 raise SiteError(f"fuses[{i}].parent: cycle {' -> '.join(path + [cur])}")
             path.append(cur)
             cur = parent[cur]
+    roots = [f for f in site.fuses if f.parent is None]
+    if len(roots) != 1:
+        raise SiteError(
+            f"fuses: exactly one fuse must have no parent (the grid connection); found {[f.id for f in roots]}"
+        )
     cps: set[str] = set()
     for i, c in enumerate(site.charge_points):
         where = f"charge_points[{i}]"
@@ -389,6 +468,8 @@ def _validate(site: Site) -> None:
             raise SiteError(
                 f"{where}.phase_rotation: {c.phase_rotation!r} is not a permutation of L1L2L3"
             )
+        if not (c.max_current_a > 0):
+            raise SiteError(f"{where}.max_current_a: must be > 0, got {c.max_current_a}")
         if not (c.min_current_a >= 0):
             raise SiteError(f"{where}.min_current_a: must be >= 0, got {c.min_current_a}")
         if c.min_current_a > c.max_current_a:
@@ -399,6 +480,6 @@ def _validate(site: Site) -> None:
             try:
                 _hhmm(w.start), _hhmm(w.end)
             except ValueError as exc:
-                raise SiteError(f"{where}.caps[{k}]: start/end must be 'HH:MM'") from exc
+                raise SiteError(f"{where}.caps[{k}]: start/end must be 'HH:MM', got {w.start!r}, {w.end!r}") from exc
             if w.max_current_a < 0:
                 raise SiteError(f"{where}.caps[{k}].max_current_a: must be >= 0")

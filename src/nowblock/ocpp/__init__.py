@@ -1,0 +1,25 @@
+"""OCPP 1.6J and 2.0.1 central system: connections, handlers, live state, charging profiles.
+
+Entry points: :class:`~nowblock.ocpp.server.CentralSystem` (``start()/stop()``, ``state``,
+``events()``, ``set_limit``, ``set_default_profile``, ``set_station_max``,
+``get_composite_schedule``, ``clear_profiles``), :class:`~nowblock.ocpp.state.LiveState`
+(``snapshot()`` for policies) and :func:`~nowblock.ocpp.auth.hash_password` for site files.
+See docs/ocpp.md.
+"""
+
+from nowblock.ocpp.auth import hash_password, verify_password
+
+__all__ = ["CentralSystem", "LiveState", "hash_password", "verify_password"]
+
+
+def __getattr__(name: str):
+    # The server pulls in websockets and the ocpp library; import it only when asked for.
+    if name == "CentralSystem":
+        from nowblock.ocpp.server import CentralSystem
+
+        return CentralSystem
+    if name == "LiveState":
+        from nowblock.ocpp.state import LiveState
+
+        return LiveState
+    raise AttributeError(f"module 'nowblock.ocpp' has no attribute {name!r}")

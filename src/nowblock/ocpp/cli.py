@@ -1,0 +1,78 @@
+"""serve: run the OCPP 1.6J/2.0.1 central system for a site."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import ssl
+
+from nowblock.site import Site
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``nowblock serve``."""
+    parser.add_argument("--site", required=True, help="site file (TOML)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9000, help="port (default 9000)")
+    parser.add_argument("--db", default=None, help="SQLite file for the control loop's persistence")
+    parser.add_argument("--certfile", default=None, help="TLS certificate (PEM): serve wss:// (security profile 2)")
+    parser.add_argument("--keyfile", default=None, help="TLS private key (PEM)")
+    parser.add_argument("--heartbeat", type=int, default=300, help="heartbeat interval told to chargers [s]")
+    parser.add_argument("--tx-validity", type=int, default=900, help="validity of TxProfiles [s]")
+
+
+def ssl_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
+    """A server TLS context, or None without a certificate."""
+    if not certfile:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # OCPP security profile 2 requires TLS 1.2+
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+def _controller_factory():
+    """The live controller of issue 6 when installed (``nowblock.control.attach``), else None."""
+    try:
+        from nowblock import control  # noqa: PLC0415
+    except ImportError:
+        return None
+    return getattr(control, "attach", None)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from nowblock.ocpp.server import CentralSystem
+
+    site = Site.from_toml(args.site)
+    attach = _controller_factory()
+    cs = CentralSystem(site, host=args.host, port=args.port, ssl_context=ssl_context(args.certfile, args.keyfile),
+                       heartbeat_s=args.heartbeat, tx_validity_s=args.tx_validity, db=args.db,
+                       builtin_control=attach is None)
+    await cs.start()
+    controller = attach(cs, db=args.db) if attach is not None else None
+    if controller is not None and hasattr(controller, "start"):
+        res = controller.start()
+        if asyncio.iscoroutine(res):
+            await res
+    print(f"nowblock: serving {site.name} ({len(site.charge_points)} charging points) on {cs.url('<id>')}",
+          flush=True)
+    try:
+        await cs.serve_forever()
+    finally:
+        if controller is not None and hasattr(controller, "stop"):
+            res = controller.stop()
+            if asyncio.iscoroutine(res):
+                await res
+        await cs.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``nowblock serve`` until interrupted; returns the exit code."""
+    try:
+        asyncio.run(_serve(args))
+    except KeyboardInterrupt:
+        pass
+    return 0

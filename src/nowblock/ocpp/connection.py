@@ -1,0 +1,177 @@
+"""What both protocol versions share on the central-system side of one WebSocket.
+
+:class:`CsmsConnection` is mixed into the ``ocpp`` library's ``ChargePoint`` of each
+version. It replaces ``route_message`` because the library only logs frames it cannot parse
+(not JSON, not an array, an unknown message type): here every such frame is answered with
+the CALLERROR the protocol defines, where one is allowed (never in reply to a CALLRESULT or
+CALLERROR), logged, and the connection keeps serving. It also runs the work a handler
+deferred (sending a profile after a BootNotification, say) only after the handler's
+response went out, as tracked tasks whose failures are logged: a handler must never await a
+CALL of its own, because the same loop has to read that CALL's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from ocpp.exceptions import OCPPError
+from ocpp.messages import Call, CallError, MessageType, unpack
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nowblock.ocpp.server import CentralSystem
+
+log = logging.getLogger(__name__)
+
+# Error codes spelled as each version spells them (1.6 keeps its historical typos).
+_CODES_16 = {"FormatViolation": "FormationViolation", "OccurrenceConstraintViolation": "OccurenceConstraintViolation"}
+_CODES_201 = {"FormationViolation": "FormatViolation", "OccurenceConstraintViolation": "OccurrenceConstraintViolation"}
+UNKNOWN_ID = "-1"  # OCPP-J 2.0.1: the MessageId to use when the incoming one cannot be read
+
+
+class CallErrorReceived(Exception):
+    """The charger answered a CALL with a CALLERROR (``code``, ``description``)."""
+
+    def __init__(self, code: str, description: str = "") -> None:
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description
+
+
+class CsmsConnection:
+    """Mixin for ``ocpp.v16.ChargePoint`` / ``ocpp.v201.ChargePoint`` on the central side."""
+
+    version: str = ""
+    _ocpp_version: str
+
+    def __init__(self, cp_id: str, ws, central: "CentralSystem") -> None:
+        super().__init__(cp_id, ws, response_timeout=central.response_timeout_s)  # type: ignore[call-arg]
+        self.central = central
+        self.state = central.state
+        self._deferred: list[Callable[[], Awaitable[None]]] = []
+        self.frame_errors = 0
+
+    # ---- deferred work ----------------------------------------------------------------------
+    def defer(self, fn: Callable[[], Awaitable[None] | None]) -> None:
+        """Call ``fn()`` once the current handler's response has been sent; a coroutine it
+        returns runs as a tracked task. (Events such as a 1.6 start are published this way, so
+        no one sends a TxProfile before the charger has learnt its transaction id.)"""
+        self._deferred.append(fn)
+
+    def _run_deferred(self) -> None:
+        jobs, self._deferred = self._deferred, []
+        for fn in jobs:
+            try:
+                res = fn()
+            except Exception:
+                log.exception("%s: deferred work failed", self.id)
+                continue
+            if asyncio.iscoroutine(res):
+                self.central.spawn(res, name=f"{self.id}:deferred")
+
+    # ---- framing ----------------------------------------------------------------------------
+    def _code(self, code: str) -> str:
+        return (_CODES_16 if self._ocpp_version == "1.6" else _CODES_201).get(code, code)
+
+    async def _send_error(self, unique_id: str, code: str, description: str, details: dict | None = None) -> None:
+        self.frame_errors += 1
+        err = CallError(unique_id, self._code(code), description, details or {})
+        await self._send(err.to_json())  # type: ignore[attr-defined]
+
+    def _check_frame(self, raw) -> tuple[str, str, str] | None:
+        """(unique id, error code, description) when ``raw`` is no valid OCPP-J CALL/CALLRESULT/CALLERROR.
+
+        Returns ``("", ...)`` for a broken response frame: those are logged, never answered.
+        """
+        v16 = self._ocpp_version == "1.6"
+        rpc = "FormatViolation" if v16 else "RpcFrameworkError"
+        try:
+            msg = json.loads(raw)
+        except (ValueError, TypeError):
+            return UNKNOWN_ID, rpc, "message is not valid JSON"
+        if not isinstance(msg, list) or len(msg) < 2:
+            return UNKNOWN_ID, rpc, "message is not an OCPP-J array [type, id, ...]"
+        uid = msg[1] if isinstance(msg[1], str) and msg[1] else UNKNOWN_ID
+        kind = msg[0]
+        if kind not in (MessageType.Call, MessageType.CallResult, MessageType.CallError) or isinstance(kind, bool):
+            return uid, ("ProtocolError" if v16 else "MessageTypeNotSupported"), f"unknown message type {kind!r}"
+        if kind == MessageType.Call:
+            if len(msg) != 4 or not isinstance(msg[2], str) or not isinstance(msg[3], dict) or uid == UNKNOWN_ID:
+                return uid, rpc, "a CALL is [2, \"<id>\", \"<Action>\", {payload}]"
+        elif kind == MessageType.CallResult and (len(msg) != 3 or not isinstance(msg[2], dict)):
+            return "", rpc, "malformed CALLRESULT"
+        elif kind == MessageType.CallError and len(msg) != 5:
+            return "", rpc, "malformed CALLERROR"
+        return None
+
+    async def route_message(self, raw_msg) -> None:
+        """Route one frame; answer what cannot be parsed; never raise (the loop must live on)."""
+        try:
+            bad = self._check_frame(raw_msg)
+            if bad is not None:
+                uid, code, why = bad
+                log.warning("%s: bad frame (%s): %.200r", self.id, why, raw_msg)
+                if uid:
+                    await self._send_error(uid, code, why)
+                else:
+                    self.frame_errors += 1
+                return
+            try:
+                msg = unpack(raw_msg)
+            except OCPPError as exc:  # pragma: no cover - _check_frame catches these first
+                log.warning("%s: unparseable frame %.200r: %s", self.id, raw_msg, exc)
+                return
+            if msg.message_type_id == MessageType.Call:
+                await self._route_call(msg)
+            else:
+                self._response_queue.put_nowait(msg)  # type: ignore[attr-defined]
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except Exception:
+            if _is_closed_error():
+                raise
+            log.exception("%s: failed to handle frame %.200r", self.id, raw_msg)
+
+    async def _route_call(self, msg: Call) -> None:
+        try:
+            await self._handle_call(msg)  # type: ignore[attr-defined]
+        except OCPPError as exc:
+            log.warning("%s: %s %s answered with %s: %s", self.id, msg.action, msg.unique_id, exc.code,
+                        exc.details.get("cause", exc.description))
+            details = {k: v for k, v in exc.details.items() if k != "ocpp_message"}
+            await self._send_error(msg.unique_id, exc.code, exc.description, details)
+        except Exception as exc:  # a bug of ours: the charger still gets an answer
+            if _is_closed(exc):
+                raise
+            log.exception("%s: %s handler failed", self.id, msg.action)
+            await self._send_error(msg.unique_id, "InternalError", "handler failed")
+        finally:
+            self._run_deferred()
+
+    # ---- outgoing calls (uniform over both versions) ------------------------------------------
+    async def _call(self, payload):
+        """``call`` that raises :class:`CallErrorReceived` on a CALLERROR (any code, even unknown ones)."""
+        try:
+            return await self.call(payload, suppress=False)  # type: ignore[attr-defined]
+        except OCPPError as exc:
+            raise CallErrorReceived(exc.code, str(exc.description)) from exc
+        except Exception as exc:
+            if type(exc).__name__ == "UnknownCallErrorCodeError":
+                raise CallErrorReceived("Unknown", str(exc)) from exc
+            raise
+
+
+def _is_closed(exc: BaseException) -> bool:
+    from websockets.exceptions import ConnectionClosed
+
+    return isinstance(exc, ConnectionClosed)
+
+
+def _is_closed_error() -> bool:
+    import sys
+
+    exc = sys.exc_info()[1]
+    return exc is not None and _is_closed(exc)

@@ -1,0 +1,138 @@
+"""Sending limits to chargers: retries with backoff, then a fallback chain.
+
+A limit for a running transaction goes out as a TxProfile with its transaction id. A charger
+that answers Rejected, NotSupported, a CALLERROR or nothing gets the same request again after
+a growing pause (``backoff_s * 2**attempt``), except for NotSupported/NotImplemented, which
+will not change; then the next purpose in the chain is tried: TxDefaultProfile on the
+connector, then the station maximum (ChargePointMaxProfile / ChargingStationMaxProfile on
+connector 0). Only profiles the charger accepted enter the live state, so the limit the
+snapshot reports is the one the charger applies, never the one we merely sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from nowblock.ocpp import profiles as pr
+from nowblock.ocpp.connection import CallErrorReceived
+from nowblock.ocpp.state import DispatchRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nowblock.ocpp.server import CentralSystem
+
+log = logging.getLogger(__name__)
+_PERMANENT = {"NotSupported", "NotImplemented"}
+
+
+async def send_profile(
+    cs: "CentralSystem", cp_id: str, connector_id: int, purpose: str, current_a: float, *,
+    validity_s: int, retries: int, backoff_s: float, attempts: list[tuple[str, str]],
+) -> bool:
+    """Send one profile, retrying; appends each answer to ``attempts``; True once accepted."""
+    st = cs.state.station(cp_id)
+    cp = cs.site.charge_point(cp_id)
+    t = cs.state.running_on(cp_id, connector_id) if purpose == pr.TX else None
+    # Watts need the car's phase count; when unknown, 1 phase is the assumption that cannot overload.
+    phases = (t.phases_used if t is not None and t.phases_used else 1) if st.rate_unit == "W" else cp.phases
+    target = 0 if purpose in pr.MAX_PURPOSES else connector_id
+    for attempt in range(retries + 1):
+        conn = cs.connection(cp_id)
+        if conn is None:
+            attempts.append((purpose, "Disconnected"))
+            return False
+        payload = pr.build_profile(
+            conn.version, purpose, current_a, connector_id=target, validity_s=validity_s, unit=st.rate_unit,
+            phases=phases, voltage_v=cs.site.voltage_v, transaction_id=None if t is None else t.transaction_id,
+        )
+        try:
+            answer = await conn.set_profile(target, payload)
+        except asyncio.TimeoutError:
+            answer = "Timeout"
+        except CallErrorReceived as exc:
+            answer = exc.code
+        except Exception as exc:  # connection closed mid-call, schema trouble: all logged, none fatal
+            log.warning("%s: SetChargingProfile %s failed: %r", cp_id, purpose, exc)
+            answer = type(exc).__name__
+        attempts.append((purpose, answer))
+        if answer == "Accepted":
+            cs.state.on_profile_accepted(cp_id, target, payload)
+            return True
+        if answer in _PERMANENT or cs.connection(cp_id) is None:
+            return False
+        if attempt < retries:
+            await asyncio.sleep(backoff_s * 2**attempt)
+    return False
+
+
+async def set_limit(
+    cs: "CentralSystem", cp_id: str, connector_id: int, current_a: float, *,
+    validity_s: int | None = None, retries: int | None = None, backoff_s: float | None = None,
+    verify: bool = False,
+) -> DispatchRecord:
+    """Limit ``connector_id`` of ``cp_id`` to ``current_a`` [A per phase] through the fallback chain.
+
+    Returns (and records in the state) which purpose the charger accepted and the limit it
+    applies by the profiles it holds; with ``verify`` that limit is read back with
+    GetCompositeSchedule instead.
+    """
+    validity_s = cs.tx_validity_s if validity_s is None else validity_s
+    retries = cs.retries if retries is None else retries
+    backoff_s = cs.backoff_s if backoff_s is None else backoff_s
+    lock = cs.station_lock(cp_id)
+    async with lock:  # one limit change per station at a time, so answers cannot cross
+        attempts: list[tuple[str, str]] = []
+        t = cs.state.running_on(cp_id, connector_id)
+        chain = ([pr.TX] if t is not None else []) + [pr.TX_DEFAULT, pr.MAX_16]
+        accepted = None
+        for purpose in chain:
+            vs = validity_s if purpose == pr.TX else cs.default_validity_s
+            if await send_profile(cs, cp_id, connector_id, purpose, current_a, validity_s=vs, retries=retries,
+                                  backoff_s=backoff_s, attempts=attempts):
+                accepted = purpose
+                break
+            if attempts and attempts[-1][1] == "Disconnected":
+                break
+        if accepted in (pr.TX, pr.TX_DEFAULT):
+            await _lift_fallback_max(cs, cp_id, current_a, attempts)
+        applied = cs.state.applied_limit_a(cp_id, connector_id)
+        if verify and accepted is not None:
+            applied = await verified_limit_a(cs, cp_id, connector_id, default=applied)
+        rec = DispatchRecord(time=pr.utcnow(), wanted_a=float(current_a), purpose=accepted,
+                             accepted_a=applied if accepted is not None else None, attempts=attempts)
+        if accepted is None:
+            log.warning("%s/%s: no profile accepted for %.1f A (%s)", cp_id, connector_id, current_a, attempts)
+        cs.state.on_dispatch(cp_id, connector_id, rec)
+        return rec
+
+
+async def _lift_fallback_max(cs: "CentralSystem", cp_id: str, current_a: float, attempts) -> None:
+    # A station maximum we installed as a last resort would cap the new, accepted limit: clear it.
+    st = cs.state.station(cp_id)
+    ours = [p for p in st.profiles if p.id == pr.STATION_MAX_ID and p.purpose in pr.MAX_PURPOSES]
+    conn = cs.connection(cp_id)
+    if not ours or conn is None:
+        return
+    try:
+        answer = await conn.clear_profiles(profile_id=pr.STATION_MAX_ID)
+    except Exception as exc:
+        answer = getattr(exc, "code", type(exc).__name__)
+    attempts.append(("ClearStationMax", answer))
+    if answer in ("Accepted", "Unknown"):
+        cs.state.on_profiles_cleared(cp_id, profile_id=pr.STATION_MAX_ID)
+
+
+async def verified_limit_a(cs: "CentralSystem", cp_id: str, connector_id: int, default=None) -> float | None:
+    """The charger's own composite limit now [A] (GetCompositeSchedule), or ``default`` if it fails."""
+    try:
+        res = await cs.get_composite_schedule(cp_id, connector_id, duration_s=60)
+    except Exception as exc:
+        log.warning("%s: GetCompositeSchedule failed: %r", cp_id, exc)
+        return default
+    if res["status"] != "Accepted" or not res["periods"]:
+        return default
+    lim = res["periods"][0][1]
+    if res.get("unit") == "W":
+        lim = lim / (cs.site.voltage_v * cs.site.charge_point(cp_id).phases)
+    return float(lim)

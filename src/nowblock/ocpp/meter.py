@@ -1,0 +1,57 @@
+"""Meter values of both OCPP versions into one flat reading with units in the keys."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from nowblock.ocpp.profiles import parse_time
+
+log = logging.getLogger(__name__)
+
+_SCALE = {"Wh": 1.0, "kWh": 1000.0, "W": 1.0, "kW": 1000.0, "A": 1.0, "Percent": 1.0, "V": 1.0}
+_KEYS = {
+    "Energy.Active.Import.Register": "energy_wh",
+    "Power.Active.Import": "power_w",
+    "Current.Offered": "offered_a",
+    "SoC": "soc_percent",
+    "Voltage": "voltage_v",
+}
+
+
+def parse_meter_values(meter_value: list[dict]) -> tuple[dict[str, float], datetime | None]:
+    """Flatten (snake_case) ``meter_value`` entries of either version; the latest value wins.
+
+    Returns ``({"energy_wh", "power_w", "current_l1_a".."current_l3_a", "offered_a",
+    "soc_percent", "voltage_v"}: only those present, timestamp of the latest entry)``.
+    A Current.Import without a phase counts for L1 (single-phase meters report it so).
+    Unparseable samples are logged and skipped, never raised: one bad sample must not cost
+    the rest of the message.
+    """
+    out: dict[str, float] = {}
+    latest: datetime | None = None
+    for mv in meter_value or []:
+        try:
+            ts = parse_time(mv.get("timestamp"))
+        except ValueError:
+            ts = None
+        if ts is not None and (latest is None or ts > latest):
+            latest = ts
+        for sv in mv.get("sampled_value", []):
+            try:
+                measurand = sv.get("measurand", "Energy.Active.Import.Register")
+                phase = sv.get("phase")
+                uom = sv.get("unit_of_measure") or {}
+                unit = sv.get("unit") or uom.get("unit")
+                mult = 10.0 ** float(uom.get("multiplier", 0))
+                value = float(sv["value"]) * mult * _SCALE.get(unit or "", 1.0)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("skipping unreadable sampled value %r (%s)", sv, exc)
+                continue
+            if measurand == "Current.Import":
+                p = (phase or "L1")[:2]
+                if p in ("L1", "L2", "L3"):
+                    out[f"current_{p.lower()}_a"] = value
+            elif measurand in _KEYS and (phase is None or measurand == "Voltage"):
+                out[_KEYS[measurand]] = value
+    return out, latest

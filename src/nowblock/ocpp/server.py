@@ -1,0 +1,309 @@
+"""The central system: WebSocket server, one OCPP connection per charging station, and the
+async API a controller uses (limits, default profiles, composite schedules, events).
+
+Identities come from the URL path (``ws://host:port/<anything>/<cp_id>``); the handshake
+refuses identities the site does not list (404) and, for a charging point with a
+``password_hash``, a missing or wrong HTTP Basic password (401, OCPP security profile 1).
+Subprotocols ``ocpp2.0.1`` and ``ocpp1.6`` are negotiated in the charger's order of
+preference; a charger that offers none is taken as 1.6 (older firmware omits the header).
+Give an ``ssl.SSLContext`` for TLS (security profile 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Coroutine
+from http import HTTPStatus
+from urllib.parse import unquote, urlsplit
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, NegotiationError
+from websockets.headers import build_www_authenticate_basic, parse_authorization_basic
+
+from nowblock.ocpp import dispatch
+from nowblock.ocpp import profiles as pr
+from nowblock.ocpp.auth import verify_password
+from nowblock.ocpp.state import DispatchRecord, LiveState, Subscription
+from nowblock.ocpp.v16 import ChargePoint16
+from nowblock.ocpp.v201 import ChargePoint201
+from nowblock.site import Site
+
+log = logging.getLogger(__name__)
+SUBPROTOCOLS = ("ocpp2.0.1", "ocpp1.6")
+
+
+def identity_from_path(path: str) -> str:
+    """The charging station identity: the last non-empty segment of the URL path, unquoted."""
+    parts = [p for p in urlsplit(path).path.split("/") if p]
+    return unquote(parts[-1]) if parts else ""
+
+
+class CentralSystem:
+    """OCPP 1.6J / 2.0.1 central system for one :class:`~nowblock.site.Site`.
+
+    Times in seconds: ``heartbeat_s`` (told to chargers at boot), ``response_timeout_s``
+    (waiting for a charger's answer), ``tx_validity_s`` (life of a TxProfile; refresh before),
+    ``default_validity_s`` (life of TxDefault and station-maximum profiles), ``backoff_s``
+    (first pause between retries, doubling). ``failsafe_at_boot`` sends every station that
+    boots a TxDefaultProfile with :func:`~nowblock.ocpp.profiles.failsafe_current_a`.
+    ``builtin_control`` runs :class:`~nowblock.ocpp.builtin.EqualShareControl` until a real
+    controller takes over (pass False when one does). ``port=0`` picks a free port
+    (see :attr:`port` after :meth:`start`).
+    """
+
+    def __init__(
+        self, site: Site, *, host: str = "127.0.0.1", port: int = 9000, ssl_context: ssl.SSLContext | None = None,
+        heartbeat_s: int = 300, response_timeout_s: float = 10.0, tx_validity_s: int = 900,
+        default_validity_s: int = 7 * 86400, retries: int = 2, backoff_s: float = 0.5,
+        failsafe_at_boot: bool = True, probe_rate_unit: bool = True, builtin_control: bool = True,
+        db: str | None = None, state: LiveState | None = None, ping_interval_s: float | None = 60.0,
+    ) -> None:
+        self.site = site
+        self.host, self._port, self.ssl_context = host, port, ssl_context
+        self.heartbeat_s, self.response_timeout_s = heartbeat_s, response_timeout_s
+        self.tx_validity_s, self.default_validity_s = tx_validity_s, default_validity_s
+        self.retries, self.backoff_s = retries, backoff_s
+        self.failsafe_at_boot, self.probe_rate_unit = failsafe_at_boot, probe_rate_unit
+        self.db = db  # for the control loop's persistence (issue 6); the server itself keeps none
+        self.ping_interval_s = ping_interval_s
+        self.state = state or LiveState(site)
+        self.failsafe_a = dict(zip(site.charge_point_ids, pr.failsafe_current_a(site).tolist()))
+        self._connections: dict[str, ChargePoint16 | ChargePoint201] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._server = None
+        self.control = None
+        if builtin_control:
+            from nowblock.ocpp.builtin import EqualShareControl
+
+            self.control = EqualShareControl(self)
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> "CentralSystem":
+        """Start listening (and the built-in control, if any)."""
+        self._server = await serve(
+            self._handle, self.host, self._port, subprotocols=list(SUBPROTOCOLS),
+            select_subprotocol=self._select_subprotocol, process_request=self._process_request,
+            ssl=self.ssl_context, ping_interval=self.ping_interval_s, compression=None,
+        )
+        if self.control is not None:
+            self.control.start()
+        log.info("central system for %s listening on %s", self.site.name, self.url(""))
+        return self
+
+    async def stop(self) -> None:
+        """Close every connection and stop serving; pending tasks are cancelled."""
+        if self.control is not None:
+            await self.control.stop()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> "CentralSystem":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def serve_forever(self) -> None:
+        """Run until cancelled."""
+        assert self._server is not None, "start() first"
+        await self._server.serve_forever()
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on."""
+        if self._server is None:
+            return self._port
+        return next(iter(self._server.sockets)).getsockname()[1]
+
+    def url(self, cp_id: str) -> str:
+        """``ws(s)://host:port/<cp_id>``."""
+        scheme = "wss" if self.ssl_context else "ws"
+        return f"{scheme}://{self.host}:{self.port}/{cp_id}"
+
+    def spawn(self, coro: Coroutine, name: str | None = None) -> asyncio.Task:
+        """Run ``coro`` as a tracked task whose failure is logged (never silently dropped)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    # ---- handshake ----------------------------------------------------------------------------
+    def _select_subprotocol(self, connection: ServerConnection, offered):
+        if not offered:
+            return None
+        for proto in offered:  # the charger lists its preference first
+            if proto in SUBPROTOCOLS:
+                return proto
+        raise NegotiationError(f"no supported OCPP version among {list(offered)}; expected one of {SUBPROTOCOLS}")
+
+    async def _process_request(self, connection: ServerConnection, request):
+        cp_id = identity_from_path(request.path)
+        if cp_id not in self.state.stations:
+            log.warning("refused unknown identity %r from %s", cp_id, connection.remote_address)
+            return connection.respond(HTTPStatus.NOT_FOUND, f"unknown charging station {cp_id!r}\n")
+        expected = self.site.charge_point(cp_id).password_hash
+        if expected:
+            ok = False
+            header = request.headers.get("Authorization")
+            if header:
+                try:
+                    user, password = parse_authorization_basic(header)
+                except Exception:
+                    user, password = "", ""
+                # scrypt is deliberately slow: keep it off the event loop.
+                ok = user == cp_id and await asyncio.to_thread(verify_password, password, expected)
+            if not ok:
+                log.warning("refused %s: missing or wrong password", cp_id)
+                resp = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication required\n")
+                resp.headers["WWW-Authenticate"] = build_www_authenticate_basic(f"nowblock {cp_id}")
+                return resp
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        cp_id = identity_from_path(ws.request.path)
+        version = "2.0.1" if ws.subprotocol == "ocpp2.0.1" else "1.6"
+        cls = ChargePoint201 if version == "2.0.1" else ChargePoint16
+        conn = cls(cp_id, ws, self)
+        old = self._connections.get(cp_id)
+        self._connections[cp_id] = conn
+        if old is not None:  # the newest connection of an identity wins (the charger reconnected)
+            log.info("%s: new connection replaces the old one", cp_id)
+            self.spawn(old._connection.close(), name=f"{cp_id}:close-old")
+        self.state.on_connect(cp_id, version)
+        log.info("%s connected (OCPP %s)", cp_id, version)
+        try:
+            await conn.start()
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("%s: connection handler failed", cp_id)
+        finally:
+            if self._connections.get(cp_id) is conn:
+                del self._connections[cp_id]
+                self.state.on_disconnect(cp_id)
+                log.info("%s disconnected", cp_id)
+
+    # ---- hooks the handlers call --------------------------------------------------------------
+    def authorize(self, cp_id: str, id_tag: str) -> str:
+        """Authorization status for ``id_tag`` (every tag is accepted: the block has no tag list)."""
+        return "Accepted"
+
+    async def after_boot(self, cp_id: str) -> None:
+        """After a BootNotification: learn the rate unit, then install the fail-safe TxDefault."""
+        conn = self.connection(cp_id)
+        if conn is None:
+            return
+        if self.probe_rate_unit:
+            try:
+                self.state.station(cp_id).rate_unit = await conn.probe_rate_unit()
+            except Exception as exc:  # many chargers do not answer this; amperes it is
+                log.info("%s: rate unit unknown (%r); using A", cp_id, exc)
+        if self.failsafe_at_boot:
+            await self.set_default_profile(cp_id, self.failsafe_a[cp_id], connector_id=0)
+
+    async def after_stop(self, cp_id: str, connector_id: int) -> None:
+        """After a transaction ended: drop a connector TxDefault a fallback left behind."""
+        st = self.state.station(cp_id)
+        pid = pr.TX_DEFAULT_ID_BASE + connector_id
+        conn = self.connection(cp_id)
+        if conn is None or not any(p.id == pid and p.connector_id == connector_id for p in st.profiles):
+            return
+        try:
+            if await conn.clear_profiles(profile_id=pid) in ("Accepted", "Unknown"):
+                self.state.on_profiles_cleared(cp_id, profile_id=pid)
+        except Exception as exc:
+            log.warning("%s: could not clear fallback TxDefault %s: %r", cp_id, pid, exc)
+
+    # ---- the controller's API -----------------------------------------------------------------
+    def connection(self, cp_id: str) -> ChargePoint16 | ChargePoint201 | None:
+        """The live connection of ``cp_id``, or None when it is offline."""
+        return self._connections.get(cp_id)
+
+    def station_lock(self, cp_id: str) -> asyncio.Lock:
+        """Serializes limit changes per station."""
+        if cp_id not in self._locks:
+            self._locks[cp_id] = asyncio.Lock()
+        return self._locks[cp_id]
+
+    def events(self, maxsize: int = 10_000) -> Subscription:
+        """A new stream of state events (``async for ev in cs.events(): ...``; ``close()`` it)."""
+        return self.state.subscribe(maxsize)
+
+    async def set_limit(self, cp_id: str, connector_id: int, current_a: float, *, validity_s: int | None = None,
+                        retries: int | None = None, backoff_s: float | None = None,
+                        verify: bool = False) -> DispatchRecord:
+        """Limit a connector/EVSE to ``current_a`` [A per phase]: TxProfile for its running
+        transaction, falling back to TxDefault, then the station maximum. See :mod:`.dispatch`."""
+        return await dispatch.set_limit(self, cp_id, connector_id, current_a, validity_s=validity_s,
+                                        retries=retries, backoff_s=backoff_s, verify=verify)
+
+    async def set_limits(self, limits_a: dict[tuple[str, int], float], **kw) -> dict[tuple[str, int], DispatchRecord]:
+        """:meth:`set_limit` for many (cp_id, connector) at once, concurrently."""
+        keys = list(limits_a)
+        recs = await asyncio.gather(*(self.set_limit(k[0], k[1], limits_a[k], **kw) for k in keys))
+        return dict(zip(keys, recs))
+
+    async def _one_profile(self, cp_id: str, connector_id: int, purpose: str, current_a: float,
+                           validity_s: int | None) -> DispatchRecord:
+        attempts: list[tuple[str, str]] = []
+        async with self.station_lock(cp_id):
+            ok = await dispatch.send_profile(
+                self, cp_id, connector_id, purpose, current_a, attempts=attempts, retries=self.retries,
+                backoff_s=self.backoff_s, validity_s=validity_s or self.default_validity_s)
+        return DispatchRecord(pr.utcnow(), float(current_a), purpose if ok else None,
+                              float(current_a) if ok else None, attempts)
+
+    async def set_default_profile(self, cp_id: str, current_a: float, *, connector_id: int = 0,
+                                  validity_s: int | None = None) -> DispatchRecord:
+        """Send a TxDefaultProfile of ``current_a`` [A] (connector 0: every connector)."""
+        return await self._one_profile(cp_id, connector_id, pr.TX_DEFAULT, current_a, validity_s)
+
+    async def set_station_max(self, cp_id: str, current_a: float, *, validity_s: int | None = None) -> DispatchRecord:
+        """Send a ChargePointMaxProfile (1.6) / ChargingStationMaxProfile (2.0.1) of ``current_a`` [A]."""
+        return await self._one_profile(cp_id, 0, pr.MAX_16, current_a, validity_s)
+
+    async def get_composite_schedule(self, cp_id: str, connector_id: int, duration_s: int = 3600,
+                                     unit: str | None = "A") -> dict:
+        """The charger's GetCompositeSchedule: ``{"status", "start", "unit", "periods": [(start_s, limit)]}``.
+
+        Limits are floats (1.6 answers Decimals). Raises if the charger is offline or errs.
+        """
+        conn = self._require(cp_id)
+        return await conn.composite_schedule(connector_id, duration_s, unit)
+
+    async def clear_profiles(self, cp_id: str, *, profile_id: int | None = None, connector_id: int | None = None,
+                             purpose: str | None = None, stack_level: int | None = None) -> str:
+        """ClearChargingProfile by id, or by the given criteria, or all; returns Accepted/Unknown."""
+        conn = self._require(cp_id)
+        crit = dict(profile_id=profile_id, connector_id=connector_id, purpose=purpose, stack_level=stack_level)
+        answer = await conn.clear_profiles(**crit)
+        if answer == "Accepted":
+            self.state.on_profiles_cleared(cp_id, **crit)
+        return answer
+
+    async def send_raw_profile(self, cp_id: str, connector_id: int, profile: dict) -> str:
+        """Send a profile payload as built by :func:`~nowblock.ocpp.profiles.build_profile`; record it if accepted."""
+        conn = self._require(cp_id)
+        answer = await conn.set_profile(connector_id, profile)
+        if answer == "Accepted":
+            self.state.on_profile_accepted(cp_id, connector_id, profile)
+        return answer
+
+    def _require(self, cp_id: str):
+        conn = self.connection(cp_id)
+        if conn is None:
+            raise ConnectionError(f"{cp_id} is not connected")
+        return conn

@@ -1,0 +1,498 @@
+"""Live state of the block as the central system sees it, and the event stream it emits.
+
+One :class:`LiveState` per central system holds, per station (OCPP identity), connector/EVSE
+and transaction: status, per-phase current, power, energy register, SoC, the current the
+charger reports offering, the profiles it accepted (so the limit it really applies can be
+evaluated by OCPP stacking rules), and when it was last heard from.
+
+:meth:`LiveState.snapshot` turns the running transactions into the ``cars`` frame of
+:class:`nowblock.interface.BlockSnapshot` (columns :data:`nowblock.interface.CAR_COLUMNS`
+plus a few OCPP ones), and :meth:`LiveState.subscribe` hands the controller an async stream
+of :class:`Event` (plug-in, start, meter, needs, stop, disconnect, limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from nowblock.interface import CAR_COLUMNS, BlockSnapshot
+from nowblock.ocpp import profiles as pr
+from nowblock.site import Site
+
+log = logging.getLogger(__name__)
+
+EventKind = Literal[
+    "connect", "boot", "status", "plug_in", "unplug", "start", "meter", "needs", "stop", "disconnect", "limit"
+]
+
+#: Extra snapshot columns beyond CAR_COLUMNS.
+OCPP_COLUMNS = [
+    "transaction_id", "connector_id", "version", "connected", "last_seen", "power_kw",
+    "soc_percent", "status", "accepted_limit_a", "stale",
+]
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something the controller may react to. ``data`` holds kind-specific values (units in keys)."""
+
+    kind: EventKind
+    cp_id: str
+    time: datetime
+    connector_id: int | None = None
+    transaction_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Transaction:
+    """A charging session as the charger reports it. Energy [Wh], currents [A], power [W]."""
+
+    cp_id: str
+    transaction_id: str
+    connector_id: int
+    start: datetime
+    id_tag: str | None = None
+    meter_start_wh: float | None = None
+    energy_register_wh: float | None = None
+    current_a: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    power_w: float = math.nan
+    soc_percent: float = math.nan
+    offered_current_a: float = math.nan
+    phases_used: int | None = None
+    departure: datetime | None = None
+    energy_requested_kwh: float = math.nan
+    ev_max_current_a: float = math.nan
+    ev_min_current_a: float = math.nan
+    last_meter: datetime | None = None
+    stop: datetime | None = None
+    meter_stop_wh: float | None = None
+    stop_reason: str | None = None
+    start_event: Event | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def session_id(self) -> str:
+        """``<cp_id>:<transaction_id>``: unique across stations (2.0.1 ids are per station)."""
+        return f"{self.cp_id}:{self.transaction_id}"
+
+    @property
+    def energy_delivered_kwh(self) -> float:
+        """Energy delivered in this session so far [kWh] (0 before the first reading)."""
+        end = self.meter_stop_wh if self.meter_stop_wh is not None else self.energy_register_wh
+        if end is None or self.meter_start_wh is None:
+            return 0.0
+        return max(end - self.meter_start_wh, 0.0) / 1000.0
+
+
+@dataclass
+class Connector:
+    """A connector (1.6) or EVSE (2.0.1)."""
+
+    connector_id: int
+    status: str = "Unknown"
+    error_code: str | None = None
+    transaction_id: str | None = None
+
+
+@dataclass
+class DispatchRecord:
+    """The outcome of one limit dispatch: what was wanted and what the charger accepted."""
+
+    time: datetime
+    wanted_a: float
+    purpose: str | None  # the purpose that was accepted, None when nothing was
+    accepted_a: float | None
+    attempts: list[tuple[str, str]]  # (purpose, answer) in order: Accepted, Rejected, NotSupported, ...
+
+
+@dataclass
+class Station:
+    """One charging station (OCPP identity) and what the central system knows about it."""
+
+    cp_id: str
+    version: str | None = None
+    connected: bool = False
+    last_seen: datetime | None = None
+    boot: dict[str, Any] = field(default_factory=dict)
+    connectors: dict[int, Connector] = field(default_factory=dict)
+    profiles: list[pr.Profile] = field(default_factory=list)  # accepted by the charger, as we know
+    rate_unit: str = "A"
+    dispatch: dict[int, DispatchRecord] = field(default_factory=dict)
+
+    def connector(self, connector_id: int) -> Connector:
+        """The connector, created on first mention."""
+        if connector_id not in self.connectors:
+            self.connectors[connector_id] = Connector(connector_id)
+        return self.connectors[connector_id]
+
+
+class Subscription:
+    """An async iterator of :class:`Event`; a slow reader loses the oldest events, never blocks."""
+
+    def __init__(self, owner: "LiveState", maxsize: int) -> None:
+        self._owner = owner
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
+        self.dropped = 0
+
+    def _put(self, ev: Event | None) -> None:
+        while True:
+            try:
+                self._queue.put_nowait(ev)
+                return
+            except asyncio.QueueFull:
+                self._queue.get_nowait()
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    log.warning("event subscriber too slow: %d events dropped", self.dropped)
+
+    def __aiter__(self) -> "Subscription":
+        return self
+
+    async def __anext__(self) -> Event:
+        ev = await self._queue.get()
+        if ev is None:
+            raise StopAsyncIteration
+        return ev
+
+    async def get(self, timeout: float | None = None) -> Event:
+        """Next event (``asyncio.TimeoutError`` after ``timeout`` [s])."""
+        ev = await asyncio.wait_for(self._queue.get(), timeout)
+        if ev is None:
+            raise StopAsyncIteration
+        return ev
+
+    def close(self) -> None:
+        """Stop receiving; a pending iteration ends."""
+        self._owner._subs.discard(self)
+        self._put(None)
+
+
+class LiveState:
+    """Live stations, connectors and transactions of one site, fed by the OCPP handlers.
+
+    ``stale_after_s`` [s]: a transaction whose last meter value is older than this is flagged
+    ``stale`` in the snapshot (the controller counts it at its maximum).
+    """
+
+    def __init__(self, site: Site, *, stale_after_s: float = 120.0, first_transaction_id: int = 1) -> None:
+        self.site = site
+        self.stale_after_s = stale_after_s
+        self.stations: dict[str, Station] = {c.id: Station(c.id) for c in site.charge_points}
+        self.transactions: dict[tuple[str, str], Transaction] = {}  # running and finished
+        self.next_transaction_id = first_transaction_id  # 1.6 ids are ours to assign
+        self._subs: set[Subscription] = set()
+        self._listeners: list = []
+
+    # ---- events ---------------------------------------------------------------------------
+    def subscribe(self, maxsize: int = 10_000) -> Subscription:
+        """A new event stream; call ``close()`` when done."""
+        s = Subscription(self, maxsize)
+        self._subs.add(s)
+        return s
+
+    def add_listener(self, fn) -> None:
+        """Call ``fn(event)`` synchronously for every event, inside the OCPP handler and before
+        its answer goes out (for persistence: an exception propagates and the charger gets a
+        CALLERROR, so it retries). Subscribers, by contrast, may see an event after the answer."""
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn) -> None:
+        """Undo :meth:`add_listener`."""
+        self._listeners.remove(fn)
+
+    def emit(self, kind: EventKind, cp_id: str, connector_id=None, transaction_id=None, *, publish: bool = True,
+             **data) -> Event:
+        """Hand an event to the listeners now and, unless ``publish`` is False, to every subscriber."""
+        ev = Event(kind, cp_id, pr.utcnow(), connector_id, transaction_id, data)
+        for fn in list(self._listeners):
+            fn(ev)
+        if publish:
+            self.publish(ev)
+        return ev
+
+    def publish(self, ev: Event) -> None:
+        """Queue ``ev`` for every subscriber."""
+        for s in list(self._subs):
+            s._put(ev)
+
+    # ---- lookups --------------------------------------------------------------------------
+    def station(self, cp_id: str) -> Station:
+        """The station with identity ``cp_id`` (KeyError if the site does not list it)."""
+        return self.stations[cp_id]
+
+    def running(self, cp_id: str | None = None) -> list[Transaction]:
+        """Running transactions, of one station or all."""
+        return [t for t in self.transactions.values() if t.stop is None and (cp_id is None or t.cp_id == cp_id)]
+
+    def transaction(self, cp_id: str, transaction_id) -> Transaction | None:
+        """A transaction by its OCPP id (running or finished), or None."""
+        return self.transactions.get((cp_id, str(transaction_id)))
+
+    def running_on(self, cp_id: str, connector_id: int) -> Transaction | None:
+        """The transaction running on a connector, or None."""
+        tx = self.station(cp_id).connector(connector_id).transaction_id
+        t = None if tx is None else self.transaction(cp_id, tx)
+        return t if t is not None and t.stop is None else None
+
+    # ---- updates from the handlers ----------------------------------------------------------
+    def touch(self, cp_id: str) -> None:
+        """Record that the station was heard from now."""
+        self.stations[cp_id].last_seen = pr.utcnow()
+
+    def on_connect(self, cp_id: str, version: str) -> None:
+        """A WebSocket connection was accepted."""
+        st = self.stations[cp_id]
+        st.version, st.connected = version, True
+        self.touch(cp_id)
+        self.emit("connect", cp_id, version=version)
+
+    def on_disconnect(self, cp_id: str) -> None:
+        """The connection closed; running transactions stay open (the charger may come back)."""
+        st = self.stations[cp_id]
+        st.connected = False
+        self.emit("disconnect", cp_id, running=[t.transaction_id for t in self.running(cp_id)])
+
+    def on_boot(self, cp_id: str, **info) -> None:
+        """BootNotification: remember vendor, model, firmware."""
+        self.stations[cp_id].boot = {k: v for k, v in info.items() if isinstance(v, (str, int, float))}
+        self.touch(cp_id)
+        self.emit("boot", cp_id, **self.stations[cp_id].boot)
+
+    def on_status(self, cp_id: str, connector_id: int, status: str, error_code: str | None = None) -> None:
+        """StatusNotification (1.6 status or 2.0.1 connectorStatus)."""
+        con = self.stations[cp_id].connector(connector_id)
+        before, con.status, con.error_code = con.status, status, error_code
+        self.touch(cp_id)
+        self.emit("status", cp_id, connector_id, status=status, before=before)
+        plugged = {"Preparing", "Occupied", "SuspendedEV", "SuspendedEVSE", "Charging", "Finishing"}
+        if status in plugged and before not in plugged:
+            self.emit("plug_in", cp_id, connector_id)
+        elif status == "Available" and before in plugged:
+            self.emit("unplug", cp_id, connector_id)
+
+    def new_transaction_id(self) -> int:
+        """A fresh 1.6 transaction id (the central system assigns them)."""
+        tid = self.next_transaction_id
+        self.next_transaction_id += 1
+        return tid
+
+    def on_start(
+        self, cp_id: str, connector_id: int, transaction_id, *, start: datetime,
+        meter_start_wh: float | None = None, id_tag: str | None = None, publish: bool = True,
+    ) -> Transaction:
+        """A transaction started (idempotent: a replayed start returns the known transaction).
+
+        Listeners see the ``start`` event at once; with ``publish=False`` subscribers get it only
+        when the caller publishes ``t.start_event`` (the handlers do, once the charger has its
+        answer, so nobody sends a TxProfile for a transaction id the charger does not know yet)."""
+        key = (cp_id, str(transaction_id))
+        if key in self.transactions:
+            return self.transactions[key]
+        old = self.running_on(cp_id, connector_id)
+        if old is not None:  # the charger lost track of it (reboot): close it where it stood
+            self.on_stop(cp_id, old.transaction_id, stop=start, reason="Superseded")
+        t = Transaction(cp_id, str(transaction_id), connector_id, start, id_tag=id_tag, meter_start_wh=meter_start_wh)
+        self.transactions[key] = t
+        self.stations[cp_id].connector(connector_id).transaction_id = t.transaction_id
+        self.touch(cp_id)
+        t.start_event = self.emit("start", cp_id, connector_id, t.transaction_id, publish=publish, id_tag=id_tag)
+        return t
+
+    def on_meter(self, cp_id: str, connector_id: int, transaction_id, reading: dict[str, float], time: datetime) -> None:
+        """Meter values (see :func:`nowblock.ocpp.meter.parse_meter_values` for ``reading``)."""
+        self.touch(cp_id)
+        t = self.transaction(cp_id, transaction_id) if transaction_id is not None else None
+        if t is None and connector_id:
+            t = self.running_on(cp_id, connector_id)
+        if t is None:
+            return
+        if "energy_wh" in reading:
+            t.energy_register_wh = reading["energy_wh"]
+            if t.meter_start_wh is None:
+                t.meter_start_wh = reading["energy_wh"]
+        if any(k in reading for k in ("current_l1_a", "current_l2_a", "current_l3_a")):
+            t.current_a = tuple(reading.get(f"current_l{i}_a", math.nan) for i in (1, 2, 3))  # type: ignore[assignment]
+            ph = _phases_from_currents(t.current_a)
+            if ph is not None:  # a car drawing nothing tells nothing about its phases
+                t.phases_used = ph
+        for key, attr in (("power_w", "power_w"), ("soc_percent", "soc_percent"), ("offered_a", "offered_current_a")):
+            if key in reading:
+                setattr(t, attr, reading[key])
+        t.last_meter = time
+        self.emit("meter", cp_id, t.connector_id, t.transaction_id, **reading)
+
+    def on_needs(
+        self, cp_id: str, connector_id: int, *, departure: datetime | None, energy_kwh: float | None,
+        ev_max_current_a: float | None = None, ev_min_current_a: float | None = None,
+    ) -> Transaction | None:
+        """NotifyEVChargingNeeds: departure time and energy become the running session's needs."""
+        self.touch(cp_id)
+        t = self.running_on(cp_id, connector_id)
+        if t is None:
+            log.warning("%s: charging needs on EVSE %s without a running transaction", cp_id, connector_id)
+            return None
+        if departure is not None:
+            t.departure = departure
+        if energy_kwh is not None:
+            t.energy_requested_kwh = float(energy_kwh)
+        if ev_max_current_a is not None:
+            t.ev_max_current_a = float(ev_max_current_a)
+        if ev_min_current_a is not None:
+            t.ev_min_current_a = float(ev_min_current_a)
+        self.emit("needs", cp_id, connector_id, t.transaction_id, departure=departure, energy_kwh=energy_kwh,
+                  ev_max_current_a=ev_max_current_a)
+        return t
+
+    def on_stop(
+        self, cp_id: str, transaction_id, *, stop: datetime, meter_stop_wh: float | None = None,
+        reason: str | None = None,
+    ) -> Transaction | None:
+        """The transaction ended; its TxProfiles end with it (as on the charger)."""
+        t = self.transaction(cp_id, transaction_id)
+        if t is None or t.stop is not None:
+            return t
+        t.stop, t.stop_reason = stop, reason
+        if meter_stop_wh is not None:
+            t.meter_stop_wh = meter_stop_wh
+            t.energy_register_wh = meter_stop_wh
+        st = self.stations[cp_id]
+        con = st.connector(t.connector_id)
+        if con.transaction_id == t.transaction_id:
+            con.transaction_id = None
+        st.profiles = [p for p in st.profiles if not (p.purpose == pr.TX and p.connector_id == t.connector_id)]
+        self.touch(cp_id)
+        self.emit("stop", cp_id, t.connector_id, t.transaction_id, reason=reason,
+                  energy_kwh=t.energy_delivered_kwh)
+        return t
+
+    # ---- limits ---------------------------------------------------------------------------
+    def on_profile_accepted(self, cp_id: str, connector_id: int, payload: dict) -> None:
+        """The charger accepted SetChargingProfile with this (snake_case) profile payload."""
+        st = self.stations[cp_id]
+        st.profiles = pr.add_profile(st.profiles, pr.Profile.from_payload(connector_id, payload))
+
+    def on_profiles_cleared(self, cp_id: str, **criteria) -> None:
+        """The charger accepted ClearChargingProfile with these criteria."""
+        st = self.stations[cp_id]
+        st.profiles, _ = pr.clear_matching(st.profiles, **criteria)
+
+    def on_dispatch(self, cp_id: str, connector_id: int, record: DispatchRecord) -> None:
+        """Remember the outcome of a limit dispatch and publish it."""
+        self.stations[cp_id].dispatch[connector_id] = record
+        self.emit("limit", cp_id, connector_id, wanted_a=record.wanted_a, accepted_a=record.accepted_a,
+                  purpose=record.purpose, attempts=record.attempts)
+
+    def applied_limit_a(self, cp_id: str, connector_id: int, now: datetime | None = None) -> float | None:
+        """Limit [A] the charger applies now by the profiles it accepted (None: none applies)."""
+        st = self.stations[cp_id]
+        t = self.running_on(cp_id, connector_id)
+        cp = self.site.charge_point(cp_id)
+        return pr.active_limit_a(
+            st.profiles, connector_id, now or pr.utcnow(),
+            transaction_id=None if t is None else t.transaction_id,
+            tx_start=None if t is None else t.start, voltage_v=self.site.voltage_v,
+            phases=(t.phases_used if t is not None and t.phases_used else cp.phases),
+        )
+
+    # ---- snapshots ------------------------------------------------------------------------
+    def snapshot(self, now: datetime | None = None) -> pd.DataFrame:
+        """Running transactions as the ``cars`` frame of a BlockSnapshot, indexed by session_id.
+
+        Columns :data:`~nowblock.interface.CAR_COLUMNS` then :data:`OCPP_COLUMNS`. Needs no car
+        reported are NaN/NaT with ``needs_known`` False (the controller estimates them);
+        ``offered_current_a`` is the limit the charger accepted by stacking rules, or the
+        charging point maximum when no accepted profile limits it.
+        """
+        now = now or pr.utcnow()
+        rows = []
+        for t in self.running():
+            cp = self.site.charge_point(t.cp_id)
+            st = self.stations[t.cp_id]
+            cap = float(self.site.cap_current_a([now])[0, self.site.cp_index([t.cp_id])[0]])
+            ev_max = t.ev_max_current_a if not math.isnan(t.ev_max_current_a) else math.inf
+            mx = min(cp.max_current_a, cap, ev_max)
+            lim = self.applied_limit_a(t.cp_id, t.connector_id, now)
+            measured = np.nanmax(t.current_a) if not all(math.isnan(x) for x in t.current_a) else math.nan
+            ev_min = t.ev_min_current_a if not math.isnan(t.ev_min_current_a) else 0.0
+            stale = t.last_meter is None or (now - t.last_meter).total_seconds() > self.stale_after_s
+            rows.append({
+                "session_id": t.session_id,
+                "charge_point_id": t.cp_id,
+                "cp_index": int(self.site.cp_index([t.cp_id])[0]),
+                "phases": int(min(t.phases_used or cp.phases, cp.phases)),
+                "min_current_a": float(max(cp.min_current_a, ev_min)),
+                "max_current_a": float(mx),
+                "arrival": pd.Timestamp(t.start),
+                "departure": pd.Timestamp(t.departure) if t.departure else pd.NaT,
+                "energy_requested_kwh": t.energy_requested_kwh,
+                "energy_delivered_kwh": t.energy_delivered_kwh,
+                "measured_current_a": float(measured),
+                "offered_current_a": float(min(lim, cp.max_current_a)) if lim is not None else float(cp.max_current_a),
+                "priority": 1.0,
+                "needs_known": t.departure is not None and not math.isnan(t.energy_requested_kwh),
+                "transaction_id": t.transaction_id,
+                "connector_id": t.connector_id,
+                "version": st.version,
+                "connected": st.connected,
+                "last_seen": pd.Timestamp(st.last_seen) if st.last_seen else pd.NaT,
+                "power_kw": t.power_w / 1000.0,
+                "soc_percent": t.soc_percent,
+                "status": st.connector(t.connector_id).status,
+                "accepted_limit_a": math.nan if lim is None else float(lim),
+                "stale": bool(stale),
+            })
+        cols = ["session_id", *CAR_COLUMNS, *OCPP_COLUMNS]
+        df = pd.DataFrame(rows, columns=cols)
+        for c in ("arrival", "departure", "last_seen"):
+            df[c] = pd.to_datetime(df[c], utc=True)
+        df = df.astype({"cp_index": "int64", "phases": "int64", "needs_known": "bool", "connected": "bool",
+                        "stale": "bool", "connector_id": "int64"})
+        return df.set_index("session_id")
+
+    def block_snapshot(
+        self, now: datetime | None = None, *, step: pd.Timedelta = pd.Timedelta("1min"),
+        base_load_kw: pd.Series | float = 0.0, current_step_a: float | None = None,
+    ) -> BlockSnapshot:
+        """A :class:`BlockSnapshot` of the live block (cars with unknown needs keep NaN/NaT).
+
+        ``current_step_a`` defaults to 0.1 A when only 1.6 chargers run, else 1 A (2.0.1
+        chargers accept any decimal but many round to whole amperes).
+        """
+        now = now or pr.utcnow()
+        ts = pd.Timestamp(now)
+        if not isinstance(base_load_kw, pd.Series):
+            base_load_kw = pd.Series([float(base_load_kw)], index=pd.DatetimeIndex([ts]), name="kw")
+        cars = self.snapshot(now)
+        if current_step_a is None:
+            current_step_a = 0.1 if (cars["version"] == "1.6").all() else 1.0
+        return BlockSnapshot(time=ts, site=self.site, step=step, cars=cars, base_load_kw=base_load_kw,
+                             current_step_a=current_step_a)
+
+    def stations_frame(self) -> pd.DataFrame:
+        """One row per station: version, connected, last seen, running transactions."""
+        rows = [{
+            "cp_id": s.cp_id, "version": s.version, "connected": s.connected,
+            "last_seen": pd.Timestamp(s.last_seen) if s.last_seen else pd.NaT,
+            "running": len(self.running(s.cp_id)), "rate_unit": s.rate_unit,
+        } for s in self.stations.values()]
+        return pd.DataFrame(rows).set_index("cp_id")
+
+    def seconds_since_meter(self, t: Transaction, now: datetime) -> float:
+        """Age of the last meter value [s] (inf if none)."""
+        return math.inf if t.last_meter is None else (now - t.last_meter) / timedelta(seconds=1)
+
+
+def _phases_from_currents(current_a) -> int | None:
+    vals = [x for x in current_a if not math.isnan(x)]
+    if not vals or max(vals) < 1.0:
+        return None
+    # A phase carrying under 10 % of the strongest one is not in use (measurement noise).
+    return max(1, sum(1 for x in vals if x >= 0.1 * max(vals)))

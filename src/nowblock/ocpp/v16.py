@@ -1,0 +1,130 @@
+"""OCPP 1.6J handlers: translate each message to a state update, answer, defer any CALL."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+from ocpp.routing import on
+from ocpp.v16 import ChargePoint as _ChargePoint16
+from ocpp.v16 import call, call_result
+from ocpp.v16.enums import Action
+
+from nowblock.ocpp.connection import CsmsConnection
+from nowblock.ocpp.meter import parse_meter_values
+from nowblock.ocpp.profiles import iso, parse_time, utcnow
+
+log = logging.getLogger(__name__)
+_ACCEPTED = {"status": "Accepted"}
+
+
+class ChargePoint16(CsmsConnection, _ChargePoint16):
+    """The central system's end of one OCPP 1.6J connection."""
+
+    version = "1.6"
+
+    # ---- incoming ---------------------------------------------------------------------------
+    @on(Action.boot_notification)
+    def on_boot_notification(self, charge_point_vendor, charge_point_model, **kwargs):
+        self.state.on_boot(self.id, vendor=charge_point_vendor, model=charge_point_model,
+                           firmware=kwargs.get("firmware_version"))
+        self.defer(lambda: self.central.after_boot(self.id))
+        return call_result.BootNotification(current_time=iso(utcnow()), interval=self.central.heartbeat_s,
+                                            status="Accepted")
+
+    @on(Action.heartbeat)
+    def on_heartbeat(self, **kwargs):
+        self.state.touch(self.id)
+        return call_result.Heartbeat(current_time=iso(utcnow()))
+
+    @on(Action.status_notification)
+    def on_status_notification(self, connector_id, error_code, status, **kwargs):
+        self.state.on_status(self.id, connector_id, status, error_code)
+        return call_result.StatusNotification()
+
+    @on(Action.authorize)
+    def on_authorize(self, id_tag, **kwargs):
+        self.state.touch(self.id)
+        return call_result.Authorize(id_tag_info={"status": self.central.authorize(self.id, id_tag)})
+
+    @on(Action.start_transaction)
+    def on_start_transaction(self, connector_id, id_tag, meter_start, timestamp, **kwargs):
+        tid = self.state.new_transaction_id()
+        t = self.state.on_start(self.id, connector_id, tid, start=parse_time(timestamp) or utcnow(),
+                                meter_start_wh=float(meter_start), id_tag=id_tag, publish=False)
+        self.defer(lambda: self.state.publish(t.start_event))
+        return call_result.StartTransaction(transaction_id=tid,
+                                            id_tag_info={"status": self.central.authorize(self.id, id_tag)})
+
+    @on(Action.stop_transaction)
+    def on_stop_transaction(self, meter_stop, timestamp, transaction_id, reason=None, transaction_data=None,
+                            id_tag=None, **kwargs):
+        t = self.state.transaction(self.id, transaction_id)
+        if t is None:
+            log.warning("%s: StopTransaction for unknown transaction %s", self.id, transaction_id)
+        elif transaction_data:
+            reading, ts = parse_meter_values(transaction_data)
+            self.state.on_meter(self.id, t.connector_id, transaction_id, reading, ts or utcnow())
+        self.state.on_stop(self.id, transaction_id, stop=parse_time(timestamp) or utcnow(),
+                           meter_stop_wh=float(meter_stop), reason=reason or "Local")
+        if t is not None:
+            self.defer(lambda: self.central.after_stop(self.id, t.connector_id))
+        info = {"status": self.central.authorize(self.id, id_tag)} if id_tag else None
+        return call_result.StopTransaction(id_tag_info=info)
+
+    @on(Action.meter_values)
+    def on_meter_values(self, connector_id, meter_value, transaction_id=None, **kwargs):
+        reading, ts = parse_meter_values(meter_value)
+        self.state.on_meter(self.id, connector_id, transaction_id, reading, ts or utcnow())
+        return call_result.MeterValues()
+
+    @on(Action.data_transfer)
+    def on_data_transfer(self, vendor_id, **kwargs):
+        log.info("%s: DataTransfer from vendor %s ignored", self.id, vendor_id)
+        self.state.touch(self.id)
+        return call_result.DataTransfer(status="UnknownVendorId")
+
+    @on(Action.diagnostics_status_notification)
+    def on_diagnostics_status_notification(self, status, **kwargs):
+        log.info("%s: diagnostics %s", self.id, status)
+        return call_result.DiagnosticsStatusNotification()
+
+    @on(Action.firmware_status_notification)
+    def on_firmware_status_notification(self, status, **kwargs):
+        log.info("%s: firmware %s", self.id, status)
+        return call_result.FirmwareStatusNotification()
+
+    # ---- outgoing ---------------------------------------------------------------------------
+    async def set_profile(self, connector_id: int, profile: dict) -> str:
+        """SetChargingProfile; returns the status (Accepted, Rejected, NotSupported)."""
+        res = await self._call(call.SetChargingProfile(connector_id=connector_id, cs_charging_profiles=profile))
+        return str(res.status)
+
+    async def clear_profiles(self, *, profile_id=None, connector_id=None, purpose=None, stack_level=None) -> str:
+        """ClearChargingProfile by id or by criteria (none: all); returns Accepted or Unknown."""
+        res = await self._call(call.ClearChargingProfile(id=profile_id, connector_id=connector_id,
+                                                         charging_profile_purpose=purpose, stack_level=stack_level))
+        return str(res.status)
+
+    async def composite_schedule(self, connector_id: int, duration_s: int, unit: str | None = "A") -> dict:
+        """GetCompositeSchedule, normalized: status, start (datetime), unit, periods [(start_s, limit)]."""
+        res = await self._call(call.GetCompositeSchedule(connector_id=connector_id, duration=int(duration_s),
+                                                         charging_rate_unit=unit))
+        sched = res.charging_schedule or {}
+        periods = [(float(p["start_period"]), _num(p["limit"])) for p in sched.get("charging_schedule_period", [])]
+        return {"status": str(res.status), "start": parse_time(res.schedule_start or sched.get("start_schedule")),
+                "unit": sched.get("charging_rate_unit", unit), "periods": periods}
+
+    async def probe_rate_unit(self) -> str:
+        """'A' or 'W' from ChargingScheduleAllowedChargingRateUnit (A when unknown)."""
+        res = await self._call(call.GetConfiguration(key=["ChargingScheduleAllowedChargingRateUnit"]))
+        for kv in res.configuration_key or []:
+            value = str(kv.get("value", ""))
+            if kv.get("key") == "ChargingScheduleAllowedChargingRateUnit" and value:
+                return "A" if "Current" in value or "A" in value.split(",") else "W"
+        return "A"
+
+
+def _num(x) -> float:
+    # 1.6 schedules are parsed with Decimal (the schema's 0.1 resolution); the optimizer wants floats.
+    return float(x) if isinstance(x, (Decimal, int, float, str)) else float("nan")

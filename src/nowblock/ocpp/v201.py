@@ -1,0 +1,188 @@
+"""OCPP 2.0.1 handlers: translate each message to a state update, answer, defer any CALL."""
+
+from __future__ import annotations
+
+import logging
+
+from ocpp.routing import on
+from ocpp.v201 import ChargePoint as _ChargePoint201
+from ocpp.v201 import call, call_result
+from ocpp.v201.enums import Action
+
+from nowblock.ocpp import profiles as pr
+from nowblock.ocpp.connection import CsmsConnection
+from nowblock.ocpp.meter import parse_meter_values
+from nowblock.ocpp.profiles import iso, parse_time, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class ChargePoint201(CsmsConnection, _ChargePoint201):
+    """The central system's end of one OCPP 2.0.1 connection (EVSE ids play connector ids)."""
+
+    version = "2.0.1"
+
+    # ---- incoming ---------------------------------------------------------------------------
+    @on(Action.boot_notification)
+    def on_boot_notification(self, charging_station, reason, **kwargs):
+        self.state.on_boot(self.id, vendor=charging_station.get("vendor_name"),
+                           model=charging_station.get("model"),
+                           firmware=charging_station.get("firmware_version"), reason=reason)
+        self.defer(lambda: self.central.after_boot(self.id))
+        return call_result.BootNotification(current_time=iso(utcnow()), interval=self.central.heartbeat_s,
+                                            status="Accepted")
+
+    @on(Action.heartbeat)
+    def on_heartbeat(self, **kwargs):
+        self.state.touch(self.id)
+        return call_result.Heartbeat(current_time=iso(utcnow()))
+
+    @on(Action.status_notification)
+    def on_status_notification(self, timestamp, connector_status, evse_id, connector_id, **kwargs):
+        self.state.on_status(self.id, evse_id, connector_status)
+        return call_result.StatusNotification()
+
+    @on(Action.authorize)
+    def on_authorize(self, id_token, **kwargs):
+        self.state.touch(self.id)
+        return call_result.Authorize(id_token_info={"status": self.central.authorize(self.id, id_token["id_token"])})
+
+    @on(Action.transaction_event)
+    def on_transaction_event(self, event_type, timestamp, trigger_reason, seq_no, transaction_info,
+                             meter_value=None, evse=None, id_token=None, number_of_phases_used=None, **kwargs):
+        tid = transaction_info["transaction_id"]
+        when = parse_time(timestamp) or utcnow()
+        reading, ts = parse_meter_values(meter_value or [])
+        t = self.state.transaction(self.id, tid)
+        evse_id = (evse or {}).get("id") or (t.connector_id if t is not None else 1)
+        if t is None and event_type in ("Started", "Updated"):
+            # An Updated for a transaction we never saw started (we were down) opens it here.
+            tag = (id_token or {}).get("id_token")
+            t = self.state.on_start(self.id, evse_id, tid, start=when, meter_start_wh=reading.get("energy_wh"),
+                                    id_tag=tag, publish=False)
+            started = t
+            self.defer(lambda: self.state.publish(started.start_event))
+        if t is None:
+            log.warning("%s: TransactionEvent %s for unknown transaction %s", self.id, event_type, tid)
+            return call_result.TransactionEvent()
+        if number_of_phases_used:
+            t.phases_used = int(number_of_phases_used)
+        if reading:
+            self.state.on_meter(self.id, t.connector_id, tid, reading, ts or when)
+        else:
+            self.state.touch(self.id)
+        if event_type == "Ended":
+            self.state.on_stop(self.id, tid, stop=when, meter_stop_wh=reading.get("energy_wh"),
+                               reason=transaction_info.get("stopped_reason", "Local"))
+            self.defer(lambda: self.central.after_stop(self.id, t.connector_id))
+        info = {"status": self.central.authorize(self.id, id_token["id_token"])} if id_token else None
+        return call_result.TransactionEvent(id_token_info=info)
+
+    @on(Action.meter_values)
+    def on_meter_values(self, evse_id, meter_value, **kwargs):
+        reading, ts = parse_meter_values(meter_value)
+        self.state.on_meter(self.id, evse_id, None, reading, ts or utcnow())
+        return call_result.MeterValues()
+
+    @on(Action.notify_ev_charging_needs)
+    def on_notify_ev_charging_needs(self, charging_needs, evse_id, **kwargs):
+        ac = charging_needs.get("ac_charging_parameters") or {}
+        dc = charging_needs.get("dc_charging_parameters") or {}
+        wh = ac.get("energy_amount", dc.get("energy_amount"))
+        t = self.state.on_needs(
+            self.id, evse_id, departure=parse_time(charging_needs.get("departure_time")),
+            energy_kwh=None if wh is None else wh / 1000.0,
+            ev_max_current_a=ac.get("ev_max_current"), ev_min_current_a=ac.get("ev_min_current"),
+        )
+        if t is None:
+            return call_result.NotifyEVChargingNeeds(status="Rejected")
+        return call_result.NotifyEVChargingNeeds(status="Accepted")
+
+    @on(Action.notify_charging_limit)
+    def on_notify_charging_limit(self, charging_limit, charging_schedule=None, evse_id=None, **kwargs):
+        log.info("%s: external charging limit from %s on EVSE %s", self.id,
+                 charging_limit.get("charging_limit_source"), evse_id)
+        for i, sched in enumerate(charging_schedule or []):
+            prof = {"id": -(i + 1), "stack_level": 0, "charging_profile_purpose": pr.EXTERNAL,
+                    "charging_profile_kind": "Absolute", "charging_schedule": [sched]}
+            self.state.on_profile_accepted(self.id, evse_id or 0, prof)
+        self.state.touch(self.id)
+        return call_result.NotifyChargingLimit()
+
+    @on(Action.cleared_charging_limit)
+    def on_cleared_charging_limit(self, charging_limit_source, evse_id=None, **kwargs):
+        self.state.on_profiles_cleared(self.id, purpose=pr.EXTERNAL,
+                                       connector_id=evse_id)
+        return call_result.ClearedChargingLimit()
+
+    @on(Action.report_charging_profiles)
+    def on_report_charging_profiles(self, request_id, charging_limit_source, charging_profile, evse_id, **kwargs):
+        log.info("%s: %d charging profiles reported on EVSE %s (source %s)", self.id, len(charging_profile),
+                 evse_id, charging_limit_source)
+        self.state.touch(self.id)
+        return call_result.ReportChargingProfiles()
+
+    @on(Action.notify_report)
+    def on_notify_report(self, request_id, generated_at, seq_no, **kwargs):
+        self.state.touch(self.id)
+        return call_result.NotifyReport()
+
+    @on(Action.notify_event)
+    def on_notify_event(self, generated_at, seq_no, event_data, **kwargs):
+        self.state.touch(self.id)
+        return call_result.NotifyEvent()
+
+    @on(Action.data_transfer)
+    def on_data_transfer(self, vendor_id, **kwargs):
+        log.info("%s: DataTransfer from vendor %s ignored", self.id, vendor_id)
+        return call_result.DataTransfer(status="UnknownVendorId")
+
+    @on(Action.firmware_status_notification)
+    def on_firmware_status_notification(self, status, **kwargs):
+        log.info("%s: firmware %s", self.id, status)
+        return call_result.FirmwareStatusNotification()
+
+    @on(Action.log_status_notification)
+    def on_log_status_notification(self, status, **kwargs):
+        log.info("%s: log upload %s", self.id, status)
+        return call_result.LogStatusNotification()
+
+    @on(Action.security_event_notification)
+    def on_security_event_notification(self, type, timestamp, **kwargs):
+        log.warning("%s: security event %s at %s", self.id, type, timestamp)
+        return call_result.SecurityEventNotification()
+
+    # ---- outgoing ---------------------------------------------------------------------------
+    async def set_profile(self, connector_id: int, profile: dict) -> str:
+        """SetChargingProfile on EVSE ``connector_id``; returns Accepted or Rejected."""
+        res = await self._call(call.SetChargingProfile(evse_id=connector_id, charging_profile=profile))
+        return str(res.status)
+
+    async def clear_profiles(self, *, profile_id=None, connector_id=None, purpose=None, stack_level=None) -> str:
+        """ClearChargingProfile by id or by criteria (none: all); returns Accepted or Unknown."""
+        if purpose in pr.MAX_PURPOSES:
+            purpose = pr.MAX_201
+        crit = {k: v for k, v in {"evse_id": connector_id, "charging_profile_purpose": purpose,
+                                  "stack_level": stack_level}.items() if v is not None}
+        res = await self._call(call.ClearChargingProfile(charging_profile_id=profile_id,
+                                                         charging_profile_criteria=crit or None))
+        return str(res.status)
+
+    async def composite_schedule(self, connector_id: int, duration_s: int, unit: str | None = "A") -> dict:
+        """GetCompositeSchedule, normalized: status, start (datetime), unit, periods [(start_s, limit)]."""
+        res = await self._call(call.GetCompositeSchedule(duration=int(duration_s), evse_id=connector_id,
+                                                         charging_rate_unit=unit))
+        sched = res.schedule or {}
+        periods = [(float(p["start_period"]), float(p["limit"])) for p in sched.get("charging_schedule_period", [])]
+        return {"status": str(res.status), "start": parse_time(sched.get("schedule_start")),
+                "unit": sched.get("charging_rate_unit", unit), "periods": periods}
+
+    async def probe_rate_unit(self) -> str:
+        """'A' or 'W' from SmartChargingCtrlr.RateUnit (A when unknown)."""
+        res = await self._call(call.GetVariables(get_variable_data=[{
+            "component": {"name": "SmartChargingCtrlr"}, "variable": {"name": "RateUnit"}}]))
+        for r in res.get_variable_result or []:
+            value = str(r.get("attribute_value") or "")
+            if r.get("attribute_status") == "Accepted" and value:
+                return "A" if "A" in value.split(",") else "W"
+        return "A"

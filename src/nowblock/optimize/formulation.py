@@ -1,0 +1,571 @@
+"""The one formulation of the charging problem, built from arrays, shared by both backends.
+
+A :class:`Formulation` holds everything the optimizer needs as plain arrays (cars x slots),
+made either from a sessions frame (:func:`from_sessions`) or from a policy snapshot
+(:func:`from_snapshot`). :meth:`Formulation.matrix` turns it into one sparse standard form
+(:class:`MatrixForm`: ``row_lo <= A x <= row_hi``, ``lb <= x <= ub``, integrality, cost) that
+the direct HiGHS path passes in one call and the Pyomo path turns into named components, so
+both solve the very same model.
+
+Model (all currents per phase [A], energies [kWh], money [EUR]):
+
+- ``current_a[k]`` for every cell ``k`` = (car, slot) where the car is plugged in and may draw at
+  least its minimum; ``on[k]`` binary where IEC 61851's "0 or >= min" matters (``binary_slots``),
+  ``min * on <= current <= upper * on``; later slots may be relaxed to ``0 <= current <= upper``.
+- Energy: ``need <= sum_t kwh_per_a[k] * current[k] + shortfall_kwh[i] <= need + one slot at the
+  minimum current``, ``0 <= shortfall <= need`` (soft target: never infeasible; a car gets at
+  most one minimum-current slot more than it needs, so a small remainder can still be served).
+- Every fuse, every grid phase, every slot: charging current + the block's other load (root
+  only, spread evenly over phases) <= rating. Single-phase cars load the grid phase their
+  charger's rotation gives (:meth:`nowblock.site.Site.phase_incidence`).
+- Optional unbalance: charging current on any grid phase of the root minus any other <= limit.
+- Objective: shortfall (weighted by priority, or max-min fair on the fraction delivered, then
+  weighted), energy cost at time-varying prices, a peak-power term on the block's import,
+  a small penalty on setpoint changes and a tiny preference for charging early.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from nowblock.site import PHASES, Site
+
+Sharing = Literal["weighted", "fair"]
+
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    """Operator choices and solver settings for one planning step.
+
+    - ``sharing``: how shortfall is shared when not every car can be served: ``"weighted"``
+      (minimise the priority-weighted total shortfall [kWh]) or ``"fair"`` (first maximise the
+      smallest fraction of its need any car gets, then the weighted total).
+    - ``shortfall_eur_per_kwh`` [EUR/kWh]: penalty on energy not delivered by departure.
+    - ``peak_eur_per_kw`` [EUR/kW]: cost on the highest block import over the horizon.
+    - ``change_eur_per_a`` [EUR/A]: penalty on every ampere a setpoint moves between slots.
+    - ``early_eur_per_kwh`` [EUR/kWh]: tie-break favouring earlier charging, scaled 0..1 over the
+      horizon (energy now is worth more than energy promised later when arrivals are unknown).
+    - ``binary_slots``: number of leading slots with "0 or >= min" binaries (None: all slots);
+      later slots are LP-relaxed (their plan may hold currents below the minimum, which the
+      rounding sends to 0; a receding-horizon loop only applies the first slot). Default 8
+      (two hours of 15-minute slots): measured in docs/bench_optimize.md.
+    - ``change_slots``: number of leading slots whose setpoint changes are penalised (None: all);
+      the first compares with the setpoint applied now.
+    - ``time_limit_s`` [s], ``mip_rel_gap`` (1 % by default), ``threads`` (None: HiGHS default).
+    - ``current_step_a`` [A]: pilot-signal step the schedule is rounded to (0.1 for OCPP 1.6).
+    - ``backend``: ``"highs"`` (direct, default) or ``"pyomo"``.
+    - ``fallback``: baseline policy name used when the solver finds nothing.
+    """
+
+    sharing: Sharing = "weighted"
+    shortfall_eur_per_kwh: float = 5.0
+    peak_eur_per_kw: float = 0.01
+    change_eur_per_a: float = 1e-4
+    early_eur_per_kwh: float = 1e-3
+    binary_slots: int | None = 8
+    change_slots: int | None = 4
+    time_limit_s: float = 30.0
+    mip_rel_gap: float = 0.01
+    threads: int | None = None
+    current_step_a: float = 1.0
+    backend: Literal["highs", "pyomo"] = "highs"
+    fallback: str = "llf"
+    solver_options: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.sharing not in ("weighted", "fair"):
+            raise ValueError(f"sharing: expected 'weighted' or 'fair', got {self.sharing!r}")
+        if self.backend not in ("highs", "pyomo"):
+            raise ValueError(f"backend: expected 'highs' or 'pyomo', got {self.backend!r}")
+        for name in ("shortfall_eur_per_kwh", "peak_eur_per_kw", "change_eur_per_a", "early_eur_per_kwh"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not self.time_limit_s > 0:
+            raise ValueError(f"time_limit_s: must be > 0, got {self.time_limit_s}")
+        if not 0 <= self.mip_rel_gap < 1:
+            raise ValueError(f"mip_rel_gap: must be in [0, 1), got {self.mip_rel_gap}")
+        if not self.current_step_a > 0:
+            raise ValueError(f"current_step_a: must be > 0, got {self.current_step_a}")
+        for name in ("binary_slots", "change_slots"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ValueError(f"{name}: must be >= 0 or None, got {v}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "OptimizeOptions":
+        """Build options from keyword arguments; an unknown key raises a TypeError naming it."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(kwargs) - known)
+        if bad:
+            raise TypeError(f"unknown optimizer option(s) {bad}; known: {sorted(known)}")
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True, eq=False)
+class MatrixForm:
+    """A MILP in HiGHS's standard form: min ``cost @ x`` s.t. ``row_lo <= A x <= row_hi``.
+
+    ``A`` is column-wise (CSC: ``a_start``, ``a_index``, ``a_value``). ``cols``/``rows`` map each
+    variable or constraint family name to its slice, so both backends (and the schedule reader)
+    find ``current_a``, ``on``, ``shortfall_kwh``, ``fuse`` ... by name.
+    """
+
+    cost: np.ndarray
+    col_lo: np.ndarray
+    col_hi: np.ndarray
+    integrality: np.ndarray  # int32: 0 continuous, 1 integer
+    row_lo: np.ndarray
+    row_hi: np.ndarray
+    a_start: np.ndarray
+    a_index: np.ndarray
+    a_value: np.ndarray
+    cols: dict[str, slice]
+    rows: dict[str, slice]
+    fuse_row_label: np.ndarray  # (n_fuse_rows, 2): fuse-phase row r, slot t
+    unbalance_row_label: np.ndarray  # (n_unbalance_rows, 3): phase p, phase q, slot t
+    binary_cell: np.ndarray  # cell index of every on/off column, in column order
+    build_seconds: float = 0.0  # time spent building these arrays [s]
+
+    @property
+    def num_col(self) -> int:
+        """Number of variables."""
+        return len(self.cost)
+
+    @property
+    def num_row(self) -> int:
+        """Number of constraints."""
+        return len(self.row_lo)
+
+    @property
+    def num_nz(self) -> int:
+        """Number of nonzeros in A."""
+        return len(self.a_value)
+
+    def csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The matrix row-wise: (row start, column index, value)."""
+        col = np.repeat(np.arange(self.num_col), np.diff(self.a_start))
+        order = np.lexsort((col, self.a_index))
+        start = np.searchsorted(self.a_index[order], np.arange(self.num_row + 1))
+        return start, col[order], self.a_value[order]
+
+
+@dataclass(frozen=True, eq=False)
+class Formulation:
+    """The charging problem for one horizon as arrays (n cars x T slots).
+
+    ``times`` slot starts (UTC) of length ``dt_h`` [h]; per car ``cp_index``, ``phases`` (grid
+    phases loaded), ``min_current_a`` [A], ``upper_a`` (n, T) [A] (0 where the car cannot charge
+    in that slot: not plugged, or a cap below its minimum), ``plugged`` (n, T) fraction of each slot
+    the car is plugged in, ``need_kwh`` [kWh] still wanted, ``priority``; per slot ``base_kw``
+    [kW] other load and ``price_eur_per_kwh`` [EUR/kWh]; ``prev_current_a`` [A] the setpoint
+    applied now (NaN if none), for the change penalty on the first slot.
+    """
+
+    site: Site
+    times: pd.DatetimeIndex
+    dt_h: float
+    session_ids: np.ndarray
+    cp_index: np.ndarray
+    phases: np.ndarray
+    min_current_a: np.ndarray
+    upper_a: np.ndarray
+    plugged: np.ndarray
+    need_kwh: np.ndarray
+    priority: np.ndarray
+    base_kw: np.ndarray
+    price_eur_per_kwh: np.ndarray
+    prev_current_a: np.ndarray
+    options: OptimizeOptions = field(default_factory=OptimizeOptions)
+
+    # ---- shapes and derived arrays ------------------------------------------------------
+    @property
+    def n_cars(self) -> int:
+        """Number of sessions in the horizon."""
+        return len(self.session_ids)
+
+    @property
+    def n_slots(self) -> int:
+        """Number of slots in the horizon."""
+        return len(self.times)
+
+    @cached_property
+    def kw_per_a(self) -> np.ndarray:
+        """Power per ampere of setpoint for each car [kW/A]."""
+        return self.phases.astype(float) * self.site.voltage_v / 1000.0
+
+    @cached_property
+    def incidence(self) -> np.ndarray:
+        """(n_fuses*3, n) car current [A] to fuse-phase current [A]."""
+        return self.site.phase_incidence(self.cp_index, self.phases)
+
+    @cached_property
+    def headroom_a(self) -> np.ndarray:
+        """Current [A] left for charging on every fuse-phase row and slot, (n_fuses*3, T), >= 0."""
+        room = np.repeat(self.site.limits_a.reshape(-1, 1), self.n_slots, axis=1)
+        room[0:3] -= self.site.base_load_phase_current_a(self.base_kw).T
+        return np.maximum(room, 0.0)
+
+    @cached_property
+    def cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """(car, slot) of every current variable, sorted by car then slot."""
+        ok = (self.plugged > 0) & (self.upper_a > 0) & (self.upper_a >= self.min_current_a[:, None] - 1e-9)
+        car, slot = np.nonzero(ok)
+        return car, slot
+
+    @property
+    def n_binary_slots(self) -> int:
+        """Slots (from the start) whose cells carry an on/off binary."""
+        b = self.options.binary_slots
+        return self.n_slots if b is None else min(int(b), self.n_slots)
+
+    def with_options(self, **kwargs) -> "Formulation":
+        """The same problem with some options replaced."""
+        return dataclasses.replace(self, options=dataclasses.replace(self.options, **kwargs))
+
+    # ---- the standard form ------------------------------------------------------------
+    @cached_property
+    def binary_candidates(self) -> np.ndarray:
+        """Boolean per cell: inside the binary window and with a minimum current > 0."""
+        car, slot = self.cells
+        return (slot < self.n_binary_slots) & (self.min_current_a[car] > 0)
+
+    def matrix(self, relax: bool = False, binary_mask: np.ndarray | None = None) -> MatrixForm:
+        """Build the sparse MILP.
+
+        ``relax=True`` gives the LP relaxation (no binaries at all); ``binary_mask`` (bool per
+        cell) puts on/off binaries on exactly those cells instead of every candidate.
+        """
+        if relax:
+            mask = np.zeros(len(self.cells[0]), dtype=bool)
+        elif binary_mask is None:
+            mask = self.binary_candidates
+        else:
+            mask = np.asarray(binary_mask, dtype=bool) & self.binary_candidates
+        return _build_matrix(self, mask)
+
+    def current_from_cells(self, values: np.ndarray) -> np.ndarray:
+        """Dense (n, T) current [A] from the ``current_a`` column values."""
+        out = np.zeros((self.n_cars, self.n_slots))
+        car, slot = self.cells
+        out[car, slot] = values
+        return out
+
+
+# ---- building the matrix ----------------------------------------------------------------
+class _Coo:
+    """Collects constraint families as COO triplets, row blocks named, rows numbered in order."""
+
+    def __init__(self) -> None:
+        self.r: list[np.ndarray] = []
+        self.c: list[np.ndarray] = []
+        self.v: list[np.ndarray] = []
+        self.lo: list[np.ndarray] = []
+        self.hi: list[np.ndarray] = []
+        self.rows: dict[str, slice] = {}
+        self.n = 0
+
+    def add(self, name: str, n_rows: int, r, c, v, lo, hi) -> None:
+        self.r.append(np.asarray(r, dtype=np.int64) + self.n)
+        self.c.append(np.asarray(c, dtype=np.int64))
+        self.v.append(np.asarray(v, dtype=float))
+        self.lo.append(np.broadcast_to(np.asarray(lo, dtype=float), (n_rows,)))
+        self.hi.append(np.broadcast_to(np.asarray(hi, dtype=float), (n_rows,)))
+        self.rows[name] = slice(self.n, self.n + n_rows)
+        self.n += n_rows
+
+
+def _segments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For groups of sizes ``counts``: group id and position within group of every element."""
+    counts = np.asarray(counts, dtype=np.int64)
+    gid = np.repeat(np.arange(len(counts)), counts)
+    starts = np.cumsum(counts) - counts
+    pos = np.arange(counts.sum()) - np.repeat(starts, counts)
+    return gid, pos
+
+
+def _build_matrix(f: Formulation, binary: np.ndarray) -> MatrixForm:
+    t_start = time.perf_counter()
+    o = f.options
+    n, T = f.n_cars, f.n_slots
+    car, slot = f.cells
+    K = len(car)
+    ub = f.upper_a[car, slot]
+    lo_min = f.min_current_a[car]
+    kwh_per_a = f.kw_per_a[car] * f.dt_h * f.plugged[car, slot]
+
+    bcell = np.nonzero(binary)[0]
+    B = len(bcell)
+    fair = o.sharing == "fair"
+    need = np.maximum(f.need_kwh, 0.0)
+
+    # Change penalty: one pair per cell with a predecessor (same car, previous slot) or, in slot
+    # 0, with the setpoint applied now.
+    same_prev = np.zeros(K, dtype=bool)
+    same_prev[1:] = (car[1:] == car[:-1]) & (slot[1:] == slot[:-1] + 1)
+    first = (slot == 0) & np.isfinite(f.prev_current_a[car])
+    n_change = T if o.change_slots is None else int(o.change_slots)
+    same_prev &= slot < n_change
+    use_change = o.change_eur_per_a > 0 and n_change > 0
+    pair = np.nonzero(same_prev | first)[0] if use_change else np.zeros(0, dtype=np.int64)
+    P = len(pair)
+    use_peak = o.peak_eur_per_kw > 0
+
+    # Column layout.
+    sizes = {"current_a": K, "on": B, "shortfall_kwh": n, "worst_fraction": int(fair),
+             "peak_kw": int(use_peak), "change_up_a": P, "change_down_a": P}
+    cols, pos = {}, 0
+    for name, size in sizes.items():
+        cols[name] = slice(pos, pos + size)
+        pos += size
+    ncol = pos
+    cost = np.zeros(ncol)
+    col_lo = np.zeros(ncol)
+    col_hi = np.full(ncol, np.inf)
+    integ = np.zeros(ncol, dtype=np.int32)
+    xs, ons, sh = cols["current_a"], cols["on"], cols["shortfall_kwh"]
+
+    col_hi[xs] = ub
+    col_hi[ons] = 1.0
+    integ[ons] = 1
+    col_hi[sh] = need
+    if fair:
+        col_hi[cols["worst_fraction"]] = 1.0
+
+    price = f.price_eur_per_kwh[slot]
+    early = o.early_eur_per_kwh * (1.0 + slot / max(T, 1))  # > 0: energy beyond need is never free
+    cost[xs] = (price + early) * kwh_per_a
+    cost[sh] = o.shortfall_eur_per_kwh * f.priority
+    if fair:
+        # Weighted so that raising the worst fraction always beats any total-shortfall trade.
+        cost[cols["worst_fraction"]] = 10.0 * o.shortfall_eur_per_kwh * max(need.sum(), 1e-9) * max(f.priority.max(initial=1.0), 1.0)
+    if use_peak:
+        cost[cols["peak_kw"]] = o.peak_eur_per_kw
+    cost[cols["change_up_a"]] = o.change_eur_per_a
+    cost[cols["change_down_a"]] = o.change_eur_per_a
+
+    coo = _Coo()
+    x0 = xs.start
+    # Energy per car: need <= delivered + shortfall <= need + overshoot. The overshoot (one slot
+    # at the minimum current) lets a car with a small remainder still be served under "0 or
+    # >= min": it stops by itself when full. Shortfall is priced, so it is 0 when delivered >= need.
+    overshoot = f.min_current_a * f.kw_per_a * f.dt_h
+    coo.add("energy", n, np.concatenate([car, np.arange(n)]),
+            np.concatenate([x0 + np.arange(K), sh.start + np.arange(n)]),
+            np.concatenate([kwh_per_a, np.ones(n)]), need, need + overshoot)
+
+    # Fuse rows: expand every nonzero (fuse-phase row, car) pair of the incidence over the car's
+    # cells, then keep only rows whose cells could together exceed the headroom.
+    A = f.incidence
+    R = A.shape[0]
+    cell_count = np.bincount(car, minlength=n)
+    cell_start = np.cumsum(cell_count) - cell_count
+    pr, pc = np.nonzero(A)
+    gid, within = _segments(cell_count[pc])
+    k_of = cell_start[pc][gid] + within
+    r_of = pr[gid]
+    row_key = r_of * T + slot[k_of]
+    room = f.headroom_a.reshape(-1)
+    load_max = np.bincount(row_key, weights=ub[k_of] * A[r_of, car[k_of]], minlength=R * T)
+    keep_key = np.nonzero(load_max > room + 1e-9)[0]
+    remap = np.full(R * T, -1)
+    remap[keep_key] = np.arange(len(keep_key))
+    sel = remap[row_key] >= 0
+    coo.add("fuse", len(keep_key), remap[row_key[sel]], x0 + k_of[sel],
+            A[r_of[sel], car[k_of[sel]]], -np.inf, room[keep_key])
+    fuse_label = np.stack([keep_key // T, keep_key % T], axis=1)
+
+    # Unbalance at the root: charging current on phase p minus phase q, for p != q.
+    unb_label = np.zeros((0, 3), dtype=np.int64)
+    if f.site.max_unbalance_a is not None and K:
+        pq = np.array([(p, q) for p in range(3) for q in range(3) if p != q])
+        d = A[pq[:, 0]] - A[pq[:, 1]]  # (6, n)
+        dr, dc = np.nonzero(d)
+        gid, within = _segments(cell_count[dc])
+        k_of = cell_start[dc][gid] + within
+        key = dr[gid] * T + slot[k_of]
+        coef = d[dr[gid], car[k_of]]
+        worst = np.bincount(key, weights=np.maximum(coef, 0) * ub[k_of], minlength=6 * T)
+        keep = np.nonzero(worst > f.site.max_unbalance_a + 1e-9)[0]
+        rm = np.full(6 * T, -1)
+        rm[keep] = np.arange(len(keep))
+        s2 = rm[key] >= 0
+        coo.add("unbalance", len(keep), rm[key[s2]], x0 + k_of[s2], coef[s2], -np.inf, f.site.max_unbalance_a)
+        unb_label = np.stack([pq[keep // T, 0], pq[keep // T, 1], keep % T], axis=1)
+
+    # On/off: min * on <= current <= upper * on.
+    if B:
+        rb = np.arange(B)
+        coo.add("on_upper", B, np.concatenate([rb, rb]), np.concatenate([x0 + bcell, ons.start + rb]),
+                np.concatenate([np.ones(B), -ub[bcell]]), -np.inf, 0.0)
+        coo.add("on_lower", B, np.concatenate([rb, rb]), np.concatenate([x0 + bcell, ons.start + rb]),
+                np.concatenate([np.ones(B), -lo_min[bcell]]), 0.0, np.inf)
+
+    # Max-min fair: shortfall_i / need_i <= worst_fraction.
+    if fair:
+        has = np.nonzero(need > 1e-9)[0]
+        m = len(has)
+        coo.add("fair", m, np.concatenate([np.arange(m), np.arange(m)]),
+                np.concatenate([sh.start + has, np.full(m, cols["worst_fraction"].start)]),
+                np.concatenate([1.0 / need[has], -np.ones(m)]), -np.inf, 0.0)
+
+    # Peak: charging power + other load <= peak_kw in every slot.
+    if use_peak:
+        coo.add("peak", T, np.concatenate([slot, np.arange(T)]),
+                np.concatenate([x0 + np.arange(K), np.full(T, cols["peak_kw"].start)]),
+                np.concatenate([f.kw_per_a[car], -np.ones(T)]), -np.inf, -f.base_kw)
+
+    # Setpoint changes: current[k] - current[k-1] - up + down = 0 (or = applied setpoint in slot 0).
+    if P:
+        rp = np.arange(P)
+        has_prev = same_prev[pair]
+        prev_rows = rp[has_prev]
+        rhs = np.where(has_prev, 0.0, np.nan_to_num(f.prev_current_a[car[pair]]))
+        coo.add("change", P,
+                np.concatenate([rp, prev_rows, rp, rp]),
+                np.concatenate([x0 + pair, x0 + pair[has_prev] - 1, cols["change_up_a"].start + rp,
+                                cols["change_down_a"].start + rp]),
+                np.concatenate([np.ones(P), -np.ones(len(prev_rows)), -np.ones(P), np.ones(P)]),
+                rhs, rhs)
+
+    r = np.concatenate(coo.r)
+    c = np.concatenate(coo.c)
+    v = np.concatenate(coo.v)
+    order = np.lexsort((r, c))
+    a_start = np.searchsorted(c[order], np.arange(ncol + 1)).astype(np.int32)
+    return MatrixForm(
+        cost=cost, col_lo=col_lo, col_hi=col_hi, integrality=integ,
+        row_lo=np.concatenate(coo.lo), row_hi=np.concatenate(coo.hi),
+        a_start=a_start, a_index=r[order].astype(np.int32), a_value=v[order],
+        cols=cols, rows=coo.rows, fuse_row_label=fuse_label, unbalance_row_label=unb_label, binary_cell=bcell,
+        build_seconds=time.perf_counter() - t_start,
+    )
+
+
+# ---- adapters: sessions frame and snapshot ----------------------------------------------
+def _slot_grid(start, horizon, step) -> tuple[pd.DatetimeIndex, float]:
+    step = pd.Timedelta(step)
+    horizon = pd.Timedelta(horizon)
+    if step <= pd.Timedelta(0) or horizon < step:
+        raise ValueError(f"step must be > 0 and horizon >= step (got step={step}, horizon={horizon})")
+    start = pd.Timestamp(start)
+    if start.tz is None:
+        raise ValueError("start: must be timezone-aware")
+    T = int(np.ceil(horizon / step - 1e-9))
+    times = pd.date_range(start.tz_convert("UTC"), periods=T, freq=step)
+    return times, step / pd.Timedelta(hours=1)
+
+
+def _on_slots(series: pd.Series | None, times: pd.DatetimeIndex, default: float, how: str = "mean") -> np.ndarray:
+    """A time series per slot: its ``how`` ("mean" or "max") over the slot (step-wise values,
+    last value carried forward)."""
+    if series is None or len(series) == 0:
+        return np.full(len(times), float(default))
+    s = pd.Series(series, dtype=float).sort_index()
+    s.index = pd.DatetimeIndex(s.index).tz_convert("UTC")
+    s = s[~s.index.duplicated(keep="last")]
+    step = times[1] - times[0] if len(times) > 1 else pd.Timedelta(minutes=15)
+    # Sample on a fine grid inside each slot so a series finer than the slot is averaged.
+    n_sub = 15
+    fine = times.repeat(n_sub) + pd.to_timedelta(np.tile(np.arange(n_sub) / n_sub, len(times)) * step)
+    v = s.reindex(s.index.union(fine)).ffill().bfill().reindex(fine).to_numpy(float)
+    v = v.reshape(len(times), n_sub)
+    return v.max(axis=1) if how == "max" else v.mean(axis=1)
+
+
+def _hours(ts) -> np.ndarray:
+    """Hours since the epoch, whatever the datetime unit (pandas 3 may store us or ns)."""
+    idx = pd.DatetimeIndex(ts)
+    idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+    return ((idx - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(hours=1)).to_numpy(float)
+
+
+def _plugged_fraction(arrival, departure, times: pd.DatetimeIndex, dt_h: float) -> np.ndarray:
+    """(n, T) fraction of each slot between arrival and departure."""
+    t0 = _hours(times)[None, :]
+    a = _hours(arrival)[:, None]
+    d = _hours(departure)[:, None]
+    overlap = np.minimum(d, t0 + dt_h) - np.maximum(a, t0)
+    return np.clip(overlap / dt_h, 0.0, 1.0)
+
+
+def _upper(site: Site, times, cp_index, car_max_a, plugged) -> np.ndarray:
+    cap = site.cap_current_a(times)[:, cp_index].T if len(cp_index) else np.zeros((0, len(times)))
+    hi = np.minimum(np.minimum(site.cp_max_current_a[cp_index], car_max_a)[:, None], cap)
+    return np.where(plugged > 0, hi, 0.0)
+
+
+def from_sessions(site: Site, sessions: pd.DataFrame, start=None, horizon="24h", step="15min",
+                  base_load=None, prices=None, options: OptimizeOptions | None = None,
+                  use_draw_fraction: bool = False) -> Formulation:
+    """The formulation for a sessions frame (the contract's columns), all needs known in advance.
+
+    Every session overlapping [start, start + horizon) is planned; ``energy_kwh`` [kWh] is its
+    whole need. ``start`` defaults to the first arrival floored to ``step``. With
+    ``use_draw_fraction`` the decision is the current each car *draws* (offered x
+    ``draw_fraction``): min and max are scaled by it (the offline yardstick's perfect foresight).
+    """
+    from nowblock.sessions import validate_sessions
+
+    df = validate_sessions(sessions, site)
+    if start is None:
+        start = df["arrival"].min().floor(pd.Timedelta(step)) if len(df) else pd.Timestamp.now(tz="UTC").floor(step)
+    times, dt_h = _slot_grid(start, horizon, step)
+    end = times[-1] + pd.Timedelta(step)
+    df = df[(df["departure"] > times[0]) & (df["arrival"] < end)]
+    cp = site.cp_index(df["charge_point_id"])
+    phases = np.minimum(df["phases"].to_numpy(np.int64), site.cp_phases[cp])
+    plugged = _plugged_fraction(df["arrival"], df["departure"], times, dt_h)
+    n = len(df)
+    frac = df["draw_fraction"].to_numpy(float) if use_draw_fraction else np.ones(n)
+    return Formulation(
+        site=site, times=times, dt_h=dt_h, session_ids=df["session_id"].to_numpy(str),
+        cp_index=cp, phases=phases, min_current_a=site.cp_min_current_a[cp] * frac,
+        upper_a=_upper(site, times, cp, df["max_current_a"].to_numpy(float), plugged) * frac[:, None],
+        plugged=plugged, need_kwh=df["energy_kwh"].to_numpy(float),
+        priority=df["priority"].to_numpy(float),
+        base_kw=_on_slots(base_load, times, 0.0, "max"), price_eur_per_kwh=_on_slots(prices, times, 0.0),
+        prev_current_a=np.full(n, np.nan), options=options or OptimizeOptions(),
+    )
+
+
+def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOptions | None = None) -> Formulation:
+    """The formulation for a policy snapshot: plugged-in cars, remaining needs, forecast load.
+
+    A car whose (estimated) departure has passed is treated as leaving at the end of the first
+    slot: it still wants its energy now. ``snapshot.cars.max_current_a`` already holds the
+    current caps; time-window caps of later slots come from the site.
+    """
+    cars = snapshot.cars
+    times, dt_h = _slot_grid(snapshot.time, horizon, step)
+    dep = pd.DatetimeIndex(cars["departure"]).tz_convert("UTC")
+    dep = dep.where(dep > times[0] + pd.Timedelta(step), times[0] + pd.Timedelta(step)) if len(cars) else dep
+    arr = pd.DatetimeIndex(np.full(len(cars), times[0].asm8)).tz_localize("UTC")
+    plugged = _plugged_fraction(arr, dep, times, dt_h)
+    cp = cars["cp_index"].to_numpy(np.int64)
+    upper = _upper(snapshot.site, times, cp, cars["max_current_a"].to_numpy(float), plugged)
+    if len(cars):
+        # The snapshot's own max already includes today's cap; later slots follow the site's windows.
+        upper[:, 0] = np.minimum(upper[:, 0], cars["max_current_a"].to_numpy(float))
+    prev = cars["offered_current_a"].to_numpy(float) if "offered_current_a" in cars else np.full(len(cars), np.nan)
+    prices = snapshot.prices_eur_per_kwh
+    return Formulation(
+        site=snapshot.site, times=times, dt_h=dt_h, session_ids=cars.index.to_numpy(str),
+        cp_index=cp, phases=cars["phases"].to_numpy(np.int64),
+        min_current_a=cars["min_current_a"].to_numpy(float), upper_a=upper, plugged=plugged,
+        need_kwh=snapshot.remaining_kwh, priority=cars["priority"].to_numpy(float),
+        base_kw=_on_slots(snapshot.base_load_kw, times, 0.0, "max"), price_eur_per_kwh=_on_slots(prices, times, 0.0),
+        prev_current_a=prev,
+        options=options or OptimizeOptions(current_step_a=float(snapshot.current_step_a)),
+    )
+
+
+def phase_name(row: int) -> tuple[int, str]:
+    """(fuse index, phase name) of fuse-phase row ``row``."""
+    return row // 3, PHASES[row % 3]

@@ -1,0 +1,39 @@
+"""The perfect-foresight yardstick: one solve over a whole scenario, every session known.
+
+No online policy can beat it on the same objective: it knows every arrival, departure and
+energy in advance and how much of the offered current each car draws (``draw_fraction``).
+It ignores the battery taper, so its energy is an upper bound for what a simulation can
+deliver.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from nowblock.optimize.formulation import OptimizeOptions, from_sessions
+from nowblock.optimize.schedule import Schedule
+from nowblock.optimize.solve import solve_formulation
+
+
+def solve_offline(scenario, step="15min", *, start=None, end=None, **options) -> Schedule:
+    """Plan every session of ``scenario`` in one horizon from ``start`` to ``end``.
+
+    Defaults: the first arrival floored and the last departure ceiled to ``step``; binaries on
+    every slot (``binary_slots=None``) and a 120 s time limit, both overridable through
+    ``options`` (:class:`~nowblock.optimize.formulation.OptimizeOptions` fields). The
+    schedule's ``current_a`` is what each car draws [A]; ``energy_kwh`` per session [kWh].
+    """
+    step = pd.Timedelta(step)
+    sess = scenario.sessions
+    t0 = pd.Timestamp(start) if start is not None else sess["arrival"].min().floor(step)
+    t1 = pd.Timestamp(end) if end is not None else sess["departure"].max().ceil(step)
+    opts = {"binary_slots": None, "time_limit_s": 120.0, **options}
+    form = from_sessions(scenario.site, sess, start=t0, horizon=t1 - t0, step=step, base_load=scenario.base_load,
+                         prices=scenario.prices, options=OptimizeOptions.from_kwargs(**opts), use_draw_fraction=True)
+    return solve_formulation(form)
+
+
+def offline_energy_kwh(schedule: Schedule) -> float:
+    """Total energy [kWh] the offline plan delivers."""
+    return float(np.nansum(schedule.energy_kwh.to_numpy(float)))

@@ -1,0 +1,246 @@
+"""The optimizer's answer: a :class:`Schedule`, in pilot steps, re-checked after rounding.
+
+:func:`to_schedule` turns a solver result into setpoints a charger accepts: clipped to
+[0, upper], rounded down to ``current_step_a`` with "0 or >= min", then topped up one step at a
+time where every limit still has room, and finally re-checked against every fuse-phase and
+unbalance row; a slot that fails is repaired by :func:`nowblock.interface.make_safe`. So
+rounding never creates an overload. :func:`fallback_schedule` is what a block gets when the
+solver finds nothing: a baseline heuristic played forward slot by slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from nowblock.interface import BlockSnapshot, make_safe
+from nowblock.optimize.formulation import Formulation
+from nowblock.site import PHASES
+
+_TOL_A = 1e-6
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """Setpoints for every plugged-in session over the horizon.
+
+    - ``current_a`` [A per phase] and ``power_kw`` [kW]: DataFrames, index slot start (UTC),
+      columns session_id; in whole pilot steps, 0 or within [min, max].
+    - ``status``: ``"optimal"`` (within ``mip_rel_gap``), ``"time_limit"`` (the solver's best
+      incumbent when the time limit hit), or ``"fallback"`` (the solver found nothing or failed;
+      the schedule comes from the baseline heuristic named in ``detail``).
+    - ``objective`` [EUR] of the solver's incumbent, ``bound`` [EUR] its proven lower bound,
+      ``mip_gap`` (relative), ``solve_seconds`` (inside HiGHS), ``build_seconds`` (building
+      and passing the model), ``backend`` ("highs" or "pyomo").
+    - ``binding``: one row per (limit, slot) with no room for one more pilot step: columns
+      ``time``, ``limit`` ("fuse" or "unbalance"), ``fuse_id``, ``phase``, ``load_a``,
+      ``limit_a``, ``slack_a``; tells an operator why a car got less.
+    - ``energy_kwh`` / ``shortfall_kwh`` [kWh] per session over the horizon (after rounding).
+    - ``repaired_slots``: slots that needed the safety net after rounding (0 in normal use).
+    """
+
+    current_a: pd.DataFrame
+    power_kw: pd.DataFrame
+    status: str
+    objective: float
+    bound: float
+    mip_gap: float
+    solve_seconds: float
+    build_seconds: float
+    binding: pd.DataFrame
+    energy_kwh: pd.Series
+    shortfall_kwh: pd.Series
+    backend: str = "highs"
+    detail: str = ""
+    repaired_slots: int = 0
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def times(self) -> pd.DatetimeIndex:
+        """Slot starts (UTC)."""
+        return self.current_a.index
+
+    def first_slot(self) -> pd.Series:
+        """Setpoints [A] of the first slot, by session_id (what a receding-horizon loop applies)."""
+        if len(self.current_a) == 0:
+            return pd.Series(dtype=float, name="current_a")
+        return self.current_a.iloc[0].rename("current_a")
+
+    def __repr__(self) -> str:
+        return (f"Schedule({self.current_a.shape[1]} sessions x {len(self.current_a)} slots, status={self.status!r}, "
+                f"objective={self.objective:.4g} EUR, gap={self.mip_gap:.2%}, solve={self.solve_seconds:.3f} s)")
+
+
+# ---- rounding and the re-check ----------------------------------------------------------
+def limit_rows(form: Formulation) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str, str]]]:
+    """All limits as ``G @ current_a[:, t] <= H[:, t]``: G (rows, n), H (rows, T), row labels.
+
+    Rows are every fuse phase (headroom after the other load) and, if the site has one, the
+    root's pairwise unbalance limit. Labels are (kind, fuse id, phase).
+    """
+    site = form.site
+    g = form.incidence
+    h = form.headroom_a
+    labels = [("fuse", site.fuse_ids[r // 3], PHASES[r % 3]) for r in range(g.shape[0])]
+    u = site.max_unbalance_a
+    if u is not None and form.n_cars:
+        pq = [(p, q) for p in range(3) for q in range(3) if p != q]
+        g = np.vstack([g, np.array([g[p] - g[q] for p, q in pq])])
+        h = np.vstack([h, np.full((len(pq), form.n_slots), float(u))])
+        labels += [("unbalance", site.fuse_ids[0], f"{PHASES[p]}-{PHASES[q]}") for p, q in pq]
+    return g, h, labels
+
+
+def round_to_steps(form: Formulation, raw_a: np.ndarray) -> tuple[np.ndarray, int]:
+    """Round a dense (n, T) plan [A] to pilot steps without breaking any limit.
+
+    Returns the rounded plan and the number of slots the safety net had to repair.
+    """
+    step = float(form.options.current_step_a)
+    lo = form.min_current_a[:, None]
+    up = np.where(form.upper_a >= lo - _TOL_A, form.upper_a, 0.0)
+    up = np.floor(up / step + 1e-9) * step
+    raw = np.clip(np.nan_to_num(raw_a), 0.0, up)
+    x = np.floor(raw / step + 1e-7) * step
+    x[x < lo - _TOL_A] = 0.0
+    g, h, _ = limit_rows(form)
+    # Top up: give one more step back to cars that lost the most, as long as every row has room.
+    lost = np.where(raw >= lo - _TOL_A, raw - x, 0.0)
+    for t in np.nonzero((lost > 0.05 * step).any(axis=0))[0]:
+        cand = np.nonzero((lost[:, t] > 0.05 * step) & (x[:, t] + step <= up[:, t] + _TOL_A))[0]
+        if not len(cand):
+            continue
+        cand = cand[np.argsort(-lost[cand, t], kind="stable")]
+        new = x[cand, t] + step
+        new = np.where(new < form.min_current_a[cand] - _TOL_A, form.min_current_a[cand], new)
+        inc = new - x[cand, t]
+        load = g @ x[:, t]
+        cum = load[:, None] + np.cumsum(g[:, cand] * inc[None, :], axis=1)
+        ok = (cum <= h[:, t][:, None] + _TOL_A).all(axis=0)
+        n_ok = len(ok) if ok.all() else int(np.argmin(ok))
+        x[cand[:n_ok], t] = new[:n_ok]
+    # Re-check every row of every slot; repair failing slots with the shared safety net.
+    viol = (g @ x - h).max(axis=0) if len(g) else np.zeros(form.n_slots)
+    bad = np.nonzero(viol > _TOL_A)[0]
+    pos = pd.Index(form.session_ids)
+    for t in bad:
+        snap = slot_snapshot(form, int(t), np.zeros(form.n_cars))
+        idx = pos.get_indexer(snap.cars.index)
+        safe = make_safe(snap, pd.Series(x[idx, t], index=snap.cars.index))
+        x[:, t] = 0.0
+        x[idx, t] = safe.to_numpy(float)
+    return x, len(bad)
+
+
+def binding_report(form: Formulation, current_a: np.ndarray) -> pd.DataFrame:
+    """Limits (fuse phase or unbalance, slot) with less than one pilot step of room left."""
+    g, h, labels = limit_rows(form)
+    load = g @ current_a
+    slack = h - load
+    used = (np.abs(g) > 0) @ (current_a > 0) > 0
+    r, t = np.nonzero((slack < form.options.current_step_a - _TOL_A) & used)
+    lab = np.array(labels, dtype=object).reshape(-1, 3)
+    return pd.DataFrame({
+        "time": form.times[t], "limit": lab[r, 0] if len(r) else [], "fuse_id": lab[r, 1] if len(r) else [],
+        "phase": lab[r, 2] if len(r) else [], "load_a": load[r, t], "limit_a": h[r, t], "slack_a": slack[r, t],
+    })
+
+
+def to_schedule(form: Formulation, current_raw_a: np.ndarray, *, status: str, objective: float, bound: float,
+                mip_gap: float, solve_seconds: float, build_seconds: float, backend: str, detail: str = "") -> Schedule:
+    """Round a dense (n, T) plan [A] and wrap it with its solver report as a :class:`Schedule`."""
+    x, repaired = round_to_steps(form, current_raw_a)
+    ids = pd.Index(form.session_ids, name="session_id")
+    times = pd.DatetimeIndex(form.times, name="time")
+    power = x * form.kw_per_a[:, None]
+    energy = (power * form.plugged * form.dt_h).sum(axis=1)
+    return Schedule(
+        current_a=pd.DataFrame(x.T, index=times, columns=ids),
+        power_kw=pd.DataFrame(power.T, index=times, columns=ids),
+        status=status, objective=objective, bound=bound, mip_gap=mip_gap,
+        solve_seconds=solve_seconds, build_seconds=build_seconds,
+        binding=binding_report(form, x),
+        energy_kwh=pd.Series(energy, index=ids, name="energy_kwh"),
+        shortfall_kwh=pd.Series(np.maximum(form.need_kwh - energy, 0.0), index=ids, name="shortfall_kwh"),
+        backend=backend, detail=detail, repaired_slots=repaired,
+    )
+
+
+# ---- slot snapshots and the fallback ------------------------------------------------------
+def slot_snapshot(form: Formulation, t: int, delivered_kwh: np.ndarray) -> BlockSnapshot:
+    """A :class:`BlockSnapshot` of slot ``t`` as the formulation sees it (cars that can charge)."""
+    step = pd.Timedelta(hours=form.dt_h)
+    last = form.n_slots - 1 - np.argmax(form.plugged[:, ::-1] > 0, axis=1)
+    departure = form.times[last] + pd.to_timedelta(form.plugged[np.arange(form.n_cars), last] * form.dt_h, unit="h")
+    cars = pd.DataFrame({
+        "charge_point_id": np.array(form.site.charge_point_ids, dtype=object)[form.cp_index],
+        "cp_index": form.cp_index,
+        "phases": form.phases,
+        "min_current_a": form.min_current_a,
+        "max_current_a": np.where(form.upper_a[:, t] >= form.min_current_a - _TOL_A, form.upper_a[:, t], 0.0),
+        "arrival": form.times[0],
+        "departure": departure,
+        "energy_requested_kwh": form.need_kwh,
+        "energy_delivered_kwh": delivered_kwh,
+        "measured_current_a": np.nan,
+        "offered_current_a": 0.0,
+        "priority": form.priority,
+        "needs_known": True,
+    }, index=pd.Index(form.session_ids, name="session_id"))
+    cars = cars[form.plugged[:, t] > 0]
+    base = pd.Series(form.base_kw[t:], index=form.times[t:], name="kw")
+    prices = pd.Series(form.price_eur_per_kwh[t:], index=form.times[t:], name="eur_per_kwh")
+    return BlockSnapshot(time=form.times[t], site=form.site, step=step, cars=cars, base_load_kw=base,
+                         prices_eur_per_kwh=prices, current_step_a=form.options.current_step_a)
+
+
+def baseline_policy(name: str):
+    """The baseline heuristic ``name`` from :mod:`nowblock.policies`, or None if unavailable."""
+    try:
+        from nowblock import policies
+    except ImportError:
+        return None
+    for getter in ("get_policy", "make_policy", "policy"):
+        fn = getattr(policies, getter, None)
+        if callable(fn):
+            try:
+                return fn(name)
+            except (KeyError, ValueError, TypeError):
+                return None
+    registry = getattr(policies, "POLICIES", None)
+    if isinstance(registry, dict) and name in registry:
+        obj = registry[name]
+        return obj() if isinstance(obj, type) else obj
+    return None
+
+
+def equal_share(snapshot: BlockSnapshot) -> pd.Series:
+    """Every car offered what it still needs this step (up to its max); make_safe shares the room."""
+    cars = snapshot.cars
+    want_a = snapshot.remaining_kwh / np.maximum(snapshot.kw_per_a() * snapshot.dt_h, 1e-9)
+    x = np.minimum(cars["max_current_a"].to_numpy(float), np.ceil(want_a))
+    return pd.Series(x, index=cars.index)
+
+
+def fallback_schedule(form: Formulation, *, reason: str, solve_seconds: float = 0.0,
+                      build_seconds: float = 0.0, backend: str = "highs") -> Schedule:
+    """Play the baseline heuristic forward slot by slot; every slot passes make_safe."""
+    policy = baseline_policy(form.options.fallback)
+    name = form.options.fallback if policy is not None else "equal_share"
+    x = np.zeros((form.n_cars, form.n_slots))
+    delivered = np.zeros(form.n_cars)
+    pos = pd.Index(form.session_ids)
+    for t in range(form.n_slots):
+        snap = slot_snapshot(form, t, delivered)
+        if len(snap.cars) == 0:
+            continue
+        proposal = policy.schedule(snap) if policy is not None else equal_share(snap)
+        safe = make_safe(snap, proposal)
+        idx = pos.get_indexer(safe.index)
+        x[idx, t] = safe.to_numpy(float)
+        delivered += x[:, t] * form.kw_per_a * form.dt_h * form.plugged[:, t]
+    return to_schedule(form, x, status="fallback", objective=float("nan"), bound=float("nan"),
+                       mip_gap=float("inf"), solve_seconds=solve_seconds, build_seconds=build_seconds,
+                       backend=backend, detail=f"{name} ({reason})")

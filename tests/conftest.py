@@ -1,0 +1,106 @@
+"""Shared fixtures: a small hand-written block that every test file may use.
+
+``small_site``: a grid connection (63 A) with a 40 A feeder; six charging points, rotated,
+one of them a single-phase charger straight on the grid connection::
+
+    grid 63 A ─┬─ feeder-a 40 A ─┬─ CP01 16 A  L1L2L3
+               │                 ├─ CP02 32 A  L2L3L1
+               │                 ├─ CP03 16 A  L3L1L2
+               │                 └─ CP04 16 A  L1L2L3
+               ├─ CP05 32 A  L3L1L2
+               └─ CP06 32 A  single-phase charger, L2L3L1 (loads grid L2)
+
+``small_scenario``: two days (Monday 2 and Tuesday 3 March 2026, Europe/Berlin) of eleven
+sessions on ``small_site``: three-phase, two-phase and single-phase cars, a car with its own
+10 A limit, cars that draw less than offered, two back-to-back sessions on one point, a
+daytime top-up; household load and prices from :mod:`nowblock.synth`. Uncontrolled, the
+Monday evening loads grid phase L2 well past 63 A and feeder-a past 40 A.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from nowblock.scenario import Scenario
+from nowblock.site import ChargePoint, Fuse, Site
+from nowblock.synth import day_ahead_prices, household_load_kw
+
+TZ = "Europe/Berlin"
+
+
+def make_small_site() -> Site:
+    """The site of the ``small_site`` fixture (a plain function for use outside fixtures)."""
+    return Site(
+        name="small-block",
+        fuses=(
+            Fuse("grid", (63.0, 63.0, 63.0)),
+            Fuse("feeder-a", (40.0, 40.0, 40.0), parent="grid"),
+        ),
+        charge_points=(
+            ChargePoint("CP01", "feeder-a", max_current_a=16.0, phase_rotation="L1L2L3"),
+            ChargePoint("CP02", "feeder-a", max_current_a=32.0, phase_rotation="L2L3L1"),
+            ChargePoint("CP03", "feeder-a", max_current_a=16.0, phase_rotation="L3L1L2"),
+            ChargePoint("CP04", "feeder-a", max_current_a=16.0, phase_rotation="L1L2L3"),
+            ChargePoint("CP05", "grid", max_current_a=32.0, phase_rotation="L3L1L2"),
+            ChargePoint("CP06", "grid", max_current_a=32.0, phases=1, phase_rotation="L2L3L1"),
+        ),
+        voltage_v=230.0,
+        timezone=TZ,
+    )
+
+
+# session_id, cp, arrival (local), departure (local), kWh, car max A, car phases, priority, draw fraction
+_SESSIONS = [
+    ("S01", "CP01", "2026-03-02 17:10", "2026-03-03 07:00", 14.0, 16.0, 3, 1.0, 1.0),
+    ("S02", "CP02", "2026-03-02 17:40", "2026-03-03 07:30", 10.0, 32.0, 1, 1.0, 1.0),
+    ("S03", "CP03", "2026-03-02 18:00", "2026-03-02 22:30", 6.0, 16.0, 1, 1.0, 0.9),
+    ("S04", "CP04", "2026-03-02 18:20", "2026-03-03 06:45", 12.0, 16.0, 2, 1.0, 1.0),
+    ("S05", "CP05", "2026-03-02 16:30", "2026-03-03 08:00", 20.0, 10.0, 3, 2.0, 1.0),
+    ("S06", "CP06", "2026-03-02 19:00", "2026-03-03 07:15", 8.0, 16.0, 3, 1.0, 1.0),
+    ("S07", "CP03", "2026-03-02 23:00", "2026-03-03 09:00", 5.0, 16.0, 3, 1.0, 1.0),
+    ("S08", "CP01", "2026-03-03 17:30", "2026-03-04 07:00", 12.0, 16.0, 3, 1.0, 1.0),
+    ("S09", "CP02", "2026-03-03 12:00", "2026-03-03 15:00", 4.0, 32.0, 1, 1.0, 1.0),
+    ("S10", "CP05", "2026-03-03 18:00", "2026-03-04 07:30", 25.0, 32.0, 3, 1.0, 0.8),
+    ("S11", "CP06", "2026-03-03 20:00", "2026-03-04 06:00", 6.0, 32.0, 1, 1.0, 1.0),
+]
+
+
+def make_small_sessions() -> pd.DataFrame:
+    """The sessions of the ``small_scenario`` fixture (tz-aware, Europe/Berlin)."""
+    cols = ["session_id", "charge_point_id", "arrival", "departure", "energy_kwh",
+            "max_current_a", "phases", "priority", "draw_fraction"]
+    df = pd.DataFrame(_SESSIONS, columns=cols)
+    for c in ("arrival", "departure"):
+        df[c] = pd.to_datetime(df[c]).dt.tz_localize(TZ)
+    return df
+
+
+def make_small_scenario() -> Scenario:
+    """The scenario of the ``small_scenario`` fixture: Monday 00:00 to Thursday 00:00 local."""
+    times = pd.date_range("2026-03-02", "2026-03-05", freq="15min", inclusive="left", tz=TZ)
+    return Scenario(
+        make_small_site(),
+        make_small_sessions(),
+        base_load=household_load_kw(times, n_households=12, seed=1),
+        prices=day_ahead_prices(times, seed=1),
+        name="small-block",
+    )
+
+
+@pytest.fixture
+def small_site() -> Site:
+    """Two fuses, six rotated charging points (one single-phase charger); see the module doc."""
+    return make_small_site()
+
+
+@pytest.fixture
+def small_sessions() -> pd.DataFrame:
+    """Eleven hand-written sessions on ``small_site`` over two days (unvalidated, local times)."""
+    return make_small_sessions()
+
+
+@pytest.fixture
+def small_scenario() -> Scenario:
+    """``small_site`` with ``small_sessions``, household load (12 flats) and prices, 3 days."""
+    return make_small_scenario()

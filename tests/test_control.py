@@ -1,0 +1,224 @@
+"""Controller logic against the real live state with an in-process stand-in for the network.
+
+The end-to-end tests over WebSockets are in test_control_e2e.py; these pin down each rule of
+the loop quickly and deterministically (a manual clock, no sockets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nowblock.control import Controller, attach_store, restore_state
+from nowblock.interface import violation_a
+from nowblock.ocpp import profiles as pr
+from nowblock.ocpp.state import DispatchRecord, LiveState
+from nowblock.site import ChargePoint, Fuse, Site
+from nowblock.store import open_store
+
+
+def _site(root_a: float = 32.0, n: int = 3) -> Site:
+    cps = tuple(ChargePoint(id=f"CP{i}", fuse="feeder", max_current_a=32.0, min_current_a=6.0) for i in range(n))
+    return Site("t", (Fuse("grid", (root_a,) * 3), Fuse("feeder", (63.0,) * 3, "grid")), cps)
+
+
+class FakeCentral:
+    """The central system's controller API over a real LiveState; chargers accept unless told."""
+
+    failsafe_at_boot = False
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.state = LiveState(site)
+        self.keep_limit: set[str] = set()  # stations that answer Accepted but keep their old limit
+        self.sent: list[tuple[str, float]] = []
+        self.defaults: dict[str, float] = {}
+
+    async def set_limit(self, cp_id, connector_id, current_a, *, validity_s=None):
+        self.sent.append((cp_id, float(current_a)))
+        if cp_id not in self.keep_limit:
+            t = self.state.running_on(cp_id, connector_id)
+            self.state.on_profile_accepted(cp_id, connector_id, pr.build_profile(
+                "2.0.1", pr.TX, current_a, connector_id=connector_id, validity_s=validity_s or 900,
+                transaction_id=t.transaction_id))
+        rec = DispatchRecord(pr.utcnow(), float(current_a), pr.TX, self.state.applied_limit_a(cp_id, connector_id), [])
+        self.state.on_dispatch(cp_id, connector_id, rec)
+        return rec
+
+    async def set_default_profile(self, cp_id, current_a, *, connector_id=0, validity_s=None):
+        self.defaults[cp_id] = float(current_a)
+        return DispatchRecord(pr.utcnow(), float(current_a), pr.TX_DEFAULT, float(current_a), [])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = pd.Timestamp.now(tz="UTC").floor("s")
+
+    def __call__(self) -> pd.Timestamp:
+        return self.now
+
+    def advance(self, seconds: float) -> pd.Timestamp:
+        self.now += pd.Timedelta(seconds=seconds)
+        return self.now
+
+
+def _start(cs: FakeCentral, clock: Clock, n: int, needs=None) -> None:
+    for i in range(n):
+        cs.state.on_connect(f"CP{i}", "2.0.1")
+        cs.state.on_start(f"CP{i}", 1, f"tx{i}", start=clock.now.to_pydatetime(), meter_start_wh=0.0)
+        if needs and i in needs:
+            dep_h, kwh = needs[i]
+            cs.state.on_needs(f"CP{i}", 1, departure=(clock.now + pd.Timedelta(hours=dep_h)).to_pydatetime(),
+                              energy_kwh=kwh)
+
+
+def _meter(cs: FakeCentral, clock: Clock, draws_a: dict[int, float]) -> None:
+    for i, a in draws_a.items():
+        cs.state.on_meter(f"CP{i}", 1, f"tx{i}", {"current_l1_a": a, "current_l2_a": a, "current_l3_a": a},
+                          clock.now.to_pydatetime())
+
+
+def _controller(cs, clock, policy="edf", **kw) -> Controller:
+    return Controller(cs, cs.site, policy, period_s=60, clock=clock, min_replan_s=0.0, **kw)
+
+
+async def test_step_keeps_every_fuse_phase_and_min_current():
+    site = _site(root_a=32.0, n=3)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 3, needs={0: (2, 20.0), 1: (8, 10.0), 2: (4, 5.0)})
+    ctl = _controller(cs, clock)
+    res = await ctl.step("test")
+    x = res.current_a
+    assert set(x.index) == {"CP0:tx0", "CP1:tx1", "CP2:tx2"}
+    assert ((x == 0) | (x >= 6)).all()
+    assert x.sum() <= 32.0 + 1e-9 and x.sum() >= 32.0 - 3 * 1.0  # the block's connection is used
+    assert violation_a(res.snapshot, x) == 0.0
+    # What was sent is what was planned, and the live state reports it as accepted.
+    assert {cp: a for cp, a in cs.sent} == {sid.split(":")[0]: a for sid, a in x.items()}
+    snap = cs.state.snapshot(clock.now.to_pydatetime())
+    assert np.allclose(snap["offered_current_a"].to_numpy(), x.reindex(snap.index).to_numpy())
+    # The earliest deadline gets the most.
+    assert x["CP0:tx0"] == x.max()
+
+
+async def test_car_drawing_less_frees_current_for_others():
+    site = _site(root_a=32.0, n=2)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 2, needs={0: (3, 40.0), 1: (3, 40.0)})
+    ctl = _controller(cs, clock, policy="equal")
+    first = (await ctl.step()).current_a
+    assert first["CP0:tx0"] == first["CP1:tx1"] == 16.0
+    clock.advance(30)
+    _meter(cs, clock, {0: 7.0, 1: 16.0})  # CP0's car takes 7 A of the 16 A it is offered
+    second = (await ctl.step()).current_a
+    assert second["CP0:tx0"] <= 7.0 + ctl.settings.margin_a
+    assert second["CP1:tx1"] >= 32.0 - second["CP0:tx0"] - 1.0
+    # It keeps charging at no less than its minimum: never paused to 0 A.
+    assert second["CP0:tx0"] >= 6.0
+    # If it then takes all it gets, its ceiling rises again step by step, not at once.
+    clock.advance(30)
+    _meter(cs, clock, {0: second["CP0:tx0"], 1: second["CP1:tx1"]})
+    third = (await ctl.step()).current_a
+    assert second["CP0:tx0"] < third["CP0:tx0"] <= second["CP0:tx0"] + ctl.settings.raise_step_a
+
+
+async def test_stale_station_is_counted_at_its_maximum():
+    site = _site(root_a=40.0, n=2)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 2, needs={0: (3, 40.0), 1: (3, 40.0)})
+    ctl = _controller(cs, clock, policy="equal")
+    _meter(cs, clock, {0: 16.0, 1: 16.0})
+    clock.advance(ctl.settings.stale_after_s + 60)
+    _meter(cs, clock, {1: 16.0})  # CP0 went quiet
+    res = await ctl.step()
+    assert res.reserved == ["CP0:tx0"]
+    assert "CP0:tx0" not in res.current_a.index
+    assert res.current_a["CP1:tx1"] <= 40.0 - 32.0  # only what is left beside CP0's 32 A maximum
+
+
+async def test_solver_time_out_falls_back_and_stays_safe():
+    site = _site(root_a=20.0, n=3)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 3, needs={0: (2, 20.0), 1: (8, 10.0), 2: (4, 5.0)})
+
+    class Slow:
+        name = "slow"
+
+        def schedule(self, snapshot):
+            time.sleep(1.0)
+            return pd.Series(32.0, index=snapshot.cars.index)
+
+    ctl = _controller(cs, clock, policy=Slow(), solve_timeout_s=0.1, fallback="llf")
+    t0 = time.perf_counter()
+    res = await ctl.step()
+    assert time.perf_counter() - t0 < 0.9  # the step did not wait for the solver
+    assert res.policy == "llf" and "time-out" in res.status
+    assert violation_a(res.snapshot, res.current_a) == 0.0 and res.current_a.sum() > 0
+    # While the slow solve still runs, the next step does not pile another one on.
+    res2 = await ctl.step()
+    assert res2.policy == "llf" and "still running" in res2.status
+    await asyncio.sleep(1.0)
+
+
+async def test_unsafe_policy_answer_is_repaired():
+    site = _site(root_a=20.0, n=3)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 3)
+
+    class Greedy:
+        name = "greedy"
+
+        def schedule(self, snapshot):
+            return pd.Series(32.0, index=snapshot.cars.index)
+
+    res = await _controller(cs, clock, policy=Greedy()).step()
+    assert res.current_a.sum() <= 20.0 and ((res.current_a == 0) | (res.current_a >= 6)).all()
+
+
+async def test_charger_that_keeps_a_higher_limit_is_counted_at_it():
+    site = _site(root_a=32.0, n=2)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 2, needs={0: (3, 40.0), 1: (3, 40.0)})
+    ctl = _controller(cs, clock, policy="equal")
+    cs.keep_limit.add("CP0")  # accepts nothing: the charger maximum (32 A) stays in force
+    res = await ctl.step()
+    assert res.current_a["CP0:tx0"] == 32.0  # counted at what it really applies
+    assert res.current_a["CP1:tx1"] == 0.0  # so the other car gets nothing rather than overload
+    assert cs.sent[-1] == ("CP1", 0.0)
+
+
+async def test_restart_continues_transactions_energy_and_plan(tmp_path):
+    site = _site(root_a=32.0, n=2)
+    db = tmp_path / "serve.sqlite"
+    cs, clock = FakeCentral(site), Clock()
+    store = open_store(db)
+    attach_store(cs.state, store)
+    _start(cs, clock, 2, needs={0: (3, 30.0)})
+    cs.state.on_meter("CP0", 1, "tx0", {"energy_wh": 4200.0, "current_l1_a": 16.0}, clock.now.to_pydatetime())
+    ctl = _controller(cs, clock, store=store)
+    await ctl.step()
+    store.close()  # serve dies here
+
+    cs2 = FakeCentral(site)
+    store2 = open_store(db)
+    assert restore_state(cs2.state, store2) == 2
+    ctl2 = _controller(cs2, clock, store=store2)
+    assert ctl2.plan is not None and set(ctl2.plan.columns) == {"CP0:tx0", "CP1:tx1"}
+    snap = cs2.state.snapshot(clock.now.to_pydatetime())
+    assert snap.loc["CP0:tx0", "energy_delivered_kwh"] == pytest.approx(4.2)
+    assert snap.loc["CP0:tx0", "energy_requested_kwh"] == 30.0 and snap.loc["CP0:tx0", "needs_known"]
+    assert not snap.loc["CP1:tx1", "needs_known"]
+    # Before their chargers report again, the restored cars are counted at their maximum.
+    clock.advance(ctl2.settings.stale_after_s + 1)
+    res = await ctl2.step()
+    assert sorted(res.reserved) == ["CP0:tx0", "CP1:tx1"]
+    for i in range(2):  # the chargers reconnect and report
+        cs2.state.on_connect(f"CP{i}", "2.0.1")
+    _meter(cs2, clock, {0: 16.0, 1: 16.0})
+    res = await ctl2.step()
+    assert res.reserved == [] and set(res.current_a.index) == {"CP0:tx0", "CP1:tx1"}
+    store2.close()

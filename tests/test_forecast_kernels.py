@@ -1,0 +1,156 @@
+"""The forecaster's Numba kernels against their slow pure-Python references on small inputs."""
+
+import numpy as np
+import pytest
+
+from nowblock.forecast import kernels as K
+
+SEEDS = [0, 1, 2]
+
+
+def _matrix(rng, n_days=24, n_slots=8, nan_share=0.1):
+    y = rng.gamma(2.0, 1.0, (n_days, n_slots)) + np.sin(np.arange(n_slots))[None, :]
+    y[rng.random(y.shape) < nan_share] = np.nan
+    return y
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("half_width", [0, 1, 3])
+def test_smooth_nan(seed, half_width):
+    y = _matrix(np.random.default_rng(seed), 3, 10, 0.3).ravel()
+    np.testing.assert_allclose(K.smooth_nan(y, half_width), K.smooth_nan_ref(y, half_width), equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_ewma_profiles(seed):
+    rng = np.random.default_rng(seed)
+    y = _matrix(rng)
+    key = rng.integers(0, 3, len(y))
+    f, st = K.ewma_profiles(y, key, 3, 0.3)
+    f_ref, st_ref = K.ewma_profiles_ref(y, key, 3, 0.3)
+    np.testing.assert_allclose(f, f_ref, equal_nan=True)
+    np.testing.assert_allclose(st, st_ref, equal_nan=True)
+    assert np.isnan(f[0]).all()  # the first day has nothing before it
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_combine_profiles(seed):
+    rng = np.random.default_rng(seed)
+    fa, fb, fg = (_matrix(rng, 6, 5, 0.4) for _ in range(3))
+    out = K.combine_profiles(fa, fb, fg, 0.3, -1.0)
+    np.testing.assert_allclose(out, K.combine_profiles_ref(fa, fb, fg, 0.3, -1.0))
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_day_level(seed):
+    rng = np.random.default_rng(seed)
+    y, f = _matrix(rng), _matrix(rng)
+    np.testing.assert_allclose(K.day_level(y, f, 3), K.day_level_ref(y, f, 3))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fit_similar_day(seed):
+    rng = np.random.default_rng(seed)
+    y = _matrix(rng, 30, 6, 0.05)
+    dtype = np.arange(30, dtype=np.int64) % 7
+    dclass = np.where(dtype <= 4, 0, dtype - 4).astype(np.int64)
+    args = (y, dtype, dclass, np.array([0.2, 0.6, 1.0]), np.array([0.1, 0.4]), 0.1, np.array([0, 1], np.int64),
+            np.array([0.0, 0.5, 1.0]), np.array([0.0, 0.9]), 2, 14)
+    got = K.fit_similar_day(*args)
+    ref = K.fit_similar_day_ref(*args)
+    assert got[:5] == ref[:5]
+    assert got[5] == pytest.approx(ref[5])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_group_quantiles(seed):
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=200)
+    v[rng.random(200) < 0.1] = np.nan
+    g = rng.integers(0, 5, 200)
+    g[g == 4] = 3  # group 4 stays empty: pooled quantiles
+    qs = np.array([0.05, 0.5, 0.9, 0.95])
+    got = K.group_quantiles(v, g, 5, qs, 10)
+    np.testing.assert_allclose(got, K.group_quantiles_ref(v, g, 5, qs, 10))
+    assert (np.diff(got, axis=1) >= 0).all()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_weighted_quantiles(seed):
+    rng = np.random.default_rng(seed)
+    v = np.sort(rng.normal(size=30))
+    w = rng.random(30) * (rng.random(30) < 0.7)
+    qs = np.array([0.0, 0.1, 0.5, 0.9, 1.0])
+    got = K.weighted_quantiles_sorted(v, w, qs)
+    np.testing.assert_allclose(got, K.weighted_quantiles_sorted_ref(v, w, qs))
+    assert np.isnan(K.weighted_quantiles_sorted(v, np.zeros(30), qs)).all()
+    # equal weights: the median of an odd sample is its middle value
+    assert K.weighted_quantiles_sorted(v[:5], np.ones(5), np.array([0.5]))[0] == pytest.approx(v[2])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_seasonal_naive_at(seed):
+    rng = np.random.default_rng(seed)
+    y = _matrix(rng, 20, 4, 0.3)
+    day = rng.integers(0, 30, 40).astype(np.int64)
+    slot = rng.integers(0, 4, 40).astype(np.int64)
+    got = K.seasonal_naive_at(y, day, slot, 7, -1.0)
+    np.testing.assert_allclose(got, K.seasonal_naive_at_ref(y, day, slot, 7, -1.0))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_needs_kernels(seed):
+    rng = np.random.default_rng(seed)
+    n = 40
+    cp, tag, weekend = rng.integers(0, 3, n), rng.integers(-1, 3, n), rng.integers(0, 3, n)
+    hour, dwell, energy = rng.uniform(0, 24, n), rng.uniform(0.5, 20, n), rng.uniform(1, 30, n)
+    prm = (1.5, 0.05, 0.3, 0.2)
+    w = K.needs_weights(1, 2, 0, 23.5, cp, tag, weekend, hour, *prm)
+    np.testing.assert_allclose(w, K.needs_weights_ref(1, 2, 0, 23.5, cp, tag, weekend, hour, *prm))
+    od, oe = np.argsort(dwell), np.argsort(energy)
+    qs = np.array([0.1, 0.5, 0.9])
+    q_el, q_del = np.array([0.0, 12.0, 25.0]), np.array([0.0, 10.0, 0.0])
+    qd, qe = K.needs_quantiles(np.array([0, 1, 2]), np.array([-1, 2, 0]), np.array([0, 1, 2]), np.array([8.0, 18.0, 0.5]),
+                               q_el, q_del, cp, tag, weekend, hour, dwell, energy, od, oe, *prm, qs)
+    for j, (c, t, we, h) in enumerate([(0, -1, 0, 8.0), (1, 2, 1, 18.0), (2, 0, 2, 0.5)]):
+        wj = K.needs_weights_ref(c, t, we, h, cp, tag, weekend, hour, *prm)
+        ref_d = K.weighted_quantiles_sorted_ref(dwell[od], (wj * (dwell > q_el[j]))[od], qs)
+        ref_e = K.weighted_quantiles_sorted_ref(energy[oe], (wj * (energy > q_del[j]))[oe], qs)
+        np.testing.assert_allclose(qd[j], ref_d, equal_nan=True)
+        np.testing.assert_allclose(qe[j], ref_e, equal_nan=True)
+    assert np.isnan(qd[2]).all()  # nobody stayed longer than 25 h
+
+
+def test_needs_loo_error():
+    rng = np.random.default_rng(3)
+    n = 25
+    cp, tag, weekend = rng.integers(0, 3, n), np.full(n, -1), rng.integers(0, 3, n)
+    hour, dwell, energy = rng.uniform(0, 24, n), rng.uniform(0.5, 20, n), rng.uniform(1, 30, n)
+    od, oe = np.argsort(dwell), np.argsort(energy)
+    queries = np.array([0, 5, 9], np.int64)
+    err = K.needs_loo_error(cp, tag, weekend, hour, dwell, energy, od, oe, queries, np.array([1.0, 3.0]),
+                            np.array([0.1]), np.array([0.5]), np.array([0.2, 1.0]), 2.0, 4.0)
+    ref = np.zeros((2, 1, 1, 2))
+    for ib, bw in enumerate([1.0, 3.0]):
+        for iw, lw in enumerate([0.2, 1.0]):
+            tot = 0.0
+            for i in queries:
+                w = K.needs_weights_ref(cp[i], tag[i], weekend[i], hour[i], cp, tag, weekend, hour, bw, 0.1, 0.5, lw)
+                w[i] = 0.0
+                md = K.weighted_quantiles_sorted_ref(dwell[od], w[od], [0.5])[0]
+                me = K.weighted_quantiles_sorted_ref(energy[oe], w[oe], [0.5])[0]
+                tot += abs(md - dwell[i]) / 2.0 + abs(me - energy[i]) / 4.0
+            ref[ib, 0, 0, iw] = tot / len(queries)
+    np.testing.assert_allclose(err, ref)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_arrival_kernels(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.poisson(0.5, (15, 12)).astype(float)
+    key = rng.integers(0, 3, 15)
+    np.testing.assert_allclose(K.decayed_day_mean(x, key, 4, 0.9), K.decayed_day_mean_ref(x, key, 4, 0.9), equal_nan=True)
+    sm = K.circular_smooth(x, 2)
+    np.testing.assert_allclose(sm, K.circular_smooth_ref(x, 2))
+    np.testing.assert_allclose(sm.sum(axis=1), x.sum(axis=1))  # smoothing keeps the daily count

@@ -1,0 +1,152 @@
+"""Session needs (departure, energy) and arrivals, learnt from past sessions with habits."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nowblock.forecast import ArrivalForecaster, Calendar, ForecastError, SessionNeedsForecaster
+
+TZ = "Europe/Berlin"
+HABITS = {  # charge point: (arrival hour, dwell [h], energy [kWh]) on workdays
+    "CP1": (8.0, 9.0, 6.0),  # parks at work during the day
+    "CP2": (18.0, 13.0, 20.0),  # comes home in the evening, leaves in the morning
+    "CP3": (13.0, 4.0, 3.0),
+}
+
+
+def _day_type(t):
+    return int(Calendar().day_types(np.array([(t.tz_localize(None) - pd.Timestamp("1970-01-01")).days]))[0])
+
+
+def _sessions(days=42, seed=0, start="2024-09-02"):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for d in range(days):
+        day = pd.Timestamp(start, tz=TZ) + pd.Timedelta(days=d)
+        if _day_type(day) >= 5:  # weekends and NRW holidays (2024-10-03) off
+            continue
+        for cp, (h, dwell, e) in HABITS.items():
+            arr = day + pd.Timedelta(hours=h + 0.4 * rng.standard_normal())
+            dep = arr + pd.Timedelta(hours=max(dwell + 0.5 * rng.standard_normal(), 0.5))
+            rows.append((f"{cp}-{d}", cp, arr, dep, max(e * (1 + 0.15 * rng.standard_normal()), 0.1)))
+    df = pd.DataFrame(rows, columns=["session_id", "charge_point_id", "arrival", "departure", "energy_kwh"])
+    if not rows:
+        return df.astype({"arrival": "datetime64[ns, UTC]", "departure": "datetime64[ns, UTC]", "energy_kwh": float})
+    df["arrival"] = df["arrival"].dt.tz_convert("UTC")
+    df["departure"] = df["departure"].dt.tz_convert("UTC")
+    return df
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return SessionNeedsForecaster().fit(_sessions())
+
+
+def _cars(cp, arrival, delivered=0.0, sid="q"):
+    return pd.DataFrame({"charge_point_id": [cp], "arrival": [arrival], "energy_delivered_kwh": [delivered]},
+                        index=pd.Index([sid], name="session_id"))
+
+
+@pytest.mark.parametrize("cp", sorted(HABITS))
+def test_learns_each_charge_points_habit(fitted, cp):
+    h, dwell, energy = HABITS[cp]
+    arrival = pd.Timestamp("2024-10-15", tz=TZ) + pd.Timedelta(hours=h)
+    got = fitted.predict_needs(_cars(cp, arrival), arrival).iloc[0]
+    err_h = abs((got["departure"] - arrival) / pd.Timedelta(hours=1) - dwell)
+    assert err_h < 1.0
+    assert abs(got["energy_kwh"] - energy) < 0.2 * energy
+
+
+def test_output_contract_and_conditioning(fitted):
+    arrival = pd.Timestamp("2024-10-15 18:00", tz=TZ)
+    cars = pd.concat([
+        _cars("CP2", arrival, 0.0, "a"),
+        _cars("CP2", arrival, 15.0, "b"),  # already took most of its usual energy
+        _cars("CP2", arrival - pd.Timedelta(days=3), 40.0, "c"),  # stayed and took more than anyone
+        _cars("CP-new", arrival, 0.0, "d"),  # a charging point never seen
+    ])
+    now = arrival + pd.Timedelta(hours=2)
+    out = fitted.predict_needs(cars, now)
+    assert list(out.index) == ["a", "b", "c", "d"] and out.index.name == "session_id"
+    assert {"departure", "energy_kwh", "departure_q0.1", "energy_kwh_q0.9"} <= set(out.columns)
+    assert str(out["departure"].dt.tz) == "UTC"
+    assert out.notna().all().all()
+    for base in ("departure", "energy_kwh"):
+        cols = [f"{base}_q0.1", f"{base}_q0.25", base, f"{base}_q0.75", f"{base}_q0.9"]
+        vals = out[cols].apply(lambda c: c.astype("int64") if base == "departure" else c).to_numpy()
+        assert (np.diff(vals, axis=1) >= 0).all(), base
+    assert (out.filter(like="departure") > now).all().all()
+    assert (out.filter(like="energy").to_numpy() >= cars["energy_delivered_kwh"].to_numpy()[:, None]).all()
+    assert out.loc["b", "energy_kwh"] > 15.0  # more than delivered: the usual 20 kWh
+    assert out.loc["c", "energy_kwh"] == 40.0  # nobody wanted more: it is done
+    assert out.loc["c", "departure"] <= now + pd.Timedelta(hours=1)
+
+
+def test_id_tag_separates_drivers_sharing_a_charge_point():
+    rng = np.random.default_rng(1)
+    rows = []
+    for d in range(30):
+        day = pd.Timestamp("2024-09-02", tz="UTC") + pd.Timedelta(days=d)
+        for tag, e in (("alice", 5.0), ("bob", 30.0)):
+            arr = day + pd.Timedelta(hours=17 + rng.random())
+            rows.append((f"{tag}{d}", "CP1", tag, arr, arr + pd.Timedelta(hours=12), e + rng.random()))
+    df = pd.DataFrame(rows, columns=["session_id", "charge_point_id", "id_tag", "arrival", "departure", "energy_kwh"])
+    est = SessionNeedsForecaster().fit(df)
+    cars = pd.DataFrame({"charge_point_id": ["CP1"] * 3, "id_tag": ["alice", "bob", None],
+                         "arrival": [pd.Timestamp("2024-10-10 17:30", tz="UTC")] * 3},
+                        index=pd.Index(["a", "b", "anon"], name="session_id"))
+    out = est.predict_needs(cars, cars["arrival"].iloc[0])
+    assert out.loc["a", "energy_kwh"] < 7 and out.loc["b", "energy_kwh"] > 28
+    assert 5 < out.loc["anon", "energy_kwh_q0.9"]
+
+
+def test_tiny_or_bad_history():
+    with pytest.raises(ForecastError, match="missing column"):
+        SessionNeedsForecaster().fit(pd.DataFrame({"arrival": []}))
+    with pytest.raises(ForecastError, match="no usable session"):
+        df = _sessions(days=3)
+        SessionNeedsForecaster().fit(df.assign(departure=df["arrival"]))
+    est = SessionNeedsForecaster().fit(_sessions(days=1))  # three sessions: population answer
+    t = pd.Timestamp("2024-10-15 12:00", tz=TZ)
+    out = est.predict_needs(_cars("CP9", t), t)
+    assert out.notna().all().all() and (out["departure"] > t).all()
+    with pytest.raises(ForecastError, match="before predict"):
+        SessionNeedsForecaster().predict_needs(_cars("CP1", t), t)
+
+
+def test_beats_population_median_on_habitual_data(fitted):
+    test = _sessions(days=14, seed=9, start="2024-10-14")
+    cars = test.set_index("session_id")[["charge_point_id", "arrival"]]
+    errs = {}
+    for name, fn in (("knn", fitted.predict_needs), ("pop", fitted.population_baseline)):
+        preds = pd.concat([fn(cars.iloc[[i]], cars["arrival"].iloc[i]) for i in range(len(cars))])
+        truth = test.set_index("session_id")
+        errs[name] = (((preds["departure"] - truth["departure"]).abs() / pd.Timedelta(hours=1)).mean(),
+                      (preds["energy_kwh"] - truth["energy_kwh"]).abs().mean())
+    assert errs["knn"][0] < 0.5 * errs["pop"][0] and errs["knn"][1] < 0.5 * errs["pop"][1]
+
+
+def test_arrivals_follow_the_weekly_rhythm():
+    df = _sessions(days=42)
+    end = pd.Timestamp("2024-10-14", tz=TZ)
+    fc = ArrivalForecaster().fit(df, end=end).predict(end, "7D")
+    assert list(fc.columns) == ["arrivals", "energy_kwh", "energy_total_kwh", "dwell_h"]
+    assert len(fc) == 7 * 96 and np.isfinite(fc.to_numpy()).all()
+    local = fc.index.tz_convert(TZ)
+    per_day = fc["arrivals"].groupby(local.date).sum().to_numpy()
+    np.testing.assert_allclose(per_day[:5], 3.0, rtol=0.02)  # three cars every workday
+    assert per_day[5:].max() < 0.05  # nobody comes at the weekend
+    evening = (local.day_of_week == 0) & (local.hour == 18)
+    night = (local.day_of_week == 0) & (local.hour == 3)
+    assert fc["arrivals"][evening].sum() > 0.5 and fc["arrivals"][night].sum() < 0.01
+    assert fc.loc[evening, "energy_kwh"].mean() == pytest.approx(20.0, rel=0.15)
+    assert fc.loc[evening, "dwell_h"].mean() == pytest.approx(13.0, rel=0.15)
+
+
+def test_arrivals_errors():
+    with pytest.raises(ForecastError, match="divide a day"):
+        ArrivalForecaster(step="7min")
+    with pytest.raises(ForecastError, match="empty"):
+        ArrivalForecaster().fit(_sessions(days=0))
+    est = ArrivalForecaster().fit(_sessions(days=0), start="2024-09-02 00:00+02:00", end="2024-09-09 00:00+02:00")
+    assert est.predict(pd.Timestamp("2024-09-10", tz=TZ), 8)["arrivals"].sum() == 0.0

@@ -1,0 +1,297 @@
+"""The central system over real WebSockets on 127.0.0.1 with simulated chargers of both versions."""
+
+import asyncio
+import json
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from nowblock.interface import CAR_COLUMNS
+from nowblock.ocpp import profiles as pr
+from nowblock.ocpp.testing import central_system, chargers, eventually, make_test_site
+from nowblock.sim.chargers import Car, Quirks
+
+VERSIONS = ["1.6", "2.0.1"]
+FAST = dict(backoff_s=0.01, response_timeout_s=2.0)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_session_life_cycle(version):
+    site = make_test_site(2, grid_a=63)
+    async with central_system(site, **FAST) as cs:
+        events = cs.events()
+        async with chargers(cs, dict(cp_id="CP1", version=version, meter_interval_s=0.2)) as (sim,):
+            st = cs.state.station("CP1")
+            assert st.connected and st.version == version
+            assert st.boot["vendor"] == "nowblock"
+            # the fail-safe default arrives at boot
+            await eventually(lambda: any(p.purpose == pr.TX_DEFAULT for p in sim.profiles))
+            tx = await sim.plug_in(Car(phases=3, energy_kwh=30))
+            t = await eventually(lambda: cs.state.transaction("CP1", tx))
+            assert t.stop is None and t.connector_id == 1
+            # meter values flow into the live state
+            await eventually(lambda: t.energy_register_wh and t.energy_register_wh > 0 and t.power_w > 0)
+            await eventually(lambda: t.energy_delivered_kwh > 0)
+            # the built-in control's TxProfile (the whole 63 A grid for one car: its 32 A maximum)
+            await eventually(lambda: sim.applied_limit_a() == 32.0 and t.current_a[0] == 32.0)
+            snap = cs.state.snapshot()
+            assert list(snap.columns[: len(CAR_COLUMNS)]) == list(CAR_COLUMNS)
+            row = snap.loc[f"CP1:{tx}"]
+            assert row["measured_current_a"] == pytest.approx(sim.draw_a(), abs=0.1)
+            assert row["offered_current_a"] == pytest.approx(sim.applied_limit_a(), abs=0.1)
+            assert row["phases"] == 3 and row["status"] in ("Charging", "Occupied") and row["soc_percent"] >= 30
+            await sim.unplug()
+            await eventually(lambda: t.stop is not None)
+            assert t.energy_delivered_kwh == pytest.approx(sim.register_wh[1] / 1000.0, abs=1.01e-3)  # 1.6 meters report whole Wh
+            assert cs.state.snapshot().empty
+        await eventually(lambda: not cs.state.station("CP1").connected)
+        kinds = []
+        while True:
+            try:
+                kinds.append((await events.get(timeout=0.2)).kind)
+            except asyncio.TimeoutError:
+                break
+        for k in ("connect", "boot", "plug_in", "start", "meter", "stop", "disconnect"):
+            assert k in kinds, k
+        assert kinds.index("start") < kinds.index("meter") < kinds.index("stop") < kinds.index("disconnect")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_every_running_transaction_gets_a_safe_txprofile_within_5_s(version):
+    site = make_test_site(3, grid_a=40)
+    async with central_system(site, **FAST) as cs:
+        specs = [dict(cp_id=f"CP{i}", version=version) for i in (1, 2, 3)]
+        async with chargers(cs, *specs) as sims:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            txs = await asyncio.gather(*(s.plug_in(Car()) for s in sims))
+
+            def all_have_tx_profiles():
+                return all(any(p.purpose == pr.TX and p.transaction_id == tx for p in s.profiles)
+                           for s, tx in zip(sims, txs))
+
+            await eventually(all_have_tx_profiles, timeout_s=5.0)
+            assert loop.time() - t0 < 5.0
+            await eventually(lambda: len({s.applied_limit_a() for s in sims}) == 1)
+            applied = np.array([s.applied_limit_a() for s in sims])
+            assert applied.sum() <= 40.0 + 1e-9
+            assert applied[0] == pytest.approx(13.3 if version == "1.6" else 13.0)
+            # one car leaves: the others get the freed current, still within the fuse
+            await sims[0].unplug()
+            await eventually(lambda: sims[1].applied_limit_a() == 20.0 and sims[2].applied_limit_a() == 20.0)
+
+
+async def test_unknown_identity_is_refused_at_the_handshake():
+    async with central_system(make_test_site(1)) as cs:
+        with pytest.raises(websockets.exceptions.InvalidStatus) as exc:
+            async with connect(f"ws://127.0.0.1:{cs.port}/NOPE", subprotocols=["ocpp1.6"]):
+                pass
+        assert exc.value.response.status_code == 404
+        # an unsupported protocol version is refused too
+        with pytest.raises(websockets.exceptions.InvalidStatus) as exc:
+            async with connect(f"ws://127.0.0.1:{cs.port}/CP1", subprotocols=["ocpp1.5"]):
+                pass
+        assert exc.value.response.status_code == 400
+        assert not cs.state.station("CP1").connected
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_basic_auth_wrong_password_refused_right_one_accepted(version):
+    site = make_test_site(2, passwords={"CP1": "correct horse"})
+    async with central_system(site) as cs:
+        url = f"ws://127.0.0.1:{cs.port}/CP1"
+        proto = ["ocpp1.6" if version == "1.6" else "ocpp2.0.1"]
+        for headers in ({}, {"Authorization": "Basic " + _b64("CP1:battery staple")},
+                        {"Authorization": "Basic " + _b64("CP2:correct horse")}):  # user must be the identity
+            with pytest.raises(websockets.exceptions.InvalidStatus) as exc:
+                async with connect(url, subprotocols=proto, additional_headers=headers):
+                    pass
+            assert exc.value.response.status_code == 401
+        async with chargers(cs, dict(cp_id="CP1", version=version, password="correct horse")):
+            assert cs.state.station("CP1").connected
+
+
+def _b64(s):
+    import base64
+
+    return base64.b64encode(s.encode()).decode()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_malformed_and_schema_violating_frames_are_answered_and_connection_survives(version):
+    v16 = version == "1.6"
+    async with central_system(make_test_site(1)) as cs:
+        proto = "ocpp1.6" if v16 else "ocpp2.0.1"
+        async with connect(f"ws://127.0.0.1:{cs.port}/CP1", subprotocols=[proto]) as ws:
+            async def ask(frame):
+                await ws.send(frame)
+                return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+            rpc = "FormationViolation" if v16 else "RpcFrameworkError"
+            assert ask and (await ask("this is not json{"))[:3] == [4, "-1", rpc]
+            assert (await ask('{"not": "an array"}'))[:3] == [4, "-1", rpc]
+            r = await ask('[9, "m3", "Heartbeat", {}]')
+            assert r[:3] == [4, "m3", "ProtocolError" if v16 else "MessageTypeNotSupported"]
+            assert (await ask('[2, "m4", "Heartbeat"]'))[:3] == [4, "m4", rpc]
+            boot = ('[2, "m5", "BootNotification", {"chargePointVendor": 5, "chargePointModel": "x"}]' if v16 else
+                    '[2, "m5", "BootNotification", {"chargingStation": {"model": 5, "vendorName": "x"}, '
+                    '"reason": "PowerUp"}]')
+            assert (await ask(boot))[:3] == [4, "m5", "TypeConstraintViolation"]
+            assert (await ask('[2, "m6", "Heartbeat", {"surplus": 1}]'))[:3] == [
+                4, "m6", "FormationViolation" if v16 else "FormatViolation"]
+            assert (await ask('[2, "m7", "NoSuchAction", {}]'))[:3] == [4, "m7", "NotSupported"]
+            assert (await ask('[2, "m8", "StartTransaction", {"connectorId": 1}]' if v16 else
+                              '[2, "m8", "TransactionEvent", {"eventType": "Started"}]'))[:3] == [4, "m8", "ProtocolError"]
+            await ws.send('[3, "nobody-asked", {}]')  # a stray response is logged, never answered
+            r = await ask('[2, "m9", "Heartbeat", {}]')
+            assert r[0] == 3 and r[1] == "m9" and "currentTime" in r[2]
+            assert cs.connection("CP1").frame_errors >= 8
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_disconnect_mid_transaction_and_reconnect_keeps_the_transaction(version):
+    async with central_system(make_test_site(1), **FAST) as cs:
+        events = cs.events()
+        async with chargers(cs, dict(cp_id="CP1", version=version, meter_interval_s=0.2)) as (sim,):
+            tx = await sim.plug_in(Car(energy_kwh=50))
+            t = await eventually(lambda: cs.state.transaction("CP1", tx))
+            await eventually(lambda: t.energy_register_wh and t.energy_register_wh > 0)
+            sim.drop()
+            await eventually(lambda: not cs.state.station("CP1").connected, timeout_s=3)
+            assert cs.state.snapshot().loc[f"CP1:{tx}", "connected"] == False  # noqa: E712
+            assert t.stop is None
+            await eventually(lambda: sim.connections == 2 and cs.state.station("CP1").connected, timeout_s=5)
+            before = t.energy_register_wh
+            await eventually(lambda: t.energy_register_wh > before)  # meter values resume on the same transaction
+            assert [x.transaction_id for x in cs.state.running("CP1")] == [str(tx)]
+            await sim.unplug()
+            await eventually(lambda: t.stop is not None)
+            assert t.energy_delivered_kwh == pytest.approx(sim.register_wh[1] / 1000.0, abs=1.01e-3)  # 1.6 meters report whole Wh
+        kinds = []
+        while True:
+            try:
+                kinds.append((await events.get(timeout=0.2)).kind)
+            except asyncio.TimeoutError:
+                break
+        assert kinds.count("start") == 1 and kinds.count("connect") == 2 and "disconnect" in kinds
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_rejected_txprofile_falls_back_to_txdefault(version):
+    async with central_system(make_test_site(1), builtin_control=False, **FAST) as cs:
+        async with chargers(cs, dict(cp_id="CP1", version=version, quirks=Quirks(reject_tx_profile=True))) as (sim,):
+            await sim.plug_in(Car())
+            await eventually(lambda: cs.state.running("CP1"))
+            rec = await cs.set_limit("CP1", 1, 10.0, retries=1)
+            assert rec.attempts[:3] == [(pr.TX, "Rejected"), (pr.TX, "Rejected"), (pr.TX_DEFAULT, "Accepted")]
+            assert rec.purpose == pr.TX_DEFAULT and rec.accepted_a == 10.0
+            assert sim.applied_limit_a() == 10.0
+            assert cs.state.snapshot()["offered_current_a"].iloc[0] == 10.0
+            # after the session the connector's fallback default is removed again
+            await sim.unplug()
+            await eventually(lambda: not any(p.id == pr.TX_DEFAULT_ID_BASE + 1 for p in sim.profiles))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_not_supported_and_silent_chargers_are_never_counted_as_limited(version):
+    async with central_system(make_test_site(2), builtin_control=False, backoff_s=0.01,
+                              response_timeout_s=0.3) as cs:
+        specs = [dict(cp_id="CP1", version=version, quirks=Quirks(not_supported=True)),
+                 dict(cp_id="CP2", version=version, quirks=Quirks(silent_profiles=True))]
+        async with chargers(cs, *specs) as sims:
+            for s in sims:
+                await s.plug_in(Car())
+            await eventually(lambda: len(cs.state.running()) == 2)
+            rec = await cs.set_limit("CP1", 1, 10.0, retries=2)
+            assert rec.purpose is None and rec.accepted_a is None
+            assert [a for _, a in rec.attempts] == ["NotSupported"] * 3  # never retried: it will not change
+            rec = await cs.set_limit("CP2", 1, 10.0, retries=1)
+            assert rec.purpose is None and [a for _, a in rec.attempts] == ["Timeout"] * 6
+            assert sims[1].client is not None and cs.connection("CP2") is not None  # still talking
+            snap = cs.state.snapshot()
+            assert (snap["offered_current_a"] == 32.0).all()  # counted at their maximum
+            assert snap["accepted_limit_a"].isna().all()
+
+
+async def test_station_max_is_the_last_resort_and_is_lifted_afterwards():
+    async with central_system(make_test_site(1), builtin_control=False, **FAST) as cs:
+        async with chargers(cs, dict(cp_id="CP1", version="1.6")) as (sim,):
+            await sim.plug_in(Car())
+            await eventually(lambda: cs.state.running("CP1"))
+            sim.quirks.reject_tx_profile = True
+            original = sim.on_set_profile
+
+            def no_defaults(connector_id, payload):
+                if payload["charging_profile_purpose"] == pr.TX_DEFAULT:
+                    return "Rejected"
+                return original(connector_id, payload)
+
+            sim.on_set_profile = no_defaults
+            rec = await cs.set_limit("CP1", 1, 8.0, retries=0)
+            assert rec.purpose == pr.MAX_16 and sim.applied_limit_a() == 8.0
+            sim.quirks.reject_tx_profile = False
+            rec = await cs.set_limit("CP1", 1, 20.0, retries=0)
+            assert rec.purpose == pr.TX and ("ClearStationMax", "Accepted") in rec.attempts
+            assert sim.applied_limit_a() == 20.0 and rec.accepted_a == 20.0
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_car_drawing_less_and_single_phase_car_show_in_the_snapshot(version):
+    async with central_system(make_test_site(2, grid_a=63), **FAST) as cs:
+        specs = [dict(cp_id="CP1", version=version, meter_interval_s=0.1, quirks=Quirks(draw_fraction=0.5)),
+                 dict(cp_id="CP2", version=version, meter_interval_s=0.1)]
+        async with chargers(cs, *specs) as (lazy, single):
+            a = await lazy.plug_in(Car())
+            b = await single.plug_in(Car(phases=1, max_current_a=16))
+            await eventually(lambda: lazy.applied_limit_a() < 32 and single.applied_limit_a() < 32)
+
+            def settled():
+                snap = cs.state.snapshot()
+                return len(snap) == 2 and snap["measured_current_a"].notna().all() and \
+                    snap.loc[f"CP1:{a}", "measured_current_a"] == pytest.approx(lazy.applied_limit_a() / 2, abs=0.1) \
+                    and snap.loc[f"CP2:{b}", "phases"] == 1 and snap
+
+            snap = await eventually(settled)
+            assert snap.loc[f"CP1:{a}", "phases"] == 3
+            assert snap.loc[f"CP2:{b}", "measured_current_a"] == pytest.approx(16.0, abs=0.1)
+
+
+async def test_verify_reads_back_the_composite_schedule():
+    async with central_system(make_test_site(1), builtin_control=False, **FAST) as cs:
+        async with chargers(cs, dict(cp_id="CP1", version="2.0.1")) as (sim,):
+            await sim.plug_in(Car())
+            await eventually(lambda: cs.state.running("CP1"))
+            # someone else capped the station at 12 A behind our back
+            sim.profiles = pr.add_profile(sim.profiles, pr.Profile.from_payload(
+                0, pr.build_profile("2.0.1", pr.MAX_201, 12.0, connector_id=0, profile_id=77)))
+            rec = await cs.set_limit("CP1", 1, 20.0, verify=True)
+            assert rec.purpose == pr.TX and rec.accepted_a == 12.0
+
+
+async def test_rate_unit_watts_is_learnt_and_used():
+    async with central_system(make_test_site(1), builtin_control=False, **FAST) as cs:
+        async with chargers(cs, dict(cp_id="CP1", version="1.6", quirks=Quirks(rate_unit="W"))) as (sim,):
+            await eventually(lambda: any(p.purpose == pr.TX_DEFAULT for p in sim.profiles))
+            assert cs.state.station("CP1").rate_unit == "W"
+            assert sim.profiles[0].unit == "W"
+            await sim.plug_in(Car(phases=3))
+            rec = await cs.set_limit("CP1", 1, 10.0)
+            assert rec.purpose == pr.TX
+            # phases unknown before the first meter value: 1 phase assumed, never more current than asked
+            assert sim.applied_limit_a() <= 10.0 + 1e-9
+
+
+async def test_needs_become_session_needs_and_stale_flag():
+    async with central_system(make_test_site(1), **FAST) as cs:
+        cs.state.stale_after_s = 0.5
+        async with chargers(cs, dict(cp_id="CP1", version="2.0.1", meter_interval_s=60)) as (sim,):
+            dep = pr.utcnow().replace(microsecond=0) + timedelta(hours=5)
+            tx = await sim.plug_in(Car(energy_kwh=22.0, departure=dep, max_current_a=16))
+            row = (await eventually(lambda: len(cs.state.snapshot()) == 1 and cs.state.snapshot())).loc[f"CP1:{tx}"]
+            assert row["needs_known"] and row["energy_requested_kwh"] == 22.0
+            assert row["departure"] == dep and row["max_current_a"] == 16.0
+            await asyncio.sleep(0.6)
+            assert cs.state.snapshot().loc[f"CP1:{tx}", "stale"]

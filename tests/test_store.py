@@ -1,0 +1,200 @@
+"""Tests for nowblock.store on real SQLite files (WAL mode, reopen, concurrent reader/writer)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nowblock.sessions import validate_sessions
+from nowblock.store import SqliteStore, Store, StoreError, open_store
+
+T0 = pd.Timestamp("2026-03-02 17:00", tz="UTC")
+
+
+def _minutes(m: float) -> pd.Timestamp:
+    return T0 + pd.Timedelta(minutes=m)
+
+
+@pytest.fixture
+def db(tmp_path):
+    return tmp_path / "nowblock.sqlite"
+
+
+def test_open_store_file_is_wal_and_implements_protocol(db):
+    s = open_store(db)
+    assert isinstance(s, Store)
+    s.upsert_station("CP01", time=T0, protocol="ocpp1.6", connected=True)
+    mode = sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode.lower() == "wal"
+    s.close()
+    assert isinstance(open_store(f"sqlite:///{db}"), SqliteStore)
+    with pytest.raises(NotImplementedError):
+        open_store("postgresql://user@host/db")
+    with pytest.raises(StoreError):
+        open_store("ftp://x/y")
+
+
+def test_transaction_life_cycle_and_reopen(db):
+    s = open_store(db)
+    s.upsert_station("CP01", time=T0, protocol="ocpp2.0.1", vendor="V", model="M", connected=True)
+    sid = s.start_transaction("CP01", "tx-1", time=T0, connector_id=1, id_tag="TAG", meter_start_wh=1000.0)
+    s.record_meter_values("CP01", "tx-1", [
+        {"time": _minutes(1), "energy_wh": 1200.0, "current_a": [16.0, 16.0, 15.5], "power_kw": 11.0},
+        {"time": _minutes(2), "energy_wh": 1500.0, "current_a": 16.0},
+    ])
+    s.update_needs("CP01", "tx-1", departure=_minutes(240), energy_requested_kwh=20.0, known=True)
+    s.save_plan(T0, pd.DataFrame({sid: [16.0, 10.0]}, index=[T0, _minutes(15)]), policy="milp", status="optimal")
+    s.close()
+
+    s = open_store(db)  # a restart of serve: everything acknowledged is there
+    open_tx = s.load_open_transactions()
+    assert list(open_tx.index) == [sid]
+    row = open_tx.loc[sid]
+    assert row["charge_point_id"] == "CP01" and row["transaction_id"] == "tx-1"
+    assert row["energy_delivered_kwh"] == pytest.approx(0.5)
+    assert row["energy_requested_kwh"] == pytest.approx(20.0)
+    assert row["departure"] == _minutes(240) and bool(row["needs_known"])
+    assert row["arrival"] == T0 and row["arrival"].tzinfo is not None
+    t, plan = s.latest_plan()
+    assert t == T0 and list(plan.columns) == [sid] and plan[sid].tolist() == [16.0, 10.0]
+    assert plan.index[1] == _minutes(15)
+    mv = s.meter_values("CP01", "tx-1")
+    assert len(mv) == 2 and mv["current_l3_a"].iloc[0] == 15.5 and np.isnan(mv["current_l2_a"].iloc[1])
+
+    s.stop_transaction("CP01", "tx-1", time=_minutes(90), meter_stop_wh=9000.0, reason="EVDisconnected")
+    assert s.load_open_transactions().empty
+    hist = s.sessions_history()
+    assert len(hist) == 1
+    assert hist["energy_kwh"].iloc[0] == pytest.approx(8.0)
+    assert hist["id_tag"].iloc[0] == "TAG"
+    # The history is a valid sessions frame for the needs forecaster.
+    validate_sessions(hist)
+    assert len(s.sessions_history(since=_minutes(100))) == 0
+    s.close()
+
+
+def test_duplicates_and_bad_input_lose_nothing(db):
+    s = open_store(db)
+    s.start_transaction("CP01", 7, time=T0, meter_start_wh=0.0)
+    s.record_meter_values("CP01", 7, [{"time": _minutes(5), "energy_wh": 2000.0}])
+    # The charger repeats its start (e.g. after a reconnect): energy so far is kept.
+    s.start_transaction("CP01", 7, time=_minutes(6), meter_start_wh=2000.0)
+    # The same sample twice is ignored, not doubled or overwritten.
+    assert s.record_meter_values("CP01", 7, [{"time": _minutes(5), "energy_wh": 9999.0}]) == 0
+    # A register that jumps back (a meter reset) does not erase delivered energy.
+    s.record_meter_values("CP01", 7, [{"time": _minutes(7), "energy_wh": 100.0}])
+    tx = s.load_open_transactions().iloc[0]
+    assert tx["energy_delivered_kwh"] == pytest.approx(2.0)
+    assert tx["arrival"] == T0
+    # A batch with one bad row is refused whole, before anything is written.
+    n_before = len(s.meter_values())
+    with pytest.raises(StoreError, match="row 1"):
+        s.record_meter_values("CP01", 7, [{"time": _minutes(8), "energy_wh": 2100.0},
+                                          {"time": _minutes(9), "energy_wh": float("inf")}])
+    with pytest.raises(StoreError, match="timezone"):
+        s.record_meter_values("CP01", 7, [{"time": pd.Timestamp("2026-03-02 18:00"), "energy_wh": 1.0}])
+    with pytest.raises(StoreError):
+        s.start_transaction("CP02", 1, time=T0, meter_start_wh=-5)
+    with pytest.raises(StoreError):
+        s.update_needs("CP09", "nope", energy_requested_kwh=3.0)
+    assert len(s.meter_values()) == n_before
+    # Estimated needs never overwrite needs the car reported.
+    s.update_needs("CP01", 7, departure=_minutes(300), energy_requested_kwh=30.0, known=True)
+    s.update_needs("CP01", 7, departure=_minutes(60), energy_requested_kwh=5.0, known=False)
+    tx = s.load_open_transactions().iloc[0]
+    assert tx["energy_requested_kwh"] == 30.0 and bool(tx["needs_known"])
+    # Stop twice: the first stop wins; a stop for an unknown transaction is still recorded.
+    s.stop_transaction("CP01", 7, time=_minutes(120), meter_stop_wh=5000.0)
+    s.stop_transaction("CP01", 7, time=_minutes(130), meter_stop_wh=6000.0)
+    s.stop_transaction("CP03", "ghost", time=_minutes(10))
+    hist = s.sessions_history()
+    assert list(hist["session_id"]) == ["CP01:7"]
+    assert s.max_numeric_transaction_id() == 7  # "ghost" is not a number
+    assert hist["departure"].iloc[0] == _minutes(120) and hist["energy_kwh"].iloc[0] == pytest.approx(5.0)
+    s.close()
+
+
+def test_profiles_and_station_log(db):
+    s = open_store(db)
+    s.upsert_station("CP01", time=T0, protocol="ocpp1.6", connected=True)
+    s.upsert_station("CP01", time=_minutes(3), connected=False)
+    st = s.stations().iloc[0]
+    assert st["protocol"] == "ocpp1.6" and not st["connected"] and st["last_seen"] == _minutes(3)
+    s.record_profile("CP01", time=T0, purpose="TxDefaultProfile", limit_a=10.0, status="Accepted",
+                     accepted_limit_a=10.0, valid_to=None)
+    s.record_profile("CP01", time=_minutes(1), purpose="TxProfile", limit_a=16.0, status="Rejected",
+                     transaction_id=3, accepted_limit_a=10.0, valid_to=_minutes(6))
+    p = s.profiles("CP01")
+    assert p["status"].tolist() == ["Accepted", "Rejected"]
+    assert p["accepted_limit_a"].tolist() == [10.0, 10.0]
+    assert p["valid_to"].iloc[1] == _minutes(6)
+
+
+def test_plans_are_pruned(db):
+    s = SqliteStore(db, plans_kept=3)
+    for k in range(10):
+        s.save_plan(_minutes(k), pd.DataFrame({"a": [float(k)]}, index=[_minutes(k)]))
+    n = sqlite3.connect(db).execute("SELECT COUNT(*) FROM plans").fetchone()[0]
+    assert n <= 4
+    assert s.latest_plan()[1]["a"].iloc[0] == 9.0
+
+
+def test_concurrent_writer_and_reader(db):
+    """A reader on its own connection sees only committed rows while a writer thread runs (WAL)."""
+    s = open_store(db)
+    s.start_transaction("CP01", 1, time=T0, meter_start_wh=0.0)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer():
+        try:
+            for k in range(200):
+                s.record_meter_values("CP01", 1, [{"time": _minutes(k), "energy_wh": 100.0 * k}])
+        except BaseException as exc:  # pragma: no cover - surfaced below
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    th = threading.Thread(target=writer)
+    th.start()
+    reader = open_store(db)
+    seen = []
+    while not stop.is_set():
+        tx = reader.load_open_transactions()
+        mv = reader.meter_values()
+        # Energy so far is committed together with its sample: never ahead of the samples.
+        if len(mv):
+            assert tx["energy_delivered_kwh"].iloc[0] <= mv["energy_wh"].max() / 1000.0 + 1e-9
+        seen.append(len(mv))
+    th.join()
+    assert not errors
+    assert seen == sorted(seen)
+    assert len(reader.meter_values()) == 200
+    reader.close()
+    s.close()
+
+
+def test_committed_rows_survive_a_killed_process(db):
+    """Writes from a process that is killed (no close, no checkpoint) are all there."""
+    code = f"""
+import os, pandas as pd
+from nowblock.store import open_store
+s = open_store({str(db)!r})
+t0 = pd.Timestamp("2026-03-02 17:00", tz="UTC")
+s.start_transaction("CP01", "a", time=t0, meter_start_wh=0)
+for k in range(50):
+    s.record_meter_values("CP01", "a", [{{"time": t0 + pd.Timedelta(seconds=k), "energy_wh": 10.0 * k}}])
+print("acked", flush=True)
+os.kill(os.getpid(), 9)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "acked" in out.stdout
+    s = open_store(db)
+    assert len(s.meter_values()) == 50
+    assert s.load_open_transactions()["energy_delivered_kwh"].iloc[0] == pytest.approx(0.49)
