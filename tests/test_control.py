@@ -222,3 +222,17 @@ async def test_restart_continues_transactions_energy_and_plan(tmp_path):
     res = await ctl2.step()
     assert res.reserved == [] and set(res.current_a.index) == {"CP0:tx0", "CP1:tx1"}
     store2.close()
+
+
+def test_restore_continues_1_6_transaction_ids_and_skips_unknown_stations(tmp_path):
+    site = _site(n=2)
+    store = open_store(tmp_path / "ids.sqlite")
+    t0 = pd.Timestamp("2026-03-02 17:00", tz="UTC")
+    store.start_transaction("CP0", 41, time=t0, connector_id=1, meter_start_wh=100.0)
+    store.start_transaction("CP9", 77, time=t0, connector_id=1)  # a station the site no longer has
+    store.start_transaction("CP1", 12, time=t0, connector_id=1)
+    store.stop_transaction("CP1", 12, time=t0 + pd.Timedelta(hours=1))
+    state = LiveState(site)
+    assert restore_state(state, store) == 1
+    assert state.next_transaction_id == 78  # a new 1.6 transaction never reuses a stored id
+    assert [t.session_id for t in state.running()] == ["CP0:41"]

@@ -119,6 +119,11 @@ async def test_congested_block_stays_under_every_fuse_phase(tmp_path):
         assert max(used) >= 0.7 * 48.0  # the connection is shared out, not left idle
         # Every running transaction got a TxProfile (or, for the rejecting charger, its fallback).
         assert all(any(a == "SetChargingProfile" for a, _ in s.received) for s in sims)
+        # The store logged what was sent and what the charger answered.
+        prof = ctl.store.profiles("CP02")
+        assert prof["status"].str.contains("TxProfile:Rejected").any()
+        assert (prof["purpose"] == pr.TX_DEFAULT).any() and prof["accepted_limit_a"].notna().any()
+        assert (ctl.store.profiles("CP01")["purpose"] == pr.TX).any()
 
 
 async def test_needs_reported_by_a_2_0_1_car_change_its_allocation(tmp_path):

@@ -99,22 +99,28 @@ def test_seasonal_naive_at(seed):
     np.testing.assert_allclose(got, K.seasonal_naive_at_ref(y, day, slot, 7, -1.0))
 
 
+def _needs_history(rng, n):
+    cp, tag, kind = rng.integers(0, 3, n), rng.integers(-1, 3, n), rng.integers(0, 3, n)
+    hour, gap = rng.uniform(0, 24, n), np.where(rng.random(n) < 0.2, -1.0, rng.uniform(0, 80, n))
+    return cp, tag, kind, hour, gap, rng.uniform(0.5, 20, n), rng.uniform(1, 30, n)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_needs_kernels(seed):
+@pytest.mark.parametrize("bw_gap", [0.0, 0.5])
+def test_needs_kernels(seed, bw_gap):
     rng = np.random.default_rng(seed)
-    n = 40
-    cp, tag, weekend = rng.integers(0, 3, n), rng.integers(-1, 3, n), rng.integers(0, 3, n)
-    hour, dwell, energy = rng.uniform(0, 24, n), rng.uniform(0.5, 20, n), rng.uniform(1, 30, n)
-    prm = (1.5, 0.05, 0.3, 0.2)
-    w = K.needs_weights(1, 2, 0, 23.5, cp, tag, weekend, hour, *prm)
-    np.testing.assert_allclose(w, K.needs_weights_ref(1, 2, 0, 23.5, cp, tag, weekend, hour, *prm))
+    cp, tag, kind, hour, gap, dwell, energy = _needs_history(rng, 40)
+    prm = (1.5, 0.05, 0.3, 0.2, bw_gap)
+    w = K.needs_weights(1, 2, 0, 23.5, 20.0, cp, tag, kind, hour, gap, *prm)
+    np.testing.assert_allclose(w, K.needs_weights_ref(1, 2, 0, 23.5, 20.0, cp, tag, kind, hour, gap, *prm))
     od, oe = np.argsort(dwell), np.argsort(energy)
     qs = np.array([0.1, 0.5, 0.9])
+    queries = [(0, -1, 0, 8.0, -1.0), (1, 2, 1, 18.0, 30.0), (2, 0, 2, 0.5, 2.0)]
     q_el, q_del = np.array([0.0, 12.0, 25.0]), np.array([0.0, 10.0, 0.0])
-    qd, qe = K.needs_quantiles(np.array([0, 1, 2]), np.array([-1, 2, 0]), np.array([0, 1, 2]), np.array([8.0, 18.0, 0.5]),
-                               q_el, q_del, cp, tag, weekend, hour, dwell, energy, od, oe, *prm, qs)
-    for j, (c, t, we, h) in enumerate([(0, -1, 0, 8.0), (1, 2, 1, 18.0), (2, 0, 2, 0.5)]):
-        wj = K.needs_weights_ref(c, t, we, h, cp, tag, weekend, hour, *prm)
+    qd, qe = K.needs_quantiles(*(np.array(c) for c in zip(*queries)), q_el, q_del, cp, tag, kind, hour, gap,
+                               dwell, energy, od, oe, np.array(prm), qs)
+    for j, q in enumerate(queries):
+        wj = K.needs_weights_ref(*q, cp, tag, kind, hour, gap, *prm)
         ref_d = K.weighted_quantiles_sorted_ref(dwell[od], (wj * (dwell > q_el[j]))[od], qs)
         ref_e = K.weighted_quantiles_sorted_ref(energy[oe], (wj * (energy > q_del[j]))[oe], qs)
         np.testing.assert_allclose(qd[j], ref_d, equal_nan=True)
@@ -124,24 +130,21 @@ def test_needs_kernels(seed):
 
 def test_needs_loo_error():
     rng = np.random.default_rng(3)
-    n = 25
-    cp, tag, weekend = rng.integers(0, 3, n), np.full(n, -1), rng.integers(0, 3, n)
-    hour, dwell, energy = rng.uniform(0, 24, n), rng.uniform(0.5, 20, n), rng.uniform(1, 30, n)
+    cp, tag, kind, hour, gap, dwell, energy = _needs_history(rng, 25)
     od, oe = np.argsort(dwell), np.argsort(energy)
     queries = np.array([0, 5, 9], np.int64)
-    err = K.needs_loo_error(cp, tag, weekend, hour, dwell, energy, od, oe, queries, np.array([1.0, 3.0]),
-                            np.array([0.1]), np.array([0.5]), np.array([0.2, 1.0]), 2.0, 4.0)
-    ref = np.zeros((2, 1, 1, 2))
-    for ib, bw in enumerate([1.0, 3.0]):
-        for iw, lw in enumerate([0.2, 1.0]):
-            tot = 0.0
-            for i in queries:
-                w = K.needs_weights_ref(cp[i], tag[i], weekend[i], hour[i], cp, tag, weekend, hour, bw, 0.1, 0.5, lw)
-                w[i] = 0.0
-                md = K.weighted_quantiles_sorted_ref(dwell[od], w[od], [0.5])[0]
-                me = K.weighted_quantiles_sorted_ref(energy[oe], w[oe], [0.5])[0]
-                tot += abs(md - dwell[i]) / 2.0 + abs(me - energy[i]) / 4.0
-            ref[ib, 0, 0, iw] = tot / len(queries)
+    grid = np.array([[1.0, 0.1, 0.5, 0.2, 0.0], [3.0, 0.1, 0.5, 1.0, 0.5]])
+    err = K.needs_loo_error(cp, tag, kind, hour, gap, dwell, energy, od, oe, queries, grid, 2.0, 4.0)
+    ref = []
+    for row in grid:
+        tot = 0.0
+        for i in queries:
+            w = K.needs_weights_ref(cp[i], tag[i], kind[i], hour[i], gap[i], cp, tag, kind, hour, gap, *row)
+            w[i] = 0.0
+            md = K.weighted_quantiles_sorted_ref(dwell[od], w[od], [0.5])[0]
+            me = K.weighted_quantiles_sorted_ref(energy[oe], w[oe], [0.5])[0]
+            tot += abs(md - dwell[i]) / 2.0 + abs(me - energy[i]) / 4.0
+        ref.append(tot / len(queries))
     np.testing.assert_allclose(err, ref)
 
 

@@ -252,9 +252,9 @@ async def test_car_drawing_less_and_single_phase_car_show_in_the_snapshot(versio
                 snap = cs.state.snapshot()
                 return len(snap) == 2 and snap["measured_current_a"].notna().all() and \
                     snap.loc[f"CP1:{a}", "measured_current_a"] == pytest.approx(lazy.applied_limit_a() / 2, abs=0.1) \
-                    and snap.loc[f"CP2:{b}", "phases"] == 1 and snap
+                    and snap.loc[f"CP2:{b}", "phases"] == 1 and [snap]
 
-            snap = await eventually(settled)
+            (snap,) = await eventually(settled)
             assert snap.loc[f"CP1:{a}", "phases"] == 3
             assert snap.loc[f"CP2:{b}", "measured_current_a"] == pytest.approx(16.0, abs=0.1)
 
@@ -290,8 +290,37 @@ async def test_needs_become_session_needs_and_stale_flag():
         async with chargers(cs, dict(cp_id="CP1", version="2.0.1", meter_interval_s=60)) as (sim,):
             dep = pr.utcnow().replace(microsecond=0) + timedelta(hours=5)
             tx = await sim.plug_in(Car(energy_kwh=22.0, departure=dep, max_current_a=16))
-            row = (await eventually(lambda: len(cs.state.snapshot()) == 1 and cs.state.snapshot())).loc[f"CP1:{tx}"]
+            (snap,) = await eventually(lambda: [s for s in [cs.state.snapshot()] if len(s) == 1])
+            row = snap.loc[f"CP1:{tx}"]
             assert row["needs_known"] and row["energy_requested_kwh"] == 22.0
             assert row["departure"] == dep and row["max_current_a"] == 16.0
             await asyncio.sleep(0.6)
             assert cs.state.snapshot().loc[f"CP1:{tx}", "stale"]
+
+
+async def test_tls_with_basic_auth_security_profile_2(tmp_path):
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    from nowblock.ocpp.cli import ssl_context
+
+    site = make_test_site(1, passwords={"CP1": "pw"})
+    async with central_system(site, ssl_context=ssl_context(str(cert), str(key))) as cs:
+        assert cs.url("CP1").startswith("wss://")
+        client_ctx = ssl.create_default_context(cafile=str(cert))
+        from nowblock.sim.chargers import SimCharger
+
+        sim = SimCharger("CP1", f"wss://127.0.0.1:{cs.port}", "2.0.1", password="pw", ssl=client_ctx)
+        sim.start()
+        try:
+            await sim.wait_connected()
+            assert cs.state.station("CP1").connected
+        finally:
+            await sim.stop()
+        with pytest.raises(Exception):  # plain ws:// is not served
+            async with connect(f"ws://127.0.0.1:{cs.port}/CP1", subprotocols=["ocpp2.0.1"], open_timeout=2):
+                pass

@@ -30,7 +30,7 @@ import logging
 import math
 import time as _time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -84,6 +84,14 @@ class StoreRecorder:
                              vendor=boot.get("charge_point_vendor") or boot.get("vendor_name"),
                              model=boot.get("charge_point_model") or boot.get("model"),
                              status=ev.data.get("status"), connected=getattr(station, "connected", None))
+            return
+        if ev.kind == "limit":
+            d = ev.data
+            tx = st.running_on(ev.cp_id, ev.connector_id) if ev.connector_id else None
+            s.record_profile(ev.cp_id, time=now, purpose=d.get("purpose") or "none", limit_a=d.get("wanted_a"),
+                             status=",".join(f"{p}:{a}" for p, a in d.get("attempts") or []) or "none",
+                             transaction_id=None if tx is None else tx.transaction_id,
+                             accepted_limit_a=d.get("accepted_a"))
             return
         if ev.transaction_id is None:
             return
@@ -172,7 +180,7 @@ class Controller:
     """The live loop for one site (see the module docstring).
 
     ``central``: the central system (``.state`` the live state, ``set_limit`` /
-    ``set_default_limit`` coroutines); ``policy``: a Policy or a name (default "milp");
+    ``set_default_profile`` coroutines); ``policy``: a Policy or a name (default "milp");
     ``store``: a :class:`~nowblock.store.Store` or None; ``forecaster``: base load,
     ``predict(history, now, horizon) -> Series kW``; ``needs_forecaster``:
     ``predict_needs(cars, time) -> DataFrame(departure, energy_kwh)``; ``base_load_meter``:
@@ -206,16 +214,25 @@ class Controller:
         min_replan_s: float = 1.0,
         settings: cl.LoopSettings = cl.LoopSettings(),
         clock: Callable[[], pd.Timestamp] | None = None,
-        sleep: Callable[[float], Any] | None = None,
     ) -> None:
         from nowblock.policies import get_policy
 
         self.central = central
         self.state = central.state
         self.site = site
+        self.period_s = float(period_s)
+        self.slot = pd.Timedelta(step)
+        self.horizon = pd.Timedelta(horizon)
+        self.solve_timeout_s = float(solve_timeout_s) if solve_timeout_s is not None else 0.8 * self.period_s
         self.fallback = get_policy(fallback)
         try:
-            self.policy = get_policy(policy or "milp") if not isinstance(policy, Policy) else policy
+            if isinstance(policy, Policy):
+                self.policy = policy
+            elif (policy or "milp") == "milp":  # HiGHS stops well before the step gives up on it
+                self.policy = get_policy("milp", horizon=self.horizon, step=self.slot,
+                                         time_limit_s=max(0.05, 0.6 * self.solve_timeout_s))
+            else:
+                self.policy = get_policy(policy)
         except (ImportError, AttributeError) as exc:  # the optimizer is not installed: the heuristic runs
             log.error("policy %r unavailable (%s); controlling with %s", policy, exc, fallback)
             self.policy = self.fallback
@@ -225,15 +242,10 @@ class Controller:
         self.base_load_meter = base_load_meter
         self.base_load_history = base_load_history
         self.prices = prices
-        self.period_s = float(period_s)
-        self.slot = pd.Timedelta(step)
-        self.horizon = pd.Timedelta(horizon)
-        self.solve_timeout_s = float(solve_timeout_s) if solve_timeout_s is not None else 0.8 * self.period_s
         self.profile_validity_s = float(profile_validity_s) if profile_validity_s else max(3.0 * self.period_s, 60.0)
         self.min_replan_s = float(min_replan_s)
         self.settings = settings
         self.clock = clock or _utcnow
-        self._sleep = sleep or asyncio.sleep
         if worst_base_load_kw is None:
             worst_base_load_kw = float(base_load_history.max()) if base_load_history is not None and len(base_load_history) else 0.0
         self.worst_base_load_kw = float(worst_base_load_kw)
@@ -250,6 +262,7 @@ class Controller:
         self._changed_at: dict[str, pd.Timestamp] = {}  # session -> when its limit last changed
         self._failsafe_sent: set[str] = set()
         self._reserved: set[str] = set()  # sessions counted at their worst case in the last step
+        self._bg: set[asyncio.Task] = set()
         self._solving: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
@@ -316,7 +329,9 @@ class Controller:
         async for ev in self._sub:
             if ev.kind in ("connect", "boot") and self._own_failsafe:
                 self._failsafe_sent.discard(ev.cp_id)
-                asyncio.get_running_loop().create_task(self._send_failsafe(ev.cp_id))
+                task = asyncio.get_running_loop().create_task(self._send_failsafe(ev.cp_id))
+                self._bg.add(task)
+                task.add_done_callback(self._bg.discard)
             if ev.kind == "disconnect":
                 for sid in [s for s in self._sent if s.split(":")[0] == ev.cp_id]:
                     self._sent.pop(sid, None)  # a reconnected station gets fresh profiles
@@ -364,8 +379,10 @@ class Controller:
         cars = raw.copy()
         for c in ("arrival", "departure"):  # one resolution, so that estimates can be written in
             cars[c] = pd.to_datetime(cars[c], utc=True).dt.as_unit("ns")
+        tn = _time.perf_counter()
         if len(cars):
             cars = self._fill_needs(cars, now)
+        t_needs = _time.perf_counter() - tn
         last_meter = pd.Series([self._last_meter(cp, tx) for cp, tx in zip(cars["charge_point_id"], cars.get(
             "transaction_id", pd.Series([""] * len(cars))))], index=cars.index, dtype="datetime64[ns, UTC]")
         settled = self._settled(cars.index, last_meter, now)
@@ -389,7 +406,7 @@ class Controller:
         snap = BlockSnapshot(time=now, site=site, step=self.slot, cars=policy_cars, base_load_kw=base,
                              prices_eur_per_kwh=self._prices(now), current_step_a=step_a,
                              extra={"reserved": list(cars.index[unobserved]), "running": cl.running_mask(live, self.settings)})
-        return snap, cars, {"snapshot": t1 - t0, "forecast": t2 - t1}
+        return snap, cars, {"snapshot": t1 - t0 - t_needs, "forecast": t2 - t1 + t_needs}
 
     def _last_meter(self, cp_id: str, tx_id) -> pd.Timestamp:
         t = self.state.transaction(cp_id, tx_id) if tx_id != "" else None
@@ -457,8 +474,10 @@ class Controller:
         elif not np.isfinite(values[0]) and self.base_load_history is not None and len(self.base_load_history):
             past = self.base_load_history[self.base_load_history.index <= now]
             values[0] = float(past.iloc[-1]) if len(past) else float(self.base_load_history.iloc[0])
-        s = pd.Series(values, index=idx, name="kw").ffill().bfill()
-        return s.fillna(0.0)
+        s = pd.Series(values, index=idx, name="kw").ffill().bfill().fillna(0.0)
+        if len(s) > 1:  # the setpoints sent now hold into the next slot: plan now for the larger of both
+            s.iloc[0] = max(s.iloc[0], s.iloc[1])
+        return s
 
     def _prices(self, now: pd.Timestamp) -> pd.Series | None:
         if self.prices is None:
@@ -533,8 +552,8 @@ class Controller:
             accepted.update(await self.dispatch(snap2, cars, x2, now, only_lower=True))
             x = pd.concat([x2, pd.Series(kept)])
         t2 = _time.perf_counter()
-        secs.update(optimize=t1 - t0, dispatch=t2 - t1)
         self._keep_plan(snap, x, now, name, status)
+        secs.update(optimize=t1 - t0, dispatch=t2 - t1, persist=_time.perf_counter() - t2)
         res = StepResult(now, reason, name, status, x, list(snap.extra.get("reserved", [])), accepted, secs, snap)
         self.history.append(res)
         del self.history[:-500]
@@ -657,6 +676,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="milp", help="milp (default), edf, llf, equal")
     parser.add_argument("--charge-points", type=int, default=24, help="wallboxes in the default block (24)")
     parser.add_argument("--day", type=int, default=1, help="which day of the default week to run (0..6, default 1)")
+    parser.add_argument("--start-hour", type=float, default=12.0,
+                        help="local hour the run starts at (default 12: the evening peak and the night inside)")
     parser.add_argument("--out", default="nowblock-demo", help="folder for the PNG, metrics and the SQLite store")
     parser.add_argument("--port", type=int, default=0, help="port of the central system (default: a free one)")
 
@@ -682,7 +703,8 @@ async def _demo(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     scn = Scenario.default(n_charge_points=args.charge_points)
     site = scn.site
-    t0 = (scn.start.tz_convert(site.timezone).normalize() + pd.Timedelta(days=args.day)).tz_convert("UTC")
+    t0 = (scn.start.tz_convert(site.timezone).normalize() + pd.Timedelta(days=args.day)
+          + pd.Timedelta(hours=args.start_hour)).tz_convert("UTC")
     t_end = t0 + pd.Timedelta(hours=args.hours)
     clock = AcceleratedClock(t0, args.speed)
     # Everything in this process (central system, chargers, controller) lives on the simulated clock.
@@ -720,19 +742,20 @@ async def _demo(args) -> int:
     clock.restart()  # set-up (forecaster fit, imports) must not eat simulated time
     for s in sims:
         s.start()
-    delivered: dict[str, float] = {}
+    delivered: dict[str, float] = {}  # session -> kWh when it left
+    active: dict[str, tuple] = {}  # session -> (charger, its session) while plugged in
     rows: list[dict] = []
     try:
         await asyncio.gather(*(s.wait_connected(30) for s in sims))
-        drivers = [asyncio.create_task(_drive(clock, by_cp[r.charge_point_id], r, t0, t_end, delivered, Car))
+        drivers = [asyncio.create_task(_drive(clock, by_cp[r.charge_point_id], r, t0, delivered, active, Car))
                    for r in day.itertuples()]
         await _monitor(clock, ctl, site, sims, base, t_end, rows)
         for d in drivers:
             d.cancel()
         await asyncio.gather(*drivers, return_exceptions=True)
-        for s in sims:  # cars still plugged in at the end
-            for sess in s.sessions.values():
-                delivered[f"{s.cp_id}@{sess.start}"] = sess.delivered_wh / 1000.0
+        for sim, sess in active.values():  # cars still plugged in at the end
+            sim.advance()
+        still = {sid: sess.delivered_wh / 1000.0 for sid, (sim, sess) in active.items()}
     finally:
         for s in sims:
             await s.stop()
@@ -740,7 +763,7 @@ async def _demo(args) -> int:
         await cs.stop()
         pr.utcnow = real_utcnow
     ts = pd.DataFrame(rows).set_index("time")
-    metrics = _demo_metrics(ts, day, delivered, ctl, site)
+    metrics = _demo_metrics(ts, day, delivered, still, ctl, site)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     ts.to_csv(out / "timeseries.csv")
     from nowblock.plot import local_timeseries, plot_load
@@ -772,7 +795,7 @@ def _base_forecaster():
         return None
 
 
-async def _drive(clock, sim, r, t0, t_end, delivered, car_cls) -> None:
+async def _drive(clock, sim, r, t0, delivered, active, car_cls) -> None:
     """One session: plug in at arrival (2.0.1 cars report their needs), unplug at departure."""
     arrival, departure = max(r.arrival, t0), r.departure
     await clock.sleep_until(arrival)
@@ -781,13 +804,10 @@ async def _drive(clock, sim, r, t0, t_end, delivered, car_cls) -> None:
                   departure=departure.to_pydatetime())
     try:
         await sim.plug_in(car)
-        if departure >= t_end:
-            return
+        active[r.session_id] = (sim, sim.sessions[1])
         await clock.sleep_until(departure)
-        s = sim.sessions.get(1)
-        if s is not None:
-            sim.advance()
-            delivered[r.session_id] = s.delivered_wh / 1000.0
+        sim.advance()
+        delivered[r.session_id] = active.pop(r.session_id)[1].delivered_wh / 1000.0
         await sim.unplug()
     except Exception as exc:  # a charger offline at that moment: the session is reported short
         log.warning("session %s on %s: %r", r.session_id, sim.cp_id, exc)
@@ -823,18 +843,24 @@ async def _monitor(clock, ctl, site, sims, base, t_end, rows) -> None:
         await clock.sleep_until(now + pd.Timedelta(minutes=5))
 
 
-def _demo_metrics(ts: pd.DataFrame, day: pd.DataFrame, delivered: dict, ctl: Controller, site: Site) -> dict:
-    """Headline numbers of a demo run (energies [kWh], powers [kW], currents [A], times [s])."""
+def _demo_metrics(ts: pd.DataFrame, day: pd.DataFrame, delivered: dict, still: dict, ctl: Controller,
+                  site: Site) -> dict:
+    """Headline numbers of a demo run (energies [kWh], powers [kW], currents [A], times [s]).
+
+    Demand is judged on the sessions that left during the run; cars still plugged in at the end
+    are reported apart (a plan may rightly leave their charging for later)."""
     r = site.root.id
     over = max(0.0, max(float((ts[f"{r}_{n}_a"] - ts[f"{r}_{n}_limit_a"]).max()) for n in ("L1", "L2", "L3")))
     solve = [h.seconds.get("optimize", np.nan) for h in ctl.history if len(h.current_a)]
     got = float(sum(delivered.values()))
-    want = float(day["energy_kwh"].sum())
+    want = float(day.set_index("session_id")["energy_kwh"].reindex(list(delivered)).sum())
     return {
-        "sessions": int(len(day)),
+        "sessions_left": len(delivered),
         "energy_requested_kwh": round(want, 1),
         "energy_delivered_kwh": round(got, 1),
         "demand_met": round(got / want, 3) if want > 0 else 1.0,
+        "sessions_still_plugged": len(still),
+        "energy_delivered_still_plugged_kwh": round(float(sum(still.values())), 1),
         "peak_kw": round(float((ts["base_load_kw"] + ts["charging_kw"]).max()), 1),
         "max_overload_a": round(over, 2),
         "control_steps": len(ctl.history),

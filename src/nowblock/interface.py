@@ -134,7 +134,7 @@ class BlockSnapshot:
         c = self._cache
         if "incidence" not in c:
             if self.incidence_a is not None:
-                g = np.asarray(self.incidence_a, dtype=float)
+                g = np.array(self.incidence_a, dtype=float)  # a copy: the producer's array stays writeable
             else:
                 g = self.site.phase_incidence(self.cars["cp_index"].to_numpy(), self.cars["phases"].to_numpy())
             g.flags.writeable = False
@@ -156,7 +156,8 @@ class BlockSnapshot:
 def root_index(site: Site) -> int:
     """Position of the grid connection (the fuse without a parent) in ``site.fuses``.
 
-    A site file may list a feeder before the grid connection, so this is not always 0.
+    :class:`Site` puts it first today; code that needs the root's rows asks here rather than
+    assuming 0.
     """
     return site.fuse_ids.index(site.root.id)
 

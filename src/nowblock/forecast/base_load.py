@@ -147,12 +147,11 @@ class _Estimator:
         times = pd.date_range(start.tz_convert(self._tz), periods=n, freq=step)
         day, slot = self.calendar.day_slot(times, step)
         point, offsets = self._point(day, slot, times, _as_series(recent) if recent is not None else None)
-        all_q = {float(q): point + offsets[:, j] for j, q in enumerate(self._qs_all)}
-        cols = {"kw": all_q[0.5] if self.point == "median" else point}
+        lo = self._floor if self.clip_to_history else -np.inf  # never below the lowest load measured
+        all_q = {float(q): np.maximum(point + offsets[:, j], lo) for j, q in enumerate(self._qs_all)}
+        cols = {"kw": all_q[0.5] if self.point == "median" else np.maximum(point, lo)}
         cols.update({quantile_column(q): all_q[float(q)] for q in self.quantiles})
         out = pd.DataFrame(cols, index=times)
-        if self.clip_to_history:  # never below the lowest load ever measured (e.g. 0 without PV)
-            out = out.clip(lower=self._floor)
         out.index.name = "time"
         if not np.isfinite(out.to_numpy()).all():  # pragma: no cover - every path has a fallback
             raise ForecastError("forecast produced non-finite values")

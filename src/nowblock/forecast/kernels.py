@@ -335,8 +335,15 @@ def group_quantiles(values, group, n_groups, qs, min_count):
     if pooled.shape[0]:
         for j in range(nq):
             pooled_q[j] = _quantile_sorted(pooled, qs[j])
+    # sort once by group, then each group's values sit in one run
+    v = values[ok]
+    g_of = group[ok]
+    order = np.argsort(g_of, kind="mergesort")
+    v = v[order]
+    g_of = g_of[order]
+    bounds = np.searchsorted(g_of, np.arange(n_groups + 1))
     for g in range(n_groups):
-        sel = np.sort(values[ok & (group == g)])
+        sel = np.sort(v[bounds[g]:bounds[g + 1]])
         for j in range(nq):
             out[g, j] = _quantile_sorted(sel, qs[j]) if sel.shape[0] >= min_count else pooled_q[j]
         for j in range(1, nq):
@@ -464,16 +471,20 @@ def _circ_hours(a, b):
 
 
 @njit(cache=True)
-def needs_weights(q_cp, q_tag, q_weekend, q_hour, cp, tag, weekend, hour, bandwidth_h, lam_cp, lam_tag, lam_weekend):
+def needs_weights(q_cp, q_tag, q_kind, q_hour, q_gap, cp, tag, kind, hour, gap,
+                  bandwidth_h, lam_cp, lam_tag, lam_kind, bandwidth_gap):
     """Weights of history sessions as neighbours of one query session.
 
     Gaussian in circular arrival-hour distance (``bandwidth_h`` [h]) times: 1 for the same id
     tag (both known) or the same charging point (tags unknown), ``lam_tag`` for the same
-    point but another known tag, ``lam_cp`` for another point; times ``lam_weekend`` if
-    weekday/weekend differ. Tags < 0 are unknown.
+    point but another known tag, ``lam_cp`` for another point; times ``lam_kind`` if the kind
+    of day differs; times a Gaussian in log(1 + hours since the charging point's previous
+    session) with ``bandwidth_gap`` (0 disables it; a gap < 0 is unknown and neutral). Tags < 0
+    are unknown.
     """
     n = cp.shape[0]
     w = np.empty(n)
+    lq = math.log1p(q_gap) if q_gap >= 0 else 0.0
     for i in range(n):
         dh = _circ_hours(q_hour, hour[i]) / bandwidth_h
         k = math.exp(-0.5 * dh * dh)
@@ -488,34 +499,43 @@ def needs_weights(q_cp, q_tag, q_weekend, q_hour, cp, tag, weekend, hour, bandwi
             who = 1.0
         else:
             who = lam_cp
-        if q_weekend != weekend[i]:
-            who *= lam_weekend
+        if q_kind != kind[i]:
+            who *= lam_kind
+        if bandwidth_gap > 0 and q_gap >= 0 and gap[i] >= 0:
+            dg = (lq - math.log1p(gap[i])) / bandwidth_gap
+            who *= math.exp(-0.5 * dg * dg)
         w[i] = k * who
     return w
 
 
-def needs_weights_ref(q_cp, q_tag, q_weekend, q_hour, cp, tag, weekend, hour, bandwidth_h, lam_cp, lam_tag, lam_weekend):
+def needs_weights_ref(q_cp, q_tag, q_kind, q_hour, q_gap, cp, tag, kind, hour, gap,
+                      bandwidth_h, lam_cp, lam_tag, lam_kind, bandwidth_gap):
     """Reference for :func:`needs_weights`."""
     out = []
-    for c, t, we, h in zip(cp, tag, weekend, hour):
+    for c, t, kd, h, g in zip(cp, tag, kind, hour, gap):
         d = abs(q_hour - h) % 24.0
         d = min(d, 24.0 - d) / bandwidth_h
         if q_tag >= 0 and t >= 0:
             who = 1.0 if q_tag == t else (lam_tag if q_cp == c else lam_cp)
         else:
             who = 1.0 if q_cp == c else lam_cp
-        out.append(math.exp(-0.5 * d * d) * who * (lam_weekend if we != q_weekend else 1.0))
+        if kd != q_kind:
+            who *= lam_kind
+        if bandwidth_gap > 0 and q_gap >= 0 and g >= 0:
+            who *= math.exp(-0.5 * ((math.log1p(q_gap) - math.log1p(g)) / bandwidth_gap) ** 2)
+        out.append(math.exp(-0.5 * d * d) * who)
     return np.array(out)
 
 
 @njit(cache=True)
-def needs_quantiles(q_cp, q_tag, q_weekend, q_hour, q_elapsed_h, q_delivered_kwh,
-                    cp, tag, weekend, hour, dwell_h, energy_kwh, order_dwell, order_energy,
-                    bandwidth_h, lam_cp, lam_tag, lam_weekend, qs):
+def needs_quantiles(q_cp, q_tag, q_kind, q_hour, q_gap, q_elapsed_h, q_delivered_kwh,
+                    cp, tag, kind, hour, gap, dwell_h, energy_kwh, order_dwell, order_energy,
+                    params, qs):
     """Conditional quantiles of dwell [h] and energy [kWh] for query sessions.
 
-    For each query (arrays of length m) the neighbours are weighted by :func:`needs_weights`;
-    only neighbours that stayed longer than the query's elapsed time count for dwell, and only
+    For each query (arrays of length m) the neighbours are weighted by :func:`needs_weights`
+    with ``params`` = (bandwidth_h, lam_cp, lam_tag, lam_kind, bandwidth_gap); only
+    neighbours that stayed longer than the query's elapsed time count for dwell, and only
     those that took more than the energy delivered so far count for energy (the car is still
     there, and still wanting). ``order_*`` sort the history by each target. Returns two
     (m, len(qs)) arrays, NaN where no neighbour qualifies (the caller falls back).
@@ -524,41 +544,45 @@ def needs_quantiles(q_cp, q_tag, q_weekend, q_hour, q_elapsed_h, q_delivered_kwh
     nq = qs.shape[0]
     out_d = np.empty((m, nq))
     out_e = np.empty((m, nq))
+    d_sorted = dwell_h[order_dwell]
+    e_sorted = energy_kwh[order_energy]
     for j in range(m):
-        w = needs_weights(q_cp[j], q_tag[j], q_weekend[j], q_hour[j], cp, tag, weekend, hour,
-                          bandwidth_h, lam_cp, lam_tag, lam_weekend)
-        wd = w[order_dwell] * (dwell_h[order_dwell] > q_elapsed_h[j])
-        out_d[j] = weighted_quantiles_sorted(dwell_h[order_dwell], wd, qs)
-        we = w[order_energy] * (energy_kwh[order_energy] > q_delivered_kwh[j])
-        out_e[j] = weighted_quantiles_sorted(energy_kwh[order_energy], we, qs)
+        w = needs_weights(q_cp[j], q_tag[j], q_kind[j], q_hour[j], q_gap[j], cp, tag, kind, hour, gap,
+                          params[0], params[1], params[2], params[3], params[4])
+        wd = w[order_dwell] * (d_sorted > q_elapsed_h[j])
+        out_d[j] = weighted_quantiles_sorted(d_sorted, wd, qs)
+        we = w[order_energy] * (e_sorted > q_delivered_kwh[j])
+        out_e[j] = weighted_quantiles_sorted(e_sorted, we, qs)
     return out_d, out_e
 
 
 @njit(cache=True)
-def needs_loo_error(cp, tag, weekend, hour, dwell_h, energy_kwh, order_dwell, order_energy, queries,
-                    bandwidths, lams_cp, lams_tag, lams_weekend, dwell_scale, energy_scale):
-    """Leave-one-out error of the weighted-median estimate for every parameter combination.
+def needs_loo_error(cp, tag, kind, hour, gap, dwell_h, energy_kwh, order_dwell, order_energy, queries,
+                    grid, dwell_scale, energy_scale):
+    """Leave-one-out error of the weighted-median estimate for each row of ``grid``
+    (bandwidth_h, lam_cp, lam_tag, lam_kind, bandwidth_gap).
 
     For each history row in ``queries`` the row itself gets weight 0. Error = mean over queries
-    of |dwell error| / dwell_scale + |energy error| / energy_scale. Returns an array
-    (len(bandwidths), len(lams_cp), len(lams_tag), len(lams_weekend)).
+    of |dwell error| / dwell_scale + |energy error| / energy_scale. Returns one error per row.
     """
     half = np.array([0.5])
-    err = np.zeros((bandwidths.shape[0], lams_cp.shape[0], lams_tag.shape[0], lams_weekend.shape[0]))
-    for ib in range(bandwidths.shape[0]):
-        for ic in range(lams_cp.shape[0]):
-            for it in range(lams_tag.shape[0]):
-                for iw in range(lams_weekend.shape[0]):
-                    total = 0.0
-                    for qi in range(queries.shape[0]):
-                        i = queries[qi]
-                        w = needs_weights(cp[i], tag[i], weekend[i], hour[i], cp, tag, weekend, hour,
-                                          bandwidths[ib], lams_cp[ic], lams_tag[it], lams_weekend[iw])
-                        w[i] = 0.0
-                        md = weighted_quantiles_sorted(dwell_h[order_dwell], w[order_dwell], half)[0]
-                        me = weighted_quantiles_sorted(energy_kwh[order_energy], w[order_energy], half)[0]
-                        total += abs(md - dwell_h[i]) / dwell_scale + abs(me - energy_kwh[i]) / energy_scale
-                    err[ib, ic, it, iw] = total / max(queries.shape[0], 1)
+    d_sorted = dwell_h[order_dwell]
+    e_sorted = energy_kwh[order_energy]
+    err = np.zeros(grid.shape[0])
+    for r in range(grid.shape[0]):
+        total = 0.0
+        for qi in range(queries.shape[0]):
+            i = queries[qi]
+            w = needs_weights(cp[i], tag[i], kind[i], hour[i], gap[i], cp, tag, kind, hour, gap,
+                              grid[r, 0], grid[r, 1], grid[r, 2], grid[r, 3], grid[r, 4])
+            w[i] = 0.0
+            md = weighted_quantiles_sorted(d_sorted, w[order_dwell], half)[0]
+            me = weighted_quantiles_sorted(e_sorted, w[order_energy], half)[0]
+            if md != md or me != me:  # every neighbour weighed 0: as bad as it gets
+                total += 1e9
+            else:
+                total += abs(md - dwell_h[i]) / dwell_scale + abs(me - energy_kwh[i]) / energy_scale
+        err[r] = total / max(queries.shape[0], 1)
     return err
 
 

@@ -60,9 +60,9 @@ class EqualShareControl:
     async def stop(self) -> None:
         """Stop listening."""
         if self._task is not None:
+            self._sub.close()  # ends the loop at its next read
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-            self._sub.close()
             self._task = None
 
     async def _run(self) -> None:
@@ -71,7 +71,9 @@ class EqualShareControl:
         while True:
             try:
                 ev = await self._sub.get(timeout=max(due - loop.time(), 0.0))
-            except asyncio.TimeoutError:
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
                 await self.replan(force=True)
                 due = loop.time() + self.refresh_s
                 continue

@@ -51,8 +51,9 @@ async def _serve(args: argparse.Namespace) -> None:
     cs = CentralSystem(site, host=args.host, port=args.port, ssl_context=ssl_context(args.certfile, args.keyfile),
                        heartbeat_s=args.heartbeat, tx_validity_s=args.tx_validity, db=args.db,
                        builtin_control=attach is None)
-    await cs.start()
+    # The controller restores persisted transactions before the first charger can connect.
     controller = attach(cs, db=args.db) if attach is not None else None
+    await cs.start()
     if controller is not None and hasattr(controller, "start"):
         res = controller.start()
         if asyncio.iscoroutine(res):

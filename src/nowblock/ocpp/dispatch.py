@@ -29,6 +29,7 @@ _PERMANENT = {"NotSupported", "NotImplemented"}
 async def send_profile(
     cs: "CentralSystem", cp_id: str, connector_id: int, purpose: str, current_a: float, *,
     validity_s: int, retries: int, backoff_s: float, attempts: list[tuple[str, str]],
+    profile_id: int | None = None, stack_level: int | None = None,
 ) -> bool:
     """Send one profile, retrying; appends each answer to ``attempts``; True once accepted."""
     st = cs.state.station(cp_id)
@@ -45,6 +46,7 @@ async def send_profile(
         payload = pr.build_profile(
             conn.version, purpose, current_a, connector_id=target, validity_s=validity_s, unit=st.rate_unit,
             phases=phases, voltage_v=cs.site.voltage_v, transaction_id=None if t is None else t.transaction_id,
+            profile_id=profile_id, stack_level=stack_level,
         )
         try:
             answer = await conn.set_profile(target, payload)
@@ -88,8 +90,14 @@ async def set_limit(
         accepted = None
         for purpose in chain:
             vs = validity_s if purpose == pr.TX else cs.default_validity_s
-            if await send_profile(cs, cp_id, connector_id, purpose, current_a, validity_s=vs, retries=retries,
-                                  backoff_s=backoff_s, attempts=attempts):
+            extra, amps = {}, current_a
+            if purpose == pr.MAX_16:
+                # Its own id and a higher stack level, so it never replaces a station maximum set on
+                # purpose; and never above that one, which it overrides while it exists.
+                extra = dict(profile_id=pr.FALLBACK_MAX_ID, stack_level=1)
+                amps = min(current_a, _station_max_a(cs, cp_id))
+            if await send_profile(cs, cp_id, connector_id, purpose, amps, validity_s=vs, retries=retries,
+                                  backoff_s=backoff_s, attempts=attempts, **extra):
                 accepted = purpose
                 break
             if attempts and attempts[-1][1] == "Disconnected":
@@ -110,17 +118,24 @@ async def set_limit(
 async def _lift_fallback_max(cs: "CentralSystem", cp_id: str, current_a: float, attempts) -> None:
     # A station maximum we installed as a last resort would cap the new, accepted limit: clear it.
     st = cs.state.station(cp_id)
-    ours = [p for p in st.profiles if p.id == pr.STATION_MAX_ID and p.purpose in pr.MAX_PURPOSES]
+    ours = [p for p in st.profiles if p.id == pr.FALLBACK_MAX_ID and p.purpose in pr.MAX_PURPOSES]
     conn = cs.connection(cp_id)
     if not ours or conn is None:
         return
     try:
-        answer = await conn.clear_profiles(profile_id=pr.STATION_MAX_ID)
+        answer = await conn.clear_profiles(profile_id=pr.FALLBACK_MAX_ID)
     except Exception as exc:
         answer = getattr(exc, "code", type(exc).__name__)
     attempts.append(("ClearStationMax", answer))
     if answer in ("Accepted", "Unknown"):
-        cs.state.on_profiles_cleared(cp_id, profile_id=pr.STATION_MAX_ID)
+        cs.state.on_profiles_cleared(cp_id, profile_id=pr.FALLBACK_MAX_ID)
+
+
+def _station_max_a(cs: "CentralSystem", cp_id: str) -> float:
+    # The station maximum in force now, by the profiles the charger accepted (inf if none).
+    maxes = [p for p in cs.state.station(cp_id).profiles if p.purpose in pr.MAX_PURPOSES and p.id != pr.FALLBACK_MAX_ID]
+    lim = pr.active_limit_a(maxes, 0, pr.utcnow(), voltage_v=cs.site.voltage_v)
+    return float("inf") if lim is None else lim
 
 
 async def verified_limit_a(cs: "CentralSystem", cp_id: str, connector_id: int, default=None) -> float | None:

@@ -163,8 +163,10 @@ class Subscription:
         return ev
 
     async def get(self, timeout: float | None = None) -> Event:
-        """Next event (``asyncio.TimeoutError`` after ``timeout`` [s])."""
-        ev = await asyncio.wait_for(self._queue.get(), timeout)
+        """Next event (``TimeoutError`` after ``timeout`` [s]; ``StopAsyncIteration`` once closed)."""
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that races an item.
+        async with asyncio.timeout(timeout):
+            ev = await self._queue.get()
         if ev is None:
             raise StopAsyncIteration
         return ev
@@ -306,14 +308,16 @@ class LiveState:
         t.start_event = self.emit("start", cp_id, connector_id, t.transaction_id, publish=publish, id_tag=id_tag)
         return t
 
-    def on_meter(self, cp_id: str, connector_id: int, transaction_id, reading: dict[str, float], time: datetime) -> None:
-        """Meter values (see :func:`nowblock.ocpp.meter.parse_meter_values` for ``reading``)."""
+    def on_meter(self, cp_id: str, connector_id: int, transaction_id, reading: dict[str, float], time: datetime,
+                 *, publish: bool = True) -> Event | None:
+        """Meter values (see :func:`nowblock.ocpp.meter.parse_meter_values` for ``reading``);
+        returns the ``meter`` event (None when no transaction matches)."""
         self.touch(cp_id)
         t = self.transaction(cp_id, transaction_id) if transaction_id is not None else None
         if t is None and connector_id:
             t = self.running_on(cp_id, connector_id)
         if t is None:
-            return
+            return None
         if "energy_wh" in reading:
             t.energy_register_wh = reading["energy_wh"]
             if t.meter_start_wh is None:
@@ -327,7 +331,7 @@ class LiveState:
             if key in reading:
                 setattr(t, attr, reading[key])
         t.last_meter = time
-        self.emit("meter", cp_id, t.connector_id, t.transaction_id, **reading)
+        return self.emit("meter", cp_id, t.connector_id, t.transaction_id, publish=publish, **reading)
 
     def on_needs(
         self, cp_id: str, connector_id: int, *, departure: datetime | None, energy_kwh: float | None,

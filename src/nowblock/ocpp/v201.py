@@ -55,22 +55,25 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
         reading, ts = parse_meter_values(meter_value or [])
         t = self.state.transaction(self.id, tid)
         evse_id = (evse or {}).get("id") or (t.connector_id if t is not None else 1)
+        later = []  # events subscribers see once the answer is out (start first, then its meter values)
         if t is None and event_type in ("Started", "Updated"):
             # An Updated for a transaction we never saw started (we were down) opens it here.
-            tag = (id_token or {}).get("id_token")
             t = self.state.on_start(self.id, evse_id, tid, start=when, meter_start_wh=reading.get("energy_wh"),
-                                    id_tag=tag, publish=False)
-            started = t
-            self.defer(lambda: self.state.publish(started.start_event))
+                                    id_tag=(id_token or {}).get("id_token"), publish=False)
+            later.append(t.start_event)
         if t is None:
             log.warning("%s: TransactionEvent %s for unknown transaction %s", self.id, event_type, tid)
             return call_result.TransactionEvent()
         if number_of_phases_used:
             t.phases_used = int(number_of_phases_used)
         if reading:
-            self.state.on_meter(self.id, t.connector_id, tid, reading, ts or when)
+            ev = self.state.on_meter(self.id, t.connector_id, tid, reading, ts or when, publish=not later)
+            if later and ev is not None:
+                later.append(ev)
         else:
             self.state.touch(self.id)
+        if later:
+            self.defer(lambda: [self.state.publish(e) for e in later])
         if event_type == "Ended":
             self.state.on_stop(self.id, tid, stop=when, meter_stop_wh=reading.get("energy_wh"),
                                reason=transaction_info.get("stopped_reason", "Local"))

@@ -58,6 +58,9 @@ class OptimizeOptions:
       (two hours of 15-minute slots): measured in docs/bench_optimize.md.
     - ``change_slots``: number of leading slots whose setpoint changes are penalised (None: all);
       the first compares with the setpoint applied now.
+    - ``departure_margin_h`` [h]: in the receding-horizon policy, plan to finish this much before
+      the (known or estimated) departure, at most a quarter of the time left, so a car that
+      draws less than offered near full (battery taper) can still catch up.
     - ``time_limit_s`` [s], ``mip_rel_gap`` (1 % by default), ``threads`` (None: HiGHS default).
     - ``current_step_a`` [A]: pilot-signal step the schedule is rounded to (0.1 for OCPP 1.6).
     - ``backend``: ``"highs"`` (direct, default) or ``"pyomo"``.
@@ -65,12 +68,13 @@ class OptimizeOptions:
     """
 
     sharing: Sharing = "weighted"
-    shortfall_eur_per_kwh: float = 5.0
+    shortfall_eur_per_kwh: float = 20.0
     peak_eur_per_kw: float = 0.01
     change_eur_per_a: float = 1e-4
     early_eur_per_kwh: float = 1e-3
     binary_slots: int | None = 8
     change_slots: int | None = 4
+    departure_margin_h: float = 0.5
     time_limit_s: float = 30.0
     mip_rel_gap: float = 0.01
     threads: int | None = None
@@ -538,13 +542,19 @@ def from_sessions(site: Site, sessions: pd.DataFrame, start=None, horizon="24h",
 def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOptions | None = None) -> Formulation:
     """The formulation for a policy snapshot: plugged-in cars, remaining needs, forecast load.
 
-    A car whose (estimated) departure has passed is treated as leaving at the end of the first
-    slot: it still wants its energy now. ``snapshot.cars.max_current_a`` already holds the
+    Departures are moved ``options.departure_margin_h`` earlier (at most a quarter of the time
+    left); a car whose departure has passed is treated as leaving at the end of the first slot:
+    it still wants its energy now. A car that drew clearly less than offered is planned at its
+    measured current from the second slot on. ``snapshot.cars.max_current_a`` already holds the
     current caps; time-window caps of later slots come from the site.
     """
     cars = snapshot.cars
+    opts = options or OptimizeOptions(current_step_a=float(snapshot.current_step_a))
     times, dt_h = _slot_grid(snapshot.time, horizon, step)
     dep = pd.DatetimeIndex(cars["departure"]).tz_convert("UTC")
+    left_h = ((dep - times[0]) / pd.Timedelta(hours=1)).to_numpy(float)
+    margin_h = np.clip(np.minimum(opts.departure_margin_h, 0.25 * left_h), 0.0, None)
+    dep = dep - pd.to_timedelta(margin_h, unit="h")
     dep = dep.where(dep > times[0] + pd.Timedelta(step), times[0] + pd.Timedelta(step)) if len(cars) else dep
     arr = pd.DatetimeIndex(np.full(len(cars), times[0].asm8)).tz_localize("UTC")
     plugged = _plugged_fraction(arr, dep, times, dt_h)
@@ -553,6 +563,14 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
     if len(cars):
         # The snapshot's own max already includes today's cap; later slots follow the site's windows.
         upper[:, 0] = np.minimum(upper[:, 0], cars["max_current_a"].to_numpy(float))
+        # A car that drew clearly less than it was offered (battery taper, car limit) is planned
+        # at what it draws from the next slot on; now it is still offered its full maximum.
+        meas = cars["measured_current_a"].to_numpy(float) if "measured_current_a" in cars else np.full(len(cars), np.nan)
+        offered = cars["offered_current_a"].to_numpy(float) if "offered_current_a" in cars else np.zeros(len(cars))
+        lo = cars["min_current_a"].to_numpy(float)
+        under = np.isfinite(meas) & (offered > 0) & (meas < offered - max(1.0, snapshot.current_step_a))
+        accept = np.maximum(np.ceil(np.nan_to_num(meas) / snapshot.current_step_a) * snapshot.current_step_a, lo)
+        upper[under, 1:] = np.minimum(upper[under, 1:], accept[under, None])
     prev = cars["offered_current_a"].to_numpy(float) if "offered_current_a" in cars else np.full(len(cars), np.nan)
     prices = snapshot.prices_eur_per_kwh
     return Formulation(
@@ -561,8 +579,7 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
         min_current_a=cars["min_current_a"].to_numpy(float), upper_a=upper, plugged=plugged,
         need_kwh=snapshot.remaining_kwh, priority=cars["priority"].to_numpy(float),
         base_kw=_on_slots(snapshot.base_load_kw, times, 0.0, "max"), price_eur_per_kwh=_on_slots(prices, times, 0.0),
-        prev_current_a=prev,
-        options=options or OptimizeOptions(current_step_a=float(snapshot.current_step_a)),
+        prev_current_a=prev, options=opts,
     )
 
 

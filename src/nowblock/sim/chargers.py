@@ -19,6 +19,7 @@ import base64
 import itertools
 import logging
 import math
+import random
 import ssl as _ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -239,10 +240,10 @@ class SimCharger:
         self._stopping = True
         self._drop_now.set()
         if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, 5.0)
-            except (asyncio.TimeoutError, Exception):
+            done, _ = await asyncio.wait({self._task}, timeout=5.0)
+            if not done:
                 self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
 
     def drop(self) -> None:
         """Drop the connection now (it comes back after ``quirks.reconnect_delay_s``)."""
@@ -315,8 +316,9 @@ class SimCharger:
         return "Charging" if self.draw_a(c) > 0 else "SuspendedEV"
 
     async def _meter_loop(self, client) -> None:
+        # Real chargers are not synchronized: the first reading comes at a random phase.
+        await asyncio.sleep(random.uniform(0.0, self.meter_interval_s))
         while True:
-            await asyncio.sleep(self.meter_interval_s)
             for c, s in list(self.sessions.items()):
                 if s.transaction_id is not None:
                     try:
@@ -325,6 +327,7 @@ class SimCharger:
                         return
                     except Exception:
                         log.exception("%s: meter values failed", self.cp_id)
+            await asyncio.sleep(self.meter_interval_s)
 
     # ---- what a driver does ---------------------------------------------------------------------
     async def plug_in(self, car: Car | None = None, *, connector_id: int = 1, id_tag: str = "TAG1",

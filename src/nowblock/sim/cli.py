@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -64,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     from nowblock.plot import local_timeseries, plot_load
     from nowblock.sim.simulator import simulate
 
+    for opt in ("step", "horizon"):
+        try:
+            if pd.Timedelta(getattr(args, opt)) <= pd.Timedelta(0):
+                raise ValueError("must be positive")
+        except ValueError as exc:
+            raise SystemExit(f"nowblock simulate: --{opt} {getattr(args, opt)!r} is not a duration like 5min ({exc})")
     scenario = load_scenario(args.scenario, args.days)
     end = None
     if args.days:
@@ -87,10 +94,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plot:
         plot_load(ts, grid_fuse=scenario.site.root.id, path=out / "load.png",
                   title=f"{scenario.name}: policy {result.policy}, grid connection {scenario.site.root.id}")
-    print(f"scenario {scenario.name} ({len(scenario.site.charge_points)} charging points, "
-          f"{result.metrics['n_sessions']} sessions), policy {result.policy}, step {args.step}")
-    print(format_metrics(result.metrics))
     written = ["timeseries.csv", "sessions.csv", "metrics.json"] + ([] if args.no_plot else ["load.png"])
-    print(f"wrote {', '.join(written)} to {out}")
-    sys.stdout.flush()
+    try:
+        print(f"scenario {scenario.name} ({len(scenario.site.charge_points)} charging points, "
+              f"{result.metrics['n_sessions']} sessions), policy {result.policy}, step {args.step}")
+        print(format_metrics(result.metrics))
+        print(f"wrote {', '.join(written)} to {out}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `nowblock simulate | head`: the reader left, the files are written
+        sys.stdout = open(os.devnull, "w")
     return 0

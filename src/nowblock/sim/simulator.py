@@ -76,6 +76,15 @@ class SimulationResult:
     step: pd.Timedelta
     site: object = field(repr=False, default=None)
 
+    def plot(self, path=None, *, title: str | None = None):
+        """The grid connection's load per phase against its limit (see :func:`nowblock.plot.plot_load`),
+        in the site's local time; written as PNG to ``path`` if given. Returns the Figure."""
+        from nowblock.plot import local_timeseries, plot_load
+
+        ts = local_timeseries(self.timeseries, self.site.timezone) if self.site is not None else self.timeseries
+        grid = self.site.root.id if self.site is not None else None
+        return plot_load(ts, grid_fuse=grid, path=path, title=title or f"policy {self.policy}")
+
 
 class FallbackNeedsEstimator:
     """A simple needs estimator for ``needs="unknown"`` when none is given.
@@ -174,6 +183,7 @@ def simulate(
     current_step_a: float = 1.0,
     battery: TaperBattery | None = None,
     progress: bool = False,
+    policy_options: dict | None = None,
 ) -> SimulationResult:
     """Run ``policy`` against ``scenario`` and measure it.
 
@@ -187,7 +197,9 @@ def simulate(
         Control step and how far ahead base load and prices reach in each snapshot.
     start, end : timestamp, optional
         Simulated window (UTC if naive); by default from the first arrival to the last
-        departure, on the step grid. Sessions overlapping the window take part.
+        departure, on the step grid. Sessions overlapping the window take part (a car
+        already plugged in at ``start`` arrives empty-handed then); their whole request
+        counts in ``energy_requested_kwh``.
     needs : "known" or "unknown"
         Whether the policy sees the sessions' real departure and energy, or estimates from
         ``needs_estimator.predict_needs(cars, time)`` (a DataFrame by session_id with
@@ -201,11 +213,14 @@ def simulate(
         The cars' battery model.
     progress : bool
         Print progress to stderr on long runs.
+    policy_options : dict, optional
+        Keyword arguments for :func:`~nowblock.policies.get_policy` when ``policy`` is a name
+        (for example the MILP's options).
     """
     from nowblock.policies import get_policy
 
     wall0 = _time.perf_counter()
-    pol = get_policy(policy) if isinstance(policy, str) else policy
+    pol = get_policy(policy, **(policy_options or {})) if isinstance(policy, str) else policy
     if hasattr(pol, "reset"):
         pol.reset()
     if needs not in ("known", "unknown"):
@@ -222,10 +237,10 @@ def simulate(
     n_h = max(1, math.ceil(horizon / step))
 
     sess = scenario.sessions
-    t_start = _utc(start) if start is not None else sess["arrival"].min().floor(step)
-    t_end = _utc(end) if end is not None else sess["departure"].max().ceil(step)
     if len(sess) == 0 and (start is None or end is None):
         raise ValueError("simulate: a scenario without sessions needs start and end")
+    t_start = _utc(start) if start is not None else sess["arrival"].min().floor(step)
+    t_end = _utc(end) if end is not None else sess["departure"].max().ceil(step)
     n_t = max(0, math.ceil((t_end - t_start) / step))
     keep = ((sess["departure"] > t_start) & (sess["arrival"] < t_end)).to_numpy()
     sess = sess.loc[keep].reset_index(drop=True)
@@ -249,8 +264,9 @@ def simulate(
     dep_ns = pd.DatetimeIndex(sess["departure"]).as_unit("ns").asi8
     k_in = np.maximum(0, -((s_ns - arr_ns) // st_ns))  # ceil((arrival - start) / step)
     k_out = np.minimum(n_t, (dep_ns - s_ns) // st_ns)  # floor((departure - start) / step)
-    arrival_dt = pd.DatetimeIndex(sess["arrival"])
-    departure_dt = pd.DatetimeIndex(sess["departure"])
+    # DatetimeArray.take is far cheaper per step than fancy-indexing a DatetimeIndex
+    arrival_dt = pd.DatetimeIndex(sess["arrival"]).as_unit("ns").array
+    departure_dt = pd.DatetimeIndex(sess["departure"]).as_unit("ns").array
     inc = site.phase_incidence(cpi, ph)  # (F*3, n_s)
     n_f = len(site.fuses)
     r0 = root_index(site)
@@ -302,18 +318,19 @@ def simulate(
             }
             cars = pd.DataFrame(
                 {
-                    "charge_point_id": cp_str[act],
+                    "charge_point_id": cp_str.take(act),
                     **arrays,
-                    "arrival": arrival_dt[act],
-                    "departure": departure_dt[act],  # after the int64 copies in ``arrays``
+                    "arrival": arrival_dt.take(act),
+                    "departure": departure_dt.take(act),  # after the int64 copies in ``arrays``
                     "needs_known": np.ones(len(act), dtype=bool),
                 },
-                index=sid_index[act],
+                index=sid_index.take(act),
                 copy=False,
             )
             if needs == "unknown":
                 cars = _estimate_needs(cars, now, needs_estimator)
                 del arrays["energy_requested_kwh"], arrays["departure"]
+            ahead = grid[k : k + n_h]
             base_kw = base_max[k : k + n_h]
             if base_load_forecaster is not None:
                 base_kw = _forecast_base(base_load_forecaster, base_hist, now, step, horizon, n_h, base_max[k])
@@ -322,8 +339,8 @@ def simulate(
                 site=site,
                 step=step,
                 cars=cars,
-                base_load_kw=pd.Series(base_kw, index=grid[k : k + n_h], name="kw"),
-                prices_eur_per_kwh=pd.Series(price_mean[k : k + n_h], index=grid[k : k + n_h], name="eur_per_kwh")
+                base_load_kw=pd.Series(base_kw, index=ahead, name="kw"),
+                prices_eur_per_kwh=pd.Series(price_mean[k : k + n_h], index=ahead, name="eur_per_kwh")
                 if has_prices
                 else None,
                 current_step_a=current_step_a,
@@ -476,11 +493,17 @@ def _estimate_needs(cars: pd.DataFrame, now: pd.Timestamp, estimator) -> pd.Data
 
 
 def _forecast_base(forecaster, history, now, step, horizon, n_h, now_max_kw) -> np.ndarray:
-    """Forecast base load [kW] on the step grid; the first value is the true maximum of now."""
+    """Forecast base load [kW] on the step grid; the first value is the true maximum of now.
+
+    The forecaster sees the readings before ``now`` only. Each step takes the forecast's
+    maximum within it; an empty forecast (nothing to forecast from) keeps the current load.
+    """
     hist = history.iloc[: history.index.searchsorted(now)] if history is not None else pd.Series(dtype=float, name="kw")
     fc = forecaster.predict(hist, now, horizon)
-    _, mx = _step_stats(pd.Series(fc, dtype=float).dropna() if fc is not None else None, now, step, n_h)
-    if fc is None or len(pd.Series(fc).dropna()) == 0:
+    fc = pd.Series(fc, dtype=float).dropna() if fc is not None else None
+    if fc is None or len(fc) == 0:
         mx = np.full(n_h, now_max_kw)
+    else:
+        _, mx = _step_stats(fc, now, step, n_h)
     mx[0] = now_max_kw
     return mx

@@ -1,0 +1,206 @@
+"""Load benchmark of the central system: many simulated chargers on 127.0.0.1, one server process.
+
+    pytest benchmarks/bench_ocpp.py -s --benchmark-columns=min,median,max      # 1 (baseline), 500, 2000
+    NOWBLOCK_BENCH_N=1,500 pytest benchmarks/bench_ocpp.py -s                    # fewer
+
+The server (``CentralSystem``, built-in control off, fail-safe TxDefault at boot on) runs in its
+own process so its CPU and memory are its own. Half the chargers speak 1.6, half 2.0.1; each
+plugs in a car and sends meter values every 10 s (1.6 MeterValues, 2.0.1 TransactionEvent
+Updated). After everyone is charging, a steady window of ``WINDOW_S`` seconds measures the
+server's handler latency (frame received to answer sent, inside the server), its CPU share and
+resident memory, and the chargers' round-trip time. pytest-benchmark then times pushing a new
+TxProfile to every running transaction (``set_limits`` for all, answers awaited) in three rounds;
+the run with one charger is the baseline. Everything is bounded: fixed counts, fixed windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import statistics
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import pytest
+
+WINDOW_S = float(os.environ.get("NOWBLOCK_BENCH_WINDOW_S", "30"))
+METER_S = 10.0
+SIZES = [int(x) for x in os.environ.get("NOWBLOCK_BENCH_N", "1,500,2000").split(",")]
+# "1": validate JSON schemas on the event loop instead of the library's thread-pool hop.
+SYNC_VALIDATION = os.environ.get("NOWBLOCK_BENCH_SYNC_VALIDATION", "0") == "1"
+RTT: deque[float] = deque(maxlen=1_000_000)
+
+
+# ---- server process --------------------------------------------------------------------------
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _server_main(n: int, port_q, pipe) -> None:
+    from nowblock.ocpp.connection import CsmsConnection
+    from nowblock.ocpp.server import CentralSystem
+    from nowblock.ocpp.testing import make_test_site
+
+    if SYNC_VALIDATION:
+        import ocpp.messages
+
+        ocpp.messages.ASYNC_VALIDATION = False
+    lat: deque[float] = deque(maxlen=1_000_000)
+    original = CsmsConnection._route_call
+
+    async def timed(self, msg):
+        t0 = time.perf_counter()
+        try:
+            await original(self, msg)
+        finally:
+            lat.append(time.perf_counter() - t0)
+
+    CsmsConnection._route_call = timed
+
+    async def main():
+        site = make_test_site(n, grid_a=32.0 * n)
+        cs = CentralSystem(site, port=0, builtin_control=False, response_timeout_s=30.0, heartbeat_s=3600,
+                           ping_interval_s=None)
+        await cs.start()
+        port_q.put(cs.port)
+        loop = asyncio.get_running_loop()
+        mark = (time.perf_counter(), time.process_time())
+        while True:
+            cmd, arg = await loop.run_in_executor(None, pipe.recv)
+            if cmd == "running":
+                pipe.send(len(cs.state.running()))
+            elif cmd == "reset":
+                lat.clear()
+                mark = (time.perf_counter(), time.process_time())
+                pipe.send(True)
+            elif cmd == "stats":
+                wall, cpu = time.perf_counter() - mark[0], time.process_time() - mark[1]
+                a = np.array(lat) * 1000.0
+                pipe.send({"messages": len(a), "wall_s": wall, "cpu_percent": 100.0 * cpu / wall,
+                           "rss_mb": _rss_mb(), **{f"handler_p{q}_ms": float(np.percentile(a, q)) if len(a) else
+                                                   float("nan") for q in (50, 95, 99)},
+                           "handler_max_ms": float(a.max()) if len(a) else float("nan")})
+            elif cmd == "push":
+                t0 = time.perf_counter()
+                limits = {(t.cp_id, t.connector_id): arg for t in cs.state.running()}
+                recs = await cs.set_limits(limits, retries=0)
+                pipe.send({"seconds": time.perf_counter() - t0, "sent": len(limits),
+                           "accepted": sum(r.purpose == "TxProfile" for r in recs.values())})
+            elif cmd == "stop":
+                await cs.stop()
+                pipe.send(True)
+                return
+
+    asyncio.run(main())
+
+
+# ---- chargers (a background event loop in this process) -----------------------------------------
+class Fleet:
+    """``n`` simulated chargers on a private event loop thread."""
+
+    def __init__(self, n: int, port: int) -> None:
+        self.n, self.port = n, port
+        self.rtt = RTT
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.sims = []
+
+    def run(self, coro, timeout=600):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _start(self) -> None:
+        from nowblock.sim import chargers as ch
+
+        for cls in (ch._Client16, ch._Client201):
+            if not hasattr(cls, "_untimed_meter"):
+                cls._untimed_meter = cls.meter
+
+                async def meter(self, s, m, _orig=cls._untimed_meter, _rtt=RTT):
+                    t0 = time.perf_counter()
+                    await _orig(self, s, m)
+                    _rtt.append(time.perf_counter() - t0)
+
+                cls.meter = meter
+        self.sims = [ch.SimCharger(f"CP{i}", f"ws://127.0.0.1:{self.port}", "1.6" if i % 2 else "2.0.1",
+                                   meter_interval_s=METER_S, response_timeout_s=60.0)
+                     for i in range(1, self.n + 1)]
+        for k in range(0, self.n, 100):  # ramp up 100 at a time, like a site coming back after an outage
+            batch = self.sims[k:k + 100]
+            for s in batch:
+                s.start()
+            await asyncio.gather(*(s.wait_connected(120) for s in batch))
+        for k in range(0, self.n, 100):
+            await asyncio.gather(*(s.plug_in(ch.Car(energy_kwh=1000.0)) for s in self.sims[k:k + 100]))
+
+    async def _applied(self) -> list[float]:
+        return [s.applied_limit_a() for s in self.sims]
+
+    async def _stop(self) -> None:
+        await asyncio.gather(*(s.stop() for s in self.sims))
+
+    def start(self) -> None:
+        self.run(self._start())
+
+    def applied(self) -> list[float]:
+        return self.run(self._applied())
+
+    def stop(self) -> None:
+        self.run(self._stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_many_chargers(benchmark, n):
+    ctx = mp.get_context("spawn")
+    port_q, (here, there) = ctx.Queue(), ctx.Pipe()
+    server = ctx.Process(target=_server_main, args=(n, port_q, there), daemon=True)
+    server.start()
+    port = port_q.get(timeout=60)
+    fleet = Fleet(n, port)
+    try:
+        t0 = time.perf_counter()
+        fleet.start()
+        ramp_s = time.perf_counter() - t0
+        here.send(("running", None))
+        assert here.recv() == n
+        here.send(("reset", None))
+        here.recv()
+        fleet.rtt.clear()
+        time.sleep(WINDOW_S)
+        here.send(("stats", None))
+        stats = here.recv()
+        rtt = np.array(fleet.rtt) * 1000.0
+        stats.update(connect_and_plug_in_s=ramp_s, chargers=n,
+                     rtt_p50_ms=float(np.percentile(rtt, 50)) if len(rtt) else float("nan"),
+                     rtt_p95_ms=float(np.percentile(rtt, 95)) if len(rtt) else float("nan"),
+                     meter_messages_per_s=len(rtt) / WINDOW_S)
+        pushes = []
+        values = iter([16.0, 15.0, 16.0, 15.0, 16.0])
+
+        def push():
+            here.send(("push", next(values)))
+            res = here.recv()
+            assert res["accepted"] == res["sent"] == n
+            pushes.append(res["seconds"])
+
+        benchmark.pedantic(push, rounds=3, iterations=1)
+        applied = fleet.applied()
+        assert set(applied) == {16.0}, "every charger applies the last pushed limit"
+        stats["push_all_median_s"] = statistics.median(pushes)
+        benchmark.extra_info.update(stats)
+        print(f"\nn={n}: " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in stats.items()))
+    finally:
+        fleet.stop()
+        here.send(("stop", None))
+        here.recv()
+        server.join(20)

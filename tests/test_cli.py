@@ -1,0 +1,82 @@
+"""``nowblock simulate`` end to end in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from nowblock.cli import main
+from nowblock.sim.cli import format_metrics
+
+CONTRACT = ["energy_requested_kwh", "energy_delivered_kwh", "demand_met", "peak_kw", "max_overload_a",
+            "cost_eur", "solve_seconds_median"]
+
+
+@pytest.fixture
+def scenario_dir(small_scenario, tmp_path):
+    return small_scenario.to_dir(tmp_path / "small")
+
+
+def _check_outputs(out, policy):
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(CONTRACT) <= set(metrics) and metrics["policy"] == policy
+    ts = pd.read_csv(out / "timeseries.csv", index_col="time")
+    assert len(ts) == metrics["n_steps"] and "grid_L1_limit_a" in ts.columns
+    png = (out / "load.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert (out / "sessions.csv").stat().st_size > 0
+    return metrics
+
+
+def test_simulate_a_scenario_folder(scenario_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["simulate", "--scenario", str(scenario_dir), "--policy", "edf", "--out", str(out),
+                 "--step", "10min"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    metrics = _check_outputs(out, "edf")
+    for name in metrics:  # every metric is in the printed table
+        assert name in printed
+    assert metrics["max_overload_a"] == 0.0
+    assert "wrote" in printed and str(out) in printed
+
+
+def test_simulate_default_scenario_for_one_day(tmp_path, capsys):
+    out = tmp_path / "default"
+    assert main(["simulate", "--days", "1", "--policy", "uncontrolled", "--out", str(out), "--quiet"]) == 0
+    metrics = _check_outputs(out, "uncontrolled")
+    assert metrics["n_steps"] == 24 * 12
+    printed = capsys.readouterr().out
+    assert "policy uncontrolled" in printed and "max_overload_a" in printed
+
+
+def test_bad_scenario_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="neither 'default' nor a folder"):
+        main(["simulate", "--scenario", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+
+
+def test_bad_step_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="--step"):
+        main(["simulate", "--step", "soon", "--out", str(tmp_path / "o")])
+
+
+def test_format_metrics_aligns_every_metric():
+    text = format_metrics({"peak_kw": 12.5, "max_overload_a": 0.0, "policy": "edf", "solve_seconds_median": 2e-5})
+    lines = text.splitlines()
+    assert len(lines) == 6 and "12.5" in text and "2e-05" in text and "edf" in text
+
+
+def test_console_script(scenario_dir, tmp_path):
+    exe = shutil.which("nowblock")
+    cmd = [exe] if exe else [sys.executable, "-m", "nowblock.cli"]
+    out = tmp_path / "cli-out"
+    proc = subprocess.run([*cmd, "simulate", "--scenario", str(scenario_dir), "--policy", "equal",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "max_overload_a" in proc.stdout and "demand_met" in proc.stdout
+    _check_outputs(out, "equal")

@@ -1,0 +1,278 @@
+"""The MILP allocator: hand-checked optima, shortfall sharing, phases, limits, rounding, fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import nowblock as nb
+from nowblock.optimize import OptimizeOptions, from_sessions, solve_formulation
+from nowblock.optimize.highs_fast import SolverOptionError
+from nowblock.optimize.schedule import limit_rows, round_to_steps
+from nowblock.optimize.testing import plugged_in_block
+from nowblock.site import CapWindow, ChargePoint, Fuse, Site
+
+T0 = pd.Timestamp("2026-01-14 12:00", tz="UTC")
+KW_PER_A_3PH = 3 * 230 / 1000  # 0.69 kW per ampere on three phases
+# Objective terms that would blur a hand-checked optimum are switched off.
+PLAIN = dict(peak_eur_per_kw=0.0, change_eur_per_a=0.0, early_eur_per_kwh=0.0, binary_slots=None, mip_rel_gap=1e-9)
+
+
+def _site(root_a, cps, unbalance=None, feeders=()):
+    return Site(name="t", fuses=(Fuse("grid", (root_a,) * 3), *feeders), charge_points=tuple(cps),
+                max_unbalance_a=unbalance)
+
+
+def _sessions(rows):
+    df = pd.DataFrame(rows, columns=["session_id", "charge_point_id", "arrival_h", "departure_h", "energy_kwh",
+                                     "max_current_a", "phases", "priority"])
+    df["arrival"] = T0 + pd.to_timedelta(df.pop("arrival_h"), unit="h")
+    df["departure"] = T0 + pd.to_timedelta(df.pop("departure_h"), unit="h")
+    return df
+
+
+def _check_limits(site, sessions, sched, base_kw=0.0):
+    """Every fuse phase and the unbalance limit hold in every slot; 0 or >= min; in steps."""
+    sess = sessions.set_index("session_id").loc[sched.current_a.columns]
+    cp = site.cp_index(sess["charge_point_id"])
+    ph = np.minimum(sess["phases"].to_numpy(), site.cp_phases[cp])
+    x = sched.current_a.to_numpy()
+    for row in x:
+        loads = site.fuse_phase_currents_a(row, cp, ph)
+        room = site.limits_a.copy()
+        room[0] -= site.base_load_phase_current_a(base_kw)
+        assert (loads <= room + 1e-6).all()
+        if site.max_unbalance_a is not None:
+            assert loads[0].max() - loads[0].min() <= site.max_unbalance_a + 1e-6
+    on = x > 0
+    assert (x[on] >= np.broadcast_to(site.cp_min_current_a[cp], x.shape)[on] - 1e-9).all()
+
+
+def test_one_car_charges_in_the_cheap_hour():
+    # 11.04 kWh is one hour at 16 A on three phases; the second hour costs a third of the first.
+    site = _site(100, [ChargePoint("CP1", "grid", max_current_a=16)])
+    sess = _sessions([("a", "CP1", 0, 2, 16 * KW_PER_A_3PH, 16, 3, 1.0)])
+    prices = pd.Series([0.30] * 4 + [0.10] * 4, index=pd.date_range(T0, periods=8, freq="15min"))
+    s = nb.optimize(site, sess, start=T0, horizon="2h", prices=prices, **PLAIN)
+    assert s.status == "optimal"
+    np.testing.assert_allclose(s.current_a["a"].to_numpy(), [0] * 4 + [16] * 4)
+    assert s.objective == pytest.approx(11.04 * 0.10, rel=1e-6)
+    assert s.shortfall_kwh["a"] == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_allclose(s.power_kw["a"].to_numpy()[4:], 16 * KW_PER_A_3PH)
+
+
+def _two_cars_on_a_small_fuse(sharing):
+    # A 20 A connection, two 16 A cars that each want one full hour: 22.08 kWh wanted, 13.8 possible.
+    site = _site(20, [ChargePoint("CP1", "grid", max_current_a=16), ChargePoint("CP2", "grid", max_current_a=16)])
+    need = 16 * KW_PER_A_3PH
+    sess = _sessions([("hi", "CP1", 0, 1, need, 16, 3, 2.0), ("lo", "CP2", 0, 1, need, 16, 3, 1.0)])
+    return site, sess, nb.optimize(site, sess, start=T0, horizon="1h", sharing=sharing, **PLAIN)
+
+
+def test_weighted_shortfall_follows_priorities_and_respects_the_minimum():
+    # max 2*A + B s.t. A + B <= 20, A, B in {0} u [6, 16]: A = 14, B = 6 (A = 16, B = 4 is not allowed).
+    site, sess, s = _two_cars_on_a_small_fuse("weighted")
+    assert s.status == "optimal"
+    np.testing.assert_allclose(s.current_a["hi"].to_numpy(), 14)
+    np.testing.assert_allclose(s.current_a["lo"].to_numpy(), 6)
+    assert s.shortfall_kwh.sum() == pytest.approx(2 * 16 * KW_PER_A_3PH - 20 * KW_PER_A_3PH, rel=1e-6)
+    _check_limits(site, sess, s)
+    assert set(s.binding["fuse_id"]) == {"grid"} and len(s.binding) == 4 * 3  # 4 slots x 3 phases
+
+
+def test_max_min_fair_gives_equal_fractions():
+    site, sess, s = _two_cars_on_a_small_fuse("fair")
+    assert s.status == "optimal"
+    # 40 ampere-slots each (0.625 of each car's need), the connection full in every slot.
+    np.testing.assert_allclose(s.current_a.sum(axis=0).to_numpy(), 40)
+    np.testing.assert_allclose(s.current_a.sum(axis=1).to_numpy(), 20)
+    frac = 1 - s.shortfall_kwh / (16 * KW_PER_A_3PH)
+    np.testing.assert_allclose(frac.to_numpy(), 0.625, rtol=1e-6)
+
+
+def test_infeasible_demand_is_shortfall_not_an_error():
+    site = _site(16, [ChargePoint("CP1", "grid", max_current_a=16)])
+    sess = _sessions([("a", "CP1", 0, 0.5, 100.0, 16, 3, 1.0)])
+    s = nb.optimize(site, sess, start=T0, horizon="1h", **PLAIN)
+    assert s.status == "optimal"
+    assert s.energy_kwh["a"] == pytest.approx(16 * KW_PER_A_3PH * 0.5)
+    assert s.shortfall_kwh["a"] == pytest.approx(100.0 - 16 * KW_PER_A_3PH * 0.5)
+
+
+def test_single_phase_cars_on_rotated_chargers_use_all_three_phases():
+    def run(rotations):
+        cps = [ChargePoint(f"CP{i}", "grid", max_current_a=16, phases=1, phase_rotation=r) for i, r in enumerate(rotations)]
+        site = _site(16, cps)
+        sess = _sessions([(f"s{i}", f"CP{i}", 0, 1, 20.0, 16, 1, 1.0) for i in range(3)])
+        s = nb.optimize(site, sess, start=T0, horizon="1h", **PLAIN)
+        _check_limits(site, sess, s)
+        return site, sess, s
+
+    site, sess, s = run(["L1L2L3", "L2L3L1", "L3L1L2"])
+    np.testing.assert_allclose(s.current_a.to_numpy(), 16)  # one car per grid phase, each at full current
+    loads = site.fuse_phase_currents_a(s.current_a.iloc[0].to_numpy(), site.cp_index(sess.charge_point_id), sess.phases)
+    np.testing.assert_allclose(loads[0], [16, 16, 16])
+    _, _, same = run(["L1L2L3"] * 3)
+    assert same.current_a.sum(axis=1).max() <= 16 + 1e-9  # all on L1: 16 A shared
+    assert same.energy_kwh.sum() == pytest.approx(s.energy_kwh.sum() / 3, rel=1e-6)
+
+
+def test_unbalance_limit_holds():
+    cps = [ChargePoint("CP1", "grid", max_current_a=16, phases=1), ChargePoint("CP2", "grid", max_current_a=16, phases=1),
+           ChargePoint("CP3", "grid", max_current_a=16, phases=3)]
+    site = _site(100, cps, unbalance=10.0)
+    sess = _sessions([("a", "CP1", 0, 2, 20.0, 16, 1, 1.0), ("b", "CP2", 0, 2, 20.0, 16, 1, 1.0),
+                      ("c", "CP3", 0, 2, 5.0, 16, 3, 1.0)])
+    s = nb.optimize(site, sess, start=T0, horizon="2h", **PLAIN)
+    _check_limits(site, sess, s)
+    # Both single-phase cars load L1: together at most 10 A, so at most one of them (6 A minimum each).
+    single = s.current_a[["a", "b"]].to_numpy()
+    assert (single.sum(axis=1) <= 10 + 1e-9).all()
+    assert single.sum() == pytest.approx(10 * 8)  # and the room is used: 10 A in all 8 slots
+    free = nb.optimize(_site(100, cps), sess, start=T0, horizon="2h", **PLAIN)
+    assert free.energy_kwh[["a", "b"]].sum() > s.energy_kwh[["a", "b"]].sum() + 1.0
+
+
+def test_caps_in_time_windows():
+    # 14a EnWG dimming 13:00-14:00 Berlin (12:00-13:00 UTC in winter) to 6 A.
+    cp = ChargePoint("CP1", "grid", max_current_a=16, caps=(CapWindow("13:00", "14:00", 6.0),))
+    site = _site(100, [cp])
+    sess = _sessions([("a", "CP1", 0, 2, 30.0, 16, 3, 1.0)])
+    s = nb.optimize(site, sess, start=T0, horizon="2h", **PLAIN)
+    np.testing.assert_allclose(s.current_a["a"].to_numpy(), [6] * 4 + [16] * 4)
+
+
+def test_base_load_takes_headroom_on_the_root():
+    site = _site(32, [ChargePoint("CP1", "grid", max_current_a=32)])
+    sess = _sessions([("a", "CP1", 0, 1, 50.0, 32, 3, 1.0)])
+    base = pd.Series(3 * 230 * 20 / 1000, index=pd.date_range(T0, periods=4, freq="15min"))  # 20 A per phase
+    s = nb.optimize(site, sess, start=T0, horizon="1h", base_load=base, **PLAIN)
+    np.testing.assert_allclose(s.current_a["a"].to_numpy(), 12)
+
+
+def test_pilot_step_of_a_tenth_amp():
+    site = _site(20.55, [ChargePoint("CP1", "grid", max_current_a=32)])
+    sess = _sessions([("a", "CP1", 0, 1, 50.0, 32, 3, 1.0)])
+    s = nb.optimize(site, sess, start=T0, horizon="1h", current_step_a=0.1, **PLAIN)
+    np.testing.assert_allclose(s.current_a["a"].to_numpy(), 20.5)
+    whole = nb.optimize(site, sess, start=T0, horizon="1h", **PLAIN)
+    np.testing.assert_allclose(whole.current_a["a"].to_numpy(), 20.0)
+
+
+def test_unknown_option_and_refused_highs_option():
+    site = _site(100, [ChargePoint("CP1", "grid")])
+    sess = _sessions([("a", "CP1", 0, 1, 5.0, 16, 3, 1.0)])
+    with pytest.raises(TypeError, match="mip_gap"):
+        nb.optimize(site, sess, start=T0, mip_gap=0.1)
+    with pytest.raises(SolverOptionError, match="no_such_option"):
+        nb.optimize(site, sess, start=T0, solver_options={"no_such_option": 1})
+    with pytest.raises(ValueError, match="sharing"):
+        OptimizeOptions(sharing="equal")
+
+
+# ---- rounding never overloads -------------------------------------------------------------
+@st.composite
+def _random_problem(draw):
+    n_cp = draw(st.integers(1, 6))
+    rot = ["L1L2L3", "L2L3L1", "L3L1L2", "L1L3L2"]
+    cps = [ChargePoint(f"CP{i}", draw(st.sampled_from(["grid", "f1"])), max_current_a=draw(st.sampled_from([16.0, 20.0, 32.0])),
+                       min_current_a=draw(st.sampled_from([0.0, 6.0])), phases=draw(st.sampled_from([1, 3])),
+                       phase_rotation=draw(st.sampled_from(rot))) for i in range(n_cp)]
+    root = draw(st.floats(10.0, 80.0))
+    f1 = Fuse("f1", tuple(draw(st.floats(8.0, 60.0)) for _ in range(3)), parent="grid")
+    unb = draw(st.one_of(st.none(), st.floats(4.0, 25.0)))
+    site = _site(root, cps, unbalance=unb, feeders=(f1,))
+    sess = _sessions([(f"s{i}", f"CP{i}", draw(st.floats(-1, 1)), draw(st.floats(1.1, 3)), draw(st.floats(0.5, 30)),
+                       draw(st.sampled_from([10.0, 16.0, 32.0])), draw(st.sampled_from([1, 3])), 1.0) for i in range(n_cp)])
+    step = draw(st.sampled_from([1.0, 0.1]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return site, sess, step, seed
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_random_problem())
+def test_rounding_never_overloads(problem):
+    site, sess, step, seed = problem
+    form = from_sessions(site, sess, start=T0, horizon="3h", options=OptimizeOptions(current_step_a=step))
+    rng = np.random.default_rng(seed)
+    # Fractional plans that sit right at (and a little past) the limits, as a solver's would.
+    raw = rng.uniform(0, 1, form.upper_a.shape) * form.upper_a * rng.uniform(0.8, 1.3)
+    x, _ = round_to_steps(form, raw)
+    g, h, _ = limit_rows(form)
+    assert (g @ x <= h + 1e-6).all()
+    lo = form.min_current_a[:, None]
+    assert ((x == 0) | (x >= lo - 1e-9)).all()
+    assert (x <= form.upper_a + 1e-9).all()
+    np.testing.assert_allclose(x / step, np.round(x / step), atol=1e-6)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_random_problem())
+def test_optimized_schedules_are_safe(problem):
+    site, sess, step, _ = problem
+    s = nb.optimize(site, sess, start=T0, horizon="3h", current_step_a=step, time_limit_s=5)
+    assert s.status in ("optimal", "time_limit")
+    _check_limits(site, sess, s)
+
+
+# ---- the solver fails or times out: fallback, still safe ------------------------------------
+def test_time_limit_falls_back_or_keeps_an_incumbent_and_stays_safe():
+    b = plugged_in_block(300, seed=3)
+    s = nb.optimize(b["site"], b["sessions"], start=b["start"], base_load=b["base_load"], prices=b["prices"],
+                    time_limit_s=1e-3)
+    assert s.status in ("fallback", "time_limit")
+    form = from_sessions(b["site"], b["sessions"], start=b["start"], base_load=b["base_load"])
+    g, h, _ = limit_rows(form)
+    x = s.current_a.T.reindex(pd.Index(form.session_ids)).to_numpy()
+    assert (g @ x <= h + 1e-6).all()
+    assert s.energy_kwh.sum() > 0
+
+
+def test_solver_failure_falls_back_to_a_baseline(monkeypatch):
+    from nowblock.optimize import solve as solve_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated HiGHS crash")
+
+    monkeypatch.setattr(solve_mod, "solve_highs", broken)
+    site, sess, _ = _two_cars_on_a_small_fuse("weighted")
+    s = nb.optimize(site, sess, start=T0, horizon="1h")
+    assert s.status == "fallback" and "simulated HiGHS crash" in s.detail
+    _check_limits(site, sess, s)
+    assert s.energy_kwh.sum() > 0
+
+
+def test_no_solution_status_falls_back(monkeypatch):
+    from nowblock.optimize import highs_fast
+    from nowblock.optimize import solve as solve_mod
+
+    real = highs_fast.solve_highs
+
+    def nothing(form, **kw):
+        res = real(form, **kw)
+        return res.__class__(**{**res.__dict__, "status": "no_solution", "values": None})
+
+    monkeypatch.setattr(solve_mod, "solve_highs", nothing)
+    site, sess, _ = _two_cars_on_a_small_fuse("weighted")
+    s = nb.optimize(site, sess, start=T0, horizon="1h")
+    assert s.status == "fallback"
+    _check_limits(site, sess, s)
+
+
+def test_warm_start_keeps_the_optimum():
+    b = plugged_in_block(30, seed=5)
+    form = from_sessions(b["site"], b["sessions"], start=b["start"], base_load=b["base_load"], prices=b["prices"],
+                         options=OptimizeOptions(mip_rel_gap=1e-6))
+    cold = solve_formulation(form)
+    warm = solve_formulation(form, warm_start_a=cold.current_a.T.to_numpy())
+    assert warm.objective == pytest.approx(cold.objective, rel=1e-4)
+
+
+def test_nothing_plugged_in_is_an_empty_optimal_schedule():
+    site = _site(100, [ChargePoint("CP1", "grid")])
+    sess = _sessions([("a", "CP1", 5, 6, 5.0, 16, 3, 1.0)])
+    s = nb.optimize(site, sess, start=T0, horizon="2h")
+    assert s.status == "optimal" and s.current_a.shape[1] == 0

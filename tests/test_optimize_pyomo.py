@@ -1,0 +1,66 @@
+"""The Pyomo model and the direct HiGHS fast path solve the same formulation to the same optimum."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyomo.environ as pyo
+import pytest
+
+from nowblock.optimize import OptimizeOptions, from_sessions, solve_formulation
+from nowblock.optimize.pyomo_model import build_model, solve_model
+from nowblock.optimize.testing import plugged_in_block
+
+EXACT = dict(binary_slots=None, mip_rel_gap=1e-7, time_limit_s=60)
+
+
+def _form(n, seed, unbalance=None, **opts):
+    b = plugged_in_block(n, seed=seed, max_unbalance_a=unbalance, grid_share=0.25, cps_per_feeder=4)
+    return from_sessions(b["site"], b["sessions"], start=b["start"], horizon="3h", base_load=b["base_load"],
+                         prices=b["prices"], options=OptimizeOptions(**{**EXACT, **opts}))
+
+
+@pytest.mark.parametrize(
+    "n, seed, unbalance, opts",
+    [
+        (5, 0, None, {}),
+        (6, 1, 12.0, {}),
+        (6, 2, None, {"sharing": "fair"}),
+        (6, 3, 15.0, {"sharing": "fair", "peak_eur_per_kw": 0.5}),
+        (8, 4, None, {"binary_slots": 4, "change_slots": None}),
+    ],
+)
+def test_pyomo_and_fast_path_agree(n, seed, unbalance, opts):
+    form = _form(n, seed, unbalance, **opts)
+    fast = solve_formulation(form)
+    slow = solve_formulation(form.with_options(backend="pyomo"))
+    assert fast.status == slow.status == "optimal"
+    assert fast.backend == "highs" and slow.backend == "pyomo"
+    assert slow.objective == pytest.approx(fast.objective, rel=1e-6, abs=1e-6)
+    assert slow.bound <= fast.objective + 1e-6 and fast.bound <= slow.objective + 1e-6
+
+
+def test_lp_relaxations_agree():
+    form = _form(40, 7, 12.0)
+    from nowblock.optimize.highs_fast import solve_highs
+    from nowblock.optimize.pyomo_model import solve_pyomo
+
+    a, b = solve_highs(form, relax=True), solve_pyomo(form, relax=True)
+    assert a.objective == pytest.approx(b.objective, rel=1e-7)
+
+
+def test_the_pyomo_model_is_extensible():
+    # A user caps the block's charging power in the first four slots (say, a battery is charging).
+    form = _form(6, 0)
+    m = build_model(form)
+    base = solve_model(m, mip_rel_gap=1e-7)
+    first = [pyo.value(m.ev.charge_power_kw[t]) for t in range(4)]
+    assert max(first) > 5.0
+    m.user_cap = pyo.Constraint(range(4), rule=lambda mm, t: mm.ev.charge_power_kw[t] <= 5.0)
+    solve_model(m, mip_rel_gap=1e-7)
+    assert max(pyo.value(m.ev.charge_power_kw[t]) for t in range(4)) <= 5.0 + 1e-6
+    assert pyo.value(m.objective) >= base.incumbent_objective - 1e-9
+    # The block has named families a user can switch off and replace.
+    assert {"energy", "fuse", "on_upper", "on_lower"} <= {c.local_name for c in m.ev.component_objects(pyo.Constraint)}
+    assert len(m.ev.fuse_row_label) == len(m.ev.fuse)
+    x = np.array([m.ev.current_a[k].value for k in range(len(m.ev.cell_car))])
+    assert (x >= -1e-9).all()
