@@ -120,7 +120,7 @@ def test_vs_statsforecast(benchmark, household, tmp_path):
         pytest.skip("no statsforecast venv (set NOWBLOCK_SF_PYTHON)")
     origins = _origins(household, N_SF_ORIGINS)
     pd.DataFrame({"kw": household.to_numpy()}).to_csv(tmp_path / "y.csv", index=False)
-    spec = {"origins": origins, "history": YEAR, "horizon": WEEK, "timing_horizon": DAY}
+    spec = {"origins": origins, "history": YEAR, "horizon": WEEK, "timing_horizon": DAY, "ets_history": 4 * WEEK}
     (tmp_path / "o.json").write_text(json.dumps(spec))
     runner = Path(__file__).with_name("statsforecast_baseline.py")
 

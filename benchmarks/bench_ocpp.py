@@ -4,7 +4,8 @@
     NOWBLOCK_BENCH_N=1,500 pytest benchmarks/bench_ocpp.py -s                    # fewer
 
 The server (``CentralSystem``, built-in control off, fail-safe TxDefault at boot on) runs in its
-own process so its CPU and memory are its own. Half the chargers speak 1.6, half 2.0.1; each
+own process so its CPU and memory are its own; the chargers run in ``NOWBLOCK_BENCH_CHARGER_PROCS``
+(2) other processes. Half the chargers speak 1.6, half 2.0.1; each
 plugs in a car and sends meter values every 10 s (1.6 MeterValues, 2.0.1 TransactionEvent
 Updated). After everyone is charging, a steady window of ``WINDOW_S`` seconds measures the
 server's handler latency (frame received to answer sent, inside the server), its CPU share and
@@ -19,7 +20,6 @@ import asyncio
 import multiprocessing as mp
 import os
 import statistics
-import threading
 import time
 from collections import deque
 
@@ -31,7 +31,7 @@ METER_S = 10.0
 SIZES = [int(x) for x in os.environ.get("NOWBLOCK_BENCH_N", "1,500,2000").split(",")]
 # "1": validate JSON schemas on the event loop instead of the library's thread-pool hop.
 SYNC_VALIDATION = os.environ.get("NOWBLOCK_BENCH_SYNC_VALIDATION", "0") == "1"
-RTT: deque[float] = deque(maxlen=1_000_000)
+FLEET_PROCS = int(os.environ.get("NOWBLOCK_BENCH_CHARGER_PROCS", "2"))
 
 
 # ---- server process --------------------------------------------------------------------------
@@ -101,61 +101,54 @@ def _server_main(n: int, port_q, pipe) -> None:
     asyncio.run(main())
 
 
-# ---- chargers (a background event loop in this process) -----------------------------------------
-class Fleet:
-    """``n`` simulated chargers on a private event loop thread."""
+# ---- chargers (separate processes, so the server's numbers are not the chargers' bottleneck) ----
+def _fleet_main(ids: list[int], port: int, pipe) -> None:
+    import ocpp.messages
 
-    def __init__(self, n: int, port: int) -> None:
-        self.n, self.port = n, port
-        self.rtt = RTT
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.sims = []
+    from nowblock.sim import chargers as ch
 
-    def run(self, coro, timeout=600):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+    ocpp.messages.ASYNC_VALIDATION = False  # the chargers' side: no thread hop per message
+    rtt: deque[float] = deque(maxlen=1_000_000)
+    for cls in (ch._Client16, ch._Client201):
+        orig = cls.meter
 
-    async def _start(self) -> None:
-        from nowblock.sim import chargers as ch
+        async def meter(self, s, m, _orig=orig):
+            t0 = time.perf_counter()
+            await _orig(self, s, m)
+            rtt.append(time.perf_counter() - t0)
 
-        for cls in (ch._Client16, ch._Client201):
-            if not hasattr(cls, "_untimed_meter"):
-                cls._untimed_meter = cls.meter
+        cls.meter = meter
 
-                async def meter(self, s, m, _orig=cls._untimed_meter, _rtt=RTT):
-                    t0 = time.perf_counter()
-                    await _orig(self, s, m)
-                    _rtt.append(time.perf_counter() - t0)
-
-                cls.meter = meter
-        self.sims = [ch.SimCharger(f"CP{i}", f"ws://127.0.0.1:{self.port}", "1.6" if i % 2 else "2.0.1",
-                                   meter_interval_s=METER_S, response_timeout_s=60.0)
-                     for i in range(1, self.n + 1)]
-        for k in range(0, self.n, 100):  # ramp up 100 at a time, like a site coming back after an outage
-            batch = self.sims[k:k + 100]
+    async def main():
+        loop = asyncio.get_running_loop()
+        sims = [ch.SimCharger(f"CP{i}", f"ws://127.0.0.1:{port}", "1.6" if i % 2 else "2.0.1",
+                              meter_interval_s=METER_S, response_timeout_s=60.0) for i in ids]
+        for k in range(0, len(sims), 100):  # ramp up 100 at a time, like a site coming back after an outage
+            batch = sims[k:k + 100]
             for s in batch:
                 s.start()
             await asyncio.gather(*(s.wait_connected(120) for s in batch))
-        for k in range(0, self.n, 100):
-            await asyncio.gather(*(s.plug_in(ch.Car(energy_kwh=1000.0)) for s in self.sims[k:k + 100]))
+        for k in range(0, len(sims), 100):
+            await asyncio.gather(*(s.plug_in(ch.Car(energy_kwh=1000.0)) for s in sims[k:k + 100]))
+        pipe.send("ready")
+        mark = time.process_time(), time.perf_counter()
+        while True:
+            cmd = await loop.run_in_executor(None, pipe.recv)
+            if cmd == "reset":
+                rtt.clear()
+                mark = time.process_time(), time.perf_counter()
+                pipe.send(True)
+            elif cmd == "rtt":
+                cpu = 100.0 * (time.process_time() - mark[0]) / (time.perf_counter() - mark[1])
+                pipe.send((list(rtt), cpu))
+            elif cmd == "applied":
+                pipe.send([s.applied_limit_a() for s in sims])
+            elif cmd == "stop":
+                await asyncio.gather(*(s.stop() for s in sims))
+                pipe.send(True)
+                return
 
-    async def _applied(self) -> list[float]:
-        return [s.applied_limit_a() for s in self.sims]
-
-    async def _stop(self) -> None:
-        await asyncio.gather(*(s.stop() for s in self.sims))
-
-    def start(self) -> None:
-        self.run(self._start())
-
-    def applied(self) -> list[float]:
-        return self.run(self._applied())
-
-    def stop(self) -> None:
-        self.run(self._stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("n", SIZES)
@@ -165,24 +158,41 @@ def test_many_chargers(benchmark, n):
     server = ctx.Process(target=_server_main, args=(n, port_q, there), daemon=True)
     server.start()
     port = port_q.get(timeout=60)
-    fleet = Fleet(n, port)
+    k = max(1, min(FLEET_PROCS, n))
+    fleets = []
+    for j in range(k):
+        a, b = ctx.Pipe()
+        p = ctx.Process(target=_fleet_main, args=(list(range(1 + j, n + 1, k)), port, b), daemon=True)
+        p.start()
+        fleets.append((p, a))
     try:
+        load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
-        fleet.start()
+        for _, a in fleets:
+            assert a.recv() == "ready"
         ramp_s = time.perf_counter() - t0
         here.send(("running", None))
         assert here.recv() == n
         here.send(("reset", None))
         here.recv()
-        fleet.rtt.clear()
+        for _, a in fleets:
+            a.send("reset")
+            a.recv()
         time.sleep(WINDOW_S)
         here.send(("stats", None))
         stats = here.recv()
-        rtt = np.array(fleet.rtt) * 1000.0
-        stats.update(connect_and_plug_in_s=ramp_s, chargers=n,
+        rtt, cpu = [], []
+        for _, a in fleets:
+            a.send("rtt")
+            r, c = a.recv()
+            rtt += r
+            cpu.append(c)
+        rtt = np.array(rtt) * 1000.0
+        stats.update(chargers=n, charger_processes=k, connect_and_plug_in_s=ramp_s,
                      rtt_p50_ms=float(np.percentile(rtt, 50)) if len(rtt) else float("nan"),
                      rtt_p95_ms=float(np.percentile(rtt, 95)) if len(rtt) else float("nan"),
-                     meter_messages_per_s=len(rtt) / WINDOW_S)
+                     meter_messages_per_s=len(rtt) / WINDOW_S,
+                     charger_cpu_percent_per_process=float(np.mean(cpu)), loadavg_1min_before=load0)
         pushes = []
         values = iter([16.0, 15.0, 16.0, 15.0, 16.0])
 
@@ -193,14 +203,20 @@ def test_many_chargers(benchmark, n):
             pushes.append(res["seconds"])
 
         benchmark.pedantic(push, rounds=3, iterations=1)
-        applied = fleet.applied()
-        assert set(applied) == {16.0}, "every charger applies the last pushed limit"
+        applied = []
+        for _, a in fleets:
+            a.send("applied")
+            applied += a.recv()
+        assert len(applied) == n and set(applied) == {16.0}, "every charger applies the last pushed limit"
         stats["push_all_median_s"] = statistics.median(pushes)
         benchmark.extra_info.update(stats)
         print(f"\nn={n}: " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in stats.items()))
     finally:
-        fleet.stop()
+        for p, a in fleets:
+            a.send("stop")
+            a.recv()
+            p.join(20)
         here.send(("stop", None))
         here.recv()
         server.join(20)

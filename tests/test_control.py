@@ -236,3 +236,25 @@ def test_restore_continues_1_6_transaction_ids_and_skips_unknown_stations(tmp_pa
     assert restore_state(state, store) == 1
     assert state.next_transaction_id == 78  # a new 1.6 transaction never reuses a stored id
     assert [t.session_id for t in state.running()] == ["CP0:41"]
+
+
+async def test_unreported_needs_are_estimated_topped_up_and_closed_when_full():
+    site = _site(root_a=63.0, n=2)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 2)  # 1.6-style: no needs reported
+
+    class Needs:  # a forecaster that thinks both cars want 5 kWh
+        def predict_needs(self, cars, time):
+            return pd.DataFrame({"departure": time + pd.Timedelta(hours=3), "energy_kwh": 5.0}, index=cars.index)
+
+    ctl = _controller(cs, clock, needs_forecaster=Needs())
+    await ctl.step()
+    clock.advance(60)
+    # Both got 8 kWh already; CP0's car keeps drawing, CP1's car stopped although offered current.
+    cs.state.on_meter("CP0", 1, "tx0", {"energy_wh": 8000.0, "current_l1_a": 16.0}, clock.now.to_pydatetime())
+    cs.state.on_meter("CP1", 1, "tx1", {"energy_wh": 8000.0, "current_l1_a": 0.0}, clock.now.to_pydatetime())
+    snap, cars, _ = ctl.build_snapshot(clock.now)
+    assert not snap.cars["needs_known"].any()
+    assert snap.cars.loc["CP0:tx0", "energy_requested_kwh"] == pytest.approx(8.0 + ctl.top_up_kwh)
+    assert snap.cars.loc["CP1:tx1", "energy_requested_kwh"] == pytest.approx(8.0)
+    assert (snap.cars["departure"] > clock.now).all()

@@ -118,7 +118,7 @@ def test_needs_kernels(seed, bw_gap):
     queries = [(0, -1, 0, 8.0, -1.0), (1, 2, 1, 18.0, 30.0), (2, 0, 2, 0.5, 2.0)]
     q_el, q_del = np.array([0.0, 12.0, 25.0]), np.array([0.0, 10.0, 0.0])
     qd, qe = K.needs_quantiles(*(np.array(c) for c in zip(*queries)), q_el, q_del, cp, tag, kind, hour, gap,
-                               dwell, energy, od, oe, np.array(prm), qs)
+                               dwell, energy, od, oe, np.array(prm), np.array(prm), qs)
     for j, q in enumerate(queries):
         wj = K.needs_weights_ref(*q, cp, tag, kind, hour, gap, *prm)
         ref_d = K.weighted_quantiles_sorted_ref(dwell[od], (wj * (dwell > q_el[j]))[od], qs)
@@ -131,19 +131,17 @@ def test_needs_kernels(seed, bw_gap):
 def test_needs_loo_error():
     rng = np.random.default_rng(3)
     cp, tag, kind, hour, gap, dwell, energy = _needs_history(rng, 25)
-    od, oe = np.argsort(dwell), np.argsort(energy)
+    od = np.argsort(dwell)
     queries = np.array([0, 5, 9], np.int64)
     grid = np.array([[1.0, 0.1, 0.5, 0.2, 0.0], [3.0, 0.1, 0.5, 1.0, 0.5]])
-    err = K.needs_loo_error(cp, tag, kind, hour, gap, dwell, energy, od, oe, queries, grid, 2.0, 4.0)
+    err = K.needs_loo_error(cp, tag, kind, hour, gap, dwell, od, queries, grid)
     ref = []
     for row in grid:
         tot = 0.0
         for i in queries:
             w = K.needs_weights_ref(cp[i], tag[i], kind[i], hour[i], gap[i], cp, tag, kind, hour, gap, *row)
             w[i] = 0.0
-            md = K.weighted_quantiles_sorted_ref(dwell[od], w[od], [0.5])[0]
-            me = K.weighted_quantiles_sorted_ref(energy[oe], w[oe], [0.5])[0]
-            tot += abs(md - dwell[i]) / 2.0 + abs(me - energy[i]) / 4.0
+            tot += abs(K.weighted_quantiles_sorted_ref(dwell[od], w[od], [0.5])[0] - dwell[i])
         ref.append(tot / len(queries))
     np.testing.assert_allclose(err, ref)
 

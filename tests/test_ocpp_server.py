@@ -324,3 +324,49 @@ async def test_tls_with_basic_auth_security_profile_2(tmp_path):
         with pytest.raises(Exception):  # plain ws:// is not served
             async with connect(f"ws://127.0.0.1:{cs.port}/CP1", subprotocols=["ocpp2.0.1"], open_timeout=2):
                 pass
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_other_notifications_are_answered(version):
+    frames16 = [
+        ('[2,"d1","DataTransfer",{"vendorId":"acme","messageId":"x","data":"y"}]', {"status": "UnknownVendorId"}),
+        ('[2,"d2","FirmwareStatusNotification",{"status":"Installed"}]', {}),
+        ('[2,"d3","DiagnosticsStatusNotification",{"status":"Uploaded"}]', {}),
+        ('[2,"d4","Heartbeat",{}]', None),
+    ]
+    frames201 = [
+        ('[2,"d1","DataTransfer",{"vendorId":"acme"}]', {"status": "UnknownVendorId"}),
+        ('[2,"d2","NotifyReport",{"requestId":1,"generatedAt":"2026-01-01T00:00:00Z","seqNo":0}]', {}),
+        ('[2,"d3","ReportChargingProfiles",{"requestId":1,"chargingLimitSource":"CSO","evseId":1,'
+         '"chargingProfile":[{"id":5,"stackLevel":0,"chargingProfilePurpose":"TxDefaultProfile",'
+         '"chargingProfileKind":"Absolute","chargingSchedule":[{"id":1,"chargingRateUnit":"A",'
+         '"chargingSchedulePeriod":[{"startPeriod":0,"limit":10}]}]}]}]', {}),
+        ('[2,"d4","NotifyChargingLimit",{"evseId":1,"chargingLimit":{"chargingLimitSource":"EMS"},'
+         '"chargingSchedule":[{"id":1,"chargingRateUnit":"A","chargingSchedulePeriod":[{"startPeriod":0,"limit":9}]}]}]',
+         {}),
+    ]
+    async with central_system(make_test_site(1), builtin_control=False, failsafe_at_boot=False) as cs:
+        proto = "ocpp1.6" if version == "1.6" else "ocpp2.0.1"
+        async with connect(f"ws://127.0.0.1:{cs.port}/CP1", subprotocols=[proto]) as ws:
+            for frame, expected in (frames16 if version == "1.6" else frames201):
+                await ws.send(frame)
+                r = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert r[0] == 3 and r[1] == json.loads(frame)[1], r
+                if expected is not None:
+                    assert r[2] == expected
+        if version == "2.0.1":  # an external limit (EMS) is counted like a station maximum on its EVSE
+            assert cs.state.applied_limit_a("CP1", 1) == 9.0
+
+
+async def test_a_shared_simulated_clock_drives_profiles_and_timestamps():
+    def later():
+        return pr.utcnow() + timedelta(days=30)  # a simulated day a month ahead of the wall clock
+
+    async with central_system(make_test_site(2, grid_a=40), clock=later, **FAST) as cs:
+        async with chargers(cs, *[dict(cp_id=f"CP{i}", version=v, clock=later) for i, v in ((1, "1.6"), (2, "2.0.1"))]) as sims:
+            for s in sims:
+                await s.plug_in(Car())
+            # profiles stamped with the wall clock would have expired on the chargers' clock: 32 A
+            await eventually(lambda: [s.applied_limit_a() for s in sims] == [20.0, 20.0])
+            t = cs.state.running("CP1")[0]
+            assert abs((t.start - later()).total_seconds()) < 60

@@ -276,3 +276,25 @@ def test_nothing_plugged_in_is_an_empty_optimal_schedule():
     sess = _sessions([("a", "CP1", 5, 6, 5.0, 16, 3, 1.0)])
     s = nb.optimize(site, sess, start=T0, horizon="2h")
     assert s.status == "optimal" and s.current_a.shape[1] == 0
+
+
+def test_lp_first_certificate_and_plain_milp_reach_the_same_quality():
+    from nowblock.optimize.highs_fast import _solve_once, complete_solution, is_feasible, repair_stray, solve_highs
+
+    b = plugged_in_block(120, seed=11)
+    form = from_sessions(b["site"], b["sessions"], start=b["start"], base_load=b["base_load"], prices=b["prices"])
+    res = solve_highs(form)
+    lp = solve_highs(form, relax=True)
+    assert res.status == "optimal"
+    assert lp.objective <= res.objective + 1e-9
+    assert (res.objective - lp.objective) / res.objective <= form.options.mip_rel_gap
+    # The point is "0 or >= min" on every binary cell and feasible for the full MILP.
+    x = res.values[res.matrix.cols["current_a"]]
+    cand = form.binary_candidates
+    lo = form.min_current_a[form.cells[0]]
+    assert ((x[cand] <= 1e-6) | (x[cand] >= lo[cand] - 1e-6)).all()
+    mf = form.matrix()
+    assert is_feasible(mf, complete_solution(form, mf, repair_stray(form, x)))
+    plain = _solve_once(form, mf, None, 60.0)
+    assert plain.status == "optimal"
+    assert res.objective <= plain.objective * (1 + form.options.mip_rel_gap) + 1e-9

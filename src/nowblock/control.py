@@ -38,6 +38,7 @@ import pandas as pd
 from nowblock import closed_loop as cl
 from nowblock.interface import CAR_COLUMNS, BlockSnapshot, Policy, make_safe
 from nowblock.site import Site
+from nowblock.store import StoreRecorder, attach_store, restore_state  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -47,117 +48,6 @@ REPLAN_EVENTS = frozenset({"start", "stop", "needs", "connect", "boot", "disconn
 
 def _utcnow() -> pd.Timestamp:
     return pd.Timestamp.now(tz="UTC")
-
-
-# ---- persistence of what the chargers report --------------------------------------------------
-class StoreRecorder:
-    """Writes the central system's events to a :class:`~nowblock.store.Store` synchronously.
-
-    Attached as a listener of the live state, it runs inside ``emit``, that is inside the OCPP
-    handler and before the handler's answer is sent: nothing acknowledged is left unwritten. A
-    database error propagates (the charger gets a CALLERROR and retries); input the store
-    refuses as invalid is logged and skipped (retrying would not help).
-    """
-
-    def __init__(self, state, store) -> None:
-        self.state = state
-        self.store = store
-
-    def __call__(self, ev) -> None:
-        """Record one event (see ``nowblock.ocpp.state.Event``)."""
-        from nowblock.store import StoreError
-
-        try:
-            self._record(ev)
-        except StoreError as exc:
-            log.warning("store refused %s from %s: %s", ev.kind, ev.cp_id, exc)
-
-    # The live state delivers events to subscribers through ``_put``; a recorder is one.
-    _put = __call__
-
-    def _record(self, ev) -> None:
-        s, st, now = self.store, self.state, pd.Timestamp(ev.time)
-        if ev.kind in ("connect", "disconnect", "boot", "status"):
-            station = st.stations.get(ev.cp_id)
-            boot = getattr(station, "boot", {}) or {}
-            s.upsert_station(ev.cp_id, time=now, protocol=getattr(station, "version", None),
-                             vendor=boot.get("charge_point_vendor") or boot.get("vendor_name"),
-                             model=boot.get("charge_point_model") or boot.get("model"),
-                             status=ev.data.get("status"), connected=getattr(station, "connected", None))
-            return
-        if ev.kind == "limit":
-            d = ev.data
-            tx = st.running_on(ev.cp_id, ev.connector_id) if ev.connector_id else None
-            s.record_profile(ev.cp_id, time=now, purpose=d.get("purpose") or "none", limit_a=d.get("wanted_a"),
-                             status=",".join(f"{p}:{a}" for p, a in d.get("attempts") or []) or "none",
-                             transaction_id=None if tx is None else tx.transaction_id,
-                             accepted_limit_a=d.get("accepted_a"))
-            return
-        if ev.transaction_id is None:
-            return
-        t = st.transaction(ev.cp_id, ev.transaction_id)
-        if t is None:
-            return
-        if ev.kind == "start":
-            s.start_transaction(ev.cp_id, t.transaction_id, time=pd.Timestamp(t.start), connector_id=t.connector_id,
-                                id_tag=t.id_tag, meter_start_wh=t.meter_start_wh, session_id=t.session_id)
-        elif ev.kind == "meter":
-            s.record_meter_values(ev.cp_id, t.transaction_id, [{
-                "time": pd.Timestamp(t.last_meter or ev.time), "energy_wh": t.energy_register_wh,
-                "current_a": [None if math.isnan(c) else c for c in t.current_a],
-                "power_kw": None if math.isnan(t.power_w) else t.power_w / 1000.0,
-                "soc_percent": None if math.isnan(t.soc_percent) else t.soc_percent,
-            }])
-        elif ev.kind == "needs":
-            s.update_needs(ev.cp_id, t.transaction_id, departure=t.departure,
-                           energy_requested_kwh=None if math.isnan(t.energy_requested_kwh) else t.energy_requested_kwh,
-                           known=True)
-        elif ev.kind == "stop":
-            s.stop_transaction(ev.cp_id, t.transaction_id, time=pd.Timestamp(t.stop or ev.time),
-                               meter_stop_wh=t.meter_stop_wh, reason=t.stop_reason)
-
-
-def attach_store(state, store) -> StoreRecorder:
-    """Make ``state`` write every event to ``store`` before the OCPP answer goes out."""
-    rec = StoreRecorder(state, store)
-    if hasattr(state, "add_listener"):
-        state.add_listener(rec)
-    else:  # the live state hands events to everything in its subscriber set, synchronously
-        state._subs.add(rec)
-    return rec
-
-
-def restore_state(state, store) -> int:
-    """Load running transactions (energy so far, needs) from ``store`` into ``state``.
-
-    Call before the central system accepts connections. Restored transactions have no fresh
-    meter value, so the controller counts them at their maximum until their charger reports.
-    1.6 transaction ids continue above the largest one stored. Returns how many were restored.
-    """
-    open_tx = store.load_open_transactions()
-    state.next_transaction_id = max(int(getattr(state, "next_transaction_id", 1)),
-                                    store.max_numeric_transaction_id() + 1)
-    n = 0
-    for _, r in open_tx.iterrows():
-        if r["charge_point_id"] not in state.stations:
-            log.warning("stored transaction %s on %s: station no longer in the site, skipped",
-                        r["transaction_id"], r["charge_point_id"])
-            continue
-        ms = None if pd.isna(r["meter_start_wh"]) else float(r["meter_start_wh"])
-        t = state.on_start(r["charge_point_id"], int(r["connector_id"]) if pd.notna(r["connector_id"]) else 1,
-                           r["transaction_id"], start=r["arrival"].to_pydatetime(), meter_start_wh=ms,
-                           id_tag=None if pd.isna(r["id_tag"]) else r["id_tag"])
-        if ms is not None:
-            t.energy_register_wh = ms + 1000.0 * float(r["energy_delivered_kwh"])
-        if bool(r["needs_known"]):
-            if pd.notna(r["departure"]):
-                t.departure = r["departure"].to_pydatetime()
-            if pd.notna(r["energy_requested_kwh"]):
-                t.energy_requested_kwh = float(r["energy_requested_kwh"])
-        n += 1
-    if n:
-        log.info("restored %d running transaction(s) from the store", n)
-    return n
 
 
 # ---- one control step -------------------------------------------------------------------------
@@ -245,6 +135,8 @@ class Controller:
         self.profile_validity_s = float(profile_validity_s) if profile_validity_s else max(3.0 * self.period_s, 60.0)
         self.min_replan_s = float(min_replan_s)
         self.settings = settings
+        if clock is None and callable(getattr(self.state, "clock", None)):
+            clock = lambda: pd.Timestamp(self.state.clock())  # noqa: E731 - the central system's own time
         self.clock = clock or _utcnow
         if worst_base_load_kw is None:
             worst_base_load_kw = float(base_load_history.max()) if base_load_history is not None and len(base_load_history) else 0.0
@@ -262,6 +154,10 @@ class Controller:
         self._changed_at: dict[str, pd.Timestamp] = {}  # session -> when its limit last changed
         self._failsafe_sent: set[str] = set()
         self._reserved: set[str] = set()  # sessions counted at their worst case in the last step
+        self._full: set[str] = set()  # sessions whose car stopped drawing while offered its minimum
+        self.top_up_kwh = 2.0
+        self.needs_from_store = False
+        self._needs_fit_at: pd.Timestamp | None = None
         self._bg: set[asyncio.Task] = set()
         self._solving: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
@@ -379,13 +275,14 @@ class Controller:
         cars = raw.copy()
         for c in ("arrival", "departure"):  # one resolution, so that estimates can be written in
             cars[c] = pd.to_datetime(cars[c], utc=True).dt.as_unit("ns")
+        last_meter = pd.Series([self._last_meter(cp, tx) for cp, tx in zip(cars["charge_point_id"], cars.get(
+            "transaction_id", pd.Series([""] * len(cars))))], index=cars.index, dtype="datetime64[ns, UTC]")
+        settled = self._settled(cars.index, last_meter, now)
+        self._track_full(cars, settled)
         tn = _time.perf_counter()
         if len(cars):
             cars = self._fill_needs(cars, now)
         t_needs = _time.perf_counter() - tn
-        last_meter = pd.Series([self._last_meter(cp, tx) for cp, tx in zip(cars["charge_point_id"], cars.get(
-            "transaction_id", pd.Series([""] * len(cars))))], index=cars.index, dtype="datetime64[ns, UTC]")
-        settled = self._settled(cars.index, last_meter, now)
         stale = cl.stale_mask(last_meter, cars["arrival"], now, self.settings.stale_after_s)
         if "connected" in cars:
             stale |= ~cars["connected"].to_numpy(bool)
@@ -423,7 +320,37 @@ class Controller:
             out[i] = since is None or (lm - since).total_seconds() >= self.settings.settle_s
         return out
 
+    def _refit_needs(self, now: pd.Timestamp, min_sessions: int = 20) -> None:
+        """Fit the session-needs forecaster on the store's history, at most once a day."""
+        if self._needs_fit_at is not None and now - self._needs_fit_at < pd.Timedelta(days=1):
+            return
+        self._needs_fit_at = now
+        try:
+            from nowblock.forecast.needs import SessionNeedsForecaster
+
+            hist = self.store.sessions_history(since=now - pd.Timedelta(days=365))
+            if len(hist) >= min_sessions:
+                self.needs_forecaster = SessionNeedsForecaster().fit(hist)
+                log.info("needs forecaster fitted on %d finished sessions", len(hist))
+        except Exception:
+            log.exception("could not fit the needs forecaster; estimates use the fallback rule")
+
+    def _track_full(self, cars: pd.DataFrame, settled: np.ndarray) -> None:
+        """Remember cars that stopped drawing although offered their minimum (full batteries)."""
+        meas = cars["measured_current_a"].to_numpy(float)
+        off = cars["offered_current_a"].to_numpy(float)
+        full = settled & (meas < 0.5) & (off >= cars["min_current_a"].to_numpy(float))
+        self._full = (self._full | set(cars.index[full])) - set(cars.index[np.nan_to_num(meas) > 1.0])
+        self._full &= set(cars.index)
+
     def _fill_needs(self, cars: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
+        """Estimate the needs no car reported (departure UTC, energy [kWh]).
+
+        The departure is the forecaster's lower quartile when it gives one (plan as if the car
+        left early); the energy never falls below what the car got plus ``top_up_kwh`` while it
+        still takes current (a car that keeps charging wants more, whatever the estimate said),
+        and is what it got once it stopped drawing although offered its minimum (full).
+        """
         from nowblock.sim.simulator import FallbackNeedsEstimator
 
         cars = cars.copy()
@@ -436,8 +363,11 @@ class Controller:
             if self.needs_forecaster is not None:
                 try:
                     got = self.needs_forecaster.predict_needs(blind, now).reindex(blind.index)
+                    dep_col = "departure_q0.25" if "departure_q0.25" in got else "departure"
+                    early = pd.to_datetime(got[dep_col], utc=True)
+                    early = early.where(early > now + self.slot, now + self.slot)
                     est = pd.DataFrame({
-                        "departure": pd.to_datetime(got["departure"], utc=True).fillna(fb["departure"]),
+                        "departure": early.fillna(fb["departure"]),
                         "energy_kwh": pd.to_numeric(got["energy_kwh"], errors="coerce").fillna(fb["energy_kwh"]),
                     }, index=blind.index)
                 except Exception:
@@ -446,8 +376,9 @@ class Controller:
             dep[unknown] = pd.to_datetime(est["departure"], utc=True).dt.as_unit("ns").to_numpy()
             cars["departure"] = dep
             e = cars["energy_requested_kwh"].to_numpy(float, copy=True)
-            # A car still drawing wants more than it got, whatever the estimate says.
-            e[unknown] = np.maximum(est["energy_kwh"].to_numpy(float), cars["energy_delivered_kwh"].to_numpy(float)[unknown])
+            got_kwh = cars["energy_delivered_kwh"].to_numpy(float)[unknown]
+            full = cars.index[unknown].isin(list(self._full))
+            e[unknown] = np.where(full, got_kwh, np.maximum(est["energy_kwh"].to_numpy(float), got_kwh + self.top_up_kwh))
             cars["energy_requested_kwh"] = e
             cars["needs_known"] = ~unknown
         # A car staying past its announced departure is planned as leaving within the step.
@@ -532,6 +463,8 @@ class Controller:
         """One control step now: snapshot, forecast, optimize, dispatch (see module docstring)."""
         self._last_step_wall = _time.monotonic()
         now = self.clock()
+        if self.needs_from_store:
+            self._refit_needs(now)
         snap, cars, secs = self.build_snapshot(now)
         t0 = _time.perf_counter()
         x, name, status = await self.plan_setpoints(snap)
@@ -635,6 +568,8 @@ def attach(central, db: str | None = None, *, policy: Policy | str | None = "mil
         asyncio.get_running_loop().create_task(builtin.stop())
     ctl = Controller(central, central.site, policy, store, period_s=period_s, **kwargs)
     ctl.owns_store = True
+    if "needs_forecaster" not in kwargs:
+        ctl.needs_from_store = True  # learnt from this block's own finished sessions, refitted daily
     return ctl
 
 
@@ -695,7 +630,6 @@ async def _demo(args) -> int:
     from pathlib import Path
 
     from nowblock import Scenario
-    from nowblock.ocpp import profiles as pr
     from nowblock.ocpp.server import CentralSystem
     from nowblock.sim.chargers import Car, Quirks, SimCharger
 
@@ -706,9 +640,7 @@ async def _demo(args) -> int:
     t0 = (scn.start.tz_convert(site.timezone).normalize() + pd.Timedelta(days=args.day)
           + pd.Timedelta(hours=args.start_hour)).tz_convert("UTC")
     t_end = t0 + pd.Timedelta(hours=args.hours)
-    clock = AcceleratedClock(t0, args.speed)
-    # Everything in this process (central system, chargers, controller) lives on the simulated clock.
-    real_utcnow, pr.utcnow = pr.utcnow, lambda: clock.now().to_pydatetime()
+    clock = AcceleratedClock(t0, args.speed)  # central system, chargers and controller all run on it
     day = scn.sessions[(scn.sessions["arrival"] < t_end) & (scn.sessions["departure"] > t0)]
     meter_sim_s, slot_s = 300.0, 900.0
     db = out / "demo.sqlite"
@@ -720,7 +652,8 @@ async def _demo(args) -> int:
     needs = _fit_needs(scn.sessions[scn.sessions["departure"] <= t0])
     forecaster = _base_forecaster()
     cs = CentralSystem(site, port=args.port, builtin_control=False, tx_validity_s=int(3 * slot_s),
-                       response_timeout_s=5.0, probe_rate_unit=False, ping_interval_s=None, backoff_s=0.05)
+                       response_timeout_s=5.0, probe_rate_unit=False, ping_interval_s=None, backoff_s=0.05,
+                       clock=lambda: clock.now().to_pydatetime())
     await cs.start()
     base = scn.base_load.copy()
     base.index = base.index.as_unit("ns")  # asof() with a nanosecond clock needs a nanosecond index
@@ -761,7 +694,6 @@ async def _demo(args) -> int:
             await s.stop()
         await ctl.stop()
         await cs.stop()
-        pr.utcnow = real_utcnow
     ts = pd.DataFrame(rows).set_index("time")
     metrics = _demo_metrics(ts, day, delivered, still, ctl, site)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

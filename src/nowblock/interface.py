@@ -229,15 +229,12 @@ def make_safe(
     lo = _finite_or_0(snapshot.values("min_current_a"))
     hi = _finite_or_0(snapshot.values("max_current_a"))
     step = float(snapshot.current_step_a)
-    x = np.clip(_finite_or_0(x), 0.0, np.maximum(hi, 0.0))
+    x = np.minimum(np.maximum(_finite_or_0(x), 0.0), np.maximum(hi, 0.0))  # np.clip is slow on small arrays
     x = _floor_step(x, step)
     x[x < lo - tol_a] = 0.0
     g, h = constraint_rows(snapshot)
     if len(h) == 0:
         return pd.Series(x, index=cars.index, name="current_a")
-    # Tie-break order for switching cars off: lowest priority first, then most time left.
-    slack = snapshot.hours_to_departure_h
-    prio = _finite_or_0(snapshot.values("priority"))
     max_proportional = 2 * (len(h) + n) + 10
     for it in range(max_proportional + n + 1):
         viol = g @ x - h
@@ -257,6 +254,9 @@ def make_safe(
         if len(cand) == 0:  # a violated row always has a car on it; defensive only
             x[:] = 0.0
             break
+        # Switch off the lowest priority first, then the car with the most time left.
+        slack = snapshot.hours_to_departure_h
+        prio = _finite_or_0(snapshot.values("priority"))
         victim = cand[np.lexsort((-slack[cand], prio[cand]))[0]]
         x[victim] = 0.0
     if (g @ x - h).max() > tol_a:  # pragma: no cover - unreachable by the argument above

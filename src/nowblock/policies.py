@@ -16,6 +16,11 @@ strategies already respect every limit row and the 0-or-at-least-min rule themse
 * ``llf``: least laxity first: likewise, in order of laxity (time left minus time needed at
   full power).
 
+Limitation: cars are admitted one at a time, each keeping every row feasible. With a phase
+unbalance limit below a single-phase car's minimum current, a lone single-phase car can never
+start, so such cars charge only when all wanting cars fit at their minimum together (then a
+balanced trio of single-phase cars does start); the MILP decides them jointly.
+
 ``get_policy("milp")`` returns :class:`nowblock.optimize.MilpPolicy` (imported on first use).
 """
 
@@ -175,13 +180,16 @@ def equal_share_a(snapshot: BlockSnapshot) -> np.ndarray:
         frozen = (g[binding] > 0).any(axis=0) if binding.any() else np.zeros(len(x), dtype=bool)
         active &= ~(frozen | (x >= hi - _TOL_A))
     x = np.where(admitted, np.maximum(_floor_step(x, step), lo), 0.0)
-    # Flooring to pilot steps leaves a little room; hand it out one step at a time, in turn.
-    if step > 0:
-        load = g @ x
-        for i in order:
-            if admitted[i] and x[i] + step <= hi[i] + _TOL_A and np.all(load + g[:, i] * step <= h + _TOL_A):
-                x[i] += step
-                load += g[:, i] * step
+    # Flooring to pilot steps leaves a little room: one more step for the cars first in turn
+    # while every row they load still has a whole step for each of them (counting, per row,
+    # all earlier candidates on it, whether they got the step or not: feasible, vectorised).
+    cand = admitted & (x + step <= hi + _TOL_A)
+    if step > 0 and cand.any():
+        room_steps = np.floor(np.maximum(h - g @ x, 0.0) / step + 1e-9)
+        go = order[cand[order]]
+        on_row = g[:, go] > 0
+        fits = np.all(~on_row | (np.cumsum(on_row, axis=1) <= room_steps[:, None]), axis=0)
+        x[go[fits]] += step
     return x
 
 

@@ -530,15 +530,15 @@ def needs_weights_ref(q_cp, q_tag, q_kind, q_hour, q_gap, cp, tag, kind, hour, g
 @njit(cache=True)
 def needs_quantiles(q_cp, q_tag, q_kind, q_hour, q_gap, q_elapsed_h, q_delivered_kwh,
                     cp, tag, kind, hour, gap, dwell_h, energy_kwh, order_dwell, order_energy,
-                    params, qs):
+                    params_dwell, params_energy, qs):
     """Conditional quantiles of dwell [h] and energy [kWh] for query sessions.
 
     For each query (arrays of length m) the neighbours are weighted by :func:`needs_weights`
-    with ``params`` = (bandwidth_h, lam_cp, lam_tag, lam_kind, bandwidth_gap); only
-    neighbours that stayed longer than the query's elapsed time count for dwell, and only
-    those that took more than the energy delivered so far count for energy (the car is still
-    there, and still wanting). ``order_*`` sort the history by each target. Returns two
-    (m, len(qs)) arrays, NaN where no neighbour qualifies (the caller falls back).
+    with ``params_*`` = (bandwidth_h, lam_cp, lam_tag, lam_kind, bandwidth_gap), one set per
+    target; only neighbours that stayed longer than the query's elapsed time count for dwell,
+    and only those that took more than the energy delivered so far count for energy (the car
+    is still there, and still wanting). ``order_*`` sort the history by each target. Returns
+    two (m, len(qs)) arrays, NaN where no neighbour qualifies (the caller falls back).
     """
     m = q_cp.shape[0]
     nq = qs.shape[0]
@@ -546,28 +546,28 @@ def needs_quantiles(q_cp, q_tag, q_kind, q_hour, q_gap, q_elapsed_h, q_delivered
     out_e = np.empty((m, nq))
     d_sorted = dwell_h[order_dwell]
     e_sorted = energy_kwh[order_energy]
+    p, r = params_dwell, params_energy
     for j in range(m):
         w = needs_weights(q_cp[j], q_tag[j], q_kind[j], q_hour[j], q_gap[j], cp, tag, kind, hour, gap,
-                          params[0], params[1], params[2], params[3], params[4])
+                          p[0], p[1], p[2], p[3], p[4])
         wd = w[order_dwell] * (d_sorted > q_elapsed_h[j])
         out_d[j] = weighted_quantiles_sorted(d_sorted, wd, qs)
+        w = needs_weights(q_cp[j], q_tag[j], q_kind[j], q_hour[j], q_gap[j], cp, tag, kind, hour, gap,
+                          r[0], r[1], r[2], r[3], r[4])
         we = w[order_energy] * (e_sorted > q_delivered_kwh[j])
         out_e[j] = weighted_quantiles_sorted(e_sorted, we, qs)
     return out_d, out_e
 
 
 @njit(cache=True)
-def needs_loo_error(cp, tag, kind, hour, gap, dwell_h, energy_kwh, order_dwell, order_energy, queries,
-                    grid, dwell_scale, energy_scale):
-    """Leave-one-out error of the weighted-median estimate for each row of ``grid``
-    (bandwidth_h, lam_cp, lam_tag, lam_kind, bandwidth_gap).
-
-    For each history row in ``queries`` the row itself gets weight 0. Error = mean over queries
-    of |dwell error| / dwell_scale + |energy error| / energy_scale. Returns one error per row.
+def needs_loo_error(cp, tag, kind, hour, gap, target, order, queries, grid):
+    """Leave-one-out mean absolute error of the weighted median of ``target`` (sorted by
+    ``order``) for each row of ``grid`` (bandwidth_h, lam_cp, lam_tag, lam_kind,
+    bandwidth_gap), over the history rows in ``queries`` (each gets weight 0 for itself).
+    A query whose neighbours all weigh 0 counts as an error of 1e9.
     """
     half = np.array([0.5])
-    d_sorted = dwell_h[order_dwell]
-    e_sorted = energy_kwh[order_energy]
+    t_sorted = target[order]
     err = np.zeros(grid.shape[0])
     for r in range(grid.shape[0]):
         total = 0.0
@@ -576,12 +576,8 @@ def needs_loo_error(cp, tag, kind, hour, gap, dwell_h, energy_kwh, order_dwell, 
             w = needs_weights(cp[i], tag[i], kind[i], hour[i], gap[i], cp, tag, kind, hour, gap,
                               grid[r, 0], grid[r, 1], grid[r, 2], grid[r, 3], grid[r, 4])
             w[i] = 0.0
-            md = weighted_quantiles_sorted(d_sorted, w[order_dwell], half)[0]
-            me = weighted_quantiles_sorted(e_sorted, w[order_energy], half)[0]
-            if md != md or me != me:  # every neighbour weighed 0: as bad as it gets
-                total += 1e9
-            else:
-                total += abs(md - dwell_h[i]) / dwell_scale + abs(me - energy_kwh[i]) / energy_scale
+            md = weighted_quantiles_sorted(t_sorted, w[order], half)[0]
+            total += abs(md - target[i]) if md == md else 1e9
         err[r] = total / max(queries.shape[0], 1)
     return err
 

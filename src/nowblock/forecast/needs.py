@@ -40,10 +40,10 @@ def _ns(values) -> np.ndarray:
 class SessionNeedsForecaster:
     """Conditional quantiles of departure and energy from kernel-weighted past sessions.
 
-    Parameters are grids; ``fit`` picks the combination (and whether departures are anchored
-    to the clock or to the arrival) with the lowest leave-one-out error of the weighted median
-    (dwell and energy, each relative to the population baseline's error) on up to
-    ``max_queries`` sampled sessions. ``quantiles`` are reported as extra columns
+    Parameters are grids; ``fit`` picks, for departure and for energy separately, the
+    combination with the lowest leave-one-out mean absolute error of the weighted median on up
+    to ``max_queries`` sampled sessions (for departure also whether it is anchored to the clock
+    or to the arrival). ``quantiles`` are reported as extra columns
     (``departure_q0.1``, ``energy_kwh_q0.9`` ...). The ``departure`` and ``energy_kwh``
     columns are the ``departure_point`` and ``energy_point`` quantiles: the medians by default
     (best mean absolute error); a planner that would rather finish early than short passes
@@ -136,26 +136,29 @@ class SessionNeedsForecaster:
         # midnight of the arrival day: people leave at their hour, whenever they came home).
         leave_h = self._hour + self._dwell
         n = len(df)
-        # the population-median baseline's error scales the two targets
-        scale_d = max(float(np.mean(np.abs(self._dwell - np.median(self._dwell)))), 1e-6)
-        scale_e = max(float(np.mean(np.abs(self._energy - np.median(self._energy)))), 1e-6)
-        best = (np.inf, "dwell", len(self.grid) - 1)  # too few sessions to judge: the widest
+        last_row = len(self.grid) - 1  # too few sessions to judge: the widest, most pooled
+        self._params_d = self._params_e = self.grid[last_row].copy()
+        self.anchor_, self.loo_error_ = "dwell", {}
         if n >= 20:
             rng = np.random.default_rng(self.seed)
             queries = np.sort(rng.choice(n, size=min(n, self.max_queries), replace=False)).astype(np.int64)
+            feats = (self._cp, self._tag, self._kind, self._hour, self._gap)
+            best_d = (np.inf, "dwell", last_row)
             for anchor, target in (("clock", leave_h), ("dwell", self._dwell)):
-                err = K.needs_loo_error(self._cp, self._tag, self._kind, self._hour, self._gap, target, self._energy,
-                                        np.argsort(target, kind="stable"), self._order_e, queries, self.grid,
-                                        scale_d, scale_e)
+                err = K.needs_loo_error(*feats, target, np.argsort(target, kind="stable"), queries, self.grid)
                 i = int(np.argmin(err))
-                if err[i] < best[0]:
-                    best = (float(err[i]), anchor, i)
-        self.loo_error_, self.anchor_, i_best = best
-        self._params = self.grid[i_best].copy()
+                if err[i] < best_d[0]:
+                    best_d = (float(err[i]), anchor, i)
+            err_e = K.needs_loo_error(*feats, self._energy, self._order_e, queries, self.grid)
+            i_e = int(np.argmin(err_e))
+            self.anchor_ = best_d[1]
+            self._params_d, self._params_e = self.grid[best_d[2]].copy(), self.grid[i_e].copy()
+            self.loo_error_ = {"departure_mae_h": best_d[0], "energy_mae_kwh": float(err_e[i_e])}
         self._target_d = leave_h if self.anchor_ == "clock" else self._dwell
         self._order_d = np.argsort(self._target_d, kind="stable")
         names = ("bandwidth_h", "lam_cp", "lam_tag", "lam_kind", "bandwidth_gap")
-        self.params_ = {**dict(zip(names, map(float, self._params))), "anchor": self.anchor_}
+        self.params_ = {"departure": {**dict(zip(names, map(float, self._params_d))), "anchor": self.anchor_},
+                        "energy": dict(zip(names, map(float, self._params_e)))}
         self._seen: dict[str, tuple[str, int]] = {}
         self._fitted = True
         return self
@@ -212,7 +215,8 @@ class SessionNeedsForecaster:
         shift = hour if self.anchor_ == "clock" else np.zeros(m)
         qd, qe = K.needs_quantiles(self._cp_codes(cp_str), self._tag_codes(frame), kind, hour, gap, elapsed + shift,
                                    delivered, self._cp, self._tag, self._kind, self._hour, self._gap,
-                                   self._target_d, self._energy, self._order_d, self._order_e, self._params, qs_all)
+                                   self._target_d, self._energy, self._order_d, self._order_e, self._params_d,
+                                   self._params_e, qs_all)
         qd = qd - shift[:, None]  # back to dwell [h]
         # Where no neighbour qualifies (the car already stayed or took more than any of them):
         # it leaves soon and wants nothing more.

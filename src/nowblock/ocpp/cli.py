@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import ssl
+import sys
 
 from nowblock.site import Site
 
@@ -72,8 +73,16 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``nowblock serve`` until interrupted; returns the exit code."""
+    from nowblock.site import SiteError
+
     try:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
         pass
+    except (SiteError, FileNotFoundError, ssl.SSLError) as exc:
+        print(f"nowblock serve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # typically the port is taken
+        print(f"nowblock serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
     return 0

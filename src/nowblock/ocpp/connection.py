@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from ocpp.exceptions import OCPPError
 from ocpp.messages import Call, CallError, MessageType, unpack
+from websockets.exceptions import ConnectionClosed
 
 if TYPE_CHECKING:  # pragma: no cover
     from nowblock.ocpp.server import CentralSystem
@@ -128,11 +129,9 @@ class CsmsConnection:
                 await self._route_call(msg)
             else:
                 self._response_queue.put_nowait(msg)  # type: ignore[attr-defined]
-        except (asyncio.CancelledError, KeyboardInterrupt):
+        except ConnectionClosed:
             raise
         except Exception:
-            if _is_closed_error():
-                raise
             log.exception("%s: failed to handle frame %.200r", self.id, raw_msg)
 
     async def _route_call(self, msg: Call) -> None:
@@ -143,9 +142,9 @@ class CsmsConnection:
                         exc.details.get("cause", exc.description))
             details = {k: v for k, v in exc.details.items() if k != "ocpp_message"}
             await self._send_error(msg.unique_id, exc.code, exc.description, details)
-        except Exception as exc:  # a bug of ours: the charger still gets an answer
-            if _is_closed(exc):
-                raise
+        except ConnectionClosed:
+            raise
+        except Exception:  # a bug of ours: the charger still gets an answer
             log.exception("%s: %s handler failed", self.id, msg.action)
             await self._send_error(msg.unique_id, "InternalError", "handler failed")
         finally:
@@ -163,15 +162,3 @@ class CsmsConnection:
                 raise CallErrorReceived("Unknown", str(exc)) from exc
             raise
 
-
-def _is_closed(exc: BaseException) -> bool:
-    from websockets.exceptions import ConnectionClosed
-
-    return isinstance(exc, ConnectionClosed)
-
-
-def _is_closed_error() -> bool:
-    import sys
-
-    exc = sys.exc_info()[1]
-    return exc is not None and _is_closed(exc)

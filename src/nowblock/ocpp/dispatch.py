@@ -46,7 +46,7 @@ async def send_profile(
         payload = pr.build_profile(
             conn.version, purpose, current_a, connector_id=target, validity_s=validity_s, unit=st.rate_unit,
             phases=phases, voltage_v=cs.site.voltage_v, transaction_id=None if t is None else t.transaction_id,
-            profile_id=profile_id, stack_level=stack_level,
+            now=cs.state.clock(), profile_id=profile_id, stack_level=stack_level,
         )
         try:
             answer = await conn.set_profile(target, payload)
@@ -107,7 +107,7 @@ async def set_limit(
         applied = cs.state.applied_limit_a(cp_id, connector_id)
         if verify and accepted is not None:
             applied = await verified_limit_a(cs, cp_id, connector_id, default=applied)
-        rec = DispatchRecord(time=pr.utcnow(), wanted_a=float(current_a), purpose=accepted,
+        rec = DispatchRecord(time=cs.state.clock(), wanted_a=float(current_a), purpose=accepted,
                              accepted_a=applied if accepted is not None else None, attempts=attempts)
         if accepted is None:
             log.warning("%s/%s: no profile accepted for %.1f A (%s)", cp_id, connector_id, current_a, attempts)
@@ -134,7 +134,7 @@ async def _lift_fallback_max(cs: "CentralSystem", cp_id: str, current_a: float, 
 def _station_max_a(cs: "CentralSystem", cp_id: str) -> float:
     # The station maximum in force now, by the profiles the charger accepted (inf if none).
     maxes = [p for p in cs.state.station(cp_id).profiles if p.purpose in pr.MAX_PURPOSES and p.id != pr.FALLBACK_MAX_ID]
-    lim = pr.active_limit_a(maxes, 0, pr.utcnow(), voltage_v=cs.site.voltage_v)
+    lim = pr.active_limit_a(maxes, 0, cs.state.clock(), voltage_v=cs.site.voltage_v)
     return float("inf") if lim is None else lim
 
 

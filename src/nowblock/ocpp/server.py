@@ -50,7 +50,8 @@ class CentralSystem:
     boots a TxDefaultProfile with :func:`~nowblock.ocpp.profiles.failsafe_current_a`.
     ``builtin_control`` runs :class:`~nowblock.ocpp.builtin.EqualShareControl` until a real
     controller takes over (pass False when one does). ``port=0`` picks a free port
-    (see :attr:`port` after :meth:`start`).
+    (see :attr:`port` after :meth:`start`). ``clock`` (UTC now) replaces the wall clock for
+    profiles, timestamps and snapshots, e.g. to run a simulated day faster than real time.
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class CentralSystem:
         default_validity_s: int = 7 * 86400, retries: int = 2, backoff_s: float = 0.5,
         failsafe_at_boot: bool = True, probe_rate_unit: bool = True, builtin_control: bool = True,
         db: str | None = None, state: LiveState | None = None, ping_interval_s: float | None = 60.0,
+        clock=None,
     ) -> None:
         self.site = site
         self.host, self._port, self.ssl_context = host, port, ssl_context
@@ -68,7 +70,7 @@ class CentralSystem:
         self.failsafe_at_boot, self.probe_rate_unit = failsafe_at_boot, probe_rate_unit
         self.db = db  # for the control loop's persistence (issue 6); the server itself keeps none
         self.ping_interval_s = ping_interval_s
-        self.state = state or LiveState(site)
+        self.state = state or (LiveState(site, clock=clock) if clock is not None else LiveState(site))
         self.failsafe_a = dict(zip(site.charge_point_ids, pr.failsafe_current_a(site).tolist()))
         self._connections: dict[str, ChargePoint16 | ChargePoint201] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -263,7 +265,7 @@ class CentralSystem:
             ok = await dispatch.send_profile(
                 self, cp_id, connector_id, purpose, current_a, attempts=attempts, retries=self.retries,
                 backoff_s=self.backoff_s, validity_s=validity_s or self.default_validity_s)
-        return DispatchRecord(pr.utcnow(), float(current_a), purpose if ok else None,
+        return DispatchRecord(self.state.clock(), float(current_a), purpose if ok else None,
                               float(current_a) if ok else None, attempts)
 
     async def set_default_profile(self, cp_id: str, current_a: float, *, connector_id: int = 0,

@@ -17,7 +17,8 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -181,11 +182,14 @@ class LiveState:
     """Live stations, connectors and transactions of one site, fed by the OCPP handlers.
 
     ``stale_after_s`` [s]: a transaction whose last meter value is older than this is flagged
-    ``stale`` in the snapshot (the controller counts it at its maximum).
+    ``stale`` in the snapshot (the controller counts it at its maximum). ``clock`` returns the
+    current UTC time (``profiles.utcnow`` by default).
     """
 
-    def __init__(self, site: Site, *, stale_after_s: float = 120.0, first_transaction_id: int = 1) -> None:
+    def __init__(self, site: Site, *, stale_after_s: float = 120.0, first_transaction_id: int = 1,
+                 clock: Callable[[], datetime] = pr.utcnow) -> None:
         self.site = site
+        self.clock = clock  # UTC now; a simulated clock lets the demo run faster than real time
         self.stale_after_s = stale_after_s
         self.stations: dict[str, Station] = {c.id: Station(c.id) for c in site.charge_points}
         self.transactions: dict[tuple[str, str], Transaction] = {}  # running and finished
@@ -213,7 +217,7 @@ class LiveState:
     def emit(self, kind: EventKind, cp_id: str, connector_id=None, transaction_id=None, *, publish: bool = True,
              **data) -> Event:
         """Hand an event to the listeners now and, unless ``publish`` is False, to every subscriber."""
-        ev = Event(kind, cp_id, pr.utcnow(), connector_id, transaction_id, data)
+        ev = Event(kind, cp_id, self.clock(), connector_id, transaction_id, data)
         for fn in list(self._listeners):
             fn(ev)
         if publish:
@@ -247,7 +251,7 @@ class LiveState:
     # ---- updates from the handlers ----------------------------------------------------------
     def touch(self, cp_id: str) -> None:
         """Record that the station was heard from now."""
-        self.stations[cp_id].last_seen = pr.utcnow()
+        self.stations[cp_id].last_seen = self.clock()
 
     def on_connect(self, cp_id: str, version: str) -> None:
         """A WebSocket connection was accepted."""
@@ -400,7 +404,7 @@ class LiveState:
         t = self.running_on(cp_id, connector_id)
         cp = self.site.charge_point(cp_id)
         return pr.active_limit_a(
-            st.profiles, connector_id, now or pr.utcnow(),
+            st.profiles, connector_id, now or self.clock(),
             transaction_id=None if t is None else t.transaction_id,
             tx_start=None if t is None else t.start, voltage_v=self.site.voltage_v,
             phases=(t.phases_used if t is not None and t.phases_used else cp.phases),
@@ -415,12 +419,14 @@ class LiveState:
         ``offered_current_a`` is the limit the charger accepted by stacking rules, or the
         charging point maximum when no accepted profile limits it.
         """
-        now = now or pr.utcnow()
+        now = now or self.clock()
         rows = []
+        caps = self.site.cap_current_a([now])[0]
         for t in self.running():
             cp = self.site.charge_point(t.cp_id)
             st = self.stations[t.cp_id]
-            cap = float(self.site.cap_current_a([now])[0, self.site.cp_index([t.cp_id])[0]])
+            j = int(self.site.cp_index([t.cp_id])[0])
+            cap = float(caps[j])
             ev_max = t.ev_max_current_a if not math.isnan(t.ev_max_current_a) else math.inf
             mx = min(cp.max_current_a, cap, ev_max)
             lim = self.applied_limit_a(t.cp_id, t.connector_id, now)
@@ -430,7 +436,7 @@ class LiveState:
             rows.append({
                 "session_id": t.session_id,
                 "charge_point_id": t.cp_id,
-                "cp_index": int(self.site.cp_index([t.cp_id])[0]),
+                "cp_index": j,
                 "phases": int(min(t.phases_used or cp.phases, cp.phases)),
                 "min_current_a": float(max(cp.min_current_a, ev_min)),
                 "max_current_a": float(mx),
@@ -470,7 +476,7 @@ class LiveState:
         ``current_step_a`` defaults to 0.1 A when only 1.6 chargers run, else 1 A (2.0.1
         chargers accept any decimal but many round to whole amperes).
         """
-        now = now or pr.utcnow()
+        now = now or self.clock()
         ts = pd.Timestamp(now)
         if not isinstance(base_load_kw, pd.Series):
             base_load_kw = pd.Series([float(base_load_kw)], index=pd.DatetimeIndex([ts]), name="kw")
@@ -488,10 +494,6 @@ class LiveState:
             "running": len(self.running(s.cp_id)), "rate_unit": s.rate_unit,
         } for s in self.stations.values()]
         return pd.DataFrame(rows).set_index("cp_id")
-
-    def seconds_since_meter(self, t: Transaction, now: datetime) -> float:
-        """Age of the last meter value [s] (inf if none)."""
-        return math.inf if t.last_meter is None else (now - t.last_meter) / timedelta(seconds=1)
 
 
 def _phases_from_currents(current_a) -> int | None:

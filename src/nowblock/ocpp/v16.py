@@ -12,7 +12,7 @@ from ocpp.v16.enums import Action
 
 from nowblock.ocpp.connection import CsmsConnection
 from nowblock.ocpp.meter import parse_meter_values
-from nowblock.ocpp.profiles import iso, parse_time, utcnow
+from nowblock.ocpp.profiles import iso, parse_time
 
 log = logging.getLogger(__name__)
 _ACCEPTED = {"status": "Accepted"}
@@ -29,13 +29,13 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
         self.state.on_boot(self.id, vendor=charge_point_vendor, model=charge_point_model,
                            firmware=kwargs.get("firmware_version"))
         self.defer(lambda: self.central.after_boot(self.id))
-        return call_result.BootNotification(current_time=iso(utcnow()), interval=self.central.heartbeat_s,
+        return call_result.BootNotification(current_time=iso(self.state.clock()), interval=self.central.heartbeat_s,
                                             status="Accepted")
 
     @on(Action.heartbeat)
     def on_heartbeat(self, **kwargs):
         self.state.touch(self.id)
-        return call_result.Heartbeat(current_time=iso(utcnow()))
+        return call_result.Heartbeat(current_time=iso(self.state.clock()))
 
     @on(Action.status_notification)
     def on_status_notification(self, connector_id, error_code, status, **kwargs):
@@ -50,7 +50,7 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
     @on(Action.start_transaction)
     def on_start_transaction(self, connector_id, id_tag, meter_start, timestamp, **kwargs):
         tid = self.state.new_transaction_id()
-        t = self.state.on_start(self.id, connector_id, tid, start=parse_time(timestamp) or utcnow(),
+        t = self.state.on_start(self.id, connector_id, tid, start=parse_time(timestamp) or self.state.clock(),
                                 meter_start_wh=float(meter_start), id_tag=id_tag, publish=False)
         self.defer(lambda: self.state.publish(t.start_event))
         return call_result.StartTransaction(transaction_id=tid,
@@ -64,8 +64,8 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
             log.warning("%s: StopTransaction for unknown transaction %s", self.id, transaction_id)
         elif transaction_data:
             reading, ts = parse_meter_values(transaction_data)
-            self.state.on_meter(self.id, t.connector_id, transaction_id, reading, ts or utcnow())
-        self.state.on_stop(self.id, transaction_id, stop=parse_time(timestamp) or utcnow(),
+            self.state.on_meter(self.id, t.connector_id, transaction_id, reading, ts or self.state.clock())
+        self.state.on_stop(self.id, transaction_id, stop=parse_time(timestamp) or self.state.clock(),
                            meter_stop_wh=float(meter_stop), reason=reason or "Local")
         if t is not None:
             self.defer(lambda: self.central.after_stop(self.id, t.connector_id))
@@ -75,7 +75,7 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
     @on(Action.meter_values)
     def on_meter_values(self, connector_id, meter_value, transaction_id=None, **kwargs):
         reading, ts = parse_meter_values(meter_value)
-        self.state.on_meter(self.id, connector_id, transaction_id, reading, ts or utcnow())
+        self.state.on_meter(self.id, connector_id, transaction_id, reading, ts or self.state.clock())
         return call_result.MeterValues()
 
     @on(Action.data_transfer)

@@ -12,7 +12,7 @@ from ocpp.v201.enums import Action
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.connection import CsmsConnection
 from nowblock.ocpp.meter import parse_meter_values
-from nowblock.ocpp.profiles import iso, parse_time, utcnow
+from nowblock.ocpp.profiles import iso, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +29,13 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
                            model=charging_station.get("model"),
                            firmware=charging_station.get("firmware_version"), reason=reason)
         self.defer(lambda: self.central.after_boot(self.id))
-        return call_result.BootNotification(current_time=iso(utcnow()), interval=self.central.heartbeat_s,
+        return call_result.BootNotification(current_time=iso(self.state.clock()), interval=self.central.heartbeat_s,
                                             status="Accepted")
 
     @on(Action.heartbeat)
     def on_heartbeat(self, **kwargs):
         self.state.touch(self.id)
-        return call_result.Heartbeat(current_time=iso(utcnow()))
+        return call_result.Heartbeat(current_time=iso(self.state.clock()))
 
     @on(Action.status_notification)
     def on_status_notification(self, timestamp, connector_status, evse_id, connector_id, **kwargs):
@@ -51,7 +51,7 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
     def on_transaction_event(self, event_type, timestamp, trigger_reason, seq_no, transaction_info,
                              meter_value=None, evse=None, id_token=None, number_of_phases_used=None, **kwargs):
         tid = transaction_info["transaction_id"]
-        when = parse_time(timestamp) or utcnow()
+        when = parse_time(timestamp) or self.state.clock()
         reading, ts = parse_meter_values(meter_value or [])
         t = self.state.transaction(self.id, tid)
         evse_id = (evse or {}).get("id") or (t.connector_id if t is not None else 1)
@@ -84,7 +84,7 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
     @on(Action.meter_values)
     def on_meter_values(self, evse_id, meter_value, **kwargs):
         reading, ts = parse_meter_values(meter_value)
-        self.state.on_meter(self.id, evse_id, None, reading, ts or utcnow())
+        self.state.on_meter(self.id, evse_id, None, reading, ts or self.state.clock())
         return call_result.MeterValues()
 
     @on(Action.notify_ev_charging_needs)

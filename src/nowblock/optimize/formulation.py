@@ -74,7 +74,7 @@ class OptimizeOptions:
     early_eur_per_kwh: float = 1e-3
     binary_slots: int | None = 8
     change_slots: int | None = 4
-    departure_margin_h: float = 0.5
+    departure_margin_h: float = 1.0
     time_limit_s: float = 30.0
     mip_rel_gap: float = 0.01
     threads: int | None = None
@@ -135,6 +135,9 @@ class MatrixForm:
     fuse_row_label: np.ndarray  # (n_fuse_rows, 2): fuse-phase row r, slot t
     unbalance_row_label: np.ndarray  # (n_unbalance_rows, 3): phase p, phase q, slot t
     binary_cell: np.ndarray  # cell index of every on/off column, in column order
+    change_cell: np.ndarray  # cell of every change pair; its predecessor is cell - 1 when change_has_prev
+    change_has_prev: np.ndarray
+    change_rhs: np.ndarray  # setpoint applied now for pairs without a predecessor [A]
     build_seconds: float = 0.0  # time spent building these arrays [s]
 
     @property
@@ -426,11 +429,11 @@ def _build_matrix(f: Formulation, binary: np.ndarray) -> MatrixForm:
                 np.concatenate([f.kw_per_a[car], -np.ones(T)]), -np.inf, -f.base_kw)
 
     # Setpoint changes: current[k] - current[k-1] - up + down = 0 (or = applied setpoint in slot 0).
+    has_prev = same_prev[pair]
+    rhs = np.where(has_prev, 0.0, np.nan_to_num(f.prev_current_a[car[pair]]))
     if P:
         rp = np.arange(P)
-        has_prev = same_prev[pair]
         prev_rows = rp[has_prev]
-        rhs = np.where(has_prev, 0.0, np.nan_to_num(f.prev_current_a[car[pair]]))
         coo.add("change", P,
                 np.concatenate([rp, prev_rows, rp, rp]),
                 np.concatenate([x0 + pair, x0 + pair[has_prev] - 1, cols["change_up_a"].start + rp,
@@ -448,6 +451,7 @@ def _build_matrix(f: Formulation, binary: np.ndarray) -> MatrixForm:
         row_lo=np.concatenate(coo.lo), row_hi=np.concatenate(coo.hi),
         a_start=a_start, a_index=r[order].astype(np.int32), a_value=v[order],
         cols=cols, rows=coo.rows, fuse_row_label=fuse_label, unbalance_row_label=unb_label, binary_cell=bcell,
+        change_cell=pair, change_has_prev=has_prev, change_rhs=rhs,
         build_seconds=time.perf_counter() - t_start,
     )
 

@@ -8,12 +8,16 @@ stops the search.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from nowblock.optimize.formulation import Formulation, MatrixForm
+
+
+_TOL_A = 1e-6
 
 
 class SolverOptionError(ValueError):
@@ -84,14 +88,116 @@ def classify(model_status, has_solution: bool) -> str:
 def solve_highs(form: Formulation, *, relax: bool = False, warm_start_a: np.ndarray | None = None) -> SolveResult:
     """Solve the formulation with HiGHS directly.
 
-    ``relax=True`` solves the LP relaxation (no binaries). ``warm_start_a`` is a dense (n, T)
-    plan [A] (the previous plan shifted); it is offered to HiGHS as a partial solution
-    (currents and on/off), which HiGHS completes and keeps as an incumbent if it is feasible.
+    ``relax=True`` solves the LP relaxation (no binaries). Otherwise the LP relaxation is solved
+    first and its solution repaired to "0 or >= min" (:func:`repair_stray`); if that point is
+    within ``mip_rel_gap`` of the LP bound it is returned (the LP bound certifies the gap), else
+    the MILP is solved with the better of it and the shifted previous plan ``warm_start_a``
+    (dense (n, T) [A]) as the starting incumbent. ``bound`` is the best proven lower bound.
     """
-    return _solve_once(form, form.matrix(relax=relax), warm_start_a, form.options.time_limit_s)
+    limit = form.options.time_limit_s
+    if relax:
+        return _solve_once(form, form.matrix(relax=True), None, limit)
+    t0 = time.perf_counter()
+    if not form.binary_candidates.any():
+        return _solve_once(form, form.matrix(), None, limit)
+    lp = _solve_once(form, form.matrix(relax=True), None, limit)
+    points = []  # repaired cell currents: from the LP solution, then from the previous plan
+    if lp.values is not None:
+        x = repair_stray(form, lp.values[lp.matrix.cols["current_a"]])
+        # The LP's own matrix suffices to price and check the point: "0 or >= min" holds by
+        # construction, so a point feasible there is feasible for the MILP.
+        v = complete_solution(form, lp.matrix, x)
+        if is_feasible(lp.matrix, v):
+            points.append(x)
+            obj = float(lp.matrix.cost @ v)
+            gap = (obj - lp.objective) / max(abs(obj), 1e-9)
+            if gap <= form.options.mip_rel_gap:
+                return SolveResult(status="optimal", solver_status=f"LP bound certifies the repaired LP point ({lp.solver_status})",
+                                   values=v, objective=obj, bound=lp.objective, mip_gap=max(gap, 0.0),
+                                   solve_seconds=lp.solve_seconds,
+                                   build_seconds=time.perf_counter() - t0 - lp.solve_seconds, matrix=lp.matrix)
+    mf = form.matrix()
+    if warm_start_a is not None:
+        car, slot = form.cells
+        points.append(repair_stray(form, warm_start_a[car, slot]))
+    starts = [v for v in (complete_solution(form, mf, x) for x in points) if is_feasible(mf, v)]
+    start = min(starts, key=lambda c: float(mf.cost @ c)) if starts else None
+    spent = time.perf_counter() - t0
+    res = _solve_once(form, mf, start, max(limit - spent, 0.05))
+    bound = max(res.bound, lp.objective) if np.isfinite(lp.objective) else res.bound
+    gap = (res.objective - bound) / max(abs(res.objective), 1e-9) if res.values is not None else float("inf")
+    return dataclasses.replace(res, bound=bound, mip_gap=max(gap, 0.0), solve_seconds=res.solve_seconds + lp.solve_seconds,
+                               build_seconds=time.perf_counter() - t0 - res.solve_seconds - lp.solve_seconds)
 
 
-def _solve_once(form: Formulation, mf: MatrixForm, warm_start_a: np.ndarray | None, time_limit_s: float) -> SolveResult:
+def repair_stray(form: Formulation, x: np.ndarray) -> np.ndarray:
+    """Cell currents [A] with "0 or >= min" on every binary cell: a current strictly between 0 and
+    the minimum becomes the minimum where every limit row keeps room (largest first), else 0."""
+    from nowblock.optimize.schedule import limit_rows
+
+    car, slot = form.cells
+    x = np.clip(np.asarray(x, dtype=float), 0.0, form.upper_a[car, slot])
+    lo = form.min_current_a[car]
+    b = np.nonzero(form.binary_candidates)[0]
+    stray = b[(x[b] > _TOL_A) & (x[b] < lo[b] - _TOL_A)]
+    if not len(stray):
+        return x
+    was = x.copy()
+    x[stray] = 0.0
+    dense = form.current_from_cells(x)
+    g, h, _ = limit_rows(form)
+    for t in np.unique(slot[stray]):
+        ks = stray[slot[stray] == t]
+        ks = ks[np.argsort(-was[ks], kind="stable")]
+        inc = lo[ks]
+        cum = (g @ dense[:, t])[:, None] + np.cumsum(g[:, car[ks]] * inc[None, :], axis=1)
+        ok = (cum <= h[:, t][:, None] + _TOL_A).all(axis=0)
+        n_ok = len(ok) if ok.all() else int(np.argmin(ok))
+        x[ks[:n_ok]] = lo[ks[:n_ok]]
+        dense[car[ks[:n_ok]], t] = lo[ks[:n_ok]]
+    return x
+
+
+def complete_solution(form: Formulation, mf: MatrixForm, x: np.ndarray) -> np.ndarray:
+    """Every column's value for cell currents ``x`` [A]: on/off, shortfall, worst fraction, peak,
+    changes, each at its cheapest feasible value."""
+    car, slot = form.cells
+    v = np.zeros(mf.num_col)
+    v[mf.cols["current_a"]] = x
+    v[mf.cols["on"]] = (x[mf.binary_cell] > _TOL_A).astype(float) if len(mf.binary_cell) else 0.0
+    kwh = form.kw_per_a[car] * form.dt_h * form.plugged[car, slot]
+    need = np.maximum(form.need_kwh, 0.0)
+    e = np.bincount(car, weights=kwh * x, minlength=form.n_cars)
+    short = np.clip(need - e, 0.0, need)
+    v[mf.cols["shortfall_kwh"]] = short
+    wf = mf.cols["worst_fraction"]
+    if wf.stop > wf.start:
+        has = need > 1e-9
+        v[wf] = float((short[has] / need[has]).max()) if has.any() else 0.0
+    pk = mf.cols["peak_kw"]
+    if pk.stop > pk.start:
+        power = np.bincount(slot, weights=form.kw_per_a[car] * x, minlength=form.n_slots)
+        v[pk] = float((power + form.base_kw).max())
+    cell = mf.change_cell
+    if len(cell):
+        prev = np.where(mf.change_has_prev, x[np.maximum(cell - 1, 0)], mf.change_rhs)
+        d = x[cell] - prev
+        v[mf.cols["change_up_a"]] = np.maximum(d, 0.0)
+        v[mf.cols["change_down_a"]] = np.maximum(-d, 0.0)
+    return v
+
+
+def is_feasible(mf: MatrixForm, v: np.ndarray, tol: float = 1e-6) -> bool:
+    """Whether column values ``v`` satisfy every bound and row of ``mf`` (within ``tol``)."""
+    if (v < mf.col_lo - tol).any() or (v > mf.col_hi + tol).any():
+        return False
+    col = np.repeat(np.arange(mf.num_col), np.diff(mf.a_start))
+    r = np.bincount(mf.a_index, weights=mf.a_value * v[col], minlength=mf.num_row)
+    scale = 1.0 + np.abs(np.where(np.isfinite(mf.row_hi), mf.row_hi, 0.0))
+    return bool(((r >= mf.row_lo - tol * scale) & (r <= mf.row_hi + tol * scale)).all())
+
+
+def _solve_once(form: Formulation, mf: MatrixForm, start: np.ndarray | None, time_limit_s: float) -> SolveResult:
     import highspy
 
     t0 = time.perf_counter()
@@ -104,9 +210,8 @@ def _solve_once(form: Formulation, mf: MatrixForm, warm_start_a: np.ndarray | No
                      mf.row_hi, mf.a_start, mf.a_index, mf.a_value, mf.integrality)
     if st == highspy.HighsStatus.kError:
         raise RuntimeError("HiGHS rejected the model (passModel returned an error)")
-    if warm_start_a is not None and mf.integrality.any():
-        idx, val = _warm_start(form, mf, warm_start_a)
-        h.setSolution(len(idx), idx, val)
+    if start is not None and mf.integrality.any():
+        h.setSolution(mf.num_col, np.arange(mf.num_col, dtype=np.int32), np.asarray(start, dtype=float))
     build_s = time.perf_counter() - t0 + mf.build_seconds
     run_status = h.run()
     solve_s = h.getRunTime()
@@ -123,15 +228,3 @@ def _solve_once(form: Formulation, mf: MatrixForm, warm_start_a: np.ndarray | No
     return SolveResult(status=status, solver_status=h.modelStatusToString(model_status), values=values,
                        objective=obj, bound=bound, mip_gap=gap, solve_seconds=float(solve_s), build_seconds=build_s,
                        matrix=mf)
-
-
-def _warm_start(form: Formulation, mf: MatrixForm, plan_a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Partial solution (column index, value) from a dense (n, T) plan: currents and on/off."""
-    car, slot = form.cells
-    x = np.clip(plan_a[car, slot], 0.0, form.upper_a[car, slot])
-    on = x >= form.min_current_a[car] - 1e-6
-    x = np.where(on, x, 0.0)
-    xs, ons = mf.cols["current_a"], mf.cols["on"]
-    idx = np.concatenate([np.arange(xs.start, xs.stop), np.arange(ons.start, ons.stop)])
-    val = np.concatenate([x, on[mf.binary_cell].astype(float)])
-    return idx.astype(np.int32), val

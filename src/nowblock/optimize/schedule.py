@@ -1,8 +1,8 @@
 """The optimizer's answer: a :class:`Schedule`, in pilot steps, re-checked after rounding.
 
 :func:`to_schedule` turns a solver result into setpoints a charger accepts: clipped to
-[0, upper], rounded down to ``current_step_a`` with "0 or >= min", then topped up one step at a
-time where every limit still has room, and finally re-checked against every fuse-phase and
+[0, upper], rounded down to ``current_step_a`` with "0 or >= min", then (in the slots with
+binaries) topped up one step at a time where every limit still has room, and finally re-checked against every fuse-phase and
 unbalance row; a slot that fails is repaired by :func:`nowblock.interface.make_safe`. So
 rounding never creates an overload. :func:`fallback_schedule` is what a block gets when the
 solver finds nothing: a baseline heuristic played forward slot by slot.
@@ -107,7 +107,10 @@ def round_to_steps(form: Formulation, raw_a: np.ndarray) -> tuple[np.ndarray, in
     x[x < lo - _TOL_A] = 0.0
     g, h, _ = limit_rows(form)
     # Top up: give one more step back to cars that lost the most, as long as every row has room.
+    # Only in the slots with binaries (what a receding-horizon loop applies); later slots are
+    # an LP-relaxed plan, and the per-slot check costs O(rows x cars) each (measured).
     lost = np.where(raw >= lo - _TOL_A, raw - x, 0.0)
+    lost[:, form.n_binary_slots:] = 0.0
     for t in np.nonzero((lost > 0.05 * step).any(axis=0))[0]:
         cand = np.nonzero((lost[:, t] > 0.05 * step) & (x[:, t] + step <= up[:, t] + _TOL_A))[0]
         if not len(cand):
@@ -139,7 +142,7 @@ def binding_report(form: Formulation, current_a: np.ndarray) -> pd.DataFrame:
     g, h, labels = limit_rows(form)
     load = g @ current_a
     slack = h - load
-    used = (np.abs(g) > 0) @ (current_a > 0) > 0
+    used = (np.abs(g) > 0).astype(float) @ (current_a > 0).astype(float) > 0  # float: BLAS, not a bool loop
     r, t = np.nonzero((slack < form.options.current_step_a - _TOL_A) & used)
     lab = np.array(labels, dtype=object).reshape(-1, 3)
     return pd.DataFrame({

@@ -36,7 +36,7 @@ from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as res201
 from ocpp.v201.enums import Action as A201
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.profiles import iso, utcnow
@@ -118,6 +118,7 @@ class SimCharger:
         self.client: _Client16 | _Client201 | None = None
         self.connected = asyncio.Event()
         self.booted = False
+        self.last_error: Exception | None = None
         self.connections = 0
         self.received: list[tuple[str, dict]] = []  # (action, payload) of CALLs from the central system
         self._last_advance: datetime | None = None
@@ -267,13 +268,15 @@ class SimCharger:
                 async with connect(f"{self.url}/{self.cp_id}", subprotocols=[proto], additional_headers=self._headers(),
                                    ssl=self.ssl, open_timeout=10, ping_interval=None, compression=None) as ws:
                     await self._session(ws)
+            except InvalidStatus as exc:  # refused at the handshake (401, 404): retrying will not help
+                log.warning("%s: refused with HTTP %s", self.cp_id, exc.response.status_code)
+                self.last_error = exc
+                return
             except (OSError, ConnectionClosed, asyncio.TimeoutError) as exc:
                 log.info("%s: connection ended (%r)", self.cp_id, exc)
-            except Exception as exc:  # refused handshake (401/404): retrying would not help quickly
+            except Exception as exc:
                 log.warning("%s: connection failed: %r", self.cp_id, exc)
-                if "HTTP 40" in str(exc):
-                    self.last_error = exc
-                    return
+                self.last_error = exc
             finally:
                 self.connected.clear()
                 self.client = None

@@ -8,7 +8,6 @@ against its limit, stacked by households and cars) into ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -62,7 +61,6 @@ def format_metrics(metrics: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``nowblock simulate``; returns the exit code."""
-    from nowblock.plot import local_timeseries, plot_load
     from nowblock.sim.simulator import simulate
 
     for opt in ("step", "horizon"):
@@ -86,15 +84,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ts = local_timeseries(result.timeseries, scenario.site.timezone)
-    ts.to_csv(out / "timeseries.csv", index_label="time", date_format="%Y-%m-%dT%H:%M:%S%z")
-    result.sessions.to_csv(out / "sessions.csv", index=False)
-    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
-    if not args.no_plot:
-        plot_load(ts, grid_fuse=scenario.site.root.id, path=out / "load.png",
-                  title=f"{scenario.name}: policy {result.policy}, grid connection {scenario.site.root.id}")
-    written = ["timeseries.csv", "sessions.csv", "metrics.json"] + ([] if args.no_plot else ["load.png"])
+    files = result.to_dir(out, plot=not args.no_plot,
+                          title=f"{scenario.name}: policy {result.policy}, grid connection {scenario.site.root.id}")
+    written = [f.name for f in files]
     try:
         print(f"scenario {scenario.name} ({len(scenario.site.charge_points)} charging points, "
               f"{result.metrics['n_sessions']} sessions), policy {result.policy}, step {args.step}")

@@ -31,11 +31,16 @@ Metrics (all in :attr:`SimulationResult.metrics`):
   ``max(rating, base-load-only current)``, from simulated draws plus the base load's maximum
   within each step. A base load that alone exceeds the grid connection is not blamed on
   charging; charging on top of it is.
+* ``max_unbalance_excess_a``: the worst excess [A] of the grid connection's measured charging
+  current unbalance (most minus least loaded phase) over ``site.max_unbalance_a``. Policies
+  bound the unbalance of what they *offer* (``offered_L1_a`` ... in the time series: the
+  grid connection's charging current if every car drew its offer); a single-phase car that
+  draws less than offered can still unbalance the measured load, which this metric reports.
 * ``cost_eur``: charging energy times the price of its step (step-mean price) [EUR]; 0 when the
   scenario has no prices. The base load's cost is the same for every policy and left out.
 * ``solve_seconds_median``: median wall time of ``policy.schedule`` over steps with cars.
 * extras: ``n_sessions``, ``n_steps``, ``car_hours``, ``min_fraction_delivered``,
-  ``sessions_fully_met``, ``max_unbalance_excess_a``, ``overload_steps``, ``solve_seconds_max``,
+  ``sessions_fully_met``, ``overload_steps``, ``solve_seconds_max``,
   ``wall_seconds``, ``policy``.
 """
 
@@ -75,6 +80,26 @@ class SimulationResult:
     policy: str
     step: pd.Timedelta
     site: object = field(repr=False, default=None)
+
+    def to_dir(self, path, *, plot: bool = True, title: str | None = None):
+        """Write ``timeseries.csv`` (local time), ``sessions.csv``, ``metrics.json`` and, with
+        ``plot``, ``load.png`` into folder ``path`` (created if needed); returns the file paths."""
+        import json
+        from pathlib import Path
+
+        from nowblock.plot import local_timeseries
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        ts = local_timeseries(self.timeseries, self.site.timezone) if self.site is not None else self.timeseries
+        files = [out / "timeseries.csv", out / "sessions.csv", out / "metrics.json"]
+        ts.to_csv(files[0], index_label="time", date_format="%Y-%m-%dT%H:%M:%S%z")
+        self.sessions.to_csv(files[1], index=False)
+        files[2].write_text(json.dumps(self.metrics, indent=2) + "\n")
+        if plot:
+            files.append(out / "load.png")
+            self.plot(files[-1], title=title)
+        return files
 
     def plot(self, path=None, *, title: str | None = None):
         """The grid connection's load per phase against its limit (see :func:`nowblock.plot.plot_load`),
@@ -285,6 +310,7 @@ def simulate(
     offered = np.zeros(n_s)
     fuse_a = np.zeros((n_t, n_f * 3))
     cars_ph_a = np.zeros((n_t, 3))
+    offered_ph_a = np.zeros((n_t, 3))
     charging_kw = np.zeros(n_t)
     offered_sum_a = np.zeros(n_t)
     n_plugged = np.zeros(n_t, dtype=np.int64)
@@ -367,6 +393,7 @@ def simulate(
             offered[act] = x
             fuse_a[k] = inc[:, act] @ drawn
             cars_ph_a[k] = fuse_a[k, 3 * r0 : 3 * r0 + 3]
+            offered_ph_a[k] = inc[3 * r0 : 3 * r0 + 3, act] @ np.minimum(x, car_max[act])
             charging_kw[k] = float(e.sum() / dt_h)
             offered_sum_a[k] = float(x.sum())
             on = drawn > 0
@@ -404,6 +431,7 @@ def simulate(
     for p in range(3):
         ts[f"households_{PHASES[p]}_a"] = base_a_mean[:, p]
         ts[f"cars_{PHASES[p]}_a"] = cars_ph_a[:, p]
+        ts[f"offered_{PHASES[p]}_a"] = offered_ph_a[:, p]
     for f, fid in enumerate(site.fuse_ids):
         for p in range(3):
             ts[f"{fid}_{PHASES[p]}_a"] = fuse_a[:, 3 * f + p]

@@ -1,0 +1,124 @@
+"""Benchmarks of the MILP allocator (pytest-benchmark; run on purpose, not collected by `pytest`).
+
+    pytest benchmarks/bench_optimize.py --benchmark-only --benchmark-json=bench_optimize.json
+
+- ``test_planning_step[n]``: one planning step (formulation from the sessions frame, matrix,
+  HiGHS, rounding and re-check) for ``n`` plugged-in cars, 96 slots of 15 min. ``extra_info``
+  holds HiGHS's own solve time, the build time, the share of the step spent outside HiGHS, the
+  gap between the MILP objective and the LP relaxation's bound, and the status.
+- ``test_lp_relaxation[n]``: the same step's LP relaxation (the floor the step can reach).
+- ``test_pyomo_build[n]``: building the same formulation as a Pyomo model.
+- ``test_quality[variant]``: energy, cost, peak and overload in simulation for every policy and
+  the offline perfect-foresight optimum (default block and a congested variant).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import nowblock as nb
+from nowblock.optimize import OptimizeOptions, from_sessions, solve_formulation
+from nowblock.optimize.highs_fast import solve_highs
+from nowblock.optimize.testing import plugged_in_block
+
+SIZES = [50, 200, 500, 1000, 2000]
+
+
+def _form(n: int, **opts):
+    b = plugged_in_block(n, seed=n)
+    return b, lambda: from_sessions(b["site"], b["sessions"], start=b["start"], horizon="24h", step="15min",
+                                    base_load=b["base_load"], prices=b["prices"],
+                                    options=OptimizeOptions(time_limit_s=60, **opts))
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_planning_step(benchmark, n):
+    _, make = _form(n)
+    stats = []
+
+    def step():
+        t0 = time.perf_counter()
+        form = make()  # the sessions-frame adapter (validation, slot grid, caps)
+        t1 = time.perf_counter()
+        s = solve_formulation(form)
+        stats.append((time.perf_counter() - t0, t1 - t0, s))
+        return s
+
+    benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)
+    lp = solve_highs(make(), relax=True)
+    walls = np.array([w for w, _, _ in stats])
+    adapter = np.array([a for _, a, _ in stats])
+    highs = np.array([s.solve_seconds for _, _, s in stats])
+    last = stats[-1][2]
+    benchmark.extra_info.update({
+        "n_cars": n, "status": [s.status for _, _, s in stats], "detail": last.detail,
+        "wall_median_s": float(np.median(walls)), "highs_median_s": float(np.median(highs)),
+        "adapter_median_s": float(np.median(adapter)),
+        "build_median_s": float(np.median([s.build_seconds for _, _, s in stats])),
+        "outside_highs_share": float(np.median((walls - highs) / walls)),
+        "outside_highs_share_model_only": float(np.median((walls - adapter - highs) / (walls - adapter))),
+        "mip_gap_reported": last.mip_gap, "objective_eur": last.objective, "lp_bound_eur": lp.objective,
+        "gap_to_lp_bound": (last.objective - lp.objective) / abs(last.objective), "lp_highs_s": lp.solve_seconds,
+        "n_cells": int(len(make().cells[0])),
+    })
+
+
+@pytest.mark.parametrize("n", [50, 200, 500, 1000])
+def test_planning_step_plain_milp(benchmark, n):
+    """The same step solved as one MILP by HiGHS, without the LP-first certificate (for comparison)."""
+    from nowblock.optimize.highs_fast import _solve_once
+
+    _, make = _form(n)
+    res = benchmark.pedantic(lambda: (lambda f: _solve_once(f, f.matrix(), None, 120.0))(make()), rounds=1, iterations=1)
+    benchmark.extra_info.update({"n_cars": n, "status": res.status, "highs_s": res.solve_seconds,
+                                 "objective_eur": res.objective, "mip_gap": res.mip_gap})
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_lp_relaxation(benchmark, n):
+    _, make = _form(n)
+    res = benchmark.pedantic(lambda: solve_highs(make(), relax=True), rounds=3, iterations=1)
+    benchmark.extra_info.update({"n_cars": n, "highs_s": res.solve_seconds, "objective_eur": res.objective})
+
+
+@pytest.mark.parametrize("n", [50, 200, 500])
+def test_pyomo_build(benchmark, n):
+    from nowblock.optimize.pyomo_model import build_model
+
+    _, make = _form(n)
+    form = make()
+    form.matrix()  # the shared arrays; what is timed is the Pyomo side
+    benchmark.pedantic(lambda: build_model(form), rounds=2, iterations=1)
+    benchmark.extra_info.update({"n_cars": n})
+
+
+@pytest.mark.parametrize("variant", ["default", "congested", "tight"])
+def test_quality(benchmark, variant):
+    from nowblock.optimize import solve_offline
+
+    days = 3
+    scn = nb.Scenario.default(days=days)
+    # Wallboxes' total rating as a per-phase current [A] (single-phase boxes spread over phases).
+    rating_a = float(sum(c.max_current_a * c.phases for c in scn.site.charge_points)) / 3
+    if variant == "congested":  # the issue's variant: a third of the wallboxes' total rating
+        scn = nb.Scenario.default(days=days, grid_current_a=round(rating_a / 3))
+    elif variant == "tight":  # a sixth: the households' evening peak leaves little room
+        scn = nb.Scenario.default(days=days, grid_current_a=round(rating_a / 6))
+    out = {}
+
+    def run():
+        for p in ("uncontrolled", "equal", "edf", "llf", "milp"):
+            out[p] = nb.simulate(scn, policy=p).metrics
+        return out
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    off = solve_offline(scn)
+    info = {"root_a": scn.site.root.max_current_a[0], "days": days, "wallbox_rating_a": rating_a,
+            "offline_energy_kwh": float(off.energy_kwh.sum()), "offline_status": off.status}
+    for p, m in out.items():
+        info[p] = {k: m[k] for k in ("energy_delivered_kwh", "energy_requested_kwh", "demand_met", "max_overload_a",
+                                     "cost_eur", "peak_kw", "solve_seconds_median", "solve_seconds_max")}
+    benchmark.extra_info.update(info)
