@@ -17,6 +17,7 @@ the run with one charger is the baseline. Everything is bounded: fixed counts, f
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing as mp
 import os
 import statistics
@@ -53,6 +54,16 @@ def _server_main(n: int, port_q, pipe) -> None:
 
         ocpp.messages.ASYNC_VALIDATION = False
     lat: deque[float] = deque(maxlen=1_000_000)
+    gc_pauses: list[float] = []
+    gc_t0 = [0.0]
+
+    def on_gc(phase, info):  # how much of the tail is the garbage collector's
+        if phase == "start":
+            gc_t0[0] = time.perf_counter()
+        else:
+            gc_pauses.append(time.perf_counter() - gc_t0[0])
+
+    gc.callbacks.append(on_gc)
     original = CsmsConnection._route_call
 
     async def timed(self, msg):
@@ -78,6 +89,7 @@ def _server_main(n: int, port_q, pipe) -> None:
                 pipe.send(len(cs.state.running()))
             elif cmd == "reset":
                 lat.clear()
+                gc_pauses.clear()
                 mark = (time.perf_counter(), time.process_time())
                 pipe.send(True)
             elif cmd == "stats":
@@ -86,7 +98,9 @@ def _server_main(n: int, port_q, pipe) -> None:
                 pipe.send({"messages": len(a), "wall_s": wall, "cpu_percent": 100.0 * cpu / wall,
                            "rss_mb": _rss_mb(), **{f"handler_p{q}_ms": float(np.percentile(a, q)) if len(a) else
                                                    float("nan") for q in (50, 95, 99)},
-                           "handler_max_ms": float(a.max()) if len(a) else float("nan")})
+                           "handler_max_ms": float(a.max()) if len(a) else float("nan"),
+                           "gc_pause_total_s": float(sum(gc_pauses)),
+                           "gc_pause_max_ms": 1000.0 * max(gc_pauses, default=0.0)})
             elif cmd == "push":
                 t0 = time.perf_counter()
                 limits = {(t.cp_id, t.connector_id): arg for t in cs.state.running()}

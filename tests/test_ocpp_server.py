@@ -370,3 +370,41 @@ async def test_a_shared_simulated_clock_drives_profiles_and_timestamps():
             await eventually(lambda: [s.applied_limit_a() for s in sims] == [20.0, 20.0])
             t = cs.state.running("CP1")[0]
             assert abs((t.start - later()).total_seconds()) < 60
+
+
+async def test_equal_share_lowers_before_it_raises_and_serves_new_transactions_first():
+    from nowblock.ocpp.builtin import EqualShareControl
+    from nowblock.ocpp.state import LiveState
+
+    site = make_test_site(3, grid_a=40)
+
+    class FakeCentral:
+        tx_validity_s = 900
+        failsafe_a = dict(zip(site.charge_point_ids, pr.failsafe_current_a(site).tolist()))
+
+        def __init__(self):
+            self.state = LiveState(site)
+            self.calls = []
+
+        async def set_limits(self, limits):
+            self.calls.append(dict(limits))
+
+    cs = FakeCentral()
+    ctl = EqualShareControl(cs)
+    now = pr.utcnow()
+    for i in (1, 2):
+        cs.state.on_connect(f"CP{i}", "1.6")
+        cs.state.on_start(f"CP{i}", 1, i, start=now)
+    await ctl.replan()
+    assert cs.calls == [{("CP1", 1): 13.3, ("CP2", 1): 13.3}, {("CP1", 1): 20.0, ("CP2", 1): 20.0}]
+    cs.calls.clear()
+    cs.state.on_connect("CP3", "1.6")
+    cs.state.on_start("CP3", 1, 3, start=now)
+    await ctl.replan()
+    first, second = cs.calls
+    assert list(first)[0] == ("CP3", 1)  # the new transaction's profile leaves first
+    assert first == {("CP3", 1): 13.3, ("CP1", 1): 13.3, ("CP2", 1): 13.3} and second == {}
+    cs.state.on_stop("CP1", 1, stop=now)
+    cs.calls.clear()
+    await ctl.replan()
+    assert cs.calls == [{}, {("CP2", 1): 20.0, ("CP3", 1): 20.0}]

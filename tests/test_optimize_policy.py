@@ -114,3 +114,17 @@ def test_offline_yardstick(congested):
     requested = congested.sessions["energy_kwh"].sum()
     assert off.energy_kwh.sum() >= 0.95 * requested
     assert (off.energy_kwh <= sess["energy_kwh"] + 1.1).all()  # at most one minimum-current slot over
+
+
+def test_unknown_departure_and_energy_still_charge():
+    snap = _snapshot()
+    cars = snap.cars.copy()
+    cars["departure"] = cars["departure"].astype("datetime64[ns, UTC]")
+    cars.loc["c", "departure"] = pd.NaT
+    cars.loc["c", "energy_requested_kwh"] = np.nan
+    snap2 = BlockSnapshot(time=snap.time, site=snap.site, step=snap.step, cars=cars, base_load_kw=snap.base_load_kw,
+                          prices_eur_per_kwh=snap.prices_eur_per_kwh)
+    pol = MilpPolicy()
+    out = pol.schedule(snap2)
+    assert violation_a(snap2, out) == 0.0
+    assert pol.last_schedule.energy_kwh["c"] > 0

@@ -224,8 +224,7 @@ def _snap(site: Site, *, dep_h=None, req=None, got=None, prio=None, base_kw=0.0,
 
 def test_equal_share_splits_a_fuse_evenly():
     x = get_policy("equal").schedule(_snap(_site(32.0, 3)))
-    assert x.tolist() == [11.0, 11.0, 10.0] or sorted(x.tolist()) == [10.0, 11.0, 11.0]
-    assert x.sum() == 32.0
+    assert sorted(x.tolist()) == [10.0, 11.0, 11.0]  # 32 A in whole amperes, as even as can be
 
 
 def test_equal_share_takes_turns_when_not_everyone_gets_the_minimum():

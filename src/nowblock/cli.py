@@ -27,10 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (mod, add, _run) in _COMMANDS.items():
         try:
             module = importlib.import_module(mod)
-        except ImportError:  # a sub-command whose module is not built yet is simply absent
+            adder = getattr(module, add)
+        except Exception as exc:  # noqa: BLE001 - one broken sub-command must not take the others down
+            p = sub.add_parser(name, help=f"(unavailable: {exc})")
+            p.set_defaults(_unavailable=f"nowblock {name} is unavailable: {type(exc).__name__}: {exc}")
             continue
         p = sub.add_parser(name, help=(module.__doc__ or name).strip().splitlines()[0])
-        getattr(module, add)(p)
+        adder(p)
     return parser
 
 
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if getattr(args, "_unavailable", None):
+        print(args._unavailable, file=sys.stderr)
+        return 2
     mod, _add, run = _COMMANDS[args.command]
     return int(getattr(importlib.import_module(mod), run)(args) or 0)
 

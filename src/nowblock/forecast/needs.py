@@ -59,7 +59,7 @@ class SessionNeedsForecaster:
                  lams_kind=(0.05, 0.3, 1.0), bandwidths_gap=(0.0, 0.3, 0.6), max_history: int = 5000,
                  max_queries: int = 300, min_remaining="5min", fallback_remaining="1h",
                  departure_point: float = 0.5, energy_point: float = 0.5, track: bool = True,
-                 seed: int = 0) -> None:
+                 full_below_a: float = 0.5, seed: int = 0) -> None:
         self.quantiles = tuple(sorted(float(q) for q in quantiles))
         if not (0 < departure_point < 1 and 0 < energy_point < 1):
             raise ForecastError("departure_point and energy_point must lie in (0, 1)")
@@ -73,6 +73,7 @@ class SessionNeedsForecaster:
         self.min_remaining = pd.Timedelta(min_remaining)
         self.fallback_remaining = pd.Timedelta(fallback_remaining)
         self.track = bool(track)
+        self.full_below_a = float(full_below_a)
         self.seed = int(seed)
         self._fitted = False
 
@@ -184,7 +185,9 @@ class SessionNeedsForecaster:
         """Estimated needs of plugged-in cars at ``time``.
 
         ``cars``: indexed by session_id (or with a session_id column) with charge_point_id,
-        arrival (tz-aware), optional energy_delivered_kwh [kWh] (0 if absent) and id_tag.
+        arrival (tz-aware), optional energy_delivered_kwh [kWh] (0 if absent) and id_tag. With
+        the snapshot columns measured_current_a, offered_current_a and min_current_a [A], a car
+        offered at least its minimum that draws under ``full_below_a`` is taken to be full.
         Returns a frame indexed by session_id with ``departure`` (UTC, after ``time``) and
         ``energy_kwh`` [kWh] (>= delivered so far), and ``departure_qX`` / ``energy_kwh_qX``
         for each quantile X, non-decreasing in X. Never NaN.
@@ -222,6 +225,14 @@ class SessionNeedsForecaster:
         # it leaves soon and wants nothing more.
         qd = np.where(np.isfinite(qd), qd, (elapsed + self.fallback_remaining / pd.Timedelta(hours=1))[:, None])
         qe = np.maximum(np.where(np.isfinite(qe), qe, delivered[:, None]), delivered[:, None])
+        # A car that was offered at least its minimum and drew (almost) nothing is full: what it
+        # got is what it wanted. Without this a planner keeps reserving capacity it cannot use.
+        if {"measured_current_a", "offered_current_a", "min_current_a"} <= set(frame.columns):
+            meas = pd.to_numeric(frame["measured_current_a"], errors="coerce").to_numpy(float)
+            offered = pd.to_numeric(frame["offered_current_a"], errors="coerce").fillna(0.0).to_numpy(float)
+            full = (np.isfinite(meas) & (meas < self.full_below_a) & (delivered > 0)
+                    & (offered >= pd.to_numeric(frame["min_current_a"], errors="coerce").fillna(np.inf).to_numpy(float)))
+            qe[full] = delivered[full, None]
         floor_ns = now_ns + int(self.min_remaining.value)
         dep_ns = np.maximum(arr_ns[:, None] + np.round(qd * 3600.0).astype(np.int64) * 10**9, floor_ns)
         col = {q: j for j, q in enumerate(qs_all)}

@@ -83,18 +83,34 @@ class EqualShareControl:
             await self.replan(force=ev.kind == "connect")
 
     async def replan(self, force: bool = False) -> None:
-        """Compute shares and send those that changed (all of them with ``force``)."""
+        """Compute shares and send those that changed (all of them with ``force``).
+
+        Two waves, so the block passes through no state worse than before: first new
+        transactions (at most their fail-safe share, listed first so their TxProfile leaves
+        first) and every limit that goes down; then every limit that goes up.
+        """
         snap = self.cs.state.block_snapshot()
         target = equal_share_a(snap)
         if target.empty:
             self.last = target
             return
         cars = snap.cars
-        changed = target.index if force else target.index[
-            (target - self.last.reindex(target.index)).abs().fillna(np.inf).to_numpy() > 1e-9]
-        limits = {(cars.at[s, "charge_point_id"], int(cars.at[s, "connector_id"])): float(target[s]) for s in changed}
+        prev = self.last.reindex(target.index)
+        new = prev.isna()
+        changed = new | ((target - prev).abs() > 1e-9) | force
+        failsafe = cars["charge_point_id"].map(self.cs.failsafe_a).astype(float)
+        interim = target.where(~new, np.minimum(target, failsafe))
+        down = changed & ~new & (target < prev)
+        rest = (new & (target > interim)) | (changed & ~new & ~down)  # raises and refreshes
+        key = lambda s: (cars.at[s, "charge_point_id"], int(cars.at[s, "connector_id"]))  # noqa: E731
+        waves = [
+            {key(s): float(interim[s]) for s in [*target.index[new], *target.index[down]]},
+            {key(s): float(target[s]) for s in target.index[rest]},
+        ]
         self.rounds += 1
-        if limits:
-            log.info("equal share: %d limits (%s)", len(limits), ", ".join(f"{k[0]}={v:.1f}A" for k, v in limits.items()))
-            await self.cs.set_limits(limits)
+        for limits in waves:
+            if limits:
+                log.info("equal share: %d limits (%s)", len(limits),
+                         ", ".join(f"{k[0]}={v:.1f}A" for k, v in list(limits.items())[:20]))
+                await self.cs.set_limits(limits)
         self.last = target

@@ -23,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keyfile", default=None, help="TLS private key (PEM)")
     parser.add_argument("--heartbeat", type=int, default=300, help="heartbeat interval told to chargers [s]")
     parser.add_argument("--tx-validity", type=int, default=900, help="validity of TxProfiles [s]")
+    try:  # the control loop's own options (issue 6), when it is installed
+        from nowblock.control import add_serve_arguments  # noqa: PLC0415
+    except ImportError:
+        pass
+    else:
+        add_serve_arguments(parser)
 
 
 def ssl_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
@@ -53,7 +59,7 @@ async def _serve(args: argparse.Namespace) -> None:
                        heartbeat_s=args.heartbeat, tx_validity_s=args.tx_validity, db=args.db,
                        builtin_control=attach is None)
     # The controller restores persisted transactions before the first charger can connect.
-    controller = attach(cs, db=args.db) if attach is not None else None
+    controller = attach(cs, db=args.db, args=args) if attach is not None else None
     await cs.start()
     if controller is not None and hasattr(controller, "start"):
         res = controller.start()

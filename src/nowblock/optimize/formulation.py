@@ -548,14 +548,16 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
 
     Departures are moved ``options.departure_margin_h`` earlier (at most a quarter of the time
     left); a car whose departure has passed is treated as leaving at the end of the first slot:
-    it still wants its energy now. A car that drew clearly less than offered is planned at its
-    measured current from the second slot on. ``snapshot.cars.max_current_a`` already holds the
+    it still wants its energy now; an unknown (NaT) departure means plugged in all horizon, an
+    unknown (NaN) energy means all it can take. A car that drew clearly less than offered is
+    planned at its measured current from the second slot on. ``snapshot.cars.max_current_a`` already holds the
     current caps; time-window caps of later slots come from the site.
     """
     cars = snapshot.cars
     opts = options or OptimizeOptions(current_step_a=float(snapshot.current_step_a))
     times, dt_h = _slot_grid(snapshot.time, horizon, step)
     dep = pd.DatetimeIndex(cars["departure"]).tz_convert("UTC")
+    dep = dep.fillna(times[-1] + pd.Timedelta(step))  # unknown departure: plugged in all horizon
     left_h = ((dep - times[0]) / pd.Timedelta(hours=1)).to_numpy(float)
     margin_h = np.clip(np.minimum(opts.departure_margin_h, 0.25 * left_h), 0.0, None)
     dep = dep - pd.to_timedelta(margin_h, unit="h")
@@ -577,11 +579,15 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
         upper[under, 1:] = np.minimum(upper[under, 1:], accept[under, None])
     prev = cars["offered_current_a"].to_numpy(float) if "offered_current_a" in cars else np.full(len(cars), np.nan)
     prices = snapshot.prices_eur_per_kwh
+    # Unknown energy: the car wants all it can get over the horizon.
+    need = snapshot.remaining_kwh
+    can = (upper * plugged).sum(axis=1) * cars["phases"].to_numpy(float) * snapshot.site.voltage_v / 1000.0 * dt_h
+    need = np.where(np.isfinite(need), need, can)
     return Formulation(
         site=snapshot.site, times=times, dt_h=dt_h, session_ids=cars.index.to_numpy(str),
         cp_index=cp, phases=cars["phases"].to_numpy(np.int64),
         min_current_a=cars["min_current_a"].to_numpy(float), upper_a=upper, plugged=plugged,
-        need_kwh=snapshot.remaining_kwh, priority=cars["priority"].to_numpy(float),
+        need_kwh=need, priority=np.nan_to_num(cars["priority"].to_numpy(float), nan=1.0),
         base_kw=_on_slots(snapshot.base_load_kw, times, 0.0, "max"), price_eur_per_kwh=_on_slots(prices, times, 0.0),
         prev_current_a=prev, options=opts,
     )

@@ -4,6 +4,11 @@ No per-element Python work: the matrix is built from whole arrays (:meth:`Formul
 and handed over as CSC arrays with ``Highs.passModel``. Every option is set with its status
 checked, the model status is read explicitly, and the incumbent is kept when the time limit
 stops the search.
+
+:func:`solve_highs` solves the LP relaxation first and repairs its solution to "0 or >= min";
+when the LP bound certifies that point within the relative gap it is the answer, otherwise the
+MILP is solved from it (docs/optimizer.md explains why: HiGHS's own incumbent search was the
+slow part, not the bound).
 """
 
 from __future__ import annotations
