@@ -241,7 +241,7 @@ def _needs_eval(seed: int, train_days: int = 42, days: int = 70) -> dict:
     cut = pd.Timestamp(scn.meta["start"]).tz_convert("UTC") + pd.Timedelta(days=train_days)
     train, test = s[s["departure"] <= cut], s[s["arrival"] >= cut]
     test = test[test["departure"] < test["departure"].max()]  # drop stays cut at the scenario end
-    est = SessionNeedsForecaster(track=False).fit(train)
+    est = SessionNeedsForecaster(track=False, departure_point=0.5, energy_point=0.5).fit(train)
     test = test.sort_values("arrival")
     cars = test.set_index("session_id")[["charge_point_id", "arrival"]]
     truth = test.set_index("session_id")

@@ -300,3 +300,21 @@ async def test_killing_serve_mid_transaction_loses_nothing_acknowledged(tmp_path
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def test_demo_runs_an_accelerated_evening_and_reports(tmp_path):
+    import json
+
+    from nowblock.cli import main
+
+    out = tmp_path / "demo"
+    rc = main(["demo", "--hours", "2", "--speed", "1200", "--start-hour", "17", "--out", str(out)])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["control_steps"] > 0 and m["policy"] == _policy()
+    assert m["max_overload_a"] == 0.0
+    assert m["sessions_left"] + m["sessions_still_plugged"] > 0
+    assert (out / "demo.png").stat().st_size > 10_000
+    ts = pd.read_csv(out / "timeseries.csv")
+    assert pd.to_datetime(ts["time"]).min() < pd.Timestamp("2026-03-03 16:10", tz="UTC")  # 17:00 local
+    assert len(ts) >= 12 and {"grid_L1_a", "grid_L1_limit_a", "cars_charging"} <= set(ts.columns)

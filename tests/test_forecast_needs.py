@@ -39,7 +39,7 @@ def _sessions(days=42, seed=0, start="2024-09-02"):
 
 @pytest.fixture(scope="module")
 def fitted():
-    return SessionNeedsForecaster().fit(_sessions())
+    return SessionNeedsForecaster(departure_point=0.5, energy_point=0.5).fit(_sessions())
 
 
 def _cars(cp, arrival, delivered=0.0, sid="q"):
@@ -72,7 +72,7 @@ def test_output_contract_and_conditioning(fitted):
     assert str(out["departure"].dt.tz) == "UTC"
     assert out.notna().all().all()
     for base in ("departure", "energy_kwh"):
-        cols = [f"{base}_q0.1", f"{base}_q0.25", base, f"{base}_q0.75", f"{base}_q0.9"]
+        cols = [f"{base}_q0.1", f"{base}_q0.25", base, f"{base}_q0.75", f"{base}_q0.9"]  # base: median
         vals = out[cols].apply(lambda c: c.astype("int64") if base == "departure" else c).to_numpy()
         assert (np.diff(vals, axis=1) >= 0).all(), base
     assert (out.filter(like="departure") > now).all().all()
@@ -80,6 +80,30 @@ def test_output_contract_and_conditioning(fitted):
     assert out.loc["b", "energy_kwh"] > 15.0  # more than delivered: the usual 20 kWh
     assert out.loc["c", "energy_kwh"] == 40.0  # nobody wanted more: it is done
     assert out.loc["c", "departure"] <= now + pd.Timedelta(hours=1)
+
+
+def test_planning_points_are_the_requested_quantiles():
+    est = SessionNeedsForecaster().fit(_sessions())  # defaults: plan with departure q0.1, energy q0.9
+    t = pd.Timestamp("2024-10-15 18:00", tz=TZ)
+    out = est.predict_needs(_cars("CP2", t), t)
+    assert (out["departure"] == out["departure_q0.1"]).all()
+    assert (out["energy_kwh"] == out["energy_kwh_q0.9"]).all()
+    assert out["energy_kwh_q0.9"].iloc[0] > out["energy_kwh_q0.25"].iloc[0]
+    with pytest.raises(ForecastError, match="departure_point"):
+        SessionNeedsForecaster(energy_point=1.0)
+
+
+def test_full_car_wants_no_more_and_departures_are_tracked(fitted):
+    t = pd.Timestamp("2024-10-15 20:00", tz=TZ)
+    cars = _cars("CP2", t - pd.Timedelta(hours=2), 5.0).assign(
+        measured_current_a=[0.0], offered_current_a=[16.0], min_current_a=[6.0])
+    assert fitted.predict_needs(cars, t)["energy_kwh"].iloc[0] == 5.0  # offered, drew nothing: full
+    est = SessionNeedsForecaster(departure_point=0.5, energy_point=0.5).fit(_sessions())
+    cp2_last = est._last_dep_ns["CP2"]
+    est.predict_needs(_cars("CP2", t, 0.0, "x"), t)
+    later = t + pd.Timedelta(hours=10)
+    est.predict_needs(_cars("CP1", later, 0.0, "y"), later)  # "x" is gone: it left by now
+    assert est._last_dep_ns["CP2"] == t.value > cp2_last
 
 
 def test_id_tag_separates_drivers_sharing_a_charge_point():
@@ -91,7 +115,7 @@ def test_id_tag_separates_drivers_sharing_a_charge_point():
             arr = day + pd.Timedelta(hours=17 + rng.random())
             rows.append((f"{tag}{d}", "CP1", tag, arr, arr + pd.Timedelta(hours=12), e + rng.random()))
     df = pd.DataFrame(rows, columns=["session_id", "charge_point_id", "id_tag", "arrival", "departure", "energy_kwh"])
-    est = SessionNeedsForecaster().fit(df)
+    est = SessionNeedsForecaster(departure_point=0.5, energy_point=0.5).fit(df)
     cars = pd.DataFrame({"charge_point_id": ["CP1"] * 3, "id_tag": ["alice", "bob", None],
                          "arrival": [pd.Timestamp("2024-10-10 17:30", tz="UTC")] * 3},
                         index=pd.Index(["a", "b", "anon"], name="session_id"))

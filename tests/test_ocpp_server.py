@@ -401,10 +401,23 @@ async def test_equal_share_lowers_before_it_raises_and_serves_new_transactions_f
     cs.state.on_connect("CP3", "1.6")
     cs.state.on_start("CP3", 1, 3, start=now)
     await ctl.replan()
-    first, second = cs.calls
+    (first,) = cs.calls  # nothing goes up: one wave
     assert list(first)[0] == ("CP3", 1)  # the new transaction's profile leaves first
-    assert first == {("CP3", 1): 13.3, ("CP1", 1): 13.3, ("CP2", 1): 13.3} and second == {}
+    assert first == {("CP3", 1): 13.3, ("CP1", 1): 13.3, ("CP2", 1): 13.3}
     cs.state.on_stop("CP1", 1, stop=now)
     cs.calls.clear()
     await ctl.replan()
-    assert cs.calls == [{}, {("CP2", 1): 20.0, ("CP3", 1): 20.0}]
+    assert cs.calls == [{("CP2", 1): 20.0, ("CP3", 1): 20.0}]
+
+
+def test_finished_transactions_are_forgotten_after_a_while():
+    from nowblock.ocpp.state import LiveState
+
+    state = LiveState(make_test_site(1), keep_finished_s=3600)
+    t0 = pr.utcnow() - timedelta(hours=3)
+    state.on_start("CP1", 1, 1, start=t0)
+    state.on_stop("CP1", 1, stop=t0 + timedelta(hours=1))
+    state.on_start("CP1", 1, 2, start=t0 + timedelta(hours=2, minutes=30))
+    state.on_stop("CP1", 2, stop=t0 + timedelta(hours=2, minutes=45))
+    state.on_start("CP1", 1, 3, start=pr.utcnow())  # prunes transaction 1 only
+    assert sorted(k[1] for k in state.transactions) == ["2", "3"]

@@ -86,24 +86,29 @@ def test_no_cars_no_setpoints():
 
 @pytest.fixture(scope="module")
 def congested():
-    """One day of the default block on a 60 A connection (about a third of the default's)."""
+    """One day of the default block on a 60 A connection (about 40 % of the default's)."""
     return nb.Scenario.default(days=1, grid_current_a=60.0)
 
 
+@pytest.fixture(scope="module")
+def simulated(congested):
+    # A 15-minute control step keeps the run short; the yardstick below uses the same grid.
+    return {p: nb.simulate(congested, policy=p, step="15min").metrics for p in ("milp", "edf", "llf")}
+
+
 @pytest.mark.slow
-def test_receding_horizon_in_simulation(congested):
-    res = {p: nb.simulate(congested, policy=p, step="15min").metrics for p in ("milp", "edf", "llf")}
-    m = res["milp"]
+def test_receding_horizon_in_simulation(simulated):
+    m = simulated["milp"]
     assert m["max_overload_a"] == 0.0
-    best = max(res["edf"]["energy_delivered_kwh"], res["llf"]["energy_delivered_kwh"])
-    # At least what the best baseline delivers, up to 0.5 % (the battery taper the plan cannot see).
-    assert m["energy_delivered_kwh"] >= 0.995 * best
-    assert m["cost_eur"] <= min(res["edf"]["cost_eur"], res["llf"]["cost_eur"]) + 1e-6
+    best = max(simulated["edf"]["energy_delivered_kwh"], simulated["llf"]["energy_delivered_kwh"])
+    # At least what the best baseline delivers, up to 0.1 % (the battery taper the plan cannot see).
+    assert m["energy_delivered_kwh"] >= 0.999 * best
+    assert m["cost_eur"] < min(simulated["edf"]["cost_eur"], simulated["llf"]["cost_eur"])
 
 
 @pytest.mark.slow
-def test_offline_yardstick(congested):
-    off = solve_offline(congested)
+def test_offline_yardstick(congested, simulated):
+    off = solve_offline(congested, step="15min")
     assert off.status in ("optimal", "time_limit")
     assert off.repaired_slots == 0
     sess = congested.sessions.set_index("session_id").loc[off.current_a.columns]
@@ -111,9 +116,11 @@ def test_offline_yardstick(congested):
     ph = np.minimum(sess["phases"].to_numpy(), congested.site.cp_phases[cp])
     loads = np.stack([congested.site.fuse_phase_currents_a(r, cp, ph) for r in off.current_a.to_numpy()])
     assert (loads <= congested.site.limits_a[None] + 1e-6).all()
-    requested = congested.sessions["energy_kwh"].sum()
-    assert off.energy_kwh.sum() >= 0.95 * requested
     assert (off.energy_kwh <= sess["energy_kwh"] + 1.1).all()  # at most one minimum-current slot over
+    # Perfect foresight, no taper: an upper bound on every policy's energy in simulation.
+    for p, m in simulated.items():
+        assert off.energy_kwh.sum() >= m["energy_delivered_kwh"] - 1e-3 * m["energy_requested_kwh"], p
+    assert simulated["milp"]["energy_delivered_kwh"] >= 0.995 * off.energy_kwh.sum()
 
 
 def test_unknown_departure_and_energy_still_charge():

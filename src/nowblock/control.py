@@ -346,8 +346,8 @@ class Controller:
     def _fill_needs(self, cars: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
         """Estimate the needs no car reported (departure UTC, energy [kWh]).
 
-        The departure is the forecaster's lower quartile when it gives one (plan as if the car
-        left early); the energy never falls below what the car got plus ``top_up_kwh`` while it
+        The departure is the forecaster's lower quartile and the energy its upper quartile when
+        it gives them (plan as if the car left early wanting much); the energy never falls below what the car got plus ``top_up_kwh`` while it
         still takes current (a car that keeps charging wants more, whatever the estimate said),
         and is what it got once it stopped drawing although offered its minimum (full).
         """
@@ -366,9 +366,10 @@ class Controller:
                     dep_col = "departure_q0.25" if "departure_q0.25" in got else "departure"
                     early = pd.to_datetime(got[dep_col], utc=True)
                     early = early.where(early > now + self.slot, now + self.slot)
+                    e_col = "energy_kwh_q0.75" if "energy_kwh_q0.75" in got else "energy_kwh"
                     est = pd.DataFrame({
                         "departure": early.fillna(fb["departure"]),
-                        "energy_kwh": pd.to_numeric(got["energy_kwh"], errors="coerce").fillna(fb["energy_kwh"]),
+                        "energy_kwh": pd.to_numeric(got[e_col], errors="coerce").fillna(fb["energy_kwh"]),
                     }, index=blind.index)
                 except Exception:
                     log.exception("needs forecaster failed; using the fallback estimate")
@@ -611,20 +612,23 @@ def attach(central, db: str | None = None, *, args: argparse.Namespace | None = 
 class AcceleratedClock:
     """Simulated UTC time that runs ``speed`` times faster than the wall clock from ``start``."""
 
-    def __init__(self, start: pd.Timestamp, speed: float) -> None:
+    def __init__(self, start: pd.Timestamp, speed: float, *, running: bool = True) -> None:
         self.start = pd.Timestamp(start)
         self.speed = float(speed)
-        self._t0 = _time.monotonic()
+        self._t0 = _time.monotonic() if running else None
 
     def now(self) -> pd.Timestamp:
-        """Simulated now (UTC)."""
+        """Simulated now (UTC); ``start`` until :meth:`run` when created stopped."""
+        if self._t0 is None:
+            return self.start
         return (self.start + pd.Timedelta(seconds=(_time.monotonic() - self._t0) * self.speed)).floor("us")
 
     __call__ = now
 
-    def restart(self) -> None:
-        """Let simulated time begin at ``start`` from this wall moment on."""
-        self._t0 = _time.monotonic()
+    def run(self) -> None:
+        """Let simulated time run on from ``start`` (set-up before this takes no simulated time)."""
+        if self._t0 is None:
+            self._t0 = _time.monotonic()
 
     def wall_s(self, sim_s: float) -> float:
         """Wall seconds that ``sim_s`` simulated seconds take."""
@@ -644,6 +648,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hours", type=float, default=24.0, help="simulated hours to run (default 24)")
     parser.add_argument("--policy", default="milp", help="milp (default), edf, llf, equal")
     parser.add_argument("--charge-points", type=int, default=24, help="wallboxes in the default block (24)")
+    parser.add_argument("--grid-a", type=float, default=None,
+                        help="grid connection [A per phase] (default: the scenario's; smaller is congested)")
     parser.add_argument("--day", type=int, default=1, help="which day of the default week to run (0..6, default 1)")
     parser.add_argument("--start-hour", type=float, default=12.0,
                         help="local hour the run starts at (default 12: the evening peak and the night inside)")
@@ -669,12 +675,14 @@ async def _demo(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    scn = Scenario.default(n_charge_points=args.charge_points)
+    scn = Scenario.default(n_charge_points=args.charge_points,
+                           **({"grid_current_a": args.grid_a} if getattr(args, "grid_a", None) else {}))
     site = scn.site
     t0 = (scn.start.tz_convert(site.timezone).normalize() + pd.Timedelta(days=args.day)
           + pd.Timedelta(hours=args.start_hour)).tz_convert("UTC")
     t_end = t0 + pd.Timedelta(hours=args.hours)
-    clock = AcceleratedClock(t0, args.speed)  # central system, chargers and controller all run on it
+    # Central system, chargers and controller all run on one clock, standing still during set-up.
+    clock = AcceleratedClock(t0, args.speed, running=False)
     day = scn.sessions[(scn.sessions["arrival"] < t_end) & (scn.sessions["departure"] > t0)]
     meter_sim_s, slot_s = 300.0, 900.0
     db = out / "demo.sqlite"
@@ -706,7 +714,6 @@ async def _demo(args) -> int:
                                phases=cp.phases, voltage_v=site.voltage_v, meter_interval_s=clock.wall_s(meter_sim_s),
                                quirks=q, clock=lambda: clock.now().to_pydatetime()))
     by_cp = dict(zip(site.charge_point_ids, sims))
-    clock.restart()  # set-up (forecaster fit, imports) must not eat simulated time
     for s in sims:
         s.start()
     delivered: dict[str, float] = {}  # session -> kWh when it left
@@ -714,6 +721,7 @@ async def _demo(args) -> int:
     rows: list[dict] = []
     try:
         await asyncio.gather(*(s.wait_connected(30) for s in sims))
+        clock.run()
         drivers = [asyncio.create_task(_drive(clock, by_cp[r.charge_point_id], r, t0, delivered, active, Car))
                    for r in day.itertuples()]
         await _monitor(clock, ctl, site, sims, base, t_end, rows)

@@ -57,7 +57,7 @@ async def _serve(args: argparse.Namespace) -> None:
     attach = _controller_factory()
     cs = CentralSystem(site, host=args.host, port=args.port, ssl_context=ssl_context(args.certfile, args.keyfile),
                        heartbeat_s=args.heartbeat, tx_validity_s=args.tx_validity, db=args.db,
-                       builtin_control=attach is None)
+                       builtin_control=attach is None, validate_in_thread=False)
     # The controller restores persisted transactions before the first charger can connect.
     controller = attach(cs, db=args.db, args=args) if attach is not None else None
     await cs.start()

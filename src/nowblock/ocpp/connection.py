@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ocpp.exceptions import OCPPError
-from ocpp.messages import Call, CallError, MessageType, unpack
+from ocpp.messages import Call, CallError, CallResult, MessageType
 from websockets.exceptions import ConnectionClosed
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,11 +82,10 @@ class CsmsConnection:
         err = CallError(unique_id, self._code(code), description, details or {})
         await self._send(err.to_json())  # type: ignore[attr-defined]
 
-    def _check_frame(self, raw) -> tuple[str, str, str] | None:
-        """(unique id, error code, description) when ``raw`` is no valid OCPP-J CALL/CALLRESULT/CALLERROR.
-
-        Returns ``("", ...)`` for a broken response frame: those are logged, never answered.
-        """
+    def _check_frame(self, raw) -> tuple[str, str, str] | list:
+        """The parsed frame, or (unique id, error code, description) when ``raw`` is no valid
+        OCPP-J CALL/CALLRESULT/CALLERROR; the id is "" for a broken response frame (those are
+        logged, never answered)."""
         v16 = self._ocpp_version == "1.6"
         rpc = "FormatViolation" if v16 else "RpcFrameworkError"
         try:
@@ -106,29 +105,28 @@ class CsmsConnection:
             return "", rpc, "malformed CALLRESULT"
         elif kind == MessageType.CallError and len(msg) != 5:
             return "", rpc, "malformed CALLERROR"
-        return None
+        return msg
 
     async def route_message(self, raw_msg) -> None:
         """Route one frame; answer what cannot be parsed; never raise (the loop must live on)."""
         try:
-            bad = self._check_frame(raw_msg)
-            if bad is not None:
-                uid, code, why = bad
+            frame = self._check_frame(raw_msg)
+            if isinstance(frame, tuple):
+                uid, code, why = frame
                 log.warning("%s: bad frame (%s): %.200r", self.id, why, raw_msg)
                 if uid:
                     await self._send_error(uid, code, why)
                 else:
                     self.frame_errors += 1
                 return
-            try:
-                msg = unpack(raw_msg)
-            except OCPPError as exc:  # pragma: no cover - _check_frame catches these first
-                log.warning("%s: unparseable frame %.200r: %s", self.id, raw_msg, exc)
-                return
-            if msg.message_type_id == MessageType.Call:
-                await self._route_call(msg)
+            # Built from the parsed frame: the library's unpack() would parse the JSON again.
+            kind = frame[0]
+            if kind == MessageType.Call:
+                await self._route_call(Call(*frame[1:]))
+            elif kind == MessageType.CallResult:
+                self._response_queue.put_nowait(CallResult(*frame[1:]))  # type: ignore[attr-defined]
             else:
-                self._response_queue.put_nowait(msg)  # type: ignore[attr-defined]
+                self._response_queue.put_nowait(CallError(*frame[1:]))  # type: ignore[attr-defined]
         except ConnectionClosed:
             raise
         except Exception:

@@ -52,6 +52,9 @@ class CentralSystem:
     controller takes over (pass False when one does). ``port=0`` picks a free port
     (see :attr:`port` after :meth:`start`). ``clock`` (UTC now) replaces the wall clock for
     profiles, timestamps and snapshots, e.g. to run a simulated day faster than real time.
+    ``validate_in_thread`` sets the ``ocpp`` library's process-wide switch for JSON-schema
+    validation (True: a thread-pool hop per message, its default; False: on the event loop,
+    which keeps the handler tail short under load, see docs/bench_ocpp.md; None: leave it).
     """
 
     def __init__(
@@ -60,7 +63,7 @@ class CentralSystem:
         default_validity_s: int = 7 * 86400, retries: int = 2, backoff_s: float = 0.5,
         failsafe_at_boot: bool = True, probe_rate_unit: bool = True, builtin_control: bool = True,
         db: str | None = None, state: LiveState | None = None, ping_interval_s: float | None = 60.0,
-        clock=None,
+        clock=None, validate_in_thread: bool | None = None,
     ) -> None:
         self.site = site
         self.host, self._port, self.ssl_context = host, port, ssl_context
@@ -70,6 +73,10 @@ class CentralSystem:
         self.failsafe_at_boot, self.probe_rate_unit = failsafe_at_boot, probe_rate_unit
         self.db = db  # for the control loop's persistence (issue 6); the server itself keeps none
         self.ping_interval_s = ping_interval_s
+        if validate_in_thread is not None:
+            import ocpp.messages
+
+            ocpp.messages.ASYNC_VALIDATION = bool(validate_in_thread)
         self.state = state or (LiveState(site, clock=clock) if clock is not None else LiveState(site))
         self.failsafe_a = dict(zip(site.charge_point_ids, pr.failsafe_current_a(site).tolist()))
         self._connections: dict[str, ChargePoint16 | ChargePoint201] = {}

@@ -183,12 +183,14 @@ class LiveState:
 
     ``stale_after_s`` [s]: a transaction whose last meter value is older than this is flagged
     ``stale`` in the snapshot (the controller counts it at its maximum). ``clock`` returns the
-    current UTC time (``profiles.utcnow`` by default).
+    current UTC time (``profiles.utcnow`` by default). Finished transactions are kept
+    ``keep_finished_s`` [s] (a day) after their stop, then forgotten (the store keeps history).
     """
 
     def __init__(self, site: Site, *, stale_after_s: float = 120.0, first_transaction_id: int = 1,
-                 clock: Callable[[], datetime] = pr.utcnow) -> None:
+                 clock: Callable[[], datetime] = pr.utcnow, keep_finished_s: float = 86400.0) -> None:
         self.site = site
+        self.keep_finished_s = keep_finished_s
         self.clock = clock  # UTC now; a simulated clock lets the demo run faster than real time
         self.stale_after_s = stale_after_s
         self.stations: dict[str, Station] = {c.id: Station(c.id) for c in site.charge_points}
@@ -284,6 +286,14 @@ class LiveState:
         elif status == "Available" and before in plugged:
             self.emit("unplug", cp_id, connector_id)
 
+    def prune(self) -> int:
+        """Forget transactions that ended more than ``keep_finished_s`` ago; returns how many."""
+        horizon = self.clock().timestamp() - self.keep_finished_s
+        old = [k for k, t in self.transactions.items() if t.stop is not None and t.stop.timestamp() < horizon]
+        for k in old:
+            del self.transactions[k]
+        return len(old)
+
     def new_transaction_id(self) -> int:
         """A fresh 1.6 transaction id (the central system assigns them)."""
         tid = self.next_transaction_id
@@ -305,6 +315,7 @@ class LiveState:
         old = self.running_on(cp_id, connector_id)
         if old is not None:  # the charger lost track of it (reboot): close it where it stood
             self.on_stop(cp_id, old.transaction_id, stop=start, reason="Superseded")
+        self.prune()
         t = Transaction(cp_id, str(transaction_id), connector_id, start, id_tag=id_tag, meter_start_wh=meter_start_wh)
         self.transactions[key] = t
         self.stations[cp_id].connector(connector_id).transaction_id = t.transaction_id

@@ -564,6 +564,10 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
     dep = dep.where(dep > times[0] + pd.Timedelta(step), times[0] + pd.Timedelta(step)) if len(cars) else dep
     arr = pd.DatetimeIndex(np.full(len(cars), times[0].asm8)).tz_localize("UTC")
     plugged = _plugged_fraction(arr, dep, times, dt_h)
+    # Later slots count only when the car is there for all of it: a plan that leaves energy for
+    # the last partial slot is at the mercy of when exactly the car leaves (the simulator and a
+    # real charger both end a session at their own step), and small remainders slip through.
+    plugged[:, 1:] = np.where(plugged[:, 1:] >= 1 - 1e-9, 1.0, 0.0)
     cp = cars["cp_index"].to_numpy(np.int64)
     upper = _upper(snapshot.site, times, cp, cars["max_current_a"].to_numpy(float), plugged)
     if len(cars):
