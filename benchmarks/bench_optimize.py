@@ -95,7 +95,7 @@ def test_pyomo_build(benchmark, n):
     benchmark.extra_info.update({"n_cars": n})
 
 
-@pytest.mark.parametrize("variant", ["default", "congested", "tight"])
+@pytest.mark.parametrize("variant", ["default", "congested", "tight", "scarce"])
 def test_quality(benchmark, variant):
     from nowblock.optimize import solve_offline
 
@@ -107,6 +107,8 @@ def test_quality(benchmark, variant):
         scn = nb.Scenario.default(days=days, grid_current_a=round(rating_a / 3))
     elif variant == "tight":  # a sixth: the households' evening peak leaves little room
         scn = nb.Scenario.default(days=days, grid_current_a=round(rating_a / 6))
+    elif variant == "scarce":  # a tenth: not every car can be served, sharing decides
+        scn = nb.Scenario.default(days=days, grid_current_a=round(rating_a / 10))
     out = {}
 
     def run():

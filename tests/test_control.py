@@ -258,3 +258,18 @@ async def test_unreported_needs_are_estimated_topped_up_and_closed_when_full():
     assert snap.cars.loc["CP0:tx0", "energy_requested_kwh"] == pytest.approx(8.0 + ctl.top_up_kwh)
     assert snap.cars.loc["CP1:tx1", "energy_requested_kwh"] == pytest.approx(8.0)
     assert (snap.cars["departure"] > clock.now).all()
+
+
+@pytest.mark.parametrize("validity_s,resent", [(100.0, True), (1000.0, False)])
+async def test_profiles_are_refreshed_before_they_can_expire_between_late_steps(validity_s, resent):
+    site = _site(root_a=63.0, n=1)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 1, needs={0: (8, 10.0)})
+    ctl = _controller(cs, clock, policy="equal", profile_validity_s=validity_s)
+    for _ in range(3):  # steps 40 s apart (late against a 60 s period would be the same story)
+        await ctl.step()
+        _meter(cs, clock, {0: 16.0})
+        clock.advance(40)
+    n_sent = len(cs.sent)
+    await ctl.step()
+    assert (len(cs.sent) > n_sent) == resent

@@ -299,8 +299,12 @@ async def test_needs_become_session_needs_and_stale_flag():
 
 
 async def test_tls_with_basic_auth_security_profile_2(tmp_path):
+    import shutil
     import ssl
     import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
@@ -421,3 +425,26 @@ def test_finished_transactions_are_forgotten_after_a_while():
     state.on_stop("CP1", 2, stop=t0 + timedelta(hours=2, minutes=45))
     state.on_start("CP1", 1, 3, start=pr.utcnow())  # prunes transaction 1 only
     assert sorted(k[1] for k in state.transactions) == ["2", "3"]
+
+
+async def test_201_updated_for_an_unknown_transaction_opens_it_and_ended_closes_it():
+    # What a charger sends after the central system restarted mid-session.
+    async with central_system(make_test_site(1), builtin_control=False, failsafe_at_boot=False) as cs:
+        events = cs.events()
+        async with connect(f"ws://127.0.0.1:{cs.port}/CP1", subprotocols=["ocpp2.0.1"]) as ws:
+            mv = ('[{"timestamp":"2026-01-05T12:00:00Z","sampledValue":[{"value":5000,'
+                  '"measurand":"Energy.Active.Import.Register"},{"value":10,"measurand":"Current.Import","phase":"L1"}]}]')
+            await ws.send('[2,"u1","TransactionEvent",{"eventType":"Updated","timestamp":"2026-01-05T12:00:00Z",'
+                          '"triggerReason":"MeterValuePeriodic","seqNo":7,"transactionInfo":{"transactionId":"T-9"},'
+                          '"evse":{"id":1},"meterValue":' + mv + '}]')
+            assert json.loads(await ws.recv())[:2] == [3, "u1"]
+            t = cs.state.transaction("CP1", "T-9")
+            assert t is not None and t.stop is None and t.energy_register_wh == 5000.0
+            kinds = [(await events.get(timeout=2)).kind for _ in range(3)]
+            assert kinds == ["connect", "start", "meter"]
+            await ws.send('[2,"u2","TransactionEvent",{"eventType":"Ended","timestamp":"2026-01-05T12:30:00Z",'
+                          '"triggerReason":"EVCommunicationLost","seqNo":8,"transactionInfo":{"transactionId":"T-9",'
+                          '"stoppedReason":"EVDisconnected"},"meterValue":'
+                          + mv.replace("5000", "7500").replace("12:00:00", "12:30:00") + '}]')
+            assert json.loads(await ws.recv())[:2] == [3, "u2"]
+            assert t.stop is not None and t.stop_reason == "EVDisconnected" and t.energy_delivered_kwh == 2.5

@@ -164,6 +164,8 @@ class Controller:
         self._wake = asyncio.Event()
         self._stopping = False
         self._last_step_wall = -math.inf
+        self._last_step_time: pd.Timestamp | None = None
+        self._gaps_s: list[float] = []  # recent intervals between steps on the controller's clock [s]
         self._sub = None
         if store is not None:
             last = store.latest_plan()
@@ -464,6 +466,10 @@ class Controller:
         """One control step now: snapshot, forecast, optimize, dispatch (see module docstring)."""
         self._last_step_wall = _time.monotonic()
         now = self.clock()
+        if self._last_step_time is not None:
+            gap = (now - self._last_step_time).total_seconds()
+            self._gaps_s = (self._gaps_s + [gap])[-10:]
+        self._last_step_time = now
         if self.needs_from_store:
             self._refit_needs(now)
         snap, cars, secs = self.build_snapshot(now)
@@ -496,6 +502,11 @@ class Controller:
                  1000 * sum(secs.values()))
         return res
 
+    @property
+    def _step_gap_s(self) -> float:
+        """The longest recent interval between steps [s, controller clock], or the period."""
+        return max(self._gaps_s) if self._gaps_s else self.period_s
+
     def _in_force_a(self, cars: pd.DataFrame, sid: str, accepted: float | None) -> float:
         """The limit [A] a charger applies after a dispatch: what it accepted, else what the live
         state knows it holds, else (no profile at all) the most the car may draw."""
@@ -512,7 +523,8 @@ class Controller:
     async def dispatch(self, snap: BlockSnapshot, cars: pd.DataFrame, x: pd.Series, now: pd.Timestamp,
                        *, only_lower: bool = False) -> dict[str, float | None]:
         """Send TxProfiles: lowered limits first, then raised ones; returns the accepted limits [A]."""
-        refresh_s = self.profile_validity_s / 2.0
+        # Re-send before a profile could expire ahead of the next step (steps may run late).
+        refresh_s = min(self.profile_validity_s / 2.0, self.profile_validity_s - 2.0 * self._step_gap_s)
         lower, higher = [], []
         for sid, limit in x.items():
             prev = self._sent.get(sid)
@@ -693,14 +705,14 @@ async def _demo(args) -> int:
           f" for {args.hours:g} h at {args.speed:g}x ({args.hours * 3600 / args.speed:.0f} s)", flush=True)
     needs = _fit_needs(scn.sessions[scn.sessions["departure"] <= t0])
     forecaster = _base_forecaster()
-    cs = CentralSystem(site, port=args.port, builtin_control=False, tx_validity_s=int(3 * slot_s),
+    cs = CentralSystem(site, port=args.port, builtin_control=False, tx_validity_s=int(4 * slot_s),
                        response_timeout_s=5.0, probe_rate_unit=False, ping_interval_s=None, backoff_s=0.05,
                        clock=lambda: clock.now().to_pydatetime())
     await cs.start()
     base = scn.base_load.copy()
     base.index = base.index.as_unit("ns")  # asof() with a nanosecond clock needs a nanosecond index
     ctl = attach(cs, db=str(db), policy=args.policy, period_s=clock.wall_s(slot_s), step=pd.Timedelta(seconds=slot_s),
-                 profile_validity_s=3 * slot_s, clock=clock.now, min_replan_s=0.1,
+                 profile_validity_s=4 * slot_s, clock=clock.now, min_replan_s=0.1,
                  solve_timeout_s=max(0.9 * clock.wall_s(slot_s), 0.5),
                  settings=cl.LoopSettings(stale_after_s=3.5 * meter_sim_s, settle_s=60.0),
                  forecaster=forecaster, needs_forecaster=needs, base_load_history=base,

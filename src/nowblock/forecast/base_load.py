@@ -212,7 +212,8 @@ class SimilarDayForecaster(_Estimator):
     Sunday/holiday; ``alpha_b``), both learnt on the load smoothed over +-``half_width`` in
     time, and ``r`` the mean error over the last ``level_window`` of measured load, fading
     with the step ``h``. ``fit`` picks every parameter from the grids below by day-ahead mean
-    absolute error over the last ``eval_days`` days (a Numba grid search); with fewer than
+    absolute error over the last ``eval_days`` days (a Numba grid search over the last
+    ``search_days`` of history; the final profiles learn from all of it); with fewer than
     ``min_search_days`` days of history it keeps the defaults.
     """
 
@@ -220,6 +221,7 @@ class SimilarDayForecaster(_Estimator):
                  alphas_a=(0.1, 0.2, 0.35, 0.6, 1.0), alphas_b=(0.05, 0.1, 0.2, 0.4), alpha_g: float = 0.1,
                  half_widths=("0min", "15min", "30min", "60min"), blends=(0.0, 0.25, 0.5, 0.75, 1.0),
                  rhos=(0.0, 0.5, 0.8, 0.9, 0.95, 0.98), level_window="2h", eval_days: int = 28,
+                 search_days: int = 182,
                  min_search_days: int = 21, min_history: int = 4, quantile_days: int = 56,
                  point: str = "median", clip_to_history: bool = True) -> None:
         super().__init__(quantiles=quantiles, calendar=calendar, min_history=min_history,
@@ -232,6 +234,7 @@ class SimilarDayForecaster(_Estimator):
         self.rhos = np.asarray(rhos, float)
         self.level_window = pd.Timedelta(level_window)
         self.eval_days = int(eval_days)
+        self.search_days = int(search_days)
         self.min_search_days = int(min_search_days)
 
     def _fit_arrays(self, values, layout):
@@ -242,9 +245,13 @@ class SimilarDayForecaster(_Estimator):
         widths = np.array([int(w / layout.step) for w in self.half_widths], np.int64)
         n_level = max(1, int(self.level_window / layout.step))
         if layout.n_days >= self.min_search_days:
-            eval_start = max(14, layout.n_days - self.eval_days)
-            iw, ia, ib, il, ir, _ = K.fit_similar_day(y, dtype, dclass, self.alphas_a, self.alphas_b, self.alpha_g,
-                                                      widths, self.blends, self.rhos, n_level, eval_start)
+            # the search sees the last `search_days` only: enough for the profiles to settle
+            # before the evaluated days, and half the work on a year of history
+            d0 = max(0, layout.n_days - self.search_days)
+            eval_start = max(14, layout.n_days - d0 - self.eval_days)
+            iw, ia, ib, il, ir, _ = K.fit_similar_day(y[d0:], dtype[d0:], dclass[d0:], self.alphas_a, self.alphas_b,
+                                                      self.alpha_g, widths, self.blends, self.rhos, n_level,
+                                                      eval_start)
         else:  # too short to judge: middle of each grid
             iw, ia, ib, il, ir = (len(widths) // 2, len(self.alphas_a) // 2, len(self.alphas_b) // 2,
                                   len(self.blends) // 2, len(self.rhos) // 2)
