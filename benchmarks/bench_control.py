@@ -9,7 +9,8 @@ One step of :class:`nowblock.control.Controller` = snapshot (live state to cars 
 loop), forecast (base load with the similar-day forecaster on 8 weeks of history, needs of the
 cars that did not report them with the session-needs forecaster), optimize (the MILP over 24 h
 in 15-min slots, time limit 0.6 x the 48 s solve budget of a 60 s period), dispatch (a TxProfile
-per changed or expiring limit, built by :func:`nowblock.ocpp.profiles.build_profile` and
+per changed limit, and per profile due for refresh: with the default 5-period validity every
+profile is re-sent about every third step, built by :func:`nowblock.ocpp.profiles.build_profile` and
 recorded as accepted in the live state: the network round trip is left out, see
 docs/bench_control.md) and persist (the plan into SQLite). Every charging point has a car;
 half of them reported their needs (2.0.1), half did not (1.6). The grid connection is a third
@@ -40,7 +41,7 @@ STAGES = ("snapshot", "forecast", "optimize", "dispatch", "persist")
 class InProcessCentral:
     """The central system's controller API without sockets: chargers accept every profile."""
 
-    failsafe_at_boot = False
+    failsafe_a: dict = {}  # the controller fills in its fail-safe shares
 
     def __init__(self, site) -> None:
         self.site = site
@@ -130,7 +131,8 @@ def test_control_step(benchmark, n, policy, history, tmp_path):
     stats = _stats(ctl)
     benchmark.extra_info.update(n_charge_points=n, **stats)
     print(f"\n{policy:>5} n={n:5d} step median {stats['step_median_s']:.3f} s p95 {stats['step_p95_s']:.3f} s  "
-          + "  ".join(f"{s} {stats[f'{s}_median_s']:.3f}s ({100 * stats[f'{s}_share']:.0f}%)" for s in STAGES)
+          + "  ".join(f"{s} {stats[f'{s}_median_s']:.3f}/{stats[f'{s}_p95_s']:.3f}s ({100 * stats[f'{s}_share']:.0f}%)"
+                      for s in STAGES)
           + f"  policies {stats['policies_used']}")
     loop.close()
     store.close()

@@ -108,6 +108,29 @@ def test_accuracy_household(benchmark, household):
     assert out["mase_7d"]["ratio"] <= 0.85
 
 
+def _coverage_24h(s: pd.Series, origins: list[int]) -> dict:
+    hits = {q: [] for q in QS}
+    mae = []
+    for o in origins:
+        hist, fut = s.iloc[o - YEAR:o], s.iloc[o:o + DAY].to_numpy()
+        fc = SimilarDayForecaster(calendar=UCI_CAL, quantiles=QS).fit(hist).predict(DAY)
+        mae.append(np.abs(fut - fc["kw"].to_numpy()).mean() / _mase_scale(hist.to_numpy()))
+        for q in QS:
+            hits[q].append((fut <= fc[f"q{q:g}"].to_numpy()).mean())
+    return {"origins": len(origins), "mase_24h": round(float(np.mean(mae)), 4),
+            "coverage_24h": {f"q{q:g}": round(float(np.mean(v)), 4) for q, v in hits.items()}}
+
+
+def test_coverage_24h_rolling_origins(benchmark, household):
+    """24-hour forecasts from origins 25 h apart over the last year (every hour of the day and
+    day of the week gets its turn), coverage of each quantile."""
+    last = len(household) - DAY
+    origins = list(range(last - 350 * 100, last + 1, 100))
+    out = benchmark.pedantic(_coverage_24h, args=(household, origins), rounds=1, iterations=1)
+    _report("coverage_24h_rolling_origins", out)
+    assert all(abs(out["coverage_24h"][f"q{q:g}"] - q) <= 0.03 for q in QS if q != 0.5)
+
+
 def _sf_python() -> str | None:
     exe = os.environ.get("NOWBLOCK_SF_PYTHON", "/opt/sfvenv/bin/python")
     return exe if Path(exe).exists() else None

@@ -29,7 +29,7 @@ def _site(root_a: float = 32.0, n: int = 3) -> Site:
 class FakeCentral:
     """The central system's controller API over a real LiveState; chargers accept unless told."""
 
-    failsafe_at_boot = False
+    failsafe_a: dict = {}  # the controller fills in its fail-safe shares
 
     def __init__(self, site: Site) -> None:
         self.site = site
@@ -91,6 +91,7 @@ async def test_step_keeps_every_fuse_phase_and_min_current():
     cs, clock = FakeCentral(site), Clock()
     _start(cs, clock, 3, needs={0: (2, 20.0), 1: (8, 10.0), 2: (4, 5.0)})
     ctl = _controller(cs, clock)
+    assert cs.failsafe_a == {cp: 10.0 for cp in site.charge_point_ids}  # 32 A over 3 points, whole amperes
     res = await ctl.step("test")
     x = res.current_a
     assert set(x.index) == {"CP0:tx0", "CP1:tx1", "CP2:tx2"}

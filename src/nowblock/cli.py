@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if logging.getLogger().level > logging.DEBUG:
+        # The ocpp library logs every frame at INFO; that drowns the controller's step log.
+        logging.getLogger("ocpp").setLevel(logging.WARNING)
     if getattr(args, "_unavailable", None):
         print(args._unavailable, file=sys.stderr)
         return 2

@@ -132,7 +132,7 @@ class Controller:
         self.base_load_meter = base_load_meter
         self.base_load_history = base_load_history
         self.prices = prices
-        self.profile_validity_s = float(profile_validity_s) if profile_validity_s else max(3.0 * self.period_s, 60.0)
+        self.profile_validity_s = float(profile_validity_s) if profile_validity_s else max(5.0 * self.period_s, 60.0)
         self.min_replan_s = float(min_replan_s)
         self.settings = settings
         if clock is None and callable(getattr(self.state, "clock", None)):
@@ -142,23 +142,22 @@ class Controller:
             worst_base_load_kw = float(base_load_history.max()) if base_load_history is not None and len(base_load_history) else 0.0
         self.worst_base_load_kw = float(worst_base_load_kw)
         self.failsafe_a = cl.failsafe_current_a(site, self.worst_base_load_kw)
-        # A central system that installs fail-safe profiles at every boot gets ours to install.
-        self._own_failsafe = not getattr(central, "failsafe_at_boot", False)
+        # The central system installs these as TxDefaultProfiles after every BootNotification.
         if hasattr(central, "failsafe_a"):
             central.failsafe_a = {k: float(v) for k, v in self.failsafe_a.items()}
+        else:
+            log.warning("the central system installs no fail-safe profiles; chargers keep their own defaults")
         self.owns_store = False
         self.ceilings_a = pd.Series(dtype=float)
         self.plan: pd.DataFrame | None = None
         self.history: list[StepResult] = []
         self._sent: dict[str, tuple[float, pd.Timestamp]] = {}  # session -> (limit sent [A], when)
         self._changed_at: dict[str, pd.Timestamp] = {}  # session -> when its limit last changed
-        self._failsafe_sent: set[str] = set()
         self._reserved: set[str] = set()  # sessions counted at their worst case in the last step
         self._full: set[str] = set()  # sessions whose car stopped drawing while offered its minimum
         self.top_up_kwh = 2.0
         self.needs_from_store = False
         self._needs_fit_at: pd.Timestamp | None = None
-        self._bg: set[asyncio.Task] = set()
         self._solving: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
@@ -175,12 +174,14 @@ class Controller:
 
     # ---- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Send fail-safe profiles to connected stations and start the loop task."""
+        """Start the loop task (re-plans on events and every ``period_s``)."""
         self._sub = self.state.subscribe()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="nowblock-controller")
-        log.info("controller started: policy %s, fallback %s, period %.0f s, fail-safe %s A",
-                 self.policy.name, self.fallback.name, self.period_s,
-                 ", ".join(f"{k}={v:g}" for k, v in self.failsafe_a.items()))
+        fs = self.failsafe_a
+        log.info("controller started: policy %s, fallback %s, period %g s, TxProfiles valid %g s, "
+                 "fail-safe %g..%g A per charging point (worst other load %.1f kW)", self.policy.name,
+                 self.fallback.name, self.period_s, self.profile_validity_s, fs.min() if len(fs) else 0,
+                 fs.max() if len(fs) else 0, self.worst_base_load_kw)
 
     async def stop(self) -> None:
         """Stop the loop (profiles already sent stay on the chargers until they expire)."""
@@ -225,11 +226,6 @@ class Controller:
 
     async def _watch_events(self) -> None:
         async for ev in self._sub:
-            if ev.kind in ("connect", "boot") and self._own_failsafe:
-                self._failsafe_sent.discard(ev.cp_id)
-                task = asyncio.get_running_loop().create_task(self._send_failsafe(ev.cp_id))
-                self._bg.add(task)
-                task.add_done_callback(self._bg.discard)
             if ev.kind == "disconnect":
                 for sid in [s for s in self._sent if s.split(":")[0] == ev.cp_id]:
                     self._sent.pop(sid, None)  # a reconnected station gets fresh profiles
@@ -253,20 +249,6 @@ class Controller:
         if since is not None and (now - since).total_seconds() < self.settings.settle_s:
             return False
         return abs(max(cur) - sent[0]) > self.settings.under_draw_a + self.settings.margin_a
-
-    async def _send_failsafe(self, cp_id: str) -> None:
-        if cp_id in self._failsafe_sent:
-            return
-        self._failsafe_sent.add(cp_id)
-        limit = float(self.failsafe_a.get(cp_id, 0.0))
-        try:
-            rec = await self.central.set_default_profile(cp_id, limit, connector_id=0)
-            if getattr(rec, "purpose", "?") is None:
-                raise RuntimeError(f"not accepted: {getattr(rec, 'attempts', '')}")
-            log.info("%s: fail-safe TxDefaultProfile %.1f A", cp_id, limit)
-        except Exception as exc:  # the charger keeps whatever default it had; the next connect retries
-            self._failsafe_sent.discard(cp_id)
-            log.warning("%s: fail-safe profile not installed: %s", cp_id, exc)
 
     # ---- one step ---------------------------------------------------------------------------
     def build_snapshot(self, now: pd.Timestamp | None = None) -> tuple[BlockSnapshot, pd.DataFrame, dict]:

@@ -2,7 +2,9 @@
 
 Estimators in the familiar style: ``fit(history)`` with a Series of kW on a tz-aware index
 (15-min or any step that divides a day), then ``predict(horizon)`` -> DataFrame with the point
-forecast ``kw`` and quantile columns ``q0.05`` ... ``q0.95`` (names from :func:`quantile_column`).
+forecast ``kw`` (the median by default, ``point="mean"`` for the profile itself) and quantile
+columns ``q0.05`` ... ``q0.95`` (names from :func:`quantile_column`), never below the lowest load
+in the history (``clip_to_history``).
 
 * :class:`SeasonalNaiveForecaster`: last week's reading at the same local time (the floor).
 * :class:`SimilarDayForecaster`: exponentially weighted similar-day profiles (per weekday and
@@ -80,7 +82,13 @@ def _as_series(history) -> pd.Series:
 
 
 class _Estimator:
-    """Shared plumbing: validation, the local-time matrix, horizons, output frames."""
+    """Shared plumbing: validation, the local-time matrix, horizons, output frames.
+
+    ``quantiles`` (0..1) to report; ``calendar`` (clock and holidays); ``min_history`` finite
+    readings below which ``fit`` raises; ``quantile_days`` of day-ahead residuals behind the
+    quantiles; ``point`` "median" or "mean"; ``clip_to_history`` floors every column at the
+    lowest reading in the history [kW].
+    """
 
     def __init__(self, *, quantiles=DEFAULT_QUANTILES, calendar: Calendar | None = None,
                  min_history: int = 4, quantile_days: int = 56, point: str = "median",

@@ -587,6 +587,11 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
     need = snapshot.remaining_kwh
     can = (upper * plugged).sum(axis=1) * cars["phases"].to_numpy(float) * snapshot.site.voltage_v / 1000.0 * dt_h
     need = np.where(np.isfinite(need), need, can)
+    # A remainder smaller than one slot at the minimum current is planned as that slot: the car
+    # stops by itself when full, and valued at its true size it never beat the slot's price (and
+    # lost to cars with more to gain), so it slipped past departure (found in simulation).
+    one_slot_kwh = cars["min_current_a"].to_numpy(float) * cars["phases"].to_numpy(float) * snapshot.site.voltage_v / 1000.0 * dt_h
+    need = np.where((need > 1e-3) & (need < one_slot_kwh), one_slot_kwh, need)
     return Formulation(
         site=snapshot.site, times=times, dt_h=dt_h, session_ids=cars.index.to_numpy(str),
         cp_index=cp, phases=cars["phases"].to_numpy(np.int64),
