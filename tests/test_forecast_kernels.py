@@ -49,6 +49,16 @@ def test_day_level(seed):
     np.testing.assert_allclose(K.day_level(y, f, 3), K.day_level_ref(y, f, 3))
 
 
+def test_similar_day_components():
+    rng = np.random.default_rng(4)
+    y = _matrix(rng, 16, 6, 0.2)
+    dtype = np.arange(16, dtype=np.int64) % 7
+    dclass = np.where(dtype <= 4, 0, dtype - 4).astype(np.int64)
+    got = K.similar_day_components(y, dtype, dclass, 0.3, 0.2, 0.1, 1)
+    for a, b in zip(got, K.similar_day_components_ref(y, dtype, dclass, 0.3, 0.2, 0.1, 1)):
+        np.testing.assert_allclose(a, b, equal_nan=True)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_fit_similar_day(seed):
     rng = np.random.default_rng(seed)

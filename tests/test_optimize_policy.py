@@ -52,8 +52,13 @@ def test_warm_start_from_the_shifted_plan_and_reset():
     form = pol.formulation(later)
     shifted = pol._shifted_plan(form)
     assert shifted.shape == (3, form.n_slots)
-    # The new first slot (17:05) still lies in the old first slot (17:00-17:15).
-    np.testing.assert_allclose(shifted[:, 0], first_plan.current_a.iloc[0].to_numpy())
+    # The first slot is one control step (17:00-17:05), then 15-minute slots (17:05-17:20, ...):
+    # the new plan's slots start at 17:05, 17:10, 17:25, ... and take the old slot they start in.
+    assert first_plan.times[1] - first_plan.times[0] == pd.Timedelta("5min")
+    assert form.times[0] == first_plan.times[1]
+    np.testing.assert_allclose(shifted[:, 0], first_plan.current_a.iloc[1].to_numpy())
+    np.testing.assert_allclose(shifted[:, 1], first_plan.current_a.iloc[1].to_numpy())
+    np.testing.assert_allclose(shifted[:, 2], first_plan.current_a.iloc[2].to_numpy())
     pol.schedule(later)
     assert len(pol.history) == 2
     pol.reset()

@@ -348,13 +348,15 @@ class BaseLoadForecaster:
         and the result is an empty Series (the caller keeps the current load); with fewer than
         the model's minimum it is flat at their mean. Never NaN. Returns a Series named 'kw'.
         """
-        s = _as_series(history) if len(history) else pd.Series([], index=pd.DatetimeIndex([], tz="UTC"), dtype=float)
         now = pd.Timestamp(now)
-        s = s[(s.index <= now) & (s.index > now - self.lookback)]
+        if now.tzinfo is None:
+            raise ForecastError("now must be timezone-aware")
+        full = _as_series(history) if len(history) else pd.Series([], index=pd.DatetimeIndex([], tz="UTC"), dtype=float)
+        s = full[(full.index <= now) & (full.index > now - self.lookback)]
         finite = s[np.isfinite(s.to_numpy())]
         if len(finite) == 0:
             return pd.Series([], index=pd.DatetimeIndex([], tz=now.tz), dtype=float, name="kw")
-        full_index = _as_series(history).index
+        full_index = full.index
         step = infer_step(s.index) if len(s) >= 2 else (infer_step(full_index) if len(full_index) >= 2 else None)
         if step is None or len(finite) < self.model.min_history:
             step = step or pd.Timedelta("15min")

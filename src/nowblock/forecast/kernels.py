@@ -172,6 +172,17 @@ def similar_day_components(y, day_type, day_class, alpha_a, alpha_b, alpha_g, ha
     return fa, fb, fg, sa, sb, sg
 
 
+def similar_day_components_ref(y, day_type, day_class, alpha_a, alpha_b, alpha_g, half_width):
+    """Reference for :func:`similar_day_components`."""
+    y = np.asarray(y, float)
+    n, s_n = y.shape
+    ys = smooth_nan_ref(y.ravel(), int(half_width)).reshape(n, s_n)
+    fa, sa = ewma_profiles_ref(ys, day_type, 7, alpha_a)
+    fb, sb = ewma_profiles_ref(ys, day_class, 3, alpha_b)
+    fg, sg = ewma_profiles_ref(ys, [0] * n, 1, alpha_g)
+    return fa, fb, fg, sa, sb, sg
+
+
 @njit(cache=True)
 def day_level(y, f, n_level):
     """Level error per day: mean of ``y - f`` over the last ``n_level`` finite slots of the

@@ -167,17 +167,19 @@ class MatrixForm:
 class Formulation:
     """The charging problem for one horizon as arrays (n cars x T slots).
 
-    ``times`` slot starts (UTC) of length ``dt_h`` [h]; per car ``cp_index``, ``phases`` (grid
+    ``times`` slot starts (UTC) of length ``dt_h`` [h] (a number, or one per slot); per car ``cp_index``, ``phases`` (grid
     phases loaded), ``min_current_a`` [A], ``upper_a`` (n, T) [A] (0 where the car cannot charge
     in that slot: not plugged, or a cap below its minimum), ``plugged`` (n, T) fraction of each slot
     the car is plugged in, ``need_kwh`` [kWh] still wanted, ``priority``; per slot ``base_kw``
     [kW] other load and ``price_eur_per_kwh`` [EUR/kWh]; ``prev_current_a`` [A] the setpoint
-    applied now (NaN if none), for the change penalty on the first slot.
+    applied now (NaN if none), for the change penalty on the first slot; ``draw_ratio`` per car
+    (None: 1) is the share of the offered current it was measured to draw, which scales its
+    energy (not its load on the fuses: the limits assume every car may draw all it is offered).
     """
 
     site: Site
     times: pd.DatetimeIndex
-    dt_h: float
+    dt_h: float | np.ndarray
     session_ids: np.ndarray
     cp_index: np.ndarray
     phases: np.ndarray
@@ -190,6 +192,19 @@ class Formulation:
     price_eur_per_kwh: np.ndarray
     prev_current_a: np.ndarray
     options: OptimizeOptions = field(default_factory=OptimizeOptions)
+    draw_ratio: np.ndarray | None = None
+
+    @cached_property
+    def slot_h(self) -> np.ndarray:
+        """Length of every slot [h], shape (T,)."""
+        return np.broadcast_to(np.asarray(self.dt_h, dtype=float), (self.n_slots,)).copy()
+
+    @cached_property
+    def energy_per_a_kwh(self) -> np.ndarray:
+        """(n, T) energy [kWh] a car gets per ampere offered in each slot (0 where not plugged):
+        power per ampere x slot length x plugged fraction x the car's measured draw ratio."""
+        ratio = np.ones(self.n_cars) if self.draw_ratio is None else self.draw_ratio
+        return (self.kw_per_a * ratio)[:, None] * self.slot_h[None, :] * self.plugged
 
     # ---- shapes and derived arrays ------------------------------------------------------
     @property
@@ -305,7 +320,7 @@ def _build_matrix(f: Formulation, binary: np.ndarray) -> MatrixForm:
     K = len(car)
     ub = f.upper_a[car, slot]
     lo_min = f.min_current_a[car]
-    kwh_per_a = f.kw_per_a[car] * f.dt_h * f.plugged[car, slot]
+    kwh_per_a = f.energy_per_a_kwh[car, slot]
 
     bcell = np.nonzero(binary)[0]
     B = len(bcell)
@@ -362,7 +377,7 @@ def _build_matrix(f: Formulation, binary: np.ndarray) -> MatrixForm:
     # Energy per car: need <= delivered + shortfall <= need + overshoot. The overshoot (one slot
     # at the minimum current) lets a car with a small remainder still be served under "0 or
     # >= min": it stops by itself when full. Shortfall is priced, so it is 0 when delivered >= need.
-    overshoot = f.min_current_a * f.kw_per_a * f.dt_h
+    overshoot = f.min_current_a * f.kw_per_a * f.slot_h.max(initial=0.0)
     coo.add("energy", n, np.concatenate([car, np.arange(n)]),
             np.concatenate([x0 + np.arange(K), sh.start + np.arange(n)]),
             np.concatenate([kwh_per_a, np.ones(n)]), need, need + overshoot)
@@ -457,7 +472,10 @@ def _build_matrix(f: Formulation, binary: np.ndarray) -> MatrixForm:
 
 
 # ---- adapters: sessions frame and snapshot ----------------------------------------------
-def _slot_grid(start, horizon, step) -> tuple[pd.DatetimeIndex, float]:
+def _slot_grid(start, horizon, step, first=None) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """Slot starts (UTC) and lengths [h]: ``step`` slots over ``horizon``; with ``first`` shorter
+    than ``step``, the first slot is ``first`` long (a receding-horizon loop's control step) and
+    the regular slots follow it."""
     step = pd.Timedelta(step)
     horizon = pd.Timedelta(horizon)
     if step <= pd.Timedelta(0) or horizon < step:
@@ -465,23 +483,31 @@ def _slot_grid(start, horizon, step) -> tuple[pd.DatetimeIndex, float]:
     start = pd.Timestamp(start)
     if start.tz is None:
         raise ValueError("start: must be timezone-aware")
-    T = int(np.ceil(horizon / step - 1e-9))
-    times = pd.date_range(start.tz_convert("UTC"), periods=T, freq=step)
-    return times, step / pd.Timedelta(hours=1)
+    start = start.tz_convert("UTC")
+    first = pd.Timedelta(first) if first is not None else step
+    if first <= pd.Timedelta(0) or first >= step:
+        T = int(np.ceil(horizon / step - 1e-9))
+        return pd.date_range(start, periods=T, freq=step), np.full(T, step / pd.Timedelta(hours=1))
+    T = 1 + int(np.ceil((horizon - first) / step - 1e-9))
+    times = pd.DatetimeIndex([start]).append(pd.date_range(start + first, periods=T - 1, freq=step))
+    lengths = np.full(T, step / pd.Timedelta(hours=1))
+    lengths[0] = first / pd.Timedelta(hours=1)
+    return times, lengths
 
 
-def _on_slots(series: pd.Series | None, times: pd.DatetimeIndex, default: float, how: str = "mean") -> np.ndarray:
-    """A time series per slot: its ``how`` ("mean" or "max") over the slot (step-wise values,
-    last value carried forward)."""
+def _on_slots(series: pd.Series | None, times: pd.DatetimeIndex, slot_h: np.ndarray, default: float,
+              how: str = "mean") -> np.ndarray:
+    """A time series per slot: its ``how`` ("mean" or "max") over the slot of length ``slot_h``
+    [h] (step-wise values, last value carried forward)."""
     if series is None or len(series) == 0:
         return np.full(len(times), float(default))
     s = pd.Series(series, dtype=float).sort_index()
     s.index = pd.DatetimeIndex(s.index).tz_convert("UTC")
     s = s[~s.index.duplicated(keep="last")]
-    step = times[1] - times[0] if len(times) > 1 else pd.Timedelta(minutes=15)
     # Sample on a fine grid inside each slot so a series finer than the slot is averaged.
     n_sub = 15
-    fine = times.repeat(n_sub) + pd.to_timedelta(np.tile(np.arange(n_sub) / n_sub, len(times)) * step)
+    offs_h = (np.arange(n_sub)[None, :] / n_sub * np.asarray(slot_h, dtype=float)[:, None]).reshape(-1)
+    fine = times.repeat(n_sub) + pd.to_timedelta(offs_h, unit="h")
     v = s.reindex(s.index.union(fine)).ffill().bfill().reindex(fine).to_numpy(float)
     v = v.reshape(len(times), n_sub)
     return v.max(axis=1) if how == "max" else v.mean(axis=1)
@@ -494,7 +520,7 @@ def _hours(ts) -> np.ndarray:
     return ((idx - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(hours=1)).to_numpy(float)
 
 
-def _plugged_fraction(arrival, departure, times: pd.DatetimeIndex, dt_h: float) -> np.ndarray:
+def _plugged_fraction(arrival, departure, times: pd.DatetimeIndex, dt_h) -> np.ndarray:
     """(n, T) fraction of each slot between arrival and departure."""
     t0 = _hours(times)[None, :]
     a = _hours(arrival)[:, None]
@@ -533,12 +559,12 @@ def from_sessions(site: Site, sessions: pd.DataFrame, start=None, horizon="24h",
     n = len(df)
     frac = df["draw_fraction"].to_numpy(float) if use_draw_fraction else np.ones(n)
     return Formulation(
-        site=site, times=times, dt_h=dt_h, session_ids=df["session_id"].to_numpy(str),
+        site=site, times=times, dt_h=float(dt_h[0]), session_ids=df["session_id"].to_numpy(str),
         cp_index=cp, phases=phases, min_current_a=site.cp_min_current_a[cp] * frac,
         upper_a=_upper(site, times, cp, df["max_current_a"].to_numpy(float), plugged) * frac[:, None],
         plugged=plugged, need_kwh=df["energy_kwh"].to_numpy(float),
         priority=df["priority"].to_numpy(float),
-        base_kw=_on_slots(base_load, times, 0.0, "max"), price_eur_per_kwh=_on_slots(prices, times, 0.0),
+        base_kw=_on_slots(base_load, times, dt_h, 0.0, "max"), price_eur_per_kwh=_on_slots(prices, times, dt_h, 0.0),
         prev_current_a=np.full(n, np.nan), options=options or OptimizeOptions(),
     )
 
@@ -549,19 +575,20 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
     Departures are moved ``options.departure_margin_h`` earlier (at most a quarter of the time
     left); a car whose departure has passed is treated as leaving at the end of the first slot:
     it still wants its energy now; an unknown (NaT) departure means plugged in all horizon, an
-    unknown (NaN) energy means all it can take. A car that drew clearly less than offered is
-    planned at its measured current from the second slot on. ``snapshot.cars.max_current_a`` already holds the
+    unknown (NaN) energy means all it can take. A car that drew less than offered gets energy
+    in proportion (``draw_ratio``, from the last measurement). ``snapshot.cars.max_current_a`` already holds the
     current caps; time-window caps of later slots come from the site.
     """
     cars = snapshot.cars
     opts = options or OptimizeOptions(current_step_a=float(snapshot.current_step_a))
-    times, dt_h = _slot_grid(snapshot.time, horizon, step)
+    times, dt_h = _slot_grid(snapshot.time, horizon, step, first=snapshot.step)
+    first_end = times[0] + pd.Timedelta(hours=float(dt_h[0]))
     dep = pd.DatetimeIndex(cars["departure"]).tz_convert("UTC")
     dep = dep.fillna(times[-1] + pd.Timedelta(step))  # unknown departure: plugged in all horizon
     left_h = ((dep - times[0]) / pd.Timedelta(hours=1)).to_numpy(float)
     margin_h = np.clip(np.minimum(opts.departure_margin_h, 0.25 * left_h), 0.0, None)
     dep = dep - pd.to_timedelta(margin_h, unit="h")
-    dep = dep.where(dep > times[0] + pd.Timedelta(step), times[0] + pd.Timedelta(step)) if len(cars) else dep
+    dep = dep.where(dep > first_end, first_end) if len(cars) else dep
     arr = pd.DatetimeIndex(np.full(len(cars), times[0].asm8)).tz_localize("UTC")
     plugged = _plugged_fraction(arr, dep, times, dt_h)
     # Later slots count only when the car is there for all of it: a plan that leaves energy for
@@ -573,32 +600,34 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
     if len(cars):
         # The snapshot's own max already includes today's cap; later slots follow the site's windows.
         upper[:, 0] = np.minimum(upper[:, 0], cars["max_current_a"].to_numpy(float))
-        # A car that drew clearly less than it was offered (battery taper, car limit) is planned
-        # at what it draws from the next slot on; now it is still offered its full maximum.
-        meas = cars["measured_current_a"].to_numpy(float) if "measured_current_a" in cars else np.full(len(cars), np.nan)
-        offered = cars["offered_current_a"].to_numpy(float) if "offered_current_a" in cars else np.zeros(len(cars))
-        lo = cars["min_current_a"].to_numpy(float)
-        under = np.isfinite(meas) & (offered > 0) & (meas < offered - max(1.0, snapshot.current_step_a))
-        accept = np.maximum(np.ceil(np.nan_to_num(meas) / snapshot.current_step_a) * snapshot.current_step_a, lo)
-        upper[under, 1:] = np.minimum(upper[under, 1:], accept[under, None])
+    # Share of the offered current each car drew last step (draw_fraction in simulation, a car's
+    # own limit live): its energy per offered ampere. Unknown, or 0 (paused or full), counts as 1.
+    ratio = np.ones(len(cars))
+    if len(cars) and "measured_current_a" in cars and "offered_current_a" in cars:
+        meas = cars["measured_current_a"].to_numpy(float)
+        offered = cars["offered_current_a"].to_numpy(float)
+        ok = np.isfinite(meas) & (meas > 0) & (offered > 0)
+        ratio[ok] = np.clip(meas[ok] / offered[ok], 0.2, 1.0)
     prev = cars["offered_current_a"].to_numpy(float) if "offered_current_a" in cars else np.full(len(cars), np.nan)
     prices = snapshot.prices_eur_per_kwh
     # Unknown energy: the car wants all it can get over the horizon.
     need = snapshot.remaining_kwh
-    can = (upper * plugged).sum(axis=1) * cars["phases"].to_numpy(float) * snapshot.site.voltage_v / 1000.0 * dt_h
+    can = (upper * plugged * dt_h[None, :]).sum(axis=1) * cars["phases"].to_numpy(float) * snapshot.site.voltage_v / 1000.0
     need = np.where(np.isfinite(need), need, can)
     # A remainder smaller than one slot at the minimum current is planned as that slot: the car
     # stops by itself when full, and valued at its true size it never beat the slot's price (and
     # lost to cars with more to gain), so it slipped past departure (found in simulation).
-    one_slot_kwh = cars["min_current_a"].to_numpy(float) * cars["phases"].to_numpy(float) * snapshot.site.voltage_v / 1000.0 * dt_h
+    one_slot_kwh = cars["min_current_a"].to_numpy(float) * cars["phases"].to_numpy(float) * snapshot.site.voltage_v / 1000.0 * dt_h[0] * ratio
     need = np.where((need > 1e-3) & (need < one_slot_kwh), one_slot_kwh, need)
     return Formulation(
-        site=snapshot.site, times=times, dt_h=dt_h, session_ids=cars.index.to_numpy(str),
+        site=snapshot.site, times=times, dt_h=dt_h if len(np.unique(dt_h)) > 1 else float(dt_h[0]),
+        session_ids=cars.index.to_numpy(str),
         cp_index=cp, phases=cars["phases"].to_numpy(np.int64),
         min_current_a=cars["min_current_a"].to_numpy(float), upper_a=upper, plugged=plugged,
         need_kwh=need, priority=np.nan_to_num(cars["priority"].to_numpy(float), nan=1.0),
-        base_kw=_on_slots(snapshot.base_load_kw, times, 0.0, "max"), price_eur_per_kwh=_on_slots(prices, times, 0.0),
-        prev_current_a=prev, options=opts,
+        base_kw=_on_slots(snapshot.base_load_kw, times, dt_h, 0.0, "max"),
+        price_eur_per_kwh=_on_slots(prices, times, dt_h, 0.0),
+        prev_current_a=prev, options=opts, draw_ratio=ratio,
     )
 
 

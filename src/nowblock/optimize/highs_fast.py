@@ -170,7 +170,7 @@ def complete_solution(form: Formulation, mf: MatrixForm, x: np.ndarray) -> np.nd
     v = np.zeros(mf.num_col)
     v[mf.cols["current_a"]] = x
     v[mf.cols["on"]] = (x[mf.binary_cell] > _TOL_A).astype(float) if len(mf.binary_cell) else 0.0
-    kwh = form.kw_per_a[car] * form.dt_h * form.plugged[car, slot]
+    kwh = form.energy_per_a_kwh[car, slot]
     need = np.maximum(form.need_kwh, 0.0)
     e = np.bincount(car, weights=kwh * x, minlength=form.n_cars)
     short = np.clip(need - e, 0.0, need)

@@ -75,7 +75,7 @@ class MilpPolicy:
             return None
         old = prev.current_a
         pos = old.index.searchsorted(form.times, side="right") - 1
-        end = old.index[-1] + pd.Timedelta(hours=form.dt_h)
+        end = old.index[-1] + self.step
         valid = (pos >= 0) & (form.times < end)
         vals = old.reindex(columns=pd.Index(form.session_ids)).fillna(0.0).to_numpy(float)  # (T_old, n)
         plan = np.zeros((form.n_cars, form.n_slots))

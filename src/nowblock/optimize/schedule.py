@@ -158,7 +158,7 @@ def to_schedule(form: Formulation, current_raw_a: np.ndarray, *, status: str, ob
     ids = pd.Index(form.session_ids, name="session_id")
     times = pd.DatetimeIndex(form.times, name="time")
     power = x * form.kw_per_a[:, None]
-    energy = (power * form.plugged * form.dt_h).sum(axis=1)
+    energy = (x * form.energy_per_a_kwh).sum(axis=1)
     return Schedule(
         current_a=pd.DataFrame(x.T, index=times, columns=ids),
         power_kw=pd.DataFrame(power.T, index=times, columns=ids),
@@ -174,9 +174,9 @@ def to_schedule(form: Formulation, current_raw_a: np.ndarray, *, status: str, ob
 # ---- slot snapshots and the fallback ------------------------------------------------------
 def slot_snapshot(form: Formulation, t: int, delivered_kwh: np.ndarray) -> BlockSnapshot:
     """A :class:`BlockSnapshot` of slot ``t`` as the formulation sees it (cars that can charge)."""
-    step = pd.Timedelta(hours=form.dt_h)
+    step = pd.Timedelta(hours=float(form.slot_h[t]))
     last = form.n_slots - 1 - np.argmax(form.plugged[:, ::-1] > 0, axis=1)
-    departure = form.times[last] + pd.to_timedelta(form.plugged[np.arange(form.n_cars), last] * form.dt_h, unit="h")
+    departure = form.times[last] + pd.to_timedelta(form.plugged[np.arange(form.n_cars), last] * form.slot_h[last], unit="h")
     cars = pd.DataFrame({
         "charge_point_id": np.array(form.site.charge_point_ids, dtype=object)[form.cp_index],
         "cp_index": form.cp_index,
@@ -243,7 +243,7 @@ def fallback_schedule(form: Formulation, *, reason: str, solve_seconds: float = 
         safe = make_safe(snap, proposal)
         idx = pos.get_indexer(safe.index)
         x[idx, t] = safe.to_numpy(float)
-        delivered += x[:, t] * form.kw_per_a * form.dt_h * form.plugged[:, t]
+        delivered += x[:, t] * form.energy_per_a_kwh[:, t]
     return to_schedule(form, x, status="fallback", objective=float("nan"), bound=float("nan"),
                        mip_gap=float("inf"), solve_seconds=solve_seconds, build_seconds=build_seconds,
                        backend=backend, detail=f"{name} ({reason})")
