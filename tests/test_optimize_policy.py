@@ -52,17 +52,26 @@ def test_warm_start_from_the_shifted_plan_and_reset():
     form = pol.formulation(later)
     shifted = pol._shifted_plan(form)
     assert shifted.shape == (3, form.n_slots)
-    # The first slot is one control step (17:00-17:05), then 15-minute slots (17:05-17:20, ...):
-    # the new plan's slots start at 17:05, 17:10, 17:25, ... and take the old slot they start in.
-    assert first_plan.times[1] - first_plan.times[0] == pd.Timedelta("5min")
-    assert form.times[0] == first_plan.times[1]
-    np.testing.assert_allclose(shifted[:, 0], first_plan.current_a.iloc[1].to_numpy())
+    # The new first slot (17:05) still lies in the old first slot (17:00-17:15).
+    np.testing.assert_allclose(shifted[:, 0], first_plan.current_a.iloc[0].to_numpy())
+    # 17:20 lies in the old 17:15 slot, 17:35 in the old 17:30 slot.
     np.testing.assert_allclose(shifted[:, 1], first_plan.current_a.iloc[1].to_numpy())
     np.testing.assert_allclose(shifted[:, 2], first_plan.current_a.iloc[2].to_numpy())
     pol.schedule(later)
     assert len(pol.history) == 2
     pol.reset()
     assert pol.last_schedule is None and pol.history == []
+
+
+def test_first_slot_as_long_as_the_control_step():
+    pol = MilpPolicy(first_slot_is_control_step=True)
+    form = pol.formulation(_snapshot())
+    np.testing.assert_allclose(form.slot_h[:3], [5 / 60, 0.25, 0.25])
+    assert form.times[1] - form.times[0] == pd.Timedelta("5min")
+    out = pol.schedule(_snapshot())
+    assert violation_a(_snapshot(), out) == 0.0
+    # Energy per ampere follows the slot length.
+    np.testing.assert_allclose(form.energy_per_a_kwh[0, :2] / form.energy_per_a_kwh[0, 1], [1 / 3, 1.0])
 
 
 def test_time_limit_stays_below_the_control_interval():

@@ -6,6 +6,9 @@
 - :func:`build_pyomo_model` gives the same model as a Pyomo ``ConcreteModel`` to extend.
 """
 
+import sys
+import types
+
 from nowblock.optimize.formulation import Formulation, OptimizeOptions, from_sessions, from_snapshot
 from nowblock.optimize.schedule import Schedule
 from nowblock.optimize.solve import optimize, solve_formulation
@@ -26,7 +29,7 @@ __all__ = ["Formulation", "MilpPolicy", "OptimizeOptions", "Schedule", "build_py
            "from_snapshot", "optimize", "solve_formulation", "solve_offline", "solve_pyomo"]
 
 
-class _CallableModule(__import__("types").ModuleType):
+class _CallableModule(types.ModuleType):
     """Lets ``nowblock.optimize(...)`` call :func:`optimize`: once this package is imported,
     ``nowblock.optimize`` names the package, not the function the contract promises."""
 
@@ -34,4 +37,4 @@ class _CallableModule(__import__("types").ModuleType):
         return optimize(*args, **kwargs)
 
 
-__import__("sys").modules[__name__].__class__ = _CallableModule
+sys.modules[__name__].__class__ = _CallableModule

@@ -569,9 +569,12 @@ def from_sessions(site: Site, sessions: pd.DataFrame, start=None, horizon="24h",
     )
 
 
-def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOptions | None = None) -> Formulation:
+def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOptions | None = None,
+                  first_slot_is_control_step: bool = False) -> Formulation:
     """The formulation for a policy snapshot: plugged-in cars, remaining needs, forecast load.
 
+    With ``first_slot_is_control_step`` the first slot lasts ``snapshot.step`` and the regular
+    slots follow it (measured: not better, see docs/bench_optimize.md).
     Departures are moved ``options.departure_margin_h`` earlier (at most a quarter of the time
     left); a car whose departure has passed is treated as leaving at the end of the first slot:
     it still wants its energy now; an unknown (NaT) departure means plugged in all horizon, an
@@ -581,7 +584,7 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
     """
     cars = snapshot.cars
     opts = options or OptimizeOptions(current_step_a=float(snapshot.current_step_a))
-    times, dt_h = _slot_grid(snapshot.time, horizon, step, first=snapshot.step)
+    times, dt_h = _slot_grid(snapshot.time, horizon, step, first=snapshot.step if first_slot_is_control_step else None)
     first_end = times[0] + pd.Timedelta(hours=float(dt_h[0]))
     dep = pd.DatetimeIndex(cars["departure"]).tz_convert("UTC")
     dep = dep.fillna(times[-1] + pd.Timedelta(step))  # unknown departure: plugged in all horizon

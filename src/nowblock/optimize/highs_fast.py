@@ -14,6 +14,8 @@ slow part, not the bound).
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -202,11 +204,39 @@ def is_feasible(mf: MatrixForm, v: np.ndarray, tol: float = 1e-6) -> bool:
     return bool(((r >= mf.row_lo - tol * scale) & (r <= mf.row_hi + tol * scale)).all())
 
 
+_BANNER_SILENCED = False
+
+
+def _new_highs():
+    """A fresh ``highspy.Highs``; the first one in a process is made with stdout muted.
+
+    HiGHS prints its copyright banner on stdout when the first solver object is created,
+    before ``output_flag`` can be set; that would corrupt a CLI's table output.
+    """
+    import highspy
+
+    global _BANNER_SILENCED
+    if _BANNER_SILENCED:
+        return highspy.Highs()
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+    _BANNER_SILENCED = True
+    return h
+
+
 def _solve_once(form: Formulation, mf: MatrixForm, start: np.ndarray | None, time_limit_s: float) -> SolveResult:
     import highspy
 
     t0 = time.perf_counter()
-    h = highspy.Highs()
+    h = _new_highs()
     opts = highs_options(form)
     opts["time_limit"] = float(max(time_limit_s, 1e-3))
     _set_options(h, opts)

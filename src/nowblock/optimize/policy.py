@@ -26,18 +26,21 @@ class MilpPolicy:
     :class:`~nowblock.optimize.formulation.OptimizeOptions` fields.
 
     ``time_limit_fraction`` caps HiGHS's time limit at that fraction of the control interval
-    (the snapshot's ``step``). After each call, ``last_schedule`` holds the full plan and
+    (the snapshot's ``step``). ``first_slot_is_control_step`` makes the first planning slot as
+    long as the control step (off by default: measured no better in simulation). After each call, ``last_schedule`` holds the full plan and
     ``history`` one row per call (time, status, objective, gap, solve and build seconds).
     """
 
     name = "milp"
 
-    def __init__(self, horizon="24h", step="15min", *, time_limit_fraction: float = 0.5, **options) -> None:
+    def __init__(self, horizon="24h", step="15min", *, time_limit_fraction: float = 0.5,
+                 first_slot_is_control_step: bool = False, **options) -> None:
         self.horizon = pd.Timedelta(horizon)
         self.step = pd.Timedelta(step)
         if not 0 < time_limit_fraction <= 1:
             raise ValueError(f"time_limit_fraction: must be in (0, 1], got {time_limit_fraction}")
         self.time_limit_fraction = float(time_limit_fraction)
+        self.first_slot_is_control_step = bool(first_slot_is_control_step)
         self.options = OptimizeOptions.from_kwargs(**options)
         self.last_schedule: Schedule | None = None
         self.history: list[dict] = []
@@ -52,7 +55,8 @@ class MilpPolicy:
         limit = min(self.options.time_limit_s, self.time_limit_fraction * snapshot.step.total_seconds())
         opts = dataclasses.replace(self.options, current_step_a=float(snapshot.current_step_a),
                                    time_limit_s=max(limit, 0.05))
-        return from_snapshot(snapshot, self.horizon, self.step, opts)
+        return from_snapshot(snapshot, self.horizon, self.step, opts,
+                             first_slot_is_control_step=self.first_slot_is_control_step)
 
     def schedule(self, snapshot: BlockSnapshot) -> pd.Series:
         """Setpoints [A] for the cars in ``snapshot`` (the first slot of a fresh plan, made safe)."""
