@@ -192,6 +192,26 @@ async def test_charger_that_keeps_a_higher_limit_is_counted_at_it():
     assert cs.sent[-1] == ("CP1", 0.0)
 
 
+async def test_charger_that_keeps_a_higher_limit_stays_counted_at_it_in_later_steps():
+    site = _site(root_a=32.0, n=2)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 2, needs={0: (3, 40.0), 1: (3, 40.0)})
+    ctl = _controller(cs, clock, policy="equal")
+    cs.keep_limit.add("CP0")  # answers, but its maximum (32 A) stays in force
+    n_first = None
+    for _ in range(3):  # the plan for CP0 does not change, so nothing is re-sent to it
+        res = await ctl.step()
+        n_first = len(cs.sent) if n_first is None else n_first
+        _meter(cs, clock, {0: 32.0})
+        clock.advance(20)
+        held = {s: cs.state.applied_limit_a(s.split(":")[0], 1) for s in res.current_a.index}
+        in_force = {s: 32.0 if a is None else a for s, a in held.items()}  # no profile: the charger maximum
+        assert sum(in_force.values()) <= 32.0 + 1e-9, in_force
+        assert res.current_a["CP0:tx0"] == 32.0 and res.current_a["CP1:tx1"] == 0.0
+    # Once known, it is planned around from the start: the other car is never raised into it.
+    assert all(a == 0.0 for cp, a in cs.sent[n_first:] if cp == "CP1")
+
+
 async def test_restart_continues_transactions_energy_and_plan(tmp_path):
     site = _site(root_a=32.0, n=2)
     db = tmp_path / "serve.sqlite"
@@ -274,3 +294,31 @@ async def test_profiles_are_refreshed_before_they_can_expire_between_late_steps(
     n_sent = len(cs.sent)
     await ctl.step()
     assert (len(cs.sent) > n_sent) == resent
+
+
+async def test_failsafe_default_is_reinstalled_before_it_expires_and_after_a_restart():
+    site = _site(root_a=32.0, n=3)
+    cs, clock = FakeCentral(site), Clock()
+    for i in range(3):
+        cs.state.on_connect(f"CP{i}", "1.6")
+        cs.state.on_boot(f"CP{i}", vendor="v", model="m")
+    ctl = _controller(cs, clock)
+    fs = float(ctl.failsafe_a["CP0"])
+
+    def install(cp_id, validity_s):
+        cs.state.on_profile_accepted(cp_id, 0, pr.build_profile(
+            "1.6", pr.TX_DEFAULT, fs, connector_id=0, validity_s=validity_s, now=clock.now.to_pydatetime()))
+
+    install("CP0", 7 * 86400)  # fresh from boot: nothing to do
+    install("CP1", 1800)  # a week later: expires within the hour
+    # CP2 holds none (a restarted serve does not know what the charger holds)
+    await ctl.step()
+    await asyncio.gather(*ctl._failsafe_tasks)
+    assert cs.defaults == {"CP1": fs, "CP2": fs}
+    install("CP1", 7 * 86400)
+    install("CP2", 7 * 86400)
+    cs.defaults.clear()
+    clock.advance(120)
+    await ctl.step()
+    await asyncio.gather(*ctl._failsafe_tasks)
+    assert cs.defaults == {}

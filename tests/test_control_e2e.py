@@ -27,6 +27,7 @@ from nowblock.closed_loop import LoopSettings
 from nowblock.control import Controller, attach
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.server import CentralSystem
+from nowblock.ocpp.testing import eventually
 from nowblock.sim.chargers import Car, Quirks, SimCharger
 from nowblock.site import ChargePoint, Fuse, Site
 from nowblock.store import open_store
@@ -108,10 +109,15 @@ async def test_congested_block_stays_under_every_fuse_phase(tmp_path):
         for i, s in enumerate(sims):
             await s.plug_in(Car(phases=1 if i == 4 else 3, energy_kwh=30.0,
                                 departure=t0 + timedelta(hours=2 + i)))
+        # Settled means the controller has planned every running transaction: a step that began
+        # before the last plug-ins (queued under load) still shares the connection among fewer
+        # cars while the new ones draw their fail-safe default (docs/control.md, "Known limits").
+        await eventually(lambda: ctl.history and len(ctl.history[-1].current_a) == len(sims), timeout_s=30)
         worst, used = -np.inf, []
         for _ in range(8):
+            # A step ends once its profiles were answered, and the simulated chargers apply a
+            # profile before they answer: the draw sampled now is the settled one.
             await wait_steps(ctl, 1)
-            await asyncio.sleep(0.1)  # the step's profiles are answered and applied
             load = fuse_phase_draw_a(site, sims)
             worst = max(worst, float((load - site.limits_a).max()))
             used.append(load[0].max())
@@ -168,7 +174,7 @@ async def test_a_car_drawing_less_frees_current_for_others(tmp_path):
 
 async def test_a_station_that_drops_off_keeps_its_failsafe_and_is_replanned(tmp_path):
     site = _site(root_a=40.0, n=3)
-    quirks = {"CP00": Quirks(reconnect_delay_s=4.0)}
+    quirks = {"CP00": Quirks(reconnect_delay_s=600.0)}  # offline until the test lets it back
     async with block(tmp_path, site, ["2.0.1", "1.6", "2.0.1"], quirks=quirks, profile_validity_s=2.0) as (cs, ctl, sims):
         failsafe = ctl.failsafe_a["CP00"]
         assert 6.0 <= failsafe <= 40.0 / 3
@@ -180,17 +186,26 @@ async def test_a_station_that_drops_off_keeps_its_failsafe_and_is_replanned(tmp_
         assert defaults and defaults[0].periods[0].limit == failsafe
         n_before = len(sims[0].received)
         sims[0].drop()
-        await asyncio.sleep(3.0)  # offline longer than its TxProfile lives
+        await eventually(lambda: not cs.state.station("CP00").connected, timeout_s=10)
+        # Offline longer than its TxProfile (2 s) lives: alone, it falls back to the fail-safe.
+        await eventually(lambda: pr.active_limit_a([p for p in sims[0].profiles if p.purpose == pr.TX], 1,
+                                                   pr.utcnow(), transaction_id=sims[0].sessions[1].transaction_id)
+                         is None, timeout_s=15)
+        assert sims[0].applied_limit_a(1) == failsafe
+
+        def reserved_cp00():
+            last = ctl.history[-1] if ctl.history else None
+            return last is not None and any(i.startswith("CP00") for i in last.snapshot.extra["reserved"])
+
+        await eventually(reserved_cp00, timeout_s=15)  # counted at its maximum while unseen
         assert not sims[0].connected.is_set()
-        assert sims[0].applied_limit_a(1) == failsafe  # alone, it falls back to the fail-safe
-        sid0 = next(i for i in ctl.history[-1].snapshot.extra["reserved"] if i.startswith("CP00"))
-        assert sid0  # counted at its maximum while unseen
         assert (fuse_phase_draw_a(site, sims) <= site.limits_a + 1e-6).all()
+        sims[0].reconnect()
         await sims[0].wait_connected(timeout=10)
-        await wait_steps(ctl, 2)
-        assert len(sims[0].received) > n_before  # re-planned: a fresh TxProfile after reconnecting
-        assert any(p.purpose == pr.TX for p in sims[0].profiles)
-        assert "CP00" in "".join(ctl.history[-1].current_a.index)
+        # Re-planned: a fresh TxProfile after reconnecting, and the car back in the plan.
+        await eventually(lambda: len(sims[0].received) > n_before
+                         and any(p.purpose == pr.TX for p in sims[0].profiles), timeout_s=20)
+        await eventually(lambda: "CP00" in "".join(ctl.history[-1].current_a.index), timeout_s=20)
 
 
 async def test_solver_time_out_keeps_the_block_safe(tmp_path):
@@ -206,8 +221,7 @@ async def test_solver_time_out_keeps_the_block_safe(tmp_path):
     async with block(tmp_path, site, ["1.6", "2.0.1"] * 2, policy=Hangs(), solve_timeout_s=0.2) as (cs, ctl, sims):
         for s in sims:
             await s.plug_in(Car(energy_kwh=30.0, departure=pr.utcnow() + timedelta(hours=3)))
-        await wait_steps(ctl, 3)
-        await asyncio.sleep(0.1)
+        await wait_steps(ctl, 3)  # each step ends after its profiles were answered and applied
         assert all(r.policy == "edf" for r in ctl.history[-3:])
         assert (fuse_phase_draw_a(site, sims) <= site.limits_a + 1e-6).all()
         assert fuse_phase_draw_a(site, sims)[0].max() >= 24.0
@@ -271,9 +285,10 @@ async def test_killing_serve_mid_transaction_loses_nothing_acknowledged(tmp_path
         energy_before = open_tx.set_index("charge_point_id")["energy_delivered_kwh"]
         store.close()
 
+        # Counted while serve is down, so a profile sent the instant the stations reconnect counts as fresh.
+        n_recv = [len(s.received) for s in sims]
         proc = _serve(tmp_path / "site.toml", port, db)  # restart on the same file
         await asyncio.to_thread(_wait_listening, proc, port)
-        n_recv = [len(s.received) for s in sims]
         await asyncio.gather(*(s.wait_connected(30) for s in sims))
         for s in sims:
             await s.send_meter_now()

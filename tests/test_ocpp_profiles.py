@@ -106,6 +106,22 @@ def test_failsafe_share_keeps_every_fuse_safe():
     assert (pr.failsafe_current_a(tight) == 0).all()  # 5 A each is below the 6 A minimum
 
 
+def test_failsafe_share_is_the_controllers_rule_in_0_1_a_steps():
+    from nowblock.closed_loop import failsafe_current_a
+    from nowblock.site import ChargePoint, Fuse, Site
+
+    rot = ["L1L2L3", "L2L3L1", "L3L1L2"]
+    cps = tuple(ChargePoint(id=f"CP{i}", fuse="grid", phases=1, phase_rotation=rot[i % 3]) for i in range(6))
+    site = Site("t", (Fuse("grid", (40.0,) * 3),), cps)
+    share = pr.failsafe_current_a(site)
+    # Single-phase points wired to different grid phases: two per phase, 20 A each (not 40 / 6).
+    assert np.allclose(share, 20.0)
+    assert (site.fuse_phase_currents_a(share, np.arange(6), site.cp_phases) <= site.limits_a + 1e-9).all()
+    odd = make_test_site(3, grid_a=40)
+    assert np.allclose(pr.failsafe_current_a(odd), 13.3)  # floored to 0.1 A, never rounded up
+    assert np.allclose(failsafe_current_a(odd, 0.0).to_numpy(), 13.0)  # the controller's whole amperes
+
+
 def test_password_hash_roundtrip():
     h = hash_password("s3cret", n=2**10)
     assert h.startswith("scrypt$1024$8$1$")

@@ -11,7 +11,7 @@ from websockets.asyncio.client import connect
 
 from nowblock.interface import CAR_COLUMNS
 from nowblock.ocpp import profiles as pr
-from nowblock.ocpp.testing import central_system, chargers, eventually, make_test_site
+from nowblock.ocpp.testing import central_system, chargers, drain_kinds, eventually, make_test_site
 from nowblock.sim.chargers import Car, Quirks
 
 VERSIONS = ["1.6", "2.0.1"]
@@ -48,12 +48,7 @@ async def test_session_life_cycle(version):
             assert t.energy_delivered_kwh == pytest.approx(sim.register_wh[1] / 1000.0, abs=1.01e-3)  # 1.6 meters report whole Wh
             assert cs.state.snapshot().empty
         await eventually(lambda: not cs.state.station("CP1").connected)
-        kinds = []
-        while True:
-            try:
-                kinds.append((await events.get(timeout=0.2)).kind)
-            except asyncio.TimeoutError:
-                break
+        kinds = await drain_kinds(events)
         for k in ("connect", "boot", "plug_in", "start", "meter", "stop", "disconnect"):
             assert k in kinds, k
         assert kinds.index("start") < kinds.index("meter") < kinds.index("stop") < kinds.index("disconnect")
@@ -170,12 +165,7 @@ async def test_disconnect_mid_transaction_and_reconnect_keeps_the_transaction(ve
             await sim.unplug()
             await eventually(lambda: t.stop is not None)
             assert t.energy_delivered_kwh == pytest.approx(sim.register_wh[1] / 1000.0, abs=1.01e-3)  # 1.6 meters report whole Wh
-        kinds = []
-        while True:
-            try:
-                kinds.append((await events.get(timeout=0.2)).kind)
-            except asyncio.TimeoutError:
-                break
+        kinds = await drain_kinds(events)
         assert kinds.count("start") == 1 and kinds.count("connect") == 2 and "disconnect" in kinds
 
 

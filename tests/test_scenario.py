@@ -67,6 +67,9 @@ def test_folder_errors(tmp_path, small_scenario):
     (path / "base_load.csv").write_text("time,kw\n2026-03-02T00:00:00+01:00,lots\n")
     with pytest.raises(ScenarioError, match=r"row 0: kw 'lots' is not a number"):
         Scenario.from_dir(path)
+    (path / "base_load.csv").write_text("")  # an interrupted copy: named, not a bare pandas error
+    with pytest.raises(ScenarioError, match=r"base_load.csv: cannot read it as CSV time,kw"):
+        Scenario.from_dir(path)
     (path / "base_load.csv").unlink()
     (path / "site.toml").write_text((path / "site.toml").read_text().replace('"L2L3L1"', '"L2L2L1"', 1))
     with pytest.raises(SiteError, match=r"site.toml: charge_points\[1\]\.phase_rotation"):

@@ -68,6 +68,15 @@ def test_good_file_loads(tmp_path):
         ('parent = "grid"\n', "", r"fuses: exactly one fuse must have no parent"),
         ('id = "CP01"\n', "", r"charge_points\[0\]\.id: missing"),
         ('voltage_v = 230', 'voltage_v = -230', r"voltage_v: must be positive"),
+        # TOML has inf and nan: either would switch a limit off without a word
+        ("max_current_a = [100, 100, 100]", "max_current_a = [100, inf, 100]", r"fuses\[0\]\.max_current_a: ratings"),
+        ("max_current_a = 32", "max_current_a = inf", r"charge_points\[0\]\.max_current_a: must be > 0 and finite"),
+        ("max_current_a = 32", "max_current_a = nan", r"charge_points\[0\]\.max_current_a: must be > 0"),
+        ('voltage_v = 230', 'voltage_v = inf', r"voltage_v: must be positive and finite"),
+        ('voltage_v = 230', 'voltage_v = 230\ntimezone = "Mars/Olympus"', r"timezone: unknown time zone 'Mars/Olympus'"),
+        ('voltage_v = 230', 'voltage_v = 230\nmax_unbalance_a = nan', r"max_unbalance_a: must be >= 0"),
+        ('phases = 3', 'phases = 3\ncaps = [{start = "17:00", end = "21:00", max_current_a = nan}]',
+         r"charge_points\[0\]\.caps\[0\]\.max_current_a"),
     ],
 )
 def test_bad_site_names_the_key(tmp_path, old, new, key):

@@ -190,13 +190,16 @@ def draw_departs(cars: pd.DataFrame, settled, tol_a: float = 3.0) -> bool:
     return bool(np.any(np.abs(meas[ok] - off[ok]) > tol_a))
 
 
-def failsafe_current_a(site: Site, worst_base_load_kw: float) -> pd.Series:
+def failsafe_current_a(site: Site, worst_base_load_kw: float = 0.0, *, step_a: float = 1.0) -> pd.Series:
     """Each charging point's TxDefaultProfile limit [A]: safe if the central system disappears.
 
     Every fuse phase's rating (the grid connection's minus the worst-case other load
     ``worst_base_load_kw`` [kW]) is divided evenly over the charging points that load that
-    phase; a point gets the smallest share over all fuse phases it loads, floored to whole
-    amperes, and 0 when that share is below its minimum (IEC 61851: 0 or at least min).
+    phase; a point gets the smallest share over all fuse phases it loads, floored to
+    ``step_a`` [A] (whole amperes by default; 0.1 A is OCPP 1.6's resolution), and 0 when that
+    share is below its minimum (IEC 61851: 0 or at least min). The one fail-safe rule: the
+    central system's boot-time default (:func:`nowblock.ocpp.profiles.failsafe_current_a`)
+    calls this too.
     """
     n = len(site.charge_points)
     cp = np.arange(n)
@@ -209,6 +212,6 @@ def failsafe_current_a(site: Site, worst_base_load_kw: float) -> pd.Series:
     users = g.sum(axis=1)
     share = np.where(users > 0, room / np.maximum(users, 1), np.inf)
     per_cp = np.where(g > 0, share[:, None], np.inf).min(axis=0)
-    per_cp = np.floor(np.minimum(per_cp, site.cp_max_current_a) + 1e-9)
+    per_cp = np.floor(np.minimum(per_cp, site.cp_max_current_a) / step_a + 1e-9) * step_a
     per_cp[per_cp < site.cp_min_current_a] = 0.0
     return pd.Series(per_cp, index=site.charge_point_ids, name="current_a")

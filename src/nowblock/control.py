@@ -1,4 +1,4 @@
-"""The live control loop (and ``nowblock demo``): OCPP state, forecast, optimize, dispatch.
+"""The live control loop: OCPP state, forecast, optimize, dispatch (``nowblock demo`` is in :mod:`nowblock.demo`).
 
 :class:`Controller` runs as an asyncio task inside the ``serve`` process. It re-plans when a
 car starts or stops, when a 2.0.1 car reports its needs, when a station (re)connects, when a
@@ -166,6 +166,8 @@ class Controller:
         self._last_step_time: pd.Timestamp | None = None
         self._gaps_s: list[float] = []  # recent intervals between steps on the controller's clock [s]
         self._sub = None
+        self._failsafe_tried: dict[str, float] = {}  # station -> wall time [s] of the last (re)install
+        self._failsafe_tasks: set[asyncio.Task] = set()
         if store is not None:
             last = store.latest_plan()
             if last is not None:
@@ -196,6 +198,9 @@ class Controller:
             except (asyncio.CancelledError, Exception):
                 pass
         self._task = None
+        for t in list(self._failsafe_tasks):
+            t.cancel()
+        await asyncio.gather(*self._failsafe_tasks, return_exceptions=True)
         if self.owns_store and self.store is not None:
             self.store.close()
 
@@ -271,13 +276,19 @@ class Controller:
         if "connected" in cars:
             stale |= ~cars["connected"].to_numpy(bool)
         over = cl.over_draw_mask(cars, settled, self.settings)
-        unobserved = stale | over
-        reserve = np.where(over & ~stale, cars["measured_current_a"].to_numpy(float) + self.settings.margin_a,
-                           cars["max_current_a"].to_numpy(float))
+        # A charger that holds a higher limit than the last one it was sent (it answered but did
+        # not apply it, or rejected every fallback) is planned around at what it holds, so that
+        # no other car is raised into the current it keeps; its wanted limit is re-sent when due.
+        offered = cars["offered_current_a"].to_numpy(float)
+        last_sent = np.array([self._sent[s][0] if s in self._sent else np.nan for s in cars.index], dtype=float)
+        holding = ~stale & ~over & (offered > last_sent + 0.05)  # NaN (never sent) compares False
+        unobserved = stale | over | holding
+        reserve = np.where(stale, cars["max_current_a"].to_numpy(float),
+                           np.where(over, cars["measured_current_a"].to_numpy(float) + self.settings.margin_a, offered))
         site = cl.reserve_unobserved(self.site, cars["cp_index"].to_numpy()[unobserved],
                                      cars["phases"].to_numpy()[unobserved], reserve[unobserved])
         live = cars[~unobserved]
-        self._reserved = set(cars.index[unobserved])
+        self._reserved = set(cars.index[stale | over])  # cars whose next meter value is news
         self.ceilings_a = cl.update_ceilings(live, self.ceilings_a, settled[~unobserved], self.settings)
         policy_cars = cl.apply_ceilings(live, self.ceilings_a)[list(CAR_COLUMNS)]
         t1 = _time.perf_counter()
@@ -286,7 +297,8 @@ class Controller:
         step_a = 0.1 if len(raw) and "version" in raw and (raw["version"] == "1.6").all() else 1.0
         snap = BlockSnapshot(time=now, site=site, step=self.slot, cars=policy_cars, base_load_kw=base,
                              prices_eur_per_kwh=self._prices(now), current_step_a=step_a,
-                             extra={"reserved": list(cars.index[unobserved]), "running": cl.running_mask(live, self.settings)})
+                             extra={"reserved": list(cars.index[unobserved]), "running": cl.running_mask(live, self.settings),
+                                    "holding": dict(zip(cars.index[holding], last_sent[holding]))})
         return snap, cars, {"snapshot": t1 - t0 - t_needs, "forecast": t2 - t1 + t_needs}
 
     def _last_meter(self, cp_id: str, tx_id) -> pd.Timestamp:
@@ -454,14 +466,18 @@ class Controller:
         self._last_step_time = now
         if self.needs_from_store:
             self._refit_needs(now)
+        self.keep_failsafe(now)
         snap, cars, secs = self.build_snapshot(now)
         t0 = _time.perf_counter()
         x, name, status = await self.plan_setpoints(snap)
         t1 = _time.perf_counter()
-        accepted = await self.dispatch(snap, cars, x, now)
-        # A charger that kept a higher limit than we asked for: count it at what it kept and
-        # repair the others in this same step.
-        in_force = {sid: self._in_force_a(cars, sid, a) for sid, a in accepted.items()}
+        # Chargers found holding a higher limit are planned around (see build_snapshot); the
+        # limit they were asked for goes out again when it is due for a refresh.
+        holding = pd.Series(snap.extra.get("holding", {}), dtype=float)
+        accepted = await self.dispatch(snap, cars, pd.concat([x, holding]) if len(holding) else x, now)
+        # A charger that kept a higher limit than we asked for in this very step: count it at
+        # what it kept and repair the others now (later steps plan around it from the start).
+        in_force = {sid: self._in_force_a(cars, sid, a) for sid, a in accepted.items() if sid in x.index}
         kept = {s: a for s, a in in_force.items() if a > x.get(s, 0.0) + 0.05}
         if kept:
             log.warning("limit not lowered on %s; repairing the others", ", ".join(sorted(kept)))
@@ -473,6 +489,10 @@ class Controller:
             x2 = make_safe(snap2, x.reindex(rest.index))
             accepted.update(await self.dispatch(snap2, cars, x2, now, only_lower=True))
             x = pd.concat([x2, pd.Series(kept)])
+        if len(holding):  # reported at what they hold now (lower only if the re-sent limit took)
+            x = pd.concat([x, pd.Series({sid: self._in_force_a(cars, sid, accepted[sid]) if sid in accepted
+                                         else float(cars.at[sid, "offered_current_a"]) for sid in holding.index},
+                                        dtype=float)])
         t2 = _time.perf_counter()
         self._keep_plan(snap, x, now, name, status)
         secs.update(optimize=t1 - t0, dispatch=t2 - t1, persist=_time.perf_counter() - t2)
@@ -483,6 +503,51 @@ class Controller:
                  now.strftime("%H:%M:%S"), reason, len(x), float(x.sum()), len(res.reserved), name, status,
                  1000 * sum(secs.values()))
         return res
+
+    def failsafe_missing(self, now: pd.Timestamp) -> list[str]:
+        """Stations that should hold the fail-safe TxDefaultProfile but, as far as the live state
+        knows, hold none that outlasts the next ``max(1 h, 10 periods)``.
+
+        Only stations that are connected and known to be past their BootNotification count
+        (booted in this process, or running a transaction): a charger must not be sent profiles
+        before it is accepted. The boot-time fail-safe lives ``default_validity_s`` (a week by
+        default) and a restarted ``serve`` does not know what the chargers hold, so both a
+        long-lived connection and a restart would otherwise leave stations without it.
+        """
+        horizon = now + pd.Timedelta(seconds=max(3600.0, 10.0 * self.period_s))
+        out = []
+        for cp_id, fs in self.failsafe_a.items():
+            st = self.state.stations.get(cp_id)
+            if st is None or not st.connected or not (st.boot or self.state.running(cp_id)):
+                continue
+            ok = any(p.purpose == "TxDefaultProfile" and p.connector_id == 0 and p.periods
+                     and _first_limit_a(p, self.site.voltage_v) <= fs + 1e-6
+                     and (p.valid_to is None or p.valid_to > horizon) for p in st.profiles)
+            if not ok:
+                out.append(cp_id)
+        return out
+
+    def keep_failsafe(self, now: pd.Timestamp) -> None:
+        """(Re)install the fail-safe TxDefaultProfile where :meth:`failsafe_missing` finds none,
+        in the background, at most once per ``max(60 s, 10 periods)`` of wall time per station."""
+        if not hasattr(self.central, "set_default_profile"):
+            return
+        wall = _time.monotonic()
+        retry_s = max(60.0, 10.0 * self.period_s)
+        for cp_id in self.failsafe_missing(now):
+            if wall - self._failsafe_tried.get(cp_id, -math.inf) < retry_s:
+                continue
+            self._failsafe_tried[cp_id] = wall
+            log.info("%s: (re)installing the fail-safe TxDefaultProfile of %.1f A", cp_id, self.failsafe_a[cp_id])
+            task = asyncio.get_running_loop().create_task(self._install_failsafe(cp_id))
+            self._failsafe_tasks.add(task)
+            task.add_done_callback(self._failsafe_tasks.discard)
+
+    async def _install_failsafe(self, cp_id: str) -> None:
+        try:
+            await self.central.set_default_profile(cp_id, float(self.failsafe_a[cp_id]), connector_id=0)
+        except Exception as exc:
+            log.warning("%s: fail-safe TxDefaultProfile not installed: %r", cp_id, exc)
 
     @property
     def _step_gap_s(self) -> float:
@@ -538,6 +603,14 @@ class Controller:
         if prev is None or abs(prev[0] - limit_a) > 1e-6:
             self._changed_at[sid] = now
         return None if accepted is None else float(accepted)
+
+
+def _first_limit_a(profile, voltage_v: float) -> float:
+    """The first period's limit of ``profile`` in amperes per phase (watts over the phases it names, else 1)."""
+    period = profile.periods[0]
+    if profile.unit == "W":
+        return float(period.limit) / (voltage_v * (period.number_phases or 1))
+    return float(period.limit)
 
 
 # ---- wiring into ``nowblock serve`` -------------------------------------------------------------
@@ -602,237 +675,16 @@ def attach(central, db: str | None = None, *, args: argparse.Namespace | None = 
     return ctl
 
 
-# ---- nowblock demo ------------------------------------------------------------------------------
-class AcceleratedClock:
-    """Simulated UTC time that runs ``speed`` times faster than the wall clock from ``start``."""
-
-    def __init__(self, start: pd.Timestamp, speed: float, *, running: bool = True) -> None:
-        self.start = pd.Timestamp(start)
-        self.speed = float(speed)
-        self._t0 = _time.monotonic() if running else None
-
-    def now(self) -> pd.Timestamp:
-        """Simulated now (UTC); ``start`` until :meth:`run` when created stopped."""
-        if self._t0 is None:
-            return self.start
-        return (self.start + pd.Timedelta(seconds=(_time.monotonic() - self._t0) * self.speed)).floor("us")
-
-    __call__ = now
-
-    def run(self) -> None:
-        """Let simulated time run on from ``start`` (set-up before this takes no simulated time)."""
-        if self._t0 is None:
-            self._t0 = _time.monotonic()
-
-    def wall_s(self, sim_s: float) -> float:
-        """Wall seconds that ``sim_s`` simulated seconds take."""
-        return float(sim_s) / self.speed
-
-    async def sleep_until(self, t: pd.Timestamp) -> None:
-        """Sleep until simulated time ``t``."""
-        left = (pd.Timestamp(t) - self.now()).total_seconds()
-        if left > 0:
-            await asyncio.sleep(left / self.speed)
-
-
+# ---- nowblock demo (in nowblock.demo; the CLI dispatcher looks these two up here) -------------
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``nowblock demo``."""
-    parser.add_argument("--speed", type=float, default=480.0,
-                        help="simulated seconds per wall second (default 480: a day in 3 minutes)")
-    parser.add_argument("--hours", type=float, default=24.0, help="simulated hours to run (default 24)")
-    parser.add_argument("--policy", default="milp", help="milp (default), edf, llf, equal")
-    parser.add_argument("--charge-points", type=int, default=24, help="wallboxes in the default block (24)")
-    parser.add_argument("--grid-a", type=float, default=None,
-                        help="grid connection [A per phase] (default: the scenario's; smaller is congested)")
-    parser.add_argument("--day", type=int, default=1, help="which day of the default week to run (0..6, default 1)")
-    parser.add_argument("--start-hour", type=float, default=12.0,
-                        help="local hour the run starts at (default 12: the evening peak and the night inside)")
-    parser.add_argument("--out", default="nowblock-demo", help="folder for the PNG, metrics and the SQLite store")
-    parser.add_argument("--port", type=int, default=0, help="port of the central system (default: a free one)")
+    """Arguments of ``nowblock demo`` (see :func:`nowblock.demo.add_demo_arguments`)."""
+    from nowblock.demo import add_demo_arguments as add
+
+    add(parser)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Run ``nowblock demo``; returns the exit code."""
-    try:
-        return asyncio.run(_demo(args))
-    except KeyboardInterrupt:
-        return 130
+    """Run ``nowblock demo``; returns the exit code (see :func:`nowblock.demo.run_demo`)."""
+    from nowblock.demo import run_demo as run
 
-
-async def _demo(args) -> int:
-    import json
-    from pathlib import Path
-
-    from nowblock import Scenario
-    from nowblock.ocpp.server import CentralSystem
-    from nowblock.sim.chargers import Car, Quirks, SimCharger
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    scn = Scenario.default(n_charge_points=args.charge_points,
-                           **({"grid_current_a": args.grid_a} if getattr(args, "grid_a", None) else {}))
-    site = scn.site
-    t0 = (scn.start.tz_convert(site.timezone).normalize() + pd.Timedelta(days=args.day)
-          + pd.Timedelta(hours=args.start_hour)).tz_convert("UTC")
-    t_end = t0 + pd.Timedelta(hours=args.hours)
-    # Central system, chargers and controller all run on one clock, standing still during set-up.
-    clock = AcceleratedClock(t0, args.speed, running=False)
-    day = scn.sessions[(scn.sessions["arrival"] < t_end) & (scn.sessions["departure"] > t0)]
-    meter_sim_s, slot_s = 300.0, 900.0
-    db = out / "demo.sqlite"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    print(f"nowblock demo: {site.name}, {len(site.charge_points)} charging points, grid "
-          f"{site.root.max_current_a[0]:.0f} A per phase; {len(day)} sessions from {t0.tz_convert(site.timezone):%a %d %b %H:%M}"
-          f" for {args.hours:g} h at {args.speed:g}x ({args.hours * 3600 / args.speed:.0f} s)", flush=True)
-    needs = _fit_needs(scn.sessions[scn.sessions["departure"] <= t0])
-    forecaster = _base_forecaster()
-    cs = CentralSystem(site, port=args.port, builtin_control=False, tx_validity_s=int(4 * slot_s),
-                       response_timeout_s=5.0, probe_rate_unit=False, ping_interval_s=None, backoff_s=0.05,
-                       clock=lambda: clock.now().to_pydatetime())
-    await cs.start()
-    base = scn.base_load.copy()
-    base.index = base.index.as_unit("ns")  # asof() with a nanosecond clock needs a nanosecond index
-    ctl = attach(cs, db=str(db), policy=args.policy, period_s=clock.wall_s(slot_s), step=pd.Timedelta(seconds=slot_s),
-                 profile_validity_s=4 * slot_s, clock=clock.now, min_replan_s=0.1,
-                 solve_timeout_s=max(0.9 * clock.wall_s(slot_s), 0.5),
-                 settings=cl.LoopSettings(stale_after_s=3.5 * meter_sim_s, settle_s=60.0),
-                 forecaster=forecaster, needs_forecaster=needs, base_load_history=base,
-                 base_load_meter=lambda now: float(base.asof(now)), prices=scn.prices)
-    await ctl.start()
-    sims = []
-    for i, cp in enumerate(site.charge_points):
-        q = Quirks(reject_tx_profile=(i % 8 == 3), drop_every_s=(clock.wall_s(4 * 3600) if i % 8 == 6 else None),
-                   reconnect_delay_s=clock.wall_s(600))
-        sims.append(SimCharger(cp.id, cs.url("").rstrip("/"), "2.0.1" if i % 2 else "1.6", max_current_a=cp.max_current_a,
-                               phases=cp.phases, voltage_v=site.voltage_v, meter_interval_s=clock.wall_s(meter_sim_s),
-                               quirks=q, clock=lambda: clock.now().to_pydatetime()))
-    by_cp = dict(zip(site.charge_point_ids, sims))
-    for s in sims:
-        s.start()
-    delivered: dict[str, float] = {}  # session -> kWh when it left
-    active: dict[str, tuple] = {}  # session -> (charger, its session) while plugged in
-    rows: list[dict] = []
-    try:
-        await asyncio.gather(*(s.wait_connected(30) for s in sims))
-        clock.run()
-        drivers = [asyncio.create_task(_drive(clock, by_cp[r.charge_point_id], r, t0, delivered, active, Car))
-                   for r in day.itertuples()]
-        await _monitor(clock, ctl, site, sims, base, t_end, rows)
-        for d in drivers:
-            d.cancel()
-        await asyncio.gather(*drivers, return_exceptions=True)
-        for sim, sess in active.values():  # cars still plugged in at the end
-            sim.advance()
-        still = {sid: sess.delivered_wh / 1000.0 for sid, (sim, sess) in active.items()}
-    finally:
-        for s in sims:
-            await s.stop()
-        await ctl.stop()
-        await cs.stop()
-    ts = pd.DataFrame(rows).set_index("time")
-    metrics = _demo_metrics(ts, day, delivered, still, ctl, site)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    ts.to_csv(out / "timeseries.csv")
-    from nowblock.plot import local_timeseries, plot_load
-
-    plot_load(local_timeseries(ts, site.timezone), grid_fuse=site.root.id, path=out / "demo.png",
-              title=f"nowblock demo: {site.name}, policy {ctl.policy.name}")
-    print("\n".join(f"  {k:>24}: {v}" for k, v in metrics.items()))
-    print(f"wrote {out / 'demo.png'}, {out / 'metrics.json'}, {out / 'timeseries.csv'}, {db}", flush=True)
-    return 0
-
-
-def _fit_needs(history: pd.DataFrame):
-    try:
-        from nowblock.forecast.needs import SessionNeedsForecaster
-
-        return SessionNeedsForecaster().fit(history) if len(history) >= 10 else None
-    except Exception as exc:  # the estimate falls back to a simple rule
-        log.warning("needs forecaster unavailable: %s", exc)
-        return None
-
-
-def _base_forecaster():
-    try:
-        from nowblock.forecast.base_load import BaseLoadForecaster
-
-        return BaseLoadForecaster()
-    except Exception as exc:
-        log.warning("base-load forecaster unavailable: %s", exc)
-        return None
-
-
-async def _drive(clock, sim, r, t0, delivered, active, car_cls) -> None:
-    """One session: plug in at arrival (2.0.1 cars report their needs), unplug at departure."""
-    arrival, departure = max(r.arrival, t0), r.departure
-    await clock.sleep_until(arrival)
-    sim.quirks.draw_fraction = float(getattr(r, "draw_fraction", 1.0))
-    car = car_cls(phases=int(r.phases), max_current_a=float(r.max_current_a), energy_kwh=float(r.energy_kwh),
-                  departure=departure.to_pydatetime())
-    try:
-        await sim.plug_in(car)
-        active[r.session_id] = (sim, sim.sessions[1])
-        await clock.sleep_until(departure)
-        sim.advance()
-        delivered[r.session_id] = active.pop(r.session_id)[1].delivered_wh / 1000.0
-        await sim.unplug()
-    except Exception as exc:  # a charger offline at that moment: the session is reported short
-        log.warning("session %s on %s: %r", r.session_id, sim.cp_id, exc)
-
-
-async def _monitor(clock, ctl, site, sims, base, t_end, rows) -> None:
-    """Sample the block every 5 simulated minutes, print progress every simulated half hour."""
-    root = [f.id for f in site.fuses].index(site.root.id)
-    next_print = clock.now()
-    while clock.now() < t_end:
-        now = clock.now()
-        draw = np.array([s.draw_a(1) for s in sims])
-        ph = np.array([s.car_phases(1) for s in sims])
-        cars_a = site.fuse_phase_currents_a(draw, np.arange(len(sims)), ph)[root]
-        base_kw = float(base.asof(now))
-        house_a = site.base_load_phase_current_a(base_kw)
-        row = {"time": now, "base_load_kw": base_kw, "charging_kw": float(site.current_to_kw(draw, ph).sum()),
-               "cars_plugged": sum(1 for s in sims if s.sessions), "cars_charging": int((draw > 0).sum())}
-        for p, name in enumerate(("L1", "L2", "L3")):
-            row[f"households_{name}_a"] = float(house_a[p])
-            row[f"cars_{name}_a"] = float(cars_a[p])
-            row[f"{site.root.id}_{name}_a"] = float(house_a[p] + cars_a[p])
-            row[f"{site.root.id}_{name}_limit_a"] = float(site.limits_a[root, p])
-        rows.append(row)
-        if now >= next_print:
-            last = ctl.history[-1] if ctl.history else None
-            load = " ".join(f"{n} {row[f'{site.root.id}_{n}_a']:5.1f}/{row[f'{site.root.id}_{n}_limit_a']:.0f} A"
-                            for n in ("L1", "L2", "L3"))
-            step = f"{last.policy} {1000 * sum(last.seconds.values()):.0f} ms" if last else "-"
-            print(f"{now.tz_convert(site.timezone):%a %H:%M}  {load}  cars {row['cars_charging']:2d} charging / "
-                  f"{row['cars_plugged']:2d} plugged  {row['charging_kw']:6.1f} kW  step: {step}", flush=True)
-            next_print = now + pd.Timedelta(minutes=30)
-        await clock.sleep_until(now + pd.Timedelta(minutes=5))
-
-
-def _demo_metrics(ts: pd.DataFrame, day: pd.DataFrame, delivered: dict, still: dict, ctl: Controller,
-                  site: Site) -> dict:
-    """Headline numbers of a demo run (energies [kWh], powers [kW], currents [A], times [s]).
-
-    Demand is judged on the sessions that left during the run; cars still plugged in at the end
-    are reported apart (a plan may rightly leave their charging for later)."""
-    r = site.root.id
-    over = max(0.0, max(float((ts[f"{r}_{n}_a"] - ts[f"{r}_{n}_limit_a"]).max()) for n in ("L1", "L2", "L3")))
-    solve = [h.seconds.get("optimize", np.nan) for h in ctl.history if len(h.current_a)]
-    got = float(sum(delivered.values()))
-    want = float(day.set_index("session_id")["energy_kwh"].reindex(list(delivered)).sum())
-    return {
-        "sessions_left": len(delivered),
-        "energy_requested_kwh": round(want, 1),
-        "energy_delivered_kwh": round(got, 1),
-        "demand_met": round(got / want, 3) if want > 0 else 1.0,
-        "sessions_still_plugged": len(still),
-        "energy_delivered_still_plugged_kwh": round(float(sum(still.values())), 1),
-        "peak_kw": round(float((ts["base_load_kw"] + ts["charging_kw"]).max()), 1),
-        "max_overload_a": round(over, 2),
-        "control_steps": len(ctl.history),
-        "fallback_steps": sum(1 for h in ctl.history if h.policy != ctl.policy.name),
-        "optimize_seconds_median": round(float(np.nanmedian(solve)), 3) if solve else None,
-        "policy": ctl.policy.name,
-    }
+    return run(args)

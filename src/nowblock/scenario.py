@@ -120,7 +120,10 @@ class Scenario:
 def _read_ts(path: Path, col: str) -> pd.Series | None:
     if not path.is_file():
         return None
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: cannot read it as CSV time,{col} ({exc})") from exc
     if "time" not in df.columns or col not in df.columns:
         raise ScenarioError(f"{path}: expected columns time,{col}; got {list(df.columns)}")
     text = df["time"].astype("string")

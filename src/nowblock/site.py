@@ -9,11 +9,13 @@ constraint matrix the optimizer and the heuristics share).
 from __future__ import annotations
 
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import tomli_w
@@ -427,17 +429,23 @@ def _to_local_index(times, tz: str):
 def _validate(site: Site) -> None:
     if not site.fuses:
         raise SiteError("fuses: a site needs at least one fuse (the grid connection)")
-    if not (site.voltage_v > 0):
-        raise SiteError(f"voltage_v: must be positive, got {site.voltage_v}")
-    if site.max_unbalance_a is not None and site.max_unbalance_a < 0:
-        raise SiteError(f"max_unbalance_a: must be >= 0, got {site.max_unbalance_a}")
+    # Comparisons are written so that NaN fails them, and ratings must be finite: TOML allows
+    # nan and inf, and either would silently switch a limit off.
+    if not (0 < site.voltage_v < math.inf):
+        raise SiteError(f"voltage_v: must be positive and finite, got {site.voltage_v}")
+    if site.max_unbalance_a is not None and not (0 <= site.max_unbalance_a < math.inf):
+        raise SiteError(f"max_unbalance_a: must be >= 0 and finite, got {site.max_unbalance_a}")
+    try:
+        ZoneInfo(site.timezone)
+    except (ValueError, ZoneInfoNotFoundError) as exc:
+        raise SiteError(f"timezone: unknown time zone {site.timezone!r} (an IANA name like 'Europe/Berlin')") from exc
     seen: set[str] = set()
     for i, f in enumerate(site.fuses):
         if f.id in seen:
             raise SiteError(f"fuses[{i}].id: duplicate fuse id {f.id!r}")
         seen.add(f.id)
-        if any(not (x > 0) for x in f.max_current_a):
-            raise SiteError(f"fuses[{i}].max_current_a: ratings must be positive, got {list(f.max_current_a)}")
+        if any(not (0 < x < math.inf) for x in f.max_current_a):
+            raise SiteError(f"fuses[{i}].max_current_a: ratings must be positive and finite, got {list(f.max_current_a)}")
     parent = {f.id: f.parent for f in site.fuses}
     for i, f in enumerate(site.fuses):
         if f.parent is not None and f.parent not in parent:
@@ -468,8 +476,8 @@ def _validate(site: Site) -> None:
             raise SiteError(
                 f"{where}.phase_rotation: {c.phase_rotation!r} is not a permutation of L1L2L3"
             )
-        if not (c.max_current_a > 0):
-            raise SiteError(f"{where}.max_current_a: must be > 0, got {c.max_current_a}")
+        if not (0 < c.max_current_a < math.inf):
+            raise SiteError(f"{where}.max_current_a: must be > 0 and finite, got {c.max_current_a}")
         if not (c.min_current_a >= 0):
             raise SiteError(f"{where}.min_current_a: must be >= 0, got {c.min_current_a}")
         if c.min_current_a > c.max_current_a:
@@ -481,5 +489,5 @@ def _validate(site: Site) -> None:
                 _hhmm(w.start), _hhmm(w.end)
             except ValueError as exc:
                 raise SiteError(f"{where}.caps[{k}]: start/end must be 'HH:MM', got {w.start!r}, {w.end!r}") from exc
-            if w.max_current_a < 0:
-                raise SiteError(f"{where}.caps[{k}].max_current_a: must be >= 0")
+            if not (0 <= w.max_current_a < math.inf):
+                raise SiteError(f"{where}.caps[{k}].max_current_a: must be >= 0 and finite, got {w.max_current_a}")

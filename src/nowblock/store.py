@@ -117,35 +117,47 @@ class Store(Protocol):
 
     def upsert_station(self, station_id: str, *, time, protocol: str | None = None, vendor: str | None = None,
                        model: str | None = None, status: str | None = None,
-                       connected: bool | None = None) -> None: ...
+                       connected: bool | None = None) -> None:
+        """Create or update a station row (``time`` tz-aware); None leaves a field as it was."""
 
     def start_transaction(self, station_id: str, transaction_id, *, time, connector_id: int | None = None,
                           id_tag: str | None = None, meter_start_wh: float | None = None,
                           session_id: str | None = None, phases: int | None = None,
-                          max_current_a: float | None = None) -> str: ...
+                          max_current_a: float | None = None) -> str:
+        """Record a started transaction (``meter_start_wh`` [Wh], ``max_current_a`` [A]); returns its session id."""
 
-    def record_meter_values(self, station_id: str, transaction_id, rows: Iterable[Mapping]) -> int: ...
+    def record_meter_values(self, station_id: str, transaction_id, rows: Iterable[Mapping]) -> int:
+        """Store samples (``time``, ``energy_wh`` [Wh], ``current_a`` [A], ``power_kw`` [kW], ``soc_percent``); returns how many were new."""
 
     def update_needs(self, station_id: str, transaction_id, *, departure=None,
-                     energy_requested_kwh: float | None = None, known: bool = True) -> None: ...
+                     energy_requested_kwh: float | None = None, known: bool = True) -> None:
+        """Set a running transaction's needs: departure (tz-aware) and energy [kWh]."""
 
     def stop_transaction(self, station_id: str, transaction_id, *, time, meter_stop_wh: float | None = None,
-                         reason: str | None = None) -> None: ...
+                         reason: str | None = None) -> None:
+        """Close a transaction at ``time`` with its final register ``meter_stop_wh`` [Wh]."""
 
     def record_profile(self, station_id: str, *, time, purpose: str, limit_a: float | None, status: str,
-                       transaction_id=None, accepted_limit_a: float | None = None, valid_to=None) -> None: ...
+                       transaction_id=None, accepted_limit_a: float | None = None, valid_to=None) -> None:
+        """Log a profile sent (``limit_a`` [A]), the charger's answer and the limit it accepted [A]."""
 
-    def save_plan(self, time, current_a: pd.DataFrame, *, policy: str = "", status: str = "") -> None: ...
+    def save_plan(self, time, current_a: pd.DataFrame, *, policy: str = "", status: str = "") -> None:
+        """Store the plan made at ``time``: setpoints [A], time slots x session id."""
 
-    def latest_plan(self) -> tuple[pd.Timestamp, pd.DataFrame] | None: ...
+    def latest_plan(self) -> tuple[pd.Timestamp, pd.DataFrame] | None:
+        """The last stored plan (time, setpoints [A]), or None."""
 
-    def load_open_transactions(self) -> pd.DataFrame: ...
+    def load_open_transactions(self) -> pd.DataFrame:
+        """Transactions not stopped yet, with their energy so far [kWh] (for a restart)."""
 
-    def sessions_history(self, since=None) -> pd.DataFrame: ...
+    def sessions_history(self, since=None) -> pd.DataFrame:
+        """Finished sessions since ``since`` (tz-aware) as a sessions frame (energy [kWh])."""
 
-    def max_numeric_transaction_id(self) -> int: ...
+    def max_numeric_transaction_id(self) -> int:
+        """The largest integer transaction id stored (1.6 ids must never repeat), 0 if none."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the connection; every acknowledged write is already durable."""
 
 
 def session_id_for(station_id: str, transaction_id) -> str:

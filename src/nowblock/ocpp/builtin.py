@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from nowblock.interface import make_safe
+from nowblock.interface import make_safe, root_index
 
 if TYPE_CHECKING:  # pragma: no cover
     from nowblock.ocpp.server import CentralSystem
@@ -37,7 +37,7 @@ def equal_share_a(snapshot) -> pd.Series:
     late = (pd.Timestamp(snapshot.time) + pd.Timedelta(hours=12)).as_unit(cars["departure"].dt.unit)
     cars["departure"] = cars["departure"].fillna(late)
     snap = replace(snapshot, cars=cars)
-    share = snapshot.site.limits_a[0].min() / len(cars)
+    share = snapshot.site.limits_a[root_index(snapshot.site)].min() / len(cars)
     return make_safe(snap, np.minimum(cars["max_current_a"].to_numpy(float), share))
 
 

@@ -18,11 +18,12 @@ GetCompositeSchedule answer against them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
+from nowblock import closed_loop
 from nowblock.site import Site
 
 TX = "TxProfile"
@@ -350,24 +351,13 @@ def clear_matching(
     return keep, len(profiles) - len(keep)
 
 
-def retarget(p: Profile, connector_id: int) -> Profile:
-    """The same profile installed on another connector."""
-    return replace(p, connector_id=connector_id)
-
-
 # ---- fail-safe share --------------------------------------------------------------------------
 def failsafe_current_a(site: Site, step_a: float = LIMIT_STEP) -> np.ndarray:
     """Per charging point [A]: a limit that keeps every fuse safe if all charge at once.
 
-    Each fuse's weakest phase is split equally among the charging points below it (a
-    single-phase car may land on any phase, so no phase credit is taken); a charging point
-    gets the smallest share over its fuse path, capped at its maximum and floored to
-    ``step_a``. A share below the charging point's minimum becomes 0 (IEC 61851: a pilot
-    below the minimum does not charge anyway).
+    :func:`nowblock.closed_loop.failsafe_current_a` with no other load, floored to ``step_a``
+    [A]: each fuse phase's rating split evenly among the charging points that load it (every
+    phase of a three-phase point, whatever car plugs in), the smallest share over a point's
+    fuse path, capped at its maximum; a share below the point's minimum becomes 0.
     """
-    anc = site.ancestry  # (F, n_cp)
-    per_fuse = site.limits_a.min(axis=1) / np.maximum(anc.sum(axis=1), 1)
-    share = np.where(anc, per_fuse[:, None], np.inf).min(axis=0)
-    share = np.minimum(share, site.cp_max_current_a)
-    share = np.floor(share / step_a + 1e-9) * step_a
-    return np.where(share < site.cp_min_current_a, 0.0, share)
+    return closed_loop.failsafe_current_a(site, 0.0, step_a=step_a).to_numpy(float)

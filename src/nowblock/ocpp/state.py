@@ -508,8 +508,14 @@ class LiveState:
 
 
 def _phases_from_currents(current_a) -> int | None:
-    vals = [x for x in current_a if not math.isnan(x)]
-    if not vals or max(vals) < 1.0:
+    """Phases a car draws on, from one reading of the three phase currents [A]; None if unknown.
+
+    Only a reading of all three phases can show that a phase carries nothing: a charger that
+    reports one aggregate Current.Import (parsed as L1) says nothing about L2 and L3, and
+    taking it for a single-phase car would leave two grid phases unaccounted for.
+    """
+    vals = [float(x) for x in current_a]
+    if len(vals) != 3 or any(math.isnan(x) for x in vals) or max(vals) < 1.0:
         return None
     # A phase carrying under 10 % of the strongest one is not in use (measurement noise).
     return max(1, sum(1 for x in vals if x >= 0.1 * max(vals)))

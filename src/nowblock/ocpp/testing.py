@@ -70,3 +70,14 @@ async def eventually(pred: Callable[[], object], timeout_s: float = 5.0, every_s
         if time.monotonic() > end:
             raise TimeoutError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(every_s)
+
+
+async def drain_kinds(events, quiet_s: float = 0.2) -> list[str]:
+    """Kinds of the events already queued on subscription ``events``, read until none has come
+    for ``quiet_s`` [s]."""
+    kinds: list[str] = []
+    while True:
+        try:
+            kinds.append((await events.get(timeout=quiet_s)).kind)
+        except asyncio.TimeoutError:
+            return kinds

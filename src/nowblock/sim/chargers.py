@@ -23,7 +23,7 @@ import random
 import ssl as _ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from ocpp.exceptions import NotSupportedError
 from ocpp.routing import on
@@ -124,6 +124,7 @@ class SimCharger:
         self._last_advance: datetime | None = None
         self._stopping = False
         self._drop_now = asyncio.Event()
+        self._reconnect_now = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._tx_counter = itertools.count(1)
 
@@ -240,6 +241,7 @@ class SimCharger:
         """Disconnect for good."""
         self._stopping = True
         self._drop_now.set()
+        self._reconnect_now.set()
         if self._task is not None:
             done, _ = await asyncio.wait({self._task}, timeout=5.0)
             if not done:
@@ -248,7 +250,16 @@ class SimCharger:
 
     def drop(self) -> None:
         """Drop the connection now (it comes back after ``quirks.reconnect_delay_s``)."""
+        self._reconnect_now.clear()
         self._drop_now.set()
+
+    def reconnect(self) -> None:
+        """End the pause after a drop now instead of after ``quirks.reconnect_delay_s``.
+
+        Lets a test hold a station offline for exactly as long as a condition needs (a long
+        ``reconnect_delay_s``, then this) rather than racing a timer.
+        """
+        self._reconnect_now.set()
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         """Wait until connected and booted (or resumed after a reconnect)."""
@@ -281,7 +292,11 @@ class SimCharger:
                 self.connected.clear()
                 self.client = None
             if not self._stopping:
-                await asyncio.sleep(self.quirks.reconnect_delay_s)
+                try:
+                    await asyncio.wait_for(self._reconnect_now.wait(), self.quirks.reconnect_delay_s)
+                except asyncio.TimeoutError:
+                    pass
+                self._reconnect_now.clear()
 
     async def _session(self, ws) -> None:
         cls = _Client16 if self.version == "1.6" else _Client201
@@ -535,8 +550,3 @@ def _mv201(t: datetime, m: dict) -> dict:
     if not math.isnan(m["soc"]):
         sv.append({"value": round(m["soc"], 0), "measurand": "SoC", "unit_of_measure": {"unit": "Percent"}, "location": "EV"})
     return {"timestamp": iso(t), "sampled_value": sv}
-
-
-def fleet_departure(hours: float, clock: Callable[[], datetime] = utcnow) -> datetime:
-    """A departure ``hours`` [h] from now (helper for scripts and the demo)."""
-    return clock() + timedelta(hours=hours)
