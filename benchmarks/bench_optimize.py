@@ -124,3 +124,51 @@ def test_quality(benchmark, variant):
         info[p] = {k: m[k] for k in ("energy_delivered_kwh", "energy_requested_kwh", "demand_met", "max_overload_a",
                                      "cost_eur", "peak_kw", "solve_seconds_median", "solve_seconds_max")}
     benchmark.extra_info.update(info)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_policy_step(benchmark, n):
+    """One receding-horizon step as the simulator and the live loop call it:
+    ``MilpPolicy.schedule(snapshot)`` (snapshot adapter, matrix, HiGHS, rounding, make_safe)."""
+    from nowblock.optimize import MilpPolicy
+    from nowblock.optimize.testing import plugged_in_snapshot
+
+    snap = plugged_in_snapshot(n)
+    pol = MilpPolicy(time_limit_fraction=1.0, time_limit_s=60)
+    stats = []
+
+    def step():
+        pol.reset()  # no warm start: every round the same cold step
+        t0 = time.perf_counter()
+        out = pol.schedule(snap)
+        stats.append((time.perf_counter() - t0, pol.last_schedule))
+        return out
+
+    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+    walls = np.array([w for w, _ in stats])
+    highs = np.array([s.solve_seconds for _, s in stats])
+    benchmark.extra_info.update({
+        "n_cars": n, "status": [s.status for _, s in stats], "detail": stats[-1][1].detail,
+        "wall_median_s": float(np.median(walls)), "highs_median_s": float(np.median(highs)),
+        "outside_highs_share": float(np.median((walls - highs) / walls)),
+    })
+
+
+def test_quality_week(benchmark):
+    """The full default week (``Scenario.default()``): energy, cost and peak of edf, llf and
+    milp, and the sessions milp leaves shorter than edf (the trace that found the gaps)."""
+    scn = nb.Scenario.default()
+    res = {}
+
+    def run():
+        for p in ("edf", "llf", "milp"):
+            res[p] = nb.simulate(scn, policy=p)
+        return res
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    info = {p: {k: r.metrics[k] for k in ("energy_delivered_kwh", "energy_requested_kwh", "max_overload_a", "cost_eur",
+                                          "peak_kw", "solve_seconds_median")} for p, r in res.items()}
+    short = {p: r.sessions.set_index("session_id")["unmet_kwh"] for p, r in res.items()}
+    worse = (short["milp"] - short["edf"])
+    info["milp_shorter_than_edf_kwh"] = {str(k): float(v) for k, v in worse[worse > 1e-3].items()}
+    benchmark.extra_info.update(info)

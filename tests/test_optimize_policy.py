@@ -149,3 +149,131 @@ def test_unknown_departure_and_energy_still_charge():
     out = pol.schedule(snap2)
     assert violation_a(snap2, out) == 0.0
     assert pol.last_schedule.energy_kwh["c"] > 0
+
+
+def _race_snapshot():
+    """Two three-phase cars on a 16 A connection: ``a`` leaves in 12 min tapering (drew 8 A of
+    16 A offered), ``b`` stays 3 h; neither can get all it wants."""
+    cps = (ChargePoint("CP1", "grid", max_current_a=16), ChargePoint("CP2", "grid", max_current_a=16))
+    site = Site(name="race", fuses=(Fuse("grid", (16.0, 16.0, 16.0)),), charge_points=cps)
+    cars = pd.DataFrame({
+        "charge_point_id": ["CP1", "CP2"], "cp_index": [0, 1], "phases": [3, 3],
+        "min_current_a": 6.0, "max_current_a": [16.0, 16.0],
+        "arrival": T0 - pd.Timedelta("2h"), "departure": [T0 + pd.Timedelta("12min"), T0 + pd.Timedelta("3h")],
+        "energy_requested_kwh": [30.0, 40.0], "energy_delivered_kwh": [25.0, 0.0],
+        "measured_current_a": [8.0, np.nan], "offered_current_a": [16.0, 0.0], "priority": 1.0, "needs_known": True,
+    }, index=pd.Index(["a", "b"], name="session_id"))
+    idx = pd.date_range(T0, periods=24 * 12, freq="5min")
+    return BlockSnapshot(time=T0, site=site, step=pd.Timedelta("5min"), cars=cars,
+                         base_load_kw=pd.Series(0.0, index=idx, name="kw"),
+                         prices_eur_per_kwh=pd.Series(0.3, index=idx), current_step_a=1.0)
+
+
+def test_car_about_to_leave_wins_the_last_minutes():
+    """Regression (found on the full default week): a tapering car minutes before departure
+    delivers less per offered ampere than a car staying hours, so a plan that priced every
+    kWh of shortfall alike gave the room to the car that can still catch up later, and the
+    leaving car ended short where earliest-deadline-first served it. The shortfall of a car
+    leaving soon now weighs more (``urgency_h``)."""
+    snap = _race_snapshot()
+    out = MilpPolicy(top_up_h=0.0).schedule(snap)
+    assert out["a"] == 16.0 and out["b"] == 0.0
+    assert violation_a(snap, out) == 0.0
+
+
+def test_top_up_gives_spare_room_to_short_cars_by_departure():
+    from nowblock.optimize.policy import top_up_first_slot
+
+    snap = _race_snapshot()
+    x = pd.Series([0.0, 6.0], index=snap.cars.index)
+    out = top_up_first_slot(snap, x, np.array([1.0, 1.0]))
+    assert out["a"] == 10.0 and out["b"] == 6.0  # a leaves first: it takes the 10 A left
+    assert violation_a(snap, out) == 0.0
+    # A car the plan serves in full is not topped up.
+    out2 = top_up_first_slot(snap, x, np.array([0.0, 1.0]))
+    assert out2["a"] == 0.0 and out2["b"] == 16.0
+
+
+def test_car_leaving_within_the_first_slot_gets_its_full_offer():
+    """Regression (found on the full default week): a car leaving in 5 minutes was planned as
+    if it stayed the whole 15-minute first slot, so the plan spread its remainder thin and it
+    was offered too little in its last control step. Now it counts only the time it stays."""
+    snap = _race_snapshot()
+    cars = snap.cars.loc[["a"]].assign(departure=T0 + pd.Timedelta("5min"), energy_delivered_kwh=28.5,
+                                       measured_current_a=np.nan, offered_current_a=16.0)
+    snap = BlockSnapshot(time=T0, site=snap.site, step=snap.step, cars=cars, base_load_kw=snap.base_load_kw,
+                         prices_eur_per_kwh=snap.prices_eur_per_kwh, current_step_a=1.0)
+    # 1.5 kWh left: more than 5 minutes at 16 A (0.92 kWh), less than 15 minutes at 9 A.
+    out = MilpPolicy(top_up_h=0.0, urgency_h=0.0).schedule(snap)
+    assert out["a"] == 16.0
+
+
+class _FixedArrivals:
+    """An arrivals forecast with 3 cars (30 kWh, 3 h stay) expected 2 h from ``T0``."""
+
+    def predict(self, start, horizon):
+        idx = pd.date_range(pd.Timestamp(start).floor("15min"), periods=96, freq="15min")
+        n = np.where(idx == T0 + pd.Timedelta("2h"), 3.0, 0.0)
+        return pd.DataFrame({"arrivals": n, "energy_kwh": 10.0, "energy_total_kwh": 10.0 * n, "dwell_h": 3.0},
+                            index=idx)
+
+
+def _cheap_later_snapshot():
+    """One car (8 kWh, leaves in 4 h) on a 16 A connection; energy is cheap from 2 h on."""
+    cps = (ChargePoint("CP1", "grid", max_current_a=16),)
+    site = Site(name="hold", fuses=(Fuse("grid", (16.0, 16.0, 16.0)),), charge_points=cps)
+    cars = pd.DataFrame({
+        "charge_point_id": ["CP1"], "cp_index": [0], "phases": [3], "min_current_a": 6.0, "max_current_a": [16.0],
+        "arrival": T0, "departure": [T0 + pd.Timedelta("4h")], "energy_requested_kwh": [8.0],
+        "energy_delivered_kwh": [0.0], "measured_current_a": np.nan, "offered_current_a": [0.0], "priority": 1.0,
+        "needs_known": True,
+    }, index=pd.Index(["a"], name="session_id"))
+    idx = pd.date_range(T0, periods=24 * 12, freq="5min")
+    prices = pd.Series(np.where(idx >= T0 + pd.Timedelta("2h"), 0.10, 0.40), index=idx)
+    return BlockSnapshot(time=T0, site=site, step=pd.Timedelta("5min"), cars=cars,
+                         base_load_kw=pd.Series(0.0, index=idx, name="kw"), prices_eur_per_kwh=prices)
+
+
+def test_expected_arrivals_hold_capacity_back():
+    from nowblock.optimize.arrivals import is_virtual
+
+    snap = _cheap_later_snapshot()
+    cheap = T0 + pd.Timedelta("2h")
+    plain = MilpPolicy()
+    plain.schedule(snap)
+    before = plain.last_schedule.current_a["a"]
+    assert before[before.index < cheap].sum() == 0.0  # waits for the cheap hours
+    held = MilpPolicy(arrivals_forecaster=_FixedArrivals())
+    out = held.schedule(snap)
+    assert list(out.index) == ["a"] and violation_a(snap, out) == 0.0
+    plan = held.last_schedule.current_a
+    virtual = is_virtual(plan.columns)
+    assert virtual.sum() == 1
+    # The expected arrivals want the connection from 2 h on: the car is planned before them,
+    # at the higher price, for most of its need.
+    early_kwh = (held.last_schedule.power_kw["a"][plan.index < cheap] * 0.25).sum()
+    assert early_kwh >= 0.5 * 8.0
+    # The reservation is soft: the real car's need still comes first.
+    assert held.last_schedule.shortfall_kwh["a"] <= 0.5
+    form = held.formulation(snap)
+    root = form.incidence[0:3, -1]
+    np.testing.assert_allclose(root, 1.0)  # the virtual car loads the connection's three phases
+
+
+def test_expected_arrivals_are_summed_onto_planning_slots():
+    from nowblock.optimize.arrivals import arrivals_on_slots, with_expected_arrivals
+
+    snap = _cheap_later_snapshot()
+    form = MilpPolicy().formulation(snap)
+    idx = pd.date_range(T0, periods=36, freq="5min")  # a finer forecast than the 15-minute slots
+    n = np.zeros(36)
+    n[[6, 7, 8]] = [0.5, 1.0, 0.5]  # 17:30, 17:35, 17:40: all in the 17:30 slot
+    fc = pd.DataFrame({"arrivals": n, "energy_kwh": 12.0, "energy_total_kwh": 12.0 * n, "dwell_h": [2.0] * 36}, index=idx)
+    slots = arrivals_on_slots(fc, form)
+    assert slots["arrivals"].iloc[2] == pytest.approx(2.0) and slots["arrivals"].sum() == pytest.approx(2.0)
+    assert slots["energy_kwh"].iloc[2] == pytest.approx(24.0) and slots["dwell_h"].iloc[2] == pytest.approx(2.0)
+    ext = with_expected_arrivals(form, fc)
+    assert ext.n_cars == form.n_cars + 1 and ext.need_kwh[-1] == pytest.approx(24.0)
+    # Plugged in from 17:30 for the expected 2 h (8 slots), loading the root up to 2 cars x 16 A.
+    assert ext.plugged[-1].sum() == 8 and ext.plugged[-1, 2] == 1 and ext.upper_a[-1].max() == 16.0
+    assert with_expected_arrivals(form, fc.iloc[:0]) is form

@@ -3,6 +3,7 @@
 - :func:`optimize` plans a sessions frame over a horizon and returns a :class:`Schedule`.
 - :class:`MilpPolicy` is the receding-horizon policy behind ``simulate(..., policy="milp")``.
 - :func:`solve_offline` is the perfect-foresight yardstick over a whole scenario.
+- :func:`with_expected_arrivals` adds an arrivals forecast as soft demand (issue 4).
 - :func:`build_pyomo_model` gives the same model as a Pyomo ``ConcreteModel`` to extend.
 """
 
@@ -19,14 +20,15 @@ def __getattr__(name: str):
     import importlib
 
     where = {"MilpPolicy": "nowblock.optimize.policy", "solve_offline": "nowblock.optimize.offline",
-             "build_pyomo_model": "nowblock.optimize.pyomo_model", "solve_pyomo": "nowblock.optimize.pyomo_model"}
+             "build_pyomo_model": "nowblock.optimize.pyomo_model", "solve_pyomo": "nowblock.optimize.pyomo_model",
+             "with_expected_arrivals": "nowblock.optimize.arrivals"}
     if name in where:
         return getattr(importlib.import_module(where[name]), name)
     raise AttributeError(f"module 'nowblock.optimize' has no attribute {name!r}")
 
 
 __all__ = ["Formulation", "MilpPolicy", "OptimizeOptions", "Schedule", "build_pyomo_model", "from_sessions",
-           "from_snapshot", "optimize", "solve_formulation", "solve_offline", "solve_pyomo"]
+           "from_snapshot", "optimize", "solve_formulation", "solve_offline", "solve_pyomo", "with_expected_arrivals"]
 
 
 class _CallableModule(types.ModuleType):

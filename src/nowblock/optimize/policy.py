@@ -21,26 +21,84 @@ from nowblock.optimize.schedule import Schedule
 from nowblock.optimize.solve import solve_formulation
 
 
+def top_up_first_slot(snapshot: BlockSnapshot, current_a: pd.Series, shortfall_kwh: np.ndarray,
+                      peak_kw: float = np.inf) -> pd.Series:
+    """Safe setpoints ``current_a`` [A] with the spare room of every limit row given to the cars
+    whose plan leaves ``shortfall_kwh`` [kWh] > 0, earliest departure first, up to their maximum.
+
+    Work-conserving for cars at risk only: a car the plan serves in full keeps its (cheaper)
+    plan. Every raise keeps ``G @ x <= h`` (:func:`nowblock.interface.constraint_rows`), in
+    whole pilot steps, and 0 or at least the minimum; the block's power now (base load plus
+    charging) stays at most ``peak_kw`` [kW] (the plan's own peak: the top-up must not undo
+    the peak the plan paid for).
+    """
+    short = np.nonzero(shortfall_kwh > 1e-3)[0]
+    if not len(short):
+        return current_a
+    from nowblock.interface import constraint_rows
+
+    g, h = constraint_rows(snapshot)
+    x = current_a.to_numpy(float).copy()
+    hi = np.nan_to_num(snapshot.values("max_current_a"))
+    lo = np.nan_to_num(snapshot.values("min_current_a"))
+    step = float(snapshot.current_step_a)
+    slack = h - g @ x
+    # Room only shrinks as cars are raised: drop up front the cars that cannot take one step
+    # (or their minimum) now, so the loop runs over the few that can.
+    gs = g[:, short]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(gs > 1e-12, slack[:, None] / gs, np.inf)
+    room = ratio.min(axis=0) if len(g) else np.full(len(short), np.inf)
+    need_a = np.where(x[short] > 0, step, np.maximum(lo[short], step))
+    short = short[(room >= need_a - 1e-9) & (hi[short] >= x[short] + step - 1e-9)]
+    order = short[np.argsort(snapshot.hours_to_departure_h[short], kind="stable")]
+    kw = snapshot.kw_per_a()
+    base_now = float(snapshot.base_load_kw.iloc[0]) if len(snapshot.base_load_kw) else 0.0
+    budget_kw = peak_kw - base_now - float(kw @ x)
+    for i in order:
+        col = g[:, i]
+        pos = col > 1e-12
+        room = float(np.min(slack[pos] / col[pos])) if pos.any() else np.inf
+        room = min(room, budget_kw / kw[i]) if kw[i] > 0 else room
+        new = np.floor(min(hi[i], x[i] + max(room, 0.0)) / step + 1e-9) * step
+        if new < lo[i] - 1e-9 or new <= x[i] + 1e-9:
+            continue
+        slack -= col * (new - x[i])
+        budget_kw -= kw[i] * (new - x[i])
+        x[i] = new
+    return pd.Series(x, index=current_a.index, name=current_a.name)
+
+
 class MilpPolicy:
     """Receding-horizon MILP over ``horizon`` in slots of ``step``; ``options`` are
     :class:`~nowblock.optimize.formulation.OptimizeOptions` fields.
 
     ``time_limit_fraction`` caps HiGHS's time limit at that fraction of the control interval
     (the snapshot's ``step``). ``first_slot_is_control_step`` makes the first planning slot as
-    long as the control step (off by default: measured no better in simulation). After each call, ``last_schedule`` holds the full plan and
+    long as the control step (off by default: measured no better in simulation).
+    ``arrivals_forecaster`` (optional, off by default): anything with ``predict(start, horizon)``
+    like a fitted :class:`nowblock.forecast.ArrivalForecaster`; its expected arrivals are
+    planned as soft demand that holds capacity back for them
+    (:func:`nowblock.optimize.arrivals.with_expected_arrivals`, shortfall weight
+    ``arrivals_priority`` against a real car's priority). After each call, ``last_schedule`` holds the full plan and
     ``history`` one row per call (time, status, objective, gap, solve and build seconds).
     """
 
     name = "milp"
 
     def __init__(self, horizon="24h", step="15min", *, time_limit_fraction: float = 0.5,
-                 first_slot_is_control_step: bool = False, **options) -> None:
+                 first_slot_is_control_step: bool = False, arrivals_forecaster=None,
+                 arrivals_priority: float = 0.5, **options) -> None:
         self.horizon = pd.Timedelta(horizon)
         self.step = pd.Timedelta(step)
         if not 0 < time_limit_fraction <= 1:
             raise ValueError(f"time_limit_fraction: must be in (0, 1], got {time_limit_fraction}")
         self.time_limit_fraction = float(time_limit_fraction)
         self.first_slot_is_control_step = bool(first_slot_is_control_step)
+        self.arrivals_forecaster = arrivals_forecaster
+        if not arrivals_priority >= 0:
+            raise ValueError(f"arrivals_priority: must be >= 0, got {arrivals_priority}")
+        self.arrivals_priority = float(arrivals_priority)
         self.options = OptimizeOptions.from_kwargs(**options)
         self.last_schedule: Schedule | None = None
         self.history: list[dict] = []
@@ -55,8 +113,14 @@ class MilpPolicy:
         limit = min(self.options.time_limit_s, self.time_limit_fraction * snapshot.step.total_seconds())
         opts = dataclasses.replace(self.options, current_step_a=float(snapshot.current_step_a),
                                    time_limit_s=max(limit, 0.05))
-        return from_snapshot(snapshot, self.horizon, self.step, opts,
+        form = from_snapshot(snapshot, self.horizon, self.step, opts,
                              first_slot_is_control_step=self.first_slot_is_control_step)
+        if self.arrivals_forecaster is not None and form.n_cars:
+            from nowblock.optimize.arrivals import with_expected_arrivals
+
+            forecast = self.arrivals_forecaster.predict(snapshot.time, self.horizon)
+            form = with_expected_arrivals(form, forecast, priority=self.arrivals_priority)
+        return form
 
     def schedule(self, snapshot: BlockSnapshot) -> pd.Series:
         """Setpoints [A] for the cars in ``snapshot`` (the first slot of a fresh plan, made safe)."""
@@ -70,7 +134,13 @@ class MilpPolicy:
                              "mip_gap": sched.mip_gap, "solve_seconds": sched.solve_seconds,
                              "build_seconds": sched.build_seconds, "n_cars": len(cars)})
         first = sched.first_slot().reindex(cars.index).fillna(0.0)
-        return make_safe(snapshot, first)
+        safe = make_safe(snapshot, first)
+        if self.options.top_up_h > 0:
+            short = sched.shortfall_kwh.reindex(cars.index).fillna(0.0).to_numpy(float)
+            short = np.where(snapshot.hours_to_departure_h <= self.options.top_up_h, short, 0.0)
+            peak = float((sched.power_kw.to_numpy().sum(axis=1) + form.base_kw).max(initial=0.0))
+            safe = top_up_first_slot(snapshot, safe, short, peak_kw=peak)
+        return safe
 
     def _shifted_plan(self, form: Formulation) -> np.ndarray | None:
         """The previous plan on the new slots: each new slot takes the old slot it starts in."""

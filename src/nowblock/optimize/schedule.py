@@ -78,8 +78,17 @@ def limit_rows(form: Formulation) -> tuple[np.ndarray, np.ndarray, list[tuple[st
     """All limits as ``G @ current_a[:, t] <= H[:, t]``: G (rows, n), H (rows, T), row labels.
 
     Rows are every fuse phase (headroom after the other load) and, if the site has one, the
-    root's pairwise unbalance limit. Labels are (kind, fuse id, phase).
+    root's pairwise unbalance limit. Labels are (kind, fuse id, phase). Computed once per
+    formulation (repair, rounding and the binding report all need them).
     """
+    cached = form.__dict__.get("_limit_rows")
+    if cached is None:
+        cached = form.__dict__["_limit_rows"] = _limit_rows(form)
+    g, h, labels = cached
+    return g, h, list(labels)
+
+
+def _limit_rows(form: Formulation):
     site = form.site
     g = form.incidence
     h = form.headroom_a
@@ -98,6 +107,12 @@ def round_to_steps(form: Formulation, raw_a: np.ndarray) -> tuple[np.ndarray, in
 
     Returns the rounded plan and the number of slots the safety net had to repair.
     """
+    x, repaired, _ = _round(form, raw_a)
+    return x, repaired
+
+
+def _round(form: Formulation, raw_a: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """:func:`round_to_steps` plus the load ``G @ x`` of every limit row and slot."""
     step = float(form.options.current_step_a)
     lo = form.min_current_a[:, None]
     up = np.where(form.upper_a >= lo - _TOL_A, form.upper_a, 0.0)
@@ -125,7 +140,8 @@ def round_to_steps(form: Formulation, raw_a: np.ndarray) -> tuple[np.ndarray, in
         n_ok = len(ok) if ok.all() else int(np.argmin(ok))
         x[cand[:n_ok], t] = new[:n_ok]
     # Re-check every row of every slot; repair failing slots with the shared safety net.
-    viol = (g @ x - h).max(axis=0) if len(g) else np.zeros(form.n_slots)
+    load = g @ x
+    viol = (load - h).max(axis=0) if len(g) else np.zeros(form.n_slots)
     bad = np.nonzero(viol > _TOL_A)[0]
     pos = pd.Index(form.session_ids)
     for t in bad:
@@ -134,16 +150,22 @@ def round_to_steps(form: Formulation, raw_a: np.ndarray) -> tuple[np.ndarray, in
         safe = make_safe(snap, pd.Series(x[idx, t], index=snap.cars.index))
         x[:, t] = 0.0
         x[idx, t] = safe.to_numpy(float)
-    return x, len(bad)
+    if len(bad):
+        load = g @ x
+    return x, len(bad), load
 
 
-def binding_report(form: Formulation, current_a: np.ndarray) -> pd.DataFrame:
-    """Limits (fuse phase or unbalance, slot) with less than one pilot step of room left."""
+def binding_report(form: Formulation, current_a: np.ndarray, load_a: np.ndarray | None = None) -> pd.DataFrame:
+    """Limits (fuse phase or unbalance, slot) with less than one pilot step of room left
+    (``load_a``: ``G @ current_a`` if the caller has it)."""
     g, h, labels = limit_rows(form)
-    load = g @ current_a
+    load = g @ current_a if load_a is None else load_a
     slack = h - load
-    used = (np.abs(g) > 0).astype(float) @ (current_a > 0).astype(float) > 0  # float: BLAS, not a bool loop
-    r, t = np.nonzero((slack < form.options.current_step_a - _TOL_A) & used)
+    r, t = np.nonzero(slack < form.options.current_step_a - _TOL_A)
+    # Only rows some charging car loads count (checked for the few tight pairs, not all rows x slots).
+    if len(r):
+        used = np.einsum("pn,pn->p", (np.abs(g[r]) > 0).astype(float), (current_a[:, t].T > 0).astype(float)) > 0
+        r, t = r[used], t[used]
     lab = np.array(labels, dtype=object).reshape(-1, 3)
     return pd.DataFrame({
         "time": form.times[t], "limit": lab[r, 0] if len(r) else [], "fuse_id": lab[r, 1] if len(r) else [],
@@ -154,7 +176,7 @@ def binding_report(form: Formulation, current_a: np.ndarray) -> pd.DataFrame:
 def to_schedule(form: Formulation, current_raw_a: np.ndarray, *, status: str, objective: float, bound: float,
                 mip_gap: float, solve_seconds: float, build_seconds: float, backend: str, detail: str = "") -> Schedule:
     """Round a dense (n, T) plan [A] and wrap it with its solver report as a :class:`Schedule`."""
-    x, repaired = round_to_steps(form, current_raw_a)
+    x, repaired, load = _round(form, current_raw_a)
     ids = pd.Index(form.session_ids, name="session_id")
     times = pd.DatetimeIndex(form.times, name="time")
     power = x * form.kw_per_a[:, None]
@@ -164,7 +186,7 @@ def to_schedule(form: Formulation, current_raw_a: np.ndarray, *, status: str, ob
         power_kw=pd.DataFrame(power.T, index=times, columns=ids),
         status=status, objective=objective, bound=bound, mip_gap=mip_gap,
         solve_seconds=solve_seconds, build_seconds=build_seconds,
-        binding=binding_report(form, x),
+        binding=binding_report(form, x, load),
         energy_kwh=pd.Series(energy, index=ids, name="energy_kwh"),
         shortfall_kwh=pd.Series(np.maximum(form.need_kwh - energy, 0.0), index=ids, name="shortfall_kwh"),
         backend=backend, detail=detail, repaired_slots=repaired,

@@ -67,3 +67,26 @@ def plugged_in_block(n_cars: int, *, seed: int = 0, start: str = "2026-01-14 17:
     price = 0.22 + 0.10 * np.exp(-((hour - 19.0) ** 2) / 5.0) - 0.06 * np.exp(-((hour - 3.0) ** 2) / 6.0)
     prices = pd.Series(price, index=times, name="eur_per_kwh")
     return {"site": site, "sessions": sessions, "start": t0, "base_load": base, "prices": prices}
+
+
+def plugged_in_snapshot(n_cars: int, *, seed: int | None = None, step="5min", **kwargs):
+    """The block of :func:`plugged_in_block` as a policy's :class:`~nowblock.interface.BlockSnapshot`
+    at its ``start`` (nothing delivered yet, base load and prices on the control grid ``step``)."""
+    from nowblock.interface import BlockSnapshot
+
+    b = plugged_in_block(n_cars, seed=n_cars if seed is None else seed, **kwargs)
+    s, site = b["sessions"], b["site"]
+    cp = site.cp_index(s["charge_point_id"])
+    utc = lambda col: pd.DatetimeIndex(s[col]).tz_convert("UTC")  # noqa: E731
+    cars = pd.DataFrame({
+        "charge_point_id": s["charge_point_id"].to_numpy(), "cp_index": cp,
+        "phases": np.minimum(s["phases"].to_numpy(), site.cp_phases[cp]), "min_current_a": site.cp_min_current_a[cp],
+        "max_current_a": np.minimum(s["max_current_a"].to_numpy(float), site.cp_max_current_a[cp]),
+        "arrival": utc("arrival"), "departure": utc("departure"),
+        "energy_requested_kwh": s["energy_kwh"].to_numpy(float), "energy_delivered_kwh": 0.0,
+        "measured_current_a": np.nan, "offered_current_a": 0.0, "priority": 1.0, "needs_known": True,
+    }, index=pd.Index(s["session_id"].to_numpy(), name="session_id"))
+    idx = pd.date_range(b["start"], periods=int(pd.Timedelta("24h") / pd.Timedelta(step)), freq=step)
+    return BlockSnapshot(time=b["start"], site=site, step=pd.Timedelta(step), cars=cars,
+                         base_load_kw=b["base_load"].reindex(idx, method="ffill").rename("kw"),
+                         prices_eur_per_kwh=b["prices"].reindex(idx, method="ffill"), current_step_a=1.0)
