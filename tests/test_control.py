@@ -322,3 +322,65 @@ async def test_failsafe_default_is_reinstalled_before_it_expires_and_after_a_res
     await ctl.step()
     await asyncio.gather(*ctl._failsafe_tasks)
     assert cs.defaults == {}
+
+
+async def test_idle_point_holding_a_default_keeps_room_for_a_car_that_plugs_in():
+    site = _site(root_a=32.0, n=3)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 2, needs={0: (2, 40.0), 1: (2, 40.0)})
+    cs.state.on_connect("CP2", "1.6")
+    cs.state.on_boot("CP2", vendor="v", model="m")
+    ctl = _controller(cs, clock, policy="equal")
+    # CP2 is idle and holds a 10 A TxDefaultProfile: a car plugging in there draws 10 A at once.
+    cs.state.on_profile_accepted("CP2", 0, pr.build_profile(
+        "1.6", pr.TX_DEFAULT, 10.0, connector_id=0, validity_s=86400, now=clock.now.to_pydatetime()))
+    snap, _, _ = ctl.build_snapshot(clock.now)
+    assert snap.extra["idle_reserved_a"] == {"CP2:1": 10.0}
+    assert snap.site.limits_a[0].tolist() == [22.0, 22.0, 22.0]  # on every phase CP2 is wired to
+    res = await ctl.step()
+    assert set(res.current_a.index) == {"CP0:tx0", "CP1:tx1"}
+    assert res.current_a.sum() <= 32.0 - 10.0 + 1e-9 and res.current_a.sum() >= 22.0 - 2.0  # the rest is used
+    # The car plugs in: what the running cars were given plus CP2's default fits the connection.
+    assert res.current_a.sum() + cs.state.applied_limit_a("CP2", 1) <= 32.0 + 1e-9
+    # Once its transaction runs, CP2 is planned like the others and nothing is held for it.
+    cs.state.on_start("CP2", 1, "tx2", start=clock.now.to_pydatetime(), meter_start_wh=0.0)
+    res = await ctl.step()
+    assert res.snapshot.extra["idle_reserved_a"] == {} and "CP2:tx2" in res.current_a.index
+    assert res.current_a.sum() <= 32.0 + 1e-9
+
+
+async def test_idle_points_are_held_at_what_they_could_draw():
+    site = _site(root_a=63.0, n=4)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 1)
+    for cp in ("CP1", "CP2"):
+        cs.state.on_connect(cp, "2.0.1")
+        cs.state.on_boot(cp, vendor="v", model="m")
+    ctl = _controller(cs, clock)
+    # CP1 booted here and holds no default (yet): a car would draw the point's maximum.
+    # CP2 holds a 0 A fail-safe: it costs nothing. CP3 was not heard from: its earlier fail-safe.
+    cs.state.on_profile_accepted("CP2", 0, pr.build_profile(
+        "2.0.1", pr.TX_DEFAULT, 0.0, connector_id=0, validity_s=86400, now=clock.now.to_pydatetime()))
+    held = ctl.idle_defaults_a(clock.now, running=[("CP0", 1)])
+    fs = float(ctl.failsafe_a["CP3"])
+    assert 0 < fs < 32.0
+    assert held.to_dict() == {("CP1", 1): 32.0, ("CP2", 1): 0.0, ("CP3", 1): fs}
+    snap, _, _ = ctl.build_snapshot(clock.now)
+    assert snap.extra["idle_reserved_a"] == {"CP1:1": 32.0, "CP3:1": fs}
+    assert np.allclose(snap.site.limits_a[0], 63.0 - 32.0 - fs)
+
+
+async def test_controller_replans_once_a_booted_station_holds_its_default():
+    site = _site(root_a=32.0, n=2)
+    cs, clock = FakeCentral(site), Clock()
+    cs.state.on_connect("CP1", "2.0.1")
+    cs.state.on_boot("CP1", vendor="v", model="m")
+    ctl = _controller(cs, clock)
+    assert ctl.idle_defaults_a(clock.now)[("CP1", 1)] == 32.0  # none known yet: its maximum
+    waiter = asyncio.ensure_future(ctl._wake_when_default_known("CP1", every_s=0.01))
+    await asyncio.sleep(0.1)
+    assert not ctl._wake.is_set()
+    cs.state.on_profile_accepted("CP1", 0, pr.build_profile(
+        "2.0.1", pr.TX_DEFAULT, 10.0, connector_id=0, validity_s=86400, now=clock.now.to_pydatetime()))
+    await asyncio.wait_for(waiter, 1.0)
+    assert ctl._wake.is_set() and ctl.idle_defaults_a(clock.now)[("CP1", 1)] == 10.0

@@ -7,7 +7,9 @@ car's measured draw departs from its limit, and at least every ``period_s``. One
 1. **snapshot**: the central system's live cars frame; needs no car reported are estimated;
    cars whose meter values are stale (or that ignore their limit) are taken out of the
    policy's hands and their worst case is reserved on every fuse above them
-   (:mod:`nowblock.closed_loop`); allocation ceilings follow what cars really draw.
+   (:mod:`nowblock.closed_loop`), and so is the default limit of every idle connector (what a
+   car that plugs in there draws before the next step reaches it); allocation ceilings follow
+   what cars really draw.
 2. **forecast**: the block's other load from a meter feed when there is one, else the forecaster.
 3. **optimize**: the policy (MILP by default) in a worker thread with a time limit; on failure
    or time-out the heuristic; always through :func:`nowblock.interface.make_safe`, then the
@@ -239,6 +241,27 @@ class Controller:
             elif ev.kind == "meter" and (f"{ev.cp_id}:{ev.transaction_id}" in self._reserved
                                          or self._meter_departs(ev)):
                 self._wake.set()  # a car counted at its maximum is heard again, or departs from its limit
+            if ev.kind == "boot":  # its idle connectors are held at its maximum until its default is known
+                self._background(self._wake_when_default_known(ev.cp_id))
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._failsafe_tasks.add(task)  # cancelled by stop()
+        task.add_done_callback(self._failsafe_tasks.discard)
+
+    async def _wake_when_default_known(self, cp_id: str, timeout_s: float = 30.0, every_s: float = 0.1) -> None:
+        """Re-plan as soon as a station that just booted is known to hold a default limit (the
+        fail-safe the central system installs after the boot), so that the room held for its
+        idle connectors shrinks from its maximum to that limit without waiting for the period."""
+        end = _time.monotonic() + timeout_s
+        while not self._stopping and _time.monotonic() < end:
+            st = self.state.stations.get(cp_id)
+            if st is None or not st.connected:
+                return
+            if self.state.applied_limit_a(cp_id, 1) is not None:
+                self._wake.set()
+                return
+            await asyncio.sleep(every_s)
 
     def _meter_departs(self, ev) -> bool:
         sid = f"{ev.cp_id}:{ev.transaction_id}"
@@ -285,8 +308,16 @@ class Controller:
         unobserved = stale | over | holding
         reserve = np.where(stale, cars["max_current_a"].to_numpy(float),
                            np.where(over, cars["measured_current_a"].to_numpy(float) + self.settings.margin_a, offered))
-        site = cl.reserve_unobserved(self.site, cars["cp_index"].to_numpy()[unobserved],
-                                     cars["phases"].to_numpy()[unobserved], reserve[unobserved])
+        # A car plugged in at an idle connector draws that point's default limit until the step it
+        # triggers has sent its TxProfile: hold that much for it on every phase the point is wired
+        # to, as for a station we cannot see (a 0 A fail-safe costs nothing).
+        idle = self.idle_defaults_a(now, running=zip(cars["charge_point_id"], cars["connector_id"]))
+        idle = idle[idle > 0]
+        idle_cp = self.site.cp_index(idle.index.get_level_values("charge_point_id"))
+        site = cl.reserve_unobserved(
+            self.site, np.concatenate([cars["cp_index"].to_numpy(np.int64)[unobserved], idle_cp]),
+            np.concatenate([cars["phases"].to_numpy(np.int64)[unobserved], self.site.cp_phases[idle_cp]]),
+            np.concatenate([reserve[unobserved], idle.to_numpy(float)]))
         live = cars[~unobserved]
         self._reserved = set(cars.index[stale | over])  # cars whose next meter value is news
         self.ceilings_a = cl.update_ceilings(live, self.ceilings_a, settled[~unobserved], self.settings)
@@ -298,8 +329,38 @@ class Controller:
         snap = BlockSnapshot(time=now, site=site, step=self.slot, cars=policy_cars, base_load_kw=base,
                              prices_eur_per_kwh=self._prices(now), current_step_a=step_a,
                              extra={"reserved": list(cars.index[unobserved]), "running": cl.running_mask(live, self.settings),
-                                    "holding": dict(zip(cars.index[holding], last_sent[holding]))})
+                                    "holding": dict(zip(cars.index[holding], last_sent[holding])),
+                                    "idle_reserved_a": {f"{cp}:{c}": float(a) for (cp, c), a in idle.items()}})
         return snap, cars, {"snapshot": t1 - t0 - t_needs, "forecast": t2 - t1 + t_needs}
+
+    def idle_defaults_a(self, now: pd.Timestamp, running=()) -> pd.Series:
+        """The limit [A per phase] a car newly plugged in at each idle connector could draw.
+
+        One value per connector (EVSE in 2.0.1) without a running transaction, indexed by
+        (``charge_point_id``, ``connector_id``); ``running`` are the (charge point, connector)
+        pairs that run one. The limit is what the live state knows the point applies to an idle
+        connector (its TxDefaultProfile, a fallback default left behind, a station maximum);
+        when it knows none, the point's maximum if the station booted in this process (so we
+        know it holds none), else the fail-safe installed earlier (offline, or not yet heard
+        from since a restart). Never above the point's maximum.
+        """
+        busy = {(str(cp), int(c)) for cp, c in running}
+        t = now.to_pydatetime()
+        rows: dict[tuple[str, int], float] = {}
+        for cp in self.site.charge_points:
+            st = self.state.stations.get(cp.id)
+            if st is None:
+                continue
+            for c in sorted({c for c in st.connectors if c > 0} | {1}):
+                if (cp.id, c) in busy:
+                    continue
+                held = self.state.applied_limit_a(cp.id, c, t)
+                if held is None:
+                    held = cp.max_current_a if st.connected and st.boot else float(
+                        self.failsafe_a.get(cp.id, cp.max_current_a))
+                rows[(cp.id, c)] = min(float(held), float(cp.max_current_a))
+        index = pd.MultiIndex.from_tuples(list(rows), names=["charge_point_id", "connector_id"])
+        return pd.Series(list(rows.values()), index=index, dtype=float, name="current_a")
 
     def _last_meter(self, cp_id: str, tx_id) -> pd.Timestamp:
         t = self.state.transaction(cp_id, tx_id) if tx_id != "" else None
@@ -499,9 +560,9 @@ class Controller:
         res = StepResult(now, reason, name, status, x, list(snap.extra.get("reserved", [])), accepted, secs, snap)
         self.history.append(res)
         del self.history[:-500]
-        log.info("step %s (%s): %d cars, %.0f A total, %d reserved, policy %s [%s], %.0f ms",
-                 now.strftime("%H:%M:%S"), reason, len(x), float(x.sum()), len(res.reserved), name, status,
-                 1000 * sum(secs.values()))
+        log.info("step %s (%s): %d cars, %.0f A total, %d reserved, %d idle held, policy %s [%s], %.0f ms",
+                 now.strftime("%H:%M:%S"), reason, len(x), float(x.sum()), len(res.reserved),
+                 len(snap.extra.get("idle_reserved_a", {})), name, status, 1000 * sum(secs.values()))
         return res
 
     def failsafe_missing(self, now: pd.Timestamp) -> list[str]:
@@ -539,15 +600,16 @@ class Controller:
                 continue
             self._failsafe_tried[cp_id] = wall
             log.info("%s: (re)installing the fail-safe TxDefaultProfile of %.1f A", cp_id, self.failsafe_a[cp_id])
-            task = asyncio.get_running_loop().create_task(self._install_failsafe(cp_id))
-            self._failsafe_tasks.add(task)
-            task.add_done_callback(self._failsafe_tasks.discard)
+            self._background(self._install_failsafe(cp_id))
 
     async def _install_failsafe(self, cp_id: str) -> None:
         try:
-            await self.central.set_default_profile(cp_id, float(self.failsafe_a[cp_id]), connector_id=0)
+            rec = await self.central.set_default_profile(cp_id, float(self.failsafe_a[cp_id]), connector_id=0)
         except Exception as exc:
             log.warning("%s: fail-safe TxDefaultProfile not installed: %r", cp_id, exc)
+            return
+        if getattr(rec, "accepted_a", None) is not None:
+            self._wake.set()  # the room held for its idle connectors may shrink to the fail-safe
 
     @property
     def _step_gap_s(self) -> float:
