@@ -186,3 +186,44 @@ def test_hook_quantile_option_and_degenerate_histories(history):
         BaseLoadForecaster("prophet")
     with pytest.raises(ForecastError, match="no quantile"):
         BaseLoadForecaster(SimilarDayForecaster(quantiles=(0.9,)), quantile=0.95)
+
+
+def test_holiday_table_cached_on_disk(tmp_path, monkeypatch):
+    import holidays
+
+    from nowblock.forecast import calendar as C
+
+    def truth(subdiv, years):
+        return sorted((d - pd.Timestamp("1970-01-01").date()).days
+                      for d in holidays.country_holidays("DE", subdiv=subdiv, years=years))
+
+    monkeypatch.setenv("NOWBLOCK_CACHE_DIR", str(tmp_path))
+    C._holiday_year.cache_clear()
+    assert C._holiday_days("DE", "NW", 2023, 2024).tolist() == truth("NW", [2023, 2024])
+    assert len(list(tmp_path.glob("holidays-*-DE-NW-202[34].npy"))) == 2  # one table per year
+    (file,) = tmp_path.glob("holidays-*-DE-NW-2024.npy")
+    np.save(file, np.array([123], dtype=np.int64))  # what is on disk is what is used ...
+    C._holiday_year.cache_clear()
+    assert C._holiday_days("DE", "NW", 2023, 2024).tolist() == truth("NW", 2023) + [123]
+    file.write_bytes(b"garbage")  # ... and an unreadable file is rebuilt from `holidays`
+    C._holiday_year.cache_clear()
+    assert C._holiday_days("DE", "NW", 2023, 2024).tolist() == truth("NW", [2023, 2024])
+    monkeypatch.setenv("NOWBLOCK_CACHE_DIR", "")  # empty: no disk cache at all
+    C._holiday_year.cache_clear()
+    assert C._holiday_days("DE", "BY", 2024, 2024).tolist() == truth("BY", 2024)
+    assert not list(tmp_path.glob("*BY*"))
+    C._holiday_year.cache_clear()
+
+
+def test_base_load_import_stays_light():
+    # The first forecast in a fresh process must stay under a second (docs/bench_forecast.md):
+    # importing the base-load forecaster must not drag in the rest of nowblock or `holidays`.
+    import subprocess
+    import sys
+
+    code = ("import sys; from nowblock.forecast import SimilarDayForecaster; import nowblock as nb; "
+            "heavy = [m for m in ('nowblock.site', 'nowblock.sim', 'nowblock.forecast.needs', "
+            "'nowblock.forecast.arrivals', 'holidays.countries', 'pyomo') if m in sys.modules]; "
+            "print(heavy); assert nb.Site.__name__ == 'Site' and 'nowblock.site' in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -73,6 +73,37 @@ def test_fit_similar_day(seed):
     assert got[5] == pytest.approx(ref[5])
 
 
+
+@pytest.mark.parametrize("search_from", [-1, 0, 5])
+def test_similar_day_fit_all_is_the_references_chained(search_from):
+    rng = np.random.default_rng(7)
+    n, s_n = 40, 24  # one slot per hour: each residual group is one slot
+    y = _matrix(rng, n, s_n, 0.05)
+    dtype = np.arange(n, dtype=np.int64) % 7
+    dclass = np.where(dtype <= 4, 0, dtype - 4).astype(np.int64)
+    grids = (np.array([0.2, 0.6, 1.0]), np.array([0.1, 0.4]), 0.1, np.array([0, 1], np.int64),
+             np.array([0.0, 0.5, 1.0]), np.array([0.0, 0.9]))
+    qs = np.array([0.1, 0.5, 0.9])
+    got = K.similar_day_fit_all(y, dtype, dclass, *grids, 2, 14, search_from, 20, qs, 5)
+    aa, ab, ag, widths, blends, rhos = grids
+    if search_from >= 0:
+        sl = slice(search_from, None)
+        idx = K.fit_similar_day_ref(y[sl], dtype[sl], dclass[sl], *grids, 2, 14)[:5]
+    else:
+        idx = tuple(len(g) // 2 for g in (widths, aa, ab, blends, rhos))
+    assert tuple(got[:5]) == tuple(idx)
+    iw, ia, ib, il, ir = idx
+    mean = np.nanmean(y)
+    fa, fb, fg, sa, sb, sg = K.similar_day_components_ref(y, dtype, dclass, aa[ia], ab[ib], ag, widths[iw])
+    f = K.combine_profiles_ref(fa, fb, fg, blends[il], mean)
+    r = K.day_level_ref(y, f, 2)
+    pred = f[20:] + r[20:, None] * rhos[ir] ** np.arange(1, s_n + 1)[None, :]
+    resid = (y[20:] - pred).ravel()
+    off = K.group_quantiles_ref(resid, np.tile(np.arange(s_n), n - 20), 24, qs, 5)
+    assert got[5] == pytest.approx(mean)
+    for a, b in zip(got[6:], (f, sa, sb, sg, off)):
+        np.testing.assert_allclose(a, b, equal_nan=True)
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_group_quantiles(seed):
     rng = np.random.default_rng(seed)
@@ -142,8 +173,10 @@ def test_needs_loo_error():
     rng = np.random.default_rng(3)
     cp, tag, kind, hour, gap, dwell, energy = _needs_history(rng, 25)
     od = np.argsort(dwell)
-    queries = np.array([0, 5, 9], np.int64)
-    grid = np.array([[1.0, 0.1, 0.5, 0.2, 0.0], [3.0, 0.1, 0.5, 1.0, 0.5]])
+    queries = np.array([0, 5, 9, 17, 24], np.int64)
+    # rows share bandwidths in any order: the kernel computes each distinct Gaussian once
+    grid = np.array([[1.0, 0.1, 0.5, 0.2, 0.0], [3.0, 0.1, 0.5, 1.0, 0.5], [1.0, 0.02, 0.05, 1.0, 0.5],
+                     [3.0, 0.5, 1.0, 0.05, 0.0], [0.5, 1e-4, 0.3, 0.3, 2.0]])
     err = K.needs_loo_error(cp, tag, kind, hour, gap, dwell, od, queries, grid)
     ref = []
     for row in grid:

@@ -174,3 +174,15 @@ def test_arrivals_errors():
         ArrivalForecaster().fit(_sessions(days=0))
     est = ArrivalForecaster().fit(_sessions(days=0), start="2024-09-02 00:00+02:00", end="2024-09-09 00:00+02:00")
     assert est.predict(pd.Timestamp("2024-09-10", tz=TZ), 8)["arrivals"].sum() == 0.0
+
+
+def test_kind_of_day_tells_the_next_morning_apart():
+    est = SessionNeedsForecaster()
+    # Fri 2024-10-04 (workday before a day off), Sat 10-05 (off before off), Sun 10-06 (off
+    # before a workday), Mon 10-07 (workday before a workday), Wed 10-02 (before the 10-03 holiday);
+    # kind = 2 * (day off) + (next day off)
+    days = ["2024-10-04", "2024-10-05", "2024-10-06", "2024-10-07", "2024-10-02"]
+    arr = pd.DatetimeIndex([pd.Timestamp(d, tz=TZ) + pd.Timedelta(hours=19) for d in days]).tz_convert("UTC")
+    kind, hour = est._kind_hour(arr.as_unit("ns").asi8)
+    assert kind.tolist() == [1, 3, 2, 0, 1]
+    np.testing.assert_allclose(hour, 19.0)

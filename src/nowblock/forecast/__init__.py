@@ -3,20 +3,41 @@
 Estimators (pandas in, pandas out) live in :mod:`.base_load`, :mod:`.needs` and
 :mod:`.arrivals`; the Numba kernels they call, each with a slow reference, in :mod:`.kernels`.
 See docs/forecast.md.
+
+The names below are imported on first use (PEP 562), so a process that only forecasts base
+load never imports the needs and arrivals modules: part of keeping the first forecast in a
+fresh process under a second (docs/bench_forecast.md).
 """
 
-from nowblock.forecast.arrivals import ArrivalForecaster
-from nowblock.forecast.base_load import (
-    DEFAULT_QUANTILES,
-    BaseLoadForecaster,
-    SeasonalNaiveForecaster,
-    SimilarDayForecaster,
-    quantile_column,
-)
-from nowblock.forecast.calendar import Calendar, ForecastError
-from nowblock.forecast.needs import SessionNeedsForecaster
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "ArrivalForecaster": "arrivals",
+    "DEFAULT_QUANTILES": "base_load",
+    "BaseLoadForecaster": "base_load",
+    "SeasonalNaiveForecaster": "base_load",
+    "SimilarDayForecaster": "base_load",
+    "quantile_column": "base_load",
+    "Calendar": "calendar",
+    "ForecastError": "calendar",
+    "SessionNeedsForecaster": "needs",
+}
 
 __all__ = [
     "DEFAULT_QUANTILES", "ArrivalForecaster", "BaseLoadForecaster", "Calendar", "ForecastError",
     "SeasonalNaiveForecaster", "SessionNeedsForecaster", "SimilarDayForecaster", "quantile_column",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"nowblock.forecast.{_LAZY[name]}"), name)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    raise AttributeError(f"module 'nowblock.forecast' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -252,36 +252,26 @@ class SimilarDayForecaster(_Estimator):
         dclass = day_classes(dtype)
         widths = np.array([int(w / layout.step) for w in self.half_widths], np.int64)
         n_level = max(1, int(self.level_window / layout.step))
+        # the search sees the last `search_days` only: enough for the profiles to settle before
+        # the evaluated days, and half the work on a year of history; too short to judge: the
+        # middle of each grid (search_from = -1)
+        search_from, eval_start = -1, 0
         if layout.n_days >= self.min_search_days:
-            # the search sees the last `search_days` only: enough for the profiles to settle
-            # before the evaluated days, and half the work on a year of history
-            d0 = max(0, layout.n_days - self.search_days)
-            eval_start = max(14, layout.n_days - d0 - self.eval_days)
-            iw, ia, ib, il, ir, _ = K.fit_similar_day(y[d0:], dtype[d0:], dclass[d0:], self.alphas_a, self.alphas_b,
-                                                      self.alpha_g, widths, self.blends, self.rhos, n_level,
-                                                      eval_start)
-        else:  # too short to judge: middle of each grid
-            iw, ia, ib, il, ir = (len(widths) // 2, len(self.alphas_a) // 2, len(self.alphas_b) // 2,
-                                  len(self.blends) // 2, len(self.rhos) // 2)
+            search_from = max(0, layout.n_days - self.search_days)
+            eval_start = max(14, layout.n_days - search_from - self.eval_days)
+        # one kernel for search, profiles and residual quantiles: one cache load at first use
+        iw, ia, ib, il, ir, mean, f, sa, sb, sg, off = K.similar_day_fit_all(
+            y, dtype, dclass, self.alphas_a, self.alphas_b, self.alpha_g, widths, self.blends, self.rhos,
+            n_level, eval_start, search_from, self.quantile_days, self._qs_all, 20)
         self.params_ = {
             "half_width": self.half_widths[iw], "alpha_a": float(self.alphas_a[ia]),
             "alpha_b": float(self.alphas_b[ib]), "blend": float(self.blends[il]), "rho": float(self.rhos[ir]),
         }
-        self._mean = float(np.nanmean(y))
-        fa, fb, fg, sa, sb, sg = K.similar_day_components(y, dtype, dclass, self.alphas_a[ia], self.alphas_b[ib],
-                                                          self.alpha_g, int(widths[iw]))
-        f = K.combine_profiles(fa, fb, fg, self.blends[il], self._mean)
+        self._mean = float(mean)
         self._state = (sa, sb, sg)
         self._n_level = n_level
-        rho = self.params_["rho"]
-        # out-of-sample residuals of the day-ahead forecast, level term included
-        r = K.day_level(y, f, n_level)
-        d0 = max(1, layout.n_days - self.quantile_days)
-        h = np.arange(1, layout.n_slots + 1)
-        pred = f[d0:] + r[d0:, None] * rho ** h[None, :]
-        resid = (y[d0:] - pred).ravel()
-        slots = np.tile(np.arange(layout.n_slots), layout.n_days - d0)
-        self._offsets = self._quantile_offsets(resid, slots)
+        # per-hour quantiles of the out-of-sample day-ahead residuals (see _quantile_offsets)
+        self._offsets = off if np.isfinite(off).all() else np.zeros((24, len(self._qs_all)))
         # closing error of the history, for the level term of the next forecast
         ok = np.isfinite(values)
         tail = np.nonzero(ok)[0][-n_level:]

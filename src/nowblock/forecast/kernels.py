@@ -425,6 +425,52 @@ def weighted_quantiles_sorted_ref(values, weights, qs):
     return np.interp(qs, p, v)
 
 
+@njit(cache=True)
+def similar_day_fit_all(y, day_type, day_class, alphas_a, alphas_b, alpha_g, half_widths, blends, rhos,
+                        n_level, eval_start, search_from, quantile_days, qs, min_count):
+    """The whole fit of the similar-day model in one call (one cached kernel to load in a fresh
+    process instead of five).
+
+    With ``search_from >= 0`` the grid is searched (:func:`fit_similar_day`) on days
+    ``search_from..`` of ``y`` (n_days, n_slots), else the middle of each grid is taken. Then
+    the profiles learn from all of ``y`` (:func:`similar_day_components`), and the
+    out-of-sample day-ahead residuals of the last ``quantile_days`` days (level term
+    included) give per-hour quantile offsets (:func:`group_quantiles`, 24 groups).
+    Returns ``(i_width, i_a, i_b, i_blend, i_rho, mean, f, state_a, state_b, state_g,
+    offsets)`` with ``f`` the day-ahead profile forecast of every day [same unit as y].
+    """
+    n, s_n = y.shape
+    if search_from >= 0:
+        iw, ia, ib, il, ir, _ = fit_similar_day(y[search_from:], day_type[search_from:], day_class[search_from:],
+                                                alphas_a, alphas_b, alpha_g, half_widths, blends, rhos,
+                                                n_level, eval_start)
+    else:
+        iw = half_widths.shape[0] // 2
+        ia = alphas_a.shape[0] // 2
+        ib = alphas_b.shape[0] // 2
+        il = blends.shape[0] // 2
+        ir = rhos.shape[0] // 2
+    mean = _nanmean(y)
+    fa, fb, fg, sa, sb, sg = similar_day_components(y, day_type, day_class, alphas_a[ia], alphas_b[ib],
+                                                    alpha_g, half_widths[iw])
+    f = combine_profiles(fa, fb, fg, blends[il], mean)
+    r = day_level(y, f, n_level)
+    d0 = max(1, n - quantile_days)
+    m = max(n - d0, 0) * s_n
+    resid = np.empty(m)
+    group = np.empty(m, np.int64)
+    k = 0
+    for d in range(d0, n):
+        decay = 1.0
+        for s in range(s_n):
+            decay *= rhos[ir]
+            resid[k] = y[d, s] - (f[d, s] + r[d] * decay)
+            group[k] = (s * 24) // s_n
+            k += 1
+    off = group_quantiles(resid, group, 24, qs, min_count)
+    return iw, ia, ib, il, ir, mean, f, sa, sb, sg, off
+
+
 # --------------------------------------------------------------------------------------------
 # seasonal naive
 
@@ -576,21 +622,83 @@ def needs_loo_error(cp, tag, kind, hour, gap, target, order, queries, grid):
     ``order``) for each row of ``grid`` (bandwidth_h, lam_cp, lam_tag, lam_kind,
     bandwidth_gap), over the history rows in ``queries`` (each gets weight 0 for itself).
     A query whose neighbours all weigh 0 counts as an error of 1e9.
+
+    The weights are those of :func:`needs_weights`, factored so that each query computes its
+    Gaussians once per distinct bandwidth rather than once per grid row: a grid of a few
+    hundred rows then costs little more than multiplications.
     """
-    half = np.array([0.5])
+    n = cp.shape[0]
+    n_rows = grid.shape[0]
     t_sorted = target[order]
-    err = np.zeros(grid.shape[0])
-    for r in range(grid.shape[0]):
-        total = 0.0
-        for qi in range(queries.shape[0]):
-            i = queries[qi]
-            w = needs_weights(cp[i], tag[i], kind[i], hour[i], gap[i], cp, tag, kind, hour, gap,
-                              grid[r, 0], grid[r, 1], grid[r, 2], grid[r, 3], grid[r, 4])
-            w[i] = 0.0
-            md = weighted_quantiles_sorted(t_sorted, w[order], half)[0]
-            total += abs(md - target[i]) if md == md else 1e9
-        err[r] = total / max(queries.shape[0], 1)
-    return err
+    cp_s, tag_s, kind_s, hour_s, gap_s = cp[order], tag[order], kind[order], hour[order], gap[order]
+    ub = np.unique(grid[:, 0])
+    ug = np.unique(grid[:, 4])
+    rb = np.searchsorted(ub, grid[:, 0])
+    rg = np.searchsorted(ug, grid[:, 4])
+    kh = np.empty((ub.shape[0], n))
+    kg = np.empty((ug.shape[0], n))
+    who_kind = np.empty(n)  # 0: same person / point, 1: same point, other tag, 2: other point
+    same_kind = np.empty(n, np.bool_)
+    self_pos = np.empty(n, np.int64)
+    for k in range(n):
+        self_pos[order[k]] = k
+    err = np.zeros(n_rows)
+    w = np.empty(n)
+    for qi in range(queries.shape[0]):
+        i = queries[qi]
+        lq = math.log1p(gap[i]) if gap[i] >= 0 else 0.0
+        for k in range(n):
+            dh = _circ_hours(hour[i], hour_s[k])
+            for b in range(ub.shape[0]):
+                x = dh / ub[b]
+                kh[b, k] = math.exp(-0.5 * x * x)
+            for g in range(ug.shape[0]):
+                if ug[g] > 0 and gap[i] >= 0 and gap_s[k] >= 0:
+                    x = (lq - math.log1p(gap_s[k])) / ug[g]
+                    kg[g, k] = math.exp(-0.5 * x * x)
+                else:
+                    kg[g, k] = 1.0
+            if tag[i] >= 0 and tag_s[k] >= 0:
+                who_kind[k] = 0 if tag[i] == tag_s[k] else (1 if cp[i] == cp_s[k] else 2)
+            else:
+                who_kind[k] = 0 if cp[i] == cp_s[k] else 2
+            same_kind[k] = kind[i] == kind_s[k]
+        me = self_pos[i]
+        for r in range(n_rows):
+            lam_cp, lam_tag, lam_kind = grid[r, 1], grid[r, 2], grid[r, 3]
+            b, g = rb[r], rg[r]
+            total = 0.0
+            for k in range(n):
+                wk = who_kind[k]
+                who = 1.0 if wk == 0 else (lam_tag if wk == 1 else lam_cp)
+                if not same_kind[k]:
+                    who *= lam_kind
+                w[k] = kh[b, k] * who * kg[g, k]
+                total += w[k]
+            total -= w[me]
+            w[me] = 0.0
+            # weighted median, Hazen positions as in weighted_quantiles_sorted
+            md = np.nan
+            if total > 0:
+                cum = 0.0
+                prev_p = -1.0
+                prev_v = 0.0
+                for k in range(n):
+                    wk = w[k]
+                    if wk <= 0:
+                        continue
+                    p = (cum + 0.5 * wk) / total
+                    cum += wk
+                    v = t_sorted[k]
+                    if p >= 0.5:
+                        md = v if prev_p < 0 else prev_v + (v - prev_v) * (0.5 - prev_p) / (p - prev_p)
+                        break
+                    prev_p = p
+                    prev_v = v
+                if md != md:
+                    md = prev_v
+            err[r] += abs(md - target[i]) if md == md else 1e9
+    return err / max(queries.shape[0], 1)
 
 
 # --------------------------------------------------------------------------------------------
