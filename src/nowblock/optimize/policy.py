@@ -133,12 +133,22 @@ class MilpPolicy:
         self.history.append({"time": snapshot.time, "status": sched.status, "objective": sched.objective,
                              "mip_gap": sched.mip_gap, "solve_seconds": sched.solve_seconds,
                              "build_seconds": sched.build_seconds, "n_cars": len(cars)})
-        first = sched.first_slot().reindex(cars.index).fillna(0.0)
+        dense = sched.__dict__.get("_pending", (None, None))[1]
+        if dense is not None and np.array_equal(form.session_ids, cars.index.to_numpy(str)):
+            # The plan's cars are the snapshot's, in order: read the dense plan directly instead
+            # of building the schedule's frames (the same numbers, ~0.5 ms less at 50 cars).
+            x = dense["x"]
+            first = pd.Series(x[:, 0], index=cars.index, name="current_a")
+            short = np.maximum(form.need_kwh - dense["energy"], 0.0)
+            power_sum_kw = (x * form.kw_per_a[:, None]).T.sum(axis=1)
+        else:
+            first = sched.first_slot().reindex(cars.index).fillna(0.0)
+            short = sched.shortfall_kwh.reindex(cars.index).fillna(0.0).to_numpy(float)
+            power_sum_kw = sched.power_kw.to_numpy().sum(axis=1)
         safe = make_safe(snapshot, first)
         if self.options.top_up_h > 0:
-            short = sched.shortfall_kwh.reindex(cars.index).fillna(0.0).to_numpy(float)
             short = np.where(snapshot.hours_to_departure_h <= self.options.top_up_h, short, 0.0)
-            peak = float((sched.power_kw.to_numpy().sum(axis=1) + form.base_kw).max(initial=0.0))
+            peak = float((power_sum_kw + form.base_kw).max(initial=0.0))
             safe = top_up_first_slot(snapshot, safe, short, peak_kw=peak)
         return safe
 
