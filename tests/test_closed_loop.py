@@ -9,7 +9,6 @@ import pytest
 from nowblock.closed_loop import (
     LoopSettings,
     apply_ceilings,
-    draw_departs,
     failsafe_current_a,
     keep_running,
     over_draw_mask,
@@ -128,13 +127,6 @@ def test_keep_running_lifts_paused_cars_only_where_it_fits():
     done = _cars(site, measured=[10.0, 7.0, 0.0], offered=[10.0, 8.0, 0.0], energy_delivered_kwh=30.0)
     x = keep_running(_snap(site, done), pd.Series({"s0": 0.0, "s1": 0.0, "s2": 0.0}), run)
     assert x.sum() == 0.0
-
-
-def test_draw_departs():
-    site = _site()
-    cars = _cars(site, measured=[10.0, 16.0, np.nan], offered=[16.0, 16.0, 16.0])
-    assert draw_departs(cars, [True] * 3, tol_a=3.0)
-    assert not draw_departs(cars, [False, True, True], tol_a=3.0)
 
 
 @pytest.mark.parametrize("base_kw", [0.0, 20.0, 200.0])

@@ -178,18 +178,6 @@ def keep_running(snapshot: BlockSnapshot, current_a: pd.Series, running) -> pd.S
     return pd.Series(x, index=cars.index, name="current_a")
 
 
-def draw_departs(cars: pd.DataFrame, settled, tol_a: float = 3.0) -> bool:
-    """True when any settled car draws more than ``tol_a`` [A] away from its accepted limit.
-
-    The controller re-plans early on this: a car stopped taking current (full, or paused by
-    the car) or takes more than it may.
-    """
-    meas = cars["measured_current_a"].to_numpy(float)
-    off = cars["offered_current_a"].to_numpy(float)
-    ok = np.asarray(settled, bool) & np.isfinite(meas) & np.isfinite(off) & (off > 0)
-    return bool(np.any(np.abs(meas[ok] - off[ok]) > tol_a))
-
-
 def failsafe_current_a(site: Site, worst_base_load_kw: float = 0.0, *, step_a: float = 1.0) -> pd.Series:
     """Each charging point's TxDefaultProfile limit [A]: safe if the central system disappears.
 
