@@ -162,6 +162,11 @@ class Site:
         return np.array([c.phases for c in self.charge_points], dtype=np.int64)
 
     @cached_property
+    def cp_grid_phases(self) -> np.ndarray:
+        """Grid phase index (0..2) wired to each charging point's L1, L2, L3, shape (n_cp, 3)."""
+        return np.array([c.grid_phases for c in self.charge_points], dtype=np.int64).reshape(-1, 3)
+
+    @cached_property
     def ancestry(self) -> np.ndarray:
         """Boolean (n_fuses, n_cp): True where the fuse carries the charging point's current."""
         idx = {f: i for i, f in enumerate(self.fuse_ids)}
@@ -182,7 +187,7 @@ class Site:
         """
         cp_index = np.asarray(cp_index, dtype=np.int64)
         car_phases = np.asarray(car_phases, dtype=np.int64)
-        rot = np.array([c.grid_phases for c in self.charge_points], dtype=np.int64)[cp_index]
+        rot = self.cp_grid_phases[cp_index]
         k = np.minimum(car_phases, self.cp_phases[cp_index])
         used = np.zeros((len(cp_index), 3), dtype=bool)
         for i in range(3):  # charger phase i is used when the car has more than i phases

@@ -519,16 +519,26 @@ def _slot_grid(start, horizon, step, first=None) -> tuple[pd.DatetimeIndex, np.n
     start = pd.Timestamp(start)
     if start.tz is None:
         raise ValueError("start: must be timezone-aware")
-    start = start.tz_convert("UTC")
     first = pd.Timedelta(first) if first is not None else step
+    step_ns = step.value
     if first <= pd.Timedelta(0) or first >= step:
         T = int(np.ceil(horizon / step - 1e-9))
-        return pd.date_range(start, periods=T, freq=step), np.full(T, step / pd.Timedelta(hours=1))
-    T = 1 + int(np.ceil((horizon - first) / step - 1e-9))
-    times = pd.DatetimeIndex([start]).append(pd.date_range(start + first, periods=T - 1, freq=step))
-    lengths = np.full(T, step / pd.Timedelta(hours=1))
-    lengths[0] = first / pd.Timedelta(hours=1)
-    return times, lengths
+        offs_ns = np.arange(T, dtype=np.int64) * step_ns
+        lengths = np.full(T, step_ns / 3.6e12)
+    else:
+        T = 1 + int(np.ceil((horizon - first) / step - 1e-9))
+        offs_ns = np.zeros(T, dtype=np.int64)
+        offs_ns[1:] = first.value + np.arange(T - 1, dtype=np.int64) * step_ns
+        lengths = np.full(T, step_ns / 3.6e12)
+        lengths[0] = first.value / 3.6e12
+    # From integers: pd.date_range cost ~50 us a call, a third of the adapter. The unit is the
+    # start's (what date_range gives) unless the steps need a finer one.
+    unit = start.unit
+    per = _NS_PER_UNIT[unit]
+    if (offs_ns % per).any():
+        unit, per = "ns", 1
+    ticks = start.as_unit("ns").value // per + offs_ns // per
+    return pd.DatetimeIndex(ticks.view(f"M8[{unit}]"), tz="UTC"), lengths
 
 
 def _on_slots(series: pd.Series | None, times: pd.DatetimeIndex, slot_h: np.ndarray, default: float,

@@ -140,28 +140,13 @@ def solve_highs(form: Formulation, *, relax: bool = False, warm_start_a: np.ndar
 def repair_stray(form: Formulation, x: np.ndarray) -> np.ndarray:
     """Cell currents [A] with "0 or >= min" on every binary cell: a current strictly between 0 and
     the minimum becomes the minimum where every limit row keeps room (largest first), else 0."""
+    from nowblock.optimize.kernels import repair_stray_cells
     from nowblock.optimize.schedule import limit_rows
 
     car, slot = form.cells
-    x = np.clip(np.asarray(x, dtype=float), 0.0, form.upper_a[car, slot])
-    lo = form.min_current_a[car]
-    b = np.nonzero(form.binary_candidates)[0]
-    stray = b[(x[b] > _TOL_A) & (x[b] < lo[b] - _TOL_A)]
-    if not len(stray):
-        return x
-    was = x.copy()
-    x[stray] = 0.0
-    dense = form.current_from_cells(x)
+    x = np.minimum(np.maximum(np.asarray(x, dtype=float), 0.0), form.upper_a[car, slot])
     g, h, _ = limit_rows(form)
-    for t in np.unique(slot[stray]):
-        ks = stray[slot[stray] == t]
-        ks = ks[np.argsort(-was[ks], kind="stable")]
-        inc = lo[ks]
-        cum = (g @ dense[:, t])[:, None] + np.cumsum(g[:, car[ks]] * inc[None, :], axis=1)
-        ok = (cum <= h[:, t][:, None] + _TOL_A).all(axis=0)
-        n_ok = len(ok) if ok.all() else int(np.argmin(ok))
-        x[ks[:n_ok]] = lo[ks[:n_ok]]
-        dense[car[ks[:n_ok]], t] = lo[ks[:n_ok]]
+    repair_stray_cells(x, form.min_current_a[car], form.binary_candidates, car, slot, g, h, _TOL_A)
     return x
 
 
@@ -196,12 +181,10 @@ def complete_solution(form: Formulation, mf: MatrixForm, x: np.ndarray) -> np.nd
 
 def is_feasible(mf: MatrixForm, v: np.ndarray, tol: float = 1e-6) -> bool:
     """Whether column values ``v`` satisfy every bound and row of ``mf`` (within ``tol``)."""
-    if (v < mf.col_lo - tol).any() or (v > mf.col_hi + tol).any():
-        return False
-    col = np.repeat(np.arange(mf.num_col), np.diff(mf.a_start))
-    r = np.bincount(mf.a_index, weights=mf.a_value * v[col], minlength=mf.num_row)
-    scale = 1.0 + np.abs(np.where(np.isfinite(mf.row_hi), mf.row_hi, 0.0))
-    return bool(((r >= mf.row_lo - tol * scale) & (r <= mf.row_hi + tol * scale)).all())
+    from nowblock.optimize.kernels import csc_feasible
+
+    return bool(csc_feasible(mf.a_start, mf.a_index, mf.a_value, np.asarray(v, dtype=float), mf.col_lo, mf.col_hi,
+                             mf.row_lo, mf.row_hi, float(tol)))
 
 
 _BANNER_SILENCED = False

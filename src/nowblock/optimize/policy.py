@@ -36,36 +36,17 @@ def top_up_first_slot(snapshot: BlockSnapshot, current_a: pd.Series, shortfall_k
     if not len(short):
         return current_a
     from nowblock.interface import constraint_rows
+    from nowblock.optimize.kernels import top_up_now
 
     g, h = constraint_rows(snapshot)
     x = current_a.to_numpy(float).copy()
     hi = np.nan_to_num(snapshot.values("max_current_a"))
     lo = np.nan_to_num(snapshot.values("min_current_a"))
-    step = float(snapshot.current_step_a)
-    slack = h - g @ x
-    # Room only shrinks as cars are raised: drop up front the cars that cannot take one step
-    # (or their minimum) now, so the loop runs over the few that can.
-    gs = g[:, short]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(gs > 1e-12, slack[:, None] / gs, np.inf)
-    room = ratio.min(axis=0) if len(g) else np.full(len(short), np.inf)
-    need_a = np.where(x[short] > 0, step, np.maximum(lo[short], step))
-    short = short[(room >= need_a - 1e-9) & (hi[short] >= x[short] + step - 1e-9)]
-    order = short[np.argsort(snapshot.hours_to_departure_h[short], kind="stable")]
     kw = snapshot.kw_per_a()
-    base_now = float(snapshot.base_load_kw.iloc[0]) if len(snapshot.base_load_kw) else 0.0
+    base_now = float(snapshot.base_load_kw.to_numpy()[0]) if len(snapshot.base_load_kw) else 0.0
     budget_kw = peak_kw - base_now - float(kw @ x)
-    for i in order:
-        col = g[:, i]
-        pos = col > 1e-12
-        room = float(np.min(slack[pos] / col[pos])) if pos.any() else np.inf
-        room = min(room, budget_kw / kw[i]) if kw[i] > 0 else room
-        new = np.floor(min(hi[i], x[i] + max(room, 0.0)) / step + 1e-9) * step
-        if new < lo[i] - 1e-9 or new <= x[i] + 1e-9:
-            continue
-        slack -= col * (new - x[i])
-        budget_kw -= kw[i] * (new - x[i])
-        x[i] = new
+    order = short[np.argsort(snapshot.hours_to_departure_h[short], kind="stable")]
+    top_up_now(x, order, g, h - g @ x, hi, lo, kw, float(budget_kw), float(snapshot.current_step_a))
     return pd.Series(x, index=current_a.index, name=current_a.name)
 
 

@@ -173,25 +173,14 @@ def _round(form: Formulation, raw_a: np.ndarray) -> tuple[np.ndarray, int, np.nd
     raw = np.clip(raw_a if np.isfinite(raw_a).all() else np.nan_to_num(raw_a), 0.0, up)
     x = np.floor(raw / step + 1e-7) * step
     x[x < lo - _TOL_A] = 0.0
+    from nowblock.optimize.kernels import top_up_rounded
+
     g, h, _ = limit_rows(form)
     # Top up: give one more step back to cars that lost the most, as long as every row has room.
     # Only in the slots with binaries (what a receding-horizon loop applies); later slots are
     # an LP-relaxed plan, and the per-slot check costs O(rows x cars) each (measured).
     lost = np.where(raw >= lo - _TOL_A, raw - x, 0.0)
-    lost[:, form.n_binary_slots:] = 0.0
-    for t in np.nonzero((lost > 0.05 * step).any(axis=0))[0]:
-        cand = np.nonzero((lost[:, t] > 0.05 * step) & (x[:, t] + step <= up[:, t] + _TOL_A))[0]
-        if not len(cand):
-            continue
-        cand = cand[np.argsort(-lost[cand, t], kind="stable")]
-        new = x[cand, t] + step
-        new = np.where(new < form.min_current_a[cand] - _TOL_A, form.min_current_a[cand], new)
-        inc = new - x[cand, t]
-        load = g @ x[:, t]
-        cum = load[:, None] + np.cumsum(g[:, cand] * inc[None, :], axis=1)
-        ok = (cum <= h[:, t][:, None] + _TOL_A).all(axis=0)
-        n_ok = len(ok) if ok.all() else int(np.argmin(ok))
-        x[cand[:n_ok], t] = new[:n_ok]
+    top_up_rounded(x, lost, up, form.min_current_a, g, h, step, form.n_binary_slots, _TOL_A)
     # Re-check every row of every slot; repair failing slots with the shared safety net.
     load = g @ x
     viol = (load - h).max(axis=0) if len(g) else np.zeros(form.n_slots)

@@ -69,9 +69,14 @@ def plugged_in_block(n_cars: int, *, seed: int = 0, start: str = "2026-01-14 17:
     return {"site": site, "sessions": sessions, "start": t0, "base_load": base, "prices": prices}
 
 
-def plugged_in_snapshot(n_cars: int, *, seed: int | None = None, step="5min", **kwargs):
+def plugged_in_snapshot(n_cars: int, *, seed: int | None = None, step="5min", producer_arrays: bool = True,
+                        **kwargs):
     """The block of :func:`plugged_in_block` as a policy's :class:`~nowblock.interface.BlockSnapshot`
-    at its ``start`` (nothing delivered yet, base load and prices on the control grid ``step``)."""
+    at its ``start`` (nothing delivered yet, base load and prices on the control grid ``step``).
+
+    With ``producer_arrays`` (default) the snapshot carries ``car_arrays`` and ``incidence_a``
+    as the simulator's snapshots do; without, the policy derives them from ``cars``.
+    """
     from nowblock.interface import BlockSnapshot
 
     b = plugged_in_block(n_cars, seed=n_cars if seed is None else seed, **kwargs)
@@ -87,6 +92,13 @@ def plugged_in_snapshot(n_cars: int, *, seed: int | None = None, step="5min", **
         "measured_current_a": np.nan, "offered_current_a": 0.0, "priority": 1.0, "needs_known": True,
     }, index=pd.Index(s["session_id"].to_numpy(), name="session_id"))
     idx = pd.date_range(b["start"], periods=int(pd.Timedelta("24h") / pd.Timedelta(step)), freq=step)
+    arrays = incidence = None
+    if producer_arrays:
+        arrays = {c: cars[c].to_numpy(float) for c in cars.columns
+                  if c not in ("charge_point_id", "arrival", "departure", "needs_known")}
+        arrays.update({c: cars[c].array.as_unit("ns").asi8 for c in ("arrival", "departure")})
+        incidence = site.phase_incidence(cars["cp_index"].to_numpy(), cars["phases"].to_numpy())
     return BlockSnapshot(time=b["start"], site=site, step=pd.Timedelta(step), cars=cars,
                          base_load_kw=b["base_load"].reindex(idx, method="ffill").rename("kw"),
-                         prices_eur_per_kwh=b["prices"].reindex(idx, method="ffill"), current_step_a=1.0)
+                         prices_eur_per_kwh=b["prices"].reindex(idx, method="ffill"), current_step_a=1.0,
+                         incidence_a=incidence, car_arrays=arrays)
