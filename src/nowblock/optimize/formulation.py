@@ -192,7 +192,8 @@ class Formulation:
     energy (not its load on the fuses: the limits assume every car may draw all it is offered).
     ``shortfall_weight`` per car (None: 1) multiplies its shortfall penalty (urgency, see
     ``OptimizeOptions.urgency_h``). ``incidence_a`` optionally carries :attr:`incidence`
-    precomputed (a snapshot has it).
+    precomputed (a snapshot has it). ``times`` may also be given as :class:`SlotTicks`; it is
+    made an index on first read.
     """
 
     site: Site
@@ -217,7 +218,9 @@ class Formulation:
     @cached_property
     def slot_h(self) -> np.ndarray:
         """Length of every slot [h], shape (T,)."""
-        return np.broadcast_to(np.asarray(self.dt_h, dtype=float), (self.n_slots,)).copy()
+        if np.ndim(self.dt_h) == 0:
+            return np.full(self.n_slots, float(self.dt_h))
+        return np.array(self.dt_h, dtype=float).reshape(self.n_slots)
 
     @cached_property
     def energy_per_a_kwh(self) -> np.ndarray:
@@ -235,7 +238,7 @@ class Formulation:
     @property
     def n_slots(self) -> int:
         """Number of slots in the horizon."""
-        return len(self.times)
+        return len(self.__dict__["_times"])
 
     @cached_property
     def kw_per_a(self) -> np.ndarray:
@@ -302,251 +305,182 @@ class Formulation:
         return out
 
 
+@dataclass(frozen=True)
+class SlotTicks:
+    """Slot starts as integer nanoseconds since the epoch (UTC) and the index's time unit."""
+
+    ns: np.ndarray
+    unit: str = "ns"
+
+    def __len__(self) -> int:
+        return len(self.ns)
+
+    def index(self) -> pd.DatetimeIndex:
+        """The slot starts as a UTC index in ``unit`` (finer if the ticks need it)."""
+        unit, per = self.unit, _NS_PER_UNIT[self.unit]
+        if per > 1 and (self.ns % per).any():
+            unit, per = "ns", 1
+        return pd.DatetimeIndex((self.ns // per).view(f"M8[{unit}]"), tz="UTC")
+
+
+class _LazyTimes:
+    """``Formulation.times``: kept as given and made a DatetimeIndex on first read. The
+    receding-horizon step rarely reads it (only the schedule's frames do), and building the
+    index was ~0.1 ms of a 50-car step (measured in the step, after a solve)."""
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        v = obj.__dict__["_times"]
+        if isinstance(v, SlotTicks):
+            v = obj.__dict__["_times"] = v.index()
+        return v
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__["_times"] = value
+
+
+Formulation.times = _LazyTimes()  # after @dataclass: the generated __init__ sets it through __set__
+
+
 # ---- building the matrix ----------------------------------------------------------------
-class _Coo:
-    """Collects constraint families as COO triplets, row blocks named, rows numbered in order."""
-
-    def __init__(self) -> None:
-        self.r: list[np.ndarray] = []
-        self.c: list[np.ndarray] = []
-        self.v: list[np.ndarray] = []
-        self.lo: list[np.ndarray] = []
-        self.hi: list[np.ndarray] = []
-        self.rows: dict[str, slice] = {}
-        self.n = 0
-
-    def add(self, name: str, n_rows: int, r, c, v, lo, hi) -> None:
-        self.r.append(np.asarray(r, dtype=np.int64) + self.n)
-        self.c.append(np.asarray(c, dtype=np.int64))
-        self.v.append(np.asarray(v, dtype=float))
-        self.lo.append(np.broadcast_to(np.asarray(lo, dtype=float), (n_rows,)))
-        self.hi.append(np.broadcast_to(np.asarray(hi, dtype=float), (n_rows,)))
-        self.rows[name] = slice(self.n, self.n + n_rows)
-        self.n += n_rows
-
-
-def _segments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For groups of sizes ``counts``: group id and position within group of every element."""
-    counts = np.asarray(counts, dtype=np.int64)
-    gid = np.repeat(np.arange(len(counts)), counts)
-    starts = np.cumsum(counts) - counts
-    pos = np.arange(counts.sum()) - np.repeat(starts, counts)
-    return gid, pos
-
-
-def _expand_cells(first: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Cell numbers ``first[i], first[i] + 1, ..., first[i] + counts[i] - 1`` for every group i,
-    concatenated."""
-    counts = np.asarray(counts, dtype=np.int64)
-    return np.arange(counts.sum()) + np.repeat(first - (np.cumsum(counts) - counts), counts)
-
-
 def _build_matrix(f: Formulation, binary: np.ndarray) -> MatrixForm:
+    """The standard form: numpy gathers the per-cell arrays, numba kernels emit the entries
+    (about a hundred small numpy calls before, most of a 50-car step's build time)."""
+    from nowblock.optimize.kernels import change_pairs, limit_row_entries, standard_form
+
     t_start = time.perf_counter()
     o = f.options
     n, T = f.n_cars, f.n_slots
     car, slot = f.cells
     K = len(car)
     ub = f.upper_a[car, slot]
-    lo_min = f.min_current_a[car]
     kwh_per_a = f.energy_per_a_kwh[car, slot]
-
     bcell = np.nonzero(binary)[0]
     B = len(bcell)
     fair = o.sharing == "fair"
+    use_peak = o.peak_eur_per_kw > 0
     need = np.maximum(f.need_kwh, 0.0)
 
     # Change penalty: one pair per cell with a predecessor (same car, previous slot) or, in slot
     # 0, with the setpoint applied now.
-    same_prev = np.zeros(K, dtype=bool)
-    same_prev[1:] = (car[1:] == car[:-1]) & (slot[1:] == slot[:-1] + 1)
-    first = (slot == 0) & np.isfinite(f.prev_current_a[car])
     n_change = T if o.change_slots is None else int(o.change_slots)
-    same_prev &= slot < n_change
-    use_change = o.change_eur_per_a > 0 and n_change > 0
-    pair = np.nonzero(same_prev | first)[0] if use_change else np.zeros(0, dtype=np.int64)
+    if o.change_eur_per_a > 0 and n_change > 0:
+        pair, has_prev, rhs = change_pairs(car, slot, f.prev_current_a[car], n_change)
+    else:
+        pair, has_prev, rhs = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), np.zeros(0)
     P = len(pair)
-    use_peak = o.peak_eur_per_kw > 0
 
-    # Column layout.
-    sizes = {"current_a": K, "on": B, "shortfall_kwh": n, "worst_fraction": int(fair),
-             "peak_kw": int(use_peak), "change_up_a": P, "change_down_a": P}
-    cols, pos = {}, 0
-    for name, size in sizes.items():
-        cols[name] = slice(pos, pos + size)
-        pos += size
-    ncol = pos
-    cost = np.zeros(ncol)
-    col_lo = np.zeros(ncol)
-    col_hi = np.full(ncol, np.inf)
-    integ = np.zeros(ncol, dtype=np.int32)
-    xs, ons, sh = cols["current_a"], cols["on"], cols["shortfall_kwh"]
-
-    col_hi[xs] = ub
-    col_hi[ons] = 1.0
-    integ[ons] = 1
-    col_hi[sh] = need
-    if fair:
-        col_hi[cols["worst_fraction"]] = 1.0
-
-    price = f.price_eur_per_kwh[slot]
-    early = o.early_eur_per_kwh * (1.0 + slot / max(T, 1))  # > 0: energy beyond need is never free
-    cost[xs] = (price + early) * kwh_per_a
-    cost[sh] = o.shortfall_eur_per_kwh * f.priority * (1.0 if f.shortfall_weight is None else f.shortfall_weight)
-    if fair:
-        # Weighted so that raising the worst fraction always beats any total-shortfall trade.
-        w_max = 1.0 if f.shortfall_weight is None else max(float(np.max(f.shortfall_weight, initial=1.0)), 1.0)
-        cost[cols["worst_fraction"]] = (10.0 * o.shortfall_eur_per_kwh * max(need.sum(), 1e-9)
-                                        * max(f.priority.max(initial=1.0), 1.0) * w_max)
-    if use_peak:
-        cost[cols["peak_kw"]] = o.peak_eur_per_kw
-    cost[cols["change_up_a"]] = o.change_eur_per_a
-    cost[cols["change_down_a"]] = o.change_eur_per_a
-
-    coo = _Coo()
-    x0 = xs.start
-    # Energy per car: need <= delivered + shortfall <= need + overshoot. The overshoot (one slot
-    # at the minimum current) lets a car with a small remainder still be served under "0 or
-    # >= min": it stops by itself when full. Shortfall is priced, so it is 0 when delivered >= need.
-    overshoot = f.min_current_a * f.kw_per_a * f.slot_h.max(initial=0.0)
-    coo.add("energy", n, np.concatenate([car, np.arange(n)]),
-            np.concatenate([x0 + np.arange(K), sh.start + np.arange(n)]),
-            np.concatenate([kwh_per_a, np.ones(n)]), need, need + overshoot)
-
-    # Fuse rows: expand every nonzero (fuse-phase row, car) pair of the incidence over the car's
-    # cells, then keep only rows whose cells could together exceed the headroom.
+    # Fuse rows: every nonzero (fuse-phase row, car) pair of the incidence over the car's
+    # cells, only rows whose cells could together exceed the headroom.
     A = f.incidence
-    R = A.shape[0]
     cell_count = np.bincount(car, minlength=n)
     cell_start = np.cumsum(cell_count) - cell_count
     pr, pc = np.nonzero(A)
-    counts = cell_count[pc]
-    k_of = _expand_cells(cell_start[pc], counts)
-    # Per pair, then repeated over its cells (a 2-D gather per cell cost ~0.5 ms at 200 cars).
-    row_key = np.repeat(pr * T, counts) + slot[k_of]
-    coef = np.repeat(A[pr, pc], counts)
     room = f.headroom_a.reshape(-1)
-    load_max = np.bincount(row_key, weights=ub[k_of] * coef, minlength=R * T)
-    keep_key = np.nonzero(load_max > room + 1e-9)[0]
-    remap = np.full(R * T, -1)
-    remap[keep_key] = np.arange(len(keep_key))
-    new_row = remap[row_key]
-    sel = new_row >= 0
-    coo.add("fuse", len(keep_key), new_row[sel], x0 + k_of[sel], coef[sel], -np.inf, room[keep_key])
+    keep_key, fuse_rows, fuse_cells, fuse_vals = limit_row_entries(pr, pc, A[pr, pc], cell_start, cell_count, slot,
+                                                                   ub, room, T, 1e-9, False)
     fuse_label = np.stack([keep_key // T, keep_key % T], axis=1)
 
     # Unbalance at the root: charging current on phase p minus phase q, for p != q.
+    u = f.site.max_unbalance_a
     unb_label = np.zeros((0, 3), dtype=np.int64)
-    if f.site.max_unbalance_a is not None and K:
+    unb_rows = unb_cells = np.zeros(0, dtype=np.int64)
+    unb_vals = np.zeros(0)
+    n_unb = 0
+    use_unb = u is not None and K > 0
+    if use_unb:
         pq = np.array([(p, q) for p in range(3) for q in range(3) if p != q])
         d = A[pq[:, 0]] - A[pq[:, 1]]  # (6, n)
         dr, dc = np.nonzero(d)
-        gid, within = _segments(cell_count[dc])
-        k_of = cell_start[dc][gid] + within
-        key = dr[gid] * T + slot[k_of]
-        coef = d[dr[gid], car[k_of]]
-        worst = np.bincount(key, weights=np.maximum(coef, 0) * ub[k_of], minlength=6 * T)
-        keep = np.nonzero(worst > f.site.max_unbalance_a + 1e-9)[0]
-        rm = np.full(6 * T, -1)
-        rm[keep] = np.arange(len(keep))
-        s2 = rm[key] >= 0
-        coo.add("unbalance", len(keep), rm[key[s2]], x0 + k_of[s2], coef[s2], -np.inf, f.site.max_unbalance_a)
+        keep, unb_rows, unb_cells, unb_vals = limit_row_entries(dr, dc, d[dr, dc], cell_start, cell_count, slot, ub,
+                                                                np.full(6 * T, float(u)), T, 1e-9, True)
+        n_unb = len(keep)
         unb_label = np.stack([pq[keep // T, 0], pq[keep // T, 1], keep % T], axis=1)
 
-    # On/off: min * on <= current <= upper * on.
-    if B:
-        rb = np.arange(B)
-        coo.add("on_upper", B, np.concatenate([rb, rb]), np.concatenate([x0 + bcell, ons.start + rb]),
-                np.concatenate([np.ones(B), -ub[bcell]]), -np.inf, 0.0)
-        coo.add("on_lower", B, np.concatenate([rb, rb]), np.concatenate([x0 + bcell, ons.start + rb]),
-                np.concatenate([np.ones(B), -lo_min[bcell]]), 0.0, np.inf)
-
-    # Max-min fair: shortfall_i / need_i <= worst_fraction.
+    weight = 1.0 if f.shortfall_weight is None else f.shortfall_weight
+    fair_cost = 0.0
     if fair:
-        has = np.nonzero(need > 1e-9)[0]
-        m = len(has)
-        coo.add("fair", m, np.concatenate([np.arange(m), np.arange(m)]),
-                np.concatenate([sh.start + has, np.full(m, cols["worst_fraction"].start)]),
-                np.concatenate([1.0 / need[has], -np.ones(m)]), -np.inf, 0.0)
+        # Weighted so that raising the worst fraction always beats any total-shortfall trade.
+        w_max = 1.0 if f.shortfall_weight is None else max(float(np.max(f.shortfall_weight, initial=1.0)), 1.0)
+        fair_cost = (10.0 * o.shortfall_eur_per_kwh * max(need.sum(), 1e-9) * max(f.priority.max(initial=1.0), 1.0)
+                     * w_max)
+    # The energy row's overshoot (one slot at the minimum current) lets a car with a small
+    # remainder still be served under "0 or >= min": it stops by itself when full. Shortfall
+    # is priced, so it is 0 when delivered >= need. Energy beyond need is never free (early_eur_per_kwh > 0).
+    overshoot = f.min_current_a * f.kw_per_a * f.slot_h.max(initial=0.0)
+    cost, col_lo, col_hi, integ, row_lo, row_hi, a_start, a_index, a_value = standard_form(
+        car, slot, ub, kwh_per_a, f.min_current_a[car], f.kw_per_a[car], bcell, need, need + overshoot,
+        o.shortfall_eur_per_kwh * f.priority * weight, f.price_eur_per_kwh, float(o.early_eur_per_kwh), T,
+        float(fair_cost), fair, float(o.peak_eur_per_kw), use_peak, f.base_kw, float(o.change_eur_per_a), pair,
+        has_prev, rhs, fuse_rows, fuse_cells, fuse_vals, room[keep_key], unb_rows, unb_cells, unb_vals,
+        float(u) if use_unb else 0.0, n_unb)
 
-    # Peak: charging power + other load <= peak_kw in every slot.
-    if use_peak:
-        coo.add("peak", T, np.concatenate([slot, np.arange(T)]),
-                np.concatenate([x0 + np.arange(K), np.full(T, cols["peak_kw"].start)]),
-                np.concatenate([f.kw_per_a[car], -np.ones(T)]), -np.inf, -f.base_kw)
-
-    # Setpoint changes: current[k] - current[k-1] - up + down = 0 (or = applied setpoint in slot 0).
-    has_prev = same_prev[pair]
-    rhs = np.where(has_prev, 0.0, np.nan_to_num(f.prev_current_a[car[pair]]))
-    if P:
-        rp = np.arange(P)
-        prev_rows = rp[has_prev]
-        coo.add("change", P,
-                np.concatenate([rp, prev_rows, rp, rp]),
-                np.concatenate([x0 + pair, x0 + pair[has_prev] - 1, cols["change_up_a"].start + rp,
-                                cols["change_down_a"].start + rp]),
-                np.concatenate([np.ones(P), -np.ones(len(prev_rows)), -np.ones(P), np.ones(P)]),
-                rhs, rhs)
-
-    r = np.concatenate(coo.r)
-    c = np.concatenate(coo.c)
-    v = np.concatenate(coo.v)
-    # Column-major for HiGHS. Every family adds a column's entries in increasing row order and
-    # families come in row order, so a stable sort on the column alone equals sorting by
-    # (column, row) (np.lexsort on both keys was a third of the build).
-    order = np.argsort(c, kind="stable")
-    a_start = np.zeros(ncol + 1, dtype=np.int32)
-    np.cumsum(np.bincount(c, minlength=ncol), out=a_start[1:])
+    sizes = {"current_a": K, "on": B, "shortfall_kwh": n, "worst_fraction": int(fair),
+             "peak_kw": int(use_peak), "change_up_a": P, "change_down_a": P}
+    row_sizes = {"energy": n, "fuse": len(keep_key), "unbalance": n_unb if use_unb else None,
+                 "on_upper": B or None, "on_lower": B or None, "fair": int((need > 1e-9).sum()) if fair else None,
+                 "peak": T if use_peak else None, "change": P or None}
     return MatrixForm(
-        cost=cost, col_lo=col_lo, col_hi=col_hi, integrality=integ,
-        row_lo=np.concatenate(coo.lo), row_hi=np.concatenate(coo.hi),
-        a_start=a_start, a_index=r[order].astype(np.int32), a_value=v[order],
-        cols=cols, rows=coo.rows, fuse_row_label=fuse_label, unbalance_row_label=unb_label, binary_cell=bcell,
+        cost=cost, col_lo=col_lo, col_hi=col_hi, integrality=integ, row_lo=row_lo, row_hi=row_hi,
+        a_start=a_start, a_index=a_index, a_value=a_value, cols=_layout(sizes), rows=_layout(row_sizes),
+        fuse_row_label=fuse_label, unbalance_row_label=unb_label, binary_cell=bcell,
         change_cell=pair, change_has_prev=has_prev, change_rhs=rhs,
         build_seconds=time.perf_counter() - t_start,
     )
 
 
+def _layout(sizes: dict) -> dict[str, slice]:
+    """Consecutive slices for named blocks of the given sizes (None: the block is left out)."""
+    out, pos = {}, 0
+    for name, size in sizes.items():
+        if size is not None:
+            out[name] = slice(pos, pos + size)
+            pos += size
+    return out
+
+
 # ---- adapters: sessions frame and snapshot ----------------------------------------------
-def _slot_grid(start, horizon, step, first=None) -> tuple[pd.DatetimeIndex, np.ndarray]:
-    """Slot starts (UTC) and lengths [h]: ``step`` slots over ``horizon``; with ``first`` shorter
-    than ``step``, the first slot is ``first`` long (a receding-horizon loop's control step) and
-    the regular slots follow it."""
-    step = pd.Timedelta(step)
-    horizon = pd.Timedelta(horizon)
-    if step <= pd.Timedelta(0) or horizon < step:
-        raise ValueError(f"step must be > 0 and horizon >= step (got step={step}, horizon={horizon})")
-    start = pd.Timestamp(start)
+def _slot_ticks(start, horizon, step, first=None) -> tuple[np.ndarray, np.ndarray]:
+    """Slot starts as integer nanoseconds since the epoch (UTC) and slot lengths [h]: ``step``
+    slots over ``horizon``; with ``first`` shorter than ``step``, the first slot is ``first``
+    long (a receding-horizon loop's control step) and the regular slots follow it."""
+    step_ns = _as_ns(step)
+    horizon_ns = _as_ns(horizon)
+    if step_ns <= 0 or horizon_ns < step_ns:
+        raise ValueError(f"step must be > 0 and horizon >= step (got step={pd.Timedelta(step)}, "
+                         f"horizon={pd.Timedelta(horizon)})")
+    if not isinstance(start, pd.Timestamp):
+        start = pd.Timestamp(start)
     if start.tz is None:
         raise ValueError("start: must be timezone-aware")
-    first = pd.Timedelta(first) if first is not None else step
-    step_ns = step.value
-    if first <= pd.Timedelta(0) or first >= step:
-        T = int(np.ceil(horizon / step - 1e-9))
+    first_ns = step_ns if first is None else _as_ns(first)
+    # Integers throughout: pd.date_range and Timedelta arithmetic were a third of the adapter.
+    if first_ns <= 0 or first_ns >= step_ns:
+        T = -(-horizon_ns // step_ns)
         offs_ns = np.arange(T, dtype=np.int64) * step_ns
         lengths = np.full(T, step_ns / 3.6e12)
     else:
-        T = 1 + int(np.ceil((horizon - first) / step - 1e-9))
+        T = 1 + -(-(horizon_ns - first_ns) // step_ns)
         offs_ns = np.zeros(T, dtype=np.int64)
-        offs_ns[1:] = first.value + np.arange(T - 1, dtype=np.int64) * step_ns
+        offs_ns[1:] = first_ns + np.arange(T - 1, dtype=np.int64) * step_ns
         lengths = np.full(T, step_ns / 3.6e12)
-        lengths[0] = first.value / 3.6e12
-    # From integers: pd.date_range cost ~50 us a call, a third of the adapter. The unit is the
-    # start's (what date_range gives) unless the steps need a finer one.
-    unit = start.unit
-    per = _NS_PER_UNIT[unit]
-    if (offs_ns % per).any():
-        unit, per = "ns", 1
-    ticks = start.as_unit("ns").value // per + offs_ns // per
-    return pd.DatetimeIndex(ticks.view(f"M8[{unit}]"), tz="UTC"), lengths
+        lengths[0] = first_ns / 3.6e12
+    return start.value + offs_ns, lengths
 
 
-def _on_slots(series: pd.Series | None, times: pd.DatetimeIndex, slot_h: np.ndarray, default: float,
+def _as_ns(td) -> int:
+    """A duration as integer nanoseconds."""
+    return (td if isinstance(td, pd.Timedelta) else pd.Timedelta(td)).value
+
+
+def _on_slots(series: pd.Series | None, ticks_ns: np.ndarray, slot_h: np.ndarray, default: float,
               how: str = "mean") -> np.ndarray:
-    """A time series per slot: its ``how`` ("mean" or "max") over the slot of length ``slot_h``
-    [h] (step-wise values, last value carried forward, the first value before the series)."""
+    """A time series per slot: its ``how`` ("mean" or "max") over the slot starting at
+    ``ticks_ns`` [ns since the epoch, UTC] of length ``slot_h`` [h] (step-wise values, last
+    value carried forward, the first value before the series)."""
     if series is None or len(series) == 0:
-        return np.full(len(times), float(default))
+        return np.full(len(ticks_ns), float(default))
     t_ns = _utc_ns(series.index)
     v = np.asarray(series.to_numpy(dtype=float, na_value=np.nan), dtype=float)
     if np.isnan(v).any():
@@ -556,14 +490,11 @@ def _on_slots(series: pd.Series | None, times: pd.DatetimeIndex, slot_h: np.ndar
         t_ns, v = t_ns[order], v[order]
         last = np.r_[t_ns[1:] != t_ns[:-1], True]
         t_ns, v = t_ns[last], v[last]
-    # Sample on a fine grid inside each slot so a series finer than the slot is averaged
-    # (numpy searchsorted: the pandas reindex/union this replaced cost ~10 ms a call).
-    n_sub = 15
-    slot_ns = np.asarray(slot_h, dtype=float) * 3.6e12
-    fine = (_utc_ns(times)[:, None]
-            + (np.arange(n_sub)[None, :] / n_sub * slot_ns[:, None]).astype(np.int64))
-    pos = np.clip(np.searchsorted(t_ns, fine.reshape(-1), side="right") - 1, 0, len(t_ns) - 1)
-    vals = v[pos].reshape(len(times), n_sub)
+    # Sample on a fine grid inside each slot so a series finer than the slot is averaged (a
+    # kernel: the pandas reindex/union this replaced cost ~10 ms a call, numpy ~50 us).
+    from nowblock.optimize.kernels import sample_steps
+
+    vals = sample_steps(t_ns, v, ticks_ns, np.asarray(slot_h, dtype=float) * 3.6e12, 15)
     return vals.max(axis=1) if how == "max" else vals.mean(axis=1)
 
 
@@ -620,7 +551,8 @@ def from_sessions(site: Site, sessions: pd.DataFrame, start=None, horizon="24h",
     df = validate_sessions(sessions, site)
     if start is None:
         start = df["arrival"].min().floor(pd.Timedelta(step)) if len(df) else pd.Timestamp.now(tz="UTC").floor(step)
-    times, dt_h = _slot_grid(start, horizon, step)
+    ticks_ns, dt_h = _slot_ticks(start, horizon, step)
+    times = SlotTicks(ticks_ns, pd.Timestamp(start).unit).index()
     end = times[-1] + pd.Timedelta(step)
     df = df[(df["departure"] > times[0]) & (df["arrival"] < end)]
     cp = site.cp_index(df["charge_point_id"])
@@ -634,7 +566,7 @@ def from_sessions(site: Site, sessions: pd.DataFrame, start=None, horizon="24h",
         upper_a=_upper(site, times, cp, df["max_current_a"].to_numpy(float), plugged) * frac[:, None],
         plugged=plugged, need_kwh=df["energy_kwh"].to_numpy(float),
         priority=df["priority"].to_numpy(float),
-        base_kw=_on_slots(base_load, times, dt_h, 0.0, "max"), price_eur_per_kwh=_on_slots(prices, times, dt_h, 0.0),
+        base_kw=_on_slots(base_load, ticks_ns, dt_h, 0.0, "max"), price_eur_per_kwh=_on_slots(prices, ticks_ns, dt_h, 0.0),
         prev_current_a=np.full(n, np.nan), options=options or OptimizeOptions(),
     )
 
@@ -652,60 +584,57 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
     in proportion (``draw_ratio``, from the last measurement). ``snapshot.cars.max_current_a`` already holds the
     current caps; time-window caps of later slots come from the site.
     """
+    from nowblock.optimize.kernels import snapshot_plan_arrays
+
     cars = snapshot.cars
     opts = options or OptimizeOptions(current_step_a=float(snapshot.current_step_a))
-    times, dt_h = _slot_grid(snapshot.time, horizon, step, first=snapshot.step if first_slot_is_control_step else None)
-    # Hours from now, as arrays (the pandas datetime arithmetic this replaced cost ~6 ms a call).
-    offs_h = np.concatenate([[0.0], np.cumsum(dt_h)[:-1]])
-    left_h = np.array(snapshot.hours_to_departure_h, dtype=float)
-    left_h[~np.isfinite(left_h)] = offs_h[-1] + dt_h[-1]  # unknown departure: plugged in all horizon
-    control_h = pd.Timedelta(snapshot.step) / pd.Timedelta(hours=1)
-    urgency = 1.0 + opts.urgency_h / np.maximum(left_h, control_h)
-    margin_h = np.clip(np.minimum(opts.departure_margin_h, 0.25 * left_h), 0.0, None)
-    # A car leaving within the first slot counts only the time it stays (at least one control
-    # step, also when its departure has passed: it still wants its energy now). Counting the
-    # whole first slot made the plan think a car leaving in 5 minutes could take 15 minutes'
-    # energy, so it was offered too little in its last step (found on the full default week).
-    dep_h = np.maximum(left_h - margin_h, min(control_h, dt_h[0]))
-    overlap = np.minimum(dep_h[:, None], (offs_h + dt_h)[None, :]) - offs_h[None, :]
-    plugged = np.clip(overlap / dt_h[None, :], 0.0, 1.0)
-    # Later slots count only when the car is there for all of it: a plan that leaves energy for
-    # the last partial slot is at the mercy of when exactly the car leaves (the simulator and a
-    # real charger both end a session at their own step), and small remainders slip through.
-    plugged[:, 1:] = np.where(plugged[:, 1:] >= 1 - 1e-9, 1.0, 0.0)
+    site = snapshot.site
+    ticks_ns, dt_h = _slot_ticks(snapshot.time, horizon, step,
+                                 first=snapshot.step if first_slot_is_control_step else None)
+    times = SlotTicks(ticks_ns, snapshot.time.unit)
     cp = snapshot.values("cp_index").astype(np.int64)
-    upper = _upper(snapshot.site, times, cp, snapshot.values("max_current_a"), plugged)
-    if len(cars):
-        # The snapshot's own max already includes today's cap; later slots follow the site's windows.
-        upper[:, 0] = np.minimum(upper[:, 0], snapshot.values("max_current_a"))
-    # Share of the offered current each car drew last step (draw_fraction in simulation, a car's
-    # own limit live): its energy per offered ampere. Unknown, or 0 (paused or full), counts as 1.
-    ratio = np.ones(len(cars))
-    if len(cars) and "measured_current_a" in cars and "offered_current_a" in cars:
-        meas = snapshot.values("measured_current_a")
-        offered = snapshot.values("offered_current_a")
-        ok = np.isfinite(meas) & (meas > 0) & (offered > 0)
-        ratio[ok] = np.clip(meas[ok] / offered[ok], 0.2, 1.0)
-    prev = snapshot.values("offered_current_a") if "offered_current_a" in cars else np.full(len(cars), np.nan)
-    prices = snapshot.prices_eur_per_kwh
-    # Unknown energy: the car wants all it can get over the horizon.
-    need = snapshot.remaining_kwh
-    can = (upper * plugged * dt_h[None, :]).sum(axis=1) * snapshot.values("phases") * snapshot.site.voltage_v / 1000.0
-    need = np.where(np.isfinite(need), need, can)
-    # A remainder smaller than one slot at the minimum current is planned as that slot: the car
-    # stops by itself when full, and valued at its true size it never beat the slot's price (and
-    # lost to cars with more to gain), so it slipped past departure (found in simulation).
-    one_slot_kwh = snapshot.values("min_current_a") * snapshot.values("phases") * snapshot.site.voltage_v / 1000.0 * dt_h[0] * ratio
-    need = np.where((need > 1e-3) & (need < one_slot_kwh), one_slot_kwh, need)
+    max_a = snapshot.values("max_current_a")
+    phases = snapshot.values("phases")
+    columns = cars.columns
+    has_offered = "offered_current_a" in columns
+    use_ratio = has_offered and "measured_current_a" in columns
+    nan = np.full(len(cars), np.nan)
+    offered = snapshot.values("offered_current_a") if has_offered else nan
+    meas = snapshot.values("measured_current_a") if use_ratio else nan
+    # One kernel for the per-car, per-slot arrays (the numpy version was ~30 calls, most of the
+    # adapter's time). Rules, measured in simulation (docs/optimizer.md):
+    # - departures move ``departure_margin_h`` earlier (at most a quarter of the time left), never
+    #   to less than one control step from now (a car whose departure has passed still wants its
+    #   energy now);
+    # - a car leaving within the first slot counts only the time it stays: counting the whole
+    #   first slot made the plan offer too little in a car's last step (full default week);
+    # - later slots count only when the car is there for all of it: a plan that leaves energy for
+    #   the last partial slot is at the mercy of when exactly the car leaves;
+    # - a car that drew less than offered gets energy in proportion (``draw_ratio``; unknown, or 0
+    #   when paused or full, counts as 1);
+    # - a remainder smaller than one slot at the minimum current is planned as that slot: valued
+    #   at its true size it never beat the slot's price and slipped past departure.
+    plugged, upper, ratio, urgency, need = snapshot_plan_arrays(
+        snapshot.hours_to_departure_h, max_a, site.cp_max_current_a[cp], snapshot.values("min_current_a"), phases,
+        meas, offered, snapshot.remaining_kwh, dt_h, snapshot.dt_h, float(opts.urgency_h),
+        float(opts.departure_margin_h), float(site.voltage_v), use_ratio)
+    if any(c.caps for c in site.charge_points) and len(cp):
+        # ``snapshot.cars.max_current_a`` holds today's cap; later slots follow the site's windows.
+        upper = np.where(plugged > 0, np.minimum(upper, site.cap_current_a(times.index())[:, cp].T), 0.0)
+    unknown = ~np.isfinite(need)
+    if unknown.any():  # unknown energy: the car wants all it can get over the horizon
+        can = (upper * plugged * dt_h[None, :]).sum(axis=1) * phases * site.voltage_v / 1000.0
+        one_slot_kwh = snapshot.values("min_current_a") * phases * site.voltage_v / 1000.0 * dt_h[0] * ratio
+        need[unknown] = np.where((can > 1e-3) & (can < one_slot_kwh), one_slot_kwh, can)[unknown]
     return Formulation(
-        site=snapshot.site, times=times, dt_h=dt_h if len(np.unique(dt_h)) > 1 else float(dt_h[0]),
+        site=site, times=times, dt_h=dt_h if (dt_h != dt_h[0]).any() else float(dt_h[0]),
         session_ids=cars.index.to_numpy(str),
-        cp_index=cp, phases=snapshot.values("phases").astype(np.int64),
+        cp_index=cp, phases=phases.astype(np.int64),
         min_current_a=snapshot.values("min_current_a"), upper_a=upper, plugged=plugged,
         need_kwh=need, priority=np.nan_to_num(snapshot.values("priority"), nan=1.0),
-        base_kw=_on_slots(snapshot.base_load_kw, times, dt_h, 0.0, "max"),
-        price_eur_per_kwh=_on_slots(prices, times, dt_h, 0.0),
-        prev_current_a=prev, options=opts, draw_ratio=ratio, shortfall_weight=urgency,
+        base_kw=_on_slots(snapshot.base_load_kw, ticks_ns, dt_h, 0.0, "max"),
+        price_eur_per_kwh=_on_slots(snapshot.prices_eur_per_kwh, ticks_ns, dt_h, 0.0),
+        prev_current_a=offered, options=opts, draw_ratio=ratio, shortfall_weight=urgency,
         incidence_a=snapshot.incidence(),
     )
 

@@ -92,14 +92,15 @@ def classify(model_status, has_solution: bool) -> str:
     return "failed"
 
 
-def solve_highs(form: Formulation, *, relax: bool = False, warm_start_a: np.ndarray | None = None) -> SolveResult:
+def solve_highs(form: Formulation, *, relax: bool = False, warm_start_a=None) -> SolveResult:
     """Solve the formulation with HiGHS directly.
 
     ``relax=True`` solves the LP relaxation (no binaries). Otherwise the LP relaxation is solved
     first and its solution repaired to "0 or >= min" (:func:`repair_stray`); if that point is
     within ``mip_rel_gap`` of the LP bound it is returned (the LP bound certifies the gap), else
     the MILP is solved with the better of it and the shifted previous plan ``warm_start_a``
-    (dense (n, T) [A]) as the starting incumbent. ``bound`` is the best proven lower bound.
+    (dense (n, T) [A], or a function returning it or None, called only if the MILP runs) as the
+    starting incumbent. ``bound`` is the best proven lower bound.
     """
     limit = form.options.time_limit_s
     if relax:
@@ -124,6 +125,8 @@ def solve_highs(form: Formulation, *, relax: bool = False, warm_start_a: np.ndar
                                    solve_seconds=lp.solve_seconds,
                                    build_seconds=time.perf_counter() - t0 - lp.solve_seconds, matrix=lp.matrix)
     mf = form.matrix()
+    if callable(warm_start_a):
+        warm_start_a = warm_start_a()
     if warm_start_a is not None:
         car, slot = form.cells
         points.append(repair_stray(form, warm_start_a[car, slot]))
@@ -153,30 +156,16 @@ def repair_stray(form: Formulation, x: np.ndarray) -> np.ndarray:
 def complete_solution(form: Formulation, mf: MatrixForm, x: np.ndarray) -> np.ndarray:
     """Every column's value for cell currents ``x`` [A]: on/off, shortfall, worst fraction, peak,
     changes, each at its cheapest feasible value."""
+    from nowblock.optimize.kernels import complete_columns
+
     car, slot = form.cells
-    v = np.zeros(mf.num_col)
-    v[mf.cols["current_a"]] = x
-    v[mf.cols["on"]] = (x[mf.binary_cell] > _TOL_A).astype(float) if len(mf.binary_cell) else 0.0
-    kwh = form.energy_per_a_kwh[car, slot]
-    need = np.maximum(form.need_kwh, 0.0)
-    e = np.bincount(car, weights=kwh * x, minlength=form.n_cars)
-    short = np.clip(need - e, 0.0, need)
-    v[mf.cols["shortfall_kwh"]] = short
-    wf = mf.cols["worst_fraction"]
-    if wf.stop > wf.start:
-        has = need > 1e-9
-        v[wf] = float((short[has] / need[has]).max()) if has.any() else 0.0
-    pk = mf.cols["peak_kw"]
-    if pk.stop > pk.start:
-        power = np.bincount(slot, weights=form.kw_per_a[car] * x, minlength=form.n_slots)
-        v[pk] = float((power + form.base_kw).max())
-    cell = mf.change_cell
-    if len(cell):
-        prev = np.where(mf.change_has_prev, x[np.maximum(cell - 1, 0)], mf.change_rhs)
-        d = x[cell] - prev
-        v[mf.cols["change_up_a"]] = np.maximum(d, 0.0)
-        v[mf.cols["change_down_a"]] = np.maximum(-d, 0.0)
-    return v
+    cols = mf.cols
+    wf, pk = cols["worst_fraction"], cols["peak_kw"]
+    return complete_columns(mf.num_col, np.asarray(x, dtype=float), car, slot, form.energy_per_a_kwh[car, slot],
+                            form.kw_per_a[car], np.maximum(form.need_kwh, 0.0), np.asarray(form.base_kw, dtype=float),
+                            mf.binary_cell, cols["shortfall_kwh"].start, wf.start if wf.stop > wf.start else -1,
+                            pk.start if pk.stop > pk.start else -1, mf.change_cell, mf.change_has_prev,
+                            mf.change_rhs, cols["change_up_a"].start, cols["change_down_a"].start, _TOL_A)
 
 
 def is_feasible(mf: MatrixForm, v: np.ndarray, tol: float = 1e-6) -> bool:
@@ -200,13 +189,13 @@ def _new_highs():
 
     global _BANNER_SILENCED
     if _BANNER_SILENCED:
-        return highspy.Highs()
+        return highspy._Highs()
     sys.stdout.flush()
     saved = os.dup(1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 1)
-        h = highspy.Highs()
+        h = highspy._Highs()
     finally:
         os.dup2(saved, 1)
         os.close(saved)

@@ -173,3 +173,431 @@ def top_up_now(x, order, g, slack, hi, lo, kw, budget_kw, step):
             slack[r] -= g[r, i] * (new - x[i])
         budget_kw -= kw[i] * (new - x[i])
         x[i] = new
+
+
+@njit(cache=True)
+def limit_row_entries(pr, pc, coef, cell_start, cell_count, slot, ub, room, n_slots, tol, positive_only):
+    """The limit rows worth stating: for every nonzero (row ``pr``, car ``pc``) of a row matrix
+    (fuse-phase incidence, or phase differences for unbalance), every cell of the car in its
+    slot. A (row, slot) is kept only when its cells at their upper bounds ``ub`` [A] could
+    exceed its room ``room`` [A] (flat row * T + slot); with ``positive_only`` only positive
+    coefficients count towards that worst case.
+
+    Returns (kept keys in increasing order, and per entry in (pair, cell) order: new row number,
+    cell, coefficient).
+    """
+    n_keys = room.shape[0]
+    load_max = np.zeros(n_keys)
+    n_entries = 0
+    for p in range(pr.shape[0]):
+        base = pr[p] * n_slots
+        for k in range(cell_start[pc[p]], cell_start[pc[p]] + cell_count[pc[p]]):
+            w = coef[p]
+            if positive_only and w < 0:
+                w = 0.0
+            load_max[base + slot[k]] += w * ub[k]
+            n_entries += 1
+    remap = np.full(n_keys, -1, dtype=np.int64)
+    n_keep = 0
+    for key in range(n_keys):
+        if load_max[key] > room[key] + tol:
+            remap[key] = n_keep
+            n_keep += 1
+    keep_key = np.empty(n_keep, dtype=np.int64)
+    for key in range(n_keys):
+        if remap[key] >= 0:
+            keep_key[remap[key]] = key
+    rows = np.empty(n_entries, dtype=np.int64)
+    cells = np.empty(n_entries, dtype=np.int64)
+    vals = np.empty(n_entries)
+    m = 0
+    for p in range(pr.shape[0]):
+        base = pr[p] * n_slots
+        for k in range(cell_start[pc[p]], cell_start[pc[p]] + cell_count[pc[p]]):
+            row = remap[base + slot[k]]
+            if row >= 0:
+                rows[m] = row
+                cells[m] = k
+                vals[m] = coef[p]
+                m += 1
+    return keep_key, rows[:m], cells[:m], vals[:m]
+
+
+@njit(cache=True)
+def coo_to_csc(r, c, v, n_col):
+    """Column-major arrays for HiGHS from COO triplets: entries of a column keep their input
+    order (a stable counting sort on the column)."""
+    a_start = np.zeros(n_col + 1, dtype=np.int32)
+    for e in range(c.shape[0]):
+        a_start[c[e] + 1] += 1
+    for j in range(n_col):
+        a_start[j + 1] += a_start[j]
+    nxt = a_start[:-1].astype(np.int64)
+    a_index = np.empty(c.shape[0], dtype=np.int32)
+    a_value = np.empty(c.shape[0])
+    for e in range(c.shape[0]):
+        q = nxt[c[e]]
+        a_index[q] = r[e]
+        a_value[q] = v[e]
+        nxt[c[e]] = q + 1
+    return a_start, a_index, a_value
+
+
+@njit(cache=True)
+def _nan_min(a, b):
+    """``np.minimum`` of two scalars: NaN if either is NaN."""
+    if a != a or b != b:
+        return np.nan
+    return a if a <= b else b
+
+
+@njit(cache=True)
+def snapshot_plan_arrays(left_h, max_a, cp_max_a, min_a, phases, meas_a, offered_a, remaining_kwh, dt_h, control_h,
+                         urgency_h, departure_margin_h, voltage_v, use_ratio):
+    """Per car and slot, what a receding-horizon plan knows (see ``from_snapshot``).
+
+    ``left_h`` [h] to departure (inf: unknown, plugged in all horizon), slot lengths ``dt_h``
+    [h], the control step ``control_h`` [h]. Returns the plugged-in fraction (n, T), the
+    upper bound (n, T) [A] before time-window caps, the draw ratio, the shortfall weight and
+    the energy still wanted [kWh] (NaN stays NaN: the caller fills it with what the car can take).
+    """
+    n = left_h.shape[0]
+    T = dt_h.shape[0]
+    offs_h = np.empty(T)
+    acc = 0.0
+    for t in range(T):
+        offs_h[t] = acc
+        acc += dt_h[t]
+    end_h = offs_h[T - 1] + dt_h[T - 1]
+    first_min_h = min(control_h, dt_h[0])
+    plugged = np.zeros((n, T))
+    upper = np.zeros((n, T))
+    ratio = np.ones(n)
+    urgency = np.empty(n)
+    need = np.empty(n)
+    for i in range(n):
+        left = left_h[i] if np.isfinite(left_h[i]) else end_h
+        urgency[i] = 1.0 + urgency_h / max(left, control_h)
+        margin = min(departure_margin_h, 0.25 * left)
+        if margin < 0.0:
+            margin = 0.0
+        dep = max(left - margin, first_min_h)
+        hi = _nan_min(cp_max_a[i], max_a[i])
+        for t in range(T):
+            f = (min(dep, offs_h[t] + dt_h[t]) - offs_h[t]) / dt_h[t]
+            f = min(max(f, 0.0), 1.0)
+            if t > 0:
+                f = 1.0 if f >= 1 - 1e-9 else 0.0
+            plugged[i, t] = f
+            if f > 0:
+                upper[i, t] = hi
+        upper[i, 0] = _nan_min(upper[i, 0], max_a[i])
+        if use_ratio and np.isfinite(meas_a[i]) and meas_a[i] > 0 and offered_a[i] > 0:
+            ratio[i] = min(max(meas_a[i] / offered_a[i], 0.2), 1.0)
+        one_slot_kwh = min_a[i] * phases[i] * voltage_v / 1000.0 * dt_h[0] * ratio[i]
+        e = remaining_kwh[i]
+        need[i] = one_slot_kwh if (e > 1e-3 and e < one_slot_kwh) else e
+    return plugged, upper, ratio, urgency, need
+
+
+@njit(cache=True)
+def sample_steps(t_ns, v, ticks_ns, slot_ns, n_sub):
+    """Values (T, n_sub) of a step-wise series (sorted times ``t_ns`` [ns], values ``v``; the
+    last value carried forward, the first one before it) at ``n_sub`` evenly spaced instants
+    in each slot starting at ``ticks_ns`` [ns] and ``slot_ns`` [ns] long."""
+    T = ticks_ns.shape[0]
+    out = np.empty((T, n_sub))
+    last = t_ns.shape[0] - 1
+    for t in range(T):
+        for j in range(n_sub):
+            at = ticks_ns[t] + np.int64(j / n_sub * slot_ns[t])
+            pos = np.searchsorted(t_ns, at, side="right") - 1
+            out[t, j] = v[min(max(pos, 0), last)]
+    return out
+
+
+@njit(cache=True)
+def change_pairs(car, slot, prev_cell_a, n_change):
+    """Cells with a setpoint-change pair: a predecessor (same car, previous slot) within the
+    first ``n_change`` slots, or slot 0 with a setpoint applied now (``prev_cell_a`` finite).
+    Returns the cells, whether each has a predecessor, and each pair's right-hand side [A]."""
+    K = car.shape[0]
+    has = np.zeros(K, dtype=np.bool_)
+    m = 0
+    for k in range(K):
+        same = k > 0 and car[k] == car[k - 1] and slot[k] == slot[k - 1] + 1 and slot[k] < n_change
+        first = slot[k] == 0 and np.isfinite(prev_cell_a[k])
+        if same or first:
+            has[k] = same
+            m += 1
+    pair = np.empty(m, dtype=np.int64)
+    has_prev = np.empty(m, dtype=np.bool_)
+    rhs = np.zeros(m)
+    m = 0
+    for k in range(K):
+        same = has[k]
+        if same or (slot[k] == 0 and np.isfinite(prev_cell_a[k])):
+            pair[m] = k
+            has_prev[m] = same
+            if not same:
+                rhs[m] = prev_cell_a[k]
+            m += 1
+    return pair, has_prev, rhs
+
+
+@njit(cache=True)
+def standard_form(car, slot, ub, kwh, lo_cell, kw_cell, bcell, need, energy_hi, shortfall_cost, price, early_eur_per_kwh,
+                  n_slots, fair_cost, use_fair, peak_cost, use_peak, base_kw, change_cost, pair, has_prev, rhs,
+                  fuse_rows, fuse_cells, fuse_vals, fuse_hi, unb_rows, unb_cells, unb_vals, unb_hi, n_unb):
+    """The MILP's columns, rows and COO entries in the layout ``_build_matrix`` documents.
+
+    Columns: currents (one per cell), on/off (``bcell``), shortfall per car, worst fraction
+    (``use_fair``), peak (``use_peak``), change up and down per pair. Row families in order:
+    energy, fuse, unbalance, on_upper, on_lower, fair, peak, change; inside a family, a column's
+    entries come in increasing row order (so a stable sort on the column gives CSC).
+    """
+    K = car.shape[0]
+    n = need.shape[0]
+    T = n_slots
+    B = bcell.shape[0]
+    P = pair.shape[0]
+    on0 = K
+    sh0 = on0 + B
+    wf = sh0 + n
+    pk = wf + (1 if use_fair else 0)
+    up0 = pk + (1 if use_peak else 0)
+    dn0 = up0 + P
+    n_col = dn0 + P
+    cost = np.zeros(n_col)
+    col_lo = np.zeros(n_col)
+    col_hi = np.full(n_col, np.inf)
+    integ = np.zeros(n_col, dtype=np.int32)
+    t_div = max(T, 1)
+    for k in range(K):
+        col_hi[k] = ub[k]
+        cost[k] = (price[slot[k]] + early_eur_per_kwh * (1.0 + slot[k] / t_div)) * kwh[k]
+    for j in range(B):
+        col_hi[on0 + j] = 1.0
+        integ[on0 + j] = 1
+    for i in range(n):
+        col_hi[sh0 + i] = need[i]
+        cost[sh0 + i] = shortfall_cost[i]
+    if use_fair:
+        col_hi[wf] = 1.0
+        cost[wf] = fair_cost
+    if use_peak:
+        cost[pk] = peak_cost
+    for j in range(P):
+        cost[up0 + j] = change_cost
+        cost[dn0 + j] = change_cost
+
+    n_fair = 0
+    if use_fair:
+        for i in range(n):
+            if need[i] > 1e-9:
+                n_fair += 1
+    n_fuse = fuse_hi.shape[0]
+    n_prev = 0
+    for j in range(P):
+        if has_prev[j]:
+            n_prev += 1
+    n_row = n + n_fuse + n_unb + 2 * B + n_fair + (T if use_peak else 0) + P
+    n_nz = (K + n + fuse_rows.shape[0] + unb_rows.shape[0] + 4 * B + 2 * n_fair + (K + T if use_peak else 0)
+            + 3 * P + n_prev)
+    row_lo = np.full(n_row, -np.inf)
+    row_hi = np.full(n_row, np.inf)
+    r = np.empty(n_nz, dtype=np.int64)
+    c = np.empty(n_nz, dtype=np.int64)
+    v = np.empty(n_nz)
+    e = 0
+    # Energy: need <= delivered + shortfall <= need + overshoot.
+    for i in range(n):
+        row_lo[i] = need[i]
+        row_hi[i] = energy_hi[i]
+    for k in range(K):
+        r[e] = car[k]
+        c[e] = k
+        v[e] = kwh[k]
+        e += 1
+    for i in range(n):
+        r[e] = i
+        c[e] = sh0 + i
+        v[e] = 1.0
+        e += 1
+    ro = n
+    for j in range(n_fuse):
+        row_hi[ro + j] = fuse_hi[j]
+    for q in range(fuse_rows.shape[0]):
+        r[e] = ro + fuse_rows[q]
+        c[e] = fuse_cells[q]
+        v[e] = fuse_vals[q]
+        e += 1
+    ro += n_fuse
+    for j in range(n_unb):
+        row_hi[ro + j] = unb_hi
+    for q in range(unb_rows.shape[0]):
+        r[e] = ro + unb_rows[q]
+        c[e] = unb_cells[q]
+        v[e] = unb_vals[q]
+        e += 1
+    ro += n_unb
+    # On/off: current <= upper * on, then current >= min * on.
+    for j in range(B):
+        row_hi[ro + j] = 0.0
+    for j in range(B):
+        r[e] = ro + j
+        c[e] = bcell[j]
+        v[e] = 1.0
+        e += 1
+    for j in range(B):
+        r[e] = ro + j
+        c[e] = on0 + j
+        v[e] = -ub[bcell[j]]
+        e += 1
+    ro += B
+    for j in range(B):
+        row_lo[ro + j] = 0.0
+    for j in range(B):
+        r[e] = ro + j
+        c[e] = bcell[j]
+        v[e] = 1.0
+        e += 1
+    for j in range(B):
+        r[e] = ro + j
+        c[e] = on0 + j
+        v[e] = -lo_cell[bcell[j]]
+        e += 1
+    ro += B
+    # Max-min fair: shortfall_i / need_i <= worst fraction.
+    if use_fair:
+        j = 0
+        for i in range(n):
+            if need[i] > 1e-9:
+                row_hi[ro + j] = 0.0
+                r[e] = ro + j
+                c[e] = sh0 + i
+                v[e] = 1.0 / need[i]
+                e += 1
+                j += 1
+        for j in range(n_fair):
+            r[e] = ro + j
+            c[e] = wf
+            v[e] = -1.0
+            e += 1
+        ro += n_fair
+    # Peak: charging power + other load <= peak in every slot.
+    if use_peak:
+        for t in range(T):
+            row_hi[ro + t] = -base_kw[t]
+        for k in range(K):
+            r[e] = ro + slot[k]
+            c[e] = k
+            v[e] = kw_cell[k]
+            e += 1
+        for t in range(T):
+            r[e] = ro + t
+            c[e] = pk
+            v[e] = -1.0
+            e += 1
+        ro += T
+    # Setpoint changes: current[k] - current[k-1] - up + down = 0 (or = the setpoint now).
+    for j in range(P):
+        row_lo[ro + j] = rhs[j]
+        row_hi[ro + j] = rhs[j]
+    for j in range(P):
+        r[e] = ro + j
+        c[e] = pair[j]
+        v[e] = 1.0
+        e += 1
+    for j in range(P):
+        if has_prev[j]:
+            r[e] = ro + j
+            c[e] = pair[j] - 1
+            v[e] = -1.0
+            e += 1
+    for j in range(P):
+        r[e] = ro + j
+        c[e] = up0 + j
+        v[e] = -1.0
+        e += 1
+    for j in range(P):
+        r[e] = ro + j
+        c[e] = dn0 + j
+        v[e] = 1.0
+        e += 1
+    a_start, a_index, a_value = coo_to_csc(r, c, v, n_col)
+    return cost, col_lo, col_hi, integ, row_lo, row_hi, a_start, a_index, a_value
+
+
+@njit(cache=True)
+def round_plan(raw_a, upper_a, min_a, g, h, step, n_slots_top, tol):
+    """A dense plan (n, T) [A] floored to pilot ``step``: 0 or at least the minimum, at most
+    the upper bound floored to a step, then :func:`top_up_rounded` in the first
+    ``n_slots_top`` slots. Non-finite values count as :func:`numpy.nan_to_num` makes them."""
+    n, T = raw_a.shape
+    x = np.empty((n, T))
+    up = np.empty((n, T))
+    lost = np.zeros((n, T))
+    big = np.finfo(np.float64).max
+    for i in range(n):
+        lo = min_a[i]
+        for t in range(T):
+            u = upper_a[i, t] if upper_a[i, t] >= lo - tol else 0.0
+            u = np.floor(u / step + 1e-9) * step
+            r = raw_a[i, t]
+            if r != r:
+                r = 0.0
+            elif r == np.inf:
+                r = big
+            elif r == -np.inf:
+                r = -big
+            r = min(max(r, 0.0), u)
+            xv = np.floor(r / step + 1e-7) * step
+            if xv < lo - tol:
+                xv = 0.0
+            x[i, t] = xv
+            up[i, t] = u
+            if r >= lo - tol:
+                lost[i, t] = r - xv
+    top_up_rounded(x, lost, up, min_a, g, h, step, n_slots_top, tol)
+    return x
+
+
+@njit(cache=True)
+def complete_columns(n_col, x, car, slot, kwh_cell, kw_cell, need, base_kw, binary_cell, sh0, wf, pk, change_cell,
+                     change_has_prev, change_rhs, up0, dn0, tol):
+    """Every column's value for cell currents ``x`` [A] (currents first in the column order):
+    on/off, shortfall [kWh] per car, worst fraction (column ``wf``, -1: none), peak [kW]
+    (``pk``, -1: none) and the change pairs, each at its cheapest feasible value."""
+    n = need.shape[0]
+    T = base_kw.shape[0]
+    v = np.zeros(n_col)
+    K = x.shape[0]
+    e = np.zeros(n)
+    power = np.zeros(T)
+    for k in range(K):
+        v[k] = x[k]
+        e[car[k]] += kwh_cell[k] * x[k]
+        power[slot[k]] += kw_cell[k] * x[k]
+    for j in range(binary_cell.shape[0]):
+        v[K + j] = 1.0 if x[binary_cell[j]] > tol else 0.0
+    worst = 0.0
+    for i in range(n):
+        s = min(max(need[i] - e[i], 0.0), need[i])
+        v[sh0 + i] = s
+        if need[i] > 1e-9 and s / need[i] > worst:
+            worst = s / need[i]
+    if wf >= 0:
+        v[wf] = worst
+    if pk >= 0:
+        m = -np.inf
+        for t in range(T):
+            if power[t] + base_kw[t] > m:
+                m = power[t] + base_kw[t]
+        v[pk] = m
+    for j in range(change_cell.shape[0]):
+        c = change_cell[j]
+        d = x[c] - (x[c - 1] if change_has_prev[j] else change_rhs[j])
+        v[up0 + j] = max(d, 0.0)
+        v[dn0 + j] = max(-d, 0.0)
+    return v

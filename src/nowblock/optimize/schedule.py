@@ -166,21 +166,14 @@ def round_to_steps(form: Formulation, raw_a: np.ndarray) -> tuple[np.ndarray, in
 
 def _round(form: Formulation, raw_a: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
     """:func:`round_to_steps` plus the load ``G @ x`` of every limit row and slot."""
-    step = float(form.options.current_step_a)
-    lo = form.min_current_a[:, None]
-    up = np.where(form.upper_a >= lo - _TOL_A, form.upper_a, 0.0)
-    up = np.floor(up / step + 1e-9) * step
-    raw = np.clip(raw_a if np.isfinite(raw_a).all() else np.nan_to_num(raw_a), 0.0, up)
-    x = np.floor(raw / step + 1e-7) * step
-    x[x < lo - _TOL_A] = 0.0
-    from nowblock.optimize.kernels import top_up_rounded
+    from nowblock.optimize.kernels import round_plan
 
     g, h, _ = limit_rows(form)
     # Top up: give one more step back to cars that lost the most, as long as every row has room.
     # Only in the slots with binaries (what a receding-horizon loop applies); later slots are
-    # an LP-relaxed plan, and the per-slot check costs O(rows x cars) each (measured).
-    lost = np.where(raw >= lo - _TOL_A, raw - x, 0.0)
-    top_up_rounded(x, lost, up, form.min_current_a, g, h, step, form.n_binary_slots, _TOL_A)
+    # an LP-relaxed plan (measured).
+    x = round_plan(np.asarray(raw_a, dtype=float), form.upper_a, form.min_current_a, g, h,
+                   float(form.options.current_step_a), form.n_binary_slots, _TOL_A)
     # Re-check every row of every slot; repair failing slots with the shared safety net.
     load = g @ x
     viol = (load - h).max(axis=0) if len(g) else np.zeros(form.n_slots)

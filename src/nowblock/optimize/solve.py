@@ -17,8 +17,9 @@ from nowblock.optimize.highs_fast import SolveResult, SolverOptionError, solve_h
 from nowblock.optimize.schedule import Schedule, fallback_schedule, to_schedule
 
 
-def run_backend(form: Formulation, *, relax: bool = False, warm_start_a: np.ndarray | None = None) -> SolveResult:
-    """Solve ``form`` with the backend its options name (no fallback, no rounding)."""
+def run_backend(form: Formulation, *, relax: bool = False, warm_start_a=None) -> SolveResult:
+    """Solve ``form`` with the backend its options name (no fallback, no rounding); ``warm_start_a``
+    as in :func:`~nowblock.optimize.highs_fast.solve_highs`."""
     if form.options.backend == "pyomo":
         from nowblock.optimize.pyomo_model import solve_pyomo
 
@@ -26,7 +27,7 @@ def run_backend(form: Formulation, *, relax: bool = False, warm_start_a: np.ndar
     return solve_highs(form, relax=relax, warm_start_a=warm_start_a)
 
 
-def solve_formulation(form: Formulation, *, warm_start_a: np.ndarray | None = None) -> Schedule:
+def solve_formulation(form: Formulation, *, warm_start_a=None) -> Schedule:
     """Solve one planning step and return a rounded, re-checked schedule (never raises on
     solver trouble: falls back to the baseline heuristic; bad options still raise)."""
     backend = form.options.backend
