@@ -181,7 +181,9 @@ def rounded_case(draw, entries=(-1.0, 0.0, 1.0)):
     """A dense plan prepared as ``_round`` prepares it before its top-up."""
     n_rows, n, T = draw(st.integers(0, 8)), draw(st.integers(0, 12)), draw(st.integers(1, 6))
     step = draw(st.sampled_from(STEPS_A))
-    min_a = np.array([draw(st.sampled_from((0.0, 6.0, 6.0, 8.0))) for _ in range(n)])
+    # 5.4 A (a scaled minimum, as ``from_snapshot`` makes them) is off a 1 A grid: the only way
+    # a rounded-to-0 car can have lost current, so the "or its minimum" branch runs.
+    min_a = np.array([draw(st.sampled_from((0.0, 6.0, 6.0, 8.0, 5.4))) for _ in range(n)])
     # Some cells closed (0), some capped below the minimum (4 A), the rest anywhere up to 32 A.
     upper = np.array([[draw(st.sampled_from((0.0, 4.0, None, None))) for _ in range(T)] for _ in range(n)])
     upper = np.array([[draw(amps(0, 320)) if u is None else u for u in row] for row in upper], dtype=float)
@@ -191,15 +193,16 @@ def rounded_case(draw, entries=(-1.0, 0.0, 1.0)):
     up = np.floor(up / step + 1e-9) * step
     # Raw LP currents on a 0.05 A grid (exact ties in the losses: 0.5, 0.25, ...) or a 0.01 A one
     # (losses near the 5 % threshold).
-    raw_a = st.one_of(st.integers(0, 640).map(lambda k: k / 20), st.integers(0, 3200).map(lambda k: k / 100))
+    raw_a = st.one_of(st.integers(0, 640).map(lambda k: k / 20), st.integers(0, 3200).map(lambda k: k / 100),
+                      st.sampled_from((5.5, 6.5, 7.5)))
     raw = np.array([[draw(raw_a) for _ in range(T)] for _ in range(n)]).reshape(n, T)
     raw = np.clip(raw, 0.0, up)
     x = np.floor(raw / step + 1e-7) * step
     x[x < lo - TOL_A] = 0.0
     lost = np.where(raw >= lo - TOL_A, raw - x, 0.0)
     g = g_matrix(draw, n_rows, n, entries)
-    # -1 A to 20 A of room above the rounded load: top-ups often stop part way.
-    h = g @ x + np.array([[draw(amps(-10, 200)) for _ in range(T)] for _ in range(n_rows)]).reshape(n_rows, T)
+    # -1 A to 8 A of room above the rounded load: top-ups (a step each) often stop part way.
+    h = g @ x + np.array([[draw(amps(-10, 80)) for _ in range(T)] for _ in range(n_rows)]).reshape(n_rows, T)
     n_top = draw(st.integers(0, T + 1))
     return dict(x=x, lost=lost, up=up, min_a=min_a, g=g, h=h, step=step, n_slots_top=n_top)
 

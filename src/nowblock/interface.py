@@ -143,7 +143,7 @@ class BlockSnapshot:
 
     def headroom_a(self) -> np.ndarray:
         """Per-fuse-phase current [A] left for charging now, shape (n_fuses, 3), >= 0."""
-        base_now = float(self.base_load_kw.iloc[0]) if len(self.base_load_kw) else 0.0
+        base_now = float(self.base_load_kw.to_numpy()[0]) if len(self.base_load_kw) else 0.0
         room = self.site.limits_a.copy()
         room[root_index(self.site)] -= self.site.base_load_phase_current_a(base_now)
         return np.maximum(room, 0.0)
@@ -180,11 +180,21 @@ def constraint_rows(snapshot: BlockSnapshot) -> tuple[np.ndarray, np.ndarray]:
     load); when ``site.max_unbalance_a`` is set, six more rows bound the difference of the
     grid connection's charging current between any two phases. Returns fresh copies.
     """
-    cache = snapshot._cache
-    if "rows" not in cache:
-        cache["rows"] = _constraint_rows(snapshot)
-    g, h = cache["rows"]
+    g, h = cached_constraint_rows(snapshot)
     return g.copy(), h.copy()
+
+
+def cached_constraint_rows(snapshot: BlockSnapshot) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`constraint_rows` without the copies: read-only arrays shared by every caller of
+    this snapshot (the safety net and the MILP policy's top-up read them each step)."""
+    cache = snapshot._cache
+    rows = cache.get("rows")
+    if rows is None:
+        g, h = _constraint_rows(snapshot)
+        g.flags.writeable = False
+        h.flags.writeable = False
+        rows = cache["rows"] = (g, h)
+    return rows
 
 
 def _constraint_rows(snapshot: BlockSnapshot) -> tuple[np.ndarray, np.ndarray]:
@@ -244,7 +254,7 @@ def safe_setpoints_a(snapshot: BlockSnapshot, current_a: np.ndarray, *, tol_a: f
     x = np.minimum(np.maximum(_finite_or_0(x), 0.0), np.maximum(hi, 0.0))  # np.clip is slow on small arrays
     x = _floor_step(x, step)
     x[x < lo - tol_a] = 0.0
-    g, h = constraint_rows(snapshot)
+    g, h = cached_constraint_rows(snapshot)
     if len(h) == 0:
         return x
     max_proportional = 2 * (len(h) + n) + 10

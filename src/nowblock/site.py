@@ -162,6 +162,11 @@ class Site:
         return np.array([c.phases for c in self.charge_points], dtype=np.int64)
 
     @cached_property
+    def has_caps(self) -> bool:
+        """Whether any charging point has a cap in a time window."""
+        return any(c.caps for c in self.charge_points)
+
+    @cached_property
     def cp_grid_phases(self) -> np.ndarray:
         """Grid phase index (0..2) wired to each charging point's L1, L2, L3, shape (n_cp, 3)."""
         return np.array([c.grid_phases for c in self.charge_points], dtype=np.int64).reshape(-1, 3)

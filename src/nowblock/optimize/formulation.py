@@ -481,21 +481,27 @@ def _on_slots(series: pd.Series | None, ticks_ns: np.ndarray, slot_h: np.ndarray
     value carried forward, the first value before the series)."""
     if series is None or len(series) == 0:
         return np.full(len(ticks_ns), float(default))
+    from nowblock.optimize.kernels import sample_steps
+
     t_ns = _utc_ns(series.index)
-    v = np.asarray(series.to_numpy(dtype=float, na_value=np.nan), dtype=float)
-    if np.isnan(v).any():
-        v = pd.Series(v).ffill().bfill().to_numpy(float)
-    if len(t_ns) > 1 and not (np.diff(t_ns) > 0).all():  # unsorted or duplicated: keep the last of each time
+    v = series.to_numpy(dtype=float, na_value=np.nan)
+    slot_ns = np.asarray(slot_h, dtype=float) * 3.6e12
+    # Sample on a fine grid inside each slot so a series finer than the slot is averaged (a
+    # kernel: the pandas reindex/union this replaced cost ~10 ms a call, numpy ~50 us).
+    vals = sample_steps(t_ns, v, ticks_ns, slot_ns, 15, True)
+    if len(vals) == 0:  # NaN, or unsorted or duplicated times: fill, keep the last of each time
+        if np.isnan(v).any():
+            v = pd.Series(v).ffill().bfill().to_numpy(float)
         order = np.argsort(t_ns, kind="stable")
         t_ns, v = t_ns[order], v[order]
         last = np.r_[t_ns[1:] != t_ns[:-1], True]
-        t_ns, v = t_ns[last], v[last]
-    # Sample on a fine grid inside each slot so a series finer than the slot is averaged (a
-    # kernel: the pandas reindex/union this replaced cost ~10 ms a call, numpy ~50 us).
-    from nowblock.optimize.kernels import sample_steps
-
-    vals = sample_steps(t_ns, v, ticks_ns, np.asarray(slot_h, dtype=float) * 3.6e12, 15)
+        vals = sample_steps(t_ns[last], v[last], ticks_ns, slot_ns, 15, False)
     return vals.max(axis=1) if how == "max" else vals.mean(axis=1)
+
+
+def _nan_to(a: np.ndarray, value: float) -> np.ndarray:
+    """A copy of ``a`` with NaN replaced by ``value`` (np.nan_to_num costs ~10 us a call)."""
+    return np.where(np.isnan(a), value, a)
 
 
 def _utc_ns(index) -> np.ndarray:
@@ -528,7 +534,7 @@ def _plugged_fraction(arrival, departure, times: pd.DatetimeIndex, dt_h) -> np.n
 
 
 def _upper(site: Site, times, cp_index, car_max_a, plugged) -> np.ndarray:
-    if not any(cp.caps for cp in site.charge_points):  # no time windows: skip the local-time grid
+    if not site.has_caps:  # no time windows: skip the local-time grid
         cap = np.full((len(cp_index), len(times)), np.inf)
     else:
         cap = site.cap_current_a(times)[:, cp_index].T if len(cp_index) else np.zeros((0, len(times)))
@@ -614,29 +620,36 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
     #   when paused or full, counts as 1);
     # - a remainder smaller than one slot at the minimum current is planned as that slot: valued
     #   at its true size it never beat the slot's price and slipped past departure.
-    plugged, upper, ratio, urgency, need = snapshot_plan_arrays(
+    cells = None
+    plugged, upper, ratio, urgency, need, cell_car, cell_slot = snapshot_plan_arrays(
         snapshot.hours_to_departure_h, max_a, site.cp_max_current_a[cp], snapshot.values("min_current_a"), phases,
         meas, offered, snapshot.remaining_kwh, dt_h, snapshot.dt_h, float(opts.urgency_h),
         float(opts.departure_margin_h), float(site.voltage_v), use_ratio)
-    if any(c.caps for c in site.charge_points) and len(cp):
+    if site.has_caps and len(cp):
         # ``snapshot.cars.max_current_a`` holds today's cap; later slots follow the site's windows.
         upper = np.where(plugged > 0, np.minimum(upper, site.cap_current_a(times.index())[:, cp].T), 0.0)
+    else:
+        # Cells exactly as ``Formulation.cells`` finds them, from the kernel's own pass.
+        cells = (cell_car, cell_slot)
     unknown = ~np.isfinite(need)
     if unknown.any():  # unknown energy: the car wants all it can get over the horizon
         can = (upper * plugged * dt_h[None, :]).sum(axis=1) * phases * site.voltage_v / 1000.0
         one_slot_kwh = snapshot.values("min_current_a") * phases * site.voltage_v / 1000.0 * dt_h[0] * ratio
         need[unknown] = np.where((can > 1e-3) & (can < one_slot_kwh), one_slot_kwh, can)[unknown]
-    return Formulation(
+    form = Formulation(
         site=site, times=times, dt_h=dt_h if (dt_h != dt_h[0]).any() else float(dt_h[0]),
         session_ids=cars.index.to_numpy(str),
         cp_index=cp, phases=phases.astype(np.int64),
         min_current_a=snapshot.values("min_current_a"), upper_a=upper, plugged=plugged,
-        need_kwh=need, priority=np.nan_to_num(snapshot.values("priority"), nan=1.0),
+        need_kwh=need, priority=_nan_to(snapshot.values("priority"), 1.0),
         base_kw=_on_slots(snapshot.base_load_kw, ticks_ns, dt_h, 0.0, "max"),
         price_eur_per_kwh=_on_slots(snapshot.prices_eur_per_kwh, ticks_ns, dt_h, 0.0),
         prev_current_a=offered, options=opts, draw_ratio=ratio, shortfall_weight=urgency,
         incidence_a=snapshot.incidence(),
     )
+    if cells is not None:
+        form.__dict__["cells"] = cells  # the cached_property's slot
+    return form
 
 
 def phase_name(row: int) -> tuple[int, str]:

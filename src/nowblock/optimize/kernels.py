@@ -154,10 +154,14 @@ def csc_feasible(a_start, a_index, a_value, v, col_lo, col_hi, row_lo, row_hi, t
 def top_up_now(x, order, g, slack, hi, lo, kw, budget_kw, step):
     """In place on setpoints ``x`` [A]: cars in ``order`` are raised, one after the other, to
     the most every row's ``slack`` [A], their maximum ``hi`` and the power ``budget_kw`` [kW]
-    allow, in whole ``step`` and 0 or at least ``lo``."""
+    allow, in whole ``step`` and 0 or at least ``lo`` (``hi`` and ``lo`` as
+    :func:`numpy.nan_to_num` makes them)."""
     n_rows = g.shape[0]
+    big = np.finfo(np.float64).max
     for j in range(order.shape[0]):
         i = order[j]
+        hi_i = 0.0 if hi[i] != hi[i] else min(max(hi[i], -big), big)
+        lo_i = 0.0 if lo[i] != lo[i] else min(max(lo[i], -big), big)
         room = np.inf
         for r in range(n_rows):
             if g[r, i] > 1e-12:
@@ -166,8 +170,8 @@ def top_up_now(x, order, g, slack, hi, lo, kw, budget_kw, step):
                     room = q
         if kw[i] > 0:
             room = min(room, budget_kw / kw[i])
-        new = np.floor(min(hi[i], x[i] + max(room, 0.0)) / step + 1e-9) * step
-        if new < lo[i] - 1e-9 or new <= x[i] + 1e-9:
+        new = np.floor(min(hi_i, x[i] + max(room, 0.0)) / step + 1e-9) * step
+        if new < lo_i - 1e-9 or new <= x[i] + 1e-9:
             continue
         for r in range(n_rows):
             slack[r] -= g[r, i] * (new - x[i])
@@ -258,8 +262,9 @@ def snapshot_plan_arrays(left_h, max_a, cp_max_a, min_a, phases, meas_a, offered
 
     ``left_h`` [h] to departure (inf: unknown, plugged in all horizon), slot lengths ``dt_h``
     [h], the control step ``control_h`` [h]. Returns the plugged-in fraction (n, T), the
-    upper bound (n, T) [A] before time-window caps, the draw ratio, the shortfall weight and
-    the energy still wanted [kWh] (NaN stays NaN: the caller fills it with what the car can take).
+    upper bound (n, T) [A] before time-window caps, the draw ratio, the shortfall weight, the
+    energy still wanted [kWh] (NaN stays NaN: the caller fills it with what the car can take),
+    and the (car, slot) of every cell a car can charge in (``Formulation.cells`` without caps).
     """
     n = left_h.shape[0]
     T = dt_h.shape[0]
@@ -297,22 +302,51 @@ def snapshot_plan_arrays(left_h, max_a, cp_max_a, min_a, phases, meas_a, offered
         one_slot_kwh = min_a[i] * phases[i] * voltage_v / 1000.0 * dt_h[0] * ratio[i]
         e = remaining_kwh[i]
         need[i] = one_slot_kwh if (e > 1e-3 and e < one_slot_kwh) else e
-    return plugged, upper, ratio, urgency, need
+    n_cells = 0
+    for i in range(n):
+        for t in range(T):
+            u = upper[i, t]
+            if plugged[i, t] > 0 and u > 0 and u >= min_a[i] - 1e-9:
+                n_cells += 1
+    cell_car = np.empty(n_cells, dtype=np.int64)
+    cell_slot = np.empty(n_cells, dtype=np.int64)
+    k = 0
+    for i in range(n):
+        for t in range(T):
+            u = upper[i, t]
+            if plugged[i, t] > 0 and u > 0 and u >= min_a[i] - 1e-9:
+                cell_car[k] = i
+                cell_slot[k] = t
+                k += 1
+    return plugged, upper, ratio, urgency, need, cell_car, cell_slot
 
 
 @njit(cache=True)
-def sample_steps(t_ns, v, ticks_ns, slot_ns, n_sub):
+def sample_steps(t_ns, v, ticks_ns, slot_ns, n_sub, check):
     """Values (T, n_sub) of a step-wise series (sorted times ``t_ns`` [ns], values ``v``; the
     last value carried forward, the first one before it) at ``n_sub`` evenly spaced instants
-    in each slot starting at ``ticks_ns`` [ns] and ``slot_ns`` [ns] long."""
+    in each slot starting at ``ticks_ns`` [ns] and ``slot_ns`` [ns] long.
+
+    With ``check``, returns an empty (0, n_sub) array when the series has a NaN or its times
+    are not strictly increasing: the caller cleans it and asks again.
+    """
+    last = t_ns.shape[0] - 1
+    for q in range(last + 1):
+        if check and (v[q] != v[q] or (q > 0 and t_ns[q] <= t_ns[q - 1])):
+            return np.empty((0, n_sub))
     T = ticks_ns.shape[0]
     out = np.empty((T, n_sub))
-    last = t_ns.shape[0] - 1
+    pos = -1  # the last knot at or before the instant: walked forward, instants only increase
+    prev_at = np.iinfo(np.int64).min
     for t in range(T):
         for j in range(n_sub):
             at = ticks_ns[t] + np.int64(j / n_sub * slot_ns[t])
-            pos = np.searchsorted(t_ns, at, side="right") - 1
-            out[t, j] = v[min(max(pos, 0), last)]
+            if at < prev_at:  # slots out of order: search afresh
+                pos = np.searchsorted(t_ns, at, side="right") - 1
+            while pos < last and t_ns[pos + 1] <= at:
+                pos += 1
+            prev_at = at
+            out[t, j] = v[max(pos, 0)]
     return out
 
 

@@ -46,17 +46,16 @@ def top_up_first_slot_a(snapshot: BlockSnapshot, current_a: np.ndarray, shortfal
     short = np.nonzero(np.asarray(shortfall_kwh) > 1e-3)[0]
     if not len(short):
         return x
-    from nowblock.interface import constraint_rows
+    from nowblock.interface import cached_constraint_rows
     from nowblock.optimize.kernels import top_up_now
 
-    g, h = constraint_rows(snapshot)
+    g, h = cached_constraint_rows(snapshot)
     kw = snapshot.kw_per_a()
-    base = snapshot.base_load_kw
-    base_now = float(base.to_numpy()[0]) if len(base) else 0.0
-    budget_kw = peak_kw - base_now - float(kw @ x)
+    base = snapshot.base_load_kw.to_numpy()
+    budget_kw = peak_kw - (float(base[0]) if len(base) else 0.0) - float(kw @ x)
     order = short[np.argsort(snapshot.hours_to_departure_h[short], kind="stable")]
-    top_up_now(x, order, g, h - g @ x, np.nan_to_num(snapshot.values("max_current_a")),
-               np.nan_to_num(snapshot.values("min_current_a")), kw, float(budget_kw), float(snapshot.current_step_a))
+    top_up_now(x, order, g, h - g @ x, snapshot.values("max_current_a"), snapshot.values("min_current_a"), kw,
+               float(budget_kw), float(snapshot.current_step_a))
     return x
 
 
@@ -91,6 +90,8 @@ class MilpPolicy:
             raise ValueError(f"arrivals_priority: must be >= 0, got {arrivals_priority}")
         self.arrivals_priority = float(arrivals_priority)
         self.options = OptimizeOptions.from_kwargs(**options)
+        self._step_options: dict[tuple[float, float], OptimizeOptions] = {}
+        self._step_options_of = self.options
         self.last_schedule: Schedule | None = None
         self.history: list[dict] = []
 
@@ -101,9 +102,13 @@ class MilpPolicy:
 
     def formulation(self, snapshot: BlockSnapshot) -> Formulation:
         """The planning problem this policy solves for ``snapshot``."""
-        limit = min(self.options.time_limit_s, self.time_limit_fraction * snapshot.step.total_seconds())
-        opts = dataclasses.replace(self.options, current_step_a=float(snapshot.current_step_a),
-                                   time_limit_s=max(limit, 0.05))
+        limit = max(min(self.options.time_limit_s, self.time_limit_fraction * snapshot.step.total_seconds()), 0.05)
+        key = (float(snapshot.current_step_a), limit)
+        if self._step_options_of is not self.options:  # options replaced since: start over
+            self._step_options, self._step_options_of = {}, self.options
+        opts = self._step_options.get(key)
+        if opts is None:  # the same few per run: validated once, not every step
+            opts = self._step_options[key] = dataclasses.replace(self.options, current_step_a=key[0], time_limit_s=limit)
         form = from_snapshot(snapshot, self.horizon, self.step, opts,
                              first_slot_is_control_step=self.first_slot_is_control_step)
         if self.arrivals_forecaster is not None and form.n_cars:

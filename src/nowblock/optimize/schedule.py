@@ -11,6 +11,7 @@ solver finds nothing: a baseline heuristic played forward slot by slot.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,19 +74,17 @@ class Schedule:
         ``G @ x``) for in-package fast paths.
         """
         self = object.__new__(cls)
-        for f in dataclasses.fields(cls):
-            if f.name in _DEFERRED:
-                continue
+        d = self.__dict__  # frozen: fill the instance dict directly, as object.__setattr__ would
+        for f in _eager_fields(cls):
             if f.name in fields:
-                value = fields[f.name]
+                d[f.name] = fields[f.name]
             elif f.default_factory is not dataclasses.MISSING:
-                value = f.default_factory()
+                d[f.name] = f.default_factory()
             elif f.default is not dataclasses.MISSING:
-                value = f.default
+                d[f.name] = f.default
             else:
                 raise TypeError(f"Schedule: missing field {f.name!r}")
-            object.__setattr__(self, f.name, value)
-        object.__setattr__(self, "_pending", (build, arrays))
+        d["_pending"] = (build, arrays)
         return self
 
     def __getattr__(self, name: str):
@@ -124,6 +123,12 @@ class Schedule:
     def __repr__(self) -> str:
         return (f"Schedule({self.current_a.shape[1]} sessions x {len(self.current_a)} slots, status={self.status!r}, "
                 f"objective={self.objective:.4g} EUR, gap={self.mip_gap:.2%}, solve={self.solve_seconds:.3f} s)")
+
+
+@functools.cache
+def _eager_fields(cls) -> tuple:
+    """The schedule's fields that are not deferred frames."""
+    return tuple(f for f in dataclasses.fields(cls) if f.name not in _DEFERRED)
 
 
 # ---- rounding and the re-check ----------------------------------------------------------
