@@ -189,8 +189,8 @@ def test_policy_step_breakdown(benchmark, monkeypatch, n):
 
     for module, name in [(pol_mod, "from_snapshot"), (form_mod, "_build_matrix"), (hf, "_solve_once"),
                          (hf, "repair_stray"), (hf, "complete_solution"), (hf, "is_feasible"),
-                         (solve_mod, "to_schedule"), (sched_mod, "_round"), (pol_mod, "make_safe"),
-                         (pol_mod, "top_up_first_slot")]:
+                         (solve_mod, "to_schedule"), (sched_mod, "_round"), (pol_mod, "safe_setpoints_a"),
+                         (pol_mod, "top_up_first_slot_a")]:
         wrap(module, name)
     snap0 = plugged_in_snapshot(n)
     pol = MilpPolicy(time_limit_fraction=1.0, time_limit_s=60)
@@ -234,3 +234,39 @@ def test_quality_week(benchmark):
     worse = (short["milp"] - short["edf"])
     info["milp_shorter_than_edf_kwh"] = {str(k): float(v) for k, v in worse[worse > 1e-3].items()}
     benchmark.extra_info.update(info)
+
+
+@pytest.mark.parametrize("cache", ["cold", "cached"])
+def test_first_step_fresh_process(benchmark, tmp_path, cache):
+    """The numba cold start: a fresh interpreter imports nowblock and plans one 20-car step.
+
+    ``cold``: an empty numba cache (``NUMBA_CACHE_DIR`` in a new directory), so every kernel
+    compiles, as on a machine's first run; ``cached``: the same directory after that run.
+    ``extra_info`` holds the first step alone and the interpreter's whole run [s].
+    """
+    import os
+    import subprocess
+    import sys
+
+    code = ("import time; t0 = time.perf_counter()\n"
+            "from nowblock.optimize import MilpPolicy\n"
+            "from nowblock.optimize.testing import plugged_in_snapshot\n"
+            "snap = plugged_in_snapshot(20); t1 = time.perf_counter()\n"
+            "MilpPolicy().schedule(snap); t2 = time.perf_counter()\n"
+            "print(t1 - t0, t2 - t1)\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    if cache == "cached":
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    runs = []
+
+    def run():
+        if cache == "cold":
+            env["NUMBA_CACHE_DIR"] = str(tmp_path / f"numba{len(runs)}")
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+        runs.append((time.perf_counter() - t0, *map(float, out.stdout.split())))
+
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    benchmark.extra_info.update({"cache": cache, "process_s": [r[0] for r in runs], "import_s": [r[1] for r in runs],
+                                 "first_step_s": [r[2] for r in runs]})
+

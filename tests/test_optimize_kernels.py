@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nowblock.optimize.kernels import csc_feasible, repair_stray_cells, top_up_now, top_up_rounded
+from nowblock.optimize.kernels import csc_feasible, repair_stray_cells, round_plan, top_up_now, top_up_rounded
 
 TOL_A = 1e-6  # the callers' tolerance (highs_fast._TOL_A, schedule._TOL_A)
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -73,6 +73,7 @@ def ref_raise_in_order(x, order, g, slack, hi, lo, kw, budget_kw, step):
     slack (rows it loads), its maximum and the power budget allow, in whole steps, 0 or >= min."""
     x = np.array(x, dtype=float)
     slack = np.array(slack, dtype=float)
+    hi, lo = np.nan_to_num(hi), np.nan_to_num(lo)
     for i in order:
         room = np.inf
         for r in range(g.shape[0]):
@@ -94,6 +95,7 @@ def ref_top_up_first_slot_old(x, short, hours_h, g, h, hi, lo, kw, budget_kw, st
     minimum) against the rows' slack *at the start* are dropped first, the rest raised
     earliest departure first (stable)."""
     slack = h - g @ x
+    hi, lo = np.nan_to_num(hi), np.nan_to_num(lo)  # as the old caller passed them
     keep = []
     for i in short:
         pos = g[:, i] > 1e-12
@@ -195,8 +197,17 @@ def rounded_case(draw, entries=(-1.0, 0.0, 1.0)):
     # (losses near the 5 % threshold).
     raw_a = st.one_of(st.integers(0, 640).map(lambda k: k / 20), st.integers(0, 3200).map(lambda k: k / 100),
                       st.sampled_from((5.5, 6.5, 7.5)))
-    raw = np.array([[draw(raw_a) for _ in range(T)] for _ in range(n)]).reshape(n, T)
-    raw = np.clip(raw, 0.0, up)
+    # In some cases a few values are not finite or negative (a solver's NaN): counted as
+    # np.nan_to_num makes them, then clipped.
+    odd = draw(st.booleans())
+
+    def raw_value():
+        if odd and draw(st.integers(0, 5)) == 0:
+            return draw(st.sampled_from((np.nan, np.inf, -np.inf, -1.0)))
+        return draw(raw_a)
+
+    raw_in = np.array([[raw_value() for _ in range(T)] for _ in range(n)]).reshape(n, T)
+    raw = np.clip(np.nan_to_num(raw_in), 0.0, up)
     x = np.floor(raw / step + 1e-7) * step
     x[x < lo - TOL_A] = 0.0
     lost = np.where(raw >= lo - TOL_A, raw - x, 0.0)
@@ -204,7 +215,8 @@ def rounded_case(draw, entries=(-1.0, 0.0, 1.0)):
     # -1 A to 8 A of room above the rounded load: top-ups (a step each) often stop part way.
     h = g @ x + np.array([[draw(amps(-10, 80)) for _ in range(T)] for _ in range(n_rows)]).reshape(n_rows, T)
     n_top = draw(st.integers(0, T + 1))
-    return dict(x=x, lost=lost, up=up, min_a=min_a, g=g, h=h, step=step, n_slots_top=n_top)
+    return dict(x=x, lost=lost, up=up, min_a=min_a, g=g, h=h, step=step, n_slots_top=n_top, raw_in=raw_in,
+                upper=upper)
 
 
 @st.composite
@@ -212,11 +224,12 @@ def now_case(draw, entries=(-1.0, 0.0, 1.0)):
     """Safe setpoints now (0 or >= min, on the step grid, <= max) and the cars short of energy."""
     n_rows, n = draw(st.integers(0, 8)), draw(st.integers(0, 12))
     step = draw(st.sampled_from(STEPS_A))
-    lo = np.array([draw(st.sampled_from((0.0, 6.0, 6.0))) for _ in range(n)])
-    hi = np.array([draw(st.sampled_from((0.0, 10.0, 16.0, 16.0, 32.0))) for _ in range(n)])
+    # NaN limits (unknown) count as 0, as np.nan_to_num makes them (the kernel's contract).
+    lo = np.array([draw(st.sampled_from((0.0, 6.0, 6.0, np.nan))) for _ in range(n)])
+    hi = np.array([draw(st.sampled_from((0.0, 10.0, 16.0, 16.0, 32.0, np.nan))) for _ in range(n)])
     x = np.array([draw(st.one_of(st.just(0.0), amps(0, 320))) for _ in range(n)])
-    x = np.floor(np.minimum(x, hi) / step + 1e-9) * step
-    x = np.where(x < lo - 1e-9, 0.0, x)
+    x = np.floor(np.minimum(x, np.nan_to_num(hi)) / step + 1e-9) * step
+    x = np.where(x < np.nan_to_num(lo) - 1e-9, 0.0, x)
     kw = np.array([draw(st.sampled_from((0.0, 0.23, 0.69, 0.69))) for _ in range(n)])
     g = g_matrix(draw, n_rows, n, entries)
     # Slack from -2 A (a row already over its limit) to 60 A.
@@ -263,6 +276,16 @@ def test_top_up_rounded_matches_reference(c):
     want = ref_top_up_rounded(c["x"], c["lost"], c["up"], c["min_a"], c["g"], c["h"], c["step"], c["n_slots_top"], TOL_A)
     np.testing.assert_allclose(got, want, atol=1e-9)
     assert set(zip(*np.nonzero(got != c["x"]))) == set(zip(*np.nonzero(want != c["x"])))
+
+
+@SETTINGS
+@given(rounded_case())
+def test_round_plan_matches_the_old_rounding(c):
+    # round_plan (the kernel _round now calls) = the old numpy preparation + the top-up.
+    got = round_plan(c["raw_in"], c["upper"], c["min_a"], c["g"], c["h"], c["step"], c["n_slots_top"], TOL_A)
+    want = ref_top_up_rounded(c["x"], c["lost"], c["up"], c["min_a"], c["g"], c["h"], c["step"], c["n_slots_top"],
+                              TOL_A)
+    np.testing.assert_allclose(got, want, atol=1e-9)
 
 
 @SETTINGS
@@ -486,10 +509,10 @@ def test_top_up_now_keeps_the_contract(c):
     held = g @ x0 <= h + TOL_A
     assert ((g @ got)[held] <= h[held] + TOL_A).all()
     assert (got >= x0).all()
-    assert (got <= c["hi"] + 1e-9).all()
+    assert (got <= np.nan_to_num(c["hi"]) + 1e-9).all()
     moved = got != x0
     assert np.isin(np.nonzero(moved)[0], c["short"]).all()
-    assert (got[moved] >= c["lo"][moved] - 1e-9).all()
+    assert (got[moved] >= np.nan_to_num(c["lo"])[moved] - 1e-9).all()
     on_grid = np.abs(got / c["step"] - np.round(got / c["step"])) < 1e-6
     assert on_grid[moved].all()
     if c["budget_kw"] >= 0:

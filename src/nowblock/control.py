@@ -177,6 +177,14 @@ class Controller:
                 log.info("continuing from the plan of %s (%d sessions)", last[0], last[1].shape[1])
 
     # ---- life cycle -------------------------------------------------------------------------
+    def warm_up(self) -> float:
+        """Compile what the policy compiles on first use (the MILP's numba kernels), before any
+        charger is served; returns the seconds it took (0 for policies that need nothing)."""
+        warm = getattr(self.policy, "warm_up", None)
+        secs = float(warm()) if callable(warm) else 0.0
+        log.info("policy %s warmed up in %.2f s", self.policy.name, secs)
+        return secs
+
     async def start(self) -> None:
         """Start the loop task (re-plans on events and every ``period_s``)."""
         self._sub = self.state.subscribe()

@@ -60,6 +60,8 @@ async def _serve(args: argparse.Namespace) -> None:
                        builtin_control=attach is None, validate_in_thread=False)
     # The controller restores persisted transactions before the first charger can connect.
     controller = attach(cs, db=args.db, args=args) if attach is not None else None
+    if controller is not None and hasattr(controller, "warm_up"):
+        controller.warm_up()  # before the port opens: a first start compiles for seconds
     await cs.start()
     if controller is not None and hasattr(controller, "start"):
         res = controller.start()

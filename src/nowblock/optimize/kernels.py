@@ -12,6 +12,45 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+_BIG = 1.7976931348623157e308  # np.finfo(float).max: what np.nan_to_num makes of inf
+
+
+@njit(cache=True)
+def argsort_stable(key):
+    """Indices that sort ``key`` ascending, ties in input order (``np.argsort(kind="stable")``).
+
+    A bottom-up merge sort written out: numba's own mergesort argsort took ~1.8 s to compile
+    (measured), this one ~0.5 s, and the kernels below are compiled on a machine's first step.
+    """
+    n = key.shape[0]
+    idx = np.arange(n)
+    tmp = np.empty(n, dtype=np.int64)
+    width = 1
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            i, j, k = lo, mid, lo
+            while i < mid and j < hi:
+                if key[idx[j]] < key[idx[i]]:
+                    tmp[k] = idx[j]
+                    j += 1
+                else:
+                    tmp[k] = idx[i]
+                    i += 1
+                k += 1
+            while i < mid:
+                tmp[k] = idx[i]
+                i += 1
+                k += 1
+            while j < hi:
+                tmp[k] = idx[j]
+                j += 1
+                k += 1
+        idx, tmp = tmp, idx
+        width *= 2
+    return idx
+
 
 @njit(cache=True)
 def _raise_prefix(load, room, g, cars, inc, tol):
@@ -80,7 +119,7 @@ def repair_stray_cells(x, lo, binary, car, slot, g, h, tol):
                 ks[m] = k
                 key[m] = -was[k]
                 m += 1
-        ks = ks[np.argsort(key, kind="mergesort")]
+        ks = ks[argsort_stable(key)]
         cars = car[ks]
         inc = lo[ks]
         n_ok = _raise_prefix(load[:, t], h[:, t], g, cars, inc, tol)
@@ -111,7 +150,7 @@ def top_up_rounded(x, lost, up, min_a, g, h, step, n_slots_top, tol):
                 cand[m] = i
                 key[m] = -lost[i, t]
                 m += 1
-        cand = cand[np.argsort(key, kind="mergesort")]
+        cand = cand[argsort_stable(key)]
         inc = np.empty(m)
         for j in range(m):
             new = x[cand[j], t] + step
@@ -131,21 +170,22 @@ def top_up_rounded(x, lost, up, min_a, g, h, step, n_slots_top, tol):
 @njit(cache=True)
 def csc_feasible(a_start, a_index, a_value, v, col_lo, col_hi, row_lo, row_hi, tol):
     """Whether column values ``v`` keep every bound and row of the CSC matrix within ``tol``
-    (rows relative to ``1 + |finite row_hi|``)."""
+    (rows relative to ``1 + |finite row_hi|``); a NaN value is never feasible."""
     n_col = v.shape[0]
+    # Tests written as "not inside", so that a NaN fails (it never compares inside).
     for j in range(n_col):
-        if v[j] < col_lo[j] - tol or v[j] > col_hi[j] + tol:
+        if not (v[j] >= col_lo[j] - tol and v[j] <= col_hi[j] + tol):
             return False
     r = np.zeros(row_lo.shape[0])
     for j in range(n_col):
         vj = v[j]
-        if vj != 0.0:
+        if vj != 0.0:  # NaN too
             for p in range(a_start[j], a_start[j + 1]):
                 r[a_index[p]] += a_value[p] * vj
     for i in range(r.shape[0]):
         hi = row_hi[i]
         scale = 1.0 + (abs(hi) if np.isfinite(hi) else 0.0)
-        if r[i] < row_lo[i] - tol * scale or r[i] > hi + tol * scale:
+        if not (r[i] >= row_lo[i] - tol * scale and r[i] <= hi + tol * scale):
             return False
     return True
 
@@ -157,7 +197,7 @@ def top_up_now(x, order, g, slack, hi, lo, kw, budget_kw, step):
     allow, in whole ``step`` and 0 or at least ``lo`` (``hi`` and ``lo`` as
     :func:`numpy.nan_to_num` makes them)."""
     n_rows = g.shape[0]
-    big = np.finfo(np.float64).max
+    big = _BIG
     for j in range(order.shape[0]):
         i = order[j]
         hi_i = 0.0 if hi[i] != hi[i] else min(max(hi[i], -big), big)
@@ -336,13 +376,13 @@ def sample_steps(t_ns, v, ticks_ns, slot_ns, n_sub, check):
             return np.empty((0, n_sub))
     T = ticks_ns.shape[0]
     out = np.empty((T, n_sub))
-    pos = -1  # the last knot at or before the instant: walked forward, instants only increase
-    prev_at = np.iinfo(np.int64).min
+    pos = -1  # the last knot at or before the instant: walked forward while instants increase
+    prev_at = ticks_ns[0] if T else 0
     for t in range(T):
         for j in range(n_sub):
             at = ticks_ns[t] + np.int64(j / n_sub * slot_ns[t])
-            if at < prev_at:  # slots out of order: search afresh
-                pos = np.searchsorted(t_ns, at, side="right") - 1
+            if at < prev_at:  # slots out of order: walk again from the start
+                pos = -1
             while pos < last and t_ns[pos + 1] <= at:
                 pos += 1
             prev_at = at
@@ -572,7 +612,7 @@ def round_plan(raw_a, upper_a, min_a, g, h, step, n_slots_top, tol):
     x = np.empty((n, T))
     up = np.empty((n, T))
     lost = np.zeros((n, T))
-    big = np.finfo(np.float64).max
+    big = _BIG
     for i in range(n):
         lo = min_a[i]
         for t in range(T):
