@@ -50,7 +50,7 @@ class BlockSnapshot:
     ``incidence_a`` optionally carries :meth:`incidence` precomputed by the producer, and
     ``car_arrays`` numeric columns of ``cars`` as arrays in row order (a producer that has
     them anyway saves the policy the pandas look-ups; they must equal the columns;
-    ``arrival``/``departure`` as int64 nanoseconds since the epoch).
+    ``arrival``/``departure`` as int64 nanoseconds since the epoch, NaT as pandas stores it).
 
     A snapshot is frozen: treat ``cars`` as read-only. Derived arrays (:meth:`values`,
     :meth:`incidence`, :func:`constraint_rows`) are computed once and cached.
@@ -114,8 +114,10 @@ class BlockSnapshot:
         key = ("hours", column)
         if key not in c:
             pre = self.car_arrays.get(column) if self.car_arrays else None
-            if pre is not None:  # int64 nanoseconds since the epoch (UTC)
-                ns, na = np.asarray(pre, dtype=np.int64), None
+            if pre is not None:  # int64 nanoseconds since the epoch (UTC); NaT is int64's minimum
+                ns = np.asarray(pre, dtype=np.int64)
+                na = ns == np.iinfo(np.int64).min
+                na = na if na.any() else None
             else:
                 arr = self.cars[column].array
                 if not isinstance(arr, pd.arrays.DatetimeArray):

@@ -266,6 +266,18 @@ class Formulation:
         car, slot = np.nonzero(ok)
         return car, slot
 
+    @cached_property
+    def cell_upper_a(self) -> np.ndarray:
+        """:attr:`upper_a` [A] of every cell (see :attr:`cells`)."""
+        car, slot = self.cells
+        return self.upper_a[car, slot]
+
+    @cached_property
+    def cell_energy_per_a_kwh(self) -> np.ndarray:
+        """:attr:`energy_per_a_kwh` [kWh/A] of every cell (see :attr:`cells`)."""
+        car, slot = self.cells
+        return self.energy_per_a_kwh[car, slot]
+
     @property
     def n_binary_slots(self) -> int:
         """Slots (from the start) whose cells carry an on/off binary."""
@@ -354,8 +366,8 @@ def _build_matrix(f: Formulation, binary: np.ndarray) -> MatrixForm:
     n, T = f.n_cars, f.n_slots
     car, slot = f.cells
     K = len(car)
-    ub = f.upper_a[car, slot]
-    kwh_per_a = f.energy_per_a_kwh[car, slot]
+    ub = f.cell_upper_a
+    kwh_per_a = f.cell_energy_per_a_kwh
     bcell = np.nonzero(binary)[0]
     B = len(bcell)
     fair = o.sharing == "fair"

@@ -142,12 +142,15 @@ def solve_highs(form: Formulation, *, relax: bool = False, warm_start_a=None) ->
 
 def repair_stray(form: Formulation, x: np.ndarray) -> np.ndarray:
     """Cell currents [A] with "0 or >= min" on every binary cell: a current strictly between 0 and
-    the minimum becomes the minimum where every limit row keeps room (largest first), else 0."""
+    the minimum becomes the minimum where every limit row keeps room (largest first), else 0.
+
+    Zeroing a stray can overload a row where it had a negative coefficient (an unbalance row)
+    when raising it back does not fit: callers check the result (:func:`is_feasible`)."""
     from nowblock.optimize.kernels import repair_stray_cells
     from nowblock.optimize.schedule import limit_rows
 
     car, slot = form.cells
-    x = np.minimum(np.maximum(np.asarray(x, dtype=float), 0.0), form.upper_a[car, slot])
+    x = np.minimum(np.maximum(np.asarray(x, dtype=float), 0.0), form.cell_upper_a)
     g, h, _ = limit_rows(form)
     repair_stray_cells(x, form.min_current_a[car], form.binary_candidates, car, slot, g, h, _TOL_A)
     return x
@@ -161,7 +164,7 @@ def complete_solution(form: Formulation, mf: MatrixForm, x: np.ndarray) -> np.nd
     car, slot = form.cells
     cols = mf.cols
     wf, pk = cols["worst_fraction"], cols["peak_kw"]
-    return complete_columns(mf.num_col, np.asarray(x, dtype=float), car, slot, form.energy_per_a_kwh[car, slot],
+    return complete_columns(mf.num_col, np.asarray(x, dtype=float), car, slot, form.cell_energy_per_a_kwh,
                             form.kw_per_a[car], np.maximum(form.need_kwh, 0.0), np.asarray(form.base_kw, dtype=float),
                             mf.binary_cell, cols["shortfall_kwh"].start, wf.start if wf.stop > wf.start else -1,
                             pk.start if pk.stop > pk.start else -1, mf.change_cell, mf.change_has_prev,
@@ -217,7 +220,8 @@ def _solve_once(form: Formulation, mf: MatrixForm, start: np.ndarray | None, tim
                      mf.row_hi, mf.a_start, mf.a_index, mf.a_value, mf.integrality)
     if st == highspy.HighsStatus.kError:
         raise RuntimeError("HiGHS rejected the model (passModel returned an error)")
-    if start is not None and mf.integrality.any():
+    is_mip = len(mf.binary_cell) > 0  # the only integer columns (``_build_matrix``)
+    if start is not None and is_mip:
         h.setSolution(mf.num_col, np.arange(mf.num_col, dtype=np.int32), np.asarray(start, dtype=float))
     build_s = time.perf_counter() - t0 + mf.build_seconds
     run_status = h.run()
@@ -232,7 +236,7 @@ def _solve_once(form: Formulation, mf: MatrixForm, start: np.ndarray | None, tim
     else:
         values = None
     obj = float(info.objective_function_value) if has_sol else float("nan")
-    if mf.integrality.any():
+    if is_mip:
         bound, gap = float(info.mip_dual_bound), float(info.mip_gap) if has_sol else float("inf")
     else:
         bound, gap = obj, 0.0

@@ -607,7 +607,8 @@ def standard_form(car, slot, ub, kwh, lo_cell, kw_cell, bcell, need, energy_hi, 
 def round_plan(raw_a, upper_a, min_a, g, h, step, n_slots_top, tol):
     """A dense plan (n, T) [A] floored to pilot ``step``: 0 or at least the minimum, at most
     the upper bound floored to a step, then :func:`top_up_rounded` in the first
-    ``n_slots_top`` slots. Non-finite values count as :func:`numpy.nan_to_num` makes them."""
+    ``n_slots_top`` slots. Non-finite values count as :func:`numpy.nan_to_num` makes them.
+    Returns the plan and, per slot, whether a row of ``g @ x <= h + tol`` fails."""
     n, T = raw_a.shape
     x = np.empty((n, T))
     up = np.empty((n, T))
@@ -634,7 +635,20 @@ def round_plan(raw_a, upper_a, min_a, g, h, step, n_slots_top, tol):
             if r >= lo - tol:
                 lost[i, t] = r - xv
     top_up_rounded(x, lost, up, min_a, g, h, step, n_slots_top, tol)
-    return x
+    # The re-check: every row of every slot (a slot that fails is repaired by the caller).
+    n_rows = g.shape[0]
+    bad = np.zeros(T, dtype=np.bool_)
+    load = np.zeros(n_rows)
+    for t in range(T):
+        load[:] = 0.0
+        for i in range(n):
+            if x[i, t] != 0.0:
+                for r in range(n_rows):
+                    load[r] += g[r, i] * x[i, t]
+        for r in range(n_rows):
+            if load[r] > h[r, t] + tol:
+                bad[t] = True
+    return x, bad
 
 
 @njit(cache=True)

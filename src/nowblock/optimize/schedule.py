@@ -71,7 +71,7 @@ class Schedule:
         The receding-horizon loop reads one slot of the plan; building the frames and the
         binding report every step was about a tenth of a 50-car step (measured). ``arrays``
         holds the dense results (``form``, ``x`` (n, T) [A], ``energy`` [kWh] per car, ``load``
-        ``G @ x``) for in-package fast paths.
+        ``G @ x`` or None) for in-package fast paths.
         """
         self = object.__new__(cls)
         d = self.__dict__  # frozen: fill the instance dict directly, as object.__setattr__ would
@@ -169,30 +169,29 @@ def round_to_steps(form: Formulation, raw_a: np.ndarray) -> tuple[np.ndarray, in
     return x, repaired
 
 
-def _round(form: Formulation, raw_a: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-    """:func:`round_to_steps` plus the load ``G @ x`` of every limit row and slot."""
+def _round(form: Formulation, raw_a: np.ndarray) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """:func:`round_to_steps` plus the load ``G @ x`` of every limit row and slot when the
+    re-check had to repair (None otherwise: the binding report computes it if it is read)."""
     from nowblock.optimize.kernels import round_plan
 
     g, h, _ = limit_rows(form)
     # Top up: give one more step back to cars that lost the most, as long as every row has room.
     # Only in the slots with binaries (what a receding-horizon loop applies); later slots are
-    # an LP-relaxed plan (measured).
-    x = round_plan(np.asarray(raw_a, dtype=float), form.upper_a, form.min_current_a, g, h,
-                   float(form.options.current_step_a), form.n_binary_slots, _TOL_A)
-    # Re-check every row of every slot; repair failing slots with the shared safety net.
-    load = g @ x
-    viol = (load - h).max(axis=0) if len(g) else np.zeros(form.n_slots)
-    bad = np.nonzero(viol > _TOL_A)[0]
-    pos = pd.Index(form.session_ids) if len(bad) else None
+    # an LP-relaxed plan (measured). Then every row of every slot is re-checked.
+    x, bad_slot = round_plan(np.asarray(raw_a, dtype=float), form.upper_a, form.min_current_a, g, h,
+                             float(form.options.current_step_a), form.n_binary_slots, _TOL_A)
+    bad = np.nonzero(bad_slot)[0]
+    if not len(bad):
+        return x, 0, None
+    # Repair failing slots with the shared safety net.
+    pos = pd.Index(form.session_ids)
     for t in bad:
         snap = slot_snapshot(form, int(t), np.zeros(form.n_cars))
         idx = pos.get_indexer(snap.cars.index)
         safe = make_safe(snap, pd.Series(x[idx, t], index=snap.cars.index))
         x[:, t] = 0.0
         x[idx, t] = safe.to_numpy(float)
-    if len(bad):
-        load = g @ x
-    return x, len(bad), load
+    return x, len(bad), g @ x
 
 
 def binding_report(form: Formulation, current_a: np.ndarray, load_a: np.ndarray | None = None) -> pd.DataFrame:
