@@ -11,8 +11,10 @@ from nowblock.interface import (
     BlockSnapshot,
     Policy,
     aligned_current_a,
+    cached_constraint_rows,
     constraint_rows,
     make_safe,
+    safe_setpoints_a,
     root_index,
     violation_a,
 )
@@ -159,6 +161,33 @@ def test_make_safe_terminates_with_many_cars():
     x = make_safe(snap, np.linspace(6, 32, n))
     assert violation_a(snap, x) == 0.0
     assert (x > 0).sum() >= 3  # it did not give up and switch everything off
+
+
+def test_safe_setpoints_a_is_make_safe_on_arrays():
+    snap = _snap(_site(unbalance=5.0))
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        x = rng.uniform(-5.0, 40.0, 4)
+        x[rng.random(4) < 0.2] = np.nan
+        before = x.copy()
+        got = safe_setpoints_a(snap, x)
+        np.testing.assert_array_equal(got, make_safe(snap, x).to_numpy())
+        np.testing.assert_array_equal(x, before)  # the caller's array is left alone
+        assert violation_a(snap, got) == 0.0
+    with pytest.raises(ValueError, match="3 setpoints for 4 cars"):
+        safe_setpoints_a(snap, np.zeros(3))
+
+
+def test_cached_constraint_rows_are_shared_and_read_only():
+    snap = _snap(_site(unbalance=5.0))
+    g, h = cached_constraint_rows(snap)
+    assert cached_constraint_rows(snap)[0] is g
+    with pytest.raises(ValueError):
+        g[0, 0] = 5.0
+    g2, h2 = constraint_rows(snap)
+    np.testing.assert_array_equal(g2, g)
+    g2[0, 0] = 5.0  # the copies stay writeable and the cache untouched
+    assert g[0, 0] != 5.0
 
 
 def test_aligned_current_a():

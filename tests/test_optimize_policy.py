@@ -63,6 +63,26 @@ def test_warm_start_from_the_shifted_plan_and_reset():
     assert pol.last_schedule is None and pol.history == []
 
 
+def test_warm_up_compiles_every_kernel_a_step_uses():
+    # A live controller calls warm_up before serving: a real step afterwards must not compile
+    # anything new (each numba signature it needs is already there).
+    from numba.core.registry import CPUDispatcher
+
+    import nowblock.optimize.kernels as kn
+    from nowblock.optimize.testing import plugged_in_snapshot
+
+    pol = MilpPolicy()
+    assert MilpPolicy.warm_up() > 0
+    assert pol.last_schedule is None and pol.history == []
+    kernels = {name: k for name, k in vars(kn).items() if isinstance(k, CPUDispatcher)}
+    compiled = {name: set(k.signatures) for name, k in kernels.items()}
+    assert all(compiled[name] for name in ("snapshot_plan_arrays", "standard_form", "round_plan", "top_up_now",
+                                           "repair_stray_cells", "complete_columns", "csc_feasible", "sample_steps"))
+    for snap in (plugged_in_snapshot(25, seed=4), plugged_in_snapshot(25, seed=5, producer_arrays=False)):
+        pol.schedule(snap)
+    assert {name: set(k.signatures) for name, k in kernels.items()} == compiled
+
+
 def test_first_slot_as_long_as_the_control_step():
     pol = MilpPolicy(first_slot_is_control_step=True)
     form = pol.formulation(_snapshot())

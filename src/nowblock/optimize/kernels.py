@@ -1,10 +1,14 @@
-"""Numba kernels of the planning step: the greedy loops around the solver.
+"""Numba kernels of the planning step: the array work around the solver.
 
-Plain ndarrays in, plain ndarrays out. Each kernel replaced a per-slot numpy loop of 10-50 us
-calls whose fixed cost was most of the step's time outside HiGHS on small blocks
-(docs/bench_optimize.md, fourth pass). Limit rows are ``g @ current_a <= h`` (see
-:func:`nowblock.optimize.schedule.limit_rows`); ``g`` may hold negative entries (unbalance
-rows), so every check looks at every row.
+Plain ndarrays in, plain ndarrays out, no pandas. Each kernel replaced a few dozen numpy calls
+of 10-50 us that, run right after a HiGHS solve, were most of a small block's step outside
+HiGHS (docs/bench_optimize.md, fourth pass); their outputs equal the numpy code they replaced
+bit for bit except where a docstring says otherwise. Limit rows are ``g @ current_a <= h``
+(see :func:`nowblock.optimize.schedule.limit_rows`); ``g`` may hold negative entries
+(unbalance rows), so every check looks at every row.
+
+Compiling all of them takes ~10 s on a machine's first run (then numba's on-disk cache, ~0.5 s
+per process): :meth:`nowblock.optimize.MilpPolicy.warm_up` does it before a controller serves.
 """
 
 from __future__ import annotations

@@ -160,17 +160,22 @@ class MilpPolicy:
             x = dense["x"]
             first = x[:, 0]
             short = np.maximum(form.need_kwh - dense["energy"], 0.0)
-            power_sum_kw = (x * form.kw_per_a[:, None]).T.sum(axis=1)
+
+            def power_sum_kw():
+                return (x * form.kw_per_a[:, None]).T.sum(axis=1)
         else:
             first = sched.first_slot().reindex(cars.index).fillna(0.0).to_numpy(float)
             short = sched.shortfall_kwh.reindex(cars.index).fillna(0.0).to_numpy(float)
-            power_sum_kw = sched.power_kw.to_numpy().sum(axis=1)
+
+            def power_sum_kw():
+                return sched.power_kw.to_numpy().sum(axis=1)
         safe = safe_setpoints_a(snapshot, first)
         if self.options.top_up_h > 0:
             short = np.where(snapshot.hours_to_departure_h <= self.options.top_up_h, short, 0.0)
-            peak = float((power_sum_kw + form.base_kw).max(initial=0.0))
-            safe = top_up_first_slot_a(snapshot, safe, short, peak_kw=peak)
-        return pd.Series(safe, index=cars.index, name="current_a")
+            if (short > 1e-3).any():  # the plan's peak only matters when someone is topped up
+                peak = float((power_sum_kw() + form.base_kw).max(initial=0.0))
+                safe = top_up_first_slot_a(snapshot, safe, short, peak_kw=peak)
+        return pd.Series(safe, index=cars.index, name="current_a", copy=False)
 
     def _shifted_plan(self, form: Formulation) -> np.ndarray | None:
         """The previous plan on the new slots: each new slot takes the old slot it starts in."""
