@@ -424,6 +424,17 @@ def change_pairs(car, slot, prev_cell_a, n_change):
 
 
 @njit(cache=True)
+def _emit(r, c, v, e, row0, rows, cols, vals):
+    """Write COO entries (``row0 + rows``, ``cols``, ``vals``) from position ``e``; returns the next."""
+    for q in range(rows.shape[0]):
+        r[e] = row0 + rows[q]
+        c[e] = cols[q]
+        v[e] = vals[q]
+        e += 1
+    return e
+
+
+@njit(cache=True)
 def standard_form(car, slot, ub, kwh, lo_cell, kw_cell, bcell, need, energy_hi, shortfall_cost, price, early_eur_per_kwh,
                   n_slots, fair_cost, use_fair, peak_cost, use_peak, base_kw, change_cost, pair, has_prev, rhs,
                   fuse_rows, fuse_cells, fuse_vals, fuse_hi, unb_rows, unb_cells, unb_vals, unb_hi, n_unb):
@@ -489,120 +500,51 @@ def standard_form(car, slot, ub, kwh, lo_cell, kw_cell, bcell, need, energy_hi, 
     v = np.empty(n_nz)
     e = 0
     # Energy: need <= delivered + shortfall <= need + overshoot.
-    for i in range(n):
-        row_lo[i] = need[i]
-        row_hi[i] = energy_hi[i]
-    for k in range(K):
-        r[e] = car[k]
-        c[e] = k
-        v[e] = kwh[k]
-        e += 1
-    for i in range(n):
-        r[e] = i
-        c[e] = sh0 + i
-        v[e] = 1.0
-        e += 1
+    row_lo[:n] = need
+    row_hi[:n] = energy_hi
+    cells = np.arange(K)
+    e = _emit(r, c, v, e, 0, car, cells, kwh)
+    e = _emit(r, c, v, e, 0, np.arange(n), sh0 + np.arange(n), np.ones(n))
     ro = n
-    for j in range(n_fuse):
-        row_hi[ro + j] = fuse_hi[j]
-    for q in range(fuse_rows.shape[0]):
-        r[e] = ro + fuse_rows[q]
-        c[e] = fuse_cells[q]
-        v[e] = fuse_vals[q]
-        e += 1
+    row_hi[ro:ro + n_fuse] = fuse_hi
+    e = _emit(r, c, v, e, ro, fuse_rows, fuse_cells, fuse_vals)
     ro += n_fuse
-    for j in range(n_unb):
-        row_hi[ro + j] = unb_hi
-    for q in range(unb_rows.shape[0]):
-        r[e] = ro + unb_rows[q]
-        c[e] = unb_cells[q]
-        v[e] = unb_vals[q]
-        e += 1
+    row_hi[ro:ro + n_unb] = unb_hi
+    e = _emit(r, c, v, e, ro, unb_rows, unb_cells, unb_vals)
     ro += n_unb
     # On/off: current <= upper * on, then current >= min * on.
-    for j in range(B):
-        row_hi[ro + j] = 0.0
-    for j in range(B):
-        r[e] = ro + j
-        c[e] = bcell[j]
-        v[e] = 1.0
-        e += 1
-    for j in range(B):
-        r[e] = ro + j
-        c[e] = on0 + j
-        v[e] = -ub[bcell[j]]
-        e += 1
+    rb = np.arange(B)
+    row_hi[ro:ro + B] = 0.0
+    e = _emit(r, c, v, e, ro, rb, bcell, np.ones(B))
+    e = _emit(r, c, v, e, ro, rb, on0 + rb, -ub[bcell])
     ro += B
-    for j in range(B):
-        row_lo[ro + j] = 0.0
-    for j in range(B):
-        r[e] = ro + j
-        c[e] = bcell[j]
-        v[e] = 1.0
-        e += 1
-    for j in range(B):
-        r[e] = ro + j
-        c[e] = on0 + j
-        v[e] = -lo_cell[bcell[j]]
-        e += 1
+    row_lo[ro:ro + B] = 0.0
+    e = _emit(r, c, v, e, ro, rb, bcell, np.ones(B))
+    e = _emit(r, c, v, e, ro, rb, on0 + rb, -lo_cell[bcell])
     ro += B
     # Max-min fair: shortfall_i / need_i <= worst fraction.
     if use_fair:
-        j = 0
-        for i in range(n):
-            if need[i] > 1e-9:
-                row_hi[ro + j] = 0.0
-                r[e] = ro + j
-                c[e] = sh0 + i
-                v[e] = 1.0 / need[i]
-                e += 1
-                j += 1
-        for j in range(n_fair):
-            r[e] = ro + j
-            c[e] = wf
-            v[e] = -1.0
-            e += 1
+        has = np.nonzero(need > 1e-9)[0]
+        rf = np.arange(n_fair)
+        row_hi[ro:ro + n_fair] = 0.0
+        e = _emit(r, c, v, e, ro, rf, sh0 + has, 1.0 / need[has])
+        e = _emit(r, c, v, e, ro, rf, np.full(n_fair, wf), -np.ones(n_fair))
         ro += n_fair
     # Peak: charging power + other load <= peak in every slot.
     if use_peak:
-        for t in range(T):
-            row_hi[ro + t] = -base_kw[t]
-        for k in range(K):
-            r[e] = ro + slot[k]
-            c[e] = k
-            v[e] = kw_cell[k]
-            e += 1
-        for t in range(T):
-            r[e] = ro + t
-            c[e] = pk
-            v[e] = -1.0
-            e += 1
+        row_hi[ro:ro + T] = -base_kw
+        e = _emit(r, c, v, e, ro, slot, cells, kw_cell)
+        e = _emit(r, c, v, e, ro, np.arange(T), np.full(T, pk), -np.ones(T))
         ro += T
     # Setpoint changes: current[k] - current[k-1] - up + down = 0 (or = the setpoint now).
-    for j in range(P):
-        row_lo[ro + j] = rhs[j]
-        row_hi[ro + j] = rhs[j]
-    for j in range(P):
-        r[e] = ro + j
-        c[e] = pair[j]
-        v[e] = 1.0
-        e += 1
-    for j in range(P):
-        if has_prev[j]:
-            r[e] = ro + j
-            c[e] = pair[j] - 1
-            v[e] = -1.0
-            e += 1
-    for j in range(P):
-        r[e] = ro + j
-        c[e] = up0 + j
-        v[e] = -1.0
-        e += 1
-    for j in range(P):
-        r[e] = ro + j
-        c[e] = dn0 + j
-        v[e] = 1.0
-        e += 1
+    rp = np.arange(P)
+    row_lo[ro:ro + P] = rhs
+    row_hi[ro:ro + P] = rhs
+    prev = np.nonzero(has_prev)[0]
+    e = _emit(r, c, v, e, ro, rp, pair, np.ones(P))
+    e = _emit(r, c, v, e, ro, prev, pair[prev] - 1, -np.ones(len(prev)))
+    e = _emit(r, c, v, e, ro, rp, up0 + rp, -np.ones(P))
+    e = _emit(r, c, v, e, ro, rp, dn0 + rp, np.ones(P))
     a_start, a_index, a_value = coo_to_csc(r, c, v, n_col)
     return cost, col_lo, col_hi, integ, row_lo, row_hi, a_start, a_index, a_value
 
