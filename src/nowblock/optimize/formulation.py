@@ -220,7 +220,7 @@ class Formulation:
         """Length of every slot [h], shape (T,)."""
         if np.ndim(self.dt_h) == 0:
             return np.full(self.n_slots, float(self.dt_h))
-        return np.array(self.dt_h, dtype=float).reshape(self.n_slots)
+        return np.broadcast_to(np.asarray(self.dt_h, dtype=float), (self.n_slots,)).copy()
 
     @cached_property
     def energy_per_a_kwh(self) -> np.ndarray:
@@ -609,7 +609,7 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
     site = snapshot.site
     ticks_ns, dt_h = _slot_ticks(snapshot.time, horizon, step,
                                  first=snapshot.step if first_slot_is_control_step else None)
-    times = SlotTicks(ticks_ns, snapshot.time.unit)
+    times = SlotTicks(ticks_ns, pd.Timestamp(snapshot.time).unit)
     cp = snapshot.values("cp_index").astype(np.int64)
     max_a = snapshot.values("max_current_a")
     phases = snapshot.values("phases")

@@ -108,7 +108,7 @@ class MilpPolicy:
         """Compile the planning step's numba kernels now; returns the seconds it took.
 
         The first step on a machine compiles them (~10 s on this 2-core box, measured), later
-        processes load them from numba's on-disk cache (~0.4 s). A live controller calls this
+        processes load them from numba's on-disk cache (~0.5 s). A live controller calls this
         before it serves, so no charger waits on a compiler. Plans a small made-up block twice
         (LP-certified, then the MILP stage from a previous plan, at 1 A and 0.1 A steps);
         no policy's state is touched. Later calls in the same process return 0 at once.
