@@ -390,9 +390,8 @@ def _build_matrix(f: Formulation, binary: np.ndarray) -> MatrixForm:
     cell_start = np.cumsum(cell_count) - cell_count
     pr, pc = np.nonzero(A)
     room = f.headroom_a.reshape(-1)
-    keep_key, fuse_rows, fuse_cells, fuse_vals = limit_row_entries(pr, pc, A[pr, pc], cell_start, cell_count, slot,
-                                                                   ub, room, T, 1e-9, False)
-    fuse_label = np.stack([keep_key // T, keep_key % T], axis=1)
+    keep_key, fuse_label, fuse_rows, fuse_cells, fuse_vals = limit_row_entries(
+        pr, pc, A[pr, pc], cell_start, cell_count, slot, ub, room, T, 1e-9, False)
 
     # Unbalance at the root: charging current on phase p minus phase q, for p != q.
     u = f.site.max_unbalance_a
@@ -405,8 +404,8 @@ def _build_matrix(f: Formulation, binary: np.ndarray) -> MatrixForm:
         pq = np.array([(p, q) for p in range(3) for q in range(3) if p != q])
         d = A[pq[:, 0]] - A[pq[:, 1]]  # (6, n)
         dr, dc = np.nonzero(d)
-        keep, unb_rows, unb_cells, unb_vals = limit_row_entries(dr, dc, d[dr, dc], cell_start, cell_count, slot, ub,
-                                                                np.full(6 * T, float(u)), T, 1e-9, True)
+        keep, _, unb_rows, unb_cells, unb_vals = limit_row_entries(dr, dc, d[dr, dc], cell_start, cell_count, slot, ub,
+                                                                   np.full(6 * T, float(u)), T, 1e-9, True)
         n_unb = len(keep)
         unb_label = np.stack([pq[keep // T, 0], pq[keep // T, 1], keep % T], axis=1)
 
@@ -633,7 +632,7 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
     # - a remainder smaller than one slot at the minimum current is planned as that slot: valued
     #   at its true size it never beat the slot's price and slipped past departure.
     cells = None
-    plugged, upper, ratio, urgency, need, cell_car, cell_slot = snapshot_plan_arrays(
+    plugged, upper, ratio, urgency, need, energy, cell_car, cell_slot = snapshot_plan_arrays(
         snapshot.hours_to_departure_h, max_a, site.cp_max_current_a[cp], snapshot.values("min_current_a"), phases,
         meas, offered, snapshot.remaining_kwh, dt_h, snapshot.dt_h, float(opts.urgency_h),
         float(opts.departure_margin_h), float(site.voltage_v), use_ratio)
@@ -659,8 +658,12 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
         prev_current_a=offered, options=opts, draw_ratio=ratio, shortfall_weight=urgency,
         incidence_a=snapshot.incidence(),
     )
+    # The cached properties' slots, from the kernel's own pass (the same numbers).
+    form.__dict__["energy_per_a_kwh"] = energy
     if cells is not None:
-        form.__dict__["cells"] = cells  # the cached_property's slot
+        form.__dict__["cells"] = cells
+        form.__dict__["cell_upper_a"] = upper[cells]
+        form.__dict__["cell_energy_per_a_kwh"] = energy[cells]
     return form
 
 

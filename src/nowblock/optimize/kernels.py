@@ -231,8 +231,8 @@ def limit_row_entries(pr, pc, coef, cell_start, cell_count, slot, ub, room, n_sl
     exceed its room ``room`` [A] (flat row * T + slot); with ``positive_only`` only positive
     coefficients count towards that worst case.
 
-    Returns (kept keys in increasing order, and per entry in (pair, cell) order: new row number,
-    cell, coefficient).
+    Returns the kept keys in increasing order, each as (row, slot), and per entry in (pair, cell)
+    order: new row number, cell, coefficient.
     """
     n_keys = room.shape[0]
     load_max = np.zeros(n_keys)
@@ -252,9 +252,12 @@ def limit_row_entries(pr, pc, coef, cell_start, cell_count, slot, ub, room, n_sl
             remap[key] = n_keep
             n_keep += 1
     keep_key = np.empty(n_keep, dtype=np.int64)
+    label = np.empty((n_keep, 2), dtype=np.int64)
     for key in range(n_keys):
         if remap[key] >= 0:
             keep_key[remap[key]] = key
+            label[remap[key], 0] = key // n_slots
+            label[remap[key], 1] = key % n_slots
     rows = np.empty(n_entries, dtype=np.int64)
     cells = np.empty(n_entries, dtype=np.int64)
     vals = np.empty(n_entries)
@@ -268,7 +271,7 @@ def limit_row_entries(pr, pc, coef, cell_start, cell_count, slot, ub, room, n_sl
                 cells[m] = k
                 vals[m] = coef[p]
                 m += 1
-    return keep_key, rows[:m], cells[:m], vals[:m]
+    return keep_key, label, rows[:m], cells[:m], vals[:m]
 
 
 @njit(cache=True)
@@ -308,7 +311,8 @@ def snapshot_plan_arrays(left_h, max_a, cp_max_a, min_a, phases, meas_a, offered
     [h], the control step ``control_h`` [h]. Returns the plugged-in fraction (n, T), the
     upper bound (n, T) [A] before time-window caps, the draw ratio, the shortfall weight, the
     energy still wanted [kWh] (NaN stays NaN: the caller fills it with what the car can take),
-    and the (car, slot) of every cell a car can charge in (``Formulation.cells`` without caps).
+    the energy per ampere offered (n, T) [kWh/A] and the (car, slot) of every cell a car can
+    charge in (``Formulation.cells`` without caps).
     """
     n = left_h.shape[0]
     T = dt_h.shape[0]
@@ -346,9 +350,13 @@ def snapshot_plan_arrays(left_h, max_a, cp_max_a, min_a, phases, meas_a, offered
         one_slot_kwh = min_a[i] * phases[i] * voltage_v / 1000.0 * dt_h[0] * ratio[i]
         e = remaining_kwh[i]
         need[i] = one_slot_kwh if (e > 1e-3 and e < one_slot_kwh) else e
+    # Energy per ampere offered, as Formulation.energy_per_a_kwh computes it (same operations).
+    energy = np.empty((n, T))
     n_cells = 0
     for i in range(n):
+        kw_ratio = phases[i] * voltage_v / 1000.0 * ratio[i]
         for t in range(T):
+            energy[i, t] = kw_ratio * dt_h[t] * plugged[i, t]
             u = upper[i, t]
             if plugged[i, t] > 0 and u > 0 and u >= min_a[i] - 1e-9:
                 n_cells += 1
@@ -362,7 +370,7 @@ def snapshot_plan_arrays(left_h, max_a, cp_max_a, min_a, phases, meas_a, offered
                 cell_car[k] = i
                 cell_slot[k] = t
                 k += 1
-    return plugged, upper, ratio, urgency, need, cell_car, cell_slot
+    return plugged, upper, ratio, urgency, need, energy, cell_car, cell_slot
 
 
 @njit(cache=True)
