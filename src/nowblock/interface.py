@@ -39,6 +39,9 @@ CAR_COLUMNS = {
 }
 
 
+_NAT_NS = np.iinfo(np.int64).min  # how pandas stores NaT as int64
+
+
 @dataclass(frozen=True)
 class BlockSnapshot:
     """What a policy may know about the block at ``time``.
@@ -116,7 +119,7 @@ class BlockSnapshot:
             pre = self.car_arrays.get(column) if self.car_arrays else None
             if pre is not None:  # int64 nanoseconds since the epoch (UTC); NaT is int64's minimum
                 ns = np.asarray(pre, dtype=np.int64)
-                na = ns == np.iinfo(np.int64).min
+                na = ns == _NAT_NS
                 na = na if na.any() else None
             else:
                 arr = self.cars[column].array
@@ -124,7 +127,7 @@ class BlockSnapshot:
                     arr = pd.DatetimeIndex(arr).array
                 arr = arr.as_unit("ns")
                 ns, na = arr.asi8, arr.isna()
-            h = (ns - pd.Timestamp(self.time).as_unit("ns").value) / 3.6e12
+            h = (ns - pd.Timestamp(self.time).value) / 3.6e12  # .value: ns whatever the unit
             if na is not None:
                 h[na] = missing
             h.flags.writeable = False

@@ -499,15 +499,15 @@ def _on_slots(series: pd.Series | None, ticks_ns: np.ndarray, slot_h: np.ndarray
     slot_ns = np.asarray(slot_h, dtype=float) * 3.6e12
     # Sample on a fine grid inside each slot so a series finer than the slot is averaged (a
     # kernel: the pandas reindex/union this replaced cost ~10 ms a call, numpy ~50 us).
-    vals = sample_steps(t_ns, v, ticks_ns, slot_ns, 15, True)
+    vals, top = sample_steps(t_ns, v, ticks_ns, slot_ns, 15, True)
     if len(vals) == 0:  # NaN, or unsorted or duplicated times: fill, keep the last of each time
         if np.isnan(v).any():
             v = pd.Series(v).ffill().bfill().to_numpy(float)
         order = np.argsort(t_ns, kind="stable")
         t_ns, v = t_ns[order], v[order]
         last = np.r_[t_ns[1:] != t_ns[:-1], True]
-        vals = sample_steps(t_ns[last], v[last], ticks_ns, slot_ns, 15, False)
-    return vals.max(axis=1) if how == "max" else vals.mean(axis=1)
+        vals, top = sample_steps(t_ns[last], v[last], ticks_ns, slot_ns, 15, False)
+    return top if how == "max" else vals.mean(axis=1)
 
 
 def _nan_to(a: np.ndarray, value: float) -> np.ndarray:

@@ -377,7 +377,8 @@ def snapshot_plan_arrays(left_h, max_a, cp_max_a, min_a, phases, meas_a, offered
 def sample_steps(t_ns, v, ticks_ns, slot_ns, n_sub, check):
     """Values (T, n_sub) of a step-wise series (sorted times ``t_ns`` [ns], values ``v``; the
     last value carried forward, the first one before it) at ``n_sub`` evenly spaced instants
-    in each slot starting at ``ticks_ns`` [ns] and ``slot_ns`` [ns] long.
+    in each slot starting at ``ticks_ns`` [ns] and ``slot_ns`` [ns] long, and each slot's
+    largest sample.
 
     With ``check``, returns an empty (0, n_sub) array when the series has a NaN or its times
     are not strictly increasing: the caller cleans it and asks again.
@@ -385,9 +386,10 @@ def sample_steps(t_ns, v, ticks_ns, slot_ns, n_sub, check):
     last = t_ns.shape[0] - 1
     for q in range(last + 1):
         if check and (v[q] != v[q] or (q > 0 and t_ns[q] <= t_ns[q - 1])):
-            return np.empty((0, n_sub))
+            return np.empty((0, n_sub)), np.empty(0)
     T = ticks_ns.shape[0]
     out = np.empty((T, n_sub))
+    top = np.full(T, -np.inf)
     pos = -1  # the last knot at or before the instant: walked forward while instants increase
     prev_at = ticks_ns[0] if T else 0
     for t in range(T):
@@ -398,8 +400,11 @@ def sample_steps(t_ns, v, ticks_ns, slot_ns, n_sub, check):
             while pos < last and t_ns[pos + 1] <= at:
                 pos += 1
             prev_at = at
-            out[t, j] = v[max(pos, 0)]
-    return out
+            val = v[max(pos, 0)]
+            out[t, j] = val
+            if val > top[t] or val != val:  # NaN wins, as in numpy's max
+                top[t] = val
+    return out, top
 
 
 @njit(cache=True)
