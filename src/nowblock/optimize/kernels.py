@@ -437,13 +437,19 @@ def change_pairs(car, slot, prev_cell_a, n_change):
 
 
 @njit(cache=True)
+def _put(r, c, v, e, row, col, val):
+    """Write one COO entry at position ``e``; returns the next position."""
+    r[e] = row
+    c[e] = col
+    v[e] = val
+    return e + 1
+
+
+@njit(cache=True)
 def _emit(r, c, v, e, row0, rows, cols, vals):
     """Write COO entries (``row0 + rows``, ``cols``, ``vals``) from position ``e``; returns the next."""
     for q in range(rows.shape[0]):
-        r[e] = row0 + rows[q]
-        c[e] = cols[q]
-        v[e] = vals[q]
-        e += 1
+        e = _put(r, c, v, e, row0 + rows[q], cols[q], vals[q])
     return e
 
 
@@ -513,51 +519,68 @@ def standard_form(car, slot, ub, kwh, lo_cell, kw_cell, bcell, need, energy_hi, 
     v = np.empty(n_nz)
     e = 0
     # Energy: need <= delivered + shortfall <= need + overshoot.
-    row_lo[:n] = need
-    row_hi[:n] = energy_hi
-    cells = np.arange(K)
-    e = _emit(r, c, v, e, 0, car, cells, kwh)
-    e = _emit(r, c, v, e, 0, np.arange(n), sh0 + np.arange(n), np.ones(n))
+    for i in range(n):
+        row_lo[i] = need[i]
+        row_hi[i] = energy_hi[i]
+    for k in range(K):
+        e = _put(r, c, v, e, car[k], k, kwh[k])
+    for i in range(n):
+        e = _put(r, c, v, e, i, sh0 + i, 1.0)
     ro = n
-    row_hi[ro:ro + n_fuse] = fuse_hi
+    for j in range(n_fuse):
+        row_hi[ro + j] = fuse_hi[j]
     e = _emit(r, c, v, e, ro, fuse_rows, fuse_cells, fuse_vals)
     ro += n_fuse
-    row_hi[ro:ro + n_unb] = unb_hi
+    for j in range(n_unb):
+        row_hi[ro + j] = unb_hi
     e = _emit(r, c, v, e, ro, unb_rows, unb_cells, unb_vals)
     ro += n_unb
-    # On/off: current <= upper * on, then current >= min * on.
-    rb = np.arange(B)
-    row_hi[ro:ro + B] = 0.0
-    e = _emit(r, c, v, e, ro, rb, bcell, np.ones(B))
-    e = _emit(r, c, v, e, ro, rb, on0 + rb, -ub[bcell])
-    ro += B
-    row_lo[ro:ro + B] = 0.0
-    e = _emit(r, c, v, e, ro, rb, bcell, np.ones(B))
-    e = _emit(r, c, v, e, ro, rb, on0 + rb, -lo_cell[bcell])
-    ro += B
+    # On/off: current <= upper * on (side 0), then current >= min * on (side 1).
+    for side in range(2):
+        coef = ub if side == 0 else lo_cell
+        for j in range(B):
+            if side == 0:
+                row_hi[ro + j] = 0.0
+            else:
+                row_lo[ro + j] = 0.0
+        for j in range(B):
+            e = _put(r, c, v, e, ro + j, bcell[j], 1.0)
+        for j in range(B):
+            e = _put(r, c, v, e, ro + j, on0 + j, -coef[bcell[j]])
+        ro += B
     # Max-min fair: shortfall_i / need_i <= worst fraction.
     if use_fair:
-        has = np.nonzero(need > 1e-9)[0]
-        rf = np.arange(n_fair)
-        row_hi[ro:ro + n_fair] = 0.0
-        e = _emit(r, c, v, e, ro, rf, sh0 + has, 1.0 / need[has])
-        e = _emit(r, c, v, e, ro, rf, np.full(n_fair, wf), -np.ones(n_fair))
+        j = 0
+        for i in range(n):
+            if need[i] > 1e-9:
+                row_hi[ro + j] = 0.0
+                e = _put(r, c, v, e, ro + j, sh0 + i, 1.0 / need[i])
+                j += 1
+        for j in range(n_fair):
+            e = _put(r, c, v, e, ro + j, wf, -1.0)
         ro += n_fair
     # Peak: charging power + other load <= peak in every slot.
     if use_peak:
-        row_hi[ro:ro + T] = -base_kw
-        e = _emit(r, c, v, e, ro, slot, cells, kw_cell)
-        e = _emit(r, c, v, e, ro, np.arange(T), np.full(T, pk), -np.ones(T))
+        for t in range(T):
+            row_hi[ro + t] = -base_kw[t]
+        for k in range(K):
+            e = _put(r, c, v, e, ro + slot[k], k, kw_cell[k])
+        for t in range(T):
+            e = _put(r, c, v, e, ro + t, pk, -1.0)
         ro += T
     # Setpoint changes: current[k] - current[k-1] - up + down = 0 (or = the setpoint now).
-    rp = np.arange(P)
-    row_lo[ro:ro + P] = rhs
-    row_hi[ro:ro + P] = rhs
-    prev = np.nonzero(has_prev)[0]
-    e = _emit(r, c, v, e, ro, rp, pair, np.ones(P))
-    e = _emit(r, c, v, e, ro, prev, pair[prev] - 1, -np.ones(len(prev)))
-    e = _emit(r, c, v, e, ro, rp, up0 + rp, -np.ones(P))
-    e = _emit(r, c, v, e, ro, rp, dn0 + rp, np.ones(P))
+    for j in range(P):
+        row_lo[ro + j] = rhs[j]
+        row_hi[ro + j] = rhs[j]
+    for j in range(P):
+        e = _put(r, c, v, e, ro + j, pair[j], 1.0)
+    for j in range(P):
+        if has_prev[j]:
+            e = _put(r, c, v, e, ro + j, pair[j] - 1, -1.0)
+    for j in range(P):
+        e = _put(r, c, v, e, ro + j, up0 + j, -1.0)
+    for j in range(P):
+        e = _put(r, c, v, e, ro + j, dn0 + j, 1.0)
     a_start, a_index, a_value = coo_to_csc(r, c, v, n_col)
     return cost, col_lo, col_hi, integ, row_lo, row_hi, a_start, a_index, a_value
 
