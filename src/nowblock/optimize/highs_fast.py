@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
@@ -208,48 +207,17 @@ def _new_highs():
     return h
 
 
-_THREAD = threading.local()
-_OPTIONS: dict[tuple, object] = {}
-
-
-def _solver(opts: dict, time_limit_s: float):
-    """This thread's HiGHS object, emptied and set to exactly ``opts`` and ``time_limit_s`` [s].
-
-    One object per thread, reused: creating and freeing one cost ~0.1-0.3 ms a step (measured,
-    docs/bench_optimize.md). ``clearModel`` drops the model and every bit of solver state (basis,
-    solution, a start from ``setSolution``); ``passOptions`` then sets every option from a
-    complete options object (HiGHS's defaults plus ``opts``), so nothing a previous solve set
-    survives. ``tests/test_optimize.py`` solves different models in a row on one object and
-    compares each with a fresh object.
-    """
-    h = getattr(_THREAD, "highs", None)
-    if h is None:
-        h = _THREAD.highs = _new_highs()
-    else:
-        h.clearModel()
-    h.passOptions(_options_object(opts))
-    _set_options(h, {"time_limit": time_limit_s})
-    return h
-
-
-def _options_object(opts: dict):
-    """A complete ``HighsOptions``: HiGHS's defaults with ``opts`` set (each checked), cached."""
-    key = tuple(sorted((k, repr(v)) for k, v in opts.items()))
-    o = _OPTIONS.get(key)
-    if o is None:
-        scratch = _new_highs()
-        _set_options(scratch, opts)
-        if len(_OPTIONS) > 64:  # a few option sets per process in practice; never grow unbounded
-            _OPTIONS.clear()
-        o = _OPTIONS[key] = scratch.getOptions()
-    return o
-
-
 def _solve_once(form: Formulation, mf: MatrixForm, start: np.ndarray | None, time_limit_s: float) -> SolveResult:
     import highspy
 
     t0 = time.perf_counter()
-    h = _solver(highs_options(form), float(max(time_limit_s, 1e-3)))
+    # A fresh object per solve: HiGHS's time limit counts the object's run clock since it was
+    # made, and no clear* call resets it (measured: a reused object's fourth 9 ms solve under a
+    # 20 ms limit stopped at once), so a reused one would run out of time after enough solves.
+    h = _new_highs()
+    opts = highs_options(form)
+    opts["time_limit"] = float(max(time_limit_s, 1e-3))
+    _set_options(h, opts)
     st = h.passModel(mf.num_col, mf.num_row, mf.num_nz, int(highspy.MatrixFormat.kColwise),
                      int(highspy.ObjSense.kMinimize), 0.0, mf.cost, mf.col_lo, mf.col_hi, mf.row_lo,
                      mf.row_hi, mf.a_start, mf.a_index, mf.a_value, mf.integrality)
@@ -259,9 +227,8 @@ def _solve_once(form: Formulation, mf: MatrixForm, start: np.ndarray | None, tim
     if start is not None and is_mip:
         h.setSolution(mf.num_col, np.arange(mf.num_col, dtype=np.int32), np.asarray(start, dtype=float))
     build_s = time.perf_counter() - t0 + mf.build_seconds
-    clock0 = h.getRunTime()  # the object's run clock counts on across solves
     run_status = h.run()
-    solve_s = h.getRunTime() - clock0
+    solve_s = h.getRunTime()
     model_status = h.getModelStatus()
     info = h.getInfo()
     has_sol = info.primal_solution_status == 2  # kSolutionStatusFeasible
