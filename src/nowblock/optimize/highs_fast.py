@@ -147,11 +147,11 @@ def repair_stray(form: Formulation, x: np.ndarray) -> np.ndarray:
     Zeroing a stray can overload a row where it had a negative coefficient (an unbalance row)
     when raising it back does not fit: callers check the result (:func:`is_feasible`)."""
     from nowblock.optimize.kernels import repair_stray_cells
-    from nowblock.optimize.schedule import limit_rows
+    from nowblock.optimize.schedule import _limit_gh
 
     car, slot = form.cells
     x = np.minimum(np.maximum(np.asarray(x, dtype=float), 0.0), form.cell_upper_a)
-    g, h, _ = limit_rows(form)
+    g, h = _limit_gh(form)
     repair_stray_cells(x, form.min_current_a[car], form.binary_candidates, car, slot, g, h, _TOL_A)
     return x
 

@@ -139,25 +139,30 @@ def limit_rows(form: Formulation) -> tuple[np.ndarray, np.ndarray, list[tuple[st
     root's pairwise unbalance limit. Labels are (kind, fuse id, phase). Computed once per
     formulation (repair, rounding and the binding report all need them).
     """
-    cached = form.__dict__.get("_limit_rows")
-    if cached is None:
-        cached = form.__dict__["_limit_rows"] = _limit_rows(form)
-    g, h, labels = cached
+    g, h = _limit_gh(form)
+    labels = form.__dict__.get("_limit_labels")
+    if labels is None:  # only the binding report reads them
+        site = form.site
+        labels = [("fuse", site.fuse_ids[r // 3], PHASES[r % 3]) for r in range(form.incidence.shape[0])]
+        if len(g) > len(labels):
+            labels += [("unbalance", site.fuse_ids[0], f"{PHASES[p]}-{PHASES[q]}") for p, q in _PQ]
+        form.__dict__["_limit_labels"] = labels
     return g, h, list(labels)
 
 
-def _limit_rows(form: Formulation):
-    site = form.site
-    g = form.incidence
-    h = form.headroom_a
-    labels = [("fuse", site.fuse_ids[r // 3], PHASES[r % 3]) for r in range(g.shape[0])]
-    u = site.max_unbalance_a
-    if u is not None and form.n_cars:
-        pq = [(p, q) for p in range(3) for q in range(3) if p != q]
-        g = np.vstack([g, np.array([g[p] - g[q] for p, q in pq])])
-        h = np.vstack([h, np.full((len(pq), form.n_slots), float(u))])
-        labels += [("unbalance", site.fuse_ids[0], f"{PHASES[p]}-{PHASES[q]}") for p, q in pq]
-    return g, h, labels
+_PQ = [(p, q) for p in range(3) for q in range(3) if p != q]  # ordered phase pairs of the unbalance rows
+
+
+def _limit_gh(form: Formulation) -> tuple[np.ndarray, np.ndarray]:
+    """G and H of :func:`limit_rows`, cached on the formulation."""
+    cached = form.__dict__.get("_limit_rows")
+    if cached is None:
+        g, h = form.incidence, form.headroom_a
+        if form.site.max_unbalance_a is not None and form.n_cars:
+            g = np.vstack([g, np.array([g[p] - g[q] for p, q in _PQ])])
+            h = np.vstack([h, np.full((len(_PQ), form.n_slots), float(form.site.max_unbalance_a))])
+        cached = form.__dict__["_limit_rows"] = (g, h)
+    return cached
 
 
 def round_to_steps(form: Formulation, raw_a: np.ndarray) -> tuple[np.ndarray, int]:
@@ -174,7 +179,7 @@ def _round(form: Formulation, raw_a: np.ndarray) -> tuple[np.ndarray, int, np.nd
     re-check had to repair (None otherwise: the binding report computes it if it is read)."""
     from nowblock.optimize.kernels import round_plan
 
-    g, h, _ = limit_rows(form)
+    g, h = _limit_gh(form)
     # Top up: give one more step back to cars that lost the most, as long as every row has room.
     # Only in the slots with binaries (what a receding-horizon loop applies); later slots are
     # an LP-relaxed plan (measured). Then every row of every slot is re-checked.
