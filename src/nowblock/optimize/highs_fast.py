@@ -43,7 +43,10 @@ class SolveResult:
 
     ``values`` holds every column (None without a solution); ``objective`` and ``bound`` [EUR]
     are the incumbent and the best proven bound; ``solve_seconds`` is the solver's own run time
-    and ``build_seconds`` the time spent building the matrix and passing it.
+    and ``build_seconds`` the time spent building the matrix and passing it;
+    ``run_call_seconds`` is the wall time of HiGHS's ``run()`` calls (its own clock misses a
+    part of each call: model checks before, solution bookkeeping after, ~0.1 ms plus ~0.07 ms
+    per 1,000 columns, measured).
     """
 
     status: str
@@ -56,6 +59,7 @@ class SolveResult:
     build_seconds: float
     matrix: MatrixForm
     backend: str = "highs"
+    run_call_seconds: float = 0.0
 
 
 def highs_options(form: Formulation) -> dict:
@@ -123,7 +127,8 @@ def solve_highs(form: Formulation, *, relax: bool = False, warm_start_a=None) ->
                 return SolveResult(status="optimal", solver_status=f"LP bound certifies the repaired LP point ({lp.solver_status})",
                                    values=v, objective=obj, bound=lp.objective, mip_gap=max(gap, 0.0),
                                    solve_seconds=lp.solve_seconds,
-                                   build_seconds=time.perf_counter() - t0 - lp.solve_seconds, matrix=lp.matrix)
+                                   build_seconds=time.perf_counter() - t0 - lp.solve_seconds, matrix=lp.matrix,
+                                   run_call_seconds=lp.run_call_seconds)
     mf = form.matrix()
     if callable(warm_start_a):
         warm_start_a = warm_start_a()
@@ -137,7 +142,8 @@ def solve_highs(form: Formulation, *, relax: bool = False, warm_start_a=None) ->
     bound = max(res.bound, lp.objective) if np.isfinite(lp.objective) else res.bound
     gap = (res.objective - bound) / max(abs(res.objective), 1e-9) if res.values is not None else float("inf")
     return dataclasses.replace(res, bound=bound, mip_gap=max(gap, 0.0), solve_seconds=res.solve_seconds + lp.solve_seconds,
-                               build_seconds=time.perf_counter() - t0 - res.solve_seconds - lp.solve_seconds)
+                               build_seconds=time.perf_counter() - t0 - res.solve_seconds - lp.solve_seconds,
+                               run_call_seconds=res.run_call_seconds + lp.run_call_seconds)
 
 
 def repair_stray(form: Formulation, x: np.ndarray) -> np.ndarray:
@@ -227,7 +233,9 @@ def _solve_once(form: Formulation, mf: MatrixForm, start: np.ndarray | None, tim
     if start is not None and is_mip:
         h.setSolution(mf.num_col, np.arange(mf.num_col, dtype=np.int32), np.asarray(start, dtype=float))
     build_s = time.perf_counter() - t0 + mf.build_seconds
+    t_run = time.perf_counter()
     run_status = h.run()
+    run_call_s = time.perf_counter() - t_run
     solve_s = h.getRunTime()
     model_status = h.getModelStatus()
     info = h.getInfo()
@@ -245,4 +253,4 @@ def _solve_once(form: Formulation, mf: MatrixForm, start: np.ndarray | None, tim
         bound, gap = obj, 0.0
     return SolveResult(status=status, solver_status=h.modelStatusToString(model_status), values=values,
                        objective=obj, bound=bound, mip_gap=gap, solve_seconds=float(solve_s), build_seconds=build_s,
-                       matrix=mf)
+                       matrix=mf, run_call_seconds=run_call_s)

@@ -35,8 +35,9 @@ class Schedule:
       incumbent when the time limit hit), or ``"fallback"`` (the solver found nothing or failed;
       the schedule comes from the baseline heuristic named in ``detail``).
     - ``objective`` [EUR] of the solver's incumbent, ``bound`` [EUR] its proven lower bound,
-      ``mip_gap`` (relative), ``solve_seconds`` (inside HiGHS), ``build_seconds`` (building
-      and passing the model), ``backend`` ("highs" or "pyomo").
+      ``mip_gap`` (relative), ``solve_seconds`` (inside HiGHS, by its own clock),
+      ``build_seconds`` (building and passing the model), ``backend`` ("highs" or "pyomo");
+      on the fast path ``extra["run_call_seconds"]`` is the wall time of HiGHS's ``run()`` calls.
     - ``binding``: one row per (limit, slot) with no room for one more pilot step: columns
       ``time``, ``limit`` ("fuse" or "unbalance"), ``fuse_id``, ``phase``, ``load_a``,
       ``limit_a``, ``slack_a``; tells an operator why a car got less.
@@ -218,16 +219,17 @@ def binding_report(form: Formulation, current_a: np.ndarray, load_a: np.ndarray 
 
 
 def to_schedule(form: Formulation, current_raw_a: np.ndarray, *, status: str, objective: float, bound: float,
-                mip_gap: float, solve_seconds: float, build_seconds: float, backend: str, detail: str = "") -> Schedule:
+                mip_gap: float, solve_seconds: float, build_seconds: float, backend: str, detail: str = "",
+                extra: dict | None = None) -> Schedule:
     """Round a dense (n, T) plan [A] and wrap it with its solver report as a :class:`Schedule`
-    (its frames and binding report are built on first access)."""
+    (its frames and binding report are built on first access; ``extra`` becomes its ``extra``)."""
     x, repaired, load = _round(form, current_raw_a)
     energy = (x * form.energy_per_a_kwh).sum(axis=1)
     arrays = {"form": form, "x": x, "load": load, "energy": energy}
     return Schedule._deferred(
         _build_frame, arrays, status=status, objective=objective, bound=bound, mip_gap=mip_gap,
         solve_seconds=solve_seconds, build_seconds=build_seconds, backend=backend, detail=detail,
-        repaired_slots=repaired,
+        repaired_slots=repaired, extra=dict(extra or {}),
     )
 
 

@@ -46,7 +46,7 @@ def solve_formulation(form: Formulation, *, warm_start_a=None) -> Schedule:
         x = form.current_from_cells(res.values[res.matrix.cols["current_a"]])
         return to_schedule(form, x, status=res.status, objective=res.objective, bound=res.bound, mip_gap=res.mip_gap,
                            solve_seconds=res.solve_seconds, build_seconds=res.build_seconds, backend=backend,
-                           detail=res.solver_status)
+                           detail=res.solver_status, extra={"run_call_seconds": res.run_call_seconds})
     return fallback_schedule(form, reason=f"solver {res.status}: {res.solver_status}", solve_seconds=res.solve_seconds,
                              build_seconds=res.build_seconds, backend=backend)
 
