@@ -319,19 +319,3 @@ def test_every_solve_gets_its_own_time_limit():
     runs = [hf._solve_once(form, mf, None, limit_s) for _ in range(20)]
     assert one.status == "optimal" and all(r.status == "optimal" for r in runs)
     assert all(r.solve_seconds < limit_s for r in runs)
-
-
-def test_solver_options_reach_highs_through_the_cached_options_object():
-    from nowblock.optimize import highs_fast as hf
-
-    form = from_sessions(*_two_cars_on_a_small_fuse("weighted")[:2], start=T0, horizon="1h",
-                         options=OptimizeOptions(mip_rel_gap=0.02, solver_options={"presolve": "off"}))
-    opts = hf.highs_options(form)
-    h = hf._new_highs()
-    h.passOptions(hf._options_object(opts))
-    assert h.getOptionValue("presolve")[1] == "off" and h.getOptionValue("mip_rel_gap")[1] == 0.02
-    assert h.getOptionValue("output_flag")[1] is False
-    assert hf._options_object(dict(opts)) is hf._options_object(opts)  # cached per option set
-    h2 = hf._new_highs()
-    h2.passOptions(hf._options_object(hf.highs_options(form.with_options(solver_options={}))))
-    assert h2.getOptionValue("presolve")[1] == "choose"  # another set: HiGHS's default again

@@ -213,23 +213,6 @@ def _new_highs():
     return h
 
 
-_OPTIONS: dict[tuple, object] = {}
-
-
-def _options_object(opts: dict):
-    """A complete ``HighsOptions``: HiGHS's defaults with ``opts`` set (each one checked; a
-    refused option raises :class:`SolverOptionError`), cached per option set."""
-    key = tuple(sorted((k, repr(v)) for k, v in opts.items()))
-    o = _OPTIONS.get(key)
-    if o is None:
-        scratch = _new_highs()
-        _set_options(scratch, opts)
-        if len(_OPTIONS) > 64:  # a few option sets per process in practice; never grow unbounded
-            _OPTIONS.clear()
-        o = _OPTIONS[key] = scratch.getOptions()
-    return o
-
-
 def _solve_once(form: Formulation, mf: MatrixForm, start: np.ndarray | None, time_limit_s: float) -> SolveResult:
     import highspy
 
@@ -238,8 +221,9 @@ def _solve_once(form: Formulation, mf: MatrixForm, start: np.ndarray | None, tim
     # made, and no clear* call resets it (measured: a reused object's fourth 9 ms solve under a
     # 20 ms limit stopped at once), so a reused one would run out of time after enough solves.
     h = _new_highs()
-    h.passOptions(_options_object(highs_options(form)))  # one call instead of one per option
-    _set_options(h, {"time_limit": float(max(time_limit_s, 1e-3))})
+    opts = highs_options(form)
+    opts["time_limit"] = float(max(time_limit_s, 1e-3))
+    _set_options(h, opts)
     st = h.passModel(mf.num_col, mf.num_row, mf.num_nz, int(highspy.MatrixFormat.kColwise),
                      int(highspy.ObjSense.kMinimize), 0.0, mf.cost, mf.col_lo, mf.col_hi, mf.row_lo,
                      mf.row_hi, mf.a_start, mf.a_index, mf.a_value, mf.integrality)
