@@ -212,3 +212,16 @@ def test_policy_protocol_is_structural():
             return pd.Series(6.0, index=snapshot.cars.index)
 
     assert isinstance(Fixed(), Policy)
+
+
+def test_producer_arrays_with_nat_departure_mean_unknown():
+    # A producer's int64 arrays store NaT as int64's minimum: that is an unknown departure
+    # (inf hours), not a date 292 years back.
+    snap = _snap(_site())
+    cars = snap.cars.copy()
+    cars.loc["b", "departure"] = pd.NaT
+    arrays = {"departure": cars["departure"].array.as_unit("ns").asi8.copy()}
+    with_arrays = BlockSnapshot(T0, snap.site, snap.step, cars, snap.base_load_kw, car_arrays=arrays)
+    from_frame = BlockSnapshot(T0, snap.site, snap.step, cars, snap.base_load_kw)
+    np.testing.assert_array_equal(with_arrays.hours_to_departure_h, from_frame.hours_to_departure_h)
+    assert np.isinf(with_arrays.hours_to_departure_h[1]) and with_arrays.hours_to_departure_h[0] == 2.0
