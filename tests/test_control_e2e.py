@@ -44,13 +44,7 @@ def _site(root_a: float, n: int, *, feeder_a: float | None = None, phases=None) 
     return Site("e2e", (Fuse("grid", (root_a,) * 3), Fuse("feeder", ((feeder_a or 2 * root_a),) * 3, "grid")), cps)
 
 
-def _policy():
-    try:
-        from nowblock.optimize import MilpPolicy  # noqa: F401
-
-        return "milp"
-    except (ImportError, AttributeError):  # pragma: no cover - until the optimizer lands
-        return "edf"
+POLICY = "milp"  # the controller's default
 
 
 @contextlib.asynccontextmanager
@@ -59,7 +53,7 @@ async def block(tmp_path, site, versions, *, quirks=None, meter_s=0.3, db=None, 
     cs = CentralSystem(site, port=0, builtin_control=False, response_timeout_s=2.0, backoff_s=0.05, retries=1,
                        tx_validity_s=30, probe_rate_unit=False)
     await cs.start()
-    kw = dict(policy=_policy(), period_s=1.0, min_replan_s=0.2, settings=FAST, solve_timeout_s=2.0)
+    kw = dict(policy=POLICY, period_s=1.0, min_replan_s=0.2, settings=FAST, solve_timeout_s=2.0)
     kw.update(ctl_kw)
     ctl = attach(cs, db=str(db or tmp_path / "block.sqlite"), **kw)
     await ctl.start()
@@ -358,7 +352,7 @@ def test_demo_runs_an_accelerated_evening_and_reports(tmp_path):
     rc = main(["demo", "--hours", "2", "--speed", "1200", "--start-hour", "17", "--out", str(out)])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["control_steps"] > 0 and m["policy"] == _policy()
+    assert m["control_steps"] > 0 and m["policy"] == POLICY
     assert m["max_overload_a"] == 0.0
     assert m["sessions_left"] + m["sessions_still_plugged"] > 0
     assert (out / "demo.png").stat().st_size > 10_000
