@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from nowblock.optimize import MilpPolicy, testing
+from nowblock.milp import MilpPolicy, testing
 
 
 def main(n: int, rounds: int) -> dict:

@@ -33,7 +33,8 @@ from nowblock.control import Controller, attach_store
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.state import DispatchRecord, LiveState
 from nowblock.store import open_store
-from nowblock.synth import block_site, generate_block
+from nowblock.block.scenario import generate_block
+from nowblock.block.synth import block_site
 
 STAGES = ("snapshot", "forecast", "optimize", "dispatch", "persist")
 

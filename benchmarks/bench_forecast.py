@@ -305,7 +305,7 @@ def test_cold_start(benchmark, year_history, tmp_path):
 
 
 def _needs_eval(seed: int, train_days: int = 42, days: int = 70) -> dict:
-    from nowblock.synth import generate_block
+    from nowblock.block.scenario import generate_block
 
     scn = generate_block(days=days, seed=seed)
     s = scn.sessions

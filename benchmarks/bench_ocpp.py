@@ -48,7 +48,7 @@ def _rss_mb() -> float:
 def _server_main(n: int, port_q, pipe) -> None:
     from nowblock.ocpp.connection import CsmsConnection
     from nowblock.ocpp.server import CentralSystem
-    from nowblock.ocpp.testing import make_test_site
+    from nowblock.testing import make_test_site
 
     lat: deque[float] = deque(maxlen=1_000_000)
     gc_pauses: list[float] = []
@@ -73,9 +73,13 @@ def _server_main(n: int, port_q, pipe) -> None:
     CsmsConnection._route_call = timed
 
     async def main():
+        if SYNC_VALIDATION:  # what `nowblock serve` does at its entry point
+            import ocpp.messages
+
+            ocpp.messages.ASYNC_VALIDATION = False
         site = make_test_site(n, grid_a=32.0 * n)
-        cs = CentralSystem(site, port=0, builtin_control=False, response_timeout_s=30.0, heartbeat_s=3600,
-                           ping_interval_s=None, validate_in_thread=False if SYNC_VALIDATION else None)
+        cs = CentralSystem(site, port=0, response_timeout_s=30.0, heartbeat_s=3600,
+                           ping_interval_s=None)
         await cs.start()
         port_q.put(cs.port)
         loop = asyncio.get_running_loop()

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 import nowblock as nb
-from nowblock.optimize import OptimizeOptions, from_sessions, solve_formulation
-from nowblock.optimize.highs_fast import solve_highs
-from nowblock.optimize.testing import plugged_in_block
+from nowblock.milp import OptimizeOptions, from_sessions, solve_formulation
+from nowblock.milp.highs_fast import solve_highs
+from nowblock.milp.testing import plugged_in_block
 
 SIZES = [50, 200, 500, 1000, 2000]
 
@@ -72,7 +72,7 @@ def test_planning_step(benchmark, n):
 @pytest.mark.parametrize("n", [50, 200, 500, 1000])
 def test_planning_step_plain_milp(benchmark, n):
     """The same step solved as one MILP by HiGHS, without the LP-first certificate (for comparison)."""
-    from nowblock.optimize.highs_fast import _solve_once
+    from nowblock.milp.highs_fast import _solve_once
 
     _, make = _form(n)
     res = benchmark.pedantic(lambda: (lambda f: _solve_once(f, f.matrix(), None, 120.0))(make()), rounds=1, iterations=1)
@@ -89,7 +89,7 @@ def test_lp_relaxation(benchmark, n):
 
 @pytest.mark.parametrize("n", [50, 200, 500])
 def test_pyomo_build(benchmark, n):
-    from nowblock.optimize.pyomo_model import build_model
+    from nowblock.milp.pyomo_model import build_model
 
     _, make = _form(n)
     form = make()
@@ -100,7 +100,7 @@ def test_pyomo_build(benchmark, n):
 
 @pytest.mark.parametrize("variant", ["default", "congested", "tight", "scarce"])
 def test_quality(benchmark, variant):
-    from nowblock.optimize import solve_offline
+    from nowblock.milp import solve_offline
 
     days = 3
     scn = nb.Scenario.default(days=days)
@@ -135,9 +135,9 @@ def test_policy_step(benchmark, monkeypatch, n):
     ``MilpPolicy.schedule(snapshot)`` (snapshot adapter, matrix, HiGHS, rounding, then the
     policy's safety net, top-up and answer). ``planning_*`` in ``extra_info``: the planning step
     inside it alone (adapter, matrix, HiGHS, rounding: ``formulation`` + ``solve_formulation``)."""
-    import nowblock.optimize.policy as pol_mod
-    from nowblock.optimize import MilpPolicy
-    from nowblock.optimize.testing import plugged_in_snapshot
+    import nowblock.milp.policy as pol_mod
+    from nowblock.milp import MilpPolicy
+    from nowblock.milp.testing import plugged_in_snapshot
 
     snap0 = plugged_in_snapshot(n)
     pol = MilpPolicy(time_limit_fraction=1.0, time_limit_s=60)
@@ -191,13 +191,13 @@ def test_policy_step(benchmark, monkeypatch, n):
 def test_policy_step_breakdown(benchmark, monkeypatch, n):
     """Where a policy step's time outside HiGHS's solve goes: each part timed by wrapping it
     (``extra_info["parts_ms"]``, mean per step; the parts nest as listed in the docs)."""
-    import nowblock.optimize.formulation as form_mod
-    import nowblock.optimize.highs_fast as hf
-    import nowblock.optimize.policy as pol_mod
-    import nowblock.optimize.schedule as sched_mod
-    import nowblock.optimize.solve as solve_mod
-    from nowblock.optimize import MilpPolicy
-    from nowblock.optimize.testing import plugged_in_snapshot
+    import nowblock.milp.formulation as form_mod
+    import nowblock.milp.highs_fast as hf
+    import nowblock.milp.policy as pol_mod
+    import nowblock.milp.schedule as sched_mod
+    import nowblock.milp.solve as solve_mod
+    from nowblock.milp import MilpPolicy
+    from nowblock.milp.testing import plugged_in_snapshot
 
     spent: dict[str, float] = {}
 
@@ -274,8 +274,8 @@ def test_first_step_fresh_process(benchmark, tmp_path, cache):
     import sys
 
     code = ("import time; t0 = time.perf_counter()\n"
-            "from nowblock.optimize import MilpPolicy\n"
-            "from nowblock.optimize.testing import plugged_in_snapshot\n"
+            "from nowblock.milp import MilpPolicy\n"
+            "from nowblock.milp.testing import plugged_in_snapshot\n"
             "snap = plugged_in_snapshot(20); t1 = time.perf_counter()\n"
             "MilpPolicy().schedule(snap); t2 = time.perf_counter()\n"
             "print(t1 - t0, t2 - t1)\n")

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import pytest
 
-from nowblock.scenario import Scenario
+from nowblock.block.scenario import Scenario
 from nowblock.sim.simulator import simulate
-from nowblock.synth import generate_block
+from nowblock.block.scenario import generate_block
 
 
 @pytest.fixture(scope="module")

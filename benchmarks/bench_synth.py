@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from nowblock.scenario import Scenario
-from nowblock.synth import generate_block
+from nowblock.block.scenario import Scenario
+from nowblock.block.scenario import generate_block
 
 pytest.importorskip("pytest_benchmark")
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from nowblock.scenario import Scenario
-from nowblock.site import ChargePoint, Fuse, Site
-from nowblock.synth import day_ahead_prices, household_load_kw
+from nowblock.block.scenario import Scenario
+from nowblock.block.site import ChargePoint, Fuse, Site
+from nowblock.block.synth import day_ahead_prices, household_load_kw
 
 TZ = "Europe/Berlin"
 

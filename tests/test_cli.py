@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from nowblock.cli import main
-from nowblock.sim.cli import format_metrics
+from nowblock.cli.simulate import format_metrics
 
 CONTRACT = ["energy_requested_kwh", "energy_delivered_kwh", "demand_met", "peak_kw", "max_overload_a",
             "cost_eur", "solve_seconds_median"]

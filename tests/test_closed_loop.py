@@ -1,4 +1,4 @@
-"""Tests for nowblock.closed_loop: ceilings, stale meters, hysteresis, fail-safe shares."""
+"""Tests for nowblock.loop.closed_loop: ceilings, stale meters, hysteresis, fail-safe shares."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nowblock.closed_loop import (
+from nowblock.loop.closed_loop import (
     LoopSettings,
     apply_ceilings,
-    failsafe_current_a,
     keep_running,
     over_draw_mask,
     reserve_unobserved,
@@ -17,8 +16,8 @@ from nowblock.closed_loop import (
     stale_mask,
     update_ceilings,
 )
-from nowblock.interface import BlockSnapshot, make_safe, violation_a
-from nowblock.site import ChargePoint, Fuse, Site
+from nowblock.seam import BlockSnapshot, failsafe_current_a, make_safe, violation_a
+from nowblock.block.site import ChargePoint, Fuse, Site
 
 T0 = pd.Timestamp("2026-03-02 17:00", tz="UTC")
 

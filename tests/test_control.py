@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from nowblock.control import Controller, attach_store, restore_state
-from nowblock.interface import violation_a
+from nowblock.seam import violation_a
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.state import DispatchRecord, LiveState
-from nowblock.site import ChargePoint, Fuse, Site
+from nowblock.block.site import ChargePoint, Fuse, Site
 from nowblock.store import open_store
 
 

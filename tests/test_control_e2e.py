@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nowblock.closed_loop import LoopSettings
+from nowblock.loop.closed_loop import LoopSettings
 from nowblock.control import Controller, attach
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.server import CentralSystem
-from nowblock.ocpp.testing import eventually
+from nowblock.testing import eventually
 from nowblock.sim.chargers import Car, Quirks, SimCharger
-from nowblock.site import ChargePoint, Fuse, Site
+from nowblock.block.site import ChargePoint, Fuse, Site
 from nowblock.store import open_store
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ POLICY = "milp"  # the controller's default
 @contextlib.asynccontextmanager
 async def block(tmp_path, site, versions, *, quirks=None, meter_s=0.3, db=None, **ctl_kw):
     """A running block: central system, controller and one simulated station per charge point."""
-    cs = CentralSystem(site, port=0, builtin_control=False, response_timeout_s=2.0, backoff_s=0.05, retries=1,
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1,
                        tx_validity_s=30, probe_rate_unit=False)
     await cs.start()
     kw = dict(policy=POLICY, period_s=1.0, min_replan_s=0.2, settings=FAST, solve_timeout_s=2.0)

@@ -222,8 +222,8 @@ def test_base_load_import_stays_light():
     import sys
 
     code = ("import sys; from nowblock.forecast import SimilarDayForecaster; import nowblock as nb; "
-            "heavy = [m for m in ('nowblock.site', 'nowblock.sim', 'nowblock.forecast.needs', "
+            "heavy = [m for m in ('nowblock.block.site', 'nowblock.sim', 'nowblock.forecast.needs', "
             "'nowblock.forecast.arrivals', 'holidays.countries', 'pyomo') if m in sys.modules]; "
-            "print(heavy); assert nb.Site.__name__ == 'Site' and 'nowblock.site' in sys.modules")
+            "print(heavy); assert nb.Site.__name__ == 'Site' and 'nowblock.block.site' in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

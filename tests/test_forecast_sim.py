@@ -6,7 +6,7 @@ import pytest
 
 import nowblock as nb
 from nowblock.forecast import BaseLoadForecaster, SessionNeedsForecaster
-from nowblock.synth import generate_block
+from nowblock.block.scenario import generate_block
 
 pytest.importorskip("highspy")
 
@@ -20,7 +20,7 @@ def block():
 
 
 def _run(scn, t0, **kw):
-    from nowblock.optimize import MilpPolicy
+    from nowblock.milp import MilpPolicy
 
     # 30-min slots over 12 h keep the test short; get_policy("milp") is the same class
     return nb.simulate(scn, MilpPolicy(horizon="12h", step="30min"), start=t0, step="30min", horizon="12h", **kw)

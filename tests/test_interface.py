@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nowblock.interface import (
+from nowblock.seam import (
     CAR_COLUMNS,
     BlockSnapshot,
     Policy,
@@ -18,7 +18,7 @@ from nowblock.interface import (
     root_index,
     violation_a,
 )
-from nowblock.site import ChargePoint, Fuse, Site
+from nowblock.block.site import ChargePoint, Fuse, Site
 
 T0 = pd.Timestamp("2026-03-02 18:00", tz="UTC")
 

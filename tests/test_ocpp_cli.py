@@ -9,7 +9,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from nowblock.ocpp import profiles as pr
-from nowblock.ocpp.testing import eventually, make_test_site
+from nowblock.testing import eventually, make_test_site
 from nowblock.sim.chargers import Car, SimCharger
 
 

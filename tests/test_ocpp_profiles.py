@@ -9,7 +9,7 @@ from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.auth import hash_password, verify_password
 from nowblock.ocpp.meter import parse_meter_values
 from nowblock.ocpp.server import identity_from_path
-from nowblock.ocpp.testing import make_test_site
+from nowblock.testing import make_test_site
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc)
 
@@ -107,8 +107,8 @@ def test_failsafe_share_keeps_every_fuse_safe():
 
 
 def test_failsafe_share_is_the_controllers_rule_in_0_1_a_steps():
-    from nowblock.closed_loop import failsafe_current_a
-    from nowblock.site import ChargePoint, Fuse, Site
+    from nowblock.seam import failsafe_current_a
+    from nowblock.block.site import ChargePoint, Fuse, Site
 
     rot = ["L1L2L3", "L2L3L1", "L3L1L2"]
     cps = tuple(ChargePoint(id=f"CP{i}", fuse="grid", phases=1, phase_rotation=rot[i % 3]) for i in range(6))

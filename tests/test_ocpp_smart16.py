@@ -4,10 +4,10 @@ TC_066, TC_067), against simulated 1.6 chargers over real WebSockets."""
 import pytest
 
 from nowblock.ocpp import profiles as pr
-from nowblock.ocpp.testing import central_system, chargers, eventually, make_test_site
+from nowblock.testing import central_system, chargers, eventually, make_test_site
 from nowblock.sim.chargers import Car
 
-QUIET = dict(builtin_control=False, failsafe_at_boot=False, backoff_s=0.01, response_timeout_s=2.0)
+QUIET = dict(failsafe_at_boot=False, backoff_s=0.01, response_timeout_s=2.0)
 CP = dict(cp_id="CP1", version="1.6", meter_interval_s=0.1)
 
 

@@ -8,10 +8,10 @@ import pytest
 
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.connection import CallErrorReceived
-from nowblock.ocpp.testing import central_system, chargers, eventually, make_test_site
+from nowblock.testing import central_system, chargers, eventually, make_test_site
 from nowblock.sim.chargers import Car, Quirks
 
-QUIET = dict(builtin_control=False, failsafe_at_boot=False, backoff_s=0.01, response_timeout_s=2.0)
+QUIET = dict(failsafe_at_boot=False, backoff_s=0.01, response_timeout_s=2.0)
 CS = dict(cp_id="CP1", version="2.0.1", meter_interval_s=0.1)
 
 
@@ -134,7 +134,7 @@ async def test_k60_txprofile_on_a_running_transaction():
 
 
 async def test_k53_notify_ev_charging_needs_become_the_session_needs():
-    async with central_system(make_test_site(2, grid_a=40), backoff_s=0.01) as cs:
+    async with central_system(make_test_site(2, grid_a=40), control="equal", backoff_s=0.01) as cs:
         events = cs.events()
         async with chargers(cs, CS, dict(CS, cp_id="CP2")) as (sim, other):
             await other.plug_in(Car())
@@ -148,8 +148,9 @@ async def test_k53_notify_ev_charging_needs_become_the_session_needs():
             row = cs.state.snapshot().loc[f"CP1:{tx}"]
             assert row["needs_known"] and row["energy_requested_kwh"] == 18.5 and row["departure"] == dep
             assert row["max_current_a"] == 16.0  # the car's own maximum
-            # the built-in control re-plans: the car is limited to its own maximum, the other gets the rest
-            await eventually(lambda: sim.applied_limit_a() == 16.0 and other.applied_limit_a() == 20.0)
+            # the controller re-plans: the single-phase car is limited to its own maximum and the
+            # three-phase car gets what is left on the phase they share (40 - 16 A)
+            await eventually(lambda: sim.applied_limit_a() == 16.0 and other.applied_limit_a() == 24.0)
             # needs without a transaction are rejected
             await sim.unplug()
             await asyncio.sleep(0)

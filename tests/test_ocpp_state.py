@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from nowblock.interface import violation_a
+from nowblock.seam import BlockSnapshot, violation_a
 from nowblock.ocpp.meter import parse_meter_values
 from nowblock.ocpp.state import LiveState
-from nowblock.ocpp.testing import make_test_site
+from nowblock.testing import make_test_site
 
 T0 = datetime(2026, 3, 2, 17, 0, tzinfo=timezone.utc)
 
@@ -32,7 +33,9 @@ def test_an_aggregate_current_reading_does_not_make_a_three_phase_car_single_pha
     state = _state_with_one_car()
     # Many 1.6 chargers report one Current.Import without a phase: it says nothing about L2, L3.
     state.on_meter("CP1", 1, 7, _reading((None, 16.0)), T0)
-    snap = state.block_snapshot(T0)
+    cars = state.snapshot(T0)
+    snap = BlockSnapshot(pd.Timestamp(T0), state.site, pd.Timedelta("1min"), cars,
+                         pd.Series([0.0], index=pd.DatetimeIndex([pd.Timestamp(T0)])))
     assert snap.cars["phases"].iloc[0] == 3
     # 16 A on a 20 A grid with no other load is safe only if the car is counted on every phase.
     g = snap.incidence()
@@ -44,4 +47,4 @@ def test_an_aggregate_current_reading_does_not_make_a_three_phase_car_single_pha
 def test_a_full_three_phase_reading_tells_the_phases(currents, phases):
     state = _state_with_one_car()
     state.on_meter("CP1", 1, 7, _reading(*zip(("L1", "L2", "L3"), currents)), T0)
-    assert state.block_snapshot(T0).cars["phases"].iloc[0] == phases
+    assert state.snapshot(T0)["phases"].iloc[0] == phases

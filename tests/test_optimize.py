@@ -9,11 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nowblock as nb
-from nowblock.optimize import OptimizeOptions, from_sessions, solve_formulation
-from nowblock.optimize.highs_fast import SolverOptionError
-from nowblock.optimize.schedule import limit_rows, round_to_steps
-from nowblock.optimize.testing import plugged_in_block
-from nowblock.site import CapWindow, ChargePoint, Fuse, Site
+from nowblock.milp import OptimizeOptions, from_sessions, solve_formulation
+from nowblock.milp.highs_fast import SolverOptionError
+from nowblock.milp.schedule import limit_rows, round_to_steps
+from nowblock.milp.testing import plugged_in_block
+from nowblock.block.site import CapWindow, ChargePoint, Fuse, Site
 
 T0 = pd.Timestamp("2026-01-14 12:00", tz="UTC")
 KW_PER_A_3PH = 3 * 230 / 1000  # 0.69 kW per ampere on three phases
@@ -232,7 +232,7 @@ def test_time_limit_falls_back_or_keeps_an_incumbent_and_stays_safe():
 
 
 def test_solver_failure_falls_back_to_a_baseline(monkeypatch):
-    from nowblock.optimize import solve as solve_mod
+    from nowblock.milp import solve as solve_mod
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated HiGHS crash")
@@ -246,8 +246,8 @@ def test_solver_failure_falls_back_to_a_baseline(monkeypatch):
 
 
 def test_no_solution_status_falls_back(monkeypatch):
-    from nowblock.optimize import highs_fast
-    from nowblock.optimize import solve as solve_mod
+    from nowblock.milp import highs_fast
+    from nowblock.milp import solve as solve_mod
 
     real = highs_fast.solve_highs
 
@@ -279,7 +279,7 @@ def test_nothing_plugged_in_is_an_empty_optimal_schedule():
 
 
 def test_lp_first_certificate_and_plain_milp_reach_the_same_quality():
-    from nowblock.optimize.highs_fast import _solve_once, complete_solution, is_feasible, repair_stray, solve_highs
+    from nowblock.milp.highs_fast import _solve_once, complete_solution, is_feasible, repair_stray, solve_highs
 
     b = plugged_in_block(120, seed=11)
     form = from_sessions(b["site"], b["sessions"], start=b["start"], base_load=b["base_load"], prices=b["prices"])
@@ -307,7 +307,7 @@ def test_every_solve_gets_its_own_time_limit():
     # with a limit of a few single solves, must all finish on their own clock.
     import time
 
-    from nowblock.optimize import highs_fast as hf
+    from nowblock.milp import highs_fast as hf
 
     b = plugged_in_block(30, seed=3)
     form = from_sessions(b["site"], b["sessions"], start=b["start"], horizon="12h", step="15min",

@@ -1,7 +1,7 @@
 """What the planning step's build kernels produce, checked against the model's documented meaning.
 
-The standard form (:func:`nowblock.optimize.formulation._build_matrix`), the snapshot arrays
-(:func:`~nowblock.optimize.kernels.snapshot_plan_arrays` behind ``from_snapshot``), the
+The standard form (:func:`nowblock.milp.formulation._build_matrix`), the snapshot arrays
+(:func:`~nowblock.milp.kernels.snapshot_plan_arrays` behind ``from_snapshot``), the
 resampling onto slots (``_on_slots``), ``argsort_stable`` and the lazy slot index are compared
 with references written here in plain numpy/pandas from the module docstrings and the numpy
 code the kernels replaced (``git show 7576f7b:src/nowblock/optimize/formulation.py``). The
@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nowblock.interface import root_index
-from nowblock.optimize.formulation import OptimizeOptions, SlotTicks, _on_slots, _slot_ticks, from_snapshot
-from nowblock.optimize.kernels import argsort_stable
-from nowblock.optimize.policy import MilpPolicy
-from nowblock.optimize.testing import plugged_in_snapshot
-from nowblock.site import CapWindow
+from nowblock.seam import root_index
+from nowblock.milp.formulation import OptimizeOptions, SlotTicks, _on_slots, _slot_ticks, from_snapshot
+from nowblock.milp.kernels import argsort_stable
+from nowblock.milp.policy import MilpPolicy
+from nowblock.milp.testing import plugged_in_snapshot
+from nowblock.block.site import CapWindow
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 H = pd.Timedelta(hours=1)

@@ -1,4 +1,4 @@
-"""The planning step's numba kernels (:mod:`nowblock.optimize.kernels`) against plain references.
+"""The planning step's numba kernels (:mod:`nowblock.milp.kernels`) against plain references.
 
 Every reference below restates, in loops over small arrays, the numpy code the kernel replaced
 (``git show 7576f7b``: ``repair_stray`` and ``is_feasible`` in highs_fast.py, the top-up loop of
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nowblock.optimize.kernels import csc_feasible, repair_stray_cells, round_plan, top_up_now, top_up_rounded
+from nowblock.milp.kernels import csc_feasible, repair_stray_cells, round_plan, top_up_now, top_up_rounded
 
 TOL_A = 1e-6  # the callers' tolerance (highs_fast._TOL_A, schedule._TOL_A)
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -333,9 +333,9 @@ def test_top_up_first_slot_uses_room_that_raising_another_car_makes():
 def test_top_up_first_slot_on_a_real_unbalanced_block_is_safe_and_raises_past_the_old_code():
     # A 2 A unbalance limit and mostly single-phase cars: the old code left car S00000 at 8 A,
     # the kernel raises it to 10 A with the room other raises made; every limit still holds.
-    from nowblock.interface import constraint_rows, make_safe
-    from nowblock.optimize.policy import top_up_first_slot
-    from nowblock.optimize.testing import plugged_in_snapshot
+    from nowblock.seam import constraint_rows, make_safe
+    from nowblock.milp.policy import top_up_first_slot
+    from nowblock.milp.testing import plugged_in_snapshot
 
     snap = plugged_in_snapshot(12, seed=0, max_unbalance_a=2.0, single_phase_share=0.9)
     safe = make_safe(snap, pd.Series([8.0, 6, 6, 0, 0, 0, 8, 8, 0, 0, 0, 0], index=snap.cars.index))
@@ -531,8 +531,8 @@ def test_top_up_now_keeps_the_contract(c):
 # ---- 4. end to end on a real formulation ----------------------------------------------------
 @pytest.fixture(scope="module")
 def planned():
-    from nowblock.optimize import MilpPolicy
-    from nowblock.optimize.testing import plugged_in_snapshot
+    from nowblock.milp import MilpPolicy
+    from nowblock.milp.testing import plugged_in_snapshot
 
     snap = plugged_in_snapshot(30)
     pol = MilpPolicy(time_limit_s=30)
@@ -541,8 +541,8 @@ def planned():
 
 
 def test_repair_stray_on_the_real_lp_point(planned):
-    from nowblock.optimize.highs_fast import _solve_once, repair_stray
-    from nowblock.optimize.schedule import limit_rows
+    from nowblock.milp.highs_fast import _solve_once, repair_stray
+    from nowblock.milp.schedule import limit_rows
 
     snap, pol, _ = planned
     form = pol.formulation(snap)
@@ -564,8 +564,8 @@ def test_repair_stray_on_the_real_lp_point(planned):
 
 
 def test_top_up_first_slot_on_the_real_plan(planned):
-    from nowblock.interface import constraint_rows, make_safe
-    from nowblock.optimize.policy import top_up_first_slot
+    from nowblock.seam import constraint_rows, make_safe
+    from nowblock.milp.policy import top_up_first_slot
 
     snap, pol, out = planned
     sched = pol.last_schedule

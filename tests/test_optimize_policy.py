@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 import nowblock as nb
-from nowblock.interface import BlockSnapshot, Policy, violation_a
-from nowblock.optimize import MilpPolicy, solve_offline
-from nowblock.site import ChargePoint, Fuse, Site
+from nowblock.seam import BlockSnapshot, Policy, violation_a
+from nowblock.milp import MilpPolicy, solve_offline
+from nowblock.block.site import ChargePoint, Fuse, Site
 
 T0 = pd.Timestamp("2026-01-14 17:00", tz="UTC")
 
@@ -66,9 +66,9 @@ def test_warm_start_from_the_shifted_plan_and_reset():
 _WARM_UP_CHECK = """
 import json
 from numba.core.registry import CPUDispatcher
-import nowblock.optimize.kernels as kn
-from nowblock.optimize import MilpPolicy
-from nowblock.optimize.testing import plugged_in_snapshot
+import nowblock.milp.kernels as kn
+from nowblock.milp import MilpPolicy
+from nowblock.milp.testing import plugged_in_snapshot
 
 kernels = {name: k for name, k in vars(kn).items() if isinstance(k, CPUDispatcher)}
 pol = MilpPolicy()
@@ -116,7 +116,7 @@ def test_time_limit_stays_below_the_control_interval():
 
 
 def test_policy_falls_back_when_the_solver_breaks(monkeypatch):
-    from nowblock.optimize import solve as solve_mod
+    from nowblock.milp import solve as solve_mod
 
     monkeypatch.setattr(solve_mod, "solve_highs", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     pol = MilpPolicy()
@@ -217,7 +217,7 @@ def test_car_about_to_leave_wins_the_last_minutes():
 
 
 def test_top_up_gives_spare_room_to_short_cars_by_departure():
-    from nowblock.optimize.policy import top_up_first_slot
+    from nowblock.milp.policy import top_up_first_slot
 
     snap = _race_snapshot()
     x = pd.Series([0.0, 6.0], index=snap.cars.index)
@@ -270,7 +270,7 @@ def _cheap_later_snapshot():
 
 
 def test_expected_arrivals_hold_capacity_back():
-    from nowblock.optimize.arrivals import is_virtual
+    from nowblock.milp.arrivals import is_virtual
 
     snap = _cheap_later_snapshot()
     cheap = T0 + pd.Timedelta("2h")
@@ -296,7 +296,7 @@ def test_expected_arrivals_hold_capacity_back():
 
 
 def test_expected_arrivals_are_summed_onto_planning_slots():
-    from nowblock.optimize.arrivals import arrivals_on_slots, with_expected_arrivals
+    from nowblock.milp.arrivals import arrivals_on_slots, with_expected_arrivals
 
     snap = _cheap_later_snapshot()
     form = MilpPolicy().formulation(snap)

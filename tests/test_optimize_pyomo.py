@@ -6,9 +6,9 @@ import numpy as np
 import pyomo.environ as pyo
 import pytest
 
-from nowblock.optimize import OptimizeOptions, from_sessions, solve_formulation
-from nowblock.optimize.pyomo_model import build_model, solve_model
-from nowblock.optimize.testing import plugged_in_block
+from nowblock.milp import OptimizeOptions, from_sessions, solve_formulation
+from nowblock.milp.pyomo_model import build_model, solve_model
+from nowblock.milp.testing import plugged_in_block
 
 EXACT = dict(binary_slots=None, mip_rel_gap=1e-7, time_limit_s=60)
 
@@ -41,8 +41,8 @@ def test_pyomo_and_fast_path_agree(n, seed, unbalance, opts):
 
 def test_lp_relaxations_agree():
     form = _form(40, 7, 12.0)
-    from nowblock.optimize.highs_fast import solve_highs
-    from nowblock.optimize.pyomo_model import solve_pyomo
+    from nowblock.milp.highs_fast import solve_highs
+    from nowblock.milp.pyomo_model import solve_pyomo
 
     a, b = solve_highs(form, relax=True), solve_pyomo(form, relax=True)
     assert a.objective == pytest.approx(b.objective, rel=1e-7)

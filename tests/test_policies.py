@@ -1,7 +1,7 @@
 """Baseline policies and the safety net on random sites (hypothesis) and on small cases.
 
 Limits are checked with :meth:`Site.fuse_phase_currents_a`, independently of
-:func:`nowblock.interface.constraint_rows` which the policies themselves use.
+:func:`nowblock.seam.constraint_rows` which the policies themselves use.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nowblock.interface import BlockSnapshot, make_safe, root_index
+from nowblock.seam import BlockSnapshot, make_safe, root_index
 from nowblock.policies import (
     POLICY_NAMES,
     HeuristicPolicy,
@@ -29,7 +29,7 @@ from nowblock.policies import (
     llf_order,
     need_current_a,
 )
-from nowblock.site import ChargePoint, Fuse, Site
+from nowblock.block.site import ChargePoint, Fuse, Site
 
 T0 = pd.Timestamp("2026-03-02 18:00", tz="UTC")
 ROTATIONS = ["L1L2L3", "L2L3L1", "L3L1L2", "L1L3L2", "L3L2L1", "L2L1L3"]
@@ -295,16 +295,16 @@ def test_get_policy_names_and_errors():
 
 
 def test_milp_is_imported_lazily():
-    code = "import sys, nowblock.policies, nowblock.sim.simulator; print('nowblock.optimize' in sys.modules)"
+    code = "import sys, nowblock.policies, nowblock.sim.simulator; print('nowblock.milp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_milp_resolves_to_the_optimizer_policy():
     try:
-        from nowblock.optimize import MilpPolicy
+        from nowblock.milp import MilpPolicy
     except ImportError:
-        pytest.skip("nowblock.optimize.MilpPolicy not written yet")
+        pytest.skip("nowblock.milp.MilpPolicy not written yet")
     assert isinstance(get_policy("milp"), MilpPolicy)
 
 

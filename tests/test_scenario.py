@@ -6,17 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nowblock.scenario import Scenario, ScenarioError
-from nowblock.sessions import SessionsError, validate_sessions
-from nowblock.site import SiteError
-from nowblock.synth import (
+from nowblock.block.scenario import Scenario, ScenarioError
+from nowblock.block.sessions import SessionsError, validate_sessions
+from nowblock.block.site import SiteError
+from nowblock.block.synth import (
     FLEET,
     car_habits,
     day_ahead_prices,
-    generate_block,
     household_load_kw,
     uncontrolled_phase_current_a,
 )
+from nowblock.block.scenario import generate_block
 
 TZ = "Europe/Berlin"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nowblock.sessions import SessionsError, read_sessions_csv, validate_sessions, write_sessions_csv
+from nowblock.block.sessions import SessionsError, read_sessions_csv, validate_sessions, write_sessions_csv
 
 
 def test_good_frame_is_normalised(small_sessions, small_site):

@@ -11,13 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nowblock
-from nowblock.interface import root_index
+from nowblock.seam import root_index
 from nowblock.policies import get_policy
-from nowblock.scenario import Scenario
+from nowblock.block.scenario import Scenario
 from nowblock.sim import simulator as simmod
 from nowblock.sim.battery import TaperBattery
-from nowblock.sim.simulator import FallbackNeedsEstimator, simulate
-from nowblock.site import PHASES, CapWindow, ChargePoint, Fuse, Site
+from nowblock.loop.needs import FallbackNeedsEstimator
+from nowblock.sim.simulator import simulate
+from nowblock.block.site import PHASES, CapWindow, ChargePoint, Fuse, Site
 
 CONTROLLED = ["equal", "edf", "llf"]
 CONTRACT = {"energy_requested_kwh", "energy_delivered_kwh", "demand_met", "peak_kw", "max_overload_a",

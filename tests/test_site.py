@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nowblock.site import CapWindow, ChargePoint, Fuse, Site, SiteError, SiteFileNotFoundError
+from nowblock.block.site import CapWindow, ChargePoint, Fuse, Site, SiteError, SiteFileNotFoundError
 
 GOOD = """
 name = "t"

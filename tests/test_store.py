@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nowblock.sessions import validate_sessions
+from nowblock.block.sessions import validate_sessions
 from nowblock.store import SqliteStore, Store, StoreError, open_store
 
 T0 = pd.Timestamp("2026-03-02 17:00", tz="UTC")

@@ -23,8 +23,8 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from nowblock import closed_loop
-from nowblock.site import Site
+from nowblock.seam.safety import failsafe_current_a as _failsafe_share_a
+from nowblock.block.site import Site
 
 TX = "TxProfile"
 TX_DEFAULT = "TxDefaultProfile"
@@ -355,9 +355,9 @@ def clear_matching(
 def failsafe_current_a(site: Site, step_a: float = LIMIT_STEP) -> np.ndarray:
     """Per charging point [A]: a limit that keeps every fuse safe if all charge at once.
 
-    :func:`nowblock.closed_loop.failsafe_current_a` with no other load, floored to ``step_a``
+    :func:`nowblock.seam.failsafe_current_a` with no other load, floored to ``step_a``
     [A]: each fuse phase's rating split evenly among the charging points that load it (every
     phase of a three-phase point, whatever car plugs in), the smallest share over a point's
     fuse path, capped at its maximum; a share below the point's minimum becomes 0.
     """
-    return closed_loop.failsafe_current_a(site, 0.0, step_a=step_a).to_numpy(float)
+    return _failsafe_share_a(site, 0.0, step_a=step_a).to_numpy(float)

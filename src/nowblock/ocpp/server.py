@@ -28,7 +28,7 @@ from nowblock.ocpp.auth import verify_password
 from nowblock.ocpp.state import DispatchRecord, LiveState, Subscription
 from nowblock.ocpp.v16 import ChargePoint16
 from nowblock.ocpp.v201 import ChargePoint201
-from nowblock.site import Site
+from nowblock.block.site import Site
 
 log = logging.getLogger(__name__)
 SUBPROTOCOLS = ("ocpp2.0.1", "ocpp1.6")
@@ -48,22 +48,19 @@ class CentralSystem:
     ``default_validity_s`` (life of TxDefault and station-maximum profiles), ``backoff_s``
     (first pause between retries, doubling). ``failsafe_at_boot`` sends every station that
     boots a TxDefaultProfile with :func:`~nowblock.ocpp.profiles.failsafe_current_a`.
-    ``builtin_control`` runs :class:`~nowblock.ocpp.builtin.EqualShareControl` until a real
-    controller takes over (pass False when one does). ``port=0`` picks a free port
+    The central system does no control itself: a controller (``nowblock.control``) uses
+    its API. ``port=0`` picks a free port
     (see :attr:`port` after :meth:`start`). ``clock`` (UTC now) replaces the wall clock for
     profiles, timestamps and snapshots, e.g. to run a simulated day faster than real time.
-    ``validate_in_thread`` sets the ``ocpp`` library's process-wide switch for JSON-schema
-    validation (True: a thread-pool hop per message, its default; False: on the event loop,
-    which keeps the handler tail short under load, see docs/bench_ocpp.md; None: leave it).
     """
 
     def __init__(
         self, site: Site, *, host: str = "127.0.0.1", port: int = 9000, ssl_context: ssl.SSLContext | None = None,
         heartbeat_s: int = 300, response_timeout_s: float = 10.0, tx_validity_s: int = 900,
         default_validity_s: int = 7 * 86400, retries: int = 2, backoff_s: float = 0.5,
-        failsafe_at_boot: bool = True, probe_rate_unit: bool = True, builtin_control: bool = True,
-        db: str | None = None, state: LiveState | None = None, ping_interval_s: float | None = 60.0,
-        clock=None, validate_in_thread: bool | None = None,
+        failsafe_at_boot: bool = True, probe_rate_unit: bool = True,
+        state: LiveState | None = None, ping_interval_s: float | None = 60.0,
+        clock=None,
     ) -> None:
         self.site = site
         self.host, self._port, self.ssl_context = host, port, ssl_context
@@ -71,41 +68,27 @@ class CentralSystem:
         self.tx_validity_s, self.default_validity_s = tx_validity_s, default_validity_s
         self.retries, self.backoff_s = retries, backoff_s
         self.failsafe_at_boot, self.probe_rate_unit = failsafe_at_boot, probe_rate_unit
-        self.db = db  # for the control loop's persistence (issue 6); the server itself keeps none
         self.ping_interval_s = ping_interval_s
-        if validate_in_thread is not None:
-            import ocpp.messages
-
-            ocpp.messages.ASYNC_VALIDATION = bool(validate_in_thread)
         self.state = state or (LiveState(site, clock=clock) if clock is not None else LiveState(site))
         self.failsafe_a = dict(zip(site.charge_point_ids, pr.failsafe_current_a(site).tolist()))
         self._connections: dict[str, ChargePoint16 | ChargePoint201] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
         self._server = None
-        self.control = None
-        if builtin_control:
-            from nowblock.ocpp.builtin import EqualShareControl
-
-            self.control = EqualShareControl(self)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> "CentralSystem":
-        """Start listening (and the built-in control, if any)."""
+        """Start listening."""
         self._server = await serve(
             self._handle, self.host, self._port, subprotocols=list(SUBPROTOCOLS),
             select_subprotocol=self._select_subprotocol, process_request=self._process_request,
             ssl=self.ssl_context, ping_interval=self.ping_interval_s, compression=None,
         )
-        if self.control is not None:
-            self.control.start()
         log.info("central system for %s listening on %s", self.site.name, self.url(""))
         return self
 
     async def stop(self) -> None:
         """Close every connection and stop serving; pending tasks are cancelled."""
-        if self.control is not None:
-            await self.control.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -5,9 +5,9 @@ and transaction: status, per-phase current, power, energy register, SoC, the cur
 charger reports offering, the profiles it accepted (so the limit it really applies can be
 evaluated by OCPP stacking rules), and when it was last heard from.
 
-:meth:`LiveState.snapshot` turns the running transactions into the ``cars`` frame of
-:class:`nowblock.interface.BlockSnapshot` (columns :data:`nowblock.interface.CAR_COLUMNS`
-plus a few OCPP ones), and :meth:`LiveState.subscribe` hands the controller an async stream
+:meth:`LiveState.snapshot` turns the running transactions into a cars frame (the columns
+:data:`nowblock.seam.CAR_COLUMNS` plus a few OCPP ones; the live loop builds the policy's
+snapshot from it), and :meth:`LiveState.subscribe` hands the controller an async stream
 of :class:`Event` (plug-in, start, meter, needs, stop, disconnect, limit).
 """
 
@@ -24,9 +24,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from nowblock.interface import CAR_COLUMNS, BlockSnapshot
+from nowblock.seam import CAR_COLUMNS
 from nowblock.ocpp import profiles as pr
-from nowblock.site import Site
+from nowblock.block.site import Site
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +425,7 @@ class LiveState:
     def snapshot(self, now: datetime | None = None) -> pd.DataFrame:
         """Running transactions as the ``cars`` frame of a BlockSnapshot, indexed by session_id.
 
-        Columns :data:`~nowblock.interface.CAR_COLUMNS` then :data:`OCPP_COLUMNS`. Needs no car
+        Columns :data:`~nowblock.seam.CAR_COLUMNS` then :data:`OCPP_COLUMNS`. Needs no car
         reported are NaN/NaT with ``needs_known`` False (the controller estimates them);
         ``offered_current_a`` is the limit the charger accepted by stacking rules, or the
         charging point maximum when no accepted profile limits it.
@@ -477,25 +477,6 @@ class LiveState:
         df = df.astype({"cp_index": "int64", "phases": "int64", "needs_known": "bool", "connected": "bool",
                         "stale": "bool", "connector_id": "int64"})
         return df.set_index("session_id")
-
-    def block_snapshot(
-        self, now: datetime | None = None, *, step: pd.Timedelta = pd.Timedelta("1min"),
-        base_load_kw: pd.Series | float = 0.0, current_step_a: float | None = None,
-    ) -> BlockSnapshot:
-        """A :class:`BlockSnapshot` of the live block (cars with unknown needs keep NaN/NaT).
-
-        ``current_step_a`` defaults to 0.1 A when only 1.6 chargers run, else 1 A (2.0.1
-        chargers accept any decimal but many round to whole amperes).
-        """
-        now = now or self.clock()
-        ts = pd.Timestamp(now)
-        if not isinstance(base_load_kw, pd.Series):
-            base_load_kw = pd.Series([float(base_load_kw)], index=pd.DatetimeIndex([ts]), name="kw")
-        cars = self.snapshot(now)
-        if current_step_a is None:
-            current_step_a = 0.1 if (cars["version"] == "1.6").all() else 1.0
-        return BlockSnapshot(time=ts, site=self.site, step=step, cars=cars, base_load_kw=base_load_kw,
-                             current_step_a=current_step_a)
 
     def stations_frame(self) -> pd.DataFrame:
         """One row per station: version, connected, last seen, running transactions."""

@@ -5,7 +5,7 @@ Each step of length ``step`` (5 minutes by default):
 1. Cars whose plug-in window covers the whole step are plugged in: a session is in the
    snapshot for the steps that start at or after its arrival and end at or before its
    departure (arrival rounded up and departure rounded down to the step grid).
-2. The simulator builds a :class:`~nowblock.interface.BlockSnapshot`: the plugged-in cars with
+2. The simulator builds a :class:`~nowblock.seam.BlockSnapshot`: the plugged-in cars with
    the current each drew in the previous step (the measurement), the energy so far and the
    known needs (or, with ``needs="unknown"``, a needs estimator's guesses); the base load
    [kW] from now over the horizon; prices likewise.
@@ -56,9 +56,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from nowblock.interface import BlockSnapshot, Policy, root_index
+from nowblock.loop.needs import FallbackNeedsEstimator
+from nowblock.seam import BlockSnapshot, Policy, root_index
 from nowblock.sim.battery import TaperBattery
-from nowblock.site import PHASES
+from nowblock.block.site import PHASES
 
 _DONE_KWH = 1e-9
 
@@ -89,7 +90,7 @@ class SimulationResult:
         import json
         from pathlib import Path
 
-        from nowblock.plot import local_timeseries
+        from nowblock.sim.plot import local_timeseries
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
@@ -106,45 +107,11 @@ class SimulationResult:
     def plot(self, path=None, *, title: str | None = None):
         """The grid connection's load per phase against its limit (see :func:`nowblock.plot.plot_load`),
         in the site's local time; written as PNG to ``path`` if given. Returns the Figure."""
-        from nowblock.plot import local_timeseries, plot_load
+        from nowblock.sim.plot import local_timeseries, plot_load
 
         ts = local_timeseries(self.timeseries, self.site.timezone) if self.site is not None else self.timeseries
         grid = self.site.root.id if self.site is not None else None
         return plot_load(ts, grid_fuse=grid, path=path, title=title or f"policy {self.policy}")
-
-
-class FallbackNeedsEstimator:
-    """A simple needs estimator for ``needs="unknown"`` when none is given.
-
-    Departure: ``dwell_h`` [h] after arrival, and never earlier than ``min_left_h`` [h] from
-    now (a car still plugged in past its typical dwell will likely stay a while).
-    Energy: ``energy_kwh`` [kWh], or ``top_up_kwh`` more than delivered so far while the car
-    keeps drawing; a car that was offered at least its minimum and drew (almost) nothing is
-    taken to be full, so its estimate is what it got.
-    """
-
-    def __init__(self, dwell_h: float = 10.0, energy_kwh: float = 15.0, top_up_kwh: float = 2.0,
-                 min_left_h: float = 1.0):
-        self.dwell_h = dwell_h
-        self.energy_kwh = energy_kwh
-        self.top_up_kwh = top_up_kwh
-        self.min_left_h = min_left_h
-
-    def predict_needs(self, cars: pd.DataFrame, time: pd.Timestamp) -> pd.DataFrame:
-        """Estimated ``departure`` (UTC) and ``energy_kwh`` [kWh] per session_id."""
-        arrival = pd.DatetimeIndex(cars["arrival"]).as_unit("ns")
-        now_ns = pd.Timestamp(time).as_unit("ns").value
-        dep_ns = np.maximum(arrival.asi8 + int(self.dwell_h * 3.6e12), now_ns + int(self.min_left_h * 3.6e12))
-        got = cars["energy_delivered_kwh"].to_numpy(float)
-        meas = cars["measured_current_a"].to_numpy(float)
-        offered_enough = cars["offered_current_a"].to_numpy(float) >= cars["min_current_a"].to_numpy(float)
-        full = ~np.isnan(meas) & (meas < 0.5) & offered_enough & (got > 0)
-        energy = np.where(full, got, np.maximum(self.energy_kwh, got + self.top_up_kwh))
-        departure = pd.DatetimeIndex(dep_ns.astype("datetime64[ns]")).tz_localize("UTC")
-        return pd.DataFrame(
-            {"departure": departure, "energy_kwh": energy, "needs_known": np.zeros(len(cars), dtype=bool)},
-            index=cars.index,
-        )
 
 
 def _step_stats(series: pd.Series | None, start: pd.Timestamp, step: pd.Timedelta, n: int) -> tuple[np.ndarray, np.ndarray]:

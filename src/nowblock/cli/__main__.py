@@ -1,0 +1,7 @@
+"""``python -m nowblock.cli``: the ``nowblock`` command."""
+
+import sys
+
+from nowblock.cli import main
+
+sys.exit(main())

@@ -1,0 +1,80 @@
+"""serve: run the OCPP 1.6J/2.0.1 central system and the live control loop for a site."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import ssl
+import sys
+
+from nowblock.block.site import Site
+from nowblock.control import add_serve_arguments, attach
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``nowblock serve``."""
+    parser.add_argument("--site", required=True, help="site file (TOML)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9000, help="port (default 9000)")
+    parser.add_argument("--db", default=None, help="SQLite file for the control loop's persistence")
+    parser.add_argument("--certfile", default=None, help="TLS certificate (PEM): serve wss:// (security profile 2)")
+    parser.add_argument("--keyfile", default=None, help="TLS private key (PEM)")
+    parser.add_argument("--heartbeat", type=int, default=300, help="heartbeat interval told to chargers [s]")
+    parser.add_argument("--tx-validity", type=int, default=900, help="validity of TxProfiles [s]")
+    add_serve_arguments(parser)
+
+
+def ssl_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
+    """A server TLS context, or None without a certificate."""
+    if not certfile:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # OCPP security profile 2 requires TLS 1.2+
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from nowblock.ocpp.server import CentralSystem
+
+    import ocpp.messages
+
+    site = Site.from_toml(args.site)
+    # Schema validation on the event loop instead of a thread-pool hop per message: keeps the
+    # handler tail short under load (docs/bench_ocpp.md). A process-wide switch of the ocpp
+    # library, so it is flipped here, at the entry point, not in a constructor.
+    ocpp.messages.ASYNC_VALIDATION = False
+    cs = CentralSystem(site, host=args.host, port=args.port, ssl_context=ssl_context(args.certfile, args.keyfile),
+                       heartbeat_s=args.heartbeat, tx_validity_s=args.tx_validity)
+    # The controller restores persisted transactions before the first charger can connect.
+    controller = attach(cs, db=args.db, args=args)
+    controller.warm_up()  # before the port opens: a first start compiles for seconds
+    await cs.start()
+    await controller.start()
+    print(f"nowblock: serving {site.name} ({len(site.charge_points)} charging points) on {cs.url('<id>')}",
+          flush=True)
+    try:
+        await cs.serve_forever()
+    finally:
+        await controller.stop()
+        await cs.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``nowblock serve`` until interrupted; returns the exit code."""
+    from nowblock.block.site import SiteError
+
+    try:
+        asyncio.run(_serve(args))
+    except KeyboardInterrupt:
+        pass
+    except (SiteError, FileNotFoundError, ssl.SSLError) as exc:
+        print(f"nowblock serve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # typically the port is taken
+        print(f"nowblock serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,74 @@
+"""Wiring the live loop into ``nowblock serve``: options, the store, the restored state."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import pandas as pd
+
+from nowblock.control.controller import Controller
+from nowblock.store import attach_store, restore_state
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB = "nowblock.sqlite"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The control loop's options of ``nowblock serve`` (``nowblock.cli.serve`` adds them)."""
+    g = parser.add_argument_group("control loop")
+    g.add_argument("--policy", default="milp", help="milp (default), edf, llf, equal")
+    g.add_argument("--period", type=float, default=60.0, help="seconds between planned control steps (60)")
+    g.add_argument("--base-load", default=None,
+                   help="CSV time,kw of the block's measured other load (history for the forecaster)")
+    g.add_argument("--worst-base-load-kw", type=float, default=None,
+                   help="other load [kW] the fail-safe profiles must survive (default: the history's maximum)")
+
+
+def _serve_options(args) -> dict:
+    """Controller keyword arguments from ``nowblock serve``'s parsed options."""
+    opts: dict = {}
+    if args is None:
+        return opts
+    for name, key in (("policy", "policy"), ("period", "period_s"), ("worst_base_load_kw", "worst_base_load_kw")):
+        if getattr(args, name, None) is not None:
+            opts[key] = getattr(args, name)
+    if getattr(args, "tx_validity", None):
+        opts["profile_validity_s"] = float(args.tx_validity)
+    if getattr(args, "base_load", None):
+        from nowblock.forecast.base_load import BaseLoadForecaster
+
+        df = pd.read_csv(args.base_load)
+        hist = pd.Series(df["kw"].to_numpy(float), index=pd.DatetimeIndex(pd.to_datetime(df["time"], utc=True)),
+                         name="kw").sort_index()
+        opts.update(base_load_history=hist, forecaster=BaseLoadForecaster())
+    else:
+        log.warning("no --base-load history: planning without the block's other load")
+    return opts
+
+
+def attach(central, db: str | None = None, *, args: argparse.Namespace | None = None, **kwargs) -> Controller:
+    """Wire persistence and the controller into a central system (``nowblock serve`` calls this).
+
+    Opens the store ``db`` (default ``nowblock.sqlite``), restores the running transactions and
+    the plan, makes every later event durable before its OCPP answer, stops the central
+    system's built-in stand-in control if it runs one, and returns the :class:`Controller`
+    (``await controller.start()`` to run it). ``args`` are ``nowblock serve``'s options (see
+    :func:`add_serve_arguments`); ``kwargs`` go to :class:`Controller` and win over them.
+    """
+    from nowblock.store import open_store
+
+    kwargs = {**_serve_options(args), **kwargs}
+    store = open_store(db or DEFAULT_DB)
+    restore_state(central.state, store)
+    attach_store(central.state, store)
+    builtin = getattr(central, "control", None)
+    if builtin is not None and not isinstance(builtin, Controller) and getattr(builtin, "_task", None) is not None:
+        asyncio.get_running_loop().create_task(builtin.stop())
+    ctl = Controller(central, central.site, kwargs.pop("policy", "milp"), store, **kwargs)
+    ctl.owns_store = True
+    if "needs_forecaster" not in kwargs:
+        ctl.needs_from_store = True  # learnt from this block's own finished sessions, refitted daily
+    return ctl

@@ -1,0 +1,178 @@
+"""Closing the control loop on what cars really draw: pure functions, no I/O.
+
+Field systems learned that cars ignore setpoints: a car offered 32 A may take 10 A (its
+on-board charger, a full battery, the cold), another keeps drawing after being told less, a
+third never resumes after a pause at 0 A. These functions turn measurements into adjustments of
+a :class:`~nowblock.seam.BlockSnapshot` before the policy runs, and into a repair of the
+policy's answer after it:
+
+* :func:`update_ceilings` keeps, per session, an *allocation ceiling* [A]: lowered towards what
+  the car draws (plus a margin) when it takes less than offered, raised again by a fixed step
+  per control step while it takes what it is offered. :func:`apply_ceilings` writes it into the
+  snapshot's ``max_current_a``, so the current a car leaves unused goes to other cars in the
+  same step.
+* :func:`reserve_unobserved` takes cars whose meter values are stale (or that draw more than
+  they are offered) out of the policy's hands and reserves their worst case on every fuse phase
+  above them: a station we cannot see is counted at its maximum.
+* :func:`keep_running` is the hysteresis after the policy: a car that is charging is kept at its
+  minimum rather than paused to 0 A whenever the limits allow it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+from nowblock.block.site import Site
+from nowblock.seam.snapshot import BlockSnapshot, constraint_rows
+
+#: Smallest rating [A] left on a fuse phase whose whole rating is reserved (Site needs > 0).
+_MIN_RATING_A = 1e-3
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Tuning of the closed loop.
+
+    ``margin_a`` [A]: headroom above the measured draw when a ceiling is lowered.
+    ``raise_step_a`` [A]: how much a ceiling may rise per control step.
+    ``under_draw_a`` [A]: a car draws "less than offered" when below the offer by more than this
+    (keep it above ``margin_a`` so a car sitting at its lowered ceiling counts as taking it all).
+    ``over_draw_a`` [A]: a car above its offer by more than this is ignoring its setpoint.
+    ``stale_after_s`` [s]: meter values older than this are stale.
+    ``settle_s`` [s]: a measurement counts only once the offer has been in force this long.
+    """
+
+    margin_a: float = 1.0
+    raise_step_a: float = 2.0
+    under_draw_a: float = 2.0
+    over_draw_a: float = 2.0
+    stale_after_s: float = 120.0
+    settle_s: float = 15.0
+
+
+def update_ceilings(
+    cars: pd.DataFrame,
+    ceilings_a: pd.Series | None,
+    settled,
+    settings: LoopSettings = LoopSettings(),
+) -> pd.Series:
+    """New allocation ceiling [A] per session (index of ``cars``).
+
+    ``cars`` has ``min_current_a``, ``max_current_a``, ``measured_current_a`` (per phase [A],
+    NaN if unknown) and ``offered_current_a`` (the limit the charger accepted [A]);
+    ``ceilings_a`` the previous ceilings (missing sessions start at their maximum);
+    ``settled`` a boolean per car, True when the measurement was taken after the current offer
+    had been in force for a while (a car ramping up is not "drawing less").
+
+    A settled car offered at least its minimum that draws more than ``under_draw_a`` below
+    the offer gets ``max(min, draw + margin)``; one that takes its offer gets ``+raise_step_a``
+    up to its maximum; without a usable measurement the ceiling stays.
+    """
+    lo = cars["min_current_a"].to_numpy(float)
+    hi = cars["max_current_a"].to_numpy(float)
+    prev = np.array(hi, dtype=float)
+    if ceilings_a is not None and len(ceilings_a):
+        p = pd.Series(ceilings_a, dtype=float).reindex(cars.index).to_numpy(float)
+        prev = np.where(np.isfinite(p), p, hi)
+    meas = cars["measured_current_a"].to_numpy(float)
+    off = cars["offered_current_a"].to_numpy(float)
+    ok = np.asarray(settled, dtype=bool) & np.isfinite(meas) & np.isfinite(off) & (off >= lo - 1e-9) & (off > 0)
+    under = ok & (meas < off - settings.under_draw_a)
+    taking = ok & ~under
+    new = prev.copy()
+    new[under] = np.minimum(prev[under], meas[under] + settings.margin_a)
+    new[taking] = prev[taking] + settings.raise_step_a
+    new = np.clip(new, lo, hi)
+    return pd.Series(new, index=cars.index, name="ceiling_a")
+
+
+def apply_ceilings(cars: pd.DataFrame, ceilings_a: pd.Series) -> pd.DataFrame:
+    """A copy of ``cars`` whose ``max_current_a`` [A] is lowered to the ceilings (never below min)."""
+    out = cars.copy()
+    c = pd.Series(ceilings_a, dtype=float).reindex(cars.index).to_numpy(float)
+    hi = cars["max_current_a"].to_numpy(float)
+    lo = cars["min_current_a"].to_numpy(float)
+    out["max_current_a"] = np.where(np.isfinite(c), np.clip(c, np.minimum(lo, hi), hi), hi)
+    return out
+
+
+def stale_mask(
+    last_meter_time: pd.Series, arrival: pd.Series, now: pd.Timestamp, stale_after_s: float
+) -> np.ndarray:
+    """True for cars whose last meter value [UTC] is older than ``stale_after_s`` [s].
+
+    A car that has not sent any meter value yet is stale only once its session is older than
+    the same delay (a transaction that just started is not).
+    """
+    last = pd.to_datetime(pd.Series(last_meter_time), utc=True)
+    arr = pd.to_datetime(pd.Series(arrival), utc=True)
+    ref = last.where(last.notna(), arr)
+    age_s = (pd.Timestamp(now) - ref).dt.total_seconds().to_numpy(float)
+    return np.nan_to_num(age_s, nan=np.inf) > float(stale_after_s)
+
+
+def over_draw_mask(cars: pd.DataFrame, settled, settings: LoopSettings = LoopSettings()) -> np.ndarray:
+    """True for cars that draw clearly more than the limit their charger accepted."""
+    meas = cars["measured_current_a"].to_numpy(float)
+    off = cars["offered_current_a"].to_numpy(float)
+    return np.asarray(settled, bool) & np.isfinite(meas) & np.isfinite(off) & (meas > off + settings.over_draw_a)
+
+
+def reserve_unobserved(site: Site, cp_index, phases, reserved_a) -> Site:
+    """A copy of ``site`` whose fuse ratings are lowered by the reserved draw of some cars.
+
+    ``cp_index``, ``phases`` and ``reserved_a`` [A per phase] describe the cars the policy
+    must not plan for (stale meters, cars ignoring setpoints); their worst case loads every
+    fuse phase above them, so what is left is what the policy may share out.
+    """
+    cp_index = np.asarray(cp_index, dtype=np.int64)
+    if len(cp_index) == 0:
+        return site
+    load = site.fuse_phase_currents_a(np.asarray(reserved_a, float), cp_index, np.asarray(phases, np.int64))
+    limits = np.maximum(site.limits_a - load, _MIN_RATING_A)
+    fuses = tuple(replace(f, max_current_a=tuple(float(v) for v in limits[i])) for i, f in enumerate(site.fuses))
+    return replace(site, fuses=fuses)
+
+
+def running_mask(cars: pd.DataFrame, settings: LoopSettings = LoopSettings()) -> np.ndarray:
+    """True for cars that are charging now: offered at least their minimum and drawing.
+
+    A car whose draw is unknown but that holds an offer of at least its minimum counts as
+    running (better to keep a car going than to risk one that cannot resume).
+    """
+    lo = cars["min_current_a"].to_numpy(float)
+    off = cars["offered_current_a"].to_numpy(float)
+    meas = cars["measured_current_a"].to_numpy(float)
+    offered = np.isfinite(off) & (off >= lo - 1e-9) & (off > 0)
+    drawing = ~np.isfinite(meas) | (meas >= min(1.0, settings.margin_a))
+    return offered & drawing
+
+
+def keep_running(snapshot: BlockSnapshot, current_a: pd.Series, running) -> pd.Series:
+    """Hysteresis: lift running cars that the policy paused back to their minimum where it fits.
+
+    ``current_a`` [A] must already be safe (see :func:`nowblock.seam.make_safe`); cars are
+    tried by priority (highest first), then least time left; a car is lifted only if every
+    limit row still holds, so other cars never lose current and nothing overloads. Cars whose
+    reported needs are met are left paused.
+    """
+    cars = snapshot.cars
+    x = pd.Series(current_a, dtype=float).reindex(cars.index).fillna(0.0).to_numpy(float, copy=True)
+    lo = cars["min_current_a"].to_numpy(float)
+    hi = cars["max_current_a"].to_numpy(float)
+    done = cars["needs_known"].to_numpy(bool) & (snapshot.remaining_kwh <= 1e-6)
+    cand = np.nonzero(np.asarray(running, bool) & (x <= 0) & ~done & (lo <= hi) & (lo > 0))[0]
+    if len(cand):
+        g, h = constraint_rows(snapshot)
+        load = g @ x
+        slack = (cars["departure"] - snapshot.time).dt.total_seconds().to_numpy(float)
+        prio = cars["priority"].to_numpy(float)
+        for j in cand[np.lexsort((slack[cand], -prio[cand]))]:
+            trial = load + g[:, j] * lo[j]
+            if np.all(trial <= h + 1e-9):
+                x[j] = lo[j]
+                load = trial
+    return pd.Series(x, index=cars.index, name="current_a")

@@ -1,0 +1,107 @@
+"""Holding back capacity for cars that will arrive (issue 4): expected arrivals as soft demand.
+
+A receding-horizon plan that knows only the cars plugged in now gives them the cheap hours and
+the whole grid connection; when the evening's arrivals come, the room may be gone. With an
+arrivals forecast (:class:`nowblock.forecast.ArrivalForecaster`), :func:`with_expected_arrivals`
+adds one *virtual car* per planning slot with expected arrivals: it is plugged in from that
+slot for the expected dwell, wants the expected energy of those arrivals, loads only the grid
+connection (its three phases evenly: which charging point they will use is unknown), has no
+"0 or >= min" binary, and its shortfall weighs ``priority`` (default 0.5, below a real car's 1):
+a soft reservation that real cars' needs outrank. Virtual cars never receive a setpoint; their
+ids start with ``"expected@"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from nowblock.seam import root_index
+from nowblock.milp.formulation import Formulation
+
+VIRTUAL_PREFIX = "expected@"
+
+
+def arrivals_on_slots(forecast: pd.DataFrame, form: Formulation) -> pd.DataFrame:
+    """The forecast (``arrivals``, ``energy_total_kwh``, ``dwell_h`` per forecast slot) summed
+    onto the formulation's planning slots (arrivals [cars], energy [kWh]; dwell [h] weighted by
+    arrivals). Forecast slots before the first planning slot start are dropped."""
+    if forecast is None or len(forecast) == 0:
+        return pd.DataFrame({"arrivals": np.zeros(form.n_slots), "energy_kwh": 0.0, "dwell_h": 0.0})
+    idx = pd.DatetimeIndex(forecast.index)
+    idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+    t_ns = idx.as_unit("ns").asi8
+    starts = pd.DatetimeIndex(form.times).as_unit("ns").asi8
+    end = starts[-1] + int(form.slot_h[-1] * 3.6e12)
+    pos = np.searchsorted(starts, t_ns, side="right") - 1
+    ok = (pos >= 0) & (t_ns >= starts[0]) & (t_ns < end)
+    n = forecast["arrivals"].to_numpy(float)
+    e = forecast["energy_total_kwh"].to_numpy(float) if "energy_total_kwh" in forecast else (
+        n * forecast["energy_kwh"].to_numpy(float))
+    d = forecast["dwell_h"].to_numpy(float) if "dwell_h" in forecast else np.full(len(n), 8.0)
+    n, e, d = np.nan_to_num(n), np.nan_to_num(e), np.nan_to_num(d)
+    cnt = np.bincount(pos[ok], weights=n[ok], minlength=form.n_slots)
+    energy = np.bincount(pos[ok], weights=e[ok], minlength=form.n_slots)
+    dwell = np.bincount(pos[ok], weights=(n * d)[ok], minlength=form.n_slots)
+    dwell = np.divide(dwell, cnt, out=np.zeros_like(dwell), where=cnt > 0)
+    return pd.DataFrame({"arrivals": cnt, "energy_kwh": energy, "dwell_h": dwell}, index=form.times)
+
+
+def with_expected_arrivals(form: Formulation, forecast: pd.DataFrame, *, priority: float = 0.5,
+                           car_max_current_a: float = 16.0, min_energy_kwh: float = 0.05) -> Formulation:
+    """``form`` plus one virtual car per planning slot with expected arrivals (see module doc).
+
+    ``forecast`` is :meth:`ArrivalForecaster.predict` output (any slot length; summed onto the
+    planning slots). A virtual car may draw up to ``arrivals x car_max_current_a`` [A] per
+    phase, capped at the grid connection's rating; slots expecting less than
+    ``min_energy_kwh`` [kWh] get none. Arrivals in the first slot are left out (a car arriving
+    now is in the next snapshot).
+    """
+    if priority < 0:
+        raise ValueError(f"priority: must be >= 0, got {priority}")
+    slots = arrivals_on_slots(forecast, form)
+    T = form.n_slots
+    a = slots["arrivals"].to_numpy(float)
+    e = slots["energy_kwh"].to_numpy(float)
+    d = slots["dwell_h"].to_numpy(float)
+    k = np.nonzero((e >= min_energy_kwh) & (np.arange(T) >= 1))[0]
+    if not len(k):
+        return form
+    m = len(k)
+    site = form.site
+    r0 = root_index(site)
+    offs_h = np.concatenate([[0.0], np.cumsum(form.slot_h)[:-1]])
+    leave_h = offs_h[k] + np.maximum(d[k], form.slot_h[k])
+    # Plugged for whole slots from arrival until the expected departure.
+    plugged = ((np.arange(T)[None, :] >= k[:, None])
+               & ((offs_h + form.slot_h)[None, :] <= leave_h[:, None] + 1e-9)).astype(float)
+    plugged[np.arange(m), k] = 1.0
+    root_a = float(np.min(site.limits_a[r0]))
+    upper = np.minimum(np.maximum(a[k], 1.0) * car_max_current_a, root_a)[:, None] * plugged
+    inc_v = np.zeros((form.incidence.shape[0], m))
+    inc_v[3 * r0: 3 * r0 + 3, :] = 1.0  # balanced three-phase load on the grid connection only
+    ids = np.array([f"{VIRTUAL_PREFIX}{t.isoformat()}" for t in form.times[k]], dtype=str)
+    weight = form.shortfall_weight
+    ratio = form.draw_ratio
+    return dataclasses.replace(
+        form,
+        session_ids=np.concatenate([form.session_ids.astype(str), ids]),
+        cp_index=np.concatenate([form.cp_index, np.zeros(m, dtype=form.cp_index.dtype)]),
+        phases=np.concatenate([form.phases, np.full(m, 3, dtype=form.phases.dtype)]),
+        min_current_a=np.concatenate([form.min_current_a, np.zeros(m)]),
+        upper_a=np.vstack([form.upper_a, upper]),
+        plugged=np.vstack([form.plugged, plugged]),
+        need_kwh=np.concatenate([form.need_kwh, e[k]]),
+        priority=np.concatenate([form.priority, np.full(m, float(priority))]),
+        prev_current_a=np.concatenate([form.prev_current_a, np.full(m, np.nan)]),
+        draw_ratio=None if ratio is None else np.concatenate([ratio, np.ones(m)]),
+        shortfall_weight=None if weight is None else np.concatenate([weight, np.ones(m)]),
+        incidence_a=np.hstack([form.incidence, inc_v]),
+    )
+
+
+def is_virtual(session_ids) -> np.ndarray:
+    """Boolean per id: a virtual (expected-arrivals) car of :func:`with_expected_arrivals`."""
+    return np.char.startswith(np.asarray(session_ids, dtype=str), VIRTUAL_PREFIX)

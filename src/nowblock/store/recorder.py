@@ -1,0 +1,125 @@
+"""Recording the central system's events in a store, and restoring them after a restart.
+
+:class:`StoreRecorder` (with :func:`attach_store`) writes every event into a
+:class:`~nowblock.store.Store` from inside the OCPP handlers, before their answers go out;
+:func:`restore_state` loads the running transactions back into a fresh live state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pandas as pd
+
+from nowblock.store.base import StoreError
+
+log = logging.getLogger(__name__)
+
+
+class StoreRecorder:
+    """Writes the central system's events to a :class:`~nowblock.store.Store` synchronously.
+
+    Attached as a listener of the live state, it runs inside ``emit``, that is inside the OCPP
+    handler and before the handler's answer is sent: nothing acknowledged is left unwritten. A
+    database error propagates (the charger gets a CALLERROR and retries); input the store
+    refuses as invalid is logged and skipped (retrying would not help).
+    """
+
+    def __init__(self, state, store) -> None:
+        self.state = state
+        self.store = store
+
+    def __call__(self, ev) -> None:
+        """Record one event (see ``nowblock.ocpp.state.Event``)."""
+        try:
+            self._record(ev)
+        except StoreError as exc:
+            log.warning("store refused %s from %s: %s", ev.kind, ev.cp_id, exc)
+
+    # The live state delivers events to subscribers through ``_put``; a recorder is one.
+    _put = __call__
+
+    def _record(self, ev) -> None:
+        s, st, now = self.store, self.state, pd.Timestamp(ev.time)
+        if ev.kind in ("connect", "disconnect", "boot", "status"):
+            station = st.stations.get(ev.cp_id)
+            boot = getattr(station, "boot", {}) or {}
+            s.upsert_station(ev.cp_id, time=now, protocol=getattr(station, "version", None),
+                             vendor=boot.get("charge_point_vendor") or boot.get("vendor_name"),
+                             model=boot.get("charge_point_model") or boot.get("model"),
+                             status=ev.data.get("status"), connected=getattr(station, "connected", None))
+            return
+        if ev.kind == "limit":
+            d = ev.data
+            tx = st.running_on(ev.cp_id, ev.connector_id) if ev.connector_id else None
+            s.record_profile(ev.cp_id, time=now, purpose=d.get("purpose") or "none", limit_a=d.get("wanted_a"),
+                             status=",".join(f"{p}:{a}" for p, a in d.get("attempts") or []) or "none",
+                             transaction_id=None if tx is None else tx.transaction_id,
+                             accepted_limit_a=d.get("accepted_a"))
+            return
+        if ev.transaction_id is None:
+            return
+        t = st.transaction(ev.cp_id, ev.transaction_id)
+        if t is None:
+            return
+        if ev.kind == "start":
+            s.start_transaction(ev.cp_id, t.transaction_id, time=pd.Timestamp(t.start), connector_id=t.connector_id,
+                                id_tag=t.id_tag, meter_start_wh=t.meter_start_wh, session_id=t.session_id)
+        elif ev.kind == "meter":
+            s.record_meter_values(ev.cp_id, t.transaction_id, [{
+                "time": pd.Timestamp(t.last_meter or ev.time), "energy_wh": t.energy_register_wh,
+                "current_a": [None if math.isnan(c) else c for c in t.current_a],
+                "power_kw": None if math.isnan(t.power_w) else t.power_w / 1000.0,
+                "soc_percent": None if math.isnan(t.soc_percent) else t.soc_percent,
+            }])
+        elif ev.kind == "needs":
+            s.update_needs(ev.cp_id, t.transaction_id, departure=t.departure,
+                           energy_requested_kwh=None if math.isnan(t.energy_requested_kwh) else t.energy_requested_kwh,
+                           known=True)
+        elif ev.kind == "stop":
+            s.stop_transaction(ev.cp_id, t.transaction_id, time=pd.Timestamp(t.stop or ev.time),
+                               meter_stop_wh=t.meter_stop_wh, reason=t.stop_reason)
+
+
+def attach_store(state, store) -> StoreRecorder:
+    """Make ``state`` write every event to ``store`` before the OCPP answer goes out."""
+    rec = StoreRecorder(state, store)
+    if hasattr(state, "add_listener"):
+        state.add_listener(rec)
+    else:  # the live state hands events to everything in its subscriber set, synchronously
+        state._subs.add(rec)
+    return rec
+
+
+def restore_state(state, store) -> int:
+    """Load running transactions (energy so far, needs) from ``store`` into ``state``.
+
+    Call before the central system accepts connections. Restored transactions have no fresh
+    meter value, so the controller counts them at their maximum until their charger reports.
+    1.6 transaction ids continue above the largest one stored. Returns how many were restored.
+    """
+    open_tx = store.load_open_transactions()
+    state.next_transaction_id = max(int(getattr(state, "next_transaction_id", 1)),
+                                    store.max_numeric_transaction_id() + 1)
+    n = 0
+    for _, r in open_tx.iterrows():
+        if r["charge_point_id"] not in state.stations:
+            log.warning("stored transaction %s on %s: station no longer in the site, skipped",
+                        r["transaction_id"], r["charge_point_id"])
+            continue
+        ms = None if pd.isna(r["meter_start_wh"]) else float(r["meter_start_wh"])
+        t = state.on_start(r["charge_point_id"], int(r["connector_id"]) if pd.notna(r["connector_id"]) else 1,
+                           r["transaction_id"], start=r["arrival"].to_pydatetime(), meter_start_wh=ms,
+                           id_tag=None if pd.isna(r["id_tag"]) else r["id_tag"])
+        if ms is not None:
+            t.energy_register_wh = ms + 1000.0 * float(r["energy_delivered_kwh"])
+        if bool(r["needs_known"]):
+            if pd.notna(r["departure"]):
+                t.departure = r["departure"].to_pydatetime()
+            if pd.notna(r["energy_requested_kwh"]):
+                t.energy_requested_kwh = float(r["energy_requested_kwh"])
+        n += 1
+    if n:
+        log.info("restored %d running transaction(s) from the store", n)
+    return n
