@@ -454,63 +454,60 @@ def _emit(r, c, v, e, row0, rows, cols, vals):
 
 
 @njit(cache=True)
-def standard_form(car, slot, ub, kwh, lo_cell, kw_cell, bcell, need, energy_hi, shortfall_cost, price, early_eur_per_kwh,
-                  n_slots, fair_cost, use_fair, peak_cost, use_peak, base_kw, change_cost, pair, has_prev, rhs,
-                  fuse_rows, fuse_cells, fuse_vals, fuse_hi, unb_rows, unb_cells, unb_vals, unb_hi, n_unb):
-    """The MILP's columns, rows and COO entries in the layout ``_build_matrix`` documents.
+def standard_form(col_start, n_col, row_start, n_row, cells, bcell, terms, changes, fuse, unb):
+    """The MILP's columns, rows and CSC entries in the layout of :class:`nowblock.milp.matrix.Layout`.
 
-    Columns: currents (one per cell), on/off (``bcell``), shortfall per car, worst fraction
-    (``use_fair``), peak (``use_peak``), change up and down per pair. Row families in order:
-    energy, fuse, unbalance, on_upper, on_lower, fair, peak, change; inside a family, a column's
-    entries come in increasing row order (so a stable sort on the column gives CSC).
+    ``col_start`` holds the first column of each block of ``COLUMN_BLOCKS`` (currents, on/off,
+    shortfall, worst fraction, peak, change up, change down) and ``row_start`` the first row of
+    each family of ``ROW_BLOCKS`` (energy, fuse, unbalance, on_upper, on_lower, fair, peak,
+    change), both computed once by the layout; a block's size is the next start minus its own.
+    ``cells``, ``terms``, ``changes``, ``fuse`` and ``unb`` are the named tuples of
+    :mod:`nowblock.milp.matrix`. Inside a family, a column's entries come in increasing row order
+    (so a stable sort on the column gives CSC).
     """
+    car, slot, ub, kwh = cells.car, cells.slot, cells.upper_a, cells.kwh_per_a
     K = car.shape[0]
+    need = terms.need_kwh
     n = need.shape[0]
-    T = n_slots
+    price = terms.price_eur_per_kwh
+    T = price.shape[0]
     B = bcell.shape[0]
+    pair, has_prev, rhs = changes.cell, changes.has_prev, changes.rhs_a
     P = pair.shape[0]
-    on0 = K
-    sh0 = on0 + B
-    wf = sh0 + n
-    pk = wf + (1 if use_fair else 0)
-    up0 = pk + (1 if use_peak else 0)
-    dn0 = up0 + P
-    n_col = dn0 + P
+    on0, sh0, wf, pk, up0, dn0 = col_start[1], col_start[2], col_start[3], col_start[4], col_start[5], col_start[6]
+    use_fair = col_start[4] > col_start[3]
+    use_peak = col_start[5] > col_start[4]
     cost = np.zeros(n_col)
     col_lo = np.zeros(n_col)
     col_hi = np.full(n_col, np.inf)
     integ = np.zeros(n_col, dtype=np.int32)
-    t_div = max(T, 1)
     for k in range(K):
         col_hi[k] = ub[k]
-        cost[k] = (price[slot[k]] + early_eur_per_kwh * (1.0 + slot[k] / t_div)) * kwh[k]
+        cost[k] = (price[slot[k]] + terms.energy_eur_per_kwh) * kwh[k]
     for j in range(B):
         col_hi[on0 + j] = 1.0
         integ[on0 + j] = 1
     for i in range(n):
         col_hi[sh0 + i] = need[i]
-        cost[sh0 + i] = shortfall_cost[i]
+        cost[sh0 + i] = terms.shortfall_eur_per_kwh[i]
     if use_fair:
         col_hi[wf] = 1.0
-        cost[wf] = fair_cost
+        cost[wf] = terms.fair_eur
     if use_peak:
-        cost[pk] = peak_cost
+        cost[pk] = terms.peak_eur_per_kw
     for j in range(P):
-        cost[up0 + j] = change_cost
-        cost[dn0 + j] = change_cost
+        cost[up0 + j] = terms.change_eur_per_a
+        cost[dn0 + j] = terms.change_eur_per_a
 
-    n_fair = 0
-    if use_fair:
-        for i in range(n):
-            if need[i] > 1e-9:
-                n_fair += 1
-    n_fuse = fuse_hi.shape[0]
+    r_energy, r_fuse, r_unb, r_onu, r_onl, r_fair, r_peak, r_change = (
+        row_start[0], row_start[1], row_start[2], row_start[3], row_start[4], row_start[5], row_start[6],
+        row_start[7])
     n_prev = 0
     for j in range(P):
         if has_prev[j]:
             n_prev += 1
-    n_row = n + n_fuse + n_unb + 2 * B + n_fair + (T if use_peak else 0) + P
-    n_nz = (K + n + fuse_rows.shape[0] + unb_rows.shape[0] + 4 * B + 2 * n_fair + (K + T if use_peak else 0)
+    n_fair = r_peak - r_fair
+    n_nz = (K + n + fuse.row.shape[0] + unb.row.shape[0] + 4 * B + 2 * n_fair + (K + T if use_peak else 0)
             + 3 * P + n_prev)
     row_lo = np.full(n_row, -np.inf)
     row_hi = np.full(n_row, np.inf)
@@ -520,67 +517,60 @@ def standard_form(car, slot, ub, kwh, lo_cell, kw_cell, bcell, need, energy_hi, 
     e = 0
     # Energy: need <= delivered + shortfall <= need + overshoot.
     for i in range(n):
-        row_lo[i] = need[i]
-        row_hi[i] = energy_hi[i]
+        row_lo[r_energy + i] = need[i]
+        row_hi[r_energy + i] = terms.energy_hi_kwh[i]
     for k in range(K):
-        e = _put(r, c, v, e, car[k], k, kwh[k])
+        e = _put(r, c, v, e, r_energy + car[k], k, kwh[k])
     for i in range(n):
-        e = _put(r, c, v, e, i, sh0 + i, 1.0)
-    ro = n
-    for j in range(n_fuse):
-        row_hi[ro + j] = fuse_hi[j]
-    e = _emit(r, c, v, e, ro, fuse_rows, fuse_cells, fuse_vals)
-    ro += n_fuse
-    for j in range(n_unb):
-        row_hi[ro + j] = unb_hi
-    e = _emit(r, c, v, e, ro, unb_rows, unb_cells, unb_vals)
-    ro += n_unb
-    # On/off: current <= upper * on (side 0), then current >= min * on (side 1).
+        e = _put(r, c, v, e, r_energy + i, sh0 + i, 1.0)
+    for j in range(fuse.hi_a.shape[0]):
+        row_hi[r_fuse + j] = fuse.hi_a[j]
+    e = _emit(r, c, v, e, r_fuse, fuse.row, fuse.cell, fuse.value)
+    for j in range(unb.hi_a.shape[0]):
+        row_hi[r_unb + j] = unb.hi_a[j]
+    e = _emit(r, c, v, e, r_unb, unb.row, unb.cell, unb.value)
+    # On/off: current <= upper * on, then current >= min * on.
+    for j in range(B):
+        row_hi[r_onu + j] = 0.0
+        row_lo[r_onl + j] = 0.0
     for side in range(2):
-        coef = ub if side == 0 else lo_cell
-        for j in range(B):
-            if side == 0:
-                row_hi[ro + j] = 0.0
-            else:
-                row_lo[ro + j] = 0.0
+        ro = r_onu if side == 0 else r_onl
+        coef = ub if side == 0 else cells.min_a
         for j in range(B):
             e = _put(r, c, v, e, ro + j, bcell[j], 1.0)
         for j in range(B):
             e = _put(r, c, v, e, ro + j, on0 + j, -coef[bcell[j]])
-        ro += B
     # Max-min fair: shortfall_i / need_i <= worst fraction.
     if use_fair:
         j = 0
         for i in range(n):
             if need[i] > 1e-9:
-                row_hi[ro + j] = 0.0
-                e = _put(r, c, v, e, ro + j, sh0 + i, 1.0 / need[i])
+                row_hi[r_fair + j] = 0.0
+                e = _put(r, c, v, e, r_fair + j, sh0 + i, 1.0 / need[i])
                 j += 1
         for j in range(n_fair):
-            e = _put(r, c, v, e, ro + j, wf, -1.0)
-        ro += n_fair
+            e = _put(r, c, v, e, r_fair + j, wf, -1.0)
     # Peak: charging power + other load <= peak in every slot.
     if use_peak:
         for t in range(T):
-            row_hi[ro + t] = -base_kw[t]
+            row_hi[r_peak + t] = -terms.base_kw[t]
         for k in range(K):
-            e = _put(r, c, v, e, ro + slot[k], k, kw_cell[k])
+            e = _put(r, c, v, e, r_peak + slot[k], k, cells.kw_per_a[k])
         for t in range(T):
-            e = _put(r, c, v, e, ro + t, pk, -1.0)
-        ro += T
+            e = _put(r, c, v, e, r_peak + t, pk, -1.0)
     # Setpoint changes: current[k] - current[k-1] - up + down = 0 (or = the setpoint now).
     for j in range(P):
-        row_lo[ro + j] = rhs[j]
-        row_hi[ro + j] = rhs[j]
+        row_lo[r_change + j] = rhs[j]
+        row_hi[r_change + j] = rhs[j]
     for j in range(P):
-        e = _put(r, c, v, e, ro + j, pair[j], 1.0)
+        e = _put(r, c, v, e, r_change + j, pair[j], 1.0)
     for j in range(P):
         if has_prev[j]:
-            e = _put(r, c, v, e, ro + j, pair[j] - 1, -1.0)
+            e = _put(r, c, v, e, r_change + j, pair[j] - 1, -1.0)
     for j in range(P):
-        e = _put(r, c, v, e, ro + j, up0 + j, -1.0)
+        e = _put(r, c, v, e, r_change + j, up0 + j, -1.0)
     for j in range(P):
-        e = _put(r, c, v, e, ro + j, dn0 + j, 1.0)
+        e = _put(r, c, v, e, r_change + j, dn0 + j, 1.0)
     a_start, a_index, a_value = coo_to_csc(r, c, v, n_col)
     return cost, col_lo, col_hi, integ, row_lo, row_hi, a_start, a_index, a_value
 

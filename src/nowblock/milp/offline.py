@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from nowblock.milp.formulation import OptimizeOptions, from_sessions
+from nowblock.milp.adapters import from_sessions
+from nowblock.milp.options import OptimizeOptions
 from nowblock.milp.schedule import Schedule
 from nowblock.milp.solve import solve_formulation
 

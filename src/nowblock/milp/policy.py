@@ -11,14 +11,32 @@ baseline heuristic (``options.fallback``), so a block always gets a safe setpoin
 from __future__ import annotations
 
 import dataclasses
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from nowblock.seam import BlockSnapshot, safe_setpoints_a
-from nowblock.milp.formulation import Formulation, OptimizeOptions, from_snapshot
+from nowblock.milp.adapters import from_snapshot
+from nowblock.milp.formulation import Formulation
+from nowblock.milp.options import OptimizeOptions
 from nowblock.milp.schedule import Schedule
 from nowblock.milp.solve import solve_formulation
+from nowblock.seam import BlockSnapshot, safe_setpoints_a
+
+
+@dataclass(frozen=True, eq=False)
+class MilpDecision:
+    """What :class:`MilpPolicy` decided at one control step.
+
+    ``setpoints_a``: the safe setpoints [A] for the snapshot's cars, indexed by session_id (what
+    :meth:`MilpPolicy.schedule` returns); ``schedule``: the whole plan they come from (its first
+    slot, before the safety net and the top-up), with its status, objective, bound and gap (None
+    when no car is plugged in).
+    """
+
+    setpoints_a: pd.Series
+    schedule: Schedule | None
 
 
 def top_up_first_slot(snapshot: BlockSnapshot, current_a: pd.Series, shortfall_kwh: np.ndarray,
@@ -148,41 +166,41 @@ class MilpPolicy:
         return form
 
     def schedule(self, snapshot: BlockSnapshot) -> pd.Series:
-        """Setpoints [A] for the cars in ``snapshot`` (the first slot of a fresh plan, made safe)."""
+        """Setpoints [A] for the cars in ``snapshot`` (the first slot of a fresh plan, made safe);
+        :meth:`decide` gives the plan with them."""
+        return self.decide(snapshot).setpoints_a
+
+    def decide(self, snapshot: BlockSnapshot) -> MilpDecision:
+        """Plan the horizon from ``snapshot`` and return the safe setpoints of its first slot with
+        the plan (:class:`MilpDecision`); also kept as ``last_schedule`` and in ``history``."""
+        t0 = time.perf_counter()
         cars = snapshot.cars
         if len(cars) == 0:
-            return pd.Series(np.zeros(0), index=cars.index, name="current_a", dtype=float)
+            empty = pd.Series(np.zeros(0), index=cars.index, name="current_a", dtype=float)
+            return MilpDecision(empty, None)
         form = self.formulation(snapshot)
-        # The warm start is only read when the MILP stage runs (the LP bound certifies most
-        # steps' plans): shifting the previous plan builds its frames, so it is made on demand.
-        sched = solve_formulation(form, warm_start_a=lambda: self._shifted_plan(form))
+        # The warm start is only read when the MILP stage runs: shifting the previous plan builds
+        # its frames, so it is made on demand.
+        sched = solve_formulation(form, warm_start_a=lambda: self._shifted_plan(form), started_at=t0)
         self.last_schedule = sched
-        self.history.append({"time": snapshot.time, "status": sched.status, "objective": sched.objective,
-                             "mip_gap": sched.mip_gap, "solve_seconds": sched.solve_seconds,
-                             "build_seconds": sched.build_seconds, "n_cars": len(cars)})
-        dense = sched.__dict__.get("_pending", (None, None))[1]
-        if dense is not None and self.arrivals_forecaster is None:
-            # The plan's cars are the snapshot's, in order (``from_snapshot``): read the dense plan
-            # directly instead of building the schedule's frames (the same numbers).
-            x = dense["x"]
-            first = x[:, 0]
-            short = np.maximum(form.need_kwh - dense["energy"], 0.0)
-
-            def power_sum_kw():
-                return (x * form.kw_per_a[:, None]).T.sum(axis=1)
-        else:
-            first = sched.first_slot().reindex(cars.index).fillna(0.0).to_numpy(float)
-            short = sched.shortfall_kwh.reindex(cars.index).fillna(0.0).to_numpy(float)
-
-            def power_sum_kw():
-                return sched.power_kw.to_numpy().sum(axis=1)
+        self.history.append({"time": snapshot.time, "status": sched.status, "method": sched.method,
+                             "objective": sched.objective, "mip_gap": sched.mip_gap,
+                             "solve_seconds": sched.solve_seconds, "build_seconds": sched.build_seconds,
+                             "seconds": sched.seconds, "n_cars": len(cars)})
+        # The plan's first cars are the snapshot's, in order (``from_snapshot``; expected
+        # arrivals come after them as virtual cars).
+        n = len(cars)
+        plan = sched.plan_a
+        first = plan[:n, 0] if plan.shape[1] else np.zeros(n)
+        short = sched.shortfall_per_car_kwh[:n]
         safe = safe_setpoints_a(snapshot, first)
         if self.options.top_up_h > 0:
             short = np.where(snapshot.hours_to_departure_h <= self.options.top_up_h, short, 0.0)
             if (short > 1e-3).any():  # the plan's peak only matters when someone is topped up
-                peak = float((power_sum_kw() + form.base_kw).max(initial=0.0))
+                power = (plan * form.kw_per_a[:, None]).sum(axis=0)
+                peak = float((power + form.base_kw).max(initial=0.0))
                 safe = top_up_first_slot_a(snapshot, safe, short, peak_kw=peak)
-        return pd.Series(safe, index=cars.index, name="current_a", copy=False)
+        return MilpDecision(pd.Series(safe, index=cars.index, name="current_a", copy=False), sched)
 
     def _shifted_plan(self, form: Formulation) -> np.ndarray | None:
         """The previous plan on the new slots: each new slot takes the old slot it starts in."""
