@@ -12,7 +12,7 @@ Model (all currents per phase [A], energies [kWh], money [EUR]):
 - ``current_a[k]`` for every cell ``k`` = (car, slot) where the car is plugged in and may draw at
   least its minimum; "0 or >= min" (IEC 61851) in every slot of the returned plan.
 - Energy: ``need <= sum_t kwh_per_a[k] * current[k] + shortfall_kwh[i] <= need + one slot at the
-  minimum current``, ``0 <= shortfall <= need`` (soft target: never infeasible; a car gets at
+  minimum current (at least one pilot step)``, ``0 <= shortfall <= need`` (soft target: never infeasible; a car gets at
   most one minimum-current slot more than it needs, so a small remainder can still be served).
 - Every fuse, every grid phase, every slot: charging current + the block's other load (root
   only, spread evenly over phases) <= rating, the room floored to the pilot step (every
@@ -207,6 +207,23 @@ class Formulation:
         """``current_a`` [A] rounded down to whole pilot steps (``options.current_step_a``)."""
         step = float(self.options.current_step_a)
         return np.floor(np.asarray(current_a, dtype=float) / step + 1e-9) * step
+
+    @cached_property
+    def min_on_a(self) -> np.ndarray:
+        """Per car the least nonzero setpoint [A]: its minimum current rounded up to a pilot step,
+        at least one step."""
+        step = float(self.options.current_step_a)
+        lo = np.asarray(self.min_current_a, dtype=float)
+        return np.maximum(np.ceil(lo / step - 1e-9) * step, step)
+
+    @cached_property
+    def ceiling_kwh(self) -> np.ndarray:
+        """Per car the most energy [kWh] a plan may give it: its need plus one slot at
+        :attr:`min_on_a`. A car with a small remainder can then still be served under "0 or >=
+        min" and in whole steps (it stops by itself when full); the energy rows of the model and
+        the rounding keep to the same ceiling, so the model's bound holds for every plan."""
+        need = np.maximum(np.nan_to_num(np.asarray(self.need_kwh, dtype=float)), 0.0)
+        return need + self.min_on_a * self.kw_per_a * float(self.slot_h.max(initial=0.0))
 
     @cached_property
     def cells(self) -> tuple[np.ndarray, np.ndarray]:

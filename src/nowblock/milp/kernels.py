@@ -8,7 +8,8 @@ bit for bit except where a docstring says otherwise. Limit rows are ``g @ curren
 (unbalance rows), so every check looks at every row.
 
 Compiling all of them takes ~10 s on a machine's first run (then numba's on-disk cache, ~0.5 s
-per process): :meth:`nowblock.milp.MilpPolicy.warm_up` does it before a controller serves.
+per process): :meth:`nowblock.milp.MilpPolicy.warm_up` does it before a controller serves. The
+kernels that make a relaxed solution a real plan are in :mod:`nowblock.milp.plan_kernels`.
 """
 
 from __future__ import annotations
@@ -54,121 +55,6 @@ def argsort_stable(key):
         idx, tmp = tmp, idx
         width *= 2
     return idx
-
-
-@njit(cache=True)
-def _raise_prefix(load, room, g, cars, inc, tol):
-    """How many of ``cars`` (in order) can take ``inc`` [A] more, one after the other, before a
-    row of ``load + g[:, cars] @ inc <= room + tol`` first fails (a prefix: stops at the first)."""
-    n_rows = load.shape[0]
-    cur = load.copy()
-    for j in range(cars.shape[0]):
-        c = cars[j]
-        ok = True
-        for r in range(n_rows):
-            cur[r] += g[r, c] * inc[j]
-            if cur[r] > room[r] + tol:
-                ok = False
-        if not ok:
-            return j
-    return cars.shape[0]
-
-
-@njit(cache=True)
-def _slot_load(g, x_cells, car, slot, t_of_interest, n_slots):
-    """Load [A] of every row in the slots flagged in ``t_of_interest`` from cell currents."""
-    n_rows = g.shape[0]
-    load = np.zeros((n_rows, n_slots))
-    for k in range(x_cells.shape[0]):
-        t = slot[k]
-        if t_of_interest[t] and x_cells[k] != 0.0:
-            c = car[k]
-            for r in range(n_rows):
-                load[r, t] += g[r, c] * x_cells[k]
-    return load
-
-
-@njit(cache=True)
-def repair_stray_cells(x, lo, binary, car, slot, g, h, tol):
-    """In place on cell currents ``x`` [A]: every binary cell strictly between 0 and its minimum
-    ``lo`` goes to 0, then back up to ``lo`` where every row keeps room, slot by slot, the
-    largest original values first (stopping a slot at its first car that does not fit)."""
-    n_cells = x.shape[0]
-    n_slots = h.shape[1]
-    is_stray = np.zeros(n_cells, dtype=np.bool_)
-    touched = np.zeros(n_slots, dtype=np.bool_)
-    was = x.copy()
-    n_stray = 0
-    for k in range(n_cells):
-        if binary[k] and x[k] > tol and x[k] < lo[k] - tol:
-            is_stray[k] = True
-            touched[slot[k]] = True
-            x[k] = 0.0
-            n_stray += 1
-    if n_stray == 0:
-        return 0
-    load = _slot_load(g, x, car, slot, touched, n_slots)
-    for t in range(n_slots):
-        if not touched[t]:
-            continue
-        m = 0
-        for k in range(n_cells):
-            if is_stray[k] and slot[k] == t:
-                m += 1
-        ks = np.empty(m, dtype=np.int64)
-        key = np.empty(m)
-        m = 0
-        for k in range(n_cells):
-            if is_stray[k] and slot[k] == t:
-                ks[m] = k
-                key[m] = -was[k]
-                m += 1
-        ks = ks[argsort_stable(key)]
-        cars = car[ks]
-        inc = lo[ks]
-        n_ok = _raise_prefix(load[:, t], h[:, t], g, cars, inc, tol)
-        for j in range(n_ok):
-            x[ks[j]] = lo[ks[j]]
-    return n_stray
-
-
-@njit(cache=True)
-def top_up_rounded(x, lost, up, min_a, g, h, step, n_slots_top, tol):
-    """In place on a rounded dense plan ``x`` (n, T) [A]: in each of the first ``n_slots_top``
-    slots, cars that lost more than 5 % of a step to rounding get one step back (or their
-    minimum), the largest loss first, while every row keeps room (a prefix, as above)."""
-    n, T = x.shape
-    n_rows = g.shape[0]
-    for t in range(min(n_slots_top, T)):
-        m = 0
-        for i in range(n):
-            if lost[i, t] > 0.05 * step and x[i, t] + step <= up[i, t] + tol:
-                m += 1
-        if m == 0:
-            continue
-        cand = np.empty(m, dtype=np.int64)
-        key = np.empty(m)
-        m = 0
-        for i in range(n):
-            if lost[i, t] > 0.05 * step and x[i, t] + step <= up[i, t] + tol:
-                cand[m] = i
-                key[m] = -lost[i, t]
-                m += 1
-        cand = cand[argsort_stable(key)]
-        inc = np.empty(m)
-        for j in range(m):
-            new = x[cand[j], t] + step
-            if new < min_a[cand[j]] - tol:
-                new = min_a[cand[j]]
-            inc[j] = new - x[cand[j], t]
-        load = np.zeros(n_rows)
-        for i in range(n):
-            if x[i, t] != 0.0:
-                for r in range(n_rows):
-                    load[r] += g[r, i] * x[i, t]
-        n_ok = _raise_prefix(load, h[:, t], g, cand, inc, tol)
-        for j in range(n_ok):
-            x[cand[j], t] += inc[j]
 
 
 @njit(cache=True)
@@ -515,7 +401,7 @@ def standard_form(col_start, n_col, row_start, n_row, cells, bcell, terms, chang
     c = np.empty(n_nz, dtype=np.int64)
     v = np.empty(n_nz)
     e = 0
-    # Energy: need <= delivered + shortfall <= need + overshoot.
+    # Energy: need <= delivered + shortfall <= the ceiling (need + one slot at the least setpoint).
     for i in range(n):
         row_lo[r_energy + i] = need[i]
         row_hi[r_energy + i] = terms.energy_hi_kwh[i]
@@ -573,54 +459,6 @@ def standard_form(col_start, n_col, row_start, n_row, cells, bcell, terms, chang
         e = _put(r, c, v, e, r_change + j, dn0 + j, 1.0)
     a_start, a_index, a_value = coo_to_csc(r, c, v, n_col)
     return cost, col_lo, col_hi, integ, row_lo, row_hi, a_start, a_index, a_value
-
-
-@njit(cache=True)
-def round_plan(raw_a, upper_a, min_a, g, h, step, n_slots_top, tol):
-    """A dense plan (n, T) [A] floored to pilot ``step``: 0 or at least the minimum, at most
-    the upper bound floored to a step, then :func:`top_up_rounded` in the first
-    ``n_slots_top`` slots. Non-finite values count as :func:`numpy.nan_to_num` makes them.
-    Returns the plan and, per slot, whether a row of ``g @ x <= h + tol`` fails."""
-    n, T = raw_a.shape
-    x = np.empty((n, T))
-    up = np.empty((n, T))
-    lost = np.zeros((n, T))
-    big = _BIG
-    for i in range(n):
-        lo = min_a[i]
-        for t in range(T):
-            u = upper_a[i, t] if upper_a[i, t] >= lo - tol else 0.0
-            u = np.floor(u / step + 1e-9) * step
-            r = raw_a[i, t]
-            if r != r:
-                r = 0.0
-            elif r == np.inf:
-                r = big
-            elif r == -np.inf:
-                r = -big
-            r = min(max(r, 0.0), u)
-            xv = np.floor(r / step + 1e-7) * step
-            if xv < lo - tol:
-                xv = 0.0
-            x[i, t] = xv
-            up[i, t] = u
-            if r >= lo - tol:
-                lost[i, t] = r - xv
-    top_up_rounded(x, lost, up, min_a, g, h, step, n_slots_top, tol)
-    # The re-check: every row of every slot (a slot that fails is repaired by the caller).
-    n_rows = g.shape[0]
-    bad = np.zeros(T, dtype=np.bool_)
-    load = np.zeros(n_rows)
-    for t in range(T):
-        load[:] = 0.0
-        for i in range(n):
-            if x[i, t] != 0.0:
-                for r in range(n_rows):
-                    load[r] += g[r, i] * x[i, t]
-        for r in range(n_rows):
-            if load[r] > h[r, t] + tol:
-                bad[t] = True
-    return x, bad
 
 
 @njit(cache=True)

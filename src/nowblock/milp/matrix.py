@@ -228,17 +228,17 @@ def build_matrix(f: "Formulation", binary: np.ndarray) -> MatrixForm:
         fair_cost = (10.0 * o.shortfall_eur_per_kwh * max(need.sum(), 1e-9) * max(f.priority.max(initial=1.0), 1.0)
                      * w_max)
     n_fair = int((need > 1e-9).sum()) if fair else 0
-    # The energy row's overshoot (one slot at the minimum current) lets a car with a small
-    # remainder still be served under "0 or >= min": it stops by itself when full. Shortfall
-    # is priced, so it is 0 when delivered >= need. Energy beyond need is never free (energy cost > 0).
-    overshoot = f.min_current_a * f.kw_per_a * f.slot_h.max(initial=0.0)
+    # The energy row's ceiling (``Formulation.ceiling_kwh``: one slot at the minimum current, at
+    # least a pilot step, beyond the need) lets a car with a small remainder still be served
+    # under "0 or >= min": it stops by itself when full. Shortfall is priced, so it is 0 when
+    # delivered >= need. Energy beyond need is never free (energy cost > 0).
 
     cols = Layout({"current_a": K, "on": B, "shortfall_kwh": n, "worst_fraction": int(fair),
                    "peak_kw": int(use_peak), "change_up_a": P, "change_down_a": P})
     rows = Layout({"energy": n, "fuse": len(keep_key), "unbalance": n_unb, "on_upper": B, "on_lower": B,
                    "fair": n_fair, "peak": T if use_peak else 0, "change": P}, keep_empty=False)
     cells = CellArrays(car, slot, ub, f.cell_energy_per_a_kwh, f.min_current_a[car], f.kw_per_a[car])
-    terms = CostTerms(need, need + overshoot, o.shortfall_eur_per_kwh * f.priority * weight,
+    terms = CostTerms(need, np.maximum(f.ceiling_kwh, need), o.shortfall_eur_per_kwh * f.priority * weight,
                       np.asarray(f.price_eur_per_kwh, dtype=float), np.asarray(f.base_kw, dtype=float),
                       float(o.early_eur_per_kwh), float(fair_cost), float(o.peak_eur_per_kw),
                       float(o.change_eur_per_a))

@@ -43,6 +43,8 @@ class OptimizeOptions:
     - ``milp_effort``: the MILP stage may take this many times what the call spent before it
       (building and the LP), never past the time limit; 0: never run it. It runs only when the
       rounded LP plan is not within ``mip_rel_gap`` of the LP bound.
+    - ``milp_min_s`` [s]: the MILP stage may take at least this long (HiGHS's MILP alone takes
+      tens of milliseconds on the smallest blocks, more than their LP), never past the time limit.
     - ``binary_slots``: in the MILP stage, the number of leading slots whose cells get an
       on/off binary (None: all slots), and only cells whose fuse rows can bind. The returned
       plan keeps "0 or >= min" in every slot whatever this is (the rounding sees to that).
@@ -80,6 +82,7 @@ class OptimizeOptions:
     mip_rel_gap: float = 0.01
     mip_abs_gap: float = 0.01
     milp_effort: float = 2.0
+    milp_min_s: float = 0.25
     threads: int | None = None
     current_step_a: float = 1.0
     backend: Literal["highs", "pyomo"] = "highs"
@@ -94,7 +97,7 @@ class OptimizeOptions:
         if self.backend not in ("highs", "pyomo"):
             raise ValueError(f"backend: expected 'highs' or 'pyomo', got {self.backend!r}")
         for name in ("shortfall_eur_per_kwh", "peak_eur_per_kw", "change_eur_per_a", "early_eur_per_kwh",
-                     "urgency_h", "top_up_h", "milp_effort", "mip_abs_gap"):
+                     "urgency_h", "top_up_h", "milp_effort", "mip_abs_gap", "milp_min_s"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if not self.time_limit_s > 0:

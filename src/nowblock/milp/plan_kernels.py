@@ -66,8 +66,8 @@ def _steps_down(v, step):
 
 
 @njit(cache=True)
-def place_guided(y, delivered, target, x, kwh, up, on_a, order, g_start, g_row, g_val, slack, kw, power_room,
-                 n_fuse_rows, step, tol):
+def place_guided(y, delivered, target, ceiling, x, kwh, up, on_a, order, g_start, g_row, g_val, slack, kw,
+                 power_room, n_fuse_rows, step, tol):
     """Place the relaxed solution ``x`` [A], car by car in ``order``: first each cell floored to a
     step (dropped if below ``on_a``), as far as the fuse rows and the power cap allow, then one
     more step (or ``on_a``) on the car's own cells that lost the most to the floor, until the
@@ -83,7 +83,7 @@ def place_guided(y, delivered, target, x, kwh, up, on_a, order, g_start, g_row, 
             if v < on_a[i] - tol or v <= 0.0:
                 continue
             room = _fuse_room(i, t, g_start, g_row, g_val, slack, kw, power_room, n_fuse_rows, tol)
-            v = min(v, _steps_down(room, step))
+            v = min(v, _steps_down(room, step), _steps_down((ceiling[i] - delivered[i]) / kwh[i, t], step))
             if v < on_a[i] - tol or v <= 0.0:
                 continue
             change(i, t, v, y, delivered, kwh, g_start, g_row, g_val, slack, kw, power_room)
@@ -229,11 +229,12 @@ def trim(y, delivered, target, kwh, on_a, slot_order, g_start, g_row, g_val, sla
 
 
 @njit(cache=True)
-def shave_peak(y, delivered, target, kwh, up, on_a, price, g_start, g_row, g_val, slack, kw, neg_power, step, tol,
-               max_moves):
+def shave_peak(y, delivered, target, ceiling, kwh, up, on_a, price, g_start, g_row, g_val, slack, kw, neg_power,
+               step, tol, max_moves):
     """Lower the plan's highest power [kW] by moving single steps of cars out of the peak slot
     into slots of their own that are on, no dearer, lower in power by more than the step, with
-    room on every row, and without leaving the car below its ``target`` [kWh]. ``neg_power`` is
+    room on every row, and without leaving the car below its ``target`` or above its ``ceiling``
+    [kWh]. ``neg_power`` is
     minus each slot's base load plus charging [kW] (kept up to date, as a power room under a cap
     of 0 would be). Stops when the peak slot has no such move. Returns the number of moves."""
     n, T = y.shape
@@ -259,7 +260,8 @@ def shave_peak(y, delivered, target, kwh, up, on_a, price, g_start, g_row, g_val
                     break
                 if y[i, t] < on_a[i] - tol or y[i, t] + step > up[i, t] + tol or price[t] > price[tp] + 1e-12:
                     continue
-                if delivered[i] + step * (kwh[i, t] - kwh[i, tp]) < target[i] - 1e-9:
+                moved_kwh = step * (kwh[i, t] - kwh[i, tp])
+                if delivered[i] + moved_kwh < target[i] - 1e-9 or delivered[i] + moved_kwh > ceiling[i] + 1e-9:
                     continue
                 if room_a(i, t, g_start, g_row, g_val, slack, kw, no_cap, tol) < step:
                     continue
@@ -276,12 +278,12 @@ def shave_peak(y, delivered, target, kwh, up, on_a, price, g_start, g_row, g_val
 
 
 @njit(cache=True)
-def front_load(y, delivered, target, kwh, up, on_a, order, price, g_start, g_row, g_val, slack, kw, power_room,
-               step, tol):
+def front_load(y, delivered, target, ceiling, kwh, up, on_a, order, price, g_start, g_row, g_val, slack, kw,
+               power_room, step, tol):
     """Move each car's energy to its earliest slots that cost no more, as far as every row and
     the power cap (``power_room``, the plan's own peak) allow: energy now is worth more than
     energy promised later when the next arrivals are unknown. A car keeps at least its
-    ``target`` [kWh]; cells stay 0 or at least ``on_a``. Returns the current moved [A]."""
+    ``target`` and at most its ``ceiling`` [kWh]; cells stay 0 or at least ``on_a``. Returns the current moved [A]."""
     n, T = y.shape
     moved = 0.0
     for j in range(order.shape[0]):
@@ -307,7 +309,8 @@ def front_load(y, delivered, target, kwh, up, on_a, order, price, g_start, g_row
             if m <= 0.0:
                 a += 1
                 continue
-            if delivered[i] + m * (kwh[i, a] - kwh[i, b]) < target[i] - 1e-9:
+            moved_kwh = m * (kwh[i, a] - kwh[i, b])
+            if delivered[i] + moved_kwh < target[i] - 1e-9 or delivered[i] + moved_kwh > ceiling[i] + 1e-9:
                 a += 1
                 continue
             if not can_lower(i, b, m, g_start, g_row, g_val, slack, tol):

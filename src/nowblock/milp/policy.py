@@ -128,8 +128,9 @@ class MilpPolicy:
         The first step on a machine compiles them (~10 s on this 2-core box, measured), later
         processes load them from numba's on-disk cache (~0.5 s). A live controller calls this
         before it serves, so no charger waits on a compiler. Plans a small made-up block twice
-        (LP-certified, then the MILP stage from a previous plan, at 1 A and 0.1 A steps);
-        no policy's state is touched. Later calls in the same process return 0 at once.
+        at 1 A steps (the LP stage), then a tight one with an unbalance limit twice at 0.1 A with
+        no gap allowed (the MILP stage from a previous plan, the unbalance rounding); no policy's
+        state is touched. Later calls in the same process return 0 at once.
         """
         import time
 
@@ -139,9 +140,10 @@ class MilpPolicy:
         if _WARM:  # compiled code stays loaded for the process's life
             return 0.0
         t0 = time.perf_counter()
-        snap = plugged_in_snapshot(6, seed=1)
-        for step_a, gap in ((1.0, 0.01), (0.1, 0.0)):
-            pol = MilpPolicy(time_limit_s=5.0, mip_rel_gap=gap)
+        easy = plugged_in_snapshot(6, seed=1)
+        tight = plugged_in_snapshot(9, seed=2, grid_share=0.1, single_phase_share=0.6, max_unbalance_a=6.0)
+        for snap, step_a, gap in ((easy, 1.0, 0.01), (tight, 0.1, 0.0)):
+            pol = MilpPolicy(time_limit_s=5.0, mip_rel_gap=gap, mip_abs_gap=gap)
             for k in range(2):
                 pol.schedule(dataclasses.replace(snap, time=snap.time + k * snap.step, current_step_a=step_a))
         _WARM = True

@@ -59,10 +59,9 @@ class Plan:
 def pilot_bounds(form: Formulation) -> tuple[np.ndarray, np.ndarray]:
     """Per cell the most a plan may offer [A] (the upper bound floored to a step; 0 where the car
     cannot charge or its maximum is below its minimum) and per car the least nonzero setpoint
-    [A] (its minimum rounded up to a step, at least one step)."""
-    step = float(form.options.current_step_a)
+    [A] (:attr:`Formulation.min_on_a`)."""
     lo = np.asarray(form.min_current_a, dtype=float)
-    on_a = np.maximum(np.ceil(lo / step - 1e-9) * step, step)
+    on_a = form.min_on_a
     up = form.floor_to_step(form.upper_a)
     up = np.where((form.energy_per_a_kwh > 0) & (up >= on_a[:, None] - _TOL) & (form.upper_a >= lo[:, None] - 1e-9),
                   up, 0.0)
@@ -112,6 +111,7 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
     kwh = np.ascontiguousarray(form.energy_per_a_kwh, dtype=float)
     need = np.maximum(np.nan_to_num(np.asarray(form.need_kwh, dtype=float)), 0.0)
     up, on_a = pilot_bounds(form)
+    ceiling = np.maximum(form.ceiling_kwh, need)
     x = np.zeros((n, T)) if x_a is None else np.nan_to_num(np.asarray(x_a, dtype=float), posinf=0.0, neginf=0.0)
     if target_kwh is None:
         target = need.copy() if x_a is None else np.minimum((np.clip(x, 0.0, None) * kwh).sum(axis=1), need)
@@ -133,7 +133,7 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
 
     rows = (g_start, g_row, g_val, slack, kw)
     if x_a is not None:
-        pk.place_guided(y, delivered, target, _light_phase_up(form, x, step), kwh, up, on_a, order, *rows,
+        pk.place_guided(y, delivered, target, ceiling, _light_phase_up(form, x, step), kwh, up, on_a, order, *rows,
                         power_room, lim.n_fuse_rows, step, _TOL)
         # Cells still below their relaxed value, the largest loss first (ties: the car served
         # first), for round-ups that check every row once the unbalance rows hold.
@@ -172,19 +172,18 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
         pk.fill(y, delivered, need, kwh, up, on_a, order, by_cost, *rows, no_cap, step, _TOL)
     if lim.g.shape[0] > lim.n_fuse_rows and (need - delivered > 1e-9).any():
         # Unbalance-blocked cars: the light phases take more in the same slot, up to the energy
-        # row's ceiling (one slot at the minimum beyond the need).
-        cap_kwh = need + np.asarray(form.min_current_a, dtype=float) * kw * float(form.slot_h.max(initial=0.0))
+        # row's ceiling (``Formulation.ceiling_kwh``).
         for _ in range(4):
-            if not pk.fill_balanced(y, delivered, need, cap_kwh, kwh, up, on_a, order, by_cost, g_start, g_row,
+            if not pk.fill_balanced(y, delivered, need, ceiling, kwh, up, on_a, order, by_cost, g_start, g_row,
                                     g_val, r_start, r_car, r_val, slack, kw, no_cap, lim.n_fuse_rows, step, _TOL):
                 break
     keep = np.maximum(np.minimum(delivered, need), target)
     neg_power = -(base + kw @ y)
     if T > 1:
-        pk.shave_peak(y, delivered, keep, kwh, up, on_a, price, *rows, neg_power, step, _TOL, 20 * T)
+        pk.shave_peak(y, delivered, keep, ceiling, kwh, up, on_a, price, *rows, neg_power, step, _TOL, 20 * T)
     if front_load if front_load is not None else form.options.early_eur_per_kwh > 0:
         room = float(np.max(-neg_power, initial=0.0)) + 1e-6 + neg_power
-        pk.front_load(y, delivered, keep, kwh, up, on_a, order, price, *rows, room, step, _TOL)
+        pk.front_load(y, delivered, keep, ceiling, kwh, up, on_a, order, price, *rows, room, step, _TOL)
 
     # What the moves above freed, for cars still short of their need; then the steps some cars
     # get beyond their need, where a car short of its need could use them.

@@ -7,11 +7,11 @@ The time limit (``options.time_limit_s``) bounds the whole call, from the moment
    its optimum bounds every plan a charger can follow). Its solution becomes a real plan
    (:func:`nowblock.milp.rounding.make_plan`); the plan's objective is computed from the plan.
 2. If that plan is not certified (more than ``mip_rel_gap`` and ``mip_abs_gap`` from the LP
-   bound) and ``milp_effort`` allows, **MILP stage**: HiGHS with the currents of the first
+   bound) and ``milp_effort`` > 0, **MILP stage**: HiGHS with the currents of the first
    ``binary_slots`` slots in whole pilot steps and on/off binaries on those cells where a limit
    can bind, started from the best plan so far, within ``milp_effort`` times the time spent so
-   far (never past the time limit). Its solution is made real the same way; its bound holds for
-   every plan in pilot steps.
+   far or ``milp_min_s``, whichever is longer (never past the time limit). Its solution is
+   made real the same way; its bound holds for every plan in pilot steps.
 3. The best real plan by objective is returned (a MILP incumbent that rounds worse never
    replaces the LP plan), with the best proven bound, its gap, ``status`` and ``method``.
 
@@ -83,6 +83,20 @@ def _peak_kw(form: Formulation, x: np.ndarray) -> float:
     return float((np.asarray(form.base_kw, dtype=float) + form.kw_per_a @ x).max(initial=0.0))
 
 
+def real_plan(form: Formulation, mf, x: np.ndarray) -> tuple[Plan, float]:
+    """The better of two real plans made from relaxed currents ``x`` [A], with its objective
+    [EUR]: one kept under the relaxation's own peak while it can be, one free to go above it
+    (its steps stay in the slots the relaxation chose: worth it when prices differ by more than
+    the peak costs; measured both ways on the instance matrix, docs/bench_optimize.md)."""
+    best, best_obj = None, np.inf
+    for peak in (_peak_kw(form, x), np.inf):
+        plan = make_plan(form, x, peak_kw=peak)
+        obj = plan_objective(form, mf, plan.current_a)
+        if obj < best_obj - 1e-12:
+            best, best_obj = plan, obj
+    return best, best_obj
+
+
 def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float | None = None) -> Schedule:
     """Solve one planning step and return a real, re-checked plan (module docstring).
 
@@ -137,8 +151,7 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
     stage_name = "milp" if backend == "pyomo" else "lp"
     if first.values is not None and first.status in ("optimal", "time_limit"):
         x = form.current_from_cells(first.matrix.current_a(first.values))
-        plan = make_plan(form, x, peak_kw=_peak_kw(form, x))
-        objective = plan_objective(form, mf, plan.current_a)
+        plan, objective = real_plan(form, mf, x)
         best.offer(plan, objective, f"{stage_name}+rounding")
         if np.isfinite(first.bound):
             bound = first.bound
@@ -156,7 +169,8 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
 
     # The MILP stage, when the LP plan is not certified and the budget allows.
     spent = time.perf_counter() - t0
-    budget = min(deadline - time.perf_counter() - reserve, o.milp_effort * spent)
+    budget = min(deadline - time.perf_counter() - reserve, max(o.milp_effort * spent, o.milp_min_s)) \
+        if o.milp_effort > 0 else 0.0
     if (backend == "highs" and not _certified(best.objective, bound, o) and budget > 0.005
             and form.n_binary_slots > 0):
         try:
@@ -222,8 +236,8 @@ def _milp_stage(form: Formulation, lp_matrix, best: _Best, warm_start_a, budget_
     res = solve_matrix(form, mf_steps, budget_s, start)
     if res.values is not None:
         x = form.current_from_cells(mf_steps.current_a(res.values))
-        plan = make_plan(form, x, peak_kw=_peak_kw(form, x))
-        candidates.append(("milp+rounding", plan, plan_objective(form, mf, plan.current_a)))
+        plan, objective = real_plan(form, mf, x)
+        candidates.append(("milp+rounding", plan, objective))
     return res, candidates
 
 
