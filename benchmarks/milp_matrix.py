@@ -221,3 +221,63 @@ def check_schedule(block: dict, step: str, current_a: pd.DataFrame, step_a: floa
     return {"ok": not bad, "violations": bad, "energy_kwh": float(np.minimum(energy, a["need"]).sum()),
             "short_cars": int((energy < a["need"] - 1e-3).sum()),
             "peak_load_share": float(np.nanmax(load / room)) if load.size else 0.0}
+
+
+# ---- the table for docs/bench_optimize.md ---------------------------------------------------------
+def table(rows: list[dict]) -> str:
+    """A markdown table of matrix results (``extra_info`` of ``bench_milp_matrix.py``), one row a
+    cell, and the worst cells above it."""
+    rows = sorted(rows, key=lambda r: (r["n_cars"], r["tree"], r["fuse_share"], r["step"], r["load_and_prices"],
+                                       r["unbalance"]))
+    out = ["| cell | call [s] | LP floor [s] | ratio | gap | status / method | peak MB | check | energy vs LP |"
+           " short cars | limited: s / limit, returned |",
+           "|---|---:|---:|---:|---:|---|---:|---|---:|---:|---|"]
+    for r in rows:
+        out.append(
+            f"| {r['cell']} | {r['call_s']:.3f} | {r['floor_s']:.3f} | {r['ratio']:.1f} | {_pct(r['gap'])} | "
+            f"{r['status']} / {r['method']} | {r['peak_mb']:.0f} | {'ok' if r['ok'] else 'FAIL'} | "
+            f"{100 * r['energy_share']:.2f} % | {r['short_cars']} | {r['limited_s']:.2f} / {r['limited_limit_s']:.2f},"
+            f" {r['limited_status']} {r['limited_method']} {_pct(r['limited_gap'])} |")
+    return "\n".join(out)
+
+
+def worst(rows: list[dict]) -> str:
+    """The headline: the worst cell for each target."""
+    def pick(key, rs, best=max):
+        rs = [r for r in rs if np.isfinite(r[key])]
+        return best(rs, key=lambda r: r[key]) if rs else None
+
+    lines = []
+    up_to_1000 = [r for r in rows if r["n_cars"] <= 1000]
+    for title, key, rs, fn in (("ratio call / LP floor (<= 1,000 cars)", "ratio", up_to_1000, max),
+                               ("MIP gap (<= 1,000 cars)", "gap", up_to_1000, max),
+                               ("call at 200 cars", "call_s", [r for r in rows if r["n_cars"] == 200], max),
+                               ("call at 1,000 cars", "call_s", [r for r in rows if r["n_cars"] == 1000], max),
+                               ("call at 2,000 cars", "call_s", [r for r in rows if r["n_cars"] == 2000], max),
+                               ("energy vs the LP's", "energy_share", rows, min),
+                               ("time-limited call / its limit", "limited_over", rows, max)):
+        r = pick(key, rs, fn)
+        if r is not None:
+            v = r[key]
+            shown = _pct(v) if key == "gap" else (f"{100 * v:.2f} %" if key == "energy_share" else f"{v:.3g}")
+            lines.append(f"- {title}: **{shown}** ({r['cell']})")
+    n_bad = sum(not r["ok"] or not r.get("limited_ok", True) for r in rows)
+    lines.append(f"- plans that break a limit (checked outside the optimizer): **{n_bad}** of {len(rows)}")
+    free = [r for r in rows if r["short_cars"] and r["peak_load_share"] < 0.99]
+    lines.append(f"- cells where a car ends short while no fuse phase is above 99 % of its room: **{len(free)}**")
+    return "\n".join(lines)
+
+
+def _pct(v: float) -> str:
+    return "inf" if not np.isfinite(v) else f"{100 * v:.2f} %"
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    data = json.load(open(sys.argv[1]))
+    rows = [b["extra_info"] for b in data["benchmarks"] if "cell" in b["extra_info"]]
+    print(worst(rows))
+    print()
+    print(table(rows))

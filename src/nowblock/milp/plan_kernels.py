@@ -487,3 +487,51 @@ def pass_on_excess(y, delivered, need, weight, kwh, up, on_a, g_start, g_row, g_
                     break
                 change(a, t, cut, y, delivered, kwh, g_start, g_row, g_val, slack, kw, power_room)
     return moved
+
+
+@njit(cache=True)
+def fill_least_laxity(y, delivered, target, kwh, up, on_a, g_start, g_row, g_val, slack, kw, power_room, step, tol):
+    """Slot by slot from the first, give the cars still below ``target`` [kWh] current [A] in
+    order of least laxity (the slots a car has left minus the slots it still needs at its
+    maximum), each as much as it needs, its maximum and every row and the power cap allow, in
+    whole steps and 0 or at least ``on_a``. Least laxity first meets deadlines under a power cap
+    where earliest-deadline-first, greedy per car, runs out of room (a car that needs its
+    maximum for hours goes first in time). Returns the current added [A]."""
+    n, T = y.shape
+    added = 0.0
+    left = np.zeros(n)  # usable slots from t on
+    for i in range(n):
+        for t in range(T):
+            if up[i, t] > 0.0 and kwh[i, t] > 0.0:
+                left[i] += 1.0
+    lax = np.empty(n)
+    for t in range(T):
+        m = 0
+        for i in range(n):
+            if up[i, t] > 0.0 and kwh[i, t] > 0.0:
+                rest = target[i] - delivered[i]
+                lax[i] = left[i] - rest / (up[i, t] * kwh[i, t]) if rest > 1e-9 else np.inf
+                left[i] -= 1.0
+                m += 1
+            else:
+                lax[i] = np.inf
+        if m == 0:
+            continue
+        cars = argsort_stable(lax)
+        for j in range(n):
+            i = cars[j]
+            if not lax[i] < np.inf:
+                break
+            rest = target[i] - delivered[i]
+            if rest <= 1e-9 or up[i, t] < y[i, t] + step - tol:
+                continue
+            want = np.ceil(rest / kwh[i, t] / step - 1e-9) * step
+            room = min(up[i, t] - y[i, t], room_a(i, t, g_start, g_row, g_val, slack, kw, power_room, tol))
+            add = min(want, _steps_down(room, step))
+            if y[i, t] == 0.0 and add < on_a[i] - tol:
+                add = on_a[i]
+            if add <= 0.0 or add > room + 1e-9:
+                continue
+            change(i, t, add, y, delivered, kwh, g_start, g_row, g_val, slack, kw, power_room)
+            added += add
+    return added

@@ -132,6 +132,9 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
     by_cost = np.lexsort((np.arange(T), price)).astype(np.int64)
 
     rows = (g_start, g_row, g_val, slack, kw)
+    if x_a is None and np.isfinite(cap):
+        # From nothing under a cap: slot by slot, least laxity first.
+        pk.fill_least_laxity(y, delivered, target, kwh, up, on_a, *rows, power_room, step, _TOL)
     if x_a is not None:
         pk.place_guided(y, delivered, target, ceiling, _light_phase_up(form, x, step), kwh, up, on_a, order, *rows,
                         power_room, lim.n_fuse_rows, step, _TOL)

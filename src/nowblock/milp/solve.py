@@ -7,7 +7,7 @@ The time limit (``options.time_limit_s``) bounds the whole call, from the moment
    its optimum bounds every plan a charger can follow). Its solution becomes a real plan
    (:func:`nowblock.milp.rounding.make_plan`); the plan's objective is computed from the plan.
 2. If that plan is not certified (more than ``mip_rel_gap`` and ``mip_abs_gap`` from the LP
-   bound) and ``milp_effort`` > 0, **MILP stage**: HiGHS with the currents of the first
+   bound), gives some car less than the LP did, and ``milp_effort`` > 0, **MILP stage**: HiGHS with the currents of the first
    ``binary_slots`` slots in whole pilot steps and on/off binaries on those cells where a limit
    can bind, started from the best plan so far, within ``milp_effort`` times the time spent so
    far or ``milp_min_s``, whichever is longer (never past the time limit). Its solution is
@@ -83,13 +83,31 @@ def _peak_kw(form: Formulation, x: np.ndarray) -> float:
     return float((np.asarray(form.base_kw, dtype=float) + form.kw_per_a @ x).max(initial=0.0))
 
 
-def real_plan(form: Formulation, mf, x: np.ndarray) -> tuple[Plan, float]:
-    """The better of two real plans made from relaxed currents ``x`` [A], with its objective
-    [EUR]: one kept under the relaxation's own peak while it can be, one free to go above it
-    (its steps stay in the slots the relaxation chose: worth it when prices differ by more than
-    the peak costs; measured both ways on the instance matrix, docs/bench_optimize.md)."""
+_PEAK_LP_SHARE = 0.6  # of the time left, for the LP with its peak term (the rest: the LP without)
+
+
+def critical_peak_kw(form: Formulation, energy_kwh: np.ndarray) -> float:
+    """The least peak power [kW] any plan can have that gives every car ``energy_kwh`` [kWh]: for
+    every first ``k`` slots, the energy cars cannot get after them, spread over them, plus their
+    mean base load; the largest over ``k`` (Yao, Demers and Shenker's critical interval, from the
+    start of the horizon)."""
+    kwh = form.energy_per_a_kwh
+    energy = np.asarray(energy_kwh, dtype=float)
+    later = np.cumsum((form.upper_a * kwh)[:, ::-1], axis=1)[:, ::-1]  # the most a car can get from slot k on
+    must = np.maximum(energy[:, None] - np.c_[later[:, 1:], np.zeros(form.n_cars)], 0.0).sum(axis=0)
+    base = np.asarray(form.base_kw, dtype=float)
+    k = np.arange(1, form.n_slots + 1)
+    return float(np.max(must / np.cumsum(form.slot_h) + np.cumsum(base) / k, initial=0.0))
+
+
+def real_plan(form: Formulation, mf, x: np.ndarray, caps=None) -> tuple[Plan, float]:
+    """The best of real plans made from relaxed currents ``x`` [A], with its objective [EUR]: one
+    for each power cap in ``caps`` [kW] (default: the relaxation's own peak, kept while it can
+    be, and none: the steps stay in the slots the relaxation chose, worth it when prices differ
+    by more than the peak costs; measured both ways on the instance matrix,
+    docs/bench_optimize.md)."""
     best, best_obj = None, np.inf
-    for peak in (_peak_kw(form, x), np.inf):
+    for peak in (_peak_kw(form, x), np.inf) if caps is None else caps:
         plan = make_plan(form, x, peak_kw=peak)
         obj = plan_objective(form, mf, plan.current_a)
         if obj < best_obj - 1e-12:
@@ -137,7 +155,11 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
             mf = first.matrix
         else:
             mf = form.matrix(relax=True)
-            first = solve_matrix(form, mf, deadline - time.perf_counter() - reserve)
+            # With a peak term HiGHS's LP can take far longer than without (the peak rows tie every
+            # slot together: 226 s against 0.6 s at 2,000 cars in 5-minute slots, measured); it
+            # gets part of the time, the LP without them the rest if it does not finish.
+            share = _PEAK_LP_SHARE if mf.cols["peak_kw"].stop > mf.cols["peak_kw"].start else 1.0
+            first = solve_matrix(form, mf, share * (deadline - time.perf_counter() - reserve))
     except SolverOptionError:
         raise
     except Exception as exc:  # noqa: BLE001 - any solver trouble must still leave a safe schedule
@@ -159,7 +181,42 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
                        "objective": objective, "seconds": time.perf_counter() - t0})
     else:
         stages.append({"stage": stage_name, "status": first.status, "seconds": time.perf_counter() - t0})
-        plan = make_plan(form)
+        second = None
+        if backend == "highs" and o.peak_eur_per_kw > 0 and deadline - time.perf_counter() - reserve > 0.01:
+            try:
+                f0 = form.with_options(peak_eur_per_kw=0.0)
+                second = solve_matrix(f0, f0.matrix(relax=True), deadline - time.perf_counter() - reserve)
+            except SolverOptionError:
+                raise
+            except Exception:  # noqa: BLE001 - the greedy plan below
+                second = None
+        if second is not None and second.values is not None and second.status in ("optimal", "time_limit"):
+            solve_s += second.solve_seconds
+            build_s += second.build_seconds
+            run_s += second.run_call_seconds
+            x = form.current_from_cells(second.matrix.current_a(second.values))
+            plan, objective = real_plan(form, mf, x, caps=(np.inf,))
+            best.offer(plan, objective, "lp without peak+rounding")
+            # The LP without its peak term may put energy anywhere among equal prices: a plan
+            # from scratch under the least peak that gives every car its LP energy, least laxity
+            # first, is often far lower in peak.
+            energy = np.minimum((x * form.energy_per_a_kwh).sum(axis=1), np.maximum(form.need_kwh, 0.0))
+            flat = make_plan(form, None, peak_kw=critical_peak_kw(form, energy), target_kwh=energy)
+            best.offer(flat, plan_objective(form, mf, flat.current_a), "least laxity under the critical peak")
+            if np.isfinite(second.bound):
+                # The peak is at least the highest base load: a weak bound, but a proven one.
+                bound = second.bound + o.peak_eur_per_kw * float(np.max(form.base_kw, initial=0.0))
+            stages.append({"stage": "lp without peak", "status": second.status, "relaxed_objective": second.objective,
+                           "objective": objective, "seconds": time.perf_counter() - t0})
+            gap = _gap(best.objective, bound)
+            return plan_schedule(form, best.plan, status="optimal" if _certified(best.objective, bound, o)
+                                 else "time_limit", objective=best.objective, bound=bound, mip_gap=gap,
+                                 solve_seconds=solve_s, build_seconds=build_s, backend=backend,
+                                 detail=f"{best.method}; " + ", ".join(f"{s['stage']}: {s['status']}" for s in stages),
+                                 method=best.method, seconds=time.perf_counter() - t0,
+                                 extra={"stages": stages, "run_call_seconds": run_s})
+        need = np.maximum(np.nan_to_num(np.asarray(form.need_kwh, dtype=float)), 0.0)
+        plan = make_plan(form, None, peak_kw=critical_peak_kw(form, need))
         best.offer(plan, plan_objective(form, mf, plan.current_a), "greedy")
         return plan_schedule(form, best.plan, status="fallback", objective=best.objective, bound=float("nan"),
                              mip_gap=float("inf"), solve_seconds=solve_s, build_seconds=build_s, backend=backend,
@@ -171,8 +228,12 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
     spent = time.perf_counter() - t0
     budget = min(deadline - time.perf_counter() - reserve, max(o.milp_effort * spent, o.milp_min_s)) \
         if o.milp_effort > 0 else 0.0
+    # Only when some car got less than the LP gave it: on/off and whole-step decisions the
+    # rounding could not make. A plan that gives every car its LP energy is off the bound by
+    # granularity alone (a pilot step more peak, a step of overshoot), which a MILP over the
+    # first slots does not change (measured on the instance matrix: docs/bench_optimize.md).
     if (backend == "highs" and not _certified(best.objective, bound, o) and budget > 0.005
-            and form.n_binary_slots > 0):
+            and best.plan.missing_kwh > 1e-6 and form.n_binary_slots > 0):
         try:
             res, candidates = _milp_stage(form, mf, best, warm_start_a, budget)
         except SolverOptionError:
