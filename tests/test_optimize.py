@@ -296,8 +296,9 @@ def test_lp_stage_plan_is_certified_and_as_good_as_the_plain_milp():
     form = from_sessions(b["site"], b["sessions"], start=b["start"], base_load=b["base_load"], prices=b["prices"])
     s = solve_formulation(form)
     lp = solve_highs(form, relax=True)
-    assert s.status == "optimal" and s.method == "lp+rounding"
-    assert s.bound == pytest.approx(lp.objective, rel=1e-9)
+    assert s.status == "optimal" and s.method in ("lp+rounding", "lp without peak+rounding",
+                                                  "least laxity under the critical peak")
+    assert s.bound <= lp.objective * (1 + 1e-7)  # no proven bound is above the LP's optimum
     assert lp.objective <= s.objective + 1e-9
     assert (s.objective - lp.objective) / s.objective <= form.options.mip_rel_gap
     x = s.plan_a

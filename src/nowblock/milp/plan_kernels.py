@@ -52,8 +52,12 @@ def can_lower(i, t, amount, g_start, g_row, g_val, slack, tol):
 
 @njit(cache=True)
 def change(i, t, amount, y, delivered, kwh, g_start, g_row, g_val, slack, kw, power_room):
-    """Add ``amount`` [A] (negative: take it off) to car ``i`` in slot ``t``, bookkeeping included."""
+    """Add ``amount`` [A] (negative: take it off) to car ``i`` in slot ``t``, bookkeeping included
+    (a cell taken to within 1e-9 A of 0 is 0: steps subtracted in floating point leave dust)."""
     y[i, t] += amount
+    if abs(y[i, t]) < 1e-9:
+        amount -= y[i, t]
+        y[i, t] = 0.0
     delivered[i] += amount * kwh[i, t]
     for p in range(g_start[i], g_start[i + 1]):
         slack[g_row[p], t] -= g_val[p] * amount
@@ -175,6 +179,22 @@ def lower_to_fit(y, delivered, kwh, on_a, r_start, r_car, r_val, g_start, g_row,
 
 
 @njit(cache=True)
+def _give(i, t, rest, y, delivered, kwh, up, on_a, g_start, g_row, g_val, slack, kw, power_room, step, tol):
+    """Raise car ``i`` in slot ``t`` towards what it lacks, ``rest`` [kWh]: whole steps, its
+    maximum, every row and the power cap; an off cell goes to ``on_a`` or more, or stays off.
+    Returns the current added [A] (0: none)."""
+    want = np.ceil(rest / kwh[i, t] / step - 1e-9) * step
+    room = min(up[i, t] - y[i, t], room_a(i, t, g_start, g_row, g_val, slack, kw, power_room, tol))
+    add = min(want, _steps_down(room, step))
+    if y[i, t] == 0.0 and add < on_a[i] - tol:
+        add = on_a[i]
+    if add <= 0.0 or add > room + 1e-9:
+        return 0.0
+    change(i, t, add, y, delivered, kwh, g_start, g_row, g_val, slack, kw, power_room)
+    return add
+
+
+@njit(cache=True)
 def fill(y, delivered, target, kwh, up, on_a, order, slot_order, g_start, g_row, g_val, slack, kw, power_room,
          step, tol):
     """Give cars in ``order`` what they still lack of ``target`` [kWh], trying slots in
@@ -193,15 +213,8 @@ def fill(y, delivered, target, kwh, up, on_a, order, slot_order, g_start, g_row,
                 break
             if kwh[i, t] <= 0.0 or up[i, t] < y[i, t] + step - tol or up[i, t] < on_a[i] - tol:
                 continue
-            want = np.ceil(rest / kwh[i, t] / step - 1e-9) * step
-            room = min(up[i, t] - y[i, t], room_a(i, t, g_start, g_row, g_val, slack, kw, power_room, tol))
-            add = min(want, _steps_down(room, step))
-            if y[i, t] == 0.0 and add < on_a[i] - tol:
-                add = on_a[i]
-            if add <= 0.0 or add > room + 1e-9:
-                continue
-            change(i, t, add, y, delivered, kwh, g_start, g_row, g_val, slack, kw, power_room)
-            added += add
+            added += _give(i, t, rest, y, delivered, kwh, up, on_a, g_start, g_row, g_val, slack, kw, power_room,
+                           step, tol)
     return added
 
 
@@ -351,10 +364,9 @@ def fill_balanced(y, delivered, target, cap_kwh, kwh, up, on_a, order, slot_orde
                   r_car, r_val, slack, kw, power_room, n_fuse_rows, step, tol):
     """:func:`fill` for cars that an unbalance row blocks: car ``i`` on the heavy phase may take
     ``add`` [A] in slot ``t`` if cars on the light phases take enough more in the same slot: up to
-    each one's ``cap_kwh`` [kWh] (the energy row's ceiling; a kWh of shortfall on the heavy phase
-    costs more than the light phase's extra energy), or beyond it when the same step can leave
-    another slot of the partner's without breaking a row there (its energy stays). Tries are
-    all-or-nothing.
+    each one's ``cap_kwh`` [kWh] (its need: a full car stops drawing, so current beyond it would
+    balance nothing), or beyond it when the same step can leave another slot of the partner's
+    without breaking a row there (its energy stays). Tries are all-or-nothing.
     Returns the current added to the blocked cars [A]."""
     n, T = y.shape
     added = 0.0
@@ -525,13 +537,6 @@ def fill_least_laxity(y, delivered, target, kwh, up, on_a, g_start, g_row, g_val
             rest = target[i] - delivered[i]
             if rest <= 1e-9 or up[i, t] < y[i, t] + step - tol:
                 continue
-            want = np.ceil(rest / kwh[i, t] / step - 1e-9) * step
-            room = min(up[i, t] - y[i, t], room_a(i, t, g_start, g_row, g_val, slack, kw, power_room, tol))
-            add = min(want, _steps_down(room, step))
-            if y[i, t] == 0.0 and add < on_a[i] - tol:
-                add = on_a[i]
-            if add <= 0.0 or add > room + 1e-9:
-                continue
-            change(i, t, add, y, delivered, kwh, g_start, g_row, g_val, slack, kw, power_room)
-            added += add
+            added += _give(i, t, rest, y, delivered, kwh, up, on_a, g_start, g_row, g_val, slack, kw, power_room,
+                           step, tol)
     return added

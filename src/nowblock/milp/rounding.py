@@ -174,10 +174,11 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
     if (need - delivered > 1e-9).any():
         pk.fill(y, delivered, need, kwh, up, on_a, order, by_cost, *rows, no_cap, step, _TOL)
     if lim.g.shape[0] > lim.n_fuse_rows and (need - delivered > 1e-9).any():
-        # Unbalance-blocked cars: the light phases take more in the same slot, up to the energy
-        # row's ceiling (``Formulation.ceiling_kwh``).
+        # Unbalance-blocked cars: the light phases take more in the same slot, up to their need
+        # (a full car stops drawing: current beyond its need would balance nothing), or move a
+        # step there from another slot of theirs.
         for _ in range(4):
-            if not pk.fill_balanced(y, delivered, need, ceiling, kwh, up, on_a, order, by_cost, g_start, g_row,
+            if not pk.fill_balanced(y, delivered, need, need, kwh, up, on_a, order, by_cost, g_start, g_row,
                                     g_val, r_start, r_car, r_val, slack, kw, no_cap, lim.n_fuse_rows, step, _TOL):
                 break
     keep = np.maximum(np.minimum(delivered, need), target)
@@ -196,6 +197,7 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
                                                             else np.asarray(form.shortfall_weight, dtype=float))
         pk.pass_on_excess(y, delivered, need, np.broadcast_to(weight, (n,)).copy(), kwh, up, on_a, *rows, no_cap,
                           step, _TOL)
+    y = np.round(y / step) * step  # whole steps exactly (sums of steps drift in floating point)
     y, repaired = _recheck(form, y, up, on_a)
     energy = (y * kwh).sum(axis=1)
     return Plan(current_a=y, energy_kwh=energy, missing_kwh=float(np.maximum(target - energy, 0.0).sum()),

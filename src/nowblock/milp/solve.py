@@ -22,6 +22,7 @@ baseline heuristic ``options.fallback`` played forward (:func:`fallback_schedule
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -48,10 +49,10 @@ def run_backend(form: Formulation, *, relax: bool = False, warm_start_a=None) ->
 
 
 def reserve_seconds(form: Formulation) -> float:
-    """Time [s] kept back from the solver stages for making and checking the plan: 10 ms plus
-    1 us per (car, slot) pair (measured: the rounding takes ~0.2 us per pair, the re-check and
-    the objective about as much again; docs/bench_optimize.md)."""
-    return 0.01 + 1e-6 * form.n_cars * form.n_slots
+    """Time [s] kept back from a solver stage for making, pricing and checking plans after it:
+    20 ms plus 4 us per (car, slot) pair (measured on the instance matrix, under load: one plan
+    takes 1-8 us per pair, two are made after each stage; docs/bench_optimize.md)."""
+    return 0.02 + 4e-6 * form.n_cars * form.n_slots
 
 
 class _Best:
@@ -62,8 +63,10 @@ class _Best:
         self.objective = np.inf
         self.method = ""
 
-    def offer(self, plan: Plan, objective: float, method: str) -> None:
-        if plan is not None and objective < self.objective - 1e-12:
+    def offer(self, plan: Plan, objective: float, method: str, *, wins_ties: bool = False) -> None:
+        """Keep ``plan`` if its objective [EUR] is lower (or equal, with ``wins_ties``)."""
+        tol = 1e-9 * max(1.0, abs(self.objective)) if np.isfinite(self.objective) else 0.0
+        if plan is not None and (objective < self.objective - tol or (wins_ties and objective <= self.objective + tol)):
             self.plan, self.objective, self.method = plan, objective, method
 
 
@@ -83,21 +86,41 @@ def _peak_kw(form: Formulation, x: np.ndarray) -> float:
     return float((np.asarray(form.base_kw, dtype=float) + form.kw_per_a @ x).max(initial=0.0))
 
 
-_PEAK_LP_SHARE = 0.6  # of the time left, for the LP with its peak term (the rest: the LP without)
-
-
-def critical_peak_kw(form: Formulation, energy_kwh: np.ndarray) -> float:
-    """The least peak power [kW] any plan can have that gives every car ``energy_kwh`` [kWh]: for
-    every first ``k`` slots, the energy cars cannot get after them, spread over them, plus their
-    mean base load; the largest over ``k`` (Yao, Demers and Shenker's critical interval, from the
-    start of the horizon)."""
+def critical_peak_kw(form: Formulation, energy_kwh: np.ndarray) -> tuple[float, int]:
+    """The least peak power [kW] any plan can have that gives every car ``energy_kwh`` [kWh], and
+    the number of first slots that decide it: for every first ``k`` slots, the energy cars cannot
+    get after them, spread over them, plus their mean base load; the largest over ``k`` (Yao,
+    Demers and Shenker's critical interval, from the start of the horizon)."""
+    if form.n_slots == 0:
+        return 0.0, 0
     kwh = form.energy_per_a_kwh
     energy = np.asarray(energy_kwh, dtype=float)
     later = np.cumsum((form.upper_a * kwh)[:, ::-1], axis=1)[:, ::-1]  # the most a car can get from slot k on
     must = np.maximum(energy[:, None] - np.c_[later[:, 1:], np.zeros(form.n_cars)], 0.0).sum(axis=0)
     base = np.asarray(form.base_kw, dtype=float)
-    k = np.arange(1, form.n_slots + 1)
-    return float(np.max(must / np.cumsum(form.slot_h) + np.cumsum(base) / k, initial=0.0))
+    level = must / np.cumsum(form.slot_h) + np.cumsum(base) / np.arange(1, form.n_slots + 1)
+    k = int(np.argmax(level))
+    return float(level[k]), k + 1
+
+
+def peak_bound(form: Formulation, mf0, first_slots: int, time_limit_s: float) -> float:
+    """A proven lower bound [EUR] on the objective of every plan, from the model without its peak
+    term (``mf0``): Lagrange's bound with the peak rows' multipliers spread evenly over the
+    ``first_slots`` slots, i.e. the model with ``peak_eur_per_kw`` charged on the mean power of
+    those slots instead of the peak (never more: the peak is at least the mean). NaN if the LP
+    does not finish in ``time_limit_s`` [s]. Over the critical interval
+    (:func:`critical_peak_kw`) it equalled the model's own LP bound on every no-price cell of the
+    instance matrix tried (docs/bench_optimize.md)."""
+    car, slot = form.cells
+    k = max(int(first_slots), 1)
+    c = float(form.options.peak_eur_per_kw)
+    cost = mf0.cost.copy()
+    cur = mf0.cols["current_a"]
+    cost[cur] += np.where(slot < k, c / k * form.kw_per_a[car], 0.0)
+    res = solve_matrix(form, dataclasses.replace(mf0, cost=cost), time_limit_s)
+    if res.status != "optimal":
+        return float("nan")
+    return float(res.objective) + c * float(np.mean(np.asarray(form.base_kw, dtype=float)[:k]))
 
 
 def real_plan(form: Formulation, mf, x: np.ndarray, caps=None) -> tuple[Plan, float]:
@@ -113,6 +136,127 @@ def real_plan(form: Formulation, mf, x: np.ndarray, caps=None) -> tuple[Plan, fl
         if obj < best_obj - 1e-12:
             best, best_obj = plan, obj
     return best, best_obj
+
+
+_PEAK_LP_FACTOR = 10.0  # the LP with the peak term may take this many times the LP without it ...
+_PEAK_LP_MIN_S = 0.5  # ... or this long [s], whichever is longer (then the time left)
+
+
+class _Run:
+    """The LP stages of one call and what they found: the best real plan, the best proven bound,
+    the stages' records and times (see :func:`solve_formulation`)."""
+
+    def __init__(self, form: Formulation, t0: float, deadline: float, reserve: float) -> None:
+        self.form, self.t0, self.deadline, self.reserve = form, t0, deadline, reserve
+        self.best = _Best()
+        self.bound = float("nan")
+        self.stages: list[dict] = []
+        self.solve_s = self.build_s = self.run_s = 0.0
+        self.mf = form.matrix(relax=True) if form.options.backend == "highs" else None
+        self.lp0 = None  # (the model without its peak term, its matrix, its solution, the critical slots)
+        self.lp0_seconds = 0.0
+        self.lp_solved = False
+
+    def left(self) -> float:
+        """Time [s] a solver stage may still take."""
+        return self.deadline - time.perf_counter() - self.reserve
+
+    def certified(self) -> bool:
+        return self.best.plan is not None and _certified(self.best.objective, self.bound, self.form.options)
+
+    def _account(self, res: SolveResult) -> None:
+        self.solve_s += res.solve_seconds
+        self.build_s += res.build_seconds
+        self.run_s += res.run_call_seconds
+
+    def _record(self, name: str, res: SolveResult, objective: float = float("nan")) -> None:
+        self.stages.append({"stage": name, "status": res.status, "relaxed_objective": res.objective,
+                            "objective": objective, "seconds": time.perf_counter() - self.t0})
+
+    def _raise_bound(self, value: float) -> None:
+        if np.isfinite(value):
+            self.bound = value if not np.isfinite(self.bound) else max(self.bound, value)
+
+    def lp_stage(self, budget: float) -> None:
+        """The LP relaxation of the whole model, made into real plans; its optimum is the bound."""
+        form, mf = self.form, self.mf
+        res = solve_matrix(form, mf, budget)
+        self._account(res)
+        objective = float("nan")
+        if res.values is not None and res.status in ("optimal", "time_limit"):
+            x = form.current_from_cells(mf.current_a(res.values))
+            plan, objective = real_plan(form, mf, x)
+            # On a tie the whole LP's plan: the objective's terms are the same, but the LP without
+            # the peak term chose among equal slots blindly (simulated: 10 % more peak).
+            self.best.offer(plan, objective, "lp+rounding", wins_ties=True)
+            if res.status == "optimal":
+                self.lp_solved = True
+                self._raise_bound(res.bound)
+        self._record("lp", res, objective)
+
+    def lp_without_peak_stage(self) -> None:
+        """The LP without the peak term (HiGHS's LP with it can take far longer: the peak rows tie
+        every slot together, 226 s against 0.6 s at 2,000 cars in 5-minute slots, measured). Its
+        time sets the whole LP's budget; its solution is kept for :meth:`lp_without_peak_plans`;
+        its optimum plus the base load's peak is a (weak) proven bound."""
+        form, o = self.form, self.form.options
+        f0 = form.with_options(peak_eur_per_kw=0.0)
+        mf0 = f0.matrix(relax=True)
+        t = time.perf_counter()
+        res = solve_matrix(f0, mf0, self.deadline - time.perf_counter() - 2 * self.reserve)
+        self.lp0_seconds = time.perf_counter() - t
+        self._account(res)
+        if res.values is not None and res.status in ("optimal", "time_limit"):
+            x = form.current_from_cells(mf0.current_a(res.values))
+            energy = np.minimum((x * form.energy_per_a_kwh).sum(axis=1), np.maximum(form.need_kwh, 0.0))
+            self.lp0 = (mf0, x, critical_peak_kw(form, energy), energy)
+            if res.status == "optimal":
+                self._raise_bound(res.objective + o.peak_eur_per_kw * float(np.max(form.base_kw, initial=0.0)))
+        self._record("lp without peak", res)
+
+    def lp_without_peak_plans(self) -> None:
+        """Real plans from the LP without the peak term, for when the whole LP gave none (or did
+        not finish): its own solution rounded, and one from scratch under the critical peak,
+        least laxity first (the LP without its peak term may put energy anywhere among equal
+        prices). Only then: in simulation, offering them beside the whole LP's plan let plans
+        of equal or marginally lower horizon objective win that served the next steps worse
+        (10 % more peak, measured)."""
+        form, mf = self.form, self.mf
+        _, x, (peak_kw, _), energy = self.lp0
+        plan, objective = real_plan(form, mf, x, caps=(np.inf,))
+        self.best.offer(plan, objective, "lp without peak+rounding")
+        flat = make_plan(form, None, peak_kw=peak_kw, target_kwh=energy)
+        self.best.offer(flat, plan_objective(form, mf, flat.current_a), "least laxity under the critical peak")
+        self.stages.append({"stage": "plans without peak", "status": "made", "objective": self.best.objective,
+                            "seconds": time.perf_counter() - self.t0})
+
+    def lagrange_bound(self) -> None:
+        """Raise the bound by Lagrange's bound over the critical interval (:func:`peak_bound`)."""
+        if self.left() <= 0.01:
+            return
+        mf0, _, (_, first_slots), _ = self.lp0
+        t = time.perf_counter()
+        value = peak_bound(self.form, mf0, first_slots, self.left())
+        self._raise_bound(value)
+        self.stages.append({"stage": "lagrange bound", "status": "optimal" if np.isfinite(value) else "no bound",
+                            "bound": value, "seconds": time.perf_counter() - self.t0,
+                            "stage_seconds": time.perf_counter() - t})
+
+    def pyomo_stage(self) -> None:
+        """The MILP through Pyomo (no LP stage), made into real plans; its bound."""
+        from nowblock.milp.pyomo_model import solve_pyomo
+
+        form = self.form
+        res = solve_pyomo(form.with_options(time_limit_s=max(self.left(), 1e-3)))
+        self.mf = res.matrix
+        self._account(res)
+        objective = float("nan")
+        if res.values is not None and res.status in ("optimal", "time_limit"):
+            x = form.current_from_cells(res.matrix.current_a(res.values))
+            plan, objective = real_plan(form, res.matrix, x)
+            self.best.offer(plan, objective, "milp+rounding")
+            self._raise_bound(res.bound)
+        self._record("milp", res, objective)
 
 
 def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float | None = None) -> Schedule:
@@ -141,92 +285,45 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
         return Schedule(form=form, plan_a=np.zeros((form.n_cars, form.n_slots)), status="optimal", objective=0.0,
                         bound=0.0, mip_gap=0.0, solve_seconds=0.0, build_seconds=0.0, backend=backend,
                         detail="nothing to plan", method="none", seconds=time.perf_counter() - t0)
-    reserve = reserve_seconds(form)
-    stages: list[dict] = []
-    solve_s = build_s = run_s = 0.0
-    bound = float("nan")
-    timed_out = False
-    best = _Best()
+    run = _Run(form, t0, deadline, reserve_seconds(form))
     try:
         if backend == "pyomo":
-            from nowblock.milp.pyomo_model import solve_pyomo
-
-            first = solve_pyomo(form.with_options(time_limit_s=max(deadline - time.perf_counter() - reserve, 1e-3)))
-            mf = first.matrix
+            run.pyomo_stage()
+        elif o.peak_eur_per_kw > 0 and form.n_slots > 1:
+            # The LP without the peak term first (fast: a bound and a fallback in hand), then the
+            # whole LP within a budget set by it; the plans without the peak term only if the
+            # whole LP does not finish.
+            run.lp_without_peak_stage()
+            run.lp_stage(budget=min(run.left(), max(_PEAK_LP_FACTOR * run.lp0_seconds, _PEAK_LP_MIN_S)))
+            if run.lp0 is not None and not run.lp_solved:
+                run.lp_without_peak_plans()
+                if not run.certified():
+                    run.lagrange_bound()
         else:
-            mf = form.matrix(relax=True)
-            # With a peak term HiGHS's LP can take far longer than without (the peak rows tie every
-            # slot together: 226 s against 0.6 s at 2,000 cars in 5-minute slots, measured); it
-            # gets part of the time, the LP without them the rest if it does not finish.
-            share = _PEAK_LP_SHARE if mf.cols["peak_kw"].stop > mf.cols["peak_kw"].start else 1.0
-            first = solve_matrix(form, mf, share * (deadline - time.perf_counter() - reserve))
+            run.lp_stage(budget=run.left())
     except SolverOptionError:
         raise
     except Exception as exc:  # noqa: BLE001 - any solver trouble must still leave a safe schedule
         return fallback_schedule(form, reason=f"solver error: {type(exc).__name__}: {exc}",
                                  build_seconds=time.perf_counter() - t0, backend=backend,
                                  seconds=time.perf_counter() - t0)
-    solve_s += first.solve_seconds
-    build_s += first.build_seconds
-    run_s += first.run_call_seconds
-    timed_out |= first.status in ("time_limit", "no_solution")
-    stage_name = "milp" if backend == "pyomo" else "lp"
-    if first.values is not None and first.status in ("optimal", "time_limit"):
-        x = form.current_from_cells(first.matrix.current_a(first.values))
-        plan, objective = real_plan(form, mf, x)
-        best.offer(plan, objective, f"{stage_name}+rounding")
-        if np.isfinite(first.bound):
-            bound = first.bound
-        stages.append({"stage": stage_name, "status": first.status, "relaxed_objective": first.objective,
-                       "objective": objective, "seconds": time.perf_counter() - t0})
-    else:
-        stages.append({"stage": stage_name, "status": first.status, "seconds": time.perf_counter() - t0})
-        second = None
-        if backend == "highs" and o.peak_eur_per_kw > 0 and deadline - time.perf_counter() - reserve > 0.01:
-            try:
-                f0 = form.with_options(peak_eur_per_kw=0.0)
-                second = solve_matrix(f0, f0.matrix(relax=True), deadline - time.perf_counter() - reserve)
-            except SolverOptionError:
-                raise
-            except Exception:  # noqa: BLE001 - the greedy plan below
-                second = None
-        if second is not None and second.values is not None and second.status in ("optimal", "time_limit"):
-            solve_s += second.solve_seconds
-            build_s += second.build_seconds
-            run_s += second.run_call_seconds
-            x = form.current_from_cells(second.matrix.current_a(second.values))
-            plan, objective = real_plan(form, mf, x, caps=(np.inf,))
-            best.offer(plan, objective, "lp without peak+rounding")
-            # The LP without its peak term may put energy anywhere among equal prices: a plan
-            # from scratch under the least peak that gives every car its LP energy, least laxity
-            # first, is often far lower in peak.
-            energy = np.minimum((x * form.energy_per_a_kwh).sum(axis=1), np.maximum(form.need_kwh, 0.0))
-            flat = make_plan(form, None, peak_kw=critical_peak_kw(form, energy), target_kwh=energy)
-            best.offer(flat, plan_objective(form, mf, flat.current_a), "least laxity under the critical peak")
-            if np.isfinite(second.bound):
-                # The peak is at least the highest base load: a weak bound, but a proven one.
-                bound = second.bound + o.peak_eur_per_kw * float(np.max(form.base_kw, initial=0.0))
-            stages.append({"stage": "lp without peak", "status": second.status, "relaxed_objective": second.objective,
-                           "objective": objective, "seconds": time.perf_counter() - t0})
-            gap = _gap(best.objective, bound)
-            return plan_schedule(form, best.plan, status="optimal" if _certified(best.objective, bound, o)
-                                 else "time_limit", objective=best.objective, bound=bound, mip_gap=gap,
-                                 solve_seconds=solve_s, build_seconds=build_s, backend=backend,
-                                 detail=f"{best.method}; " + ", ".join(f"{s['stage']}: {s['status']}" for s in stages),
-                                 method=best.method, seconds=time.perf_counter() - t0,
-                                 extra={"stages": stages, "run_call_seconds": run_s})
+    best, bound, stages = run.best, run.bound, run.stages
+    solve_s, build_s, run_s = run.solve_s, run.build_s, run.run_s
+    mf = run.mf
+    if best.plan is None:
         need = np.maximum(np.nan_to_num(np.asarray(form.need_kwh, dtype=float)), 0.0)
-        plan = make_plan(form, None, peak_kw=critical_peak_kw(form, need))
+        plan = make_plan(form, None, peak_kw=critical_peak_kw(form, need)[0])
         best.offer(plan, plan_objective(form, mf, plan.current_a), "greedy")
         return plan_schedule(form, best.plan, status="fallback", objective=best.objective, bound=float("nan"),
                              mip_gap=float("inf"), solve_seconds=solve_s, build_seconds=build_s, backend=backend,
-                             detail=f"greedy earliest-deadline plan (HiGHS: {first.status}, {first.solver_status})",
+                             detail="greedy least-laxity plan; " + ", ".join(f"{s['stage']}: {s['status']}"
+                                                                            for s in stages),
                              method="greedy", seconds=time.perf_counter() - t0,
                              extra={"stages": stages, "run_call_seconds": run_s})
 
     # The MILP stage, when the LP plan is not certified and the budget allows.
     spent = time.perf_counter() - t0
-    budget = min(deadline - time.perf_counter() - reserve, max(o.milp_effort * spent, o.milp_min_s)) \
+    budget = min(run.left(), max(o.milp_effort * spent, o.milp_min_s)) \
         if o.milp_effort > 0 else 0.0
     # Only when some car got less than the LP gave it: on/off and whole-step decisions the
     # rounding could not make. A plan that gives every car its LP energy is off the bound by
@@ -248,15 +345,15 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
             run_s += res.run_call_seconds
             if np.isfinite(res.bound):
                 bound = max(bound, res.bound) if np.isfinite(bound) else res.bound
-            # Stopped by the effort budget is not stopped by the time limit.
-            timed_out |= res.status in ("time_limit", "no_solution") and (
-                time.perf_counter() >= deadline - reserve - 1e-3)
             stages.append({"stage": "milp", "status": res.status, "relaxed_objective": res.objective,
                            "bound": res.bound, "budget_seconds": budget,
                            "objective": min((c[2] for c in candidates if c[0] == "milp+rounding"), default=np.nan),
                            "seconds": time.perf_counter() - t0})
 
     gap = _gap(best.objective, bound)
+    # Not certified: stopped by the time limit if (nearly) all of it went, else by the stages'
+    # own budgets ("suboptimal").
+    timed_out = run.left() <= 0.01
     status = "optimal" if _certified(best.objective, bound, o) else ("time_limit" if timed_out else "suboptimal")
     return plan_schedule(form, best.plan, status=status, objective=best.objective, bound=bound, mip_gap=gap,
                          solve_seconds=solve_s, build_seconds=build_s, backend=backend,
