@@ -20,7 +20,8 @@ the public contract only) records in ``extra_info``:
   ``energy_share``: the plan's energy (counted up to each need) over the LP floor's;
   ``short_cars``; ``nothing_binds``: no fuse phase of the plan above 99 % of its room;
 - ``limited_*``: the same call with a time limit of half the measured call time (at least
-  0.05 s): how long it took against that limit, and what it returned.
+  0.25 s: below that the sessions frame's validation alone is a tenth of the limit): how long
+  it took against that limit, and what it returned.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def run_cell(cell: MatrixCell, rounds: int | None = None) -> dict:
     floor = floors[-1]
     chk = check_schedule(b, cell.step, sched.current_a, step_a=1.0)
     call_s, floor_s = statistics.median(calls), statistics.median(f["seconds"] for f in floors)
-    limit = max(0.5 * call_s, 0.05)
+    limit = max(0.5 * call_s, 0.25)
     t0 = time.perf_counter()
     lim = _call(b, cell, time_limit_s=limit)
     limited_s = time.perf_counter() - t0
@@ -94,7 +95,8 @@ def run_cell(cell: MatrixCell, rounds: int | None = None) -> dict:
         "ok": chk["ok"], "violations": chk["violations"], "energy_share": chk["energy_kwh"] / max(floor["energy_kwh"], 1e-9),
         "energy_kwh": chk["energy_kwh"], "floor_energy_kwh": floor["energy_kwh"], "need_kwh": floor["need_kwh"],
         "short_cars": chk["short_cars"], "peak_load_share": chk["peak_load_share"],
-        "nothing_binds": chk["peak_load_share"] <= 0.99,
+        "unbalance_share": chk["unbalance_share"],
+        "nothing_binds": chk["peak_load_share"] <= 0.99 and chk["unbalance_share"] <= 0.99,
         "limited_limit_s": limit, "limited_s": limited_s, "limited_over": limited_s / limit,
         "limited_status": lim.status, "limited_method": lim.method, "limited_gap": float(lim.mip_gap),
         "limited_ok": lim_chk["ok"], "limited_energy_share": lim_chk["energy_kwh"] / max(floor["energy_kwh"], 1e-9),

@@ -196,7 +196,8 @@ def lp_floor(block: dict, step: str) -> dict:
 def check_schedule(block: dict, step: str, current_a: pd.DataFrame, step_a: float = 1.0, tol: float = 1e-6) -> dict:
     """Every rule a returned plan must keep, checked from the contract: returns ``ok``, a list
     of ``violations`` (the first few), ``energy_kwh`` delivered, ``short_cars`` (cars below
-    their need by more than 1 Wh) and ``peak_load_share`` (highest fuse-phase load over its room)."""
+    their need by more than 1 Wh), ``peak_load_share`` (highest fuse-phase load over its room) and
+    ``unbalance_share`` (the widest phase spread of the root over the unbalance limit)."""
     a = block_arrays(block, step)
     ids = a["ids"]
     x = current_a.reindex(index=a["times"], columns=ids).fillna(0.0).to_numpy(float).T  # (n, T)
@@ -218,16 +219,19 @@ def check_schedule(block: dict, step: str, current_a: pd.DataFrame, step_a: floa
     if over.any():
         r, t = np.nonzero(over)
         bad.append(f"{len(r)} fuse-phase-slot rows overloaded, worst {float((load - a['room'])[over].max()):.3f} A")
+    unbalance_share = 0.0
     if a["unbalance_a"] is not None:
         root = load[0:3]
         spread = root.max(axis=0) - root.min(axis=0)
         if (spread > a["unbalance_a"] + tol).any():
             bad.append("unbalance limit broken")
+        unbalance_share = float(spread.max(initial=0.0) / max(a["unbalance_a"], 1e-9))
     energy = (x * a["kwh_per_a"]).sum(axis=1)
     room = np.where(a["room"] > 0, a["room"], np.nan)
     return {"ok": not bad, "violations": bad, "energy_kwh": float(np.minimum(energy, a["need"]).sum()),
             "short_cars": int((energy < a["need"] - 1e-3).sum()),
-            "peak_load_share": float(np.nanmax(load / room)) if load.size else 0.0}
+            "peak_load_share": float(np.nanmax(load / room)) if load.size else 0.0,
+            "unbalance_share": unbalance_share}
 
 
 # ---- the table for docs/bench_optimize.md ---------------------------------------------------------
@@ -270,8 +274,9 @@ def worst(rows: list[dict]) -> str:
             lines.append(f"- {title}: **{shown}** ({r['cell']})")
     n_bad = sum(not r["ok"] or not r.get("limited_ok", True) for r in rows)
     lines.append(f"- plans that break a limit (checked outside the optimizer): **{n_bad}** of {len(rows)}")
-    free = [r for r in rows if r["short_cars"] and r["peak_load_share"] < 0.99]
-    lines.append(f"- cells where a car ends short while no fuse phase is above 99 % of its room: **{len(free)}**")
+    free = [r for r in rows if r["short_cars"] and r["peak_load_share"] < 0.99 and r.get("unbalance_share", 0) < 0.99]
+    lines.append(f"- cells where a car ends short while no fuse phase and no unbalance limit is above 99 % of its"
+                 f" room: **{len(free)}**" + (f" ({', '.join(r['cell'] for r in free)})" if free else ""))
     return "\n".join(lines)
 
 

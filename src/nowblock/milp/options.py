@@ -81,7 +81,7 @@ class OptimizeOptions:
     time_limit_s: float = 30.0
     mip_rel_gap: float = 0.01
     mip_abs_gap: float = 0.01
-    milp_effort: float = 2.0
+    milp_effort: float = 1.0
     milp_min_s: float = 0.25
     threads: int | None = None
     current_step_a: float = 1.0
