@@ -1,23 +1,33 @@
-"""One planning step: formulation -> LP -> real plan (-> MILP -> real plan) -> :class:`Schedule`.
+"""One planning step: formulation -> LPs -> real plans (-> MILP -> real plan) -> :class:`Schedule`.
 
 The time limit (``options.time_limit_s``) bounds the whole call, from the moment ``optimize``
-(or the caller of :func:`solve_formulation`, through ``started_at``) starts:
+(or the caller of :func:`solve_formulation`, through ``started_at``) starts; every solver stage
+gets what is left less :func:`reserve_seconds` for the plans after it.
 
-1. **LP stage**: the LP relaxation (no binaries; the fuse rooms floored to the pilot step, so
-   its optimum bounds every plan a charger can follow). Its solution becomes a real plan
-   (:func:`nowblock.milp.rounding.make_plan`); the plan's objective is computed from the plan.
-2. If that plan is not certified (more than ``mip_rel_gap`` and ``mip_abs_gap`` from the LP
-   bound), gives some car less than the LP did, and ``milp_effort`` > 0, **MILP stage**: HiGHS with the currents of the first
-   ``binary_slots`` slots in whole pilot steps and on/off binaries on those cells where a limit
-   can bind, started from the best plan so far, within ``milp_effort`` times the time spent so
-   far or ``milp_min_s``, whichever is longer (never past the time limit). Its solution is
-   made real the same way; its bound holds for every plan in pilot steps.
-3. The best real plan by objective is returned (a MILP incumbent that rounds worse never
-   replaces the LP plan), with the best proven bound, its gap, ``status`` and ``method``.
+1. **The LP without the peak term** (when the model has one): fast (the peak rows tie every
+   slot together and make HiGHS's LP up to a few hundred times slower); its time sets the
+   budget of the next stage, its optimum plus the base load's peak at ``peak_eur_per_kw`` is a
+   proven bound.
+2. **The LP** of the whole model (the fuse rooms floored to the pilot step, so its optimum
+   bounds every plan a charger can follow), within ``10 x`` the first stage's time or 0.5 s,
+   whichever is longer (never past the limit). Its solution becomes real plans (:func:`real_plan`, :func:`nowblock.milp.rounding.make_plan`);
+   each plan's objective is computed from the plan; the LP's optimum is the bound.
+3. If the whole LP did not finish: real plans from the first stage's solution, and one from
+   scratch under the *critical peak* (:func:`critical_peak_kw`), least laxity first; and, time
+   permitting, Lagrange's bound over the critical interval (:func:`peak_bound`).
+4. **MILP stage**, if the best plan is not certified (more than ``mip_rel_gap`` and
+   ``mip_abs_gap`` from the bound) and gives some car less than the LP did: HiGHS with the
+   currents of the first ``binary_slots`` slots in whole pilot steps and on/off binaries on
+   those cells where a limit can bind, started from the best plan so far, within
+   ``milp_effort`` times the time spent so far or ``milp_min_s`` (never past the limit). Its
+   solution is made real the same way; its bound holds for every plan in pilot steps.
+5. The best real plan by objective is returned (a MILP incumbent that rounds worse never
+   replaces a better plan; on a tie the whole LP's plan), with the best proven bound, its gap,
+   ``status`` and ``method``.
 
-Without an LP solution (the time limit, or HiGHS found nothing) the plan is the
-earliest-deadline greedy of :func:`~nowblock.milp.rounding.make_plan`; if HiGHS raises, the
-baseline heuristic ``options.fallback`` played forward (:func:`fallback_schedule`).
+Without any LP solution the plan is the least-laxity plan under the critical peak of the cars'
+needs (``status="fallback"``, ``method="greedy"``); if HiGHS raises, the baseline heuristic
+``options.fallback`` played forward (:func:`fallback_schedule`).
 """
 
 from __future__ import annotations
