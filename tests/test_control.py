@@ -136,8 +136,10 @@ async def test_stale_station_is_counted_at_its_maximum():
     clock.advance(ctl.settings.stale_after_s + 60)
     _meter(cs, clock, {1: 16.0})  # CP0 went quiet
     res = await ctl.step()
-    assert res.reserved == ["CP0:tx0"]
-    assert "CP0:tx0" not in res.current_a.index
+    assert res.reserved == ["CP0:tx0"] and res.context.untrusted == {"CP0:tx0": "stale"}
+    # It holds no known limit: counted at its 32 A maximum, and still sent a limit of its own.
+    assert res.current_a["CP0:tx0"] == 32.0
+    assert any(cp == "CP0" and a <= 32.0 for cp, a in cs.sent)
     assert res.current_a["CP1:tx1"] <= 40.0 - 32.0  # only what is left beside CP0's 32 A maximum
 
 
@@ -274,7 +276,7 @@ async def test_unreported_needs_are_estimated_topped_up_and_closed_when_full():
     # Both got 8 kWh already; CP0's car keeps drawing, CP1's car stopped although offered current.
     cs.state.on_meter("CP0", 1, "tx0", {"energy_wh": 8000.0, "current_l1_a": 16.0}, clock.now.to_pydatetime())
     cs.state.on_meter("CP1", 1, "tx1", {"energy_wh": 8000.0, "current_l1_a": 0.0}, clock.now.to_pydatetime())
-    snap, cars, _ = ctl.build_snapshot(clock.now)
+    snap, _ = ctl.build_snapshot(clock.now)
     assert not snap.cars["needs_known"].any()
     assert snap.cars.loc["CP0:tx0", "energy_requested_kwh"] == pytest.approx(8.0 + ctl.top_up_kwh)
     assert snap.cars.loc["CP1:tx1", "energy_requested_kwh"] == pytest.approx(8.0)
@@ -313,14 +315,14 @@ async def test_failsafe_default_is_reinstalled_before_it_expires_and_after_a_res
     install("CP1", 1800)  # a week later: expires within the hour
     # CP2 holds none (a restarted serve does not know what the charger holds)
     await ctl.step()
-    await asyncio.gather(*ctl._failsafe_tasks)
+    await asyncio.gather(*ctl.failsafe.tasks)
     assert cs.defaults == {"CP1": fs, "CP2": fs}
     install("CP1", 7 * 86400)
     install("CP2", 7 * 86400)
     cs.defaults.clear()
     clock.advance(120)
     await ctl.step()
-    await asyncio.gather(*ctl._failsafe_tasks)
+    await asyncio.gather(*ctl.failsafe.tasks)
     assert cs.defaults == {}
 
 
@@ -334,8 +336,8 @@ async def test_idle_point_holding_a_default_keeps_room_for_a_car_that_plugs_in()
     # CP2 is idle and holds a 10 A TxDefaultProfile: a car plugging in there draws 10 A at once.
     cs.state.on_profile_accepted("CP2", 0, pr.build_profile(
         "1.6", pr.TX_DEFAULT, 10.0, connector_id=0, validity_s=86400, now=clock.now.to_pydatetime()))
-    snap, _, _ = ctl.build_snapshot(clock.now)
-    assert snap.extra["idle_reserved_a"] == {"CP2:1": 10.0}
+    snap, ctx = ctl.build_snapshot(clock.now)
+    assert ctx.idle_reserved_a.to_dict() == {("CP2", 1): 10.0}
     assert snap.site.limits_a[0].tolist() == [22.0, 22.0, 22.0]  # on every phase CP2 is wired to
     res = await ctl.step()
     assert set(res.current_a.index) == {"CP0:tx0", "CP1:tx1"}
@@ -345,7 +347,7 @@ async def test_idle_point_holding_a_default_keeps_room_for_a_car_that_plugs_in()
     # Once its transaction runs, CP2 is planned like the others and nothing is held for it.
     cs.state.on_start("CP2", 1, "tx2", start=clock.now.to_pydatetime(), meter_start_wh=0.0)
     res = await ctl.step()
-    assert res.snapshot.extra["idle_reserved_a"] == {} and "CP2:tx2" in res.current_a.index
+    assert res.context.idle_reserved_a.empty and "CP2:tx2" in res.current_a.index
     assert res.current_a.sum() <= 32.0 + 1e-9
 
 
@@ -365,8 +367,8 @@ async def test_idle_points_are_held_at_what_they_could_draw():
     fs = float(ctl.failsafe_a["CP3"])
     assert 0 < fs < 32.0
     assert held.to_dict() == {("CP1", 1): 32.0, ("CP2", 1): 0.0, ("CP3", 1): fs}
-    snap, _, _ = ctl.build_snapshot(clock.now)
-    assert snap.extra["idle_reserved_a"] == {"CP1:1": 32.0, "CP3:1": fs}
+    snap, ctx = ctl.build_snapshot(clock.now)
+    assert ctx.idle_reserved_a.to_dict() == {("CP1", 1): 32.0, ("CP3", 1): fs}
     assert np.allclose(snap.site.limits_a[0], 63.0 - 32.0 - fs)
 
 

@@ -221,7 +221,7 @@ async def test_a_station_that_drops_off_keeps_its_failsafe_and_is_replanned(tmp_
 
         def reserved_cp00():
             last = ctl.history[-1] if ctl.history else None
-            return last is not None and any(i.startswith("CP00") for i in last.snapshot.extra["reserved"])
+            return last is not None and any(i.startswith("CP00") for i in last.reserved)
 
         await eventually(reserved_cp00, timeout_s=15)  # counted at its maximum while unseen
         assert not sims[0].connected.is_set()

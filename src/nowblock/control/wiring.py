@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 
 import pandas as pd
@@ -53,8 +52,7 @@ def attach(central, db: str | None = None, *, args: argparse.Namespace | None = 
     """Wire persistence and the controller into a central system (``nowblock serve`` calls this).
 
     Opens the store ``db`` (default ``nowblock.sqlite``), restores the running transactions and
-    the plan, makes every later event durable before its OCPP answer, stops the central
-    system's built-in stand-in control if it runs one, and returns the :class:`Controller`
+    the plan, makes every later event durable before its OCPP answer, and returns the :class:`Controller`
     (``await controller.start()`` to run it). ``args`` are ``nowblock serve``'s options (see
     :func:`add_serve_arguments`); ``kwargs`` go to :class:`Controller` and win over them.
     """
@@ -64,9 +62,6 @@ def attach(central, db: str | None = None, *, args: argparse.Namespace | None = 
     store = open_store(db or DEFAULT_DB)
     restore_state(central.state, store)
     attach_store(central.state, store)
-    builtin = getattr(central, "control", None)
-    if builtin is not None and not isinstance(builtin, Controller) and getattr(builtin, "_task", None) is not None:
-        asyncio.get_running_loop().create_task(builtin.stop())
     ctl = Controller(central, central.site, kwargs.pop("policy", "milp"), store, **kwargs)
     ctl.owns_store = True
     if "needs_forecaster" not in kwargs:
