@@ -34,9 +34,9 @@ class FakeCentral:
     def __init__(self, site: Site) -> None:
         self.site = site
         self.state = LiveState(site)
-        self.keep_limit: set[str] = set()  # stations that answer Accepted but keep their old limit
+        self.keep_limit: set[str] = set()  # stations that answer Accepted but keep their old limit (and refuse defaults)
         self.sent: list[tuple[str, float]] = []
-        self.defaults: dict[str, float] = {}
+        self.defaults: dict[tuple[str, int], float] = {}  # (station, connector) -> TxDefault sent [A]
 
     async def set_limit(self, cp_id, connector_id, current_a, *, validity_s=None):
         self.sent.append((cp_id, float(current_a)))
@@ -49,8 +49,13 @@ class FakeCentral:
         self.state.on_dispatch(cp_id, connector_id, rec)
         return rec
 
-    async def set_default_profile(self, cp_id, current_a, *, connector_id=0, validity_s=None):
-        self.defaults[cp_id] = float(current_a)
+    async def set_default_profile(self, cp_id, current_a, *, connector_id=0, validity_s=None, profile_id=None):
+        self.defaults[(cp_id, connector_id)] = float(current_a)
+        if cp_id in self.keep_limit:
+            return DispatchRecord(pr.utcnow(), float(current_a), None, None, [(pr.TX_DEFAULT, "Rejected")])
+        self.state.on_profile_accepted(cp_id, connector_id, pr.build_profile(
+            "2.0.1", pr.TX_DEFAULT, current_a, connector_id=connector_id, validity_s=validity_s or 7 * 86400,
+            now=self.state.clock(), profile_id=profile_id))
         return DispatchRecord(pr.utcnow(), float(current_a), pr.TX_DEFAULT, float(current_a), [])
 
 
@@ -315,14 +320,16 @@ async def test_failsafe_default_is_reinstalled_before_it_expires_and_after_a_res
     install("CP1", 1800)  # a week later: expires within the hour
     # CP2 holds none (a restarted serve does not know what the charger holds)
     await ctl.step()
-    await asyncio.gather(*ctl.failsafe.tasks)
-    assert cs.defaults == {"CP1": fs, "CP2": fs}
+    await asyncio.gather(*ctl.failsafe.tasks, *ctl.idle.tasks)
+    assert {cp: a for (cp, c), a in cs.defaults.items() if c == 0} == {"CP1": fs, "CP2": fs}
+    # While the controller runs, idle connectors wait at 0 A for their car's TxProfile.
+    assert {k: a for k, a in cs.defaults.items() if k[1] > 0} == {(f"CP{i}", 1): 0.0 for i in range(3)}
     install("CP1", 7 * 86400)
     install("CP2", 7 * 86400)
     cs.defaults.clear()
     clock.advance(120)
     await ctl.step()
-    await asyncio.gather(*ctl.failsafe.tasks)
+    await asyncio.gather(*ctl.failsafe.tasks, *ctl.idle.tasks)
     assert cs.defaults == {}
 
 
@@ -386,3 +393,63 @@ async def test_controller_replans_once_a_booted_station_holds_its_default():
         "2.0.1", pr.TX_DEFAULT, 10.0, connector_id=0, validity_s=86400, now=clock.now.to_pydatetime()))
     await asyncio.wait_for(waiter, 1.0)
     assert ctl._wake.is_set() and ctl.idle_defaults_a(clock.now)[("CP1", 1)] == 10.0
+
+
+async def test_cars_that_ignore_their_limits_get_them_again_then_a_station_maximum_then_an_alarm():
+    # Four cars draw 16 A each behind a 32 A fuse whatever they are told (issue 12's stations).
+    site = _site(root_a=32.0, n=4)
+    cs, clock = FakeCentral(site), Clock()
+    cs.station_max = []
+
+    async def set_station_max(cp_id, current_a, *, validity_s=None):
+        cs.station_max.append((cp_id, float(current_a)))
+        return DispatchRecord(pr.utcnow(), float(current_a), pr.MAX_16, float(current_a), [])
+
+    cs.set_station_max = set_station_max
+    _start(cs, clock, 4, needs={i: (4, 30.0) for i in range(4)})
+    ctl = _controller(cs, clock, policy="equal")
+    _meter(cs, clock, {i: 16.0 for i in range(4)})
+    first = await ctl.step()
+    assert sorted(cp for cp, _ in cs.sent) == ["CP0", "CP1", "CP2", "CP3"]  # every car has its TxProfile at once
+    assert all(a <= 8.0 for _, a in cs.sent) and first.current_a.sum() <= 32.0
+    for k in range(12):  # four minutes, a step every 20 s; they keep drawing 16 A
+        clock.advance(20)
+        _meter(cs, clock, {i: 16.0 for i in range(4)})
+        res = await ctl.step()
+        assert set(res.reserved) == {f"CP{i}:tx{i}" for i in range(4)}
+        assert all(r == "over_draw" for r in res.context.untrusted.values())
+        assert (res.targets_a <= 8.0).all()  # never raised while they ignore their limits
+    per_car = pd.Series([cp for cp, _ in cs.sent]).value_counts()
+    assert (per_car >= 4).all() and (per_car <= 8).all()  # sent again, with a growing pause
+    assert sorted(cp for cp, _ in cs.station_max) == ["CP0", "CP1", "CP2", "CP3"]  # after the grace, once
+    kinds = [a["kind"] for a in ctl.alarms]
+    assert kinds.count("not_following") == 4 and "overload" not in kinds  # the overload still runs
+    # They follow at last: trusted again, and the overload is reported with its size and duration.
+    clock.advance(20)
+    _meter(cs, clock, {i: 8.0 for i in range(4)})
+    res = await ctl.step()
+    assert res.reserved == [] and res.current_a.sum() <= 32.0 + 1e-9
+    over = {(a["fuse_id"], a["phase"]): a for a in ctl.alarms if a["kind"] == "overload"}
+    assert sorted(over) == [(f, p) for f in ("feeder", "grid") for p in ("L1", "L2", "L3")]  # 64 A on 32 A and 63 A
+    assert all(a["worst_a"] == pytest.approx(32.0 if f == "grid" else 1.0) for (f, _), a in over.items())
+    assert all(a["duration_s"] == pytest.approx(260.0) for a in over.values())
+
+
+async def test_limits_going_down_are_answered_before_any_goes_up():
+    site = _site(root_a=32.0, n=3)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 2, needs={0: (4, 30.0), 1: (4, 30.0)})
+    cs.state.on_connect("CP2", "2.0.1")
+    cs.state.on_boot("CP2", vendor="v", model="m")
+    ctl = _controller(cs, clock, policy="equal")
+    await ctl.step()
+    await asyncio.gather(*ctl.idle.tasks)  # CP2 idles at 0 A: its room goes to the others
+    await ctl.step()
+    assert cs.sent[-2:] == [("CP0", 16.0), ("CP1", 16.0)]
+    cs.sent.clear()
+    clock.advance(20)
+    cs.state.on_start("CP2", 1, "tx2", start=clock.now.to_pydatetime(), meter_start_wh=0.0)
+    await ctl.step()
+    order = [cp for cp, _ in cs.sent]
+    assert set(order[:2]) == {"CP0", "CP1"} and order[2] == "CP2"  # both lowered before the new car is raised
+    assert all(a < 16.0 for cp, a in cs.sent[:2]) and sum(a for _, a in cs.sent) <= 32.0 + 1e-9

@@ -36,7 +36,7 @@ import pandas as pd
 
 from nowblock.block.site import PHASES, Site
 from nowblock.control.dispatch import Escalation, plan_waves
-from nowblock.control.failsafe import FailsafeKeeper
+from nowblock.control.failsafe import FailsafeKeeper, IdleDefaults
 from nowblock.control.live import LiveBlock
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.needs import NeedsEstimation
@@ -81,6 +81,12 @@ class ControllerSettings:
         Back-off, grace and alarm times for cars that do not follow their limits.
     overload_tolerance_a : float
         [A] A measured fuse phase above its rating by more than this is an overload.
+    idle_limit_a : float or None
+        [A] The default idle connectors are kept at while the controller runs (see
+        :class:`~nowblock.control.failsafe.IdleDefaults`); None leaves them on their fail-safe
+        (then its share is held for a car that might plug in).
+    idle_validity_s : float
+        [s] Life of an idle default (renewed while the controller runs).
     """
 
     period_s: float = 60.0
@@ -94,6 +100,8 @@ class ControllerSettings:
     loop: cl.LoopSettings = cl.LoopSettings()
     escalation: Escalation = field(default_factory=Escalation)
     overload_tolerance_a: float = 0.5
+    idle_limit_a: float | None = 0.0
+    idle_validity_s: float = 900.0
 
 
 @dataclass
@@ -209,6 +217,10 @@ class Controller:
         self.failsafe = FailsafeKeeper(central, self.failsafe_a, voltage_v=site.voltage_v,
                                        horizon=pd.Timedelta(seconds=max(3600.0, 10.0 * self.period_s)),
                                        retry_s=max(60.0, 10.0 * self.period_s), on_installed=self._wake_soon)
+        self.idle = None
+        if cfg.idle_limit_a is not None:
+            self.idle = IdleDefaults(central, site, limit_a=cfg.idle_limit_a, validity_s=cfg.idle_validity_s,
+                                     retry_s=max(60.0, 10.0 * self.period_s), on_installed=self._wake_soon)
         self.plan: pd.DataFrame | None = None
         self.history: list[StepResult] = []
         self.alarms: list[dict] = []
@@ -289,6 +301,8 @@ class Controller:
                 pass
         self._task = None
         await self.failsafe.cancel()
+        if self.idle is not None:
+            await self.idle.cancel()
         if self.owns_store and self.store is not None:
             self.store.close()
 
@@ -408,6 +422,8 @@ class Controller:
         self.failsafe.keep(now)
         t0 = _time.perf_counter()
         obs = self.source.observe(now)
+        if self.idle is not None:
+            self.idle.keep(now, running=zip(obs.cars["charge_point_id"], obs.cars["connector_id"]))
         snap, ctx = self.loop.prepare(obs)
         t1 = _time.perf_counter()
         new_cars = any(sid not in self.loop.sent for sid in snap.cars.index)

@@ -96,7 +96,7 @@ class Escalation:
         out = set()
         for sid in self.since:
             last = self.last_try.get(sid)
-            pause = min(self.backoff_s * 2 ** self.attempts.get(sid, 0), self.max_backoff_s)
+            pause = min(self.backoff_s * 2 ** max(self.attempts.get(sid, 0) - 1, 0), self.max_backoff_s)
             if last is None or (now - last).total_seconds() >= pause:
                 out.add(sid)
         return out

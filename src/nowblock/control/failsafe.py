@@ -15,6 +15,8 @@ import time as _time
 
 import pandas as pd
 
+from nowblock.ocpp.profiles import IDLE_DEFAULT_ID_BASE
+
 log = logging.getLogger(__name__)
 
 
@@ -110,6 +112,101 @@ class FailsafeKeeper:
             return
         if getattr(rec, "accepted_a", None) is not None and self.on_installed is not None:
             self.on_installed()
+
+    async def cancel(self) -> None:
+        """Stop every install still running."""
+        for t in list(self.tasks):
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class IdleDefaults:
+    """Keeps idle connectors at a low default while the controller runs, so their share is used.
+
+    A car that plugs in at an idle connector draws that connector's default until the next step
+    sends its TxProfile (about a second). Holding room for it on every fuse above it leaves
+    capacity unused whenever the block is busy. Instead, each idle connector of a booted,
+    connected station gets a TxDefaultProfile of ``limit_a`` (0 A by default) on that connector
+    with a short validity, renewed while the controller runs: the car waits a moment for its
+    TxProfile, and the room is given to the cars that charge. If the controller dies, the
+    profile expires and the station's fail-safe default (connector 0) applies again.
+
+    Parameters
+    ----------
+    central : CentralSystem
+        ``state`` and ``set_default_profile(cp_id, current_a, connector_id=, validity_s=)``.
+    site : Site
+    limit_a : float
+        [A per phase] The idle default (0 A, or the minimum current to let a car start).
+    validity_s : float
+        [s] Life of each idle default; renewed once half of it has passed.
+    retry_s : float
+        [s, wall clock] At most one attempt per connector in this time (a station that rejects
+        it keeps its fail-safe, which the step then reserves).
+    on_installed : callable, optional
+        Called after a default was accepted (the controller re-plans with the freed room).
+    """
+
+    def __init__(self, central, site, *, limit_a: float = 0.0, validity_s: float = 900.0, retry_s: float = 60.0,
+                 on_installed=None) -> None:
+        self.central = central
+        self.site = site
+        self.limit_a = float(limit_a)
+        self.validity_s = float(validity_s)
+        self.retry_s = float(retry_s)
+        self.on_installed = on_installed
+        self.tried: dict[tuple[str, int], float] = {}
+        self.installed: dict[tuple[str, int], pd.Timestamp] = {}  # connector -> when its default ends
+        self.tasks: set[asyncio.Task] = set()
+
+    def due(self, now: pd.Timestamp, running) -> list[tuple[str, int]]:
+        """Idle connectors of booted, connected stations whose low default is missing or ends soon."""
+        busy = {(str(cp), int(c)) for cp, c in running}
+        state = self.central.state
+        out = []
+        renew = pd.Timedelta(seconds=self.validity_s / 2.0)
+        for cp in self.site.charge_points:
+            st = state.stations.get(cp.id)
+            if st is None or not st.connected or not st.boot:
+                continue
+            for c in sorted({c for c in st.connectors if c > 0} | {1}):
+                if (cp.id, c) in busy:
+                    # A transaction's TxProfile rules now; once it ends, renew at once (the
+                    # server clears a fallback default the transaction may have left behind).
+                    self.installed.pop((cp.id, c), None)
+                    self.tried.pop((cp.id, c), None)
+                    continue
+                ends = self.installed.get((cp.id, c))
+                if ends is None or ends - now < renew:
+                    out.append((cp.id, c))
+        return out
+
+    def keep(self, now: pd.Timestamp, running=()) -> None:
+        """Start an install for every idle connector that needs one (rate-limited)."""
+        if not hasattr(self.central, "set_default_profile"):
+            return
+        wall = _time.monotonic()
+        for key in self.due(now, running):
+            if wall - self.tried.get(key, -math.inf) < self.retry_s:
+                continue
+            self.tried[key] = wall
+            task = asyncio.get_running_loop().create_task(self._install(key, now))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _install(self, key: tuple[str, int], now: pd.Timestamp) -> None:
+        cp_id, c = key
+        try:
+            rec = await self.central.set_default_profile(cp_id, self.limit_a, connector_id=c,
+                                                         validity_s=int(math.ceil(self.validity_s)),
+                                                         profile_id=IDLE_DEFAULT_ID_BASE + c)
+        except Exception as exc:  # noqa: BLE001 - it keeps its fail-safe, which is reserved
+            log.info("%s/%s: idle default not installed: %r", cp_id, c, exc)
+            return
+        if getattr(rec, "accepted_a", None) is not None:
+            self.installed[key] = now + pd.Timedelta(seconds=self.validity_s)
+            if self.on_installed is not None:
+                self.on_installed()
 
     async def cancel(self) -> None:
         """Stop every install still running."""

@@ -52,7 +52,8 @@ class StepContext:
     idle_reserved_a : pandas.Series
         [A per phase] Held for a car plugging in at each idle connector.
     running : numpy.ndarray
-        Per snapshot car: charging now (the hysteresis keeps it at its minimum if it fits).
+        Per snapshot car: charging now, or with guessed needs and not known to be full (the
+        hysteresis keeps it at its minimum where that fits).
     safety : BlockSnapshot or None
         The trusted cars in the block less what the untrusted ones may draw; None when every
         planned car is trusted (then the snapshot itself is the safety check).
@@ -250,7 +251,11 @@ class ControlStep:
         reason = np.full(n, "", dtype=object)
         for mask, why in ((holding, "holding"), (over, "over_draw"), (stale, "stale"), (offline, "offline")):
             reason[mask] = why
-        running = _running(min_a[connected], offered[connected], measured[connected], s) & trusted
+        running = _running(min_a[connected], offered[connected], measured[connected], s)
+        # Unknown needs never stop a car that may still want energy: a car whose needs were
+        # guessed is served at least at its minimum wherever that fits, until it stops drawing.
+        guessed = ~cars["needs_known"].to_numpy(bool)[connected] & ~cars.index[connected].isin(list(self.full))
+        running = (running | guessed) & trusted
         ctx = StepContext(
             cars=cars,
             untrusted=dict(zip(cars.index[untrusted], reason[untrusted])),
@@ -343,14 +348,16 @@ def held_back(snap: BlockSnapshot, ctx: StepContext, current_a: pd.Series) -> di
         ``unused_a`` [A]: room left on the grid connection's tightest phase with every planned
         car at its setpoint; ``reserved_untrusted_a`` / ``reserved_idle_a`` [A]: the most held on
         one grid phase for untrusted or offline cars and for idle connectors;
-        ``cars_waiting``: cars below their maximum that still want energy; ``cars_at_max``;
+        ``cars_waiting``: trusted cars below their maximum that still want energy; ``cars_at_max``;
         ``cars_done``: cars whose (reported or estimated) need is met; ``untrusted``: count by reason.
     """
     site = snap.site
     r = root_index(site)
     rows = slice(3 * r, 3 * r + 3)
     x = current_a.reindex(snap.cars.index).fillna(0.0).to_numpy(float)
-    load = snap.incidence()[rows] @ x if len(x) else np.zeros(3)
+    # An untrusted car loads the block with what it may really draw, not with what it was asked.
+    taken = np.maximum(x, ctx.committed_a.reindex(snap.cars.index).fillna(0.0).to_numpy(float))
+    load = snap.incidence()[rows] @ taken if len(x) else np.zeros(3)
     unused = float(np.min(snap.headroom_a()[r] - load))
     full_site = ctx.safety.site if ctx.safety is not None else snap.site
 
@@ -378,7 +385,8 @@ def held_back(snap: BlockSnapshot, ctx: StepContext, current_a: pd.Series) -> di
                                                site.cp_phases[site.cp_index(idle.index.get_level_values(
                                                    "charge_point_id"))] if len(idle) else [],
                                                idle.to_numpy()), 3),
-        "cars_waiting": int(((x < mx - step + 1e-9) & (remaining > 1e-3)).sum()),
+        "cars_waiting": int(((x < mx - step + 1e-9) & (remaining > 1e-3)
+                             & ~snap.cars.index.isin(list(ctx.untrusted))).sum()),
         "cars_at_max": int((x >= mx - step + 1e-9).sum()),
         "cars_done": int((remaining <= 1e-3).sum()),
         "untrusted": reasons,

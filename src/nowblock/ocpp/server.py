@@ -249,19 +249,20 @@ class CentralSystem:
         return dict(zip(keys, recs))
 
     async def _one_profile(self, cp_id: str, connector_id: int, purpose: str, current_a: float,
-                           validity_s: int | None) -> DispatchRecord:
+                           validity_s: int | None, profile_id: int | None = None) -> DispatchRecord:
         attempts: list[tuple[str, str]] = []
         async with self.station_lock(cp_id):
             ok = await dispatch.send_profile(
                 self, cp_id, connector_id, purpose, current_a, attempts=attempts, retries=self.retries,
-                backoff_s=self.backoff_s, validity_s=validity_s or self.default_validity_s)
+                backoff_s=self.backoff_s, validity_s=validity_s or self.default_validity_s, profile_id=profile_id)
         return DispatchRecord(self.state.clock(), float(current_a), purpose if ok else None,
                               float(current_a) if ok else None, attempts)
 
     async def set_default_profile(self, cp_id: str, current_a: float, *, connector_id: int = 0,
-                                  validity_s: int | None = None) -> DispatchRecord:
-        """Send a TxDefaultProfile of ``current_a`` [A] (connector 0: every connector)."""
-        return await self._one_profile(cp_id, connector_id, pr.TX_DEFAULT, current_a, validity_s)
+                                  validity_s: int | None = None, profile_id: int | None = None) -> DispatchRecord:
+        """Send a TxDefaultProfile of ``current_a`` [A] (connector 0: every connector); ``profile_id``
+        defaults to ``100 + connector_id``."""
+        return await self._one_profile(cp_id, connector_id, pr.TX_DEFAULT, current_a, validity_s, profile_id)
 
     async def set_station_max(self, cp_id: str, current_a: float, *, validity_s: int | None = None) -> DispatchRecord:
         """Send a ChargePointMaxProfile (1.6) / ChargingStationMaxProfile (2.0.1) of ``current_a`` [A]."""

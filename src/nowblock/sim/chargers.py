@@ -91,6 +91,7 @@ class Session:
     meter_start_wh: float = 0.0
     delivered_wh: float = 0.0
     seq_no: int = 0
+    ended: bool = False  # the stop was reported: the car draws nothing more
 
 
 class SimCharger:
@@ -142,7 +143,7 @@ class SimCharger:
     def draw_a(self, connector_id: int = 1) -> float:
         """Current [A per phase] the car draws now (0 below its minimum or when it is full)."""
         s = self.sessions.get(connector_id)
-        if s is None or s.transaction_id is None or s.delivered_wh >= s.car.energy_kwh * 1000.0:
+        if s is None or s.transaction_id is None or s.ended or s.delivered_wh >= s.car.energy_kwh * 1000.0:
             return 0.0
         offered = self.applied_limit_a(connector_id)
         if offered < s.car.min_current_a:
@@ -370,7 +371,9 @@ class SimCharger:
         await self.wait_connected()
         self.advance()
         s = self.sessions[connector_id]
-        await self.client.unplug(s, self.meter_sample(connector_id), reason)
+        m = self.meter_sample(connector_id)
+        s.ended = True  # the meter reading of the stop is the last energy of the session
+        await self.client.unplug(s, m, reason)
         del self.sessions[connector_id]
         self.profiles = [p for p in self.profiles if not (p.purpose == pr.TX and p.connector_id == connector_id)]
         await self.client.status(connector_id, "Available")
