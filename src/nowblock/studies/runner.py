@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 #: Columns every row has, before the cell's parameters and metrics.
 BOOK_COLUMNS = ("cell_id", "status", "error", "policy", "policy_options")
 #: Bookkeeping columns, last.
-_LAST_COLUMNS = ("warm_up_seconds", "cell_seconds", "worker_pid", "worker_host", "finished_at", "traceback")
+_LAST_COLUMNS = ("warm_up_seconds", "cell_seconds", "cell_cpu_seconds", "worker_pid", "worker_host", "finished_at", "traceback")
 
 
 # ---- one cell ------------------------------------------------------------------------------------
@@ -71,14 +71,15 @@ def run_cell(cell: Cell, scenario=None, *, timeseries: bool = False) -> tuple[di
         Parameters, facts of the scenario (``grid_current_a`` [A], ``voltage_v`` [V],
         ``n_charge_points``),
         every metric of :attr:`nowblock.SimulationResult.metrics`, and the bookkeeping
-        ``warm_up_seconds`` [s], ``cell_seconds`` [s], ``worker_pid``, ``worker_host``.
+        ``warm_up_seconds`` [s], ``cell_seconds`` [s] (wall), ``cell_cpu_seconds`` [s] (this
+        process's CPU time), ``worker_pid``, ``worker_host``.
     timeseries : DataFrame or None
         The simulation's time series (UTC), with ``timeseries=True``.
     """
     from nowblock.policies import get_policy
     from nowblock.sim.simulator import simulate
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     row: dict[str, Any] = {"cell_id": cell.cell_id, "status": "ok", "error": None, "traceback": None,
                            **cell.parameters()}
     ts = None
@@ -99,7 +100,8 @@ def run_cell(cell: Cell, scenario=None, *, timeseries: bool = False) -> tuple[di
             ts = res.timeseries
     except Exception as exc:  # noqa: BLE001 - a failed cell is a row, not the end of the study
         row.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-    row.update(warm_up_seconds=warm_s, cell_seconds=time.perf_counter() - t0, worker_pid=os.getpid(),
+    row.update(warm_up_seconds=warm_s, cell_seconds=time.perf_counter() - t0,
+               cell_cpu_seconds=time.process_time() - cpu0, worker_pid=os.getpid(),
                worker_host=socket.gethostname(), finished_at=pd.Timestamp.now(tz="UTC"))
     return row, ts
 
