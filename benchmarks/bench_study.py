@@ -118,3 +118,23 @@ def test_study_throughput(benchmark, family, engine):
 
 if __name__ == "__main__":
     print(json.dumps(_child(sys.argv[1], sys.argv[2])))
+
+
+def test_cell_cost_per_policy(benchmark):
+    """The CPU cost of one cell per policy (the basis of docs/bench_study.md's extrapolation):
+    the default block (24 charging points), 2 days at the 63 A connection, 5 and 15 min steps,
+    run in this process; car-hours per CPU-second per policy and step."""
+    from nowblock.studies import study
+
+    benchmark.group = "cell cost"
+    table = benchmark.pedantic(study, kwargs=dict(
+        scenario={"days": 2, "grid_current_a": 63.0}, policies=["uncontrolled", "equal", "edf", "milp"],
+        simulate={"step": ["5min", "15min"]}, engine="process", progress=False), rounds=1, iterations=1)
+    assert (table["status"] == "ok").all()
+    for _, r in table.iterrows():
+        key = f"{r['policy']}@{r['simulate.step']}"
+        benchmark.extra_info[key] = {"cpu_s": round(r["cell_cpu_seconds"], 2), "wall_s": round(r["cell_seconds"], 2),
+                                     "car_hours": round(r["car_hours"], 1),
+                                     "car_hours_per_cpu_s": round(r["car_hours"] / r["cell_cpu_seconds"], 1)}
+    benchmark.extra_info["load_average_1min"] = round(os.getloadavg()[0], 1)
+    print(f"\ncell cost: {json.dumps(benchmark.extra_info)}")
