@@ -159,3 +159,11 @@ def test_plot_leaves_out_failed_cells(tmp_path):
                       "demand_met": [0.9, 1.0, np.nan], "peak_kw": [27.0, 43.0, np.nan]})
     paths = plot_study(t, tmp_path, name="x")
     assert [p.name for p in paths] == ["x.png"] and paths[0].stat().st_size > 10_000
+
+
+def test_an_unreachable_cluster_fails_fast_with_a_clear_error():
+    from nowblock.studies.runner import _check_reachable
+
+    with pytest.raises(StudyError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        _check_reachable("127.0.0.1:1", timeout_s=5)
+    _check_reachable("auto")  # Ray resolves "auto" itself

@@ -191,13 +191,31 @@ def _ray(address: str | None, workers: int | None):
         return
     quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     if address:
-        ray.init(address=address, **quiet)
-    else:
-        ray.init(num_cpus=int(workers or os.cpu_count() or 1), object_store_memory=256 * 1024**2, **quiet)
+        _check_reachable(address)
+    try:
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(num_cpus=int(workers or os.cpu_count() or 1), object_store_memory=256 * 1024**2, **quiet)
+    except (ConnectionError, RuntimeError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise StudyError(f"cannot start or reach {where}: {exc}") from exc
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast on a cluster address nobody answers at (ray.init would retry for minutes)."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():  # "auto" and the like: Ray resolves them itself
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise StudyError(f"cannot reach the Ray cluster at {address}: {exc}") from exc
 
 
 def _run_on_ray(todo: list[Cell], scenarios: dict, *, address, workers, timeseries, on_done) -> None:
