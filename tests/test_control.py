@@ -219,9 +219,9 @@ async def test_charger_that_keeps_a_higher_limit_stays_counted_at_it_in_later_st
     assert all(a == 0.0 for cp, a in cs.sent[n_first:] if cp == "CP1")
 
 
-async def test_restart_continues_transactions_energy_and_plan(tmp_path):
+async def test_restart_continues_transactions_energy_and_plan(store_url):
     site = _site(root_a=32.0, n=2)
-    db = tmp_path / "serve.sqlite"
+    db = store_url  # a SQLite file, then a PostgreSQL schema (tests/conftest.py)
     cs, clock = FakeCentral(site), Clock()
     store = open_store(db)
     attach_store(cs.state, store)
@@ -252,9 +252,9 @@ async def test_restart_continues_transactions_energy_and_plan(tmp_path):
     store2.close()
 
 
-def test_restore_continues_1_6_transaction_ids_and_skips_unknown_stations(tmp_path):
+def test_restore_continues_1_6_transaction_ids_and_skips_unknown_stations(store_url):
     site = _site(n=2)
-    store = open_store(tmp_path / "ids.sqlite")
+    store = open_store(store_url)
     t0 = pd.Timestamp("2026-03-02 17:00", tz="UTC")
     store.start_transaction("CP0", 41, time=t0, connector_id=1, meter_start_wh=100.0)
     store.start_transaction("CP9", 77, time=t0, connector_id=1)  # a station the site no longer has

@@ -278,10 +278,10 @@ def _wait_listening(proc, port, timeout=60.0):
     raise TimeoutError("serve did not start")
 
 
-async def test_killing_serve_mid_transaction_loses_nothing_acknowledged(tmp_path):
+async def test_killing_serve_mid_transaction_loses_nothing_acknowledged(tmp_path, store_url):
     site = _site(root_a=32.0, n=2)
     site.to_toml(tmp_path / "site.toml")
-    db, port = tmp_path / "serve.sqlite", _free_port()
+    db, port = store_url, _free_port()  # a SQLite file, then a PostgreSQL schema (tests/conftest.py)
     proc = _serve(tmp_path / "site.toml", port, db)
     sims = []
     try:
@@ -313,7 +313,7 @@ async def test_killing_serve_mid_transaction_loses_nothing_acknowledged(tmp_path
 
         # Counted while serve is down, so a profile sent the instant the stations reconnect counts as fresh.
         n_recv = [len(s.received) for s in sims]
-        proc = _serve(tmp_path / "site.toml", port, db)  # restart on the same file
+        proc = _serve(tmp_path / "site.toml", port, db)  # restart on the same database
         await asyncio.to_thread(_wait_listening, proc, port)
         await asyncio.gather(*(s.wait_connected(30) for s in sims))
         for s in sims:

@@ -1,7 +1,7 @@
-"""The ``nowblock`` command: ``simulate``, ``serve`` and ``demo``.
+"""The ``nowblock`` command: ``simulate``, ``serve``, ``demo`` and ``study``.
 
 Each sub-command has its module here (``nowblock.cli.simulate``, ``nowblock.cli.serve``,
-``nowblock.cli.demo``); this one only parses arguments and dispatches.
+``nowblock.cli.demo``, ``nowblock.cli.study``); this one only parses arguments and dispatches.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ _COMMANDS = {
     "simulate": ("nowblock.cli.simulate", "add_arguments", "run"),
     "serve": ("nowblock.cli.serve", "add_arguments", "run"),
     "demo": ("nowblock.cli.demo", "add_arguments", "run"),
+    "study": ("nowblock.cli.study", "add_arguments", "run"),
 }
 
 

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site file (TOML)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=9000, help="port (default 9000)")
-    parser.add_argument("--db", default=None, help="SQLite file for the control loop's persistence")
+    parser.add_argument("--db", default=None, help="the control loop's store: a SQLite file (default nowblock.sqlite) or a postgresql://user:pw@host/db "
+                             "URL (needs the postgres extra); the schema is created and migrated on start")
     parser.add_argument("--certfile", default=None, help="TLS certificate (PEM): serve wss:// (security profile 2)")
     parser.add_argument("--keyfile", default=None, help="TLS private key (PEM)")
     parser.add_argument("--heartbeat", type=int, default=300, help="heartbeat interval told to chargers [s]")

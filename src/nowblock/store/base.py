@@ -1,6 +1,6 @@
 """What a store is: the :class:`Store` protocol, its errors and its value checks.
 
-Backends (:mod:`~nowblock.store.sqlite`, later PostgreSQL) implement :class:`Store`; every
+Backends (:mod:`~nowblock.store.sqlite`, :mod:`~nowblock.store.postgres`) implement :class:`Store`; every
 write is durable when the method returns, so an OCPP handler that writes and *then*
 acknowledges never acknowledges something that is not stored. Values are checked before
 anything is written (:func:`check_time`, :func:`check_number`): bad input raises
@@ -24,6 +24,14 @@ OPEN_TRANSACTION_COLUMNS = (
 
 class StoreError(ValueError):
     """Input a store refuses (bad value, unknown transaction); nothing stored was changed."""
+
+
+class StoreUnavailable(ConnectionError):
+    """The database could not be reached: the write may not have been stored.
+
+    Not a :class:`StoreError` on purpose: the recorder skips refused input, but this must
+    reach the OCPP handler so that nothing is acknowledged (the charger sends it again).
+    """
 
 
 @runtime_checkable
