@@ -171,8 +171,10 @@ class CsmsConnection:
                     log.warning("%s: %d answer(s) to no pending call dropped (latest id %.40r)", self.id,
                                 self.stray_responses, frame[1])
             elif kind == MessageType.CallResult:
+                del self._awaited[frame[1]]  # one answer per call: a repeated one is stray
                 self._response_queue.put_nowait(CallResult(*frame[1:]))  # type: ignore[attr-defined]
             else:
+                del self._awaited[frame[1]]
                 self._response_queue.put_nowait(CallError(*frame[1:]))  # type: ignore[attr-defined]
         except ConnectionClosed:
             raise

@@ -140,11 +140,16 @@ def _restore_one(state, r) -> None:
     arrival = r["arrival"]
     if pd.isna(arrival):
         raise ValueError("no readable start time")
+    arrival.as_unit("ns")  # OutOfBoundsDatetime: the control loop works in nanoseconds (1677-2262)
     ms = None if pd.isna(r["meter_start_wh"]) else float(r["meter_start_wh"])
     connector = int(r["connector_id"]) if pd.notna(r["connector_id"]) else 1
     departure = None
     if bool(r["needs_known"]) and pd.notna(r["departure"]):
-        departure = r["departure"].to_pydatetime()
+        try:
+            departure = r["departure"].as_unit("ns").to_pydatetime()
+        except (ValueError, OverflowError):
+            log.error("stored departure %s of transaction %s cannot be used: restored without it",
+                      r["departure"], r["transaction_id"])
     t = state.on_start(r["charge_point_id"], connector, r["transaction_id"], start=arrival.to_pydatetime(),
                        meter_start_wh=ms, id_tag=None if pd.isna(r["id_tag"]) else r["id_tag"])
     if ms is not None:

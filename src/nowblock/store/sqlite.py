@@ -97,7 +97,10 @@ CREATE TABLE IF NOT EXISTS plans (
 
 
 def _parse_ts(col: pd.Series) -> pd.Series:
-    return pd.to_datetime(col, format="ISO8601", utc=True)
+    # errors="coerce": a stored time pandas cannot hold (outside 1677-2262, or garbage written
+    # by an older version) reads as NaT, so one bad row cannot stop a restart; restore_state
+    # skips and reports a transaction whose start is NaT.
+    return pd.to_datetime(col, format="ISO8601", utc=True, errors="coerce")
 
 
 class SqliteStore:
