@@ -50,7 +50,7 @@ PAST_DEPARTURE_S = 3600.0
 
 # "[<type>, "<id>"" at the start of a frame: lets a frame that cannot be parsed still be answered
 # with its own message id (OCPP-J ids are at most 36 characters).
-_HEAD = re.compile(r'\s*\[\s*(\d{1,3})\s*,\s*"((?:[^"\\\x00-\x1f]|\\[^u]){1,36})"')
+_HEAD = re.compile(r'\s*\[\s*(\d{1,3}(?:\.0*)?)\s*,\s*"((?:[^"\\\x00-\x1f]|\\[^u]){1,36})"')
 
 
 class FrameError(Exception):
@@ -87,11 +87,12 @@ def _head(raw: str) -> tuple[int | None, str | None]:
     m = _HEAD.match(raw[:200])
     if m is None:
         return None, None
+    kind = int(float(m.group(1)))
     try:
         uid = json.loads(f'"{m.group(2)}"')
     except ValueError:
-        return int(m.group(1)), None
-    return int(m.group(1)), uid
+        return kind, None
+    return kind, uid
 
 
 def parse_frame(raw: str | bytes) -> object:
