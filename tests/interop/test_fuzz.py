@@ -23,6 +23,9 @@ from nowblock.testing import make_test_site
 
 from .fuzz import FuzzClient, Tally, frames
 
+# hypothesis-jsonschema's regex strategies touch the global random state; harmless here.
+pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
+
 FRAMES = int(os.environ.get("NOWBLOCK_FUZZ_FRAMES", "1500"))  # per protocol version
 BATCH = 10  # frames per hypothesis example (drawing is the cost; the engine's overhead is per example)
 
