@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import hypothesis  # noqa: F401 - imported up front: its pytest plugin's late import at the summary crashed CPython 3.11's AST check
 import psutil
 import pytest
 
