@@ -203,7 +203,12 @@ async def test_not_supported_and_silent_chargers_are_never_counted_as_limited(ve
             await eventually(lambda: len(cs.state.running()) == 2)
             rec = await cs.set_limit("CP1", 1, 10.0, retries=2)
             assert rec.purpose is None and rec.accepted_a is None
-            assert [a for _, a in rec.attempts] == ["NotSupported"] * 3  # never retried: it will not change
+            # never retried: it will not change; the TxDefault it refused at boot is not even sent again
+            assert rec.attempts == [(pr.TX, "NotSupported"), (pr.TX_DEFAULT, "Skipped:NotSupported"),
+                                    (pr.MAX_16, "NotSupported")]
+            rec = await cs.set_limit("CP1", 1, 9.0, retries=2)
+            assert [a for _, a in rec.attempts] == ["Skipped:NotSupported"] * 3  # remembered until it reboots
+            assert set(cs.state.station("CP1").refusals) == {pr.TX, pr.TX_DEFAULT, pr.MAX_16}
             rec = await cs.set_limit("CP2", 1, 10.0, retries=1)
             assert rec.purpose is None and [a for _, a in rec.attempts] == ["Timeout"] * 6
             assert sims[1].client is not None and cs.connection("CP2") is not None  # still talking
@@ -213,7 +218,8 @@ async def test_not_supported_and_silent_chargers_are_never_counted_as_limited(ve
 
 
 async def test_station_max_is_the_last_resort_and_is_lifted_afterwards():
-    async with central_system(make_test_site(1), **FAST) as cs:
+    # refusal_memory_s=0: a purpose the charger Rejected is offered again on the next limit
+    async with central_system(make_test_site(1), **FAST, refusal_memory_s=0.0) as cs:
         async with chargers(cs, dict(cp_id="CP1", version="1.6")) as (sim,):
             await sim.plug_in(Car())
             await eventually(lambda: cs.state.running("CP1"))

@@ -37,10 +37,15 @@ Migration = tuple[int, str, tuple[str, ...]]
 
 
 def parse_times(col: pd.Series) -> pd.Series:
-    """Stored times as tz-aware UTC: ISO text (SQLite) or datetime objects (PostgreSQL)."""
+    """Stored times as tz-aware UTC: ISO text (SQLite) or datetime objects (PostgreSQL).
+
+    A stored time pandas cannot hold (outside 1677-2262, or garbage written by an older
+    version) reads as NaT, so one bad row cannot stop a restart: ``restore_state`` skips and
+    reports a transaction whose start is NaT.
+    """
     if col.map(lambda v: isinstance(v, str)).any():
-        return pd.to_datetime(col.replace("", None), format="ISO8601", utc=True)
-    return pd.to_datetime(col, utc=True)
+        return pd.to_datetime(col.replace("", None), format="ISO8601", utc=True, errors="coerce")
+    return pd.to_datetime(col, utc=True, errors="coerce")
 
 
 class SqlStore:
