@@ -21,6 +21,7 @@ from nowblock.seam import root_index
 from nowblock.sim.battery import TaperBattery
 
 _DONE_KWH = 1e-9
+_NOISE_A = 1e-6  # the safety net's own tolerance
 _NAT = np.iinfo(np.int64).min  # NaT as int64 nanoseconds
 
 
@@ -220,7 +221,8 @@ class SimulatedBlock:
         allowed = np.tile(limits, (n_t, 1))
         allowed[:, 3 * r0 : 3 * r0 + 3] = np.maximum(allowed[:, 3 * r0 : 3 * r0 + 3], base_a_max)
         excess = fuse_a - allowed
-        max_overload = float(max(0.0, excess.max())) if n_t else 0.0
+        # Below a microampere an "excess" is floating-point noise of sums, not an overload.
+        max_overload = float(excess.max()) if n_t and excess.max() > _NOISE_A else 0.0
         unbalance = self.cars_ph_a.max(axis=1) - self.cars_ph_a.min(axis=1) if n_t else np.zeros(0)
         unb_excess = (float(max(0.0, (unbalance - site.max_unbalance_a).max()))
                       if (n_t and site.max_unbalance_a is not None) else 0.0)
@@ -242,7 +244,7 @@ class SimulatedBlock:
             for p in range(3):
                 ts[f"{fid}_{PHASES[p]}_a"] = fuse_a[:, 3 * f + p]
                 ts[f"{fid}_{PHASES[p]}_limit_a"] = np.full(n_t, limits[3 * f + p])
-        overload_steps = int((excess > 1e-6).any(axis=1).sum()) if n_t else 0
+        overload_steps = int((excess > _NOISE_A).any(axis=1).sum()) if n_t else 0
         return pd.DataFrame(ts, index=self.grid[:n_t]), max_overload, overload_steps, unb_excess, excess
 
     def session_table(self) -> pd.DataFrame:
