@@ -73,7 +73,7 @@ def test_a_car_drawing_more_than_its_limit_is_planned_lowered_and_the_others_kep
     snap, ctx = step.prepare(obs)
     assert ctx.untrusted == {"CP0:0": "over_draw"} and ctx.committed_a["CP0:0"] == pytest.approx(17.0)
     x = step.finish(snap, ctx, get_policy("equal").schedule(snap))
-    assert "CP0:0" in x.index and x["CP0:0"] <= 8.0
+    assert "CP0:0" in x.index and x["CP0:0"] <= 8.0  # its share of the plan if it follows
     others = x.drop("CP0:0")
     assert others.sum() + 17.0 <= 32.0 + 1e-9
     assert ((others == 0) | (others >= 6.0)).all()
@@ -130,8 +130,9 @@ def test_held_back_explains_unused_capacity():
     x = step.finish(snap, ctx, get_policy("equal").schedule(snap))
     hb = held_back(snap, ctx, x)
     assert hb["untrusted"] == {"over_draw": 1} and hb["reserved_untrusted_a"] == pytest.approx(17.0)
-    # The three others are at their 16 A maximum; 80 - 17 - 48 A are left and nobody waits.
-    assert hb["cars_at_max"] == 3 and hb["unused_a"] == pytest.approx(15.0) and hb["cars_waiting"] == 0
+    # Every car is planned at its 16 A maximum (CP0 too, once it follows); 80 - 17 - 48 A are
+    # left (CP0 counted at the 17 A it may really draw) and nobody waits.
+    assert hb["cars_at_max"] == 4 and hb["unused_a"] == pytest.approx(15.0) and hb["cars_waiting"] == 0
 
 
 def test_pilot_step_follows_the_protocol_versions():

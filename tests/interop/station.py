@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -94,6 +95,7 @@ class RawStation:
     version: str = "1.6"
     answer: object = None  # callable(action, payload) -> dict | Err | Silence | Late
     received: list = field(default_factory=list)  # (action, payload) of the central system's CALLs
+    received_at: list = field(default_factory=list)  # time.monotonic() of each, in the same order
     schema_errors: list = field(default_factory=list)
     stray: list = field(default_factory=list)  # frames that matched nothing we sent
 
@@ -150,6 +152,7 @@ class RawStation:
     async def _on_call(self, ws, msg) -> None:
         _, uid, action, payload = msg
         self.received.append((action, payload))
+        self.received_at.append(time.monotonic())
         for p in schema_problems(self.version, action, payload):
             self.schema_errors.append(f"central system's {action}: {p}")
         reply = self.answer(action, payload) if self.answer else default_answer(self.version, action, payload)

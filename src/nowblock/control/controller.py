@@ -87,6 +87,9 @@ class ControllerSettings:
         (then its share is held for a car that might plug in).
     idle_validity_s : float
         [s] Life of an idle default (renewed while the controller runs).
+    readback_s : float
+        [s] At most this often per car, the charger of a car that does not draw what it was
+        given is asked what it applies (GetCompositeSchedule).
     """
 
     period_s: float = 60.0
@@ -102,6 +105,7 @@ class ControllerSettings:
     overload_tolerance_a: float = 0.5
     idle_limit_a: float | None = 0.0
     idle_validity_s: float = 900.0
+    readback_s: float = 300.0
 
 
 @dataclass
@@ -225,6 +229,7 @@ class Controller:
         self.history: list[StepResult] = []
         self.alarms: list[dict] = []
         self._overloads: dict[tuple[str, str], dict] = {}  # (fuse, phase) -> the running overload
+        self._read_at: dict[str, pd.Timestamp] = {}  # session -> when its applied limit was last asked
         self._needs_fit_at: pd.Timestamp | None = None
         self._solving: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
@@ -436,6 +441,7 @@ class Controller:
         if kept:  # a charger kept a higher limit in this very step: repair the others now
             counted.update(await self._repair(snap, ctx, targets, kept, now))
         await self._escalate(targets, ctx, now)
+        self._read_back(ctx, now)
         t3 = _time.perf_counter()
         x = pd.Series(counted, dtype=float).reindex(targets.index).rename("current_a")
         self._watch_overloads(obs, now)
@@ -487,9 +493,14 @@ class Controller:
 
     async def dispatch(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp) -> dict[str, float | None]:
         """Send the step's limits (lowered first, then raised); returns the accepted limits [A]."""
-        self.escalation.update({s: r for s, r in ctx.untrusted.items() if s in targets.index}, now)
-        resend = self.escalation.due(now) & set(targets.index)
-        got = await self._send_waves(targets, ctx, now, resend=resend)
+        self.escalation.update({s: r for s, r in ctx.untrusted.items() if s in targets.index}, now,
+                               present=set(targets.index), following=ctx.following)
+        doubt = set(self.escalation.since) & set(targets.index)
+        resend = self.escalation.due(now) & doubt
+        # A car that does not follow its limit gets one only when its pause is over: a changed
+        # target changes nothing it draws, and a charger that ignores us is not flooded.
+        hold = [s for s in doubt if s not in resend and s in self.loop.sent]
+        got = await self._send_waves(targets.drop(hold), ctx, now, resend=resend)
         self.escalation.tried([s for s in resend if s in got], now)
         return got
 
@@ -554,6 +565,35 @@ class Controller:
                         reason=ctx.untrusted.get(sid, ""), since=self.escalation.since[sid].isoformat(),
                         measured_a=float(ctx.cars.at[sid, "measured_current_a"]),
                         limit_a=float(targets.get(sid, np.nan)))
+
+    def _read_back(self, ctx: StepContext, now: pd.Timestamp) -> None:
+        """Ask the chargers of cars that do not draw what they were given what they apply
+        (GetCompositeSchedule, in the background, at most every ``readback_s`` per car): a
+        station that applies less than it accepted is then planned at what it applies."""
+        read = getattr(self.central, "read_applied_limit", None)
+        if read is None or not len(ctx.cars):
+            return
+        cars = ctx.cars
+        meas = cars["measured_current_a"].to_numpy(float)
+        off = cars["offered_current_a"].to_numpy(float)
+        odd = np.isfinite(meas) & cars["connected"].to_numpy(bool) & (
+            (meas < off - self.settings.under_draw_a) | (meas > off + self.settings.over_draw_a))
+        for sid in cars.index[odd]:
+            last = self._read_at.get(sid)
+            if last is not None and (now - last).total_seconds() < self.config.readback_s:
+                continue
+            self._read_at[sid] = now
+            cp_id, conn = str(cars.at[sid, "charge_point_id"]), int(cars.at[sid, "connector_id"])
+            self.failsafe.spawn(self._read_one(read, cp_id, conn))
+        for sid in [s for s in self._read_at if s not in cars.index]:
+            del self._read_at[sid]
+
+    @staticmethod
+    async def _read_one(read, cp_id: str, connector_id: int) -> None:
+        try:
+            await read(cp_id, connector_id)
+        except Exception as exc:  # noqa: BLE001 - a station that cannot tell is planned at what it accepted
+            log.info("%s/%s: applied limit not read back: %r", cp_id, connector_id, exc)
 
     # ---- watching what the block really draws ------------------------------------------------
     def _watch_overloads(self, obs, now: pd.Timestamp) -> None:

@@ -81,13 +81,28 @@ class Escalation:
     escalated: set[str] = field(default_factory=set)
     alarmed: set[str] = field(default_factory=set)
 
-    def update(self, untrusted: dict[str, str], now: pd.Timestamp) -> None:
-        """Start the clock for cars that stopped following, stop it for those that follow again."""
-        for sid in [s for s in self.since if s not in untrusted]:
-            for d in (self.since, self.attempts, self.last_try):
-                d.pop(sid, None)
-            self.escalated.discard(sid)
-            self.alarmed.discard(sid)
+    def update(self, untrusted: dict[str, str], now: pd.Timestamp, *, present=None, following=None) -> None:
+        """Start the clock for cars that stopped following, stop it for those that follow again.
+
+        Parameters
+        ----------
+        untrusted : dict
+            session_id -> why it is not trusted now.
+        present : set, optional
+            Sessions still running (the others are forgotten); None: all that are tracked.
+        following : set, optional
+            Sessions whose settled measurement shows them within their limit. A car between a
+            new limit and a settled measurement keeps its clock, so a charger that ignores its
+            limits cannot reset it by being sent a new one. None: every car not untrusted.
+        """
+        for sid in list(self.since):
+            gone = present is not None and sid not in present
+            back = (sid in following) if following is not None else (sid not in untrusted)
+            if gone or (back and sid not in untrusted):
+                for d in (self.since, self.attempts, self.last_try):
+                    d.pop(sid, None)
+                self.escalated.discard(sid)
+                self.alarmed.discard(sid)
         for sid in untrusted:
             self.since.setdefault(sid, now)
 

@@ -80,6 +80,13 @@ class LiveBlock:
         cars["last_meter"] = pd.to_datetime(pd.Series(last, index=raw.index, dtype=object), utc=True)
         cars["connected"] = raw["connected"].to_numpy(bool)
         cars["limit_known"] = raw["accepted_limit_a"].notna().to_numpy()
+        if "reported_limit_a" in raw:
+            # What a station says it applies (GetCompositeSchedule) counts over what it accepted.
+            rep = raw["reported_limit_a"].to_numpy(float)
+            known = np.isfinite(rep)
+            cars["offered_current_a"] = np.where(known, np.minimum(rep, cars["max_current_a"].to_numpy(float)),
+                                                 cars["offered_current_a"].to_numpy(float))
+            cars["limit_known"] = cars["limit_known"].to_numpy() | known
         cars = cars[[*CAR_COLUMNS, *OBSERVED_COLUMNS]]
         running = list(zip(raw["charge_point_id"], raw["connector_id"]))
         return Observation(

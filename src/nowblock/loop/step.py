@@ -57,6 +57,9 @@ class StepContext:
     safety : BlockSnapshot or None
         The trusted cars in the block less what the untrusted ones may draw; None when every
         planned car is trusted (then the snapshot itself is the safety check).
+    following : frozenset
+        Sessions whose last measurement, taken with their limit in force long enough, shows
+        them within it (trusted for a reason, not only for want of a settled measurement).
     """
 
     cars: pd.DataFrame
@@ -65,6 +68,7 @@ class StepContext:
     idle_reserved_a: pd.Series
     running: np.ndarray
     safety: BlockSnapshot | None = None
+    following: frozenset = frozenset()
 
 
 @dataclass(frozen=True)
@@ -255,8 +259,10 @@ class ControlStep:
         # Unknown needs never stop a car that may still want energy: a car whose needs were
         # guessed is served at least at its minimum wherever that fits, until it stops drawing.
         guessed = ~cars["needs_known"].to_numpy(bool)[connected] & ~cars.index[connected].isin(list(self.full))
-        running = (running | guessed) & trusted
+        running = running & trusted | guessed
+        following = settled & np.isfinite(measured) & ~untrusted
         ctx = StepContext(
+            following=frozenset(cars.index[following]),
             cars=cars,
             untrusted=dict(zip(cars.index[untrusted], reason[untrusted])),
             committed_a=pd.Series(committed[untrusted], index=cars.index[untrusted], dtype=float, name="current_a"),
@@ -281,8 +287,8 @@ class ControlStep:
 
         The answer passes the safety net (:func:`~nowblock.seam.make_safe`), the hysteresis
         (:func:`~nowblock.loop.closed_loop.keep_running`) and the safety net again. An untrusted
-        car is never raised above what it was last sent; the trusted cars are then made safe
-        against what the untrusted ones may really draw. ``safe=False`` (only the uncontrolled
+        car is sent its share of that plan; the trusted cars are then made safe against what the
+        untrusted ones may really draw. ``safe=False`` (only the uncontrolled
         reference policy of the simulator) returns the answer as it is.
         """
         index = snap.cars.index
@@ -295,9 +301,10 @@ class ControlStep:
         if ctx.running.any():
             x = safe_setpoints_a(snap, cl.keep_running_a(snap, x, ctx.running))
         if ctx.safety is not None:
+            # An untrusted car is sent its share of the plan (what it should draw once it follows;
+            # its charger's real draw does not depend on it); the trusted ones are made safe
+            # against what the untrusted may really draw until then.
             doubt = index.isin(list(ctx.untrusted))
-            last = np.array([self.sent[sid][0] if sid in self.sent else np.inf for sid in index.tolist()], dtype=float)
-            x = np.where(doubt, np.minimum(x, last), x)
             x[~doubt] = safe_setpoints_a(ctx.safety, x[~doubt])
         return pd.Series(x, index=index, name="current_a")
 
