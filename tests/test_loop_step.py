@@ -188,3 +188,15 @@ def test_simulated_and_live_blocks_give_the_same_snapshot():
     assert c1.untrusted == c2.untrusted == {}
     assert s1.current_step_a == 1.0 and s2.current_step_a == pilot_step_a(["2.0.1"])
     assert now.tzinfo is not None and now.tz_convert(timezone.utc) == now
+
+
+def test_a_car_above_both_its_new_and_its_old_limit_is_over_drawing_at_once():
+    obs = _obs(_site(), measured=[16.0, 10.0, 8.0, 8.0], offered=[8.0] * 4)
+    step = ControlStep()
+    for sid, old in zip(obs.cars.index, [10.0, 10.0, 8.0, 8.0]):
+        step.record_sent(sid, old, T0 - pd.Timedelta(minutes=5))
+        step.record_sent(sid, 8.0, T0 - pd.Timedelta(seconds=2))  # changed just now: not settled yet
+    _, ctx = step.prepare(obs)
+    # CP0 draws 16 A: above the new 8 A and the old 10 A. CP1 draws its old 10 A: it may still
+    # be ramping down, so it is not held against it before the new limit had time to act.
+    assert ctx.untrusted == {"CP0:0": "over_draw"}

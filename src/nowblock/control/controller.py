@@ -96,7 +96,7 @@ class ControllerSettings:
     step: pd.Timedelta = pd.Timedelta("15min")
     horizon: pd.Timedelta = pd.Timedelta("24h")
     solve_timeout_s: float | None = None
-    new_car_timeout_s: float = 3.0
+    new_car_timeout_s: float = 1.0
     fallback: str = "edf"
     profile_validity_s: float | None = None
     min_replan_s: float = 1.0

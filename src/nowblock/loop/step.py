@@ -139,6 +139,7 @@ class ControlStep:
         self.needs = needs or NeedsEstimation()
         self.sent: dict[str, tuple[float, pd.Timestamp]] = {}
         self.changed_at: dict[str, pd.Timestamp] = {}
+        self.before: dict[str, float] = {}  # session -> the limit before its last change [A]
         self.ceilings_a = pd.Series(dtype=float)
         self.full: set[str] = set()
 
@@ -149,11 +150,13 @@ class ControlStep:
         self.sent[session_id] = (float(limit_a), time)
         if prev is None or abs(prev[0] - float(limit_a)) > 1e-6:
             self.changed_at[session_id] = time
+            if prev is not None:
+                self.before[session_id] = prev[0]
 
     def forget(self, keep) -> None:
         """Drop what is kept for sessions not in ``keep`` (they ended)."""
         keep = set(keep)
-        for d in (self.sent, self.changed_at):
+        for d in (self.sent, self.changed_at, self.before):
             for sid in [s for s in d if s not in keep]:
                 del d[sid]
         self.full &= keep
@@ -187,13 +190,16 @@ class ControlStep:
         measured = col["measured_current_a"].astype(float)
         max_a = col["max_current_a"].astype(float)
         min_a = col["min_current_a"].astype(float)
+        ids_all = cars.index.tolist()
         # A car that has not sent a meter value yet is stale only once its session is that old.
         last = _ns(cars["last_meter"])
         ref = np.where(last != _NAT, last, _ns(cars["arrival"]))
         stale = ((now.value - ref) > s.stale_after_s * 1e9) & connected
-        over = (settled & np.isfinite(measured) & np.isfinite(offered) & (measured > offered + s.over_draw_a)
-                & connected & ~stale)
-        ids_all = cars.index.tolist()
+        # Over its limit: once the limit had time to act, or at once when the draw is above both
+        # the new limit and the one before it (a car cannot legitimately exceed either).
+        before = np.array([self.before.get(x, np.nan) for x in ids_all], dtype=float)
+        above = np.isfinite(measured) & np.isfinite(offered) & (measured > offered + s.over_draw_a)
+        over = above & (settled | ~(measured <= before + s.over_draw_a)) & connected & ~stale
         last_sent = np.array([self.sent[x][0] if x in self.sent else np.nan for x in ids_all], dtype=float)
         # A charger found holding more than it was last sent (it answered but did not apply it).
         holding = connected & ~stale & ~over & (offered > last_sent + 0.05)  # NaN (never sent) is False
