@@ -453,3 +453,34 @@ async def test_limits_going_down_are_answered_before_any_goes_up():
     order = [cp for cp, _ in cs.sent]
     assert set(order[:2]) == {"CP0", "CP1"} and order[2] == "CP2"  # both lowered before the new car is raised
     assert all(a < 16.0 for cp, a in cs.sent[:2]) and sum(a for _, a in cs.sent) <= 32.0 + 1e-9
+
+
+async def test_a_slow_plan_is_applied_by_the_next_step_instead_of_blocking_the_loop():
+    site = _site(root_a=40.0, n=2)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 2, needs={0: (4, 30.0), 1: (4, 30.0)})
+
+    class Slow:
+        name = "slow"
+
+        def schedule(self, snapshot):
+            time.sleep(0.5)
+            return pd.Series([14.0, 9.0], index=snapshot.cars.index)
+
+    ctl = _controller(cs, clock, policy=Slow(), max_wait_s=0.1, new_car_timeout_s=0.1, fallback="equal")
+    first = await ctl.step()
+    assert first.policy == "equal" and "time-out" in first.status  # the step did not wait for the plan
+    await asyncio.sleep(0.6)
+    assert ctl._wake.is_set()  # the finished solve woke the loop
+    clock.advance(5)
+    second = await ctl.step()
+    assert second.policy == "slow" and second.status.startswith("late plan")
+    assert second.targets_a.to_dict() == {"CP0:tx0": 14.0, "CP1:tx1": 9.0}
+    # Its answer is used once; a plan older than a period is not used at all.
+    third = await ctl.step()
+    assert not third.status.startswith("late plan")
+    await asyncio.sleep(0.6)
+    clock.advance(ctl.period_s + 1)
+    fourth = await ctl.step()
+    assert not fourth.status.startswith("late plan")
+    await asyncio.sleep(0.6)

@@ -69,6 +69,9 @@ class ControllerSettings:
     new_car_timeout_s : float
         [s] The wait when a car has never been sent a limit: every running transaction gets a
         TxProfile within 5 s of its start, whatever the policy costs.
+    max_wait_s : float
+        [s] The longest a step waits for the policy otherwise; a slower solve goes on in the
+        background and its plan is applied by the next step (see :meth:`Controller.decide`).
     fallback : str
         The baseline heuristic on policy failure or time-out.
     profile_validity_s : float or None
@@ -97,6 +100,7 @@ class ControllerSettings:
     horizon: pd.Timedelta = pd.Timedelta("24h")
     solve_timeout_s: float | None = None
     new_car_timeout_s: float = 1.0
+    max_wait_s: float = 2.0
     fallback: str = "edf"
     profile_validity_s: float | None = None
     min_replan_s: float = 1.0
@@ -232,6 +236,8 @@ class Controller:
         self._read_at: dict[str, pd.Timestamp] = {}  # session -> when its applied limit was last asked
         self._needs_fit_at: pd.Timestamp | None = None
         self._solving: asyncio.Future | None = None
+        self._solving_time: pd.Timestamp | None = None  # the snapshot time of the solve running or last run
+        self._solving_used = True  # its answer was used (or is of no use)
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -390,30 +396,65 @@ class Controller:
         return self.loop.prepare(self.source.observe(now))
 
     async def decide(self, snap: BlockSnapshot, *, new_cars: bool = False) -> tuple[Decision, str, str]:
-        """The policy's decision in a worker thread, the fallback's on failure or time-out.
+        """The policy's decision in a worker thread, the fallback's when it fails or is slow.
 
-        Returns (decision, name of the policy that decided, status). With ``new_cars`` the wait
-        is at most ``new_car_timeout_s`` (a new transaction must get its TxProfile within 5 s).
+        The step waits for the policy at most ``max_wait_s`` (``new_car_timeout_s`` when a car
+        has never been sent a limit; never past ``solve_timeout_s``), so the loop keeps
+        answering events while a large MILP runs on. A solve that finishes after its step gave
+        up wakes the loop, and the next step applies its plan (the slot of now, every car it
+        planned; cars it did not know get the fallback's answer) if it is younger than a period.
+        Returns (decision, name of the policy that decided, status).
         """
         if len(snap.cars) == 0:
             return call_policy(self.policy, self.fallback, snap)
+        late = self._late_plan(snap)
+        if late is not None:
+            return late
         status, decision = "ok", None
-        timeout = min(self.solve_timeout_s, self.config.new_car_timeout_s) if new_cars else self.solve_timeout_s
+        wait = min(self.solve_timeout_s, self.config.new_car_timeout_s if new_cars else self.config.max_wait_s)
         if self._solving is not None and not self._solving.done():
             status = "previous solve still running"
         else:
             self._solving = asyncio.ensure_future(asyncio.to_thread(decide, self.policy, snap))
+            self._solving_time = snap.time
+            self._solving_used = False
             try:
-                decision = await asyncio.wait_for(asyncio.shield(self._solving), timeout)
+                decision = await asyncio.wait_for(asyncio.shield(self._solving), wait)
+                self._solving_used = True
             except asyncio.TimeoutError:
-                status = f"time-out after {timeout:g} s"
+                status = f"time-out after {wait:g} s"
+                self._solving.add_done_callback(lambda f: self._wake.set())  # its plan is used next step
             except Exception as exc:  # noqa: BLE001 - the fallback answers
+                self._solving_used = True
                 status = f"failed: {exc!r}"
                 log.exception("policy %s failed", self.policy.name)
         if decision is not None:
             return decision, self.policy.name, status
-        log.warning("policy %s: %s; falling back to %s", self.policy.name, status, self.fallback.name)
+        log.info("policy %s: %s; %s answers this step", self.policy.name, status, self.fallback.name)
         return decide(self.fallback, snap), self.fallback.name, status
+
+    def _late_plan(self, snap: BlockSnapshot) -> tuple[Decision, str, str] | None:
+        """The plan of a solve that finished after its step gave up on it, for this snapshot."""
+        fut = self._solving
+        if fut is None or not fut.done() or self._solving_used:
+            return None
+        self._solving_used = True
+        if fut.cancelled() or fut.exception() is not None:
+            return None
+        made = self._solving_time
+        if (snap.time - made).total_seconds() > self.period_s:
+            return None
+        plan: Decision = fut.result()
+        if isinstance(plan.plan_a, pd.DataFrame) and len(plan.plan_a):
+            rows = plan.plan_a[plan.plan_a.index <= snap.time]
+            now_a = (rows.iloc[-1] if len(rows) else plan.plan_a.iloc[0]).astype(float)
+        else:
+            now_a = pd.Series(plan.current_a, dtype=float)
+        answer = now_a.reindex(snap.cars.index)
+        if answer.isna().any():  # cars that arrived since: the fallback's answer for them
+            answer = answer.fillna(decide(self.fallback, snap).current_a.reindex(snap.cars.index))
+        return (Decision(answer.fillna(0.0).rename("current_a"), plan.plan_a, plan.status, plan.detail),
+                self.policy.name, f"late plan of {made.strftime('%H:%M:%S')}")
 
     async def step(self, reason: str = "manual") -> StepResult:
         """One control step now (see the module docstring)."""
@@ -453,9 +494,10 @@ class Controller:
         self.history.append(res)
         del self.history[:-500]
         log.info("step %s (%s): %d cars, %.0f A total, %d untrusted %s, idle held %.0f A, unused %.0f A, "
-                 "%d waiting, policy %s [%s], %.0f ms", now.strftime("%H:%M:%S"), reason, len(x), float(x.sum()),
+                 "%d waiting, policy %s [%s], %.0f ms (%s)", now.strftime("%H:%M:%S"), reason, len(x), float(x.sum()),
                  len(ctx.untrusted), hb["untrusted"] or "", hb["reserved_idle_a"], hb["unused_a"],
-                 hb["cars_waiting"], name, status, 1000 * sum(secs.values()))
+                 hb["cars_waiting"], name, status, 1000 * sum(secs.values()),
+                 " ".join(f"{k} {1000 * v:.0f}" for k, v in secs.items()))
         return res
 
     def _counted_a(self, targets: pd.Series, ctx: StepContext, accepted: dict) -> dict[str, float]:
