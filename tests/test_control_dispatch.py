@@ -14,7 +14,7 @@ def test_lowered_limits_leave_before_raises_and_unchanged_ones_stay_home():
     targets = pd.Series({"a": 13.3, "b": 13.3, "c": 10.0, "new": 13.3})
     offered = pd.Series({"a": 20.0, "b": 20.0, "c": 10.0, "new": 13.3})  # the new car holds its 13.3 A default
     lower, higher = plan_waves(targets, sent, offered, T0 + pd.Timedelta(seconds=5), refresh_s=300)
-    assert lower == [("a", 13.3), ("b", 13.3), ("new", 13.3)] and higher == []
+    assert lower == [("new", 13.3), ("a", 13.3), ("b", 13.3)] and higher == []  # the new car first
     # One car leaves: the others go up, in the second wave only.
     sent = {s: (13.3, T0) for s in ("b", "c", "new")}
     lower, higher = plan_waves(pd.Series({"b": 20.0, "c": 13.3, "new": 20.0}), sent, offered, T0, refresh_s=300)

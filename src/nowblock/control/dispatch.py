@@ -40,7 +40,8 @@ def plan_waves(targets_a: pd.Series, sent: dict[str, tuple[float, pd.Timestamp]]
     Returns
     -------
     lower, higher : list of (session_id, limit_a)
-        The first wave (lowered limits and new cars at or below what they hold), then the raises.
+        The first wave (lowered limits and new cars at or below what they hold), then the raises;
+        in each, cars never sent a limit first.
     """
     lower, higher = [], []
     for sid, limit in targets_a.items():
@@ -52,7 +53,10 @@ def plan_waves(targets_a: pd.Series, sent: dict[str, tuple[float, pd.Timestamp]]
             continue
         ref = prev[0] if prev is not None else float(offered_a.get(sid, math.inf))
         (lower if limit <= ref + 1e-9 else higher).append((sid, limit))
-    return lower, higher
+    # Cars never sent a limit go first in their wave: with thousands of profiles in flight, a
+    # new transaction's first TxProfile must not queue behind every refresh.
+    first = lambda item: item[0] in sent  # noqa: E731 - False (new) sorts first; the sort is stable
+    return sorted(lower, key=first), sorted(higher, key=first)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 
 from nowblock.ocpp import edge
-from nowblock.ocpp.connection import CsmsConnection
+from nowblock.ocpp.connection import CsmsConnection, profile_status
 from nowblock.ocpp.meter import parse_meter_values
 from nowblock.ocpp.profiles import iso, parse_time
 
@@ -106,8 +106,10 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
     # ---- outgoing ---------------------------------------------------------------------------
     async def set_profile(self, connector_id: int, profile: dict) -> str:
         """SetChargingProfile; returns the status (Accepted, Rejected, NotSupported)."""
-        res = await self._call(call.SetChargingProfile(connector_id=connector_id, cs_charging_profiles=profile))
-        return str(res.status)
+        # Built by profiles.build_profile and tested against the official schema: not checked again here.
+        res = await self._call(call.SetChargingProfile(connector_id=connector_id, cs_charging_profiles=profile),
+                               validate=False)
+        return profile_status(res)
 
     async def clear_profiles(self, *, profile_id=None, connector_id=None, purpose=None, stack_level=None) -> str:
         """ClearChargingProfile by id or by criteria (none: all); returns Accepted or Unknown."""

@@ -12,7 +12,7 @@ from ocpp.v201.enums import Action
 
 from nowblock.ocpp import edge
 from nowblock.ocpp import profiles as pr
-from nowblock.ocpp.connection import CsmsConnection
+from nowblock.ocpp.connection import CsmsConnection, profile_status
 from nowblock.ocpp.meter import parse_meter_values
 from nowblock.ocpp.profiles import iso, parse_time
 
@@ -183,8 +183,10 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
     # ---- outgoing ---------------------------------------------------------------------------
     async def set_profile(self, connector_id: int, profile: dict) -> str:
         """SetChargingProfile on EVSE ``connector_id``; returns Accepted or Rejected."""
-        res = await self._call(call.SetChargingProfile(evse_id=connector_id, charging_profile=profile))
-        return str(res.status)
+        # Built by profiles.build_profile and tested against the official schema: not checked again here.
+        res = await self._call(call.SetChargingProfile(evse_id=connector_id, charging_profile=profile),
+                               validate=False)
+        return profile_status(res)
 
     async def clear_profiles(self, *, profile_id=None, connector_id=None, purpose=None, stack_level=None) -> str:
         """ClearChargingProfile by id or by criteria (none: all); returns Accepted or Unknown."""
