@@ -26,7 +26,7 @@ def _snap(site, *, max_a=(32.0, 32.0, 32.0), phases=(3, 3, 3), delivered=(0.0, 0
     cars = pd.DataFrame({
         "charge_point_id": site.charge_point_ids[:n], "cp_index": np.arange(n), "phases": list(phases)[:n],
         "min_current_a": 6.0, "max_current_a": list(max_a), "arrival": T0, "departure": T0 + pd.Timedelta(hours=5),
-        "energy_requested_kwh": 20.0, "energy_delivered_kwh": list(delivered), "measured_current_a": np.nan,
+        "energy_requested_kwh": 20.0, "energy_delivered_kwh": list(delivered)[:n], "measured_current_a": np.nan,
         "offered_current_a": 0.0, "priority": 1.0, "needs_known": True,
     }, index=[f"s{i}" for i in range(n)])
     return BlockSnapshot(T0, site, pd.Timedelta("15min"), cars, pd.Series(base_kw, index=[T0]))
