@@ -95,6 +95,20 @@ CREATE TABLE IF NOT EXISTS plans (
 """
 
 
+# Operator inputs (the HTTP API's writes: caps, needs entered by residents, charging points out
+# of service) and a time index for reading recent meter values. Additive: CREATE ... IF NOT
+# EXISTS upgrades an existing file when it is opened, and nothing else in the schema changes.
+_OPERATOR_SCHEMA = """
+CREATE TABLE IF NOT EXISTS operator_inputs (
+    kind        TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    data        TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE INDEX IF NOT EXISTS meter_values_time ON meter_values (time);
+"""
+
 
 def _parse_ts(col: pd.Series) -> pd.Series:
     return pd.to_datetime(col, format="ISO8601", utc=True)
@@ -122,6 +136,7 @@ class SqliteStore:
         self._con.execute("PRAGMA busy_timeout=30000")
         with self._lock:
             self._con.executescript(_SCHEMA)
+            self._con.executescript(_OPERATOR_SCHEMA)
         self.closed = False
 
     # ---- plumbing ---------------------------------------------------------------------------
@@ -440,3 +455,62 @@ class SqliteStore:
         plan.index.name = "time"
         return pd.Timestamp(_parse_ts(pd.Series([df["time"].iloc[0]])).iloc[0]), plan
 
+
+    # ---- operator inputs and recent history (the HTTP API) ---------------------------------
+    def save_operator_input(self, kind: str, key: str, data: dict, *, time) -> None:
+        """Create or replace the operator input ``(kind, key)`` (a JSON-able dict), durably."""
+        body = json.dumps(data, sort_keys=True, allow_nan=False)
+        self._write([(
+            """INSERT INTO operator_inputs (kind, key, data, updated_at) VALUES (?, ?, ?, ?)
+               ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at""",
+            (str(kind), str(key), body, _ts(time, "operator input time")),
+        )])
+
+    def delete_operator_input(self, kind: str, key: str) -> bool:
+        """Remove the operator input ``(kind, key)``; returns whether it existed."""
+        return self._write([("DELETE FROM operator_inputs WHERE kind=? AND key=?", (str(kind), str(key)))])[0] > 0
+
+    def load_operator_inputs(self) -> list[dict]:
+        """Every operator input as ``{"kind", "key", "data", "updated_at"}``, oldest first."""
+        df = self._read("SELECT kind, key, data, updated_at FROM operator_inputs ORDER BY updated_at, kind, key")
+        return [{"kind": k, "key": key, "data": json.loads(d), "updated_at": pd.Timestamp(u)}
+                for k, key, d, u in df.itertuples(index=False)]
+
+    def recent_meter_values(self, since, until=None, *, bucket_s: float | None = None) -> pd.DataFrame:
+        """Meter samples with ``since <= time < until``, oldest first (UTC ``time``).
+
+        With ``bucket_s`` [s] the samples are averaged per station and bucket in SQL (``time``
+        is the bucket's start; ``energy_wh`` its last register). A file store reads through its
+        own short-lived connection: WAL lets it run beside the writer, so a long read (a day of a
+        large block) never holds the lock the OCPP handlers write under.
+        """
+        params = [_ts(since, "since")]
+        cond = "time >= ?"
+        if until is not None:
+            cond += " AND time < ?"
+            params.append(_ts(until, "until"))
+        if bucket_s is None:
+            sql = f"SELECT * FROM meter_values WHERE {cond} ORDER BY time, station_id"
+        else:
+            b = int(_num(bucket_s, "bucket_s", min_value=1.0))
+            sql = (f"SELECT station_id, (CAST(strftime('%s', substr(time, 1, 19)) AS INTEGER) / {b}) * {b} AS epoch_s, "
+                   "AVG(current_l1_a) AS current_l1_a, AVG(current_l2_a) AS current_l2_a, "
+                   "AVG(current_l3_a) AS current_l3_a, AVG(power_kw) AS power_kw, MAX(energy_wh) AS energy_wh, "
+                   "AVG(soc_percent) AS soc_percent, COUNT(*) AS samples "
+                   f"FROM meter_values WHERE {cond} GROUP BY station_id, epoch_s ORDER BY epoch_s, station_id")
+        if self.path == ":memory:":
+            df = self._read(sql, tuple(params))
+        else:
+            if self.closed:
+                raise StoreError("store is closed")
+            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30.0)
+            try:
+                cur = con.execute(sql, tuple(params))
+                df = pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])
+            finally:
+                con.close()
+        if bucket_s is None:
+            df["time"] = _parse_ts(df["time"])
+        else:
+            df.insert(1, "time", pd.to_datetime(df.pop("epoch_s"), unit="s", utc=True))
+        return df
