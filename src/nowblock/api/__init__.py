@@ -8,7 +8,7 @@ public objects in :mod:`nowblock.control.status`, token-protected writes into
 The interfaces layer: it may import everything below it, nothing imports it but ``cli``.
 """
 
-from nowblock.api.auth import TokenCheck, hash_token, token_hashes
+from nowblock.api.auth import TokenCheck, TokenConfigError, hash_token, token_hashes
 from nowblock.api.server import BlockApi
 
-__all__ = ["BlockApi", "TokenCheck", "hash_token", "token_hashes"]
+__all__ = ["BlockApi", "TokenCheck", "TokenConfigError", "hash_token", "token_hashes"]

@@ -25,10 +25,14 @@ _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
+class TokenConfigError(ValueError):
+    """A token hash or read mode that cannot be used (a bad site file key or option)."""
+
+
 def hash_token(token: str) -> str:
     """The hash of an API token as written in the site file: ``sha256:<64 hex digits>``."""
     if not isinstance(token, str) or len(token) < 16:
-        raise ValueError("an API token needs at least 16 characters")
+        raise TokenConfigError("an API token needs at least 16 characters")
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -47,9 +51,9 @@ class TokenCheck:
         hashes = [h.strip().lower() for h in hashes if h and h.strip()]
         bad = [h for h in hashes if not _HASH.match(h)]
         if bad:
-            raise ValueError(f"api token hash {bad[0]!r}: expected 'sha256:' and 64 hex digits (see hash_token)")
+            raise TokenConfigError(f"api token hash {bad[0]!r}: expected 'sha256:' and 64 hex digits (see hash_token)")
         if reads not in READ_MODES:
-            raise ValueError(f"reads: one of {READ_MODES}, got {reads!r}")
+            raise TokenConfigError(f"reads: one of {READ_MODES}, got {reads!r}")
         self.hashes = tuple(dict.fromkeys(hashes))
         self.reads = reads
 
@@ -78,10 +82,10 @@ def token_hashes(site_extra: Mapping | None = None, env: Mapping[str, str] | Non
     out: list[str] = []
     api = (site_extra or {}).get("api", {})
     if not isinstance(api, Mapping):
-        raise ValueError("api: expected a table ([api]) in the site file")
+        raise TokenConfigError("api: expected a table ([api]) in the site file")
     listed = api.get("token_hashes", [])
     if isinstance(listed, str) or not isinstance(listed, list) or not all(isinstance(x, str) for x in listed):
-        raise ValueError("api.token_hashes: expected a list of 'sha256:...' strings")
+        raise TokenConfigError("api.token_hashes: expected a list of 'sha256:...' strings")
     out.extend(listed)
     out.extend(x for x in env.get("NOWBLOCK_API_TOKEN_HASHES", "").split(",") if x.strip())
     if env.get("NOWBLOCK_API_TOKEN"):
