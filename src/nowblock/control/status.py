@@ -183,7 +183,7 @@ class CarState:
 
     ``needs_source``: ``reported`` (by the car), ``resident`` (entered through the API) or
     ``estimated``; ``departure``/``energy_requested_kwh`` [kWh] are the needs the last step
-    planned with. ``setpoint_a`` [A] the limit it is counted at; ``plan_current_a`` [A] its plan
+    planned with. ``setpoint_a`` [A] the limit the last step set for it; ``plan_current_a`` [A] its plan
     from ``plan_start`` every ``plan_step_s`` [s]; ``trusted`` False with ``untrusted_reason``
     (stale, over_draw, holding, offline) when its charger is not seen to follow its limit.
     """
@@ -435,7 +435,7 @@ def block_state(controller, now: pd.Timestamp | None = None, *, plan_hours: floa
     ctx_cars = last.context.cars if last is not None and last.context is not None else None
     binding = last.binding if last is not None else None
     untrusted = last.context.untrusted if last is not None and last.context is not None else {}
-    counted = last.current_a if last is not None else None
+    counted = (last.targets_a if last.targets_a is not None else last.current_a) if last is not None else None
     plan_cols = set(plan_rows.columns) if plan_rows is not None else set()
     for sid, tx in running.items():
         row = ctx_cars.loc[sid] if ctx_cars is not None and sid in ctx_cars.index else None
