@@ -312,7 +312,11 @@ def _f(v) -> float | None:
 
 
 def _t(v) -> datetime | None:
-    if v is None or (not isinstance(v, datetime) and pd.isna(v)):
+    if v is None:
+        return None
+    if isinstance(v, datetime) and not isinstance(v, pd.Timestamp) and v.tzinfo is not None:
+        return v
+    if not isinstance(v, datetime) and pd.isna(v):
         return None
     return pd.Timestamp(v).tz_convert("UTC").to_pydatetime() if pd.Timestamp(v).tzinfo else pd.Timestamp(
         v).tz_localize("UTC").to_pydatetime()
@@ -381,7 +385,7 @@ def block_state(controller, now: pd.Timestamp | None = None, *, plan_hours: floa
     v = site.voltage_v
 
     # Charging points, connectors, sessions (straight from the live state: no pandas per row).
-    failsafe = controller.failsafe_a
+    failsafe = dict(zip(controller.failsafe_a.index.tolist(), controller.failsafe_a.to_numpy(float).tolist()))
     missing = set(controller.failsafe_missing(now)) if state.stations else set()
     cps: list[ChargePointState] = []
     measured_car: dict[str, tuple[float, ...]] = {}
@@ -432,13 +436,22 @@ def block_state(controller, now: pd.Timestamp | None = None, *, plan_hours: floa
     else:
         slot_s = None
     running = {tx.session_id: tx for tx in state.running()}
-    ctx_cars = last.context.cars if last is not None and last.context is not None else None
-    binding = last.binding if last is not None else None
     untrusted = last.context.untrusted if last is not None and last.context is not None else {}
-    counted = (last.targets_a if last.targets_a is not None else last.current_a) if last is not None else None
-    plan_cols = set(plan_rows.columns) if plan_rows is not None else set()
+    # Columns read once as plain lists (a .loc per car cost 0.25 ms: half a second at 2,000 cars).
+    ctx = _rows(last.context.cars if last is not None and last.context is not None else None,
+                ("departure", "energy_requested_kwh", "phases", "max_current_a"))
+    bind = _rows(last.binding if last is not None else None, ("binding", "limit", "room_a", "held_back_a",
+                                                              "slack_a", "limit_a"))
+    counted = last.targets_a if last is not None and last.targets_a is not None else (
+        last.current_a if last is not None else None)
+    counted = {} if counted is None else dict(zip(counted.index.tolist(), counted.to_numpy(float).tolist()))
+    plan_pos, plan_values, plan_start = {}, None, None
+    if plan_rows is not None and len(plan_rows):
+        plan_pos = {c: i for i, c in enumerate(plan_rows.columns)}
+        plan_values = np.round(plan_rows.to_numpy(float), 2).T.tolist()
+        plan_start = _t(plan_rows.index[0])
     for sid, tx in running.items():
-        row = ctx_cars.loc[sid] if ctx_cars is not None and sid in ctx_cars.index else None
+        row = ctx.get(sid)
         if sid in op.needs:
             source = "resident"
         elif tx.departure is not None and not math.isnan(tx.energy_requested_kwh):
@@ -446,31 +459,29 @@ def block_state(controller, now: pd.Timestamp | None = None, *, plan_hours: floa
         else:
             source = "estimated"
         cp = site.charge_point(tx.cp_id)
-        b = None
-        if binding is not None and sid in binding.index:
-            r = binding.loc[sid]
-            b = Binding(str(r["binding"]), str(r["limit"]), float(r["room_a"]), float(r["held_back_a"]),
-                        _f(r["slack_a"]), _f(r["limit_a"]))
+        r = bind.get(sid)
+        b = None if r is None else Binding(str(r[0]), str(r[1]), float(r[2]), float(r[3]), _f(r[4]), _f(r[5]))
         meas = [x for x in measured_car.get(sid, ()) if not math.isnan(x)]
+        j = plan_pos.get(sid)
         cars.append(CarState(
             sid, tx.cp_id, tx.connector_id, _t(tx.start),
-            _t(row["departure"]) if row is not None else _t(tx.departure),
-            _f(row["energy_requested_kwh"]) if row is not None else _f(tx.energy_requested_kwh),
+            _t(row[0]) if row is not None else _t(tx.departure),
+            _f(row[1]) if row is not None else _f(tx.energy_requested_kwh),
             round(tx.energy_delivered_kwh, 4), source,
-            int(row["phases"]) if row is not None else int(min(tx.phases_used or cp.phases, cp.phases)),
-            float(row["max_current_a"]) if row is not None else float(cp.max_current_a),
-            max(meas) if meas else None,
-            _f(counted.get(sid)) if counted is not None and sid in counted.index else None,
-            _t(plan_rows.index[0]) if sid in plan_cols else None, slot_s if sid in plan_cols else None,
-            [round(float(a), 2) for a in plan_rows[sid].to_numpy(float)] if sid in plan_cols else [],
+            int(row[2]) if row is not None else int(min(tx.phases_used or cp.phases, cp.phases)),
+            float(row[3]) if row is not None else float(cp.max_current_a),
+            max(meas) if meas else None, _f(counted.get(sid)),
+            plan_start if j is not None else None, slot_s if j is not None else None,
+            plan_values[j] if j is not None else [],
             sid not in untrusted, untrusted.get(sid), b))
 
     # Fuse phases: measured from the meter values now, planned from the last step.
     base_kw = float(last.snapshot.base_load_kw.iloc[0]) if last is not None and last.snapshot is not None and len(
         last.snapshot.base_load_kw) else 0.0
     idx, ph, meas_a, plan_a = [], [], [], []
+    cp_pos = {c: i for i, c in enumerate(site.charge_point_ids)}
     for c in cars:
-        idx.append(int(site.cp_index([c.charge_point_id])[0]))
+        idx.append(cp_pos[c.charge_point_id])
         ph.append(c.phases)
         meas_a.append(c.measured_current_a or 0.0)
         plan_a.append(c.setpoint_a or 0.0)
@@ -499,6 +510,20 @@ def block_state(controller, now: pd.Timestamp | None = None, *, plan_hours: floa
     return BlockState(t, site.name, round(base_kw, 3), fuses, cps, cars, None if last is None else step_view(last),
                       [_jsonable(a) for a in controller.active_overloads], [_jsonable(a) for a in controller.alarms[-50:]],
                       operator_view(op, now), connected, stale)
+
+
+def _rows(frame: pd.DataFrame | None, columns) -> dict:
+    """``{index: (values of columns)}`` of a frame, read column-wise (times as datetimes)."""
+    if frame is None or len(frame) == 0:
+        return {}
+    cols = []
+    for c in columns:
+        col = frame[c]
+        if isinstance(col.dtype, pd.DatetimeTZDtype):
+            cols.append([None if pd.isna(x) else x for x in col.dt.tz_convert("UTC").dt.to_pydatetime()])
+        else:
+            cols.append(col.tolist())
+    return dict(zip(frame.index.tolist(), zip(*cols)))
 
 
 def operator_view(op, now: pd.Timestamp) -> OperatorInfo:
