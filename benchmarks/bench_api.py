@@ -94,7 +94,7 @@ def _server_main(n: int, port_q, pipe, db_dir: str) -> None:
                 wall, cpu = time.perf_counter() - mark[0], time.process_time() - mark[1]
                 a = np.array(lat) * 1000.0
                 steps = [sum(r.seconds.values()) for r in ctl.history if r.time.timestamp() > time.time() - wall]
-                pipe.send({"messages": len(a), "cpu_percent": 100.0 * cpu / wall,
+                pipe.send({"messages": len(a), "cpu_percent": 100.0 * cpu / wall, "wall_s": wall,
                            **{f"handler_p{q}_ms": _pct(a, q) for q in (50, 95, 99)},
                            "handler_max_ms": float(a.max()) if len(a) else float("nan"),
                            "steps": len(steps), "step_median_s": statistics.median(steps) if steps else float("nan")})
@@ -117,7 +117,7 @@ def _server_main(n: int, port_q, pipe, db_dir: str) -> None:
 def _poll_state(base: str, until: float, out: list, sizes: list) -> None:
     import httpx
 
-    with httpx.Client(base_url=base, timeout=30) as h:
+    with httpx.Client(base_url=base, timeout=120) as h:
         while time.monotonic() < until:
             t0 = time.perf_counter()
             r = h.get("/api/state")
@@ -201,8 +201,8 @@ def test_api_under_2000_chargers(benchmark):
 
         here.send(("ttl", 0.0))
         here.recv()
-        with httpx.Client(base_url=base, timeout=30) as h:
-            benchmark.pedantic(lambda: h.get("/api/state").raise_for_status(), rounds=20, iterations=1)
+        with httpx.Client(base_url=base, timeout=120) as h:
+            benchmark.pedantic(lambda: h.get("/api/state").raise_for_status(), rounds=10, iterations=1)
 
         ms = lambda a: np.array(a) * 1000.0  # noqa: E731
         stats = {
@@ -223,7 +223,7 @@ def test_api_under_2000_chargers(benchmark):
             "meter_items_streamed": len(meter_s),
         }
         benchmark.extra_info.update(stats)
-        print("\n" + "\n".join(f"{k}: {v}" for k, v in stats.items()))
+        print("\n" + "\n".join(f"{k}: {v}" for k, v in stats.items()), flush=True)
         assert len(state_s) > 0 and len(meter_s) > 0
     finally:
         for p, a in fleets:

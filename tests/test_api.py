@@ -228,8 +228,8 @@ async def test_stream_carries_state_changes(tmp_path):
 WRITES = [
     ("post", "/api/caps", {"max_current_a": 10, "duration_s": 60}),
     ("post", "/api/dimming", {"power_kw": 5, "duration_s": 60}),
-    ("put", "/api/cars/CP1:1/needs", {"energy_kwh": 10}),
-    ("put", "/api/charge-points/CP1/needs", {"energy_kwh": 10}),
+    ("put", "/api/cars/CP1:1/needs", {"energy_kwh": 10, "departure": "2030-01-01T10:00:00+00:00"}),
+    ("put", "/api/charge-points/CP1/needs", {"energy_kwh": 10, "departure": "2030-01-01T10:00:00+00:00"}),
     ("put", "/api/charge-points/CP1/service", {"in_service": False}),
     ("delete", "/api/caps/x", None),
     ("delete", "/api/dimming/x", None),
@@ -271,8 +271,9 @@ BAD = [
     ("post", "/api/dimming", {"power_kw": -1, "duration_s": 60}, "power_kw"),
     ("post", "/api/dimming", {"power_kw": 5, "devices": 0, "duration_s": 60}, "devices"),
     ("post", "/api/dimming", {"power_kw": "NaN", "duration_s": 60}, "power_kw"),
-    ("put", "/api/cars/CP1:1/needs", {"departure": "2000-01-01T10:00:00+00:00"}, "departure"),
-    ("put", "/api/cars/CP1:1/needs", {"energy_kwh": -3}, "energy_kwh"),
+    ("put", "/api/cars/CP1:1/needs", {"departure": "2000-01-01T10:00:00+00:00", "energy_kwh": 5}, "departure"),
+    ("put", "/api/cars/CP1:1/needs", {"departure": "2030-01-01T10:00:00+00:00", "energy_kwh": -3}, "energy_kwh"),
+    ("put", "/api/cars/CP1:1/needs", {"departure": "2030-01-01T10:00:00+00:00"}, "energy_kwh"),
     ("put", "/api/cars/CP1:1/needs", {}, "departure"),
     ("put", "/api/charge-points/CP1/service", {"in_service": "maybe"}, "in_service"),
 ]
@@ -291,10 +292,11 @@ async def test_bad_input_is_422_naming_the_field_and_changes_nothing(tmp_path):
             assert (await b.http.get("/api/operator")).json() == before
         assert _operator_rows(b.db) == []
         # Not found is 404, not a half-applied write.
-        assert (await b.http.put("/api/cars/CP9:1/needs", json={"energy_kwh": 5}, headers=AUTH)).status_code == 404
+        later = {"energy_kwh": 5, "departure": "2030-01-01T10:00:00+00:00"}
+        assert (await b.http.put("/api/cars/CP9:1/needs", json=later, headers=AUTH)).status_code == 404
         assert (await b.http.put("/api/charge-points/CP9/service", json={"in_service": False},
                                  headers=AUTH)).status_code == 404
-        assert (await b.http.put("/api/charge-points/CP2/needs", json={"energy_kwh": 5},
+        assert (await b.http.put("/api/charge-points/CP2/needs", json=later,
                                  headers=AUTH)).status_code == 409  # no car plugged in there
         assert _operator_rows(b.db) == []
 

@@ -79,7 +79,8 @@ def test_dimming_is_a_power_cap_shared_by_phase():
     (lambda op: op.set_dimming(-1, duration_s=60), "power_kw"),
     (lambda op: op.set_dimming(5, duration_s=60, devices=0), "devices"),
     (lambda op: op.set_needs("CP1:1", "CP1"), "departure"),
-    (lambda op: op.set_needs("CP1:1", "CP1", departure=T0), "departure"),
+    (lambda op: op.set_needs("CP1:1", "CP1", departure=T0 + pd.Timedelta(hours=1)), "energy_kwh"),
+    (lambda op: op.set_needs("CP1:1", "CP1", departure=T0, energy_kwh=3.0), "departure"),
     (lambda op: op.set_in_service("CPX", False), "charge_point_id"),
 ])
 def test_refused_inputs_name_the_field_and_change_nothing(tmp_path, call, field):
@@ -98,7 +99,7 @@ def test_inputs_survive_a_restart_and_a_failing_store_changes_nothing(tmp_path):
         op = OperatorInputs(site, store, clock=lambda: T0)
         cap = op.add_cap("feeder", 16, duration_s=3600, reason="maintenance")
         op.set_dimming(0, duration_s=600)
-        op.set_needs("CP1:1", "CP1", energy_kwh=5.0)
+        op.set_needs("CP1:1", "CP1", departure=T0 + pd.Timedelta(hours=2), energy_kwh=5.0)
         op.set_in_service("CP2", False)
     with open_store(tmp_path / "s.sqlite") as store:
         again = OperatorInputs(site, store, clock=lambda: T0)

@@ -47,9 +47,9 @@ class DimmingRequest(_Body):
 class NeedsRequest(_Body):
     """A car's needs entered by a resident: when it leaves, how much energy this session in total."""
 
-    departure: AwareDatetime | None = Field(None, description="departure (ISO 8601 with offset), in the future")
-    energy_kwh: float | None = Field(None, ge=0.0, le=1000.0, allow_inf_nan=False,
-                                     description="[kWh] energy wanted in this session in total")
+    departure: AwareDatetime = Field(description="departure (ISO 8601 with offset), in the future")
+    energy_kwh: float = Field(ge=0.0, le=1000.0, allow_inf_nan=False,
+                              description="[kWh] energy wanted in this session in total")
 
 
 class ServiceRequest(_Body):

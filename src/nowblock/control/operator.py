@@ -229,16 +229,17 @@ class OperatorInputs:
     def set_needs(self, session_id: str, charge_point_id: str, *, departure=None,
                   energy_kwh: float | None = None) -> NeedsOverride:
         """A resident's needs for running session ``session_id``: departure (tz-aware, in the
-        future) and/or the energy [kWh] wanted in this session in total."""
+        future) and the energy [kWh] wanted in this session in total. Both are needed: needs
+        known only in part are estimated as a whole by the control step."""
         now = self.clock()
-        if departure is None and energy_kwh is None:
-            raise OperatorInputError("departure", "give a departure, an energy_kwh, or both")
-        dep = None
-        if departure is not None:
-            dep = _timestamp(departure, "departure")
-            if dep <= now:
-                raise OperatorInputError("departure", f"must be in the future, got {dep.isoformat()}")
-        e = None if energy_kwh is None else _finite(energy_kwh, "energy_kwh", min_value=0.0, max_value=1000.0)
+        if departure is None:
+            raise OperatorInputError("departure", "give the departure (and energy_kwh)")
+        if energy_kwh is None:
+            raise OperatorInputError("energy_kwh", "give the energy wanted (and the departure)")
+        dep = _timestamp(departure, "departure")
+        if dep <= now:
+            raise OperatorInputError("departure", f"must be in the future, got {dep.isoformat()}")
+        e = _finite(energy_kwh, "energy_kwh", min_value=0.0, max_value=1000.0)
         o = NeedsOverride(str(session_id), str(charge_point_id), dep, e, now)
         self._persist("needs", o.session_id, _needs_data(o), now)
         self.needs[o.session_id] = o
@@ -285,12 +286,9 @@ class OperatorInputs:
             cars = cars.copy()
             for sid in [s for s in self.needs if s in cars.index]:
                 o = self.needs[sid]
-                if o.departure is not None:
-                    cars.loc[sid, "departure"] = o.departure
-                if o.energy_kwh is not None:
-                    cars.loc[sid, "energy_requested_kwh"] = o.energy_kwh
-                known = pd.notna(cars.at[sid, "departure"]) and pd.notna(cars.at[sid, "energy_requested_kwh"])
-                cars.loc[sid, "needs_known"] = bool(known)
+                cars.loc[sid, "departure"] = o.departure
+                cars.loc[sid, "energy_requested_kwh"] = o.energy_kwh
+                cars.loc[sid, "needs_known"] = True
                 overridden.append(sid)
             off = cars["charge_point_id"].isin(list(self.out_of_service)).to_numpy()
             if off.any():
