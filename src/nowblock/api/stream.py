@@ -171,18 +171,20 @@ class StreamHub:
 
     def _step_message(self, res) -> None:
         info = step_view(res)
-        cars = []
-        if res.targets_a is not None:
-            b = res.binding
-            for sid, a in res.current_a.items():
-                row = b.loc[sid] if b is not None and sid in b.index else None
-                cars.append({"session_id": sid, "setpoint_a": _plain(a),
-                             "binding": None if row is None else str(row["binding"]),
-                             "limit": None if row is None else str(row["limit"]),
-                             "room_a": None if row is None else _plain(row["room_a"])})
-        new = self.controller.alarms[self._alarms_seen:] if len(self.controller.alarms) >= self._alarms_seen else \
-            self.controller.alarms[-10:]
-        self._alarms_seen = len(self.controller.alarms)
+        sids = res.current_a.index.tolist()
+        setpoints = res.current_a.to_numpy(float).tolist()
+        b = res.binding
+        if b is not None and len(b):  # column-wise: a .loc per car cost 0.25 ms each
+            b = b.reindex(res.current_a.index)
+            kinds, limits, rooms = b["binding"].tolist(), b["limit"].tolist(), b["room_a"].to_numpy(float).tolist()
+        else:
+            kinds = limits = rooms = [None] * len(sids)
+        cars = [{"session_id": sid, "setpoint_a": _plain(a), "binding": k if isinstance(k, str) else None,
+                 "limit": lim if isinstance(lim, str) else None, "room_a": _plain(r)}
+                for sid, a, k, lim, r in zip(sids, setpoints, kinds, limits, rooms)]
+        alarms = self.controller.alarms
+        new = alarms[self._alarms_seen:] if len(alarms) >= self._alarms_seen else alarms[-10:]
+        self._alarms_seen = len(alarms)
         self.publish("step", {"step": _dataclass_json(info), "cars": cars, "alarms_new": [_plain(a) for a in new]})
 
     def _operator_message(self, what: str, data: dict) -> None:
