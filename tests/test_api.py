@@ -191,6 +191,10 @@ async def test_every_read_endpoint(tmp_path):
                      "/api/charge-points/{cp_id}/service", "/api/history"):
             assert path in spec["paths"], path
         assert "BlockState" in spec["components"]["schemas"]
+        # A port already taken is an OSError, not an exit of the process.
+        other = BlockApi(b.ctl)
+        with pytest.raises(OSError):
+            await other.start(port=b.api.port)
 
 
 async def test_stream_carries_state_changes(tmp_path):
@@ -253,6 +257,7 @@ async def test_reads_need_a_token_when_configured(tmp_path):
     async with block(tmp_path, reads="token") as b:
         assert (await b.http.get("/api/state")).status_code == 401
         assert (await b.http.get("/metrics")).status_code == 401
+        assert (await b.http.get("/openapi.json")).status_code == 401
         assert (await b.http.get("/api/state", headers=AUTH)).status_code == 200
 
 

@@ -50,7 +50,7 @@ def _unprocessable(field: str, message: str) -> JSONResponse:
 def create_app(api) -> FastAPI:
     """The FastAPI application of ``api`` (a :class:`nowblock.api.server.BlockApi`)."""
     ctl = api.controller
-    app = FastAPI(title="nowblock", version="1", docs_url=None, redoc_url=None,
+    app = FastAPI(title="nowblock", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   description="Live state, binding limits, caps and section 14a dimming of one nowblock block. "
                               "Units are in the field names; times are ISO 8601 UTC.")
 
@@ -74,6 +74,11 @@ def create_app(api) -> FastAPI:
 
     read = [Depends(reader)]
     write = [Depends(writer)]
+
+    @app.get("/openapi.json", dependencies=read, include_in_schema=False)
+    def openapi() -> dict:
+        """The OpenAPI description (readable like every other read)."""
+        return app.openapi()
 
     # ---- reads ------------------------------------------------------------------------------
     @app.get("/api/health", dependencies=read, tags=["read"])

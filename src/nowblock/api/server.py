@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time as _time
 
 import uvicorn
@@ -107,12 +108,19 @@ class BlockApi:
         config = uvicorn.Config(self.app, host=host, port=port, log_level="warning", access_log=False,
                                 lifespan="off", timeout_graceful_shutdown=2, loop="none", http="h11", ws="none")
         self.server = _Server(config)
+        # Bind here: a taken port is an OSError for the caller (uvicorn itself would exit the process).
+        try:
+            family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+            sock = socket.create_server(addr[:2], family=family)
+        except OSError as exc:
+            raise OSError(f"the HTTP API cannot listen on {host}:{port}: {exc}") from exc
         self.hub.start()
-        self._task = asyncio.get_running_loop().create_task(self.server.serve(), name="nowblock-api")
+        self._task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[sock]), name="nowblock-api")
         while not self.server.started:
-            if self._task.done():  # it failed to bind: raise its error here
-                await self._task
-                raise OSError(f"the HTTP API could not listen on {host}:{port}")
+            if self._task.done():
+                await self.hub.stop()
+                sock.close()
+                raise OSError(f"the HTTP API could not start on {host}:{port}")
             await asyncio.sleep(0.01)
         log.info("HTTP API on http://%s:%d (reads: %s, %d write token(s))", host, self.port, self.tokens.reads,
                  len(self.tokens.hashes))

@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     except (SiteError, FileNotFoundError, ssl.SSLError, TokenConfigError) as exc:
         print(f"nowblock serve: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # typically the port is taken
-        print(f"nowblock serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+    except OSError as exc:  # typically a port is taken
+        where = "" if "HTTP API" in str(exc) else f"cannot listen on {args.host}:{args.port}: "
+        print(f"nowblock serve: {where}{exc}", file=sys.stderr)
         return 2
     return 0
