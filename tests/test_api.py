@@ -422,3 +422,7 @@ async def test_section_14a_floor_is_computed_and_honoured(tmp_path, n, car_phase
         value = next(line.split()[1] for line in metrics.splitlines()
                      if line.startswith("nowblock_dimming_power_kilowatts "))
         assert float(value) == pytest.approx(floor)
+        # The grid operator lifts the reduction: the cars get more than the floor again.
+        assert (await b.http.delete(f"/api/dimming/{d['dimming_id']}", headers=AUTH)).status_code == 204
+        await eventually(lambda: b.draw_kw() > floor + 1.0, 10)
+        assert (await b.http.get("/api/operator")).json()["dimmings"] == []
