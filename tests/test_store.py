@@ -306,7 +306,38 @@ def test_a_sqlite_file_from_before_schema_versions_is_adopted(tmp_path):
     con.commit()
     con.close()
     s = open_store(db)
-    assert s.schema_version() == 1
+    # Adopted as version 1 as it is, then migrated to the latest like any version-1 database.
+    assert s.schema_version() == s.latest_schema_version >= 2 and s.load_operator_inputs() == []
     tx = s.load_open_transactions()
     assert tx["energy_delivered_kwh"].tolist() == [2.5] and tx["arrival"].iloc[0] == T0
+    s.close()
+
+
+def test_operator_inputs_events_and_bucketed_meter_history(db):
+    s = open_store(db)
+    t = pd.Timestamp("2026-03-02 17:00", tz="UTC")
+    s.save_operator_input("cap", "grid", {"max_current_a": [40.0, 40.0, 40.0], "until": "18:00"}, time=t)
+    s.save_operator_input("cap", "grid", {"max_current_a": [32.0, 32.0, 32.0]}, time=t + pd.Timedelta("1min"))
+    s.save_operator_input("out_of_service", "CP02", {}, time=t)
+    got = {(r["kind"], r["key"]): r["data"] for r in s.load_operator_inputs()}
+    assert got == {("cap", "grid"): {"max_current_a": [32.0, 32.0, 32.0]}, ("out_of_service", "CP02"): {}}
+    assert s.delete_operator_input("out_of_service", "CP02") and not s.delete_operator_input("out_of_service", "CP02")
+    with pytest.raises(StoreError):
+        s.save_operator_input("cap", "grid", {"x": float("nan")}, time=t)  # refused, the stored one stays
+    assert s.load_operator_inputs()[0]["data"] == {"max_current_a": [32.0, 32.0, 32.0]}
+    s.record_event(t, "overload", {"fuse_id": "grid", "phase": "L1", "worst_a": 3.5, "duration_s": 12.0})
+    s.record_event(t + pd.Timedelta("5min"), "not_following", {"session_id": "CP01:7"})
+    ev = s.events()
+    assert ev["kind"].tolist() == ["overload", "not_following"] and ev["data"].iloc[0]["worst_a"] == 3.5
+    assert s.events(since=t + pd.Timedelta("1min"))["kind"].tolist() == ["not_following"]
+    assert s.events(kind="overload")["time"].tolist() == [t]
+    s.start_transaction("CP01", 7, time=t, connector_id=1, meter_start_wh=0.0)
+    rows = [{"time": t + pd.Timedelta(seconds=10 * k), "energy_wh": 100.0 * k, "current_a": [float(k), 0.0, 0.0]}
+            for k in range(12)]  # two minutes at one sample every 10 s
+    s.record_meter_values("CP01", 7, rows)
+    raw = s.recent_meter_values(t + pd.Timedelta("30s"))
+    assert len(raw) == 9 and raw["time"].iloc[0] == t + pd.Timedelta("30s")
+    per_min = s.recent_meter_values(t, t + pd.Timedelta("2min"), bucket_s=60)
+    assert per_min["time"].tolist() == [t, t + pd.Timedelta("1min")] and per_min["samples"].tolist() == [6, 6]
+    assert per_min["current_l1_a"].tolist() == pytest.approx([2.5, 8.5]) and per_min["energy_wh"].tolist() == [500.0, 1100.0]
     s.close()

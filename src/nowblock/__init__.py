@@ -10,6 +10,7 @@ The package is layered, one folder a layer, imports pointing down only (checked 
 import-linter contract in pyproject.toml)::
 
     cli                   command line: simulate, serve, demo, study
+    api                   the HTTP API of serve: live state, operator inputs, stream, metrics
     control | studies     the live loop: controller, live snapshot, dispatch waves, fail-safe |
                           studies: many blocks x policies on Ray, one table
     sim                   the simulator, battery model, simulated OCPP chargers

@@ -26,6 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat", type=int, default=300, help="heartbeat interval told to chargers [s]")
     parser.add_argument("--tx-validity", type=int, default=900, help="validity of TxProfiles [s]")
     add_serve_arguments(parser)
+    g = parser.add_argument_group("HTTP API (docs/api.md)")
+    g.add_argument("--http-port", type=int, default=None,
+                   help="serve the HTTP API on this port (off unless given; 0 picks a free port)")
+    g.add_argument("--http-host", default="127.0.0.1", help="address of the HTTP API (default 127.0.0.1)")
+    g.add_argument("--http-reads", choices=("local", "open", "token"), default="local",
+                   help="who may read: local (default: clients on 127.0.0.1/::1 without a token), open, token")
+    g.add_argument("--http-token-hash", action="append", default=[], metavar="sha256:HEX",
+                   help="hash of an accepted write token (repeatable); also [api] token_hashes in the site "
+                        "file, NOWBLOCK_API_TOKEN_HASHES and NOWBLOCK_API_TOKEN in the environment")
 
 
 def ssl_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
@@ -52,30 +61,50 @@ async def _serve(args: argparse.Namespace) -> None:
                        heartbeat_s=args.heartbeat, tx_validity_s=args.tx_validity)
     # The controller restores persisted transactions before the first charger can connect.
     controller = attach(cs, db=args.db, args=args)
+    api = _api(controller, site, args)  # checks the tokens before any port opens
     controller.warm_up()  # before the port opens: a first start compiles for seconds
     await cs.start()
     await controller.start()
     print(f"nowblock: serving {site.name} ({len(site.charge_points)} charging points) on {cs.url('<id>')}",
           flush=True)
     try:
+        if api is not None:
+            await api.start(args.http_host, args.http_port)
+            print(f"nowblock: HTTP API on http://{args.http_host}:{api.port}/api/state", flush=True)
         await cs.serve_forever()
     finally:
+        if api is not None:
+            await api.stop()
         await controller.stop()
         await cs.stop()
 
 
+def _api(controller, site: Site, args: argparse.Namespace):
+    """The HTTP API for ``controller`` when ``--http-port`` is given (else None)."""
+    if getattr(args, "http_port", None) is None:
+        return None
+    from nowblock.api import BlockApi, TokenCheck, token_hashes
+
+    tokens = TokenCheck([*token_hashes(site.extra), *args.http_token_hash], reads=args.http_reads)
+    if not tokens.hashes:
+        log.warning("HTTP API without a write token: every write is refused (see docs/api.md)")
+    return BlockApi(controller, tokens=tokens)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``nowblock serve`` until interrupted; returns the exit code."""
+    from nowblock.api.auth import TokenConfigError
     from nowblock.block.site import SiteError
 
     try:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
         pass
-    except (SiteError, FileNotFoundError, ssl.SSLError) as exc:
+    except (SiteError, FileNotFoundError, ssl.SSLError, TokenConfigError) as exc:
         print(f"nowblock serve: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # typically the port is taken
-        print(f"nowblock serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+    except OSError as exc:  # typically a port is taken
+        where = "" if "HTTP API" in str(exc) else f"cannot listen on {args.host}:{args.port}: "
+        print(f"nowblock serve: {where}{exc}", file=sys.stderr)
         return 2
     return 0

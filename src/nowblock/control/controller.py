@@ -38,7 +38,9 @@ from nowblock.block.site import PHASES, Site
 from nowblock.control.dispatch import Escalation, plan_waves
 from nowblock.control.failsafe import FailsafeKeeper, IdleDefaults
 from nowblock.control.live import LiveBlock
+from nowblock.control.operator import OperatorInputs
 from nowblock.loop import closed_loop as cl
+from nowblock.loop.binding import binding_limits
 from nowblock.loop.needs import NeedsEstimation
 from nowblock.loop.step import ControlStep, StepContext, call_policy, held_back
 from nowblock.seam import BlockSnapshot, Decision, Policy, decide, failsafe_current_a, make_safe
@@ -120,7 +122,9 @@ class StepResult:
     (what it accepted; what its charger holds when it kept a higher one); ``targets_a`` [A]: what
     the step asked for; ``reserved``: sessions not trusted to follow (see
     :class:`~nowblock.loop.step.StepContext`); ``accepted_a``: the limits chargers answered with;
-    ``held_back``: why the block is below its limits; ``seconds`` per stage.
+    ``held_back``: why the block is below its limits; ``seconds`` per stage; ``binding``: per
+    planned car the limit that binds it and by how much
+    (:func:`~nowblock.loop.binding.binding_limits`, ``out_of_service`` for points out of service).
     """
 
     time: pd.Timestamp
@@ -135,6 +139,7 @@ class StepResult:
     context: StepContext | None = None
     targets_a: pd.Series | None = None
     held_back: dict = field(default_factory=dict)
+    binding: pd.DataFrame | None = None
 
 
 _SOURCE_OPTIONS = ("forecaster", "base_load_history", "base_load_meter", "prices")
@@ -218,8 +223,10 @@ class Controller:
             central.failsafe_a = {k: float(v) for k, v in self.failsafe_a.items()}
         else:
             log.warning("the central system installs no fail-safe profiles; chargers keep their own defaults")
+        self.operator = OperatorInputs(site, store, clock=self.clock)
+        self.operator.listeners.append(lambda what, data: self.replan())
         self.source = LiveBlock(self.state, site, step=cfg.step, horizon=cfg.horizon, failsafe_a=self.failsafe_a,
-                                **{k: options[k] for k in _SOURCE_OPTIONS if k in options})
+                                operator=self.operator, **{k: options[k] for k in _SOURCE_OPTIONS if k in options})
         self.loop = ControlStep(settings=cfg.loop, needs=NeedsEstimation(needs_forecaster))
         self.escalation = cfg.escalation
         self.failsafe = FailsafeKeeper(central, self.failsafe_a, voltage_v=site.voltage_v,
@@ -230,6 +237,7 @@ class Controller:
             self.idle = IdleDefaults(central, site, limit_a=cfg.idle_limit_a, validity_s=cfg.idle_validity_s,
                                      retry_s=max(60.0, 10.0 * self.period_s), on_installed=self._wake_soon)
         self.plan: pd.DataFrame | None = None
+        self.step_listeners: list[Callable[[StepResult], None]] = []  # called after every step
         self.history: list[StepResult] = []
         self.alarms: list[dict] = []
         self._overloads: dict[tuple[str, str], dict] = {}  # (fuse, phase) -> the running overload
@@ -320,12 +328,28 @@ class Controller:
     def _wake_soon(self) -> None:
         self._wake.set()
 
+    def replan(self) -> None:
+        """Step as soon as possible (debounced by ``min_replan_s``), e.g. after an operator input."""
+        self._wake.set()
+
+    @property
+    def active_overloads(self) -> list[dict]:
+        """Fuse phases measured above their rating now: fuse_id, phase, limit_a, worst_a [A], start."""
+        return [dict(v) for v in self._overloads.values()]
+
+    def _wait_s(self) -> float:
+        """[s] Until the next planned step: the period, or sooner when a cap starts or ends."""
+        nxt = self.operator.next_change_after(self.clock())
+        if nxt is None:
+            return self.period_s
+        return float(min(self.period_s, max(0.05, (nxt - self.clock()).total_seconds() + 0.01)))
+
     async def _run(self) -> None:
         events = asyncio.get_running_loop().create_task(self._watch_events())
         try:
             while not self._stopping:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.period_s)
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._wait_s())
                     reason = "event"
                 except asyncio.TimeoutError:
                     reason = "period"
@@ -487,18 +511,39 @@ class Controller:
         x = pd.Series(counted, dtype=float).reindex(targets.index).rename("current_a")
         self._watch_overloads(obs, now)
         self.loop.forget(obs.cars.index)
+        self.operator.forget_sessions(obs.cars.index)
         self._keep_plan(decision, x, now, name, status)
         hb = held_back(snap, ctx, x)
+        binding = self._binding(snap, targets)
         secs = {"snapshot": t1 - t0, "optimize": t2 - t1, "dispatch": t3 - t2, "persist": _time.perf_counter() - t3}
-        res = StepResult(now, reason, name, status, x, sorted(ctx.untrusted), accepted, secs, snap, ctx, targets, hb)
+        res = StepResult(now, reason, name, status, x, sorted(ctx.untrusted), accepted, secs, snap, ctx, targets, hb,
+                         binding)
         self.history.append(res)
         del self.history[:-500]
+        for fn in list(self.step_listeners):
+            try:
+                fn(res)
+            except Exception:  # noqa: BLE001 - an observer must not break control
+                log.exception("step listener failed")
         log.info("step %s (%s): %d cars, %.0f A total, %d untrusted %s, idle held %.0f A, unused %.0f A, "
                  "%d waiting, policy %s [%s], %.0f ms (%s)", now.strftime("%H:%M:%S"), reason, len(x), float(x.sum()),
                  len(ctx.untrusted), hb["untrusted"] or "", hb["reserved_idle_a"], hb["unused_a"],
                  hb["cars_waiting"], name, status, 1000 * sum(secs.values()),
                  " ".join(f"{k} {1000 * v:.0f}" for k, v in secs.items()))
         return res
+
+    def _binding(self, snap: BlockSnapshot, targets: pd.Series) -> pd.DataFrame | None:
+        """Which limit binds each planned car (for the operator; never fails the step)."""
+        try:
+            applied = self.operator.last_applied
+            b = binding_limits(snap, targets, capped_fuses=applied.capped_fuses if applied else ())
+            off = snap.cars["charge_point_id"].isin(list(self.operator.out_of_service)).to_numpy()
+            if off.any():
+                b.loc[off, "binding"] = "out_of_service"
+            return b
+        except Exception:  # noqa: BLE001
+            log.exception("could not work out the binding limits")
+            return None
 
     def _counted_a(self, targets: pd.Series, ctx: StepContext, accepted: dict) -> dict[str, float]:
         """Per planned car, the limit it is counted at after the dispatch: what it accepted, else

@@ -51,11 +51,14 @@ class LiveBlock:
         ``now -> kW``: a meter feed of the other load now (None or NaN: unknown).
     prices : pandas.Series, optional
         [EUR/kWh] Prices over UTC time.
+    operator : OperatorInputs, optional
+        Caps, dimming, residents' needs and points out of service, applied to every observation
+        (:meth:`nowblock.control.operator.OperatorInputs.apply`).
     """
 
     def __init__(self, state, site: Site, *, step: pd.Timedelta, horizon: pd.Timedelta, failsafe_a: pd.Series,
                  forecaster=None, base_load_history: pd.Series | None = None, base_load_meter=None,
-                 prices: pd.Series | None = None) -> None:
+                 prices: pd.Series | None = None, operator=None) -> None:
         self.state = state
         self.site = site
         self.step = pd.Timedelta(step)
@@ -65,6 +68,7 @@ class LiveBlock:
         self.base_load_history = base_load_history
         self.base_load_meter = base_load_meter
         self.prices = prices
+        self.operator = operator
 
     @property
     def n_slots(self) -> int:
@@ -89,11 +93,12 @@ class LiveBlock:
             cars["limit_known"] = cars["limit_known"].to_numpy() | known
         cars = cars[[*CAR_COLUMNS, *OBSERVED_COLUMNS]]
         running = list(zip(raw["charge_point_id"], raw["connector_id"]))
-        return Observation(
+        obs = Observation(
             time=now, site=self.site, step=self.step, cars=cars, base_load_kw=self.base_load(now),
             prices_eur_per_kwh=self.prices_ahead(now), current_step_a=pilot_step_a(raw["version"]),
             idle_defaults_a=self.idle_defaults_a(now, running=running),
         )
+        return obs if self.operator is None else self.operator.apply(obs)
 
     def _last_meter(self, cp_id: str, tx_id) -> pd.Timestamp:
         t = self.state.transaction(cp_id, tx_id)

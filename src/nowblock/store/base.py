@@ -79,6 +79,26 @@ class Store(Protocol):
     def max_numeric_transaction_id(self) -> int:
         """The largest integer transaction id stored (1.6 ids must never repeat), 0 if none."""
 
+    def record_event(self, time, kind: str, data: dict) -> None:
+        """Keep an event for the operator (an alarm: an overload, a car not following its limit)."""
+
+    def events(self, since=None, kind: str | None = None) -> pd.DataFrame:
+        """Events (``time``, ``kind``, ``data`` dict) since ``since``, oldest first."""
+
+    def save_operator_input(self, kind: str, key: str, data: dict, *, time) -> None:
+        """Create or replace an operator input (a cap, a resident's needs, a point out of service)."""
+
+    def delete_operator_input(self, kind: str, key: str) -> bool:
+        """Remove an operator input; returns whether it existed."""
+
+    def load_operator_inputs(self) -> list[dict]:
+        """Every operator input as ``{"kind", "key", "data", "updated_at"}`` (for a restart)."""
+
+    def recent_meter_values(self, since, until=None, *, bucket_s: float | None = None) -> pd.DataFrame:
+        """Meter samples from ``since`` (tz-aware) on: ``time``, ``station_id``, ``energy_wh`` [Wh],
+        ``current_l1_a`` .. ``current_l3_a`` [A], ``power_kw`` [kW], ``soc_percent``; with
+        ``bucket_s`` [s] averaged per station and bucket (``time``: the bucket's start)."""
+
     def close(self) -> None:
         """Release the connection; every acknowledged write is already durable."""
 

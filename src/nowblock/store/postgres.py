@@ -94,6 +94,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             plan     JSONB NOT NULL
         )""",
     )),
+    (2, "operator inputs, events (alarms), a time index on meter values", (
+        """CREATE TABLE operator_inputs (
+            kind        TEXT NOT NULL,
+            key         TEXT NOT NULL,
+            data        JSONB NOT NULL,
+            updated_at  TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (kind, key)
+        )""",
+        """CREATE TABLE events (
+            id    BIGSERIAL PRIMARY KEY,
+            time  TIMESTAMPTZ NOT NULL,
+            kind  TEXT NOT NULL,
+            data  JSONB NOT NULL
+        )""",
+        "CREATE INDEX events_time ON events (time)",
+        "CREATE INDEX meter_values_time ON meter_values (time)",
+    )),
 )
 
 _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS nowblock_schema (
@@ -138,6 +155,7 @@ class PostgresStore(SqlStore):
 
     MIGRATIONS = MIGRATIONS
     ALL_DIGITS_SQL = "transaction_id ~ '^[0-9]+$'"
+    EPOCH_S_SQL = "CAST(EXTRACT(EPOCH FROM time) AS BIGINT)"
     INTEGER_CAST = "NUMERIC"
 
     def __init__(self, dsn: str, *, plans_kept: int = 50, connect_timeout_s: float = 10.0,

@@ -61,6 +61,8 @@ class SqlStore:
     #: A condition true when ``transaction_id`` is all digits, and the type to cast it to.
     ALL_DIGITS_SQL: str = ""
     INTEGER_CAST: str = "INTEGER"
+    #: An expression of the column ``time`` as whole seconds since the epoch (for time buckets).
+    EPOCH_S_SQL: str = ""
 
     closed: bool = False
 
@@ -380,6 +382,81 @@ class SqlStore:
             df = self._read("SELECT * FROM profiles WHERE station_id = :st ORDER BY id", {"st": str(station_id)})
         df["time"] = parse_times(df["time"])
         df["valid_to"] = parse_times(df["valid_to"])
+        return df
+
+    # ---- operator inputs, events and recent history (the HTTP API) -------------------------
+    def save_operator_input(self, kind: str, key: str, data: dict, *, time) -> None:
+        """Create or replace the operator input ``(kind, key)`` (a JSON-able dict), durably."""
+        try:
+            body = json.dumps(data, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"operator input {kind}/{key}: not JSON ({exc})") from exc
+        self._write([(
+            """INSERT INTO operator_inputs (kind, key, data, updated_at) VALUES (:kind, :key, :data, :t)
+               ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at""",
+            {"kind": str(kind), "key": str(key), "data": body, "t": _ts(time, "operator input time")},
+        )])
+
+    def delete_operator_input(self, kind: str, key: str) -> bool:
+        """Remove the operator input ``(kind, key)``; returns whether it existed."""
+        n = self._write([("DELETE FROM operator_inputs WHERE kind = :kind AND key = :key",
+                          {"kind": str(kind), "key": str(key)})])
+        return n[0] > 0
+
+    def load_operator_inputs(self) -> list[dict]:
+        """Every operator input as ``{"kind", "key", "data", "updated_at"}``, oldest first."""
+        df = self._read("SELECT kind, key, data, updated_at FROM operator_inputs ORDER BY updated_at, kind, key")
+        times = parse_times(df["updated_at"]) if len(df) else []
+        return [{"kind": k, "key": key, "data": d if isinstance(d, dict) else json.loads(d), "updated_at": t}
+                for (k, key, d, _), t in zip(df.itertuples(index=False), times)]
+
+    def record_event(self, time, kind: str, data: dict) -> None:
+        """Keep an event for the operator (an alarm: an overload, a car not following its limit)."""
+        try:
+            body = json.dumps(data, sort_keys=True, default=str, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"event {kind}: not JSON ({exc})") from exc
+        self._write([("INSERT INTO events (time, kind, data) VALUES (:t, :kind, :data)",
+                      {"t": _ts(time, "event time"), "kind": str(kind), "data": body})])
+
+    def events(self, since=None, kind: str | None = None) -> pd.DataFrame:
+        """Events (``time`` UTC, ``kind``, ``data`` dict) since ``since``, oldest first."""
+        cond, params = [], {}
+        if since is not None:
+            cond.append("time >= :since")
+            params["since"] = _ts(since, "since")
+        if kind is not None:
+            cond.append("kind = :kind")
+            params["kind"] = str(kind)
+        where = f" WHERE {' AND '.join(cond)}" if cond else ""
+        df = self._read(f"SELECT time, kind, data FROM events{where} ORDER BY id", params)
+        df["time"] = parse_times(df["time"])
+        df["data"] = [d if isinstance(d, dict) else json.loads(d) for d in df["data"]]
+        return df
+
+    def recent_meter_values(self, since, until=None, *, bucket_s: float | None = None) -> pd.DataFrame:
+        """Meter samples with ``since <= time < until``, oldest first (UTC ``time``).
+
+        With ``bucket_s`` [s] the samples are averaged per station and bucket in SQL (``time`` is
+        the bucket's start, ``energy_wh`` its last register, ``samples`` how many it holds).
+        """
+        params = {"since": _ts(since, "since")}
+        cond = "time >= :since"
+        if until is not None:
+            cond += " AND time < :until"
+            params["until"] = _ts(until, "until")
+        if bucket_s is None:
+            df = self._read(f"SELECT * FROM meter_values WHERE {cond} ORDER BY time, station_id", params)
+            df["time"] = parse_times(df["time"])
+            return df
+        b = int(_num(bucket_s, "bucket_s", min_value=1.0))
+        epoch = self.EPOCH_S_SQL
+        df = self._read(
+            f"SELECT station_id, ({epoch} / {b}) * {b} AS epoch_s, AVG(current_l1_a) AS current_l1_a, "
+            "AVG(current_l2_a) AS current_l2_a, AVG(current_l3_a) AS current_l3_a, AVG(power_kw) AS power_kw, "
+            "MAX(energy_wh) AS energy_wh, AVG(soc_percent) AS soc_percent, COUNT(*) AS samples "
+            f"FROM meter_values WHERE {cond} GROUP BY station_id, epoch_s ORDER BY epoch_s, station_id", params)
+        df.insert(1, "time", pd.to_datetime(pd.to_numeric(df.pop("epoch_s")), unit="s", utc=True))
         return df
 
     def save_plan(self, time, current_a: pd.DataFrame, *, policy: str = "", status: str = "") -> None:

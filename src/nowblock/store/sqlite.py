@@ -93,6 +93,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             plan     TEXT NOT NULL
         )""",
     )),
+    (2, "operator inputs, events (alarms), a time index on meter values", (
+        """CREATE TABLE IF NOT EXISTS operator_inputs (
+            kind        TEXT NOT NULL,
+            key         TEXT NOT NULL,
+            data        TEXT NOT NULL,
+            updated_at  TEXT NOT NULL,
+            PRIMARY KEY (kind, key)
+        )""",
+        """CREATE TABLE IF NOT EXISTS events (
+            id    INTEGER PRIMARY KEY AUTOINCREMENT,
+            time  TEXT NOT NULL,
+            kind  TEXT NOT NULL,
+            data  TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS events_time ON events (time)",
+        "CREATE INDEX IF NOT EXISTS meter_values_time ON meter_values (time)",
+    )),
 )
 
 _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS nowblock_schema (
@@ -123,6 +140,7 @@ class SqliteStore(SqlStore):
     """
 
     MIGRATIONS = MIGRATIONS
+    EPOCH_S_SQL = "CAST(strftime('%s', substr(time, 1, 19)) AS INTEGER)"
     ALL_DIGITS_SQL = "transaction_id NOT GLOB '*[^0-9]*'"
     INTEGER_CAST = "INTEGER"
 
