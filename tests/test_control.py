@@ -484,3 +484,23 @@ async def test_a_slow_plan_is_applied_by_the_next_step_instead_of_blocking_the_l
     fourth = await ctl.step()
     assert not fourth.status.startswith("late plan")
     await asyncio.sleep(0.6)
+
+
+async def test_the_milp_can_solve_in_a_process_of_its_own():
+    site = _site(root_a=40.0, n=3)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 3, needs={0: (2, 20.0), 1: (6, 10.0), 2: (4, 30.0)})
+    ctl = _controller(cs, clock, policy="milp", solver_process=True, max_wait_s=60.0, new_car_timeout_s=60.0)
+    try:
+        assert ctl.warm_up() >= 0.0
+        res = await ctl.step()
+        assert res.policy == "milp" and res.status == "ok"
+        local = _controller(FakeCentral(site), clock, policy="milp", max_wait_s=60.0, new_car_timeout_s=60.0)
+        local.warm_up()
+        _start(local.central, clock, 3, needs={0: (2, 20.0), 1: (6, 10.0), 2: (4, 30.0)})  # the same block here
+        mine = await local.step()
+        assert mine.policy == "milp" and mine.status == "ok"
+        assert res.targets_a.to_dict() == mine.targets_a.to_dict()
+        assert violation_a(res.snapshot, res.current_a) == 0.0
+    finally:
+        await ctl.stop()

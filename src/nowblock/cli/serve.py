@@ -60,7 +60,8 @@ async def _serve(args: argparse.Namespace) -> None:
     cs = CentralSystem(site, host=args.host, port=args.port, ssl_context=ssl_context(args.certfile, args.keyfile),
                        heartbeat_s=args.heartbeat, tx_validity_s=args.tx_validity)
     # The controller restores persisted transactions before the first charger can connect.
-    controller = attach(cs, db=args.db, args=args)
+    # The MILP solves in a worker process: a long solve must not slow the OCPP handlers.
+    controller = attach(cs, db=args.db, args=args, solver_process=True)
     api = _api(controller, site, args)  # checks the tokens before any port opens
     controller.warm_up()  # before the port opens: a first start compiles for seconds
     await cs.start()

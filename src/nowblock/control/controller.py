@@ -38,6 +38,7 @@ from nowblock.block.site import PHASES, Site
 from nowblock.control.dispatch import Escalation, plan_waves
 from nowblock.control.failsafe import FailsafeKeeper, IdleDefaults
 from nowblock.control.live import LiveBlock
+from nowblock.control.solver import SolverProcess
 from nowblock.control.operator import OperatorInputs
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.binding import binding_limits
@@ -95,6 +96,10 @@ class ControllerSettings:
     readback_s : float
         [s] At most this often per car, the charger of a car that does not draw what it was
         given is asked what it applies (GetCompositeSchedule).
+    solver_process : bool
+        Run a policy given by name in a worker process of its own
+        (:class:`~nowblock.control.solver.SolverProcess`; ``nowblock serve`` does), so a long
+        solve never slows the OCPP handlers.
     """
 
     period_s: float = 60.0
@@ -112,6 +117,7 @@ class ControllerSettings:
     idle_limit_a: float | None = 0.0
     idle_validity_s: float = 900.0
     readback_s: float = 300.0
+    solver_process: bool = False
 
 
 @dataclass
@@ -199,8 +205,8 @@ class Controller:
             if isinstance(policy, Policy):
                 self.policy = policy
             elif (policy or "milp") == "milp":  # HiGHS stops well before the step gives up on it
-                self.policy = get_policy("milp", horizon=cfg.horizon, step=cfg.step,
-                                         time_limit_s=max(0.05, 0.6 * self.solve_timeout_s))
+                opts = dict(horizon=cfg.horizon, step=cfg.step, time_limit_s=max(0.05, 0.6 * self.solve_timeout_s))
+                self.policy = SolverProcess("milp", opts) if cfg.solver_process else get_policy("milp", **opts)
             else:
                 self.policy = get_policy(policy)
         except (ImportError, AttributeError) as exc:  # the optimizer is not installed: the heuristic runs
@@ -320,6 +326,8 @@ class Controller:
                 pass
         self._task = None
         await self.failsafe.cancel()
+        if isinstance(self.policy, SolverProcess):
+            self.policy.close()
         if self.idle is not None:
             await self.idle.cancel()
         if self.owns_store and self.store is not None:
@@ -439,7 +447,10 @@ class Controller:
         if self._solving is not None and not self._solving.done():
             status = "previous solve still running"
         else:
-            self._solving = asyncio.ensure_future(asyncio.to_thread(decide, self.policy, snap))
+            if isinstance(self.policy, SolverProcess):
+                self._solving = asyncio.ensure_future(self.policy.decide(snap))
+            else:
+                self._solving = asyncio.ensure_future(asyncio.to_thread(decide, self.policy, snap))
             self._solving_time = snap.time
             self._solving_used = False
             try:
