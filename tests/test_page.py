@@ -26,7 +26,7 @@ from nowblock.block.site import ChargePoint, Fuse, Site
 from nowblock.control import attach
 from nowblock.loop.closed_loop import LoopSettings
 from nowblock.ocpp.server import CentralSystem
-from nowblock.sim.chargers import Car, SimCharger
+from nowblock.sim.chargers import Car, Quirks, SimCharger
 from nowblock.store import open_store
 from nowblock.testing import eventually
 
@@ -176,9 +176,11 @@ class LiveBlock:
         self.api = BlockApi(self.ctl, tokens=TokenCheck([hash_token(TOKEN)], reads="local"), state_ttl_s=0.2,
                             meter_batch_s=0.1)
         await self.api.start(port=0)
-        # CP1..CP4 connect (1.6 and 2.0.1 alternating); CP5 never does.
+        # CP1..CP4 connect (1.6 and 2.0.1 alternating); CP5 never does. CP1 has no smart
+        # charging: its car takes its 32 A whatever the central system wants (normal weather).
         self.sims = [SimCharger(cp.id, f"ws://127.0.0.1:{self.cs.port}", "1.6" if i % 2 == 0 else "2.0.1",
-                                meter_interval_s=0.3, max_current_a=cp.max_current_a, phases=cp.phases)
+                                meter_interval_s=0.3, max_current_a=cp.max_current_a, phases=cp.phases,
+                                quirks=Quirks(not_supported=True) if cp.id == "CP1" else None)
                      for i, cp in enumerate(self.site.charge_points[:4])]
         for s in self.sims:
             s.start()
@@ -315,9 +317,16 @@ def test_operator_page_live(browser, live, tmp_path_factory, capsys):
     # ... and the page shows it: in force, and as the feeder's limit.
     _wait(d, lambda d: "feeder at 20.0/20.0/20.0 A" in d.find_element(By.ID, "operator-list").text, 10, "the cap listed")
     _wait(d, lambda d: "/ 20 A" in d.find_element(By.CSS_SELECTOR, "#fuse-1 .phases").text, 10, "the capped limit")
-    # The chargers follow the cap and the page shows their new currents (CP1 drew 32 A).
-    _wait(d, lambda d: 0 < float(_cell(d, "CP1", "current [A]")) <= 20.05, 10, "CP1 under the cap")
+    # CP2 follows the cap (8 A -> 0 A: CP1 alone fills L1), and the page shows its new current.
+    _wait(d, lambda d: _cell(d, "CP2", "current [A]") == "0.0", 10, "CP2 down to 0 A")
     t_cap = time.perf_counter() - t_post
+    # CP1 cannot follow (no smart charging): 32 A on the feeder's L1 against 20 A is an overload,
+    # highlighted on the fuse, its phase and in the banner; CP1 is flagged as not following.
+    _wait(d, lambda d: "over" in d.find_element(By.ID, "fuse-1").get_attribute("class").split(), 10, "the overload")
+    assert "over" in d.find_element(By.CSS_SELECTOR, "#fuse-1 .phase[data-phase='L1']").get_attribute("class")
+    assert "feeder L1 12.0 A over its limit" in d.find_element(By.ID, "alarms").text
+    _wait(d, lambda d: "holding" in _cell(d, "CP1", "flags") and "problem" in _row_class(d, "CP1"), 10,
+          "CP1 flagged as not following its limit")
 
     # A car's needs from the form (the token is kept: no second question).
     sid = next(c["session_id"] for c in httpx.get(live.url + "api/cars").json() if c["charge_point_id"] == "CP2")
@@ -342,7 +351,7 @@ def test_operator_page_live(browser, live, tmp_path_factory, capsys):
     assert _console_errors(d) == []
     with capsys.disabled():
         print(f"\noperator page: CP3's car shown {t_plug:.2f} s after plug-in, its binding {t_amp:.2f} s later, "
-              f"CP4 offline after {t_off:.2f} s, CP1's measured current under the cap {t_cap:.2f} s after the form posted it\n"
+              f"CP4 offline after {t_off:.2f} s, CP2's measured current at 0 A {t_cap:.2f} s after the form posted the cap\n"
               f"screenshots: {desktop}\n             {phone}")
 
 

@@ -273,7 +273,9 @@
         const cur = m ? m.current_a : con.measured_current_a;
         const curMax = cur && cur.some((x) => x != null) ? Math.max.apply(null, cur.filter((x) => x != null)) : null;
         const energy = m && m.energy_kwh != null ? m.energy_kwh : (car ? car.energy_delivered_kwh : con.energy_kwh);
-        const setpoint = stp ? stp.setpoint_a : (car ? car.setpoint_a : null);
+        // the limit sent, from the state (a step's stream message carries what is counted for a car
+        // that does not follow, not the limit it was sent); the binding limit from the last step
+        const setpoint = car ? car.setpoint_a : null;
         const b = stp && stp.binding ? { kind: stp.binding, limit: stp.limit, room_a: stp.room_a } : (car ? car.binding : null);
         const flags = [];
         if (!online) flags.push(["bad", "offline"]);
