@@ -156,8 +156,8 @@ class LiveBlock:
     """Central system, controller (EDF, SQLite store) and API, plus simulated chargers, on an
     event loop of their own thread; ``run`` executes a coroutine there."""
 
-    def __init__(self, db, policy="edf-plan"):
-        self.db, self.site, self.policy = db, _site(), policy
+    def __init__(self, db, policy="edf-plan", reads="local"):
+        self.db, self.site, self.policy, self.reads = db, _site(), policy, reads
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="live-block", daemon=True)
         self.thread.start()
@@ -173,7 +173,7 @@ class LiveBlock:
         self.ctl = attach(self.cs, db=str(self.db), policy=policy, period_s=1.0, min_replan_s=0.2,
                           settings=LoopSettings(settle_s=0.8, stale_after_s=5.0))
         await self.ctl.start()
-        self.api = BlockApi(self.ctl, tokens=TokenCheck([hash_token(TOKEN)], reads="local"), state_ttl_s=0.2,
+        self.api = BlockApi(self.ctl, tokens=TokenCheck([hash_token(TOKEN)], reads=self.reads), state_ttl_s=0.2,
                             meter_batch_s=0.1)
         await self.api.start(port=0)
         # CP1..CP4 connect (1.6 and 2.0.1 alternating); CP5 never does. CP1 has no smart
@@ -353,6 +353,38 @@ def test_operator_page_live(browser, live, tmp_path_factory, capsys):
         print(f"\noperator page: CP3's car shown {t_plug:.2f} s after plug-in, its binding {t_amp:.2f} s later, "
               f"CP4 offline after {t_off:.2f} s, CP2's measured current at 0 A {t_cap:.2f} s after the form posted the cap\n"
               f"screenshots: {desktop}\n             {phone}")
+
+
+def test_page_asks_for_a_token_to_read(browser, tmp_path):
+    """With ``--http-reads token`` the page asks first, then reads and follows the stream with it."""
+    from selenium.webdriver.common.by import By
+
+    b = LiveBlock(tmp_path / "token.sqlite", policy="edf", reads="token")
+    try:
+        b.run(b.start())
+        d = browser
+        d.get(b.url)
+        _wait(d, lambda d: d.find_element(By.ID, "access").is_displayed(), 10, "the token question")
+        assert "needs a token" in d.find_element(By.ID, "access-why").text
+        d.find_element(By.ID, "token").send_keys(TOKEN)
+        d.find_element(By.CSS_SELECTOR, "#token-form button").click()
+        _wait(d, lambda d: "CP1:" in _cell(d, "CP1", "car"), 10, "the state read with the token")
+        b.run(b.sims[2].plug_in(Car(phases=3, energy_kwh=40.0)))
+        _wait(d, lambda d: "CP3:" in _cell(d, "CP3", "car"), 10, "the stream followed with the token")
+        assert d.find_element(By.ID, "live").text == "live"
+        # The only console errors: the two reads refused before the token was given.
+        errors = _console_errors(d)
+        assert errors and all("401" in e for e in errors), errors
+    finally:
+        # leave the page before its server goes (its reconnect attempts would be console errors)
+        browser.execute_script("sessionStorage.clear()")
+        browser.get("about:blank")
+        _console_errors(browser)
+        try:
+            b.run(b.stop())
+        finally:
+            b.loop.call_soon_threadsafe(b.loop.stop)
+            b.thread.join(10)
 
 
 # ---- the simulation report --------------------------------------------------------------------------
