@@ -168,7 +168,7 @@
       const over = fl.phases.some((p) => p.measured_a > p.limit_a + 1e-6);
       const card = $("fuse-" + i);
       card.classList.toggle("over", over);
-      card.querySelector(".phases").innerHTML = fl.phases.map((p, k) => {
+      const phasesHtml = fl.phases.map((p, k) => {
         const m = measured[i][k] + (root ? baseA : 0);
         const bad = m > p.limit_a + 1e-6;
         const pct = Math.max(0, Math.min(100, (100 * m) / (p.limit_a || 1)));
@@ -177,6 +177,8 @@
           `${p.cap_a != null ? " <span class='pill warn'>cap</span>" : ""}<div class="meter"><i style="width:${pct}%"></i></div>` +
           `<span class="muted">planned ${fix(p.planned_a)} A</span></div>`;
       }).join("");
+      const box = card.querySelector(".phases");
+      if (box._html !== phasesHtml) { box.innerHTML = phasesHtml; box._html = phasesHtml; }
       // chart: charging current (the store has no other load), limits as lines
       const lim = fl.phases.map((p) => p.limit_a);
       const same = lim.every((x) => Math.abs(x - lim[0]) < 1e-9);
@@ -280,15 +282,15 @@
         const flags = [];
         if (!online) flags.push(["bad", "offline"]);
         if (!cp.in_service) flags.push(["warn", "out of service"]);
-        const lastMeter = m ? Date.parse(m.time) : null;
-        const stale = car && (car.untrusted_reason === "stale" || (lastMeter == null && !car.trusted));
+        const stale = car && car.untrusted_reason === "stale"; // the controller's word (its stale_after_s)
         if (stale) flags.push(["warn", "stale meter"]);
         if (car && !car.trusted && car.untrusted_reason && car.untrusted_reason !== "stale")
           flags.push(["bad", car.untrusted_reason.replace("_", " ")]);
         if (con.profile && (con.profile.kind === "failsafe" || con.profile.kind === "fallback_default"))
           flags.push(["warn", con.profile.kind === "failsafe" ? "fail-safe" : "fallback limit"]);
         if (cp.failsafe_missing) flags.push(["warn", "no fail-safe"]);
-        if (m && m.soc_percent != null) flags.push(["", "SoC " + fix(m.soc_percent, 0) + " %"]);
+        const soc = m && m.soc_percent != null ? m.soc_percent : con.soc_percent;
+        if (con.session_id && soc != null) flags.push(["", "SoC " + fix(soc, 0) + " %"]);
         const cls = [!online ? "offline" : "", stale ? "stale" : "",
                      con.profile && con.profile.kind === "failsafe" ? "failsafe" : "",
                      flags.some((f) => f[0] === "bad" || f[0] === "warn") ? "problem" : ""].filter(Boolean).join(" ");
@@ -310,7 +312,7 @@
         ];
         out.push({ key: key, cls: cls, problem: cls.includes("problem"),
                    text: (cp.id + " " + (con.session_id || "") + " " + status + " " + flags.map((f) => f[1]).join(" ")).toLowerCase(),
-                   html: cells.map((c) => `<td data-label="${esc(c[0])}"${c[2] ? ` class="${c[2]}"` : ""}>${c[1]}</td>`).join("") });
+                   html: cells.map((c) => `<td data-label="${esc(c[0])}"${c[2] ? ` class="${c[2]}"` : ""}><span class="v">${c[1]}</span></td>`).join("") });
       }
     }
     return out;
