@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nowblock.api.auth import bearer
 from nowblock.api.models import CapRequest, DimmingRequest, MinimumPower, NeedsRequest, ServiceRequest
+from nowblock.api.page import mount_page
 from nowblock.block.para14a import guaranteed_power_kw, simultaneity_factor
 from nowblock.control.operator import OperatorInputError
 from nowblock.control.status import (
@@ -261,4 +262,5 @@ def create_app(api) -> FastAPI:
         """Prometheus text format: step time, fallbacks, fuse margins, connections, stale meters."""
         return Response(generate_latest(api.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    mount_page(app)  # the operator page at / (docs/operator-page.md)
     return app

@@ -11,7 +11,8 @@ is told how many, it never slows the block). Event names:
     saw it) and the event's data;
 ``meter``
     meter values, batched every ``meter_batch_s``: ``items`` with ``session_id``,
-    ``current_a`` [A per phase], ``power_kw``, ``energy_kwh``, ``soc_percent`` and ``time``;
+    ``current_a`` [A per charger phase], ``power_kw``, ``energy_wh`` (the meter's register),
+    ``energy_kwh`` (the session's energy so far), ``soc_percent`` and ``time``;
 ``step``
     after every control step: :class:`~nowblock.control.status.StepInfo` plus per car the
     setpoint [A] and binding limit, and alarms raised since the last step;
@@ -148,12 +149,15 @@ class StreamHub:
                 if ev.kind == "meter":
                     d = ev.data
                     sid = f"{ev.cp_id}:{ev.transaction_id}"
+                    tx = self.controller.state.transaction(ev.cp_id, ev.transaction_id)
                     self._meter[sid] = {
                         "session_id": sid, "charge_point_id": ev.cp_id, "connector_id": ev.connector_id,
                         "time": pd.Timestamp(ev.time).isoformat(),
                         "current_a": [_plain(d.get(f"current_l{i}_a")) for i in (1, 2, 3)],
                         "power_kw": _plain(d["power_w"] / 1000.0) if "power_w" in d else None,
-                        "energy_wh": _plain(d.get("energy_wh")), "soc_percent": _plain(d.get("soc_percent"))}
+                        "energy_wh": _plain(d.get("energy_wh")), "soc_percent": _plain(d.get("soc_percent")),
+                        # the session's energy (the register minus its start), what the page shows
+                        "energy_kwh": None if tx is None else _plain(round(tx.energy_delivered_kwh, 4))}
                     continue
                 self.publish("ocpp", {
                     "kind": ev.kind, "charge_point_id": ev.cp_id, "connector_id": ev.connector_id,
