@@ -62,10 +62,10 @@ def test_folder_errors(tmp_path, small_scenario):
         Scenario.from_dir(tmp_path / "empty")
     path = small_scenario.to_dir(tmp_path / "s")
     (path / "base_load.csv").write_text("time,kw\n2026-03-02T00:00:00,1.0\n")
-    with pytest.raises(ScenarioError, match=r"base_load.csv: row 0: time '2026-03-02T00:00:00' has no UTC offset"):
+    with pytest.raises(ScenarioError, match=r"base_load.csv: line 2: time '2026-03-02T00:00:00' has no UTC offset"):
         Scenario.from_dir(path)
     (path / "base_load.csv").write_text("time,kw\n2026-03-02T00:00:00+01:00,lots\n")
-    with pytest.raises(ScenarioError, match=r"row 0: kw 'lots' is not a number"):
+    with pytest.raises(ScenarioError, match=r"line 2: kw 'lots' is not a number"):
         Scenario.from_dir(path)
     (path / "base_load.csv").write_text("")  # an interrupted copy: named, not a bare pandas error
     with pytest.raises(ScenarioError, match=r"base_load.csv: cannot read it as CSV time,kw"):
@@ -80,7 +80,7 @@ def test_sessions_error_in_folder_names_file_and_row(tmp_path, small_scenario):
     path = small_scenario.to_dir(tmp_path / "s")
     text = (path / "sessions.csv").read_text().replace("CP06", "CP66")
     (path / "sessions.csv").write_text(text)
-    with pytest.raises(SessionsError, match=r"sessions.csv: row \d+ \(session_id='S\d+'\): unknown charge_point_id \('CP66'\)"):
+    with pytest.raises(SessionsError, match=r"sessions.csv: line \d+ \(session_id='S\d+'\): unknown charge_point_id \('CP66'\)"):
         Scenario.from_dir(path)
 
 

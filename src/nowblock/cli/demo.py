@@ -1,4 +1,4 @@
-"""``nowblock demo``: the central system, the controller and simulated chargers in one process.
+"""Show the live loop: central system, controller and simulated chargers, on an accelerated clock.
 
 One command that starts :class:`~nowblock.ocpp.server.CentralSystem` on localhost with the
 default site, wires in :func:`nowblock.control.attach`, connects simulated chargers of both

@@ -118,6 +118,10 @@ class SimulationResult:
         return plot_load(ts, grid_fuse=grid, path=path, title=title or f"policy {self.policy}")
 
 
+#: The policy of ``simulate()`` and ``nowblock simulate`` when none is named: the MILP, the
+#: policy ``nowblock serve`` runs live, so a simulation shows what the live block would do.
+DEFAULT_POLICY = "milp"
+
 #: Progress appears only on runs longer than this [s], then at most once per this interval.
 PROGRESS_EVERY_S = 1.0
 
@@ -145,7 +149,7 @@ def _progress_printer(enabled: bool, total: int, label: str):
 
 def simulate(
     scenario,
-    policy: str | Policy = "equal",
+    policy: str | Policy = "milp",
     *,
     step="5min",
     horizon="24h",
@@ -172,7 +176,8 @@ def simulate(
     scenario : nowblock.Scenario
         Site, sessions, base load [kW] and prices [EUR/kWh].
     policy : str or Policy
-        A name for :func:`nowblock.policies.get_policy` or a policy object.
+        A name for :func:`nowblock.policies.get_policy` or a policy object; default ``"milp"``
+        (:data:`DEFAULT_POLICY`, the policy ``nowblock serve`` runs).
     step, horizon : str or Timedelta
         Control step and how far ahead base load and prices reach in each snapshot.
     start, end : timestamp, optional
