@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nowblock.block.sessions import ISO_OFFSET_RE, read_sessions_csv, validate_sessions, write_sessions_csv
+from nowblock.block.sessions import ISO_OFFSET_RE, iso_times, read_sessions_csv, validate_sessions, write_sessions_csv
 from nowblock.block.site import Site
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Scenario:
         for s, fname in ((self.base_load, "base_load.csv"), (self.prices, "prices.csv")):
             if s is not None:
                 out = s.to_frame()
-                out.index = [t.isoformat() for t in pd.DatetimeIndex(out.index).tz_convert(tz)]
+                out.index = iso_times(out.index, tz)
                 out.to_csv(p / fname, index_label="time")
         return p
 

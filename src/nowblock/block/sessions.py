@@ -294,6 +294,34 @@ class _Lines:
 ISO_OFFSET_RE = r"(?:Z|[+-]\d{2}:?\d{2})$"
 
 
+def iso_times(times, tz: str | None = None) -> list[str]:
+    """ISO 8601 text with the UTC offset (``2026-03-02T18:00:00+01:00``) of tz-aware ``times``.
+
+    The one time format of every file nowblock writes: the site's time zone ``tz`` (the
+    frame's own zone if None), always with its offset, so each value is exact on its own.
+
+    Parameters
+    ----------
+    times : array-like of tz-aware timestamps
+        A DatetimeIndex, a Series or a list.
+    tz : str, optional
+        An IANA time zone such as ``"Europe/Berlin"``.
+
+    Returns
+    -------
+    list of str
+        One string per time; missing times give an empty string.
+    """
+    idx = pd.DatetimeIndex(times)
+    if idx.tz is None:
+        raise ValueError("iso_times: times must be timezone-aware")
+    if tz is not None:
+        idx = idx.tz_convert(tz)
+    text = pd.Series(idx.strftime("%Y-%m-%dT%H:%M:%S%z"), dtype="string").fillna("")
+    # strftime gives +0100; ISO 8601's extended form (the one pandas reads back) is +01:00.
+    return (text.str[:-2] + ":" + text.str[-2:]).where(text != "", "").tolist()
+
+
 def write_sessions_csv(sessions: pd.DataFrame, path, tz: str | None = None) -> None:
     """Write a sessions frame as CSV with ISO 8601 timestamps that carry their offset.
 
@@ -302,8 +330,5 @@ def write_sessions_csv(sessions: pd.DataFrame, path, tz: str | None = None) -> N
     """
     df = sessions.copy()
     for col in ("arrival", "departure"):
-        t = pd.DatetimeIndex(df[col])
-        if tz is not None:
-            t = t.tz_convert(tz)
-        df[col] = [x.isoformat() for x in t]
+        df[col] = iso_times(df[col], tz)
     df.to_csv(path, index=False)

@@ -155,7 +155,11 @@ async def _demo(args) -> int:
     ts = pd.DataFrame(rows).set_index("time")
     metrics = _demo_metrics(ts, day, delivered, still, ctl, site)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    ts.to_csv(out / "timeseries.csv")
+    from nowblock.block.sessions import iso_times
+
+    ts_file = ts.copy()
+    ts_file.index = pd.Index(iso_times(ts.index, site.timezone), name="time")  # files: the site's zone
+    ts_file.to_csv(out / "timeseries.csv")
     from nowblock.sim.plot import local_timeseries, plot_load
 
     plot_load(local_timeseries(ts, site.timezone), grid_fuse=site.root.id, path=out / "demo.png",

@@ -89,19 +89,43 @@ class SimulationResult:
     site: object = field(repr=False, default=None)
 
     def to_dir(self, path, *, plot: bool = True, title: str | None = None):
-        """Write ``timeseries.csv`` (local time), ``sessions.csv``, ``metrics.json`` and, with
-        ``plot``, ``load.png`` into folder ``path`` (created if needed); returns the file paths."""
+        """Write the result as files into folder ``path`` (created if needed).
+
+        ``timeseries.csv``, ``sessions.csv``, ``metrics.json`` and, with ``plot``, ``load.png``.
+        Every time in them is in the site's time zone with its UTC offset
+        (``2026-03-02T18:00:00+01:00``), the convention of every file nowblock writes.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The output folder.
+        plot : bool
+            Also draw ``load.png`` (:meth:`plot`).
+        title : str, optional
+            The plot's title.
+
+        Returns
+        -------
+        list of pathlib.Path
+            The files written.
+        """
         import json
         from pathlib import Path
 
-        from nowblock.sim.plot import local_timeseries
+        from nowblock.block.sessions import iso_times
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        ts = local_timeseries(self.timeseries, self.site.timezone) if self.site is not None else self.timeseries
+        tz = self.site.timezone if self.site is not None else None
         files = [out / "timeseries.csv", out / "sessions.csv", out / "metrics.json"]
-        ts.to_csv(files[0], index_label="time", date_format="%Y-%m-%dT%H:%M:%S%z")
-        self.sessions.to_csv(files[1], index=False)
+        ts = self.timeseries.copy()
+        ts.index = pd.Index(iso_times(ts.index, tz), name="time")
+        ts.to_csv(files[0])
+        sessions = self.sessions.copy()
+        for col in ("arrival", "departure"):
+            if col in sessions.columns:
+                sessions[col] = iso_times(sessions[col], tz)
+        sessions.to_csv(files[1], index=False)
         files[2].write_text(json.dumps(self.metrics, indent=2) + "\n")
         if plot:
             files.append(out / "load.png")
