@@ -133,13 +133,27 @@ class SimulationResult:
         return files
 
     def plot(self, path=None, *, title: str | None = None):
-        """The grid connection's load per phase against its limit (see :func:`nowblock.plot.plot_load`),
-        in the site's local time; written as PNG to ``path`` if given. Returns the Figure."""
+        """The current on every fuse phase against its limit, in the site's local time.
+
+        See :func:`nowblock.sim.plot.plot_load`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            Write a PNG there.
+        title : str, optional
+            The figure's title (default: the policy).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
         from nowblock.sim.plot import local_timeseries, plot_load
 
         ts = local_timeseries(self.timeseries, self.site.timezone) if self.site is not None else self.timeseries
         grid = self.site.root.id if self.site is not None else None
-        return plot_load(ts, grid_fuse=grid, path=path, title=title or f"policy {self.policy}")
+        head = title or f"policy {self.policy}"
+        return plot_load(ts, grid_fuse=grid, path=path, title=f"{head}: current per fuse phase against its limit")
 
 
 #: The policy of ``simulate()`` and ``nowblock simulate`` when none is named: the MILP, the
