@@ -36,7 +36,7 @@ async def test_serve_refuses_strangers_and_limits_a_new_transaction_within_5_s(t
         sim = SimCharger("CP1", f"ws://127.0.0.1:{port}", "1.6")
         sim.start()
         try:
-            await sim.wait_connected(10)
+            await sim.wait_connected()
             loop = asyncio.get_running_loop()
             tx = await sim.plug_in(Car())
             t0 = loop.time()

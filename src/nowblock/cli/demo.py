@@ -86,7 +86,7 @@ async def _demo(args) -> int:
 
     from nowblock.block.scenario import Scenario
     from nowblock.ocpp.server import CentralSystem
-    from nowblock.sim.chargers import Car, Quirks, SimCharger
+    from nowblock.sim.chargers import Car, Quirks, SimCharger, wait_all_connected
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,9 @@ async def _demo(args) -> int:
     active: dict[str, tuple] = {}  # session -> (charger, its session) while plugged in
     rows: list[dict] = []
     try:
-        await asyncio.gather(*(s.wait_connected(30) for s in sims))
+        # The clock stands still until every charger is in, so a slow start costs no simulated time;
+        # wait as long as chargers keep connecting.
+        await wait_all_connected(sims, stall_s=60.0)
         clock.run()
         drivers = [asyncio.create_task(_drive(clock, by_cp[r.charge_point_id], r, t0, delivered, active, Car))
                    for r in day.itertuples()]
