@@ -9,6 +9,7 @@ constraint matrix the optimizer and the heuristics share).
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import tomli_w
 
+log = logging.getLogger(__name__)
+
 PHASES = ("L1", "L2", "L3")
+#: Top-level keys of a site file; anything else is kept in :attr:`Site.extra` with a warning
+#: (``api`` is read by ``nowblock serve``).
+SITE_KEYS = ("name", "voltage_v", "timezone", "max_unbalance_a", "fuses", "charge_points")
+EXTENSION_KEYS = ("api",)
 _VALID_ROTATIONS = {"".join(p) for p in itertools.permutations(PHASES)}
 
 
@@ -319,7 +326,12 @@ class Site:
                     password_hash=None if pw is None else _str(pw, f"{where}.password_hash"),
                 )
             )
-        known = {"name", "voltage_v", "fuses", "charge_points", "max_unbalance_a", "timezone"}
+        known = set(SITE_KEYS)
+        for k in sorted(set(d) - known - set(EXTENSION_KEYS)):
+            # Kept (a newer nowblock or another tool may read it), but a misspelt key must not
+            # silently fall back to the default.
+            log.warning("site: unknown top-level key %r is ignored (known: %s)", k,
+                        ", ".join(SITE_KEYS + EXTENSION_KEYS))
         unbalance = d.get("max_unbalance_a")
         return cls(
             name=_str(d.get("name", "site"), "name"),
