@@ -68,7 +68,7 @@ async def test_serve_with_http_api_keeps_a_cap_across_a_restart(tmp_path):
     sim.start()
     try:
         async with httpx.AsyncClient(base_url=base, timeout=10) as h:
-            await sim.wait_connected(10)
+            await sim.wait_connected()
             await sim.plug_in(Car(energy_kwh=50))
             await eventually(lambda: _last_tx_limit_a(sim) == 32.0, 10)
             body = {"max_current_a": 10, "duration_s": 3600}
@@ -85,7 +85,7 @@ async def test_serve_with_http_api_keeps_a_cap_across_a_restart(tmp_path):
         async with httpx.AsyncClient(base_url=base, timeout=10) as h:
             caps = (await h.get("/api/operator")).json()["caps"]
             assert [c["max_current_a"] for c in caps] == [[10.0] * 3] * 2 and all(c["active"] for c in caps)
-            await sim.wait_connected(10)
+            await sim.wait_connected()
             # The restarted process restores the session and limits it within the stored cap.
             await eventually(lambda: len(sim.received) > seen and _last_tx_limit_a(sim) is not None, 10)
             await asyncio.sleep(1.5)

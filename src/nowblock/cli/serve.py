@@ -1,4 +1,4 @@
-"""serve: run the OCPP 1.6J/2.0.1 central system and the live control loop for a site."""
+"""Run the OCPP 1.6J/2.0.1 central system and the live control loop for a site."""
 
 from __future__ import annotations
 
@@ -66,18 +66,53 @@ async def _serve(args: argparse.Namespace) -> None:
     controller.warm_up()  # before the port opens: a first start compiles for seconds
     await cs.start()
     await controller.start()
-    print(f"nowblock: serving {site.name} ({len(site.charge_points)} charging points) on {cs.url('<id>')}",
+    n_cp = len(site.charge_points)
+    print(f"nowblock: serving {site.name} ({n_cp} charging point{'s' * (n_cp != 1)}) on {cs.url('<id>')}",
           flush=True)
+    stop = _stop_on_signals()
     try:
         if api is not None:
             await api.start(args.http_host, args.http_port)
             print(f"nowblock: HTTP API on http://{args.http_host}:{api.port}/api/state", flush=True)
-        await cs.serve_forever()
+        forever = asyncio.ensure_future(cs.serve_forever())
+        waiter = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({forever, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if forever.done():
+            forever.result()  # serving ended by itself: an error, reported by run()
+        forever.cancel()
     finally:
+        n_open = len(getattr(cs, "_connections", {}))
         if api is not None:
             await api.stop()
-        await controller.stop()
+        await controller.stop()  # the last step is stored before the connections close
         await cs.stop()
+        why = getattr(stop, "signal_name", None)
+        if why is not None:
+            print(f"nowblock: stopped on {why}: {n_open} charger connection{'s' * (n_open != 1)} closed, "
+                  f"store closed; goodbye", flush=True)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (its ``signal_name`` says which), so ``serve`` can close
+    its connections and its store before it exits, instead of dying mid-step."""
+    import signal
+
+    stop = asyncio.Event()
+    stop.signal_name = None  # type: ignore[attr-defined]
+    loop = asyncio.get_running_loop()
+
+    def _on(sig: signal.Signals) -> None:
+        stop.signal_name = sig.name  # type: ignore[attr-defined]
+        log.info("%s received: closing the connections and the store", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, _on, sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            pass
+    return stop
 
 
 def _api(controller, site: Site, args: argparse.Namespace):
@@ -94,17 +129,16 @@ def _api(controller, site: Site, args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Run ``nowblock serve`` until interrupted; returns the exit code."""
-    from nowblock.api.auth import TokenConfigError
-    from nowblock.block.site import SiteError
-
     try:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
         pass
-    except (SiteError, FileNotFoundError, ssl.SSLError, TokenConfigError) as exc:
-        print(f"nowblock serve: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # typically a port is taken
+    except OSError as exc:  # typically a port is taken (FileNotFoundError is bad input: main() says it)
+        if isinstance(exc, (FileNotFoundError, PermissionError)):
+            raise
+        if isinstance(exc, ssl.SSLError):
+            print(f"nowblock serve: --certfile/--keyfile: cannot use them for TLS ({exc})", file=sys.stderr)
+            return 2
         where = "" if "HTTP API" in str(exc) else f"cannot listen on {args.host}:{args.port}: "
         print(f"nowblock serve: {where}{exc}", file=sys.stderr)
         return 2

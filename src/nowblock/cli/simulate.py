@@ -1,4 +1,4 @@
-"""Simulate a policy on a scenario: ``nowblock simulate``.
+"""Simulate a policy on a scenario; write its time series, sessions, metrics and plot.
 
 Prints every metric, shows progress on stderr for long runs, and writes ``timeseries.csv``,
 ``sessions.csv``, ``metrics.json`` and ``load.png`` (the grid connection's load per phase
@@ -22,17 +22,18 @@ import pandas as pd
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``simulate`` options to ``parser``."""
     from nowblock.policies import POLICY_NAMES
+    from nowblock.sim.simulator import DEFAULT_POLICY
 
     parser.add_argument("--scenario", default="default",
                         help="'default' (the embedded NOW-Block) or a scenario folder (site.toml, sessions.csv, ...)")
-    parser.add_argument("--policy", default="equal",
-                        help=f"one of {', '.join(POLICY_NAMES)} (default: equal), or several separated by commas "
+    parser.add_argument("--policy", default=DEFAULT_POLICY,
+                        help=f"one of {', '.join(POLICY_NAMES)} (default: {DEFAULT_POLICY}, the policy serve runs), or several separated by commas "
                              "(e.g. edf,milp): each runs on the same scenario, its files go to --out/<policy>/ and "
                              "report.html compares them")
     parser.add_argument("--out", default="nowblock-out", help="output folder (default: ./nowblock-out)")
     parser.add_argument("--step", default="5min", help="control step, a pandas offset like 5min (default: 5min)")
     parser.add_argument("--days", type=float, default=None,
-                        help="simulate only the first N days (the default scenario is generated with N days)")
+                        help="simulate only the first N days (the site, its grid connection included, stays the same)")
     parser.add_argument("--horizon", default="24h", help="look-ahead of base load and prices (default: 24h)")
     parser.add_argument("--needs", choices=("known", "unknown"), default="known",
                         help="whether the policy sees real departures and energies (default: known)")
@@ -41,7 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_scenario(spec: str, days: float | None = None):
-    """The scenario named by ``spec``: "default" or a folder; ``days`` sizes the default one."""
+    """The scenario named by ``spec``: "default" or a folder.
+
+    For the default scenario only ``days`` days (rounded up) are generated; its site is the
+    same whatever ``days`` is (see :func:`nowblock.block.synth.generate_parts`).
+    """
     from nowblock.block.scenario import Scenario
 
     if spec == "default":
@@ -95,14 +100,15 @@ def run(args: argparse.Namespace) -> int:
         )
         folder = out if len(policies) == 1 else out / name
         files = result.to_dir(folder, plot=not args.no_plot,
-                              title=f"{scenario.name}: policy {result.policy}, grid connection {scenario.site.root.id}")
+                              title=f"{scenario.name}: policy {result.policy}")
         written += [str(f.relative_to(out)) for f in files]
         results.append(result)
     written.append(_write_report(results, scenario, out, args).name)
     try:
         for result in results:
-            print(f"scenario {scenario.name} ({len(scenario.site.charge_points)} charging points, "
-                  f"{result.metrics['n_sessions']} sessions), policy {result.policy}, step {args.step}")
+            n_cp, n_s = len(scenario.site.charge_points), result.metrics["n_sessions"]
+            print(f"scenario {scenario.name} ({n_cp} charging point{'s' * (n_cp != 1)}, "
+                  f"{n_s} session{'s' * (n_s != 1)}), policy {result.policy}, step {args.step}")
             print(format_metrics(result.metrics))
         print(f"wrote {', '.join(written)} to {out}")
         sys.stdout.flush()

@@ -1,4 +1,4 @@
-"""Run a study (many blocks x policies on Ray): ``nowblock study STUDY.toml``.
+"""Run a study: many blocks x policies on Ray, one Parquet table (``nowblock study STUDY.toml``).
 
 Writes ``results.parquet`` (one row per cell: its parameters and every metric), one file a
 finished cell under ``cells/`` (a re-run with the same ``--out`` skips finished cells) and the

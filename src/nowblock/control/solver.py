@@ -83,6 +83,18 @@ class SolverProcess:
 
     def close(self) -> None:
         """Stop the worker (a solve still running is abandoned)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # A worker mid-solve would run on after shutdown(wait=False): the interpreter's exit hook
+        # then joins it, and it keeps the server's stdout/stderr open, so whoever waits for
+        # ``serve`` to end waits for that solve. The solve is abandoned anyway: end the worker.
+        workers = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in workers:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in workers:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()

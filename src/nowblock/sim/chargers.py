@@ -262,8 +262,9 @@ class SimCharger:
         """
         self._reconnect_now.set()
 
-    async def wait_connected(self, timeout: float = 10.0) -> None:
-        """Wait until connected and booted (or resumed after a reconnect)."""
+    async def wait_connected(self, timeout: float = 60.0) -> None:
+        """Wait until connected and booted (or resumed after a reconnect); ``timeout`` [s] only
+        guards against a charger that can never connect (a busy machine may take a while)."""
         await asyncio.wait_for(self.connected.wait(), timeout)
 
     def _headers(self) -> dict[str, str]:
@@ -385,6 +386,40 @@ class SimCharger:
 
 
 # ---- protocol clients ----------------------------------------------------------------------------
+async def wait_all_connected(chargers, *, stall_s: float = 60.0) -> None:
+    """Wait until every simulated charger is connected and booted.
+
+    Waits on the chargers' own connection events, as long as they keep coming: it gives up
+    only when none connected for ``stall_s`` [s]. So a busy machine that connects 24 chargers
+    slowly still gets there, while a charger that can never connect ends the wait.
+
+    Parameters
+    ----------
+    chargers : iterable of SimCharger
+        Started chargers (:meth:`SimCharger.start`).
+    stall_s : float
+        Longest wait [s] without any charger connecting.
+
+    Raises
+    ------
+    TimeoutError
+        Naming the chargers still waiting, when none connected for ``stall_s``.
+    """
+    pending = {asyncio.ensure_future(c.connected.wait()): c for c in chargers}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, timeout=stall_s, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                names = ", ".join(sorted(c.cp_id for c in pending.values()))
+                raise TimeoutError(f"{len(pending)} simulated charger(s) not connected, none connected in the last "
+                                   f"{stall_s:g} s: {names}")
+            for d in done:
+                pending.pop(d)
+    finally:
+        for f in pending:
+            f.cancel()
+
+
 class _SilentMixin:
     sim: SimCharger
 

@@ -89,19 +89,43 @@ class SimulationResult:
     site: object = field(repr=False, default=None)
 
     def to_dir(self, path, *, plot: bool = True, title: str | None = None):
-        """Write ``timeseries.csv`` (local time), ``sessions.csv``, ``metrics.json`` and, with
-        ``plot``, ``load.png`` into folder ``path`` (created if needed); returns the file paths."""
+        """Write the result as files into folder ``path`` (created if needed).
+
+        ``timeseries.csv``, ``sessions.csv``, ``metrics.json`` and, with ``plot``, ``load.png``.
+        Every time in them is in the site's time zone with its UTC offset
+        (``2026-03-02T18:00:00+01:00``), the convention of every file nowblock writes.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The output folder.
+        plot : bool
+            Also draw ``load.png`` (:meth:`plot`).
+        title : str, optional
+            The plot's title.
+
+        Returns
+        -------
+        list of pathlib.Path
+            The files written.
+        """
         import json
         from pathlib import Path
 
-        from nowblock.sim.plot import local_timeseries
+        from nowblock.block.sessions import iso_times
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        ts = local_timeseries(self.timeseries, self.site.timezone) if self.site is not None else self.timeseries
+        tz = self.site.timezone if self.site is not None else None
         files = [out / "timeseries.csv", out / "sessions.csv", out / "metrics.json"]
-        ts.to_csv(files[0], index_label="time", date_format="%Y-%m-%dT%H:%M:%S%z")
-        self.sessions.to_csv(files[1], index=False)
+        ts = self.timeseries.copy()
+        ts.index = pd.Index(iso_times(ts.index, tz), name="time")
+        ts.to_csv(files[0])
+        sessions = self.sessions.copy()
+        for col in ("arrival", "departure"):
+            if col in sessions.columns:
+                sessions[col] = iso_times(sessions[col], tz)
+        sessions.to_csv(files[1], index=False)
         files[2].write_text(json.dumps(self.metrics, indent=2) + "\n")
         if plot:
             files.append(out / "load.png")
@@ -109,14 +133,32 @@ class SimulationResult:
         return files
 
     def plot(self, path=None, *, title: str | None = None):
-        """The grid connection's load per phase against its limit (see :func:`nowblock.plot.plot_load`),
-        in the site's local time; written as PNG to ``path`` if given. Returns the Figure."""
+        """The current on every fuse phase against its limit, in the site's local time.
+
+        See :func:`nowblock.sim.plot.plot_load`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            Write a PNG there.
+        title : str, optional
+            The figure's title (default: the policy).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
         from nowblock.sim.plot import local_timeseries, plot_load
 
         ts = local_timeseries(self.timeseries, self.site.timezone) if self.site is not None else self.timeseries
         grid = self.site.root.id if self.site is not None else None
-        return plot_load(ts, grid_fuse=grid, path=path, title=title or f"policy {self.policy}")
+        head = title or f"policy {self.policy}"
+        return plot_load(ts, grid_fuse=grid, path=path, title=f"{head}: current per fuse phase against its limit")
 
+
+#: The policy of ``simulate()`` and ``nowblock simulate`` when none is named: the MILP, the
+#: policy ``nowblock serve`` runs live, so a simulation shows what the live block would do.
+DEFAULT_POLICY = "milp"
 
 #: Progress appears only on runs longer than this [s], then at most once per this interval.
 PROGRESS_EVERY_S = 1.0
@@ -145,7 +187,7 @@ def _progress_printer(enabled: bool, total: int, label: str):
 
 def simulate(
     scenario,
-    policy: str | Policy = "equal",
+    policy: str | Policy = "milp",
     *,
     step="5min",
     horizon="24h",
@@ -172,7 +214,8 @@ def simulate(
     scenario : nowblock.Scenario
         Site, sessions, base load [kW] and prices [EUR/kWh].
     policy : str or Policy
-        A name for :func:`nowblock.policies.get_policy` or a policy object.
+        A name for :func:`nowblock.policies.get_policy` or a policy object; default ``"milp"``
+        (:data:`DEFAULT_POLICY`, the policy ``nowblock serve`` runs).
     step, horizon : str or Timedelta
         Control step and how far ahead base load and prices reach in each snapshot.
     start, end : timestamp, optional
