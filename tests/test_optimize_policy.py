@@ -318,3 +318,44 @@ def test_expected_arrivals_are_summed_onto_planning_slots():
     # Plugged in from 17:30 for the expected 2 h (8 slots), loading the root up to 2 cars x 16 A.
     assert ext.plugged[-1].sum() == 8 and ext.plugged[-1, 2] == 1 and ext.upper_a[-1].max() == 16.0
     assert with_expected_arrivals(form, fc.iloc[:0]) is form
+
+
+def test_decide_gives_the_plan_ahead_that_the_milp_made_within_every_fuse():
+    """The controller, the HTTP API and the operator page show ``Decision.plan_a``: it must be the
+    MILP's own plan (not a one-step stand-in), its first row what is sent now, and every row of it
+    within every fuse phase and the unbalance limit, 0 or at least the minimum, in pilot steps."""
+    from nowblock.loop.step import call_policy
+    from nowblock.seam import Decision, decide
+    from nowblock.baselines import baseline_policy
+    from nowblock.seam import constraint_rows
+
+    pol = MilpPolicy()
+    snap = _snapshot()
+    d = decide(pol, snap)
+    assert isinstance(d, Decision)
+    assert d.status == pol.last_schedule.status == "optimal"
+    plan = d.plan_a
+    assert isinstance(plan, pd.DataFrame) and list(plan.columns) == ["a", "b", "c"]
+    assert len(plan) == 24 * 4 and plan.index[0] == snap.time
+    assert (plan.index[1:] - plan.index[:-1] == pd.Timedelta("15min")).all()
+    pd.testing.assert_series_equal(plan.iloc[0], d.current_a, check_names=False)
+    milp = pol.last_schedule.current_a[["a", "b", "c"]]
+    np.testing.assert_array_equal(plan.iloc[1:].to_numpy(), milp.iloc[1:].to_numpy())
+    assert plan.to_numpy().sum() > 0 and plan.iloc[1:].to_numpy().max() > 0  # a plan, not zeros
+    lo = snap.cars["min_current_a"].to_numpy()
+    for t, row in plan.iterrows():
+        at = BlockSnapshot(time=t, site=snap.site, step=snap.step, cars=snap.cars,
+                           base_load_kw=snap.base_load_kw[snap.base_load_kw.index >= t],
+                           prices_eur_per_kwh=snap.prices_eur_per_kwh, current_step_a=1.0)
+        assert violation_a(at, row) <= 1e-9, t
+        x = row.to_numpy()
+        assert ((x == 0) | (x >= lo - 1e-9)).all() and (x <= snap.cars["max_current_a"].to_numpy() + 1e-9).all()
+        assert np.allclose(x, np.round(x))  # whole 1 A pilot steps
+    # The grid fuse binds somewhere in the plan (30 A a phase for 16 + 32 + 16 A): the check above
+    # is not vacuous.
+    g, h = constraint_rows(snap)
+    assert ((g[:3] @ plan.to_numpy().T) > h[:3, None] - 1.0).any()
+    # Through the shared control step's call (what the simulator and the live loop use): the
+    # MILP decides, with its plan ahead, not the fallback.
+    d2, name, status = call_policy(pol, baseline_policy("equal"), snap)
+    assert (name, status) == ("milp", "ok") and isinstance(d2.plan_a, pd.DataFrame) and len(d2.plan_a) == 96

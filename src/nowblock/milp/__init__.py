@@ -21,7 +21,7 @@ def __getattr__(name: str):
     # Pyomo, the policy and the offline solve load on first use (Pyomo import costs ~1 s).
     import importlib
 
-    where = {"MilpPolicy": "nowblock.milp.policy", "MilpDecision": "nowblock.milp.policy",
+    where = {"MilpPolicy": "nowblock.milp.policy",
              "solve_offline": "nowblock.milp.offline", "build_pyomo_model": "nowblock.milp.pyomo_model",
              "solve_pyomo": "nowblock.milp.pyomo_model", "with_expected_arrivals": "nowblock.milp.arrivals"}
     if name in where:
@@ -29,6 +29,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'nowblock.milp' has no attribute {name!r}")
 
 
-__all__ = ["Formulation", "MilpDecision", "MilpPolicy", "OptimizeOptions", "Schedule", "build_pyomo_model",
+__all__ = ["Formulation", "MilpPolicy", "OptimizeOptions", "Schedule", "build_pyomo_model",
            "from_sessions", "from_snapshot", "optimize", "solve_formulation", "solve_offline", "solve_pyomo",
            "with_expected_arrivals"]

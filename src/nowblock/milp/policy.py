@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -22,21 +21,7 @@ from nowblock.milp.formulation import Formulation
 from nowblock.milp.options import OptimizeOptions
 from nowblock.milp.schedule import Schedule
 from nowblock.milp.solve import solve_formulation
-from nowblock.seam import BlockSnapshot, safe_setpoints_a
-
-
-@dataclass(frozen=True, eq=False)
-class MilpDecision:
-    """What :class:`MilpPolicy` decided at one control step.
-
-    ``setpoints_a``: the safe setpoints [A] for the snapshot's cars, indexed by session_id (what
-    :meth:`MilpPolicy.schedule` returns); ``schedule``: the whole plan they come from (its first
-    slot, before the safety net and the top-up), with its status, objective, bound and gap (None
-    when no car is plugged in).
-    """
-
-    setpoints_a: pd.Series
-    schedule: Schedule | None
+from nowblock.seam import BlockSnapshot, Decision, safe_setpoints_a
 
 
 def top_up_first_slot(snapshot: BlockSnapshot, current_a: pd.Series, shortfall_kwh: np.ndarray,
@@ -173,17 +158,33 @@ class MilpPolicy:
 
     def schedule(self, snapshot: BlockSnapshot) -> pd.Series:
         """Setpoints [A] for the cars in ``snapshot`` (the first slot of a fresh plan, made safe);
-        :meth:`decide` gives the plan with them."""
-        return self.decide(snapshot).setpoints_a
+        :meth:`decide` gives the plan ahead with them."""
+        return self.decide(snapshot).current_a
 
-    def decide(self, snapshot: BlockSnapshot) -> MilpDecision:
-        """Plan the horizon from ``snapshot`` and return the safe setpoints of its first slot with
-        the plan (:class:`MilpDecision`); also kept as ``last_schedule`` and in ``history``."""
+    def decide(self, snapshot: BlockSnapshot) -> Decision:
+        """Plan the horizon from ``snapshot``: the safe setpoints [A] of its first slot and the plan
+        ahead.
+
+        Parameters
+        ----------
+        snapshot : BlockSnapshot
+
+        Returns
+        -------
+        Decision
+            ``current_a``: the first slot's setpoints [A per phase] after the safety net and the
+            top-up, by session_id; ``plan_a``: the MILP's plan [A per phase] over the horizon,
+            slot start (UTC) x the snapshot's session_ids (expected arrivals left out), its first
+            row replaced by ``current_a``; ``status``: the schedule's status ("optimal",
+            "time_limit", "suboptimal", "fallback"); ``detail``: how it was found and its gap.
+            The whole :class:`~nowblock.milp.schedule.Schedule` is kept as ``last_schedule``, one
+            row a call in ``history``.
+        """
         t0 = time.perf_counter()
         cars = snapshot.cars
         if len(cars) == 0:
             empty = pd.Series(np.zeros(0), index=cars.index, name="current_a", dtype=float)
-            return MilpDecision(empty, None)
+            return Decision(empty, None, "empty", "no car plugged in")
         form = self.formulation(snapshot)
         # The warm start is only read when the MILP stage runs: shifting the previous plan builds
         # its frames, so it is made on demand.
@@ -206,7 +207,12 @@ class MilpPolicy:
                 power = (plan * form.kw_per_a[:, None]).sum(axis=0)
                 peak = float((power + form.base_kw).max(initial=0.0))
                 safe = top_up_first_slot_a(snapshot, safe, short, peak_kw=peak)
-        return MilpDecision(pd.Series(safe, index=cars.index, name="current_a", copy=False), sched)
+        now_a = pd.Series(safe, index=cars.index, name="current_a", copy=False)
+        ahead = pd.DataFrame(plan[:n].T, index=pd.DatetimeIndex(form.times, name="time"), columns=cars.index)
+        if len(ahead):
+            ahead.iloc[0] = safe  # the slot sent now, as sent
+        detail = f"{sched.method}; gap {sched.mip_gap:.2%}; {sched.seconds:.3f} s"
+        return Decision(now_a, ahead, sched.status, detail)
 
     def _shifted_plan(self, form: Formulation) -> np.ndarray | None:
         """The previous plan on the new slots: each new slot takes the old slot it starts in."""
