@@ -326,5 +326,10 @@ def test_every_solve_gets_its_own_time_limit():
     one = hf.solve_matrix(form, mf, 60.0)
     limit_s = 10 * max(time.perf_counter() - t0, one.solve_seconds)
     runs = [hf.solve_matrix(form, mf, limit_s) for _ in range(20)]
-    assert one.status == "optimal" and all(r.status == "optimal" for r in runs)
-    assert all(r.solve_seconds < limit_s for r in runs)
+    assert one.status == "optimal"
+    # A solve may hit its limit on a loaded machine, but only after using it: with a shared
+    # clock the later solves stopped at once (solve_seconds far below their limit).
+    for r in runs:
+        assert r.status == "optimal" or (r.status == "time_limit" and r.solve_seconds >= 0.9 * limit_s), \
+            (r.status, r.solve_seconds, limit_s)
+    assert sum(r.status == "optimal" for r in runs) >= len(runs) // 2
