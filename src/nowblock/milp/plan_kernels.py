@@ -51,6 +51,18 @@ def can_lower(i, t, amount, g_start, g_row, g_val, slack, tol):
 
 
 @njit(cache=True)
+def lower_room(i, t, g_start, g_row, g_val, slack, step, tol):
+    """The most [A], in whole steps of ``step``, car ``i`` can take off in slot ``t``: rows where
+    it counts negatively (the unbalance rows) lose room (inf when it has none)."""
+    room = np.inf
+    for p in range(g_start[i], g_start[i + 1]):
+        g = g_val[p]
+        if g < 0:
+            room = min(room, _steps_down((slack[g_row[p], t] + tol) / -g, step))
+    return room
+
+
+@njit(cache=True)
 def change(i, t, amount, y, delivered, kwh, g_start, g_row, g_val, slack, kw, power_room):
     """Add ``amount`` [A] (negative: take it off) to car ``i`` in slot ``t``, bookkeeping included
     (a cell taken to within 1e-9 A of 0 is 0: steps subtracted in floating point leave dust)."""
@@ -221,24 +233,31 @@ def fill(y, delivered, target, kwh, up, on_a, order, slot_order, g_start, g_row,
 @njit(cache=True)
 def trim(y, delivered, target, kwh, on_a, slot_order, g_start, g_row, g_val, slack, kw, power_room, step, tol):
     """Take back what cars got beyond ``target`` [kWh], latest in ``slot_order`` first, by whole
-    steps, never below ``on_a`` unless the whole cell goes and never below the target."""
+    steps, never below ``on_a`` unless the whole cell goes, never below the target, and no more
+    than the rows where a car counts negatively (unbalance) have room for. Passes repeat while
+    one changes something (at most four): taking a step off one car gives room to another."""
     n, T = y.shape
-    for i in range(n):
-        if delivered[i] - target[i] <= 1e-9:
-            continue
-        for q in range(T - 1, -1, -1):
-            t = slot_order[q]
-            if y[i, t] <= 0.0 or kwh[i, t] <= 0.0:
+    for _ in range(4):
+        changed = False
+        for i in range(n):
+            if delivered[i] - target[i] <= 1e-9:
                 continue
-            excess = delivered[i] - target[i]
-            k = _steps_down(excess / kwh[i, t], step)
-            if k <= 0.0:
-                continue
-            if y[i, t] - k < on_a[i] - tol:
-                k = y[i, t] if y[i, t] <= k + tol else _steps_down(y[i, t] - on_a[i], step)
-            if k <= 0.0 or not can_lower(i, t, k, g_start, g_row, g_val, slack, tol):
-                continue
-            change(i, t, -k, y, delivered, kwh, g_start, g_row, g_val, slack, kw, power_room)
+            for q in range(T - 1, -1, -1):
+                t = slot_order[q]
+                if y[i, t] <= 0.0 or kwh[i, t] <= 0.0:
+                    continue
+                excess = delivered[i] - target[i]
+                k = min(_steps_down(excess / kwh[i, t], step), lower_room(i, t, g_start, g_row, g_val, slack, step, tol))
+                if k <= 0.0:
+                    continue
+                if y[i, t] - k < on_a[i] - tol:
+                    k = y[i, t] if y[i, t] <= k + tol else _steps_down(y[i, t] - on_a[i], step)
+                if k <= 0.0 or not can_lower(i, t, k, g_start, g_row, g_val, slack, tol):
+                    continue
+                change(i, t, -k, y, delivered, kwh, g_start, g_row, g_val, slack, kw, power_room)
+                changed = True
+        if not changed:
+            break
 
 
 @njit(cache=True)
