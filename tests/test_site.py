@@ -73,9 +73,6 @@ def test_good_file_loads(tmp_path):
         ("max_current_a = [100, 100, 100]", "max_current_a = [100, 11000, 100]",
          r"fuses\[0\]\.max_current_a: 11000 A per phase is more than a low-voltage connection carries"),
         ("max_current_a = 32", "max_current_a = 125", r"charge_points\[0\]\.max_current_a: .* got 125"),
-        ("max_current_a = [100, 100, 100]", "max_current_a = [100, 5600, 100]",
-         r'more than a low-voltage connection carries .*connection = "medium-voltage"'),
-        ('voltage_v = 230', 'voltage_v = 230\nconnection = "high"', r"connection: expected one of 'low-voltage'"),
         # TOML has inf and nan: either would switch a limit off without a word
         ("max_current_a = [100, 100, 100]", "max_current_a = [100, inf, 100]", r"fuses\[0\]\.max_current_a: ratings"),
         ("max_current_a = 32", "max_current_a = inf", r"charge_points\[0\]\.max_current_a: expected 0 < A per phase <= 80"),
@@ -236,18 +233,3 @@ def test_with_root_limit(small_site):
     tight = small_site.with_root_limit(40.0)
     assert tight.fuses[0].max_current_a == (40.0, 40.0, 40.0)
     assert tight.fuses[1] == small_site.fuses[1]
-
-
-def test_a_medium_voltage_site_takes_a_large_grid_connection_and_round_trips(tmp_path):
-    # A depot of a thousand charging points has its own transformer station: 5,600 A a phase is
-    # plausible there (refused on a low-voltage connection, above).
-    text = GOOD.replace("voltage_v = 230", 'voltage_v = 230\nconnection = "medium-voltage"', 1) \
-        .replace("max_current_a = [100, 100, 100]", "max_current_a = [5600, 5600, 5600]", 1)
-    site = Site.from_toml(write(tmp_path, text))
-    assert site.connection == "medium-voltage" and site.fuses[0].max_current_a == (5600.0,) * 3
-    again = Site.from_dict(site.to_dict())
-    assert again == site and again.connection == "medium-voltage"
-    assert "connection" not in Site.from_toml(write(tmp_path, GOOD)).to_dict()  # the default stays unwritten
-    # Still a ceiling: a rating in W (or a typo) is refused there too.
-    with pytest.raises(SiteError, match=r"fuses\[0\]\.max_current_a: 31000 A .* medium-voltage connection"):
-        Site.from_toml(write(tmp_path, text.replace("[5600, 5600, 5600]", "[5600, 31000, 5600]", 1)))

@@ -61,7 +61,6 @@ def _site_tables() -> dict[str, list[Field]]:
     site = "nowblock.block.site"
     lo, hi = _const(site, "VOLTAGE_RANGE_V", lambda r: r)
     fuse_max = _const(site, "MAX_FUSE_CURRENT_A", lambda v: f"{v:g}")
-    mv_max = _const(site, "MAX_MV_FUSE_CURRENT_A", lambda v: f"{v:g}")
     cp_max = _const(site, "MAX_CHARGE_POINT_CURRENT_A", lambda v: f"{v:g}")
     return {
         "site": [
@@ -75,9 +74,6 @@ def _site_tables() -> dict[str, list[Field]]:
                   "Largest difference between the most and least loaded phase of the grid "
                   "connection's charging current (VDE-AR-N 4100: 20 A, i.e. 4.6 kVA at 230 V). "
                   "Unset: no limit."),
-            Field("connection", "string", "", '"low-voltage"', '"low-voltage", "medium-voltage"',
-                  f"The grid connection's kind: a low-voltage connection (every fuse at most {fuse_max} A "
-                  f"a phase) or the site's own medium-voltage transformer station (at most {mv_max} A)."),
             Field("fuses", "array of tables", "", "required", "at least one",
                   "`[[fuses]]`: the fuse tree. Exactly one fuse has no parent: the grid connection."),
             Field("charge_points", "array of tables", "", "[]", "",
@@ -92,8 +88,7 @@ def _site_tables() -> dict[str, list[Field]]:
                   meaning="The fuse upstream. Left out for the grid connection (the root)."),
             Field("max_current_a", "number or [L1, L2, L3]", "A", "required", f"> 0, <= {fuse_max}",
                   "Rating per phase; one number means the same on all three phases. Above "
-                  f"{fuse_max} A is more than a low-voltage connection carries and is refused (above {mv_max} A "
-                  'with `connection = "medium-voltage"`).'),
+                  f"{fuse_max} A is more than a low-voltage connection carries and is refused."),
         ],
         "charge_point": [
             Field("id", "string", default="required", allowed="unique",

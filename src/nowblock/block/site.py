@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 PHASES = ("L1", "L2", "L3")
 #: Top-level keys of a site file; anything else is kept in :attr:`Site.extra` with a warning
 #: (``api`` is read by ``nowblock serve``).
-SITE_KEYS = ("name", "voltage_v", "timezone", "max_unbalance_a", "connection", "fuses", "charge_points")
+SITE_KEYS = ("name", "voltage_v", "timezone", "max_unbalance_a", "fuses", "charge_points")
 EXTENSION_KEYS = ("api",)
 _VALID_ROTATIONS = {"".join(p) for p in itertools.permutations(PHASES)}
 
@@ -42,12 +42,6 @@ class SiteFileNotFoundError(SiteError, FileNotFoundError):
 #: [A] per phase: above what a low-voltage connection carries (a 2500 kVA transformer, the
 #: largest usual on the low-voltage side, gives about 3600 A at 400 V). Beyond is refused.
 MAX_FUSE_CURRENT_A = 4000.0
-#: [A] per phase: the ceiling for a site with ``connection = "medium-voltage"`` (its own
-#: transformer station: several transformers, a 20 MVA connection gives about 29,000 A a phase at
-#: 230 V). Depots and car parks of a thousand charging points and more are connected this way.
-MAX_MV_FUSE_CURRENT_A = 30000.0
-#: The kinds of grid connection a site may declare, with the highest fuse rating [A] each accepts.
-CONNECTIONS = {"low-voltage": MAX_FUSE_CURRENT_A, "medium-voltage": MAX_MV_FUSE_CURRENT_A}
 #: [A] per phase: AC charging (IEC 61851-1, IEC 62196-2) tops out at 63 A per phase in Europe,
 #: 80 A in North America. A charging point rated above this is refused.
 MAX_CHARGE_POINT_CURRENT_A = 80.0
@@ -115,10 +109,7 @@ class Site:
 
     ``voltage_v`` [V] is phase to neutral. ``max_unbalance_a`` [A], if set, limits the
     difference between the most and least loaded phase of the grid connection's charging
-    current (VDE-AR-N 4100: 4.6 kVA, that is 20 A at 230 V). ``connection`` is
-    ``"low-voltage"`` (default: every fuse at most :data:`MAX_FUSE_CURRENT_A`) or
-    ``"medium-voltage"`` (the site's own transformer station: up to :data:`MAX_MV_FUSE_CURRENT_A`);
-    the ceiling only catches unit mistakes, it is no limit of the model.
+    current (VDE-AR-N 4100: 4.6 kVA, that is 20 A at 230 V).
     """
 
     name: str
@@ -127,7 +118,6 @@ class Site:
     voltage_v: float = 230.0
     max_unbalance_a: float | None = None
     timezone: str = "Europe/Berlin"
-    connection: str = "low-voltage"
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -350,7 +340,6 @@ class Site:
             voltage_v=_num(d.get("voltage_v", 230.0), "voltage_v"),
             max_unbalance_a=None if unbalance is None else _num(unbalance, "max_unbalance_a"),
             timezone=_str(d.get("timezone", "Europe/Berlin"), "timezone"),
-            connection=_str(d.get("connection", "low-voltage"), "connection"),
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -377,8 +366,6 @@ class Site:
         d: dict[str, Any] = {"name": self.name, "voltage_v": self.voltage_v, "timezone": self.timezone}
         if self.max_unbalance_a is not None:
             d["max_unbalance_a"] = self.max_unbalance_a
-        if self.connection != "low-voltage":
-            d["connection"] = self.connection
         d.update(self.extra)
         d["fuses"] = []
         for f in self.fuses:
@@ -486,9 +473,6 @@ def _validate(site: Site) -> None:
         ZoneInfo(site.timezone)
     except (ValueError, ZoneInfoNotFoundError) as exc:
         raise SiteError(f"timezone: unknown time zone {site.timezone!r} (an IANA name like 'Europe/Berlin')") from exc
-    if site.connection not in CONNECTIONS:
-        raise SiteError(f"connection: expected one of {', '.join(map(repr, CONNECTIONS))}, got {site.connection!r}")
-    fuse_max_a = CONNECTIONS[site.connection]
     seen: set[str] = set()
     for i, f in enumerate(site.fuses):
         if f.id in seen:
@@ -496,12 +480,10 @@ def _validate(site: Site) -> None:
         seen.add(f.id)
         if any(not (0 < x < math.inf) for x in f.max_current_a):
             raise SiteError(f"fuses[{i}].max_current_a: ratings must be positive and finite, got {list(f.max_current_a)}")
-        if any(x > fuse_max_a for x in f.max_current_a):
-            hint = ('; connection = "medium-voltage" for a site with its own transformer station'
-                    if site.connection == "low-voltage" and max(f.max_current_a) <= MAX_MV_FUSE_CURRENT_A else "")
+        if any(x > MAX_FUSE_CURRENT_A for x in f.max_current_a):
             raise SiteError(f"fuses[{i}].max_current_a: {max(f.max_current_a):g} A per phase is more than a "
-                            f"{site.connection} connection carries (expected at most {fuse_max_a:g} A; "
-                            f"a rating in A per phase, not W or kW{hint})")
+                            f"low-voltage connection carries (expected at most {MAX_FUSE_CURRENT_A:g} A; "
+                            f"a rating in A per phase, not W or kW)")
     parent = {f.id: f.parent for f in site.fuses}
     for i, f in enumerate(site.fuses):
         if f.parent is not None and f.parent not in parent:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nowblock.block.site import MAX_FUSE_CURRENT_A, ChargePoint, Fuse, Site
+from nowblock.block.site import ChargePoint, Fuse, Site
 
 _ROTATIONS = ("L1L2L3", "L2L3L1", "L3L1L2")
 
@@ -41,8 +41,7 @@ def plugged_in_block(n_cars: int, *, seed: int = 0, start: str = "2026-01-14 17:
                     min_current_a=6.0, phases=3 if three_phase_cp[j] else 1, phase_rotation=_ROTATIONS[j % 3])
         for j in range(n_cars)
     )
-    site = Site(name=f"synthetic-{n_cars}", fuses=tuple(fuses), charge_points=cps, max_unbalance_a=max_unbalance_a,
-                connection=_connection(root_a))
+    site = Site(name=f"synthetic-{n_cars}", fuses=tuple(fuses), charge_points=cps, max_unbalance_a=max_unbalance_a)
 
     arrival = t0 - pd.to_timedelta(rng.uniform(0.0, 4.0, n_cars), unit="h")
     overnight = rng.random(n_cars) < 0.7
@@ -105,12 +104,6 @@ def plugged_in_snapshot(n_cars: int, *, seed: int | None = None, step="5min", pr
                          base_load_kw=b["base_load"].reindex(idx, method="ffill").rename("kw"),
                          prices_eur_per_kwh=b["prices"].reindex(idx, method="ffill"), current_step_a=1.0,
                          incidence_a=incidence, car_arrays=arrays)
-
-
-def _connection(root_a: float) -> str:
-    """The kind of grid connection a generated block of ``root_a`` [A] a phase has: its own
-    medium-voltage station above what a low-voltage connection carries (1,000 cars and more)."""
-    return "low-voltage" if root_a <= MAX_FUSE_CURRENT_A else "medium-voltage"
 
 
 # ---- the instance matrix (issue 15) --------------------------------------------------------
@@ -187,7 +180,7 @@ def matrix_block(cell: MatrixCell, *, seed: int = 0, start: str = "2026-01-14 17
                 parent[j] = f"sub-{s:04d}"
     cps = tuple(ChargePoint(id=f"CP{j:04d}", fuse=parent[j], max_current_a=float(cp_max[j]), min_current_a=6.0,
                             phases=int(cp_phases[j]), phase_rotation=rot[j]) for j in range(n))
-    site = Site(name=f"matrix-{cell.label}", fuses=tuple(fuses), charge_points=cps, connection=_connection(root_a),
+    site = Site(name=f"matrix-{cell.label}", fuses=tuple(fuses), charge_points=cps,
                 max_unbalance_a=20.0 if cell.unbalance else None)
 
     dwell_slots = rng.integers(8, 97, n)  # 2..24 h in 15-minute slots
