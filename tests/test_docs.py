@@ -245,7 +245,8 @@ def _one_session(**changes) -> pd.DataFrame:
     ({"charge_point_id": "CP99"}, "error"),
     ({"departure": pd.Timestamp("2026-03-02 17:00", tz="Europe/Berlin")}, "error"),
 ])
-def test_documented_session_limits_are_enforced(caplog, changes, outcome):
+def test_documented_session_limits_are_enforced(caplog, monkeypatch, changes, outcome):
+    monkeypatch.setattr(sessions_mod, "_warned", set())  # each warning is logged once a process
     site = nb.Site("s", [nb.Fuse("grid", (100.0,) * 3)], [nb.ChargePoint("CP01", "grid", max_current_a=32)])
     frame = _one_session(**changes)
     if outcome == "error":
