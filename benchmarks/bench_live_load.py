@@ -2,6 +2,7 @@
 
     pytest benchmarks/bench_live_load.py -s -p no:cacheprovider                 # 200, 1000, 2000 stations
     NOWBLOCK_LOAD_N=200 pytest benchmarks/bench_live_load.py -s -p no:cacheprovider
+    NOWBLOCK_LOAD_N=2000 NOWBLOCK_LOAD_PROFILE=/tmp/serve.txt pytest ...   # + the server's py-spy profile
 
 The server is ``python -m nowblock serve`` (the MILP policy, its default 60 s period) in its own
 process on 127.0.0.1. The stations are written from the OCPP 1.6J / 2.0.1 specifications as raw
@@ -197,6 +198,11 @@ def run_load(n: int, tmp: Path) -> dict:
                 time.sleep(0.2)
         ps = psutil.Process(proc.pid)
         cpu0, wall0 = sum(ps.cpu_times()[:2]), time.monotonic()
+        spy = None
+        if os.environ.get("NOWBLOCK_LOAD_PROFILE"):  # where the server's time goes (py-spy, collapsed stacks)
+            spy = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-r", "50", "-f", "raw", "-o",
+                                    os.environ["NOWBLOCK_LOAD_PROFILE"], "-d", str(int(15 + STAGGER_S + RUN_S))],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = time.monotonic() + 15.0  # time to connect and boot every station
         stop = base + STAGGER_S + RUN_S
         rng = random.Random(n)
@@ -215,6 +221,8 @@ def run_load(n: int, tmp: Path) -> dict:
             p.join(30)
         cpu = (sum(ps.cpu_times()[:2]) - cpu0) / (time.monotonic() - wall0)
         rss = ps.memory_info().rss / 2**20
+        if spy is not None:
+            spy.wait(120)
     finally:
         proc.terminate()
         try:

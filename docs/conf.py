@@ -28,6 +28,7 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
     "numpydoc",
+    "sphinxarg.ext",  # sphinx-argparse: the CLI reference from the real argparse parsers
     "nowblock_formats",
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from datetime import timedelta
 
 import numpy as np
@@ -260,17 +261,22 @@ def _free_port() -> int:
 
 
 def _serve(site_toml, port, db) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "nowblock.cli", "--log-level", "INFO", "serve", "--site", str(site_toml),
-         "--port", str(port), "--db", str(db)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # The output goes to a file next to the site: a pipe nobody reads fills up and stalls serve.
+    log_path = Path(site_toml).with_name("serve.log")
+    with open(log_path, "a") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nowblock.cli", "--log-level", "INFO", "serve", "--site", str(site_toml),
+             "--port", str(port), "--db", str(db)],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc.log_path = log_path
+    return proc
 
 
 def _wait_listening(proc, port, timeout=60.0):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"serve exited: {proc.stdout.read()}")
+            raise RuntimeError(f"serve exited: {proc.log_path.read_text()[-4000:]}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return

@@ -175,6 +175,21 @@ def test_undeliverable_energy_is_warned_about_once(small_sessions, small_site, c
     assert len(msgs) == 1 and f"at most {most:.1f} kWh" in msgs[0] and "row 0 (session_id='S01')" in msgs[0]
 
 
+def test_implausible_energy_in_a_scenario_folder_is_warned_about_once_by_its_line(tmp_path, caplog, monkeypatch):
+    import nowblock as nb
+    import nowblock.block.sessions as ses
+
+    monkeypatch.setattr(ses, "_warned", set())
+    (tmp_path / "site.toml").write_text('[[fuses]]\nid = "grid"\nmax_current_a = 100\n'
+                                        '[[charge_points]]\nid = "CP01"\nfuse = "grid"\n')
+    (tmp_path / "sessions.csv").write_text("session_id,charge_point_id,arrival,departure,energy_kwh\n"
+                                           "a,CP01,2026-03-02T18:00:00+01:00,2026-03-04T18:00:00+01:00,250\n")
+    with caplog.at_level("WARNING", logger="nowblock.block.sessions"):
+        nb.Scenario.from_dir(tmp_path)  # read from the file, then checked again by Scenario
+    msgs = [r.getMessage() for r in caplog.records if "large car battery" in r.getMessage()]
+    assert len(msgs) == 1 and "line 2 (session_id='a')" in msgs[0], msgs
+
+
 def test_unreadable_csv(tmp_path):
     with pytest.raises(SessionsError, match="cannot read sessions"):
         read_sessions_csv(tmp_path / "missing.csv")

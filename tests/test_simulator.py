@@ -336,11 +336,11 @@ def test_progress_goes_to_stderr(small_scenario, capsys, monkeypatch):
 def test_result_plot(small_scenario, tmp_path):
     res = simulate(small_scenario, "uncontrolled", end=small_scenario.start + pd.Timedelta(hours=6))
     fig = res.plot(tmp_path / "load.png")
-    assert len(fig.axes) == 3 and (tmp_path / "load.png").stat().st_size > 10_000
+    assert len(fig.axes) == 3 + len(small_scenario.site.fuses) - 1 and (tmp_path / "load.png").stat().st_size > 10_000
     files = res.to_dir(tmp_path / "out", plot=False)
     assert [f.name for f in files] == ["timeseries.csv", "sessions.csv", "metrics.json"]
     back = pd.read_csv(files[0], index_col="time")
-    assert len(back) == len(res.timeseries) and back.index[0].endswith("+0100")
+    assert len(back) == len(res.timeseries) and back.index[0].endswith("+01:00")
 
 
 def test_bad_arguments():

@@ -233,3 +233,18 @@ def test_with_root_limit(small_site):
     tight = small_site.with_root_limit(40.0)
     assert tight.fuses[0].max_current_a == (40.0, 40.0, 40.0)
     assert tight.fuses[1] == small_site.fuses[1]
+
+
+def test_a_rating_above_a_low_voltage_connection_is_an_aggregate_cap_only_over_enough_points(tmp_path, caplog):
+    from nowblock.testing import make_test_site
+
+    # 400 points of 16 A under a 5,000 A cap: they could draw 6,400 A together, so it is a cap.
+    big = make_test_site(400, grid_a=5000.0, max_current_a=16.0)
+    big.to_toml(tmp_path / "big.toml")
+    with caplog.at_level("WARNING", logger="nowblock.block.site"):
+        back = Site.from_toml(tmp_path / "big.toml")
+    assert back.root.max_current_a[0] == 5000.0
+    assert any("aggregate cap" in r.getMessage() for r in caplog.records)
+    # The same rating over 100 such points (1,600 A together) reads as a power written as a current.
+    with pytest.raises(SiteError, match=r"fuses\[0\]\.max_current_a: 5000 A per phase is more than .* 1600 A"):
+        make_test_site(100, grid_a=5000.0, max_current_a=16.0)

@@ -34,7 +34,9 @@ class Field:
         if v in ("required", "optional"):
             return v
         if isinstance(v, str):
-            return f'"{v}"'
+            # A string default is shown as TOML writes it; any other type's default is given in
+            # TOML already ("[]", '["equal"]'), and a default in parentheses is prose.
+            return f'"{v}"' if self.type == "string" and not v.startswith("(") else v
         if isinstance(v, float) and v.is_integer():
             return f"{v:g}"
         return str(v)
@@ -172,6 +174,10 @@ def _series_tables() -> dict[str, list[Field]]:
     }
 
 
+#: How a Python default's type is called in a TOML file.
+_TOML_TYPE = {"int": "integer", "float": "number", "str": "string", "bool": "boolean"}
+
+
 def _study_tables() -> dict[str, list[Field]]:
     from nowblock.block.synth import generate_parts
     from nowblock.studies.spec import SIMULATE_KEYS
@@ -180,7 +186,7 @@ def _study_tables() -> dict[str, list[Field]]:
     sim_defaults = inspect.signature(__import__("nowblock.sim.simulator", fromlist=["simulate"]).simulate).parameters
     return {
         "study": [
-            Field("name", "string", "", "the file name", "", "The study's name (plots, output folder)."),
+            Field("name", "string", "", "(the file's name without .toml)", "", "The study's name (plots, output folder)."),
             Field("policies", "array of strings", "", '["equal"]', "policy names",
                   "Policies to run in every cell: uncontrolled, equal, edf, llf, milp."),
             Field("scenario", "table or array of tables", "", "{}", "",
@@ -194,13 +200,13 @@ def _study_tables() -> dict[str, list[Field]]:
                   "`[policy_options.<policy>]`: keyword options of that policy (e.g. the MILP's)."),
         ],
         "study_scenario": [
-            Field(k, type(p.default).__name__ if p.default is not None else "number", "",
+            Field(k, _TOML_TYPE.get(type(p.default).__name__, "number") if p.default is not None else "number", "",
                   p.default if p.default is not None else "optional", "", "")
             for k, p in gen.items()
         ],
         "study_simulate": [
             Field(k, "string" if isinstance(sim_defaults[k].default, str) or sim_defaults[k].default is None
-                  else type(sim_defaults[k].default).__name__, "",
+                  else _TOML_TYPE.get(type(sim_defaults[k].default).__name__, "number"), "",
                   sim_defaults[k].default if sim_defaults[k].default is not None else "optional", "", "")
             for k in SIMULATE_KEYS
         ],

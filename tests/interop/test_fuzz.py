@@ -59,6 +59,8 @@ class ServerThread:
         self.store.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 class _Errors(logging.Handler):

@@ -207,7 +207,7 @@ def _validate(df: pd.DataFrame, site: "Site | None") -> pd.DataFrame:
     return df.sort_values("arrival", kind="stable").reset_index(drop=True)
 
 
-_warned: set[str] = set()  # each warning once a process, however often a frame is validated
+_warned: set[tuple] = set()  # each warning once a process, however often a frame is validated
 
 
 def _warn_implausible(df: pd.DataFrame, site: "Site | None") -> None:
@@ -227,18 +227,22 @@ def _warn_implausible(df: pd.DataFrame, site: "Site | None") -> None:
     big = np.nonzero(energy > LARGE_BATTERY_KWH)[0]
     if len(big):
         i = int(big[0])
-        notes.append(f"{len(big)} session(s) ask for more than a large car battery ({LARGE_BATTERY_KWH:g} kWh); "
-                     f"first {_row_name(df, i)}: {energy[i]:g} kWh")
+        notes.append((("battery", len(big), df["session_id"].iloc[i]),
+                      f"{len(big)} session(s) ask for more than a large car battery ({LARGE_BATTERY_KWH:g} kWh); "
+                      f"first {_row_name(df, i)}: {energy[i]:g} kWh"))
     short = np.nonzero(energy > most_kwh * (1 + 1e-9) + 1e-9)[0]
     if len(short):
         i = int(short[0])
-        notes.append(f"{len(short)} session(s) ask for more than the car can draw in its stay; first "
-                     f"{_row_name(df, i)}: {energy[i]:g} kWh, at most {most_kwh[i]:.1f} kWh in "
-                     f"{stay_h[i]:.1f} h at {current[i]:g} A on {phases[i]} phase(s); no policy can meet "
-                     f"them, so demand_met stays below 1")
-    for note in notes:
-        if note not in _warned and len(_warned) < 1000:
-            _warned.add(note)
+        notes.append((("stay", len(short), df["session_id"].iloc[i]),
+                      f"{len(short)} session(s) ask for more than the car can draw in its stay; first "
+                      f"{_row_name(df, i)}: {energy[i]:g} kWh, at most {most_kwh[i]:.1f} kWh in "
+                      f"{stay_h[i]:.1f} h at {current[i]:g} A on {phases[i]} phase(s); no policy can meet "
+                      f"them, so demand_met stays below 1"))
+    # Keyed by what was found, not by how the row is named: a frame read from a file is checked
+    # again by Scenario (rows then numbered from 0), and the user should read it once, by its line.
+    for key, note in notes:
+        if key not in _warned and len(_warned) < 1000:
+            _warned.add(key)
             log.warning("sessions: %s", note)
 
 

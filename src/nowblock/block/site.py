@@ -40,7 +40,8 @@ class SiteFileNotFoundError(SiteError, FileNotFoundError):
 
 
 #: [A] per phase: above what a low-voltage connection carries (a 2500 kVA transformer, the
-#: largest usual on the low-voltage side, gives about 3600 A at 400 V). Beyond is refused.
+#: largest usual on the low-voltage side, gives about 3600 A at 400 V). Beyond is refused, unless
+#: the charging points below the fuse could draw that much together (an aggregate cap: warned).
 MAX_FUSE_CURRENT_A = 4000.0
 #: [A] per phase: AC charging (IEC 61851-1, IEC 62196-2) tops out at 63 A per phase in Europe,
 #: 80 A in North America. A charging point rated above this is refused.
@@ -480,10 +481,6 @@ def _validate(site: Site) -> None:
         seen.add(f.id)
         if any(not (0 < x < math.inf) for x in f.max_current_a):
             raise SiteError(f"fuses[{i}].max_current_a: ratings must be positive and finite, got {list(f.max_current_a)}")
-        if any(x > MAX_FUSE_CURRENT_A for x in f.max_current_a):
-            raise SiteError(f"fuses[{i}].max_current_a: {max(f.max_current_a):g} A per phase is more than a "
-                            f"low-voltage connection carries (expected at most {MAX_FUSE_CURRENT_A:g} A; "
-                            f"a rating in A per phase, not W or kW)")
     parent = {f.id: f.parent for f in site.fuses}
     for i, f in enumerate(site.fuses):
         if f.parent is not None and f.parent not in parent:
@@ -530,3 +527,27 @@ def _validate(site: Site) -> None:
                 raise SiteError(f"{where}.caps[{k}]: start/end must be 'HH:MM', got {w.start!r}, {w.end!r}") from exc
             if not (0 <= w.max_current_a < math.inf):
                 raise SiteError(f"{where}.caps[{k}].max_current_a: must be >= 0 and finite, got {w.max_current_a}")
+    _check_large_ratings(site, parent)
+
+
+def _check_large_ratings(site: "Site", parent: dict) -> None:
+    """Refuse a fuse rated above what a low-voltage connection carries unless the charging points
+    below it could draw that much together: then it is a deliberate aggregate cap (a benchmark
+    block of thousands of points, a contract of several transformers) and only warned about;
+    otherwise it is most likely a power (W, kW) written as a current."""
+    below: dict[str, float] = {f.id: 0.0 for f in site.fuses}
+    for c in site.charge_points:
+        cur = c.fuse
+        while cur is not None:
+            below[cur] += c.max_current_a
+            cur = parent[cur]
+    for i, f in enumerate(site.fuses):
+        top = max(f.max_current_a)
+        if top <= MAX_FUSE_CURRENT_A:
+            continue
+        if top > below[f.id]:
+            raise SiteError(f"fuses[{i}].max_current_a: {top:g} A per phase is more than a low-voltage connection "
+                            f"carries (expected at most {MAX_FUSE_CURRENT_A:g} A, or at most the {below[f.id]:g} A its "
+                            f"charging points draw together; a rating in A per phase, not W or kW)")
+        log.warning("fuse %s: %g A per phase is more than a low-voltage connection carries (%g A); taken as an "
+                    "aggregate cap over its charging points", f.id, top, MAX_FUSE_CURRENT_A)

@@ -7,15 +7,18 @@
 2. **prepare**: :class:`~nowblock.loop.step.ControlStep` (the simulator's own) estimates unknown
    needs, marks cars that do not follow their limits, reserves what they and idle connectors
    may draw, lowers the allocation ceiling of cars that draw less, and builds the snapshot;
-3. **decide**: the policy (MILP by default) in a worker thread with a time limit; on failure or
-   time-out the fallback heuristic (:meth:`Controller.decide`);
+3. **decide**: the policy (MILP by default) in a worker thread or process with a time limit; on
+   failure or time-out the fallback heuristic, and a late plan is used by the next step
+   (:class:`~nowblock.control.deciding.TimedPolicy`);
 4. **finish**: the safety net and the hysteresis (the same ``ControlStep``);
 5. **dispatch**: lowered limits first, raises after they were answered
    (:func:`~nowblock.control.dispatch.plan_waves`); a car that does not follow its limit gets
    it again with a growing pause, then a station maximum, then an alarm
    (:class:`~nowblock.control.dispatch.Escalation`); a charger that kept a higher limit in this
-   very step is counted at it and the others are repaired at once;
-6. **watch**: a fuse phase measured above its rating is an alarm with its size and duration.
+   very step is counted at it and the others are repaired at once
+   (:class:`~nowblock.control.sending.Dispatcher`);
+6. **watch**: a fuse phase measured above its rating is an alarm with its size and duration
+   (:class:`~nowblock.control.alarms.OverloadWatch`).
 
 At boot every station gets a fail-safe TxDefaultProfile (:mod:`~nowblock.control.failsafe`),
 so the block stays safe if this process dies. With a store, everything the chargers report is
@@ -31,20 +34,22 @@ import time as _time
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 
-from nowblock.block.site import PHASES, Site
-from nowblock.control.dispatch import Escalation, plan_waves
+from nowblock.block.site import Site
+from nowblock.control.alarms import Alarms, OverloadWatch
+from nowblock.control.deciding import TimedPolicy
+from nowblock.control.dispatch import Escalation
 from nowblock.control.failsafe import FailsafeKeeper, IdleDefaults
 from nowblock.control.live import LiveBlock
-from nowblock.control.solver import SolverProcess
 from nowblock.control.operator import OperatorInputs
+from nowblock.control.sending import Dispatcher
+from nowblock.control.solver import SolverProcess
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.binding import binding_limits
 from nowblock.loop.needs import NeedsEstimation
-from nowblock.loop.step import ControlStep, StepContext, call_policy, held_back
-from nowblock.seam import BlockSnapshot, Decision, Policy, decide, failsafe_current_a, make_safe
+from nowblock.loop.step import ControlStep, StepContext, held_back
+from nowblock.seam import BlockSnapshot, Decision, Policy, failsafe_current_a
 
 log = logging.getLogger(__name__)
 
@@ -245,13 +250,16 @@ class Controller:
         self.plan: pd.DataFrame | None = None
         self.step_listeners: list[Callable[[StepResult], None]] = []  # called after every step
         self.history: list[StepResult] = []
-        self.alarms: list[dict] = []
-        self._overloads: dict[tuple[str, str], dict] = {}  # (fuse, phase) -> the running overload
-        self._read_at: dict[str, pd.Timestamp] = {}  # session -> when its applied limit was last asked
+        self._alarms = Alarms(store)
+        self.overloads = OverloadWatch(site, self._alarms, tolerance_a=cfg.overload_tolerance_a)
+        self.timed = TimedPolicy(self.policy, self.fallback, solve_timeout_s=self.solve_timeout_s,
+                                 new_car_timeout_s=cfg.new_car_timeout_s, max_wait_s=cfg.max_wait_s,
+                                 period_s=self.period_s, wake=self._wake_soon)
+        self.sender = Dispatcher(central, self.loop, self.escalation, cfg.loop,
+                                 profile_validity_s=self.profile_validity_s, readback_s=cfg.readback_s,
+                                 spawn=self.failsafe.spawn, alarm=self._alarms.raise_alarm,
+                                 step_gap_s=lambda: self._step_gap_s)
         self._needs_fit_at: pd.Timestamp | None = None
-        self._solving: asyncio.Future | None = None
-        self._solving_time: pd.Timestamp | None = None  # the snapshot time of the solve running or last run
-        self._solving_used = True  # its answer was used (or is of no use)
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -343,7 +351,12 @@ class Controller:
     @property
     def active_overloads(self) -> list[dict]:
         """Fuse phases measured above their rating now: fuse_id, phase, limit_a, worst_a [A], start."""
-        return [dict(v) for v in self._overloads.values()]
+        return self.overloads.active
+
+    @property
+    def alarms(self) -> list[dict]:
+        """The recent alarms (time, kind, and their data), oldest first."""
+        return self._alarms.recent
 
     def _wait_s(self) -> float:
         """[s] Until the next planned step: the period, or sooner when a cap starts or ends."""
@@ -428,68 +441,10 @@ class Controller:
         return self.loop.prepare(self.source.observe(now))
 
     async def decide(self, snap: BlockSnapshot, *, new_cars: bool = False) -> tuple[Decision, str, str]:
-        """The policy's decision in a worker thread, the fallback's when it fails or is slow.
-
-        The step waits for the policy at most ``max_wait_s`` (``new_car_timeout_s`` when a car
-        has never been sent a limit; never past ``solve_timeout_s``), so the loop keeps
-        answering events while a large MILP runs on. A solve that finishes after its step gave
-        up wakes the loop, and the next step applies its plan (the slot of now, every car it
-        planned; cars it did not know get the fallback's answer) if it is younger than a period.
-        Returns (decision, name of the policy that decided, status).
-        """
-        if len(snap.cars) == 0:
-            return call_policy(self.policy, self.fallback, snap)
-        late = self._late_plan(snap)
-        if late is not None:
-            return late
-        status, decision = "ok", None
-        wait = min(self.solve_timeout_s, self.config.new_car_timeout_s if new_cars else self.config.max_wait_s)
-        if self._solving is not None and not self._solving.done():
-            status = "previous solve still running"
-        else:
-            if isinstance(self.policy, SolverProcess):
-                self._solving = asyncio.ensure_future(self.policy.decide(snap))
-            else:
-                self._solving = asyncio.ensure_future(asyncio.to_thread(decide, self.policy, snap))
-            self._solving_time = snap.time
-            self._solving_used = False
-            try:
-                decision = await asyncio.wait_for(asyncio.shield(self._solving), wait)
-                self._solving_used = True
-            except asyncio.TimeoutError:
-                status = f"time-out after {wait:g} s"
-                self._solving.add_done_callback(lambda f: self._wake.set())  # its plan is used next step
-            except Exception as exc:  # noqa: BLE001 - the fallback answers
-                self._solving_used = True
-                status = f"failed: {exc!r}"
-                log.exception("policy %s failed", self.policy.name)
-        if decision is not None:
-            return decision, self.policy.name, status
-        log.info("policy %s: %s; %s answers this step", self.policy.name, status, self.fallback.name)
-        return decide(self.fallback, snap), self.fallback.name, status
-
-    def _late_plan(self, snap: BlockSnapshot) -> tuple[Decision, str, str] | None:
-        """The plan of a solve that finished after its step gave up on it, for this snapshot."""
-        fut = self._solving
-        if fut is None or not fut.done() or self._solving_used:
-            return None
-        self._solving_used = True
-        if fut.cancelled() or fut.exception() is not None:
-            return None
-        made = self._solving_time
-        if (snap.time - made).total_seconds() > self.period_s:
-            return None
-        plan: Decision = fut.result()
-        if isinstance(plan.plan_a, pd.DataFrame) and len(plan.plan_a):
-            rows = plan.plan_a[plan.plan_a.index <= snap.time]
-            now_a = (rows.iloc[-1] if len(rows) else plan.plan_a.iloc[0]).astype(float)
-        else:
-            now_a = pd.Series(plan.current_a, dtype=float)
-        answer = now_a.reindex(snap.cars.index)
-        if answer.isna().any():  # cars that arrived since: the fallback's answer for them
-            answer = answer.fillna(decide(self.fallback, snap).current_a.reindex(snap.cars.index))
-        return (Decision(answer.fillna(0.0).rename("current_a"), plan.plan_a, plan.status, plan.detail),
-                self.policy.name, f"late plan of {made.strftime('%H:%M:%S')}")
+        """The policy's decision within the step's wait, else the fallback's; see
+        :meth:`nowblock.control.deciding.TimedPolicy.decide`. Returns (decision, name of the
+        policy that decided, status)."""
+        return await self.timed.decide(snap, new_cars=new_cars)
 
     async def step(self, reason: str = "manual") -> StepResult:
         """One control step now (see the module docstring)."""
@@ -511,16 +466,16 @@ class Controller:
         decision, name, status = await self.decide(snap, new_cars=new_cars)
         t2 = _time.perf_counter()
         targets = self.loop.finish(snap, ctx, decision.current_a)
-        accepted = await self.dispatch(targets, ctx, now)
-        counted = self._counted_a(targets, ctx, accepted)
+        accepted = await self.sender.dispatch(targets, ctx, now)
+        counted = self.sender.counted_a(targets, ctx, accepted)
         kept = {s: a for s, a in counted.items() if s not in ctx.untrusted and a > targets.get(s, 0.0) + 0.05}
         if kept:  # a charger kept a higher limit in this very step: repair the others now
-            counted.update(await self._repair(snap, ctx, targets, kept, now))
-        await self._escalate(targets, ctx, now)
-        self._read_back(ctx, now)
+            counted.update(await self.sender.repair(snap, ctx, targets, kept, now))
+        await self.sender.escalate(targets, ctx, now)
+        self.sender.read_back(ctx, now)
         t3 = _time.perf_counter()
         x = pd.Series(counted, dtype=float).reindex(targets.index).rename("current_a")
-        self._watch_overloads(obs, now)
+        self.overloads.watch(obs, now)
         self.loop.forget(obs.cars.index)
         self.operator.forget_sessions(obs.cars.index)
         self._keep_plan(decision, x, now, name, status)
@@ -556,184 +511,11 @@ class Controller:
             log.exception("could not work out the binding limits")
             return None
 
-    def _counted_a(self, targets: pd.Series, ctx: StepContext, accepted: dict) -> dict[str, float]:
-        """Per planned car, the limit it is counted at after the dispatch: what it accepted, else
-        what the live state knows it holds, else (no profile at all) the most it may draw; an
-        untrusted car at least at what it may really draw."""
-        out = {}
-        for sid, a in targets.items():
-            held = self._in_force_a(ctx.cars, sid, accepted.get(sid)) if sid in accepted else None
-            if held is None:
-                held = self._in_force_a(ctx.cars, sid, None) if sid in ctx.untrusted else float(a)
-            if sid in ctx.untrusted:
-                held = max(held, float(ctx.committed_a.get(sid, held)))
-            out[sid] = float(held)
-        return out
-
-    async def _repair(self, snap: BlockSnapshot, ctx: StepContext, targets: pd.Series, kept: dict,
-                      now: pd.Timestamp) -> dict[str, float]:
-        log.warning("limit not lowered on %s; repairing the others", ", ".join(sorted(kept)))
-        fixed = ctx.cars.loc[list(kept)]
-        base = ctx.safety if ctx.safety is not None else snap
-        site = cl.reserve_unobserved(base.site, fixed["cp_index"], fixed["phases"], list(kept.values()))
-        rest = base.cars.drop(index=[s for s in kept if s in base.cars.index])
-        snap2 = BlockSnapshot(now, site, snap.step, rest, snap.base_load_kw, snap.prices_eur_per_kwh,
-                              snap.current_step_a)
-        x2 = make_safe(snap2, targets.reindex(rest.index))
-        got = await self._send_waves(x2, ctx, now, only_lower=True)
-        return {sid: self._in_force_a(ctx.cars, sid, got[sid]) if sid in got else float(x2[sid]) for sid in x2.index}
-
     # ---- dispatch ---------------------------------------------------------------------------
     @property
     def _step_gap_s(self) -> float:
         """The longest recent interval between steps [s, controller clock], or the period."""
         return max(self._gaps_s) if self._gaps_s else self.period_s
-
-    async def dispatch(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp) -> dict[str, float | None]:
-        """Send the step's limits (lowered first, then raised); returns the accepted limits [A]."""
-        self.escalation.update({s: r for s, r in ctx.untrusted.items() if s in targets.index}, now,
-                               present=set(targets.index), following=ctx.following)
-        doubt = set(self.escalation.since) & set(targets.index)
-        resend = self.escalation.due(now) & doubt
-        # A car that does not follow its limit gets one only when its pause is over: a changed
-        # target changes nothing it draws, and a charger that ignores us is not flooded.
-        hold = [s for s in doubt if s not in resend and s in self.loop.sent]
-        got = await self._send_waves(targets.drop(hold), ctx, now, resend=resend)
-        self.escalation.tried([s for s in resend if s in got], now)
-        return got
-
-    async def _send_waves(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp, *, only_lower=False,
-                          resend=frozenset()) -> dict[str, float | None]:
-        # Re-send before a profile could expire ahead of the next step (steps may run late).
-        refresh_s = min(self.profile_validity_s / 2.0, self.profile_validity_s - 2.0 * self._step_gap_s)
-        lower, higher = plan_waves(targets, self.loop.sent, ctx.cars["offered_current_a"], now,
-                                   refresh_s=refresh_s, resend=resend)
-        out: dict[str, float | None] = {}
-        for batch in (lower, [] if only_lower else higher):
-            if batch:
-                got = await asyncio.gather(*(self._send(ctx.cars, sid, lim, now) for sid, lim in batch))
-                out.update({sid: a for (sid, _), (ok, a) in zip(batch, got) if ok})
-        return out
-
-    async def _send(self, cars: pd.DataFrame, sid: str, limit_a: float, now: pd.Timestamp) -> tuple[bool, float | None]:
-        row = cars.loc[sid]
-        try:
-            rec = await self.central.set_limit(row["charge_point_id"], int(row["connector_id"]), limit_a,
-                                               validity_s=int(math.ceil(self.profile_validity_s)))
-        except Exception as exc:  # noqa: BLE001 - an unreachable charger is normal weather
-            log.warning("%s: limit %.1f A not sent: %s", sid, limit_a, exc)
-            return False, None
-        self.loop.record_sent(sid, limit_a, now)
-        accepted = getattr(rec, "accepted_a", rec)
-        return True, None if accepted is None else float(accepted)
-
-    def _in_force_a(self, cars: pd.DataFrame, sid: str, accepted: float | None) -> float:
-        """The limit [A] a charger applies after a dispatch: what it accepted, else what the live
-        state knows it holds, else (no profile at all) the most the car may draw."""
-        if accepted is not None:
-            return float(accepted)
-        row = cars.loc[sid]
-        try:
-            held = self.state.applied_limit_a(row["charge_point_id"], int(row["connector_id"]))
-        except Exception:  # noqa: BLE001 - an unknown station counts at its maximum
-            held = None
-        return float(row["max_current_a"]) if held is None else min(float(held), float(row["max_current_a"]))
-
-    async def _escalate(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp) -> None:
-        """Station maximum for cars past their grace; an alarm for cars past the alarm time."""
-        for sid in self.escalation.to_escalate(now):
-            if sid not in ctx.cars.index or sid not in targets.index:
-                continue
-            cp_id = ctx.cars.at[sid, "charge_point_id"]
-            self.escalation.escalated.add(sid)
-            if hasattr(self.central, "set_station_max"):
-                try:
-                    rec = await self.central.set_station_max(cp_id, float(targets[sid]),
-                                                             validity_s=int(math.ceil(self.profile_validity_s)))
-                    log.warning("%s: not following its limit (%s) for %.0f s; station maximum %.1f A: %s", sid,
-                                ctx.untrusted.get(sid), (now - self.escalation.since[sid]).total_seconds(),
-                                float(targets[sid]), getattr(rec, "purpose", None) or "not accepted")
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("%s: station maximum not sent: %r", cp_id, exc)
-        for sid in self.escalation.to_alarm(now):
-            self.escalation.alarmed.add(sid)
-            if sid not in ctx.cars.index:
-                continue
-            self._alarm("not_following", now, session_id=sid, charge_point_id=str(ctx.cars.at[sid, "charge_point_id"]),
-                        reason=ctx.untrusted.get(sid, ""), since=self.escalation.since[sid].isoformat(),
-                        measured_a=float(ctx.cars.at[sid, "measured_current_a"]),
-                        limit_a=float(targets.get(sid, np.nan)))
-
-    def _read_back(self, ctx: StepContext, now: pd.Timestamp) -> None:
-        """Ask the chargers of cars that do not draw what they were given what they apply
-        (GetCompositeSchedule, in the background, at most every ``readback_s`` per car): a
-        station that applies less than it accepted is then planned at what it applies."""
-        read = getattr(self.central, "read_applied_limit", None)
-        if read is None or not len(ctx.cars):
-            return
-        cars = ctx.cars
-        meas = cars["measured_current_a"].to_numpy(float)
-        off = cars["offered_current_a"].to_numpy(float)
-        odd = np.isfinite(meas) & cars["connected"].to_numpy(bool) & (
-            (meas < off - self.settings.under_draw_a) | (meas > off + self.settings.over_draw_a))
-        for sid in cars.index[odd]:
-            last = self._read_at.get(sid)
-            if last is not None and (now - last).total_seconds() < self.config.readback_s:
-                continue
-            self._read_at[sid] = now
-            cp_id, conn = str(cars.at[sid, "charge_point_id"]), int(cars.at[sid, "connector_id"])
-            self.failsafe.spawn(self._read_one(read, cp_id, conn))
-        for sid in [s for s in self._read_at if s not in cars.index]:
-            del self._read_at[sid]
-
-    @staticmethod
-    async def _read_one(read, cp_id: str, connector_id: int) -> None:
-        try:
-            await read(cp_id, connector_id)
-        except Exception as exc:  # noqa: BLE001 - a station that cannot tell is planned at what it accepted
-            log.info("%s/%s: applied limit not read back: %r", cp_id, connector_id, exc)
-
-    # ---- watching what the block really draws ------------------------------------------------
-    def _watch_overloads(self, obs, now: pd.Timestamp) -> None:
-        """Measured fuse-phase load against the ratings: an overload's start, size and end."""
-        cars = obs.cars
-        meas = np.nan_to_num(cars["measured_current_a"].to_numpy(float), nan=0.0)
-        load = self.site.fuse_phase_currents_a(meas, cars["cp_index"].to_numpy(np.int64),
-                                               cars["phases"].to_numpy(np.int64)) if len(cars) else np.zeros_like(
-            self.site.limits_a)
-        base = float(obs.base_load_kw.iloc[0]) if len(obs.base_load_kw) else 0.0
-        load[0] += self.site.base_load_phase_current_a(base)
-        excess = load - self.site.limits_a
-        tol = self.config.overload_tolerance_a
-        for f, fid in enumerate(self.site.fuse_ids):
-            for p in range(3):
-                key = (fid, PHASES[p])
-                over = float(excess[f, p])
-                ev = self._overloads.get(key)
-                if over > tol:
-                    if ev is None:
-                        ev = self._overloads[key] = {"start": now, "worst_a": over, "fuse_id": fid, "phase": PHASES[p],
-                                                     "limit_a": float(self.site.limits_a[f, p])}
-                        log.warning("overload: fuse %s %s measured %.1f A over its %.0f A rating", fid, PHASES[p],
-                                    over, ev["limit_a"])
-                    ev["worst_a"] = max(ev["worst_a"], over)
-                elif ev is not None:
-                    del self._overloads[key]
-                    self._alarm("overload", now, fuse_id=fid, phase=PHASES[p], worst_a=round(ev["worst_a"], 2),
-                                limit_a=ev["limit_a"], start=ev["start"].isoformat(),
-                                duration_s=(now - ev["start"]).total_seconds())
-
-    def _alarm(self, kind: str, now: pd.Timestamp, **data) -> None:
-        rec = {"time": now, "kind": kind, **data}
-        self.alarms.append(rec)
-        del self.alarms[:-1000]
-        log.warning("alarm %s: %s", kind, ", ".join(f"{k}={v}" for k, v in data.items()))
-        record = getattr(self.store, "record_event", None)
-        if callable(record):
-            try:
-                record(now, kind, data)
-            except Exception:  # noqa: BLE001 - the alarm is logged either way
-                log.exception("could not store the %s alarm", kind)
 
     # ---- needs and the plan ------------------------------------------------------------------
     def _refit_needs(self, now: pd.Timestamp, min_sessions: int = 20) -> None:

@@ -253,6 +253,16 @@ class PostgresStore(SqlStore):
             except pg.OperationalError as exc:
                 raise self._lost(exc) from exc
 
+    def __del__(self) -> None:
+        # A store dropped without close() (a script, a test) must not leave its server
+        # connection to the garbage collector; every acknowledged write is committed already.
+        con = getattr(self, "_con", None)
+        if con is not None:
+            try:
+                con.close()
+            except Exception:  # noqa: BLE001 - nothing can be reported from a finalizer
+                pass
+
     def close(self) -> None:
         """Close the connection (idempotent); every acknowledged write is already committed."""
         with self._lock:

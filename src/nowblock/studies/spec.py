@@ -34,6 +34,8 @@ from typing import Any, Mapping
 
 #: simulate() keywords a study may set (the others take Python objects, not TOML values).
 SIMULATE_KEYS = ("step", "horizon", "start", "end", "needs", "current_step_a")
+#: Top-level keys of a study file (docs/formats.md lists them; tests/test_docs.py compares).
+STUDY_KEYS = ("name", "policies", "scenario", "scenario_dirs", "simulate", "policy_options")
 
 #: The scenario folder files whose bytes identify a folder scenario.
 _SCENARIO_FILES = ("site.toml", "sessions.csv", "base_load.csv", "prices.csv")
@@ -172,7 +174,7 @@ class Study:
     @classmethod
     def from_dict(cls, data: Mapping, *, base: Path | None = None, default_name: str = "study") -> "Study":
         """A study from the study file's structure (``scenario_dirs`` relative to ``base``)."""
-        known = {"name", "policies", "scenario", "scenario_dirs", "simulate", "policy_options"}
+        known = set(STUDY_KEYS)
         bad = sorted(set(data) - known)
         if bad:
             raise StudyError(f"unknown key(s) {bad} in the study; known: {', '.join(sorted(known))}")

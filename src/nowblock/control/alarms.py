@@ -1,0 +1,110 @@
+"""What the block really draws, against its ratings: overloads and other alarms.
+
+A fuse phase measured above its rating (not planned: measured, with the other load) starts an
+overload; when it ends, the overload is an alarm with its size and duration. Alarms go to the
+log at WARNING, to a bounded list the HTTP API and the operator page read, and to the store's
+event table when there is a store.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from nowblock.block.site import PHASES, Site
+
+log = logging.getLogger(__name__)
+
+
+class Alarms:
+    """The alarms raised so far (the last ``keep``), logged and stored.
+
+    Parameters
+    ----------
+    store : Store, optional
+        Its ``record_event(time, kind, data)`` keeps every alarm.
+    keep : int
+        How many recent alarms :attr:`recent` holds.
+    """
+
+    def __init__(self, store=None, keep: int = 1000) -> None:
+        self.store = store
+        self.keep = int(keep)
+        self.recent: list[dict] = []
+
+    def raise_alarm(self, kind: str, now: pd.Timestamp, **data) -> None:
+        """Record an alarm of ``kind`` ("overload", "not_following", ...) with its data."""
+        rec = {"time": now, "kind": kind, **data}
+        self.recent.append(rec)
+        del self.recent[:-self.keep]
+        log.warning("alarm %s: %s", kind, ", ".join(f"{k}={v}" for k, v in data.items()))
+        record = getattr(self.store, "record_event", None)
+        if callable(record):
+            try:
+                record(now, kind, data)
+            except Exception:  # noqa: BLE001 - the alarm is logged either way
+                log.exception("could not store the %s alarm", kind)
+
+
+class OverloadWatch:
+    """Measured fuse-phase load against the ratings: an overload's start, size and end.
+
+    Parameters
+    ----------
+    site : Site
+    alarms : Alarms
+        Where an overload goes when it ends.
+    tolerance_a : float
+        [A] Load above a rating by more than this is an overload (meters are not exact).
+    """
+
+    def __init__(self, site: Site, alarms: Alarms, tolerance_a: float = 0.5) -> None:
+        self.site = site
+        self.alarms = alarms
+        self.tolerance_a = float(tolerance_a)
+        self._open: dict[tuple[str, str], dict] = {}  # (fuse, phase) -> the running overload
+
+    @property
+    def active(self) -> list[dict]:
+        """Fuse phases above their rating now: fuse_id, phase, limit_a, worst_a [A], start."""
+        return [dict(v) for v in self._open.values()]
+
+    def watch(self, obs, now: pd.Timestamp) -> None:
+        """Compare the observation's measured currents and other load with the ratings.
+
+        Parameters
+        ----------
+        obs : Observation
+            ``cars`` (measured_current_a [A], cp_index, phases) and ``base_load_kw`` [kW].
+        now : pandas.Timestamp
+        """
+        site, cars = self.site, obs.cars
+        if len(cars):
+            meas = np.nan_to_num(cars["measured_current_a"].to_numpy(float), nan=0.0)
+            load = site.fuse_phase_currents_a(meas, cars["cp_index"].to_numpy(np.int64),
+                                              cars["phases"].to_numpy(np.int64))
+        else:
+            load = np.zeros_like(site.limits_a)
+        base = float(obs.base_load_kw.iloc[0]) if len(obs.base_load_kw) else 0.0
+        load[0] += site.base_load_phase_current_a(base)
+        excess = load - site.limits_a
+        for f, fid in enumerate(site.fuse_ids):
+            for p in range(3):
+                key = (fid, PHASES[p])
+                over = float(excess[f, p])
+                ev = self._open.get(key)
+                if over > self.tolerance_a:
+                    if ev is None:
+                        ev = self._open[key] = {"start": now, "worst_a": over, "fuse_id": fid, "phase": PHASES[p],
+                                                "limit_a": float(site.limits_a[f, p])}
+                        log.warning("overload: fuse %s %s measured %.1f A over its %.0f A rating", fid, PHASES[p],
+                                    over, ev["limit_a"])
+                    ev["worst_a"] = max(ev["worst_a"], over)
+                elif ev is not None:
+                    del self._open[key]
+                    self.alarms.raise_alarm("overload", now, fuse_id=fid, phase=PHASES[p],
+                                            worst_a=round(ev["worst_a"], 2), limit_a=ev["limit_a"],
+                                            start=ev["start"].isoformat(),
+                                            duration_s=(now - ev["start"]).total_seconds())

@@ -1,0 +1,219 @@
+"""Sending a step's limits to the chargers and keeping track of what they hold.
+
+:class:`Dispatcher` is the I/O half of :mod:`nowblock.control.dispatch`: it sends the waves
+that :func:`~nowblock.control.dispatch.plan_waves` orders, counts each car at the limit its
+charger really holds afterwards, re-sends to cars that do not follow theirs when their back-off
+is over (:class:`~nowblock.control.dispatch.Escalation`), escalates them to a station maximum
+and then to an alarm, and asks chargers whose cars draw other than offered what they apply
+(GetCompositeSchedule). Unreachable or unwilling chargers are logged, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from nowblock.control.dispatch import Escalation, plan_waves
+from nowblock.loop import closed_loop as cl
+from nowblock.loop.step import ControlStep, StepContext
+from nowblock.seam import BlockSnapshot, make_safe
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Limits out to the chargers, and what each car is counted at afterwards.
+
+    Parameters
+    ----------
+    central : CentralSystem
+        ``set_limit``, optionally ``set_station_max`` and ``read_applied_limit``; its ``state``
+        answers ``applied_limit_a``.
+    loop : ControlStep
+        Its ``sent`` book (session -> limit [A], when) is updated with every limit that left.
+    escalation : Escalation
+        Back-off, grace and alarm times for cars that do not follow their limits.
+    settings : LoopSettings
+        The draw tolerances (``under_draw_a``, ``over_draw_a``) that make a car worth a read-back.
+    profile_validity_s : float
+        [s] Life of each TxProfile.
+    readback_s : float
+        [s] At most this often per car a charger is asked what it applies.
+    spawn : callable
+        Runs a coroutine in the background (the fail-safe keeper's task set).
+    alarm : callable
+        ``alarm(kind, now, **data)`` for cars past their alarm time.
+    step_gap_s : callable
+        [s] The longest recent interval between steps: profiles are refreshed before they could
+        expire ahead of the next step.
+    """
+
+    def __init__(self, central, loop: ControlStep, escalation: Escalation, settings: cl.LoopSettings, *,
+                 profile_validity_s: float, readback_s: float, spawn: Callable, alarm: Callable,
+                 step_gap_s: Callable[[], float]) -> None:
+        self.central = central
+        self.state = central.state
+        self.loop = loop
+        self.escalation = escalation
+        self.settings = settings
+        self.profile_validity_s = float(profile_validity_s)
+        self.readback_s = float(readback_s)
+        self._spawn = spawn
+        self._alarm = alarm
+        self._step_gap_s = step_gap_s
+        self._read_at: dict[str, pd.Timestamp] = {}  # session -> when its applied limit was last asked
+
+    async def dispatch(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp) -> dict[str, float | None]:
+        """Send the step's limits (lowered first, then raised).
+
+        Parameters
+        ----------
+        targets : pandas.Series
+            [A per phase] The step's setpoint per session_id.
+        ctx : StepContext
+            The step's context (cars, untrusted cars, what they follow).
+        now : pandas.Timestamp
+
+        Returns
+        -------
+        dict
+            session_id -> the limit [A] its charger accepted (None: accepted, value not known).
+        """
+        self.escalation.update({s: r for s, r in ctx.untrusted.items() if s in targets.index}, now,
+                               present=set(targets.index), following=ctx.following)
+        doubt = set(self.escalation.since) & set(targets.index)
+        resend = self.escalation.due(now) & doubt
+        # A car that does not follow its limit gets one only when its pause is over: a changed
+        # target changes nothing it draws, and a charger that ignores us is not flooded.
+        hold = [s for s in doubt if s not in resend and s in self.loop.sent]
+        got = await self.send_waves(targets.drop(hold), ctx, now, resend=resend)
+        self.escalation.tried([s for s in resend if s in got], now)
+        return got
+
+    async def send_waves(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp, *, only_lower=False,
+                         resend=frozenset()) -> dict[str, float | None]:
+        """Send what :func:`~nowblock.control.dispatch.plan_waves` says is due: the lowered
+        limits, and once they were answered the raises (none with ``only_lower``)."""
+        # Re-send before a profile could expire ahead of the next step (steps may run late).
+        refresh_s = min(self.profile_validity_s / 2.0, self.profile_validity_s - 2.0 * self._step_gap_s())
+        lower, higher = plan_waves(targets, self.loop.sent, ctx.cars["offered_current_a"], now,
+                                   refresh_s=refresh_s, resend=resend)
+        out: dict[str, float | None] = {}
+        for batch in (lower, [] if only_lower else higher):
+            if batch:
+                got = await asyncio.gather(*(self._send(ctx.cars, sid, lim, now) for sid, lim in batch))
+                out.update({sid: a for (sid, _), (ok, a) in zip(batch, got) if ok})
+        return out
+
+    async def _send(self, cars: pd.DataFrame, sid: str, limit_a: float, now: pd.Timestamp) -> tuple[bool, float | None]:
+        row = cars.loc[sid]
+        try:
+            rec = await self.central.set_limit(row["charge_point_id"], int(row["connector_id"]), limit_a,
+                                               validity_s=int(math.ceil(self.profile_validity_s)))
+        except Exception as exc:  # noqa: BLE001 - an unreachable charger is normal weather
+            log.warning("%s: limit %.1f A not sent: %s", sid, limit_a, exc)
+            return False, None
+        self.loop.record_sent(sid, limit_a, now)
+        accepted = getattr(rec, "accepted_a", rec)
+        return True, None if accepted is None else float(accepted)
+
+    def in_force_a(self, cars: pd.DataFrame, sid: str, accepted: float | None) -> float:
+        """The limit [A] a charger applies after a dispatch: what it accepted, else what the live
+        state knows it holds, else (no profile at all) the most the car may draw."""
+        if accepted is not None:
+            return float(accepted)
+        row = cars.loc[sid]
+        try:
+            held = self.state.applied_limit_a(row["charge_point_id"], int(row["connector_id"]))
+        except Exception:  # noqa: BLE001 - an unknown station counts at its maximum
+            held = None
+        return float(row["max_current_a"]) if held is None else min(float(held), float(row["max_current_a"]))
+
+    def counted_a(self, targets: pd.Series, ctx: StepContext, accepted: dict) -> dict[str, float]:
+        """[A] Per planned car, the limit it is counted at after the dispatch: what it accepted,
+        else what the live state knows it holds, else (no profile at all) the most it may draw;
+        an untrusted car at least at what it may really draw."""
+        out = {}
+        for sid, a in targets.items():
+            held = self.in_force_a(ctx.cars, sid, accepted.get(sid)) if sid in accepted else None
+            if held is None:
+                held = self.in_force_a(ctx.cars, sid, None) if sid in ctx.untrusted else float(a)
+            if sid in ctx.untrusted:
+                held = max(held, float(ctx.committed_a.get(sid, held)))
+            out[sid] = float(held)
+        return out
+
+    async def repair(self, snap: BlockSnapshot, ctx: StepContext, targets: pd.Series, kept: dict,
+                     now: pd.Timestamp) -> dict[str, float]:
+        """Chargers in ``kept`` (session -> [A]) hold more than they were sent in this very step:
+        the others are made safe around what those hold and lowered at once; returns what each
+        of the others is counted at [A]."""
+        log.warning("limit not lowered on %s; repairing the others", ", ".join(sorted(kept)))
+        fixed = ctx.cars.loc[list(kept)]
+        base = ctx.safety if ctx.safety is not None else snap
+        site = cl.reserve_unobserved(base.site, fixed["cp_index"], fixed["phases"], list(kept.values()))
+        rest = base.cars.drop(index=[s for s in kept if s in base.cars.index])
+        snap2 = BlockSnapshot(now, site, snap.step, rest, snap.base_load_kw, snap.prices_eur_per_kwh,
+                              snap.current_step_a)
+        x2 = make_safe(snap2, targets.reindex(rest.index))
+        got = await self.send_waves(x2, ctx, now, only_lower=True)
+        return {sid: self.in_force_a(ctx.cars, sid, got[sid]) if sid in got else float(x2[sid]) for sid in x2.index}
+
+    async def escalate(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp) -> None:
+        """Station maximum for cars past their grace; an alarm for cars past the alarm time."""
+        for sid in self.escalation.to_escalate(now):
+            if sid not in ctx.cars.index or sid not in targets.index:
+                continue
+            cp_id = ctx.cars.at[sid, "charge_point_id"]
+            self.escalation.escalated.add(sid)
+            if hasattr(self.central, "set_station_max"):
+                try:
+                    rec = await self.central.set_station_max(cp_id, float(targets[sid]),
+                                                             validity_s=int(math.ceil(self.profile_validity_s)))
+                    log.warning("%s: not following its limit (%s) for %.0f s; station maximum %.1f A: %s", sid,
+                                ctx.untrusted.get(sid), (now - self.escalation.since[sid]).total_seconds(),
+                                float(targets[sid]), getattr(rec, "purpose", None) or "not accepted")
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("%s: station maximum not sent: %r", cp_id, exc)
+        for sid in self.escalation.to_alarm(now):
+            self.escalation.alarmed.add(sid)
+            if sid not in ctx.cars.index:
+                continue
+            self._alarm("not_following", now, session_id=sid, charge_point_id=str(ctx.cars.at[sid, "charge_point_id"]),
+                        reason=ctx.untrusted.get(sid, ""), since=self.escalation.since[sid].isoformat(),
+                        measured_a=float(ctx.cars.at[sid, "measured_current_a"]),
+                        limit_a=float(targets.get(sid, np.nan)))
+
+    def read_back(self, ctx: StepContext, now: pd.Timestamp) -> None:
+        """Ask the chargers of cars that do not draw what they were given what they apply
+        (GetCompositeSchedule, in the background, at most every ``readback_s`` per car): a
+        station that applies less than it accepted is then planned at what it applies."""
+        read = getattr(self.central, "read_applied_limit", None)
+        if read is None or not len(ctx.cars):
+            return
+        cars = ctx.cars
+        meas = cars["measured_current_a"].to_numpy(float)
+        off = cars["offered_current_a"].to_numpy(float)
+        odd = np.isfinite(meas) & cars["connected"].to_numpy(bool) & (
+            (meas < off - self.settings.under_draw_a) | (meas > off + self.settings.over_draw_a))
+        for sid in cars.index[odd]:
+            last = self._read_at.get(sid)
+            if last is not None and (now - last).total_seconds() < self.readback_s:
+                continue
+            self._read_at[sid] = now
+            cp_id, conn = str(cars.at[sid, "charge_point_id"]), int(cars.at[sid, "connector_id"])
+            self._spawn(self._read_one(read, cp_id, conn))
+        for sid in [s for s in self._read_at if s not in cars.index]:
+            del self._read_at[sid]
+
+    @staticmethod
+    async def _read_one(read, cp_id: str, connector_id: int) -> None:
+        try:
+            await read(cp_id, connector_id)
+        except Exception as exc:  # noqa: BLE001 - a station that cannot tell is planned at what it accepted
+            log.info("%s/%s: applied limit not read back: %r", cp_id, connector_id, exc)
