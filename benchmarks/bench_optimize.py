@@ -2,10 +2,11 @@
 
     pytest benchmarks/bench_optimize.py --benchmark-only --benchmark-json=bench_optimize.json
 
-- ``test_planning_step[n]``: one planning step (formulation from the sessions frame, matrix,
-  HiGHS, rounding and re-check) for ``n`` plugged-in cars, 96 slots of 15 min. ``extra_info``
-  holds HiGHS's own solve time, the build time, the share of the step spent outside HiGHS, the
-  gap between the MILP objective and the LP relaxation's bound, and the status.
+- ``test_planning_step[n]``: one planning step (formulation from the sessions frame, LP stage,
+  real plan, re-check, MILP stage if needed) for ``n`` plugged-in cars, 96 slots of 15 min.
+  ``extra_info`` holds HiGHS's own solve time, the build time, the share of the step spent
+  outside HiGHS, the gap between the plan's objective and the LP relaxation's bound, and the
+  status. The instance matrix of issue 15 is ``bench_milp_matrix.py``.
 - ``test_lp_relaxation[n]``: the same step's LP relaxation (the floor the step can reach).
 - ``test_pyomo_build[n]``: building the same formulation as a Pyomo model.
 - ``test_policy_step[n]``: ``MilpPolicy.schedule`` on a plugged-in snapshot (the live path);
@@ -25,6 +26,7 @@ import pytest
 import nowblock as nb
 from nowblock.milp import OptimizeOptions, from_sessions, solve_formulation
 from nowblock.milp.highs_fast import solve_highs
+from nowblock.milp.offline import offline_energy_kwh
 from nowblock.milp.testing import plugged_in_block
 
 SIZES = [50, 200, 500, 1000, 2000]
@@ -71,11 +73,12 @@ def test_planning_step(benchmark, n):
 
 @pytest.mark.parametrize("n", [50, 200, 500, 1000])
 def test_planning_step_plain_milp(benchmark, n):
-    """The same step solved as one MILP by HiGHS, without the LP-first certificate (for comparison)."""
-    from nowblock.milp.highs_fast import _solve_once
+    """The same step solved as one MILP by HiGHS (binaries in the first 8 slots, continuous currents),
+    without the LP stage and the rounding (for comparison)."""
+    from nowblock.milp.highs_fast import solve_matrix
 
     _, make = _form(n)
-    res = benchmark.pedantic(lambda: (lambda f: _solve_once(f, f.matrix(), None, 120.0))(make()), rounds=1, iterations=1)
+    res = benchmark.pedantic(lambda: (lambda f: solve_matrix(f, f.matrix(), 120.0))(make()), rounds=1, iterations=1)
     benchmark.extra_info.update({"n_cars": n, "status": res.status, "highs_s": res.solve_seconds,
                                  "objective_eur": res.objective, "mip_gap": res.mip_gap})
 
@@ -122,7 +125,8 @@ def test_quality(benchmark, variant):
     benchmark.pedantic(run, rounds=1, iterations=1)
     off = solve_offline(scn)
     info = {"root_a": scn.site.root.max_current_a[0], "days": days, "wallbox_rating_a": rating_a,
-            "offline_energy_kwh": float(off.energy_kwh.sum()), "offline_status": off.status}
+            "offline_energy_kwh": offline_energy_kwh(off, scn.sessions.set_index("session_id")["energy_kwh"]),
+            "offline_status": off.status}
     for p, m in out.items():
         info[p] = {k: m[k] for k in ("energy_delivered_kwh", "energy_requested_kwh", "demand_met", "max_overload_a",
                                      "cost_eur", "peak_kw", "solve_seconds_median", "solve_seconds_max")}
@@ -191,10 +195,8 @@ def test_policy_step(benchmark, monkeypatch, n):
 def test_policy_step_breakdown(benchmark, monkeypatch, n):
     """Where a policy step's time outside HiGHS's solve goes: each part timed by wrapping it
     (``extra_info["parts_ms"]``, mean per step; the parts nest as listed in the docs)."""
-    import nowblock.milp.formulation as form_mod
-    import nowblock.milp.highs_fast as hf
+    import nowblock.milp.matrix as matrix_mod
     import nowblock.milp.policy as pol_mod
-    import nowblock.milp.schedule as sched_mod
     import nowblock.milp.solve as solve_mod
     from nowblock.milp import MilpPolicy
     from nowblock.milp.testing import plugged_in_snapshot
@@ -212,10 +214,9 @@ def test_policy_step_breakdown(benchmark, monkeypatch, n):
                 spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
         monkeypatch.setattr(module, name, timed)
 
-    for module, name in [(pol_mod, "from_snapshot"), (form_mod, "_build_matrix"), (hf, "_solve_once"),
-                         (hf, "repair_stray"), (hf, "complete_solution"), (hf, "is_feasible"),
-                         (solve_mod, "to_schedule"), (sched_mod, "_round"), (pol_mod, "safe_setpoints_a"),
-                         (pol_mod, "top_up_first_slot_a")]:
+    for module, name in [(pol_mod, "from_snapshot"), (matrix_mod, "build_matrix"), (solve_mod, "solve_matrix"),
+                         (solve_mod, "real_plan"), (solve_mod, "make_plan"), (solve_mod, "plan_objective"),
+                         (solve_mod, "plan_schedule"), (pol_mod, "safe_setpoints_a"), (pol_mod, "top_up_first_slot_a")]:
         wrap(module, name)
     snap0 = plugged_in_snapshot(n)
     pol = MilpPolicy(time_limit_fraction=1.0, time_limit_s=60)
@@ -236,7 +237,7 @@ def test_policy_step_breakdown(benchmark, monkeypatch, n):
     wall = sum(w for w, _ in totals) / len(totals)
     highs = sum(h for _, h in totals) / len(totals)
     parts = {k: 1e3 * v / len(totals) for k, v in spent.items()}
-    parts["highs_outside_run_clock"] = parts.get("_solve_once", 0.0) - 1e3 * highs
+    parts["highs_outside_run_clock"] = parts.get("solve_matrix", 0.0) - 1e3 * highs
     benchmark.extra_info.update({"n_cars": n, "wall_mean_ms": 1e3 * wall, "highs_mean_ms": 1e3 * highs,
                                  "outside_mean_ms": 1e3 * (wall - highs), "parts_ms": parts})
 

@@ -1,6 +1,6 @@
 """What the planning step's build kernels produce, checked against the model's documented meaning.
 
-The standard form (:func:`nowblock.milp.formulation._build_matrix`), the snapshot arrays
+The standard form (:func:`nowblock.milp.matrix.build_matrix`), the snapshot arrays
 (:func:`~nowblock.milp.kernels.snapshot_plan_arrays` behind ``from_snapshot``), the
 resampling onto slots (``_on_slots``), ``argsort_stable`` and the lazy slot index are compared
 with references written here in plain numpy/pandas from the module docstrings and the numpy
@@ -20,7 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nowblock.seam import root_index
-from nowblock.milp.formulation import OptimizeOptions, SlotTicks, _on_slots, _slot_ticks, from_snapshot
+from nowblock.milp.adapters import from_snapshot
+from nowblock.milp.options import OptimizeOptions
+from nowblock.milp.slots import SlotTicks
+from nowblock.milp.slots import on_slots as _on_slots
+from nowblock.milp.slots import slot_ticks as _slot_ticks
 from nowblock.milp.kernels import argsort_stable
 from nowblock.milp.policy import MilpPolicy
 from nowblock.milp.testing import plugged_in_snapshot
@@ -167,8 +171,8 @@ def test_matrix_rows_mean_the_model(base_snapshot, case):
     integ = np.zeros(mf.num_col, dtype=np.int32)
     integ[c["on"]] = 1
     np.testing.assert_array_equal(mf.integrality, integ)
-    early = o.early_eur_per_kwh * (1.0 + slot / T)
-    np.testing.assert_allclose(mf.cost[c["current_a"]], (f.price_eur_per_kwh[slot] + early) * kwh_cell,
+    # A flat cost per kWh (no longer rising over the horizon: docs/optimizer.md, "Solving").
+    np.testing.assert_allclose(mf.cost[c["current_a"]], (f.price_eur_per_kwh[slot] + o.early_eur_per_kwh) * kwh_cell,
                                rtol=1e-12, atol=1e-15)
     np.testing.assert_array_equal(mf.cost[c["on"]], 0.0)
     weight = np.ones(n) if f.shortfall_weight is None else f.shortfall_weight
@@ -205,14 +209,16 @@ def test_matrix_rows_mean_the_model(base_snapshot, case):
     energy = np.bincount(car, weights=kwh_cell * x, minlength=n) + sh
     np.testing.assert_allclose(y[r["energy"]], energy, **close)
     np.testing.assert_array_equal(mf.row_lo[r["energy"]], need)
-    overshoot = f.min_current_a * kw_per_a * slot_h.max()
+    step = o.current_step_a
+    on_a = np.maximum(np.ceil(f.min_current_a / step - 1e-9) * step, step)  # least setpoint, in steps
+    overshoot = on_a * kw_per_a * slot_h.max()
     np.testing.assert_allclose(mf.row_hi[r["energy"]], need + overshoot, rtol=1e-12)
 
     # Fuse rows: stated (row, slot) in increasing order; the others can never be exceeded.
     room = np.repeat(site.limits_a.reshape(-1, 1), T, axis=1)
     root = root_index(site)
     room[3 * root:3 * root + 3] -= site.base_load_phase_current_a(f.base_kw).T
-    room = np.maximum(room, 0.0)
+    room = np.floor(np.maximum(room, 0.0) / o.current_step_a + 1e-9) * o.current_step_a  # whole pilot steps
     label = np.asarray(mf.fuse_row_label)
     assert label.shape == (r["fuse"].stop - r["fuse"].start, 2)
     key = label[:, 0] * T + label[:, 1]
@@ -231,7 +237,7 @@ def test_matrix_rows_mean_the_model(base_snapshot, case):
 
     # Unbalance at the root: phase p minus phase q, for p != q, only where it could exceed.
     if unbalance:
-        u = site.max_unbalance_a
+        u = np.floor(site.max_unbalance_a / o.current_step_a + 1e-9) * o.current_step_a
         ul = np.asarray(mf.unbalance_row_label)
         assert "unbalance" in r and len(ul) == r["unbalance"].stop - r["unbalance"].start > 0
         assert ((ul[:, 0] != ul[:, 1]) & (ul[:, :2] >= 0).all(axis=1) & (ul[:, :2] < 3).all(axis=1)).all()
@@ -543,14 +549,14 @@ def test_times_lazy_from_slot_ticks(tz, unit):
     base = plugged_in_snapshot(4, seed=1)
     snap = dataclasses.replace(base, time=base.time.as_unit(unit).tz_convert(tz))
     f = from_snapshot(snap, "3h", "15min")
-    assert isinstance(f.__dict__["_times"], SlotTicks)
+    assert isinstance(f.slot_starts, SlotTicks)
     assert f.n_slots == 12
-    assert isinstance(f.__dict__["_times"], SlotTicks)  # n_slots did not build the index
+    assert "times" not in vars(f)  # n_slots did not build the index (a cached property)
     want = pd.date_range(snap.time.tz_convert("UTC"), periods=12, freq="15min")
     assert want.unit == unit
     pd.testing.assert_index_equal(f.times, want, check_freq=False)
     assert str(f.times.tz) == "UTC" and f.times.unit == unit
-    assert f.__dict__["_times"] is f.times  # built once
+    assert vars(f)["times"] is f.times  # built once
 
     g = from_snapshot(snap, "3h", "15min", first_slot_is_control_step=True)
     assert g.n_slots == 13  # 5 min, then ceil(175 / 15) = 12 slots of 15 min

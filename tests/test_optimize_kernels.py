@@ -1,8 +1,9 @@
 """The planning step's numba kernels (:mod:`nowblock.milp.kernels`) against plain references.
 
 Every reference below restates, in loops over small arrays, the numpy code the kernel replaced
-(``git show 7576f7b``: ``repair_stray`` and ``is_feasible`` in highs_fast.py, the top-up loop of
-``_round`` in schedule.py, now inside ``round_plan``, ``top_up_first_slot`` in policy.py).
+(``git show 7576f7b``: ``is_feasible`` in highs_fast.py, ``top_up_first_slot`` in policy.py).
+The kernels that turn a relaxed solution into a plan are tested in ``test_milp_rounding.py``
+(the old LP-point repair and first-slot rounding they replaced are gone, with their tests).
 Hypothesis compares kernel and reference on small random inputs with unbalance-like rows
 (``g`` entries -1/0/1), currents on 0.1 A / 1 A steps and ties in the sort keys; property
 tests check the safety contract; one end-to-end test runs the kernels' callers on a real
@@ -17,56 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nowblock.milp.kernels import csc_feasible, repair_stray_cells, round_plan, top_up_now, top_up_rounded
+from nowblock.milp.kernels import csc_feasible, top_up_now
 
 TOL_A = 1e-6  # the callers' tolerance (highs_fast._TOL_A, schedule._TOL_A)
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # ---- references (the replaced numpy semantics, written plainly) -----------------------------
-
-
-def ref_prefix(load_a, room_a, g, cars, inc_a, tol):
-    """How many of ``cars`` can take ``inc_a`` more, in order, before some row first exceeds
-    ``room_a + tol``."""
-    cur = np.array(load_a, dtype=float)
-    for j, (c, inc) in enumerate(zip(cars, inc_a)):
-        cur = cur + g[:, c] * inc
-        if (cur > room_a + tol).any():
-            return j
-    return len(cars)
-
-
-def ref_repair_stray(x, lo, binary, car, slot, g, h, tol):
-    """Old ``repair_stray`` after its clip: strays (binary, strictly between 0 and min) to 0,
-    then per slot, largest original value first (stable), back to min while every row fits."""
-    x = np.array(x, dtype=float)
-    was = x.copy()
-    stray = [k for k in range(len(x)) if binary[k] and x[k] > tol and x[k] < lo[k] - tol]
-    for k in stray:
-        x[k] = 0.0
-    dense = np.zeros((g.shape[1], h.shape[1]))
-    dense[car, slot] = x
-    for t in sorted({int(slot[k]) for k in stray}):
-        ks = sorted((k for k in stray if slot[k] == t), key=lambda k: -was[k])  # sorted() is stable
-        n_ok = ref_prefix(g @ dense[:, t], h[:, t], g, [car[k] for k in ks], [lo[k] for k in ks], tol)
-        for k in ks[:n_ok]:
-            x[k] = lo[k]
-            dense[car[k], t] = lo[k]
-    return x, len(stray)
-
-
-def ref_top_up_rounded(x, lost, up, min_a, g, h, step, n_slots_top, tol):
-    """Old top-up of ``_round``: per early slot, cars that lost > 5 % of a step (and have room
-    under ``up``) get one step back (or their minimum), largest loss first, while rows fit."""
-    x = np.array(x, dtype=float)
-    for t in range(min(n_slots_top, x.shape[1])):
-        cand = [i for i in range(x.shape[0]) if lost[i, t] > 0.05 * step and x[i, t] + step <= up[i, t] + tol]
-        cand.sort(key=lambda i: -lost[i, t])
-        new = [max(x[i, t] + step, min_a[i]) if x[i, t] + step < min_a[i] - tol else x[i, t] + step for i in cand]
-        n_ok = ref_prefix(g @ x[:, t], h[:, t], g, cand, [n - x[i, t] for n, i in zip(new, cand)], tol)
-        for i, n in zip(cand[:n_ok], new[:n_ok]):
-            x[i, t] = n
-    return x
 
 
 def ref_raise_in_order(x, order, g, slack, hi, lo, kw, budget_kw, step):
@@ -157,70 +114,6 @@ def g_matrix(draw, n_rows, n_cars, entries):
 
 
 @st.composite
-def stray_case(draw, entries=(-1.0, 0.0, 1.0)):
-    """Cell currents of a formulation-like problem: cells (car, slot) sorted by car then slot."""
-    n_rows, n_cars, n_slots = draw(st.integers(0, 8)), draw(st.integers(0, 12)), draw(st.integers(1, 6))
-    mask = np.array([[draw(st.booleans()) for _ in range(n_slots)] for _ in range(n_cars)], dtype=bool)
-    mask = mask.reshape(n_cars, n_slots)
-    car, slot = np.nonzero(mask)
-    n_cells = len(car)
-    car_min = np.array([draw(st.sampled_from((0.0, 6.0, 6.0, 8.0))) for _ in range(n_cars)])
-    lo = car_min[car]
-    binary = np.array([draw(st.booleans()) for _ in range(n_cells)], dtype=bool)
-    # Strays on a 1 A grid below 6 A come often, so equal values (ties in the sort) do too.
-    x = np.array([draw(st.one_of(amps(0, 160), st.sampled_from((2.0, 3.0, 3.0, 5.0)))) for _ in range(n_cells)])
-    g = g_matrix(draw, n_rows, n_cars, entries)
-    # Limits a little above the load left once the strays are zeroed (-1 A to 20 A of room), so
-    # that the raises back to the minimum often stop part way; a negative room is a row over.
-    dense = np.zeros((n_cars, n_slots))
-    dense[car, slot] = np.where(binary & (x > TOL_A) & (x < lo - TOL_A), 0.0, x)
-    room = np.array([[draw(amps(-10, 200)) for _ in range(n_slots)] for _ in range(n_rows)]).reshape(n_rows, n_slots)
-    h = g @ dense + room
-    return dict(x=x, lo=lo, binary=binary, car=car.astype(np.int64), slot=slot.astype(np.int64), g=g, h=h)
-
-
-@st.composite
-def rounded_case(draw, entries=(-1.0, 0.0, 1.0)):
-    """A dense plan prepared as ``_round`` prepares it before its top-up."""
-    n_rows, n, T = draw(st.integers(0, 8)), draw(st.integers(0, 12)), draw(st.integers(1, 6))
-    step = draw(st.sampled_from(STEPS_A))
-    # 5.4 A (a scaled minimum, as ``from_snapshot`` makes them) is off a 1 A grid: the only way
-    # a rounded-to-0 car can have lost current, so the "or its minimum" branch runs.
-    min_a = np.array([draw(st.sampled_from((0.0, 6.0, 6.0, 8.0, 5.4))) for _ in range(n)])
-    # Some cells closed (0), some capped below the minimum (4 A), the rest anywhere up to 32 A.
-    upper = np.array([[draw(st.sampled_from((0.0, 4.0, None, None))) for _ in range(T)] for _ in range(n)])
-    upper = np.array([[draw(amps(0, 320)) if u is None else u for u in row] for row in upper], dtype=float)
-    upper = upper.reshape(n, T)
-    lo = min_a[:, None]
-    up = np.where(upper >= lo - TOL_A, upper, 0.0)
-    up = np.floor(up / step + 1e-9) * step
-    # Raw LP currents on a 0.05 A grid (exact ties in the losses: 0.5, 0.25, ...) or a 0.01 A one
-    # (losses near the 5 % threshold).
-    raw_a = st.one_of(st.integers(0, 640).map(lambda k: k / 20), st.integers(0, 3200).map(lambda k: k / 100),
-                      st.sampled_from((5.5, 6.5, 7.5)))
-    # In some cases a few values are not finite or negative (a solver's NaN): counted as
-    # np.nan_to_num makes them, then clipped.
-    odd = draw(st.booleans())
-
-    def raw_value():
-        if odd and draw(st.integers(0, 5)) == 0:
-            return draw(st.sampled_from((np.nan, np.inf, -np.inf, -1.0)))
-        return draw(raw_a)
-
-    raw_in = np.array([[raw_value() for _ in range(T)] for _ in range(n)]).reshape(n, T)
-    raw = np.clip(np.nan_to_num(raw_in), 0.0, up)
-    x = np.floor(raw / step + 1e-7) * step
-    x[x < lo - TOL_A] = 0.0
-    lost = np.where(raw >= lo - TOL_A, raw - x, 0.0)
-    g = g_matrix(draw, n_rows, n, entries)
-    # -1 A to 8 A of room above the rounded load: top-ups (a step each) often stop part way.
-    h = g @ x + np.array([[draw(amps(-10, 80)) for _ in range(T)] for _ in range(n_rows)]).reshape(n_rows, T)
-    n_top = draw(st.integers(0, T + 1))
-    return dict(x=x, lost=lost, up=up, min_a=min_a, g=g, h=h, step=step, n_slots_top=n_top, raw_in=raw_in,
-                upper=upper)
-
-
-@st.composite
 def now_case(draw, entries=(-1.0, 0.0, 1.0)):
     """Safe setpoints now (0 or >= min, on the step grid, <= max) and the cars short of energy."""
     n_rows, n = draw(st.integers(0, 8)), draw(st.integers(0, 12))
@@ -241,58 +134,7 @@ def now_case(draw, entries=(-1.0, 0.0, 1.0)):
     return dict(x=x, short=short, hours_h=hours_h, g=g, h=h, hi=hi, lo=lo, kw=kw, budget_kw=budget_kw, step=step)
 
 
-def _run_repair(c):
-    x = c["x"].copy()
-    n = repair_stray_cells(x, c["lo"], c["binary"], c["car"], c["slot"], c["g"], c["h"], TOL_A)
-    return x, n
-
-
-def _run_rounded(c):
-    x = c["x"].copy()
-    top_up_rounded(x, c["lost"], c["up"], c["min_a"], c["g"], c["h"], c["step"], c["n_slots_top"], TOL_A)
-    return x
-
-
-def _slot_loads(c, x):
-    dense = np.zeros((c["g"].shape[1], c["h"].shape[1]))
-    dense[c["car"], c["slot"]] = x
-    return c["g"] @ dense
-
-
 # ---- 1. kernel == reference -----------------------------------------------------------------
-@SETTINGS
-@given(stray_case())
-def test_repair_stray_cells_matches_reference(c):
-    got, n_got = _run_repair(c)
-    want, n_want = ref_repair_stray(c["x"], c["lo"], c["binary"], c["car"], c["slot"], c["g"], c["h"], TOL_A)
-    assert n_got == n_want
-    np.testing.assert_allclose(got, want, atol=1e-9)
-    assert set(np.nonzero(got > 0)[0]) == set(np.nonzero(want > 0)[0])
-
-
-@SETTINGS
-@given(rounded_case())
-def test_top_up_rounded_matches_reference(c):
-    got = _run_rounded(c)
-    want = ref_top_up_rounded(c["x"], c["lost"], c["up"], c["min_a"], c["g"], c["h"], c["step"], c["n_slots_top"],
-                              TOL_A)
-    np.testing.assert_allclose(got, want, atol=1e-9)
-    assert set(zip(*np.nonzero(got != c["x"]))) == set(zip(*np.nonzero(want != c["x"])))
-
-
-@SETTINGS
-@given(rounded_case())
-def test_round_plan_matches_the_old_rounding(c):
-    # round_plan (the kernel _round now calls) = the old numpy preparation + the top-up, and
-    # the old re-check: the slots where some row's load exceeds its limit by more than tol.
-    got, bad = round_plan(c["raw_in"], c["upper"], c["min_a"], c["g"], c["h"], c["step"], c["n_slots_top"], TOL_A)
-    want = ref_top_up_rounded(c["x"], c["lost"], c["up"], c["min_a"], c["g"], c["h"], c["step"], c["n_slots_top"],
-                              TOL_A)
-    np.testing.assert_allclose(got, want, atol=1e-9)
-    viol = (c["g"] @ want - c["h"]).max(axis=0) if len(c["g"]) else np.zeros(want.shape[1])
-    np.testing.assert_array_equal(bad, viol > TOL_A)
-
-
 @SETTINGS
 @given(now_case())
 def test_top_up_now_matches_its_loop_reference(c):
@@ -445,68 +287,6 @@ def test_csc_feasible_rejects_nan():
 
 # ---- 2. the safety contract -----------------------------------------------------------------
 @SETTINGS
-@given(stray_case(entries=(0.0, 1.0)))
-def test_repair_stray_cells_keeps_every_row_that_held_on_fuse_rows(c):
-    _check_repair_contract(c, held_before=True)
-
-
-@SETTINGS
-@given(stray_case())
-def test_repair_stray_cells_raises_never_break_a_row(c):
-    # With negative entries, zeroing a stray can itself overload a row (see the test below);
-    # what the raises back to the minimum must keep is every row that held after the zeroing.
-    _check_repair_contract(c, held_before=False)
-
-
-def _check_repair_contract(c, held_before):
-    x0 = c["x"]
-    got, _ = _run_repair(c)
-    lo, tol = c["lo"], TOL_A
-    stray = c["binary"] & (x0 > tol) & (x0 < lo - tol)
-    zeroed = np.where(stray, 0.0, x0)
-    before = _slot_loads(c, x0 if held_before else zeroed)
-    held = before <= c["h"] + tol
-    after = _slot_loads(c, got)
-    assert (after[held] <= c["h"][held] + tol).all()
-    # Strays end at 0 or exactly their minimum; every other cell is untouched.
-    assert np.all((got[stray] == 0.0) | (got[stray] == lo[stray]))
-    np.testing.assert_array_equal(got[~stray], x0[~stray])
-    on = c["binary"] & (got > tol)
-    assert (got[on] >= lo[on] - tol).all()
-
-
-def test_repair_stray_cells_can_overload_an_unbalance_row_so_callers_check():
-    # The documented limit of the repair (``repair_stray``: callers check with is_feasible):
-    # row 0 "L1 - L2 <= 4 A": car 0 on L1 at 6 A, car 1 on L2 at 3 A (a stray, min 6 A).
-    # Row 1 "car 1's fuse <= 4 A" blocks raising car 1 to 6 A, so it goes to 0 and row 0 reads 6 A.
-    c = dict(x=np.array([6.0, 3.0]), lo=np.array([6.0, 6.0]), binary=np.array([True, True]),
-             car=np.array([0, 1]), slot=np.array([0, 0]), g=np.array([[1.0, -1.0], [0.0, 1.0]]),
-             h=np.array([[4.0], [4.0]]))
-    got, _ = _run_repair(c)
-    np.testing.assert_array_equal(got, [6.0, 0.0])
-    assert (_slot_loads(c, got) > c["h"] + TOL_A).any()
-
-
-@SETTINGS
-@given(rounded_case())
-def test_top_up_rounded_keeps_the_contract(c):
-    x0, got = c["x"], _run_rounded(c)
-    g, h, tol = c["g"], c["h"], TOL_A
-    held = g @ x0 <= h + tol
-    assert ((g @ got)[held] <= h[held] + tol).all()
-    assert (got >= x0).all()
-    assert (got <= c["up"] + tol).all()
-    on = got > 0
-    assert (got[on] >= np.broadcast_to(c["min_a"][:, None], got.shape)[on] - tol).all()
-    # Only the first n_slots_top slots move, each car by one step or up to its minimum.
-    np.testing.assert_array_equal(got[:, c["n_slots_top"]:], x0[:, c["n_slots_top"]:])
-    moved = got != x0
-    step_up = np.isclose(got - x0, c["step"], atol=1e-9)
-    to_min = np.isclose(got, np.broadcast_to(c["min_a"][:, None], got.shape), atol=1e-9)
-    assert (step_up | to_min)[moved].all()
-
-
-@SETTINGS
 @given(now_case())
 def test_top_up_now_keeps_the_contract(c):
     x0 = c["x"]
@@ -538,29 +318,6 @@ def planned():
     pol = MilpPolicy(time_limit_s=30)
     out = pol.schedule(snap)
     return snap, pol, out
-
-
-def test_repair_stray_on_the_real_lp_point(planned):
-    from nowblock.milp.highs_fast import _solve_once, repair_stray
-    from nowblock.milp.schedule import limit_rows
-
-    snap, pol, _ = planned
-    form = pol.formulation(snap)
-    mf = form.matrix(relax=True)
-    lp = _solve_once(form, mf, None, 30.0)
-    assert lp.values is not None
-    car, slot = form.cells
-    g, h, _ = limit_rows(form)
-    lo = form.min_current_a[car]
-    n_strays = 0
-    # The LP point itself, and the same point scaled down (many strays, most raises blocked).
-    for scale in (1.0, 0.5, 0.9):
-        x_lp = lp.values[mf.cols["current_a"]] * scale
-        x_in = np.minimum(np.maximum(x_lp, 0.0), form.upper_a[car, slot])
-        want, n = ref_repair_stray(x_in, lo, form.binary_candidates, car, slot, g, h, TOL_A)
-        n_strays += n
-        np.testing.assert_allclose(repair_stray(form, x_lp), want, atol=1e-9)
-    assert n_strays > 0  # the comparison covered the repair itself, not only the clip
 
 
 def test_top_up_first_slot_on_the_real_plan(planned):

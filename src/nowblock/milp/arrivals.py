@@ -99,6 +99,7 @@ def with_expected_arrivals(form: Formulation, forecast: pd.DataFrame, *, priorit
         draw_ratio=None if ratio is None else np.concatenate([ratio, np.ones(m)]),
         shortfall_weight=None if weight is None else np.concatenate([weight, np.ones(m)]),
         incidence_a=np.hstack([form.incidence, inc_v]),
+        kernel_arrays=None,  # computed for the real cars only
     )
 
 

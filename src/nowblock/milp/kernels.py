@@ -8,7 +8,8 @@ bit for bit except where a docstring says otherwise. Limit rows are ``g @ curren
 (unbalance rows), so every check looks at every row.
 
 Compiling all of them takes ~10 s on a machine's first run (then numba's on-disk cache, ~0.5 s
-per process): :meth:`nowblock.milp.MilpPolicy.warm_up` does it before a controller serves.
+per process): :meth:`nowblock.milp.MilpPolicy.warm_up` does it before a controller serves. The
+kernels that make a relaxed solution a real plan are in :mod:`nowblock.milp.plan_kernels`.
 """
 
 from __future__ import annotations
@@ -54,121 +55,6 @@ def argsort_stable(key):
         idx, tmp = tmp, idx
         width *= 2
     return idx
-
-
-@njit(cache=True)
-def _raise_prefix(load, room, g, cars, inc, tol):
-    """How many of ``cars`` (in order) can take ``inc`` [A] more, one after the other, before a
-    row of ``load + g[:, cars] @ inc <= room + tol`` first fails (a prefix: stops at the first)."""
-    n_rows = load.shape[0]
-    cur = load.copy()
-    for j in range(cars.shape[0]):
-        c = cars[j]
-        ok = True
-        for r in range(n_rows):
-            cur[r] += g[r, c] * inc[j]
-            if cur[r] > room[r] + tol:
-                ok = False
-        if not ok:
-            return j
-    return cars.shape[0]
-
-
-@njit(cache=True)
-def _slot_load(g, x_cells, car, slot, t_of_interest, n_slots):
-    """Load [A] of every row in the slots flagged in ``t_of_interest`` from cell currents."""
-    n_rows = g.shape[0]
-    load = np.zeros((n_rows, n_slots))
-    for k in range(x_cells.shape[0]):
-        t = slot[k]
-        if t_of_interest[t] and x_cells[k] != 0.0:
-            c = car[k]
-            for r in range(n_rows):
-                load[r, t] += g[r, c] * x_cells[k]
-    return load
-
-
-@njit(cache=True)
-def repair_stray_cells(x, lo, binary, car, slot, g, h, tol):
-    """In place on cell currents ``x`` [A]: every binary cell strictly between 0 and its minimum
-    ``lo`` goes to 0, then back up to ``lo`` where every row keeps room, slot by slot, the
-    largest original values first (stopping a slot at its first car that does not fit)."""
-    n_cells = x.shape[0]
-    n_slots = h.shape[1]
-    is_stray = np.zeros(n_cells, dtype=np.bool_)
-    touched = np.zeros(n_slots, dtype=np.bool_)
-    was = x.copy()
-    n_stray = 0
-    for k in range(n_cells):
-        if binary[k] and x[k] > tol and x[k] < lo[k] - tol:
-            is_stray[k] = True
-            touched[slot[k]] = True
-            x[k] = 0.0
-            n_stray += 1
-    if n_stray == 0:
-        return 0
-    load = _slot_load(g, x, car, slot, touched, n_slots)
-    for t in range(n_slots):
-        if not touched[t]:
-            continue
-        m = 0
-        for k in range(n_cells):
-            if is_stray[k] and slot[k] == t:
-                m += 1
-        ks = np.empty(m, dtype=np.int64)
-        key = np.empty(m)
-        m = 0
-        for k in range(n_cells):
-            if is_stray[k] and slot[k] == t:
-                ks[m] = k
-                key[m] = -was[k]
-                m += 1
-        ks = ks[argsort_stable(key)]
-        cars = car[ks]
-        inc = lo[ks]
-        n_ok = _raise_prefix(load[:, t], h[:, t], g, cars, inc, tol)
-        for j in range(n_ok):
-            x[ks[j]] = lo[ks[j]]
-    return n_stray
-
-
-@njit(cache=True)
-def top_up_rounded(x, lost, up, min_a, g, h, step, n_slots_top, tol):
-    """In place on a rounded dense plan ``x`` (n, T) [A]: in each of the first ``n_slots_top``
-    slots, cars that lost more than 5 % of a step to rounding get one step back (or their
-    minimum), the largest loss first, while every row keeps room (a prefix, as above)."""
-    n, T = x.shape
-    n_rows = g.shape[0]
-    for t in range(min(n_slots_top, T)):
-        m = 0
-        for i in range(n):
-            if lost[i, t] > 0.05 * step and x[i, t] + step <= up[i, t] + tol:
-                m += 1
-        if m == 0:
-            continue
-        cand = np.empty(m, dtype=np.int64)
-        key = np.empty(m)
-        m = 0
-        for i in range(n):
-            if lost[i, t] > 0.05 * step and x[i, t] + step <= up[i, t] + tol:
-                cand[m] = i
-                key[m] = -lost[i, t]
-                m += 1
-        cand = cand[argsort_stable(key)]
-        inc = np.empty(m)
-        for j in range(m):
-            new = x[cand[j], t] + step
-            if new < min_a[cand[j]] - tol:
-                new = min_a[cand[j]]
-            inc[j] = new - x[cand[j], t]
-        load = np.zeros(n_rows)
-        for i in range(n):
-            if x[i, t] != 0.0:
-                for r in range(n_rows):
-                    load[r] += g[r, i] * x[i, t]
-        n_ok = _raise_prefix(load, h[:, t], g, cand, inc, tol)
-        for j in range(n_ok):
-            x[cand[j], t] += inc[j]
 
 
 @njit(cache=True)
@@ -454,63 +340,60 @@ def _emit(r, c, v, e, row0, rows, cols, vals):
 
 
 @njit(cache=True)
-def standard_form(car, slot, ub, kwh, lo_cell, kw_cell, bcell, need, energy_hi, shortfall_cost, price, early_eur_per_kwh,
-                  n_slots, fair_cost, use_fair, peak_cost, use_peak, base_kw, change_cost, pair, has_prev, rhs,
-                  fuse_rows, fuse_cells, fuse_vals, fuse_hi, unb_rows, unb_cells, unb_vals, unb_hi, n_unb):
-    """The MILP's columns, rows and COO entries in the layout ``_build_matrix`` documents.
+def standard_form(col_start, n_col, row_start, n_row, cells, bcell, terms, changes, fuse, unb):
+    """The MILP's columns, rows and CSC entries in the layout of :class:`nowblock.milp.matrix.Layout`.
 
-    Columns: currents (one per cell), on/off (``bcell``), shortfall per car, worst fraction
-    (``use_fair``), peak (``use_peak``), change up and down per pair. Row families in order:
-    energy, fuse, unbalance, on_upper, on_lower, fair, peak, change; inside a family, a column's
-    entries come in increasing row order (so a stable sort on the column gives CSC).
+    ``col_start`` holds the first column of each block of ``COLUMN_BLOCKS`` (currents, on/off,
+    shortfall, worst fraction, peak, change up, change down) and ``row_start`` the first row of
+    each family of ``ROW_BLOCKS`` (energy, fuse, unbalance, on_upper, on_lower, fair, peak,
+    change), both computed once by the layout; a block's size is the next start minus its own.
+    ``cells``, ``terms``, ``changes``, ``fuse`` and ``unb`` are the named tuples of
+    :mod:`nowblock.milp.matrix`. Inside a family, a column's entries come in increasing row order
+    (so a stable sort on the column gives CSC).
     """
+    car, slot, ub, kwh = cells.car, cells.slot, cells.upper_a, cells.kwh_per_a
     K = car.shape[0]
+    need = terms.need_kwh
     n = need.shape[0]
-    T = n_slots
+    price = terms.price_eur_per_kwh
+    T = price.shape[0]
     B = bcell.shape[0]
+    pair, has_prev, rhs = changes.cell, changes.has_prev, changes.rhs_a
     P = pair.shape[0]
-    on0 = K
-    sh0 = on0 + B
-    wf = sh0 + n
-    pk = wf + (1 if use_fair else 0)
-    up0 = pk + (1 if use_peak else 0)
-    dn0 = up0 + P
-    n_col = dn0 + P
+    on0, sh0, wf, pk, up0, dn0 = col_start[1], col_start[2], col_start[3], col_start[4], col_start[5], col_start[6]
+    use_fair = col_start[4] > col_start[3]
+    use_peak = col_start[5] > col_start[4]
     cost = np.zeros(n_col)
     col_lo = np.zeros(n_col)
     col_hi = np.full(n_col, np.inf)
     integ = np.zeros(n_col, dtype=np.int32)
-    t_div = max(T, 1)
     for k in range(K):
         col_hi[k] = ub[k]
-        cost[k] = (price[slot[k]] + early_eur_per_kwh * (1.0 + slot[k] / t_div)) * kwh[k]
+        cost[k] = (price[slot[k]] + terms.energy_eur_per_kwh) * kwh[k]
     for j in range(B):
         col_hi[on0 + j] = 1.0
         integ[on0 + j] = 1
     for i in range(n):
         col_hi[sh0 + i] = need[i]
-        cost[sh0 + i] = shortfall_cost[i]
+        cost[sh0 + i] = terms.shortfall_eur_per_kwh[i]
     if use_fair:
         col_hi[wf] = 1.0
-        cost[wf] = fair_cost
+        cost[wf] = terms.fair_eur
     if use_peak:
-        cost[pk] = peak_cost
+        cost[pk] = terms.peak_eur_per_kw
     for j in range(P):
-        cost[up0 + j] = change_cost
-        cost[dn0 + j] = change_cost
+        cost[up0 + j] = terms.change_eur_per_a
+        cost[dn0 + j] = terms.change_eur_per_a
 
-    n_fair = 0
-    if use_fair:
-        for i in range(n):
-            if need[i] > 1e-9:
-                n_fair += 1
-    n_fuse = fuse_hi.shape[0]
+    r_energy, r_fuse, r_unb, r_onu, r_onl, r_fair, r_peak, r_change = (
+        row_start[0], row_start[1], row_start[2], row_start[3], row_start[4], row_start[5], row_start[6],
+        row_start[7])
     n_prev = 0
     for j in range(P):
         if has_prev[j]:
             n_prev += 1
-    n_row = n + n_fuse + n_unb + 2 * B + n_fair + (T if use_peak else 0) + P
-    n_nz = (K + n + fuse_rows.shape[0] + unb_rows.shape[0] + 4 * B + 2 * n_fair + (K + T if use_peak else 0)
+    n_fair = r_peak - r_fair
+    n_nz = (K + n + fuse.row.shape[0] + unb.row.shape[0] + 4 * B + 2 * n_fair + (K + T if use_peak else 0)
             + 3 * P + n_prev)
     row_lo = np.full(n_row, -np.inf)
     row_hi = np.full(n_row, np.inf)
@@ -518,119 +401,64 @@ def standard_form(car, slot, ub, kwh, lo_cell, kw_cell, bcell, need, energy_hi, 
     c = np.empty(n_nz, dtype=np.int64)
     v = np.empty(n_nz)
     e = 0
-    # Energy: need <= delivered + shortfall <= need + overshoot.
+    # Energy: need <= delivered + shortfall <= the ceiling (need + one slot at the least setpoint).
     for i in range(n):
-        row_lo[i] = need[i]
-        row_hi[i] = energy_hi[i]
+        row_lo[r_energy + i] = need[i]
+        row_hi[r_energy + i] = terms.energy_hi_kwh[i]
     for k in range(K):
-        e = _put(r, c, v, e, car[k], k, kwh[k])
+        e = _put(r, c, v, e, r_energy + car[k], k, kwh[k])
     for i in range(n):
-        e = _put(r, c, v, e, i, sh0 + i, 1.0)
-    ro = n
-    for j in range(n_fuse):
-        row_hi[ro + j] = fuse_hi[j]
-    e = _emit(r, c, v, e, ro, fuse_rows, fuse_cells, fuse_vals)
-    ro += n_fuse
-    for j in range(n_unb):
-        row_hi[ro + j] = unb_hi
-    e = _emit(r, c, v, e, ro, unb_rows, unb_cells, unb_vals)
-    ro += n_unb
-    # On/off: current <= upper * on (side 0), then current >= min * on (side 1).
+        e = _put(r, c, v, e, r_energy + i, sh0 + i, 1.0)
+    for j in range(fuse.hi_a.shape[0]):
+        row_hi[r_fuse + j] = fuse.hi_a[j]
+    e = _emit(r, c, v, e, r_fuse, fuse.row, fuse.cell, fuse.value)
+    for j in range(unb.hi_a.shape[0]):
+        row_hi[r_unb + j] = unb.hi_a[j]
+    e = _emit(r, c, v, e, r_unb, unb.row, unb.cell, unb.value)
+    # On/off: current <= upper * on, then current >= min * on.
+    for j in range(B):
+        row_hi[r_onu + j] = 0.0
+        row_lo[r_onl + j] = 0.0
     for side in range(2):
-        coef = ub if side == 0 else lo_cell
-        for j in range(B):
-            if side == 0:
-                row_hi[ro + j] = 0.0
-            else:
-                row_lo[ro + j] = 0.0
+        ro = r_onu if side == 0 else r_onl
+        coef = ub if side == 0 else cells.min_a
         for j in range(B):
             e = _put(r, c, v, e, ro + j, bcell[j], 1.0)
         for j in range(B):
             e = _put(r, c, v, e, ro + j, on0 + j, -coef[bcell[j]])
-        ro += B
     # Max-min fair: shortfall_i / need_i <= worst fraction.
     if use_fair:
         j = 0
         for i in range(n):
             if need[i] > 1e-9:
-                row_hi[ro + j] = 0.0
-                e = _put(r, c, v, e, ro + j, sh0 + i, 1.0 / need[i])
+                row_hi[r_fair + j] = 0.0
+                e = _put(r, c, v, e, r_fair + j, sh0 + i, 1.0 / need[i])
                 j += 1
         for j in range(n_fair):
-            e = _put(r, c, v, e, ro + j, wf, -1.0)
-        ro += n_fair
+            e = _put(r, c, v, e, r_fair + j, wf, -1.0)
     # Peak: charging power + other load <= peak in every slot.
     if use_peak:
         for t in range(T):
-            row_hi[ro + t] = -base_kw[t]
+            row_hi[r_peak + t] = -terms.base_kw[t]
         for k in range(K):
-            e = _put(r, c, v, e, ro + slot[k], k, kw_cell[k])
+            e = _put(r, c, v, e, r_peak + slot[k], k, cells.kw_per_a[k])
         for t in range(T):
-            e = _put(r, c, v, e, ro + t, pk, -1.0)
-        ro += T
+            e = _put(r, c, v, e, r_peak + t, pk, -1.0)
     # Setpoint changes: current[k] - current[k-1] - up + down = 0 (or = the setpoint now).
     for j in range(P):
-        row_lo[ro + j] = rhs[j]
-        row_hi[ro + j] = rhs[j]
+        row_lo[r_change + j] = rhs[j]
+        row_hi[r_change + j] = rhs[j]
     for j in range(P):
-        e = _put(r, c, v, e, ro + j, pair[j], 1.0)
+        e = _put(r, c, v, e, r_change + j, pair[j], 1.0)
     for j in range(P):
         if has_prev[j]:
-            e = _put(r, c, v, e, ro + j, pair[j] - 1, -1.0)
+            e = _put(r, c, v, e, r_change + j, pair[j] - 1, -1.0)
     for j in range(P):
-        e = _put(r, c, v, e, ro + j, up0 + j, -1.0)
+        e = _put(r, c, v, e, r_change + j, up0 + j, -1.0)
     for j in range(P):
-        e = _put(r, c, v, e, ro + j, dn0 + j, 1.0)
+        e = _put(r, c, v, e, r_change + j, dn0 + j, 1.0)
     a_start, a_index, a_value = coo_to_csc(r, c, v, n_col)
     return cost, col_lo, col_hi, integ, row_lo, row_hi, a_start, a_index, a_value
-
-
-@njit(cache=True)
-def round_plan(raw_a, upper_a, min_a, g, h, step, n_slots_top, tol):
-    """A dense plan (n, T) [A] floored to pilot ``step``: 0 or at least the minimum, at most
-    the upper bound floored to a step, then :func:`top_up_rounded` in the first
-    ``n_slots_top`` slots. Non-finite values count as :func:`numpy.nan_to_num` makes them.
-    Returns the plan and, per slot, whether a row of ``g @ x <= h + tol`` fails."""
-    n, T = raw_a.shape
-    x = np.empty((n, T))
-    up = np.empty((n, T))
-    lost = np.zeros((n, T))
-    big = _BIG
-    for i in range(n):
-        lo = min_a[i]
-        for t in range(T):
-            u = upper_a[i, t] if upper_a[i, t] >= lo - tol else 0.0
-            u = np.floor(u / step + 1e-9) * step
-            r = raw_a[i, t]
-            if r != r:
-                r = 0.0
-            elif r == np.inf:
-                r = big
-            elif r == -np.inf:
-                r = -big
-            r = min(max(r, 0.0), u)
-            xv = np.floor(r / step + 1e-7) * step
-            if xv < lo - tol:
-                xv = 0.0
-            x[i, t] = xv
-            up[i, t] = u
-            if r >= lo - tol:
-                lost[i, t] = r - xv
-    top_up_rounded(x, lost, up, min_a, g, h, step, n_slots_top, tol)
-    # The re-check: every row of every slot (a slot that fails is repaired by the caller).
-    n_rows = g.shape[0]
-    bad = np.zeros(T, dtype=np.bool_)
-    load = np.zeros(n_rows)
-    for t in range(T):
-        load[:] = 0.0
-        for i in range(n):
-            if x[i, t] != 0.0:
-                for r in range(n_rows):
-                    load[r] += g[r, i] * x[i, t]
-        for r in range(n_rows):
-            if load[r] > h[r, t] + tol:
-                bad[t] = True
-    return x, bad
 
 
 @njit(cache=True)

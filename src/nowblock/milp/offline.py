@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from nowblock.milp.formulation import OptimizeOptions, from_sessions
+from nowblock.milp.adapters import from_sessions
+from nowblock.milp.options import OptimizeOptions
 from nowblock.milp.schedule import Schedule
 from nowblock.milp.solve import solve_formulation
 
@@ -39,6 +40,11 @@ def solve_offline(scenario, step="5min", *, start=None, end=None, **options) -> 
     return solve_formulation(form)
 
 
-def offline_energy_kwh(schedule: Schedule) -> float:
-    """Total energy [kWh] the offline plan delivers."""
-    return float(np.nansum(schedule.energy_kwh.to_numpy(float)))
+def offline_energy_kwh(schedule: Schedule, need_kwh: pd.Series | None = None) -> float:
+    """Total energy [kWh] the offline plan delivers; with ``need_kwh`` (by session_id) counted
+    up to each session's need (a plan may offer a car up to one slot beyond it: the car stops
+    when full, so a simulation can never deliver that part)."""
+    e = schedule.energy_kwh
+    if need_kwh is not None:
+        e = np.minimum(e, pd.Series(need_kwh).reindex(e.index).to_numpy(float))
+    return float(np.nansum(np.asarray(e, dtype=float)))

@@ -11,14 +11,17 @@ baseline heuristic (``options.fallback``), so a block always gets a safe setpoin
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pandas as pd
 
-from nowblock.seam import BlockSnapshot, safe_setpoints_a
-from nowblock.milp.formulation import Formulation, OptimizeOptions, from_snapshot
+from nowblock.milp.adapters import from_snapshot
+from nowblock.milp.formulation import Formulation
+from nowblock.milp.options import OptimizeOptions
 from nowblock.milp.schedule import Schedule
 from nowblock.milp.solve import solve_formulation
+from nowblock.seam import BlockSnapshot, Decision, safe_setpoints_a
 
 
 def top_up_first_slot(snapshot: BlockSnapshot, current_a: pd.Series, shortfall_kwh: np.ndarray,
@@ -110,8 +113,9 @@ class MilpPolicy:
         The first step on a machine compiles them (~10 s on this 2-core box, measured), later
         processes load them from numba's on-disk cache (~0.5 s). A live controller calls this
         before it serves, so no charger waits on a compiler. Plans a small made-up block twice
-        (LP-certified, then the MILP stage from a previous plan, at 1 A and 0.1 A steps);
-        no policy's state is touched. Later calls in the same process return 0 at once.
+        at 1 A steps (the LP stage), then a tight one with an unbalance limit twice at 0.1 A with
+        no gap allowed (the MILP stage from a previous plan, the unbalance rounding); no policy's
+        state is touched. Later calls in the same process return 0 at once.
         """
         import time
 
@@ -121,11 +125,16 @@ class MilpPolicy:
         if _WARM:  # compiled code stays loaded for the process's life
             return 0.0
         t0 = time.perf_counter()
-        snap = plugged_in_snapshot(6, seed=1)
-        for step_a, gap in ((1.0, 0.01), (0.1, 0.0)):
-            pol = MilpPolicy(time_limit_s=5.0, mip_rel_gap=gap)
+        easy = plugged_in_snapshot(6, seed=1)
+        tight = plugged_in_snapshot(9, seed=2, grid_share=0.1, single_phase_share=0.6, max_unbalance_a=6.0)
+        for snap, step_a, gap in ((easy, 1.0, 0.01), (tight, 0.1, 0.0)):
+            pol = MilpPolicy(time_limit_s=5.0, mip_rel_gap=gap, mip_abs_gap=gap)
             for k in range(2):
                 pol.schedule(dataclasses.replace(snap, time=snap.time + k * snap.step, current_step_a=step_a))
+        # The plan from scratch under a power cap (what a step gets when HiGHS finds nothing).
+        from nowblock.milp.rounding import make_plan
+
+        make_plan(MilpPolicy().formulation(easy), None, peak_kw=1.0)
         _WARM = True
         return time.perf_counter() - t0
 
@@ -148,41 +157,62 @@ class MilpPolicy:
         return form
 
     def schedule(self, snapshot: BlockSnapshot) -> pd.Series:
-        """Setpoints [A] for the cars in ``snapshot`` (the first slot of a fresh plan, made safe)."""
+        """Setpoints [A] for the cars in ``snapshot`` (the first slot of a fresh plan, made safe);
+        :meth:`decide` gives the plan ahead with them."""
+        return self.decide(snapshot).current_a
+
+    def decide(self, snapshot: BlockSnapshot) -> Decision:
+        """Plan the horizon from ``snapshot``: the safe setpoints [A] of its first slot and the plan
+        ahead.
+
+        Parameters
+        ----------
+        snapshot : BlockSnapshot
+
+        Returns
+        -------
+        Decision
+            ``current_a``: the first slot's setpoints [A per phase] after the safety net and the
+            top-up, by session_id; ``plan_a``: the MILP's plan [A per phase] over the horizon,
+            slot start (UTC) x the snapshot's session_ids (expected arrivals left out), its first
+            row replaced by ``current_a``; ``status``: the schedule's status ("optimal",
+            "time_limit", "suboptimal", "fallback"); ``detail``: how it was found and its gap.
+            The whole :class:`~nowblock.milp.schedule.Schedule` is kept as ``last_schedule``, one
+            row a call in ``history``.
+        """
+        t0 = time.perf_counter()
         cars = snapshot.cars
         if len(cars) == 0:
-            return pd.Series(np.zeros(0), index=cars.index, name="current_a", dtype=float)
+            empty = pd.Series(np.zeros(0), index=cars.index, name="current_a", dtype=float)
+            return Decision(empty, None, "empty", "no car plugged in")
         form = self.formulation(snapshot)
-        # The warm start is only read when the MILP stage runs (the LP bound certifies most
-        # steps' plans): shifting the previous plan builds its frames, so it is made on demand.
-        sched = solve_formulation(form, warm_start_a=lambda: self._shifted_plan(form))
+        # The warm start is only read when the MILP stage runs: shifting the previous plan builds
+        # its frames, so it is made on demand.
+        sched = solve_formulation(form, warm_start_a=lambda: self._shifted_plan(form), started_at=t0)
         self.last_schedule = sched
-        self.history.append({"time": snapshot.time, "status": sched.status, "objective": sched.objective,
-                             "mip_gap": sched.mip_gap, "solve_seconds": sched.solve_seconds,
-                             "build_seconds": sched.build_seconds, "n_cars": len(cars)})
-        dense = sched.__dict__.get("_pending", (None, None))[1]
-        if dense is not None and self.arrivals_forecaster is None:
-            # The plan's cars are the snapshot's, in order (``from_snapshot``): read the dense plan
-            # directly instead of building the schedule's frames (the same numbers).
-            x = dense["x"]
-            first = x[:, 0]
-            short = np.maximum(form.need_kwh - dense["energy"], 0.0)
-
-            def power_sum_kw():
-                return (x * form.kw_per_a[:, None]).T.sum(axis=1)
-        else:
-            first = sched.first_slot().reindex(cars.index).fillna(0.0).to_numpy(float)
-            short = sched.shortfall_kwh.reindex(cars.index).fillna(0.0).to_numpy(float)
-
-            def power_sum_kw():
-                return sched.power_kw.to_numpy().sum(axis=1)
+        self.history.append({"time": snapshot.time, "status": sched.status, "method": sched.method,
+                             "objective": sched.objective, "mip_gap": sched.mip_gap,
+                             "solve_seconds": sched.solve_seconds, "build_seconds": sched.build_seconds,
+                             "seconds": sched.seconds, "n_cars": len(cars)})
+        # The plan's first cars are the snapshot's, in order (``from_snapshot``; expected
+        # arrivals come after them as virtual cars).
+        n = len(cars)
+        plan = sched.plan_a
+        first = plan[:n, 0] if plan.shape[1] else np.zeros(n)
+        short = sched.shortfall_per_car_kwh[:n]
         safe = safe_setpoints_a(snapshot, first)
         if self.options.top_up_h > 0:
             short = np.where(snapshot.hours_to_departure_h <= self.options.top_up_h, short, 0.0)
             if (short > 1e-3).any():  # the plan's peak only matters when someone is topped up
-                peak = float((power_sum_kw() + form.base_kw).max(initial=0.0))
+                power = (plan * form.kw_per_a[:, None]).sum(axis=0)
+                peak = float((power + form.base_kw).max(initial=0.0))
                 safe = top_up_first_slot_a(snapshot, safe, short, peak_kw=peak)
-        return pd.Series(safe, index=cars.index, name="current_a", copy=False)
+        now_a = pd.Series(safe, index=cars.index, name="current_a", copy=False)
+        ahead = pd.DataFrame(plan[:n].T, index=pd.DatetimeIndex(form.times, name="time"), columns=cars.index)
+        if len(ahead):
+            ahead.iloc[0] = safe  # the slot sent now, as sent
+        detail = f"{sched.method}; gap {sched.mip_gap:.2%}; {sched.seconds:.3f} s"
+        return Decision(now_a, ahead, sched.status, detail)
 
     def _shifted_plan(self, form: Formulation) -> np.ndarray | None:
         """The previous plan on the new slots: each new slot takes the old slot it starts in."""

@@ -8,6 +8,8 @@ and single-phase cars on rotated chargers. Seeded, so benchmarks compare like wi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -102,3 +104,109 @@ def plugged_in_snapshot(n_cars: int, *, seed: int | None = None, step="5min", pr
                          base_load_kw=b["base_load"].reindex(idx, method="ffill").rename("kw"),
                          prices_eur_per_kwh=b["prices"].reindex(idx, method="ffill"), current_step_a=1.0,
                          incidence_a=incidence, car_arrays=arrays)
+
+
+# ---- the instance matrix (issue 15) --------------------------------------------------------
+@dataclass(frozen=True)
+class MatrixCell:
+    """One cell of the optimizer's instance matrix (``benchmarks/bench_milp_matrix.py``).
+
+    ``n_cars`` cars plugged in at 17:00; ``fuse_share``: the grid connection's rating as a share
+    of the charging points' summed maxima per phase; ``tree``: a flat site (every point under
+    the grid fuse) or a 3-level tree (grid, feeders, sub-distributions, each rated below the sum
+    of its children) with single-phase chargers; ``step``: the slot length over a 24 h horizon
+    (``"15min"``: 96 slots, ``"5min"``: 288); ``load_and_prices``: a daily base load and a
+    day-ahead price curve, or neither; ``unbalance``: the grid connection's 20 A unbalance limit
+    (VDE-AR-N 4100) on or off.
+    """
+
+    n_cars: int
+    fuse_share: float = 0.35
+    tree: bool = False
+    step: str = "15min"
+    load_and_prices: bool = False
+    unbalance: bool = False
+
+    @property
+    def label(self) -> str:
+        """A short name: cars, fuse share, site shape, step, load/prices, unbalance."""
+        return (f"{self.n_cars}-{round(self.fuse_share * 100)}%-{'tree' if self.tree else 'flat'}-{self.step}"
+                f"{'-load' if self.load_and_prices else ''}{'-unb' if self.unbalance else ''}")
+
+
+def matrix_block(cell: MatrixCell, *, seed: int = 0, start: str = "2026-01-14 17:00+00:00",
+                 single_phase_car_share: float = 0.2) -> dict:
+    """The block of one matrix cell, built only from the public contract (a :class:`Site` and a
+    sessions frame).
+
+    Charging points are 6..16 A, rotations L1L2L3 / L2L3L1 / L3L1L2 in turn. Flat: three-phase
+    points directly under the grid fuse. Tree: every third charging point single-phase;
+    sub-distributions of 8 points rated at 80 % of their points' summed maxima, feeders of 4
+    sub-distributions at 90 % of theirs, the grid fuse at ``fuse_share`` of all points'
+    maxima (so each level is below the sum of its children whenever ``fuse_share`` < 0.72).
+    Cars: plugged in at ``start``; departure uniform over 2..24 h later on 15-minute marks;
+    energy uniform 5..40 kWh, capped at 90 % of what 16 A on the car's phases delivers by
+    departure; ``single_phase_car_share`` of the cars single-phase. With ``load_and_prices``, a
+    base load [kW] peaking at 30 % of the grid connection's rating in the evening, and prices
+    [EUR/kWh] of a day-ahead shape with noise. Returns ``site``, ``sessions``, ``start``,
+    ``base_load`` and ``prices`` (None without).
+    """
+    rng = np.random.default_rng([seed, cell.n_cars, int(cell.fuse_share * 100), int(cell.tree)])
+    t0 = pd.Timestamp(start)
+    n = cell.n_cars
+    rot = [_ROTATIONS[(j + j // 3) % 3] for j in range(n)]  # single-phase points meet all phases
+    cp_phases = np.where((np.arange(n) % 3 == 2) & cell.tree, 1, 3)
+    cp_max = np.full(n, 16.0)
+    per_phase = np.zeros((n, 3))
+    for j in range(n):
+        grid = ChargePoint(id="x", fuse="x", phase_rotation=rot[j]).grid_phases
+        per_phase[j, list(grid[:cp_phases[j]])] = cp_max[j]
+    root_a = float(np.ceil(cell.fuse_share * per_phase.sum(axis=0).mean()))
+    fuses = [Fuse("grid", (root_a,) * 3)]
+    parent = ["grid"] * n
+    if cell.tree:
+        per_sub, subs_per_feeder = 8, 4
+        n_sub = -(-n // per_sub)
+        for s in range(n_sub):
+            f = s // subs_per_feeder
+            if s % subs_per_feeder == 0:
+                members = slice(f * per_sub * subs_per_feeder, (f + 1) * per_sub * subs_per_feeder)
+                fuses.append(Fuse(f"feeder-{f:03d}", (float(np.ceil(0.9 * 0.8 * per_phase[members].sum(axis=0).mean())),) * 3,
+                                  parent="grid"))
+            members = slice(s * per_sub, (s + 1) * per_sub)
+            fuses.append(Fuse(f"sub-{s:04d}", (float(np.ceil(0.8 * per_phase[members].sum(axis=0).mean())),) * 3,
+                              parent=f"feeder-{f:03d}"))
+            for j in range(s * per_sub, min((s + 1) * per_sub, n)):
+                parent[j] = f"sub-{s:04d}"
+    cps = tuple(ChargePoint(id=f"CP{j:04d}", fuse=parent[j], max_current_a=float(cp_max[j]), min_current_a=6.0,
+                            phases=int(cp_phases[j]), phase_rotation=rot[j]) for j in range(n))
+    site = Site(name=f"matrix-{cell.label}", fuses=tuple(fuses), charge_points=cps,
+                max_unbalance_a=20.0 if cell.unbalance else None)
+
+    dwell_slots = rng.integers(8, 97, n)  # 2..24 h in 15-minute slots
+    car_phases = np.where(rng.random(n) < single_phase_car_share, 1, 3)
+    car_phases = np.minimum(car_phases, cp_phases)
+    dwell_h = dwell_slots / 4.0
+    can_kwh = 16.0 * car_phases * site.voltage_v / 1000.0 * dwell_h
+    energy = np.minimum(rng.uniform(5.0, 40.0, n), 0.9 * can_kwh)
+    sessions = pd.DataFrame({
+        "session_id": [f"S{j:05d}" for j in range(n)],
+        "charge_point_id": [c.id for c in cps],
+        "arrival": t0,
+        "departure": t0 + pd.to_timedelta(dwell_slots * 15, unit="min"),
+        "energy_kwh": energy,
+        "max_current_a": 16.0,
+        "phases": car_phases,
+        "priority": 1.0,
+    })
+    base = prices = None
+    if cell.load_and_prices:
+        times = pd.date_range(t0 - pd.Timedelta("1h"), t0 + pd.Timedelta("25h"), freq="5min")
+        hour = (times.hour + times.minute / 60.0).to_numpy()
+        root_kw = 3 * root_a * site.voltage_v / 1000.0
+        shape = 0.4 + 0.2 * np.exp(-((hour - 8.0) ** 2) / 4.0) + 0.4 * np.exp(-((hour - 19.0) ** 2) / 6.0)
+        base = pd.Series(0.3 * root_kw * shape * (1 + 0.05 * rng.standard_normal(len(times))), index=times, name="kw")
+        price = (0.22 + 0.10 * np.exp(-((hour - 19.0) ** 2) / 5.0) - 0.06 * np.exp(-((hour - 3.0) ** 2) / 6.0)
+                 + 0.01 * rng.standard_normal(len(times)))
+        prices = pd.Series(price, index=times, name="eur_per_kwh")
+    return {"site": site, "sessions": sessions, "start": t0, "base_load": base, "prices": prices}

@@ -1,0 +1,166 @@
+"""Adapters between the contract's data and the formulation, both ways.
+
+- :func:`from_sessions`: a sessions frame (every need known) -> :class:`Formulation`;
+- :func:`from_snapshot`: a policy's :class:`~nowblock.seam.BlockSnapshot` (remaining needs,
+  forecast load, measured draw) -> :class:`Formulation`;
+- :func:`slot_snapshot`: one slot of a formulation -> a :class:`~nowblock.seam.BlockSnapshot`,
+  for the shared safety net and the baseline heuristics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from nowblock.block.site import Site
+from nowblock.milp.formulation import Formulation, KernelArrays
+from nowblock.milp.options import OptimizeOptions
+from nowblock.milp.slots import SlotTicks, nan_to, on_slots, plugged_fraction, slot_ticks
+from nowblock.seam import BlockSnapshot
+
+_TOL_A = 1e-6
+
+
+def _upper(site: Site, times, cp_index, car_max_a, plugged) -> np.ndarray:
+    if not site.has_caps:  # no time windows: skip the local-time grid
+        cap = np.full((len(cp_index), len(times)), np.inf)
+    else:
+        cap = site.cap_current_a(times)[:, cp_index].T if len(cp_index) else np.zeros((0, len(times)))
+    hi = np.minimum(np.minimum(site.cp_max_current_a[cp_index], car_max_a)[:, None], cap)
+    return np.where(plugged > 0, hi, 0.0)
+
+
+def from_sessions(site: Site, sessions: pd.DataFrame, start=None, horizon="24h", step="15min",
+                  base_load=None, prices=None, options: OptimizeOptions | None = None,
+                  use_draw_fraction: bool = False) -> Formulation:
+    """The formulation for a sessions frame (the contract's columns), all needs known in advance.
+
+    Every session overlapping [start, start + horizon) is planned; ``energy_kwh`` [kWh] is its
+    whole need. ``start`` defaults to the first arrival floored to ``step``. With
+    ``use_draw_fraction`` the decision is the current each car *draws* (offered x
+    ``draw_fraction``): min and max are scaled by it (the offline yardstick's perfect foresight).
+    """
+    from nowblock.block.sessions import validate_sessions
+
+    df = validate_sessions(sessions, site)
+    if start is None:
+        start = df["arrival"].min().floor(pd.Timedelta(step)) if len(df) else pd.Timestamp.now(tz="UTC").floor(step)
+    ticks_ns, dt_h = slot_ticks(start, horizon, step)
+    times = SlotTicks(ticks_ns, pd.Timestamp(start).unit).index()
+    end = times[-1] + pd.Timedelta(step)
+    df = df[(df["departure"] > times[0]) & (df["arrival"] < end)]
+    cp = site.cp_index(df["charge_point_id"])
+    phases = np.minimum(df["phases"].to_numpy(np.int64), site.cp_phases[cp])
+    plugged = plugged_fraction(df["arrival"], df["departure"], times, dt_h)
+    n = len(df)
+    frac = df["draw_fraction"].to_numpy(float) if use_draw_fraction else np.ones(n)
+    return Formulation(
+        site=site, slot_starts=times, dt_h=float(dt_h[0]), session_ids=df["session_id"].to_numpy(str),
+        cp_index=cp, phases=phases, min_current_a=site.cp_min_current_a[cp] * frac,
+        upper_a=_upper(site, times, cp, df["max_current_a"].to_numpy(float), plugged) * frac[:, None],
+        plugged=plugged, need_kwh=df["energy_kwh"].to_numpy(float),
+        priority=df["priority"].to_numpy(float),
+        base_kw=on_slots(base_load, ticks_ns, dt_h, 0.0, "max"), price_eur_per_kwh=on_slots(prices, ticks_ns, dt_h, 0.0),
+        prev_current_a=np.full(n, np.nan), options=options or OptimizeOptions(),
+    )
+
+
+def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOptions | None = None,
+                  first_slot_is_control_step: bool = False) -> Formulation:
+    """The formulation for a policy snapshot: plugged-in cars, remaining needs, forecast load.
+
+    With ``first_slot_is_control_step`` the first slot lasts ``snapshot.step`` and the regular
+    slots follow it (measured: not better, see docs/bench_optimize.md).
+    Departures are moved ``options.departure_margin_h`` earlier (at most a quarter of the time
+    left), but never to less than one control step from now (a car whose departure has passed
+    still wants its energy now); an unknown (NaT) departure means plugged in all horizon, an
+    unknown (NaN) energy means all it can take. A car that drew less than offered gets energy
+    in proportion (``draw_ratio``, from the last measurement). ``snapshot.cars.max_current_a`` already holds the
+    current caps; time-window caps of later slots come from the site.
+    """
+    from nowblock.milp.kernels import snapshot_plan_arrays
+
+    cars = snapshot.cars
+    opts = options or OptimizeOptions(current_step_a=float(snapshot.current_step_a))
+    site = snapshot.site
+    ticks_ns, dt_h = slot_ticks(snapshot.time, horizon, step,
+                                 first=snapshot.step if first_slot_is_control_step else None)
+    times = SlotTicks(ticks_ns, pd.Timestamp(snapshot.time).unit)
+    cp = snapshot.values("cp_index").astype(np.int64)
+    max_a = snapshot.values("max_current_a")
+    phases = snapshot.values("phases")
+    columns = cars.columns
+    has_offered = "offered_current_a" in columns
+    use_ratio = has_offered and "measured_current_a" in columns
+    nan = np.full(len(cars), np.nan)
+    offered = snapshot.values("offered_current_a") if has_offered else nan
+    meas = snapshot.values("measured_current_a") if use_ratio else nan
+    # One kernel for the per-car, per-slot arrays (the numpy version was ~30 calls, most of the
+    # adapter's time). Rules, measured in simulation (docs/optimizer.md):
+    # - departures move ``departure_margin_h`` earlier (at most a quarter of the time left), never
+    #   to less than one control step from now (a car whose departure has passed still wants its
+    #   energy now);
+    # - a car leaving within the first slot counts only the time it stays: counting the whole
+    #   first slot made the plan offer too little in a car's last step (full default week);
+    # - later slots count only when the car is there for all of it: a plan that leaves energy for
+    #   the last partial slot is at the mercy of when exactly the car leaves;
+    # - a car that drew less than offered gets energy in proportion (``draw_ratio``; unknown, or 0
+    #   when paused or full, counts as 1);
+    # - a remainder smaller than one slot at the minimum current is planned as that slot: valued
+    #   at its true size it never beat the slot's price and slipped past departure.
+    has_caps = site.has_caps and len(cp)
+    plugged, upper, ratio, urgency, need, energy, cell_car, cell_slot = snapshot_plan_arrays(
+        snapshot.hours_to_departure_h, max_a, site.cp_max_current_a[cp], snapshot.values("min_current_a"), phases,
+        meas, offered, snapshot.remaining_kwh, dt_h, snapshot.dt_h, float(opts.urgency_h),
+        float(opts.departure_margin_h), float(site.voltage_v), use_ratio)
+    if has_caps:
+        # ``snapshot.cars.max_current_a`` holds today's cap; later slots follow the site's windows.
+        upper = np.where(plugged > 0, np.minimum(upper, site.cap_current_a(times.index())[:, cp].T), 0.0)
+    unknown = ~np.isfinite(need)
+    if unknown.any():  # unknown energy: the car wants all it can get over the horizon
+        can = (upper * plugged * dt_h[None, :]).sum(axis=1) * phases * site.voltage_v / 1000.0
+        one_slot_kwh = snapshot.values("min_current_a") * phases * site.voltage_v / 1000.0 * dt_h[0] * ratio
+        need[unknown] = np.where((can > 1e-3) & (can < one_slot_kwh), one_slot_kwh, can)[unknown]
+    # The kernel's own energy per ampere and (without caps) cells: the same numbers the
+    # formulation would compute, passed explicitly so that it does not compute them again.
+    kernel = KernelArrays(energy, None if has_caps else cell_car, None if has_caps else cell_slot)
+    return Formulation(
+        site=site, slot_starts=times, dt_h=dt_h if (dt_h != dt_h[0]).any() else float(dt_h[0]),
+        session_ids=cars.index.to_numpy(str),
+        cp_index=cp, phases=phases.astype(np.int64),
+        min_current_a=snapshot.values("min_current_a"), upper_a=upper, plugged=plugged,
+        need_kwh=need, priority=nan_to(snapshot.values("priority"), 1.0),
+        base_kw=on_slots(snapshot.base_load_kw, ticks_ns, dt_h, 0.0, "max"),
+        price_eur_per_kwh=on_slots(snapshot.prices_eur_per_kwh, ticks_ns, dt_h, 0.0),
+        prev_current_a=offered, options=opts, draw_ratio=ratio, shortfall_weight=urgency,
+        incidence_a=snapshot.incidence(), kernel_arrays=kernel,
+    )
+
+
+def slot_snapshot(form: Formulation, t: int, delivered_kwh: np.ndarray) -> BlockSnapshot:
+    """A :class:`BlockSnapshot` of slot ``t`` as the formulation sees it (the cars that can charge
+    in it, ``delivered_kwh`` [kWh] per car so far), for :func:`nowblock.seam.make_safe` and the
+    baseline heuristics."""
+    step = pd.Timedelta(hours=float(form.slot_h[t]))
+    last = form.n_slots - 1 - np.argmax(form.plugged[:, ::-1] > 0, axis=1)
+    departure = form.times[last] + pd.to_timedelta(form.plugged[np.arange(form.n_cars), last] * form.slot_h[last], unit="h")
+    cars = pd.DataFrame({
+        "charge_point_id": np.array(form.site.charge_point_ids, dtype=object)[form.cp_index],
+        "cp_index": form.cp_index,
+        "phases": form.phases,
+        "min_current_a": form.min_current_a,
+        "max_current_a": np.where(form.upper_a[:, t] >= form.min_current_a - _TOL_A, form.upper_a[:, t], 0.0),
+        "arrival": form.times[0],
+        "departure": departure,
+        "energy_requested_kwh": form.need_kwh,
+        "energy_delivered_kwh": delivered_kwh,
+        "measured_current_a": np.nan,
+        "offered_current_a": 0.0,
+        "priority": form.priority,
+        "needs_known": True,
+    }, index=pd.Index(form.session_ids, name="session_id"))
+    cars = cars[form.plugged[:, t] > 0]
+    base = pd.Series(form.base_kw[t:], index=form.times[t:], name="kw")
+    prices = pd.Series(form.price_eur_per_kwh[t:], index=form.times[t:], name="eur_per_kwh")
+    return BlockSnapshot(time=form.times[t], site=form.site, step=step, cars=cars, base_load_kw=base,
+                         prices_eur_per_kwh=prices, current_step_a=form.options.current_step_a)

@@ -1,0 +1,308 @@
+"""The formulation as one sparse standard form (:class:`MatrixForm`), built from whole arrays.
+
+The column and row layout is computed once, here, by :class:`Layout`; the numba kernel that
+writes the entries (:func:`nowblock.milp.kernels.standard_form`) receives its block offsets as
+arrays in the order of :data:`COLUMN_BLOCKS` and :data:`ROW_BLOCKS`, and its inputs as a few
+named tuples (:class:`CellArrays`, :class:`CostTerms`, :class:`ChangePairs`,
+:class:`LimitEntries`). :func:`plan_columns` gives every column's value for a plan of cell
+currents, :func:`plan_objective` the objective [EUR] of that plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from nowblock.milp.formulation import Formulation
+
+#: Column blocks, in the order they sit in the matrix.
+COLUMN_BLOCKS = ("current_a", "on", "shortfall_kwh", "worst_fraction", "peak_kw", "change_up_a", "change_down_a")
+#: Row families, in the order they sit in the matrix.
+ROW_BLOCKS = ("energy", "fuse", "unbalance", "on_upper", "on_lower", "fair", "peak", "change")
+
+_TOL_A = 1e-6
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Named blocks laid out back to back from 0, in the order given.
+
+    ``sizes`` maps every block name to its size; ``keep_empty`` says whether a block of size 0
+    still appears in :attr:`slices` (columns: yes, each family is always there; rows: no).
+    """
+
+    sizes: dict[str, int]
+    keep_empty: bool = True
+
+    @property
+    def starts(self) -> np.ndarray:
+        """int64 start of every block, in the order of :attr:`sizes` (what the kernel reads)."""
+        return np.concatenate([[0], np.cumsum(list(self.sizes.values()))[:-1]]).astype(np.int64)
+
+    @property
+    def total(self) -> int:
+        """Number of columns (or rows) in all blocks."""
+        return int(sum(self.sizes.values()))
+
+    @property
+    def slices(self) -> dict[str, slice]:
+        """Block name -> its slice (empty row blocks left out)."""
+        out = {}
+        for (name, size), start in zip(self.sizes.items(), self.starts):
+            if size or self.keep_empty:
+                out[name] = slice(int(start), int(start) + int(size))
+        return out
+
+
+class CellArrays(NamedTuple):
+    """Per cell (car, slot): slot, upper bound [A], energy per ampere [kWh/A], minimum [A],
+    power per ampere [kW/A], and its car."""
+
+    car: np.ndarray
+    slot: np.ndarray
+    upper_a: np.ndarray
+    kwh_per_a: np.ndarray
+    min_a: np.ndarray
+    kw_per_a: np.ndarray
+
+
+class CostTerms(NamedTuple):
+    """Objective data: energy row bounds [kWh], per-car shortfall cost [EUR/kWh], per-slot price
+    [EUR/kWh] and base load [kW], the flat energy cost [EUR/kWh], fair, peak [EUR/kW] and change
+    [EUR/A] weights."""
+
+    need_kwh: np.ndarray
+    energy_hi_kwh: np.ndarray
+    shortfall_eur_per_kwh: np.ndarray
+    price_eur_per_kwh: np.ndarray
+    base_kw: np.ndarray
+    energy_eur_per_kwh: float
+    fair_eur: float
+    peak_eur_per_kw: float
+    change_eur_per_a: float
+
+
+class ChangePairs(NamedTuple):
+    """Cells with a setpoint-change pair, whether each has a predecessor cell (``cell - 1``), and
+    the setpoint applied now [A] for those without."""
+
+    cell: np.ndarray
+    has_prev: np.ndarray
+    rhs_a: np.ndarray
+
+
+class LimitEntries(NamedTuple):
+    """Stated limit rows: per entry its row (within the family), cell and coefficient; per row
+    its bound [A]."""
+
+    row: np.ndarray
+    cell: np.ndarray
+    value: np.ndarray
+    hi_a: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class MatrixForm:
+    """A MILP in HiGHS's standard form: min ``cost @ x`` s.t. ``row_lo <= A x <= row_hi``.
+
+    ``A`` is column-wise (CSC: ``a_start``, ``a_index``, ``a_value``). ``cols``/``rows`` map each
+    variable or constraint family name to its slice (:class:`Layout`), so both backends (and the
+    schedule reader) find ``current_a``, ``on``, ``shortfall_kwh``, ``fuse`` ... by name.
+    """
+
+    cost: np.ndarray
+    col_lo: np.ndarray
+    col_hi: np.ndarray
+    integrality: np.ndarray  # int32: 0 continuous, 1 integer
+    row_lo: np.ndarray
+    row_hi: np.ndarray
+    a_start: np.ndarray
+    a_index: np.ndarray
+    a_value: np.ndarray
+    cols: dict[str, slice]
+    rows: dict[str, slice]
+    fuse_row_label: np.ndarray  # (n_fuse_rows, 2): fuse-phase row r, slot t
+    unbalance_row_label: np.ndarray  # (n_unbalance_rows, 3): phase p, phase q, slot t
+    binary_cell: np.ndarray  # cell index of every on/off column, in column order
+    change_cell: np.ndarray  # cell of every change pair; its predecessor is cell - 1 when change_has_prev
+    change_has_prev: np.ndarray
+    change_rhs: np.ndarray  # setpoint applied now for pairs without a predecessor [A]
+    fuse_cells: np.ndarray  # cells that appear in a stated fuse or unbalance row (where a limit can bind)
+    build_seconds: float = 0.0  # time spent building these arrays [s]
+    current_scale: np.ndarray | None = None  # amperes per unit of each current column (None: 1)
+
+    def current_a(self, values: np.ndarray) -> np.ndarray:
+        """The cell currents [A] in column values ``values``."""
+        x = np.asarray(values, dtype=float)[self.cols["current_a"]]
+        return x if self.current_scale is None else x * self.current_scale
+
+    @property
+    def num_col(self) -> int:
+        """Number of variables."""
+        return len(self.cost)
+
+    @property
+    def num_row(self) -> int:
+        """Number of constraints."""
+        return len(self.row_lo)
+
+    @property
+    def num_nz(self) -> int:
+        """Number of nonzeros in A."""
+        return len(self.a_value)
+
+    def csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The matrix row-wise: (row start, column index, value)."""
+        col = np.repeat(np.arange(self.num_col), np.diff(self.a_start))
+        order = np.lexsort((col, self.a_index))
+        start = np.searchsorted(self.a_index[order], np.arange(self.num_row + 1))
+        return start, col[order], self.a_value[order]
+
+
+_EMPTY_I = np.zeros(0, dtype=np.int64)
+
+
+def build_matrix(f: "Formulation", binary: np.ndarray) -> MatrixForm:
+    """The standard form of ``f`` with on/off binaries on the cells flagged in ``binary``:
+    numpy gathers the per-cell arrays, numba kernels emit the entries."""
+    from nowblock.milp.kernels import change_pairs, limit_row_entries, standard_form
+
+    t_start = time.perf_counter()
+    o = f.options
+    n, T = f.n_cars, f.n_slots
+    car, slot = f.cells
+    K = len(car)
+    bcell = np.nonzero(binary)[0]
+    B = len(bcell)
+    fair = o.sharing == "fair"
+    use_peak = o.peak_eur_per_kw > 0
+    need = np.maximum(f.need_kwh, 0.0)
+
+    # Change penalty: one pair per cell with a predecessor (same car, previous slot) or, in slot
+    # 0, with the setpoint applied now.
+    n_change = T if o.change_slots is None else int(o.change_slots)
+    if o.change_eur_per_a > 0 and n_change > 0:
+        pair, has_prev, rhs = change_pairs(car, slot, f.prev_current_a[car], n_change)
+    else:
+        pair, has_prev, rhs = _EMPTY_I, np.zeros(0, dtype=bool), np.zeros(0)
+    P = len(pair)
+
+    # Fuse rows: every nonzero (fuse-phase row, car) pair of the incidence over the car's
+    # cells, only rows whose cells could together exceed the headroom.
+    A = f.incidence
+    cell_count = np.bincount(car, minlength=n)
+    cell_start = np.cumsum(cell_count) - cell_count
+    pr, pc = np.nonzero(A)
+    room = f.headroom_a.reshape(-1)
+    ub = f.cell_upper_a
+    keep_key, fuse_label, fuse_rows, fuse_cells, fuse_vals = limit_row_entries(
+        pr, pc, A[pr, pc], cell_start, cell_count, slot, ub, room, T, 1e-9, False)
+
+    # Unbalance at the root: charging current on phase p minus phase q, for p != q.
+    u = f.site.max_unbalance_a
+    unb_label = np.zeros((0, 3), dtype=np.int64)
+    unb_rows = unb_cells = _EMPTY_I
+    unb_vals = np.zeros(0)
+    n_unb = 0
+    u_hi = 0.0
+    if u is not None and K > 0:
+        u_hi = float(f.floor_to_step(u))
+        pq = np.array([(p, q) for p in range(3) for q in range(3) if p != q])
+        d = A[pq[:, 0]] - A[pq[:, 1]]  # (6, n)
+        dr, dc = np.nonzero(d)
+        keep, _, unb_rows, unb_cells, unb_vals = limit_row_entries(dr, dc, d[dr, dc], cell_start, cell_count, slot,
+                                                                   ub, np.full(6 * T, u_hi), T, 1e-9, True)
+        n_unb = len(keep)
+        unb_label = np.stack([pq[keep // T, 0], pq[keep // T, 1], keep % T], axis=1)
+
+    weight = 1.0 if f.shortfall_weight is None else f.shortfall_weight
+    fair_cost = 0.0
+    if fair:
+        # Weighted so that raising the worst fraction always beats any total-shortfall trade.
+        w_max = 1.0 if f.shortfall_weight is None else max(float(np.max(f.shortfall_weight, initial=1.0)), 1.0)
+        fair_cost = (10.0 * o.shortfall_eur_per_kwh * max(need.sum(), 1e-9) * max(f.priority.max(initial=1.0), 1.0)
+                     * w_max)
+    n_fair = int((need > 1e-9).sum()) if fair else 0
+    # The energy row's ceiling (``Formulation.ceiling_kwh``: one slot at the minimum current, at
+    # least a pilot step, beyond the need) lets a car with a small remainder still be served
+    # under "0 or >= min": it stops by itself when full. Shortfall is priced, so it is 0 when
+    # delivered >= need. Energy beyond need is never free (energy cost > 0).
+
+    cols = Layout({"current_a": K, "on": B, "shortfall_kwh": n, "worst_fraction": int(fair),
+                   "peak_kw": int(use_peak), "change_up_a": P, "change_down_a": P})
+    rows = Layout({"energy": n, "fuse": len(keep_key), "unbalance": n_unb, "on_upper": B, "on_lower": B,
+                   "fair": n_fair, "peak": T if use_peak else 0, "change": P}, keep_empty=False)
+    cells = CellArrays(car, slot, ub, f.cell_energy_per_a_kwh, f.min_current_a[car], f.kw_per_a[car])
+    terms = CostTerms(need, np.maximum(f.ceiling_kwh, need), o.shortfall_eur_per_kwh * f.priority * weight,
+                      np.asarray(f.price_eur_per_kwh, dtype=float), np.asarray(f.base_kw, dtype=float),
+                      float(o.early_eur_per_kwh), float(fair_cost), float(o.peak_eur_per_kw),
+                      float(o.change_eur_per_a))
+    cost, col_lo, col_hi, integ, row_lo, row_hi, a_start, a_index, a_value = standard_form(
+        cols.starts, cols.total, rows.starts, rows.total, cells, bcell, terms, ChangePairs(pair, has_prev, rhs),
+        LimitEntries(fuse_rows, fuse_cells, fuse_vals, room[keep_key]),
+        LimitEntries(unb_rows, unb_cells, unb_vals, np.full(n_unb, u_hi)))
+    return MatrixForm(
+        cost=cost, col_lo=col_lo, col_hi=col_hi, integrality=integ, row_lo=row_lo, row_hi=row_hi,
+        a_start=a_start, a_index=a_index, a_value=a_value, cols=cols.slices, rows=rows.slices,
+        fuse_row_label=fuse_label, unbalance_row_label=unb_label, binary_cell=bcell,
+        change_cell=pair, change_has_prev=has_prev, change_rhs=rhs,
+        fuse_cells=np.unique(np.concatenate([fuse_cells, unb_cells])),
+        build_seconds=time.perf_counter() - t_start,
+    )
+
+
+# ---- a plan's columns and objective -----------------------------------------------------------
+def plan_columns(form: "Formulation", mf: MatrixForm, x: np.ndarray) -> np.ndarray:
+    """Every column's value for cell currents ``x`` [A]: on/off, shortfall [kWh], worst
+    fraction, peak [kW], changes [A], each at its cheapest value given ``x``."""
+    from nowblock.milp.kernels import complete_columns
+
+    car, slot = form.cells
+    cols = mf.cols
+    wf, pk = cols["worst_fraction"], cols["peak_kw"]
+    return complete_columns(mf.num_col, np.asarray(x, dtype=float), car, slot, form.cell_energy_per_a_kwh,
+                            form.kw_per_a[car], np.maximum(form.need_kwh, 0.0), np.asarray(form.base_kw, dtype=float),
+                            mf.binary_cell, cols["shortfall_kwh"].start, wf.start if wf.stop > wf.start else -1,
+                            pk.start if pk.stop > pk.start else -1, mf.change_cell, mf.change_has_prev,
+                            mf.change_rhs, cols["change_up_a"].start, cols["change_down_a"].start, _TOL_A)
+
+
+def plan_objective(form: "Formulation", mf: MatrixForm, plan_a: np.ndarray) -> float:
+    """The objective [EUR] of a dense (n, T) plan [A], every term computed from the plan itself
+    (its shortfall, its peak, its changes), as the model prices them."""
+    car, slot = form.cells
+    return float(mf.cost @ plan_columns(form, mf, np.asarray(plan_a, dtype=float)[car, slot]))
+
+
+def is_feasible(mf: MatrixForm, v: np.ndarray, tol: float = 1e-6) -> bool:
+    """Whether column values ``v`` satisfy every bound and row of ``mf`` (within ``tol``)."""
+    from nowblock.milp.kernels import csc_feasible
+
+    return bool(csc_feasible(mf.a_start, mf.a_index, mf.a_value, np.asarray(v, dtype=float), mf.col_lo, mf.col_hi,
+                             mf.row_lo, mf.row_hi, float(tol)))
+
+
+def in_pilot_steps(mf: MatrixForm, cells: np.ndarray, step_a: float) -> MatrixForm:
+    """``mf`` with the current columns of ``cells`` counted in whole pilot steps: each such column
+    is an integer number of ``step_a`` [A] (its matrix entries and cost multiplied by the step,
+    its bound divided). Its values times :attr:`MatrixForm.current_scale` are amperes again.
+    A MILP over these columns plans in the steps a charger accepts, so its bound holds for every
+    such plan (the LP's bound holds for continuous currents, a pilot step finer than any plan)."""
+    sl = mf.cols["current_a"]
+    k = sl.start + np.asarray(cells, dtype=np.int64)
+    scale = np.ones(sl.stop - sl.start)
+    scale[cells] = step_a
+    col_of_entry = np.repeat(np.arange(mf.num_col), np.diff(mf.a_start))
+    factor = np.ones(mf.num_col)
+    factor[k] = step_a
+    col_hi = mf.col_hi.copy()
+    col_hi[k] = np.floor(col_hi[k] / step_a + 1e-9)
+    integ = mf.integrality.copy()
+    integ[k] = 1
+    return dataclasses.replace(mf, cost=mf.cost * factor, col_hi=col_hi, integrality=integ,
+                               a_value=mf.a_value * factor[col_of_entry], current_scale=scale)

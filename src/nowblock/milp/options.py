@@ -1,0 +1,121 @@
+"""Operator choices and solver settings of one planning step (:class:`OptimizeOptions`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from nowblock.baselines import STRATEGIES
+
+Sharing = Literal["weighted", "fair"]
+
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    """Operator choices and solver settings for one planning step.
+
+    Objective [EUR], minimised over the returned plan:
+
+    - ``sharing``: how shortfall is shared when not every car can be served: ``"weighted"``
+      (minimise the priority-weighted total shortfall [kWh]) or ``"fair"`` (first maximise the
+      smallest fraction of its need any car gets, then the weighted total).
+    - ``shortfall_eur_per_kwh`` [EUR/kWh]: penalty on energy not delivered by departure.
+    - ``peak_eur_per_kw`` [EUR/kW]: cost on the highest block import over the horizon.
+    - ``change_eur_per_a`` [EUR/A]: penalty on every ampere a setpoint moves between slots.
+    - ``change_slots``: number of leading slots whose setpoint changes are penalised (None: all);
+      the first compares with the setpoint applied now.
+    - ``early_eur_per_kwh`` [EUR/kWh]: a tiny cost on every kWh delivered (energy beyond the need
+      is never free); when > 0 the returned plan is also *front-loaded*: each car's energy moves
+      to its earliest slots that cost no more, under the plan's own peak (energy now is worth
+      more than energy promised later when arrivals are unknown). 0 switches both off. Until
+      0.2 this was a cost rising from 1x to 2x over the horizon inside the model: every slot
+      priced differently made HiGHS's LP five to thirty times slower (docs/bench_optimize.md).
+
+    Method (docs/optimizer.md, "Solving"):
+
+    - ``time_limit_s`` [s]: bounds the whole call: building, the LP, the MILP stage, rounding.
+    - ``mip_rel_gap``: a plan within this relative distance of the proven bound is ``"optimal"``
+      (1 % by default); a plan further away makes the MILP stage run, if its budget allows.
+    - ``mip_abs_gap`` [EUR]: a plan within this absolute distance of the bound is ``"optimal"``
+      too (a cent by default: on a block whose whole objective is a few cents of tie-breaks, one
+      pilot step of peak is already a percent). As HiGHS's ``mip_abs_gap``.
+    - ``milp_effort``: the MILP stage may take this many times what the call spent before it
+      (building and the LP), never past the time limit; 0: never run it. It runs only when the
+      rounded LP plan is not within ``mip_rel_gap`` of the LP bound.
+    - ``milp_min_s`` [s]: the MILP stage may take at least this long (HiGHS's MILP alone takes
+      tens of milliseconds on the smallest blocks, more than their LP), never past the time limit.
+    - ``binary_slots``: in the MILP stage, the number of leading slots whose cells get an
+      on/off binary (None: all slots), and only cells whose fuse rows can bind. The returned
+      plan keeps "0 or >= min" in every slot whatever this is (the rounding sees to that).
+    - ``threads`` (None: HiGHS default); ``solver_options``: extra HiGHS options, each checked.
+    - ``current_step_a`` [A]: pilot-signal step of the plan (0.1 for OCPP 1.6).
+    - ``backend``: ``"highs"`` (direct, default) or ``"pyomo"`` (the same model through Pyomo,
+      MILP only, no LP stage).
+    - ``fallback``: the baseline policy played forward when the solver raises or fails.
+
+    Receding-horizon policy only (:class:`nowblock.milp.MilpPolicy`):
+
+    - ``departure_margin_h`` [h]: plan to finish this much before the (known or estimated)
+      departure, at most a quarter of the time left, so a car that draws less than offered near
+      full (battery taper) can still catch up.
+    - ``urgency_h`` [h]: a car's shortfall weighs ``1 + urgency_h / hours_left`` times more
+      (``hours_left`` to its real departure, at least one control step): a plan's shortfall on a
+      car leaving soon is final, on a car staying for hours the next plans can still make it
+      good. 0 switches it off.
+    - ``top_up_h`` [h]: give the first slot's spare room (after the plan) to cars the plan leaves
+      short that leave within this many hours, earliest departure first, up to their maximum and
+      never above the plan's own peak power (0: off).
+    """
+
+    sharing: Sharing = "weighted"
+    shortfall_eur_per_kwh: float = 20.0
+    peak_eur_per_kw: float = 0.01
+    change_eur_per_a: float = 1e-4
+    early_eur_per_kwh: float = 1e-3
+    binary_slots: int | None = 8
+    change_slots: int | None = 4
+    departure_margin_h: float = 1.0
+    urgency_h: float = 1.0
+    top_up_h: float = 3.0
+    time_limit_s: float = 30.0
+    mip_rel_gap: float = 0.01
+    mip_abs_gap: float = 0.01
+    milp_effort: float = 1.0
+    milp_min_s: float = 0.25
+    threads: int | None = None
+    current_step_a: float = 1.0
+    backend: Literal["highs", "pyomo"] = "highs"
+    fallback: str = "llf"
+    solver_options: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.sharing not in ("weighted", "fair"):
+            raise ValueError(f"sharing: expected 'weighted' or 'fair', got {self.sharing!r}")
+        if self.fallback not in STRATEGIES or self.fallback == "uncontrolled":
+            raise ValueError(f"fallback: expected one of equal, edf, llf, got {self.fallback!r}")
+        if self.backend not in ("highs", "pyomo"):
+            raise ValueError(f"backend: expected 'highs' or 'pyomo', got {self.backend!r}")
+        for name in ("shortfall_eur_per_kwh", "peak_eur_per_kw", "change_eur_per_a", "early_eur_per_kwh",
+                     "urgency_h", "top_up_h", "milp_effort", "mip_abs_gap", "milp_min_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not self.time_limit_s > 0:
+            raise ValueError(f"time_limit_s: must be > 0, got {self.time_limit_s}")
+        if not 0 <= self.mip_rel_gap < 1:
+            raise ValueError(f"mip_rel_gap: must be in [0, 1), got {self.mip_rel_gap}")
+        if not self.current_step_a > 0:
+            raise ValueError(f"current_step_a: must be > 0, got {self.current_step_a}")
+        for name in ("binary_slots", "change_slots"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ValueError(f"{name}: must be >= 0 or None, got {v}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "OptimizeOptions":
+        """Build options from keyword arguments; an unknown key raises a TypeError naming it."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(kwargs) - known)
+        if bad:
+            raise TypeError(f"unknown optimizer option(s) {bad}; known: {sorted(known)}")
+        return cls(**kwargs)

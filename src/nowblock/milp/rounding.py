@@ -1,0 +1,255 @@
+"""From a relaxed solution to a real plan: every slot in pilot steps, "0 or >= min", every limit kept.
+
+:func:`make_plan` is the step between a solver's continuous currents and what a charger accepts.
+It is also the whole method when there is no solver answer (``x`` all zero: an
+earliest-deadline greedy). In order (kernels in :mod:`nowblock.milp.plan_kernels`):
+
+1. **Guided placement**, car by car, earliest departure first (``sharing="fair"``: the car with
+   the smallest share of its need first): the car's own relaxed currents floored to a step (a
+   current below the minimum dropped), then one more step on the cells that lost the most, until
+   the car has what the relaxation gave it (its *target*, at most its need). Fuse rows and the
+   relaxation's own peak power are checked; a car placed early keeps its room, so the cars with
+   the least time get the rounding's spare steps.
+2. **Unbalance repair**: where a phase-unbalance row broke (phases were floored by different
+   amounts), the most loaded car on the heavy phase is lowered a step at a time.
+3. **Fill and trim** under the relaxation's peak: cars still below target take steps in the
+   cheapest (then earliest) slots with room; energy beyond a target is taken back from the
+   dearest slots. If a car still misses its target, the power cap rises half a step of the
+   strongest car at a time and the cheapest, least loaded slots fill first.
+4. **More where there is room**: a car short of its *need* takes whatever room is left (a kWh of
+   shortfall costs more than any peak the model prices).
+5. **Peak shaving**: single steps move out of the highest slot into on-cells of the same car in
+   slots no dearer and lower by more than the step.
+6. **Hand-over**: a step a car gets beyond its need goes to a car short of its need in the same
+   slot, where that lowers the weighted shortfall.
+7. **Front-loading** (``early_eur_per_kwh > 0``): each car's energy moves to its earliest slots
+   that cost no more, under the plan's own peak.
+8. **Re-check** from scratch: every row of every slot, every maximum, "0 or >= min"; a slot that
+   fails (none should) is repaired by the shared safety net :func:`nowblock.seam.make_safe`.
+
+Every stage keeps the plan feasible for every row it checks; the energy a car gets only changes
+towards its target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from nowblock.milp.formulation import Formulation
+
+_TOL = 1e-9
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A real plan: ``current_a`` (n, T) [A] in pilot steps, ``energy_kwh`` per car [kWh] it
+    delivers, ``missing_kwh`` [kWh] what cars got less than their targets (the relaxation's
+    energy) in total, and ``repaired_slots``, the slots the safety net had to repair (0 in normal
+    use)."""
+
+    current_a: np.ndarray
+    energy_kwh: np.ndarray
+    missing_kwh: float = 0.0
+    repaired_slots: int = 0
+
+
+def pilot_bounds(form: Formulation) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell the most a plan may offer [A] (the upper bound floored to a step; 0 where the car
+    cannot charge or its maximum is below its minimum) and per car the least nonzero setpoint
+    [A] (:attr:`Formulation.min_on_a`)."""
+    lo = np.asarray(form.min_current_a, dtype=float)
+    on_a = form.min_on_a
+    up = form.floor_to_step(form.upper_a)
+    up = np.where((form.energy_per_a_kwh > 0) & (up >= on_a[:, None] - _TOL) & (form.upper_a >= lo[:, None] - 1e-9),
+                  up, 0.0)
+    return up, on_a
+
+
+def car_order(form: Formulation, target_kwh: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """The order cars are served in: earliest last usable slot first, then the heavier shortfall
+    weight, then the smaller share of need already targeted; ``sharing="fair"`` puts the share
+    first."""
+    T = form.n_slots
+    last = np.where(usable.any(axis=1), T - 1 - np.argmax(usable[:, ::-1], axis=1), T)
+    weight = form.priority * (1.0 if form.shortfall_weight is None else form.shortfall_weight)
+    need = np.maximum(form.need_kwh, 0.0)
+    share = np.where(need > 1e-9, target_kwh / np.maximum(need, 1e-9), 1.0)
+    if form.options.sharing == "fair":
+        return np.lexsort((-weight, last, share)).astype(np.int64)
+    return np.lexsort((share, -weight, last)).astype(np.int64)
+
+
+def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: float = np.inf,
+              target_kwh: np.ndarray | None = None, front_load: bool | None = None) -> Plan:
+    """Turn a relaxed dense plan ``x_a`` (n, T) [A] into a real one (module docstring).
+
+    Parameters
+    ----------
+    form : Formulation
+    x_a : ndarray, optional
+        The relaxed currents [A]; None (or zeros): plan from nothing, earliest deadline first.
+    peak_kw : float
+        The relaxation's peak power [kW] (base load plus charging), the cap the plan keeps to
+        while it can; inf: no cap.
+    target_kwh : ndarray, optional
+        Energy [kWh] each car should get; default what ``x_a`` gives it, at most its need (with
+        no ``x_a``: its need).
+    front_load : bool, optional
+        Move energy to earlier slots that cost no more (default: ``early_eur_per_kwh > 0``).
+
+    Returns
+    -------
+    Plan
+    """
+    from nowblock.milp import plan_kernels as pk
+
+    n, T = form.n_cars, form.n_slots
+    step = float(form.options.current_step_a)
+    kwh = np.ascontiguousarray(form.energy_per_a_kwh, dtype=float)
+    need = np.maximum(np.nan_to_num(np.asarray(form.need_kwh, dtype=float)), 0.0)
+    up, on_a = pilot_bounds(form)
+    ceiling = np.maximum(form.ceiling_kwh, need)
+    x = np.zeros((n, T)) if x_a is None else np.nan_to_num(np.asarray(x_a, dtype=float), posinf=0.0, neginf=0.0)
+    if target_kwh is None:
+        target = need.copy() if x_a is None else np.minimum((np.clip(x, 0.0, None) * kwh).sum(axis=1), need)
+    else:
+        target = np.minimum(np.asarray(target_kwh, dtype=float), need)
+    lim = form.limits
+    g_start, g_row, g_val = lim.by_car
+    r_start, r_car, r_val = lim.by_row
+    y = np.zeros((n, T))
+    delivered = np.zeros(n)
+    slack = lim.h.copy()
+    kw = np.asarray(form.kw_per_a, dtype=float)
+    base = np.asarray(form.base_kw, dtype=float)
+    cap = float(peak_kw) + 1e-6 if np.isfinite(peak_kw) else np.inf
+    power_room = cap - base
+    order = car_order(form, target, up > 0)
+    price = np.asarray(form.price_eur_per_kwh, dtype=float)
+    by_cost = np.lexsort((np.arange(T), price)).astype(np.int64)
+
+    rows = (g_start, g_row, g_val, slack, kw)
+    if x_a is None and np.isfinite(cap):
+        # From nothing under a cap: slot by slot, least laxity first.
+        pk.fill_least_laxity(y, delivered, target, kwh, up, on_a, *rows, power_room, step, _TOL)
+    if x_a is not None:
+        pk.place_guided(y, delivered, target, ceiling, _light_phase_up(form, x, step), kwh, up, on_a, order, *rows,
+                        power_room, lim.n_fuse_rows, step, _TOL)
+        # Cells still below their relaxed value, the largest loss first (ties: the car served
+        # first), for round-ups that check every row once the unbalance rows hold.
+        lost = x - y
+        cand_car, cand_slot = np.nonzero(lost > 1e-7)
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
+        pick = np.lexsort((rank[cand_car], -lost[cand_car, cand_slot]))
+        cand_car, cand_slot = cand_car[pick].astype(np.int64), cand_slot[pick].astype(np.int64)
+        pk.lower_to_fit(y, delivered, kwh, on_a, r_start, r_car, r_val, *rows, power_room, step, _TOL)
+        for _ in range(8):
+            if not pk.round_up(y, delivered, target, x, kwh, up, on_a, cand_car, cand_slot, *rows, power_room,
+                               step, _TOL):
+                break
+
+    # Fill and trim under the cap; raise the cap while someone misses the target.
+    d_kw = step * float(kw.max(initial=0.0))
+    slot_order = by_cost
+    for _ in range(64):
+        added = 0.0
+        for _ in range(4):  # again while it adds: a light phase raised can make room on a heavy one
+            more = pk.fill(y, delivered, target, kwh, up, on_a, order, slot_order, *rows, power_room, step, _TOL)
+            added += more
+            if more <= 0:
+                break
+        pk.trim(y, delivered, target, kwh, on_a, by_cost, *rows, power_room, step, _TOL)
+        if not np.isfinite(cap) or (target - delivered <= 1e-9).all() or d_kw <= 0:
+            break
+        if added <= 0:
+            power_room += 0.5 * d_kw
+            slot_order = np.lexsort((np.arange(T), base + kw @ y, price)).astype(np.int64)
+    no_cap = np.full(T, np.inf)
+    pk.fill(y, delivered, target, kwh, up, on_a, order, slot_order, *rows, no_cap, step, _TOL)
+    # Beyond the relaxation's targets, up to the need, wherever there is room.
+    if (need - delivered > 1e-9).any():
+        pk.fill(y, delivered, need, kwh, up, on_a, order, by_cost, *rows, no_cap, step, _TOL)
+    if lim.g.shape[0] > lim.n_fuse_rows and (need - delivered > 1e-9).any():
+        # Unbalance-blocked cars: the light phases take more in the same slot, up to their need
+        # (a full car stops drawing: current beyond its need would balance nothing), or move a
+        # step there from another slot of theirs.
+        for _ in range(4):
+            if not pk.fill_balanced(y, delivered, need, need, kwh, up, on_a, order, by_cost, g_start, g_row,
+                                    g_val, r_start, r_car, r_val, slack, kw, no_cap, lim.n_fuse_rows, step, _TOL):
+                break
+    keep = np.maximum(np.minimum(delivered, need), target)
+    neg_power = -(base + kw @ y)
+    if T > 1:
+        pk.shave_peak(y, delivered, keep, ceiling, kwh, up, on_a, price, *rows, neg_power, step, _TOL, 20 * T)
+    if front_load if front_load is not None else form.options.early_eur_per_kwh > 0:
+        room = float(np.max(-neg_power, initial=0.0)) + 1e-6 + neg_power
+        pk.front_load(y, delivered, keep, ceiling, kwh, up, on_a, order, price, *rows, room, step, _TOL)
+
+    # What the moves above freed, for cars still short of their need; then the steps some cars
+    # get beyond their need, where a car short of its need could use them.
+    if (need - delivered > 1e-9).any():
+        pk.fill(y, delivered, need, kwh, up, on_a, order, by_cost, *rows, no_cap, step, _TOL)
+        weight = np.asarray(form.priority, dtype=float) * (1.0 if form.shortfall_weight is None
+                                                            else np.asarray(form.shortfall_weight, dtype=float))
+        pk.pass_on_excess(y, delivered, need, np.broadcast_to(weight, (n,)).copy(), kwh, up, on_a, *rows, no_cap,
+                          step, _TOL)
+    y = np.round(y / step) * step  # whole steps exactly (sums of steps drift in floating point)
+    y, repaired = _recheck(form, y, up, on_a)
+    energy = (y * kwh).sum(axis=1)
+    return Plan(current_a=y, energy_kwh=energy, missing_kwh=float(np.maximum(target - energy, 0.0).sum()),
+                repaired_slots=repaired)
+
+
+def _light_phase_up(form: Formulation, x: np.ndarray, step: float) -> np.ndarray:
+    """``x`` [A] with the cells of cars on the light phase of a binding unbalance row rounded up
+    to a step: phase totals are whole steps in any plan, and where the relaxation holds the heavy
+    phase exactly ``max_unbalance_a`` above the light one, flooring both phases would take the
+    difference out of the heavy phase's cars (measured: 0.1-1.5 % of the energy on the matrix's
+    unbalance cells). The energy a light-phase car gets too much is trimmed later where it can be."""
+    lim = form.limits
+    if lim.g.shape[0] == lim.n_fuse_rows or not len(x):
+        return x
+    u = lim.h[lim.n_fuse_rows, 0]
+    root = lim.g[0:3]
+    load = root @ x  # (3, T) charging current per grid phase of the root [A]
+    light = load <= load.max(axis=0, keepdims=True) - u + 1e-6  # (3, T): the light side of a binding row
+    only = (root > 0) & (root.sum(axis=0, keepdims=True) == 1)  # (3, n): single-phase cars by phase
+    up_cells = (only.T.astype(float) @ light.astype(float)) > 0  # (n, T)
+    if not up_cells.any():
+        return x
+    return np.where(up_cells & (x > 1e-7), np.ceil(x / step - 1e-7) * step, x)
+
+
+def _recheck(form: Formulation, y: np.ndarray, up: np.ndarray, on_a: np.ndarray) -> tuple[np.ndarray, int]:
+    """Every row of every slot, every maximum, "0 or >= min", from scratch; a slot that fails is
+    repaired by :func:`nowblock.seam.make_safe` (the count is returned)."""
+    from nowblock.milp.plan_kernels import broken_slots
+
+    lim = form.limits
+    g_start, g_row, g_val = lim.by_car
+    bad = np.nonzero(broken_slots(y, up, on_a, g_start, g_row, g_val, lim.h, 1e-6))[0]
+    if not len(bad):
+        return y, 0
+    from nowblock.milp.adapters import slot_snapshot
+    from nowblock.seam import make_safe
+
+    pos = pd.Index(form.session_ids)
+    for t in bad:
+        snap = slot_snapshot(form, int(t), np.zeros(form.n_cars))
+        idx = pos.get_indexer(snap.cars.index)
+        safe = make_safe(snap, pd.Series(y[idx, t], index=snap.cars.index))
+        y[:, t] = 0.0
+        y[idx, t] = safe.to_numpy(float)
+    return y, len(bad)
+
+
+def round_to_steps(form: Formulation, raw_a: np.ndarray) -> tuple[np.ndarray, int]:
+    """A dense (n, T) plan [A] (any numbers, even past the limits) made real: :func:`make_plan`
+    with the plan's own energies as targets and no power cap. Returns the plan and the number
+    of slots the safety net had to repair."""
+    p = make_plan(form, raw_a, front_load=False)
+    return p.current_a, p.repaired_slots
