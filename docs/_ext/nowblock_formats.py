@@ -88,9 +88,11 @@ def _site_tables() -> dict[str, list[Field]]:
                   meaning="The fuse's name."),
             Field("parent", "string", default="optional", allowed="the id of another fuse",
                   meaning="The fuse upstream. Left out for the grid connection (the root)."),
-            Field("max_current_a", "number or [L1, L2, L3]", "A", "required", f"> 0, <= {fuse_max}",
+            Field("max_current_a", "number or [L1, L2, L3]", "A", "required", f"> 0, <= {fuse_max} (see meaning)",
                   "Rating per phase; one number means the same on all three phases. Above "
-                  f"{fuse_max} A is more than a low-voltage connection carries and is refused."),
+                  f"{fuse_max} A is more than a low-voltage connection carries: refused, unless the charging "
+                  "points below the fuse could draw that much together (then it is an aggregate cap, "
+                  "accepted with a warning)."),
         ],
         "charge_point": [
             Field("id", "string", default="required", allowed="unique",

@@ -443,7 +443,10 @@ def fill_balanced(y, delivered, target, cap_kwh, kwh, up, on_a, order, slot_orde
                         from_t = -1
                         if delivered[k] + inc * kwh[k, t] > cap_kwh[k] + 1e-9:
                             for u in range(T):
+                                # Its energy neither falls (kwh[u] <= kwh[t]) nor passes its
+                                # ceiling (slot lengths differ: the move can add a little).
                                 if u != t and y[k, u] - inc >= on_a[k] - tol and kwh[k, u] <= kwh[k, t] + 1e-12 \
+                                        and delivered[k] + inc * (kwh[k, t] - kwh[k, u]) <= cap_kwh[k] + 1e-9 \
                                         and can_lower(k, u, inc, g_start, g_row, g_val, slack, tol):
                                     from_t = u
                                     break
