@@ -186,7 +186,7 @@ def main(argv=None) -> None:
                 if needs == "reported" and "user_departure" not in scn.sessions.columns:
                     continue
                 for policy in args.policies:
-                    if policy == "bounds" or (policy == "uncontrolled" and needs != "known"):
+                    if policy not in POLICIES or (policy == "uncontrolled" and needs != "known"):
                         continue  # the bounds know everything; uncontrolled ignores needs
                     if (family, round(frac, 4), needs, policy, args.tag) in done:
                         continue
