@@ -29,9 +29,12 @@ import pandas as pd
 import nowblock as nb
 from nowblock.block.families import family_scenario, family_site
 from nowblock.milp import solve_offline
+from nowblock.sim.battery import TaperBattery
 
 #: MILP variants: one option changed at a time against the defaults (OptimizeOptions fields and
-#: MilpPolicy arguments).
+#: MilpPolicy arguments). Two keys are not options: ``"arrivals": "oracle"`` gives the policy an
+#: arrivals forecaster that knows every future arrival (:class:`OracleArrivals`), ``"taper":
+#: False`` simulates batteries without taper (``TaperBattery(taper_soc=1.0)``).
 VARIANTS = {
     "milp": {},
     "milp_margin0": {"departure_margin_h": 0.0},
@@ -43,7 +46,32 @@ VARIANTS = {
     "milp_horizon48": {"horizon": "48h"},
     "milp_fair": {"sharing": "fair"},
     "milp_margin0_topup24": {"departure_margin_h": 0.0, "top_up_h": 24.0},
+    "milp_margin2": {"departure_margin_h": 2.0},
+    "milp_oracle_arrivals": {"arrivals": "oracle"},
+    "milp_oracle_arrivals_p1": {"arrivals": "oracle", "arrivals_priority": 1.0},
+    "milp_notaper": {"taper": False},
+    "milp_margin0_notaper": {"departure_margin_h": 0.0, "taper": False},
 }
+#: Baselines run too (``"taper": False`` as above).
+BASELINES = {"llf": {}, "edf": {}, "llf_notaper": {"taper": False}, "edf_notaper": {"taper": False}}
+
+
+class OracleArrivals:
+    """An arrivals "forecast" that is the truth: every session arriving within the horizon, with
+    its real energy and stay (the format of :meth:`nowblock.forecast.ArrivalForecaster.predict`).
+    It measures how much of the gap to the offline bound is not knowing who comes next."""
+
+    def __init__(self, sessions: pd.DataFrame):
+        self.s = sessions.sort_values("arrival")
+
+    def predict(self, start, horizon) -> pd.DataFrame:
+        start = pd.Timestamp(start)
+        end = start + pd.Timedelta(horizon)
+        s = self.s[(self.s["arrival"] > start) & (self.s["arrival"] < end)]
+        stay = (s["departure"] - s["arrival"]).dt.total_seconds().to_numpy() / 3600.0
+        e = s["energy_kwh"].to_numpy(float)
+        return pd.DataFrame({"arrivals": 1.0, "energy_kwh": e, "energy_total_kwh": e, "dwell_h": stay},
+                            index=pd.DatetimeIndex(s["arrival"]))
 
 
 def _scenario(args):
@@ -82,12 +110,18 @@ def run(args) -> None:
         e = sch.energy_kwh
         record("bound_milp", e, {"demand_met": float(e.sum()) / req, "status": sch.status, "mip_gap": sch.mip_gap,
                                  "wall_s": time.perf_counter() - t0})
-    plan = [(p, "policy", {}) for p in ("llf", "edf")] + [(k, "milp", v) for k, v in VARIANTS.items()]
+    plan = [(k, k.split("_")[0], v) for k, v in BASELINES.items()] + [(k, "milp", v) for k, v in VARIANTS.items()]
     for name, policy, opts in plan:
         if name in done or (args.only and name not in args.only):
             continue
+        opts = dict(opts)
+        kw = {"battery": TaperBattery(taper_soc=1.0)} if opts.pop("taper", True) is False else {}
+        label = dict(opts)
+        if opts.get("arrivals") == "oracle":
+            opts["arrivals_forecaster"] = OracleArrivals(s)
+        opts.pop("arrivals", None)
         t0 = time.perf_counter()
-        res = nb.simulate(scn, policy=name if policy == "policy" else "milp", policy_options=opts or None)
+        res = nb.simulate(scn, policy=policy, policy_options=opts or None, **kw)
         m = res.metrics
         delivered = res.sessions.set_index("session_id")["energy_delivered_kwh"]
         # Energy each session drew in its last hour (does the plan finish early and stop?).
@@ -96,7 +130,7 @@ def run(args) -> None:
         last_h = last.groupby("session_id")["power_kw"].sum() * (5.0 / 60.0)
         per[f"{name}_last_hour"] = last_h.reindex(per.index).fillna(0.0).to_numpy(float)
         record(name, delivered, {"demand_met": m["demand_met"], "max_overload_a": m["max_overload_a"],
-                                 "peak_kw": m["peak_kw"], "cost_eur": m["cost_eur"], "options": opts,
+                                 "peak_kw": m["peak_kw"], "cost_eur": m["cost_eur"], "options": {**label, **({"taper": False} if kw else {})},
                                  "wall_s": time.perf_counter() - t0, "solve_seconds_median": m["solve_seconds_median"]})
 
 

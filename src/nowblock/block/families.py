@@ -17,7 +17,8 @@ time); docs/scenario.md names every source and every assumption. :func:`family_s
 sessions frame, :func:`family_site` a block sized by wallbox count and connection size, and
 :func:`family_scenario` a whole :class:`~nowblock.block.scenario.Scenario` (with an optional
 history of earlier weeks for fitting a needs forecaster). Deterministic for a seed: every day
-draws from its own stream ``(seed, family, day)``.
+draws from its own stream ``(seed, family, date)``, so a week is the same week whether or not
+earlier days are generated with it.
 
 How the marginals are kept. ElaadNL publishes three marginal distributions and, per arrival
 half hour, the mean connection time. Arrival, connection time and energy are tied by a Gaussian
@@ -301,8 +302,11 @@ def family_sessions(site: Site, family: str, days: int = 7, start="2026-03-02", 
     free_from = np.full(n_cp, -np.inf)  # minutes since day 0 when each point is free again
     count = np.zeros(n_cp, dtype=np.int64)
     rows: list[tuple] = []
+    # Days draw from streams keyed by their date, so a week is the same week whether or not
+    # history days are generated before it (only who still occupies a point carries over).
+    day0 = (first.tz_localize(None).normalize() - pd.Timestamp("1970-01-01")).days
     for d in range(days):
-        rng = np.random.default_rng([seed, _K_FAMILY, fam, 1, d])
+        rng = np.random.default_rng([seed, _K_FAMILY, fam, 1, day0 + d])
         rate = rates.weekend if weekend[d] else rates.workday
         if rates.per_point:
             plug = rng.random(n_cp) < rate
