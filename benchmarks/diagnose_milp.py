@@ -48,6 +48,8 @@ VARIANTS = {
     "milp_margin0_topup24": {"departure_margin_h": 0.0, "top_up_h": 24.0},
     "milp_margin2": {"departure_margin_h": 2.0},
     "milp_early1": {"early_eur_per_kwh": 1.0},
+    "milp_topup24_margin2": {"top_up_h": 24.0, "departure_margin_h": 2.0},
+    "milp_topup24_oracle": {"top_up_h": 24.0, "arrivals": "oracle"},
     "milp_oracle_arrivals": {"arrivals": "oracle"},
     "milp_oracle_arrivals_p1": {"arrivals": "oracle", "arrivals_priority": 1.0},
     "milp_notaper": {"taper": False},
