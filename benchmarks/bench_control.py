@@ -57,7 +57,7 @@ class InProcessCentral:
         self.state.on_dispatch(cp_id, connector_id, rec)
         return rec
 
-    async def set_default_profile(self, cp_id, current_a, *, connector_id=0, validity_s=None):
+    async def set_default_profile(self, cp_id, current_a, *, connector_id=0, validity_s=None, profile_id=None):
         return DispatchRecord(pr.utcnow(), float(current_a), pr.TX_DEFAULT, float(current_a), [])
 
 

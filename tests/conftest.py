@@ -104,3 +104,104 @@ def small_sessions() -> pd.DataFrame:
 def small_scenario() -> Scenario:
     """``small_site`` with ``small_sessions``, household load (12 flats) and prices, 3 days."""
     return make_small_scenario()
+
+
+# ---- PostgreSQL for the store's tests ------------------------------------------------------------
+# The store's tests run against SQLite and a real PostgreSQL server: the one named by
+# NOWBLOCK_TEST_POSTGRES_DSN (.ci/run starts Debian's cluster and sets it), else a private
+# throwaway server started here from the installed PostgreSQL binaries. Without either, the
+# PostgreSQL cases skip with the reason, except under CI (CI set), where they fail.
+import os  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import uuid  # noqa: E402
+from glob import glob  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+PG_ENV = "NOWBLOCK_TEST_POSTGRES_DSN"
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _private_postgres():
+    """Start a throwaway PostgreSQL on loopback; returns (dsn, stop) or (None, reason)."""
+    bins = sorted(glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb") or ""]
+    initdb = bins[-1]
+    if not initdb or not os.path.exists(initdb):
+        return None, "no PostgreSQL server binaries (Debian: apt-get install postgresql)"
+    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
+    root = tempfile.mkdtemp(prefix="nowblock-pg-")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the postgres user
+        if shutil.which("runuser") is None:
+            return None, "running as root and no runuser to start PostgreSQL as another user"
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = os.path.join(root, "data"), _free_tcp_port()
+    try:
+        subprocess.run([*as_user, initdb, "-D", data, "--auth=trust", "-U", "nowblock", "-E", "UTF8"],
+                       check=True, capture_output=True, timeout=120)
+        subprocess.run([*as_user, pg_ctl, "-D", data, "-w", "-t", "60", "-l", os.path.join(root, "log"),
+                        "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=on",
+                        "start"], check=True, capture_output=True, timeout=120)
+    except (subprocess.SubprocessError, OSError) as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        return None, f"could not start a private PostgreSQL ({exc})"
+
+    def stop() -> None:
+        subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "fast", "-w", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+    return f"postgresql://nowblock@127.0.0.1:{port}/postgres", stop
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn():
+    """The DSN of a PostgreSQL server for the store's tests (see above)."""
+    try:
+        import psycopg
+    except ImportError:
+        reason = "psycopg is not installed (pip install -e '.[test]')"
+        dsn, stop = None, None
+    else:
+        dsn, stop = os.environ.get(PG_ENV), None
+        if not dsn:
+            dsn, stop = _private_postgres()
+            reason, stop = (stop, None) if dsn is None else (None, stop)
+    if dsn is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI: no PostgreSQL server for the store's tests: {reason}; .ci/run sets {PG_ENV}")
+        pytest.skip(f"no PostgreSQL server: {reason}; set {PG_ENV}=postgresql://... to run these")
+    with psycopg.connect(dsn, connect_timeout=10) as con:  # a set DSN that does not work is an error
+        con.execute("SELECT 1")
+    yield dsn
+    if stop is not None:
+        stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_dsn):
+    """A PostgreSQL URL whose tables live in a fresh schema of their own (dropped after the test)."""
+    import psycopg
+
+    schema = f"nbtest_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as con:
+        con.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in postgres_dsn else "?"
+    yield f"{postgres_dsn}{sep}options=-csearch_path%3D{schema}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as con:
+        con.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """Where a test's store lives, once per backend: a SQLite file, then a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "nowblock.sqlite")
+    return request.getfixturevalue("postgres_url")

@@ -29,7 +29,12 @@ def _check_outputs(out, policy):
     assert len(ts) == metrics["n_steps"] and "grid_L1_limit_a" in ts.columns
     png = (out / "load.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    assert (out / "sessions.csv").stat().st_size > 0
+    # One time convention in every file: the site's zone (Europe/Berlin) with its ISO 8601 offset.
+    sessions = pd.read_csv(out / "sessions.csv")
+    for col in (ts.index.to_series(), sessions["arrival"], sessions["departure"]):
+        assert col.str.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+0[12]:00").all(), col.iloc[0]
+    first = pd.Timestamp(sessions["arrival"].iloc[0])
+    assert first.utcoffset() == first.tz_convert("Europe/Berlin").utcoffset()
     return metrics
 
 
@@ -80,3 +85,56 @@ def test_console_script(scenario_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "max_overload_a" in proc.stdout and "demand_met" in proc.stdout
     _check_outputs(out, "equal")
+
+
+def test_bad_input_is_one_line_with_file_line_and_field(scenario_dir, tmp_path):
+    """What a user meets: one line on stderr naming file, line and field; exit code 2; no traceback."""
+    path = scenario_dir / "sessions.csv"
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].replace("+01:00", "", 1)  # line 4 of the file: an arrival without offset
+    path.write_text("\n".join(lines) + "\n")
+    exe = shutil.which("nowblock")
+    cmd = [exe] if exe else [sys.executable, "-m", "nowblock.cli"]
+    proc = subprocess.run([*cmd, "simulate", "--scenario", str(scenario_dir), "--policy", "equal",
+                           "--out", str(tmp_path / "o"), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "sessions.csv: line 4 (session_id=" in err[0] and "has no UTC offset" in err[0], err[0]
+    # --debug shows the traceback instead
+    proc = subprocess.run([*cmd, "simulate", "--debug", "--scenario", str(scenario_dir), "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "SessionsError" in proc.stderr
+
+
+def test_internal_errors_are_one_line_too(monkeypatch, capsys, tmp_path):
+    import nowblock.cli.simulate as sim_cli
+
+    def boom(args):
+        raise RuntimeError("solver exploded")
+
+    monkeypatch.setattr(sim_cli, "run", boom)
+    assert main(["simulate", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["nowblock simulate: RuntimeError: solver exploded (an internal error: run again with --debug "
+                   "for the traceback and report it)"]
+    with pytest.raises(RuntimeError):
+        main(["simulate", "--out", str(tmp_path), "--debug"])
+
+
+def test_help_reads_as_plain_text(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and ":mod:" not in text and ":class:" not in text
+    for name in ("simulate", "serve", "demo", "study", "--debug", "--log-level"):
+        assert name in text
+
+
+def test_log_level_is_accepted_after_the_sub_command(tmp_path, scenario_dir):
+    from nowblock.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--site", "x.toml", "--log-level", "DEBUG"])
+    assert args.log_level == "DEBUG"
+    args = build_parser().parse_args(["--log-level", "ERROR", "serve", "--site", "x.toml"])
+    assert args.log_level == "ERROR" and args.debug is False

@@ -34,9 +34,9 @@ class FakeCentral:
     def __init__(self, site: Site) -> None:
         self.site = site
         self.state = LiveState(site)
-        self.keep_limit: set[str] = set()  # stations that answer Accepted but keep their old limit
+        self.keep_limit: set[str] = set()  # stations that answer Accepted but keep their old limit (and refuse defaults)
         self.sent: list[tuple[str, float]] = []
-        self.defaults: dict[str, float] = {}
+        self.defaults: dict[tuple[str, int], float] = {}  # (station, connector) -> TxDefault sent [A]
 
     async def set_limit(self, cp_id, connector_id, current_a, *, validity_s=None):
         self.sent.append((cp_id, float(current_a)))
@@ -49,8 +49,13 @@ class FakeCentral:
         self.state.on_dispatch(cp_id, connector_id, rec)
         return rec
 
-    async def set_default_profile(self, cp_id, current_a, *, connector_id=0, validity_s=None):
-        self.defaults[cp_id] = float(current_a)
+    async def set_default_profile(self, cp_id, current_a, *, connector_id=0, validity_s=None, profile_id=None):
+        self.defaults[(cp_id, connector_id)] = float(current_a)
+        if cp_id in self.keep_limit:
+            return DispatchRecord(pr.utcnow(), float(current_a), None, None, [(pr.TX_DEFAULT, "Rejected")])
+        self.state.on_profile_accepted(cp_id, connector_id, pr.build_profile(
+            "2.0.1", pr.TX_DEFAULT, current_a, connector_id=connector_id, validity_s=validity_s or 7 * 86400,
+            now=self.state.clock(), profile_id=profile_id))
         return DispatchRecord(pr.utcnow(), float(current_a), pr.TX_DEFAULT, float(current_a), [])
 
 
@@ -136,8 +141,10 @@ async def test_stale_station_is_counted_at_its_maximum():
     clock.advance(ctl.settings.stale_after_s + 60)
     _meter(cs, clock, {1: 16.0})  # CP0 went quiet
     res = await ctl.step()
-    assert res.reserved == ["CP0:tx0"]
-    assert "CP0:tx0" not in res.current_a.index
+    assert res.reserved == ["CP0:tx0"] and res.context.untrusted == {"CP0:tx0": "stale"}
+    # It holds no known limit: counted at its 32 A maximum, and still sent a limit of its own.
+    assert res.current_a["CP0:tx0"] == 32.0
+    assert any(cp == "CP0" and a <= 32.0 for cp, a in cs.sent)
     assert res.current_a["CP1:tx1"] <= 40.0 - 32.0  # only what is left beside CP0's 32 A maximum
 
 
@@ -212,9 +219,9 @@ async def test_charger_that_keeps_a_higher_limit_stays_counted_at_it_in_later_st
     assert all(a == 0.0 for cp, a in cs.sent[n_first:] if cp == "CP1")
 
 
-async def test_restart_continues_transactions_energy_and_plan(tmp_path):
+async def test_restart_continues_transactions_energy_and_plan(store_url):
     site = _site(root_a=32.0, n=2)
-    db = tmp_path / "serve.sqlite"
+    db = store_url  # a SQLite file, then a PostgreSQL schema (tests/conftest.py)
     cs, clock = FakeCentral(site), Clock()
     store = open_store(db)
     attach_store(cs.state, store)
@@ -245,9 +252,9 @@ async def test_restart_continues_transactions_energy_and_plan(tmp_path):
     store2.close()
 
 
-def test_restore_continues_1_6_transaction_ids_and_skips_unknown_stations(tmp_path):
+def test_restore_continues_1_6_transaction_ids_and_skips_unknown_stations(store_url):
     site = _site(n=2)
-    store = open_store(tmp_path / "ids.sqlite")
+    store = open_store(store_url)
     t0 = pd.Timestamp("2026-03-02 17:00", tz="UTC")
     store.start_transaction("CP0", 41, time=t0, connector_id=1, meter_start_wh=100.0)
     store.start_transaction("CP9", 77, time=t0, connector_id=1)  # a station the site no longer has
@@ -274,7 +281,7 @@ async def test_unreported_needs_are_estimated_topped_up_and_closed_when_full():
     # Both got 8 kWh already; CP0's car keeps drawing, CP1's car stopped although offered current.
     cs.state.on_meter("CP0", 1, "tx0", {"energy_wh": 8000.0, "current_l1_a": 16.0}, clock.now.to_pydatetime())
     cs.state.on_meter("CP1", 1, "tx1", {"energy_wh": 8000.0, "current_l1_a": 0.0}, clock.now.to_pydatetime())
-    snap, cars, _ = ctl.build_snapshot(clock.now)
+    snap, _ = ctl.build_snapshot(clock.now)
     assert not snap.cars["needs_known"].any()
     assert snap.cars.loc["CP0:tx0", "energy_requested_kwh"] == pytest.approx(8.0 + ctl.top_up_kwh)
     assert snap.cars.loc["CP1:tx1", "energy_requested_kwh"] == pytest.approx(8.0)
@@ -313,14 +320,16 @@ async def test_failsafe_default_is_reinstalled_before_it_expires_and_after_a_res
     install("CP1", 1800)  # a week later: expires within the hour
     # CP2 holds none (a restarted serve does not know what the charger holds)
     await ctl.step()
-    await asyncio.gather(*ctl._failsafe_tasks)
-    assert cs.defaults == {"CP1": fs, "CP2": fs}
+    await asyncio.gather(*ctl.failsafe.tasks, *ctl.idle.tasks)
+    assert {cp: a for (cp, c), a in cs.defaults.items() if c == 0} == {"CP1": fs, "CP2": fs}
+    # While the controller runs, idle connectors wait at 0 A for their car's TxProfile.
+    assert {k: a for k, a in cs.defaults.items() if k[1] > 0} == {(f"CP{i}", 1): 0.0 for i in range(3)}
     install("CP1", 7 * 86400)
     install("CP2", 7 * 86400)
     cs.defaults.clear()
     clock.advance(120)
     await ctl.step()
-    await asyncio.gather(*ctl._failsafe_tasks)
+    await asyncio.gather(*ctl.failsafe.tasks, *ctl.idle.tasks)
     assert cs.defaults == {}
 
 
@@ -334,8 +343,8 @@ async def test_idle_point_holding_a_default_keeps_room_for_a_car_that_plugs_in()
     # CP2 is idle and holds a 10 A TxDefaultProfile: a car plugging in there draws 10 A at once.
     cs.state.on_profile_accepted("CP2", 0, pr.build_profile(
         "1.6", pr.TX_DEFAULT, 10.0, connector_id=0, validity_s=86400, now=clock.now.to_pydatetime()))
-    snap, _, _ = ctl.build_snapshot(clock.now)
-    assert snap.extra["idle_reserved_a"] == {"CP2:1": 10.0}
+    snap, ctx = ctl.build_snapshot(clock.now)
+    assert ctx.idle_reserved_a.to_dict() == {("CP2", 1): 10.0}
     assert snap.site.limits_a[0].tolist() == [22.0, 22.0, 22.0]  # on every phase CP2 is wired to
     res = await ctl.step()
     assert set(res.current_a.index) == {"CP0:tx0", "CP1:tx1"}
@@ -345,7 +354,7 @@ async def test_idle_point_holding_a_default_keeps_room_for_a_car_that_plugs_in()
     # Once its transaction runs, CP2 is planned like the others and nothing is held for it.
     cs.state.on_start("CP2", 1, "tx2", start=clock.now.to_pydatetime(), meter_start_wh=0.0)
     res = await ctl.step()
-    assert res.snapshot.extra["idle_reserved_a"] == {} and "CP2:tx2" in res.current_a.index
+    assert res.context.idle_reserved_a.empty and "CP2:tx2" in res.current_a.index
     assert res.current_a.sum() <= 32.0 + 1e-9
 
 
@@ -365,8 +374,8 @@ async def test_idle_points_are_held_at_what_they_could_draw():
     fs = float(ctl.failsafe_a["CP3"])
     assert 0 < fs < 32.0
     assert held.to_dict() == {("CP1", 1): 32.0, ("CP2", 1): 0.0, ("CP3", 1): fs}
-    snap, _, _ = ctl.build_snapshot(clock.now)
-    assert snap.extra["idle_reserved_a"] == {"CP1:1": 32.0, "CP3:1": fs}
+    snap, ctx = ctl.build_snapshot(clock.now)
+    assert ctx.idle_reserved_a.to_dict() == {("CP1", 1): 32.0, ("CP3", 1): fs}
     assert np.allclose(snap.site.limits_a[0], 63.0 - 32.0 - fs)
 
 
@@ -384,3 +393,114 @@ async def test_controller_replans_once_a_booted_station_holds_its_default():
         "2.0.1", pr.TX_DEFAULT, 10.0, connector_id=0, validity_s=86400, now=clock.now.to_pydatetime()))
     await asyncio.wait_for(waiter, 1.0)
     assert ctl._wake.is_set() and ctl.idle_defaults_a(clock.now)[("CP1", 1)] == 10.0
+
+
+async def test_cars_that_ignore_their_limits_get_them_again_then_a_station_maximum_then_an_alarm():
+    # Four cars draw 16 A each behind a 32 A fuse whatever they are told (issue 12's stations).
+    site = _site(root_a=32.0, n=4)
+    cs, clock = FakeCentral(site), Clock()
+    cs.station_max = []
+
+    async def set_station_max(cp_id, current_a, *, validity_s=None):
+        cs.station_max.append((cp_id, float(current_a)))
+        return DispatchRecord(pr.utcnow(), float(current_a), pr.MAX_16, float(current_a), [])
+
+    cs.set_station_max = set_station_max
+    _start(cs, clock, 4, needs={i: (4, 30.0) for i in range(4)})
+    ctl = _controller(cs, clock, policy="equal")
+    _meter(cs, clock, {i: 16.0 for i in range(4)})
+    first = await ctl.step()
+    assert sorted(cp for cp, _ in cs.sent) == ["CP0", "CP1", "CP2", "CP3"]  # every car has its TxProfile at once
+    assert all(a <= 8.0 for _, a in cs.sent) and first.current_a.sum() <= 32.0
+    for k in range(12):  # four minutes, a step every 20 s; they keep drawing 16 A
+        clock.advance(20)
+        _meter(cs, clock, {i: 16.0 for i in range(4)})
+        res = await ctl.step()
+        assert set(res.reserved) == {f"CP{i}:tx{i}" for i in range(4)}
+        assert all(r == "over_draw" for r in res.context.untrusted.values())
+        assert (res.targets_a <= 8.0).all()  # never raised while they ignore their limits
+    per_car = pd.Series([cp for cp, _ in cs.sent]).value_counts()
+    assert (per_car >= 4).all() and (per_car <= 8).all()  # sent again, with a growing pause
+    assert sorted(cp for cp, _ in cs.station_max) == ["CP0", "CP1", "CP2", "CP3"]  # after the grace, once
+    kinds = [a["kind"] for a in ctl.alarms]
+    assert kinds.count("not_following") == 4 and "overload" not in kinds  # the overload still runs
+    # They follow at last: trusted again, and the overload is reported with its size and duration.
+    clock.advance(20)
+    _meter(cs, clock, {i: 8.0 for i in range(4)})
+    res = await ctl.step()
+    assert res.reserved == [] and res.current_a.sum() <= 32.0 + 1e-9
+    over = {(a["fuse_id"], a["phase"]): a for a in ctl.alarms if a["kind"] == "overload"}
+    assert sorted(over) == [(f, p) for f in ("feeder", "grid") for p in ("L1", "L2", "L3")]  # 64 A on 32 A and 63 A
+    assert all(a["worst_a"] == pytest.approx(32.0 if f == "grid" else 1.0) for (f, _), a in over.items())
+    assert all(a["duration_s"] == pytest.approx(260.0) for a in over.values())
+
+
+async def test_limits_going_down_are_answered_before_any_goes_up():
+    site = _site(root_a=32.0, n=3)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 2, needs={0: (4, 30.0), 1: (4, 30.0)})
+    cs.state.on_connect("CP2", "2.0.1")
+    cs.state.on_boot("CP2", vendor="v", model="m")
+    ctl = _controller(cs, clock, policy="equal")
+    await ctl.step()
+    await asyncio.gather(*ctl.idle.tasks)  # CP2 idles at 0 A: its room goes to the others
+    await ctl.step()
+    assert cs.sent[-2:] == [("CP0", 16.0), ("CP1", 16.0)]
+    cs.sent.clear()
+    clock.advance(20)
+    cs.state.on_start("CP2", 1, "tx2", start=clock.now.to_pydatetime(), meter_start_wh=0.0)
+    await ctl.step()
+    order = [cp for cp, _ in cs.sent]
+    assert set(order[:2]) == {"CP0", "CP1"} and order[2] == "CP2"  # both lowered before the new car is raised
+    assert all(a < 16.0 for cp, a in cs.sent[:2]) and sum(a for _, a in cs.sent) <= 32.0 + 1e-9
+
+
+async def test_a_slow_plan_is_applied_by_the_next_step_instead_of_blocking_the_loop():
+    site = _site(root_a=40.0, n=2)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 2, needs={0: (4, 30.0), 1: (4, 30.0)})
+
+    class Slow:
+        name = "slow"
+
+        def schedule(self, snapshot):
+            time.sleep(0.5)
+            return pd.Series([14.0, 9.0], index=snapshot.cars.index)
+
+    ctl = _controller(cs, clock, policy=Slow(), max_wait_s=0.1, new_car_timeout_s=0.1, fallback="equal")
+    first = await ctl.step()
+    assert first.policy == "equal" and "time-out" in first.status  # the step did not wait for the plan
+    await asyncio.sleep(0.6)
+    assert ctl._wake.is_set()  # the finished solve woke the loop
+    clock.advance(5)
+    second = await ctl.step()
+    assert second.policy == "slow" and second.status.startswith("late plan")
+    assert second.targets_a.to_dict() == {"CP0:tx0": 14.0, "CP1:tx1": 9.0}
+    # Its answer is used once; a plan older than a period is not used at all.
+    third = await ctl.step()
+    assert not third.status.startswith("late plan")
+    await asyncio.sleep(0.6)
+    clock.advance(ctl.period_s + 1)
+    fourth = await ctl.step()
+    assert not fourth.status.startswith("late plan")
+    await asyncio.sleep(0.6)
+
+
+async def test_the_milp_can_solve_in_a_process_of_its_own():
+    site = _site(root_a=40.0, n=3)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 3, needs={0: (2, 20.0), 1: (6, 10.0), 2: (4, 30.0)})
+    ctl = _controller(cs, clock, policy="milp", solver_process=True, max_wait_s=60.0, new_car_timeout_s=60.0)
+    try:
+        assert ctl.warm_up() >= 0.0
+        res = await ctl.step()
+        assert res.policy == "milp" and res.status == "ok"
+        local = _controller(FakeCentral(site), clock, policy="milp", max_wait_s=60.0, new_car_timeout_s=60.0)
+        local.warm_up()
+        _start(local.central, clock, 3, needs={0: (2, 20.0), 1: (6, 10.0), 2: (4, 30.0)})  # the same block here
+        mine = await local.step()
+        assert mine.policy == "milp" and mine.status == "ok"
+        assert res.targets_a.to_dict() == mine.targets_a.to_dict()
+        assert violation_a(res.snapshot, res.current_a) == 0.0
+    finally:
+        await ctl.stop()

@@ -28,7 +28,8 @@ async def test_serve_refuses_strangers_and_limits_a_new_transaction_within_5_s(t
         "--db", str(tmp_path / "nb.sqlite"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         cwd=tmp_path)
     try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        # Waits for the event (the "serving" line); the bound only catches a hang (a first start compiles).
+        line = await asyncio.wait_for(proc.stdout.readline(), 300)
         assert b"serving" in line, line
         with pytest.raises(websockets.exceptions.InvalidStatus):
             async with connect(f"ws://127.0.0.1:{port}/INTRUDER", subprotocols=["ocpp1.6"]):
@@ -36,7 +37,7 @@ async def test_serve_refuses_strangers_and_limits_a_new_transaction_within_5_s(t
         sim = SimCharger("CP1", f"ws://127.0.0.1:{port}", "1.6")
         sim.start()
         try:
-            await sim.wait_connected(10)
+            await sim.wait_connected()
             loop = asyncio.get_running_loop()
             tx = await sim.plug_in(Car())
             t0 = loop.time()
@@ -48,4 +49,10 @@ async def test_serve_refuses_strangers_and_limits_a_new_transaction_within_5_s(t
             await sim.stop()
     finally:
         proc.terminate()
-        await asyncio.wait_for(proc.wait(), 20)
+        await asyncio.wait_for(proc.wait(), 60)
+        assert proc.returncode == 0  # SIGTERM is a clean stop
+        out = (await proc.stdout.read()).decode()
+        assert "stopped on SIGTERM" in out and "goodbye" in out, out
+        # At the default log level serve shows its control steps (one INFO line a step).
+        err = (await proc.stderr.read()).decode()
+        assert "INFO nowblock.control.controller: step " in err, err[-2000:]

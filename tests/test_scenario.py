@@ -50,11 +50,16 @@ def test_default_folder_round_trip_across_dst(tmp_path):
     assert "+01:00" in text and "+02:00" in text
 
 
-def test_folder_without_optional_series(tmp_path, small_site, small_sessions):
+def test_folder_without_optional_series(tmp_path, small_site, small_sessions, caplog):
     scn = Scenario(small_site, small_sessions)
-    back = Scenario.from_dir(scn.to_dir(tmp_path / "bare"))
+    with caplog.at_level("WARNING", logger="nowblock.block.scenario"):
+        back = Scenario.from_dir(scn.to_dir(tmp_path / "bare"))
     assert back.base_load is None and back.prices is None
     pd.testing.assert_frame_equal(back.sessions, scn.sessions)
+    # Said once each, with what it means for the results.
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("no base_load.csv" in m and "taken as 0 kW" in m for m in said) == 1
+    assert sum("no prices.csv" in m and "cost_eur is 0" in m for m in said) == 1
 
 
 def test_folder_errors(tmp_path, small_scenario):
@@ -62,10 +67,10 @@ def test_folder_errors(tmp_path, small_scenario):
         Scenario.from_dir(tmp_path / "empty")
     path = small_scenario.to_dir(tmp_path / "s")
     (path / "base_load.csv").write_text("time,kw\n2026-03-02T00:00:00,1.0\n")
-    with pytest.raises(ScenarioError, match=r"base_load.csv: row 0: time '2026-03-02T00:00:00' has no UTC offset"):
+    with pytest.raises(ScenarioError, match=r"base_load.csv: line 2: time '2026-03-02T00:00:00' has no UTC offset"):
         Scenario.from_dir(path)
     (path / "base_load.csv").write_text("time,kw\n2026-03-02T00:00:00+01:00,lots\n")
-    with pytest.raises(ScenarioError, match=r"row 0: kw 'lots' is not a number"):
+    with pytest.raises(ScenarioError, match=r"line 2: kw 'lots' is not a number"):
         Scenario.from_dir(path)
     (path / "base_load.csv").write_text("")  # an interrupted copy: named, not a bare pandas error
     with pytest.raises(ScenarioError, match=r"base_load.csv: cannot read it as CSV time,kw"):
@@ -80,7 +85,7 @@ def test_sessions_error_in_folder_names_file_and_row(tmp_path, small_scenario):
     path = small_scenario.to_dir(tmp_path / "s")
     text = (path / "sessions.csv").read_text().replace("CP06", "CP66")
     (path / "sessions.csv").write_text(text)
-    with pytest.raises(SessionsError, match=r"sessions.csv: row \d+ \(session_id='S\d+'\): unknown charge_point_id \('CP66'\)"):
+    with pytest.raises(SessionsError, match=r"sessions.csv: line \d+ \(session_id='S\d+'\): unknown charge_point_id \('CP66'\)"):
         Scenario.from_dir(path)
 
 
@@ -210,6 +215,14 @@ def test_cars_keep_their_habits():
     assert per_car < 0.6 * wk["hour"].std()
     # Same point, same car: one phase count and one current limit per charging point.
     assert (scn.sessions.groupby("charge_point_id")[["phases", "max_current_a"]].nunique() == 1).all().all()
+
+
+@pytest.mark.parametrize("days", [1, 2, 14])
+def test_the_simulated_window_never_changes_the_site(days):
+    week = generate_block(days=7, n_charge_points=6, seed=3)
+    other = generate_block(days=days, n_charge_points=6, seed=3)
+    assert other.site == week.site  # the grid connection is sized from the reference week
+    assert other.meta["grid_sized_from_days"] == 7
 
 
 def test_longer_period_keeps_the_first_week():

@@ -48,7 +48,7 @@ def _bad(df: pd.DataFrame, i: int, col: str, value) -> pd.DataFrame:
         ("max_current_a", "lots", "max_current_a is not a number \\('lots'\\)"),
         ("draw_fraction", 1.2, "draw_fraction must be in \\[0, 1\\]"),
         ("priority", -1.0, "priority must be >= 0"),
-        ("arrival", "2026-03-02 17:10", "arrival '2026-03-02 17:10' has no timezone"),
+        ("arrival", "2026-03-02 17:10", "arrival '2026-03-02 17:10' has no UTC offset"),
         ("arrival", "yesterday-ish", "arrival 'yesterday-ish' is not a timestamp"),
         ("arrival", None, "arrival is missing"),
         ("energy_kwh", np.inf, "energy_kwh must be a number >= 0"),
@@ -134,8 +134,45 @@ def test_csv_round_trip_and_naive_row(tmp_path, small_sessions, small_site):
     text = path.read_text().replace("2026-03-02T17:10:00+01:00", "2026-03-02T17:10:00")
     path.write_text(text)
     row = int(np.nonzero(ref["session_id"].to_numpy() == "S01")[0][0])
-    with pytest.raises(SessionsError, match=rf"row {row} \(session_id='S01'\): arrival '2026-03-02T17:10:00' has no timezone"):
+    # Named by the file and the line an editor shows (the header is line 1).
+    line = row + 2
+    assert text.splitlines()[line - 1].startswith("S01,")
+    with pytest.raises(SessionsError, match=rf"sessions.csv: line {line} \(session_id='S01'\): arrival "
+                                            rf"'2026-03-02T17:10:00' has no UTC offset"):
         read_sessions_csv(path, small_site)
+
+
+def test_frame_rows_are_named_by_their_index_label(small_sessions, small_site):
+    df = small_sessions.copy()
+    df.index = [f"r{i}" for i in range(len(df))]
+    df.loc["r2", "energy_kwh"] = -1
+    with pytest.raises(SessionsError, match=r"row 'r2' \(session_id='S03'\): energy_kwh must be a number >= 0"):
+        validate_sessions(df, small_site)
+
+
+def test_impossible_energy_is_refused_with_the_plausible_range(small_sessions, small_site):
+    df = small_sessions.copy()
+    df.loc[1, "energy_kwh"] = 1e9
+    with pytest.raises(SessionsError, match=r"row 1 \(session_id='S02'\): energy_kwh is above 1000 kWh, more than "
+                                            r"any vehicle battery .* was it given in Wh\? \(got 1e\+09\)"):
+        validate_sessions(df, small_site)
+
+
+def test_undeliverable_energy_is_warned_about_once(small_sessions, small_site, caplog):
+    import nowblock.block.sessions as ses
+
+    df = small_sessions.copy()
+    stay_h = (pd.to_datetime(df.loc[0, "departure"]) - pd.to_datetime(df.loc[0, "arrival"])).total_seconds() / 3600
+    df.loc[0, "energy_kwh"] = 190.0  # plausible battery, but more than the charging point gives in the stay
+    cp = small_site.charge_point(df.loc[0, "charge_point_id"])
+    most = stay_h * cp.max_current_a * cp.phases * small_site.voltage_v / 1000
+    assert most < 190.0
+    ses._warned.clear()
+    with caplog.at_level("WARNING", logger="nowblock.block.sessions"):
+        validate_sessions(df, small_site)
+        validate_sessions(df, small_site)
+    msgs = [r.getMessage() for r in caplog.records if "more than the car can draw" in r.getMessage()]
+    assert len(msgs) == 1 and f"at most {most:.1f} kWh" in msgs[0] and "row 0 (session_id='S01')" in msgs[0]
 
 
 def test_unreadable_csv(tmp_path):

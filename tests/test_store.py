@@ -1,4 +1,9 @@
-"""Tests for nowblock.store on real SQLite files (WAL mode, reopen, concurrent reader/writer)."""
+"""Tests for nowblock.store, each on a real SQLite file and on a real PostgreSQL server.
+
+The ``store_url`` fixture (tests/conftest.py) runs every backend-neutral test twice: on a
+SQLite file and in a fresh schema of a PostgreSQL server (reopen, restart of a killed
+process, concurrent reader and writer, schema migrations).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ import pandas as pd
 import pytest
 
 from nowblock.block.sessions import validate_sessions
-from nowblock.store import SqliteStore, Store, StoreError, open_store
+from nowblock.store import SqliteStore, Store, StoreError, StoreUnavailable, open_store
+from nowblock.store import postgres as pg_backend
+from nowblock.store import sqlite as sqlite_backend
 
 T0 = pd.Timestamp("2026-03-02 17:00", tz="UTC")
 
@@ -22,11 +29,17 @@ def _minutes(m: float) -> pd.Timestamp:
 
 
 @pytest.fixture
-def db(tmp_path):
-    return tmp_path / "nowblock.sqlite"
+def db(store_url):
+    """The store's location: a SQLite file path, then a PostgreSQL URL (see conftest)."""
+    return store_url
 
 
-def test_open_store_file_is_wal_and_implements_protocol(db):
+def _count(store, table: str) -> int:
+    return int(store._read(f"SELECT COUNT(*) AS n FROM {table}")["n"].iloc[0])
+
+
+def test_open_store_file_is_wal_and_implements_protocol(tmp_path):
+    db = tmp_path / "nowblock.sqlite"
     s = open_store(db)
     assert isinstance(s, Store)
     s.upsert_station("CP01", time=T0, protocol="ocpp1.6", connected=True)
@@ -34,10 +47,44 @@ def test_open_store_file_is_wal_and_implements_protocol(db):
     assert mode.lower() == "wal"
     s.close()
     assert isinstance(open_store(f"sqlite:///{db}"), SqliteStore)
-    with pytest.raises(NotImplementedError):
-        open_store("postgresql://user@host/db")
     with pytest.raises(StoreError):
         open_store("ftp://x/y")
+
+
+def test_postgres_url_opens_a_durable_postgres_store(postgres_url):
+    s = open_store(postgres_url)
+    assert isinstance(s, Store) and isinstance(s, pg_backend.PostgresStore)
+    # Durability is set per session, whatever the server's default.
+    cols, rows = s._query("SHOW synchronous_commit", {})
+    assert rows[0][0] == "on"
+    s.upsert_station("CP01", time=T0, protocol="ocpp1.6", connected=True)
+    # Native types, so other tools can query the tables.
+    cols, rows = s._query("SELECT pg_typeof(last_seen)::text, pg_typeof(connected)::text FROM stations", {})
+    assert rows[0] == ("timestamp with time zone", "boolean")
+    s.close()
+
+
+def test_unreachable_postgres_is_unavailable_and_hides_the_password():
+    with pytest.raises(StoreUnavailable) as err:
+        open_store("postgresql://nb:s3cret@127.0.0.1:1/nowblock", connect_timeout_s=2)
+    assert "s3cret" not in str(err.value)
+    assert not isinstance(err.value, StoreError)  # the recorder must not swallow it as bad input
+
+
+def test_postgres_connection_lost_raises_then_reconnects(postgres_url, postgres_dsn):
+    import psycopg
+
+    s = open_store(postgres_url)
+    s.start_transaction("CP01", 1, time=T0, meter_start_wh=0.0)
+    pid = s._con.info.backend_pid
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:  # the server drops the session
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(StoreUnavailable):
+        s.record_meter_values("CP01", 1, [{"time": _minutes(1), "energy_wh": 100.0}])
+    # The charger retries its message; the store has connected again and stores it.
+    assert s.record_meter_values("CP01", 1, [{"time": _minutes(1), "energy_wh": 100.0}]) == 1
+    assert s.load_open_transactions()["energy_delivered_kwh"].iloc[0] == pytest.approx(0.1)
+    s.close()
 
 
 def test_transaction_life_cycle_and_reopen(db):
@@ -137,16 +184,15 @@ def test_profiles_and_station_log(db):
 
 
 def test_plans_are_pruned(db):
-    s = SqliteStore(db, plans_kept=3)
+    s = open_store(db, plans_kept=3)
     for k in range(10):
         s.save_plan(_minutes(k), pd.DataFrame({"a": [float(k)]}, index=[_minutes(k)]))
-    n = sqlite3.connect(db).execute("SELECT COUNT(*) FROM plans").fetchone()[0]
-    assert n <= 4
+    assert _count(s, "plans") <= 4
     assert s.latest_plan()[1]["a"].iloc[0] == 9.0
 
 
 def test_concurrent_writer_and_reader(db):
-    """A reader on its own connection sees only committed rows while a writer thread runs (WAL)."""
+    """A reader on its own connection sees only committed rows while a writer thread runs."""
     s = open_store(db)
     s.start_transaction("CP01", 1, time=T0, meter_start_wh=0.0)
     stop = threading.Event()
@@ -198,3 +244,100 @@ os.kill(os.getpid(), 9)
     s = open_store(db)
     assert len(s.meter_values()) == 50
     assert s.load_open_transactions()["energy_delivered_kwh"].iloc[0] == pytest.approx(0.49)
+    s.close()
+
+
+# ---- schema versions and migrations ---------------------------------------------------------------
+def _backend(store):
+    return sqlite_backend if isinstance(store, SqliteStore) else pg_backend
+
+
+def test_schema_is_versioned_and_migrated_once(db):
+    s = open_store(db)
+    assert s.schema_version() == s.latest_schema_version >= 1
+    s.start_transaction("CP01", 1, time=T0)
+    s.close()
+    s = open_store(db)  # reopening applies nothing twice and keeps the data
+    assert _count(s, "nowblock_schema") == s.latest_schema_version
+    assert len(s.load_open_transactions()) == 1
+    s.close()
+
+
+def test_new_migrations_apply_in_order_and_a_failed_one_changes_nothing(db, monkeypatch):
+    s = open_store(db)
+    s.upsert_station("CP01", time=T0)
+    backend, v1 = _backend(s), s.latest_schema_version
+    cls = type(s)
+    s.close()
+    add_note = (v1 + 1, "stations.note", ("ALTER TABLE stations ADD COLUMN note TEXT",))
+    monkeypatch.setattr(cls, "MIGRATIONS", backend.MIGRATIONS + (add_note,))
+    s = open_store(db)
+    assert s.schema_version() == v1 + 1 and "note" in s.stations().columns
+    assert s.stations()["station_id"].tolist() == ["CP01"]
+    s.close()
+    broken = (v1 + 2, "half a migration", ("ALTER TABLE stations ADD COLUMN extra TEXT",
+                                           "INSERT INTO no_such_table VALUES (1)"))
+    monkeypatch.setattr(cls, "MIGRATIONS", backend.MIGRATIONS + (add_note, broken))
+    with pytest.raises(Exception, match="no_such_table"):
+        open_store(db)
+    monkeypatch.setattr(cls, "MIGRATIONS", backend.MIGRATIONS + (add_note,))
+    s = open_store(db)  # the failed migration left the previous version whole
+    assert s.schema_version() == v1 + 1 and "extra" not in s.stations().columns
+    s.close()
+
+
+def test_a_database_from_a_newer_nowblock_is_refused(db):
+    s = open_store(db)
+    newer = s.latest_schema_version + 5
+    s._write([("INSERT INTO nowblock_schema (version, description, applied_at) VALUES (:v, 'future', :t)",
+               {"v": newer, "t": "2030-01-01T00:00:00.000000+00:00"})])
+    s.close()
+    with pytest.raises(StoreError, match=f"schema version {newer}, newer"):
+        open_store(db)
+
+
+def test_a_sqlite_file_from_before_schema_versions_is_adopted(tmp_path):
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    for sql in sqlite_backend.MIGRATIONS[0][2]:  # the tables as earlier versions wrote them
+        con.execute(sql)
+    con.execute("INSERT INTO transactions (session_id, station_id, transaction_id, started_at, energy_kwh) "
+                "VALUES ('CP01:5', 'CP01', '5', '2026-03-02T17:00:00.000000+00:00', 2.5)")
+    con.commit()
+    con.close()
+    s = open_store(db)
+    # Adopted as version 1 as it is, then migrated to the latest like any version-1 database.
+    assert s.schema_version() == s.latest_schema_version >= 2 and s.load_operator_inputs() == []
+    tx = s.load_open_transactions()
+    assert tx["energy_delivered_kwh"].tolist() == [2.5] and tx["arrival"].iloc[0] == T0
+    s.close()
+
+
+def test_operator_inputs_events_and_bucketed_meter_history(db):
+    s = open_store(db)
+    t = pd.Timestamp("2026-03-02 17:00", tz="UTC")
+    s.save_operator_input("cap", "grid", {"max_current_a": [40.0, 40.0, 40.0], "until": "18:00"}, time=t)
+    s.save_operator_input("cap", "grid", {"max_current_a": [32.0, 32.0, 32.0]}, time=t + pd.Timedelta("1min"))
+    s.save_operator_input("out_of_service", "CP02", {}, time=t)
+    got = {(r["kind"], r["key"]): r["data"] for r in s.load_operator_inputs()}
+    assert got == {("cap", "grid"): {"max_current_a": [32.0, 32.0, 32.0]}, ("out_of_service", "CP02"): {}}
+    assert s.delete_operator_input("out_of_service", "CP02") and not s.delete_operator_input("out_of_service", "CP02")
+    with pytest.raises(StoreError):
+        s.save_operator_input("cap", "grid", {"x": float("nan")}, time=t)  # refused, the stored one stays
+    assert s.load_operator_inputs()[0]["data"] == {"max_current_a": [32.0, 32.0, 32.0]}
+    s.record_event(t, "overload", {"fuse_id": "grid", "phase": "L1", "worst_a": 3.5, "duration_s": 12.0})
+    s.record_event(t + pd.Timedelta("5min"), "not_following", {"session_id": "CP01:7"})
+    ev = s.events()
+    assert ev["kind"].tolist() == ["overload", "not_following"] and ev["data"].iloc[0]["worst_a"] == 3.5
+    assert s.events(since=t + pd.Timedelta("1min"))["kind"].tolist() == ["not_following"]
+    assert s.events(kind="overload")["time"].tolist() == [t]
+    s.start_transaction("CP01", 7, time=t, connector_id=1, meter_start_wh=0.0)
+    rows = [{"time": t + pd.Timedelta(seconds=10 * k), "energy_wh": 100.0 * k, "current_a": [float(k), 0.0, 0.0]}
+            for k in range(12)]  # two minutes at one sample every 10 s
+    s.record_meter_values("CP01", 7, rows)
+    raw = s.recent_meter_values(t + pd.Timedelta("30s"))
+    assert len(raw) == 9 and raw["time"].iloc[0] == t + pd.Timedelta("30s")
+    per_min = s.recent_meter_values(t, t + pd.Timedelta("2min"), bucket_s=60)
+    assert per_min["time"].tolist() == [t, t + pd.Timedelta("1min")] and per_min["samples"].tolist() == [6, 6]
+    assert per_min["current_l1_a"].tolist() == pytest.approx([2.5, 8.5]) and per_min["energy_wh"].tolist() == [500.0, 1100.0]
+    s.close()

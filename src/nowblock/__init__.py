@@ -9,8 +9,10 @@ imported when used.
 The package is layered, one folder a layer, imports pointing down only (checked by the
 import-linter contract in pyproject.toml)::
 
-    cli                   command line: simulate, serve, demo
-    control               the live loop: controller, live snapshot, dispatch waves, fail-safe
+    cli                   command line: simulate, serve, demo, study
+    api                   the HTTP API of serve: live state, operator inputs, stream, metrics
+    control | studies     the live loop: controller, live snapshot, dispatch waves, fail-safe |
+                          studies: many blocks x policies on Ray, one table
     sim                   the simulator, battery model, simulated OCPP chargers
     loop                  one control step, shared by simulated and live: snapshot building,
                           needs estimation, reservations, policy call with fallback
@@ -44,6 +46,8 @@ _LAZY = {
     "SiteError": ("nowblock.block.site", "SiteError"),
     "simulate": ("nowblock.sim.simulator", "simulate"),
     "SimulationResult": ("nowblock.sim.simulator", "SimulationResult"),
+    "study": ("nowblock.studies.runner", "study"),
+    "Study": ("nowblock.studies.spec", "Study"),
     "optimize": ("nowblock.milp", "optimize"),
     "Schedule": ("nowblock.milp", "Schedule"),
     "get_policy": ("nowblock.policies", "get_policy"),
@@ -52,7 +56,7 @@ _LAZY = {
 __all__ = [
     "BlockSnapshot", "ChargePoint", "Fuse", "Policy", "Scenario", "ScenarioError",
     "SessionsError", "Site", "SiteError", "make_safe", "validate_sessions",
-    "simulate", "SimulationResult", "optimize", "Schedule", "get_policy",
+    "simulate", "SimulationResult", "study", "Study", "optimize", "Schedule", "get_policy",
 ]
 
 _compat.install()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from nowblock.block.sessions import ISO_OFFSET_RE, SessionsError, read_sessions_csv, validate_sessions, write_sessions_csv
+from nowblock.block.sessions import ISO_OFFSET_RE, iso_times, read_sessions_csv, validate_sessions, write_sessions_csv
 from nowblock.block.site import Site
+
+log = logging.getLogger(__name__)
 
 
 class ScenarioError(ValueError):
@@ -79,13 +82,17 @@ class Scenario:
         if not (p / "sessions.csv").is_file():
             raise ScenarioError(f"{p}: no sessions.csv")
         site = Site.from_toml(p / "site.toml")
-        try:
-            sessions = read_sessions_csv(p / "sessions.csv", site)
-        except SessionsError as exc:
-            raise SessionsError(f"{p / 'sessions.csv'}: {exc}") from exc
+        sessions = read_sessions_csv(p / "sessions.csv", site)
         base = _read_ts(p / "base_load.csv", "kw")
         prices = _read_ts(p / "prices.csv", "eur_per_kwh")
-        return cls(site, sessions, base_load=base, prices=prices, name=p.name)
+        name = p.resolve().name or site.name
+        if base is None:
+            log.warning("%s: no base_load.csv: the block's other load is taken as 0 kW, so only the cars load "
+                        "the fuses (add base_load.csv with columns time,kw to plan around the households)", p)
+        if prices is None:
+            log.warning("%s: no prices.csv: cost_eur is 0 and the MILP has no reason to prefer cheap hours "
+                        "(add prices.csv with columns time,eur_per_kwh)", p)
+        return cls(site, sessions, base_load=base, prices=prices, name=name)
 
     def to_dir(self, path: str | Path) -> Path:
         """Write this scenario as a folder (created if needed); returns the folder."""
@@ -98,7 +105,7 @@ class Scenario:
         for s, fname in ((self.base_load, "base_load.csv"), (self.prices, "prices.csv")):
             if s is not None:
                 out = s.to_frame()
-                out.index = [t.isoformat() for t in pd.DatetimeIndex(out.index).tz_convert(tz)]
+                out.index = iso_times(out.index, tz)
                 out.to_csv(p / fname, index_label="time")
         return p
 
@@ -130,7 +137,8 @@ def _read_ts(path: Path, col: str) -> pd.Series | None:
     no_offset = ~text.str.contains(ISO_OFFSET_RE, regex=True).fillna(False).to_numpy()
     if no_offset.any():
         i = int(np.argmax(no_offset))
-        raise ScenarioError(f"{path}: row {i}: time {text.iloc[i]!r} has no UTC offset")
+        raise ScenarioError(f"{path}: line {i + 2}: time {text.iloc[i]!r} has no UTC offset (expected ISO 8601 "
+                            f"with one, like 2026-03-02T18:00+01:00)")
     try:
         t = pd.to_datetime(text, format="ISO8601", utc=True)
     except (ValueError, TypeError) as exc:
@@ -139,7 +147,7 @@ def _read_ts(path: Path, col: str) -> pd.Series | None:
     bad = (values.isna() & df[col].notna()).to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
-        raise ScenarioError(f"{path}: row {i}: {col} {df[col].iloc[i]!r} is not a number")
+        raise ScenarioError(f"{path}: line {i + 2}: {col} {df[col].iloc[i]!r} is not a number")
     return pd.Series(values.to_numpy(float), index=pd.DatetimeIndex(t), name=col)
 
 

@@ -10,6 +10,8 @@ is offered; policies never see it.
 
 from __future__ import annotations
 
+import logging
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,16 +20,35 @@ import pandas as pd
 if TYPE_CHECKING:
     from nowblock.block.site import Site
 
+log = logging.getLogger(__name__)
+
 REQUIRED = ("session_id", "charge_point_id", "arrival", "departure", "energy_kwh")
 OPTIONAL_DEFAULTS = {"max_current_a": 32.0, "phases": 3, "priority": 1.0, "draw_fraction": 1.0}
 
+#: [kWh] More than any vehicle's battery holds (passenger cars: up to about 200 kWh; heavy
+#: electric trucks: up to about 1000 kWh): a request above it is refused, most likely Wh.
+MAX_ENERGY_KWH = 1000.0
+#: [kWh] About the largest passenger-car battery: a request above it is accepted with a warning.
+LARGE_BATTERY_KWH = 200.0
+
 
 class SessionsError(ValueError):
-    """A sessions frame with a bad row; the message names the row (by session_id)."""
+    """A sessions frame with a bad row; the message names the row and the session_id.
+
+    Rows of a ``sessions.csv`` are counted as an editor shows them (the header is line 1);
+    rows of a DataFrame by their index label.
+    """
+
+
+#: How the rows being validated are named in errors (set by validate_sessions for its call).
+_ROW_LABELS: ContextVar = ContextVar("_ROW_LABELS", default=None)
 
 
 def _row_name(df: pd.DataFrame, i: int) -> str:
-    return f"row {i} (session_id={df['session_id'].iloc[i]!r})"
+    """The ``i``-th row (position) as the user sees it: ``line N`` of a CSV, else ``row <label>``."""
+    name = _ROW_LABELS.get()
+    where = name(i) if name is not None else f"row {i}"
+    return f"{where} (session_id={df['session_id'].iloc[i]!r})"
 
 
 def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
@@ -63,7 +84,8 @@ def _to_utc(df: pd.DataFrame, col: str) -> pd.Series:
             if t is pd.NaT:
                 raise SessionsError(f"{_row_name(df, i)}: {col} is missing")
             if t.tz is None:
-                raise SessionsError(f"{_row_name(df, i)}: {col} {v!r} has no timezone (timestamps must be tz-aware)")
+                raise SessionsError(f"{_row_name(df, i)}: {col} {v!r} has no UTC offset (expected ISO 8601 with "
+                                f"one, like 2026-03-02T18:00+01:00)")
             parsed.append(t.tz_convert("UTC"))
         ts = pd.Series(pd.DatetimeIndex(parsed, tz="UTC"), index=raw.index)
     bad = ts.isna().to_numpy()
@@ -72,20 +94,59 @@ def _to_utc(df: pd.DataFrame, col: str) -> pd.Series:
     return ts.dt.tz_convert("UTC")
 
 
-def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None) -> pd.DataFrame:
+def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None, *,
+                      row_labels=None) -> pd.DataFrame:
     """Check and normalise a sessions frame; return a new frame with every optional column.
 
-    Raises :class:`SessionsError` naming the first bad row: a missing column, a timestamp
-    without a timezone, departure not after arrival, negative or missing energy [kWh], an
-    unknown charging point, phases not in {1, 2, 3}, a non-positive current limit [A], or two
-    sessions on one charging point at the same time. Nothing in the input is modified.
+    Parameters
+    ----------
+    sessions : pandas.DataFrame
+        The sessions frame (columns in the module docstring and in docs/formats.md).
+    site : Site, optional
+        With a site, every ``charge_point_id`` must be one of its charging points, and each
+        request is compared with what the charging point can deliver in the stay.
+    row_labels : sequence of str, optional
+        How each row is named in an error (default ``row <index label>``;
+        :func:`read_sessions_csv` passes ``line N``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        A new frame sorted by arrival, timestamps in UTC, every optional column filled.
+
+    Raises
+    ------
+    SessionsError
+        Naming the first bad row: a missing column, a timestamp without a UTC offset,
+        departure not after arrival, negative, missing or impossible energy (above
+        :data:`MAX_ENERGY_KWH`) [kWh], an unknown charging point, phases not in {1, 2, 3}, a
+        non-positive current limit [A], or two sessions on one charging point at the same
+        time. Nothing in the input is modified.
+
+    Notes
+    -----
+    Implausible but possible requests are logged once as a warning (logger
+    ``nowblock.block.sessions``): above :data:`LARGE_BATTERY_KWH`, or above what the car could
+    draw in its stay at its charging point's maximum current.
     """
     if not isinstance(sessions, pd.DataFrame):
         raise SessionsError(f"sessions: expected a pandas DataFrame, got {type(sessions).__name__}")
     missing = [c for c in REQUIRED if c not in sessions.columns]
     if missing:
-        raise SessionsError(f"sessions: missing column(s) {missing}")
-    df = sessions.copy().reset_index(drop=True)
+        raise SessionsError(f"sessions: missing column(s) {missing} (required: {', '.join(REQUIRED)})")
+    if row_labels is not None:
+        labels = row_labels
+        token = _ROW_LABELS.set(lambda i: labels[i])
+    else:
+        index = sessions.index
+        token = _ROW_LABELS.set(lambda i: f"row {index[i]!r}" if isinstance(index[i], str) else f"row {index[i]}")
+    try:
+        return _validate(sessions.copy().reset_index(drop=True), site)
+    finally:
+        _ROW_LABELS.reset(token)
+
+
+def _validate(df: pd.DataFrame, site: "Site | None") -> pd.DataFrame:
     for col in ("session_id", "charge_point_id"):
         gone = (df[col].isna() | (df[col].astype(str).str.strip() == "")).to_numpy()
         if gone.any():
@@ -111,6 +172,9 @@ def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None) -> pd.
     checks = [
         (df["departure"] <= df["arrival"], "departure is not after arrival"),
         (~((df["energy_kwh"] >= 0) & np.isfinite(df["energy_kwh"])), "energy_kwh must be a number >= 0"),
+        (df["energy_kwh"] > MAX_ENERGY_KWH,
+         f"energy_kwh is above {MAX_ENERGY_KWH:g} kWh, more than any vehicle battery holds (cars: up to about "
+         f"{LARGE_BATTERY_KWH:g} kWh); expected kWh, was it given in Wh?"),
         (~df["phases"].isin([1, 2, 3]), "phases must be 1, 2 or 3"),
         (~((df["max_current_a"] > 0) & np.isfinite(df["max_current_a"])), "max_current_a must be > 0"),
         (~(df["priority"] >= 0), "priority must be >= 0"),
@@ -124,6 +188,8 @@ def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None) -> pd.
         if m.any():
             i = int(np.argmax(m))
             extra = f" ({df['charge_point_id'].iloc[i]!r})" if msg.startswith("unknown") else ""
+            if msg.startswith("energy_kwh is above"):
+                extra = f" (got {df['energy_kwh'].iloc[i]:g})"
             raise SessionsError(f"{_row_name(df, i)}: {msg}{extra}")
 
     # Two sessions on one charging point must not overlap: sort per point, compare neighbours.
@@ -137,18 +203,74 @@ def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None) -> pd.
             f"{_row_name(df, int(b))}: overlaps session {df['session_id'].iloc[a]!r} "
             f"on charge point {df['charge_point_id'].iloc[b]!r}"
         )
+    _warn_implausible(df, site)
     return df.sort_values("arrival", kind="stable").reset_index(drop=True)
+
+
+_warned: set[str] = set()  # each warning once a process, however often a frame is validated
+
+
+def _warn_implausible(df: pd.DataFrame, site: "Site | None") -> None:
+    """Log (once) requests that are possible in a file but unlikely to be meant."""
+    energy = df["energy_kwh"].to_numpy(float)
+    stay_h = ((df["departure"] - df["arrival"]).dt.total_seconds() / 3600.0).to_numpy(float)
+    current = df["max_current_a"].to_numpy(float)
+    phases = df["phases"].to_numpy(np.int64)
+    voltage = 230.0
+    if site is not None:
+        voltage = site.voltage_v
+        j = site.cp_index(df["charge_point_id"])
+        current = np.minimum(current, site.cp_max_current_a[j])
+        phases = np.minimum(phases, site.cp_phases[j])
+    most_kwh = stay_h * current * phases * voltage / 1000.0
+    notes = []
+    big = np.nonzero(energy > LARGE_BATTERY_KWH)[0]
+    if len(big):
+        i = int(big[0])
+        notes.append(f"{len(big)} session(s) ask for more than a large car battery ({LARGE_BATTERY_KWH:g} kWh); "
+                     f"first {_row_name(df, i)}: {energy[i]:g} kWh")
+    short = np.nonzero(energy > most_kwh * (1 + 1e-9) + 1e-9)[0]
+    if len(short):
+        i = int(short[0])
+        notes.append(f"{len(short)} session(s) ask for more than the car can draw in its stay; first "
+                     f"{_row_name(df, i)}: {energy[i]:g} kWh, at most {most_kwh[i]:.1f} kWh in "
+                     f"{stay_h[i]:.1f} h at {current[i]:g} A on {phases[i]} phase(s); no policy can meet "
+                     f"them, so demand_met stays below 1")
+    for note in notes:
+        if note not in _warned and len(_warned) < 1000:
+            _warned.add(note)
+            log.warning("sessions: %s", note)
 
 
 def read_sessions_csv(path, site: "Site | None" = None) -> pd.DataFrame:
     """Read ``sessions.csv`` (ISO 8601 timestamps with offset) and validate it.
 
-    A timestamp without an offset is reported by its row, never read as UTC.
+    A timestamp without an offset is reported by its line, never read as UTC. Errors name the
+    file and the line as an editor shows it (the header is line 1).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The CSV file.
+    site : Site, optional
+        The site the sessions must fit (see :func:`validate_sessions`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The validated sessions frame (UTC timestamps).
     """
+    try:
+        return _read_sessions_csv(path, site)
+    except SessionsError as exc:
+        raise SessionsError(f"{path}: {exc}") from exc
+
+
+def _read_sessions_csv(path, site: "Site | None") -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype={"session_id": str, "charge_point_id": str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise SessionsError(f"{path}: cannot read sessions ({exc})") from exc
+        raise SessionsError(f"cannot read sessions ({exc})") from exc
     for col in ("arrival", "departure"):
         if col not in df.columns:
             continue
@@ -158,11 +280,46 @@ def read_sessions_csv(path, site: "Site | None" = None) -> pd.DataFrame:
                 df[col] = pd.to_datetime(text, format="ISO8601", utc=True)
             except (ValueError, TypeError):
                 pass
-    return validate_sessions(df, site)
+    return validate_sessions(df, site, row_labels=_Lines())
+
+
+class _Lines:
+    """Row position -> "line N" of the CSV file (the header is line 1), without building a list."""
+
+    def __getitem__(self, i: int) -> str:
+        return f"line {i + 2}"
 
 
 #: A timestamp that ends in a UTC offset ("Z", "+01:00", "+0100"): the only kind sessions.csv accepts.
 ISO_OFFSET_RE = r"(?:Z|[+-]\d{2}:?\d{2})$"
+
+
+def iso_times(times, tz: str | None = None) -> list[str]:
+    """ISO 8601 text with the UTC offset (``2026-03-02T18:00:00+01:00``) of tz-aware ``times``.
+
+    The one time format of every file nowblock writes: the site's time zone ``tz`` (the
+    frame's own zone if None), always with its offset, so each value is exact on its own.
+
+    Parameters
+    ----------
+    times : array-like of tz-aware timestamps
+        A DatetimeIndex, a Series or a list.
+    tz : str, optional
+        An IANA time zone such as ``"Europe/Berlin"``.
+
+    Returns
+    -------
+    list of str
+        One string per time; missing times give an empty string.
+    """
+    idx = pd.DatetimeIndex(times)
+    if idx.tz is None:
+        raise ValueError("iso_times: times must be timezone-aware")
+    if tz is not None:
+        idx = idx.tz_convert(tz)
+    text = pd.Series(idx.strftime("%Y-%m-%dT%H:%M:%S%z"), dtype="string").fillna("")
+    # strftime gives +0100; ISO 8601's extended form (the one pandas reads back) is +01:00.
+    return (text.str[:-2] + ":" + text.str[-2:]).where(text != "", "").tolist()
 
 
 def write_sessions_csv(sessions: pd.DataFrame, path, tz: str | None = None) -> None:
@@ -173,8 +330,5 @@ def write_sessions_csv(sessions: pd.DataFrame, path, tz: str | None = None) -> N
     """
     df = sessions.copy()
     for col in ("arrival", "departure"):
-        t = pd.DatetimeIndex(df[col])
-        if tz is not None:
-            t = t.tz_convert(tz)
-        df[col] = [x.isoformat() for x in t]
+        df[col] = iso_times(df[col], tz)
     df.to_csv(path, index=False)

@@ -9,6 +9,7 @@ constraint matrix the optimizer and the heuristics share).
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import tomli_w
 
+log = logging.getLogger(__name__)
+
 PHASES = ("L1", "L2", "L3")
+#: Top-level keys of a site file; anything else is kept in :attr:`Site.extra` with a warning
+#: (``api`` is read by ``nowblock serve``).
+SITE_KEYS = ("name", "voltage_v", "timezone", "max_unbalance_a", "fuses", "charge_points")
+EXTENSION_KEYS = ("api",)
 _VALID_ROTATIONS = {"".join(p) for p in itertools.permutations(PHASES)}
 
 
@@ -31,6 +38,16 @@ class SiteError(ValueError):
 class SiteFileNotFoundError(SiteError, FileNotFoundError):
     """The site file does not exist (a :class:`SiteError` and a :class:`FileNotFoundError`)."""
 
+
+#: [A] per phase: above what a low-voltage connection carries (a 2500 kVA transformer, the
+#: largest usual on the low-voltage side, gives about 3600 A at 400 V). Beyond is refused.
+MAX_FUSE_CURRENT_A = 4000.0
+#: [A] per phase: AC charging (IEC 61851-1, IEC 62196-2) tops out at 63 A per phase in Europe,
+#: 80 A in North America. A charging point rated above this is refused.
+MAX_CHARGE_POINT_CURRENT_A = 80.0
+#: [V] phase to neutral: 230 V in Europe, 120 or 277 V in North America. Outside this range is
+#: refused (400 V is Europe's line-to-line voltage, the usual mistake).
+VOLTAGE_RANGE_V = (100.0, 300.0)
 
 _FUSE_KEYS = {"id", "parent", "max_current_a"}
 _CP_KEYS = {"id", "fuse", "max_current_a", "min_current_a", "phases", "phase_rotation", "caps", "password_hash"}
@@ -309,7 +326,12 @@ class Site:
                     password_hash=None if pw is None else _str(pw, f"{where}.password_hash"),
                 )
             )
-        known = {"name", "voltage_v", "fuses", "charge_points", "max_unbalance_a", "timezone"}
+        known = set(SITE_KEYS)
+        for k in sorted(set(d) - known - set(EXTENSION_KEYS)):
+            # Kept (a newer nowblock or another tool may read it), but a misspelt key must not
+            # silently fall back to the default.
+            log.warning("site: unknown top-level key %r is ignored (known: %s)", k,
+                        ", ".join(SITE_KEYS + EXTENSION_KEYS))
         unbalance = d.get("max_unbalance_a")
         return cls(
             name=_str(d.get("name", "site"), "name"),
@@ -441,8 +463,10 @@ def _validate(site: Site) -> None:
         raise SiteError("fuses: a site needs at least one fuse (the grid connection)")
     # Comparisons are written so that NaN fails them, and ratings must be finite: TOML allows
     # nan and inf, and either would silently switch a limit off.
-    if not (0 < site.voltage_v < math.inf):
-        raise SiteError(f"voltage_v: must be positive and finite, got {site.voltage_v}")
+    lo_v, hi_v = VOLTAGE_RANGE_V
+    if not (lo_v <= site.voltage_v <= hi_v):
+        raise SiteError(f"voltage_v: expected the phase-to-neutral voltage, {lo_v:g}..{hi_v:g} V (230 in Europe; "
+                        f"400 V is line to line), got {site.voltage_v:g}")
     if site.max_unbalance_a is not None and not (0 <= site.max_unbalance_a < math.inf):
         raise SiteError(f"max_unbalance_a: must be >= 0 and finite, got {site.max_unbalance_a}")
     try:
@@ -456,6 +480,10 @@ def _validate(site: Site) -> None:
         seen.add(f.id)
         if any(not (0 < x < math.inf) for x in f.max_current_a):
             raise SiteError(f"fuses[{i}].max_current_a: ratings must be positive and finite, got {list(f.max_current_a)}")
+        if any(x > MAX_FUSE_CURRENT_A for x in f.max_current_a):
+            raise SiteError(f"fuses[{i}].max_current_a: {max(f.max_current_a):g} A per phase is more than a "
+                            f"low-voltage connection carries (expected at most {MAX_FUSE_CURRENT_A:g} A; "
+                            f"a rating in A per phase, not W or kW)")
     parent = {f.id: f.parent for f in site.fuses}
     for i, f in enumerate(site.fuses):
         if f.parent is not None and f.parent not in parent:
@@ -486,8 +514,9 @@ def _validate(site: Site) -> None:
             raise SiteError(
                 f"{where}.phase_rotation: {c.phase_rotation!r} is not a permutation of L1L2L3"
             )
-        if not (0 < c.max_current_a < math.inf):
-            raise SiteError(f"{where}.max_current_a: must be > 0 and finite, got {c.max_current_a}")
+        if not (0 < c.max_current_a <= MAX_CHARGE_POINT_CURRENT_A):
+            raise SiteError(f"{where}.max_current_a: expected 0 < A per phase <= {MAX_CHARGE_POINT_CURRENT_A:g} "
+                            f"(AC charging: at most 63 A in Europe, 80 A in North America), got {c.max_current_a:g}")
         if not (c.min_current_a >= 0):
             raise SiteError(f"{where}.min_current_a: must be >= 0, got {c.min_current_a}")
         if c.min_current_a > c.max_current_a:

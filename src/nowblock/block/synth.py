@@ -535,6 +535,10 @@ def uncontrolled_phase_current_a(
 
 
 # ---- the whole block ---------------------------------------------------------------------------
+#: Days of the reference week the default grid connection is sized from [d].
+SIZING_DAYS = 7
+
+
 def generate_parts(
     n_charge_points: int = 24,
     n_households: int | None = None,
@@ -563,7 +567,9 @@ def generate_parts(
     ``start``, series at ``step`` spacing and running one day past the last arrival day.
 
     The grid connection is rated ``grid_current_a`` [A per phase] if given (pass a small value
-    for a congested variant). Otherwise it is sized from this very week: it sits a fraction
+    for a congested variant). Otherwise it is sized from the reference week (the first
+    :data:`SIZING_DAYS` days of the same block, whatever ``days`` is, so a shorter or longer
+    run simulates the same site): it sits a fraction
     ``congestion`` of the way down from the worst phase of uncontrolled charging plus household
     load towards the household peak, rounded to 5 A. So with every car charging at full power
     the evening peak overloads it clearly (by ``congestion`` of the charging peak), while the
@@ -606,7 +612,17 @@ def generate_parts(
     ev_a = uncontrolled_phase_current_a(site, sessions, minutes)
     base_peak_a = float(base_a.max())
     total_peak_a = float((ev_a[:, 0, :] + base_a).max())
-    if grid_current_a is None:
+    if grid_current_a is None and days != SIZING_DAYS:
+        # The site must not depend on the simulated window: size it from the reference week.
+        ref = generate_parts(n_charge_points=n_charge_points, n_households=n_households, days=SIZING_DAYS,
+                             start=start, seed=seed, step=step, congestion=congestion, n_feeders=n_feeders,
+                             share_22kw=share_22kw, annual_kwh_per_household=annual_kwh_per_household,
+                             load_profile=load_profile, surcharge_eur_per_kwh=surcharge_eur_per_kwh,
+                             max_unbalance_a=max_unbalance_a)
+        grid_current_a = ref["meta"]["grid_current_a"]
+        meta["grid_sized_from_days"] = SIZING_DAYS
+    elif grid_current_a is None:
+        meta["grid_sized_from_days"] = SIZING_DAYS
         grid_current_a = base_peak_a + (1.0 - congestion) * (total_peak_a - base_peak_a)
         grid_current_a = max(
             5.0 * round(grid_current_a / 5.0),

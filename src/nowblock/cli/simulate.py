@@ -1,8 +1,11 @@
-"""Simulate a policy on a scenario: ``nowblock simulate``.
+"""Simulate a policy on a scenario; write its time series, sessions, metrics and plot.
 
 Prints every metric, shows progress on stderr for long runs, and writes ``timeseries.csv``,
 ``sessions.csv``, ``metrics.json`` and ``load.png`` (the grid connection's load per phase
-against its limit, stacked by households and cars) into ``--out``.
+against its limit, stacked by households and cars) into ``--out``, and ``report.html`` (all
+charts, metrics and parameters in one self-contained file, docs/report.md). With several
+policies (``--policy edf,milp``) each run's files go to ``--out/<policy>/`` and the report
+compares them.
 """
 
 from __future__ import annotations
@@ -19,14 +22,18 @@ import pandas as pd
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``simulate`` options to ``parser``."""
     from nowblock.policies import POLICY_NAMES
+    from nowblock.sim.simulator import DEFAULT_POLICY
 
     parser.add_argument("--scenario", default="default",
                         help="'default' (the embedded NOW-Block) or a scenario folder (site.toml, sessions.csv, ...)")
-    parser.add_argument("--policy", default="equal", help=f"one of {', '.join(POLICY_NAMES)} (default: equal)")
+    parser.add_argument("--policy", default=DEFAULT_POLICY,
+                        help=f"one of {', '.join(POLICY_NAMES)} (default: {DEFAULT_POLICY}, the policy serve runs), or several separated by commas "
+                             "(e.g. edf,milp): each runs on the same scenario, its files go to --out/<policy>/ and "
+                             "report.html compares them")
     parser.add_argument("--out", default="nowblock-out", help="output folder (default: ./nowblock-out)")
     parser.add_argument("--step", default="5min", help="control step, a pandas offset like 5min (default: 5min)")
     parser.add_argument("--days", type=float, default=None,
-                        help="simulate only the first N days (the default scenario is generated with N days)")
+                        help="simulate only the first N days (the site, its grid connection included, stays the same)")
     parser.add_argument("--horizon", default="24h", help="look-ahead of base load and prices (default: 24h)")
     parser.add_argument("--needs", choices=("known", "unknown"), default="known",
                         help="whether the policy sees real departures and energies (default: known)")
@@ -35,7 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_scenario(spec: str, days: float | None = None):
-    """The scenario named by ``spec``: "default" or a folder; ``days`` sizes the default one."""
+    """The scenario named by ``spec``: "default" or a folder.
+
+    For the default scenario only ``days`` days (rounded up) are generated; its site is the
+    same whatever ``days`` is (see :func:`nowblock.block.synth.generate_parts`).
+    """
     from nowblock.block.scenario import Scenario
 
     if spec == "default":
@@ -69,30 +80,59 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("must be positive")
         except ValueError as exc:
             raise SystemExit(f"nowblock simulate: --{opt} {getattr(args, opt)!r} is not a duration like 5min ({exc})")
+    policies = policy_list(args.policy)
     scenario = load_scenario(args.scenario, args.days)
     end = None
     if args.days:
         first = scenario.sessions["arrival"].min().floor(pd.Timedelta(args.step))
         end = first + pd.Timedelta(days=args.days)
-    result = simulate(
-        scenario,
-        args.policy,
-        step=args.step,
-        horizon=args.horizon,
-        end=end,
-        needs=args.needs,
-        progress=not args.quiet,
-    )
     out = Path(args.out)
-    files = result.to_dir(out, plot=not args.no_plot,
-                          title=f"{scenario.name}: policy {result.policy}, grid connection {scenario.site.root.id}")
-    written = [f.name for f in files]
+    results, written = [], []
+    for name in policies:
+        result = simulate(
+            scenario,
+            name,
+            step=args.step,
+            horizon=args.horizon,
+            end=end,
+            needs=args.needs,
+            progress=not args.quiet,
+        )
+        folder = out if len(policies) == 1 else out / name
+        files = result.to_dir(folder, plot=not args.no_plot,
+                              title=f"{scenario.name}: policy {result.policy}")
+        written += [str(f.relative_to(out)) for f in files]
+        results.append(result)
+    written.append(_write_report(results, scenario, out, args).name)
     try:
-        print(f"scenario {scenario.name} ({len(scenario.site.charge_points)} charging points, "
-              f"{result.metrics['n_sessions']} sessions), policy {result.policy}, step {args.step}")
-        print(format_metrics(result.metrics))
+        for result in results:
+            n_cp, n_s = len(scenario.site.charge_points), result.metrics["n_sessions"]
+            print(f"scenario {scenario.name} ({n_cp} charging point{'s' * (n_cp != 1)}, "
+                  f"{n_s} session{'s' * (n_s != 1)}), policy {result.policy}, step {args.step}")
+            print(format_metrics(result.metrics))
         print(f"wrote {', '.join(written)} to {out}")
         sys.stdout.flush()
     except BrokenPipeError:  # `nowblock simulate | head`: the reader left, the files are written
         sys.stdout = open(os.devnull, "w")
     return 0
+
+
+# ---- several policies and the HTML report (issue 18) ------------------------------------------------
+def policy_list(spec: str) -> list[str]:
+    """The policy names of ``--policy`` ("edf" or "edf,milp"), in order, each once."""
+    names = [p.strip() for p in str(spec).split(",") if p.strip()]
+    if not names:
+        raise SystemExit("nowblock simulate: --policy names no policy")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SystemExit(f"nowblock simulate: --policy names {', '.join(dup)} twice")
+    return names
+
+
+def _write_report(results, scenario, out: Path, args: argparse.Namespace) -> Path:
+    """``report.html`` in ``out``: the runs' charts, metrics and the scenario's parameters."""
+    from nowblock.sim.report import write_report
+
+    params = {"command-line scenario": args.scenario, "step": args.step, "horizon": args.horizon,
+              "needs": args.needs, "days": args.days if args.days else "all"}
+    return write_report(results, out / "report.html", scenario=scenario, parameters=params)

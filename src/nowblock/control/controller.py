@@ -1,27 +1,25 @@
-"""The live control loop: OCPP state, forecast, optimize, dispatch.
+"""The live control loop: re-plan on events and on a period, inside ``nowblock serve``.
 
-:class:`Controller` runs as an asyncio task inside the ``serve`` process. It re-plans when a
-car starts or stops, when a 2.0.1 car reports its needs, when a station (re)connects, when a
-car's measured draw departs from its limit, and at least every ``period_s``. One step:
+:class:`Controller` puts the parts in order; each part fits in a head and is tested alone:
 
-1. **snapshot**: the central system's live cars frame; needs no car reported are estimated;
-   cars whose meter values are stale (or that ignore their limit) are taken out of the
-   policy's hands and their worst case is reserved on every fuse above them
-   (:mod:`nowblock.loop.closed_loop`), and so is the default limit of every idle connector (what a
-   car that plugs in there draws before the next step reaches it); allocation ceilings follow
-   what cars really draw.
-2. **forecast**: the block's other load from a meter feed when there is one, else the forecaster.
-3. **optimize**: the policy (MILP by default) in a worker thread with a time limit; on failure
-   or time-out the heuristic; always through :func:`nowblock.seam.make_safe`, then the
-   hysteresis that keeps running cars at their minimum instead of pausing them.
-4. **dispatch**: TxProfiles with short validity, lowered limits first, raised limits after the
-   lowered ones were answered; the limit the charger really accepted is what counts (a car
-   that kept a higher limit is reserved at it and the others are repaired in the same step).
+1. **observe**: :class:`~nowblock.control.live.LiveBlock` turns the central system's state into
+   an observation (cars, idle connectors, other load, prices, pilot step);
+2. **prepare**: :class:`~nowblock.loop.step.ControlStep` (the simulator's own) estimates unknown
+   needs, marks cars that do not follow their limits, reserves what they and idle connectors
+   may draw, lowers the allocation ceiling of cars that draw less, and builds the snapshot;
+3. **decide**: the policy (MILP by default) in a worker thread with a time limit; on failure or
+   time-out the fallback heuristic (:meth:`Controller.decide`);
+4. **finish**: the safety net and the hysteresis (the same ``ControlStep``);
+5. **dispatch**: lowered limits first, raises after they were answered
+   (:func:`~nowblock.control.dispatch.plan_waves`); a car that does not follow its limit gets
+   it again with a growing pause, then a station maximum, then an alarm
+   (:class:`~nowblock.control.dispatch.Escalation`); a charger that kept a higher limit in this
+   very step is counted at it and the others are repaired at once;
+6. **watch**: a fuse phase measured above its rating is an alarm with its size and duration.
 
-At boot every station gets a fail-safe TxDefaultProfile: its share of the connection with the
-worst-case other load, so the block stays safe if this process dies. With a store, everything
-the chargers report is written before the OCPP answer leaves (:class:`StoreRecorder`), and a
-restarted ``serve`` continues the running transactions, their energy so far and the plan.
+At boot every station gets a fail-safe TxDefaultProfile (:mod:`~nowblock.control.failsafe`),
+so the block stays safe if this process dies. With a store, everything the chargers report is
+written before the OCPP answer leaves, and a restarted ``serve`` continues the plan.
 """
 
 from __future__ import annotations
@@ -30,16 +28,23 @@ import asyncio
 import logging
 import math
 import time as _time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from nowblock.block.site import PHASES, Site
+from nowblock.control.dispatch import Escalation, plan_waves
+from nowblock.control.failsafe import FailsafeKeeper, IdleDefaults
+from nowblock.control.live import LiveBlock
+from nowblock.control.solver import SolverProcess
+from nowblock.control.operator import OperatorInputs
 from nowblock.loop import closed_loop as cl
-from nowblock.loop.needs import FallbackNeedsEstimator
-from nowblock.seam import CAR_COLUMNS, BlockSnapshot, Policy, failsafe_current_a, make_safe
-from nowblock.block.site import Site
+from nowblock.loop.binding import binding_limits
+from nowblock.loop.needs import NeedsEstimation
+from nowblock.loop.step import ControlStep, StepContext, call_policy, held_back
+from nowblock.seam import BlockSnapshot, Decision, Policy, decide, failsafe_current_a, make_safe
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +56,82 @@ def _utcnow() -> pd.Timestamp:
     return pd.Timestamp.now(tz="UTC")
 
 
-# ---- one control step -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ControllerSettings:
+    """How the live loop runs.
+
+    Attributes
+    ----------
+    period_s : float
+        [s] At most this long between steps (events trigger steps sooner).
+    step, horizon : pandas.Timedelta
+        The policy's planning slot and horizon.
+    solve_timeout_s : float or None
+        [s] How long a step waits for the policy before the fallback answers (default 0.8 of
+        the period); the MILP's own time limit is 0.6 of it.
+    new_car_timeout_s : float
+        [s] The wait when a car has never been sent a limit: every running transaction gets a
+        TxProfile within 5 s of its start, whatever the policy costs.
+    max_wait_s : float
+        [s] The longest a step waits for the policy otherwise; a slower solve goes on in the
+        background and its plan is applied by the next step (see :meth:`Controller.decide`).
+    fallback : str
+        The baseline heuristic on policy failure or time-out.
+    profile_validity_s : float or None
+        [s] Life of each TxProfile (default ``max(5 periods, 60 s)``), refreshed before it ends.
+    min_replan_s : float
+        [s] Events closer together than this make one step.
+    loop : LoopSettings
+        The closed loop's margins and times.
+    escalation : Escalation
+        Back-off, grace and alarm times for cars that do not follow their limits.
+    overload_tolerance_a : float
+        [A] A measured fuse phase above its rating by more than this is an overload.
+    idle_limit_a : float or None
+        [A] The default idle connectors are kept at while the controller runs (see
+        :class:`~nowblock.control.failsafe.IdleDefaults`); None leaves them on their fail-safe
+        (then its share is held for a car that might plug in).
+    idle_validity_s : float
+        [s] Life of an idle default (renewed while the controller runs).
+    readback_s : float
+        [s] At most this often per car, the charger of a car that does not draw what it was
+        given is asked what it applies (GetCompositeSchedule).
+    solver_process : bool
+        Run a policy given by name in a worker process of its own
+        (:class:`~nowblock.control.solver.SolverProcess`; ``nowblock serve`` does), so a long
+        solve never slows the OCPP handlers.
+    """
+
+    period_s: float = 60.0
+    step: pd.Timedelta = pd.Timedelta("15min")
+    horizon: pd.Timedelta = pd.Timedelta("24h")
+    solve_timeout_s: float | None = None
+    new_car_timeout_s: float = 1.0
+    max_wait_s: float = 2.0
+    fallback: str = "edf"
+    profile_validity_s: float | None = None
+    min_replan_s: float = 1.0
+    loop: cl.LoopSettings = cl.LoopSettings()
+    escalation: Escalation = field(default_factory=Escalation)
+    overload_tolerance_a: float = 0.5
+    idle_limit_a: float | None = 0.0
+    idle_validity_s: float = 900.0
+    readback_s: float = 300.0
+    solver_process: bool = False
+
+
 @dataclass
 class StepResult:
-    """What one control step did. Timings [s] per stage; currents [A] by session_id."""
+    """What one control step did.
+
+    ``current_a`` [A] by session_id: the limit each planned car is counted at after the step
+    (what it accepted; what its charger holds when it kept a higher one); ``targets_a`` [A]: what
+    the step asked for; ``reserved``: sessions not trusted to follow (see
+    :class:`~nowblock.loop.step.StepContext`); ``accepted_a``: the limits chargers answered with;
+    ``held_back``: why the block is below its limits; ``seconds`` per stage; ``binding``: per
+    planned car the limit that binds it and by how much
+    (:func:`~nowblock.loop.binding.binding_limits`, ``out_of_service`` for points out of service).
+    """
 
     time: pd.Timestamp
     reason: str
@@ -65,101 +142,116 @@ class StepResult:
     accepted_a: dict[str, float | None] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     snapshot: BlockSnapshot | None = None
+    context: StepContext | None = None
+    targets_a: pd.Series | None = None
+    held_back: dict = field(default_factory=dict)
+    binding: pd.DataFrame | None = None
+
+
+_SOURCE_OPTIONS = ("forecaster", "base_load_history", "base_load_meter", "prices")
+_RENAMED = {"settings": "loop"}
 
 
 class Controller:
     """The live loop for one site (see the module docstring).
 
-    ``central``: the central system (``.state`` the live state, ``set_limit`` /
-    ``set_default_profile`` coroutines); ``policy``: a Policy or a name (default "milp");
-    ``store``: a :class:`~nowblock.store.Store` or None; ``forecaster``: base load,
-    ``predict(history, now, horizon) -> Series kW``; ``needs_forecaster``:
-    ``predict_needs(cars, time) -> DataFrame(departure, energy_kwh)``; ``base_load_meter``:
-    a callable ``now -> kW`` (a meter feed) or None; ``base_load_history``: a Series [kW] of
-    the block's measured other load for the forecaster; ``worst_base_load_kw`` [kW]: the other
-    load the fail-safe profiles must survive (default: the largest in the history, else 0).
-    ``period_s`` [s] between planned steps; ``solve_timeout_s`` [s] before the heuristic
-    ``fallback`` takes over; ``profile_validity_s`` [s] of each TxProfile (refreshed before it
-    ends). ``clock`` returns now (UTC); the demo runs an accelerated one.
+    Parameters
+    ----------
+    central : CentralSystem
+        ``.state`` (the live state) and the coroutines ``set_limit``, ``set_default_profile``,
+        ``set_station_max``.
+    site : Site
+    policy : Policy or str
+        The policy or its name (default "milp").
+    store : Store, optional
+        Where plans and alarms are kept (the events are recorded by the store's recorder).
+    needs_forecaster : object, optional
+        ``predict_needs(cars, time)`` (a fitted :class:`nowblock.forecast.SessionNeedsForecaster`).
+    worst_base_load_kw : float, optional
+        [kW] The other load the fail-safe profiles must survive (default: the largest in
+        ``base_load_history``, else 0).
+    clock : callable, optional
+        Now (UTC); the central system's own clock by default (the demo runs an accelerated one).
+    **options
+        :class:`ControllerSettings` fields (``period_s``, ``step``, ``horizon``,
+        ``solve_timeout_s``, ``fallback``, ``profile_validity_s``, ``min_replan_s``, ``settings``
+        for the loop settings, ...) and :class:`~nowblock.control.live.LiveBlock` inputs
+        (``forecaster``, ``base_load_history``, ``base_load_meter``, ``prices``).
     """
 
-    def __init__(
-        self,
-        central,
-        site: Site,
-        policy: Policy | str | None = "milp",
-        store=None,
-        forecaster=None,
-        *,
-        needs_forecaster=None,
-        base_load_meter: Callable[[pd.Timestamp], float | None] | None = None,
-        base_load_history: pd.Series | None = None,
-        prices: pd.Series | None = None,
-        worst_base_load_kw: float | None = None,
-        period_s: float = 60.0,
-        step: pd.Timedelta | str = "15min",
-        horizon: pd.Timedelta | str = "24h",
-        solve_timeout_s: float | None = None,
-        fallback: str = "edf",
-        profile_validity_s: float | None = None,
-        min_replan_s: float = 1.0,
-        settings: cl.LoopSettings = cl.LoopSettings(),
-        clock: Callable[[], pd.Timestamp] | None = None,
-    ) -> None:
+    def __init__(self, central, site: Site, policy: Policy | str | None = "milp", store=None, *,
+                 needs_forecaster=None, worst_base_load_kw: float | None = None,
+                 clock: Callable[[], pd.Timestamp] | None = None, **options) -> None:
         from nowblock.policies import get_policy
 
+        known = {f.name for f in fields(ControllerSettings)}
+        given = {_RENAMED.get(k, k): v for k, v in options.items() if k not in _SOURCE_OPTIONS}
+        bad = sorted(set(given) - known)
+        if bad:
+            raise TypeError(f"Controller: unknown option(s) {bad}")
+        for k in ("step", "horizon"):
+            if k in given:
+                given[k] = pd.Timedelta(given[k])
+        self.config = cfg = ControllerSettings(**given)
         self.central = central
         self.state = central.state
         self.site = site
-        self.period_s = float(period_s)
-        self.slot = pd.Timedelta(step)
-        self.horizon = pd.Timedelta(horizon)
-        self.solve_timeout_s = float(solve_timeout_s) if solve_timeout_s is not None else 0.8 * self.period_s
-        self.fallback = get_policy(fallback)
+        self.period_s = float(cfg.period_s)
+        self.solve_timeout_s = float(cfg.solve_timeout_s) if cfg.solve_timeout_s is not None else 0.8 * self.period_s
+        self.profile_validity_s = (float(cfg.profile_validity_s) if cfg.profile_validity_s
+                                   else max(5.0 * self.period_s, 60.0))
+        self.fallback = get_policy(cfg.fallback)
         try:
             if isinstance(policy, Policy):
                 self.policy = policy
             elif (policy or "milp") == "milp":  # HiGHS stops well before the step gives up on it
-                self.policy = get_policy("milp", horizon=self.horizon, step=self.slot,
-                                         time_limit_s=max(0.05, 0.6 * self.solve_timeout_s))
+                opts = dict(horizon=cfg.horizon, step=cfg.step, time_limit_s=max(0.05, 0.6 * self.solve_timeout_s))
+                self.policy = SolverProcess("milp", opts) if cfg.solver_process else get_policy("milp", **opts)
             else:
                 self.policy = get_policy(policy)
         except (ImportError, AttributeError) as exc:  # the optimizer is not installed: the heuristic runs
-            log.error("policy %r unavailable (%s); controlling with %s", policy, exc, fallback)
+            log.error("policy %r unavailable (%s); controlling with %s", policy, exc, cfg.fallback)
             self.policy = self.fallback
+        if getattr(self.policy, "safe", True) is False:
+            raise ValueError(f"policy {self.policy.name!r} bypasses the safety net: not for live control")
         self.store = store
-        self.forecaster = forecaster
-        self.needs_forecaster = needs_forecaster
-        self.base_load_meter = base_load_meter
-        self.base_load_history = base_load_history
-        self.prices = prices
-        self.profile_validity_s = float(profile_validity_s) if profile_validity_s else max(5.0 * self.period_s, 60.0)
-        self.min_replan_s = float(min_replan_s)
-        self.settings = settings
+        self.owns_store = False
+        self.needs_from_store = False
         if clock is None and callable(getattr(self.state, "clock", None)):
             clock = lambda: pd.Timestamp(self.state.clock())  # noqa: E731 - the central system's own time
         self.clock = clock or _utcnow
+        history = options.get("base_load_history")
         if worst_base_load_kw is None:
-            worst_base_load_kw = float(base_load_history.max()) if base_load_history is not None and len(base_load_history) else 0.0
+            worst_base_load_kw = float(history.max()) if history is not None and len(history) else 0.0
         self.worst_base_load_kw = float(worst_base_load_kw)
         self.failsafe_a = failsafe_current_a(site, self.worst_base_load_kw)
-        # The central system installs these as TxDefaultProfiles after every BootNotification.
-        if hasattr(central, "failsafe_a"):
+        if hasattr(central, "failsafe_a"):  # the central system installs these after every BootNotification
             central.failsafe_a = {k: float(v) for k, v in self.failsafe_a.items()}
         else:
             log.warning("the central system installs no fail-safe profiles; chargers keep their own defaults")
-        self.owns_store = False
-        self.ceilings_a = pd.Series(dtype=float)
+        self.operator = OperatorInputs(site, store, clock=self.clock)
+        self.operator.listeners.append(lambda what, data: self.replan())
+        self.source = LiveBlock(self.state, site, step=cfg.step, horizon=cfg.horizon, failsafe_a=self.failsafe_a,
+                                operator=self.operator, **{k: options[k] for k in _SOURCE_OPTIONS if k in options})
+        self.loop = ControlStep(settings=cfg.loop, needs=NeedsEstimation(needs_forecaster))
+        self.escalation = cfg.escalation
+        self.failsafe = FailsafeKeeper(central, self.failsafe_a, voltage_v=site.voltage_v,
+                                       horizon=pd.Timedelta(seconds=max(3600.0, 10.0 * self.period_s)),
+                                       retry_s=max(60.0, 10.0 * self.period_s), on_installed=self._wake_soon)
+        self.idle = None
+        if cfg.idle_limit_a is not None:
+            self.idle = IdleDefaults(central, site, limit_a=cfg.idle_limit_a, validity_s=cfg.idle_validity_s,
+                                     retry_s=max(60.0, 10.0 * self.period_s), on_installed=self._wake_soon)
         self.plan: pd.DataFrame | None = None
+        self.step_listeners: list[Callable[[StepResult], None]] = []  # called after every step
         self.history: list[StepResult] = []
-        self._sent: dict[str, tuple[float, pd.Timestamp]] = {}  # session -> (limit sent [A], when)
-        self._changed_at: dict[str, pd.Timestamp] = {}  # session -> when its limit last changed
-        self._reserved: set[str] = set()  # sessions counted at their worst case in the last step
-        self._full: set[str] = set()  # sessions whose car stopped drawing while offered its minimum
-        self.top_up_kwh = 2.0
-        self.needs_from_store = False
+        self.alarms: list[dict] = []
+        self._overloads: dict[tuple[str, str], dict] = {}  # (fuse, phase) -> the running overload
+        self._read_at: dict[str, pd.Timestamp] = {}  # session -> when its applied limit was last asked
         self._needs_fit_at: pd.Timestamp | None = None
         self._solving: asyncio.Future | None = None
+        self._solving_time: pd.Timestamp | None = None  # the snapshot time of the solve running or last run
+        self._solving_used = True  # its answer was used (or is of no use)
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -167,13 +259,39 @@ class Controller:
         self._last_step_time: pd.Timestamp | None = None
         self._gaps_s: list[float] = []  # recent intervals between steps on the controller's clock [s]
         self._sub = None
-        self._failsafe_tried: dict[str, float] = {}  # station -> wall time [s] of the last (re)install
-        self._failsafe_tasks: set[asyncio.Task] = set()
         if store is not None:
             last = store.latest_plan()
             if last is not None:
                 self.plan = last[1]
                 log.info("continuing from the plan of %s (%d sessions)", last[0], last[1].shape[1])
+
+    # ---- shorthands the tests and the demo read ------------------------------------------------
+    @property
+    def settings(self) -> cl.LoopSettings:
+        """The closed loop's settings."""
+        return self.config.loop
+
+    @property
+    def needs_forecaster(self):
+        """The fitted needs forecaster in use (None: the fallback rule)."""
+        return self.loop.needs.estimator
+
+    @needs_forecaster.setter
+    def needs_forecaster(self, value) -> None:
+        self.loop.needs.estimator = value
+
+    @property
+    def top_up_kwh(self) -> float:
+        """[kWh] A car that still draws wants at least this much more than it got."""
+        return self.loop.needs.top_up_kwh
+
+    def idle_defaults_a(self, now: pd.Timestamp, running=()) -> pd.Series:
+        """See :meth:`nowblock.control.live.LiveBlock.idle_defaults_a`."""
+        return self.source.idle_defaults_a(now, running=running)
+
+    def failsafe_missing(self, now: pd.Timestamp) -> list[str]:
+        """See :func:`nowblock.control.failsafe.failsafe_missing`."""
+        return self.failsafe.missing(now)
 
     # ---- life cycle -------------------------------------------------------------------------
     def warm_up(self) -> float:
@@ -207,24 +325,45 @@ class Controller:
             except (asyncio.CancelledError, Exception):
                 pass
         self._task = None
-        for t in list(self._failsafe_tasks):
-            t.cancel()
-        await asyncio.gather(*self._failsafe_tasks, return_exceptions=True)
+        await self.failsafe.cancel()
+        if isinstance(self.policy, SolverProcess):
+            self.policy.close()
+        if self.idle is not None:
+            await self.idle.cancel()
         if self.owns_store and self.store is not None:
             self.store.close()
+
+    def _wake_soon(self) -> None:
+        self._wake.set()
+
+    def replan(self) -> None:
+        """Step as soon as possible (debounced by ``min_replan_s``), e.g. after an operator input."""
+        self._wake.set()
+
+    @property
+    def active_overloads(self) -> list[dict]:
+        """Fuse phases measured above their rating now: fuse_id, phase, limit_a, worst_a [A], start."""
+        return [dict(v) for v in self._overloads.values()]
+
+    def _wait_s(self) -> float:
+        """[s] Until the next planned step: the period, or sooner when a cap starts or ends."""
+        nxt = self.operator.next_change_after(self.clock())
+        if nxt is None:
+            return self.period_s
+        return float(min(self.period_s, max(0.05, (nxt - self.clock()).total_seconds() + 0.01)))
 
     async def _run(self) -> None:
         events = asyncio.get_running_loop().create_task(self._watch_events())
         try:
             while not self._stopping:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.period_s)
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._wait_s())
                     reason = "event"
                 except asyncio.TimeoutError:
                     reason = "period"
                 self._wake.clear()
-                wait = self.min_replan_s - (_time.monotonic() - self._last_step_wall)
-                if wait > 0:  # debounce bursts (ten cars starting at once: one step)
+                wait = self.config.min_replan_s - (_time.monotonic() - self._last_step_wall)
+                if wait > 0:  # coalesce bursts (ten cars starting at once: one step)
                     await asyncio.sleep(wait)
                     self._wake.clear()
                 if self._stopping:
@@ -241,20 +380,18 @@ class Controller:
     async def _watch_events(self) -> None:
         async for ev in self._sub:
             if ev.kind == "disconnect":
-                for sid in [s for s in self._sent if s.split(":")[0] == ev.cp_id]:
-                    self._sent.pop(sid, None)  # a reconnected station gets fresh profiles
+                for sid in [s for s in self.loop.sent if s.split(":")[0] == ev.cp_id]:
+                    self.loop.sent.pop(sid, None)  # a reconnected station gets fresh profiles
             if ev.kind in REPLAN_EVENTS:
                 self._wake.set()
-            elif ev.kind == "meter" and (f"{ev.cp_id}:{ev.transaction_id}" in self._reserved
-                                         or self._meter_departs(ev)):
-                self._wake.set()  # a car counted at its maximum is heard again, or departs from its limit
+            elif ev.kind == "meter" and (self._session(ev) in self.escalation.since or self._meter_departs(ev)):
+                self._wake.set()  # a car not following its limit is heard again, or one departs from its limit
             if ev.kind == "boot":  # its idle connectors are held at its maximum until its default is known
-                self._background(self._wake_when_default_known(ev.cp_id))
+                self.failsafe.spawn(self._wake_when_default_known(ev.cp_id))
 
-    def _background(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._failsafe_tasks.add(task)  # cancelled by stop()
-        task.add_done_callback(self._failsafe_tasks.discard)
+    @staticmethod
+    def _session(ev) -> str:
+        return f"{ev.cp_id}:{ev.transaction_id}"
 
     async def _wake_when_default_known(self, cp_id: str, timeout_s: float = 30.0, every_s: float = 0.1) -> None:
         """Re-plan as soon as a station that just booted is known to hold a default limit (the
@@ -271,119 +408,334 @@ class Controller:
             await asyncio.sleep(every_s)
 
     def _meter_departs(self, ev) -> bool:
-        sid = f"{ev.cp_id}:{ev.transaction_id}"
-        sent = self._sent.get(sid)
+        sid = self._session(ev)
+        sent = self.loop.sent.get(sid)
         if sent is None:
             return False
         cur = [ev.data.get(f"current_l{i}_a") for i in (1, 2, 3)]
         cur = [c for c in cur if c is not None and not math.isnan(c)]
         if not cur:
             return False
-        now = self.clock()
-        since = self._changed_at.get(sid)
-        if since is not None and (now - since).total_seconds() < self.settings.settle_s:
+        since = self.loop.changed_at.get(sid)
+        if since is not None and (self.clock() - since).total_seconds() < self.settings.settle_s:
             return False
         return abs(max(cur) - sent[0]) > self.settings.under_draw_a + self.settings.margin_a
 
     # ---- one step ---------------------------------------------------------------------------
-    def build_snapshot(self, now: pd.Timestamp | None = None) -> tuple[BlockSnapshot, pd.DataFrame, dict]:
-        """The policy's snapshot now, the full live cars frame, and stage timings [s]."""
+    def build_snapshot(self, now: pd.Timestamp | None = None) -> tuple[BlockSnapshot, StepContext]:
+        """The policy's snapshot now and the step's context (observe, then prepare)."""
         now = now or self.clock()
-        t0 = _time.perf_counter()
-        raw = self.state.snapshot(now.to_pydatetime())
-        cars = raw.copy()
-        for c in ("arrival", "departure"):  # one resolution, so that estimates can be written in
-            cars[c] = pd.to_datetime(cars[c], utc=True).dt.as_unit("ns")
-        last_meter = pd.Series([self._last_meter(cp, tx) for cp, tx in zip(cars["charge_point_id"], cars.get(
-            "transaction_id", pd.Series([""] * len(cars))))], index=cars.index, dtype="datetime64[ns, UTC]")
-        settled = self._settled(cars.index, last_meter, now)
-        self._track_full(cars, settled)
-        tn = _time.perf_counter()
-        if len(cars):
-            cars = self._fill_needs(cars, now)
-        t_needs = _time.perf_counter() - tn
-        stale = cl.stale_mask(last_meter, cars["arrival"], now, self.settings.stale_after_s)
-        if "connected" in cars:
-            stale |= ~cars["connected"].to_numpy(bool)
-        over = cl.over_draw_mask(cars, settled, self.settings)
-        # A charger that holds a higher limit than the last one it was sent (it answered but did
-        # not apply it, or rejected every fallback) is planned around at what it holds, so that
-        # no other car is raised into the current it keeps; its wanted limit is re-sent when due.
-        offered = cars["offered_current_a"].to_numpy(float)
-        last_sent = np.array([self._sent[s][0] if s in self._sent else np.nan for s in cars.index], dtype=float)
-        holding = ~stale & ~over & (offered > last_sent + 0.05)  # NaN (never sent) compares False
-        unobserved = stale | over | holding
-        reserve = np.where(stale, cars["max_current_a"].to_numpy(float),
-                           np.where(over, cars["measured_current_a"].to_numpy(float) + self.settings.margin_a, offered))
-        # A car plugged in at an idle connector draws that point's default limit until the step it
-        # triggers has sent its TxProfile: hold that much for it on every phase the point is wired
-        # to, as for a station we cannot see (a 0 A fail-safe costs nothing).
-        idle = self.idle_defaults_a(now, running=zip(cars["charge_point_id"], cars["connector_id"]))
-        idle = idle[idle > 0]
-        idle_cp = self.site.cp_index(idle.index.get_level_values("charge_point_id"))
-        site = cl.reserve_unobserved(
-            self.site, np.concatenate([cars["cp_index"].to_numpy(np.int64)[unobserved], idle_cp]),
-            np.concatenate([cars["phases"].to_numpy(np.int64)[unobserved], self.site.cp_phases[idle_cp]]),
-            np.concatenate([reserve[unobserved], idle.to_numpy(float)]))
-        live = cars[~unobserved]
-        self._reserved = set(cars.index[stale | over])  # cars whose next meter value is news
-        self.ceilings_a = cl.update_ceilings(live, self.ceilings_a, settled[~unobserved], self.settings)
-        policy_cars = cl.apply_ceilings(live, self.ceilings_a)[list(CAR_COLUMNS)]
-        t1 = _time.perf_counter()
-        base = self._base_load(now)
-        t2 = _time.perf_counter()
-        step_a = 0.1 if len(raw) and "version" in raw and (raw["version"] == "1.6").all() else 1.0
-        snap = BlockSnapshot(time=now, site=site, step=self.slot, cars=policy_cars, base_load_kw=base,
-                             prices_eur_per_kwh=self._prices(now), current_step_a=step_a,
-                             extra={"reserved": list(cars.index[unobserved]), "running": cl.running_mask(live, self.settings),
-                                    "holding": dict(zip(cars.index[holding], last_sent[holding])),
-                                    "idle_reserved_a": {f"{cp}:{c}": float(a) for (cp, c), a in idle.items()}})
-        return snap, cars, {"snapshot": t1 - t0 - t_needs, "forecast": t2 - t1 + t_needs}
+        return self.loop.prepare(self.source.observe(now))
 
-    def idle_defaults_a(self, now: pd.Timestamp, running=()) -> pd.Series:
-        """The limit [A per phase] a car newly plugged in at each idle connector could draw.
+    async def decide(self, snap: BlockSnapshot, *, new_cars: bool = False) -> tuple[Decision, str, str]:
+        """The policy's decision in a worker thread, the fallback's when it fails or is slow.
 
-        One value per connector (EVSE in 2.0.1) without a running transaction, indexed by
-        (``charge_point_id``, ``connector_id``); ``running`` are the (charge point, connector)
-        pairs that run one. The limit is what the live state knows the point applies to an idle
-        connector (its TxDefaultProfile, a fallback default left behind, a station maximum);
-        when it knows none, the point's maximum if the station booted in this process (so we
-        know it holds none), else the fail-safe installed earlier (offline, or not yet heard
-        from since a restart). Never above the point's maximum.
+        The step waits for the policy at most ``max_wait_s`` (``new_car_timeout_s`` when a car
+        has never been sent a limit; never past ``solve_timeout_s``), so the loop keeps
+        answering events while a large MILP runs on. A solve that finishes after its step gave
+        up wakes the loop, and the next step applies its plan (the slot of now, every car it
+        planned; cars it did not know get the fallback's answer) if it is younger than a period.
+        Returns (decision, name of the policy that decided, status).
         """
-        busy = {(str(cp), int(c)) for cp, c in running}
-        t = now.to_pydatetime()
-        rows: dict[tuple[str, int], float] = {}
-        for cp in self.site.charge_points:
-            st = self.state.stations.get(cp.id)
-            if st is None:
-                continue
-            for c in sorted({c for c in st.connectors if c > 0} | {1}):
-                if (cp.id, c) in busy:
-                    continue
-                held = self.state.applied_limit_a(cp.id, c, t)
-                if held is None:
-                    held = cp.max_current_a if st.connected and st.boot else float(
-                        self.failsafe_a.get(cp.id, cp.max_current_a))
-                rows[(cp.id, c)] = min(float(held), float(cp.max_current_a))
-        index = pd.MultiIndex.from_tuples(list(rows), names=["charge_point_id", "connector_id"])
-        return pd.Series(list(rows.values()), index=index, dtype=float, name="current_a")
+        if len(snap.cars) == 0:
+            return call_policy(self.policy, self.fallback, snap)
+        late = self._late_plan(snap)
+        if late is not None:
+            return late
+        status, decision = "ok", None
+        wait = min(self.solve_timeout_s, self.config.new_car_timeout_s if new_cars else self.config.max_wait_s)
+        if self._solving is not None and not self._solving.done():
+            status = "previous solve still running"
+        else:
+            if isinstance(self.policy, SolverProcess):
+                self._solving = asyncio.ensure_future(self.policy.decide(snap))
+            else:
+                self._solving = asyncio.ensure_future(asyncio.to_thread(decide, self.policy, snap))
+            self._solving_time = snap.time
+            self._solving_used = False
+            try:
+                decision = await asyncio.wait_for(asyncio.shield(self._solving), wait)
+                self._solving_used = True
+            except asyncio.TimeoutError:
+                status = f"time-out after {wait:g} s"
+                self._solving.add_done_callback(lambda f: self._wake.set())  # its plan is used next step
+            except Exception as exc:  # noqa: BLE001 - the fallback answers
+                self._solving_used = True
+                status = f"failed: {exc!r}"
+                log.exception("policy %s failed", self.policy.name)
+        if decision is not None:
+            return decision, self.policy.name, status
+        log.info("policy %s: %s; %s answers this step", self.policy.name, status, self.fallback.name)
+        return decide(self.fallback, snap), self.fallback.name, status
 
-    def _last_meter(self, cp_id: str, tx_id) -> pd.Timestamp:
-        t = self.state.transaction(cp_id, tx_id) if tx_id != "" else None
-        lm = getattr(t, "last_meter", None)
-        return pd.NaT if lm is None else pd.Timestamp(lm)
+    def _late_plan(self, snap: BlockSnapshot) -> tuple[Decision, str, str] | None:
+        """The plan of a solve that finished after its step gave up on it, for this snapshot."""
+        fut = self._solving
+        if fut is None or not fut.done() or self._solving_used:
+            return None
+        self._solving_used = True
+        if fut.cancelled() or fut.exception() is not None:
+            return None
+        made = self._solving_time
+        if (snap.time - made).total_seconds() > self.period_s:
+            return None
+        plan: Decision = fut.result()
+        if isinstance(plan.plan_a, pd.DataFrame) and len(plan.plan_a):
+            rows = plan.plan_a[plan.plan_a.index <= snap.time]
+            now_a = (rows.iloc[-1] if len(rows) else plan.plan_a.iloc[0]).astype(float)
+        else:
+            now_a = pd.Series(plan.current_a, dtype=float)
+        answer = now_a.reindex(snap.cars.index)
+        if answer.isna().any():  # cars that arrived since: the fallback's answer for them
+            answer = answer.fillna(decide(self.fallback, snap).current_a.reindex(snap.cars.index))
+        return (Decision(answer.fillna(0.0).rename("current_a"), plan.plan_a, plan.status, plan.detail),
+                self.policy.name, f"late plan of {made.strftime('%H:%M:%S')}")
 
-    def _settled(self, index, last_meter: pd.Series, now) -> np.ndarray:
-        out = np.zeros(len(index), dtype=bool)
-        for i, sid in enumerate(index):
-            lm = last_meter.iloc[i]
-            if pd.isna(lm):
-                continue
-            since = self._changed_at.get(sid)
-            out[i] = since is None or (lm - since).total_seconds() >= self.settings.settle_s
+    async def step(self, reason: str = "manual") -> StepResult:
+        """One control step now (see the module docstring)."""
+        self._last_step_wall = _time.monotonic()
+        now = self.clock()
+        if self._last_step_time is not None:
+            self._gaps_s = (self._gaps_s + [(now - self._last_step_time).total_seconds()])[-10:]
+        self._last_step_time = now
+        if self.needs_from_store:
+            self._refit_needs(now)
+        self.failsafe.keep(now)
+        t0 = _time.perf_counter()
+        obs = self.source.observe(now)
+        if self.idle is not None:
+            self.idle.keep(now, running=zip(obs.cars["charge_point_id"], obs.cars["connector_id"]))
+        snap, ctx = self.loop.prepare(obs)
+        t1 = _time.perf_counter()
+        new_cars = any(sid not in self.loop.sent for sid in snap.cars.index)
+        decision, name, status = await self.decide(snap, new_cars=new_cars)
+        t2 = _time.perf_counter()
+        targets = self.loop.finish(snap, ctx, decision.current_a)
+        accepted = await self.dispatch(targets, ctx, now)
+        counted = self._counted_a(targets, ctx, accepted)
+        kept = {s: a for s, a in counted.items() if s not in ctx.untrusted and a > targets.get(s, 0.0) + 0.05}
+        if kept:  # a charger kept a higher limit in this very step: repair the others now
+            counted.update(await self._repair(snap, ctx, targets, kept, now))
+        await self._escalate(targets, ctx, now)
+        self._read_back(ctx, now)
+        t3 = _time.perf_counter()
+        x = pd.Series(counted, dtype=float).reindex(targets.index).rename("current_a")
+        self._watch_overloads(obs, now)
+        self.loop.forget(obs.cars.index)
+        self.operator.forget_sessions(obs.cars.index)
+        self._keep_plan(decision, x, now, name, status)
+        hb = held_back(snap, ctx, x)
+        binding = self._binding(snap, targets)
+        secs = {"snapshot": t1 - t0, "optimize": t2 - t1, "dispatch": t3 - t2, "persist": _time.perf_counter() - t3}
+        res = StepResult(now, reason, name, status, x, sorted(ctx.untrusted), accepted, secs, snap, ctx, targets, hb,
+                         binding)
+        self.history.append(res)
+        del self.history[:-500]
+        for fn in list(self.step_listeners):
+            try:
+                fn(res)
+            except Exception:  # noqa: BLE001 - an observer must not break control
+                log.exception("step listener failed")
+        log.info("step %s (%s): %d cars, %.0f A total, %d untrusted %s, idle held %.0f A, unused %.0f A, "
+                 "%d waiting, policy %s [%s], %.0f ms (%s)", now.strftime("%H:%M:%S"), reason, len(x), float(x.sum()),
+                 len(ctx.untrusted), hb["untrusted"] or "", hb["reserved_idle_a"], hb["unused_a"],
+                 hb["cars_waiting"], name, status, 1000 * sum(secs.values()),
+                 " ".join(f"{k} {1000 * v:.0f}" for k, v in secs.items()))
+        return res
+
+    def _binding(self, snap: BlockSnapshot, targets: pd.Series) -> pd.DataFrame | None:
+        """Which limit binds each planned car (for the operator; never fails the step)."""
+        try:
+            applied = self.operator.last_applied
+            b = binding_limits(snap, targets, capped_fuses=applied.capped_fuses if applied else ())
+            off = snap.cars["charge_point_id"].isin(list(self.operator.out_of_service)).to_numpy()
+            if off.any():
+                b.loc[off, "binding"] = "out_of_service"
+            return b
+        except Exception:  # noqa: BLE001
+            log.exception("could not work out the binding limits")
+            return None
+
+    def _counted_a(self, targets: pd.Series, ctx: StepContext, accepted: dict) -> dict[str, float]:
+        """Per planned car, the limit it is counted at after the dispatch: what it accepted, else
+        what the live state knows it holds, else (no profile at all) the most it may draw; an
+        untrusted car at least at what it may really draw."""
+        out = {}
+        for sid, a in targets.items():
+            held = self._in_force_a(ctx.cars, sid, accepted.get(sid)) if sid in accepted else None
+            if held is None:
+                held = self._in_force_a(ctx.cars, sid, None) if sid in ctx.untrusted else float(a)
+            if sid in ctx.untrusted:
+                held = max(held, float(ctx.committed_a.get(sid, held)))
+            out[sid] = float(held)
         return out
 
+    async def _repair(self, snap: BlockSnapshot, ctx: StepContext, targets: pd.Series, kept: dict,
+                      now: pd.Timestamp) -> dict[str, float]:
+        log.warning("limit not lowered on %s; repairing the others", ", ".join(sorted(kept)))
+        fixed = ctx.cars.loc[list(kept)]
+        base = ctx.safety if ctx.safety is not None else snap
+        site = cl.reserve_unobserved(base.site, fixed["cp_index"], fixed["phases"], list(kept.values()))
+        rest = base.cars.drop(index=[s for s in kept if s in base.cars.index])
+        snap2 = BlockSnapshot(now, site, snap.step, rest, snap.base_load_kw, snap.prices_eur_per_kwh,
+                              snap.current_step_a)
+        x2 = make_safe(snap2, targets.reindex(rest.index))
+        got = await self._send_waves(x2, ctx, now, only_lower=True)
+        return {sid: self._in_force_a(ctx.cars, sid, got[sid]) if sid in got else float(x2[sid]) for sid in x2.index}
+
+    # ---- dispatch ---------------------------------------------------------------------------
+    @property
+    def _step_gap_s(self) -> float:
+        """The longest recent interval between steps [s, controller clock], or the period."""
+        return max(self._gaps_s) if self._gaps_s else self.period_s
+
+    async def dispatch(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp) -> dict[str, float | None]:
+        """Send the step's limits (lowered first, then raised); returns the accepted limits [A]."""
+        self.escalation.update({s: r for s, r in ctx.untrusted.items() if s in targets.index}, now,
+                               present=set(targets.index), following=ctx.following)
+        doubt = set(self.escalation.since) & set(targets.index)
+        resend = self.escalation.due(now) & doubt
+        # A car that does not follow its limit gets one only when its pause is over: a changed
+        # target changes nothing it draws, and a charger that ignores us is not flooded.
+        hold = [s for s in doubt if s not in resend and s in self.loop.sent]
+        got = await self._send_waves(targets.drop(hold), ctx, now, resend=resend)
+        self.escalation.tried([s for s in resend if s in got], now)
+        return got
+
+    async def _send_waves(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp, *, only_lower=False,
+                          resend=frozenset()) -> dict[str, float | None]:
+        # Re-send before a profile could expire ahead of the next step (steps may run late).
+        refresh_s = min(self.profile_validity_s / 2.0, self.profile_validity_s - 2.0 * self._step_gap_s)
+        lower, higher = plan_waves(targets, self.loop.sent, ctx.cars["offered_current_a"], now,
+                                   refresh_s=refresh_s, resend=resend)
+        out: dict[str, float | None] = {}
+        for batch in (lower, [] if only_lower else higher):
+            if batch:
+                got = await asyncio.gather(*(self._send(ctx.cars, sid, lim, now) for sid, lim in batch))
+                out.update({sid: a for (sid, _), (ok, a) in zip(batch, got) if ok})
+        return out
+
+    async def _send(self, cars: pd.DataFrame, sid: str, limit_a: float, now: pd.Timestamp) -> tuple[bool, float | None]:
+        row = cars.loc[sid]
+        try:
+            rec = await self.central.set_limit(row["charge_point_id"], int(row["connector_id"]), limit_a,
+                                               validity_s=int(math.ceil(self.profile_validity_s)))
+        except Exception as exc:  # noqa: BLE001 - an unreachable charger is normal weather
+            log.warning("%s: limit %.1f A not sent: %s", sid, limit_a, exc)
+            return False, None
+        self.loop.record_sent(sid, limit_a, now)
+        accepted = getattr(rec, "accepted_a", rec)
+        return True, None if accepted is None else float(accepted)
+
+    def _in_force_a(self, cars: pd.DataFrame, sid: str, accepted: float | None) -> float:
+        """The limit [A] a charger applies after a dispatch: what it accepted, else what the live
+        state knows it holds, else (no profile at all) the most the car may draw."""
+        if accepted is not None:
+            return float(accepted)
+        row = cars.loc[sid]
+        try:
+            held = self.state.applied_limit_a(row["charge_point_id"], int(row["connector_id"]))
+        except Exception:  # noqa: BLE001 - an unknown station counts at its maximum
+            held = None
+        return float(row["max_current_a"]) if held is None else min(float(held), float(row["max_current_a"]))
+
+    async def _escalate(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp) -> None:
+        """Station maximum for cars past their grace; an alarm for cars past the alarm time."""
+        for sid in self.escalation.to_escalate(now):
+            if sid not in ctx.cars.index or sid not in targets.index:
+                continue
+            cp_id = ctx.cars.at[sid, "charge_point_id"]
+            self.escalation.escalated.add(sid)
+            if hasattr(self.central, "set_station_max"):
+                try:
+                    rec = await self.central.set_station_max(cp_id, float(targets[sid]),
+                                                             validity_s=int(math.ceil(self.profile_validity_s)))
+                    log.warning("%s: not following its limit (%s) for %.0f s; station maximum %.1f A: %s", sid,
+                                ctx.untrusted.get(sid), (now - self.escalation.since[sid]).total_seconds(),
+                                float(targets[sid]), getattr(rec, "purpose", None) or "not accepted")
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("%s: station maximum not sent: %r", cp_id, exc)
+        for sid in self.escalation.to_alarm(now):
+            self.escalation.alarmed.add(sid)
+            if sid not in ctx.cars.index:
+                continue
+            self._alarm("not_following", now, session_id=sid, charge_point_id=str(ctx.cars.at[sid, "charge_point_id"]),
+                        reason=ctx.untrusted.get(sid, ""), since=self.escalation.since[sid].isoformat(),
+                        measured_a=float(ctx.cars.at[sid, "measured_current_a"]),
+                        limit_a=float(targets.get(sid, np.nan)))
+
+    def _read_back(self, ctx: StepContext, now: pd.Timestamp) -> None:
+        """Ask the chargers of cars that do not draw what they were given what they apply
+        (GetCompositeSchedule, in the background, at most every ``readback_s`` per car): a
+        station that applies less than it accepted is then planned at what it applies."""
+        read = getattr(self.central, "read_applied_limit", None)
+        if read is None or not len(ctx.cars):
+            return
+        cars = ctx.cars
+        meas = cars["measured_current_a"].to_numpy(float)
+        off = cars["offered_current_a"].to_numpy(float)
+        odd = np.isfinite(meas) & cars["connected"].to_numpy(bool) & (
+            (meas < off - self.settings.under_draw_a) | (meas > off + self.settings.over_draw_a))
+        for sid in cars.index[odd]:
+            last = self._read_at.get(sid)
+            if last is not None and (now - last).total_seconds() < self.config.readback_s:
+                continue
+            self._read_at[sid] = now
+            cp_id, conn = str(cars.at[sid, "charge_point_id"]), int(cars.at[sid, "connector_id"])
+            self.failsafe.spawn(self._read_one(read, cp_id, conn))
+        for sid in [s for s in self._read_at if s not in cars.index]:
+            del self._read_at[sid]
+
+    @staticmethod
+    async def _read_one(read, cp_id: str, connector_id: int) -> None:
+        try:
+            await read(cp_id, connector_id)
+        except Exception as exc:  # noqa: BLE001 - a station that cannot tell is planned at what it accepted
+            log.info("%s/%s: applied limit not read back: %r", cp_id, connector_id, exc)
+
+    # ---- watching what the block really draws ------------------------------------------------
+    def _watch_overloads(self, obs, now: pd.Timestamp) -> None:
+        """Measured fuse-phase load against the ratings: an overload's start, size and end."""
+        cars = obs.cars
+        meas = np.nan_to_num(cars["measured_current_a"].to_numpy(float), nan=0.0)
+        load = self.site.fuse_phase_currents_a(meas, cars["cp_index"].to_numpy(np.int64),
+                                               cars["phases"].to_numpy(np.int64)) if len(cars) else np.zeros_like(
+            self.site.limits_a)
+        base = float(obs.base_load_kw.iloc[0]) if len(obs.base_load_kw) else 0.0
+        load[0] += self.site.base_load_phase_current_a(base)
+        excess = load - self.site.limits_a
+        tol = self.config.overload_tolerance_a
+        for f, fid in enumerate(self.site.fuse_ids):
+            for p in range(3):
+                key = (fid, PHASES[p])
+                over = float(excess[f, p])
+                ev = self._overloads.get(key)
+                if over > tol:
+                    if ev is None:
+                        ev = self._overloads[key] = {"start": now, "worst_a": over, "fuse_id": fid, "phase": PHASES[p],
+                                                     "limit_a": float(self.site.limits_a[f, p])}
+                        log.warning("overload: fuse %s %s measured %.1f A over its %.0f A rating", fid, PHASES[p],
+                                    over, ev["limit_a"])
+                    ev["worst_a"] = max(ev["worst_a"], over)
+                elif ev is not None:
+                    del self._overloads[key]
+                    self._alarm("overload", now, fuse_id=fid, phase=PHASES[p], worst_a=round(ev["worst_a"], 2),
+                                limit_a=ev["limit_a"], start=ev["start"].isoformat(),
+                                duration_s=(now - ev["start"]).total_seconds())
+
+    def _alarm(self, kind: str, now: pd.Timestamp, **data) -> None:
+        rec = {"time": now, "kind": kind, **data}
+        self.alarms.append(rec)
+        del self.alarms[:-1000]
+        log.warning("alarm %s: %s", kind, ", ".join(f"{k}={v}" for k, v in data.items()))
+        record = getattr(self.store, "record_event", None)
+        if callable(record):
+            try:
+                record(now, kind, data)
+            except Exception:  # noqa: BLE001 - the alarm is logged either way
+                log.exception("could not store the %s alarm", kind)
+
+    # ---- needs and the plan ------------------------------------------------------------------
     def _refit_needs(self, now: pd.Timestamp, min_sessions: int = 20) -> None:
         """Fit the session-needs forecaster on the store's history, at most once a day."""
         if self._needs_fit_at is not None and now - self._needs_fit_at < pd.Timedelta(days=1):
@@ -396,120 +748,11 @@ class Controller:
             if len(hist) >= min_sessions:
                 self.needs_forecaster = SessionNeedsForecaster().fit(hist)
                 log.info("needs forecaster fitted on %d finished sessions", len(hist))
-        except Exception:
+        except Exception:  # noqa: BLE001 - estimates then use the fallback rule
             log.exception("could not fit the needs forecaster; estimates use the fallback rule")
 
-    def _track_full(self, cars: pd.DataFrame, settled: np.ndarray) -> None:
-        """Remember cars that stopped drawing although offered their minimum (full batteries)."""
-        meas = cars["measured_current_a"].to_numpy(float)
-        off = cars["offered_current_a"].to_numpy(float)
-        full = settled & (meas < 0.5) & (off >= cars["min_current_a"].to_numpy(float))
-        self._full = (self._full | set(cars.index[full])) - set(cars.index[np.nan_to_num(meas) > 1.0])
-        self._full &= set(cars.index)
-
-    def _fill_needs(self, cars: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
-        """Estimate the needs no car reported (departure UTC, energy [kWh]).
-
-        The departure is the forecaster's lower quartile and the energy its upper quartile when
-        it gives them (plan as if the car left early wanting much); the energy never falls below what the car got plus ``top_up_kwh`` while it
-        still takes current (a car that keeps charging wants more, whatever the estimate said),
-        and is what it got once it stopped drawing although offered its minimum (full).
-        """
-        cars = cars.copy()
-        unknown = ~cars["needs_known"].to_numpy(bool) | cars["departure"].isna().to_numpy() \
-            | cars["energy_requested_kwh"].isna().to_numpy()
-        if unknown.any():
-            blind = cars[unknown]
-            fb = FallbackNeedsEstimator().predict_needs(blind, now)
-            est = fb
-            if self.needs_forecaster is not None:
-                try:
-                    got = self.needs_forecaster.predict_needs(blind, now).reindex(blind.index)
-                    dep_col = "departure_q0.25" if "departure_q0.25" in got else "departure"
-                    early = pd.to_datetime(got[dep_col], utc=True)
-                    early = early.where(early > now + self.slot, now + self.slot)
-                    e_col = "energy_kwh_q0.75" if "energy_kwh_q0.75" in got else "energy_kwh"
-                    est = pd.DataFrame({
-                        "departure": early.fillna(fb["departure"]),
-                        "energy_kwh": pd.to_numeric(got[e_col], errors="coerce").fillna(fb["energy_kwh"]),
-                    }, index=blind.index)
-                except Exception:
-                    log.exception("needs forecaster failed; using the fallback estimate")
-            dep = cars["departure"].copy()
-            dep[unknown] = pd.to_datetime(est["departure"], utc=True).dt.as_unit("ns").to_numpy()
-            cars["departure"] = dep
-            e = cars["energy_requested_kwh"].to_numpy(float, copy=True)
-            got_kwh = cars["energy_delivered_kwh"].to_numpy(float)[unknown]
-            full = cars.index[unknown].isin(list(self._full))
-            e[unknown] = np.where(full, got_kwh, np.maximum(est["energy_kwh"].to_numpy(float), got_kwh + self.top_up_kwh))
-            cars["energy_requested_kwh"] = e
-            cars["needs_known"] = ~unknown
-        # A car staying past its announced departure is planned as leaving within the step.
-        late = cars["departure"] <= now
-        if late.any():
-            cars.loc[late, "departure"] = now + self.slot
-        return cars
-
-    def _base_load(self, now: pd.Timestamp) -> pd.Series:
-        n = max(1, int(self.horizon / self.slot))
-        idx = pd.date_range(now, periods=n, freq=self.slot)
-        values = np.full(n, np.nan)
-        if self.forecaster is not None and self.base_load_history is not None:
-            try:
-                hist = self.base_load_history[self.base_load_history.index < now]
-                fc = pd.Series(self.forecaster.predict(hist, now, self.horizon), dtype=float)
-                if len(fc):
-                    values = fc.reindex(fc.index.union(idx)).ffill().reindex(idx).to_numpy(float, copy=True)
-            except Exception:
-                log.exception("base-load forecast failed; planning with the last known value")
-        measured = self.base_load_meter(now) if self.base_load_meter is not None else None
-        if measured is not None and np.isfinite(measured):
-            values[0] = float(measured)
-        elif not np.isfinite(values[0]) and self.base_load_history is not None and len(self.base_load_history):
-            past = self.base_load_history[self.base_load_history.index <= now]
-            values[0] = float(past.iloc[-1]) if len(past) else float(self.base_load_history.iloc[0])
-        s = pd.Series(values, index=idx, name="kw").ffill().bfill().fillna(0.0)
-        if len(s) > 1:  # the setpoints sent now hold into the next slot: plan now for the larger of both
-            s.iloc[0] = max(s.iloc[0], s.iloc[1])
-        return s
-
-    def _prices(self, now: pd.Timestamp) -> pd.Series | None:
-        if self.prices is None:
-            return None
-        idx = pd.date_range(now, periods=max(1, int(self.horizon / self.slot)), freq=self.slot)
-        return self.prices.reindex(self.prices.index.union(idx)).ffill().bfill().reindex(idx)
-
-    async def plan_setpoints(self, snap: BlockSnapshot) -> tuple[pd.Series, str, str]:
-        """Setpoints [A], policy name, status: the policy in a worker thread, the heuristic on trouble."""
-        if len(snap.cars) == 0:
-            return pd.Series(np.zeros(0), index=snap.cars.index, dtype=float), self.policy.name, "empty"
-        status = "ok"
-        name = self.policy.name
-        answer = None
-        if self._solving is not None and not self._solving.done():
-            status = "previous solve still running"
-        else:
-            self._solving = asyncio.ensure_future(asyncio.to_thread(self.policy.schedule, snap))
-            try:
-                answer = await asyncio.wait_for(asyncio.shield(self._solving), self.solve_timeout_s)
-            except asyncio.TimeoutError:
-                status = f"time-out after {self.solve_timeout_s:g} s"
-            except Exception as exc:
-                status = f"failed: {exc!r}"
-                log.exception("policy %s failed", self.policy.name)
-        if answer is None:
-            log.warning("policy %s: %s; falling back to %s", self.policy.name, status, self.fallback.name)
-            name = self.fallback.name
-            answer = self.fallback.schedule(snap)
-        x = make_safe(snap, answer)
-        x = cl.keep_running(snap, x, snap.extra.get("running", np.zeros(len(x), bool)))
-        return make_safe(snap, x), name, status
-
-    def _keep_plan(self, snap: BlockSnapshot, x: pd.Series, now: pd.Timestamp, name: str, status: str) -> None:
-        sched = getattr(self.policy, "last_schedule", None)
-        plan = None
-        if name == self.policy.name and sched is not None:
-            plan = getattr(sched, "current_a", None)
+    def _keep_plan(self, decision: Decision, x: pd.Series, now: pd.Timestamp, name: str, status: str) -> None:
+        plan = decision.plan_a if name == self.policy.name else None
         if not isinstance(plan, pd.DataFrame) or plan.empty:
             plan = x.to_frame(now).T
         else:
@@ -519,162 +762,5 @@ class Controller:
         if self.store is not None:
             try:
                 self.store.save_plan(now, plan, policy=name, status=status)
-            except Exception:
+            except Exception:  # noqa: BLE001 - control goes on without the stored plan
                 log.exception("could not store the plan")
-
-    async def step(self, reason: str = "manual") -> StepResult:
-        """One control step now: snapshot, forecast, optimize, dispatch (see module docstring)."""
-        self._last_step_wall = _time.monotonic()
-        now = self.clock()
-        if self._last_step_time is not None:
-            gap = (now - self._last_step_time).total_seconds()
-            self._gaps_s = (self._gaps_s + [gap])[-10:]
-        self._last_step_time = now
-        if self.needs_from_store:
-            self._refit_needs(now)
-        self.keep_failsafe(now)
-        snap, cars, secs = self.build_snapshot(now)
-        t0 = _time.perf_counter()
-        x, name, status = await self.plan_setpoints(snap)
-        t1 = _time.perf_counter()
-        # Chargers found holding a higher limit are planned around (see build_snapshot); the
-        # limit they were asked for goes out again when it is due for a refresh.
-        holding = pd.Series(snap.extra.get("holding", {}), dtype=float)
-        accepted = await self.dispatch(snap, cars, pd.concat([x, holding]) if len(holding) else x, now)
-        # A charger that kept a higher limit than we asked for in this very step: count it at
-        # what it kept and repair the others now (later steps plan around it from the start).
-        in_force = {sid: self._in_force_a(cars, sid, a) for sid, a in accepted.items() if sid in x.index}
-        kept = {s: a for s, a in in_force.items() if a > x.get(s, 0.0) + 0.05}
-        if kept:
-            log.warning("limit not lowered on %s; repairing the others", ", ".join(sorted(kept)))
-            fixed = cars.loc[list(kept)]
-            site = cl.reserve_unobserved(snap.site, fixed["cp_index"], fixed["phases"], list(kept.values()))
-            rest = snap.cars.drop(index=list(kept))
-            snap2 = BlockSnapshot(now, site, snap.step, rest, snap.base_load_kw, snap.prices_eur_per_kwh,
-                                  snap.current_step_a, extra=snap.extra)
-            x2 = make_safe(snap2, x.reindex(rest.index))
-            accepted.update(await self.dispatch(snap2, cars, x2, now, only_lower=True))
-            x = pd.concat([x2, pd.Series(kept)])
-        if len(holding):  # reported at what they hold now (lower only if the re-sent limit took)
-            x = pd.concat([x, pd.Series({sid: self._in_force_a(cars, sid, accepted[sid]) if sid in accepted
-                                         else float(cars.at[sid, "offered_current_a"]) for sid in holding.index},
-                                        dtype=float)])
-        t2 = _time.perf_counter()
-        self._keep_plan(snap, x, now, name, status)
-        secs.update(optimize=t1 - t0, dispatch=t2 - t1, persist=_time.perf_counter() - t2)
-        res = StepResult(now, reason, name, status, x, list(snap.extra.get("reserved", [])), accepted, secs, snap)
-        self.history.append(res)
-        del self.history[:-500]
-        log.info("step %s (%s): %d cars, %.0f A total, %d reserved, %d idle held, policy %s [%s], %.0f ms",
-                 now.strftime("%H:%M:%S"), reason, len(x), float(x.sum()), len(res.reserved),
-                 len(snap.extra.get("idle_reserved_a", {})), name, status, 1000 * sum(secs.values()))
-        return res
-
-    def failsafe_missing(self, now: pd.Timestamp) -> list[str]:
-        """Stations that should hold the fail-safe TxDefaultProfile but, as far as the live state
-        knows, hold none that outlasts the next ``max(1 h, 10 periods)``.
-
-        Only stations that are connected and known to be past their BootNotification count
-        (booted in this process, or running a transaction): a charger must not be sent profiles
-        before it is accepted. The boot-time fail-safe lives ``default_validity_s`` (a week by
-        default) and a restarted ``serve`` does not know what the chargers hold, so both a
-        long-lived connection and a restart would otherwise leave stations without it.
-        """
-        horizon = now + pd.Timedelta(seconds=max(3600.0, 10.0 * self.period_s))
-        out = []
-        for cp_id, fs in self.failsafe_a.items():
-            st = self.state.stations.get(cp_id)
-            if st is None or not st.connected or not (st.boot or self.state.running(cp_id)):
-                continue
-            ok = any(p.purpose == "TxDefaultProfile" and p.connector_id == 0 and p.periods
-                     and _first_limit_a(p, self.site.voltage_v) <= fs + 1e-6
-                     and (p.valid_to is None or p.valid_to > horizon) for p in st.profiles)
-            if not ok:
-                out.append(cp_id)
-        return out
-
-    def keep_failsafe(self, now: pd.Timestamp) -> None:
-        """(Re)install the fail-safe TxDefaultProfile where :meth:`failsafe_missing` finds none,
-        in the background, at most once per ``max(60 s, 10 periods)`` of wall time per station."""
-        if not hasattr(self.central, "set_default_profile"):
-            return
-        wall = _time.monotonic()
-        retry_s = max(60.0, 10.0 * self.period_s)
-        for cp_id in self.failsafe_missing(now):
-            if wall - self._failsafe_tried.get(cp_id, -math.inf) < retry_s:
-                continue
-            self._failsafe_tried[cp_id] = wall
-            log.info("%s: (re)installing the fail-safe TxDefaultProfile of %.1f A", cp_id, self.failsafe_a[cp_id])
-            self._background(self._install_failsafe(cp_id))
-
-    async def _install_failsafe(self, cp_id: str) -> None:
-        try:
-            rec = await self.central.set_default_profile(cp_id, float(self.failsafe_a[cp_id]), connector_id=0)
-        except Exception as exc:
-            log.warning("%s: fail-safe TxDefaultProfile not installed: %r", cp_id, exc)
-            return
-        if getattr(rec, "accepted_a", None) is not None:
-            self._wake.set()  # the room held for its idle connectors may shrink to the fail-safe
-
-    @property
-    def _step_gap_s(self) -> float:
-        """The longest recent interval between steps [s, controller clock], or the period."""
-        return max(self._gaps_s) if self._gaps_s else self.period_s
-
-    def _in_force_a(self, cars: pd.DataFrame, sid: str, accepted: float | None) -> float:
-        """The limit [A] a charger applies after a dispatch: what it accepted, else what the live
-        state knows it holds, else (no profile at all) the most the car may draw."""
-        if accepted is not None:
-            return float(accepted)
-        row = cars.loc[sid]
-        try:
-            held = self.state.applied_limit_a(row["charge_point_id"], int(row["connector_id"]))
-        except Exception:
-            held = None
-        return float(row["max_current_a"]) if held is None else min(float(held), float(row["max_current_a"]))
-
-    # ---- dispatch ---------------------------------------------------------------------------
-    async def dispatch(self, snap: BlockSnapshot, cars: pd.DataFrame, x: pd.Series, now: pd.Timestamp,
-                       *, only_lower: bool = False) -> dict[str, float | None]:
-        """Send TxProfiles: lowered limits first, then raised ones; returns the accepted limits [A]."""
-        # Re-send before a profile could expire ahead of the next step (steps may run late).
-        refresh_s = min(self.profile_validity_s / 2.0, self.profile_validity_s - 2.0 * self._step_gap_s)
-        lower, higher = [], []
-        for sid, limit in x.items():
-            prev = self._sent.get(sid)
-            due = prev is None or abs(prev[0] - limit) > 1e-6 or (now - prev[1]).total_seconds() >= refresh_s
-            if not due:
-                continue
-            offered = float(cars.at[sid, "offered_current_a"]) if sid in cars.index else math.inf
-            (lower if limit <= (prev[0] if prev else offered) else higher).append((sid, float(limit)))
-        if only_lower:
-            higher = []
-        out: dict[str, float | None] = {}
-        for batch in (lower, higher):
-            if batch:
-                got = await asyncio.gather(*(self._send(cars, sid, lim, now) for sid, lim in batch))
-                out.update(dict(zip([b[0] for b in batch], got)))
-        return out
-
-    async def _send(self, cars: pd.DataFrame, sid: str, limit_a: float, now: pd.Timestamp) -> float | None:
-        row = cars.loc[sid]
-        prev = self._sent.get(sid)
-        try:
-            rec = await self.central.set_limit(row["charge_point_id"], int(row["connector_id"]), limit_a,
-                                               validity_s=int(math.ceil(self.profile_validity_s)))
-        except Exception as exc:
-            log.warning("%s: limit %.1f A not sent: %s", sid, limit_a, exc)
-            return None
-        accepted = getattr(rec, "accepted_a", rec)
-        self._sent[sid] = (limit_a, now)
-        if prev is None or abs(prev[0] - limit_a) > 1e-6:
-            self._changed_at[sid] = now
-        return None if accepted is None else float(accepted)
-
-
-def _first_limit_a(profile, voltage_v: float) -> float:
-    """The first period's limit of ``profile`` in amperes per phase (watts over the phases it names, else 1)."""
-    period = profile.periods[0]
-    if profile.unit == "W":
-        return float(period.limit) / (voltage_v * (period.number_phases or 1))
-    return float(period.limit)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 
 import pandas as pd
@@ -25,6 +24,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                    help="CSV time,kw of the block's measured other load (history for the forecaster)")
     g.add_argument("--worst-base-load-kw", type=float, default=None,
                    help="other load [kW] the fail-safe profiles must survive (default: the history's maximum)")
+    g.add_argument("--db-sync", choices=("normal", "full"), default="normal",
+                   help="SQLite durability: normal (default; every acknowledged value survives a crash of "
+                        "serve, a power cut may lose the last ones) or full (also a power cut; one disk "
+                        "flush per message, which limits a block to a few hundred messages a second)")
 
 
 def _serve_options(args) -> dict:
@@ -52,21 +55,26 @@ def _serve_options(args) -> dict:
 def attach(central, db: str | None = None, *, args: argparse.Namespace | None = None, **kwargs) -> Controller:
     """Wire persistence and the controller into a central system (``nowblock serve`` calls this).
 
-    Opens the store ``db`` (default ``nowblock.sqlite``), restores the running transactions and
-    the plan, makes every later event durable before its OCPP answer, stops the central
-    system's built-in stand-in control if it runs one, and returns the :class:`Controller`
-    (``await controller.start()`` to run it). ``args`` are ``nowblock serve``'s options (see
-    :func:`add_serve_arguments`); ``kwargs`` go to :class:`Controller` and win over them.
+    Opens the store ``db`` (default ``nowblock.sqlite``; a SQLite file in WAL mode with
+    ``synchronous=NORMAL`` unless ``db_sync="full"``), restores the running transactions and the
+    plan, makes every later event durable before its OCPP answer, and returns the
+    :class:`Controller` (``await controller.start()`` to run it). ``args`` are ``nowblock serve``'s
+    options (see :func:`add_serve_arguments`); ``kwargs`` go to :class:`Controller` (and
+    ``db_sync``) and win over them.
     """
     from nowblock.store import open_store
 
     kwargs = {**_serve_options(args), **kwargs}
-    store = open_store(db or DEFAULT_DB)
+    url = str(db or DEFAULT_DB)
+    sync = kwargs.pop("db_sync", None) or getattr(args, "db_sync", None)
+    if "://" not in url or url.startswith("sqlite:"):
+        # WAL with synchronous=NORMAL: an acknowledged value survives a crash of serve (the
+        # write is in the WAL before the answer goes out); FULL adds a disk flush per message.
+        store = open_store(url, synchronous=(sync or "normal").upper())
+    else:
+        store = open_store(url)
     restore_state(central.state, store)
     attach_store(central.state, store)
-    builtin = getattr(central, "control", None)
-    if builtin is not None and not isinstance(builtin, Controller) and getattr(builtin, "_task", None) is not None:
-        asyncio.get_running_loop().create_task(builtin.stop())
     ctl = Controller(central, central.site, kwargs.pop("policy", "milp"), store, **kwargs)
     ctl.owns_store = True
     if "needs_forecaster" not in kwargs:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from nowblock.block.site import Site
-from nowblock.seam.snapshot import BlockSnapshot, constraint_rows
+from nowblock.seam.snapshot import BlockSnapshot, cached_constraint_rows
 
 #: Smallest rating [A] left on a fuse phase whose whole rating is reserved (Site needs > 0).
 _MIN_RATING_A = 1e-3
@@ -66,27 +66,51 @@ def update_ceilings(
     ``ceilings_a`` the previous ceilings (missing sessions start at their maximum);
     ``settled`` a boolean per car, True when the measurement was taken after the current offer
     had been in force for a while (a car ramping up is not "drawing less").
-
-    A settled car offered at least its minimum that draws more than ``under_draw_a`` below
-    the offer gets ``max(min, draw + margin)``; one that takes its offer gets ``+raise_step_a``
-    up to its maximum; without a usable measurement the ceiling stays.
+    See :func:`next_ceilings_a` for the rule.
     """
-    lo = cars["min_current_a"].to_numpy(float)
-    hi = cars["max_current_a"].to_numpy(float)
-    prev = np.array(hi, dtype=float)
+    prev = None
     if ceilings_a is not None and len(ceilings_a):
-        p = pd.Series(ceilings_a, dtype=float).reindex(cars.index).to_numpy(float)
-        prev = np.where(np.isfinite(p), p, hi)
-    meas = cars["measured_current_a"].to_numpy(float)
-    off = cars["offered_current_a"].to_numpy(float)
+        prev = pd.Series(ceilings_a, dtype=float).reindex(cars.index).to_numpy(float)
+    new = next_ceilings_a(cars["min_current_a"].to_numpy(float), cars["max_current_a"].to_numpy(float), prev,
+                          cars["measured_current_a"].to_numpy(float), cars["offered_current_a"].to_numpy(float),
+                          settled, settings)
+    return pd.Series(new, index=cars.index, name="ceiling_a")
+
+
+def next_ceilings_a(min_a: np.ndarray, max_a: np.ndarray, prev_a: np.ndarray | None, measured_a: np.ndarray,
+                    offered_a: np.ndarray, settled, settings: LoopSettings = LoopSettings()) -> np.ndarray:
+    """:func:`update_ceilings` on arrays (one entry per car; currents [A] per phase).
+
+    Parameters
+    ----------
+    min_a, max_a : numpy.ndarray
+        [A] Each car's minimum and maximum.
+    prev_a : numpy.ndarray or None
+        [A] The previous ceilings, NaN (or None for all) where a car has none yet (it starts
+        at its maximum).
+    measured_a, offered_a : numpy.ndarray
+        [A] Last measured draw (NaN if unknown) and the limit its charger applies.
+    settled : array of bool
+        The measurement was taken with the offer in force long enough.
+
+    Returns
+    -------
+    numpy.ndarray
+        [A] A settled car offered at least its minimum that draws more than ``under_draw_a``
+        below the offer gets ``max(min, draw + margin)``; one that takes its offer gets
+        ``+raise_step_a``; without a usable measurement the ceiling stays; always within
+        [min, max].
+    """
+    lo, hi = min_a, max_a
+    prev = np.array(hi, dtype=float) if prev_a is None else np.where(np.isfinite(prev_a), prev_a, hi)
+    meas, off = measured_a, offered_a
     ok = np.asarray(settled, dtype=bool) & np.isfinite(meas) & np.isfinite(off) & (off >= lo - 1e-9) & (off > 0)
     under = ok & (meas < off - settings.under_draw_a)
     taking = ok & ~under
     new = prev.copy()
     new[under] = np.minimum(prev[under], meas[under] + settings.margin_a)
     new[taking] = prev[taking] + settings.raise_step_a
-    new = np.clip(new, lo, hi)
-    return pd.Series(new, index=cars.index, name="ceiling_a")
+    return np.clip(new, lo, hi)
 
 
 def apply_ceilings(cars: pd.DataFrame, ceilings_a: pd.Series) -> pd.DataFrame:
@@ -161,18 +185,25 @@ def keep_running(snapshot: BlockSnapshot, current_a: pd.Series, running) -> pd.S
     """
     cars = snapshot.cars
     x = pd.Series(current_a, dtype=float).reindex(cars.index).fillna(0.0).to_numpy(float, copy=True)
-    lo = cars["min_current_a"].to_numpy(float)
-    hi = cars["max_current_a"].to_numpy(float)
-    done = cars["needs_known"].to_numpy(bool) & (snapshot.remaining_kwh <= 1e-6)
+    return pd.Series(keep_running_a(snapshot, x, running), index=cars.index, name="current_a")
+
+
+def keep_running_a(snapshot: BlockSnapshot, current_a: np.ndarray, running) -> np.ndarray:
+    """:func:`keep_running` on an array of setpoints [A] in the order of ``snapshot.cars``
+    (a new array is returned)."""
+    x = np.array(current_a, dtype=float)
+    lo = snapshot.values("min_current_a")
+    hi = snapshot.values("max_current_a")
+    done = snapshot.values("needs_known").astype(bool) & (snapshot.remaining_kwh <= 1e-6)
     cand = np.nonzero(np.asarray(running, bool) & (x <= 0) & ~done & (lo <= hi) & (lo > 0))[0]
     if len(cand):
-        g, h = constraint_rows(snapshot)
+        g, h = cached_constraint_rows(snapshot)
         load = g @ x
-        slack = (cars["departure"] - snapshot.time).dt.total_seconds().to_numpy(float)
-        prio = cars["priority"].to_numpy(float)
+        slack = snapshot.hours_to_departure_h
+        prio = snapshot.values("priority")
         for j in cand[np.lexsort((slack[cand], -prio[cand]))]:
             trial = load + g[:, j] * lo[j]
             if np.all(trial <= h + 1e-9):
                 x[j] = lo[j]
                 load = trial
-    return pd.Series(x, index=cars.index, name="current_a")
+    return x

@@ -7,8 +7,13 @@ not either. :class:`FallbackNeedsEstimator` is the rule used without history; a 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
+_NAT = np.iinfo(np.int64).min  # NaT as int64 nanoseconds
 
 
 class FallbackNeedsEstimator:
@@ -43,3 +48,78 @@ class FallbackNeedsEstimator:
             {"departure": departure, "energy_kwh": energy, "needs_known": np.zeros(len(cars), dtype=bool)},
             index=cars.index,
         )
+
+
+class NeedsEstimation:
+    """Fill in the needs no car reported: the one rule of the simulator and the live loop.
+
+    Parameters
+    ----------
+    estimator : object, optional
+        Anything with ``predict_needs(cars, time) -> DataFrame`` giving ``departure`` (UTC) and
+        ``energy_kwh`` [kWh] per session_id, and optionally the quantile columns
+        ``departure_q0.25`` and ``energy_kwh_q0.75`` (a fitted
+        :class:`nowblock.forecast.SessionNeedsForecaster`); gaps and failures fall back to
+        :class:`FallbackNeedsEstimator`. None: the fallback alone.
+    top_up_kwh : float
+        [kWh] A car that still draws wants at least this much more than it got, whatever the
+        estimate said.
+
+    Notes
+    -----
+    Plan as if the car left early wanting much: the departure is the estimator's lower
+    quartile and the energy its upper quartile when it gives them. A car that stopped drawing
+    although offered its minimum is full: it wants what it got. A car staying past its
+    (reported or estimated) departure is planned as leaving within the step.
+    """
+
+    def __init__(self, estimator=None, *, top_up_kwh: float = 2.0) -> None:
+        self.estimator = estimator
+        self.top_up_kwh = float(top_up_kwh)
+        self.fallback = FallbackNeedsEstimator(top_up_kwh=top_up_kwh)
+
+    def fill(self, cars: pd.DataFrame, now: pd.Timestamp, *, full: set, step: pd.Timedelta) -> pd.DataFrame:
+        """A copy of ``cars`` (the snapshot columns) with every unknown departure and energy
+        estimated, ``needs_known`` False for those; ``full`` are session ids of cars known to
+        be full; ``step`` is the control step (a late car leaves within it)."""
+        dep_ns = cars["departure"].array.as_unit("ns").asi8  # NaT: int64's minimum, so never "late"
+        unknown = (~cars["needs_known"].to_numpy(bool) | (dep_ns == _NAT)
+                   | np.isnan(cars["energy_requested_kwh"].to_numpy(float)))
+        late = (dep_ns <= pd.Timestamp(now).value) & (dep_ns != _NAT)
+        if not unknown.any() and not late.any():
+            return cars
+        cars = cars.copy()
+        if unknown.any():
+            blind = cars[unknown]
+            est = self._estimate(blind, now, step)
+            dep = cars["departure"].copy()
+            dep[unknown] = pd.to_datetime(est["departure"], utc=True).dt.as_unit(dep.dt.unit).to_numpy()
+            cars["departure"] = dep
+            e = cars["energy_requested_kwh"].to_numpy(float, copy=True)
+            got = cars["energy_delivered_kwh"].to_numpy(float)[unknown]
+            is_full = cars.index[unknown].isin(list(full))
+            e[unknown] = np.where(is_full, got, np.maximum(est["energy_kwh"].to_numpy(float), got + self.top_up_kwh))
+            cars["energy_requested_kwh"] = e
+            cars["needs_known"] = ~unknown
+            late = (cars["departure"] <= now).to_numpy()
+        if late.any():
+            cars.loc[late, "departure"] = now + step
+        return cars
+
+    def _estimate(self, blind: pd.DataFrame, now: pd.Timestamp, step: pd.Timedelta) -> pd.DataFrame:
+        fb = self.fallback.predict_needs(blind, now)
+        if self.estimator is None:
+            return fb
+        try:
+            got = self.estimator.predict_needs(blind, now).reindex(blind.index)
+            dep_col = "departure_q0.25" if "departure_q0.25" in got else "departure"
+            early = pd.to_datetime(got[dep_col], utc=True)
+            early = early.where(early > now + step, now + step)
+            e_col = "energy_kwh_q0.75" if "energy_kwh_q0.75" in got else "energy_kwh"
+            return pd.DataFrame({
+                "departure": early.fillna(fb["departure"]),
+                "energy_kwh": pd.to_numeric(got[e_col], errors="coerce").fillna(fb["energy_kwh"]),
+            }, index=blind.index)
+        except Exception:  # noqa: BLE001 - a broken estimator must not stop control
+            log.exception("needs estimator failed; using the fallback estimate")
+            return fb

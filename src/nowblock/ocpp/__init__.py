@@ -2,7 +2,7 @@
 
 Entry points: :class:`~nowblock.ocpp.server.CentralSystem` (``start()/stop()``, ``state``,
 ``events()``, ``set_limit``, ``set_default_profile``, ``set_station_max``,
-``get_composite_schedule``, ``clear_profiles``), :class:`~nowblock.ocpp.state.LiveState`
+``get_composite_schedule``, ``read_applied_limit``, ``clear_profiles``), :class:`~nowblock.ocpp.state.LiveState`
 (``snapshot()`` for policies) and :func:`~nowblock.ocpp.auth.hash_password` for site files.
 See docs/ocpp.md.
 """

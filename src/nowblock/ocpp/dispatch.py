@@ -7,23 +7,35 @@ will not change; then the next purpose in the chain is tried: TxDefaultProfile o
 connector, then the station maximum (ChargePointMaxProfile / ChargingStationMaxProfile on
 connector 0). Only profiles the charger accepted enter the live state, so the limit the
 snapshot reports is the one the charger applies, never the one we merely sent.
+
+What a charger turns down is remembered on its :class:`~nowblock.ocpp.state.Station`
+(``refusals``): a purpose it answered NotSupported/NotImplemented is not sent again until it
+reboots, one it Rejected (after the retries) not for ``CentralSystem.refusal_memory_s``
+(a Rejected TxProfile only for that transaction); the chain goes straight on to the next
+purpose, recording ``(purpose, "Skipped:<answer>")`` in the attempts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING
 
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.connection import CallErrorReceived
-from nowblock.ocpp.state import DispatchRecord
+from nowblock.ocpp.state import DispatchRecord, ReportedLimit
 
 if TYPE_CHECKING:  # pragma: no cover
     from nowblock.ocpp.server import CentralSystem
 
 log = logging.getLogger(__name__)
 _PERMANENT = {"NotSupported", "NotImplemented"}
+# Answers that will come again if asked again soon (the charger understood and said no, or
+# cannot parse what we send); timeouts and lost connections are not among them.
+_REFUSALS = {"Rejected", "FormationViolation", "FormatViolation", "PropertyConstraintViolation",
+             "TypeConstraintViolation", "OccurenceConstraintViolation", "OccurrenceConstraintViolation",
+             "ProtocolError", "SecurityError", "GenericError", "InternalError", "Unknown"}
 
 
 async def send_profile(
@@ -38,6 +50,12 @@ async def send_profile(
     # Watts need the car's phase count; when unknown, 1 phase is the assumption that cannot overload.
     phases = (t.phases_used if t is not None and t.phases_used else 1) if st.rate_unit == "W" else cp.phases
     target = 0 if purpose in pr.MAX_PURPOSES else connector_id
+    refused = st.refused(purpose, transaction_id=None if t is None else t.transaction_id, now=cs.state.clock(),
+                         memory_s=cs.refusal_memory_s)
+    if refused is not None:
+        attempts.append((purpose, f"Skipped:{refused.answer}"))
+        return False
+    answer = ""
     for attempt in range(retries + 1):
         conn = cs.connection(cp_id)
         if conn is None:
@@ -60,11 +78,14 @@ async def send_profile(
         attempts.append((purpose, answer))
         if answer == "Accepted":
             cs.state.on_profile_accepted(cp_id, target, payload)
+            cs.state.on_accepted(cp_id, purpose)
             return True
         if answer in _PERMANENT or cs.connection(cp_id) is None:
-            return False
+            break
         if attempt < retries:
             await asyncio.sleep(backoff_s * 2**attempt)
+    if answer in _REFUSALS or answer in _PERMANENT:
+        cs.state.on_refusal(cp_id, purpose, answer, transaction_id=t.transaction_id if t is not None else None)
     return False
 
 
@@ -105,9 +126,10 @@ async def set_limit(
         if accepted in (pr.TX, pr.TX_DEFAULT):
             await _lift_fallback_max(cs, cp_id, current_a, attempts)
         applied = cs.state.applied_limit_a(cp_id, connector_id)
+        when = cs.state.clock()  # before a read-back, so the answer read counts as newer than this limit
         if verify and accepted is not None:
             applied = await verified_limit_a(cs, cp_id, connector_id, default=applied)
-        rec = DispatchRecord(time=cs.state.clock(), wanted_a=float(current_a), purpose=accepted,
+        rec = DispatchRecord(time=when, wanted_a=float(current_a), purpose=accepted,
                              accepted_a=applied if accepted is not None else None, attempts=attempts)
         if accepted is None:
             log.warning("%s/%s: no profile accepted for %.1f A (%s)", cp_id, connector_id, current_a, attempts)
@@ -140,14 +162,48 @@ def _station_max_a(cs: "CentralSystem", cp_id: str) -> float:
 
 async def verified_limit_a(cs: "CentralSystem", cp_id: str, connector_id: int, default=None) -> float | None:
     """The charger's own composite limit now [A] (GetCompositeSchedule), or ``default`` if it fails."""
+    rep = await read_applied_limit(cs, cp_id, connector_id)
+    return default if rep is None or rep.limit_a is None else rep.limit_a
+
+
+async def read_applied_limit(cs: "CentralSystem", cp_id: str, connector_id: int,
+                             duration_s: int = 60) -> ReportedLimit | None:
+    """Ask the charger what it applies on ``connector_id`` (GetCompositeSchedule, in its rate
+    unit) and record the answer in the live state (``Station.reported``).
+
+    Returns the :class:`~nowblock.ocpp.state.ReportedLimit` (``limit_a`` [A per phase] of the
+    schedule's current period, watts converted with the site voltage and the phases in use),
+    or None when the charger is offline, does not answer, or refused GetCompositeSchedule
+    before (NotImplemented/NotSupported are remembered until it reboots).
+    """
+    what = "GetCompositeSchedule"
+    st = cs.state.station(cp_id)
+    if st.refused(what, now=cs.state.clock(), memory_s=cs.refusal_memory_s) is not None or cs.connection(cp_id) is None:
+        return None
     try:
-        res = await cs.get_composite_schedule(cp_id, connector_id, duration_s=60)
+        res = await cs.get_composite_schedule(cp_id, connector_id, duration_s=duration_s, unit=st.rate_unit)
+    except CallErrorReceived as exc:
+        log.info("%s: GetCompositeSchedule answered %s", cp_id, exc.code)
+        cs.state.on_refusal(cp_id, what, exc.code)
+        return None
     except Exception as exc:
         log.warning("%s: GetCompositeSchedule failed: %r", cp_id, exc)
-        return default
-    if res["status"] != "Accepted" or not res["periods"]:
-        return default
-    lim = res["periods"][0][1]
-    if res.get("unit") == "W":
-        lim = lim / (cs.site.voltage_v * cs.site.charge_point(cp_id).phases)
-    return float(lim)
+        return None
+    lim = None
+    periods = tuple(res["periods"])
+    if res["status"] == "Accepted" and periods:
+        start = res.get("start")
+        elapsed = 0.0 if start is None else max((cs.state.clock() - start).total_seconds(), 0.0)
+        lim = [p[1] for p in sorted(periods) if p[0] <= elapsed][-1:] or [periods[0][1]]
+        lim = float(lim[0])
+        if res.get("unit") == "W":
+            t = cs.state.running_on(cp_id, connector_id)
+            phases = (t.phases_used if t is not None and t.phases_used else None) or cs.site.charge_point(cp_id).phases
+            lim = lim / (cs.site.voltage_v * phases)
+        if not math.isfinite(lim) or lim < 0:
+            lim = None
+    elif res["status"] != "Accepted":
+        cs.state.on_refusal(cp_id, what, res["status"])
+    rep = ReportedLimit(cs.state.clock(), lim, str(res["status"]), res.get("unit"), periods)
+    cs.state.on_reported_limit(cp_id, connector_id, rep)
+    return rep

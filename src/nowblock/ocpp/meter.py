@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime
 
+from nowblock.ocpp.edge import plausible
 from nowblock.ocpp.profiles import parse_time
 
 log = logging.getLogger(__name__)
@@ -19,21 +21,28 @@ _KEYS = {
 }
 
 
-def parse_meter_values(meter_value: list[dict]) -> tuple[dict[str, float], datetime | None]:
+def parse_meter_values(meter_value: list[dict], now: datetime | None = None,
+                       cp_id: str = "") -> tuple[dict[str, float], datetime | None]:
     """Flatten (snake_case) ``meter_value`` entries of either version; the latest value wins.
 
     Returns ``({"energy_wh", "power_w", "current_l1_a".."current_l3_a", "offered_a",
     "soc_percent", "voltage_v"}: only those present, timestamp of the latest entry)``.
     A Current.Import without a phase counts for L1 (single-phase meters report it so).
-    Unparseable samples are logged and skipped, never raised: one bad sample must not cost
-    the rest of the message.
+    Unparseable samples (also ``NaN``, infinite values, a negative energy register) are
+    logged and skipped, never raised: one bad sample must not cost the rest of the message.
+    With ``now``, a timestamp outside the plausible window around it (see
+    :func:`nowblock.ocpp.edge.event_time`) is dropped, so the caller uses its own clock.
     """
     out: dict[str, float] = {}
     latest: datetime | None = None
     for mv in meter_value or []:
         try:
             ts = parse_time(mv.get("timestamp"))
-        except ValueError:
+        except (ValueError, TypeError, OverflowError):
+            ts = None
+        if ts is not None and now is not None and not plausible(ts, now):
+            log.warning("%s: meter value dated %s is implausible (station clock off?); using now", cp_id,
+                        mv.get("timestamp"))
             ts = None
         if ts is not None and (latest is None or ts > latest):
             latest = ts
@@ -45,8 +54,12 @@ def parse_meter_values(meter_value: list[dict]) -> tuple[dict[str, float], datet
                 unit = sv.get("unit") or uom.get("unit")
                 mult = 10.0 ** float(uom.get("multiplier", 0))
                 value = float(sv["value"]) * mult * _SCALE.get(unit or "", 1.0)
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("skipping unreadable sampled value %r (%s)", sv, exc)
+                if not math.isfinite(value):
+                    raise ValueError("not a finite number")
+                if measurand == "Energy.Active.Import.Register" and value < 0:
+                    raise ValueError("negative energy register")
+            except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
+                log.warning("%s: skipping unreadable sampled value %.200r (%s)", cp_id, sv, exc)
                 continue
             if measurand == "Current.Import":
                 p = (phase or "L1")[:2]

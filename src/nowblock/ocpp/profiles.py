@@ -35,10 +35,12 @@ EXTERNAL = "ChargingStationExternalConstraints"  # 2.0.1: limits set by others (
 
 #: Profile ids and stack levels the central system uses, so a new limit replaces the old one
 #: (same id) instead of piling up. Per connector/EVSE ``c``: TxDefault ``100 + c``, Tx ``1000 + c``; the station
-#: maximum 1 (stack level 0) and the fallback station maximum 2 (stack level 1).
+#: maximum 1 (stack level 0) and the fallback station maximum 2 (stack level 1); a controller's idle
+#: default on connector ``c`` is ``200 + c`` (TxDefault, stack level 0).
 STATION_MAX_ID = 1
 FALLBACK_MAX_ID = 2  # a station maximum sent only because nothing else was accepted (stack level 1)
 TX_DEFAULT_ID_BASE = 100
+IDLE_DEFAULT_ID_BASE = 200  # a controller's low default on an idle connector (same purpose and level: replaces 100 + c)
 TX_ID_BASE = 1000
 STACK_LEVEL = {MAX_16: 0, MAX_201: 0, TX_DEFAULT: 0, TX: 1}
 

@@ -22,9 +22,10 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.headers import build_www_authenticate_basic, parse_authorization_basic
 
-from nowblock.ocpp import dispatch
+from nowblock.ocpp import dispatch, edge
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.auth import verify_password
+from nowblock.ocpp.connection import CallErrorReceived
 from nowblock.ocpp.state import DispatchRecord, LiveState, Subscription
 from nowblock.ocpp.v16 import ChargePoint16
 from nowblock.ocpp.v201 import ChargePoint201
@@ -52,6 +53,9 @@ class CentralSystem:
     its API. ``port=0`` picks a free port
     (see :attr:`port` after :meth:`start`). ``clock`` (UTC now) replaces the wall clock for
     profiles, timestamps and snapshots, e.g. to run a simulated day faster than real time.
+    ``refusal_memory_s`` [s]: how long a profile purpose a station Rejected is not offered
+    again (NotSupported/NotImplemented: until it reboots; see ``Station.refusals``).
+    ``max_frame_bytes``: a bigger frame closes the connection (1009) before it is buffered.
     """
 
     def __init__(
@@ -60,7 +64,7 @@ class CentralSystem:
         default_validity_s: int = 7 * 86400, retries: int = 2, backoff_s: float = 0.5,
         failsafe_at_boot: bool = True, probe_rate_unit: bool = True,
         state: LiveState | None = None, ping_interval_s: float | None = 60.0,
-        clock=None,
+        clock=None, refusal_memory_s: float = 900.0, max_frame_bytes: int = edge.MAX_FRAME_BYTES,
     ) -> None:
         self.site = site
         self.host, self._port, self.ssl_context = host, port, ssl_context
@@ -69,7 +73,10 @@ class CentralSystem:
         self.retries, self.backoff_s = retries, backoff_s
         self.failsafe_at_boot, self.probe_rate_unit = failsafe_at_boot, probe_rate_unit
         self.ping_interval_s = ping_interval_s
+        self.max_frame_bytes = int(max_frame_bytes)
         self.state = state or (LiveState(site, clock=clock) if clock is not None else LiveState(site))
+        self.refusal_memory_s = float(refusal_memory_s)
+        self.state.refusal_memory_s = self.refusal_memory_s
         self.failsafe_a = dict(zip(site.charge_point_ids, pr.failsafe_current_a(site).tolist()))
         self._connections: dict[str, ChargePoint16 | ChargePoint201] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -83,6 +90,7 @@ class CentralSystem:
             self._handle, self.host, self._port, subprotocols=list(SUBPROTOCOLS),
             select_subprotocol=self._select_subprotocol, process_request=self._process_request,
             ssl=self.ssl_context, ping_interval=self.ping_interval_s, compression=None,
+            max_size=self.max_frame_bytes, max_queue=16,
         )
         log.info("central system for %s listening on %s", self.site.name, self.url(""))
         return self
@@ -198,13 +206,20 @@ class CentralSystem:
         conn = self.connection(cp_id)
         if conn is None:
             return
+        st = self.state.station(cp_id)
         if self.probe_rate_unit:
             try:
-                self.state.station(cp_id).rate_unit = await conn.probe_rate_unit()
-            except Exception as exc:  # many chargers do not answer this; amperes it is
+                st.rate_unit = await conn.probe_rate_unit()
+            except CallErrorReceived as exc:  # many chargers do not answer this; amperes it is
+                log.info("%s: rate unit unknown (%s); using A", cp_id, exc.code)
+                self.state.on_refusal(cp_id, "GetConfiguration" if conn.version == "1.6" else "GetVariables", exc.code)
+            except Exception as exc:
                 log.info("%s: rate unit unknown (%r); using A", cp_id, exc)
         if self.failsafe_at_boot:
-            await self.set_default_profile(cp_id, self.failsafe_a[cp_id], connector_id=0)
+            st.failsafe = await self.set_default_profile(cp_id, self.failsafe_a[cp_id], connector_id=0)
+            if st.failsafe.purpose is None:
+                log.warning("%s: fail-safe TxDefaultProfile of %.1f A not installed (%s)", cp_id,
+                            self.failsafe_a[cp_id], st.failsafe.attempts)
 
     async def after_stop(self, cp_id: str, connector_id: int) -> None:
         """After a transaction ended: drop a connector TxDefault a fallback left behind."""
@@ -249,19 +264,20 @@ class CentralSystem:
         return dict(zip(keys, recs))
 
     async def _one_profile(self, cp_id: str, connector_id: int, purpose: str, current_a: float,
-                           validity_s: int | None) -> DispatchRecord:
+                           validity_s: int | None, profile_id: int | None = None) -> DispatchRecord:
         attempts: list[tuple[str, str]] = []
         async with self.station_lock(cp_id):
             ok = await dispatch.send_profile(
                 self, cp_id, connector_id, purpose, current_a, attempts=attempts, retries=self.retries,
-                backoff_s=self.backoff_s, validity_s=validity_s or self.default_validity_s)
+                backoff_s=self.backoff_s, validity_s=validity_s or self.default_validity_s, profile_id=profile_id)
         return DispatchRecord(self.state.clock(), float(current_a), purpose if ok else None,
                               float(current_a) if ok else None, attempts)
 
     async def set_default_profile(self, cp_id: str, current_a: float, *, connector_id: int = 0,
-                                  validity_s: int | None = None) -> DispatchRecord:
-        """Send a TxDefaultProfile of ``current_a`` [A] (connector 0: every connector)."""
-        return await self._one_profile(cp_id, connector_id, pr.TX_DEFAULT, current_a, validity_s)
+                                  validity_s: int | None = None, profile_id: int | None = None) -> DispatchRecord:
+        """Send a TxDefaultProfile of ``current_a`` [A] (connector 0: every connector); ``profile_id``
+        defaults to ``100 + connector_id``."""
+        return await self._one_profile(cp_id, connector_id, pr.TX_DEFAULT, current_a, validity_s, profile_id)
 
     async def set_station_max(self, cp_id: str, current_a: float, *, validity_s: int | None = None) -> DispatchRecord:
         """Send a ChargePointMaxProfile (1.6) / ChargingStationMaxProfile (2.0.1) of ``current_a`` [A]."""
@@ -275,6 +291,15 @@ class CentralSystem:
         """
         conn = self._require(cp_id)
         return await conn.composite_schedule(connector_id, duration_s, unit)
+
+    async def read_applied_limit(self, cp_id: str, connector_id: int, duration_s: int = 60):
+        """Ask the station what limit it applies (GetCompositeSchedule) and record it in
+        ``state.stations[cp_id].reported[connector_id]`` (snapshot column ``reported_limit_a``).
+
+        Returns the :class:`~nowblock.ocpp.state.ReportedLimit` or None (offline, no answer, or
+        the station refused GetCompositeSchedule before). See :func:`.dispatch.read_applied_limit`.
+        """
+        return await dispatch.read_applied_limit(self, cp_id, connector_id, duration_s)
 
     async def clear_profiles(self, cp_id: str, *, profile_id: int | None = None, connector_id: int | None = None,
                              purpose: str | None = None, stack_level: int | None = None) -> str:

@@ -37,8 +37,11 @@ EventKind = Literal[
 #: Extra snapshot columns beyond CAR_COLUMNS.
 OCPP_COLUMNS = [
     "transaction_id", "connector_id", "version", "connected", "last_seen", "power_kw",
-    "soc_percent", "status", "accepted_limit_a", "stale",
+    "soc_percent", "status", "accepted_limit_a", "stale", "reported_limit_a", "tx_profile_refused",
 ]
+
+#: Answers after which asking again will not help until the station reboots.
+PERMANENT_REFUSALS = ("NotSupported", "NotImplemented")
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,40 @@ class DispatchRecord:
     attempts: list[tuple[str, str]]  # (purpose, answer) in order: Accepted, Rejected, NotSupported, ...
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A request a station turned down: ``what`` is a profile purpose (TxProfile,
+    TxDefaultProfile, ChargePointMaxProfile) or an action (GetCompositeSchedule,
+    GetConfiguration, GetVariables); ``answer`` is Rejected, NotSupported, NotImplemented or
+    another CALLERROR code; ``transaction_id`` is set for a TxProfile refused for one
+    transaction (a Rejected TxProfile says nothing about the next one)."""
+
+    what: str
+    answer: str
+    time: datetime
+    transaction_id: str | None = None
+
+    @property
+    def permanent(self) -> bool:
+        """True for NotSupported/NotImplemented: the station cannot do it (until it reboots)."""
+        return self.answer in PERMANENT_REFUSALS
+
+
+@dataclass(frozen=True)
+class ReportedLimit:
+    """What a station said it applies on a connector (GetCompositeSchedule), read at ``time``.
+
+    ``limit_a`` [A per phase] is the first period's limit (watts converted with the site
+    voltage and the phases in use), None when the station answered Rejected or no schedule;
+    ``periods`` are the schedule as reported [(start_s, limit in ``unit``)]."""
+
+    time: datetime
+    limit_a: float | None
+    status: str
+    unit: str | None = None
+    periods: tuple[tuple[float, float], ...] = ()
+
+
 @dataclass
 class Station:
     """One charging station (OCPP identity) and what the central system knows about it."""
@@ -127,6 +164,28 @@ class Station:
     profiles: list[pr.Profile] = field(default_factory=list)  # accepted by the charger, as we know
     rate_unit: str = "A"
     dispatch: dict[int, DispatchRecord] = field(default_factory=dict)
+    #: What the station turned down, by purpose/action (see :class:`Refusal`); cleared at boot.
+    refusals: dict[str, Refusal] = field(default_factory=dict)
+    #: The limit the station last reported applying, per connector (GetCompositeSchedule).
+    reported: dict[int, ReportedLimit] = field(default_factory=dict)
+    #: Outcome of the fail-safe TxDefaultProfile sent after boot (None: not tried yet).
+    failsafe: DispatchRecord | None = None
+    #: Frames of this station answered with a framing/format CALLERROR, and answers to no pending call.
+    frame_errors: int = 0
+    stray_responses: int = 0
+
+    def refused(self, what: str, *, transaction_id=None, now: datetime | None = None,
+                memory_s: float = math.inf) -> Refusal | None:
+        """The refusal of ``what`` still in force: permanent ones until the next boot, others
+        for ``memory_s`` [s] after ``now`` (a TxProfile Rejected only for its transaction)."""
+        r = self.refusals.get(what)
+        if r is None or r.permanent:
+            return r
+        if r.transaction_id is not None and transaction_id is not None and str(transaction_id) != r.transaction_id:
+            return None
+        if now is not None and (now - r.time).total_seconds() > memory_s:
+            return None
+        return r
 
     def connector(self, connector_id: int) -> Connector:
         """The connector, created on first mention."""
@@ -193,6 +252,8 @@ class LiveState:
         self.keep_finished_s = keep_finished_s
         self.clock = clock  # UTC now; a simulated clock lets the demo run faster than real time
         self.stale_after_s = stale_after_s
+        #: How long [s] a Rejected request is remembered (see :meth:`Station.refused`).
+        self.refusal_memory_s = 900.0
         self.stations: dict[str, Station] = {c.id: Station(c.id) for c in site.charge_points}
         self.transactions: dict[tuple[str, str], Transaction] = {}  # running and finished
         self.next_transaction_id = first_transaction_id  # 1.6 ids are ours to assign
@@ -269,8 +330,10 @@ class LiveState:
         self.emit("disconnect", cp_id, running=[t.transaction_id for t in self.running(cp_id)])
 
     def on_boot(self, cp_id: str, **info) -> None:
-        """BootNotification: remember vendor, model, firmware."""
+        """BootNotification: remember vendor, model, firmware; forget what it refused before
+        (new firmware or configuration may accept it now)."""
         self.stations[cp_id].boot = {k: v for k, v in info.items() if isinstance(v, (str, int, float))}
+        self.stations[cp_id].refusals.clear()
         self.touch(cp_id)
         self.emit("boot", cp_id, **self.stations[cp_id].boot)
 
@@ -403,6 +466,33 @@ class LiveState:
         st = self.stations[cp_id]
         st.profiles, _ = pr.clear_matching(st.profiles, **criteria)
 
+    def on_refusal(self, cp_id: str, what: str, answer: str, transaction_id=None) -> Refusal:
+        """Remember that ``cp_id`` turned down ``what`` with ``answer`` (see :class:`Refusal`)."""
+        r = Refusal(what, str(answer), self.clock(), None if transaction_id is None else str(transaction_id))
+        self.stations[cp_id].refusals[what] = r
+        return r
+
+    def on_accepted(self, cp_id: str, what: str) -> None:
+        """``cp_id`` accepted ``what``: a refusal remembered for it no longer holds."""
+        self.stations[cp_id].refusals.pop(what, None)
+
+    def on_reported_limit(self, cp_id: str, connector_id: int, limit: ReportedLimit) -> None:
+        """A station's GetCompositeSchedule answer for ``connector_id``."""
+        self.stations[cp_id].reported[connector_id] = limit
+
+    def reported_limit_a(self, cp_id: str, connector_id: int, now: datetime | None = None,
+                         max_age_s: float = 900.0) -> float | None:
+        """The limit [A] the station last reported applying on the connector, if read in the
+        last ``max_age_s`` [s] and after the latest limit sent there; else None."""
+        r = self.stations[cp_id].reported.get(connector_id)
+        if r is None or r.limit_a is None:
+            return None
+        now = now or self.clock()
+        sent = self.stations[cp_id].dispatch.get(connector_id)
+        if (now - r.time).total_seconds() > max_age_s or (sent is not None and sent.time > r.time):
+            return None
+        return r.limit_a
+
     def on_dispatch(self, cp_id: str, connector_id: int, record: DispatchRecord) -> None:
         """Remember the outcome of a limit dispatch and publish it."""
         self.stations[cp_id].dispatch[connector_id] = record
@@ -442,6 +532,10 @@ class LiveState:
             mx = min(cp.max_current_a, cap, ev_max)
             lim = self.applied_limit_a(t.cp_id, t.connector_id, now)
             measured = np.nanmax(t.current_a) if not all(math.isnan(x) for x in t.current_a) else math.nan
+            if math.isnan(measured) and math.isfinite(t.power_w) and t.power_w >= 0:
+                # A meter that reports power only (W): per-phase current on the phases modelled.
+                measured = t.power_w / (self.site.voltage_v * (t.phases_used or cp.phases))
+            reported = self.reported_limit_a(t.cp_id, t.connector_id, now)
             ev_min = t.ev_min_current_a if not math.isnan(t.ev_min_current_a) else 0.0
             stale = t.last_meter is None or (now - t.last_meter).total_seconds() > self.stale_after_s
             rows.append({
@@ -469,13 +563,17 @@ class LiveState:
                 "status": st.connector(t.connector_id).status,
                 "accepted_limit_a": math.nan if lim is None else float(lim),
                 "stale": bool(stale),
+                "reported_limit_a": math.nan if reported is None else float(reported),
+                "tx_profile_refused": st.refused(pr.TX, transaction_id=t.transaction_id, now=now,
+                                                memory_s=self.refusal_memory_s) is not None,
             })
         cols = ["session_id", *CAR_COLUMNS, *OCPP_COLUMNS]
         df = pd.DataFrame(rows, columns=cols)
         for c in ("arrival", "departure", "last_seen"):
             df[c] = pd.to_datetime(df[c], utc=True)
         df = df.astype({"cp_index": "int64", "phases": "int64", "needs_known": "bool", "connected": "bool",
-                        "stale": "bool", "connector_id": "int64"})
+                        "stale": "bool", "connector_id": "int64", "tx_profile_refused": "bool",
+                        "reported_limit_a": "float64"})
         return df.set_index("session_id")
 
     def stations_frame(self) -> pd.DataFrame:

@@ -10,7 +10,8 @@ from ocpp.v16 import ChargePoint as _ChargePoint16
 from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 
-from nowblock.ocpp.connection import CsmsConnection
+from nowblock.ocpp import edge
+from nowblock.ocpp.connection import CsmsConnection, profile_status
 from nowblock.ocpp.meter import parse_meter_values
 from nowblock.ocpp.profiles import iso, parse_time
 
@@ -39,6 +40,7 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
 
     @on(Action.status_notification)
     def on_status_notification(self, connector_id, error_code, status, **kwargs):
+        edge.check_connector(connector_id)
         self.state.on_status(self.id, connector_id, status, error_code)
         return call_result.StatusNotification()
 
@@ -49,9 +51,12 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
 
     @on(Action.start_transaction)
     def on_start_transaction(self, connector_id, id_tag, meter_start, timestamp, **kwargs):
+        edge.check_connector(connector_id, allow_zero=False)
+        start = edge.event_time(timestamp, self.state.clock(), "timestamp", self.id)
+        meter_start_wh = edge.check_energy_wh(meter_start, "meterStart")
         tid = self.state.new_transaction_id()
-        t = self.state.on_start(self.id, connector_id, tid, start=parse_time(timestamp) or self.state.clock(),
-                                meter_start_wh=float(meter_start), id_tag=id_tag, publish=False)
+        t = self.state.on_start(self.id, connector_id, tid, start=start,
+                                meter_start_wh=meter_start_wh, id_tag=id_tag, publish=False)
         self.defer(lambda: self.state.publish(t.start_event))
         return call_result.StartTransaction(transaction_id=tid,
                                             id_tag_info={"status": self.central.authorize(self.id, id_tag)})
@@ -59,14 +64,16 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
     @on(Action.stop_transaction)
     def on_stop_transaction(self, meter_stop, timestamp, transaction_id, reason=None, transaction_data=None,
                             id_tag=None, **kwargs):
+        now = self.state.clock()
+        stop = edge.event_time(timestamp, now, "timestamp", self.id)
+        meter_stop_wh = edge.check_energy_wh(meter_stop, "meterStop")
         t = self.state.transaction(self.id, transaction_id)
         if t is None:
             log.warning("%s: StopTransaction for unknown transaction %s", self.id, transaction_id)
         elif transaction_data:
-            reading, ts = parse_meter_values(transaction_data)
-            self.state.on_meter(self.id, t.connector_id, transaction_id, reading, ts or self.state.clock())
-        self.state.on_stop(self.id, transaction_id, stop=parse_time(timestamp) or self.state.clock(),
-                           meter_stop_wh=float(meter_stop), reason=reason or "Local")
+            reading, ts = parse_meter_values(transaction_data, now, self.id)
+            self.state.on_meter(self.id, t.connector_id, transaction_id, reading, ts or now)
+        self.state.on_stop(self.id, transaction_id, stop=stop, meter_stop_wh=meter_stop_wh, reason=reason or "Local")
         if t is not None:
             self.defer(lambda: self.central.after_stop(self.id, t.connector_id))
         info = {"status": self.central.authorize(self.id, id_tag)} if id_tag else None
@@ -74,8 +81,10 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
 
     @on(Action.meter_values)
     def on_meter_values(self, connector_id, meter_value, transaction_id=None, **kwargs):
-        reading, ts = parse_meter_values(meter_value)
-        self.state.on_meter(self.id, connector_id, transaction_id, reading, ts or self.state.clock())
+        edge.check_connector(connector_id)
+        now = self.state.clock()
+        reading, ts = parse_meter_values(meter_value, now, self.id)
+        self.state.on_meter(self.id, connector_id, transaction_id, reading, ts or now)
         return call_result.MeterValues()
 
     @on(Action.data_transfer)
@@ -97,8 +106,10 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
     # ---- outgoing ---------------------------------------------------------------------------
     async def set_profile(self, connector_id: int, profile: dict) -> str:
         """SetChargingProfile; returns the status (Accepted, Rejected, NotSupported)."""
-        res = await self._call(call.SetChargingProfile(connector_id=connector_id, cs_charging_profiles=profile))
-        return str(res.status)
+        # Built by profiles.build_profile and tested against the official schema: not checked again here.
+        res = await self._call(call.SetChargingProfile(connector_id=connector_id, cs_charging_profiles=profile),
+                               validate=False)
+        return profile_status(res)
 
     async def clear_profiles(self, *, profile_id=None, connector_id=None, purpose=None, stack_level=None) -> str:
         """ClearChargingProfile by id or by criteria (none: all); returns Accepted or Unknown."""

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from ocpp.routing import on
 from ocpp.v201 import ChargePoint as _ChargePoint201
 from ocpp.v201 import call, call_result
 from ocpp.v201.enums import Action
 
+from nowblock.ocpp import edge
 from nowblock.ocpp import profiles as pr
-from nowblock.ocpp.connection import CsmsConnection
+from nowblock.ocpp.connection import CsmsConnection, profile_status
 from nowblock.ocpp.meter import parse_meter_values
 from nowblock.ocpp.profiles import iso, parse_time
 
@@ -39,6 +41,8 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
 
     @on(Action.status_notification)
     def on_status_notification(self, timestamp, connector_status, evse_id, connector_id, **kwargs):
+        edge.check_connector(evse_id, "evseId")
+        edge.check_connector(connector_id)
         self.state.on_status(self.id, evse_id, connector_status)
         return call_result.StatusNotification()
 
@@ -51,10 +55,12 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
     def on_transaction_event(self, event_type, timestamp, trigger_reason, seq_no, transaction_info,
                              meter_value=None, evse=None, id_token=None, number_of_phases_used=None, **kwargs):
         tid = transaction_info["transaction_id"]
-        when = parse_time(timestamp) or self.state.clock()
-        reading, ts = parse_meter_values(meter_value or [])
+        now = self.state.clock()
+        when = edge.event_time(timestamp, now, "timestamp", self.id)
+        reading, ts = parse_meter_values(meter_value or [], now, self.id)
         t = self.state.transaction(self.id, tid)
         evse_id = (evse or {}).get("id") or (t.connector_id if t is not None else 1)
+        edge.check_connector(evse_id, "evse.id", allow_zero=False)
         later = []  # events subscribers see once the answer is out (start first, then its meter values)
         if t is None and event_type in ("Started", "Updated"):
             # An Updated for a transaction we never saw started (we were down) opens it here.
@@ -83,8 +89,10 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
 
     @on(Action.meter_values)
     def on_meter_values(self, evse_id, meter_value, **kwargs):
-        reading, ts = parse_meter_values(meter_value)
-        self.state.on_meter(self.id, evse_id, None, reading, ts or self.state.clock())
+        edge.check_connector(evse_id, "evseId")
+        now = self.state.clock()
+        reading, ts = parse_meter_values(meter_value, now, self.id)
+        self.state.on_meter(self.id, evse_id, None, reading, ts or now)
         return call_result.MeterValues()
 
     @on(Action.notify_ev_charging_needs)
@@ -92,10 +100,15 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
         ac = charging_needs.get("ac_charging_parameters") or {}
         dc = charging_needs.get("dc_charging_parameters") or {}
         wh = ac.get("energy_amount", dc.get("energy_amount"))
+        edge.check_connector(evse_id, "evseId", allow_zero=False)
+        departure = edge.departure_time(charging_needs.get("departure_time"), self.state.clock(), self.id)
+        if wh is not None and wh < 0:
+            log.warning("%s: negative energyAmount %s refused", self.id, wh)
+            return call_result.NotifyEVChargingNeeds(status="Rejected")
+        ev_max, ev_min = (_current(ac.get(k)) for k in ("ev_max_current", "ev_min_current"))
         t = self.state.on_needs(
-            self.id, evse_id, departure=parse_time(charging_needs.get("departure_time")),
-            energy_kwh=None if wh is None else wh / 1000.0,
-            ev_max_current_a=ac.get("ev_max_current"), ev_min_current_a=ac.get("ev_min_current"),
+            self.id, evse_id, departure=departure, energy_kwh=None if wh is None else wh / 1000.0,
+            ev_max_current_a=ev_max, ev_min_current_a=ev_min,
         )
         if t is None:
             return call_result.NotifyEVChargingNeeds(status="Rejected")
@@ -105,9 +118,21 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
     def on_notify_charging_limit(self, charging_limit, charging_schedule=None, evse_id=None, **kwargs):
         log.info("%s: external charging limit from %s on EVSE %s", self.id,
                  charging_limit.get("charging_limit_source"), evse_id)
+        if evse_id is not None:
+            edge.check_connector(evse_id, "evseId")
+        now = self.state.clock()
         for i, sched in enumerate(charging_schedule or []):
             prof = {"id": -(i + 1), "stack_level": 0, "charging_profile_purpose": pr.EXTERNAL,
                     "charging_profile_kind": "Absolute", "charging_schedule": [sched]}
+            try:  # evaluate once: a schedule dated 9999 or lasting 10^15 s must fail here, not in a control step
+                p = pr.Profile.from_payload(evse_id or 0, prof)
+                p.limit_at(now, None, 230.0, 3)
+                p.breakpoints(now, now + timedelta(days=2), None)
+                if p.start_schedule is not None and not edge.plausible(p.start_schedule, now):
+                    raise ValueError(f"startSchedule {p.start_schedule} implausible")
+            except (ValueError, TypeError, OverflowError, KeyError) as exc:
+                log.warning("%s: external charging schedule ignored: %s", self.id, exc)
+                continue
             self.state.on_profile_accepted(self.id, evse_id or 0, prof)
         self.state.touch(self.id)
         return call_result.NotifyChargingLimit()
@@ -158,8 +183,10 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
     # ---- outgoing ---------------------------------------------------------------------------
     async def set_profile(self, connector_id: int, profile: dict) -> str:
         """SetChargingProfile on EVSE ``connector_id``; returns Accepted or Rejected."""
-        res = await self._call(call.SetChargingProfile(evse_id=connector_id, charging_profile=profile))
-        return str(res.status)
+        # Built by profiles.build_profile and tested against the official schema: not checked again here.
+        res = await self._call(call.SetChargingProfile(evse_id=connector_id, charging_profile=profile),
+                               validate=False)
+        return profile_status(res)
 
     async def clear_profiles(self, *, profile_id=None, connector_id=None, purpose=None, stack_level=None) -> str:
         """ClearChargingProfile by id or by criteria (none: all); returns Accepted or Unknown."""
@@ -189,3 +216,8 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
             if r.get("attribute_status") == "Accepted" and value:
                 return "A" if "A" in value.split(",") else "W"
         return "A"
+
+
+def _current(x) -> float | None:
+    # An EV current [A] outside 0..1000 is a broken report, not a car; treated as not given.
+    return float(x) if x is not None and 0 <= x <= 1000 else None

@@ -6,7 +6,7 @@ leave. Both the simulator and the live loop build snapshots through :mod:`nowblo
 a policy runs unchanged in either. This layer imports only the block's data (:mod:`nowblock.block`).
 """
 
-from nowblock.seam.policy import Policy
+from nowblock.seam.policy import Decision, Policy, decide
 from nowblock.seam.safety import (
     aligned_current_a,
     failsafe_current_a,
@@ -23,6 +23,6 @@ from nowblock.seam.snapshot import (
 )
 
 __all__ = [
-    "CAR_COLUMNS", "BlockSnapshot", "Policy", "aligned_current_a", "cached_constraint_rows", "constraint_rows",
+    "CAR_COLUMNS", "BlockSnapshot", "Decision", "Policy", "decide", "aligned_current_a", "cached_constraint_rows", "constraint_rows",
     "failsafe_current_a", "make_safe", "root_index", "safe_setpoints_a", "violation_a",
 ]

@@ -64,7 +64,6 @@ class BlockSnapshot:
     base_load_kw: pd.Series
     prices_eur_per_kwh: pd.Series | None = None
     current_step_a: float = 1.0
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
     incidence_a: np.ndarray | None = field(default=None, compare=False, hash=False, repr=False)
     car_arrays: dict | None = field(default=None, compare=False, hash=False, repr=False)
 

@@ -91,6 +91,7 @@ class Session:
     meter_start_wh: float = 0.0
     delivered_wh: float = 0.0
     seq_no: int = 0
+    ended: bool = False  # the stop was reported: the car draws nothing more
 
 
 class SimCharger:
@@ -142,7 +143,7 @@ class SimCharger:
     def draw_a(self, connector_id: int = 1) -> float:
         """Current [A per phase] the car draws now (0 below its minimum or when it is full)."""
         s = self.sessions.get(connector_id)
-        if s is None or s.transaction_id is None or s.delivered_wh >= s.car.energy_kwh * 1000.0:
+        if s is None or s.transaction_id is None or s.ended or s.delivered_wh >= s.car.energy_kwh * 1000.0:
             return 0.0
         offered = self.applied_limit_a(connector_id)
         if offered < s.car.min_current_a:
@@ -261,8 +262,9 @@ class SimCharger:
         """
         self._reconnect_now.set()
 
-    async def wait_connected(self, timeout: float = 10.0) -> None:
-        """Wait until connected and booted (or resumed after a reconnect)."""
+    async def wait_connected(self, timeout: float = 60.0) -> None:
+        """Wait until connected and booted (or resumed after a reconnect); ``timeout`` [s] only
+        guards against a charger that can never connect (a busy machine may take a while)."""
         await asyncio.wait_for(self.connected.wait(), timeout)
 
     def _headers(self) -> dict[str, str]:
@@ -370,7 +372,9 @@ class SimCharger:
         await self.wait_connected()
         self.advance()
         s = self.sessions[connector_id]
-        await self.client.unplug(s, self.meter_sample(connector_id), reason)
+        m = self.meter_sample(connector_id)
+        s.ended = True  # the meter reading of the stop is the last energy of the session
+        await self.client.unplug(s, m, reason)
         del self.sessions[connector_id]
         self.profiles = [p for p in self.profiles if not (p.purpose == pr.TX and p.connector_id == connector_id)]
         await self.client.status(connector_id, "Available")
@@ -382,6 +386,40 @@ class SimCharger:
 
 
 # ---- protocol clients ----------------------------------------------------------------------------
+async def wait_all_connected(chargers, *, stall_s: float = 60.0) -> None:
+    """Wait until every simulated charger is connected and booted.
+
+    Waits on the chargers' own connection events, as long as they keep coming: it gives up
+    only when none connected for ``stall_s`` [s]. So a busy machine that connects 24 chargers
+    slowly still gets there, while a charger that can never connect ends the wait.
+
+    Parameters
+    ----------
+    chargers : iterable of SimCharger
+        Started chargers (:meth:`SimCharger.start`).
+    stall_s : float
+        Longest wait [s] without any charger connecting.
+
+    Raises
+    ------
+    TimeoutError
+        Naming the chargers still waiting, when none connected for ``stall_s``.
+    """
+    pending = {asyncio.ensure_future(c.connected.wait()): c for c in chargers}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, timeout=stall_s, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                names = ", ".join(sorted(c.cp_id for c in pending.values()))
+                raise TimeoutError(f"{len(pending)} simulated charger(s) not connected, none connected in the last "
+                                   f"{stall_s:g} s: {names}")
+            for d in done:
+                pending.pop(d)
+    finally:
+        for f in pending:
+            f.cancel()
+
+
 class _SilentMixin:
     sim: SimCharger
 

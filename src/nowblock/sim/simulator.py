@@ -5,11 +5,15 @@ Each step of length ``step`` (5 minutes by default):
 1. Cars whose plug-in window covers the whole step are plugged in: a session is in the
    snapshot for the steps that start at or after its arrival and end at or before its
    departure (arrival rounded up and departure rounded down to the step grid).
-2. The simulator builds a :class:`~nowblock.seam.BlockSnapshot`: the plugged-in cars with
-   the current each drew in the previous step (the measurement), the energy so far and the
-   known needs (or, with ``needs="unknown"``, a needs estimator's guesses); the base load
-   [kW] from now over the horizon; prices likewise.
-3. The policy answers with setpoints; the call is timed (``solve_seconds_median``).
+2. The simulated block reports what a central system would see
+   (:class:`~nowblock.sim.block.SimulatedBlock`): the plugged-in cars with the current each
+   drew in the previous step (the measurement), the limit in force, the energy so far and
+   the needs if known; the base load [kW] from now over the horizon; prices likewise.
+3. The live loop's control step (:class:`~nowblock.loop.step.ControlStep`) turns that into
+   the policy's snapshot (estimating unknown needs, lowering the allocation ceiling of a car
+   that draws less than offered), calls the policy (timed: ``solve_seconds_median``; on an
+   exception the ``fallback`` answers) and passes the answer through the safety net and the
+   hysteresis.
 4. Each car draws ``min(offered, its own maximum) x draw_fraction``, no more than its battery
    accepts (:class:`~nowblock.sim.battery.TaperBattery`) and no more than it still wants.
    Its energy grows by ``drawn current x phases x voltage x step``: the delivered energy is
@@ -42,13 +46,12 @@ Metrics (all in :attr:`SimulationResult.metrics`):
   policy with ``warm_up()``, like the MILP's numba kernels, is warmed up first; ``wall_seconds``
   includes that).
 * extras: ``n_sessions``, ``n_steps``, ``car_hours``, ``min_fraction_delivered``,
-  ``sessions_fully_met``, ``overload_steps``, ``solve_seconds_max``,
-  ``wall_seconds``, ``policy``.
+  ``sessions_fully_met``, ``overload_steps``, ``solve_seconds_max``, ``fallback_steps``
+  (steps the fallback answered), ``wall_seconds``, ``policy``.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import time as _time
 from dataclasses import dataclass, field
@@ -56,12 +59,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from nowblock.loop.needs import FallbackNeedsEstimator
-from nowblock.seam import BlockSnapshot, Policy, root_index
+from nowblock.loop.closed_loop import LoopSettings
+from nowblock.loop.needs import FallbackNeedsEstimator, NeedsEstimation  # noqa: F401 - FallbackNeedsEstimator's old home
+from nowblock.loop.step import ControlStep
+from nowblock.seam import Policy
 from nowblock.sim.battery import TaperBattery
-from nowblock.block.site import PHASES
+from nowblock.sim.block import SimulatedBlock
 
-_DONE_KWH = 1e-9
 
 
 @dataclass
@@ -85,19 +89,43 @@ class SimulationResult:
     site: object = field(repr=False, default=None)
 
     def to_dir(self, path, *, plot: bool = True, title: str | None = None):
-        """Write ``timeseries.csv`` (local time), ``sessions.csv``, ``metrics.json`` and, with
-        ``plot``, ``load.png`` into folder ``path`` (created if needed); returns the file paths."""
+        """Write the result as files into folder ``path`` (created if needed).
+
+        ``timeseries.csv``, ``sessions.csv``, ``metrics.json`` and, with ``plot``, ``load.png``.
+        Every time in them is in the site's time zone with its UTC offset
+        (``2026-03-02T18:00:00+01:00``), the convention of every file nowblock writes.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The output folder.
+        plot : bool
+            Also draw ``load.png`` (:meth:`plot`).
+        title : str, optional
+            The plot's title.
+
+        Returns
+        -------
+        list of pathlib.Path
+            The files written.
+        """
         import json
         from pathlib import Path
 
-        from nowblock.sim.plot import local_timeseries
+        from nowblock.block.sessions import iso_times
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        ts = local_timeseries(self.timeseries, self.site.timezone) if self.site is not None else self.timeseries
+        tz = self.site.timezone if self.site is not None else None
         files = [out / "timeseries.csv", out / "sessions.csv", out / "metrics.json"]
-        ts.to_csv(files[0], index_label="time", date_format="%Y-%m-%dT%H:%M:%S%z")
-        self.sessions.to_csv(files[1], index=False)
+        ts = self.timeseries.copy()
+        ts.index = pd.Index(iso_times(ts.index, tz), name="time")
+        ts.to_csv(files[0])
+        sessions = self.sessions.copy()
+        for col in ("arrival", "departure"):
+            if col in sessions.columns:
+                sessions[col] = iso_times(sessions[col], tz)
+        sessions.to_csv(files[1], index=False)
         files[2].write_text(json.dumps(self.metrics, indent=2) + "\n")
         if plot:
             files.append(out / "load.png")
@@ -105,38 +133,32 @@ class SimulationResult:
         return files
 
     def plot(self, path=None, *, title: str | None = None):
-        """The grid connection's load per phase against its limit (see :func:`nowblock.plot.plot_load`),
-        in the site's local time; written as PNG to ``path`` if given. Returns the Figure."""
+        """The current on every fuse phase against its limit, in the site's local time.
+
+        See :func:`nowblock.sim.plot.plot_load`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            Write a PNG there.
+        title : str, optional
+            The figure's title (default: the policy).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
         from nowblock.sim.plot import local_timeseries, plot_load
 
         ts = local_timeseries(self.timeseries, self.site.timezone) if self.site is not None else self.timeseries
         grid = self.site.root.id if self.site is not None else None
-        return plot_load(ts, grid_fuse=grid, path=path, title=title or f"policy {self.policy}")
+        head = title or f"policy {self.policy}"
+        return plot_load(ts, grid_fuse=grid, path=path, title=f"{head}: current per fuse phase against its limit")
 
 
-def _step_stats(series: pd.Series | None, start: pd.Timestamp, step: pd.Timedelta, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Time-weighted mean and maximum of a step-function series over ``n`` steps from ``start``.
-
-    A sample at time t holds until the next sample; before the first sample the first value
-    holds, after the last the last. Returns two arrays of length ``n``.
-    """
-    if series is None or len(series) == 0:
-        return np.zeros(n), np.zeros(n)
-    t = series.index.as_unit("ns").asi8.astype(np.int64)
-    v = series.to_numpy(float)
-    s0, st = int(pd.Timestamp(start).as_unit("ns").value), int(step.value)
-    edges = s0 + st * np.arange(n + 1, dtype=np.int64)
-    pos = np.clip(np.searchsorted(t, edges, side="right") - 1, 0, len(t) - 1)
-    mx = v[pos[:-1]].copy()
-    k = np.searchsorted(edges, t, side="right") - 1
-    inner = (k >= 0) & (k < n) & (t > edges[np.clip(k, 0, n)])
-    np.maximum.at(mx, k[inner], v[inner])
-    # Cumulative integral of the step function at the samples, then at the edges.
-    cum = np.concatenate([[0.0], np.cumsum(v[:-1] * np.diff(t).astype(float))])
-    f_edges = cum[pos] + v[pos] * (edges - t[pos]).astype(float)
-    mean = np.diff(f_edges) / float(st)
-    return mean, mx
-
+#: The policy of ``simulate()`` and ``nowblock simulate`` when none is named: the MILP, the
+#: policy ``nowblock serve`` runs live, so a simulation shows what the live block would do.
+DEFAULT_POLICY = "milp"
 
 #: Progress appears only on runs longer than this [s], then at most once per this interval.
 PROGRESS_EVERY_S = 1.0
@@ -165,7 +187,7 @@ def _progress_printer(enabled: bool, total: int, label: str):
 
 def simulate(
     scenario,
-    policy: str | Policy = "equal",
+    policy: str | Policy = "milp",
     *,
     step="5min",
     horizon="24h",
@@ -178,15 +200,22 @@ def simulate(
     battery: TaperBattery | None = None,
     progress: bool = False,
     policy_options: dict | None = None,
+    fallback: str = "edf",
+    loop_settings: LoopSettings | None = None,
 ) -> SimulationResult:
     """Run ``policy`` against ``scenario`` and measure it.
+
+    Every step runs the live loop's own control step (:class:`nowblock.loop.step.ControlStep`):
+    the same needs estimation, allocation ceilings, reservations, safety net and hysteresis,
+    fed by the simulated block (:class:`nowblock.sim.block.SimulatedBlock`) instead of OCPP.
 
     Parameters
     ----------
     scenario : nowblock.Scenario
         Site, sessions, base load [kW] and prices [EUR/kWh].
     policy : str or Policy
-        A name for :func:`nowblock.policies.get_policy` or a policy object.
+        A name for :func:`nowblock.policies.get_policy` or a policy object; default ``"milp"``
+        (:data:`DEFAULT_POLICY`, the policy ``nowblock serve`` runs).
     step, horizon : str or Timedelta
         Control step and how far ahead base load and prices reach in each snapshot.
     start, end : timestamp, optional
@@ -195,9 +224,10 @@ def simulate(
         already plugged in at ``start`` arrives empty-handed then); their whole request
         counts in ``energy_requested_kwh``.
     needs : "known" or "unknown"
-        Whether the policy sees the sessions' real departure and energy, or estimates from
-        ``needs_estimator.predict_needs(cars, time)`` (a DataFrame by session_id with
-        ``departure`` and ``energy_kwh``); :class:`FallbackNeedsEstimator` if None.
+        Whether the policy sees the sessions' real departure and energy, or estimates them as
+        the live loop does (:class:`nowblock.loop.needs.NeedsEstimation` with
+        ``needs_estimator``, e.g. a fitted :class:`nowblock.forecast.SessionNeedsForecaster`;
+        the fallback rule if None).
     base_load_forecaster : object, optional
         ``predict(history, now, horizon) -> Series`` [kW]; None means perfect foresight. The
         value for now is always the true maximum within the coming step.
@@ -210,6 +240,15 @@ def simulate(
     policy_options : dict, optional
         Keyword arguments for :func:`~nowblock.policies.get_policy` when ``policy`` is a name
         (for example the MILP's options).
+    fallback : str
+        The baseline that answers a step when the policy raises (as in the live loop).
+    loop_settings : LoopSettings, optional
+        The closed loop's margins and times (:class:`nowblock.loop.closed_loop.LoopSettings`).
+
+    Returns
+    -------
+    SimulationResult
+        Metrics, time series, per-session results, draws and per-step policy times.
     """
     from nowblock.policies import get_policy
 
@@ -222,288 +261,70 @@ def simulate(
         warm_up()
     if needs not in ("known", "unknown"):
         raise ValueError(f"needs: expected 'known' or 'unknown', got {needs!r}")
-    if needs == "unknown" and needs_estimator is None:
-        needs_estimator = FallbackNeedsEstimator()
-    battery = battery or TaperBattery()
-    site = scenario.site
     step = pd.Timedelta(step)
     horizon = pd.Timedelta(horizon)
     if step <= pd.Timedelta(0):
         raise ValueError("step must be positive")
-    dt_h = step / pd.Timedelta(hours=1)
-    n_h = max(1, math.ceil(horizon / step))
-
     sess = scenario.sessions
     if len(sess) == 0 and (start is None or end is None):
         raise ValueError("simulate: a scenario without sessions needs start and end")
     t_start = _utc(start) if start is not None else sess["arrival"].min().floor(step)
     t_end = _utc(end) if end is not None else sess["departure"].max().ceil(step)
-    n_t = max(0, math.ceil((t_end - t_start) / step))
-    keep = ((sess["departure"] > t_start) & (sess["arrival"] < t_end)).to_numpy()
-    sess = sess.loc[keep].reset_index(drop=True)
-    n_s = len(sess)
-
-    # ---- per-session constants (vectorised once) ----
-    sid = sess["session_id"].to_numpy(dtype=object)
-    cp_ids = sess["charge_point_id"].to_numpy(dtype=object)
-    cpi = site.cp_index(cp_ids) if n_s else np.zeros(0, dtype=np.int64)
-    ph = np.minimum(sess["phases"].to_numpy(np.int64), site.cp_phases[cpi])
-    kw_per_a = ph * site.voltage_v / 1000.0
-    car_max = np.minimum(sess["max_current_a"].to_numpy(float), site.cp_max_current_a[cpi])
-    cp_min = site.cp_min_current_a[cpi]
-    req = sess["energy_kwh"].to_numpy(float)
-    draw_frac = sess["draw_fraction"].to_numpy(float)
-    prio = sess["priority"].to_numpy(float)
-    cap_kwh = battery.capacities_kwh(req)
-    soc = battery.start_soc(req, cap_kwh)
-    s_ns, st_ns = t_start.as_unit("ns").value, step.as_unit("ns").value
-    arr_ns = pd.DatetimeIndex(sess["arrival"]).as_unit("ns").asi8
-    dep_ns = pd.DatetimeIndex(sess["departure"]).as_unit("ns").asi8
-    k_in = np.maximum(0, -((s_ns - arr_ns) // st_ns))  # ceil((arrival - start) / step)
-    k_out = np.minimum(n_t, (dep_ns - s_ns) // st_ns)  # floor((departure - start) / step)
-    # DatetimeArray.take is far cheaper per step than fancy-indexing a DatetimeIndex
-    arrival_dt = pd.DatetimeIndex(sess["arrival"]).as_unit("ns").array
-    departure_dt = pd.DatetimeIndex(sess["departure"]).as_unit("ns").array
-    inc = site.phase_incidence(cpi, ph)  # (F*3, n_s)
-    n_f = len(site.fuses)
-    r0 = root_index(site)
-
-    # ---- time axis, base load, prices ----
-    grid = pd.date_range(t_start, periods=n_t + n_h, freq=step, name="time")
-    base_mean, base_max = _step_stats(scenario.base_load, t_start, step, n_t + n_h)
-    price_mean, _ = _step_stats(scenario.prices, t_start, step, n_t + n_h)
-    has_prices = scenario.prices is not None
-    caps = site.cap_current_a(grid[:n_t]) if n_t else np.zeros((0, len(site.charge_points)))
-    base_hist = scenario.base_load
-
-    # ---- state ----
-    delivered = np.zeros(n_s)
-    measured = np.full(n_s, np.nan)
-    offered = np.zeros(n_s)
-    fuse_a = np.zeros((n_t, n_f * 3))
-    cars_ph_a = np.zeros((n_t, 3))
-    offered_ph_a = np.zeros((n_t, 3))
-    charging_kw = np.zeros(n_t)
-    offered_sum_a = np.zeros(n_t)
-    n_plugged = np.zeros(n_t, dtype=np.int64)
-    n_charging = np.zeros(n_t, dtype=np.int64)
+    block = SimulatedBlock(scenario, step=step, horizon=horizon, start=t_start, end=t_end,
+                           needs_known=needs == "known", base_load_forecaster=base_load_forecaster,
+                           current_step_a=current_step_a, battery=battery)
+    control = ControlStep(settings=loop_settings or LoopSettings(),
+                          needs=NeedsEstimation(needs_estimator if needs == "unknown" else None))
+    backup = get_policy(fallback)
     solve_s: list[float] = []
-    log_k: list[np.ndarray] = []
-    log_s: list[np.ndarray] = []
-    log_a: list[np.ndarray] = []
-    show = _progress_printer(progress, n_t, f"simulate {pol.name}")
-    sid_index = pd.Index(sid, name="session_id", dtype="str")
-    cp_str = pd.array(cp_ids, dtype="str")
-
-    for k in range(n_t):
-        act = np.nonzero((k_in <= k) & (k_out > k))[0]
-        n_plugged[k] = len(act)
-        if len(act):
-            now = grid[k]
-            mx = np.minimum(car_max[act], caps[k, cpi[act]])
-            arrays = {
-                "cp_index": cpi[act],
-                "phases": ph[act],
-                "min_current_a": cp_min[act],
-                "max_current_a": mx,
-                "energy_requested_kwh": req[act],
-                "energy_delivered_kwh": delivered[act],
-                "measured_current_a": measured[act],
-                "offered_current_a": offered[act],
-                "priority": prio[act],
-                "arrival": arr_ns[act],
-                "departure": dep_ns[act],
-            }
-            cars = pd.DataFrame(
-                {
-                    "charge_point_id": cp_str.take(act),
-                    **arrays,
-                    "arrival": arrival_dt.take(act),
-                    "departure": departure_dt.take(act),  # after the int64 copies in ``arrays``
-                    "needs_known": np.ones(len(act), dtype=bool),
-                },
-                index=sid_index.take(act),
-                copy=False,
-            )
-            if needs == "unknown":
-                cars = _estimate_needs(cars, now, needs_estimator)
-                del arrays["energy_requested_kwh"], arrays["departure"]
-            ahead = grid[k : k + n_h]
-            base_kw = base_max[k : k + n_h]
-            if base_load_forecaster is not None:
-                base_kw = _forecast_base(base_load_forecaster, base_hist, now, step, horizon, n_h, base_max[k])
-            snap = BlockSnapshot(
-                time=now,
-                site=site,
-                step=step,
-                cars=cars,
-                base_load_kw=pd.Series(base_kw, index=ahead, name="kw"),
-                prices_eur_per_kwh=pd.Series(price_mean[k : k + n_h], index=ahead, name="eur_per_kwh")
-                if has_prices
-                else None,
-                current_step_a=current_step_a,
-                incidence_a=inc[:, act],
-                car_arrays=arrays,
-            )
-            t0 = _time.perf_counter()
-            answer = pol.schedule(snap)
-            solve_s.append(_time.perf_counter() - t0)
-            x = _as_setpoints(answer, cars.index)
-            # ---- the cars draw ----
-            ceiling = np.minimum(x, car_max[act]) * draw_frac[act]
-            accept = battery.accepted_current_a(soc[act], car_max[act])
-            drawn = np.minimum(ceiling, accept)
-            remaining = np.maximum(req[act] - delivered[act], 0.0)
-            per_a_kwh = kw_per_a[act] * dt_h
-            e = np.minimum(drawn * per_a_kwh, remaining)
-            e[remaining <= _DONE_KWH] = 0.0
-            with np.errstate(divide="ignore", invalid="ignore"):
-                drawn = np.where(per_a_kwh > 0, e / per_a_kwh, 0.0)
-            delivered[act] += e
-            soc[act] += e / cap_kwh[act]
-            measured[act] = drawn
-            offered[act] = x
-            fuse_a[k] = inc[:, act] @ drawn
-            cars_ph_a[k] = fuse_a[k, 3 * r0 : 3 * r0 + 3]
-            offered_ph_a[k] = inc[3 * r0 : 3 * r0 + 3, act] @ np.minimum(x, car_max[act])
-            charging_kw[k] = float(e.sum() / dt_h)
-            offered_sum_a[k] = float(x.sum())
-            on = drawn > 0
-            n_charging[k] = int(on.sum())
-            if on.any():
-                log_k.append(np.full(int(on.sum()), k))
-                log_s.append(act[on])
-                log_a.append(drawn[on])
+    statuses: dict[str, int] = {}
+    show = _progress_printer(progress, block.n_t, f"simulate {pol.name}")
+    for k in range(block.n_t):
+        now = block.grid[k]
+        obs = block.observe(now)
+        if len(obs.cars):
+            out = control.run(pol, obs, fallback=backup)
+            solve_s.append(out.seconds["policy"])
+            if out.status != "ok":
+                statuses[out.status] = statuses.get(out.status, 0) + 1
+            block.apply(now, out.current_a)
+            control.forget(obs.cars.index)
         show(k + 1)
+    return _result(block, pol, np.asarray(solve_s), statuses, wall0)
 
-    # ---- results ----
-    base_a_max = site.base_load_phase_current_a(base_max[:n_t])  # (n_t, 3)
-    base_a_mean = site.base_load_phase_current_a(base_mean[:n_t])
-    fuse_a[:, 3 * r0 : 3 * r0 + 3] += base_a_max
-    limits = site.limits_a.reshape(-1)
-    allowed = np.tile(limits, (n_t, 1))
-    allowed[:, 3 * r0 : 3 * r0 + 3] = np.maximum(allowed[:, 3 * r0 : 3 * r0 + 3], base_a_max)
-    excess = fuse_a - allowed
-    max_overload = float(max(0.0, excess.max())) if n_t else 0.0
-    unbalance = cars_ph_a.max(axis=1) - cars_ph_a.min(axis=1) if n_t else np.zeros(0)
-    unb_excess = (
-        float(max(0.0, (unbalance - site.max_unbalance_a).max())) if (n_t and site.max_unbalance_a is not None) else 0.0
-    )
 
-    ts = {
-        "base_load_kw": base_mean[:n_t],
-        "base_load_max_kw": base_max[:n_t],
-        "charging_kw": charging_kw,
-        "block_kw": base_mean[:n_t] + charging_kw,
-        "price_eur_per_kwh": price_mean[:n_t] if has_prices else np.full(n_t, np.nan),
-        "n_plugged": n_plugged,
-        "n_charging": n_charging,
-        "offered_a": offered_sum_a,
-    }
-    for p in range(3):
-        ts[f"households_{PHASES[p]}_a"] = base_a_mean[:, p]
-        ts[f"cars_{PHASES[p]}_a"] = cars_ph_a[:, p]
-        ts[f"offered_{PHASES[p]}_a"] = offered_ph_a[:, p]
-    for f, fid in enumerate(site.fuse_ids):
-        for p in range(3):
-            ts[f"{fid}_{PHASES[p]}_a"] = fuse_a[:, 3 * f + p]
-            ts[f"{fid}_{PHASES[p]}_limit_a"] = np.full(n_t, limits[3 * f + p])
-    timeseries = pd.DataFrame(ts, index=grid[:n_t])
-
-    frac = np.where(req > 0, delivered / np.where(req > 0, req, 1.0), 1.0)
-    sessions = pd.DataFrame(
-        {
-            "session_id": sid,
-            "charge_point_id": cp_ids,
-            "arrival": sess["arrival"],
-            "departure": sess["departure"],
-            "energy_requested_kwh": req,
-            "energy_delivered_kwh": delivered,
-            "fraction_delivered": frac,
-            "unmet_kwh": np.maximum(req - delivered, 0.0),
-            "steps_plugged": np.maximum(k_out - k_in, 0),
-        }
-    )
-    if log_k:
-        kk, ss, aa = np.concatenate(log_k), np.concatenate(log_s), np.concatenate(log_a)
-    else:
-        kk, ss, aa = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    draws = pd.DataFrame(
-        {"time": grid[kk], "session_id": sid[ss], "current_a": aa, "power_kw": aa * kw_per_a[ss]}
-    )
-
-    e_req, e_del = float(req.sum()), float(delivered.sum())
-    solve = np.asarray(solve_s)
+def _result(block: SimulatedBlock, pol, solve: np.ndarray, statuses: dict, wall0: float) -> SimulationResult:
+    """The metrics and frames of a finished simulation (see the module docstring)."""
+    timeseries, max_overload, overload_steps, unb_excess, _ = block.timeseries()
+    sessions = block.session_table()
+    req, frac = block.req, sessions["fraction_delivered"].to_numpy(float)
+    n_s, n_t, dt_h = len(req), block.n_t, block.dt_h
+    e_req, e_del = float(req.sum()), float(block.delivered.sum())
     metrics = {
         "energy_requested_kwh": e_req,
         "energy_delivered_kwh": e_del,
         "demand_met": e_del / e_req if e_req > 0 else 1.0,
         "peak_kw": float(timeseries["block_kw"].max()) if n_t else 0.0,
         "max_overload_a": max_overload,
-        "cost_eur": float(np.sum(charging_kw * dt_h * np.nan_to_num(price_mean[:n_t]))) if has_prices else 0.0,
+        "cost_eur": float(np.sum(block.charging_kw * dt_h * np.nan_to_num(block.price_mean[:n_t])))
+        if block.has_prices else 0.0,
         "solve_seconds_median": float(np.median(solve)) if len(solve) else 0.0,
-        "unmet_kwh": float(np.maximum(req - delivered, 0.0).sum()),
+        "unmet_kwh": float(np.maximum(req - block.delivered, 0.0).sum()),
         "n_sessions": int(n_s),
         "sessions_fully_met": float(np.mean(frac >= 1.0 - 1e-6)) if n_s else 1.0,
         "min_fraction_delivered": float(frac.min()) if n_s else 1.0,
-        "overload_steps": int((excess > 1e-6).any(axis=1).sum()) if n_t else 0,
+        "overload_steps": overload_steps,
         "max_unbalance_excess_a": unb_excess,
         "n_steps": int(n_t),
-        "car_hours": float(n_plugged.sum() * dt_h),
+        "car_hours": float(block.n_plugged.sum() * dt_h),
         "solve_seconds_max": float(solve.max()) if len(solve) else 0.0,
+        "fallback_steps": int(sum(statuses.values())),
         "wall_seconds": _time.perf_counter() - wall0,
         "policy": pol.name,
     }
-    return SimulationResult(metrics, timeseries, sessions, draws, solve, pol.name, step, site)
+    return SimulationResult(metrics, timeseries, sessions, block.draws(), solve, pol.name, block.step, block.site)
 
 
 def _utc(t) -> pd.Timestamp:
     t = pd.Timestamp(t)
     return t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC")
-
-
-def _as_setpoints(answer, index: pd.Index) -> np.ndarray:
-    """A policy's answer as non-negative setpoints [A] in the order of ``index``."""
-    if isinstance(answer, pd.Series):
-        x = answer.to_numpy(float) if answer.index.equals(index) else answer.reindex(index).to_numpy(float)
-    else:
-        x = np.asarray(answer, dtype=float).reshape(-1)
-        if len(x) != len(index):
-            raise ValueError(f"policy answered {len(x)} setpoints for {len(index)} cars")
-    return np.maximum(np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), 0.0)
-
-
-def _estimate_needs(cars: pd.DataFrame, now: pd.Timestamp, estimator) -> pd.DataFrame:
-    """Replace the cars' departure and energy with an estimator's guesses (needs_known False)."""
-    blind = cars.assign(
-        departure=pd.Series(pd.NaT, index=cars.index, dtype=cars["departure"].dtype),
-        energy_requested_kwh=np.nan,
-        needs_known=False,
-    )
-    est = estimator.predict_needs(blind, now)
-    if not est.index.equals(cars.index):
-        est = est.reindex(cars.index)
-    dep = pd.to_datetime(est["departure"], utc=True)
-    energy = pd.to_numeric(est["energy_kwh"], errors="coerce")
-    if dep.isna().any() or energy.isna().any():  # the estimator left gaps: fill them simply
-        fb = FallbackNeedsEstimator().predict_needs(blind, now)
-        dep = dep.fillna(fb["departure"])
-        energy = energy.fillna(fb["energy_kwh"])
-    return blind.assign(departure=dep.to_numpy(), energy_requested_kwh=energy.to_numpy(float))
-
-
-def _forecast_base(forecaster, history, now, step, horizon, n_h, now_max_kw) -> np.ndarray:
-    """Forecast base load [kW] on the step grid; the first value is the true maximum of now.
-
-    The forecaster sees the readings before ``now`` only. Each step takes the forecast's
-    maximum within it; an empty forecast (nothing to forecast from) keeps the current load.
-    """
-    hist = history.iloc[: history.index.searchsorted(now)] if history is not None else pd.Series(dtype=float, name="kw")
-    fc = forecaster.predict(hist, now, horizon)
-    fc = pd.Series(fc, dtype=float).dropna() if fc is not None else None
-    if fc is None or len(fc) == 0:
-        mx = np.full(n_h, now_max_kw)
-    else:
-        _, mx = _step_stats(fc, now, step, n_h)
-    mx[0] = now_max_kw
-    return mx

@@ -1,4 +1,4 @@
-"""Persistence for the live central system: SQLite by default, behind one :class:`Store` protocol.
+"""Persistence for the live central system: SQLite by default, PostgreSQL by URL, one :class:`Store` protocol.
 
 What is kept: stations, transactions (energy so far, the session's needs), meter values, the
 history of finished sessions (it feeds the session-needs forecaster as a sessions frame),
@@ -10,25 +10,47 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nowblock.store.base import OPEN_TRANSACTION_COLUMNS, Store, StoreError, session_id_for
+from nowblock.store.base import OPEN_TRANSACTION_COLUMNS, Store, StoreError, StoreUnavailable, session_id_for
 from nowblock.store.recorder import StoreRecorder, attach_store, restore_state
 from nowblock.store.sqlite import SqliteStore
 
-__all__ = ["OPEN_TRANSACTION_COLUMNS", "SqliteStore", "Store", "StoreError", "StoreRecorder", "attach_store",
-           "open_store", "restore_state", "session_id_for"]
+__all__ = ["OPEN_TRANSACTION_COLUMNS", "PostgresStore", "SqliteStore", "Store", "StoreError", "StoreRecorder",
+           "StoreUnavailable", "attach_store", "open_store", "restore_state", "session_id_for"]
+
+
+def __getattr__(name: str):
+    if name == "PostgresStore":  # lazy: psycopg is an optional extra
+        from nowblock.store.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module 'nowblock.store' has no attribute {name!r}")
 
 
 def open_store(url_or_path: str | Path, **kwargs) -> "Store":
-    """Open the store named by ``url_or_path``: a file path or ``sqlite:///path`` (``:memory:`` too).
+    """Open the store named by ``url_or_path``; its schema is created or migrated on open.
 
-    A ``postgresql://`` URL is reserved for a later backend and raises NotImplementedError.
-    Keyword arguments go to the backend (for SQLite: ``synchronous``).
+    Parameters
+    ----------
+    url_or_path : str or Path
+        A file path or ``sqlite:///path`` (``:memory:`` too): :class:`SqliteStore`; a
+        ``postgresql://`` (or ``postgres://``) URL: :class:`~nowblock.store.postgres.PostgresStore`
+        (needs the ``postgres`` extra, psycopg 3).
+    **kwargs
+        Options of the backend (SQLite: ``synchronous``, ``plans_kept``; PostgreSQL:
+        ``plans_kept``, ``connect_timeout_s``, ``statement_timeout_s``).
+
+    Returns
+    -------
+    Store
+        The open store.
     """
     s = str(url_or_path)
     if s.startswith(("postgresql://", "postgres://")):
-        raise NotImplementedError("a PostgreSQL store is not built yet; use a SQLite file path")
+        from nowblock.store.postgres import PostgresStore
+
+        return PostgresStore(s, **kwargs)
     if s.startswith("sqlite:///"):
         s = s[len("sqlite:///"):] or ":memory:"
     elif "://" in s:
-        raise StoreError(f"unknown store URL scheme in {s!r} (use a file path or sqlite:///path)")
+        raise StoreError(f"unknown store URL scheme in {s!r} (use a file path, sqlite:///path or postgresql://...)")
     return SqliteStore(s, **kwargs)

@@ -1,6 +1,6 @@
 """What a store is: the :class:`Store` protocol, its errors and its value checks.
 
-Backends (:mod:`~nowblock.store.sqlite`, later PostgreSQL) implement :class:`Store`; every
+Backends (:mod:`~nowblock.store.sqlite`, :mod:`~nowblock.store.postgres`) implement :class:`Store`; every
 write is durable when the method returns, so an OCPP handler that writes and *then*
 acknowledges never acknowledges something that is not stored. Values are checked before
 anything is written (:func:`check_time`, :func:`check_number`): bad input raises
@@ -24,6 +24,14 @@ OPEN_TRANSACTION_COLUMNS = (
 
 class StoreError(ValueError):
     """Input a store refuses (bad value, unknown transaction); nothing stored was changed."""
+
+
+class StoreUnavailable(ConnectionError):
+    """The database could not be reached: the write may not have been stored.
+
+    Not a :class:`StoreError` on purpose: the recorder skips refused input, but this must
+    reach the OCPP handler so that nothing is acknowledged (the charger sends it again).
+    """
 
 
 @runtime_checkable
@@ -70,6 +78,26 @@ class Store(Protocol):
 
     def max_numeric_transaction_id(self) -> int:
         """The largest integer transaction id stored (1.6 ids must never repeat), 0 if none."""
+
+    def record_event(self, time, kind: str, data: dict) -> None:
+        """Keep an event for the operator (an alarm: an overload, a car not following its limit)."""
+
+    def events(self, since=None, kind: str | None = None) -> pd.DataFrame:
+        """Events (``time``, ``kind``, ``data`` dict) since ``since``, oldest first."""
+
+    def save_operator_input(self, kind: str, key: str, data: dict, *, time) -> None:
+        """Create or replace an operator input (a cap, a resident's needs, a point out of service)."""
+
+    def delete_operator_input(self, kind: str, key: str) -> bool:
+        """Remove an operator input; returns whether it existed."""
+
+    def load_operator_inputs(self) -> list[dict]:
+        """Every operator input as ``{"kind", "key", "data", "updated_at"}`` (for a restart)."""
+
+    def recent_meter_values(self, since, until=None, *, bucket_s: float | None = None) -> pd.DataFrame:
+        """Meter samples from ``since`` (tz-aware) on: ``time``, ``station_id``, ``energy_wh`` [Wh],
+        ``current_l1_a`` .. ``current_l3_a`` [A], ``power_kw`` [kW], ``soc_percent``; with
+        ``bucket_s`` [s] averaged per station and bucket (``time``: the bucket's start)."""
 
     def close(self) -> None:
         """Release the connection; every acknowledged write is already durable."""

@@ -98,28 +98,63 @@ def restore_state(state, store) -> int:
     Call before the central system accepts connections. Restored transactions have no fresh
     meter value, so the controller counts them at their maximum until their charger reports.
     1.6 transaction ids continue above the largest one stored. Returns how many were restored.
+
+    A stored record that cannot be read (a time outside what pandas holds, a missing start, a
+    connector id that is no number) is skipped with an ERROR naming it, and so is the whole
+    set when the store cannot load it at all: a restart must come up, not exit on one bad row.
+    Their count is ``state.restore_skipped``.
     """
-    open_tx = store.load_open_transactions()
-    state.next_transaction_id = max(int(getattr(state, "next_transaction_id", 1)),
-                                    store.max_numeric_transaction_id() + 1)
+    state.restore_skipped = 0
+    try:
+        top = int(store.max_numeric_transaction_id())
+    except Exception as exc:
+        log.error("could not read the largest stored transaction id (%r); 1.6 ids continue from the state's", exc)
+        top = 0
+    state.next_transaction_id = max(int(getattr(state, "next_transaction_id", 1)), top + 1)
+    try:
+        open_tx = store.load_open_transactions()
+    except Exception as exc:
+        log.error("could not load the open transactions from the store (%r); starting without them", exc)
+        state.restore_skipped = -1
+        return 0
     n = 0
     for _, r in open_tx.iterrows():
         if r["charge_point_id"] not in state.stations:
             log.warning("stored transaction %s on %s: station no longer in the site, skipped",
                         r["transaction_id"], r["charge_point_id"])
             continue
-        ms = None if pd.isna(r["meter_start_wh"]) else float(r["meter_start_wh"])
-        t = state.on_start(r["charge_point_id"], int(r["connector_id"]) if pd.notna(r["connector_id"]) else 1,
-                           r["transaction_id"], start=r["arrival"].to_pydatetime(), meter_start_wh=ms,
-                           id_tag=None if pd.isna(r["id_tag"]) else r["id_tag"])
-        if ms is not None:
-            t.energy_register_wh = ms + 1000.0 * float(r["energy_delivered_kwh"])
-        if bool(r["needs_known"]):
-            if pd.notna(r["departure"]):
-                t.departure = r["departure"].to_pydatetime()
-            if pd.notna(r["energy_requested_kwh"]):
-                t.energy_requested_kwh = float(r["energy_requested_kwh"])
+        try:
+            _restore_one(state, r)
+        except Exception as exc:
+            state.restore_skipped += 1
+            log.error("stored transaction %s on %s cannot be read (%r): skipped", r.get("transaction_id"),
+                      r.get("charge_point_id"), exc)
+            continue
         n += 1
     if n:
         log.info("restored %d running transaction(s) from the store", n)
     return n
+
+
+def _restore_one(state, r) -> None:
+    arrival = r["arrival"]
+    if pd.isna(arrival):
+        raise ValueError("no readable start time")
+    arrival.as_unit("ns")  # OutOfBoundsDatetime: the control loop works in nanoseconds (1677-2262)
+    ms = None if pd.isna(r["meter_start_wh"]) else float(r["meter_start_wh"])
+    connector = int(r["connector_id"]) if pd.notna(r["connector_id"]) else 1
+    departure = None
+    if bool(r["needs_known"]) and pd.notna(r["departure"]):
+        try:
+            departure = r["departure"].as_unit("ns").to_pydatetime()
+        except (ValueError, OverflowError):
+            log.error("stored departure %s of transaction %s cannot be used: restored without it",
+                      r["departure"], r["transaction_id"])
+    t = state.on_start(r["charge_point_id"], connector, r["transaction_id"], start=arrival.to_pydatetime(),
+                       meter_start_wh=ms, id_tag=None if pd.isna(r["id_tag"]) else r["id_tag"])
+    if ms is not None:
+        t.energy_register_wh = ms + 1000.0 * float(r["energy_delivered_kwh"])
+    if bool(r["needs_known"]):
+        t.departure = departure
+        if pd.notna(r["energy_requested_kwh"]):
+            t.energy_requested_kwh = float(r["energy_requested_kwh"])

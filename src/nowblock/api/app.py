@@ -1,0 +1,266 @@
+"""The routes of the HTTP API (FastAPI): reads, operator writes, the live stream, metrics.
+
+Reads return the public objects of :mod:`nowblock.control.status` (their OpenAPI schema is
+generated from them); writes take the bodies of :mod:`nowblock.api.models`, are validated in
+full (422 naming the field, nothing changed), stored, and make the controller step at once.
+See docs/api.md for every endpoint with examples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable
+
+import pandas as pd
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from nowblock.api.auth import bearer
+from nowblock.api.models import CapRequest, DimmingRequest, MinimumPower, NeedsRequest, ServiceRequest
+from nowblock.api.page import mount_page
+from nowblock.block.para14a import guaranteed_power_kw, simultaneity_factor
+from nowblock.control.operator import OperatorInputError
+from nowblock.control.status import (
+    BlockState,
+    CapInfo,
+    CarState,
+    ChargePointState,
+    DimmingInfo,
+    History,
+    NeedsInfo,
+    OperatorInfo,
+    SiteInfo,
+    StepInfo,
+    history_view,
+    operator_view,
+    site_view,
+    step_view,
+)
+
+FORMULA = "P_min,14a = 4.2 kW + (n - 1) x GZF(n) x 4.2 kW"
+SOURCE = "BNetzA BK6-22-300 (27 Nov 2023), Anlage 1, Ziffer 4.5.2 (control through an energy management system)"
+
+
+def _unprocessable(field: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": [{"loc": ["body", field], "msg": message,
+                                                               "type": "value_error"}]})
+
+
+def create_app(api) -> FastAPI:
+    """The FastAPI application of ``api`` (a :class:`nowblock.api.server.BlockApi`)."""
+    ctl = api.controller
+    app = FastAPI(title="nowblock", version="1", docs_url=None, redoc_url=None, openapi_url=None,
+                  description="Live state, binding limits, caps and section 14a dimming of one nowblock block. "
+                              "Units are in the field names; times are ISO 8601 UTC.")
+
+    def reader(request: Request) -> None:
+        host = request.client.host if request.client else None
+        if not api.tokens.may_read(host, bearer(request.headers.get("authorization"))):
+            raise HTTPException(401, "a token is needed to read (Authorization: Bearer <token>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def writer(request: Request) -> None:
+        if not api.tokens.hashes:
+            raise HTTPException(401, "no API token is configured: writes are refused (see docs/api.md)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not api.tokens.verify(bearer(request.headers.get("authorization"))):
+            raise HTTPException(401, "missing or wrong token (Authorization: Bearer <token>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(OperatorInputError)
+    async def _refused(request: Request, exc: OperatorInputError):
+        return _unprocessable(exc.field, exc.message)
+
+    read = [Depends(reader)]
+    write = [Depends(writer)]
+
+    @app.get("/openapi.json", dependencies=read, include_in_schema=False)
+    def openapi() -> dict:
+        """The OpenAPI description (readable like every other read)."""
+        return app.openapi()
+
+    # ---- reads ------------------------------------------------------------------------------
+    @app.get("/api/health", dependencies=read, tags=["read"])
+    def health() -> dict:
+        """Liveness: the controller's time and its last step."""
+        last = ctl.history[-1] if ctl.history else None
+        return {"status": "ok", "time": ctl.clock().isoformat(), "site": ctl.site.name,
+                "last_step": None if last is None else last.time.isoformat()}
+
+    @app.get("/api/site", response_model=SiteInfo, dependencies=read, tags=["read"])
+    def site() -> SiteInfo:
+        """The fuse tree with ratings [A per phase], the charging points and the section 14a minimum."""
+        return api.site_info
+
+    @app.get("/api/state", response_model=BlockState, dependencies=read, tags=["read"])
+    def state(plan_hours: float = Query(4.0, gt=0, le=48)) -> Response:
+        """Everything now: fuse phases (measured and planned against the limit), base load, charging
+        points, cars (needs, plan, binding limit), last step, alarms, operator inputs."""
+        return Response(api.state_json(plan_hours), media_type="application/json")
+
+    @app.get("/api/charge-points", response_model=list[ChargePointState], dependencies=read, tags=["read"])
+    def charge_points() -> list[ChargePointState]:
+        """Every charging point: status, connection, profile in force, accepted limit, meter values."""
+        return api.state().charge_points
+
+    @app.get("/api/charge-points/{cp_id}", response_model=ChargePointState, dependencies=read, tags=["read"])
+    def charge_point(cp_id: str) -> ChargePointState:
+        """One charging point."""
+        for c in api.state().charge_points:
+            if c.id == cp_id:
+                return c
+        raise HTTPException(404, f"unknown charging point {cp_id!r}")
+
+    @app.get("/api/cars", response_model=list[CarState], dependencies=read, tags=["read"])
+    def cars(plan_hours: float = Query(4.0, gt=0, le=48)) -> list[CarState]:
+        """Every plugged-in car: needs, plan, and which limit binds it by how much."""
+        return api.state(plan_hours).cars
+
+    @app.get("/api/cars/{session_id}", response_model=CarState, dependencies=read, tags=["read"])
+    def car(session_id: str, plan_hours: float = Query(24.0, gt=0, le=48)) -> CarState:
+        """One car (session id ``<charge point>:<transaction>``)."""
+        for c in api.state(plan_hours).cars:
+            if c.session_id == session_id:
+                return c
+        raise HTTPException(404, f"no running session {session_id!r}")
+
+    @app.get("/api/steps", response_model=list[StepInfo], dependencies=read, tags=["read"])
+    def steps(limit: int = Query(50, ge=1, le=500)) -> list[StepInfo]:
+        """The last control steps, newest last: policy, status, solve time, fallback, held back."""
+        return [step_view(r) for r in ctl.history[-limit:]]
+
+    @app.get("/api/alarms", dependencies=read, tags=["read"])
+    def alarms() -> dict:
+        """Overloads going on now and the recent alarms (overloads, cars not following)."""
+        st = api.state()
+        return {"active": st.alarms_active, "recent": st.alarms_recent}
+
+    @app.get("/api/history", response_model=History, dependencies=read, tags=["read"])
+    async def history(hours: float = Query(24.0, gt=0, le=24 * 14), bucket_s: float = Query(300.0, ge=10, le=86400),
+                      charge_points: bool = False) -> History:
+        """Measured charging current per fuse phase (and power per charging point) from the store."""
+        if ctl.store is None or not callable(getattr(ctl.store, "recent_meter_values", None)):
+            raise HTTPException(503, "no store with history attached to this controller")
+        until = ctl.clock()
+        since = until - pd.Timedelta(hours=hours)
+        return await asyncio.to_thread(history_view, ctl.store, ctl.site, since=since, until=until,
+                                       bucket_s=bucket_s, charge_points=charge_points)
+
+    @app.get("/api/operator", response_model=OperatorInfo, dependencies=read, tags=["read"])
+    def operator() -> OperatorInfo:
+        """Caps, dimmings, residents' needs and charging points out of service."""
+        return operator_view(ctl.operator, ctl.clock())
+
+    @app.get("/api/dimming/minimum", response_model=MinimumPower, dependencies=read, tags=["read"])
+    def minimum(devices: int | None = Query(None, ge=1, le=100_000)) -> MinimumPower:
+        """The section 14a minimum power for ``devices`` (default: the site's controllable devices)."""
+        n = devices or ctl.operator.devices
+        return MinimumPower(devices=n, simultaneity_factor=simultaneity_factor(n),
+                            guaranteed_power_kw=round(guaranteed_power_kw(n), 6), formula=FORMULA, source=SOURCE)
+
+    # ---- writes -----------------------------------------------------------------------------
+    @app.post("/api/caps", response_model=CapInfo, status_code=201, dependencies=write, tags=["write"])
+    def add_cap(body: CapRequest) -> CapInfo:
+        """Cap a fuse (null: the grid connection) [A per phase] for a time window; in the next TxProfiles."""
+        c = ctl.operator.add_cap(body.fuse_id, body.max_current_a, start=body.start, end=body.end,
+                                 duration_s=body.duration_s, source=body.source, reason=body.reason)
+        api.changed()
+        return next(x for x in operator_view(ctl.operator, ctl.clock()).caps if x.cap_id == c.cap_id)
+
+    @app.delete("/api/caps/{cap_id}", status_code=204, dependencies=write, tags=["write"])
+    def remove_cap(cap_id: str) -> Response:
+        """End a cap now."""
+        if not ctl.operator.remove_cap(cap_id):
+            raise HTTPException(404, f"no cap {cap_id!r}")
+        api.changed()
+        return Response(status_code=204)
+
+    @app.post("/api/dimming", response_model=DimmingInfo, status_code=201, dependencies=write, tags=["write"])
+    def dim(body: DimmingRequest) -> DimmingInfo:
+        """Section 14a EnWG: cap the charging power at max(power_kw, P_min,14a) for a time window."""
+        d = ctl.operator.set_dimming(body.power_kw, start=body.start, end=body.end, duration_s=body.duration_s,
+                                     devices=body.devices, reason=body.reason)
+        api.changed()
+        return next(x for x in operator_view(ctl.operator, ctl.clock()).dimmings if x.dimming_id == d.dimming_id)
+
+    @app.delete("/api/dimming/{dimming_id}", status_code=204, dependencies=write, tags=["write"])
+    def undim(dimming_id: str) -> Response:
+        """End a dimming now."""
+        if not ctl.operator.remove_dimming(dimming_id):
+            raise HTTPException(404, f"no dimming {dimming_id!r}")
+        api.changed()
+        return Response(status_code=204)
+
+    def _needs(session_id: str, body: NeedsRequest) -> NeedsInfo:
+        tx = next((t for t in ctl.state.running() if t.session_id == session_id), None)
+        if tx is None:
+            raise HTTPException(404, f"no running session {session_id!r}")
+        o = ctl.operator.set_needs(session_id, tx.cp_id, departure=body.departure, energy_kwh=body.energy_kwh)
+        api.changed()
+        return NeedsInfo(o.session_id, o.charge_point_id, o.departure, o.energy_kwh, o.entered_at)
+
+    @app.put("/api/cars/{session_id}/needs", response_model=NeedsInfo, dependencies=write, tags=["write"])
+    def set_needs(session_id: str, body: NeedsRequest) -> NeedsInfo:
+        """A resident's needs for a running session (replace estimates until the session ends)."""
+        return _needs(session_id, body)
+
+    @app.put("/api/charge-points/{cp_id}/needs", response_model=NeedsInfo, dependencies=write, tags=["write"])
+    def set_needs_at(cp_id: str, body: NeedsRequest, connector_id: int | None = Query(None, ge=1)) -> NeedsInfo:
+        """The same for the car plugged in at a charging point (what a resident knows)."""
+        if cp_id not in ctl.site.charge_point_ids:
+            raise HTTPException(404, f"unknown charging point {cp_id!r}")
+        txs = [t for t in ctl.state.running(cp_id) if connector_id in (None, t.connector_id)]
+        if len(txs) != 1:
+            raise HTTPException(409, f"{len(txs)} running sessions at {cp_id!r}"
+                                     + ("" if txs else ": no car is plugged in") + "; give connector_id" * (len(txs) > 1))
+        return _needs(txs[0].session_id, body)
+
+    @app.delete("/api/cars/{session_id}/needs", status_code=204, dependencies=write, tags=["write"])
+    def clear_needs(session_id: str) -> Response:
+        """Forget a resident's needs."""
+        if not ctl.operator.clear_needs(session_id):
+            raise HTTPException(404, f"no needs entered for {session_id!r}")
+        api.changed()
+        return Response(status_code=204)
+
+    @app.put("/api/charge-points/{cp_id}/service", response_model=OperatorInfo, dependencies=write, tags=["write"])
+    def service(cp_id: str, body: ServiceRequest) -> OperatorInfo:
+        """Take a charging point out of service (its cars get 0 A) or put it back."""
+        if cp_id not in ctl.site.charge_point_ids:
+            raise HTTPException(404, f"unknown charging point {cp_id!r}")
+        ctl.operator.set_in_service(cp_id, body.in_service, reason=body.reason)
+        api.changed()
+        return operator_view(ctl.operator, ctl.clock())
+
+    # ---- stream and metrics ----------------------------------------------------------------------
+    @app.get("/api/stream", response_class=EventSourceResponse, dependencies=read, tags=["read"])
+    async def stream(request: Request) -> AsyncIterable[ServerSentEvent]:
+        """Server-Sent Events of every change (``ocpp``, ``meter``, ``step``, ``operator``, ``dropped``)."""
+        client = api.hub.connect()
+        try:
+            yield ServerSentEvent(event="hello", data={"time": ctl.clock().isoformat(), "site": ctl.site.name},
+                                  retry=2000)
+            while True:
+                try:
+                    msg = await asyncio.wait_for(client.queue.get(), api.keepalive_s)
+                except asyncio.TimeoutError:
+                    yield ServerSentEvent(comment="keep-alive")
+                    continue
+                if msg is None:
+                    return
+                if client.dropped:
+                    yield ServerSentEvent(event="dropped", data={"dropped": client.dropped})
+                    client.dropped = 0
+                yield ServerSentEvent(event=msg[0], raw_data=msg[1])
+        finally:
+            api.hub.disconnect(client)
+
+    @app.get("/metrics", dependencies=read, tags=["read"], response_class=Response)
+    def metrics() -> Response:
+        """Prometheus text format: step time, fallbacks, fuse margins, connections, stale meters."""
+        return Response(generate_latest(api.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    mount_page(app)  # the operator page at / (docs/operator-page.md)
+    return app

@@ -1,0 +1,138 @@
+"""Sending a step's setpoints to the chargers: which limits go out, in which order, how often.
+
+:func:`plan_waves` is pure: a limit that goes down (or a new car's, at most what its charger
+already allows) leaves in the first wave, every raise in the second, once the first was
+answered, so the block passes through no state worse than before. A limit unchanged since it
+was sent is re-sent only before its profile could expire.
+
+A car that does not follow its limit (it draws more, its charger kept a higher one, its meter
+values are stale) gets its limit again with a growing pause, and after a grace the station is
+escalated to a station-wide maximum, then reported (:class:`Escalation`). Chargers that ignore
+limits are normal weather: they are logged and shown, never raised as errors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+
+def plan_waves(targets_a: pd.Series, sent: dict[str, tuple[float, pd.Timestamp]], offered_a: pd.Series,
+               now: pd.Timestamp, *, refresh_s: float, resend=frozenset()) -> tuple[list, list]:
+    """The limits to send now, in two waves.
+
+    Parameters
+    ----------
+    targets_a : pandas.Series
+        [A per phase] The step's setpoint per session_id.
+    sent : dict
+        session_id -> (limit last sent [A], when).
+    offered_a : pandas.Series
+        [A] The limit each charger applies now (for a car never sent one: its default).
+    now : pandas.Timestamp
+    refresh_s : float
+        [s] An unchanged limit is re-sent once it is this old.
+    resend : set
+        Sessions whose limit goes out again whatever was sent (cars not following theirs).
+
+    Returns
+    -------
+    lower, higher : list of (session_id, limit_a)
+        The first wave (lowered limits and new cars at or below what they hold), then the raises;
+        in each, cars never sent a limit first.
+    """
+    lower, higher = [], []
+    for sid, limit in targets_a.items():
+        limit = float(limit)
+        prev = sent.get(sid)
+        due = (prev is None or abs(prev[0] - limit) > 1e-6 or (now - prev[1]).total_seconds() >= refresh_s
+               or sid in resend)
+        if not due:
+            continue
+        ref = prev[0] if prev is not None else float(offered_a.get(sid, math.inf))
+        (lower if limit <= ref + 1e-9 else higher).append((sid, limit))
+    # Cars never sent a limit go first in their wave: with thousands of profiles in flight, a
+    # new transaction's first TxProfile must not queue behind every refresh.
+    first = lambda item: item[0] in sent  # noqa: E731 - False (new) sorts first; the sort is stable
+    return sorted(lower, key=first), sorted(higher, key=first)
+
+
+@dataclass
+class Escalation:
+    """How long a car has not followed its limit, and what was done about it.
+
+    Parameters
+    ----------
+    backoff_s : float
+        [s] First pause before a limit is sent again to a car that does not follow it; it
+        doubles with every attempt, up to ``max_backoff_s``.
+    grace_s : float
+        [s] After this long not following, the station gets a station-wide maximum
+        (ChargePointMaxProfile / ChargingStationMaxProfile) at the car's limit.
+    alarm_s : float
+        [s] After this long, the car is reported as an alarm (log WARNING, the store, the API).
+    """
+
+    backoff_s: float = 5.0
+    max_backoff_s: float = 120.0
+    grace_s: float = 60.0
+    alarm_s: float = 180.0
+    since: dict[str, pd.Timestamp] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    last_try: dict[str, pd.Timestamp] = field(default_factory=dict)
+    escalated: set[str] = field(default_factory=set)
+    alarmed: set[str] = field(default_factory=set)
+
+    def update(self, untrusted: dict[str, str], now: pd.Timestamp, *, present=None, following=None) -> None:
+        """Start the clock for cars that stopped following, stop it for those that follow again.
+
+        Parameters
+        ----------
+        untrusted : dict
+            session_id -> why it is not trusted now.
+        present : set, optional
+            Sessions still running (the others are forgotten); None: all that are tracked.
+        following : set, optional
+            Sessions whose settled measurement shows them within their limit. A car between a
+            new limit and a settled measurement keeps its clock, so a charger that ignores its
+            limits cannot reset it by being sent a new one. None: every car not untrusted.
+        """
+        for sid in list(self.since):
+            gone = present is not None and sid not in present
+            back = (sid in following) if following is not None else (sid not in untrusted)
+            if gone or (back and sid not in untrusted):
+                for d in (self.since, self.attempts, self.last_try):
+                    d.pop(sid, None)
+                self.escalated.discard(sid)
+                self.alarmed.discard(sid)
+        for sid in untrusted:
+            self.since.setdefault(sid, now)
+
+    def due(self, now: pd.Timestamp) -> set[str]:
+        """Sessions whose limit should go out again now (their pause is over)."""
+        out = set()
+        for sid in self.since:
+            last = self.last_try.get(sid)
+            pause = min(self.backoff_s * 2 ** max(self.attempts.get(sid, 0) - 1, 0), self.max_backoff_s)
+            if last is None or (now - last).total_seconds() >= pause:
+                out.add(sid)
+        return out
+
+    def tried(self, session_ids, now: pd.Timestamp) -> None:
+        """Record that the limits of ``session_ids`` were sent again at ``now``."""
+        for sid in session_ids:
+            if sid in self.since:
+                self.attempts[sid] = self.attempts.get(sid, 0) + 1
+                self.last_try[sid] = now
+
+    def to_escalate(self, now: pd.Timestamp) -> list[str]:
+        """Sessions past their grace that have no station maximum yet."""
+        return [s for s, t in self.since.items()
+                if s not in self.escalated and (now - t).total_seconds() >= self.grace_s]
+
+    def to_alarm(self, now: pd.Timestamp) -> list[str]:
+        """Sessions past the alarm time not reported yet."""
+        return [s for s, t in self.since.items()
+                if s not in self.alarmed and (now - t).total_seconds() >= self.alarm_s]

@@ -1,0 +1,167 @@
+"""The live block: the central system's state as a :class:`~nowblock.loop.observation.SnapshotSource`.
+
+:class:`LiveBlock` turns what the OCPP central system knows (running transactions, meter
+values, the limits chargers accepted, which stations are online) into an
+:class:`~nowblock.loop.observation.Observation`, with the block's other load from a meter
+feed or a forecaster and the prices ahead. The control step that follows is the simulator's
+own (:class:`nowblock.loop.step.ControlStep`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from nowblock.block.site import Site
+from nowblock.loop.observation import OBSERVED_COLUMNS, Observation
+from nowblock.loop.series import on_grid
+from nowblock.seam import CAR_COLUMNS
+
+log = logging.getLogger(__name__)
+
+
+def pilot_step_a(versions) -> float:
+    """The pilot-signal step [A] of the chargers running cars: 0.1 A when all speak OCPP 1.6
+    (its limits take one decimal), else 1 A (2.0.1 takes any decimal, many chargers round)."""
+    versions = list(versions)
+    return 0.1 if versions and all(v == "1.6" for v in versions) else 1.0
+
+
+class LiveBlock:
+    """The block as the central system sees it (see the module docstring).
+
+    Parameters
+    ----------
+    state : nowblock.ocpp.state.LiveState
+        The central system's live state.
+    site : Site
+        The block.
+    step, horizon : pandas.Timedelta
+        Planning step and how far base load and prices reach.
+    failsafe_a : pandas.Series
+        [A per phase] Each charging point's fail-safe default (what an idle connector may give a
+        car that plugs in when the live state knows no limit there).
+    forecaster : object, optional
+        Base load: ``predict(history, now, horizon) -> Series`` [kW].
+    base_load_history : pandas.Series, optional
+        [kW] The block's measured other load (the forecaster's input).
+    base_load_meter : callable, optional
+        ``now -> kW``: a meter feed of the other load now (None or NaN: unknown).
+    prices : pandas.Series, optional
+        [EUR/kWh] Prices over UTC time.
+    operator : OperatorInputs, optional
+        Caps, dimming, residents' needs and points out of service, applied to every observation
+        (:meth:`nowblock.control.operator.OperatorInputs.apply`).
+    """
+
+    def __init__(self, state, site: Site, *, step: pd.Timedelta, horizon: pd.Timedelta, failsafe_a: pd.Series,
+                 forecaster=None, base_load_history: pd.Series | None = None, base_load_meter=None,
+                 prices: pd.Series | None = None, operator=None) -> None:
+        self.state = state
+        self.site = site
+        self.step = pd.Timedelta(step)
+        self.horizon = pd.Timedelta(horizon)
+        self.failsafe_a = failsafe_a
+        self.forecaster = forecaster
+        self.base_load_history = base_load_history
+        self.base_load_meter = base_load_meter
+        self.prices = prices
+        self.operator = operator
+
+    @property
+    def n_slots(self) -> int:
+        """Slots of the planning horizon."""
+        return max(1, int(self.horizon / self.step))
+
+    def observe(self, now: pd.Timestamp) -> Observation:
+        """The live block at ``now`` (see :class:`~nowblock.loop.observation.Observation`)."""
+        raw = self.state.snapshot(now.to_pydatetime())
+        cars = raw[list(CAR_COLUMNS)].copy()
+        cars["connector_id"] = raw["connector_id"].to_numpy(np.int64)
+        last = [self._last_meter(cp, tx) for cp, tx in zip(raw["charge_point_id"], raw["transaction_id"])]
+        cars["last_meter"] = pd.to_datetime(pd.Series(last, index=raw.index, dtype=object), utc=True)
+        cars["connected"] = raw["connected"].to_numpy(bool)
+        cars["limit_known"] = raw["accepted_limit_a"].notna().to_numpy()
+        if "reported_limit_a" in raw:
+            # What a station says it applies (GetCompositeSchedule) counts over what it accepted.
+            rep = raw["reported_limit_a"].to_numpy(float)
+            known = np.isfinite(rep)
+            cars["offered_current_a"] = np.where(known, np.minimum(rep, cars["max_current_a"].to_numpy(float)),
+                                                 cars["offered_current_a"].to_numpy(float))
+            cars["limit_known"] = cars["limit_known"].to_numpy() | known
+        cars = cars[[*CAR_COLUMNS, *OBSERVED_COLUMNS]]
+        running = list(zip(raw["charge_point_id"], raw["connector_id"]))
+        obs = Observation(
+            time=now, site=self.site, step=self.step, cars=cars, base_load_kw=self.base_load(now),
+            prices_eur_per_kwh=self.prices_ahead(now), current_step_a=pilot_step_a(raw["version"]),
+            idle_defaults_a=self.idle_defaults_a(now, running=running),
+        )
+        return obs if self.operator is None else self.operator.apply(obs)
+
+    def _last_meter(self, cp_id: str, tx_id) -> pd.Timestamp:
+        t = self.state.transaction(cp_id, tx_id)
+        lm = getattr(t, "last_meter", None)
+        return pd.NaT if lm is None else pd.Timestamp(lm)
+
+    def idle_defaults_a(self, now: pd.Timestamp, running=()) -> pd.Series:
+        """The limit [A per phase] a car newly plugged in at each idle connector could draw.
+
+        One value per connector (EVSE in 2.0.1) without a running transaction, indexed by
+        (``charge_point_id``, ``connector_id``); ``running`` are the (charge point, connector)
+        pairs that run one. The limit is what the live state knows the point applies to an idle
+        connector (its TxDefaultProfile, a fallback default left behind, a station maximum);
+        when it knows none, the point's maximum if the station booted in this process (so we
+        know it holds none), else the fail-safe installed earlier (offline, or not yet heard
+        from since a restart). Never above the point's maximum.
+        """
+        busy = {(str(cp), int(c)) for cp, c in running}
+        t = now.to_pydatetime()
+        rows: dict[tuple[str, int], float] = {}
+        for cp in self.site.charge_points:
+            st = self.state.stations.get(cp.id)
+            if st is None:
+                continue
+            for c in sorted({c for c in st.connectors if c > 0} | {1}):
+                if (cp.id, c) in busy:
+                    continue
+                held = self.state.applied_limit_a(cp.id, c, t)
+                if held is None:
+                    held = cp.max_current_a if st.connected and st.boot else float(
+                        self.failsafe_a.get(cp.id, cp.max_current_a))
+                rows[(cp.id, c)] = min(float(held), float(cp.max_current_a))
+        index = pd.MultiIndex.from_tuples(list(rows), names=["charge_point_id", "connector_id"])
+        return pd.Series(list(rows.values()), index=index, dtype=float, name="current_a")
+
+    def base_load(self, now: pd.Timestamp) -> pd.Series:
+        """[kW] The block's other load from ``now`` on the planning grid: the forecast's maximum
+        per slot, the meter's reading (or the last known value) for now; the setpoints sent now
+        hold into the next slot, so now is planned for the larger of both."""
+        n = self.n_slots
+        values = np.full(n, np.nan)
+        if self.forecaster is not None and self.base_load_history is not None:
+            try:
+                hist = self.base_load_history[self.base_load_history.index < now]
+                fc = pd.Series(self.forecaster.predict(hist, now, self.horizon), dtype=float)
+                if len(fc.dropna()):
+                    values = on_grid(fc, now, self.step, n, how="max").to_numpy(float, copy=True)
+            except Exception:  # noqa: BLE001 - a broken forecast must not stop control
+                log.exception("base-load forecast failed; planning with the last known value")
+        measured = self.base_load_meter(now) if self.base_load_meter is not None else None
+        if measured is not None and np.isfinite(measured):
+            values[0] = float(measured)
+        elif not np.isfinite(values[0]) and self.base_load_history is not None and len(self.base_load_history):
+            past = self.base_load_history[self.base_load_history.index <= now]
+            values[0] = float(past.iloc[-1]) if len(past) else float(self.base_load_history.iloc[0])
+        s = pd.Series(values, index=pd.date_range(now, periods=n, freq=self.step), name="kw")
+        s = s.ffill().bfill().fillna(0.0)
+        if len(s) > 1:
+            s.iloc[0] = max(s.iloc[0], s.iloc[1])
+        return s
+
+    def prices_ahead(self, now: pd.Timestamp) -> pd.Series | None:
+        """[EUR/kWh] Prices on the planning grid from ``now`` (each slot's mean), or None."""
+        if self.prices is None:
+            return None
+        return on_grid(self.prices, now, self.step, self.n_slots, how="mean", name="eur_per_kwh")

@@ -1,0 +1,406 @@
+"""One control step, the same for the simulator and the live loop.
+
+:class:`ControlStep` turns an :class:`~nowblock.loop.observation.Observation` into the
+policy's :class:`~nowblock.seam.BlockSnapshot` (:meth:`ControlStep.prepare`) and the policy's
+answer into setpoints safe to send (:meth:`ControlStep.finish`). In between, the caller runs
+the policy: the simulator directly (:meth:`ControlStep.run`), the live loop in a worker thread
+with a time-out (:mod:`nowblock.control`); both fall back to a baseline heuristic on failure
+(:func:`call_policy`).
+
+Trust. A car is *trusted* while its charger demonstrably applies the limit it was sent. A car
+that draws clearly more than its limit, whose charger kept a higher limit than it was sent, or
+whose meter values are stale is *untrusted*: the policy still plans it (it is sent a lowered
+limit every step until it follows), but the other cars are made safe against what it may
+really draw (its *committed* current). A car whose charger is offline cannot be sent anything:
+it is not planned, and its committed current is reserved on every fuse above it, as is what a
+car plugging in at an idle connector could draw before the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time as _time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from nowblock.loop import closed_loop as cl
+from nowblock.loop.needs import NeedsEstimation
+from nowblock.loop.observation import Observation
+from nowblock.seam import BlockSnapshot, Policy, aligned_current_a, root_index, safe_setpoints_a
+from nowblock.seam.policy import Decision, decide
+
+log = logging.getLogger(__name__)
+
+#: Why a car is not trusted to follow its limit (see the module docstring).
+UNTRUSTED_REASONS = ("stale", "over_draw", "holding", "offline")
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step knows beside the policy's snapshot (typed; nothing rides in the snapshot).
+
+    Attributes
+    ----------
+    cars : pandas.DataFrame
+        Every observed car after needs estimation (index session_id).
+    untrusted : dict
+        session_id -> reason (one of :data:`UNTRUSTED_REASONS`) for every car not trusted.
+    committed_a : pandas.Series
+        [A per phase] What each untrusted car may really draw now (reserved for the others).
+    idle_reserved_a : pandas.Series
+        [A per phase] Held for a car plugging in at each idle connector.
+    running : numpy.ndarray
+        Per snapshot car: charging now, or with guessed needs and not known to be full (the
+        hysteresis keeps it at its minimum where that fits).
+    safety : BlockSnapshot or None
+        The trusted cars in the block less what the untrusted ones may draw; None when every
+        planned car is trusted (then the snapshot itself is the safety check).
+    following : frozenset
+        Sessions whose last measurement, taken with their limit in force long enough, shows
+        them within it (trusted for a reason, not only for want of a settled measurement).
+    """
+
+    cars: pd.DataFrame
+    untrusted: dict[str, str]
+    committed_a: pd.Series
+    idle_reserved_a: pd.Series
+    running: np.ndarray
+    safety: BlockSnapshot | None = None
+    following: frozenset = frozenset()
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one step decided.
+
+    ``current_a`` [A per phase] by session_id for every planned car (what to send);
+    ``policy`` the name of the policy that answered (the fallback's on trouble); ``status``
+    ("ok", "empty", "failed: ...", "time-out ..."); ``plan`` the policy's plan over its horizon
+    (slots x session_id [A]) or None; ``seconds`` per stage; :meth:`held_back` says why the
+    block is below its limits.
+    """
+
+    time: pd.Timestamp
+    current_a: pd.Series
+    policy: str
+    status: str
+    snapshot: BlockSnapshot
+    context: StepContext
+    plan: pd.DataFrame | None = None
+    seconds: dict = field(default_factory=dict)
+
+    def held_back(self) -> dict:
+        """Why the block is below its limits after this step (see :func:`held_back`)."""
+        return held_back(self.snapshot, self.context, self.current_a)
+
+
+def call_policy(policy: Policy, fallback: Policy, snapshot: BlockSnapshot) -> tuple[Decision, str, str]:
+    """The policy's decision for ``snapshot``, or the fallback's when the policy raises.
+
+    Returns
+    -------
+    decision : Decision
+    name : str
+        The name of the policy that decided.
+    status : str
+        "ok", "empty" (no car), or "failed: <error>".
+    """
+    if len(snapshot.cars) == 0:
+        return Decision(pd.Series(np.zeros(0), index=snapshot.cars.index, name="current_a")), policy.name, "empty"
+    try:
+        return decide(policy, snapshot), policy.name, "ok"
+    except Exception as exc:  # noqa: BLE001 - any policy trouble must still leave safe setpoints
+        log.exception("policy %s failed; falling back to %s", policy.name, fallback.name)
+        return decide(fallback, snapshot), fallback.name, f"failed: {exc!r}"
+
+
+class ControlStep:
+    """The shared control step: observation -> snapshot -> (policy) -> safe setpoints.
+
+    Parameters
+    ----------
+    settings : LoopSettings
+        Margins, settle and staleness times of the closed loop (:mod:`~nowblock.loop.closed_loop`).
+    needs : NeedsEstimation, optional
+        How unreported needs are estimated (default: the fallback rule, no history).
+
+    Notes
+    -----
+    The step keeps per session what it needs across steps: the last limit sent and when it
+    changed (a measurement counts once the limit was in force ``settings.settle_s``), the
+    allocation ceiling of a car that draws less than offered, and whether a car stopped drawing
+    although offered its minimum (full). :meth:`record_sent` and :meth:`forget` keep it current.
+    """
+
+    def __init__(self, *, settings: cl.LoopSettings = cl.LoopSettings(), needs: NeedsEstimation | None = None) -> None:
+        self.settings = settings
+        self.needs = needs or NeedsEstimation()
+        self.sent: dict[str, tuple[float, pd.Timestamp]] = {}
+        self.changed_at: dict[str, pd.Timestamp] = {}
+        self.before: dict[str, float] = {}  # session -> the limit before its last change [A]
+        self.ceilings_a = pd.Series(dtype=float)
+        self.full: set[str] = set()
+
+    # ---- bookkeeping ---------------------------------------------------------------------------
+    def record_sent(self, session_id: str, limit_a: float, time: pd.Timestamp) -> None:
+        """Remember that ``limit_a`` [A] was sent to (and accepted for) ``session_id`` at ``time``."""
+        prev = self.sent.get(session_id)
+        self.sent[session_id] = (float(limit_a), time)
+        if prev is None or abs(prev[0] - float(limit_a)) > 1e-6:
+            self.changed_at[session_id] = time
+            if prev is not None:
+                self.before[session_id] = prev[0]
+
+    def forget(self, keep) -> None:
+        """Drop what is kept for sessions not in ``keep`` (they ended)."""
+        keep = set(keep)
+        for d in (self.sent, self.changed_at, self.before):
+            for sid in [s for s in d if s not in keep]:
+                del d[sid]
+        self.full &= keep
+        if len(self.ceilings_a):
+            self.ceilings_a = self.ceilings_a[self.ceilings_a.index.isin(list(keep))]
+
+    # ---- observation -> snapshot ---------------------------------------------------------------
+    def settled(self, cars: pd.DataFrame) -> np.ndarray:
+        """Per car: its last measurement was taken with its current limit in force long enough."""
+        last = _ns(cars["last_meter"])
+        out = last != _NAT
+        settle_ns = self.settings.settle_s * 1e9
+        for i, sid in enumerate(cars.index.tolist()):
+            since = self.changed_at.get(sid)
+            if out[i] and since is not None:
+                out[i] = last[i] - since.value >= settle_ns
+        return out
+
+    def prepare(self, obs: Observation) -> tuple[BlockSnapshot, StepContext]:
+        """The policy's snapshot of ``obs`` and the step's context (see the module docstring)."""
+        now, site, s = obs.time, obs.site, self.settings
+        cars = obs.cars
+        col = {c: obs.column(c) for c in _NUMERIC}
+        settled = self.settled(cars)
+        self._track_full(cars.index, col, settled)
+        if len(cars):
+            cars = self.needs.fill(cars, now, full=self.full, step=obs.step)
+        n = len(cars)
+        connected = col["connected"].astype(bool)
+        offered = col["offered_current_a"].astype(float)
+        measured = col["measured_current_a"].astype(float)
+        max_a = col["max_current_a"].astype(float)
+        min_a = col["min_current_a"].astype(float)
+        ids_all = cars.index.tolist()
+        # A car that has not sent a meter value yet is stale only once its session is that old.
+        last = _ns(cars["last_meter"])
+        ref = np.where(last != _NAT, last, _ns(cars["arrival"]))
+        stale = ((now.value - ref) > s.stale_after_s * 1e9) & connected
+        # Over its limit: once the limit had time to act, or at once when the draw is above both
+        # the new limit and the one before it (a car cannot legitimately exceed either).
+        before = np.array([self.before.get(x, np.nan) for x in ids_all], dtype=float)
+        above = np.isfinite(measured) & np.isfinite(offered) & (measured > offered + s.over_draw_a)
+        over = above & (settled | ~(measured <= before + s.over_draw_a)) & connected & ~stale
+        last_sent = np.array([self.sent[x][0] if x in self.sent else np.nan for x in ids_all], dtype=float)
+        # A charger found holding more than it was last sent (it answered but did not apply it).
+        holding = connected & ~stale & ~over & (offered > last_sent + 0.05)  # NaN (never sent) is False
+        offline = ~connected
+        untrusted = stale | over | holding | offline
+        cp_index = col["cp_index"].astype(np.int64)
+        phases = col["phases"].astype(np.int64)
+        committed = np.zeros(n)
+        if untrusted.any():
+            meas0 = np.nan_to_num(measured, nan=0.0)
+            in_force = np.where(col["limit_known"].astype(bool), offered, max_a)  # no limit: its maximum
+            committed = np.select([over, holding], [np.maximum(meas0 + s.margin_a, offered), offered],
+                                  default=np.minimum(np.maximum(in_force, meas0), np.maximum(max_a, meas0)))
+        idle = obs.idle_defaults_a[obs.idle_defaults_a > 0] if len(obs.idle_defaults_a) else obs.idle_defaults_a
+        policy_site = site
+        if offline.any() or len(idle):
+            # Offline chargers cannot be planned: reserve what they may draw, and the idle connectors'.
+            idle_cp = site.cp_index(idle.index.get_level_values("charge_point_id")) if len(idle) else np.zeros(0, np.int64)
+            policy_site = cl.reserve_unobserved(
+                site, np.concatenate([cp_index[offline], idle_cp]),
+                np.concatenate([phases[offline], site.cp_phases[idle_cp]]),
+                np.concatenate([committed[offline], idle.to_numpy(float)]))
+        trusted = ~untrusted[connected]
+        ids = cars.index[connected]
+        prev = self.ceilings_a.reindex(ids).to_numpy(float) if len(self.ceilings_a) else None
+        ceil = cl.next_ceilings_a(min_a[connected], max_a[connected], prev, measured[connected],
+                                  offered[connected], settled[connected], s)
+        if not trusted.all():  # only trusted cars' measurements move their ceilings
+            keep = np.full(len(ids), np.nan) if prev is None else prev
+            ceil = np.where(trusted, ceil, np.where(np.isfinite(keep), keep, max_a[connected]))
+        self.ceilings_a = pd.Series(ceil, index=ids, name="ceiling_a")
+        hi = max_a[connected]
+        lo = min_a[connected]
+        capped = np.clip(ceil, np.minimum(lo, hi), hi)
+        # The policy gets the observed columns too (a few more than CAR_COLUMNS): selecting
+        # CAR_COLUMNS alone copied the frame, a third of a simulated step (measured).
+        policy_cars = cars if connected.all() else cars.loc[connected]
+        if (capped != hi).any():
+            policy_cars = policy_cars.copy(deep=False)
+            policy_cars["max_current_a"] = capped
+        incidence = None
+        if obs.incidence_a is not None and n:
+            incidence = np.asarray(obs.incidence_a)[:, connected] if not connected.all() else obs.incidence_a
+        arrays = None
+        if obs.arrays is not None and connected.all() and cars is obs.cars:  # needs unchanged
+            arrays = {**obs.arrays, "max_current_a": capped}
+        snap = BlockSnapshot(time=now, site=policy_site, step=obs.step, cars=policy_cars,
+                             base_load_kw=obs.base_load_kw, prices_eur_per_kwh=obs.prices_eur_per_kwh,
+                             current_step_a=float(obs.current_step_a), incidence_a=incidence, car_arrays=arrays)
+        safety = None
+        doubt = untrusted[connected]
+        if doubt.any():
+            safety_site = cl.reserve_unobserved(policy_site, cp_index[connected][doubt], phases[connected][doubt],
+                                                committed[connected][doubt])
+            safety = BlockSnapshot(time=now, site=safety_site, step=obs.step, cars=policy_cars[trusted],
+                                   base_load_kw=obs.base_load_kw, prices_eur_per_kwh=obs.prices_eur_per_kwh,
+                                   current_step_a=float(obs.current_step_a),
+                                   incidence_a=None if incidence is None else np.asarray(incidence)[:, trusted])
+        reason = np.full(n, "", dtype=object)
+        for mask, why in ((holding, "holding"), (over, "over_draw"), (stale, "stale"), (offline, "offline")):
+            reason[mask] = why
+        running = _running(min_a[connected], offered[connected], measured[connected], s)
+        # Unknown needs never stop a car that may still want energy: a car whose needs were
+        # guessed is served at least at its minimum wherever that fits, until it stops drawing.
+        guessed = ~cars["needs_known"].to_numpy(bool)[connected] & ~cars.index[connected].isin(list(self.full))
+        running = running & trusted | guessed
+        following = settled & np.isfinite(measured) & ~untrusted
+        ctx = StepContext(
+            following=frozenset(cars.index[following]),
+            cars=cars,
+            untrusted=dict(zip(cars.index[untrusted], reason[untrusted])),
+            committed_a=pd.Series(committed[untrusted], index=cars.index[untrusted], dtype=float, name="current_a"),
+            idle_reserved_a=idle,
+            running=running,
+            safety=safety,
+        )
+        return snap, ctx
+
+    def _track_full(self, index: pd.Index, col: dict, settled: np.ndarray) -> None:
+        """Remember cars that stopped drawing although offered their minimum (full batteries)."""
+        meas = col["measured_current_a"].astype(float)
+        off = col["offered_current_a"].astype(float)
+        full = settled & (meas < 0.5) & (off >= col["min_current_a"].astype(float))
+        if full.any() or self.full:
+            self.full = (self.full | set(index[full])) - set(index[np.nan_to_num(meas) > 1.0])
+            self.full &= set(index)
+
+    # ---- answer -> safe setpoints --------------------------------------------------------------
+    def finish(self, snap: BlockSnapshot, ctx: StepContext, answer: pd.Series, *, safe: bool = True) -> pd.Series:
+        """Setpoints [A] to send, by session_id, for every car in ``snap``.
+
+        The answer passes the safety net (:func:`~nowblock.seam.make_safe`), the hysteresis
+        (:func:`~nowblock.loop.closed_loop.keep_running`) and the safety net again. An untrusted
+        car is sent its share of that plan; the trusted cars are then made safe against what the
+        untrusted ones may really draw. ``safe=False`` (only the uncontrolled
+        reference policy of the simulator) returns the answer as it is.
+        """
+        index = snap.cars.index
+        if len(index) == 0:
+            return pd.Series(np.zeros(0), index=index, name="current_a", dtype=float)
+        x = aligned_current_a(index, answer)
+        if not safe:
+            return pd.Series(np.nan_to_num(x, nan=0.0), index=index, name="current_a")
+        x = safe_setpoints_a(snap, x)
+        if ctx.running.any():
+            x = safe_setpoints_a(snap, cl.keep_running_a(snap, x, ctx.running))
+        if ctx.safety is not None:
+            # An untrusted car is sent its share of the plan (what it should draw once it follows;
+            # its charger's real draw does not depend on it); the trusted ones are made safe
+            # against what the untrusted may really draw until then.
+            doubt = index.isin(list(ctx.untrusted))
+            x[~doubt] = safe_setpoints_a(ctx.safety, x[~doubt])
+        return pd.Series(x, index=index, name="current_a")
+
+    def run(self, policy: Policy, obs: Observation, *, fallback: Policy) -> StepOutcome:
+        """One synchronous step (the simulator's): prepare, the policy (fallback on failure), finish.
+
+        Every setpoint returned is recorded as sent at ``obs.time`` (a simulated charger applies it).
+        """
+        t0 = _time.perf_counter()
+        snap, ctx = self.prepare(obs)
+        t1 = _time.perf_counter()
+        decision, name, status = call_policy(policy, fallback, snap)
+        t2 = _time.perf_counter()
+        x = self.finish(snap, ctx, decision.current_a, safe=getattr(policy, "safe", True) is not False)
+        for sid, a in zip(x.index, x.to_numpy()):
+            self.record_sent(sid, a, obs.time)
+        t3 = _time.perf_counter()
+        return StepOutcome(obs.time, x, name, status, snap, ctx, decision.plan_a,
+                           {"prepare": t1 - t0, "policy": t2 - t1, "finish": t3 - t2})
+
+
+_NUMERIC = ("connected", "offered_current_a", "measured_current_a", "max_current_a", "min_current_a",
+            "limit_known", "cp_index", "phases")
+_NAT = np.iinfo(np.int64).min
+
+
+def _ns(column: pd.Series) -> np.ndarray:
+    """A tz-aware datetime column as int64 nanoseconds since the epoch (NaT: int64's minimum)."""
+    arr = column.array
+    if not isinstance(arr, pd.arrays.DatetimeArray):
+        arr = pd.DatetimeIndex(pd.to_datetime(column, utc=True)).array
+    return arr.as_unit("ns").asi8
+
+
+def _running(min_a, offered_a, measured_a, settings: cl.LoopSettings) -> np.ndarray:
+    """:func:`nowblock.loop.closed_loop.running_mask` on arrays."""
+    offered = np.isfinite(offered_a) & (offered_a >= min_a - 1e-9) & (offered_a > 0)
+    drawing = ~np.isfinite(measured_a) | (measured_a >= min(1.0, settings.margin_a))
+    return offered & drawing
+
+
+def held_back(snap: BlockSnapshot, ctx: StepContext, current_a: pd.Series) -> dict:
+    """Why the block is below its limits after a step (for the log and the operator).
+
+    Returns
+    -------
+    dict
+        ``unused_a`` [A]: room left on the grid connection's tightest phase with every planned
+        car at its setpoint; ``reserved_untrusted_a`` / ``reserved_idle_a`` [A]: the most held on
+        one grid phase for untrusted or offline cars and for idle connectors;
+        ``cars_waiting``: trusted cars below their maximum that still want energy; ``cars_at_max``;
+        ``cars_done``: cars whose (reported or estimated) need is met; ``untrusted``: count by reason.
+    """
+    site = snap.site
+    r = root_index(site)
+    rows = slice(3 * r, 3 * r + 3)
+    x = current_a.reindex(snap.cars.index).fillna(0.0).to_numpy(float)
+    # An untrusted car loads the block with what it may really draw, not with what it was asked.
+    taken = np.maximum(x, ctx.committed_a.reindex(snap.cars.index).fillna(0.0).to_numpy(float))
+    load = snap.incidence()[rows] @ taken if len(x) else np.zeros(3)
+    unused = float(np.min(snap.headroom_a()[r] - load))
+    full_site = ctx.safety.site if ctx.safety is not None else snap.site
+
+    def root_reserved(cp_ids, phases, amps) -> float:
+        if len(amps) == 0:
+            return 0.0
+        load = full_site.fuse_phase_currents_a(np.asarray(amps, float), full_site.cp_index(cp_ids),
+                                               np.asarray(phases, np.int64))[r]
+        return float(load.max())
+
+    cars = ctx.cars
+    doubt = ctx.committed_a
+    idle = ctx.idle_reserved_a
+    mx = snap.values("max_current_a")
+    remaining = snap.remaining_kwh
+    step = float(snap.current_step_a)
+    reasons: dict[str, int] = {}
+    for why in ctx.untrusted.values():
+        reasons[why] = reasons.get(why, 0) + 1
+    return {
+        "unused_a": round(max(unused, 0.0), 3),
+        "reserved_untrusted_a": round(root_reserved(cars.loc[doubt.index, "charge_point_id"],
+                                                    cars.loc[doubt.index, "phases"], doubt.to_numpy()), 3),
+        "reserved_idle_a": round(root_reserved(idle.index.get_level_values("charge_point_id"),
+                                               site.cp_phases[site.cp_index(idle.index.get_level_values(
+                                                   "charge_point_id"))] if len(idle) else [],
+                                               idle.to_numpy()), 3),
+        "cars_waiting": int(((x < mx - step + 1e-9) & (remaining > 1e-3)
+                             & ~snap.cars.index.isin(list(ctx.untrusted))).sum()),
+        "cars_at_max": int((x >= mx - step + 1e-9).sum()),
+        "cars_done": int((remaining <= 1e-3).sum()),
+        "untrusted": reasons,
+    }

@@ -1,0 +1,224 @@
+"""What the central system accepts from a charging station, checked where it arrives.
+
+A schema-valid frame can still carry what the rest of the system cannot hold: a payload
+nested 50,000 deep (the JSON parser recurses), a lone UTF-16 surrogate (no database can
+store it), an integer beyond 64 bits, ``NaN``, a timestamp in the year 1 or 9999 (pandas
+covers 1677-2262 only), a departure centuries away, a connector id in the millions. Each is
+caught here, before it reaches the live state or the store, and answered with a specific
+CALLERROR or corrected with a logged warning. Nothing raw gets past this module.
+
+:func:`parse_frame` checks a whole OCPP-J frame before any handler sees it;
+:func:`event_time`, :func:`departure_time` and :func:`check_connector` are what the
+handlers call on single fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from datetime import datetime, timedelta
+
+from ocpp.exceptions import PropertyConstraintViolationError, TypeConstraintViolationError
+
+from nowblock.ocpp.profiles import parse_time
+
+log = logging.getLogger(__name__)
+
+#: Largest frame accepted [bytes]; the WebSocket layer closes the connection on a bigger one
+#: (close code 1009) before buffering it. OCPP frames are kilobytes; reports a few hundred.
+MAX_FRAME_BYTES = 1 << 20
+#: Deepest nesting of arrays/objects accepted. The deepest OCPP 2.0.1 message (a charging
+#: profile inside SetChargingProfile) nests 6 levels, plus the frame array.
+MAX_DEPTH = 32
+#: Largest number of values (strings, numbers, arrays, objects) in one frame.
+MAX_NODES = 200_000
+#: Integers beyond signed 64 bits cannot be stored and no OCPP field needs them.
+MAX_INT = 2**63 - 1
+#: Connector/EVSE ids accepted (0 is the station itself); bounds the state a station can create.
+MAX_CONNECTOR_ID = 32
+#: Timestamps a station reports for events may lie this far in the past [s] (buffered
+#: offline transactions are replayed later) ...
+PAST_WINDOW_S = 366 * 86400.0
+#: ... and this far in the future [s] (clock skew); outside, the central system's own time is used.
+FUTURE_WINDOW_S = 900.0
+#: A departure later than this [s] from now is taken as this far away (planning needs no more).
+MAX_DEPARTURE_S = 7 * 86400.0
+#: A departure earlier than this [s] before now is a wrong clock, not a car in a hurry: ignored.
+PAST_DEPARTURE_S = 3600.0
+
+# "[<type>, "<id>"" at the start of a frame: lets a frame that cannot be parsed still be answered
+# with its own message id (OCPP-J ids are at most 36 characters).
+_HEAD = re.compile(r'\s*\[\s*(\d{1,3}(?:\.0*)?)\s*,\s*"((?:[^"\\\x00-\x1f]|\\[^u]){1,36})"')
+
+
+class FrameError(Exception):
+    """A frame the central system will not route: ``kind`` is one of ``json``, ``depth``,
+    ``size``, ``string``, ``number``; ``message_type`` and ``unique_id`` are what could be
+    read from the frame's head (None when unreadable)."""
+
+    def __init__(self, kind: str, why: str, message_type: int | None, unique_id: str | None) -> None:
+        super().__init__(why)
+        self.kind, self.why, self.message_type, self.unique_id = kind, why, message_type, unique_id
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):
+        raise ValueError(f"number {text[:40]} out of range")
+    return x
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 20:  # cheap length test first: int() of 4,300 digits is slow, more is refused
+        raise ValueError("integer out of range")
+    x = int(text)
+    if abs(x) > MAX_INT:
+        raise ValueError("integer out of range")
+    return x
+
+
+def _head(raw: str) -> tuple[int | None, str | None]:
+    m = _HEAD.match(raw[:200])
+    if m is None:
+        return None, None
+    kind = int(float(m.group(1)))
+    try:
+        uid = json.loads(f'"{m.group(2)}"')
+    except ValueError:
+        return kind, None
+    return kind, uid
+
+
+def parse_frame(raw: str | bytes) -> object:
+    """Parse one OCPP-J frame, refusing what no handler should see.
+
+    Raises :class:`FrameError` for: not UTF-8 / not JSON (also ``NaN``, ``Infinity``, numbers
+    outside a float or a signed 64-bit integer), nesting deeper than :data:`MAX_DEPTH`
+    (checked without recursion; the C parser stops itself at Python's recursion limit), more
+    than :data:`MAX_NODES` values, or a string with a lone surrogate (``"\\ud83d"``: valid
+    JSON escapes, but not text that can be stored). The error carries the message type and
+    id read from the frame's head, so a CALL can still be answered with its own id.
+    """
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise FrameError("json", "binary frame is not UTF-8 text", None, None) from None
+    if len(raw) > MAX_FRAME_BYTES:  # only reachable when the WebSocket layer allows more
+        raise FrameError("size", f"frame of {len(raw)} characters exceeds {MAX_FRAME_BYTES}", *_head(raw))
+    try:
+        msg = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
+    except RecursionError:
+        raise FrameError("depth", f"nested deeper than {MAX_DEPTH} levels", *_head(raw)) from None
+    except ValueError as exc:  # JSONDecodeError is a ValueError, so are the hooks' refusals
+        kind = "number" if "range" in str(exc) or "not JSON" in str(exc) else "json"
+        raise FrameError(kind, f"not valid JSON ({str(exc)[:80]})", *_head(raw)) from None
+    _walk(msg, raw)
+    return msg
+
+
+def _walk(msg: object, raw: str) -> None:
+    # Iterative, so a deep payload costs a list, not the C stack.
+    stack: list[tuple[object, int]] = [(msg, 1)]
+    nodes = 0
+    while stack:
+        obj, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise FrameError("size", f"more than {MAX_NODES} values in one frame", *_head(raw))
+        if isinstance(obj, str):
+            if not obj.isascii():
+                _check_text(obj, raw)
+        elif isinstance(obj, (list, dict)):
+            if depth > MAX_DEPTH:
+                raise FrameError("depth", f"nested deeper than {MAX_DEPTH} levels", *_head(raw))
+            if isinstance(obj, dict):
+                for k, v in obj.items():
+                    if not k.isascii():
+                        _check_text(k, raw)
+                    stack.append((v, depth + 1))
+            else:
+                stack.extend((v, depth + 1) for v in obj)
+
+
+def _check_text(s: str, raw: str) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FrameError("string", "string with a lone UTF-16 surrogate (not valid Unicode)", *_head(raw)) from None
+
+
+# ---- single fields ----------------------------------------------------------------------------
+def _parse(value, what: str) -> datetime | None:
+    try:
+        return parse_time(value)
+    except (ValueError, TypeError, OverflowError):
+        raise TypeConstraintViolationError(
+            description=f"{what}: not an RFC 3339 date-time", details={"cause": f"{what}={str(value)[:60]!r}"}
+        ) from None
+
+
+def event_time(value, now: datetime, what: str, cp_id: str = "") -> datetime:
+    """When something happened, by the station's clock, or ``now`` when it cannot be.
+
+    An unparseable timestamp is refused (TypeConstraintViolation). One outside
+    [now - :data:`PAST_WINDOW_S`, now + :data:`FUTURE_WINDOW_S`] means the station's clock is
+    wrong (a reset clock says 0001 or 1970, a broken one 9999): the central system's time
+    ``now`` replaces it and a warning is logged. None gives ``now``.
+    """
+    t = _parse(value, what)
+    if t is None:
+        return now
+    if not plausible(t, now):
+        log.warning("%s: %s %s is implausible (station clock off?); using %s", cp_id, what, value, now.isoformat())
+        return now
+    return t
+
+
+def plausible(t: datetime, now: datetime) -> bool:
+    """Whether ``t`` lies in the window a station's event time may lie in around ``now``."""
+    d = (t - now).total_seconds()  # datetime differences never overflow
+    return -PAST_WINDOW_S <= d <= FUTURE_WINDOW_S
+
+
+def departure_time(value, now: datetime, cp_id: str = "") -> datetime | None:
+    """A car's departure: refused if unparseable; beyond now + :data:`MAX_DEPARTURE_S` it is
+    clamped to that; more than :data:`PAST_DEPARTURE_S` in the past it is ignored (None).
+    Both corrections are logged."""
+    t = _parse(value, "departureTime")
+    if t is None:
+        return None
+    d = (t - now).total_seconds()
+    if d > MAX_DEPARTURE_S:
+        log.warning("%s: departure %s is more than %.0f days away; planning with now + %.0f days", cp_id, value,
+                    MAX_DEPARTURE_S / 86400, MAX_DEPARTURE_S / 86400)
+        return now + timedelta(seconds=MAX_DEPARTURE_S)
+    if d < -PAST_DEPARTURE_S:
+        log.warning("%s: departure %s lies in the past (car clock off?); ignored", cp_id, value)
+        return None
+    return t
+
+
+def check_connector(connector_id, what: str = "connectorId", *, allow_zero: bool = True) -> int:
+    """A connector/EVSE id in 0 (1 without ``allow_zero``) .. :data:`MAX_CONNECTOR_ID`, or
+    PropertyConstraintViolation."""
+    lo = 0 if allow_zero else 1
+    if not isinstance(connector_id, int) or not lo <= connector_id <= MAX_CONNECTOR_ID:
+        raise PropertyConstraintViolationError(
+            description=f"{what} must be {lo}..{MAX_CONNECTOR_ID}", details={"cause": f"{what}={connector_id!r}"})
+    return connector_id
+
+
+def check_energy_wh(value, what: str) -> float:
+    """A meter register [Wh]: finite and not negative, or PropertyConstraintViolation."""
+    x = float(value)
+    if not math.isfinite(x) or x < 0:
+        raise PropertyConstraintViolationError(description=f"{what} must be a register >= 0 Wh",
+                                               details={"cause": f"{what}={value!r}"})
+    return x

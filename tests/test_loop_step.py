@@ -1,0 +1,202 @@
+"""The shared control step (nowblock.loop.step): trust, reservations, needs, and one path for
+simulated and live blocks."""
+
+from __future__ import annotations
+
+from datetime import timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nowblock.block.scenario import Scenario
+from nowblock.block.site import ChargePoint, Fuse, Site
+from nowblock.control.live import LiveBlock, pilot_step_a
+from nowblock.loop.needs import NeedsEstimation
+from nowblock.loop.observation import Observation, observed_frame
+from nowblock.loop.step import ControlStep, held_back
+from nowblock.ocpp import profiles as pr
+from nowblock.ocpp.state import LiveState
+from nowblock.policies import get_policy
+from nowblock.seam import failsafe_current_a, violation_a
+from nowblock.sim.block import SimulatedBlock
+
+T0 = pd.Timestamp("2026-03-02 17:00", tz="UTC")
+STEP = pd.Timedelta("5min")
+
+
+def _site(root_a=32.0, n=4) -> Site:
+    cps = tuple(ChargePoint(f"CP{i}", "grid", 16.0, 6.0) for i in range(n))
+    return Site("t", (Fuse("grid", (root_a,) * 3),), cps)
+
+
+def _obs(site, *, measured, offered, connected=None, last_meter_s=None, known=True, limit_known=None) -> Observation:
+    n = len(measured)
+    last = [T0 - pd.Timedelta(seconds=s) if s is not None else pd.NaT
+            for s in (last_meter_s or [10.0] * n)]
+    cols = {
+        "session_id": [f"CP{i}:{i}" for i in range(n)], "charge_point_id": [f"CP{i}" for i in range(n)],
+        "cp_index": np.arange(n), "phases": np.full(n, 3), "min_current_a": np.full(n, 6.0),
+        "max_current_a": np.full(n, 16.0), "arrival": [T0 - pd.Timedelta(hours=1)] * n,
+        "departure": [T0 + pd.Timedelta(hours=4)] * n if known else [pd.NaT] * n,
+        "energy_requested_kwh": np.full(n, 40.0 if known else np.nan), "energy_delivered_kwh": np.full(n, 2.0),
+        "measured_current_a": np.asarray(measured, float), "offered_current_a": np.asarray(offered, float),
+        "needs_known": np.full(n, known), "last_meter": last,
+        "connected": np.ones(n, bool) if connected is None else np.asarray(connected),
+        "limit_known": np.ones(n, bool) if limit_known is None else np.asarray(limit_known),
+    }
+    base = pd.Series(np.zeros(12), index=pd.date_range(T0, periods=12, freq=STEP))
+    return Observation(T0, site, STEP, observed_frame(cols), base)
+
+
+def _step_with_sent(obs, sent_a) -> ControlStep:
+    step = ControlStep()
+    for sid, a in zip(obs.cars.index, sent_a):
+        step.record_sent(sid, a, T0 - pd.Timedelta(minutes=2))
+    return step
+
+
+def test_cars_following_their_limits_are_all_trusted_and_planned():
+    obs = _obs(_site(), measured=[8.0] * 4, offered=[8.0] * 4)
+    step = _step_with_sent(obs, [8.0] * 4)
+    snap, ctx = step.prepare(obs)
+    assert ctx.untrusted == {} and ctx.safety is None and len(snap.cars) == 4
+    x = step.finish(snap, ctx, get_policy("equal").schedule(snap))
+    assert x.sum() == pytest.approx(32.0) and violation_a(snap, x) == 0.0
+
+
+def test_a_car_drawing_more_than_its_limit_is_planned_lowered_and_the_others_kept_safe():
+    # CP0 draws 16 A although its charger accepted 8 A: it gets its limit again (never raised),
+    # and the others are made safe against the 17 A (draw plus margin) it may really take.
+    obs = _obs(_site(), measured=[16.0, 8.0, 8.0, 8.0], offered=[8.0] * 4)
+    step = _step_with_sent(obs, [8.0] * 4)
+    snap, ctx = step.prepare(obs)
+    assert ctx.untrusted == {"CP0:0": "over_draw"} and ctx.committed_a["CP0:0"] == pytest.approx(17.0)
+    x = step.finish(snap, ctx, get_policy("equal").schedule(snap))
+    assert "CP0:0" in x.index and x["CP0:0"] <= 8.0  # its share of the plan if it follows
+    others = x.drop("CP0:0")
+    assert others.sum() + 17.0 <= 32.0 + 1e-9
+    assert ((others == 0) | (others >= 6.0)).all()
+
+
+def test_a_charger_holding_more_than_it_was_sent_is_counted_at_it():
+    obs = _obs(_site(), measured=[np.nan] * 4, offered=[16.0, 8.0, 8.0, 8.0])
+    step = _step_with_sent(obs, [8.0] * 4)
+    snap, ctx = step.prepare(obs)
+    assert ctx.untrusted == {"CP0:0": "holding"} and ctx.committed_a["CP0:0"] == 16.0
+    x = step.finish(snap, ctx, get_policy("equal").schedule(snap))
+    assert x.drop("CP0:0").sum() + 16.0 <= 32.0 + 1e-9
+
+
+def test_an_offline_charger_is_not_planned_and_its_limit_is_reserved():
+    obs = _obs(_site(), measured=[8.0] * 4, offered=[12.0, 8.0, 8.0, 8.0], connected=[False, True, True, True])
+    step = _step_with_sent(obs, [12.0, 8.0, 8.0, 8.0])
+    snap, ctx = step.prepare(obs)
+    assert "CP0:0" not in snap.cars.index and ctx.untrusted == {"CP0:0": "offline"}
+    assert snap.site.limits_a[0].tolist() == [20.0] * 3  # 32 A less the 12 A it holds
+    # Without a known limit it is counted at its maximum.
+    obs2 = _obs(_site(), measured=[8.0] * 4, offered=[16.0] * 4, connected=[False, True, True, True],
+                limit_known=[False, True, True, True])
+    snap2, _ = _step_with_sent(obs2, [8.0] * 4).prepare(obs2)
+    assert snap2.site.limits_a[0].tolist() == [16.0] * 3
+
+
+def test_stale_meter_values_make_a_car_untrusted_at_its_limit_in_force():
+    obs = _obs(_site(), measured=[8.0] * 4, offered=[8.0] * 4, last_meter_s=[600.0, 10.0, 10.0, 10.0])
+    step = _step_with_sent(obs, [8.0] * 4)
+    snap, ctx = step.prepare(obs)
+    assert ctx.untrusted == {"CP0:0": "stale"} and ctx.committed_a["CP0:0"] == 8.0
+
+
+def test_guessed_needs_never_pause_a_car_that_may_still_want_energy():
+    class Lazy:  # a policy that leaves everyone paused
+        name = "lazy"
+
+        def schedule(self, snapshot):
+            return pd.Series(0.0, index=snapshot.cars.index)
+
+    obs = _obs(_site(), measured=[0.0] * 4, offered=[0.0] * 4, known=False)
+    step = ControlStep()
+    snap, ctx = step.prepare(obs)
+    assert not snap.cars["needs_known"].any()
+    x = step.finish(snap, ctx, Lazy().schedule(snap))
+    assert x.sum() > 0 and ((x == 0) | (x >= 6.0)).all() and violation_a(snap, x) == 0.0
+
+
+def test_held_back_explains_unused_capacity():
+    obs = _obs(_site(root_a=80.0), measured=[16.0, 8.0, 8.0, 8.0], offered=[8.0] * 4)
+    step = _step_with_sent(obs, [8.0] * 4)
+    snap, ctx = step.prepare(obs)
+    x = step.finish(snap, ctx, get_policy("equal").schedule(snap))
+    hb = held_back(snap, ctx, x)
+    assert hb["untrusted"] == {"over_draw": 1} and hb["reserved_untrusted_a"] == pytest.approx(17.0)
+    # Every car is planned at its 16 A maximum (CP0 too, once it follows); 80 - 17 - 48 A are
+    # left (CP0 counted at the 17 A it may really draw) and nobody waits.
+    assert hb["cars_at_max"] == 4 and hb["unused_a"] == pytest.approx(15.0) and hb["cars_waiting"] == 0
+
+
+def test_pilot_step_follows_the_protocol_versions():
+    assert pilot_step_a(["1.6", "1.6"]) == 0.1
+    assert pilot_step_a(["1.6", "2.0.1"]) == 1.0
+    assert pilot_step_a([]) == 1.0
+
+
+def test_simulated_and_live_blocks_give_the_same_snapshot():
+    """A simulated week measures what live control would do: the same situation, reported by
+    the simulator's block and by the live OCPP state, becomes the same policy snapshot."""
+    site = _site(root_a=32.0, n=2)
+    sessions = pd.DataFrame({
+        "session_id": ["a", "b"], "charge_point_id": ["CP0", "CP1"], "arrival": [T0, T0],
+        "departure": [T0 + pd.Timedelta(hours=6)] * 2, "energy_kwh": [30.0, 10.0], "max_current_a": [16.0, 16.0],
+        "draw_fraction": [1.0, 0.5]})
+    scn = Scenario(site, sessions)
+    sim = SimulatedBlock(scn, step=STEP, horizon=pd.Timedelta("1h"), start=T0, end=T0 + pd.Timedelta(hours=6),
+                         needs_known=False)
+    sim.apply(T0, pd.Series({"a": 16.0, "b": 16.0}))  # one step at 16 A: b draws 8 A
+    now = T0 + STEP
+    sim_obs = sim.observe(now)
+
+    state = LiveState(site, clock=lambda: now.to_pydatetime())
+    delivered = sim.delivered
+    for i, (sid, cp) in enumerate([("a", "CP0"), ("b", "CP1")]):
+        state.on_connect(cp, "2.0.1")
+        state.on_start(cp, 1, sid, start=T0.to_pydatetime(), meter_start_wh=0.0)
+        state.on_profile_accepted(cp, 1, pr.build_profile("2.0.1", pr.TX, 16.0, connector_id=1, transaction_id=sid,
+                                                          now=T0.to_pydatetime()))
+        a = sim.measured[i]
+        state.on_meter(cp, 1, sid, {"energy_wh": 1000.0 * delivered[i], "current_l1_a": a, "current_l2_a": a,
+                                    "current_l3_a": a}, now.to_pydatetime())
+    live = LiveBlock(state, site, step=STEP, horizon=pd.Timedelta("1h"), failsafe_a=failsafe_current_a(site))
+    live_obs = live.observe(now)
+
+    def prepared(obs):
+        step = ControlStep(needs=NeedsEstimation())
+        for sid in obs.cars.index:
+            step.record_sent(sid, 16.0, T0)
+        return step.prepare(obs)
+
+    s1, c1 = prepared(sim_obs)
+    s2, c2 = prepared(live_obs)
+    ids = {"a": "CP0:a", "b": "CP1:b"}
+    cols = ["cp_index", "phases", "min_current_a", "max_current_a", "energy_requested_kwh", "energy_delivered_kwh",
+            "measured_current_a", "offered_current_a", "priority", "needs_known"]
+    left = s1.cars[cols].rename(index=ids)
+    right = s2.cars[cols].loc[left.index]
+    pd.testing.assert_frame_equal(left, right, check_dtype=False, check_names=False)
+    assert (s1.cars["departure"].rename(index=ids) == s2.cars["departure"].loc[left.index]).all()
+    assert left.loc["CP1:b", "max_current_a"] < 16.0  # b drew half: its ceiling came down, in both
+    assert c1.untrusted == c2.untrusted == {}
+    assert s1.current_step_a == 1.0 and s2.current_step_a == pilot_step_a(["2.0.1"])
+    assert now.tzinfo is not None and now.tz_convert(timezone.utc) == now
+
+
+def test_a_car_above_both_its_new_and_its_old_limit_is_over_drawing_at_once():
+    obs = _obs(_site(), measured=[16.0, 10.0, 8.0, 8.0], offered=[8.0] * 4)
+    step = ControlStep()
+    for sid, old in zip(obs.cars.index, [10.0, 10.0, 8.0, 8.0]):
+        step.record_sent(sid, old, T0 - pd.Timedelta(minutes=5))
+        step.record_sent(sid, 8.0, T0 - pd.Timedelta(seconds=2))  # changed just now: not settled yet
+    _, ctx = step.prepare(obs)
+    # CP0 draws 16 A: above the new 8 A and the old 10 A. CP1 draws its old 10 A: it may still
+    # be ramping down, so it is not held against it before the new limit had time to act.
+    assert ctx.untrusted == {"CP0:0": "over_draw"}

@@ -1,0 +1,59 @@
+"""Unit checks of the protocol edge (nowblock.ocpp.edge); the end-to-end ones are in tests/interop."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from ocpp.exceptions import PropertyConstraintViolationError, TypeConstraintViolationError
+
+from nowblock.ocpp import edge
+
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("raw, kind, uid", [
+    ('[2,"a","X",{"v":' + "[" * 50_000 + "]" * 50_000 + "}]", "depth", "a"),
+    ('[2,"b","X",{"v":' + "[" * 40 + "]" * 40 + "}]", "depth", "b"),  # parses, then too deep
+    ('[2,"c","X",{"v":"\\ud83d"}]', "string", "c"),
+    ('[2,"d","X",{"\\udc00":1}]', "string", "d"),
+    ('[2,"e","X",{"v":NaN}]', "number", "e"),
+    ('[2,"f","X",{"v":1e999}]', "number", "f"),
+    ('[2,"g","X",{"v":' + "9" * 30 + "}]", "number", "g"),
+    ('[2.0, "h", "X", {"v": tru', "json", "h"),
+    ("garbage", "json", None),
+    (b"\xff\xfe", "json", None),
+])
+def test_parse_frame_refuses_with_the_readable_id(raw, kind, uid):
+    with pytest.raises(edge.FrameError) as info:
+        edge.parse_frame(raw)
+    assert info.value.kind == kind and info.value.unique_id == uid
+
+
+def test_parse_frame_accepts_what_ocpp_sends():
+    msg = edge.parse_frame('[2,"1","BootNotification",{"model":"Wallbox \\u2713 \\ud83d\\ude00","n":-9223372036854775807}]')
+    assert msg[3]["model"].endswith("\U0001F600") and msg[3]["n"] == -(2**63 - 1)
+
+
+def test_event_time_clamps_implausible_clocks_and_refuses_garbage():
+    assert edge.event_time("0001-01-01T00:00:00Z", NOW, "timestamp") == NOW
+    assert edge.event_time("9999-12-31T23:59:59Z", NOW, "timestamp") == NOW
+    assert edge.event_time(None, NOW, "timestamp") == NOW
+    buffered = NOW - timedelta(days=30)  # an offline charger replays a month-old transaction
+    assert edge.event_time(buffered.isoformat(), NOW, "timestamp") == buffered
+    with pytest.raises(TypeConstraintViolationError):
+        edge.event_time("yesterday", NOW, "timestamp")
+
+
+def test_departure_time_is_clamped_or_ignored():
+    assert edge.departure_time("9999-12-31T23:59:59Z", NOW) == NOW + timedelta(seconds=edge.MAX_DEPARTURE_S)
+    assert edge.departure_time("0001-01-01T00:00:00Z", NOW) is None
+    soon = NOW + timedelta(hours=3)
+    assert edge.departure_time(soon.isoformat(), NOW) == soon
+
+
+def test_connector_ids_are_bounded():
+    assert edge.check_connector(0) == 0
+    for bad in (-1, 33, 10**6):
+        with pytest.raises(PropertyConstraintViolationError):
+            edge.check_connector(bad)
+    with pytest.raises(PropertyConstraintViolationError):
+        edge.check_connector(0, allow_zero=False)
