@@ -242,20 +242,25 @@ class MilpPolicy:
             def power_sum_kw():
                 return sched.power_kw.to_numpy().sum(axis=1)
         safe = safe_setpoints_a(snapshot, first)
+        guessed = None
+        if self.options.top_up_guessed and "needs_known" in cars.columns:
+            guessed = ~cars["needs_known"].to_numpy(bool) & (snapshot.remaining_kwh > 1e-3)
         if self.options.top_up_h > 0:
             short = np.where(snapshot.hours_to_departure_h <= self.options.top_up_h, short, 0.0)
+            if guessed is not None:
+                # Cars with guessed needs share the room below instead: topping them up by their
+                # guessed departure is earliest-deadline-first on guesses (measured worse:
+                # 0.9582 against 0.9633 demand met on the congested residential week).
+                short = np.where(guessed, 0.0, short)
             if (short > 1e-3).any():  # the plan's peak only matters when someone is topped up
                 peak = float((power_sum_kw() + form.base_kw).max(initial=0.0))
                 safe = top_up_first_slot_a(snapshot, safe, short, peak_kw=peak)
-        if self.options.top_up_guessed and "needs_known" in cars.columns:
-            # Estimated needs order these cars, they never cap them: a car that still wants
-            # energy gets what room is left now (a full car's estimate is what it got, so its
-            # remaining need is 0 and it is left alone). No peak budget: the plan's peak was
-            # paid for against guessed needs, and energy a car that leaves takes with it is
-            # not deliverable later.
-            guessed = ~cars["needs_known"].to_numpy(bool) & (snapshot.remaining_kwh > 1e-3)
-            if guessed.any():
-                safe = share_spare_a(snapshot, safe, guessed)
+        if guessed is not None and guessed.any():
+            # Estimated needs never cap these cars: a car that still wants energy shares what
+            # room is left now (a full car's estimate is what it got, so its remaining need is
+            # 0 and it is left alone). No peak budget: the plan's peak was paid for against
+            # guessed needs, and energy a car that leaves takes with it is not deliverable later.
+            safe = share_spare_a(snapshot, safe, guessed)
         base_now = float(form.base_kw[0]) if len(form.base_kw) else 0.0
         slot_end = snapshot.time + pd.Timedelta(hours=float(form.slot_h[0])) if len(form.slot_h) else snapshot.time
         self._last_answer = (snapshot.time, slot_end, cars.index, self._signature(snapshot), base_now, safe.copy())
