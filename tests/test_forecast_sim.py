@@ -35,9 +35,11 @@ def test_milp_delivers_more_with_learnt_needs_than_with_the_naive_fallback(block
     naive = _run(scn, t0, needs="unknown").metrics  # the simulator's FallbackNeedsEstimator
     assert learnt["energy_requested_kwh"] == pytest.approx(naive["energy_requested_kwh"])
     assert learnt["max_overload_a"] == 0.0
-    # measured on this block: 0.956 of the demand met with learnt needs, 0.922 with the
-    # fallback (seeds 1 and 3: 0.968 vs 0.969 and 1.000 vs 0.888; docs/bench_forecast.md)
-    assert learnt["demand_met"] > naive["demand_met"] + 0.015
+    # measured on this block: 0.969 of the demand met with learnt needs, 0.965 with the
+    # fallback. Before the MILP shared spare room among cars with guessed needs (issue 16,
+    # docs/bench_quality.md) the fallback starved cars and met 0.922 against 0.956 learnt
+    # (docs/bench_forecast.md); learning still helps, by less, now that guesses never cap a car.
+    assert learnt["demand_met"] > naive["demand_met"]
 
 
 @pytest.mark.slow

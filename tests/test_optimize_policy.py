@@ -359,3 +359,65 @@ def test_decide_gives_the_plan_ahead_that_the_milp_made_within_every_fuse():
     # MILP decides, with its plan ahead, not the fallback.
     d2, name, status = call_policy(pol, baseline_policy("equal"), snap)
     assert (name, status) == ("milp", "ok") and isinstance(d2.plan_a, pd.DataFrame) and len(d2.plan_a) == 96
+
+
+def test_guessed_needs_order_cars_but_never_leave_room_unused():
+    """Issue 16: with estimated needs the plan waited for cheap hours while the car (whose real
+    departure nobody knows) could have charged now. A car with guessed needs that still wants
+    energy takes the spare room of the first slot; a car with reported needs keeps the cheaper
+    plan; a guessed car whose estimate says it is full is left alone."""
+    snap = _cheap_later_snapshot()
+    known = MilpPolicy(top_up_h=0.0).schedule(snap)  # no top-up of planned shortfalls: the rule alone
+    assert known["a"] == 0.0  # reported needs: waits for the cheap hours, as planned
+
+    def with_cars(**cols):
+        return BlockSnapshot(time=T0, site=snap.site, step=snap.step, cars=snap.cars.assign(**cols),
+                             base_load_kw=snap.base_load_kw, prices_eur_per_kwh=snap.prices_eur_per_kwh)
+
+    guessed = with_cars(needs_known=False)
+    out = MilpPolicy(top_up_h=0.0).schedule(guessed)
+    assert out["a"] == 16.0 and violation_a(guessed, out) == 0.0
+    assert MilpPolicy(top_up_h=0.0, top_up_guessed=False).schedule(guessed)["a"] == 0.0  # the switch is the cause
+    full = with_cars(needs_known=False, energy_delivered_kwh=8.0)
+    assert MilpPolicy(top_up_h=0.0).schedule(full)["a"] == 0.0
+
+
+def test_plan_is_reused_inside_its_first_slot_until_something_changes():
+    """Issue 16 (simulation speed): a call inside the previous plan's first slot, with the same
+    cars, needs and bounds and every car drawing what it is offered, returns the previous
+    setpoints without solving; a car drawing less, a new time slot or a new need re-plans."""
+    import dataclasses
+
+    from nowblock.milp.testing import plugged_in_snapshot
+
+    snap = plugged_in_snapshot(6, seed=3)
+    pol = MilpPolicy()
+    first = pol.schedule(snap)
+    cars = snap.cars.assign(offered_current_a=first.to_numpy(), measured_current_a=first.to_numpy())
+    later = dataclasses.replace(snap, time=snap.time + snap.step, cars=cars, car_arrays=None,
+                                base_load_kw=snap.base_load_kw.iloc[1:], prices_eur_per_kwh=snap.prices_eur_per_kwh.iloc[1:])
+    again = pol.schedule(later)
+    assert pol.history[-1]["status"] == "reused"
+    pd.testing.assert_series_equal(again, first)
+    assert violation_a(later, again) == 0.0
+    # A car that draws less than offered (taper, full) re-plans.
+    busy = first.to_numpy() > 0
+    assert busy.any()
+    tapering = dataclasses.replace(later, cars=cars.assign(measured_current_a=np.where(busy, first.to_numpy() - 3.0, 0.0)))
+    pol.schedule(tapering)
+    assert pol.history[-1]["status"] != "reused"
+    # A changed need re-plans; so does a time past the first slot.
+    pol2 = MilpPolicy()
+    pol2.schedule(snap)
+    more = dataclasses.replace(later, cars=cars.assign(energy_requested_kwh=cars["energy_requested_kwh"] + 1.0))
+    pol2.schedule(more)
+    assert pol2.history[-1]["status"] != "reused"
+    pol3 = MilpPolicy()
+    pol3.schedule(snap)
+    pol3.schedule(dataclasses.replace(later, time=snap.time + pd.Timedelta("15min")))
+    assert pol3.history[-1]["status"] != "reused"
+    # Off by choice: every call solves.
+    pol4 = MilpPolicy(reuse_plan=False)
+    pol4.schedule(snap)
+    pol4.schedule(later)
+    assert pol4.history[-1]["status"] != "reused"

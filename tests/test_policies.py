@@ -29,11 +29,12 @@ from nowblock.policies import (
     llf_order,
     need_current_a,
 )
+from nowblock.baselines.heuristics import ROUND_ROBIN_INCREMENT_A, round_robin_a
 from nowblock.block.site import ChargePoint, Fuse, Site
 
 T0 = pd.Timestamp("2026-03-02 18:00", tz="UTC")
 ROTATIONS = ["L1L2L3", "L2L3L1", "L3L1L2", "L1L3L2", "L3L2L1", "L2L1L3"]
-CONTROLLED = ["equal", "edf", "llf"]
+CONTROLLED = ["equal", "edf", "llf", "round_robin"]
 TOL = 1e-6
 
 
@@ -157,7 +158,7 @@ def test_controlled_policies_are_safe_and_stop_when_done(snap):
 @given(snap=snapshots())
 def test_strategies_are_already_safe_before_make_safe(snap):
     """The safety net should rarely have to repair: the raw strategies already hold."""
-    for fn in (equal_share_a, edf_a, llf_a):
+    for fn in (equal_share_a, edf_a, llf_a, round_robin_a):
         raw = pd.Series(fn(snap), index=snap.cars.index)
         assert_safe(snap, raw)
         np.testing.assert_allclose(make_safe(snap, raw).to_numpy(), raw.to_numpy(), atol=1e-9)
@@ -258,6 +259,32 @@ def test_llf_serves_the_least_laxity_first():
     assert lax[1] < lax[0] < lax[2]
     x = get_policy("llf").schedule(snap)
     assert x["s1"] > 0 and x["s0"] > 0 and x.sum() <= 40.0
+
+
+def test_round_robin_hands_out_increments_in_turn():
+    # 32 A for three 3-phase cars: 6 A each first, then 1 A in turn until the fuse binds.
+    x = get_policy("round_robin").schedule(_snap(_site(32.0, 3)))
+    assert sorted(x.tolist()) == [10.0, 11.0, 11.0]
+    # The car that got the smallest share so far is first in turn: it gets the odd ampere.
+    x = get_policy("round_robin").schedule(_snap(_site(32.0, 3), got=[5.0, 0.0, 1.0]))
+    assert x["s1"] == 11.0 and x["s0"] == 10.0 and x.sum() == 32.0
+
+
+def test_round_robin_lets_a_car_wait_at_zero_when_its_minimum_does_not_fit():
+    # 14 A, minimum 6 A: two cars start, the third waits at 0 (never 2 A); who waits rotates.
+    x = get_policy("round_robin").schedule(_snap(_site(14.0, 3), got=[5.0, 0.0, 1.0]))
+    assert x["s0"] == 0.0 and x["s1"] == 7.0 and x["s2"] == 7.0
+
+
+def test_round_robin_fills_the_last_room_on_the_pilot_grid():
+    # 0.1 A pilot steps: increments of 1 A, then the 0.5 A left goes to the car whose turn it is.
+    snap = _snap(_site(20.5, 2), step_a=0.1)
+    x = round_robin_a(snap)
+    assert ROUND_ROBIN_INCREMENT_A == 1.0
+    assert sorted(x.tolist()) == pytest.approx([10.0, 10.5]) and x.sum() == pytest.approx(20.5)
+    # A car that needs little stops at its need; the other takes the rest up to its maximum.
+    x = get_policy("round_robin").schedule(_snap(_site(60.0, 2), req=[1.0, 50.0]))
+    assert x["s0"] == 18.0 and x["s1"] == 32.0
 
 
 def test_unbalance_limit_is_respected_for_single_phase_cars():

@@ -15,6 +15,11 @@ strategies already respect every limit row and the 0-or-at-least-min rule themse
 * ``edf``: earliest deadline first: cars in order of departure each take what is left.
 * ``llf``: least laxity first: likewise, in order of laxity (time left minus time needed at
   full power).
+* ``round_robin``: ACN-Sim's RoundRobin (acnportal): cars take turns, each turn one fixed
+  increment (:data:`ROUND_ROBIN_INCREMENT_A`) for one car while every limit row allows it; a
+  car whose next increment does not fit takes what still fits and leaves the queue. A car's
+  first turn is its minimum current (0 or at least the minimum). Turn order as for ``equal``
+  admission (priority, smallest share of its request so far, longest waiting).
 
 Limitation: cars are admitted one at a time, each keeping every row feasible. With a phase
 unbalance limit below a single-phase car's minimum current, a lone single-phase car can never
@@ -27,12 +32,14 @@ The registry that also knows the MILP (``get_policy``) sits above this layer, in
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from nowblock.seam import BlockSnapshot, constraint_rows, make_safe
+from nowblock.seam.snapshot import cached_constraint_rows
 
 _TOL_A = 1e-6
 
@@ -194,6 +201,64 @@ def equal_share_a(snapshot: BlockSnapshot) -> np.ndarray:
     return x
 
 
+#: Increment [A] that round robin hands out per turn (rounded up to the pilot step).
+ROUND_ROBIN_INCREMENT_A = 1.0
+
+
+def round_robin_a(snapshot: BlockSnapshot) -> np.ndarray:
+    """Round robin [A] (ACN-Sim's RoundRobin): fixed increments to the cars in turn.
+
+    Parameters
+    ----------
+    snapshot : BlockSnapshot
+        The block now.
+
+    Returns
+    -------
+    ndarray
+        Setpoints [A] per phase in the order of ``snapshot.cars``: each 0 or within the car's
+        [minimum, useful maximum] on the pilot-step grid, every limit row respected.
+
+    Notes
+    -----
+    Turns go in :func:`round_robin_order`. A car's first turn lifts it from 0 to its minimum
+    current, each later turn by :data:`ROUND_ROBIN_INCREMENT_A` [A]; a turn that would load a
+    limit row past its headroom gives the car only what still fits (on the pilot grid) and
+    takes it out of the queue, as does reaching its useful maximum. Unlike ACN-Sim, which
+    refuses a schedule when not every car fits at its minimum, cars that do not fit at their
+    minimum wait at 0 (the IEC 61851 rule: 0 or at least 6 A).
+    """
+    g, h = cached_constraint_rows(snapshot)
+    lo, hi = offer_bounds_a(snapshot)
+    step = float(snapshot.current_step_a)
+    inc = ROUND_ROBIN_INCREMENT_A if not step > 0 else step * max(1.0, np.ceil(ROUND_ROBIN_INCREMENT_A / step - 1e-9))
+    x = np.zeros(len(lo))
+    load = np.zeros(len(h))
+    # Per car, the rows it loads (positive) and all rows it touches (unbalance rows can fall).
+    loads = [np.flatnonzero(g[:, i] > 0) for i in range(len(lo))]
+    touches = [np.flatnonzero(g[:, i]) for i in range(len(lo))]
+    queue = deque(int(i) for i in round_robin_order(snapshot) if hi[i] > 0)
+    while queue:
+        i = queue.popleft()
+        rows = loads[i]
+        col = g[rows, i]
+        room = float(np.min((h[rows] - load[rows]) / col)) if len(rows) else np.inf
+        if x[i] == 0.0:
+            d = lo[i] if lo[i] <= room + _TOL_A else 0.0  # the minimum or nothing
+            last = d == 0.0
+        else:
+            d = min(inc, hi[i] - x[i])
+            last = d > room + _TOL_A
+            if last:  # the full increment does not fit: what still fits on the pilot grid
+                d = float(_floor_step(max(room, 0.0), step))
+        if d > 0:
+            x[i] += d
+            load[touches[i]] += g[touches[i], i] * d
+        if not last and x[i] < hi[i] - _TOL_A:
+            queue.append(i)
+    return x
+
+
 # ---- the policy class --------------------------------------------------------------------------
 class HeuristicPolicy:
     """A :class:`~nowblock.seam.Policy` from a strategy function.
@@ -231,11 +296,13 @@ STRATEGIES: dict[str, tuple[Callable[[BlockSnapshot], np.ndarray], bool]] = {
     "equal": (equal_share_a, True),
     "edf": (edf_a, True),
     "llf": (llf_a, True),
+    "round_robin": (round_robin_a, True),
 }
 
 
 def baseline_policy(name: str) -> HeuristicPolicy:
-    """The baseline policy ``name`` ("uncontrolled", "equal", "edf", "llf"); ValueError if unknown."""
+    """The baseline policy ``name`` ("uncontrolled", "equal", "edf", "llf", "round_robin");
+    ValueError if unknown."""
     key = name.strip().lower()
     if key not in STRATEGIES:
         raise ValueError(f"policy: unknown baseline {name!r}; choose one of {', '.join(STRATEGIES)}")

@@ -71,23 +71,43 @@ class OverloadWatch:
         """Fuse phases above their rating now: fuse_id, phase, limit_a, worst_a [A], start."""
         return [dict(v) for v in self._open.values()]
 
-    def watch(self, obs, now: pd.Timestamp) -> None:
+    def watch(self, obs, now: pd.Timestamp, changed_at: dict | None = None, base_kw: float | None = None) -> None:
         """Compare the observation's measured currents and other load with the ratings.
 
         Parameters
         ----------
         obs : Observation
-            ``cars`` (measured_current_a [A], cp_index, phases) and ``base_load_kw`` [kW].
+            ``cars`` (measured_current_a [A], offered_current_a [A], last_meter, cp_index,
+            phases) and ``base_load_kw`` [kW].
         now : pandas.Timestamp
+        changed_at : dict, optional
+            session_id -> when its limit last changed. A car read before its limit went down is
+            counted at most at the limit it holds now: summing readings taken before and after
+            a re-sharing adds a car's old draw to the draw another car took over from it, an
+            overload that never flowed. A car that keeps drawing above its lowered limit shows
+            it in its next reading (and is escalated meanwhile).
+        base_kw : float, optional
+            [kW] The block's other load as metered now; without it the observation's first slot
+            (which the planner raises to the next slot's forecast, so it is no measurement).
         """
         site, cars = self.site, obs.cars
         if len(cars):
             meas = np.nan_to_num(cars["measured_current_a"].to_numpy(float), nan=0.0)
+            if changed_at:
+                read = pd.to_datetime(cars["last_meter"], utc=True)
+                since = pd.to_datetime(pd.Series([changed_at.get(s) for s in cars.index], index=cars.index,
+                                                 dtype=object), utc=True)
+                before = (read < since).to_numpy(bool)  # NaT on either side compares False
+                offered = cars["offered_current_a"].to_numpy(float)
+                meas = np.where(before & np.isfinite(offered), np.minimum(meas, offered), meas)
             load = site.fuse_phase_currents_a(meas, cars["cp_index"].to_numpy(np.int64),
                                               cars["phases"].to_numpy(np.int64))
         else:
             load = np.zeros_like(site.limits_a)
-        base = float(obs.base_load_kw.iloc[0]) if len(obs.base_load_kw) else 0.0
+        if base_kw is not None and np.isfinite(base_kw):
+            base = float(base_kw)
+        else:
+            base = float(obs.base_load_kw.iloc[0]) if len(obs.base_load_kw) else 0.0
         load[0] += site.base_load_phase_current_a(base)
         excess = load - site.limits_a
         for f, fid in enumerate(site.fuse_ids):

@@ -160,6 +160,18 @@ class LiveBlock:
             s.iloc[0] = max(s.iloc[0], s.iloc[1])
         return s
 
+    def metered_base_kw(self, now: pd.Timestamp) -> float | None:
+        """[kW] The block's other load as its meter reads it now, or None without a meter (or
+        when the reading fails)."""
+        if self.base_load_meter is None:
+            return None
+        try:
+            v = self.base_load_meter(now)
+        except Exception:  # noqa: BLE001 - a broken meter reading must not stop control
+            log.exception("base-load meter reading failed")
+            return None
+        return None if v is None or not np.isfinite(v) else float(v)
+
     def prices_ahead(self, now: pd.Timestamp) -> pd.Series | None:
         """[EUR/kWh] Prices on the planning grid from ``now`` (each slot's mean), or None."""
         if self.prices is None:
