@@ -16,7 +16,7 @@ every 10 s. Each car draws 6 A until its first TxProfile, then what it is offere
 
 Reported per size: time from a transaction's start to its first TxProfile (p50, p99, max),
 transactions never served, the grid connection's most loaded phase at the end (what the cars
-draw, against its rating), the server's CPU (one core = 100 %) and its resident memory.
+draw 5 s before the fleet stops, one instant for all, against its rating), the server's CPU (one core = 100 %) and its resident memory.
 Everything is bounded: fixed counts and a fixed run time.
 """
 
@@ -44,6 +44,7 @@ STAGGER_S = 20.0
 METER_S = 10.0
 RUN_S = float(os.environ.get("NOWBLOCK_LOAD_RUN_S", "90"))  # after the last start
 MAX_A, OVER = 16.0, 0.1
+SAMPLE_BEFORE_STOP_S = 5.0  # the grid figure: what every car draws at this long before the fleet stops
 
 
 def site_toml(n: int) -> str:
@@ -76,6 +77,7 @@ class Station:
         self.t_start = self.t_first = None
         self.pending: dict[str, asyncio.Future] = {}
         self.seq = 0
+        self.draw_end: float | None = None
 
     def draw_a(self) -> float:
         if self.over:
@@ -151,11 +153,20 @@ class Station:
                     "eventType": "Started", "timestamp": _now(), "triggerReason": "CablePluggedIn", "seqNo": 0,
                     "transactionInfo": {"transactionId": self.tx}, "evse": {"id": 1, "connectorId": 1}})
             self.t_start = time.monotonic()
+            sample = asyncio.get_running_loop().create_task(self._sample_draw())
             while time.monotonic() < self.stop_at:
                 action, payload = self.meter()
                 await self.call(ws, action, payload)
                 await asyncio.sleep(METER_S * (0.9 + 0.2 * random.random()))
             reader.cancel()
+            sample.cancel()
+
+    async def _sample_draw(self) -> None:
+        # Every station's draw at one instant before the fleet stops: after stop_at the stations
+        # leave one by one, each keeping the last limit it read, and a sum then mixes a lowered
+        # limit one station received with a raise another no longer did.
+        await asyncio.sleep(max(0.0, self.stop_at - SAMPLE_BEFORE_STOP_S - time.monotonic()))
+        self.draw_end = self.draw_a()
 
 
 def _fleet(port: int, specs: list, out) -> None:
@@ -163,7 +174,7 @@ def _fleet(port: int, specs: list, out) -> None:
         st = [Station(port, *s) for s in specs]
         res = await asyncio.gather(*(s.run() for s in st), return_exceptions=True)
         out.send([{"cp": s.cp_id, "over": s.over, "start": s.t_start, "first": s.t_first, "limit": s.limit_a,
-                   "draw": s.draw_a() if s.tx else 0.0, "error": repr(r) if isinstance(r, Exception) else None}
+                   "draw": (s.draw_end if s.draw_end is not None else s.draw_a()) if s.tx else 0.0, "error": repr(r) if isinstance(r, Exception) else None}
                   for s, r in zip(st, res)])
 
     asyncio.run(main())
