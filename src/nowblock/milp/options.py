@@ -65,15 +65,15 @@ class OptimizeOptions:
       good. 0 switches it off.
     - ``top_up_h`` [h]: give the first slot's spare room (after the plan) to cars that still need
       energy and leave within this many hours, earliest departure first, up to their maximum and
-      never above the plan's own peak power (0: off). Default 24 (the default horizon: every car
-      that still needs energy). Until the optimizer's new method (issue 15) it served only the
-      cars the plan left short; that plan leaves almost none short on paper, and the top-up
-      stopped firing (0.9882 against 0.9942 demand met on the congested residential week). It was 3 h, because topping up every short car undid part of the
-      plan's cost savings on the default week (cost 435 instead of 365 EUR, measured then); but
-      the plan's later slots are promises that arriving cars break, and on the congested
-      residential week of docs/bench_quality.md 3 h left the MILP 0.7 points of demand below LLF
-      (0.9871 against 0.9942) where 24 h meets LLF's 0.9942 at 1 % less cost than LLF. Demand by
-      departure comes before cost.
+      never above the plan's own peak power (0: off). The plan's later slots are promises that
+      arriving cars break; the window trades demand met against the plan's price shifting.
+      Measured on the congested residential week (1/10 of the rating, known needs;
+      docs/bench_quality.md) and on the default week, demand met / cost: 3 h 0.9877 / 527 EUR and
+      365 EUR; 6 h 0.9903 / 532 and 366; **12 h 0.9942 / 555 and 402** (the default: the smallest
+      window that reaches the simulator's ceiling there, LLF's 0.9942 at 567 EUR; EDF on the
+      default week costs 437 EUR); 24 h 0.9942 / 562 and 417. Tuned on two weeks: other blocks
+      may want another value. Before the optimizer's new method (issue 15) it served only the
+      cars the plan left short; that plan leaves almost none short on paper.
     - ``top_up_guessed``: also give the first slot's spare room to every car whose needs were
       estimated (``needs_known`` False) and that still wants energy, after the cars the plan
       leaves short and leaving soon, shared equally (:func:`nowblock.milp.policy.share_spare_a`;
@@ -93,7 +93,7 @@ class OptimizeOptions:
     change_slots: int | None = 4
     departure_margin_h: float = 1.0
     urgency_h: float = 1.0
-    top_up_h: float = 24.0
+    top_up_h: float = 12.0
     top_up_guessed: bool = True
     time_limit_s: float = 30.0
     mip_rel_gap: float = 0.01
