@@ -22,14 +22,15 @@ from nowblock.milp.kernels import argsort_stable
 
 
 @njit(cache=True)
-def room_a(i, t, g_start, g_row, g_val, slack, kw, power_room, tol):
-    """How much current [A] car ``i`` can add in slot ``t`` before a limit row (positive
-    coefficients) or the power cap binds."""
+def _fuse_room(i, t, g_start, g_row, g_val, slack, kw, power_room, n_fuse_rows, tol):
+    """:func:`room_a` over the first ``n_fuse_rows`` rows only (the fuse rows; the unbalance rows
+    come after them) and the power cap [A]."""
     room = np.inf
     for p in range(g_start[i], g_start[i + 1]):
+        r = g_row[p]
         g = g_val[p]
-        if g > 0:
-            q = (slack[g_row[p], t] + tol) / g
+        if r < n_fuse_rows and g > 0:
+            q = (slack[r, t] + tol) / g
             if q < room:
                 room = q
     if kw[i] > 0:
@@ -37,6 +38,13 @@ def room_a(i, t, g_start, g_row, g_val, slack, kw, power_room, tol):
         if q < room:
             room = q
     return room
+
+
+@njit(cache=True)
+def room_a(i, t, g_start, g_row, g_val, slack, kw, power_room, tol):
+    """How much current [A] car ``i`` can add in slot ``t`` before a limit row (positive
+    coefficients) or the power cap binds."""
+    return _fuse_room(i, t, g_start, g_row, g_val, slack, kw, power_room, slack.shape[0], tol)
 
 
 @njit(cache=True)
@@ -139,23 +147,6 @@ def round_up(y, delivered, target, x, kwh, up, on_a, cand_car, cand_slot, g_star
             change(i, t, add, y, delivered, kwh, g_start, g_row, g_val, slack, kw, power_room)
             added += 1
     return added
-
-
-@njit(cache=True)
-def _fuse_room(i, t, g_start, g_row, g_val, slack, kw, power_room, n_fuse_rows, tol):
-    room = np.inf
-    for p in range(g_start[i], g_start[i + 1]):
-        r = g_row[p]
-        g = g_val[p]
-        if r < n_fuse_rows and g > 0:
-            q = (slack[r, t] + tol) / g
-            if q < room:
-                room = q
-    if kw[i] > 0:
-        q = (power_room[t] + tol) / kw[i]
-        if q < room:
-            room = q
-    return room
 
 
 @njit(cache=True)
