@@ -355,10 +355,9 @@ def test_demo_runs_an_accelerated_evening_and_reports(tmp_path):
     from nowblock.cli import main
 
     out = tmp_path / "demo"
-    # At the demo's default speed. At 1200x a step's wall latency is minutes of simulated time,
-    # and a rise of the households' load between steps (planned from the forecast until the next
-    # step reads the meter) showed as a real 0.7-2 A overload for one step: a limit of the demo's
-    # acceleration, and of planning other load from its forecast between steps (see docs/control.md).
+    # At the demo's default speed. Without a margin on the other load (``base_load_margin``), a
+    # rise of the households' load beyond its forecast at a slot boundary overloaded grid L3 by
+    # 0.7-1.7 A until the next step, at 480x and 1200x, once the policy filled the fuse.
     rc = main(["demo", "--hours", "2", "--speed", "480", "--start-hour", "17", "--out", str(out)])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())

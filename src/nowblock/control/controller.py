@@ -153,7 +153,7 @@ class StepResult:
     binding: pd.DataFrame | None = None
 
 
-_SOURCE_OPTIONS = ("forecaster", "base_load_history", "base_load_meter", "prices")
+_SOURCE_OPTIONS = ("forecaster", "base_load_history", "base_load_meter", "prices", "base_load_margin")
 _RENAMED = {"settings": "loop"}
 
 
@@ -181,7 +181,8 @@ class Controller:
         :class:`ControllerSettings` fields (``period_s``, ``step``, ``horizon``,
         ``solve_timeout_s``, ``fallback``, ``profile_validity_s``, ``min_replan_s``, ``settings``
         for the loop settings, ...) and :class:`~nowblock.control.live.LiveBlock` inputs
-        (``forecaster``, ``base_load_history``, ``base_load_meter``, ``prices``).
+        (``forecaster``, ``base_load_history``, ``base_load_meter``, ``prices``,
+        ``base_load_margin``).
     """
 
     def __init__(self, central, site: Site, policy: Policy | str | None = "milp", store=None, *,

@@ -54,11 +54,16 @@ class LiveBlock:
     operator : OperatorInputs, optional
         Caps, dimming, residents' needs and points out of service, applied to every observation
         (:meth:`nowblock.control.operator.OperatorInputs.apply`).
+    base_load_margin : float
+        Fraction of the other load added to the slot planned now (default 0.1). Between steps
+        the other load is known only from the last reading and the forecast: a rise beyond both
+        (a forecast error at a slot boundary) lands on a fuse the step filled to its rating,
+        until the next step. The simulator knows its other load exactly and adds none.
     """
 
     def __init__(self, state, site: Site, *, step: pd.Timedelta, horizon: pd.Timedelta, failsafe_a: pd.Series,
                  forecaster=None, base_load_history: pd.Series | None = None, base_load_meter=None,
-                 prices: pd.Series | None = None, operator=None) -> None:
+                 prices: pd.Series | None = None, operator=None, base_load_margin: float = 0.1) -> None:
         self.state = state
         self.site = site
         self.step = pd.Timedelta(step)
@@ -69,6 +74,9 @@ class LiveBlock:
         self.base_load_meter = base_load_meter
         self.prices = prices
         self.operator = operator
+        if not (0.0 <= float(base_load_margin) < 10.0):
+            raise ValueError(f"base_load_margin: expected a fraction >= 0, got {base_load_margin!r}")
+        self.base_load_margin = float(base_load_margin)
 
     @property
     def n_slots(self) -> int:
@@ -137,7 +145,8 @@ class LiveBlock:
     def base_load(self, now: pd.Timestamp) -> pd.Series:
         """[kW] The block's other load from ``now`` on the planning grid: the forecast's maximum
         per slot, the meter's reading (or the last known value) for now; the setpoints sent now
-        hold into the next slot, so now is planned for the larger of both."""
+        hold into the next slot, so now is planned for the larger of both, plus
+        ``base_load_margin``."""
         n = self.n_slots
         values = np.full(n, np.nan)
         if self.forecaster is not None and self.base_load_history is not None:
@@ -158,6 +167,8 @@ class LiveBlock:
         s = s.ffill().bfill().fillna(0.0)
         if len(s) > 1:
             s.iloc[0] = max(s.iloc[0], s.iloc[1])
+        if len(s) and s.iloc[0] > 0:
+            s.iloc[0] *= 1.0 + self.base_load_margin
         return s
 
     def metered_base_kw(self, now: pd.Timestamp) -> float | None:
