@@ -77,6 +77,7 @@ class LiveBlock:
         if not (0.0 <= float(base_load_margin) < 10.0):
             raise ValueError(f"base_load_margin: expected a fraction >= 0, got {base_load_margin!r}")
         self.base_load_margin = float(base_load_margin)
+        self._metered: tuple[pd.Timestamp, float | None] | None = None  # (when, the meter's reading)
 
     @property
     def n_slots(self) -> int:
@@ -157,9 +158,9 @@ class LiveBlock:
                     values = on_grid(fc, now, self.step, n, how="max").to_numpy(float, copy=True)
             except Exception:  # noqa: BLE001 - a broken forecast must not stop control
                 log.exception("base-load forecast failed; planning with the last known value")
-        measured = self.base_load_meter(now) if self.base_load_meter is not None else None
-        if measured is not None and np.isfinite(measured):
-            values[0] = float(measured)
+        measured = self.metered_base_kw(now)
+        if measured is not None:
+            values[0] = measured
         elif not np.isfinite(values[0]) and self.base_load_history is not None and len(self.base_load_history):
             past = self.base_load_history[self.base_load_history.index <= now]
             values[0] = float(past.iloc[-1]) if len(past) else float(self.base_load_history.iloc[0])
@@ -173,15 +174,20 @@ class LiveBlock:
 
     def metered_base_kw(self, now: pd.Timestamp) -> float | None:
         """[kW] The block's other load as its meter reads it now, or None without a meter (or
-        when the reading fails)."""
+        when the reading fails). Read once per ``now``: the step's observation and its overload
+        watch share the reading."""
         if self.base_load_meter is None:
             return None
+        if self._metered is not None and self._metered[0] == now:  # one reading a step
+            return self._metered[1]
         try:
             v = self.base_load_meter(now)
         except Exception:  # noqa: BLE001 - a broken meter reading must not stop control
             log.exception("base-load meter reading failed")
-            return None
-        return None if v is None or not np.isfinite(v) else float(v)
+            v = None
+        v = None if v is None or not np.isfinite(v) else float(v)
+        self._metered = (now, v)
+        return v
 
     def prices_ahead(self, now: pd.Timestamp) -> pd.Series | None:
         """[EUR/kWh] Prices on the planning grid from ``now`` (each slot's mean), or None."""
