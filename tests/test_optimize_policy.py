@@ -284,11 +284,12 @@ def test_expected_arrivals_hold_capacity_back():
 
     snap = _cheap_later_snapshot()
     cheap = T0 + pd.Timedelta("2h")
-    plain = MilpPolicy()
+    # The plan without the top-up's preference for energy now (which serves this car at once).
+    plain = MilpPolicy(top_up_in_plan=False)
     plain.schedule(snap)
     before = plain.last_schedule.current_a["a"]
     assert before[before.index < cheap].sum() == 0.0  # waits for the cheap hours
-    held = MilpPolicy(arrivals_forecaster=_FixedArrivals())
+    held = MilpPolicy(arrivals_forecaster=_FixedArrivals(), top_up_in_plan=False)
     out = held.schedule(snap)
     assert list(out.index) == ["a"] and violation_a(snap, out) == 0.0
     plan = held.last_schedule.current_a
@@ -425,3 +426,65 @@ def test_plan_is_reused_inside_its_first_slot_until_something_changes():
     pol4.schedule(snap)
     pol4.schedule(later)
     assert pol4.history[-1]["status"] != "reused"
+
+
+def _full_phase_snapshot():
+    """A single-phase car fills grid phase L3 of a 20 A connection; a three-phase car waits.
+    Both have hours to spare and energy is cheaper later."""
+    cps = (ChargePoint("CP1", "grid", max_current_a=16, phase_rotation="L3L1L2"),
+           ChargePoint("CP2", "grid", max_current_a=16))
+    site = Site(name="phases", fuses=(Fuse("grid", (20.0, 20.0, 20.0)),), charge_points=cps)
+    cars = pd.DataFrame({
+        "charge_point_id": ["CP1", "CP2"], "cp_index": [0, 1], "phases": [1, 3], "min_current_a": 6.0,
+        "max_current_a": [16.0, 16.0], "arrival": T0,
+        "departure": [T0 + pd.Timedelta("9h"), T0 + pd.Timedelta("10h")], "energy_requested_kwh": [10.0, 20.0],
+        "energy_delivered_kwh": [0.0, 0.0], "measured_current_a": [16.0, np.nan], "offered_current_a": [16.0, 0.0],
+        "priority": 1.0, "needs_known": True,
+    }, index=pd.Index(["one", "three"], name="session_id"))
+    idx = pd.date_range(T0, periods=24 * 12, freq="5min")
+    prices = pd.Series(np.where(idx >= T0 + pd.Timedelta("3h"), 0.10, 0.40), index=idx)
+    return BlockSnapshot(time=T0, site=site, step=pd.Timedelta("5min"), cars=cars,
+                         base_load_kw=pd.Series(0.0, index=idx, name="kw"), prices_eur_per_kwh=prices)
+
+
+def test_the_plan_serves_now_what_the_top_up_would():
+    """The top-up after the plan only fills spare room: it serves the single-phase car (earliest
+    departure) and the three-phase car finds no 6 A on L3, so two phases stay idle. With the
+    top-up's preference inside the plan (the default) the plan itself trades the single-phase
+    car's current for the three-phase car's and the block draws three times the power now."""
+    snap = _full_phase_snapshot()
+    kw = snap.kw_per_a()
+    after = MilpPolicy(top_up_in_plan=False).schedule(snap)
+    inside = MilpPolicy().schedule(snap)
+    for out in (after, inside):
+        assert violation_a(snap, out) == 0.0
+        assert all(x == 0.0 or x >= 6.0 for x in out)
+    assert float(kw @ after.to_numpy()) < 4.0  # the single-phase car alone: 3.7 kW
+    assert float(kw @ inside.to_numpy()) > 10.0
+    assert inside["three"] >= 6.0
+
+
+def test_spare_room_is_shared_to_the_last_pilot_step():
+    """Six cars with guessed needs on a 38.4 A connection: 6.4 A each floors to 6 A, which would
+    leave 2.4 A a phase idle; the spare steps go to the cars first in turn, and no phase keeps
+    a whole step unused."""
+    from nowblock.milp.policy import share_spare_a
+    from nowblock.seam import constraint_rows
+
+    cps = tuple(ChargePoint(f"CP{i}", "grid", max_current_a=16) for i in range(6))
+    site = Site(name="share", fuses=(Fuse("grid", (38.4, 38.4, 38.4)),), charge_points=cps)
+    cars = pd.DataFrame({
+        "charge_point_id": [c.id for c in cps], "cp_index": range(6), "phases": 3, "min_current_a": 6.0,
+        "max_current_a": 16.0, "arrival": T0 - pd.Timedelta("1h"), "departure": T0 + pd.Timedelta("9h"),
+        "energy_requested_kwh": 15.0, "energy_delivered_kwh": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+        "measured_current_a": np.nan, "offered_current_a": 0.0, "priority": 1.0, "needs_known": False,
+    }, index=pd.Index([f"s{i}" for i in range(6)], name="session_id"))
+    idx = pd.date_range(T0, periods=12, freq="5min")
+    snap = BlockSnapshot(time=T0, site=site, step=pd.Timedelta("5min"), cars=cars,
+                         base_load_kw=pd.Series(0.0, index=idx, name="kw"), current_step_a=1.0)
+    x = share_spare_a(snap, np.zeros(6), np.ones(6, dtype=bool))
+    g, h = constraint_rows(snap)
+    assert violation_a(snap, pd.Series(x, index=cars.index)) == 0.0
+    assert np.all(h - g @ x < 1.0)
+    assert sorted(x) == [6.0, 6.0, 6.0, 6.0, 7.0, 7.0]
+    assert x[0] == 7.0 and x[1] == 7.0  # the least served so far come first

@@ -188,15 +188,27 @@ def equal_share_a(snapshot: BlockSnapshot) -> np.ndarray:
         frozen = (g[binding] > 0).any(axis=0) if binding.any() else np.zeros(len(x), dtype=bool)
         active &= ~(frozen | (x >= hi - _TOL_A))
     x = np.where(admitted, np.maximum(_floor_step(x, step), lo), 0.0)
-    # Flooring to pilot steps leaves a little room: one more step for the cars first in turn
-    # while every row they load still has a whole step for each of them (counting, per row,
-    # all earlier candidates on it, whether they got the step or not: feasible, vectorised).
-    cand = admitted & (x + step <= hi + _TOL_A)
+    return hand_out_steps(x, g, h, hi, order, step, admitted)
+
+
+def hand_out_steps(x: np.ndarray, g: np.ndarray, h: np.ndarray, hi: np.ndarray, order: np.ndarray, step: float,
+                   eligible: np.ndarray) -> np.ndarray:
+    """Setpoints ``x`` [A] floored to pilot steps, with one more ``step`` [A] for the
+    ``eligible`` cars first in ``order`` while every limit row they load (``g @ x <= h``, [A])
+    still has a whole step for each of them, never above ``hi`` [A].
+
+    Flooring a max-min fair share to pilot steps leaves up to a step per car unused on every
+    row: on a connection with room for six cars at 6.4 A a phase that is 2.4 A of 38.4 A. Each
+    row's count includes all earlier candidates on it, whether they got the step or not, so the
+    result is feasible without a loop.
+    """
+    cand = eligible & (x > 0) & (x + step <= hi + _TOL_A)
     if step > 0 and cand.any():
         room_steps = np.floor(np.maximum(h - g @ x, 0.0) / step + 1e-9)
         go = order[cand[order]]
         on_row = g[:, go] > 0
         fits = np.all(~on_row | (np.cumsum(on_row, axis=1) <= room_steps[:, None]), axis=0)
+        x = x.copy()
         x[go[fits]] += step
     return x
 

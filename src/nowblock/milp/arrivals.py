@@ -85,6 +85,7 @@ def with_expected_arrivals(form: Formulation, forecast: pd.DataFrame, *, priorit
     ids = np.array([f"{VIRTUAL_PREFIX}{t.isoformat()}" for t in form.times[k]], dtype=str)
     weight = form.shortfall_weight
     ratio = form.draw_ratio
+    bonus = form.now_bonus_eur_per_kwh
     return dataclasses.replace(
         form,
         session_ids=np.concatenate([form.session_ids.astype(str), ids]),
@@ -98,6 +99,7 @@ def with_expected_arrivals(form: Formulation, forecast: pd.DataFrame, *, priorit
         prev_current_a=np.concatenate([form.prev_current_a, np.full(m, np.nan)]),
         draw_ratio=None if ratio is None else np.concatenate([ratio, np.ones(m)]),
         shortfall_weight=None if weight is None else np.concatenate([weight, np.ones(m)]),
+        now_bonus_eur_per_kwh=None if bonus is None else np.concatenate([bonus, np.zeros(m)]),
         incidence_a=np.hstack([form.incidence, inc_v]),
         kernel_arrays=None,  # computed for the real cars only
     )

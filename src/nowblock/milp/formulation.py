@@ -127,6 +127,10 @@ class Formulation:
         :attr:`incidence` precomputed (a snapshot has it).
     kernel_arrays : KernelArrays, optional
         Arrays the snapshot adapter already computed (see :class:`KernelArrays`).
+    now_bonus_eur_per_kwh : ndarray, optional
+        Per car, taken off the cost of every kWh it gets in the first slot [EUR/kWh] (None: 0).
+        :class:`~nowblock.milp.MilpPolicy` sets it for the cars its top-up serves (see
+        ``OptimizeOptions.top_up_h``).
     """
 
     site: Site
@@ -148,6 +152,7 @@ class Formulation:
     shortfall_weight: np.ndarray | None = None
     incidence_a: np.ndarray | None = field(default=None, repr=False)
     kernel_arrays: KernelArrays | None = field(default=None, repr=False)
+    now_bonus_eur_per_kwh: np.ndarray | None = None
 
     # ---- shapes and time ----------------------------------------------------------------
     @property

@@ -246,6 +246,9 @@ def build_matrix(f: "Formulation", binary: np.ndarray) -> MatrixForm:
         cols.starts, cols.total, rows.starts, rows.total, cells, bcell, terms, ChangePairs(pair, has_prev, rhs),
         LimitEntries(fuse_rows, fuse_cells, fuse_vals, room[keep_key]),
         LimitEntries(unb_rows, unb_cells, unb_vals, np.full(n_unb, u_hi)))
+    if f.now_bonus_eur_per_kwh is not None and K:
+        first = slot == 0
+        cost[:K][first] -= np.asarray(f.now_bonus_eur_per_kwh, dtype=float)[car[first]] * f.cell_energy_per_a_kwh[first]
     return MatrixForm(
         cost=cost, col_lo=col_lo, col_hi=col_hi, integrality=integ, row_lo=row_lo, row_hi=row_hi,
         a_start=a_start, a_index=a_index, a_value=a_value, cols=cols.slices, rows=rows.slices,

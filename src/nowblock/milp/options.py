@@ -82,6 +82,18 @@ class OptimizeOptions:
       could take it: without this the plan spread a guessed 15 kWh over a guessed 10 h at the
       cheapest hours while real cars left (demand met 0.891 against equal sharing's 0.967 on a
       congested residential week, docs/bench_quality.md).
+    - ``top_up_in_plan``: the plan itself serves first what the top-up would: for cars with
+      known needs leaving within ``top_up_h``, energy in the first slot costs less than in any
+      later one (by the horizon's price spread plus 0.05 EUR/kWh). The top-up after the plan only
+      fills spare room; this lets the plan pause a car with time to spare on a full phase so that a
+      waiting car can use the idle phases (a congested workplace week lost 195 kWh of room on
+      idle phases while cars that ended short waited, docs/bench_quality.md).
+    - ``trust_estimates``: cars whose needs were estimated are topped up (and preferred now by
+      ``top_up_in_plan``) by their estimated departure like cars with known needs, before the
+      spare room is shared.
+    - ``plan_guessed``: the plan's first slot serves cars whose needs were estimated (False: they
+      get only what :func:`~nowblock.milp.policy.share_spare_a` shares after the cars with known
+      needs are served, equal share by guessed needs' standards).
     """
 
     sharing: Sharing = "weighted"
@@ -95,6 +107,9 @@ class OptimizeOptions:
     urgency_h: float = 1.0
     top_up_h: float = 12.0
     top_up_guessed: bool = True
+    plan_guessed: bool = True
+    top_up_in_plan: bool = True
+    trust_estimates: bool = False
     time_limit_s: float = 30.0
     mip_rel_gap: float = 0.01
     mip_abs_gap: float = 0.01

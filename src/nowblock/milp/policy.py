@@ -71,7 +71,7 @@ def share_spare_a(snapshot: BlockSnapshot, current_a: np.ndarray, share: np.ndar
     its maximum; the result is floored to whole pilot steps, so every row keeps ``G @ x <= h``
     (:func:`nowblock.seam.constraint_rows`) and every setpoint is 0 or at least the minimum.
     """
-    from nowblock.baselines.heuristics import round_robin_order
+    from nowblock.baselines.heuristics import hand_out_steps, round_robin_order
     from nowblock.seam import cached_constraint_rows
 
     x = np.array(current_a, dtype=float)
@@ -112,6 +112,8 @@ def share_spare_a(snapshot: BlockSnapshot, current_a: np.ndarray, share: np.ndar
         active &= ~(frozen | (x >= hi - tol))
     if step > 0:  # whole pilot steps, never below where a car started (its plan was safe)
         x = np.maximum(np.floor(x / step + 1e-9) * step, start)
+        # The room flooring left: a step more for the sharing cars first in turn (as equal share).
+        x = hand_out_steps(x, g, h, hi, order, step, share)
     return x
 
 
@@ -211,6 +213,16 @@ class MilpPolicy:
             opts = self._step_options[key] = dataclasses.replace(self.options, current_step_a=key[0], time_limit_s=limit)
         form = from_snapshot(snapshot, self.horizon, self.step, opts,
                              first_slot_is_control_step=self.first_slot_is_control_step)
+        o = self.options
+        if o.top_up_in_plan and o.top_up_h > 0 and form.n_cars:
+            serve = snapshot.hours_to_departure_h <= o.top_up_h
+            if "needs_known" in snapshot.cars.columns and not o.trust_estimates:
+                serve = serve & snapshot.cars["needs_known"].to_numpy(bool)
+            if serve.any():
+                price = np.asarray(form.price_eur_per_kwh, dtype=float)
+                spread = float(price.max() - price.min()) if len(price) else 0.0
+                bonus = np.where(serve, spread + 0.05, 0.0)
+                form = dataclasses.replace(form, now_bonus_eur_per_kwh=bonus)
         if self.arrivals_forecaster is not None and form.n_cars:
             from nowblock.milp.arrivals import with_expected_arrivals
 
@@ -275,13 +287,15 @@ class MilpPolicy:
         # shortfall alone the top-up never fired on the congested residential week: 0.9882
         # demand met against 0.9942 this way, at 562 instead of 527 EUR; docs/bench_quality.md).
         want = np.asarray(snapshot.remaining_kwh, dtype=float)
-        safe = safe_setpoints_a(snapshot, first)
         guessed = None
         if self.options.top_up_guessed and "needs_known" in cars.columns:
             guessed = ~cars["needs_known"].to_numpy(bool) & (snapshot.remaining_kwh > 1e-3)
+            if not self.options.plan_guessed:
+                first = np.where(guessed, 0.0, first)
+        safe = safe_setpoints_a(snapshot, first)
         if self.options.top_up_h > 0:
             short = np.where(snapshot.hours_to_departure_h <= self.options.top_up_h, want, 0.0)
-            if guessed is not None:
+            if guessed is not None and not self.options.trust_estimates:
                 # Cars with guessed needs share the room below instead: topping them up by their
                 # guessed departure is earliest-deadline-first on guesses (measured worse:
                 # 0.9582 against 0.9633 demand met on the congested residential week).
