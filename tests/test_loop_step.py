@@ -200,3 +200,28 @@ def test_a_car_above_both_its_new_and_its_old_limit_is_over_drawing_at_once():
     # CP0 draws 16 A: above the new 8 A and the old 10 A. CP1 draws its old 10 A: it may still
     # be ramping down, so it is not held against it before the new limit had time to act.
     assert ctx.untrusted == {"CP0:0": "over_draw"}
+
+
+class _HalfKnowing:
+    """An estimator that knows the first car only (the others' estimates are missing)."""
+
+    def predict_needs(self, cars, time):
+        dep = pd.Series(pd.NaT, index=cars.index, dtype="datetime64[ns, UTC]")
+        energy = pd.Series(np.nan, index=cars.index)
+        dep.iloc[0] = T0 + pd.Timedelta("3h")
+        energy.iloc[0] = 12.0
+        return pd.DataFrame({"departure": dep, "energy_kwh": energy})
+
+
+def test_estimated_needs_say_where_they_came_from():
+    """Reported needs carry no mark; an estimator's answer is "fitted", a gap it left and
+    the fallback rule's guesses are "fallback" (the MILP plans only the fitted ones)."""
+    site = _site()
+    unknown = _obs(site, measured=[np.nan] * 3, offered=[0.0] * 3, known=False)
+    fb = NeedsEstimation().fill(unknown.cars, T0, full=set(), step=STEP)
+    assert list(fb["needs_estimate"]) == ["fallback"] * 3
+    mixed = NeedsEstimation(_HalfKnowing()).fill(unknown.cars, T0, full=set(), step=STEP)
+    assert list(mixed["needs_estimate"]) == ["fitted", "fallback", "fallback"]
+    assert mixed["energy_requested_kwh"].iloc[0] == 12.0 and mixed["energy_requested_kwh"].iloc[1] == 15.0
+    known = _obs(site, measured=[np.nan] * 3, offered=[0.0] * 3, known=True)
+    assert "needs_estimate" not in NeedsEstimation().fill(known.cars, T0, full=set(), step=STEP)

@@ -67,6 +67,8 @@ class NeedsEstimation:
 
     Notes
     -----
+    The column ``needs_estimate`` says where each car's needs came from: ``""`` (reported),
+    ``"fitted"`` (the estimator gave both) or ``"fallback"`` (the fallback rule filled them).
     Plan as if the car left early wanting much: the departure is the estimator's lower
     quartile and the energy its upper quartile when it gives them. A car that stopped drawing
     although offered its minimum is full: it wants what it got. A car staying past its
@@ -101,13 +103,16 @@ class NeedsEstimation:
             e[unknown] = np.where(is_full, got, np.maximum(est["energy_kwh"].to_numpy(float), got + self.top_up_kwh))
             cars["energy_requested_kwh"] = e
             cars["needs_known"] = ~unknown
+            source = np.full(len(cars), "", dtype=object)
+            source[unknown] = est["source"].to_numpy(object)
+            cars["needs_estimate"] = source
             late = (cars["departure"] <= now).to_numpy()
         if late.any():
             cars.loc[late, "departure"] = now + step
         return cars
 
     def _estimate(self, blind: pd.DataFrame, now: pd.Timestamp, step: pd.Timedelta) -> pd.DataFrame:
-        fb = self.fallback.predict_needs(blind, now)
+        fb = self.fallback.predict_needs(blind, now).assign(source="fallback")
         if self.estimator is None:
             return fb
         try:
@@ -116,9 +121,12 @@ class NeedsEstimation:
             early = pd.to_datetime(got[dep_col], utc=True)
             early = early.where(early > now + step, now + step)
             e_col = "energy_kwh_q0.75" if "energy_kwh_q0.75" in got else "energy_kwh"
+            energy = pd.to_numeric(got[e_col], errors="coerce")
+            fitted = early.notna() & energy.notna()
             return pd.DataFrame({
                 "departure": early.fillna(fb["departure"]),
-                "energy_kwh": pd.to_numeric(got[e_col], errors="coerce").fillna(fb["energy_kwh"]),
+                "energy_kwh": energy.fillna(fb["energy_kwh"]),
+                "source": np.where(fitted.to_numpy(), "fitted", "fallback"),
             }, index=blind.index)
         except Exception:  # noqa: BLE001 - a broken estimator must not stop control
             log.exception("needs estimator failed; using the fallback estimate")

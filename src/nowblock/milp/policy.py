@@ -290,8 +290,13 @@ class MilpPolicy:
         guessed = None
         if self.options.top_up_guessed and "needs_known" in cars.columns:
             guessed = ~cars["needs_known"].to_numpy(bool) & (snapshot.remaining_kwh > 1e-3)
-            if not self.options.plan_guessed:
-                first = np.where(guessed, 0.0, first)
+            unplanned = guessed
+            if self.options.plan_estimates == "all":
+                unplanned = np.zeros(n, dtype=bool)
+            elif self.options.plan_estimates == "fitted" and "needs_estimate" in cars.columns:
+                unplanned = guessed & (cars["needs_estimate"].to_numpy(object) != "fitted")
+            if unplanned.any():  # their room is shared equally below, with the spare
+                first = np.where(unplanned, 0.0, first)
         safe = safe_setpoints_a(snapshot, first)
         if self.options.top_up_h > 0:
             short = np.where(snapshot.hours_to_departure_h <= self.options.top_up_h, want, 0.0)
