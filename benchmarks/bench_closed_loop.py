@@ -9,6 +9,8 @@ three-phase 11 kW wallboxes behind a connection of a tenth, a fifth or a third o
 * ``unknown``: no history, the simulator's fallback guesses (``needs="unknown"``);
 * ``learnt``: a :class:`nowblock.forecast.SessionNeedsForecaster` fitted on the four weeks of the
   same family before the simulated week (``needs_estimator=...``);
+* ``online``: no history at the start; a :class:`nowblock.forecast.OnlineNeedsForecaster`
+  learns from the sessions of the simulated week as they end (refit once a day);
 * ``reported`` (workplace only): the departure the driver typed in (``user_departure``, with
   ACN-Data's error) and the real energy,
 
@@ -52,7 +54,7 @@ import pandas as pd
 
 import nowblock as nb
 from nowblock.block.families import family_scenario, family_site
-from nowblock.forecast import SessionNeedsForecaster
+from nowblock.forecast import OnlineNeedsForecaster, SessionNeedsForecaster
 from nowblock.milp import solve_offline
 from nowblock.sim.bound import simulation_bound
 
@@ -60,7 +62,7 @@ FAMILIES = ("now_block", "residential_elaad", "public_elaad", "workplace_acn")
 FRACTIONS = (0.1, 0.2, 1 / 3)
 FRACTION_NAMES = {0.1: "1/10", 0.2: "1/5", 1 / 3: "1/3"}
 POLICIES = ("uncontrolled", "equal", "edf", "llf", "round_robin", "milp")
-NEEDS = ("known", "unknown", "learnt", "reported")
+NEEDS = ("known", "unknown", "learnt", "online", "reported")
 N_CP, DAYS, HISTORY_DAYS, SEED = 24, 7, 28, 42
 
 
@@ -96,6 +98,8 @@ def needs_kwargs(scn, needs: str) -> dict:
         return {"needs": "unknown"}
     if needs == "learnt":
         return {"needs": "unknown", "needs_estimator": SessionNeedsForecaster().fit(scn.meta["history"])}
+    if needs == "online":
+        return {"needs": "unknown", "needs_estimator": OnlineNeedsForecaster()}
     if needs == "reported":
         return {"needs": "unknown", "needs_estimator": ReportedNeeds(scn.sessions)}
     raise ValueError(needs)

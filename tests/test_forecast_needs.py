@@ -186,3 +186,45 @@ def test_kind_of_day_tells_the_next_morning_apart():
     kind, hour = est._kind_hour(arr.as_unit("ns").asi8)
     assert kind.tolist() == [1, 3, 2, 0, 1]
     np.testing.assert_allclose(hour, 19.0)
+
+
+def test_online_forecaster_learns_the_sessions_that_end():
+    """Without history the block's own sessions become the history: each one that ends is
+    learnt with its charging point, arrival, the step it left in and the energy it took (up to
+    its last step); the
+    model is fitted once enough ended, and until then the fallback rule answers."""
+    import nowblock as nb
+    from nowblock.block.families import family_scenario
+    from nowblock.forecast import OnlineNeedsForecaster
+
+    scn = family_scenario("residential_elaad", n_charge_points=8, connection_fraction=0.3, days=3, seed=4)
+    est = OnlineNeedsForecaster(min_sessions=5)
+    t0 = scn.sessions["arrival"].min()
+    first = est.predict_needs(scn.sessions.iloc[:2].set_index("session_id"), t0)
+    assert first["departure"].isna().all() and first["energy_kwh"].isna().all()
+    est = OnlineNeedsForecaster(min_sessions=5)
+    res = nb.simulate(scn, policy="equal", needs="unknown", needs_estimator=est)
+    assert est.fits >= 1
+    learnt = est.learnt.set_index("session_id")
+    out = res.sessions.set_index("session_id")
+    ended = out.index[out["departure"] < out["departure"].max() - pd.Timedelta("1h")]
+    assert set(ended) <= set(learnt.index)
+    got = learnt.loc[ended]
+    assert (got["charge_point_id"] == out.loc[ended, "charge_point_id"]).all()
+    dev = (got["departure"] - out.loc[ended, "departure"]).abs()
+    assert (dev <= pd.Timedelta("10min")).all()
+    # What it took up to the last step it was seen in (the last step's energy is not observed).
+    took = out.loc[ended, "energy_delivered_kwh"]
+    assert (got["energy_kwh"] <= took + 1e-9).all()
+    assert (got["energy_kwh"] >= took - 16 * 3 * 0.23 / 12 - 1e-9).all()
+    assert (got["energy_kwh"] >= took - 1e-9).mean() > 0.5
+
+
+def test_online_forecaster_refuses_naive_times():
+    from nowblock.forecast import OnlineNeedsForecaster
+    from nowblock.forecast.calendar import ForecastError
+
+    with pytest.raises(ForecastError):
+        OnlineNeedsForecaster().predict_needs(pd.DataFrame(), pd.Timestamp("2026-03-02 17:00"))
+    with pytest.raises(ValueError):
+        OnlineNeedsForecaster(min_sessions=0)

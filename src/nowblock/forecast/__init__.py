@@ -23,11 +23,12 @@ _LAZY = {
     "Calendar": "calendar",
     "ForecastError": "calendar",
     "SessionNeedsForecaster": "needs",
+    "OnlineNeedsForecaster": "online",
 }
 
 __all__ = [
     "DEFAULT_QUANTILES", "ArrivalForecaster", "BaseLoadForecaster", "Calendar", "ForecastError",
-    "SeasonalNaiveForecaster", "SessionNeedsForecaster", "SimilarDayForecaster", "quantile_column",
+    "OnlineNeedsForecaster", "SeasonalNaiveForecaster", "SessionNeedsForecaster", "SimilarDayForecaster", "quantile_column",
 ]
 
 
