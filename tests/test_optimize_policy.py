@@ -488,3 +488,36 @@ def test_spare_room_is_shared_to_the_last_pilot_step():
     assert np.all(h - g @ x < 1.0)
     assert sorted(x) == [6.0, 6.0, 6.0, 6.0, 7.0, 7.0]
     assert x[0] == 7.0 and x[1] == 7.0  # the least served so far come first
+
+
+def _estimated_snapshot(sources):
+    """Two cars with estimated needs on a 16 A connection: "a" is estimated to leave in 1 h
+    wanting 10 kWh, "b" in 10 h wanting 15 kWh."""
+    cps = (ChargePoint("CP1", "grid", max_current_a=16), ChargePoint("CP2", "grid", max_current_a=16))
+    site = Site(name="est", fuses=(Fuse("grid", (16.0, 16.0, 16.0)),), charge_points=cps)
+    cars = pd.DataFrame({
+        "charge_point_id": ["CP1", "CP2"], "cp_index": [0, 1], "phases": 3, "min_current_a": 6.0,
+        "max_current_a": 16.0, "arrival": T0 - pd.Timedelta("1h"),
+        "departure": [T0 + pd.Timedelta("1h"), T0 + pd.Timedelta("10h")], "energy_requested_kwh": [10.0, 15.0],
+        "energy_delivered_kwh": 0.0, "measured_current_a": np.nan, "offered_current_a": 0.0, "priority": 1.0,
+        "needs_known": False,
+    }, index=pd.Index(["a", "b"], name="session_id"))
+    if sources is not None:
+        cars["needs_estimate"] = sources
+    idx = pd.date_range(T0, periods=24 * 12, freq="5min")
+    return BlockSnapshot(time=T0, site=site, step=pd.Timedelta("5min"), cars=cars,
+                         base_load_kw=pd.Series(0.0, index=idx, name="kw"))
+
+
+def test_only_fitted_estimates_are_planned():
+    """A fitted estimator's answer is planned (the car said to leave soon gets the room); the
+    fallback rule's guesses are not: those cars share the room equally."""
+    fitted = MilpPolicy().schedule(_estimated_snapshot(["fitted", "fitted"]))
+    assert fitted["a"] >= 10.0
+    for snap in (_estimated_snapshot(["fallback", "fallback"]), _estimated_snapshot(None)):
+        shared = MilpPolicy().schedule(snap)
+        assert list(shared) == [8.0, 8.0]
+    every = MilpPolicy(plan_estimates="all").schedule(_estimated_snapshot(["fallback", "fallback"]))
+    assert every["a"] >= 10.0
+    with pytest.raises(ValueError):
+        MilpPolicy(plan_estimates="some")
