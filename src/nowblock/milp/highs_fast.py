@@ -170,6 +170,9 @@ def solve_matrix(form: Formulation, mf: MatrixForm, time_limit_s: float, start: 
         bound, gap = float(info.mip_dual_bound), float(info.mip_gap) if has_sol else float("inf")
     else:  # an LP's objective bounds the MILP only when the LP is solved
         bound, gap = (obj, 0.0) if status == "optimal" else (float("nan"), float("inf"))
+    # A bound on every real plan, not only on the model's points (the LP without overshoot on
+    # the light side of unbalance rows: MatrixForm.bound_slack_eur).
+    bound -= mf.bound_slack_eur
     return SolveResult(status=status, solver_status=h.modelStatusToString(model_status), values=values,
                        objective=obj, bound=bound, mip_gap=gap, solve_seconds=float(solve_s), build_seconds=build_s,
                        matrix=mf, run_call_seconds=run_call_s)

@@ -24,7 +24,10 @@ earliest-deadline greedy). In order (kernels in :mod:`nowblock.milp.plan_kernels
    slot, where that lowers the weighted shortfall.
 7. **Front-loading** (``early_eur_per_kwh > 0``): each car's energy moves to its earliest slots
    that cost no more, under the plan's own peak.
-8. **Re-check** from scratch: every row of every slot, every maximum, "0 or >= min"; a slot that
+8. **Unbalance with the real draws** (:func:`keep_unbalance_drawn`): the light side of an
+   unbalance row counts only what its cars draw (a full car draws nothing); where that breaks
+   a row, cars on the heavy side are lowered a step at a time, first those that lose no energy.
+9. **Re-check** from scratch: every row of every slot, every maximum, "0 or >= min"; a slot that
    fails (none should) is repaired by the shared safety net :func:`nowblock.seam.make_safe`.
 
 Every stage keeps the plan feasible for every row it checks; the energy a car gets only changes
@@ -198,6 +201,23 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
         pk.pass_on_excess(y, delivered, need, np.broadcast_to(weight, (n,)).copy(), kwh, up, on_a, *rows, no_cap,
                           step, _TOL)
     y = np.round(y / step) * step  # whole steps exactly (sums of steps drift in floating point)
+    for _ in range(3):
+        if not keep_unbalance_drawn(form, y, on_a):
+            break
+        # What the lowering freed, for cars short of their need (a car below its need draws
+        # what it is offered, so these steps balance for real), then the rows again.
+        delivered = (y * kwh).sum(axis=1)
+        if not (need - delivered > 1e-9).any():
+            break
+        slack[:] = lim.h - lim.g @ y
+        rows = (g_start, g_row, g_val, slack, kw)
+        pk.fill(y, delivered, need, kwh, up, on_a, order, by_cost, *rows, no_cap, step, _TOL)
+        for _ in range(4):
+            if not pk.fill_balanced(y, delivered, need, need, kwh, up, on_a, order, by_cost, g_start, g_row,
+                                    g_val, r_start, r_car, r_val, slack, kw, no_cap, lim.n_fuse_rows, step, _TOL):
+                break
+        y = np.round(y / step) * step
+    keep_unbalance_drawn(form, y, on_a)
     y, repaired = _recheck(form, y, up, on_a)
     energy = (y * kwh).sum(axis=1)
     return Plan(current_a=y, energy_kwh=energy, missing_kwh=float(np.maximum(target - energy, 0.0).sum()),
@@ -222,6 +242,72 @@ def _light_phase_up(form: Formulation, x: np.ndarray, step: float) -> np.ndarray
     if not up_cells.any():
         return x
     return np.where(up_cells & (x > 1e-7), np.ceil(x / step - 1e-7) * step, x)
+
+
+def drawn_dense(form: Formulation, y: np.ndarray) -> np.ndarray:
+    """(n, T) current [A] each car really draws under plan ``y`` [A]: its setpoint until it has
+    its need, in slot order, then only the rest (:func:`nowblock.milp.matrix.drawn_current_a`)."""
+    kwh = np.asarray(form.energy_per_a_kwh, dtype=float)
+    need = np.maximum(np.nan_to_num(np.asarray(form.need_kwh, dtype=float)), 0.0)
+    return _drawn_rows(np.asarray(y, dtype=float), kwh, need)
+
+
+def _drawn_rows(y, kwh, need):
+    e = y * kwh
+    before = np.cumsum(e, axis=-1) - e
+    rest = np.maximum(np.asarray(need)[..., None] - before, 0.0)
+    return np.where(kwh > 0, np.minimum(y, rest / np.where(kwh > 0, kwh, 1.0)), y)
+
+
+def unbalance_drawn(form: Formulation, y: np.ndarray) -> np.ndarray | None:
+    """The unbalance rows' left-hand sides [A] (rows x slots) under plan ``y`` [A], the light side
+    counted with what its cars draw (:func:`drawn_dense`), the heavy side with their setpoints
+    (a car may draw all it is offered); None without an unbalance limit."""
+    lim = form.limits
+    nf = lim.n_fuse_rows
+    if lim.g.shape[0] == nf:
+        return None
+    g = lim.g[nf:]
+    return np.clip(g, 0.0, None) @ y + np.clip(g, None, 0.0) @ drawn_dense(form, y)
+
+
+def keep_unbalance_drawn(form: Formulation, y: np.ndarray, on_a: np.ndarray) -> int:
+    """Make plan ``y`` [A] (changed in place) keep every unbalance row with the light side at
+    what its cars really draw: while a row breaks, the car on its heavy side that loses the least
+    energy (then the highest setpoint) is lowered one pilot step (to 0 below its least setpoint
+    ``on_a``). Lowering never breaks a fuse row, and only raises what a car draws later. The
+    model's bound counts no overshoot on the light side (:func:`nowblock.milp.matrix.build_matrix`),
+    so it holds for every plan that passes here. Returns the number of steps taken."""
+    lim = form.limits
+    nf = lim.n_fuse_rows
+    if lim.g.shape[0] == nf or not y.size:
+        return 0
+    step = float(form.options.current_step_a)
+    g = lim.g[nf:]
+    pos, neg = np.clip(g, 0.0, None), np.clip(g, None, 0.0)
+    h = lim.h[nf:]
+    kwh = np.asarray(form.energy_per_a_kwh, dtype=float)
+    need = np.maximum(np.nan_to_num(np.asarray(form.need_kwh, dtype=float)), 0.0)
+    d = _drawn_rows(y, kwh, need)
+    over = pos @ y + neg @ d - h
+    steps = 0
+    for _ in range(int(y.size)):
+        r, t = np.unravel_index(int(np.argmax(over)), over.shape)
+        if over[r, t] <= 1e-6:
+            break
+        cand = np.nonzero((pos[r] > 0) & (y[:, t] > 0))[0]
+        new = y[cand, t] - step
+        new = np.where(new < on_a[cand] - 1e-9, 0.0, new)
+        loss = d[cand, t] - np.minimum(d[cand, t], new)
+        i = int(cand[np.lexsort((-y[cand, t], loss))[0]])
+        dy = float(np.where(y[i, t] - step < on_a[i] - 1e-9, 0.0, y[i, t] - step) - y[i, t])
+        y[i, t] += dy
+        d_old = d[i].copy()
+        d[i] = _drawn_rows(y[i], kwh[i], need[i])
+        over[:, t] += pos[:, i] * dy
+        over += neg[:, i:i + 1] * (d[i] - d_old)[None, :]
+        steps += 1
+    return steps
 
 
 def _recheck(form: Formulation, y: np.ndarray, up: np.ndarray, on_a: np.ndarray) -> tuple[np.ndarray, int]:

@@ -130,7 +130,7 @@ def peak_bound(form: Formulation, mf0, first_slots: int, time_limit_s: float) ->
     res = solve_matrix(form, dataclasses.replace(mf0, cost=cost), time_limit_s)
     if res.status != "optimal":
         return float("nan")
-    return float(res.objective) + c * float(np.mean(np.asarray(form.base_kw, dtype=float)[:k]))
+    return float(res.bound) + c * float(np.mean(np.asarray(form.base_kw, dtype=float)[:k]))
 
 
 def real_plan(form: Formulation, mf, x: np.ndarray, caps=None) -> tuple[Plan, float]:
@@ -221,7 +221,7 @@ class _Run:
             energy = np.minimum((x * form.energy_per_a_kwh).sum(axis=1), np.maximum(form.need_kwh, 0.0))
             self.lp0 = (mf0, x, critical_peak_kw(form, energy), energy)
             if res.status == "optimal":
-                self._raise_bound(res.objective + o.peak_eur_per_kw * float(np.max(form.base_kw, initial=0.0)))
+                self._raise_bound(res.bound + o.peak_eur_per_kw * float(np.max(form.base_kw, initial=0.0)))
         self._record("lp without peak", res)
 
     def lp_without_peak_plans(self) -> None:
