@@ -290,11 +290,17 @@ def keep_unbalance_drawn(form: Formulation, y: np.ndarray, on_a: np.ndarray) -> 
     need = np.maximum(np.nan_to_num(np.asarray(form.need_kwh, dtype=float)), 0.0)
     d = _drawn_rows(y, kwh, need)
     over = pos @ y + neg @ d - h
+    gf = lim.g[:nf]
+    fuse_over = gf @ y - lim.h[:nf]
+    up = pilot_bounds(form)[0]
     steps = 0
     for _ in range(int(y.size)):
         r, t = np.unravel_index(int(np.argmax(over)), over.shape)
         if over[r, t] <= 1e-6:
             break
+        if _raise_light(y, d, over, fuse_over, r, t, g, gf, kwh, need, up, on_a, step):
+            steps += 1
+            continue
         cand = np.nonzero((pos[r] > 0) & (y[:, t] > 0))[0]
         new = y[cand, t] - step
         new = np.where(new < on_a[cand] - 1e-9, 0.0, new)
@@ -302,12 +308,61 @@ def keep_unbalance_drawn(form: Formulation, y: np.ndarray, on_a: np.ndarray) -> 
         i = int(cand[np.lexsort((-y[cand, t], loss))[0]])
         dy = float(np.where(y[i, t] - step < on_a[i] - 1e-9, 0.0, y[i, t] - step) - y[i, t])
         y[i, t] += dy
+        fuse_over[:, t] += gf[:, i] * dy
         d_old = d[i].copy()
         d[i] = _drawn_rows(y[i], kwh[i], need[i])
         over[:, t] += pos[:, i] * dy
         over += neg[:, i:i + 1] * (d[i] - d_old)[None, :]
         steps += 1
     return steps
+
+
+def _raise_light(y, d, over, fuse_over, r, t, g, gf, kwh, need, up, on_a, step) -> bool:
+    """Mend broken unbalance row ``r`` in slot ``t`` from its light side: a car there that
+    still needs the energy (so it draws all of it) takes one more step (or its least setpoint)
+    in ``t``; where a fuse row of ``t`` has no room for it, a car on the heavy side gives up a
+    step in the same slot (a swap: the fuses keep their load, the phases come a step closer
+    each way). Kept only if every fuse row of ``t`` holds and no unbalance row gets worse.
+    Lowering the heavy side alone loses energy; this keeps it. Updates ``y``, ``d``, ``over``,
+    ``fuse_over`` in place; True if a car was raised."""
+    light = np.nonzero(g[r] < 0)[0]
+    add = np.where(y[light, t] > 0, step, on_a[light])
+    ok = (y[light, t] + add <= up[light, t] + 1e-9) & (up[light, t] > 0)
+    ok &= (y[light] * kwh[light]).sum(axis=1) + add * kwh[light, t] <= need[light] + 1e-9
+    if not ok.any():
+        return False
+    heavy = np.nonzero((g[r] > 0) & (y[:, t] > 0))[0]
+    low = y[heavy, t] - step
+    low = np.where(low < on_a[heavy] - 1e-9, 0.0, low) - y[heavy, t]  # the (negative) change [A]
+    # Heavy cars that then draw the least less (a full one: nothing), small changes first.
+    loss = d[heavy, t] - np.minimum(d[heavy, t], y[heavy, t] + low)
+    heavy, low = heavy[np.lexsort((-low, loss))][:8], low[np.lexsort((-low, loss))][:8]
+    lim_over = np.maximum(over[:, t], 1e-6)
+    for j in np.nonzero(ok)[0][:8]:
+        i, a = int(light[j]), float(add[j])
+        for h, dh in [(-1, 0.0)] + list(zip(heavy.tolist(), low.tolist())):
+            f_new = fuse_over[:, t] + gf[:, i] * a + (gf[:, h] * dh if h >= 0 else 0.0)
+            if (f_new > 1e-6).any():
+                continue
+            new = over[:, t] + g[:, i] * a
+            if h >= 0:
+                dd = _drawn_rows(np.where(np.arange(y.shape[1]) == t, y[h] + dh, y[h]), kwh[h], need[h]) - d[h]
+                new_all = over + np.clip(g[:, h:h + 1], None, 0.0) * dd[None, :]
+                new = new_all[:, t] + g[:, i] * a + np.clip(g[:, h], 0.0, None) * dh
+                if (np.delete(new_all, t, axis=1) > np.maximum(np.delete(over, t, axis=1), 1e-6)).any():
+                    continue
+            if (new > lim_over).any() or new[r] >= over[r, t] - 1e-9:
+                continue
+            y[i, t] += a
+            d[i, t] += a  # it still needs it: all of it is drawn, and nothing later changes
+            if h >= 0:
+                y[h, t] += dh
+                over += np.clip(g[:, h:h + 1], None, 0.0) * dd[None, :]
+                d[h] += dd
+            over[:, t] = new
+            fuse_over[:, t] = f_new
+            return True
+    return False
 
 
 def _recheck(form: Formulation, y: np.ndarray, up: np.ndarray, on_a: np.ndarray) -> tuple[np.ndarray, int]:
