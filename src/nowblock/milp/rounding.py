@@ -201,22 +201,6 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
         pk.pass_on_excess(y, delivered, need, np.broadcast_to(weight, (n,)).copy(), kwh, up, on_a, *rows, no_cap,
                           step, _TOL)
     y = np.round(y / step) * step  # whole steps exactly (sums of steps drift in floating point)
-    for _ in range(3):
-        if not keep_unbalance_drawn(form, y, on_a):
-            break
-        # What the lowering freed, for cars short of their need (a car below its need draws
-        # what it is offered, so these steps balance for real), then the rows again.
-        delivered = (y * kwh).sum(axis=1)
-        if not (need - delivered > 1e-9).any():
-            break
-        slack[:] = lim.h - lim.g @ y
-        rows = (g_start, g_row, g_val, slack, kw)
-        pk.fill(y, delivered, need, kwh, up, on_a, order, by_cost, *rows, no_cap, step, _TOL)
-        for _ in range(4):
-            if not pk.fill_balanced(y, delivered, need, need, kwh, up, on_a, order, by_cost, g_start, g_row,
-                                    g_val, r_start, r_car, r_val, slack, kw, no_cap, lim.n_fuse_rows, step, _TOL):
-                break
-        y = np.round(y / step) * step
     keep_unbalance_drawn(form, y, on_a)
     y, repaired = _recheck(form, y, up, on_a)
     energy = (y * kwh).sum(axis=1)
