@@ -2,7 +2,13 @@
 
 The time limit (``options.time_limit_s``) bounds the whole call, from the moment ``optimize``
 (or the caller of :func:`solve_formulation`, through ``started_at``) starts; every solver stage
-gets what is left less :func:`reserve_seconds` for the plans after it.
+gets what is left less a reserve for the plans after it (:func:`reserve_seconds`, or 1.5 times
+the longest plan made so far in the call, whichever is longer).
+
+0. **Coarse stage** for fine slot grids of large blocks (:data:`COARSE_MIN_CELLS`): the LP on
+   15-minute slots (a restriction), made a real fine plan, and a Lagrange bound on the fine
+   model from its duals (:mod:`nowblock.milp.coarse`); the fine LPs below then only within
+   ``milp_effort`` times the time spent so far, skipped when predicted beyond it.
 
 1. **The LP without the peak term** (when the model has one): fast (the peak rows tie every
    slot together and make HiGHS's LP up to a few hundred times slower); its time sets the
@@ -351,7 +357,7 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
             until = time.perf_counter() + budget
         if run.certified():
             pass
-        elif m * m * run.coarse_seconds > budget if np.isfinite(until) else False:
+        elif np.isfinite(until) and m * m * run.coarse_seconds > until - time.perf_counter():
             # The fine LP would not finish in its budget: it took about m^2 times the coarse LP
             # (9-20x at m = 3 on the instance matrix), and the MILP stage holds it.
             run.stages.append({"stage": "fine lp", "status": "skipped (predicted beyond its budget)",
