@@ -201,7 +201,28 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
         pk.pass_on_excess(y, delivered, need, np.broadcast_to(weight, (n,)).copy(), kwh, up, on_a, *rows, no_cap,
                           step, _TOL)
     y = np.round(y / step) * step  # whole steps exactly (sums of steps drift in floating point)
-    keep_unbalance_drawn(form, y, on_a)
+    if keep_unbalance_drawn(form, y, on_a):
+        # The cars lowered may find room in other slots: fill up to the need, repair again, and
+        # keep the result while it lowers the weighted shortfall (a fill can overshoot a light-
+        # side car's need and so break a row with real draws again: hence the comparison).
+        weight = np.asarray(form.priority, dtype=float) * (1.0 if form.shortfall_weight is None
+                                                            else np.asarray(form.shortfall_weight, dtype=float))
+
+        def short(z):
+            return float((weight * np.maximum(need - (z * kwh).sum(axis=1), 0.0)).sum())
+
+        for _ in range(3):
+            if short(y) <= 1e-9:
+                break
+            z = y.copy()
+            d_z = (z * kwh).sum(axis=1)
+            s_z = lim.h - lim.g @ z
+            pk.fill(z, d_z, need, kwh, up, on_a, order, by_cost, g_start, g_row, g_val, s_z, kw, no_cap, step, _TOL)
+            z = np.round(z / step) * step
+            keep_unbalance_drawn(form, z, on_a)
+            if short(z) >= short(y) - 1e-9:
+                break
+            y = z
     y, repaired = _recheck(form, y, up, on_a)
     energy = (y * kwh).sum(axis=1)
     return Plan(current_a=y, energy_kwh=energy, missing_kwh=float(np.maximum(target - energy, 0.0).sum()),
