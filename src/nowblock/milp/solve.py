@@ -66,10 +66,15 @@ def run_backend(form: Formulation, *, relax: bool = False, warm_start_a=None) ->
 
 
 def reserve_seconds(form: Formulation) -> float:
-    """Time [s] kept back from a solver stage for making, pricing and checking plans after it:
-    20 ms plus 4 us per (car, slot) pair (measured on the instance matrix, under load: one plan
-    takes 1-8 us per pair, two are made after each stage; docs/bench_optimize.md)."""
-    return 0.02 + 4e-6 * form.n_cars * form.n_slots
+    """Time [s] kept back from a solver stage for making, pricing and checking plans after it,
+    before any plan of the call has been timed: 20 ms plus 4 us per (car, slot) pair, 16 us with
+    an unbalance limit (the real-draw repair). Measured under load (load average 3-4; two plans
+    are made after a stage that times out): with the unbalance limit 0.23-0.26 s for both at 200
+    cars x 96 slots and 1.6 s at 1,000 x 96 (12-17 us per pair), where 4 us let calls return 1.3
+    times their limit (docs/bench_optimize.md). Once a plan is timed, :meth:`_Run.left` scales
+    the reserve with it."""
+    per_pair = 16e-6 if form.site.max_unbalance_a is not None else 4e-6
+    return 0.02 + per_pair * form.n_cars * form.n_slots
 
 
 class _Best:
@@ -159,6 +164,7 @@ def real_plan(form: Formulation, mf, x: np.ndarray, caps=None) -> tuple[Plan, fl
 #: took <= 1 s at 57,600 cells (200 cars, 288 slots) and 25-200 s at 163,000-288,000 (1,000
 #: cars) on the instance matrix; the coarse LP 3-5 s there (docs/bench_optimize.md).
 COARSE_MIN_CELLS = 100_000
+_RESERVE_PLAN_FACTOR = 2.0  # the reserve after a solver stage, in longest plans made (see _Run.left)
 _PEAK_LP_FACTOR = 10.0  # the LP with the peak term may take this many times the LP without it ...
 _PEAK_LP_MIN_S = 0.5  # ... or this long [s], whichever is longer (then the time left)
 
@@ -182,14 +188,15 @@ class _Run:
 
     def left(self) -> float:
         """Time [s] a solver stage may still take: what is left less the reserve for the plans
-        after it, :func:`reserve_seconds` or, once a plan was made, 1.5 times the longest one
-        took (plus 20 ms), whichever is longer: under load the fixed estimate fell short and
-        calls returned up to 1.12 times their limit (docs/bench_optimize.md)."""
+        after it, :func:`reserve_seconds` or, once a plan was made, ``_RESERVE_PLAN_FACTOR``
+        times the longest one took (plus 20 ms), whichever is longer: under load the fixed
+        estimate fell short and calls returned up to 1.12 times their limit
+        (docs/bench_optimize.md). After a stage that times out up to two plans are made."""
         return self.deadline - time.perf_counter() - self.reserve_now()
 
     def reserve_now(self) -> float:
         """Time [s] kept back for the plans after a solver stage (see :meth:`left`)."""
-        return max(self.reserve, 1.5 * self.plan_s + 0.02)
+        return max(self.reserve, _RESERVE_PLAN_FACTOR * self.plan_s + 0.02)
 
     def real_plan(self, mf, x: np.ndarray, caps=None) -> tuple[Plan, float]:
         """:func:`real_plan`, timed (its time sets the reserve, :meth:`left`)."""
@@ -197,6 +204,16 @@ class _Run:
         out = real_plan(self.form, mf, x, caps)
         self.plan_s = max(self.plan_s, time.perf_counter() - t)
         return out
+
+    def _no_time(self, stage: str) -> bool:
+        """True (and the stage recorded as skipped) when a solver stage would get no time: its
+        matrices alone cost more than a HiGHS call of a millisecond is worth (measured: 0.8 s
+        of building at 1,000 cars x 288 slots under a 2.9 s limit, then the greedy plan)."""
+        if self.left() > 0.01:
+            return False
+        self.stages.append({"stage": stage, "status": "skipped (no time left)",
+                            "seconds": time.perf_counter() - self.t0})
+        return True
 
     def certified(self) -> bool:
         return self.best.plan is not None and _certified(self.best.objective, self.bound, self.form.options)
@@ -217,6 +234,8 @@ class _Run:
     def lp_stage(self, budget: float) -> None:
         """The LP relaxation of the whole model, made into real plans; its optimum is the bound."""
         form, mf = self.form, self.mf
+        if budget <= 0.01 and self._no_time("lp"):
+            return
         res = solve_matrix(form, mf, budget)
         self._account(res)
         objective = float("nan")
@@ -236,6 +255,8 @@ class _Run:
         :func:`~nowblock.milp.coarse.coarse_formulation`), made a real fine plan; its row duals
         give a Lagrange bound on the fine model (:func:`~nowblock.milp.coarse.lagrange_bound`)."""
         form = self.form
+        if self._no_time("coarse lp"):
+            return
         c0 = coarse_formulation(form.with_options(peak_eur_per_kw=0.0), m)
         mfc = c0.matrix(relax=True)
         t = time.perf_counter()
@@ -258,6 +279,8 @@ class _Run:
         time sets the whole LP's budget; its solution is kept for :meth:`lp_without_peak_plans`;
         its optimum plus the base load's peak is a (weak) proven bound."""
         form, o = self.form, self.form.options
+        if self._no_time("lp without peak"):
+            return
         f0 = form.with_options(peak_eur_per_kw=0.0)
         mf0 = f0.matrix(relax=True)
         t = time.perf_counter()
@@ -284,7 +307,9 @@ class _Run:
         _, x, (peak_kw, _), energy = self.lp0
         plan, objective = self.real_plan(mf, x, caps=(np.inf,))
         self.best.offer(plan, objective, "lp without peak+rounding")
+        t = time.perf_counter()
         flat = make_plan(form, None, peak_kw=peak_kw, target_kwh=energy)
+        self.plan_s = max(self.plan_s, time.perf_counter() - t)
         self.best.offer(flat, plan_objective(form, mf, flat.current_a), "least laxity under the critical peak")
         self.stages.append({"stage": "plans without peak", "status": "made", "objective": self.best.objective,
                             "seconds": time.perf_counter() - self.t0})
