@@ -376,16 +376,19 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
         # ``milp_effort`` times the time spent so far (at least _PEAK_LP_MIN_S).
         until = np.inf
         m = coarse_factor(form) if backend == "highs" else 1
+        predicted = 0.0
         if m > 1 and len(form.cells[0]) >= COARSE_MIN_CELLS:
             run.coarse_stage(m)
-            budget = max(o.milp_effort * (time.perf_counter() - t0), _PEAK_LP_MIN_S)
-            until = time.perf_counter() + budget
+            # The fine LP took about m^2 times the coarse LP (5-20x at m = 3 on the instance
+            # matrix): it runs if that fits in half the time left, within three times that.
+            predicted = m * m * run.coarse_seconds
+            until = time.perf_counter() + max(3.0 * predicted, o.milp_effort * (time.perf_counter() - t0),
+                                              _PEAK_LP_MIN_S)
         if run.certified():
             pass
-        elif np.isfinite(until) and m * m * run.coarse_seconds > until - time.perf_counter():
-            # The fine LP would not finish in its budget: it took about m^2 times the coarse LP
-            # (9-20x at m = 3 on the instance matrix), and the MILP stage holds it.
-            run.stages.append({"stage": "fine lp", "status": "skipped (predicted beyond its budget)",
+        elif np.isfinite(until) and predicted > 0.5 * run.left():
+            # The MILP stage holds the fine LP: it is skipped with it (see below).
+            run.stages.append({"stage": "fine lp", "status": "skipped (predicted beyond half the time left)",
                                "seconds": time.perf_counter() - t0})
         elif backend == "pyomo":
             run.pyomo_stage()
