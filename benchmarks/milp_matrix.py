@@ -12,7 +12,8 @@ a bug in the optimizer's formulation cannot hide in its own yardstick.
   rows with a shortfall slack priced at 20 EUR/kWh and no car above its need, and the energy
   price;
 - :func:`check_schedule` checks a returned plan against every fuse, phase and slot, the
-  unbalance limit, "0 or at least the minimum", the maximum, the pilot step and the plug-in
+  unbalance limit (also with what cars really draw: a full car on the light phase draws
+  nothing), "0 or at least the minimum", the maximum, the pilot step and the plug-in
   window, and returns the energy it delivers.
 """
 
@@ -226,6 +227,20 @@ def check_schedule(block: dict, step: str, current_a: pd.DataFrame, step_a: floa
         if (spread > a["unbalance_a"] + tol).any():
             bad.append("unbalance limit broken")
         unbalance_share = float(spread.max(initial=0.0) / max(a["unbalance_a"], 1e-9))
+        # ... and with what cars really draw: a car stops once it has its energy, so on the light
+        # phase only its draw until full counts (in time order); on the heavy phase its offer.
+        e = x * a["kwh_per_a"]
+        rest = np.maximum(a["need"][:, None] - (np.cumsum(e, axis=1) - e), 0.0)
+        k = a["kwh_per_a"]
+        drawn = np.where(k > 0, np.minimum(x, rest / np.where(k > 0, k, 1.0)), x)
+        g = a["g"][0:3]
+        for p, q in itertools.permutations(range(3), 2):
+            d = g[p] - g[q]
+            lhs = np.clip(d, 0, None) @ x + np.clip(d, None, 0) @ drawn
+            if (lhs > a["unbalance_a"] + tol).any():
+                bad.append(f"unbalance limit broken with real draws (L{p + 1}-L{q + 1}, worst "
+                           f"{float(lhs.max()):.2f} A)")
+                break
     energy = (x * a["kwh_per_a"]).sum(axis=1)
     room = np.where(a["room"] > 0, a["room"], np.nan)
     return {"ok": not bad, "violations": bad, "energy_kwh": float(np.minimum(energy, a["need"]).sum()),

@@ -154,9 +154,32 @@ def test_matrix_rows_mean_the_model(base_snapshot, case):
     np.testing.assert_array_equal(mf.change_has_prev, has_prev)
     np.testing.assert_allclose(mf.change_rhs, rhs, rtol=0, atol=0)
 
+    # The light side of a stated unbalance row: with binaries a useful-current column per cell;
+    # an LP gives those cars no overshoot instead (docs/optimizer.md, "The model").
+    inc = f.incidence
+    light_cells = np.zeros(0, dtype=np.int64)
+    if unbalance:
+        root = root_index(site)
+        u_lim = np.floor(site.max_unbalance_a / o.current_step_a + 1e-9) * o.current_step_a
+        UB0 = np.zeros((n, T))
+        UB0[car, slot] = ub_cell
+        cells_on_light = set()
+        for p in range(3):
+            for q in range(3):
+                if p == q:
+                    continue
+                d = inc[3 * root + p] - inc[3 * root + q]
+                heavy = np.maximum(d, 0.0) @ UB0
+                for k in range(K):
+                    if d[car[k]] < 0 and heavy[slot[k]] > u_lim + 1e-9:
+                        cells_on_light.add(k)
+        light_cells = np.array(sorted(cells_on_light), dtype=np.int64)
+    U = 0 if relax else len(light_cells)
+    u_cars = np.unique(car[light_cells])
+
     # Column layout, bounds, integrality and cost.
     sizes = {"current_a": K, "on": B, "shortfall_kwh": n, "worst_fraction": int(fair), "peak_kw": int(use_peak),
-             "change_up_a": P, "change_down_a": P}
+             "change_up_a": P, "change_down_a": P, "useful_a": U}
     assert _layout_ok(mf.cols, list(sizes)) == mf.num_col
     for name, size in sizes.items():
         assert mf.cols[name].stop - mf.cols[name].start == size, name
@@ -166,6 +189,8 @@ def test_matrix_rows_mean_the_model(base_snapshot, case):
     np.testing.assert_array_equal(mf.col_hi[c["on"]], 1.0)
     np.testing.assert_array_equal(mf.col_hi[c["shortfall_kwh"]], need)
     np.testing.assert_array_equal(mf.col_hi[c["worst_fraction"]], 1.0)
+    np.testing.assert_array_equal(mf.col_hi[c["useful_a"]], ub_cell[light_cells] if U else [])
+    np.testing.assert_array_equal(mf.useful_cell, light_cells if U else [])
     rest = np.r_[mf.col_hi[c["peak_kw"]], mf.col_hi[c["change_up_a"]], mf.col_hi[c["change_down_a"]]]
     assert np.isposinf(rest).all()
     integ = np.zeros(mf.num_col, dtype=np.int32)
@@ -201,11 +226,16 @@ def test_matrix_rows_mean_the_model(base_snapshot, case):
     up, dn = v[c["change_up_a"]], v[c["change_down_a"]]
     X = np.zeros((n, T))
     X[car, slot] = x
-    inc = f.incidence
+    u_val = v[c["useful_a"]]
+    XU = X.copy()  # the light side: useful currents where the model has them
+    if U:
+        XU[:] = 0.0
+        XU[car[light_cells], slot[light_cells]] = u_val
     np.testing.assert_array_equal(inc, site.phase_incidence(f.cp_index, f.phases))
     load = inc @ X  # (fuse-phase rows, T) [A]
     r = mf.rows
-    fams = ["energy", "fuse", "unbalance", "on_upper", "on_lower", "fair", "peak", "change"]
+    fams = ["energy", "fuse", "unbalance", "on_upper", "on_lower", "fair", "peak", "change", "useful_upper",
+            "useful_energy"]
     assert _layout_ok(r, fams) == mf.num_row
     close = dict(rtol=1e-10, atol=1e-8)
 
@@ -216,6 +246,9 @@ def test_matrix_rows_mean_the_model(base_snapshot, case):
     step = o.current_step_a
     on_a = np.maximum(np.ceil(f.min_current_a / step - 1e-9) * step, step)  # least setpoint, in steps
     overshoot = on_a * kw_per_a * slot_h.max()
+    if relax and unbalance:
+        assert len(u_cars) and mf.bound_slack_eur >= 0
+        overshoot[u_cars] = 0.0
     np.testing.assert_allclose(mf.row_hi[r["energy"]], need + overshoot, rtol=1e-12)
 
     # Fuse rows: stated (row, slot) in increasing order; the others can never be exceeded.
@@ -246,7 +279,10 @@ def test_matrix_rows_mean_the_model(base_snapshot, case):
         assert "unbalance" in r and len(ul) == r["unbalance"].stop - r["unbalance"].start > 0
         assert ((ul[:, 0] != ul[:, 1]) & (ul[:, :2] >= 0).all(axis=1) & (ul[:, :2] < 3).all(axis=1)).all()
         rp, rq = 3 * root + ul[:, 0], 3 * root + ul[:, 1]
-        np.testing.assert_allclose(y[r["unbalance"]], load[rp, ul[:, 2]] - load[rq, ul[:, 2]], **close)
+        pos_d = np.maximum(inc[rp] - inc[rq], 0.0)
+        neg_d = np.minimum(inc[rp] - inc[rq], 0.0)
+        lhs = (pos_d * X[:, ul[:, 2]].T).sum(axis=1) + (neg_d * XU[:, ul[:, 2]].T).sum(axis=1)
+        np.testing.assert_allclose(y[r["unbalance"]], lhs, **close)
         assert np.isneginf(mf.row_lo[r["unbalance"]]).all()
         np.testing.assert_array_equal(mf.row_hi[r["unbalance"]], u)
         seen = {tuple(row) for row in ul}
@@ -296,6 +332,16 @@ def test_matrix_rows_mean_the_model(base_snapshot, case):
         np.testing.assert_array_equal(mf.row_hi[r["change"]], rhs)
     else:
         assert "change" not in r
+
+    # Useful currents: u <= current on every light-side cell, a car's useful energy <= its need.
+    if U:
+        np.testing.assert_allclose(y[r["useful_upper"]], u_val - x[light_cells], **close)
+        assert (mf.row_hi[r["useful_upper"]] == 0).all()
+        ue = np.bincount(car[light_cells], weights=kwh_cell[light_cells] * u_val, minlength=n)[u_cars]
+        np.testing.assert_allclose(y[r["useful_energy"]], ue, **close)
+        np.testing.assert_allclose(mf.row_hi[r["useful_energy"]], need[u_cars], rtol=1e-12)
+    else:
+        assert "useful_upper" not in r and "useful_energy" not in r
 
 
 # ---- 2. snapshot arrays -----------------------------------------------------------------------

@@ -61,6 +61,7 @@ class SolveResult:
     matrix: MatrixForm
     backend: str = "highs"
     run_call_seconds: float = 0.0
+    row_dual: np.ndarray | None = None  # an LP's row duals (HiGHS's sign: <= 0 on binding upper rows)
 
 
 def highs_options(form: Formulation) -> dict:
@@ -160,9 +161,13 @@ def solve_matrix(form: Formulation, mf: MatrixForm, time_limit_s: float, start: 
     info = h.getInfo()
     has_sol = info.primal_solution_status == 2  # kSolutionStatusFeasible
     status = classify(model_status, has_sol) if run_status != highspy.HighsStatus.kError or has_sol else "failed"
+    row_dual = None
     if has_sol:
-        col_value = h.getSolution().col_value  # a Python list: fromiter is the quickest copy
+        sol = h.getSolution()
+        col_value = sol.col_value  # a Python list: fromiter is the quickest copy
         values = np.fromiter(col_value, dtype=float, count=len(col_value))
+        if not is_mip and sol.dual_valid:
+            row_dual = np.fromiter(sol.row_dual, dtype=float, count=mf.num_row)
     else:
         values = None
     obj = float(info.objective_function_value) if has_sol else float("nan")
@@ -170,6 +175,9 @@ def solve_matrix(form: Formulation, mf: MatrixForm, time_limit_s: float, start: 
         bound, gap = float(info.mip_dual_bound), float(info.mip_gap) if has_sol else float("inf")
     else:  # an LP's objective bounds the MILP only when the LP is solved
         bound, gap = (obj, 0.0) if status == "optimal" else (float("nan"), float("inf"))
+    # A bound on every real plan, not only on the model's points (the LP without overshoot on
+    # the light side of unbalance rows: MatrixForm.bound_slack_eur).
+    bound -= mf.bound_slack_eur
     return SolveResult(status=status, solver_status=h.modelStatusToString(model_status), values=values,
                        objective=obj, bound=bound, mip_gap=gap, solve_seconds=float(solve_s), build_seconds=build_s,
-                       matrix=mf, run_call_seconds=run_call_s)
+                       matrix=mf, run_call_seconds=run_call_s, row_dual=row_dual)

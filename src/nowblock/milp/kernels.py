@@ -340,7 +340,7 @@ def _emit(r, c, v, e, row0, rows, cols, vals):
 
 
 @njit(cache=True)
-def standard_form(col_start, n_col, row_start, n_row, cells, bcell, terms, changes, fuse, unb):
+def standard_form(col_start, n_col, row_start, n_row, cells, bcell, terms, changes, fuse, unb, extra):
     """The MILP's columns, rows and CSC entries in the layout of :class:`nowblock.milp.matrix.Layout`.
 
     ``col_start`` holds the first column of each block of ``COLUMN_BLOCKS`` (currents, on/off,
@@ -348,8 +348,10 @@ def standard_form(col_start, n_col, row_start, n_row, cells, bcell, terms, chang
     each family of ``ROW_BLOCKS`` (energy, fuse, unbalance, on_upper, on_lower, fair, peak,
     change), both computed once by the layout; a block's size is the next start minus its own.
     ``cells``, ``terms``, ``changes``, ``fuse`` and ``unb`` are the named tuples of
-    :mod:`nowblock.milp.matrix`. Inside a family, a column's entries come in increasing row order
-    (so a stable sort on the column gives CSC).
+    :mod:`nowblock.milp.matrix` (``unb.cell`` holds column indices: the light side of an
+    unbalance row is a useful-current column); ``extra`` more entries with whole-matrix row and
+    column indices (the useful-current rows), written last. Inside a family, a column's entries
+    come in increasing row order (so a stable sort on the column gives CSC).
     """
     car, slot, ub, kwh = cells.car, cells.slot, cells.upper_a, cells.kwh_per_a
     K = car.shape[0]
@@ -394,7 +396,7 @@ def standard_form(col_start, n_col, row_start, n_row, cells, bcell, terms, chang
             n_prev += 1
     n_fair = r_peak - r_fair
     n_nz = (K + n + fuse.row.shape[0] + unb.row.shape[0] + 4 * B + 2 * n_fair + (K + T if use_peak else 0)
-            + 3 * P + n_prev)
+            + 3 * P + n_prev + extra.row.shape[0])
     row_lo = np.full(n_row, -np.inf)
     row_hi = np.full(n_row, np.inf)
     r = np.empty(n_nz, dtype=np.int64)
@@ -457,6 +459,7 @@ def standard_form(col_start, n_col, row_start, n_row, cells, bcell, terms, chang
         e = _put(r, c, v, e, r_change + j, up0 + j, -1.0)
     for j in range(P):
         e = _put(r, c, v, e, r_change + j, dn0 + j, 1.0)
+    e = _emit(r, c, v, e, 0, extra.row, extra.cell, extra.value)
     a_start, a_index, a_value = coo_to_csc(r, c, v, n_col)
     return cost, col_lo, col_hi, integ, row_lo, row_hi, a_start, a_index, a_value
 

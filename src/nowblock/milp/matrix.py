@@ -21,9 +21,11 @@ if TYPE_CHECKING:
     from nowblock.milp.formulation import Formulation
 
 #: Column blocks, in the order they sit in the matrix.
-COLUMN_BLOCKS = ("current_a", "on", "shortfall_kwh", "worst_fraction", "peak_kw", "change_up_a", "change_down_a")
+COLUMN_BLOCKS = ("current_a", "on", "shortfall_kwh", "worst_fraction", "peak_kw", "change_up_a", "change_down_a",
+                 "useful_a")
 #: Row families, in the order they sit in the matrix.
-ROW_BLOCKS = ("energy", "fuse", "unbalance", "on_upper", "on_lower", "fair", "peak", "change")
+ROW_BLOCKS = ("energy", "fuse", "unbalance", "on_upper", "on_lower", "fair", "peak", "change", "useful_upper",
+              "useful_energy")
 
 _TOL_A = 1e-6
 
@@ -133,6 +135,9 @@ class MatrixForm:
     change_has_prev: np.ndarray
     change_rhs: np.ndarray  # setpoint applied now for pairs without a predecessor [A]
     fuse_cells: np.ndarray  # cells that appear in a stated fuse or unbalance row (where a limit can bind)
+    useful_cell: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # cell of every useful-current column (the light side of an unbalance row), in column order
+    bound_slack_eur: float = 0.0  # subtract from a relaxation's optimum for a bound on real plans [EUR]
     build_seconds: float = 0.0  # time spent building these arrays [s]
     current_scale: np.ndarray | None = None  # amperes per unit of each current column (None: 1)
 
@@ -219,6 +224,28 @@ def build_matrix(f: "Formulation", binary: np.ndarray) -> MatrixForm:
                                                                    ub, np.full(6 * T, u_hi), T, 1e-9, True)
         n_unb = len(keep)
         unb_label = np.stack([pq[keep // T, 0], pq[keep // T, 1], keep % T], axis=1)
+    # The light side of an unbalance row counts only current a car really draws (a full car
+    # draws nothing): the energy row lets a car be offered up to one slot at its least setpoint
+    # beyond its need (a small remainder is served under "0 or >= min"), but that overshoot
+    # balances no phase. Without this the relaxation balanced the phases with it and its bound
+    # stayed 2-26 % below every real plan (docs/optimizer.md). With binaries: a *useful* current
+    # u <= current per cell on a light side, a car's useful energy at most its need, the light
+    # side over u. Without binaries (an LP) the same bound comes cheaper (measured: the split
+    # made HiGHS's LP 5-30x slower): the cars on a light side get no overshoot at all
+    # (ceiling = need); every real plan, its cars cut to what they draw, is then a point of it
+    # that costs at most ``bound_slack_eur`` more (``_cap_slack_eur``).
+    neg = unb_vals < 0
+    useful = np.unique(unb_cells[neg])
+    capped = None
+    slack_eur = 0.0
+    if B == 0 and len(useful):
+        capped = np.unique(car[useful])
+        slack_eur = _cap_slack_eur(f, capped)
+        useful = useful[:0]
+        neg = np.zeros(len(unb_vals), dtype=bool)
+    U = len(useful)
+    u_car = car[useful]
+    u_cars = np.unique(u_car)
 
     weight = 1.0 if f.shortfall_weight is None else f.shortfall_weight
     fair_cost = 0.0
@@ -234,18 +261,35 @@ def build_matrix(f: "Formulation", binary: np.ndarray) -> MatrixForm:
     # delivered >= need. Energy beyond need is never free (energy cost > 0).
 
     cols = Layout({"current_a": K, "on": B, "shortfall_kwh": n, "worst_fraction": int(fair),
-                   "peak_kw": int(use_peak), "change_up_a": P, "change_down_a": P})
+                   "peak_kw": int(use_peak), "change_up_a": P, "change_down_a": P, "useful_a": U})
     rows = Layout({"energy": n, "fuse": len(keep_key), "unbalance": n_unb, "on_upper": B, "on_lower": B,
-                   "fair": n_fair, "peak": T if use_peak else 0, "change": P}, keep_empty=False)
+                   "fair": n_fair, "peak": T if use_peak else 0, "change": P, "useful_upper": U,
+                   "useful_energy": len(u_cars)}, keep_empty=False)
+    u0 = int(cols.starts[-1])
+    r_up, r_ue = int(rows.starts[-2]), int(rows.starts[-1])
+    unb_cols = unb_cells.copy()
+    unb_cols[neg] = u0 + np.searchsorted(useful, unb_cells[neg])
+    j = np.arange(U, dtype=np.int64)
+    u_row = np.searchsorted(u_cars, u_car)
+    extra = LimitEntries(np.concatenate([r_up + j, r_up + j, r_ue + u_row]),
+                         np.concatenate([u0 + j, useful, u0 + j]),
+                         np.concatenate([np.ones(U), -np.ones(U), f.cell_energy_per_a_kwh[useful]]), np.zeros(0))
     cells = CellArrays(car, slot, ub, f.cell_energy_per_a_kwh, f.min_current_a[car], f.kw_per_a[car])
-    terms = CostTerms(need, np.maximum(f.ceiling_kwh, need), o.shortfall_eur_per_kwh * f.priority * weight,
+    energy_hi = np.maximum(f.ceiling_kwh, need)
+    if capped is not None:
+        energy_hi[capped] = need[capped]
+    terms = CostTerms(need, energy_hi, o.shortfall_eur_per_kwh * f.priority * weight,
                       np.asarray(f.price_eur_per_kwh, dtype=float), np.asarray(f.base_kw, dtype=float),
                       float(o.early_eur_per_kwh), float(fair_cost), float(o.peak_eur_per_kw),
                       float(o.change_eur_per_a))
     cost, col_lo, col_hi, integ, row_lo, row_hi, a_start, a_index, a_value = standard_form(
         cols.starts, cols.total, rows.starts, rows.total, cells, bcell, terms, ChangePairs(pair, has_prev, rhs),
         LimitEntries(fuse_rows, fuse_cells, fuse_vals, room[keep_key]),
-        LimitEntries(unb_rows, unb_cells, unb_vals, np.full(n_unb, u_hi)))
+        LimitEntries(unb_rows, unb_cols, unb_vals, np.full(n_unb, u_hi)), extra)
+    if U:
+        col_hi[u0:u0 + U] = ub[useful]
+        row_hi[r_up:r_up + U] = 0.0
+        row_hi[r_ue:r_ue + len(u_cars)] = need[u_cars]
     if f.now_bonus_eur_per_kwh is not None and K:
         first = slot == 0
         cost[:K][first] -= np.asarray(f.now_bonus_eur_per_kwh, dtype=float)[car[first]] * f.cell_energy_per_a_kwh[first]
@@ -254,9 +298,42 @@ def build_matrix(f: "Formulation", binary: np.ndarray) -> MatrixForm:
         a_start=a_start, a_index=a_index, a_value=a_value, cols=cols.slices, rows=rows.slices,
         fuse_row_label=fuse_label, unbalance_row_label=unb_label, binary_cell=bcell,
         change_cell=pair, change_has_prev=has_prev, change_rhs=rhs,
-        fuse_cells=np.unique(np.concatenate([fuse_cells, unb_cells])),
+        fuse_cells=np.unique(np.concatenate([fuse_cells, unb_cells])), useful_cell=useful,
+        bound_slack_eur=slack_eur,
         build_seconds=time.perf_counter() - t_start,
     )
+
+
+def _cap_slack_eur(f: "Formulation", capped: np.ndarray) -> float:
+    """How much more [EUR] a real plan may cost once the cars ``capped`` are cut to what they
+    draw (their overshoot beyond the need taken away, which the LP without overshoot needs):
+    the overshoot's energy at a negative price, and the setpoint changes the cut can add (at
+    most two per ampere cut, inside the change window). 0 with non-negative prices and no change
+    penalty; about 1e-4 of the objective on the instance matrix."""
+    o = f.options
+    car, slot = f.cells
+    sel = np.isin(car, capped)
+    c_car, c_slot = car[sel], slot[sel]
+    kwh = f.cell_energy_per_a_kwh[sel]
+    n = f.n_cars
+    need = np.maximum(np.nan_to_num(np.asarray(f.need_kwh, dtype=float)), 0.0)
+    over_kwh = np.maximum(f.ceiling_kwh - need, 0.0)  # the most energy beyond the need [kWh]
+    price = np.asarray(f.price_eur_per_kwh, dtype=float)[c_slot] + float(o.early_eur_per_kwh)
+    if f.now_bonus_eur_per_kwh is not None:  # the first slot's preference is a lower price there
+        price = price - np.where(c_slot == 0, np.asarray(f.now_bonus_eur_per_kwh, dtype=float)[c_car], 0.0)
+    worst = np.zeros(n)
+    np.maximum.at(worst, c_car, np.maximum(-price, 0.0))
+    out = float((worst[capped] * over_kwh[capped]).sum())
+    n_change = f.n_slots if o.change_slots is None else int(o.change_slots)
+    if o.change_eur_per_a > 0 and n_change > 0:
+        win = c_slot < n_change
+        amps_hi = np.bincount(c_car[win], weights=f.cell_upper_a[sel][win], minlength=n)
+        kmin = np.full(n, np.inf)
+        np.minimum.at(kmin, c_car[win], np.where(kwh[win] > 0, kwh[win], np.inf))
+        amps = np.minimum(amps_hi, np.where(np.isfinite(kmin), over_kwh / np.where(np.isfinite(kmin), kmin, 1.0),
+                                            0.0))
+        out += float(2.0 * o.change_eur_per_a * amps[capped].sum())
+    return out
 
 
 # ---- a plan's columns and objective -----------------------------------------------------------
@@ -268,11 +345,41 @@ def plan_columns(form: "Formulation", mf: MatrixForm, x: np.ndarray) -> np.ndarr
     car, slot = form.cells
     cols = mf.cols
     wf, pk = cols["worst_fraction"], cols["peak_kw"]
-    return complete_columns(mf.num_col, np.asarray(x, dtype=float), car, slot, form.cell_energy_per_a_kwh,
+    v = complete_columns(mf.num_col, np.asarray(x, dtype=float), car, slot, form.cell_energy_per_a_kwh,
                             form.kw_per_a[car], np.maximum(form.need_kwh, 0.0), np.asarray(form.base_kw, dtype=float),
                             mf.binary_cell, cols["shortfall_kwh"].start, wf.start if wf.stop > wf.start else -1,
                             pk.start if pk.stop > pk.start else -1, mf.change_cell, mf.change_has_prev,
                             mf.change_rhs, cols["change_up_a"].start, cols["change_down_a"].start, _TOL_A)
+    if len(mf.useful_cell):
+        v[cols["useful_a"]] = drawn_current_a(form, np.asarray(x, dtype=float))[mf.useful_cell]
+    return v
+
+
+def drawn_current_a(form: "Formulation", x: np.ndarray) -> np.ndarray:
+    """The current [A] each cell's car really draws at cell currents ``x`` [A]: what it is
+    offered until it has its need, in slot order, then only the rest of its need (a full car
+    stops drawing). Its energy is at most the need, so it is a value of the model's useful
+    current (``useful_a``), and the light side of an unbalance row can only count on it."""
+    car, slot = form.cells
+    x = np.asarray(x, dtype=float)
+    kwh = form.cell_energy_per_a_kwh
+    need = np.maximum(np.nan_to_num(np.asarray(form.need_kwh, dtype=float)), 0.0)
+    order = np.lexsort((slot, car))
+    e = (kwh * x)[order]
+    cum = np.cumsum(e)
+    c = car[order]
+    first = np.r_[0, np.nonzero(np.diff(c))[0] + 1]
+    offset = np.zeros(len(c))
+    if len(c):
+        start_cum = np.r_[0.0, cum][first]
+        offset = np.repeat(start_cum, np.diff(np.r_[first, len(c)]))
+    before = cum - e - offset  # energy in the car's earlier cells [kWh]
+    rest = np.maximum(need[c] - before, 0.0)
+    k = kwh[order]
+    drawn = np.where(k > 0, np.minimum(x[order], rest / np.where(k > 0, k, 1.0)), x[order])
+    out = np.empty(len(x))
+    out[order] = drawn
+    return out
 
 
 def plan_objective(form: "Formulation", mf: MatrixForm, plan_a: np.ndarray) -> float:

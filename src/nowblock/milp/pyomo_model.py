@@ -5,9 +5,11 @@ arrays the fast path passes to HiGHS) into a Pyomo ``Block`` with named componen
 
 - variables ``current_a[k]`` (cell k = (car, slot), see ``cell_car``/``cell_slot``), ``on[b]``,
   ``shortfall_kwh[i]``, ``worst_fraction`` (max-min fair only), ``peak_kw``, ``change_up_a[p]``,
-  ``change_down_a[p]``;
+  ``change_down_a[p]``, ``useful_a[j]`` (the current the car of cell ``useful_cell[j]`` really
+  draws, at most its need in energy: the light side of an unbalance row counts only it);
 - constraint families ``energy``, ``fuse`` (labels in ``fuse_row_label``: fuse-phase row, slot),
-  ``unbalance``, ``on_upper``, ``on_lower``, ``fair``, ``peak``, ``change``;
+  ``unbalance``, ``on_upper``, ``on_lower``, ``fair``, ``peak``, ``change``, ``useful_upper``
+  (useful <= current), ``useful_energy`` (a car's useful energy <= its need);
 - expressions ``charge_power_kw[t]`` (the block's charging power in slot t [kW]) and
   ``cost_eur`` (the formulation's objective [EUR]).
 
@@ -31,7 +33,8 @@ from pyomo.core.expr.numeric_expr import LinearExpression
 from nowblock.milp.formulation import Formulation
 from nowblock.milp.highs_fast import SolveResult
 
-_FAMILIES_VARS = ("current_a", "on", "shortfall_kwh", "worst_fraction", "peak_kw", "change_up_a", "change_down_a")
+_FAMILIES_VARS = ("current_a", "on", "shortfall_kwh", "worst_fraction", "peak_kw", "change_up_a", "change_down_a",
+                  "useful_a")
 
 
 def build_block(form: Formulation, *, relax: bool = False, block: pyo.Block | None = None) -> pyo.Block:
@@ -74,6 +77,7 @@ def build_block(form: Formulation, *, relax: bool = False, block: pyo.Block | No
     b.session_ids = form.session_ids
     b.fuse_row_label = mf.fuse_row_label
     b.unbalance_row_label = mf.unbalance_row_label
+    b.useful_cell = mf.useful_cell
     b.matrix_form = mf
     b.col_var = col_var
     xs = mf.cols["current_a"]
@@ -150,7 +154,7 @@ def solve_pyomo(form: Formulation, *, relax: bool = False) -> SolveResult:
     mf = m.ev.matrix_form
     values = np.array([v.value if v.value is not None else 0.0 for v in m.ev.col_var]) if has_sol else None
     obj = float(res.incumbent_objective) if has_sol and res.incumbent_objective is not None else float("nan")
-    bound = float(res.objective_bound) if res.objective_bound is not None else float("nan")
+    bound = float(res.objective_bound) - mf.bound_slack_eur if res.objective_bound is not None else float("nan")
     gap = (obj - bound) / max(abs(obj), 1e-9) if has_sol and np.isfinite(bound) else float("inf")
     return SolveResult(status=status, solver_status=str(tc.name), values=values, objective=obj, bound=bound,
                        mip_gap=max(gap, 0.0), solve_seconds=solve_s, build_seconds=build_s, matrix=mf, backend="pyomo")

@@ -24,7 +24,10 @@ earliest-deadline greedy). In order (kernels in :mod:`nowblock.milp.plan_kernels
    slot, where that lowers the weighted shortfall.
 7. **Front-loading** (``early_eur_per_kwh > 0``): each car's energy moves to its earliest slots
    that cost no more, under the plan's own peak.
-8. **Re-check** from scratch: every row of every slot, every maximum, "0 or >= min"; a slot that
+8. **Unbalance with the real draws** (:func:`keep_unbalance_drawn`): the light side of an
+   unbalance row counts only what its cars draw (a full car draws nothing); where that breaks
+   a row, cars on the heavy side are lowered a step at a time, first those that lose no energy.
+9. **Re-check** from scratch: every row of every slot, every maximum, "0 or >= min"; a slot that
    fails (none should) is repaired by the shared safety net :func:`nowblock.seam.make_safe`.
 
 Every stage keeps the plan feasible for every row it checks; the energy a car gets only changes
@@ -198,6 +201,28 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
         pk.pass_on_excess(y, delivered, need, np.broadcast_to(weight, (n,)).copy(), kwh, up, on_a, *rows, no_cap,
                           step, _TOL)
     y = np.round(y / step) * step  # whole steps exactly (sums of steps drift in floating point)
+    if keep_unbalance_drawn(form, y, on_a):
+        # The cars lowered may find room in other slots: fill up to the need, repair again, and
+        # keep the result while it lowers the weighted shortfall (a fill can overshoot a light-
+        # side car's need and so break a row with real draws again: hence the comparison).
+        weight = np.asarray(form.priority, dtype=float) * (1.0 if form.shortfall_weight is None
+                                                            else np.asarray(form.shortfall_weight, dtype=float))
+
+        def short(z):
+            return float((weight * np.maximum(need - (z * kwh).sum(axis=1), 0.0)).sum())
+
+        for _ in range(3):
+            if short(y) <= 1e-9:
+                break
+            z = y.copy()
+            d_z = (z * kwh).sum(axis=1)
+            s_z = lim.h - lim.g @ z
+            pk.fill(z, d_z, need, kwh, up, on_a, order, by_cost, g_start, g_row, g_val, s_z, kw, no_cap, step, _TOL)
+            z = np.round(z / step) * step
+            keep_unbalance_drawn(form, z, on_a)
+            if short(z) >= short(y) - 1e-9:
+                break
+            y = z
     y, repaired = _recheck(form, y, up, on_a)
     energy = (y * kwh).sum(axis=1)
     return Plan(current_a=y, energy_kwh=energy, missing_kwh=float(np.maximum(target - energy, 0.0).sum()),
@@ -222,6 +247,127 @@ def _light_phase_up(form: Formulation, x: np.ndarray, step: float) -> np.ndarray
     if not up_cells.any():
         return x
     return np.where(up_cells & (x > 1e-7), np.ceil(x / step - 1e-7) * step, x)
+
+
+def drawn_dense(form: Formulation, y: np.ndarray) -> np.ndarray:
+    """(n, T) current [A] each car really draws under plan ``y`` [A]: its setpoint until it has
+    its need, in slot order, then only the rest (:func:`nowblock.milp.matrix.drawn_current_a`)."""
+    kwh = np.asarray(form.energy_per_a_kwh, dtype=float)
+    need = np.maximum(np.nan_to_num(np.asarray(form.need_kwh, dtype=float)), 0.0)
+    return _drawn_rows(np.asarray(y, dtype=float), kwh, need)
+
+
+def _drawn_rows(y, kwh, need):
+    e = y * kwh
+    before = np.cumsum(e, axis=-1) - e
+    rest = np.maximum(np.asarray(need)[..., None] - before, 0.0)
+    return np.where(kwh > 0, np.minimum(y, rest / np.where(kwh > 0, kwh, 1.0)), y)
+
+
+def unbalance_drawn(form: Formulation, y: np.ndarray) -> np.ndarray | None:
+    """The unbalance rows' left-hand sides [A] (rows x slots) under plan ``y`` [A], the light side
+    counted with what its cars draw (:func:`drawn_dense`), the heavy side with their setpoints
+    (a car may draw all it is offered); None without an unbalance limit."""
+    lim = form.limits
+    nf = lim.n_fuse_rows
+    if lim.g.shape[0] == nf:
+        return None
+    g = lim.g[nf:]
+    return np.clip(g, 0.0, None) @ y + np.clip(g, None, 0.0) @ drawn_dense(form, y)
+
+
+def keep_unbalance_drawn(form: Formulation, y: np.ndarray, on_a: np.ndarray) -> int:
+    """Make plan ``y`` [A] (changed in place) keep every unbalance row with the light side at
+    what its cars really draw: while a row breaks, the car on its heavy side that loses the least
+    energy (then the highest setpoint) is lowered one pilot step (to 0 below its least setpoint
+    ``on_a``). Lowering never breaks a fuse row, and only raises what a car draws later. The
+    model's bound counts no overshoot on the light side (:func:`nowblock.milp.matrix.build_matrix`),
+    so it holds for every plan that passes here. Returns the number of steps taken."""
+    lim = form.limits
+    nf = lim.n_fuse_rows
+    if lim.g.shape[0] == nf or not y.size:
+        return 0
+    step = float(form.options.current_step_a)
+    g = lim.g[nf:]
+    pos, neg = np.clip(g, 0.0, None), np.clip(g, None, 0.0)
+    h = lim.h[nf:]
+    kwh = np.asarray(form.energy_per_a_kwh, dtype=float)
+    need = np.maximum(np.nan_to_num(np.asarray(form.need_kwh, dtype=float)), 0.0)
+    d = _drawn_rows(y, kwh, need)
+    over = pos @ y + neg @ d - h
+    gf = lim.g[:nf]
+    fuse_over = gf @ y - lim.h[:nf]
+    up = pilot_bounds(form)[0]
+    steps = 0
+    for _ in range(int(y.size)):
+        r, t = np.unravel_index(int(np.argmax(over)), over.shape)
+        if over[r, t] <= 1e-6:
+            break
+        if _raise_light(y, d, over, fuse_over, r, t, g, gf, kwh, need, up, on_a, step):
+            steps += 1
+            continue
+        cand = np.nonzero((pos[r] > 0) & (y[:, t] > 0))[0]
+        new = y[cand, t] - step
+        new = np.where(new < on_a[cand] - 1e-9, 0.0, new)
+        loss = d[cand, t] - np.minimum(d[cand, t], new)
+        i = int(cand[np.lexsort((-y[cand, t], loss))[0]])
+        dy = float(np.where(y[i, t] - step < on_a[i] - 1e-9, 0.0, y[i, t] - step) - y[i, t])
+        y[i, t] += dy
+        fuse_over[:, t] += gf[:, i] * dy
+        d_old = d[i].copy()
+        d[i] = _drawn_rows(y[i], kwh[i], need[i])
+        over[:, t] += pos[:, i] * dy
+        over += neg[:, i:i + 1] * (d[i] - d_old)[None, :]
+        steps += 1
+    return steps
+
+
+def _raise_light(y, d, over, fuse_over, r, t, g, gf, kwh, need, up, on_a, step) -> bool:
+    """Mend broken unbalance row ``r`` in slot ``t`` from its light side: a car there that
+    still needs the energy (so it draws all of it) takes one more step (or its least setpoint)
+    in ``t``; where a fuse row of ``t`` has no room for it, a car on the heavy side gives up a
+    step in the same slot (a swap: the fuses keep their load, the phases come a step closer
+    each way). Kept only if every fuse row of ``t`` holds and no unbalance row gets worse.
+    Lowering the heavy side alone loses energy; this keeps it. Updates ``y``, ``d``, ``over``,
+    ``fuse_over`` in place; True if a car was raised."""
+    light = np.nonzero(g[r] < 0)[0]
+    add = np.where(y[light, t] > 0, step, on_a[light])
+    ok = (y[light, t] + add <= up[light, t] + 1e-9) & (up[light, t] > 0)
+    ok &= (y[light] * kwh[light]).sum(axis=1) + add * kwh[light, t] <= need[light] + 1e-9
+    if not ok.any():
+        return False
+    heavy = np.nonzero((g[r] > 0) & (y[:, t] > 0))[0]
+    low = y[heavy, t] - step
+    low = np.where(low < on_a[heavy] - 1e-9, 0.0, low) - y[heavy, t]  # the (negative) change [A]
+    # Heavy cars that then draw the least less (a full one: nothing), small changes first.
+    loss = d[heavy, t] - np.minimum(d[heavy, t], y[heavy, t] + low)
+    heavy, low = heavy[np.lexsort((-low, loss))][:8], low[np.lexsort((-low, loss))][:8]
+    lim_over = np.maximum(over[:, t], 1e-6)
+    for j in np.nonzero(ok)[0][:8]:
+        i, a = int(light[j]), float(add[j])
+        for h, dh in [(-1, 0.0)] + list(zip(heavy.tolist(), low.tolist())):
+            f_new = fuse_over[:, t] + gf[:, i] * a + (gf[:, h] * dh if h >= 0 else 0.0)
+            if (f_new > 1e-6).any():
+                continue
+            new = over[:, t] + g[:, i] * a
+            if h >= 0:
+                dd = _drawn_rows(np.where(np.arange(y.shape[1]) == t, y[h] + dh, y[h]), kwh[h], need[h]) - d[h]
+                new_all = over + np.clip(g[:, h:h + 1], None, 0.0) * dd[None, :]
+                new = new_all[:, t] + g[:, i] * a + np.clip(g[:, h], 0.0, None) * dh
+                if (np.delete(new_all, t, axis=1) > np.maximum(np.delete(over, t, axis=1), 1e-6)).any():
+                    continue
+            if (new > lim_over).any() or new[r] >= over[r, t] - 1e-9:
+                continue
+            y[i, t] += a
+            d[i, t] += a  # it still needs it: all of it is drawn, and nothing later changes
+            if h >= 0:
+                y[h, t] += dh
+                over += np.clip(g[:, h:h + 1], None, 0.0) * dd[None, :]
+                d[h] += dd
+            over[:, t] = new
+            fuse_over[:, t] = f_new
+            return True
+    return False
 
 
 def _recheck(form: Formulation, y: np.ndarray, up: np.ndarray, on_a: np.ndarray) -> tuple[np.ndarray, int]:

@@ -2,7 +2,13 @@
 
 The time limit (``options.time_limit_s``) bounds the whole call, from the moment ``optimize``
 (or the caller of :func:`solve_formulation`, through ``started_at``) starts; every solver stage
-gets what is left less :func:`reserve_seconds` for the plans after it.
+gets what is left less a reserve for the plans after it (:func:`reserve_seconds`, or 1.5 times
+the longest plan made so far in the call, whichever is longer).
+
+0. **Coarse stage** for fine slot grids of large blocks (:data:`COARSE_MIN_CELLS`): the LP on
+   15-minute slots (a restriction), made a real fine plan, and a Lagrange bound on the fine
+   model from its duals (:mod:`nowblock.milp.coarse`); the fine LPs below then only within
+   ``milp_effort`` times the time spent so far, skipped when predicted beyond it.
 
 1. **The LP without the peak term** (when the model has one): fast (the peak rows tie every
    slot together and make HiGHS's LP up to a few hundred times slower); its time sets the
@@ -39,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from nowblock.milp.adapters import from_sessions
+from nowblock.milp.coarse import coarse_factor, coarse_formulation, expand, fine_row_prices, lagrange_bound
 from nowblock.milp.formulation import Formulation, OptimizeOptions
 from nowblock.milp.highs_fast import SolveResult, SolverOptionError, solve_matrix
 from nowblock.milp.matrix import in_pilot_steps, is_feasible, plan_columns, plan_objective
@@ -59,10 +66,15 @@ def run_backend(form: Formulation, *, relax: bool = False, warm_start_a=None) ->
 
 
 def reserve_seconds(form: Formulation) -> float:
-    """Time [s] kept back from a solver stage for making, pricing and checking plans after it:
-    20 ms plus 4 us per (car, slot) pair (measured on the instance matrix, under load: one plan
-    takes 1-8 us per pair, two are made after each stage; docs/bench_optimize.md)."""
-    return 0.02 + 4e-6 * form.n_cars * form.n_slots
+    """Time [s] kept back from a solver stage for making, pricing and checking plans after it,
+    before any plan of the call has been timed: 20 ms plus 4 us per (car, slot) pair, 16 us with
+    an unbalance limit (the real-draw repair). Measured under load (load average 3-4; two plans
+    are made after a stage that times out): with the unbalance limit 0.23-0.26 s for both at 200
+    cars x 96 slots and 1.6 s at 1,000 x 96 (12-17 us per pair), where 4 us let calls return 1.3
+    times their limit (docs/bench_optimize.md). Once a plan is timed, :meth:`_Run.left` scales
+    the reserve with it."""
+    per_pair = 16e-6 if form.site.max_unbalance_a is not None else 4e-6
+    return 0.02 + per_pair * form.n_cars * form.n_slots
 
 
 class _Best:
@@ -130,7 +142,7 @@ def peak_bound(form: Formulation, mf0, first_slots: int, time_limit_s: float) ->
     res = solve_matrix(form, dataclasses.replace(mf0, cost=cost), time_limit_s)
     if res.status != "optimal":
         return float("nan")
-    return float(res.objective) + c * float(np.mean(np.asarray(form.base_kw, dtype=float)[:k]))
+    return float(res.bound) + c * float(np.mean(np.asarray(form.base_kw, dtype=float)[:k]))
 
 
 def real_plan(form: Formulation, mf, x: np.ndarray, caps=None) -> tuple[Plan, float]:
@@ -148,6 +160,11 @@ def real_plan(form: Formulation, mf, x: np.ndarray, caps=None) -> tuple[Plan, fl
     return best, best_obj
 
 
+#: Fine grids with at least this many (car, slot) cells get the coarse stage first: the fine LP
+#: took <= 1 s at 57,600 cells (200 cars, 288 slots) and 25-200 s at 163,000-288,000 (1,000
+#: cars) on the instance matrix; the coarse LP 3-5 s there (docs/bench_optimize.md).
+COARSE_MIN_CELLS = 100_000
+_RESERVE_PLAN_FACTOR = 2.0  # the reserve after a solver stage, in longest plans made (see _Run.left)
 _PEAK_LP_FACTOR = 10.0  # the LP with the peak term may take this many times the LP without it ...
 _PEAK_LP_MIN_S = 0.5  # ... or this long [s], whichever is longer (then the time left)
 
@@ -166,10 +183,37 @@ class _Run:
         self.lp0 = None  # (the model without its peak term, its matrix, its solution, the critical slots)
         self.lp0_seconds = 0.0
         self.lp_solved = False
+        self.plan_s = 0.0  # the longest a real_plan call of this call took [s]
+        self.coarse_seconds = 0.0  # the coarse LP's solve time [s]
 
     def left(self) -> float:
-        """Time [s] a solver stage may still take."""
-        return self.deadline - time.perf_counter() - self.reserve
+        """Time [s] a solver stage may still take: what is left less the reserve for the plans
+        after it, :func:`reserve_seconds` or, once a plan was made, ``_RESERVE_PLAN_FACTOR``
+        times the longest one took (plus 20 ms), whichever is longer: under load the fixed
+        estimate fell short and calls returned up to 1.12 times their limit
+        (docs/bench_optimize.md). After a stage that times out up to two plans are made."""
+        return self.deadline - time.perf_counter() - self.reserve_now()
+
+    def reserve_now(self) -> float:
+        """Time [s] kept back for the plans after a solver stage (see :meth:`left`)."""
+        return max(self.reserve, _RESERVE_PLAN_FACTOR * self.plan_s + 0.02)
+
+    def real_plan(self, mf, x: np.ndarray, caps=None) -> tuple[Plan, float]:
+        """:func:`real_plan`, timed (its time sets the reserve, :meth:`left`)."""
+        t = time.perf_counter()
+        out = real_plan(self.form, mf, x, caps)
+        self.plan_s = max(self.plan_s, time.perf_counter() - t)
+        return out
+
+    def _no_time(self, stage: str) -> bool:
+        """True (and the stage recorded as skipped) when a solver stage would get no time: its
+        matrices alone cost more than a HiGHS call of a millisecond is worth (measured: 0.8 s
+        of building at 1,000 cars x 288 slots under a 2.9 s limit, then the greedy plan)."""
+        if self.left() > 0.01:
+            return False
+        self.stages.append({"stage": stage, "status": "skipped (no time left)",
+                            "seconds": time.perf_counter() - self.t0})
+        return True
 
     def certified(self) -> bool:
         return self.best.plan is not None and _certified(self.best.objective, self.bound, self.form.options)
@@ -190,12 +234,14 @@ class _Run:
     def lp_stage(self, budget: float) -> None:
         """The LP relaxation of the whole model, made into real plans; its optimum is the bound."""
         form, mf = self.form, self.mf
+        if budget <= 0.01 and self._no_time("lp"):
+            return
         res = solve_matrix(form, mf, budget)
         self._account(res)
         objective = float("nan")
         if res.values is not None and res.status in ("optimal", "time_limit"):
             x = form.current_from_cells(mf.current_a(res.values))
-            plan, objective = real_plan(form, mf, x)
+            plan, objective = self.real_plan(mf, x)
             # On a tie the whole LP's plan: the objective's terms are the same, but the LP without
             # the peak term chose among equal slots blindly (simulated: 10 % more peak).
             self.best.offer(plan, objective, "lp+rounding", wins_ties=True)
@@ -204,16 +250,42 @@ class _Run:
                 self._raise_bound(res.bound)
         self._record("lp", res, objective)
 
-    def lp_without_peak_stage(self) -> None:
+    def coarse_stage(self, m: int) -> None:
+        """The LP without the peak term on slots of ``m`` fine slots (a restriction,
+        :func:`~nowblock.milp.coarse.coarse_formulation`), made a real fine plan; its row duals
+        give a Lagrange bound on the fine model (:func:`~nowblock.milp.coarse.lagrange_bound`)."""
+        form = self.form
+        if self._no_time("coarse lp"):
+            return
+        c0 = coarse_formulation(form.with_options(peak_eur_per_kw=0.0), m)
+        mfc = c0.matrix(relax=True)
+        t = time.perf_counter()
+        res = solve_matrix(c0, mfc, self.left())
+        self.coarse_seconds = time.perf_counter() - t
+        self._account(res)
+        objective = float("nan")
+        if res.values is not None and res.status in ("optimal", "time_limit"):
+            x = expand(form, c0.current_from_cells(mfc.current_a(res.values)), m)
+            plan, objective = self.real_plan(self.mf, x)
+            self.best.offer(plan, objective, "coarse lp+rounding")
+            if res.status == "optimal" and res.row_dual is not None:
+                rows, lam = fine_row_prices(form, self.mf, c0, mfc, res.row_dual, m)
+                self._raise_bound(lagrange_bound(form, self.mf, rows, lam))
+        self._record("coarse lp", res, objective)
+
+    def lp_without_peak_stage(self, until: float = np.inf) -> None:
         """The LP without the peak term (HiGHS's LP with it can take far longer: the peak rows tie
         every slot together, 226 s against 0.6 s at 2,000 cars in 5-minute slots, measured). Its
         time sets the whole LP's budget; its solution is kept for :meth:`lp_without_peak_plans`;
         its optimum plus the base load's peak is a (weak) proven bound."""
         form, o = self.form, self.form.options
+        if self._no_time("lp without peak"):
+            return
         f0 = form.with_options(peak_eur_per_kw=0.0)
         mf0 = f0.matrix(relax=True)
         t = time.perf_counter()
-        res = solve_matrix(f0, mf0, self.deadline - time.perf_counter() - 2 * self.reserve)
+        res = solve_matrix(f0, mf0, min(self.deadline - time.perf_counter() - 2 * self.reserve_now(),
+                                        until - time.perf_counter()))
         self.lp0_seconds = time.perf_counter() - t
         self._account(res)
         if res.values is not None and res.status in ("optimal", "time_limit"):
@@ -221,7 +293,7 @@ class _Run:
             energy = np.minimum((x * form.energy_per_a_kwh).sum(axis=1), np.maximum(form.need_kwh, 0.0))
             self.lp0 = (mf0, x, critical_peak_kw(form, energy), energy)
             if res.status == "optimal":
-                self._raise_bound(res.objective + o.peak_eur_per_kw * float(np.max(form.base_kw, initial=0.0)))
+                self._raise_bound(res.bound + o.peak_eur_per_kw * float(np.max(form.base_kw, initial=0.0)))
         self._record("lp without peak", res)
 
     def lp_without_peak_plans(self) -> None:
@@ -233,9 +305,11 @@ class _Run:
         (10 % more peak, measured)."""
         form, mf = self.form, self.mf
         _, x, (peak_kw, _), energy = self.lp0
-        plan, objective = real_plan(form, mf, x, caps=(np.inf,))
+        plan, objective = self.real_plan(mf, x, caps=(np.inf,))
         self.best.offer(plan, objective, "lp without peak+rounding")
+        t = time.perf_counter()
         flat = make_plan(form, None, peak_kw=peak_kw, target_kwh=energy)
+        self.plan_s = max(self.plan_s, time.perf_counter() - t)
         self.best.offer(flat, plan_objective(form, mf, flat.current_a), "least laxity under the critical peak")
         self.stages.append({"stage": "plans without peak", "status": "made", "objective": self.best.objective,
                             "seconds": time.perf_counter() - self.t0})
@@ -263,7 +337,7 @@ class _Run:
         objective = float("nan")
         if res.values is not None and res.status in ("optimal", "time_limit"):
             x = form.current_from_cells(res.matrix.current_a(res.values))
-            plan, objective = real_plan(form, res.matrix, x)
+            plan, objective = self.real_plan(res.matrix, x)
             self.best.offer(plan, objective, "milp+rounding")
             self._raise_bound(res.bound)
         self._record("milp", res, objective)
@@ -297,20 +371,41 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
                         detail="nothing to plan", method="none", seconds=time.perf_counter() - t0)
     run = _Run(form, t0, deadline, reserve_seconds(form))
     try:
-        if backend == "pyomo":
+        # Fine slot grids of large blocks: the LP on 15-minute slots first (a real fine plan and a
+        # Lagrange bound in seconds, nowblock.milp.coarse); the fine LPs then only within
+        # ``milp_effort`` times the time spent so far (at least _PEAK_LP_MIN_S).
+        until = np.inf
+        m = coarse_factor(form) if backend == "highs" else 1
+        predicted = 0.0
+        if m > 1 and len(form.cells[0]) >= COARSE_MIN_CELLS:
+            run.coarse_stage(m)
+            # The fine LP took about m^2 times the coarse LP (5-20x at m = 3 on the instance
+            # matrix): it runs if that fits in half the time left, within three times that.
+            predicted = m * m * run.coarse_seconds
+            until = time.perf_counter() + max(3.0 * predicted, o.milp_effort * (time.perf_counter() - t0),
+                                              _PEAK_LP_MIN_S)
+        if run.certified():
+            pass
+        elif np.isfinite(until) and predicted > 0.5 * run.left():
+            # The MILP stage holds the fine LP: it is skipped with it (see below).
+            run.stages.append({"stage": "fine lp", "status": "skipped (predicted beyond half the time left)",
+                               "seconds": time.perf_counter() - t0})
+        elif backend == "pyomo":
             run.pyomo_stage()
         elif o.peak_eur_per_kw > 0 and form.n_slots > 1:
             # The LP without the peak term first (fast: a bound and a fallback in hand), then the
             # whole LP within a budget set by it; the plans without the peak term only if the
             # whole LP does not finish.
-            run.lp_without_peak_stage()
-            run.lp_stage(budget=min(run.left(), max(_PEAK_LP_FACTOR * run.lp0_seconds, _PEAK_LP_MIN_S)))
+            run.lp_without_peak_stage(until)
+            if run.lp0 is not None:
+                run.lp_stage(budget=min(run.left(), until - time.perf_counter(),
+                                        max(_PEAK_LP_FACTOR * run.lp0_seconds, _PEAK_LP_MIN_S)))
             if run.lp0 is not None and not run.lp_solved:
                 run.lp_without_peak_plans()
                 if not run.certified():
                     run.lagrange_bound()
         else:
-            run.lp_stage(budget=run.left())
+            run.lp_stage(budget=min(run.left(), until - time.perf_counter()))
     except SolverOptionError:
         raise
     except Exception as exc:  # noqa: BLE001 - any solver trouble must still leave a safe schedule
@@ -339,10 +434,11 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
     # rounding could not make. A plan that gives every car its LP energy is off the bound by
     # granularity alone (a pilot step more peak, a step of overshoot), which a MILP over the
     # first slots does not change (measured on the instance matrix: docs/bench_optimize.md).
+    # And only if an LP of the fine model finished: the MILP holds it (a coarse plan alone: no).
     if (backend == "highs" and not _certified(best.objective, bound, o) and budget > 0.005
-            and best.plan.missing_kwh > 1e-6 and form.n_binary_slots > 0):
+            and best.plan.missing_kwh > 1e-6 and form.n_binary_slots > 0 and (run.lp_solved or run.lp0 is not None)):
         try:
-            res, candidates = _milp_stage(form, mf, best, warm_start_a, budget)
+            res, candidates = _milp_stage(run, mf, warm_start_a, time.perf_counter() + budget)
         except SolverOptionError:
             raise
         except Exception as exc:  # noqa: BLE001 - keep the LP plan
@@ -372,13 +468,15 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
                          extra={"stages": stages, "run_call_seconds": run_s})
 
 
-def _milp_stage(form: Formulation, lp_matrix, best: _Best, warm_start_a, budget_s: float):
+def _milp_stage(run: _Run, lp_matrix, warm_start_a, stop_at: float):
     """HiGHS on the MILP from the best plan so far; returns the solver result and the real plans it
     gave: (method, plan, objective). On/off binaries where a limit row is stated (could bind) in
     the binary window: elsewhere every car can take its rounded current whatever the others do
     (the stated rows do not depend on the binaries). In the window the currents are whole pilot
     steps (:func:`~nowblock.milp.matrix.in_pilot_steps`): its bound then holds for what a
-    charger can be sent, and small blocks are solved to the step."""
+    charger can be sent, and small blocks are solved to the step. HiGHS gets the time until
+    ``stop_at`` (``time.perf_counter()``) left after building, never past ``run.left()``."""
+    form, best = run.form, run.best
     mask = np.zeros(len(form.cells[0]), dtype=bool)
     mask[lp_matrix.fuse_cells] = True
     mf = form.matrix(binary_mask=mask)
@@ -401,10 +499,10 @@ def _milp_stage(form: Formulation, lp_matrix, best: _Best, warm_start_a, budget_
             v[cur] /= mf_steps.current_scale  # a real plan is in whole steps: whole numbers here
             vs.append(v)
     start = min(vs, key=lambda v: float(mf_steps.cost @ v)) if vs else None
-    res = solve_matrix(form, mf_steps, budget_s, start)
+    res = solve_matrix(form, mf_steps, min(stop_at - time.perf_counter(), run.left()), start)
     if res.values is not None:
         x = form.current_from_cells(mf_steps.current_a(res.values))
-        plan, objective = real_plan(form, mf, x)
+        plan, objective = run.real_plan(mf, x)
         candidates.append(("milp+rounding", plan, objective))
     return res, candidates
 
