@@ -42,8 +42,11 @@ def _agree(form):
     from nowblock.milp.pyomo_model import solve_pyomo
 
     a, b = solve_highs(form), solve_pyomo(form)
+    gap = form.options.mip_rel_gap
     assert a.status == b.status == "optimal"
-    assert a.objective == pytest.approx(b.objective, rel=1e-6, abs=1e-6)
+    # Both within their gap of the one optimum: each objective above the other's bound.
+    assert a.objective == pytest.approx(b.objective, rel=max(1e-6, 2 * gap), abs=1e-6)
+    assert a.bound <= b.objective + 1e-6 and b.bound <= a.objective + 1e-6
     fast = solve_formulation(form)
     slow = solve_formulation(form.with_options(backend="pyomo"))
     assert fast.backend == "highs" and slow.backend == "pyomo"
@@ -70,7 +73,9 @@ def test_backends_agree_on_every_matrix_shape(cell, seed, mip_all_slots):
     b = matrix_block(cell, seed=seed)
     form = from_sessions(b["site"], b["sessions"], start=b["start"], horizon="2h", step=cell.step,
                          base_load=b["base_load"], prices=b["prices"],
-                         options=OptimizeOptions(mip_rel_gap=1e-7, time_limit_s=60,
+                         # a gap HiGHS closes in seconds: at 1e-7 a 3-car, 24-slot instance with
+                         # every slot binary stopped at 60 s with 0.04 % left (seed 0, 5 min, prices)
+                         options=OptimizeOptions(mip_rel_gap=1e-3, time_limit_s=60,
                                                  binary_slots=None if mip_all_slots else 4))
     _agree(form)
 
