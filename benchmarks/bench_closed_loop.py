@@ -193,7 +193,7 @@ def main(argv=None) -> None:
         return
     done = set()
     if args.resume and out.exists():
-        done = {_key(json.loads(line)) for line in out.read_text().splitlines() if line.strip()}
+        done = {_key(r) for r in _rows(out)}
     opts = json.loads(args.policy_options) if args.policy_options else None
     fractions = [min(FRACTIONS, key=lambda f: abs(f - x)) if min(abs(f - x) for f in FRACTIONS) < 1e-3 else x
                  for x in args.fractions]
@@ -218,12 +218,16 @@ def main(argv=None) -> None:
                     _append(out, {**base, "needs": needs, "policy": policy, "policy_options": opts, **metrics})
 
 
+def _rows(path: Path) -> list[dict]:
+    """The JSON lines of a results file."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def render_summary(path: Path) -> str:
     """Markdown table: per family, connection and needs, the MILP against the best heuristic
     given the same information, issue 16's floor (equal share with known needs minus half a
     point) and the simulation bound."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if not r.get("tag")]
+    rows = [r for r in _rows(path) if not r.get("tag")]
     lines = ["| family | connection | needs | MILP | best heuristic | MILP - best [points] "
              "| equal with known needs - 0.5 points | simulation bound | MILP - bound [points] |",
              "|---|---|---|---:|---|---:|---:|---:|---:|"]
@@ -251,8 +255,7 @@ def render_summary(path: Path) -> str:
 
 def render_variants(path: Path) -> str:
     """Markdown table of the tagged runs (variants of a policy) in a results file."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("tag") and "demand_met" in r]
+    rows = [r for r in _rows(path) if r.get("tag") and "demand_met" in r]
     if not rows:
         return ""
     lines = ["| family | connection | needs | policy | variant (tag) | options | demand met | peak kW | overload A "
@@ -267,8 +270,7 @@ def render_variants(path: Path) -> str:
 
 def render(path: Path) -> str:
     """Markdown tables from a results file: one per family, rows fraction x policy."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if not r.get("tag")]
+    rows = [r for r in _rows(path) if not r.get("tag")]
     lines = []
     for family in FAMILIES:
         fam = [r for r in rows if r["family"] == family]

@@ -31,7 +31,6 @@ drawn currents), which only loosens the bound.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,56 +122,34 @@ class _BoundLP:
 
     def __init__(self, scenario, step: pd.Timedelta, battery: TaperBattery, start: pd.Timestamp,
                  end: pd.Timestamp) -> None:
-        from nowblock.loop.series import step_stats
-        from nowblock.seam.snapshot import root_index
+        from nowblock.sim.block import SimulatedBlock
 
-        site = scenario.site
-        n_t = max(0, math.ceil((end - start) / step))
-        sess = scenario.sessions
-        keep = ((sess["departure"] > start) & (sess["arrival"] < end)).to_numpy()
-        sess = sess.loc[keep].reset_index(drop=True)
-        self.sid = sess["session_id"].to_numpy(dtype=object)
-        cpi = site.cp_index(sess["charge_point_id"].to_numpy(dtype=object)) if len(sess) else np.zeros(0, np.int64)
-        phases = np.minimum(sess["phases"].to_numpy(np.int64), site.cp_phases[cpi])
-        dt_h = step / pd.Timedelta(hours=1)
-        kwh_per_a = phases * site.voltage_v / 1000.0 * dt_h
-        car_max = np.minimum(sess["max_current_a"].to_numpy(float), site.cp_max_current_a[cpi])
-        self.req = req = sess["energy_kwh"].to_numpy(float)
-        frac = sess["draw_fraction"].to_numpy(float) if "draw_fraction" in sess else np.ones(len(sess))
-        cap_kwh = battery.capacities_kwh(req)
-        soc0 = battery.start_soc(req, cap_kwh)
-        # The simulator's grid (SimulatedBlock): served from ceil((arrival - start) / step) to
-        # floor((departure - start) / step), exclusive.
-        s_ns, st_ns = start.as_unit("ns").value, step.as_unit("ns").value
-        arr_ns = pd.DatetimeIndex(sess["arrival"]).as_unit("ns").asi8
-        dep_ns = pd.DatetimeIndex(sess["departure"]).as_unit("ns").asi8
-        k_in = np.maximum(0, -((s_ns - arr_ns) // st_ns))
-        k_out = np.minimum(n_t, (dep_ns - s_ns) // st_ns)
-        n_cells = np.maximum(k_out - k_in, 0)
-        car = np.repeat(np.arange(len(sess)), n_cells)
+        # The simulator's own arrays (sessions kept, step grid, car maxima, batteries, caps,
+        # incidence, in-step base load maxima), so the bound cannot drift from what it bounds.
+        blk = SimulatedBlock(scenario, step=step, horizon=step, start=start, end=end, battery=battery)
+        site, n_t = blk.site, blk.n_t
+        self.sid, self.req = blk.sid, blk.req
+        n_cells = np.maximum(blk.k_out - blk.k_in, 0)
+        car = np.repeat(np.arange(len(blk.req)), n_cells)
         first = (np.cumsum(n_cells) - n_cells).astype(np.int64)
-        slot = (np.arange(len(car)) - np.repeat(first, n_cells) + np.repeat(k_in, n_cells)).astype(np.int64)
-        grid = pd.date_range(start, periods=n_t, freq=step)
-        caps = site.cap_current_a(grid) if n_t else np.zeros((0, len(site.charge_points)))
-        upper = np.minimum(car_max[car], caps[slot, cpi[car]] if len(car) else np.zeros(0)) * frac[car]
-        self.car, self.slot, self.n_cars, self.n_cells = car, slot, len(sess), len(car)
+        slot = (np.arange(len(car)) - np.repeat(first, n_cells) + np.repeat(blk.k_in, n_cells)).astype(np.int64)
+        upper = np.minimum(blk.car_max[car], blk.caps[slot, blk.cpi[car]] if len(car) else np.zeros(0))
+        self.car, self.slot, self.n_cars, self.n_cells = car, slot, len(blk.req), len(car)
         self.first, self.count = first, n_cells
-        self.upper = np.maximum(upper, 0.0)
-        self.kwh_per_a = kwh_per_a[car]
+        self.upper = np.maximum(upper * blk.draw_frac[car], 0.0)
+        self.kwh_per_a = (blk.kw_per_a * blk.dt_h)[car]
         # Taper: drawn <= max * (1 - slope * (soc0 + before / cap - taper_soc)).
         if battery.taper_soc < 1.0:
             slope = (1.0 - battery.floor_fraction) / (1.0 - battery.taper_soc)
-            self.taper_coef = (car_max * slope / cap_kwh)[car]
-            self.taper_rhs = (car_max * (1.0 - slope * (soc0 - battery.taper_soc)))[car]
+            self.taper_coef = (blk.car_max * slope / blk.cap_kwh)[car]
+            self.taper_rhs = (blk.car_max * (1.0 - slope * (blk.soc - battery.taper_soc)))[car]
         else:
             self.taper_coef = self.taper_rhs = None
         # Fuse rows: what the grid connection has left after the other load's in-step maximum.
-        inc = site.phase_incidence(cpi, phases)  # (F * 3, n_sessions)
-        _, base_max = step_stats(scenario.base_load, start, step, n_t)
         limits = np.tile(site.limits_a.reshape(-1), (n_t, 1))
-        r0 = root_index(site)
-        limits[:, 3 * r0 : 3 * r0 + 3] -= site.base_load_phase_current_a(base_max)
-        self.inc, self.room = inc, np.maximum(limits, 0.0)  # (n_t, F * 3)
+        r0 = blk.root
+        limits[:, 3 * r0 : 3 * r0 + 3] -= site.base_load_phase_current_a(blk.base_max[:n_t])
+        self.inc, self.room = blk.inc, np.maximum(limits, 0.0)  # (n_t, F * 3)
 
     def solve(self) -> tuple[np.ndarray, str]:
         """Energy [kWh] per session in the optimal plan, and HiGHS's model status."""
