@@ -22,9 +22,20 @@ def graph():
 
 
 def test_layer_contract_is_kept(capsys):
+    import logging
+
     from importlinter.cli import lint_imports
 
-    code = lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True, no_logo=True)
+    # import-linter configures logging with disable_existing_loggers: without restoring, every
+    # nowblock logger stayed disabled for the rest of the run (tests after this one that read
+    # the log saw nothing).
+    loggers = [lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    was = [lg.disabled for lg in loggers]
+    try:
+        code = lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True, no_logo=True)
+    finally:
+        for lg, d in zip(loggers, was):
+            lg.disabled = d
     assert code == 0, capsys.readouterr().out
 
 
