@@ -325,6 +325,63 @@ def test_expected_arrivals_are_summed_onto_planning_slots():
     assert with_expected_arrivals(form, fc.iloc[:0]) is form
 
 
+def _single_phase_snapshot():
+    """One single-phase car (CP1, wired to grid L3) wanting 8 kWh in 6 h, energy cheap from 2 h
+    on, on a 16 A connection."""
+    cps = (ChargePoint("CP1", "grid", max_current_a=16, phase_rotation="L3L1L2"),
+           ChargePoint("CP2", "grid", max_current_a=16, phase_rotation="L3L1L2"),
+           ChargePoint("CP3", "grid", max_current_a=16))
+    site = Site(name="l3", fuses=(Fuse("grid", (16.0, 16.0, 16.0)),), charge_points=cps)
+    cars = pd.DataFrame({
+        "charge_point_id": ["CP1"], "cp_index": [0], "phases": [1], "min_current_a": 6.0, "max_current_a": [16.0],
+        "arrival": T0, "departure": [T0 + pd.Timedelta("6h")], "energy_requested_kwh": [8.0],
+        "energy_delivered_kwh": [0.0], "measured_current_a": np.nan, "offered_current_a": [0.0], "priority": 1.0,
+        "needs_known": True,
+    }, index=pd.Index(["a"], name="session_id"))
+    idx = pd.date_range(T0, periods=24 * 12, freq="5min")
+    prices = pd.Series(np.where(idx >= T0 + pd.Timedelta("2h"), 0.10, 0.40), index=idx)
+    return BlockSnapshot(time=T0, site=site, step=pd.Timedelta("5min"), cars=cars,
+                         base_load_kw=pd.Series(0.0, index=idx, name="kw"), prices_eur_per_kwh=prices)
+
+
+class _ExpectedSessions:
+    """A forecast of whole sessions (what :func:`with_expected_sessions` reads)."""
+
+    def __init__(self, cp_index, phases):
+        self.cp_index, self.phases = cp_index, phases
+
+    def predict(self, start, horizon):
+        return pd.DataFrame({"arrival": [T0 + pd.Timedelta("1h50min")], "departure": [T0 + pd.Timedelta("6h")],
+                             "energy_kwh": [14.0], "cp_index": [self.cp_index], "phases": [self.phases],
+                             "max_current_a": [16.0]})
+
+
+def test_expected_sessions_hold_back_only_the_phase_they_will_load():
+    """A single-phase session expected at a charger wired to the same grid phase (L3) takes that
+    phase's room in the cheap hours: the car now is planned before it, in the dear hours. The
+    same session expected at a charger wired to L1 leaves the car's plan in the cheap hours."""
+    from nowblock.milp.arrivals import is_virtual, with_expected_sessions
+
+    snap = _single_phase_snapshot()
+    cheap = T0 + pd.Timedelta("2h")
+    early = {}
+    for name, cp in (("same phase", 1), ("other phase", 2)):
+        pol = MilpPolicy(arrivals_forecaster=_ExpectedSessions(cp, 1), arrivals_priority=1.0, top_up_in_plan=False)
+        out = pol.schedule(snap)
+        assert list(out.index) == ["a"] and violation_a(snap, out) == 0.0
+        plan = pol.last_schedule
+        assert is_virtual(plan.current_a.columns).sum() == 1
+        early[name] = float((plan.power_kw["a"][plan.current_a.index < cheap] * 0.25).sum())
+        form = pol.formulation(snap)
+        col = form.incidence[:3, -1]  # the virtual car's load on the grid's three phases
+        np.testing.assert_allclose(col, [0, 0, 1] if cp == 1 else [1, 0, 0])
+        assert form.plugged[-1, :7].sum() == 0 and form.plugged[-1, 8:24].all()  # from 02:00 to 06:00
+    assert early["other phase"] == 0.0  # nothing competes: it waits for the cheap hours
+    assert early["same phase"] >= 0.5 * 8.0  # the expected session will fill L3: charge before it
+    form = MilpPolicy().formulation(snap)
+    assert with_expected_sessions(form, _ExpectedSessions(1, 1).predict(T0, "24h").iloc[:0]) is form
+
+
 def test_decide_gives_the_plan_ahead_that_the_milp_made_within_every_fuse():
     """The controller, the HTTP API and the operator page show ``Decision.plan_a``: it must be the
     MILP's own plan (not a one-step stand-in), its first row what is sent now, and every row of it
@@ -464,7 +521,8 @@ def test_the_plan_serves_now_what_the_top_up_would():
     assert inside["three"] >= 6.0
 
 
-def test_spare_room_is_shared_to_the_last_pilot_step():
+@pytest.mark.parametrize("rule", ["round_robin", "equal"])
+def test_spare_room_is_shared_to_the_last_pilot_step(rule):
     """Six cars with guessed needs on a 38.4 A connection: 6.4 A each floors to 6 A, which would
     leave 2.4 A a phase idle; the spare steps go to the cars first in turn, and no phase keeps
     a whole step unused."""
@@ -482,12 +540,16 @@ def test_spare_room_is_shared_to_the_last_pilot_step():
     idx = pd.date_range(T0, periods=12, freq="5min")
     snap = BlockSnapshot(time=T0, site=site, step=pd.Timedelta("5min"), cars=cars,
                          base_load_kw=pd.Series(0.0, index=idx, name="kw"), current_step_a=1.0)
-    x = share_spare_a(snap, np.zeros(6), np.ones(6, dtype=bool))
+    x = share_spare_a(snap, np.zeros(6), np.ones(6, dtype=bool), rule=rule)
     g, h = constraint_rows(snap)
     assert violation_a(snap, pd.Series(x, index=cars.index)) == 0.0
     assert np.all(h - g @ x < 1.0)
     assert sorted(x) == [6.0, 6.0, 6.0, 6.0, 7.0, 7.0]
     assert x[0] == 7.0 and x[1] == 7.0  # the least served so far come first
+    if rule == "round_robin":  # from nothing, the same turns as the round-robin baseline
+        from nowblock.baselines.heuristics import round_robin_a
+
+        np.testing.assert_array_equal(x, round_robin_a(snap))
 
 
 def _estimated_snapshot(sources):

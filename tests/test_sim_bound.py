@@ -53,12 +53,15 @@ def test_no_policy_beats_the_bound(family, fraction, seed, households):
     scn = _small(family, fraction, seed, households)
     b = simulation_bound(scn)
     assert b.status == "Optimal"
+    # Offers in whole amperes within every row: a tighter bound for the same policies.
+    stepped = simulation_bound(scn, current_step_a=1.0)
+    assert stepped.status == "Optimal" and stepped.demand_met <= b.demand_met + 1e-9
     best = 0.0
-    for policy in ("equal", "edf", "llf", "milp"):
+    for policy in ("equal", "edf", "llf", "round_robin", "milp"):
         for needs in ("known", "unknown"):
-            res = nb.simulate(scn, policy=policy, needs=needs)
+            res = nb.simulate(scn, policy=policy, needs=needs, current_step_a=1.0)
             assert res.metrics["max_overload_a"] == 0.0
-            assert res.metrics["demand_met"] <= b.demand_met + 1e-6, (policy, needs)
+            assert res.metrics["demand_met"] <= stepped.demand_met + 1e-6, (policy, needs)
             best = max(best, res.metrics["demand_met"])
     # The bound is not loose: perfect foresight gains little over the best online policy here.
     assert best >= b.demand_met - 0.1
@@ -76,6 +79,23 @@ def test_draw_fraction_lowers_the_bound():
     got = nb.simulate(scn_half, policy="uncontrolled")
     assert b.demand_met < full.demand_met - 0.01
     assert got.metrics["demand_met"] <= b.demand_met + 1e-7
+
+
+def test_pilot_step_bound_floors_each_row():
+    """With 0.4 A of a phase below any whole-ampere offer, the stepped bound loses exactly what
+    cannot be offered: one car on a 10.4 A connection, wanting more than it can get."""
+    scn = _small("residential_elaad", 0.2, seed=1)
+    with pytest.raises(ValueError, match="current_step_a"):
+        simulation_bound(scn, current_step_a=0.0)
+    one = scn.sessions.iloc[:1].assign(energy_kwh=500.0)
+    cp = scn.site.cp_index(one["charge_point_id"])[0]
+    fuses = tuple(dataclasses.replace(f, max_current_a=(10.4, 10.4, 10.4)) for f in scn.site.fuses)
+    lone = dataclasses.replace(scn, sessions=one, site=dataclasses.replace(scn.site, fuses=fuses), base_load=None)
+    ideal = TaperBattery(taper_soc=1.0)
+    cont = simulation_bound(lone, battery=ideal)
+    stepped = simulation_bound(lone, battery=ideal, current_step_a=1.0)
+    assert cp >= 0 and cont.energy_kwh.iloc[0] > 0
+    assert stepped.energy_kwh.iloc[0] == pytest.approx(cont.energy_kwh.iloc[0] * 10.0 / 10.4, rel=1e-6)
 
 
 def test_empty_window():

@@ -242,14 +242,24 @@ def round_robin_a(snapshot: BlockSnapshot) -> np.ndarray:
     """
     g, h = cached_constraint_rows(snapshot)
     lo, hi = offer_bounds_a(snapshot)
-    step = float(snapshot.current_step_a)
+    return round_robin_fill_a(np.zeros(len(lo)), g, h, lo, hi, round_robin_order(snapshot),
+                              float(snapshot.current_step_a), hi > 0)
+
+
+def round_robin_fill_a(x: np.ndarray, g: np.ndarray, h: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                       order: np.ndarray, step: float, eligible: np.ndarray) -> np.ndarray:
+    """Round robin's turns on top of safe setpoints ``x`` [A]: the ``eligible`` cars in
+    ``order`` take turns of :data:`ROUND_ROBIN_INCREMENT_A` [A] (a car at 0 first gets its
+    minimum ``lo`` [A] or nothing) while every limit row ``g @ x <= h`` [A] allows it, up to
+    ``hi`` [A]; a turn that does not fit gives what still fits on the ``step`` [A] grid and
+    ends that car's turns. Returns a new array [A]."""
     inc = ROUND_ROBIN_INCREMENT_A if not step > 0 else step * max(1.0, np.ceil(ROUND_ROBIN_INCREMENT_A / step - 1e-9))
-    x = np.zeros(len(lo))
-    load = np.zeros(len(h))
+    x = np.array(x, dtype=float)
+    load = g @ x
     # Per car, the rows it loads (positive) and all rows it touches (unbalance rows can fall).
     loads = [np.flatnonzero(g[:, i] > 0) for i in range(len(lo))]
     touches = [np.flatnonzero(g[:, i]) for i in range(len(lo))]
-    queue = deque(int(i) for i in round_robin_order(snapshot) if hi[i] > 0)
+    queue = deque(int(i) for i in order if eligible[i] and hi[i] > 0 and x[i] < hi[i] - _TOL_A)
     while queue:
         i = queue.popleft()
         rows = loads[i]

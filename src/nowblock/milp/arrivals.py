@@ -105,6 +105,74 @@ def with_expected_arrivals(form: Formulation, forecast: pd.DataFrame, *, priorit
     )
 
 
+def with_expected_sessions(form: Formulation, sessions: pd.DataFrame, *, priority: float = 0.5) -> Formulation:
+    """``form`` plus one virtual car per expected session, at its own charging point.
+
+    Where :func:`with_expected_arrivals` spreads expected arrivals evenly over the grid
+    connection's three phases, this places each expected session where it will plug in: a
+    single-phase car at a charger wired to L3 loads L3 and every fuse above that charger. That is
+    the information that matters on a block whose scarce resource is one phase.
+
+    Parameters
+    ----------
+    form : Formulation
+        The plan of the cars plugged in now.
+    sessions : pandas.DataFrame
+        One row per expected session: ``arrival``, ``departure`` (tz-aware), ``energy_kwh`` [kWh],
+        ``cp_index`` (position of the charging point in ``form.site``), ``phases`` (1 or 3) and
+        ``max_current_a`` [A per phase]. A perfect forecast (the sessions that will arrive) is
+        the diagnosis of how much a receding-horizon plan loses by not knowing the future.
+    priority : float
+        Weight of an expected session's shortfall against a real car's (1).
+
+    Returns
+    -------
+    Formulation
+        Virtual cars plugged in for the whole planning slots between arrival and departure,
+        with no minimum current (they receive no setpoint; ids start with ``"expected@"``).
+        Sessions arriving in the first slot or with no whole slot in the horizon are left out.
+    """
+    if priority < 0:
+        raise ValueError(f"priority: must be >= 0, got {priority}")
+    if sessions is None or len(sessions) == 0:
+        return form
+    starts = pd.DatetimeIndex(form.times).as_unit("ns").asi8
+    ends = starts + (np.asarray(form.slot_h) * 3.6e12).astype(np.int64)
+    arr = pd.DatetimeIndex(pd.to_datetime(sessions["arrival"], utc=True)).as_unit("ns").asi8
+    dep = pd.DatetimeIndex(pd.to_datetime(sessions["departure"], utc=True)).as_unit("ns").asi8
+    plugged = ((starts[None, :] >= arr[:, None]) & (ends[None, :] <= dep[:, None])).astype(float)
+    keep = (arr > starts[0]) & (plugged.sum(axis=1) > 0)
+    if not keep.any():
+        return form
+    rows = sessions[keep]
+    plugged = plugged[keep]
+    m = len(rows)
+    cp = rows["cp_index"].to_numpy(np.int64)
+    phases = rows["phases"].to_numpy(np.int64)
+    upper = rows["max_current_a"].to_numpy(float)[:, None] * plugged
+    ids = np.array([f"{VIRTUAL_PREFIX}{i}" for i in range(m)], dtype=str)
+    weight = form.shortfall_weight
+    ratio = form.draw_ratio
+    bonus = form.now_bonus_eur_per_kwh
+    return dataclasses.replace(
+        form,
+        session_ids=np.concatenate([form.session_ids.astype(str), ids]),
+        cp_index=np.concatenate([form.cp_index, cp.astype(form.cp_index.dtype)]),
+        phases=np.concatenate([form.phases, phases.astype(form.phases.dtype)]),
+        min_current_a=np.concatenate([form.min_current_a, np.zeros(m)]),
+        upper_a=np.vstack([form.upper_a, upper]),
+        plugged=np.vstack([form.plugged, plugged]),
+        need_kwh=np.concatenate([form.need_kwh, rows["energy_kwh"].to_numpy(float)]),
+        priority=np.concatenate([form.priority, np.full(m, float(priority))]),
+        prev_current_a=np.concatenate([form.prev_current_a, np.full(m, np.nan)]),
+        draw_ratio=None if ratio is None else np.concatenate([ratio, np.ones(m)]),
+        shortfall_weight=None if weight is None else np.concatenate([weight, np.ones(m)]),
+        now_bonus_eur_per_kwh=None if bonus is None else np.concatenate([bonus, np.zeros(m)]),
+        incidence_a=np.hstack([form.incidence, form.site.phase_incidence(cp, phases)]),
+        kernel_arrays=None,
+    )
+
+
 def is_virtual(session_ids) -> np.ndarray:
     """Boolean per id: a virtual (expected-arrivals) car of :func:`with_expected_arrivals`."""
     return np.char.startswith(np.asarray(session_ids, dtype=str), VIRTUAL_PREFIX)

@@ -105,6 +105,13 @@ class OptimizeOptions:
       residential 0.9682 / 0.9666, workplace 0.8409 / 0.8658, public 0.9631 / 0.9628, NOW-Block
       0.9989 / 0.9996; fitted on four weeks, residential 0.9769 / 0.9667, workplace 0.8564 /
       0.8621, public 0.9600 / 0.9634, NOW-Block 0.9996 / 0.9996.
+    - ``guessed_share``: how the spare room now is shared among the cars with estimated needs:
+      ``"round_robin"`` (default, ACN-Sim's 1 A turns) or ``"equal"`` (max-min fair
+      water-filling floored to pilot steps). Measured at a tenth of the rating, one week each,
+      one run (docs/bench_quality.md, "Session 24"), demand met round robin / equal: no history,
+      workplace 0.8672 / 0.8658, residential 0.9668 / 0.9666, public 0.9631 / 0.9628 (the
+      round-robin baseline: 0.8680, 0.9668, 0.9631); fitted on four weeks, workplace 0.8628 /
+      0.8557, residential 0.9759 / 0.9767, public 0.9572 / 0.9613.
     """
 
     sharing: Sharing = "weighted"
@@ -119,6 +126,7 @@ class OptimizeOptions:
     top_up_h: float = 12.0
     top_up_guessed: bool = True
     plan_estimates: Literal["fitted", "all", "none"] = "fitted"
+    guessed_share: Literal["round_robin", "equal"] = "round_robin"
     top_up_in_plan: bool = True
     trust_estimates: bool = False
     time_limit_s: float = 30.0
@@ -139,6 +147,8 @@ class OptimizeOptions:
             raise ValueError(f"fallback: expected one of equal, edf, llf, got {self.fallback!r}")
         if self.plan_estimates not in ("fitted", "all", "none"):
             raise ValueError(f"plan_estimates: expected 'fitted', 'all' or 'none', got {self.plan_estimates!r}")
+        if self.guessed_share not in ("round_robin", "equal"):
+            raise ValueError(f"guessed_share: expected 'round_robin' or 'equal', got {self.guessed_share!r}")
         if self.backend not in ("highs", "pyomo"):
             raise ValueError(f"backend: expected 'highs' or 'pyomo', got {self.backend!r}")
         for name in ("shortfall_eur_per_kwh", "peak_eur_per_kw", "change_eur_per_a", "early_eur_per_kwh",

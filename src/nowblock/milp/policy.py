@@ -62,18 +62,25 @@ def top_up_first_slot_a(snapshot: BlockSnapshot, current_a: np.ndarray, shortfal
     return x
 
 
-def share_spare_a(snapshot: BlockSnapshot, current_a: np.ndarray, share: np.ndarray) -> np.ndarray:
-    """Safe setpoints ``current_a`` [A] with the spare room of every limit row shared equally
-    (max-min fair water-filling) among the cars where ``share`` is True, up to their maximum.
+def share_spare_a(snapshot: BlockSnapshot, current_a: np.ndarray, share: np.ndarray,
+                  rule: str = "round_robin") -> np.ndarray:
+    """Safe setpoints ``current_a`` [A] with the spare room of every limit row shared among the
+    cars where ``share`` is True, up to their maximum.
+
+    ``rule="round_robin"`` (default): round robin's turns of 1 A
+    (:func:`nowblock.baselines.heuristics.round_robin_fill_a`) from where the cars are;
+    ``rule="equal"``: max-min fair water-filling, as described next.
 
     A car at 0 first gets its minimum where every row it loads has room for it (in equal
     share's admission order, :func:`nowblock.baselines.heuristics.round_robin_order`), then the sharing cars rise together until a row binds or a car reaches
     its maximum; the result is floored to whole pilot steps, so every row keeps ``G @ x <= h``
     (:func:`nowblock.seam.constraint_rows`) and every setpoint is 0 or at least the minimum.
     """
-    from nowblock.baselines.heuristics import hand_out_steps, round_robin_order
+    from nowblock.baselines.heuristics import hand_out_steps, round_robin_fill_a, round_robin_order
     from nowblock.seam import cached_constraint_rows
 
+    if rule not in ("round_robin", "equal"):
+        raise ValueError(f"rule: expected 'round_robin' or 'equal', got {rule!r}")
     x = np.array(current_a, dtype=float)
     share = np.asarray(share, dtype=bool)
     if not share.any():
@@ -85,11 +92,13 @@ def share_spare_a(snapshot: BlockSnapshot, current_a: np.ndarray, share: np.ndar
     lo = np.nan_to_num(snapshot.values("min_current_a"))
     hi = np.floor(hi / step + 1e-9) * step if step > 0 else hi
     active = share & (x < hi - tol) & (hi >= lo - tol)
-    slack = h - g @ x
-    # Admission in equal share's turn (least of its request delivered first, then the longest
-    # waiting), not by departure: these cars' departures are guesses. Measured on the congested
-    # residential week with unknown needs: 0.9633 against 0.9579 by estimated departure.
+    # Turns (admission) as equal share's (least of its request delivered first, then the
+    # longest waiting), not by departure: these cars' departures are guesses. Measured on the
+    # congested residential week with unknown needs: 0.9633 against 0.9579 by estimated departure.
     order = round_robin_order(snapshot)
+    if rule == "round_robin":
+        return round_robin_fill_a(x, g, h, lo, hi, order, step, active)
+    slack = h - g @ x
     for i in order[(active & (x <= tol))[order]]:
         need = g[:, i] * lo[i]
         if np.all(need <= slack + tol):  # admission at the minimum, where it fits
@@ -131,7 +140,9 @@ class MilpPolicy:
     like a fitted :class:`nowblock.forecast.ArrivalForecaster`; its expected arrivals are
     planned as soft demand that holds capacity back for them
     (:func:`nowblock.milp.arrivals.with_expected_arrivals`, shortfall weight
-    ``arrivals_priority`` against a real car's priority). ``reuse_plan`` (on by default): a
+    ``arrivals_priority`` against a real car's priority). A forecast with a ``cp_index``
+    column lists whole expected sessions instead, each planned at its own charging point
+    (:func:`nowblock.milp.arrivals.with_expected_sessions`). ``reuse_plan`` (on by default): a
     call inside the first planning slot of the previous plan returns that plan's setpoints
     again, without solving, when nothing the plan depended on changed (see :meth:`_reusable`).
     After each call, ``last_schedule`` holds the full plan and
@@ -224,10 +235,13 @@ class MilpPolicy:
                 bonus = np.where(serve, spread + 0.05, 0.0)
                 form = dataclasses.replace(form, now_bonus_eur_per_kwh=bonus)
         if self.arrivals_forecaster is not None and form.n_cars:
-            from nowblock.milp.arrivals import with_expected_arrivals
+            from nowblock.milp.arrivals import with_expected_arrivals, with_expected_sessions
 
             forecast = self.arrivals_forecaster.predict(snapshot.time, self.horizon)
-            form = with_expected_arrivals(form, forecast, priority=self.arrivals_priority)
+            if "cp_index" in forecast.columns:  # expected sessions, each at its charging point
+                form = with_expected_sessions(form, forecast, priority=self.arrivals_priority)
+            else:
+                form = with_expected_arrivals(form, forecast, priority=self.arrivals_priority)
         return form
 
     def schedule(self, snapshot: BlockSnapshot) -> pd.Series:
@@ -314,7 +328,7 @@ class MilpPolicy:
             # room is left now (a full car's estimate is what it got, so its remaining need is
             # 0 and it is left alone). No peak budget: the plan's peak was paid for against
             # guessed needs, and energy a car that leaves takes with it is not deliverable later.
-            safe = share_spare_a(snapshot, safe, guessed)
+            safe = share_spare_a(snapshot, safe, guessed, rule=self.options.guessed_share)
         base_now = float(form.base_kw[0]) if len(form.base_kw) else 0.0
         slot_end = snapshot.time + pd.Timedelta(hours=float(form.slot_h[0])) if len(form.slot_h) else snapshot.time
         self._last_answer = (snapshot.time, slot_end, cars.index, self._signature(snapshot), base_now, safe.copy())
