@@ -6,7 +6,8 @@ is always the function of the contract, never this package.)
 - :func:`optimize` plans a sessions frame over a horizon and returns a :class:`Schedule`.
 - :class:`MilpPolicy` is the receding-horizon policy behind ``simulate(..., policy="milp")``.
 - :func:`solve_offline` is the perfect-foresight yardstick over a whole scenario.
-- :func:`with_expected_arrivals` adds an arrivals forecast as soft demand (issue 4).
+- :func:`with_expected_arrivals` adds an arrivals forecast as soft demand (issue 4);
+  :func:`with_expected_sessions` adds expected sessions, each at its own charging point.
 - :func:`build_pyomo_model` gives the same model as a Pyomo ``ConcreteModel`` to extend.
 """
 
@@ -23,7 +24,8 @@ def __getattr__(name: str):
 
     where = {"MilpPolicy": "nowblock.milp.policy",
              "solve_offline": "nowblock.milp.offline", "build_pyomo_model": "nowblock.milp.pyomo_model",
-             "solve_pyomo": "nowblock.milp.pyomo_model", "with_expected_arrivals": "nowblock.milp.arrivals"}
+             "solve_pyomo": "nowblock.milp.pyomo_model", "with_expected_arrivals": "nowblock.milp.arrivals",
+             "with_expected_sessions": "nowblock.milp.arrivals"}
     if name in where:
         return getattr(importlib.import_module(where[name]), name)
     raise AttributeError(f"module 'nowblock.milp' has no attribute {name!r}")
@@ -31,4 +33,4 @@ def __getattr__(name: str):
 
 __all__ = ["Formulation", "MilpPolicy", "OptimizeOptions", "Schedule", "build_pyomo_model",
            "from_sessions", "from_snapshot", "optimize", "solve_formulation", "solve_offline", "solve_pyomo",
-           "with_expected_arrivals"]
+           "with_expected_arrivals", "with_expected_sessions"]
