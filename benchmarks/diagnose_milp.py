@@ -33,8 +33,11 @@ from nowblock.sim.battery import TaperBattery
 
 #: MILP variants: one option changed at a time against the defaults (OptimizeOptions fields and
 #: MilpPolicy arguments). Two keys are not options: ``"arrivals": "oracle"`` gives the policy an
-#: arrivals forecaster that knows every future arrival (:class:`OracleArrivals`), ``"taper":
-#: False`` simulates batteries without taper (``TaperBattery(taper_soc=1.0)``).
+#: arrivals forecaster that knows every future arrival (:class:`OracleArrivals`; ``"oracle_cp"``:
+#: every future session at its own charging point, :class:`OracleSessions`), ``"taper":
+#: False`` simulates batteries without taper (``TaperBattery(taper_soc=1.0)``). ``PLAN_ONLY``:
+#: the plan's first slot as it is, without the top-up and its preference for energy now.
+PLAN_ONLY = {"top_up_in_plan": False, "top_up_h": 0.0}
 VARIANTS = {
     "milp": {},
     "milp_margin0": {"departure_margin_h": 0.0},
@@ -54,6 +57,18 @@ VARIANTS = {
     "milp_oracle_arrivals_p1": {"arrivals": "oracle", "arrivals_priority": 1.0},
     "milp_notaper": {"taper": False},
     "milp_margin0_notaper": {"departure_margin_h": 0.0, "taper": False},
+    "milp_oracle_cp": {"arrivals": "oracle_cp", "arrivals_priority": 1.0},
+    "plan_only": PLAN_ONLY,
+    "plan_only_oracle_cp": {**PLAN_ONLY, "arrivals": "oracle_cp", "arrivals_priority": 1.0},
+    "plan_only_oracle_cp_plain": {**PLAN_ONLY, "arrivals": "oracle_cp", "arrivals_priority": 1.0, "urgency_h": 0.0,
+                                  "departure_margin_h": 0.0},
+    "plan_only_oracle_cp_plain_5min": {**PLAN_ONLY, "arrivals": "oracle_cp", "arrivals_priority": 1.0,
+                                       "urgency_h": 0.0, "departure_margin_h": 0.0, "step": "5min"},
+    "plan_only_oracle_cp_plain_effort": {**PLAN_ONLY, "arrivals": "oracle_cp", "arrivals_priority": 1.0,
+                                         "urgency_h": 0.0, "departure_margin_h": 0.0, "milp_effort": 50.0,
+                                         "milp_min_s": 3.0, "mip_rel_gap": 0.001},
+    "plan_only_oracle_cp_plain_notaper": {**PLAN_ONLY, "arrivals": "oracle_cp", "arrivals_priority": 1.0,
+                                          "urgency_h": 0.0, "departure_margin_h": 0.0, "taper": False},
 }
 #: Baselines run too (``"taper": False`` as above).
 BASELINES = {"llf": {}, "edf": {}, "llf_notaper": {"taper": False}, "edf_notaper": {"taper": False}}
@@ -75,6 +90,44 @@ class OracleArrivals:
         e = s["energy_kwh"].to_numpy(float)
         return pd.DataFrame({"arrivals": 1.0, "energy_kwh": e, "energy_total_kwh": e, "dwell_h": stay},
                             index=pd.DatetimeIndex(s["arrival"]))
+
+
+class OracleSessions:
+    """Every future session arriving within the horizon, each at its own charging point (the
+    format :func:`nowblock.milp.arrivals.with_expected_sessions` reads): the truth, phase by
+    phase, where :class:`OracleArrivals` spreads it over the connection's three phases."""
+
+    def __init__(self, sessions: pd.DataFrame, site):
+        s = sessions.sort_values("arrival").copy()
+        s["cp_index"] = site.cp_index(s["charge_point_id"])
+        s["phases"] = np.minimum(s["phases"].to_numpy(), site.cp_phases[s["cp_index"].to_numpy()])
+        s["max_current_a"] = np.minimum(s["max_current_a"].to_numpy(float),
+                                        site.cp_max_current_a[s["cp_index"].to_numpy()])
+        self.s = s[["arrival", "departure", "energy_kwh", "cp_index", "phases", "max_current_a"]]
+
+    def predict(self, start, horizon) -> pd.DataFrame:
+        start = pd.Timestamp(start)
+        s = self.s
+        return s[(s["arrival"] > start) & (s["arrival"] < start + pd.Timedelta(horizon))]
+
+
+class Replay:
+    """The offline plan played back through the simulator's control step (the setpoint of the
+    plan's slot each step starts in): what the perfect-foresight MILP's plan delivers under the
+    simulator's physics."""
+
+    name = "replay"
+
+    def __init__(self, plan: pd.DataFrame):
+        self.plan = plan
+
+    def schedule(self, snapshot) -> pd.Series:
+        pos = max(int(self.plan.index.searchsorted(snapshot.time, side="right")) - 1, 0)
+        row = self.plan.iloc[pos].reindex(snapshot.cars.index).fillna(0.0)
+        return pd.Series(row.to_numpy(float), index=snapshot.cars.index, name="current_a")
+
+    def reset(self) -> None:
+        """Nothing to forget."""
 
 
 def _scenario(args):
@@ -113,6 +166,24 @@ def run(args) -> None:
         e = np.minimum(sch.energy_kwh.reindex(per.index).fillna(0.0), s.set_index("session_id")["energy_kwh"])
         record("bound_milp", e, {"demand_met": float(e.sum()) / req, "status": sch.status, "mip_gap": sch.mip_gap,
                                  "wall_s": time.perf_counter() - t0})
+    from nowblock.sim.bound import simulation_bound
+
+    ideal = TaperBattery(taper_soc=1.0)
+    for name, kw in (("bound_sim", {}), ("bound_sim_1a", {"current_step_a": 1.0}),
+                     ("bound_sim_notaper", {"battery": ideal}), ("bound_sim_1a_notaper", {"current_step_a": 1.0, "battery": ideal})):
+        if name not in done and (not args.only or name in args.only):
+            sb = simulation_bound(scn, **kw)
+            record(name, sb.energy_kwh, {"demand_met": sb.demand_met, "status": sb.status, "wall_s": sb.seconds})
+    if any(n not in done and (not args.only or n in args.only) for n in ("replay_offline", "replay_offline_notaper")):
+        t0 = time.perf_counter()
+        sch = solve_offline(scn, current_step_a=1.0, time_limit_s=args.offline_limit_s)
+        build_s = time.perf_counter() - t0
+        for name, kw in (("replay_offline", {}), ("replay_offline_notaper", {"battery": ideal})):
+            t0 = time.perf_counter()
+            res = nb.simulate(scn, policy=Replay(sch.current_a), **kw)
+            record(name, res.sessions.set_index("session_id")["energy_delivered_kwh"],
+                   {"demand_met": res.metrics["demand_met"], "max_overload_a": res.metrics["max_overload_a"],
+                    "plan_status": sch.status, "plan_mip_gap": sch.mip_gap, "wall_s": build_s + time.perf_counter() - t0})
     plan = [(k, k.split("_")[0], v) for k, v in BASELINES.items()] + [(k, "milp", v) for k, v in VARIANTS.items()]
     for name, policy, opts in plan:
         if name in done or (args.only and name not in args.only):
@@ -122,6 +193,8 @@ def run(args) -> None:
         label = dict(opts)
         if opts.get("arrivals") == "oracle":
             opts["arrivals_forecaster"] = OracleArrivals(s)
+        elif opts.get("arrivals") == "oracle_cp":
+            opts["arrivals_forecaster"] = OracleSessions(s, scn.site)
         opts.pop("arrivals", None)
         t0 = time.perf_counter()
         res = nb.simulate(scn, policy=policy, policy_options=opts or None, **kw)
