@@ -263,13 +263,14 @@ class _FixedArrivals:
                             index=idx)
 
 
-def _cheap_later_snapshot():
-    """One car (8 kWh, leaves in 4 h) on a 16 A connection; energy is cheap from 2 h on."""
-    cps = (ChargePoint("CP1", "grid", max_current_a=16),)
+def _cheap_later_snapshot(phases=3, hours=4.0, rotations=("L1L2L3",)):
+    """One car at CP1 (8 kWh, leaves in ``hours`` h) on a 16 A connection; energy is cheap from
+    2 h on. ``rotations``: one charging point per entry, wired so."""
+    cps = tuple(ChargePoint(f"CP{i + 1}", "grid", max_current_a=16, phase_rotation=r) for i, r in enumerate(rotations))
     site = Site(name="hold", fuses=(Fuse("grid", (16.0, 16.0, 16.0)),), charge_points=cps)
     cars = pd.DataFrame({
-        "charge_point_id": ["CP1"], "cp_index": [0], "phases": [3], "min_current_a": 6.0, "max_current_a": [16.0],
-        "arrival": T0, "departure": [T0 + pd.Timedelta("4h")], "energy_requested_kwh": [8.0],
+        "charge_point_id": ["CP1"], "cp_index": [0], "phases": [phases], "min_current_a": 6.0, "max_current_a": [16.0],
+        "arrival": T0, "departure": [T0 + pd.Timedelta(hours, "h")], "energy_requested_kwh": [8.0],
         "energy_delivered_kwh": [0.0], "measured_current_a": np.nan, "offered_current_a": [0.0], "priority": 1.0,
         "needs_known": True,
     }, index=pd.Index(["a"], name="session_id"))
@@ -325,25 +326,6 @@ def test_expected_arrivals_are_summed_onto_planning_slots():
     assert with_expected_arrivals(form, fc.iloc[:0]) is form
 
 
-def _single_phase_snapshot():
-    """One single-phase car (CP1, wired to grid L3) wanting 8 kWh in 6 h, energy cheap from 2 h
-    on, on a 16 A connection."""
-    cps = (ChargePoint("CP1", "grid", max_current_a=16, phase_rotation="L3L1L2"),
-           ChargePoint("CP2", "grid", max_current_a=16, phase_rotation="L3L1L2"),
-           ChargePoint("CP3", "grid", max_current_a=16))
-    site = Site(name="l3", fuses=(Fuse("grid", (16.0, 16.0, 16.0)),), charge_points=cps)
-    cars = pd.DataFrame({
-        "charge_point_id": ["CP1"], "cp_index": [0], "phases": [1], "min_current_a": 6.0, "max_current_a": [16.0],
-        "arrival": T0, "departure": [T0 + pd.Timedelta("6h")], "energy_requested_kwh": [8.0],
-        "energy_delivered_kwh": [0.0], "measured_current_a": np.nan, "offered_current_a": [0.0], "priority": 1.0,
-        "needs_known": True,
-    }, index=pd.Index(["a"], name="session_id"))
-    idx = pd.date_range(T0, periods=24 * 12, freq="5min")
-    prices = pd.Series(np.where(idx >= T0 + pd.Timedelta("2h"), 0.10, 0.40), index=idx)
-    return BlockSnapshot(time=T0, site=site, step=pd.Timedelta("5min"), cars=cars,
-                         base_load_kw=pd.Series(0.0, index=idx, name="kw"), prices_eur_per_kwh=prices)
-
-
 class _ExpectedSessions:
     """A forecast of whole sessions (what :func:`with_expected_sessions` reads)."""
 
@@ -362,7 +344,8 @@ def test_expected_sessions_hold_back_only_the_phase_they_will_load():
     same session expected at a charger wired to L1 leaves the car's plan in the cheap hours."""
     from nowblock.milp.arrivals import is_virtual, with_expected_sessions
 
-    snap = _single_phase_snapshot()
+    # A single-phase car at CP1, wired to grid L3, wanting 8 kWh in 6 h; CP2 is wired to L3 too.
+    snap = _cheap_later_snapshot(phases=1, hours=6.0, rotations=("L3L1L2", "L3L1L2", "L1L2L3"))
     cheap = T0 + pd.Timedelta("2h")
     early = {}
     for name, cp in (("same phase", 1), ("other phase", 2)):

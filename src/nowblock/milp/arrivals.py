@@ -83,24 +83,32 @@ def with_expected_arrivals(form: Formulation, forecast: pd.DataFrame, *, priorit
     inc_v = np.zeros((form.incidence.shape[0], m))
     inc_v[3 * r0: 3 * r0 + 3, :] = 1.0  # balanced three-phase load on the grid connection only
     ids = np.array([f"{VIRTUAL_PREFIX}{t.isoformat()}" for t in form.times[k]], dtype=str)
+    return _with_virtual(form, ids, np.zeros(m, dtype=np.int64), np.full(m, 3), upper, plugged, e[k], priority, inc_v)
+
+
+def _with_virtual(form: Formulation, ids: np.ndarray, cp_index: np.ndarray, phases: np.ndarray, upper_a: np.ndarray,
+                  plugged: np.ndarray, need_kwh: np.ndarray, priority: float, incidence: np.ndarray) -> Formulation:
+    """``form`` with virtual cars appended: no minimum current, no previous setpoint, shortfall
+    weight 1 and no first-slot preference (they never receive a setpoint)."""
+    m = len(ids)
     weight = form.shortfall_weight
     ratio = form.draw_ratio
     bonus = form.now_bonus_eur_per_kwh
     return dataclasses.replace(
         form,
         session_ids=np.concatenate([form.session_ids.astype(str), ids]),
-        cp_index=np.concatenate([form.cp_index, np.zeros(m, dtype=form.cp_index.dtype)]),
-        phases=np.concatenate([form.phases, np.full(m, 3, dtype=form.phases.dtype)]),
+        cp_index=np.concatenate([form.cp_index, np.asarray(cp_index).astype(form.cp_index.dtype)]),
+        phases=np.concatenate([form.phases, np.asarray(phases).astype(form.phases.dtype)]),
         min_current_a=np.concatenate([form.min_current_a, np.zeros(m)]),
-        upper_a=np.vstack([form.upper_a, upper]),
+        upper_a=np.vstack([form.upper_a, upper_a]),
         plugged=np.vstack([form.plugged, plugged]),
-        need_kwh=np.concatenate([form.need_kwh, e[k]]),
+        need_kwh=np.concatenate([form.need_kwh, need_kwh]),
         priority=np.concatenate([form.priority, np.full(m, float(priority))]),
         prev_current_a=np.concatenate([form.prev_current_a, np.full(m, np.nan)]),
         draw_ratio=None if ratio is None else np.concatenate([ratio, np.ones(m)]),
         shortfall_weight=None if weight is None else np.concatenate([weight, np.ones(m)]),
         now_bonus_eur_per_kwh=None if bonus is None else np.concatenate([bonus, np.zeros(m)]),
-        incidence_a=np.hstack([form.incidence, inc_v]),
+        incidence_a=np.hstack([form.incidence, incidence]),
         kernel_arrays=None,  # computed for the real cars only
     )
 
@@ -151,26 +159,8 @@ def with_expected_sessions(form: Formulation, sessions: pd.DataFrame, *, priorit
     phases = rows["phases"].to_numpy(np.int64)
     upper = rows["max_current_a"].to_numpy(float)[:, None] * plugged
     ids = np.array([f"{VIRTUAL_PREFIX}{i}" for i in range(m)], dtype=str)
-    weight = form.shortfall_weight
-    ratio = form.draw_ratio
-    bonus = form.now_bonus_eur_per_kwh
-    return dataclasses.replace(
-        form,
-        session_ids=np.concatenate([form.session_ids.astype(str), ids]),
-        cp_index=np.concatenate([form.cp_index, cp.astype(form.cp_index.dtype)]),
-        phases=np.concatenate([form.phases, phases.astype(form.phases.dtype)]),
-        min_current_a=np.concatenate([form.min_current_a, np.zeros(m)]),
-        upper_a=np.vstack([form.upper_a, upper]),
-        plugged=np.vstack([form.plugged, plugged]),
-        need_kwh=np.concatenate([form.need_kwh, rows["energy_kwh"].to_numpy(float)]),
-        priority=np.concatenate([form.priority, np.full(m, float(priority))]),
-        prev_current_a=np.concatenate([form.prev_current_a, np.full(m, np.nan)]),
-        draw_ratio=None if ratio is None else np.concatenate([ratio, np.ones(m)]),
-        shortfall_weight=None if weight is None else np.concatenate([weight, np.ones(m)]),
-        now_bonus_eur_per_kwh=None if bonus is None else np.concatenate([bonus, np.zeros(m)]),
-        incidence_a=np.hstack([form.incidence, form.site.phase_incidence(cp, phases)]),
-        kernel_arrays=None,
-    )
+    return _with_virtual(form, ids, cp, phases, upper, plugged, rows["energy_kwh"].to_numpy(float), priority,
+                         form.site.phase_incidence(cp, phases))
 
 
 def is_virtual(session_ids) -> np.ndarray:
