@@ -395,9 +395,9 @@ def test_the_lp_stage_gets_the_time_left_and_the_call_reports_it(monkeypatch):
     limits = []
     real = solve_mod.solve_matrix
 
-    def spy(form, mf, time_limit_s, start=None):
+    def spy(form, mf, time_limit_s, start=None, **kw):
         limits.append(time_limit_s)
-        return real(form, mf, time_limit_s, start)
+        return real(form, mf, time_limit_s, start, **kw)
 
     monkeypatch.setattr(solve_mod, "solve_matrix", spy)
     b = plugged_in_block(20, seed=2)
@@ -418,8 +418,8 @@ def test_a_poor_milp_incumbent_never_replaces_a_better_lp_plan(monkeypatch):
 
     real = solve_mod.solve_matrix
 
-    def poor(form, mf, time_limit_s, start=None):
-        res = real(form, mf, time_limit_s, start)
+    def poor(form, mf, time_limit_s, start=None, **kw):
+        res = real(form, mf, time_limit_s, start, **kw)
         if mf.integrality.any() and res.values is not None:
             v = np.zeros_like(res.values)
             return res.__class__(**{**res.__dict__, "values": v, "status": "time_limit"})
