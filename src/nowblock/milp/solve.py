@@ -53,6 +53,7 @@ from nowblock.milp.formulation import Formulation, OptimizeOptions
 from nowblock.milp.highs_fast import SolveResult, SolverOptionError, extend_basis, solve_matrix
 from nowblock.milp.matrix import in_pilot_steps, is_feasible, plan_columns, plan_objective
 from nowblock.milp.peak import _peak_kw, critical_peak_kw, mean_peak_matrix
+from nowblock.milp.plans import Best as _Best, polish, real_plan
 from nowblock.milp.rounding import Plan, make_plan
 from nowblock.milp.schedule import Schedule, fallback_schedule, plan_schedule
 
@@ -81,21 +82,6 @@ def reserve_seconds(form: Formulation) -> float:
     return 0.02 + per_pair * form.n_cars * form.n_slots
 
 
-class _Best:
-    """The best real plan so far, by objective, with how it was found."""
-
-    def __init__(self) -> None:
-        self.plan: Plan | None = None
-        self.objective = np.inf
-        self.method = ""
-
-    def offer(self, plan: Plan, objective: float, method: str, *, wins_ties: bool = False) -> None:
-        """Keep ``plan`` if its objective [EUR] is lower (or equal, with ``wins_ties``)."""
-        tol = 1e-9 * max(1.0, abs(self.objective)) if np.isfinite(self.objective) else 0.0
-        if plan is not None and (objective < self.objective - tol or (wins_ties and objective <= self.objective + tol)):
-            self.plan, self.objective, self.method = plan, objective, method
-
-
 def _certified(objective: float, bound: float, o: OptimizeOptions) -> bool:
     """Whether the bound proves ``objective`` within ``mip_rel_gap`` or ``mip_abs_gap`` [EUR]."""
     return np.isfinite(bound) and (_gap(objective, bound) <= o.mip_rel_gap or objective - bound <= o.mip_abs_gap)
@@ -105,21 +91,6 @@ def _gap(objective: float, bound: float) -> float:
     if not np.isfinite(bound) or not np.isfinite(objective):
         return float("inf")
     return max(objective - bound, 0.0) / max(abs(objective), 1e-9)
-
-
-def real_plan(form: Formulation, mf, x: np.ndarray, caps=None) -> tuple[Plan, float]:
-    """The best of real plans made from relaxed currents ``x`` [A], with its objective [EUR]: one
-    for each power cap in ``caps`` [kW] (default: the relaxation's own peak, kept while it can
-    be, and none: the steps stay in the slots the relaxation chose, worth it when prices differ
-    by more than the peak costs; measured both ways on the instance matrix,
-    docs/bench_optimize.md)."""
-    best, best_obj = None, np.inf
-    for peak in (_peak_kw(form, x), np.inf) if caps is None else caps:
-        plan = make_plan(form, x, peak_kw=peak)
-        obj = plan_objective(form, mf, plan.current_a)
-        if obj < best_obj - 1e-12:
-            best, best_obj = plan, obj
-    return best, best_obj
 
 
 #: Fine grids with at least this many (car, slot) cells get the coarse stage first: the fine LP
@@ -138,6 +109,17 @@ _WARM_PEAK_RATIO = 1.5
 #: the peak term; its plan beat the mean-peak LP's on small blocks (200 cars, 35 %, flat, 15 min:
 #: 0.54 % against 1.09 % from the bound).
 _COLD_LP_FACTOR, _COLD_LP_MAX_S = 5.0, 0.25
+_POLISH_ROUNDS = 4  # roundings of the best plan at most (nowblock.milp.plans.polish)
+#: The MILP stage runs only with at most this many on/off binaries: after polishing, HiGHS
+#: returned the polished plan itself on every cell of the instance matrix with 1,600 or more
+#: (200 and 1,000 cars, 8 binary slots; 1-3 s spent); with 400 (50 cars) it improved a plan by
+#: 0.26 % once in four cells tried (docs/bench_optimize.md).
+_MILP_MAX_BINARIES = 1000
+
+
+def _milp_binaries(form: Formulation, mf) -> int:
+    """How many on/off binaries the MILP stage would have (cells of stated rows in its window)."""
+    return int(np.count_nonzero(form.cells[1][mf.fuse_cells] < form.n_binary_slots))
 
 
 class _Run:
@@ -434,6 +416,18 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
                              method="greedy", seconds=time.perf_counter() - t0,
                              extra={"stages": stages, "run_call_seconds": run_s})
 
+    # Polish the best plan (round it again) while that lowers its objective: it is what the MILP
+    # stage's gain had been on every large cell tried (nowblock.milp.plans.polish).
+    if not _certified(best.objective, bound, o) and np.isfinite(best.objective):
+        t = time.perf_counter()
+        plan, objective, rounds = polish(form, mf, best.plan, best.objective, _POLISH_ROUNDS,
+                                         lambda: deadline - time.perf_counter() > 1.5 * run.plan_s + 0.02)
+        run.plan_s = max(run.plan_s, (time.perf_counter() - t) / max(rounds + 1, 1))
+        if rounds:
+            best.offer(plan, objective, best.method + "+polish")
+        stages.append({"stage": "polish", "status": f"{rounds} rounds", "objective": best.objective,
+                       "seconds": time.perf_counter() - t0})
+
     # The MILP stage, when the LP plan is not certified and the budget allows.
     spent = time.perf_counter() - t0
     budget = min(run.left(), max(o.milp_effort * spent, o.milp_min_s)) \
@@ -444,7 +438,8 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
     # first slots does not change (measured on the instance matrix: docs/bench_optimize.md).
     # And only if an LP of the fine model finished: the MILP holds it (a coarse plan alone: no).
     if (backend == "highs" and not _certified(best.objective, bound, o) and budget > 0.005
-            and best.plan.missing_kwh > 1e-6 and form.n_binary_slots > 0 and (run.lp_solved or run.lp0 is not None)):
+            and best.plan.missing_kwh > 1e-6 and form.n_binary_slots > 0 and (run.lp_solved or run.lp0 is not None)
+            and _milp_binaries(form, mf) <= _MILP_MAX_BINARIES):
         try:
             res, candidates = _milp_stage(run, mf, warm_start_a, time.perf_counter() + budget)
         except SolverOptionError:
