@@ -101,9 +101,10 @@ _RESERVE_PLAN_FACTOR = 2.0  # the reserve after a solver stage, in longest plans
 _PEAK_LP_FACTOR = 10.0  # the LP with the peak term may take this many times the LP without it ...
 _PEAK_LP_MIN_S = 0.5  # ... or this long [s], whichever is longer (then the time left)
 #: The whole LP starts from the basis of the LP without the peak term when that LP's peak is at
-#: most this many times the critical peak: 0.03 s against 1.4 s cold at a ratio of 1.03 (200
-#: cars, tree, 288 slots, base load), 0.18 s against 0.44 s at 1.34; at 2.3-2.6 (no base load)
-#: 1.5-2.3 times slower than cold (docs/bench_optimize.md).
+#: most this many times the critical peak and prices or base load vary in time
+#: (:func:`_costs_vary_in_time`): 0.03 s against 1.4 s cold at a ratio of 1.03 (200 cars, tree,
+#: 288 slots, base load), 0.18 s against 0.44 s at 1.34; at 2.3-2.6 (no base load) 1.5-2.3 times
+#: slower than cold (docs/bench_optimize.md).
 _WARM_PEAK_RATIO = 1.5
 #: Otherwise the whole LP still runs (cold) when it is cheap: it took 4-6 times the LP without
 #: the peak term; its plan beat the mean-peak LP's on small blocks (200 cars, 35 %, flat, 15 min:
@@ -115,6 +116,16 @@ _POLISH_ROUNDS = 4  # roundings of the best plan at most (nowblock.milp.plans.po
 #: (200 and 1,000 cars, 8 binary slots; 1-3 s spent); with 400 (50 cars) it improved a plan by
 #: 0.26 % once in four cells tried (docs/bench_optimize.md).
 _MILP_MAX_BINARIES = 1000
+
+
+def _costs_vary_in_time(form: Formulation) -> bool:
+    """Whether the energy price or the base load changes over the horizon. Without that, every
+    slot costs the same to the LP without the peak term, its optimal vertex puts energy in time
+    arbitrarily, and its basis was a poor start for the whole LP even with its peak near the
+    critical one (1000 cars, tree, 15 %, no load: 6.3 s from it against 0.84 s cold, ratio 1.3)."""
+    price = np.atleast_1d(np.asarray(form.price_eur_per_kwh, dtype=float))
+    base = np.atleast_1d(np.asarray(form.base_kw, dtype=float))
+    return bool((price.size and np.ptp(price) > 0) or (base.size and np.ptp(base) > 0))
 
 
 def _milp_binaries(form: Formulation, mf) -> int:
@@ -285,12 +296,13 @@ class _Run:
         """The LP with the peak priced on the mean power over the critical interval
         (:func:`~nowblock.milp.peak.mean_peak_matrix`), started from the LP without the peak
         term's basis (only the costs differ): its optimum is a proven bound (Lagrange's); with
-        ``with_plan``, its solution made a real plan, under the critical peak while it can be
-        (the LP itself does not see the peak) and free."""
+        ``with_plan``, its solution made a real plan under its own peak (:func:`real_plan`; under
+        the critical peak instead: 2 s of raising the cap at 1,000 cars x 288 slots, for a worse
+        plan; a second, uncapped rounding: twice the time, the same plan on the cells tried)."""
         if self.left() <= 0.01:
             return
         form = self.form
-        mf0, _, (peak_kw, first_slots), _ = self.lp0
+        mf0, _, (_, first_slots), _ = self.lp0
         mfm, constant = mean_peak_matrix(form, mf0, first_slots)
         t = time.perf_counter()
         res = solve_matrix(form, mfm, self.left(), basis=self.lp0_basis)
@@ -302,7 +314,7 @@ class _Run:
             self._raise_bound(value)
             if with_plan:
                 x = form.current_from_cells(mfm.current_a(res.values))
-                plan, objective = self.real_plan(self.mf, x, caps=(peak_kw, np.inf))
+                plan, objective = self.real_plan(self.mf, x, caps=(_peak_kw(form, x),))
                 self.best.offer(plan, objective, "mean-peak lp+rounding", wins_ties=True)
         self.stages.append({"stage": "mean-peak lp", "status": res.status, "bound": value, "objective": objective,
                             "seconds": time.perf_counter() - self.t0, "stage_seconds": time.perf_counter() - t})
@@ -383,7 +395,8 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
             # peak term only if the whole LP does not finish.
             run.lp_without_peak_stage(until)
             if run.lp0 is not None:
-                warm = run.lp0_basis is not None and run.lp0_peak_ratio() <= _WARM_PEAK_RATIO
+                warm = (run.lp0_basis is not None and run.lp0_peak_ratio() <= _WARM_PEAK_RATIO
+                        and _costs_vary_in_time(form))
                 if warm or _COLD_LP_FACTOR * run.lp0_seconds <= _COLD_LP_MAX_S:
                     run.lp_stage(budget=min(run.left(), until - time.perf_counter(),
                                             max(_PEAK_LP_FACTOR * run.lp0_seconds, _PEAK_LP_MIN_S)),
