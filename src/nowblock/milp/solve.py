@@ -52,7 +52,7 @@ from nowblock.milp.coarse import coarse_factor, coarse_formulation, expand, fine
 from nowblock.milp.formulation import Formulation, OptimizeOptions
 from nowblock.milp.highs_fast import SolveResult, SolverOptionError, extend_basis, solve_matrix
 from nowblock.milp.matrix import in_pilot_steps, is_feasible, plan_columns, plan_objective
-from nowblock.milp.peak import _peak_kw, critical_peak_kw, mean_peak_matrix
+from nowblock.milp.peak import _peak_kw, critical_peak_kw, mean_peak_matrix, warm_start_pays
 from nowblock.milp.plans import Best as _Best, polish, real_plan
 from nowblock.milp.rounding import Plan, make_plan
 from nowblock.milp.schedule import Schedule, fallback_schedule, plan_schedule
@@ -100,12 +100,6 @@ COARSE_MIN_CELLS = 100_000
 _RESERVE_PLAN_FACTOR = 2.0  # the reserve after a solver stage, in longest plans made (see _Run.left)
 _PEAK_LP_FACTOR = 10.0  # the LP with the peak term may take this many times the LP without it ...
 _PEAK_LP_MIN_S = 0.5  # ... or this long [s], whichever is longer (then the time left)
-#: The whole LP starts from the basis of the LP without the peak term when that LP's peak is at
-#: most this many times the critical peak and prices or base load vary in time
-#: (:func:`_costs_vary_in_time`): 0.03 s against 1.4 s cold at a ratio of 1.03 (200 cars, tree,
-#: 288 slots, base load), 0.18 s against 0.44 s at 1.34; at 2.3-2.6 (no base load) 1.5-2.3 times
-#: slower than cold (docs/bench_optimize.md).
-_WARM_PEAK_RATIO = 1.5
 #: Otherwise the whole LP still runs (cold) when it is cheap: it took 4-6 times the LP without
 #: the peak term; its plan beat the mean-peak LP's on small blocks (200 cars, 35 %, flat, 15 min:
 #: 0.54 % against 1.09 % from the bound).
@@ -116,16 +110,6 @@ _POLISH_ROUNDS = 4  # roundings of the best plan at most (nowblock.milp.plans.po
 #: (200 and 1,000 cars, 8 binary slots; 1-3 s spent); with 400 (50 cars) it improved a plan by
 #: 0.26 % once in four cells tried (docs/bench_optimize.md).
 _MILP_MAX_BINARIES = 1000
-
-
-def _costs_vary_in_time(form: Formulation) -> bool:
-    """Whether the energy price or the base load changes over the horizon. Without that, every
-    slot costs the same to the LP without the peak term, its optimal vertex puts energy in time
-    arbitrarily, and its basis was a poor start for the whole LP even with its peak near the
-    critical one (1000 cars, tree, 15 %, no load: 6.3 s from it against 0.84 s cold, ratio 1.3)."""
-    price = np.atleast_1d(np.asarray(form.price_eur_per_kwh, dtype=float))
-    base = np.atleast_1d(np.asarray(form.base_kw, dtype=float))
-    return bool((price.size and np.ptp(price) > 0) or (base.size and np.ptp(base) > 0))
 
 
 def _milp_binaries(form: Formulation, mf) -> int:
@@ -282,11 +266,6 @@ class _Run:
         self.stages.append({"stage": "plans without peak", "status": "made", "objective": self.best.objective,
                             "seconds": time.perf_counter() - self.t0})
 
-    def lp0_peak_ratio(self) -> float:
-        """The peak of the LP without the peak term over the critical peak of its energy."""
-        _, x, (peak_kw, _), _ = self.lp0
-        return _peak_kw(self.form, x) / peak_kw if peak_kw > 0 else 1.0
-
     def whole_lp_basis(self):
         """The LP without the peak term's optimal basis as a start for the whole LP
         (:func:`~nowblock.milp.highs_fast.extend_basis`), or None."""
@@ -395,8 +374,7 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
             # peak term only if the whole LP does not finish.
             run.lp_without_peak_stage(until)
             if run.lp0 is not None:
-                warm = (run.lp0_basis is not None and run.lp0_peak_ratio() <= _WARM_PEAK_RATIO
-                        and _costs_vary_in_time(form))
+                warm = run.lp0_basis is not None and warm_start_pays(form, run.lp0[1], run.lp0[2][0])
                 if warm or _COLD_LP_FACTOR * run.lp0_seconds <= _COLD_LP_MAX_S:
                     run.lp_stage(budget=min(run.left(), until - time.perf_counter(),
                                             max(_PEAK_LP_FACTOR * run.lp0_seconds, _PEAK_LP_MIN_S)),
