@@ -15,17 +15,19 @@ the longest plan made so far in the call, whichever is longer).
    budget of the next stage, its optimum plus the base load's peak at ``peak_eur_per_kw`` is a
    proven bound.
 2. **The LP** of the whole model (the fuse rooms floored to the pilot step, so its optimum
-   bounds every plan a charger can follow), started from the first stage's basis, when that
-   stage's peak is near the critical peak (:func:`critical_peak_kw`), within ``10 x`` its time
-   or 0.5 s; otherwise **the LP with the peak priced on the mean** over the critical interval
-   (:func:`~nowblock.milp.peak.mean_peak_matrix`, Lagrange's bound, from the same basis). The
+   bounds every plan a charger can follow), from the first stage's basis when that pays
+   (:func:`~nowblock.milp.peak.warm_start_pays`), within ``10 x`` its time or 0.5 s; cold if
+   the first stage was quick; otherwise **the LP with the peak priced on the mean** over the
+   critical interval (:func:`~nowblock.milp.peak.mean_peak_matrix`, Lagrange's bound). The
    solution becomes real plans (:func:`real_plan`, :func:`nowblock.milp.rounding.make_plan`);
    each plan's objective is computed from the plan; the LP's optimum is the bound.
 3. If the whole LP did not run or finish: real plans from the first stage's solution, and one
    from scratch under the critical peak, least laxity first; and, time permitting, Lagrange's
    bound over the critical interval.
-4. **MILP stage**, if the best plan is not certified (more than ``mip_rel_gap`` and
-   ``mip_abs_gap`` from the bound) and gives some car less than the LP did: HiGHS with the
+4. **Polish** the best plan, if not certified (:func:`~nowblock.milp.plans.polish`); then the
+   **MILP stage**, if the best plan is not certified (more than ``mip_rel_gap`` and
+   ``mip_abs_gap`` from the bound), gives some car less than the LP did and the stage has at
+   most :data:`_MILP_MAX_BINARIES` binaries: HiGHS with the
    currents of the first ``binary_slots`` slots in whole pilot steps and on/off binaries on
    those cells where a limit can bind, started from the best plan so far, within
    ``milp_effort`` times the time spent so far or ``milp_min_s`` (never past the limit). Its
