@@ -3,7 +3,7 @@
     pytest benchmarks/bench_milp_matrix.py --benchmark-only -p no:cacheprovider \\
         --benchmark-json=bench_milp_matrix.json                      # the representative sub-grid
     NOWBLOCK_MILP_MATRIX=full pytest benchmarks/bench_milp_matrix.py --benchmark-only ...  # all 192 cells
-    python benchmarks/milp_matrix.py bench_milp_matrix.json          # the markdown table
+    python benchmarks/milp_matrix.py bench_milp_matrix.json [more.json ...]   # the markdown table (chunks: all files)
 
 Each cell (:func:`milp_matrix.cells`; blocks from :func:`nowblock.milp.testing.matrix_block`,
 the public contract only) records in ``extra_info``:

@@ -287,6 +287,16 @@ def worst(rows: list[dict]) -> str:
             v = r[key]
             shown = _pct(v) if key == "gap" else (f"{100 * v:.2f} %" if key == "energy_share" else f"{v:.3g}")
             lines.append(f"- {title}: **{shown}** ({r['cell']})")
+    counts = (("cells above 15 x the LP floor (<= 1,000 cars)", [r for r in up_to_1000 if r["ratio"] > 15]),
+              ("cells with a MIP gap above 1 % (<= 1,000 cars)", [r for r in up_to_1000 if not r["gap"] <= 0.01]),
+              ("200-car cells above 1 s", [r for r in rows if r["n_cars"] == 200 and r["call_s"] > 1.0]),
+              ("1,000-car cells above 5 s", [r for r in rows if r["n_cars"] == 1000 and r["call_s"] > 5.0]),
+              ("2,000-car cells above 60 s", [r for r in rows if r["n_cars"] == 2000 and r["call_s"] > 60.0]),
+              ("time-limited calls above their limit + 10 %", [r for r in rows if r["limited_over"] > 1.1]),
+              ("cells below 99.5 % of the LP's energy", [r for r in rows if r["energy_share"] < 0.995]))
+    for title, rs in counts:
+        lines.append(f"- {title}: **{len(rs)}** of the cells run" + (f" ({', '.join(r['cell'] for r in rs)})"
+                                                                     if 0 < len(rs) <= 8 else ""))
     n_bad = sum(not r["ok"] or not r.get("limited_ok", True) for r in rows)
     lines.append(f"- plans that break a limit (checked outside the optimizer): **{n_bad}** of {len(rows)}")
     free = [r for r in rows if r["short_cars"] and r["peak_load_share"] < 0.99 and r.get("unbalance_share", 0) < 0.99]
@@ -303,8 +313,10 @@ if __name__ == "__main__":
     import json
     import sys
 
-    data = json.load(open(sys.argv[1]))
-    rows = [b["extra_info"] for b in data["benchmarks"] if "cell" in b["extra_info"]]
+    rows = []  # one or more json files (a matrix run in chunks)
+    for path in sys.argv[1:]:
+        data = json.load(open(path))
+        rows += [b["extra_info"] for b in data["benchmarks"] if "cell" in b["extra_info"]]
     print(worst(rows))
     print()
     print(table(rows))

@@ -395,9 +395,9 @@ def test_the_lp_stage_gets_the_time_left_and_the_call_reports_it(monkeypatch):
     limits = []
     real = solve_mod.solve_matrix
 
-    def spy(form, mf, time_limit_s, start=None):
+    def spy(form, mf, time_limit_s, start=None, **kw):
         limits.append(time_limit_s)
-        return real(form, mf, time_limit_s, start)
+        return real(form, mf, time_limit_s, start, **kw)
 
     monkeypatch.setattr(solve_mod, "solve_matrix", spy)
     b = plugged_in_block(20, seed=2)
@@ -418,14 +418,16 @@ def test_a_poor_milp_incumbent_never_replaces_a_better_lp_plan(monkeypatch):
 
     real = solve_mod.solve_matrix
 
-    def poor(form, mf, time_limit_s, start=None):
-        res = real(form, mf, time_limit_s, start)
+    def poor(form, mf, time_limit_s, start=None, **kw):
+        res = real(form, mf, time_limit_s, start, **kw)
         if mf.integrality.any() and res.values is not None:
             v = np.zeros_like(res.values)
             return res.__class__(**{**res.__dict__, "values": v, "status": "time_limit"})
         return res
 
     monkeypatch.setattr(solve_mod, "solve_matrix", poor)
+    # No polishing: it gives this block every car's LP energy, and the MILP stage would not run.
+    monkeypatch.setattr(solve_mod, "_POLISH_ROUNDS", 0)
     b = plugged_in_block(12, seed=4, grid_share=0.1)
     form = from_sessions(b["site"], b["sessions"], start=b["start"], base_load=b["base_load"], prices=b["prices"],
                          options=OptimizeOptions(mip_rel_gap=0.0, mip_abs_gap=0.0, milp_effort=5.0))

@@ -15,14 +15,19 @@ the longest plan made so far in the call, whichever is longer).
    budget of the next stage, its optimum plus the base load's peak at ``peak_eur_per_kw`` is a
    proven bound.
 2. **The LP** of the whole model (the fuse rooms floored to the pilot step, so its optimum
-   bounds every plan a charger can follow), within ``10 x`` the first stage's time or 0.5 s,
-   whichever is longer (never past the limit). Its solution becomes real plans (:func:`real_plan`, :func:`nowblock.milp.rounding.make_plan`);
+   bounds every plan a charger can follow), from the first stage's basis when that pays
+   (:func:`~nowblock.milp.peak.warm_start_pays`), within ``10 x`` its time or 0.5 s; cold if
+   the first stage was quick; otherwise **the LP with the peak priced on the mean** over the
+   critical interval (:func:`~nowblock.milp.peak.mean_peak_matrix`, Lagrange's bound). The
+   solution becomes real plans (:func:`real_plan`, :func:`nowblock.milp.rounding.make_plan`);
    each plan's objective is computed from the plan; the LP's optimum is the bound.
-3. If the whole LP did not finish: real plans from the first stage's solution, and one from
-   scratch under the *critical peak* (:func:`critical_peak_kw`), least laxity first; and, time
-   permitting, Lagrange's bound over the critical interval (:func:`peak_bound`).
-4. **MILP stage**, if the best plan is not certified (more than ``mip_rel_gap`` and
-   ``mip_abs_gap`` from the bound) and gives some car less than the LP did: HiGHS with the
+3. If the whole LP did not run or finish: real plans from the first stage's solution, and one
+   from scratch under the critical peak, least laxity first; and, time permitting, Lagrange's
+   bound over the critical interval.
+4. **Polish** the best plan, if not certified (:func:`~nowblock.milp.plans.polish`); then the
+   **MILP stage**, if the best plan is not certified (more than ``mip_rel_gap`` and
+   ``mip_abs_gap`` from the bound), gives some car less than the LP did and the stage has at
+   most :data:`_MILP_MAX_BINARIES` binaries: HiGHS with the
    currents of the first ``binary_slots`` slots in whole pilot steps and on/off binaries on
    those cells where a limit can bind, started from the best plan so far, within
    ``milp_effort`` times the time spent so far or ``milp_min_s`` (never past the limit). Its
@@ -47,8 +52,10 @@ import pandas as pd
 from nowblock.milp.adapters import from_sessions
 from nowblock.milp.coarse import coarse_factor, coarse_formulation, expand, fine_row_prices, lagrange_bound
 from nowblock.milp.formulation import Formulation, OptimizeOptions
-from nowblock.milp.highs_fast import SolveResult, SolverOptionError, solve_matrix
+from nowblock.milp.highs_fast import SolveResult, SolverOptionError, extend_basis, solve_matrix
 from nowblock.milp.matrix import in_pilot_steps, is_feasible, plan_columns, plan_objective
+from nowblock.milp.peak import _peak_kw, critical_peak_kw, mean_peak_matrix, warm_start_pays
+from nowblock.milp.plans import Best as _Best, polish, real_plan
 from nowblock.milp.rounding import Plan, make_plan
 from nowblock.milp.schedule import Schedule, fallback_schedule, plan_schedule
 
@@ -77,21 +84,6 @@ def reserve_seconds(form: Formulation) -> float:
     return 0.02 + per_pair * form.n_cars * form.n_slots
 
 
-class _Best:
-    """The best real plan so far, by objective, with how it was found."""
-
-    def __init__(self) -> None:
-        self.plan: Plan | None = None
-        self.objective = np.inf
-        self.method = ""
-
-    def offer(self, plan: Plan, objective: float, method: str, *, wins_ties: bool = False) -> None:
-        """Keep ``plan`` if its objective [EUR] is lower (or equal, with ``wins_ties``)."""
-        tol = 1e-9 * max(1.0, abs(self.objective)) if np.isfinite(self.objective) else 0.0
-        if plan is not None and (objective < self.objective - tol or (wins_ties and objective <= self.objective + tol)):
-            self.plan, self.objective, self.method = plan, objective, method
-
-
 def _certified(objective: float, bound: float, o: OptimizeOptions) -> bool:
     """Whether the bound proves ``objective`` within ``mip_rel_gap`` or ``mip_abs_gap`` [EUR]."""
     return np.isfinite(bound) and (_gap(objective, bound) <= o.mip_rel_gap or objective - bound <= o.mip_abs_gap)
@@ -103,63 +95,6 @@ def _gap(objective: float, bound: float) -> float:
     return max(objective - bound, 0.0) / max(abs(objective), 1e-9)
 
 
-def _peak_kw(form: Formulation, x: np.ndarray) -> float:
-    """The highest base load plus charging power [kW] of a dense plan ``x`` [A]."""
-    return float((np.asarray(form.base_kw, dtype=float) + form.kw_per_a @ x).max(initial=0.0))
-
-
-def critical_peak_kw(form: Formulation, energy_kwh: np.ndarray) -> tuple[float, int]:
-    """The least peak power [kW] any plan can have that gives every car ``energy_kwh`` [kWh], and
-    the number of first slots that decide it: for every first ``k`` slots, the energy cars cannot
-    get after them, spread over them, plus their mean base load; the largest over ``k`` (Yao,
-    Demers and Shenker's critical interval, from the start of the horizon)."""
-    if form.n_slots == 0:
-        return 0.0, 0
-    kwh = form.energy_per_a_kwh
-    energy = np.asarray(energy_kwh, dtype=float)
-    later = np.cumsum((form.upper_a * kwh)[:, ::-1], axis=1)[:, ::-1]  # the most a car can get from slot k on
-    must = np.maximum(energy[:, None] - np.c_[later[:, 1:], np.zeros(form.n_cars)], 0.0).sum(axis=0)
-    base = np.asarray(form.base_kw, dtype=float)
-    level = must / np.cumsum(form.slot_h) + np.cumsum(base) / np.arange(1, form.n_slots + 1)
-    k = int(np.argmax(level))
-    return float(level[k]), k + 1
-
-
-def peak_bound(form: Formulation, mf0, first_slots: int, time_limit_s: float) -> float:
-    """A proven lower bound [EUR] on the objective of every plan, from the model without its peak
-    term (``mf0``): Lagrange's bound with the peak rows' multipliers spread evenly over the
-    ``first_slots`` slots, i.e. the model with ``peak_eur_per_kw`` charged on the mean power of
-    those slots instead of the peak (never more: the peak is at least the mean). NaN if the LP
-    does not finish in ``time_limit_s`` [s]. Over the critical interval
-    (:func:`critical_peak_kw`) it equalled the model's own LP bound on every no-price cell of the
-    instance matrix tried (docs/bench_optimize.md)."""
-    car, slot = form.cells
-    k = max(int(first_slots), 1)
-    c = float(form.options.peak_eur_per_kw)
-    cost = mf0.cost.copy()
-    cur = mf0.cols["current_a"]
-    cost[cur] += np.where(slot < k, c / k * form.kw_per_a[car], 0.0)
-    res = solve_matrix(form, dataclasses.replace(mf0, cost=cost), time_limit_s)
-    if res.status != "optimal":
-        return float("nan")
-    return float(res.bound) + c * float(np.mean(np.asarray(form.base_kw, dtype=float)[:k]))
-
-
-def real_plan(form: Formulation, mf, x: np.ndarray, caps=None) -> tuple[Plan, float]:
-    """The best of real plans made from relaxed currents ``x`` [A], with its objective [EUR]: one
-    for each power cap in ``caps`` [kW] (default: the relaxation's own peak, kept while it can
-    be, and none: the steps stay in the slots the relaxation chose, worth it when prices differ
-    by more than the peak costs; measured both ways on the instance matrix,
-    docs/bench_optimize.md)."""
-    best, best_obj = None, np.inf
-    for peak in (_peak_kw(form, x), np.inf) if caps is None else caps:
-        plan = make_plan(form, x, peak_kw=peak)
-        obj = plan_objective(form, mf, plan.current_a)
-        if obj < best_obj - 1e-12:
-            best, best_obj = plan, obj
-    return best, best_obj
-
-
 #: Fine grids with at least this many (car, slot) cells get the coarse stage first: the fine LP
 #: took <= 1 s at 57,600 cells (200 cars, 288 slots) and 25-200 s at 163,000-288,000 (1,000
 #: cars) on the instance matrix; the coarse LP 3-5 s there (docs/bench_optimize.md).
@@ -167,6 +102,21 @@ COARSE_MIN_CELLS = 100_000
 _RESERVE_PLAN_FACTOR = 2.0  # the reserve after a solver stage, in longest plans made (see _Run.left)
 _PEAK_LP_FACTOR = 10.0  # the LP with the peak term may take this many times the LP without it ...
 _PEAK_LP_MIN_S = 0.5  # ... or this long [s], whichever is longer (then the time left)
+#: Otherwise the whole LP still runs (cold) when it is cheap: it took 4-6 times the LP without
+#: the peak term; its plan beat the mean-peak LP's on small blocks (200 cars, 35 %, flat, 15 min:
+#: 0.54 % against 1.09 % from the bound).
+_COLD_LP_FACTOR, _COLD_LP_MAX_S = 5.0, 0.25
+_POLISH_ROUNDS = 4  # roundings of the best plan at most (nowblock.milp.plans.polish)
+#: The MILP stage runs only with at most this many on/off binaries: after polishing, HiGHS
+#: returned the polished plan itself on every cell of the instance matrix with 1,600 or more
+#: (200 and 1,000 cars, 8 binary slots; 1-3 s spent); with 400 (50 cars) it improved a plan by
+#: 0.26 % once in four cells tried (docs/bench_optimize.md).
+_MILP_MAX_BINARIES = 1000
+
+
+def _milp_binaries(form: Formulation, mf) -> int:
+    """How many on/off binaries the MILP stage would have (cells of stated rows in its window)."""
+    return int(np.count_nonzero(form.cells[1][mf.fuse_cells] < form.n_binary_slots))
 
 
 class _Run:
@@ -182,7 +132,9 @@ class _Run:
         self.mf = form.matrix(relax=True) if form.options.backend == "highs" else None
         self.lp0 = None  # (the model without its peak term, its matrix, its solution, the critical slots)
         self.lp0_seconds = 0.0
+        self.lp0_basis = None  # its optimal basis (highspy), to start the LPs that follow from
         self.lp_solved = False
+        self.mean_peak_done = False  # the LP with the peak priced on the mean has run
         self.plan_s = 0.0  # the longest a real_plan call of this call took [s]
         self.coarse_seconds = 0.0  # the coarse LP's solve time [s]
 
@@ -231,12 +183,13 @@ class _Run:
         if np.isfinite(value):
             self.bound = value if not np.isfinite(self.bound) else max(self.bound, value)
 
-    def lp_stage(self, budget: float) -> None:
-        """The LP relaxation of the whole model, made into real plans; its optimum is the bound."""
+    def lp_stage(self, budget: float, basis=None) -> None:
+        """The LP relaxation of the whole model (from ``basis``, if given), made into real plans;
+        its optimum is the bound."""
         form, mf = self.form, self.mf
         if budget <= 0.01 and self._no_time("lp"):
             return
-        res = solve_matrix(form, mf, budget)
+        res = solve_matrix(form, mf, budget, basis=basis)
         self._account(res)
         objective = float("nan")
         if res.values is not None and res.status in ("optimal", "time_limit"):
@@ -285,13 +238,14 @@ class _Run:
         mf0 = f0.matrix(relax=True)
         t = time.perf_counter()
         res = solve_matrix(f0, mf0, min(self.deadline - time.perf_counter() - 2 * self.reserve_now(),
-                                        until - time.perf_counter()))
+                                        until - time.perf_counter()), keep_basis=True)
         self.lp0_seconds = time.perf_counter() - t
         self._account(res)
         if res.values is not None and res.status in ("optimal", "time_limit"):
             x = form.current_from_cells(mf0.current_a(res.values))
             energy = np.minimum((x * form.energy_per_a_kwh).sum(axis=1), np.maximum(form.need_kwh, 0.0))
             self.lp0 = (mf0, x, critical_peak_kw(form, energy), energy)
+            self.lp0_basis = res.basis
             if res.status == "optimal":
                 self._raise_bound(res.bound + o.peak_eur_per_kw * float(np.max(form.base_kw, initial=0.0)))
         self._record("lp without peak", res)
@@ -314,17 +268,39 @@ class _Run:
         self.stages.append({"stage": "plans without peak", "status": "made", "objective": self.best.objective,
                             "seconds": time.perf_counter() - self.t0})
 
-    def lagrange_bound(self) -> None:
-        """Raise the bound by Lagrange's bound over the critical interval (:func:`peak_bound`)."""
+    def whole_lp_basis(self):
+        """The LP without the peak term's optimal basis as a start for the whole LP
+        (:func:`~nowblock.milp.highs_fast.extend_basis`), or None."""
+        return extend_basis(self.lp0_basis, self.lp0[0], self.mf)
+
+    def mean_peak_stage(self, with_plan: bool = True) -> None:
+        """The LP with the peak priced on the mean power over the critical interval
+        (:func:`~nowblock.milp.peak.mean_peak_matrix`), cold, within the whole LP's budget: its
+        optimum is a proven bound (Lagrange's); with
+        ``with_plan``, its solution made a real plan under its own peak (:func:`real_plan`; under
+        the critical peak instead: 2 s of raising the cap at 1,000 cars x 288 slots, for a worse
+        plan; a second, uncapped rounding: twice the time, the same plan on the cells tried)."""
         if self.left() <= 0.01:
             return
+        form = self.form
         mf0, _, (_, first_slots), _ = self.lp0
+        mfm, constant = mean_peak_matrix(form, mf0, first_slots)
         t = time.perf_counter()
-        value = peak_bound(self.form, mf0, first_slots, self.left())
-        self._raise_bound(value)
-        self.stages.append({"stage": "lagrange bound", "status": "optimal" if np.isfinite(value) else "no bound",
-                            "bound": value, "seconds": time.perf_counter() - self.t0,
-                            "stage_seconds": time.perf_counter() - t})
+        # Cold: from the first stage's basis it took 0.9-1.2 times as long on three cells, 0.6 on
+        # one and past 20 s against 1.9 s cold on another (2000-15%-tree-15min, flat costs).
+        res = solve_matrix(form, mfm, min(self.left(), max(_PEAK_LP_FACTOR * self.lp0_seconds, _PEAK_LP_MIN_S)))
+        self._account(res)
+        self.mean_peak_done = True
+        value, objective = float("nan"), float("nan")
+        if res.status == "optimal":
+            value = float(res.bound) + constant
+            self._raise_bound(value)
+            if with_plan:
+                x = form.current_from_cells(mfm.current_a(res.values))
+                plan, objective = self.real_plan(self.mf, x, caps=(_peak_kw(form, x),))
+                self.best.offer(plan, objective, "mean-peak lp+rounding", wins_ties=True)
+        self.stages.append({"stage": "mean-peak lp", "status": res.status, "bound": value, "objective": objective,
+                            "seconds": time.perf_counter() - self.t0, "stage_seconds": time.perf_counter() - t})
 
     def pyomo_stage(self) -> None:
         """The MILP through Pyomo (no LP stage), made into real plans; its bound."""
@@ -393,17 +369,26 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
         elif backend == "pyomo":
             run.pyomo_stage()
         elif o.peak_eur_per_kw > 0 and form.n_slots > 1:
-            # The LP without the peak term first (fast: a bound and a fallback in hand), then the
-            # whole LP within a budget set by it; the plans without the peak term only if the
-            # whole LP does not finish.
+            # The LP without the peak term first (fast: a bound and a fallback in hand). If its
+            # peak is near the critical peak, the whole LP from its basis (a few dual simplex
+            # iterations repair the peak rows); if not, that warm start is slower than a cold
+            # whole LP, which takes 4-6 times the LP without the peak term (measured), and the
+            # LP with the peak priced on the mean (the same bound on every cell tried, from the
+            # same basis in about the first LP's time) gives the plan. The plans without the
+            # peak term only if the whole LP does not finish.
             run.lp_without_peak_stage(until)
             if run.lp0 is not None:
-                run.lp_stage(budget=min(run.left(), until - time.perf_counter(),
-                                        max(_PEAK_LP_FACTOR * run.lp0_seconds, _PEAK_LP_MIN_S)))
+                warm = run.lp0_basis is not None and warm_start_pays(form, run.lp0[1], run.lp0[2][0])
+                if warm or _COLD_LP_FACTOR * run.lp0_seconds <= _COLD_LP_MAX_S:
+                    run.lp_stage(budget=min(run.left(), until - time.perf_counter(),
+                                            max(_PEAK_LP_FACTOR * run.lp0_seconds, _PEAK_LP_MIN_S)),
+                                 basis=run.whole_lp_basis() if warm else None)
+                else:
+                    run.mean_peak_stage()
             if run.lp0 is not None and not run.lp_solved:
                 run.lp_without_peak_plans()
-                if not run.certified():
-                    run.lagrange_bound()
+                if not run.certified() and not run.mean_peak_done:
+                    run.mean_peak_stage(with_plan=False)
         else:
             run.lp_stage(budget=min(run.left(), until - time.perf_counter()))
     except SolverOptionError:
@@ -426,6 +411,18 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
                              method="greedy", seconds=time.perf_counter() - t0,
                              extra={"stages": stages, "run_call_seconds": run_s})
 
+    # Polish the best plan (round it again) while that lowers its objective: it is what the MILP
+    # stage's gain had been on every large cell tried (nowblock.milp.plans.polish).
+    if not _certified(best.objective, bound, o) and np.isfinite(best.objective):
+        t = time.perf_counter()
+        plan, objective, rounds = polish(form, mf, best.plan, best.objective, _POLISH_ROUNDS,
+                                         lambda: deadline - time.perf_counter() > 1.5 * run.plan_s + 0.02)
+        run.plan_s = max(run.plan_s, (time.perf_counter() - t) / max(rounds + 1, 1))
+        if rounds:
+            best.offer(plan, objective, best.method + "+polish")
+        stages.append({"stage": "polish", "status": f"{rounds} rounds", "objective": best.objective,
+                       "seconds": time.perf_counter() - t0})
+
     # The MILP stage, when the LP plan is not certified and the budget allows.
     spent = time.perf_counter() - t0
     budget = min(run.left(), max(o.milp_effort * spent, o.milp_min_s)) \
@@ -436,7 +433,8 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
     # first slots does not change (measured on the instance matrix: docs/bench_optimize.md).
     # And only if an LP of the fine model finished: the MILP holds it (a coarse plan alone: no).
     if (backend == "highs" and not _certified(best.objective, bound, o) and budget > 0.005
-            and best.plan.missing_kwh > 1e-6 and form.n_binary_slots > 0 and (run.lp_solved or run.lp0 is not None)):
+            and best.plan.missing_kwh > 1e-6 and form.n_binary_slots > 0 and (run.lp_solved or run.lp0 is not None)
+            and _milp_binaries(form, mf) <= _MILP_MAX_BINARIES):
         try:
             res, candidates = _milp_stage(run, mf, warm_start_a, time.perf_counter() + budget)
         except SolverOptionError:

@@ -1,0 +1,70 @@
+"""The real plans of one call: the best so far, real plans from relaxed currents, polishing.
+
+:func:`nowblock.milp.solve.solve_formulation` makes real plans from every relaxation it solves
+(:func:`real_plan`), keeps the best by objective (:class:`Best`) and, before any MILP stage,
+polishes it (:func:`polish`: the best plan rounded again as if it were a relaxation, while that
+lowers the objective).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nowblock.milp.formulation import Formulation
+from nowblock.milp.matrix import plan_objective
+from nowblock.milp.peak import _peak_kw
+from nowblock.milp.rounding import Plan, make_plan
+
+
+class Best:
+    """The best real plan so far, by objective, with how it was found."""
+
+    def __init__(self) -> None:
+        self.plan: Plan | None = None
+        self.objective = np.inf
+        self.method = ""
+
+    def offer(self, plan: Plan, objective: float, method: str, *, wins_ties: bool = False) -> None:
+        """Keep ``plan`` if its objective [EUR] is lower (or equal, with ``wins_ties``)."""
+        tol = 1e-9 * max(1.0, abs(self.objective)) if np.isfinite(self.objective) else 0.0
+        if plan is not None and (objective < self.objective - tol or (wins_ties and objective <= self.objective + tol)):
+            self.plan, self.objective, self.method = plan, objective, method
+
+
+def real_plan(form: Formulation, mf, x: np.ndarray, caps=None) -> tuple[Plan, float]:
+    """The best of real plans made from relaxed currents ``x`` [A], with its objective [EUR]: one
+    for each power cap in ``caps`` [kW] (default: the relaxation's own peak, kept while it can
+    be, and none: the steps stay in the slots the relaxation chose, worth it when prices differ
+    by more than the peak costs; measured both ways on the instance matrix,
+    docs/bench_optimize.md)."""
+    best, best_obj = None, np.inf
+    for peak in (_peak_kw(form, x), np.inf) if caps is None else caps:
+        plan = make_plan(form, x, peak_kw=peak)
+        obj = plan_objective(form, mf, plan.current_a)
+        if obj < best_obj - 1e-12:
+            best, best_obj = plan, obj
+    return best, best_obj
+
+
+def polish(form: Formulation, mf, plan: Plan, objective: float, rounds: int, time_ok) -> tuple[Plan, float, int]:
+    """Round a real ``plan`` again (:func:`real_plan`, its currents taken as a relaxation) while
+    that lowers its ``objective`` [EUR], at most ``rounds`` times and while ``time_ok()``;
+    returns the best plan, its objective and the rounds that improved it. A second rounding
+    sees where the first left room (a car short of its need next to a step the real-draw
+    unbalance repair freed) and places the steps again from there, under the plan's own peak
+    (the same objectives as with a second, uncapped rounding on four cells, once lower, at half
+    the time). Measured on the instance
+    matrix's unbalance cells: 1718.2 -> 1697.3 -> 1690.6 EUR (200 cars, tree, 35 %, 15 min,
+    bound 1638.4), 2093.7 -> 2084.2 -> 2080.2 -> 2077.2 (200 cars, flat, 15 %, 5 min, load);
+    the MILP stage that came next until now (HiGHS from this plan as its incumbent) returned
+    that very incumbent on every such cell tried, so its whole gain had been this rounding
+    (docs/bench_optimize.md)."""
+    improved = 0
+    for _ in range(rounds):
+        if not time_ok():
+            break
+        new, new_obj = real_plan(form, mf, plan.current_a, caps=(_peak_kw(form, plan.current_a),))
+        if not new_obj < objective - 1e-9 * max(1.0, abs(objective)):
+            break
+        plan, objective, improved = new, new_obj, improved + 1
+    return plan, objective, improved
