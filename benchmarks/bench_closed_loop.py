@@ -183,8 +183,13 @@ def main(argv=None) -> None:
     ap.add_argument("--offline-milp-limit-s", type=float, default=120.0)
     ap.add_argument("--table", action="store_true", help="print markdown tables from --out and stop")
     ap.add_argument("--summary", action="store_true", help="print the MILP-against-the-rest table and stop")
+    ap.add_argument("--speed", action="store_true",
+                    help="time a week under EDF and the MILP, cell by cell in this process, and stop")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if args.speed:
+        speed(args.families, args.fractions, [n for n in args.needs if n in ("known", "unknown")], args.n_cp, args.seed)
+        return
     if args.summary:
         print(render_summary(out))
         return
@@ -219,6 +224,26 @@ def main(argv=None) -> None:
                         continue
                     metrics, _ = run_cell(scn, policy, needs, opts if policy == "milp" else None)
                     _append(out, {**base, "needs": needs, "policy": policy, "policy_options": opts, **metrics})
+
+
+def speed(families, fractions, needs, n_cp: int = 24, seed: int = 42) -> None:
+    """Print one JSON line per cell: the wall time [s] of a week under EDF and under the MILP,
+    one right after the other in this process (issue 16: the MILP within 10 x EDF)."""
+    from nowblock.milp import MilpPolicy
+
+    MilpPolicy.warm_up()  # the numba kernels compile once per machine, not in the first cell
+    for family in families:
+        for frac in fractions:
+            scn = make_scenario(family, frac, n_cp, seed)
+            for need in needs:
+                wall = {}
+                for policy in ("edf", "milp"):
+                    t0 = time.perf_counter()
+                    nb.simulate(scn, policy=policy, **needs_kwargs(scn, need))
+                    wall[policy] = time.perf_counter() - t0
+                print(json.dumps({"family": family, "fraction": frac, "needs": need, "edf_s": round(wall["edf"], 2),
+                                  "milp_s": round(wall["milp"], 2), "ratio": round(wall["milp"] / wall["edf"], 2)}),
+                      flush=True)
 
 
 def _rows(path: Path) -> list[dict]:
