@@ -19,7 +19,7 @@ import numpy as np
 from nowblock.milp.formulation import Formulation
 
 
-def _peak_kw(form: Formulation, x: np.ndarray) -> float:
+def plan_peak_kw(form: Formulation, x: np.ndarray) -> float:
     """The highest base load plus charging power [kW] of a dense plan ``x`` [A]."""
     return float((np.asarray(form.base_kw, dtype=float) + form.kw_per_a @ x).max(initial=0.0))
 
@@ -76,7 +76,7 @@ def warm_start_pays(form: Formulation, x: np.ndarray, critical_kw: float) -> boo
     its optimal vertex puts energy in time arbitrarily, and its basis was a poor start even with
     its peak near the critical one (1000 cars, tree, 15 %, no load: 6.3 s from it against 0.84 s
     cold, ratio 1.3)."""
-    if critical_kw > 0 and _peak_kw(form, x) > WARM_PEAK_RATIO * critical_kw:
+    if critical_kw > 0 and plan_peak_kw(form, x) > WARM_PEAK_RATIO * critical_kw:
         return False
     price = np.atleast_1d(np.asarray(form.price_eur_per_kwh, dtype=float))
     base = np.atleast_1d(np.asarray(form.base_kw, dtype=float))

@@ -12,7 +12,7 @@ import numpy as np
 
 from nowblock.milp.formulation import Formulation
 from nowblock.milp.matrix import plan_objective
-from nowblock.milp.peak import _peak_kw
+from nowblock.milp.peak import plan_peak_kw
 from nowblock.milp.rounding import Plan, make_plan
 
 
@@ -38,7 +38,7 @@ def real_plan(form: Formulation, mf, x: np.ndarray, caps=None) -> tuple[Plan, fl
     by more than the peak costs; measured both ways on the instance matrix,
     docs/bench_optimize.md)."""
     best, best_obj = None, np.inf
-    for peak in (_peak_kw(form, x), np.inf) if caps is None else caps:
+    for peak in (plan_peak_kw(form, x), np.inf) if caps is None else caps:
         plan = make_plan(form, x, peak_kw=peak)
         obj = plan_objective(form, mf, plan.current_a)
         if obj < best_obj - 1e-12:
@@ -63,7 +63,7 @@ def polish(form: Formulation, mf, plan: Plan, objective: float, rounds: int, tim
     for _ in range(rounds):
         if not time_ok():
             break
-        new, new_obj = real_plan(form, mf, plan.current_a, caps=(_peak_kw(form, plan.current_a),))
+        new, new_obj = real_plan(form, mf, plan.current_a, caps=(plan_peak_kw(form, plan.current_a),))
         if not new_obj < objective - 1e-9 * max(1.0, abs(objective)):
             break
         plan, objective, improved = new, new_obj, improved + 1

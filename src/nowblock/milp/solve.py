@@ -54,7 +54,7 @@ from nowblock.milp.coarse import coarse_factor, coarse_formulation, expand, fine
 from nowblock.milp.formulation import Formulation, OptimizeOptions
 from nowblock.milp.highs_fast import SolveResult, SolverOptionError, extend_basis, solve_matrix
 from nowblock.milp.matrix import in_pilot_steps, is_feasible, plan_columns, plan_objective
-from nowblock.milp.peak import _peak_kw, critical_peak_kw, mean_peak_matrix, warm_start_pays
+from nowblock.milp.peak import critical_peak_kw, mean_peak_matrix, plan_peak_kw, warm_start_pays
 from nowblock.milp.plans import Best as _Best, polish, real_plan
 from nowblock.milp.rounding import Plan, make_plan
 from nowblock.milp.schedule import Schedule, fallback_schedule, plan_schedule
@@ -297,7 +297,7 @@ class _Run:
             self._raise_bound(value)
             if with_plan:
                 x = form.current_from_cells(mfm.current_a(res.values))
-                plan, objective = self.real_plan(self.mf, x, caps=(_peak_kw(form, x),))
+                plan, objective = self.real_plan(self.mf, x, caps=(plan_peak_kw(form, x),))
                 self.best.offer(plan, objective, "mean-peak lp+rounding", wins_ties=True)
         self.stages.append({"stage": "mean-peak lp", "status": res.status, "bound": value, "objective": objective,
                             "seconds": time.perf_counter() - self.t0, "stage_seconds": time.perf_counter() - t})
