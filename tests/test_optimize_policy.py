@@ -566,3 +566,17 @@ def test_only_fitted_estimates_are_planned():
     assert every["a"] >= 10.0
     with pytest.raises(ValueError):
         MilpPolicy(plan_estimates="some")
+
+
+def test_unknown_spare_rule_is_refused():
+    """A misspelt rule for sharing the spare room is an error, not a silent default."""
+    from nowblock.milp import OptimizeOptions
+    from nowblock.milp.policy import share_spare_a
+
+    with pytest.raises(ValueError, match="guessed_share"):
+        OptimizeOptions(guessed_share="fair")
+    with pytest.raises(ValueError, match="guessed_share"):
+        MilpPolicy(guessed_share="roundrobin")
+    snap = _cheap_later_snapshot()
+    with pytest.raises(ValueError, match="rule"):
+        share_spare_a(snap, np.zeros(1), np.ones(1, dtype=bool), rule="fair")
