@@ -466,6 +466,18 @@ def test_plan_is_reused_inside_its_first_slot_until_something_changes():
     pol4.schedule(snap)
     pol4.schedule(later)
     assert pol4.history[-1]["status"] != "reused"
+    # A car with estimated needs shares the spare room in round robin's turns, which move
+    # with every kWh: the answer is decided again. Known needs, same snapshots: reused.
+    guessed = snap.cars.assign(needs_known=np.arange(len(snap.cars)) != 0)
+    pol5 = MilpPolicy()
+    first5 = pol5.schedule(dataclasses.replace(snap, cars=guessed))
+    moved = guessed.assign(offered_current_a=first5.to_numpy(), measured_current_a=first5.to_numpy())
+    pol5.schedule(dataclasses.replace(later, cars=moved))
+    assert pol5.history[-1]["status"] != "reused"
+    pol6 = MilpPolicy()
+    pol6.schedule(dataclasses.replace(snap, cars=snap.cars.assign(needs_known=True)))
+    pol6.schedule(dataclasses.replace(later, cars=cars.assign(needs_known=True)))
+    assert pol6.history[-1]["status"] == "reused"
 
 
 def _full_phase_snapshot():

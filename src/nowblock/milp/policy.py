@@ -372,6 +372,12 @@ class MilpPolicy:
         last = self._last_answer
         if not self.reuse_plan or last is None or self.arrivals_forecaster is not None:
             return None
+        if "needs_known" in snapshot.cars.columns and not snapshot.cars["needs_known"].to_numpy(bool).all():
+            # Cars with estimated needs share the spare room in round robin's turns, whose order
+            # moves with every kWh delivered: holding an answer for a planning slot holds the
+            # turns still. Measured on the congested workplace week without history: 0.8672
+            # demand met reusing, 0.8680 (round robin's own) re-deciding every step.
+            return None
         t_plan, slot_end, ids, sig, base_kw, answer = last
         if not t_plan < snapshot.time < slot_end or not snapshot.cars.index.equals(ids):
             return None
