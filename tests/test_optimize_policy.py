@@ -592,3 +592,31 @@ def test_unknown_spare_rule_is_refused():
     snap = _cheap_later_snapshot()
     with pytest.raises(ValueError, match="rule"):
         share_spare_a(snap, np.zeros(1), np.ones(1, dtype=bool), rule="fair")
+
+
+def test_milp_stage_pauses_after_it_did_not_pay():
+    """Issue 16 (simulation speed): after a solve whose MILP stage ran but did not give the plan
+    returned, the next ``milp_pause`` solves skip the stage; pauses follow nothing else; with
+    ``milp_pause=0`` the stage is never paused. A congested workplace day at a tenth of the
+    rating, every step a solve."""
+    from nowblock.block.families import family_scenario
+
+    scn = family_scenario("workplace_acn", n_charge_points=12, connection_fraction=0.1, days=1, seed=7)
+    pol = MilpPolicy(reuse_plan=False, milp_pause=2)
+    res = nb.simulate(scn, policy=pol)
+    assert res.metrics["max_overload_a"] == 0.0
+    h = pd.DataFrame(pol.history)
+    h = h[h["status"] != "empty"].reset_index(drop=True)
+    unpaid = (h["milp_stage"] == "ran") & ~h["method"].str.startswith(("milp", "warm start"))
+    assert unpaid.any() and (h["milp_stage"] == "paused").any()
+    expected = np.zeros(len(h), dtype=bool)
+    left = 0
+    for i in range(len(h)):
+        expected[i] = left > 0
+        left = left - 1 if left > 0 else (2 if unpaid[i] else 0)
+    np.testing.assert_array_equal(h["milp_stage"].eq("paused").to_numpy(), expected)
+    never = MilpPolicy(reuse_plan=False, milp_pause=0)
+    nb.simulate(scn, policy=never)
+    assert "paused" not in {r.get("milp_stage") for r in never.history}
+    with pytest.raises(ValueError, match="milp_pause"):
+        MilpPolicy(milp_pause=-1)
