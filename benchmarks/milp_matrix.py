@@ -41,12 +41,16 @@ def cells(full: bool | None = None) -> list[MatrixCell]:
     unbalance limit (``full``; 192 cells), or a representative sub-grid (default): every size
     and fuse share on both site shapes at 15 minutes, and the 5-minute step, base load with
     prices, and the unbalance limit each varied on the 200- and 1,000-car congested cells.
-    ``full=None`` reads ``NOWBLOCK_MILP_MATRIX`` (``full`` or ``sub``)."""
+    ``full=None`` reads ``NOWBLOCK_MILP_MATRIX`` (``full`` or ``sub``).
+    ``NOWBLOCK_MILP_MATRIX_CARS`` (e.g. ``50,200``) keeps only those block sizes of the full
+    matrix (a re-run of the cells a change can move)."""
     if full is None:
         full = os.environ.get("NOWBLOCK_MILP_MATRIX", "sub").lower() == "full"
     if full:
+        sizes = os.environ.get("NOWBLOCK_MILP_MATRIX_CARS", "")
+        cars = tuple(int(x) for x in sizes.split(",") if x.strip()) or CARS
         return [MatrixCell(n, s, tree, step, load, unb)
-                for n, s, tree, step, load, unb in itertools.product(CARS, FUSE_SHARES, (False, True), STEPS,
+                for n, s, tree, step, load, unb in itertools.product(cars, FUSE_SHARES, (False, True), STEPS,
                                                                       (False, True), (False, True))]
     out = [MatrixCell(n, s, tree) for n in CARS for s in FUSE_SHARES for tree in (False, True)]
     for n in (200, 1000):
