@@ -145,14 +145,13 @@ class MilpPolicy:
     (:func:`nowblock.milp.arrivals.with_expected_sessions`). ``reuse_plan`` (on by default): a
     call inside the first planning slot of the previous plan returns that plan's setpoints
     again, without solving, when nothing the plan depended on changed (see :meth:`_reusable`).
-    ``milp_pause`` (2 by default): after a call whose MILP stage did not give the plan returned
-    (neither its own plan nor the previous plan it starts from: polishing's was as good), the
-    next that many solves skip the stage; consecutive plans of a receding horizon are alike, so
-    a stage that did not pay mostly does not pay next step either. Measured on the congested workplace week (known needs, docs/bench_quality.md,
-    "Session 25"): the stage ran 136 times and gave the plan in about half; pausing cut the
-    week from 17-19 s to 14 s at the same demand met (0.9472-0.9486 in three runs against
-    0.9461-0.9485 in five); residential and public unchanged. 0 runs the stage whenever its
-    own rules allow.
+    ``milp_pause`` (0 by default: off): after a call whose MILP stage did not give the plan
+    returned (neither its own plan nor the previous plan it starts from: polishing's was as
+    good), the next that many solves skip the stage; consecutive plans of a receding horizon
+    are alike, so a stage that did not pay mostly does not pay next step either. A speed knob
+    for long studies, not free: on the congested workplace week (known needs, one process,
+    docs/bench_quality.md, "Session 25") ``milp_pause=2`` took 12.4-14.6 s against 16.8-18.1 s
+    and met 0.9460-0.9469 of the demand against 0.9469-0.9487 (three runs each, alternating).
     After each call, ``last_schedule`` holds the full plan and
     ``history`` one row per call (time, status, method, objective, gap, solve and build
     seconds, ``milp_stage``: "ran", "not run" or "paused"; status ``"reused"`` for a call
@@ -163,7 +162,7 @@ class MilpPolicy:
 
     def __init__(self, horizon="24h", step="15min", *, time_limit_fraction: float = 0.5,
                  first_slot_is_control_step: bool = False, arrivals_forecaster=None,
-                 arrivals_priority: float = 0.5, reuse_plan: bool = True, milp_pause: int = 2,
+                 arrivals_priority: float = 0.5, reuse_plan: bool = True, milp_pause: int = 0,
                  **options) -> None:
         self.horizon = pd.Timedelta(horizon)
         self.step = pd.Timedelta(step)
