@@ -48,8 +48,8 @@ class OptimizeOptions:
       0.1 s by default (0.25 s before session 25): on the 72 instance-matrix cells with 50 cars,
       or 200 cars at 15 min, the gap of every plan moved by at most 0.0036 (one better, two
       worse) while the cells that run the stage took 40-50 % less; a congested workplace week
-      met the same demand (0.9485, within its run-to-run spread) in two thirds of the time
-      (docs/bench_quality.md, "Session 25").
+      met the same demand (0.9484 against 0.9480, within its run-to-run spread) in 18.4 s
+      instead of 28.1 s, one run each (docs/bench_quality.md, "Session 25").
     - ``binary_slots``: in the MILP stage, the number of leading slots whose cells get an
       on/off binary (None: all slots), and only cells whose fuse rows can bind. The returned
       plan keeps "0 or >= min" in every slot whatever this is (the rounding sees to that).

@@ -388,9 +388,9 @@ class MilpPolicy:
         cars are plugged in with the same bounds, needs and priorities, the block's other load
         now is at most what the plan's first slot allowed for, every car draws what it is
         offered (within 1 A: a car that draws less, tapering or full, changes what the plan
-        expected it to get), and the previous answer fits every limit row now. Then re-solving
-        would plan the same first slot: the speed-up of re-planning only when something
-        changed (issue 16).
+        expected it to get), every car's needs are known (not estimated), and the previous
+        answer fits every limit row now. Then re-solving would plan the same first slot: the
+        speed-up of re-planning only when something changed (issue 16).
         """
         last = self._last_answer
         if not self.reuse_plan or last is None or self.arrivals_forecaster is not None:
