@@ -47,8 +47,11 @@ def cells(full: bool | None = None) -> list[MatrixCell]:
     if full is None:
         full = os.environ.get("NOWBLOCK_MILP_MATRIX", "sub").lower() == "full"
     if full:
-        sizes = os.environ.get("NOWBLOCK_MILP_MATRIX_CARS", "")
-        cars = tuple(int(x) for x in sizes.split(",") if x.strip()) or CARS
+        sizes = [x.strip() for x in os.environ.get("NOWBLOCK_MILP_MATRIX_CARS", "").split(",") if x.strip()]
+        bad = [x for x in sizes if not x.isdigit() or int(x) not in CARS]
+        if bad:
+            raise ValueError(f"NOWBLOCK_MILP_MATRIX_CARS: {bad} not among the matrix's sizes {CARS}")
+        cars = tuple(int(x) for x in sizes) or CARS
         return [MatrixCell(n, s, tree, step, load, unb)
                 for n, s, tree, step, load, unb in itertools.product(cars, FUSE_SHARES, (False, True), STEPS,
                                                                       (False, True), (False, True))]
