@@ -364,10 +364,6 @@ if pytest is not None:
             _SCENARIOS[family] = make_scenario(family, 0.1)
         return _SCENARIOS[family]
 
-    @pytest.fixture(scope="module")
-    def congested_residential():
-        return _congested("residential_elaad")
-
     WEEK_RUNS = {"edf": ("edf", None), "round_robin": ("round_robin", None), "milp": ("milp", None),
                  "milp_replan_every_step": ("milp", {"reuse_plan": False})}
 
@@ -390,8 +386,8 @@ if pytest is not None:
         assert metrics["max_overload_a"] == 0.0
 
     @pytest.mark.benchmark(group="closed loop: perfect-foresight LP bound")
-    def test_lp_bound(benchmark, congested_residential):
-        b = benchmark.pedantic(bounds, args=(congested_residential,), kwargs={"with_milp": False},
+    def test_lp_bound(benchmark):
+        b = benchmark.pedantic(bounds, args=(_congested("residential_elaad"),), kwargs={"with_milp": False},
                                rounds=1, iterations=1, warmup_rounds=0)
         benchmark.extra_info.update(demand_met=b["lp_no_min"]["demand_met"])
         assert 0.0 < b["lp_no_min"]["demand_met"] <= 1.0 + 1e-9
