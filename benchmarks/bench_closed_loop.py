@@ -185,10 +185,12 @@ def main(argv=None) -> None:
     ap.add_argument("--summary", action="store_true", help="print the MILP-against-the-rest table and stop")
     ap.add_argument("--speed", action="store_true",
                     help="time a week under EDF and the MILP, cell by cell in this process, and stop")
+    ap.add_argument("--repeat", type=int, default=1, help="--speed: runs per cell, alternating EDF and MILP")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.speed:
-        speed(args.families, args.fractions, [n for n in args.needs if n in ("known", "unknown")], args.n_cp, args.seed)
+        speed(args.families, args.fractions, [n for n in args.needs if n in ("known", "unknown")], args.n_cp, args.seed,
+              args.repeat)
         return
     if args.summary:
         print(render_summary(out))
@@ -226,20 +228,33 @@ def main(argv=None) -> None:
                     _append(out, {**base, "needs": needs, "policy": policy, "policy_options": opts, **metrics})
 
 
-def speed(families, fractions, needs, n_cp: int = 24, seed: int = 42) -> None:
+def speed(families, fractions, needs, n_cp: int = 24, seed: int = 42, repeat: int = 1) -> None:
     """Print one JSON line per cell: the wall time [s] of a week under EDF and under the MILP,
-    one right after the other in this process (issue 16: the MILP within 10 x EDF)."""
+    one right after the other in this process (issue 16: the MILP within 10 x EDF), ``repeat``
+    times alternating; with more than one run also the median of the per-run ratios (an EDF
+    week takes 2-3 s, so one busy second on this shared machine moves a single ratio by a third)."""
     from nowblock.milp import MilpPolicy
 
+    if repeat < 1:
+        raise ValueError(f"repeat: must be >= 1, got {repeat}")
     MilpPolicy.warm_up()  # the numba kernels compile once per machine, not in the first cell
     for family in families:
         for frac in fractions:
             scn = make_scenario(family, frac, n_cp, seed)
             for need in needs:
-                wall = {policy: run_cell(scn, policy, need)[0]["wall_s"] for policy in ("edf", "milp")}
-                print(json.dumps({"family": family, "fraction": frac, "needs": need, "edf_s": round(wall["edf"], 2),
-                                  "milp_s": round(wall["milp"], 2), "ratio": round(wall["milp"] / wall["edf"], 2)}),
-                      flush=True)
+                runs = []
+                for _ in range(repeat):
+                    wall = {policy: run_cell(scn, policy, need)[0]["wall_s"] for policy in ("edf", "milp")}
+                    runs.append((wall["edf"], wall["milp"], wall["milp"] / wall["edf"]))
+                edf_s, milp_s, ratio = (list(x) for x in zip(*runs))
+                row = {"family": family, "fraction": frac, "needs": need, "edf_s": [round(x, 2) for x in edf_s],
+                       "milp_s": [round(x, 2) for x in milp_s], "ratio": [round(x, 2) for x in ratio]}
+                if repeat == 1:
+                    row = {k: (v[0] if isinstance(v, list) else v) for k, v in row.items()}
+                else:
+                    row["ratio_median"] = round(float(np.median(ratio)), 2)
+                    row["ratio_max"] = round(float(np.max(ratio)), 2)
+                print(json.dumps(row), flush=True)
 
 
 def _rows(path: Path) -> list[dict]:

@@ -63,7 +63,12 @@ class OptimizeOptions:
 
     - ``departure_margin_h`` [h]: plan to finish this much before the (known or estimated)
       departure, at most a quarter of the time left, so a car that draws less than offered near
-      full (battery taper) can still catch up.
+      full (battery taper) can still catch up. 1.5 h since session 26 (was 1 h); measured at a
+      tenth of the rating, one week each, 1.5 h / 1 h (docs/bench_quality.md, "Session 26"):
+      workplace with known needs 0.9487-0.9497 in five runs / 0.9470-0.9477 in three (seeds 2
+      and 7: 0.9406 / 0.9396, 0.8880 / 0.8880); public with needs fitted on four weeks
+      0.9677-0.9678 in three runs / 0.9602-0.9620 in three (seed 7: 0.9280 / 0.9279);
+      residential, NOW-Block and every other needs setting within 0.002 either way.
     - ``urgency_h`` [h]: a car's shortfall weighs ``1 + urgency_h / hours_left`` times more
       (``hours_left`` to its real departure, at least one control step): a plan's shortfall on a
       car leaving soon is final, on a car staying for hours the next plans can still make it
@@ -126,7 +131,7 @@ class OptimizeOptions:
     early_eur_per_kwh: float = 1e-3
     binary_slots: int | None = 8
     change_slots: int | None = 4
-    departure_margin_h: float = 1.0
+    departure_margin_h: float = 1.5
     urgency_h: float = 1.0
     top_up_h: float = 12.0
     top_up_guessed: bool = True
