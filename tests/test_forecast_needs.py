@@ -220,6 +220,44 @@ def test_online_forecaster_learns_the_sessions_that_end():
     assert (got["energy_kwh"] >= took - 1e-9).mean() > 0.5
 
 
+def test_online_estimates_are_provisional_until_the_model_has_seen_enough_sessions():
+    """A forecaster fitted on few sessions marks its estimates provisional; the loop labels
+    those cars "provisional" (not "fitted"), and once the model was fitted on enough sessions
+    (here: four weeks of history given up front) they are "fitted" again."""
+    from nowblock.block.families import family_scenario
+    from nowblock.forecast import OnlineNeedsForecaster
+    from nowblock.loop.needs import NeedsEstimation
+
+    scn = family_scenario("residential_elaad", n_charge_points=8, connection_fraction=0.3, days=1, seed=4,
+                          history_days=28)
+    hist = scn.meta["history"]
+    cars = scn.sessions.iloc[:3].set_index("session_id")
+    t = cars["arrival"].max() + pd.Timedelta("5min")
+
+    few = OnlineNeedsForecaster(history=hist.iloc[:40], min_sessions=20, provisional_below=100)
+    out = few.predict_needs(cars, t)
+    assert few.fitted_on == 40 and out["provisional"].all()
+    assert out["departure"].notna().all() and out["energy_kwh"].notna().all()
+
+    many = OnlineNeedsForecaster(history=hist, min_sessions=20, provisional_below=100)
+    assert len(hist) >= 100
+    assert not many.predict_needs(cars, t)["provisional"].any()
+
+    snap_cols = cars.assign(departure=pd.NaT, energy_requested_kwh=np.nan, needs_known=False,
+                            energy_delivered_kwh=0.0, measured_current_a=np.nan, offered_current_a=np.nan,
+                            min_current_a=6.0)
+    snap_cols["departure"] = pd.to_datetime(snap_cols["departure"], utc=True)
+    step = pd.Timedelta("5min")
+    labels_few = NeedsEstimation(OnlineNeedsForecaster(history=hist.iloc[:40], provisional_below=100)).fill(
+        snap_cols, t, full=set(), step=step)["needs_estimate"]
+    labels_many = NeedsEstimation(OnlineNeedsForecaster(history=hist, provisional_below=100)).fill(
+        snap_cols, t, full=set(), step=step)["needs_estimate"]
+    assert (labels_few == "provisional").all()
+    assert (labels_many == "fitted").all()
+    with pytest.raises(ValueError, match="provisional_below"):
+        OnlineNeedsForecaster(provisional_below=-1)
+
+
 def test_online_forecaster_refuses_naive_times():
     from nowblock.forecast import OnlineNeedsForecaster
     from nowblock.forecast.calendar import ForecastError

@@ -568,10 +568,12 @@ def _estimated_snapshot(sources):
 
 def test_only_fitted_estimates_are_planned():
     """A fitted estimator's answer is planned (the car said to leave soon gets the room); the
-    fallback rule's guesses are not: those cars share the room equally."""
+    fallback rule's guesses and a young online forecaster's provisional estimates are not: those
+    cars share the room equally."""
     fitted = MilpPolicy().schedule(_estimated_snapshot(["fitted", "fitted"]))
     assert fitted["a"] >= 10.0
-    for snap in (_estimated_snapshot(["fallback", "fallback"]), _estimated_snapshot(None)):
+    for snap in (_estimated_snapshot(["fallback", "fallback"]), _estimated_snapshot(None),
+                 _estimated_snapshot(["provisional", "provisional"])):
         shared = MilpPolicy().schedule(snap)
         assert list(shared) == [8.0, 8.0]
     every = MilpPolicy(plan_estimates="all").schedule(_estimated_snapshot(["fallback", "fallback"]))

@@ -13,6 +13,13 @@ departure is half a control step after the last time it was seen plugged in; its
 it took up to that step (the last step's energy is not observed). A car that left full wanted exactly that; a car that left still drawing wanted
 more, so on a congested block the learnt energies lean low. The estimation copes: a car that
 still draws is always planned to want at least ``top_up_kwh`` more than it got.
+
+Until the model was fitted on ``provisional_below`` sessions its estimates are marked
+``provisional``: :class:`nowblock.loop.needs.NeedsEstimation` labels them so, and the MILP
+policy orders cars by them but shares the room among them in turns instead of planning by them
+(a week of a block's own sessions did not carry the skill four weeks of history do: planning by
+a week's estimates cost 0.9 and 2.5 points of demand met on the congested public and workplace
+weeks, docs/bench_quality.md, "Session 26").
 """
 
 from __future__ import annotations
@@ -40,6 +47,10 @@ class OnlineNeedsForecaster:
         Time between fits (block time, not wall time) [default one day].
     make_forecaster : callable, optional
         Returns a fresh unfitted forecaster (default: ``SessionNeedsForecaster()``).
+    provisional_below : int
+        Sessions (history and learnt together) the model must be fitted on before its estimates
+        stop being marked ``provisional`` [default 300: four weeks of a 24-point block's history,
+        on which the benchmarks fit, held 340-700].
 
     Attributes
     ----------
@@ -47,12 +58,18 @@ class OnlineNeedsForecaster:
         The sessions learnt so far (session_id, charge_point_id, arrival, departure, energy_kwh).
     fits : int
         Number of fits made.
+    fitted_on : int
+        Sessions the current model was fitted on (0 before the first fit).
     """
 
     def __init__(self, history: pd.DataFrame | None = None, *, min_sessions: int = 20, refit_every="1D",
-                 make_forecaster=None) -> None:
+                 make_forecaster=None, provisional_below: int = 300) -> None:
         if min_sessions < 1:
             raise ValueError(f"min_sessions: must be >= 1, got {min_sessions}")
+        if provisional_below < 0:
+            raise ValueError(f"provisional_below: must be >= 0, got {provisional_below}")
+        self.provisional_below = int(provisional_below)
+        self.fitted_on = 0
         self.history = history
         self.min_sessions = int(min_sessions)
         self.refit_every = pd.Timedelta(refit_every)
@@ -110,11 +127,14 @@ class OnlineNeedsForecaster:
             for cp, dep in self._model._last_dep_ns.items():  # departures the old model saw since
                 model._last_dep_ns[cp] = max(model._last_dep_ns.get(cp, dep), dep)
         self._model, self._last_fit = model, now
+        self.fitted_on = len(sessions)
         self.fits += 1
 
     def predict_needs(self, cars: pd.DataFrame, time) -> pd.DataFrame:
         """Estimated ``departure`` (UTC) and ``energy_kwh`` [kWh] per session_id (and the quantile
-        columns of :class:`SessionNeedsForecaster`), all NaN before the first fit.
+        columns of :class:`SessionNeedsForecaster`), all NaN before the first fit, and
+        ``provisional`` (bool): True while the model was fitted on fewer than
+        ``provisional_below`` sessions.
 
         ``cars``: every plugged-in car with unknown needs now, indexed by session_id (or with a
         session_id column), with charge_point_id, arrival and energy_delivered_kwh [kWh].
@@ -130,4 +150,6 @@ class OnlineNeedsForecaster:
         if self._model is None:
             return pd.DataFrame({"departure": pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]"),
                                  "energy_kwh": float("nan")}, index=frame.index)
-        return self._model.predict_needs(frame, now)
+        out = self._model.predict_needs(frame, now)
+        out["provisional"] = self.fitted_on < self.provisional_below
+        return out

@@ -68,7 +68,9 @@ class NeedsEstimation:
     Notes
     -----
     The column ``needs_estimate`` says where each car's needs came from: ``""`` (reported),
-    ``"fitted"`` (the estimator gave both) or ``"fallback"`` (the fallback rule filled them).
+    ``"fitted"`` (the estimator gave both), ``"provisional"`` (it gave both but marked them
+    ``provisional``, as :class:`nowblock.forecast.OnlineNeedsForecaster` does while it has seen
+    few sessions) or ``"fallback"`` (the fallback rule filled them).
     Plan as if the car left early wanting much: the departure is the estimator's lower
     quartile and the energy its upper quartile when it gives them. A car that stopped drawing
     although offered its minimum is full: it wants what it got. A car staying past its
@@ -122,11 +124,13 @@ class NeedsEstimation:
             early = early.where(early > now + step, now + step)
             e_col = "energy_kwh_q0.75" if "energy_kwh_q0.75" in got else "energy_kwh"
             energy = pd.to_numeric(got[e_col], errors="coerce")
-            fitted = early.notna() & energy.notna()
+            fitted = (early.notna() & energy.notna()).to_numpy()
+            provisional = (got["provisional"].fillna(False).to_numpy(bool) if "provisional" in got
+                           else np.zeros(len(got), dtype=bool))
             return pd.DataFrame({
                 "departure": early.fillna(fb["departure"]),
                 "energy_kwh": energy.fillna(fb["energy_kwh"]),
-                "source": np.where(fitted.to_numpy(), "fitted", "fallback"),
+                "source": np.where(fitted, np.where(provisional, "provisional", "fitted"), "fallback"),
             }, index=blind.index)
         except Exception:  # noqa: BLE001 - a broken estimator must not stop control
             log.exception("needs estimator failed; using the fallback estimate")

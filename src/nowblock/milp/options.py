@@ -108,7 +108,8 @@ class OptimizeOptions:
     - ``plan_estimates``: which cars with estimated needs the plan's first slot serves before
       the spare room is shared equally among all of them: ``"fitted"`` (default) those whose
       estimate came from a fitted estimator (the loop's ``needs_estimate`` column, see
-      :class:`nowblock.loop.needs.NeedsEstimation`), ``"all"``, or ``"none"``. The fallback
+      :class:`nowblock.loop.needs.NeedsEstimation`; not the ``"provisional"`` estimates of a
+      forecaster that has seen few sessions), ``"all"``, or ``"none"``. The fallback
       rule's guesses (10 h, 15 kWh) carry no information about the car; planning by them is
       first-come-first-served on a guessed dwell. Measured at a tenth of the rating, one week
       each (docs/bench_quality.md), demand met with the plan / without it: no history,
