@@ -49,8 +49,9 @@ class OnlineNeedsForecaster:
         Returns a fresh unfitted forecaster (default: ``SessionNeedsForecaster()``).
     provisional_below : int
         Sessions (history and learnt together) the model must be fitted on before its estimates
-        stop being marked ``provisional`` [default 300: four weeks of a 24-point block's history,
-        on which the benchmarks fit, held 340-700].
+        stop being marked ``provisional`` [default 300; in the closed-loop benchmarks, 24
+        charging points saw 85-176 sessions a week, and the four weeks of history their fitted
+        forecaster learns from hold 340-700].
 
     Attributes
     ----------
