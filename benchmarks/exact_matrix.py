@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from milp_matrix import SHORTFALL_EUR_PER_KWH, block_arrays, check_schedule, lp_floor  # noqa: E402
+from milp_matrix import SHORTFALL_EUR_PER_KWH, block_arrays, check_schedule, fuse_rows, lp_floor  # noqa: E402
 
 _SEMI_INTEGER = 3  # HiGHS's HighsVarType: 0 or an integer within [lower, upper]
 
@@ -61,20 +61,10 @@ def exact_model(block: dict, step: str, time_limit_s: float = 60.0, integer: boo
     blocks.append(sp.hstack([sp.csr_matrix((n, K)), per_car, sp.csr_matrix((n, n))]))  # drawn <= need
     lo.append(np.full(n, -np.inf))
     hi.append(a["need"])
-    R = a["g"].shape[0]
-    gr, gc = np.nonzero(a["g"])
-    by_car = np.argsort(car, kind="stable")
-    first = np.searchsorted(car[by_car], np.arange(n + 1))
-    rows, cols = [], []
-    for r, c in zip(gr, gc):
-        ks = by_car[first[c]:first[c + 1]]
-        rows.append(r * T + slot[ks])
-        cols.append(ks)
-    rows = np.concatenate(rows) if rows else np.zeros(0, int)
-    cols = np.concatenate(cols) if cols else np.zeros(0, int)
-    blocks.append(sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(R * T, width)))  # fuses: offers
-    lo.append(np.full(R * T, -np.inf))
-    hi.append(a["room"].reshape(-1))
+    fuse, room = fuse_rows(a, car, slot, width)  # fuses: offers
+    blocks.append(fuse)
+    lo.append(np.full(len(room), -np.inf))
+    hi.append(room)
     if a["unbalance_a"] is not None:
         root = a["g"][0:3]
         for p, q in itertools.permutations(range(3), 2):

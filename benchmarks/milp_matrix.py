@@ -130,6 +130,25 @@ def block_arrays(block: dict, step: str) -> dict:
             "prices": prices, "unbalance_a": site.max_unbalance_a, "ids": s["session_id"].to_numpy(str)}
 
 
+def fuse_rows(a: dict, car: np.ndarray, slot: np.ndarray, width: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Every fuse phase of every slot as rows ``r * T + t`` over the cells (``car``, ``slot``)
+    of :func:`block_arrays`' ``a``, whose offers [A] are the first ``len(car)`` of ``width``
+    columns; returns the rows and their upper bounds (the room [A])."""
+    n, T = a["plugged"].shape
+    gr, gc = np.nonzero(a["g"])
+    by_car = np.argsort(car, kind="stable")
+    first = np.searchsorted(car[by_car], np.arange(n + 1))
+    rows, cols = [], []
+    for r, c in zip(gr, gc):  # every (fuse phase, car) nonzero: every cell of the car
+        ks = by_car[first[c]:first[c + 1]]
+        rows.append(r * T + slot[ks])
+        cols.append(ks)
+    rows = np.concatenate(rows) if rows else np.zeros(0, int)
+    cols = np.concatenate(cols) if cols else np.zeros(0, int)
+    R = a["g"].shape[0]
+    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(R * T, width)), a["room"].reshape(-1)
+
+
 def lp_floor(block: dict, step: str) -> dict:
     """Build and solve the plain LP relaxation of the block's cars (see the module docstring).
     Returns ``build_s``, ``solve_s``, ``seconds`` (both), ``objective`` [EUR], ``energy_kwh``
@@ -157,23 +176,10 @@ def lp_floor(block: dict, step: str) -> dict:
     blocks.append(sp.hstack([sp.csr_matrix((e, (car, np.arange(K))), shape=(n, K)), sp.csr_matrix((n, n))]))
     lo.append(np.full(n, -np.inf))
     hi.append(a["need"])
-    # fuse rows: row r*T + t
-    g = sp.csr_matrix(a["g"])
-    gr, gc = g.nonzero()
-    R = a["g"].shape[0]
-    # for every (r, car) nonzero, every cell of the car
-    by_car = np.argsort(car, kind="stable")
-    start = np.searchsorted(car[by_car], np.arange(n + 1))
-    rr, cc = [], []
-    for r, c in zip(gr, gc):
-        ks = by_car[start[c]:start[c + 1]]
-        rr.append(r * T + slot[ks])
-        cc.append(ks)
-    rr = np.concatenate(rr) if rr else np.zeros(0, int)
-    cc = np.concatenate(cc) if cc else np.zeros(0, int)
-    blocks.append(sp.csr_matrix((np.ones(len(rr)), (rr, cc)), shape=(R * T, K + n)))
-    lo.append(np.full(R * T, -np.inf))
-    hi.append(a["room"].reshape(-1))
+    fuse, room = fuse_rows(a, car, slot, K + n)
+    blocks.append(fuse)
+    lo.append(np.full(len(room), -np.inf))
+    hi.append(room)
     if a["unbalance_a"] is not None:
         root = a["g"][0:3]
         for p, q in itertools.permutations(range(3), 2):
