@@ -17,7 +17,6 @@ benchmark::
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,8 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from milp_matrix import SHORTFALL_EUR_PER_KWH, block_arrays, check_schedule, fuse_rows, lp_floor  # noqa: E402
+from milp_matrix import (SHORTFALL_EUR_PER_KWH, block_arrays, check_schedule, fuse_rows, lp_floor,  # noqa: E402
+                         phase_differences)
 
 _SEMI_INTEGER = 3  # HiGHS's HighsVarType: 0 or an integer within [lower, upper]
 
@@ -66,9 +66,7 @@ def exact_model(block: dict, step: str, time_limit_s: float = 60.0, integer: boo
     lo.append(np.full(len(room), -np.inf))
     hi.append(room)
     if a["unbalance_a"] is not None:
-        root = a["g"][0:3]
-        for p, q in itertools.permutations(range(3), 2):
-            d = root[p] - root[q]
+        for d in phase_differences(a):
             heavy, light = np.nonzero(d[car] > 0)[0], np.nonzero(d[car] < 0)[0]
             r_ = np.concatenate([slot[heavy], slot[light]])
             c_ = np.concatenate([heavy, K + light])

@@ -149,6 +149,13 @@ def fuse_rows(a: dict, car: np.ndarray, slot: np.ndarray, width: int) -> tuple[s
     return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(R * T, width)), a["room"].reshape(-1)
 
 
+def phase_differences(a: dict) -> list[np.ndarray]:
+    """Per car, its share of the grid connection's phase p minus phase q, for the six ordered
+    pairs (p, q) of the unbalance rows (1, 0 or -1 a car)."""
+    root = a["g"][0:3]
+    return [root[p] - root[q] for p, q in itertools.permutations(range(3), 2)]
+
+
 def lp_floor(block: dict, step: str) -> dict:
     """Build and solve the plain LP relaxation of the block's cars (see the module docstring).
     Returns ``build_s``, ``solve_s``, ``seconds`` (both), ``objective`` [EUR], ``energy_kwh``
@@ -181,9 +188,7 @@ def lp_floor(block: dict, step: str) -> dict:
     lo.append(np.full(len(room), -np.inf))
     hi.append(room)
     if a["unbalance_a"] is not None:
-        root = a["g"][0:3]
-        for p, q in itertools.permutations(range(3), 2):
-            d = root[p] - root[q]
+        for d in phase_differences(a):
             ks = np.nonzero(d[car] != 0)[0]
             blocks.append(sp.csr_matrix((d[car[ks]], (slot[ks], ks)), shape=(T, K + n)))
             lo.append(np.full(T, -np.inf))
