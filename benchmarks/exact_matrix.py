@@ -26,8 +26,8 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from milp_matrix import (SHORTFALL_EUR_PER_KWH, block_arrays, check_schedule, fuse_rows, lp_floor,  # noqa: E402
-                         phase_differences)
+from milp_matrix import (SHORTFALL_EUR_PER_KWH, block_arrays, check_schedule, drawn_kwh, fuse_rows,  # noqa: E402
+                         lp_floor, phase_differences)
 
 _SEMI_INTEGER = 3  # HiGHS's HighsVarType: 0 or an integer within [lower, upper]
 
@@ -98,9 +98,7 @@ def plan_cost(block: dict, step: str, current_a) -> float:
     its need, in time order) plus 20 EUR/kWh of shortfall."""
     a = block_arrays(block, step)
     x = current_a.reindex(index=a["times"], columns=a["ids"]).fillna(0.0).to_numpy(float).T
-    e = x * a["kwh_per_a"]
-    before = np.cumsum(e, axis=1) - e
-    drawn = np.clip(np.minimum(e, a["need"][:, None] - before), 0.0, None)
+    drawn = drawn_kwh(a, x)
     short = np.maximum(a["need"] - drawn.sum(axis=1), 0.0)
     return float((drawn * a["prices"][None, :]).sum() + SHORTFALL_EUR_PER_KWH * short.sum())
 

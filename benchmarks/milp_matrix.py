@@ -149,6 +149,14 @@ def fuse_rows(a: dict, car: np.ndarray, slot: np.ndarray, width: int) -> tuple[s
     return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(R * T, width)), a["room"].reshape(-1)
 
 
+def drawn_kwh(a: dict, x: np.ndarray) -> np.ndarray:
+    """(n, T) energy [kWh] each car draws under offers ``x`` [A] (rows as :func:`block_arrays`'
+    ``a``): what it is offered until it has its need, in slot order, then only the rest."""
+    e = x * a["kwh_per_a"]
+    rest = np.maximum(a["need"][:, None] - (np.cumsum(e, axis=1) - e), 0.0)
+    return np.minimum(e, rest)
+
+
 def phase_differences(a: dict) -> list[np.ndarray]:
     """Per car, its share of the grid connection's phase p minus phase q, for the six ordered
     pairs (p, q) of the unbalance rows (1, 0 or -1 a car)."""
@@ -247,10 +255,8 @@ def check_schedule(block: dict, step: str, current_a: pd.DataFrame, step_a: floa
         unbalance_share = float(spread.max(initial=0.0) / max(a["unbalance_a"], 1e-9))
         # ... and with what cars really draw: a car stops once it has its energy, so on the light
         # phase only its draw until full counts (in time order); on the heavy phase its offer.
-        e = x * a["kwh_per_a"]
-        rest = np.maximum(a["need"][:, None] - (np.cumsum(e, axis=1) - e), 0.0)
         k = a["kwh_per_a"]
-        drawn = np.where(k > 0, np.minimum(x, rest / np.where(k > 0, k, 1.0)), x)
+        drawn = np.where(k > 0, drawn_kwh(a, x) / np.where(k > 0, k, 1.0), x)
         g = a["g"][0:3]
         for p, q in itertools.permutations(range(3), 2):
             d = g[p] - g[q]
