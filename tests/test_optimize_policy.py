@@ -69,10 +69,11 @@ import json
 from numba.core.registry import CPUDispatcher
 import nowblock.milp.kernels as kn
 import nowblock.milp.plan_kernels as pk
+import nowblock.milp.balance_kernels as bk
 from nowblock.milp import MilpPolicy
 from nowblock.milp.testing import plugged_in_snapshot
 
-kernels = {name: k for mod in (kn, pk) for name, k in vars(mod).items() if isinstance(k, CPUDispatcher)}
+kernels = {name: k for mod in (kn, pk, bk) for name, k in vars(mod).items() if isinstance(k, CPUDispatcher)}
 pol = MilpPolicy()
 first = MilpPolicy.warm_up()
 again = MilpPolicy.warm_up()
@@ -97,7 +98,7 @@ def test_warm_up_compiles_every_kernel_a_step_uses():
     assert all(after_warm_up[name] for name in ("snapshot_plan_arrays", "standard_form", "top_up_now",
                                                 "complete_columns", "csc_feasible", "sample_steps", "place_guided",
                                                 "lower_to_fit", "round_up", "fill", "trim", "shave_peak",
-                                                "front_load", "pass_on_excess", "broken_slots"))
+                                                "front_load", "pass_on_excess", "broken_slots", "serve_blocked"))
     assert after_steps == after_warm_up
 
 

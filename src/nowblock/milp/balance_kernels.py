@@ -1,0 +1,323 @@
+"""Numba kernels that serve cars an unbalance row blocks, with the light side at what cars draw.
+
+Where a site limits the unbalance between grid phases, a single-phase car on the heavy phase
+can take more only if the light phases carry more in the same slot. The light side counts what
+its cars really draw (a full car draws nothing more, :func:`nowblock.milp.rounding.drawn_dense`),
+so raising a full light-phase car's setpoint balances nothing; moving one of its steps from a
+slot where its phase is not needed into the blocked slot does. The LP does this with fractional
+currents; a plan in whole steps needs the move spelt out. :func:`serve_blocked` tries, for each
+car short of its need and each slot where one more step of it breaks an unbalance row:
+
+- **light-side move**: a car on the light side of every broken row takes a step (its least
+  setpoint, from 0) in the slot and gives the same back in another slot of its own that is worth
+  no more energy; the blocked car takes its step;
+- **heavy-side move**: a car on the heavy side gives a step up in the slot and takes it back in
+  another slot of its own that is worth no less; the blocked car takes its step;
+- a plain raise where, with the real draws, no row is broken.
+
+Every move is checked against every fuse row and the power cap of the slots it touches and
+against every unbalance row of every slot with the draws recomputed (a car's draws change in
+every later slot when its energy passes its need); a move is kept only if no row gets worse than
+it was (none that held breaks), no car's energy up to its need falls and the blocked car's
+rises. Bookkeeping as in :mod:`nowblock.milp.plan_kernels`: ``fslack`` [A] is ``h - G @ y``
+over the fuse rows, ``over`` [A] the unbalance rows' left-hand side less ``h`` (<= 0 where they
+hold), ``d`` [A] what each car draws, ``power_room`` [kW] what the power cap leaves per slot.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def drawn_row(y_c, kwh_c, need_c, out):
+    """What one car draws [A] in each slot under setpoints ``y_c`` [A]: all of it until its
+    ``need_c`` [kWh] is met, in slot order, then only the rest (written into ``out``)."""
+    before = 0.0
+    for s in range(y_c.shape[0]):
+        if kwh_c[s] > 0.0:
+            rest = need_c - before
+            if rest < 0.0:
+                rest = 0.0
+            out[s] = min(y_c[s], rest / kwh_c[s])
+        else:
+            out[s] = y_c[s]
+        before += y_c[s] * kwh_c[s]
+
+
+@njit(cache=True)
+def _served(y_c, kwh_c, need_c):
+    e = 0.0
+    for s in range(y_c.shape[0]):
+        e += y_c[s] * kwh_c[s]
+    return min(e, need_c)
+
+
+@njit(cache=True)
+def try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_start, g_row,
+              g_val, n_fuse_rows, tol):
+    """Apply the ``m`` changes (car, slot, amount [A]) to plan ``y`` if the plan stays valid
+    (module docstring) and the first car's and every other touched car's energy up to its need
+    does not fall; returns True if applied (bookkeeping updated), else leaves everything as it
+    was."""
+    n, T = y.shape
+    before = np.empty(m)
+    for q in range(m):
+        c = cars[q]
+        before[q] = _served(y[c], kwh[c], need[c])
+    for q in range(m):
+        y[cars[q], slots[q]] += amounts[q]
+        if abs(y[cars[q], slots[q]]) < 1e-9:
+            y[cars[q], slots[q]] = 0.0  # steps subtracted in floating point leave dust
+    ok = True
+    for q in range(m):
+        c, s = cars[q], slots[q]
+        v = y[c, s]
+        if v < -tol or v > up[c, s] + tol or (v > tol and v < on_a[c] - tol):
+            ok = False
+    if ok:
+        for q in range(m):
+            c, s = cars[q], slots[q]
+            e = _served(y[c], kwh[c], need[c])
+            if e < before[q] - 1e-9:
+                ok = False
+    # Fuse rows and the power cap of the touched slots.
+    if ok:
+        for q in range(m):
+            c, s, a = cars[q], slots[q], amounts[q]
+            for p in range(g_start[c], g_start[c + 1]):
+                r = g_row[p]
+                if r < n_fuse_rows:
+                    fslack[r, s] -= g_val[p] * a
+            power_room[s] -= kw[c] * a
+        for q in range(m):
+            c, s = cars[q], slots[q]
+            for p in range(g_start[c], g_start[c + 1]):
+                r = g_row[p]
+                if r < n_fuse_rows and fslack[r, s] < -tol:
+                    ok = False
+            if power_room[s] < -1e-6:
+                ok = False
+        if not ok:
+            for q in range(m):
+                c, s, a = cars[q], slots[q], amounts[q]
+                for p in range(g_start[c], g_start[c + 1]):
+                    r = g_row[p]
+                    if r < n_fuse_rows:
+                        fslack[r, s] += g_val[p] * a
+                power_room[s] += kw[c] * a
+    if not ok:
+        for q in range(m):
+            y[cars[q], slots[q]] -= amounts[q]
+        return False
+    # The unbalance rows of every slot, with the touched cars' draws recomputed.
+    new = over.copy()
+    nd = np.empty((m, T))
+    for q in range(m):
+        c = cars[q]
+        first = True
+        for qq in range(q):
+            if cars[qq] == c:
+                first = False
+        if not first:
+            continue
+        drawn_row(y[c], kwh[c], need[c], nd[q])
+        for p in range(g_start[c], g_start[c + 1]):
+            r = g_row[p]
+            if r < n_fuse_rows:
+                continue
+            gv = g_val[p]
+            if gv > 0:
+                for qq in range(m):
+                    if cars[qq] == c:
+                        new[r - n_fuse_rows, slots[qq]] += gv * amounts[qq]
+            else:
+                for s in range(T):
+                    new[r - n_fuse_rows, s] += gv * (nd[q, s] - d[c, s])
+    for r in range(new.shape[0]):
+        for s in range(T):
+            if new[r, s] > max(over[r, s], 1e-6):
+                ok = False
+    if not ok:
+        for q in range(m):
+            c, s, a = cars[q], slots[q], amounts[q]
+            y[c, s] -= a
+            for p in range(g_start[c], g_start[c + 1]):
+                r = g_row[p]
+                if r < n_fuse_rows:
+                    fslack[r, s] += g_val[p] * a
+            power_room[s] += kw[c] * a
+        return False
+    over[:, :] = new
+    for q in range(m):
+        c = cars[q]
+        first = True
+        for qq in range(q):
+            if cars[qq] == c:
+                first = False
+        if first:
+            d[c, :] = nd[q]
+    return True
+
+
+@njit(cache=True)
+def _coef(c, r, g_start, g_row, g_val):
+    for p in range(g_start[c], g_start[c + 1]):
+        if g_row[p] == r:
+            return g_val[p]
+    return 0.0
+
+
+@njit(cache=True)
+def _move_into(i, t, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_start, g_row, g_val, r_start, r_car,
+               r_val, n_fuse_rows, step, tol, tries, max_tries, cars, slots, amounts, blocked, on_start, on_slot,
+               max_partners):
+    """One move that gives car ``i`` a step (its least setpoint, from 0) in slot ``t``; True if
+    made. ``tries[0]`` counts the moves tried, ``tries[1]`` the slots looked at. A partner gives
+    or takes its step back only in a slot where it was on when the pass began
+    (``on_slot[on_start[k]:on_start[k + 1]]``; a slot since emptied is skipped); at most
+    ``max_partners`` partners a side are looked at."""
+    a = step if y[i, t] > 0.0 else on_a[i]
+    if y[i, t] + a > up[i, t] + tol or kw[i] * a > power_room[t] + 1e-6:
+        return False
+    nb = 0
+    for p in range(g_start[i], g_start[i + 1]):
+        r = g_row[p]
+        if r < n_fuse_rows:
+            if g_val[p] > 0 and g_val[p] * a > fslack[r, t] + tol:
+                return False
+        elif g_val[p] > 0 and over[r - n_fuse_rows, t] + g_val[p] * a > 1e-6:
+            blocked[nb] = r
+            nb += 1
+    cars[0], slots[0], amounts[0] = i, t, a
+    if nb == 0:
+        tries[0] += 1
+        return try_moves(cars, slots, amounts, 1, y, d, over, fslack, power_room, kwh, need, kw, up, on_a,
+                         g_start, g_row, g_val, n_fuse_rows, tol)
+    r0 = blocked[0]
+    # Light side: a car on the light side of every broken row moves a step into t.
+    seen = 0
+    for s_ in range(r_start[r0], r_start[r0 + 1]):
+        k = r_car[s_]
+        if r_val[s_] >= 0 or k == i or kwh[k, t] <= 0.0:
+            continue
+        light = True
+        for b in range(1, nb):
+            if _coef(k, blocked[b], g_start, g_row, g_val) >= 0:
+                light = False
+        inc = step if y[k, t] > 0.0 else on_a[k]
+        if not light or y[k, t] + inc > up[k, t] + tol:
+            continue
+        seen += 1
+        if seen > max_partners:
+            break
+        for e in range(on_start[k], on_start[k + 1]):
+            u = on_slot[e]
+            tries[1] += 1
+            if u == t or y[k, u] <= 0.0 or kwh[k, u] > kwh[k, t] + 1e-12:
+                continue
+            left = y[k, u] - inc
+            if left < -tol or (left > tol and left < on_a[k] - tol):
+                continue
+            # Its draw there falls: the rows it lightens there must have room.
+            room = True
+            for p in range(g_start[k], g_start[k + 1]):
+                r = g_row[p]
+                if r >= n_fuse_rows and g_val[p] < 0 and over[r - n_fuse_rows, u] - g_val[p] * min(inc, d[k, u]) > 1e-6:
+                    room = False
+            if not room:
+                continue
+            if tries[0] >= max_tries:
+                return False
+            tries[0] += 1
+            cars[1], slots[1], amounts[1] = k, u, -inc
+            cars[2], slots[2], amounts[2] = k, t, inc
+            if try_moves(cars, slots, amounts, 3, y, d, over, fslack, power_room, kwh, need, kw, up, on_a,
+                         g_start, g_row, g_val, n_fuse_rows, tol):
+                return True
+    # Heavy side: a car that loads every broken row gives a step in t and takes it back elsewhere.
+    seen = 0
+    for s_ in range(r_start[r0], r_start[r0 + 1]):
+        h = r_car[s_]
+        if r_val[s_] <= 0 or h == i or y[h, t] - step < on_a[h] - tol:
+            continue
+        heavy = True
+        for b in range(1, nb):
+            if _coef(h, blocked[b], g_start, g_row, g_val) <= 0:
+                heavy = False
+        if not heavy:
+            continue
+        seen += 1
+        if seen > max_partners:
+            break
+        for e in range(on_start[h], on_start[h + 1]):
+            u = on_slot[e]
+            tries[1] += 1
+            if u == t or y[h, u] <= 0.0 or y[h, u] + step > up[h, u] + tol or kwh[h, u] < kwh[h, t] - 1e-12:
+                continue
+            room = True
+            for p in range(g_start[h], g_start[h + 1]):
+                r = g_row[p]
+                if r >= n_fuse_rows and g_val[p] > 0 and over[r - n_fuse_rows, u] + g_val[p] * step > 1e-6:
+                    room = False
+            if not room:
+                continue
+            if tries[0] >= max_tries:
+                return False
+            tries[0] += 1
+            cars[1], slots[1], amounts[1] = h, t, -step
+            cars[2], slots[2], amounts[2] = h, u, step
+            if try_moves(cars, slots, amounts, 3, y, d, over, fslack, power_room, kwh, need, kw, up, on_a,
+                         g_start, g_row, g_val, n_fuse_rows, tol):
+                return True
+    return False
+
+
+@njit(cache=True)
+def serve_blocked(y, d, over, fslack, power_room, order, kwh, need, kw, up, on_a, g_start, g_row, g_val, r_start,
+                  r_car, r_val, n_fuse_rows, step, tol, max_tries, max_work=-1, max_partners=32):
+    """For the cars in ``order`` (short of their need first), the moves of the module docstring,
+    slot by slot and again in the same slot while one is made, until each car has its need, no
+    move is left, or ``max_tries`` moves have been tried. Changes ``y``, ``d``, ``over``,
+    ``fslack`` and ``power_room`` in place; returns the number of moves made and of moves
+    tried. ``max_work`` bounds the partner slots looked at (default: 50 per cell of ``y``),
+    ``max_partners`` the partners a side per car and slot: the search is a heuristic, and its
+    time must stay a fraction of the rounding's own."""
+    n, T = y.shape
+    if max_work < 0:
+        max_work = 50 * n * T
+    on_start = np.zeros(n + 1, dtype=np.int64)
+    for k in range(n):
+        c = 0
+        for u in range(T):
+            if y[k, u] > 0.0:
+                c += 1
+        on_start[k + 1] = on_start[k] + c
+    on_slot = np.empty(on_start[n], dtype=np.int64)
+    for k in range(n):
+        e = on_start[k]
+        for u in range(T):
+            if y[k, u] > 0.0:
+                on_slot[e] = u
+                e += 1
+    cars = np.empty(3, dtype=np.int64)
+    slots = np.empty(3, dtype=np.int64)
+    amounts = np.empty(3)
+    blocked = np.empty(g_row.shape[0] + 1, dtype=np.int64)
+    tries = np.zeros(2, dtype=np.int64)
+    made = 0
+    for j in range(order.shape[0]):
+        i = order[j]
+        for t in range(T):
+            if kwh[i, t] <= 0.0 or up[i, t] <= 0.0:
+                continue
+            while tries[0] < max_tries and tries[1] < max_work and _served(y[i], kwh[i], need[i]) < need[i] - 1e-9:
+                if not _move_into(i, t, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_start, g_row,
+                                  g_val, r_start, r_car, r_val, n_fuse_rows, step, tol, tries, max_tries, cars, slots,
+                                  amounts, blocked, on_start, on_slot, max_partners):
+                    break
+                made += 1
+            if tries[0] >= max_tries or tries[1] >= max_work:
+                return made, tries[0]
+    return made, tries[0]
