@@ -199,8 +199,10 @@ class MilpPolicy:
     def warm_up() -> float:
         """Compile the planning step's numba kernels now; returns the seconds it took.
 
-        The first step on a machine compiles them (~10 s on this 2-core box, measured), later
-        processes load them from numba's on-disk cache (~0.5 s). A live controller calls this
+        The first step on a machine compiles them (26 s on this 2-core box with an empty numba
+        cache, measured in session 27; 14 s before the unbalance moves of
+        :mod:`nowblock.milp.balance_kernels`), later processes load them from numba's on-disk
+        cache (0.7 s). A live controller calls this
         before it serves, so no charger waits on a compiler. Plans a small made-up block twice
         at 1 A steps (the LP stage), then a tight one with an unbalance limit twice at 0.1 A with
         no gap allowed (the MILP stage from a previous plan, the unbalance rounding); no policy's
