@@ -47,39 +47,32 @@ def _run(g, h, n_fuse, y, kwh, need, kw, up, on_a, step, power_cap, max_tries=10
     return y, d, over, fslack, room, made
 
 
+def _two_cars(kwh):
+    """Car 0 on L2 (6 A in slot 0, plugged in only there, needs 10 A-slots of energy), car 1 on
+    L1 (full, its 6 A in slot 1); rows L2 - L1 <= 6 A and L1 - L2 <= 6 A, no fuse rows; energy
+    per ampere ``kwh`` [kWh/A] per car and slot. Returns the start and what :func:`_run` returns."""
+    g = np.array([[1.0, -1.0], [-1.0, 1.0]])
+    y0 = np.array([[6.0, 0.0], [0.0, 6.0]])
+    return (y0, *_run(g, np.full((2, 2), 6.0), 0, y0, kwh, np.array([10 * 0.23, 6 * 0.23]), np.array([0.23, 0.23]),
+                      np.array([[16.0, 0.0], [16.0, 16.0]]), np.array([6.0, 6.0]), 1.0, np.inf))
+
+
 def test_a_light_phase_step_moves_into_the_slot_a_blocked_car_needs():
     """Car 0 on L2 is plugged in only in slot 0 and needs 10 A there; car 1 on L1 is full with
     6 A in slot 1. With at most 6 A between the phases, car 0 can have 6 A alone; with car 1's
     6 A moved into slot 0 it can have 12 A, and car 1 keeps its energy."""
-    # rows: L2 - L1 <= 6, L1 - L2 <= 6 (no fuse rows)
-    g = np.array([[1.0, -1.0], [-1.0, 1.0]])
-    h = np.full((2, 2), 6.0)
-    kwh = np.array([[0.23, 0.0], [0.23, 0.23]])
-    need = np.array([10 * 0.23, 6 * 0.23])
-    up = np.array([[16.0, 0.0], [16.0, 16.0]])
-    on_a = np.array([6.0, 6.0])
-    kw = np.array([0.23, 0.23])
-    y0 = np.array([[6.0, 0.0], [0.0, 6.0]])
-    y, d, over, fslack, room, made = _run(g, h, 0, y0, kwh, need, kw, up, on_a, 1.0, np.inf)
+    y0, y, d, over, fslack, room, made = _two_cars(np.array([[0.23, 0.0], [0.23, 0.23]]))
     np.testing.assert_allclose(y, [[10.0, 0.0], [6.0, 0.0]])
     assert made >= 1
     assert (over <= 1e-9).all()
     # the first step needs the move; the next three fit beside car 1's 6 A
-    np.testing.assert_allclose((y * kwh).sum(axis=1), need)
+    np.testing.assert_allclose((y * np.array([[0.23, 0.0], [0.23, 0.23]])).sum(axis=1), [10 * 0.23, 6 * 0.23])
 
 
 def test_nothing_moves_where_the_light_car_cannot_give_its_step_back():
     """The same block, but a step of car 1's is worth less energy in slot 0 than in slot 1 (it
     charges slower there): moving it would cost car 1 energy it needs, so car 0 stays at 6 A."""
-    g = np.array([[1.0, -1.0], [-1.0, 1.0]])
-    h = np.full((2, 2), 6.0)
-    kwh = np.array([[0.23, 0.0], [0.1, 0.23]])
-    need = np.array([10 * 0.23, 6 * 0.23])
-    up = np.array([[16.0, 0.0], [16.0, 16.0]])
-    on_a = np.array([6.0, 6.0])
-    kw = np.array([0.23, 0.23])
-    y0 = np.array([[6.0, 0.0], [0.0, 6.0]])
-    y, *_ , made = _run(g, h, 0, y0, kwh, need, kw, up, on_a, 1.0, np.inf)
+    y0, y, *_, made = _two_cars(np.array([[0.23, 0.0], [0.1, 0.23]]))
     np.testing.assert_allclose(y, y0)
     assert made == 0
 

@@ -170,6 +170,19 @@ def _coef(c, r, g_start, g_row, g_val):
 
 
 @njit(cache=True)
+def _try_pair(c, from_slot, to_slot, amount, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_start, g_row,
+              g_val, n_fuse_rows, tol, tries, cars, slots, amounts):
+    """The blocked car's step (``cars[0]``, ``slots[0]``, ``amounts[0]``) with car ``c`` moving
+    ``amount`` [A] from ``from_slot`` to ``to_slot``: :func:`try_moves` on the three changes
+    (counted in ``tries[0]``)."""
+    tries[0] += 1
+    cars[1], slots[1], amounts[1] = c, from_slot, -amount
+    cars[2], slots[2], amounts[2] = c, to_slot, amount
+    return try_moves(cars, slots, amounts, 3, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_start,
+                     g_row, g_val, n_fuse_rows, tol)
+
+
+@njit(cache=True)
 def _move_into(i, t, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_start, g_row, g_val, r_start, r_car,
                r_val, n_fuse_rows, step, tol, tries, max_tries, cars, slots, amounts, blocked, on_start, on_slot,
                max_partners):
@@ -230,11 +243,8 @@ def _move_into(i, t, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_
                 continue
             if tries[0] >= max_tries:
                 return False
-            tries[0] += 1
-            cars[1], slots[1], amounts[1] = k, u, -inc
-            cars[2], slots[2], amounts[2] = k, t, inc
-            if try_moves(cars, slots, amounts, 3, y, d, over, fslack, power_room, kwh, need, kw, up, on_a,
-                         g_start, g_row, g_val, n_fuse_rows, tol):
+            if _try_pair(k, u, t, inc, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_start, g_row,
+                         g_val, n_fuse_rows, tol, tries, cars, slots, amounts):
                 return True
     # Heavy side: a car that loads every broken row gives a step in t and takes it back elsewhere.
     seen = 0
@@ -265,11 +275,8 @@ def _move_into(i, t, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_
                 continue
             if tries[0] >= max_tries:
                 return False
-            tries[0] += 1
-            cars[1], slots[1], amounts[1] = h, t, -step
-            cars[2], slots[2], amounts[2] = h, u, step
-            if try_moves(cars, slots, amounts, 3, y, d, over, fslack, power_room, kwh, need, kw, up, on_a,
-                         g_start, g_row, g_val, n_fuse_rows, tol):
+            if _try_pair(h, t, u, step, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_start, g_row,
+                         g_val, n_fuse_rows, tol, tries, cars, slots, amounts):
                 return True
     return False
 
