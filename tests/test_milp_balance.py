@@ -2,9 +2,12 @@
 
 1. A hand-made block: a full light-phase car's energy sits in a slot the heavy phase does not
    need; the move into the blocked slot is the only way to serve the heavy-phase car.
-2. The kernel on random plans (rows -1/0/1 after the fuse rows, steps of 1 A and 0.1 A): its
-   bookkeeping equals a recomputation, no row that held breaks, no car's energy up to its need
-   falls, every cell stays in steps, "0 or >= min" and under its maximum.
+2. The kernel on random plans (rows -1/0/1 after the fuse rows, steps of 1 A and 0.1 A; and
+   single-phase cars under tight pairwise unbalance rows, slots of two lengths, the power cap at
+   the plan's peak): its bookkeeping equals a recomputation, no row that held breaks, no car's
+   energy up to its need falls, none passes its ceiling, every cell stays in steps, "0 or >= min"
+   and under its maximum; a partner never passes its ceiling; at the power cap a heavy-phase
+   partner's step out of the slot makes the room.
 3. The whole optimizer on an instance-matrix cell where rounding each car on its own left four
    single-phase cars short while a whole-ampere plan serves every car
    (benchmarks/exact_matrix.py): now every car is served and the plan keeps the limit with the
@@ -16,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 from test_milp_rounding import SETTINGS, _csr, check_unbalance_with_real_draws, plan_case
 
 import nowblock as nb
@@ -32,7 +36,7 @@ def _books(g, h, n_fuse, y, kwh, need, kw, power_cap):
     return d, over, fslack, room
 
 
-def _run(g, h, n_fuse, y, kwh, need, kw, up, on_a, step, power_cap, max_tries=10_000):
+def _run(g, h, n_fuse, y, kwh, need, kw, up, on_a, step, power_cap, max_tries=10_000, ceiling=None):
     y = np.ascontiguousarray(y, dtype=float).copy()
     d, over, fslack, room = _books(g, h, n_fuse, y, kwh, need, kw, power_cap)
     d, over, fslack, room = (np.ascontiguousarray(a) for a in (d, over, fslack, room))
@@ -41,7 +45,8 @@ def _run(g, h, n_fuse, y, kwh, need, kw, up, on_a, step, power_cap, max_tries=10
     order = order[(need - served)[order] > 1e-9]
     g_start, g_row, g_val = _csr(g.T)
     r_start, r_car, r_val = _csr(g)
-    made, _ = bk.serve_blocked(y, d, over, fslack, room, order, kwh, need, kw, up, on_a, g_start, g_row,
+    ceiling = np.full(len(need), np.inf) if ceiling is None else np.asarray(ceiling, dtype=float)
+    made, _ = bk.serve_blocked(y, d, over, fslack, room, order, kwh, need, ceiling, kw, up, on_a, g_start, g_row,
                                g_val.astype(float), r_start, r_car, r_val.astype(float), n_fuse, step, 1e-9,
                                max_tries)
     return y, d, over, fslack, room, made
@@ -75,6 +80,87 @@ def test_nothing_moves_where_the_light_car_cannot_give_its_step_back():
     y0, y, *_, made = _two_cars(np.array([[0.23, 0.0], [0.1, 0.23]]))
     np.testing.assert_allclose(y, y0)
     assert made == 0
+
+
+def test_a_partner_never_passes_its_energy_ceiling():
+    """Car 1's 6 A sit in a short slot (a quarter of the energy a step is worth in slot 0).
+    Moving them into slot 0 would serve car 0 but give car 1 four times its need: refused at a
+    ceiling of its need, made without one."""
+    g = np.array([[1.0, -1.0], [-1.0, 1.0]])
+    kwh = np.array([[0.23, 0.0], [0.23, 0.0575]])
+    y0 = np.array([[6.0, 0.0], [0.0, 6.0]])
+    need = np.array([10 * 0.23, 6 * 0.0575])
+    args = (g, np.full((2, 2), 6.0), 0, y0, kwh, need, np.array([0.23, 0.23]), np.array([[16.0, 0.0], [16.0, 16.0]]),
+            np.array([6.0, 6.0]), 1.0, np.inf)
+    y, *_, made = _run(*args, ceiling=need)
+    assert made == 0
+    np.testing.assert_array_equal(y, y0)
+    y, *_, made = _run(*args)
+    assert made >= 1 and y[1, 0] == 6.0
+
+
+def test_at_the_power_cap_a_heavy_phase_partner_makes_room():
+    """Slot 0 is the plan's peak (the cap): car 0 (L2, plugged in only there, short) cannot take
+    a step beside the 13 A on L2 against car 2's 7 A on L1 (limit 6 A). Car 1 (L2) gives a step
+    in slot 0 and takes it back in slot 1: the slot's power stays, car 0 gets its step."""
+    g = np.array([[1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])  # L2 - L1 <= 6, L1 - L2 <= 6
+    kwh = np.array([[0.23, 0.0], [0.23, 0.23], [0.23, 0.23]])
+    up = np.array([[16.0, 0.0], [16.0, 16.0], [16.0, 16.0]])
+    y0 = np.array([[6.0, 0.0], [7.0, 6.0], [7.0, 6.0]])
+    need = np.array([10 * 0.23, 13 * 0.23, 13 * 0.23])
+    kw = np.full(3, 0.23)
+    cap = float((kw @ y0).max())
+    y, d, over, fslack, room, made = _run(g, np.full((2, 2), 6.0), 0, y0, kwh, need, kw, up, np.full(3, 6.0), 1.0, cap)
+    np.testing.assert_allclose(y, [[7.0, 0.0], [6.0, 7.0], [7.0, 6.0]])
+    assert made == 1 and (room >= -1e-9).all() and (over <= 1e-9).all()
+
+
+@st.composite
+def blocked_case(draw):
+    """Small plans of single-phase cars (phases drawn) under the six pairwise unbalance rows held
+    tight by the start (0-3 A of room), with or without one fuse row a phase, slots of 15 or 30
+    minutes, the power cap at the start's peak (or 1 kW above), needs half, equal to or 1.5 times
+    what the start gives, ceilings one slot at the least setpoint above the need."""
+    n, T = draw(st.integers(2, 6)), draw(st.integers(2, 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    step = float(rng.choice([1.0, 0.1]))
+    phase = np.zeros((3, n))
+    phase[rng.integers(0, 3, n), np.arange(n)] = 1.0
+    unb = [phase[p] - phase[q] for p in range(3) for q in range(3) if p != q]
+    n_fuse = 3 * int(rng.integers(0, 2))
+    g = np.array(([phase[0], phase[1], phase[2]] if n_fuse else []) + unb)
+    on_a = np.full(n, 6.0)
+    up = np.where(rng.random((n, T)) < 0.8, 16.0, 0.0)
+    kw = np.full(n, 0.23)
+    kwh = kw[:, None] * rng.choice([0.25, 0.5], T)[None, :] * (up > 0)
+    y = np.where(rng.random((n, T)) < 0.6, np.floor(rng.uniform(6.0, 16.0, (n, T)) / step) * step, 0.0) * (up > 0)
+    need = (y * kwh).sum(axis=1) * rng.choice([0.5, 1.0, 1.5], n)
+    h = np.empty((len(g), T))
+    h[n_fuse:] = np.maximum(g[n_fuse:] @ y, 0.0) + rng.choice([0.0, 1.0, 3.0], (len(unb), T))
+    h[:n_fuse] = g[:n_fuse] @ y + rng.choice([0.0, 2.0, 10.0], (n_fuse, T))
+    cap = float((kw @ y).max()) + float(rng.choice([0.0, 1.0]))
+    ceiling = need + on_a * kwh.max(axis=1)
+    return g, h, n_fuse, y, kwh, need, kw, up, on_a, step, cap, ceiling
+
+
+@SETTINGS
+@given(blocked_case())
+def test_moves_among_single_phase_cars_keep_every_guarantee(c):
+    g, h, n_fuse, y0, kwh, need, kw, up, on_a, step, cap, ceiling = c
+    d0, over0, fslack0, room0 = _books(g, h, n_fuse, y0, kwh, need, kw, cap)
+    y, d, over, fslack, room, made = _run(g, h, n_fuse, y0, kwh, need, kw, up, on_a, step, cap, ceiling=ceiling)
+    d1, over1, fslack1, room1 = _books(g, h, n_fuse, y, kwh, need, kw, cap)
+    for got, want in ((d, d1), (over, over1), (fslack, fslack1), (room, room1)):
+        np.testing.assert_allclose(got, want, atol=1e-9)
+    assert (over1 <= np.maximum(over0, 1e-6) + 1e-9).all()
+    assert (fslack1 >= np.minimum(fslack0, 0.0) - 1e-9).all()
+    assert (room1 >= np.minimum(room0, 0.0) - 1e-6).all()
+    assert ((y == 0) | (y >= on_a[:, None] - 1e-9)).all() and (y <= up + 1e-9).all()
+    np.testing.assert_allclose(y / step, np.round(y / step), atol=1e-6)
+    e0, e1 = (y0 * kwh).sum(axis=1), (y * kwh).sum(axis=1)
+    assert (np.minimum(e1, need) >= np.minimum(e0, need) - 1e-9).all()
+    assert (e1 <= np.maximum(ceiling, e0) + 1e-9).all()
+    assert (made > 0) == (np.minimum(e1, need).sum() > np.minimum(e0, need).sum() + 1e-12)
 
 
 @SETTINGS

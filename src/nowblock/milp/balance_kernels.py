@@ -18,8 +18,11 @@ car short of its need and each slot where one more step of it breaks an unbalanc
 Every move is checked against every fuse row and the power cap of the slots it touches and
 against every unbalance row of every slot with the draws recomputed (a car's draws change in
 every later slot when its energy passes its need); a move is kept only if no row gets worse than
-it was (none that held breaks), no car's energy up to its need falls and the blocked car's
-rises. Bookkeeping as in :mod:`nowblock.milp.plan_kernels`: ``fslack`` [A] is ``h - G @ y``
+it was (none that held breaks), no car's energy up to its need falls, no car passes its energy
+ceiling and the blocked car's energy rises. Not handled: a car a *fuse* row blocks (a partner
+under the same fuse moving a step out would serve it, but it changes plans on sites without an
+unbalance limit too; measured and left for later, docs/bench_optimize.md, session 27); partners'
+other slots are tried in time order, not by price. Bookkeeping as in :mod:`nowblock.milp.plan_kernels`: ``fslack`` [A] is ``h - G @ y``
 over the fuse rows, ``over`` [A] the unbalance rows' left-hand side less ``h`` (<= 0 where they
 hold), ``d`` [A] what each car draws, ``power_room`` [kW] what the power cap leaves per slot.
 """
@@ -55,17 +58,30 @@ def _served(y_c, kwh_c, need_c):
 
 
 @njit(cache=True)
-def try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_start, g_row,
-              g_val, n_fuse_rows, tol):
+def _energy(y_c, kwh_c):
+    e = 0.0
+    for s in range(y_c.shape[0]):
+        e += y_c[s] * kwh_c[s]
+    return e
+
+
+@njit(cache=True)
+def try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up, on_a, g_start,
+              g_row, g_val, n_fuse_rows, tol):
     """Apply the ``m`` changes (car, slot, amount [A]) to plan ``y`` if the plan stays valid
-    (module docstring) and the first car's and every other touched car's energy up to its need
-    does not fall; returns True if applied (bookkeeping updated), else leaves everything as it
-    was."""
+    (module docstring), no touched car's energy up to its need falls and none ends above its
+    ``ceiling`` [kWh] unless it was there before (a step moved into a longer slot is worth
+    more); returns True if applied (bookkeeping updated), else leaves everything as it was (the
+    cells restored exactly, not by subtraction)."""
     n, T = y.shape
     before = np.empty(m)
+    total = np.empty(m)
+    old = np.empty(m)
     for q in range(m):
         c = cars[q]
         before[q] = _served(y[c], kwh[c], need[c])
+        total[q] = _energy(y[c], kwh[c])
+        old[q] = y[c, slots[q]]
     for q in range(m):
         y[cars[q], slots[q]] += amounts[q]
         if abs(y[cars[q], slots[q]]) < 1e-9:
@@ -78,9 +94,10 @@ def try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need
             ok = False
     if ok:
         for q in range(m):
-            c, s = cars[q], slots[q]
-            e = _served(y[c], kwh[c], need[c])
-            if e < before[q] - 1e-9:
+            c = cars[q]
+            if _served(y[c], kwh[c], need[c]) < before[q] - 1e-9:
+                ok = False
+            if _energy(y[c], kwh[c]) > max(ceiling[c], total[q]) + 1e-9:
                 ok = False
     # Fuse rows and the power cap of the touched slots.
     if ok:
@@ -108,8 +125,8 @@ def try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need
                         fslack[r, s] += g_val[p] * a
                 power_room[s] += kw[c] * a
     if not ok:
-        for q in range(m):
-            y[cars[q], slots[q]] -= amounts[q]
+        for q in range(m - 1, -1, -1):
+            y[cars[q], slots[q]] = old[q]
         return False
     # The unbalance rows of every slot, with the touched cars' draws recomputed.
     new = over.copy()
@@ -140,9 +157,10 @@ def try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need
             if new[r, s] > max(over[r, s], 1e-6):
                 ok = False
     if not ok:
+        for q in range(m - 1, -1, -1):
+            y[cars[q], slots[q]] = old[q]
         for q in range(m):
             c, s, a = cars[q], slots[q], amounts[q]
-            y[c, s] -= a
             for p in range(g_start[c], g_start[c + 1]):
                 r = g_row[p]
                 if r < n_fuse_rows:
@@ -170,30 +188,33 @@ def _coef(c, r, g_start, g_row, g_val):
 
 
 @njit(cache=True)
-def _try_pair(c, from_slot, to_slot, amount, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_start, g_row,
-              g_val, n_fuse_rows, tol, tries, cars, slots, amounts):
+def _try_pair(c, from_slot, to_slot, amount, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up, on_a, g_start,
+              g_row, g_val, n_fuse_rows, tol, tries, cars, slots, amounts):
     """The blocked car's step (``cars[0]``, ``slots[0]``, ``amounts[0]``) with car ``c`` moving
     ``amount`` [A] from ``from_slot`` to ``to_slot``: :func:`try_moves` on the three changes
     (counted in ``tries[0]``)."""
     tries[0] += 1
     cars[1], slots[1], amounts[1] = c, from_slot, -amount
     cars[2], slots[2], amounts[2] = c, to_slot, amount
-    return try_moves(cars, slots, amounts, 3, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_start,
-                     g_row, g_val, n_fuse_rows, tol)
+    return try_moves(cars, slots, amounts, 3, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up, on_a,
+                     g_start, g_row, g_val, n_fuse_rows, tol)
 
 
 @njit(cache=True)
-def _move_into(i, t, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_start, g_row, g_val, r_start, r_car,
-               r_val, n_fuse_rows, step, tol, tries, max_tries, cars, slots, amounts, blocked, on_start, on_slot,
-               max_partners):
+def _move_into(i, t, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up, on_a, g_start, g_row, g_val, r_start,
+               r_car, r_val, n_fuse_rows, step, tol, tries, max_tries, cars, slots, amounts, blocked, on_start,
+               on_slot, max_partners):
     """One move that gives car ``i`` a step (its least setpoint, from 0) in slot ``t``; True if
     made. ``tries[0]`` counts the moves tried, ``tries[1]`` the slots looked at. A partner gives
     or takes its step back only in a slot where it was on when the pass began
     (``on_slot[on_start[k]:on_start[k + 1]]``; a slot since emptied is skipped); at most
     ``max_partners`` partners a side are looked at."""
     a = step if y[i, t] > 0.0 else on_a[i]
-    if y[i, t] + a > up[i, t] + tol or kw[i] * a > power_room[t] + 1e-6:
+    if y[i, t] + a > up[i, t] + tol:
         return False
+    # At the power cap only a heavy-side partner's step out of the slot can make room (the
+    # moves' own check in try_moves decides).
+    power_full = kw[i] * a > power_room[t] + 1e-6
     nb = 0
     for p in range(g_start[i], g_start[i + 1]):
         r = g_row[p]
@@ -205,13 +226,17 @@ def _move_into(i, t, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_
             nb += 1
     cars[0], slots[0], amounts[0] = i, t, a
     if nb == 0:
+        if power_full:
+            return False
         tries[0] += 1
-        return try_moves(cars, slots, amounts, 1, y, d, over, fslack, power_room, kwh, need, kw, up, on_a,
+        return try_moves(cars, slots, amounts, 1, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up, on_a,
                          g_start, g_row, g_val, n_fuse_rows, tol)
     r0 = blocked[0]
     # Light side: a car on the light side of every broken row moves a step into t.
     seen = 0
     for s_ in range(r_start[r0], r_start[r0 + 1]):
+        if power_full:
+            break
         k = r_car[s_]
         if r_val[s_] >= 0 or k == i or kwh[k, t] <= 0.0:
             continue
@@ -243,8 +268,8 @@ def _move_into(i, t, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_
                 continue
             if tries[0] >= max_tries:
                 return False
-            if _try_pair(k, u, t, inc, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_start, g_row,
-                         g_val, n_fuse_rows, tol, tries, cars, slots, amounts):
+            if _try_pair(k, u, t, inc, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up, on_a, g_start,
+                         g_row, g_val, n_fuse_rows, tol, tries, cars, slots, amounts):
                 return True
     # Heavy side: a car that loads every broken row gives a step in t and takes it back elsewhere.
     seen = 0
@@ -275,22 +300,24 @@ def _move_into(i, t, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_
                 continue
             if tries[0] >= max_tries:
                 return False
-            if _try_pair(h, t, u, step, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_start, g_row,
-                         g_val, n_fuse_rows, tol, tries, cars, slots, amounts):
+            if _try_pair(h, t, u, step, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up, on_a, g_start,
+                         g_row, g_val, n_fuse_rows, tol, tries, cars, slots, amounts):
                 return True
     return False
 
 
 @njit(cache=True)
-def serve_blocked(y, d, over, fslack, power_room, order, kwh, need, kw, up, on_a, g_start, g_row, g_val, r_start,
-                  r_car, r_val, n_fuse_rows, step, tol, max_tries, max_work=-1, max_partners=32):
+def serve_blocked(y, d, over, fslack, power_room, order, kwh, need, ceiling, kw, up, on_a, g_start, g_row, g_val,
+                  r_start, r_car, r_val, n_fuse_rows, step, tol, max_tries, max_work=-1, max_partners=32):
     """For the cars in ``order`` (short of their need first), the moves of the module docstring,
     slot by slot and again in the same slot while one is made, until each car has its need, no
     move is left, or ``max_tries`` moves have been tried. Changes ``y``, ``d``, ``over``,
     ``fslack`` and ``power_room`` in place; returns the number of moves made and of moves
-    tried. ``max_work`` bounds the partner slots looked at (default: 50 per cell of ``y``),
-    ``max_partners`` the partners a side per car and slot: the search is a heuristic, and its
-    time must stay a fraction of the rounding's own."""
+    tried. ``ceiling`` [kWh] per car is the most energy a plan may give it (a car above it
+    already may keep what it has). ``max_work`` limits the partner slots looked at (default: 50
+    per cell of ``y``; checked between moves, so one car and slot may pass it by at most
+    ``2 * max_partners * T``), ``max_partners`` the partners a side per car and slot: the
+    search is a heuristic, and its time must stay a fraction of the rounding's own."""
     n, T = y.shape
     if max_work < 0:
         max_work = 50 * n * T
@@ -320,9 +347,9 @@ def serve_blocked(y, d, over, fslack, power_room, order, kwh, need, kw, up, on_a
             if kwh[i, t] <= 0.0 or up[i, t] <= 0.0:
                 continue
             while tries[0] < max_tries and tries[1] < max_work and _served(y[i], kwh[i], need[i]) < need[i] - 1e-9:
-                if not _move_into(i, t, y, d, over, fslack, power_room, kwh, need, kw, up, on_a, g_start, g_row,
-                                  g_val, r_start, r_car, r_val, n_fuse_rows, step, tol, tries, max_tries, cars, slots,
-                                  amounts, blocked, on_start, on_slot, max_partners):
+                if not _move_into(i, t, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up, on_a, g_start,
+                                  g_row, g_val, r_start, r_car, r_val, n_fuse_rows, step, tol, tries, max_tries, cars,
+                                  slots, amounts, blocked, on_start, on_slot, max_partners):
                     break
                 made += 1
             if tries[0] >= max_tries or tries[1] >= max_work:

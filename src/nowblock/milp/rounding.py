@@ -334,7 +334,8 @@ def serve_unbalance_blocked(form: Formulation, y: np.ndarray, on_a: np.ndarray, 
     heavy-phase car out of it (:func:`nowblock.milp.balance_kernels.serve_blocked`); plan ``y``
     [A] changes in place. Every unbalance row keeps the light side at what its cars draw, every
     fuse row holds, no slot's power rises above the plan's peak (``power_kw`` [kW] per slot,
-    base load included; default: charging alone), and no car's energy up to its need falls.
+    base load included; default: charging alone), no car's energy up to its need falls and none
+    passes its energy ceiling (:attr:`Formulation.ceiling_kwh`).
 
     The LP balances the phases with fractional currents; rounding each car to whole steps on its
     own loses that where a full light-phase car's energy sits in a slot the heavy phase does not
@@ -359,7 +360,7 @@ def serve_unbalance_blocked(form: Formulation, y: np.ndarray, on_a: np.ndarray, 
     order = cars[np.argsort(-(weight[cars] * short[cars]), kind="stable")].astype(np.int64)
     kw = np.asarray(form.kw_per_a, dtype=float)
     power = kw @ y if power_kw is None else np.asarray(power_kw, dtype=float)
-    power_room = np.ascontiguousarray(float(power.max(initial=0.0)) - power)
+    power_room = np.ascontiguousarray(float(power.max()) - power)
     d = np.ascontiguousarray(_drawn_rows(y, kwh, need))
     g = lim.g[nf:]
     over = np.ascontiguousarray(np.clip(g, 0.0, None) @ y + np.clip(g, None, 0.0) @ d - lim.h[nf:])
@@ -369,7 +370,8 @@ def serve_unbalance_blocked(form: Formulation, y: np.ndarray, on_a: np.ndarray, 
     g_start, g_row, g_val = lim.by_car
     r_start, r_car, r_val = lim.by_row
     up = pilot_bounds(form)[0]
-    made, _ = bk.serve_blocked(y, d, over, fslack, power_room, order, kwh, need, kw, up,
+    ceiling = np.maximum(np.asarray(form.ceiling_kwh, dtype=float), need)
+    made, _ = bk.serve_blocked(y, d, over, fslack, power_room, order, kwh, need, ceiling, kw, up,
                                np.asarray(on_a, dtype=float), g_start, g_row, g_val, r_start, r_car, r_val, nf,
                                float(form.options.current_step_a), 1e-9, int(max_tries))
     return int(made)
