@@ -188,6 +188,21 @@ def _coef(c, r, g_start, g_row, g_val):
 
 
 @njit(cache=True)
+def _room_at(c, u, side, amount, d, over, g_start, g_row, g_val, n_fuse_rows):
+    """Whether the unbalance rows of slot ``u`` have room for car ``c`` moving ``amount`` [A]
+    there: into ``u`` (``side`` +1: the rows it loads) or out of ``u`` (-1: the rows it
+    lightens lose what it drew there, at most ``amount``)."""
+    for p in range(g_start[c], g_start[c + 1]):
+        r = g_row[p]
+        if r < n_fuse_rows or g_val[p] * side <= 0:
+            continue
+        change = g_val[p] * amount if side > 0 else -g_val[p] * min(amount, d[c, u])
+        if over[r - n_fuse_rows, u] + change > 1e-6:
+            return False
+    return True
+
+
+@njit(cache=True)
 def _try_pair(c, from_slot, to_slot, amount, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up, on_a, g_start,
               g_row, g_val, n_fuse_rows, tol, tries, cars, slots, amounts):
     """The blocked car's step (``cars[0]``, ``slots[0]``, ``amounts[0]``) with car ``c`` moving
@@ -232,77 +247,53 @@ def _move_into(i, t, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up,
         return try_moves(cars, slots, amounts, 1, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up, on_a,
                          g_start, g_row, g_val, n_fuse_rows, tol)
     r0 = blocked[0]
-    # Light side: a car on the light side of every broken row moves a step into t.
-    seen = 0
-    for s_ in range(r_start[r0], r_start[r0 + 1]):
-        if power_full:
-            break
-        k = r_car[s_]
-        if r_val[s_] >= 0 or k == i or kwh[k, t] <= 0.0:
+    # side -1: a car on the light side of every broken row moves a step into t (from a slot of
+    # its own worth no more energy); side +1: a car that loads every broken row moves a step out
+    # of t (into a slot worth no less). At the power cap only the second can make room.
+    for side in (-1, 1):
+        if side < 0 and power_full:
             continue
-        light = True
-        for b in range(1, nb):
-            if _coef(k, blocked[b], g_start, g_row, g_val) >= 0:
-                light = False
-        inc = step if y[k, t] > 0.0 else on_a[k]
-        if not light or y[k, t] + inc > up[k, t] + tol:
-            continue
-        seen += 1
-        if seen > max_partners:
-            break
-        for e in range(on_start[k], on_start[k + 1]):
-            u = on_slot[e]
-            tries[1] += 1
-            if u == t or y[k, u] <= 0.0 or kwh[k, u] > kwh[k, t] + 1e-12:
+        seen = 0
+        for s_ in range(r_start[r0], r_start[r0 + 1]):
+            c = r_car[s_]
+            if r_val[s_] * side <= 0 or c == i:
                 continue
-            left = y[k, u] - inc
-            if left < -tol or (left > tol and left < on_a[k] - tol):
+            same_side = True
+            for b in range(1, nb):
+                if _coef(c, blocked[b], g_start, g_row, g_val) * side <= 0:
+                    same_side = False
+            if not same_side:
                 continue
-            # Its draw there falls: the rows it lightens there must have room.
-            room = True
-            for p in range(g_start[k], g_start[k + 1]):
-                r = g_row[p]
-                if r >= n_fuse_rows and g_val[p] < 0 and over[r - n_fuse_rows, u] - g_val[p] * min(inc, d[k, u]) > 1e-6:
-                    room = False
-            if not room:
-                continue
-            if tries[0] >= max_tries:
-                return False
-            if _try_pair(k, u, t, inc, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up, on_a, g_start,
-                         g_row, g_val, n_fuse_rows, tol, tries, cars, slots, amounts):
-                return True
-    # Heavy side: a car that loads every broken row gives a step in t and takes it back elsewhere.
-    seen = 0
-    for s_ in range(r_start[r0], r_start[r0 + 1]):
-        h = r_car[s_]
-        if r_val[s_] <= 0 or h == i or y[h, t] - step < on_a[h] - tol:
-            continue
-        heavy = True
-        for b in range(1, nb):
-            if _coef(h, blocked[b], g_start, g_row, g_val) <= 0:
-                heavy = False
-        if not heavy:
-            continue
-        seen += 1
-        if seen > max_partners:
-            break
-        for e in range(on_start[h], on_start[h + 1]):
-            u = on_slot[e]
-            tries[1] += 1
-            if u == t or y[h, u] <= 0.0 or y[h, u] + step > up[h, u] + tol or kwh[h, u] < kwh[h, t] - 1e-12:
-                continue
-            room = True
-            for p in range(g_start[h], g_start[h + 1]):
-                r = g_row[p]
-                if r >= n_fuse_rows and g_val[p] > 0 and over[r - n_fuse_rows, u] + g_val[p] * step > 1e-6:
-                    room = False
-            if not room:
-                continue
-            if tries[0] >= max_tries:
-                return False
-            if _try_pair(h, t, u, step, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up, on_a, g_start,
-                         g_row, g_val, n_fuse_rows, tol, tries, cars, slots, amounts):
-                return True
+            if side < 0:
+                amount = step if y[c, t] > 0.0 else on_a[c]
+                if kwh[c, t] <= 0.0 or y[c, t] + amount > up[c, t] + tol:
+                    continue
+            else:
+                amount = step
+                if y[c, t] - step < on_a[c] - tol:
+                    continue
+            seen += 1
+            if seen > max_partners:
+                break
+            for e in range(on_start[c], on_start[c + 1]):
+                u = on_slot[e]
+                tries[1] += 1
+                if u == t or y[c, u] <= 0.0:
+                    continue
+                if side < 0:
+                    left = y[c, u] - amount
+                    if kwh[c, u] > kwh[c, t] + 1e-12 or left < -tol or (left > tol and left < on_a[c] - tol):
+                        continue
+                elif y[c, u] + amount > up[c, u] + tol or kwh[c, u] < kwh[c, t] - 1e-12:
+                    continue
+                if not _room_at(c, u, side, amount, d, over, g_start, g_row, g_val, n_fuse_rows):
+                    continue
+                if tries[0] >= max_tries:
+                    return False
+                if _try_pair(c, u if side < 0 else t, t if side < 0 else u, amount, y, d, over, fslack, power_room,
+                             kwh, need, ceiling, kw, up, on_a, g_start, g_row, g_val, n_fuse_rows, tol, tries, cars,
+                             slots, amounts):
+                    return True
     return False
 
 
