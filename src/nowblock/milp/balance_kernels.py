@@ -66,6 +66,18 @@ def _energy(y_c, kwh_c):
 
 
 @njit(cache=True)
+def _book_fuses(cars, slots, amounts, m, sign, fslack, power_room, kw, g_start, g_row, g_val, n_fuse_rows):
+    """The fuse rows' room [A] and the power cap's room [kW] after the ``m`` changes (``sign``
+    1) or after taking them back (-1)."""
+    for q in range(m):
+        c, s, a = cars[q], slots[q], sign * amounts[q]
+        for p in range(g_start[c], g_start[c + 1]):
+            if g_row[p] < n_fuse_rows:
+                fslack[g_row[p], s] -= g_val[p] * a
+        power_room[s] -= kw[c] * a
+
+
+@njit(cache=True)
 def try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up, on_a, g_start,
               g_row, g_val, n_fuse_rows, tol):
     """Apply the ``m`` changes (car, slot, amount [A]) to plan ``y`` if the plan stays valid
@@ -101,13 +113,7 @@ def try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need
                 ok = False
     # Fuse rows and the power cap of the touched slots.
     if ok:
-        for q in range(m):
-            c, s, a = cars[q], slots[q], amounts[q]
-            for p in range(g_start[c], g_start[c + 1]):
-                r = g_row[p]
-                if r < n_fuse_rows:
-                    fslack[r, s] -= g_val[p] * a
-            power_room[s] -= kw[c] * a
+        _book_fuses(cars, slots, amounts, m, 1.0, fslack, power_room, kw, g_start, g_row, g_val, n_fuse_rows)
         for q in range(m):
             c, s = cars[q], slots[q]
             for p in range(g_start[c], g_start[c + 1]):
@@ -117,13 +123,7 @@ def try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need
             if power_room[s] < -1e-6:
                 ok = False
         if not ok:
-            for q in range(m):
-                c, s, a = cars[q], slots[q], amounts[q]
-                for p in range(g_start[c], g_start[c + 1]):
-                    r = g_row[p]
-                    if r < n_fuse_rows:
-                        fslack[r, s] += g_val[p] * a
-                power_room[s] += kw[c] * a
+            _book_fuses(cars, slots, amounts, m, -1.0, fslack, power_room, kw, g_start, g_row, g_val, n_fuse_rows)
     if not ok:
         for q in range(m - 1, -1, -1):
             y[cars[q], slots[q]] = old[q]
@@ -133,11 +133,7 @@ def try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need
     nd = np.empty((m, T))
     for q in range(m):
         c = cars[q]
-        first = True
-        for qq in range(q):
-            if cars[qq] == c:
-                first = False
-        if not first:
+        if not _first(cars, q):
             continue
         drawn_row(y[c], kwh[c], need[c], nd[q])
         for p in range(g_start[c], g_start[c + 1]):
@@ -159,23 +155,21 @@ def try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need
     if not ok:
         for q in range(m - 1, -1, -1):
             y[cars[q], slots[q]] = old[q]
-        for q in range(m):
-            c, s, a = cars[q], slots[q], amounts[q]
-            for p in range(g_start[c], g_start[c + 1]):
-                r = g_row[p]
-                if r < n_fuse_rows:
-                    fslack[r, s] += g_val[p] * a
-            power_room[s] += kw[c] * a
+        _book_fuses(cars, slots, amounts, m, -1.0, fslack, power_room, kw, g_start, g_row, g_val, n_fuse_rows)
         return False
     over[:, :] = new
     for q in range(m):
-        c = cars[q]
-        first = True
-        for qq in range(q):
-            if cars[qq] == c:
-                first = False
-        if first:
-            d[c, :] = nd[q]
+        if _first(cars, q):
+            d[cars[q], :] = nd[q]
+    return True
+
+
+@njit(cache=True)
+def _first(cars, q):
+    """Whether ``cars[q]`` is the first entry of its car among ``cars[:q + 1]``."""
+    for qq in range(q):
+        if cars[qq] == cars[q]:
+            return False
     return True
 
 
