@@ -199,7 +199,7 @@ class MilpPolicy:
     def warm_up() -> float:
         """Compile the planning step's numba kernels now; returns the seconds it took.
 
-        The first step on a machine compiles them (26 s on this 2-core box with an empty numba
+        The first step on a machine compiles them (26-28 s on this 2-core box with an empty numba
         cache, measured in session 27; 14 s before the unbalance moves of
         :mod:`nowblock.milp.balance_kernels`), later processes load them from numba's on-disk
         cache (0.7 s). A live controller calls this
