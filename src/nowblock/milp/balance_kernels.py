@@ -50,19 +50,16 @@ def drawn_row(y_c, kwh_c, need_c, out):
 
 
 @njit(cache=True)
-def _served(y_c, kwh_c, need_c):
-    e = 0.0
-    for s in range(y_c.shape[0]):
-        e += y_c[s] * kwh_c[s]
-    return min(e, need_c)
-
-
-@njit(cache=True)
 def _energy(y_c, kwh_c):
     e = 0.0
     for s in range(y_c.shape[0]):
         e += y_c[s] * kwh_c[s]
     return e
+
+
+@njit(cache=True)
+def _served(y_c, kwh_c, need_c):
+    return min(_energy(y_c, kwh_c), need_c)
 
 
 @njit(cache=True)

@@ -75,13 +75,20 @@ def pilot_bounds(form: Formulation) -> tuple[np.ndarray, np.ndarray]:
     return up, on_a
 
 
+def shortfall_weights(form: Formulation) -> np.ndarray:
+    """Per car what a kWh it misses weighs (its priority times its shortfall weight), shape (n,)."""
+    w = np.asarray(form.priority, dtype=float) * (1.0 if form.shortfall_weight is None
+                                                 else np.asarray(form.shortfall_weight, dtype=float))
+    return np.broadcast_to(w, (form.n_cars,)).astype(float)
+
+
 def car_order(form: Formulation, target_kwh: np.ndarray, usable: np.ndarray) -> np.ndarray:
     """The order cars are served in: earliest last usable slot first, then the heavier shortfall
     weight, then the smaller share of need already targeted; ``sharing="fair"`` puts the share
     first."""
     T = form.n_slots
     last = np.where(usable.any(axis=1), T - 1 - np.argmax(usable[:, ::-1], axis=1), T)
-    weight = form.priority * (1.0 if form.shortfall_weight is None else form.shortfall_weight)
+    weight = shortfall_weights(form)
     need = np.maximum(form.need_kwh, 0.0)
     share = np.where(need > 1e-9, target_kwh / np.maximum(need, 1e-9), 1.0)
     if form.options.sharing == "fair":
@@ -200,17 +207,14 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
     # get beyond their need, where a car short of its need could use them.
     if (need - delivered > 1e-9).any():
         pk.fill(y, delivered, need, kwh, up, on_a, order, by_cost, *rows, no_cap, step, _TOL)
-        weight = np.asarray(form.priority, dtype=float) * (1.0 if form.shortfall_weight is None
-                                                            else np.asarray(form.shortfall_weight, dtype=float))
-        pk.pass_on_excess(y, delivered, need, np.broadcast_to(weight, (n,)).copy(), kwh, up, on_a, *rows, no_cap,
+        pk.pass_on_excess(y, delivered, need, shortfall_weights(form), kwh, up, on_a, *rows, no_cap,
                           step, _TOL)
     y = np.round(y / step) * step  # whole steps exactly (sums of steps drift in floating point)
     if keep_unbalance_drawn(form, y, on_a):
         # The cars lowered may find room in other slots: fill up to the need, repair again, and
         # keep the result while it lowers the weighted shortfall (a fill can overshoot a light-
         # side car's need and so break a row with real draws again: hence the comparison).
-        weight = np.asarray(form.priority, dtype=float) * (1.0 if form.shortfall_weight is None
-                                                            else np.asarray(form.shortfall_weight, dtype=float))
+        weight = shortfall_weights(form)
 
         def short(z):
             return float((weight * np.maximum(need - (z * kwh).sum(axis=1), 0.0)).sum())
@@ -229,7 +233,7 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
             y = z
     # Not for the plan from nothing: it is the fallback when time is short, and the moves cost
     # 0.25 s of its 1.7 s at 2,000 cars x 288 slots (a call limited to 1.65 s returned in 1.9 s).
-    if x_a is not None and serve_unbalance_blocked(form, y, on_a, base + kw @ y):
+    if x_a is not None and serve_unbalance_blocked(form, y):
         y = np.round(y / step) * step
     y, repaired = _recheck(form, y, up, on_a)
     energy = (y * kwh).sum(axis=1)
@@ -330,15 +334,14 @@ def keep_unbalance_drawn(form: Formulation, y: np.ndarray, on_a: np.ndarray) -> 
     return steps
 
 
-def serve_unbalance_blocked(form: Formulation, y: np.ndarray, on_a: np.ndarray, power_kw: np.ndarray | None = None,
-                            max_tries: int | None = None) -> int:
+def serve_unbalance_blocked(form: Formulation, y: np.ndarray, max_tries: int | None = None) -> int:
     """Give cars short of their need the steps an unbalance row blocks, by moving a step of a
     light-phase car into the slot (from a slot of its own worth no more energy) or a step of a
     heavy-phase car out of it (:func:`nowblock.milp.balance_kernels.serve_blocked`); plan ``y``
     [A] changes in place. Every unbalance row keeps the light side at what its cars draw, every
-    fuse row holds, no slot's power rises above the plan's peak (``power_kw`` [kW] per slot,
-    base load included; default: charging alone), no car's energy up to its need falls and none
-    passes its energy ceiling (:attr:`Formulation.ceiling_kwh`).
+    fuse row holds, no slot's power (base load and charging) rises above the plan's peak, no
+    car's energy up to its need falls and none passes its energy ceiling
+    (:attr:`Formulation.ceiling_kwh`).
 
     The LP balances the phases with fractional currents; rounding each car to whole steps on its
     own loses that where a full light-phase car's energy sits in a slot the heavy phase does not
@@ -354,15 +357,14 @@ def serve_unbalance_blocked(form: Formulation, y: np.ndarray, on_a: np.ndarray, 
         return 0
     kwh = np.ascontiguousarray(form.energy_per_a_kwh, dtype=float)
     need = np.maximum(np.nan_to_num(np.asarray(form.need_kwh, dtype=float)), 0.0)
-    weight = np.broadcast_to(np.asarray(form.priority, dtype=float) * (
-        1.0 if form.shortfall_weight is None else np.asarray(form.shortfall_weight, dtype=float)), (form.n_cars,))
+    weight = shortfall_weights(form)
     short = need - (y * kwh).sum(axis=1)
     cars = np.nonzero(short > 1e-9)[0]
     if not len(cars):
         return 0
     order = cars[np.argsort(-(weight[cars] * short[cars]), kind="stable")].astype(np.int64)
     kw = np.asarray(form.kw_per_a, dtype=float)
-    power = kw @ y if power_kw is None else np.asarray(power_kw, dtype=float)
+    power = np.asarray(form.base_kw, dtype=float) + kw @ y
     power_room = np.ascontiguousarray(float(power.max()) - power)
     d = np.ascontiguousarray(_drawn_rows(y, kwh, need))
     g = lim.g[nf:]
@@ -372,7 +374,7 @@ def serve_unbalance_blocked(form: Formulation, y: np.ndarray, on_a: np.ndarray, 
         max_tries = min(40 * len(cars) * form.n_slots, 200_000)
     g_start, g_row, g_val = lim.by_car
     r_start, r_car, r_val = lim.by_row
-    up = pilot_bounds(form)[0]
+    up, on_a = pilot_bounds(form)
     ceiling = np.maximum(np.asarray(form.ceiling_kwh, dtype=float), need)
     made, _ = bk.serve_blocked(y, d, over, fslack, power_room, order, kwh, need, ceiling, kw, up,
                                np.asarray(on_a, dtype=float), g_start, g_row, g_val, r_start, r_car, r_val, nf,
