@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyomo.environ as pyo
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from nowblock.milp import OptimizeOptions, from_sessions, solve_formulation
@@ -35,22 +35,32 @@ def test_pyomo_and_fast_path_agree(n, seed, unbalance, opts):
     _agree(_form(n, seed, unbalance, **opts))
 
 
-def _agree(form):
+def _agree(form, require_optimal=True):
     """Both backends solve the very same MILP to the same optimum; through ``solve_formulation``
-    each returns a real plan whose objective no bound of the other undercuts."""
+    each returns a real plan whose objective no bound of the other undercuts.
+
+    ``require_optimal=False`` (random instances): a MILP HiGHS cannot close within the time limit
+    is allowed to stop there with an incumbent, and then what still holds is checked: each
+    backend's proven bound lies below the other's solution (the same model), and the objectives
+    agree only when both closed their gap. (A random 6-car tree with every slot binary, seed
+    148, stopped both at 60 s with the gap open; the suite then ran 17 minutes.)"""
     from nowblock.milp.highs_fast import solve_highs
     from nowblock.milp.pyomo_model import solve_pyomo
 
     a, b = solve_highs(form), solve_pyomo(form)
     gap = form.options.mip_rel_gap
-    assert a.status == b.status == "optimal"
+    allowed = ("optimal",) if require_optimal else ("optimal", "time_limit")
+    assert a.status in allowed and b.status in allowed, (a.status, b.status)
+    assert np.isfinite(a.objective) and np.isfinite(b.objective) and np.isfinite(a.bound) and np.isfinite(b.bound)
     # Both within their gap of the one optimum: each objective above the other's bound.
-    assert a.objective == pytest.approx(b.objective, rel=max(1e-6, 2 * gap), abs=1e-6)
+    if a.status == b.status == "optimal":
+        assert a.objective == pytest.approx(b.objective, rel=max(1e-6, 2 * gap), abs=1e-6)
     assert a.bound <= b.objective + 1e-6 and b.bound <= a.objective + 1e-6
     fast = solve_formulation(form)
     slow = solve_formulation(form.with_options(backend="pyomo"))
     assert fast.backend == "highs" and slow.backend == "pyomo"
-    assert fast.status in ("optimal", "suboptimal") and slow.status in ("optimal", "suboptimal")
+    done = ("optimal", "suboptimal") if require_optimal else ("optimal", "suboptimal", "time_limit")
+    assert fast.status in done and slow.status in done, (fast.status, slow.status)
     tol = 1e-6 * max(1.0, abs(fast.objective))
     assert slow.bound <= fast.objective + tol and fast.bound <= slow.objective + tol
     for s in (fast, slow):
@@ -67,6 +77,7 @@ _MATRIX_SHAPES = st.builds(MatrixCell, n_cars=st.integers(2, 7), fuse_share=st.s
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cell=_MATRIX_SHAPES, seed=st.integers(0, 1000), mip_all_slots=st.booleans())
+@example(cell=MatrixCell(6, 0.35, True, "15min", False, False), seed=148, mip_all_slots=True)  # does not close
 def test_backends_agree_on_every_matrix_shape(cell, seed, mip_all_slots):
     # Small random instances of every shape of the benchmark matrix (flat or 3-level tree with
     # single-phase chargers, 15 or 5 minutes, base load and prices or not, unbalance or not).
@@ -74,10 +85,11 @@ def test_backends_agree_on_every_matrix_shape(cell, seed, mip_all_slots):
     form = from_sessions(b["site"], b["sessions"], start=b["start"], horizon="2h", step=cell.step,
                          base_load=b["base_load"], prices=b["prices"],
                          # a gap HiGHS closes in seconds: at 1e-7 a 3-car, 24-slot instance with
-                         # every slot binary stopped at 60 s with 0.04 % left (seed 0, 5 min, prices)
-                         options=OptimizeOptions(mip_rel_gap=1e-3, time_limit_s=60,
+                         # every slot binary stopped at 60 s with 0.04 % left (seed 0, 5 min, prices);
+                         # some still do not close (below), hence 5 s and the weaker check then
+                         options=OptimizeOptions(mip_rel_gap=1e-3, time_limit_s=5,
                                                  binary_slots=None if mip_all_slots else 4))
-    _agree(form)
+    _agree(form, require_optimal=False)
 
 
 def test_lp_relaxations_agree():
