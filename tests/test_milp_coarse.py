@@ -128,3 +128,24 @@ def test_the_lagrangian_refuses_a_matrix_whose_priced_rows_hold_other_columns():
     rows = np.arange(mf.rows["unbalance"].start, mf.rows["unbalance"].stop)
     with pytest.raises(ValueError, match="other than a current"):
         Lagrangian(form, mf, rows)
+
+
+def test_the_ascent_starts_no_evaluation_past_its_stop():
+    # A call near its time limit: the ascent evaluates its first start (the given prices) and
+    # nothing after it, so it cannot push the call past the limit by a start or a step.
+    _, form = _form(24, 424, False, False)
+    m = coarse_factor(form)
+    coarse = coarse_formulation(form.with_options(peak_eur_per_kw=0.0), m)
+    mfc = coarse.matrix(relax=True)
+    mf = form.matrix(relax=True)
+    res_c = solve_matrix(coarse, mfc, 30)
+    rows, lam = fine_row_prices(form, mf, coarse, mfc, res_c.row_dual, m)
+    car, slot = form.cells
+    x = expand(form, coarse.current_from_cells(mfc.current_a(res_c.values)), m)
+    target = float(mf.cost @ plan_columns(form, mf, x[car, slot]))  # a feasible point's objective
+    lagr = Lagrangian(form, mf, rows)
+    value, prices, steps = improve_bound(lagr, lam, target, time.perf_counter() - 1.0)
+    assert steps == 0 and np.array_equal(prices, lam) and value == lagr.value(lam)[0]
+    # With time, on the same block, it moves (from a better start and by steps).
+    value2, _, steps2 = improve_bound(lagr, lam, target, time.perf_counter() + 10.0)
+    assert steps2 > 0 and value2 > value
