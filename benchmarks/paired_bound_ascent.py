@@ -21,12 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from exact_matrix import parse_cell  # noqa: E402
 from milp_matrix import check_schedule  # noqa: E402
 
 import nowblock as nb  # noqa: E402
 from nowblock.milp import solve as solve_mod  # noqa: E402
 from nowblock.milp.highs_fast import solve_matrix  # noqa: E402
-from nowblock.milp.testing import MatrixCell, matrix_block  # noqa: E402
+from nowblock.milp.testing import matrix_block  # noqa: E402
 
 
 def _no_ascent(lagr, lam, target, stop_at, **kwargs):
@@ -36,9 +37,8 @@ def _no_ascent(lagr, lam, target, stop_at, **kwargs):
 
 def cell_block(label: str):
     """The matrix block of a cell label such as ``1000-15%-flat-5min-load-unb``, and its step."""
-    n, share, shape, step, *rest = label.split("-")
-    cell = MatrixCell(int(n), float(share.rstrip("%")) / 100, shape == "tree", step, "load" in rest, "unb" in rest)
-    return matrix_block(cell), step
+    cell = parse_cell(label)
+    return matrix_block(cell), cell.step
 
 
 def run(label: str, fine_lp: bool) -> dict:
