@@ -46,7 +46,6 @@ needs (``status="fallback"``, ``method="greedy"``); if HiGHS raises, the baselin
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
