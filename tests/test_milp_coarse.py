@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -36,27 +37,34 @@ def _form(n, seed, tree, unbalance, step="5min", **opts):
                             base_load=b["base_load"], prices=b["prices"], **opts)
 
 
+def _coarse(form):
+    """The coarse LP of ``form`` (without the peak term) solved, its point on the fine slots, the
+    fine LP's matrix and the coarse duals as prices on its fuse and unbalance rows."""
+    m = coarse_factor(form)
+    coarse = coarse_formulation(form.with_options(peak_eur_per_kw=0.0), m)
+    mfc = coarse.matrix(relax=True)
+    res_c = solve_matrix(coarse, mfc, 30)
+    mf = form.matrix(relax=True)
+    x = expand(form, coarse.current_from_cells(mfc.current_a(res_c.values)), m)
+    rows, lam = fine_row_prices(form, mf, coarse, mfc, res_c.row_dual, m)
+    return SimpleNamespace(m=m, res_c=res_c, mf=mf, x=x, rows=rows, lam=lam)
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 500), tree=st.booleans(), unbalance=st.booleans(), scale=st.floats(0.0, 3.0))
 @example(seed=424, tree=False, unbalance=False, scale=1.0)  # the coarse duals' worst block (28 % low)
 def test_coarse_plan_is_fine_feasible_and_any_prices_give_a_bound(seed, tree, unbalance, scale):
     _, form = _form(24, seed, tree, unbalance)
-    m = coarse_factor(form)
-    assert m == 3
-    f0 = form.with_options(peak_eur_per_kw=0.0)
-    coarse = coarse_formulation(f0, m)
-    mfc = coarse.matrix(relax=True)
-    res_c = solve_matrix(coarse, mfc, 30)
-    assert res_c.status == "optimal" and res_c.row_dual is not None
-    mf = form.matrix(relax=True)
+    c = _coarse(form)
+    assert c.m == 3
+    assert c.res_c.status == "optimal" and c.res_c.row_dual is not None
+    mf, x, rows, lam = c.mf, c.x, c.rows, c.lam
     # The coarse solution, repeated over the fine slots, keeps every fine row and bound.
-    x = expand(form, coarse.current_from_cells(mfc.current_a(res_c.values)), m)
     car, slot = form.cells
     assert is_feasible(mf, plan_columns(form, mf, x[car, slot]), tol=1e-6)
     # Weak duality: any non-negative prices give at most the fine LP's optimum.
     res = solve_matrix(form, mf, 30)
     assert res.status == "optimal"
-    rows, lam = fine_row_prices(form, mf, coarse, mfc, res_c.row_dual, m)
     rng = np.random.default_rng(seed)
     for prices in (lam, scale * rng.random(len(rows)), np.zeros(len(rows))):
         lb = lagrange_bound(form, mf, rows, prices)
@@ -106,13 +114,9 @@ def test_a_coarse_only_call_raises_its_bound_by_the_ascent_and_it_stays_a_bound(
                     base_load=b["base_load"], prices=b["prices"], time_limit_s=20)
     stages = [x["stage"] for x in s.extra["stages"]]
     assert stages[0] == "coarse lp" and "lp" not in stages and "bound ascent" in stages
-    mf = form.matrix(relax=True)
-    fine = solve_matrix(form, mf, 30)
-    m = coarse_factor(form)
-    coarse = coarse_formulation(form.with_options(peak_eur_per_kw=0.0), m)
-    mfc = coarse.matrix(relax=True)
-    rows, lam = fine_row_prices(form, mf, coarse, mfc, solve_matrix(coarse, mfc, 30).row_dual, m)
-    start = lagrange_bound(form, mf, rows, lam)
+    c = _coarse(form)
+    fine = solve_matrix(form, c.mf, 30)
+    start = lagrange_bound(form, c.mf, c.rows, c.lam)
     tol = 1e-6 * max(1.0, abs(fine.bound))
     assert start - tol <= s.bound <= fine.bound + tol <= s.objective + 2 * tol
     assert s.mip_gap == pytest.approx((s.objective - s.bound) / abs(s.objective), rel=1e-9)
@@ -134,15 +138,10 @@ def test_the_ascent_starts_no_evaluation_past_its_stop():
     # A call near its time limit: the ascent evaluates its first start (the given prices) and
     # nothing after it, so it cannot push the call past the limit by a start or a step.
     _, form = _form(24, 424, False, False)
-    m = coarse_factor(form)
-    coarse = coarse_formulation(form.with_options(peak_eur_per_kw=0.0), m)
-    mfc = coarse.matrix(relax=True)
-    mf = form.matrix(relax=True)
-    res_c = solve_matrix(coarse, mfc, 30)
-    rows, lam = fine_row_prices(form, mf, coarse, mfc, res_c.row_dual, m)
+    c = _coarse(form)
+    mf, rows, lam = c.mf, c.rows, c.lam
     car, slot = form.cells
-    x = expand(form, coarse.current_from_cells(mfc.current_a(res_c.values)), m)
-    target = float(mf.cost @ plan_columns(form, mf, x[car, slot]))  # a feasible point's objective
+    target = float(mf.cost @ plan_columns(form, mf, c.x[car, slot]))  # a feasible point's objective
     lagr = Lagrangian(form, mf, rows)
     value, prices, steps = improve_bound(lagr, lam, target, time.perf_counter() - 1.0)
     assert steps == 0 and np.array_equal(prices, lam) and value == lagr.value(lam)[0]

@@ -123,7 +123,7 @@ class Lagrangian:
     ``sharing="fair"`` (its max-min term is not separable by car)."""
 
     def __init__(self, form: Formulation, mf, rows: np.ndarray) -> None:
-        self.form, self.mf = form, mf
+        self.form = form
         self.rows = np.asarray(rows, dtype=np.int64)
         car, _ = form.cells
         cur = mf.cols["current_a"]

@@ -284,8 +284,13 @@ def unbalance_drawn(form: Formulation, y: np.ndarray) -> np.ndarray | None:
     nf = lim.n_fuse_rows
     if lim.g.shape[0] == nf:
         return None
-    g = lim.g[nf:]
-    return np.clip(g, 0.0, None) @ y + np.clip(g, None, 0.0) @ drawn_dense(form, y)
+    return _unbalance_lhs(lim.g[nf:], y, drawn_dense(form, y))
+
+
+def _unbalance_lhs(g: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Unbalance rows ``g`` times the plan: the heavy side (positive coefficients) at setpoints
+    ``y`` [A], the light side at draws ``d`` [A]; (rows x slots) [A]."""
+    return np.clip(g, 0.0, None) @ y + np.clip(g, None, 0.0) @ d
 
 
 def keep_unbalance_drawn(form: Formulation, y: np.ndarray, on_a: np.ndarray) -> int:
@@ -306,7 +311,7 @@ def keep_unbalance_drawn(form: Formulation, y: np.ndarray, on_a: np.ndarray) -> 
     kwh = np.asarray(form.energy_per_a_kwh, dtype=float)
     need = np.maximum(np.nan_to_num(np.asarray(form.need_kwh, dtype=float)), 0.0)
     d = _drawn_rows(y, kwh, need)
-    over = pos @ y + neg @ d - h
+    over = _unbalance_lhs(g, y, d) - h
     gf = lim.g[:nf]
     fuse_over = gf @ y - lim.h[:nf]
     up = pilot_bounds(form)[0]
@@ -367,8 +372,7 @@ def serve_unbalance_blocked(form: Formulation, y: np.ndarray, max_tries: int | N
     power = np.asarray(form.base_kw, dtype=float) + kw @ y
     power_room = np.ascontiguousarray(float(power.max()) - power)
     d = np.ascontiguousarray(_drawn_rows(y, kwh, need))
-    g = lim.g[nf:]
-    over = np.ascontiguousarray(np.clip(g, 0.0, None) @ y + np.clip(g, None, 0.0) @ d - lim.h[nf:])
+    over = np.ascontiguousarray(_unbalance_lhs(lim.g[nf:], y, d) - lim.h[nf:])
     fslack = np.ascontiguousarray(lim.h[:nf] - lim.g[:nf] @ y)
     if max_tries is None:
         max_tries = min(40 * len(cars) * form.n_slots, 200_000)
