@@ -120,9 +120,14 @@ class Lagrangian:
     prices ``lam`` >= 0 [EUR/A], ``min_x cost @ x + lam @ (A x - h)`` over the energy rows and
     bounds alone, one fractional knapsack per car, solved exactly (see :func:`lagrange_bound`).
     Built once per model: the ascent (:func:`improve_bound`) evaluates it many times. Not for
-    ``sharing="fair"`` (its max-min term is not separable by car)."""
+    ``sharing="fair"`` (its max-min term is not separable by car).
 
-    def __init__(self, form: Formulation, mf, rows: np.ndarray) -> None:
+    The peak term is priced on the mean power of the first ``peak_slots`` slots (default all):
+    the peak is at least any such mean, so every choice gives a bound; over the critical
+    interval (:func:`~nowblock.milp.peak.critical_peak_kw`) it is the whole LP's on the blocks
+    where the peak decides the objective (the mean-peak LP's rule, :mod:`nowblock.milp.peak`)."""
+
+    def __init__(self, form: Formulation, mf, rows: np.ndarray, peak_slots: int | None = None) -> None:
         self.form = form
         self.rows = np.asarray(rows, dtype=np.int64)
         car, _ = form.cells
@@ -149,8 +154,10 @@ class Lagrangian:
         T = form.n_slots
         if c_peak > 0 and T:
             # The peak term priced on the mean power (never above the peak).
-            self.cost0 += c_peak / T * form.kw_per_a[car]
-            self.const0 += c_peak * float(np.asarray(form.base_kw, dtype=float).mean())
+            k = T if peak_slots is None else min(max(int(peak_slots), 1), T)
+            _, slot = form.cells
+            self.cost0 += np.where(slot < k, c_peak / k * form.kw_per_a[car], 0.0)
+            self.const0 += c_peak * float(np.asarray(form.base_kw, dtype=float)[:k].mean())
         kwh = form.cell_energy_per_a_kwh
         self.kwh = kwh
         self.ok = kwh > 0
@@ -190,16 +197,17 @@ class Lagrangian:
         return np.bincount(self.nz_row, weights=self.nz_value * x[self.nz_cell], minlength=len(self.rows)) - self.row_hi
 
 
-def lagrange_bound(form: Formulation, mf, rows: np.ndarray, lam: np.ndarray) -> float:
+def lagrange_bound(form: Formulation, mf, rows: np.ndarray, lam: np.ndarray, peak_slots: int | None = None) -> float:
     """A proven lower bound [EUR] on every real plan of ``form`` (``mf``: its LP, without binaries)
     from prices ``lam`` >= 0 [EUR/A] on its rows ``rows`` (fuse and unbalance rows, ``<=``):
     ``min_x cost @ x + lam @ (A x - h)`` over the energy rows and bounds alone, one fractional
     knapsack per car, solved exactly; the change penalty (>= 0) left out, the peak term priced
-    on the mean power (never above the peak), less ``mf.bound_slack_eur``. NaN for
-    ``sharing="fair"`` (its max-min term is not separable by car)."""
+    on the mean power of the first ``peak_slots`` slots (default all; never above the peak),
+    less ``mf.bound_slack_eur``. NaN for ``sharing="fair"`` (its max-min term is not separable
+    by car)."""
     if form.options.sharing == "fair":
         return float("nan")
-    return Lagrangian(form, mf, rows).value(np.asarray(lam, dtype=float))[0]
+    return Lagrangian(form, mf, rows, peak_slots=peak_slots).value(np.asarray(lam, dtype=float))[0]
 
 
 #: Scales of the given prices tried as the ascent's start (see :func:`improve_bound`).

@@ -6,9 +6,11 @@ gets what is left less a reserve for the plans after it (:func:`reserve_seconds`
 the longest plan made so far in the call, whichever is longer).
 
 0. **Coarse stage** for fine slot grids of large blocks (:data:`COARSE_MIN_CELLS`): the LP on
-   15-minute slots (a restriction), made a real fine plan, and a Lagrange bound on the fine
-   model from its duals (:mod:`nowblock.milp.coarse`); the fine LPs below then only within
-   ``milp_effort`` times the time spent so far, skipped when predicted beyond it.
+   15-minute slots (a restriction) with the peak priced on the mean over the critical interval,
+   made real fine plans, and a Lagrange bound on the fine model from its duals
+   (:mod:`nowblock.milp.coarse`); the fine LPs below then only if that does not certify the
+   plan, within ``milp_effort`` times the time spent so far, skipped when predicted beyond it,
+   and not at all with unbalance rows (their fine LP was slow and its plans no better).
 
 1. **The LP without the peak term** (when the model has one): fast (the peak rows tie every
    slot together and make HiGHS's LP up to a few hundred times slower); its time sets the
@@ -98,9 +100,12 @@ def _gap(objective: float, bound: float) -> float:
 
 
 #: Fine grids with at least this many (car, slot) cells get the coarse stage first: the fine LP
-#: took <= 1 s at 57,600 cells (200 cars, 288 slots) and 25-200 s at 163,000-288,000 (1,000
-#: cars) on the instance matrix; the coarse LP 3-5 s there (docs/bench_optimize.md).
-COARSE_MIN_CELLS = 100_000
+#: took 25-200 s at 163,000-288,000 cells (1,000 cars x 288 slots) on the instance matrix, the
+#: coarse LP 3-5 s; at 200 cars x 288 slots (28,000-33,000 cells) the coarse stage certified
+#: the blocks without load or prices in 0.2-0.3 s (the fine LPs: 0.4-1.2 s) and cost the others
+#: 0.03-0.17 s; below (50 cars) the fine LPs took <= 0.7 s and the coarse plans were worse
+#: (docs/bench_optimize.md, session 29).
+COARSE_MIN_CELLS = 20_000
 _RESERVE_PLAN_FACTOR = 2.0  # the reserve after a solver stage, in longest plans made (see _Run.left)
 _PEAK_LP_FACTOR = 10.0  # the LP with the peak term may take this many times the LP without it ...
 _PEAK_LP_MIN_S = 0.5  # ... or this long [s], whichever is longer (then the time left)
@@ -211,15 +216,29 @@ class _Run:
         self._record("lp", res, objective)
 
     def coarse_stage(self, m: int) -> None:
-        """The LP without the peak term on slots of ``m`` fine slots (a restriction,
-        :func:`~nowblock.milp.coarse.coarse_formulation`), made a real fine plan; its row duals
-        give a Lagrange bound on the fine model (:class:`~nowblock.milp.coarse.Lagrangian`), kept
-        for the bound's ascent at the end of the call (:meth:`bound_ascent`)."""
+        """The LP on slots of ``m`` fine slots (a restriction,
+        :func:`~nowblock.milp.coarse.coarse_formulation`) with the peak priced on the mean over
+        the critical interval of what the cars could take (:func:`~nowblock.milp.peak.
+        mean_peak_matrix`), made real fine plans: its own, rounded, and the least-laxity plan of
+        its energies under their critical peak. Its row duals give a Lagrange bound on the fine
+        model (:class:`~nowblock.milp.coarse.Lagrangian`, the peak priced on the same interval
+        or on the whole horizon, whichever bounds higher), kept for the bound's ascent at the
+        end of the call (:meth:`bound_ascent`)."""
         form = self.form
         if self._no_time("coarse lp"):
             return
         c0 = coarse_formulation(form.with_options(peak_eur_per_kw=0.0), m)
         mfc = c0.matrix(relax=True)
+        peak_slots = None
+        if form.options.peak_eur_per_kw > 0:
+            # Without the peak term the coarse plan ignored it: 18-31 % from the bound on blocks
+            # without load or prices, where the peak is the whole cost (docs/bench_optimize.md).
+            # One LP with the peak priced on the mean is as fast as the LP without it.
+            c1 = coarse_formulation(form, m)
+            can_kwh = (c1.upper_a * c1.energy_per_a_kwh).sum(axis=1)
+            first = critical_peak_kw(c1, np.minimum(np.maximum(np.nan_to_num(c1.need_kwh), 0.0), can_kwh))[1]
+            mfc, _ = mean_peak_matrix(c1, mfc, first)
+            peak_slots = min(first * m, form.n_slots)
         t = time.perf_counter()
         res = solve_matrix(c0, mfc, self.left())
         self.coarse_seconds = time.perf_counter() - t
@@ -229,11 +248,29 @@ class _Run:
             x = expand(form, c0.current_from_cells(mfc.current_a(res.values)), m)
             plan, objective = self.real_plan(self.mf, x)
             self.best.offer(plan, objective, "coarse lp+rounding")
+            energy = np.minimum((plan.current_a * form.energy_per_a_kwh).sum(axis=1),
+                                np.maximum(np.nan_to_num(form.need_kwh), 0.0))
+            critical = critical_peak_kw(form, energy)[0]
+            # The least-laxity plan of the same energies can only gain by its lower peak; made
+            # (0.25 s at 200 cars x 288 slots under unbalance rows) only when that could matter
+            # against the gap the call aims for (it won on every block without load or prices).
+            if form.options.peak_eur_per_kw * (plan_peak_kw(form, plan.current_a) - critical) \
+                    > form.options.mip_rel_gap * abs(objective):
+                t = time.perf_counter()
+                flat = make_plan(form, None, peak_kw=critical, target_kwh=energy)
+                self.plan_s = max(self.plan_s, time.perf_counter() - t)
+                self.best.offer(flat, plan_objective(form, self.mf, flat.current_a),
+                                "least laxity under the critical peak")
             if res.status == "optimal" and res.row_dual is not None and form.options.sharing != "fair":
                 rows, lam = fine_row_prices(form, self.mf, c0, mfc, res.row_dual, m)
-                lagr = Lagrangian(form, self.mf, rows)
-                self.lagrangian = (lagr, lam)
-                self._raise_bound(lagr.value(lam)[0])
+                best = None
+                for k in {peak_slots, None}:
+                    lagr = Lagrangian(form, self.mf, rows, peak_slots=k)
+                    value = lagr.value(lam)[0]
+                    if best is None or value > best[0]:
+                        best = (value, lagr)
+                self.lagrangian = (best[1], lam)
+                self._raise_bound(best[0])
         self._record("coarse lp", res, objective)
 
     def bound_ascent(self, reserve: float) -> None:
@@ -384,7 +421,14 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
         until = np.inf
         m = coarse_factor(form) if backend == "highs" else 1
         predicted = 0.0
-        if m > 1 and len(form.cells[0]) >= COARSE_MIN_CELLS:
+        coarse = m > 1 and len(form.cells[0]) >= COARSE_MIN_CELLS
+        # With unbalance rows the coarse plan alone: there the fine LP was slow (4-5 s at 200 cars
+        # x 288 slots on a tree, 10-28 s at 1,000) and its plans, rounded under the unbalance rows,
+        # no better than the coarse stage's, whose currents, held over three fine slots, round
+        # better (better on 18 of 24 such cells of the instance matrix, docs/bench_optimize.md).
+        unbalance = run.mf.rows.get("unbalance") if run.mf is not None else None
+        coarse_only = coarse and unbalance is not None and unbalance.stop > unbalance.start
+        if coarse:
             run.coarse_stage(m)
             # The fine LP took about m^2 times the coarse LP (5-20x at m = 3 on the instance
             # matrix): it runs if that fits in half the time left, within three times that.
@@ -393,6 +437,9 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
                                               _PEAK_LP_MIN_S)
         if run.certified():
             pass
+        elif coarse_only and run.best.plan is not None:
+            run.stages.append({"stage": "fine lp", "status": "skipped (unbalance rows: the coarse plan)",
+                               "seconds": time.perf_counter() - t0})
         elif np.isfinite(until) and predicted > 0.5 * run.left():
             # The MILP stage holds the fine LP: it is skipped with it (see below).
             run.stages.append({"stage": "fine lp", "status": "skipped (predicted beyond half the time left)",
