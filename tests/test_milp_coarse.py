@@ -199,3 +199,35 @@ def test_the_ascent_starts_no_evaluation_past_its_stop():
     # With time, on the same block, it moves (from a better start and by steps).
     value2, _, steps2 = improve_bound(lagr, lam, target, time.perf_counter() + 10.0)
     assert steps2 > 0 and value2 > value
+
+
+def test_the_race_of_simplex_and_interior_point_returns_the_lp_optimum():
+    # race_lp (the coarse stage's LP): both methods side by side, the first optimal answer kept,
+    # the other interrupted. Its answer is the LP's optimum with row duals (the Lagrangian needs
+    # them), whichever method won.
+    from nowblock.milp.highs_fast import race_lp
+
+    _, form = _form(60, 7, True, True, step="15min")
+    mf = form.matrix(relax=True)
+    alone = solve_matrix(form, mf, 30)
+    raced = race_lp(form, mf, 30)
+    assert alone.status == raced.status == "optimal" and raced.row_dual is not None
+    assert raced.objective == pytest.approx(alone.objective, rel=1e-7, abs=1e-6)
+    # A method the user chose is not raced (the same answer as a single solve with it).
+    chosen = race_lp(form.with_options(solver_options={"solver": "ipm"}), mf, 30)
+    assert chosen.status == "optimal" and chosen.objective == pytest.approx(alone.objective, rel=1e-7, abs=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["simplex", "ipm"])
+def test_an_interrupted_lp_stops_without_a_solution(solver):
+    # The loser of the race is stopped through HiGHS's interrupt callbacks: set before the solve,
+    # the LP returns at once with no solution instead of running to its optimum.
+    import threading
+
+    _, form = _form(60, 7, True, True)
+    mf = form.matrix(relax=True)
+    stop = threading.Event()
+    stop.set()
+    res = solve_matrix(form, mf, 30, interrupt=stop, options={"solver": solver})
+    assert res.status == "no_solution" and res.values is None
+    assert solve_matrix(form, mf, 30, options={"solver": solver}).status == "optimal"

@@ -133,11 +133,14 @@ def new_solver(options: dict):
 
 
 def solve_matrix(form: Formulation, mf: MatrixForm, time_limit_s: float, start: np.ndarray | None = None, *,
-                 basis=None, keep_basis: bool = False) -> SolveResult:
+                 basis=None, keep_basis: bool = False, interrupt=None, options: dict | None = None) -> SolveResult:
     """One HiGHS solve of ``mf`` (built from ``form``) within ``time_limit_s`` [s]; ``start``
     (every column's value) is offered as the first incumbent of a MILP; an LP starts from
     ``basis`` (a ``highspy.HighsBasis`` of ``mf``'s shape, e.g. :func:`extend_basis`) and, with
-    ``keep_basis``, returns its final basis in :attr:`SolveResult.basis`."""
+    ``keep_basis``, returns its final basis in :attr:`SolveResult.basis`. ``interrupt`` (a
+    ``threading.Event``) stops an LP's simplex or interior-point iterations once set (status
+    ``"no_solution"``, see :func:`race_lp`); ``options`` are HiGHS options set after the
+    formulation's."""
     import highspy
 
     t0 = time.perf_counter()
@@ -148,7 +151,16 @@ def solve_matrix(form: Formulation, mf: MatrixForm, time_limit_s: float, start: 
         # The matrix states only rows that can bind; HiGHS's LP presolve found little else and
         # cost 25-45 % of the LP's time on the instance matrix (docs/bench_optimize.md).
         opts["presolve"] = "off"
+    opts.update(options or {})
     h = new_solver(opts)
+    if interrupt is not None:
+        def _stop(callback_type, message, data_out, data_in, user_data):
+            if interrupt.is_set():
+                data_in.user_interrupt = True
+
+        h.setCallback(_stop, None)
+        h.startCallback(highspy.cb.HighsCallbackType.kCallbackSimplexInterrupt)
+        h.startCallback(highspy.cb.HighsCallbackType.kCallbackIpmInterrupt)
     st = h.passModel(mf.num_col, mf.num_row, mf.num_nz, int(highspy.MatrixFormat.kColwise),
                      int(highspy.ObjSense.kMinimize), 0.0, mf.cost, mf.col_lo, mf.col_hi, mf.row_lo,
                      mf.row_hi, mf.a_start, mf.a_index, mf.a_value, mf.integrality)
@@ -188,6 +200,55 @@ def solve_matrix(form: Formulation, mf: MatrixForm, time_limit_s: float, start: 
     return SolveResult(status=status, solver_status=h.modelStatusToString(model_status), values=values,
                        objective=obj, bound=bound, mip_gap=gap, solve_seconds=float(solve_s), build_seconds=build_s,
                        matrix=mf, run_call_seconds=run_call_s, row_dual=row_dual, basis=out_basis)
+
+
+#: The methods :func:`race_lp` runs side by side: HiGHS's dual simplex (its default for LPs) and
+#: its interior-point method with crossover (a basic solution and row duals, as the simplex).
+RACE_SOLVERS = ("simplex", "ipm")
+
+
+def race_lp(form: Formulation, mf: MatrixForm, time_limit_s: float) -> SolveResult:
+    """The LP ``mf`` solved by each of :data:`RACE_SOLVERS` in its own thread (HiGHS releases
+    the GIL while it runs), the first optimal answer kept and the other stopped (its iterations
+    interrupted). Why: on large coarse LPs of the instance matrix neither method was always the
+    faster one: the interior-point method took 3-5 x less than the simplex on the unbalance
+    trees with 2,000 cars (37.6 -> 12.9 s, 44.9 -> 9.3 s, where the simplex did not finish in
+    time) and 4.8 x more at the median of 45 others (docs/bench_optimize.md, sessions 28-29);
+    which wins is not known before. Costs a second core while both run. If neither is optimal
+    within the limit, the simplex's result (the one a single solve would have given)."""
+    import threading
+
+    if "solver" in form.options.solver_options or bool(mf.integrality.any()):
+        return solve_matrix(form, mf, time_limit_s)
+    stop, done = threading.Event(), threading.Event()
+    results: dict[str, SolveResult | BaseException] = {}
+    lock = threading.Lock()
+
+    def one(solver: str) -> None:
+        try:
+            res = solve_matrix(form, mf, time_limit_s, interrupt=stop, options={"solver": solver})
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
+            res = exc
+        with lock:
+            results[solver] = res
+            if (isinstance(res, SolveResult) and res.status == "optimal") or len(results) == len(RACE_SOLVERS):
+                done.set()
+
+    threads = [threading.Thread(target=one, args=(s,), daemon=True) for s in RACE_SOLVERS]
+    for t in threads:
+        t.start()
+    done.wait()
+    stop.set()
+    for t in threads:
+        t.join()
+    for solver in RACE_SOLVERS:
+        res = results.get(solver)
+        if isinstance(res, SolveResult) and res.status == "optimal":
+            return res
+    res = results[RACE_SOLVERS[0]]
+    if isinstance(res, BaseException):
+        raise res
+    return res
 
 
 def extend_basis(basis, source: MatrixForm, target: MatrixForm):
