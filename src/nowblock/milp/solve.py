@@ -234,9 +234,9 @@ class _Run:
         mfc = c0.matrix(relax=True)
         peak_slots = None
         if form.options.peak_eur_per_kw > 0:
-            # Without the peak term the coarse plan ignored it: 18-31 % from the bound on blocks
+            # Without the peak term the coarse plan ignored it: 12-31 % from the bound on blocks
             # without load or prices, where the peak is the whole cost (docs/bench_optimize.md).
-            # One LP with the peak priced on the mean is as fast as the LP without it.
+            # Still one LP, only its costs differ (its time moved either way on the matrix).
             c1 = coarse_formulation(form, m)
             can_kwh = (c1.upper_a * c1.energy_per_a_kwh).sum(axis=1)
             first = critical_peak_kw(c1, np.minimum(np.maximum(np.nan_to_num(c1.need_kwh), 0.0), can_kwh))[1]
