@@ -116,9 +116,16 @@ def parse_cell(label: str):
         raise SystemExit(f"not a matrix cell label: {label!r} (e.g. 50-70%-tree-15min-unb)") from None
 
 
+def cell_block(label: str):
+    """The matrix block of a cell label (:func:`parse_cell`) and its slot step."""
+    from nowblock.milp.testing import matrix_block
+
+    cell = parse_cell(label)
+    return matrix_block(cell), cell.step
+
+
 def main(argv=None) -> None:
     import nowblock as nb
-    from nowblock.milp.testing import matrix_block
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("cells", nargs="+", help="matrix cell labels")
@@ -126,16 +133,15 @@ def main(argv=None) -> None:
     ap.add_argument("--energy-only", action="store_true", help="prices off: the model maximises energy")
     args = ap.parse_args(argv)
     for label in args.cells:
-        cell = parse_cell(label)
-        b = matrix_block(cell)
-        sched = nb.optimize(b["site"], b["sessions"], start=b["start"], horizon="24h", step=cell.step,
+        b, step = cell_block(label)
+        sched = nb.optimize(b["site"], b["sessions"], start=b["start"], horizon="24h", step=step,
                             base_load=b["base_load"], prices=b["prices"])
         if args.energy_only:
             b = {**b, "prices": None}
-        ours = plan_cost(b, cell.step, sched.current_a)
-        ex = exact_model(b, cell.step, args.limit_s)
-        floor = lp_floor(b, cell.step)
-        chk = check_schedule(b, cell.step, sched.current_a)
+        ours = plan_cost(b, step, sched.current_a)
+        ex = exact_model(b, step, args.limit_s)
+        floor = lp_floor(b, step)
+        chk = check_schedule(b, step, sched.current_a)
         need = floor["need_kwh"]
         line = (f"{label}: our plan {ours:.3f} EUR (optimizer's own gap {sched.mip_gap:.2%}); exact model "
                 f"best {ex['objective']:.3f}, bound {ex['bound']:.3f} EUR ({ex['status']}, {ex['seconds']:.1f} s)")

@@ -21,24 +21,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from exact_matrix import parse_cell  # noqa: E402
+from exact_matrix import cell_block  # noqa: E402
 from milp_matrix import check_schedule  # noqa: E402
 
 import nowblock as nb  # noqa: E402
 from nowblock.milp import solve as solve_mod  # noqa: E402
 from nowblock.milp.highs_fast import solve_matrix  # noqa: E402
-from nowblock.milp.testing import matrix_block  # noqa: E402
 
 
 def _no_ascent(lagr, lam, target, stop_at, **kwargs):
     """The "without" arm: no step, and a value that never raises the call's bound."""
     return float("-inf"), lam, 0
-
-
-def cell_block(label: str):
-    """The matrix block of a cell label such as ``1000-15%-flat-5min-load-unb``, and its step."""
-    cell = parse_cell(label)
-    return matrix_block(cell), cell.step
 
 
 def run(label: str, fine_lp: bool) -> dict:

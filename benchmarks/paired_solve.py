@@ -29,9 +29,8 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 import nowblock.milp.solve as current  # noqa: E402
-from exact_matrix import parse_cell  # noqa: E402
+from exact_matrix import cell_block  # noqa: E402
 from milp_matrix import check_schedule  # noqa: E402
-from nowblock.milp.testing import matrix_block  # noqa: E402
 
 
 def solve_module_at(revision: str):
@@ -48,9 +47,8 @@ def solve_module_at(revision: str):
 
 def run(label: str, arms: dict, repeat: int) -> dict:
     """Both arms on one cell, ``repeat`` calls each, the order alternating."""
-    cell = parse_cell(label)
-    b = matrix_block(cell)
-    kw = dict(start=b["start"], horizon="24h", step=cell.step, base_load=b["base_load"], prices=b["prices"])
+    b, step = cell_block(label)
+    kw = dict(start=b["start"], horizon="24h", step=step, base_load=b["base_load"], prices=b["prices"])
     row: dict = {"cell": label}
     names = list(arms)
     for r in range(repeat):
@@ -58,7 +56,7 @@ def run(label: str, arms: dict, repeat: int) -> dict:
             t = time.perf_counter()
             s = arms[name].optimize(b["site"], b["sessions"], **kw)
             seconds = time.perf_counter() - t
-            check = check_schedule(b, cell.step, s.current_a)
+            check = check_schedule(b, step, s.current_a)
             d = row.setdefault(name, {"s": [], "ok": True})
             d["s"].append(seconds)
             d["ok"] = bool(d["ok"] and check["ok"])

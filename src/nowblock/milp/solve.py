@@ -126,6 +126,11 @@ _MILP_MAX_BINARIES = 1000
 _ASCENT_SHARE, _ASCENT_MIN_S, _ASCENT_RESERVE_S = 0.25, 0.1, 0.05
 
 
+def _energy_up_to_need(form: Formulation, x: np.ndarray) -> np.ndarray:
+    """The energy [kWh] a dense plan ``x`` [A] gives each car, counted up to its need."""
+    return np.minimum((x * form.energy_per_a_kwh).sum(axis=1), np.maximum(np.nan_to_num(form.need_kwh), 0.0))
+
+
 def _milp_binaries(form: Formulation, mf) -> int:
     """How many on/off binaries the MILP stage would have (cells of stated rows in its window)."""
     return int(np.count_nonzero(form.cells[1][mf.fuse_cells] < form.n_binary_slots))
@@ -230,14 +235,14 @@ class _Run:
         form = self.form
         if self._no_time("coarse lp"):
             return
-        c0 = coarse_formulation(form.with_options(peak_eur_per_kw=0.0), m)
+        c1 = coarse_formulation(form, m)
+        c0 = c1.with_options(peak_eur_per_kw=0.0)
         mfc = c0.matrix(relax=True)
         peak_slots = None
         if form.options.peak_eur_per_kw > 0:
             # Without the peak term the coarse plan ignored it: 12-31 % from the bound on blocks
             # without load or prices, where the peak is the whole cost (docs/bench_optimize.md).
             # Still one LP, only its costs differ (its time moved either way on the matrix).
-            c1 = coarse_formulation(form, m)
             can_kwh = (c1.upper_a * c1.energy_per_a_kwh).sum(axis=1)
             first = critical_peak_kw(c1, np.minimum(np.maximum(np.nan_to_num(c1.need_kwh), 0.0), can_kwh))[1]
             mfc, _ = mean_peak_matrix(c1, mfc, first)
@@ -251,8 +256,7 @@ class _Run:
             x = expand(form, c0.current_from_cells(mfc.current_a(res.values)), m)
             plan, objective = self.real_plan(self.mf, x)
             self.best.offer(plan, objective, "coarse lp+rounding")
-            energy = np.minimum((plan.current_a * form.energy_per_a_kwh).sum(axis=1),
-                                np.maximum(np.nan_to_num(form.need_kwh), 0.0))
+            energy = _energy_up_to_need(form, plan.current_a)
             critical = critical_peak_kw(form, energy)[0]
             # The least-laxity plan of the same energies can only gain by its lower peak; made
             # (0.25 s at 200 cars x 288 slots under unbalance rows) only when that could matter
@@ -314,7 +318,7 @@ class _Run:
         self._account(res)
         if res.values is not None and res.status in ("optimal", "time_limit"):
             x = form.current_from_cells(mf0.current_a(res.values))
-            energy = np.minimum((x * form.energy_per_a_kwh).sum(axis=1), np.maximum(form.need_kwh, 0.0))
+            energy = _energy_up_to_need(form, x)
             self.lp0 = (mf0, x, critical_peak_kw(form, energy), energy)
             self.lp0_basis = res.basis
             if res.status == "optimal":
