@@ -108,6 +108,36 @@ def test_stale_meter_values_make_a_car_untrusted_at_its_limit_in_force():
     assert ctx.untrusted == {"CP0:0": "stale"} and ctx.committed_a["CP0:0"] == 8.0
 
 
+def test_offers_to_untrusted_cars_count_in_the_unbalance_limit():
+    # A stale 2-phase car on L1/L2 and a trusted 1-phase car wired to L3, 5 A unbalance limit:
+    # the trusted car alone would break the limit, with the stale car's offer it does not. The
+    # offers (the stale car's included) must hold the limit, and the L3 car is not paused for it.
+    site = Site("t", (Fuse("grid", (10.0,) * 3),),
+                (ChargePoint("CP0", "grid", 16.0, 6.0, phases=3),
+                 ChargePoint("CP1", "grid", 16.0, 6.0, phases=1, phase_rotation="L3L1L2")),
+                max_unbalance_a=5.0)
+    cols = {
+        "session_id": ["s0", "s1"], "charge_point_id": ["CP0", "CP1"], "cp_index": np.array([0, 1]),
+        "phases": np.array([2, 1]), "min_current_a": np.full(2, 6.0), "max_current_a": np.full(2, 10.0),
+        "arrival": [T0 - pd.Timedelta(minutes=14), T0 - pd.Timedelta(minutes=15)],
+        "departure": [T0 + pd.Timedelta(minutes=30)] * 2, "energy_requested_kwh": np.full(2, 1.0),
+        "energy_delivered_kwh": np.zeros(2), "measured_current_a": np.array([np.nan, 0.0]),
+        "offered_current_a": np.zeros(2), "needs_known": np.ones(2, bool),
+        "last_meter": [pd.NaT, T0], "connected": np.ones(2, bool), "limit_known": np.ones(2, bool),
+    }
+    base = pd.Series(np.zeros(12), index=pd.date_range(T0, periods=12, freq=STEP))
+    obs = Observation(T0, site, STEP, observed_frame(cols), base)
+    step = ControlStep()
+    snap, ctx = step.prepare(obs)
+    assert ctx.untrusted == {"s0": "stale"}
+    x = step.finish(snap, ctx, pd.Series({"s0": 9.0, "s1": 10.0}))
+    assert violation_a(snap, x) == 0.0  # fuse and unbalance rows, every offer counted
+    assert x["s1"] >= 6.0 and x["s0"] >= 6.0
+    # An answer that only the untrusted car's offer unbalances is lowered until it holds.
+    x2 = step.finish(snap, ctx, pd.Series({"s0": 9.0, "s1": 0.0}))
+    assert violation_a(snap, x2) == 0.0
+
+
 def test_guessed_needs_never_pause_a_car_that_may_still_want_energy():
     class Lazy:  # a policy that leaves everyone paused
         name = "lazy"

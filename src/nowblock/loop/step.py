@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time as _time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -311,7 +311,14 @@ class ControlStep:
             # its charger's real draw does not depend on it); the trusted ones are made safe
             # against what the untrusted may really draw until then.
             doubt = index.isin(list(ctx.untrusted))
-            x[~doubt] = safe_setpoints_a(ctx.safety, x[~doubt])
+            x[~doubt] = safe_setpoints_a(_fuse_rows_only(ctx.safety), x[~doubt])
+            if snap.site.max_unbalance_a is not None:
+                # The unbalance limit bounds what the chargers are offered, the untrusted cars'
+                # offers included: checked on the whole vector (rows of the trusted cars alone
+                # ignored the untrusted ones: a stale 2-phase car left a 1-phase car on the third
+                # phase alone, paused it, and the offers broke the limit). Only lowers, so the
+                # fuse rows above still hold.
+                x = safe_setpoints_a(snap, x)
         return pd.Series(x, index=index, name="current_a")
 
     def run(self, policy: Policy, obs: Observation, *, fallback: Policy) -> StepOutcome:
@@ -343,6 +350,13 @@ def _ns(column: pd.Series) -> np.ndarray:
     if not isinstance(arr, pd.arrays.DatetimeArray):
         arr = pd.DatetimeIndex(pd.to_datetime(column, utc=True)).array
     return arr.as_unit("ns").asi8
+
+
+def _fuse_rows_only(snap: BlockSnapshot) -> BlockSnapshot:
+    """``snap`` without its site's unbalance limit (its fuse rows alone)."""
+    if snap.site.max_unbalance_a is None:
+        return snap
+    return replace(snap, site=replace(snap.site, max_unbalance_a=None))
 
 
 def _running(min_a, offered_a, measured_a, settings: cl.LoopSettings) -> np.ndarray:
