@@ -284,12 +284,13 @@ class Formulation:
         return dataclasses.replace(self, options=dataclasses.replace(self.options, **kwargs))
 
     # ---- the standard form --------------------------------------------------------------
-    def matrix(self, relax: bool = False, binary_mask: np.ndarray | None = None):
+    def matrix(self, relax: bool = False, binary_mask: np.ndarray | None = None, *, split_useful: bool = False):
         """The sparse model (:class:`nowblock.milp.matrix.MatrixForm`).
 
         ``relax=True`` gives the LP relaxation (no binaries at all); ``binary_mask`` (bool per
         cell) puts on/off binaries on exactly those cells (of :attr:`binary_candidates`) instead
-        of every candidate.
+        of every candidate. ``split_useful``: useful-current columns on the light side of the
+        unbalance rows even without binaries (:func:`~nowblock.milp.matrix.build_matrix`).
         """
         from nowblock.milp.matrix import build_matrix
 
@@ -299,7 +300,7 @@ class Formulation:
             mask = self.binary_candidates
         else:
             mask = np.asarray(binary_mask, dtype=bool) & self.binary_candidates
-        return build_matrix(self, mask)
+        return build_matrix(self, mask, split_useful=split_useful)
 
     def current_from_cells(self, values: np.ndarray) -> np.ndarray:
         """Dense (n, T) current [A] from the ``current_a`` column values."""

@@ -578,8 +578,8 @@ def _milp_stage(run: _Run, lp_matrix, warm_start_a, stop_at: float):
     form, best = run.form, run.best
     mask = np.zeros(len(form.cells[0]), dtype=bool)
     mask[lp_matrix.fuse_cells] = True
-    mf = form.matrix(binary_mask=mask)
     window = np.nonzero(form.cells[1] < form.n_binary_slots)[0]
+    mf = form.matrix(binary_mask=mask, split_useful=len(window) > 0)
     mf_steps = in_pilot_steps(mf, window, float(form.options.current_step_a))
     car, slot = form.cells
     candidates = []
