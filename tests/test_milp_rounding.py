@@ -388,6 +388,40 @@ def test_make_plan_from_nothing_is_an_earliest_deadline_greedy():
     assert plan.energy_kwh[0] >= 5.0 - 1e-9  # the other one still gets all it wants later
 
 
+def test_peak_shaving_stops_at_its_deadline_and_the_greedy_fallback_gets_the_calls(monkeypatch):
+    import time
+
+    from nowblock.milp import solve as solve_mod
+    from nowblock.milp.testing import plugged_in_block
+
+    b = plugged_in_block(40, seed=5)
+    form = from_sessions(b["site"], b["sessions"], start=b["start"], base_load=b["base_load"])
+    full = make_plan(form)
+    unbounded = make_plan(form, shave_until=np.inf)
+    none = make_plan(form, shave_until=time.perf_counter() - 1.0)  # already past: no move
+
+    def peak(p):
+        return float((np.asarray(form.base_kw) + np.asarray(form.kw_per_a) @ p.current_a).max())
+
+    np.testing.assert_array_equal(unbounded.current_a, full.current_a)
+    assert peak(full) < peak(none) - 1e-6  # shaving mattered here, and stopping kept a plan
+    g, h = form.limits.g, form.limits.h
+    assert (g @ none.current_a <= h + 1e-6).all()
+    np.testing.assert_allclose(none.energy_kwh, full.energy_kwh, atol=1e-9)  # moves keep energy
+    # A call without time for a solver stage gives its greedy plan the call's own deadline.
+    seen = []
+    real = solve_mod.make_plan
+
+    def spy(*a, **kw):
+        seen.append(kw.get("shave_until"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(solve_mod, "make_plan", spy)
+    t0 = time.perf_counter()
+    s = nb.optimize(b["site"], b["sessions"], start=b["start"], base_load=b["base_load"], time_limit_s=1e-3)
+    assert s.method == "greedy" and seen and seen[-1] is not None and seen[-1] <= t0 + 1e-3
+
+
 def test_the_lp_stage_gets_the_time_left_and_the_call_reports_it(monkeypatch):
     from nowblock.milp import solve as solve_mod
     from nowblock.milp.testing import plugged_in_block

@@ -40,6 +40,7 @@ towards its target.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,7 +98,8 @@ def car_order(form: Formulation, target_kwh: np.ndarray, usable: np.ndarray) -> 
 
 
 def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: float = np.inf,
-              target_kwh: np.ndarray | None = None, front_load: bool | None = None) -> Plan:
+              target_kwh: np.ndarray | None = None, front_load: bool | None = None,
+              shave_until: float | None = None) -> Plan:
     """Turn a relaxed dense plan ``x_a`` (n, T) [A] into a real one (module docstring).
 
     Parameters
@@ -113,6 +115,9 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
         no ``x_a``: its need).
     front_load : bool, optional
         Move energy to earlier slots that cost no more (default: ``early_eur_per_kwh > 0``).
+    shave_until : float, optional
+        ``time.perf_counter()`` value [s] after which peak shaving stops (it only lowers the peak,
+        so any prefix of its moves is a plan); default: no time bound.
 
     Returns
     -------
@@ -198,7 +203,16 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
     keep = np.maximum(np.minimum(delivered, need), target)
     neg_power = -(base + kw @ y)
     if T > 1:
-        pk.shave_peak(y, delivered, keep, ceiling, kwh, up, on_a, price, *rows, neg_power, step, _TOL, 20 * T)
+        moves = 20 * T
+        # In chunks against a deadline: the greedy plan for a call short of time spent 0.77 of its
+        # 0.81 s here (1,000 cars x 288 slots), and the call returned at 2.8 x its limit.
+        chunk = moves if shave_until is None else max(64, T)
+        while moves > 0 and (shave_until is None or time.perf_counter() < shave_until):
+            k = min(chunk, moves)
+            done = pk.shave_peak(y, delivered, keep, ceiling, kwh, up, on_a, price, *rows, neg_power, step, _TOL, k)
+            moves -= done
+            if done < k:
+                break
     if front_load if front_load is not None else form.options.early_eur_per_kwh > 0:
         room = float(np.max(-neg_power, initial=0.0)) + 1e-6 + neg_power
         pk.front_load(y, delivered, keep, ceiling, kwh, up, on_a, order, price, *rows, room, step, _TOL)
