@@ -84,6 +84,11 @@ def test_coarse_plan_is_fine_feasible_and_any_prices_give_a_bound(seed, tree, un
     assert np.all(prices >= 0.0) and value == pytest.approx(lagr.value(prices)[0], rel=1e-12, abs=1e-9)
     assert start - 1e-9 * max(1.0, abs(start)) <= value <= res.bound + 1e-6 * max(1.0, abs(res.bound))
     assert value >= res.bound - 0.10 * abs(res.bound), (value, start, res.bound, steps)
+    # Asked for no more than a bound between its start and that, it stops once it has it.
+    if steps > 1 and value > start + 1e-6 * max(1.0, abs(start)):
+        enough = 0.5 * (start + value)
+        v2, _, steps2 = improve_bound(lagr, lam, target, time.perf_counter() + 10.0, enough=enough)
+        assert v2 >= enough and steps2 < steps
 
 
 @pytest.mark.parametrize("unbalance", [False, True])

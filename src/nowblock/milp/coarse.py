@@ -217,7 +217,7 @@ _MIN_STEP_FACTOR = 1.0 / 32.0
 
 
 def improve_bound(lagr: Lagrangian, lam: np.ndarray, target: float, stop_at: float,
-                  max_iter: int = 500, stall: int = 3) -> tuple[float, np.ndarray, int]:
+                  max_iter: int = 500, stall: int = 3, enough: float = np.inf) -> tuple[float, np.ndarray, int]:
     """Raise the Lagrange bound by projected subgradient ascent on the prices (Polyak steps
     from the best multiple of ``lam`` (1, 1/2, 1/4, 1/10 or 0), towards ``target`` [EUR], an
     objective some real plan reaches; the step's factor halves
@@ -225,8 +225,9 @@ def improve_bound(lagr: Lagrangian, lam: np.ndarray, target: float, stop_at: flo
     every value is a proven bound (weak duality); it returns the best [EUR], its prices
     [EUR/A] and the steps taken. Stops before a step would end past ``stop_at``
     (``time.perf_counter()``; the first evaluation always runs), at
-    ``max_iter`` or when the step's factor has fallen below 1/32 (on four cells of the instance
-    matrix the steps after that raised the bound by at most 0.03 points of gap).
+    ``max_iter``, when the step's factor has fallen below 1/32 (on four cells of the instance
+    matrix the steps after that raised the bound by at most 0.03 points of gap) or once the
+    bound reaches ``enough`` [EUR] (the caller's certificate: a higher bound changes no plan).
 
     Why: the coarse LP's duals, spread over the fine slots, gave a bound 28 % below the fine
     LP's on a congested 24-car block where the coarse model (a restriction) was short of
@@ -250,7 +251,7 @@ def improve_bound(lagr: Lagrangian, lam: np.ndarray, target: float, stop_at: flo
     lam, value, x = best_lam, best, best_x
     theta, since, steps = 1.0, 0, 0
     while (steps < max_iter and theta >= _MIN_STEP_FACTOR and time.perf_counter() + eval_s < stop_at
-           and target > value):
+           and target > value and best < enough):
         g = lagr.slack(x)
         g[(lam <= 0.0) & (g < 0.0)] = 0.0
         norm = float(g @ g)
