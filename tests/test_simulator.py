@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import nowblock
@@ -376,8 +376,26 @@ def random_scenarios(draw) -> Scenario:
     return Scenario(site, pd.DataFrame(rows), base_load=base)
 
 
+def _stale_two_phase_car_beside_a_one_phase_car() -> Scenario:
+    """Found by this test (seed 6 at 150 examples): a 2-phase car on L1/L2 that arrives mid-step
+    (so its first step has no meter value: stale) beside a 1-phase car wired to L3, a 5 A
+    unbalance limit. The stale car's offer was left out of the rows the other car was made safe
+    against: the L3 car was paused and the offers stood 9 A apart."""
+    site = Site("rnd", (Fuse("F0", (10.0, 10.0, 10.0)),),
+                (ChargePoint("CP0", "F0", 16.0, 6.0, 3, "L1L2L3"), ChargePoint("CP1", "F0", 16.0, 6.0, 1, "L1L2L3"),
+                 ChargePoint("CP2", "F0", 16.0, 6.0, 1, "L3L1L2")), max_unbalance_a=5.0)
+    m = pd.Timedelta(minutes=1)
+    sessions = pd.DataFrame({"session_id": ["s1", "s2", "s0"], "charge_point_id": ["CP1", "CP2", "CP0"],
+                             "arrival": [T0, T0, T0 + m], "departure": [T0 + 10 * m, T0 + 30 * m, T0 + 30 * m],
+                             "energy_kwh": [0.0, 1.0, 1.0], "phases": [1, 1, 2], "max_current_a": 10.0,
+                             "draw_fraction": 0.7})
+    times = pd.date_range(T0, periods=36, freq="10min")
+    return Scenario(site, sessions, base_load=pd.Series(0.0, index=times, name="kw"))
+
+
 @settings(max_examples=int(os.environ.get("NB_SIM_EXAMPLES", 15)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scn=random_scenarios())
+@example(scn=_stale_two_phase_car_beside_a_one_phase_car())
 def test_random_blocks_are_never_overloaded_and_conserve_energy(scn):
     for policy in CONTROLLED:
         res = simulate(scn, policy, step="15min")
