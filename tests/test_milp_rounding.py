@@ -422,40 +422,6 @@ def test_peak_shaving_stops_at_its_deadline_and_the_greedy_fallback_gets_the_cal
     assert s.method == "greedy" and seen and seen[-1] is not None and seen[-1] <= t0 + 1e-3
 
 
-def test_a_polished_plan_still_counts_what_it_misses_of_the_relaxation_and_the_milp_stage_runs():
-    from nowblock.milp.plans import polish, real_plan
-    from nowblock.milp.testing import MatrixCell, matrix_block
-
-    # Small sub-distribution fuses under a 6 A minimum: the LP shares a fuse among more cars than
-    # a real plan can, so cars miss energy; polishing lowers the objective but, measured against
-    # its own currents, had missed nothing, and the MILP stage never ran.
-    b = matrix_block(MatrixCell(50, 0.15, tree=True, step="15min", load_and_prices=True))
-    form = from_sessions(b["site"], b["sessions"], start=b["start"], base_load=b["base_load"], prices=b["prices"])
-    mf = form.matrix(relax=True)
-    s = solve_formulation(form.with_options(milp_effort=0.0))  # the LP's plan, polished, no MILP
-    assert [st_["stage"] for st_ in s.extra["stages"]][-1] == "polish"
-    lp = next(st_ for st_ in s.extra["stages"] if st_["stage"] == "lp")
-    assert lp["status"] == "optimal"
-    first, obj = real_plan(form, mf, form.current_from_cells(mf.current_a(_lp_values(form, mf))))
-    assert first.missing_kwh > 0.1 and first.target_kwh is not None
-    polished, obj2, rounds = polish(form, mf, first, obj, 4, lambda: True)
-    assert rounds > 0 and obj2 < obj
-    np.testing.assert_array_equal(polished.target_kwh, first.target_kwh)
-    assert polished.missing_kwh == pytest.approx(np.maximum(first.target_kwh - polished.energy_kwh, 0.0).sum())
-    assert polished.missing_kwh > 0.1
-    # So the call runs its MILP stage after the polish (the budget allows it: 0.1 s at least).
-    full = solve_formulation(form)
-    assert "milp" in [st_["stage"] for st_ in full.extra["stages"]]
-
-
-def _lp_values(form, mf):
-    from nowblock.milp.highs_fast import solve_matrix
-
-    res = solve_matrix(form, mf, 30.0)
-    assert res.status == "optimal"
-    return res.values
-
-
 def test_the_lp_stage_gets_the_time_left_and_the_call_reports_it(monkeypatch):
     from nowblock.milp import solve as solve_mod
     from nowblock.milp.testing import plugged_in_block

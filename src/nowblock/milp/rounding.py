@@ -55,14 +55,13 @@ _TOL = 1e-9
 class Plan:
     """A real plan: ``current_a`` (n, T) [A] in pilot steps, ``energy_kwh`` per car [kWh] it
     delivers, ``missing_kwh`` [kWh] what cars got less than their targets (the relaxation's
-    energy, ``target_kwh`` per car) in total, and ``repaired_slots``, the slots the safety net
-    had to repair (0 in normal use)."""
+    energy) in total, and ``repaired_slots``, the slots the safety net had to repair (0 in normal
+    use)."""
 
     current_a: np.ndarray
     energy_kwh: np.ndarray
     missing_kwh: float = 0.0
     repaired_slots: int = 0
-    target_kwh: np.ndarray | None = None
 
 
 def pilot_bounds(form: Formulation) -> tuple[np.ndarray, np.ndarray]:
@@ -261,7 +260,7 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
     y, repaired = _recheck(form, y, up, on_a)
     energy = (y * kwh).sum(axis=1)
     return Plan(current_a=y, energy_kwh=energy, missing_kwh=float(np.maximum(target - energy, 0.0).sum()),
-                repaired_slots=repaired, target_kwh=target)
+                repaired_slots=repaired)
 
 
 def _light_phase_up(form: Formulation, x: np.ndarray, step: float) -> np.ndarray:
