@@ -104,23 +104,29 @@ def check_plan_from_the_site(site, sessions, base_kw, current_a: pd.DataFrame, s
 
 def check_unbalance_with_real_draws(site, sessions, current_a: pd.DataFrame, slot_h: float | None = None):
     """The unbalance limit with what cars really draw: a car stops drawing once it has its
-    energy, so on the light phase of a pair only its draw until full counts (time order); on the
-    heavy phase all it is offered (it may draw it). From the sessions and the site alone; slots
-    of ``slot_h`` [h] (default: the plan's own spacing), every car plugged in for all of them."""
+    energy, so on the light phase of a pair only its draw until full counts (time order, the
+    mean over the part of each slot it is plugged in); on the heavy phase all it is offered (it
+    may draw it). From the sessions and the site alone; slots of ``slot_h`` [h] (default: the
+    plan's own spacing) starting at the plan's index."""
     if slot_h is None:
         slot_h = (current_a.index[1] - current_a.index[0]) / pd.Timedelta("1h") if len(current_a) > 1 else 0.25
     sess = sessions.set_index("session_id")
     cps = {c.id: c for c in site.charge_points}
     x = current_a.fillna(0.0)
+    t = pd.DatetimeIndex(x.index).as_unit("ns").asi8
+    step_ns = slot_h * 3.6e12
     heavy = np.zeros((len(x), 3, 3))  # slot, p, q: phase p minus phase q
     for sid in x.columns:
         a = x[sid].to_numpy(float)
         s, cp = sess.loc[sid], cps[sess.loc[sid, "charge_point_id"]]
         k = min(int(s["phases"]), cp.phases)
         grid = {("L1", "L2", "L3").index(cp.phase_rotation[2 * q:2 * q + 2]) for q in range(k)}
-        e = a * k * site.voltage_v / 1000.0 * slot_h
+        arr, dep = (pd.Timestamp(s[c]).as_unit("ns").value for c in ("arrival", "departure"))
+        there = np.clip((np.minimum(t + step_ns, dep) - np.maximum(t, arr)) / step_ns, 0.0, 1.0)
+        kwh_per_a = k * site.voltage_v / 1000.0 * slot_h * there
+        e = a * kwh_per_a
         rest = np.maximum(float(s["energy_kwh"]) - (np.cumsum(e) - e), 0.0)
-        drawn = np.minimum(a, rest / (k * site.voltage_v / 1000.0 * slot_h))
+        drawn = np.where(kwh_per_a > 0, np.minimum(a, rest / np.where(kwh_per_a > 0, kwh_per_a, 1.0)), 0.0)
         for p in range(3):
             for q in range(3):
                 c = (p in grid) - (q in grid)

@@ -17,6 +17,8 @@ from nowblock.milp.schedule import limit_rows, round_to_steps
 from nowblock.milp.testing import plugged_in_block
 from nowblock.block.site import CapWindow, ChargePoint, Fuse, Site
 
+from test_milp_rounding import check_unbalance_with_real_draws
+
 T0 = pd.Timestamp("2026-01-14 12:00", tz="UTC")
 KW_PER_A_3PH = 3 * 230 / 1000  # 0.69 kW per ampere on three phases
 # Objective terms that would blur a hand-checked optimum are switched off.
@@ -50,22 +52,9 @@ def _check_limits(site, sessions, sched, base_kw=0.0):
         if site.max_unbalance_a is not None:
             assert loads[0].max() - loads[0].min() <= site.max_unbalance_a + 1e-6
     if site.max_unbalance_a is not None and len(x) > 1:
-        # What the cars really draw, on average over the part of each slot they are plugged in:
-        # a car stops once it has its energy, so a phase whose cars fill up early is lighter
-        # than its offers say. (After a car leaves mid-slot its phase is lighter still; the
-        # plan's next control step sees that, the plan's slots cannot.)
-        t = sched.current_a.index.as_unit("ns").asi8[:, None]
-        step = int(t[1, 0] - t[0, 0])
-        arr = pd.DatetimeIndex(sess["arrival"]).as_unit("ns").asi8[None, :]
-        dep = pd.DatetimeIndex(sess["departure"]).as_unit("ns").asi8[None, :]
-        there = np.clip((np.minimum(t + step, dep) - np.maximum(t, arr)) / step, 0.0, 1.0)
-        kwh_per_a = ph * site.voltage_v / 1000.0 * (step / 3.6e12) * there
-        got = x * kwh_per_a
-        rest = np.maximum(sess["energy_kwh"].to_numpy(float) - np.cumsum(got, axis=0) + got, 0.0)
-        drawn = np.where(kwh_per_a > 0, np.minimum(x, rest / np.where(kwh_per_a > 0, kwh_per_a, 1.0)), 0.0)
-        for row in drawn:
-            root = site.fuse_phase_currents_a(row, cp, ph)[0]
-            assert root.max() - root.min() <= site.max_unbalance_a + 1e-6
+        # What the cars really draw: a car stops once it has its energy, so a phase whose cars
+        # fill up early is lighter than its offers say.
+        check_unbalance_with_real_draws(site, sessions, sched.current_a)
     on = x > 0
     assert (x[on] >= np.broadcast_to(site.cp_min_current_a[cp], x.shape)[on] - 1e-9).all()
 
