@@ -91,6 +91,31 @@ def test_coarse_plan_is_fine_feasible_and_any_prices_give_a_bound(seed, tree, un
         assert v2 >= enough and steps2 < steps
 
 
+def test_the_ascent_before_long_fine_lps_ends_the_call_when_it_certifies_the_coarse_plan(monkeypatch):
+    monkeypatch.setattr(solve_mod, "COARSE_MIN_CELLS", 0)
+    b = matrix_block(MatrixCell(30, 0.15, False, "5min", True, False), seed=0)
+
+    def call(early_min_s):
+        monkeypatch.setattr(solve_mod, "_EARLY_ASCENT_MIN_S", early_min_s)
+        return nb.optimize(b["site"], b["sessions"], start=b["start"], horizon="24h", step="5min",
+                           base_load=b["base_load"], prices=b["prices"], time_limit_s=30)
+
+    # Fine LPs predicted long (any time, here): the ascent right after the coarse stage certifies
+    # the coarse plan, and no fine LP runs.
+    early = call(0.0)
+    assert [x["stage"] for x in early.extra["stages"]] == ["coarse lp", "bound ascent"]
+    assert early.status == "optimal" and early.mip_gap <= 0.01
+    # Predicted short (never, here): the fine LPs run, and their optimum is above the bound the
+    # ascent proved, the early plan within 1 % of it.
+    late = call(np.inf)
+    assert "lp" in [x["stage"] for x in late.extra["stages"]]
+    fine = solve_matrix(late.form, late.form.matrix(relax=True), 30)
+    assert early.bound <= fine.bound + 1e-6 * max(1.0, abs(fine.bound))
+    assert early.objective <= 1.01 * fine.bound + 1e-9
+    base_kw = pd.Series(early.form.base_kw, index=early.form.times)
+    check_plan_from_the_site(b["site"], b["sessions"], base_kw, early.current_a, 1.0)
+
+
 @pytest.mark.parametrize("unbalance", [False, True])
 def test_optimize_with_the_coarse_stage_returns_a_real_plan(monkeypatch, unbalance):
     monkeypatch.setattr(solve_mod, "COARSE_MIN_CELLS", 0)

@@ -125,6 +125,9 @@ _MILP_MAX_BINARIES = 1000
 #: this share of the time the call has spent, at least ``_ASCENT_MIN_S`` [s], and ends this long
 #: [s] before the time limit.
 _ASCENT_SHARE, _ASCENT_MIN_S, _ASCENT_RESERVE_S = 0.25, 0.1, 0.05
+#: The ascent also runs right after the coarse stage when the fine LPs are predicted to take at
+#: least this long [s] (:func:`solve_formulation`).
+_EARLY_ASCENT_MIN_S = 1.0
 
 
 def _energy_up_to_need(form: Formulation, x: np.ndarray) -> np.ndarray:
@@ -281,20 +284,23 @@ class _Run:
                 self._raise_bound(best[0])
         self._record("coarse lp", res, objective)
 
-    def bound_ascent(self, reserve: float) -> None:
+    def bound_ascent(self, reserve: float, budget_s: float | None = None) -> None:
         """Raise the coarse stage's Lagrange bound by subgradient ascent on its prices
         (:func:`~nowblock.milp.coarse.improve_bound`, towards the best plan's objective) for
         ``_ASCENT_SHARE`` of the time spent so far (at least ``_ASCENT_MIN_S``), ending
         ``reserve`` [s] before the time limit. Nothing to do without those prices, once a fine
         LP is solved (its optimum is at least every such bound) or when the best plan is
-        certified. Run at the end of the call only: run also right after the coarse stage (to
-        skip the fine LPs when it certifies the coarse plan) it made two 1,000-car cells faster
-        (4.2 -> 1.4 s, 9.5 -> 7.3 s, gaps 0.13 -> 0.63 %, 0.60 -> 0.85 %) and others up to
-        1.3 s slower where it certified nothing (docs/bench_optimize.md, session 28)."""
+        certified; it stops once the plan is certified. ``budget_s`` [s] replaces that share.
+        Run at the end of the call, and right after the coarse stage when the fine LPs are
+        predicted to take at least ``_EARLY_ASCENT_MIN_S`` (session 28 ran it there always: two
+        1,000-car cells faster, others up to 1.3 s slower where it certified nothing; session 30
+        with a quarter of the fine LPs' predicted time and the stop at the certificate:
+        docs/bench_optimize.md)."""
         if self.lagrangian is None or self.lp_solved or self.best.plan is None or self.certified():
             return
         t = time.perf_counter()
-        stop_at = min(self.deadline - reserve, t + max(_ASCENT_SHARE * (t - self.t0), _ASCENT_MIN_S))
+        budget = max(_ASCENT_SHARE * (t - self.t0), _ASCENT_MIN_S) if budget_s is None else budget_s
+        stop_at = min(self.deadline - reserve, t + budget)
         if stop_at <= t:
             return
         o, obj = self.form.options, self.best.objective
@@ -447,6 +453,14 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
             predicted = m * m * run.coarse_seconds
             until = time.perf_counter() + max(3.0 * predicted, o.milp_effort * (time.perf_counter() - t0),
                                               _PEAK_LP_MIN_S)
+        if coarse and not coarse_only and predicted >= _EARLY_ASCENT_MIN_S and not run.certified():
+            # Before fine LPs predicted to take long, the coarse plan's certificate is sought for
+            # a quarter of their time: where it certifies, the call ends 3-5 x sooner with a
+            # plan within the gap it aims for (1000-15%-flat-5min-load 9.4 -> 1.7 s, 4702.7 ->
+            # 4731.4 EUR); where not, the fine LPs run a quarter later (docs/bench_optimize.md,
+            # session 30). Below a second of fine LP, their plan is worth its time (200 cars,
+            # 0.3-0.6 % better plans).
+            run.bound_ascent(_ASCENT_RESERVE_S, budget_s=0.25 * predicted)
         if run.certified():
             pass
         elif coarse_only and run.best.plan is not None:
