@@ -175,6 +175,7 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
     d_kw = step * float(kw.max(initial=0.0))
     slot_order = by_cost
     idle = 0  # rounds of the loop below that added nothing
+    no_cap = np.full(T, np.inf)
     for _ in range(64):
         added = 0.0
         for _ in range(4):  # again while it adds: a light phase raised can make room on a heavy one
@@ -195,12 +196,10 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
             # least-laxity plan under the critical peak: 137 fills, 0.24 of its 0.33 s).
             idle += 1
             if idle & (idle - 1) == 0 and pk.fill(y.copy(), delivered.copy(), target, kwh, up, on_a, order, slot_order,
-                                                  g_start, g_row, g_val, slack.copy(), kw, np.full(T, np.inf), step,
-                                                  _TOL) <= 0:
+                                                  g_start, g_row, g_val, slack.copy(), kw, no_cap, step, _TOL) <= 0:
                 break
             power_room += 0.5 * d_kw
             slot_order = np.lexsort((np.arange(T), base + kw @ y, price)).astype(np.int64)
-    no_cap = np.full(T, np.inf)
     pk.fill(y, delivered, target, kwh, up, on_a, order, slot_order, *rows, no_cap, step, _TOL)
     # Beyond the relaxation's targets, up to the need, wherever there is room.
     if (need - delivered > 1e-9).any():
@@ -348,6 +347,16 @@ def keep_unbalance_drawn(form: Formulation, y: np.ndarray, on_a: np.ndarray) -> 
     # until now, left rows broken at 0.1 A steps (a 4-car block with 3.9 A to take off a phase:
     # its plan cost less than the model's bound, tests/test_optimize.py).
     passes = int(np.ceil(3.0 * float(np.sum(up)) / step)) + int(y.size) if step > 0 else int(y.size)
+
+    def move(i: int, t: int, dy: float) -> None:
+        """Car ``i``'s setpoint in slot ``t`` changed by ``dy`` [A], its draws and both rows' excess kept."""
+        y[i, t] += dy
+        fuse_over[:, t] += gf[:, i] * dy
+        d_old = d[i].copy()
+        d[i] = _drawn_rows(y[i], kwh[i], need[i])
+        over[:, t] += pos[:, i] * dy
+        over[:] += neg[:, i:i + 1] * (d[i] - d_old)[None, :]
+
     for _ in range(passes):
         r, t = np.unravel_index(int(np.argmax(over)), over.shape)
         if over[r, t] <= 1e-6:
@@ -360,13 +369,7 @@ def keep_unbalance_drawn(form: Formulation, y: np.ndarray, on_a: np.ndarray) -> 
         new = np.where(new < on_a[cand] - 1e-9, 0.0, new)
         loss = d[cand, t] - np.minimum(d[cand, t], new)
         i = int(cand[np.lexsort((-y[cand, t], loss))[0]])
-        dy = float(np.where(y[i, t] - step < on_a[i] - 1e-9, 0.0, y[i, t] - step) - y[i, t])
-        y[i, t] += dy
-        fuse_over[:, t] += gf[:, i] * dy
-        d_old = d[i].copy()
-        d[i] = _drawn_rows(y[i], kwh[i], need[i])
-        over[:, t] += pos[:, i] * dy
-        over += neg[:, i:i + 1] * (d[i] - d_old)[None, :]
+        move(i, t, float(np.where(y[i, t] - step < on_a[i] - 1e-9, 0.0, y[i, t] - step) - y[i, t]))
         steps += 1
     # Should the passes run out with a row still broken (not seen in any test or benchmark),
     # heavy cars are switched off until every row holds: a heavy car switched off draws no less
@@ -374,11 +377,7 @@ def keep_unbalance_drawn(form: Formulation, y: np.ndarray, on_a: np.ndarray) -> 
     while over.max(initial=0.0) > 1e-6:
         r, t = np.unravel_index(int(np.argmax(over)), over.shape)
         i = int(np.nonzero((pos[r] > 0) & (y[:, t] > 0))[0][0])
-        over[:, t] -= pos[:, i] * y[i, t]
-        y[i, t] = 0.0
-        d_old = d[i].copy()
-        d[i] = _drawn_rows(y[i], kwh[i], need[i])
-        over += neg[:, i:i + 1] * (d[i] - d_old)[None, :]
+        move(i, t, -float(y[i, t]))
         steps += 1
     return steps
 
