@@ -337,6 +337,31 @@ def test_nothing_plugged_in_is_an_empty_optimal_schedule():
     assert s.status == "optimal" and s.current_a.shape[1] == 0
 
 
+def test_milp_stage_searches_the_neighbourhood_then_proves_only_when_asked():
+    """The MILP stage (``OptimizeOptions.milp_prove``): the neighbourhood of the best plan first;
+    the whole MILP after it with ``milp_prove`` (the default), else not when the neighbourhood
+    held a plan better by more than the gap tolerance. Either way the plan is real and safe and
+    the bound it reports holds for the plan the whole MILP found."""
+    b = plugged_in_block(6, seed=3, grid_share=0.15)
+    kw = dict(start=b["start"], horizon="6h", step="15min", base_load=b["base_load"], prices=b["prices"])
+    out = {prove: nb.optimize(b["site"], b["sessions"], milp_prove=prove, **kw) for prove in (True, False)}
+    form = from_sessions(b["site"], b["sessions"], start=kw["start"], horizon="6h", step="15min",
+                         base_load=b["base_load"])
+    g, h, _ = limit_rows(form)
+    for s in out.values():
+        x = s.current_a.T.reindex(pd.Index(form.session_ids)).to_numpy()
+        assert (g @ x <= h + 1e-6).all()
+        assert ((x == 0) | (x >= 6 - 1e-9)).all() and np.allclose(x, np.round(x))  # whole amperes
+        assert any(st["stage"] == "milp" for st in s.extra["stages"]) and s.method.startswith("milp")
+        assert s.bound <= s.objective + 1e-6
+    proved, plan_only = out[True], out[False]
+    # The whole MILP continues from the neighbourhood's plan: never worse, and here 13 % better.
+    assert proved.objective <= plan_only.objective + 1e-6
+    assert proved.objective < 0.9 * plan_only.objective
+    assert plan_only.bound <= proved.objective + 1e-6  # the relaxation's bound is a true bound
+    assert proved.bound >= plan_only.bound - 1e-6
+
+
 def test_lp_stage_plan_is_certified_and_as_good_as_the_plain_milp():
     # The LP stage's real plan (every slot 0 or >= min, in pilot steps) is within the gap of the
     # LP bound and of the plain MILP's optimum, which only has binaries in its first 8 slots and

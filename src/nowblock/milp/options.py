@@ -50,6 +50,12 @@ class OptimizeOptions:
       worse) while the cells that run the stage took 40-50 % less; a congested workplace week
       met the same demand (0.9484 against 0.9480, within its run-to-run spread) in 18.4 s
       instead of 28.1 s, one run each (docs/bench_quality.md, "Session 25").
+    - ``milp_prove``: the MILP stage first searches the neighbourhood of the best plan (HiGHS on
+      the MILP with every integer fixed where the stage's LP relaxation agrees with the plan,
+      RINS); then HiGHS on the whole MILP from the best plan for the rest of its budget: with
+      ``milp_prove`` (the default) always, for a proven bound, else only when the neighbourhood
+      held no better plan. :class:`~nowblock.milp.MilpPolicy` turns it off by default: a
+      receding horizon needs the plan, not the proof (docs/bench_quality.md, "Session 31").
     - ``binary_slots``: in the MILP stage, the number of leading slots whose cells get an
       on/off binary (None: all slots), and only cells whose fuse rows can bind. The returned
       plan keeps "0 or >= min" in every slot whatever this is (the rounding sees to that).
@@ -145,6 +151,7 @@ class OptimizeOptions:
     mip_abs_gap: float = 0.01
     milp_effort: float = 1.0
     milp_min_s: float = 0.1
+    milp_prove: bool = True
     threads: int | None = None
     current_step_a: float = 1.0
     backend: Literal["highs", "pyomo"] = "highs"

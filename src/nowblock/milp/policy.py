@@ -174,7 +174,8 @@ class MilpPolicy:
         if not arrivals_priority >= 0:
             raise ValueError(f"arrivals_priority: must be >= 0, got {arrivals_priority}")
         self.arrivals_priority = float(arrivals_priority)
-        self.options = OptimizeOptions.from_kwargs(**options)
+        # A receding horizon needs the stage's plan, not its proof (OptimizeOptions.milp_prove).
+        self.options = OptimizeOptions.from_kwargs(**{"milp_prove": False, **options})
         self._step_options: dict[tuple[float, float], OptimizeOptions] = {}
         self._step_options_of = self.options
         self.reuse_plan = bool(reuse_plan)
