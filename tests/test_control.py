@@ -219,6 +219,29 @@ async def test_charger_that_keeps_a_higher_limit_stays_counted_at_it_in_later_st
     assert all(a == 0.0 for cp, a in cs.sent[n_first:] if cp == "CP1")
 
 
+async def test_repair_around_a_held_limit_keeps_the_unbalance_limit():
+    """A charger that keeps a higher limit is counted at it in the unbalance rows too: the car
+    sharing its phase is lowered (the rest alone were balanced: before, it kept its 9 A and the
+    offers stood 9 A apart under an 8 A limit)."""
+    cps = tuple(ChargePoint(id=f"CP{i}", fuse="grid", max_current_a=16.0, min_current_a=6.0, phases=1,
+                            phase_rotation=rot) for i, rot in enumerate(("L1L2L3", "L1L2L3", "L2L3L1", "L3L1L2")))
+    site = Site("t", (Fuse("grid", (100.0,) * 3),), cps, max_unbalance_a=8.0)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 4, needs={i: (3, 40.0) for i in range(4)})
+    ctl = _controller(cs, clock, policy="equal")
+    cs.keep_limit.add("CP0")  # accepts nothing: its maximum (16 A) stays in force
+    res = await ctl.step()
+    x = res.current_a
+    assert x["CP0:tx0"] == 16.0
+    sent = dict(cs.sent)
+    assert [a for cp, a in cs.sent if cp == "CP1"][0] == 9.0  # its share, before the repair
+    phase = {"L1": x["CP0:tx0"] + x["CP1:tx1"], "L2": x["CP2:tx2"], "L3": x["CP3:tx3"]}
+    assert max(phase.values()) - min(phase.values()) <= 8.0 + 1e-9, phase
+    assert x["CP1:tx1"] == 8.0 and x["CP2:tx2"] == x["CP3:tx3"] == 16.0  # lowered by what it must
+    assert sent["CP1"] == x["CP1:tx1"] and ((x == 0) | (x >= 6)).all()
+    assert violation_a(res.snapshot, x) <= 1e-9  # every fuse phase and the unbalance limit
+
+
 async def test_restart_continues_transactions_energy_and_plan(store_url):
     site = _site(root_a=32.0, n=2)
     db = store_url  # a SQLite file, then a PostgreSQL schema (tests/conftest.py)

@@ -142,6 +142,33 @@ def test_make_safe_respects_the_unbalance_limit():
     assert x["b"] == 0.0  # the minimum (6 A) alone is over 5 A, so the car must stop
 
 
+def test_safe_setpoints_a_lowers_the_others_around_held_cars():
+    """``held`` cars (chargers that keep their own limit) count as given in every row and are
+    never changed; the others are lowered until every row holds that they can mend."""
+    snap = _snap(_site(unbalance=5.0), step_a=1.0)
+    g, h = constraint_rows(snap)
+    rng = np.random.default_rng(7)
+    mended = 0
+    for _ in range(200):
+        x = rng.uniform(0.0, 34.0, 4)
+        held = rng.random(4) < 0.4
+        x[held] = np.round(rng.uniform(0.0, 16.0, held.sum()), 2)  # held need not be a pilot step
+        got = safe_setpoints_a(snap, x, held=held)
+        np.testing.assert_array_equal(got[held], x[held])
+        plain = safe_setpoints_a(snap, np.where(held, 0.0, x))  # the clip, steps and minima alone
+        free = ~held
+        assert (got[free] <= np.floor(np.minimum(x[free], snap.cars["max_current_a"].to_numpy()[free])) + 1e-9).all()
+        assert ((got[free] == 0) | (got[free] >= 6.0)).all()
+        broken = g @ got - h > 1e-6
+        # A row left broken is one the held cars break alone: no car that can move loads it.
+        assert not ((g[broken] > 0) & free & (got > 0)).any()
+        # Mended around them: the others lower than they would be without the held cars, all rows clean.
+        mended += int(not broken.any() and (got[free] < plain[free] - 1e-9).any())
+        if not held.any():
+            np.testing.assert_array_equal(got, safe_setpoints_a(snap, x))
+    assert mended >= 5  # (8 of these 200) the others were lowered for the held cars, not only left
+
+
 def test_make_safe_terminates_with_many_cars():
     n = 300
     site = Site("big", (Fuse("grid", (40.0,) * 3),),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -21,7 +22,7 @@ import pandas as pd
 from nowblock.control.dispatch import Escalation, plan_waves
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.step import ControlStep, StepContext
-from nowblock.seam import BlockSnapshot, make_safe
+from nowblock.seam import BlockSnapshot, make_safe, safe_setpoints_a
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +159,13 @@ class Dispatcher:
         base = ctx.safety if ctx.safety is not None else snap
         site = cl.reserve_unobserved(base.site, fixed["cp_index"], fixed["phases"], list(kept.values()))
         rest = base.cars.drop(index=[s for s in kept if s in base.cars.index])
-        snap2 = BlockSnapshot(now, site, snap.step, rest, snap.base_load_kw, snap.prices_eur_per_kwh,
-                              snap.current_step_a)
+        # The fuse rows here; the unbalance rows below, with the held cars in them (on these
+        # rows alone, the rest could be lowered into an unbalance the held cars make worse).
+        snap2 = BlockSnapshot(now, replace(site, max_unbalance_a=None), snap.step, rest, snap.base_load_kw,
+                              snap.prices_eur_per_kwh, snap.current_step_a)
         x2 = make_safe(snap2, targets.reindex(rest.index))
+        if snap.site.max_unbalance_a is not None:
+            x2 = _balanced_around(snap, x2, kept)
         got = await self.send_waves(x2, ctx, now, only_lower=True)
         return {sid: self.in_force_a(ctx.cars, sid, got[sid]) if sid in got else float(x2[sid]) for sid in x2.index}
 
@@ -217,3 +222,15 @@ class Dispatcher:
             await read(cp_id, connector_id)
         except Exception as exc:  # noqa: BLE001 - a station that cannot tell is planned at what it accepted
             log.info("%s/%s: applied limit not read back: %r", cp_id, connector_id, exc)
+
+
+def _balanced_around(snap: BlockSnapshot, x: pd.Series, held: dict) -> pd.Series:
+    """``x`` (setpoints [A] of the cars that follow, by session) lowered until every row of
+    ``snap`` (the unbalance limit with them) holds with the cars in ``held`` (session -> [A])
+    counted at what they hold; only lowers."""
+    index = snap.cars.index
+    full = x.reindex(index).fillna(0.0).to_numpy(float, copy=True)
+    pinned = index.isin(list(held))
+    full[pinned] = [float(held[s]) for s in index[pinned]]
+    y = pd.Series(safe_setpoints_a(snap, full, held=pinned), index=index)
+    return pd.Series(np.minimum(x.to_numpy(float), y.reindex(x.index).fillna(x).to_numpy(float)), index=x.index)

@@ -43,10 +43,16 @@ def make_safe(
     return pd.Series(x, index=cars.index, name="current_a")
 
 
-def safe_setpoints_a(snapshot: BlockSnapshot, current_a: np.ndarray, *, tol_a: float = 1e-6) -> np.ndarray:
+def safe_setpoints_a(snapshot: BlockSnapshot, current_a: np.ndarray, *, tol_a: float = 1e-6,
+                     held: np.ndarray | None = None) -> np.ndarray:
     """:func:`make_safe` on a plain array: setpoints [A] in the order of ``snapshot.cars`` in,
     safe setpoints [A] out (a new array; NaN counts as 0). For callers that already hold arrays
-    (a pandas Series built and read back cost ~0.1 ms a step in the MILP policy)."""
+    (a pandas Series built and read back cost ~0.1 ms a step in the MILP policy).
+
+    ``held`` (bool, one per car, optional) marks cars whose current cannot be changed (a
+    charger that does not follow its limit): they are counted at ``current_a`` as given in every
+    row and never lowered; the others are lowered around them. A row the held cars break
+    alone is left as it is (nothing sent can mend it)."""
     x = np.asarray(current_a, dtype=float).reshape(-1)
     n = len(x)
     if n != len(snapshot.cars):
@@ -56,26 +62,34 @@ def safe_setpoints_a(snapshot: BlockSnapshot, current_a: np.ndarray, *, tol_a: f
     lo = _finite_or_0(snapshot.values("min_current_a"))
     hi = _finite_or_0(snapshot.values("max_current_a"))
     step = float(snapshot.current_step_a)
-    x = np.minimum(np.maximum(_finite_or_0(x), 0.0), np.maximum(hi, 0.0))  # np.clip is slow on small arrays
+    given = _finite_or_0(x)
+    x = np.minimum(np.maximum(given, 0.0), np.maximum(hi, 0.0))  # np.clip is slow on small arrays
     x = _floor_step(x, step)
     x[x < lo - tol_a] = 0.0
+    free = np.ones(n, dtype=bool)
+    if held is not None:
+        free = ~np.asarray(held, dtype=bool).reshape(-1)
+        x[~free] = given[~free]
     g, h = cached_constraint_rows(snapshot)
     if len(h) == 0:
         return x
+    # Rows that no car that can move loads are out of reach (only with held cars).
+    mendable = ((g > 0) & free).any(axis=1) if not free.all() else None
     max_proportional = 2 * (len(h) + n) + 10
     for it in range(max_proportional + n + 1):
         viol = g @ x - h
+        if mendable is not None:
+            viol = np.where(mendable & ((g > 0) & free & (x > 0)).any(axis=1), viol, -np.inf)
         r = int(np.argmax(viol))
         if viol[r] <= tol_a:
             return x
-        on = (g[r] > 0) & (x > 0)
+        on = (g[r] > 0) & (x > 0) & free
         reducible = on & (x > lo + tol_a)
         if it < max_proportional and reducible.any():
             room = (x - lo)[reducible] * g[r, reducible]
             frac = min(1.0, viol[r] / room.sum())
-            x[reducible] -= frac * (x - lo)[reducible]
-            x = _floor_step(x, step)
-            x[(x > 0) & (x < lo - tol_a)] = 0.0
+            x[reducible] = _floor_step(x[reducible] - frac * (x - lo)[reducible], step)
+            x[reducible & (x < lo - tol_a)] = 0.0
             continue
         cand = np.nonzero(on)[0]
         if len(cand) == 0:  # a violated row always has a car on it; defensive only
@@ -87,8 +101,10 @@ def safe_setpoints_a(snapshot: BlockSnapshot, current_a: np.ndarray, *, tol_a: f
         victim = cand[np.lexsort((-slack[cand], prio[cand]))[0]]
         x[victim] = 0.0
     # Out of rounds without a clean check (unreachable by the argument above): all off is safe.
-    if (g @ x - h).max() > tol_a:  # pragma: no cover
+    if (g @ x - h).max() > tol_a and mendable is None:  # pragma: no cover
         x[:] = 0.0
+    elif mendable is not None:  # pragma: no cover
+        x[free] = 0.0
     return x
 
 
