@@ -232,7 +232,8 @@ def speed(families, fractions, needs, n_cp: int = 24, seed: int = 42, repeat: in
     """Print one JSON line per cell: the wall time [s] of a week under EDF and under the MILP,
     one right after the other in this process (issue 16: the MILP within 10 x EDF), ``repeat``
     times alternating; with more than one run also the median of the per-run ratios (an EDF
-    week takes 2-3 s, so one busy second on this shared machine moves a single ratio by a third)."""
+    week takes 2-3 s, so one busy second on this shared machine moves a single ratio by a third),
+    and the MILP week's demand met (its time budgets make it vary a little from run to run)."""
     from nowblock.milp import MilpPolicy
 
     if repeat < 1:
@@ -244,11 +245,13 @@ def speed(families, fractions, needs, n_cp: int = 24, seed: int = 42, repeat: in
             for need in needs:
                 runs = []
                 for _ in range(repeat):
-                    wall = {policy: run_cell(scn, policy, need)[0]["wall_s"] for policy in ("edf", "milp")}
-                    runs.append((wall["edf"], wall["milp"], wall["milp"] / wall["edf"]))
-                edf_s, milp_s, ratio = (list(x) for x in zip(*runs))
+                    out = {policy: run_cell(scn, policy, need)[0] for policy in ("edf", "milp")}
+                    edf, milp = out["edf"]["wall_s"], out["milp"]["wall_s"]
+                    runs.append((edf, milp, milp / edf, out["milp"]["demand_met"]))
+                edf_s, milp_s, ratio, met = (list(x) for x in zip(*runs))
                 row = {"family": family, "fraction": frac, "needs": need, "edf_s": [round(x, 2) for x in edf_s],
-                       "milp_s": [round(x, 2) for x in milp_s], "ratio": [round(x, 2) for x in ratio]}
+                       "milp_s": [round(x, 2) for x in milp_s], "ratio": [round(x, 2) for x in ratio],
+                       "milp_demand_met": [round(x, 4) for x in met]}
                 if repeat == 1:
                     row = {k: (v[0] if isinstance(v, list) else v) for k, v in row.items()}
                 else:
