@@ -242,6 +242,31 @@ async def test_repair_around_a_held_limit_keeps_the_unbalance_limit():
     assert violation_a(res.snapshot, x) <= 1e-9  # every fuse phase and the unbalance limit
 
 
+async def test_repair_counts_an_untrusted_car_at_its_offer_in_the_unbalance_rows():
+    """A stale car is not among the cars the repair lowers, but its offer stands: counted at 0 A
+    instead, the car on the third phase was switched off to balance against nothing, and the
+    offers on L2 and L3 stood 11 A apart under a 5 A limit (5 A before the repair)."""
+    cps = tuple(ChargePoint(id=f"CP{i}", fuse="grid", max_current_a=20.0, min_current_a=6.0, phases=1,
+                            phase_rotation=rot) for i, rot in enumerate(("L1L2L3", "L2L3L1", "L3L1L2")))
+    site = Site("t", (Fuse("grid", (15.0,) * 3),), cps, max_unbalance_a=5.0)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 3, needs={i: (3, 40.0) for i in range(3)})
+    clock.advance(150)
+    for i in (0, 2):  # CP1 has sent no meter value since it started 150 s ago: stale
+        cs.state.on_meter(f"CP{i}", 1, f"tx{i}", {"current_l1_a": 0.0}, clock.now.to_pydatetime())
+    ctl = _controller(cs, clock, policy="equal")
+    cs.keep_limit.add("CP0")  # accepts nothing: its maximum (20 A) stays in force
+    res = await ctl.step()
+    x = res.current_a
+    assert x["CP0:tx0"] == 20.0 and "CP1:tx1" in res.context.untrusted
+    sent = dict(reversed(cs.sent))  # the first limit each was sent: the step's offers, 5 A apart
+    assert (sent["CP1"], sent["CP2"]) == (11.0, 6.0)
+    # L1 (the held 20 A) is over the others by more than 5 A whatever is lowered: only the rows
+    # that lowering can mend are the repair's; the L3 car is not switched off for nothing.
+    assert x["CP2:tx2"] == 6.0
+    assert abs(sent["CP1"] - x["CP2:tx2"]) <= 5.0 + 1e-9
+
+
 async def test_restart_continues_transactions_energy_and_plan(store_url):
     site = _site(root_a=32.0, n=2)
     db = store_url  # a SQLite file, then a PostgreSQL schema (tests/conftest.py)

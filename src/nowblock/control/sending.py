@@ -165,7 +165,10 @@ class Dispatcher:
                               snap.prices_eur_per_kwh, snap.current_step_a)
         x2 = make_safe(snap2, targets.reindex(rest.index))
         if snap.site.max_unbalance_a is not None:
-            x2 = _balanced_around(snap, x2, kept)
+            # Every car not repaired here counts at its offer: the held ones at what they hold,
+            # the untrusted ones (not in ``base`` under a safety snapshot) at what they were sent.
+            others = {sid: float(targets.get(sid, 0.0)) for sid in snap.cars.index if sid not in x2.index}
+            x2 = _balanced_around(snap, x2, {**others, **kept})
         got = await self.send_waves(x2, ctx, now, only_lower=True)
         return {sid: self.in_force_a(ctx.cars, sid, got[sid]) if sid in got else float(x2[sid]) for sid in x2.index}
 
@@ -226,8 +229,9 @@ class Dispatcher:
 
 def _balanced_around(snap: BlockSnapshot, x: pd.Series, held: dict) -> pd.Series:
     """``x`` (setpoints [A] of the cars that follow, by session) lowered until every row of
-    ``snap`` (the unbalance limit with them) holds with the cars in ``held`` (session -> [A])
-    counted at what they hold; only lowers."""
+    ``snap`` (the unbalance limit with them) that they can mend holds, with the cars in ``held``
+    (session -> [A]) counted at those currents; only lowers. A car of ``snap`` in neither
+    counts at 0 A."""
     index = snap.cars.index
     full = x.reindex(index).fillna(0.0).to_numpy(float, copy=True)
     pinned = index.isin(list(held))

@@ -50,9 +50,9 @@ def safe_setpoints_a(snapshot: BlockSnapshot, current_a: np.ndarray, *, tol_a: f
     (a pandas Series built and read back cost ~0.1 ms a step in the MILP policy).
 
     ``held`` (bool, one per car, optional) marks cars whose current cannot be changed (a
-    charger that does not follow its limit): they are counted at ``current_a`` as given in every
-    row and never lowered; the others are lowered around them. A row the held cars break
-    alone is left as it is (nothing sent can mend it)."""
+    charger that does not follow its limit): they are counted at ``current_a`` as given (NaN
+    and negative as 0) in every row and never changed; the others are lowered around them. A
+    row that stays broken with every other car on it off is left so (nothing sent mends it)."""
     x = np.asarray(current_a, dtype=float).reshape(-1)
     n = len(x)
     if n != len(snapshot.cars):
@@ -69,7 +69,7 @@ def safe_setpoints_a(snapshot: BlockSnapshot, current_a: np.ndarray, *, tol_a: f
     free = np.ones(n, dtype=bool)
     if held is not None:
         free = ~np.asarray(held, dtype=bool).reshape(-1)
-        x[~free] = given[~free]
+        x[~free] = np.maximum(given[~free], 0.0)
     g, h = cached_constraint_rows(snapshot)
     if len(h) == 0:
         return x
