@@ -343,7 +343,9 @@ def test_milp_stage_searches_the_neighbourhood_then_proves_only_when_asked():
     held a plan better by more than the gap tolerance. Either way the plan is real and safe and
     the bound it reports holds for the plan the whole MILP found."""
     b = plugged_in_block(6, seed=3, grid_share=0.15)
-    kw = dict(start=b["start"], horizon="6h", step="15min", base_load=b["base_load"], prices=b["prices"])
+    # milp_min_s: time enough for the whole MILP on a loaded machine (it proves this in ~0.1 s)
+    kw = dict(start=b["start"], horizon="6h", step="15min", base_load=b["base_load"], prices=b["prices"],
+              milp_min_s=5.0)
     out = {prove: nb.optimize(b["site"], b["sessions"], milp_prove=prove, **kw) for prove in (True, False)}
     form = from_sessions(b["site"], b["sessions"], start=kw["start"], horizon="6h", step="15min",
                          base_load=b["base_load"])
@@ -360,6 +362,55 @@ def test_milp_stage_searches_the_neighbourhood_then_proves_only_when_asked():
     assert proved.objective < 0.9 * plan_only.objective
     assert plan_only.bound <= proved.objective + 1e-6  # the relaxation's bound is a true bound
     assert proved.bound >= plan_only.bound - 1e-6
+
+
+def test_milp_stage_neighbourhood_is_searched_and_its_bound_holds(monkeypatch):
+    """The stage's own solves (:func:`nowblock.milp.solve._around_start`) on the MILP the stage
+    built: the relaxation, the neighbourhood with integers fixed where it agrees with the start,
+    and the whole MILP only with ``milp_prove``; the bound it reports never exceeds the MILP's
+    optimum (solved to the end here), its plan is no worse than the start."""
+    import dataclasses
+
+    from nowblock.milp import solve as solve_mod
+    from nowblock.milp.highs_fast import solve_matrix
+
+    b = plugged_in_block(6, seed=3, grid_share=0.15)
+    seen = []
+    real = solve_mod._around_start
+
+    def record(form, mf, start, left):
+        seen.append((form, mf, start))
+        return real(form, mf, start, left)
+
+    monkeypatch.setattr(solve_mod, "_around_start", record)
+    nb.optimize(b["site"], b["sessions"], start=b["start"], horizon="6h", step="15min", base_load=b["base_load"],
+                prices=b["prices"], mip_rel_gap=1e-6, milp_min_s=5.0)
+    assert len(seen) == 1
+    form, mf, start = seen[0]
+    best = solve_matrix(form, mf, 60.0, start)
+    assert best.status == "optimal"
+    calls = []
+
+    def counting(form_, mf_, limit_s, start_=None, **kw):
+        calls.append(mf_)
+        return solve_matrix(form_, mf_, limit_s, start_, **kw)
+
+    monkeypatch.setattr(solve_mod, "solve_matrix", counting)
+    integer = mf.integrality > 0
+    for prove, n_solves in ((False, 2), (True, 3)):
+        calls.clear()
+        f = dataclasses.replace(form, options=dataclasses.replace(form.options, milp_prove=prove, mip_rel_gap=0.01))
+        t0 = time.perf_counter()
+        res = real(f, mf, start, lambda: 30.0 - (time.perf_counter() - t0))
+        assert len(calls) == n_solves
+        assert not calls[0].integrality.any()  # the relaxation
+        free_before = integer & (mf.col_hi > mf.col_lo)
+        fixed_now = free_before & (calls[1].col_hi == calls[1].col_lo)
+        assert 0 < fixed_now.sum() < free_before.sum()  # a neighbourhood, not the whole MILP
+        assert res.values is not None and res.objective <= float(mf.cost @ start) + 1e-9
+        assert res.bound <= best.objective + 1e-6 and res.objective >= best.bound - 1e-6
+        assert res.status in ("optimal", "suboptimal")
+    assert res.status == "optimal"  # with the whole MILP the bound certifies the plan
 
 
 def test_lp_stage_plan_is_certified_and_as_good_as_the_plain_milp():

@@ -125,6 +125,7 @@ _POLISH_ROUNDS = 4  # roundings of the best plan at most (nowblock.milp.plans.po
 #: (200 and 1,000 cars, 8 binary slots; 1-3 s spent); with 400 (50 cars) it improved a plan by
 #: 0.26 % once in four cells tried (docs/bench_optimize.md).
 _MILP_MAX_BINARIES = 1000
+_MIN_SOLVE_S = 0.005  # [s] the MILP stage starts no HiGHS solve with less time left than this
 #: The bound's ascent after a coarse stage (:func:`nowblock.milp.coarse.improve_bound`) may take
 #: this share of the time the call has spent, at least ``_ASCENT_MIN_S`` [s], and ends this long
 #: [s] before the time limit.
@@ -655,33 +656,41 @@ def _around_start(form: Formulation, mf: MatrixForm, start: np.ndarray, left) ->
     own RINS ran, and improved the plan in 58 of 132 stages; the neighbourhood improved it in 86,
     in two thirds of the time (docs/bench_quality.md, "Session 31")."""
     relaxed = dataclasses.replace(mf, integrality=np.zeros_like(mf.integrality))
-    lp = solve_matrix(form, relaxed, left())
-    if lp.values is None:
-        return solve_matrix(form, mf, left(), start)
-    fixed = (mf.integrality > 0) & (np.abs(lp.values - start) <= 1e-6)
-    col_lo, col_hi = mf.col_lo.copy(), mf.col_hi.copy()
-    col_lo[fixed] = col_hi[fixed] = start[fixed]
-    runs = [lp, solve_matrix(form, dataclasses.replace(mf, col_lo=col_lo, col_hi=col_hi), left(), start)]
-    res, bound = runs[1], lp.bound if lp.status == "optimal" else float("nan")
-    # "Held no better plan": less than the certificate's tolerance better than the start.
+    runs = [solve_matrix(form, relaxed, left())]
+    lp = runs[0]
+    bound = lp.bound if lp.status == "optimal" else float("nan")
     before = float(mf.cost @ start)
-    stuck = res.values is None or before - res.objective <= form.options.mip_rel_gap * abs(before)
-    if ((form.options.milp_prove or stuck) and left() > 0.005
-            and not _certified(res.objective if res.values is not None else before, bound, form.options)):
-        runs.append(solve_matrix(form, mf, left(), start if res.values is None else res.values))
+    res = None
+    if lp.values is not None and left() > _MIN_SOLVE_S and not _certified(before, bound, form.options):
+        fixed = (mf.integrality > 0) & (np.abs(lp.values - start) <= 1e-6)
+        col_lo, col_hi = mf.col_lo.copy(), mf.col_hi.copy()
+        col_lo[fixed] = col_hi[fixed] = start[fixed]
+        runs.append(solve_matrix(form, dataclasses.replace(mf, col_lo=col_lo, col_hi=col_hi), left(), start))
+        res = runs[-1]
+    # "Held no better plan": less than the certificate's tolerance better than the start.
+    found = res is not None and res.values is not None
+    stuck = not found or before - res.objective <= form.options.mip_rel_gap * abs(before)
+    if ((form.options.milp_prove or stuck) and left() > _MIN_SOLVE_S
+            and not _certified(res.objective if found else before, bound, form.options)):
+        runs.append(solve_matrix(form, mf, left(), res.values if found else start))
         whole = runs[-1]
         if np.isfinite(whole.bound):
             bound = max(bound, whole.bound) if np.isfinite(bound) else whole.bound
-        if whole.values is not None and (res.values is None or whole.objective <= res.objective):
-            res = whole
-    gap = _gap(res.objective, bound) if res.values is not None else float("inf")
-    if res.values is None or _certified(res.objective, bound, form.options):
-        status = res.status if res.values is None else "optimal"
-    else:  # a neighbourhood solved to the end is no proof
+        if whole.values is not None and (not found or whole.objective <= res.objective):
+            res, found = whole, True
+    if not found:  # no plan from the stage (the start stands): its bound and times still count
+        res = dataclasses.replace(runs[-1], values=None, objective=float("nan"))
+    gap = _gap(res.objective, bound) if found else float("inf")
+    if _certified(res.objective if found else before, bound, form.options):
+        status = "optimal"  # the plan returned, or the start if none: proven within the gap
+    elif found:  # a neighbourhood solved to the end is no proof
         status = "time_limit" if any(r.status == "time_limit" for r in runs) else "suboptimal"
+    else:
+        status = "time_limit" if left() <= _MIN_SOLVE_S else "no_solution"
+    # Each solve's build time holds the matrix's own build once; the matrix was built once.
     return dataclasses.replace(res, status=status, bound=bound, mip_gap=gap, matrix=mf,
                                solve_seconds=sum(r.solve_seconds for r in runs),
-                               build_seconds=sum(r.build_seconds for r in runs),
+                               build_seconds=sum(r.build_seconds for r in runs) - (len(runs) - 1) * mf.build_seconds,
                                run_call_seconds=sum(r.run_call_seconds for r in runs))
 
 
