@@ -430,6 +430,7 @@ def test_peak_shaving_stops_at_its_deadline_and_the_greedy_fallback_gets_the_cal
 
 def test_the_lp_stage_gets_the_time_left_and_the_call_reports_it(monkeypatch):
     from nowblock.milp import solve as solve_mod
+    from nowblock.milp import stage as stage_mod
     from nowblock.milp.testing import plugged_in_block
 
     limits = []
@@ -440,6 +441,7 @@ def test_the_lp_stage_gets_the_time_left_and_the_call_reports_it(monkeypatch):
         return real(form, mf, time_limit_s, start, **kw)
 
     monkeypatch.setattr(solve_mod, "solve_matrix", spy)
+    monkeypatch.setattr(stage_mod, "solve_matrix", spy)  # the MILP stage's solves too
     b = plugged_in_block(20, seed=2)
     form = from_sessions(b["site"], b["sessions"], start=b["start"], options=OptimizeOptions(time_limit_s=3.0))
     s = solve_formulation(form)
@@ -454,6 +456,7 @@ def test_the_lp_stage_gets_the_time_left_and_the_call_reports_it(monkeypatch):
 def test_a_poor_milp_incumbent_never_replaces_a_better_lp_plan(monkeypatch):
     # A MILP stage that returns a bad point (all zero) must not be what the call returns.
     from nowblock.milp import solve as solve_mod
+    from nowblock.milp import stage as stage_mod
     from nowblock.milp.testing import plugged_in_block
 
     real = solve_mod.solve_matrix
@@ -465,7 +468,7 @@ def test_a_poor_milp_incumbent_never_replaces_a_better_lp_plan(monkeypatch):
             return res.__class__(**{**res.__dict__, "values": v, "status": "time_limit"})
         return res
 
-    monkeypatch.setattr(solve_mod, "solve_matrix", poor)
+    monkeypatch.setattr(stage_mod, "solve_matrix", poor)  # the MILP stage's solves
     # No polishing: it gives this block every car's LP energy, and the MILP stage would not run.
     monkeypatch.setattr(solve_mod, "_POLISH_ROUNDS", 0)
     b = plugged_in_block(12, seed=4, grid_share=0.1)

@@ -365,24 +365,24 @@ def test_milp_stage_searches_the_neighbourhood_then_proves_only_when_asked():
 
 
 def test_milp_stage_neighbourhood_is_searched_and_its_bound_holds(monkeypatch):
-    """The stage's own solves (:func:`nowblock.milp.solve._around_start`) on the MILP the stage
+    """The stage's own solves (:func:`nowblock.milp.stage.around_start`) on the MILP the stage
     built: the relaxation, the neighbourhood with integers fixed where it agrees with the start,
     and the whole MILP only with ``milp_prove``; the bound it reports never exceeds the MILP's
     optimum (solved to the end here), its plan is no worse than the start."""
     import dataclasses
 
-    from nowblock.milp import solve as solve_mod
+    from nowblock.milp import stage as stage_mod
     from nowblock.milp.highs_fast import solve_matrix
 
     b = plugged_in_block(6, seed=3, grid_share=0.15)
     seen = []
-    real = solve_mod._around_start
+    real = stage_mod.around_start
 
     def record(form, mf, start, left):
         seen.append((form, mf, start))
         return real(form, mf, start, left)
 
-    monkeypatch.setattr(solve_mod, "_around_start", record)
+    monkeypatch.setattr(stage_mod, "around_start", record)
     nb.optimize(b["site"], b["sessions"], start=b["start"], horizon="6h", step="15min", base_load=b["base_load"],
                 prices=b["prices"], mip_rel_gap=1e-6, milp_min_s=5.0)
     assert len(seen) == 1
@@ -395,7 +395,7 @@ def test_milp_stage_neighbourhood_is_searched_and_its_bound_holds(monkeypatch):
         calls.append(mf_)
         return solve_matrix(form_, mf_, limit_s, start_, **kw)
 
-    monkeypatch.setattr(solve_mod, "solve_matrix", counting)
+    monkeypatch.setattr(stage_mod, "solve_matrix", counting)
     integer = mf.integrality > 0
     for prove, n_solves in ((False, 2), (True, 3)):
         calls.clear()

@@ -68,3 +68,17 @@ def polish(form: Formulation, mf, plan: Plan, objective: float, rounds: int, tim
             break
         plan, objective, improved = new, new_obj, improved + 1
     return plan, objective, improved
+
+
+def certified(objective: float, bound: float, o) -> bool:
+    """Whether ``bound`` [EUR] proves ``objective`` [EUR] within ``o.mip_rel_gap`` or
+    ``o.mip_abs_gap`` [EUR] (``o``: :class:`~nowblock.milp.options.OptimizeOptions`)."""
+    return bool(np.isfinite(bound)) and (relative_gap(objective, bound) <= o.mip_rel_gap
+                                         or objective - bound <= o.mip_abs_gap)
+
+
+def relative_gap(objective: float, bound: float) -> float:
+    """``(objective - bound) / |objective|`` (both [EUR]), at least 0; infinite without both."""
+    if not np.isfinite(bound) or not np.isfinite(objective):
+        return float("inf")
+    return max(objective - bound, 0.0) / max(abs(objective), 1e-9)

@@ -27,7 +27,7 @@ the longest plan made so far in the call, whichever is longer).
    from scratch under the critical peak, least laxity first; and, time permitting, Lagrange's
    bound over the critical interval.
 4. **Polish** the best plan, if not certified (:func:`~nowblock.milp.plans.polish`); then the
-   **MILP stage**, if the best plan is not certified (more than ``mip_rel_gap`` and
+   **MILP stage** (:mod:`nowblock.milp.stage`), if the best plan is not certified (more than ``mip_rel_gap`` and
    ``mip_abs_gap`` from the bound), gives some car less than the LP did and the stage has at
    most :data:`_MILP_MAX_BINARIES` binaries: HiGHS with the
    currents of the first ``binary_slots`` slots in whole pilot steps and on/off binaries on
@@ -52,7 +52,6 @@ that plan is expected to take: it costs 3-5 times less); if HiGHS raises, the ba
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
@@ -62,11 +61,12 @@ from nowblock.milp.adapters import from_sessions
 from nowblock.milp.coarse import Lagrangian, coarse_factor, coarse_formulation, expand, fine_row_prices, improve_bound
 from nowblock.milp.formulation import Formulation, OptimizeOptions
 from nowblock.milp.highs_fast import SolveResult, SolverOptionError, extend_basis, race_lp, solve_matrix
-from nowblock.milp.matrix import MatrixForm, in_pilot_steps, is_feasible, plan_columns, plan_objective
+from nowblock.milp.matrix import plan_objective
 from nowblock.milp.peak import critical_peak_kw, mean_peak_matrix, plan_peak_kw, warm_start_pays
-from nowblock.milp.plans import Best as _Best, polish, real_plan
+from nowblock.milp.plans import Best as _Best, certified as _certified, polish, real_plan, relative_gap as _gap
 from nowblock.milp.rounding import Plan, make_plan
 from nowblock.milp.schedule import Schedule, fallback_schedule, plan_schedule
+from nowblock.milp.stage import milp_stage
 
 
 def run_backend(form: Formulation, *, relax: bool = False, warm_start_a=None) -> SolveResult:
@@ -93,17 +93,6 @@ def reserve_seconds(form: Formulation) -> float:
     return 0.02 + per_pair * form.n_cars * form.n_slots
 
 
-def _certified(objective: float, bound: float, o: OptimizeOptions) -> bool:
-    """Whether the bound proves ``objective`` within ``mip_rel_gap`` or ``mip_abs_gap`` [EUR]."""
-    return np.isfinite(bound) and (_gap(objective, bound) <= o.mip_rel_gap or objective - bound <= o.mip_abs_gap)
-
-
-def _gap(objective: float, bound: float) -> float:
-    if not np.isfinite(bound) or not np.isfinite(objective):
-        return float("inf")
-    return max(objective - bound, 0.0) / max(abs(objective), 1e-9)
-
-
 #: Fine grids with at least this many (car, slot) cells get the coarse stage first: the fine LP
 #: took 25-200 s at 163,000-288,000 cells (1,000 cars x 288 slots) on the instance matrix, the
 #: coarse LP 3-5 s; at 200 cars x 288 slots (28,000-33,000 cells) the coarse stage certified
@@ -125,7 +114,6 @@ _POLISH_ROUNDS = 4  # roundings of the best plan at most (nowblock.milp.plans.po
 #: (200 and 1,000 cars, 8 binary slots; 1-3 s spent); with 400 (50 cars) it improved a plan by
 #: 0.26 % once in four cells tried (docs/bench_optimize.md).
 _MILP_MAX_BINARIES = 1000
-_MIN_SOLVE_S = 0.005  # [s] the MILP stage starts no HiGHS solve with less time left than this
 #: The bound's ascent after a coarse stage (:func:`nowblock.milp.coarse.improve_bound`) may take
 #: this share of the time the call has spent, at least ``_ASCENT_MIN_S`` [s], and ends this long
 #: [s] before the time limit.
@@ -559,7 +547,7 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
             and best.plan.missing_kwh > 1e-6 and form.n_binary_slots > 0 and (run.lp_solved or run.lp0 is not None)
             and _milp_binaries(form, mf) <= _MILP_MAX_BINARIES):
         try:
-            res, candidates = _milp_stage(run, mf, warm_start_a, time.perf_counter() + budget)
+            res, candidates = milp_stage(run, mf, warm_start_a, time.perf_counter() + budget)
         except SolverOptionError:
             raise
         except Exception as exc:  # noqa: BLE001 - keep the LP plan
@@ -596,102 +584,6 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
                          detail=f"{best.method}; " + ", ".join(f"{s['stage']}: {s['status']}" for s in stages),
                          method=best.method, seconds=time.perf_counter() - t0,
                          extra={"stages": stages, "run_call_seconds": run_s})
-
-
-def _milp_stage(run: _Run, lp_matrix, warm_start_a, stop_at: float):
-    """HiGHS on the MILP from the best plan so far; returns the solver result and the real plans it
-    gave: (method, plan, objective). On/off binaries where a limit row is stated (could bind) in
-    the binary window: elsewhere every car can take its rounded current whatever the others do
-    (the stated rows do not depend on the binaries). In the window the currents are whole pilot
-    steps (:func:`~nowblock.milp.matrix.in_pilot_steps`): its bound then holds for what a
-    charger can be sent, and small blocks are solved to the step. HiGHS gets the time until
-    ``stop_at`` (``time.perf_counter()``) left after building, never past ``run.left()``."""
-    form, best = run.form, run.best
-    mask = np.zeros(len(form.cells[0]), dtype=bool)
-    mask[lp_matrix.fuse_cells] = True
-    window = np.nonzero(form.cells[1] < form.n_binary_slots)[0]
-    mf = form.matrix(binary_mask=mask, split_useful=len(window) > 0)
-    mf_steps = in_pilot_steps(mf, window, float(form.options.current_step_a))
-    car, slot = form.cells
-    candidates = []
-    starts = [best.plan]
-    if callable(warm_start_a):
-        warm_start_a = warm_start_a()
-    if warm_start_a is not None:
-        warm = make_plan(form, np.asarray(warm_start_a, dtype=float))
-        candidates.append(("warm start", warm, plan_objective(form, mf, warm.current_a)))
-        starts.append(warm)
-    cur = mf.cols["current_a"]
-    vs = []
-    for p in starts:
-        v = plan_columns(form, mf, p.current_a[car, slot])
-        if is_feasible(mf, v):
-            v[cur] /= mf_steps.current_scale  # a real plan is in whole steps: whole numbers here
-            vs.append(v)
-    start = min(vs, key=lambda v: float(mf_steps.cost @ v)) if vs else None
-    if start is None:
-        res = solve_matrix(form, mf_steps, min(stop_at - time.perf_counter(), run.left()), None)
-    else:
-        res = _around_start(form, mf_steps, start, lambda: min(stop_at - time.perf_counter(), run.left()))
-    if res.values is not None:
-        x = form.current_from_cells(mf_steps.current_a(res.values))
-        plan, objective = run.real_plan(mf, x)
-        candidates.append(("milp+rounding", plan, objective))
-    return res, candidates
-
-
-def _around_start(form: Formulation, mf: MatrixForm, start: np.ndarray, left) -> SolveResult:
-    """HiGHS on ``mf`` around the plan ``start`` (every column's value, integral where ``mf`` is):
-    first its LP relaxation (a bound on every point of ``mf``), then the MILP with each integer
-    column fixed where the relaxation agrees with ``start`` (a relaxation-induced neighbourhood,
-    RINS), started from ``start``; then, if the plan is not certified by the relaxation, the
-    whole MILP from the best plan for the rest of the time, for its bound with
-    ``options.milp_prove``, else only when the neighbourhood held no better plan. Every solve
-    gets ``left()`` [s]. Returns the best plan's result with the best bound, every solve's
-    times, and status ``"optimal"`` only when that bound certifies the plan (else
-    ``"time_limit"`` if a solve stopped at its limit, or ``"suboptimal"``).
-
-    Why the neighbourhood first: on the closed loop's stages (500-column MILPs with 100-250
-    integers) HiGHS on the whole MILP spent its 0.1 s in the root node's cut rounds before its
-    own RINS ran, and improved the plan in 58 of 132 stages; the neighbourhood improved it in 86,
-    in two thirds of the time (docs/bench_quality.md, "Session 31")."""
-    relaxed = dataclasses.replace(mf, integrality=np.zeros_like(mf.integrality))
-    runs = [solve_matrix(form, relaxed, left())]
-    lp = runs[0]
-    bound = lp.bound if lp.status == "optimal" else float("nan")
-    before = float(mf.cost @ start)
-    res = None
-    if lp.values is not None and left() > _MIN_SOLVE_S and not _certified(before, bound, form.options):
-        fixed = (mf.integrality > 0) & (np.abs(lp.values - start) <= 1e-6)
-        col_lo, col_hi = mf.col_lo.copy(), mf.col_hi.copy()
-        col_lo[fixed] = col_hi[fixed] = start[fixed]
-        runs.append(solve_matrix(form, dataclasses.replace(mf, col_lo=col_lo, col_hi=col_hi), left(), start))
-        res = runs[-1]
-    # "Held no better plan": less than the certificate's tolerance better than the start.
-    found = res is not None and res.values is not None
-    stuck = not found or before - res.objective <= form.options.mip_rel_gap * abs(before)
-    if ((form.options.milp_prove or stuck) and left() > _MIN_SOLVE_S
-            and not _certified(res.objective if found else before, bound, form.options)):
-        runs.append(solve_matrix(form, mf, left(), res.values if found else start))
-        whole = runs[-1]
-        if np.isfinite(whole.bound):
-            bound = max(bound, whole.bound) if np.isfinite(bound) else whole.bound
-        if whole.values is not None and (not found or whole.objective <= res.objective):
-            res, found = whole, True
-    if not found:  # no plan from the stage (the start stands): its bound and times still count
-        res = dataclasses.replace(runs[-1], values=None, objective=float("nan"))
-    gap = _gap(res.objective, bound) if found else float("inf")
-    if _certified(res.objective if found else before, bound, form.options):
-        status = "optimal"  # the plan returned, or the start if none: proven within the gap
-    elif found:  # a neighbourhood solved to the end is no proof
-        status = "time_limit" if any(r.status == "time_limit" for r in runs) else "suboptimal"
-    else:
-        status = "time_limit" if left() <= _MIN_SOLVE_S else "no_solution"
-    # Each solve's build time holds the matrix's own build once; the matrix was built once.
-    return dataclasses.replace(res, status=status, bound=bound, mip_gap=gap, matrix=mf,
-                               solve_seconds=sum(r.solve_seconds for r in runs),
-                               build_seconds=sum(r.build_seconds for r in runs) - (len(runs) - 1) * mf.build_seconds,
-                               run_call_seconds=sum(r.run_call_seconds for r in runs))
 
 
 def optimize(site, sessions: pd.DataFrame, start=None, horizon="24h", step="15min", base_load=None, prices=None,
