@@ -54,10 +54,11 @@ def milp_stage(run, lp_matrix, warm_start_a, stop_at: float):
             v[cur] /= mf_steps.current_scale  # a real plan is in whole steps: whole numbers here
             vs.append(v)
     start = min(vs, key=lambda v: float(mf_steps.cost @ v)) if vs else None
-    if start is None:
-        res = solve_matrix(form, mf_steps, min(stop_at - time.perf_counter(), run.left()), None)
-    else:
-        res = around_start(form, mf_steps, start, lambda: min(stop_at - time.perf_counter(), run.left()))
+
+    def left() -> float:
+        return min(stop_at - time.perf_counter(), run.left())
+
+    res = solve_matrix(form, mf_steps, left(), None) if start is None else around_start(form, mf_steps, start, left)
     if res.values is not None:
         x = form.current_from_cells(mf_steps.current_a(res.values))
         plan, objective = run.real_plan(mf, x)
@@ -99,8 +100,7 @@ def around_start(form: Formulation, mf: MatrixForm, start: np.ndarray, left) -> 
             and not certified(res.objective if found else before, bound, form.options)):
         runs.append(solve_matrix(form, mf, left(), res.values if found else start))
         whole = runs[-1]
-        if np.isfinite(whole.bound):
-            bound = max(bound, whole.bound) if np.isfinite(bound) else whole.bound
+        bound = float(np.fmax(bound, whole.bound))  # either may be NaN (no proof)
         if whole.values is not None and (not found or whole.objective <= res.objective):
             res, found = whole, True
     if not found:  # no plan from the stage (the start stands): its bound and times still count

@@ -73,13 +73,13 @@ def safe_setpoints_a(snapshot: BlockSnapshot, current_a: np.ndarray, *, tol_a: f
     g, h = cached_constraint_rows(snapshot)
     if len(h) == 0:
         return x
-    # Rows that no car that can move loads are out of reach (only with held cars).
-    mendable = ((g > 0) & free).any(axis=1) if not free.all() else None
+    # With held cars, a row that no free car still on loads is out of reach.
+    movable = (g > 0) & free if not free.all() else None
     max_proportional = 2 * (len(h) + n) + 10
     for it in range(max_proportional + n + 1):
         viol = g @ x - h
-        if mendable is not None:
-            viol = np.where(mendable & ((g > 0) & free & (x > 0)).any(axis=1), viol, -np.inf)
+        if movable is not None:
+            viol = np.where((movable & (x > 0)).any(axis=1), viol, -np.inf)
         r = int(np.argmax(viol))
         if viol[r] <= tol_a:
             return x
@@ -101,10 +101,10 @@ def safe_setpoints_a(snapshot: BlockSnapshot, current_a: np.ndarray, *, tol_a: f
         victim = cand[np.lexsort((-slack[cand], prio[cand]))[0]]
         x[victim] = 0.0
     # Out of rounds without a clean check (unreachable by the argument above): all off is safe.
-    if (g @ x - h).max() > tol_a and mendable is None:  # pragma: no cover
-        x[:] = 0.0
-    elif mendable is not None:  # pragma: no cover
+    if movable is not None:  # pragma: no cover
         x[free] = 0.0
+    elif (g @ x - h).max() > tol_a:  # pragma: no cover
+        x[:] = 0.0
     return x
 
 
