@@ -220,6 +220,31 @@ def test_simulated_and_live_blocks_give_the_same_snapshot():
     assert now.tzinfo is not None and now.tz_convert(timezone.utc) == now
 
 
+def test_a_simulated_car_that_plugged_in_within_a_step_is_trusted_in_its_first():
+    """A car that arrives mid-step is first observed at the next step's start, before it drew:
+    its simulated charger reports then, so it is not stale (it was: every mid-step arrival of a
+    simulated week took the untrusted path of a silent charger in its first step)."""
+    site = _site(root_a=32.0, n=2)
+    step15 = pd.Timedelta("15min")
+    sessions = pd.DataFrame({
+        "session_id": ["early", "late"], "charge_point_id": ["CP0", "CP1"],
+        "arrival": [T0, T0 + pd.Timedelta(minutes=1)], "departure": [T0 + pd.Timedelta(hours=6)] * 2,
+        "energy_kwh": [30.0, 10.0], "max_current_a": [16.0, 16.0]})
+    sim = SimulatedBlock(Scenario(site, sessions), step=step15, horizon=pd.Timedelta("1h"), start=T0,
+                         end=T0 + pd.Timedelta(hours=6), needs_known=True)
+    step = ControlStep()
+    snap, ctx = step.prepare(sim.observe(T0))
+    assert list(snap.cars.index) == ["early"]
+    step.record_sent("early", 16.0, T0)
+    sim.apply(T0, pd.Series({"early": 16.0}))
+    obs = sim.observe(T0 + step15)  # "late" plugged in 14 min ago, longer than stale_after_s
+    assert step.settings.stale_after_s < 14 * 60
+    assert np.isnan(obs.cars.loc["late", "measured_current_a"])  # no draw yet
+    snap, ctx = step.prepare(obs)
+    assert list(snap.cars.index) == ["early", "late"]
+    assert ctx.untrusted == {} and ctx.safety is None
+
+
 def test_a_car_above_both_its_new_and_its_old_limit_is_over_drawing_at_once():
     obs = _obs(_site(), measured=[16.0, 10.0, 8.0, 8.0], offered=[8.0] * 4)
     step = ControlStep()

@@ -378,9 +378,11 @@ def random_scenarios(draw) -> Scenario:
 
 def _stale_two_phase_car_beside_a_one_phase_car() -> Scenario:
     """Found by this test (seed 6 at 150 examples): a 2-phase car on L1/L2 that arrives mid-step
-    (so its first step has no meter value: stale) beside a 1-phase car wired to L3, a 5 A
-    unbalance limit. The stale car's offer was left out of the rows the other car was made safe
-    against: the L3 car was paused and the offers stood 9 A apart."""
+    beside a 1-phase car wired to L3, a 5 A unbalance limit. The simulator then marked such a
+    car stale in its first step, and the stale car's offer was left out of the rows the other car
+    was made safe against: the L3 car was paused and the offers stood 9 A apart. The simulator
+    no longer marks it stale; the untrusted car's case is
+    ``tests/test_loop_step.py::test_offers_to_untrusted_cars_count_in_the_unbalance_limit``."""
     site = Site("rnd", (Fuse("F0", (10.0, 10.0, 10.0)),),
                 (ChargePoint("CP0", "F0", 16.0, 6.0, 3, "L1L2L3"), ChargePoint("CP1", "F0", 16.0, 6.0, 1, "L1L2L3"),
                  ChargePoint("CP2", "F0", 16.0, 6.0, 1, "L3L1L2")), max_unbalance_a=5.0)

@@ -149,9 +149,11 @@ class SimulatedBlock:
             "offered_current_a": self.offered[act],
             "priority": self.prio[act],
             "needs_known": np.full(len(act), self.needs_known),
-            # The previous step's draw was measured at its end, with its limit in force all step.
-            "last_meter": pd.DatetimeIndex(np.where(np.isnan(self.measured[act]), _NAT, now.as_unit("ns").value)
-                                           .view("M8[ns]"), tz="UTC").array,
+            # A simulated charger reports at every step's start: the draw of the step before, with
+            # its limit in force all step, or no draw yet for a car that plugged in within it
+            # (offered nothing). Not "no meter value": a car that arrived mid-step was stale in its
+            # first step, so every such arrival took the untrusted path of a silent charger.
+            "last_meter": pd.DatetimeIndex(np.full(len(act), now.as_unit("ns").value).view("M8[ns]"), tz="UTC").array,
         }
         if not self.needs_known:
             cols["departure"] = pd.DatetimeIndex(np.full(len(act), _NAT).view("M8[ns]"), tz="UTC").array
