@@ -552,3 +552,109 @@ async def test_the_milp_can_solve_in_a_process_of_its_own():
         assert violation_a(res.snapshot, res.current_a) == 0.0
     finally:
         await ctl.stop()
+
+
+class SilentCentral(FakeCentral):
+    """Stations in ``silent`` never answer a profile (their calls hang, as over a dead link that
+    the WebSocket has not noticed yet); the others accept."""
+
+    def __init__(self, site: Site) -> None:
+        super().__init__(site)
+        self.silent: set[str] = set()
+        self.hanging = 0
+
+    async def _hang(self):
+        self.hanging += 1
+        await asyncio.Event().wait()
+
+    async def set_limit(self, cp_id, connector_id, current_a, *, validity_s=None):
+        if cp_id in self.silent:
+            self.sent.append((cp_id, float(current_a)))
+            await self._hang()
+        return await super().set_limit(cp_id, connector_id, current_a, validity_s=validity_s)
+
+    async def set_default_profile(self, cp_id, current_a, *, connector_id=0, validity_s=None, profile_id=None):
+        if cp_id in self.silent:
+            await self._hang()
+        return await super().set_default_profile(cp_id, current_a, connector_id=connector_id,
+                                                 validity_s=validity_s, profile_id=profile_id)
+
+
+async def test_a_silent_charger_does_not_hold_the_step_or_the_others_limits():
+    """Found by an outside test over WebSockets: one station that never answered its profiles
+    held every step (and every other charger's limit) for the 90 s of its fallback chain."""
+    site = _site(root_a=48.0, n=3)
+    cs, clock = SilentCentral(site), Clock()
+    cs.silent.add("CP1")
+    _start(cs, clock, 3, needs={0: (3, 40.0), 1: (3, 40.0), 2: (3, 40.0)})
+    ctl = _controller(cs, clock, policy="equal", send_wait_s=0.2)
+    try:
+        res = await asyncio.wait_for(ctl.step(), timeout=10.0)  # it hung before
+        assert {cp for cp, _ in cs.sent} == {"CP0", "CP1", "CP2"}
+        # CP1 holds no profile it accepted: counted at its 32 A maximum, the others share the rest.
+        assert res.current_a["CP1:tx1"] == 32.0
+        assert res.current_a.sum() <= 48.0 + 1e-9 and violation_a(res.snapshot, res.current_a) == 0.0
+        assert res.current_a["CP0:tx0"] + res.current_a["CP2:tx2"] > 0  # the others still get the rest
+        assert ((res.current_a == 0) | (res.current_a >= 6)).all()
+        # The next step plans around it (it holds more than it was sent) and sends it nothing more.
+        clock.advance(60)
+        _meter(cs, clock, {0: float(res.current_a["CP0:tx0"]), 1: 10.0, 2: float(res.current_a["CP2:tx2"])})
+        before = sum(cp == "CP1" for cp, _ in cs.sent)
+        res2 = await asyncio.wait_for(ctl.step(), timeout=10.0)
+        assert res2.context.untrusted == {"CP1:tx1": "holding"}
+        assert sum(cp == "CP1" for cp, _ in cs.sent) == before
+        assert res2.current_a["CP1:tx1"] == 32.0 and violation_a(res2.snapshot, res2.current_a) == 0.0
+        assert res2.current_a["CP0:tx0"] + res2.current_a["CP2:tx2"] == pytest.approx(16.0, abs=1.0)
+        # What the well-behaved chargers really hold now stays within the fuse beside CP1's 32 A.
+        held = cs.state.snapshot(clock.now.to_pydatetime())["offered_current_a"]
+        assert held.drop("CP1:tx1").sum() + 32.0 <= 48.0 + 1e-9
+    finally:
+        await ctl.failsafe.cancel()
+
+
+async def test_raises_wait_while_a_lowered_limit_is_not_in_force():
+    """A raise takes room a lowered car gives up: when that car's charger keeps its higher limit,
+    the raise is not sent in the same step (it was, and the repair took it back a moment later,
+    with both limits in force in between)."""
+    site = _site(root_a=32.0, n=2)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 2, needs={0: (3, 40.0), 1: (3, 40.0)})
+
+    class Scripted:
+        name = "scripted"
+        answers = [{"CP0:tx0": 16.0, "CP1:tx1": 16.0}, {"CP0:tx0": 8.0, "CP1:tx1": 24.0}]
+
+        def schedule(self, snapshot):
+            return pd.Series(self.answers.pop(0)).reindex(snapshot.cars.index)
+
+    ctl = _controller(cs, clock, policy=Scripted())
+    await ctl.step()
+    assert sorted(cs.sent) == [("CP0", 16.0), ("CP1", 16.0)]
+    clock.advance(60)
+    _meter(cs, clock, {0: 16.0, 1: 16.0})
+    cs.keep_limit.add("CP0")  # answers Accepted but keeps its 16 A
+    res = await ctl.step()
+    assert ("CP1", 24.0) not in cs.sent  # the raise waited
+    assert res.current_a["CP0:tx0"] == 16.0 and res.current_a["CP1:tx1"] == 16.0
+    held = cs.state.snapshot(clock.now.to_pydatetime())["offered_current_a"]
+    assert held.sum() <= 32.0 + 1e-9
+
+
+async def test_a_car_not_drawing_yet_at_its_first_meter_value_is_not_taken_for_full():
+    """Found by an outside test over WebSockets: a car whose first meter value read 0 A (cars
+    take seconds to start after plugging in) was taken for full at once, offered 0 A, and so
+    could never show it was not."""
+    site = _site(root_a=32.0, n=1)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 1)  # needs unknown: an OCPP 1.6 car
+    clock.advance(1)
+    _meter(cs, clock, {0: 0.0})  # its first meter value: nothing drawn yet, nothing delivered
+    ctl = _controller(cs, clock, policy="equal")
+    res = await ctl.step()
+    assert res.current_a["CP0:tx0"] >= 6.0
+    assert "CP0:tx0" not in ctl.loop.full
+    # One that takes nothing for as long as it was offered its minimum for start_s is full.
+    clock.advance(ctl.settings.start_s + 1)
+    _meter(cs, clock, {0: 0.0})
+    await ctl.step()
+    assert "CP0:tx0" in ctl.loop.full

@@ -101,6 +101,10 @@ class ControllerSettings:
     readback_s : float
         [s] At most this often per car, the charger of a car that does not draw what it was
         given is asked what it applies (GetCompositeSchedule).
+    send_wait_s : float
+        [s] How long a step waits for the chargers' answers to each wave of limits; a charger
+        that has not answered by then is counted at what it holds and planned around from the
+        next step (see :class:`~nowblock.control.sending.Dispatcher`).
     solver_process : bool
         Run a policy given by name in a worker process of its own
         (:class:`~nowblock.control.solver.SolverProcess`; ``nowblock serve`` does), so a long
@@ -122,6 +126,7 @@ class ControllerSettings:
     idle_limit_a: float | None = 0.0
     idle_validity_s: float = 900.0
     readback_s: float = 300.0
+    send_wait_s: float = 2.5
     solver_process: bool = False
 
 
@@ -259,7 +264,7 @@ class Controller:
         self.sender = Dispatcher(central, self.loop, self.escalation, cfg.loop,
                                  profile_validity_s=self.profile_validity_s, readback_s=cfg.readback_s,
                                  spawn=self.failsafe.spawn, alarm=self._alarms.raise_alarm,
-                                 step_gap_s=lambda: self._step_gap_s)
+                                 step_gap_s=lambda: self._step_gap_s, send_wait_s=cfg.send_wait_s)
         self._needs_fit_at: pd.Timestamp | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()

@@ -46,17 +46,26 @@ class Dispatcher:
     readback_s : float
         [s] At most this often per car a charger is asked what it applies.
     spawn : callable
-        Runs a coroutine in the background (the fail-safe keeper's task set).
+        Runs a coroutine as a task and returns it (the fail-safe keeper's task set, which the
+        controller's stop cancels).
     alarm : callable
         ``alarm(kind, now, **data)`` for cars past their alarm time.
     step_gap_s : callable
         [s] The longest recent interval between steps: profiles are refreshed before they could
         expire ahead of the next step.
+    send_wait_s : float
+        [s] How long a wave waits for the chargers' answers. A charger that has not answered by
+        then (a silent station, one still working through an earlier call: calls to a station
+        go one at a time) is counted at what it holds, is booked as sent (so the next step finds
+        it holding more than it was sent, if it does, and plans the others around it) and gets
+        nothing more until it answers; its send goes on in the background. Without this bound
+        one silent charger held every step, and every other charger's limit, for the 90 s of its
+        fallback chain's time-outs.
     """
 
     def __init__(self, central, loop: ControlStep, escalation: Escalation, settings: cl.LoopSettings, *,
                  profile_validity_s: float, readback_s: float, spawn: Callable, alarm: Callable,
-                 step_gap_s: Callable[[], float]) -> None:
+                 step_gap_s: Callable[[], float], send_wait_s: float = 2.5) -> None:
         self.central = central
         self.state = central.state
         self.loop = loop
@@ -68,6 +77,10 @@ class Dispatcher:
         self._alarm = alarm
         self._step_gap_s = step_gap_s
         self._read_at: dict[str, pd.Timestamp] = {}  # session -> when its applied limit was last asked
+        if not send_wait_s > 0:
+            raise ValueError(f"send_wait_s: must be > 0, got {send_wait_s!r}")
+        self.send_wait_s = float(send_wait_s)
+        self.pending: dict[str, asyncio.Task] = {}  # session -> its send still waiting for an answer
 
     async def dispatch(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp) -> dict[str, float | None]:
         """Send the step's limits (lowered first, then raised).
@@ -99,16 +112,54 @@ class Dispatcher:
     async def send_waves(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp, *, only_lower=False,
                          resend=frozenset()) -> dict[str, float | None]:
         """Send what :func:`~nowblock.control.dispatch.plan_waves` says is due: the lowered
-        limits, and once they were answered the raises (none with ``only_lower``)."""
+        limits, and once they were answered the raises (none with ``only_lower``).
+
+        Each wave waits at most ``send_wait_s`` (see the class). The raises are held back for
+        this step when a lowered limit of a car the step counted on (trusted) is not in force
+        after the first wave (refused, or not answered yet): the room they would take is not
+        free; the caller's repair lowers the others around that car now, and the next step
+        plans around it."""
         # Re-send before a profile could expire ahead of the next step (steps may run late).
         refresh_s = min(self.profile_validity_s / 2.0, self.profile_validity_s - 2.0 * self._step_gap_s())
         lower, higher = plan_waves(targets, self.loop.sent, ctx.cars["offered_current_a"], now,
                                    refresh_s=refresh_s, resend=resend)
+        out = await self._wave(ctx.cars, lower, now)
+        if only_lower or not higher:
+            return out
+        stuck = [sid for sid, lim in lower if sid in out and sid not in ctx.untrusted
+                 and self.in_force_a(ctx.cars, sid, out[sid]) > lim + 0.05]
+        if stuck:
+            log.warning("raises held back this step: %s not lowered yet", ", ".join(sorted(stuck)))
+            return out
+        out.update(await self._wave(ctx.cars, higher, now))
+        return out
+
+    async def _wave(self, cars: pd.DataFrame, batch: list, now: pd.Timestamp) -> dict[str, float | None]:
+        """Send ``batch`` ((session, limit [A]) pairs) at once and wait up to ``send_wait_s`` for
+        the answers: session -> the limit [A] its charger accepted (None: not known, so counted
+        at what the live state says it holds), for every car sent or still waiting to be."""
         out: dict[str, float | None] = {}
-        for batch in (lower, [] if only_lower else higher):
-            if batch:
-                got = await asyncio.gather(*(self._send(ctx.cars, sid, lim, now) for sid, lim in batch))
-                out.update({sid: a for (sid, _), (ok, a) in zip(batch, got) if ok})
+        tasks = {}
+        for sid, lim in batch:
+            if sid in self.pending:  # its charger has not answered the last one: nothing more now
+                out[sid] = None
+                continue
+            tasks[sid] = (self._spawn(self._send(cars, sid, lim, now)), lim)  # stopped with the controller
+        if not tasks:
+            return out
+        await asyncio.wait([t for t, _ in tasks.values()], timeout=self.send_wait_s)
+        for sid, (task, lim) in tasks.items():
+            if task.done():
+                ok, a = task.result()
+                if ok:
+                    out[sid] = a
+                continue
+            log.warning("%s: no answer to its limit of %.1f A within %.1f s; counted at what it holds",
+                        sid, lim, self.send_wait_s)
+            self.loop.record_sent(sid, lim, now)  # sent: if its charger keeps more, it is holding
+            self.pending[sid] = task
+            task.add_done_callback(lambda _t, sid=sid: self.pending.pop(sid, None))
+            out[sid] = None
         return out
 
     async def _send(self, cars: pd.DataFrame, sid: str, limit_a: float, now: pd.Timestamp) -> tuple[bool, float | None]:
@@ -180,14 +231,10 @@ class Dispatcher:
             cp_id = ctx.cars.at[sid, "charge_point_id"]
             self.escalation.escalated.add(sid)
             if hasattr(self.central, "set_station_max"):
-                try:
-                    rec = await self.central.set_station_max(cp_id, float(targets[sid]),
-                                                             validity_s=int(math.ceil(self.profile_validity_s)))
-                    log.warning("%s: not following its limit (%s) for %.0f s; station maximum %.1f A: %s", sid,
-                                ctx.untrusted.get(sid), (now - self.escalation.since[sid]).total_seconds(),
-                                float(targets[sid]), getattr(rec, "purpose", None) or "not accepted")
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("%s: station maximum not sent: %r", cp_id, exc)
+                # In the background: a station that does not follow may not answer either, and the
+                # step must not wait for it (its calls queue behind each other).
+                self._spawn(self._station_max(sid, cp_id, float(targets[sid]), ctx.untrusted.get(sid),
+                                              (now - self.escalation.since[sid]).total_seconds()))
         for sid in self.escalation.to_alarm(now):
             self.escalation.alarmed.add(sid)
             if sid not in ctx.cars.index:
@@ -196,6 +243,14 @@ class Dispatcher:
                         reason=ctx.untrusted.get(sid, ""), since=self.escalation.since[sid].isoformat(),
                         measured_a=float(ctx.cars.at[sid, "measured_current_a"]),
                         limit_a=float(targets.get(sid, np.nan)))
+
+    async def _station_max(self, sid: str, cp_id: str, limit_a: float, why, for_s: float) -> None:
+        try:
+            rec = await self.central.set_station_max(cp_id, limit_a, validity_s=int(math.ceil(self.profile_validity_s)))
+            log.warning("%s: not following its limit (%s) for %.0f s; station maximum %.1f A: %s", sid, why, for_s,
+                        limit_a, getattr(rec, "purpose", None) or "not accepted")
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s: station maximum not sent: %r", cp_id, exc)
 
     def read_back(self, ctx: StepContext, now: pd.Timestamp) -> None:
         """Ask the chargers of cars that do not draw what they were given what they apply
