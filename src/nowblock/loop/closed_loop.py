@@ -42,7 +42,12 @@ class LoopSettings:
     (keep it above ``margin_a`` so a car sitting at its lowered ceiling counts as taking it all).
     ``over_draw_a`` [A]: a car above its offer by more than this is ignoring its setpoint.
     ``stale_after_s`` [s]: meter values older than this are stale.
-    ``settle_s`` [s]: a measurement counts only once the offer has been in force this long.
+    ``settle_s`` [s]: a measurement counts only once the offer has been in force this long (for
+    a car never sent a limit: since it plugged in).
+    ``start_s`` [s]: a car that has taken no energy yet is taken to be full (it draws nothing
+    although offered its minimum) only once its offer has been in force this long: cars take
+    seconds to a minute to start drawing after they plug in, and a car called full is offered
+    nothing, so it could never show that it was not.
     """
 
     margin_a: float = 1.0
@@ -51,6 +56,7 @@ class LoopSettings:
     over_draw_a: float = 2.0
     stale_after_s: float = 120.0
     settle_s: float = 15.0
+    start_s: float = 120.0
 
 
 def update_ceilings(

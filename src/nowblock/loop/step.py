@@ -164,16 +164,17 @@ class ControlStep:
             self.ceilings_a = self.ceilings_a[self.ceilings_a.index.isin(list(keep))]
 
     # ---- observation -> snapshot ---------------------------------------------------------------
-    def settled(self, cars: pd.DataFrame) -> np.ndarray:
-        """Per car: its last measurement was taken with its current limit in force long enough."""
+    def settled(self, cars: pd.DataFrame, after_s: float | None = None) -> np.ndarray:
+        """Per car: its last measurement was taken with its current limit in force at least
+        ``after_s`` [s] (default ``settings.settle_s``); a car never sent a limit has had its
+        charger's own since it plugged in (a car's first meter value is no settled draw: it
+        may not have started yet)."""
         last = _ns(cars["last_meter"])
-        out = last != _NAT
-        settle_ns = self.settings.settle_s * 1e9
-        for i, sid in enumerate(cars.index.tolist()):
-            since = self.changed_at.get(sid)
-            if out[i] and since is not None:
-                out[i] = last[i] - since.value >= settle_ns
-        return out
+        since = np.array([self.changed_at[s].value if s in self.changed_at else _NAT for s in cars.index.tolist()],
+                         dtype=np.int64)
+        since = np.where(since != _NAT, since, _ns(cars["arrival"]))
+        wait_ns = (self.settings.settle_s if after_s is None else after_s) * 1e9
+        return (last != _NAT) & (since != _NAT) & (last - since >= wait_ns)
 
     def prepare(self, obs: Observation) -> tuple[BlockSnapshot, StepContext]:
         """The policy's snapshot of ``obs`` and the step's context (see the module docstring)."""
@@ -181,7 +182,7 @@ class ControlStep:
         cars = obs.cars
         col = {c: obs.column(c) for c in _NUMERIC}
         settled = self.settled(cars)
-        self._track_full(cars.index, col, settled)
+        self._track_full(cars, col, settled)
         if len(cars):
             cars = self.needs.fill(cars, now, full=self.full, step=obs.step)
         n = len(cars)
@@ -278,11 +279,15 @@ class ControlStep:
         )
         return snap, ctx
 
-    def _track_full(self, index: pd.Index, col: dict, settled: np.ndarray) -> None:
+    def _track_full(self, cars: pd.DataFrame, col: dict, settled: np.ndarray) -> None:
         """Remember cars that stopped drawing although offered their minimum (full batteries)."""
+        index = cars.index
         meas = col["measured_current_a"].astype(float)
         off = col["offered_current_a"].astype(float)
         full = settled & (meas < 0.5) & (off >= col["min_current_a"].astype(float))
+        fresh = full & ~(col["energy_delivered_kwh"].astype(float) > 1e-3)  # NaN: nothing known taken
+        if fresh.any():  # not started yet, or full from the start: told apart by waiting longer
+            full &= ~fresh | self.settled(cars, max(self.settings.start_s, self.settings.settle_s))
         if full.any() or self.full:
             self.full = (self.full | set(index[full])) - set(index[np.nan_to_num(meas) > 1.0])
             self.full &= set(index)
@@ -340,7 +345,7 @@ class ControlStep:
 
 
 _NUMERIC = ("connected", "offered_current_a", "measured_current_a", "max_current_a", "min_current_a",
-            "limit_known", "cp_index", "phases")
+            "limit_known", "cp_index", "phases", "energy_delivered_kwh")
 _NAT = np.iinfo(np.int64).min
 
 
