@@ -151,3 +151,14 @@ def test_parse_meter_values_both_versions():
         {"value": 16, "measurand": "Current.Import", "phase": "L1-N"}]}]
     r, _ = parse_meter_values(v201)
     assert r == {"power_w": 4200.0, "current_l1_a": 16.0}
+
+
+def test_timestamps_take_rfc3339_in_either_case():
+    """RFC 3339 (5.6) allows a lower-case "t" and "z": a station sending them was refused
+    (TypeConstraintViolation on StartTransaction)."""
+    want = datetime(2026, 12, 7, 5, 46, 52, 499000, tzinfo=timezone.utc)
+    for s in ("2026-12-07T05:46:52.499Z", "2026-12-07t05:46:52.499z", "2026-12-07T05:46:52.499+00:00",
+              "2026-12-07t07:46:52.499+02:00"):
+        assert pr.parse_time(s) == want
+    with pytest.raises(ValueError):
+        pr.parse_time("2026-13-07t05:46:52z")  # month 13

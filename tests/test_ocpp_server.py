@@ -143,7 +143,12 @@ async def test_malformed_and_schema_violating_frames_are_answered_and_connection
             assert (await ask(boot))[:3] == [4, "m5", "TypeConstraintViolation"]
             assert (await ask('[2, "m6", "Heartbeat", {"surplus": 1}]'))[:3] == [
                 4, "m6", "FormationViolation" if v16 else "FormatViolation"]
-            assert (await ask('[2, "m7", "NoSuchAction", {}]'))[:3] == [4, "m7", "NotSupported"]
+            # Not known by the receiver: NotImplemented (an unknown name, the other version's
+            # action); known but not something a charger asks the central system: NotSupported.
+            assert (await ask('[2, "m7", "NoSuchAction", {}]'))[:3] == [4, "m7", "NotImplemented"]
+            other = "TransactionEvent" if v16 else "StartTransaction"
+            assert (await ask(f'[2, "m7b", "{other}", {{}}]'))[:3] == [4, "m7b", "NotImplemented"]
+            assert (await ask('[2, "m7c", "SetChargingProfile", {}]'))[:3] == [4, "m7c", "NotSupported"]
             assert (await ask('[2, "m8", "StartTransaction", {"connectorId": 1}]' if v16 else
                               '[2, "m8", "TransactionEvent", {"eventType": "Started"}]'))[:3] == [4, "m8", "ProtocolError"]
             await ws.send('[3, "nobody-asked", {}]')  # a stray response is logged, never answered

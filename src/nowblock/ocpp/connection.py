@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 from ocpp.exceptions import OCPPError
 from ocpp.messages import Call, CallError, CallResult, MessageType
+from ocpp.v16.enums import Action as _Action16
+from ocpp.v201.enums import Action as _Action201
 from websockets.exceptions import ConnectionClosed
 
 from nowblock.ocpp import edge
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 _CODES_16 = {"FormatViolation": "FormationViolation", "OccurrenceConstraintViolation": "OccurenceConstraintViolation"}
 _CODES_201 = {"FormationViolation": "FormatViolation", "OccurenceConstraintViolation": "OccurrenceConstraintViolation"}
 UNKNOWN_ID = "-1"  # OCPP-J 2.0.1: the MessageId to use when the incoming one cannot be read
+# Every action of each version, both directions: one outside these is "not known by receiver"
+# (NotImplemented); a known one without a handler here is "recognized but not supported".
+_ACTIONS_16 = frozenset(a.value for a in _Action16)
+_ACTIONS_201 = frozenset(a.value for a in _Action201)
 
 
 class CallErrorReceived(Exception):
@@ -183,7 +189,20 @@ class CsmsConnection:
 
     async def _route_call(self, msg: Call) -> None:
         try:
-            await self._handle_call(msg)  # type: ignore[attr-defined]
+            # OCPP-J (1.6 Table 7, 2.0.1 Part 4 §4.2.3): an action the receiver does not know is
+            # NotImplemented, one it knows but does not support NotSupported. The ocpp library
+            # answers the other way round (its two error classes swap the descriptions), so both
+            # are answered here before it sees them.
+            if msg.action not in (_ACTIONS_16 if self._ocpp_version == "1.6" else _ACTIONS_201):
+                code, why, cause = "NotImplemented", "Requested Action is not known by receiver", "unknown action"
+            elif "_on_action" not in self.route_map.get(msg.action, {}):  # type: ignore[attr-defined]
+                code, why = "NotSupported", "Requested Action is recognized but not supported by the receiver"
+                cause = "not handled by this central system"
+            else:
+                await self._handle_call(msg)  # type: ignore[attr-defined]
+                return
+            log.warning("%s: %.60r (%s) answered with %s", self.id, msg.action, msg.unique_id, code)
+            await self._send_error(msg.unique_id, code, why, {"cause": f"{cause}: {msg.action[:60]!r}"})
         except OCPPError as exc:
             log.warning("%s: %s %s answered with %s: %s", self.id, msg.action, msg.unique_id, exc.code,
                         exc.details.get("cause", exc.description))

@@ -59,10 +59,12 @@ def iso(t: datetime) -> str:
 
 
 def parse_time(s: str | datetime | None) -> datetime | None:
-    """Parse an OCPP timestamp; naive values are taken as UTC."""
+    """Parse an OCPP timestamp (RFC 3339: "T"/"Z" in either case); naive values are taken as UTC."""
     if s is None or isinstance(s, datetime):
         return s if s is None or s.tzinfo else s.replace(tzinfo=timezone.utc)
-    t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    if s[-1:] in ("Z", "z"):  # fromisoformat knows no lower-case "z" (RFC 3339 allows it)
+        s = s[:-1] + "+00:00"
+    t = datetime.fromisoformat(s)
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
