@@ -162,3 +162,27 @@ def test_timestamps_take_rfc3339_in_either_case():
         assert pr.parse_time(s) == want
     with pytest.raises(ValueError):
         pr.parse_time("2026-13-07t05:46:52z")  # month 13
+
+
+def test_power_per_phase_alone_gives_each_phases_current():
+    """A charger set to sample Power.Active.Import per phase (and no current) left every car's
+    draw unknown, so a car ignoring its limit could not be seen; each phase's current is its power
+    at the site's voltage."""
+    from nowblock.ocpp.state import LiveState
+
+    mv = [{"timestamp": "2026-01-05T12:00:00Z", "sampled_value": [
+        {"value": "3680", "measurand": "Power.Active.Import", "phase": "L1-N", "unit": "W"},
+        {"value": "2.3", "measurand": "Power.Active.Import", "phase": "L2", "unit": "kW"},
+        {"value": "0", "measurand": "Power.Active.Import", "phase": "L3-N", "unit": "W"},
+        {"value": "400", "measurand": "Voltage", "phase": "L1-L2", "unit": "V"}]}]
+    r, _ = parse_meter_values(mv)
+    assert r["power_l1_w"] == 3680.0 and r["power_l2_w"] == 2300.0 and r["power_w"] == 5980.0
+    site = make_test_site(1)
+    state = LiveState(site)
+    state.on_connect("CP1", "1.6")
+    state.on_start("CP1", 1, "7", start=T0, meter_start_wh=0.0)
+    state.on_meter("CP1", 1, "7", r, T0 + timedelta(seconds=30))
+    t = state.transaction("CP1", "7")
+    v = site.voltage_v
+    assert t.current_a == pytest.approx((3680.0 / v, 2300.0 / v, 0.0))
+    assert state.snapshot(T0 + timedelta(seconds=30))["measured_current_a"].iloc[0] == pytest.approx(3680.0 / v)

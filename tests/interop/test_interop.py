@@ -354,3 +354,59 @@ async def test_oversized_frames_and_hundreds_of_strangers_are_refused_cheaply(db
         finally:
             await ok.close()
             await big.close()
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_a_station_sampling_only_its_energy_register_is_asked_for_currents(db, version):
+    """OCPP 1.6's default MeterValuesSampledData is the energy register alone: without currents the
+    loop cannot see a car drawing more than its limit. After the fail-safe, the central system
+    adds Current.Import to what the station samples (keeping the rest); a station that already
+    samples it is left alone."""
+    v16 = version == "1.6"
+    sampled = {"CP1": "Energy.Active.Import.Register,SoC", "CP2": "Current.Import,Energy.Active.Import.Register"}
+
+    def answer_for(cp):
+        def answer(action, payload):
+            if action in ("SetChargingProfile", "ClearChargingProfile"):
+                return {"status": "Accepted"}
+            if action == "GetConfiguration":  # the rate unit's key and the sampled data's
+                values = {"MeterValuesSampledData": sampled[cp], "ChargingScheduleAllowedChargingRateUnit": "Current"}
+                return {"configurationKey": [{"key": k, "readonly": False, "value": values[k]}
+                                             for k in payload.get("key", []) if k in values]}
+            if action == "GetVariables":
+                q = payload["getVariableData"][0]
+                value = sampled[cp] if q["component"]["name"] == "SampledDataCtrlr" else "A"
+                return {"getVariableResult": [{"attributeStatus": "Accepted", "attributeValue": value,
+                                               "component": q["component"], "variable": q["variable"]}]}
+            if action in ("ChangeConfiguration", "SetVariables"):
+                return ({"status": "Accepted"} if v16 else {"setVariableResult": [{
+                    "attributeStatus": "Accepted", **{k: payload["setVariableData"][0][k]
+                                                      for k in ("component", "variable")}}]})
+            return Err("NotImplemented", f"{action} not implemented")
+        return answer
+
+    async with served(db) as (cs, _):
+        sts = [await RawStation(_url(cs), cp, version, answer=answer_for(cp)).connect() for cp in ("CP1", "CP2")]
+        try:
+            for st in sts:
+                await st.boot()
+            change = "ChangeConfiguration" if v16 else "SetVariables"
+            await eventually(lambda: any(a == change for a, _ in sts[0].received))
+            got = [p for a, p in sts[0].received if a == change]
+            want = "Energy.Active.Import.Register,SoC,Current.Import"
+            if v16:
+                assert got == [{"key": "MeterValuesSampledData", "value": want}]
+            else:
+                assert [d["attributeValue"] for d in got[0]["setVariableData"]] == [want]
+                assert got[0]["setVariableData"][0]["variable"]["name"] == "TxUpdatedMeasurands"
+            # the fail-safe went first
+            actions = [a for a, _ in sts[0].received]
+            assert actions.index("SetChargingProfile") < actions.index(change)
+            asked = "MeterValuesSampledData" if v16 else "SampledDataCtrlr"
+            await eventually(lambda: any(asked in str(p) for _, p in sts[1].received))
+            await asyncio.sleep(0.2)
+            assert not any(a == change for a, _ in sts[1].received)  # sampled already: left alone
+            assert all(st.schema_errors == [] for st in sts)
+        finally:
+            for st in sts:
+                await st.close()

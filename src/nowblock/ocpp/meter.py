@@ -25,9 +25,11 @@ def parse_meter_values(meter_value: list[dict], now: datetime | None = None,
                        cp_id: str = "") -> tuple[dict[str, float], datetime | None]:
     """Flatten (snake_case) ``meter_value`` entries of either version; the latest value wins.
 
-    Returns ``({"energy_wh", "power_w", "current_l1_a".."current_l3_a", "offered_a",
-    "soc_percent", "voltage_v"}: only those present, timestamp of the latest entry)``.
-    A Current.Import without a phase counts for L1 (single-phase meters report it so).
+    Returns ``({"energy_wh", "power_w", "current_l1_a".."current_l3_a", "power_l1_w"..
+    "power_l3_w", "offered_a", "soc_percent", "voltage_v"}: only those present, timestamp of
+    the latest entry)``. A Current.Import without a phase counts for L1 (single-phase meters
+    report it so); a Power.Active.Import per phase ("L1" or "L1-N") is that phase's power, and
+    their sum the power when no total is given.
     Unparseable samples (also ``NaN``, infinite values, a negative energy register) are
     logged and skipped, never raised: one bad sample must not cost the rest of the message.
     With ``now``, a timestamp outside the plausible window around it (see
@@ -65,6 +67,13 @@ def parse_meter_values(meter_value: list[dict], now: datetime | None = None,
                 p = (phase or "L1")[:2]
                 if p in ("L1", "L2", "L3"):
                     out[f"current_{p.lower()}_a"] = value
+            elif measurand == "Power.Active.Import" and phase in ("L1", "L2", "L3", "L1-N", "L2-N", "L3-N"):
+                # Chargers configured for per-phase power only: the phase's current follows from it
+                # (LiveState.on_meter); dropped, they left the loop blind to what the car drew.
+                out[f"power_{phase[:2].lower()}_w"] = value
             elif measurand in _KEYS and (phase is None or measurand == "Voltage"):
                 out[_KEYS[measurand]] = value
+    phased = [out[k] for k in ("power_l1_w", "power_l2_w", "power_l3_w") if k in out]
+    if phased and "power_w" not in out:
+        out["power_w"] = float(sum(phased))
     return out, latest

@@ -48,7 +48,9 @@ class CentralSystem:
     (waiting for a charger's answer), ``tx_validity_s`` (life of a TxProfile; refresh before),
     ``default_validity_s`` (life of TxDefault and station-maximum profiles), ``backoff_s``
     (first pause between retries, doubling). ``failsafe_at_boot`` sends every station that
-    boots a TxDefaultProfile with :func:`~nowblock.ocpp.profiles.failsafe_current_a`.
+    boots a TxDefaultProfile with :func:`~nowblock.ocpp.profiles.failsafe_current_a`;
+    ``ask_currents`` then asks it to sample Current.Import in its meter values too (1.6's default
+    samples only the energy register), keeping what it samples already.
     The central system does no control itself: a controller (``nowblock.control``) uses
     its API. ``port=0`` picks a free port
     (see :attr:`port` after :meth:`start`). ``clock`` (UTC now) replaces the wall clock for
@@ -62,7 +64,7 @@ class CentralSystem:
         self, site: Site, *, host: str = "127.0.0.1", port: int = 9000, ssl_context: ssl.SSLContext | None = None,
         heartbeat_s: int = 300, response_timeout_s: float = 10.0, tx_validity_s: int = 900,
         default_validity_s: int = 7 * 86400, retries: int = 2, backoff_s: float = 0.5,
-        failsafe_at_boot: bool = True, probe_rate_unit: bool = True,
+        failsafe_at_boot: bool = True, probe_rate_unit: bool = True, ask_currents: bool = True,
         state: LiveState | None = None, ping_interval_s: float | None = 60.0,
         clock=None, refusal_memory_s: float = 900.0, max_frame_bytes: int = edge.MAX_FRAME_BYTES,
     ) -> None:
@@ -72,6 +74,7 @@ class CentralSystem:
         self.tx_validity_s, self.default_validity_s = tx_validity_s, default_validity_s
         self.retries, self.backoff_s = retries, backoff_s
         self.failsafe_at_boot, self.probe_rate_unit = failsafe_at_boot, probe_rate_unit
+        self.ask_currents = bool(ask_currents)
         self.ping_interval_s = ping_interval_s
         self.max_frame_bytes = int(max_frame_bytes)
         self.state = state or (LiveState(site, clock=clock) if clock is not None else LiveState(site))
@@ -220,6 +223,25 @@ class CentralSystem:
             if st.failsafe.purpose is None:
                 log.warning("%s: fail-safe TxDefaultProfile of %.1f A not installed (%s)", cp_id,
                             self.failsafe_a[cp_id], st.failsafe.attempts)
+        if self.ask_currents:  # after the fail-safe: that one matters first
+            await self._ask_currents(cp_id)
+
+    async def _ask_currents(self, cp_id: str) -> None:
+        conn = self.connection(cp_id)
+        get = "GetConfiguration" if conn is not None and conn.version == "1.6" else "GetVariables"
+        if conn is None or (self.state.station(cp_id).refusals.get(get) and
+                            self.state.station(cp_id).refusals[get].permanent):
+            return  # it does not answer these (until it reboots)
+        try:
+            status = await conn.ensure_measurand("Current.Import")
+        except CallErrorReceived as exc:  # not remembered as a refusal: it concerns no limit
+            log.info("%s: cannot ask for Current.Import in its meter values (%s)", cp_id, exc.code)
+            return
+        except Exception as exc:
+            log.info("%s: cannot ask for Current.Import in its meter values (%r)", cp_id, exc)
+            return
+        if status not in ("present", "Accepted"):
+            log.warning("%s: does not sample Current.Import (%s): a car over its limit may go unseen", cp_id, status)
 
     async def after_stop(self, cp_id: str, connector_id: int) -> None:
         """After a transaction ended: drop a connector TxDefault a fallback left behind."""

@@ -400,6 +400,13 @@ class LiveState:
             t.energy_register_wh = reading["energy_wh"]
             if t.meter_start_wh is None:
                 t.meter_start_wh = reading["energy_wh"]
+        if not any(k in reading for k in ("current_l1_a", "current_l2_a", "current_l3_a")) and any(
+                f"power_l{i}_w" in reading for i in (1, 2, 3)):
+            # Per-phase power only: each phase's current at the site's phase-to-neutral voltage
+            # (as the total power is read below; a reported Voltage may be phase to phase).
+            v = self.site.voltage_v
+            reading = {**reading, **{f"current_l{i}_a": reading[f"power_l{i}_w"] / v
+                                     for i in (1, 2, 3) if f"power_l{i}_w" in reading}}
         if any(k in reading for k in ("current_l1_a", "current_l2_a", "current_l3_a")):
             t.current_a = tuple(reading.get(f"current_l{i}_a", math.nan) for i in (1, 2, 3))  # type: ignore[assignment]
             ph = _phases_from_currents(t.current_a)

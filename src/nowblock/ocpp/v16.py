@@ -126,6 +126,23 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
         return {"status": str(res.status), "start": parse_time(res.schedule_start or sched.get("start_schedule")),
                 "unit": sched.get("charging_rate_unit", unit), "periods": periods}
 
+    async def ensure_measurand(self, measurand: str = "Current.Import") -> str:
+        """Add ``measurand`` to MeterValuesSampledData, keeping what is sampled already.
+
+        Returns "present" when it was sampled already, else the ChangeConfiguration status
+        (Accepted, Rejected, RebootRequired, NotSupported). OCPP 1.6's default samples the energy
+        register only: without a current per phase the loop cannot see a car drawing more than
+        its limit."""
+        res = await self._call(call.GetConfiguration(key=["MeterValuesSampledData"]))
+        now = next((str(kv.get("value") or "") for kv in res.configuration_key or []
+                    if kv.get("key") == "MeterValuesSampledData"), "")
+        items = [x.strip() for x in now.split(",") if x.strip()]
+        if measurand in items:
+            return "present"
+        value = ",".join(items + [measurand]) if items else f"Energy.Active.Import.Register,{measurand}"
+        res = await self._call(call.ChangeConfiguration(key="MeterValuesSampledData", value=value))
+        return str(res.status)
+
     async def probe_rate_unit(self) -> str:
         """'A' or 'W' from ChargingScheduleAllowedChargingRateUnit (A when unknown)."""
         res = await self._call(call.GetConfiguration(key=["ChargingScheduleAllowedChargingRateUnit"]))

@@ -207,6 +207,20 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
         return {"status": str(res.status), "start": parse_time(sched.get("schedule_start")),
                 "unit": sched.get("charging_rate_unit", unit), "periods": periods}
 
+    async def ensure_measurand(self, measurand: str = "Current.Import") -> str:
+        """Add ``measurand`` to SampledDataCtrlr.TxUpdatedMeasurands, keeping what is sampled
+        already. Returns "present" when it was sampled already, else the SetVariables
+        attribute status (Accepted, Rejected, RebootRequired, UnknownComponent, ...)."""
+        var = {"component": {"name": "SampledDataCtrlr"}, "variable": {"name": "TxUpdatedMeasurands"}}
+        res = await self._call(call.GetVariables(get_variable_data=[var]))
+        got = next((r for r in res.get_variable_result or [] if r.get("attribute_status") == "Accepted"), None)
+        items = [x.strip() for x in str((got or {}).get("attribute_value") or "").split(",") if x.strip()]
+        if measurand in items:
+            return "present"
+        value = ",".join(items + [measurand]) if items else f"Energy.Active.Import.Register,{measurand}"
+        res = await self._call(call.SetVariables(set_variable_data=[{**var, "attribute_value": value}]))
+        return str(next(iter(res.set_variable_result or []), {}).get("attribute_status", "Rejected"))
+
     async def probe_rate_unit(self) -> str:
         """'A' or 'W' from SmartChargingCtrlr.RateUnit (A when unknown)."""
         res = await self._call(call.GetVariables(get_variable_data=[{
