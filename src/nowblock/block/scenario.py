@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,8 +20,11 @@ class ScenarioError(ValueError):
     """A scenario folder or object that is incomplete or inconsistent."""
 
 
-def _series(obj, name: str, what: str) -> pd.Series | None:
-    """Normalise a time series to a float Series named ``name`` on a sorted UTC index."""
+def _series(obj, name: str, what: str, tz: str | None = None) -> pd.Series | None:
+    """Normalise a time series to a float Series named ``name`` on a sorted UTC index.
+
+    Errors start with ``what`` and give times as ISO 8601 text in ``tz`` (UTC if None).
+    """
     if obj is None:
         return None
     if isinstance(obj, pd.DataFrame):
@@ -38,10 +42,92 @@ def _series(obj, name: str, what: str) -> pd.Series | None:
     s.index = idx
     s.index.name = "time"
     if s.index.has_duplicates:
-        raise ScenarioError(f"{what}: duplicate times, first {s.index[s.index.duplicated()][0]}")
+        first = iso_times(s.index[s.index.duplicated()][:1], tz)[0]
+        raise ScenarioError(f"{what}: duplicate times, first {first}")
     if s.isna().any():
-        raise ScenarioError(f"{what}: missing values at {list(s.index[s.isna()][:3])}")
+        raise ScenarioError(f"{what}: missing values at {', '.join(iso_times(s.index[s.isna()][:3], tz))}")
     return s.sort_index()
+
+
+#: A base load above this many times the grid connection's rating is refused: no block's other
+#: load is that far past its connection for real; most likely W (or a power in kW x 1000) were
+#: given where kW are expected.
+MAX_BASE_LOAD_RATIO = 100.0
+
+#: Where the series of a Scenario being built by ``from_dir`` come from: what -> (file, line of
+#: each time), so that the checks in ``__post_init__`` can name the file and the line.
+_SOURCES: ContextVar[dict] = ContextVar("_SOURCES", default={})
+
+
+_warned: set[tuple] = set()  # each base-load warning once a process, like the sessions' warnings
+
+
+def check_base_load(base_load: pd.Series | None, site: Site, what: str = "base_load",
+                    lines: pd.Series | None = None) -> int:
+    """Refuse an absurd base load and warn about one that alone overloads the grid connection.
+
+    The block's other load is spread evenly over the three phases of the grid connection (the
+    root fuse) and nothing can shed it: in a step in which it alone is past the rating the cars
+    get nothing, and ``max_overload_a`` does not count the excess (it measures what the charging
+    adds). Such a step is logged as one warning (logger ``nowblock.block.scenario``): how many
+    values are past the rating, and the worst.
+
+    Parameters
+    ----------
+    base_load : pandas.Series or None
+        [kW] over UTC times (as normalised by :class:`Scenario`).
+    site : Site
+        Gives the grid connection's per-phase rating [A] and the voltage [V].
+    what : str
+        How the series is named in messages (a file's path, or ``"base_load"``).
+    lines : pandas.Series, optional
+        The file's line of each time (index: the UTC times), to name the line in messages.
+
+    Returns
+    -------
+    int
+        How many values are above the grid connection's rating (0 when none, or no series).
+
+    Raises
+    ------
+    ScenarioError
+        A value above :data:`MAX_BASE_LOAD_RATIO` times the grid connection's rating [kW].
+    """
+    if base_load is None or not len(base_load):
+        return 0
+    root = site.root
+    rating_a = float(min(root.max_current_a))  # spread evenly: the weakest phase is reached first
+    rating_kw = 3.0 * rating_a * site.voltage_v / 1000.0
+    kw = base_load.to_numpy(float)
+    worst = int(np.argmax(kw))
+
+    def where(i: int) -> str:
+        t = base_load.index[i]
+        at = iso_times([t], site.timezone)[0]
+        if lines is not None and t in lines.index:
+            return f"line {int(lines.loc[t])} ({at})"
+        return f"at {at}"
+
+    per_phase_a = site.base_load_phase_current_a(kw)[:, 0]
+    if kw[worst] > MAX_BASE_LOAD_RATIO * rating_kw:
+        raise ScenarioError(
+            f"{what}: {where(worst)}: kw {kw[worst]:g} is more than {MAX_BASE_LOAD_RATIO:g} times what the grid "
+            f"connection {root.id!r} carries ({rating_kw:.1f} kW: {rating_a:g} A per phase at {site.voltage_v:g} V); "
+            f"expected kW, was it given in W?")
+    over = np.nonzero(per_phase_a > rating_a * (1 + 1e-9))[0]
+    # Keyed by what was found, not by how the series is named: the same series is checked
+    # again when a variant is made (with_site), by then without its file's name.
+    key = (root.id, rating_a, len(over), len(kw), float(kw[worst]), base_load.index[worst])
+    if len(over) and key not in _warned and len(_warned) < 1000:
+        _warned.add(key)
+        log.warning(
+            "%s: the block's other load alone is above the grid connection %r (%.1f kW: %g A per phase at %g V) "
+            "in %d of %d values; worst %s: %g kW (%.1f A per phase). Nothing can shed it: the cars get nothing "
+            "then, and max_overload_a does not count it (it measures what the charging adds). Check that it is "
+            "in kW, net of local generation, and the grid connection's rating",
+            what, root.id, rating_kw, rating_a, site.voltage_v, len(over), len(kw), where(worst), kw[worst],
+            per_phase_a[worst])
+    return int(len(over))
 
 
 @dataclass
@@ -59,8 +145,11 @@ class Scenario:
 
     def __post_init__(self) -> None:
         self.sessions = validate_sessions(self.sessions, self.site)
-        self.base_load = _series(self.base_load, "kw", "base_load")
-        self.prices = _series(self.prices, "eur_per_kwh", "prices")
+        tz = self.site.timezone
+        self.base_load = _series(self.base_load, "kw", "base_load", tz)
+        self.prices = _series(self.prices, "eur_per_kwh", "prices", tz)
+        what, lines = _SOURCES.get().get("base_load", ("base_load", None))
+        check_base_load(self.base_load, self.site, what, lines)
 
     @classmethod
     def default(cls, **overrides) -> "Scenario":
@@ -83,8 +172,8 @@ class Scenario:
             raise ScenarioError(f"{p}: no sessions.csv")
         site = Site.from_toml(p / "site.toml")
         sessions = read_sessions_csv(p / "sessions.csv", site)
-        base = _read_ts(p / "base_load.csv", "kw")
-        prices = _read_ts(p / "prices.csv", "eur_per_kwh")
+        base = _read_ts(p / "base_load.csv", "kw", site.timezone)
+        prices = _read_ts(p / "prices.csv", "eur_per_kwh", site.timezone)
         name = p.resolve().name or site.name
         if base is None:
             log.warning("%s: no base_load.csv: the block's other load is taken as 0 kW, so only the cars load "
@@ -92,7 +181,14 @@ class Scenario:
         if prices is None:
             log.warning("%s: no prices.csv: cost_eur is 0 and the MILP has no reason to prefer cheap hours "
                         "(add prices.csv with columns time,eur_per_kwh)", p)
-        return cls(site, sessions, base_load=base, prices=prices, name=name)
+        sources = {}
+        if base is not None:
+            sources["base_load"] = (str(p / "base_load.csv"), pd.Series(np.arange(len(base)) + 2, index=base.index))
+        token = _SOURCES.set(sources)
+        try:
+            return cls(site, sessions, base_load=base, prices=prices, name=name)
+        finally:
+            _SOURCES.reset(token)
 
     def to_dir(self, path: str | Path) -> Path:
         """Write this scenario as a folder (created if needed); returns the folder."""
@@ -124,7 +220,12 @@ class Scenario:
         return self.sessions["departure"].max()
 
 
-def _read_ts(path: Path, col: str) -> pd.Series | None:
+def _read_ts(path: Path, col: str, tz: str | None = None) -> pd.Series | None:
+    """The series in CSV ``path`` (columns ``time``, ``col``), in file order; None without the file.
+
+    Every error names the file and the line (the header is line 1); times in it are ISO 8601
+    text in ``tz``.
+    """
     if not path.is_file():
         return None
     try:
@@ -134,6 +235,9 @@ def _read_ts(path: Path, col: str) -> pd.Series | None:
     if "time" not in df.columns or col not in df.columns:
         raise ScenarioError(f"{path}: expected columns time,{col}; got {list(df.columns)}")
     text = df["time"].astype("string")
+    gone = text.isna().to_numpy()
+    if gone.any():
+        raise ScenarioError(f"{path}: line {int(np.argmax(gone)) + 2}: time is missing")
     no_offset = ~text.str.contains(ISO_OFFSET_RE, regex=True).fillna(False).to_numpy()
     if no_offset.any():
         i = int(np.argmax(no_offset))
@@ -143,11 +247,19 @@ def _read_ts(path: Path, col: str) -> pd.Series | None:
         t = pd.to_datetime(text, format="ISO8601", utc=True)
     except (ValueError, TypeError) as exc:
         raise ScenarioError(f"{path}: cannot parse time column ({exc})") from exc
+    dup = t.duplicated().to_numpy()
+    if dup.any():
+        i = int(np.argmax(dup))
+        first = int(np.argmax((t == t.iloc[i]).to_numpy()))
+        raise ScenarioError(f"{path}: line {i + 2}: time {iso_times([t.iloc[i]], tz)[0]} repeats line {first + 2}")
     values = pd.to_numeric(df[col], errors="coerce")
     bad = (values.isna() & df[col].notna()).to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
         raise ScenarioError(f"{path}: line {i + 2}: {col} {df[col].iloc[i]!r} is not a number")
+    gone = values.isna().to_numpy()
+    if gone.any():
+        raise ScenarioError(f"{path}: line {int(np.argmax(gone)) + 2}: {col} is missing")
     return pd.Series(values.to_numpy(float), index=pd.DatetimeIndex(t), name=col)
 
 

@@ -48,7 +48,20 @@ def _row_name(df: pd.DataFrame, i: int) -> str:
     """The ``i``-th row (position) as the user sees it: ``line N`` of a CSV, else ``row <label>``."""
     name = _ROW_LABELS.get()
     where = name(i) if name is not None else f"row {i}"
-    return f"{where} (session_id={df['session_id'].iloc[i]!r})"
+    sid = df["session_id"].iloc[i]
+    if _is_missing(sid):  # the session_id itself is what is wrong: naming it would print nan
+        return where
+    return f"{where} (session_id={sid!r})"
+
+
+def _is_missing(value) -> bool:
+    """True for a missing or blank cell (None, NaN, NA, NaT, or only spaces)."""
+    if isinstance(value, str):
+        return value.strip() == ""
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or another array-like cell is present, not missing
+        return False
 
 
 def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
@@ -126,8 +139,12 @@ def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None, *,
     Notes
     -----
     Implausible but possible requests are logged once as a warning (logger
-    ``nowblock.block.sessions``): above :data:`LARGE_BATTERY_KWH`, or above what the car could
-    draw in its stay at its charging point's maximum current.
+    ``nowblock.block.sessions``): above :data:`LARGE_BATTERY_KWH`, above what the car could
+    draw in its stay at its charging point's maximum current, or a car maximum
+    (``max_current_a`` [A]) below its charging point's ``min_current_a`` [A], which no
+    controlled policy charges. Each warning names the first such row; it is not repeated when
+    the same sessions are validated again (say, by :class:`~nowblock.block.scenario.Scenario`
+    after :func:`read_sessions_csv`).
     """
     if not isinstance(sessions, pd.DataFrame):
         raise SessionsError(f"sessions: expected a pandas DataFrame, got {type(sessions).__name__}")
@@ -150,8 +167,7 @@ def _validate(df: pd.DataFrame, site: "Site | None") -> pd.DataFrame:
     for col in ("session_id", "charge_point_id"):
         gone = (df[col].isna() | (df[col].astype(str).str.strip() == "")).to_numpy()
         if gone.any():
-            i = int(np.argmax(gone))
-            raise SessionsError(f"row {i} (session_id={df['session_id'].iloc[i]!r}): {col} is missing")
+            raise SessionsError(f"{_row_name(df, int(np.argmax(gone)))}: {col} is missing")
         df[col] = df[col].astype(str)
     dup = df["session_id"].duplicated()
     if dup.any():
@@ -214,33 +230,47 @@ def _warn_implausible(df: pd.DataFrame, site: "Site | None") -> None:
     """Log (once) requests that are possible in a file but unlikely to be meant."""
     energy = df["energy_kwh"].to_numpy(float)
     stay_h = ((df["departure"] - df["arrival"]).dt.total_seconds() / 3600.0).to_numpy(float)
-    current = df["max_current_a"].to_numpy(float)
+    car_max = df["max_current_a"].to_numpy(float)
+    current = car_max
     phases = df["phases"].to_numpy(np.int64)
     voltage = 230.0
+    cp_min = np.zeros(len(df))
     if site is not None:
         voltage = site.voltage_v
         j = site.cp_index(df["charge_point_id"])
         current = np.minimum(current, site.cp_max_current_a[j])
         phases = np.minimum(phases, site.cp_phases[j])
+        cp_min = site.cp_min_current_a[j]
     most_kwh = stay_h * current * phases * voltage / 1000.0
+    sids = df["session_id"].to_numpy(object)
     notes = []
     big = np.nonzero(energy > LARGE_BATTERY_KWH)[0]
     if len(big):
         i = int(big[0])
-        notes.append((("battery", len(big), df["session_id"].iloc[i]),
-                      f"{len(big)} session(s) ask for more than a large car battery ({LARGE_BATTERY_KWH:g} kWh); "
-                      f"first {_row_name(df, i)}: {energy[i]:g} kWh"))
+        notes.append(("battery", big, f"{len(big)} session(s) ask for more than a large car battery "
+                                      f"({LARGE_BATTERY_KWH:g} kWh); first {_row_name(df, i)}: {energy[i]:g} kWh"))
     short = np.nonzero(energy > most_kwh * (1 + 1e-9) + 1e-9)[0]
     if len(short):
         i = int(short[0])
-        notes.append((("stay", len(short), df["session_id"].iloc[i]),
+        notes.append(("stay", short,
                       f"{len(short)} session(s) ask for more than the car can draw in its stay; first "
                       f"{_row_name(df, i)}: {energy[i]:g} kWh, at most {most_kwh[i]:.1f} kWh in "
                       f"{stay_h[i]:.1f} h at {current[i]:g} A on {phases[i]} phase(s); no policy can meet "
                       f"them, so demand_met stays below 1"))
-    # Keyed by what was found, not by how the row is named: a frame read from a file is checked
-    # again by Scenario (rows then numbered from 0), and the user should read it once, by its line.
-    for key, note in notes:
+    low = np.nonzero((car_max < cp_min) & (energy > 0))[0]
+    if len(low):
+        i = int(low[0])
+        notes.append(("below_min", low,
+                      f"{len(low)} session(s) have a car maximum below their charging point's minimum current; "
+                      f"first {_row_name(df, i)}: max_current_a {car_max[i]:g} A, but "
+                      f"{df['charge_point_id'].iloc[i]} offers at least {cp_min[i]:g} A (IEC 61851). The "
+                      f"controlled policies and nb.optimize never charge such a car (only uncontrolled does); "
+                      f"max_current_a is a current per phase in A, not a power in kW"))
+    # Keyed by the set of sessions found, not by how the first is named: a frame read from a file
+    # is checked again by Scenario (sorted by arrival, rows numbered from 0), and the user should
+    # read each warning once, naming the line of the file.
+    for kind, rows, note in notes:
+        key = (kind, frozenset(sids[rows].tolist()))
         if key not in _warned and len(_warned) < 1000:
             _warned.add(key)
             log.warning("sessions: %s", note)
@@ -250,7 +280,9 @@ def read_sessions_csv(path, site: "Site | None" = None) -> pd.DataFrame:
     """Read ``sessions.csv`` (ISO 8601 timestamps with offset) and validate it.
 
     A timestamp without an offset is reported by its line, never read as UTC. Errors name the
-    file and the line as an editor shows it (the header is line 1).
+    file and the line as an editor shows it (the header is line 1). ``session_id`` and
+    ``charge_point_id`` are read as text as written (``NA`` or ``null`` is a name, only an empty
+    cell is missing); in the other columns pandas' usual NA strings mean missing.
 
     Parameters
     ----------
@@ -270,10 +302,21 @@ def read_sessions_csv(path, site: "Site | None" = None) -> pd.DataFrame:
         raise SessionsError(f"{path}: {exc}") from exc
 
 
+#: Cells pandas reads as missing by default ("NA", "null", "nan", ...): still missing in every
+#: column but the ids, where they are names (a charging point may well be called "NA").
+_NA_STRINGS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+               "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+_ID_COLUMNS = ("session_id", "charge_point_id")
+
+
 def _read_sessions_csv(path, site: "Site | None") -> pd.DataFrame:
     try:
-        df = pd.read_csv(path, dtype={"session_id": str, "charge_point_id": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        # The header first: pandas applies its NA strings to every column unless each column
+        # but the ids is given them by name.
+        columns = pd.read_csv(path, nrows=0).columns
+        na = {c: list(_NA_STRINGS) for c in columns if c not in _ID_COLUMNS}
+        df = pd.read_csv(path, dtype={c: str for c in _ID_COLUMNS}, keep_default_na=False, na_values=na)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SessionsError(f"cannot read sessions ({exc})") from exc
     for col in ("arrival", "departure"):
         if col not in df.columns:
@@ -323,7 +366,17 @@ def iso_times(times, tz: str | None = None) -> list[str]:
         idx = idx.tz_convert(tz)
     text = pd.Series(idx.strftime("%Y-%m-%dT%H:%M:%S%z"), dtype="string").fillna("")
     # strftime gives +0100; ISO 8601's extended form (the one pandas reads back) is +01:00.
-    return (text.str[:-2] + ":" + text.str[-2:]).where(text != "", "").tolist()
+    out = (text.str[:-2] + ":" + text.str[-2:]).where(text != "", "").tolist()
+    # Whole seconds keep the short form (files written before stay byte for byte the same); a
+    # time with a fraction of a second keeps it, else a short session written and read back
+    # could end before it starts.
+    frac_ns = np.nan_to_num(np.asarray(idx.microsecond, dtype=float)) * 1000 + np.nan_to_num(
+        np.asarray(idx.nanosecond, dtype=float))
+    for i in np.nonzero(frac_ns > 0)[0]:
+        t = out[i]
+        cut = len(t) - 6  # before the offset "+01:00"
+        out[i] = f"{t[:cut]}.{int(frac_ns[i]):09d}".rstrip("0") + t[cut:]
+    return out
 
 
 def write_sessions_csv(sessions: pd.DataFrame, path, tz: str | None = None) -> None:

@@ -31,6 +31,19 @@ EXIT_BAD_INPUT = 2
 _DESCRIPTION = "Share a city block's grid connection among its EV charging points."
 
 
+class UsageError(SystemExit):
+    """A bad option or argument on the command line: one line on stderr, exit status 2.
+
+    The message names the option and what was expected; :func:`main` prints it after the
+    sub-command's name and lets the exception end the program with status 2, as argparse does
+    for the options it checks itself.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = EXIT_BAD_INPUT  # the exit status; str(self) stays the message
+
+
 def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     """``--log-level`` and ``--debug``, accepted before and after the sub-command."""
     # On the sub-commands the defaults are SUPPRESS, so a value given before the sub-command
@@ -75,7 +88,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
     level_name = "DEBUG" if args.debug else (args.log_level or DEFAULT_LOG_LEVEL.get(args.command, "WARNING"))
     level = getattr(logging, str(level_name).upper(), None)
     if not isinstance(level, int):
-        raise SystemExit(f"nowblock: --log-level {level_name!r} is not one of DEBUG, INFO, WARNING, ERROR")
+        raise UsageError(f"--log-level {level_name!r} is not one of DEBUG, INFO, WARNING, ERROR")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     if level > logging.DEBUG:
         # The ocpp library logs every frame at INFO, websockets every connection; that drowns the
@@ -111,23 +124,36 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 2 for bad input (a file or an option), 1 for any other failure, 130 when
-        interrupted.
+        0 on success, 2 for a bad input file, 1 for any other failure, 130 when interrupted.
+
+    Raises
+    ------
+    SystemExit
+        With status 2 for a bad option, after its one line on stderr (argparse's own errors,
+        and :class:`UsageError`: an unknown policy, a bad duration or ``--days``, a missing
+        scenario folder, a sessions file without sessions).
     """
     args = build_parser().parse_args(argv)
-    _setup_logging(args)
+    prog = f"nowblock {args.command}"
+    try:
+        _setup_logging(args)
+    except UsageError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        raise
     if getattr(args, "_unavailable", None):
         print(args._unavailable, file=sys.stderr)
         return EXIT_BAD_INPUT
     mod, _add, run = _COMMANDS[args.command]
-    prog = f"nowblock {args.command}"
     try:
         return int(getattr(importlib.import_module(mod), run)(args) or 0)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except UsageError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        raise  # SystemExit with status 2, like argparse's own errors
     except SystemExit:
-        raise  # argparse and the commands' own one-line errors
+        raise
     except Exception as exc:  # noqa: BLE001 - the one place every error becomes one line
         if args.debug:
             raise

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="nowblock-out", help="output folder (default: ./nowblock-out)")
     parser.add_argument("--step", default="5min", help="control step, a pandas offset like 5min (default: 5min)")
     parser.add_argument("--days", type=float, default=None,
-                        help="simulate only the first N days (the site, its grid connection included, stays the same)")
+                        help="simulate only the first N days, N > 0 (the site, its grid connection included, stays the "
+                             "same); without it, every session")
     parser.add_argument("--horizon", default="24h", help="look-ahead of base load and prices (default: 24h)")
     parser.add_argument("--needs", choices=("known", "unknown"), default="known",
                         help="whether the policy sees real departures and energies (default: known)")
@@ -46,15 +47,53 @@ def load_scenario(spec: str, days: float | None = None):
 
     For the default scenario only ``days`` days (rounded up) are generated; its site is the
     same whatever ``days`` is (see :func:`nowblock.block.synth.generate_parts`).
+
+    Raises
+    ------
+    nowblock.cli.UsageError
+        ``spec`` is neither "default" nor a folder, or the folder's sessions.csv holds no
+        session (nothing to simulate).
     """
     from nowblock.block.scenario import Scenario
+    from nowblock.cli import UsageError
 
     if spec == "default":
         return Scenario.default(days=max(1, math.ceil(days))) if days else Scenario.default()
     path = Path(spec)
     if not path.is_dir():
-        raise SystemExit(f"nowblock simulate: --scenario {spec!r} is neither 'default' nor a folder")
-    return Scenario.from_dir(path)
+        raise UsageError(f"--scenario {spec!r} is neither 'default' nor a folder")
+    scenario = Scenario.from_dir(path)
+    if not len(scenario.sessions):
+        # The simulated window runs from the first arrival to the last departure: no sessions,
+        # no window (the Python API takes start and end for that; the command line does not).
+        raise UsageError(f"{path / 'sessions.csv'}: no sessions (only a header): nothing to simulate")
+    return scenario
+
+
+def check_days(days: float | None) -> None:
+    """Refuse a ``--days`` that is not a positive, finite number of days.
+
+    0 or a negative number simulated nothing and reported perfect results (or, for 0, silently
+    everything); ``inf`` or ``nan`` have no end.
+    """
+    from nowblock.cli import UsageError
+
+    if days is not None and not (math.isfinite(days) and days > 0):
+        raise UsageError(f"--days {days:g} is not a positive number of days (leave it out to simulate every "
+                         f"session)")
+
+
+def check_duration(option: str, value: str) -> pd.Timedelta:
+    """``--step`` or ``--horizon`` as a positive Timedelta; a UsageError naming the option if not."""
+    from nowblock.cli import UsageError
+
+    try:
+        delta = pd.Timedelta(value)
+    except (ValueError, OverflowError) as exc:
+        raise UsageError(f"--{option} {value!r} is not a duration like 5min ({exc})") from None
+    if pd.isna(delta) or delta <= pd.Timedelta(0):
+        raise UsageError(f"--{option} {value!r} is not a positive duration like 5min")
+    return delta
 
 
 def format_metrics(metrics: dict) -> str:
@@ -74,16 +113,14 @@ def run(args: argparse.Namespace) -> int:
     """Run ``nowblock simulate``; returns the exit code."""
     from nowblock.sim.simulator import simulate
 
+    # Every option is checked before the scenario is read: a typo costs no time and gives one line.
     for opt in ("step", "horizon"):
-        try:
-            if pd.Timedelta(getattr(args, opt)) <= pd.Timedelta(0):
-                raise ValueError("must be positive")
-        except ValueError as exc:
-            raise SystemExit(f"nowblock simulate: --{opt} {getattr(args, opt)!r} is not a duration like 5min ({exc})")
+        check_duration(opt, getattr(args, opt))
+    check_days(args.days)
     policies = policy_list(args.policy)
     scenario = load_scenario(args.scenario, args.days)
     end = None
-    if args.days:
+    if args.days is not None:
         first = scenario.sessions["arrival"].min().floor(pd.Timedelta(args.step))
         end = first + pd.Timedelta(days=args.days)
     out = Path(args.out)
@@ -119,13 +156,27 @@ def run(args: argparse.Namespace) -> int:
 
 # ---- several policies and the HTML report (issue 18) ------------------------------------------------
 def policy_list(spec: str) -> list[str]:
-    """The policy names of ``--policy`` ("edf" or "edf,milp"), in order, each once."""
+    """The policy names of ``--policy`` ("edf" or "edf,milp"), in order, each once.
+
+    Raises
+    ------
+    nowblock.cli.UsageError
+        No name, a name twice (case-insensitive, as the policies are named), or a name that is
+        not one of :data:`nowblock.policies.POLICY_NAMES`.
+    """
+    from nowblock.cli import UsageError
+    from nowblock.policies import POLICY_NAMES
+
     names = [p.strip() for p in str(spec).split(",") if p.strip()]
     if not names:
-        raise SystemExit("nowblock simulate: --policy names no policy")
-    dup = sorted({n for n in names if names.count(n) > 1})
+        raise UsageError("--policy names no policy")
+    unknown = [n for n in names if n.lower() not in POLICY_NAMES]
+    if unknown:
+        raise UsageError(f"--policy: unknown policy {unknown[0]!r}; choose one of {', '.join(POLICY_NAMES)}")
+    keys = [n.lower() for n in names]
+    dup = sorted({n for n in keys if keys.count(n) > 1})
     if dup:
-        raise SystemExit(f"nowblock simulate: --policy names {', '.join(dup)} twice")
+        raise UsageError(f"--policy names {', '.join(dup)} twice")
     return names
 
 

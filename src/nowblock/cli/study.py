@@ -30,21 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``nowblock study``; returns the exit code (1 if any cell failed)."""
-    from nowblock.studies import Study, StudyError, plot_study, study
+    from nowblock.cli import UsageError
+    from nowblock.studies import Study, plot_study, study
 
     if args.workers is not None and args.workers < 1:
-        raise SystemExit("nowblock study: --workers must be at least 1")
-    try:
-        spec = Study.default() if args.study == "default" else Study.from_toml(args.study)
-    except StudyError as exc:
-        raise SystemExit(f"nowblock study: {exc}")
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    # A StudyError is a user error: nowblock.cli.main prints it as one line and exits with 2.
+    spec = Study.default() if args.study == "default" else Study.from_toml(args.study)
     out = Path(args.out or f"{spec.name}-out")
-    try:
-        table = study(spec, out=out, address=args.address, workers=args.workers,
-                      engine="process" if args.no_ray else "ray", timeseries=args.timeseries,
-                      progress=not args.quiet)
-    except StudyError as exc:
-        raise SystemExit(f"nowblock study: {exc}")
+    table = study(spec, out=out, address=args.address, workers=args.workers,
+                  engine="process" if args.no_ray else "ray", timeseries=args.timeseries,
+                  progress=not args.quiet)
     plots = [] if args.no_plot else plot_study(table, out / "plots", name=spec.name)
     ok = table[table["status"] == "ok"]
     failed = table[table["status"] != "ok"]

@@ -270,6 +270,8 @@ def simulate(
         raise ValueError("simulate: a scenario without sessions needs start and end")
     t_start = _utc(start) if start is not None else sess["arrival"].min().floor(step)
     t_end = _utc(end) if end is not None else sess["departure"].max().ceil(step)
+    if not t_end > t_start:  # else: no step, no session, and metrics of a perfect week
+        raise ValueError(f"simulate: end {t_end.isoformat()} is not after start {t_start.isoformat()}")
     block = SimulatedBlock(scenario, step=step, horizon=horizon, start=t_start, end=t_end,
                            needs_known=needs == "known", base_load_forecaster=base_load_forecaster,
                            current_step_a=current_step_a, battery=battery)
