@@ -217,3 +217,13 @@ def test_simulate_refuses_an_end_before_its_start():
     t0 = scn.sessions["arrival"].min()
     with pytest.raises(ValueError, match="not after start"):
         simulate(scn, "edf", start=t0, end=t0 - pd.Timedelta(hours=1))
+
+
+def test_a_scenario_refuses_infinite_prices():
+    """They reached the MILP as NaN costs (HiGHS then ran past its time limit) and cost_eur came
+    out 0."""
+    scn = Scenario.default(days=1)
+    prices = scn.prices.copy()
+    prices.iloc[3] = np.inf
+    with pytest.raises(ScenarioError, match="prices: infinite values"):
+        Scenario(scn.site, scn.sessions, base_load=scn.base_load, prices=prices)

@@ -20,10 +20,30 @@ class ScenarioError(ValueError):
     """A scenario folder or object that is incomplete or inconsistent."""
 
 
-def _series(obj, name: str, what: str, tz: str | None = None) -> pd.Series | None:
+def time_series(obj, name: str, what: str, tz: str | None = None) -> pd.Series | None:
     """Normalise a time series to a float Series named ``name`` on a sorted UTC index.
 
-    Errors start with ``what`` and give times as ISO 8601 text in ``tz`` (UTC if None).
+    Parameters
+    ----------
+    obj : pandas.Series, pandas.DataFrame or None
+        Values over timezone-aware times; a DataFrame needs the column ``name`` and either a
+        ``time`` column or a timezone-aware index.
+    name : str
+        The Series' name (``kw`` [kW] for a base load, ``eur_per_kwh`` [EUR/kWh] for prices).
+    what : str
+        How the series is called in errors (they start with it).
+    tz : str, optional
+        Time zone of the times in errors (ISO 8601 text; UTC if None).
+
+    Returns
+    -------
+    pandas.Series or None
+        None for None.
+
+    Raises
+    ------
+    ScenarioError
+        A missing column, times without an offset, duplicate times, missing or infinite values.
     """
     if obj is None:
         return None
@@ -46,6 +66,9 @@ def _series(obj, name: str, what: str, tz: str | None = None) -> pd.Series | Non
         raise ScenarioError(f"{what}: duplicate times, first {first}")
     if s.isna().any():
         raise ScenarioError(f"{what}: missing values at {', '.join(iso_times(s.index[s.isna()][:3], tz))}")
+    inf = np.isinf(s.to_numpy(float))
+    if inf.any():  # an infinite price reached the MILP as NaN costs: HiGHS ran past its time limit
+        raise ScenarioError(f"{what}: infinite values at {', '.join(iso_times(s.index[inf][:3], tz))}")
     return s.sort_index()
 
 
@@ -146,8 +169,8 @@ class Scenario:
     def __post_init__(self) -> None:
         self.sessions = validate_sessions(self.sessions, self.site)
         tz = self.site.timezone
-        self.base_load = _series(self.base_load, "kw", "base_load", tz)
-        self.prices = _series(self.prices, "eur_per_kwh", "prices", tz)
+        self.base_load = time_series(self.base_load, "kw", "base_load", tz)
+        self.prices = time_series(self.prices, "eur_per_kwh", "prices", tz)
         what, lines = _SOURCES.get().get("base_load", ("base_load", None))
         check_base_load(self.base_load, self.site, what, lines)
 

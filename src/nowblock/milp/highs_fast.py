@@ -132,6 +132,37 @@ def new_solver(options: dict):
     return h
 
 
+def check_finite(mf: MatrixForm) -> None:
+    """Refuse a matrix HiGHS cannot solve: NaN anywhere, or an infinite cost or coefficient
+    (infinite bounds are allowed: they mean "no bound").
+
+    Parameters
+    ----------
+    mf : MatrixForm
+        Costs [EUR per column unit], column and row bounds, coefficients.
+
+    Raises
+    ------
+    ValueError
+        Naming the first family of numbers at fault and how many entries.
+
+    Notes
+    -----
+    Called on every solve (thousands in a simulated week), so whole-array numpy reductions
+    only: 10-20 us at 50 cars x 96 slots (2,400 columns, 10,000 coefficients; an LP of it took
+    4-15 ms), 0.15-0.35 ms at 1,000 cars x 288 slots (800,000 coefficients; 0.55-0.66 s), measured.
+    """
+    for name, values, finite in (("cost", mf.cost, True), ("a_value", mf.a_value, True),
+                                 ("col_lo", mf.col_lo, False), ("col_hi", mf.col_hi, False),
+                                 ("row_lo", mf.row_lo, False), ("row_hi", mf.row_hi, False)):
+        ok = np.isfinite(values).all() if finite else not np.isnan(values).any()
+        if not ok:
+            bad = ~np.isfinite(values) if finite else np.isnan(values)
+            what = "NaN or infinite" if finite else "NaN"
+            raise ValueError(f"the model has {int(bad.sum())} {what} {name} entries (first at {int(np.argmax(bad))}): "
+                             f"check the prices, base load and needs it was built from")
+
+
 def solve_matrix(form: Formulation, mf: MatrixForm, time_limit_s: float, start: np.ndarray | None = None, *,
                  basis=None, keep_basis: bool = False, interrupt=None, options: dict | None = None) -> SolveResult:
     """One HiGHS solve of ``mf`` (built from ``form``) within ``time_limit_s`` [s]; ``start``
@@ -140,9 +171,18 @@ def solve_matrix(form: Formulation, mf: MatrixForm, time_limit_s: float, start: 
     ``keep_basis``, returns its final basis in :attr:`SolveResult.basis`. ``interrupt`` (a
     ``threading.Event``) stops an LP's simplex or interior-point iterations once set (status
     ``"no_solution"``, see :func:`race_lp`); ``options`` are HiGHS options set after the
-    formulation's."""
+    formulation's.
+
+    Raises
+    ------
+    ValueError
+        A NaN in the costs, bounds or coefficients, or an infinite cost or coefficient
+        (:func:`check_finite`): HiGHS does not refuse every such model, and with NaN costs its
+        simplex ran forever, past its own time limit.
+    """
     import highspy
 
+    check_finite(mf)
     t0 = time.perf_counter()
     is_mip = bool(mf.integrality.any())
     opts = highs_options(form)

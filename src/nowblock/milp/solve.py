@@ -61,6 +61,7 @@ from nowblock.milp.adapters import from_sessions
 from nowblock.milp.coarse import Lagrangian, coarse_factor, coarse_formulation, expand, fine_row_prices, improve_bound
 from nowblock.milp.formulation import Formulation, OptimizeOptions
 from nowblock.milp.highs_fast import SolveResult, SolverOptionError, extend_basis, race_lp, solve_matrix
+from nowblock.milp.inputs import check_duration, check_series, check_start
 from nowblock.milp.matrix import plan_objective
 from nowblock.milp.peak import critical_peak_kw, mean_peak_matrix, plan_peak_kw, warm_start_pays
 from nowblock.milp.plans import Best as _Best, certified as _certified, polish, real_plan, relative_gap as _gap
@@ -595,13 +596,20 @@ def optimize(site, sessions: pd.DataFrame, start=None, horizon="24h", step="15mi
     site : Site
     sessions : pandas.DataFrame
         The contract's sessions frame (needs known).
-    start : timestamp, optional
-        First slot start (default: the first arrival floored to ``step``).
+    start : timestamp or str, optional
+        First slot start, timezone-aware (a ``Timestamp``, or ISO 8601 text with a UTC offset);
+        default: the first arrival floored to ``step``.
     horizon, step : str or Timedelta
-    base_load : pandas.Series, optional
-        The block's other load [kW] over UTC time.
-    prices : pandas.Series, optional
-        Energy price [EUR/kWh] over UTC time.
+        Durations with a unit, such as ``"24h"`` and ``"15min"`` (a bare number is refused:
+        pandas would read it as nanoseconds).
+    base_load : pandas.Series or pandas.DataFrame, optional
+        The block's other load [kW] over timezone-aware times (a DataFrame: its column ``kw``,
+        with a ``time`` column or a time index), checked as :class:`~nowblock.Scenario` checks
+        it (refused 100 times past the grid connection: W given for kW); every value finite.
+        None: 0 kW.
+    prices : pandas.Series or pandas.DataFrame, optional
+        Energy price [EUR/kWh] over timezone-aware times (a DataFrame: its column
+        ``eur_per_kwh``), checked the same way. None: 0 EUR/kWh.
     **options
         :class:`~nowblock.milp.options.OptimizeOptions` fields, for example ``sharing="fair"``,
         ``time_limit_s=5`` (bounds the whole call), ``mip_rel_gap=0.01``,
@@ -611,9 +619,27 @@ def optimize(site, sessions: pd.DataFrame, start=None, horizon="24h", step="15mi
     -------
     Schedule
         A real plan (see its ``status``, ``method``, ``objective``, ``bound``, ``mip_gap``).
+
+    Raises
+    ------
+    TypeError
+        An argument of the wrong kind (a number for ``step``, a list for ``base_load``, an
+        unknown option); the message starts with the argument's name.
+    ValueError
+        A bad value: ``start`` without a UTC offset, ``step`` that is not a duration, a
+        ``base_load`` or ``prices`` with times without an offset or missing or infinite values,
+        a base load in W (:class:`~nowblock.block.scenario.ScenarioError`), a bad session row
+        (:class:`~nowblock.block.sessions.SessionsError`); the message names the argument.
     """
     t0 = time.perf_counter()
     opts = OptimizeOptions.from_kwargs(**options)
+    # Checked here, not deep in the adapter: a naive or NaN series used to be planned around
+    # silently wrong (or hang HiGHS), a wrong type to fail in numba without naming the argument.
+    step = check_duration(step, "step")
+    horizon = check_duration(horizon, "horizon")
+    start = check_start(start)
+    base_load = check_series(base_load, "base_load", site)
+    prices = check_series(prices, "prices", site)
     form = from_sessions(site, sessions, start=start, horizon=horizon, step=step, base_load=base_load,
                          prices=prices, options=opts)
     return solve_formulation(form, started_at=t0)
