@@ -31,6 +31,14 @@ EXTENSION_KEYS = ("api",)
 _VALID_ROTATIONS = {"".join(p) for p in itertools.permutations(PHASES)}
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    # A Site's cached arrays are shared by every snapshot, the safety net and the simulator's
+    # overload metric: one policy's in-place slip (``room = site.limits_a; room -= load``)
+    # raised every limit, so that nothing was made safe and the overload went unreported.
+    a.flags.writeable = False
+    return a
+
+
 class SiteError(ValueError):
     """A site file or site object that cannot describe a real block; the message names the key."""
 
@@ -162,22 +170,22 @@ class Site:
     @cached_property
     def limits_a(self) -> np.ndarray:
         """Per-phase fuse ratings [A], shape (n_fuses, 3)."""
-        return np.array([f.max_current_a for f in self.fuses], dtype=float)
+        return _read_only(np.array([f.max_current_a for f in self.fuses], dtype=float))
 
     @cached_property
     def cp_min_current_a(self) -> np.ndarray:
         """Minimum current per charging point [A], shape (n_cp,)."""
-        return np.array([c.min_current_a for c in self.charge_points], dtype=float)
+        return _read_only(np.array([c.min_current_a for c in self.charge_points], dtype=float))
 
     @cached_property
     def cp_max_current_a(self) -> np.ndarray:
         """Maximum current per charging point [A], shape (n_cp,)."""
-        return np.array([c.max_current_a for c in self.charge_points], dtype=float)
+        return _read_only(np.array([c.max_current_a for c in self.charge_points], dtype=float))
 
     @cached_property
     def cp_phases(self) -> np.ndarray:
         """Number of phases each charging point is connected with, shape (n_cp,)."""
-        return np.array([c.phases for c in self.charge_points], dtype=np.int64)
+        return _read_only(np.array([c.phases for c in self.charge_points], dtype=np.int64))
 
     @cached_property
     def has_caps(self) -> bool:
@@ -187,7 +195,7 @@ class Site:
     @cached_property
     def cp_grid_phases(self) -> np.ndarray:
         """Grid phase index (0..2) wired to each charging point's L1, L2, L3, shape (n_cp, 3)."""
-        return np.array([c.grid_phases for c in self.charge_points], dtype=np.int64).reshape(-1, 3)
+        return _read_only(np.array([c.grid_phases for c in self.charge_points], dtype=np.int64).reshape(-1, 3))
 
     @cached_property
     def ancestry(self) -> np.ndarray:
@@ -200,7 +208,7 @@ class Site:
             while f is not None:
                 m[idx[f], j] = True
                 f = parent[f]
-        return m
+        return _read_only(m)
 
     def phase_usage(self, cp_index: np.ndarray, car_phases: np.ndarray) -> np.ndarray:
         """Which grid phases each (charging point, car) pair loads: bool (n, 3).

@@ -16,7 +16,7 @@ from typing import Callable
 import pandas as pd
 
 from nowblock.control.solver import SolverProcess
-from nowblock.loop.step import call_policy
+from nowblock.loop.step import call_policy, check_answer
 from nowblock.seam import BlockSnapshot, Decision, Policy, decide
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,12 @@ class TimedPolicy:
                 status = f"failed: {exc!r}"
                 log.exception("policy %s failed", self.policy.name)
         if decision is not None:
-            return decision, self.policy.name, status
+            try:
+                check_answer(snap.cars.index, decision.current_a)
+                return decision, self.policy.name, status
+            except ValueError as exc:  # no setpoints for these cars: the fallback answers
+                status = f"failed: {exc!r}"
+                log.warning("policy %s: %s", self.policy.name, exc)
         log.info("policy %s: %s; %s answers this step", self.policy.name, status, self.fallback.name)
         return decide(self.fallback, snap), self.fallback.name, status
 

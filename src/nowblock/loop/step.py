@@ -28,7 +28,8 @@ import pandas as pd
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.needs import NeedsEstimation
 from nowblock.loop.observation import Observation
-from nowblock.seam import BlockSnapshot, Policy, aligned_current_a, root_index, safe_setpoints_a
+from nowblock.seam import (BlockSnapshot, Policy, aligned_current_a, cached_constraint_rows, root_index,
+                           safe_setpoints_a)
 from nowblock.seam.policy import Decision, decide
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,37 @@ class StepOutcome:
         return held_back(self.snapshot, self.context, self.current_a)
 
 
+class PolicyAnswerError(ValueError):
+    """A policy's answer that names no setpoint for the cars it was asked about."""
+
+
+def check_answer(index: pd.Index, current_a) -> None:
+    """Raise :class:`PolicyAnswerError` (or ``ValueError``) for an answer that is not setpoints
+    for the cars in ``index`` (their session ids): None, an array of another length, a Series
+    with a repeated id, or a Series/dict none of whose ids is one of them (answered by
+    charge_point_id, say). Such answers read as "every car off" or stopped a simulation; the
+    caller treats them as a failed policy (its fallback answers the step)."""
+    if current_a is None:
+        raise PolicyAnswerError("answered None instead of setpoints [A] by session_id")
+    if isinstance(current_a, dict):
+        current_a = pd.Series(current_a, dtype=object)
+    if isinstance(current_a, pd.Series):
+        if current_a.index.has_duplicates:
+            raise PolicyAnswerError(f"answered a session id more than once: "
+                                    f"{list(current_a.index[current_a.index.duplicated()][:3])}")
+        if len(index) and len(current_a) and not current_a.index.isin(index).any():
+            raise PolicyAnswerError(f"none of the {len(current_a)} ids it answered (first {current_a.index[0]!r}) "
+                                    f"is a plugged-in car's session_id (first {index[0]!r})")
+        return
+    aligned_current_a(index, current_a)  # raises for an array of the wrong length
+
+
+_reported: set = set()  # (policy, error) already logged with its traceback
+
+
 def call_policy(policy: Policy, fallback: Policy, snapshot: BlockSnapshot) -> tuple[Decision, str, str]:
-    """The policy's decision for ``snapshot``, or the fallback's when the policy raises.
+    """The policy's decision for ``snapshot``, or the fallback's when the policy raises or its
+    answer is no setpoints for these cars (:func:`check_answer`).
 
     Returns
     -------
@@ -110,10 +140,36 @@ def call_policy(policy: Policy, fallback: Policy, snapshot: BlockSnapshot) -> tu
     if len(snapshot.cars) == 0:
         return Decision(pd.Series(np.zeros(0), index=snapshot.cars.index, name="current_a")), policy.name, "empty"
     try:
-        return decide(policy, snapshot), policy.name, "ok"
+        decision = decide(policy, snapshot)
+        check_answer(snapshot.cars.index, decision.current_a)
+        return decision, policy.name, "ok"
     except Exception as exc:  # noqa: BLE001 - any policy trouble must still leave safe setpoints
-        log.exception("policy %s failed; falling back to %s", policy.name, fallback.name)
+        key = (policy.name, type(exc).__name__, str(exc)[:200])
+        if key not in _reported and len(_reported) < 1000:  # the traceback once, not every step
+            _reported.add(key)
+            log.exception("policy %s failed; falling back to %s", policy.name, fallback.name)
+        else:
+            log.debug("policy %s failed again (%r); falling back to %s", policy.name, exc, fallback.name)
         return decide(fallback, snapshot), fallback.name, f"failed: {exc!r}"
+
+
+def bypasses_safety(policy) -> bool:
+    """True only for nowblock's own reference policy without the safety net (``uncontrolled``).
+
+    A policy of one's own with an attribute ``safe = False`` (a "safe mode" flag of its own,
+    say) skipped the safety net in the simulator; it is now warned about and made safe.
+    """
+    from nowblock.baselines.heuristics import HeuristicPolicy
+
+    if getattr(policy, "safe", True) is not False:
+        return False
+    if isinstance(policy, HeuristicPolicy):
+        return True
+    if policy.name not in _reported:
+        _reported.add(policy.name)
+        log.warning("policy %s has safe=False: only nowblock's uncontrolled reference bypasses the safety net; "
+                    "its answers are made safe", policy.name)
+    return False
 
 
 class ControlStep:
@@ -259,6 +315,12 @@ class ControlStep:
                                    base_load_kw=obs.base_load_kw, prices_eur_per_kwh=obs.prices_eur_per_kwh,
                                    current_step_a=float(obs.current_step_a),
                                    incidence_a=None if incidence is None else np.asarray(incidence)[:, trusted])
+        if len(policy_cars):
+            # What the safety net reads, computed before the policy sees the snapshot: read-only
+            # arrays that a policy editing its snapshot's frames in place (base_load_kw -= ...)
+            # cannot change, so the setpoints are made safe against the block as observed.
+            snap.values("min_current_a"), snap.values("max_current_a"), snap.values("priority")
+            cached_constraint_rows(snap)
         reason = np.full(n, "", dtype=object)
         for mask, why in ((holding, "holding"), (over, "over_draw"), (stale, "stale"), (offline, "offline")):
             reason[mask] = why
@@ -336,7 +398,7 @@ class ControlStep:
         t1 = _time.perf_counter()
         decision, name, status = call_policy(policy, fallback, snap)
         t2 = _time.perf_counter()
-        x = self.finish(snap, ctx, decision.current_a, safe=getattr(policy, "safe", True) is not False)
+        x = self.finish(snap, ctx, decision.current_a, safe=not bypasses_safety(policy))
         for sid, a in zip(x.index, x.to_numpy()):
             self.record_sent(sid, a, obs.time)
         t3 = _time.perf_counter()

@@ -46,7 +46,8 @@ def make_safe(
 def safe_setpoints_a(snapshot: BlockSnapshot, current_a: np.ndarray, *, tol_a: float = 1e-6,
                      held: np.ndarray | None = None) -> np.ndarray:
     """:func:`make_safe` on a plain array: setpoints [A] in the order of ``snapshot.cars`` in,
-    safe setpoints [A] out (a new array; NaN counts as 0). For callers that already hold arrays
+    safe setpoints [A] out (a new array; NaN counts as 0, +inf as the car's maximum, like any
+    value above it). For callers that already hold arrays
     (a pandas Series built and read back cost ~0.1 ms a step in the MILP policy).
 
     ``held`` (bool, one per car, optional) marks cars whose current cannot be changed (a
@@ -62,14 +63,14 @@ def safe_setpoints_a(snapshot: BlockSnapshot, current_a: np.ndarray, *, tol_a: f
     lo = _finite_or_0(snapshot.values("min_current_a"))
     hi = _finite_or_0(snapshot.values("max_current_a"))
     step = float(snapshot.current_step_a)
-    given = _finite_or_0(x)
+    given = np.where(np.isnan(x), 0.0, x)
     x = np.minimum(np.maximum(given, 0.0), np.maximum(hi, 0.0))  # np.clip is slow on small arrays
     x = _floor_step(x, step)
     x[x < lo - tol_a] = 0.0
     free = np.ones(n, dtype=bool)
     if held is not None:
         free = ~np.asarray(held, dtype=bool).reshape(-1)
-        x[~free] = np.maximum(given[~free], 0.0)
+        x[~free] = np.maximum(_finite_or_0(given[~free]), 0.0)
     g, h = cached_constraint_rows(snapshot)
     if len(h) == 0:
         return x

@@ -47,11 +47,14 @@ Metrics (all in :attr:`SimulationResult.metrics`):
   includes that).
 * extras: ``n_sessions``, ``n_steps``, ``car_hours``, ``min_fraction_delivered``,
   ``sessions_fully_met``, ``overload_steps``, ``solve_seconds_max``, ``fallback_steps``
-  (steps the fallback answered), ``wall_seconds``, ``policy``.
+  (steps the fallback answered: the policy raised or answered no setpoints for the cars; each
+  step's reason in ``SimulationResult.fallbacks``), ``fallback_policy`` (the one that answered
+  them, only when there were any), ``wall_seconds``, ``policy``.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time as _time
 from dataclasses import dataclass, field
@@ -66,6 +69,8 @@ from nowblock.seam import Policy
 from nowblock.sim.battery import TaperBattery
 from nowblock.sim.block import SimulatedBlock
 
+log = logging.getLogger(__name__)
+
 
 
 @dataclass
@@ -76,7 +81,8 @@ class SimulationResult:
     step's start time, UTC), ``sessions`` (one row a simulated session: requested and
     delivered energy [kWh], fraction delivered), ``draws`` (long format: time, session_id,
     current_a, power_kw for every step a car drew), ``solve_seconds`` (one entry per policy
-    call).
+    call), ``fallbacks`` (one row a step the policy did not answer: ``time`` (UTC), ``policy``
+    (the one that answered instead) and ``reason``, e.g. ``failed: ValueError(...)``).
     """
 
     metrics: dict
@@ -87,6 +93,8 @@ class SimulationResult:
     policy: str
     step: pd.Timedelta
     site: object = field(repr=False, default=None)
+    fallbacks: pd.DataFrame = field(repr=False, default_factory=lambda: pd.DataFrame(
+        {"time": pd.DatetimeIndex([], tz="UTC"), "policy": [], "reason": []}))
 
     def to_dir(self, path, *, plot: bool = True, title: str | None = None):
         """Write the result as files into folder ``path`` (created if needed).
@@ -280,6 +288,7 @@ def simulate(
     backup = get_policy(fallback)
     solve_s: list[float] = []
     statuses: dict[str, int] = {}
+    fallbacks: list[tuple] = []
     show = _progress_printer(progress, block.n_t, f"simulate {pol.name}")
     for k in range(block.n_t):
         now = block.grid[k]
@@ -289,10 +298,19 @@ def simulate(
             solve_s.append(out.seconds["policy"])
             if out.status != "ok":
                 statuses[out.status] = statuses.get(out.status, 0) + 1
+                fallbacks.append((now, out.policy, out.status))
             block.apply(now, out.current_a)
             control.forget(obs.cars.index)
         show(k + 1)
-    return _result(block, pol, np.asarray(solve_s), statuses, wall0)
+    res = _result(block, pol, np.asarray(solve_s), statuses, wall0)
+    if fallbacks:
+        t, who, why = zip(*fallbacks)
+        res.fallbacks = pd.DataFrame({"time": pd.DatetimeIndex(t), "policy": list(who), "reason": list(why)})
+        res.metrics["fallback_policy"] = backup.name
+        log.warning("simulate: policy %s did not answer %d of %d steps (%s answered them; the reasons are in "
+                    "SimulationResult.fallbacks); first: %s", pol.name, len(fallbacks), len(solve_s), backup.name,
+                    why[0])
+    return res
 
 
 def _result(block: SimulatedBlock, pol, solve: np.ndarray, statuses: dict, wall0: float) -> SimulationResult:
