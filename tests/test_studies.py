@@ -126,6 +126,23 @@ def test_scenario_folders_in_process(tmp_path, small_scenario):
     assert before.isdisjoint({c.cell_id for c in st.cells()})
 
 
+def test_folders_alone_make_the_study_in_every_form(tmp_path, small_scenario):
+    """Folders without ``scenario`` run only the folders, whether given as keywords, a dict or
+    a file; the default block comes in only when neither is given (or ``scenario={}`` asks)."""
+    small_scenario.to_dir(tmp_path / "small")
+    spec = {"scenario_dirs": [str(tmp_path / "small")], "policies": ["edf"]}
+    (tmp_path / "only_dirs.toml").write_text('policies = ["edf"]\nscenario_dirs = ["small"]\n')
+    forms = [Study(**spec), Study.from_dict(spec), Study.from_toml(tmp_path / "only_dirs.toml")]
+    for st in forms:
+        assert [c.scenario for c in st.cells()] == [{"dir": str((tmp_path / "small").resolve())}]
+    assert len({c.cell_id for st in forms for c in st.cells()}) == 1
+    assert [c.scenario for c in Study(policies=["edf"]).cells()] == [{}]
+    both = Study(scenario={}, **spec)
+    assert [c.scenario for c in both.cells()] == [{}, {"dir": str((tmp_path / "small").resolve())}]
+    for st in (forms[0], both):  # study.json (to_dict) reads back as the study that ran
+        assert Study.from_dict(st.to_dict()).cells() == st.cells()
+
+
 def test_study_spec_grid_ids_and_errors(tmp_path):
     d = Study.default()
     cells = d.cells()

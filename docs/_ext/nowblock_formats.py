@@ -191,9 +191,10 @@ def _study_tables() -> dict[str, list[Field]]:
             Field("name", "string", "", "(the file's name without .toml)", "", "The study's name (plots, output folder)."),
             Field("policies", "array of strings", "", '["equal"]', "policy names",
                   "Policies to run in every cell: uncontrolled, equal, edf, llf, milp."),
-            Field("scenario", "table or array of tables", "", "{}", "",
+            Field("scenario", "table or array of tables", "", "{}, or none with scenario_dirs", "",
                   "`[scenario]`: parameters of the default block's generator (below); a list value is an "
-                  "axis of the grid. `[[scenario]]` gives several grids."),
+                  "axis of the grid. `[[scenario]]` gives several grids. Left out with `scenario_dirs`, the "
+                  "study runs the folders alone."),
             Field("scenario_dirs", "array of strings", "", "[]", "scenario folders",
                   "Scenario folders (relative to the study file), each one more scenario."),
             Field("simulate", "table", "", "{}", "",

@@ -35,7 +35,7 @@ def get_policy(name: str | Policy, **kwargs) -> Policy:
     Parameters
     ----------
     name : str or Policy
-        "uncontrolled", "equal", "edf", "llf" or "milp" (case-insensitive); a policy object is
+        "uncontrolled", "equal", "edf", "llf", "round_robin" or "milp" (case-insensitive); a policy object is
         returned unchanged.
     **kwargs
         Options of the MILP policy (:class:`nowblock.milp.MilpPolicy`); the baselines take none.

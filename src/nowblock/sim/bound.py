@@ -10,23 +10,8 @@ met even from uncontrolled charging on a connection that never binds.
 
 :func:`simulation_bound` is the tight version for closed-loop comparisons: the same LP as the
 simulator's own step (:class:`nowblock.sim.block.SimulatedBlock`), relaxed only where a policy
-has a choice. Per session and step, the drawn current is a variable with
-
-- ``0 <= drawn <= min(car maximum, site cap) x draw_fraction`` in the steps the simulator
-  serves the car (no minimum current: relaxing it keeps the bound valid);
-- the taper at the step's start: ``drawn <= max x accepted_fraction(soc)``, where the state of
-  charge grows with the energy delivered before the step. The battery's accepted fraction is
-  ``min(1, 1 - slope x (soc - taper_soc))`` on the states of charge a session reaches (its
-  target is at most 1), a minimum of two linear functions, so it is two linear rows: the LP
-  holds every trajectory the simulator can produce;
-- the energy ``sum(drawn x phases x voltage x step)`` at most the request;
-- every fuse phase at every step: the cars' drawn currents plus the other load (its maximum in
-  the step, on the grid connection) within the rating: the simulator's overload metric is 0.
-
-The objective is the total energy delivered. Every policy whose run has zero overload
-delivers at most this (up to the LP's tolerance), whatever it knows; the unbalance limit is
-left out (a policy keeps it on what it offers, and a car that draws less can unbalance the
-drawn currents), which only loosens the bound.
+has a choice. What it keeps and what it relaxes is in its docstring's Notes (so that the API
+reference, which renders the function and not this module, shows it).
 """
 
 from __future__ import annotations
@@ -99,9 +84,28 @@ def simulation_bound(scenario, step="5min", *, battery: TaperBattery | None = No
 
     Notes
     -----
-    A linear program on the simulator's own step grid; see the module docstring for what it
-    keeps and what it relaxes. It is exact when nothing binds: on a connection that never
-    limits, it equals what uncontrolled charging delivers in the simulator.
+    A linear program on the simulator's step grid: the LP of the simulator's own step
+    (:class:`nowblock.sim.block.SimulatedBlock`) over the whole window, relaxed only where a
+    policy has a choice. Per session and step, the drawn current is a variable with
+
+    - ``0 <= drawn <= min(car maximum, site cap) x draw_fraction`` in the steps the simulator
+      serves the car (no minimum current: relaxing it keeps the bound valid);
+    - the taper at the step's start: ``drawn <= max x accepted_fraction(soc)``, where the state
+      of charge grows with the energy delivered before the step. The battery's accepted fraction
+      is ``min(1, 1 - slope x (soc - taper_soc))`` on the states of charge a session reaches (its
+      target is at most 1), a minimum of two linear functions, so it is two linear rows: the LP
+      holds every trajectory the simulator can produce;
+    - the energy ``sum(drawn x phases x voltage x step)`` at most the request;
+    - every fuse phase at every step: the cars' drawn currents plus the other load (its maximum
+      in the step, on the grid connection) within the rating: the simulator's overload metric
+      is 0.
+
+    The objective is the total energy delivered. Every policy whose run has zero overload
+    delivers at most this (up to the LP's tolerance), whatever it knows; the unbalance limit is
+    left out (a policy keeps it on what it offers, and a car that draws less can unbalance the
+    drawn currents), which only loosens the bound. It is exact when nothing binds: on a
+    connection that never limits, it equals what uncontrolled charging delivers in the
+    simulator.
     """
     import time
 

@@ -109,13 +109,15 @@ class Study:
 
     Parameters
     ----------
-    scenario : dict or list of dict
+    scenario : dict or list of dict, optional
         Generator grids: parameters of :func:`nowblock.block.synth.generate_parts`, a list
-        value being an axis. ``{}`` is the default block alone.
+        value being an axis. ``{}`` is the default block alone, ``[]`` no generated block.
+        Left out, it is ``{}`` without ``scenario_dirs`` and ``[]`` with them (the folders
+        alone), as in a study file without ``[scenario]``.
     policies : list of str
         Policy names (:data:`nowblock.policies.POLICY_NAMES`).
     scenario_dirs : list of path
-        Scenario folders, each a scenario of the study besides the generated ones.
+        Scenario folders, each a scenario of the study besides the generated ones (if any).
     simulate : dict
         ``nowblock.simulate`` keywords (:data:`SIMULATE_KEYS`), a list value being an axis.
     policy_options : dict
@@ -124,7 +126,7 @@ class Study:
         The study's name (plots, logs).
     """
 
-    scenario: dict | list = field(default_factory=dict)
+    scenario: dict | list | None = None
     policies: list = field(default_factory=lambda: ["equal"])
     scenario_dirs: list = field(default_factory=list)
     simulate: dict = field(default_factory=dict)
@@ -134,6 +136,10 @@ class Study:
     def __post_init__(self) -> None:
         from nowblock.policies import POLICY_NAMES
 
+        # None means "not given": the keywords, a dict and a study file must agree that folders
+        # alone make the study, and the default block is there only when nothing else is.
+        if self.scenario is None:
+            self.scenario = [] if self.scenario_dirs else {}
         if isinstance(self.policies, str):
             self.policies = [self.policies]
         if not self.policies:
@@ -179,8 +185,7 @@ class Study:
         if bad:
             raise StudyError(f"unknown key(s) {bad} in the study; known: {', '.join(sorted(known))}")
         dirs = [str((base / d).resolve()) if base is not None else str(d) for d in data.get("scenario_dirs", [])]
-        scenario = data.get("scenario", {} if not dirs else [])
-        return cls(scenario=scenario, policies=list(data.get("policies", ["equal"])), scenario_dirs=dirs,
+        return cls(scenario=data.get("scenario"), policies=list(data.get("policies", ["equal"])), scenario_dirs=dirs,
                    simulate=dict(data.get("simulate", {})), policy_options=dict(data.get("policy_options", {})),
                    name=str(data.get("name", default_name)))
 
@@ -194,12 +199,16 @@ class Study:
         out = {"name": self.name, "policies": list(self.policies), "scenario": self.scenario,
                "scenario_dirs": [str(d) for d in self.scenario_dirs], "simulate": self.simulate,
                "policy_options": self.policy_options}
-        return {k: v for k, v in out.items() if v not in ({}, [], "")}
+        # ``scenario`` stays unless it is what leaving it out gives: with folders, ``{}`` (the
+        # default block besides them) differs from the default ``[]`` and must survive a re-read.
+        implied = [] if self.scenario_dirs else {}
+        return {k: v for k, v in out.items()
+                if (v != implied if k == "scenario" else v not in ({}, [], ""))}
 
     def cells(self) -> list[Cell]:
         """Every cell, in a stable order: scenarios, then simulate options, then policies."""
         scenarios: list[tuple[dict, str]] = []
-        grids = self.scenario if isinstance(self.scenario, list) else ([self.scenario] if self.scenario is not None else [])
+        grids = self.scenario if isinstance(self.scenario, list) else [self.scenario]
         for g in grids:
             scenarios += [(params, "") for params in _grid(g)]
         for d in self.scenario_dirs:
