@@ -658,3 +658,28 @@ async def test_a_car_not_drawing_yet_at_its_first_meter_value_is_not_taken_for_f
     _meter(cs, clock, {0: 0.0})
     await ctl.step()
     assert "CP0:tx0" in ctl.loop.full
+
+
+async def test_a_paused_car_is_not_taken_for_full_after_a_restart():
+    """Found by an outside test (SIGKILL, 10 s down, restart on the same store): cars paused at
+    0 A before the restart were taken for full by the new process at once (it had not seen them
+    draw; drawing nothing at the limit the state assumed, they looked full) and never charged
+    again. A car not seen drawing since its offer rose to its minimum is full only after start_s."""
+    site = _site(root_a=63.0, n=1)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 1)  # needs unknown
+    clock.advance(3600)
+    cs.state.on_meter("CP0", 1, "tx0", {"energy_wh": 5000.0, "current_l1_a": 0.0, "current_l2_a": 0.0,
+                                        "current_l3_a": 0.0}, clock.now.to_pydatetime())
+    ctl = _controller(cs, clock, policy="equal")  # the new process
+    res = await ctl.step()
+    assert "CP0:tx0" not in ctl.loop.full and res.current_a["CP0:tx0"] >= 6.0
+    for _ in range(3):  # 90 s of 0 A at its new limit: resuming takes time
+        clock.advance(30)
+        _meter(cs, clock, {0: 0.0})
+        res = await ctl.step()
+        assert "CP0:tx0" not in ctl.loop.full and res.current_a["CP0:tx0"] >= 6.0
+    clock.advance(ctl.settings.start_s)
+    _meter(cs, clock, {0: 0.0})
+    await ctl.step()
+    assert "CP0:tx0" in ctl.loop.full  # nothing in start_s: full after all

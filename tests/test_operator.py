@@ -110,3 +110,21 @@ def test_inputs_survive_a_restart_and_a_failing_store_changes_nothing(tmp_path):
         with pytest.raises(Exception):
             again.add_cap("grid", 10, duration_s=60)
         assert len(again.caps) == 1
+
+
+def test_needs_with_a_fraction_of_a_second_apply_to_a_frame_in_seconds():
+    """Found by an outside test over the HTTP API: a departure entered as ``...T08:22:32.123456Z``
+    (``datetime.isoformat()``) made every control step fail, the caps with it, until the needs were
+    deleted (a restart read them back and failed again): the live frame's departure column was in
+    seconds and pandas refuses to set a finer time into it."""
+    site = _site()
+    op = OperatorInputs(site, clock=lambda: T0)
+    op.add_cap("feeder", [20, 25, 30], duration_s=3600)
+    dep = T0 + pd.Timedelta(hours=3, microseconds=123456)
+    op.set_needs("CP2:1", "CP2", departure=dep, energy_kwh=11.0)
+    obs = _obs(site)
+    cars = obs.cars.copy()
+    cars["departure"] = cars["departure"].astype("datetime64[s, UTC]")  # as the live state gives it
+    obs = op.apply(Observation(obs.time, site, obs.step, cars, obs.base_load_kw))
+    assert obs.cars.loc["CP2:1", "departure"] == dep and obs.cars.loc["CP2:1", "needs_known"]
+    assert obs.site.fuses[1].max_current_a == (20.0, 25.0, 30.0)

@@ -284,12 +284,20 @@ class OperatorInputs:
         overridden: list[str] = []
         if len(cars) and (self.needs or self.out_of_service):
             cars = cars.copy()
-            for sid in [s for s in self.needs if s in cars.index]:
+            mine = [s for s in self.needs if s in cars.index]
+            if mine:
+                # In nanoseconds: the live frame's column may be in seconds, and pandas refuses to
+                # set a departure with a fraction of a second into it (every step failed then).
+                cars["departure"] = pd.to_datetime(cars["departure"], utc=True).dt.as_unit("ns")
+            for sid in mine:
                 o = self.needs[sid]
-                cars.loc[sid, "departure"] = o.departure
-                cars.loc[sid, "energy_requested_kwh"] = o.energy_kwh
-                cars.loc[sid, "needs_known"] = True
-                overridden.append(sid)
+                try:
+                    cars.loc[sid, "departure"] = pd.Timestamp(o.departure).tz_convert("UTC").as_unit("ns")
+                    cars.loc[sid, "energy_requested_kwh"] = o.energy_kwh
+                    cars.loc[sid, "needs_known"] = True
+                    overridden.append(sid)
+                except Exception:  # noqa: BLE001 - one resident's needs must not stop the caps below
+                    log.exception("%s: the needs entered could not be applied; planning without them", sid)
             off = cars["charge_point_id"].isin(list(self.out_of_service)).to_numpy()
             if off.any():
                 cars.loc[off, "max_current_a"] = 0.0

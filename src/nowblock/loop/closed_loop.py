@@ -44,10 +44,11 @@ class LoopSettings:
     ``stale_after_s`` [s]: meter values older than this are stale.
     ``settle_s`` [s]: a measurement counts only once the offer has been in force this long (for
     a car never sent a limit: since it plugged in).
-    ``start_s`` [s]: a car that has taken no energy yet is taken to be full (it draws nothing
-    although offered its minimum) only once its offer has been in force this long: cars take
-    seconds to a minute to start drawing after they plug in, and a car called full is offered
-    nothing, so it could never show that it was not.
+    ``start_s`` [s]: a car not seen drawing since its offer rose to its minimum (just plugged in,
+    resuming after a pause, or after a restart) is taken to be full (it draws nothing although
+    offered its minimum) only once that offer has been in force this long: cars take seconds to a
+    minute to start drawing, and a car called full is offered nothing, so it could never show
+    that it was not.
     """
 
     margin_a: float = 1.0

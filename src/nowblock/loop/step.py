@@ -198,6 +198,9 @@ class ControlStep:
         self.before: dict[str, float] = {}  # session -> the limit before its last change [A]
         self.ceilings_a = pd.Series(dtype=float)
         self.full: set[str] = set()
+        # session -> since when [ns] its offer is at least its minimum, and its energy then [kWh]
+        self._on_since: dict[str, tuple[int, float]] = {}
+        self._drew: set[str] = set()  # sessions seen drawing since then
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     def record_sent(self, session_id: str, limit_a: float, time: pd.Timestamp) -> None:
@@ -216,6 +219,9 @@ class ControlStep:
             for sid in [s for s in d if s not in keep]:
                 del d[sid]
         self.full &= keep
+        self._drew &= keep
+        for sid in [s for s in self._on_since if s not in keep]:
+            del self._on_since[sid]
         if len(self.ceilings_a):
             self.ceilings_a = self.ceilings_a[self.ceilings_a.index.isin(list(keep))]
 
@@ -238,7 +244,7 @@ class ControlStep:
         cars = obs.cars
         col = {c: obs.column(c) for c in _NUMERIC}
         settled = self.settled(cars)
-        self._track_full(cars, col, settled)
+        self._track_full(cars, col, settled, now)
         if len(cars):
             cars = self.needs.fill(cars, now, full=self.full, step=obs.step)
         n = len(cars)
@@ -341,15 +347,34 @@ class ControlStep:
         )
         return snap, ctx
 
-    def _track_full(self, cars: pd.DataFrame, col: dict, settled: np.ndarray) -> None:
-        """Remember cars that stopped drawing although offered their minimum (full batteries)."""
+    def _track_full(self, cars: pd.DataFrame, col: dict, settled: np.ndarray, now: pd.Timestamp) -> None:
+        """Remember cars that stopped drawing although offered their minimum (full batteries).
+
+        A car that drew since its offer rose to its minimum and then stops is full once its
+        measurement settled; one that has not drawn since (not started yet after plugging in or
+        after a pause, or one the process has not seen draw, after a restart) only once the offer
+        has been at least its minimum for ``settings.start_s``: cars take seconds to a minute to
+        start, and a car called full is offered nothing, so it could never show it was not (an
+        outside test found both: a car whose first meter value read 0 A, and paused cars after a
+        restart, taken for full for good)."""
         index = cars.index
         meas = col["measured_current_a"].astype(float)
         off = col["offered_current_a"].astype(float)
-        full = settled & (meas < 0.5) & (off >= col["min_current_a"].astype(float))
-        fresh = full & ~(col["energy_delivered_kwh"].astype(float) > 1e-3)  # NaN: nothing known taken
-        if fresh.any():  # not started yet, or full from the start: told apart by waiting longer
-            full &= ~fresh | self.settled(cars, max(self.settings.start_s, self.settings.settle_s))
+        on = np.isfinite(off) & (off >= col["min_current_a"].astype(float))
+        kwh = np.nan_to_num(col["energy_delivered_kwh"].astype(float))
+        last = _ns(cars["last_meter"])
+        start_ns = max(self.settings.start_s, self.settings.settle_s) * 1e9
+        waited = np.zeros(len(index), dtype=bool)
+        for i, sid in enumerate(index.tolist()):
+            if not on[i]:
+                self._on_since.pop(sid, None)
+                self._drew.discard(sid)
+                continue
+            since, kwh0 = self._on_since.setdefault(sid, (now.value, kwh[i]))
+            if meas[i] > 1.0 or kwh[i] > kwh0 + 1e-3:  # a current, or energy taken since (meters differ)
+                self._drew.add(sid)
+            waited[i] = sid in self._drew or (last[i] != _NAT and last[i] - since >= start_ns)
+        full = settled & (meas < 0.5) & on & waited
         if full.any() or self.full:
             self.full = (self.full | set(index[full])) - set(index[np.nan_to_num(meas) > 1.0])
             self.full &= set(index)
