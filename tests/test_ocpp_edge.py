@@ -1,5 +1,6 @@
 """Unit checks of the protocol edge (nowblock.ocpp.edge); the end-to-end ones are in tests/interop."""
 
+import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -57,3 +58,21 @@ def test_connector_ids_are_bounded():
             edge.check_connector(bad)
     with pytest.raises(PropertyConstraintViolationError):
         edge.check_connector(0, allow_zero=False)
+
+
+def test_a_meter_value_dated_ahead_of_its_arrival_is_dated_on_arrival(caplog):
+    """Found by an outside test: a station clock 10 min ahead kept its car "fresh" for up to 15
+    minutes after its meter went quiet (stale detection trusts the meter value's time)."""
+    now = datetime(2026, 12, 7, 6, 0, tzinfo=timezone.utc)
+    assert edge.meter_time(None, now, "CPa") == now
+    assert edge.meter_time(now - timedelta(seconds=30), now, "CPa") == now - timedelta(seconds=30)
+    assert edge.meter_time(now + timedelta(seconds=30), now, "CPa") == now + timedelta(seconds=30)  # small skew
+    with caplog.at_level(logging.WARNING, logger="nowblock.ocpp.edge"):
+        assert edge.meter_time(now + timedelta(minutes=10), now, "CPb") == now
+        # Hours behind (a wrong clock, or queued while offline): kept, and said once an hour.
+        old = now - timedelta(hours=3)
+        assert edge.meter_time(old, now, "CPc") == old
+        assert edge.meter_time(old, now + timedelta(seconds=5), "CPc") == old
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("CPb" in m and "ahead" in m for m in said) == 1
+    assert sum("CPc" in m and "behind" in m for m in said) == 1

@@ -43,6 +43,14 @@ MAX_CONNECTOR_ID = 32
 PAST_WINDOW_S = 366 * 86400.0
 #: ... and this far in the future [s] (clock skew); outside, the central system's own time is used.
 FUTURE_WINDOW_S = 900.0
+#: A meter value dated more than this [s] after it arrived is dated when it arrived: a station
+#: clock that runs ahead kept its car "fresh" up to FUTURE_WINDOW_S after its meter went quiet.
+METER_AHEAD_S = 60.0
+#: A meter value dated more than this [s] before it arrived is logged (at most hourly a station):
+#: its station's clock runs behind, or it was queued while offline; either way its car counts
+#: as stale (its reading is not known to be current), which is safe but wastes room.
+METER_BEHIND_WARN_S = 300.0
+_meter_warned: dict[str, datetime] = {}
 #: A departure later than this [s] from now is taken as this far away (planning needs no more).
 MAX_DEPARTURE_S = 7 * 86400.0
 #: A departure earlier than this [s] before now is a wrong clock, not a car in a hurry: ignored.
@@ -179,6 +187,24 @@ def event_time(value, now: datetime, what: str, cp_id: str = "") -> datetime:
         log.warning("%s: %s %s is implausible (station clock off?); using %s", cp_id, what, value, now.isoformat())
         return now
     return t
+
+
+def meter_time(ts: datetime | None, now: datetime, cp_id: str = "") -> datetime:
+    """When a meter value was taken: its timestamp ``ts`` (already within the plausible window,
+    :func:`nowblock.ocpp.meter.parse_meter_values`), ``now`` when it has none or when it lies more
+    than :data:`METER_AHEAD_S` after ``now`` (the station's clock runs ahead); one more than
+    :data:`METER_BEHIND_WARN_S` before ``now`` is kept and logged, at most hourly per station."""
+    if ts is None:
+        return now
+    d = (ts - now).total_seconds()
+    if d > METER_AHEAD_S or d < -METER_BEHIND_WARN_S:
+        last = _meter_warned.get(cp_id)
+        if last is None or (now - last).total_seconds() >= 3600.0 or now < last:
+            _meter_warned[cp_id] = now
+            log.warning("%s: meter value dated %s arrived at %s (%+.0f s): %s", cp_id, ts.isoformat(), now.isoformat(),
+                        d, "the station's clock runs ahead; dated on arrival" if d > 0 else
+                        "its clock runs behind or it was queued; its car counts as stale meanwhile")
+    return now if d > METER_AHEAD_S else ts
 
 
 def plausible(t: datetime, now: datetime) -> bool:

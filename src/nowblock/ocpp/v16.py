@@ -72,7 +72,7 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
             log.warning("%s: StopTransaction for unknown transaction %s", self.id, transaction_id)
         elif transaction_data:
             reading, ts = parse_meter_values(transaction_data, now, self.id)
-            self.state.on_meter(self.id, t.connector_id, transaction_id, reading, ts or now)
+            self.state.on_meter(self.id, t.connector_id, transaction_id, reading, edge.meter_time(ts, now, self.id))
         self.state.on_stop(self.id, transaction_id, stop=stop, meter_stop_wh=meter_stop_wh, reason=reason or "Local")
         if t is not None:
             self.defer(lambda: self.central.after_stop(self.id, t.connector_id))
@@ -84,7 +84,7 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
         edge.check_connector(connector_id)
         now = self.state.clock()
         reading, ts = parse_meter_values(meter_value, now, self.id)
-        self.state.on_meter(self.id, connector_id, transaction_id, reading, ts or now)
+        self.state.on_meter(self.id, connector_id, transaction_id, reading, edge.meter_time(ts, now, self.id))
         return call_result.MeterValues()
 
     @on(Action.data_transfer)

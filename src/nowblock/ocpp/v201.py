@@ -73,7 +73,8 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
         if number_of_phases_used:
             t.phases_used = int(number_of_phases_used)
         if reading:
-            ev = self.state.on_meter(self.id, t.connector_id, tid, reading, ts or when, publish=not later)
+            taken = when if ts is None else edge.meter_time(ts, now, self.id)
+            ev = self.state.on_meter(self.id, t.connector_id, tid, reading, taken, publish=not later)
             if later and ev is not None:
                 later.append(ev)
         else:
@@ -92,7 +93,7 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
         edge.check_connector(evse_id, "evseId")
         now = self.state.clock()
         reading, ts = parse_meter_values(meter_value, now, self.id)
-        self.state.on_meter(self.id, evse_id, None, reading, ts or now)
+        self.state.on_meter(self.id, evse_id, None, reading, edge.meter_time(ts, now, self.id))
         return call_result.MeterValues()
 
     @on(Action.notify_ev_charging_needs)
