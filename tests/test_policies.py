@@ -173,10 +173,11 @@ def test_make_safe_repairs_any_proposal(snap, data):
     )
     x = make_safe(snap, proposal)
     assert_safe(snap, x)
-    # it only ever lowers: nothing above what was proposed (clipped to the maximum)
+    # it only ever lowers: nothing above what was proposed (clipped to the maximum; NaN is 0,
+    # +inf the maximum like any value above it)
     hi = snap.cars["max_current_a"].to_numpy(float)
-    finite = np.where(np.isfinite(proposal), proposal, 0.0)
-    assert np.all(x.to_numpy() <= np.clip(finite, 0.0, hi) + TOL)
+    given = np.where(np.isnan(proposal), 0.0, proposal)
+    assert np.all(x.to_numpy() <= np.clip(given, 0.0, hi) + TOL)
 
 
 @_PROPS
