@@ -238,6 +238,7 @@ WRITES = [
     ("delete", "/api/caps/x", None),
     ("delete", "/api/dimming/x", None),
     ("delete", "/api/cars/CP1:1/needs", None),
+    ("delete", "/api/charge-points/CP1/needs", None),
 ]
 
 

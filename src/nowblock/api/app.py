@@ -9,10 +9,14 @@ See docs/api.md for every endpoint with examples.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterable
+from typing import Any
 
 import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -48,6 +52,71 @@ def _unprocessable(field: str, message: str) -> JSONResponse:
                                                                "type": "value_error"}]})
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by its JSON-ish spelling.
+
+    Parameters
+    ----------
+    value : Any
+        Decoded JSON (dicts, lists, strings, numbers), e.g. a validation error's ``input``.
+
+    Returns
+    -------
+    Any
+        The same structure; NaN, +inf and -inf become the strings ``"NaN"``, ``"Infinity"``
+        and ``"-Infinity"`` (what Python's ``json.dumps`` sent), everything else unchanged.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _invalid_request(errors) -> JSONResponse:
+    """FastAPI's 422 for a refused request, whatever the client sent.
+
+    Python's ``json`` module (and so Starlette's ``Request.json``) decodes ``NaN`` and
+    ``Infinity``; validation refuses them, but FastAPI's own handler echoes them back in
+    ``input``, and a strict JSON encoder cannot write them: the client got a 500 and a dropped
+    connection instead of the 422 naming the field.
+
+    Parameters
+    ----------
+    errors : sequence of dict
+        ``RequestValidationError.errors()``: ``loc`` names the field, ``input`` what was sent.
+
+    Returns
+    -------
+    JSONResponse
+        422 with ``detail`` as FastAPI writes it, non-finite numbers as strings.
+    """
+    return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(errors))})
+
+
+def max_step_age_s(ctl) -> float:
+    """[s] How old the last completed step may be before ``/api/health`` says ``degraded``.
+
+    Three control periods, plus two dispatch waits (``send_wait_s``) that one step may spend
+    on chargers answering slowly: a healthy loop steps at least once a period, so only steps
+    that fail (a failed step is not in ``history``) or a loop that stopped let it age past this.
+
+    Parameters
+    ----------
+    ctl : Controller
+        Its ``period_s`` [s] and ``config.send_wait_s`` [s] are read.
+
+    Returns
+    -------
+    float
+        [s] on the controller's clock.
+    """
+    send_wait_s = float(getattr(getattr(ctl, "config", None), "send_wait_s", 0.0) or 0.0)
+    return 3.0 * float(ctl.period_s) + 2.0 * send_wait_s
+
+
 def create_app(api) -> FastAPI:
     """The FastAPI application of ``api`` (a :class:`nowblock.api.server.BlockApi`)."""
     ctl = api.controller
@@ -73,6 +142,10 @@ def create_app(api) -> FastAPI:
     async def _refused(request: Request, exc: OperatorInputError):
         return _unprocessable(exc.field, exc.message)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return _invalid_request(exc.errors())
+
     read = [Depends(reader)]
     write = [Depends(writer)]
 
@@ -82,12 +155,34 @@ def create_app(api) -> FastAPI:
         return app.openapi()
 
     # ---- reads ------------------------------------------------------------------------------
+    started = ctl.clock()  # before the first step, health counts the step's age from here
+
     @app.get("/api/health", dependencies=read, tags=["read"])
-    def health() -> dict:
-        """Liveness: the controller's time and its last step."""
+    def health(response: Response) -> dict:
+        """Whether the block is being controlled: 200 ``ok`` (or ``starting`` before the first
+        step), 503 ``degraded`` when the latest control step failed or the last completed step is
+        older than ``max_step_age_s`` (the loop stopped); ``problems`` says why."""
+        now = ctl.clock()
         last = ctl.history[-1] if ctl.history else None
-        return {"status": "ok", "time": ctl.clock().isoformat(), "site": ctl.site.name,
-                "last_step": None if last is None else last.time.isoformat()}
+        limit_s = max_step_age_s(ctl)
+        age_s = (now - (last.time if last is not None else started)).total_seconds()
+        problems = []
+        if age_s > limit_s:
+            what = "the last control step" if last is not None else "the start, and no control step yet"
+            problems.append(f"{age_s:.0f} s since {what} (more than {limit_s:.0f} s): control steps fail or "
+                            "the loop has stopped; chargers keep their last limits until they expire")
+        failed = int(getattr(ctl, "failed_steps", 0))
+        if failed:  # at the first failure, not only once the last good step is old
+            when, why = ctl.last_failure
+            problems.append(f"the last {failed} control step(s) failed (latest at {when.isoformat()}: {why}); "
+                            "chargers keep their last limits until they expire")
+        if problems:
+            response.status_code = 503  # what an uptime check or a load balancer acts on
+        return {"status": "degraded" if problems else ("ok" if last is not None else "starting"),
+                "time": now.isoformat(), "site": ctl.site.name,
+                "last_step": None if last is None else last.time.isoformat(),
+                "last_step_age_s": None if last is None else round(age_s, 3),
+                "max_step_age_s": round(limit_s, 3), "problems": problems}
 
     @app.get("/api/site", response_model=SiteInfo, dependencies=read, tags=["read"])
     def site() -> SiteInfo:
@@ -118,9 +213,13 @@ def create_app(api) -> FastAPI:
         """Every plugged-in car: needs, plan, and which limit binds it by how much."""
         return api.state(plan_hours).cars
 
-    @app.get("/api/cars/{session_id}", response_model=CarState, dependencies=read, tags=["read"])
+    # Session ids are ``<charge point>:<transaction id>``, and an OCPP 2.0.1 transactionId is any
+    # string up to 36 characters, "/" included ("fleet/42"): ``:path`` lets the id span
+    # segments (sent raw or as %2F, which the server decodes before routing). The routes that end
+    # in "/needs" match greedily, so "CP2:fleet/42/needs" is the needs of "CP2:fleet/42".
+    @app.get("/api/cars/{session_id:path}", response_model=CarState, dependencies=read, tags=["read"])
     def car(session_id: str, plan_hours: float = Query(24.0, gt=0, le=48)) -> CarState:
-        """One car (session id ``<charge point>:<transaction>``)."""
+        """One car (session id ``<charge point>:<transaction>``; it may contain "/")."""
         for c in api.state(plan_hours).cars:
             if c.session_id == session_id:
                 return c
@@ -201,7 +300,23 @@ def create_app(api) -> FastAPI:
         api.changed()
         return NeedsInfo(o.session_id, o.charge_point_id, o.departure, o.energy_kwh, o.entered_at)
 
-    @app.put("/api/cars/{session_id}/needs", response_model=NeedsInfo, dependencies=write, tags=["write"])
+    def _session_at(cp_id: str, connector_id: int | None) -> str:
+        """The one running session at ``cp_id`` (on ``connector_id``); 404 or 409 otherwise."""
+        if cp_id not in ctl.site.charge_point_ids:
+            raise HTTPException(404, f"unknown charging point {cp_id!r}")
+        txs = [t for t in ctl.state.running(cp_id) if connector_id in (None, t.connector_id)]
+        if len(txs) != 1:
+            raise HTTPException(409, f"{len(txs)} running sessions at {cp_id!r}"
+                                     + ("" if txs else ": no car is plugged in") + "; give connector_id" * (len(txs) > 1))
+        return txs[0].session_id
+
+    def _clear_needs(session_id: str) -> Response:
+        if not ctl.operator.clear_needs(session_id):
+            raise HTTPException(404, f"no needs entered for {session_id!r}")
+        api.changed()
+        return Response(status_code=204)
+
+    @app.put("/api/cars/{session_id:path}/needs", response_model=NeedsInfo, dependencies=write, tags=["write"])
     def set_needs(session_id: str, body: NeedsRequest) -> NeedsInfo:
         """A resident's needs for a running session (replace estimates until the session ends)."""
         return _needs(session_id, body)
@@ -209,21 +324,17 @@ def create_app(api) -> FastAPI:
     @app.put("/api/charge-points/{cp_id}/needs", response_model=NeedsInfo, dependencies=write, tags=["write"])
     def set_needs_at(cp_id: str, body: NeedsRequest, connector_id: int | None = Query(None, ge=1)) -> NeedsInfo:
         """The same for the car plugged in at a charging point (what a resident knows)."""
-        if cp_id not in ctl.site.charge_point_ids:
-            raise HTTPException(404, f"unknown charging point {cp_id!r}")
-        txs = [t for t in ctl.state.running(cp_id) if connector_id in (None, t.connector_id)]
-        if len(txs) != 1:
-            raise HTTPException(409, f"{len(txs)} running sessions at {cp_id!r}"
-                                     + ("" if txs else ": no car is plugged in") + "; give connector_id" * (len(txs) > 1))
-        return _needs(txs[0].session_id, body)
+        return _needs(_session_at(cp_id, connector_id), body)
 
-    @app.delete("/api/cars/{session_id}/needs", status_code=204, dependencies=write, tags=["write"])
+    @app.delete("/api/cars/{session_id:path}/needs", status_code=204, dependencies=write, tags=["write"])
     def clear_needs(session_id: str) -> Response:
         """Forget a resident's needs."""
-        if not ctl.operator.clear_needs(session_id):
-            raise HTTPException(404, f"no needs entered for {session_id!r}")
-        api.changed()
-        return Response(status_code=204)
+        return _clear_needs(session_id)
+
+    @app.delete("/api/charge-points/{cp_id}/needs", status_code=204, dependencies=write, tags=["write"])
+    def clear_needs_at(cp_id: str, connector_id: int | None = Query(None, ge=1)) -> Response:
+        """The same for the car plugged in at a charging point."""
+        return _clear_needs(_session_at(cp_id, connector_id))
 
     @app.put("/api/charge-points/{cp_id}/service", response_model=OperatorInfo, dependencies=write, tags=["write"])
     def service(cp_id: str, body: ServiceRequest) -> OperatorInfo:

@@ -272,6 +272,8 @@ class Controller:
         self._last_step_wall = -math.inf
         self._last_step_time: pd.Timestamp | None = None
         self._gaps_s: list[float] = []  # recent intervals between steps on the controller's clock [s]
+        self.failed_steps = 0  # control steps failed in a row (the loop's; 0 after one that completed)
+        self.last_failure: tuple[pd.Timestamp, str] | None = None  # when and why the last one failed
         self._sub = None
         if store is not None:
             last = store.latest_plan()
@@ -389,9 +391,12 @@ class Controller:
                     break
                 try:
                     await self.step(reason)
+                    self.failed_steps = 0
                 except asyncio.CancelledError:
                     raise
-                except Exception:
+                except Exception as exc:
+                    self.failed_steps += 1
+                    self.last_failure = (self.clock(), repr(exc)[:300])
                     log.exception("control step failed; chargers keep their last limits until they expire")
         finally:
             events.cancel()
