@@ -39,7 +39,6 @@ from nowblock.control.status import (
     StepInfo,
     history_view,
     operator_view,
-    site_view,
     step_view,
 )
 
