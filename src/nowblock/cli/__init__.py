@@ -105,7 +105,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     kinds: list[type[BaseException]] = [SiteError, SessionsError, ScenarioError, FileNotFoundError,
                                         IsADirectoryError, NotADirectoryError, PermissionError]
-    for mod, name in (("nowblock.studies.spec", "StudyError"), ("nowblock.api.auth", "TokenConfigError")):
+    for mod, name in (("nowblock.studies.spec", "StudyError"), ("nowblock.api.auth", "TokenConfigError"),
+                      ("nowblock.store", "StoreFileError")):
         try:
             kinds.append(getattr(importlib.import_module(mod), name))
         except Exception:  # noqa: BLE001 - an optional extra that is not installed raises nothing

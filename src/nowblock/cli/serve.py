@@ -85,8 +85,17 @@ async def _serve(args: argparse.Namespace) -> None:
         n_open = len(getattr(cs, "_connections", {}))
         if api is not None:
             await api.stop()
-        await controller.stop()  # the last step is stored before the connections close
-        await cs.stop()
+        # The controller owns the store but must not close it yet: closing the connections
+        # records each station's disconnect (connected = 0) in the store. So the loop stops
+        # first (its last step is stored before the connections close), then the connections,
+        # then the store.
+        owns_store, controller.owns_store = getattr(controller, "owns_store", False), False
+        try:
+            await controller.stop()
+            await cs.stop()
+        finally:
+            if owns_store and getattr(controller, "store", None) is not None:
+                controller.store.close()
         why = getattr(stop, "signal_name", None)
         if why is not None:
             print(f"nowblock: stopped on {why}: {n_open} charger connection{'s' * (n_open != 1)} closed, "
@@ -129,10 +138,15 @@ def _api(controller, site: Site, args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Run ``nowblock serve`` until interrupted; returns the exit code."""
+    from nowblock.store import StoreFileError
+
     try:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
         pass
+    except StoreFileError as exc:  # a --db that is no healthy nowblock database: bad input, one line
+        print(f"nowblock serve: --db {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # typically a port is taken (FileNotFoundError is bad input: main() says it)
         if isinstance(exc, (FileNotFoundError, PermissionError)):
             raise

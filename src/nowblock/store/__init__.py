@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nowblock.store.base import OPEN_TRANSACTION_COLUMNS, Store, StoreError, StoreUnavailable, session_id_for
+from nowblock.store.base import (OPEN_TRANSACTION_COLUMNS, Store, StoreError, StoreFileError, StoreUnavailable,
+                                 session_id_for)
 from nowblock.store.recorder import StoreRecorder, attach_store, restore_state
 from nowblock.store.sqlite import SqliteStore
 
-__all__ = ["OPEN_TRANSACTION_COLUMNS", "PostgresStore", "SqliteStore", "Store", "StoreError", "StoreRecorder",
-           "StoreUnavailable", "attach_store", "open_store", "restore_state", "session_id_for"]
+__all__ = ["OPEN_TRANSACTION_COLUMNS", "PostgresStore", "SqliteStore", "Store", "StoreError", "StoreFileError",
+           "StoreRecorder", "StoreUnavailable", "attach_store", "open_store", "restore_state", "session_id_for"]
 
 
 def __getattr__(name: str):

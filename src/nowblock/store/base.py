@@ -26,6 +26,17 @@ class StoreError(ValueError):
     """Input a store refuses (bad value, unknown transaction); nothing stored was changed."""
 
 
+class StoreFileError(StoreError):
+    """A database that cannot be used as nowblock's store: bad input, not an internal error.
+
+    Raised when a store is opened on something that is not a healthy nowblock database: a
+    directory, a file that is not SQLite, a damaged file, another program's database, nowblock's
+    tables with columns missing, or a schema written by a newer nowblock. The message starts
+    with the path (or URL) and says what was found; nothing in the file was changed.
+    ``nowblock serve`` prints it as one line after ``--db`` and exits with status 2.
+    """
+
+
 class StoreUnavailable(ConnectionError):
     """The database could not be reached: the write may not have been stored.
 
@@ -49,8 +60,10 @@ class Store(Protocol):
                           max_current_a: float | None = None) -> str:
         """Record a started transaction (``meter_start_wh`` [Wh], ``max_current_a`` [A]); returns its session id."""
 
-    def record_meter_values(self, station_id: str, transaction_id, rows: Iterable[Mapping]) -> int:
-        """Store samples (``time``, ``energy_wh`` [Wh], ``current_a`` [A], ``power_kw`` [kW], ``soc_percent``); returns how many were new."""
+    def record_meter_values(self, station_id: str, transaction_id, rows: Iterable[Mapping], *, seen=None) -> int:
+        """Store samples (``time``, ``energy_wh`` [Wh], ``current_a`` [A], ``power_kw`` [kW], ``soc_percent``); returns how many were new.
+
+        ``seen`` (tz-aware), when given, moves the station's ``last_seen`` up to it in the same transaction."""
 
     def update_needs(self, station_id: str, transaction_id, *, departure=None,
                      energy_requested_kwh: float | None = None, known: bool = True) -> None:

@@ -186,6 +186,9 @@ class PostgresStore(SqlStore):
             return "postgresql://..."
         return " ".join(f"{k}={v}" for k, v in info.items() if k != "password")
 
+    def _location(self) -> str:
+        return self._redacted()
+
     # ---- connection ---------------------------------------------------------------------------
     def _connection(self):
         """The open connection, connecting (again) if there is none."""

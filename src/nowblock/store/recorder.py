@@ -45,9 +45,11 @@ class StoreRecorder:
         if ev.kind in ("connect", "disconnect", "boot", "status"):
             station = st.stations.get(ev.cp_id)
             boot = getattr(station, "boot", {}) or {}
+            # The live state keeps the BootNotification as ``vendor``/``model`` for both OCPP
+            # versions (ocpp.state.on_boot); the OCPP field names are accepted too.
             s.upsert_station(ev.cp_id, time=now, protocol=getattr(station, "version", None),
-                             vendor=boot.get("charge_point_vendor") or boot.get("vendor_name"),
-                             model=boot.get("charge_point_model") or boot.get("model"),
+                             vendor=_first(boot, "vendor", "charge_point_vendor", "vendor_name"),
+                             model=_first(boot, "model", "charge_point_model"),
                              status=ev.data.get("status"), connected=getattr(station, "connected", None))
             return
         if ev.kind == "limit":
@@ -67,12 +69,14 @@ class StoreRecorder:
             s.start_transaction(ev.cp_id, t.transaction_id, time=pd.Timestamp(t.start), connector_id=t.connector_id,
                                 id_tag=t.id_tag, meter_start_wh=t.meter_start_wh, session_id=t.session_id)
         elif ev.kind == "meter":
+            # ``seen``: last_seen moves with the meter values in the same commit (one write a message).
             s.record_meter_values(ev.cp_id, t.transaction_id, [{
                 "time": pd.Timestamp(t.last_meter or ev.time), "energy_wh": t.energy_register_wh,
                 "current_a": [None if math.isnan(c) else c for c in t.current_a],
                 "power_kw": None if math.isnan(t.power_w) else t.power_w / 1000.0,
                 "soc_percent": None if math.isnan(t.soc_percent) else t.soc_percent,
-            }])
+            }], seen=now)
+            return
         elif ev.kind == "needs":
             s.update_needs(ev.cp_id, t.transaction_id, departure=t.departure,
                            energy_requested_kwh=None if math.isnan(t.energy_requested_kwh) else t.energy_requested_kwh,
@@ -80,6 +84,19 @@ class StoreRecorder:
         elif ev.kind == "stop":
             s.stop_transaction(ev.cp_id, t.transaction_id, time=pd.Timestamp(t.stop or ev.time),
                                meter_stop_wh=t.meter_stop_wh, reason=t.stop_reason)
+        else:
+            return
+        # A start, a stop or needs: the station was heard from (once a session: a write of its own is cheap).
+        s.upsert_station(ev.cp_id, time=now)
+
+
+def _first(boot: dict, *keys: str):
+    """The first of ``keys`` present with a value in ``boot`` (None if none is)."""
+    for k in keys:
+        v = boot.get(k)
+        if v not in (None, ""):
+            return str(v)
+    return None
 
 
 def attach_store(state, store) -> StoreRecorder:

@@ -28,7 +28,8 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from nowblock.store.base import OPEN_TRANSACTION_COLUMNS, StoreError, check_number as _num, check_time as _ts, session_id_for
+from nowblock.store.base import (OPEN_TRANSACTION_COLUMNS, StoreError, StoreFileError, check_number as _num,
+                                 check_time as _ts, session_id_for)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ class SqlStore:
     def _query(self, sql: str, params: dict) -> tuple[list[str], list[tuple]]:
         raise NotImplementedError  # pragma: no cover - every backend overrides it
 
+    def _location(self) -> str:
+        """Where the database is, for messages (a path, or a URL without its password)."""
+        return "the database"
+
     # ---- plumbing -----------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self.closed:
@@ -120,9 +125,10 @@ class SqlStore:
                 _, rows = self._query("SELECT MAX(version) FROM nowblock_schema", {})  # same connection, same transaction
                 current = 0 if rows[0][0] is None else int(rows[0][0])
                 if current > latest:
-                    raise StoreError(
-                        f"the database has schema version {current}, newer than this nowblock knows "
-                        f"({latest}): upgrade nowblock, or use another database")
+                    # Bad input, not a bug: say where, so the operator knows which file to move.
+                    raise StoreFileError(
+                        f"{self._location()}: the database has schema version {current}, newer than this "
+                        f"nowblock knows ({latest}): upgrade nowblock, or use another database")
                 todo = [m for m in self.MIGRATIONS if m[0] > current]
                 if not todo:
                     return
@@ -194,8 +200,13 @@ class SqlStore:
         row = self._read("SELECT session_id FROM transactions WHERE station_id = :st AND transaction_id = :tx", key)
         return str(row["session_id"].iloc[0])
 
-    def record_meter_values(self, station_id, transaction_id, rows) -> int:
+    def record_meter_values(self, station_id, transaction_id, rows, *, seen=None) -> int:
         """Store meter samples; returns how many were new.
+
+        ``seen`` (a tz-aware time, the central system's clock when the values arrived), when
+        given, moves the station's ``last_seen`` up to it in the same transaction: meter
+        values are what a charging station sends most, and a separate write per message would
+        double the commits (one disk flush each with ``synchronous=FULL``).
 
         Each row is a mapping with ``time`` and any of ``energy_wh`` (register [Wh]),
         ``current_a`` (per phase [A], a number or up to three), ``power_kw`` [kW],
@@ -216,7 +227,8 @@ class SqlStore:
                             "l1": cur[0], "l2": cur[1], "l3": cur[2],
                             "p": _num(r.get("power_kw"), f"meter row {i} power_kw"),
                             "soc": _num(r.get("soc_percent"), f"meter row {i} soc_percent")})
-        if not samples:
+        seen_at = None if seen is None else _ts(seen, "seen")
+        if not samples and seen_at is None:
             return 0
         insert = """INSERT INTO meter_values (station_id, transaction_id, time, energy_wh, current_l1_a,
                         current_l2_a, current_l3_a, power_kw, soc_percent)
@@ -238,6 +250,9 @@ class SqlStore:
                 new += added
                 if added and tx:  # a repeated sample must not move the energy so far
                     run(update, p)
+            if seen_at is not None:  # even for repeated samples: the station was heard from
+                run("UPDATE stations SET last_seen = GREATEST(last_seen, :t) WHERE station_id = :st",
+                    {"st": str(station_id), "t": seen_at})
         return new
 
     def update_needs(self, station_id, transaction_id, *, departure=None, energy_requested_kwh=None,
