@@ -683,3 +683,80 @@ async def test_a_paused_car_is_not_taken_for_full_after_a_restart():
     _meter(cs, clock, {0: 0.0})
     await ctl.step()
     assert "CP0:tx0" in ctl.loop.full  # nothing in start_s: full after all
+
+
+class GatedCentral(FakeCentral):
+    """Stations in ``slow`` answer their profiles only once ``gate`` is set."""
+
+    def __init__(self, site: Site) -> None:
+        super().__init__(site)
+        self.slow: set[str] = set()
+        self.gate = asyncio.Event()
+
+    async def set_limit(self, cp_id, connector_id, current_a, *, validity_s=None):
+        if cp_id in self.slow:
+            await self.gate.wait()
+        return await super().set_limit(cp_id, connector_id, current_a, validity_s=validity_s)
+
+
+async def test_a_raise_not_answered_yet_is_counted_until_it_is():
+    """Found by review: a raise left unanswered was counted at the charger's old limit, the next
+    step gave its room to another car, and when the raise landed both were in force (42 A on 32)."""
+    site = _site(root_a=32.0, n=2)
+    cs, clock = GatedCentral(site), Clock()
+    _start(cs, clock, 2, needs={0: (3, 40.0), 1: (3, 40.0)})
+
+    class Scripted:
+        name = "scripted"
+        answers = [{"CP0:tx0": 6.0, "CP1:tx1": 16.0}, {"CP0:tx0": 16.0, "CP1:tx1": 16.0},
+                   {"CP0:tx0": 6.0, "CP1:tx1": 26.0}]
+
+        def schedule(self, snapshot):
+            return pd.Series(self.answers.pop(0)).reindex(snapshot.cars.index)
+
+    ctl = _controller(cs, clock, policy=Scripted(), send_wait_s=0.2)
+    try:
+        await ctl.step()
+        clock.advance(60)
+        _meter(cs, clock, {0: 6.0, 1: 16.0})
+        cs.slow.add("CP0")
+        await ctl.step()  # CP0's raise to 16 A goes unanswered
+        clock.advance(60)
+        _meter(cs, clock, {0: 6.0, 1: 16.0})
+        res = await ctl.step()
+        assert res.context.untrusted == {"CP0:tx0": "holding"} and res.current_a["CP0:tx0"] == 16.0
+        assert res.current_a.sum() <= 32.0 + 1e-9
+        cs.gate.set()  # the raise lands now
+        await asyncio.sleep(0.05)
+        held = cs.state.snapshot(clock.now.to_pydatetime())["offered_current_a"]
+        assert held.sum() <= 32.0 + 1e-9, held.to_dict()
+        assert not ctl.sender.pending and not ctl.loop.pending_a
+    finally:
+        await ctl.failsafe.cancel()
+
+
+async def test_a_policy_editing_its_base_load_does_not_move_the_untrusted_cars_reservation():
+    """Found by review: the policy's snapshot shared its base-load Series with the safety snapshot
+    of the untrusted cars; ``base_load_kw -= 20`` in the policy gave a trusted car 6 A beside a stale
+    car reserved at 32 A on a 32 A fuse."""
+    site = _site(root_a=32.0, n=2)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 2, needs={0: (3, 40.0), 1: (3, 40.0)})
+
+    class Sneaky:
+        name = "sneaky"
+
+        def schedule(self, snapshot):
+            bl = snapshot.base_load_kw
+            bl -= 20.0  # meant on a copy
+            return pd.Series(32.0, index=snapshot.cars.index)
+
+    ctl = _controller(cs, clock, policy=Sneaky())
+    try:
+        clock.advance(3600)
+        _meter(cs, clock, {1: 0.0})  # CP0 never metered: stale, reserved at its 32 A maximum
+        res = await ctl.step()
+        assert res.context.untrusted == {"CP0:tx0": "stale"}
+        assert res.targets_a["CP1:tx1"] == 0.0
+    finally:
+        await ctl.failsafe.cancel()

@@ -154,13 +154,29 @@ class Dispatcher:
                 if ok:
                     out[sid] = a
                 continue
-            log.warning("%s: no answer to its limit of %.1f A within %.1f s; counted at what it holds",
-                        sid, lim, self.send_wait_s)
+            log.warning("%s: no answer to its limit of %.1f A within %.1f s; counted at the higher of it and "
+                        "what it holds", sid, lim, self.send_wait_s)
+            prev = self.loop.sent.get(sid)
             self.loop.record_sent(sid, lim, now)  # sent: if its charger keeps more, it is holding
             self.pending[sid] = task
-            task.add_done_callback(lambda _t, sid=sid: self.pending.pop(sid, None))
+            # Until it answers, the charger may apply either limit: the next steps count it at the
+            # higher (ControlStep.prepare: "holding"), and the lower is not freed for the others.
+            self.loop.pending_a[sid] = float(lim)
+            task.add_done_callback(lambda t, sid=sid, prev=prev: self._answered(sid, t, prev))
             out[sid] = None
         return out
+
+    def _answered(self, sid: str, task: asyncio.Task, prev) -> None:
+        """A send left waiting got its answer (or failed): it no longer counts as pending; a
+        failed one is no longer booked as sent, so the next step sends its limit again."""
+        self.pending.pop(sid, None)
+        self.loop.pending_a.pop(sid, None)
+        failed = task.cancelled() or task.exception() is not None or not task.result()[0]
+        if failed:
+            if prev is None:
+                self.loop.sent.pop(sid, None)
+            else:
+                self.loop.sent[sid] = prev
 
     async def _send(self, cars: pd.DataFrame, sid: str, limit_a: float, now: pd.Timestamp) -> tuple[bool, float | None]:
         row = cars.loc[sid]
@@ -176,7 +192,13 @@ class Dispatcher:
 
     def in_force_a(self, cars: pd.DataFrame, sid: str, accepted: float | None) -> float:
         """The limit [A] a charger applies after a dispatch: what it accepted, else what the live
-        state knows it holds, else (no profile at all) the most the car may draw."""
+        state knows it holds, else (no profile at all) the most the car may draw; for a car whose
+        last limit is not answered yet, at least that limit (it may apply it any moment)."""
+        held = self._in_force_a(cars, sid, accepted)
+        waiting = self.loop.pending_a.get(sid)
+        return held if waiting is None else max(held, min(waiting, float(cars.loc[sid, "max_current_a"])))
+
+    def _in_force_a(self, cars: pd.DataFrame, sid: str, accepted: float | None) -> float:
         if accepted is not None:
             return float(accepted)
         row = cars.loc[sid]
@@ -212,7 +234,8 @@ class Dispatcher:
         rest = base.cars.drop(index=[s for s in kept if s in base.cars.index])
         # The fuse rows here; the unbalance rows below, with the held cars in them (on these
         # rows alone, the rest could be lowered into an unbalance the held cars make worse).
-        snap2 = BlockSnapshot(now, replace(site, max_unbalance_a=None), snap.step, rest, snap.base_load_kw,
+        base_kw = ctx.base_load_kw if ctx.base_load_kw is not None else snap.base_load_kw  # not the policy's copy
+        snap2 = BlockSnapshot(now, replace(site, max_unbalance_a=None), snap.step, rest, base_kw,
                               snap.prices_eur_per_kwh, snap.current_step_a)
         x2 = make_safe(snap2, targets.reindex(rest.index))
         if snap.site.max_unbalance_a is not None:

@@ -61,6 +61,8 @@ class StepContext:
     following : frozenset
         Sessions whose last measurement, taken with their limit in force long enough, shows
         them within it (trusted for a reason, not only for want of a settled measurement).
+    base_load_kw : pandas.Series or None
+        [kW] The observation's other load ahead (the policy's snapshot holds a copy).
     """
 
     cars: pd.DataFrame
@@ -70,6 +72,7 @@ class StepContext:
     running: np.ndarray
     safety: BlockSnapshot | None = None
     following: frozenset = frozenset()
+    base_load_kw: pd.Series | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,9 @@ class ControlStep:
         self.before: dict[str, float] = {}  # session -> the limit before its last change [A]
         self.ceilings_a = pd.Series(dtype=float)
         self.full: set[str] = set()
+        # Live: session -> a limit [A] sent whose answer has not come (the charger may apply it any
+        # moment); the dispatcher keeps it (nowblock.control.sending).
+        self.pending_a: dict[str, float] = {}
         # session -> since when [ns] its offer is at least its minimum, and its energy then [kWh]
         self._on_since: dict[str, tuple[int, float]] = {}
         self._drew: set[str] = set()  # sessions seen drawing since then
@@ -264,8 +270,10 @@ class ControlStep:
         above = np.isfinite(measured) & np.isfinite(offered) & (measured > offered + s.over_draw_a)
         over = above & (settled | ~(measured <= before + s.over_draw_a)) & connected & ~stale
         last_sent = np.array([self.sent[x][0] if x in self.sent else np.nan for x in ids_all], dtype=float)
-        # A charger found holding more than it was last sent (it answered but did not apply it).
-        holding = connected & ~stale & ~over & (offered > last_sent + 0.05)  # NaN (never sent) is False
+        # A charger found holding more than it was last sent (it answered but did not apply it), or
+        # one that has not answered a limit yet (it may apply it any moment: counted at the higher).
+        pending = np.array([self.pending_a.get(x, np.nan) for x in ids_all], dtype=float)
+        holding = connected & ~stale & ~over & ((offered > last_sent + 0.05) | np.isfinite(pending))  # NaN: False
         offline = ~connected
         untrusted = stale | over | holding | offline
         cp_index = col["cp_index"].astype(np.int64)
@@ -274,7 +282,7 @@ class ControlStep:
         if untrusted.any():
             meas0 = np.nan_to_num(measured, nan=0.0)
             in_force = np.where(col["limit_known"].astype(bool), offered, max_a)  # no limit: its maximum
-            committed = np.select([over, holding], [np.maximum(meas0 + s.margin_a, offered), offered],
+            committed = np.select([over, holding], [np.maximum(meas0 + s.margin_a, offered), np.fmax(offered, pending)],
                                   default=np.minimum(np.maximum(in_force, meas0), np.maximum(max_a, meas0)))
         idle = obs.idle_defaults_a[obs.idle_defaults_a > 0] if len(obs.idle_defaults_a) else obs.idle_defaults_a
         policy_site = site
@@ -309,8 +317,12 @@ class ControlStep:
         arrays = None
         if obs.arrays is not None and connected.all() and cars is obs.cars:  # needs unchanged
             arrays = {**obs.arrays, "max_current_a": capped}
+        # The policy's series are copies: one that edits them in place (``base_load_kw -= ...``, the
+        # same object under pandas' copy-on-write) must not move the rows of the safety snapshot,
+        # the repair or the untrusted cars' reservations, which read the observation's.
         snap = BlockSnapshot(time=now, site=policy_site, step=obs.step, cars=policy_cars,
-                             base_load_kw=obs.base_load_kw, prices_eur_per_kwh=obs.prices_eur_per_kwh,
+                             base_load_kw=obs.base_load_kw.copy(),
+                             prices_eur_per_kwh=None if obs.prices_eur_per_kwh is None else obs.prices_eur_per_kwh.copy(),
                              current_step_a=float(obs.current_step_a), incidence_a=incidence, car_arrays=arrays)
         safety = None
         doubt = untrusted[connected]
@@ -344,6 +356,7 @@ class ControlStep:
             idle_reserved_a=idle,
             running=running,
             safety=safety,
+            base_load_kw=obs.base_load_kw,
         )
         return snap, ctx
 
