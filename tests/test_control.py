@@ -760,3 +760,22 @@ async def test_a_policy_editing_its_base_load_does_not_move_the_untrusted_cars_r
         assert res.targets_a["CP1:tx1"] == 0.0
     finally:
         await ctl.failsafe.cancel()
+
+
+async def test_a_stale_car_heard_with_old_readings_does_not_wake_a_step_each_time():
+    """Found by an outside test: a station whose clock runs hours behind leaves its car stale,
+    and each of its meter values woke a step (a step a second). Only a current reading of a car
+    that does not follow its limit calls for a step at once."""
+    site = _site(root_a=40.0, n=2)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 2, needs={0: (3, 40.0), 1: (3, 40.0)})
+    ctl = _controller(cs, clock, policy="equal")
+    clock.advance(ctl.settings.stale_after_s + 60)
+    _meter(cs, clock, {1: 16.0})  # CP0 quiet: stale
+    await ctl.step()
+    assert "CP0:tx0" in ctl.escalation.since
+    hours_ago = (clock.now - pd.Timedelta(hours=3)).to_pydatetime()
+    ev = cs.state.on_meter("CP0", 1, "tx0", {"current_l1_a": 10.0}, hours_ago)
+    assert not ctl._meter_wakes(ev)
+    ev = cs.state.on_meter("CP0", 1, "tx0", {"current_l1_a": 10.0}, ev.time)
+    assert ctl._meter_wakes(ev)

@@ -408,7 +408,7 @@ class Controller:
                     self.loop.sent.pop(sid, None)  # a reconnected station gets fresh profiles
             if ev.kind in REPLAN_EVENTS:
                 self._wake.set()
-            elif ev.kind == "meter" and (self._session(ev) in self.escalation.since or self._meter_departs(ev)):
+            elif ev.kind == "meter" and self._meter_wakes(ev):
                 self._wake.set()  # a car not following its limit is heard again, or one departs from its limit
             if ev.kind == "boot":  # its idle connectors are held at its maximum until its default is known
                 self.failsafe.spawn(self._wake_when_default_known(ev.cp_id))
@@ -430,6 +430,17 @@ class Controller:
                 self._wake.set()
                 return
             await asyncio.sleep(every_s)
+
+    def _meter_wakes(self, ev) -> bool:
+        """Whether a meter event calls for a step now: a car not following its limit is heard again
+        with a current reading (one dated long ago, from a station whose clock runs behind, leaves
+        it stale: waking on each of them made a step a second), or a car departs from its limit."""
+        if self._session(ev) in self.escalation.since:
+            t = self.state.transaction(ev.cp_id, ev.transaction_id)
+            last = getattr(t, "last_meter", None)
+            if last is not None and (ev.time - last).total_seconds() <= self.config.loop.stale_after_s:
+                return True
+        return self._meter_departs(ev)
 
     def _meter_departs(self, ev) -> bool:
         sid = self._session(ev)
