@@ -80,7 +80,6 @@ class Dispatcher:
         if not send_wait_s > 0:
             raise ValueError(f"send_wait_s: must be > 0, got {send_wait_s!r}")
         self.send_wait_s = float(send_wait_s)
-        self.pending: dict[str, asyncio.Task] = {}  # session -> its send still waiting for an answer
 
     async def dispatch(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp) -> dict[str, float | None]:
         """Send the step's limits (lowered first, then raised).
@@ -141,7 +140,7 @@ class Dispatcher:
         out: dict[str, float | None] = {}
         tasks = {}
         for sid, lim in batch:
-            if sid in self.pending:  # its charger has not answered the last one: nothing more now
+            if sid in self.loop.pending_a:  # its charger has not answered the last one: nothing more now
                 out[sid] = None
                 continue
             tasks[sid] = (self._spawn(self._send(cars, sid, lim, now)), lim)  # stopped with the controller
@@ -158,7 +157,6 @@ class Dispatcher:
                         "what it holds", sid, lim, self.send_wait_s)
             prev = self.loop.sent.get(sid)
             self.loop.record_sent(sid, lim, now)  # sent: if its charger keeps more, it is holding
-            self.pending[sid] = task
             # Until it answers, the charger may apply either limit: the next steps count it at the
             # higher (ControlStep.prepare: "holding"), and the lower is not freed for the others.
             self.loop.pending_a[sid] = float(lim)
@@ -166,10 +164,15 @@ class Dispatcher:
             out[sid] = None
         return out
 
+    @property
+    def pending(self) -> dict[str, float]:
+        """Session -> the limit [A] sent whose answer has not come (the control step's book,
+        :attr:`nowblock.loop.step.ControlStep.pending_a`)."""
+        return self.loop.pending_a
+
     def _answered(self, sid: str, task: asyncio.Task, prev) -> None:
         """A send left waiting got its answer (or failed): it no longer counts as pending; a
         failed one is no longer booked as sent, so the next step sends its limit again."""
-        self.pending.pop(sid, None)
         self.loop.pending_a.pop(sid, None)
         failed = task.cancelled() or task.exception() is not None or not task.result()[0]
         if failed:
