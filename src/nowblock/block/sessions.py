@@ -263,9 +263,9 @@ def _warn_implausible(df: pd.DataFrame, site: "Site | None") -> None:
         notes.append(("below_min", low,
                       f"{len(low)} session(s) have a car maximum below their charging point's minimum current; "
                       f"first {_row_name(df, i)}: max_current_a {car_max[i]:g} A, but "
-                      f"{df['charge_point_id'].iloc[i]} offers at least {cp_min[i]:g} A (IEC 61851). The "
-                      f"controlled policies and nb.optimize never charge such a car (only uncontrolled does); "
-                      f"max_current_a is a current per phase in A, not a power in kW"))
+                      f"{df['charge_point_id'].iloc[i]} offers at least {cp_min[i]:g} A (IEC 61851). Such a car is "
+                      f"offered the minimum and draws its own maximum; max_current_a is a current per "
+                      f"phase in A, not a power in kW"))
     # Keyed by the set of sessions found, not by how the first is named: a frame read from a file
     # is checked again by Scenario (sorted by arrival, rows numbered from 0), and the user should
     # read each warning once, naming the line of the file.

@@ -54,10 +54,13 @@ def from_sessions(site: Site, sessions: pd.DataFrame, start=None, horizon="24h",
     plugged = plugged_fraction(df["arrival"], df["departure"], times, dt_h)
     n = len(df)
     frac = df["draw_fraction"].to_numpy(float) if use_draw_fraction else np.ones(n)
+    car_a = np.minimum(df["max_current_a"].to_numpy(float), site.cp_max_current_a[cp])
+    offer_a = np.maximum(car_a, site.cp_min_current_a[cp])
     return Formulation(
         site=site, slot_starts=times, dt_h=float(dt_h[0]), session_ids=df["session_id"].to_numpy(str),
         cp_index=cp, phases=phases, min_current_a=site.cp_min_current_a[cp] * frac,
-        upper_a=_upper(site, times, cp, df["max_current_a"].to_numpy(float), plugged) * frac[:, None],
+        draw_ratio=car_a / offer_a,
+        upper_a=_upper(site, times, cp, offer_a, plugged) * frac[:, None],
         plugged=plugged, need_kwh=df["energy_kwh"].to_numpy(float),
         priority=df["priority"].to_numpy(float),
         base_kw=on_slots(base_load, ticks_ns, dt_h, 0.0, "max"), price_eur_per_kwh=on_slots(prices, ticks_ns, dt_h, 0.0),

@@ -536,21 +536,24 @@ class LiveState:
             j = int(self.site.cp_index([t.cp_id])[0])
             cap = float(caps[j])
             ev_max = t.ev_max_current_a if not math.isnan(t.ev_max_current_a) else math.inf
-            mx = min(cp.max_current_a, cap, ev_max)
+            ev_min = t.ev_min_current_a if not math.isnan(t.ev_min_current_a) else 0.0
+            min_a = max(cp.min_current_a, ev_min)
+            # A car whose own maximum is below the point's minimum is offered the minimum and
+            # draws its own maximum (a pilot signal cannot offer less than 6 A, IEC 61851).
+            mx = min(cp.max_current_a, cap, max(ev_max, min_a))
             lim = self.applied_limit_a(t.cp_id, t.connector_id, now)
             measured = np.nanmax(t.current_a) if not all(math.isnan(x) for x in t.current_a) else math.nan
             if math.isnan(measured) and math.isfinite(t.power_w) and t.power_w >= 0:
                 # A meter that reports power only (W): per-phase current on the phases modelled.
                 measured = t.power_w / (self.site.voltage_v * (t.phases_used or cp.phases))
             reported = self.reported_limit_a(t.cp_id, t.connector_id, now)
-            ev_min = t.ev_min_current_a if not math.isnan(t.ev_min_current_a) else 0.0
             stale = t.last_meter is None or (now - t.last_meter).total_seconds() > self.stale_after_s
             rows.append({
                 "session_id": t.session_id,
                 "charge_point_id": t.cp_id,
                 "cp_index": j,
                 "phases": int(min(t.phases_used or cp.phases, cp.phases)),
-                "min_current_a": float(max(cp.min_current_a, ev_min)),
+                "min_current_a": float(min_a),
                 "max_current_a": float(mx),
                 "arrival": pd.Timestamp(t.start),
                 "departure": pd.Timestamp(t.departure) if t.departure else pd.NaT,

@@ -82,6 +82,9 @@ class SimulatedBlock:
         self.kw_per_a = self.phases * site.voltage_v / 1000.0
         self.car_max = np.minimum(sess["max_current_a"].to_numpy(float), site.cp_max_current_a[cpi])
         self.cp_min = site.cp_min_current_a[cpi]
+        # A charger offers 0 or at least its minimum (IEC 61851); a car whose own maximum is
+        # below that minimum is offered the minimum and draws its own maximum.
+        self.offer_max = np.maximum(self.car_max, self.cp_min)
         self.req = sess["energy_kwh"].to_numpy(float)
         self.draw_frac = sess["draw_fraction"].to_numpy(float)
         self.prio = sess["priority"].to_numpy(float)
@@ -140,7 +143,7 @@ class SimulatedBlock:
             "cp_index": self.cpi[act],
             "phases": self.phases[act],
             "min_current_a": self.cp_min[act],
-            "max_current_a": np.minimum(self.car_max[act], self.caps[k, self.cpi[act]]),
+            "max_current_a": np.minimum(self.offer_max[act], self.caps[k, self.cpi[act]]),
             "arrival": self.arrival.take(act),
             "departure": self.departure.take(act),
             "energy_requested_kwh": self.req[act],
