@@ -71,6 +71,18 @@ LAX = [
 ]
 
 
+# Python's json module keeps the last of two equal keys: these set 40 A, 7 kW ... without a word.
+DUPLICATE_KEYS = [
+    ("post", "/api/caps", '{"max_current_a": 10, "max_current_a": 40, "duration_s": 60}', "max_current_a"),
+    ("post", "/api/caps", '{"max_current_a": 10, "duration_s": 60, "duration_s": 6000}', "duration_s"),
+    ("post", "/api/dimming", '{"power_kw": 5, "power_kw": 7, "duration_s": 60}', "power_kw"),
+    ("put", "/api/cars/CP1:1/needs", '{"departure": "%s", "energy_kwh": 5, "energy_kwh": 50}' % LATER, "energy_kwh"),
+    ("put", "/api/charge-points/CP1/needs", '{"departure": "%s", "departure": "%s", "energy_kwh": 5}' % (LATER, LATER),
+     "departure"),
+    ("put", "/api/charge-points/CP1/service", '{"in_service": true, "in_service": false}', "in_service"),
+]
+
+
 async def _with_a_car(b) -> dict:
     await b.sims[0].plug_in(Car())
     await eventually(lambda: b.ctl.state.running(), 5)
@@ -90,6 +102,60 @@ async def test_non_finite_numbers_are_422_naming_the_field(tmp_path):
                 assert any(d.get("input") == shown for d in named), (raw, named)
         assert (await b.http.get("/api/operator")).json() == before
         assert _operator_rows(b.db) == []
+
+
+async def test_duplicate_keys_are_422_naming_the_key(tmp_path):
+    async with block(tmp_path) as b:
+        before = await _with_a_car(b)
+        for method, path, raw, key in DUPLICATE_KEYS:
+            json_headers = {"Content-Type": "application/json"}
+            r = await b.http.request(method, path, content=raw, headers={**AUTH, **json_headers})
+            assert r.status_code == 422, (path, raw, r.status_code, r.text)
+            detail = r.json()["detail"]
+            assert [d["loc"] for d in detail] == [["body", key]] and key in detail[0]["msg"], (raw, detail)
+            # Without the token it is still 401 first: the body of a stranger is not judged.
+            assert (await b.http.request(method, path, content=raw, headers=json_headers)).status_code == 401
+        assert (await b.http.get("/api/operator")).json() == before
+        assert _operator_rows(b.db) == []
+        # Each key once: accepted as before.
+        r = await b.http.post("/api/caps", content='{"max_current_a": 20, "duration_s": 60}',
+                              headers={**AUTH, "Content-Type": "application/json"})
+        assert r.status_code == 201, r.text
+
+
+async def test_trailing_slashes_are_404_never_a_redirect(tmp_path):
+    """``DELETE /api/caps/`` was a 307 to ``/api/caps``: a client following it repeats the DELETE
+    elsewhere. Every route's trailing-slash form, with every method it has, is 404."""
+    from starlette.routing import Route
+
+    async with block(tmp_path) as b:
+        await _with_a_car(b)
+        r = await b.http.post("/api/caps", json={"max_current_a": 20, "duration_s": 600}, headers=AUTH)
+        cap_id = r.json()["cap_id"]
+        ids = {"{session_id:path}": "CP1:1", "{cp_id}": "CP1", "{cap_id}": cap_id, "{dimming_id}": "x"}
+        tried = []
+        for route in b.api.app.routes:
+            if not isinstance(route, Route) or route.path == "/":
+                continue
+            path = route.path
+            for name, value in ids.items():
+                path = path.replace(name, value)
+            for method in sorted(route.methods - {"HEAD"}):
+                body = {} if method in ("POST", "PUT") else None
+                r = await b.http.request(method, path + "/", json=body, headers=AUTH)
+                tried.append((method, path + "/", r.status_code))
+        for method in ("DELETE", "GET", "POST"):
+            r = await b.http.request(method, "/api/caps/", headers=AUTH)
+            tried.append((method, "/api/caps/", r.status_code))
+        assert {("DELETE", f"/api/caps/{cap_id}/"), ("PUT", "/api/cars/CP1:1/needs/")} <= {t[:2] for t in tried}
+        assert [t for t in tried if t[2] != 404] == [], tried
+        assert [c["cap_id"] for c in (await b.http.get("/api/operator")).json()["caps"]] == [cap_id]  # not deleted
+        # The forms without the slash answer as before.
+        assert (await b.http.delete(f"/api/caps/{cap_id}", headers=AUTH)).status_code == 204
+        assert (await b.http.put("/api/cars/CP1:1", json={}, headers=AUTH)).status_code == 405
+        assert (await b.http.delete("/api/caps/nope", headers=AUTH)).status_code == 404
+        r = await b.http.delete("/api/caps/nope")
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
 
 
 async def test_booleans_strings_and_unix_seconds_are_refused(tmp_path):

@@ -9,6 +9,7 @@ See docs/api.md for every endpoint with examples.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import AsyncIterable
 from typing import Any
@@ -16,10 +17,12 @@ from typing import Any
 import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nowblock.api.auth import bearer
 from nowblock.api.models import CapRequest, DimmingRequest, MinimumPower, NeedsRequest, ServiceRequest
@@ -95,6 +98,40 @@ def _invalid_request(errors) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(errors))})
 
 
+def duplicate_key(body: bytes) -> str | None:
+    """The first key given twice in one object of a JSON body, or None.
+
+    Python's ``json`` module (and so FastAPI) keeps the last of two equal keys: without this
+    check ``{"limit_a": 10, "limit_a": 40}`` set 40 A without a word.
+
+    Parameters
+    ----------
+    body : bytes
+        The request body as sent.
+
+    Returns
+    -------
+    str or None
+        The duplicated key (the first found); None when there is none, or when the body is
+        not JSON at all (validation says so).
+    """
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen and not found:
+                found.append(key)
+            seen.add(key)
+        return dict(items)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return found[0] if found else None
+
+
 def max_step_age_s(ctl) -> float:
     """[s] How old the last completed step may be before ``/api/health`` says ``degraded``.
 
@@ -119,7 +156,10 @@ def max_step_age_s(ctl) -> float:
 def create_app(api) -> FastAPI:
     """The FastAPI application of ``api`` (a :class:`nowblock.api.server.BlockApi`)."""
     ctl = api.controller
+    # redirect_slashes=False: a path with a trailing slash ("/api/caps/") is 404, not a 307 to
+    # the path without it, which a client following it would repeat a DELETE, PUT or POST to.
     app = FastAPI(title="nowblock", version="1", docs_url=None, redoc_url=None, openapi_url=None,
+                  redirect_slashes=False,
                   description="Live state, binding limits, caps and section 14a dimming of one nowblock block. "
                               "Units are in the field names; times are ISO 8601 UTC.")
 
@@ -145,8 +185,23 @@ def create_app(api) -> FastAPI:
     async def _invalid(request: Request, exc: RequestValidationError):
         return _invalid_request(exc.errors())
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # "PUT /api/cars/CP1:1/needs/" matches only the GET route of the car "CP1:1/needs/" (session
+        # ids may hold "/"), which made it 405: a trailing slash is 404 on every route alike.
+        if exc.status_code == 405 and request.url.path.endswith("/"):
+            exc = StarletteHTTPException(404, "Not Found")
+        return await http_exception_handler(request, exc)
+
+    async def unique_keys(request: Request) -> None:
+        """422 naming a key the JSON body gives twice (after the token check: a stranger gets 401)."""
+        key = duplicate_key(await request.body())
+        if key is not None:
+            raise RequestValidationError([{"type": "value_error", "loc": ("body", key), "input": None,
+                                           "msg": f"key {key!r} is given more than once; give each field once"}])
+
     read = [Depends(reader)]
-    write = [Depends(writer)]
+    write = [Depends(writer), Depends(unique_keys)]
 
     @app.get("/openapi.json", dependencies=read, include_in_schema=False)
     def openapi() -> dict:
