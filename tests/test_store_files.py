@@ -197,6 +197,102 @@ def test_a_newer_schema_is_refused_naming_the_file(tmp_path):
     assert str(err.value).startswith(f"{db}: ") and isinstance(err.value, StoreError)
 
 
+# ---- PostgreSQL: tables of nowblock's names that are not nowblock's are refused the same way -----
+def _pg(url: str, *statements: str) -> list:
+    """Run ``statements`` in the URL's schema; returns the rows of the last one (if it has any)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as con:
+        rows = []
+        for sql in statements:
+            cur = con.execute(sql)
+            rows = cur.fetchall() if cur.description else []
+        return rows
+
+
+def _pg_location(url: str) -> str:
+    """How the PostgreSQL store names ``url`` in its messages: the connection's fields but the password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    return " ".join(f"{k}={v}" for k, v in conninfo_to_dict(url).items() if k != "password")
+
+
+def _pg_columns(url: str) -> dict[str, frozenset[str]]:
+    rows = _pg(url, "SELECT table_name, column_name FROM information_schema.columns "
+                    "WHERE table_schema = current_schema()")
+    out: dict[str, set[str]] = {}
+    for table, column in rows:
+        out.setdefault(table, set()).add(column)
+    return {t: frozenset(c) for t, c in out.items()}
+
+
+@pytest.mark.parametrize("ddl, table", [
+    ("CREATE TABLE transactions (id INTEGER PRIMARY KEY, amount REAL)", "transactions"),
+    ("CREATE TABLE stations (id INTEGER PRIMARY KEY, amount REAL)", "stations"),
+])
+def test_postgres_tables_of_another_program_are_refused_and_left_unchanged(postgres_url, ddl, table):
+    from nowblock.store import postgres as pg_backend
+
+    _pg(postgres_url, ddl, f"INSERT INTO {table} VALUES (1, 2.5)")
+    before = _pg_columns(postgres_url)
+    with pytest.raises(StoreFileError, match=f"is not nowblock's: it has table {table} but no nowblock_schema "
+                                             "table") as err:
+        open_store(postgres_url)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{_pg_location(postgres_url)}: schema nbtest_")
+    assert _pg_columns(postgres_url) == before  # nothing created, nothing changed
+    assert _pg(postgres_url, f"SELECT * FROM {table}") == [(1, 2.5)]
+    # The expectation is read from the PostgreSQL migrations: a fresh schema has exactly those columns.
+    _pg(postgres_url, f"DROP TABLE {table}")
+    open_store(postgres_url).close()
+    assert _pg_columns(postgres_url) == pg_backend.expected_columns(pg_backend.MIGRATIONS, 2)
+
+
+def test_postgres_nowblock_tables_with_missing_columns_are_refused_naming_them(postgres_url):
+    open_store(postgres_url).close()
+    _pg(postgres_url, "ALTER TABLE transactions DROP COLUMN stop_reason",
+        "ALTER TABLE transactions DROP COLUMN stopped_at", "DROP TABLE operator_inputs")
+    with pytest.raises(StoreFileError) as err:
+        open_store(postgres_url)
+    msg = str(err.value)
+    assert "nowblock's tables (schema version 2) are incomplete" in msg
+    assert "table operator_inputs is missing" in msg
+    assert "table transactions lacks columns stop_reason, stopped_at" in msg
+    # A table that only a later version creates, already there (another program's): refused too.
+    _pg(postgres_url, "DROP TABLE events", "DELETE FROM nowblock_schema WHERE version = 2",
+        "ALTER TABLE transactions ADD COLUMN stop_reason TEXT", "ALTER TABLE transactions ADD COLUMN stopped_at TEXT",
+        "CREATE TABLE events (id INTEGER, what TEXT)")
+    with pytest.raises(StoreFileError, match="schema version 1.*table events is there, but schema version 1 has none"):
+        open_store(postgres_url)
+
+
+def test_postgres_other_tables_and_extra_columns_are_fine(postgres_url):
+    _pg(postgres_url, "CREATE TABLE my_notes (note TEXT)")
+    s = open_store(postgres_url)
+    assert s.schema_version() == s.latest_schema_version
+    s._write([("ALTER TABLE stations ADD COLUMN colour TEXT", {})])
+    s.close()
+    s = open_store(postgres_url)  # an operator's own table or column is left alone
+    assert s.schema_version() == s.latest_schema_version
+    s.close()
+
+
+def test_serve_refuses_a_foreign_postgres_schema_with_one_line_and_status_2(tmp_path, postgres_url):
+    from nowblock.testing import make_test_site
+
+    site = tmp_path / "site.toml"
+    make_test_site(1).to_toml(site)
+    _pg(postgres_url, "CREATE TABLE transactions (id INTEGER PRIMARY KEY, amount REAL)")
+    r = subprocess.run([sys.executable, "-m", "nowblock.cli", "serve", "--site", str(site), "--port", "0",
+                        "--db", postgres_url, "--policy", "edf"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("nowblock serve:")]
+    assert lines == [lines[0]] and lines[0].startswith(f"nowblock serve: --db {_pg_location(postgres_url)}: "), r.stderr
+    assert "is not nowblock's" in lines[0]
+    assert "internal error" not in r.stderr and "Traceback" not in r.stderr
+
+
 # ---- still opened ---------------------------------------------------------------------------------
 def test_an_empty_file_and_extra_tables_are_fine(tmp_path):
     db = tmp_path / "empty.sqlite"
@@ -269,6 +365,33 @@ def test_recorder_keeps_vendor_and_moves_last_seen_with_meter_values(tmp_path, v
     clock.now += timedelta(minutes=1)
     state.on_stop("CP1", "42", stop=clock.now, meter_stop_wh=400.0)
     assert store.stations()["last_seen"].iloc[0] == pd.Timestamp(clock.now)
+    store.close()
+
+
+def test_heartbeats_move_last_seen_at_most_every_30_s(tmp_path):
+    """A station that only sends heartbeats is seen alive in the store, without a write a heartbeat."""
+    from nowblock.ocpp.state import LiveState
+    from nowblock.testing import make_test_site
+
+    clock = _Clock()
+    state = LiveState(make_test_site(1), clock=clock)
+    store = open_store(tmp_path / "nb.sqlite")
+    attach_store(state, store)
+    writes = []
+    upsert = store.upsert_station
+    store.upsert_station = lambda *a, **k: (writes.append(k["time"]), upsert(*a, **k))[1]
+    state.on_connect("CP1", "1.6")
+    state.on_boot("CP1", vendor="Interop", model="Box")
+    booted, n_boot = clock.now, len(writes)
+    for _ in range(60):  # ten minutes of heartbeats every 10 s (what the 1.6 and 2.0.1 handlers do)
+        clock.now += timedelta(seconds=10)
+        state.touch("CP1")
+        last_seen = store.stations()["last_seen"].iloc[0]
+        assert pd.Timestamp(clock.now) - last_seen < pd.Timedelta(seconds=30), (clock.now, last_seen)
+    assert store.stations()["last_seen"].iloc[0] > pd.Timestamp(booted)
+    assert len(writes) - n_boot <= 600 // 30, writes  # one write in 30 s, not one a heartbeat
+    gaps = pd.Series(writes[n_boot:]).diff().dropna()
+    assert (gaps >= timedelta(seconds=30)).all(), gaps
     store.close()
 
 

@@ -31,7 +31,7 @@ from nowblock.block.site import Site
 log = logging.getLogger(__name__)
 
 EventKind = Literal[
-    "connect", "boot", "status", "plug_in", "unplug", "start", "meter", "needs", "stop", "disconnect", "limit"
+    "connect", "boot", "status", "plug_in", "unplug", "start", "meter", "needs", "stop", "disconnect", "limit", "seen"
 ]
 
 #: Extra snapshot columns beyond CAR_COLUMNS.
@@ -313,8 +313,15 @@ class LiveState:
 
     # ---- updates from the handlers ----------------------------------------------------------
     def touch(self, cp_id: str) -> None:
-        """Record that the station was heard from now."""
+        """Record that the station was heard from now (every message it sends, a Heartbeat too).
+
+        Listeners (:meth:`add_listener`; the store's recorder) get a ``seen`` event, so that a
+        station that only sends heartbeats is seen alive in the store too; subscribers do not
+        (nothing changed that a step plans with).
+        """
         self.stations[cp_id].last_seen = self.clock()
+        if self._listeners:
+            self.emit("seen", cp_id, publish=False)
 
     def on_connect(self, cp_id: str, version: str) -> None:
         """A WebSocket connection was accepted."""

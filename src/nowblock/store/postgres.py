@@ -6,6 +6,12 @@ so the rest of an operator's stack can query the tables directly. Tables live in
 schema of the connection's ``search_path`` (pick one with ``?options=-csearch_path%3Dname`` in
 the URL); the package creates and migrates them (:data:`MIGRATIONS`).
 
+Opening checks that schema before writing to it, as the SQLite store checks its file: tables
+of nowblock's names that are not nowblock's (another program's ``transactions``, nowblock's
+tables with columns missing, a table a later schema version creates) are refused with
+:class:`~nowblock.store.StoreFileError` naming the database and schema, and nothing is changed.
+Other tables in the schema, and extra columns, are left alone.
+
 Driver: psycopg 3, synchronous. The store is called inside the OCPP handlers, before the
 answer is sent (:class:`~nowblock.store.StoreRecorder`): a synchronous commit there is what
 makes "acknowledged means stored" hold, exactly as with SQLite, and it keeps one
@@ -20,11 +26,13 @@ acknowledge; the charger retries) and the next call connects again.
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import threading
 from contextlib import contextmanager
 
-from nowblock.store.base import StoreError, StoreUnavailable
+from nowblock.store.base import StoreError, StoreFileError, StoreUnavailable
 from nowblock.store.sql import Migration, SqlStore
 
 log = logging.getLogger(__name__)
@@ -119,6 +127,55 @@ _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS nowblock_schema (
     applied_at  TIMESTAMPTZ NOT NULL
 )"""
 
+_CREATE_TABLE = re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\s*\((.*)\)\s*$", re.S | re.I)
+_ADD_COLUMN = re.compile(
+    r"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(\w+)\s+ADD\s+(?:COLUMN\s+)?(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I)
+_TABLE_CONSTRAINTS = ("CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN", "EXCLUDE")
+
+
+def _top_level_parts(body: str) -> list[str]:
+    """The comma-separated parts of a CREATE TABLE body (commas inside parentheses kept)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(body):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            parts.append(body[start:i])
+            start = i + 1
+    parts.append(body[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+@functools.lru_cache(maxsize=8)
+def expected_columns(migrations: tuple[Migration, ...], version: int) -> dict[str, frozenset[str]]:
+    """The tables and columns nowblock's PostgreSQL schema has at ``version``.
+
+    Read from the statements themselves (the version table and the migrations up to
+    ``version``: ``CREATE TABLE`` and ``ALTER TABLE ... ADD COLUMN``), so the expectation
+    cannot drift from the migrations.
+
+    Parameters
+    ----------
+    migrations : tuple of Migration
+        The backend's migrations, oldest first (:data:`MIGRATIONS`).
+    version : int
+        The schema version recorded in the database.
+
+    Returns
+    -------
+    dict of str to frozenset of str
+        Table name -> its column names, ``nowblock_schema`` included.
+    """
+    tables: dict[str, frozenset[str]] = {}
+    statements = [_VERSION_TABLE] + [sql for v, _what, stmts in migrations if v <= version for sql in stmts]
+    for sql in statements:
+        if m := _CREATE_TABLE.match(sql.strip()):
+            tables[m[1]] = frozenset(p.split()[0] for p in _top_level_parts(m[2])
+                                     if p.split()[0].upper() not in _TABLE_CONSTRAINTS)
+        elif m := _ADD_COLUMN.match(sql.strip()):
+            tables[m[1]] = tables.get(m[1], frozenset()) | {m[2]}
+    return tables
+
+
 # Any key: serializes nowblock's migrations across processes (pg_advisory_xact_lock).
 _MIGRATION_LOCK_KEY = 0x6E6F77626C6B  # "nowblk"
 
@@ -170,6 +227,7 @@ class PostgresStore(SqlStore):
         self.closed = False
         self._connection()  # fail early on a bad URL or an unreachable server
         try:
+            self._check_schema()
             self._migrate(_VERSION_TABLE)
         except BaseException:
             self.close()
@@ -188,6 +246,60 @@ class PostgresStore(SqlStore):
 
     def _location(self) -> str:
         return self._redacted()
+
+    def _check_schema(self) -> None:
+        """Refuse tables of nowblock's names that are not nowblock's, before writing anything.
+
+        Looks at the tables of the connection's current schema whose names nowblock uses
+        (other tables are left alone). None: a new schema, the migrations create them. Some:
+        the table ``nowblock_schema`` must be there, and every table of its recorded version
+        with every column that version created (extra columns are left alone); a table that
+        only a later version creates must not be there yet (its migration would fail on it).
+
+        Raises
+        ------
+        StoreFileError
+            Naming the database (without its password), the schema, and the foreign,
+            missing or incomplete tables.
+        """
+        _, rows = self._query("SELECT current_schema(), table_name, column_name FROM information_schema.columns "
+                              "WHERE table_schema = current_schema()", {})
+        schema = rows[0][0] if rows else None
+        names = expected_columns(self.MIGRATIONS, self.latest_schema_version)
+        tables: dict[str, set[str]] = {}
+        for _schema, table, column in rows:
+            if table in names:
+                tables.setdefault(table, set()).add(column)
+        if not tables:
+            return
+        where = f"{self._location()}: schema {schema}"
+        if "nowblock_schema" not in tables:
+            shown = sorted(tables)
+            raise StoreFileError(
+                f"{where} is not nowblock's: it has table{'s' * (len(shown) != 1)} {', '.join(shown)} but no "
+                "nowblock_schema table; give nowblock a schema of its own (?options=-csearch_path%3Dname in the "
+                "URL; nothing was changed in this one)")
+        version = 0
+        if "version" in tables["nowblock_schema"]:
+            _, rows = self._query("SELECT MAX(version) FROM nowblock_schema", {})
+            version = int(rows[0][0]) if rows and rows[0][0] is not None else 0
+        if version > self.latest_schema_version:
+            return  # _migrate refuses it with both version numbers
+        want = expected_columns(self.MIGRATIONS, version)
+        problems = []
+        for table in sorted(set(want) | set(tables)):
+            if table not in want:
+                problems.append(f"table {table} is there, but schema version {version} has none (another "
+                                "program's?)")
+            elif table not in tables:
+                problems.append(f"table {table} is missing")
+            elif want[table] - tables[table]:
+                lacking = sorted(want[table] - tables[table])
+                problems.append(f"table {table} lacks column{'s' * (len(lacking) != 1)} {', '.join(lacking)}")
+        if problems:
+            raise StoreFileError(
+                f"{where}: nowblock's tables (schema version {version}) are incomplete: {'; '.join(problems)}; "
+                "restore a backup, or give nowblock an empty schema (nothing was changed)")
 
     # ---- connection ---------------------------------------------------------------------------
     def _connection(self):

@@ -12,7 +12,7 @@ import math
 
 import pandas as pd
 
-from nowblock.store.base import StoreError
+from nowblock.store.base import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +24,28 @@ class StoreRecorder:
     handler and before the handler's answer is sent: nothing acknowledged is left unwritten. A
     database error propagates (the charger gets a CALLERROR and retries); input the store
     refuses as invalid is logged and skipped (retrying would not help).
+
+    Every message from a station moves its ``last_seen`` in the store: the ``seen`` event of a
+    message that stores nothing else (a Heartbeat, an Authorize) is written at most once every
+    ``seen_every_s`` per station, so a year of heartbeats does not grow the database; a failed
+    write of it is logged, not raised (the message itself stored nothing).
+
+    Parameters
+    ----------
+    state : LiveState
+        The central system's live state (``nowblock.ocpp.state.LiveState``).
+    store : Store
+        Where the events are written.
+    seen_every_s : float
+        [s] Least time between two writes of a station's ``last_seen`` for messages that store
+        nothing else (default 30 s).
     """
 
-    def __init__(self, state, store) -> None:
+    def __init__(self, state, store, *, seen_every_s: float = 30.0) -> None:
         self.state = state
         self.store = store
+        self.seen_every_s = float(seen_every_s)
+        self._seen_written: dict[str, pd.Timestamp] = {}  # station -> last_seen last written
 
     def __call__(self, ev) -> None:
         """Record one event (see ``nowblock.ocpp.state.Event``)."""
@@ -42,6 +59,9 @@ class StoreRecorder:
 
     def _record(self, ev) -> None:
         s, st, now = self.store, self.state, pd.Timestamp(ev.time)
+        if ev.kind == "seen":
+            self._seen(ev.cp_id, now)
+            return
         if ev.kind in ("connect", "disconnect", "boot", "status"):
             station = st.stations.get(ev.cp_id)
             boot = getattr(station, "boot", {}) or {}
@@ -51,6 +71,7 @@ class StoreRecorder:
                              vendor=_first(boot, "vendor", "charge_point_vendor", "vendor_name"),
                              model=_first(boot, "model", "charge_point_model"),
                              status=ev.data.get("status"), connected=getattr(station, "connected", None))
+            self._seen_written[ev.cp_id] = now
             return
         if ev.kind == "limit":
             d = ev.data
@@ -76,6 +97,7 @@ class StoreRecorder:
                 "power_kw": None if math.isnan(t.power_w) else t.power_w / 1000.0,
                 "soc_percent": None if math.isnan(t.soc_percent) else t.soc_percent,
             }], seen=now)
+            self._seen_written[ev.cp_id] = now
             return
         elif ev.kind == "needs":
             s.update_needs(ev.cp_id, t.transaction_id, departure=t.departure,
@@ -88,6 +110,18 @@ class StoreRecorder:
             return
         # A start, a stop or needs: the station was heard from (once a session: a write of its own is cheap).
         s.upsert_station(ev.cp_id, time=now)
+        self._seen_written[ev.cp_id] = now
+
+    def _seen(self, cp_id: str, now: pd.Timestamp) -> None:
+        """Move ``cp_id``'s ``last_seen`` to ``now`` unless it was written less than ``seen_every_s`` ago."""
+        last = self._seen_written.get(cp_id)
+        if last is not None and 0.0 <= (now - last).total_seconds() < self.seen_every_s:
+            return
+        self._seen_written[cp_id] = now  # also after a failure: retried in seen_every_s, not every message
+        try:
+            self.store.upsert_station(cp_id, time=now)
+        except (StoreError, StoreUnavailable) as exc:
+            log.warning("store could not move last_seen of %s: %s", cp_id, exc)
 
 
 def _first(boot: dict, *keys: str):
