@@ -55,12 +55,14 @@ class Block:
         self.site, self.db, self.port, self.reads, self.meter_s = site, db, port, reads, meter_s
         self.versions = versions or ["1.6" if i % 2 == 0 else "2.0.1" for i in range(len(site.charge_points))]
         self.sims: list[SimCharger] = []
+        self.period_s = 1.0  # [s] between the controller's planned steps
 
     async def start_server(self):
         self.cs = CentralSystem(self.site, port=self.port, response_timeout_s=2.0, backoff_s=0.05, retries=1,
                                 tx_validity_s=30, probe_rate_unit=False)
         await self.cs.start()
-        self.ctl = attach(self.cs, db=str(self.db), policy="edf", period_s=1.0, min_replan_s=0.2, settings=FAST)
+        self.ctl = attach(self.cs, db=str(self.db), policy="edf", period_s=self.period_s, min_replan_s=0.2,
+                          settings=FAST)
         await self.ctl.start()
         self.api = BlockApi(self.ctl, tokens=TokenCheck([hash_token(TOKEN)], reads=self.reads), state_ttl_s=0.2,
                             meter_batch_s=0.1)
@@ -387,6 +389,39 @@ async def test_residents_needs_and_service(tmp_path):
         car = (await b.http.get("/api/cars/CP1:1")).json()
         assert car["needs_source"] == "estimated"
         assert _operator_rows(b.db) == []
+
+
+async def test_needs_are_shown_from_the_store_at_once_after_a_restart(tmp_path):
+    """A restarted serve shows each car's stored needs before any step has planned it: the
+    resident's (entered through the API) and the car's own report (2.0.1), not null until the
+    station reconnects."""
+    b = Block(_site(grid_a=100.0), tmp_path / "block.sqlite", _free_port())
+    await b.start_server()
+    await b.start_chargers()
+    dep = (pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=5)).floor("s")
+    try:
+        await b.sims[0].plug_in(Car(energy_kwh=30.0))  # 1.6: the resident enters the needs
+        await b.sims[1].plug_in(Car(energy_kwh=22.0, departure=dep.to_pydatetime()))  # 2.0.1 reports them
+        await eventually(lambda: len(b.ctl.state.running()) == 2 and all(
+            t.departure is not None for t in b.ctl.state.running("CP2")), 10)
+        r = await b.http.put("/api/charge-points/CP1/needs", json={"departure": dep.isoformat(), "energy_kwh": 12.5},
+                             headers=AUTH)
+        assert r.status_code == 200, r.text
+        want = {"CP1": ("resident", 12.5), "CP2": ("reported", 22.0)}
+        for s in b.sims:  # the stations stay away: nothing but the store knows the needs
+            await s.stop()
+        await b.stop_server()
+        b.period_s = 3600.0  # no planned step while the test looks
+        await b.start_server()
+        assert not b.ctl.history  # no step has planned these cars yet
+        cars = (await b.http.get("/api/cars")).json()
+        got = {c["charge_point_id"]: (c["needs_source"], c["energy_requested_kwh"]) for c in cars}
+        assert got == want, cars
+        assert all(pd.Timestamp(c["departure"]) == dep for c in cars), cars
+    finally:
+        for s in b.sims:
+            await s.stop()
+        await b.stop_server()
 
 
 # ---- section 14a -----------------------------------------------------------------------------------

@@ -183,8 +183,11 @@ class CarState:
 
     ``needs_source``: ``reported`` (by the car), ``resident`` (entered through the API) or
     ``estimated``; ``departure``/``energy_requested_kwh`` [kWh] are the needs the last step
-    planned with. ``setpoint_a`` [A] the limit the last step set for it; ``plan_current_a`` [A] its plan
-    from ``plan_start`` every ``plan_step_s`` [s]; ``trusted`` False with ``untrusted_reason``
+    planned with, and before a step has planned the car (after a restart, until the first step)
+    the needs known for it: the resident's, else the car's own report, both restored from the
+    store (null only where neither is known). ``setpoint_a`` [A] the limit the last step set
+    for it; ``plan_current_a`` [A] its plan from ``plan_start`` every ``plan_step_s`` [s];
+    ``trusted`` False with ``untrusted_reason``
     (stale, over_draw, holding, offline) when its charger is not seen to follow its limit.
     """
 
@@ -452,12 +455,17 @@ def block_state(controller, now: pd.Timestamp | None = None, *, plan_hours: floa
         plan_start = _t(plan_rows.index[0])
     for sid, tx in running.items():
         row = ctx.get(sid)
-        if sid in op.needs:
+        resident = op.needs.get(sid)
+        if resident is not None:
             source = "resident"
         elif tx.departure is not None and not math.isnan(tx.energy_requested_kwh):
             source = "reported"
         else:
             source = "estimated"
+        # Before a step has planned this car (after a restart, until the first step), the needs
+        # known now: the resident's (restored from the store), else the car's own.
+        departure = tx.departure if resident is None else resident.departure
+        energy_kwh = tx.energy_requested_kwh if resident is None else resident.energy_kwh
         cp = site.charge_point(tx.cp_id)
         r = bind.get(sid)
         b = None if r is None else Binding(str(r[0]), str(r[1]), float(r[2]), float(r[3]), _f(r[4]), _f(r[5]))
@@ -465,8 +473,8 @@ def block_state(controller, now: pd.Timestamp | None = None, *, plan_hours: floa
         j = plan_pos.get(sid)
         cars.append(CarState(
             sid, tx.cp_id, tx.connector_id, _t(tx.start),
-            _t(row[0]) if row is not None else _t(tx.departure),
-            _f(row[1]) if row is not None else _f(tx.energy_requested_kwh),
+            _t(row[0]) if row is not None else _t(departure),
+            _f(row[1]) if row is not None else _f(energy_kwh),
             round(tx.energy_delivered_kwh, 4), source,
             int(row[2]) if row is not None else int(min(tx.phases_used or cp.phases, cp.phases)),
             float(row[3]) if row is not None else float(cp.max_current_a),
