@@ -199,7 +199,7 @@ def test_online_forecaster_learns_the_sessions_that_end():
 
     scn = family_scenario("residential_elaad", n_charge_points=8, connection_fraction=0.3, days=3, seed=4)
     est = OnlineNeedsForecaster(min_sessions=5)
-    t0 = scn.sessions["arrival"].min()
+    t0 = scn.sessions["arrival"].iloc[:2].max()  # both have arrived (a car not yet arrived is refused)
     first = est.predict_needs(scn.sessions.iloc[:2].set_index("session_id"), t0)
     assert first["departure"].isna().all() and first["energy_kwh"].isna().all()
     est = OnlineNeedsForecaster(min_sessions=5)
@@ -266,3 +266,35 @@ def test_online_forecaster_refuses_naive_times():
         OnlineNeedsForecaster().predict_needs(pd.DataFrame(), pd.Timestamp("2026-03-02 17:00"))
     with pytest.raises(ValueError):
         OnlineNeedsForecaster(min_sessions=0)
+
+
+def test_a_car_arriving_after_the_time_asked_about_is_refused():
+    """A car plugged in has arrived: one that arrives after ``time`` is refused naming it (it was
+    estimated from an elapsed time of zero), by the fitted and the online forecaster alike, and
+    nothing is recorded; the loop asks about such a car (a station clock ahead) as arriving now."""
+    from nowblock.forecast import OnlineNeedsForecaster
+    from nowblock.loop.needs import NeedsEstimation
+
+    est = SessionNeedsForecaster(departure_point=0.5, energy_point=0.5).fit(_sessions())
+    now = pd.Timestamp("2024-10-15 18:00", tz=TZ)
+    cars = pd.concat([_cars("CP2", now - pd.Timedelta("1h"), sid="here"),
+                      _cars("CP2", now + pd.Timedelta("10min"), sid="later")])
+    with pytest.raises(ForecastError, match=r"session 'later' arrives at 2024-10-15T16:10:00\+00:00, after the "
+                                            r"time asked about \(2024-10-15T16:00:00\+00:00\)"):
+        est.predict_needs(cars, now)
+    assert est._seen == {}  # refused whole: not tracked
+    assert len(est.predict_needs(cars.iloc[:1], now)) == 1
+    assert len(est.predict_needs(_cars("CP2", now, sid="just"), now)) == 1  # arriving at the time asked about
+
+    online = OnlineNeedsForecaster(history=_sessions(), min_sessions=20)
+    with pytest.raises(ForecastError, match="session 'later' arrives"):
+        online.predict_needs(cars, now)
+    assert online._open == {} and online.fits == 0
+
+    snap = cars.assign(departure=pd.to_datetime(pd.Series(pd.NaT, index=cars.index), utc=True),
+                       energy_requested_kwh=np.nan, needs_known=False, measured_current_a=np.nan,
+                       offered_current_a=np.nan, min_current_a=6.0)
+    filled = NeedsEstimation(SessionNeedsForecaster(departure_point=0.5, energy_point=0.5).fit(_sessions())).fill(
+        snap, now, full=set(), step=pd.Timedelta("5min"))
+    assert list(filled["needs_estimate"]) == ["fitted", "fitted"]  # not every car on the fallback
+    assert (filled["departure"] > now).all()

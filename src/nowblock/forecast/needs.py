@@ -37,6 +37,32 @@ def _ns(values) -> np.ndarray:
     return idx.as_unit("ns").asi8
 
 
+def check_arrived(sessions: pd.Index, arrival_ns: np.ndarray, time: pd.Timestamp) -> None:
+    """Refuse cars that arrive after ``time``: a car plugged in now has arrived by now.
+
+    Parameters
+    ----------
+    sessions : pandas.Index
+        The cars' session ids (for the message).
+    arrival_ns : numpy.ndarray
+        Their arrivals as int64 UTC nanoseconds (:func:`_ns`).
+    time : pandas.Timestamp
+        The time asked about (tz-aware).
+
+    Raises
+    ------
+    ForecastError
+        Naming the first such car, its arrival and ``time``, and how many there are.
+    """
+    late = arrival_ns > time.as_unit("ns").value
+    if late.any():
+        i = int(np.argmax(late))
+        more = f" (and {int(late.sum()) - 1} more)" if late.sum() > 1 else ""
+        arrival = pd.Timestamp(int(arrival_ns[i]), tz="UTC").isoformat()
+        raise ForecastError(f"cars: session {sessions[i]!r} arrives at {arrival}, after the time asked about "
+                            f"({time.tz_convert('UTC').isoformat()}){more}; ask only about cars plugged in by then")
+
+
 class SessionNeedsForecaster:
     """Conditional quantiles of departure and energy from kernel-weighted past sessions.
 
@@ -199,6 +225,11 @@ class SessionNeedsForecaster:
         Returns a frame indexed by session_id with ``departure`` (UTC, after ``time``) and
         ``energy_kwh`` [kWh] (>= delivered so far), and ``departure_qX`` / ``energy_kwh_qX``
         for each quantile X, non-decreasing in X. Never NaN.
+
+        A car whose arrival is after ``time`` has not arrived yet: it is refused
+        (:class:`ForecastError` naming it), as the sessions frame refuses a session that leaves
+        before it arrives, and nothing is recorded (its estimate was taken from an elapsed time
+        of zero before).
         """
         if not self._fitted:
             raise ForecastError("call fit(sessions) before predict_needs()")
@@ -209,13 +240,14 @@ class SessionNeedsForecaster:
         now_ns = int(time.as_unit("ns").value)
         m = len(frame)
         cp_str = frame["charge_point_id"].astype(str).to_numpy() if m else np.array([], dtype=object)
+        arr_ns = _ns(frame["arrival"]) if m else np.array([], dtype=np.int64)
+        check_arrived(frame.index, arr_ns, time)
         if self.track:
             self._track(cp_str, frame.index, now_ns)
         qs_all = np.asarray(sorted(set(self.quantiles) | {self.departure_point, self.energy_point}), float)
         if m == 0:
             cols = ["departure", "energy_kwh"] + [f"{b}_q{q:g}" for b in ("departure", "energy_kwh") for q in self.quantiles]
             return pd.DataFrame(columns=cols, index=frame.index)
-        arr_ns = _ns(frame["arrival"])
         elapsed = np.maximum((now_ns - arr_ns) / _H_NS, 0.0)
         delivered = (np.maximum(pd.to_numeric(frame["energy_delivered_kwh"], errors="coerce").fillna(0.0)
                                 .to_numpy(float), 0.0)

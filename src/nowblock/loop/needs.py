@@ -118,7 +118,12 @@ class NeedsEstimation:
         if self.estimator is None:
             return fb
         try:
-            got = self.estimator.predict_needs(blind, now).reindex(blind.index)
+            # A station clock ahead of ours dates a start after now (up to the quarter of an hour
+            # the OCPP edge accepts): the estimator refuses a car that has not arrived, so it is
+            # asked about as arriving now instead of every car falling back.
+            arrival = pd.to_datetime(blind["arrival"], utc=True)
+            ask = blind.assign(arrival=arrival.where(arrival <= now, now)) if (arrival > now).any() else blind
+            got = self.estimator.predict_needs(ask, now).reindex(blind.index)
             dep_col = "departure_q0.25" if "departure_q0.25" in got else "departure"
             early = pd.to_datetime(got[dep_col], utc=True)
             early = early.where(early > now + step, now + step)
