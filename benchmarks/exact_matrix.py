@@ -87,10 +87,17 @@ def exact_model(block: dict, step: str, time_limit_s: float = 60.0, integer: boo
     h.setOptionValue("mip_rel_gap", 1e-4)
     t0 = time.perf_counter()
     h.run()
+    seconds = time.perf_counter() - t0
     info = h.getInfo()
+    plan = np.zeros((n, T))
+    sol = np.asarray(h.getSolution().col_value, dtype=float)
+    if len(sol) == width:
+        plan[car, slot] = sol[:K]
+    import pandas as pd
+
     return {"status": h.modelStatusToString(h.getModelStatus()), "objective": float(info.objective_function_value),
             "bound": float(info.mip_dual_bound) if integer else float(info.objective_function_value),
-            "seconds": time.perf_counter() - t0}
+            "seconds": seconds, "current_a": pd.DataFrame(plan.T, index=a["times"], columns=a["ids"])}
 
 
 def plan_cost(block: dict, step: str, current_a) -> float:
@@ -131,6 +138,7 @@ def main(argv=None) -> None:
     ap.add_argument("cells", nargs="+", help="matrix cell labels")
     ap.add_argument("--limit-s", type=float, default=60.0, help="HiGHS's time limit on the exact model [s]")
     ap.add_argument("--energy-only", action="store_true", help="prices off: the model maximises energy")
+    ap.add_argument("--save", metavar="DIR", help="write each cell's plans (ours, the exact model's best) as CSV")
     args = ap.parse_args(argv)
     for label in args.cells:
         b, step = cell_block(label)
@@ -151,6 +159,11 @@ def main(argv=None) -> None:
                      f"{(need - ex['objective'] / SHORTFALL_EUR_PER_KWH) / e_floor:.2%}, at most "
                      f"{(need - ex['bound'] / SHORTFALL_EUR_PER_KWH) / e_floor:.2%}")
         print(line, flush=True)
+        if args.save:
+            out = Path(args.save)
+            out.mkdir(parents=True, exist_ok=True)
+            sched.current_a.to_csv(out / f"{label}-ours.csv")
+            ex["current_a"].to_csv(out / f"{label}-exact.csv")
 
 
 if __name__ == "__main__":
