@@ -141,8 +141,9 @@ def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None, *,
     Implausible but possible requests are logged once as a warning (logger
     ``nowblock.block.sessions``): above :data:`LARGE_BATTERY_KWH`, above what the car could
     draw in its stay at its charging point's maximum current, or a car maximum
-    (``max_current_a`` [A]) below its charging point's ``min_current_a`` [A], which no
-    controlled policy charges. Each warning names the first such row; it is not repeated when
+    (``max_current_a`` [A]) below its charging point's ``min_current_a`` [A] (such a car is
+    offered the minimum and draws its own maximum; often a power in kW given as a current).
+    Each warning names the first such row; it is not repeated when
     the same sessions are validated again (say, by :class:`~nowblock.block.scenario.Scenario`
     after :func:`read_sessions_csv`).
     """
