@@ -44,7 +44,7 @@ class FakeCentral:
             t = self.state.running_on(cp_id, connector_id)
             self.state.on_profile_accepted(cp_id, connector_id, pr.build_profile(
                 "2.0.1", pr.TX, current_a, connector_id=connector_id, validity_s=validity_s or 900,
-                transaction_id=t.transaction_id))
+                transaction_id=t.transaction_id, now=self.state.clock()))
         rec = DispatchRecord(pr.utcnow(), float(current_a), pr.TX, self.state.applied_limit_a(cp_id, connector_id), [])
         self.state.on_dispatch(cp_id, connector_id, rec)
         return rec
@@ -472,9 +472,13 @@ async def test_cars_that_ignore_their_limits_get_them_again_then_a_station_maxim
     assert sorted(cp for cp, _ in cs.station_max) == ["CP0", "CP1", "CP2", "CP3"]  # after the grace, once
     kinds = [a["kind"] for a in ctl.alarms]
     assert kinds.count("not_following") == 4 and "overload" not in kinds  # the overload still runs
+    # Lowered to 0 A (they drew 16 A at any limit), with a station maximum of 0 A.
+    assert all(a == 0.0 for _, a in cs.station_max)
     # They follow at last: trusted again, and the overload is reported with its size and duration.
     clock.advance(20)
-    _meter(cs, clock, {i: 8.0 for i in range(4)})
+    held = {int(cp[2:]): a for cp, a in cs.sent}  # the last limit each was sent
+    assert held == {i: 0.0 for i in range(4)}
+    _meter(cs, clock, held)
     res = await ctl.step()
     assert res.reserved == [] and res.current_a.sum() <= 32.0 + 1e-9
     over = {(a["fuse_id"], a["phase"]): a for a in ctl.alarms if a["kind"] == "overload"}
@@ -779,3 +783,46 @@ async def test_a_stale_car_heard_with_old_readings_does_not_wake_a_step_each_tim
     assert not ctl._meter_wakes(ev)
     ev = cs.state.on_meter("CP0", 1, "tx0", {"current_l1_a": 10.0}, ev.time)
     assert ctl._meter_wakes(ev)
+
+
+async def test_a_car_drawing_more_than_its_limit_in_proportion_is_lowered_until_its_draw_fits():
+    # An outside test: one car on a 25 A feeder drawing 1.2 x its limit was sent 25 A, drew 30 A
+    # and kept the feeder 5 A over its rating for as long as it charged.
+    cps = (ChargePoint(id="CP0", fuse="feeder", max_current_a=32.0, min_current_a=6.0),)
+    site = Site("t", (Fuse("grid", (63.0,) * 3), Fuse("feeder", (25.0,) * 3, "grid")), cps)
+    cs, clock = FakeCentral(site), Clock()
+    cs.state.clock = clock  # profiles valid on the test's clock: the 20 A one must not run out
+    _start(cs, clock, 1, needs={0: (3, 60.0)})  # more than 25 A can deliver: the plan gives it all
+    ctl = _controller(cs, clock, policy="edf")
+    sent = (await ctl.step()).targets_a["CP0:tx0"]
+    draws, sents = [], [sent]
+    for _ in range(20):
+        clock.advance(60)
+        _meter(cs, clock, {0: 1.2 * sent})
+        draws.append(1.2 * sent)
+        sent = (await ctl.step()).targets_a["CP0:tx0"]
+        sents.append(sent)
+    assert sents[0] == 25.0 and draws[0] == 30.0  # its share of the plan: the whole feeder, 30 A drawn
+    assert all(1.2 * a <= 25.0 + 1e-9 for a in sents[1:])  # from then on what it draws fits the feeder
+    assert sent == 20.0  # and it is not paused: the largest whole ampere that fits
+    assert cs.sent[-1] == ("CP0", sent)  # sent at once, not held for the back-off of cars not following
+
+
+async def test_a_charger_ignoring_its_limit_altogether_is_lowered_to_zero_then_left_alone():
+    cps = (ChargePoint(id="CP0", fuse="feeder", max_current_a=32.0, min_current_a=6.0),)
+    site = Site("t", (Fuse("grid", (63.0,) * 3), Fuse("feeder", (25.0,) * 3, "grid")), cps)
+    cs, clock = FakeCentral(site), Clock()
+    cs.state.clock = clock
+    _start(cs, clock, 1, needs={0: (8, 60.0)})
+    ctl = _controller(cs, clock, policy="edf")
+    await ctl.step()
+    for _ in range(8):
+        clock.advance(60)
+        _meter(cs, clock, {0: 32.0})  # draws its maximum whatever it is sent
+        x = (await ctl.step()).targets_a["CP0:tx0"]
+    assert x == 0.0
+    n_sent = len(cs.sent)
+    clock.advance(60)
+    _meter(cs, clock, {0: 32.0})
+    await ctl.step()
+    assert len(cs.sent) - n_sent <= 1  # not flooded: 0 A again at most when its back-off is over

@@ -160,9 +160,11 @@ def test_held_back_explains_unused_capacity():
     x = step.finish(snap, ctx, get_policy("equal").schedule(snap))
     hb = held_back(snap, ctx, x)
     assert hb["untrusted"] == {"over_draw": 1} and hb["reserved_untrusted_a"] == pytest.approx(17.0)
-    # Every car is planned at its 16 A maximum (CP0 too, once it follows); 80 - 17 - 48 A are
-    # left (CP0 counted at the 17 A it may really draw) and nobody waits.
-    assert hb["cars_at_max"] == 4 and hb["unused_a"] == pytest.approx(15.0) and hb["cars_waiting"] == 0
+    # Every car is planned at its 16 A maximum; CP0, drawing twice its limit, is sent half its
+    # share (8 A: it draws its 16 A). 80 - 17 - 48 A are left (CP0 counted at the 17 A it may
+    # really draw) and nobody waits.
+    assert list(x) == [8.0, 16.0, 16.0, 16.0]
+    assert hb["cars_at_max"] == 3 and hb["unused_a"] == pytest.approx(15.0) and hb["cars_waiting"] == 0
 
 
 def test_pilot_step_follows_the_protocol_versions():

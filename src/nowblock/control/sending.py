@@ -101,9 +101,13 @@ class Dispatcher:
                                present=set(targets.index), following=ctx.following)
         doubt = set(self.escalation.since) & set(targets.index)
         resend = self.escalation.due(now) & doubt
-        # A car that does not follow its limit gets one only when its pause is over: a changed
-        # target changes nothing it draws, and a charger that ignores us is not flooded.
-        hold = [s for s in doubt if s not in resend and s in self.loop.sent]
+        # A car that does not follow its limit gets one only when its pause is over: a raised
+        # or unchanged target changes nothing it draws, and a charger that ignores us is not
+        # flooded. A lower one goes out at once: a car drawing more than its limit in proportion
+        # draws less at a lower limit (the step divides its share by what it draws over it), and
+        # one ignoring its limit is lowered a few times, to 0 A, then held.
+        hold = [s for s in doubt if s not in resend and s in self.loop.sent
+                and float(targets[s]) >= self.loop.sent[s][0] - 1e-6]
         got = await self.send_waves(targets.drop(hold), ctx, now, resend=resend)
         self.escalation.tried([s for s in resend if s in got], now)
         return got

@@ -63,6 +63,10 @@ class StepContext:
         them within it (trusted for a reason, not only for want of a settled measurement).
     base_load_kw : pandas.Series or None
         [kW] The observation's other load ahead (the policy's snapshot holds a copy).
+    over_draw_ratio : pandas.Series
+        Per car drawing more than its limit (untrusted for ``over_draw``): what it draws over
+        what it is offered (> 1; inf for a car drawing at a 0 A limit). Its setpoint is divided
+        by it, so that what it really draws fits its share of the plan.
     """
 
     cars: pd.DataFrame
@@ -73,6 +77,7 @@ class StepContext:
     safety: BlockSnapshot | None = None
     following: frozenset = frozenset()
     base_load_kw: pd.Series | None = None
+    over_draw_ratio: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
 
 
 @dataclass(frozen=True)
@@ -207,6 +212,10 @@ class ControlStep:
         # session -> since when [ns] its offer is at least its minimum, and its energy then [kWh]
         self._on_since: dict[str, tuple[int, float]] = {}
         self._drew: set[str] = set()  # sessions seen drawing since then
+        # session -> what it draws over its limit (> 1), once seen drawing over it; kept while it
+        # still draws more than it is offered (a car sent its share over the ratio draws within
+        # the tolerance of "over", and sent its share again, over it: it swung between both)
+        self.over_ratio: dict[str, float] = {}
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     def record_sent(self, session_id: str, limit_a: float, time: pd.Timestamp) -> None:
@@ -221,7 +230,7 @@ class ControlStep:
     def forget(self, keep) -> None:
         """Drop what is kept for sessions not in ``keep`` (they ended)."""
         keep = set(keep)
-        for d in (self.sent, self.changed_at, self.before):
+        for d in (self.sent, self.changed_at, self.before, self.over_ratio):
             for sid in [s for s in d if s not in keep]:
                 del d[sid]
         self.full &= keep
@@ -357,8 +366,24 @@ class ControlStep:
             running=running,
             safety=safety,
             base_load_kw=obs.base_load_kw,
+            over_draw_ratio=self._over_ratio(cars.index, over, settled, measured, offered, before),
         )
         return snap, ctx
+
+    def _over_ratio(self, index: pd.Index, over, settled, measured, offered, before) -> pd.Series:
+        """What each car seen drawing over its limit draws over it (see :class:`StepContext`)."""
+        # Before its limit settled, the draw may still be the one of the limit before (a car
+        # lowered from 25 to 20 A reads 30 A for a moment): over the higher of both.
+        ref = np.where(settled, offered, np.fmax(offered, before))
+        ratio = _draw_ratio(measured, ref)
+        above = np.isfinite(measured) & np.isfinite(offered) & (measured > offered + 0.5)
+        for i, sid in enumerate(index.tolist()):
+            if over[i]:
+                self.over_ratio[sid] = float(ratio[i])
+            elif sid in self.over_ratio and not above[i]:
+                del self.over_ratio[sid]  # it follows its limit now
+        keep = [sid for sid in index.tolist() if sid in self.over_ratio]
+        return pd.Series([self.over_ratio[s] for s in keep], index=pd.Index(keep, dtype=index.dtype), dtype=float)
 
     def _track_full(self, cars: pd.DataFrame, col: dict, settled: np.ndarray, now: pd.Timestamp) -> None:
         """Remember cars that stopped drawing although offered their minimum (full batteries).
@@ -424,6 +449,8 @@ class ControlStep:
                 # phase alone, paused it, and the offers broke the limit). Only lowers, so the
                 # fuse rows above still hold.
                 x = safe_setpoints_a(snap, x)
+        if len(ctx.over_draw_ratio):
+            x = _scaled_for_over_draw(snap, x, ctx.over_draw_ratio)
         return pd.Series(x, index=index, name="current_a")
 
     def run(self, policy: Policy, obs: Observation, *, fallback: Policy) -> StepOutcome:
@@ -523,3 +550,34 @@ def held_back(snap: BlockSnapshot, ctx: StepContext, current_a: pd.Series) -> di
         "cars_done": int((remaining <= 1e-3).sum()),
         "untrusted": reasons,
     }
+
+
+def _draw_ratio(measured: np.ndarray, offered: np.ndarray) -> np.ndarray:
+    """What cars draw over what they are offered (inf where offered nothing)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(offered > 0, measured / np.where(offered > 0, offered, 1.0), np.inf)
+
+
+def _scaled_for_over_draw(snap: BlockSnapshot, x: np.ndarray, ratio: pd.Series) -> np.ndarray:
+    """``x`` [A] with the setpoint of every car in ``ratio`` divided by what it draws over its
+    offer, floored to a pilot step, 0 below its minimum.
+
+    A car (or a charger's meter) drawing 1.2 x its limit stays over it at any limit: sent its
+    share of the plan it kept a fuse its share filled 20 % over, for as long as it charged (an
+    outside test, a 25 A feeder at 30 A for five minutes); the other cars were made safe around
+    its draw, but it was the only car there. Sent its share over the ratio, it draws its share.
+    A charger that ignores its limit altogether draws the same at any limit: its ratio grows
+    each step until it is sent 0 A (and the escalation goes on as before).
+    """
+    pos = snap.cars.index.get_indexer(ratio.index)
+    keep = pos >= 0
+    if not keep.any():
+        return x
+    pos, r = pos[keep], ratio.to_numpy(float)[keep]
+    step = float(snap.current_step_a) or 1.0
+    lo = snap.values("min_current_a")[pos]
+    x = np.array(x, dtype=float, copy=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = np.floor(np.where(np.isfinite(r) & (r > 1.0), x[pos] / r, 0.0) / step + 1e-9) * step
+    x[pos] = np.where(scaled >= lo - 1e-9, np.minimum(scaled, x[pos]), 0.0)
+    return x
