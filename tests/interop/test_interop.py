@@ -410,3 +410,37 @@ async def test_a_station_sampling_only_its_energy_register_is_asked_for_currents
         finally:
             for st in sts:
                 await st.close()
+
+
+async def test_a_limit_answered_after_the_time_out_counts_as_possibly_in_force(db):
+    # An outside test: a station answering SetChargingProfile in 10 s (past the time-out) applied
+    # a 32 A limit the central system then counted at the old one, and the limit went out again,
+    # stale, for two minutes (TxProfile retries, then a TxDefault): 76 A on a 64 A fuse.
+    def answer(action, p):
+        if action == "SetChargingProfile":
+            return Late(1.5, {"status": "Accepted"})  # the station applies it: see below
+        return Err("NotImplemented")
+
+    async with served(db, failsafe_at_boot=False) as (cs, _):
+        st = await RawStation(_url(cs), "CP1", "1.6", answer=answer).connect()
+        try:
+            await st.boot()
+            tx = await _start16(st)
+            cs.state.on_profile_accepted("CP1", 1, pr.build_profile("1.6", pr.TX, 10.0, connector_id=1,
+                                                                     transaction_id=tx))
+            assert cs.state.applied_limit_a("CP1", 1) == 10.0
+            rec = await cs.set_limit("CP1", 1, 24.0)  # answered after the 1 s time-out
+            # Not sent again, nor as a TxDefault (it would be stale by the time it went out) ...
+            assert rec.purpose is None and rec.attempts == [(pr.TX, "Timeout")]
+            assert _purposes(st) == [pr.TX]
+            # ... and counted at the higher of both: the station may have taken it.
+            assert cs.state.applied_limit_a("CP1", 1) == 24.0
+            assert cs.state.snapshot().iloc[0]["offered_current_a"] == 24.0
+            # A lower limit it accepts replaces it: counted at that one.
+            await asyncio.sleep(1.6)
+            cs.state.on_profile_accepted("CP1", 1, pr.build_profile("1.6", pr.TX, 8.0, connector_id=1,
+                                                                     transaction_id=tx))
+            assert cs.state.applied_limit_a("CP1", 1) == 8.0
+            assert st.schema_errors == []
+        finally:
+            await st.close()

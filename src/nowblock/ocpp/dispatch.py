@@ -80,6 +80,15 @@ async def send_profile(
             cs.state.on_profile_accepted(cp_id, target, payload)
             cs.state.on_accepted(cp_id, purpose)
             return True
+        if answer == "Timeout":
+            # It may have been taken (a slow station answers late, and a late answer is dropped):
+            # counted as possibly in force. Not sent again, nor another purpose: each try waits
+            # the whole time-out while the station's calls queue, and the limit decided then goes
+            # out a minute or two later (an outside test: 32 A decided at one step reached a
+            # station 90-130 s later, as a TxProfile and then as a TxDefault for every future
+            # transaction). The control loop decides afresh and sends again.
+            cs.state.on_profile_unanswered(cp_id, target, payload)
+            break
         if answer in _PERMANENT or cs.connection(cp_id) is None:
             break
         if attempt < retries:
@@ -121,7 +130,7 @@ async def set_limit(
                                   backoff_s=backoff_s, attempts=attempts, **extra):
                 accepted = purpose
                 break
-            if attempts and attempts[-1][1] == "Disconnected":
+            if attempts and attempts[-1][1] in ("Disconnected", "Timeout"):
                 break
         if accepted in (pr.TX, pr.TX_DEFAULT):
             await _lift_fallback_max(cs, cp_id, current_a, attempts)

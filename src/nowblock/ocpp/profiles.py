@@ -314,15 +314,16 @@ def composite_schedule_a(
     return out
 
 
-def add_profile(profiles: list[Profile], new: Profile) -> list[Profile]:
-    """Install ``new``: it replaces a profile with the same id, or the same purpose, stack level
+def replaces(new: Profile, old: Profile) -> bool:
+    """Whether installing ``new`` removes ``old``: the same id, or the same purpose, stack level
     and connector (the replacement rule of both versions)."""
-    keep = [
-        p for p in profiles
-        if p.id != new.id
-        and not (p.purpose == new.purpose and p.stack_level == new.stack_level and p.connector_id == new.connector_id)
-    ]
-    return keep + [new]
+    return old.id == new.id or (old.purpose == new.purpose and old.stack_level == new.stack_level
+                                and old.connector_id == new.connector_id)
+
+
+def add_profile(profiles: list[Profile], new: Profile) -> list[Profile]:
+    """Install ``new`` (see :func:`replaces`)."""
+    return [p for p in profiles if not replaces(new, p)] + [new]
 
 
 def clear_matching(

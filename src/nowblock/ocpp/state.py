@@ -162,6 +162,10 @@ class Station:
     boot: dict[str, Any] = field(default_factory=dict)
     connectors: dict[int, Connector] = field(default_factory=dict)
     profiles: list[pr.Profile] = field(default_factory=list)  # accepted by the charger, as we know
+    #: Profiles sent whose answer never came (a time-out): the station may have applied them (a
+    #: late answer is dropped). Each counts as possibly in force until a profile it would replace
+    #: is accepted, or it runs out (see :meth:`LiveState.applied_limit_a`).
+    unanswered: list[pr.Profile] = field(default_factory=list)
     rate_unit: str = "A"
     dispatch: dict[int, DispatchRecord] = field(default_factory=dict)
     #: What the station turned down, by purpose/action (see :class:`Refusal`); cleared at boot.
@@ -473,7 +477,10 @@ class LiveState:
     def on_profile_accepted(self, cp_id: str, connector_id: int, payload: dict) -> None:
         """The charger accepted SetChargingProfile with this (snake_case) profile payload."""
         st = self.stations[cp_id]
-        st.profiles = pr.add_profile(st.profiles, pr.Profile.from_payload(connector_id, payload))
+        new = pr.Profile.from_payload(connector_id, payload)
+        st.profiles = pr.add_profile(st.profiles, new)
+        if st.unanswered:  # one it replaces is not in force whatever became of it
+            st.unanswered = [p for p in st.unanswered if not pr.replaces(new, p)]
 
     def on_profiles_cleared(self, cp_id: str, **criteria) -> None:
         """The charger accepted ClearChargingProfile with these criteria."""
@@ -513,17 +520,35 @@ class LiveState:
         self.emit("limit", cp_id, connector_id, wanted_a=record.wanted_a, accepted_a=record.accepted_a,
                   purpose=record.purpose, attempts=record.attempts)
 
+    def on_profile_unanswered(self, cp_id: str, connector_id: int, payload: dict) -> None:
+        """SetChargingProfile with this (snake_case) payload got no answer in time: the station
+        may apply it (it answers late, or its answer was lost); see :attr:`Station.unanswered`."""
+        st = self.stations[cp_id]
+        st.unanswered = pr.add_profile(st.unanswered, pr.Profile.from_payload(connector_id, payload))
+
     def applied_limit_a(self, cp_id: str, connector_id: int, now: datetime | None = None) -> float | None:
-        """Limit [A] the charger applies now by the profiles it accepted (None: none applies)."""
+        """Limit [A] the charger applies now by the profiles it accepted (None: none applies).
+
+        A profile sent whose answer never came may be in force too (the station may have taken
+        it and answered late): where it would give a higher limit, the higher one counts (an
+        outside test: a station answering in 10 s took a 32 A limit the central system counted at
+        its old one, 76 A on a 64 A fuse)."""
         st = self.stations[cp_id]
         t = self.running_on(cp_id, connector_id)
         cp = self.site.charge_point(cp_id)
-        return pr.active_limit_a(
-            st.profiles, connector_id, now or self.clock(),
-            transaction_id=None if t is None else t.transaction_id,
-            tx_start=None if t is None else t.start, voltage_v=self.site.voltage_v,
-            phases=(t.phases_used if t is not None and t.phases_used else cp.phases),
-        )
+        now = now or self.clock()
+        kw = dict(transaction_id=None if t is None else t.transaction_id,
+                  tx_start=None if t is None else t.start, voltage_v=self.site.voltage_v,
+                  phases=(t.phases_used if t is not None and t.phases_used else cp.phases))
+        lim = pr.active_limit_a(st.profiles, connector_id, now, **kw)
+        if st.unanswered and lim is not None:  # None: no limit applies, nothing is higher
+            maybe = st.profiles
+            for p in st.unanswered:
+                maybe = pr.add_profile(maybe, p)
+            other = pr.active_limit_a(maybe, connector_id, now, **kw)
+            if other is None or other > lim:
+                return other
+        return lim
 
     # ---- snapshots ------------------------------------------------------------------------
     def snapshot(self, now: datetime | None = None) -> pd.DataFrame:
