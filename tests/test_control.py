@@ -826,3 +826,38 @@ async def test_a_charger_ignoring_its_limit_altogether_is_lowered_to_zero_then_l
     _meter(cs, clock, {0: 32.0})
     await ctl.step()
     assert len(cs.sent) - n_sent <= 1  # not flooded: 0 A again at most when its back-off is over
+
+
+async def test_a_car_switching_from_one_to_three_phases_wakes_a_step_at_once():
+    """Found by an outside test: a car seen on one phase was planned there; when it switched to
+    three phases at its 32 A limit, two grid phases carried 64 A on 32 A until the period's step."""
+    cps = (ChargePoint(id="CP0", fuse="grid", max_current_a=32.0, min_current_a=6.0),
+           ChargePoint(id="CP1", fuse="grid", max_current_a=32.0, min_current_a=6.0, phases=1, phase_rotation="L2L3L1"))
+    site = Site("t", (Fuse("grid", (32.0,) * 3),), cps)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 2, needs={0: (8, 60.0), 1: (8, 30.0)})
+    ctl = _controller(cs, clock, policy="equal")
+    one = {"current_l1_a": 16.0, "current_l2_a": 0.0, "current_l3_a": 0.0}
+    ev = cs.state.on_meter("CP0", 1, "tx0", one, clock.now.to_pydatetime())
+    assert cs.state.running("CP0")[0].phases_used == 1 and not ev.data.get("phases_up")
+    res = await ctl.step()
+    assert res.snapshot.cars.loc["CP0:tx0", "phases"] == 1
+    clock.advance(5)
+    three = {f"current_l{i}_a": 16.0 for i in (1, 2, 3)}
+    ev = cs.state.on_meter("CP0", 1, "tx0", three, clock.now.to_pydatetime())
+    assert ctl._meter_wakes(ev)  # a step now, not at the period's end
+    res = await ctl.step()
+    assert res.snapshot.cars.loc["CP0:tx0", "phases"] == 3
+    # The same reading again is no news.
+    ev = cs.state.on_meter("CP0", 1, "tx0", three, clock.now.to_pydatetime())
+    assert not ev.data.get("phases_up")
+
+
+# ---- the store in bad times: bookkeeping must not stall or undo control -------------------------------
+def _store_down(store, postgres_dsn) -> None:
+    """The PostgreSQL server of ``store`` is gone: its session is ended and it cannot connect again."""
+    import psycopg
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (store._con.info.backend_pid,))
+    store.dsn = store.dsn.replace(f":{store._con.info.port}/", ":1/")  # nothing listens on port 1

@@ -434,7 +434,11 @@ class Controller:
     def _meter_wakes(self, ev) -> bool:
         """Whether a meter event calls for a step now: a car not following its limit is heard again
         with a current reading (one dated long ago, from a station whose clock runs behind, leaves
-        it stale: waking on each of them made a step a second), or a car departs from its limit."""
+        it stale: waking on each of them made a step a second), a car draws on more phases than it
+        was planned on (a car switching from 1 to 3 phases put 64 A on two 32 A grid phases until
+        the period's step, found by an outside test), or a car departs from its limit."""
+        if ev.data.get("phases_up"):
+            return True
         if self._session(ev) in self.escalation.since:
             t = self.state.transaction(ev.cp_id, ev.transaction_id)
             last = getattr(t, "last_meter", None)

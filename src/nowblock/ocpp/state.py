@@ -422,6 +422,10 @@ class LiveState:
             t.current_a = tuple(reading.get(f"current_l{i}_a", math.nan) for i in (1, 2, 3))  # type: ignore[assignment]
             ph = _phases_from_currents(t.current_a)
             if ph is not None:  # a car drawing nothing tells nothing about its phases
+                if t.phases_used is not None and ph > t.phases_used:
+                    # A car planned on fewer phases draws on more (a 1-phase start, then 3): the
+                    # phases it was not planned on may be full; the controller steps at once.
+                    reading = {**reading, "phases_up": True}
                 t.phases_used = ph
         for key, attr in (("power_w", "power_w"), ("soc_percent", "soc_percent"), ("offered_a", "offered_current_a")):
             if key in reading:
