@@ -282,3 +282,17 @@ def test_estimated_needs_say_where_they_came_from():
     assert mixed["energy_requested_kwh"].iloc[0] == 12.0 and mixed["energy_requested_kwh"].iloc[1] == 15.0
     known = _obs(site, measured=[np.nan] * 3, offered=[0.0] * 3, known=True)
     assert "needs_estimate" not in NeedsEstimation().fill(known.cars, T0, full=set(), step=STEP)
+
+
+def test_a_car_offered_its_minimum_for_the_first_time_is_full_once_start_s_passed_since_it_was_sent():
+    """Found by an outside test: "not seen drawing since its offer rose to its minimum" counted
+    from the step that first saw the offer, not from when it was sent; the simulator's cars full
+    from the start were offered their minimum a step longer (4.6 points of demand met with
+    unknown needs on the workplace week). Counted from the send now; after a restart (nothing
+    sent by this process) from the first observation, as before."""
+    obs = _obs(_site(), measured=[0.0, 0.0, 8.0, 8.0], offered=[6.0, 6.0, 8.0, 8.0], last_meter_s=[0.0] * 4)
+    step = ControlStep()
+    step.record_sent("CP0:0", 6.0, T0 - pd.Timedelta(minutes=5))  # a step of 5 min ago: 300 s >= start_s
+    step.prepare(obs)
+    assert "CP0:0" in step.full
+    assert "CP1:1" not in step.full  # not sent by this process (a restart): waits start_s from now

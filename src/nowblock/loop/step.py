@@ -408,7 +408,15 @@ class ControlStep:
                 self._on_since.pop(sid, None)
                 self._drew.discard(sid)
                 continue
-            since, kwh0 = self._on_since.setdefault(sid, (now.value, kwh[i]))
+            if sid not in self._on_since:
+                # Since the limit that made it so was sent, where this process sent it (a car
+                # first seen on at a step's observation was offered since the step before: from
+                # then on, the simulator's cars full from the start were offered their minimum a
+                # step longer, 4.6 points of demand met with unknown needs, found by an outside
+                # test); else (after a restart) since now.
+                sent = self.changed_at.get(sid)
+                self._on_since[sid] = (min(now.value, sent.value) if sent is not None else now.value, kwh[i])
+            since, kwh0 = self._on_since[sid]
             if meas[i] > 1.0 or kwh[i] > kwh0 + 1e-3:  # a current, or energy taken since (meters differ)
                 self._drew.add(sid)
             waited[i] = sid in self._drew or (last[i] != _NAT and last[i] - since >= start_ns)
