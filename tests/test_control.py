@@ -861,3 +861,25 @@ def _store_down(store, postgres_dsn) -> None:
     with psycopg.connect(postgres_dsn, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (store._con.info.backend_pid,))
     store.dsn = store.dsn.replace(f":{store._con.info.port}/", ":1/")  # nothing listens on port 1
+
+
+async def test_a_car_still_drawing_over_its_limit_does_not_wake_a_step_with_each_meter_value():
+    """Found by an outside test: each meter value of a car drawing over its limit woke a step,
+    and each step could hand the others' room around anew (two cars swapped 0 and 30 A every
+    5 s). Only a reading within its limit (it may follow now) is news."""
+    site = _site(root_a=40.0, n=2)
+    cs, clock = FakeCentral(site), Clock()
+    cs.state.clock = clock
+    _start(cs, clock, 2, needs={0: (3, 40.0), 1: (3, 40.0)})
+    ctl = _controller(cs, clock, policy="equal")
+    await ctl.step()
+    clock.advance(30)
+    _meter(cs, clock, {0: 30.0, 1: 10.0})
+    await ctl.step()
+    assert "CP0:tx0" in ctl.escalation.since
+    sent = ctl.loop.sent["CP0:tx0"][0]
+    clock.advance(5)
+    ev = cs.state.on_meter("CP0", 1, "tx0", {f"current_l{i}_a": 30.0 for i in (1, 2, 3)}, clock.now.to_pydatetime())
+    assert not ctl._meter_wakes(ev)
+    ev = cs.state.on_meter("CP0", 1, "tx0", {f"current_l{i}_a": sent for i in (1, 2, 3)}, clock.now.to_pydatetime())
+    assert ctl._meter_wakes(ev)

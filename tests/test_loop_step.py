@@ -296,3 +296,18 @@ def test_a_car_offered_its_minimum_for_the_first_time_is_full_once_start_s_passe
     step.prepare(obs)
     assert "CP0:0" in step.full
     assert "CP1:1" not in step.full  # not sent by this process (a restart): waits start_s from now
+
+
+def test_a_car_drawing_at_a_zero_limit_leaves_its_room_to_the_others():
+    """Found by an outside test: a car drawing 8 A at a 0 A limit was planned up to its maximum,
+    its share then divided to 0 A, and that room went to nobody (22 of 40 A unused while two
+    cars waited). It is planned at what it draws; the others get the rest."""
+    obs = _obs(_site(root_a=40.0, n=3), measured=[8.0, 8.0, 8.0], offered=[0.0, 8.0, 8.0])
+    step = _step_with_sent(obs, [0.0, 8.0, 8.0])
+    snap, ctx = step.prepare(obs)
+    assert ctx.untrusted == {"CP0:0": "over_draw"}
+    x = step.finish(snap, ctx, get_policy("equal").schedule(snap))
+    assert x["CP0:0"] == 0.0
+    # 40 A less the 9 A it may draw (8 A plus the margin): 31 A for the two others, in whole
+    # amperes (planned at its 16 A maximum, it took a third of the 40 A: 13 A each for them).
+    assert x.drop("CP0:0").sum() >= 31.0 - 2.0

@@ -439,11 +439,18 @@ class Controller:
         the period's step, found by an outside test), or a car departs from its limit."""
         if ev.data.get("phases_up"):
             return True
-        if self._session(ev) in self.escalation.since:
+        sid = self._session(ev)
+        if sid in self.escalation.since:
             t = self.state.transaction(ev.cp_id, ev.transaction_id)
             last = getattr(t, "last_meter", None)
             if last is not None and (ev.time - last).total_seconds() <= self.config.loop.stale_after_s:
-                return True
+                # News only if it may follow its limit now: one still drawing over it woke a step
+                # with each meter value, and each step could hand the others' room around anew
+                # (an outside test: two cars swapped 0 and 30 A every 5 s).
+                cur = [ev.data.get(f"current_l{i}_a") for i in (1, 2, 3)]
+                cur = [c for c in cur if c is not None and not math.isnan(c)]
+                sent = self.loop.sent.get(sid)
+                return not cur or sent is None or max(cur) <= sent[0] + self.settings.over_draw_a
         return self._meter_departs(ev)
 
     def _meter_departs(self, ev) -> bool:
