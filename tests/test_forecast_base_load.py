@@ -227,3 +227,36 @@ def test_base_load_import_stays_light():
             "print(heavy); assert nb.Site.__name__ == 'Site' and 'nowblock.block.site' in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_seasonal_naive_one_day_from_utc_midnight_is_not_biased():
+    """One day of history starting at 00:00 UTC (01:00 in Berlin): each slot of the next day
+    is the reading a day earlier at the same local time. The in-sample residuals once included
+    the night hour before 01:00 forecast as the history's mean (-3 kW), which pulled the median
+    ~2 kW down to the history's minimum for half the day (found by an outside test)."""
+    idx = pd.date_range("2026-01-05", periods=96, freq="15min", tz="UTC")
+    h = (idx.tz_convert(TZ).hour + idx.tz_convert(TZ).minute / 60).to_numpy()
+    s = pd.Series(5 + 3 * np.sin((h - 6) / 24 * 2 * np.pi), index=idx)
+    fc = SeasonalNaiveForecaster().fit(s).predict("24h")
+    day_before = s.reindex(fc.index - pd.Timedelta("1D")).to_numpy()
+    assert np.abs(fc["kw"].to_numpy()[:92] - day_before[:92]).max() < 1e-9  # 01:00 .. 23:45 local
+    assert abs(fc["kw"].mean() - s.mean()) < 0.05
+
+
+@pytest.mark.parametrize("start", ["2300-01-01", "1600-01-01"])
+def test_dates_pandas_cannot_compute_in_raise_forecast_error(start):
+    """Beyond pandas' nanosecond range (1677-09-21 .. 2262-04-11) the forecasters once raised
+    pandas' OutOfBoundsDatetime many frames deep (found by an outside test)."""
+    idx = pd.date_range(start, periods=96 * 3, freq="15min", tz="UTC", unit="s")
+    s = pd.Series(1.0, index=idx)
+    for model in (SimilarDayForecaster(), SeasonalNaiveForecaster()):
+        with pytest.raises(ForecastError, match=r"history: .* outside the range .*1677-09-21 to 2262-04-11"):
+            model.fit(s)
+    ok = _series(days=3)
+    with pytest.raises(ForecastError, match="start: .* outside the range"):
+        SeasonalNaiveForecaster().fit(ok).predict(4, start=pd.Timestamp(start, tz="UTC"))
+    with pytest.raises(ForecastError, match="now: .* outside the range"):
+        BaseLoadForecaster().predict(ok, pd.Timestamp(start, tz="UTC"), "1h")
+    late = _series(start="2262-04-01", days=8)  # inside the range; 24 h from its end is not
+    with pytest.raises(ForecastError, match="horizon: '24h' .* runs past 2262-04-09"):
+        SeasonalNaiveForecaster().fit(late).predict("24h")

@@ -298,3 +298,34 @@ def test_a_car_arriving_after_the_time_asked_about_is_refused():
         snap, now, full=set(), step=pd.Timedelta("5min"))
     assert list(filled["needs_estimate"]) == ["fitted", "fitted"]  # not every car on the fallback
     assert (filled["departure"] > now).all()
+
+
+def test_dates_pandas_cannot_compute_in_raise_forecast_error(fitted):
+    """Years 2300 and 1600, or a time asked about at pandas' last day, once raised pandas'
+    OutOfBoundsDatetime many frames deep (found by an outside test); a ForecastError now names
+    the argument and the range."""
+    from nowblock.forecast import OnlineNeedsForecaster
+
+    for year in ("2300", "1600"):
+        far = _sessions(days=10).assign(  # microsecond timestamps reach these years
+            arrival=lambda d: d["arrival"].dt.as_unit("us") + (pd.Timestamp(f"{year}-01-01") - pd.Timestamp("2024-09-01")),
+            departure=lambda d: d["departure"].dt.as_unit("us") + (pd.Timestamp(f"{year}-01-01") - pd.Timestamp("2024-09-01")))
+        with pytest.raises(ForecastError, match=r"sessions.arrival: .* outside the range .*1677-09-21 to 2262-04-11"):
+            SessionNeedsForecaster().fit(far)
+        with pytest.raises(ForecastError, match="sessions.arrival: .* outside the range"):
+            ArrivalForecaster().fit(far)
+        t = pd.Timestamp(f"{year}-01-01T12:00", tz="UTC")
+        with pytest.raises(ForecastError, match="cars.arrival: .* outside the range"):
+            fitted.predict_needs(_cars("CP1", t), pd.Timestamp("2024-10-15", tz=TZ))
+    late = pd.Timestamp("2262-04-11T20:00", tz="UTC")
+    for est in (fitted, OnlineNeedsForecaster()):
+        with pytest.raises(ForecastError, match="time: 2262-04-11T20:00:00\\+00:00 is outside the range"):
+            est.predict_needs(_cars("CP1", late - pd.Timedelta("1h")), late)
+    arrivals = ArrivalForecaster().fit(_sessions(days=14))
+    with pytest.raises(ForecastError, match="horizon: .* runs past"):
+        arrivals.predict(pd.Timestamp("2262-04-08T20:00", tz="UTC"), "2D")
+    # a long stay near the end of the range ends at pandas' last timestamp, it does not wrap round
+    edge = pd.Timestamp("2262-04-09", tz="UTC")
+    got = SessionNeedsForecaster(fallback_remaining="30D").fit(_sessions()).predict_needs(
+        _cars("CP1", edge - pd.Timedelta("400D")), edge)
+    assert (got["departure"] > edge + pd.Timedelta("2D")).all()

@@ -269,6 +269,8 @@ def test_operator_page_live(browser, live, tmp_path_factory, capsys):
     from selenium.webdriver.support.ui import Select
 
     d = browser
+    # The browser in New York, the block in Berlin: the page shows and takes the site's time.
+    d.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "America/New_York"})
     d.get(live.url)
     ids = [cp.id for cp in live.site.charge_points]
     # Every charging point of the site, the one that never connected included, and the two cars.
@@ -298,15 +300,30 @@ def test_operator_page_live(browser, live, tmp_path_factory, capsys):
     t_off = _wait(d, lambda d: "offline" in _row_class(d, "CP4"), 10, "CP4 offline")
     assert "offline" in _cell(d, "CP4", "flags")
 
-    # A cap from the form: the token is asked for once, then the cap is posted.
+    # A cap from the form: a current that is not a decimal number of amperes (0.1 A steps, up to
+    # the fuse's rating) is refused on the page; the token is asked for at the first write, and a
+    # wrong one refused by the API is asked again and the cap sent with the right one.
     Select(d.find_element(By.ID, "cap-fuse")).select_by_value("feeder")
+    for bad in ("0x10", "1e-300", "64"):
+        d.find_element(By.ID, "cap-current").clear()
+        d.find_element(By.ID, "cap-current").send_keys(bad)
+        d.find_element(By.ID, "cap-submit").click()
+        _wait(d, lambda d: "0 to 63 A" in d.find_element(By.ID, "cap-msg").text, 5, f"{bad!r} refused")
+        assert not d.find_element(By.ID, "access").is_displayed()
+        d.execute_script("document.getElementById('cap-msg').textContent = ''")
+    d.find_element(By.ID, "cap-current").clear()
     d.find_element(By.ID, "cap-current").send_keys("20")
     d.find_element(By.ID, "cap-reason").send_keys("page test")
     d.find_element(By.ID, "cap-submit").click()
     _wait(d, lambda d: d.find_element(By.ID, "access").is_displayed(), 5, "the token field")
+    d.find_element(By.ID, "token").send_keys("not-the-token")
+    d.find_element(By.CSS_SELECTOR, "#token-form button").click()
+    _wait(d, lambda d: "token was refused" in d.find_element(By.ID, "cap-msg").text
+          and d.find_element(By.ID, "access").is_displayed(), 5, "the wrong token refused")
+    assert [e for e in _console_errors(d) if not ("api/caps" in e and "401" in e)] == []  # the refusal only
     d.find_element(By.ID, "token").send_keys(TOKEN)
     t_post = time.perf_counter()
-    d.find_element(By.CSS_SELECTOR, "#token-form button").click()
+    d.find_element(By.CSS_SELECTOR, "#token-form button").click()  # no second "Post cap"
     _wait(d, lambda d: "on feeder" in d.find_element(By.ID, "cap-msg").text, 10, "the cap's answer")
     caps = httpx.get(live.url + "api/operator").json()["caps"]
     assert [(c["fuse_id"], c["max_current_a"], c["reason"], c["source"]) for c in caps] == [
@@ -337,6 +354,10 @@ def test_operator_page_live(browser, live, tmp_path_factory, capsys):
     energy.send_keys("12.5")
     d.find_element(By.ID, "needs-submit").click()
     _wait(d, lambda d: f"needs of {sid}" in d.find_element(By.ID, "needs-msg").text, 10, "the needs' answer")
+    # 07:30 typed is 07:30 in Berlin (CEST in June), not New York; a date far off shows its date
+    assert "by 1 Jun 2035, 07:30 CEST" in d.find_element(By.ID, "needs-msg").text
+    assert httpx.get(live.url + "api/operator").json()["needs"][0]["departure"].startswith("2035-06-01T05:30:00")
+    assert "(CET)" in d.find_element(By.ID, "th-departure").text and "CET" in d.find_element(By.ID, "clock").text
     # /api/cars shows the needs the last step planned with: the step the write triggers follows it.
     deadline = time.monotonic() + 10
     while True:
@@ -345,7 +366,12 @@ def test_operator_page_live(browser, live, tmp_path_factory, capsys):
             break
         time.sleep(0.1)
     assert car["needs_source"] == "resident" and car["energy_requested_kwh"] == pytest.approx(12.5)
-    assert car["departure"].startswith("2035-06-01")
+    assert car["departure"].startswith("2035-06-01T05:30")
+    _wait(d, lambda d: _cell(d, "CP2", "departure") == "1 Jun 2035, 07:30 CEST", 10, "the departure in the table")
+    Select(d.find_element(By.ID, "needs-car")).select_by_index(0)
+    Select(d.find_element(By.ID, "needs-car")).select_by_value(sid)  # its departure, in the site's time
+    assert d.find_element(By.ID, "needs-departure").get_attribute("value") == "2035-06-01T07:30"
+    d.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": ""})
 
     assert all(n > 50 for n in d.execute_script(CHARTS_DRAWN)), "a chart's canvas is empty"
     assert _console_errors(d) == []
@@ -388,6 +414,49 @@ def test_page_asks_for_a_token_to_read(browser, tmp_path):
         _console_errors(browser)
         try:
             b.run(b.stop())
+        finally:
+            b.loop.call_soon_threadsafe(b.loop.stop)
+            b.thread.join(10)
+
+
+def test_page_shows_old_data_as_old(browser, tmp_path):
+    """A charger with a car going offline is flagged once (offline); the header counts the stale
+    meters the table flags (the controller's, not /api/state's count by another rule); and when
+    the API goes away, the tables and charts are greyed and a banner says when the last update
+    came (found by an outside test: 20 s after the server stopped the page still showed its
+    numbers as live)."""
+    from selenium.webdriver.common.by import By
+
+    b = LiveBlock(tmp_path / "old.sqlite", policy="edf")
+    d = browser
+    try:
+        b.run(b.start())
+        d.get(b.url)
+        _wait(d, lambda d: "CP1:" in _cell(d, "CP1", "car") and "CP2:" in _cell(d, "CP2", "car"), 10, "the cars")
+        b.run(b.sims[0].stop())
+        b.sims[1].meter_interval_s = 600.0  # CP2's meter goes quiet: stale after 5 s
+        _wait(d, lambda d: "stale meter" in _cell(d, "CP2", "flags"), 15, "CP2's stale meter flagged")
+        assert d.find_element(By.ID, "stale").text == "1 stale meter"
+        _wait(d, lambda d: [c["untrusted_reason"] for c in httpx.get(b.url + "api/cars").json()
+                            if c["charge_point_id"] == "CP1"] == ["offline"], 10, "CP1's car offline")
+        time.sleep(2.5)  # the state read after the step
+        assert _cell(d, "CP1", "flags").count("offline") == 1, _cell(d, "CP1", "flags")
+        assert not d.find_element(By.ID, "stale-banner").is_displayed()
+        b.run(b.api.stop())
+        t0 = time.perf_counter()
+        _wait(d, lambda d: "s ago" in d.find_element(By.ID, "stale-banner").text, 10, "the page says its data is old")
+        assert time.perf_counter() - t0 < 8
+        assert "last update, at" in d.find_element(By.ID, "stale-banner").text
+        assert "stale" in d.find_element(By.TAG_NAME, "body").get_attribute("class").split()
+        assert float(d.execute_script("return getComputedStyle(document.getElementById('points')).opacity")) < 0.6
+    finally:
+        d.get("about:blank")  # leave the page before the rest of its server goes
+        _console_errors(d)
+        try:
+            for s in b.sims[1:]:
+                b.run(s.stop())
+            b.run(b.ctl.stop())
+            b.run(b.cs.stop())
         finally:
             b.loop.call_soon_threadsafe(b.loop.stop)
             b.thread.join(10)

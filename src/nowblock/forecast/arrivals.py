@@ -12,7 +12,14 @@ import numpy as np
 import pandas as pd
 
 from nowblock.forecast import kernels as K
-from nowblock.forecast.calendar import Calendar, ForecastError, day_classes, parse_horizon
+from nowblock.forecast.calendar import (
+    Calendar,
+    ForecastError,
+    check_horizon,
+    check_time_range,
+    day_classes,
+    parse_horizon,
+)
 
 
 class ArrivalForecaster:
@@ -45,6 +52,12 @@ class ArrivalForecaster:
         arr = pd.DatetimeIndex(pd.to_datetime(sessions["arrival"])) if len(sessions) else pd.DatetimeIndex([], tz="UTC")
         if arr.tz is None:
             raise ForecastError("sessions.arrival: timestamps must be timezone-aware")
+        check_time_range("sessions.arrival", arr)
+        if len(sessions):
+            check_time_range("sessions.departure", pd.to_datetime(sessions["departure"]))
+        for name, t in (("start", start), ("end", end)):
+            if t is not None:
+                check_time_range(name, pd.Timestamp(t))
         n_slots = int(pd.Timedelta(days=1) / self.step)
         day, slot = self.calendar.day_slot(arr, self.step)
         first = (self.calendar.day_slot(pd.DatetimeIndex([pd.Timestamp(start)]), self.step)[0][0]
@@ -98,6 +111,7 @@ class ArrivalForecaster:
         if start.tzinfo is None:
             raise ForecastError("start must be timezone-aware")
         n = parse_horizon(horizon, self.step)
+        check_horizon(start.floor(self.step), n, self.step, horizon)
         times = pd.date_range(start.floor(self.step), periods=n, freq=self.step)
         day, slot = self.calendar.day_slot(times, self.step)
         k = day_classes(self.calendar.day_types(day))

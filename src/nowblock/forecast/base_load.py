@@ -32,6 +32,8 @@ from nowblock.forecast import kernels as K
 from nowblock.forecast.calendar import (
     Calendar,
     ForecastError,
+    check_horizon,
+    check_time_range,
     day_classes,
     infer_step,
     parse_horizon,
@@ -59,20 +61,21 @@ class _Layout:
     day_type: np.ndarray
 
 
-def _as_series(history) -> pd.Series:
+def _as_series(history, name: str = "history") -> pd.Series:
     if isinstance(history, pd.DataFrame):
         if "kw" in history.columns:
             history = history["kw"]
         elif history.shape[1] == 1:
             history = history.iloc[:, 0]
         else:
-            raise ForecastError(f"history: expected a Series or a frame with a 'kw' column, got {list(history.columns)}")
+            raise ForecastError(f"{name}: expected a Series or a frame with a 'kw' column, got {list(history.columns)}")
     if not isinstance(history, pd.Series):
-        raise ForecastError(f"history: expected a pandas Series of kW, got {type(history).__name__}")
+        raise ForecastError(f"{name}: expected a pandas Series of kW, got {type(history).__name__}")
     if not isinstance(history.index, pd.DatetimeIndex):
-        raise ForecastError("history: index must be a DatetimeIndex")
+        raise ForecastError(f"{name}: index must be a DatetimeIndex")
     if history.index.tz is None:
-        raise ForecastError("history: time index must be timezone-aware")
+        raise ForecastError(f"{name}: time index must be timezone-aware")
+    check_time_range(name, history.index)
     s = pd.Series(pd.to_numeric(history, errors="coerce").to_numpy(float), index=history.index)
     if not s.index.is_monotonic_increasing:
         s = s.sort_index()
@@ -152,9 +155,10 @@ class _Estimator:
         start = self._end + step if start is None else pd.Timestamp(start)
         if start.tzinfo is None:
             raise ForecastError("start must be timezone-aware")
+        check_horizon(start, n, step, horizon)
         times = pd.date_range(start.tz_convert(self._tz), periods=n, freq=step)
         day, slot = self.calendar.day_slot(times, step)
-        point, offsets = self._point(day, slot, times, _as_series(recent) if recent is not None else None)
+        point, offsets = self._point(day, slot, times, _as_series(recent, "recent") if recent is not None else None)
         lo = self._floor if self.clip_to_history else -np.inf  # never below the lowest load measured
         all_q = {float(q): np.maximum(point + offsets[:, j], lo) for j, q in enumerate(self._qs_all)}
         cols = {"kw": all_q[0.5] if self.point == "median" else np.maximum(point, lo)}
@@ -201,8 +205,13 @@ class SeasonalNaiveForecaster(_Estimator):
         dd, ss = np.meshgrid(np.arange(d0, layout.n_days), np.arange(layout.n_slots), indexing="ij")
         dd, ss = dd.ravel().astype(np.int64), ss.ravel().astype(np.int64)
         pred = K.seasonal_naive_at(self._y[:, :], dd, ss, self.period_days, self._mean)
-        # each in-sample day sees only the days before it
-        resid = self._y[dd, ss] - pred
+        # each in-sample day sees only the days before it; where none of them has a reading at
+        # the slot the rule falls back to the mean, and that residual is left out: it measures
+        # the load's swing around its mean, not the rule's error (one day of history starting at
+        # 01:00 local left only the night hour before 01:00 to learn from, all -3 kW against
+        # the mean, and pulled the whole median forecast 2 kW down to the history's minimum)
+        seen = np.cumsum(np.isfinite(self._y), axis=0)
+        resid = np.where(seen[dd - 1, ss] > 0, self._y[dd, ss] - pred, np.nan)
         self._offsets = self._quantile_offsets(resid, ss)
 
     def _point(self, day, slot, times, recent):
@@ -341,6 +350,7 @@ class BaseLoadForecaster:
         now = pd.Timestamp(now)
         if now.tzinfo is None:
             raise ForecastError("now must be timezone-aware")
+        check_time_range("now", now)
         full = _as_series(history) if len(history) else pd.Series([], index=pd.DatetimeIndex([], tz="UTC"), dtype=float)
         s = full[(full.index <= now) & (full.index > now - self.lookback)]
         finite = s[np.isfinite(s.to_numpy())]

@@ -23,9 +23,41 @@ import pandas as pd
 DAY_NS = 86_400 * 10**9
 SUNDAY = 6
 
+# Every forecaster computes in pandas' nanosecond timestamps, which run from 1677-09-21 to
+# 2262-04-11; two days are kept free at each end for local days, the day after and a day of slots.
+TIME_MIN = pd.Timestamp("1677-09-23", tz="UTC")
+TIME_MAX = pd.Timestamp("2262-04-09", tz="UTC")
+_RANGE = (f"{TIME_MIN:%Y-%m-%d} to {TIME_MAX:%Y-%m-%d} UTC (pandas' nanosecond timestamps run from "
+          f"{pd.Timestamp.min:%Y-%m-%d} to {pd.Timestamp.max:%Y-%m-%d}; two days are kept free at each end)")
+
 
 class ForecastError(ValueError):
     """History or arguments a forecaster cannot work with; the message says what to fix."""
+
+
+def check_time_range(name: str, times) -> None:
+    """Raise :class:`ForecastError` naming ``name`` if a timestamp in ``times`` (a Timestamp,
+    DatetimeIndex or Series; NaT ignored) lies outside ``TIME_MIN`` .. ``TIME_MAX``, the
+    range the forecasters can compute in (beyond it pandas raises OutOfBoundsDatetime deep
+    inside them)."""
+    idx = pd.DatetimeIndex([times]) if isinstance(times, (pd.Timestamp, dt.datetime)) else pd.DatetimeIndex(times)
+    idx = idx[~idx.isna()]
+    if not len(idx):
+        return
+    lo, hi = (TIME_MIN, TIME_MAX) if idx.tz is not None else (TIME_MIN.tz_localize(None), TIME_MAX.tz_localize(None))
+    first, last = idx.min(), idx.max()
+    if first < lo or last > hi:
+        bad = first if first < lo else last
+        raise ForecastError(f"{name}: {bad.isoformat()} is outside the range the forecasters work in: {_RANGE}")
+
+
+def check_horizon(start: pd.Timestamp, n: int, step: pd.Timedelta, horizon) -> None:
+    """Raise :class:`ForecastError` if ``start`` or the ``n`` steps of ``horizon`` from it leave
+    the range of :func:`check_time_range`."""
+    check_time_range("start", start)
+    if n > (TIME_MAX - start) / step:
+        raise ForecastError(f"horizon: {horizon!r} from {start.isoformat()} runs past {TIME_MAX:%Y-%m-%d} UTC, "
+                            f"the end of the range the forecasters work in: {_RANGE}")
 
 
 @dataclass(frozen=True)

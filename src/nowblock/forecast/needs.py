@@ -24,17 +24,29 @@ import numpy as np
 import pandas as pd
 
 from nowblock.forecast import kernels as K
-from nowblock.forecast.calendar import Calendar, ForecastError, day_classes
+from nowblock.forecast.calendar import Calendar, ForecastError, check_time_range, day_classes
 
 _H_NS = 3_600 * 10**9
+_MAX_NS = pd.Timestamp.max.value
 
 
-def _ns(values) -> np.ndarray:
-    """Timestamps (tz-aware) as int64 UTC nanoseconds."""
+def _ns(values, name: str = "timestamps") -> np.ndarray:
+    """Timestamps (tz-aware, within :data:`~nowblock.forecast.calendar.TIME_MIN` ..
+    ``TIME_MAX``) as int64 UTC nanoseconds; ``name`` is the argument a message names."""
     idx = pd.DatetimeIndex(values)
     if idx.tz is None:
-        raise ForecastError("timestamps must be timezone-aware")
+        raise ForecastError(f"{name}: timestamps must be timezone-aware")
+    check_time_range(name, idx)
     return idx.as_unit("ns").asi8
+
+
+def _time(time) -> pd.Timestamp:
+    """The time asked about: tz-aware and within the forecasters' range."""
+    time = pd.Timestamp(time)
+    if time.tzinfo is None:
+        raise ForecastError("time must be timezone-aware")
+    check_time_range("time", time)
+    return time
 
 
 def check_arrived(sessions: pd.Index, arrival_ns: np.ndarray, time: pd.Timestamp) -> None:
@@ -142,7 +154,7 @@ class SessionNeedsForecaster:
         if missing:
             raise ForecastError(f"sessions: missing column(s) {missing}")
         df = sessions.copy()
-        arr, dep = _ns(df["arrival"]), _ns(df["departure"])
+        arr, dep = _ns(df["arrival"], "sessions.arrival"), _ns(df["departure"], "sessions.departure")
         energy = pd.to_numeric(df["energy_kwh"], errors="coerce").to_numpy(float)
         ok = (dep > arr) & np.isfinite(energy) & (energy >= 0)
         if not ok.any():
@@ -201,7 +213,7 @@ class SessionNeedsForecaster:
     def observe_departures(self, sessions: pd.DataFrame) -> None:
         """Record finished sessions (charge_point_id, departure) without refitting, so the
         time since each charging point's previous session stays current."""
-        for cp, dep in zip(sessions["charge_point_id"].astype(str), _ns(sessions["departure"])):
+        for cp, dep in zip(sessions["charge_point_id"].astype(str), _ns(sessions["departure"], "sessions.departure")):
             self._last_dep_ns[cp] = max(self._last_dep_ns.get(cp, dep), int(dep))
 
     def _track(self, cp: np.ndarray, sid: pd.Index, now_ns: int) -> None:
@@ -233,14 +245,12 @@ class SessionNeedsForecaster:
         """
         if not self._fitted:
             raise ForecastError("call fit(sessions) before predict_needs()")
-        time = pd.Timestamp(time)
-        if time.tzinfo is None:
-            raise ForecastError("time must be timezone-aware")
+        time = _time(time)
         frame = cars.set_index("session_id") if "session_id" in cars.columns else cars
         now_ns = int(time.as_unit("ns").value)
         m = len(frame)
         cp_str = frame["charge_point_id"].astype(str).to_numpy() if m else np.array([], dtype=object)
-        arr_ns = _ns(frame["arrival"]) if m else np.array([], dtype=np.int64)
+        arr_ns = _ns(frame["arrival"], "cars.arrival") if m else np.array([], dtype=np.int64)
         check_arrived(frame.index, arr_ns, time)
         if self.track:
             self._track(cp_str, frame.index, now_ns)
@@ -274,7 +284,9 @@ class SessionNeedsForecaster:
                     & (offered >= pd.to_numeric(frame["min_current_a"], errors="coerce").fillna(np.inf).to_numpy(float)))
             qe[full] = delivered[full, None]
         floor_ns = now_ns + int(self.min_remaining.value)
-        dep_ns = np.maximum(arr_ns[:, None] + np.round(qd * 3600.0).astype(np.int64) * 10**9, floor_ns)
+        # a stay that would run past pandas' last timestamp ends there (int64 would wrap round)
+        dwell_s = np.minimum(np.round(qd * 3600.0), ((_MAX_NS - arr_ns) // 10**9)[:, None])
+        dep_ns = np.maximum(arr_ns[:, None] + dwell_s.astype(np.int64) * 10**9, floor_ns)
         col = {q: j for j, q in enumerate(qs_all)}
 
         def dep(j):
@@ -293,9 +305,9 @@ class SessionNeedsForecaster:
         """The naive comparison: population-median dwell and energy for every car [kWh], with
         the same guarantees as :meth:`predict_needs` (after ``time``, >= delivered)."""
         frame = cars.set_index("session_id") if "session_id" in cars.columns else cars
-        arr_ns = _ns(frame["arrival"])
-        floor_ns = int(pd.Timestamp(time).as_unit("ns").value + self.min_remaining.value)
-        dep_ns = np.maximum(arr_ns + int(np.median(self._dwell) * _H_NS), floor_ns)
+        arr_ns = _ns(frame["arrival"], "cars.arrival")
+        floor_ns = int(_time(time).as_unit("ns").value + self.min_remaining.value)
+        dep_ns = np.maximum(arr_ns + np.minimum(int(np.median(self._dwell) * _H_NS), _MAX_NS - arr_ns), floor_ns)
         delivered = (pd.to_numeric(frame["energy_delivered_kwh"], errors="coerce").fillna(0.0).to_numpy(float)
                      if "energy_delivered_kwh" in frame.columns else np.zeros(len(frame)))
         e = np.maximum(float(np.median(self._energy)), delivered)

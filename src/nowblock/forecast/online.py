@@ -27,7 +27,7 @@ from __future__ import annotations
 import pandas as pd
 
 from nowblock.forecast.calendar import ForecastError
-from nowblock.forecast.needs import SessionNeedsForecaster, _ns, check_arrived
+from nowblock.forecast.needs import SessionNeedsForecaster, _ns, _time, check_arrived
 
 __all__ = ["OnlineNeedsForecaster"]
 
@@ -141,12 +141,10 @@ class OnlineNeedsForecaster:
         session_id column), with charge_point_id, arrival and energy_delivered_kwh [kWh]. A car
         arriving after ``time`` is refused (:class:`ForecastError`) before anything is learnt.
         """
-        now = pd.Timestamp(time)
-        if now.tzinfo is None:
-            raise ForecastError("time must be timezone-aware")
+        now = _time(time)
         frame = cars.set_index("session_id") if "session_id" in cars.columns else cars
         if len(frame):
-            check_arrived(frame.index, _ns(frame["arrival"]), now)  # tz-aware arrivals by now, or a clear error
+            check_arrived(frame.index, _ns(frame["arrival"], "cars.arrival"), now)  # tz-aware arrivals by now, or a clear error
         self._watch(frame, now)
         self._maybe_fit(now)
         if self._model is None:

@@ -11,6 +11,9 @@
   const TOKEN_KEY = "nowblock-api-token";
   const PLAN_HOURS = 4;
   const LIVE_MAX = 3000; // live load samples kept per chart
+  const DAY_MS = 86400000;
+  const STALE_AFTER_MS = 4000; // the stream down this long: what the page shows is old
+  const SILENT_MS = 25000; // nothing from the stream this long (keep-alives come every 15 s): it is dead
 
   const S = {
     site: null, tz: undefined, state: null, token: sessionStorage.getItem(TOKEN_KEY),
@@ -18,6 +21,7 @@
     meter: new Map(), status: new Map(), online: new Map(), step: new Map(),
     history: null, hours: 6, live: [], charts: new Map(), energy: null, energyKey: "",
     streamUp: false, refreshTimer: null, lastStateMs: 0, stateCostMs: 0, drawPending: false,
+    lastHeardMs: 0, lastUpdateMs: 0, downSinceMs: Date.now(), stale: false, abort: null, fmts: new Map(),
   };
 
   // ---- HTTP ------------------------------------------------------------------------------------
@@ -34,19 +38,24 @@
     return r.json();
   }
 
-  async function send(method, path, body) {
+  // A write; refused for its token (401), `retry` runs again once a token is entered.
+  async function send(method, path, body, retry) {
     const r = await fetch(path, { method: method, headers: headers({ "Content-Type": "application/json" }),
                                   body: body === undefined ? undefined : JSON.stringify(body) });
     let data = null;
     try { data = r.status === 204 ? null : await r.json(); } catch (e) { data = null; }
     if (r.status === 401) {
       forgetToken();
-      askToken((data && data.detail) || "A token is needed to change anything.");
+      S.pending = retry || null;
+      askToken(((data && data.detail) || "A token is needed to change anything.") +
+               (retry ? ". Enter the right token: the change is then sent again." : ""));
+      $("token").focus();
     }
     return { ok: r.ok, status: r.status, data: data };
   }
 
   function errorText(res) {
+    if (res.status === 401) return "the token was refused; enter the right one above and this is sent again";
     const d = res.data && res.data.detail;
     if (Array.isArray(d)) return d.map((x) => (x.loc || []).slice(1).join(".") + ": " + x.msg).join("; ");
     return d ? String(d) : "HTTP " + res.status;
@@ -242,12 +251,71 @@
     return cp ? cp.connectors.find((c) => c.connector_id === connectorId) : null;
   }
 
-  function fmtTime(iso) {
+  // ---- times: all in the site's zone (the browser's only if the site names none), labelled --------
+  function fmt(key, opt) {
+    let f = S.fmts.get(key);
+    if (!f) {
+      f = new Intl.DateTimeFormat("en-GB", Object.assign({ hourCycle: "h23" }, S.tz ? { timeZone: S.tz } : {}, opt));
+      S.fmts.set(key, f);
+    }
+    return f;
+  }
+
+  // Wall-clock parts (year, month, day, hour, minute, second: strings) of instant `ms` in the site's zone.
+  function wallParts(ms) {
+    const p = {};
+    for (const x of fmt("parts", { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+                                   minute: "2-digit", second: "2-digit" }).formatToParts(new Date(ms))) p[x.type] = x.value;
+    return p;
+  }
+
+  // The zone's abbreviation or offset at instant `ms` ("CET", "CEST", "GMT-5").
+  function zoneName(ms) {
+    const z = fmt("zone", { timeZoneName: "short", hour: "2-digit" }).formatToParts(new Date(ms)).find((x) => x.type === "timeZoneName");
+    return z ? z.value : "";
+  }
+
+  // The site's offset from UTC at instant `ms` [ms].
+  function offsetMs(ms) {
+    const p = wallParts(ms);
+    return Date.UTC(Number(p.year), Number(p.month) - 1, Number(p.day), Number(p.hour) % 24, Number(p.minute), Number(p.second))
+      - Math.floor(ms / 1000) * 1000;
+  }
+
+  // "YYYY-MM-DDTHH:MM" (a datetime-local input) read as the site's wall clock -> instant [ms], NaN if not one.
+  function wallToMs(text) {
+    const m = /^(\d{4,6})-(\d{2})-(\d{2})T(\d{2}):(\d{2})/.exec(text || "");
+    if (!m) return NaN;
+    const guess = Date.UTC(Number(m[1]), Number(m[2]) - 1, Number(m[3]), Number(m[4]), Number(m[5]));
+    if (!isFinite(guess)) return NaN;
+    const first = guess - offsetMs(guess);
+    return guess - offsetMs(first); // right on both sides of a change of offset
+  }
+
+  // Instant `ms` as the site's wall clock for a datetime-local input.
+  function msToWall(ms) {
+    const p = wallParts(ms);
+    return `${p.year}-${p.month}-${p.day}T${p.hour}:${p.minute}`;
+  }
+
+  // A time in the site's zone: weekday and clock within 24 h of now, with the date (and the year
+  // when not this one) beyond; the zone is named when asked (`zone`) or when it is not now's (DST).
+  function fmtTime(iso, zone) {
     if (!iso) return "–";
-    const d = new Date(iso);
-    const opt = { hour: "2-digit", minute: "2-digit", hourCycle: "h23", weekday: "short" };
-    if (S.tz) opt.timeZone = S.tz;
-    return new Intl.DateTimeFormat("en-GB", opt).format(d);
+    const ms = typeof iso === "number" ? iso : Date.parse(iso);
+    if (!isFinite(ms)) return "–";
+    const now = Date.now();
+    let s;
+    if (Math.abs(ms - now) < DAY_MS) s = fmt("near", { weekday: "short", hour: "2-digit", minute: "2-digit" }).format(new Date(ms));
+    else if (wallParts(ms).year === wallParts(now).year)
+      s = fmt("far", { weekday: "short", day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" }).format(new Date(ms));
+    else s = fmt("year", { day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit" }).format(new Date(ms));
+    const z = zoneName(ms);
+    return zone || z !== zoneName(now) ? s + " " + z : s;
+  }
+
+  function fmtClock(ms) {
+    return fmt("clock", { hour: "2-digit", minute: "2-digit", second: "2-digit" }).format(new Date(ms)) + " " + zoneName(ms);
   }
 
   // A point of the site that never connected since the central system started.
@@ -284,7 +352,8 @@
         if (!cp.in_service) flags.push(["warn", "out of service"]);
         const stale = car && car.untrusted_reason === "stale"; // the controller's word (its stale_after_s)
         if (stale) flags.push(["warn", "stale meter"]);
-        if (car && !car.trusted && car.untrusted_reason && car.untrusted_reason !== "stale")
+        // (offline is the connection's word above, not repeated from the car's)
+        if (car && !car.trusted && car.untrusted_reason && car.untrusted_reason !== "stale" && car.untrusted_reason !== "offline")
           flags.push(["bad", car.untrusted_reason.replace("_", " ")]);
         if (con.profile && (con.profile.kind === "failsafe" || con.profile.kind === "fallback_default"))
           flags.push(["warn", con.profile.kind === "failsafe" ? "fail-safe" : "fallback limit"]);
@@ -369,13 +438,19 @@
     const live = $("live");
     live.textContent = S.streamUp ? "live" : "reconnecting";
     live.className = "pill " + (S.streamUp ? "ok" : "warn");
-    $("clock").textContent = "state of " + fmtTime(st.time);
+    $("clock").textContent = "state of " + fmtTime(st.time, true);
+    const zone = zoneName(Date.now());
+    $("th-departure").textContent = `departure (${zone})`;
+    $("needs-zone").textContent = `(site time, ${S.tz || "this browser's zone"}, ${zone})`;
     const c = $("connected");
     c.textContent = `${online} of ${n} points online`;
     c.className = "pill " + (online < n ? "bad" : "ok");
+    // the cars flagged "stale meter" in the table: the controller's word at its last step
+    // (state.stale_meters counts by another rule, offline chargers' sessions too)
+    const nStale = st.cars.filter((c) => c.untrusted_reason === "stale").length;
     const stale = $("stale");
-    stale.textContent = `${st.stale_meters} stale meter${st.stale_meters === 1 ? "" : "s"}`;
-    stale.className = "pill warn" + (st.stale_meters ? "" : " hidden");
+    stale.textContent = `${nStale} stale meter${nStale === 1 ? "" : "s"}`;
+    stale.className = "pill warn" + (nStale ? "" : " hidden");
     const ls = S.lastStep || st.last_step;
     $("laststep").textContent = ls ? `last step ${fmtTime(ls.time)}: ${ls.policy}, ${ls.status}${ls.fallback ? " (fallback)" : ""}, ` +
       `${ls.cars} cars, ${fix(ls.total_current_a)} A, ${fix(ls.step_s * 1000, 0)} ms` : "no step yet";
@@ -436,7 +511,7 @@
     const st = await get(`api/state?plan_hours=${PLAN_HOURS}`);
     if (!st) return;
     S.stateCostMs = performance.now() - t0;
-    S.lastStateMs = Date.now();
+    S.lastStateMs = S.lastUpdateMs = Date.now();
     S.state = st;
     const at = Date.parse(st.time);
     // live values older than this state are in it
@@ -475,6 +550,7 @@
   function handle(event, data) {
     if (event === "hello") { loadState().then(loadHistory).catch(report); return; }
     if (!S.state) return;
+    S.lastUpdateMs = Date.now();
     if (event === "meter") {
       for (const it of data.items) S.meter.set(it.session_id, it);
       sampleLive();
@@ -516,16 +592,20 @@
     let wait = 500;
     for (;;) {
       try {
-        const r = await fetch("api/stream", { headers: headers({ Accept: "text/event-stream" }), cache: "no-store" });
+        S.abort = new AbortController();
+        const r = await fetch("api/stream", { headers: headers({ Accept: "text/event-stream" }), cache: "no-store",
+                                              signal: S.abort.signal });
         if (r.status === 401) { askToken("Reading this block needs a token."); return; }
         if (!r.ok || !r.body) throw new Error("api/stream: HTTP " + r.status);
         S.streamUp = true;
+        S.lastHeardMs = Date.now();
         wait = 500;
         const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
         let buf = "";
         for (;;) {
           const chunk = await reader.read();
           if (chunk.done) break;
+          S.lastHeardMs = Date.now();
           buf += chunk.value;
           // normalise line ends, keeping a trailing CR that may pair with the next chunk's LF
           const cut = buf.endsWith("\r") ? buf.length - 1 : buf.length;
@@ -536,11 +616,27 @@
       } catch (e) {
         // the server restarts or the network drops: try again, then read the state anew (on hello)
       }
+      if (S.streamUp) S.downSinceMs = Date.now();
       S.streamUp = false;
-      if (S.state) drawHeader();
+      if (S.state) { drawHeader(); checkStale(); }
       await new Promise((res) => setTimeout(res, wait));
       wait = Math.min(wait * 2, 10000);
     }
+  }
+
+  // Old data shown as old: once the stream is down for a few seconds (or silent past its
+  // keep-alives), the tables and charts are greyed and a banner says when the last update came.
+  function checkStale() {
+    const now = Date.now();
+    if (S.streamUp && S.lastHeardMs && now - S.lastHeardMs > SILENT_MS && S.abort) S.abort.abort(); // reconnect
+    const stale = !!S.state && ((!S.streamUp && now - S.downSinceMs > STALE_AFTER_MS) ||
+                                (S.streamUp && now - S.lastHeardMs > SILENT_MS));
+    if (stale !== S.stale) { S.stale = stale; document.body.classList.toggle("stale", stale); }
+    const el = $("stale-banner");
+    if (!stale) { if (el.textContent) el.textContent = ""; return; }
+    const ago = Math.max(0, Math.round((now - S.lastUpdateMs) / 1000));
+    el.textContent = `Not live: no answer from the server, reconnecting. What is shown is the last update, at ` +
+      `${fmtClock(S.lastUpdateMs)}, ${ago} s ago.`;
   }
 
   function report(e) {
@@ -574,47 +670,54 @@
     $("needs-car").addEventListener("change", () => {
       const car = S.state && S.state.cars.find((c) => c.session_id === $("needs-car").value);
       if (!car) return;
-      if (car.departure) {
-        const d = new Date(car.departure);
-        $("needs-departure").value = new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
-      }
+      if (car.departure) $("needs-departure").value = msToWall(Date.parse(car.departure)); // the site's wall clock
       if (car.energy_requested_kwh != null) $("needs-energy").value = fix(car.energy_requested_kwh);
     });
     if (S.token) $("forget-token").classList.remove("hidden");
     const postCap = async () => {
-      if (!hasToken(postCap)) return;
-      const parts = $("cap-current").value.split(/[,;/\s]+/).filter(Boolean).map(Number);
-      if (!(parts.length === 1 || parts.length === 3) || parts.some((x) => !isFinite(x))) {
-        say("cap-msg", "max current: one number or three (L1,L2,L3)", false);
+      const fuse = $("cap-fuse").value;
+      const info = S.site.fuses.find((f) => f.id === fuse);
+      const max = info ? Math.max.apply(null, info.max_current_a) : 0;
+      // decimal amperes in steps of 0.1 A from 0 to the fuse's rating (a cap above it changes nothing)
+      const text = $("cap-current").value.split(/[,;/\s]+/).filter(Boolean);
+      const parts = text.map(Number);
+      if (!(parts.length === 1 || parts.length === 3) || !text.every((x) => /^\d{1,6}(\.\d0*)?$/.test(x)) ||
+          parts.some((x) => x > max)) {
+        say("cap-msg", `max current: one value or three (L1,L2,L3), each 0 to ${fix(max, 0)} A (the fuse's rating) ` +
+            "in steps of 0.1 A, e.g. 16 or 16.5", false);
         return;
       }
-      const fuse = $("cap-fuse").value;
+      if (!hasToken(postCap)) return;
       const body = { fuse_id: fuse === S.site.grid_connection ? null : fuse, max_current_a: parts.length === 1 ? parts[0] : parts,
                      duration_s: 60 * Number($("cap-minutes").value), source: "operator page", reason: $("cap-reason").value };
-      const res = await send("POST", "api/caps", body);
-      if (res.ok) { say("cap-msg", `cap ${res.data.cap_id} on ${res.data.fuse_id} until ${fmtTime(res.data.end)}`, true); refreshSoon(); }
+      const res = await send("POST", "api/caps", body, postCap);
+      if (res.ok) { say("cap-msg", `cap ${res.data.cap_id} on ${res.data.fuse_id} until ${fmtTime(res.data.end, true)}`, true); refreshSoon(); }
       else say("cap-msg", "refused: " + errorText(res), false);
     };
     $("cap-form").addEventListener("submit", (ev) => { ev.preventDefault(); postCap().catch(report); });
     const postNeeds = async () => {
-      if (!hasToken(postNeeds)) return;
       const sid = $("needs-car").value;
       if (!sid) { say("needs-msg", "no car is plugged in", false); return; }
-      const dep = new Date($("needs-departure").value); // datetime-local: the browser's local time
-      if (isNaN(dep)) { say("needs-msg", "departure: a date and time", false); return; }
-      const body = { departure: dep.toISOString(), energy_kwh: Number($("needs-energy").value) };
-      const res = await send("PUT", `api/cars/${encodeURIComponent(sid)}/needs`, body);
-      if (res.ok) { say("needs-msg", `needs of ${sid}: ${fix(res.data.energy_kwh)} kWh by ${fmtTime(res.data.departure)}`, true); refreshSoon(); }
+      const dep = wallToMs($("needs-departure").value); // the site's wall clock, as the page shows times
+      if (!isFinite(dep) || !isFinite(new Date(dep).getTime())) { say("needs-msg", "departure: a date and time", false); return; }
+      if (!hasToken(postNeeds)) return;
+      const body = { departure: new Date(dep).toISOString(), energy_kwh: Number($("needs-energy").value) };
+      const res = await send("PUT", `api/cars/${encodeURIComponent(sid)}/needs`, body, postNeeds);
+      if (res.ok) { say("needs-msg", `needs of ${sid}: ${fix(res.data.energy_kwh)} kWh by ${fmtTime(res.data.departure, true)}`, true); refreshSoon(); }
       else say("needs-msg", "refused: " + errorText(res), false);
     };
     $("needs-form").addEventListener("submit", (ev) => { ev.preventDefault(); postNeeds().catch(report); });
-    $("operator-list").addEventListener("click", async (ev) => {
+    $("operator-list").addEventListener("click", (ev) => {
       const cap = ev.target.dataset.endCap, dim = ev.target.dataset.endDimming;
       if (!cap && !dim) return;
-      if (!hasToken()) return;
-      const res = await send("DELETE", cap ? `api/caps/${encodeURIComponent(cap)}` : `api/dimming/${encodeURIComponent(dim)}`);
-      if (!res.ok) report(errorText(res));
-      refreshSoon();
+      const end = async () => {
+        if (!hasToken(end)) return;
+        const res = await send("DELETE", cap ? `api/caps/${encodeURIComponent(cap)}` : `api/dimming/${encodeURIComponent(dim)}`,
+                               undefined, end);
+        if (!res.ok) report(errorText(res));
+        refreshSoon();
+      };
+      end().catch(report);
     });
     $("filter").addEventListener("input", draw);
     $("problems").addEventListener("change", draw);
@@ -624,7 +727,8 @@
       loadHistory().catch(report);
     });
     // the now line moves, the history grows
-    setInterval(() => { if (S.state) { sampleLive(); draw(); } }, 5000);
+    setInterval(() => { if (S.state) { if (S.streamUp) sampleLive(); draw(); } }, 5000); // no live samples while cut off
+    setInterval(checkStale, 1000);
     setInterval(() => { if (S.site && S.streamUp) loadHistory().catch(report); }, 300000);
   }
 
