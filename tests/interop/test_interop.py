@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
@@ -112,7 +114,7 @@ async def test_201_get_variables_not_implemented_and_implausible_times_clamped(d
             assert restore_state(fresh, store) == 1 and fresh.restore_skipped == 0
             # unparseable times are refused with a specific error, not InternalError
             bad = await st.call("TransactionEvent", _started201("T-2", when="yesterday"), check=False)
-            assert bad[0] == 4 and bad[2] in ("TypeConstraintViolation", "FormatViolation"), bad
+            assert bad[0] == 4 and bad[2] == "FormatViolation", bad
             assert st.schema_errors == []
         finally:
             await st.close()
@@ -444,3 +446,172 @@ async def test_a_limit_answered_after_the_time_out_counts_as_possibly_in_force(d
             assert st.schema_errors == []
         finally:
             await st.close()
+
+
+
+async def _two_stations_charging(cs) -> tuple[RawStation, RawStation]:
+    """CP1 (2.0.1) with EVSEs 1 and 2 running T-1 and T-2, CP2 with one EVSE running T-3."""
+    st = await RawStation(_url(cs), "CP1", "2.0.1").connect()
+    one = await RawStation(_url(cs), "CP2", "2.0.1").connect()
+    for s, evses in ((st, (1, 2)), (one, (1,))):
+        await s.boot()
+        for e in evses:
+            await s.ok("StatusNotification", {"timestamp": now_iso(), "connectorStatus": "Occupied",
+                                              "evseId": e, "connectorId": 1})
+    await st.ok("TransactionEvent", _started201("T-1", evse=1))
+    await st.ok("TransactionEvent", _started201("T-2", evse=2))
+    await one.ok("TransactionEvent", _started201("T-3"))
+    return st, one
+
+
+async def _all_three_still_run(cs, st, store) -> None:
+    for cp, tid in (("CP1", "T-1"), ("CP1", "T-2"), ("CP2", "T-3")):
+        t = cs.state.transaction(cp, tid)
+        assert t is not None and t.stop is None, (cp, tid, t)
+    assert sorted(cs.state.snapshot().index) == ["CP1:T-1", "CP1:T-2", "CP2:T-3"]
+    assert len(store.sessions_history()) == 0  # nothing was closed ("Superseded")
+    # the real car's meter values still count
+    await st.ok("TransactionEvent", {"eventType": "Updated", "timestamp": now_iso(),
+                                     "triggerReason": "MeterValuePeriodic", "seqNo": 1,
+                                     "transactionInfo": {"transactionId": "T-1"},
+                                     "meterValue": meter_201(amps=[19.0, 19.0, 19.0])})
+    assert cs.state.snapshot().loc["CP1:T-1", "measured_current_a"] == 19.0
+
+
+async def test_201_a_started_on_evse_0_is_refused_and_supersedes_nothing(db):
+    """OCPP 2.0.1 TransactionEventRequest: a transaction runs on an EVSE (id > 0; EVSE 0 is the
+    station itself). A Started on EVSE 0 was taken as EVSE 1 and closed the transaction running
+    there (Superseded): its car kept drawing under its TxProfile while its room was given away."""
+    async with served(db, n=2) as (cs, store):
+        st, one = await _two_stations_charging(cs)
+        try:
+            ghost = _started201("GHOST-0")
+            ghost["evse"] = {"id": 0}
+            ans = await st.call("TransactionEvent", ghost)
+            assert ans[0] == 4 and ans[2] == "PropertyConstraintViolation" and "evse.id" in ans[3], ans
+            assert cs.state.transaction("CP1", "GHOST-0") is None
+            await _all_three_still_run(cs, st, store)
+            assert st.schema_errors == [] and one.schema_errors == []
+        finally:
+            await st.close()
+            await one.close()
+
+
+async def test_201_an_unknown_transaction_naming_no_evse_supersedes_nothing(db):
+    """The first TransactionEventRequest of a transaction names its EVSE; an Updated of an unknown
+    transaction without ``evse`` (its start was missed, or the station is broken) was opened on
+    EVSE 1 and closed the transaction running there. It is opened only where it can only be: the
+    station's one EVSE, idle."""
+    async with served(db, n=2) as (cs, store):
+        st, one = await _two_stations_charging(cs)
+        try:
+            # with an idToken: answered with its status all the same
+            upd = {"eventType": "Updated", "timestamp": now_iso(), "triggerReason": "MeterValuePeriodic",
+                   "seqNo": 5, "transactionInfo": {"transactionId": "GHOST-U"},
+                   "idToken": {"idToken": "X", "type": "ISO14443"},
+                   "meterValue": meter_201(energy_wh=5000.0)}
+            assert (await st.ok("TransactionEvent", upd)) == {"idTokenInfo": {"status": "Accepted"}}
+            del upd["idToken"]  # a station with one EVSE, a transaction running on it: not opened either
+            assert (await one.ok("TransactionEvent", upd)) == {}
+            assert cs.state.transaction("CP1", "GHOST-U") is None and cs.state.transaction("CP2", "GHOST-U") is None
+            await _all_three_still_run(cs, st, store)
+            # ... but on the one EVSE when idle (the central system was down when it started): opened
+            await one.ok("TransactionEvent", {**_started201("T-3"), "eventType": "Ended", "seqNo": 1,
+                                              "triggerReason": "EVDeparted"})
+            assert (await one.ok("TransactionEvent", {**upd, "transactionInfo": {"transactionId": "T-4"}})) == {}
+            assert cs.state.transaction("CP2", "T-4").connector_id == 1
+            assert st.schema_errors == [] and one.schema_errors == []
+        finally:
+            await st.close()
+            await one.close()
+
+
+async def _201_and_16(cs) -> tuple[RawStation, RawStation]:
+    st = await RawStation(_url(cs), "CP1", "2.0.1").connect()
+    old = await RawStation(_url(cs), "CP2", "1.6").connect()
+    await st.boot()
+    await old.boot()
+    return st, old
+
+
+async def test_a_timestamp_that_is_no_date_time_is_a_format_violation(db):
+    """The schemas give every timestamp "format": "date-time" (OCPP-J: FormatViolation, 1.6
+    FormationViolation); a StatusNotification dated "yesterday" was answered {}."""
+    async with served(db, n=2) as (cs, _):
+        st, old = await _201_and_16(cs)
+        try:
+            bad = {"timestamp": "yesterday", "connectorStatus": "Available", "evseId": 1, "connectorId": 1}
+            ans = await st.call("StatusNotification", bad, check=False)
+            assert ans[0] == 4 and ans[2] == "FormatViolation", ans
+            ans = await old.call("StatusNotification", {"connectorId": 1, "errorCode": "NoError",
+                                                        "status": "Available", "timestamp": "yesterday"}, check=False)
+            assert ans[0] == 4 and ans[2] == "FormationViolation", ans
+            ans = await st.call("TransactionEvent", _started201("T-9", when="yesterday"), check=False)
+            assert ans[0] == 4 and ans[2] == "FormatViolation", ans
+            await st.heartbeat()
+            assert st.schema_errors == [] and old.schema_errors == []
+        finally:
+            await st.close()
+            await old.close()
+
+
+async def test_a_message_id_longer_than_36_characters_is_refused(db):
+    """OCPP-J: a MessageId is at most 36 characters; a CALL with a longer one is no valid RPC
+    request (2.0.1 RpcFrameworkError, 1.6 FormationViolation), answered with the id as sent."""
+    async with served(db, n=2) as (cs, _):
+        st, old = await _201_and_16(cs)
+        try:
+            ok36, long40 = "a" * 36, "x" * 40
+            assert (await _raw_call(st, f'[2, "{ok36}", "Heartbeat", {{}}]', ok36))[0] == 3
+            ans = await _raw_call(st, f'[2, "{long40}", "Heartbeat", {{}}]', long40)
+            assert ans[:3] == [4, long40, "RpcFrameworkError"], ans
+            ans = await _raw_call(old, f'[2, "{long40}", "Heartbeat", {{}}]', long40)
+            assert ans[:3] == [4, long40, "FormationViolation"], ans
+            await st.heartbeat()
+        finally:
+            await st.close()
+            await old.close()
+
+
+async def test_a_refused_frame_is_one_warning_line_not_an_error_traceback(db, caplog):
+    """Each PropertyConstraintViolation was logged twice, once at ERROR with a traceback by the
+    ocpp library ("Error while handling request")."""
+    caplog.set_level(logging.WARNING)
+    async with served(db, n=2) as (cs, _):
+        st, old = await _201_and_16(cs)
+        try:
+            caplog.clear()
+            ans = await st.call("TransactionEvent", _started201("T-99", evse=99))
+            assert ans[0] == 4 and ans[2] == "PropertyConstraintViolation", ans
+            ans = await old.call("StartTransaction", {"connectorId": 99, "idTag": "T", "meterStart": 0,
+                                                      "timestamp": now_iso()})
+            assert ans[0] == 4 and ans[2] == "PropertyConstraintViolation", ans
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.records
+            lines = [r for r in caplog.records if "PropertyConstraintViolation" in r.getMessage()]
+            assert [r.levelno for r in lines] == [logging.WARNING] * 2, lines
+        finally:
+            await st.close()
+            await old.close()
+
+
+async def test_a_negative_import_is_no_draw_and_is_skipped(db, caplog):
+    """Power.Active.Import of -3000 W was stored as power_kw -3.0, while a negative energy register
+    is skipped: a negative import (power or current) is skipped the same way, with a warning,
+    and the rest of the message is used."""
+    caplog.set_level(logging.WARNING)
+    async with served(db, n=2) as (cs, _):
+        st, old = await _201_and_16(cs)
+        try:
+            await st.ok("TransactionEvent", _started201("T-1"))
+            await st.ok("TransactionEvent", {"eventType": "Updated", "timestamp": now_iso(),
+                                             "triggerReason": "MeterValuePeriodic", "seqNo": 1,
+                                             "transactionInfo": {"transactionId": "T-1"},
+                                             "meterValue": meter_201(power_w=-3000.0, amps=[-13.0], energy_wh=2500.0)})
+            row = cs.state.snapshot().loc["CP1:T-1"]
+            assert math.isnan(row["power_kw"]) and math.isnan(row["measured_current_a"]), row
+            assert cs.state.transaction("CP1", "T-1").energy_register_wh == 2500.0
+            assert any("negative import power" in r.getMessage() for r in caplog.records)
+            assert st.schema_errors == []
+        finally:
+            await st.close()
+            await old.close()

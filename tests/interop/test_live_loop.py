@@ -130,3 +130,68 @@ async def test_cars_that_ignore_their_limits_are_sent_them_again_escalated_and_r
             await st.close()
         await ctl.stop()
         await cs.stop()
+
+
+def _station_defaults(st: RawStation) -> list[float]:
+    """Limits of the TxDefaultProfiles sent for the whole station (connector/EVSE 0), in order."""
+    out = []
+    for action, p in st.received:
+        if action == "SetChargingProfile" and p.get("connectorId", p.get("evseId")) == 0:
+            prof = p.get("csChargingProfiles") or p.get("chargingProfile")
+            if prof["chargingProfilePurpose"] == pr.TX_DEFAULT:
+                out.append(limit_of(prof))
+    return out
+
+
+async def test_the_failsafe_of_a_station_with_several_evses_stays_within_its_share(tmp_path):
+    """A TxDefaultProfile on EVSE 0 (2.0.1) / connector 0 (1.6) applies to each EVSE/connector of
+    the station, not to their sum. With a 16 A share per charging point a station with two EVSEs
+    held 16 A on each: once the central system is gone and the short profiles expire, 16 + 16 on
+    the one station. Its fail-safe must be its share over the EVSEs it has (8 A), lowered when
+    another EVSE shows up."""
+    site = make_test_site(3, grid_a=48.0)  # fail-safe share 16 A per charging point
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
+    await cs.start()
+    ctl = attach(cs, db=str(tmp_path / "nb.sqlite"), policy="equal", period_s=1.0, min_replan_s=0.2)
+    await ctl.start()
+
+    def answer(action, p):
+        if action in ("SetChargingProfile", "ClearChargingProfile"):
+            return {"status": "Accepted"}
+        return Err("NotImplemented")
+
+    url = f"ws://127.0.0.1:{cs.port}"
+    two = RawStation(url, "CP1", "2.0.1", answer=answer)
+    old = RawStation(url, "CP2", "1.6", answer=answer)
+    one = RawStation(url, "CP3", "2.0.1", answer=answer)
+
+    async def status(st, evse):
+        if st.version == "1.6":
+            await st.ok("StatusNotification", {"connectorId": evse, "errorCode": "NoError", "status": "Available"})
+        else:
+            await st.ok("StatusNotification", {"timestamp": now_iso(), "connectorStatus": "Available",
+                                               "evseId": evse, "connectorId": 1})
+    try:
+        for st, evses in ((two, (1, 2)), (old, (1, 2)), (one, (1,))):
+            await st.connect()
+            await st.boot()
+            for e in evses:
+                await status(st, e)
+        want = {"CP1": 8.0, "CP2": 8.0, "CP3": 16.0}
+
+        def held():
+            return {st.cp_id: (_station_defaults(st) or [None])[-1] for st in (two, old, one)}
+
+        await eventually(lambda: held() == want and not ctl.failsafe_missing(ctl.clock()), timeout_s=15)
+        # what all EVSEs may draw under the fail-safe alone: 2 x 8 + 2 x 8 + 16 = 48 A on the 48 A fuse
+        assert sum(held()[cp] * n for cp, n in (("CP1", 2), ("CP2", 2), ("CP3", 1))) <= 48.0
+        # a second EVSE of CP3 shows up: its fail-safe comes down at once
+        await status(one, 2)
+        await eventually(lambda: held()["CP3"] == 8.0, timeout_s=10)
+        for st in (two, old, one):
+            assert st.schema_errors == []
+    finally:
+        for st in (two, old, one):
+            await st.close()
+        await ctl.stop()
+        await cs.stop()

@@ -4,6 +4,16 @@ At boot the central system installs each station's fail-safe TxDefaultProfile (i
 connection with the worst other load, :func:`nowblock.seam.failsafe_current_a`). It lives a
 week, and a restarted ``serve`` does not know what the chargers hold, so :class:`FailsafeKeeper`
 re-installs it wherever the live state knows of none that outlasts the next while.
+
+The fail-safe sits on connector/EVSE 0, and a TxDefaultProfile there applies to *each*
+connector (1.6) or EVSE (2.0.1) of the station, not to their sum: a station with two EVSEs
+under a 20 A share drew 20 + 20 A. So the limit installed is the station's share divided by
+the number of its EVSEs known (:func:`failsafe_per_evse_a`), and it is installed again as soon
+as another EVSE shows up (a StatusNotification, a transaction on it). A station-wide maximum
+(ChargingStationMaxProfile / ChargePointMaxProfile) would bound the sum directly, but it would
+also cap what the controller may give the station while it runs (the controller uses that
+purpose itself, for its fallback and escalation), and fewer stations take it; a TxDefaultProfile
+is what every smart-charging station must honour.
 """
 
 from __future__ import annotations
@@ -28,10 +38,33 @@ def first_limit_a(profile, voltage_v: float) -> float:
     return float(period.limit)
 
 
+def evse_count(state, cp_id: str) -> int:
+    """How many connectors (1.6) / EVSEs (2.0.1) of ``cp_id`` the live state knows (at least 1)."""
+    st = state.stations.get(cp_id)
+    return max(1, sum(1 for c in (st.connectors if st is not None else ()) if c > 0))
+
+
+def failsafe_per_evse_a(share_a: float, evses: int, min_current_a: float = 0.0, step_a: float = 1.0) -> float:
+    """[A per phase] The fail-safe limit for each of ``evses`` EVSEs of a station whose share is
+    ``share_a``: the share split evenly, floored to ``step_a``, 0 when below ``min_current_a``
+    (IEC 61851: 0 or at least the minimum). Their sum never exceeds the share."""
+    x = math.floor(float(share_a) / max(1, int(evses)) / step_a + 1e-9) * step_a
+    return 0.0 if x < min_current_a else float(x)
+
+
+def failsafe_targets_a(state, failsafe_a: pd.Series, site=None) -> dict[str, float]:
+    """[A per phase] The fail-safe TxDefaultProfile (EVSE 0) each station must hold: its share in
+    ``failsafe_a`` over the number of its EVSEs known (:func:`failsafe_per_evse_a`)."""
+    site = site if site is not None else getattr(state, "site", None)
+    mins = dict(zip(site.charge_point_ids, site.cp_min_current_a.tolist())) if site is not None else {}
+    return {cp_id: failsafe_per_evse_a(fs, evse_count(state, cp_id), mins.get(cp_id, 0.0))
+            for cp_id, fs in failsafe_a.items()}
+
+
 def failsafe_missing(state, failsafe_a: pd.Series, voltage_v: float, now: pd.Timestamp,
-                     horizon: pd.Timedelta) -> list[str]:
+                     horizon: pd.Timedelta, site=None) -> list[str]:
     """Stations that should hold the fail-safe TxDefaultProfile but, as far as ``state`` knows,
-    hold none at or below it that outlasts ``now + horizon``.
+    hold none at or below it (per EVSE: :func:`failsafe_targets_a`) that outlasts ``now + horizon``.
 
     Only stations that are connected and known to be past their BootNotification count (booted
     in this process, or running a transaction): a charger must not be sent profiles before it
@@ -39,7 +72,7 @@ def failsafe_missing(state, failsafe_a: pd.Series, voltage_v: float, now: pd.Tim
     """
     until = now + horizon
     out = []
-    for cp_id, fs in failsafe_a.items():
+    for cp_id, fs in failsafe_targets_a(state, failsafe_a, site).items():
         st = state.stations.get(cp_id)
         if st is None or not st.connected or not (st.boot or state.running(cp_id)):
             continue
@@ -60,7 +93,8 @@ class FailsafeKeeper:
         Anything with ``state`` and a ``set_default_profile(cp_id, current_a, connector_id=0)``
         coroutine.
     failsafe_a : pandas.Series
-        [A per phase] Each charging point's fail-safe limit.
+        [A per phase] Each charging point's fail-safe share; each of its EVSEs gets that over
+        the number of its EVSEs known (:func:`failsafe_targets_a`).
     horizon : pandas.Timedelta
         A default must outlast now plus this to count.
     retry_s : float
@@ -79,23 +113,69 @@ class FailsafeKeeper:
         self.retry_s = float(retry_s)
         self.on_installed = on_installed
         self.tried: dict[str, float] = {}  # station -> wall time [s] of the last attempt
+        self.tried_a: dict[str, float] = {}  # station -> the limit of the last attempt [A]
+        self.accepted: set[str] = set()  # stations whose last attempt was accepted (and is done)
+        self.inflight: set[str] = set()
         self.tasks: set[asyncio.Task] = set()
+        # A new EVSE lowers its station's fail-safe: act on its first StatusNotification, not at
+        # the next control step (cars plug in right after a boot).
+        self._evses: dict[str, int] = {}
+        self._listening = callable(getattr(getattr(central, "state", None), "add_listener", None))
+        if self._listening:
+            central.state.add_listener(self._on_event)
+
+    def _on_event(self, ev) -> None:
+        if ev.kind not in ("status", "start") or not ev.connector_id:
+            return
+        try:
+            n = evse_count(self.central.state, ev.cp_id)
+            if n > self._evses.get(ev.cp_id, 1):
+                self._evses[ev.cp_id] = n
+                self.keep(pd.Timestamp(ev.time))
+        except Exception:  # noqa: BLE001 - inside an OCPP handler: never turn a status into a CALLERROR
+            log.exception("%s: fail-safe check after a new EVSE failed", ev.cp_id)
+
+    def targets(self) -> dict[str, float]:
+        """[A per phase] What each station's fail-safe (EVSE 0) must be; see :func:`failsafe_targets_a`."""
+        return failsafe_targets_a(self.central.state, self.failsafe_a)
 
     def missing(self, now: pd.Timestamp) -> list[str]:
         """See :func:`failsafe_missing`."""
         return failsafe_missing(self.central.state, self.failsafe_a, self.voltage_v, now, self.horizon)
 
     def keep(self, now: pd.Timestamp) -> None:
-        """Start an install for every station missing its default (rate-limited per station)."""
+        """Start an install for every station missing its default (rate-limited per station,
+        except when its limit must come down, another EVSE of it became known, or when one it
+        accepted was replaced since: the boot-time install of the full share, sent before its
+        EVSEs were known, can land after ours)."""
         if not hasattr(self.central, "set_default_profile"):
             return
+        targets = self.targets()
+        boot_values = getattr(self.central, "failsafe_a", None)
+        if isinstance(boot_values, dict):  # what the central system installs at the next BootNotification
+            boot_values.update({k: v for k, v in targets.items() if k in boot_values})
         wall = _time.monotonic()
         for cp_id in self.missing(now):
-            if wall - self.tried.get(cp_id, -math.inf) < self.retry_s:
+            if cp_id in self.inflight:
                 continue
-            self.tried[cp_id] = wall
-            log.info("%s: (re)installing the fail-safe TxDefaultProfile of %.1f A", cp_id, self.failsafe_a[cp_id])
-            self.spawn(self._install(cp_id))
+            lower = targets[cp_id] < self.tried_a.get(cp_id, math.inf) - 1e-9
+            replaced = cp_id in self.accepted and self._held_a(cp_id) > targets[cp_id] + 0.5
+            if wall - self.tried.get(cp_id, -math.inf) < self.retry_s and not lower and not replaced:
+                continue
+            self.accepted.discard(cp_id)
+            self.inflight.add(cp_id)
+            self.tried[cp_id], self.tried_a[cp_id] = wall, targets[cp_id]
+            n = evse_count(self.central.state, cp_id)
+            log.info("%s: (re)installing the fail-safe TxDefaultProfile of %.1f A (share %.1f A over %d EVSE%s)",
+                     cp_id, targets[cp_id], self.failsafe_a[cp_id], n, "s" if n > 1 else "")
+            self.spawn(self._install(cp_id, targets[cp_id]))
+
+    def _held_a(self, cp_id: str) -> float:
+        """[A] The highest station-wide (EVSE 0) TxDefaultProfile the live state knows ``cp_id`` holds (0: none)."""
+        st = self.central.state.stations.get(cp_id)
+        held = [first_limit_a(p, self.voltage_v) for p in (st.profiles if st is not None else ())
+                if p.purpose == "TxDefaultProfile" and p.connector_id == 0 and p.periods]
+        return max(held, default=0.0)
 
     def spawn(self, coro) -> asyncio.Task:
         """Run ``coro`` as a task that :meth:`cancel` stops."""
@@ -104,17 +184,24 @@ class FailsafeKeeper:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    async def _install(self, cp_id: str) -> None:
+    async def _install(self, cp_id: str, current_a: float) -> None:
         try:
-            rec = await self.central.set_default_profile(cp_id, float(self.failsafe_a[cp_id]), connector_id=0)
+            rec = await self.central.set_default_profile(cp_id, float(current_a), connector_id=0)
         except Exception as exc:  # noqa: BLE001 - a charger that fails this is reported, not fatal
             log.warning("%s: fail-safe TxDefaultProfile not installed: %r", cp_id, exc)
             return
-        if getattr(rec, "accepted_a", None) is not None and self.on_installed is not None:
-            self.on_installed()
+        finally:
+            self.inflight.discard(cp_id)
+        if getattr(rec, "accepted_a", None) is not None:
+            self.accepted.add(cp_id)
+            if self.on_installed is not None:
+                self.on_installed()
 
     async def cancel(self) -> None:
-        """Stop every install still running."""
+        """Stop listening and every install still running."""
+        if self._listening:
+            self._listening = False
+            self.central.state.remove_listener(self._on_event)
         for t in list(self.tasks):
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

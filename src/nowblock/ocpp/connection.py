@@ -13,11 +13,13 @@ CALL of its own, because the same loop has to read that CALL's answer.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from ocpp import charge_point as _lib
 from ocpp.exceptions import OCPPError
 from ocpp.messages import Call, CallError, CallResult, MessageType
 from ocpp.v16.enums import Action as _Action16
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 _CODES_16 = {"FormatViolation": "FormationViolation", "OccurrenceConstraintViolation": "OccurenceConstraintViolation"}
 _CODES_201 = {"FormationViolation": "FormatViolation", "OccurenceConstraintViolation": "OccurrenceConstraintViolation"}
 UNKNOWN_ID = "-1"  # OCPP-J 2.0.1: the MessageId to use when the incoming one cannot be read
+MAX_ID_LEN = 36  # OCPP-J (1.6 and 2.0.1): a MessageId is a string of at most 36 characters
 # Every action of each version, both directions: one outside these is "not known by receiver"
 # (NotImplemented); a known one without a handler here is "recognized but not supported".
 _ACTIONS_16 = frozenset(a.value for a in _Action16)
@@ -145,6 +148,8 @@ class CsmsConnection:
         if kind == MessageType.Call:
             if len(msg) != 4 or not isinstance(msg[2], str) or not isinstance(msg[3], dict) or uid == UNKNOWN_ID:
                 return uid, rpc, "a CALL is [2, \"<id>\", \"<Action>\", {payload}]"
+            if len(uid) > MAX_ID_LEN:  # not a valid RPC request; answered with its own id, which is readable
+                return uid, rpc, f"a message id has at most {MAX_ID_LEN} characters, not {len(uid)}"
         elif kind == MessageType.CallResult and (len(msg) != 3 or not isinstance(msg[2], dict)):
             return "", rpc, "malformed CALLRESULT"
         elif kind == MessageType.CallError and len(msg) != 5:
@@ -203,8 +208,8 @@ class CsmsConnection:
                 return
             log.warning("%s: %.60r (%s) answered with %s", self.id, msg.action, msg.unique_id, code)
             await self._send_error(msg.unique_id, code, why, {"cause": f"{cause}: {msg.action[:60]!r}"})
-        except OCPPError as exc:
-            log.warning("%s: %s %s answered with %s: %s", self.id, msg.action, msg.unique_id, exc.code,
+        except OCPPError as exc:  # from the schema check or a handler's refusal: one line, no traceback
+            log.warning("%s: %s %s answered with %s: %s", self.id, msg.action, msg.unique_id, self._code(exc.code),
                         exc.details.get("cause", exc.description))
             details = {k: v for k, v in exc.details.items() if k != "ocpp_message"}
             await self._send_error(msg.unique_id, exc.code, exc.description, details)
@@ -215,6 +220,27 @@ class CsmsConnection:
             await self._send_error(msg.unique_id, "InternalError", "handler failed")
         finally:
             self._run_deferred()
+
+    async def _handle_call(self, msg: Call) -> None:
+        """Validate, run the handler, answer: the ``ocpp`` library's ``_handle_call`` without its
+        catch-all. The library caught every exception of a handler, logged it at ERROR with a
+        traceback (each PropertyConstraintViolation of a broken frame, too) and answered with the
+        code as raised (1.6 got 2.0.1's spelling); here they reach :meth:`_route_call`, which logs
+        an OCPPError as one WARNING line, answers it in the version's spelling, and keeps the
+        traceback and InternalError for real bugs. Only the action's ``@on`` handler is run (this
+        central system registers no ``@after`` hooks)."""
+        handlers = self.route_map[msg.action]  # type: ignore[attr-defined]
+        check = not handlers.get("_skip_schema_validation", False)
+        if check:
+            await _lib.validate_payload(msg, self._ocpp_version)
+        response = handlers["_on_action"](**_lib.camel_to_snake_case(msg.payload))
+        if inspect.isawaitable(response):
+            response = await response
+        payload = _lib.snake_to_camel_case(_lib.remove_nones(_lib.serialize_as_dict(response)))
+        result = msg.create_call_result(payload)
+        if check:
+            await _lib.validate_payload(result, self._ocpp_version)
+        await self._send(result.to_json())  # type: ignore[attr-defined]
 
     # ---- outgoing calls (uniform over both versions) ------------------------------------------
     async def _call(self, payload, *, validate: bool = True):

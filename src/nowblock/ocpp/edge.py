@@ -20,7 +20,7 @@ import math
 import re
 from datetime import datetime, timedelta
 
-from ocpp.exceptions import PropertyConstraintViolationError, TypeConstraintViolationError
+from ocpp.exceptions import FormatViolationError, PropertyConstraintViolationError
 
 from nowblock.ocpp.profiles import parse_time
 
@@ -164,18 +164,26 @@ def _check_text(s: str, raw: str) -> None:
 
 # ---- single fields ----------------------------------------------------------------------------
 def _parse(value, what: str) -> datetime | None:
+    # The schemas give every timestamp "format": "date-time"; the ocpp library does not check
+    # formats, and answers every other schema keyword it does not single out (enum, pattern, ...)
+    # with FormatViolation, so a string that is no date-time gets the same (1.6: FormationViolation).
     try:
         return parse_time(value)
     except (ValueError, TypeError, OverflowError):
-        raise TypeConstraintViolationError(
+        raise FormatViolationError(
             description=f"{what}: not an RFC 3339 date-time", details={"cause": f"{what}={str(value)[:60]!r}"}
         ) from None
+
+
+def check_time(value, what: str = "timestamp") -> datetime | None:
+    """A date-time field the central system does not use: FormatViolation when it is not one."""
+    return _parse(value, what)
 
 
 def event_time(value, now: datetime, what: str, cp_id: str = "") -> datetime:
     """When something happened, by the station's clock, or ``now`` when it cannot be.
 
-    An unparseable timestamp is refused (TypeConstraintViolation). One outside
+    An unparseable timestamp is refused (FormatViolation). One outside
     [now - :data:`PAST_WINDOW_S`, now + :data:`FUTURE_WINDOW_S`] means the station's clock is
     wrong (a reset clock says 0001 or 1970, a broken one 9999): the central system's time
     ``now`` replaces it and a warning is logged. None gives ``now``.

@@ -20,6 +20,10 @@ _KEYS = {
     "Voltage": "voltage_v",
 }
 
+#: Measurands that count what flows to the car: a negative value is no draw, and is skipped.
+_IMPORT = {"Energy.Active.Import.Register": "energy register", "Power.Active.Import": "import power",
+           "Current.Import": "import current"}
+
 
 def parse_meter_values(meter_value: list[dict], now: datetime | None = None,
                        cp_id: str = "") -> tuple[dict[str, float], datetime | None]:
@@ -30,8 +34,9 @@ def parse_meter_values(meter_value: list[dict], now: datetime | None = None,
     the latest entry)``. A Current.Import without a phase counts for L1 (single-phase meters
     report it so); a Power.Active.Import per phase ("L1" or "L1-N") is that phase's power, and
     their sum the power when no total is given.
-    Unparseable samples (also ``NaN``, infinite values, a negative energy register) are
-    logged and skipped, never raised: one bad sample must not cost the rest of the message.
+    Unparseable samples (also ``NaN``, infinite values, a negative energy register, import power
+    or import current: an import is no draw) are logged and skipped, never raised: one bad
+    sample must not cost the rest of the message.
     With ``now``, a timestamp outside the plausible window around it (see
     :func:`nowblock.ocpp.edge.event_time`) is dropped, so the caller uses its own clock.
     """
@@ -58,8 +63,8 @@ def parse_meter_values(meter_value: list[dict], now: datetime | None = None,
                 value = float(sv["value"]) * mult * _SCALE.get(unit or "", 1.0)
                 if not math.isfinite(value):
                     raise ValueError("not a finite number")
-                if measurand == "Energy.Active.Import.Register" and value < 0:
-                    raise ValueError("negative energy register")
+                if measurand in _IMPORT and value < 0:  # an import is never negative: a broken (or export) reading
+                    raise ValueError(f"negative {_IMPORT[measurand]}")
             except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
                 log.warning("%s: skipping unreadable sampled value %.200r (%s)", cp_id, sv, exc)
                 continue

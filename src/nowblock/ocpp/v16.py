@@ -39,7 +39,8 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
         return call_result.Heartbeat(current_time=iso(self.state.clock()))
 
     @on(Action.status_notification)
-    def on_status_notification(self, connector_id, error_code, status, **kwargs):
+    def on_status_notification(self, connector_id, error_code, status, timestamp=None, **kwargs):
+        edge.check_time(timestamp, "timestamp")  # optional; when given, a date-time (else FormationViolation)
         edge.check_connector(connector_id)
         self.state.on_status(self.id, connector_id, status, error_code)
         return call_result.StatusNotification()

@@ -41,6 +41,7 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
 
     @on(Action.status_notification)
     def on_status_notification(self, timestamp, connector_status, evse_id, connector_id, **kwargs):
+        edge.check_time(timestamp, "timestamp")  # schema format date-time: "yesterday" is a FormatViolation
         edge.check_connector(evse_id, "evseId")
         edge.check_connector(connector_id)
         self.state.on_status(self.id, evse_id, connector_status)
@@ -59,17 +60,21 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
         when = edge.event_time(timestamp, now, "timestamp", self.id)
         reading, ts = parse_meter_values(meter_value or [], now, self.id)
         t = self.state.transaction(self.id, tid)
-        evse_id = (evse or {}).get("id") or (t.connector_id if t is not None else 1)
-        edge.check_connector(evse_id, "evse.id", allow_zero=False)
+        if evse is not None:  # a transaction runs on an EVSE 1..32; 0 is the station itself
+            edge.check_connector(evse.get("id"), "evse.id", allow_zero=False)
         later = []  # events subscribers see once the answer is out (start first, then its meter values)
         if t is None and event_type in ("Started", "Updated"):
-            # An Updated for a transaction we never saw started (we were down) opens it here.
-            t = self.state.on_start(self.id, evse_id, tid, start=when, meter_start_wh=reading.get("energy_wh"),
-                                    id_tag=(id_token or {}).get("id_token"), publish=False)
-            later.append(t.start_event)
+            # An Updated for a transaction we never saw started (we were down) opens it here, on
+            # the EVSE it names, or on the only EVSE it can be on (see _evse_for_unknown).
+            evse_id = evse["id"] if evse is not None else self._evse_for_unknown(event_type, tid)
+            if evse_id is not None:
+                t = self.state.on_start(self.id, evse_id, tid, start=when, meter_start_wh=reading.get("energy_wh"),
+                                        id_tag=(id_token or {}).get("id_token"), publish=False)
+                later.append(t.start_event)
+        info = {"status": self.central.authorize(self.id, id_token["id_token"])} if id_token else None
         if t is None:
             log.warning("%s: TransactionEvent %s for unknown transaction %s", self.id, event_type, tid)
-            return call_result.TransactionEvent()
+            return call_result.TransactionEvent(id_token_info=info)
         if number_of_phases_used:
             t.phases_used = int(number_of_phases_used)
         if reading:
@@ -85,8 +90,32 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
             self.state.on_stop(self.id, tid, stop=when, meter_stop_wh=reading.get("energy_wh"),
                                reason=transaction_info.get("stopped_reason", "Local"))
             self.defer(lambda: self.central.after_stop(self.id, t.connector_id))
-        info = {"status": self.central.authorize(self.id, id_token["id_token"])} if id_token else None
         return call_result.TransactionEvent(id_token_info=info)
+
+    def _evse_for_unknown(self, event_type: str, tid: str) -> int | None:
+        """The EVSE of a transaction we do not know whose event names none, or None.
+
+        A station names the EVSE in the first TransactionEventRequest of a transaction, so an
+        event without one is about a transaction whose start we missed (we were down), a station
+        that forgot it, or a broken one. Guessing EVSE 1 made it supersede the transaction running
+        there: that car kept drawing under its TxProfile while its room was given away. It is
+        opened only where it cannot be anywhere else: the station has one EVSE known (none known:
+        EVSE 1), and nothing runs there. Otherwise it is not opened (logged); a real one shows up on
+        its EVSE's meter values and status, and its EVSE keeps the default it holds.
+        """
+        st = self.state.stations.get(self.id)
+        known = sorted(c for c in (st.connectors if st is not None else {}) if c > 0)
+        if len(known) <= 1:
+            evse_id = known[0] if known else 1
+            running = self.state.running_on(self.id, evse_id)
+            if running is None:
+                return evse_id
+            why = f"EVSE {evse_id} runs transaction {running.transaction_id}"
+        else:
+            why = f"the station has EVSEs {known}"
+        log.warning("%s: TransactionEvent %s for unknown transaction %s names no EVSE and %s: not opened "
+                    "(the running transactions stay)", self.id, event_type, tid, why)
+        return None
 
     @on(Action.meter_values)
     def on_meter_values(self, evse_id, meter_value, **kwargs):
