@@ -883,3 +883,24 @@ async def test_a_car_still_drawing_over_its_limit_does_not_wake_a_step_with_each
     assert not ctl._meter_wakes(ev)
     ev = cs.state.on_meter("CP0", 1, "tx0", {f"current_l{i}_a": sent for i in (1, 2, 3)}, clock.now.to_pydatetime())
     assert ctl._meter_wakes(ev)
+
+
+async def test_the_stale_meter_count_follows_the_control_steps_rule():
+    """Found by an outside test: the operator page's header said "1 stale meter" while no car was
+    flagged stale (the count used the OCPP state's 120 s, counted a car with no meter value yet at
+    once, and counted offline stations' cars)."""
+    from nowblock.control.status import block_state
+
+    site = _site(root_a=40.0, n=3)
+    cs, clock = FakeCentral(site), Clock()
+    cs.state.clock = clock
+    _start(cs, clock, 3, needs={i: (3, 20.0) for i in range(3)})  # no meter value yet
+    ctl = _controller(cs, clock, policy="equal")
+    assert block_state(ctl, clock.now).stale_meters == 0  # just plugged in: not stale yet
+    clock.advance(ctl.settings.stale_after_s + 30)
+    _meter(cs, clock, {0: 8.0})
+    cs.state.on_disconnect("CP2")
+    res = await ctl.step()
+    flagged = sorted(s for s, r in res.context.untrusted.items() if r == "stale")
+    assert flagged == ["CP1:tx1"]
+    assert block_state(ctl, clock.now).stale_meters == len(flagged)

@@ -413,7 +413,11 @@ def block_state(controller, now: pd.Timestamp | None = None, *, plan_hours: floa
                 acc = None
             if tx is not None:
                 measured_car[tx.session_id] = tx.current_a
-                if tx.last_meter is None or (t - tx.last_meter).total_seconds() > state.stale_after_s:
+                # The control step's rule (LoopSettings.stale_after_s; a car with no meter value
+                # yet only once its session is that old; none on an offline station, counted as
+                # offline): the count said "1 stale meter" while no car was flagged stale.
+                ref = tx.last_meter if tx.last_meter is not None else tx.start
+                if st.connected and (t - ref).total_seconds() > controller.settings.stale_after_s:
                     stale += 1
             cons.append(ConnectorState(
                 c, con.status if con else "Unknown", con.error_code if con else None,
