@@ -34,7 +34,7 @@ def test_read_folder_baseline(benchmark, size, tmp_path):
 
 def test_generate_cold(benchmark):
     """First call in a process: includes demandlib building a year of H0."""
-    from nowblock import synth
+    from nowblock.block import synth
 
     def cold():
         synth._slp_year_kw_per_mwh.cache_clear()
