@@ -311,3 +311,36 @@ def test_a_car_drawing_at_a_zero_limit_leaves_its_room_to_the_others():
     # 40 A less the 9 A it may draw (8 A plus the margin): 31 A for the two others, in whole
     # amperes (planned at its 16 A maximum, it took a third of the 40 A: 13 A each for them).
     assert x.drop("CP0:0").sum() >= 31.0 - 2.0
+
+
+@pytest.mark.parametrize("left_kwh, measured, light, heavy", [
+    (0.01, 10.0, 10.0, 20.0),  # nearly full: it draws ~0.4 A on average this step, not its 10 A offer
+    (30.0, 10.0, 10.0, 30.0),  # far from full, drawing its offer: it carries its 10 A on L2 and L3
+    (30.0, 4.0, 6.0, 24.0),    # a tapering battery drawing 4 A (offered its minimum now): 4 A counted
+])
+def test_a_light_side_car_counts_in_the_unbalance_limit_at_what_it_will_draw(left_kwh, measured, light, heavy):
+    """Found by an outside test: a car on the light side of the unbalance limit was counted at its
+    offer, but one nearly full draws its remaining energy over the step (offered 11 A, it drew
+    1.6 A; the grid's phases ended 29 A apart under a 20 A limit)."""
+    site = Site("t", (Fuse("grid", (63.0,) * 3),),
+                (ChargePoint("CP0", "grid", 32.0, 6.0, phases=1, phase_rotation="L1L2L3"),
+                 ChargePoint("CP1", "grid", 32.0, 6.0, phases=3, phase_rotation="L2L3L1")),
+                max_unbalance_a=20.0)
+    cols = {
+        "session_id": ["heavy", "light"], "charge_point_id": ["CP0", "CP1"], "cp_index": np.array([0, 1]),
+        "phases": np.array([1, 2]), "min_current_a": np.full(2, 6.0), "max_current_a": np.full(2, 32.0),
+        "arrival": [T0 - pd.Timedelta(hours=1)] * 2, "departure": [T0 + pd.Timedelta(hours=8)] * 2,
+        "energy_requested_kwh": np.array([30.0, 30.0]), "energy_delivered_kwh": np.array([0.0, 30.0 - left_kwh]),
+        "measured_current_a": np.array([32.0, measured]), "offered_current_a": np.array([32.0, 10.0]),
+        "needs_known": np.ones(2, bool), "last_meter": [T0, T0], "connected": np.ones(2, bool),
+        "limit_known": np.ones(2, bool),
+    }
+    base = pd.Series(np.zeros(12), index=pd.date_range(T0, periods=12, freq=STEP))
+    step = ControlStep()
+    for sid, a in (("heavy", 32.0), ("light", 10.0)):
+        step.record_sent(sid, a, T0 - pd.Timedelta(minutes=2))
+    snap, ctx = step.prepare(Observation(T0, site, STEP, observed_frame(cols), base))
+    x = step.finish(snap, ctx, pd.Series({"heavy": 32.0, "light": 10.0}))
+    assert x["light"] == light
+    # L1 at most 20 A above what the 2-phase car on L2 and L3 really draws, and no lower.
+    assert x["heavy"] == heavy
