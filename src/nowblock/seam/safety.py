@@ -130,9 +130,10 @@ def _light_side(snapshot: BlockSnapshot, g: np.ndarray):
         avg = np.where(np.isfinite(left) & (kw_per_a > 0), np.maximum(left, 0.0) / (kw_per_a * step_h), np.inf)
     if "measured_current_a" in cars and "offered_current_a" in cars:
         # A car drawing less than it is offered (a tapering battery) lightens a phase by what it
-        # draws; one drawing its offer (or offered nothing yet) by its new offer.
+        # draws; one drawing its offer, or nothing yet (cars take a while to start; a full one
+        # is known by its energy left, or taken off by the loop), by its new offer.
         meas = cars["measured_current_a"].to_numpy(float)
-        less = np.isfinite(meas) & (meas < cars["offered_current_a"].to_numpy(float) - 1.0)
+        less = np.isfinite(meas) & (meas >= 1.0) & (meas < cars["offered_current_a"].to_numpy(float) - 1.0)
         avg = np.where(less, np.minimum(avg, np.maximum(meas, 0.0)), avg)
     return np.maximum(g, 0.0), neg, avg
 
