@@ -462,3 +462,84 @@ async def test_section_14a_floor_is_computed_and_honoured(tmp_path, n, car_phase
         assert (await b.http.delete(f"/api/dimming/{d['dimming_id']}", headers=AUTH)).status_code == 204
         await eventually(lambda: b.draw_kw() > floor + 1.0, 10)
         assert (await b.http.get("/api/operator")).json()["dimmings"] == []
+
+
+# ---- the store in bad times ----------------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def pg_block(url):
+    """A block like :func:`block` whose store is the PostgreSQL schema ``url``."""
+    b = Block(_site(), url, _free_port())
+    await b.start_server()
+    await b.start_chargers()
+    try:
+        yield b
+    finally:
+        for s in b.sims:
+            await s.stop()
+        await b.stop_server()
+
+
+async def test_a_hung_store_freezes_neither_the_api_nor_the_control_loop(postgres_url):
+    # The tester's b7: nowblock's tables locked 30 s; /api/health took 29 s and no control step
+    # ran for 31 s. Now every call waits 2 s at most, and calls fail at once in between.
+    import psycopg
+
+    async with pg_block(postgres_url) as b:
+        await _plug_all(b)
+        lock = psycopg.connect(postgres_url)
+        lock.execute("LOCK TABLE meter_values, transactions, stations, profiles, plans, events "
+                     "IN ACCESS EXCLUSIVE MODE")
+        try:
+            steps, worst_s, t_end = len(b.ctl.history), 0.0, asyncio.get_running_loop().time() + 8.0
+            while asyncio.get_running_loop().time() < t_end:
+                t = asyncio.get_running_loop().time()
+                r = await b.http.get("/api/health")
+                worst_s = max(worst_s, asyncio.get_running_loop().time() - t)
+                await asyncio.sleep(0.25)
+            assert worst_s < 3.0, f"/api/health took {worst_s:.1f} s while the store hung"
+            assert len(b.ctl.history) - steps >= 3  # the loop stepped (period 1 s) all the while
+            assert r.status_code == 503 and "store" in " ".join(r.json()["problems"]), r.text
+        finally:
+            lock.close()
+        for _ in range(60):  # healthy again once the lock is gone
+            r = await b.http.get("/api/health")
+            if r.status_code == 200:
+                break
+            await asyncio.sleep(0.25)
+        assert r.status_code == 200, r.text
+
+
+async def test_health_and_writes_say_503_while_the_store_is_down(postgres_url, postgres_dsn):
+    # The tester's b5: through a whole outage /api/health said 200 "ok", and operator writes and
+    # /api/history were a bare 500 "Internal Server Error".
+    import psycopg
+
+    async with pg_block(postgres_url) as b:
+        await eventually(lambda: b.ctl.history, 5)
+        assert (await b.http.get("/api/health")).status_code == 200
+        store = b.ctl.store
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:  # the database goes away
+            admin.execute("SELECT pg_terminate_backend(%s)", (store._con.info.backend_pid,))
+        store.dsn = store.dsn.replace(f":{store._con.info.port}/", ":1/")  # and nothing listens there
+        for _ in range(40):  # the chargers' next messages fail (a meter value every 0.3 s)
+            r = await b.http.get("/api/health")
+            if r.status_code != 200:
+                break
+            await asyncio.sleep(0.25)
+        assert r.status_code == 503, ("health stayed ok while the store was down", r.text)
+        h = r.json()
+        assert h["status"] == "degraded" and any(p.startswith("the store (database) is unavailable")
+                                                 and "PostgreSQL" in p for p in h["problems"]), h
+        r = await b.http.post("/api/caps", json={"fuse_id": "feeder", "max_current_a": 20, "duration_s": 600},
+                              headers=AUTH)
+        assert r.status_code == 503 and "the store (database) is unavailable" in r.json()["detail"], r.text
+        assert b.ctl.operator.caps == {}  # nothing changed
+        r = await b.http.get("/api/history", params={"hours": 1})
+        assert r.status_code == 503 and "the store (database) is unavailable" in r.json()["detail"], r.text
+        store.dsn = postgres_url  # the database is back
+        for _ in range(60):
+            r = await b.http.get("/api/health")
+            if r.status_code == 200:
+                break
+            await asyncio.sleep(0.25)
+        assert r.status_code == 200 and r.json()["status"] == "ok", r.text

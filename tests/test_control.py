@@ -863,6 +863,56 @@ def _store_down(store, postgres_dsn) -> None:
     store.dsn = store.dsn.replace(f":{store._con.info.port}/", ":1/")  # nothing listens on port 1
 
 
+async def test_a_failed_dispatch_record_leaves_the_limit_booked_as_sent(postgres_url, postgres_dsn, caplog):
+    # The tester's b3: during an outage "CP04:...: limit 15.0 A not sent: cannot connect to
+    # PostgreSQL", yet the charger applied it; booked as not sent, it was sent again every step,
+    # and a raise it accepted was counted at the old, lower limit.
+    site = _site(root_a=32.0, n=3)
+    cs, clock = FakeCentral(site), Clock()
+    store = open_store(postgres_url)
+    attach_store(cs.state, store)
+    _start(cs, clock, 3)
+    ctl = _controller(cs, clock, store=store)
+    try:
+        _store_down(store, postgres_dsn)
+        res = await ctl.step()
+        assert "not sent" not in caplog.text
+        assert "could not record the limit" in caplog.text  # the failed record is logged
+        assert set(ctl.loop.sent) == set(res.current_a.index) == {"CP0:tx0", "CP1:tx1", "CP2:tx2"}
+        assert {cp: a for cp, a in cs.sent} == {sid.split(":")[0]: a for sid, a in res.current_a.items()}
+        n = len(cs.sent)
+        clock.advance(10)
+        await ctl.step()
+        assert len(cs.sent) == n  # booked as sent: not sent again while the store is down
+    finally:
+        store.close()
+
+
+async def test_a_hung_store_does_not_stall_a_step(postgres_url):
+    # The tester's b7: with nowblock's tables locked, each record of the step (the limits sent,
+    # the plan) waited for the server's statement timeout; now a step waits about 1 s at most.
+    import psycopg
+
+    site = _site(root_a=32.0, n=3)
+    cs, clock = FakeCentral(site), Clock()
+    store = open_store(postgres_url, statement_timeout_s=3.0)
+    attach_store(cs.state, store)
+    _start(cs, clock, 3)
+    ctl = _controller(cs, clock, store=store)
+    lock = psycopg.connect(postgres_url)
+    lock.execute("LOCK TABLE profiles, plans, events IN ACCESS EXCLUSIVE MODE")
+    try:
+        t = time.monotonic()
+        res = await ctl.step()
+        took = time.monotonic() - t
+        assert took < 2.5, f"a step waited {took:.1f} s for a hung store"
+        assert len(res.current_a) == 3 and set(ctl.loop.sent) == set(res.current_a.index)
+        assert store.unavailable is not None
+    finally:
+        lock.close()
+        store.close()
+
+
 async def test_a_car_still_drawing_over_its_limit_does_not_wake_a_step_with_each_meter_value():
     """Found by an outside test: each meter value of a car drawing over its limit woke a step,
     and each step could hand the others' room around anew (two cars swapped 0 and 30 A every

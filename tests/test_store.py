@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -84,6 +85,113 @@ def test_postgres_connection_lost_raises_then_reconnects(postgres_url, postgres_
     # The charger retries its message; the store has connected again and stores it.
     assert s.record_meter_values("CP01", 1, [{"time": _minutes(1), "energy_wh": 100.0}]) == 1
     assert s.load_open_transactions()["energy_delivered_kwh"].iloc[0] == pytest.approx(0.1)
+    s.close()
+
+
+def _lock_tables(url: str, *tables: str):
+    """A second connection holding ``tables`` locked (a stuck migration, backup or vacuum); close it to release."""
+    import psycopg
+
+    con = psycopg.connect(url)
+    con.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
+    return con
+
+
+def _timed(fn) -> tuple[float, BaseException | None]:
+    """[s] How long ``fn()`` took, and what it raised (None if nothing)."""
+    t = time.monotonic()
+    try:
+        fn()
+    except BaseException as exc:  # noqa: BLE001 - returned for the test to look at
+        return time.monotonic() - t, exc
+    return time.monotonic() - t, None
+
+
+def test_postgres_that_does_not_answer_fails_within_a_deadline_then_fast(postgres_url):
+    # The tester's b7: nowblock's tables locked 30 s froze every handler for the server's 10 s
+    # statement_timeout, call after call. Now a write gives up after 2 s, the control loop's
+    # records after 1 s, and calls in between fail at once (the store is known unavailable).
+    s = open_store(postgres_url)
+    s.retry_after_s = 2.0  # [s] calls fail at once this long after one timed out (5 s by default)
+    s.upsert_station("CP01", time=T0)
+    lock = _lock_tables(postgres_url, "stations", "profiles")
+    try:
+        took, err = _timed(lambda: s.upsert_station("CP01", time=_minutes(1)))
+        assert isinstance(err, StoreUnavailable) and 1.5 < took < 3.5, (took, err)
+        assert "did not answer within 2 s" in str(err)
+        took, err = _timed(lambda: s.upsert_station("CP01", time=_minutes(1)))
+        assert isinstance(err, StoreUnavailable) and took < 0.2, (took, err)  # fails fast: no second wait
+        assert "PostgreSQL unavailable" in str(err)
+        since, why = s.unavailable
+        assert "did not answer" in why
+        time.sleep(2.1)  # then one call tries again: a record of the control loop waits 1 s at most
+        took, err = _timed(lambda: s.record_profile("CP01", time=T0, purpose="TxProfile", limit_a=16.0,
+                                                    status="TxProfile:Accepted"))
+        assert isinstance(err, StoreUnavailable) and 0.8 < took < 2.0, (took, err)
+        assert s.unavailable[0] == since  # unavailable since the first failure
+    finally:
+        lock.close()
+    time.sleep(2.1)
+    s.upsert_station("CP01", time=_minutes(2))  # the server answers again: stored, available
+    assert s.unavailable is None
+    assert s.stations()["last_seen"].iloc[0] == _minutes(2)
+    s.close()
+
+
+def test_postgres_stopped_server_fails_within_a_deadline(postgres_url):
+    # The tester's b8: the server process stopped (a network black hole) never fires its own
+    # statement_timeout; the client's deadline must end the call all the same.
+    import os
+    import signal
+
+    s = open_store(postgres_url)
+    s.upsert_station("CP01", time=T0)
+    pid = s._con.info.backend_pid
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except (PermissionError, ProcessLookupError):
+        s.close()
+        pytest.skip("cannot stop the PostgreSQL server process from here (another user, or another machine)")
+    resume = threading.Timer(8.0, os.kill, (pid, signal.SIGCONT))  # whatever the store does, in 8 s
+    resume.start()
+    try:
+        took, err = _timed(lambda: s.upsert_station("CP01", time=_minutes(1)))
+    finally:
+        resume.cancel()
+        os.kill(pid, signal.SIGCONT)
+    assert isinstance(err, StoreUnavailable) and took < 3.5, (took, err)
+    time.sleep(s.retry_after_s + 0.1)
+    s.upsert_station("CP01", time=_minutes(2))  # a new connection
+    assert s._con.info.backend_pid != pid and s.unavailable is None
+    s.close()
+
+
+def test_a_store_outage_refuses_messages_but_not_connections_or_dispatch_records(postgres_url, postgres_dsn):
+    # During an outage a charger's connection (it acknowledges nothing) and the record of a limit
+    # it accepted (it has answered already) must not fail: a failed connect kept the charger out
+    # of control, a failed dispatch record booked its limit as not sent. A message that must be
+    # stored is still refused (the charger sends it again).
+    import psycopg
+
+    from nowblock.ocpp.state import DispatchRecord, LiveState
+    from nowblock.store import attach_store
+    from nowblock.testing import make_test_site
+
+    site = make_test_site(1)
+    cp = site.charge_point_ids[0]
+    state = LiveState(site)
+    s = open_store(postgres_url)
+    attach_store(state, s)
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:  # the database goes away
+        admin.execute("SELECT pg_terminate_backend(%s)", (s._con.info.backend_pid,))
+    s.dsn = s.dsn.replace(f":{s._con.info.port}/", ":1/")  # and nothing listens there
+    state.on_connect(cp, "2.0.1")
+    assert state.stations[cp].connected
+    state.on_dispatch(cp, 1, DispatchRecord(pd.Timestamp.now(tz="UTC").to_pydatetime(), 16.0, "TxProfile", 16.0, []))
+    assert state.stations[cp].dispatch[1].accepted_a == 16.0
+    with pytest.raises(StoreUnavailable):
+        state.on_status(cp, 1, "Preparing")
+    state.on_disconnect(cp)
     s.close()
 
 

@@ -293,6 +293,32 @@ def test_serve_refuses_a_foreign_postgres_schema_with_one_line_and_status_2(tmp_
     assert "internal error" not in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("case", ["unknown database", "unreachable port", "missing schema"])
+def test_serve_names_the_database_it_cannot_use_with_one_line_and_status_2(tmp_path, postgres_dsn, case):
+    # The tester's b4: "cannot listen on 127.0.0.1:PORT: cannot connect to PostgreSQL ..." (it is
+    # the database, not the port), and a search_path naming no schema was "an internal error".
+    from urllib.parse import urlsplit, urlunsplit
+
+    from nowblock.testing import make_test_site
+
+    site = tmp_path / "site.toml"
+    make_test_site(1).to_toml(site)
+    u = urlsplit(postgres_dsn)
+    url, want = {
+        "unknown database": (urlunsplit(u._replace(path="/nowblock_no_such_db")), "cannot connect to PostgreSQL"),
+        "unreachable port": (urlunsplit(u._replace(netloc=u.netloc.rsplit(":", 1)[0] + ":1")),
+                             "cannot connect to PostgreSQL"),
+        "missing schema": (postgres_dsn + ("&" if u.query else "?") + "options=-csearch_path%3Dnbtest_no_such_schema",
+                           "no schema to create tables in"),
+    }[case]
+    r = subprocess.run([sys.executable, "-m", "nowblock.cli", "serve", "--site", str(site), "--port", "0",
+                        "--db", url, "--policy", "edf"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("nowblock serve:")]
+    assert lines == [lines[0]] and lines[0].startswith(f"nowblock serve: --db {want}"), r.stderr
+    assert "listen" not in lines[0] and "internal error" not in r.stderr and "Traceback" not in r.stderr
+
+
 # ---- still opened ---------------------------------------------------------------------------------
 def test_an_empty_file_and_extra_tables_are_fine(tmp_path):
     db = tmp_path / "empty.sqlite"

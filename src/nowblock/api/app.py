@@ -29,6 +29,7 @@ from nowblock.api.models import CapRequest, DimmingRequest, MinimumPower, NeedsR
 from nowblock.api.page import mount_page
 from nowblock.block.para14a import guaranteed_power_kw, simultaneity_factor
 from nowblock.control.operator import OperatorInputError
+from nowblock.store.base import StoreUnavailable
 from nowblock.control.status import (
     BlockState,
     CapInfo,
@@ -181,6 +182,12 @@ def create_app(api) -> FastAPI:
     async def _refused(request: Request, exc: OperatorInputError):
         return _unprocessable(exc.field, exc.message)
 
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, exc: StoreUnavailable):
+        # The database is down or does not answer: nothing was changed; say why (not a bare 500).
+        return JSONResponse(status_code=503, headers={"Retry-After": "5"},
+                            content={"detail": f"the store (database) is unavailable, nothing was changed: {exc}"})
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         return _invalid_request(exc.errors())
@@ -214,8 +221,9 @@ def create_app(api) -> FastAPI:
     @app.get("/api/health", dependencies=read, tags=["read"])
     def health(response: Response) -> dict:
         """Whether the block is being controlled: 200 ``ok`` (or ``starting`` before the first
-        step), 503 ``degraded`` when the latest control step failed or the last completed step is
-        older than ``max_step_age_s`` (the loop stopped); ``problems`` says why."""
+        step), 503 ``degraded`` when the latest control step failed, the last completed step is
+        older than ``max_step_age_s`` (the loop stopped) or the store (database) is unavailable;
+        ``problems`` says why."""
         now = ctl.clock()
         last = ctl.history[-1] if ctl.history else None
         limit_s = max_step_age_s(ctl)
@@ -230,6 +238,12 @@ def create_app(api) -> FastAPI:
             when, why = ctl.last_failure
             problems.append(f"the last {failed} control step(s) failed (latest at {when.isoformat()}: {why}); "
                             "chargers keep their last limits until they expire")
+        down = getattr(ctl.store, "unavailable", None)
+        if down:  # every charger message that must be stored is refused until it is back
+            since, why = down
+            problems.append(f"the store (database) is unavailable since {since.isoformat()}: {why}; charger "
+                            "messages that must be stored are answered with an error (the chargers retry them); "
+                            "control steps go on")
         if problems:
             response.status_code = 503  # what an uptime check or a load balancer acts on
         return {"status": "degraded" if problems else ("ok" if last is not None else "starting"),

@@ -138,13 +138,16 @@ def _api(controller, site: Site, args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Run ``nowblock serve`` until interrupted; returns the exit code."""
-    from nowblock.store import StoreFileError
+    from nowblock.store import StoreFileError, StoreUnavailable
 
     try:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
         pass
     except StoreFileError as exc:  # a --db that is no healthy nowblock database: bad input, one line
+        print(f"nowblock serve: --db {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:  # a ConnectionError, but the database's, not a port's
         print(f"nowblock serve: --db {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # typically a port is taken (FileNotFoundError is bad input: main() says it)

@@ -22,15 +22,33 @@ Durability: each write is one transaction, committed with ``synchronous_commit =
 the session, whatever the server's default), so a commit that returned is on the server's
 disk. A lost connection raises :class:`~nowblock.store.StoreUnavailable` (the handler does not
 acknowledge; the charger retries) and the next call connects again.
+
+A server that does not answer must not freeze the event loop (the chargers' handlers, the
+control loop, the HTTP API all run on it). So every call has a deadline kept by the client, not
+only by the server (a server process that is stopped, or a network black hole, never fires its
+own ``statement_timeout``): a write ``write_timeout_s`` (2 s), a dispatch record, a plan and an
+alarm ``bookkeeping_timeout_s`` (1 s: the control step waits for them), a read
+``statement_timeout_s`` (10 s). A call past its deadline has its socket shut down, fails with
+``StoreUnavailable`` and the connection is dropped (the server rolls back what it had begun).
+Connecting waits at most ``connect_timeout_s``, and TCP keepalives and ``tcp_user_timeout`` end
+a connection whose peer vanished. After a call timed out or could not connect, the store fails
+fast: every call raises ``StoreUnavailable`` at once for ``retry_after_s`` (5 s), then one call
+tries again. :attr:`PostgresStore.unavailable` says since when and why the store fails (None
+once a call succeeds); ``/api/health`` reports it.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
+import socket
 import threading
+import time as _time
 from contextlib import contextmanager
+
+import pandas as pd
 
 from nowblock.store.base import StoreError, StoreFileError, StoreUnavailable
 from nowblock.store.sql import Migration, SqlStore
@@ -205,9 +223,16 @@ class PostgresStore(SqlStore):
     plans_kept : int
         How many plans to keep.
     connect_timeout_s : float
-        [s] How long to wait for the server when connecting.
+        [s] How long to wait for the server when connecting (libpq waits at least 2 s).
     statement_timeout_s : float
-        [s] Longest a statement may run (a stuck lock must not hang the OCPP handlers forever).
+        [s] Longest a read may run (the server's ``statement_timeout`` too: a stuck lock must not
+        hang the OCPP handlers forever).
+    write_timeout_s : float
+        [s] Longest a write (one transaction) may take, kept by the client.
+    bookkeeping_timeout_s : float
+        [s] Longest a record of the control loop (a dispatch, a plan, an alarm) may take.
+    retry_after_s : float
+        [s] After a call timed out or could not connect, calls fail at once for this long.
     """
 
     MIGRATIONS = MIGRATIONS
@@ -215,23 +240,39 @@ class PostgresStore(SqlStore):
     EPOCH_S_SQL = "CAST(EXTRACT(EPOCH FROM time) AS BIGINT)"
     INTEGER_CAST = "NUMERIC"
 
-    def __init__(self, dsn: str, *, plans_kept: int = 50, connect_timeout_s: float = 10.0,
-                 statement_timeout_s: float = 10.0) -> None:
+    def __init__(self, dsn: str, *, plans_kept: int = 50, connect_timeout_s: float = 3.0,
+                 statement_timeout_s: float = 10.0, write_timeout_s: float = 2.0,
+                 bookkeeping_timeout_s: float = 1.0, retry_after_s: float = 5.0) -> None:
         super().__init__(plans_kept=plans_kept)
         self._psycopg = _import_psycopg()
         self.dsn = str(dsn)
         self._connect_timeout_s = float(connect_timeout_s)
         self._statement_timeout_ms = int(1000 * float(statement_timeout_s))
+        self.statement_timeout_s = float(statement_timeout_s)
+        self.write_timeout_s = float(write_timeout_s)
+        self.bookkeeping_timeout_s = float(bookkeeping_timeout_s)
+        self.retry_after_s = float(retry_after_s)
         self._lock = threading.RLock()
         self._con = None
         self.closed = False
-        self._connection()  # fail early on a bad URL or an unreachable server
+        self._opening = True
+        self._depth = 0  # nested calls of the lock's owner (a migration reads inside its transaction)
+        self._local = threading.local()  # a shorter deadline for the control loop's records
+        self._cut_lock = threading.Lock()
+        self._call_id = 0  # the call in progress (the watchdog cuts only that one)
+        self._cut_call = -1  # the call whose socket the watchdog shut down
+        self._retry_at = 0.0  # [monotonic s] until then, calls fail at once
+        #: Since when and why the store fails (None once a call succeeds): for ``/api/health``.
+        self.unavailable: tuple[pd.Timestamp, str] | None = None
+        with self._call(self._connect_timeout_s + 2.0):
+            self._connection()  # fail early on a bad URL or an unreachable server
         try:
             self._check_schema()
             self._migrate(_VERSION_TABLE)
         except BaseException:
             self.close()
             raise
+        self._opening = False
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._redacted()!r})"
@@ -309,21 +350,40 @@ class PostgresStore(SqlStore):
         if self._con is not None and not self._con.closed:
             return self._con
         pg = self._psycopg
+        # A peer that vanished (a network black hole) ends the connection instead of hanging it;
+        # options the URL gives win.
         try:
-            con = pg.connect(self.dsn, autocommit=True, connect_timeout=max(1, round(self._connect_timeout_s)),
-                             application_name="nowblock")
+            given = pg.conninfo.conninfo_to_dict(self.dsn)
+        except Exception:  # noqa: BLE001 - a malformed URL: connect says what is wrong
+            given = {}
+        tcp = {k: v for k, v in (("keepalives", 1), ("keepalives_idle", 5), ("keepalives_interval", 2),
+                                 ("keepalives_count", 3), ("tcp_user_timeout", 10_000)) if k not in given}
+        try:
+            con = pg.connect(self.dsn, autocommit=True, connect_timeout=max(2, round(self._connect_timeout_s)),
+                             application_name="nowblock", **tcp)
         except pg.OperationalError as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL ({self._redacted()}): {exc}") from exc
+            self._retry_at = _time.monotonic() + self.retry_after_s  # fail fast meanwhile
+            raise StoreUnavailable(f"cannot connect to PostgreSQL ({self._redacted()}): "
+                                   f"{str(exc).strip()}") from exc
         except pg.ProgrammingError as exc:  # a malformed URL
             raise StoreError(f"bad PostgreSQL URL: {exc}") from exc
-        con.execute("SET synchronous_commit = on")  # a returned commit is on disk
-        con.execute(f"SET statement_timeout = {self._statement_timeout_ms}")
-        con.execute("SET TIME ZONE 'UTC'")
-        if con.execute("SELECT current_schema()").fetchone()[0] is None:
+        try:
+            con.execute("SET synchronous_commit = on")  # a returned commit is on disk
+            con.execute(f"SET statement_timeout = {self._statement_timeout_ms}")
+            con.execute("SET TIME ZONE 'UTC'")
+            schema = con.execute("SELECT current_schema()").fetchone()[0]
+            fsync = con.execute("SHOW fsync").fetchone()[0]
+        except BaseException:
             con.close()
-            raise StoreError(f"no schema to create tables in: the search_path of {self._redacted()} "
-                             "names no existing schema")
-        if con.execute("SHOW fsync").fetchone()[0] != "on":
+            raise
+        if schema is None:
+            con.close()
+            what = (f"no schema to create tables in: the search_path of {self._redacted()} names no existing "
+                    "schema (create it, or name another one in ?options=-csearch_path%3Dname)")
+            if self._opening:  # a configuration mistake: `nowblock serve` says it in one line, status 2
+                raise StoreFileError(what)
+            raise StoreUnavailable(what)  # dropped while serving: nothing may be acknowledged
+        if fsync != "on":
             log.warning("PostgreSQL runs with fsync=off: a committed write may be lost in a power cut")
         self._con = con
         return con
@@ -336,13 +396,105 @@ class PostgresStore(SqlStore):
                 con.close()
             except Exception:  # noqa: BLE001 - it is already broken
                 pass
-        return StoreUnavailable(f"PostgreSQL connection lost ({exc}); the write may not have been stored")
+        if self._cut_call == self._call_id:
+            return StoreUnavailable(f"PostgreSQL did not answer within {self._deadline_s:g} s ({self._redacted()}); "
+                                    "the write may not have been stored")
+        if isinstance(exc, self._psycopg.errors.QueryCanceled):  # the server's statement_timeout
+            self._retry_at = _time.monotonic() + self.retry_after_s
+        return StoreUnavailable(f"PostgreSQL connection lost ({str(exc).strip()}); the write may not have been stored")
+
+    def _cut(self, call_id: int) -> None:
+        """The watchdog: call ``call_id`` ran past its deadline; shut its socket down, so that the
+        waiting call fails now (a stopped server never answers, and never fires its own timeout)."""
+        with self._cut_lock:
+            con = self._con
+            if call_id != self._call_id or con is None:
+                return
+            self._cut_call = call_id
+            self._retry_at = _time.monotonic() + self.retry_after_s
+            try:
+                fd = con.pgconn.socket
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except Exception:  # noqa: BLE001 - a closed socket: the call ended on its own
+                pass
+
+    @contextmanager
+    def _call(self, timeout_s: float | None):
+        """One store call: fail at once while the server is known unreachable, else hold the lock
+        and keep the deadline ``timeout_s`` [s] (None: none, the migrations at open)."""
+        if self.closed:
+            raise StoreError("store is closed")
+        timeout_s = getattr(self._local, "timeout_s", None) or timeout_s
+        now = _time.monotonic()
+        if now < self._retry_at and not self._opening and not self._lock_owned():
+            why = self.unavailable[1] if self.unavailable else "it did not answer"
+            raise StoreUnavailable(f"PostgreSQL unavailable, not tried again for {self._retry_at - now:.1f} s "
+                                   f"(last: {why})")
+        if not self._lock.acquire(timeout=-1 if timeout_s is None else timeout_s):
+            raise StoreUnavailable(f"PostgreSQL store busy: another call held it for more than {timeout_s:g} s")
+        try:
+            self._depth += 1
+            if self._depth > 1:  # nested in a call of this thread: the outer call keeps the deadline
+                yield
+                return
+            with self._cut_lock:
+                self._call_id += 1
+                call_id = self._call_id
+            self._deadline_s = timeout_s
+            timer = None
+            if timeout_s is not None:
+                timer = threading.Timer(timeout_s, self._cut, (call_id,))
+                timer.daemon = True
+                timer.start()
+            try:
+                yield
+            except StoreUnavailable as exc:
+                if self.unavailable is None:
+                    self.unavailable = (pd.Timestamp.now(tz="UTC"), str(exc))
+                else:
+                    self.unavailable = (self.unavailable[0], str(exc))
+                raise
+            else:
+                self.unavailable = None
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                with self._cut_lock:
+                    self._call_id += 1  # a late watchdog must not cut the next call
+        finally:
+            self._depth -= 1
+            self._lock.release()
+
+    def _lock_owned(self) -> bool:
+        return self._lock._is_owned()  # noqa: SLF001 - RLock's own test of "this thread holds it"
+
+    @contextmanager
+    def _bookkeeping(self):
+        """Calls inside keep the short deadline of the control loop's records."""
+        self._local.timeout_s = self.bookkeeping_timeout_s
+        try:
+            yield
+        finally:
+            self._local.timeout_s = None
+
+    def record_profile(self, *args, **kwargs) -> None:
+        with self._bookkeeping():
+            return super().record_profile(*args, **kwargs)
+
+    def save_plan(self, *args, **kwargs) -> None:
+        with self._bookkeeping():
+            return super().save_plan(*args, **kwargs)
+
+    def record_event(self, *args, **kwargs) -> None:
+        with self._bookkeeping():
+            return super().record_event(*args, **kwargs)
 
     @contextmanager
     def _begin(self, *, exclusive: bool = False):
         """One transaction, committed on exit; on any error nothing is applied."""
         pg = self._psycopg
-        with self._lock:
+        with self._call(None if exclusive else self.write_timeout_s):
             con = self._connection()
             try:
                 with con.transaction():
@@ -360,7 +512,7 @@ class PostgresStore(SqlStore):
 
     def _query(self, sql: str, params: dict) -> tuple[list[str], list[tuple]]:
         pg = self._psycopg
-        with self._lock:
+        with self._call(self.statement_timeout_s + 1.0):  # the server's own timeout first
             con = self._connection()
             try:
                 cur = con.execute(_named_to_pyformat(sql), params)

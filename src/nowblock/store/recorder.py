@@ -23,7 +23,11 @@ class StoreRecorder:
     Attached as a listener of the live state, it runs inside ``emit``, that is inside the OCPP
     handler and before the handler's answer is sent: nothing acknowledged is left unwritten. A
     database error propagates (the charger gets a CALLERROR and retries); input the store
-    refuses as invalid is logged and skipped (retrying would not help).
+    refuses as invalid is logged and skipped (retrying would not help). The record of a limit
+    sent (the ``limit`` event) is the exception: the charger has answered already, so a
+    failed write of it is logged and never reaches the sender; so is the record of a
+    connection opened or closed (it acknowledges nothing, and refusing it would keep a charger
+    out of control, or its disconnect from the controller).
 
     Every message from a station moves its ``last_seen`` in the store: the ``seen`` event of a
     message that stores nothing else (a Heartbeat, an Authorize) is written at most once every
@@ -67,19 +71,34 @@ class StoreRecorder:
             boot = getattr(station, "boot", {}) or {}
             # The live state keeps the BootNotification as ``vendor``/``model`` for both OCPP
             # versions (ocpp.state.on_boot); the OCPP field names are accepted too.
-            s.upsert_station(ev.cp_id, time=now, protocol=getattr(station, "version", None),
-                             vendor=_first(boot, "vendor", "charge_point_vendor", "vendor_name"),
-                             model=_first(boot, "model", "charge_point_model"),
-                             status=ev.data.get("status"), connected=getattr(station, "connected", None))
+            try:
+                s.upsert_station(ev.cp_id, time=now, protocol=getattr(station, "version", None),
+                                 vendor=_first(boot, "vendor", "charge_point_vendor", "vendor_name"),
+                                 model=_first(boot, "model", "charge_point_model"),
+                                 status=ev.data.get("status"), connected=getattr(station, "connected", None))
+            except StoreUnavailable as exc:
+                if ev.kind in ("boot", "status"):
+                    raise  # a message the charger sends again when it is not acknowledged
+                # A connection opened or closed acknowledges nothing: refusing it would keep the
+                # charger out of control (or its disconnect from the controller) for a record.
+                log.warning("store could not record the %s of %s: %s", ev.kind, ev.cp_id, exc)
+                return
             self._seen_written[ev.cp_id] = now
             return
         if ev.kind == "limit":
+            # The record of a dispatch is bookkeeping: the charger has answered already, so a failed
+            # write is logged and must not reach the sender (it would book a limit the charger
+            # holds as not sent, and count a raise it accepted at the old, lower limit).
             d = ev.data
             tx = st.running_on(ev.cp_id, ev.connector_id) if ev.connector_id else None
-            s.record_profile(ev.cp_id, time=now, purpose=d.get("purpose") or "none", limit_a=d.get("wanted_a"),
-                             status=",".join(f"{p}:{a}" for p, a in d.get("attempts") or []) or "none",
-                             transaction_id=None if tx is None else tx.transaction_id,
-                             accepted_limit_a=d.get("accepted_a"))
+            try:
+                s.record_profile(ev.cp_id, time=now, purpose=d.get("purpose") or "none", limit_a=d.get("wanted_a"),
+                                 status=",".join(f"{p}:{a}" for p, a in d.get("attempts") or []) or "none",
+                                 transaction_id=None if tx is None else tx.transaction_id,
+                                 accepted_limit_a=d.get("accepted_a"))
+            except Exception as exc:  # noqa: BLE001 - StoreUnavailable too: the limit was sent all the same
+                log.warning("store could not record the limit %s A sent to %s/%s (%s: %s); the charger's answer "
+                            "stands", d.get("wanted_a"), ev.cp_id, ev.connector_id, type(exc).__name__, exc)
             return
         if ev.transaction_id is None:
             return
