@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+import tomllib
 
 import numpy as np
 import pandas as pd
@@ -248,3 +249,18 @@ def test_a_rating_above_a_low_voltage_connection_is_an_aggregate_cap_only_over_e
     # The same rating over 100 such points (1,600 A together) reads as a power written as a current.
     with pytest.raises(SiteError, match=r"fuses\[0\]\.max_current_a: 5000 A per phase is more than .* 1600 A"):
         make_test_site(100, grid_a=5000.0, max_current_a=16.0)
+
+
+def test_a_cap_window_whose_start_is_its_end_is_refused():
+    """Found by an outside test: a 0 A cap from 06:00 to 06:00 was accepted and capped nothing."""
+    text = """name = "c"
+[[fuses]]
+id = "grid"
+max_current_a = 40
+[[charge_points]]
+id = "CP01"
+fuse = "grid"
+caps = [{start = "06:00", end = "06:00", max_current_a = 0}]
+"""
+    with pytest.raises(SiteError, match=r"charge_points\[0\]\.caps\[0\]: start and end are both '06:00'"):
+        Site.from_dict(tomllib.loads(text))

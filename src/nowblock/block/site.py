@@ -312,13 +312,17 @@ class Site:
             for k, w in enumerate(caps_list):
                 wk = f"{where}.caps[{k}]"
                 _known_keys(w, _CAP_KEYS, wk)
-                caps.append(
-                    CapWindow(
-                        start=_str(_req(w, "start", wk), f"{wk}.start"),
-                        end=_str(_req(w, "end", wk), f"{wk}.end"),
-                        max_current_a=_num(_req(w, "max_current_a", wk), f"{wk}.max_current_a"),
-                    )
+                win = CapWindow(
+                    start=_str(_req(w, "start", wk), f"{wk}.start"),
+                    end=_str(_req(w, "end", wk), f"{wk}.end"),
+                    max_current_a=_num(_req(w, "max_current_a", wk), f"{wk}.max_current_a"),
                 )
+                if win.start.strip() == win.end.strip():
+                    # An empty window, or the whole day? Either reading surprises someone (an
+                    # outside test wrote 06:00-06:00 for a 0 A cap, which capped nothing).
+                    raise SiteError(f"{wk}: start and end are both {win.start!r}: an empty window; for the "
+                                    f"whole day write start = \"00:00\", end = \"23:59\"")
+                caps.append(win)
             phases = _num(c.get("phases", 3), f"{where}.phases")
             if phases != int(phases):
                 raise SiteError(f"{where}.phases: must be 1 or 3, got {phases}")
