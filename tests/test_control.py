@@ -954,3 +954,23 @@ async def test_the_stale_meter_count_follows_the_control_steps_rule():
     flagged = sorted(s for s, r in res.context.untrusted.items() if r == "stale")
     assert flagged == ["CP1:tx1"]
     assert block_state(ctl, clock.now).stale_meters == len(flagged)
+
+
+async def test_a_car_over_its_limit_that_draws_still_more_wakes_a_step():
+    """Found by a review: once meter values of a car drawing over its limit woke a step only when
+    within its limit, one going from 30 to 38 A was unnoticed until the period's step."""
+    site = _site(root_a=40.0, n=2)
+    cs, clock = FakeCentral(site), Clock()
+    cs.state.clock = clock
+    _start(cs, clock, 2, needs={0: (3, 40.0), 1: (3, 40.0)})
+    ctl = _controller(cs, clock, policy="equal")
+    await ctl.step()
+    clock.advance(30)
+    _meter(cs, clock, {0: 30.0, 1: 10.0})
+    await ctl.step()
+    assert "CP0:tx0" in ctl.escalation.since
+    clock.advance(5)
+    ev = cs.state.on_meter("CP0", 1, "tx0", {f"current_l{i}_a": 30.0 for i in (1, 2, 3)}, clock.now.to_pydatetime())
+    assert not ctl._meter_wakes(ev)  # no news
+    ev = cs.state.on_meter("CP0", 1, "tx0", {f"current_l{i}_a": 38.0 for i in (1, 2, 3)}, clock.now.to_pydatetime())
+    assert ctl._meter_wakes(ev)  # more than the others were made safe against

@@ -344,3 +344,54 @@ def test_a_light_side_car_counts_in_the_unbalance_limit_at_what_it_will_draw(lef
     assert x["light"] == light
     # L1 at most 20 A above what the 2-phase car on L2 and L3 really draws, and no lower.
     assert x["heavy"] == heavy
+
+
+def test_an_unsettled_reading_never_lowers_a_known_over_draw_ratio():
+    """Found by a review: a step 5 s after a car drawing 1.5 x its limit was lowered from 20 to 18 A
+    measured its ratio over the older 20 A (1.35) and sent it 20 A: 30 A on a 27 A feeder."""
+    site = Site("t", (Fuse("grid", (63.0,) * 3), Fuse("feeder", (27.0,) * 3, "grid")),
+                (ChargePoint("CP0", "feeder", 32.0, 6.0),))
+
+    def obs(t, offered, measured):
+        cols = {"session_id": ["a"], "charge_point_id": ["CP0"], "cp_index": np.arange(1), "phases": np.full(1, 3),
+                "min_current_a": np.full(1, 6.0), "max_current_a": np.full(1, 32.0),
+                "arrival": [T0 - pd.Timedelta(hours=1)], "departure": [T0 + pd.Timedelta(hours=3)],
+                "energy_requested_kwh": np.full(1, 60.0), "energy_delivered_kwh": np.full(1, 2.0),
+                "measured_current_a": np.array([measured]), "offered_current_a": np.array([offered]),
+                "needs_known": np.ones(1, bool), "last_meter": [t - pd.Timedelta(seconds=1)],
+                "connected": np.ones(1, bool), "limit_known": np.ones(1, bool)}
+        return Observation(t, site, STEP, observed_frame(cols),
+                           pd.Series(np.zeros(12), index=pd.date_range(t, periods=12, freq=STEP)))
+
+    step = ControlStep()
+    step.record_sent("a", 20.0, T0 - pd.Timedelta(minutes=1))
+    snap, ctx = step.prepare(obs(T0, 20.0, 30.0))  # settled: 1.5 x its limit
+    x = step.finish(snap, ctx, get_policy("edf").schedule(snap))["a"]
+    assert x == 18.0 and 1.5 * x <= 27.0
+    step.record_sent("a", x, T0)
+    t2 = T0 + pd.Timedelta(seconds=5)  # before the new limit settled; it draws 1.5 x 18 A already
+    snap, ctx = step.prepare(obs(t2, x, 1.5 * x))
+    assert ctx.over_draw_ratio["a"] == pytest.approx(1.5)
+    x2 = step.finish(snap, ctx, get_policy("edf").schedule(snap))["a"]
+    assert 1.5 * x2 <= 27.0
+
+
+def test_a_car_offered_its_minimum_again_after_a_pause_with_no_new_send_waits_start_s():
+    """Found by a review: the full-car wait counted from the last send, also when the car's offer
+    had fallen below its minimum since (a station maximum) and just came back: taken for full at
+    once, and with guessed needs for good."""
+    site = _site(root_a=32.0, n=1)
+    step = ControlStep()
+    step.record_sent("CP0:0", 16.0, T0 - pd.Timedelta(minutes=30))
+
+    def at(minutes, offered, measured):
+        o = _obs(site, measured=[measured], offered=[offered], known=False, last_meter_s=[2.0])
+        t = o.time + pd.Timedelta(minutes=minutes)
+        o = Observation(t, o.site, o.step, o.cars.assign(last_meter=t - pd.Timedelta(seconds=2)), o.base_load_kw)
+        step.prepare(o)
+        return "CP0:0" in step.full
+
+    assert not at(0, 16.0, 16.0)  # charging
+    assert not at(1, 0.0, 0.0)  # held at 0 A by a station maximum, no new send
+    assert not at(2, 16.0, 0.0)  # offered again, not started yet: not full before start_s
+    assert at(5, 16.0, 0.0)  # still nothing after start_s: full

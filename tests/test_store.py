@@ -449,3 +449,19 @@ def test_operator_inputs_events_and_bucketed_meter_history(db):
     assert per_min["time"].tolist() == [t, t + pd.Timedelta("1min")] and per_min["samples"].tolist() == [6, 6]
     assert per_min["current_l1_a"].tolist() == pytest.approx([2.5, 8.5]) and per_min["energy_wh"].tolist() == [500.0, 1100.0]
     s.close()
+
+
+def test_postgres_one_slow_read_does_not_refuse_the_writes_after_it(postgres_url):
+    """Found by a review: a read cancelled by the server's statement_timeout set the fail-fast
+    pause, and every write (charger messages, dispatch records) failed for 5 s after it."""
+    from nowblock.store.base import StoreUnavailable
+    from nowblock.store.postgres import PostgresStore
+
+    store = PostgresStore(postgres_url, statement_timeout_s=0.5)
+    try:
+        store.upsert_station("CP1", time=pd.Timestamp.now(tz="UTC"))
+        with pytest.raises(StoreUnavailable, match="cancelled a statement"):
+            store._query("SELECT pg_sleep(2)", {})
+        store.upsert_station("CP1", time=pd.Timestamp.now(tz="UTC"))  # the server answered: no pause
+    finally:
+        store.close()

@@ -615,3 +615,29 @@ async def test_a_negative_import_is_no_draw_and_is_skipped(db, caplog):
         finally:
             await st.close()
             await old.close()
+
+
+@pytest.mark.parametrize("with_count", [False, True])
+async def test_201_a_car_switching_to_three_phases_is_news_also_with_number_of_phases_used(db, with_count):
+    """Found by a review: a TransactionEvent that reports the switch with numberOfPhasesUsed set the
+    phase count before the meter value was read, so the rise was not seen and no step woke."""
+    async with served(db, failsafe_at_boot=False) as (cs, _):
+        seen = []
+        cs.state.add_listener(lambda ev: seen.append(ev))
+        st = await RawStation(_url(cs), "CP1", "2.0.1").connect()
+        try:
+            await st.boot()
+            await st.ok("TransactionEvent", {"eventType": "Started", "timestamp": now_iso(), "triggerReason": "CablePluggedIn",
+                                             "seqNo": 0, "transactionInfo": {"transactionId": "T1"},
+                                             "evse": {"id": 1, "connectorId": 1}, "meterValue": meter_201(amps=[16, 0, 0])})
+            assert cs.state.transaction("CP1", "T1").phases_used == 1
+            upd = {"eventType": "Updated", "timestamp": now_iso(), "triggerReason": "MeterValuePeriodic", "seqNo": 1,
+                   "transactionInfo": {"transactionId": "T1"}, "meterValue": meter_201(amps=[16, 16, 16])}
+            if with_count:
+                upd["numberOfPhasesUsed"] = 3
+            await st.ok("TransactionEvent", upd)
+            assert cs.state.transaction("CP1", "T1").phases_used == 3
+            assert any(ev.kind == "meter" and ev.data.get("phases_up") for ev in seen)
+            assert st.schema_errors == []
+        finally:
+            await st.close()

@@ -268,6 +268,7 @@ class Controller:
         self._needs_fit_at: pd.Timestamp | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
+        self._committed: dict[str, float] = {}  # session -> [A] what the last step reserved for an untrusted car
         self._stopping = False
         self._last_step_wall = -math.inf
         self._last_step_time: pd.Timestamp | None = None
@@ -447,10 +448,16 @@ class Controller:
                 # News only if it may follow its limit now: one still drawing over it woke a step
                 # with each meter value, and each step could hand the others' room around anew
                 # (an outside test: two cars swapped 0 and 30 A every 5 s).
+                # Or if it draws more than the last step reserved for it (the others were made safe
+                # against that much only; a review found a car going from 30 to 38 A unnoticed).
                 cur = [ev.data.get(f"current_l{i}_a") for i in (1, 2, 3)]
                 cur = [c for c in cur if c is not None and not math.isnan(c)]
+                if not cur:  # power only: no current to judge by; the period's step reads it
+                    return False
                 sent = self.loop.sent.get(sid)
-                return not cur or sent is None or max(cur) <= sent[0] + self.settings.over_draw_a
+                reserved = self._committed.get(sid)
+                return (sent is None or max(cur) <= sent[0] + self.settings.over_draw_a
+                        or (reserved is not None and max(cur) > reserved + self.settings.margin_a))
         return self._meter_departs(ev)
 
     def _meter_departs(self, ev) -> bool:
@@ -494,6 +501,7 @@ class Controller:
         if self.idle is not None:
             self.idle.keep(now, running=zip(obs.cars["charge_point_id"], obs.cars["connector_id"]))
         snap, ctx = self.loop.prepare(obs)
+        self._committed = dict(zip(ctx.committed_a.index.tolist(), ctx.committed_a.to_numpy(float).tolist()))
         t1 = _time.perf_counter()
         new_cars = any(sid not in self.loop.sent for sid in snap.cars.index)
         decision, name, status = await self.decide(snap, new_cars=new_cars)

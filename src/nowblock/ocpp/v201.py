@@ -76,7 +76,14 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
             log.warning("%s: TransactionEvent %s for unknown transaction %s", self.id, event_type, tid)
             return call_result.TransactionEvent(id_token_info=info)
         if number_of_phases_used:
-            t.phases_used = int(number_of_phases_used)
+            n_used = int(number_of_phases_used)
+            if t.phases_used is not None and n_used > t.phases_used:
+                # More phases than it was planned on: the controller steps at once (state.on_meter
+                # sees the phase count already raised, so the reading says so itself).
+                reading = {**reading, "phases_up": True} if reading else reading
+                if not reading:
+                    self.state.emit("needs", self.id, t.connector_id, tid, phases_used=n_used)
+            t.phases_used = n_used
         if reading:
             taken = when if ts is None else edge.meter_time(ts, now, self.id)
             ev = self.state.on_meter(self.id, t.connector_id, tid, reading, taken, publish=not later)

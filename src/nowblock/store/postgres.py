@@ -399,8 +399,10 @@ class PostgresStore(SqlStore):
         if self._cut_call == self._call_id:
             return StoreUnavailable(f"PostgreSQL did not answer within {self._deadline_s:g} s ({self._redacted()}); "
                                     "the write may not have been stored")
-        if isinstance(exc, self._psycopg.errors.QueryCanceled):  # the server's statement_timeout
-            self._retry_at = _time.monotonic() + self.retry_after_s
+        if isinstance(exc, self._psycopg.errors.QueryCanceled):
+            # The server's statement_timeout: it answered, so no fail-fast for the next calls (a slow
+            # read made every write fail for 5 s, found by a review).
+            return StoreUnavailable(f"PostgreSQL cancelled a statement that ran too long ({str(exc).strip()})")
         return StoreUnavailable(f"PostgreSQL connection lost ({str(exc).strip()}); the write may not have been stored")
 
     def _cut(self, call_id: int) -> None:
