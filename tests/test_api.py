@@ -11,7 +11,6 @@ import json
 import socket
 
 import httpx
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -88,8 +87,9 @@ class Block:
 
 
 @contextlib.asynccontextmanager
-async def block(tmp_path, site=None, **kw):
-    b = Block(site or _site(), tmp_path / "block.sqlite", _free_port(), **kw)
+async def block(tmp_path, site=None, *, db=None, **kw):
+    """A running block whose store is ``db`` (default: a SQLite file in ``tmp_path``)."""
+    b = Block(site or _site(), db or tmp_path / "block.sqlite", _free_port(), **kw)
     await b.start_server()
     await b.start_chargers()
     try:
@@ -465,26 +465,12 @@ async def test_section_14a_floor_is_computed_and_honoured(tmp_path, n, car_phase
 
 
 # ---- the store in bad times ----------------------------------------------------------------------------
-@contextlib.asynccontextmanager
-async def pg_block(url):
-    """A block like :func:`block` whose store is the PostgreSQL schema ``url``."""
-    b = Block(_site(), url, _free_port())
-    await b.start_server()
-    await b.start_chargers()
-    try:
-        yield b
-    finally:
-        for s in b.sims:
-            await s.stop()
-        await b.stop_server()
-
-
 async def test_a_hung_store_freezes_neither_the_api_nor_the_control_loop(postgres_url):
     # The tester's b7: nowblock's tables locked 30 s; /api/health took 29 s and no control step
     # ran for 31 s. Now every call waits 2 s at most, and calls fail at once in between.
     import psycopg
 
-    async with pg_block(postgres_url) as b:
+    async with block(None, db=postgres_url) as b:
         await _plug_all(b)
         lock = psycopg.connect(postgres_url)
         lock.execute("LOCK TABLE meter_values, transactions, stations, profiles, plans, events "
@@ -514,7 +500,7 @@ async def test_health_and_writes_say_503_while_the_store_is_down(postgres_url, p
     # /api/history were a bare 500 "Internal Server Error".
     import psycopg
 
-    async with pg_block(postgres_url) as b:
+    async with block(None, db=postgres_url) as b:
         await eventually(lambda: b.ctl.history, 5)
         assert (await b.http.get("/api/health")).status_code == 200
         store = b.ctl.store

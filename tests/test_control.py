@@ -913,10 +913,8 @@ async def test_a_hung_store_does_not_stall_a_step(postgres_url):
         store.close()
 
 
-async def test_a_car_still_drawing_over_its_limit_does_not_wake_a_step_with_each_meter_value():
-    """Found by an outside test: each meter value of a car drawing over its limit woke a step,
-    and each step could hand the others' room around anew (two cars swapped 0 and 30 A every
-    5 s). Only a reading within its limit (it may follow now) is news."""
+async def _over_drawer_in_escalation():
+    """Two cars behind 40 A; CP0 draws 30 A over its limit: in escalation after two steps."""
     site = _site(root_a=40.0, n=2)
     cs, clock = FakeCentral(site), Clock()
     cs.state.clock = clock
@@ -927,12 +925,21 @@ async def test_a_car_still_drawing_over_its_limit_does_not_wake_a_step_with_each
     _meter(cs, clock, {0: 30.0, 1: 10.0})
     await ctl.step()
     assert "CP0:tx0" in ctl.escalation.since
-    sent = ctl.loop.sent["CP0:tx0"][0]
     clock.advance(5)
-    ev = cs.state.on_meter("CP0", 1, "tx0", {f"current_l{i}_a": 30.0 for i in (1, 2, 3)}, clock.now.to_pydatetime())
-    assert not ctl._meter_wakes(ev)
-    ev = cs.state.on_meter("CP0", 1, "tx0", {f"current_l{i}_a": sent for i in (1, 2, 3)}, clock.now.to_pydatetime())
-    assert ctl._meter_wakes(ev)
+    return cs, clock, ctl
+
+
+def _reads(cs, clock, amps: float):
+    return cs.state.on_meter("CP0", 1, "tx0", {f"current_l{i}_a": amps for i in (1, 2, 3)}, clock.now.to_pydatetime())
+
+
+async def test_a_car_still_drawing_over_its_limit_does_not_wake_a_step_with_each_meter_value():
+    """Found by an outside test: each meter value of a car drawing over its limit woke a step,
+    and each step could hand the others' room around anew (two cars swapped 0 and 30 A every
+    5 s). Only a reading within its limit (it may follow now) is news."""
+    cs, clock, ctl = await _over_drawer_in_escalation()
+    assert not ctl._meter_wakes(_reads(cs, clock, 30.0))
+    assert ctl._meter_wakes(_reads(cs, clock, ctl.loop.sent["CP0:tx0"][0]))
 
 
 async def test_the_stale_meter_count_follows_the_control_steps_rule():
@@ -959,18 +966,6 @@ async def test_the_stale_meter_count_follows_the_control_steps_rule():
 async def test_a_car_over_its_limit_that_draws_still_more_wakes_a_step():
     """Found by a review: once meter values of a car drawing over its limit woke a step only when
     within its limit, one going from 30 to 38 A was unnoticed until the period's step."""
-    site = _site(root_a=40.0, n=2)
-    cs, clock = FakeCentral(site), Clock()
-    cs.state.clock = clock
-    _start(cs, clock, 2, needs={0: (3, 40.0), 1: (3, 40.0)})
-    ctl = _controller(cs, clock, policy="equal")
-    await ctl.step()
-    clock.advance(30)
-    _meter(cs, clock, {0: 30.0, 1: 10.0})
-    await ctl.step()
-    assert "CP0:tx0" in ctl.escalation.since
-    clock.advance(5)
-    ev = cs.state.on_meter("CP0", 1, "tx0", {f"current_l{i}_a": 30.0 for i in (1, 2, 3)}, clock.now.to_pydatetime())
-    assert not ctl._meter_wakes(ev)  # no news
-    ev = cs.state.on_meter("CP0", 1, "tx0", {f"current_l{i}_a": 38.0 for i in (1, 2, 3)}, clock.now.to_pydatetime())
-    assert ctl._meter_wakes(ev)  # more than the others were made safe against
+    cs, clock, ctl = await _over_drawer_in_escalation()
+    assert not ctl._meter_wakes(_reads(cs, clock, 30.0))  # no news
+    assert ctl._meter_wakes(_reads(cs, clock, 38.0))  # more than the others were made safe against
