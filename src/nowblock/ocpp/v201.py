@@ -80,8 +80,9 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
             if t.phases_used is not None and n_used > t.phases_used:
                 # More phases than it was planned on: the controller steps at once (state.on_meter
                 # sees the phase count already raised, so the reading says so itself).
-                reading = {**reading, "phases_up": True} if reading else reading
-                if not reading:
+                if reading:
+                    reading = {**reading, "phases_up": True}
+                else:
                     self.state.emit("needs", self.id, t.connector_id, tid, phases_used=n_used)
             t.phases_used = n_used
         if reading:

@@ -112,28 +112,38 @@ def safe_setpoints_a(snapshot: BlockSnapshot, current_a: np.ndarray, *, tol_a: f
 
 def _light_side(snapshot: BlockSnapshot, g: np.ndarray):
     """For rows with a light side (the unbalance rows): (heavy part of ``g``, light part of ``g``,
-    per car the most it draws on average this step [A]), or None when no row has one.
+    per car the most it draws on average this step [A]), or None when no row has one; computed
+    once a snapshot (the safety net runs several times a step).
 
     A car on the light side of an unbalance row lightens it only by what it really draws: one
     that needs little more is full within the step and draws, on average, its remaining energy
     over the step (an outside test: a car needing 0.06 kWh offered 11 A drew 1.6 A, and the
     grid's phases were 29 A apart under a 20 A limit). Unknown needs: its offer."""
+    if snapshot.site.max_unbalance_a is None:
+        return None
+    cache = snapshot._cache
+    if "light_side" not in cache:
+        cache["light_side"] = _light_side_rows(snapshot, g)
+    return cache["light_side"]
+
+
+def _light_side_rows(snapshot: BlockSnapshot, g: np.ndarray):
     neg = np.minimum(g, 0.0)
     if not neg.any():
         return None
     cars = snapshot.cars
-    left = (snapshot.values("energy_requested_kwh") - snapshot.values("energy_delivered_kwh")
-            if "energy_requested_kwh" in cars and "energy_delivered_kwh" in cars else np.full(len(cars), np.nan))
-    kw_per_a = cars["phases"].to_numpy(float) * snapshot.site.voltage_v / 1000.0
-    step_h = snapshot.step / pd.Timedelta(hours=1)
+    n = len(cars)
+    left = (snapshot.remaining_kwh if "energy_requested_kwh" in cars and "energy_delivered_kwh" in cars
+            else np.full(n, np.nan))  # NaN: needs unknown
+    kw_per_a = snapshot.values("phases") * snapshot.site.voltage_v / 1000.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        avg = np.where(np.isfinite(left) & (kw_per_a > 0), np.maximum(left, 0.0) / (kw_per_a * step_h), np.inf)
+        avg = np.where(np.isfinite(left) & (kw_per_a > 0), left / (kw_per_a * snapshot.dt_h), np.inf)
     if "measured_current_a" in cars and "offered_current_a" in cars:
         # A car drawing less than it is offered (a tapering battery) lightens a phase by what it
         # draws; one drawing its offer, or nothing yet (cars take a while to start; a full one
         # is known by its energy left, or taken off by the loop), by its new offer.
-        meas = cars["measured_current_a"].to_numpy(float)
-        less = np.isfinite(meas) & (meas >= 1.0) & (meas < cars["offered_current_a"].to_numpy(float) - 1.0)
+        meas = snapshot.values("measured_current_a")
+        less = np.isfinite(meas) & (meas >= 1.0) & (meas < snapshot.values("offered_current_a") - 1.0)
         avg = np.where(less, np.minimum(avg, np.maximum(meas, 0.0)), avg)
     return np.maximum(g, 0.0), neg, avg
 
