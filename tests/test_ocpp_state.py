@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from nowblock.seam import BlockSnapshot, violation_a
+from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.meter import parse_meter_values
 from nowblock.ocpp.state import LiveState
 from nowblock.testing import make_test_site
@@ -48,3 +49,56 @@ def test_a_full_three_phase_reading_tells_the_phases(currents, phases):
     state = _state_with_one_car()
     state.on_meter("CP1", 1, 7, _reading(*zip(("L1", "L2", "L3"), currents)), T0)
     assert state.snapshot(T0)["phases"].iloc[0] == phases
+
+
+def _with_failsafe(version: str) -> LiveState:
+    # The station holds a 16 A TxDefaultProfile on connector 0 (the fail-safe), nothing else.
+    state = LiveState(make_test_site(1, grid_a=40.0), clock=lambda: T0)
+    state.on_connect("CP1", version)
+    state.on_profile_accepted("CP1", 0, pr.build_profile(version, pr.TX_DEFAULT, 16.0, connector_id=0, now=T0,
+                                                         profile_id=pr.TX_DEFAULT_ID_BASE))
+    return state
+
+
+def test_a_cleared_profile_whose_answer_never_came_no_longer_counts():
+    # Found by review: an unanswered profile counted as possibly in force after a ClearChargingProfile
+    # that removed it (had the station taken it) was accepted: room reserved for nothing.
+    state = _with_failsafe("1.6")
+    state.on_profile_unanswered("CP1", 1, pr.build_profile("1.6", pr.TX_DEFAULT, 32.0, connector_id=1, now=T0))
+    assert state.applied_limit_a("CP1", 1, T0) == 32.0
+    state.on_profiles_cleared("CP1", profile_id=pr.TX_DEFAULT_ID_BASE + 1)
+    assert state.applied_limit_a("CP1", 1, T0) == 16.0
+
+    state = _with_failsafe("1.6")
+    state.on_start("CP1", 1, 7, start=T0)
+    state.on_profile_accepted("CP1", 1, pr.build_profile("1.6", pr.TX, 10.0, connector_id=1, transaction_id=7, now=T0))
+    state.on_profile_unanswered("CP1", 1, pr.build_profile("1.6", pr.TX, 32.0, connector_id=1, transaction_id=7,
+                                                           now=T0))
+    state.on_profile_unanswered("CP1", 2, pr.build_profile("1.6", pr.TX_DEFAULT, 24.0, connector_id=2, now=T0))
+    assert state.applied_limit_a("CP1", 1, T0) == 32.0
+    state.on_profiles_cleared("CP1", connector_id=1, purpose=pr.TX)
+    assert state.applied_limit_a("CP1", 1, T0) == 16.0  # the default is all it holds now
+    # One the clear did not match still counts.
+    assert state.applied_limit_a("CP1", 2, T0) == 24.0
+
+
+@pytest.mark.parametrize("version,tx", [("1.6", 7), ("2.0.1", "A")])
+def test_an_unanswered_txprofile_ends_with_its_transaction_and_a_default_does_not(version, tx):
+    # Found by review: a stop left its TxProfiles whose answer never came among those possibly in
+    # force; a 1.6 one without a transaction id was counted on the next car of the connector.
+    state = _with_failsafe(version)
+    state.on_start("CP1", 1, tx, start=T0)
+    anyone = pr.build_profile(version, pr.TX, 32.0, connector_id=1, transaction_id=tx, now=T0)
+    if version == "1.6":
+        anyone.pop("transaction_id")  # 1.6: for whichever transaction runs on the connector
+    state.on_profile_unanswered("CP1", 1, anyone)
+    state.on_profile_unanswered("CP1", 2, pr.build_profile(version, pr.TX_DEFAULT, 24.0, connector_id=2, now=T0))
+    state.on_stop("CP1", tx, stop=T0)
+    # A time-out coming in after the stop is not counted either.
+    state.on_profile_unanswered("CP1", 1, pr.build_profile(version, pr.TX, 30.0, connector_id=1, transaction_id=tx,
+                                                           now=T0))
+    state.on_start("CP1", 1, 8 if version == "1.6" else "B", start=T0)
+    assert state.applied_limit_a("CP1", 1, T0) == 16.0
+    assert [p.purpose for p in state.station("CP1").unanswered] == [pr.TX_DEFAULT]
+    # The default on connector 2 outlives the transaction: still possibly in force.
+    assert state.applied_limit_a("CP1", 2, T0) == 24.0

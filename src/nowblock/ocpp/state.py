@@ -472,6 +472,10 @@ class LiveState:
         if con.transaction_id == t.transaction_id:
             con.transaction_id = None
         st.profiles = [p for p in st.profiles if not (p.purpose == pr.TX and p.connector_id == t.connector_id)]
+        # A TxProfile sent for it whose answer never came ended with it too, whatever became of
+        # it (a 1.6 one without a transaction id would else be counted on the next transaction).
+        # Defaults and station maximums outlive a transaction: they stay.
+        st.unanswered = [p for p in st.unanswered if not _ends_with(p, t)]
         self.touch(cp_id)
         self.emit("stop", cp_id, t.connector_id, t.transaction_id, reason=reason,
                   energy_kwh=t.energy_delivered_kwh)
@@ -487,9 +491,17 @@ class LiveState:
             st.unanswered = [p for p in st.unanswered if not pr.replaces(new, p)]
 
     def on_profiles_cleared(self, cp_id: str, **criteria) -> None:
-        """The charger accepted ClearChargingProfile with these criteria."""
+        """The charger accepted ClearChargingProfile with these criteria (or answered Unknown:
+        it holds none that match).
+
+        Profiles sent whose answer never came that match are dropped too: had the station taken
+        one, the clear removed it. This holds because a connection carries one CALL at a time
+        (OCPP-J; the ``ocpp`` library waits for the answer or the time-out), so the clear went
+        out after the profile, and a station handles a connection's CALLs in the order received.
+        """
         st = self.stations[cp_id]
         st.profiles, _ = pr.clear_matching(st.profiles, **criteria)
+        st.unanswered, _ = pr.clear_matching(st.unanswered, **criteria)
 
     def on_refusal(self, cp_id: str, what: str, answer: str, transaction_id=None) -> Refusal:
         """Remember that ``cp_id`` turned down ``what`` with ``answer`` (see :class:`Refusal`)."""
@@ -528,7 +540,11 @@ class LiveState:
         """SetChargingProfile with this (snake_case) payload got no answer in time: the station
         may apply it (it answers late, or its answer was lost); see :attr:`Station.unanswered`."""
         st = self.stations[cp_id]
-        st.unanswered = pr.add_profile(st.unanswered, pr.Profile.from_payload(connector_id, payload))
+        p = pr.Profile.from_payload(connector_id, payload)
+        t = None if p.transaction_id is None else self.transaction(cp_id, p.transaction_id)
+        if t is not None and t.stop is not None and _ends_with(p, t):
+            return  # its transaction stopped while we waited: the station holds no TxProfile for it
+        st.unanswered = pr.add_profile(st.unanswered, p)
 
     def applied_limit_a(self, cp_id: str, connector_id: int, now: datetime | None = None) -> float | None:
         """Limit [A] the charger applies now by the profiles it accepted (None: none applies).
@@ -630,6 +646,13 @@ class LiveState:
             "running": len(self.running(s.cp_id)), "rate_unit": s.rate_unit,
         } for s in self.stations.values()]
         return pd.DataFrame(rows).set_index("cp_id")
+
+
+def _ends_with(p: pr.Profile, t: Transaction) -> bool:
+    """Whether profile ``p`` ends with transaction ``t``: a TxProfile on its connector, for it or
+    (1.6) for whichever transaction runs there."""
+    return (p.purpose == pr.TX and p.connector_id == t.connector_id
+            and p.transaction_id in (None, t.transaction_id))
 
 
 def _phases_from_currents(current_a) -> int | None:
