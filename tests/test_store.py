@@ -166,6 +166,40 @@ def test_postgres_stopped_server_fails_within_a_deadline(postgres_url):
     s.close()
 
 
+def test_postgres_deadlines_are_kept_by_one_thread_per_store(postgres_url, monkeypatch):
+    # A timer thread per call cost 0.1-0.3 ms on every call of the control loop. One watchdog
+    # thread per store keeps the deadlines now: calls start no thread, and a deadline still cuts
+    # a hung call, also a 1 s record armed right after a 2 s write (it must wake the watchdog).
+    s = open_store(postgres_url)
+    s.retry_after_s = 0.5
+    watchdogs = [t for t in threading.enumerate() if t.name.startswith("nowblock-pg-watchdog")
+                 and t.is_alive()]
+    starts = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (starts.append(self.name), start(self))[1])
+    for i in range(100):
+        s.upsert_station("CP01", time=_minutes(i))
+        s.record_profile("CP01", time=_minutes(i), purpose="TxProfile", limit_a=16.0, status="Accepted")
+        s.stations()
+    assert starts == []
+    lock = _lock_tables(postgres_url, "profiles")
+    try:
+        s.upsert_station("CP01", time=_minutes(200))
+        took, err = _timed(lambda: s.record_profile("CP01", time=T0, purpose="TxProfile", limit_a=16.0,
+                                                    status="Accepted"))
+        assert isinstance(err, StoreUnavailable) and 0.8 < took < 1.6, (took, err)
+        assert "did not answer within 1 s" in str(err)
+    finally:
+        lock.close()
+    time.sleep(0.6)
+    s.upsert_station("CP01", time=_minutes(201))  # reconnected, and kept by the same thread
+    assert starts == [] and s.unavailable is None
+    mine = [t for t in threading.enumerate() if t.name == f"nowblock-pg-watchdog-{id(s):x}"]
+    assert len(mine) == 1 and mine[0] in watchdogs
+    s.close()
+    assert not mine[0].is_alive()  # stopped on close
+
+
 def test_a_store_outage_refuses_messages_but_not_connections_or_dispatch_records(postgres_url, postgres_dsn):
     # During an outage a charger's connection (it acknowledges nothing) and the record of a limit
     # it accepted (it has answered already) must not fail: a failed connect kept the charger out
