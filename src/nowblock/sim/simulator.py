@@ -40,8 +40,9 @@ Metrics (all in :attr:`SimulationResult.metrics`):
   bound the unbalance of what they *offer* (``offered_L1_a`` ... in the time series: the
   grid connection's charging current if every car drew its offer); a single-phase car that
   draws less than offered can still unbalance the measured load, which this metric reports.
-* ``cost_eur``: charging energy times the price of its step (step-mean price) [EUR]; 0 when the
-  scenario has no prices. The base load's cost is the same for every policy and left out.
+* ``cost_eur``: the cost of the charging energy only: each step's charging energy times the
+  step-mean price, summed [EUR]; 0 when the scenario has no prices. The base load's energy is
+  not in it (its cost is the same for every policy).
 * ``solve_seconds_median``: median wall time of ``policy.schedule`` over steps with cars (a
   policy with ``warm_up()``, like the MILP's numba kernels, is warmed up first; ``wall_seconds``
   includes that).
