@@ -237,6 +237,20 @@ def test_plug_in_window_is_rounded_to_whole_steps():
     assert res.metrics["car_hours"] == pytest.approx(11 / 12)
 
 
+
+@pytest.mark.parametrize("arrival_min, departure_min", [(0, 3), (2, 8)])
+def test_a_stay_covering_no_whole_step_gets_no_step_but_counts_as_requested(arrival_min, departure_min):
+    # Documented in the module docstring and docs/concepts.md: shorter than a step, or across a
+    # step boundary (10:02 to 10:08 with 5 minute steps).
+    scn = _one_car_scenario(arrival=T0 + pd.Timedelta(minutes=arrival_min),
+                            departure=T0 + pd.Timedelta(minutes=departure_min), energy_kwh=0.5)
+    rec = Recorder("equal")
+    res = simulate(scn, rec, start=T0, end=T0 + pd.Timedelta("30min"))
+    assert all(len(snap.cars) == 0 for snap in rec.snaps)
+    assert res.sessions["steps_plugged"].tolist() == [0]
+    assert res.metrics["energy_delivered_kwh"] == 0.0
+    assert res.metrics["energy_requested_kwh"] == 0.5 and res.metrics["demand_met"] == 0.0
+
 # ---- what the policy sees --------------------------------------------------------------------------
 def test_snapshot_shows_measurements_of_the_previous_step(small_scenario):
     rec = Recorder("equal")

@@ -4,7 +4,11 @@ Each step of length ``step`` (5 minutes by default):
 
 1. Cars whose plug-in window covers the whole step are plugged in: a session is in the
    snapshot for the steps that start at or after its arrival and end at or before its
-   departure (arrival rounded up and departure rounded down to the step grid).
+   departure (arrival rounded up and departure rounded down to the step grid). So a stay
+   that covers no whole step gets no step at all: every stay shorter than one step, and a
+   longer one across a step boundary (10:02 to 10:08 with 5 minute steps). It is never
+   plugged in and gets nothing (``steps_plugged`` 0 in ``sessions``), but its request counts
+   in ``energy_requested_kwh`` and ``demand_met``; a shorter ``step`` simulates it.
 2. The simulated block reports what a central system would see
    (:class:`~nowblock.sim.block.SimulatedBlock`): the plugged-in cars with the current each
    drew in the previous step (the measurement), the limit in force, the energy so far and
@@ -226,7 +230,9 @@ def simulate(
         A name for :func:`nowblock.policies.get_policy` or a policy object; default ``"milp"``
         (:data:`DEFAULT_POLICY`, the policy ``nowblock serve`` runs).
     step, horizon : str or Timedelta
-        Control step and how far ahead base load and prices reach in each snapshot.
+        Control step and how far ahead base load and prices reach in each snapshot. A car is
+        plugged in for the whole steps within its stay only: a stay that covers no whole step
+        (one shorter than ``step``) gets nothing, its request still counted.
     start, end : timestamp, optional
         Simulated window (UTC if naive); by default from the first arrival to the last
         departure, on the step grid. Sessions overlapping the window take part (a car
