@@ -853,6 +853,48 @@ async def test_a_car_switching_from_one_to_three_phases_wakes_a_step_at_once():
     assert not ev.data.get("phases_up")
 
 
+async def test_single_phase_cars_declared_on_points_wired_to_other_grid_phases_charge_together():
+    """Found by an outside test: three cars declaring AC_single_phase (NotifyEVChargingNeeds) on
+    points wired to different grid phases were planned on three phases each (nothing measured yet:
+    a car drawing nothing tells nothing) and served one at a time, 32 of 96 phase-amperes used."""
+    from nowblock.ocpp.v201 import ChargePoint201
+
+    rot = ("L1L2L3", "L2L3L1", "L3L1L2")
+    cps = tuple(ChargePoint(id=f"CP{i}", fuse="grid", max_current_a=32.0, min_current_a=6.0, phase_rotation=r)
+                for i, r in enumerate(rot))
+    site = Site("t", (Fuse("grid", (32.0,) * 3),), cps)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 3)
+    for i in range(3):
+        conn = object.__new__(ChargePoint201)  # the 2.0.1 handler as the message reaches it
+        conn.id, conn.state = f"CP{i}", cs.state
+        ChargePoint201.on_notify_ev_charging_needs(conn, {
+            "requested_energy_transfer": "AC_single_phase",
+            "departure_time": (clock.now + pd.Timedelta(hours=3)).isoformat(),
+            "ac_charging_parameters": {"energy_amount": 30000, "ev_min_current": 6, "ev_max_current": 32,
+                                       "ev_max_voltage": 230}}, 1)
+    ctl = _controller(cs, clock, policy="equal")
+    try:
+        res = await ctl.step()
+        assert (res.current_a == 32.0).all(), res.current_a.to_dict()
+        assert violation_a(res.snapshot, res.current_a) == 0.0
+        # CP0's car is seen drawing on three phases after all: a step at once, and the plan keeps
+        # every grid phase within 32 A with that car on all three.
+        clock.advance(5)
+        ev = cs.state.on_meter("CP0", 1, "tx0", {f"current_l{i}_a": 32.0 for i in (1, 2, 3)},
+                               clock.now.to_pydatetime())
+        assert ctl._meter_wakes(ev)
+        res = await ctl.step()
+        assert res.snapshot.cars.loc["CP0:tx0", "phases"] == 3
+        cars = res.snapshot.cars
+        grid = res.snapshot.site.fuse_phase_currents_a(res.current_a.reindex(cars.index).to_numpy(float),
+                                                       cars["cp_index"].to_numpy(np.int64),
+                                                       cars["phases"].to_numpy(np.int64))[0]
+        assert (grid <= 32.0 + 1e-9).all(), grid
+    finally:
+        await ctl.failsafe.cancel()
+
+
 # ---- the store in bad times: bookkeeping must not stall or undo control -------------------------------
 def _store_down(store, postgres_dsn) -> None:
     """The PostgreSQL server of ``store`` is gone: its session is ended and it cannot connect again."""

@@ -102,3 +102,52 @@ def test_an_unanswered_txprofile_ends_with_its_transaction_and_a_default_does_no
     assert [p.purpose for p in state.station("CP1").unanswered] == [pr.TX_DEFAULT]
     # The default on connector 2 outlives the transaction: still possibly in force.
     assert state.applied_limit_a("CP1", 2, T0) == 24.0
+
+
+def _needs201(state: LiveState, cp_id: str, mode: str, evse_id: int = 1) -> str:
+    # The 2.0.1 handler itself (it reads self.id and self.state only), as a station's message reaches it.
+    from nowblock.ocpp.v201 import ChargePoint201
+
+    conn = object.__new__(ChargePoint201)
+    conn.id, conn.state = cp_id, state
+    return ChargePoint201.on_notify_ev_charging_needs(conn, {
+        "requested_energy_transfer": mode, "departure_time": "2026-03-02T20:00:00Z",
+        "ac_charging_parameters": {"energy_amount": 20000, "ev_min_current": 6, "ev_max_current": 32,
+                                   "ev_max_voltage": 230}}, evse_id).status
+
+
+def _state201(n: int = 1) -> LiveState:
+    state = LiveState(make_test_site(n, grid_a=32.0), clock=lambda: T0)
+    for i in range(1, n + 1):
+        state.on_connect(f"CP{i}", "2.0.1")
+        state.on_start(f"CP{i}", 1, f"T{i}", start=T0, meter_start_wh=0.0)
+    return state
+
+
+@pytest.mark.parametrize("mode,phases", [("AC_single_phase", 1), ("AC_two_phase", 2), ("AC_three_phase", 3),
+                                         ("DC", 3)])
+def test_the_phases_a_car_declares_are_planned_until_the_meter_shows_otherwise(mode, phases):
+    # Found by an outside test: AC_single_phase was ignored, the car planned on three phases, and
+    # 1-phase cars on different grid phases were served one at a time.
+    state = _state201()
+    assert _needs201(state, "CP1", mode) == "Accepted"
+    assert state.snapshot(T0)["phases"].iloc[0] == phases
+    events = []
+    state.add_listener(events.append)
+    # The meter shows the car on three phases: planned on three, and the meter event says so (it
+    # wakes a step at once) whenever fewer were planned.
+    state.on_meter("CP1", 1, "T1", _reading(("L1", 16.0), ("L2", 16.0), ("L3", 16.0)), T0)
+    assert state.snapshot(T0)["phases"].iloc[0] == 3
+    assert bool(events[-1].data.get("phases_up")) == (phases < 3)
+
+
+def test_a_declaration_never_lowers_what_the_meter_showed_and_a_raise_plans_every_phase():
+    state = _state201()
+    state.on_meter("CP1", 1, "T1", _reading(("L1", 16.0), ("L2", 16.0), ("L3", 16.0)), T0)
+    _needs201(state, "CP1", "AC_single_phase")
+    assert state.snapshot(T0)["phases"].iloc[0] == 3  # the meter must show one phase itself
+    state.on_meter("CP1", 1, "T1", _reading(("L1", 16.0), ("L2", 0.0), ("L3", 0.0)), T0)
+    assert state.snapshot(T0)["phases"].iloc[0] == 1
+    # Declared on more phases than it was seen on: it may switch before its next meter value.
+    _needs201(state, "CP1", "AC_two_phase")
+    assert state.snapshot(T0)["phases"].iloc[0] == 3

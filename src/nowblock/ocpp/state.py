@@ -436,8 +436,19 @@ class LiveState:
     def on_needs(
         self, cp_id: str, connector_id: int, *, departure: datetime | None, energy_kwh: float | None,
         ev_max_current_a: float | None = None, ev_min_current_a: float | None = None,
+        phases: int | None = None,
     ) -> Transaction | None:
-        """NotifyEVChargingNeeds: departure time and energy become the running session's needs."""
+        """NotifyEVChargingNeeds: departure time and energy become the running session's needs.
+
+        ``phases`` is the phase count the car declares (2.0.1 ``requestedEnergyTransfer``:
+        AC_single_phase 1, AC_two_phase 2, AC_three_phase and DC 3). A car whose phases are not
+        known yet is taken at fewer phases than the point has once it declares them (it loads the
+        grid phases its point's ``phase_rotation`` gives its first ones); a meter reading on more
+        phases still overrides it (and wakes a step at once, see :meth:`on_meter`). A count the
+        meter showed is never lowered by a declaration, and one declared above what is known
+        makes it unknown again (planned on all the point's phases; watts sent for one phase)
+        until the meter shows it.
+        """
         self.touch(cp_id)
         t = self.running_on(cp_id, connector_id)
         if t is None:
@@ -451,8 +462,15 @@ class LiveState:
             t.ev_max_current_a = float(ev_max_current_a)
         if ev_min_current_a is not None:
             t.ev_min_current_a = float(ev_min_current_a)
+        if phases is not None:
+            if t.phases_used is None:
+                # Unknown so far (a car drawing nothing tells nothing): planned as declared, not
+                # on every phase, where it kept 1-phase cars on other grid phases waiting.
+                t.phases_used = int(phases) if phases < 3 else None
+            elif phases > t.phases_used:
+                t.phases_used = None  # it may switch up before its next meter value shows it
         self.emit("needs", cp_id, connector_id, t.transaction_id, departure=departure, energy_kwh=energy_kwh,
-                  ev_max_current_a=ev_max_current_a)
+                  ev_max_current_a=ev_max_current_a, phases=phases)
         return t
 
     def on_stop(

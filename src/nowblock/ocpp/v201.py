@@ -147,6 +147,7 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
         t = self.state.on_needs(
             self.id, evse_id, departure=departure, energy_kwh=None if wh is None else wh / 1000.0,
             ev_max_current_a=ev_max, ev_min_current_a=ev_min,
+            phases=_DECLARED_PHASES.get(str(charging_needs.get("requested_energy_transfer"))),
         )
         if t is None:
             return call_result.NotifyEVChargingNeeds(status="Rejected")
@@ -268,6 +269,10 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
             if r.get("attribute_status") == "Accepted" and value:
                 return "A" if "A" in value.split(",") else "W"
         return "A"
+
+
+#: Phases a car loads by the energy transfer it requests (a DC charger draws on all its AC phases).
+_DECLARED_PHASES = {"AC_single_phase": 1, "AC_two_phase": 2, "AC_three_phase": 3, "DC": 3}
 
 
 def _current(x) -> float | None:

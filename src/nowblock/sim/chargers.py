@@ -525,7 +525,7 @@ class _Client201(_SilentMixin, _CP201):
     async def needs(self, s: Session, sim: SimCharger) -> None:
         car = s.car
         await self.call(call201.NotifyEVChargingNeeds(evse_id=s.connector_id, charging_needs={
-            "requested_energy_transfer": "AC_three_phase" if car.phases == 3 else "AC_single_phase",
+            "requested_energy_transfer": {1: "AC_single_phase", 2: "AC_two_phase"}.get(car.phases, "AC_three_phase"),
             "departure_time": iso(car.departure),
             "ac_charging_parameters": {"energy_amount": int(car.energy_kwh * 1000), "ev_min_current": int(car.min_current_a),
                                        "ev_max_current": int(car.max_current_a), "ev_max_voltage": 400}}))
