@@ -178,6 +178,33 @@ def test_plot_leaves_out_failed_cells(tmp_path):
     assert [p.name for p in paths] == ["x.png"] and paths[0].stat().st_size > 10_000
 
 
+
+def test_plot_of_one_connection_size_shows_the_policies_side_by_side(tmp_path, monkeypatch):
+    # A study over scenario folders, one size each: drawn against the size, every policy's point
+    # fell on one x (equal values hid each other) and the rating was a one-point line only its
+    # legend showed.
+    from matplotlib.figure import Figure
+
+    figures = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figures.append(self), save(self, *a, **k))[1])
+    t = pd.DataFrame({"status": "ok", "policy": ["edf", "equal"] * 2,
+                      "scenario.dir": ["blocks/a", "blocks/a", "blocks/b", "blocks/b"],
+                      "grid_current_a": [40.0, 40.0, 63.0, 63.0], "voltage_v": 230.0,
+                      "demand_met": [1.0, 1.0, 0.8, 0.9], "peak_kw": [22.1, 21.6, 23.7, 23.7]})
+    paths = plot_study(t, tmp_path, name="folders")
+    assert [p.name for p in paths] == ["folders-01.png", "folders-02.png"] and len(figures) == 2
+    for fig, size in zip(figures, (40.0, 63.0)):
+        ax_met, ax_peak = fig.axes
+        assert [lab.get_text() for lab in ax_peak.get_xticklabels()] == ["edf", "equal"]
+        assert f"{size:g} A" in ax_peak.get_xlabel()
+        for ax in (ax_met, ax_peak):
+            xs = {float(x) for line in ax.get_lines() if line.get_marker() == "o" for x in line.get_xdata()}
+            assert len(xs) == 2  # one x per policy: no marker hides another
+        rating = [line for line in ax_peak.get_lines() if line.get_label().startswith("connection rating")]
+        assert len(rating) == 1 and len(set(rating[0].get_xdata())) == 2  # drawn across the panel
+        assert list(rating[0].get_ydata()) == pytest.approx([3e-3 * 230.0 * size] * 2)
+
 def test_an_unreachable_cluster_fails_fast_with_a_clear_error():
     from nowblock.studies.runner import _check_reachable
 

@@ -2,7 +2,8 @@
 
 Writes ``results.parquet`` (one row per cell: its parameters and every metric), one file a
 finished cell under ``cells/`` (a re-run with the same ``--out`` skips finished cells) and the
-plots (demand met and peak against the grid connection size, per policy) into ``--out``.
+plots (demand met and peak against the grid connection size, per policy; the policies side by
+side where the cells share one size) into ``--out``.
 ``nowblock study default`` runs the embedded default study (3 connection sizes x 4 policies).
 """
 
