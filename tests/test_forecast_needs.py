@@ -329,3 +329,40 @@ def test_dates_pandas_cannot_compute_in_raise_forecast_error(fitted):
     got = SessionNeedsForecaster(fallback_remaining="30D").fit(_sessions()).predict_needs(
         _cars("CP1", edge - pd.Timedelta("400D")), edge)
     assert (got["departure"] > edge + pd.Timedelta("2D")).all()
+
+
+@pytest.mark.parametrize("anchor_day, switch", [("2026-03-28", "spring"), ("2026-10-24", "autumn")])
+def test_departure_keeps_the_local_clock_across_a_dst_switch(anchor_day, switch):
+    """A resident who always leaves at 07:00 local time leaves at 07:00 the morning after a DST
+    switch too. Stays were learnt and added as elapsed hours, so the night of 29 March (23 h)
+    was forecast to end at 08:00 CEST, an hour after the car had gone, and 25 October (25 h) at
+    06:00 CET (found by an outside test)."""
+    rows = []
+    for k, day in enumerate(pd.date_range("2025-10-01", "2026-12-20", freq="D")):
+        arr = pd.Timestamp(f"{day:%Y-%m-%d} 18:00").tz_localize(TZ)
+        dep = pd.Timestamp(f"{day + pd.Timedelta(days=1):%Y-%m-%d} 07:00").tz_localize(TZ)
+        rows.append((f"s{k}", "CP2", arr.tz_convert("UTC"), dep.tz_convert("UTC"), 10.0))
+    hist = pd.DataFrame(rows, columns=["session_id", "charge_point_id", "arrival", "departure", "energy_kwh"])
+    for day in (anchor_day, "2026-06-10", "2026-12-01"):
+        now = pd.Timestamp(f"{day} 18:30").tz_localize(TZ)
+        past = hist[hist["departure"] < now]
+        got = SessionNeedsForecaster(track=False).fit(past).predict_needs(
+            _cars("CP2", pd.Timestamp(f"{day} 18:00").tz_localize(TZ)), now)
+        want = pd.Timestamp(f"{pd.Timestamp(day) + pd.Timedelta(days=1):%Y-%m-%d} 07:00").tz_localize(TZ)
+        for col in ("departure", "departure_q0.1", "departure_q0.9"):
+            assert got[col].iloc[0] == want, (switch, day, col, got[col].iloc[0].tz_convert(TZ))
+
+
+def test_wall_clock_round_trip_reads_dst_hours_early():
+    """Calendar.wall_ns / from_wall_ns: the needs forecaster's stays are wall-clock hours; a wall
+    time the clock shows twice is read as its first instant, one it skips as the instant before."""
+    cal = Calendar()
+    utc = pd.DatetimeIndex(["2026-10-25T00:30Z", "2026-10-25T01:30Z", "2026-03-29T00:30Z", "2026-07-01T12:00Z"]).as_unit("ns")
+    wall = cal.wall_ns(utc.asi8)
+    assert list(pd.DatetimeIndex(wall.astype("datetime64[ns]")).strftime("%m-%d %H:%M")) == [
+        "10-25 02:30", "10-25 02:30", "03-29 01:30", "07-01 14:00"]
+    back = pd.DatetimeIndex(cal.from_wall_ns(wall).astype("datetime64[ns]")).tz_localize("UTC")
+    assert list(back) == [utc[0], utc[0], utc[2], utc[3]]  # the repeated hour: its first instant
+    skipped = pd.Timestamp("2026-03-29T02:30").as_unit("ns").value  # no such wall time in Berlin
+    t = pd.Timestamp(int(cal.from_wall_ns([skipped])[0]), tz="UTC")
+    assert pd.Timestamp("2026-03-29T00:59Z") < t < pd.Timestamp("2026-03-29T01:00Z")

@@ -79,6 +79,55 @@ class Calendar:
         slot = np.floor_divide(wall - day * DAY_NS, step_ns)
         return day.astype(np.int64), slot.astype(np.int64)
 
+    def wall_ns(self, utc_ns) -> np.ndarray:
+        """Local wall-clock time in ``tz`` of UTC instants, both as int64 nanoseconds.
+
+        Parameters
+        ----------
+        utc_ns : array-like of int
+            [ns] UTC nanoseconds since the epoch.
+
+        Returns
+        -------
+        numpy.ndarray
+            [ns] The local wall clock read as if it were UTC (the autumn hour that happens twice
+            maps both of its instants onto the same wall times).
+        """
+        idx = pd.DatetimeIndex(np.asarray(utc_ns, dtype=np.int64).astype("datetime64[ns]")).tz_localize("UTC")
+        return idx.tz_convert(self.tz).tz_localize(None).as_unit("ns").asi8
+
+    def from_wall_ns(self, wall_ns) -> np.ndarray:
+        """The UTC instant [ns] of local wall-clock times [ns], the inverse of :meth:`wall_ns`.
+
+        A wall time in the repeated autumn hour is read as its first (summer-time) instant and one
+        in the skipped spring hour as the last instant before the switch: of two readings the
+        earlier, so a departure read from the clock is never planned later than it happens.
+        Wall times within a day of pandas' last timestamp take the offset of that day; the result
+        never passes ``pd.Timestamp.max``.
+
+        Parameters
+        ----------
+        wall_ns : array-like of int
+            [ns] Local wall-clock times read as if they were UTC.
+
+        Returns
+        -------
+        numpy.ndarray
+            [ns] UTC nanoseconds since the epoch.
+        """
+        wall = np.asarray(wall_ns, dtype=np.int64)
+        if not len(wall):
+            return wall.copy()
+        # pandas cannot localize right at its ends: take the offset from a day inside them
+        clipped = np.clip(wall, pd.Timestamp.min.value + DAY_NS, pd.Timestamp.max.value - DAY_NS)
+        local = pd.DatetimeIndex(clipped.astype("datetime64[ns]")).tz_localize(
+            self.tz, ambiguous=np.ones(len(wall), dtype=bool), nonexistent="shift_backward")
+        offset = clipped - local.tz_convert("UTC").tz_localize(None).as_unit("ns").asi8
+        lo, hi = np.int64(pd.Timestamp.min.value), np.int64(pd.Timestamp.max.value)
+        with np.errstate(over="ignore"):
+            utc = wall - offset  # wraps round only where replaced below
+        return np.where((offset < 0) & (wall > hi + offset), hi, np.where((offset > 0) & (wall < lo + offset), lo, utc))
+
     def day_types(self, epoch_days: np.ndarray) -> np.ndarray:
         """Day type 0..6 (Monday..Sunday, holidays as 6) of local epoch day numbers."""
         epoch_days = np.asarray(epoch_days, dtype=np.int64)

@@ -176,7 +176,9 @@ class SessionNeedsForecaster:
         self._tag = self._tag_codes(df)
         self._kind, self._hour = self._kind_hour(df["_arr"].to_numpy())
         self._gap = gap
-        self._dwell = (df["_dep"].to_numpy() - df["_arr"].to_numpy()) / _H_NS
+        # Stays in local wall-clock hours: people leave by the clock, so the night of a DST
+        # switch (23 h or 25 h) is learnt as the usual 13 h from 18:00 to 07:00.
+        self._dwell = (self.calendar.wall_ns(df["_dep"].to_numpy()) - self.calendar.wall_ns(df["_arr"].to_numpy())) / _H_NS
         self._energy = pd.to_numeric(df["energy_kwh"]).to_numpy(float)
         self._order_e = np.argsort(self._energy, kind="stable")
         # Departure either as a dwell time or anchored to the clock (hours after the local
@@ -258,7 +260,9 @@ class SessionNeedsForecaster:
         if m == 0:
             cols = ["departure", "energy_kwh"] + [f"{b}_q{q:g}" for b in ("departure", "energy_kwh") for q in self.quantiles]
             return pd.DataFrame(columns=cols, index=frame.index)
-        elapsed = np.maximum((now_ns - arr_ns) / _H_NS, 0.0)
+        arr_wall = self.calendar.wall_ns(arr_ns)
+        # wall-clock hours, as the stays were learnt (0 inside the repeated autumn hour at worst)
+        elapsed = np.maximum((int(self.calendar.wall_ns(np.array([now_ns]))[0]) - arr_wall) / _H_NS, 0.0)
         delivered = (np.maximum(pd.to_numeric(frame["energy_delivered_kwh"], errors="coerce").fillna(0.0)
                                 .to_numpy(float), 0.0)
                      if "energy_delivered_kwh" in frame.columns else np.zeros(m))
@@ -285,8 +289,9 @@ class SessionNeedsForecaster:
             qe[full] = delivered[full, None]
         floor_ns = now_ns + int(self.min_remaining.value)
         # a stay that would run past pandas' last timestamp ends there (int64 would wrap round)
-        dwell_s = np.minimum(np.round(qd * 3600.0), ((_MAX_NS - arr_ns) // 10**9)[:, None])
-        dep_ns = np.maximum(arr_ns[:, None] + dwell_s.astype(np.int64) * 10**9, floor_ns)
+        dwell_s = np.minimum(np.round(qd * 3600.0), ((_MAX_NS - arr_wall) // 10**9)[:, None])
+        dep_wall = arr_wall[:, None] + dwell_s.astype(np.int64) * 10**9
+        dep_ns = np.maximum(self.calendar.from_wall_ns(dep_wall.ravel()).reshape(dep_wall.shape), floor_ns)
         col = {q: j for j, q in enumerate(qs_all)}
 
         def dep(j):
