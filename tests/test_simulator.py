@@ -451,3 +451,17 @@ def test_default_scenario_per_policy(default_two_days, policy):
         assert res.metrics["max_overload_a"] == 0.0
         assert res.metrics["demand_met"] > 0.5
     assert set(PHASES) == {c.split("_")[1] for c in res.timeseries.columns if c.startswith("cars_")}
+
+
+def test_a_start_or_end_without_offset_is_refused(small_scenario):
+    """simulate(start="2026-10-25 01:00") was read as UTC without a word (02:00 in Dortmund),
+    while nb.optimize and every file refuse a time without an offset, ambiguous twice a year
+    (found by an outside test); a time with an offset or a tz-aware one still works."""
+    t0 = small_scenario.start
+    naive = t0.tz_convert(small_scenario.site.timezone).tz_localize(None)
+    for kw in ({"start": naive.isoformat()}, {"start": naive}, {"end": (naive + pd.Timedelta("1h")).to_pydatetime()}):
+        with pytest.raises(ValueError, match="(start|end): .* has no UTC offset"):
+            simulate(small_scenario, "equal", **{"start": t0, "end": t0 + pd.Timedelta("1h"), **kw})
+    res = simulate(small_scenario, "equal", start=t0.tz_convert(small_scenario.site.timezone).isoformat(),
+                   end=t0 + pd.Timedelta("1h"))
+    assert res.timeseries.index[0] == t0

@@ -234,7 +234,8 @@ def simulate(
         plugged in for the whole steps within its stay only: a stay that covers no whole step
         (one shorter than ``step``) gets nothing, its request still counted.
     start, end : timestamp, optional
-        Simulated window (UTC if naive); by default from the first arrival to the last
+        Simulated window, timezone-aware (or ISO 8601 text with a UTC offset; a time without
+        one raises ValueError); by default from the first arrival to the last
         departure, on the step grid. Sessions overlapping the window take part (a car
         already plugged in at ``start`` arrives empty-handed then); their whole request
         counts in ``energy_requested_kwh``.
@@ -283,8 +284,8 @@ def simulate(
     sess = scenario.sessions
     if len(sess) == 0 and (start is None or end is None):
         raise ValueError("simulate: a scenario without sessions needs start and end")
-    t_start = _utc(start) if start is not None else sess["arrival"].min().floor(step)
-    t_end = _utc(end) if end is not None else sess["departure"].max().ceil(step)
+    t_start = _utc(start, "start") if start is not None else sess["arrival"].min().floor(step)
+    t_end = _utc(end, "end") if end is not None else sess["departure"].max().ceil(step)
     if not t_end > t_start:  # else: no step, no session, and metrics of a perfect week
         raise ValueError(f"simulate: end {t_end.isoformat()} is not after start {t_start.isoformat()}")
     block = SimulatedBlock(scenario, step=step, horizon=horizon, start=t_start, end=t_end,
@@ -350,6 +351,16 @@ def _result(block: SimulatedBlock, pol, solve: np.ndarray, fallbacks: list, wall
     return SimulationResult(metrics, timeseries, sessions, block.draws(), solve, pol.name, block.step, block.site)
 
 
-def _utc(t) -> pd.Timestamp:
-    t = pd.Timestamp(t)
-    return t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC")
+def _utc(t, what: str) -> pd.Timestamp:
+    """``t`` (timezone-aware, or ISO 8601 text with an offset) in UTC; ``what`` names it in errors.
+
+    A time without an offset is refused, as by ``nb.optimize`` and every file nowblock reads:
+    read as UTC it moved a Dortmund window by one or two hours without a word.
+    """
+    ts = pd.Timestamp(t)
+    if ts is pd.NaT:
+        raise ValueError(f"{what}: missing (NaT); pass a timezone-aware time, or None for the default")
+    if ts.tz is None:
+        raise ValueError(f"{what}: {t!s} has no UTC offset (a local time is ambiguous twice a year); give one, "
+                         f"like 2026-03-02T18:00+01:00, or a timezone-aware Timestamp")
+    return ts.tz_convert("UTC")
