@@ -487,6 +487,55 @@ async def test_cars_that_ignore_their_limits_get_them_again_then_a_station_maxim
     assert all(a["duration_s"] == pytest.approx(260.0) for a in over.values())
 
 
+async def test_the_station_maximum_of_a_car_not_following_leaves_the_other_evses_of_its_station_their_limits():
+    """Found by an outside test: the escalation's station maximum was the car's own limit, and a
+    station maximum bounds the whole station: on a 2-EVSE station the car that followed its
+    15 A limit was held at 8 A. It is the sum of what the plan gives the station's connectors."""
+    site = Site("t", (Fuse("grid", (40.0,) * 3),),
+                (ChargePoint(id="CP0", fuse="grid", max_current_a=32.0, min_current_a=6.0),))
+    cs, clock = FakeCentral(site), Clock()
+    cs.state.clock = clock
+    cs.station_max = []
+
+    async def set_station_max(cp_id, current_a, *, validity_s=None):
+        cs.station_max.append((cp_id, float(current_a)))
+        cs.state.on_profile_accepted(cp_id, 0, pr.build_profile("2.0.1", pr.MAX_201, current_a, connector_id=0,
+                                                                 now=clock.now.to_pydatetime()))
+        return DispatchRecord(pr.utcnow(), float(current_a), pr.MAX_16, float(current_a), [])
+
+    cs.set_station_max = set_station_max
+    cs.state.on_connect("CP0", "2.0.1")
+    for evse, tx in ((1, "a"), (2, "b")):
+        cs.state.on_start("CP0", evse, tx, start=clock.now.to_pydatetime(), meter_start_wh=0.0)
+        cs.state.on_needs("CP0", evse, departure=(clock.now + pd.Timedelta(hours=4)).to_pydatetime(), energy_kwh=30.0)
+
+    def meter():
+        now = clock.now.to_pydatetime()
+        cs.state.on_meter("CP0", 1, "a", {f"current_l{i}_a": 24.0 for i in (1, 2, 3)}, now)  # whatever it is sent
+        b = cs.state.applied_limit_a("CP0", 2) or 0.0
+        cs.state.on_meter("CP0", 2, "b", {f"current_l{i}_a": b for i in (1, 2, 3)}, now)  # follows its limit
+
+    ctl = _controller(cs, clock, policy="equal")
+    try:
+        at = None
+        for _ in range(8):
+            meter()
+            res = await ctl.step()
+            await asyncio.sleep(0)  # the station maximum goes out in the background
+            if cs.station_max and at is None:
+                at = res
+            clock.advance(20)
+        assert len(cs.station_max) == 1 and at is not None
+        sent = cs.station_max[0][1]
+        assert at.context.untrusted == {"CP0:a": "over_draw"}
+        assert sent == pytest.approx(at.targets_a.sum())  # both EVSEs' limits
+        assert sent <= at.current_a.sum() + 1e-9  # never above what the step reserved for the station
+        # The car that follows keeps its limit, under the station maximum and in the plan.
+        assert cs.state.applied_limit_a("CP0", 2) == res.targets_a["CP0:b"] >= 15.0
+    finally:
+        await ctl.failsafe.cancel()
+
+
 async def test_limits_going_down_are_answered_before_any_goes_up():
     site = _site(root_a=32.0, n=3)
     cs, clock = FakeCentral(site), Clock()

@@ -70,7 +70,9 @@ class Escalation:
         doubles with every attempt, up to ``max_backoff_s``.
     grace_s : float
         [s] After this long not following, the station gets a station-wide maximum
-        (ChargePointMaxProfile / ChargingStationMaxProfile) at the car's limit.
+        (ChargePointMaxProfile / ChargingStationMaxProfile): the sum of the limits the step
+        gives its connectors, the car's own included (see
+        :func:`nowblock.control.sending.station_allowance_a`).
     alarm_s : float
         [s] After this long, the car is reported as an alarm (log WARNING, the store, the API).
     """

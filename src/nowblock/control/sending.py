@@ -263,8 +263,9 @@ class Dispatcher:
             if hasattr(self.central, "set_station_max"):
                 # In the background: a station that does not follow may not answer either, and the
                 # step must not wait for it (its calls queue behind each other).
-                self._spawn(self._station_max(sid, cp_id, float(targets[sid]), ctx.untrusted.get(sid),
-                                              (now - self.escalation.since[sid]).total_seconds()))
+                since_s = (now - self.escalation.since[sid]).total_seconds()
+                self._spawn(self._station_max(sid, cp_id, station_allowance_a(cp_id, targets, ctx),
+                                              ctx.untrusted.get(sid), since_s))
         for sid in self.escalation.to_alarm(now):
             self.escalation.alarmed.add(sid)
             if sid not in ctx.cars.index:
@@ -310,6 +311,27 @@ class Dispatcher:
             await read(cp_id, connector_id)
         except Exception as exc:  # noqa: BLE001 - a station that cannot tell is planned at what it accepted
             log.info("%s/%s: applied limit not read back: %r", cp_id, connector_id, exc)
+
+
+def station_allowance_a(cp_id: str, targets: pd.Series, ctx: StepContext) -> float:
+    """[A per phase] The station maximum for station ``cp_id`` when one of its cars does not follow
+    its limit: the sum of the step's limits for the station's cars (``targets``, session -> [A];
+    the one not following at the limit it was sent) and of what is held for its idle connectors
+    (``ctx.idle_reserved_a``).
+
+    A station maximum (ChargePointMaxProfile / ChargingStationMaxProfile) bounds the station's
+    total: set at one car's limit, it capped every other car of a several-EVSE station too (a
+    following car held at 8 A instead of its 15 A). The sum lets each connector have what the plan
+    gives it and no more in total; it is never above what the step reserved for the station (a car
+    that does not follow is reserved at what it may draw, at least its limit).
+    """
+    cars = ctx.cars
+    mine = [s for s in targets.index if s in cars.index and cars.at[s, "charge_point_id"] == cp_id]
+    total = float(np.nansum(targets.reindex(mine).to_numpy(float)))
+    idle = ctx.idle_reserved_a
+    if len(idle):
+        total += float(idle[idle.index.get_level_values(0) == cp_id].sum())
+    return total
 
 
 def _balanced_around(snap: BlockSnapshot, x: pd.Series, held: dict) -> pd.Series:
