@@ -200,6 +200,34 @@ def test_postgres_deadlines_are_kept_by_one_thread_per_store(postgres_url, monke
     assert not mine[0].is_alive()  # stopped on close
 
 
+def test_the_watchdog_expires_each_armed_call_once_and_survives_a_failing_cut(caplog):
+    # No server needed: the store's watchdog thread alone. A call that ends in time is not cut; a
+    # deadline earlier than the one the thread sleeps towards wakes it; a cut that raises is logged
+    # and the next deadline is still kept (a dead watchdog would keep none).
+    got = []
+
+    class Owner:
+        def expire(self, call_id):
+            got.append((call_id, time.monotonic()))
+            if call_id == 1:
+                raise RuntimeError("cut failed")
+
+    owner = Owner()
+    wd = pg_backend._Watchdog(owner.expire, name="test-watchdog")
+    t0 = time.monotonic()
+    wd.arm(1, 0.2)
+    time.sleep(0.4)
+    wd.arm(2, 2.0)  # the thread now sleeps towards t0 + 2.4 s
+    wd.disarm()
+    wd.arm(3, 0.1)  # due at t0 + 0.5 s: must wake it
+    time.sleep(0.5)
+    assert [c for c, _ in got] == [1, 3], got
+    assert 0.15 < got[0][1] - t0 < 0.35 and 0.45 < got[1][1] - t0 < 0.8, got
+    assert "cutting call 1 failed" in caplog.text and wd.alive
+    wd.stop()
+    assert not wd.alive
+
+
 def test_a_store_outage_refuses_messages_but_not_connections_or_dispatch_records(postgres_url, postgres_dsn):
     # During an outage a charger's connection (it acknowledges nothing) and the record of a limit
     # it accepted (it has answered already) must not fail: a failed connect kept the charger out

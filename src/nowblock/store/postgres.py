@@ -288,7 +288,10 @@ class _Watchdog:
             expire = self._expire()
             if expire is None:  # the store is gone
                 return
-            expire(call_id)
+            try:
+                expire(call_id)
+            except Exception:  # noqa: BLE001 - a dead watchdog would keep no deadline ever again
+                log.exception("PostgreSQL store watchdog: cutting call %d failed", call_id)
             del expire  # hold the store only while expiring
 
 
