@@ -118,3 +118,23 @@ def test_a_warning_about_the_sessions_is_printed_once_by_its_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     said = [line for line in proc.stderr.splitlines() if "more than the car can draw" in line]
     assert len(said) == 1 and "first line 2 (session_id='late')" in said[0], proc.stderr
+
+
+def test_serve_refuses_a_base_load_history_without_offsets(tmp_path):
+    """``serve --base-load`` took local times without an offset as UTC without a word: the flats'
+    18:00 peak was forecast for 19:00 (20:00 in summer) and the cars planned into it (found by an
+    outside test). The file is now checked as a scenario's base_load.csv before any port opens."""
+    site = tmp_path / "site.toml"
+    site.write_text(SITE_TOML)
+    hist = tmp_path / "history.csv"
+    hist.write_text("time,kw\n2026-12-01T17:45:00,10\n2026-12-01T18:00:00,60\n")  # Dortmund wall clock
+    try:
+        proc = subprocess.run([sys.executable, "-m", "nowblock", "serve", "--site", str(site), "--base-load", str(hist),
+                               "--port", "0", "--db", str(tmp_path / "x.sqlite")],
+                              capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("serve started with a base-load history it reads an hour off")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = [line for line in proc.stderr.strip().splitlines() if " WARNING " not in line]
+    assert len(err) == 1 and err[0].startswith("nowblock serve: "), err
+    assert f"{hist}: line 2" in err[0] and "no UTC offset" in err[0], err[0]

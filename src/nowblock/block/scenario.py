@@ -243,6 +243,42 @@ class Scenario:
         return self.sessions["departure"].max()
 
 
+def read_base_load_csv(path: str | Path, site: Site) -> pd.Series:
+    """The block's other load [kW] from a CSV ``time,kw``, checked as a scenario's base_load.csv.
+
+    For files read outside a scenario folder (``nowblock serve --base-load``): every time
+    carries its UTC offset (a naive local time read as UTC moved the flats' evening peak by an
+    hour, two in summer, in the forecast the live loop plans with), no time repeats, every value
+    is a number, and no value is absurd for the grid connection (:func:`check_base_load`).
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file, columns ``time`` (ISO 8601 with offset) and ``kw`` [kW].
+    site : Site
+        Gives the time zone for messages and the grid connection's rating.
+
+    Returns
+    -------
+    pandas.Series
+        [kW] named ``kw``, over UTC times, sorted by time.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ScenarioError
+        Naming the file and its line (the header is line 1).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    series = _read_ts(p, "kw", site.timezone)
+    lines = pd.Series(np.arange(len(series)) + 2, index=series.index)
+    check_base_load(series, site, str(p), lines)
+    return series.sort_index()
+
+
 def _read_ts(path: Path, col: str, tz: str | None = None) -> pd.Series | None:
     """The series in CSV ``path`` (columns ``time``, ``col``), in file order; None without the file.
 

@@ -53,6 +53,13 @@ async def _serve(args: argparse.Namespace) -> None:
     import ocpp.messages
 
     site = Site.from_toml(args.site)
+    if getattr(args, "base_load", None):
+        # Checked as a scenario's base_load.csv before anything starts: the controller's own
+        # reading takes a time without an offset as UTC, which moved the flats' evening peak an
+        # hour late (two in summer) in the forecast it plans with.
+        from nowblock.block.scenario import read_base_load_csv
+
+        read_base_load_csv(args.base_load, site)
     # Schema validation on the event loop instead of a thread-pool hop per message: keeps the
     # handler tail short under load (docs/bench_ocpp.md). A process-wide switch of the ocpp
     # library, so it is flipped here, at the entry point, not in a constructor.
