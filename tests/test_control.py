@@ -536,6 +536,57 @@ async def test_the_station_maximum_of_a_car_not_following_leaves_the_other_evses
         await ctl.failsafe.cancel()
 
 
+async def test_the_station_maximum_never_lets_a_phase_of_the_station_draw_more_than_was_reserved_on_it():
+    """A 3-phase car not following its limit next to a 1-phase car on the same station: the sum of
+    their limits holds on the station's first phase only; sent as the station maximum, it let the
+    3-phase car take that sum on the two phases where only its own limit was reserved."""
+    site = Site("t", (Fuse("grid", (30.0,) * 3),),
+                (ChargePoint(id="CP0", fuse="grid", max_current_a=32.0, min_current_a=6.0),))
+    cs, clock = FakeCentral(site), Clock()
+    cs.state.clock = clock
+    cs.station_max = []
+
+    async def set_station_max(cp_id, current_a, *, validity_s=None):
+        cs.station_max.append((cp_id, float(current_a)))
+        return DispatchRecord(pr.utcnow(), float(current_a), pr.MAX_16, float(current_a), [])
+
+    cs.set_station_max = set_station_max
+    cs.state.on_connect("CP0", "2.0.1")
+    for evse, tx in ((1, "a"), (2, "b")):
+        cs.state.on_start("CP0", evse, tx, start=clock.now.to_pydatetime(), meter_start_wh=0.0)
+        cs.state.on_needs("CP0", evse, departure=(clock.now + pd.Timedelta(hours=4)).to_pydatetime(), energy_kwh=30.0)
+
+    def meter():
+        now = clock.now.to_pydatetime()
+        a = 1.25 * (cs.state.applied_limit_a("CP0", 1) or 16.0)  # a quarter over whatever it is sent
+        cs.state.on_meter("CP0", 1, "a", {f"current_l{i}_a": a for i in (1, 2, 3)}, now)
+        b = cs.state.applied_limit_a("CP0", 2) or 10.0
+        cs.state.on_meter("CP0", 2, "b", {"current_l1_a": b, "current_l2_a": 0.0, "current_l3_a": 0.0}, now)
+
+    ctl = _controller(cs, clock, policy="equal")
+    try:
+        at = None
+        for _ in range(8):
+            meter()
+            res = await ctl.step()
+            await asyncio.sleep(0)
+            if cs.station_max and at is None:
+                at = res
+            clock.advance(20)
+        assert len(cs.station_max) == 1 and at is not None
+        assert at.context.untrusted == {"CP0:a": "over_draw"}
+        phases = at.context.cars["phases"]
+        assert phases["CP0:a"] == 3 and phases["CP0:b"] == 1
+        sent = cs.station_max[0][1]
+        # On every phase of the station that a car loads, no more than the step reserved there.
+        for k in (1, 2, 3):
+            on_k = [s for s in at.current_a.index if phases[s] >= k]
+            assert sent <= at.current_a[on_k].sum() + 1e-9
+        assert sent == pytest.approx(at.targets_a["CP0:a"])  # the 3-phase car's own limit bounds phases 2 and 3
+    finally:
+        await ctl.failsafe.cancel()
+
+
 async def test_limits_going_down_are_answered_before_any_goes_up():
     site = _site(root_a=32.0, n=3)
     cs, clock = FakeCentral(site), Clock()

@@ -315,23 +315,27 @@ class Dispatcher:
 
 def station_allowance_a(cp_id: str, targets: pd.Series, ctx: StepContext) -> float:
     """[A per phase] The station maximum for station ``cp_id`` when one of its cars does not follow
-    its limit: the sum of the step's limits for the station's cars (``targets``, session -> [A];
-    the one not following at the limit it was sent) and of what is held for its idle connectors
-    (``ctx.idle_reserved_a``).
+    its limit, from the step's limits for the station's cars (``targets``, session -> [A]; the one
+    not following at the limit it was sent) and what is held for its idle connectors
+    (``ctx.idle_reserved_a``, counted on every phase).
 
     A station maximum (ChargePointMaxProfile / ChargingStationMaxProfile) bounds the station's
-    total: set at one car's limit, it capped every other car of a several-EVSE station too (a
-    following car held at 8 A instead of its 15 A). The sum lets each connector have what the plan
-    gives it and no more in total; it is never above what the step reserved for the station (a car
-    that does not follow is reserved at what it may draw, at least its limit).
+    total on each of its phases: set at one car's limit, it capped every other car of a
+    several-EVSE station too (a following car held at 8 A instead of its 15 A). It is the smallest
+    over the station's phases that its cars load (its first phase for a 1-phase car, its first two
+    for a 2-phase one) of the sum of the limits of the cars loading that phase, so that no phase of
+    the station can draw more than the step reserved on it: with a 3-phase car at 15 A and a 1-phase
+    car at 8 A the sum 23 A holds only on the first phase, and 23 A on the others would let the
+    station's 3-phase car take 23 A where 15 A were reserved.
     """
     cars = ctx.cars
     mine = [s for s in targets.index if s in cars.index and cars.at[s, "charge_point_id"] == cp_id]
-    total = float(np.nansum(targets.reindex(mine).to_numpy(float)))
+    limit = np.nan_to_num(targets.reindex(mine).to_numpy(float), nan=0.0)
+    phases = np.clip(cars.loc[mine, "phases"].to_numpy(float), 1, 3) if mine else np.zeros(0)
     idle = ctx.idle_reserved_a
-    if len(idle):
-        total += float(idle[idle.index.get_level_values(0) == cp_id].sum())
-    return total
+    idle_a = float(idle[idle.index.get_level_values(0) == cp_id].sum()) if len(idle) else 0.0
+    loaded = [k for k in (1, 2, 3) if (phases >= k).any()] or [1]
+    return float(min(limit[phases >= k].sum() for k in loaded)) + idle_a
 
 
 def _balanced_around(snap: BlockSnapshot, x: pd.Series, held: dict) -> pd.Series:
