@@ -480,3 +480,107 @@ async def test_sigterm_records_disconnects_before_the_store_closes(tmp_path):
     rows = con.execute("SELECT station_id, vendor, connected FROM stations ORDER BY station_id").fetchall()
     con.close()
     assert rows == [("CP1", "nowblock", 0), ("CP2", "nowblock", 0)], err[-2000:]
+
+
+# ---- a connection record that failed ------------------------------------------------------------
+def _recorded_state(tmp_path, n: int = 2):
+    from nowblock.ocpp.state import LiveState
+    from nowblock.testing import make_test_site
+
+    clock = _Clock()
+    state = LiveState(make_test_site(n), clock=clock)
+    path = tmp_path / "nb.sqlite"
+    store = open_store(path)
+    rec = attach_store(state, store)
+    for i in range(1, n + 1):
+        state.on_connect(f"CP{i}", "1.6")
+        state.on_boot(f"CP{i}", vendor="Interop", model="Box")
+    return clock, state, store, rec, path
+
+
+def _connected(store) -> dict:
+    return store.stations().set_index("station_id")["connected"].to_dict()
+
+
+def test_a_disconnect_the_store_could_not_record_is_written_at_its_next_write(tmp_path):
+    """Found by review: a disconnect whose write failed (the database unreachable for a
+    moment) left the station connected in the store until it connected again."""
+    from nowblock.store import StoreUnavailable
+
+    clock, state, store, rec, _ = _recorded_state(tmp_path)
+    clock.now += timedelta(minutes=1)
+    state.touch("CP1")
+    seen = store.stations().set_index("station_id").loc["CP1", "last_seen"]
+    upsert = store.upsert_station
+
+    def down(*a, **k):
+        raise StoreUnavailable("database unreachable")
+
+    store.upsert_station = down
+    state.on_disconnect("CP1")  # logged, not raised: a closed connection acknowledges nothing
+    store.upsert_station = upsert
+    assert _connected(store)["CP1"]
+    clock.now += timedelta(minutes=1)
+    state.on_start("CP2", 1, "7", start=clock.now, meter_start_wh=0.0)  # the store takes writes again
+    assert _connected(store) == {"CP1": False, "CP2": True}
+    row = store.stations().set_index("station_id").loc["CP1"]
+    # Nothing stored is lost: what the boot wrote stays, last_seen does not go back.
+    assert row["vendor"] == "Interop" and row["protocol"] is not None and row["last_seen"] == seen
+    assert rec.unrecorded == {}
+
+
+def test_a_lone_station_s_lost_disconnect_is_written_by_the_retry(tmp_path):
+    from nowblock.store import StoreUnavailable
+
+    clock, state, store, rec, _ = _recorded_state(tmp_path, n=1)
+    upsert = store.upsert_station
+    store.upsert_station = lambda *a, **k: (_ for _ in ()).throw(StoreUnavailable("down"))
+    state.on_disconnect("CP1")
+    assert rec.retry(pd.Timestamp(clock.now)) == 1  # still down: kept
+    store.upsert_station = upsert
+    assert rec.retry(pd.Timestamp(clock.now) + pd.Timedelta(seconds=5)) == 1  # not before 30 s
+    assert _connected(store)["CP1"]
+    assert rec.retry(pd.Timestamp(clock.now) + pd.Timedelta(seconds=31)) == 0  # nothing else written
+    assert not _connected(store)["CP1"]
+
+
+def test_a_sqlite_file_locked_past_its_busy_timeout_does_not_swallow_a_disconnect(tmp_path):
+    """Found by review: a disconnect written while another writer held the SQLite file past the
+    busy timeout raised out of the live state: the controller never heard of it, and the store
+    kept the station connected."""
+    clock, state, store, rec, path = _recorded_state(tmp_path)
+    events = state.subscribe()
+    store._con.execute("PRAGMA busy_timeout=100")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        state.on_disconnect("CP1")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    kinds = []
+    while not events._queue.empty():
+        kinds.append(events._queue.get_nowait().kind)
+    assert kinds[-1] == "disconnect"
+    clock.now += timedelta(minutes=1)
+    state.touch("CP2")
+    assert _connected(store) == {"CP1": False, "CP2": True}
+
+
+def test_a_restart_records_the_stations_stored_as_connected_as_disconnected(tmp_path):
+    """A crash (or a failed write) lost a disconnect; a process that has just started has no station
+    connected, so it says so in the store, keeping everything else."""
+    from nowblock.ocpp.state import LiveState
+    from nowblock.store import restore_state
+    from nowblock.testing import make_test_site
+
+    clock, state, store, rec, path = _recorded_state(tmp_path)
+    before = store.stations().set_index("station_id")
+    store.close()  # killed: no disconnect recorded
+    store = open_store(path)
+    fresh = LiveState(make_test_site(2), clock=clock)
+    restore_state(fresh, store)
+    after = store.stations().set_index("station_id")
+    assert not after["connected"].any()
+    assert after.drop(columns="connected").equals(before.drop(columns="connected"))
+    store.close()

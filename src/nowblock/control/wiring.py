@@ -74,9 +74,11 @@ def attach(central, db: str | None = None, *, args: argparse.Namespace | None = 
     else:
         store = open_store(url)
     restore_state(central.state, store)
-    attach_store(central.state, store)
+    recorder = attach_store(central.state, store)
     ctl = Controller(central, central.site, kwargs.pop("policy", "milp"), store, **kwargs)
     ctl.owns_store = True
+    # A connection record that failed is written again even where nothing else is written.
+    ctl.step_listeners.append(lambda res: recorder.retry(res.time))
     if "needs_forecaster" not in kwargs:
         ctl.needs_from_store = True  # learnt from this block's own finished sessions, refitted daily
     return ctl

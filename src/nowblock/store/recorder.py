@@ -12,7 +12,7 @@ import math
 
 import pandas as pd
 
-from nowblock.store.base import StoreError, StoreUnavailable
+from nowblock.store.base import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,12 @@ class StoreRecorder:
     failed write of it is logged and never reaches the sender; so is the record of a
     connection opened or closed (it acknowledges nothing, and refusing it would keep a charger
     out of control, or its disconnect from the controller).
+
+    A connection opened or closed whose record failed (the database unreachable, a SQLite file
+    locked past its busy timeout) is written again, with the station's connection state then,
+    after the next write that succeeds and by :meth:`retry` (``nowblock serve`` calls it after
+    every control step); until then the store said ``connected`` for a station long gone. The
+    write keeps everything stored (``last_seen`` only moves forward).
 
     Every message from a station moves its ``last_seen`` in the store: the ``seen`` event of a
     message that stores nothing else (a Heartbeat, an Authorize) is written at most once every
@@ -50,41 +56,90 @@ class StoreRecorder:
         self.store = store
         self.seen_every_s = float(seen_every_s)
         self._seen_written: dict[str, pd.Timestamp] = {}  # station -> last_seen last written
+        #: Stations whose connection record (connect/disconnect) failed -> the time of that event.
+        self.unrecorded: dict[str, pd.Timestamp] = {}
+        self._retried: pd.Timestamp | None = None  # when :meth:`retry` last tried
 
     def __call__(self, ev) -> None:
         """Record one event (see ``nowblock.ocpp.state.Event``)."""
         try:
-            self._record(ev)
+            wrote = self._record(ev)
         except StoreError as exc:
             log.warning("store refused %s from %s: %s", ev.kind, ev.cp_id, exc)
+            return
+        if wrote and self.unrecorded:  # the store takes writes again
+            self.flush()
+
+    def flush(self) -> int:
+        """Write the connection state of the stations whose connect/disconnect record failed
+        (see the class); returns how many are still unwritten."""
+        for cp_id, t in list(self.unrecorded.items()):
+            try:
+                self.store.upsert_station(cp_id, time=t, **self._station_fields(cp_id))
+            except Exception as exc:  # noqa: BLE001 - down again: kept for the next try
+                log.warning("store could not record the connection state of %s yet: %s", cp_id, exc)
+                break
+            self.unrecorded.pop(cp_id, None)
+            log.info("store recorded the connection state of %s at last", cp_id)
+        return len(self.unrecorded)
+
+    def retry(self, now: pd.Timestamp) -> int:
+        """:meth:`flush`, at most once every ``seen_every_s`` [s] of ``now`` (a time-zone aware
+        time): for a block where nothing else is written (its one station went away). Returns
+        how many connection records are still unwritten."""
+        if not self.unrecorded:
+            return 0
+        now = pd.Timestamp(now)
+        if self._retried is not None and 0.0 <= (now - self._retried).total_seconds() < self.seen_every_s:
+            return len(self.unrecorded)
+        self._retried = now
+        return self.flush()
+
+    def _station_fields(self, cp_id: str) -> dict:
+        """What the live state knows of station ``cp_id`` for its row (None: left as stored)."""
+        station = self.state.stations.get(cp_id)
+        boot = getattr(station, "boot", {}) or {}
+        # The live state keeps the BootNotification as ``vendor``/``model`` for both OCPP
+        # versions (ocpp.state.on_boot); the OCPP field names are accepted too.
+        return dict(protocol=getattr(station, "version", None),
+                    vendor=_first(boot, "vendor", "charge_point_vendor", "vendor_name"),
+                    model=_first(boot, "model", "charge_point_model"),
+                    connected=getattr(station, "connected", None))
 
     # The live state delivers events to subscribers through ``_put``; a recorder is one.
     _put = __call__
 
-    def _record(self, ev) -> None:
+    def _record(self, ev) -> bool:
+        """Write one event; True when something was written (False: nothing to write, or a
+        write that may fail was logged instead)."""
         s, st, now = self.store, self.state, pd.Timestamp(ev.time)
         if ev.kind == "seen":
-            self._seen(ev.cp_id, now)
-            return
+            return self._seen(ev.cp_id, now)
         if ev.kind in ("connect", "disconnect", "boot", "status"):
-            station = st.stations.get(ev.cp_id)
-            boot = getattr(station, "boot", {}) or {}
-            # The live state keeps the BootNotification as ``vendor``/``model`` for both OCPP
-            # versions (ocpp.state.on_boot); the OCPP field names are accepted too.
+            # The row is written with the station's connection state now: a failed connection
+            # record of it waits no more.
+            missed = self.unrecorded.pop(ev.cp_id, None)
             try:
-                s.upsert_station(ev.cp_id, time=now, protocol=getattr(station, "version", None),
-                                 vendor=_first(boot, "vendor", "charge_point_vendor", "vendor_name"),
-                                 model=_first(boot, "model", "charge_point_model"),
-                                 status=ev.data.get("status"), connected=getattr(station, "connected", None))
-            except StoreUnavailable as exc:
+                s.upsert_station(ev.cp_id, time=now, status=ev.data.get("status"), **self._station_fields(ev.cp_id))
+            except StoreError:
+                if missed is not None:
+                    self.unrecorded[ev.cp_id] = missed
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure of the database, SQLite's own errors too
                 if ev.kind in ("boot", "status"):
+                    if missed is not None:
+                        self.unrecorded[ev.cp_id] = missed
                     raise  # a message the charger sends again when it is not acknowledged
                 # A connection opened or closed acknowledges nothing: refusing it would keep the
-                # charger out of control (or its disconnect from the controller) for a record.
-                log.warning("store could not record the %s of %s: %s", ev.kind, ev.cp_id, exc)
-                return
+                # charger out of control (or its disconnect from the controller: a SQLite file
+                # locked past its busy timeout raised out of the disconnect, and the controller
+                # never heard of it) for a record. Written again later (see the class).
+                self.unrecorded[ev.cp_id] = now if missed is None else max(missed, now)
+                log.warning("store could not record the %s of %s (%s: %s); written again once the store "
+                            "takes writes", ev.kind, ev.cp_id, type(exc).__name__, exc)
+                return False
             self._seen_written[ev.cp_id] = now
-            return
+            return True
         if ev.kind == "limit":
             # The record of a dispatch is bookkeeping: the charger has answered already, so a failed
             # write is logged and must not reach the sender (it would book a limit the charger
@@ -99,12 +154,13 @@ class StoreRecorder:
             except Exception as exc:  # noqa: BLE001 - StoreUnavailable too: the limit was sent all the same
                 log.warning("store could not record the limit %s A sent to %s/%s (%s: %s); the charger's answer "
                             "stands", d.get("wanted_a"), ev.cp_id, ev.connector_id, type(exc).__name__, exc)
-            return
+                return False
+            return True
         if ev.transaction_id is None:
-            return
+            return False
         t = st.transaction(ev.cp_id, ev.transaction_id)
         if t is None:
-            return
+            return False
         if ev.kind == "start":
             s.start_transaction(ev.cp_id, t.transaction_id, time=pd.Timestamp(t.start), connector_id=t.connector_id,
                                 id_tag=t.id_tag, meter_start_wh=t.meter_start_wh, session_id=t.session_id)
@@ -117,7 +173,7 @@ class StoreRecorder:
                 "soc_percent": None if math.isnan(t.soc_percent) else t.soc_percent,
             }], seen=now)
             self._seen_written[ev.cp_id] = now
-            return
+            return True
         elif ev.kind == "needs":
             s.update_needs(ev.cp_id, t.transaction_id, departure=t.departure,
                            energy_requested_kwh=None if math.isnan(t.energy_requested_kwh) else t.energy_requested_kwh,
@@ -126,21 +182,25 @@ class StoreRecorder:
             s.stop_transaction(ev.cp_id, t.transaction_id, time=pd.Timestamp(t.stop or ev.time),
                                meter_stop_wh=t.meter_stop_wh, reason=t.stop_reason)
         else:
-            return
+            return False
         # A start, a stop or needs: the station was heard from (once a session: a write of its own is cheap).
         s.upsert_station(ev.cp_id, time=now)
         self._seen_written[ev.cp_id] = now
+        return True
 
-    def _seen(self, cp_id: str, now: pd.Timestamp) -> None:
-        """Move ``cp_id``'s ``last_seen`` to ``now`` unless it was written less than ``seen_every_s`` ago."""
+    def _seen(self, cp_id: str, now: pd.Timestamp) -> bool:
+        """Move ``cp_id``'s ``last_seen`` to ``now`` unless it was written less than ``seen_every_s``
+        ago; True when written."""
         last = self._seen_written.get(cp_id)
         if last is not None and 0.0 <= (now - last).total_seconds() < self.seen_every_s:
-            return
+            return False
         self._seen_written[cp_id] = now  # also after a failure: retried in seen_every_s, not every message
         try:
             self.store.upsert_station(cp_id, time=now)
-        except (StoreError, StoreUnavailable) as exc:
+        except Exception as exc:  # noqa: BLE001 - a SQLite file locked past its busy timeout too
             log.warning("store could not move last_seen of %s: %s", cp_id, exc)
+            return False
+        return True
 
 
 def _first(boot: dict, *keys: str):
@@ -168,6 +228,8 @@ def restore_state(state, store) -> int:
     Call before the central system accepts connections. Restored transactions have no fresh
     meter value, so the controller counts them at their maximum until their charger reports.
     1.6 transaction ids continue above the largest one stored. Returns how many were restored.
+    A station the store holds as connected is recorded as disconnected (none is connected to a
+    process that has just started; its disconnect record was lost to a failed write or a crash).
 
     A stored record that cannot be read (a time outside what pandas holds, a missing start, a
     connector id that is no number) is skipped with an ERROR naming it, and so is the whole
@@ -175,6 +237,7 @@ def restore_state(state, store) -> int:
     Their count is ``state.restore_skipped``.
     """
     state.restore_skipped = 0
+    _mark_disconnected(state, store)
     try:
         top = int(store.max_numeric_transaction_id())
     except Exception as exc:
@@ -204,6 +267,26 @@ def restore_state(state, store) -> int:
     if n:
         log.info("restored %d running transaction(s) from the store", n)
     return n
+
+
+def _mark_disconnected(state, store) -> None:
+    """Stations the store holds as connected that are not connected to this process (it has
+    just started): their disconnect was never recorded (a write that failed, a crash). Written
+    as disconnected; ``last_seen`` and every other field stay as stored."""
+    try:
+        rows = store.stations() if hasattr(store, "stations") else None
+        if rows is None or not len(rows):
+            return
+        for _, r in rows[rows["connected"].astype(bool)].iterrows():
+            station = state.stations.get(r["station_id"])
+            if station is None or station.connected:
+                continue
+            t = r["last_seen"] if pd.notna(r["last_seen"]) else pd.Timestamp.now(tz="UTC")
+            store.upsert_station(r["station_id"], time=t, connected=False)
+            log.info("%s: stored as connected, not connected since the start: recorded as disconnected",
+                     r["station_id"])
+    except Exception as exc:  # noqa: BLE001 - a restart must come up; the next connection record fixes it
+        log.error("could not record the stations not connected since the start (%r)", exc)
 
 
 def _restore_one(state, r) -> None:
