@@ -366,3 +366,19 @@ def test_wall_clock_round_trip_reads_dst_hours_early():
     skipped = pd.Timestamp("2026-03-29T02:30").as_unit("ns").value  # no such wall time in Berlin
     t = pd.Timestamp(int(cal.from_wall_ns([skipped])[0]), tz="UTC")
     assert pd.Timestamp("2026-03-29T00:59Z") < t < pd.Timestamp("2026-03-29T01:00Z")
+
+
+def test_expected_arrivals_stay_by_the_local_clock_across_a_dst_switch():
+    """Expected cars that arrive at 18:00 and leave at 07:00 local time stay 12 h on the night of
+    29 March and 14 h on that of 25 October; their stay was learnt and given in elapsed hours,
+    13 h every night, so they were planned to leave at 08:00 and 06:00 (found by an outside test)."""
+    rows = []
+    for k, day in enumerate(pd.date_range("2026-01-05", "2026-12-20", freq="D")):
+        arr = pd.Timestamp(f"{day:%Y-%m-%d} 18:00").tz_localize(TZ)
+        dep = pd.Timestamp(f"{day + pd.Timedelta(days=1):%Y-%m-%d} 07:00").tz_localize(TZ)
+        rows.append((f"s{k}", "CP1", arr.tz_convert("UTC"), dep.tz_convert("UTC"), 10.0))
+    hist = pd.DataFrame(rows, columns=["session_id", "charge_point_id", "arrival", "departure", "energy_kwh"])
+    for day, hours in (("2026-03-28", 12.0), ("2026-06-10", 13.0), ("2026-10-24", 14.0)):
+        fc = ArrivalForecaster().fit(hist[hist["departure"] < pd.Timestamp(day, tz=TZ)]).predict(
+            pd.Timestamp(f"{day} 18:00", tz=TZ), 1)
+        assert fc["dwell_h"].iloc[0] == pytest.approx(hours, abs=0.01), day

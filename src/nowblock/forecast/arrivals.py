@@ -21,6 +21,13 @@ from nowblock.forecast.calendar import (
     parse_horizon,
 )
 
+_H_NS = 3_600 * 10**9
+
+
+def _ns(values) -> np.ndarray:
+    """Timestamps (tz-aware) as int64 UTC nanoseconds."""
+    return pd.DatetimeIndex(pd.to_datetime(values)).tz_convert("UTC").as_unit("ns").asi8
+
 
 class ArrivalForecaster:
     """Expected arrivals per slot and their expected energy [kWh] and dwell [h].
@@ -73,8 +80,10 @@ class ArrivalForecaster:
         flat = rows[inside] * n_slots + slot[inside]
         counts = np.bincount(flat, minlength=n_days * n_slots).reshape(n_days, n_slots).astype(float)
         energy = pd.to_numeric(sessions["energy_kwh"], errors="coerce").fillna(0.0).to_numpy(float) if len(arr) else ones
-        dwell = (((pd.to_datetime(sessions["departure"]) - pd.to_datetime(sessions["arrival"])) / pd.Timedelta(hours=1))
-                 .to_numpy(float) if len(arr) else ones)
+        # Stays in local wall-clock hours (people leave by the clock): the 23 h and 25 h nights of
+        # the DST switches are the usual 18:00 to 07:00; predict turns them back into hours.
+        dwell = ((self.calendar.wall_ns(_ns(sessions["departure"])) - self.calendar.wall_ns(arr.as_unit("ns").asi8))
+                 / _H_NS if len(arr) else ones)
         e_sum = np.bincount(flat, weights=energy[inside], minlength=n_days * n_slots).reshape(n_days, n_slots)
         d_sum = np.bincount(flat, weights=dwell[inside], minlength=n_days * n_slots).reshape(n_days, n_slots)
         dclass = day_classes(self.calendar.day_types(np.arange(first, last + 1)))
@@ -98,6 +107,15 @@ class ArrivalForecaster:
         self._fitted = True
         return self
 
+    def _hours_from(self, times: pd.DatetimeIndex, wall_h: np.ndarray) -> np.ndarray:
+        """[h] Elapsed hours of stays of ``wall_h`` local wall-clock hours from each of ``times``
+        (one less across the spring switch, one more across the autumn one)."""
+        utc = times.tz_convert("UTC").as_unit("ns").asi8
+        ok = np.isfinite(wall_h)
+        wall_ns = self.calendar.wall_ns(utc) + np.round(np.where(ok, wall_h, 0.0) * _H_NS).astype(np.int64)
+        out = (self.calendar.from_wall_ns(wall_ns) - utc) / _H_NS
+        return np.where(ok, np.maximum(out, 0.0), wall_h)
+
     def predict(self, start, horizon) -> pd.DataFrame:
         """Expected arrivals over ``horizon`` (steps or a duration) from ``start`` (tz-aware).
 
@@ -118,6 +136,6 @@ class ArrivalForecaster:
         rate = self._rate[k, slot]
         energy = self._energy[k, slot]
         out = pd.DataFrame({"arrivals": rate, "energy_kwh": energy, "energy_total_kwh": rate * energy,
-                            "dwell_h": self._dwell[k, slot]}, index=times)
+                            "dwell_h": self._hours_from(times, self._dwell[k, slot])}, index=times)
         out.index.name = "time"
         return out
