@@ -151,3 +151,16 @@ def test_a_declaration_never_lowers_what_the_meter_showed_and_a_raise_plans_ever
     # Declared on more phases than it was seen on: it may switch before its next meter value.
     _needs201(state, "CP1", "AC_two_phase")
     assert state.snapshot(T0)["phases"].iloc[0] == 3
+
+
+def test_a_car_declared_single_phase_whose_power_shows_three_is_planned_on_three():
+    # A meter reading one current only (an aggregate, or the live phase) cannot show the phases;
+    # the total power can: 11 kW at 16 A is three phases, whatever the car declared.
+    state = _state201()
+    _needs201(state, "CP1", "AC_single_phase")
+    events = []
+    state.add_listener(events.append)
+    state.on_meter("CP1", 1, "T1", {"current_l1_a": 16.0, "power_w": 3680.0}, T0)
+    assert state.snapshot(T0)["phases"].iloc[0] == 1 and not events[-1].data.get("phases_up")
+    state.on_meter("CP1", 1, "T1", {"current_l1_a": 16.0, "power_w": 11040.0}, T0)
+    assert state.snapshot(T0)["phases"].iloc[0] == 3 and events[-1].data.get("phases_up")

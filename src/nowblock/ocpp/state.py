@@ -421,6 +421,10 @@ class LiveState:
         if any(k in reading for k in ("current_l1_a", "current_l2_a", "current_l3_a")):
             t.current_a = tuple(reading.get(f"current_l{i}_a", math.nan) for i in (1, 2, 3))  # type: ignore[assignment]
             ph = _phases_from_currents(t.current_a)
+            if ph is None and t.phases_used is not None:
+                # Not every phase read (one aggregate value, or the live phase only): the total
+                # power still shows a car drawing on more phases than it declared or was seen on.
+                ph = _phases_from_power(t.current_a, reading.get("power_w"), self.site.voltage_v, t.phases_used)
             if ph is not None:  # a car drawing nothing tells nothing about its phases
                 if t.phases_used is not None and ph > t.phases_used:
                     # A car planned on fewer phases draws on more (a 1-phase start, then 3): the
@@ -440,14 +444,11 @@ class LiveState:
     ) -> Transaction | None:
         """NotifyEVChargingNeeds: departure time and energy become the running session's needs.
 
-        ``phases`` is the phase count the car declares (2.0.1 ``requestedEnergyTransfer``:
-        AC_single_phase 1, AC_two_phase 2, AC_three_phase and DC 3). A car whose phases are not
-        known yet is taken at fewer phases than the point has once it declares them (it loads the
-        grid phases its point's ``phase_rotation`` gives its first ones); a meter reading on more
-        phases still overrides it (and wakes a step at once, see :meth:`on_meter`). A count the
-        meter showed is never lowered by a declaration, and one declared above what is known
-        makes it unknown again (planned on all the point's phases; watts sent for one phase)
-        until the meter shows it.
+        ``phases``: the phase count the car declares (2.0.1 ``requestedEnergyTransfer``: AC_single_phase
+        1, AC_two_phase 2, AC_three_phase and DC 3). A car whose phases are unknown is planned on
+        fewer than its point has once it declares them (the grid phases its ``phase_rotation`` gives
+        its first ones) until a meter reading shows more (a step at once, see :meth:`on_meter`); a
+        count the meter showed is never lowered, one declared above it makes it unknown again.
         """
         self.touch(cp_id)
         t = self.running_on(cp_id, connector_id)
@@ -671,6 +672,17 @@ def _ends_with(p: pr.Profile, t: Transaction) -> bool:
     (1.6) for whichever transaction runs there."""
     return (p.purpose == pr.TX and p.connector_id == t.connector_id
             and p.transaction_id in (None, t.transaction_id))
+
+
+def _phases_from_power(current_a, power_w, voltage_v: float, known: int) -> int | None:
+    """More phases than ``known`` when the total power [W] is more than ``known`` phases at the
+    largest current read [A] and ``voltage_v`` [V] can carry (half a phase of margin for the
+    voltage and power factor); else None."""
+    vals = [float(x) for x in current_a if not math.isnan(float(x))]
+    if power_w is None or not vals or max(vals) < 1.0 or not math.isfinite(float(power_w)):
+        return None
+    n = min(3, int(round(float(power_w) / (voltage_v * max(vals)))))
+    return n if n > known else None
 
 
 def _phases_from_currents(current_a) -> int | None:
