@@ -70,8 +70,8 @@ class Escalation:
         doubles with every attempt, up to ``max_backoff_s``.
     grace_s : float
         [s] After this long not following, the station gets a station-wide maximum
-        (ChargePointMaxProfile / ChargingStationMaxProfile): the sum of the limits the step
-        gives its connectors, the car's own included (see
+        (ChargePointMaxProfile / ChargingStationMaxProfile) from the limits the step gives its
+        connectors, the car's own included, phase by phase (see
         :func:`nowblock.control.sending.station_allowance_a`).
     alarm_s : float
         [s] After this long, the car is reported as an alarm (log WARNING, the store, the API).
