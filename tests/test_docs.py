@@ -254,6 +254,9 @@ def _one_session(**changes) -> pd.DataFrame:
     ({"draw_fraction": 1.0}, "ok"), ({"draw_fraction": 1.5}, "error"),
     ({"charge_point_id": "CP99"}, "error"),
     ({"departure": pd.Timestamp("2026-03-02 17:00", tz="Europe/Berlin")}, "error"),
+    ({"departure": "9999-12-31T23:59:59Z"}, "error"),
+    ({"departure": sessions_mod.TIME_MAX.isoformat()}, "ok"),
+    ({"arrival": (sessions_mod.TIME_MIN - pd.Timedelta("1s")).isoformat()}, "error"),
 ])
 def test_documented_session_limits_are_enforced(caplog, monkeypatch, changes, outcome):
     monkeypatch.setattr(sessions_mod, "_warned", set())  # each warning is logged once a process

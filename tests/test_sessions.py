@@ -193,3 +193,28 @@ def test_implausible_energy_in_a_scenario_folder_is_warned_about_once_by_its_lin
 def test_unreadable_csv(tmp_path):
     with pytest.raises(SessionsError, match="cannot read sessions"):
         read_sessions_csv(tmp_path / "missing.csv")
+
+
+def test_a_time_pandas_cannot_compute_in_is_refused_by_its_line(tmp_path, small_sessions, small_site):
+    """A departure of 9999-12-31 (an export's open end) or a year past 2262 was read, and then
+    simulate and optimize stopped with OutOfBoundsDatetime ("an internal error") (found by an
+    outside test); the sessions reader now names the line and the range."""
+    import nowblock as nb
+
+    ref = validate_sessions(small_sessions, small_site)
+    path = tmp_path / "sessions.csv"
+    write_sessions_csv(ref, path, tz="Europe/Berlin")
+    lines = path.read_text().splitlines()
+    row = lines[2].split(",")
+    for col, value in (("departure", "9999-12-31T23:59:59Z"), ("arrival", "2262-04-12T00:00:00Z"),
+                       ("arrival", "1677-09-01T00:00:00Z")):
+        bad = list(row)
+        bad[lines[0].split(",").index(col)] = value
+        path.write_text("\n".join([lines[0], lines[1], ",".join(bad), *lines[3:]]) + "\n")
+        with pytest.raises(SessionsError, match=rf"line 3 \(session_id='{bad[0]}'\): {col} .* is outside the times "
+                                                r"nowblock computes in \(1677-09-23 to 2262-04-09 UTC\)"):
+            read_sessions_csv(path, small_site)
+    # at the edge of the range a stay is still simulated
+    edge = ref.iloc[:1].assign(arrival=pd.Timestamp("2262-04-08T12:00Z"), departure=pd.Timestamp("2262-04-09T00:00Z"))
+    res = nb.simulate(nb.Scenario(small_site, edge), "edf", step="15min")
+    assert res.metrics["energy_delivered_kwh"] > 0

@@ -133,17 +133,20 @@ def _site_tables() -> dict[str, list[Field]]:
 
 
 def _sessions_table() -> list[Field]:
-    from nowblock.block.sessions import LARGE_BATTERY_KWH, MAX_ENERGY_KWH, OPTIONAL_DEFAULTS
+    from nowblock.block.sessions import LARGE_BATTERY_KWH, MAX_ENERGY_KWH, OPTIONAL_DEFAULTS, TIME_MAX, TIME_MIN
 
     d = OPTIONAL_DEFAULTS
     return [
         Field("session_id", "string", "", "required", "unique", "The session's name."),
         Field("charge_point_id", "string", "", "required", "an `id` of the site's charging points",
               "Where the car plugs in."),
-        Field("arrival", "timestamp", "ISO 8601 with offset", "required", "",
+        Field("arrival", "timestamp", "ISO 8601 with offset", "required",
+              f"{TIME_MIN:%Y-%m-%d} .. {TIME_MAX:%Y-%m-%d} UTC",
               "When the car plugs in, e.g. `2026-03-02T18:00:00+01:00`. A time without an offset is refused."),
-        Field("departure", "timestamp", "ISO 8601 with offset", "required", "after arrival",
-              "When the car leaves. Sessions on one charging point must not overlap."),
+        Field("departure", "timestamp", "ISO 8601 with offset", "required", "after arrival, <= "
+              f"{TIME_MAX:%Y-%m-%d} UTC",
+              "When the car leaves. Sessions on one charging point must not overlap. An export's open end "
+              "(`9999-12-31`) is refused: nowblock computes in pandas' nanosecond timestamps."),
         Field("energy_kwh", "number", "kWh", "required", f">= 0, <= {MAX_ENERGY_KWH:g}",
               f"Energy the car asks for. Above {LARGE_BATTERY_KWH:g} kWh (a large car battery), or above "
               "what the car can draw in its stay, is accepted with a warning; above "

@@ -30,6 +30,12 @@ OPTIONAL_DEFAULTS = {"max_current_a": 32.0, "phases": 3, "priority": 1.0, "draw_
 MAX_ENERGY_KWH = 1000.0
 #: [kWh] About the largest passenger-car battery: a request above it is accepted with a warning.
 LARGE_BATTERY_KWH = 200.0
+#: Earliest and latest arrival or departure [UTC]: the simulator, the optimizer and the
+#: forecasters compute in pandas' nanosecond timestamps (1677-09-21 to 2262-04-11), with two
+#: days kept free at each end for a day's horizon; a later time (an export's "open end",
+#: 9999-12-31) stopped them with OutOfBoundsDatetime deep inside.
+TIME_MIN = pd.Timestamp("1677-09-23", tz="UTC")
+TIME_MAX = pd.Timestamp("2262-04-09", tz="UTC")
 
 
 class SessionsError(ValueError):
@@ -175,6 +181,12 @@ def _validate(df: pd.DataFrame, site: "Site | None") -> pd.DataFrame:
         raise SessionsError(f"{_row_name(df, int(np.argmax(dup.to_numpy())))}: duplicate session_id")
     for col in ("arrival", "departure"):
         df[col] = _to_utc(df, col)
+        out = ((df[col] < TIME_MIN) | (df[col] > TIME_MAX)).to_numpy()
+        if out.any():
+            i = int(np.argmax(out))
+            raise SessionsError(f"{_row_name(df, i)}: {col} {df[col].iloc[i].isoformat()} is outside the times nowblock "
+                                f"computes in ({TIME_MIN:%Y-%m-%d} to {TIME_MAX:%Y-%m-%d} UTC); a stay without "
+                                f"a known end needs a departure all the same")
     for col, default in OPTIONAL_DEFAULTS.items():
         if col not in df.columns:
             df[col] = default
