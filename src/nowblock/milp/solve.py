@@ -115,6 +115,10 @@ _POLISH_ROUNDS = 4  # roundings of the best plan at most (nowblock.milp.plans.po
 #: (200 and 1,000 cars, 8 binary slots; 1-3 s spent); with 400 (50 cars) it improved a plan by
 #: 0.26 % once in four cells tried (docs/bench_optimize.md).
 _MILP_MAX_BINARIES = 1000
+#: [s] The least time the whole MILP of a small block gets in ``optimize`` (never past the time
+#: limit; see :func:`solve_formulation`): the 84 small blocks of an outside test were solved to
+#: their gap in 0.07-0.4 s each, 0.1 s left some 16-20 % off.
+_SMALL_MILP_MIN_S = 1.0
 #: The bound's ascent after a coarse stage (:func:`nowblock.milp.coarse.improve_bound`) may take
 #: this share of the time the call has spent, at least ``_ASCENT_MIN_S`` [s], and ends this long
 #: [s] before the time limit.
@@ -129,9 +133,11 @@ def _energy_up_to_need(form: Formulation, x: np.ndarray) -> np.ndarray:
     return np.minimum((x * form.energy_per_a_kwh).sum(axis=1), np.maximum(np.nan_to_num(form.need_kwh), 0.0))
 
 
-def _milp_binaries(form: Formulation, mf) -> int:
-    """How many on/off binaries the MILP stage would have (cells of stated rows in its window)."""
-    return int(np.count_nonzero(form.cells[1][mf.fuse_cells] < form.n_binary_slots))
+def _milp_binaries(form: Formulation, mf, n_window: int | None = None) -> int:
+    """How many on/off binaries the MILP stage would have (cells of stated rows in its window of
+    ``n_window`` slots, default ``form.n_binary_slots``)."""
+    n_window = form.n_binary_slots if n_window is None else n_window
+    return int(np.count_nonzero(form.cells[1][mf.fuse_cells] < n_window))
 
 
 class _Run:
@@ -544,11 +550,24 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
     # does not run after a polish. Measured against the first LP instead (session 30): better
     # plans on 2 of 11 matrix cells (443.5 -> 440.8, 393.2 -> 389.1 EUR), but the closed loop's
     # workplace week took 24.5 s instead of 14.0 s for the same demand met (0.9487 / 0.9493).
+    # A small block planned once (``milp_prove``: ``optimize``, not the receding horizon) gets the
+    # whole MILP: binaries on every slot, after a polish too, for at least _SMALL_MILP_MIN_S. An
+    # outside test (a grid engineer's blocks of 5-8 cars over 4 h) found plans 10-37 % off their
+    # bound and up to 3.6 kWh short of what the block allowed, returned in 0.01-0.1 s of a 10 s
+    # limit: the polished plan skipped the stage, and binaries on the first 8 slots could not
+    # place the 6 A steps later on. Measured on its 84 instances (docs/bench_optimize.md, session
+    # 34): 60 -> 81 certified, cars short of the best possible plan 19 -> 2, median call 0.01 s.
+    n_window = form.n_binary_slots
+    whole = (o.milp_prove and backend == "highs" and mf is not None and form.n_binary_slots > 0
+             and _milp_binaries(form, mf, form.n_slots) <= _MILP_MAX_BINARIES)
+    if whole:
+        n_window = form.n_slots
+        budget = min(run.left(), max(budget, _SMALL_MILP_MIN_S))
     if (backend == "highs" and not _certified(best.objective, bound, o) and budget > 0.005
-            and best.plan.missing_kwh > 1e-6 and form.n_binary_slots > 0 and (run.lp_solved or run.lp0 is not None)
-            and _milp_binaries(form, mf) <= _MILP_MAX_BINARIES):
+            and (best.plan.missing_kwh > 1e-6 or whole) and form.n_binary_slots > 0 and (run.lp_solved or run.lp0 is not None)
+            and _milp_binaries(form, mf, n_window) <= _MILP_MAX_BINARIES):
         try:
-            res, candidates = milp_stage(run, mf, warm_start_a, time.perf_counter() + budget)
+            res, candidates = milp_stage(run, mf, warm_start_a, time.perf_counter() + budget, n_window)
         except SolverOptionError:
             raise
         except Exception as exc:  # noqa: BLE001 - keep the LP plan

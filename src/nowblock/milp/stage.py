@@ -22,7 +22,7 @@ from nowblock.milp.rounding import make_plan
 MIN_SOLVE_S = 0.005  # [s] the stage starts no HiGHS solve with less time left than this
 
 
-def milp_stage(run, lp_matrix, warm_start_a, stop_at: float):
+def milp_stage(run, lp_matrix, warm_start_a, stop_at: float, n_window: int | None = None):
     """HiGHS on the MILP from the best plan so far; returns the solver result and the real plans it
     gave: (method, plan, objective). ``run`` is the call's ``nowblock.milp.solve._Run`` (its
     formulation, best plan, time left, real plans). On/off binaries where a limit row is stated
@@ -30,12 +30,20 @@ def milp_stage(run, lp_matrix, warm_start_a, stop_at: float):
     the others do (the stated rows do not depend on the binaries). In the window the currents are
     whole pilot steps (:func:`~nowblock.milp.matrix.in_pilot_steps`): its bound then holds for
     what a charger can be sent, and small blocks are solved to the step. HiGHS gets the time
-    until ``stop_at`` (``time.perf_counter()``) left after building, never past ``run.left()``."""
+    until ``stop_at`` (``time.perf_counter()``) left after building, never past ``run.left()``.
+    ``n_window``: the binary window's slots (default ``form.n_binary_slots``)."""
+    from nowblock.milp.matrix import build_matrix
+
     form, best = run.form, run.best
+    n_window = form.n_binary_slots if n_window is None else int(n_window)
     mask = np.zeros(len(form.cells[0]), dtype=bool)
     mask[lp_matrix.fuse_cells] = True
-    window = np.nonzero(form.cells[1] < form.n_binary_slots)[0]
-    mf = form.matrix(binary_mask=mask, split_useful=len(window) > 0)
+    window = np.nonzero(form.cells[1] < n_window)[0]
+    if n_window == form.n_binary_slots:
+        mf = form.matrix(binary_mask=mask, split_useful=len(window) > 0)
+    else:
+        mask &= (form.cells[1] < n_window) & (form.min_current_a[form.cells[0]] > 0)
+        mf = build_matrix(form, mask, split_useful=len(window) > 0)
     mf_steps = in_pilot_steps(mf, window, float(form.options.current_step_a))
     car, slot = form.cells
     candidates = []
