@@ -510,3 +510,35 @@ def test_unbalance_bound_counts_only_real_draws_and_is_near_the_plan(tree):
     check_unbalance_with_real_draws(b["site"], b["sessions"], s.current_a)
     assert s.bound <= s.objective + 1e-9
     assert s.mip_gap <= 0.10, (s.mip_gap, s.objective, s.bound)
+
+
+def test_the_unbalance_repair_past_its_deadline_mends_every_row_in_whole_moves():
+    """Found by an outside test: the real-draw unbalance repair moved one pilot step at a time
+    with no deadline; at 0.1 A under a 0 A limit a call limited to 20 s returned after 31-76 s.
+    Past ``stop_at`` it lowers a heavy car by a row's whole excess at once: far fewer moves, and
+    every row still holds with the light side at what its cars draw."""
+    from nowblock.milp.rounding import keep_unbalance_drawn, pilot_bounds, unbalance_drawn
+
+    rot = ("L1L2L3", "L2L3L1", "L3L1L2")
+    cps = tuple(ChargePoint(f"CP{j}", "grid", 32.0, 6.0, 1, rot[j % 3]) for j in range(12))
+    site = Site("unb0", (Fuse("grid", (200.0,) * 3),), cps, max_unbalance_a=0.0)
+    rng = np.random.default_rng(3)
+    sessions = pd.DataFrame({"session_id": [f"s{j}" for j in range(12)], "charge_point_id": [c.id for c in cps],
+                             "arrival": [T0] * 12, "departure": [T0 + pd.Timedelta(hours=4)] * 12,
+                             "energy_kwh": rng.uniform(2.0, 20.0, 12), "max_current_a": [32.0] * 12, "phases": [1] * 12})
+    form = from_sessions(site, sessions, start=T0, horizon="4h", step="15min",
+                         options=OptimizeOptions(current_step_a=0.1))
+    up, on_a = pilot_bounds(form)
+    # A plan that breaks the unbalance rows everywhere: each car at a random whole ampere.
+    y0 = np.where(up > 0, np.round(rng.uniform(6.0, 32.0, up.shape)), 0.0)
+    assert unbalance_drawn(form, y0).max() - form.limits.h[form.limits.n_fuse_rows:].max() > 10.0
+    slow, fast = y0.copy(), y0.copy()
+    n_slow = keep_unbalance_drawn(form, slow, on_a)
+    n_fast = keep_unbalance_drawn(form, fast, on_a, stop_at=0.0)  # long past
+    for y in (slow, fast):
+        assert (unbalance_drawn(form, y) <= form.limits.h[form.limits.n_fuse_rows:] + 1e-6).all()
+        assert ((y == 0) | (y >= on_a[:, None] - 1e-9)).all() and (y <= up + 1e-9).all()
+        assert np.allclose(np.round(y / 0.1) * 0.1, y)
+        assert (form.limits.g[:form.limits.n_fuse_rows] @ y <= form.limits.h[:form.limits.n_fuse_rows] + 1e-6).all()
+    assert (fast <= y0 + 1e-9).all()  # in a hurry only lowered
+    assert n_fast * 5 < n_slow

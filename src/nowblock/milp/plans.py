@@ -31,22 +31,25 @@ class Best:
             self.plan, self.objective, self.method = plan, objective, method
 
 
-def real_plan(form: Formulation, mf, x: np.ndarray, caps=None) -> tuple[Plan, float]:
+def real_plan(form: Formulation, mf, x: np.ndarray, caps=None, until: float | None = None) -> tuple[Plan, float]:
     """The best of real plans made from relaxed currents ``x`` [A], with its objective [EUR]: one
     for each power cap in ``caps`` [kW] (default: the relaxation's own peak, kept while it can
     be, and none: the steps stay in the slots the relaxation chose, worth it when prices differ
     by more than the peak costs; measured both ways on the instance matrix,
-    docs/bench_optimize.md)."""
+    docs/bench_optimize.md). ``until``: the call's deadline (``time.perf_counter()`` [s]), after
+    which the rounding's slow repairs take shortcuts (:func:`~nowblock.milp.rounding.make_plan`'s
+    ``shave_until``)."""
     best, best_obj = None, np.inf
     for peak in (plan_peak_kw(form, x), np.inf) if caps is None else caps:
-        plan = make_plan(form, x, peak_kw=peak)
+        plan = make_plan(form, x, peak_kw=peak, shave_until=until)
         obj = plan_objective(form, mf, plan.current_a)
         if obj < best_obj - 1e-12:
             best, best_obj = plan, obj
     return best, best_obj
 
 
-def polish(form: Formulation, mf, plan: Plan, objective: float, rounds: int, time_ok) -> tuple[Plan, float, int]:
+def polish(form: Formulation, mf, plan: Plan, objective: float, rounds: int, time_ok,
+           until: float | None = None) -> tuple[Plan, float, int]:
     """Round a real ``plan`` again (:func:`real_plan`, its currents taken as a relaxation) while
     that lowers its ``objective`` [EUR], at most ``rounds`` times and while ``time_ok()``;
     returns the best plan, its objective and the rounds that improved it. A second rounding
@@ -58,12 +61,12 @@ def polish(form: Formulation, mf, plan: Plan, objective: float, rounds: int, tim
     bound 1638.4), 2093.7 -> 2084.2 -> 2080.2 -> 2077.2 (200 cars, flat, 15 %, 5 min, load);
     the MILP stage that came next until now (HiGHS from this plan as its incumbent) returned
     that very incumbent on every such cell tried, so its whole gain had been this rounding
-    (docs/bench_optimize.md)."""
+    (docs/bench_optimize.md). ``until``: as in :func:`real_plan`."""
     improved = 0
     for _ in range(rounds):
         if not time_ok():
             break
-        new, new_obj = real_plan(form, mf, plan.current_a, caps=(plan_peak_kw(form, plan.current_a),))
+        new, new_obj = real_plan(form, mf, plan.current_a, caps=(plan_peak_kw(form, plan.current_a),), until=until)
         if not new_obj < objective - 1e-9 * max(1.0, abs(objective)):
             break
         plan, objective, improved = new, new_obj, improved + 1

@@ -175,7 +175,7 @@ class _Run:
     def real_plan(self, mf, x: np.ndarray, caps=None) -> tuple[Plan, float]:
         """:func:`real_plan`, timed (its time sets the reserve, :meth:`left`)."""
         t = time.perf_counter()
-        out = real_plan(self.form, mf, x, caps)
+        out = real_plan(self.form, mf, x, caps, until=self.deadline - _SCHEDULE_SECONDS)
         self.plan_s = max(self.plan_s, time.perf_counter() - t)
         return out
 
@@ -530,7 +530,8 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
     if not _certified(best.objective, bound, o) and np.isfinite(best.objective):
         t = time.perf_counter()
         plan, objective, rounds = polish(form, mf, best.plan, best.objective, _POLISH_ROUNDS,
-                                         lambda: deadline - time.perf_counter() > 1.5 * run.plan_s + 0.02)
+                                         lambda: deadline - time.perf_counter() > 1.5 * run.plan_s + 0.02,
+                                         until=deadline - _SCHEDULE_SECONDS)
         run.plan_s = max(run.plan_s, (time.perf_counter() - t) / max(rounds + 1, 1))
         if rounds:
             best.offer(plan, objective, best.method + "+polish")
