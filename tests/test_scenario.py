@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -93,6 +95,23 @@ def test_naive_series_rejected(small_site, small_sessions):
     naive = pd.Series([1.0, 2.0], index=pd.date_range("2026-03-02", periods=2, freq="15min"))
     with pytest.raises(ScenarioError, match="base_load: time index must be timezone-aware"):
         Scenario(small_site, small_sessions, base_load=naive)
+
+
+def test_series_times_pandas_cannot_compute_in_are_refused(tmp_path, small_scenario, small_site, small_sessions):
+    """A base load or price row dated 9999 (an open end) or 1600 was read, and then simulate
+    stopped with OutOfBoundsDatetime (found by an outside test); the file's line is named."""
+    path = small_scenario.to_dir(tmp_path / "s")
+    for name, col in (("base_load.csv", "kw"), ("prices.csv", "eur_per_kwh")):
+        keep = (path / name).read_text()
+        for far in ("9999-12-31T23:00:00Z", "1600-01-01T00:00:00+00:00"):
+            (path / name).write_text(f"time,{col}\n2026-03-02T00:00:00+01:00,1\n{far},1\n")
+            with pytest.raises(ScenarioError, match=rf"{name}: line 3: time {re.escape(far)} is outside the times nowblock "
+                                                    r"computes in \(1677-09-23 to 2262-04-09 UTC"):
+                Scenario.from_dir(path)
+        (path / name).write_text(keep)
+    far = pd.Series([1.0, 2.0], index=pd.DatetimeIndex(["2026-03-02T00:00Z", "2300-01-01T00:00Z"]).as_unit("us"))
+    with pytest.raises(ScenarioError, match=r"^prices: time 2300-01-01T01:00:00\+01:00 is outside the times"):
+        Scenario(small_site, small_sessions, prices=far)
 
 
 # ---- the embedded block ------------------------------------------------------------------------

@@ -162,16 +162,19 @@ def _sessions_table() -> list[Field]:
 
 
 def _series_tables() -> dict[str, list[Field]]:
+    from nowblock.block.sessions import TIME_MAX, TIME_MIN
+
+    when = f"unique, {TIME_MIN:%Y-%m-%d} .. {TIME_MAX:%Y-%m-%d} UTC"
     return {
         "base_load": [
-            Field("time", "timestamp", "ISO 8601 with offset", "required", "unique",
+            Field("time", "timestamp", "ISO 8601 with offset", "required", when,
                   "Start of the interval the value holds for (until the next row)."),
             Field("kw", "number", "kW", "required", "",
                   "The block's load other than charging, net of local generation (negative when it "
                   "feeds in). Spread evenly over the three phases of the grid connection."),
         ],
         "prices": [
-            Field("time", "timestamp", "ISO 8601 with offset", "required", "unique",
+            Field("time", "timestamp", "ISO 8601 with offset", "required", when,
                   "Start of the interval the price holds for."),
             Field("eur_per_kwh", "number", "EUR/kWh", "required", "",
                   "Price of energy drawn in that interval (used by cost_eur and the MILP's objective)."),

@@ -10,7 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nowblock.block.sessions import ISO_OFFSET_RE, iso_times, read_sessions_csv, validate_sessions, write_sessions_csv
+from nowblock.block.sessions import (
+    ISO_OFFSET_RE,
+    TIME_MAX,
+    TIME_MIN,
+    iso_times,
+    read_sessions_csv,
+    validate_sessions,
+    write_sessions_csv,
+)
 from nowblock.block.site import Site
 
 log = logging.getLogger(__name__)
@@ -18,6 +26,12 @@ log = logging.getLogger(__name__)
 
 class ScenarioError(ValueError):
     """A scenario folder or object that is incomplete or inconsistent."""
+
+
+#: Why a time before the sessions' TIME_MIN or after their TIME_MAX is refused (the simulator and
+#: the optimizer stopped on it with OutOfBoundsDatetime).
+_OUTSIDE = (f"is outside the times nowblock computes in ({TIME_MIN:%Y-%m-%d} to {TIME_MAX:%Y-%m-%d} UTC, "
+            f"pandas' nanosecond timestamps)")
 
 
 def time_series(obj, name: str, what: str, tz: str | None = None) -> pd.Series | None:
@@ -43,7 +57,8 @@ def time_series(obj, name: str, what: str, tz: str | None = None) -> pd.Series |
     Raises
     ------
     ScenarioError
-        A missing column, times without an offset, duplicate times, missing or infinite values.
+        A missing column, times without an offset or outside ``TIME_MIN`` .. ``TIME_MAX`` of
+        :mod:`nowblock.block.sessions`, duplicate times, missing or infinite values.
     """
     if obj is None:
         return None
@@ -56,6 +71,9 @@ def time_series(obj, name: str, what: str, tz: str | None = None) -> pd.Series |
     if idx.tz is None:
         raise ScenarioError(f"{what}: time index must be timezone-aware")
     idx = idx.tz_convert("UTC")
+    out = (idx < TIME_MIN) | (idx > TIME_MAX)
+    if out.any():
+        raise ScenarioError(f"{what}: time {iso_times(idx[out][:1], tz)[0]} {_OUTSIDE}")
     if len(idx) >= 3 and idx.is_monotonic_increasing and not idx.has_duplicates:
         # The same series read back from CSV equals the one written (freq included).
         idx = pd.DatetimeIndex(idx, freq="infer")
@@ -306,6 +324,10 @@ def _read_ts(path: Path, col: str, tz: str | None = None) -> pd.Series | None:
         t = pd.to_datetime(text, format="ISO8601", utc=True)
     except (ValueError, TypeError) as exc:
         raise ScenarioError(f"{path}: cannot parse time column ({exc})") from exc
+    out = ((t < TIME_MIN) | (t > TIME_MAX)).to_numpy()
+    if out.any():
+        i = int(np.argmax(out))
+        raise ScenarioError(f"{path}: line {i + 2}: time {text.iloc[i]} {_OUTSIDE}")
     dup = t.duplicated().to_numpy()
     if dup.any():
         i = int(np.argmax(dup))
