@@ -264,3 +264,23 @@ caps = [{start = "06:00", end = "06:00", max_current_a = 0}]
 """
     with pytest.raises(SiteError, match=r"charge_points\[0\]\.caps\[0\]: start and end are both '06:00'"):
         Site.from_dict(tomllib.loads(text))
+
+
+def test_a_point_whose_minimum_no_fuse_on_its_way_allows_is_warned_about(caplog):
+    """Found by an outside test: a block whose grid fuse (5 A) was below every charger's 6 A
+    minimum was planned as all zeros with nothing said."""
+    def table(sub):
+        return {"fuses": [{"id": "grid", "max_current_a": [40, 40, 40]},
+                          {"id": "sub", "parent": "grid", "max_current_a": sub}],
+                "charge_points": [{"id": "CP1", "fuse": "sub", "max_current_a": 16, "min_current_a": 6, "phases": 1,
+                                   "phase_rotation": "L2L3L1"},
+                                  {"id": "CP2", "fuse": "grid", "max_current_a": 16, "min_current_a": 6}]}
+
+    with caplog.at_level("WARNING", logger="nowblock.block.site"):
+        Site.from_dict(table([40, 5, 40]))
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "CP1" in msgs[0] and "sub" in msgs[0] and "L2" in msgs[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="nowblock.block.site"):
+        Site.from_dict(table([5, 40, 40]))
+    assert not caplog.records  # CP1's first phase is L2: its 40 A allow the minimum
