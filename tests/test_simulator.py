@@ -493,3 +493,13 @@ def test_a_start_or_end_without_offset_is_refused(small_scenario):
     res = simulate(small_scenario, "equal", start=t0.tz_convert(small_scenario.site.timezone).isoformat(),
                    end=t0 + pd.Timedelta("1h"))
     assert res.timeseries.index[0] == t0
+
+
+def test_a_window_pandas_cannot_compute_in_is_refused(small_scenario):
+    """simulate(end="9999-01-01T00:00Z") or a start in 1600 stopped with OutOfBoundsDatetime from
+    deep inside the step grid (found by an outside test); the argument is named now."""
+    t0 = small_scenario.start
+    for kw in ({"start": "1600-01-01T00:00+00:00"}, {"end": "9999-01-01T00:00Z"}):
+        with pytest.raises(ValueError, match=r"(start|end): .* is outside the times nowblock computes in "
+                                             r"\(1677-09-23 to 2262-04-09 UTC"):
+            simulate(small_scenario, "equal", **{"start": t0, "end": t0 + pd.Timedelta("1h"), **kw})
