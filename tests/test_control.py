@@ -953,6 +953,43 @@ async def test_a_car_switching_from_one_to_three_phases_wakes_a_step_at_once():
     assert not ev.data.get("phases_up")
 
 
+async def test_a_car_declaring_one_phase_but_drawing_three_on_an_unphased_meter_overloads_nothing():
+    """Found by a review: a car declaring AC_single_phase (NotifyEVChargingNeeds) but drawing on
+    three phases, at a station whose meter reads one aggregate current, was planned on one phase
+    for as long as it charged; the 1-phase cars on the other grid phases got 32 A each beside its
+    16 A: 48 A on two 32 A phases, and no alarm."""
+    site = Site("t", (Fuse("grid", (32.0,) * 3),), (
+        ChargePoint("CP1", "grid", 16.0, 6.0, 3, "L1L2L3"),
+        ChargePoint("CP2", "grid", 32.0, 6.0, 1, "L2L3L1"),
+        ChargePoint("CP3", "grid", 32.0, 6.0, 1, "L3L1L2")))
+    cs, clock = FakeCentral(site), Clock()
+    cs.state.clock = clock
+    dep = (clock.now + pd.Timedelta(hours=4)).to_pydatetime()
+    for cp in ("CP1", "CP2", "CP3"):
+        cs.state.on_connect(cp, "2.0.1")
+        cs.state.on_start(cp, 1, "t" + cp, start=clock.now.to_pydatetime(), meter_start_wh=0.0)
+        cs.state.on_needs(cp, 1, departure=dep, energy_kwh=40.0, phases=1)
+    ctl = _controller(cs, clock, policy="equal")
+    try:
+        worst = 0.0
+        for _ in range(6):
+            now = clock.now.to_pydatetime()
+            lim = {cp: cs.state.applied_limit_a(cp, 1) for cp in ("CP1", "CP2", "CP3")}
+            x1 = min(16.0, 16.0 if lim["CP1"] is None else lim["CP1"])  # on L1, L2 and L3
+            cs.state.on_meter("CP1", 1, "tCP1", {"current_l1_a": x1}, now)  # one unphased current
+            x2, x3 = lim["CP2"] or 0.0, lim["CP3"] or 0.0
+            cs.state.on_meter("CP2", 1, "tCP2", {"current_l1_a": x2, "current_l2_a": 0.0, "current_l3_a": 0.0}, now)
+            cs.state.on_meter("CP3", 1, "tCP3", {"current_l1_a": x3, "current_l2_a": 0.0, "current_l3_a": 0.0}, now)
+            worst = max(worst, x1, x1 + x2, x1 + x3)
+            await ctl.step()
+            clock.advance(60)
+        assert worst <= 32.0 + 1e-9
+        phases = cs.state.snapshot(clock.now.to_pydatetime())["phases"]
+        assert phases[[i for i in phases.index if i.endswith("tCP1")][0]] == 3
+    finally:
+        await ctl.failsafe.cancel()
+
+
 async def test_single_phase_cars_declared_on_points_wired_to_other_grid_phases_charge_together():
     """Found by an outside test: three cars declaring AC_single_phase (NotifyEVChargingNeeds) on
     points wired to different grid phases were planned on three phases each (nothing measured yet:
@@ -966,6 +1003,8 @@ async def test_single_phase_cars_declared_on_points_wired_to_other_grid_phases_c
     cs, clock = FakeCentral(site), Clock()
     _start(cs, clock, 3)
     for i in range(3):
+        # Meters that read every phase (nothing drawn yet): a declaration is checked by them.
+        cs.state.on_meter(f"CP{i}", 1, f"tx{i}", {f"current_l{k}_a": 0.0 for k in (1, 2, 3)}, clock.now.to_pydatetime())
         conn = object.__new__(ChargePoint201)  # the 2.0.1 handler as the message reaches it
         conn.id, conn.state = f"CP{i}", cs.state
         ChargePoint201.on_notify_ev_charging_needs(conn, {

@@ -130,6 +130,8 @@ def test_the_phases_a_car_declares_are_planned_until_the_meter_shows_otherwise(m
     # Found by an outside test: AC_single_phase was ignored, the car planned on three phases, and
     # 1-phase cars on different grid phases were served one at a time.
     state = _state201()
+    # The station's meter reads every phase (nothing drawn yet: no phase count from it).
+    state.on_meter("CP1", 1, "T1", _reading(("L1", 0.0), ("L2", 0.0), ("L3", 0.0)), T0)
     assert _needs201(state, "CP1", mode) == "Accepted"
     assert state.snapshot(T0)["phases"].iloc[0] == phases
     events = []
@@ -139,6 +141,19 @@ def test_the_phases_a_car_declares_are_planned_until_the_meter_shows_otherwise(m
     state.on_meter("CP1", 1, "T1", _reading(("L1", 16.0), ("L2", 16.0), ("L3", 16.0)), T0)
     assert state.snapshot(T0)["phases"].iloc[0] == 3
     assert bool(events[-1].data.get("phases_up")) == (phases < 3)
+
+
+@pytest.mark.parametrize("reading", [None, {"current_l1_a": 16.0}, {"power_w": 11040.0}])
+def test_a_declared_phase_count_is_not_planned_where_the_meter_could_not_show_it_wrong(reading):
+    # Found by a review: a car declaring AC_single_phase but drawing on three, at a station whose
+    # meter reads one aggregate current (or power only, or nothing yet), was planned on one phase
+    # for as long as it charged: 1-phase cars on the other grid phases took their full share
+    # beside it, 48 A on 32 A phases.
+    state = _state201()
+    if reading is not None:
+        state.on_meter("CP1", 1, "T1", reading, T0)
+    _needs201(state, "CP1", "AC_single_phase")
+    assert state.snapshot(T0)["phases"].iloc[0] == 3
 
 
 def test_a_declaration_never_lowers_what_the_meter_showed_and_a_raise_plans_every_phase():
@@ -157,6 +172,7 @@ def test_a_car_declared_single_phase_whose_power_shows_three_is_planned_on_three
     # A meter reading one current only (an aggregate, or the live phase) cannot show the phases;
     # the total power can: 11 kW at 16 A is three phases, whatever the car declared.
     state = _state201()
+    state.on_meter("CP1", 1, "T1", _reading(("L1", 0.0), ("L2", 0.0), ("L3", 0.0)), T0)  # a phased meter
     _needs201(state, "CP1", "AC_single_phase")
     events = []
     state.add_listener(events.append)

@@ -177,6 +177,9 @@ class Station:
     #: Frames of this station answered with a framing/format CALLERROR, and answers to no pending call.
     frame_errors: int = 0
     stray_responses: int = 0
+    #: The station's meter has read every phase's current at least once: a car's phases it
+    #: declares (NotifyEVChargingNeeds) can then be checked by its next reading, and are planned.
+    phased_meter: bool = False
 
     def refused(self, what: str, *, transaction_id=None, now: datetime | None = None,
                 memory_s: float = math.inf) -> Refusal | None:
@@ -420,6 +423,8 @@ class LiveState:
                                      for i in (1, 2, 3) if f"power_l{i}_w" in reading}}
         if any(k in reading for k in ("current_l1_a", "current_l2_a", "current_l3_a")):
             t.current_a = tuple(reading.get(f"current_l{i}_a", math.nan) for i in (1, 2, 3))  # type: ignore[assignment]
+            if not any(math.isnan(float(x)) for x in t.current_a):
+                self.stations[cp_id].phased_meter = True
             ph = _phases_from_currents(t.current_a)
             if ph is None and t.phases_used is not None:
                 # Not every phase read (one aggregate value, or the live phase only): the total
@@ -447,8 +452,12 @@ class LiveState:
         ``phases``: the phase count the car declares (2.0.1 ``requestedEnergyTransfer``: AC_single_phase
         1, AC_two_phase 2, AC_three_phase and DC 3). A car whose phases are unknown is planned on
         fewer than its point has once it declares them (the grid phases its ``phase_rotation`` gives
-        its first ones) until a meter reading shows more (a step at once, see :meth:`on_meter`); a
-        count the meter showed is never lowered, one declared above it makes it unknown again.
+        its first ones), but only at a station whose meter has read every phase's current
+        (:attr:`Station.phased_meter`): its next reading shows a car drawing on more (a step at once,
+        see :meth:`on_meter`). A meter reading one aggregate current or power only never could, and
+        a car declaring one phase but drawing on three put 48 A on two 32 A grid phases for as long as
+        it charged (a review's test): there it stays planned on every phase of its point. A count the
+        meter showed is never lowered, one declared above it makes it unknown again.
         """
         self.touch(cp_id)
         t = self.running_on(cp_id, connector_id)
@@ -466,8 +475,10 @@ class LiveState:
         if phases is not None:
             if t.phases_used is None:
                 # Unknown so far (a car drawing nothing tells nothing): planned as declared, not
-                # on every phase, where it kept 1-phase cars on other grid phases waiting.
-                t.phases_used = int(phases) if phases < 3 else None
+                # on every phase, where it kept 1-phase cars on other grid phases waiting; only
+                # where the meter will show it if the car draws on more.
+                if self.stations[cp_id].phased_meter:
+                    t.phases_used = int(phases) if phases < 3 else None
             elif phases > t.phases_used:
                 t.phases_used = None  # it may switch up before its next meter value shows it
         self.emit("needs", cp_id, connector_id, t.transaction_id, departure=departure, energy_kwh=energy_kwh,
