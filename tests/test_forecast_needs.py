@@ -382,3 +382,16 @@ def test_expected_arrivals_stay_by_the_local_clock_across_a_dst_switch():
         fc = ArrivalForecaster().fit(hist[hist["departure"] < pd.Timestamp(day, tz=TZ)]).predict(
             pd.Timestamp(f"{day} 18:00", tz=TZ), 1)
         assert fc["dwell_h"].iloc[0] == pytest.approx(hours, abs=0.01), day
+
+
+def test_a_session_without_a_departure_tells_the_arrival_forecaster_nothing_about_stays():
+    """Found by a review: one session whose departure is missing (still plugged in) made the stay
+    learnt for its slot 284,170 h once departures were read as local wall-clock times."""
+    from nowblock.forecast.arrivals import ArrivalForecaster
+
+    t = pd.date_range("2026-03-02 18:00", periods=10, freq="1D", tz="Europe/Berlin")
+    s = pd.DataFrame({"arrival": t, "departure": t + pd.Timedelta(hours=13), "energy_kwh": 10.0})
+    s.loc[9, "departure"] = pd.NaT
+    s.loc[8, "departure"] = s.loc[8, "arrival"] - pd.Timedelta(hours=1)  # leaves before it came
+    p = ArrivalForecaster(step="1h").fit(s).predict(pd.Timestamp("2026-03-16 18:00", tz="Europe/Berlin"), "1h")
+    assert p["dwell_h"].iloc[0] == pytest.approx(13.0)

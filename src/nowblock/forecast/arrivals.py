@@ -84,6 +84,13 @@ class ArrivalForecaster:
         # the DST switches are the usual 18:00 to 07:00; predict turns them back into hours.
         dwell = ((self.calendar.wall_ns(_ns(sessions["departure"])) - self.calendar.wall_ns(arr.as_unit("ns").asi8))
                  / _H_NS if len(arr) else ones)
+        if len(arr):
+            # A session without a departure (still plugged in, or not exported) or one leaving
+            # before it came says nothing about stays: it takes the others' mean. Read as a stay,
+            # a missing departure (the smallest int64 once converted) gave 284,170 h (a review).
+            dep = pd.DatetimeIndex(pd.to_datetime(sessions["departure"]))
+            ok = ~np.asarray(dep.isna()) & (dwell > 0)
+            dwell = np.where(ok, dwell, float(dwell[ok].mean()) if ok.any() else 0.0)
         e_sum = np.bincount(flat, weights=energy[inside], minlength=n_days * n_slots).reshape(n_days, n_slots)
         d_sum = np.bincount(flat, weights=dwell[inside], minlength=n_days * n_slots).reshape(n_days, n_slots)
         dclass = day_classes(self.calendar.day_types(np.arange(first, last + 1)))
