@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 import nowblock.cli.simulate as sim_cli
@@ -138,3 +139,24 @@ def test_serve_refuses_a_base_load_history_without_offsets(tmp_path):
     err = [line for line in proc.stderr.strip().splitlines() if " WARNING " not in line]
     assert len(err) == 1 and err[0].startswith("nowblock serve: "), err
     assert f"{hist}: line 2" in err[0] and "no UTC offset" in err[0], err[0]
+
+
+def test_the_controllers_base_load_history_is_read_as_a_scenarios_file(tmp_path):
+    """Found by a review: ``serve`` checked ``--base-load``, but the controller's options read the
+    file again on their own, taking local times without an offset as UTC (an 18:00 peak planned
+    at 19:00) for every caller of ``attach(args=...)`` other than ``nowblock serve``."""
+    import argparse
+
+    from nowblock.block.scenario import ScenarioError
+    from nowblock.block.site import ChargePoint, Fuse, Site
+    from nowblock.control.wiring import _serve_options
+
+    site = Site("s", (Fuse("grid", (63.0,) * 3),), (ChargePoint("CP1", "grid", 16.0, 6.0),), timezone="Europe/Berlin")
+    naive = tmp_path / "naive.csv"
+    naive.write_text("time,kw\n2026-12-01T17:45:00,10\n2026-12-01T18:00:00,60\n")
+    with pytest.raises(ScenarioError, match="offset"):
+        _serve_options(argparse.Namespace(base_load=str(naive)), site)
+    good = tmp_path / "good.csv"
+    good.write_text("time,kw\n2026-12-01T17:45:00+01:00,10\n2026-12-01T18:00:00+01:00,60\n")
+    h = _serve_options(argparse.Namespace(base_load=str(good)), site)["base_load_history"]
+    assert h.idxmax() == pd.Timestamp("2026-12-01 17:00", tz="UTC")

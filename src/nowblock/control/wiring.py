@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-import pandas as pd
 
 from nowblock.control.controller import Controller
 from nowblock.store import attach_store, restore_state
@@ -30,8 +29,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         "flush per message, which limits a block to a few hundred messages a second)")
 
 
-def _serve_options(args) -> dict:
-    """Controller keyword arguments from ``nowblock serve``'s parsed options."""
+def _serve_options(args, site) -> dict:
+    """Controller keyword arguments from ``nowblock serve``'s parsed options (``site``: the block,
+    for the base-load file's checks)."""
     opts: dict = {}
     if args is None:
         return opts
@@ -41,12 +41,12 @@ def _serve_options(args) -> dict:
     if getattr(args, "tx_validity", None):
         opts["profile_validity_s"] = float(args.tx_validity)
     if getattr(args, "base_load", None):
+        from nowblock.block.scenario import read_base_load_csv
         from nowblock.forecast.base_load import BaseLoadForecaster
 
-        df = pd.read_csv(args.base_load)
-        hist = pd.Series(df["kw"].to_numpy(float), index=pd.DatetimeIndex(pd.to_datetime(df["time"], utc=True)),
-                         name="kw").sort_index()
-        opts.update(base_load_history=hist, forecaster=BaseLoadForecaster())
+        # Read as a scenario's base_load.csv (its own reading took times without an offset as
+        # UTC: an 18:00 local peak planned at 19:00, found by a review).
+        opts.update(base_load_history=read_base_load_csv(args.base_load, site), forecaster=BaseLoadForecaster())
     else:
         log.warning("no --base-load history: planning without the block's other load")
     return opts
@@ -64,7 +64,7 @@ def attach(central, db: str | None = None, *, args: argparse.Namespace | None = 
     """
     from nowblock.store import open_store
 
-    kwargs = {**_serve_options(args), **kwargs}
+    kwargs = {**_serve_options(args, central.site), **kwargs}
     url = str(db or DEFAULT_DB)
     sync = kwargs.pop("db_sync", None) or getattr(args, "db_sync", None)
     if "://" not in url or url.startswith("sqlite:"):
