@@ -284,22 +284,28 @@ class Formulation:
         return dataclasses.replace(self, options=dataclasses.replace(self.options, **kwargs))
 
     # ---- the standard form --------------------------------------------------------------
-    def matrix(self, relax: bool = False, binary_mask: np.ndarray | None = None, *, split_useful: bool = False):
+    def matrix(self, relax: bool = False, binary_mask: np.ndarray | None = None, *, split_useful: bool = False,
+               n_window: int | None = None):
         """The sparse model (:class:`nowblock.milp.matrix.MatrixForm`).
 
         ``relax=True`` gives the LP relaxation (no binaries at all); ``binary_mask`` (bool per
         cell) puts on/off binaries on exactly those cells (of :attr:`binary_candidates`) instead
         of every candidate. ``split_useful``: useful-current columns on the light side of the
         unbalance rows even without binaries (:func:`~nowblock.milp.matrix.build_matrix`).
+        ``n_window``: the candidates' window in slots instead of :attr:`n_binary_slots`.
         """
         from nowblock.milp.matrix import build_matrix
 
+        cand = self.binary_candidates
+        if n_window is not None and n_window != self.n_binary_slots:
+            car, slot = self.cells
+            cand = (slot < n_window) & (self.min_current_a[car] > 0)
         if relax:
             mask = np.zeros(len(self.cells[0]), dtype=bool)
         elif binary_mask is None:
-            mask = self.binary_candidates
+            mask = cand
         else:
-            mask = np.asarray(binary_mask, dtype=bool) & self.binary_candidates
+            mask = np.asarray(binary_mask, dtype=bool) & cand
         return build_matrix(self, mask, split_useful=split_useful)
 
     def current_from_cells(self, values: np.ndarray) -> np.ndarray:

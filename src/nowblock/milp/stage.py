@@ -32,18 +32,12 @@ def milp_stage(run, lp_matrix, warm_start_a, stop_at: float, n_window: int | Non
     what a charger can be sent, and small blocks are solved to the step. HiGHS gets the time
     until ``stop_at`` (``time.perf_counter()``) left after building, never past ``run.left()``.
     ``n_window``: the binary window's slots (default ``form.n_binary_slots``)."""
-    from nowblock.milp.matrix import build_matrix
-
     form, best = run.form, run.best
     n_window = form.n_binary_slots if n_window is None else int(n_window)
     mask = np.zeros(len(form.cells[0]), dtype=bool)
     mask[lp_matrix.fuse_cells] = True
     window = np.nonzero(form.cells[1] < n_window)[0]
-    if n_window == form.n_binary_slots:
-        mf = form.matrix(binary_mask=mask, split_useful=len(window) > 0)
-    else:
-        mask &= (form.cells[1] < n_window) & (form.min_current_a[form.cells[0]] > 0)
-        mf = build_matrix(form, mask, split_useful=len(window) > 0)
+    mf = form.matrix(binary_mask=mask, split_useful=len(window) > 0, n_window=n_window)
     mf_steps = in_pilot_steps(mf, window, float(form.options.current_step_a))
     car, slot = form.cells
     candidates = []
