@@ -76,3 +76,29 @@ def test_a_meter_value_dated_ahead_of_its_arrival_is_dated_on_arrival(caplog):
     said = [r.getMessage() for r in caplog.records]
     assert sum("CPb" in m and "ahead" in m for m in said) == 1
     assert sum("CPc" in m and "behind" in m for m in said) == 1
+
+
+@pytest.mark.parametrize("value", ["2026-12-07", "2026-12-07T10:40Z", "2026-12-07T10:40:00+0100", "20261207T104000Z",
+                                   "2026-W49-1T10:40:00Z", "2026-12-07T10:40:00 +01:00"])
+def test_timestamps_python_reads_but_rfc_3339_does_not_are_a_format_violation(value):
+    """Found by an outside test: Python's reader took a date alone as midnight UTC (an arrival
+    10.5 h early), and times without seconds, "+0100", compact and week dates, which docs/ocpp.md
+    promises to refuse."""
+    from ocpp.exceptions import FormatViolationError
+
+    from nowblock.ocpp import edge
+
+    with pytest.raises(FormatViolationError):
+        edge.check_time(value, "timestamp")
+
+
+def test_a_leap_second_is_the_next_second_and_a_time_without_offset_is_utc_with_a_warning(caplog):
+    from nowblock.ocpp import edge
+
+    assert edge.check_time("2016-12-31T23:59:60Z") == datetime(2017, 1, 1, tzinfo=timezone.utc)
+    edge._naive_warned.discard("departureTime")
+    with caplog.at_level("WARNING", logger="nowblock.ocpp.edge"):
+        t = edge.check_time("2026-12-07T18:00:00", "departureTime")
+        edge.check_time("2026-12-07T18:05:00", "departureTime")
+    assert t == datetime(2026, 12, 7, 18, tzinfo=timezone.utc)
+    assert sum("no UTC offset" in r.getMessage() for r in caplog.records) == 1  # once, not per message

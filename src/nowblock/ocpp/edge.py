@@ -163,16 +163,36 @@ def _check_text(s: str, raw: str) -> None:
 
 
 # ---- single fields ----------------------------------------------------------------------------
+#: RFC 3339's date-time (full-date "T" full-time), the offset optional (see :func:`_parse`).
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?")
+_naive_warned: set[str] = set()
+
+
 def _parse(value, what: str) -> datetime | None:
     # The schemas give every timestamp "format": "date-time"; the ocpp library does not check
     # formats, and answers every other schema keyword it does not single out (enum, pattern, ...)
     # with FormatViolation, so a string that is no date-time gets the same (1.6: FormationViolation).
+    # Python reads more than RFC 3339 (a date alone became midnight UTC, 10 h early; no seconds;
+    # "+0100"; compact and week dates: an outside test), so the shape is checked first. A time
+    # without an offset is read as UTC, as the stations that send one mean it, and logged once:
+    # refused, a station's StartTransaction would be (charging stops for a form).
+    if isinstance(value, str) and not _DATE_TIME.fullmatch(value):
+        raise FormatViolationError(
+            description=f"{what}: not an RFC 3339 date-time", details={"cause": f"{what}={value[:60]!r}"})
+    leap = isinstance(value, str) and value[17:19] == "60"
     try:
-        return parse_time(value)
+        t = parse_time(value[:17] + "59" + value[19:] if leap else value)
     except (ValueError, TypeError, OverflowError):
         raise FormatViolationError(
             description=f"{what}: not an RFC 3339 date-time", details={"cause": f"{what}={str(value)[:60]!r}"}
         ) from None
+    if leap and t is not None:  # a leap second (RFC 3339 allows :60): the next second
+        t = t + timedelta(seconds=1)
+    if isinstance(value, str) and not value.endswith(("Z", "z")) and value[-6:-5] not in ("+", "-") \
+            and what not in _naive_warned:
+        _naive_warned.add(what)
+        log.warning("%s %r has no UTC offset: read as UTC (RFC 3339 asks for one)", what, value[:60])
+    return t
 
 
 def check_time(value, what: str = "timestamp") -> datetime | None:
