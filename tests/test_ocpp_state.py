@@ -180,3 +180,24 @@ def test_a_car_declared_single_phase_whose_power_shows_three_is_planned_on_three
     assert state.snapshot(T0)["phases"].iloc[0] == 1 and not events[-1].data.get("phases_up")
     state.on_meter("CP1", 1, "T1", {"current_l1_a": 16.0, "power_w": 11040.0}, T0)
     assert state.snapshot(T0)["phases"].iloc[0] == 3 and events[-1].data.get("phases_up")
+
+
+def test_an_older_meter_value_never_undoes_a_newer_one():
+    """Found by an outside test: meter values out of order overwrote newer ones: a late, older
+    message set a car's current back from 14 A to 0 A and its energy from 6.0 to 4.0 kWh, and
+    within one message the last entry won whatever its time."""
+    from datetime import timedelta
+
+    state = _state201()
+    state.on_meter("CP1", 1, "T1", {"current_l1_a": 14.0, "current_l2_a": 14.0, "current_l3_a": 14.0,
+                                    "energy_wh": 6000.0}, T0 + timedelta(seconds=60))
+    assert state.on_meter("CP1", 1, "T1", {"current_l1_a": 0.0, "current_l2_a": 0.0, "current_l3_a": 0.0,
+                                           "energy_wh": 4000.0}, T0 + timedelta(seconds=30)) is None
+    t = state.transaction("CP1", "T1")
+    assert t.current_a == (14.0, 14.0, 14.0) and t.energy_register_wh == 6000.0
+    # One message, the newer entry first: the newer value still wins.
+    def entry(sec, amps):
+        return {"timestamp": (T0 + timedelta(seconds=sec)).isoformat(),
+                "sampled_value": [{"measurand": "Current.Import", "phase": p, "value": amps} for p in ("L1", "L2", "L3")]}
+    reading, latest = parse_meter_values([entry(120, 14.0), entry(90, 0.0)])
+    assert reading["current_l1_a"] == 14.0 and latest == T0 + timedelta(seconds=120)

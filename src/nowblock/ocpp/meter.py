@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime
+from datetime import datetime, timezone
 
 from nowblock.ocpp.edge import plausible
 from nowblock.ocpp.profiles import parse_time
@@ -42,7 +42,8 @@ def parse_meter_values(meter_value: list[dict], now: datetime | None = None,
     """
     out: dict[str, float] = {}
     latest: datetime | None = None
-    for mv in meter_value or []:
+    dated = []
+    for k, mv in enumerate(meter_value or []):
         try:
             ts = parse_time(mv.get("timestamp"))
         except (ValueError, TypeError, OverflowError):
@@ -53,6 +54,12 @@ def parse_meter_values(meter_value: list[dict], now: datetime | None = None,
             ts = None
         if ts is not None and (latest is None or ts > latest):
             latest = ts
+        dated.append((ts, k, mv))
+    # In time order, so that the latest value wins whatever the order of the entries (the last
+    # entry won: an older one after a newer one set a car's current back, an outside test); an
+    # entry without a usable time counts as the latest (it is dated on arrival).
+    dated.sort(key=lambda e: (e[0] is None, e[0] or datetime.min.replace(tzinfo=timezone.utc), e[1]))
+    for _, _, mv in dated:
         for sv in mv.get("sampled_value", []):
             try:
                 measurand = sv.get("measurand", "Energy.Active.Import.Register")

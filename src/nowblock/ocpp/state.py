@@ -410,6 +410,13 @@ class LiveState:
             t = self.running_on(cp_id, connector_id)
         if t is None:
             return None
+        if t.last_meter is not None and time < t.last_meter:
+            # Older than what this car's meter already said (a queued or resent message): it
+            # must not undo a newer reading. Taken, a late 0 A reading hid a car drawing 14 A
+            # (over its limit, or on an unbalance row's light side: an outside test).
+            log.info("%s: meter value of %s dated %s, before the last one (%s): not applied", cp_id,
+                     t.transaction_id, time.isoformat(), t.last_meter.isoformat())
+            return None
         if "energy_wh" in reading:
             t.energy_register_wh = reading["energy_wh"]
             if t.meter_start_wh is None:
