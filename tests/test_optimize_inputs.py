@@ -147,3 +147,11 @@ def test_base_load_frame_is_read_as_scenario_reads_it():
         assert nb.Scenario(_site(), _sessions(), base_load=frame).base_load.equals(
             nb.Scenario(_site(), _sessions(), base_load=series).base_load)
         pd.testing.assert_frame_equal(_optimize(base_load=frame).current_a, plan)
+
+
+@pytest.mark.parametrize("start", ["9999-01-01T00:00Z", "1600-01-01T00:00Z"])
+def test_a_start_outside_the_times_pandas_computes_in_is_refused_naming_start(start):
+    """Found by an outside test: ``start="9999-01-01T00:00Z"`` was read, then the slot grid
+    overflowed: an OverflowError instead of a clear error."""
+    with pytest.raises(ValueError, match="start: .* outside the times pandas computes in"):
+        _optimize(start=start)

@@ -96,7 +96,8 @@ def check_start(start) -> pd.Timestamp | None:
     TypeError
         A number (it would be read as nanoseconds since 1970).
     ValueError
-        Text pandas cannot read as a time, NaT, or a time without an offset.
+        Text pandas cannot read as a time, NaT, a time without an offset, or one outside
+        1677-09-23 .. 2262-04-09 UTC.
     """
     if start is None:
         return None
@@ -112,6 +113,12 @@ def check_start(start) -> pd.Timestamp | None:
         raise ValueError("start: missing (NaT); pass a timezone-aware time, or None for the first arrival")
     if ts.tz is None:
         raise ValueError(f"start: must be timezone-aware (got {start!r} without a UTC offset)")
+    from nowblock.block.sessions import TIME_MAX, TIME_MIN
+
+    if not TIME_MIN <= ts <= TIME_MAX:
+        # pandas reads 9999 (in seconds), then a slot grid past 2262 overflowed: an OverflowError.
+        raise ValueError(f"start: {start!r} is outside the times pandas computes in "
+                         f"({TIME_MIN:%Y-%m-%d} to {TIME_MAX:%Y-%m-%d} UTC)")
     return ts
 
 
