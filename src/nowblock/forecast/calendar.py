@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nowblock.block.sessions import TIME_MAX, TIME_MIN
+
 DAY_NS = 86_400 * 10**9
 SUNDAY = 6
 
 # Every forecaster computes in pandas' nanosecond timestamps, which run from 1677-09-21 to
-# 2262-04-11; two days are kept free at each end for local days, the day after and a day of slots.
-TIME_MIN = pd.Timestamp("1677-09-23", tz="UTC")
-TIME_MAX = pd.Timestamp("2262-04-09", tz="UTC")
+# 2262-04-11; two days are kept free at each end for local days, the day after and a day of slots
+# (TIME_MIN, TIME_MAX: the range every input is checked against, one definition).
 _RANGE = (f"{TIME_MIN:%Y-%m-%d} to {TIME_MAX:%Y-%m-%d} UTC (pandas' nanosecond timestamps run from "
           f"{pd.Timestamp.min:%Y-%m-%d} to {pd.Timestamp.max:%Y-%m-%d}; two days are kept free at each end)")
 
