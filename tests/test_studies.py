@@ -211,3 +211,22 @@ def test_an_unreachable_cluster_fails_fast_with_a_clear_error():
     with pytest.raises(StudyError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
         _check_reachable("127.0.0.1:1", timeout_s=5)
     _check_reachable("auto")  # Ray resolves "auto" itself
+
+
+def test_an_axis_mixing_text_and_a_toml_datetime_runs_and_writes_its_table(tmp_path, small_scenario):
+    """Found by an outside test: ``start = ["2026-...T01:00:00+02:00", 2026-...T02:00:00+02:00]``
+    (text and a TOML datetime) stopped the study with ArrowTypeError; results.parquet was never
+    written and a rerun stopped again."""
+    import tomllib
+
+    small_scenario.to_dir(tmp_path / "small")
+    t0 = small_scenario.start
+    text = (f'scenario_dirs = ["small"]\npolicies = ["equal"]\n[simulate]\nstep = "15min"\n'
+            f'start = ["{t0.isoformat()}", {(t0 + pd.Timedelta(hours=1)).isoformat()}]\n')
+    assert isinstance(tomllib.loads(text)["simulate"]["start"][1], __import__("datetime").datetime)
+    (tmp_path / "s.toml").write_text(text)
+    st = Study.from_toml(tmp_path / "s.toml")
+    table = study(st, engine="process", progress=False, out=tmp_path / "out")
+    assert (table["status"] == "ok").all() and len(table) == 2
+    back = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert sorted(pd.to_datetime(back["simulate.start"]).tolist()) == [t0, t0 + pd.Timedelta(hours=1)]

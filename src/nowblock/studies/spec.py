@@ -185,9 +185,9 @@ class Study:
         if bad:
             raise StudyError(f"unknown key(s) {bad} in the study; known: {', '.join(sorted(known))}")
         dirs = [str((base / d).resolve()) if base is not None else str(d) for d in data.get("scenario_dirs", [])]
-        return cls(scenario=data.get("scenario"), policies=list(data.get("policies", ["equal"])), scenario_dirs=dirs,
-                   simulate=dict(data.get("simulate", {})), policy_options=dict(data.get("policy_options", {})),
-                   name=str(data.get("name", default_name)))
+        return cls(scenario=_iso(data.get("scenario")), policies=list(data.get("policies", ["equal"])),
+                   scenario_dirs=dirs, simulate=_iso(dict(data.get("simulate", {}))),
+                   policy_options=dict(data.get("policy_options", {})), name=str(data.get("name", default_name)))
 
     @classmethod
     def default(cls) -> "Study":
@@ -223,3 +223,18 @@ class Study:
         if len(set(ids)) != len(ids):
             raise StudyError("the study lists the same cell twice (a repeated value on an axis?)")
         return cells
+
+
+def _iso(value):
+    """``value`` with every TOML date/time in it as ISO 8601 text (what ``simulate`` and the
+    scenario generator read): an axis mixing a string and a TOML datetime could not be written to
+    Parquet (an outside test: the study stopped with ArrowTypeError, results.parquet never written)."""
+    import datetime as dt
+
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, list):
+        return [_iso(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _iso(v) for k, v in value.items()}
+    return value
