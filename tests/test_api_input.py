@@ -277,3 +277,14 @@ async def test_health_before_the_first_step(tmp_path):
         await api.stop()
         await ctl.stop()
 
+
+
+def test_times_go_out_in_utc_whatever_offset_a_station_sent():
+    """Found by an outside test: ``/api/cars`` echoed the station's own offset (``+14:00``)
+    where docs/api.md promises UTC."""
+    from datetime import datetime, timedelta, timezone
+
+    from nowblock.control.status import _t
+
+    t = _t(datetime(2026, 12, 7, 23, 0, tzinfo=timezone(timedelta(hours=14))))
+    assert t.utcoffset() == timedelta(0) and t == datetime(2026, 12, 7, 9, 0, tzinfo=timezone.utc)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -315,10 +315,11 @@ def _f(v) -> float | None:
 
 
 def _t(v) -> datetime | None:
+    # Always UTC on the way out (docs/api.md): a station's own offset (+14:00) was echoed as sent.
     if v is None:
         return None
     if isinstance(v, datetime) and not isinstance(v, pd.Timestamp) and v.tzinfo is not None:
-        return v
+        return v.astimezone(timezone.utc)
     if not isinstance(v, datetime) and pd.isna(v):
         return None
     return pd.Timestamp(v).tz_convert("UTC").to_pydatetime() if pd.Timestamp(v).tzinfo else pd.Timestamp(
