@@ -584,3 +584,28 @@ def test_a_restart_records_the_stations_stored_as_connected_as_disconnected(tmp_
     assert not after["connected"].any()
     assert after.drop(columns="connected").equals(before.drop(columns="connected"))
     store.close()
+
+
+def test_a_connection_record_that_keeps_failing_is_not_tried_on_every_message(tmp_path, caplog):
+    """Found by a review: a station whose connection record keeps failing (a row the store
+    refuses) was written again, and logged, after every other write of the block."""
+    clock, state, store, rec, _ = _recorded_state(tmp_path)
+    upsert = store.upsert_station
+
+    def refuse(cp_id, *a, **k):
+        if cp_id == "CP1":
+            raise RuntimeError("row refused")
+        return upsert(cp_id, *a, **k)
+
+    store.upsert_station = refuse
+    state.on_disconnect("CP1")
+    with caplog.at_level("WARNING", logger="nowblock.store.recorder"):
+        for k in range(10):  # ten messages of another station within 20 s
+            clock.now += timedelta(seconds=2)
+            state.on_start("CP2", 1, f"t{k}", start=clock.now, meter_start_wh=0.0)
+    tries = [r for r in caplog.records if "could not record the connection state" in r.getMessage()]
+    assert len(tries) == 1 and "CP1" in rec.unrecorded
+    store.upsert_station = upsert
+    clock.now += timedelta(seconds=31)
+    state.on_start("CP2", 1, "t-late", start=clock.now, meter_start_wh=0.0)
+    assert rec.unrecorded == {} and not _connected(store)["CP1"]

@@ -59,6 +59,7 @@ class StoreRecorder:
         #: Stations whose connection record (connect/disconnect) failed -> the time of that event.
         self.unrecorded: dict[str, pd.Timestamp] = {}
         self._retried: pd.Timestamp | None = None  # when :meth:`retry` last tried
+        self._flush_failed: pd.Timestamp | None = None  # when a flush after a write last failed
 
     def __call__(self, ev) -> None:
         """Record one event (see ``nowblock.ocpp.state.Event``)."""
@@ -68,7 +69,12 @@ class StoreRecorder:
             log.warning("store refused %s from %s: %s", ev.kind, ev.cp_id, exc)
             return
         if wrote and self.unrecorded:  # the store takes writes again
-            self.flush()
+            # Not on every message while a record keeps failing (a row the store refuses would
+            # be tried, and logged, on each of the block's messages): at most every seen_every_s.
+            now = pd.Timestamp(ev.time)
+            failed = self._flush_failed
+            if failed is None or not 0.0 <= (now - failed).total_seconds() < self.seen_every_s:
+                self._flush_failed = now if self.flush() else None
 
     def flush(self) -> int:
         """Write the connection state of the stations whose connect/disconnect record failed
