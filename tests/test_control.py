@@ -487,11 +487,11 @@ async def test_cars_that_ignore_their_limits_get_them_again_then_a_station_maxim
     assert all(a["duration_s"] == pytest.approx(260.0) for a in over.values())
 
 
-async def test_the_station_maximum_of_a_car_not_following_leaves_the_other_evses_of_its_station_their_limits():
-    """Found by an outside test: the escalation's station maximum was the car's own limit, and a
-    station maximum bounds the whole station: on a 2-EVSE station the car that followed its
-    15 A limit was held at 8 A. It is the sum of what the plan gives the station's connectors."""
-    site = Site("t", (Fuse("grid", (40.0,) * 3),),
+def _two_evse_station(grid_a: float, *, accept: bool):
+    """A 2-EVSE 2.0.1 station CP0 under a grid fuse of ``grid_a`` [A], transactions "a" (EVSE 1) and
+    "b" (EVSE 2) with needs; station maximums sent are kept in ``cs.station_max`` (and taken into the
+    live state as accepted with ``accept``)."""
+    site = Site("t", (Fuse("grid", (grid_a,) * 3),),
                 (ChargePoint(id="CP0", fuse="grid", max_current_a=32.0, min_current_a=6.0),))
     cs, clock = FakeCentral(site), Clock()
     cs.state.clock = clock
@@ -499,8 +499,9 @@ async def test_the_station_maximum_of_a_car_not_following_leaves_the_other_evses
 
     async def set_station_max(cp_id, current_a, *, validity_s=None):
         cs.station_max.append((cp_id, float(current_a)))
-        cs.state.on_profile_accepted(cp_id, 0, pr.build_profile("2.0.1", pr.MAX_201, current_a, connector_id=0,
-                                                                 now=clock.now.to_pydatetime()))
+        if accept:
+            cs.state.on_profile_accepted(cp_id, 0, pr.build_profile("2.0.1", pr.MAX_201, current_a, connector_id=0,
+                                                                     now=clock.now.to_pydatetime()))
         return DispatchRecord(pr.utcnow(), float(current_a), pr.MAX_16, float(current_a), [])
 
     cs.set_station_max = set_station_max
@@ -508,6 +509,14 @@ async def test_the_station_maximum_of_a_car_not_following_leaves_the_other_evses
     for evse, tx in ((1, "a"), (2, "b")):
         cs.state.on_start("CP0", evse, tx, start=clock.now.to_pydatetime(), meter_start_wh=0.0)
         cs.state.on_needs("CP0", evse, departure=(clock.now + pd.Timedelta(hours=4)).to_pydatetime(), energy_kwh=30.0)
+    return cs, clock
+
+
+async def test_the_station_maximum_of_a_car_not_following_leaves_the_other_evses_of_its_station_their_limits():
+    """Found by an outside test: the escalation's station maximum was the car's own limit, and a
+    station maximum bounds the whole station: on a 2-EVSE station the car that followed its
+    15 A limit was held at 8 A. It is the sum of what the plan gives the station's connectors."""
+    cs, clock = _two_evse_station(40.0, accept=True)
 
     def meter():
         now = clock.now.to_pydatetime()
@@ -540,21 +549,7 @@ async def test_the_station_maximum_never_lets_a_phase_of_the_station_draw_more_t
     """A 3-phase car not following its limit next to a 1-phase car on the same station: the sum of
     their limits holds on the station's first phase only; sent as the station maximum, it let the
     3-phase car take that sum on the two phases where only its own limit was reserved."""
-    site = Site("t", (Fuse("grid", (30.0,) * 3),),
-                (ChargePoint(id="CP0", fuse="grid", max_current_a=32.0, min_current_a=6.0),))
-    cs, clock = FakeCentral(site), Clock()
-    cs.state.clock = clock
-    cs.station_max = []
-
-    async def set_station_max(cp_id, current_a, *, validity_s=None):
-        cs.station_max.append((cp_id, float(current_a)))
-        return DispatchRecord(pr.utcnow(), float(current_a), pr.MAX_16, float(current_a), [])
-
-    cs.set_station_max = set_station_max
-    cs.state.on_connect("CP0", "2.0.1")
-    for evse, tx in ((1, "a"), (2, "b")):
-        cs.state.on_start("CP0", evse, tx, start=clock.now.to_pydatetime(), meter_start_wh=0.0)
-        cs.state.on_needs("CP0", evse, departure=(clock.now + pd.Timedelta(hours=4)).to_pydatetime(), energy_kwh=30.0)
+    cs, clock = _two_evse_station(30.0, accept=False)
 
     def meter():
         now = clock.now.to_pydatetime()

@@ -331,18 +331,24 @@ def test_dates_pandas_cannot_compute_in_raise_forecast_error(fitted):
     assert (got["departure"] > edge + pd.Timedelta("2D")).all()
 
 
+def _home_18_to_07(first: str, last: str, cp: str) -> pd.DataFrame:
+    """A resident's sessions at ``cp``: every day from ``first`` to ``last``, 18:00 to 07:00 the
+    next morning by the local clock (TZ), 10 kWh each."""
+    rows = []
+    for k, day in enumerate(pd.date_range(first, last, freq="D")):
+        arr = pd.Timestamp(f"{day:%Y-%m-%d} 18:00").tz_localize(TZ)
+        dep = pd.Timestamp(f"{day + pd.Timedelta(days=1):%Y-%m-%d} 07:00").tz_localize(TZ)
+        rows.append((f"s{k}", cp, arr.tz_convert("UTC"), dep.tz_convert("UTC"), 10.0))
+    return pd.DataFrame(rows, columns=["session_id", "charge_point_id", "arrival", "departure", "energy_kwh"])
+
+
 @pytest.mark.parametrize("anchor_day, switch", [("2026-03-28", "spring"), ("2026-10-24", "autumn")])
 def test_departure_keeps_the_local_clock_across_a_dst_switch(anchor_day, switch):
     """A resident who always leaves at 07:00 local time leaves at 07:00 the morning after a DST
     switch too. Stays were learnt and added as elapsed hours, so the night of 29 March (23 h)
     was forecast to end at 08:00 CEST, an hour after the car had gone, and 25 October (25 h) at
     06:00 CET (found by an outside test)."""
-    rows = []
-    for k, day in enumerate(pd.date_range("2025-10-01", "2026-12-20", freq="D")):
-        arr = pd.Timestamp(f"{day:%Y-%m-%d} 18:00").tz_localize(TZ)
-        dep = pd.Timestamp(f"{day + pd.Timedelta(days=1):%Y-%m-%d} 07:00").tz_localize(TZ)
-        rows.append((f"s{k}", "CP2", arr.tz_convert("UTC"), dep.tz_convert("UTC"), 10.0))
-    hist = pd.DataFrame(rows, columns=["session_id", "charge_point_id", "arrival", "departure", "energy_kwh"])
+    hist = _home_18_to_07("2025-10-01", "2026-12-20", "CP2")
     for day in (anchor_day, "2026-06-10", "2026-12-01"):
         now = pd.Timestamp(f"{day} 18:30").tz_localize(TZ)
         past = hist[hist["departure"] < now]
@@ -372,12 +378,7 @@ def test_expected_arrivals_stay_by_the_local_clock_across_a_dst_switch():
     """Expected cars that arrive at 18:00 and leave at 07:00 local time stay 12 h on the night of
     29 March and 14 h on that of 25 October; their stay was learnt and given in elapsed hours,
     13 h every night, so they were planned to leave at 08:00 and 06:00 (found by an outside test)."""
-    rows = []
-    for k, day in enumerate(pd.date_range("2026-01-05", "2026-12-20", freq="D")):
-        arr = pd.Timestamp(f"{day:%Y-%m-%d} 18:00").tz_localize(TZ)
-        dep = pd.Timestamp(f"{day + pd.Timedelta(days=1):%Y-%m-%d} 07:00").tz_localize(TZ)
-        rows.append((f"s{k}", "CP1", arr.tz_convert("UTC"), dep.tz_convert("UTC"), 10.0))
-    hist = pd.DataFrame(rows, columns=["session_id", "charge_point_id", "arrival", "departure", "energy_kwh"])
+    hist = _home_18_to_07("2026-01-05", "2026-12-20", "CP1")
     for day, hours in (("2026-03-28", 12.0), ("2026-06-10", 13.0), ("2026-10-24", 14.0)):
         fc = ArrivalForecaster().fit(hist[hist["departure"] < pd.Timestamp(day, tz=TZ)]).predict(
             pd.Timestamp(f"{day} 18:00", tz=TZ), 1)
