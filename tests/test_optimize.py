@@ -153,6 +153,13 @@ def test_caps_in_time_windows():
     np.testing.assert_allclose(s.current_a["a"].to_numpy(), [6] * 4 + [16] * 4)
 
 
+def test_a_cap_window_off_the_slot_grid_caps_every_slot_it_overlaps():
+    # A dimming from 13:10 to 13:50 Berlin: the slots from 13:00 and 13:45 are capped too.
+    cp = ChargePoint("CP1", "grid", max_current_a=16, caps=(CapWindow("13:10", "13:50", 6.0),))
+    s = nb.optimize(_site(100, [cp]), _sessions([("a", "CP1", 0, 2, 30.0, 16, 3, 1.0)]), start=T0, horizon="2h", **PLAIN)
+    np.testing.assert_allclose(s.current_a["a"].to_numpy(), [6] * 4 + [16] * 4)
+
+
 def test_base_load_takes_headroom_on_the_root():
     site = _site(32, [ChargePoint("CP1", "grid", max_current_a=32)])
     sess = _sessions([("a", "CP1", 0, 1, 50.0, 32, 3, 1.0)])

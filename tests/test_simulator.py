@@ -253,6 +253,24 @@ def test_time_window_caps_limit_every_offer():
         assert d[inside].max() == 6.0 and d[~inside].max() == 16.0
 
 
+@pytest.mark.parametrize("policy", ["uncontrolled", "edf", "milp"])
+def test_a_cap_window_off_the_step_grid_caps_every_step_it_overlaps(policy):
+    """Found by an outside test: a window from 18:10 capped the 15-minute step from 18:00 only at
+    18:15, a step late (a 14a dimming honoured late); one ending at 19:50 lets the 19:45 step go
+    uncapped only once it is over."""
+    site = Site("capped", (Fuse("grid", (63.0,) * 3),),
+                (ChargePoint("CP1", "grid", 16.0, 6.0, 3, "L1L2L3", caps=(CapWindow("18:10", "19:50", 6.0),)),),
+                timezone="UTC")
+    sessions = pd.DataFrame({"session_id": ["s1"], "charge_point_id": ["CP1"], "arrival": [T0],
+                             "departure": [T0 + pd.Timedelta(hours=5)], "energy_kwh": [60.0]})
+    res = simulate(Scenario(site, sessions), policy, step="15min")
+    d = res.draws.set_index("time")["current_a"]
+    minute = d.index.hour * 60 + d.index.minute
+    overlapping = (minute + 15 > 18 * 60 + 10) & (minute < 19 * 60 + 50)
+    assert d[overlapping].max() == 6.0 and d[~overlapping].max() == 16.0
+    assert d.index[overlapping].min() == T0 + pd.Timedelta(minutes=60)  # 18:00, not 18:15
+
+
 def test_plug_in_window_is_rounded_to_whole_steps():
     scn = _one_car_scenario(arrival=T0 + pd.Timedelta("3min"), departure=T0 + pd.Timedelta("62min"),
                             energy_kwh=100.0)

@@ -122,7 +122,8 @@ def _site_tables() -> dict[str, list[Field]]:
             Field("end", "string", "local time", "required", '"HH:MM"',
                   "End of the window; an end before the start wraps past midnight."),
             Field("max_current_a", "number", "A", "required", ">= 0",
-                  "Most current per phase inside the window (for example section 14a EnWG dimming)."),
+                  "Most current per phase inside the window (for example section 14a EnWG dimming); a "
+                  "simulation step or plan slot that overlaps the window at all is capped."),
         ],
         "api": [
             Field("token_hashes", "array of strings", "", "[]", '"sha256:<hex>"',

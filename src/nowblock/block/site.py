@@ -254,15 +254,33 @@ class Site:
         i = p * 1000.0 / (3.0 * self.voltage_v)
         return np.repeat(i[..., None], 3, axis=-1)
 
-    def cap_current_a(self, times) -> np.ndarray:
-        """Per-charging-point cap [A] from time windows, shape (len(times), n_cp); inf if none."""
+    def cap_current_a(self, times, step=None) -> np.ndarray:
+        """Per-charging-point cap [A] from time windows, shape (len(times), n_cp); inf if none.
+
+        Parameters
+        ----------
+        times : sequence of timestamps
+            Instants, or the starts of steps.
+        step : Timedelta or array-like of float, optional
+            The steps' length (one Timedelta, or seconds per time): a step is capped by every
+            window it overlaps, not only by the one its start lies in (a window from 17:10 capped
+            the 15-minute step from 17:00 only at 17:15, a step late: an outside test). None:
+            the windows the instants lie in.
+        """
         idx = _to_local_index(times, self.timezone)
-        minutes = (idx.hour * 60 + idx.minute).to_numpy()
+        sec = (idx.hour * 3600 + idx.minute * 60 + idx.second).to_numpy().astype(float)
+        if step is None:
+            span = np.zeros(len(idx))
+        elif np.ndim(step) == 0:
+            import pandas as pd
+
+            span = np.full(len(idx), pd.Timedelta(step).total_seconds())
+        else:
+            span = np.asarray(step, dtype=float)
         out = np.full((len(idx), len(self.charge_points)), np.inf)
         for j, cp in enumerate(self.charge_points):
             for w in cp.caps:
-                s, e = _hhmm(w.start), _hhmm(w.end)
-                inside = (minutes >= s) & (minutes < e) if s <= e else (minutes >= s) | (minutes < e)
+                inside = _overlaps(sec, span, 60.0 * _hhmm(w.start), 60.0 * _hhmm(w.end))
                 out[inside, j] = np.minimum(out[inside, j], w.max_current_a)
         return out
 
@@ -562,6 +580,19 @@ def _warn_points_that_cannot_charge(site: "Site") -> None:
                             "no car can ever charge there", c.id, c.min_current_a, cur, rating[cur][p], PHASES[p])
                 break
             cur = parent[cur]
+
+
+def _overlaps(start_s: np.ndarray, span_s: np.ndarray, s: float, e: float) -> np.ndarray:
+    """Whether each step [start, start + span) of the day (seconds after local midnight; span 0:
+    the instant) meets the daily window [s, e) (seconds; past midnight when e < s)."""
+    day = 86400.0
+    windows = [(s, e)] if s <= e else [(s, day), (0.0, e)]
+    hit = np.zeros(len(start_s), dtype=bool)
+    for k in (-1.0, 0.0, 1.0):  # the window on the day before, the same day and the day after
+        for a, b in windows:
+            a, b = a + k * day, b + k * day
+            hit |= np.where(span_s > 0, (start_s < b) & (start_s + span_s > a), (start_s >= a) & (start_s < b))
+    return hit | (span_s >= day) & (windows[0][1] > windows[0][0])
 
 
 def _check_large_ratings(site: "Site", parent: dict) -> None:

@@ -21,11 +21,11 @@ from nowblock.seam import BlockSnapshot
 _TOL_A = 1e-6
 
 
-def _upper(site: Site, times, cp_index, car_max_a, plugged) -> np.ndarray:
+def _upper(site: Site, times, cp_index, car_max_a, plugged, slot_s=None) -> np.ndarray:
     if not site.has_caps:  # no time windows: skip the local-time grid
         cap = np.full((len(cp_index), len(times)), np.inf)
     else:
-        cap = site.cap_current_a(times)[:, cp_index].T if len(cp_index) else np.zeros((0, len(times)))
+        cap = site.cap_current_a(times, slot_s)[:, cp_index].T if len(cp_index) else np.zeros((0, len(times)))
     hi = np.minimum(np.minimum(site.cp_max_current_a[cp_index], car_max_a)[:, None], cap)
     return np.where(plugged > 0, hi, 0.0)
 
@@ -60,7 +60,7 @@ def from_sessions(site: Site, sessions: pd.DataFrame, start=None, horizon="24h",
         site=site, slot_starts=times, dt_h=float(dt_h[0]), session_ids=df["session_id"].to_numpy(str),
         cp_index=cp, phases=phases, min_current_a=site.cp_min_current_a[cp] * frac,
         draw_ratio=car_a / offer_a,
-        upper_a=_upper(site, times, cp, offer_a, plugged) * frac[:, None],
+        upper_a=_upper(site, times, cp, offer_a, plugged, dt_h * 3600.0) * frac[:, None],
         plugged=plugged, need_kwh=df["energy_kwh"].to_numpy(float),
         priority=df["priority"].to_numpy(float),
         base_kw=on_slots(base_load, ticks_ns, dt_h, 0.0, "max"), price_eur_per_kwh=on_slots(prices, ticks_ns, dt_h, 0.0),
@@ -118,7 +118,7 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
         float(opts.departure_margin_h), float(site.voltage_v), use_ratio)
     if has_caps:
         # ``snapshot.cars.max_current_a`` holds today's cap; later slots follow the site's windows.
-        upper = np.where(plugged > 0, np.minimum(upper, site.cap_current_a(times.index())[:, cp].T), 0.0)
+        upper = np.where(plugged > 0, np.minimum(upper, site.cap_current_a(times.index(), dt_h * 3600.0)[:, cp].T), 0.0)
     unknown = ~np.isfinite(need)
     if unknown.any():  # unknown energy: the car wants all it can get over the horizon
         can = (upper * plugged * dt_h[None, :]).sum(axis=1) * phases * site.voltage_v / 1000.0

@@ -104,7 +104,7 @@ class SimulatedBlock:
         self.base_mean, self.base_max = step_stats(scenario.base_load, start, step, n_t + self.n_h)
         self.price_mean, _ = step_stats(scenario.prices, start, step, n_t + self.n_h)
         self.has_prices = scenario.prices is not None
-        self.caps = site.cap_current_a(self.grid[:n_t]) if n_t else np.zeros((0, len(site.charge_points)))
+        self.caps = site.cap_current_a(self.grid[:n_t], step) if n_t else np.zeros((0, len(site.charge_points)))
         # Object arrays: taking from arrow-backed strings cost a tenth of a step (measured).
         self.sid_index = pd.Index(self.sid, name="session_id", dtype=object)
         self.cp_str = np.asarray(self.cp_ids, dtype=object)
