@@ -369,9 +369,9 @@ def ref_plan(snap, horizon, step, opts, first_slot):
     max_a = cars["max_current_a"].to_numpy(float)
     hi = np.minimum(snap.site.cp_max_current_a[cp], max_a)  # NaN stays NaN
     upper = np.where(plugged > 0, hi[:, None], 0.0)
-    if snap.site.has_caps:  # time windows of the slot starts (today's cap is already in max_a)
+    if snap.site.has_caps:  # time windows each slot overlaps (today's cap is already in max_a)
         starts = snap.time.tz_convert("UTC") + pd.to_timedelta(np.round(offs * 3.6e12).astype(np.int64), unit="ns")
-        cap = snap.site.cap_current_a(pd.DatetimeIndex(starts))[:, cp].T
+        cap = snap.site.cap_current_a(pd.DatetimeIndex(starts), dt * 3600.0)[:, cp].T
         upper = np.where(plugged > 0, np.minimum(upper, cap), 0.0)
     upper[:, 0] = np.minimum(upper[:, 0], max_a)
     meas = cars["measured_current_a"].to_numpy(float)

@@ -284,3 +284,17 @@ def test_a_point_whose_minimum_no_fuse_on_its_way_allows_is_warned_about(caplog)
     with caplog.at_level("WARNING", logger="nowblock.block.site"):
         Site.from_dict(table([5, 40, 40]))
     assert not caplog.records  # CP1's first phase is L2: its 40 A allow the minimum
+
+
+def test_a_step_is_capped_by_every_window_it_overlaps_also_past_midnight():
+    site = Site("s", (Fuse("grid", (63.0,) * 3),),
+                (ChargePoint("CP1", "grid", 16.0, 6.0, caps=(CapWindow("17:10", "18:00", 8.0),
+                                                            CapWindow("23:50", "00:05", 10.0))),), timezone="UTC")
+    t = pd.DatetimeIndex(["2026-03-02 17:00", "2026-03-02 18:00", "2026-03-02 23:45", "2026-03-03 00:05",
+                          "2026-03-02 16:55"], tz="UTC")
+    np.testing.assert_array_equal(site.cap_current_a(t)[:, 0], [np.inf, np.inf, np.inf, np.inf, np.inf])
+    # 16:55 + 15 min ends where the window starts: not capped.
+    np.testing.assert_array_equal(site.cap_current_a(t, "15min")[:, 0], [8.0, np.inf, 10.0, np.inf, np.inf])
+    np.testing.assert_array_equal(site.cap_current_a(t, [60.0, 60.0, 60.0, 60.0, 1200.0])[:, 0],
+                                  [np.inf, np.inf, np.inf, np.inf, 8.0])
+    assert (site.cap_current_a(t, "1D")[:, 0] == 8.0).all()  # a day-long step meets both windows
