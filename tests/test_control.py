@@ -512,6 +512,20 @@ def _two_evse_station(grid_a: float, *, accept: bool):
     return cs, clock
 
 
+async def _steps_until_station_max(ctl, cs, clock, meter, steps: int = 8):
+    """``steps`` control steps 20 s apart, ``meter()`` before each; returns the step at which the
+    first station maximum went out (None if none did) and the last step."""
+    at = res = None
+    for _ in range(steps):
+        meter()
+        res = await ctl.step()
+        await asyncio.sleep(0)  # the station maximum goes out in the background
+        if cs.station_max and at is None:
+            at = res
+        clock.advance(20)
+    return at, res
+
+
 async def test_the_station_maximum_of_a_car_not_following_leaves_the_other_evses_of_its_station_their_limits():
     """Found by an outside test: the escalation's station maximum was the car's own limit, and a
     station maximum bounds the whole station: on a 2-EVSE station the car that followed its
@@ -526,14 +540,7 @@ async def test_the_station_maximum_of_a_car_not_following_leaves_the_other_evses
 
     ctl = _controller(cs, clock, policy="equal")
     try:
-        at = None
-        for _ in range(8):
-            meter()
-            res = await ctl.step()
-            await asyncio.sleep(0)  # the station maximum goes out in the background
-            if cs.station_max and at is None:
-                at = res
-            clock.advance(20)
+        at, res = await _steps_until_station_max(ctl, cs, clock, meter)
         assert len(cs.station_max) == 1 and at is not None
         sent = cs.station_max[0][1]
         assert at.context.untrusted == {"CP0:a": "over_draw"}
@@ -560,14 +567,7 @@ async def test_the_station_maximum_never_lets_a_phase_of_the_station_draw_more_t
 
     ctl = _controller(cs, clock, policy="equal")
     try:
-        at = None
-        for _ in range(8):
-            meter()
-            res = await ctl.step()
-            await asyncio.sleep(0)
-            if cs.station_max and at is None:
-                at = res
-            clock.advance(20)
+        at, res = await _steps_until_station_max(ctl, cs, clock, meter)
         assert len(cs.station_max) == 1 and at is not None
         assert at.context.untrusted == {"CP0:a": "over_draw"}
         phases = at.context.cars["phases"]

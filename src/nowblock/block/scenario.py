@@ -12,6 +12,7 @@ import pandas as pd
 
 from nowblock.block.sessions import (
     ISO_OFFSET_RE,
+    OUTSIDE_TIMES,
     TIME_MAX,
     TIME_MIN,
     iso_times,
@@ -26,12 +27,6 @@ log = logging.getLogger(__name__)
 
 class ScenarioError(ValueError):
     """A scenario folder or object that is incomplete or inconsistent."""
-
-
-#: Why a time before the sessions' TIME_MIN or after their TIME_MAX is refused (the simulator and
-#: the optimizer stopped on it with OutOfBoundsDatetime).
-_OUTSIDE = (f"is outside the times nowblock computes in ({TIME_MIN:%Y-%m-%d} to {TIME_MAX:%Y-%m-%d} UTC, "
-            f"pandas' nanosecond timestamps)")
 
 
 def time_series(obj, name: str, what: str, tz: str | None = None) -> pd.Series | None:
@@ -73,7 +68,7 @@ def time_series(obj, name: str, what: str, tz: str | None = None) -> pd.Series |
     idx = idx.tz_convert("UTC")
     out = (idx < TIME_MIN) | (idx > TIME_MAX)
     if out.any():
-        raise ScenarioError(f"{what}: time {iso_times(idx[out][:1], tz)[0]} {_OUTSIDE}")
+        raise ScenarioError(f"{what}: time {iso_times(idx[out][:1], tz)[0]} {OUTSIDE_TIMES}")
     if len(idx) >= 3 and idx.is_monotonic_increasing and not idx.has_duplicates:
         # The same series read back from CSV equals the one written (freq included).
         idx = pd.DatetimeIndex(idx, freq="infer")
@@ -327,7 +322,7 @@ def _read_ts(path: Path, col: str, tz: str | None = None) -> pd.Series | None:
     out = ((t < TIME_MIN) | (t > TIME_MAX)).to_numpy()
     if out.any():
         i = int(np.argmax(out))
-        raise ScenarioError(f"{path}: line {i + 2}: time {text.iloc[i]} {_OUTSIDE}")
+        raise ScenarioError(f"{path}: line {i + 2}: time {text.iloc[i]} {OUTSIDE_TIMES}")
     dup = t.duplicated().to_numpy()
     if dup.any():
         i = int(np.argmax(dup))

@@ -36,6 +36,9 @@ LARGE_BATTERY_KWH = 200.0
 #: 9999-12-31) stopped them with OutOfBoundsDatetime deep inside.
 TIME_MIN = pd.Timestamp("1677-09-23", tz="UTC")
 TIME_MAX = pd.Timestamp("2262-04-09", tz="UTC")
+#: Why a time before TIME_MIN or after TIME_MAX is refused, for error messages.
+OUTSIDE_TIMES = (f"is outside the times nowblock computes in ({TIME_MIN:%Y-%m-%d} to {TIME_MAX:%Y-%m-%d} UTC, "
+                 f"pandas' nanosecond timestamps)")
 
 
 class SessionsError(ValueError):

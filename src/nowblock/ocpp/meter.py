@@ -89,3 +89,28 @@ def parse_meter_values(meter_value: list[dict], now: datetime | None = None,
     if phased and "power_w" not in out:
         out["power_w"] = float(sum(phased))
     return out, latest
+
+
+def phases_from_power(current_a, power_w, voltage_v: float, known: int) -> int | None:
+    """More phases than ``known`` when the total power [W] is more than ``known`` phases at the
+    largest current read [A] and ``voltage_v`` [V] can carry (half a phase of margin for the
+    voltage and power factor); else None."""
+    vals = [float(x) for x in current_a if not math.isnan(float(x))]
+    if power_w is None or not vals or max(vals) < 1.0 or not math.isfinite(float(power_w)):
+        return None
+    n = min(3, int(round(float(power_w) / (voltage_v * max(vals)))))
+    return n if n > known else None
+
+
+def phases_from_currents(current_a) -> int | None:
+    """Phases a car draws on, from one reading of the three phase currents [A]; None if unknown.
+
+    Only a reading of all three phases can show that a phase carries nothing: a charger that
+    reports one aggregate Current.Import (parsed as L1) says nothing about L2 and L3, and
+    taking it for a single-phase car would leave two grid phases unaccounted for.
+    """
+    vals = [float(x) for x in current_a]
+    if len(vals) != 3 or any(math.isnan(x) for x in vals) or max(vals) < 1.0:
+        return None
+    # A phase carrying under 10 % of the strongest one is not in use (measurement noise).
+    return max(1, sum(1 for x in vals if x >= 0.1 * max(vals)))

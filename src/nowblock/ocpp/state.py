@@ -26,6 +26,7 @@ import pandas as pd
 
 from nowblock.seam import CAR_COLUMNS
 from nowblock.ocpp import profiles as pr
+from nowblock.ocpp.meter import phases_from_currents, phases_from_power
 from nowblock.block.site import Site
 
 log = logging.getLogger(__name__)
@@ -432,11 +433,11 @@ class LiveState:
             t.current_a = tuple(reading.get(f"current_l{i}_a", math.nan) for i in (1, 2, 3))  # type: ignore[assignment]
             if not any(math.isnan(float(x)) for x in t.current_a):
                 self.stations[cp_id].phased_meter = True
-            ph = _phases_from_currents(t.current_a)
+            ph = phases_from_currents(t.current_a)
             if ph is None and t.phases_used is not None:
                 # Not every phase read (one aggregate value, or the live phase only): the total
                 # power still shows a car drawing on more phases than it declared or was seen on.
-                ph = _phases_from_power(t.current_a, reading.get("power_w"), self.site.voltage_v, t.phases_used)
+                ph = phases_from_power(t.current_a, reading.get("power_w"), self.site.voltage_v, t.phases_used)
             if ph is not None:  # a car drawing nothing tells nothing about its phases
                 if t.phases_used is not None and ph > t.phases_used:
                     # A car planned on fewer phases draws on more (a 1-phase start, then 3): the
@@ -690,28 +691,3 @@ def _ends_with(p: pr.Profile, t: Transaction) -> bool:
     (1.6) for whichever transaction runs there."""
     return (p.purpose == pr.TX and p.connector_id == t.connector_id
             and p.transaction_id in (None, t.transaction_id))
-
-
-def _phases_from_power(current_a, power_w, voltage_v: float, known: int) -> int | None:
-    """More phases than ``known`` when the total power [W] is more than ``known`` phases at the
-    largest current read [A] and ``voltage_v`` [V] can carry (half a phase of margin for the
-    voltage and power factor); else None."""
-    vals = [float(x) for x in current_a if not math.isnan(float(x))]
-    if power_w is None or not vals or max(vals) < 1.0 or not math.isfinite(float(power_w)):
-        return None
-    n = min(3, int(round(float(power_w) / (voltage_v * max(vals)))))
-    return n if n > known else None
-
-
-def _phases_from_currents(current_a) -> int | None:
-    """Phases a car draws on, from one reading of the three phase currents [A]; None if unknown.
-
-    Only a reading of all three phases can show that a phase carries nothing: a charger that
-    reports one aggregate Current.Import (parsed as L1) says nothing about L2 and L3, and
-    taking it for a single-phase car would leave two grid phases unaccounted for.
-    """
-    vals = [float(x) for x in current_a]
-    if len(vals) != 3 or any(math.isnan(x) for x in vals) or max(vals) < 1.0:
-        return None
-    # A phase carrying under 10 % of the strongest one is not in use (measurement noise).
-    return max(1, sum(1 for x in vals if x >= 0.1 * max(vals)))

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from nowblock.block.sessions import TIME_MAX, TIME_MIN
+from nowblock.block.sessions import OUTSIDE_TIMES, TIME_MAX, TIME_MIN
 from nowblock.loop.closed_loop import LoopSettings
 from nowblock.loop.needs import FallbackNeedsEstimator, NeedsEstimation  # noqa: F401 - FallbackNeedsEstimator's old home
 from nowblock.loop.step import ControlStep
@@ -366,6 +366,5 @@ def _utc(t, what: str) -> pd.Timestamp:
                          f"like 2026-03-02T18:00+01:00, or a timezone-aware Timestamp")
     ts = ts.tz_convert("UTC")
     if not TIME_MIN <= ts <= TIME_MAX:  # beyond, the step grid stopped with OutOfBoundsDatetime
-        raise ValueError(f"{what}: {ts.isoformat()} is outside the times nowblock computes in "
-                         f"({TIME_MIN:%Y-%m-%d} to {TIME_MAX:%Y-%m-%d} UTC, pandas' nanosecond timestamps)")
+        raise ValueError(f"{what}: {ts.isoformat()} {OUTSIDE_TIMES}")
     return ts

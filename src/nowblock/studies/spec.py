@@ -23,6 +23,7 @@ it runs (for a folder, of the folder's files), so a re-run recognises finished c
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import inspect
 import itertools
@@ -229,8 +230,6 @@ def _iso(value):
     """``value`` with every TOML date/time in it as ISO 8601 text (what ``simulate`` and the
     scenario generator read): an axis mixing a string and a TOML datetime could not be written to
     Parquet (an outside test: the study stopped with ArrowTypeError, results.parquet never written)."""
-    import datetime as dt
-
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, list):
