@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="nowblock-out", help="output folder (default: ./nowblock-out)")
     parser.add_argument("--step", default="5min", help="control step, a pandas offset like 5min (default: 5min)")
     parser.add_argument("--days", type=float, default=None,
-                        help="simulate only the first N days, N > 0 (the site, its grid connection included, stays the "
-                             "same); without it, every session")
+                        help="simulate only the first N calendar days in the site's time zone, N > 0 (a week from "
+                             "Monday 00:00 ends the next Monday 00:00 local, across a daylight saving switch too; the "
+                             "site, its grid connection included, stays the same); without it, every session")
     parser.add_argument("--horizon", default="24h", help="look-ahead of base load and prices (default: 24h)")
     parser.add_argument("--needs", choices=("known", "unknown"), default="known",
                         help="whether the policy sees real departures and energies (default: known)")
@@ -119,10 +120,6 @@ def run(args: argparse.Namespace) -> int:
     check_days(args.days)
     policies = policy_list(args.policy)
     scenario = load_scenario(args.scenario, args.days)
-    end = None
-    if args.days is not None:
-        first = scenario.sessions["arrival"].min().floor(pd.Timedelta(args.step))
-        end = first + pd.Timedelta(days=args.days)
     out = Path(args.out)
     results, written = [], []
     for name in policies:
@@ -131,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             name,
             step=args.step,
             horizon=args.horizon,
-            end=end,
+            days=args.days,  # calendar days in the site's zone from the first arrival's step
             needs=args.needs,
             progress=not args.quiet,
         )

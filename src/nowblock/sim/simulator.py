@@ -207,6 +207,7 @@ def simulate(
     horizon="24h",
     start=None,
     end=None,
+    days: float | None = None,
     needs: str = "known",
     needs_estimator=None,
     base_load_forecaster=None,
@@ -240,6 +241,13 @@ def simulate(
         departure, on the step grid. Sessions overlapping the window take part (a car
         already plugged in at ``start`` arrives empty-handed then); their whole request
         counts in ``energy_requested_kwh``.
+    days : float, optional
+        Simulate ``days`` calendar days from ``start`` in the site's time zone instead of
+        giving ``end`` (both at once raise ValueError): a week from Monday 00:00 local ends the
+        next Monday 00:00 local, 167 h across the spring switch and 169 h across the autumn
+        one (:func:`calendar_end`; a fraction of a day adds that share of 24 h).
+        ``nowblock simulate --days`` passes it. ``end`` is an instant: ``start`` plus a
+        Timedelta of N days is N x 24 h, an hour off across a switch.
     needs : "known" or "unknown"
         Whether the policy sees the sessions' real departure and energy, or estimates them as
         the live loop does (:class:`nowblock.loop.needs.NeedsEstimation` with
@@ -283,10 +291,15 @@ def simulate(
     if step <= pd.Timedelta(0):
         raise ValueError("step must be positive")
     sess = scenario.sessions
-    if len(sess) == 0 and (start is None or end is None):
+    if len(sess) == 0 and (start is None or (end is None and days is None)):
         raise ValueError("simulate: a scenario without sessions needs start and end")
+    if days is not None and end is not None:
+        raise ValueError("simulate: give end or days, not both")
     t_start = _utc(start, "start") if start is not None else sess["arrival"].min().floor(step)
-    t_end = _utc(end, "end") if end is not None else sess["departure"].max().ceil(step)
+    if days is not None:
+        t_end = calendar_end(t_start, days, scenario.site.timezone)
+    else:
+        t_end = _utc(end, "end") if end is not None else sess["departure"].max().ceil(step)
     if not t_end > t_start:  # else: no step, no session, and metrics of a perfect week
         raise ValueError(f"simulate: end {t_end.isoformat()} is not after start {t_start.isoformat()}")
     block = SimulatedBlock(scenario, step=step, horizon=horizon, start=t_start, end=t_end,
@@ -350,6 +363,45 @@ def _result(block: SimulatedBlock, pol, solve: np.ndarray, fallbacks: list, wall
         "policy": pol.name,
     }
     return SimulationResult(metrics, timeseries, sessions, block.draws(), solve, pol.name, block.step, block.site)
+
+
+def calendar_end(start, days: float, tz: str) -> pd.Timestamp:
+    """The instant ``days`` calendar days after ``start`` on the wall clock of ``tz``, in UTC.
+
+    Whole days step the local date and keep the local time of day (so a day across a daylight
+    saving switch is 23 or 25 h); a fraction of a day then adds that share of 24 h. A local
+    time the switch skips moves forward by the gap, one it repeats takes its first instant.
+
+    Parameters
+    ----------
+    start : pandas.Timestamp
+        Timezone-aware start.
+    days : float
+        Calendar days, positive and finite.
+    tz : str
+        IANA time zone, normally the site's (``Site.timezone``).
+
+    Returns
+    -------
+    pandas.Timestamp
+        The end, UTC.
+
+    Raises
+    ------
+    ValueError
+        ``days`` is not a positive finite number, or the end is outside the range of
+        pandas' timestamps.
+    """
+    days = float(days)
+    if not (np.isfinite(days) and days > 0):
+        raise ValueError(f"days: {days:g} is not a positive number of days")
+    whole = int(np.floor(days))
+    wall = pd.Timestamp(start).tz_convert(tz).tz_localize(None)
+    try:
+        local = (wall + pd.Timedelta(days=whole)).tz_localize(tz, ambiguous=True, nonexistent="shift_forward")
+    except (OverflowError, pd.errors.OutOfBoundsDatetime):
+        raise ValueError(f"days: {days:g} days from {pd.Timestamp(start).isoformat()} {OUTSIDE_TIMES}") from None
+    return _utc(local + pd.Timedelta(days=days - whole), "end")
 
 
 def _utc(t, what: str) -> pd.Timestamp:
