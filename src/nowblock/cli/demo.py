@@ -106,8 +106,8 @@ async def _demo(args) -> int:
     print(f"nowblock demo: {site.name}, {len(site.charge_points)} charging points, grid "
           f"{site.root.max_current_a[0]:.0f} A per phase; {len(day)} sessions from {t0.tz_convert(site.timezone):%a %d %b %H:%M}"
           f" for {args.hours:g} h at {args.speed:g}x ({args.hours * 3600 / args.speed:.0f} s)", flush=True)
-    needs = _fit_needs(scn.sessions[scn.sessions["departure"] <= t0])
-    forecaster = _base_forecaster()
+    needs = _fit_needs(scn.sessions[scn.sessions["departure"] <= t0], site)
+    forecaster = _base_forecaster(site)
     cs = CentralSystem(site, port=args.port, tx_validity_s=int(4 * slot_s),
                        response_timeout_s=5.0, probe_rate_unit=False, ping_interval_s=None, backoff_s=0.05,
                        clock=lambda: clock.now().to_pydatetime())
@@ -171,21 +171,27 @@ async def _demo(args) -> int:
     return 0
 
 
-def _fit_needs(history: pd.DataFrame):
+def _fit_needs(history: pd.DataFrame, site: Site):
+    """A needs forecaster fitted on ``history`` in ``site``'s wall clock, or None with too little."""
     try:
+        from nowblock.forecast.calendar import Calendar
         from nowblock.forecast.needs import SessionNeedsForecaster
 
-        return SessionNeedsForecaster().fit(history) if len(history) >= 10 else None
+        if len(history) < 10:
+            return None
+        return SessionNeedsForecaster(calendar=Calendar.for_site(site)).fit(history)
     except Exception as exc:  # the estimate falls back to a simple rule
         log.warning("needs forecaster unavailable: %s", exc)
         return None
 
 
-def _base_forecaster():
+def _base_forecaster(site: Site):
+    """A base-load forecaster learning ``site``'s daily profile in its own wall clock."""
     try:
         from nowblock.forecast.base_load import BaseLoadForecaster
+        from nowblock.forecast.calendar import Calendar
 
-        return BaseLoadForecaster()
+        return BaseLoadForecaster(calendar=Calendar.for_site(site))
     except Exception as exc:
         log.warning("base-load forecaster unavailable: %s", exc)
         return None

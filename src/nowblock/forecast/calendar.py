@@ -70,6 +70,48 @@ class Calendar:
     country: str | None = "DE"
     subdiv: str | None = "NW"
 
+    @classmethod
+    def for_site(cls, site) -> "Calendar":
+        """The calendar of ``site``'s clock: :meth:`for_zone` of its ``timezone``.
+
+        Every forecaster defaults to Europe/Berlin; where a site is known (the simulator, the
+        live controller, the demo) it should learn in the site's own wall clock, else a New York
+        block's Friday-evening stays are learnt as Saturday-morning ones.
+
+        Parameters
+        ----------
+        site : nowblock.Site
+            The block (only its ``timezone``, an IANA name, is read).
+
+        Returns
+        -------
+        Calendar
+        """
+        return cls.for_zone(site.timezone)
+
+    @classmethod
+    def for_zone(cls, tz: str) -> "Calendar":
+        """The calendar of the IANA time zone ``tz`` with its country's public holidays.
+
+        Europe/Berlin keeps the default (Germany, North Rhine-Westphalia, where the embedded
+        block lies); another zone takes the country the IANA ``zone.tab`` gives it, national
+        holidays only, when the ``holidays`` library knows that country, else none (German
+        holidays would mark the wrong days off). Pass ``Calendar(tz, country, subdiv)`` for a
+        region's own holidays.
+
+        Parameters
+        ----------
+        tz : str
+            An IANA time zone such as ``"Europe/Lisbon"``.
+
+        Returns
+        -------
+        Calendar
+        """
+        if tz == cls.tz:
+            return cls()
+        return cls(tz=tz, country=_zone_country(tz), subdiv=None)
+
     def day_slot(self, index: pd.DatetimeIndex, step: pd.Timedelta) -> tuple[np.ndarray, np.ndarray]:
         """Local epoch day number and slot of the day (``step`` wide) for each timestamp."""
         if index.tz is None:
@@ -139,6 +181,27 @@ class Calendar:
             hol = _holiday_days(self.country, self.subdiv, y0, y1)
             out = np.where(np.isin(epoch_days, hol), SUNDAY, out)
         return out.astype(np.int64)
+
+
+@lru_cache(maxsize=64)
+def _zone_country(tz: str) -> str | None:
+    """The ISO country code of an IANA zone from the system's ``zone.tab`` (None if unknown, or
+    if the ``holidays`` library has no calendar for it)."""
+    import zoneinfo
+
+    for folder in zoneinfo.TZPATH:
+        try:
+            lines = (Path(folder) / "zone.tab").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split("\t")
+            if len(cols) >= 3 and not line.startswith("#") and cols[2] == tz:
+                import holidays
+
+                return cols[0] if cols[0] in holidays.list_supported_countries() else None
+        return None
+    return None
 
 
 def day_classes(day_type: np.ndarray) -> np.ndarray:

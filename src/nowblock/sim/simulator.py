@@ -255,7 +255,10 @@ def simulate(
         the fallback rule if None).
     base_load_forecaster : object, optional
         ``predict(history, now, horizon) -> Series`` [kW]; None means perfect foresight. The
-        value for now is always the true maximum within the coming step.
+        value for now is always the true maximum within the coming step. A forecaster of
+        nowblock's whose calendar is not the site's time zone (they default to Europe/Berlin)
+        is warned about, as is such a ``needs_estimator``: build them with
+        ``calendar=nowblock.forecast.Calendar.for_site(scenario.site)``.
     current_step_a : float
         Pilot-signal granularity [A] passed to the policy.
     battery : TaperBattery, optional
@@ -302,6 +305,9 @@ def simulate(
         t_end = _utc(end, "end") if end is not None else sess["departure"].max().ceil(step)
     if not t_end > t_start:  # else: no step, no session, and metrics of a perfect week
         raise ValueError(f"simulate: end {t_end.isoformat()} is not after start {t_start.isoformat()}")
+    for what, obj in (("needs_estimator", needs_estimator if needs == "unknown" else None),
+                      ("base_load_forecaster", base_load_forecaster)):
+        _warn_other_zone(what, obj, scenario.site)
     block = SimulatedBlock(scenario, step=step, horizon=horizon, start=t_start, end=t_end,
                            needs_known=needs == "known", base_load_forecaster=base_load_forecaster,
                            current_step_a=current_step_a, battery=battery)
@@ -363,6 +369,20 @@ def _result(block: SimulatedBlock, pol, solve: np.ndarray, fallbacks: list, wall
         "policy": pol.name,
     }
     return SimulationResult(metrics, timeseries, sessions, block.draws(), solve, pol.name, block.step, block.site)
+
+
+def _warn_other_zone(what: str, forecaster, site) -> None:
+    """Warn if ``forecaster`` learns on another clock than ``site``'s time zone.
+
+    The forecasters default to Europe/Berlin; one built without
+    ``calendar=Calendar.for_site(site)`` for a New York block learnt its Friday-evening stays as
+    Saturday-morning ones. Its calendar is ``forecaster.calendar`` or ``forecaster.model.calendar``.
+    """
+    cal = getattr(forecaster, "calendar", None) or getattr(getattr(forecaster, "model", None), "calendar", None)
+    tz = getattr(cal, "tz", None)
+    if isinstance(tz, str) and tz != site.timezone:
+        log.warning("simulate: %s learns on the %s clock, the site's time zone is %s (build it with "
+                    "calendar=nowblock.forecast.Calendar.for_site(site))", what, tz, site.timezone)
 
 
 def calendar_end(start, days: float, tz: str) -> pd.Timestamp:
