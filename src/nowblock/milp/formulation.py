@@ -259,6 +259,24 @@ class Formulation:
         return self.n_slots if b is None else min(int(b), self.n_slots)
 
     @cached_property
+    def can_switch_on(self) -> np.ndarray:
+        """Boolean per cell (see :attr:`cells`): whether the car's least setpoint
+        (:attr:`min_on_a` [A]) fits every fuse phase it loads in that slot with every other car at
+        0 A. Where not (a fuse, or a fuse less the other load, below the car's minimum), every real
+        plan offers 0 A there."""
+        car, slot = self.cells
+        room = self.headroom_a
+        ok = np.ones(len(car), dtype=bool)
+        if len(car) == 0 or float(room.min(initial=np.inf)) >= float(self.min_on_a.max(initial=0.0)) - 1e-9:
+            return ok  # every row has room for every car's minimum: nothing to look at cell by cell
+        a = self.incidence
+        need_a = self.min_on_a[car] - 1e-9
+        for r in np.nonzero((a > 0).any(axis=1))[0]:
+            on = a[r, car] > 0
+            ok[on] &= room[r, slot[on]] >= need_a[on]
+        return ok
+
+    @cached_property
     def binary_candidates(self) -> np.ndarray:
         """Boolean per cell: inside the binary window and with a minimum current > 0."""
         car, slot = self.cells

@@ -431,6 +431,15 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
         return Schedule(form=form, plan_a=np.zeros((form.n_cars, form.n_slots)), status="optimal", objective=0.0,
                         bound=0.0, mip_gap=0.0, solve_seconds=0.0, build_seconds=0.0, backend=backend,
                         detail="nothing to plan", method="none", seconds=time.perf_counter() - t0)
+    if not form.can_switch_on.any():
+        # No car's minimum fits its fuses in any slot: all zeros is the only real plan, so it is
+        # optimal (the LPs, without "0 or >= min", bound it far below: 23 % at 30 cars x 96 slots).
+        zero = np.zeros((form.n_cars, form.n_slots))
+        objective = plan_objective(form, form.matrix(relax=True), zero)
+        return Schedule(form=form, plan_a=zero, status="optimal", objective=objective, bound=objective,
+                        mip_gap=0.0, solve_seconds=0.0, build_seconds=0.0, backend=backend,
+                        detail="the only plan: no car's minimum current fits its fuses in any slot (all 0 A)",
+                        method="none", seconds=time.perf_counter() - t0)
     run = _Run(form, t0, deadline, reserve_seconds(form))
     try:
         # Fine slot grids of large blocks: the LP on 15-minute slots first (a real fine plan and a
