@@ -41,6 +41,54 @@ OUTSIDE_TIMES = (f"is outside the times nowblock computes in ({TIME_MIN:%Y-%m-%d
                  f"pandas' nanosecond timestamps)")
 
 
+def aware_time(t, what: str, *, none_means: str = "the default") -> pd.Timestamp:
+    """One time argument (``start``, ``end``) checked: timezone-aware and within the range.
+
+    The one check of ``nb.simulate``'s ``start``/``end`` and ``nb.optimize``'s ``start`` (each
+    had a copy with its own wording). Read as UTC, a time without an offset moved a Dortmund
+    window by one or two hours without a word; a number is nanoseconds since 1970 to pandas.
+
+    Parameters
+    ----------
+    t : pandas.Timestamp, datetime.datetime or str
+        A timezone-aware time, or ISO 8601 text with a UTC offset such as
+        ``"2026-03-02T18:00+01:00"``.
+    what : str
+        The argument's name, first in every message.
+    none_means : str
+        What passing None instead gives, for the NaT message (e.g. ``"the first arrival"``).
+
+    Returns
+    -------
+    pandas.Timestamp
+        ``t`` in its own time zone.
+
+    Raises
+    ------
+    TypeError
+        A number.
+    ValueError
+        Text pandas cannot read as a time, NaT, a time without an offset, or one outside
+        :data:`TIME_MIN` .. :data:`TIME_MAX` (:data:`OUTSIDE_TIMES`).
+    """
+    if isinstance(t, (bool, int, float, np.integer, np.floating)):
+        raise TypeError(f"{what}: expected a timezone-aware time such as '2026-03-02T18:00+01:00', "
+                        f"got the number {t!r}")
+    try:
+        ts = pd.Timestamp(t)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{what}: cannot read {t!r} as a time ({exc}); expected ISO 8601 with a UTC "
+                         f"offset, like 2026-03-02T18:00+01:00, or a timezone-aware Timestamp") from exc
+    if ts is pd.NaT:
+        raise ValueError(f"{what}: missing (NaT); pass a timezone-aware time, or None for {none_means}")
+    if ts.tz is None:
+        raise ValueError(f"{what}: must be timezone-aware: {t!s} has no UTC offset (a local time is ambiguous "
+                         f"twice a year); give one, like 2026-03-02T18:00+01:00, or a timezone-aware Timestamp")
+    if not TIME_MIN <= ts <= TIME_MAX:  # beyond, a step or slot grid stopped with OutOfBoundsDatetime
+        raise ValueError(f"{what}: {ts.tz_convert('UTC').isoformat()} {OUTSIDE_TIMES}")
+    return ts
+
+
 class SessionsError(ValueError):
     """A sessions frame with a bad row; the message names the row and the session_id.
 

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from nowblock.block.sessions import OUTSIDE_TIMES, TIME_MAX, TIME_MIN
+from nowblock.block.sessions import OUTSIDE_TIMES, aware_time
 from nowblock.loop.closed_loop import LoopSettings
 from nowblock.loop.needs import FallbackNeedsEstimator, NeedsEstimation  # noqa: F401 - FallbackNeedsEstimator's old home
 from nowblock.loop.step import ControlStep
@@ -425,18 +425,6 @@ def calendar_end(start, days: float, tz: str) -> pd.Timestamp:
 
 
 def _utc(t, what: str) -> pd.Timestamp:
-    """``t`` (timezone-aware, or ISO 8601 text with an offset) in UTC; ``what`` names it in errors.
-
-    A time without an offset is refused, as by ``nb.optimize`` and every file nowblock reads:
-    read as UTC it moved a Dortmund window by one or two hours without a word.
-    """
-    ts = pd.Timestamp(t)
-    if ts is pd.NaT:
-        raise ValueError(f"{what}: missing (NaT); pass a timezone-aware time, or None for the default")
-    if ts.tz is None:
-        raise ValueError(f"{what}: {t!s} has no UTC offset (a local time is ambiguous twice a year); give one, "
-                         f"like 2026-03-02T18:00+01:00, or a timezone-aware Timestamp")
-    ts = ts.tz_convert("UTC")
-    if not TIME_MIN <= ts <= TIME_MAX:  # beyond, the step grid stopped with OutOfBoundsDatetime
-        raise ValueError(f"{what}: {ts.isoformat()} {OUTSIDE_TIMES}")
-    return ts
+    """``t`` checked by :func:`nowblock.block.sessions.aware_time` (the check ``nb.optimize``
+    shares), in UTC; ``what`` names it in errors."""
+    return aware_time(t, what).tz_convert("UTC")
