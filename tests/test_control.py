@@ -541,11 +541,12 @@ async def test_the_station_maximum_of_a_car_not_following_leaves_the_other_evses
     ctl = _controller(cs, clock, policy="equal")
     try:
         at, res = await _steps_until_station_max(ctl, cs, clock, meter)
-        assert len(cs.station_max) == 1 and at is not None
+        assert at is not None
         sent = cs.station_max[0][1]
         assert at.context.untrusted == {"CP0:a": "over_draw"}
         assert sent == pytest.approx(at.targets_a.sum())  # both EVSEs' limits
         assert sent <= at.current_a.sum() + 1e-9  # never above what the step reserved for the station
+        assert cs.station_max[-1][1] == pytest.approx(res.targets_a.sum())  # kept at them as they change
         # The car that follows keeps its limit, under the station maximum and in the plan.
         assert cs.state.applied_limit_a("CP0", 2) == res.targets_a["CP0:b"] >= 15.0
     finally:
@@ -1145,3 +1146,67 @@ async def test_a_car_over_its_limit_that_draws_still_more_wakes_a_step():
     cs, clock, ctl = await _over_drawer_in_escalation()
     assert not ctl._meter_wakes(_reads(cs, clock, 30.0))  # no news
     assert ctl._meter_wakes(_reads(cs, clock, 38.0))  # more than the others were made safe against
+
+async def test_the_station_maximum_is_kept_at_the_stations_limits_while_the_car_not_following_charges():
+    """Review F2, physics of a station that applies its station maximum while EVSE 1's car
+    ignores its TxProfile (wants 32 A): held by the maximum, that car seems to follow, is
+    trusted and planned at its share. The maximum was sent once: while the step's limits at
+    the station rose and fell it stayed where it was, and when it expired the trusted car went
+    back to 32 A beside the others' shares: 58 A on a 40 A fuse. It is now sent again whenever
+    the station's limits change it, refreshed before it expires, and the fuse holds."""
+    site = Site("t", (Fuse("grid", (40.0,) * 3),),
+                tuple(ChargePoint(id=f"CP{i}", fuse="grid", max_current_a=32.0, min_current_a=6.0) for i in (0, 1)))
+    cs, clock = FakeCentral(site), Clock()
+    cs.state.clock = clock
+    cs.station_max = []
+
+    async def set_station_max(cp_id, current_a, *, validity_s=None):
+        cs.station_max.append((cp_id, float(current_a)))
+        cs.state.on_profile_accepted(cp_id, 0, pr.build_profile("2.0.1", pr.MAX_201, current_a, connector_id=0,
+                                                                 validity_s=validity_s, now=clock.now.to_pydatetime()))
+        return DispatchRecord(pr.utcnow(), float(current_a), pr.MAX_201, float(current_a), [])
+
+    cs.set_station_max = set_station_max
+    for cp in ("CP0", "CP1"):
+        cs.state.on_connect(cp, "2.0.1")
+    cars = {"a": ("CP0", 1), "b": ("CP0", 2), "c": ("CP1", 1)}
+
+    def plug(tx):
+        cp, evse = cars[tx]
+        cs.state.on_start(cp, evse, tx, start=clock.now.to_pydatetime(), meter_start_wh=0.0)
+        cs.state.on_needs(cp, evse, departure=(clock.now + pd.Timedelta(hours=4)).to_pydatetime(), energy_kwh=30.0)
+
+    def draws(present):
+        maxes = [p for p in cs.state.station("CP0").profiles if p.purpose in pr.MAX_PURPOSES]
+        s = pr.active_limit_a(maxes, 0, clock.now.to_pydatetime())
+        out = {tx: min(cs.state.applied_limit_a(*cars[tx]) or 0.0, 32.0) for tx in present if tx != "a"}
+        out["a"] = 32.0 if s is None else max(min(32.0, s - out["b"]), 0.0)  # what the station maximum leaves
+        return out
+
+    def meter(present):
+        got = draws(present)
+        for tx, a in got.items():
+            cs.state.on_meter(*cars[tx], tx, {f"current_l{i}_a": a for i in (1, 2, 3)}, clock.now.to_pydatetime())
+        return sum(got.values())
+
+    plug("a")
+    plug("b")
+    ctl = _controller(cs, clock, policy="equal")
+    loads = []
+    try:
+        for k in range(24):  # 8 minutes: longer than a station maximum lives (profile_validity_s 300 s)
+            present = ("a", "b", "c") if k >= 10 else ("a", "b")
+            if k == 10:
+                plug("c")
+            loads.append(meter(present))
+            await ctl.step()
+            await asyncio.sleep(0)  # station maxima go out in the background
+            loads.append(sum(draws(present).values()))  # the station applies the step's limits at once
+            clock.advance(20)
+    finally:
+        await ctl.failsafe.cancel()
+    # The loop sees car a over its limit at its second step (42 A until then: no step can know
+    # sooner); from then on, never past the fuse's rating.
+    assert max(loads[3:]) <= 40.0 + 1e-6
+    assert len(cs.station_max) >= 3  # sent at the grace, again as the limits changed, refreshed
+    assert sum(loads[-4:]) / 4 >= 35.0  # and the fuse's room is used, the maximum included

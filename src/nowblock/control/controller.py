@@ -512,7 +512,7 @@ class Controller:
         kept = {s: a for s, a in counted.items() if s not in ctx.untrusted and a > targets.get(s, 0.0) + 0.05}
         if kept:  # a charger kept a higher limit in this very step: repair the others now
             counted.update(await self.sender.repair(snap, ctx, targets, kept, now))
-        await self.sender.escalate(targets, ctx, now)
+        await self.sender.escalate(targets, ctx, now, counted)
         self.sender.read_back(ctx, now)
         t3 = _time.perf_counter()
         x = pd.Series(counted, dtype=float).reindex(targets.index).rename("current_a")

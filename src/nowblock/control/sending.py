@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -22,6 +22,7 @@ import pandas as pd
 from nowblock.control.dispatch import Escalation, plan_waves
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.step import ControlStep, StepContext
+from nowblock.ocpp.profiles import STATION_MAX_ID
 from nowblock.seam import BlockSnapshot, make_safe, safe_setpoints_a
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Dispatcher:
         self._alarm = alarm
         self._step_gap_s = step_gap_s
         self._read_at: dict[str, pd.Timestamp] = {}  # session -> when its applied limit was last asked
+        self.station_max: dict[str, StationMax] = {}  # station -> the maximum kept on it (escalation)
         if not send_wait_s > 0:
             raise ValueError(f"send_wait_s: must be > 0, got {send_wait_s!r}")
         self.send_wait_s = float(send_wait_s)
@@ -108,12 +110,15 @@ class Dispatcher:
         # one ignoring its limit is lowered a few times, to 0 A, then held.
         hold = [s for s in doubt if s not in resend and s in self.loop.sent
                 and float(targets[s]) >= self.loop.sent[s][0] - 1e-6]
-        got = await self.send_waves(targets.drop(hold), ctx, now, resend=resend)
+        # A station maximum kept above the step's limits at its station lets the car that does
+        # not follow take the room the others give up: lowered with the first wave.
+        lowering = self._keep_station_maxima(targets, ctx, now, lower_only=True)
+        got = await self.send_waves(targets.drop(hold), ctx, now, resend=resend, also=lowering)
         self.escalation.tried([s for s in resend if s in got], now)
         return got
 
     async def send_waves(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp, *, only_lower=False,
-                         resend=frozenset()) -> dict[str, float | None]:
+                         resend=frozenset(), also=()) -> dict[str, float | None]:
         """Send what :func:`~nowblock.control.dispatch.plan_waves` says is due: the lowered
         limits, and once they were answered the raises (none with ``only_lower``).
 
@@ -121,26 +126,30 @@ class Dispatcher:
         this step when a lowered limit of a car the step counted on (trusted) is not in force
         after the first wave (refused, or not answered yet): the room they would take is not
         free; the caller's repair lowers the others around that car now, and the next step
-        plans around it."""
+        plans around it. ``also`` (tasks answering True when a lowered station maximum was
+        accepted) is waited for with the first wave, and holds the raises back the same way."""
         # Re-send before a profile could expire ahead of the next step (steps may run late).
         refresh_s = min(self.profile_validity_s / 2.0, self.profile_validity_s - 2.0 * self._step_gap_s())
         lower, higher = plan_waves(targets, self.loop.sent, ctx.cars["offered_current_a"], now,
                                    refresh_s=refresh_s, resend=resend)
-        out = await self._wave(ctx.cars, lower, now)
+        out = await self._wave(ctx.cars, lower, now, also=also)
         if only_lower or not higher:
             return out
         stuck = [sid for sid, lim in lower if sid in out and sid not in ctx.untrusted
                  and self.in_force_a(ctx.cars, sid, out[sid]) > lim + 0.05]
+        stuck += [f"the station maximum of {cp}" for cp, t in also
+                  if not t.done() or t.cancelled() or t.exception() is not None or not t.result()]
         if stuck:
             log.warning("raises held back this step: %s not lowered yet", ", ".join(sorted(stuck)))
             return out
         out.update(await self._wave(ctx.cars, higher, now))
         return out
 
-    async def _wave(self, cars: pd.DataFrame, batch: list, now: pd.Timestamp) -> dict[str, float | None]:
+    async def _wave(self, cars: pd.DataFrame, batch: list, now: pd.Timestamp, also=()) -> dict[str, float | None]:
         """Send ``batch`` ((session, limit [A]) pairs) at once and wait up to ``send_wait_s`` for
-        the answers: session -> the limit [A] its charger accepted (None: not known, so counted
-        at what the live state says it holds), for every car sent or still waiting to be."""
+        the answers (and for the tasks of ``also``, (station, task) pairs): session -> the limit
+        [A] its charger accepted (None: not known, so counted at what the live state says it
+        holds), for every car sent or still waiting to be."""
         out: dict[str, float | None] = {}
         tasks = {}
         for sid, lim in batch:
@@ -148,9 +157,9 @@ class Dispatcher:
                 out[sid] = None
                 continue
             tasks[sid] = (self._spawn(self._send(cars, sid, lim, now)), lim)  # stopped with the controller
-        if not tasks:
+        if not tasks and not also:
             return out
-        await asyncio.wait([t for t, _ in tasks.values()], timeout=self.send_wait_s)
+        await asyncio.wait([t for t, _ in tasks.values()] + [t for _, t in also], timeout=self.send_wait_s)
         for sid, (task, lim) in tasks.items():
             if task.done():
                 ok, a = task.result()
@@ -253,19 +262,33 @@ class Dispatcher:
         got = await self.send_waves(x2, ctx, now, only_lower=True)
         return {sid: self.in_force_a(ctx.cars, sid, got[sid]) if sid in got else float(x2[sid]) for sid in x2.index}
 
-    async def escalate(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp) -> None:
-        """Station maximum for cars past their grace; an alarm for cars past the alarm time."""
+    async def escalate(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp,
+                       counted: dict | None = None) -> None:
+        """Station maximum for cars past their grace, kept while they charge; an alarm for cars
+        past the alarm time.
+
+        Parameters
+        ----------
+        targets : pandas.Series
+            [A per phase] The step's setpoint per session_id.
+        ctx : StepContext
+        now : pandas.Timestamp
+        counted : dict, optional
+            session_id -> [A] what each car is counted at after the dispatch
+            (:meth:`counted_a`): a station maximum is never above what its cars are counted at,
+            so a raise held back this step does not reach the station through its maximum.
+        """
         for sid in self.escalation.to_escalate(now):
             if sid not in ctx.cars.index or sid not in targets.index:
                 continue
-            cp_id = ctx.cars.at[sid, "charge_point_id"]
+            cp_id = str(ctx.cars.at[sid, "charge_point_id"])
             self.escalation.escalated.add(sid)
             if hasattr(self.central, "set_station_max"):
-                # In the background: a station that does not follow may not answer either, and the
-                # step must not wait for it (its calls queue behind each other).
-                since_s = (now - self.escalation.since[sid]).total_seconds()
-                self._spawn(self._station_max(sid, cp_id, station_allowance_a(cp_id, targets, ctx),
-                                              ctx.untrusted.get(sid), since_s))
+                kept = self.station_max.setdefault(cp_id, StationMax())
+                kept.sessions.add(sid)
+                kept.why = (sid, ctx.untrusted.get(sid), (now - self.escalation.since[sid]).total_seconds())
+                kept.asked_a = None  # sent now, whatever was asked before
+        self._keep_station_maxima(targets, ctx, now, counted=counted)
         for sid in self.escalation.to_alarm(now):
             self.escalation.alarmed.add(sid)
             if sid not in ctx.cars.index:
@@ -275,13 +298,78 @@ class Dispatcher:
                         measured_a=float(ctx.cars.at[sid, "measured_current_a"]),
                         limit_a=float(targets.get(sid, np.nan)))
 
-    async def _station_max(self, sid: str, cp_id: str, limit_a: float, why, for_s: float) -> None:
+    def _keep_station_maxima(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp, *,
+                             lower_only: bool = False, counted: dict | None = None) -> list:
+        """Send each kept station maximum again where the step's limits at its station changed
+        it (with ``lower_only``, only where they lowered it) or before it could expire; clear
+        it once the cars it was sent for have left. Returns (station, task) pairs of the sends.
+
+        A station maximum stays as long as a car it was sent for charges, also once that car
+        seems to follow its limit: a car held by the station maximum cannot be told from one
+        that follows its own limit. Sent once and left (an outside test's physics), it stayed
+        at the sum of the limits at the time while the others' limits fell, so the car not
+        following took what they gave up, and when it expired (its profile lives
+        ``profile_validity_s``) that car, trusted by then, went back to its full draw: 58 A on
+        a 40 A fuse until the next step.
+        """
+        out = []
+        if not self.station_max:
+            return out
+        refresh_s = min(self.profile_validity_s / 2.0, self.profile_validity_s - 2.0 * self._step_gap_s())
+        base = targets if counted is None else pd.Series(
+            {s: min(float(a), float(counted.get(s, a))) for s, a in targets.items()}, dtype=float)
+        for cp_id, kept in list(self.station_max.items()):
+            kept.sessions &= set(ctx.cars.index)  # an offline car is observed, not planned
+            if not kept.sessions:
+                if not lower_only:
+                    del self.station_max[cp_id]
+                    self._spawn(self._clear_station_max(cp_id))
+                continue
+            if not kept.sessions & set(targets.index):
+                continue  # its station is offline: nothing can be sent
+            limit = station_allowance_a(cp_id, base, ctx)
+            asked = kept.asked_a
+            if asked is not None and limit >= asked - 0.05:
+                if lower_only:
+                    continue
+                due = kept.at is None or (now - kept.at).total_seconds() >= refresh_s
+                if limit <= asked + 0.05 and not due:
+                    continue
+                if kept.task is not None and not kept.task.done():
+                    continue  # a raise or a refresh waits for the last send's answer
+            kept.asked_a = limit
+            kept.task = self._spawn(self._station_max(cp_id, kept, limit, now))
+            out.append((cp_id, kept.task))
+        return out
+
+    async def _station_max(self, cp_id: str, kept: "StationMax", limit_a: float, now: pd.Timestamp) -> bool:
         try:
             rec = await self.central.set_station_max(cp_id, limit_a, validity_s=int(math.ceil(self.profile_validity_s)))
-            log.warning("%s: not following its limit (%s) for %.0f s; station maximum %.1f A: %s", sid, why, for_s,
-                        limit_a, getattr(rec, "purpose", None) or "not accepted")
         except Exception as exc:  # noqa: BLE001
             log.warning("%s: station maximum not sent: %r", cp_id, exc)
+            rec = None
+        ok = rec is not None and getattr(rec, "purpose", None) is not None
+        if kept.why is not None:
+            sid, why, for_s = kept.why
+            kept.why = None
+            log.warning("%s: not following its limit (%s) for %.0f s; station maximum %.1f A: %s", sid, why, for_s,
+                        limit_a, getattr(rec, "purpose", None) or "not accepted")
+        elif ok:
+            log.info("%s: station maximum %.1f A", cp_id, limit_a)
+        if ok:
+            kept.at = now
+        elif kept.asked_a == limit_a:
+            kept.asked_a = None  # sent again by the next step
+        return ok
+
+    async def _clear_station_max(self, cp_id: str) -> None:
+        clear = getattr(self.central, "clear_profiles", None)
+        if clear is None:
+            return  # it expires after profile_validity_s
+        try:
+            await clear(cp_id, profile_id=STATION_MAX_ID)
+        except Exception as exc:  # noqa: BLE001 - it expires after profile_validity_s
+            log.info("%s: station maximum not cleared: %r", cp_id, exc)
 
     def read_back(self, ctx: StepContext, now: pd.Timestamp) -> None:
         """Ask the chargers of cars that do not draw what they were given what they apply
@@ -311,6 +399,22 @@ class Dispatcher:
             await read(cp_id, connector_id)
         except Exception as exc:  # noqa: BLE001 - a station that cannot tell is planned at what it accepted
             log.info("%s/%s: applied limit not read back: %r", cp_id, connector_id, exc)
+
+
+@dataclass
+class StationMax:
+    """The station maximum kept on one station while cars it was sent for charge.
+
+    ``sessions``: the cars (session ids) past their grace at the station; ``asked_a`` [A]: the
+    last maximum sent (None: send it); ``at``: when the station last accepted one; ``task``:
+    the last send; ``why``: (session, reason, for [s]) of the escalation still to be logged.
+    """
+
+    sessions: set = field(default_factory=set)
+    asked_a: float | None = None
+    at: pd.Timestamp | None = None
+    task: asyncio.Task | None = None
+    why: tuple | None = None
 
 
 def station_allowance_a(cp_id: str, targets: pd.Series, ctx: StepContext) -> float:
