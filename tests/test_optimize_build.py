@@ -138,14 +138,19 @@ def test_matrix_rows_mean_the_model(base_snapshot, case):
     B = len(bcell)
     fair = o.sharing == "fair"
     use_peak = o.peak_eur_per_kw > 0
-    n_change = T if o.change_slots is None else o.change_slots
+    n_change = T if o.change_slots is None else min(o.change_slots, T)
     pairs, has_prev, rhs = [], [], []
     if o.change_eur_per_a > 0:
+        cell_set = set(zip(car.tolist(), slot.tolist()))
         for k in range(K):
             if k > 0 and car[k - 1] == car[k] and slot[k - 1] == slot[k] - 1 and slot[k] < n_change:
                 pairs.append(k), has_prev.append(True), rhs.append(0.0)
             elif slot[k] == 0 and np.isfinite(f.prev_current_a[car[k]]):
                 pairs.append(k), has_prev.append(False), rhs.append(f.prev_current_a[car[k]])
+            elif 0 < slot[k] < n_change:  # from 0 A: no cell of the car in the slot before
+                pairs.append(k), has_prev.append(False), rhs.append(0.0)
+            if slot[k] + 1 < n_change and (car[k], slot[k] + 1) not in cell_set:  # to 0 A after it
+                pairs.append(k), has_prev.append(False), rhs.append(0.0)
     P = len(pairs)
     if case != "no-peak-no-change":
         assert P > 0 and any(not h for h in has_prev), "the case should state first-slot change pairs"

@@ -295,29 +295,43 @@ def sample_steps(t_ns, v, ticks_ns, slot_ns, n_sub, check):
 
 @njit(cache=True)
 def change_pairs(car, slot, prev_cell_a, n_change):
-    """Cells with a setpoint-change pair: a predecessor (same car, previous slot) within the
-    first ``n_change`` slots, or slot 0 with a setpoint applied now (``prev_cell_a`` finite).
+    """Cells with a setpoint-change pair inside the first ``n_change`` slots (at most the
+    horizon), in cell order: against a predecessor (same car, previous slot); in slot 0 against
+    the setpoint applied now (``prev_cell_a`` finite); else against 0 A when the car has no cell
+    in the previous slot (it arrives, or a cap held it at 0) and, a second pair on the same cell,
+    when it has none in the next slot inside the window (it leaves, or is held at 0 there): the
+    plan's frame shows 0 A there, so the setpoint moves by the whole current.
     Returns the cells, whether each has a predecessor, and each pair's right-hand side [A]."""
     K = car.shape[0]
-    has = np.zeros(K, dtype=np.bool_)
+    kind = np.zeros(K, dtype=np.int64)  # 1: predecessor, 2: setpoint now, 3: from 0 A; +4: drop to 0 A
     m = 0
     for k in range(K):
-        same = k > 0 and car[k] == car[k - 1] and slot[k] == slot[k - 1] + 1 and slot[k] < n_change
-        first = slot[k] == 0 and np.isfinite(prev_cell_a[k])
-        if same or first:
-            has[k] = same
-            m += 1
+        s = slot[k]
+        same = k > 0 and car[k] == car[k - 1] and s == slot[k - 1] + 1 and s < n_change
+        if same:
+            kind[k] = 1
+        elif s == 0 and np.isfinite(prev_cell_a[k]):
+            kind[k] = 2
+        elif 0 < s < n_change:
+            kind[k] = 3
+        nxt = k + 1 < K and car[k + 1] == car[k] and slot[k + 1] == s + 1
+        if s + 1 < n_change and not nxt:
+            kind[k] += 4
+        m += (kind[k] % 4 > 0) + (kind[k] >= 4)
     pair = np.empty(m, dtype=np.int64)
-    has_prev = np.empty(m, dtype=np.bool_)
+    has_prev = np.zeros(m, dtype=np.bool_)
     rhs = np.zeros(m)
     m = 0
     for k in range(K):
-        same = has[k]
-        if same or (slot[k] == 0 and np.isfinite(prev_cell_a[k])):
+        first = kind[k] % 4
+        if first > 0:
             pair[m] = k
-            has_prev[m] = same
-            if not same:
+            has_prev[m] = first == 1
+            if first == 2:
                 rhs[m] = prev_cell_a[k]
+            m += 1
+        if kind[k] >= 4:
+            pair[m] = k
             m += 1
     return pair, has_prev, rhs
 

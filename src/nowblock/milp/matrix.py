@@ -191,10 +191,12 @@ def build_matrix(f: "Formulation", binary: np.ndarray, *, split_useful: bool = F
     need = np.maximum(f.need_kwh, 0.0)
 
     # Change penalty: one pair per cell with a predecessor (same car, previous slot) or, in slot
-    # 0, with the setpoint applied now.
-    n_change = T if o.change_slots is None else int(o.change_slots)
+    # 0, with the setpoint applied now; against 0 A where the car has no cell before or after it
+    # inside the window (arriving, leaving, held at 0 by a cap): the plan's own frame, so the
+    # objective of a plan is what its setpoints cost (kernels.change_pairs).
+    n_change = T if o.change_slots is None else min(int(o.change_slots), T)
     if o.change_eur_per_a > 0 and n_change > 0:
-        pair, has_prev, rhs = change_pairs(car, slot, f.prev_current_a[car], n_change)
+        pair, has_prev, rhs = change_pairs(car, slot, np.asarray(f.prev_current_a, dtype=float)[car], n_change)
     else:
         pair, has_prev, rhs = _EMPTY_I, np.zeros(0, dtype=bool), np.zeros(0)
     P = len(pair)
