@@ -497,10 +497,22 @@ class LiveState:
         self, cp_id: str, transaction_id, *, stop: datetime, meter_stop_wh: float | None = None,
         reason: str | None = None,
     ) -> Transaction | None:
-        """The transaction ended; its TxProfiles end with it (as on the charger)."""
+        """The transaction ended; its TxProfiles end with it (as on the charger). A stop dated
+        before its start (a clock gone back; stored as it came, a -1 h session) is warned about and
+        stored at the last time known of it; a final register below the start's is not stored."""
         t = self.transaction(cp_id, transaction_id)
         if t is None or t.stop is not None:
             return t
+        if stop < t.start:
+            known = max([t.start] + ([t.last_meter] if t.last_meter is not None else []))
+            log.warning("%s: transaction %s stopped at %s, before its start %s: its clock went back; stored as "
+                        "ended at %s (the last time known of it)", cp_id, transaction_id, stop.isoformat(),
+                        t.start.isoformat(), known.isoformat())
+            stop = known
+        if meter_stop_wh is not None and t.meter_start_wh is not None and meter_stop_wh < t.meter_start_wh:
+            log.warning("%s: transaction %s ended with its meter at %.0f Wh, below its start's %.0f Wh; not stored",
+                        cp_id, transaction_id, meter_stop_wh, t.meter_start_wh)
+            meter_stop_wh = None
         t.stop, t.stop_reason = stop, reason
         if meter_stop_wh is not None:
             t.meter_stop_wh = meter_stop_wh
