@@ -136,7 +136,9 @@ class MatrixForm:
     change_rhs: np.ndarray  # setpoint applied now for pairs without a predecessor [A]
     fuse_cells: np.ndarray  # cells that appear in a stated fuse or unbalance row (where a limit can bind)
     useful_cell: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    # cell of every useful-current column (the light side of an unbalance row), in column order
+    # cell of every useful-current column (the light side of an unbalance row, a cell priced below
+    # 0 EUR/kWh in a model with binaries), in column order
+    credit_on_useful: bool = False  # negative prices sit on the useful current, not the current
     bound_slack_eur: float = 0.0  # subtract from a relaxation's optimum for a bound on real plans [EUR]
     build_seconds: float = 0.0  # time spent building these arrays [s]
     current_scale: np.ndarray | None = None  # amperes per unit of each current column (None: 1)
@@ -240,15 +242,24 @@ def build_matrix(f: "Formulation", binary: np.ndarray, *, split_useful: bool = F
     # that costs at most ``bound_slack_eur`` more (``_cap_slack_eur``). Not so once currents are
     # whole pilot steps: a cut car's last current is a fraction of a step, no point of that model,
     # and its optimum was found above real plans (5.03 against 3.69 EUR, tests/test_optimize.py).
+    # Energy beyond the need earns nothing at a negative price either (the car does not draw it;
+    # ``plan_objective`` gives it no credit): an LP would offer it to the ceiling for the credit.
+    # Cars with a cell below 0 EUR/kWh get no overshoot in an LP, as the light side's cars; with
+    # binaries (or whole steps) the price of such a cell sits on its useful current instead
+    # (at most the need in all), so the model credits what a car can draw only.
     neg = unb_vals < 0
     useful = np.unique(unb_cells[neg])
+    cell_price = _cell_price_eur_per_kwh(f)
+    credit_cell = np.nonzero(cell_price < 0.0)[0]
     capped = None
     slack_eur = 0.0
-    if B == 0 and len(useful) and not split_useful:
-        capped = np.unique(car[useful])
+    if B == 0 and (len(useful) or len(credit_cell)) and not split_useful:
+        capped = np.union1d(car[useful], car[credit_cell])
         slack_eur = _cap_slack_eur(f, capped)
         useful = useful[:0]
+        credit_cell = credit_cell[:0]
         neg = np.zeros(len(unb_vals), dtype=bool)
+    useful = np.union1d(useful, credit_cell).astype(np.int64)
     U = len(useful)
     u_car = car[useful]
     u_cars = np.unique(u_car)
@@ -296,6 +307,10 @@ def build_matrix(f: "Formulation", binary: np.ndarray, *, split_useful: bool = F
         col_hi[u0:u0 + U] = ub[useful]
         row_hi[r_up:r_up + U] = 0.0
         row_hi[r_ue:r_ue + len(u_cars)] = need[u_cars]
+    if len(credit_cell):  # the price moves to the useful current (what the car draws)
+        price_a = cell_price[credit_cell] * f.cell_energy_per_a_kwh[credit_cell]
+        cost[credit_cell] -= price_a
+        cost[u0 + np.searchsorted(useful, credit_cell)] = price_a
     if f.now_bonus_eur_per_kwh is not None and K:
         first = slot == 0
         cost[:K][first] -= np.asarray(f.now_bonus_eur_per_kwh, dtype=float)[car[first]] * f.cell_energy_per_a_kwh[first]
@@ -305,17 +320,25 @@ def build_matrix(f: "Formulation", binary: np.ndarray, *, split_useful: bool = F
         fuse_row_label=fuse_label, unbalance_row_label=unb_label, binary_cell=bcell,
         change_cell=pair, change_has_prev=has_prev, change_rhs=rhs,
         fuse_cells=np.unique(np.concatenate([fuse_cells, unb_cells])), useful_cell=useful,
-        bound_slack_eur=slack_eur,
+        bound_slack_eur=slack_eur, credit_on_useful=len(credit_cell) > 0,
         build_seconds=time.perf_counter() - t_start,
     )
+
+
+def _cell_price_eur_per_kwh(f: "Formulation") -> np.ndarray:
+    """Per cell the energy price the objective charges [EUR/kWh]: the slot's price plus
+    ``early_eur_per_kwh`` (below 0: a credit, paid only on energy a car draws)."""
+    return np.asarray(f.price_eur_per_kwh, dtype=float)[f.cells[1]] + float(f.options.early_eur_per_kwh)
 
 
 def _cap_slack_eur(f: "Formulation", capped: np.ndarray) -> float:
     """How much more [EUR] a real plan may cost once the cars ``capped`` are cut to what they
     draw (their overshoot beyond the need taken away, which the LP without overshoot needs):
-    the overshoot's energy at a negative price, and the setpoint changes the cut can add (at
-    most two per ampere cut, inside the change window). 0 with non-negative prices and no change
-    penalty; about 1e-4 of the objective on the instance matrix."""
+    the first slot's preference (``now_bonus_eur_per_kwh``) the objective still credits on
+    energy beyond the need where the price does not already (a negative price earns nothing on
+    it, :func:`plan_objective`), and the setpoint changes the cut can add (at most two per
+    ampere cut, inside the change window). 0 without a preference and a change penalty; about
+    1e-4 of the objective on the instance matrix."""
     o = f.options
     car, slot = f.cells
     sel = np.isin(car, capped)
@@ -324,7 +347,7 @@ def _cap_slack_eur(f: "Formulation", capped: np.ndarray) -> float:
     n = f.n_cars
     need = np.maximum(np.nan_to_num(np.asarray(f.need_kwh, dtype=float)), 0.0)
     over_kwh = np.maximum(f.ceiling_kwh - need, 0.0)  # the most energy beyond the need [kWh]
-    price = np.asarray(f.price_eur_per_kwh, dtype=float)[c_slot] + float(o.early_eur_per_kwh)
+    price = np.maximum(_cell_price_eur_per_kwh(f)[sel], 0.0)
     if f.now_bonus_eur_per_kwh is not None:  # the first slot's preference is a lower price there
         price = price - np.where(c_slot == 0, np.asarray(f.now_bonus_eur_per_kwh, dtype=float)[c_car], 0.0)
     worst = np.zeros(n)
@@ -390,9 +413,16 @@ def drawn_current_a(form: "Formulation", x: np.ndarray) -> np.ndarray:
 
 def plan_objective(form: "Formulation", mf: MatrixForm, plan_a: np.ndarray) -> float:
     """The objective [EUR] of a dense (n, T) plan [A], every term computed from the plan itself
-    (its shortfall, its peak, its changes), as the model prices them."""
+    (its shortfall, its peak, its changes), as the model prices them, except that energy a car
+    is offered beyond its need (it does not draw it, :func:`drawn_current_a`) earns no credit at
+    a negative price. ``mf`` in amperes (not :func:`in_pilot_steps`)."""
     car, slot = form.cells
-    return float(mf.cost @ plan_columns(form, mf, np.asarray(plan_a, dtype=float)[car, slot]))
+    x = np.asarray(plan_a, dtype=float)[car, slot]
+    out = float(mf.cost @ plan_columns(form, mf, x))
+    credit = np.minimum(_cell_price_eur_per_kwh(form), 0.0) * form.cell_energy_per_a_kwh  # [EUR/A], <= 0
+    if len(x) and credit.min() < 0.0 and not mf.credit_on_useful:  # else the useful current is what it draws
+        out -= float(credit @ (x - drawn_current_a(form, x)))
+    return out
 
 
 def is_feasible(mf: MatrixForm, v: np.ndarray, tol: float = 1e-6) -> bool:
