@@ -1210,3 +1210,74 @@ async def test_the_station_maximum_is_kept_at_the_stations_limits_while_the_car_
     assert max(loads[3:]) <= 40.0 + 1e-6
     assert len(cs.station_max) >= 3  # sent at the grace, again as the limits changed, refreshed
     assert sum(loads[-4:]) / 4 >= 35.0  # and the fuse's room is used, the maximum included
+
+
+async def _car_read_at_a_0_a_limit(ignores: bool):
+    """Three points behind a 20 A fuse. CP1 and CP2 charge; CP0's car joins, and its meter reads
+    3 A on top of what it draws (``ignores``: it draws 10 A whatever its limit). CP1 and CP2
+    leave at 240 s. Returns per step (CP0's limit, CP0's real draw, the fuse's load as read)."""
+    site = Site("t", (Fuse("grid", (20.0,) * 3),),
+                tuple(ChargePoint(id=f"CP{i}", fuse="grid", max_current_a=16.0, min_current_a=6.0) for i in range(3)))
+    cs, clock = FakeCentral(site), Clock()
+    cs.state.clock = clock
+    for i in range(3):
+        cs.state.on_connect(f"CP{i}", "2.0.1")
+        cs.state.on_boot(f"CP{i}", vendor="v", model="m")
+
+    def plug(i):
+        cs.state.on_start(f"CP{i}", 1, f"tx{i}", start=clock.now.to_pydatetime(), meter_start_wh=0.0)
+        cs.state.on_needs(f"CP{i}", 1, departure=(clock.now + pd.Timedelta(hours=6)).to_pydatetime(), energy_kwh=40.0)
+
+    plug(1)
+    plug(2)
+    ctl = _controller(cs, clock, policy="equal")
+    present, out = {1, 2}, []
+    try:
+        for k in range(40):
+            if k == 3:
+                plug(0)
+                present.add(0)
+            if k == 12:
+                for i in (1, 2):
+                    cs.state.on_stop(f"CP{i}", f"tx{i}", stop=clock.now.to_pydatetime(), meter_stop_wh=1000.0)
+                present -= {1, 2}
+            read = {}
+            for i in present:
+                lim = cs.state.applied_limit_a(f"CP{i}", 1) or 0.0
+                draw = lim if lim >= 6 else 0.0
+                read[i] = (10.0 if ignores else draw) + 3.0 if i == 0 else draw
+                cs.state.on_meter(f"CP{i}", 1, f"tx{i}", {f"current_l{j}_a": read[i] for j in (1, 2, 3)},
+                                  clock.now.to_pydatetime())
+            res = await ctl.step()
+            await asyncio.gather(*ctl.idle.tasks)  # idle connectors get their 0 A default
+            lim0 = float(res.targets_a.get("CP0:tx0", np.nan))
+            out.append((lim0, read.get(0, 0.0) - 3.0 if 0 in read else 0.0, sum(read.values())))
+            clock.advance(20)
+    finally:
+        await ctl.failsafe.cancel()
+    return out
+
+
+async def test_a_car_read_drawing_at_a_0_a_limit_is_tried_at_its_minimum_when_the_fuse_has_room():
+    """Found by a review (session 33): a meter reading 3 A at a 0 A limit (an offset) held its
+    car at 0 A for the rest of its session, with the whole fuse free once the others left. At
+    its retry, with room for its draw plus its minimum, it is offered its minimum; its reading
+    rose with it, so it is served from then on, sent its share less the offset."""
+    steps = await _car_read_at_a_0_a_limit(ignores=False)
+    assert max(load for _, _, load in steps[5:]) <= 20.0 + 1e-6  # never past the fuse, offset counted as real
+    assert any(lim == 0.0 for lim, _, _ in steps[3:12])  # the block was full: held at 0 A there
+    late = steps[-10:]
+    assert all(lim >= 6.0 for lim, _, _ in late) and all(draw >= 6.0 for _, draw, _ in late)
+    assert late[-1][0] > 6.0  # and raised past its minimum as the fuse allows
+
+
+async def test_a_car_ignoring_its_limit_goes_back_to_0_a_after_its_trial():
+    """The same trial for a car that draws 10 A whatever it is sent: its reading does not move
+    with the minimum it was offered, so it is held at 0 A again until its next retry, and the
+    fuse holds throughout (it is counted at what it draws plus the minimum during the trial)."""
+    steps = await _car_read_at_a_0_a_limit(ignores=True)
+    assert max(load for _, _, load in steps[5:]) <= 20.0 + 1e-6
+    tried = [k for k, (lim, _, _) in enumerate(steps) if k >= 12 and lim >= 6.0]
+    assert tried  # tried at its minimum once the fuse had room
+    assert all(steps[k + 1][0] == 0.0 or steps[k + 2][0] == 0.0 for k in tried if k + 2 < len(steps))
+    assert sum(lim == 0.0 for lim, _, _ in steps[12:]) > len(steps[12:]) / 2  # mostly held at 0 A

@@ -28,6 +28,7 @@ import pandas as pd
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.needs import NeedsEstimation
 from nowblock.loop.observation import Observation
+from nowblock.loop.trials import less_offsets, start_trials
 from nowblock.seam import (BlockSnapshot, Policy, aligned_current_a, cached_constraint_rows, root_index,
                            safe_setpoints_a)
 from nowblock.seam.policy import Decision, decide
@@ -67,6 +68,9 @@ class StepContext:
         Per car drawing more than its limit (untrusted for ``over_draw``): what it draws over
         what it is offered (> 1; inf for a car drawing at a 0 A limit). Its setpoint is divided
         by it, so that what it really draws fits its share of the plan.
+    probing : frozenset
+        Sessions offered their minimum on trial although seen drawing at a 0 A limit, whose
+        answer to it has not settled yet (see :attr:`ControlStep.probe_due`).
     """
 
     cars: pd.DataFrame
@@ -78,6 +82,7 @@ class StepContext:
     following: frozenset = frozenset()
     base_load_kw: pd.Series | None = None
     over_draw_ratio: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
+    probing: frozenset = frozenset()
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,15 @@ class ControlStep:
         # still draws more than it is offered (a car sent its share over the ratio draws within
         # the tolerance of "over", and sent its share again, over it: it swung between both)
         self.over_ratio: dict[str, float] = {}
+        # Live: sessions whose limit may go out again now (the escalation's retry is due); a car
+        # among them seen drawing at a 0 A limit is offered its minimum on trial where the fuses
+        # have room for its draw plus that minimum (nowblock.control sets it before each step).
+        self.probe_due: set[str] = set()
+        self.probes: dict[str, float] = {}  # session -> what it drew at 0 A before its trial [A]
+        # session -> what its meter reads on top of its limit [A], once a trial showed it follow
+        self.offsets: dict[str, float] = {}
+        self.trial_candidates: dict[str, float] = {}  # this step: session -> its draw at 0 A [A], planned for a trial
+        self._ignoring: set[str] = set()  # sessions whose last trial showed them ignoring their limit
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     def record_sent(self, session_id: str, limit_a: float, time: pd.Timestamp) -> None:
@@ -231,11 +245,12 @@ class ControlStep:
     def forget(self, keep) -> None:
         """Drop what is kept for sessions not in ``keep`` (they ended)."""
         keep = set(keep)
-        for d in (self.sent, self.changed_at, self.before, self.over_ratio):
+        for d in (self.sent, self.changed_at, self.before, self.over_ratio, self.probes, self.offsets):
             for sid in [s for s in d if s not in keep]:
                 del d[sid]
         self.full &= keep
         self._drew &= keep
+        self._ignoring &= keep
         for d in (self._on_since, self._off_at):
             for sid in [s for s in d if s not in keep]:
                 del d[sid]
@@ -280,6 +295,37 @@ class ControlStep:
         before = np.array([self.before.get(x, np.nan) for x in ids_all], dtype=float)
         above = np.isfinite(measured) & np.isfinite(offered) & (measured > offered + s.over_draw_a)
         over = above & (settled | ~(measured <= before + s.over_draw_a)) & connected & ~stale
+        # A car on trial at its minimum (it drew at a 0 A limit) is judged once its draw at the
+        # trial settled: a reading that rose with its limit is a meter reading a constant offset
+        # on top of a car that follows (counted, and sent, with that offset from then on); one
+        # that did not is a car ignoring its limit (back to 0 A, tried again at its next retry).
+        # Until then it counts as drawing what it drew at 0 A on top of its offer.
+        for sid in [x for x in self.probes if x in self.changed_at]:
+            if sid not in cars.index:
+                del self.probes[sid]
+                continue
+            i = cars.index.get_loc(sid)
+            if settled[i]:
+                rise = measured[i] - self.probes[sid]
+                if np.isfinite(rise) and offered[i] - s.under_draw_a <= rise <= offered[i] + s.over_draw_a:
+                    self.offsets[sid] = self.probes[sid]
+                    log.info("%s: follows its limit with %.1f A read on top of it", sid, self.offsets[sid])
+                    self.over_ratio.pop(sid, None)
+                else:
+                    self.over_ratio[sid] = np.inf  # ignores it: held at 0 A until its next trial
+                    self._ignoring.add(sid)
+                del self.probes[sid]
+        trial = cars.index.isin(list(self.probes)) & connected & ~stale
+        offset = np.array([self.offsets.get(x, 0.0) for x in ids_all], dtype=float)
+        if self.offsets:
+            # Within its limit once its offset is taken off: untrusted all the same (counted at
+            # what it reads), but its share is sent less the offset, not divided by a ratio.
+            beyond = np.isfinite(measured) & (measured - offset > offered + s.over_draw_a)
+            for sid in cars.index[beyond & (offset > 0)]:
+                del self.offsets[sid]  # draws over its limit beyond the offset: an over-drawer
+            offset = np.array([self.offsets.get(x, 0.0) for x in ids_all], dtype=float)
+            over = np.where(offset > 0, connected & ~stale, over)
+        over = over | trial
         last_sent = np.array([self.sent[x][0] if x in self.sent else np.nan for x in ids_all], dtype=float)
         # A charger found holding more than it was last sent (it answered but did not apply it), or
         # one that has not answered a limit yet (it may apply it any moment: counted at the higher).
@@ -295,6 +341,10 @@ class ControlStep:
             in_force = np.where(col["limit_known"].astype(bool), offered, max_a)  # no limit: its maximum
             committed = np.select([over, holding], [np.maximum(meas0 + s.margin_a, offered), np.fmax(offered, pending)],
                                   default=np.minimum(np.maximum(in_force, meas0), np.maximum(max_a, meas0)))
+            if trial.any() or self.offsets:
+                at_zero = np.array([self.probes.get(x, 0.0) for x in ids_all], dtype=float) + offset
+                committed = np.where(trial | (offset > 0), np.maximum(committed, at_zero + offered + s.margin_a),
+                                     committed)
         idle = obs.idle_defaults_a[obs.idle_defaults_a > 0] if len(obs.idle_defaults_a) else obs.idle_defaults_a
         policy_site = site
         if offline.any() or len(idle):
@@ -327,17 +377,43 @@ class ControlStep:
             meas_c = np.nan_to_num(measured[connected], nan=0.0)
             capped = capped.copy()
             capped[pos] = np.minimum(capped[pos], np.maximum(meas_c[pos] + s.raise_step_a, 0.0))
+        if self.offsets:
+            # A car read with an offset is planned from what it reads, a ceiling's raise at a time
+            # (its ceiling, not moved while untrusted, stayed where its 0 A left it).
+            # In what it reads: its minimum plus the offset is what it takes to run it at all.
+            pos = ids.get_indexer([x for x in self.offsets if x in ids])
+            off_c = np.array([self.offsets[x] for x in ids[pos]], dtype=float)
+            meas_c = np.nan_to_num(measured[connected], nan=0.0)
+            capped = capped.copy()
+            capped[pos] = np.clip(meas_c[pos] + s.raise_step_a, lo[pos] + off_c, hi[pos] + off_c)
+            lo_plan = lo.copy()
+            lo_plan[pos] += off_c
+        # A car held at 0 A although it draws, whose retry is due, is planned at its draw plus
+        # its minimum (and a margin) or nothing: what it may take if offered its minimum.
+        self.trial_candidates = {x: float(np.nan_to_num(measured[cars.index.get_loc(x)]))
+                            for x in over_ratio.index if x in self.probe_due and x not in self.probes
+                            and np.isinf(over_ratio[x]) and x in ids}
+        if self.trial_candidates:
+            pos = ids.get_indexer(list(self.trial_candidates))
+            need = lo[pos] + np.array(list(self.trial_candidates.values())) + s.margin_a
+            capped = capped.copy()
+            capped[pos] = need
+            lo_plan = lo_plan if self.offsets else lo.copy()
+            lo_plan[pos] = need
         # The policy gets the observed columns too (a few more than CAR_COLUMNS): selecting
         # CAR_COLUMNS alone copied the frame, a third of a simulated step (measured).
         policy_cars = cars if connected.all() else cars.loc[connected]
-        if (capped != hi).any():
+        if (capped != hi).any() or self.offsets or self.trial_candidates:
             policy_cars = policy_cars.copy(deep=False)
             policy_cars["max_current_a"] = capped
+            if self.offsets or self.trial_candidates:
+                policy_cars["min_current_a"] = lo_plan
         incidence = None
         if obs.incidence_a is not None and n:
             incidence = np.asarray(obs.incidence_a)[:, connected] if not connected.all() else obs.incidence_a
         arrays = None
-        if obs.arrays is not None and connected.all() and cars is obs.cars:  # needs unchanged
+        planned_as_read = bool(self.offsets or self.trial_candidates)  # min/max changed above
+        if obs.arrays is not None and connected.all() and cars is obs.cars and not planned_as_read:
             arrays = {**obs.arrays, "max_current_a": capped}
         # The policy's series are copies: one that edits them in place (``base_load_kw -= ...``, the
         # same object under pandas' copy-on-write) must not move the rows of the safety snapshot,
@@ -380,6 +456,7 @@ class ControlStep:
             safety=safety,
             base_load_kw=obs.base_load_kw,
             over_draw_ratio=over_ratio,
+            probing=frozenset(cars.index[trial]),
         )
         return snap, ctx
 
@@ -391,7 +468,11 @@ class ControlStep:
         ratio = _draw_ratio(measured, ref)
         above = np.isfinite(measured) & np.isfinite(offered) & (measured > offered + 0.5)
         for i, sid in enumerate(index.tolist()):
-            if over[i]:
+            if sid in self.offsets:
+                self.over_ratio.pop(sid, None)  # sent its share less its offset (finish)
+            elif over[i] and sid in self._ignoring and sid not in self.probes:
+                self.over_ratio[sid] = np.inf
+            elif over[i]:
                 # Before its limit settled the ratio may read low (over the higher, older limit):
                 # it then only raises what is known (a review: lowered to a ratio of 1.35 from
                 # 1.5, a car was sent 20 A and drew 30 A on a 27 A feeder).
@@ -400,6 +481,7 @@ class ControlStep:
                 self.over_ratio[sid] = r if settled[i] or old is None else max(old, r)
             elif sid in self.over_ratio and not above[i]:
                 del self.over_ratio[sid]  # it follows its limit now
+                self._ignoring.discard(sid)
         keep = [sid for sid in index.tolist() if sid in self.over_ratio]
         return pd.Series([self.over_ratio[s] for s in keep], index=pd.Index(keep, dtype=index.dtype), dtype=float)
 
@@ -478,8 +560,12 @@ class ControlStep:
                 # phase alone, paused it, and the offers broke the limit). Only lowers, so the
                 # fuse rows above still hold.
                 x = safe_setpoints_a(snap, x)
+        if self.offsets:
+            x = less_offsets(self.offsets, snap, x)
         if len(ctx.over_draw_ratio):
+            planned = np.array(x, dtype=float, copy=True)
             x = _scaled_for_over_draw(snap, x, ctx.over_draw_ratio)
+            x = start_trials(self, snap, ctx, x, planned)
             if snap.site.max_unbalance_a is not None:
                 # The unbalance rows counted the over-drawing cars at their share; sent less (or 0
                 # A), a light phase may lose what balanced it (a review: phases 13 A apart under a
