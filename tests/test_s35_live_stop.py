@@ -59,12 +59,14 @@ async def test_a_stop_dated_before_its_start_is_warned_about_and_never_stored_be
                 await ask([2, "u", "TransactionEvent", {"eventType": "Updated", "timestamp": "2026-12-07T12:30:00Z",
                                                         "triggerReason": "MeterValuePeriodic", "seqNo": 1, **ev,
                                                         "meterValue": [_energy(3000, "2026-12-07T12:30:00Z", False)]}])
+                end = [_energy(500, "2026-12-07T11:00:00Z", False)]  # below the start's register too
                 with caplog.at_level(logging.WARNING):
-                    r = await ask([2, "e", "TransactionEvent", {"eventType": "Ended", "timestamp": "2026-12-07T11:00:00Z",
+                    r = await ask([2, "e", "TransactionEvent", {"eventType": "Ended",
+                                                                "timestamp": "2026-12-07T11:00:00Z",
                                                                 "triggerReason": "EVCommunicationLost", "seqNo": 2,
                                                                 "transactionInfo": {"transactionId": tid,
                                                                                     "stoppedReason": "EVDisconnected"},
-                                                                "meterValue": [_energy(500, "2026-12-07T11:00:00Z", False)]}])
+                                                                "meterValue": end}])
                 assert r[:2] == [3, "e"] and "idTokenInfo" not in r[2]
             t = cs.state.transaction("CP1", tid)
             assert t.stop is not None and t.stop >= t.start
