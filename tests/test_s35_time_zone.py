@@ -104,3 +104,21 @@ def test_simulate_warns_about_a_forecaster_on_another_clock(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="nowblock.sim.simulator"):
         nb.simulate(scn, "edf", step="15min", base_load_forecaster=BaseLoadForecaster(calendar=Calendar.for_site(site)))
     assert "clock" not in caplog.text
+
+
+def test_online_forecaster_learns_on_the_calendar_given_and_simulate_warns_about_the_default(tmp_path, caplog):
+    """OnlineNeedsForecaster had no calendar option: for a New York block it learnt on Berlin's
+    clock inside simulate(needs="unknown") without a word."""
+    from nowblock.forecast import Calendar, OnlineNeedsForecaster
+
+    site = _site(tmp_path, "America/New_York")
+    scn = Scenario(site, _commuter(site.timezone).iloc[:8].assign(session_id=[f"s{k}" for k in range(8)]))
+    est = OnlineNeedsForecaster(min_sessions=5, calendar=Calendar.for_site(site))
+    with caplog.at_level(logging.WARNING, logger="nowblock.sim.simulator"):
+        nb.simulate(scn, "edf", step="1h", needs="unknown", needs_estimator=est)
+    assert est.fits > 0 and est._model.calendar.tz == "America/New_York"
+    assert "clock" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="nowblock.sim.simulator"):
+        nb.simulate(scn, "edf", step="1h", end=scn.sessions["arrival"].min() + pd.Timedelta("2h"), needs="unknown",
+                    needs_estimator=OnlineNeedsForecaster(min_sessions=5))
+    assert "needs_estimator learns on the Europe/Berlin clock" in caplog.text

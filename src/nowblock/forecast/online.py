@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from nowblock.forecast.calendar import ForecastError
+from nowblock.forecast.calendar import Calendar, ForecastError
 from nowblock.forecast.needs import SessionNeedsForecaster, _ns, _time, check_arrived
 
 __all__ = ["OnlineNeedsForecaster"]
@@ -46,7 +46,12 @@ class OnlineNeedsForecaster:
     refit_every : str or pandas.Timedelta
         Time between fits (block time, not wall time) [default one day].
     make_forecaster : callable, optional
-        Returns a fresh unfitted forecaster (default: ``SessionNeedsForecaster()``).
+        Returns a fresh unfitted forecaster (default: ``SessionNeedsForecaster(calendar=calendar)``).
+    calendar : Calendar, optional
+        The clock and holidays the default forecaster learns in (default ``Calendar()``,
+        Europe/Berlin); pass ``Calendar.for_site(site)`` for a block in another zone. With
+        ``make_forecaster`` it only names the factory's clock (None: not known), which
+        :func:`nowblock.simulate` compares with the site's.
     provisional_below : int
         Sessions (history and learnt together) the model must be fitted on before its estimates
         stop being marked ``provisional`` [default 300; in the closed-loop benchmarks, 24
@@ -61,10 +66,12 @@ class OnlineNeedsForecaster:
         Number of fits made.
     fitted_on : int
         Sessions the current model was fitted on (0 before the first fit).
+    calendar : Calendar or None
+        The clock the model learns in.
     """
 
     def __init__(self, history: pd.DataFrame | None = None, *, min_sessions: int = 20, refit_every="1D",
-                 make_forecaster=None, provisional_below: int = 300) -> None:
+                 make_forecaster=None, provisional_below: int = 300, calendar: Calendar | None = None) -> None:
         if min_sessions < 1:
             raise ValueError(f"min_sessions: must be >= 1, got {min_sessions}")
         if provisional_below < 0:
@@ -76,7 +83,12 @@ class OnlineNeedsForecaster:
         self.refit_every = pd.Timedelta(refit_every)
         if not self.refit_every > pd.Timedelta(0):
             raise ValueError(f"refit_every: must be positive, got {refit_every}")
-        self.make_forecaster = make_forecaster or SessionNeedsForecaster
+        if make_forecaster is None:
+            self.calendar = calendar or Calendar()
+            make_forecaster = self._default_forecaster
+        else:
+            self.calendar = calendar
+        self.make_forecaster = make_forecaster
         self._open: dict[str, dict] = {}
         self._done: list[dict] = []
         self._model: SessionNeedsForecaster | None = None
@@ -84,6 +96,10 @@ class OnlineNeedsForecaster:
         self._prev_call: pd.Timestamp | None = None
         self._step: pd.Timedelta | None = None
         self.fits = 0
+
+    def _default_forecaster(self) -> SessionNeedsForecaster:
+        """An unfitted :class:`SessionNeedsForecaster` on this forecaster's calendar."""
+        return SessionNeedsForecaster(calendar=self.calendar)
 
     @property
     def learnt(self) -> pd.DataFrame:
