@@ -12,22 +12,8 @@ import pytest
 
 import nowblock as nb
 from nowblock.block.scenario import Scenario
-from nowblock.block.site import Site
+from nowblock.block.site import ChargePoint, Fuse, Site
 from nowblock.cli import main
-
-SITE = """name = "dst"
-voltage_v = 230
-timezone = "{tz}"
-[[fuses]]
-id = "grid"
-max_current_a = [63, 63, 63]
-[[charge_points]]
-id = "CP01"
-fuse = "grid"
-max_current_a = 16
-min_current_a = 6
-phases = 3
-"""
 
 
 def _daily(tz: str, monday: str, n: int) -> pd.DataFrame:
@@ -40,8 +26,8 @@ def _daily(tz: str, monday: str, n: int) -> pd.DataFrame:
 
 
 def _scenario(tmp_path, tz: str, monday: str, n: int = 10) -> Scenario:
-    (tmp_path / "site.toml").write_text(SITE.format(tz=tz))
-    site = Site.from_toml(tmp_path / "site.toml")
+    site = Site("dst", (Fuse("grid", (63.0, 63.0, 63.0)),), (ChargePoint("CP01", "grid", max_current_a=16.0),),
+                timezone=tz)
     return Scenario(site, _daily(tz, monday, n))
 
 

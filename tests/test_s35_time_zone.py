@@ -15,26 +15,12 @@ import pytest
 
 import nowblock as nb
 from nowblock.block.scenario import Scenario
-from nowblock.block.site import Site
-
-SITE = """name = "abroad"
-voltage_v = 230
-timezone = "{tz}"
-[[fuses]]
-id = "grid"
-max_current_a = [63, 63, 63]
-[[charge_points]]
-id = "CP01"
-fuse = "grid"
-max_current_a = 16
-min_current_a = 6
-phases = 3
-"""
+from nowblock.block.site import ChargePoint, Fuse, Site
 
 
 def _site(tmp_path, tz: str) -> Site:
-    (tmp_path / "site.toml").write_text(SITE.format(tz=tz))
-    return Site.from_toml(tmp_path / "site.toml")
+    return Site("abroad", (Fuse("grid", (63.0, 63.0, 63.0)),), (ChargePoint("CP01", "grid", max_current_a=16.0),),
+                timezone=tz)
 
 
 def _commuter(tz: str) -> pd.DataFrame:
