@@ -17,6 +17,7 @@ import pandas as pd
 from nowblock.block.site import Site
 from nowblock.loop.observation import OBSERVED_COLUMNS, Observation
 from nowblock.loop.series import on_grid
+from nowblock.ocpp.state import PLUGGED
 from nowblock.seam import CAR_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,9 @@ class LiveBlock:
         connector (its TxDefaultProfile, a fallback default left behind, a station maximum);
         when it knows none, the point's maximum if the station booted in this process (so we
         know it holds none), else the fail-safe installed earlier (offline, or not yet heard
-        from since a restart). Never above the point's maximum.
+        from since a restart). Never above the point's maximum. A connector other than 1 that
+        the station named in a StatusNotification only (it never ran a transaction nor took a
+        profile) is held for only while it reports a car plugged in: it may not exist.
         """
         busy = {(str(cp), int(c)) for cp, c in running}
         t = now.to_pydatetime()
@@ -134,6 +137,12 @@ class LiveBlock:
                 continue
             for c in sorted({c for c in st.connectors if c > 0} | {1}):
                 if (cp.id, c) in busy:
+                    continue
+                con = st.connectors.get(c)
+                if c > 1 and con is not None and not con.known and con.status not in PLUGGED:
+                    # Named by a StatusNotification alone (never ran a transaction, took no
+                    # profile): it may not exist (an EVSE 5 on a 1-EVSE station was held at
+                    # its fail-safe for good); it is held for once it reports a car plugged in.
                     continue
                 held = self.state.applied_limit_a(cp.id, c, t)
                 if held is None:

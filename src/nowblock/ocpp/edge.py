@@ -276,3 +276,36 @@ def check_energy_wh(value, what: str) -> float:
         raise PropertyConstraintViolationError(description=f"{what} must be a register >= 0 Wh",
                                                details={"cause": f"{what}={value!r}"})
     return x
+
+
+def checked_stop(t, stop: datetime, meter_stop_wh: float | None) -> tuple[datetime, float | None]:
+    """A transaction's end as it may be stored: ``(stop, meter_stop_wh)``.
+
+    Parameters
+    ----------
+    t : Transaction
+        The transaction that ends (its ``start``, ``last_meter``, ``meter_start_wh`` [Wh]).
+    stop : datetime
+        When the station says it ended.
+    meter_stop_wh : float or None
+        [Wh] Its final energy register.
+
+    Returns
+    -------
+    tuple
+        ``stop`` no earlier than the start: a stop dated before it (a station clock gone back)
+        is a WARNING naming both times and becomes the last time known of the transaction
+        (its last meter value, else its start); ``meter_stop_wh`` None (not stored) when below
+        the start's register. Both were stored as they came: a session of -1 h, silently.
+    """
+    if stop < t.start:
+        known = max([t.start] + ([t.last_meter] if t.last_meter is not None else []))
+        log.warning("%s: transaction %s stopped at %s, before its start %s: its clock went back; stored as "
+                    "ended at %s (the last time known of it)", t.cp_id, t.transaction_id, stop.isoformat(),
+                    t.start.isoformat(), known.isoformat())
+        stop = known
+    if meter_stop_wh is not None and t.meter_start_wh is not None and meter_stop_wh < t.meter_start_wh:
+        log.warning("%s: transaction %s ended with its meter at %.0f Wh, below its start's %.0f Wh; not stored",
+                    t.cp_id, t.transaction_id, meter_stop_wh, t.meter_start_wh)
+        meter_stop_wh = None
+    return stop, meter_stop_wh

@@ -26,6 +26,7 @@ import pandas as pd
 
 from nowblock.seam import CAR_COLUMNS
 from nowblock.ocpp import profiles as pr
+from nowblock.ocpp.edge import checked_stop
 from nowblock.ocpp.meter import phases_from_currents, phases_from_power
 from nowblock.block.site import Site
 
@@ -99,12 +100,18 @@ class Transaction:
 
 @dataclass
 class Connector:
-    """A connector (1.6) or EVSE (2.0.1)."""
+    """A connector (1.6) or EVSE (2.0.1). ``known`` once it ran a transaction or took a profile:
+    a StatusNotification alone may name one the station does not have."""
 
     connector_id: int
     status: str = "Unknown"
     error_code: str | None = None
     transaction_id: str | None = None
+    known: bool = False
+
+
+#: Statuses (1.6 and 2.0.1) of a connector with a car plugged in.
+PLUGGED = frozenset({"Preparing", "Occupied", "SuspendedEV", "SuspendedEVSE", "Charging", "Finishing"})
 
 
 @dataclass
@@ -358,10 +365,9 @@ class LiveState:
         before, con.status, con.error_code = con.status, status, error_code
         self.touch(cp_id)
         self.emit("status", cp_id, connector_id, status=status, before=before)
-        plugged = {"Preparing", "Occupied", "SuspendedEV", "SuspendedEVSE", "Charging", "Finishing"}
-        if status in plugged and before not in plugged:
+        if status in PLUGGED and before not in PLUGGED:
             self.emit("plug_in", cp_id, connector_id)
-        elif status == "Available" and before in plugged:
+        elif status == "Available" and before in PLUGGED:
             self.emit("unplug", cp_id, connector_id)
 
     def prune(self) -> int:
@@ -396,7 +402,8 @@ class LiveState:
         self.prune()
         t = Transaction(cp_id, str(transaction_id), connector_id, start, id_tag=id_tag, meter_start_wh=meter_start_wh)
         self.transactions[key] = t
-        self.stations[cp_id].connector(connector_id).transaction_id = t.transaction_id
+        con = self.stations[cp_id].connector(connector_id)
+        con.transaction_id, con.known = t.transaction_id, True
         self.touch(cp_id)
         t.start_event = self.emit("start", cp_id, connector_id, t.transaction_id, publish=publish, id_tag=id_tag)
         return t
@@ -497,22 +504,12 @@ class LiveState:
         self, cp_id: str, transaction_id, *, stop: datetime, meter_stop_wh: float | None = None,
         reason: str | None = None,
     ) -> Transaction | None:
-        """The transaction ended; its TxProfiles end with it (as on the charger). A stop dated
-        before its start (a clock gone back; stored as it came, a -1 h session) is warned about and
-        stored at the last time known of it; a final register below the start's is not stored."""
+        """The transaction ended; its TxProfiles end with it (as on the charger). Its end as
+        :func:`~nowblock.ocpp.edge.checked_stop` lets it be stored (never before its start)."""
         t = self.transaction(cp_id, transaction_id)
         if t is None or t.stop is not None:
             return t
-        if stop < t.start:
-            known = max([t.start] + ([t.last_meter] if t.last_meter is not None else []))
-            log.warning("%s: transaction %s stopped at %s, before its start %s: its clock went back; stored as "
-                        "ended at %s (the last time known of it)", cp_id, transaction_id, stop.isoformat(),
-                        t.start.isoformat(), known.isoformat())
-            stop = known
-        if meter_stop_wh is not None and t.meter_start_wh is not None and meter_stop_wh < t.meter_start_wh:
-            log.warning("%s: transaction %s ended with its meter at %.0f Wh, below its start's %.0f Wh; not stored",
-                        cp_id, transaction_id, meter_stop_wh, t.meter_start_wh)
-            meter_stop_wh = None
+        stop, meter_stop_wh = checked_stop(t, stop, meter_stop_wh)
         t.stop, t.stop_reason = stop, reason
         if meter_stop_wh is not None:
             t.meter_stop_wh = meter_stop_wh
@@ -537,6 +534,8 @@ class LiveState:
         st = self.stations[cp_id]
         new = pr.Profile.from_payload(connector_id, payload)
         st.profiles = pr.add_profile(st.profiles, new)
+        if connector_id > 0:
+            st.connector(connector_id).known = True
         if st.unanswered:  # one it replaces is not in force whatever became of it
             st.unanswered = [p for p in st.unanswered if not pr.replaces(new, p)]
 
