@@ -238,7 +238,9 @@ def simulate(
     start, end : timestamp, optional
         Simulated window, timezone-aware (or ISO 8601 text with a UTC offset; a time without
         one raises ValueError); by default from the first arrival to the last
-        departure, on the step grid. Sessions overlapping the window take part (a car
+        departure, on the step grid. An end off the grid from ``start`` is simulated to the end
+        of the step that holds it (30 minutes past it for a Lord Howe week of 1-hour steps,
+        where the clock moves by half an hour). Sessions overlapping the window take part (a car
         already plugged in at ``start`` arrives empty-handed then); their whole request
         counts in ``energy_requested_kwh``.
     days : float, optional
