@@ -103,7 +103,8 @@ def around_start(form: Formulation, mf: MatrixForm, start: np.ndarray, left) -> 
         runs.append(solve_matrix(form, mf, left(), res.values if found else start))
         whole = runs[-1]
         bound = float(np.fmax(bound, whole.bound))  # either may be NaN (no proof)
-        if whole.values is not None and (not found or whole.objective <= res.objective):
+        tie = 1e-9 * max(1.0, abs(res.objective)) if found else 0.0  # the same plan, rounded apart
+        if whole.values is not None and (not found or whole.objective <= res.objective + tie):
             res, found = whole, True
     if not found:  # no plan from the stage (the start stands): its bound and times still count
         res = dataclasses.replace(runs[-1], values=None, objective=float("nan"))
