@@ -160,3 +160,19 @@ def test_the_controllers_base_load_history_is_read_as_a_scenarios_file(tmp_path)
     good.write_text("time,kw\n2026-12-01T17:45:00+01:00,10\n2026-12-01T18:00:00+01:00,60\n")
     h = _serve_options(argparse.Namespace(base_load=str(good)), site)["base_load_history"]
     assert h.idxmax() == pd.Timestamp("2026-12-01 17:00", tz="UTC")
+
+
+def test_serve_learns_the_base_load_in_the_sites_own_clock(tmp_path):
+    """Found by an outside test: ``serve --base-load`` built its forecaster on Berlin's clock, so a
+    New York block's Friday 18:00 peak was learnt as a Saturday 00:00 one."""
+    import argparse
+
+    from nowblock.block.site import ChargePoint, Fuse, Site
+    from nowblock.control.wiring import _serve_options
+
+    site = Site("ny", (Fuse("grid", (63.0,) * 3),), (ChargePoint("CP1", "grid", 16.0, 6.0),),
+                timezone="America/New_York")
+    hist = tmp_path / "load.csv"
+    hist.write_text("time,kw\n2026-12-01T17:45:00-05:00,10\n2026-12-01T18:00:00-05:00,60\n")
+    cal = _serve_options(argparse.Namespace(base_load=str(hist)), site)["forecaster"].model.calendar
+    assert cal.tz == "America/New_York" and cal.country == "US"

@@ -566,11 +566,12 @@ class Controller:
             return
         self._needs_fit_at = now
         try:
+            from nowblock.forecast.calendar import Calendar
             from nowblock.forecast.needs import SessionNeedsForecaster
 
             hist = self.store.sessions_history(since=now - pd.Timedelta(days=365))
             if len(hist) >= min_sessions:
-                self.needs_forecaster = SessionNeedsForecaster().fit(hist)
+                self.needs_forecaster = SessionNeedsForecaster(calendar=Calendar.for_site(self.site)).fit(hist)
                 log.info("needs forecaster fitted on %d finished sessions", len(hist))
         except Exception:  # noqa: BLE001 - estimates then use the fallback rule
             log.exception("could not fit the needs forecaster; estimates use the fallback rule")

@@ -43,10 +43,12 @@ def _serve_options(args, site) -> dict:
     if getattr(args, "base_load", None):
         from nowblock.block.scenario import read_base_load_csv
         from nowblock.forecast.base_load import BaseLoadForecaster
+        from nowblock.forecast.calendar import Calendar
 
         # Read as a scenario's base_load.csv (its own reading took times without an offset as
         # UTC: an 18:00 local peak planned at 19:00, found by a review).
-        opts.update(base_load_history=read_base_load_csv(args.base_load, site), forecaster=BaseLoadForecaster())
+        opts.update(base_load_history=read_base_load_csv(args.base_load, site),
+                    forecaster=BaseLoadForecaster(calendar=Calendar.for_site(site)))
     else:
         log.warning("no --base-load history: planning without the block's other load")
     return opts
