@@ -153,5 +153,5 @@ def test_base_load_frame_is_read_as_scenario_reads_it():
 def test_a_start_outside_the_times_pandas_computes_in_is_refused_naming_start(start):
     """Found by an outside test: ``start="9999-01-01T00:00Z"`` was read, then the slot grid
     overflowed: an OverflowError instead of a clear error."""
-    with pytest.raises(ValueError, match="start: .* outside the times pandas computes in"):
+    with pytest.raises(ValueError, match="start: .* outside the times nowblock computes in"):
         _optimize(start=start)

@@ -99,27 +99,9 @@ def check_start(start) -> pd.Timestamp | None:
         Text pandas cannot read as a time, NaT, a time without an offset, or one outside
         1677-09-23 .. 2262-04-09 UTC.
     """
-    if start is None:
-        return None
-    if isinstance(start, (bool, int, float, np.integer, np.floating)):
-        raise TypeError(f"start: expected a timezone-aware time such as '2026-03-02T18:00+01:00', "
-                        f"got the number {start!r}")
-    try:
-        ts = pd.Timestamp(start)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"start: cannot read {start!r} as a time ({exc}); expected ISO 8601 with a UTC "
-                         f"offset, like 2026-03-02T18:00+01:00, or a timezone-aware Timestamp") from exc
-    if ts is pd.NaT:
-        raise ValueError("start: missing (NaT); pass a timezone-aware time, or None for the first arrival")
-    if ts.tz is None:
-        raise ValueError(f"start: must be timezone-aware (got {start!r} without a UTC offset)")
-    from nowblock.block.sessions import TIME_MAX, TIME_MIN
+    from nowblock.block.sessions import aware_time
 
-    if not TIME_MIN <= ts <= TIME_MAX:
-        # pandas reads 9999 (in seconds), then a slot grid past 2262 overflowed: an OverflowError.
-        raise ValueError(f"start: {start!r} is outside the times pandas computes in "
-                         f"({TIME_MIN:%Y-%m-%d} to {TIME_MAX:%Y-%m-%d} UTC)")
-    return ts
+    return None if start is None else aware_time(start, "start", none_means="the first arrival")
 
 
 def check_duration(value, what: str) -> pd.Timedelta:
