@@ -82,6 +82,7 @@ class Transaction:
     stop: datetime | None = None
     meter_stop_wh: float | None = None
     stop_reason: str | None = None
+    orphaned: bool = False  # its station rebooted since, and has not named it again
     start_event: Event | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -100,8 +101,7 @@ class Transaction:
 
 @dataclass
 class Connector:
-    """A connector (1.6) or EVSE (2.0.1). ``known`` once it ran a transaction or took a profile:
-    a StatusNotification alone may name one the station does not have."""
+    """A connector (1.6) or EVSE (2.0.1); ``known`` once it ran a transaction or took a profile."""
 
     connector_id: int
     status: str = "Unknown"
@@ -356,6 +356,11 @@ class LiveState:
         (new firmware or configuration may accept it now)."""
         self.stations[cp_id].boot = {k: v for k, v in info.items() if isinstance(v, (str, int, float))}
         self.stations[cp_id].refusals.clear()
+        # A reboot ends its transactions (their end may still come): each is an offline car's
+        # until the station names it again (rebooted stations got TxProfiles for restored ids).
+        for t in self.transactions.values():
+            if t.cp_id == cp_id and t.stop is None:
+                t.orphaned = True
         self.touch(cp_id)
         self.emit("boot", cp_id, **self.stations[cp_id].boot)
 
@@ -425,6 +430,8 @@ class LiveState:
             log.info("%s: meter value of %s dated %s, before the last one (%s): not applied", cp_id,
                      t.transaction_id, time.isoformat(), t.last_meter.isoformat())
             return None
+        if transaction_id is not None:
+            t.orphaned = False  # the station runs it
         if "energy_wh" in reading:
             t.energy_register_wh = reading["energy_wh"]
             if t.meter_start_wh is None:
@@ -667,7 +674,7 @@ class LiveState:
                 "transaction_id": t.transaction_id,
                 "connector_id": t.connector_id,
                 "version": st.version,
-                "connected": st.connected,
+                "connected": st.connected and not t.orphaned,
                 "last_seen": pd.Timestamp(st.last_seen) if st.last_seen else pd.NaT,
                 "power_kw": t.power_w / 1000.0,
                 "soc_percent": t.soc_percent,
