@@ -85,8 +85,28 @@ def check_days(days: float | None) -> None:
 
 
 def check_duration(option: str, value: str) -> pd.Timedelta:
-    """``--step`` or ``--horizon`` as a positive Timedelta; a UsageError naming the option if not."""
+    """``--step`` or ``--horizon`` as a positive Timedelta with its unit.
+
+    Parameters
+    ----------
+    option : {"step", "horizon"}
+        The option's name without the dashes.
+    value : str
+        The text given, such as ``"5min"``.
+
+    Returns
+    -------
+    pandas.Timedelta
+
+    Raises
+    ------
+    nowblock.cli.UsageError
+        Naming the option: not a duration, not > 0, or a number without a unit (``--step 5`` was
+        read as 5 ns: a MemoryError for 141 TiB of step grid, exit 1), checked as
+        :func:`nowblock.optimize` and :func:`nowblock.simulate` check it.
+    """
     from nowblock.cli import UsageError
+    from nowblock.milp.inputs import check_duration as duration
 
     try:
         delta = pd.Timedelta(value)
@@ -94,7 +114,10 @@ def check_duration(option: str, value: str) -> pd.Timedelta:
         raise UsageError(f"--{option} {value!r} is not a duration like 5min ({exc})") from None
     if pd.isna(delta) or delta <= pd.Timedelta(0):
         raise UsageError(f"--{option} {value!r} is not a positive duration like 5min")
-    return delta
+    try:
+        return duration(value, f"--{option}")
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def format_metrics(metrics: dict) -> str:

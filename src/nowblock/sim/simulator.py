@@ -232,9 +232,12 @@ def simulate(
         A name for :func:`nowblock.policies.get_policy` or a policy object; default ``"milp"``
         (:data:`DEFAULT_POLICY`, the policy ``nowblock serve`` runs).
     step, horizon : str or Timedelta
-        Control step and how far ahead base load and prices reach in each snapshot. A car is
-        plugged in for the whole steps within its stay only: a stay that covers no whole step
-        (one shorter than ``step``) gets nothing, its request still counted.
+        Control step and how far ahead base load and prices reach in each snapshot, each a
+        positive duration with its unit (``"15min"``, ``"24h"``, a Timedelta); a bare number
+        (``300``, ``"5"``) raises TypeError / ValueError naming the argument, as in
+        :func:`nowblock.optimize`. A car is plugged in for the whole steps within its stay
+        only: a stay that covers no whole step (one shorter than ``step``) gets nothing, its
+        request still counted.
     start, end : timestamp, optional
         Simulated window, timezone-aware (or ISO 8601 text with a UTC offset; a time without
         one raises ValueError); by default from the first arrival to the last
@@ -280,9 +283,14 @@ def simulate(
     SimulationResult
         Metrics, time series, per-session results, draws and per-step policy times.
     """
+    from nowblock.milp.inputs import check_duration  # optimize's check: the same words for the same mistake
     from nowblock.policies import get_policy
 
     wall0 = _time.perf_counter()
+    # Checked before the policy is built: a typo costs no MILP warm-up. A step without a unit
+    # was read as nanoseconds: "5" asked for 141 TiB of step grid (MemoryError), 300 raised
+    # pandas' "freq=<300 * Nanos> is incompatible with unit=us".
+    step = check_duration(step, "step")
     pol = get_policy(policy, **(policy_options or {})) if isinstance(policy, str) else policy
     if hasattr(pol, "reset"):
         pol.reset()
@@ -291,10 +299,7 @@ def simulate(
         warm_up()
     if needs not in ("known", "unknown"):
         raise ValueError(f"needs: expected 'known' or 'unknown', got {needs!r}")
-    step = pd.Timedelta(step)
     horizon = pd.Timedelta(horizon)
-    if step <= pd.Timedelta(0):
-        raise ValueError("step must be positive")
     sess = scenario.sessions
     if len(sess) == 0 and (start is None or (end is None and days is None)):
         raise ValueError("simulate: a scenario without sessions needs start and end")
