@@ -70,3 +70,25 @@ def test_cli_step_without_unit_is_one_line_exit_2(tmp_path, capsys, value):
                          "--out", str(out), "--quiet", "--no-plot"]) == 2
     assert f"nowblock simulate: --step: '{value}' has no unit" in _one_line(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("horizon, kind, words", [
+    ("24", ValueError, "horizon: '24' has no unit"),
+    (24, TypeError, "horizon: expected a duration with a unit"),
+    ("-1h", ValueError, "horizon: must be > 0"),
+    ("0h", ValueError, "horizon: must be > 0"),
+])
+def test_simulate_refuses_a_horizon_without_unit_or_not_positive(horizon, kind, words):
+    """``horizon="24"`` was read as 24 ns, one step: the MILP lost its look-ahead without a word
+    (outside test: demand met 0.8103 with "24h", 0.7984 with "24", 24, "-1h" or "0h")."""
+    with pytest.raises(kind, match=words):
+        nb.simulate(_scenario(), "edf", step="15min", horizon=horizon)
+
+
+def test_cli_horizon_without_unit_is_one_line_exit_2(tmp_path, capsys):
+    _scenario().to_dir(tmp_path / "scn")
+    out = tmp_path / "out"
+    assert _exit_status(["simulate", "--scenario", str(tmp_path / "scn"), "--policy", "edf", "--step", "15min",
+                         "--horizon", "24", "--out", str(out), "--quiet", "--no-plot"]) == 2
+    assert "nowblock simulate: --horizon: '24' has no unit" in _one_line(capsys)
+    assert not out.exists()

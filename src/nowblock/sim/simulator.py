@@ -289,8 +289,10 @@ def simulate(
     wall0 = _time.perf_counter()
     # Checked before the policy is built: a typo costs no MILP warm-up. A step without a unit
     # was read as nanoseconds: "5" asked for 141 TiB of step grid (MemoryError), 300 raised
-    # pandas' "freq=<300 * Nanos> is incompatible with unit=us".
+    # pandas' "freq=<300 * Nanos> is incompatible with unit=us". A horizon without one (24, "24")
+    # or not > 0 was taken as one step: the MILP planned without look-ahead, silently.
     step = check_duration(step, "step")
+    horizon = check_duration(horizon, "horizon")
     pol = get_policy(policy, **(policy_options or {})) if isinstance(policy, str) else policy
     if hasattr(pol, "reset"):
         pol.reset()
@@ -299,7 +301,6 @@ def simulate(
         warm_up()
     if needs not in ("known", "unknown"):
         raise ValueError(f"needs: expected 'known' or 'unknown', got {needs!r}")
-    horizon = pd.Timedelta(horizon)
     sess = scenario.sessions
     if len(sess) == 0 and (start is None or (end is None and days is None)):
         raise ValueError("simulate: a scenario without sessions needs start and end")
