@@ -1281,3 +1281,38 @@ async def test_a_car_ignoring_its_limit_goes_back_to_0_a_after_its_trial():
     assert tried  # tried at its minimum once the fuse had room
     assert all(steps[k + 1][0] == 0.0 or steps[k + 2][0] == 0.0 for k in tried if k + 2 < len(steps))
     assert sum(lim == 0.0 for lim, _, _ in steps[12:]) > len(steps[12:]) / 2  # mostly held at 0 A
+
+
+async def test_a_station_maximum_whose_last_send_failed_is_raised_only_after_the_others_were_lowered():
+    """The wave before the raises sends only station maxima that lower a station: one whose last
+    send failed was compared with nothing and went out in that wave, a raise over the one the
+    station still holds (10 A) before the other cars' lowered limits were in force."""
+    from nowblock.control.sending import StationMax
+
+    cs, clock = _two_evse_station(40.0, accept=False)
+    ctl = _controller(cs, clock, policy="equal")
+    works = cs.set_station_max
+
+    async def fails(cp_id, current_a, *, validity_s=None):
+        raise ConnectionError("no answer")
+
+    async def keep(targets, **kw):
+        sent = ctl.sender._keep_station_maxima(targets, ctx, clock.now, **kw)
+        await asyncio.gather(*(t for _, t in sent))
+        return [cp for cp, _ in sent]
+
+    try:
+        snap, ctx = ctl.build_snapshot()
+        targets = pd.Series({"CP0:a": 10.0, "CP0:b": 10.0})
+        ctl.sender.station_max["CP0"] = StationMax(sessions={"CP0:a"})
+        assert await keep(targets * 0.5) == ["CP0"] and cs.station_max == [("CP0", 10.0)]  # held: 10 A
+        cs.set_station_max = fails
+        assert await keep(targets * 0.4, lower_only=True) == ["CP0"]  # 8 A, not sent
+        cs.set_station_max = works
+        assert await keep(targets, lower_only=True) == []  # 20 A is a raise over the 10 A held
+        assert cs.station_max == [("CP0", 10.0)]
+        assert await keep(targets) == ["CP0"] and cs.station_max[-1] == ("CP0", 20.0)  # after the raises
+        assert await keep(targets * 0.5, lower_only=True) == ["CP0"]  # a lowering goes out at once
+        assert cs.station_max[-1] == ("CP0", 10.0)
+    finally:
+        await ctl.failsafe.cancel()

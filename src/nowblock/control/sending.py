@@ -328,12 +328,14 @@ class Dispatcher:
             if not kept.sessions & set(targets.index):
                 continue  # its station is offline: nothing can be sent
             limit = station_allowance_a(cp_id, base, ctx)
-            asked = kept.asked_a
-            if asked is not None and limit >= asked - 0.05:
+            # Against the last one asked, else (that one failed) the last one accepted: with
+            # ``lower_only`` (before the others' raises) only what lowers the station goes out.
+            ref = kept.asked_a if kept.asked_a is not None else kept.held_a
+            if ref is not None and limit >= ref - 0.05:
                 if lower_only:
                     continue
                 due = kept.at is None or (now - kept.at).total_seconds() >= refresh_s
-                if limit <= asked + 0.05 and not due:
+                if kept.asked_a is not None and limit <= ref + 0.05 and not due:
                     continue
                 if kept.task is not None and not kept.task.done():
                     continue  # a raise or a refresh waits for the last send's answer
@@ -357,7 +359,7 @@ class Dispatcher:
         elif ok:
             log.info("%s: station maximum %.1f A", cp_id, limit_a)
         if ok:
-            kept.at = now
+            kept.at, kept.held_a = now, float(limit_a)
         elif kept.asked_a == limit_a:
             kept.asked_a = None  # sent again by the next step
         return ok
@@ -406,12 +408,14 @@ class StationMax:
     """The station maximum kept on one station while cars it was sent for charge.
 
     ``sessions``: the cars (session ids) past their grace at the station; ``asked_a`` [A]: the
-    last maximum sent (None: send it); ``at``: when the station last accepted one; ``task``:
+    last maximum sent (None: send it); ``held_a`` [A] and ``at``: the last one the station
+    accepted, and when; ``task``:
     the last send; ``why``: (session, reason, for [s]) of the escalation still to be logged.
     """
 
     sessions: set = field(default_factory=set)
     asked_a: float | None = None
+    held_a: float | None = None
     at: pd.Timestamp | None = None
     task: asyncio.Task | None = None
     why: tuple | None = None
