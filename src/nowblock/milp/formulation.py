@@ -303,7 +303,7 @@ class Formulation:
 
     # ---- the standard form --------------------------------------------------------------
     def matrix(self, relax: bool = False, binary_mask: np.ndarray | None = None, *, split_useful: bool = False,
-               n_window: int | None = None):
+               n_window: int | None = None, exact_draws: bool = False):
         """The sparse model (:class:`nowblock.milp.matrix.MatrixForm`).
 
         ``relax=True`` gives the LP relaxation (no binaries at all); ``binary_mask`` (bool per
@@ -311,6 +311,7 @@ class Formulation:
         of every candidate. ``split_useful``: useful-current columns on the light side of the
         unbalance rows even without binaries (:func:`~nowblock.milp.matrix.build_matrix`).
         ``n_window``: the candidates' window in slots instead of :attr:`n_binary_slots`.
+        ``exact_draws``: useful currents exactly what cars draw, in slot order (more binaries).
         """
         from nowblock.milp.matrix import build_matrix
 
@@ -324,7 +325,7 @@ class Formulation:
             mask = cand
         else:
             mask = np.asarray(binary_mask, dtype=bool) & cand
-        return build_matrix(self, mask, split_useful=split_useful)
+        return build_matrix(self, mask, split_useful=split_useful, exact_draws=exact_draws)
 
     def current_from_cells(self, values: np.ndarray) -> np.ndarray:
         """Dense (n, T) current [A] from the ``current_a`` column values."""

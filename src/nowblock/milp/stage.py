@@ -37,7 +37,10 @@ def milp_stage(run, lp_matrix, warm_start_a, stop_at: float, n_window: int | Non
     mask = np.zeros(len(form.cells[0]), dtype=bool)
     mask[lp_matrix.fuse_cells] = True
     window = np.nonzero(form.cells[1] < n_window)[0]
-    mf = form.matrix(binary_mask=mask, split_useful=len(window) > 0, n_window=n_window)
+    # Binaries on every slot (a small block): the light sides' draws exact too, so that the MILP's
+    # plans keep the unbalance rows with real draws and its optimum is the block's.
+    mf = form.matrix(binary_mask=mask, split_useful=len(window) > 0, n_window=n_window,
+                     exact_draws=n_window >= form.n_slots)
     mf_steps = in_pilot_steps(mf, window, float(form.options.current_step_a))
     car, slot = form.cells
     candidates = []
