@@ -90,6 +90,13 @@ def time_series(obj, name: str, what: str, tz: str | None = None) -> pd.Series |
 #: given where kW are expected.
 MAX_BASE_LOAD_RATIO = 100.0
 
+#: [EUR/kWh] A price beyond this (either sign) is refused: no European electricity market clears
+#: beyond it (the intraday market's limits are +-9999 EUR/MWh, the day-ahead's +4000 and
+#: -500 EUR/MWh), it is 25 times a typical household price (0.40 EUR/kWh) and half the MILP's
+#: default shortfall penalty (20 EUR/kWh), past which leaving a car empty would be cheaper than
+#: charging it. A series in EUR/MWh (300) or ct/kWh (30) read as EUR/kWh is past it.
+MAX_PRICE_EUR_PER_KWH = 10.0
+
 #: Where the series of a Scenario being built by ``from_dir`` come from: what -> (file, line of
 #: each time), so that the checks in ``__post_init__`` can name the file and the line.
 _SOURCES: ContextVar[dict] = ContextVar("_SOURCES", default={})
@@ -138,11 +145,7 @@ def check_base_load(base_load: pd.Series | None, site: Site, what: str = "base_l
     worst = int(np.argmax(kw))
 
     def where(i: int) -> str:
-        t = base_load.index[i]
-        at = iso_times([t], site.timezone)[0]
-        if lines is not None and t in lines.index:
-            return f"line {int(lines.loc[t])} ({at})"
-        return f"at {at}"
+        return _where(base_load, i, site.timezone, lines)
 
     per_phase_a = site.base_load_phase_current_a(kw)[:, 0]
     if kw[worst] > MAX_BASE_LOAD_RATIO * rating_kw:
@@ -166,11 +169,61 @@ def check_base_load(base_load: pd.Series | None, site: Site, what: str = "base_l
     return int(len(over))
 
 
+def _where(series: pd.Series, i: int, tz: str | None, lines: pd.Series | None) -> str:
+    """``series``' value ``i`` for messages: its file's line and time, or its time."""
+    t = series.index[i]
+    at = iso_times([t], tz)[0]
+    if lines is not None and t in lines.index:
+        return f"line {int(lines.loc[t])} ({at})"
+    return f"at {at}"
+
+
+def check_prices(prices: pd.Series | None, tz: str | None = None, what: str = "prices",
+                 lines: pd.Series | None = None) -> None:
+    """Refuse prices that cannot be EUR/kWh: any beyond :data:`MAX_PRICE_EUR_PER_KWH` either way.
+
+    Prices in EUR/MWh (300) or ct/kWh (30) were taken as EUR/kWh without a word: costs 1000 or
+    100 times too high, and a MILP that weighs them against its shortfall penalty (20 EUR/kWh)
+    left cars short to save money (outside test: demand met 0.8112 with EUR/kWh, 0.7790 with the
+    same prices in EUR/MWh).
+
+    Parameters
+    ----------
+    prices : pandas.Series or None
+        [EUR/kWh] over UTC times (as normalised by :class:`Scenario`).
+    tz : str, optional
+        Time zone of the times in messages (ISO 8601 text; UTC if None).
+    what : str
+        How the series is named in messages (a file's path, or ``"prices"``).
+    lines : pandas.Series, optional
+        The file's line of each time (index: the UTC times), to name the line in messages.
+
+    Raises
+    ------
+    ScenarioError
+        Naming the first value (its line, or its time) beyond the ceiling and the unit expected.
+    """
+    if prices is None or not len(prices):
+        return
+    eur = prices.to_numpy(float)
+    bad = np.abs(eur) > MAX_PRICE_EUR_PER_KWH
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ScenarioError(
+            f"{what}: {_where(prices, i, tz, lines)}: eur_per_kwh {eur[i]:g} is beyond +-{MAX_PRICE_EUR_PER_KWH:g} "
+            f"EUR/kWh, more than any electricity market clears at (intraday: +-9.999 EUR/kWh); expected EUR/kWh, "
+            f"was it given in EUR/MWh or ct/kWh?")
+
+
 @dataclass
 class Scenario:
     """A block to simulate: ``site``, ``sessions`` (the sessions frame), ``base_load`` [kW]
     (Series named ``kw`` over UTC time, the block's load other than charging, net of local
-    generation) and ``prices`` [EUR/kWh] (Series named ``eur_per_kwh``); both optional."""
+    generation) and ``prices`` [EUR/kWh] (Series named ``eur_per_kwh``); both optional.
+
+    A base load above :data:`MAX_BASE_LOAD_RATIO` times the grid connection (W for kW) and a
+    price beyond :data:`MAX_PRICE_EUR_PER_KWH` either way (EUR/MWh or ct/kWh for EUR/kWh)
+    raise :class:`ScenarioError`, naming the file and line when read by :meth:`from_dir`."""
 
     site: Site
     sessions: pd.DataFrame
@@ -186,6 +239,8 @@ class Scenario:
         self.prices = time_series(self.prices, "eur_per_kwh", "prices", tz)
         what, lines = _SOURCES.get().get("base_load", ("base_load", None))
         check_base_load(self.base_load, self.site, what, lines)
+        what, lines = _SOURCES.get().get("prices", ("prices", None))
+        check_prices(self.prices, tz, what, lines)
 
     @classmethod
     def default(cls, **overrides) -> "Scenario":
@@ -218,8 +273,9 @@ class Scenario:
             log.warning("%s: no prices.csv: cost_eur is 0 and the MILP has no reason to prefer cheap hours "
                         "(add prices.csv with columns time,eur_per_kwh)", p)
         sources = {}
-        if base is not None:
-            sources["base_load"] = (str(p / "base_load.csv"), pd.Series(np.arange(len(base)) + 2, index=base.index))
+        for key, series, fname in (("base_load", base, "base_load.csv"), ("prices", prices, "prices.csv")):
+            if series is not None:
+                sources[key] = (str(p / fname), pd.Series(np.arange(len(series)) + 2, index=series.index))
         token = _SOURCES.set(sources)
         try:
             return cls(site, sessions, base_load=base, prices=prices, name=name)

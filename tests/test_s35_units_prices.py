@@ -1,0 +1,72 @@
+"""Prices in the wrong unit are refused, as a base load in W is (block.scenario.check_prices).
+
+Found by an outside test: prices in EUR/MWh (300) or ct/kWh (30) given as EUR/kWh were taken
+without a word; the MILP then weighed them against its 20 EUR/kWh shortfall penalty and left
+cars short (demand met 0.8112 in EUR/kWh, 0.7790 with the same prices in EUR/MWh).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from nowblock.block.scenario import Scenario, ScenarioError
+from nowblock.block.site import ChargePoint, Fuse, Site
+from nowblock.cli import main
+
+T0 = pd.Timestamp("2026-03-02T17:00", tz="Europe/Berlin")
+IDX = pd.date_range(T0, periods=6, freq="1h")
+
+
+def _site() -> Site:
+    return Site("units", (Fuse("grid", (63.0, 63.0, 63.0)),), (ChargePoint("CP01", "grid", max_current_a=16.0),))
+
+
+def _sessions() -> pd.DataFrame:
+    return pd.DataFrame({"session_id": ["s1"], "charge_point_id": ["CP01"], "arrival": [T0],
+                         "departure": [T0 + pd.Timedelta("3h")], "energy_kwh": [10.0]})
+
+
+@pytest.mark.parametrize("eur", [300.0, 30.0, -500.0, 10.5])
+def test_prices_beyond_the_ceiling_are_refused_with_the_unit(eur):
+    prices = pd.Series([0.3, 0.3, eur, 0.3, 0.3, 0.3], index=IDX)
+    with pytest.raises(ScenarioError) as err:
+        Scenario(_site(), _sessions(), prices=prices)
+    text = str(err.value)
+    assert text.startswith("prices: at 2026-03-02T19:00:00+01:00: eur_per_kwh ")  # the value's time, local
+    assert f"{eur:g}" in text and "expected EUR/kWh" in text and "EUR/MWh or ct/kWh" in text
+
+
+@pytest.mark.parametrize("eur", [0.3, -0.5, 4.0, 10.0])
+def test_plausible_prices_are_kept(eur):
+    """Day-ahead extremes (+4 and -0.5 EUR/kWh) and the ceiling itself (10 EUR/kWh) are prices."""
+    scn = Scenario(_site(), _sessions(), prices=pd.Series(eur, index=IDX))
+    assert scn.prices.max() == eur
+
+
+def test_prices_file_names_its_line(tmp_path):
+    Scenario(_site(), _sessions(), prices=pd.Series(0.25, index=IDX)).to_dir(tmp_path / "scn")
+    path = tmp_path / "scn" / "prices.csv"
+    lines = path.read_text().splitlines()
+    lines[4] = lines[4].rsplit(",", 1)[0] + ",250.0"  # line 5 in an editor: EUR/MWh
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ScenarioError, match=rf"^{path}: line 5 \(2026-03-02T20:00:00\+01:00\): eur_per_kwh 250 "):
+        Scenario.from_dir(tmp_path / "scn")
+
+
+def test_cli_prices_in_eur_per_mwh_is_one_line_exit_2(tmp_path, capsys):
+    Scenario(_site(), _sessions()).to_dir(tmp_path / "scn")
+    body = "time,eur_per_kwh\n" + "".join(f"{t.isoformat()},{300.0 + k}\n" for k, t in enumerate(IDX))
+    (tmp_path / "scn" / "prices.csv").write_text(body)
+    out = tmp_path / "out"
+    try:
+        code = main(["simulate", "--scenario", str(tmp_path / "scn"), "--policy", "edf", "--step", "15min",
+                     "--out", str(out), "--quiet", "--no-plot"])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if " WARNING nowblock." not in ln]
+    assert len(err) == 1, err
+    head = f"nowblock simulate: {tmp_path / 'scn' / 'prices.csv'}: line 2 (2026-03-02T17:00:00+01:00): eur_per_kwh 300 "
+    assert err[0].startswith(head) and "expected EUR/kWh" in err[0] and "internal error" not in err[0], err[0]
+    assert not out.exists()
