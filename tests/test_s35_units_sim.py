@@ -92,3 +92,31 @@ def test_cli_horizon_without_unit_is_one_line_exit_2(tmp_path, capsys):
                          "--horizon", "24", "--out", str(out), "--quiet", "--no-plot"]) == 2
     assert "nowblock simulate: --horizon: '24' has no unit" in _one_line(capsys)
     assert not out.exists()
+
+
+# ---- F8: each wrong argument named, in its unit ---------------------------------------------------
+def test_unknown_fallback_names_fallback_not_policy():
+    with pytest.raises(ValueError, match=r"^fallback: unknown policy 'nope'; choose one of "):
+        nb.simulate(_scenario(), "edf", step="15min", fallback="nope")
+
+
+@pytest.mark.parametrize("value", [0, 0.0, -1.0, float("nan")])
+def test_current_step_not_positive_is_refused(value):
+    with pytest.raises(ValueError, match=r"^current_step_a: must be > 0 A"):
+        nb.simulate(_scenario(), "edf", step="15min", current_step_a=value)
+
+
+@pytest.mark.parametrize("what, value, unit", [("base_load", [5.0] * 4, "kW"), ("prices", [0.3] * 4, "EUR/kWh")])
+def test_a_list_for_a_series_says_a_series_is_expected(what, value, unit):
+    """It said "time index must be timezone-aware"; now optimize's words (milp.inputs.check_series)."""
+    with pytest.raises(TypeError, match=rf"^{what}: expected a pandas Series \[{unit}\] over timezone-aware times "
+                                        rf".* got list$"):
+        Scenario(_site(), _sessions(), **{what: value})
+
+
+def test_session_maximum_in_ma_is_refused_naming_the_row():
+    """A car's 16000 (mA) was accepted; the site file refuses a charging point above 80 A."""
+    with pytest.raises(nb.SessionsError, match=r"^row 0 \(session_id='s1'\): max_current_a is above 80 A per phase.*"
+                                               r"was it given in mA\? \(got 16000\)$"):
+        Scenario(_site(), _sessions(max_current_a=[16000.0]))
+    assert Scenario(_site(), _sessions(max_current_a=[80.0])).sessions["max_current_a"].iloc[0] == 80.0

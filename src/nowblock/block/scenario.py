@@ -29,6 +29,10 @@ class ScenarioError(ValueError):
     """A scenario folder or object that is incomplete or inconsistent."""
 
 
+#: The unit of each series a scenario holds, by its name.
+SERIES_UNITS = {"kw": "kW", "eur_per_kwh": "EUR/kWh"}
+
+
 def time_series(obj, name: str, what: str, tz: str | None = None) -> pd.Series | None:
     """Normalise a time series to a float Series named ``name`` on a sorted UTC index.
 
@@ -51,12 +55,20 @@ def time_series(obj, name: str, what: str, tz: str | None = None) -> pd.Series |
 
     Raises
     ------
+    TypeError
+        ``obj`` is neither a Series nor a DataFrame (a list, an array, a number: no times).
     ScenarioError
         A missing column, times without an offset or outside ``TIME_MIN`` .. ``TIME_MAX`` of
         :mod:`nowblock.block.sessions`, duplicate times, missing or infinite values.
     """
     if obj is None:
         return None
+    if not isinstance(obj, (pd.Series, pd.DataFrame)):
+        # A list got a RangeIndex and "time index must be timezone-aware", which did not say a
+        # Series was expected; optimize's words (milp.inputs.check_series).
+        unit = SERIES_UNITS.get(name, "")
+        raise TypeError(f"{what}: expected a pandas Series [{unit}] over timezone-aware times (or a DataFrame with "
+                        f"a column {name!r}), got {type(obj).__name__}")
     if isinstance(obj, pd.DataFrame):
         if name not in obj.columns:
             raise ScenarioError(f"{what}: expected a column {name!r}, got {list(obj.columns)}")

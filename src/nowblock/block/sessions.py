@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from nowblock.block.site import MAX_CHARGE_POINT_CURRENT_A
+
 if TYPE_CHECKING:
     from nowblock.block.site import Site
 
@@ -190,8 +192,10 @@ def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None, *,
         Naming the first bad row: a missing column, a timestamp without a UTC offset,
         departure not after arrival, negative, missing or impossible energy (above
         :data:`MAX_ENERGY_KWH`) [kWh], an unknown charging point, phases not in {1, 2, 3}, a
-        non-positive current limit [A], or two sessions on one charging point at the same
-        time. Nothing in the input is modified.
+        non-positive current limit [A] or one above what a charging point may be rated
+        (:data:`~nowblock.block.site.MAX_CHARGE_POINT_CURRENT_A`, 80 A per phase: mA given for
+        A), or two sessions on one charging point at the same time. Nothing in the input is
+        modified.
 
     Notes
     -----
@@ -257,6 +261,11 @@ def _validate(df: pd.DataFrame, site: "Site | None") -> pd.DataFrame:
          f"{LARGE_BATTERY_KWH:g} kWh); expected kWh, was it given in Wh?"),
         (~df["phases"].isin([1, 2, 3]), "phases must be 1, 2 or 3"),
         (~((df["max_current_a"] > 0) & np.isfinite(df["max_current_a"])), "max_current_a must be > 0"),
+        # The site file's bound on a charging point: a car's maximum above it is no current of
+        # AC charging (16000 was accepted: mA for A).
+        (df["max_current_a"] > MAX_CHARGE_POINT_CURRENT_A,
+         f"max_current_a is above {MAX_CHARGE_POINT_CURRENT_A:g} A per phase, more than AC charging carries (at "
+         f"most 63 A in Europe, 80 A in North America); expected A per phase, was it given in mA?"),
         (~(df["priority"] >= 0), "priority must be >= 0"),
         (~((df["draw_fraction"] >= 0) & (df["draw_fraction"] <= 1)), "draw_fraction must be in [0, 1]"),
     ]
@@ -270,6 +279,8 @@ def _validate(df: pd.DataFrame, site: "Site | None") -> pd.DataFrame:
             extra = f" ({df['charge_point_id'].iloc[i]!r})" if msg.startswith("unknown") else ""
             if msg.startswith("energy_kwh is above"):
                 extra = f" (got {df['energy_kwh'].iloc[i]:g})"
+            if msg.startswith("max_current_a is above"):
+                extra = f" (got {df['max_current_a'].iloc[i]:g})"
             raise SessionsError(f"{_row_name(df, i)}: {msg}{extra}")
 
     # Two sessions on one charging point must not overlap: sort per point, compare neighbours.

@@ -265,16 +265,20 @@ def simulate(
         is warned about, as is such a ``needs_estimator``: build them with
         ``calendar=nowblock.forecast.Calendar.for_site(scenario.site)``.
     current_step_a : float
-        Pilot-signal granularity [A] passed to the policy.
+        Pilot-signal granularity [A] passed to the policy, > 0 (ValueError otherwise).
     battery : TaperBattery, optional
-        The cars' battery model.
+        The cars' battery model. None means ``TaperBattery()``: 60 kWh usable, a fully served
+        session ends at 90 % state of charge, and above 80 % the current a car accepts falls
+        linearly to 10 % of its maximum at 100 % (:class:`~nowblock.sim.battery.TaperBattery`);
+        so a car may draw less than it is offered near the end of a large request.
     progress : bool
         Print progress to stderr on long runs.
     policy_options : dict, optional
         Keyword arguments for :func:`~nowblock.policies.get_policy` when ``policy`` is a name
         (for example the MILP's options).
     fallback : str
-        The baseline that answers a step when the policy raises (as in the live loop).
+        The baseline that answers a step when the policy raises (as in the live loop); an
+        unknown name raises ValueError naming ``fallback``.
     loop_settings : LoopSettings, optional
         The closed loop's margins and times (:class:`nowblock.loop.closed_loop.LoopSettings`).
 
@@ -293,6 +297,13 @@ def simulate(
     # or not > 0 was taken as one step: the MILP planned without look-ahead, silently.
     step = check_duration(step, "step")
     horizon = check_duration(horizon, "horizon")
+    current_step_a = float(current_step_a)
+    if not (np.isfinite(current_step_a) and current_step_a > 0):  # 0 was accepted: a pilot step of 0 A means nothing
+        raise ValueError(f"current_step_a: must be > 0 A (the pilot signal's granularity), got {current_step_a:g}")
+    try:
+        backup = get_policy(fallback)
+    except (TypeError, ValueError) as exc:  # get_policy's words name 'policy', the argument the user got right
+        raise type(exc)(f"fallback: {str(exc).removeprefix('policy: ')}") from None
     pol = get_policy(policy, **(policy_options or {})) if isinstance(policy, str) else policy
     if hasattr(pol, "reset"):
         pol.reset()
@@ -321,7 +332,6 @@ def simulate(
                            current_step_a=current_step_a, battery=battery)
     control = ControlStep(settings=loop_settings or LoopSettings(),
                           needs=NeedsEstimation(needs_estimator if needs == "unknown" else None))
-    backup = get_policy(fallback)
     solve_s: list[float] = []
     fallbacks: list[tuple] = []  # (time, the policy that answered, why): steps the policy did not answer
     show = _progress_printer(progress, block.n_t, f"simulate {pol.name}")
