@@ -1215,7 +1215,8 @@ async def test_the_station_maximum_is_kept_at_the_stations_limits_while_the_car_
 async def _car_read_at_a_0_a_limit(ignores: bool):
     """Three points behind a 20 A fuse. CP1 and CP2 charge; CP0's car joins, and its meter reads
     3 A on top of what it draws (``ignores``: it draws 10 A whatever its limit). CP1 and CP2
-    leave at 240 s. Returns per step (CP0's limit, CP0's real draw, the fuse's load as read)."""
+    leave at 240 s. Returns per step (CP0's limit, CP0's real draw, the fuse's load as read, why
+    CP0's car is not trusted or None)."""
     site = Site("t", (Fuse("grid", (20.0,) * 3),),
                 tuple(ChargePoint(id=f"CP{i}", fuse="grid", max_current_a=16.0, min_current_a=6.0) for i in range(3)))
     cs, clock = FakeCentral(site), Clock()
@@ -1251,7 +1252,8 @@ async def _car_read_at_a_0_a_limit(ignores: bool):
             res = await ctl.step()
             await asyncio.gather(*ctl.idle.tasks)  # idle connectors get their 0 A default
             lim0 = float(res.targets_a.get("CP0:tx0", np.nan))
-            out.append((lim0, read.get(0, 0.0) - 3.0 if 0 in read else 0.0, sum(read.values())))
+            out.append((lim0, read.get(0, 0.0) - 3.0 if 0 in read else 0.0, sum(read.values()),
+                        res.context.untrusted.get("CP0:tx0")))
             clock.advance(20)
     finally:
         await ctl.failsafe.cancel()
@@ -1264,11 +1266,12 @@ async def test_a_car_read_drawing_at_a_0_a_limit_is_tried_at_its_minimum_when_th
     its retry, with room for its draw plus its minimum, it is offered its minimum; its reading
     rose with it, so it is served from then on, sent its share less the offset."""
     steps = await _car_read_at_a_0_a_limit(ignores=False)
-    assert max(load for _, _, load in steps[5:]) <= 20.0 + 1e-6  # never past the fuse, offset counted as real
-    assert any(lim == 0.0 for lim, _, _ in steps[3:12])  # the block was full: held at 0 A there
+    assert max(load for _, _, load, _ in steps[5:]) <= 20.0 + 1e-6  # never past the fuse, offset counted as real
+    assert any(lim == 0.0 for lim, _, _, _ in steps[3:12])  # the block was full: held at 0 A there
     late = steps[-10:]
-    assert all(lim >= 6.0 for lim, _, _ in late) and all(draw >= 6.0 for _, draw, _ in late)
-    assert late[-1][0] > 6.0  # and raised past its minimum as the fuse allows
+    assert all(lim >= 6.0 for lim, _, _, _ in late) and all(draw >= 6.0 for _, draw, _, _ in late)
+    # It follows its limit: trusted, raised a ceiling step at a time to its 16 A (it reads 19 A).
+    assert late[-1][0] == 16.0 and all(why is None for _, _, _, why in late)
 
 
 async def test_a_car_ignoring_its_limit_goes_back_to_0_a_after_its_trial():
@@ -1276,11 +1279,12 @@ async def test_a_car_ignoring_its_limit_goes_back_to_0_a_after_its_trial():
     with the minimum it was offered, so it is held at 0 A again until its next retry, and the
     fuse holds throughout (it is counted at what it draws plus the minimum during the trial)."""
     steps = await _car_read_at_a_0_a_limit(ignores=True)
-    assert max(load for _, _, load in steps[5:]) <= 20.0 + 1e-6
-    tried = [k for k, (lim, _, _) in enumerate(steps) if k >= 12 and lim >= 6.0]
+    assert max(load for _, _, load, _ in steps[5:]) <= 20.0 + 1e-6
+    tried = [k for k, (lim, _, _, _) in enumerate(steps) if k >= 12 and lim >= 6.0]
     assert tried  # tried at its minimum once the fuse had room
     assert all(steps[k + 1][0] == 0.0 or steps[k + 2][0] == 0.0 for k in tried if k + 2 < len(steps))
-    assert sum(lim == 0.0 for lim, _, _ in steps[12:]) > len(steps[12:]) / 2  # mostly held at 0 A
+    assert sum(lim == 0.0 for lim, _, _, _ in steps[12:]) > len(steps[12:]) / 2  # mostly held at 0 A
+    assert all(why == "over_draw" for _, _, _, why in steps[5:])  # never trusted
 
 
 async def test_a_station_maximum_whose_last_send_failed_is_raised_only_after_the_others_were_lowered():

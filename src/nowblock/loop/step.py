@@ -318,13 +318,14 @@ class ControlStep:
         trial = cars.index.isin(list(self.probes)) & connected & ~stale
         offset = np.array([self.offsets.get(x, 0.0) for x in ids_all], dtype=float)
         if self.offsets:
-            # Within its limit once its offset is taken off: untrusted all the same (counted at
-            # what it reads), but its share is sent less the offset, not divided by a ratio.
+            # Within its limit once its offset is taken off: it follows, and is trusted; it is
+            # planned in what it reads (the policy's and the safety net's rows count that) and
+            # sent its share less the offset (finish), not divided by a ratio.
             beyond = np.isfinite(measured) & (measured - offset > offered + s.over_draw_a)
             for sid in cars.index[beyond & (offset > 0)]:
                 del self.offsets[sid]  # draws over its limit beyond the offset: an over-drawer
             offset = np.array([self.offsets.get(x, 0.0) for x in ids_all], dtype=float)
-            over = np.where(offset > 0, connected & ~stale, over)
+            over = over & ~(offset > 0)
         over = over | trial
         last_sent = np.array([self.sent[x][0] if x in self.sent else np.nan for x in ids_all], dtype=float)
         # A charger found holding more than it was last sent (it answered but did not apply it), or
