@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--horizon", default="24h", help="look-ahead of base load and prices (default: 24h)")
     parser.add_argument("--needs", choices=("known", "unknown"), default="known",
                         help="whether the policy sees real departures and energies (default: known)")
+    parser.add_argument("--milp-effort", type=float, default=None, metavar="X",
+                        help="the milp policy's milp_effort, X >= 0: its MILP stage may take X times what the step's "
+                             "plan took before it (default: 1); 0 never runs the stage, so two runs on the same scenario "
+                             "give the same results (the stage stops on a time budget); milp policy only")
     parser.add_argument("--no-plot", action="store_true", help="skip load.png")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
@@ -120,6 +124,37 @@ def check_duration(option: str, value: str) -> pd.Timedelta:
         raise UsageError(str(exc)) from None
 
 
+def check_milp_effort(effort: float | None, policies: list[str]) -> dict | None:
+    """``--milp-effort`` as the milp policy's options; None without it.
+
+    Parameters
+    ----------
+    effort : float or None
+        The value given (a multiple of the time spent before the MILP stage), or None.
+    policies : list of str
+        The policies of ``--policy``.
+
+    Returns
+    -------
+    dict or None
+        ``{"milp_effort": effort}``, for the milp policy only.
+
+    Raises
+    ------
+    nowblock.cli.UsageError
+        Not a finite number >= 0, or no milp policy to take it.
+    """
+    from nowblock.cli import UsageError
+
+    if effort is None:
+        return None
+    if not (math.isfinite(effort) and effort >= 0):
+        raise UsageError(f"--milp-effort {effort:g} is not a number >= 0 (0: no MILP stage, repeatable runs)")
+    if "milp" not in [p.lower() for p in policies]:
+        raise UsageError(f"--milp-effort is an option of the milp policy; --policy {','.join(policies)} has none")
+    return {"milp_effort": effort}
+
+
 def format_metrics(metrics: dict) -> str:
     """The metrics as an aligned two-column table."""
     width = max(len(k) for k in metrics)
@@ -142,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         check_duration(opt, getattr(args, opt))
     check_days(args.days)
     policies = policy_list(args.policy)
+    milp_options = check_milp_effort(args.milp_effort, policies)
     scenario = load_scenario(args.scenario, args.days)
     out = Path(args.out)
     results, written = [], []
@@ -154,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             days=args.days,  # calendar days in the site's zone from the first arrival's step
             needs=args.needs,
             progress=not args.quiet,
+            policy_options=milp_options if name.lower() == "milp" else None,  # the baselines take none
         )
         folder = out if len(policies) == 1 else out / name
         files = result.to_dir(folder, plot=not args.no_plot,
@@ -206,4 +243,6 @@ def _write_report(results, scenario, out: Path, args: argparse.Namespace) -> Pat
 
     params = {"command-line scenario": args.scenario, "step": args.step, "horizon": args.horizon,
               "needs": args.needs, "days": args.days if args.days else "all"}
+    if args.milp_effort is not None:
+        params["milp_effort"] = args.milp_effort
     return write_report(results, out / "report.html", scenario=scenario, parameters=params)
