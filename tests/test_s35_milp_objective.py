@@ -299,3 +299,31 @@ def test_small_block_milp_counts_light_side_draws_in_slot_order(tmp_path):
     exact = 270.6276
     assert sched.objective <= exact + 0.01, (sched.objective, sched.method, sched.status)
     assert sched.bound <= exact + 1e-6
+
+
+def test_small_block_keeps_the_milp_plan_it_found(tmp_path):
+    # An outside tester's 4-car block at low and negative prices (0.1 A steps, a 20 A unbalance
+    # limit): the MILP stage found the optimum of every real plan (-0.4167 EUR) as a real plan,
+    # then made it "real" again by rounding it, which moved its steps: -0.2526 EUR, 39 % above.
+    cps = (ChargePoint("CP00", fuse="grid", max_current_a=20.0, phase_rotation="L2L1L3"),
+           ChargePoint("CP01", fuse="grid", max_current_a=32.0, min_current_a=8.0, phase_rotation="L3L2L1"),
+           ChargePoint("CP02", fuse="grid", max_current_a=20.0, min_current_a=8.0, phase_rotation="L2L1L3"),
+           ChargePoint("CP03", fuse="grid", max_current_a=16.0, min_current_a=7.0, phase_rotation="L2L1L3"))
+    site = Site(name="t", fuses=(Fuse("grid", (44.0, 36.0, 44.0)),), charge_points=cps, max_unbalance_a=20.0)
+    h, m = pd.Timedelta("1h"), pd.Timedelta("1min")
+    sess = pd.DataFrame({
+        "session_id": [f"s0{i}" for i in range(4)], "charge_point_id": [c.id for c in cps],
+        "arrival": [T0 + 25 * m, T0 + 10 * m, T0 + h + 30 * m, T0 + h + 15 * m],
+        "departure": [T0 + 3 * h + 38 * m, T0 + 2 * h + 56 * m, T0 + 4 * h + 17 * m, T0 + 2 * h + 7 * m],
+        "energy_kwh": [2.99, 1.36, 2.89, 5.53], "phases": [3, 2, 3, 3],
+        "max_current_a": [20.0, 16.0, 32.0, 32.0], "priority": [1.0, 2.0, 1.0, 1.0]})
+    times = pd.date_range(T0, periods=16, freq="15min")
+    base = pd.Series([0.3, 3.4, 2.0, 5.3, 9.1, 12.3, 12.3, 14.6, 2.7, 4.5, 1.8, 7.6, 5.2, 2.3, 13.8, 0.0], index=times)
+    prices = pd.Series([-0.132, 0.153, 0.201, -0.006, 0.056, -0.035, 0.131, 0.113, 0.342, 0.265, -0.142, -0.024,
+                        0.303, 0.139, 0.305, 0.055], index=times)
+    sched = nb.optimize(site, sess, start=T0, horizon="4h", step="15min", base_load=base, prices=prices,
+                        current_step_a=0.1, time_limit_s=10)
+    # The optimum of every real plan, -0.41671 EUR: an independent MILP (Pyomo + HiGHS, gap 0).
+    exact = -0.41671
+    assert sched.objective <= exact + 0.01, (sched.objective, sched.method, sched.status)
+    assert sched.bound <= exact + 1e-6

@@ -592,7 +592,7 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
                 bound = max(bound, res.bound) if np.isfinite(bound) else res.bound
             stages.append({"stage": "milp", "status": res.status, "relaxed_objective": res.objective,
                            "bound": res.bound, "budget_seconds": budget,
-                           "objective": min((c[2] for c in candidates if c[0] == "milp+rounding"), default=np.nan),
+                           "objective": min((c[2] for c in candidates if c[0] in ("milp", "milp+rounding")), default=np.nan),
                            "seconds": time.perf_counter() - t0})
 
     # A bound from the coarse stage alone (no fine LP finished): raised by subgradient ascent on

@@ -16,7 +16,7 @@ import numpy as np
 from nowblock.milp.formulation import Formulation
 from nowblock.milp.highs_fast import SolveResult, solve_matrix
 from nowblock.milp.matrix import MatrixForm, in_pilot_steps, is_feasible, plan_columns, plan_objective
-from nowblock.milp.plans import certified, relative_gap
+from nowblock.milp.plans import as_plan, certified, relative_gap
 from nowblock.milp.rounding import make_plan
 
 MIN_SOLVE_S = 0.005  # [s] the stage starts no HiGHS solve with less time left than this
@@ -68,6 +68,9 @@ def milp_stage(run, lp_matrix, warm_start_a, stop_at: float, n_window: int | Non
         x = form.current_from_cells(mf_steps.current_a(res.values))
         plan, objective = run.real_plan(mf, x)
         candidates.append(("milp+rounding", plan, objective))
+        own = as_plan(form, x)  # on every slot the solution is often a real plan: kept as it is
+        if own is not None:
+            candidates.append(("milp", own, plan_objective(form, mf, own.current_a)))
     return res, candidates
 
 
