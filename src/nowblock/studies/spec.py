@@ -28,13 +28,17 @@ import hashlib
 import inspect
 import itertools
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 #: simulate() keywords a study may set (the others take Python objects, not TOML values).
-SIMULATE_KEYS = ("step", "horizon", "start", "end", "needs", "current_step_a")
+#: ``days`` as ``nowblock simulate --days``: calendar days in the site's zone, so a study of
+#: scenario folders can simulate their first week (``end`` is an instant; across a daylight
+#: saving switch ``start`` + 7 x 24 h is an hour off).
+SIMULATE_KEYS = ("step", "horizon", "start", "end", "days", "needs", "current_step_a")
 #: Top-level keys of a study file (docs/formats.md lists them; tests/test_docs.py compares).
 STUDY_KEYS = ("name", "policies", "scenario", "scenario_dirs", "simulate", "policy_options")
 
@@ -161,6 +165,7 @@ class Study:
         bad = sorted(set(self.simulate) - set(SIMULATE_KEYS))
         if bad:
             raise StudyError(f"simulate: unknown option(s) {bad}; a study may set {', '.join(SIMULATE_KEYS)}")
+        _check_days(self.simulate)
         for p, opts in self.policy_options.items():
             if p.strip().lower() not in POLICY_NAMES or not isinstance(opts, Mapping):
                 raise StudyError(f"policy_options.{p}: expected a table for one of {', '.join(POLICY_NAMES)}")
@@ -224,6 +229,19 @@ class Study:
         if len(set(ids)) != len(ids):
             raise StudyError("the study lists the same cell twice (a repeated value on an axis?)")
         return cells
+
+
+def _check_days(simulate: Mapping[str, Any]) -> None:
+    """Refuse ``[simulate] days`` that no cell could run: with ``end``, or not a positive number
+    (every cell would end in simulate's ValueError, after the study started)."""
+    if "days" not in simulate:
+        return
+    if "end" in simulate:
+        raise StudyError("simulate: give end or days, not both")
+    values = simulate["days"] if isinstance(simulate["days"], (list, tuple)) else [simulate["days"]]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            raise StudyError(f"simulate.days: expected a positive number of calendar days, got {v!r}")
 
 
 def _iso(value):
