@@ -26,7 +26,8 @@ from nowblock.ocpp import dispatch, edge
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.auth import verify_password
 from nowblock.ocpp.connection import CallErrorReceived
-from nowblock.ocpp.state import DispatchRecord, LiveState, Subscription
+from nowblock.ocpp.events import Subscription
+from nowblock.ocpp.state import DispatchRecord, LiveState
 from nowblock.ocpp.v16 import ChargePoint16
 from nowblock.ocpp.v201 import ChargePoint201
 from nowblock.block.site import Site

@@ -13,13 +13,12 @@ of :class:`Event` (plug-in, start, meter, needs, stop, disconnect, limit).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,14 +26,12 @@ import pandas as pd
 from nowblock.seam import CAR_COLUMNS
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.edge import checked_stop
+from nowblock.ocpp.events import Event, EventKind, Subscription
 from nowblock.ocpp.meter import phases_from_currents, phases_from_power
 from nowblock.block.site import Site
 
 log = logging.getLogger(__name__)
 
-EventKind = Literal[
-    "connect", "boot", "status", "plug_in", "unplug", "start", "meter", "needs", "stop", "disconnect", "limit", "seen"
-]
 
 #: Extra snapshot columns beyond CAR_COLUMNS.
 OCPP_COLUMNS = [
@@ -44,18 +41,6 @@ OCPP_COLUMNS = [
 
 #: Answers after which asking again will not help until the station reboots.
 PERMANENT_REFUSALS = ("NotSupported", "NotImplemented")
-
-
-@dataclass(frozen=True)
-class Event:
-    """Something the controller may react to. ``data`` holds kind-specific values (units in keys)."""
-
-    kind: EventKind
-    cp_id: str
-    time: datetime
-    connector_id: int | None = None
-    transaction_id: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -207,49 +192,6 @@ class Station:
         if connector_id not in self.connectors:
             self.connectors[connector_id] = Connector(connector_id)
         return self.connectors[connector_id]
-
-
-class Subscription:
-    """An async iterator of :class:`Event`; a slow reader loses the oldest events, never blocks."""
-
-    def __init__(self, owner: "LiveState", maxsize: int) -> None:
-        self._owner = owner
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
-        self.dropped = 0
-
-    def _put(self, ev: Event | None) -> None:
-        while True:
-            try:
-                self._queue.put_nowait(ev)
-                return
-            except asyncio.QueueFull:
-                self._queue.get_nowait()
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % 1000 == 0:
-                    log.warning("event subscriber too slow: %d events dropped", self.dropped)
-
-    def __aiter__(self) -> "Subscription":
-        return self
-
-    async def __anext__(self) -> Event:
-        ev = await self._queue.get()
-        if ev is None:
-            raise StopAsyncIteration
-        return ev
-
-    async def get(self, timeout: float | None = None) -> Event:
-        """Next event (``TimeoutError`` after ``timeout`` [s]; ``StopAsyncIteration`` once closed)."""
-        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that races an item.
-        async with asyncio.timeout(timeout):
-            ev = await self._queue.get()
-        if ev is None:
-            raise StopAsyncIteration
-        return ev
-
-    def close(self) -> None:
-        """Stop receiving; a pending iteration ends."""
-        self._owner._subs.discard(self)
-        self._put(None)
 
 
 class LiveState:

@@ -62,7 +62,7 @@ class StoreRecorder:
         self._flush_failed: pd.Timestamp | None = None  # when a flush after a write last failed
 
     def __call__(self, ev) -> None:
-        """Record one event (see ``nowblock.ocpp.state.Event``)."""
+        """Record one event (see ``nowblock.ocpp.events.Event``)."""
         try:
             wrote = self._record(ev)
         except StoreError as exc:
