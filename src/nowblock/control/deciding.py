@@ -16,7 +16,7 @@ from typing import Callable
 import pandas as pd
 
 from nowblock.control.solver import SolverProcess
-from nowblock.loop.step import call_policy, check_answer
+from nowblock.loop.calling import call_policy, check_answer
 from nowblock.seam import BlockSnapshot, Decision, Policy, decide
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ policy's :class:`~nowblock.seam.BlockSnapshot` (:meth:`ControlStep.prepare`) and
 answer into setpoints safe to send (:meth:`ControlStep.finish`). In between, the caller runs
 the policy: the simulator directly (:meth:`ControlStep.run`), the live loop in a worker thread
 with a time-out (:mod:`nowblock.control`); both fall back to a baseline heuristic on failure
-(:func:`call_policy`).
+(:func:`nowblock.loop.calling.call_policy`).
 
 Trust. A car is *trusted* while its charger demonstrably applies the limit it was sent. A car
 that draws clearly more than its limit, whose charger kept a higher limit than it was sent, or
@@ -28,10 +28,10 @@ import pandas as pd
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.needs import NeedsEstimation
 from nowblock.loop.observation import Observation
+from nowblock.loop.calling import bypasses_safety, call_policy
 from nowblock.loop.trials import less_offsets, start_trials
 from nowblock.seam import (BlockSnapshot, Policy, aligned_current_a, cached_constraint_rows, root_index,
                            safe_setpoints_a)
-from nowblock.seam.policy import Decision, decide
 
 log = logging.getLogger(__name__)
 
@@ -108,81 +108,6 @@ class StepOutcome:
     def held_back(self) -> dict:
         """Why the block is below its limits after this step (see :func:`held_back`)."""
         return held_back(self.snapshot, self.context, self.current_a)
-
-
-class PolicyAnswerError(ValueError):
-    """A policy's answer that names no setpoint for the cars it was asked about."""
-
-
-def check_answer(index: pd.Index, current_a) -> None:
-    """Raise :class:`PolicyAnswerError` (or ``ValueError``) for an answer that is not setpoints
-    for the cars in ``index`` (their session ids): None, an array of another length, a Series
-    with a repeated id, or a Series/dict none of whose ids is one of them (answered by
-    charge_point_id, say). Such answers read as "every car off" or stopped a simulation; the
-    caller treats them as a failed policy (its fallback answers the step)."""
-    if current_a is None:
-        raise PolicyAnswerError("answered None instead of setpoints [A] by session_id")
-    if isinstance(current_a, dict):
-        current_a = pd.Series(current_a, dtype=object)
-    if isinstance(current_a, pd.Series):
-        if current_a.index.has_duplicates:
-            raise PolicyAnswerError(f"answered a session id more than once: "
-                                    f"{list(current_a.index[current_a.index.duplicated()][:3])}")
-        if len(index) and len(current_a) and not current_a.index.isin(index).any():
-            raise PolicyAnswerError(f"none of the {len(current_a)} ids it answered (first {current_a.index[0]!r}) "
-                                    f"is a plugged-in car's session_id (first {index[0]!r})")
-        return
-    aligned_current_a(index, current_a)  # raises for an array of the wrong length
-
-
-_reported: set = set()  # (policy, error) already logged with its traceback
-
-
-def call_policy(policy: Policy, fallback: Policy, snapshot: BlockSnapshot) -> tuple[Decision, str, str]:
-    """The policy's decision for ``snapshot``, or the fallback's when the policy raises or its
-    answer is no setpoints for these cars (:func:`check_answer`).
-
-    Returns
-    -------
-    decision : Decision
-    name : str
-        The name of the policy that decided.
-    status : str
-        "ok", "empty" (no car), or "failed: <error>".
-    """
-    if len(snapshot.cars) == 0:
-        return Decision(pd.Series(np.zeros(0), index=snapshot.cars.index, name="current_a")), policy.name, "empty"
-    try:
-        decision = decide(policy, snapshot)
-        check_answer(snapshot.cars.index, decision.current_a)
-        return decision, policy.name, "ok"
-    except Exception as exc:  # noqa: BLE001 - any policy trouble must still leave safe setpoints
-        key = (policy.name, type(exc).__name__, str(exc)[:200])
-        if key not in _reported and len(_reported) < 1000:  # the traceback once, not every step
-            _reported.add(key)
-            log.exception("policy %s failed; falling back to %s", policy.name, fallback.name)
-        else:
-            log.debug("policy %s failed again (%r); falling back to %s", policy.name, exc, fallback.name)
-        return decide(fallback, snapshot), fallback.name, f"failed: {exc!r}"
-
-
-def bypasses_safety(policy) -> bool:
-    """True only for nowblock's own reference policy without the safety net (``uncontrolled``).
-
-    A policy of one's own with an attribute ``safe = False`` (a "safe mode" flag of its own,
-    say) skipped the safety net in the simulator; it is now warned about and made safe.
-    """
-    from nowblock.baselines.heuristics import HeuristicPolicy
-
-    if getattr(policy, "safe", True) is not False:
-        return False
-    if isinstance(policy, HeuristicPolicy):
-        return True
-    if policy.name not in _reported:
-        _reported.add(policy.name)
-        log.warning("policy %s has safe=False: only nowblock's uncontrolled reference bypasses the safety net; "
-                    "its answers are made safe", policy.name)
-    return False
 
 
 class ControlStep:
