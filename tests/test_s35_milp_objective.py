@@ -327,3 +327,30 @@ def test_small_block_keeps_the_milp_plan_it_found(tmp_path):
     exact = -0.41671
     assert sched.objective <= exact + 0.01, (sched.objective, sched.method, sched.status)
     assert sched.bound <= exact + 1e-6
+
+
+def test_small_block_milp_has_on_off_on_every_cell():
+    # Two single-phase cars with small needs (0.79 and 1.03 kWh) on a grid fuse no car can
+    # overload alone: no limit row is stated, so the MILP stage had no on/off binaries, priced
+    # currents below the minimum (-0.0997 EUR, below every real plan) and its plan, rounded to
+    # "0 or >= min", cost -0.0677 EUR against the optimum -0.0916 of every real plan.
+    cps = (ChargePoint("CP00", fuse="grid", max_current_a=16.0, min_current_a=6.0, phases=1, phase_rotation="L2L1L3"),
+           ChargePoint("CP01", fuse="grid", max_current_a=32.0, min_current_a=9.0, phases=1, phase_rotation="L1L3L2"))
+    site = Site(name="t", fuses=(Fuse("grid", (20.0, 16.0, 20.0)),), charge_points=cps, max_unbalance_a=16.0)
+    h = pd.Timedelta("1h")
+    sess = pd.DataFrame({
+        "session_id": ["s00", "s01"], "charge_point_id": ["CP00", "CP01"],
+        "arrival": [T0 + h + pd.Timedelta("15min"), T0 + h + pd.Timedelta("30min")],
+        "departure": [T0 + 3 * h + pd.Timedelta("8min"), T0 + 4 * h + pd.Timedelta("32min")],
+        "energy_kwh": [0.79, 1.03], "phases": [1, 1], "max_current_a": [16.0, 16.0], "priority": [2.0, 1.0]})
+    times = pd.date_range(T0, periods=16, freq="15min")
+    prices = pd.Series([-0.024, 0.351, 0.276, -0.144, 0.259, -0.094, 0.329, 0.17, 0.023, 0.06, 0.193, 0.329, 0.02,
+                        -0.072, 0.019, 0.129], index=times)
+    sched = nb.optimize(site, sess, start=T0, horizon="4h", step="15min", prices=prices, current_step_a=1.0,
+                        time_limit_s=10)
+    x = sched.current_a.to_numpy()
+    assert ((x == 0) | (x >= 6.0)).all()
+    # The optimum of every real plan, -0.09164 EUR: an independent MILP (Pyomo + HiGHS, gap 0).
+    exact = -0.09164
+    assert sched.objective <= exact + 1e-4, (sched.objective, sched.method, sched.status)
+    assert sched.bound <= exact + 1e-6

@@ -577,7 +577,8 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
             and (best.plan.missing_kwh > 1e-6 or whole) and form.n_binary_slots > 0 and (run.lp_solved or run.lp0 is not None)
             and _milp_binaries(form, mf, n_window) <= _MILP_MAX_BINARIES):
         try:
-            res, candidates = milp_stage(run, mf, warm_start_a, time.perf_counter() + budget, n_window)
+            res, candidates = milp_stage(run, mf, warm_start_a, time.perf_counter() + budget, n_window,
+                                         every_cell=whole and len(form.cells[0]) <= _MILP_MAX_BINARIES)
         except SolverOptionError:
             raise
         except Exception as exc:  # noqa: BLE001 - keep the LP plan

@@ -22,7 +22,8 @@ from nowblock.milp.rounding import make_plan
 MIN_SOLVE_S = 0.005  # [s] the stage starts no HiGHS solve with less time left than this
 
 
-def milp_stage(run, lp_matrix, warm_start_a, stop_at: float, n_window: int | None = None):
+def milp_stage(run, lp_matrix, warm_start_a, stop_at: float, n_window: int | None = None,
+               every_cell: bool = False):
     """HiGHS on the MILP from the best plan so far; returns the solver result and the real plans it
     gave: (method, plan, objective). ``run`` is the call's ``nowblock.milp.solve._Run`` (its
     formulation, best plan, time left, real plans). On/off binaries where a limit row is stated
@@ -31,11 +32,16 @@ def milp_stage(run, lp_matrix, warm_start_a, stop_at: float, n_window: int | Non
     whole pilot steps (:func:`~nowblock.milp.matrix.in_pilot_steps`): its bound then holds for
     what a charger can be sent, and small blocks are solved to the step. HiGHS gets the time
     until ``stop_at`` (``time.perf_counter()``) left after building, never past ``run.left()``.
-    ``n_window``: the binary window's slots (default ``form.n_binary_slots``)."""
+    ``n_window``: the binary window's slots (default ``form.n_binary_slots``); ``every_cell``:
+    on/off binaries on every cell with a minimum, stated rows or not (a small block solved whole:
+    a current below the minimum where no row binds is no plan either, and the MILP's optimum
+    priced such currents below every real plan, -0.0997 against -0.0916 EUR)."""
     form, best = run.form, run.best
     n_window = form.n_binary_slots if n_window is None else int(n_window)
     mask = np.zeros(len(form.cells[0]), dtype=bool)
     mask[lp_matrix.fuse_cells] = True
+    if every_cell:
+        mask[:] = True
     window = np.nonzero(form.cells[1] < n_window)[0]
     # Binaries on every slot (a small block): the light sides' draws exact too, so that the MILP's
     # plans keep the unbalance rows with real draws and its optimum is the block's.
