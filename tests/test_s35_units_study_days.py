@@ -45,3 +45,16 @@ def test_study_days_are_the_site_calendar_days(tmp_path):
 def test_study_days_that_no_cell_could_run_are_refused(tmp_path, simulate, words):
     with pytest.raises(StudyError, match=words):
         Study(scenario_dirs=[str(_folder(tmp_path))], policies=["edf"], simulate=simulate)
+
+
+@pytest.mark.parametrize("simulate, words", [
+    ({"step": 5}, "simulate.step: expected a duration with a unit, such as '15min' or '24h', got the number 5"),
+    ({"step": ["15min", "5"]}, "simulate.step: '5' has no unit"),
+    ({"horizon": "24"}, "simulate.horizon: '24' has no unit"),
+    ({"horizon": "-1h"}, "simulate.horizon: must be > 0"),
+])
+def test_study_step_or_horizon_without_unit_is_refused_before_any_cell(tmp_path, simulate, words):
+    """Every cell of such a study failed (``step = 5`` in TOML read as 5 ns: a MemoryError) or, for
+    a horizon, ran without look-ahead."""
+    with pytest.raises(StudyError, match=words):
+        Study(scenario_dirs=[str(_folder(tmp_path))], policies=["edf"], simulate=simulate)

@@ -166,6 +166,7 @@ class Study:
         if bad:
             raise StudyError(f"simulate: unknown option(s) {bad}; a study may set {', '.join(SIMULATE_KEYS)}")
         _check_days(self.simulate)
+        _check_durations(self.simulate)
         for p, opts in self.policy_options.items():
             if p.strip().lower() not in POLICY_NAMES or not isinstance(opts, Mapping):
                 raise StudyError(f"policy_options.{p}: expected a table for one of {', '.join(POLICY_NAMES)}")
@@ -242,6 +243,22 @@ def _check_days(simulate: Mapping[str, Any]) -> None:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
             raise StudyError(f"simulate.days: expected a positive number of calendar days, got {v!r}")
+
+
+def _check_durations(simulate: Mapping[str, Any]) -> None:
+    """Refuse a ``[simulate] step`` or ``horizon`` that is not a positive duration with its unit
+    (``step = 5`` in TOML is a number: every cell ended in simulate's error, after the study
+    started), with simulate's own check and words."""
+    from nowblock.milp.inputs import check_duration
+
+    for key in ("step", "horizon"):
+        if key not in simulate:
+            continue
+        for v in simulate[key] if isinstance(simulate[key], (list, tuple)) else [simulate[key]]:
+            try:
+                check_duration(v, key)
+            except (TypeError, ValueError) as exc:
+                raise StudyError(f"simulate.{exc}") from None
 
 
 def _iso(value):
