@@ -109,7 +109,12 @@ class Schedule:
 
     @cached_property
     def power_kw(self) -> pd.DataFrame:
-        """Charging power [kW], slot start (UTC) x session_id."""
+        """Charging power [kW] while plugged in, slot start (UTC) x session_id.
+
+        In a slot a car covers only partly (it arrives or leaves inside it) this is its power
+        during the part it is plugged in, not the slot's mean: its energy there is this power
+        times the plugged-in hours (as ``energy_kwh`` counts it), not times the slot's length.
+        """
         return pd.DataFrame((self.plan_a * self.form.kw_per_a[:, None]).T,
                             index=pd.DatetimeIndex(self.form.times, name="time"), columns=self.session_index)
 
