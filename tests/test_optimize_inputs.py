@@ -131,6 +131,8 @@ def test_all_nan_base_load_is_refused():
     (dict(step=15), TypeError, "^step: expected a duration with a unit"),
     (dict(horizon="8"), ValueError, "^horizon: '8' has no unit"),
     (dict(horizon="-2h"), ValueError, "^horizon: must be > 0"),
+    (dict(step="-5min"), ValueError, "^step: must be > 0, got '-5min'$"),
+    (dict(prices=pd.Series(300.0, index=TIMES)), ScenarioError, "^prices: .* EUR/MWh or ct/kWh"),
     (dict(start="tomorrow"), ValueError, "^start: cannot read 'tomorrow' as a time"),
     (dict(start="2026-07-01T18:00"), ValueError, "^start: must be timezone-aware"),
     (dict(start=pd.NaT), ValueError, r"^start: missing \(NaT\)"),

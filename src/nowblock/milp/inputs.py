@@ -21,7 +21,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from nowblock.block.scenario import ScenarioError, check_base_load, time_series
+from nowblock.block.scenario import ScenarioError, check_base_load, check_prices, time_series
 from nowblock.block.site import Site
 
 _BARE_NUMBER_RE = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
@@ -57,8 +57,9 @@ def check_series(obj, what: str, site: Site) -> pd.Series | None:
         ``obj`` is neither a Series nor a DataFrame (a number, a list, an array: no times).
     ScenarioError
         Times without an offset, duplicate times, missing, non-numeric or infinite values, a
-        DataFrame without the column, or a base load above
-        :data:`~nowblock.block.scenario.MAX_BASE_LOAD_RATIO` times the grid connection [kW].
+        DataFrame without the column, a base load above
+        :data:`~nowblock.block.scenario.MAX_BASE_LOAD_RATIO` times the grid connection [kW], or a
+        price beyond :data:`~nowblock.block.scenario.MAX_PRICE_EUR_PER_KWH` either way [EUR/kWh].
     """
     if obj is None:
         return None
@@ -75,6 +76,8 @@ def check_series(obj, what: str, site: Site) -> pd.Series | None:
         raise ScenarioError(f"{what}: expected numbers [{unit}] over timezone-aware times ({exc})") from exc
     if what == "base_load":
         check_base_load(s, site, what)
+    else:
+        check_prices(s, site.timezone, what)
     return s
 
 
@@ -137,5 +140,5 @@ def check_duration(value, what: str) -> pd.Timedelta:
     if td is pd.NaT:
         raise ValueError(f"{what}: missing (NaT); expected a duration such as '15min' or '24h'")
     if td <= pd.Timedelta(0):
-        raise ValueError(f"{what}: must be > 0, got {td}")
+        raise ValueError(f"{what}: must be > 0, got {value!r}")
     return td
