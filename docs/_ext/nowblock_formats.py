@@ -135,6 +135,7 @@ def _site_tables() -> dict[str, list[Field]]:
 
 def _sessions_table() -> list[Field]:
     from nowblock.block.sessions import LARGE_BATTERY_KWH, MAX_ENERGY_KWH, OPTIONAL_DEFAULTS, TIME_MAX, TIME_MIN
+    from nowblock.block.site import MAX_CHARGE_POINT_CURRENT_A as cp_max
 
     d = OPTIONAL_DEFAULTS
     return [
@@ -152,8 +153,9 @@ def _sessions_table() -> list[Field]:
               f"Energy the car asks for. Above {LARGE_BATTERY_KWH:g} kWh (a large car battery), or above "
               "what the car can draw in its stay, is accepted with a warning; above "
               f"{MAX_ENERGY_KWH:g} kWh it is refused (Wh given as kWh?)."),
-        Field("max_current_a", "number", "A", d["max_current_a"], "> 0",
-              "The car's own limit per phase (the charging point's may be lower)."),
+        Field("max_current_a", "number", "A", d["max_current_a"], f"> 0, <= {cp_max:g}",
+              "The car's own limit per phase (the charging point's may be lower). Above "
+              f"{cp_max:g} A, more than AC charging carries, it is refused (mA given as A?)."),
         Field("phases", "integer", "", d["phases"], "1, 2 or 3", "How many phases the car charges on."),
         Field("priority", "number", "", d["priority"], ">= 0",
               "Weight of this session's shortfall when not every car can be served."),
@@ -163,6 +165,7 @@ def _sessions_table() -> list[Field]:
 
 
 def _series_tables() -> dict[str, list[Field]]:
+    from nowblock.block.scenario import MAX_PRICE_EUR_PER_KWH as price_max
     from nowblock.block.sessions import TIME_MAX, TIME_MIN
 
     when = f"unique, {TIME_MIN:%Y-%m-%d} .. {TIME_MAX:%Y-%m-%d} UTC"
@@ -177,8 +180,9 @@ def _series_tables() -> dict[str, list[Field]]:
         "prices": [
             Field("time", "timestamp", "ISO 8601 with offset", "required", when,
                   "Start of the interval the price holds for."),
-            Field("eur_per_kwh", "number", "EUR/kWh", "required", "",
-                  "Price of energy drawn in that interval (used by cost_eur and the MILP's objective)."),
+            Field("eur_per_kwh", "number", "EUR/kWh", "required", f"-{price_max:g} .. {price_max:g}",
+                  "Price of energy drawn in that interval (used by cost_eur and the MILP's objective). "
+                  f"Beyond {price_max:g} EUR/kWh either way it is refused (EUR/MWh or ct/kWh given as EUR/kWh?)."),
         ],
     }
 
@@ -215,7 +219,8 @@ def _study_tables() -> dict[str, list[Field]]:
             for k, p in gen.items()
         ],
         "study_simulate": [
-            Field(k, "string" if isinstance(sim_defaults[k].default, str) or sim_defaults[k].default is None
+            Field(k, "number" if k == "days" else "string" if isinstance(sim_defaults[k].default, str)
+                  or sim_defaults[k].default is None
                   else _TOML_TYPE.get(type(sim_defaults[k].default).__name__, "number"), "",
                   sim_defaults[k].default if sim_defaults[k].default is not None else "optional", "", "")
             for k in SIMULATE_KEYS
@@ -246,6 +251,8 @@ _SIMULATE_MEANING = {
     "horizon": "How far ahead base load and prices reach in each step.",
     "start": "First simulated time (default: the first arrival).",
     "end": "End of the simulated window (default: the last departure).",
+    "days": "Calendar days to simulate from start in the site's time zone, instead of end "
+            "(as nowblock simulate --days).",
     "needs": "known: the policy sees real departures and energies; unknown: it estimates them.",
     "current_step_a": "Pilot-signal granularity [A].",
 }
