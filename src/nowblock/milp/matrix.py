@@ -246,21 +246,24 @@ def build_matrix(f: "Formulation", binary: np.ndarray, *, split_useful: bool = F
     # whole pilot steps: a cut car's last current is a fraction of a step, no point of that model,
     # and its optimum was found above real plans (5.03 against 3.69 EUR, tests/test_optimize.py).
     # Energy beyond the need earns nothing at a negative price either (the car does not draw it;
-    # ``plan_objective`` gives it no credit): an LP would offer it to the ceiling for the credit.
-    # Cars with a cell below 0 EUR/kWh get no overshoot in an LP, as the light side's cars; with
-    # binaries (or whole steps) the price of such a cell sits on its useful current instead
-    # (at most the need in all), so the model credits what a car can draw only.
+    # ``plan_objective`` gives it no credit). With binaries (or whole steps) the price of a cell
+    # below 0 EUR/kWh sits on its useful current, at most the need in all, so the model credits
+    # what a car can draw only. An LP still credits the overshoot: its bound stays a bound (a
+    # plan's objective only rises without the credit), and capping those cars at their need
+    # there made the closed loop dearer (2 days, 12 points, prices - 0.3 EUR: 5.43 -> 5.75 EUR
+    # for the same energy: the plan's extra offer in negative slots hedged cars drawing less).
     neg = unb_vals < 0
     useful = np.unique(unb_cells[neg])
     cell_price = _cell_price_eur_per_kwh(f)
     credit_cell = np.nonzero(cell_price < 0.0)[0]
     capped = None
     slack_eur = 0.0
-    if B == 0 and (len(useful) or len(credit_cell)) and not split_useful:
-        capped = np.union1d(car[useful], car[credit_cell])
+    if B == 0 and not split_useful:
+        credit_cell = credit_cell[:0]
+    if B == 0 and len(useful) and not split_useful:
+        capped = np.unique(car[useful])
         slack_eur = _cap_slack_eur(f, capped)
         useful = useful[:0]
-        credit_cell = credit_cell[:0]
         neg = np.zeros(len(unb_vals), dtype=bool)
     useful = np.union1d(useful, credit_cell).astype(np.int64)
     if exact_draws and len(useful):  # every cell of such a car: its draws depend on all of them
