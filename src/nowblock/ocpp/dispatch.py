@@ -8,6 +8,12 @@ connector, then the station maximum (ChargePointMaxProfile / ChargingStationMaxP
 connector 0). Only profiles the charger accepted enter the live state, so the limit the
 snapshot reports is the one the charger applies, never the one we merely sent.
 
+Every profile of the chain lives as long as the TxProfile it stands in for (``validity_s``,
+refreshed by the control steps): a fallback that outlived the central system would hold a
+limit above the fail-safe share once nobody can lower it (an outside test: a 7-day TxDefault
+of 16 A on a station whose neighbours fell back to their 8 A fail-safe: 32 A on a 24 A grid
+after kill -9).
+
 What a charger turns down is remembered on its :class:`~nowblock.ocpp.state.Station`
 (``refusals``): a purpose it answered NotSupported/NotImplemented is not sent again until it
 reboots, one it Rejected (after the retries) not for ``CentralSystem.refusal_memory_s``
@@ -101,12 +107,16 @@ async def send_profile(
 async def set_limit(
     cs: "CentralSystem", cp_id: str, connector_id: int, current_a: float, *,
     validity_s: int | None = None, retries: int | None = None, backoff_s: float | None = None,
-    verify: bool = False,
+    verify: bool = False, transaction_id: str | int | None = None,
 ) -> DispatchRecord:
     """Limit ``connector_id`` of ``cp_id`` to ``current_a`` [A per phase] through the fallback chain.
 
-    Returns (and records in the state) which purpose the charger accepted and the limit it
-    applies by the profiles it holds; with ``verify`` that limit is read back with
+    Every profile sent lives ``validity_s`` [s] (default ``cs.tx_validity_s``), the fallbacks
+    too. ``transaction_id``, when given, is the transaction the limit was decided for: if it no
+    longer runs on the connector (the car left while the step ran), or ends while the chain is
+    tried, nothing (more) is sent, so a departed car's limit never becomes the connector's
+    default. Returns (and records in the state) which purpose the charger accepted and the
+    limit it applies by the profiles it holds; with ``verify`` that limit is read back with
     GetCompositeSchedule instead.
     """
     validity_s = cs.tx_validity_s if validity_s is None else validity_s
@@ -117,16 +127,22 @@ async def set_limit(
         attempts: list[tuple[str, str]] = []
         t = cs.state.running_on(cp_id, connector_id)
         chain = ([pr.TX] if t is not None else []) + [pr.TX_DEFAULT, pr.MAX_16]
+        if transaction_id is not None and (t is None or str(t.transaction_id) != str(transaction_id)):
+            attempts.append((pr.TX, "Skipped:TransactionEnded"))
+            chain = []
         accepted = None
         for purpose in chain:
-            vs = validity_s if purpose == pr.TX else cs.default_validity_s
+            if t is not None and cs.state.running_on(cp_id, connector_id) is not t:
+                # It ended during the retries: its limit must not stay behind as a default.
+                attempts.append((purpose, "Skipped:TransactionEnded"))
+                break
             extra, amps = {}, current_a
             if purpose == pr.MAX_16:
                 # Its own id and a higher stack level, so it never replaces a station maximum set on
                 # purpose; and never above that one, which it overrides while it exists.
                 extra = dict(profile_id=pr.FALLBACK_MAX_ID, stack_level=1)
                 amps = min(current_a, _station_max_a(cs, cp_id))
-            if await send_profile(cs, cp_id, connector_id, purpose, amps, validity_s=vs, retries=retries,
+            if await send_profile(cs, cp_id, connector_id, purpose, amps, validity_s=validity_s, retries=retries,
                                   backoff_s=backoff_s, attempts=attempts, **extra):
                 accepted = purpose
                 break

@@ -277,11 +277,14 @@ class CentralSystem:
 
     async def set_limit(self, cp_id: str, connector_id: int, current_a: float, *, validity_s: int | None = None,
                         retries: int | None = None, backoff_s: float | None = None,
-                        verify: bool = False) -> DispatchRecord:
-        """Limit a connector/EVSE to ``current_a`` [A per phase]: TxProfile for its running
-        transaction, falling back to TxDefault, then the station maximum. See :mod:`.dispatch`."""
+                        verify: bool = False, transaction_id: str | int | None = None) -> DispatchRecord:
+        """Limit a connector/EVSE to ``current_a`` [A per phase] for ``validity_s`` [s]: TxProfile
+        for its running transaction, falling back to TxDefault, then the station maximum, all
+        as short-lived as the TxProfile; with ``transaction_id``, nothing is sent once that
+        transaction no longer runs there. See :func:`.dispatch.set_limit`."""
         return await dispatch.set_limit(self, cp_id, connector_id, current_a, validity_s=validity_s,
-                                        retries=retries, backoff_s=backoff_s, verify=verify)
+                                        retries=retries, backoff_s=backoff_s, verify=verify,
+                                        transaction_id=transaction_id)
 
     async def set_limits(self, limits_a: dict[tuple[str, int], float], **kw) -> dict[tuple[str, int], DispatchRecord]:
         """:meth:`set_limit` for many (cp_id, connector) at once, concurrently."""
