@@ -156,3 +156,50 @@ async def test_a_car_leaving_during_the_dispatch_leaves_no_default_behind(versio
             assert station.applies_a(1, None) == cs.state.station("CP1").failsafe.accepted_a == 8.0
         finally:
             await st.close()
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_fallback_txdefault_is_taken_next_to_the_idle_default_and_counted_as_applied(version):
+    # H5 s15b: a 2.0.1 station following K01.FR.06 rejected the fallback (id 101, stack 0,
+    # EVSE 1) for the idle default (id 201, stack 0, EVSE 1) it held; the car sat at min(0 A
+    # idle default, 11 A station maximum) = 0 A while 11 A were counted. On 1.6 the fallback
+    # replaced the idle default, which then no longer guarded the connector after the car.
+    async with _served() as cs:
+        station = K01Station(version)
+        st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", version, answer=station).connect()
+        try:
+            await st.boot()
+            await eventually(lambda: cs.state.station("CP1").failsafe is not None)
+            idle = await cs.set_default_profile("CP1", 0.0, connector_id=1, validity_s=900,
+                                                profile_id=pr.IDLE_DEFAULT_ID_BASE + 1)
+            assert idle.purpose == pr.TX_DEFAULT
+            tx = await _start(st, version)
+            await eventually(lambda: cs.state.running("CP1"))
+            rec = await cs.set_limit("CP1", 1, 16.0)
+            assert rec.purpose == pr.TX_DEFAULT
+            assert station.applies_a(1, tx) == 16.0 and rec.accepted_a == station.applies_a(1, tx)
+            assert cs.state.snapshot()["offered_current_a"].iloc[0] == station.applies_a(1, tx)
+            # the car leaves: the fallback is cleared, the idle default guards the connector again
+            await _stop(st, version, tx)
+            await eventually(lambda: not any(p.id == pr.TX_DEFAULT_ID_BASE + 1 for p in station.held))
+            assert station.applies_a(1, None) == 0.0
+        finally:
+            await st.close()
+
+
+def test_status_names_the_default_the_station_applies():
+    # The API showed the 0 A idle default "in force" beside a fallback of a higher stack level,
+    # which is the one the station applies.
+    from types import SimpleNamespace
+
+    from nowblock.control.status import _profile_in_force
+
+    now = pr.utcnow()
+    held = [pr.Profile.from_payload(c, pr.build_profile("2.0.1", pr.TX_DEFAULT, a, connector_id=c, now=now,
+                                                        profile_id=pid, stack_level=lvl))
+            for c, a, pid, lvl in ((0, 8.0, 100, 0), (1, 0.0, 201, 0), (1, 16.0, 101, 1))]
+    prof, _ = _profile_in_force(SimpleNamespace(profiles=held), 1, "T-1", now, 230.0)
+    assert (prof.kind, prof.profile_id, prof.limit_a) == ("fallback_default", 101, 16.0)
+    assert pr.active_limit_a(held, 1, now, transaction_id="T-1") == prof.limit_a
+    prof, _ = _profile_in_force(SimpleNamespace(profiles=held[:2]), 1, None, now, 230.0)
+    assert (prof.kind, prof.limit_a) == ("idle_default", 0.0)

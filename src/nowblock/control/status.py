@@ -351,17 +351,21 @@ def _profile_in_force(st, connector_id: int, tx_id: str | None, now: datetime, v
             continue
         if p.connector_id not in (0, connector_id):
             continue
+        # By OCPP stacking (the station applies that one): a TxProfile first, then the
+        # TxDefault of the highest stack level, a connector's own before connector 0's.
         if p.purpose == TX:
             if tx_id is None or (p.transaction_id not in (None, tx_id)):
                 continue
-            kind, rank = "tx", 0
-        elif p.connector_id == connector_id and p.id >= IDLE_DEFAULT_ID_BASE:
-            kind, rank = "idle_default", 1
-        elif p.connector_id == connector_id and p.id >= TX_DEFAULT_ID_BASE:
-            kind, rank = "fallback_default", 2
+            kind, rank = "tx", (0, 0, 0)
         else:
-            kind, rank = "failsafe", 3
-        if best is None or (rank, -p.stack_level) < (best[0], -best[1].stack_level):
+            rank = (1, -p.stack_level, int(p.connector_id == 0))
+            if p.connector_id == connector_id and p.id >= IDLE_DEFAULT_ID_BASE:
+                kind = "idle_default"
+            elif p.connector_id == connector_id and p.id >= TX_DEFAULT_ID_BASE:
+                kind = "fallback_default"
+            else:
+                kind = "failsafe"
+        if best is None or rank < best[0]:
             best = (rank, p, kind)
     prof = None if best is None else ProfileInForce(best[2], best[1].purpose, best[1].id,
                                                     round(first_limit_a(best[1], voltage_v), 3), best[1].valid_to)

@@ -12,7 +12,11 @@ Every profile of the chain lives as long as the TxProfile it stands in for (``va
 refreshed by the control steps): a fallback that outlived the central system would hold a
 limit above the fail-safe share once nobody can lower it (an outside test: a 7-day TxDefault
 of 16 A on a station whose neighbours fell back to their 8 A fail-safe: 32 A on a 24 A grid
-after kill -9).
+after kill -9). The fallback TxDefault (id ``100 + c``) sits at stack level 1, above the idle
+default (id ``200 + c``) and the fail-safe (connector 0), both at level 0: a 2.0.1 station
+rejects a second profile of the same purpose, stack level and EVSE (K01.FR.06), and a 1.6
+station would let it replace the idle default, which then no longer guards the next car. It is
+cleared when the transaction ends (:meth:`CentralSystem.after_stop`).
 
 What a charger turns down is remembered on its :class:`~nowblock.ocpp.state.Station`
 (``refusals``): a purpose it answered NotSupported/NotImplemented is not sent again until it
@@ -137,6 +141,8 @@ async def set_limit(
                 attempts.append((purpose, "Skipped:TransactionEnded"))
                 break
             extra, amps = {}, current_a
+            if purpose == pr.TX_DEFAULT:
+                extra = dict(stack_level=pr.FALLBACK_DEFAULT_STACK_LEVEL)
             if purpose == pr.MAX_16:
                 # Its own id and a higher stack level, so it never replaces a station maximum set on
                 # purpose; and never above that one, which it overrides while it exists.

@@ -34,13 +34,17 @@ MAX_PURPOSES = (MAX_16, MAX_201)
 EXTERNAL = "ChargingStationExternalConstraints"  # 2.0.1: limits set by others (NotifyChargingLimit)
 
 #: Profile ids and stack levels the central system uses, so a new limit replaces the old one
-#: (same id) instead of piling up. Per connector/EVSE ``c``: TxDefault ``100 + c``, Tx ``1000 + c``; the station
-#: maximum 1 (stack level 0) and the fallback station maximum 2 (stack level 1); a controller's idle
-#: default on connector ``c`` is ``200 + c`` (TxDefault, stack level 0).
+#: (same id) instead of piling up. Per connector/EVSE ``c``: Tx ``1000 + c`` (stack level 1); the
+#: fallback TxDefault standing in for a refused TxProfile ``100 + c`` (stack level 1, so it
+#: neither collides with nor replaces the idle default: K01.FR.06 of 2.0.1 rejects a second
+#: profile of the same purpose, stack level and EVSE); a controller's idle default ``200 + c``
+#: (TxDefault, stack level 0); the fail-safe default 100 on connector 0 (stack level 0); the
+#: station maximum 1 (stack level 0) and the fallback station maximum 2 (stack level 1).
 STATION_MAX_ID = 1
 FALLBACK_MAX_ID = 2  # a station maximum sent only because nothing else was accepted (stack level 1)
 TX_DEFAULT_ID_BASE = 100
-IDLE_DEFAULT_ID_BASE = 200  # a controller's low default on an idle connector (same purpose and level: replaces 100 + c)
+IDLE_DEFAULT_ID_BASE = 200  # a controller's low default on an idle connector (TxDefault, stack level 0)
+FALLBACK_DEFAULT_STACK_LEVEL = 1  # the fallback TxDefault 100 + c: above the idle default and the fail-safe
 TX_ID_BASE = 1000
 STACK_LEVEL = {MAX_16: 0, MAX_201: 0, TX_DEFAULT: 0, TX: 1}
 
