@@ -7,6 +7,8 @@ cars short (demand met 0.8112 in EUR/kWh, 0.7790 with the same prices in EUR/MWh
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 import pytest
 
@@ -27,7 +29,7 @@ def _sessions() -> pd.DataFrame:
                          "departure": [T0 + pd.Timedelta("3h")], "energy_kwh": [10.0]})
 
 
-@pytest.mark.parametrize("eur", [300.0, 30.0, -500.0, 10.5])
+@pytest.mark.parametrize("eur", [300.0, 60.0, -500.0])
 def test_prices_beyond_the_ceiling_are_refused_with_the_unit(eur):
     prices = pd.Series([0.3, 0.3, eur, 0.3, 0.3, 0.3], index=IDX)
     with pytest.raises(ScenarioError) as err:
@@ -38,10 +40,25 @@ def test_prices_beyond_the_ceiling_are_refused_with_the_unit(eur):
 
 
 @pytest.mark.parametrize("eur", [0.3, -0.5, 4.0, 10.0])
-def test_plausible_prices_are_kept(eur):
-    """Day-ahead extremes (+4 and -0.5 EUR/kWh) and the ceiling itself (10 EUR/kWh) are prices."""
-    scn = Scenario(_site(), _sessions(), prices=pd.Series(eur, index=IDX))
+def test_plausible_prices_are_kept(eur, caplog):
+    """Day-ahead extremes (+4 and -0.5 EUR/kWh) and 10 EUR/kWh are prices, kept without a word."""
+    with caplog.at_level(logging.WARNING, logger="nowblock.block.scenario"):
+        scn = Scenario(_site(), _sessions(), prices=pd.Series(eur, index=IDX))
     assert scn.prices.max() == eur
+    assert not [r for r in caplog.records if "eur_per_kwh" in r.getMessage()]
+
+
+@pytest.mark.parametrize("eur", [12.14, 30.0, -11.0])
+def test_a_scarcity_retail_price_is_kept_with_a_warning(eur, caplog):
+    """Found by a review: 10 EUR/kWh refused a real retail price at an intraday scarcity hour
+    (9.999 EUR/kWh spot + 0.20 fees, x 1.19 VAT = 12.14 EUR/kWh). Beyond 10 EUR/kWh a price is
+    kept and warned about (ct/kWh given as EUR/kWh lands here too); beyond 50 it is refused."""
+    prices = pd.Series([0.3, 0.3, eur, 0.3, 0.3, 0.3], index=IDX)
+    with caplog.at_level(logging.WARNING, logger="nowblock.block.scenario"):
+        scn = Scenario(_site(), _sessions(), prices=prices)
+    assert scn.prices.iloc[2] == eur
+    warned = [r.getMessage() for r in caplog.records if "eur_per_kwh" in r.getMessage()]
+    assert len(warned) == 1 and f"{eur:g}" in warned[0] and "ct/kWh" in warned[0], warned
 
 
 def test_prices_file_names_its_line(tmp_path):

@@ -166,6 +166,7 @@ def _sessions_table() -> list[Field]:
 
 def _series_tables() -> dict[str, list[Field]]:
     from nowblock.block.scenario import MAX_PRICE_EUR_PER_KWH as price_max
+    from nowblock.block.scenario import PLAUSIBLE_PRICE_EUR_PER_KWH as price_warn
     from nowblock.block.sessions import TIME_MAX, TIME_MIN
 
     when = f"unique, {TIME_MIN:%Y-%m-%d} .. {TIME_MAX:%Y-%m-%d} UTC"
@@ -182,7 +183,8 @@ def _series_tables() -> dict[str, list[Field]]:
                   "Start of the interval the price holds for."),
             Field("eur_per_kwh", "number", "EUR/kWh", "required", f"-{price_max:g} .. {price_max:g}",
                   "Price of energy drawn in that interval (used by cost_eur and the MILP's objective). "
-                  f"Beyond {price_max:g} EUR/kWh either way it is refused (EUR/MWh or ct/kWh given as EUR/kWh?)."),
+                  f"Beyond {price_max:g} EUR/kWh either way it is refused (EUR/MWh given as EUR/kWh?); beyond "
+                  f"{price_warn:g} EUR/kWh it is warned about (a scarcity hour, or ct/kWh)."),
         ],
     }
 

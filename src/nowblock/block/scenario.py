@@ -102,12 +102,18 @@ def time_series(obj, name: str, what: str, tz: str | None = None) -> pd.Series |
 #: given where kW are expected.
 MAX_BASE_LOAD_RATIO = 100.0
 
-#: [EUR/kWh] A price beyond this (either sign) is refused: no European electricity market clears
-#: beyond it (the intraday market's limits are +-9999 EUR/MWh, the day-ahead's +4000 and
-#: -500 EUR/MWh), it is 25 times a typical household price (0.40 EUR/kWh) and half the MILP's
-#: default shortfall penalty (20 EUR/kWh), past which leaving a car empty would be cheaper than
-#: charging it. A series in EUR/MWh (300) or ct/kWh (30) read as EUR/kWh is past it.
-MAX_PRICE_EUR_PER_KWH = 10.0
+#: [EUR/kWh] A price beyond this (either sign) is refused: five times the most a European
+#: electricity market clears at (intraday: +-9999 EUR/MWh), and more than any retail tariff
+#: passing that through (9.999 EUR/kWh plus fees and VAT is about 12 EUR/kWh). A series in
+#: EUR/MWh read as EUR/kWh (30-300 on an ordinary day) is past it.
+MAX_PRICE_EUR_PER_KWH = 50.0
+
+#: [EUR/kWh] A price beyond this (either sign), but within :data:`MAX_PRICE_EUR_PER_KWH`, is
+#: warned about once: only a scarcity hour passed through to a retail tariff reaches it, and a
+#: series in ct/kWh read as EUR/kWh (20-45 for a household) lands here. It is half the MILP's
+#: default shortfall penalty (20 EUR/kWh), past which leaving a car empty is cheaper than
+#: charging it.
+PLAUSIBLE_PRICE_EUR_PER_KWH = 10.0
 
 #: Where the series of a Scenario being built by ``from_dir`` come from: what -> (file, line of
 #: each time), so that the checks in ``__post_init__`` can name the file and the line.
@@ -192,7 +198,8 @@ def _where(series: pd.Series, i: int, tz: str | None, lines: pd.Series | None) -
 
 def check_prices(prices: pd.Series | None, tz: str | None = None, what: str = "prices",
                  lines: pd.Series | None = None) -> None:
-    """Refuse prices that cannot be EUR/kWh: any beyond :data:`MAX_PRICE_EUR_PER_KWH` either way.
+    """Refuse prices that cannot be EUR/kWh: any beyond :data:`MAX_PRICE_EUR_PER_KWH` either way;
+    warn once about any beyond :data:`PLAUSIBLE_PRICE_EUR_PER_KWH` (a scarcity hour, or ct/kWh).
 
     Prices in EUR/MWh (300) or ct/kWh (30) were taken as EUR/kWh without a word: costs 1000 or
     100 times too high, and a MILP that weighs them against its shortfall penalty (20 EUR/kWh)
@@ -225,6 +232,15 @@ def check_prices(prices: pd.Series | None, tz: str | None = None, what: str = "p
             f"{what}: {_where(prices, i, tz, lines)}: eur_per_kwh {eur[i]:g} is beyond +-{MAX_PRICE_EUR_PER_KWH:g} "
             f"EUR/kWh, more than any electricity market clears at (intraday: +-9.999 EUR/kWh); expected EUR/kWh, "
             f"was it given in EUR/MWh or ct/kWh?")
+    odd = np.abs(eur) > PLAUSIBLE_PRICE_EUR_PER_KWH
+    if odd.any():
+        i = int(np.argmax(odd))
+        key = ("prices", what, float(eur[i]))
+        if key not in _warned:
+            _warned.add(key)
+            log.warning("%s: %s: eur_per_kwh %g is beyond +-%g EUR/kWh: only a scarcity hour passed through to "
+                        "a retail tariff costs that; expected EUR/kWh, was it given in ct/kWh?", what,
+                        _where(prices, i, tz, lines), eur[i], PLAUSIBLE_PRICE_EUR_PER_KWH)
 
 
 @dataclass
