@@ -296,6 +296,13 @@ async def test_restart_continues_transactions_energy_and_plan(store_url):
         cs2.state.on_connect(f"CP{i}", "2.0.1")
     _meter(cs2, clock, {0: 16.0, 1: 16.0})
     res = await ctl2.step()
+    # Still untrusted (their chargers may hold what the process before sent) until they took a
+    # limit of this process and their meters settled under it.
+    assert sorted(res.reserved) == ["CP0:tx0", "CP1:tx1"]
+    clock.advance(ctl2.settings.settle_s + 1)
+    took = dict(cs2.sent)  # the last limit each charger took
+    _meter(cs2, clock, {0: took["CP0"], 1: took["CP1"]})
+    res = await ctl2.step()
     assert res.reserved == [] and set(res.current_a.index) == {"CP0:tx0", "CP1:tx1"}
     store2.close()
 

@@ -496,6 +496,10 @@ class Controller:
         if self.needs_from_store:
             self._refit_needs(now)
         self.failsafe.keep(now)
+        restored = getattr(self.state, "restored_sessions", None)
+        if restored:  # restored from the store: untrusted until they take a limit of ours and follow it
+            self.loop.unconfirmed |= set(restored)
+            restored.clear()
         t0 = _time.perf_counter()
         obs = self.source.observe(now)
         if self.idle is not None:

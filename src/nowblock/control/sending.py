@@ -204,6 +204,8 @@ class Dispatcher:
             return False, None
         self.loop.record_sent(sid, limit_a, now)
         accepted = getattr(rec, "accepted_a", rec)
+        if accepted is not None:  # a restored car is trusted only once it took a limit of ours
+            self.loop.record_accepted(sid, limit_a, now)
         return True, None if accepted is None else float(accepted)
 
     def in_force_a(self, cars: pd.DataFrame, sid: str, accepted: float | None) -> float:

@@ -29,6 +29,7 @@ from nowblock.loop import closed_loop as cl
 from nowblock.loop.needs import NeedsEstimation
 from nowblock.loop.observation import Observation
 from nowblock.loop.calling import bypasses_safety, call_policy
+from nowblock.loop.restored import capped_at_draw, draw_caps_a, unconfirmed_mask
 from nowblock.loop.trials import less_offsets, start_trials
 from nowblock.seam import (BlockSnapshot, Policy, aligned_current_a, cached_constraint_rows, root_index,
                            safe_setpoints_a)
@@ -71,6 +72,10 @@ class StepContext:
     probing : frozenset
         Sessions offered their minimum on trial although seen drawing at a 0 A limit, whose
         answer to it has not settled yet (see :attr:`ControlStep.probe_due`).
+    draw_caps_a : pandas.Series
+        [A per phase] Per restored car not confirmed yet (:attr:`ControlStep.unconfirmed`): what
+        it draws now, the most it is sent (its charger may hold a limit this process does not
+        know of, above which any more may be a raise whose lowerings were not answered).
     """
 
     cars: pd.DataFrame
@@ -83,6 +88,7 @@ class StepContext:
     base_load_kw: pd.Series | None = None
     over_draw_ratio: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
     probing: frozenset = frozenset()
+    draw_caps_a: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,14 @@ class ControlStep:
         self.offsets: dict[str, float] = {}
         self.trial_candidates: dict[str, float] = {}  # this step: session -> its draw at 0 A [A], planned for a trial
         self._ignoring: set[str] = set()  # sessions whose last trial showed them ignoring their limit
+        # Live, after a restart: sessions found running (restored from the store), whose chargers
+        # may still apply what the dead process sent (or refuse every limit, unknown to this one).
+        # Each is untrusted ("stale": counted at its maximum) and sent no more than it draws until
+        # a limit sent by this process was accepted (``accepted``) and its meter settled under it
+        # (an outside test: counted as trusted at once, a refusing car's 0 A went out with the
+        # others' raises in one wave; 41 A on a 25 A feeder).
+        self.unconfirmed: set[str] = set()
+        self.accepted: dict[str, tuple[float, pd.Timestamp]] = {}  # session -> limit [A] accepted, when
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     def record_sent(self, session_id: str, limit_a: float, time: pd.Timestamp) -> None:
@@ -167,10 +181,18 @@ class ControlStep:
             if prev is not None:
                 self.before[session_id] = prev[0]
 
+    def record_accepted(self, session_id: str, limit_a: float, time: pd.Timestamp) -> None:
+        """Remember that the charger of ``session_id`` accepted ``limit_a`` [A] sent at ``time``
+        (since when it holds that limit: the same limit accepted again keeps the first time)."""
+        prev = self.accepted.get(session_id)
+        if prev is None or abs(prev[0] - float(limit_a)) > 1e-6:
+            self.accepted[session_id] = (float(limit_a), time)
+
     def forget(self, keep) -> None:
         """Drop what is kept for sessions not in ``keep`` (they ended)."""
         keep = set(keep)
-        for d in (self.sent, self.changed_at, self.before, self.over_ratio, self.probes, self.offsets):
+        self.unconfirmed &= keep
+        for d in (self.sent, self.changed_at, self.before, self.over_ratio, self.probes, self.offsets, self.accepted):
             for sid in [s for s in d if s not in keep]:
                 del d[sid]
         self.full &= keep
@@ -215,6 +237,8 @@ class ControlStep:
         last = _ns(cars["last_meter"])
         ref = np.where(last != _NAT, last, _ns(cars["arrival"]))
         stale = ((now.value - ref) > s.stale_after_s * 1e9) & connected
+        restored = unconfirmed_mask(self, cars, last, measured, offered) if self.unconfirmed else np.zeros(n, bool)
+        stale = stale | (restored & connected)
         # Over its limit: once the limit had time to act, or at once when the draw is above both
         # the new limit and the one before it (a car cannot legitimately exceed either).
         before = np.array([self.before.get(x, np.nan) for x in ids_all], dtype=float)
@@ -264,7 +288,8 @@ class ControlStep:
         committed = np.zeros(n)
         if untrusted.any():
             meas0 = np.nan_to_num(measured, nan=0.0)
-            in_force = np.where(col["limit_known"].astype(bool), offered, max_a)  # no limit: its maximum
+            # No limit known, or one only a process before this may have sent: its maximum.
+            in_force = np.where(col["limit_known"].astype(bool) & ~restored, offered, max_a)
             committed = np.select([over, holding], [np.maximum(meas0 + s.margin_a, offered), np.fmax(offered, pending)],
                                   default=np.minimum(np.maximum(in_force, meas0), np.maximum(max_a, meas0)))
             if trial.any() or self.offsets:
@@ -383,6 +408,7 @@ class ControlStep:
             base_load_kw=obs.base_load_kw,
             over_draw_ratio=over_ratio,
             probing=frozenset(cars.index[trial]),
+            draw_caps_a=draw_caps_a(self, cars.index[restored & connected], measured[restored & connected]),
         )
         return snap, ctx
 
@@ -486,6 +512,8 @@ class ControlStep:
                 # phase alone, paused it, and the offers broke the limit). Only lowers, so the
                 # fuse rows above still hold.
                 x = safe_setpoints_a(snap, x)
+        if len(ctx.draw_caps_a):
+            x = capped_at_draw(snap, x, ctx.draw_caps_a)
         if self.offsets:
             x = less_offsets(self.offsets, snap, x)
         if len(ctx.over_draw_ratio):
@@ -627,3 +655,4 @@ def _scaled_for_over_draw(snap: BlockSnapshot, x: np.ndarray, ratio: pd.Series) 
         scaled = np.floor(np.where(np.isfinite(r) & (r > 1.0), x[pos] / r, 0.0) / step + 1e-9) * step
     x[pos] = np.where(scaled >= lo - 1e-9, np.minimum(scaled, x[pos]), 0.0)
     return x
+

@@ -232,7 +232,9 @@ def restore_state(state, store) -> int:
     """Load running transactions (energy so far, needs) from ``store`` into ``state``.
 
     Call before the central system accepts connections. Restored transactions have no fresh
-    meter value, so the controller counts them at their maximum until their charger reports.
+    meter value, so the controller counts them at their maximum until their charger reports,
+    and after that until their charger took a limit the controller sent and the meter settled
+    under it (their session ids are ``state.restored_sessions``, which the controller takes).
     1.6 transaction ids continue above the largest one stored. Returns how many were restored.
     A station the store holds as connected is recorded as disconnected (none is connected to a
     process that has just started; its disconnect record was lost to a failed write or a crash).
@@ -243,6 +245,9 @@ def restore_state(state, store) -> int:
     Their count is ``state.restore_skipped``.
     """
     state.restore_skipped = 0
+    # The sessions restored: a controller counts each as untrusted until it takes a limit of its
+    # own and follows it (its charger may hold what the process before sent, or refuse limits).
+    state.restored_sessions = set()
     _mark_disconnected(state, store)
     try:
         top = int(store.max_numeric_transaction_id())
@@ -263,7 +268,7 @@ def restore_state(state, store) -> int:
                         r["transaction_id"], r["charge_point_id"])
             continue
         try:
-            _restore_one(state, r)
+            state.restored_sessions.add(_restore_one(state, r))
         except Exception as exc:
             state.restore_skipped += 1
             log.error("stored transaction %s on %s cannot be read (%r): skipped", r.get("transaction_id"),
@@ -295,7 +300,7 @@ def _mark_disconnected(state, store) -> None:
         log.error("could not record the stations not connected since the start (%r)", exc)
 
 
-def _restore_one(state, r) -> None:
+def _restore_one(state, r) -> str:
     arrival = r["arrival"]
     if pd.isna(arrival):
         raise ValueError("no readable start time")
@@ -317,3 +322,4 @@ def _restore_one(state, r) -> None:
         t.departure = departure
         if pd.notna(r["energy_requested_kwh"]):
             t.energy_requested_kwh = float(r["energy_requested_kwh"])
+    return t.session_id
