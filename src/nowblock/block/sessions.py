@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from nowblock.block.site import MAX_CHARGE_POINT_CURRENT_A
-
 if TYPE_CHECKING:
     from nowblock.block.site import Site
 
@@ -252,6 +250,10 @@ def _validate(df: pd.DataFrame, site: "Site | None") -> pd.DataFrame:
     if fractional.any():
         raise SessionsError(f"{_row_name(df, int(np.argmax(fractional)))}: phases must be 1, 2 or 3")
     df["phases"] = df["phases"].astype(np.int64)
+
+    # Here, not at the top: the forecasters import this module for its time range, and must stay
+    # light (tests/test_forecast_base_load.py::test_base_load_import_stays_light).
+    from nowblock.block.site import MAX_CHARGE_POINT_CURRENT_A
 
     checks = [
         (df["departure"] <= df["arrival"], "departure is not after arrival"),
