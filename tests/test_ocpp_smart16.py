@@ -54,7 +54,8 @@ async def test_tc066_get_composite_schedule_returns_floats_matching_stacking():
             await eventually(lambda: cs.state.running("CP1"))
             now = pr.utcnow()
             two_periods = pr.build_profile("1.6", pr.TX_DEFAULT, 16.0, connector_id=1, now=now, validity_s=3600)
-            two_periods["charging_schedule"]["charging_schedule_period"].append({"start_period": 1860, "limit": 8.4})
+            two_periods["charging_schedule"]["charging_schedule_period"].append(
+                {"start_period": pr.CLOCK_SKEW_S + 1800, "limit": 8.4})  # 30 min from now
             assert await cs.send_raw_profile("CP1", 1, two_periods) == "Accepted"
             assert (await cs.set_station_max("CP1", 12.3)).purpose == pr.MAX_16
             res = await cs.get_composite_schedule("CP1", 1, duration_s=3600)

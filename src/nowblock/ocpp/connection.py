@@ -194,6 +194,7 @@ class CsmsConnection:
 
     async def _route_call(self, msg: Call) -> None:
         try:
+            self.state.stations[self.id].clock.observe(msg.payload, self.state.clock(), self.id)
             # OCPP-J (1.6 Table 7, 2.0.1 Part 4 §4.2.3): an action the receiver does not know is
             # NotImplemented, one it knows but does not support NotSupported. The ocpp library
             # answers the other way round (its two error classes swap the descriptions), so both

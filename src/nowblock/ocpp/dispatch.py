@@ -77,7 +77,9 @@ async def send_profile(
             now=cs.state.clock(), profile_id=profile_id, stack_level=stack_level,
         )
         try:
-            answer = await conn.set_profile(target, payload)
+            # In the station's clock (it applies no profile it thinks is not yet or no longer
+            # valid); the state keeps ours, in which it evaluates what the station applies.
+            answer = await conn.set_profile(target, pr.in_station_clock(payload, st.clock.offset_s))
         except asyncio.TimeoutError:
             answer = "Timeout"
         except CallErrorReceived as exc:
@@ -223,8 +225,8 @@ async def read_applied_limit(cs: "CentralSystem", cp_id: str, connector_id: int,
     lim = None
     periods = tuple(res["periods"])
     if res["status"] == "Accepted" and periods:
-        start = res.get("start")
-        elapsed = 0.0 if start is None else max((cs.state.clock() - start).total_seconds(), 0.0)
+        start = res.get("start")  # by the station's clock
+        elapsed = 0.0 if start is None else max((cs.state.clock() - start).total_seconds() + st.clock.offset_s, 0.0)
         lim = [p[1] for p in sorted(periods) if p[0] <= elapsed][-1:] or [periods[0][1]]
         lim = float(lim[0])
         if res.get("unit") == "W":

@@ -49,7 +49,11 @@ TX_ID_BASE = 1000
 STACK_LEVEL = {MAX_16: 0, MAX_201: 0, TX_DEFAULT: 0, TX: 1}
 
 LIMIT_STEP = 0.1  # OCPP 1.6 limits: multipleOf 0.1
-CLOCK_SKEW_S = 60
+#: [s] How far before now a profile's ``validFrom`` and ``startSchedule`` lie. A single-period
+#: schedule may start any time before now, and a station whose clock lags ours further than
+#: this ignores the profile until its clock gets there (60 s let a station one hour behind
+#: ignore every profile, the fail-safe included, until its offset could be estimated).
+CLOCK_SKEW_S = 86400
 
 
 def utcnow() -> datetime:
@@ -123,7 +127,7 @@ def build_profile(
     if purpose == TX and transaction_id is None:
         raise ValueError("a TxProfile needs the transaction id it applies to")
     now = now or utcnow()
-    # Start a little in the past so a charger whose clock lags ours still applies it now.
+    # Start well in the past so a charger whose clock lags ours still applies it now.
     start = now - timedelta(seconds=CLOCK_SKEW_S)
     if profile_id is None:
         profile_id = {TX: TX_ID_BASE + connector_id, TX_DEFAULT: TX_DEFAULT_ID_BASE + connector_id}.get(
@@ -148,6 +152,24 @@ def build_profile(
         if transaction_id is not None and purpose == TX:
             prof["transaction_id"] = int(transaction_id)
     return prof
+
+
+def in_station_clock(profile: dict, offset_s: float) -> dict:
+    """A copy of ``profile`` (as built by :func:`build_profile`) whose ``valid_from``,
+    ``valid_to`` and ``start_schedule`` are moved by ``offset_s`` [s], the station's clock minus
+    ours, so that they mean the same instants by the station's clock."""
+    if not offset_s:
+        return profile
+    d = timedelta(seconds=float(offset_s))
+
+    def move(x: dict) -> dict:
+        return {k: (iso(parse_time(v) + d) if k in ("valid_from", "valid_to", "start_schedule") and v else v)
+                for k, v in x.items()}
+
+    out = move(profile)
+    sched = profile["charging_schedule"]
+    out["charging_schedule"] = [move(x) for x in sched] if isinstance(sched, list) else move(sched)
+    return out
 
 
 # ---- evaluation ------------------------------------------------------------------------------

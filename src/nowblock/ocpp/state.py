@@ -25,7 +25,7 @@ import pandas as pd
 
 from nowblock.seam import CAR_COLUMNS
 from nowblock.ocpp import profiles as pr
-from nowblock.ocpp.edge import checked_stop
+from nowblock.ocpp.edge import ClockOffset, checked_stop
 from nowblock.ocpp.events import Event, EventKind, Subscription
 from nowblock.ocpp.meter import phases_from_currents, phases_from_power
 from nowblock.block.site import Site
@@ -173,6 +173,8 @@ class Station:
     #: The station's meter has read every phase's current at least once: a car's phases it
     #: declares (NotifyEVChargingNeeds) can then be checked by its next reading, and are planned.
     phased_meter: bool = False
+    #: Its clock's offset from ours, from its timestamps: the times of the profiles it is sent.
+    clock: ClockOffset = field(default_factory=ClockOffset)
 
     def refused(self, what: str, *, transaction_id=None, now: datetime | None = None,
                 memory_s: float = math.inf) -> Refusal | None:
