@@ -504,7 +504,9 @@ class ControlStep:
             # its charger's real draw does not depend on it); the trusted ones are made safe
             # against what the untrusted may really draw until then.
             doubt = index.isin(list(ctx.untrusted))
-            x[~doubt] = safe_setpoints_a(_fuse_rows_only(ctx.safety), x[~doubt])
+            fuses_only = _fuse_rows_only(ctx.safety)
+            planned = x[~doubt]
+            x[~doubt] = cl.refill_a(fuses_only, planned, safe_setpoints_a(fuses_only, planned))
             if snap.site.max_unbalance_a is not None:
                 # The unbalance limit bounds what the chargers are offered, the untrusted cars'
                 # offers included: checked on the whole vector (rows of the trusted cars alone
