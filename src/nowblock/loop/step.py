@@ -256,7 +256,10 @@ class ControlStep:
             i = cars.index.get_loc(sid)
             if settled[i]:
                 rise = measured[i] - self.probes[sid]
-                if np.isfinite(rise) and offered[i] - s.under_draw_a <= rise <= offered[i] + s.over_draw_a:
+                # Only a trial whose minimum came into force tells anything: refused by the charger
+                # or zeroed by the unbalance pass, a flat reading at 0 A "rose" by 0 = the limit.
+                tried = np.isfinite(offered[i]) and offered[i] >= min_a[i] - 0.05
+                if tried and np.isfinite(rise) and offered[i] - s.under_draw_a <= rise <= offered[i] + s.over_draw_a:
                     self.offsets[sid] = self.probes[sid]
                     log.info("%s: follows its limit with %.1f A read on top of it", sid, self.offsets[sid])
                     self.over_ratio.pop(sid, None)
