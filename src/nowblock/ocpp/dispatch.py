@@ -57,8 +57,13 @@ async def send_profile(
     st = cs.state.station(cp_id)
     cp = cs.site.charge_point(cp_id)
     t = cs.state.running_on(cp_id, connector_id) if purpose == pr.TX else None
-    # Watts need the car's phase count; when unknown, 1 phase is the assumption that cannot overload.
-    phases = (t.phases_used if t is not None and t.phases_used else 1) if st.rate_unit == "W" else cp.phases
+    # Watts need the car's phase count. The power counts on the phases the meter showed it uses
+    # (unknown: 1, which cannot overload a phase, whatever the car does); numberPhases is what it
+    # is planned on (unknown: every phase of its point), never 1 for a car planned on 3, which
+    # told a 3-phase car to draw 32 A on L1 alone and kept it planned on one phase for good.
+    known = t.phases_used if t is not None and t.phases_used else None
+    phases = (known or 1) if st.rate_unit == "W" else cp.phases
+    planned = min(known or cp.phases, cp.phases)
     target = 0 if purpose in pr.MAX_PURPOSES else connector_id
     refused = st.refused(purpose, transaction_id=None if t is None else t.transaction_id, now=cs.state.clock(),
                          memory_s=cs.refusal_memory_s)
@@ -74,7 +79,7 @@ async def send_profile(
         payload = pr.build_profile(
             conn.version, purpose, current_a, connector_id=target, validity_s=validity_s, unit=st.rate_unit,
             phases=phases, voltage_v=cs.site.voltage_v, transaction_id=None if t is None else t.transaction_id,
-            now=cs.state.clock(), profile_id=profile_id, stack_level=stack_level,
+            now=cs.state.clock(), profile_id=profile_id, stack_level=stack_level, number_phases=planned,
         )
         try:
             # In the station's clock (it applies no profile it thinks is not yet or no longer
@@ -231,7 +236,7 @@ async def read_applied_limit(cs: "CentralSystem", cp_id: str, connector_id: int,
         lim = float(lim[0])
         if res.get("unit") == "W":
             t = cs.state.running_on(cp_id, connector_id)
-            phases = (t.phases_used if t is not None and t.phases_used else None) or cs.site.charge_point(cp_id).phases
+            phases = t.phases_used if t is not None and t.phases_used else 1  # unknown: all may be on one
             lim = lim / (cs.site.voltage_v * phases)
         if not math.isfinite(lim) or lim < 0:
             lim = None

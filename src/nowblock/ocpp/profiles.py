@@ -113,8 +113,13 @@ def build_profile(
     transaction_id: str | int | None = None,
     profile_id: int | None = None,
     stack_level: int | None = None,
+    number_phases: int | None = None,
 ) -> dict:
     """One Absolute charging profile limiting to ``current_a`` [A] for ``validity_s`` [s].
+
+    In watts (``unit`` 'W') the limit is ``current_a`` x ``phases`` x ``voltage_v`` and the
+    period's ``numberPhases`` is ``number_phases`` (default ``phases``): the phases the car may
+    use, which may be more than the power counts on.
 
     ``version`` is "1.6" or "2.0.1"; ``purpose`` one of TxProfile, TxDefaultProfile,
     ChargePointMaxProfile (1.6) / ChargingStationMaxProfile (2.0.1; either name is accepted
@@ -135,7 +140,8 @@ def build_profile(
         )
     level = STACK_LEVEL[purpose] if stack_level is None else stack_level
     limit = limit_value(current_a, unit, phases, voltage_v)
-    sched = _schedule(limit, unit, start, validity_s + CLOCK_SKEW_S, None if unit == "A" else phases, v201)
+    sched = _schedule(limit, unit, start, validity_s + CLOCK_SKEW_S,
+                      None if unit == "A" else (number_phases or phases), v201)
     prof = {
         "stack_level": level,
         "charging_profile_purpose": purpose,
@@ -228,7 +234,10 @@ class Profile:
         )
 
     def limit_at(self, t: datetime, tx_start: datetime | None, voltage_v: float, phases: int) -> float | None:
-        """Limit [A per phase] this profile sets at ``t``, or None when it does not apply then."""
+        """Limit [A per phase] this profile sets at ``t``, or None when it does not apply then.
+
+        A limit in watts is spread over the phases the car uses, ``phases`` (pass 1 when they
+        are unknown: the most one phase may carry), at most the period's ``numberPhases``."""
         if self.valid_from is not None and t < self.valid_from:
             return None
         if self.valid_to is not None and t >= self.valid_to:
@@ -244,7 +253,7 @@ class Profile:
             return None
         q = current[-1]
         if self.unit == "W":
-            n = q.number_phases or phases
+            n = max(min(q.number_phases or phases, phases), 1)
             return q.limit / (voltage_v * n)
         return q.limit
 

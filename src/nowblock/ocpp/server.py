@@ -86,6 +86,7 @@ class CentralSystem:
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
         self._server = None
+        self.state.add_listener(self._on_event)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> "CentralSystem":
@@ -259,6 +260,22 @@ class CentralSystem:
                 self.state.on_profiles_cleared(cp_id, profile_id=pid)
         except Exception as exc:
             log.warning("%s: could not clear fallback TxDefault %s: %r", cp_id, pid, exc)
+
+    def _on_event(self, ev) -> None:
+        # A car at a station taking watts whose phases its meter just showed: its limit went
+        # out as the power of one phase (numberPhases its planned count); the same limit again
+        # is now the power of all of them, at once rather than at the next refresh (an outside
+        # test: a 3-phase car at 32 A drew 10.7 A per phase for the profile's half-life).
+        if ev.kind != "meter" or not ev.data.get("phases_known") or int(ev.data["phases_known"]) < 2:
+            return
+        rec = self.state.station(ev.cp_id).dispatch.get(ev.connector_id)
+        if rec is None or rec.purpose is None or ev.transaction_id is None:
+            return
+        try:
+            self.spawn(self.set_limit(ev.cp_id, ev.connector_id, rec.wanted_a, transaction_id=ev.transaction_id),
+                       name=f"phases-known-{ev.cp_id}")
+        except RuntimeError:  # no running loop (a state replayed offline): the next step sends it
+            pass
 
     # ---- the controller's API -----------------------------------------------------------------
     def connection(self, cp_id: str) -> ChargePoint16 | ChargePoint201 | None:

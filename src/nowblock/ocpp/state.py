@@ -397,6 +397,8 @@ class LiveState:
                 # power still shows a car drawing on more phases than it declared or was seen on.
                 ph = phases_from_power(t.current_a, reading.get("power_w"), self.site.voltage_v, t.phases_used)
             if ph is not None:  # a car drawing nothing tells nothing about its phases
+                if t.phases_used is None and self.stations[cp_id].rate_unit == "W":
+                    reading = {**reading, "phases_known": ph}  # its power may now count on them
                 if t.phases_used is not None and ph > t.phases_used:
                     # A car planned on fewer phases draws on more (a 1-phase start, then 3): the
                     # phases it was not planned on may be full; the controller steps at once.
@@ -557,9 +559,10 @@ class LiveState:
         t = self.running_on(cp_id, connector_id)
         cp = self.site.charge_point(cp_id)
         now = now or self.clock()
+        # A limit in watts: per phase over the phases the car uses; unknown, all on one phase.
         kw = dict(transaction_id=None if t is None else t.transaction_id,
                   tx_start=None if t is None else t.start, voltage_v=self.site.voltage_v,
-                  phases=(t.phases_used if t is not None and t.phases_used else cp.phases))
+                  phases=min(t.phases_used, cp.phases) if t is not None and t.phases_used else 1)
         lim = pr.active_limit_a(st.profiles, connector_id, now, **kw)
         if st.unanswered and lim is not None:  # None: no limit applies, nothing is higher
             maybe = st.profiles
