@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ocpp import charge_point as _lib
-from ocpp.exceptions import OCPPError
+from jsonschema.exceptions import ValidationError as _SchemaError
+from ocpp.exceptions import FormatViolationError, OCPPError, PropertyConstraintViolationError
 from ocpp.messages import Call, CallError, CallResult, MessageType
 from ocpp.v16.enums import Action as _Action16
 from ocpp.v201.enums import Action as _Action201
@@ -233,7 +234,10 @@ class CsmsConnection:
         handlers = self.route_map[msg.action]  # type: ignore[attr-defined]
         check = not handlers.get("_skip_schema_validation", False)
         if check:
-            await _lib.validate_payload(msg, self._ocpp_version)
+            try:
+                await _lib.validate_payload(msg, self._ocpp_version)
+            except FormatViolationError as exc:
+                raise _value_error(exc) from None
         response = handlers["_on_action"](**_lib.camel_to_snake_case(msg.payload))
         if inspect.isawaitable(response):
             response = await response
@@ -264,6 +268,21 @@ class CsmsConnection:
 
 #: The statuses a SetChargingProfile answer may carry (both versions).
 PROFILE_STATUSES = frozenset({"Accepted", "Rejected", "NotSupported"})
+
+
+#: Schema keywords a well-formed field of the right type breaks by its value: OCPP-J (1.6 and
+#: 2.0.1) calls that PropertyConstraintViolation ("at least one field contains an invalid
+#: value"); the ``ocpp`` library answers them FormatViolation.
+_VALUE_KEYWORDS = frozenset({"enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                             "multipleOf"})
+
+
+def _value_error(exc: FormatViolationError) -> OCPPError:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, _SchemaError) and cause.validator in _VALUE_KEYWORDS:
+        where = "/".join(str(p) for p in cause.absolute_path) or "payload"
+        return PropertyConstraintViolationError(details={"cause": f"{where}: {cause.message}"[:300]})
+    return exc
 
 
 def profile_status(res) -> str:
