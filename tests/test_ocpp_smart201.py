@@ -39,9 +39,12 @@ async def test_k02_txprofile_without_transaction_is_rejected():
             assert await cs.send_raw_profile("CP1", 1, p) == "Rejected"
             assert not any(q.purpose == pr.TX for q in cs.state.station("CP1").profiles)
             await sim.unplug()
-            # with nothing running, a limit is never sent as a TxProfile
+            # with nothing running, a limit is never sent as a TxProfile; just after the car left, not
+            # at all (it was decided for that car: as the connector's default it would outlive it)
+            sent = len(sim.received)
             rec = await cs.set_limit("CP1", 1, 12.0)
-            assert rec.attempts == [(pr.TX_DEFAULT, "Accepted")]
+            assert rec.purpose is None and rec.attempts == [(pr.TX, "Skipped:TransactionEnded")]
+            assert len(sim.received) == sent
 
 
 async def test_k03_charging_station_max_profile_caps_every_evse():

@@ -149,9 +149,12 @@ async def test_a_car_leaving_during_the_dispatch_leaves_no_default_behind(versio
             rec = await cs.set_limit("CP1", 1, 16.0, retries=1, backoff_s=0.3)
             assert rec.purpose is None and rec.attempts[-1] == (pr.TX_DEFAULT, "Skipped:TransactionEnded")
             assert not [p for p in station.held if p.connector_id == 1]
-            # a limit decided for a transaction that has ended by the time it is sent: nothing goes out
+            # a limit decided for a transaction that has ended by the time it is sent: nothing goes out,
+            # named or not (the step that decided it may not name it)
             sent = len(st.received)
             rec = await cs.set_limit("CP1", 1, 16.0, transaction_id=tx)
+            assert rec.purpose is None and len(st.received) == sent
+            rec = await cs.set_limit("CP1", 1, 16.0)
             assert rec.purpose is None and len(st.received) == sent
             assert station.applies_a(1, None) == cs.state.station("CP1").failsafe.accepted_a == 8.0
         finally:

@@ -126,7 +126,8 @@ async def set_limit(
     too. ``transaction_id``, when given, is the transaction the limit was decided for: if it no
     longer runs on the connector (the car left while the step ran), or ends while the chain is
     tried, nothing (more) is sent, so a departed car's limit never becomes the connector's
-    default. Returns (and records in the state) which purpose the charger accepted and the
+    default; without it, nothing is sent to a connector whose transaction ended in the last
+    :data:`RECENT_STOP_S`. Returns (and records in the state) which purpose the charger accepted and the
     limit it applies by the profiles it holds; with ``verify`` that limit is read back with
     GetCompositeSchedule instead.
     """
@@ -138,7 +139,10 @@ async def set_limit(
         attempts: list[tuple[str, str]] = []
         t = cs.state.running_on(cp_id, connector_id)
         chain = ([pr.TX] if t is not None else []) + [pr.TX_DEFAULT, pr.MAX_16]
-        if transaction_id is not None and (t is None or str(t.transaction_id) != str(transaction_id)):
+        if (transaction_id is not None and (t is None or str(t.transaction_id) != str(transaction_id))) or (
+                transaction_id is None and t is None and _just_ended(cs, cp_id, connector_id)):
+            # The car the limit was decided for has left (the step ran while it unplugged): as the
+            # connector's default, its limit would outrank the idle default for the next car.
             attempts.append((pr.TX, "Skipped:TransactionEnded"))
             chain = []
         accepted = None
@@ -173,6 +177,18 @@ async def set_limit(
             log.warning("%s/%s: no profile accepted for %.1f A (%s)", cp_id, connector_id, current_a, attempts)
         cs.state.on_dispatch(cp_id, connector_id, rec)
         return rec
+
+
+#: [s] A limit for a connector whose transaction ended this recently, sent without naming the
+#: transaction, was decided for the car that left, not for the connector: it is not sent.
+RECENT_STOP_S = 60.0
+
+
+def _just_ended(cs: "CentralSystem", cp_id: str, connector_id: int) -> bool:
+    now = cs.state.clock()
+    return any(t.cp_id == cp_id and t.connector_id == connector_id and t.stop is not None
+               and -RECENT_STOP_S <= (now - t.stop).total_seconds() <= RECENT_STOP_S
+               for t in list(cs.state.transactions.values()))
 
 
 async def _lift_fallback_max(cs: "CentralSystem", cp_id: str, current_a: float, attempts) -> None:
