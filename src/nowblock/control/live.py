@@ -51,7 +51,8 @@ class LiveBlock:
     base_load_meter : callable, optional
         ``now -> kW``: a meter feed of the other load now (None or NaN: unknown).
     prices : pandas.Series, optional
-        [EUR/kWh] Prices over UTC time.
+        [EUR/kWh] Prices over timezone-aware times; beyond +-50 EUR/kWh refused, beyond +-10
+        warned about (:func:`nowblock.block.scenario.check_prices`).
     operator : OperatorInputs, optional
         Caps, dimming, residents' needs and points out of service, applied to every observation
         (:meth:`nowblock.control.operator.OperatorInputs.apply`).
@@ -73,6 +74,15 @@ class LiveBlock:
         self.forecaster = forecaster
         self.base_load_history = base_load_history
         self.base_load_meter = base_load_meter
+        if prices is not None:
+            from nowblock.block.scenario import check_prices
+
+            if not isinstance(prices, pd.Series) or getattr(prices.index, "tz", None) is None:
+                raise TypeError("prices: expected a pandas Series [EUR/kWh] over timezone-aware times, "
+                                f"got {type(prices).__name__}")
+            # As a scenario's and optimize's prices: EUR/MWh given as EUR/kWh was planned on
+            # without a word (300 EUR/kWh against the 20 EUR/kWh shortfall penalty).
+            check_prices(prices, site.timezone, "prices")
         self.prices = prices
         self.operator = operator
         if not (0.0 <= float(base_load_margin) < 10.0):
