@@ -509,7 +509,7 @@ class Controller:
         self._committed = dict(zip(ctx.committed_a.index.tolist(), ctx.committed_a.to_numpy(float).tolist()))
         t1 = _time.perf_counter()
         new_cars = any(sid not in self.loop.sent for sid in snap.cars.index)
-        decision, name, status = await self.decide(ctx.for_policy(snap), new_cars=new_cars)
+        decision, name, status = await self.decide(snap, new_cars=new_cars)
         t2 = _time.perf_counter()
         targets = self.loop.finish(snap, ctx, decision.current_a)
         accepted = await self.sender.dispatch(targets, ctx, now)

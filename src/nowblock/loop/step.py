@@ -31,7 +31,6 @@ from nowblock.loop.observation import Observation
 from nowblock.loop.calling import bypasses_safety, call_policy
 from nowblock.loop.restored import capped_at_draw, draw_caps_a, unconfirmed_mask
 from nowblock.loop.trials import less_offsets, start_trials
-from nowblock.loop.valuation import policy_view
 from nowblock.seam import (BlockSnapshot, Policy, aligned_current_a, cached_constraint_rows, root_index,
                            safe_setpoints_a)
 
@@ -77,10 +76,6 @@ class StepContext:
         [A per phase] Per restored car not confirmed yet (:attr:`ControlStep.unconfirmed`): what
         it draws now, the most it is sent (its charger may hold a limit this process does not
         know of, above which any more may be a raise whose lowerings were not answered).
-    policy_view : BlockSnapshot or None
-        The policy's snapshot where it differs from the safety net's (see
-        :func:`nowblock.loop.valuation.policy_view`): a trusted car drawing less than offered
-        whose reading has not settled is shown without it, a paused one at its last draw ratio.
     """
 
     cars: pd.DataFrame
@@ -94,11 +89,6 @@ class StepContext:
     over_draw_ratio: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
     probing: frozenset = frozenset()
     draw_caps_a: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
-    policy_view: BlockSnapshot | None = None
-
-    def for_policy(self, snap: BlockSnapshot) -> BlockSnapshot:
-        """The snapshot the policy decides on: :attr:`policy_view` when set, else ``snap``."""
-        return snap if self.policy_view is None else self.policy_view
 
 
 @dataclass(frozen=True)
@@ -179,7 +169,6 @@ class ControlStep:
         # (an outside test: counted as trusted at once, a refusing car's 0 A went out with the
         # others' raises in one wave; 41 A on a 25 A feeder).
         self.unconfirmed: set[str] = set()
-        self.draws_a: dict[str, float] = {}  # session -> what it last drew while offered [A] (loop.valuation)
         self.accepted: dict[str, tuple[float, pd.Timestamp]] = {}  # session -> limit [A] accepted, when
 
     # ---- bookkeeping ---------------------------------------------------------------------------
@@ -203,8 +192,7 @@ class ControlStep:
         """Drop what is kept for sessions not in ``keep`` (they ended)."""
         keep = set(keep)
         self.unconfirmed &= keep
-        for d in (self.sent, self.changed_at, self.before, self.over_ratio, self.probes, self.offsets, self.accepted,
-                  self.draws_a):
+        for d in (self.sent, self.changed_at, self.before, self.over_ratio, self.probes, self.offsets, self.accepted):
             for sid in [s for s in d if s not in keep]:
                 del d[sid]
         self.full &= keep
@@ -403,10 +391,6 @@ class ControlStep:
             # cannot change, so the setpoints are made safe against the block as observed.
             snap.values("min_current_a"), snap.values("max_current_a"), snap.values("priority")
             cached_constraint_rows(snap)
-        # The policy's own view of cars drawing less than offered (loop.valuation); the safety
-        # net reads the snapshot as observed.
-        view = policy_view(self.draws_a, snap, trusted, settled[connected], measured[connected],
-                           offered[connected], s.under_draw_a)
         reason = np.full(n, "", dtype=object)
         for mask, why in ((holding, "holding"), (over, "over_draw"), (stale, "stale"), (offline, "offline")):
             reason[mask] = why
@@ -427,7 +411,6 @@ class ControlStep:
             base_load_kw=obs.base_load_kw,
             over_draw_ratio=over_ratio,
             probing=frozenset(cars.index[trial]),
-            policy_view=view,
             draw_caps_a=draw_caps_a(self, cars.index[restored & connected], measured[restored & connected]),
         )
         return snap, ctx
@@ -557,7 +540,7 @@ class ControlStep:
         t0 = _time.perf_counter()
         snap, ctx = self.prepare(obs)
         t1 = _time.perf_counter()
-        decision, name, status = call_policy(policy, fallback, ctx.for_policy(snap))
+        decision, name, status = call_policy(policy, fallback, snap)
         t2 = _time.perf_counter()
         x = self.finish(snap, ctx, decision.current_a, safe=not bypasses_safety(policy))
         for sid, a in zip(x.index, x.to_numpy()):
