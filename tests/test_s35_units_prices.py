@@ -87,3 +87,13 @@ def test_cli_prices_in_eur_per_mwh_is_one_line_exit_2(tmp_path, capsys):
     head = f"nowblock simulate: {tmp_path / 'scn' / 'prices.csv'}: line 2 (2026-03-02T17:00:00+01:00): eur_per_kwh 300 "
     assert err[0].startswith(head) and "expected EUR/kWh" in err[0] and "internal error" not in err[0], err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("unit, values", [("EUR/MWh on a windy day", [2.0, 15.0, 22.0, 31.0, 48.0, 12.0]),
+                                          ("ct/kWh", [28.0, 31.0, 35.0, 42.0, 30.0, 29.0])])
+def test_a_whole_series_in_another_unit_is_refused(unit, values):
+    """Found by a review: a day of 2-48 EUR/MWh given as EUR/kWh stayed below the 50 EUR/kWh
+    ceiling value by value and was kept with a warning; a series whose middle is past 10 EUR/kWh
+    is no tariff in EUR/kWh (one scarcity hour is kept, above)."""
+    with pytest.raises(ScenarioError, match="half of the prices are beyond"):
+        Scenario(_site(), _sessions(), prices=pd.Series(values, index=IDX))
