@@ -1219,18 +1219,34 @@ async def test_the_station_maximum_is_kept_at_the_stations_limits_while_the_car_
     assert sum(loads[-4:]) / 4 >= 35.0  # and the fuse's room is used, the maximum included
 
 
-async def _car_read_at_a_0_a_limit(ignores: bool):
+async def _car_read_at_a_0_a_limit(ignores: bool, *, offset: float = 3.0, site_kw=None, refuse_from=None,
+                                 seen=None):
     """Three points behind a 20 A fuse. CP1 and CP2 charge; CP0's car joins, and its meter reads
-    3 A on top of what it draws (``ignores``: it draws 10 A whatever its limit). CP1 and CP2
-    leave at 240 s. Returns per step (CP0's limit, CP0's real draw, the fuse's load as read, why
-    CP0's car is not trusted or None)."""
+    ``offset`` [A] (3 A) on top of what it draws (``ignores``: it draws 10 A whatever its limit).
+    CP1 and CP2 leave at 240 s. ``site_kw``: more Site arguments; ``refuse_from``: the step from
+    which CP0's charger rejects every profile; ``seen``: a list that gets, per step, the loop's
+    meter offsets and the alarmed sessions. Returns per step (CP0's limit, CP0's real draw, the
+    fuse's load as read, why CP0's car is not trusted or None)."""
     site = Site("t", (Fuse("grid", (20.0,) * 3),),
-                tuple(ChargePoint(id=f"CP{i}", fuse="grid", max_current_a=16.0, min_current_a=6.0) for i in range(3)))
+                tuple(ChargePoint(id=f"CP{i}", fuse="grid", max_current_a=16.0, min_current_a=6.0) for i in range(3)),
+                **(site_kw or {}))
     cs, clock = FakeCentral(site), Clock()
     cs.state.clock = clock
     for i in range(3):
         cs.state.on_connect(f"CP{i}", "2.0.1")
         cs.state.on_boot(f"CP{i}", vendor="v", model="m")
+    accept, refuse = cs.set_limit, {"on": False}
+
+    async def set_limit(cp_id, connector_id, current_a, *, validity_s=None):
+        if cp_id != "CP0" or not refuse["on"]:
+            return await accept(cp_id, connector_id, current_a, validity_s=validity_s)
+        cs.sent.append((cp_id, float(current_a)))
+        rec = DispatchRecord(pr.utcnow(), float(current_a), None, cs.state.applied_limit_a(cp_id, connector_id),
+                             [(pr.TX, "Rejected")])
+        cs.state.on_dispatch(cp_id, connector_id, rec)
+        return rec
+
+    cs.set_limit = set_limit
 
     def plug(i):
         cs.state.on_start(f"CP{i}", 1, f"tx{i}", start=clock.now.to_pydatetime(), meter_start_wh=0.0)
@@ -1245,6 +1261,7 @@ async def _car_read_at_a_0_a_limit(ignores: bool):
             if k == 3:
                 plug(0)
                 present.add(0)
+            refuse["on"] = refuse_from is not None and k >= refuse_from
             if k == 12:
                 for i in (1, 2):
                     cs.state.on_stop(f"CP{i}", f"tx{i}", stop=clock.now.to_pydatetime(), meter_stop_wh=1000.0)
@@ -1253,13 +1270,15 @@ async def _car_read_at_a_0_a_limit(ignores: bool):
             for i in present:
                 lim = cs.state.applied_limit_a(f"CP{i}", 1) or 0.0
                 draw = lim if lim >= 6 else 0.0
-                read[i] = (10.0 if ignores else draw) + 3.0 if i == 0 else draw
+                read[i] = (10.0 if ignores else draw) + offset if i == 0 else draw
                 cs.state.on_meter(f"CP{i}", 1, f"tx{i}", {f"current_l{j}_a": read[i] for j in (1, 2, 3)},
                                   clock.now.to_pydatetime())
             res = await ctl.step()
             await asyncio.gather(*ctl.idle.tasks)  # idle connectors get their 0 A default
             lim0 = float(res.targets_a.get("CP0:tx0", np.nan))
-            out.append((lim0, read.get(0, 0.0) - 3.0 if 0 in read else 0.0, sum(read.values()),
+            if seen is not None:
+                seen.append((dict(ctl.loop.offsets), sorted(ctl.escalation.alarmed)))
+            out.append((lim0, read.get(0, 0.0) - offset if 0 in read else 0.0, sum(read.values()),
                         res.context.untrusted.get("CP0:tx0")))
             clock.advance(20)
     finally:
