@@ -1237,9 +1237,9 @@ async def _car_read_at_a_0_a_limit(ignores: bool, *, offset: float = 3.0, site_k
         cs.state.on_boot(f"CP{i}", vendor="v", model="m")
     accept, refuse = cs.set_limit, {"on": False}
 
-    async def set_limit(cp_id, connector_id, current_a, *, validity_s=None):
+    async def set_limit(cp_id, connector_id, current_a, *, validity_s=None, **kw):
         if cp_id != "CP0" or not refuse["on"]:
-            return await accept(cp_id, connector_id, current_a, validity_s=validity_s)
+            return await accept(cp_id, connector_id, current_a, validity_s=validity_s, **kw)
         cs.sent.append((cp_id, float(current_a)))
         rec = DispatchRecord(pr.utcnow(), float(current_a), None, cs.state.applied_limit_a(cp_id, connector_id),
                              [(pr.TX, "Rejected")])
