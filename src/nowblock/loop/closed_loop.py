@@ -270,3 +270,23 @@ def refill_a(safety: BlockSnapshot, planned_a: np.ndarray, cut_a: np.ndarray, *,
         budget -= g[:, i] * (new - x[i])
         x[i] = new
     return x
+
+
+def lowered_a(snap: BlockSnapshot, x: np.ndarray, ids: pd.Index, new_a: np.ndarray) -> np.ndarray:
+    """``x`` [A per phase] with the cars ``ids`` (session ids; those not in ``snap`` skipped) sent
+    at most ``new_a`` [A per phase], floored to a pilot step and 0 below their minimum.
+
+    It only lowers, so every fuse row that held still holds; the unbalance limit does not (a
+    light phase may lose what balanced it): callers check it again.
+    """
+    pos = snap.cars.index.get_indexer(ids)
+    keep = pos >= 0
+    if not keep.any():
+        return x
+    pos, new = pos[keep], np.asarray(new_a, dtype=float)[keep]
+    step = float(snap.current_step_a) or 1.0
+    lo = snap.values("min_current_a")[pos]
+    x = np.array(x, dtype=float, copy=True)
+    y = np.floor(np.minimum(x[pos], new) / step + 1e-9) * step
+    x[pos] = np.where(y >= lo - 1e-9, y, 0.0)
+    return x

@@ -18,6 +18,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from nowblock.loop.closed_loop import lowered_a
 from nowblock.seam import BlockSnapshot, safe_setpoints_a
 
 log = logging.getLogger(__name__)
@@ -86,16 +87,9 @@ def capped_at_draw(snap: BlockSnapshot, x: np.ndarray, caps_a: pd.Series) -> np.
     """``x`` [A per phase] with each car in ``caps_a`` sent at most its cap [A] (floored to a
     pilot step, 0 below its minimum). It only lowers, so every fuse row still holds; the
     unbalance limit is checked again."""
-    pos = snap.cars.index.get_indexer(caps_a.index)
-    keep = pos >= 0
-    if not keep.any():
+    if not snap.cars.index.isin(caps_a.index).any():
         return x
-    pos, cap = pos[keep], caps_a.to_numpy(float)[keep]
-    step = float(snap.current_step_a) or 1.0
-    lo = snap.values("min_current_a")[pos]
-    x = np.array(x, dtype=float, copy=True)
-    y = np.minimum(x[pos], np.floor(cap / step + 1e-9) * step)
-    x[pos] = np.where(y >= lo - 1e-9, y, 0.0)
+    x = lowered_a(snap, x, caps_a.index, caps_a.to_numpy(float))
     if snap.site.max_unbalance_a is not None:
         x = safe_setpoints_a(snap, x)
     return x

@@ -649,15 +649,9 @@ def _scaled_for_over_draw(snap: BlockSnapshot, x: np.ndarray, ratio: pd.Series) 
     each step until it is sent 0 A (and the escalation goes on as before).
     """
     pos = snap.cars.index.get_indexer(ratio.index)
-    keep = pos >= 0
-    if not keep.any():
-        return x
-    pos, r = pos[keep], ratio.to_numpy(float)[keep]
-    step = float(snap.current_step_a) or 1.0
-    lo = snap.values("min_current_a")[pos]
-    x = np.array(x, dtype=float, copy=True)
+    now = np.where(pos >= 0, np.asarray(x, dtype=float)[np.maximum(pos, 0)], 0.0)
+    r = ratio.to_numpy(float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        scaled = np.floor(np.where(np.isfinite(r) & (r > 1.0), x[pos] / r, 0.0) / step + 1e-9) * step
-    x[pos] = np.where(scaled >= lo - 1e-9, np.minimum(scaled, x[pos]), 0.0)
-    return x
+        new = np.where(np.isfinite(r) & (r > 1.0), now / r, 0.0)
+    return cl.lowered_a(snap, x, ratio.index, new)
 
