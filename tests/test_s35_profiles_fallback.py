@@ -26,6 +26,21 @@ async def _served(n: int = 3, **kw):
         await cs.stop()
 
 
+@asynccontextmanager
+async def _booted(version: str, *, k01: bool = True, **kw):
+    """A central system (``_served(**kw)``) and station CP1 (a :class:`K01Station`) booted, its
+    fail-safe in place: yields (central system, the station's profile logic, the raw station)."""
+    async with _served(**kw) as cs:
+        station = K01Station(version, k01=k01)
+        st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", version, answer=station).connect()
+        try:
+            await st.boot()
+            await eventually(lambda: cs.state.station("CP1").failsafe is not None)
+            yield cs, station, st
+        finally:
+            await st.close()
+
+
 class K01Station:
     """Holds the profiles it accepted and stacks them as the specs say; rejects TxProfiles
     and, as K01.FR.06 allows, a profile whose purpose, stack level and EVSE equal a held one's
@@ -105,60 +120,46 @@ import pytest  # noqa: E402
 async def test_fallback_txdefault_expires_with_the_txprofile(version):
     # H5 s16: a 7-day fallback TxDefault of 16 A outlived kill -9 of the central system while
     # the neighbours fell back to their 8 A fail-safe: 32 A on a 24 A grid.
-    async with _served(tx_validity_s=900) as cs:
-        station = K01Station(version, k01=False)
-        st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", version, answer=station).connect()
-        try:
-            await st.boot()
-            await eventually(lambda: cs.state.station("CP1").failsafe is not None)
-            tx = await _start(st, version)
-            await eventually(lambda: cs.state.running("CP1"))
-            rec = await cs.set_limit("CP1", 1, 16.0)
-            assert rec.purpose == pr.TX_DEFAULT and station.applies_a(1, tx) == rec.accepted_a == 16.0
-            fallback = [p for p in _sent(st, pr.TX_DEFAULT)
-                        if p.get("id", p.get("chargingProfileId")) == pr.TX_DEFAULT_ID_BASE + 1][-1]
-            assert (pr.parse_time(fallback["validTo"]) - pr.utcnow()).total_seconds() <= 900 + 5
-            # once no step refreshes it, the station's fail-safe (8 A: 24 A over 3 points) rules again
-            fs = cs.state.station("CP1").failsafe.accepted_a
-            assert station.applies_a(1, tx, offset_s=901) == fs == 8.0
-        finally:
-            await st.close()
+    async with _booted(version, k01=False, tx_validity_s=900) as (cs, station, st):
+        tx = await _start(st, version)
+        await eventually(lambda: cs.state.running("CP1"))
+        rec = await cs.set_limit("CP1", 1, 16.0)
+        assert rec.purpose == pr.TX_DEFAULT and station.applies_a(1, tx) == rec.accepted_a == 16.0
+        fallback = [p for p in _sent(st, pr.TX_DEFAULT)
+                    if p.get("id", p.get("chargingProfileId")) == pr.TX_DEFAULT_ID_BASE + 1][-1]
+        assert (pr.parse_time(fallback["validTo"]) - pr.utcnow()).total_seconds() <= 900 + 5
+        # once no step refreshes it, the station's fail-safe (8 A: 24 A over 3 points) rules again
+        fs = cs.state.station("CP1").failsafe.accepted_a
+        assert station.applies_a(1, tx, offset_s=901) == fs == 8.0
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])
 async def test_a_car_leaving_during_the_dispatch_leaves_no_default_behind(version):
     # H5 s8: the car unplugged while its TxProfile was being retried; its 16 A went out as the
     # connector's 7-day TxDefault, the limit every later car would get with serve gone.
-    async with _served() as cs:
-        station = K01Station(version)
-        st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", version, answer=station).connect()
-        try:
-            await st.boot()
-            await eventually(lambda: cs.state.station("CP1").failsafe is not None)
-            tx = await _start(st, version)
-            await eventually(lambda: cs.state.running("CP1"))
-            plain = station.__call__
+    async with _booted(version) as (cs, station, st):
+        tx = await _start(st, version)
+        await eventually(lambda: cs.state.running("CP1"))
+        plain = station.__call__
 
-            def leaves(action, p):  # the car leaves as its TxProfile is refused
-                if action == "SetChargingProfile" and (p.get("csChargingProfiles") or p.get("chargingProfile"))[
-                        "chargingProfilePurpose"] == pr.TX:
-                    asyncio.get_running_loop().create_task(_stop(st, version, tx))
-                return plain(action, p)
+        def leaves(action, p):  # the car leaves as its TxProfile is refused
+            if action == "SetChargingProfile" and (p.get("csChargingProfiles") or p.get("chargingProfile"))[
+                    "chargingProfilePurpose"] == pr.TX:
+                asyncio.get_running_loop().create_task(_stop(st, version, tx))
+            return plain(action, p)
 
-            st.answer = leaves
-            rec = await cs.set_limit("CP1", 1, 16.0, retries=1, backoff_s=0.3)
-            assert rec.purpose is None and rec.attempts[-1] == (pr.TX_DEFAULT, "Skipped:TransactionEnded")
-            assert not [p for p in station.held if p.connector_id == 1]
-            # a limit decided for a transaction that has ended by the time it is sent: nothing goes out,
-            # named or not (the step that decided it may not name it)
-            sent = len(st.received)
-            rec = await cs.set_limit("CP1", 1, 16.0, transaction_id=tx)
-            assert rec.purpose is None and len(st.received) == sent
-            rec = await cs.set_limit("CP1", 1, 16.0)
-            assert rec.purpose is None and len(st.received) == sent
-            assert station.applies_a(1, None) == cs.state.station("CP1").failsafe.accepted_a == 8.0
-        finally:
-            await st.close()
+        st.answer = leaves
+        rec = await cs.set_limit("CP1", 1, 16.0, retries=1, backoff_s=0.3)
+        assert rec.purpose is None and rec.attempts[-1] == (pr.TX_DEFAULT, "Skipped:TransactionEnded")
+        assert not [p for p in station.held if p.connector_id == 1]
+        # a limit decided for a transaction that has ended by the time it is sent: nothing goes out,
+        # named or not (the step that decided it may not name it)
+        sent = len(st.received)
+        rec = await cs.set_limit("CP1", 1, 16.0, transaction_id=tx)
+        assert rec.purpose is None and len(st.received) == sent
+        rec = await cs.set_limit("CP1", 1, 16.0)
+        assert rec.purpose is None and len(st.received) == sent
+        assert station.applies_a(1, None) == cs.state.station("CP1").failsafe.accepted_a == 8.0
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])
@@ -167,27 +168,20 @@ async def test_fallback_txdefault_is_taken_next_to_the_idle_default_and_counted_
     # EVSE 1) for the idle default (id 201, stack 0, EVSE 1) it held; the car sat at min(0 A
     # idle default, 11 A station maximum) = 0 A while 11 A were counted. On 1.6 the fallback
     # replaced the idle default, which then no longer guarded the connector after the car.
-    async with _served() as cs:
-        station = K01Station(version)
-        st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", version, answer=station).connect()
-        try:
-            await st.boot()
-            await eventually(lambda: cs.state.station("CP1").failsafe is not None)
-            idle = await cs.set_default_profile("CP1", 0.0, connector_id=1, validity_s=900,
-                                                profile_id=pr.IDLE_DEFAULT_ID_BASE + 1)
-            assert idle.purpose == pr.TX_DEFAULT
-            tx = await _start(st, version)
-            await eventually(lambda: cs.state.running("CP1"))
-            rec = await cs.set_limit("CP1", 1, 16.0)
-            assert rec.purpose == pr.TX_DEFAULT
-            assert station.applies_a(1, tx) == 16.0 and rec.accepted_a == station.applies_a(1, tx)
-            assert cs.state.snapshot()["offered_current_a"].iloc[0] == station.applies_a(1, tx)
-            # the car leaves: the fallback is cleared, the idle default guards the connector again
-            await _stop(st, version, tx)
-            await eventually(lambda: not any(p.id == pr.TX_DEFAULT_ID_BASE + 1 for p in station.held))
-            assert station.applies_a(1, None) == 0.0
-        finally:
-            await st.close()
+    async with _booted(version) as (cs, station, st):
+        idle = await cs.set_default_profile("CP1", 0.0, connector_id=1, validity_s=900,
+                                            profile_id=pr.IDLE_DEFAULT_ID_BASE + 1)
+        assert idle.purpose == pr.TX_DEFAULT
+        tx = await _start(st, version)
+        await eventually(lambda: cs.state.running("CP1"))
+        rec = await cs.set_limit("CP1", 1, 16.0)
+        assert rec.purpose == pr.TX_DEFAULT
+        assert station.applies_a(1, tx) == 16.0 and rec.accepted_a == station.applies_a(1, tx)
+        assert cs.state.snapshot()["offered_current_a"].iloc[0] == station.applies_a(1, tx)
+        # the car leaves: the fallback is cleared, the idle default guards the connector again
+        await _stop(st, version, tx)
+        await eventually(lambda: not any(p.id == pr.TX_DEFAULT_ID_BASE + 1 for p in station.held))
+        assert station.applies_a(1, None) == 0.0
 
 
 def test_status_names_the_default_the_station_applies():
