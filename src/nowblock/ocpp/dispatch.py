@@ -131,52 +131,63 @@ async def set_limit(
     limit it applies by the profiles it holds; with ``verify`` that limit is read back with
     GetCompositeSchedule instead.
     """
+    async with cs.station_lock(cp_id):  # one limit change per station at a time, so answers cannot cross
+        return await set_limit_locked(cs, cp_id, connector_id, current_a, validity_s=validity_s, retries=retries,
+                                      backoff_s=backoff_s, verify=verify, transaction_id=transaction_id)
+
+
+async def set_limit_locked(
+    cs: "CentralSystem", cp_id: str, connector_id: int, current_a: float, *,
+    validity_s: int | None = None, retries: int | None = None, backoff_s: float | None = None,
+    verify: bool = False, transaction_id: str | int | None = None,
+) -> DispatchRecord:
+    """:func:`set_limit` for a caller that holds ``cs.station_lock(cp_id)`` already (it reads
+    what to send under the lock, e.g. the latest limit booked, so no step's newer limit can
+    go out before it). ``current_a`` [A per phase], ``validity_s`` [s], ``backoff_s`` [s]."""
     validity_s = cs.tx_validity_s if validity_s is None else validity_s
     retries = cs.retries if retries is None else retries
     backoff_s = cs.backoff_s if backoff_s is None else backoff_s
-    lock = cs.station_lock(cp_id)
-    async with lock:  # one limit change per station at a time, so answers cannot cross
-        attempts: list[tuple[str, str]] = []
-        t = cs.state.running_on(cp_id, connector_id)
-        chain = ([pr.TX] if t is not None else []) + [pr.TX_DEFAULT, pr.MAX_16]
-        if (transaction_id is not None and (t is None or str(t.transaction_id) != str(transaction_id))) or (
-                transaction_id is None and t is None and _just_ended(cs, cp_id, connector_id)):
-            # The car the limit was decided for has left (the step ran while it unplugged): as the
-            # connector's default, its limit would outrank the idle default for the next car.
-            attempts.append((pr.TX, "Skipped:TransactionEnded"))
-            chain = []
-        accepted = None
-        for purpose in chain:
-            if t is not None and cs.state.running_on(cp_id, connector_id) is not t:
-                # It ended during the retries: its limit must not stay behind as a default.
-                attempts.append((purpose, "Skipped:TransactionEnded"))
-                break
-            extra, amps = {}, current_a
-            if purpose == pr.TX_DEFAULT:
-                extra = dict(stack_level=pr.FALLBACK_DEFAULT_STACK_LEVEL)
-            if purpose == pr.MAX_16:
-                # Its own id and a higher stack level, so it never replaces a station maximum set on
-                # purpose; and never above that one, which it overrides while it exists.
-                extra = dict(profile_id=pr.FALLBACK_MAX_ID, stack_level=1)
-                amps = min(current_a, _station_max_a(cs, cp_id))
-            if await send_profile(cs, cp_id, connector_id, purpose, amps, validity_s=validity_s, retries=retries,
-                                  backoff_s=backoff_s, attempts=attempts, **extra):
-                accepted = purpose
-                break
-            if attempts and attempts[-1][1] in ("Disconnected", "Timeout"):
-                break
-        if accepted in (pr.TX, pr.TX_DEFAULT):
-            await _lift_fallback_max(cs, cp_id, current_a, attempts)
-        applied = cs.state.applied_limit_a(cp_id, connector_id)
-        when = cs.state.clock()  # before a read-back, so the answer read counts as newer than this limit
-        if verify and accepted is not None:
-            applied = await verified_limit_a(cs, cp_id, connector_id, default=applied)
-        rec = DispatchRecord(time=when, wanted_a=float(current_a), purpose=accepted,
-                             accepted_a=applied if accepted is not None else None, attempts=attempts)
-        if accepted is None:
-            log.warning("%s/%s: no profile accepted for %.1f A (%s)", cp_id, connector_id, current_a, attempts)
-        cs.state.on_dispatch(cp_id, connector_id, rec)
-        return rec
+    attempts: list[tuple[str, str]] = []
+    t = cs.state.running_on(cp_id, connector_id)
+    chain = ([pr.TX] if t is not None else []) + [pr.TX_DEFAULT, pr.MAX_16]
+    if (transaction_id is not None and (t is None or str(t.transaction_id) != str(transaction_id))) or (
+            transaction_id is None and t is None and _just_ended(cs, cp_id, connector_id)):
+        # The car the limit was decided for has left (the step ran while it unplugged): as the
+        # connector's default, its limit would outrank the idle default for the next car.
+        attempts.append((pr.TX, "Skipped:TransactionEnded"))
+        chain = []
+    accepted = None
+    for purpose in chain:
+        if t is not None and cs.state.running_on(cp_id, connector_id) is not t:
+            # It ended during the retries: its limit must not stay behind as a default.
+            attempts.append((purpose, "Skipped:TransactionEnded"))
+            break
+        extra, amps = {}, current_a
+        if purpose == pr.TX_DEFAULT:
+            extra = dict(stack_level=pr.FALLBACK_DEFAULT_STACK_LEVEL)
+        if purpose == pr.MAX_16:
+            # Its own id and a higher stack level, so it never replaces a station maximum set on
+            # purpose; and never above that one, which it overrides while it exists.
+            extra = dict(profile_id=pr.FALLBACK_MAX_ID, stack_level=1)
+            amps = min(current_a, _station_max_a(cs, cp_id))
+        if await send_profile(cs, cp_id, connector_id, purpose, amps, validity_s=validity_s, retries=retries,
+                              backoff_s=backoff_s, attempts=attempts, **extra):
+            accepted = purpose
+            break
+        if attempts and attempts[-1][1] in ("Disconnected", "Timeout"):
+            break
+    if accepted in (pr.TX, pr.TX_DEFAULT):
+        await _lift_fallback_max(cs, cp_id, current_a, attempts)
+    applied = cs.state.applied_limit_a(cp_id, connector_id)
+    when = cs.state.clock()  # before a read-back, so the answer read counts as newer than this limit
+    if verify and accepted is not None:
+        applied = await verified_limit_a(cs, cp_id, connector_id, default=applied)
+    rec = DispatchRecord(time=when, wanted_a=float(current_a), purpose=accepted,
+                         accepted_a=applied if accepted is not None else None, attempts=attempts)
+    if accepted is None:
+        log.warning("%s/%s: no profile accepted for %.1f A (%s)", cp_id, connector_id, current_a, attempts)
+    cs.state.on_dispatch(cp_id, connector_id, rec)
+    return rec
 
 
 #: [s] A limit for a connector whose transaction ended this recently, sent without naming the

@@ -268,14 +268,27 @@ class CentralSystem:
         # test: a 3-phase car at 32 A drew 10.7 A per phase for the profile's half-life).
         if ev.kind != "meter" or not ev.data.get("phases_known") or int(ev.data["phases_known"]) < 2:
             return
-        rec = self.state.station(ev.cp_id).dispatch.get(ev.connector_id)
-        if rec is None or rec.purpose is None or ev.transaction_id is None:
+        if ev.transaction_id is None or self.state.station(ev.cp_id).dispatch.get(ev.connector_id) is None:
             return
         try:
-            self.spawn(self.set_limit(ev.cp_id, ev.connector_id, rec.wanted_a, transaction_id=ev.transaction_id),
+            self.spawn(self._resend_limit(ev.cp_id, ev.connector_id, ev.transaction_id),
                        name=f"phases-known-{ev.cp_id}")
         except RuntimeError:  # no running loop (a state replayed offline): the next step sends it
             pass
+
+    async def _resend_limit(self, cp_id: str, connector_id: int, transaction_id) -> DispatchRecord | None:
+        # The limit to send again is read under the station lock: read when the meter value came,
+        # a step's lower limit then on the wire was overwritten by the older, higher one after it
+        # (24 A applied where the step had sent 6 A, and booked as sent).
+        async with self.station_lock(cp_id):
+            rec = self.state.station(cp_id).dispatch.get(connector_id)
+            t = self.state.running_on(cp_id, connector_id)
+            if rec is None or rec.purpose is None or t is None or str(t.transaction_id) != str(transaction_id):
+                return None
+            if t.start is not None and rec.time < t.start:
+                return None  # decided for the connector's previous car, not this one
+            return await dispatch.set_limit_locked(self, cp_id, connector_id, rec.wanted_a,
+                                                   transaction_id=transaction_id)
 
     # ---- the controller's API -----------------------------------------------------------------
     def connection(self, cp_id: str) -> ChargePoint16 | ChargePoint201 | None:
