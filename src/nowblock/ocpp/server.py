@@ -249,17 +249,22 @@ class CentralSystem:
             log.warning("%s: does not sample Current.Import (%s): a car over its limit may go unseen", cp_id, status)
 
     async def after_stop(self, cp_id: str, connector_id: int) -> None:
-        """After a transaction ended: drop a connector TxDefault a fallback left behind."""
-        st = self.state.station(cp_id)
-        pid = pr.TX_DEFAULT_ID_BASE + connector_id
-        conn = self.connection(cp_id)
-        if conn is None or not any(p.id == pid and p.connector_id == connector_id for p in st.profiles):
-            return
-        try:
-            if await conn.clear_profiles(profile_id=pid) in ("Accepted", "Unknown"):
-                self.state.on_profiles_cleared(cp_id, profile_id=pid)
-        except Exception as exc:
-            log.warning("%s: could not clear fallback TxDefault %s: %r", cp_id, pid, exc)
+        """After a transaction ended: drop a connector TxDefault a fallback left behind.
+
+        It waits for the station's limit change in flight (the station lock): a fallback whose
+        answer was pending as the car left was installed after a look that found nothing to clear,
+        and the idle connector applied the departed car's 16 A for the profile's life (900 s)."""
+        async with self.station_lock(cp_id):
+            st = self.state.station(cp_id)
+            pid = pr.TX_DEFAULT_ID_BASE + connector_id
+            conn = self.connection(cp_id)
+            if conn is None or not any(p.id == pid and p.connector_id == connector_id for p in st.profiles):
+                return
+            try:
+                if await conn.clear_profiles(profile_id=pid) in ("Accepted", "Unknown"):
+                    self.state.on_profiles_cleared(cp_id, profile_id=pid)
+            except Exception as exc:
+                log.warning("%s: could not clear fallback TxDefault %s: %r", cp_id, pid, exc)
 
     def _on_event(self, ev) -> None:
         # A car at a station taking watts whose phases its meter just showed: its limit went
