@@ -94,6 +94,8 @@ async def send_profile(
             answer = type(exc).__name__
         attempts.append((purpose, answer))
         if answer == "Accepted":
+            if t is not None and st.rate_unit == "W":
+                t.power_phases = phases  # a car then seen on fewer gets it again (CentralSystem._on_event)
             cs.state.on_profile_accepted(cp_id, target, payload)
             cs.state.on_accepted(cp_id, purpose)
             return True

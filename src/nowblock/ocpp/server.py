@@ -85,6 +85,7 @@ class CentralSystem:
         self._connections: dict[str, ChargePoint16 | ChargePoint201] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._resending: set[tuple[str, int, str]] = set()  # (cp_id, connector, transaction) re-send pending
         self._server = None
         self.state.add_listener(self._on_event)
 
@@ -271,15 +272,22 @@ class CentralSystem:
         # out as the power of one phase (numberPhases its planned count); the same limit again
         # is now the power of all of them, at once rather than at the next refresh (an outside
         # test: a 3-phase car at 32 A drew 10.7 A per phase for the profile's half-life).
-        if ev.kind != "meter" or not ev.data.get("phases_known") or int(ev.data["phases_known"]) < 2:
+        # A car whose phases fell (3 known, then 1) gets its limit again as the power of the phases
+        # left, or its phase would take all of the power planned for three.
+        if ev.kind != "meter" or not (int(ev.data.get("phases_known") or 0) >= 2 or ev.data.get("phases_down")):
             return
         if ev.transaction_id is None or self.state.station(ev.cp_id).dispatch.get(ev.connector_id) is None:
             return
+        key = (ev.cp_id, ev.connector_id, str(ev.transaction_id))
+        if key in self._resending:
+            return  # one waits for the lock already and will send the latest limit (not one per meter value)
         try:
-            self.spawn(self._resend_limit(ev.cp_id, ev.connector_id, ev.transaction_id),
-                       name=f"phases-known-{ev.cp_id}")
+            task = self.spawn(self._resend_limit(ev.cp_id, ev.connector_id, ev.transaction_id),
+                              name=f"phases-known-{ev.cp_id}")
         except RuntimeError:  # no running loop (a state replayed offline): the next step sends it
-            pass
+            return
+        self._resending.add(key)
+        task.add_done_callback(lambda _: self._resending.discard(key))
 
     async def _resend_limit(self, cp_id: str, connector_id: int, transaction_id) -> DispatchRecord | None:
         # The limit to send again is read under the station lock: read when the meter value came,

@@ -59,6 +59,7 @@ class Transaction:
     soc_percent: float = math.nan
     offered_current_a: float = math.nan
     phases_used: int | None = None
+    power_phases: int | None = None  # a station taking watts: the phases its accepted TxProfile's power is for
     departure: datetime | None = None
     energy_requested_kwh: float = math.nan
     ev_max_current_a: float = math.nan
@@ -410,6 +411,10 @@ class LiveState:
                     # phases it was not planned on may be full; the controller steps at once.
                     reading = {**reading, "phases_up": True}
                 t.phases_used = ph
+        if t.power_phases and t.phases_used and t.phases_used < t.power_phases:
+            # Its power limit was for more phases than it now draws on (3, then 1): all of it on
+            # its phase (30 A where 10 A were planned) until sent again (CentralSystem._on_event).
+            reading = {**reading, "phases_down": t.phases_used}
         for key, attr in (("power_w", "power_w"), ("soc_percent", "soc_percent"), ("offered_a", "offered_current_a")):
             if key in reading:
                 setattr(t, attr, reading[key])
