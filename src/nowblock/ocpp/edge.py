@@ -321,39 +321,78 @@ MAX_CLOCK_OFFSET_S = 86400.0
 CLOCK_WARN_S = 60.0
 
 
+#: [s] Messages arriving this close together came in one burst (a station flushing its queue).
+BURST_S = 5.0
+#: [s] A sample this far below a later one of its burst was queued, not live.
+LATE_S = 30.0
+#: [s] Samples older than the previous one (a clock set back) are taken once they agree this long.
+STEP_CONFIRM_S = 30.0
+
+
 class ClockOffset:
     """A station's clock minus the central system's [s], from the station's own timestamps.
 
-    Each CALL it sends gives one sample: its latest timestamp minus the time it arrived. A
-    message queued while offline, or a meter value sampled before it was sent, reads late, and
-    a wrong clock now and then reads anything: the estimate is the upper median of the last
-    ``n`` samples, 0 until the first one. Profiles carry their times in the station's clock by
-    this estimate (an outside test: a station one hour behind ignored every profile, the
-    fail-safe included, and its car drew 48 A on a 40 A grid).
+    Each live CALL it sends gives one sample: its latest timestamp minus the time it arrived; the
+    estimate is the upper median of the last ``n`` samples (a wrong clock now and then reads
+    anything), 0 until the first one. Profiles carry their times in the station's clock by this
+    estimate (an outside test: a station one hour behind ignored every profile, the fail-safe
+    included, and its car drew 48 A on a 40 A grid). A message the station queued while offline
+    reads minutes late, and a burst of them made a right clock -1500 s off: its TxProfiles
+    expired on arrival and the station applied its fail-safe while 0 A were counted. So none is
+    taken that is not live: a 2.0.1 message marked ``offline``, a timestamp older than the
+    previous sample's (until such samples agree for :data:`STEP_CONFIRM_S`: its clock was set
+    back), and a sample :data:`LATE_S` below a later one of its burst (:data:`BURST_S`) is dropped.
     """
 
     def __init__(self, n: int = 15) -> None:
-        self.samples: deque[float] = deque(maxlen=n)
+        self._obs: deque[tuple[float, datetime]] = deque(maxlen=n)  # (sample [s], arrival)
+        self._candidates: list[tuple[float, datetime, datetime]] = []  # (sample, arrival, its time): set back?
+        self._last_t: datetime | None = None
         self.warned_s: float | None = None
+
+    @property
+    def samples(self) -> list[float]:
+        """[s] The samples the estimate stands on, oldest first."""
+        return [d for d, _ in self._obs]
 
     @property
     def offset_s(self) -> float:
         """[s] The station's clock minus the central system's (0.0 while unknown)."""
-        return float(statistics.median_high(self.samples)) if self.samples else 0.0
+        return float(statistics.median_high(self.samples)) if self._obs else 0.0
 
     def observe(self, payload, now: datetime, cp_id: str = "") -> None:
         """Take the latest timestamp of a CALL's ``payload`` (``timestamp``, ``meterValue[].timestamp``)
-        as read at ``now``; a WARNING when the estimate leaves [-:data:`CLOCK_WARN_S`,
-        :data:`CLOCK_WARN_S`] or moves more than that since the last warning."""
+        as read at ``now`` if it is live (see the class); a WARNING when the estimate, standing
+        on two samples or more, leaves [-:data:`CLOCK_WARN_S`, :data:`CLOCK_WARN_S`] or moves more
+        than that since the last warning (once per change, not once per sample of a burst)."""
+        if not isinstance(payload, dict) or payload.get("offline") is True:
+            return
         t = latest_time(payload)
         if t is None:
             return
         d = (t - now).total_seconds()
         if abs(d) > MAX_CLOCK_OFFSET_S:
             return
-        self.samples.append(d)
+        if self._last_t is not None and t < self._last_t:
+            self._candidates = [c for c in self._candidates if abs(c[0] - d) <= LATE_S] + [(d, now, t)]
+            if len(self._candidates) < 3 or (now - self._candidates[0][1]).total_seconds() < STEP_CONFIRM_S:
+                return  # queued before a message already seen, or a clock set back (not yet sure)
+            self._obs.clear()
+            self._obs.extend((c[0], c[1]) for c in self._candidates[:-1])
+        self._candidates = []
+        self._last_t = t
+        # a later message of the same burst shows the earlier ones were queued
+        kept = [(x, at) for x, at in self._obs if x >= d - LATE_S or (now - at).total_seconds() > BURST_S]
+        self._obs.clear()
+        self._obs.extend(kept)
+        self._obs.append((d, now))
+        self._warn(cp_id)
+
+    def _warn(self, cp_id: str) -> None:
         off = self.offset_s
         if abs(off) > CLOCK_WARN_S and (self.warned_s is None or abs(off - self.warned_s) > CLOCK_WARN_S):
+            if sum(abs(x - off) <= CLOCK_WARN_S for x in self.samples) < 2:
+                return  # one sample (the last of a burst): not yet a change worth a warning
             self.warned_s = off
             log.warning("%s: station clock is %+.0f s off the central system's: its profiles carry its own "
                         "time; set its clock (NTP)", cp_id, off)
