@@ -38,7 +38,7 @@ class FakeCentral:
         self.sent: list[tuple[str, float]] = []
         self.defaults: dict[tuple[str, int], float] = {}  # (station, connector) -> TxDefault sent [A]
 
-    async def set_limit(self, cp_id, connector_id, current_a, *, validity_s=None):
+    async def set_limit(self, cp_id, connector_id, current_a, *, validity_s=None, transaction_id=None):
         self.sent.append((cp_id, float(current_a)))
         if cp_id not in self.keep_limit:
             t = self.state.running_on(cp_id, connector_id)
@@ -674,11 +674,12 @@ class SilentCentral(FakeCentral):
         self.hanging += 1
         await asyncio.Event().wait()
 
-    async def set_limit(self, cp_id, connector_id, current_a, *, validity_s=None):
+    async def set_limit(self, cp_id, connector_id, current_a, *, validity_s=None, transaction_id=None):
         if cp_id in self.silent:
             self.sent.append((cp_id, float(current_a)))
             await self._hang()
-        return await super().set_limit(cp_id, connector_id, current_a, validity_s=validity_s)
+        return await super().set_limit(cp_id, connector_id, current_a, validity_s=validity_s,
+                                       transaction_id=transaction_id)
 
     async def set_default_profile(self, cp_id, current_a, *, connector_id=0, validity_s=None, profile_id=None):
         if cp_id in self.silent:
@@ -800,10 +801,11 @@ class GatedCentral(FakeCentral):
         self.slow: set[str] = set()
         self.gate = asyncio.Event()
 
-    async def set_limit(self, cp_id, connector_id, current_a, *, validity_s=None):
+    async def set_limit(self, cp_id, connector_id, current_a, *, validity_s=None, transaction_id=None):
         if cp_id in self.slow:
             await self.gate.wait()
-        return await super().set_limit(cp_id, connector_id, current_a, validity_s=validity_s)
+        return await super().set_limit(cp_id, connector_id, current_a, validity_s=validity_s,
+                                       transaction_id=transaction_id)
 
 
 async def test_a_raise_not_answered_yet_is_counted_until_it_is():
