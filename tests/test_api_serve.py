@@ -90,8 +90,16 @@ async def test_serve_with_http_api_keeps_a_cap_across_a_restart(tmp_path):
             await eventually(lambda: len(sim.received) > seen and _last_tx_limit_a(sim) is not None, 10)
             await asyncio.sleep(1.5)
             assert _last_tx_limit_a(sim) <= 10.0
-            st = (await h.get("/api/state")).json()
-            assert st["cars"][0]["binding"]["kind"] == "cap"
+            # The restored car is trusted once a limit of the new process is accepted and its meter
+            # settled under it (e2f6a2f); until then what holds it is its draw, then the cap.
+            kinds = []
+            for _ in range(60):
+                kinds.append((await h.get("/api/state")).json()["cars"][0]["binding"]["kind"])
+                if kinds[-1] == "cap":
+                    break
+                await asyncio.sleep(0.5)
+            assert kinds[-1] == "cap", kinds
+            assert _last_tx_limit_a(sim) <= 10.0
     finally:
         await sim.stop()
         if proc.returncode is None:
