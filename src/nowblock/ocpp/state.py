@@ -319,12 +319,6 @@ class LiveState:
             self.emit("plug_in", cp_id, connector_id)
         elif status == "Available" and before in PLUGGED:
             self.emit("unplug", cp_id, connector_id)
-        if status == "Available":
-            # After a reboot the station's own word that nothing is plugged in ends a transaction
-            # it never named again (its end may never come: held at its maximum for good before).
-            t = self.running_on(cp_id, connector_id)
-            if t is not None and t.orphaned:
-                self.on_stop(cp_id, t.transaction_id, stop=self.clock(), reason="Orphaned")
 
     def prune(self) -> int:
         """Forget transactions that ended more than ``keep_finished_s`` ago; returns how many."""
