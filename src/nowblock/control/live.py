@@ -112,6 +112,10 @@ class LiveBlock:
                                                  cars["offered_current_a"].to_numpy(float))
             cars["limit_known"] = cars["limit_known"].to_numpy() | known
         cars = cars[[*CAR_COLUMNS, *OBSERVED_COLUMNS]]
+        # The dispatcher names each car's transaction to the central system, which then sends
+        # nothing for one that ended while the step ran (a review: the column was dropped here,
+        # so the guard never applied live).
+        cars["transaction_id"] = raw["transaction_id"].to_numpy(object)
         running = list(zip(raw["charge_point_id"], raw["connector_id"]))
         obs = Observation(
             time=now, site=self.site, step=self.step, cars=cars, base_load_kw=self.base_load(now),
