@@ -95,5 +95,13 @@ def test_a_whole_series_in_another_unit_is_refused(unit, values):
     """Found by a review: a day of 2-48 EUR/MWh given as EUR/kWh stayed below the 50 EUR/kWh
     ceiling value by value and was kept with a warning; a series whose middle is past 10 EUR/kWh
     is no tariff in EUR/kWh (one scarcity hour is kept, above)."""
+    day = pd.date_range(T0, periods=24, freq="1h")
     with pytest.raises(ScenarioError, match="half of the prices are beyond"):
-        Scenario(_site(), _sessions(), prices=pd.Series(values, index=IDX))
+        Scenario(_site(), _sessions(), prices=pd.Series(values * 4, index=day))
+
+
+def test_a_short_window_of_scarcity_hours_is_kept():
+    """Found by a review: a 4 h window with 3 h at 10.5 EUR/kWh (the intraday cap plus fees) was
+    refused by the median rule; it applies to a day or more only."""
+    window = pd.Series([10.5, 10.5, 10.5, 0.4], index=pd.date_range(T0, periods=4, freq="1h"))
+    assert Scenario(_site(), _sessions(), prices=window).prices.max() == 10.5

@@ -232,8 +232,11 @@ def check_prices(prices: pd.Series | None, tz: str | None = None, what: str = "p
             f"{what}: {_where(prices, i, tz, lines)}: eur_per_kwh {eur[i]:g} is beyond +-{MAX_PRICE_EUR_PER_KWH:g} "
             f"EUR/kWh, more than any electricity market clears at (intraday: +-9.999 EUR/kWh); expected EUR/kWh, "
             f"was it given in EUR/MWh or ct/kWh?")
+    # Over a day at least: a few scarcity hours are most of a short window (optimize's 4 h).
+    span = prices.index.max() - prices.index.min() if isinstance(prices.index, pd.DatetimeIndex) else None
+    whole_day = span is not None and span >= pd.Timedelta(hours=23)
     mid = float(np.nanmedian(np.abs(eur))) if np.isfinite(eur).any() else 0.0
-    if mid > PLAUSIBLE_PRICE_EUR_PER_KWH:
+    if whole_day and mid > PLAUSIBLE_PRICE_EUR_PER_KWH:
         # A scarcity hour is one hour: a series whose middle is past it is in another unit (a
         # windy day of 2-48 EUR/MWh passed the ceiling one value at a time; found by a review).
         raise ScenarioError(
