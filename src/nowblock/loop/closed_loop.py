@@ -287,6 +287,7 @@ def lowered_a(snap: BlockSnapshot, x: np.ndarray, ids: pd.Index, new_a: np.ndarr
     step = float(snap.current_step_a) or 1.0
     lo = snap.values("min_current_a")[pos]
     x = np.array(x, dtype=float, copy=True)
-    y = np.floor(np.minimum(x[pos], new) / step + 1e-9) * step
+    # The new value floored, never the old one: a setpoint off the grid under its cap is kept.
+    y = np.minimum(x[pos], np.floor(new / step + 1e-9) * step)
     x[pos] = np.where(y >= lo - 1e-9, y, 0.0)
     return x
