@@ -138,3 +138,18 @@ def test_log_level_is_accepted_after_the_sub_command(tmp_path, scenario_dir):
     assert args.log_level == "DEBUG"
     args = build_parser().parse_args(["--log-level", "ERROR", "serve", "--site", "x.toml"])
     assert args.log_level == "ERROR" and args.debug is False
+
+
+def test_demo_start_counts_calendar_days_on_the_site_wall_clock():
+    """Day 3 at 17:30 of a week starting before the spring DST change is 17:30 local, not 18:30 (3 x 24 h)."""
+    from nowblock.cli.demo import demo_start
+
+    start = pd.Timestamp("2026-03-27 10:00", tz="Europe/Berlin")
+    t0 = demo_start(start, "Europe/Berlin", 3, 17.5)
+    assert t0.tz_convert("Europe/Berlin") == pd.Timestamp("2026-03-30 17:30", tz="Europe/Berlin")
+    # A wall time the change skips (02:30 on 29 March) moves forward to the first that exists.
+    skipped = demo_start(start, "Europe/Berlin", 2, 2.5).tz_convert("Europe/Berlin")
+    assert skipped.hour == 3 and skipped.utcoffset() == pd.Timedelta(hours=2)
+    # The autumn change: day 1 at 12:00 of a week starting 24 October is noon local on 25 October.
+    autumn = demo_start(pd.Timestamp("2026-10-24 08:00", tz="Europe/Berlin"), "Europe/Berlin", 1, 12)
+    assert autumn.tz_convert("Europe/Berlin") == pd.Timestamp("2026-10-25 12:00", tz="Europe/Berlin")

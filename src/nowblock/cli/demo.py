@@ -56,6 +56,31 @@ class AcceleratedClock:
             await asyncio.sleep(left / self.speed)
 
 
+def demo_start(week_start: pd.Timestamp, timezone: str, day: int, start_hour: float) -> pd.Timestamp:
+    """When the demo starts: ``start_hour`` on the wall clock of calendar day ``day`` of the week.
+
+    Parameters
+    ----------
+    week_start : pandas.Timestamp
+        Start of the scenario's week (tz-aware).
+    timezone : str
+        The site's IANA time zone; days and hours are counted on its wall clock.
+    day : int
+        Calendar day after the week's first day (0 is the first day).
+    start_hour : float
+        Wall-clock hour of that day, h (fractions allowed).
+
+    Returns
+    -------
+    pandas.Timestamp
+        The start in UTC. A wall time that a DST change skips moves forward to the first hour that exists.
+    """
+    # Counting in local wall time, not in 24 h steps: across a DST change N x 24 h lands an hour off.
+    wall = (week_start.tz_convert(timezone).tz_localize(None).normalize()
+            + pd.Timedelta(days=int(day), hours=float(start_hour)))
+    return wall.tz_localize(timezone, nonexistent="shift_forward", ambiguous=False).tz_convert("UTC")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``nowblock demo``."""
     parser.add_argument("--speed", type=float, default=480.0,
@@ -93,8 +118,7 @@ async def _demo(args) -> int:
     scn = Scenario.default(n_charge_points=args.charge_points,
                            **({"grid_current_a": args.grid_a} if getattr(args, "grid_a", None) else {}))
     site = scn.site
-    t0 = (scn.start.tz_convert(site.timezone).normalize() + pd.Timedelta(days=args.day)
-          + pd.Timedelta(hours=args.start_hour)).tz_convert("UTC")
+    t0 = demo_start(scn.start, site.timezone, args.day, args.start_hour)
     t_end = t0 + pd.Timedelta(hours=args.hours)
     # Central system, chargers and controller all run on one clock, standing still during set-up.
     clock = AcceleratedClock(t0, args.speed, running=False)
