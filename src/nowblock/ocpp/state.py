@@ -68,7 +68,7 @@ class Transaction:
     stop: datetime | None = None
     meter_stop_wh: float | None = None
     stop_reason: str | None = None
-    orphaned: bool = False  # its station rebooted since, and has not named it again
+    orphaned: bool = False  # its station (re)connected or rebooted since, and has not named it again
     start_event: Event | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -284,9 +284,17 @@ class LiveState:
             self.emit("seen", cp_id, publish=False)
 
     def on_connect(self, cp_id: str, version: str) -> None:
-        """A WebSocket connection was accepted."""
+        """A WebSocket connection was accepted.
+
+        The station may have rebooted while it was away, and its BootNotification comes later:
+        each of its running transactions is an orphan (an offline car's: held at what it may
+        draw, sent nothing) until the station names it (:meth:`on_named`). A step between the
+        connect and the boot sent three TxProfiles for a transaction restored from the store
+        that the rebooted station no longer ran (Rejected), then a fallback TxDefault."""
         st = self.stations[cp_id]
         st.version, st.connected = version, True
+        for t in self.running(cp_id):
+            t.orphaned = True
         self.touch(cp_id)
         self.emit("connect", cp_id, version=version)
 
@@ -303,9 +311,8 @@ class LiveState:
         self.stations[cp_id].refusals.clear()
         # A reboot ends its transactions (their end may still come): each is an offline car's
         # until the station names it again (rebooted stations got TxProfiles for restored ids).
-        for t in self.transactions.values():
-            if t.cp_id == cp_id and t.stop is None:
-                t.orphaned = True
+        for t in self.running(cp_id):
+            t.orphaned = True
         self.touch(cp_id)
         self.emit("boot", cp_id, **self.stations[cp_id].boot)
 
@@ -319,6 +326,15 @@ class LiveState:
             self.emit("plug_in", cp_id, connector_id)
         elif status == "Available" and before in PLUGGED:
             self.emit("unplug", cp_id, connector_id)
+
+    def on_named(self, cp_id: str, transaction_id) -> Transaction | None:
+        """The station sent a message about a transaction by its id (a meter value, a 2.0.1
+        TransactionEvent): it runs it, so it is no longer an orphan (see :meth:`on_connect`)."""
+        self.touch(cp_id)
+        t = self.transaction(cp_id, transaction_id)
+        if t is not None and t.stop is None:
+            t.orphaned = False
+        return t
 
     def prune(self) -> int:
         """Forget transactions that ended more than ``keep_finished_s`` ago; returns how many."""
@@ -376,7 +392,7 @@ class LiveState:
                      t.transaction_id, time.isoformat(), t.last_meter.isoformat())
             return None
         if transaction_id is not None:
-            t.orphaned = False  # the station runs it
+            t.orphaned = False  # the station runs it (see on_named)
         if "energy_wh" in reading:
             t.energy_register_wh = reading["energy_wh"]
             if t.meter_start_wh is None:

@@ -91,7 +91,7 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
             if later and ev is not None:
                 later.append(ev)
         else:
-            self.state.touch(self.id)
+            self.state.on_named(self.id, tid)  # it runs it: no orphan of a reconnect (touches it)
         if later:
             self.defer(lambda: [self.state.publish(e) for e in later])
         if event_type == "Ended":

@@ -1,0 +1,61 @@
+"""A station that reconnects without booting, as raw OCPP 2.0.1 frames (the project's RawStation,
+frames checked against the official schemas both ways)."""
+
+import asyncio
+
+from interop.station import RawStation, default_answer, meter_201, now_iso
+
+from nowblock.testing import central_system, eventually, make_test_site
+
+
+def _tx_profiles(station: RawStation, tx: str) -> list[dict]:
+    return [p["chargingProfile"] for a, p in station.received if a == "SetChargingProfile"
+            and p["chargingProfile"]["chargingProfilePurpose"] == "TxProfile"
+            and p["chargingProfile"].get("transactionId") == tx]
+
+
+async def test_a_reconnected_station_gets_no_txprofile_until_it_names_its_transaction():
+    """A station that connects may have rebooted while it was away, and says so only in the
+    BootNotification that follows (/tmp/s36/h2/r1_reconnect_race.py: a step between the connect
+    and the boot sent three TxProfiles for a transaction the rebooted station no longer ran,
+    Rejected, then a fallback TxDefault). Its running transactions are held as offline cars'
+    until it names them; here a TransactionEvent Updated without meter values names it, and the
+    limits resume."""
+    async with central_system(make_test_site(1, grid_a=40), control="equal") as cs:
+        url = f"ws://127.0.0.1:{cs.port}"
+
+        def answer(action, payload):
+            return default_answer("2.0.1", action, payload)
+
+        s = await RawStation(url, "CP1", "2.0.1", answer=answer).connect()
+        s2 = None
+        try:
+            await s.boot()
+            await s.ok("TransactionEvent", {"eventType": "Started", "timestamp": now_iso(), "seqNo": 0,
+                                            "triggerReason": "CablePluggedIn", "transactionInfo": {"transactionId": "T1"},
+                                            "evse": {"id": 1, "connectorId": 1},
+                                            "meterValue": meter_201(amps=[16.0] * 3, energy_wh=0.0)})
+            await eventually(lambda: _tx_profiles(s, "T1"), timeout_s=10)
+            await s.close()  # its network drops; it comes back on a new connection, no BootNotification
+            await eventually(lambda: not cs.state.station("CP1").connected)
+            s2 = await RawStation(url, "CP1", "2.0.1", answer=answer).connect()
+            await eventually(lambda: cs.state.station("CP1").connected)
+            ctl = cs.controller
+            n = len(ctl.history)
+            await eventually(lambda: len(ctl.history) >= n + 2, timeout_s=10)  # two steps since it connected
+            await asyncio.sleep(0.5)  # what they sent answered
+            assert _tx_profiles(s2, "T1") == []
+            snap = cs.state.snapshot()
+            assert not snap.loc["CP1:T1", "connected"]  # an offline car's: held at what it may draw
+            res = cs.controller.history[-1]
+            assert res.context.untrusted.get("CP1:T1") == "offline"
+            await s2.ok("TransactionEvent", {"eventType": "Updated", "timestamp": now_iso(), "seqNo": 1,
+                                             "triggerReason": "ChargingStateChanged",
+                                             "transactionInfo": {"transactionId": "T1", "chargingState": "Charging"}})
+            assert cs.state.snapshot().loc["CP1:T1", "connected"]
+            await eventually(lambda: _tx_profiles(s2, "T1"), timeout_s=10)
+            assert s.schema_errors == [] and s2.schema_errors == []
+        finally:
+            await s.close()
+            if s2 is not None:
+                await s2.close()
