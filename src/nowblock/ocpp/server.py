@@ -298,8 +298,11 @@ class CentralSystem:
             t = self.state.running_on(cp_id, connector_id)
             if rec is None or rec.purpose is None or t is None or str(t.transaction_id) != str(transaction_id):
                 return None
-            if t.start is not None and rec.time < t.start:
-                return None  # decided for the connector's previous car, not this one
+            if t.known_at is not None and rec.time < t.known_at:
+                # Decided for the connector's previous car, not this one. Both times by our clock:
+                # against the station's start a clock 120 s ahead lost the re-send (5.33 A per phase
+                # applied for 16 A).
+                return None
             return await dispatch.set_limit_locked(self, cp_id, connector_id, rec.wanted_a,
                                                    transaction_id=transaction_id)
 

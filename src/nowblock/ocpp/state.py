@@ -69,6 +69,7 @@ class Transaction:
     meter_stop_wh: float | None = None
     stop_reason: str | None = None
     orphaned: bool = False  # its station (re)connected or rebooted since, and has not named it again
+    known_at: datetime | None = None  # when this process learnt of it, by our clock (``start`` is the station's)
     start_event: Event | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -366,7 +367,8 @@ class LiveState:
         if old is not None:  # the charger lost track of it (reboot): close it where it stood
             self.on_stop(cp_id, old.transaction_id, stop=start, reason="Superseded")
         self.prune()
-        t = Transaction(cp_id, str(transaction_id), connector_id, start, id_tag=id_tag, meter_start_wh=meter_start_wh)
+        t = Transaction(cp_id, str(transaction_id), connector_id, start, id_tag=id_tag, meter_start_wh=meter_start_wh,
+                        known_at=self.clock())
         self.transactions[key] = t
         con = self.stations[cp_id].connector(connector_id)
         con.transaction_id, con.known = t.transaction_id, True
