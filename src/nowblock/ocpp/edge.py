@@ -15,11 +15,11 @@ handlers call on single fields.
 from __future__ import annotations
 
 import json
+import bisect
 import logging
 import math
 import re
 import statistics
-from collections import deque
 from datetime import datetime, timedelta
 
 from ocpp.exceptions import FormatViolationError, PropertyConstraintViolationError
@@ -314,85 +314,152 @@ def checked_stop(t, stop: datetime, meter_stop_wh: float | None) -> tuple[dateti
 
 
 # ---- a station's clock -------------------------------------------------------------------------
-#: A station clock further off than this [s] is broken (reset to 1970, say), not skewed: its
-#: timestamps say nothing of its offset.
+#: A station clock further off than this [s] is broken (reset to 1970, say), not skewed: no profile
+#: can be placed in its time (one starting a day back would start decades after its now).
 MAX_CLOCK_OFFSET_S = 86400.0
 #: Offsets above this [s] are logged (profiles are then expressed in the station's clock).
 CLOCK_WARN_S = 60.0
-
-
-#: [s] Messages arriving this close together came in one burst (a station flushing its queue).
+#: [s] CALLs arriving within this of a burst's first one belong to that burst (a station flushing
+#: its queue sends them one round trip apart). Capped from the first, so a chatty station's
+#: stream is many bursts, not one.
 BURST_S = 5.0
-#: [s] A sample this far below a later one of its burst was queued, not live.
+#: [s] Samples this close agree on an offset; one this far below a CALL arriving within
+#: :data:`BURST_S` after it was queued.
 LATE_S = 30.0
-#: [s] Samples older than the previous one (a clock set back) are taken once they agree this long.
-STEP_CONFIRM_S = 30.0
+#: The estimate stands on the samples of the last this many bursts holding a live one.
+MAX_BURSTS = 6
+#: [s] A sample disagreeing with the estimate expires this long after it arrived.
+WINDOW_S = 1800.0
+#: Samples kept of one burst: its newest stamps (the rest of a replayed queue says nothing).
+BURST_KEEP = 8
+#: Bursts kept (within :data:`WINDOW_S`) to find the last :data:`MAX_BURSTS` with a live sample.
+KEEP_BURSTS = 64
 
 
 class ClockOffset:
-    """A station's clock minus the central system's [s], from the station's own timestamps.
+    """A station's clock minus the central system's [s], voted on by its recent live CALLs.
 
-    Each live CALL it sends gives one sample: its latest timestamp minus the time it arrived; the
-    estimate is the upper median of the last ``n`` samples (a wrong clock now and then reads
-    anything), 0 until the first one. Profiles carry their times in the station's clock by this
-    estimate (an outside test: a station one hour behind ignored every profile, the fail-safe
-    included, and its car drew 48 A on a 40 A grid). A message the station queued while offline
-    reads minutes late, and a burst of them made a right clock -1500 s off: its TxProfiles
-    expired on arrival and the station applied its fail-safe while 0 A were counted. So none is
-    taken that is not live: a 2.0.1 message marked ``offline``, a timestamp older than the
-    previous sample's (until such samples agree for :data:`STEP_CONFIRM_S`: its clock was set
-    back), and a sample :data:`LATE_S` below a later one of its burst (:data:`BURST_S`) is dropped.
+    Each CALL with a timestamp gives one sample: its latest timestamp minus the time it arrived.
+    CALLs arriving within :data:`BURST_S` of a burst's first one form a burst. The samples of the
+    last :data:`MAX_BURSTS` bursts holding a live one vote (below); an offset's support is how
+    often the station said it (within :data:`LATE_S`), counted once per :data:`BURST_S` of
+    arrival. The estimate is the median of the best-supported offset's samples; on a tie the
+    higher offset wins. A sample that disagrees with the estimate expires :data:`WINDOW_S` after
+    it arrived (judged by arrival, not by its stamp); one that agrees stays, so a station back
+    from an outage is not judged by its replay alone. With no sample to go by the last estimate
+    stays: 0 until the station's first timestamped CALL (a clock taken as right: the fail-safe
+    sent after its BootNotification, which carries no time, is valid from a day back to 7 days
+    ahead; a TxProfile needs a transaction, whose start carries a timestamp).
+
+    Why a vote: a message the station queued while offline reads minutes late (ten queued
+    MeterValues made a right clock -1500 s off: its TxProfiles expired on arrival and the station
+    applied its fail-safe while 0 A were counted), and a station stamping some messages in local
+    time marked Z reads an hour off every other minute (a rule taking no stamp older than the
+    previous one pinned +3600 s when the first stamp was such a one: its TxProfiles would have
+    outlived the central system by an hour). So a 2.0.1 message marked ``offline`` is no sample,
+    and a sample is *queued* when a CALL arriving within :data:`BURST_S` after it carries a stamp
+    more than :data:`LATE_S` newer: it does not vote, unless its offset also comes live twice in
+    other bursts (then the station stamps its messages differently, and the majority decides).
+    A replayed queue of any length leaves one live sample, its newest. A tie goes to the higher
+    offset: queued stamps are older, never newer, and a profile whose end is placed too early in
+    the station's clock is dropped on arrival, one placed too late only outlives the central
+    system. A clock step is followed after 3 bursts (forward) or 4 (back).
+
+    A timestamp more than :data:`MAX_CLOCK_OFFSET_S` off is no sample (1970 after a reboot
+    without a battery: no estimate places a profile in such a clock).
     """
 
-    def __init__(self, n: int = 15) -> None:
-        self._obs: deque[tuple[float, datetime]] = deque(maxlen=n)  # (sample [s], arrival)
-        self._candidates: list[tuple[float, datetime, datetime]] = []  # (sample, arrival, its time): set back?
-        self._last_t: datetime | None = None
+    def __init__(self, bursts: int = MAX_BURSTS, window_s: float = WINDOW_S) -> None:
+        self.bursts, self.window_s = int(bursts), float(window_s)
+        self._obs: list[tuple[float, datetime, int]] = []  # (sample [s], arrival, burst number), in arrival order
+        self._burst = 0
+        self._burst_at: datetime | None = None
+        self._offset = 0.0
+        self._votes: list[float] = []
+        self._won = False
         self.warned_s: float | None = None
 
     @property
     def samples(self) -> list[float]:
-        """[s] The samples the estimate stands on, oldest first."""
-        return [d for d, _ in self._obs]
+        """[s] The samples the estimate stands on, in arrival order."""
+        return list(self._votes)
 
     @property
     def offset_s(self) -> float:
-        """[s] The station's clock minus the central system's (0.0 while unknown)."""
-        return float(statistics.median_high(self.samples)) if self._obs else 0.0
+        """[s] The station's clock minus the central system's (0.0 until its first timestamped CALL)."""
+        return self._offset
 
     def observe(self, payload, now: datetime, cp_id: str = "") -> None:
-        """Take the latest timestamp of a CALL's ``payload`` (``timestamp``, ``meterValue[].timestamp``)
-        as read at ``now`` if it is live (see the class); a WARNING when the estimate, standing
-        on two samples or more, leaves [-:data:`CLOCK_WARN_S`, :data:`CLOCK_WARN_S`] or moves more
-        than that since the last warning (once per change, not once per sample of a burst)."""
+        """Take the latest timestamp of a CALL's ``payload`` (``timestamp``, ``meterValue[].timestamp``),
+        read at ``now``, as a sample (see the class); a WARNING when the estimate, standing on two
+        samples or more, leaves [-:data:`CLOCK_WARN_S`, :data:`CLOCK_WARN_S`] or moves more than that
+        since the last warning."""
         if not isinstance(payload, dict) or payload.get("offline") is True:
             return
         t = latest_time(payload)
         if t is None:
             return
-        d = (t - now).total_seconds()
-        if abs(d) > MAX_CLOCK_OFFSET_S:
-            return
-        if self._last_t is not None and t < self._last_t:
-            self._candidates = [c for c in self._candidates if abs(c[0] - d) <= LATE_S] + [(d, now, t)]
-            if len(self._candidates) < 3 or (now - self._candidates[0][1]).total_seconds() < STEP_CONFIRM_S:
-                return  # queued before a message already seen, or a clock set back (not yet sure)
-            self._obs.clear()
-            self._obs.extend((c[0], c[1]) for c in self._candidates[:-1])
-        self._candidates = []
-        self._last_t = t
-        # a later message of the same burst shows the earlier ones were queued
-        kept = [(x, at) for x, at in self._obs if x >= d - LATE_S or (now - at).total_seconds() > BURST_S]
-        self._obs.clear()
-        self._obs.extend(kept)
-        self._obs.append((d, now))
+        if self._burst_at is None or not 0.0 <= (now - self._burst_at).total_seconds() <= BURST_S:
+            self._burst += 1
+            self._burst_at = now
+        self._obs.append(((t - now).total_seconds(), now, self._burst))
+        self._trim(now)
+        self._vote()
         self._warn(cp_id)
+
+    def _trim(self, now: datetime) -> None:
+        # A candidate expires after the window; samples agreeing with the estimate stay (among the
+        # last bursts), so that a station back from an outage is not judged by its replay alone.
+        first = self._burst - KEEP_BURSTS + 1
+        obs = [o for o in self._obs if o[2] >= first and ((now - o[1]).total_seconds() <= self.window_s
+                                                           or abs(o[0] - self._offset) <= LATE_S)]
+        mine = [i for i, o in enumerate(obs) if o[2] == self._burst]
+        if len(mine) > BURST_KEEP:  # a long replay: its oldest stamps go (a later one outvotes them anyway)
+            drop = set(sorted(mine, key=lambda i: obs[i][0])[:len(mine) - BURST_KEEP])
+            obs = [o for i, o in enumerate(obs) if i not in drop]
+        self._obs = obs
+
+    def _vote(self) -> None:
+        near = [(d, at.timestamp(), b) for d, at, b in self._obs if abs(d) <= MAX_CLOCK_OFFSET_S]
+        if not near:
+            return  # nothing in the window to go by: the last estimate stays
+        # Queued: a CALL arriving within BURST_S after it carries a stamp more than LATE_S newer.
+        # From the newest back, until the last MAX_BURSTS bursts holding a live sample are found.
+        ats = [at for _, at, _ in near]
+        kept: list[tuple[float, float, int, bool]] = []
+        live: set[int] = set()
+        for i in range(len(near) - 1, -1, -1):
+            d, at, b = near[i]
+            if len(live) == self.bursts and b not in live:
+                break
+            q = any(d2 > d + LATE_S for d2, _, _ in near[i + 1:bisect.bisect_right(ats, at + BURST_S)])
+            kept.append((d, at, b, q))
+            if not q:
+                live.add(b)
+        near = [x for x in reversed(kept) if x[2] >= min(live)]
+
+        def told(v: float, among, but: int | None = None) -> int:
+            # how often the station said v [s], counted once per BURST_S of arrival (the tail of a
+            # replay that runs over a burst's end is one telling, not two)
+            n, last = 0, None
+            for d, at, b, _ in among:
+                if abs(d - v) <= LATE_S and b != but and (last is None or at - last > BURST_S):
+                    n, last = n + 1, at
+            return n
+
+        free = [x for x in near if not x[3]]
+        voters = [x for x in near if not x[3] or told(x[0], free, but=x[2]) >= 2]
+        support, best = max((told(d, voters), d) for d, *_ in voters)
+        other = max((told(d, voters) for d, *_ in voters if abs(d - best) > LATE_S), default=0)
+        self._votes = [d for d, *_ in voters if abs(d - best) <= LATE_S]
+        self._offset = float(statistics.median(self._votes))
+        self._won = support > other  # not a tie: the estimate may be warned about
 
     def _warn(self, cp_id: str) -> None:
         off = self.offset_s
         if abs(off) > CLOCK_WARN_S and (self.warned_s is None or abs(off - self.warned_s) > CLOCK_WARN_S):
-            if sum(abs(x - off) <= CLOCK_WARN_S for x in self.samples) < 2:
-                return  # one sample (the last of a burst): not yet a change worth a warning
+            if len(self._votes) < 2 or not self._won:
+                return  # one sample, or a tie (its stamps disagree): not yet a change worth a warning
             self.warned_s = off
             log.warning("%s: station clock is %+.0f s off the central system's: its profiles carry its own "
                         "time; set its clock (NTP)", cp_id, off)

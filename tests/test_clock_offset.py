@@ -1,0 +1,175 @@
+"""A station's clock offset (nowblock.ocpp.edge.ClockOffset): voted on by its recent live
+bursts, so that neither a minority of wrong stamps, nor a wrong first stamp, nor a queue replayed
+after an outage moves it, and a real clock step is followed within a few CALLs."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from interop.station import RawStation
+from test_s35_profiles_fallback import K01Station, _served
+
+from nowblock.ocpp import profiles as pr
+from nowblock.ocpp.edge import ClockOffset
+from nowblock.testing import eventually
+
+T0 = datetime(2026, 12, 7, 12, tzinfo=timezone.utc)
+
+
+def _iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _tx_life_s(offset_est_s: float, its_offset_s: float, validity_s: int = 900) -> float:
+    """[s of our clock] How long a TxProfile sent at T0 with the estimate ``offset_est_s`` stays in
+    force at a station whose clock is ours + ``its_offset_s`` (0: expired on arrival)."""
+    p = pr.Profile.from_payload(1, pr.in_station_clock(pr.build_profile(
+        "1.6", pr.TX, 16.0, connector_id=1, now=T0, validity_s=validity_s, transaction_id=1), offset_est_s))
+    t = 0
+    while p.limit_at(T0 + timedelta(seconds=its_offset_s + t), None, 230.0, 3) is not None and t < 10 * 86400:
+        t += 10
+    return t
+
+
+def _z_bug_station(c: ClockOffset, wrong_first: bool, hours: float = 2.0) -> list[float]:
+    """A right clock sending a message every 60 s; every other minute one more, stamped an hour
+    ahead (local time marked Z), one second before (``wrong_first``) or after the right one. The
+    very first message is a wrong one when ``wrong_first``. Returns the estimate after each CALL."""
+    out = []
+    for t in range(0, int(hours * 3600), 60):
+        now = T0 + timedelta(seconds=t)
+        msgs = [(now, 2.0)]
+        if t % 120 == 0:
+            msgs.insert(0 if wrong_first else 1, (now + timedelta(seconds=3600), 1.0 if wrong_first else 3.0))
+        for stamp, late in msgs:
+            c.observe({"timestamp": _iso(stamp)}, now + timedelta(seconds=late), "CP1")
+            out.append(c.offset_s)
+    return out
+
+
+@pytest.mark.parametrize("wrong_first", [True, False])
+def test_a_third_of_stamps_an_hour_off_does_not_pin_the_estimate(wrong_first):
+    # Review R3 M1 (session 35): a station stamping some messages in local time marked Z, the
+    # first one among them, pinned the estimate at +3600 s for good (a stamp older than the
+    # previous sample was taken for a queued one); its TxProfiles then lived 4500 s by its clock
+    # if the central system died, not 900.
+    c = ClockOffset()
+    est = _z_bug_station(c, wrong_first)
+    assert c.offset_s == pytest.approx(-2.0, abs=1.0)
+    assert _tx_life_s(c.offset_s, 0.0) == pytest.approx(900, abs=10)
+    # the wrong stamps win at most while the station's first few bursts are all there is
+    assert sum(e > 1800 for e in est) <= 6, [i for i, e in enumerate(est) if e > 1800]
+    assert all(abs(e) < 5 for e in est[12:])
+
+
+@pytest.mark.parametrize("before_s, after_s", [(0, 3600), (-120, 0), (0, 600), (3600, 0), (0, -3600)])
+def test_a_clock_step_is_followed_within_four_calls(before_s, after_s):
+    # Review R2 M3 (session 35): a clock stepped forward (NTP, a time zone set) was followed after
+    # 8 live CALLs; meanwhile each TxProfile sent had expired on arrival by the station's clock
+    # (0 s of 900), and the station applied its fail-safe while the TxProfile was counted.
+    c = ClockOffset()
+    for i in range(-15, 0):
+        now = T0 + timedelta(seconds=60 * i)
+        c.observe({"timestamp": _iso(now + timedelta(seconds=before_s))}, now, "CP1")
+    assert c.offset_s == pytest.approx(before_s, abs=1.0)
+    seen = []
+    for k in range(4):
+        now = T0 + timedelta(seconds=60 * k)
+        c.observe({"timestamp": _iso(now + timedelta(seconds=after_s))}, now, "CP1")
+        seen.append(c.offset_s)
+    assert seen[-1] == pytest.approx(after_s, abs=1.0), seen
+    # one stepped CALL is not yet a step (a single wrong stamp must not move it)
+    assert seen[0] == pytest.approx(before_s, abs=1.0), seen
+
+
+def test_a_slow_station_is_followed_within_four_calls_and_old_candidates_expire():
+    # A station heard every 5 minutes (a heartbeat-only station's StatusNotifications): a clock
+    # set back 900 s was followed after 9 CALLs (45 minutes).
+    c = ClockOffset()
+    for i in range(-12, 0):
+        now = T0 + timedelta(seconds=300 * i)
+        c.observe({"timestamp": _iso(now)}, now, "CP1")
+    for i in range(4):
+        now = T0 + timedelta(seconds=300 * i)
+        c.observe({"timestamp": _iso(now - timedelta(seconds=900))}, now, "CP1")
+    assert c.offset_s == pytest.approx(-900.0, abs=1.0)
+    # Candidates expire after minutes: two stamps an hour ahead, then a quiet 31 minutes; a third
+    # one does not tie with the estimate's last bursts (it would win the tie, being higher).
+    c = ClockOffset()
+    for i in range(8):
+        now = T0 + timedelta(seconds=60 * i)
+        c.observe({"timestamp": _iso(now)}, now, "CP1")
+    for i in (8, 9):
+        now = T0 + timedelta(seconds=60 * i)
+        c.observe({"timestamp": _iso(now + timedelta(hours=1))}, now, "CP1")
+    now = T0 + timedelta(seconds=60 * 9 + 31 * 60)
+    c.observe({"timestamp": _iso(now + timedelta(hours=1))}, now, "CP1")
+    assert c.offset_s == pytest.approx(0.0, abs=1.0)
+
+
+def test_a_long_replay_after_an_outage_does_not_move_it():
+    # ea413fa's protection kept for a replay longer than one burst: a station back after 50 min
+    # sends one live StatusNotification, then 300 queued MeterValues (every 10 s of the outage),
+    # one per 100 ms round trip (30 s: six bursts), then live ones every 60 s.
+    c = ClockOffset()
+    c.observe({"timestamp": _iso(T0)}, T0, "CP1")
+    for k in range(300):
+        at = T0 + timedelta(seconds=0.5 + 0.1 * k)
+        c.observe({"transactionId": 1, "meterValue": [{"timestamp": _iso(T0 - timedelta(seconds=3000 - 10 * k))}]},
+                  at, "CP1")
+        assert _tx_life_s(c.offset_s, 0.0) >= 600, (k, c.offset_s)
+    for k in range(1, 4):
+        now = T0 + timedelta(seconds=30 + 60 * k)
+        c.observe({"timestamp": _iso(now)}, now, "CP1")
+        assert c.offset_s == pytest.approx(0.0, abs=1.0)
+
+
+def test_one_bogus_stamp_in_a_chatty_stream_does_not_move_it():
+    c = ClockOffset()
+    for k in range(200):  # a message every 2 s; one of them stamped 23 h ahead
+        now = T0 + timedelta(seconds=2 * k)
+        c.observe({"timestamp": _iso(now + timedelta(hours=23 if k == 100 else 0))}, now, "CP1")
+        assert c.offset_s == pytest.approx(0.0, abs=1.0), k
+
+
+async def test_a_station_stamping_its_status_in_local_time_gets_profiles_by_its_real_clock():
+    # R3 M1 through a central system over WebSocket (raw 1.6 frames): the station's first
+    # StatusNotification and every other one carry local time marked Z (an hour ahead), its
+    # transaction messages UTC. Its TxProfile must end 900 s after it was sent by its clock
+    # (it ended 4500 s after: an hour of a stale limit after the central system dies).
+    now = [T0]
+    async with _served(tx_validity_s=900, clock=lambda: now[0]) as cs:
+        station = K01Station("1.6", reject_tx=False)
+        st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=station).connect()
+        try:
+            await st.boot()
+            await eventually(lambda: cs.state.station("CP1").failsafe is not None)
+
+            async def status(state: str):
+                await st.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": state,
+                                                   "timestamp": _iso(now[0] + timedelta(hours=1))})
+
+            await status("Preparing")
+            now[0] += timedelta(seconds=1)
+            tx = (await st.ok("StartTransaction", {"connectorId": 1, "idTag": "TAG1", "meterStart": 0,
+                                                   "timestamp": _iso(now[0])}))["transactionId"]
+            for minute in range(1, 9):
+                now[0] = T0 + timedelta(seconds=60 * minute)
+                if minute % 2 == 0:
+                    await status("Charging")
+                    now[0] += timedelta(seconds=1)
+                await st.ok("MeterValues", {"connectorId": 1, "transactionId": tx, "meterValue": [
+                    {"timestamp": _iso(now[0]), "sampledValue": [{"value": str(100 * minute)}]}]})
+            assert cs.state.station("CP1").clock.offset_s == pytest.approx(0.0, abs=2.0)
+            rec = await cs.set_limit("CP1", 1, 6.0)
+            assert rec.purpose == pr.TX and rec.accepted_a == 6.0
+            sent_at = now[0]
+
+            def applies(after_s: float):
+                return pr.active_limit_a(station.held, 1, sent_at + timedelta(seconds=after_s), transaction_id=tx)
+
+            assert applies(10) == 6.0 and applies(850) == 6.0
+            assert applies(950) == cs.state.station("CP1").failsafe.accepted_a == 8.0
+        finally:
+            await st.close()
