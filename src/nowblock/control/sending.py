@@ -132,8 +132,15 @@ class Dispatcher:
         accepted) is waited for with the first wave, and holds the raises back the same way."""
         # Re-send before a profile could expire ahead of the next step (steps may run late).
         refresh_s = min(self.profile_validity_s / 2.0, self.profile_validity_s - 2.0 * self._step_gap_s())
+        fewer = self._power_for_fewer_phases(ctx.cars, targets.index)
         lower, higher = plan_waves(targets, self.loop.sent, ctx.cars["offered_current_a"], now,
-                                   refresh_s=refresh_s, resend=resend)
+                                   refresh_s=refresh_s, resend=set(resend) | set(fewer))
+        if fewer:
+            # Its limit raises the phases it went on on since (from a third of it on each): in the
+            # raise wave, after the lowerings that make room, unless it is below what it draws.
+            up = [(sid, lim) for sid, lim in lower if sid in fewer and not lim <= fewer[sid] + 1e-9]
+            lower = [x for x in lower if x not in up]
+            higher = up + higher
         out = await self._wave(ctx.cars, lower, now, also=also)
         if only_lower or not higher:
             return out
@@ -215,6 +222,31 @@ class Dispatcher:
         if accepted is not None:  # a restored car is trusted only once it took a limit of ours
             self.loop.record_accepted(sid, limit_a, now)
         return True, None if accepted is None else float(accepted)
+
+    def _power_for_fewer_phases(self, cars: pd.DataFrame, sids) -> dict[str, float]:
+        """Cars whose charger holds a limit in watts for fewer phases than the car now draws on
+        (a car seen on 1 phase that went on on 3): session -> what it draws [A per phase]. Such a
+        limit goes out again whatever was sent: the same amperes are then the power of all its
+        phases. Unchanged, it was never re-sent, and a 32 A limit gave 10.67 A per phase."""
+        out: dict[str, float] = {}
+        txs = getattr(self.state, "transaction", None)
+        if txs is None or "transaction_id" not in cars:
+            return out
+        for sid in sids:
+            row = cars.loc[sid]
+            try:
+                t = txs(row["charge_point_id"], row["transaction_id"])
+                st = self.state.station(row["charge_point_id"])
+                last = st.dispatch.get(int(row["connector_id"]))
+                # Only where its TxProfile was taken: a fallback would go out again every step.
+                watts = st.rate_unit == "W" and last is not None and last.purpose == "TxProfile"
+            except Exception:  # noqa: BLE001 - a stand-in state without stations: nothing to re-send
+                continue
+            if (watts and t is not None and t.stop is None and t.power_phases and t.phases_used
+                    and t.phases_used > t.power_phases):
+                meas = float(row.get("measured_current_a", math.nan))
+                out[sid] = meas if math.isfinite(meas) else 0.0
+        return out
 
     def _names_transactions(self) -> bool:
         # CentralSystem.set_limit takes transaction_id; a stand-in that does not (an older test

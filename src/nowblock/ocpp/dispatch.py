@@ -178,6 +178,8 @@ async def set_limit_locked(
             break
         if attempts and attempts[-1][1] in ("Disconnected", "Timeout"):
             break
+    if accepted == pr.TX:
+        await _power_for_phases_left(cs, cp_id, connector_id, t, current_a, validity_s, retries, backoff_s, attempts)
     if accepted in (pr.TX, pr.TX_DEFAULT):
         await _lift_fallback_max(cs, cp_id, current_a, attempts)
     applied = cs.state.applied_limit_a(cp_id, connector_id)
@@ -190,6 +192,21 @@ async def set_limit_locked(
         log.warning("%s/%s: no profile accepted for %.1f A (%s)", cp_id, connector_id, current_a, attempts)
     cs.state.on_dispatch(cp_id, connector_id, rec)
     return rec
+
+
+async def _power_for_phases_left(cs: "CentralSystem", cp_id: str, connector_id: int, t, current_a: float,
+                                 validity_s: int, retries: int, backoff_s: float, attempts) -> None:
+    # A limit in watts is the power of the phases the car drew on when it was built: a car that
+    # went on on fewer while it was on the wire (no meter value flags it: the station's accepted
+    # power was not known yet) puts all of it on its phases, 6900 W on one phase, 30 A for 10 A,
+    # until the next meter value. Sent again at once for the phases left (twice at most).
+    for _ in range(2):
+        if (t is None or cs.state.running_on(cp_id, connector_id) is not t or cs.state.station(cp_id).rate_unit != "W"
+                or not (t.power_phases and t.phases_used and t.phases_used < t.power_phases)):
+            return
+        if not await send_profile(cs, cp_id, connector_id, pr.TX, current_a, validity_s=validity_s, retries=retries,
+                                  backoff_s=backoff_s, attempts=attempts):
+            return
 
 
 #: [s] A limit for a connector whose transaction ended this recently, sent without naming the

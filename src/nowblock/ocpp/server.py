@@ -85,7 +85,9 @@ class CentralSystem:
         self._connections: dict[str, ChargePoint16 | ChargePoint201] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._resending: set[tuple[str, int, str]] = set()  # (cp_id, connector, transaction) re-send pending
+        #: (cp_id, connector, transaction) -> a re-send is pending; True: a phase change came since
+        #: it read the car's phases, so it goes out once more (see _resend_limit).
+        self._resending: dict[tuple[str, int, str], bool] = {}
         self._server = None
         self.state.add_listener(self._on_event)
 
@@ -280,20 +282,37 @@ class CentralSystem:
             return
         key = (ev.cp_id, ev.connector_id, str(ev.transaction_id))
         if key in self._resending:
-            return  # one waits for the lock already and will send the latest limit (not one per meter value)
+            # One is pending: if it has read the car's phases already (on the wire), it goes out
+            # again after; dropped, a car back on 3 phases kept the power of 1 (3.33 A for 10 A).
+            self._resending[key] = True
+            return
         try:
-            task = self.spawn(self._resend_limit(ev.cp_id, ev.connector_id, ev.transaction_id),
-                              name=f"phases-known-{ev.cp_id}")
+            task = self.spawn(self._resend_until_current(key), name=f"phases-known-{ev.cp_id}")
         except RuntimeError:  # no running loop (a state replayed offline): the next step sends it
             return
-        self._resending.add(key)
-        task.add_done_callback(lambda _: self._resending.discard(key))
+        self._resending[key] = False
+        task.add_done_callback(lambda t: t.cancelled() and self._resending.pop(key, None))  # never started
+
+    async def _resend_until_current(self, key: tuple[str, int, str], rounds: int = 3) -> None:
+        # A bound on rounds: a station whose meter flips phases every value must not keep the
+        # lock busy; the next flagged meter value starts again. The key goes with no await after
+        # the last look, so no event falls between it and the next re-send.
+        try:
+            for _ in range(rounds):
+                await self._resend_limit(*key)
+                if not self._resending.get(key):
+                    return
+        finally:
+            self._resending.pop(key, None)
 
     async def _resend_limit(self, cp_id: str, connector_id: int, transaction_id) -> DispatchRecord | None:
         # The limit to send again is read under the station lock: read when the meter value came,
         # a step's lower limit then on the wire was overwritten by the older, higher one after it
         # (24 A applied where the step had sent 6 A, and booked as sent).
         async with self.station_lock(cp_id):
+            key = (cp_id, connector_id, str(transaction_id))
+            if key in self._resending:
+                self._resending[key] = False  # the car's phases are read from here on
             rec = self.state.station(cp_id).dispatch.get(connector_id)
             t = self.state.running_on(cp_id, connector_id)
             if rec is None or rec.purpose is None or t is None or str(t.transaction_id) != str(transaction_id):
