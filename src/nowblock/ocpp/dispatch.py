@@ -111,10 +111,25 @@ async def send_profile(
         if answer in _PERMANENT or cs.connection(cp_id) is None:
             break
         if attempt < retries:
+            if _ended(cs, cp_id, connector_id, t):
+                break
             await asyncio.sleep(backoff_s * 2**attempt)
+            if _ended(cs, cp_id, connector_id, t):
+                break
+    if _ended(cs, cp_id, connector_id, t):
+        # Its car left: retries for it only held the station lock, and with it the clearing of
+        # its fallback and the idle default behind (5.7 s after the stop at 1.5 s answers, ~28 s
+        # at the default time-outs); a refusal of its TxProfile says nothing about the next car.
+        attempts.append((purpose, "Skipped:TransactionEnded"))
+        return False
     if answer in _REFUSALS or answer in _PERMANENT:
         cs.state.on_refusal(cp_id, purpose, answer, transaction_id=t.transaction_id if t is not None else None)
     return False
+
+
+def _ended(cs: "CentralSystem", cp_id: str, connector_id: int, t) -> bool:
+    """Whether transaction ``t`` (None: a limit for no transaction) no longer runs on the connector."""
+    return t is not None and cs.state.running_on(cp_id, connector_id) is not t
 
 
 async def set_limit(
