@@ -1,18 +1,22 @@
 """A station's clock offset (nowblock.ocpp.edge.ClockOffset): voted on by its recent live
 bursts, so that neither a minority of wrong stamps, nor a wrong first stamp, nor a queue replayed
-after an outage moves it, and a real clock step is followed within a few CALLs."""
+after an outage moves it, and a real clock step is followed within a few CALLs; a clock more than
+a day off is said, alarmed, and its cars counted at their maximum."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from interop.station import RawStation
+from interop.station import RawStation, meter_16, now_iso
 from test_s35_profiles_fallback import K01Station, _served
 
+from nowblock.control import attach
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.edge import ClockOffset
-from nowblock.testing import eventually
+from nowblock.ocpp.server import CentralSystem
+from nowblock.testing import eventually, make_test_site
 
 T0 = datetime(2026, 12, 7, 12, tzinfo=timezone.utc)
 
@@ -173,3 +177,76 @@ async def test_a_station_stamping_its_status_in_local_time_gets_profiles_by_its_
             assert applies(950) == cs.state.station("CP1").failsafe.accepted_a == 8.0
         finally:
             await st.close()
+
+
+def test_a_clock_more_than_a_day_off_is_flagged_warned_and_cleared(caplog):
+    # Review R2 M3 (session 35): a station reset to 1970 (a reboot without a battery) was dropped
+    # without a word: no profile is in force by its clock, the fail-safe neither.
+    caplog.set_level(logging.INFO)
+    c = ClockOffset()
+    for i in range(-3, 0):
+        now = T0 + timedelta(seconds=60 * i)
+        c.observe({"timestamp": _iso(now)}, now, "CP1")
+    assert c.usable and c.far_s is None
+    epoch = datetime(1970, 1, 1, 0, 5, tzinfo=timezone.utc)
+    for i in range(5):
+        c.observe({"timestamp": _iso(epoch + timedelta(seconds=60 * i))}, T0 + timedelta(seconds=60 * i), "CP1")
+        assert not c.usable and c.far_s == pytest.approx((epoch - T0).total_seconds(), abs=60)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "days off" in r.getMessage()]
+    assert len(warned) == 1 and "CP1" in warned[0].getMessage()
+    assert c.offset_s == pytest.approx(0.0, abs=1.0)  # not moved by it
+    # its clock is set (NTP, or the BootNotification's currentTime): usable from its next CALL
+    now = T0 + timedelta(seconds=300)
+    c.observe({"timestamp": _iso(now)}, now, "CP1")
+    assert c.usable and c.far_s is None
+    assert any("within a day" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_station_reset_to_1970_has_its_cars_counted_at_their_maximum(caplog):
+    # R2 M3 through the live loop (raw 1.6 frames): CP2 stamps 1970 and applies no profile by its
+    # clock, so its car draws its 16 A; CP3 stamps 1970 too and has no car. CP2's car was counted
+    # at the 13.5 A it accepted (trusted), CP3's idle connector at its 0 A idle default; once
+    # CP2's car was seen over its limit CP1 got 16 A: with a car plugging in at CP3 (16 A by its
+    # clock) 48 A on a 40 A grid (/tmp/s36/h1/repro_1970b.py).
+    caplog.set_level(logging.WARNING)
+    site = make_test_site(3, grid_a=40.0, max_current_a=16.0)
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1, tx_validity_s=900)
+    await cs.start()
+    ctl = attach(cs, policy="equal", period_s=3600.0, min_replan_s=0.0, solve_timeout_s=2.0)
+    skew = {"CP1": 0.0, "CP2": (datetime(1970, 1, 1, 0, 5, tzinfo=timezone.utc) - pr.utcnow()).total_seconds()}
+    skew["CP3"] = skew["CP2"]
+    answers = {cp: K01Station("1.6", reject_tx=False) for cp in skew}
+    st = {cp: RawStation(f"ws://127.0.0.1:{cs.port}", cp, "1.6", answer=answers[cp]) for cp in skew}
+    try:
+        tx = {}
+        for cp, s in st.items():
+            await s.connect()
+            await s.boot()
+            await eventually(lambda: cs.state.station(cp).failsafe is not None)
+            its = now_iso(pr.utcnow() + timedelta(seconds=skew[cp]))
+            await s.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError",
+                                              "status": "Available" if cp == "CP3" else "Preparing", "timestamp": its})
+            if cp != "CP3":
+                tx[cp] = (await s.ok("StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 0,
+                                                          "timestamp": its}))["transactionId"]
+        for _ in range(2):
+            res = await ctl.step("manual")
+            for cp in tx:  # each car draws what its station applies by its own clock (none: 16 A)
+                lim = answers[cp].applies_a(1, tx[cp], offset_s=skew[cp])
+                amps = 16.0 if lim is None else min(16.0, lim)
+                when = now_iso(pr.utcnow() + timedelta(seconds=skew[cp]))
+                await st[cp].ok("MeterValues", meter_16(1, tx[cp], amps=[amps] * 3, when=when))
+            sid1, sid2 = f"CP1:{tx['CP1']}", f"CP2:{tx['CP2']}"
+            assert res.context.untrusted.get(sid2) == "offline"
+            assert res.context.committed_a[sid2] == 16.0
+            assert ctl.source.idle_defaults_a(res.time)[("CP3", 1)] == 16.0
+            cp1 = answers["CP1"].applies_a(1, tx["CP1"])
+            assert cp1 == res.current_a[sid1] and cp1 + 16.0 + 16.0 <= 40.0 + 0.05
+        alarms = [a for a in ctl.alarms if a["kind"] == "station_clock"]
+        assert sorted(a["charge_point_id"] for a in alarms) == ["CP2", "CP3"]
+        warned = [r.getMessage() for r in caplog.records if "days off" in r.getMessage()]
+        assert len([m for m in warned if m.startswith("CP2:")]) == 1, warned
+    finally:
+        for s in st.values():
+            await s.close()
+        await cs.stop()

@@ -257,6 +257,7 @@ class Controller:
         self.step_listeners: list[Callable[[StepResult], None]] = []  # called after every step
         self.history: list[StepResult] = []
         self._alarms = Alarms(store)
+        self.source.alarm = self._alarms.raise_alarm  # a station clock more than a day off
         self.overloads = OverloadWatch(site, self._alarms, tolerance_a=cfg.overload_tolerance_a)
         self.timed = TimedPolicy(self.policy, self.fallback, solve_timeout_s=self.solve_timeout_s,
                                  new_car_timeout_s=cfg.new_car_timeout_s, max_wait_s=cfg.max_wait_s,

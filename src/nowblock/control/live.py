@@ -23,6 +23,12 @@ from nowblock.seam import CAR_COLUMNS
 log = logging.getLogger(__name__)
 
 
+def _usable(station) -> bool:
+    """Whether profiles can be placed in ``station``'s clock (not more than a day off ours)."""
+    clock = getattr(station, "clock", None)
+    return clock is None or clock.usable
+
+
 def pilot_step_a(versions) -> float:
     """The pilot-signal step [A] of the chargers running cars: 0.1 A when all speak OCPP 1.6
     (its limits take one decimal), else 1 A (2.0.1 takes any decimal, many chargers round)."""
@@ -89,6 +95,10 @@ class LiveBlock:
             raise ValueError(f"base_load_margin: expected a fraction >= 0, got {base_load_margin!r}")
         self.base_load_margin = float(base_load_margin)
         self._metered: tuple[pd.Timestamp, float | None] | None = None  # (when, the meter's reading)
+        #: ``alarm(kind, now, **data)`` (:meth:`nowblock.control.alarms.Alarms.raise_alarm`), or None.
+        self.alarm = None
+        self._far_now: set[str] = set()  # stations found more than a day off at the last observation
+        self._far_alarmed: dict[str, pd.Timestamp] = {}  # station -> when its clock alarm was raised
 
     @property
     def n_slots(self) -> int:
@@ -111,6 +121,15 @@ class LiveBlock:
             cars["offered_current_a"] = np.where(known, np.minimum(rep, cars["max_current_a"].to_numpy(float)),
                                                  cars["offered_current_a"].to_numpy(float))
             cars["limit_known"] = cars["limit_known"].to_numpy() | known
+        far = self._far_clocks(now)
+        if far:
+            # A station whose clock is more than a day off applies no profile of ours, the fail-safe
+            # neither (a review: a station reset to 1970 ran its car at 16 A while 12 A were counted,
+            # 28 A on a 24 A grid): its cars count as a station that can be sent nothing, at their
+            # maximum (or their draw), until its clock is set.
+            off = raw["charge_point_id"].isin(far).to_numpy(bool)
+            cars["connected"] = cars["connected"].to_numpy(bool) & ~off
+            cars["limit_known"] = cars["limit_known"].to_numpy(bool) & ~off
         cars = cars[[*CAR_COLUMNS, *OBSERVED_COLUMNS]]
         # The dispatcher names each car's transaction to the central system, which then sends
         # nothing for one that ended while the step ran (a review: the column was dropped here,
@@ -123,6 +142,20 @@ class LiveBlock:
             idle_defaults_a=self.idle_defaults_a(now, running=running),
         )
         return obs if self.operator is None else self.operator.apply(obs)
+
+    def _far_clocks(self, now: pd.Timestamp) -> list[str]:
+        """The stations whose clock is more than a day off ours (``Station.clock.far_s``); an alarm
+        ``station_clock`` (:attr:`alarm`) when one is found so, at most hourly a station."""
+        far = [cp for cp, st in self.state.stations.items() if not _usable(st)]
+        for cp in far:
+            last = self._far_alarmed.get(cp)
+            if self.alarm is not None and cp not in self._far_now and (last is None or not (
+                    pd.Timedelta(0) <= now - last < pd.Timedelta(hours=1))):
+                self._far_alarmed[cp] = now
+                self.alarm("station_clock", now, charge_point_id=cp,
+                           offset_days=round(self.state.stations[cp].clock.far_s / 86400.0, 1))
+        self._far_now = set(far)
+        return far
 
     def _last_meter(self, cp_id: str, tx_id) -> pd.Timestamp:
         t = self.state.transaction(cp_id, tx_id)
@@ -158,7 +191,8 @@ class LiveBlock:
                     # profile): it may not exist (an EVSE 5 on a 1-EVSE station was held at
                     # its fail-safe for good); it is held for once it reports a car plugged in.
                     continue
-                held = self.state.applied_limit_a(cp.id, c, t)
+                # A clock more than a day off: nothing of ours in force there, the fail-safe neither.
+                held = self.state.applied_limit_a(cp.id, c, t) if _usable(st) else float(cp.max_current_a)
                 if held is None:
                     held = cp.max_current_a if st.connected and st.boot else float(
                         self.failsafe_a.get(cp.id, cp.max_current_a))

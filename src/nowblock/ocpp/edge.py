@@ -365,8 +365,13 @@ class ClockOffset:
     the station's clock is dropped on arrival, one placed too late only outlives the central
     system. A clock step is followed after 3 bursts (forward) or 4 (back).
 
-    A timestamp more than :data:`MAX_CLOCK_OFFSET_S` off is no sample (1970 after a reboot
-    without a battery: no estimate places a profile in such a clock).
+    A timestamp more than :data:`MAX_CLOCK_OFFSET_S` off is no sample: such a clock (1970 after a
+    reboot without a battery) applies no profile placed by any estimate, the fail-safe included.
+    While the station's latest timestamp is one, :attr:`far_s` says how far off it is (a WARNING
+    when that starts, at most hourly; INFO when it ends): the live loop then counts the station's
+    cars and idle connectors at their maximum and raises an alarm (:mod:`nowblock.control.live`).
+    A replayed message queued more than a day ago sets it too, until the next live one: counting
+    its cars at their maximum a moment is the safe side.
     """
 
     def __init__(self, bursts: int = MAX_BURSTS, window_s: float = WINDOW_S) -> None:
@@ -378,6 +383,9 @@ class ClockOffset:
         self._votes: list[float] = []
         self._won = False
         self.warned_s: float | None = None
+        #: [s] How far off a clock more than a day off is (None: within a day, or not known).
+        self.far_s: float | None = None
+        self._far_warned: datetime | None = None  # when its WARNING was last logged (at most hourly)
 
     @property
     def samples(self) -> list[float]:
@@ -389,11 +397,16 @@ class ClockOffset:
         """[s] The station's clock minus the central system's (0.0 until its first timestamped CALL)."""
         return self._offset
 
+    @property
+    def usable(self) -> bool:
+        """Whether profiles can be placed in the station's clock (False while :attr:`far_s` is set)."""
+        return self.far_s is None
+
     def observe(self, payload, now: datetime, cp_id: str = "") -> None:
         """Take the latest timestamp of a CALL's ``payload`` (``timestamp``, ``meterValue[].timestamp``),
         read at ``now``, as a sample (see the class); a WARNING when the estimate, standing on two
         samples or more, leaves [-:data:`CLOCK_WARN_S`, :data:`CLOCK_WARN_S`] or moves more than that
-        since the last warning."""
+        since the last warning, and once when the clock is found more than a day off."""
         if not isinstance(payload, dict) or payload.get("offline") is True:
             return
         t = latest_time(payload)
@@ -405,6 +418,7 @@ class ClockOffset:
         self._obs.append(((t - now).total_seconds(), now, self._burst))
         self._trim(now)
         self._vote()
+        self._far(cp_id)
         self._warn(cp_id)
 
     def _trim(self, now: datetime) -> None:
@@ -454,6 +468,21 @@ class ClockOffset:
         self._votes = [d for d, *_ in voters if abs(d - best) <= LATE_S]
         self._offset = float(statistics.median(self._votes))
         self._won = support > other  # not a tie: the estimate may be warned about
+
+    def _far(self, cp_id: str) -> None:
+        d = self._obs[-1][0]  # the station's latest reading of its clock
+        was, self.far_s = self.far_s, (d if abs(d) > MAX_CLOCK_OFFSET_S else None)
+        if was is None and self.far_s is not None:
+            now = self._obs[-1][1]
+            hourly = self._far_warned is None or not 0.0 <= (now - self._far_warned).total_seconds() < 3600.0
+            self._far_warned = now if hourly else self._far_warned
+            log.log(logging.WARNING if hourly else logging.INFO,
+                    "%s: station timestamp %+.1f days off the central system's (its clock reset, e.g. to 1970, or "
+                    "a message queued that long): no profile can be placed in such a clock, so none is taken to "
+                    "be in force; its cars and idle connectors count at their maximum until it sends a time "
+                    "within a day (set its clock: NTP)", cp_id, self.far_s / 86400)
+        elif was is not None and self.far_s is None:
+            log.info("%s: station clock within a day of the central system's again (%+.0f s)", cp_id, self._offset)
 
     def _warn(self, cp_id: str) -> None:
         off = self.offset_s
