@@ -21,7 +21,7 @@ import logging
 import math
 import random
 import ssl as _ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -42,6 +42,10 @@ from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.profiles import iso, utcnow
 
 log = logging.getLogger(__name__)
+
+#: Measurands the simulated meter can sample (1.6 MeterValuesSampledData, 2.0.1
+#: SampledDataCtrlr.TxUpdatedMeasurands); a station samples all of them unless told otherwise.
+MEASURANDS = ("Energy.Active.Import.Register", "Power.Active.Import", "Current.Offered", "Current.Import", "SoC")
 
 
 @dataclass
@@ -99,20 +103,25 @@ class SimCharger:
 
     ``version`` "1.6" or "2.0.1"; ``max_current_a`` [A] and ``phases`` of the charger;
     ``meter_interval_s`` [s]; ``password`` for HTTP Basic (security profile 1); ``clock``
-    returns the current time (replace it to run faster than real time).
+    returns the current time (replace it to run faster than real time); ``measurands`` it
+    samples in its periodic meter values (a subset of :data:`MEASURANDS`; the central system
+    may change them, as it may a real station's).
     """
 
     def __init__(
         self, cp_id: str, url: str, version: str = "1.6", *, connectors: int = 1, max_current_a: float = 32.0,
         phases: int = 3, voltage_v: float = 230.0, meter_interval_s: float = 10.0, password: str | None = None,
         quirks: Quirks | None = None, clock: Callable[[], datetime] = utcnow, ssl: _ssl.SSLContext | None = None,
-        response_timeout_s: float = 10.0,
+        response_timeout_s: float = 10.0, measurands: Sequence[str] = MEASURANDS,
     ) -> None:
         self.cp_id, self.url, self.version = cp_id, url.rstrip("/"), version
         self.n_connectors, self.max_current_a, self.phases = connectors, max_current_a, phases
         self.voltage_v, self.meter_interval_s = voltage_v, meter_interval_s
         self.password, self.quirks, self.clock, self.ssl = password, quirks or Quirks(), clock, ssl
         self.response_timeout_s = response_timeout_s
+        self.measurands: list[str] = []
+        if not self.configure_measurands(",".join(measurands)):
+            raise ValueError(f"measurands: a non-empty subset of {MEASURANDS}, got {list(measurands)}")
         self.profiles: list[pr.Profile] = []
         self.sessions: dict[int, Session] = {}
         self.register_wh: dict[int, float] = {c: 0.0 for c in range(1, connectors + 1)}
@@ -215,6 +224,41 @@ class SimCharger:
         self.advance()
         self.profiles, n = pr.clear_matching(self.profiles, **criteria)
         return "Accepted" if n else "Unknown"
+
+    def configure_measurands(self, value: str) -> bool:
+        """Sample the comma-separated OCPP measurands ``value`` in periodic meter values from now on.
+
+        What a station does with 1.6 ChangeConfiguration(MeterValuesSampledData) or 2.0.1
+        SetVariables(SampledDataCtrlr.TxUpdatedMeasurands).
+
+        Parameters
+        ----------
+        value : str
+            Comma-separated measurands, e.g. ``"Energy.Active.Import.Register,Current.Import"``.
+
+        Returns
+        -------
+        bool
+            True when adopted; False, nothing changed, for an empty list or one naming a
+            measurand this meter does not model (the station answers Rejected).
+        """
+        items = [x.strip() for x in str(value).split(",") if x.strip()]
+        if not items or any(x not in MEASURANDS for x in items):
+            return False
+        self.measurands = list(dict.fromkeys(items))
+        return True
+
+    def variables(self) -> dict[str, dict[str, tuple[bool, str]]]:
+        """The station's configuration as ``{component: {variable: (read-only, value)}}``.
+
+        2.0.1 components and variables; 1.6 keys under the component ``""``.
+        """
+        sampled = ",".join(self.measurands)
+        return {"": {"ChargingScheduleAllowedChargingRateUnit":
+                     (True, "Current" if self.quirks.rate_unit == "A" else "Power"),
+                     "MeterValuesSampledData": (False, sampled)},
+                "SmartChargingCtrlr": {"RateUnit": (True, self.quirks.rate_unit)},
+                "SampledDataCtrlr": {"TxUpdatedMeasurands": (False, sampled)}}
 
     def composite(self, connector_id: int, duration_s: int, unit: str | None) -> tuple[datetime, str, list[dict]]:
         """(start, unit, periods) of the composite schedule the charger will follow."""
@@ -452,7 +496,7 @@ class _Client16(_SilentMixin, _CP16):
 
     async def meter(self, s: Session, m: dict) -> None:
         await self.call(call16.MeterValues(connector_id=s.connector_id, transaction_id=int(s.transaction_id),
-                                           meter_value=[_mv16(self.sim.clock(), m)]))
+                                           meter_value=[_mv16(self.sim.clock(), m, self.sim.measurands)]))
 
     async def unplug(self, s: Session, m: dict, reason: str) -> None:
         await self.call(call16.StopTransaction(meter_stop=int(m["energy_wh"]), timestamp=iso(self.sim.clock()),
@@ -480,9 +524,24 @@ class _Client16(_SilentMixin, _CP16):
 
     @on(A16.get_configuration)
     def on_get_configuration(self, key=None, **kw):
-        value = "Current" if self.sim.quirks.rate_unit == "A" else "Power"
-        return res16.GetConfiguration(configuration_key=[
-            {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": True, "value": value}])
+        known = self.sim.variables()[""]
+        asked = key or list(known)
+        return res16.GetConfiguration(
+            configuration_key=[{"key": k, "readonly": known[k][0], "value": known[k][1]} for k in asked if k in known],
+            unknown_key=[k for k in asked if k not in known] or None)
+
+    @on(A16.change_configuration)
+    def on_change_configuration(self, key, value, **kw):
+        # Answered from the station's own state: awaiting a CALL inside an @on handler deadlocks the ocpp library.
+        self.sim.received.append(("ChangeConfiguration", {"key": key, "value": value}))
+        known = self.sim.variables()[""]
+        if key not in known:
+            status = "NotSupported"
+        elif known[key][0]:
+            status = "Rejected"  # read-only
+        else:
+            status = "Accepted" if self.sim.configure_measurands(value) else "Rejected"
+        return res16.ChangeConfiguration(status=status)
 
 
 class _Client201(_SilentMixin, _CP201):
@@ -506,7 +565,8 @@ class _Client201(_SilentMixin, _CP201):
                           evse={"id": s.connector_id, "connector_id": 1},
                           id_token={"id_token": s.id_tag, "type": "ISO14443"})
 
-    async def _event(self, s: Session, event_type: str, trigger: str, m: dict, charging_state=None, **extra):
+    async def _event(self, s: Session, event_type: str, trigger: str, m: dict, charging_state=None,
+                     measurands: Sequence[str] = MEASURANDS, **extra):
         info = {"transaction_id": s.transaction_id}
         if charging_state:
             info["charging_state"] = charging_state
@@ -516,11 +576,13 @@ class _Client201(_SilentMixin, _CP201):
         s.seq_no += 1
         await self.call(call201.TransactionEvent(
             event_type=event_type, timestamp=iso(self.sim.clock()), trigger_reason=trigger, seq_no=seq,
-            transaction_info=info, meter_value=[_mv201(self.sim.clock(), m)], **extra))
+            transaction_info=info, meter_value=[_mv201(self.sim.clock(), m, measurands)], **extra))
 
     async def meter(self, s: Session, m: dict) -> None:
+        # TxUpdatedMeasurands governs only these; Started and Ended carry every reading.
         await self._event(s, "Updated", "MeterValuePeriodic", m,
-                          charging_state="Charging" if m["power_w"] > 0 else "SuspendedEV")
+                          charging_state="Charging" if m["power_w"] > 0 else "SuspendedEV",
+                          measurands=self.sim.measurands)
 
     async def needs(self, s: Session, sim: SimCharger) -> None:
         car = s.car
@@ -551,40 +613,69 @@ class _Client201(_SilentMixin, _CP201):
             "evse_id": evse_id, "duration": duration, "schedule_start": iso(start), "charging_rate_unit": unit,
             "charging_schedule_period": periods})
 
+    def _lookup(self, d: dict) -> tuple[str, tuple[bool, str] | None]:
+        # (status when not found or not an Actual value, (read-only, value) when found)
+        comp = self.sim.variables().get(d["component"]["name"]) if d["component"]["name"] else None
+        if comp is None:
+            return "UnknownComponent", None
+        if d["variable"]["name"] not in comp:
+            return "UnknownVariable", None
+        if d.get("attribute_type", "Actual") != "Actual":
+            return "NotSupportedAttributeType", None
+        return "Accepted", comp[d["variable"]["name"]]
+
     @on(A201.get_variables)
     def on_get_variables(self, get_variable_data, **kw):
         out = []
         for d in get_variable_data:
-            known = d["component"]["name"] == "SmartChargingCtrlr" and d["variable"]["name"] == "RateUnit"
-            r = {"attribute_status": "Accepted" if known else "UnknownComponent",
-                 "component": d["component"], "variable": d["variable"]}
-            if known:
-                r["attribute_value"] = self.sim.quirks.rate_unit
+            status, found = self._lookup(d)
+            r = {"attribute_status": status, "component": d["component"], "variable": d["variable"]}
+            if found is not None:
+                r["attribute_value"] = found[1]
             out.append(r)
         return res201.GetVariables(get_variable_result=out)
 
+    @on(A201.set_variables)
+    def on_set_variables(self, set_variable_data, **kw):
+        # Answered from the station's own state: awaiting a CALL inside an @on handler deadlocks the ocpp library.
+        self.sim.received.append(("SetVariables", {"set_variable_data": set_variable_data}))
+        out = []
+        for d in set_variable_data:
+            status, found = self._lookup(d)
+            if found is not None:  # only TxUpdatedMeasurands is writable
+                status = "Rejected" if found[0] else (
+                    "Accepted" if self.sim.configure_measurands(d["attribute_value"]) else "Rejected")
+            out.append({"attribute_status": status, "component": d["component"], "variable": d["variable"]})
+        return res201.SetVariables(set_variable_result=out)
 
-def _mv16(t: datetime, m: dict) -> dict:
-    sv = [
-        {"value": f"{m['energy_wh']:.1f}", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
-        {"value": f"{m['power_w']:.1f}", "measurand": "Power.Active.Import", "unit": "W"},
-        {"value": f"{m['offered_a']:.1f}", "measurand": "Current.Offered", "unit": "A"},
-    ]
-    sv += [{"value": f"{m[p.lower()]:.2f}", "measurand": "Current.Import", "phase": p, "unit": "A"}
-           for p in ("L1", "L2", "L3")]
-    if not math.isnan(m["soc"]):
-        sv.append({"value": f"{m['soc']:.0f}", "measurand": "SoC", "unit": "Percent", "location": "EV"})
+
+# measurand: (reading of SimCharger.meter_sample, unit, decimals)
+_READINGS = {"Energy.Active.Import.Register": ("energy_wh", "Wh", 1), "Power.Active.Import": ("power_w", "W", 1),
+             "Current.Offered": ("offered_a", "A", 1), "SoC": ("soc", "Percent", 0)}
+
+
+def _readings(m: dict, measurands: Sequence[str]) -> list[tuple[str, str | None, float, str, int]]:
+    # (measurand, phase, value, unit, decimals) of the readings asked for; SoC only with a car.
+    out = []
+    for name in measurands:
+        if name == "Current.Import":
+            out += [(name, p, m[p.lower()], "A", 2) for p in ("L1", "L2", "L3")]
+        elif not (name == "SoC" and math.isnan(m["soc"])):
+            key, unit, digits = _READINGS[name]
+            out.append((name, None, m[key], unit, digits))
+    return out
+
+
+def _extra(name: str, phase: str | None) -> dict:
+    return {**({"phase": phase} if phase else {}), **({"location": "EV"} if name == "SoC" else {})}
+
+
+def _mv16(t: datetime, m: dict, measurands: Sequence[str] = MEASURANDS) -> dict:
+    sv = [{"value": f"{v:.{d}f}", "measurand": n, "unit": u, **_extra(n, p)} for n, p, v, u, d in _readings(m, measurands)]
     return {"timestamp": iso(t), "sampled_value": sv}
 
 
-def _mv201(t: datetime, m: dict) -> dict:
-    sv = [
-        {"value": round(m["energy_wh"], 1), "measurand": "Energy.Active.Import.Register", "unit_of_measure": {"unit": "Wh"}},
-        {"value": round(m["power_w"], 1), "measurand": "Power.Active.Import", "unit_of_measure": {"unit": "W"}},
-        {"value": round(m["offered_a"], 1), "measurand": "Current.Offered", "unit_of_measure": {"unit": "A"}},
-    ]
-    sv += [{"value": round(m[p.lower()], 2), "measurand": "Current.Import", "phase": p, "unit_of_measure": {"unit": "A"}}
-           for p in ("L1", "L2", "L3")]
-    if not math.isnan(m["soc"]):
-        sv.append({"value": round(m["soc"], 0), "measurand": "SoC", "unit_of_measure": {"unit": "Percent"}, "location": "EV"})
+def _mv201(t: datetime, m: dict, measurands: Sequence[str] = MEASURANDS) -> dict:
+    sv = [{"value": round(v, d), "measurand": n, "unit_of_measure": {"unit": u}, **_extra(n, p)}
+          for n, p, v, u, d in _readings(m, measurands)]
     return {"timestamp": iso(t), "sampled_value": sv}
