@@ -250,3 +250,15 @@ async def test_a_station_reset_to_1970_has_its_cars_counted_at_their_maximum(cap
         for s in st.values():
             await s.close()
         await cs.stop()
+
+
+def test_a_station_reset_within_a_busy_burst_is_flagged():
+    # Its reading of 1970 came as the tenth CALL of a 5 s burst, the lowest stamp of it: the
+    # burst keeps its 8 newest stamps and dropped that one, and with it the flag.
+    c = ClockOffset()
+    for k in range(9):
+        at = T0 + timedelta(seconds=0.3 * k)
+        c.observe({"timestamp": _iso(at)}, at, "CP1")
+    at = T0 + timedelta(seconds=3)
+    c.observe({"timestamp": "1970-01-01T00:00:10Z"}, at, "CP1")
+    assert not c.usable and c.far_s < -50 * 365 * 86400.0

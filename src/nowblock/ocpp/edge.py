@@ -415,10 +415,11 @@ class ClockOffset:
         if self._burst_at is None or not 0.0 <= (now - self._burst_at).total_seconds() <= BURST_S:
             self._burst += 1
             self._burst_at = now
-        self._obs.append(((t - now).total_seconds(), now, self._burst))
+        d = (t - now).total_seconds()
+        self._obs.append((d, now, self._burst))
         self._trim(now)
         self._vote()
-        self._far(cp_id)
+        self._far(d, now, cp_id)
         self._warn(cp_id)
 
     def _trim(self, now: datetime) -> None:
@@ -469,11 +470,10 @@ class ClockOffset:
         self._offset = float(statistics.median(self._votes))
         self._won = support > other  # not a tie: the estimate may be warned about
 
-    def _far(self, cp_id: str) -> None:
-        d = self._obs[-1][0]  # the station's latest reading of its clock
+    def _far(self, d: float, now: datetime, cp_id: str) -> None:
+        # d [s]: the station's latest reading of its clock (kept even when its burst's cap drops it)
         was, self.far_s = self.far_s, (d if abs(d) > MAX_CLOCK_OFFSET_S else None)
         if was is None and self.far_s is not None:
-            now = self._obs[-1][1]
             hourly = self._far_warned is None or not 0.0 <= (now - self._far_warned).total_seconds() < 3600.0
             self._far_warned = now if hourly else self._far_warned
             log.log(logging.WARNING if hourly else logging.INFO,
