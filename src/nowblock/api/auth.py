@@ -6,7 +6,8 @@ only its hash ``sha256:<hex>`` (:func:`hash_token`) is written down: in the site
 comma-separated). ``NOWBLOCK_API_TOKEN`` may hold a token itself (hashed at start, for
 containers with secrets in the environment). A random token of 32 bytes cannot be guessed, so a
 plain SHA-256 suffices (a slow password hash protects guessable secrets); comparisons take
-constant time.
+constant time. A configured hash of a well-known token ("password", ...) is accepted, with a
+WARNING at start: shorter than the 16 characters :func:`hash_token` asks, anyone may guess it.
 
 Reads: ``open`` (anyone who reaches the port), ``local`` (default: clients on the loopback
 interface without a token, others with one) or ``token`` (every read needs a token).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -23,6 +25,11 @@ from collections.abc import Iterable, Mapping
 READ_MODES = ("local", "open", "token")
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+#: Tokens a guesser tries first; "password" was the hash example of docs/api.md until session 36.
+WEAK_TOKENS = ("password", "123456", "12345678", "admin", "secret", "changeme", "token", "test", "THE-TOKEN")
+_WEAK = {"sha256:" + hashlib.sha256(t.encode()).hexdigest(): t for t in WEAK_TOKENS}
+
+log = logging.getLogger(__name__)
 
 
 class TokenConfigError(ValueError):
@@ -56,6 +63,11 @@ class TokenCheck:
             raise TokenConfigError(f"reads: one of {READ_MODES}, got {reads!r}")
         self.hashes = tuple(dict.fromkeys(hashes))
         self.reads = reads
+        for h in self.hashes:
+            if h in _WEAK:  # a warning, not a refusal: a running block keeps its API until it is replaced
+                log.warning("api token hash %s... is the hash of the well-known token %r: anyone who reaches the "
+                            "port may write (caps, dimming, needs); replace it with hash_token() of a random token "
+                            "(secrets.token_urlsafe(32))", h[:15], _WEAK[h])
 
     def verify(self, token: str | None) -> bool:
         """Whether ``token`` is one of the accepted tokens (constant time per hash)."""
