@@ -4,6 +4,9 @@ import hashlib
 import logging
 import re
 import secrets
+import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -37,3 +40,16 @@ def test_the_documented_hash_example_accepts_no_guessable_token():
         for guess in ("password", "123456", "admin", "secret", "changeme", "token", "THE-TOKEN"):
             assert not tc.verify(guess), guess
 
+
+def test_the_documented_token_command_prints_a_token_and_its_hash():
+    cmds = [line.split("#")[0].strip() for line in re.findall(r"^python -c .*$", API_MD, re.M)
+            if "hash_token" in line]
+    assert cmds, "no hash_token command in docs/api.md"
+    for cmd in cmds:
+        argv = shlex.split(cmd)
+        r = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        hashes = re.findall(r"^sha256:[0-9a-f]{64}$", r.stdout, re.M)
+        assert len(hashes) == 1
+        TokenCheck(hashes)
+    assert re.search(r"at least 16 characters", API_MD)

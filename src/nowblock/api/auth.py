@@ -37,7 +37,23 @@ class TokenConfigError(ValueError):
 
 
 def hash_token(token: str) -> str:
-    """The hash of an API token as written in the site file: ``sha256:<64 hex digits>``."""
+    """The hash of an API token as written in the site file: ``sha256:<64 hex digits>``.
+
+    Parameters
+    ----------
+    token : str
+        The token, at least 16 characters (``secrets.token_urlsafe(32)`` gives 43).
+
+    Returns
+    -------
+    str
+        ``sha256:`` and the 64 hex digits of the token's UTF-8 SHA-256.
+
+    Raises
+    ------
+    TokenConfigError
+        For a token shorter than 16 characters (or not a string).
+    """
     if not isinstance(token, str) or len(token) < 16:
         raise TokenConfigError("an API token needs at least 16 characters")
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
