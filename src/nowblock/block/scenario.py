@@ -253,6 +253,132 @@ def check_prices(prices: pd.Series | None, tz: str | None = None, what: str = "p
                         _where(prices, i, tz, lines), eur[i], PLAUSIBLE_PRICE_EUR_PER_KWH)
 
 
+def refuse_empty(series: pd.Series | None, what: str) -> None:
+    """Refuse a series given without a value (a header-only file, an empty Series).
+
+    Not the same as none given (None: 0 kW, 0 EUR/kWh, with a warning from
+    :meth:`Scenario.from_dir`): an empty base load became 0 kW without a word, and a plan
+    checked against the real load overloaded a 45 A grid phase by 45 A.
+
+    Raises
+    ------
+    ScenarioError
+        Naming ``what`` (a file's path, or the argument).
+    """
+    if series is not None and not len(series):
+        raise ScenarioError(f"{what}: no values (only a header, or an empty series); give the series, or leave it "
+                            f"out (None, no file) for none")
+
+
+def _hours(td: pd.Timedelta) -> str:
+    """A duration in hours for messages (``7.5 h``)."""
+    return f"{td / pd.Timedelta(hours=1):.4g} h"
+
+
+def series_span(series: pd.Series) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The time a step series covers: from its first time to its last plus its usual spacing.
+
+    A value holds until the next one, so the last holds for one usual spacing (the median gap
+    between times) more; a single value has no spacing and holds from its time on.
+
+    Parameters
+    ----------
+    series : pandas.Series
+        Values over a sorted UTC DatetimeIndex, at least one.
+
+    Returns
+    -------
+    first, end : pandas.Timestamp
+        [UTC] ``end`` is :data:`~nowblock.block.sessions.TIME_MAX` for a single value.
+    """
+    idx = series.index
+    if len(idx) < 2:
+        return idx[0], TIME_MAX
+    spacing = pd.Timedelta(np.median(np.diff(idx.asi8)), unit=idx.unit)
+    return idx[0], idx[-1] + spacing
+
+
+def cover_window(series: pd.Series | None, start, end, what: str, kind: str, tz: str | None = None,
+                 window: str = "the planned horizon") -> pd.Series | None:
+    """``series`` made to cover ``start`` .. ``end``: refused if it covers none of it, the rest
+    filled (with one warning) if it covers part.
+
+    The one coverage rule of :func:`nowblock.optimize` (its horizon) and :func:`nowblock.simulate`
+    (its window). Before it a series a year off was held flat at its last value and a grid
+    connection planned for the wrong load (+30 A on a 45 A phase in an outside test).
+
+    - A base load that covers none of the window is refused: an unknown load of the flats is
+      not 0 kW. One that covers part of it is accepted and the missing part is taken as the
+      **largest value of the series** (the highest load known for this block). Holding the last
+      value is not safe: a night value held into the evening peak under-plans the households.
+    - Prices that cover none of the window are refused; the missing part of prices that cover
+      part of it is taken as their **mean** (holding the first or last price would make the
+      unknown hours look as cheap or dear as that one hour and move the charging there).
+
+    Parameters
+    ----------
+    series : pandas.Series or None
+        [kW] or [EUR/kWh] over a sorted UTC index (as :func:`time_series` gives it); None is
+        returned as None (no series given: 0 kW / 0 EUR/kWh, as documented).
+    start, end : pandas.Timestamp
+        The window [UTC or any zone], ``end`` after ``start``.
+    what : str
+        How the series is named in messages (a file's path, or ``"base_load"``).
+    kind : {"base_load", "prices"}
+        Which rule fills the missing part.
+    tz : str, optional
+        Time zone of the times in messages.
+    window : str
+        How the window is called in messages.
+
+    Returns
+    -------
+    pandas.Series or None
+        ``series`` itself when it covers the window; else a copy with the fill value added at
+        the start of each missing part (a value holds until the next one).
+
+    Raises
+    ------
+    ScenarioError
+        An empty series, or one that covers none of the window (its span and the window's given).
+    """
+    if series is None:
+        return None
+    refuse_empty(series, what)
+    start, end = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
+    first, until = series_span(series)
+    span = f"{iso_times([first], tz)[0]} .. " + (iso_times([until], tz)[0] if until < TIME_MAX else "on")
+    win = f"{iso_times([start], tz)[0]} .. {iso_times([end], tz)[0]}"
+    overlap = min(end, until) - max(start, first)
+    if overlap <= pd.Timedelta(0):
+        raise ScenarioError(f"{what}: its times ({span}) cover none of {window} ({win}); a series for other days "
+                            f"(a year off?) would be planned as if it were this one")
+    before = max(pd.Timedelta(0), min(end, first) - start)
+    after = max(pd.Timedelta(0), end - max(start, until))
+    if before == pd.Timedelta(0) and after == pd.Timedelta(0):
+        return series
+    if kind == "base_load":
+        fill = float(series.max())
+        how = (f"taken as its largest value, {fill:g} kW (an unknown load of the block is not 0, and its last "
+               f"value may be a night's)")
+    else:
+        fill = float(series.mean())
+        how = f"taken as its mean, {fill:g} EUR/kWh"
+    key = ("cover", what, kind, first, until, start, end)
+    if key not in _warned and len(_warned) < 1000:
+        _warned.add(key)
+        log.warning("%s: covers %s, not all of %s (%s): %s of %s without a value, %s", what, span, window, win,
+                    _hours(before + after), _hours(end - start), how)
+    extra = []
+    if before > pd.Timedelta(0):
+        extra.append(pd.Series([fill], index=pd.DatetimeIndex([start])))
+    if after > pd.Timedelta(0):
+        extra.append(pd.Series([fill], index=pd.DatetimeIndex([max(start, until)])))
+    out = pd.concat([series, *[e.set_axis(e.index.as_unit(series.index.unit)) for e in extra]]).sort_index()
+    out.index.name = series.index.name
+    return out.rename(series.name)
+
+
 @dataclass
 class Scenario:
     """A block to simulate: ``site``, ``sessions`` (the sessions frame), ``base_load`` [kW]
@@ -276,8 +402,10 @@ class Scenario:
         self.base_load = time_series(self.base_load, "kw", "base_load", tz)
         self.prices = time_series(self.prices, "eur_per_kwh", "prices", tz)
         what, lines = _SOURCES.get().get("base_load", ("base_load", None))
+        refuse_empty(self.base_load, what)
         check_base_load(self.base_load, self.site, what, lines)
         what, lines = _SOURCES.get().get("prices", ("prices", None))
+        refuse_empty(self.prices, what)
         check_prices(self.prices, tz, what, lines)
 
     @classmethod
@@ -316,9 +444,13 @@ class Scenario:
                 sources[key] = (str(p / fname), pd.Series(np.arange(len(series)) + 2, index=series.index))
         token = _SOURCES.set(sources)
         try:
-            return cls(site, sessions, base_load=base, prices=prices, name=name)
+            scn = cls(site, sessions, base_load=base, prices=prices, name=name)
         finally:
             _SOURCES.reset(token)
+        # The files' names for later messages (simulate's window check); not a field: a variant
+        # (with_site) is no longer these files.
+        scn._series_files = {key: src for key, (src, _lines) in sources.items()}
+        return scn
 
     def to_dir(self, path: str | Path) -> Path:
         """Write this scenario as a folder (created if needed); returns the folder."""
@@ -381,6 +513,7 @@ def read_base_load_csv(path: str | Path, site: Site) -> pd.Series:
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file")
     series = _read_ts(p, "kw", site.timezone)
+    refuse_empty(series, str(p))
     lines = pd.Series(np.arange(len(series)) + 2, index=series.index)
     check_base_load(series, site, str(p), lines)
     return series.sort_index()

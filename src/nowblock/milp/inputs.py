@@ -21,7 +21,14 @@ import re
 import numpy as np
 import pandas as pd
 
-from nowblock.block.scenario import ScenarioError, check_base_load, check_prices, time_series
+from nowblock.block.scenario import (
+    ScenarioError,
+    check_base_load,
+    check_prices,
+    cover_window,
+    refuse_empty,
+    time_series,
+)
 from nowblock.block.site import Site
 
 _BARE_NUMBER_RE = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
@@ -56,8 +63,9 @@ def check_series(obj, what: str, site: Site) -> pd.Series | None:
     TypeError
         ``obj`` is neither a Series nor a DataFrame (a number, a list, an array: no times).
     ScenarioError
-        Times without an offset, duplicate times, missing, non-numeric or infinite values, a
-        DataFrame without the column, a base load above
+        No values (an empty series is not "none given": pass None for that), times without an
+        offset, duplicate times, missing, non-numeric or infinite values, a DataFrame without
+        the column, a base load above
         :data:`~nowblock.block.scenario.MAX_BASE_LOAD_RATIO` times the grid connection [kW], or a
         price beyond :data:`~nowblock.block.scenario.MAX_PRICE_EUR_PER_KWH` either way [EUR/kWh].
     """
@@ -74,11 +82,57 @@ def check_series(obj, what: str, site: Site) -> pd.Series | None:
     except (ValueError, TypeError) as exc:
         # Non-numeric values or times pandas cannot read: pandas's own message names neither.
         raise ScenarioError(f"{what}: expected numbers [{unit}] over timezone-aware times ({exc})") from exc
+    refuse_empty(s, what)
     if what == "base_load":
         check_base_load(s, site, what)
     else:
         check_prices(s, site.timezone, what)
     return s
+
+
+def cover_horizon(base_load: pd.Series | None, prices: pd.Series | None, site: Site, sessions, start,
+                  horizon: pd.Timedelta, step: pd.Timedelta) -> tuple[pd.Series | None, pd.Series | None]:
+    """``base_load`` and ``prices`` (as :func:`check_series` gives them) made to cover
+    :func:`~nowblock.milp.solve.optimize`'s horizon (:func:`~nowblock.block.scenario.cover_window`).
+
+    Parameters
+    ----------
+    base_load, prices : pandas.Series or None
+        [kW], [EUR/kWh] over sorted UTC times.
+    site : Site
+        Its time zone is the one of the times in messages.
+    sessions : pandas.DataFrame
+        The sessions frame; its first arrival floored to ``step`` is the default start.
+    start : pandas.Timestamp or None
+        The first slot's start (:func:`check_start`); None: the first arrival.
+    horizon, step : pandas.Timedelta
+        The horizon and the slot length.
+
+    Returns
+    -------
+    base_load, prices : pandas.Series or None
+        Each as given when it covers the horizon; else with its missing part filled (one
+        warning: a base load's largest value, prices' mean).
+
+    Raises
+    ------
+    ScenarioError
+        A series that covers none of the horizon (its span and the horizon's given).
+    """
+    if base_load is None and prices is None:
+        return base_load, prices
+    if start is None:
+        try:  # the sessions are checked (and their errors raised) when the model is built
+            arrival = pd.to_datetime(sessions["arrival"], utc=True, format="ISO8601")
+        except (KeyError, ValueError, TypeError):
+            return base_load, prices
+        if not len(arrival) or arrival.isna().all():
+            return base_load, prices
+        start = arrival.min().floor(step)
+    end = start + horizon
+    where = "the horizon"
+    return (cover_window(base_load, start, end, "base_load", "base_load", site.timezone, where),
+            cover_window(prices, start, end, "prices", "prices", site.timezone, where))
 
 
 def check_start(start) -> pd.Timestamp | None:

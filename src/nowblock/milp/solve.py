@@ -61,7 +61,7 @@ from nowblock.milp.adapters import from_sessions
 from nowblock.milp.coarse import Lagrangian, coarse_factor, coarse_formulation, expand, fine_row_prices, improve_bound
 from nowblock.milp.formulation import Formulation, OptimizeOptions
 from nowblock.milp.highs_fast import SolveResult, SolverOptionError, extend_basis, race_lp, solve_matrix
-from nowblock.milp.inputs import check_duration, check_series, check_start
+from nowblock.milp.inputs import check_duration, check_series, check_start, cover_horizon
 from nowblock.milp.matrix import plan_objective
 from nowblock.milp.peak import critical_peak_kw, mean_peak_matrix, plan_peak_kw, warm_start_pays
 from nowblock.milp.plans import Best as _Best, certified as _certified, polish, real_plan, relative_gap as _gap
@@ -636,10 +636,15 @@ def optimize(site, sessions: pd.DataFrame, start=None, horizon="24h", step="15mi
         The block's other load [kW] over timezone-aware times (a DataFrame: its column ``kw``,
         with a ``time`` column or a time index), checked as :class:`~nowblock.Scenario` checks
         it (refused 100 times past the grid connection: W given for kW); every value finite.
-        None: 0 kW.
+        None: 0 kW. An empty series is refused, as is one that covers none of the horizon
+        (a year off); of one that covers part of it the rest is taken as its largest value,
+        with one warning (an unknown load of the block is not 0 kW, and its last value may be
+        a night's; :func:`~nowblock.block.scenario.cover_window`).
     prices : pandas.Series or pandas.DataFrame, optional
         Energy price [EUR/kWh] over timezone-aware times (a DataFrame: its column
-        ``eur_per_kwh``), checked the same way. None: 0 EUR/kWh.
+        ``eur_per_kwh``), checked the same way. None: 0 EUR/kWh. Empty, or covering none of
+        the horizon: refused; covering part of it: the rest is taken as their mean, with one
+        warning.
     **options
         :class:`~nowblock.milp.options.OptimizeOptions` fields, for example ``sharing="fair"``,
         ``time_limit_s=5`` (bounds the whole call), ``mip_rel_gap=0.01``,
@@ -670,6 +675,8 @@ def optimize(site, sessions: pd.DataFrame, start=None, horizon="24h", step="15mi
     start = check_start(start)
     base_load = check_series(base_load, "base_load", site)
     prices = check_series(prices, "prices", site)
+    # A series a year off was held flat at its last value (+30 A on a 45 A grid phase, outside test).
+    base_load, prices = cover_horizon(base_load, prices, site, sessions, start, horizon, step)
     form = from_sessions(site, sessions, start=start, horizon=horizon, step=step, base_load=base_load,
                          prices=prices, options=opts)
     return solve_formulation(form, started_at=t0)

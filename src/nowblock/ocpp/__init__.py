@@ -7,12 +7,16 @@ Entry points: :class:`~nowblock.ocpp.server.CentralSystem` (``start()/stop()``, 
 See docs/ocpp.md.
 """
 
-from nowblock.ocpp.auth import hash_password, verify_password
-
 __all__ = ["CentralSystem", "LiveState", "hash_password", "verify_password"]
 
 
 def __getattr__(name: str):
+    # auth too is imported only when asked for: imported here, ``python -m nowblock.ocpp.auth``
+    # (the documented hash command) found it loaded before running it and runpy warned.
+    if name in ("hash_password", "verify_password"):
+        from nowblock.ocpp import auth
+
+        return getattr(auth, name)
     # The server pulls in websockets and the ocpp library; import it only when asked for.
     if name == "CentralSystem":
         from nowblock.ocpp.server import CentralSystem

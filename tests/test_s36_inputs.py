@@ -1,0 +1,108 @@
+"""Input checks found by an outside tester (session 36, /tmp/s36/h5_report.md): series that miss
+the planned window, misspelt sessions columns, a CSV read straight by pandas across a clock
+change, unclear messages, offsets that are not the site's, float noise in the report."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import nowblock as nb
+from nowblock.block.scenario import ScenarioError
+from nowblock.block.site import ChargePoint, Fuse, Site
+
+TZ = "Europe/Berlin"
+RATING_A = 40.0
+START = "2026-07-01T18:00+02:00"
+
+
+def _site() -> Site:
+    return Site(name="t", fuses=(Fuse("grid", (RATING_A,) * 3),),
+                charge_points=(ChargePoint("CP01", "grid", max_current_a=32.0),), voltage_v=230.0, timezone=TZ)
+
+
+def _sessions(energy_kwh: float = 40.0) -> pd.DataFrame:
+    return pd.DataFrame({"session_id": ["s1"], "charge_point_id": ["CP01"],
+                         "arrival": [pd.Timestamp(START)], "departure": [pd.Timestamp("2026-07-02T06:00+02:00")],
+                         "energy_kwh": [energy_kwh]})
+
+
+def _load(start: str, hours: int, kw) -> pd.Series:
+    t = pd.date_range(pd.Timestamp(start), periods=hours, freq="1h")
+    return pd.Series(np.broadcast_to(np.asarray(kw, float), (hours,)).copy(), index=t, name="kw")
+
+
+# --- H1: a base load or prices that miss the planned window ---------------------------------
+
+
+def test_optimize_refuses_a_base_load_a_year_off():
+    year_off = _load("2025-07-01T18:00+02:00", 12, 20.0)
+    with pytest.raises(ScenarioError, match=r"base_load: its times \(2025-07-01T18:00.*cover none of the horizon \(2026-07-01T18:00"):
+        nb.optimize(_site(), _sessions(), start=START, horizon="12h", step="1h", base_load=year_off)
+
+
+def test_optimize_refuses_an_empty_base_load_and_empty_prices():
+    empty = pd.Series([], index=pd.DatetimeIndex([], tz="UTC"), dtype=float, name="kw")
+    with pytest.raises(ScenarioError, match="base_load: no values"):
+        nb.optimize(_site(), _sessions(), start=START, horizon="12h", step="1h", base_load=empty)
+    with pytest.raises(ScenarioError, match="prices: no values"):
+        nb.optimize(_site(), _sessions(), start=START, horizon="12h", step="1h", prices=empty.rename("eur_per_kwh"))
+
+
+def test_optimize_fills_a_partial_base_load_with_its_largest_value(caplog):
+    # 20 kW (29 A per phase) at 18:00, then 2 kW from 19:00 to 22:00; nothing after 22:00.
+    load = pd.concat([_load("2026-07-01T18:00+02:00", 1, 20.0), _load("2026-07-01T19:00+02:00", 3, 2.0)])
+    with caplog.at_level(logging.WARNING, logger="nowblock.block.scenario"):
+        s = nb.optimize(_site(), _sessions(), start=START, horizon="12h", step="1h", base_load=load)
+    planned = np.asarray(s.form.base_kw)
+    assert planned[:4].tolist() == [20.0, 2.0, 2.0, 2.0]
+    assert np.all(planned[4:] == 20.0)  # not the last value (2 kW), not 0
+    cur = s.current_a.to_numpy(float)
+    house_a = 20.0 * 1000 / (3 * 230.0)
+    assert cur[4:].max() <= RATING_A - house_a + 1e-6
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "base_load: covers" in text and "8 h of 12 h without a value" in text and "largest value, 20 kW" in text
+
+
+def test_optimize_fills_partial_prices_with_their_mean(caplog):
+    prices = _load("2026-07-01T18:00+02:00", 4, [0.4, 0.4, 0.1, 0.1]).rename("eur_per_kwh")
+    with caplog.at_level(logging.WARNING, logger="nowblock.block.scenario"):
+        s = nb.optimize(_site(), _sessions(), start=START, horizon="12h", step="1h", prices=prices)
+    assert np.allclose(np.asarray(s.form.price_eur_per_kwh)[4:], 0.25)
+    assert any("mean, 0.25 EUR/kWh" in r.getMessage() for r in caplog.records)
+
+
+def _folder(tmp_path, base_text: str | None = None, prices_text: str | None = None):
+    scn = nb.Scenario(_site(), _sessions())
+    scn.to_dir(tmp_path)
+    if base_text is not None:
+        (tmp_path / "base_load.csv").write_text(base_text)
+    if prices_text is not None:
+        (tmp_path / "prices.csv").write_text(prices_text)
+    return tmp_path
+
+
+def test_scenario_refuses_a_header_only_base_load_file(tmp_path):
+    d = _folder(tmp_path, "time,kw\n")
+    with pytest.raises(ScenarioError, match=r"base_load\.csv: no values"):
+        nb.Scenario.from_dir(d)
+
+
+def test_simulate_refuses_a_base_load_file_a_year_off(tmp_path):
+    rows = "".join(f"2025-07-01T{h:02d}:00:00+02:00,10\n" for h in range(18, 24))
+    scn = nb.Scenario.from_dir(_folder(tmp_path, "time,kw\n" + rows))
+    with pytest.raises(ScenarioError, match=r"base_load\.csv: its times .* cover none of the simulated window"):
+        nb.simulate(scn, policy="equal", step="1h")
+
+
+def test_simulate_fills_a_partial_base_load_with_its_largest_value(tmp_path):
+    rows = "2026-07-01T18:00:00+02:00,15\n2026-07-01T19:00:00+02:00,3\n2026-07-01T20:00:00+02:00,3\n"
+    scn = nb.Scenario.from_dir(_folder(tmp_path, "time,kw\n" + rows))
+    res = nb.simulate(scn, policy="equal", step="1h")
+    used = res.timeseries["base_load_kw"].to_numpy(float)
+    assert used[:3].tolist() == [15.0, 3.0, 3.0]
+    assert np.all(used[3:] == 15.0)
+
