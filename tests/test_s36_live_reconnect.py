@@ -59,3 +59,59 @@ async def test_a_reconnected_station_gets_no_txprofile_until_it_names_its_transa
             await s.close()
             if s2 is not None:
                 await s2.close()
+
+
+async def test_a_restored_car_is_not_paused_before_its_first_meter_value(tmp_path):
+    """Known since session 35 ("a restored car whose first step comes before its first meter value
+    is paused about 18 s"; /tmp/s36/h2/r6_restored_pause.py): after a restart, a station that only
+    reconnected got 0 A for its restored car (its draw unknown, capped at 0 A) from the step before
+    its meter value. Held as an offline car's until the station names it, it gets nothing then, and
+    its draw, 16 A, after."""
+    from datetime import datetime, timedelta, timezone
+
+    from interop.station import limit_of, meter_16
+
+    from nowblock.control import attach_store, restore_state
+    from nowblock.ocpp.state import LiveState
+    from nowblock.store import open_store
+
+    site = make_test_site(1, grid_a=40)
+    db = str(tmp_path / "nb.sqlite")
+    now = datetime.now(timezone.utc)
+    old = LiveState(site)
+    store = open_store(db)
+    attach_store(old, store)
+    old.on_connect("CP1", "1.6")
+    old.on_start("CP1", 1, 1, start=now - timedelta(minutes=10), meter_start_wh=0.0)
+    old.on_meter("CP1", 1, 1, {"current_l1_a": 16.0, "current_l2_a": 16.0, "current_l3_a": 16.0, "energy_wh": 2000.0},
+                 now - timedelta(seconds=60))
+    store.close()
+    state = LiveState(site)
+    store = open_store(db)
+    attach_store(state, store)
+    assert restore_state(state, store) == 1
+    try:
+        async with central_system(site, control="equal", state=state) as cs:
+            def answer(action, payload):
+                return {"configurationKey": []} if action == "GetConfiguration" else {"status": "Accepted"}
+
+            def tx_limits(frames):
+                return [limit_of(p["csChargingProfiles"]) for a, p in frames if a == "SetChargingProfile"
+                        and p["csChargingProfiles"]["chargingProfilePurpose"] == "TxProfile"]
+
+            s = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", answer=answer).connect()
+            try:
+                await s.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Charging"})
+                ctl = cs.controller
+                n = len(ctl.history)
+                await eventually(lambda: len(ctl.history) >= n + 2, timeout_s=10)  # two steps before its meter value
+                await asyncio.sleep(0.5)
+                assert tx_limits(s.received) == []
+                await s.ok("MeterValues", meter_16(1, 1, amps=[16.0] * 3, energy_wh=2300.0))
+                await eventually(lambda: tx_limits(s.received), timeout_s=10)
+                assert min(tx_limits(s.received)) >= 16.0
+                assert s.schema_errors == []
+            finally:
+                await s.close()
+    finally:
+        store.close()

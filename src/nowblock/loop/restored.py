@@ -75,7 +75,9 @@ def unconfirmed_mask(step, cars: pd.DataFrame, last_ns: np.ndarray, measured_a: 
 
 def draw_caps_a(step, index: pd.Index, measured_a: np.ndarray) -> pd.Series:
     """[A per phase] The most each restored car not confirmed yet is sent: what it draws (0 A
-    before its first meter value), or the limit it accepted from this process if higher (it
+    before its first meter value; a live car's station names it in that one, and until then it
+    is an offline car's and sent nothing, ``LiveState.on_connect``), or the limit it accepted
+    from this process if higher (it
     holds that one, so no raise; capped at its draw alone, a car drawing a little under its
     limit was lowered a pilot step at a time)."""
     acc = np.array([_holds(step, x) or 0.0 for x in index], dtype=float)
