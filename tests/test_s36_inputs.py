@@ -12,6 +12,7 @@ import pytest
 
 import nowblock as nb
 from nowblock.block.scenario import ScenarioError
+from nowblock.block.sessions import read_sessions_csv
 from nowblock.block.site import ChargePoint, Fuse, Site
 
 TZ = "Europe/Berlin"
@@ -105,4 +106,32 @@ def test_simulate_fills_a_partial_base_load_with_its_largest_value(tmp_path):
     used = res.timeseries["base_load_kw"].to_numpy(float)
     assert used[:3].tolist() == [15.0, 3.0, 3.0]
     assert np.all(used[3:] == 15.0)
+
+# --- H2: a misspelt sessions column -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("typo, meant", [("max_curent_a", "max_current_a"), ("phase", "phases"),
+                                         ("Priority", "priority")])
+def test_sessions_file_refuses_a_misspelt_optional_column(tmp_path, typo, meant):
+    path = tmp_path / "sessions.csv"
+    path.write_text(f"session_id,charge_point_id,arrival,departure,energy_kwh,{typo}\n"
+                    "s1,CP01,2026-07-01T18:00:00+02:00,2026-07-02T06:00:00+02:00,10,1\n")
+    with pytest.raises(nb.SessionsError, match=rf"sessions\.csv: .*unknown column '{typo}': did you mean '{meant}'"):
+        read_sessions_csv(path, _site())
+
+
+def test_sessions_frame_refuses_a_misspelt_required_column_with_a_hint():
+    df = _sessions().rename(columns={"energy_kwh": "energy_kWh"})
+    with pytest.raises(nb.SessionsError, match=r"missing column.*did you mean 'energy_kwh' for 'energy_kWh'"):
+        nb.validate_sessions(df, _site())
+
+
+def test_sessions_keeps_other_columns_with_one_warning(caplog):
+    df = _sessions().assign(id_tag="abc", energy_requested_kwh=12.0)
+    with caplog.at_level(logging.WARNING, logger="nowblock.block.sessions"):
+        out = nb.validate_sessions(df, _site())
+        nb.validate_sessions(df, _site())
+    assert out["id_tag"].tolist() == ["abc"]
+    said = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
+    assert len(said) == 1 and "'id_tag'" in said[0] and "'energy_requested_kwh'" in said[0]
 

@@ -210,7 +210,9 @@ def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None, *,
         raise SessionsError(f"sessions: expected a pandas DataFrame, got {type(sessions).__name__}")
     missing = [c for c in REQUIRED if c not in sessions.columns]
     if missing:
-        raise SessionsError(f"sessions: missing column(s) {missing} (required: {', '.join(REQUIRED)})")
+        raise SessionsError(f"sessions: missing column(s) {missing} (required: {', '.join(REQUIRED)})"
+                            f"{_did_you_mean(sessions.columns, missing)}")
+    _check_unknown_columns(sessions.columns)
     if row_labels is not None:
         labels = row_labels
         token = _ROW_LABELS.set(lambda i: labels[i])
@@ -221,6 +223,53 @@ def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None, *,
         return _validate(sessions.copy().reset_index(drop=True), site)
     finally:
         _ROW_LABELS.reset(token)
+
+
+#: Every column the sessions frame knows; any other is kept as it is (an export's own columns).
+KNOWN_COLUMNS = REQUIRED + tuple(OPTIONAL_DEFAULTS)
+#: Columns nowblock's own generators add and nothing validates (the ``workplace_acn`` family's
+#: stated departure): kept without a warning.
+KEPT_COLUMNS = ("user_departure",)
+
+
+def _near(column, known) -> str | None:
+    """The known column ``column`` is most likely a misspelling of (difflib), or None."""
+    import difflib
+
+    hit = difflib.get_close_matches(str(column).strip().lower(), list(known), n=1, cutoff=0.8)
+    return hit[0] if hit else None
+
+
+def _did_you_mean(columns, wanted) -> str:
+    """`` (did you mean 'a' for 'b'?)`` for columns that look like misspellings of ``wanted``."""
+    pairs = [(w, c) for c in columns if c not in KNOWN_COLUMNS for w in [_near(c, wanted)] if w]
+    return f"; did you mean {', '.join(f'{w!r} for {c!r}' for w, c in pairs)}?" if pairs else ""
+
+
+def _check_unknown_columns(columns) -> None:
+    """Refuse a column that is a near miss of a known one that is absent; warn once of others.
+
+    A misspelt optional column (``max_curent_a``, ``phase``) was dropped without a word: a car
+    limited to 16 A was simulated at 20 A, a 1-phase car on 3 phases. Other columns are kept
+    (an export's own, such as ``id_tag``): the contract names the columns it reads, not a closed
+    set, so they are warned about once, not refused.
+    """
+    unknown = [c for c in columns if c not in KNOWN_COLUMNS and c not in KEPT_COLUMNS]
+    if not unknown:
+        return
+    absent = [c for c in KNOWN_COLUMNS if c not in columns]
+    near = [(c, _near(c, absent)) for c in unknown]
+    typo = [(c, k) for c, k in near if k is not None]
+    if typo:
+        c, k = typo[0]
+        raise SessionsError(f"sessions: unknown column {c!r}: did you mean {k!r}? (columns read: "
+                            f"{', '.join(KNOWN_COLUMNS)}; a misspelt optional column would be dropped and its "
+                            f"default used)")
+    key = ("columns", tuple(map(str, unknown)))
+    if key not in _warned and len(_warned) < 1000:
+        _warned.add(key)
+        log.warning("sessions: column(s) %s are not read (kept as they are); the columns read are %s",
+                    ", ".join(map(repr, unknown)), ", ".join(KNOWN_COLUMNS))
 
 
 def _validate(df: pd.DataFrame, site: "Site | None") -> pd.DataFrame:
