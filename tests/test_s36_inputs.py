@@ -107,6 +107,7 @@ def test_simulate_fills_a_partial_base_load_with_its_largest_value(tmp_path):
     assert used[:3].tolist() == [15.0, 3.0, 3.0]
     assert np.all(used[3:] == 15.0)
 
+
 # --- H2: a misspelt sessions column -------------------------------------------------------------
 
 
@@ -135,3 +136,46 @@ def test_sessions_keeps_other_columns_with_one_warning(caplog):
     said = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
     assert len(said) == 1 and "'id_tag'" in said[0] and "'energy_requested_kwh'" in said[0]
 
+
+# --- M2: a base load or prices read by pd.read_csv across a clock change ------------------------
+
+
+def _dst_csv(tmp_path, column: str, value: float):
+    # Berlin leaves summer time on 2026-10-25 at 03:00 (+02:00 -> +01:00).
+    times = pd.date_range("2026-10-24T22:00", periods=8, freq="1h", tz=TZ)
+    path = tmp_path / f"{column}.csv"
+    pd.DataFrame({"time": [t.isoformat() for t in times], column: value}).to_csv(path, index=False)
+    return path, times
+
+
+def _dst_sessions() -> pd.DataFrame:
+    return pd.DataFrame({"session_id": ["s1"], "charge_point_id": ["CP01"],
+                         "arrival": [pd.Timestamp("2026-10-24T22:00+02:00")],
+                         "departure": [pd.Timestamp("2026-10-25T05:00+01:00")], "energy_kwh": [10.0]})
+
+
+def test_optimize_and_scenario_read_a_frame_across_a_clock_change(tmp_path):
+    path, times = _dst_csv(tmp_path, "kw", 7.0)
+    raw = pd.read_csv(path)
+    assert {"+02:00", "+01:00"} <= {t[-6:] for t in raw["time"]}
+    s = nb.optimize(_site(), _dst_sessions(), start="2026-10-24T22:00+02:00", horizon="8h", step="1h",
+                    base_load=raw)
+    assert np.allclose(s.form.base_kw, 7.0)
+    scn = nb.Scenario(_site(), _dst_sessions(), base_load=raw)
+    assert scn.base_load.index.equals(times.tz_convert("UTC"))
+    prices_path, _ = _dst_csv(tmp_path, "eur_per_kwh", 0.3)
+    scn = nb.Scenario(_site(), _dst_sessions(), prices=pd.read_csv(prices_path))
+    assert np.allclose(scn.prices.to_numpy(), 0.3)
+
+
+def test_scenario_names_base_load_for_a_frame_pandas_cannot_read(tmp_path):
+    path, _ = _dst_csv(tmp_path, "kw", 7.0)
+    raw = pd.read_csv(path)
+    raw["kw"] = raw["kw"].astype(object)
+    raw.loc[2, "kw"] = "seven"
+    with pytest.raises(ScenarioError, match=r"^base_load: expected numbers \[kW\]"):
+        nb.Scenario(_site(), _dst_sessions(), base_load=raw)
+    raw = pd.read_csv(path)
+    raw.loc[3, "time"] = "2026-10-25T01:00"  # no offset
+    with pytest.raises(ScenarioError, match=r"^base_load: time index must be timezone-aware: '2026-10-25T01:00'"):
+        nb.Scenario(_site(), _dst_sessions(), base_load=raw)

@@ -73,8 +73,11 @@ def time_series(obj, name: str, what: str, tz: str | None = None) -> pd.Series |
         if name not in obj.columns:
             raise ScenarioError(f"{what}: expected a column {name!r}, got {list(obj.columns)}")
         obj = obj.set_index("time")[name] if "time" in obj.columns else obj[name]
-    s = pd.Series(obj, dtype=float, name=name)
-    idx = pd.DatetimeIndex(s.index)
+    try:
+        s = pd.Series(obj, dtype=float, name=name)
+    except (ValueError, TypeError) as exc:  # pandas' words name neither the series nor the unit
+        raise ScenarioError(f"{what}: expected numbers [{SERIES_UNITS.get(name, '')}] ({exc})") from exc
+    idx = _aware_index(s.index, what)
     if idx.tz is None:
         raise ScenarioError(f"{what}: time index must be timezone-aware")
     idx = idx.tz_convert("UTC")
@@ -95,6 +98,36 @@ def time_series(obj, name: str, what: str, tz: str | None = None) -> pd.Series |
     if inf.any():  # an infinite price reached the MILP as NaN costs: HiGHS ran past its time limit
         raise ScenarioError(f"{what}: infinite values at {', '.join(iso_times(s.index[inf][:3], tz))}")
     return s.sort_index()
+
+
+def _aware_index(index, what: str) -> pd.DatetimeIndex:
+    """``index`` as a DatetimeIndex; text (a ``time`` column read by ``pd.read_csv``) with its
+    offsets read as instants.
+
+    A file across a clock change holds two offsets (+02:00, +01:00): pandas refuses to read
+    such text into one zone ("Mixed timezones detected. Pass utc=True"), so
+    ``nb.optimize(..., base_load=pd.read_csv("base_load.csv"))`` was refused with pandas'
+    words. Each time is read with its own offset (to UTC; the zone does not matter for an
+    instant); a time without an offset is still refused.
+    """
+    if isinstance(index, pd.DatetimeIndex):
+        return index
+    values = list(index)
+    if all(isinstance(v, str) for v in values):
+        text = pd.Series(values, dtype="string")
+        no_offset = ~text.str.strip().str.contains(ISO_OFFSET_RE, regex=True).fillna(False).to_numpy()
+        if no_offset.any():
+            i = int(np.argmax(no_offset))
+            raise ScenarioError(f"{what}: time index must be timezone-aware: {values[i]!r} has no UTC offset "
+                                f"(expected ISO 8601 with one, like 2026-03-02T18:00+01:00)")
+    try:
+        return pd.DatetimeIndex(index)
+    except (ValueError, TypeError):
+        pass
+    try:  # mixed offsets (or zones): each an instant
+        return pd.DatetimeIndex(pd.to_datetime(values, utc=True, format="ISO8601"))
+    except (ValueError, TypeError) as exc:
+        raise ScenarioError(f"{what}: cannot read the times ({exc}); expected ISO 8601 with a UTC offset") from exc
 
 
 #: A base load above this many times the grid connection's rating is refused: no block's other
