@@ -111,7 +111,7 @@ def test_car_maximum_at_the_minimum_or_nothing_to_charge_is_not_warned_about(cap
 def test_ids_like_na_and_null_are_names(tmp_path):
     path = _folder(tmp_path, "null,NA,2026-03-02T18:00:00+01:00,2026-03-02T22:00:00+01:00,5\n"
                              "None,CP01,2026-03-02T18:00:00+01:00,2026-03-02T22:00:00+01:00,NA\n")
-    with pytest.raises(SessionsError, match=r"line 3 \(session_id='None'\): energy_kwh must be a number"):
+    with pytest.raises(SessionsError, match=r"line 3 \(session_id='None'\): energy_kwh is missing"):
         Scenario.from_dir(path)  # NA is still missing where a number is expected
     path = _folder(tmp_path, "null,NA,2026-03-02T18:00:00+01:00,2026-03-02T22:00:00+01:00,5\n")
     scn = Scenario.from_dir(path)

@@ -5,6 +5,7 @@ change, unclear messages, offsets that are not the site's, float noise in the re
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pandas as pd
@@ -179,3 +180,78 @@ def test_scenario_names_base_load_for_a_frame_pandas_cannot_read(tmp_path):
     raw.loc[3, "time"] = "2026-10-25T01:00"  # no offset
     with pytest.raises(ScenarioError, match=r"^base_load: time index must be timezone-aware: '2026-10-25T01:00'"):
         nb.Scenario(_site(), _dst_sessions(), base_load=raw)
+
+
+# --- L4: clearer messages -------------------------------------------------------------------------
+
+SITE_TOML = """
+name = "t"
+timezone = "Europe/Berlin"
+[[fuses]]
+id = "grid"
+max_current_a = MAX
+[[charge_points]]
+id = "CP01"
+fuse = "grid"
+max_current_a = 32
+CAPS
+"""
+
+
+def _site_file(tmp_path, max_a: str = "40", caps: str = "") -> Site:
+    path = tmp_path / "site.toml"
+    path.write_text(SITE_TOML.replace("MAX", max_a).replace("CAPS", caps))
+    return Site.from_toml(path)
+
+
+def test_a_semicolon_separated_sessions_file_gets_a_separator_hint(tmp_path):
+    path = tmp_path / "sessions.csv"
+    path.write_text("session_id;charge_point_id;arrival;departure;energy_kwh\n"
+                    "s1;CP01;2026-07-01T18:00:00+02:00;2026-07-02T06:00:00+02:00;10,5\n")
+    with pytest.raises(nb.SessionsError, match=r"missing column.*looks separated by ';'.*decimal point"):
+        read_sessions_csv(path, _site())
+
+
+def test_a_semicolon_separated_base_load_file_gets_a_separator_hint(tmp_path):
+    d = _folder(tmp_path, "time;kw\n2026-07-01T18:00:00+02:00;1,5\n")
+    with pytest.raises(ScenarioError, match=r"base_load\.csv: expected columns time,kw.*looks separated by ';'"):
+        nb.Scenario.from_dir(d)
+
+
+def test_a_row_with_too_few_fields_is_named_as_such(tmp_path):
+    path = tmp_path / "sessions.csv"
+    path.write_text("session_id,charge_point_id,arrival,departure,energy_kwh\n"
+                    "s1,CP01,2026-07-01T18:00:00+02:00,2026-07-02T06:00:00+02:00,10\n"
+                    "s2,CP01,2026-07-02T18:00:00+02:00,2026-07-03T06:00:00+02:00\n")
+    with pytest.raises(nb.SessionsError, match=r"sessions\.csv: line 3: 4 field\(s\), the header has 5"):
+        read_sessions_csv(path, _site())
+
+
+def test_a_row_without_its_optional_fields_is_still_read(tmp_path):
+    path = tmp_path / "sessions.csv"
+    path.write_text("session_id,charge_point_id,arrival,departure,energy_kwh,max_current_a,phases\n"
+                    "s1,CP01,2026-07-01T18:00:00+02:00,2026-07-02T06:00:00+02:00,10\n")
+    assert read_sessions_csv(path, _site())["max_current_a"].tolist() == [32.0]
+
+
+def test_an_infinite_energy_must_be_finite():
+    with pytest.raises(nb.SessionsError, match=r"row 0 \(session_id='s1'\): energy_kwh must be finite"):
+        nb.validate_sessions(_sessions(energy_kwh=float("inf")), _site())
+
+
+def test_a_quoted_fuse_rating_says_one_number_is_allowed(tmp_path):
+    with pytest.raises(nb.SiteError, match=r"fuses\[0\]\.max_current_a: expected a number \[A\] .* or three "
+                                           r"per-phase numbers .*got '25' \(text: write it without quotes\)"):
+        _site_file(tmp_path, '"25"')
+    assert _site_file(tmp_path, "25").root.max_current_a == (25.0, 25.0, 25.0)
+
+
+def test_the_empty_cap_window_hint_is_accepted_as_it_stands(tmp_path):
+    cap = '[[charge_points.caps]]\nstart = "17:00"\nend = "17:00"\nmax_current_a = 6\n'
+    with pytest.raises(nb.SiteError, match="an empty window") as err:
+        _site_file(tmp_path, caps=cap)
+    start, end = re.search(r'start = "(\d\d:\d\d)", end = "(\d\d:\d\d)"', str(err.value)).groups()
+    site = _site_file(tmp_path, caps=cap.replace('"17:00"\nend = "17:00"', f'"{start}"\nend = "{end}"'))
+    # The whole day: the cap holds at 23:59 local time as well as at noon.
+    times = pd.DatetimeIndex([pd.Timestamp("2026-07-01T12:00+02:00"), pd.Timestamp("2026-07-01T23:59+02:00")])
+    assert np.allclose(site.cap_current_a(times, pd.Timedelta("1min"))[:, 0], 6.0)

@@ -40,7 +40,7 @@ def _bad(df: pd.DataFrame, i: int, col: str, value) -> pd.DataFrame:
     [
         ("departure", pd.Timestamp("2026-03-02 17:00", tz="Europe/Berlin"), "departure is not after arrival"),
         ("energy_kwh", -1.0, "energy_kwh must be a number >= 0"),
-        ("energy_kwh", np.nan, "energy_kwh must be a number >= 0"),
+        ("energy_kwh", np.nan, "energy_kwh is missing"),
         ("charge_point_id", "CP99", "unknown charge_point_id \\('CP99'\\)"),
         ("phases", 4, "phases must be 1, 2 or 3"),
         ("phases", 1.5, "phases must be 1, 2 or 3"),
@@ -51,7 +51,7 @@ def _bad(df: pd.DataFrame, i: int, col: str, value) -> pd.DataFrame:
         ("arrival", "2026-03-02 17:10", "arrival '2026-03-02 17:10' has no UTC offset"),
         ("arrival", "yesterday-ish", "arrival 'yesterday-ish' is not a timestamp"),
         ("arrival", None, "arrival is missing"),
-        ("energy_kwh", np.inf, "energy_kwh must be a number >= 0"),
+        ("energy_kwh", np.inf, "energy_kwh must be finite"),
         ("charge_point_id", None, "charge_point_id is missing"),
     ],
 )

@@ -17,6 +17,7 @@ from nowblock.block.sessions import (
     TIME_MIN,
     iso_times,
     read_sessions_csv,
+    separator_hint,
     validate_sessions,
     write_sessions_csv,
 )
@@ -565,7 +566,7 @@ def _read_ts(path: Path, col: str, tz: str | None = None) -> pd.Series | None:
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"{path}: cannot read it as CSV time,{col} ({exc})") from exc
     if "time" not in df.columns or col not in df.columns:
-        raise ScenarioError(f"{path}: expected columns time,{col}; got {list(df.columns)}")
+        raise ScenarioError(f"{path}: expected columns time,{col}; got {list(df.columns)}{separator_hint(df.columns)}")
     text = df["time"].astype("string")
     gone = text.isna().to_numpy()
     if gone.any():

@@ -11,6 +11,7 @@ is offered; policies never see it.
 from __future__ import annotations
 
 import logging
+import os
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -211,7 +212,7 @@ def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None, *,
     missing = [c for c in REQUIRED if c not in sessions.columns]
     if missing:
         raise SessionsError(f"sessions: missing column(s) {missing} (required: {', '.join(REQUIRED)})"
-                            f"{_did_you_mean(sessions.columns, missing)}")
+                            f"{_did_you_mean(sessions.columns, missing)}{separator_hint(sessions.columns)}")
     _check_unknown_columns(sessions.columns)
     if row_labels is not None:
         labels = row_labels
@@ -223,6 +224,36 @@ def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None, *,
         return _validate(sessions.copy().reset_index(drop=True), site)
     finally:
         _ROW_LABELS.reset(token)
+
+
+def separator_hint(columns) -> str:
+    """A hint when a CSV was read as one column: its header holds ``;`` or a tab (a German Excel
+    export writes ``;`` and decimal commas), else ``""``."""
+    if len(columns) == 1 and any(sep in str(columns[0]) for sep in (";", "\t")):
+        return ("; the header was read as one column: the file looks separated by ';' or tabs (a spreadsheet "
+                "saved with a European locale?): nowblock reads comma-separated values with a decimal point")
+    return ""
+
+
+def _short_rows(path, n_columns: int) -> tuple[int, int] | None:
+    """The first line of CSV ``path`` with fewer fields than its header and a required column
+    among those missing: (line, fields), or None. pandas fills such a row with NaN, and the
+    error then spoke of a bad value, not of a missing field."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = csv.reader(fh)
+            header = next(rows, None)
+            if header is None:
+                return None
+            need = max((header.index(c) for c in REQUIRED if c in header), default=-1) + 1
+            for line, row in enumerate(rows, start=2):
+                if row and len(row) < min(need, n_columns):
+                    return line, len(row)
+    except (OSError, UnicodeDecodeError, csv.Error):  # pandas read it; its own checks follow
+        return None
+    return None
 
 
 #: Every column the sessions frame knows; any other is kept as it is (an export's own columns).
@@ -306,7 +337,9 @@ def _validate(df: pd.DataFrame, site: "Site | None") -> pd.DataFrame:
 
     checks = [
         (df["departure"] <= df["arrival"], "departure is not after arrival"),
-        (~((df["energy_kwh"] >= 0) & np.isfinite(df["energy_kwh"])), "energy_kwh must be a number >= 0"),
+        (df["energy_kwh"].isna(), "energy_kwh is missing"),
+        (np.isinf(df["energy_kwh"]), "energy_kwh must be finite"),
+        (~(df["energy_kwh"] >= 0), "energy_kwh must be a number >= 0"),
         (df["energy_kwh"] > MAX_ENERGY_KWH,
          f"energy_kwh is above {MAX_ENERGY_KWH:g} kWh, more than any vehicle battery holds (cars: up to about "
          f"{LARGE_BATTERY_KWH:g} kWh); expected kWh, was it given in Wh?"),
@@ -444,6 +477,11 @@ def _read_sessions_csv(path, site: "Site | None") -> pd.DataFrame:
         df = pd.read_csv(path, dtype={c: str for c in _ID_COLUMNS}, keep_default_na=False, na_values=na)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SessionsError(f"cannot read sessions ({exc})") from exc
+    short = _short_rows(path, len(df.columns)) if isinstance(path, (str, os.PathLike)) else None
+    if short is not None:
+        line, fields = short
+        raise SessionsError(f"line {line}: {fields} field(s), the header has {len(df.columns)}: a value or a "
+                            f"separator is missing")
     for col in ("arrival", "departure"):
         if col not in df.columns:
             continue

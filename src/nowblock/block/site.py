@@ -339,7 +339,7 @@ class Site:
                     # An empty window, or the whole day? Either reading surprises someone (an
                     # outside test wrote 06:00-06:00 for a 0 A cap, which capped nothing).
                     raise SiteError(f"{wk}: start and end are both {win.start!r}: an empty window; for the "
-                                    f"whole day write start = \"00:00\", end = \"23:59\"")
+                                    f"whole day write start = \"00:00\", end = \"24:00\"")
                 caps.append(win)
             phases = _num(c.get("phases", 3), f"{where}.phases")
             if phases != int(phases):
@@ -468,8 +468,14 @@ def _str(v, where: str) -> str:
 def _three(v, where: str) -> tuple[float, float, float]:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         v = [v, v, v]
-    if not isinstance(v, (list, tuple)) or len(v) != 3:
-        raise SiteError(f"{where}: expected three per-phase values [L1, L2, L3], got {v!r}")
+    if isinstance(v, (list, tuple)) and len(v) != 3:
+        raise SiteError(f"{where}: expected three per-phase values [L1, L2, L3] (or one number for all three), "
+                        f"got {v!r}")
+    if not isinstance(v, (list, tuple)):
+        # A quoted number ("25") is text in TOML: "expected three per-phase values" hid that one
+        # number is allowed as well.
+        raise SiteError(f"{where}: expected a number [A] (the same on all three phases) or three per-phase numbers "
+                        f"[L1, L2, L3], got {v!r}" + (" (text: write it without quotes)" if isinstance(v, str) else ""))
     return tuple(_num(x, where) for x in v)  # type: ignore[return-value]
 
 
