@@ -56,16 +56,56 @@ def from_sessions(site: Site, sessions: pd.DataFrame, start=None, horizon="24h",
     frac = df["draw_fraction"].to_numpy(float) if use_draw_fraction else np.ones(n)
     car_a = np.minimum(df["max_current_a"].to_numpy(float), site.cp_max_current_a[cp])
     offer_a = np.maximum(car_a, site.cp_min_current_a[cp])
+    need = df["energy_kwh"].to_numpy(float)
+    min_a = site.cp_min_current_a[cp] * frac
+    due = due_by_horizon_end_kwh(site, df["arrival"], df["departure"], end, step, cp, phases, offer_a * frac, min_a,
+                                 car_a / offer_a, need)
     return Formulation(
         site=site, slot_starts=times, dt_h=float(dt_h[0]), session_ids=df["session_id"].to_numpy(str),
-        cp_index=cp, phases=phases, min_current_a=site.cp_min_current_a[cp] * frac,
+        cp_index=cp, phases=phases, min_current_a=min_a,
         draw_ratio=car_a / offer_a,
         upper_a=_upper(site, times, cp, offer_a, plugged, dt_h * 3600.0) * frac[:, None],
-        plugged=plugged, need_kwh=df["energy_kwh"].to_numpy(float),
+        plugged=plugged, need_kwh=need, due_kwh=due,
         priority=df["priority"].to_numpy(float),
         base_kw=on_slots(base_load, ticks_ns, dt_h, 0.0, "max"), price_eur_per_kwh=on_slots(prices, ticks_ns, dt_h, 0.0),
         prev_current_a=np.full(n, np.nan), options=options or OptimizeOptions(),
     )
+
+
+#: How far past the horizon's end :func:`due_by_horizon_end_kwh` looks [days]: time-window caps
+#: repeat daily, so a car that cannot get its need in this long cannot later either.
+AFTER_HORIZON_DAYS = 8
+
+
+def due_by_horizon_end_kwh(site: Site, arrival, departure, end, step, cp_index, phases, offer_a, min_a, draw_ratio,
+                           need_kwh) -> np.ndarray | None:
+    """Per car the energy [kWh] due by the horizon's end ``end``: its need less the most it could
+    get from ``end`` to its departure, at least 0 (all of its need when it leaves by ``end``).
+
+    The most it could get is its largest offer ``offer_a`` [A per phase] (the site's time-window
+    caps applied, 0 where below ``min_a`` [A]) on ``step`` slots from ``end`` to its departure,
+    as the horizon's own slots count it (:func:`_upper`, :func:`~nowblock.milp.slots.plugged_fraction`),
+    times ``phases``, the voltage and ``draw_ratio``; at most :data:`AFTER_HORIZON_DAYS` past
+    ``end``. Returns None when every car leaves by ``end`` (the whole need is due).
+    """
+    dep = pd.DatetimeIndex(departure).tz_convert("UTC")
+    end = pd.Timestamp(end).tz_convert("UTC")
+    need = np.maximum(np.nan_to_num(np.asarray(need_kwh, dtype=float)), 0.0)
+    late = np.nonzero(np.asarray(dep > end))[0]
+    if not len(late):
+        return None
+    stop = min(dep[late].max(), end + pd.Timedelta(days=AFTER_HORIZON_DAYS))
+    ticks_ns, dt_h = slot_ticks(end, max(stop - end, pd.Timedelta(step)), step)
+    times = SlotTicks(ticks_ns, end.unit).index()
+    arr = pd.DatetimeIndex(arrival).tz_convert("UTC")[late]
+    plugged = plugged_fraction(arr, dep[late], times, dt_h)
+    hi = _upper(site, times, cp_index[late], offer_a[late], plugged, dt_h * 3600.0)
+    hi = np.where(hi >= min_a[late][:, None] - _TOL_A, hi, 0.0)
+    kw = phases[late] * site.voltage_v / 1000.0 * draw_ratio[late]
+    after_kwh = (hi * plugged * dt_h[None, :]).sum(axis=1) * kw
+    due = need.copy()
+    due[late] = np.maximum(need[late] - after_kwh, 0.0)
+    return due
 
 
 def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOptions | None = None,

@@ -108,6 +108,7 @@ def _with_virtual(form: Formulation, ids: np.ndarray, cp_index: np.ndarray, phas
         draw_ratio=None if ratio is None else np.concatenate([ratio, np.ones(m)]),
         shortfall_weight=None if weight is None else np.concatenate([weight, np.ones(m)]),
         now_bonus_eur_per_kwh=None if bonus is None else np.concatenate([bonus, np.zeros(m)]),
+        due_kwh=None if form.due_kwh is None else np.concatenate([form.due_kwh, need_kwh]),
         incidence_a=np.hstack([form.incidence, incidence]),
         kernel_arrays=None,  # computed for the real cars only
     )

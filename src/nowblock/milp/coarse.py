@@ -165,6 +165,10 @@ class Lagrangian:
         self.car = car
         self.w = np.asarray(mf.cost[mf.cols["shortfall_kwh"]], dtype=float)  # per car [EUR/kWh]
         self.need = np.asarray(mf.row_lo[mf.rows["energy"]], dtype=float)
+        # The part of a need a car could get after the horizon's end is short first, cheaper.
+        later = mf.cols.get("later_kwh")
+        self.w_later = self.w if later is None else np.asarray(mf.cost[later], dtype=float)
+        self.due = self.need if later is None else self.need - np.asarray(mf.col_hi[later], dtype=float)
         self.hi = np.asarray(mf.row_hi[mf.rows["energy"]], dtype=float)
 
     def value(self, lam: np.ndarray) -> tuple[float, np.ndarray]:
@@ -183,11 +187,13 @@ class Lagrangian:
         before = cum - e_o - offset
         # Cells with negative reduced cost are cheaper than nothing; beyond a car's need they
         # still lower the sum as long as the energy row's ceiling allows (r_o < 0: the ceiling).
-        target = np.where(r_o < 0, self.hi[c_o], np.where(r_o < self.w[c_o], self.need[c_o], 0.0))
+        target = np.where(r_o < 0, self.hi[c_o], np.where(r_o < self.w_later[c_o], self.need[c_o],
+                                                          np.where(r_o < self.w[c_o], self.due[c_o], 0.0)))
         take = np.clip(target - before, 0.0, e_o)
         got = np.bincount(c_o, weights=take, minlength=n)
         energy_cost = float((take * np.where(np.isfinite(r_o), r_o, 0.0)).sum())
-        short = float((self.w * np.maximum(self.need - got, 0.0)).sum())
+        later = np.minimum(np.maximum(self.need - got, 0.0), self.need - self.due)
+        short = float((self.w * np.maximum(self.due - got, 0.0) + self.w_later * later).sum())
         x = np.zeros(K)
         x[order] = take / np.where(ok[order], kwh[order], 1.0)
         return energy_cost + short + self.const0 - float(lam @ self.row_hi), x

@@ -11,9 +11,11 @@ Model (all currents per phase [A], energies [kWh], money [EUR]):
 
 - ``current_a[k]`` for every cell ``k`` = (car, slot) where the car is plugged in and may draw at
   least its minimum; "0 or >= min" (IEC 61851) in every slot of the returned plan.
-- Energy: ``need <= sum_t kwh_per_a[k] * current[k] + shortfall_kwh[i] <= need + one slot at the
+- Energy: ``need <= sum_t kwh_per_a[k] * current[k] + shortfall_kwh[i] + later_kwh[i] <= need + one slot at the
   minimum current (at least one pilot step)``, ``0 <= shortfall <= need`` (soft target: never infeasible; a car gets at
   most one minimum-current slot more than it needs, so a small remainder can still be served).
+  ``0 <= later_kwh[i] <= need - due`` is the part a car leaving after the horizon's end could
+  still get after it (``due_kwh``), priced lower, so it is short first.
 - Every fuse, every grid phase, every slot: charging current + the block's other load (root
   only, spread evenly over phases) <= rating, the room floored to the pilot step (every
   coefficient is a whole number and every setpoint a whole number of steps, so this loses no
@@ -131,6 +133,12 @@ class Formulation:
         Per car, taken off the cost of every kWh it gets in the first slot [EUR/kWh] (None: 0).
         :class:`~nowblock.milp.MilpPolicy` sets it for the cars its top-up serves (see
         ``OptimizeOptions.top_up_h``).
+    due_kwh : ndarray, optional
+        Per car, the part of ``need_kwh`` [kWh] due by the horizon's end (None: all of it). A
+        car leaving after the horizon's end needs by then only what it could not get after it
+        (:func:`~nowblock.milp.adapters.due_by_horizon_end_kwh`); the rest (:attr:`later_kwh`)
+        has its own shortfall column priced ``options.after_horizon_weight`` times the car's
+        shortfall price, so due energy is served first.
     """
 
     site: Site
@@ -153,6 +161,7 @@ class Formulation:
     incidence_a: np.ndarray | None = field(default=None, repr=False)
     kernel_arrays: KernelArrays | None = field(default=None, repr=False)
     now_bonus_eur_per_kwh: np.ndarray | None = None
+    due_kwh: np.ndarray | None = None
 
     # ---- shapes and time ----------------------------------------------------------------
     @property
@@ -229,6 +238,15 @@ class Formulation:
         the rounding keep to the same ceiling, so the model's bound holds for every plan."""
         need = np.maximum(np.nan_to_num(np.asarray(self.need_kwh, dtype=float)), 0.0)
         return need + self.min_on_a * self.kw_per_a * float(self.slot_h.max(initial=0.0))
+
+    @cached_property
+    def later_kwh(self) -> np.ndarray:
+        """Per car the part of its need [kWh] it could still get after the horizon's end (need
+        less :attr:`due_kwh`, at least 0; all 0 without ``due_kwh``)."""
+        need = np.maximum(np.nan_to_num(np.asarray(self.need_kwh, dtype=float)), 0.0)
+        if self.due_kwh is None:
+            return np.zeros(self.n_cars)
+        return np.clip(need - np.asarray(self.due_kwh, dtype=float), 0.0, need)
 
     @cached_property
     def cells(self) -> tuple[np.ndarray, np.ndarray]:

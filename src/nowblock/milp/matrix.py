@@ -331,10 +331,41 @@ def build_matrix(f: "Formulation", binary: np.ndarray, *, split_useful: bool = F
         bound_slack_eur=slack_eur, credit_on_useful=len(credit_cell) > 0,
         build_seconds=time.perf_counter() - t_start,
     )
+    if f.due_kwh is not None and n:
+        mf = _with_later_columns(f, mf)
     if exact_draws and U:
         mf = _with_exact_draws(f, mf, np.maximum(energy_hi, need))
         mf = dataclasses.replace(mf, build_seconds=time.perf_counter() - t_start)
     return mf
+
+
+def _with_later_columns(f: "Formulation", mf: MatrixForm) -> MatrixForm:
+    """``mf`` with one more shortfall column per car, ``later_kwh`` (appended after every other
+    column): in the car's energy row, ``0 <= later_kwh <= Formulation.later_kwh`` (what it could
+    still get after the horizon's end), priced ``after_horizon_weight`` times the car's
+    ``shortfall_kwh`` column. Being cheaper it is short first: ``shortfall_kwh`` is then the
+    energy due by the horizon's end and not delivered."""
+    n = f.n_cars
+    nc = mf.num_col
+    e0 = mf.rows["energy"].start
+    sh = mf.cols["shortfall_kwh"]
+    cost = mf.cost[sh] * float(f.options.after_horizon_weight)
+    # Appended columns with one entry each keep the CSC order: no sort.
+    return dataclasses.replace(
+        mf, cost=np.r_[mf.cost, cost], col_lo=np.r_[mf.col_lo, np.zeros(n)], col_hi=np.r_[mf.col_hi, f.later_kwh],
+        integrality=np.r_[mf.integrality, np.zeros(n, dtype=mf.integrality.dtype)],
+        a_start=np.r_[mf.a_start, mf.a_start[-1] + np.arange(1, n + 1)].astype(mf.a_start.dtype),
+        a_index=np.r_[mf.a_index, e0 + np.arange(n)].astype(mf.a_index.dtype), a_value=np.r_[mf.a_value, np.ones(n)],
+        cols={**mf.cols, "later_kwh": slice(nc, nc + n)})
+
+
+def split_shortfall(form: "Formulation", short_kwh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A car's need not delivered in the horizon, ``short_kwh`` [kWh], as (due, later): what it
+    could still get after the horizon's end (:attr:`Formulation.later_kwh`) is short first, the
+    rest is due by the horizon's end and not delivered."""
+    short = np.asarray(short_kwh, dtype=float)
+    later = np.minimum(short, form.later_kwh)
+    return short - later, later
 
 
 def _with_exact_draws(f: "Formulation", mf: MatrixForm, hi_kwh: np.ndarray) -> MatrixForm:
@@ -434,6 +465,12 @@ def plan_columns(form: "Formulation", mf: MatrixForm, x: np.ndarray) -> np.ndarr
                             mf.binary_cell, cols["shortfall_kwh"].start, wf.start if wf.stop > wf.start else -1,
                             pk.start if pk.stop > pk.start else -1, mf.change_cell, mf.change_has_prev,
                             mf.change_rhs, cols["change_up_a"].start, cols["change_down_a"].start, _TOL_A)
+    if "later_kwh" in cols:  # the part the car could get after the horizon is short first
+        sh = cols["shortfall_kwh"]
+        v[sh], v[cols["later_kwh"]] = split_shortfall(form, v[sh])
+        if wf.stop > wf.start:
+            need = np.maximum(form.need_kwh, 0.0)
+            v[wf] = np.max(np.where(need > 1e-9, v[sh] / np.where(need > 1e-9, need, 1.0), 0.0), initial=0.0)
     if len(mf.useful_cell):
         v[cols["useful_a"]] = drawn_current_a(form, np.asarray(x, dtype=float))[mf.useful_cell]
     if "full" in cols:  # by the end of its slot the car has its need (_with_exact_draws)

@@ -34,7 +34,10 @@ def solve_offline(scenario, step="5min", *, start=None, end=None, **options) -> 
     t1 = pd.Timestamp(end) if end is not None else sess["departure"].max().ceil(step)
     # The decision is the drawn current (offered x draw_fraction), not a pilot setpoint: rounding
     # it to whole amps would throw away up to 1 A per car and slot.
-    opts = {"binary_slots": None, "time_limit_s": 120.0, "current_step_a": 0.01, **options}
+    # An upper bound on the energy delivered by ``end`` values every kWh alike: energy a car
+    # leaving after ``end`` could still get later is not priced lower (after_horizon_weight).
+    opts = {"binary_slots": None, "time_limit_s": 120.0, "current_step_a": 0.01, "after_horizon_weight": 1.0,
+            **options}
     form = from_sessions(scenario.site, sess, start=t0, horizon=t1 - t0, step=step, base_load=scenario.base_load,
                          prices=scenario.prices, options=OptimizeOptions.from_kwargs(**opts), use_draw_fraction=True)
     return solve_formulation(form)

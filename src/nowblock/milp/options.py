@@ -32,6 +32,18 @@ class OptimizeOptions:
       0.2 this was a cost rising from 1x to 2x over the horizon inside the model: every slot
       priced differently made HiGHS's LP five to thirty times slower (docs/bench_optimize.md).
 
+    - ``after_horizon_weight``: the shortfall price of energy a car leaving after the horizon's
+      end could still get after it, as a share of ``shortfall_eur_per_kwh``
+      (:func:`nowblock.optimize` only, see ``Formulation.due_kwh``). Such a car needs by the
+      horizon's end only what it could not get later (its need less what its maximum current
+      delivers from the horizon's end to its departure, at least 0); the rest of its need,
+      taken inside the horizon, is worth this share of its shortfall price, so cars due inside
+      the horizon are served first and the room left goes to the later ones. 0.1 by default
+      (a tenth of 20 EUR/kWh, far above any energy price; a later car's energy comes before a
+      due one's only at ten times its priority). Until session 36 a 4 h plan treated the whole
+      need of every car as due at the horizon's end: a car leaving at its end was left
+      9.5 kWh short while a car leaving the next morning got 28.6 of its 30 kWh.
+
     Method (docs/optimizer.md, "Solving"):
 
     - ``time_limit_s`` [s]: bounds the whole call: building, the LP, the MILP stage, rounding.
@@ -136,6 +148,7 @@ class OptimizeOptions:
     peak_eur_per_kw: float = 0.01
     change_eur_per_a: float = 1e-4
     early_eur_per_kwh: float = 1e-3
+    after_horizon_weight: float = 0.1
     binary_slots: int | None = 8
     change_slots: int | None = 4
     departure_margin_h: float = 1.5
@@ -173,6 +186,8 @@ class OptimizeOptions:
                      "urgency_h", "top_up_h", "milp_effort", "mip_abs_gap", "milp_min_s"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.after_horizon_weight <= 1:
+            raise ValueError(f"after_horizon_weight: must be in [0, 1], got {self.after_horizon_weight}")
         if not self.time_limit_s > 0:
             raise ValueError(f"time_limit_s: must be > 0, got {self.time_limit_s}")
         if not 0 <= self.mip_rel_gap < 1:

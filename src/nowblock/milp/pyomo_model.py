@@ -6,7 +6,9 @@ arrays the fast path passes to HiGHS) into a Pyomo ``Block`` with named componen
 - variables ``current_a[k]`` (cell k = (car, slot), see ``cell_car``/``cell_slot``), ``on[b]``,
   ``shortfall_kwh[i]``, ``worst_fraction`` (max-min fair only), ``peak_kw``, ``change_up_a[p]``,
   ``change_down_a[p]``, ``useful_a[j]`` (the current the car of cell ``useful_cell[j]`` really
-  draws, at most its need in energy: the light side of an unbalance row counts only it);
+  draws, at most its need in energy: the light side of an unbalance row counts only it),
+  ``later_kwh[i]`` (when a car leaves after the horizon's end: the part of its need it could
+  still get after it, short first, ``Formulation.due_kwh``);
 - constraint families ``energy``, ``fuse`` (labels in ``fuse_row_label``: fuse-phase row, slot),
   ``unbalance``, ``on_upper``, ``on_lower``, ``fair``, ``peak``, ``change``, ``useful_upper``
   (useful <= current), ``useful_energy`` (a car's useful energy <= its need);
@@ -34,7 +36,7 @@ from nowblock.milp.formulation import Formulation
 from nowblock.milp.highs_fast import SolveResult
 
 _FAMILIES_VARS = ("current_a", "on", "shortfall_kwh", "worst_fraction", "peak_kw", "change_up_a", "change_down_a",
-                  "useful_a")
+                  "useful_a", "later_kwh")
 
 
 def build_block(form: Formulation, *, relax: bool = False, block: pyo.Block | None = None) -> pyo.Block:
@@ -43,7 +45,7 @@ def build_block(form: Formulation, *, relax: bool = False, block: pyo.Block | No
     b = block if block is not None else pyo.Block(concrete=True)
     col_var: list = [None] * mf.num_col
     for name in _FAMILIES_VARS:
-        sl = mf.cols[name]
+        sl = mf.cols.get(name, slice(0, 0))  # later_kwh only when a car leaves after the horizon
         size = sl.stop - sl.start
         if size == 0:
             continue

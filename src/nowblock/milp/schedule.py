@@ -89,8 +89,13 @@ class Schedule:
 
     @cached_property
     def shortfall_per_car_kwh(self) -> np.ndarray:
-        """Need not met [kWh] per car, in the order of ``form.session_ids``."""
-        return np.maximum(np.maximum(self.form.need_kwh, 0.0) - self.energy_per_car_kwh, 0.0)
+        """Need not met at departure as far as the horizon can tell [kWh] per car, in the order
+        of ``form.session_ids``: a car leaving after the horizon's end counts as short only what
+        it could not get after it either (``form.due_kwh``) at its maximum current."""
+        from nowblock.milp.matrix import split_shortfall
+
+        short = np.maximum(np.maximum(self.form.need_kwh, 0.0) - self.energy_per_car_kwh, 0.0)
+        return split_shortfall(self.form, short)[0]
 
     # ---- frames, built on first read -------------------------------------------------------
     @cached_property
@@ -127,7 +132,8 @@ class Schedule:
 
     @cached_property
     def shortfall_kwh(self) -> pd.Series:
-        """Need not met by the plan [kWh] per session."""
+        """Need not met by the plan [kWh] per session, at departure as far as the horizon can
+        tell (see :attr:`shortfall_per_car_kwh`)."""
         return pd.Series(self.shortfall_per_car_kwh, index=self.session_index, name="shortfall_kwh")
 
     @cached_property

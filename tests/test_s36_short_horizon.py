@@ -1,0 +1,94 @@
+"""``nowblock.optimize`` with a horizon shorter than the cars' stays (outside test h5, M1 of session 36).
+
+A car leaving after the horizon's end needs by then only what it could not get after it (its need
+less what its maximum current delivers from the horizon's end to its departure, at least 0); the
+rest of its need is still worth something inside the horizon, less than due energy. Before, every
+car's whole need was due at the horizon's end: a 4 h plan left the car leaving at its end 9.5 kWh
+short while a car leaving the next morning got 28.6 of its 30 kWh.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import nowblock as nb
+from nowblock.block.site import CapWindow, ChargePoint, Fuse, Site
+from nowblock.milp import from_sessions
+from nowblock.milp.highs_fast import solve_matrix
+from nowblock.milp.matrix import plan_columns
+
+T0 = pd.Timestamp("2026-01-14 12:00", tz="UTC")
+KW_PER_A = 3 * 230 / 1000  # 0.69 kW per ampere on three phases
+
+
+def _site(root_a, n_cp=3, caps=()):
+    cps = tuple(ChargePoint(f"CP{k}", "grid", max_current_a=16, caps=caps) for k in range(n_cp))
+    return Site(name="t", fuses=(Fuse("grid", (root_a,) * 3),), charge_points=cps)
+
+
+def _sessions(rows):
+    df = pd.DataFrame(rows, columns=["session_id", "charge_point_id", "arrival_h", "departure_h", "energy_kwh"])
+    df["arrival"] = T0 + pd.to_timedelta(df.pop("arrival_h"), unit="h")
+    df["departure"] = T0 + pd.to_timedelta(df.pop("departure_h"), unit="h")
+    df["max_current_a"], df["phases"], df["priority"] = 16.0, 3, 1.0
+    return df
+
+
+# A 32 A connection, 4 h: 88.32 kWh of room. "due" leaves at the horizon's end and wants 40 kWh
+# (16 A for 3.6 h); "mid" leaves an hour later and wants 30 kWh, of which 16 A x 1 h = 11.04 kWh
+# could come after the end, so 18.96 kWh are due; "late" leaves the next morning, nothing due.
+DUE = {"due": 40.0, "mid": 30.0 - 16 * KW_PER_A, "late": 0.0}
+ROWS = [("due", "CP0", 0, 4, 40.0), ("mid", "CP1", 0, 5, 30.0), ("late", "CP2", 0, 20, 30.0)]
+
+
+@pytest.mark.parametrize("priority_late", [1.0, 3.0])
+def test_a_short_horizon_serves_the_cars_due_inside_it_first(priority_late):
+    site, sess = _site(32), _sessions(ROWS)
+    sess.loc[sess.session_id == "late", "priority"] = priority_late
+    s = nb.optimize(site, sess, start=T0, horizon="4h")
+    assert s.status == "optimal"
+    e = s.energy_kwh
+    # What is due by the horizon's end is delivered (the block has room for 58.96 of 88.32 kWh).
+    for car, due in DUE.items():
+        assert e[car] >= due - 1e-6, (car, e.to_dict())
+    # The room left is not wasted: the later cars' energy is still worth something, so the plan
+    # fills the connection (in whole amperes, within one pilot step in the last slots).
+    assert e.sum() >= 32 * KW_PER_A * 4 - 1.0, e.to_dict()
+    assert e["late"] >= 32 * KW_PER_A * 4 - e["due"] - e["mid"] - 1e-6
+    # Nothing is short at departure as far as the horizon can tell: each later car can get the
+    # rest of its need after the end at its maximum current.
+    np.testing.assert_allclose(s.shortfall_kwh.to_numpy(), 0.0, atol=1e-6)
+
+
+def test_the_shortfall_of_a_car_leaving_after_the_horizon_is_what_it_cannot_get_after_it():
+    # One 16 A car on a 10 A connection leaving an hour after a 2 h horizon, wanting 30 kWh: 13.8
+    # kWh in the horizon at 10 A, at most 11.04 kWh at 16 A after it: 5.16 kWh short at departure.
+    site, sess = _site(10, 1), _sessions([("a", "CP0", 0, 3, 30.0)])
+    s = nb.optimize(site, sess, start=T0, horizon="2h")
+    assert s.energy_kwh["a"] == pytest.approx(10 * KW_PER_A * 2, abs=1e-6)
+    assert s.shortfall_kwh["a"] == pytest.approx(30.0 - 13.8 - 16 * KW_PER_A, abs=1e-6)
+    # A cap after the horizon (6 A from 15:00 to 16:00 Berlin, 14:00-15:00 UTC) leaves less for later.
+    capped = _site(10, 1, caps=(CapWindow("15:00", "16:00", 6.0),))
+    s = nb.optimize(capped, sess, start=T0, horizon="2h")
+    assert s.shortfall_kwh["a"] == pytest.approx(30.0 - 13.8 - 6 * KW_PER_A, abs=1e-6)
+
+
+def test_a_horizon_past_every_departure_is_planned_as_before():
+    site, sess = _site(32), _sessions(ROWS)
+    form = from_sessions(site, sess, start=T0, horizon="20h")
+    assert form.due_kwh is None and "later_kwh" not in form.matrix(relax=True).cols
+    np.testing.assert_allclose(form.later_kwh, 0.0)
+
+
+def test_the_later_columns_price_a_plan_as_the_lp_does():
+    # The LP's optimum, read back through plan_columns, costs what HiGHS said: the split of a
+    # car's shortfall into due and later parts is the model's own.
+    site, sess = _site(32), _sessions(ROWS)
+    form = from_sessions(site, sess, start=T0, horizon="4h")
+    np.testing.assert_allclose(form.later_kwh, [0.0, 16 * KW_PER_A, 30.0], atol=1e-9)
+    mf = form.matrix(relax=True)
+    res = solve_matrix(form, mf, 30)
+    x = mf.current_a(res.values)
+    assert float(mf.cost @ plan_columns(form, mf, x)) == pytest.approx(res.objective, rel=1e-9, abs=1e-9)
