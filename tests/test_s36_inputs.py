@@ -255,3 +255,31 @@ def test_the_empty_cap_window_hint_is_accepted_as_it_stands(tmp_path):
     # The whole day: the cap holds at 23:59 local time as well as at noon.
     times = pd.DatetimeIndex([pd.Timestamp("2026-07-01T12:00+02:00"), pd.Timestamp("2026-07-01T23:59+02:00")])
     assert np.allclose(site.cap_current_a(times, pd.Timedelta("1min"))[:, 0], 6.0)
+
+
+# --- L5: a time whose offset is not the site zone's -----------------------------------------------
+
+
+def test_a_sessions_time_with_a_foreign_offset_is_warned_about_once(tmp_path, caplog):
+    path = tmp_path / "sessions.csv"
+    path.write_text("session_id,charge_point_id,arrival,departure,energy_kwh\n"
+                    "s1,CP01,2026-07-01T18:00:00+02:00,2026-07-02T06:00:00+02:00,10\n"
+                    "s2,CP01,2026-07-02T18:00:00+05:00,2026-07-03T06:00:00Z,10\n"
+                    "s3,CP01,2026-07-03T18:00:00+00:00,2026-07-04T06:00:00+02:00,10\n")
+    with caplog.at_level(logging.WARNING, logger="nowblock.block.sessions"):
+        df = read_sessions_csv(path, _site())
+        read_sessions_csv(path, _site())
+    said = [r.getMessage() for r in caplog.records if "UTC offset that is not" in r.getMessage()]
+    assert len(said) == 1
+    assert "sessions.csv: arrival: 1 time(s)" in said[0] and "line 3 (session_id='s2')" in said[0]
+    assert "'2026-07-02T18:00:00+05:00' is 2026-07-02 15:00 local time (+02:00)" in said[0]
+    # Still the instant written.
+    assert df.set_index("session_id").loc["s2", "arrival"] == pd.Timestamp("2026-07-02T13:00Z")
+
+
+def test_a_base_load_time_with_a_foreign_offset_is_warned_about(tmp_path, caplog):
+    rows = "2026-07-01T18:00:00+02:00,5\n2026-07-01T19:00:00+05:00,5\n2026-07-01T20:00:00+02:00,5\n"
+    with caplog.at_level(logging.WARNING, logger="nowblock.block.sessions"):
+        nb.Scenario.from_dir(_folder(tmp_path, "time,kw\n" + rows))
+    said = [r.getMessage() for r in caplog.records if "UTC offset that is not" in r.getMessage()]
+    assert len(said) == 1 and "base_load.csv: 1 time(s)" in said[0] and "line 3" in said[0]

@@ -18,6 +18,7 @@ from nowblock.block.sessions import (
     iso_times,
     read_sessions_csv,
     separator_hint,
+    warn_foreign_offsets,
     validate_sessions,
     write_sessions_csv,
 )
@@ -584,6 +585,7 @@ def _read_ts(path: Path, col: str, tz: str | None = None) -> pd.Series | None:
     if out.any():
         i = int(np.argmax(out))
         raise ScenarioError(f"{path}: line {i + 2}: time {text.iloc[i]} {OUTSIDE_TIMES}")
+    warn_foreign_offsets(text, t, tz, str(path), lambda i: f"line {i + 2}")
     dup = t.duplicated().to_numpy()
     if dup.any():
         i = int(np.argmax(dup))

@@ -112,6 +112,12 @@ def _row_name(df: pd.DataFrame, i: int) -> str:
     return f"{where} (session_id={sid!r})"
 
 
+def _row_name_in(df: pd.DataFrame, i: int) -> str:
+    """Row ``i`` of a sessions CSV being read: ``line N (session_id=...)``."""
+    sid = df["session_id"].iloc[i] if "session_id" in df.columns else None
+    return f"line {i + 2}" + ("" if _is_missing(sid) else f" (session_id={sid!r})")
+
+
 def _is_missing(value) -> bool:
     """True for a missing or blank cell (None, NaN, NA, NaT, or only spaces)."""
     if isinstance(value, str):
@@ -490,8 +496,64 @@ def _read_sessions_csv(path, site: "Site | None") -> pd.DataFrame:
             try:  # fast path; whatever fails here is reported row by row in validate_sessions
                 df[col] = pd.to_datetime(text, format="ISO8601", utc=True)
             except (ValueError, TypeError):
-                pass
+                continue
+            if site is not None:
+                warn_foreign_offsets(text, df[col], site.timezone, f"{path}: {col}",
+                                     lambda i: _row_name_in(df, i))
     return validate_sessions(df, site, row_labels=_Lines())
+
+
+def warn_foreign_offsets(text: pd.Series, times, tz: str | None, what: str, name) -> int:
+    """Warn once when times carry a UTC offset that is not the site zone's at that instant.
+
+    Such a time is a valid instant, so it is read as written; but ``18:00+05:00`` in a Berlin
+    file is 14:00 local time, most likely a local time with a wrong offset (an arrival moved by
+    3 h without a word, outside test). ``Z`` and ``+00:00`` (UTC written as such) are not warned about.
+
+    Parameters
+    ----------
+    text : pandas.Series
+        The times as written (strings).
+    times : pandas.Series or DatetimeIndex
+        The same times, parsed, timezone-aware.
+    tz : str or None
+        The site's time zone; None: nothing to compare with.
+    what : str
+        The file (or column) for the message.
+    name : callable
+        Row position -> how the row is named (``line N``).
+
+    Returns
+    -------
+    int
+        How many times carry a foreign offset.
+    """
+    if tz is None or not len(text):
+        return 0
+    m = text.astype("string").str.strip().str.extract(r"([+-])(\d{2}):?(\d{2})$")
+    hours = pd.to_numeric(m[1], errors="coerce").to_numpy(float, na_value=np.nan)
+    minutes = pd.to_numeric(m[2], errors="coerce").to_numpy(float, na_value=np.nan)
+    written = (hours * 60 + minutes) * np.where((m[0] == "-").fillna(False).to_numpy(bool), -1, 1)
+    idx = pd.DatetimeIndex(times)
+    # Times near pandas' ends overflow in a zone: they are refused by the range check anyway.
+    inside = np.asarray((idx >= TIME_MIN) & (idx <= TIME_MAX), dtype=bool)
+    zone = np.full(len(idx), np.nan)
+    sub = idx[inside]
+    zone[inside] = ((sub.tz_convert(tz).tz_localize(None) - sub.tz_convert("UTC").tz_localize(None))
+                    / pd.Timedelta(minutes=1)).to_numpy(float)
+    odd = np.nonzero(inside & np.isfinite(written) & (written != 0) & (written != zone))[0]
+    if not len(odd):
+        return 0
+    i = int(odd[0])
+    key = ("offset", what, len(odd), str(text.iloc[i]))
+    if key not in _warned and len(_warned) < 1000:
+        _warned.add(key)
+        local = idx[i].tz_convert(tz)
+        log.warning("%s: %d time(s) carry a UTC offset that is not %s's at that instant; first %s: %r is %s local "
+                    "time (%s). Read as the instant written; if it is a local time, its offset is wrong",
+                    what, len(odd), tz, name(i), str(text.iloc[i]), local.strftime("%Y-%m-%d %H:%M"),
+                    local.strftime("%z")[:3] + ":" + local.strftime("%z")[3:])
+    return int(len(odd))
 
 
 class _Lines:
