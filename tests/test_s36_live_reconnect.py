@@ -115,3 +115,61 @@ async def test_a_restored_car_is_not_paused_before_its_first_meter_value(tmp_pat
                 await s.close()
     finally:
         store.close()
+
+
+async def test_an_event_queued_before_a_reboot_does_not_revive_the_old_transaction():
+    """/tmp/s36/h2/r5b_queued_event_201.py: a rebooted 2.0.1 station delivered a TransactionEvent
+    Updated it had queued while offline (``offline: true``, meter values from before its reboot)
+    for its old transaction; named in it, the orphan was revived and the next step sent it three
+    TxProfiles (Rejected) and a fallback TxDefault before the queued Ended came. A queued event
+    names a transaction the station ran then, not one it runs now."""
+    from datetime import datetime, timedelta, timezone
+
+    async with central_system(make_test_site(1, grid_a=40), control="equal") as cs:
+        url = f"ws://127.0.0.1:{cs.port}"
+        running = {"T1"}
+
+        def answer(action, payload):
+            if action == "SetChargingProfile":
+                prof = payload["chargingProfile"]
+                tx = prof["chargingProfilePurpose"] == "TxProfile" and prof.get("transactionId") not in running
+                return {"status": "Rejected" if tx else "Accepted"}
+            return default_answer("2.0.1", action, payload)
+
+        def ago(s: float) -> str:
+            return now_iso(datetime.now(timezone.utc) - timedelta(seconds=s))
+
+        s = await RawStation(url, "CP1", "2.0.1", answer=answer).connect()
+        s2 = None
+        try:
+            await s.boot()
+            await s.ok("TransactionEvent", {"eventType": "Started", "timestamp": ago(60), "seqNo": 0,
+                                            "triggerReason": "CablePluggedIn", "transactionInfo": {"transactionId": "T1"},
+                                            "evse": {"id": 1, "connectorId": 1},
+                                            "meterValue": meter_201(amps=[16.0] * 3, energy_wh=0.0, when=ago(60))})
+            await eventually(lambda: _tx_profiles(s, "T1"), timeout_s=10)
+            await s.close()  # offline, then it reboots: T1 is gone
+            await eventually(lambda: not cs.state.station("CP1").connected)
+            running.clear()
+            s2 = await RawStation(url, "CP1", "2.0.1", answer=answer).connect()
+            await s2.boot()
+            await s2.ok("TransactionEvent", {"eventType": "Updated", "timestamp": ago(40), "seqNo": 1, "offline": True,
+                                             "triggerReason": "MeterValuePeriodic",
+                                             "transactionInfo": {"transactionId": "T1"},
+                                             "meterValue": meter_201(amps=[16.0] * 3, energy_wh=500.0, when=ago(40))})
+            assert cs.state.transaction("CP1", "T1").orphaned
+            ctl = cs.controller
+            n = len(ctl.history)
+            await eventually(lambda: len(ctl.history) >= n + 2, timeout_s=10)
+            await asyncio.sleep(0.5)
+            assert _tx_profiles(s2, "T1") == []
+            assert ctl.history[-1].context.untrusted.get("CP1:T1") == "offline"  # held at what it may draw
+            await s2.ok("TransactionEvent", {"eventType": "Ended", "timestamp": ago(40), "seqNo": 2, "offline": True,
+                                             "triggerReason": "AbnormalCondition",
+                                             "transactionInfo": {"transactionId": "T1", "stoppedReason": "PowerLoss"}})
+            assert cs.state.running("CP1") == []
+            assert s.schema_errors == [] and s2.schema_errors == []
+        finally:
+            await s.close()
+            if s2 is not None:
+                await s2.close()

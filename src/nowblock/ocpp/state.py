@@ -377,9 +377,10 @@ class LiveState:
         return t
 
     def on_meter(self, cp_id: str, connector_id: int, transaction_id, reading: dict[str, float], time: datetime,
-                 *, publish: bool = True) -> Event | None:
+                 *, publish: bool = True, queued: bool = False) -> Event | None:
         """Meter values (see :func:`nowblock.ocpp.meter.parse_meter_values` for ``reading``);
-        returns the ``meter`` event (None when no transaction matches)."""
+        returns the ``meter`` event (None when no transaction matches). ``queued``: sent while the
+        station was offline (2.0.1 ``offline``), so it names no transaction the station runs now."""
         self.touch(cp_id)
         t = self.transaction(cp_id, transaction_id) if transaction_id is not None else None
         if t is None and connector_id:
@@ -393,7 +394,7 @@ class LiveState:
             log.info("%s: meter value of %s dated %s, before the last one (%s): not applied", cp_id,
                      t.transaction_id, time.isoformat(), t.last_meter.isoformat())
             return None
-        if transaction_id is not None:
+        if transaction_id is not None and not queued:
             t.orphaned = False  # the station runs it (see on_named)
         if "energy_wh" in reading:
             t.energy_register_wh = reading["energy_wh"]

@@ -87,11 +87,17 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
             t.phases_used = n_used
         if reading:
             taken = when if ts is None else edge.meter_time(ts, now, self.id)
-            ev = self.state.on_meter(self.id, t.connector_id, tid, reading, taken, publish=not later)
+            # One queued while offline names a transaction it ran then (a rebooted station's old
+            # one revived by it got three TxProfiles, Rejected): it revives no orphan.
+            ev = self.state.on_meter(self.id, t.connector_id, tid, reading, taken, publish=not later,
+                                     queued=kwargs.get("offline") is True)
             if later and ev is not None:
                 later.append(ev)
         else:
-            self.state.on_named(self.id, tid)  # it runs it: no orphan of a reconnect (touches it)
+            if kwargs.get("offline") is True:
+                self.state.touch(self.id)
+            else:
+                self.state.on_named(self.id, tid)  # it runs it: no orphan of a reconnect (touches it)
         if later:
             self.defer(lambda: [self.state.publish(e) for e in later])
         if event_type == "Ended":
