@@ -217,6 +217,12 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - an unreachable charger is normal weather
             log.warning("%s: limit %.1f A not sent: %s", sid, limit_a, exc)
             return False, None
+        attempts = getattr(rec, "attempts", None) or []
+        if attempts and all(answer == "Disconnected" for _, answer in attempts):
+            # Its station went away while the step ran: booked as sent, the limit was not sent
+            # again once it was back (the controller's fresh start after a disconnect undone).
+            log.info("%s: limit %.1f A not sent: its station is not connected", sid, limit_a)
+            return False, None
         self.loop.record_sent(sid, limit_a, now)
         accepted = getattr(rec, "accepted_a", rec)
         if accepted is not None:  # a restored car is trusted only once it took a limit of ours
