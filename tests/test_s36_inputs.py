@@ -283,3 +283,39 @@ def test_a_base_load_time_with_a_foreign_offset_is_warned_about(tmp_path, caplog
         nb.Scenario.from_dir(_folder(tmp_path, "time,kw\n" + rows))
     said = [r.getMessage() for r in caplog.records if "UTC offset that is not" in r.getMessage()]
     assert len(said) == 1 and "base_load.csv: 1 time(s)" in said[0] and "line 3" in said[0]
+
+
+# --- L7: float noise in the unbalance metric and the report -----------------------------------------
+
+
+def _unbalanced_block(excess_a: float):
+    from nowblock.sim.block import SimulatedBlock
+
+    site = Site(name="t", fuses=(Fuse("grid", (RATING_A,) * 3),),
+                charge_points=(ChargePoint("CP01", "grid", max_current_a=32.0),), voltage_v=230.0, timezone=TZ,
+                max_unbalance_a=20.0)
+    scn = nb.Scenario(site, _sessions())
+    start = pd.Timestamp(START)
+    block = SimulatedBlock(scn, step=pd.Timedelta("1h"), horizon=pd.Timedelta("2h"), start=start,
+                           end=start + pd.Timedelta("2h"))
+    block.cars_ph_a[0] = [20.0 + excess_a, 0.0, 0.0]  # the cars' unbalance on the grid connection
+    return block.timeseries()[3]
+
+
+def test_unbalance_excess_of_float_noise_is_zero():
+    noise = np.nextafter(20.0, 30.0) - 20.0  # 3.55e-15 A, as 'cars on L1 - cars on L3' left it
+    assert _unbalanced_block(noise) == 0.0
+    assert _unbalanced_block(0.5) == pytest.approx(0.5)
+
+
+def test_report_shows_float_noise_as_zero():
+    from nowblock.sim.report import report_html
+
+    scn = nb.Scenario(_site(), _sessions())
+    res = nb.simulate(scn, policy="equal", step="1h")
+    res.metrics["max_unbalance_excess_a"] = 3.552713678800501e-15
+    res.metrics["cost_eur"] = 0.0004
+    html = report_html([res], scenario=scn)
+    cell = re.search(r"<th scope='row'>max_unbalance_excess_a</th><td>([^<]*)</td>", html).group(1)
+    assert cell == "0"
+    assert re.search(r"<th scope='row'>cost_eur</th><td>([^<]*)</td>", html).group(1) == "0.0004"

@@ -236,6 +236,8 @@ class SimulatedBlock:
         unbalance = self.cars_ph_a.max(axis=1) - self.cars_ph_a.min(axis=1) if n_t else np.zeros(0)
         unb_excess = (float(max(0.0, (unbalance - site.max_unbalance_a).max()))
                       if (n_t and site.max_unbalance_a is not None) else 0.0)
+        if unb_excess <= _NOISE_A:  # as max_overload: 3.55e-15 A was reported, not 0
+            unb_excess = 0.0
         ts = {
             "base_load_kw": self.base_mean[:n_t],
             "base_load_max_kw": self.base_max[:n_t],

@@ -39,6 +39,11 @@ _FIRST = ("demand_met", "energy_requested_kwh", "energy_delivered_kwh", "unmet_k
           "cost_eur", "solve_seconds_median", "solve_seconds_max", "fallback_steps")
 
 
+#: A metric smaller than this in size is shown as 0: no metric of a block (A, kW, kWh, EUR, s)
+#: means anything there, and sums of floats leave such residues.
+_NOISE = 1e-9
+
+
 def web_asset(name: str) -> str:
     """The text of a file of ``nowblock/sim/web/`` (uPlot, its CSS and licence, the chart code)."""
     return (WEB_DIR / name).read_text(encoding="utf-8")
@@ -133,6 +138,8 @@ def _fmt(v) -> str:
         return html.escape(str(v))
     if isinstance(v, int):
         return f"{v:,}"
+    if abs(v) < _NOISE:  # float noise of sums (3.553e-15 A of unbalance excess), not a value
+        return "0"
     if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e7):
         return f"{v:.4g}"
     return f"{v:,.4f}".rstrip("0").rstrip(".")
