@@ -334,6 +334,11 @@ WINDOW_S = 1800.0
 BURST_KEEP = 8
 #: Bursts kept (within :data:`WINDOW_S`) to find the last :data:`MAX_BURSTS` with a live sample.
 KEEP_BURSTS = 64
+#: An offset said in this many bursts spread over at least :data:`CONFIRM_S` [s] of arrival is
+#: *confirmed*: a clock says it, not a replayed queue (whose offsets drift by the stamps' spacing
+#: less the replay's pace, several seconds a message).
+CONFIRM_BURSTS = 3
+CONFIRM_S = 60.0
 
 
 class ClockOffset:
@@ -360,6 +365,10 @@ class ClockOffset:
     and a sample is *queued* when a CALL arriving within :data:`BURST_S` after it carries a stamp
     more than :data:`LATE_S` newer: it does not vote, unless its offset also comes live twice in
     other bursts (then the station stamps its messages differently, and the majority decides).
+    Nor does a *late* sample, stamped more than :data:`LATE_S` before a stamp received earlier
+    from a sample not queued, unless its offset is confirmed (:data:`CONFIRM_BURSTS` bursts over
+    :data:`CONFIRM_S`): a 1.6 replay paced at a round trip of seconds between live messages (a
+    replay's offsets drift, a clock's do not). Its burst then does not count as a live one.
     A replayed queue of any length leaves one live sample, its newest. A tie goes to the higher
     offset: queued stamps are older, never newer, and a profile whose end is placed too early in
     the station's clock is dropped on arrival, one placed too late only outlives the central
@@ -439,18 +448,34 @@ class ClockOffset:
         if not near:
             return  # nothing in the window to go by: the last estimate stays
         # Queued: a CALL arriving within BURST_S after it carries a stamp more than LATE_S newer.
-        # From the newest back, until the last MAX_BURSTS bursts holding a live sample are found.
         ats = [at for _, at, _ in near]
+        burst_q = [any(d2 > d + LATE_S for d2, _, _ in near[i + 1:bisect.bisect_right(ats, at + BURST_S)])
+                   for i, (d, at, _) in enumerate(near)]
+        # Late: stamped more than LATE_S before a stamp received earlier from a sample not queued,
+        # and its offset not confirmed (review rev1 H1 of session 36: a 1.6 replay paced at 2 s a
+        # message, live StatusNotifications every 30 s between, outvoted them: -3528 s, each
+        # TxProfile expired on arrival). A clock set back is followed once confirmed; a first
+        # wrong stamp ahead holds the others back only that long (review R3 M1 of session 35).
+        late, newest = [], -math.inf
+        for i, (d, at, _) in enumerate(near):
+            late.append(at + d < newest - LATE_S and not self._confirmed(d, near))
+            if not burst_q[i]:
+                newest = max(newest, at + d)
+        # From the newest back, until the last MAX_BURSTS bursts holding a live sample are found.
         kept: list[tuple[float, float, int, bool]] = []
         live: set[int] = set()
         for i in range(len(near) - 1, -1, -1):
             d, at, b = near[i]
             if len(live) == self.bursts and b not in live:
                 break
-            q = any(d2 > d + LATE_S for d2, _, _ in near[i + 1:bisect.bisect_right(ats, at + BURST_S)])
+            if late[i]:
+                continue  # no vote, and its burst is not one of the live ones
+            q = burst_q[i]
             kept.append((d, at, b, q))
             if not q:
                 live.add(b)
+        if not live:
+            return  # only queued or late samples: the last estimate stays
         near = [x for x in reversed(kept) if x[2] >= min(live)]
 
         def told(v: float, among, but: int | None = None) -> int:
@@ -469,6 +494,13 @@ class ClockOffset:
         self._votes = [d for d, *_ in voters if abs(d - best) <= LATE_S]
         self._offset = float(statistics.median(self._votes))
         self._won = support > other  # not a tie: the estimate may be warned about
+
+    @staticmethod
+    def _confirmed(v: float, among) -> bool:
+        # v [s] said (within LATE_S) in CONFIRM_BURSTS bursts over CONFIRM_S of arrival or more
+        ats = [at for d, at, _ in among if abs(d - v) <= LATE_S]
+        return (len({b for d, _, b in among if abs(d - v) <= LATE_S}) >= CONFIRM_BURSTS
+                and max(ats) - min(ats) >= CONFIRM_S)
 
     def _far(self, d: float, now: datetime, cp_id: str) -> None:
         # d [s]: the station's latest reading of its clock (kept even when its burst's cap drops it)
