@@ -3,7 +3,7 @@ frames checked against the official schemas both ways)."""
 
 import asyncio
 
-from interop.station import RawStation, default_answer, meter_201, now_iso
+from interop.station import RawStation, default_answer, limit_of, meter_16, meter_201, now_iso
 
 from nowblock.testing import central_system, eventually, make_test_site
 
@@ -173,3 +173,83 @@ async def test_an_event_queued_before_a_reboot_does_not_revive_the_old_transacti
             await s.close()
             if s2 is not None:
                 await s2.close()
+
+
+def _tx16(station: RawStation, tx: int) -> list[dict]:
+    return [p["csChargingProfiles"] for a, p in station.received if a == "SetChargingProfile"
+            and p["csChargingProfiles"]["chargingProfilePurpose"] == "TxProfile"
+            and p["csChargingProfiles"].get("transactionId") == tx]
+
+
+async def test_a_16_station_that_only_reconnected_gets_limits_though_its_meter_values_name_no_transaction():
+    """Review rev1 M1 (/tmp/s36/m5/m1_orphan_no_txid.py): after a plain reconnect (no reboot) a 1.6
+    station whose MeterValues omit transactionId (optional in 1.6) never named its transaction, so
+    its car stayed an orphan for good: no TxProfile again, then its 0 A idle default. A station
+    that rebooted sends BootNotification before anything else (OCPP 1.6 4.2): its first other CALL
+    says it did not, and its car gets limits again. One that does boot keeps it orphaned."""
+    async with central_system(make_test_site(2, grid_a=40), control="equal") as cs:
+        url = f"ws://127.0.0.1:{cs.port}"
+
+        def answer(action, payload):
+            return default_answer("1.6", action, payload)
+
+        s = await RawStation(url, "CP1", answer=answer).connect()
+        more = []
+        try:
+            await s.boot()
+            r = await s.ok("StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 0,
+                                                "timestamp": now_iso()})
+            tx = r["transactionId"]
+            await s.ok("MeterValues", meter_16(1, tx, amps=[16.0] * 3, energy_wh=100.0))
+            await eventually(lambda: _tx16(s, tx), timeout_s=10)
+            for rebooted in (False, True):
+                await (more[-1] if more else s).close()  # its network drops
+                await eventually(lambda: not cs.state.station("CP1").connected)
+                s2 = await RawStation(url, "CP1", answer=answer).connect()
+                more.append(s2)
+                await eventually(lambda: cs.state.station("CP1").connected)
+                if rebooted:
+                    await s2.boot()
+                await s2.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Charging"})
+                await s2.ok("MeterValues", meter_16(1, None, amps=[16.0] * 3, energy_wh=200.0))
+                ctl = cs.controller
+                n = len(ctl.history)
+                await eventually(lambda: len(ctl.history) >= n + 2, timeout_s=10)
+                await asyncio.sleep(0.5)  # what they sent answered
+                assert cs.state.transaction("CP1", tx).orphaned is rebooted
+                assert (ctl.history[-1].context.untrusted.get(f"CP1:{tx}") == "offline") is rebooted
+                if rebooted:
+                    assert _tx16(s2, tx) == []
+                else:
+                    assert min(limit_of(p) for p in _tx16(s2, tx)) >= 16.0
+            assert s.schema_errors == [] and all(x.schema_errors == [] for x in more)
+        finally:
+            await s.close()
+            for x in more:
+                await x.close()
+
+
+def test_a_connects_orphans_end_at_its_first_call_or_their_first_meter_value_unless_it_boots():
+    """The rule of rev1 M1 in the state alone: a car read before the connect is named again by
+    the station's first CALL that is not a BootNotification; one this process has no meter value
+    of (restored from the store) by its connector's first meter value after that, with or without
+    the transaction's id (its draw unknown, it was paused at 0 A before); after a boot neither."""
+    from datetime import datetime, timezone
+
+    from nowblock.ocpp.state import LiveState
+
+    amps = {"current_l1_a": 16.0, "current_l2_a": 16.0, "current_l3_a": 16.0}
+    for boots in (False, True):
+        state = LiveState(make_test_site(2, grid_a=40))
+        now = datetime.now(timezone.utc)
+        read = state.on_start("CP1", 1, 1, start=now, meter_start_wh=0.0)
+        state.on_meter("CP1", 1, 1, amps, now)
+        restored = state.on_start("CP1", 2, 2, start=now, meter_start_wh=0.0)
+        state.on_connect("CP1", "1.6")
+        assert read.orphaned and restored.orphaned
+        if boots:
+            state.on_boot("CP1", vendor="V", model="M")
+        state.on_status("CP1", 1, "Charging")
+        assert read.orphaned is boots and restored.orphaned
+        state.on_meter("CP1", 2, None, amps, now)
+        assert restored.orphaned is boots

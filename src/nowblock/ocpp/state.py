@@ -20,24 +20,17 @@ from datetime import datetime
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from nowblock.seam import CAR_COLUMNS
+from nowblock.ocpp import frames
 from nowblock.ocpp import profiles as pr
+from nowblock.ocpp.frames import OCPP_COLUMNS  # noqa: F401 - importable from here as before
 from nowblock.ocpp.edge import ClockOffset, checked_stop
 from nowblock.ocpp.events import Event, EventKind, Subscription
 from nowblock.ocpp.meter import phases_from_currents, phases_from_power
 from nowblock.block.site import Site
 
 log = logging.getLogger(__name__)
-
-
-#: Extra snapshot columns beyond CAR_COLUMNS.
-OCPP_COLUMNS = [
-    "transaction_id", "connector_id", "version", "connected", "last_seen", "power_kw",
-    "soc_percent", "status", "accepted_limit_a", "stale", "reported_limit_a", "tx_profile_refused",
-]
 
 #: Answers after which asking again will not help until the station reboots.
 PERMANENT_REFUSALS = ("NotSupported", "NotImplemented")
@@ -177,6 +170,10 @@ class Station:
     phased_meter: bool = False
     #: Its clock's offset from ours, from its timestamps: the times of the profiles it is sent.
     clock: ClockOffset = field(default_factory=ClockOffset)
+    #: Connected, and no CALL yet: whether it rebooted is not known (see LiveState.on_connect).
+    boot_unknown: bool = False
+    #: Its transactions orphaned by its latest connect(s), not by a boot (see LiveState.on_connect).
+    connect_orphans: set[str] = field(default_factory=set)
 
     def refused(self, what: str, *, transaction_id=None, now: datetime | None = None,
                 memory_s: float = math.inf) -> Refusal | None:
@@ -280,7 +277,15 @@ class LiveState:
         station that only sends heartbeats is seen alive in the store too; subscribers do not
         (nothing changed that a step plans with).
         """
-        self.stations[cp_id].last_seen = self.clock()
+        st = self.stations[cp_id]
+        st.last_seen = self.clock()
+        if st.boot_unknown:
+            # Its first CALL since the connect, and no BootNotification (on_boot runs first): it
+            # did not reboot, so it still runs what it ran (see on_connect).
+            st.boot_unknown = False
+            for t in self.running(cp_id):
+                if t.transaction_id in st.connect_orphans and t.last_meter is not None:
+                    self._runs(st, t)
         if self._listeners:
             self.emit("seen", cp_id, publish=False)
 
@@ -289,14 +294,25 @@ class LiveState:
 
         The station may have rebooted while it was away, and its BootNotification comes later:
         each of its running transactions is an orphan (an offline car's: held at what it may
-        draw, sent nothing) until the station names it (:meth:`on_named`). A step between the
-        connect and the boot sent three TxProfiles for a transaction restored from the store
-        that the rebooted station no longer ran (Rejected), then a fallback TxDefault."""
+        draw, sent nothing) until the station's first CALL that is not a BootNotification (it
+        did not reboot; a car with no meter value in this process: until its first one), or
+        after a boot until the station names it (:meth:`on_named`). A step between the connect
+        and the boot sent three TxProfiles for a transaction restored from the store that the
+        rebooted station no longer ran (Rejected), then a fallback TxDefault."""
         st = self.stations[cp_id]
-        st.version, st.connected = version, True
-        for t in self.running(cp_id):
-            t.orphaned = True
+        st.version, st.connected, st.boot_unknown = version, True, False
         self.touch(cp_id)
+        # A station that rebooted sends BootNotification before anything else (OCPP 1.6 4.2,
+        # 2.0.1 B01): any other CALL first says it did not, and ends these orphans (touch).
+        # Held until the station named them, a 1.6 car whose MeterValues omit the (optional)
+        # transactionId got no TxProfile after a plain reconnect, then its 0 A idle default.
+        # A car this process has no meter value of (restored from the store) stays one until its
+        # first: its draw unknown, the step before it paused it at 0 A (on_meter ends it then).
+        for t in self.running(cp_id):
+            if not t.orphaned:
+                t.orphaned = True
+                st.connect_orphans.add(t.transaction_id)
+        st.boot_unknown = True
         self.emit("connect", cp_id, version=version)
 
     def on_disconnect(self, cp_id: str) -> None:
@@ -310,6 +326,8 @@ class LiveState:
         (new firmware or configuration may accept it now)."""
         self.stations[cp_id].boot = {k: v for k, v in info.items() if isinstance(v, (str, int, float))}
         self.stations[cp_id].refusals.clear()
+        self.stations[cp_id].boot_unknown = False  # it rebooted: its connect's orphans are the boot's
+        self.stations[cp_id].connect_orphans.clear()
         # A reboot ends its transactions (their end may still come): each is an offline car's
         # until the station names it again (rebooted stations got TxProfiles for restored ids).
         for t in self.running(cp_id):
@@ -334,8 +352,14 @@ class LiveState:
         self.touch(cp_id)
         t = self.transaction(cp_id, transaction_id)
         if t is not None and t.stop is None:
-            t.orphaned = False
+            self._runs(self.stations[cp_id], t)
         return t
+
+    @staticmethod
+    def _runs(st: Station, t: Transaction) -> None:
+        # The station runs ``t``: no longer an orphan, of a connect or a boot.
+        t.orphaned = False
+        st.connect_orphans.discard(t.transaction_id)
 
     def prune(self) -> int:
         """Forget transactions that ended more than ``keep_finished_s`` ago; returns how many."""
@@ -394,8 +418,11 @@ class LiveState:
             log.info("%s: meter value of %s dated %s, before the last one (%s): not applied", cp_id,
                      t.transaction_id, time.isoformat(), t.last_meter.isoformat())
             return None
-        if transaction_id is not None and not queued:
-            t.orphaned = False  # the station runs it (see on_named)
+        st = self.stations[cp_id]
+        if not queued and (transaction_id is not None or t.transaction_id in st.connect_orphans):
+            # It runs it: named, or the running one of a connector of a station that did not
+            # reboot since its connect (touch above ended boot_unknown).
+            self._runs(st, t)
         if "energy_wh" in reading:
             t.energy_register_wh = reading["energy_wh"]
             if t.meter_start_wh is None:
@@ -606,73 +633,11 @@ class LiveState:
         ``offered_current_a`` is the limit the charger accepted by stacking rules, or the
         charging point maximum when no accepted profile limits it.
         """
-        now = now or self.clock()
-        rows = []
-        caps = self.site.cap_current_a([now])[0]
-        for t in self.running():
-            cp = self.site.charge_point(t.cp_id)
-            st = self.stations[t.cp_id]
-            j = int(self.site.cp_index([t.cp_id])[0])
-            cap = float(caps[j])
-            ev_max = t.ev_max_current_a if not math.isnan(t.ev_max_current_a) else math.inf
-            ev_min = t.ev_min_current_a if not math.isnan(t.ev_min_current_a) else 0.0
-            min_a = max(cp.min_current_a, ev_min)
-            # A car whose own maximum is below the point's minimum is offered the minimum and
-            # draws its own maximum (a pilot signal cannot offer less than 6 A, IEC 61851).
-            mx = min(cp.max_current_a, cap, max(ev_max, min_a))
-            lim = self.applied_limit_a(t.cp_id, t.connector_id, now)
-            measured = np.nanmax(t.current_a) if not all(math.isnan(x) for x in t.current_a) else math.nan
-            if math.isnan(measured) and math.isfinite(t.power_w) and t.power_w >= 0:
-                # A meter that reports power only (W): per-phase current on the phases modelled.
-                measured = t.power_w / (self.site.voltage_v * (t.phases_used or cp.phases))
-            reported = self.reported_limit_a(t.cp_id, t.connector_id, now)
-            stale = t.last_meter is None or (now - t.last_meter).total_seconds() > self.stale_after_s
-            rows.append({
-                "session_id": t.session_id,
-                "charge_point_id": t.cp_id,
-                "cp_index": j,
-                "phases": int(min(t.phases_used or cp.phases, cp.phases)),
-                "min_current_a": float(min_a),
-                "max_current_a": float(mx),
-                "arrival": pd.Timestamp(t.start),
-                "departure": pd.Timestamp(t.departure) if t.departure else pd.NaT,
-                "energy_requested_kwh": t.energy_requested_kwh,
-                "energy_delivered_kwh": t.energy_delivered_kwh,
-                "measured_current_a": float(measured),
-                "offered_current_a": float(min(lim, cp.max_current_a)) if lim is not None else float(cp.max_current_a),
-                "priority": 1.0,
-                "needs_known": t.departure is not None and not math.isnan(t.energy_requested_kwh),
-                "transaction_id": t.transaction_id,
-                "connector_id": t.connector_id,
-                "version": st.version,
-                "connected": st.connected and not t.orphaned,
-                "last_seen": pd.Timestamp(st.last_seen) if st.last_seen else pd.NaT,
-                "power_kw": t.power_w / 1000.0,
-                "soc_percent": t.soc_percent,
-                "status": st.connector(t.connector_id).status,
-                "accepted_limit_a": math.nan if lim is None else float(lim),
-                "stale": bool(stale),
-                "reported_limit_a": math.nan if reported is None else float(reported),
-                "tx_profile_refused": st.refused(pr.TX, transaction_id=t.transaction_id, now=now,
-                                                memory_s=self.refusal_memory_s) is not None,
-            })
-        cols = ["session_id", *CAR_COLUMNS, *OCPP_COLUMNS]
-        df = pd.DataFrame(rows, columns=cols)
-        for c in ("arrival", "departure", "last_seen"):
-            df[c] = pd.to_datetime(df[c], utc=True)
-        df = df.astype({"cp_index": "int64", "phases": "int64", "needs_known": "bool", "connected": "bool",
-                        "stale": "bool", "connector_id": "int64", "tx_profile_refused": "bool",
-                        "reported_limit_a": "float64"})
-        return df.set_index("session_id")
+        return frames.cars_frame(self, now)
 
     def stations_frame(self) -> pd.DataFrame:
         """One row per station: version, connected, last seen, running transactions."""
-        rows = [{
-            "cp_id": s.cp_id, "version": s.version, "connected": s.connected,
-            "last_seen": pd.Timestamp(s.last_seen) if s.last_seen else pd.NaT,
-            "running": len(self.running(s.cp_id)), "rate_unit": s.rate_unit,
-        } for s in self.stations.values()]
-        return pd.DataFrame(rows).set_index("cp_id")
+        return frames.stations_frame(self)
 
 
 def _ends_with(p: pr.Profile, t: Transaction) -> bool:
