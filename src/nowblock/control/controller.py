@@ -97,7 +97,8 @@ class ControllerSettings:
         :class:`~nowblock.control.failsafe.IdleDefaults`); None leaves them on their fail-safe
         (then its share is held for a car that might plug in).
     idle_validity_s : float
-        [s] Life of an idle default (renewed while the controller runs).
+        [s] Life of an idle default (renewed while the controller runs); at most the
+        TxProfiles' life (``profile_validity_s``), since it stays under a car's TxProfile.
     readback_s : float
         [s] At most this often per car, the charger of a car that does not draw what it was
         given is asked what it applies (GetCompositeSchedule).
@@ -251,7 +252,9 @@ class Controller:
                                        retry_s=max(60.0, 10.0 * self.period_s), on_installed=self._wake_soon)
         self.idle = None
         if cfg.idle_limit_a is not None:
-            self.idle = IdleDefaults(central, site, limit_a=cfg.idle_limit_a, validity_s=cfg.idle_validity_s,
+            # Never longer than the cars' TxProfiles: it stays on the connector under them.
+            self.idle = IdleDefaults(central, site, limit_a=cfg.idle_limit_a,
+                                     validity_s=min(float(cfg.idle_validity_s), self.profile_validity_s),
                                      retry_s=max(60.0, 10.0 * self.period_s), on_installed=self._wake_soon)
         self.plan: pd.DataFrame | None = None
         self.step_listeners: list[Callable[[StepResult], None]] = []  # called after every step

@@ -218,6 +218,13 @@ class IdleDefaults:
     TxProfile, and the room is given to the cars that charge. If the controller dies, the
     profile expires and the station's fail-safe default (connector 0) applies again.
 
+    The idle default stays on its connector while a car there charges (its TxProfile overrides
+    it), so it must not outlive the car's TxProfiles: the controller gives it their life at most
+    (``validity_s``). A 900 s idle default under 300 s TxProfiles (the defaults) held a car that
+    plugged in at 0 A, not at its fail-safe, for up to 600 s once its TxProfile lapsed (serve
+    dead, or its station offline). Renewing an accepted default is therefore not rate-limited
+    by ``retry_s`` (only attempts after one that failed are).
+
     Parameters
     ----------
     central : CentralSystem
@@ -226,10 +233,11 @@ class IdleDefaults:
     limit_a : float
         [A per phase] The idle default (0 A, or the minimum current to let a car start).
     validity_s : float
-        [s] Life of each idle default; renewed once half of it has passed.
+        [s] Life of each idle default; renewed once half of it has passed. At most the life of
+        the TxProfiles sent to cars (see above).
     retry_s : float
-        [s, wall clock] At most one attempt per connector in this time (a station that rejects
-        it keeps its fail-safe, which the step then reserves).
+        [s, wall clock] After an attempt that was not accepted, no other for that connector in
+        this time (a station that rejects it keeps its fail-safe, which the step then reserves).
     on_installed : callable, optional
         Called after a default was accepted (the controller re-plans with the freed room).
     """
@@ -244,6 +252,7 @@ class IdleDefaults:
         self.on_installed = on_installed
         self.tried: dict[tuple[str, int], float] = {}
         self.installed: dict[tuple[str, int], pd.Timestamp] = {}  # connector -> when its default ends
+        self.inflight: set[tuple[str, int]] = set()
         self.tasks: set[asyncio.Task] = set()
 
     def due(self, now: pd.Timestamp, running) -> list[tuple[str, int]]:
@@ -274,9 +283,14 @@ class IdleDefaults:
             return
         wall = _time.monotonic()
         for key in self.due(now, running):
-            if wall - self.tried.get(key, -math.inf) < self.retry_s:
+            if key in self.inflight:
+                continue
+            # The renewal of an accepted default is due at half its life, which may be shorter
+            # than retry_s (its life is at most the TxProfiles'): only a failed attempt waits.
+            if key not in self.installed and wall - self.tried.get(key, -math.inf) < self.retry_s:
                 continue
             self.tried[key] = wall
+            self.inflight.add(key)
             task = asyncio.get_running_loop().create_task(self._install(key, now))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -289,11 +303,16 @@ class IdleDefaults:
                                                          profile_id=IDLE_DEFAULT_ID_BASE + c)
         except Exception as exc:  # noqa: BLE001 - it keeps its fail-safe, which is reserved
             log.info("%s/%s: idle default not installed: %r", cp_id, c, exc)
+            self.installed.pop(key, None)
             return
+        finally:
+            self.inflight.discard(key)
         if getattr(rec, "accepted_a", None) is not None:
             self.installed[key] = now + pd.Timedelta(seconds=self.validity_s)
             if self.on_installed is not None:
                 self.on_installed()
+        else:
+            self.installed.pop(key, None)  # refused: the next attempt waits retry_s
 
     async def cancel(self) -> None:
         """Stop every install still running."""

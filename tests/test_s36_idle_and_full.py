@@ -1,0 +1,88 @@
+"""The live loop's idle defaults and its judgement of full cars against stations written from
+the specs (raw frames over 127.0.0.1, a real controller): an idle default left under a car's
+TxProfile never outlives it, and a car is not called full on a meter value taken before its
+limit was accepted."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from interop.station import Late, RawStation, meter_16, now_iso
+from test_s35_profiles_fallback import K01Station, _start
+
+from nowblock.control import attach
+from nowblock.loop import closed_loop as cl
+from nowblock.ocpp import profiles as pr
+from nowblock.ocpp.server import CentralSystem
+from nowblock.testing import eventually, make_test_site
+
+
+async def _status(st: RawStation, version: str, status: str = "Available") -> None:
+    if version == "1.6":
+        await st.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": status})
+    else:
+        await st.ok("StatusNotification", {"timestamp": now_iso(), "connectorStatus": status, "evseId": 1,
+                                           "connectorId": 1})
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_an_idle_default_under_a_car_ends_no_later_than_its_txprofile(tmp_path, version):
+    # A car plugs in at a connector holding the 0 A idle default (900 s) and gets TxProfiles of
+    # 300 s (the controller's defaults): once its last TxProfile lapsed (serve dead, or its
+    # station offline), the station applied the idle default's 0 A for up to 600 s more, not
+    # its fail-safe (tests/test_control_e2e.py's dropped station, on a busy machine).
+    site = make_test_site(2, grid_a=24.0, max_current_a=16.0)
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
+    await cs.start()
+    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy="equal", period_s=1.0, min_replan_s=0.1,
+                 solve_timeout_s=2.0, profile_validity_s=30.0)
+    await ctl.start()
+    station = K01Station(version, reject_tx=False)
+    st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", version, answer=station).connect()
+    try:
+        await st.boot()
+        await _status(st, version)
+        await eventually(lambda: any(p.id == pr.IDLE_DEFAULT_ID_BASE + 1 for p in station.held), timeout_s=10)
+        assert station.applies_a(1, None) == 0.0  # a car plugging in now waits for its TxProfile
+        tx = await _start(st, version)
+        await eventually(lambda: any(p.purpose == pr.TX for p in station.held), timeout_s=10)
+        txp = [p for p in station.held if p.purpose == pr.TX][-1]
+        assert txp.periods[0].limit > 0
+        failsafe = cs.state.station("CP1").failsafe.accepted_a
+        assert failsafe > 0
+        after = txp.valid_to + timedelta(seconds=1)
+        assert pr.active_limit_a(station.held, 1, after, transaction_id=tx) == failsafe
+    finally:
+        await st.close()
+        await ctl.stop()
+        await cs.stop()
+
+
+async def test_idle_defaults_shorter_than_retry_s_are_renewed_in_time(tmp_path):
+    # Their life is now at most the TxProfiles' (here 4 s), shorter than the 60 s between
+    # attempts: a renewal waiting for it left the idle connector on its fail-safe.
+    site = make_test_site(2, grid_a=24.0, max_current_a=16.0)
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
+    await cs.start()
+    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy="equal", period_s=1.0, min_replan_s=0.1,
+                 solve_timeout_s=2.0, profile_validity_s=4.0)
+    await ctl.start()
+    station = K01Station("1.6", reject_tx=False)
+    st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=station).connect()
+    try:
+        await st.boot()
+        await _status(st, "1.6")
+        await eventually(lambda: station.applies_a(1, None) == 0.0, timeout_s=10)
+        seen = []
+        for _ in range(24):  # 6 s: past its first life and its renewal
+            await asyncio.sleep(0.25)
+            seen.append(station.applies_a(1, None))
+        assert seen == [0.0] * len(seen), seen
+        assert len([p for a, p in st.received if a == "SetChargingProfile"
+                    and p["csChargingProfiles"]["chargingProfileId"] == pr.IDLE_DEFAULT_ID_BASE + 1]) >= 2
+    finally:
+        await st.close()
+        await ctl.stop()
+        await cs.stop()
