@@ -13,7 +13,7 @@ from test_s35_profiles_fallback import K01Station, _served
 
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.edge import ClockOffset
-from nowblock.testing import eventually
+from nowblock.testing import eventually, make_test_site
 
 T0 = datetime(2026, 12, 7, 12, tzinfo=timezone.utc)
 
@@ -89,4 +89,88 @@ async def test_a_paced_16_replay_over_websocket_gets_profiles_that_live():
             assert all(850 <= s <= 950 for s in lives), lives
         finally:
             await st.close()
+
+
+def _capped_site():
+    from nowblock.block.site import Site
+
+    return Site.from_dict({"name": "b", "fuses": [{"id": "grid", "max_current_a": [40.0] * 3}], "charge_points": [
+        {"id": "CP1", "fuse": "grid", "max_current_a": 32.0, "phases": 3,
+         "caps": [{"start": "00:00", "end": "24:00", "max_current_a": 10.0}]},
+        {"id": "CP2", "fuse": "grid", "max_current_a": 32.0, "phases": 3}]})
+
+
+async def _two_cars(site, **cs_kw):
+    """A central system on ``site`` with a controller stepping by hand, CP1 and CP2 (raw 1.6,
+    K01 logic) booted, each running a car; returns (cs, ctl, stations, answers, tx)."""
+    from nowblock.control import attach
+    from nowblock.ocpp.server import CentralSystem
+
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1, tx_validity_s=900, **cs_kw)
+    await cs.start()
+    ctl = attach(cs, policy="equal", period_s=3600.0, min_replan_s=0.0, solve_timeout_s=2.0)
+    answers = {cp: K01Station("1.6", reject_tx=False) for cp in ("CP1", "CP2")}
+    st = {cp: RawStation(f"ws://127.0.0.1:{cs.port}", cp, "1.6", answer=answers[cp]) for cp in answers}
+    tx = {}
+    for cp, s in st.items():
+        await s.connect()
+        await s.boot()
+        await eventually(lambda: cs.state.station(cp).failsafe is not None)
+        await s.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Preparing",
+                                          "timestamp": _iso(pr.utcnow())})
+        tx[cp] = (await s.ok("StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 0,
+                                                  "timestamp": _iso(pr.utcnow())}))["transactionId"]
+    return cs, ctl, st, answers, tx
+
+
+async def test_a_car_at_a_station_whose_clock_went_1970_counts_at_its_points_rating():
+    # rev1 H2 (/tmp/s36/rev1/r3_far_clock_cap.py, raw 1.6 frames): CP1 (32 A) has a 10 A cap
+    # window all day, enforced by our profiles only. Its clock falls back to 1970: it applies
+    # none of them, so its car may draw 32 A. It was counted at the cap's 10 A and CP2 sent
+    # 30 A: 62 A on each phase of the 40 A grid.
+    cs, ctl, st, answers, tx = await _two_cars(_capped_site())
+    try:
+        for when in (None, "1970-01-01T00:10:00.000Z"):
+            for cp in st:
+                await st[cp].ok("MeterValues", meter_16(1, tx[cp], amps=[8.0] * 3,
+                                                        when=when if cp == "CP1" and when else _iso(pr.utcnow())))
+            res = await ctl.step("manual")
+        sid1, sid2 = f"CP1:{tx['CP1']}", f"CP2:{tx['CP2']}"
+        assert not cs.state.station("CP1").clock.usable
+        assert res.context.untrusted.get(sid1) == "offline"
+        assert res.context.committed_a[sid1] == 32.0
+        cp2 = answers["CP2"].applies_a(1, tx["CP2"])
+        assert cp2 == res.current_a[sid2] and cp2 + 32.0 <= 40.0 + 0.05, cp2
+    finally:
+        for s in st.values():
+            await s.close()
+        await cs.stop()
+
+
+async def test_a_car_at_an_offline_station_counts_at_what_it_holds_when_its_point_goes_out_of_service():
+    # The same hole for a station that went offline: it keeps the TxProfile it holds (16 A);
+    # the operator takes its point out of service meanwhile (we cannot tell it). Its car was
+    # counted at the out-of-service 0 A raised to its draw (8 A), not at the 16 A it may take.
+    cs, ctl, st, answers, tx = await _two_cars(make_test_site(
+        2, grid_a=32.0, max_current_a=16.0))
+    try:
+        for cp in st:
+            await st[cp].ok("MeterValues", meter_16(1, tx[cp], amps=[8.0] * 3, when=_iso(pr.utcnow())))
+        await ctl.step("manual")
+        rec = await cs.set_limit("CP1", 1, 16.0, transaction_id=tx["CP1"])
+        held = answers["CP1"].applies_a(1, tx["CP1"])
+        assert rec.accepted_a == held == 16.0
+        await st["CP1"].close()
+        await eventually(lambda: not cs.state.station("CP1").connected)
+        ctl.operator.set_in_service("CP1", False, reason="test")
+        res = await ctl.step("manual")
+        sid1, sid2 = f"CP1:{tx['CP1']}", f"CP2:{tx['CP2']}"
+        assert res.context.untrusted.get(sid1) == "offline"
+        assert res.context.committed_a[sid1] >= held
+        cp2 = answers["CP2"].applies_a(1, tx["CP2"])
+        assert cp2 + held <= 32.0 + 0.05, cp2
+    finally:
+        for s in st.values():
+            await s.close()
+        await cs.stop()
 

@@ -10,6 +10,7 @@ own (:class:`nowblock.loop.step.ControlStep`).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -141,7 +142,37 @@ class LiveBlock:
             prices_eur_per_kwh=self.prices_ahead(now), current_step_a=pilot_step_a(raw["version"]),
             idle_defaults_a=self.idle_defaults_a(now, running=running),
         )
-        return obs if self.operator is None else self.operator.apply(obs)
+        obs = obs if self.operator is None else self.operator.apply(obs)
+        return self._at_physical_maximum(obs)
+
+    def _at_physical_maximum(self, obs: Observation) -> Observation:
+        """``obs`` with each car that cannot be sent a limit (``connected`` False: its station
+        offline, rebooted since it named the car, or its clock unusable) at the most it may
+        physically draw [A per phase]: the charging point's rated maximum and the car's own,
+        not the site's cap windows nor a point out of service. Those are enforced only by the
+        profiles such a station is not sent (or, its clock unusable, does not apply): counted at
+        a cap window's 10 A, a car at a 32 A point whose clock went 1970 could draw 32 A next to
+        the 30 A the cap left another car, 62 A on a 40 A grid (review rev1 H2 of session 36).
+        What its station is known to hold still counts (``offered_current_a``, when ``limit_known``)."""
+        cars = obs.cars
+        off = ~cars["connected"].to_numpy(bool) if len(cars) else np.zeros(0, bool)
+        if not off.any():
+            return obs
+        phys = cars["max_current_a"].to_numpy(float, copy=True)
+        for i in np.flatnonzero(off):
+            row = cars.iloc[i]
+            cp = self.site.charge_point(str(row["charge_point_id"]))
+            t = self.state.transaction(str(row["charge_point_id"]), row["transaction_id"])
+            ev = float(getattr(t, "ev_max_current_a", np.nan))
+            ev = np.inf if not np.isfinite(ev) else ev
+            # As the live state's maximum, its caps left out: a car below the point's minimum
+            # is offered that minimum and draws its own maximum.
+            phys[i] = min(float(cp.max_current_a), max(ev, float(row["min_current_a"])))
+        if np.array_equal(phys, cars["max_current_a"].to_numpy(float)):
+            return obs
+        cars = cars.copy()
+        cars["max_current_a"] = phys
+        return replace(obs, cars=cars, arrays=None)
 
     def _far_clocks(self, now: pd.Timestamp) -> list[str]:
         """The stations whose clock is more than a day off ours (``Station.clock.far_s``); an alarm
