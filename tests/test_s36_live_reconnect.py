@@ -253,3 +253,40 @@ def test_a_connects_orphans_end_at_its_first_call_or_their_first_meter_value_unl
         assert read.orphaned is boots and restored.orphaned
         state.on_meter("CP1", 2, None, amps, now)
         assert restored.orphaned is boots
+
+
+async def test_a_limit_decided_before_a_reconnect_is_not_sent_for_the_orphaned_transaction():
+    """Review rev1 L1 (/tmp/s36/m5/l1_orphan_inflight_step.py): the orphan guard lived only in the
+    observation, so a step that saw the car before its station's reconnect and sent after it (a
+    solve of a few seconds; here set_limit as the dispatcher calls it, naming the transaction)
+    sent a rebooted station three TxProfiles for its old transaction (Rejected), then the car's
+    16 A as the connector's TxDefault. An orphan is treated as an ended transaction."""
+    async with central_system(make_test_site(1, grid_a=40), backoff_s=0.05) as cs:
+        url = f"ws://127.0.0.1:{cs.port}"
+
+        def rebooted(action, payload):  # it lost the transaction: refuses TxProfiles for it
+            if action == "SetChargingProfile" and payload["csChargingProfiles"]["chargingProfilePurpose"] == "TxProfile":
+                return {"status": "Rejected"}
+            return default_answer("1.6", action, payload)
+
+        s = await RawStation(url, "CP1", answer=lambda a, p: default_answer("1.6", a, p)).connect()
+        s2 = None
+        try:
+            await s.boot()
+            tx = (await s.ok("StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 0,
+                                                  "timestamp": now_iso()}))["transactionId"]
+            await s.ok("MeterValues", meter_16(1, tx, amps=[16.0] * 3, energy_wh=0.0))
+            await s.close()
+            await eventually(lambda: not cs.state.station("CP1").connected)
+            s2 = await RawStation(url, "CP1", answer=rebooted).connect()
+            await eventually(lambda: cs.state.station("CP1").connected)
+            assert cs.state.transaction("CP1", tx).orphaned
+            rec = await cs.set_limit("CP1", 1, 16.0, transaction_id=tx)
+            assert rec.purpose is None and rec.attempts == [("TxProfile", "Skipped:Orphaned")]
+            await asyncio.sleep(0.3)
+            assert [a for a, _ in s2.received if a == "SetChargingProfile"] == []
+            assert s.schema_errors == [] and s2.schema_errors == []
+        finally:
+            await s.close()
+            if s2 is not None:
+                await s2.close()

@@ -143,7 +143,8 @@ async def set_limit(
     too. ``transaction_id``, when given, is the transaction the limit was decided for: if it no
     longer runs on the connector (the car left while the step ran), or ends while the chain is
     tried, nothing (more) is sent, so a departed car's limit never becomes the connector's
-    default; without it, nothing is sent to a connector whose transaction ended in the last
+    default; nor while it is an orphan of its station's (re)connect or boot (``Transaction.orphaned``,
+    attempt ``Skipped:Orphaned``): the station may run it no more; without it, nothing is sent to a connector whose transaction ended in the last
     :data:`RECENT_STOP_S`. Returns (and records in the state) which purpose the charger accepted and the
     limit it applies by the profiles it holds; with ``verify`` that limit is read back with
     GetCompositeSchedule instead.
@@ -173,11 +174,20 @@ async def set_limit_locked(
         # connector's default, its limit would outrank the idle default for the next car.
         attempts.append((pr.TX, "Skipped:TransactionEnded"))
         chain = []
+    elif transaction_id is not None and t is not None and t.orphaned:
+        # Its station (re)connected or rebooted since the step saw the car, and has not named it
+        # since: it may run it no more (LiveState.on_connect). Sent on, a rebooted station refused
+        # three TxProfiles for it, then took its 16 A as the connector's TxDefault.
+        attempts.append((pr.TX, "Skipped:Orphaned"))
+        chain = []
     accepted = None
     for purpose in chain:
         if t is not None and cs.state.running_on(cp_id, connector_id) is not t:
             # It ended during the retries: its limit must not stay behind as a default.
             attempts.append((purpose, "Skipped:TransactionEnded"))
+            break
+        if transaction_id is not None and t is not None and t.orphaned:  # its station reconnected meanwhile
+            attempts.append((purpose, "Skipped:Orphaned"))
             break
         extra, amps = {}, current_a
         if purpose == pr.TX_DEFAULT:
@@ -203,7 +213,10 @@ async def set_limit_locked(
         applied = await verified_limit_a(cs, cp_id, connector_id, default=applied)
     rec = DispatchRecord(time=when, wanted_a=float(current_a), purpose=accepted,
                          accepted_a=applied if accepted is not None else None, attempts=attempts)
-    if accepted is None:
+    if accepted is None and attempts and attempts[-1][1] == "Skipped:Orphaned":
+        log.info("%s/%s: %.1f A not sent: transaction %s is an orphan of its station's (re)connect or boot",
+                 cp_id, connector_id, current_a, transaction_id)
+    elif accepted is None:
         log.warning("%s/%s: no profile accepted for %.1f A (%s)", cp_id, connector_id, current_a, attempts)
     cs.state.on_dispatch(cp_id, connector_id, rec)
     return rec

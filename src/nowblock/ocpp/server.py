@@ -346,7 +346,8 @@ class CentralSystem:
         """Limit a connector/EVSE to ``current_a`` [A per phase] for ``validity_s`` [s]: TxProfile
         for its running transaction, falling back to TxDefault, then the station maximum, all
         as short-lived as the TxProfile; with ``transaction_id``, nothing is sent once that
-        transaction no longer runs there. See :func:`.dispatch.set_limit`."""
+        transaction no longer runs there, or while it is an orphan of its station's (re)connect or
+        boot. See :func:`.dispatch.set_limit`."""
         return await dispatch.set_limit(self, cp_id, connector_id, current_a, validity_s=validity_s,
                                         retries=retries, backoff_s=backoff_s, verify=verify,
                                         transaction_id=transaction_id)
