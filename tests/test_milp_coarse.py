@@ -147,6 +147,38 @@ def test_optimize_with_the_coarse_stage_returns_a_real_plan(monkeypatch, unbalan
     assert np.isfinite(s.bound) and s.bound <= s.objective + 1e-9
 
 
+@pytest.mark.parametrize("unbalance", [False, True])
+def test_every_plan_a_call_makes_from_nothing_is_bounded_by_its_deadline(monkeypatch, unbalance):
+    """The least-laxity plans after the coarse stage and after the LP without the peak term get
+    the call's deadline (their cap raised only until then), and none is started when the time
+    left is less than the longest plan made so far: a 200-car call at 5-minute slots returned at
+    1.7 x its 0.42 s limit, this plan made after the deadline without one."""
+    monkeypatch.setattr(solve_mod, "COARSE_MIN_CELLS", 0)
+    seen = []
+    real = solve_mod.make_plan
+
+    def spy(*a, **kw):
+        seen.append(kw.get("shave_until"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(solve_mod, "make_plan", spy)
+    # Without load or prices: the peak is the cost, where those plans are made.
+    b = matrix_block(MatrixCell(100, 0.35, True, "5min", False, unbalance), seed=1)
+    t0 = time.perf_counter()
+    s = nb.optimize(b["site"], b["sessions"], start=b["start"], horizon="24h", step="5min", time_limit_s=20)
+    assert seen, "no plan from nothing was made on this block"
+    assert all(u is not None and u <= t0 + 20 for u in seen)
+    check_plan_from_the_site(b["site"], b["sessions"], pd.Series(s.form.base_kw, index=s.form.times), s.current_a, 1.0)
+    # With no time left after the coarse stage's own plan, the least-laxity plan is not started.
+    form = s.form
+    run = solve_mod._Run(form, time.perf_counter(), time.perf_counter() - 1.0, 0.0)
+    seen.clear()
+    need = np.maximum(np.nan_to_num(np.asarray(form.need_kwh, dtype=float)), 0.0)
+    run.least_laxity_plan(np.inf, need)
+    assert not seen and run.best.plan is None
+    assert run.stages[-1]["status"].startswith("skipped")
+
+
 @pytest.mark.parametrize("seed, tree, unbalance", [(424, False, False), (459, False, True), (1, True, True)])
 def test_a_coarse_only_call_raises_its_bound_by_the_ascent_and_it_stays_a_bound(monkeypatch, seed, tree, unbalance):
     # As on a large block whose fine LP does not finish in time: the coarse stage alone, then the
