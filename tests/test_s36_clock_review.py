@@ -174,3 +174,80 @@ async def test_a_car_at_an_offline_station_counts_at_what_it_holds_when_its_poin
             await s.close()
         await cs.stop()
 
+
+def test_a_tie_an_hour_wide_leaves_the_clock_unusable(caplog):
+    # rev1 M2 (/tmp/s36/rev1/r2_clock_cases.py case B): StatusNotifications in local time
+    # marked Z (+3600 s), MeterValues right, one of each every 2 min. The tie went to the higher
+    # offset: +3600 s on every CALL, TxProfiles that would outlive the central system by an hour
+    # (4500 s for 900); had it gone to the lower one they would expire on arrival if the status
+    # stamps were right. Neither can be known: the clock is unusable, as one a day off.
+    import logging
+
+    caplog.set_level(logging.INFO)
+    c = ClockOffset()
+    now, usable = T0, []
+    for m in range(60):
+        for ahead in (3600, 0):
+            c.observe({"timestamp": _iso(now + timedelta(seconds=ahead))}, now, "CP1")
+            usable.append(c.usable)
+            now += timedelta(seconds=60)
+    assert not any(usable[8:]) and c.split_s == pytest.approx(3600.0, abs=1.0) and c.far_s is None
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "disagree" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].getMessage().startswith("CP1:")
+    # the station's clock is mended: its stamps agree, the clock is usable again
+    for k in range(6):
+        c.observe({"timestamp": _iso(now)}, now, "CP1")
+        now += timedelta(seconds=60)
+    assert c.usable and c.offset_s == pytest.approx(0.0, abs=1.0)
+    # a tie closer than the refresh margin still goes to the higher offset (usable)
+    c = ClockOffset()
+    for m in range(20):
+        for ahead in (120, 0):
+            c.observe({"timestamp": _iso(now + timedelta(seconds=ahead))}, now, "CP1")
+            now += timedelta(seconds=60)
+    assert c.usable and c.offset_s == pytest.approx(120.0, abs=1.0)
+
+
+async def test_a_station_whose_stamps_tie_an_hour_apart_has_its_car_counted_at_its_maximum():
+    # rev1 M2 through the live loop (raw 1.6 frames): CP1 stamps its StatusNotifications an
+    # hour ahead and its MeterValues right, alternately, a minute apart. Its car was trusted at
+    # the limit it accepted (placed +3600 s in its clock) and CP2 got the rest of the 24 A grid.
+    from nowblock.control import attach
+    from nowblock.ocpp.server import CentralSystem
+
+    now = [pr.utcnow().replace(microsecond=0)]
+    cs = CentralSystem(make_test_site(2, grid_a=24.0, max_current_a=16.0), port=0, response_timeout_s=2.0,
+                       backoff_s=0.05, retries=1, tx_validity_s=900, clock=lambda: now[0])
+    await cs.start()
+    ctl = attach(cs, policy="equal", period_s=3600.0, min_replan_s=0.0, solve_timeout_s=2.0)
+    answers = {cp: K01Station("1.6", reject_tx=False) for cp in ("CP1", "CP2")}
+    st = {cp: RawStation(f"ws://127.0.0.1:{cs.port}", cp, "1.6", answer=answers[cp]) for cp in answers}
+    try:
+        tx = {}
+        for cp, s in st.items():
+            await s.connect()
+            await s.boot()
+            await eventually(lambda: cs.state.station(cp).failsafe is not None)
+            tx[cp] = (await s.ok("StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 0,
+                                                      "timestamp": _iso(now[0])}))["transactionId"]
+        for m in range(6):
+            now[0] += timedelta(seconds=60)
+            await st["CP1"].ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Charging",
+                                                      "timestamp": _iso(now[0] + timedelta(hours=1))})
+            now[0] += timedelta(seconds=60)
+            for cp in st:
+                await st[cp].ok("MeterValues", meter_16(1, tx[cp], amps=[6.0] * 3, when=_iso(now[0])))
+        assert not cs.state.station("CP1").clock.usable
+        res = await ctl.step("manual")
+        sid1, sid2 = f"CP1:{tx['CP1']}", f"CP2:{tx['CP2']}"
+        assert res.context.untrusted.get(sid1) == "offline"
+        assert res.context.committed_a[sid1] == 16.0
+        cp2 = pr.active_limit_a(answers["CP2"].held, 1, now[0], transaction_id=tx["CP2"])
+        assert cp2 == res.current_a[sid2] and cp2 + 16.0 <= 24.0 + 0.05, cp2
+        alarms = [a for a in ctl.alarms if a["kind"] == "station_clock"]
+        assert [a["charge_point_id"] for a in alarms] == ["CP1"]
+    finally:
+        for s in st.values():
+            await s.close()
+        await cs.stop()
+

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def _usable(station) -> bool:
-    """Whether profiles can be placed in ``station``'s clock (not more than a day off ours)."""
+    """Whether profiles can be placed in ``station``'s clock (``ClockOffset.usable``)."""
     clock = getattr(station, "clock", None)
     return clock is None or clock.usable
 
@@ -175,7 +175,8 @@ class LiveBlock:
         return replace(obs, cars=cars, arrays=None)
 
     def _far_clocks(self, now: pd.Timestamp) -> list[str]:
-        """The stations whose clock is more than a day off ours (``Station.clock.far_s``); an alarm
+        """The stations whose clock is more than a day off ours (``Station.clock.far_s``) or whose
+        stamps tie between offsets too far apart (``split_s``): unusable clocks; an alarm
         ``station_clock`` (:attr:`alarm`) when one is found so, at most hourly a station."""
         far = [cp for cp, st in self.state.stations.items() if not _usable(st)]
         for cp in far:
@@ -183,8 +184,11 @@ class LiveBlock:
             if self.alarm is not None and cp not in self._far_now and (last is None or not (
                     pd.Timedelta(0) <= now - last < pd.Timedelta(hours=1))):
                 self._far_alarmed[cp] = now
-                self.alarm("station_clock", now, charge_point_id=cp,
-                           offset_days=round(self.state.stations[cp].clock.far_s / 86400.0, 1))
+                clock = self.state.stations[cp].clock
+                if clock.far_s is not None:
+                    self.alarm("station_clock", now, charge_point_id=cp, offset_days=round(clock.far_s / 86400.0, 1))
+                else:  # its stamps tie between offsets too far apart (ClockOffset.split_s)
+                    self.alarm("station_clock", now, charge_point_id=cp, tied_offsets_apart_s=round(clock.split_s))
         self._far_now = set(far)
         return far
 

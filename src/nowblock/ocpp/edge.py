@@ -339,6 +339,10 @@ KEEP_BURSTS = 64
 #: less the replay's pace, several seconds a message).
 CONFIRM_BURSTS = 3
 CONFIRM_S = 60.0
+#: [s] Offsets tied in the vote further apart than this leave the clock unusable: the higher one
+#: may make a TxProfile outlive the central system, the lower one expire it before its refresh
+#: (half the 900 s validity the central system sends by default).
+TIE_SPLIT_S = 450.0
 
 
 class ClockOffset:
@@ -372,7 +376,10 @@ class ClockOffset:
     A replayed queue of any length leaves one live sample, its newest. A tie goes to the higher
     offset: queued stamps are older, never newer, and a profile whose end is placed too early in
     the station's clock is dropped on arrival, one placed too late only outlives the central
-    system. A clock step is followed after 3 bursts (forward) or 4 (back).
+    system. Tied offsets further apart than :data:`TIE_SPLIT_S` (half its stamps an hour off)
+    leave the clock unusable instead (:attr:`split_s`, a WARNING at most hourly): the higher one
+    would make a TxProfile outlive the central system by the hour, the lower one expire on
+    arrival. A clock step is followed after 3 bursts (forward) or 4 (back).
 
     A timestamp more than :data:`MAX_CLOCK_OFFSET_S` off is no sample: such a clock (1970 after a
     reboot without a battery) applies no profile placed by any estimate, the fail-safe included.
@@ -395,6 +402,10 @@ class ClockOffset:
         #: [s] How far off a clock more than a day off is (None: within a day, or not known).
         self.far_s: float | None = None
         self._far_warned: datetime | None = None  # when its WARNING was last logged (at most hourly)
+        #: [s] How far apart the offsets tied in the vote lie, when more than :data:`TIE_SPLIT_S`
+        #: (None: no such tie).
+        self.split_s: float | None = None
+        self._split_warned: datetime | None = None
 
     @property
     def samples(self) -> list[float]:
@@ -408,8 +419,9 @@ class ClockOffset:
 
     @property
     def usable(self) -> bool:
-        """Whether profiles can be placed in the station's clock (False while :attr:`far_s` is set)."""
-        return self.far_s is None
+        """Whether profiles can be placed in the station's clock (False while :attr:`far_s` or
+        :attr:`split_s` is set)."""
+        return self.far_s is None and self.split_s is None
 
     def observe(self, payload, now: datetime, cp_id: str = "") -> None:
         """Take the latest timestamp of a CALL's ``payload`` (``timestamp``, ``meterValue[].timestamp``),
@@ -427,7 +439,9 @@ class ClockOffset:
         d = (t - now).total_seconds()
         self._obs.append((d, now, self._burst))
         self._trim(now)
+        was = self.split_s
         self._vote()
+        self._split(was, now, cp_id)
         self._far(d, now, cp_id)
         self._warn(cp_id)
 
@@ -494,6 +508,9 @@ class ClockOffset:
         self._votes = [d for d, *_ in voters if abs(d - best) <= LATE_S]
         self._offset = float(statistics.median(self._votes))
         self._won = support > other  # not a tie: the estimate may be warned about
+        tied = [d for d, *_ in voters if told(d, voters) == support]
+        spread = max(tied) - min(tied)
+        self.split_s = spread if not self._won and spread > TIE_SPLIT_S else None
 
     @staticmethod
     def _confirmed(v: float, among) -> bool:
@@ -515,6 +532,18 @@ class ClockOffset:
                     "within a day (set its clock: NTP)", cp_id, self.far_s / 86400)
         elif was is not None and self.far_s is None:
             log.info("%s: station clock within a day of the central system's again (%+.0f s)", cp_id, self._offset)
+
+    def _split(self, was: float | None, now: datetime, cp_id: str) -> None:
+        if was is None and self.split_s is not None:
+            hourly = self._split_warned is None or not 0.0 <= (now - self._split_warned).total_seconds() < 3600.0
+            self._split_warned = now if hourly else self._split_warned
+            log.log(logging.WARNING if hourly else logging.INFO,
+                    "%s: station timestamps disagree, as often %.0f s apart (some in local time marked Z?): "
+                    "no profile can be placed in its clock, so none is taken to be in force; its cars and idle "
+                    "connectors count at their maximum until one offset wins (set its clock: NTP)",
+                    cp_id, self.split_s)
+        elif was is not None and self.split_s is None:
+            log.info("%s: station timestamps agree again (%+.0f s)", cp_id, self._offset)
 
     def _warn(self, cp_id: str) -> None:
         off = self.offset_s
