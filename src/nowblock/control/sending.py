@@ -235,21 +235,16 @@ class Dispatcher:
         limit goes out again whatever was sent: the same amperes are then the power of all its
         phases. Unchanged, it was never re-sent, and a 32 A limit gave 10.67 A per phase."""
         out: dict[str, float] = {}
-        txs = getattr(self.state, "transaction", None)
-        if txs is None or "transaction_id" not in cars:
+        off = getattr(self.state, "tx_power_phases_off", None)
+        if off is None or "transaction_id" not in cars:
             return out
         for sid in sids:
             row = cars.loc[sid]
             try:
-                t = txs(row["charge_point_id"], row["transaction_id"])
-                st = self.state.station(row["charge_point_id"])
-                last = st.dispatch.get(int(row["connector_id"]))
-                # Only where its TxProfile was taken: a fallback would go out again every step.
-                watts = st.rate_unit == "W" and last is not None and last.purpose == "TxProfile"
+                n = off(row["charge_point_id"], int(row["connector_id"]), row["transaction_id"])
             except Exception:  # noqa: BLE001 - a stand-in state without stations: nothing to re-send
                 continue
-            if (watts and t is not None and t.stop is None and t.power_phases and t.phases_used
-                    and t.phases_used > t.power_phases):
+            if n > 0:
                 meas = float(row.get("measured_current_a", math.nan))
                 out[sid] = meas if math.isfinite(meas) else 0.0
         return out

@@ -230,7 +230,7 @@ async def _power_for_phases_left(cs: "CentralSystem", cp_id: str, connector_id: 
     # until the next meter value. Sent again at once for the phases left (twice at most).
     for _ in range(2):
         if (t is None or cs.state.running_on(cp_id, connector_id) is not t or cs.state.station(cp_id).rate_unit != "W"
-                or not (t.power_phases and t.phases_used and t.phases_used < t.power_phases)):
+                or t.power_phases_off >= 0):
             return
         if not await send_profile(cs, cp_id, connector_id, pr.TX, current_a, validity_s=validity_s, retries=retries,
                                   backoff_s=backoff_s, attempts=attempts):

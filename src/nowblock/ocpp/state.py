@@ -71,6 +71,14 @@ class Transaction:
         return f"{self.cp_id}:{self.transaction_id}"
 
     @property
+    def power_phases_off(self) -> int:
+        """The phases the car draws on less those its accepted TxProfile's power is for (a
+        station taking watts, :attr:`power_phases`); 0 when the same or either is unknown. Below
+        0 the power falls on fewer phases (all of it on one: 30 A where 10 A were planned), above
+        0 it is spread over more (a third on each); either way it is sent again."""
+        return self.phases_used - self.power_phases if self.power_phases and self.phases_used else 0
+
+    @property
     def energy_delivered_kwh(self) -> float:
         """Energy delivered in this session so far [kWh] (0 before the first reading)."""
         end = self.meter_stop_wh if self.meter_stop_wh is not None else self.energy_register_wh
@@ -451,7 +459,7 @@ class LiveState:
                     # phases it was not planned on may be full; the controller steps at once.
                     reading = {**reading, "phases_up": True}
                 t.phases_used = ph
-        if t.power_phases and t.phases_used and t.phases_used < t.power_phases:
+        if t.power_phases_off < 0:
             # Its power limit was for more phases than it now draws on (3, then 1): all of it on
             # its phase (30 A where 10 A were planned) until sent again (CentralSystem._on_event).
             reading = {**reading, "phases_down": t.phases_used}
@@ -582,6 +590,17 @@ class LiveState:
         if (now - r.time).total_seconds() > max_age_s or (sent is not None and sent.time > r.time):
             return None
         return r.limit_a
+
+    def tx_power_phases_off(self, cp_id: str, connector_id: int, transaction_id) -> int:
+        """:attr:`Transaction.power_phases_off` of a running transaction whose TxProfile (in
+        watts) is the last limit its station took on ``connector_id``; else 0 (a fallback would
+        go out again every step)."""
+        st = self.stations[cp_id]
+        t = self.transaction(cp_id, transaction_id)
+        last = st.dispatch.get(int(connector_id))
+        if t is None or t.stop is not None or st.rate_unit != "W" or last is None or last.purpose != pr.TX:
+            return 0
+        return t.power_phases_off
 
     def on_dispatch(self, cp_id: str, connector_id: int, record: DispatchRecord) -> None:
         """Remember the outcome of a limit dispatch and publish it."""
