@@ -92,3 +92,18 @@ def test_the_later_columns_price_a_plan_as_the_lp_does():
     res = solve_matrix(form, mf, 30)
     x = mf.current_a(res.values)
     assert float(mf.cost @ plan_columns(form, mf, x)) == pytest.approx(res.objective, rel=1e-9, abs=1e-9)
+
+
+def test_a_drawn_maximum_after_the_horizon_is_the_capped_offer_times_the_draw_fraction():
+    # use_draw_fraction (the offline yardstick): a 16 A point capped to 10 A from 14:00 to 16:00
+    # Berlin, a car drawing half of what it is offered. After a 2 h horizon (14:00-16:00) it can
+    # draw min(10, 16) x 0.5 = 5 A for 2 h, not min(10, 16 x 0.5) = 8 A.
+    t0 = pd.Timestamp("2026-01-14 12:00", tz="Europe/Berlin")
+    cp = ChargePoint("CP0", "grid", max_current_a=16, caps=(CapWindow("14:00", "16:00", 10.0),))
+    site = Site(name="t", timezone="Europe/Berlin", fuses=(Fuse("grid", (100.0,) * 3),), charge_points=(cp,))
+    df = pd.DataFrame({"session_id": ["a"], "charge_point_id": ["CP0"], "arrival": [t0],
+                       "departure": [t0 + pd.Timedelta("4h")], "energy_kwh": [30.0], "max_current_a": [16.0],
+                       "phases": [3], "draw_fraction": [0.5]})
+    form = from_sessions(site, df, start=t0, horizon="2h", use_draw_fraction=True)
+    assert form.due_kwh[0] == pytest.approx(30.0 - 10 * 0.5 * 2 * KW_PER_A, abs=1e-9)
+

@@ -58,8 +58,8 @@ def from_sessions(site: Site, sessions: pd.DataFrame, start=None, horizon="24h",
     offer_a = np.maximum(car_a, site.cp_min_current_a[cp])
     need = df["energy_kwh"].to_numpy(float)
     min_a = site.cp_min_current_a[cp] * frac
-    due = due_by_horizon_end_kwh(site, df["arrival"], df["departure"], end, step, cp, phases, offer_a * frac, min_a,
-                                 car_a / offer_a, need)
+    due = due_by_horizon_end_kwh(site, df["arrival"], df["departure"], end, step, cp, phases, offer_a, min_a,
+                                 car_a / offer_a, need, draw_fraction=frac)
     return Formulation(
         site=site, slot_starts=times, dt_h=float(dt_h[0]), session_ids=df["session_id"].to_numpy(str),
         cp_index=cp, phases=phases, min_current_a=min_a,
@@ -78,7 +78,7 @@ AFTER_HORIZON_DAYS = 8
 
 
 def due_by_horizon_end_kwh(site: Site, arrival, departure, end, step, cp_index, phases, offer_a, min_a, draw_ratio,
-                           need_kwh) -> np.ndarray | None:
+                           need_kwh, draw_fraction=None) -> np.ndarray | None:
     """Per car the energy [kWh] due by the horizon's end ``end``: its need less the most it could
     get from ``end`` to its departure, at least 0 (all of its need when it leaves by ``end``).
 
@@ -86,7 +86,10 @@ def due_by_horizon_end_kwh(site: Site, arrival, departure, end, step, cp_index, 
     caps applied, 0 where below ``min_a`` [A]) on ``step`` slots from ``end`` to its departure,
     as the horizon's own slots count it (:func:`_upper`, :func:`~nowblock.milp.slots.plugged_fraction`),
     times ``phases``, the voltage and ``draw_ratio``; at most :data:`AFTER_HORIZON_DAYS` past
-    ``end``. Returns None when every car leaves by ``end`` (the whole need is due).
+    ``end``. With ``draw_fraction`` (per car, ``use_draw_fraction``) the current is the drawn one:
+    the capped offer times the fraction (``min_a`` is then a drawn minimum too), as
+    :func:`from_sessions` scales the horizon's own upper bounds. Returns None when every car leaves
+    by ``end`` (the whole need is due).
     """
     dep = pd.DatetimeIndex(departure).tz_convert("UTC")
     end = pd.Timestamp(end).tz_convert("UTC")
@@ -100,6 +103,8 @@ def due_by_horizon_end_kwh(site: Site, arrival, departure, end, step, cp_index, 
     arr = pd.DatetimeIndex(arrival).tz_convert("UTC")[late]
     plugged = plugged_fraction(arr, dep[late], times, dt_h)
     hi = _upper(site, times, cp_index[late], offer_a[late], plugged, dt_h * 3600.0)
+    if draw_fraction is not None:  # cap the offer first, then scale: min(cap, offer) x fraction
+        hi = hi * np.asarray(draw_fraction, dtype=float)[late][:, None]
     hi = np.where(hi >= min_a[late][:, None] - _TOL_A, hi, 0.0)
     kw = phases[late] * site.voltage_v / 1000.0 * draw_ratio[late]
     after_kwh = (hi * plugged * dt_h[None, :]).sum(axis=1) * kw
