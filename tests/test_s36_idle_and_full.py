@@ -86,3 +86,53 @@ async def test_idle_defaults_shorter_than_retry_s_are_renewed_in_time(tmp_path):
         await st.close()
         await ctl.stop()
         await cs.stop()
+
+
+@pytest.mark.parametrize("late_s", [2.0, 3.5])  # within the step's wait for answers (2.5 s), and after it
+async def test_a_meter_value_from_before_the_limit_was_accepted_does_not_make_a_car_full(tmp_path, late_s):
+    # nowblock demo --grid-a 100 (480x, a busy machine): CP13's 6 A limit, decided at one step,
+    # was accepted about 9 simulated minutes later; the next step read its meter value taken in
+    # between (0 A, still under the 0 A it held before) as a settled draw at 6 A, called the car
+    # full, and it got 0 A and 0.29 of its 26.65 kWh all night. Here: a 1.6 station answers the
+    # car's TxProfile late_s late and sends a meter value (0 A) 1.2 s after it got it.
+    site = make_test_site(2, grid_a=24.0, max_current_a=16.0)
+    cs = CentralSystem(site, port=0, response_timeout_s=5.0, backoff_s=0.05, retries=1)
+    await cs.start()
+    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy="equal", period_s=1.0, min_replan_s=0.1,
+                 solve_timeout_s=2.0, settings=cl.LoopSettings(settle_s=1.0, start_s=1.0))
+    await ctl.start()
+    station = K01Station("1.6", reject_tx=False)
+    tx = {}
+    late = []
+
+    async def meter(amps, wh):
+        await st.ok("MeterValues", meter_16(1, tx["id"], amps=[amps] * 3, energy_wh=wh))
+
+    def answer(action, p):
+        r = station(action, p)
+        if action == "SetChargingProfile" and p["csChargingProfiles"]["chargingProfilePurpose"] == pr.TX and not late:
+            late.append(asyncio.get_running_loop().call_later(1.2, lambda: asyncio.ensure_future(meter(0.0, 0.0))))
+            return Late(late_s, r)
+        return r
+
+    st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=answer).connect()
+    try:
+        await st.boot()
+        await _status(st, "1.6")
+        tx["id"] = await _start(st, "1.6")
+        await eventually(lambda: late and any(p.purpose == pr.TX for p in station.held), timeout_s=10)
+        await eventually(lambda: cs.state.applied_limit_a("CP1", 1) == 12.0, timeout_s=10)
+        n = len(ctl.history)
+        await eventually(lambda: len(ctl.history) >= n + 2, timeout_s=10)  # steps that read the 0 A value
+        sid = f"CP1:{tx['id']}"
+        assert sid not in ctl.loop.full
+        # The car draws what it is given from then on and is never held at 0 A.
+        for k in range(6):
+            await meter(station.applies_a(1, tx["id"]), 100.0 * (k + 1))
+            await asyncio.sleep(0.3)
+        assert sid not in ctl.loop.full
+        assert station.applies_a(1, tx["id"]) == 12.0
+    finally:
+        await st.close()
+        await ctl.stop()
+        await cs.stop()

@@ -273,6 +273,7 @@ class Controller:
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._committed: dict[str, float] = {}  # session -> [A] what the last step reserved for an untrusted car
+        self._awaiting: dict[str, pd.Timestamp] = {}  # session -> the step whose limit its charger has not answered
         self._stopping = False
         self._last_step_wall = -math.inf
         self._last_step_time: pd.Timestamp | None = None
@@ -478,6 +479,44 @@ class Controller:
             return False
         return abs(max(cur) - sent[0]) > self.settings.under_draw_a + self.settings.margin_a
 
+    def _book_acceptances(self, cars, booked: dict | None = None) -> None:
+        """Date each limit change from when its charger accepted it, not from the step that decided it.
+
+        A step books a changed limit at its start (``loop.changed_at``), and a car's meter value
+        counts as its draw at that limit once ``settle_s`` later. An answer that comes late
+        (a busy station, or a busy machine: at the demo's 480x one second is 8 minutes) let a
+        meter value taken before it, the car still at the 0 A it held before, count as a draw
+        at the new limit: 0 A at 6 A, the car called full and given 0 A all night (the demo
+        with ``--grid-a 100``: 0.1 to 0.3 of 14 to 27 kWh). Now the change counts from the
+        station's acceptance as the live state recorded it (within the step's start and now).
+
+        Parameters
+        ----------
+        cars : pandas.DataFrame
+            The step's observed cars (``charge_point_id``, ``connector_id`` by session_id).
+        booked : dict, optional
+            session_id -> the step start [UTC] its accepted limit was booked at; without it,
+            the sessions whose answer an earlier step did not wait for and that came since.
+        """
+        if booked is None:
+            booked = {sid: t for sid, t in self._awaiting.items() if sid not in self.loop.pending_a}
+            for sid in booked:
+                del self._awaiting[sid]
+        if not booked:
+            return
+        hi = pd.Timestamp(self.clock())
+        for sid, at in booked.items():
+            if self.loop.changed_at.get(sid) != at or sid not in cars.index:
+                continue  # not changed by that step (a refresh), or gone
+            row = cars.loc[sid]
+            st = self.state.stations.get(str(row["charge_point_id"]))
+            rec = st.dispatch.get(int(row["connector_id"])) if st is not None else None
+            if rec is None or rec.accepted_a is None:
+                continue
+            when = pd.Timestamp(rec.time)
+            when = when.tz_localize("UTC") if when.tzinfo is None else when
+            self.loop.changed_at[sid] = min(max(when, at), hi)
+
     # ---- one step ---------------------------------------------------------------------------
     def build_snapshot(self, now: pd.Timestamp | None = None) -> tuple[BlockSnapshot, StepContext]:
         """The policy's snapshot now and the step's context (observe, then prepare)."""
@@ -506,6 +545,7 @@ class Controller:
             restored.clear()
         t0 = _time.perf_counter()
         obs = self.source.observe(now)
+        self._book_acceptances(obs.cars)  # answers that came after an earlier step's wait
         if self.idle is not None:
             self.idle.keep(now, running=zip(obs.cars["charge_point_id"], obs.cars["connector_id"]))
         self.loop.probe_due = self.escalation.due(now)  # a car held at 0 A is tried at its minimum then
@@ -517,6 +557,8 @@ class Controller:
         t2 = _time.perf_counter()
         targets = self.loop.finish(snap, ctx, decision.current_a)
         accepted = await self.sender.dispatch(targets, ctx, now)
+        self._awaiting.update({sid: now for sid in accepted if sid in self.loop.pending_a})
+        self._book_acceptances(obs.cars, {sid: now for sid, a in accepted.items() if a is not None})
         counted = self.sender.counted_a(targets, ctx, accepted)
         kept = {s: a for s, a in counted.items() if s not in ctx.untrusted and a > targets.get(s, 0.0) + 0.05}
         if kept:  # a charger kept a higher limit in this very step: repair the others now
@@ -527,6 +569,7 @@ class Controller:
         x = pd.Series(counted, dtype=float).reindex(targets.index).rename("current_a")
         self.overloads.watch(obs, now, changed_at=self.loop.changed_at, base_kw=self.source.metered_base_kw(now))
         self.loop.forget(obs.cars.index)
+        self._awaiting = {k: v for k, v in self._awaiting.items() if k in obs.cars.index}
         self.operator.forget_sessions(obs.cars.index)
         self._keep_plan(decision, x, now, name, status)
         hb = held_back(snap, ctx, x)

@@ -478,7 +478,11 @@ class ControlStep:
             if meas[i] > 1.0 or kwh[i] > kwh0 + 1e-3:  # a current, or energy taken since (meters differ)
                 self._drew.add(sid)
             waited[i] = sid in self._drew or (last[i] != _NAT and last[i] - since >= start_ns)
-        full = settled & (meas < 0.5) & on & waited
+        # A limit its charger has not answered yet is counted as offered (it may apply it any
+        # moment) but may not be in force: a car at 0 A under it is not full (a 1.6 station
+        # answering 3.5 s late, its car still at the 0 A it held before, was called full).
+        unanswered = np.array([sid in self.pending_a for sid in index.tolist()], dtype=bool)
+        full = settled & (meas < 0.5) & on & waited & ~unanswered
         if full.any() or self.full:
             self.full = (self.full | set(index[full])) - set(index[np.nan_to_num(meas) > 1.0])
             self.full &= set(index)
