@@ -251,3 +251,49 @@ async def test_a_station_whose_stamps_tie_an_hour_apart_has_its_car_counted_at_i
             await s.close()
         await cs.stop()
 
+
+def test_one_stamp_queued_before_a_reset_does_not_clear_a_1970_clock():
+    # rev1 suspected (/tmp/s36/m4/s1_far_cleared.py): a station reset to 1970 replays a
+    # MeterValues it queued before its reset, stamped 5 min ago by its right clock: that one stamp
+    # cleared the flag (usable True) until its next CALL, its cars trusted at what they accepted.
+    c = ClockOffset()
+    for i in range(-5, 0):
+        now = T0 + timedelta(seconds=60 * i)
+        c.observe({"timestamp": _iso(now)}, now, "CP1")
+    epoch = datetime(1970, 1, 1, 0, 5, tzinfo=timezone.utc)
+    for i in range(3):
+        c.observe({"timestamp": _iso(epoch + timedelta(seconds=60 * i))}, T0 + timedelta(seconds=60 * i), "CP1")
+    for k in range(3):  # its queue, replayed one per 2 s
+        c.observe({"meterValue": [{"timestamp": _iso(T0 - timedelta(seconds=300 - 10 * k))}]},
+                  T0 + timedelta(seconds=181 + 2 * k), "CP1")
+        assert not c.usable and c.far_s < -50 * 365 * 86400.0
+    # its clock set (NTP): usable once its time is confirmed, 3 CALLs over a minute or more
+    seen = []
+    for k in range(3):
+        now = T0 + timedelta(seconds=240 + 60 * k)
+        c.observe({"timestamp": _iso(now)}, now, "CP1")
+        seen.append(c.usable)
+    assert seen == [False, False, True]
+
+
+async def test_a_1970_station_replaying_a_message_queued_before_its_reset_keeps_its_car_at_the_maximum():
+    # The same over WebSocket through the live loop (raw 1.6 frames): CP1's clock goes 1970,
+    # then it sends a MeterValues it queued before (stamped 5 min ago): its car was trusted again
+    # at the 20 A it had accepted (placed in a clock it does not have).
+    cs, ctl, st, answers, tx = await _two_cars(make_test_site(2, grid_a=40.0, max_current_a=32.0))
+    try:
+        for cp in st:
+            await st[cp].ok("MeterValues", meter_16(1, tx[cp], amps=[8.0] * 3, when=_iso(pr.utcnow())))
+        await st["CP1"].ok("MeterValues", meter_16(1, tx["CP1"], amps=[8.0] * 3, when="1970-01-01T00:10:00.000Z"))
+        await st["CP1"].ok("MeterValues", meter_16(1, tx["CP1"], amps=[8.0] * 3,
+                                                   when=_iso(pr.utcnow() - timedelta(seconds=300))))
+        res = await ctl.step("manual")
+        sid1, sid2 = f"CP1:{tx['CP1']}", f"CP2:{tx['CP2']}"
+        assert not cs.state.station("CP1").clock.usable
+        assert res.context.untrusted.get(sid1) == "offline" and res.context.committed_a[sid1] == 32.0
+        cp2 = answers["CP2"].applies_a(1, tx["CP2"])
+        assert cp2 == res.current_a[sid2] and cp2 + 32.0 <= 40.0 + 0.05, cp2
+    finally:
+        for s in st.values():
+            await s.close()
+        await cs.stop()

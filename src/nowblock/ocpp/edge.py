@@ -386,8 +386,10 @@ class ClockOffset:
     While the station's latest timestamp is one, :attr:`far_s` says how far off it is (a WARNING
     when that starts, at most hourly; INFO when it ends): the live loop then counts the station's
     cars and idle connectors at their maximum and raises an alarm (:mod:`nowblock.control.live`).
-    A replayed message queued more than a day ago sets it too, until the next live one: counting
-    its cars at their maximum a moment is the safe side.
+    A replayed message queued more than a day ago sets it too: counting its cars at their maximum
+    a moment is the safe side. It ends once a time within a day is confirmed
+    (:data:`CONFIRM_BURSTS` bursts over :data:`CONFIRM_S` since the last far one): a message the
+    station queued before its reset, replayed after, is one stamp within a day.
     """
 
     def __init__(self, bursts: int = MAX_BURSTS, window_s: float = WINDOW_S) -> None:
@@ -402,6 +404,7 @@ class ClockOffset:
         #: [s] How far off a clock more than a day off is (None: within a day, or not known).
         self.far_s: float | None = None
         self._far_warned: datetime | None = None  # when its WARNING was last logged (at most hourly)
+        self._far_at = -math.inf  # [s since the epoch] when its latest far reading arrived
         #: [s] How far apart the offsets tied in the vote lie, when more than :data:`TIE_SPLIT_S`
         #: (None: no such tie).
         self.split_s: float | None = None
@@ -521,7 +524,16 @@ class ClockOffset:
 
     def _far(self, d: float, now: datetime, cp_id: str) -> None:
         # d [s]: the station's latest reading of its clock (kept even when its burst's cap drops it)
-        was, self.far_s = self.far_s, (d if abs(d) > MAX_CLOCK_OFFSET_S else None)
+        was = self.far_s
+        if abs(d) > MAX_CLOCK_OFFSET_S:
+            self.far_s, self._far_at = d, now.timestamp()
+        elif was is not None and self._confirmed(d, [(d2, at.timestamp(), b) for d2, at, b in self._obs
+                                                      if at.timestamp() >= self._far_at
+                                                      and abs(d2) <= MAX_CLOCK_OFFSET_S]):
+            # Within a day again once confirmed since its last far reading: a single stamp may be
+            # a message it queued before its reset (review rev1 of session 36: one such cleared
+            # the flag, and the station's cars were trusted, until its next CALL).
+            self.far_s = None
         if was is None and self.far_s is not None:
             hourly = self._far_warned is None or not 0.0 <= (now - self._far_warned).total_seconds() < 3600.0
             self._far_warned = now if hourly else self._far_warned
