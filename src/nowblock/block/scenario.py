@@ -333,22 +333,70 @@ def series_span(series: pd.Series) -> tuple[pd.Timestamp, pd.Timestamp]:
     return idx[0], idx[-1] + spacing
 
 
+def missing_parts(series: pd.Series, start, end, step=None) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """The parts of ``start`` .. ``end`` a step series gives no value for: before its first
+    time, holes between its times, and after its last.
+
+    A value holds until the next time. Two times further apart than the series' usual spacing
+    (the median gap) and than ``step`` leave a hole from the first time plus that spacing to
+    the second: :func:`cover_window` used to look at the first and last times only, and a base
+    load without its evening (16:00-22:00) had its 13.5 kW afternoon held across a 32 kW peak
+    (+26 A on a 50 A house connection). After the last time the same tolerance holds: 1-minute
+    meter data ending at the last 15-minute slot's start covers the window.
+
+    Parameters
+    ----------
+    series : pandas.Series
+        Values over a sorted UTC DatetimeIndex, at least one (a single value holds from its
+        time on).
+    start, end : pandas.Timestamp
+        The window, ``end`` after ``start``.
+    step : pandas.Timedelta, optional
+        The planner's or simulator's step; None: the series' spacing alone.
+
+    Returns
+    -------
+    list of (pandas.Timestamp, pandas.Timestamp)
+        [UTC] The missing intervals inside the window, in time order; empty when it is covered.
+    """
+    start, end = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
+    idx = series.index
+    parts = []
+    if idx[0] > start:
+        parts.append((start, idx[0]))
+    if len(idx) >= 2:
+        t = idx.asi8
+        gaps = np.diff(t)
+        spacing = pd.Timedelta(int(np.median(gaps)), unit=idx.unit)
+        tol = max(spacing, pd.Timedelta(step)) if step is not None else spacing
+        tol_n = tol // pd.Timedelta(1, unit=idx.unit)  # in the index's unit (Timedelta.value is ns)
+        for i in np.flatnonzero(gaps > tol_n):
+            parts.append((idx[i] + spacing, idx[i + 1]))
+        if (end - idx[-1]) > tol:
+            parts.append((idx[-1] + spacing, end))
+    clipped = [(max(a, start), min(b, end)) for a, b in parts]
+    return [(a, b) for a, b in clipped if b > a]
+
+
 def cover_window(series: pd.Series | None, start, end, what: str, kind: str, tz: str | None = None,
-                 window: str = "the planned horizon") -> pd.Series | None:
-    """``series`` made to cover ``start`` .. ``end``: refused if it covers none of it, the rest
-    filled (with one warning) if it covers part.
+                 window: str = "the planned horizon", step=None) -> pd.Series | None:
+    """``series`` checked to cover ``start`` .. ``end`` (:func:`missing_parts`): a base load
+    that misses any of it is refused, prices that miss part of it are filled with their mean.
 
     The one coverage rule of :func:`nowblock.optimize` (its horizon) and :func:`nowblock.simulate`
     (its window). Before it a series a year off was held flat at its last value and a grid
     connection planned for the wrong load (+30 A on a 45 A phase in an outside test).
 
-    - A base load that covers none of the window is refused: an unknown load of the flats is
-      not 0 kW. One that covers part of it is accepted and the missing part is taken as the
-      **largest value of the series** (the highest load known for this block). Holding the last
-      value is not safe: a night value held into the evening peak under-plans the households.
-    - Prices that cover none of the window are refused; the missing part of prices that cover
-      part of it is taken as their **mean** (holding the first or last price would make the
-      unknown hours look as cheap or dear as that one hour and move the charging there).
+    - A **base load** without a value for any part of the window (before its first time, after
+      its last, or a hole between) is refused, naming the first missing interval: an unknown
+      load of the flats is not 0 kW, and no value taken from other hours is safe. Its largest
+      value, filled in before, is only the largest of the hours given: 12:00-16:00 given, the
+      evening peak (32 kW) planned at 13.5 kW, +26 A on a 50 A house connection. A caller who
+      knows a safe value fills the series before passing it.
+    - **Prices** that cover none of the window are refused; the missing parts (ends or holes)
+      of prices that cover some of it are taken as their **mean**, with one warning (holding
+      the first or last price would make the unknown hours look as cheap or dear as that one
+      hour and move the charging there). A wrong price costs money, not a fuse.
 
     Parameters
     ----------
@@ -360,56 +408,59 @@ def cover_window(series: pd.Series | None, start, end, what: str, kind: str, tz:
     what : str
         How the series is named in messages (a file's path, or ``"base_load"``).
     kind : {"base_load", "prices"}
-        Which rule fills the missing part.
+        Which rule applies.
     tz : str, optional
         Time zone of the times in messages.
     window : str
         How the window is called in messages.
+    step : pandas.Timedelta, optional
+        The step the window is planned or simulated at: a gap up to a step is not missing.
 
     Returns
     -------
     pandas.Series or None
-        ``series`` itself when it covers the window; else a copy with the fill value added at
-        the start of each missing part (a value holds until the next one).
+        ``series`` itself when it covers the window; else (prices only) a copy with the mean
+        added at the start of each missing part (a value holds until the next one).
 
     Raises
     ------
     ScenarioError
-        An empty series, or one that covers none of the window (its span and the window's given).
+        An empty series, one that covers none of the window (its span and the window's given),
+        or a base load that misses part of it (the first missing interval given).
     """
     if series is None:
         return None
     refuse_empty(series, what)
     start, end = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
+    parts = missing_parts(series, start, end, step)
+    if not parts:
+        return series
     first, until = series_span(series)
     span = f"{iso_times([first], tz)[0]} .. " + (iso_times([until], tz)[0] if until < TIME_MAX else "on")
     win = f"{iso_times([start], tz)[0]} .. {iso_times([end], tz)[0]}"
-    overlap = min(end, until) - max(start, first)
-    if overlap <= pd.Timedelta(0):
+    gone = sum((b - a for a, b in parts), pd.Timedelta(0))
+    if gone >= end - start:
         raise ScenarioError(f"{what}: its times ({span}) cover none of {window} ({win}); a series for other days "
                             f"(a year off?) would be planned as if it were this one")
-    before = max(pd.Timedelta(0), min(end, first) - start)
-    after = max(pd.Timedelta(0), end - max(start, until))
-    if before == pd.Timedelta(0) and after == pd.Timedelta(0):
-        return series
+    a, b = parts[0]
+    where = ("before its first time" if b <= series.index[0] else
+             "after its last time" if a >= series.index[-1] else "a gap between its times")
     if kind == "base_load":
-        fill = float(series.max())
-        how = (f"taken as its largest value, {fill:g} kW (an unknown load of the block is not 0, and its last "
-               f"value may be a night's)")
-    else:
-        fill = float(series.mean())
-        how = f"taken as its mean, {fill:g} EUR/kWh"
+        more = f"; {len(parts)} such parts, {_hours(gone)} in all" if len(parts) > 1 else ""
+        raise ScenarioError(
+            f"{what}: no value for {iso_times([a], tz)[0]} .. {iso_times([b], tz)[0]} ({_hours(b - a)}, {where}) "
+            f"of {window} ({win}){more}: an unknown load of the block is not 0 kW, and no value taken from other "
+            f"hours is safe; give it for the whole window, or fill the missing part yourself with a value known "
+            f"to be safe")
+    fill = float(series.mean())
     key = ("cover", what, kind, first, until, start, end)
     if key not in _warned and len(_warned) < 1000:
         _warned.add(key)
-        log.warning("%s: covers %s, not all of %s (%s): %s of %s without a value, %s", what, span, window, win,
-                    _hours(before + after), _hours(end - start), how)
-    extra = []
-    if before > pd.Timedelta(0):
-        extra.append(pd.Series([fill], index=pd.DatetimeIndex([start])))
-    if after > pd.Timedelta(0):
-        extra.append(pd.Series([fill], index=pd.DatetimeIndex([max(start, until)])))
-    out = pd.concat([series, *[e.set_axis(e.index.as_unit(series.index.unit)) for e in extra]]).sort_index()
+        log.warning("%s: no value for %s of %s of %s (%s; first %s .. %s, %s): taken as its mean, %g EUR/kWh",
+                    what, _hours(gone), _hours(end - start), window, win, iso_times([a], tz)[0],
+                    iso_times([b], tz)[0], where, fill)
+    extra = pd.Series(fill, index=pd.DatetimeIndex([p[0] for p in parts]).as_unit(series.index.unit))
+    out = pd.concat([series, extra]).sort_index()
     out.index.name = series.index.name
     return out.rename(series.name)
 

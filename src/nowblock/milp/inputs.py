@@ -111,13 +111,14 @@ def cover_horizon(base_load: pd.Series | None, prices: pd.Series | None, site: S
     Returns
     -------
     base_load, prices : pandas.Series or None
-        Each as given when it covers the horizon; else with its missing part filled (one
-        warning: a base load's largest value, prices' mean).
+        Each as given when it covers the horizon; prices that miss part of it with the
+        missing parts taken as their mean (one warning).
 
     Raises
     ------
     ScenarioError
-        A series that covers none of the horizon (its span and the horizon's given).
+        A series that covers none of the horizon (its span and the horizon's given), or a base
+        load that misses any part of it (the first missing interval given).
     """
     if base_load is None and prices is None:
         return base_load, prices
@@ -131,8 +132,8 @@ def cover_horizon(base_load: pd.Series | None, prices: pd.Series | None, site: S
         start = arrival.min().floor(step)
     end = start + horizon
     where = "the horizon"
-    return (cover_window(base_load, start, end, "base_load", "base_load", site.timezone, where),
-            cover_window(prices, start, end, "prices", "prices", site.timezone, where))
+    return (cover_window(base_load, start, end, "base_load", "base_load", site.timezone, where, step),
+            cover_window(prices, start, end, "prices", "prices", site.timezone, where, step))
 
 
 def check_start(start) -> pd.Timestamp | None:

@@ -646,15 +646,15 @@ def optimize(site, sessions: pd.DataFrame, start=None, horizon="24h", step="15mi
         The block's other load [kW] over timezone-aware times (a DataFrame: its column ``kw``,
         with a ``time`` column or a time index), checked as :class:`~nowblock.Scenario` checks
         it (refused 100 times past the grid connection: W given for kW); every value finite.
-        None: 0 kW. An empty series is refused, as is one that covers none of the horizon
-        (a year off); of one that covers part of it the rest is taken as its largest value,
-        with one warning (an unknown load of the block is not 0 kW, and its last value may be
-        a night's; :func:`~nowblock.block.scenario.cover_window`).
+        None: 0 kW. An empty series is refused, as is one that misses any part of the horizon
+        (a year off, ending early, a hole longer than its spacing and a step): an unknown load
+        of the block is not 0 kW, and no value from other hours is safe; the error names the
+        first missing interval (:func:`~nowblock.block.scenario.cover_window`).
     prices : pandas.Series or pandas.DataFrame, optional
         Energy price [EUR/kWh] over timezone-aware times (a DataFrame: its column
         ``eur_per_kwh``), checked the same way. None: 0 EUR/kWh. Empty, or covering none of
-        the horizon: refused; covering part of it: the rest is taken as their mean, with one
-        warning.
+        the horizon: refused; covering part of it: the missing parts (ends or holes) are
+        taken as their mean, with one warning.
     **options
         :class:`~nowblock.milp.options.OptimizeOptions` fields, for example ``sharing="fair"``,
         ``time_limit_s=5`` (bounds the whole call), ``mip_rel_gap=0.01``,

@@ -324,7 +324,7 @@ def simulate(
         t_end = _utc(end, "end") if end is not None else sess["departure"].max().ceil(step)
     if not t_end > t_start:  # else: no step, no session, and metrics of a perfect week
         raise ValueError(f"simulate: end {t_end.isoformat()} is not after start {t_start.isoformat()}")
-    scenario = _covered(scenario, t_start, t_end)
+    scenario = _covered(scenario, t_start, t_end, pd.Timedelta(step))
     for what, obj in (("needs_estimator", needs_estimator if needs == "unknown" else None),
                       ("base_load_forecaster", base_load_forecaster)):
         _warn_other_zone(what, obj, scenario.site)
@@ -358,18 +358,20 @@ def simulate(
     return res
 
 
-def _covered(scenario, start: pd.Timestamp, end: pd.Timestamp):
-    """``scenario`` with its base load and prices made to cover the simulated window (the rule
-    of :func:`nowblock.block.scenario.cover_window`, as in :func:`nowblock.optimize`): a series
-    a year off was held flat at its last value, without a word."""
+def _covered(scenario, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta):
+    """``scenario`` checked to cover the simulated window (the rule of
+    :func:`nowblock.block.scenario.cover_window`, as in :func:`nowblock.optimize`): a series a
+    year off was held flat at its last value, without a word. A base load that misses part of
+    the window is refused; prices that miss part of it get their mean there."""
     import copy
 
     from nowblock.block.scenario import cover_window
 
     tz, where = scenario.site.timezone, "the simulated window"
     files = getattr(scenario, "_series_files", {})  # set by Scenario.from_dir: name the file
-    base = cover_window(scenario.base_load, start, end, files.get("base_load", "base_load"), "base_load", tz, where)
-    prices = cover_window(scenario.prices, start, end, files.get("prices", "prices"), "prices", tz, where)
+    base = cover_window(scenario.base_load, start, end, files.get("base_load", "base_load"), "base_load", tz, where,
+                        step)
+    prices = cover_window(scenario.prices, start, end, files.get("prices", "prices"), "prices", tz, where, step)
     if base is scenario.base_load and prices is scenario.prices:
         return scenario
     out = copy.copy(scenario)  # not dataclasses.replace: that validates the sessions again
