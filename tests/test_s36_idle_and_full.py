@@ -131,7 +131,38 @@ async def test_a_meter_value_from_before_the_limit_was_accepted_does_not_make_a_
             await meter(station.applies_a(1, tx["id"]), 100.0 * (k + 1))
             await asyncio.sleep(0.3)
         assert sid not in ctl.loop.full
-        assert station.applies_a(1, tx["id"]) == 12.0
+        assert station.applies_a(1, tx["id"]) >= site.charge_points[0].min_current_a > 0
+    finally:
+        await st.close()
+        await ctl.stop()
+        await cs.stop()
+
+
+async def test_an_idle_default_sent_before_the_station_clock_was_known_is_sent_again(tmp_path):
+    # A station one hour ahead: the idle default went out right after its boot, before its first
+    # timestamped CALL, written in our time (900 s), so by its clock it had ended on arrival. A
+    # car plugging in then drew its fail-safe (12 A) while the step held 0 A for the connector.
+    skew = timedelta(hours=1)
+    site = make_test_site(2, grid_a=24.0, max_current_a=16.0)
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
+    await cs.start()
+    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy="equal", period_s=1.0, min_replan_s=0.1,
+                 solve_timeout_s=2.0)
+    await ctl.start()
+    station = K01Station("1.6", reject_tx=False)
+    st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=station).connect()
+    try:
+        await st.boot()
+        await eventually(lambda: any(p.id == pr.IDLE_DEFAULT_ID_BASE + 1 for p in station.held), timeout_s=10)
+        await st.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available",
+                                           "timestamp": now_iso(pr.utcnow() + skew)})
+        await eventually(lambda: abs(cs.state.station("CP1").clock.offset_s - 3600) < 5, timeout_s=10)
+        n = len(ctl.history)
+        await eventually(lambda: len(ctl.history) >= n + 3, timeout_s=10)
+        await asyncio.sleep(0.5)
+        by_its_clock = pr.utcnow() + skew
+        assert pr.active_limit_a(station.held, 1, by_its_clock) == 0.0  # what a car plugging in gets
+        assert ctl.source.idle_defaults_a(ctl.clock()).get(("CP1", 1)) == 0.0  # what the step holds for it
     finally:
         await st.close()
         await ctl.stop()

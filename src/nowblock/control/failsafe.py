@@ -253,7 +253,17 @@ class IdleDefaults:
         self.tried: dict[tuple[str, int], float] = {}
         self.installed: dict[tuple[str, int], pd.Timestamp] = {}  # connector -> when its default ends
         self.inflight: set[tuple[str, int]] = set()
+        self.sent_offset_s: dict[tuple[str, int], float] = {}  # connector -> the station clock offset [s] it was sent with
         self.tasks: set[asyncio.Task] = set()
+
+    #: [s] A station clock estimate that moved this far since a default was sent makes it due
+    #: again: its validity was written in the station's clock as estimated then.
+    OFFSET_MOVED_S = 60.0
+
+    @staticmethod
+    def _offset_s(st) -> float:
+        """[s] The station's clock minus ours as the live state estimates it (0: unknown)."""
+        return float(getattr(getattr(st, "clock", None), "offset_s", 0.0) or 0.0)
 
     def due(self, now: pd.Timestamp, running) -> list[tuple[str, int]]:
         """Idle connectors of booted, connected stations whose low default is missing or ends soon."""
@@ -273,7 +283,12 @@ class IdleDefaults:
                     self.tried.pop((cp.id, c), None)
                     continue
                 ends = self.installed.get((cp.id, c))
-                if ends is None or ends - now < renew:
+                # Sent before the station's clock was known (its first timestamped CALL comes
+                # after the boot), a default written in our time was already over by the clock
+                # of a station one hour ahead: a car plugging in got its fail-safe, 12 A, while
+                # the step held 0 A for it (/tmp/s36/h1/repro_first_call_idle.py).
+                moved = abs(self._offset_s(st) - self.sent_offset_s.get((cp.id, c), self._offset_s(st)))
+                if ends is None or ends - now < renew or moved > self.OFFSET_MOVED_S:
                     out.append((cp.id, c))
         return out
 
@@ -291,6 +306,7 @@ class IdleDefaults:
                 continue
             self.tried[key] = wall
             self.inflight.add(key)
+            self.sent_offset_s[key] = self._offset_s(self.central.state.stations.get(key[0]))
             task = asyncio.get_running_loop().create_task(self._install(key, now))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
