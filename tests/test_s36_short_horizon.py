@@ -63,12 +63,13 @@ def test_a_short_horizon_serves_the_cars_due_inside_it_first(priority_late):
 
 
 def test_the_shortfall_of_a_car_leaving_after_the_horizon_is_what_it_cannot_get_after_it():
-    # One 16 A car on a 10 A connection leaving an hour after a 2 h horizon, wanting 30 kWh: 13.8
-    # kWh in the horizon at 10 A, at most 11.04 kWh at 16 A after it: 5.16 kWh short at departure.
+    # One 16 A car on a 10 A connection leaving an hour after a 2 h horizon, wanting 30 kWh: the
+    # connection carries at most 10 A on three phases at 230 V for its 3 h stay, so it is at least
+    # 30 - 10 x 3 x 0.69 = 9.30 kWh short at departure (before: 5.16, as if 16 A came after the end).
     site, sess = _site(10, 1), _sessions([("a", "CP0", 0, 3, 30.0)])
     s = nb.optimize(site, sess, start=T0, horizon="2h")
-    assert s.energy_kwh["a"] == pytest.approx(10 * KW_PER_A * 2, abs=1e-6)
-    assert s.shortfall_kwh["a"] == pytest.approx(30.0 - 13.8 - 16 * KW_PER_A, abs=1e-6)
+    assert s.energy_kwh["a"] == pytest.approx(10 * 3 * 230 / 1000 * 2, abs=1e-6)
+    assert s.shortfall_kwh["a"] == pytest.approx(30.0 - 10 * 3 * 230 / 1000 * 3, abs=1e-6)
     # A cap after the horizon (6 A from 15:00 to 16:00 Berlin, 14:00-15:00 UTC) leaves less for later.
     capped = _site(10, 1, caps=(CapWindow("15:00", "16:00", 6.0),))
     s = nb.optimize(capped, sess, start=T0, horizon="2h")
@@ -107,3 +108,24 @@ def test_a_drawn_maximum_after_the_horizon_is_the_capped_offer_times_the_draw_fr
     form = from_sessions(site, df, start=t0, horizon="2h", use_draw_fraction=True)
     assert form.due_kwh[0] == pytest.approx(30.0 - 10 * 0.5 * 2 * KW_PER_A, abs=1e-9)
 
+
+def test_cars_leaving_after_the_horizon_share_their_fuse_after_it():
+    # A 10 A connection, a 2 h horizon. X leaves 1 h after its end wanting 20 kWh, Y 3 h after it
+    # wanting 20 kWh, Z the next day wanting 25 kWh. After the end the connection carries at most
+    # 10 A x 0.69 kW/A = 6.9 kWh an hour for all of them: X can get at most its one hour, and X and
+    # Y together at most the three hours Y stays, so by the horizon's end X needs 20 - 6.9 and X
+    # and Y together 40 - 3 x 6.9. Z has 21 h after the end: nothing is due.
+    per_h = 10 * 3 * 230 / 1000
+    site = _site(10, 3)
+    sess = _sessions([("X", "CP0", 0, 3, 20.0), ("Y", "CP1", 0, 5, 20.0), ("Z", "CP2", 0, 23, 25.0)])
+    form = from_sessions(site, sess, start=T0, horizon="2h")
+    assert form.due_kwh[0] == pytest.approx(20.0 - per_h, abs=1e-9)
+    assert form.due_kwh[0] + form.due_kwh[1] == pytest.approx(40.0 - 3 * per_h, abs=1e-9)
+    assert form.due_kwh[2] == pytest.approx(0.0, abs=1e-9)
+    # The review's case (rev2 F3): X leaves 2 h after a 2 h horizon wanting 25 kWh, Y the next
+    # day. X can get at most 2 h x 6.9 kWh after the end, so 25 - 13.8 = 11.2 kWh are due by
+    # then and the plan gives X at least that (before: X was due 2.92 kWh and got 6.9).
+    sess = _sessions([("X", "CP0", 0, 4, 25.0), ("Y", "CP1", 0, 24, 25.0)])
+    s = nb.optimize(_site(10, 2), sess, start=T0, horizon="2h")
+    assert s.energy_kwh["X"] >= 25.0 - 2 * per_h - 1e-6, s.energy_kwh.to_dict()
+    np.testing.assert_allclose(s.shortfall_kwh.to_numpy(), 0.0, atol=1e-6)
