@@ -198,6 +198,19 @@ def test_optimize_and_scenario_read_a_frame_across_a_clock_change(tmp_path):
     assert np.allclose(scn.prices.to_numpy(), 0.3)
 
 
+@pytest.mark.parametrize("offsets", [("+02:00",), ("+02:00", "+01:00")])
+def test_a_frame_with_a_blank_time_is_refused(offsets):
+    # rev2 F10: pd.read_csv of a file with a blank time cell gave NaT, kept in the series (mixed
+    # offsets included); the file reader refuses it ("line N: time is missing").
+    times = [f"2026-10-25T0{h}:00:00{off}" for h, off in zip(range(1, 3), offsets * 2)]
+    frame = pd.DataFrame({"time": [*times, None], "kw": [5.0, 6.0, 9.6]})
+    with pytest.raises(ScenarioError, match=r"base_load: time is missing for value 3 of 3 \(9\.6 kW\)"):
+        nb.Scenario(_site(), _sessions(), base_load=frame)
+    with pytest.raises(ScenarioError, match=r"prices: time is missing for value 3 of 3"):
+        nb.optimize(_site(), _sessions(), start=START, horizon="12h", step="1h",
+                    prices=frame.rename(columns={"kw": "eur_per_kwh"}))
+
+
 def test_scenario_names_base_load_for_a_frame_pandas_cannot_read(tmp_path):
     path, _ = _dst_csv(tmp_path, "kw", 7.0)
     raw = pd.read_csv(path)

@@ -60,8 +60,9 @@ def time_series(obj, name: str, what: str, tz: str | None = None) -> pd.Series |
     TypeError
         ``obj`` is neither a Series nor a DataFrame (a list, an array, a number: no times).
     ScenarioError
-        A missing column, times without an offset or outside ``TIME_MIN`` .. ``TIME_MAX`` of
-        :mod:`nowblock.block.sessions`, duplicate times, missing or infinite values.
+        A missing column, a missing time (NaT, a blank cell), times without an offset or
+        outside ``TIME_MIN`` .. ``TIME_MAX`` of :mod:`nowblock.block.sessions`, duplicate times,
+        missing or infinite values.
     """
     if obj is None:
         return None
@@ -79,6 +80,11 @@ def time_series(obj, name: str, what: str, tz: str | None = None) -> pd.Series |
         s = pd.Series(obj, dtype=float, name=name)
     except (ValueError, TypeError) as exc:  # pandas' words name neither the series nor the unit
         raise ScenarioError(f"{what}: expected numbers [{SERIES_UNITS.get(name, '')}] ({exc})") from exc
+    gone = np.asarray(pd.isna(s.index))
+    if gone.any():  # a blank time cell (pd.read_csv) became NaT and was kept, unlike in a file read by nowblock
+        i = int(np.argmax(gone))
+        raise ScenarioError(f"{what}: time is missing for value {i + 1} of {len(s)} ({s.iloc[i]:g} "
+                            f"{SERIES_UNITS.get(name, '')}); every value needs its time")
     idx = _aware_index(s.index, what)
     if idx.tz is None:
         raise ScenarioError(f"{what}: time index must be timezone-aware")
