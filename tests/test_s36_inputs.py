@@ -269,6 +269,41 @@ def test_a_row_with_too_few_fields_is_named_as_such(tmp_path):
         read_sessions_csv(path, _site())
 
 
+_HEAD = "session_id,charge_point_id,arrival,departure,energy_kwh\n"
+_ROW1 = "s1,CP01,2026-07-01T18:00:00+02:00,2026-07-02T06:00:00+02:00,"
+_ROW2 = "s2,CP01,2026-07-02T18:00:00+02:00,2026-07-03T06:00:00+02:00,"
+
+
+@pytest.mark.parametrize("rows, line", [(_ROW1 + "10\n" + _ROW2 + "20,5\n", 3),    # pandas' own "Expected 5 fields"
+                                        (_ROW1 + "10,5\n" + _ROW2 + "20,5\n", 2)])  # every row: was shifted by a column
+def test_a_decimal_comma_says_the_row_has_more_fields_than_the_header(tmp_path, rows, line):
+    # rev2 F9: read with index_col=False and the row named with its line.
+    path = tmp_path / "sessions.csv"
+    path.write_text(_HEAD + rows)
+    with pytest.raises(nb.SessionsError, match=rf"sessions\.csv: line {line}: 6 fields, the header has 5: the row has "
+                                               r"more fields than the header \(a decimal comma\?"):
+        read_sessions_csv(path, _site())
+
+
+def test_a_decimal_comma_in_a_base_load_file_is_named(tmp_path):
+    d = _folder(tmp_path, "time,kw\n2026-07-01T18:00:00+02:00,3,5\n2026-07-01T19:00:00+02:00,3,5\n")
+    with pytest.raises(ScenarioError, match=r"base_load\.csv: line 2: 3 fields, the header has 2: .*decimal comma"):
+        nb.Scenario.from_dir(d)
+
+
+def test_messages_count_file_lines_after_a_quoted_newline(tmp_path):
+    # rev2 F9: records were counted: the row on line 4 was called line 3.
+    path = tmp_path / "sessions.csv"
+    path.write_text("session_id,charge_point_id,arrival,departure,energy_kwh,note\n"
+                    + _ROW1 + '10,"two\nlines"\n\n' + _ROW2 + "-4,\n")
+    with pytest.raises(nb.SessionsError, match=r"line 5 \(session_id='s2'\): energy_kwh"):
+        read_sessions_csv(path, _site())
+    path.write_text("session_id,charge_point_id,arrival,departure,energy_kwh,note\n"
+                    + _ROW1 + '10,"two\nlines"\ns2,CP01\n')
+    with pytest.raises(nb.SessionsError, match=r"line 4: 2 field\(s\), the header has 6"):
+        read_sessions_csv(path, _site())
+
+
 def test_a_row_without_its_optional_fields_is_still_read(tmp_path):
     path = tmp_path / "sessions.csv"
     path.write_text("session_id,charge_point_id,arrival,departure,energy_kwh,max_current_a,phases\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,8 +16,10 @@ from nowblock.block.sessions import (
     OUTSIDE_TIMES,
     TIME_MAX,
     TIME_MIN,
+    field_count_error,
     iso_times,
     read_sessions_csv,
+    scan_csv,
     separator_hint,
     warn_foreign_offsets,
     validate_sessions,
@@ -620,9 +623,16 @@ def _read_ts(path: Path, col: str, tz: str | None = None) -> pd.Series | None:
     if not path.is_file():
         return None
     try:
-        df = pd.read_csv(path)
+        with warnings.catch_warnings():  # pandas' "loss of data": a row with a field too many is refused below
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            df = pd.read_csv(path, index_col=False)  # not the first column as the index when rows are longer
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"{path}: cannot read it as CSV time,{col} ({exc})") from exc
+        bad = scan_csv(path, ("time", col))[0]
+        raise ScenarioError(f"{path}: " + (field_count_error(bad) if bad else
+                                           f"cannot read it as CSV time,{col} ({exc})")) from exc
+    bad = scan_csv(path, ("time", col))[0]
+    if bad is not None and "time" in df.columns and col in df.columns:
+        raise ScenarioError(f"{path}: {field_count_error(bad)}")
     if "time" not in df.columns or col not in df.columns:
         raise ScenarioError(f"{path}: expected columns time,{col}; got {list(df.columns)}{separator_hint(df.columns)}")
     text = df["time"].astype("string")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -241,10 +242,24 @@ def separator_hint(columns) -> str:
     return ""
 
 
-def _short_rows(path, n_columns: int) -> tuple[int, int] | None:
-    """The first line of CSV ``path`` with fewer fields than its header and a required column
-    among those missing: (line, fields), or None. pandas fills such a row with NaN, and the
-    error then spoke of a bad value, not of a missing field."""
+def scan_csv(path, required=REQUIRED) -> tuple[tuple[int, int, int] | None, list[int] | None]:
+    """Each record's first line in CSV ``path``, and the first record with more fields than
+    the header or with fewer and a ``required`` column among those missing.
+
+    pandas fills a short row with NaN (the error then spoke of a bad value, not of a missing
+    field); a long one (a decimal comma, ``30,5``) it refused with its own words ("Expected 5
+    fields in line 3, saw 6") or, when every row had one more, took the first column for the
+    index and shifted the rest ("departure 30 has no UTC offset"). Lines are the file's: a
+    quoted value over two lines counts two, a blank line (which pandas skips) one.
+
+    Returns
+    -------
+    bad : (int, int, int) or None
+        The bad record's first line (the header is line 1), its fields, the header's fields.
+    starts : list of int or None
+        The first line of each record pandas reads (blank lines skipped), in order; None when
+        the file could not be scanned.
+    """
     import csv
 
     try:
@@ -252,14 +267,29 @@ def _short_rows(path, n_columns: int) -> tuple[int, int] | None:
             rows = csv.reader(fh)
             header = next(rows, None)
             if header is None:
-                return None
-            need = max((header.index(c) for c in REQUIRED if c in header), default=-1) + 1
-            for line, row in enumerate(rows, start=2):
-                if row and len(row) < min(need, n_columns):
-                    return line, len(row)
-    except (OSError, UnicodeDecodeError, csv.Error):  # pandas read it; its own checks follow
-        return None
-    return None
+                return None, None
+            n = len(header)
+            need = max((header.index(c) for c in required if c in header), default=-1) + 1
+            starts, bad = [], None
+            line = rows.line_num + 1  # the line the next record starts on
+            for row in rows:
+                if row:
+                    starts.append(line)
+                    if bad is None and (len(row) > n or len(row) < min(need, n)):
+                        bad = (line, len(row), n)
+                line = rows.line_num + 1
+            return bad, starts
+    except (OSError, UnicodeDecodeError, csv.Error):  # pandas reads it, or says why not
+        return None, None
+
+
+def field_count_error(bad: tuple[int, int, int]) -> str:
+    """What :func:`scan_csv`'s bad row has wrong, for messages (starts with ``line N``)."""
+    line, fields, n = bad
+    if fields > n:
+        return (f"line {line}: {fields} fields, the header has {n}: the row has more fields than the header (a decimal "
+                f"comma? nowblock reads comma-separated values with a decimal point, 30.5 not 30,5)")
+    return f"line {line}: {fields} field(s), the header has {n}: a value or a separator is missing"
 
 
 #: Every column the sessions frame knows; any other is kept as it is (an export's own columns).
@@ -480,14 +510,18 @@ def _read_sessions_csv(path, site: "Site | None") -> pd.DataFrame:
         # but the ids is given them by name.
         columns = pd.read_csv(path, nrows=0).columns
         na = {c: list(_NA_STRINGS) for c in columns if c not in _ID_COLUMNS}
-        df = pd.read_csv(path, dtype={c: str for c in _ID_COLUMNS}, keep_default_na=False, na_values=na)
+        # index_col=False: a row with a field more than the header (a decimal comma) made pandas
+        # take the first column for the index and shift every other one.
+        with warnings.catch_warnings():  # its "loss of data" warning: such a row is refused below
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            df = pd.read_csv(path, dtype={c: str for c in _ID_COLUMNS}, keep_default_na=False, na_values=na,
+                             index_col=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise SessionsError(f"cannot read sessions ({exc})") from exc
-    short = _short_rows(path, len(df.columns)) if isinstance(path, (str, os.PathLike)) else None
-    if short is not None:
-        line, fields = short
-        raise SessionsError(f"line {line}: {fields} field(s), the header has {len(df.columns)}: a value or a "
-                            f"separator is missing")
+        bad = scan_csv(path)[0] if isinstance(path, (str, os.PathLike)) else None
+        raise SessionsError(field_count_error(bad) if bad else f"cannot read sessions ({exc})") from exc
+    bad, starts = scan_csv(path) if isinstance(path, (str, os.PathLike)) else (None, None)
+    if bad is not None and not separator_hint(df.columns):  # a ';' file: the separator hint says more
+        raise SessionsError(field_count_error(bad))
     for col in ("arrival", "departure"):
         if col not in df.columns:
             continue
@@ -500,7 +534,9 @@ def _read_sessions_csv(path, site: "Site | None") -> pd.DataFrame:
             if site is not None:
                 warn_foreign_offsets(text, df[col], site.timezone, f"{path}: {col}",
                                      lambda i: _row_name_in(df, i))
-    return validate_sessions(df, site, row_labels=_Lines())
+    if starts is None or len(starts) != len(df) or starts == list(range(2, len(df) + 2)):
+        starts = None  # one record a line: line = position + 2, no list kept
+    return validate_sessions(df, site, row_labels=_Lines(starts))
 
 
 def warn_foreign_offsets(text: pd.Series, times, tz: str | None, what: str, name) -> int:
@@ -557,10 +593,16 @@ def warn_foreign_offsets(text: pd.Series, times, tz: str | None, what: str, name
 
 
 class _Lines:
-    """Row position -> "line N" of the CSV file (the header is line 1), without building a list."""
+    """Row position -> "line N" of the CSV file (the header is line 1): each record's first
+    line from :func:`scan_csv` when a record spans lines or blank lines are skipped (records
+    were counted, and a row after a quoted newline was named a line too early), else
+    position + 2 without a list."""
+
+    def __init__(self, starts: list[int] | None = None) -> None:
+        self.starts = starts
 
     def __getitem__(self, i: int) -> str:
-        return f"line {i + 2}"
+        return f"line {self.starts[i] if self.starts is not None else i + 2}"
 
 
 #: A timestamp that ends in a UTC offset ("Z", "+01:00", "+0100"): the only kind sessions.csv accepts.
