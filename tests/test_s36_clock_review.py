@@ -297,3 +297,39 @@ async def test_a_1970_station_replaying_a_message_queued_before_its_reset_keeps_
         for s in st.values():
             await s.close()
         await cs.stop()
+
+
+async def test_a_station_stamping_nothing_since_its_boot_has_its_idle_connector_at_its_maximum():
+    # rev1 suspected (/tmp/s36/m4/s3_no_stamp_1970.py, raw 1.6 frames): a station reset to 1970
+    # whose StatusNotification carries no timestamp (optional in 1.6) and that heartbeats is never
+    # found 1970: its idle connector counted at the 20 A fail-safe, which its clock does not apply
+    # (validFrom decades ahead), so a car plugging in draws the point's 32 A until a step after
+    # its StartTransaction.
+    from nowblock.control import attach
+    from nowblock.ocpp.server import CentralSystem
+
+    cs = CentralSystem(make_test_site(2, grid_a=40.0, max_current_a=32.0), port=0, response_timeout_s=2.0,
+                       backoff_s=0.05, retries=1)
+    await cs.start()
+    ctl = attach(cs, policy="equal", period_s=3600.0, min_replan_s=0.0, solve_timeout_s=2.0)
+    k = K01Station("1.6", reject_tx=False)
+    s = RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=k)
+    try:
+        await s.connect()
+        await s.boot()
+        await eventually(lambda: cs.state.station("CP1").failsafe is not None)
+        await s.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available"})
+        await s.ok("Heartbeat", {})
+        fs = cs.state.station("CP1").failsafe.accepted_a
+        assert fs is not None and fs < 32.0
+        assert pr.active_limit_a(k.held, 1, datetime(1970, 1, 1, 0, 5, tzinfo=timezone.utc)) is None
+        res = await ctl.step("manual")
+        assert ctl.source.idle_defaults_a(res.time)[("CP1", 1)] == 32.0
+        # it stamps a CALL by a right clock: the fail-safe it holds counts again
+        await s.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available",
+                                          "timestamp": _iso(pr.utcnow())})
+        res = await ctl.step("manual")
+        assert ctl.source.idle_defaults_a(res.time)[("CP1", 1)] == fs
+    finally:
+        await s.close()
+        await cs.stop()

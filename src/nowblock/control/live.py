@@ -208,7 +208,9 @@ class LiveBlock:
         know it holds none), else the fail-safe installed earlier (offline, or not yet heard
         from since a restart). Never above the point's maximum. A connector other than 1 that
         the station named in a StatusNotification only (it never ran a transaction nor took a
-        profile) is held for only while it reports a car plugged in: it may not exist.
+        profile) is held for only while it reports a car plugged in: it may not exist. At a
+        station whose clock is unusable, or not known since its boot (no timestamped CALL since;
+        ``ClockOffset.stamped``), every idle connector counts at the point's maximum.
         """
         busy = {(str(cp), int(c)) for cp, c in running}
         t = now.to_pydatetime()
@@ -227,7 +229,12 @@ class LiveBlock:
                     # its fail-safe for good); it is held for once it reports a car plugged in.
                     continue
                 # A clock more than a day off: nothing of ours in force there, the fail-safe neither.
-                held = self.state.applied_limit_a(cp.id, c, t) if _usable(st) else float(cp.max_current_a)
+                # Nor known to be, before it stamps a CALL after its boot: one reset to 1970 that
+                # stamps no StatusNotification held its idle connector at the 20 A fail-safe its
+                # clock does not apply (validFrom decades ahead), a car plugging in draws 32 A
+                # (review rev1 of session 36, /tmp/s36/m4/s3_no_stamp_1970.py).
+                known = _usable(st) and getattr(getattr(st, "clock", None), "stamped", True)
+                held = self.state.applied_limit_a(cp.id, c, t) if known else float(cp.max_current_a)
                 if held is None:
                     held = cp.max_current_a if st.connected and st.boot else float(
                         self.failsafe_a.get(cp.id, cp.max_current_a))

@@ -386,6 +386,10 @@ class ClockOffset:
     While the station's latest timestamp is one, :attr:`far_s` says how far off it is (a WARNING
     when that starts, at most hourly; INFO when it ends): the live loop then counts the station's
     cars and idle connectors at their maximum and raises an alarm (:mod:`nowblock.control.live`).
+    From a BootNotification until its next timestamped CALL :attr:`stamped` is False: a reboot
+    may have reset the clock, and a station that stamps none of its idle messages (1.6
+    StatusNotification's timestamp is optional) would otherwise never be found 1970 before a car
+    starts (the live loop counts its idle connectors at their maximum meanwhile).
     A replayed message queued more than a day ago sets it too: counting its cars at their maximum
     a moment is the safe side. It ends once a time within a day is confirmed
     (:data:`CONFIRM_BURSTS` bursts over :data:`CONFIRM_S` since the last far one): a message the
@@ -408,6 +412,9 @@ class ClockOffset:
         #: [s] How far apart the offsets tied in the vote lie, when more than :data:`TIE_SPLIT_S`
         #: (None: no such tie).
         self.split_s: float | None = None
+        #: Whether the station has stamped a CALL since its last BootNotification (True before
+        #: any: a station that did not boot to this process keeps what it was sent).
+        self.stamped = True
         self._split_warned: datetime | None = None
 
     @property
@@ -433,9 +440,13 @@ class ClockOffset:
         since the last warning, and once when the clock is found more than a day off."""
         if not isinstance(payload, dict) or payload.get("offline") is True:
             return
+        if _is_boot(payload):
+            self.stamped = False  # a reboot may have reset its clock: not known until it stamps again
+            return
         t = latest_time(payload)
         if t is None:
             return
+        self.stamped = True
         if self._burst_at is None or not 0.0 <= (now - self._burst_at).total_seconds() <= BURST_S:
             self._burst += 1
             self._burst_at = now
@@ -568,6 +579,13 @@ class ClockOffset:
         elif abs(off) <= CLOCK_WARN_S and self.warned_s is not None:
             self.warned_s = None
             log.info("%s: station clock back within %.0f s (%+.0f s)", cp_id, CLOCK_WARN_S, off)
+
+
+def _is_boot(payload: dict) -> bool:
+    # A BootNotification's payload (1.6: vendor and model; 2.0.1: the station and a reason): no
+    # other CALL carries these (the clock object sees payloads, not actions).
+    return ("chargePointVendor" in payload and "chargePointModel" in payload) or (
+        isinstance(payload.get("chargingStation"), dict) and "reason" in payload)
 
 
 def latest_time(payload) -> datetime | None:
