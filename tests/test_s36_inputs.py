@@ -151,6 +151,19 @@ def test_sessions_file_refuses_a_misspelt_optional_column(tmp_path, typo, meant)
         read_sessions_csv(path, _site())
 
 
+@pytest.mark.parametrize("other", ["min_current_a", "current_a", "MIN_CURRENT_A"])
+def test_another_quantity_is_not_taken_for_a_misspelling(tmp_path, caplog, other):
+    # rev2 F8: min_current_a (difflib 0.846) and current_a were refused as 'max_current_a'
+    # misspelt; they name other quantities, kept and warned about like any column not read.
+    path = tmp_path / "sessions.csv"
+    path.write_text(f"session_id,charge_point_id,arrival,departure,energy_kwh,{other}\n"
+                    "s1,CP01,2026-07-01T18:00:00+02:00,2026-07-02T06:00:00+02:00,10,8\n")
+    with caplog.at_level(logging.WARNING, logger="nowblock.block.sessions"):
+        out = read_sessions_csv(path, _site())
+    assert out[other].tolist() == [8] and out["max_current_a"].tolist() == [32.0]
+    assert any(f"'{other}'" in r.getMessage() and "not read" in r.getMessage() for r in caplog.records)
+
+
 def test_sessions_frame_refuses_a_misspelt_required_column_with_a_hint():
     df = _sessions().rename(columns={"energy_kwh": "energy_kWh"})
     with pytest.raises(nb.SessionsError, match=r"missing column.*did you mean 'energy_kwh' for 'energy_kWh'"):

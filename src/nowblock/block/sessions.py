@@ -299,12 +299,34 @@ KNOWN_COLUMNS = REQUIRED + tuple(OPTIONAL_DEFAULTS)
 KEPT_COLUMNS = ("user_departure",)
 
 
+#: Words that name the other end of a quantity: ``min_current_a`` is not a misspelling of
+#: ``max_current_a`` (difflib: 0.846), it is another quantity.
+_COUNTERPARTS = {frozenset(p) for p in (("min", "max"), ("lower", "upper"), ("start", "end"), ("first", "last"),
+                                        ("from", "to"), ("in", "out"))}
+_QUALIFIERS = {w for p in _COUNTERPARTS for w in p}
+
+
+def _other_quantity(column: str, known: str) -> bool:
+    """True if ``column`` names another quantity than ``known``, however alike they look: a
+    counterpart word in its place (``min_current_a``), or a qualifier left out (``current_a``)."""
+    a, b = column.split("_"), known.split("_")
+    if len(a) == len(b):
+        return any(frozenset((x, y)) in _COUNTERPARTS for x, y in zip(a, b) if x != y)
+    if len(a) < len(b) and all(w in b for w in a):
+        return any(w in _QUALIFIERS for w in b if w not in a)
+    return False
+
+
 def _near(column, known) -> str | None:
-    """The known column ``column`` is most likely a misspelling of (difflib), or None."""
+    """The known column ``column`` is most likely a misspelling of (difflib), or None.
+
+    Never a known column's counterpart: ``min_current_a`` and ``current_a`` were refused as
+    ``max_current_a`` misspelt; ``max_curent_a`` still is one."""
     import difflib
 
-    hit = difflib.get_close_matches(str(column).strip().lower(), list(known), n=1, cutoff=0.8)
-    return hit[0] if hit else None
+    col = str(column).strip().lower()
+    hits = difflib.get_close_matches(col, list(known), n=3, cutoff=0.8)
+    return next((h for h in hits if not _other_quantity(col, h)), None)
 
 
 def _did_you_mean(columns, wanted) -> str:
