@@ -208,8 +208,9 @@ async def test_a_station_that_drops_off_keeps_its_failsafe_and_is_replanned(tmp_
         for s in sims:
             await s.plug_in(Car(energy_kwh=40.0, departure=pr.utcnow() + timedelta(hours=4)))
         await wait_steps(ctl, 2)
-        # The fail-safe TxDefaultProfile was installed at boot.
-        defaults = [p for p in sims[0].profiles if p.purpose == pr.TX_DEFAULT]
+        # The fail-safe TxDefaultProfile (connector 0) was installed at boot; the idle default on
+        # connector 1 (renewed) may come first in the list.
+        defaults = [p for p in sims[0].profiles if p.purpose == pr.TX_DEFAULT and p.connector_id == 0]
         assert defaults and defaults[0].periods[0].limit == failsafe
         n_before = len(sims[0].received)
         sims[0].drop()

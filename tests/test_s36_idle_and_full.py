@@ -167,3 +167,50 @@ async def test_an_idle_default_sent_before_the_station_clock_was_known_is_sent_a
         await st.close()
         await ctl.stop()
         await cs.stop()
+
+
+async def test_an_offline_car_is_counted_at_the_failsafe_its_station_falls_back_to(tmp_path):
+    # tests/test_control_e2e.py's dropped station: offline, its car was counted at the 8 A of
+    # its TxProfile and the others were given the rest (30 A); when that TxProfile lapsed the
+    # station applied its 13 A fail-safe: 43 A on the 40 A grid until the next step. Here CP1's
+    # car holds 6 A, CP2's is asked 18 A on a 24 A grid whose fail-safe is 12 A per point.
+    import pandas as pd
+
+    class Uneven:
+        name = "uneven"
+
+        def schedule(self, snapshot):
+            return pd.Series([6.0 if s.startswith("CP1:") else 18.0 for s in snapshot.cars.index],
+                             index=snapshot.cars.index)
+
+    site = make_test_site(2, grid_a=24.0, max_current_a=32.0)
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
+    await cs.start()
+    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy=Uneven(), period_s=1.0, min_replan_s=0.1,
+                 solve_timeout_s=2.0, profile_validity_s=30.0)
+    await ctl.start()
+    held = {cp: K01Station("1.6", reject_tx=False) for cp in ("CP1", "CP2")}
+    sts = {cp: await RawStation(f"ws://127.0.0.1:{cs.port}", cp, "1.6", answer=held[cp]).connect() for cp in held}
+    try:
+        txs = {}
+        for cp, st in sts.items():
+            await st.boot()
+            await _status(st, "1.6")
+            txs[cp] = await _start(st, "1.6")
+        await eventually(lambda: held["CP1"].applies_a(1, txs["CP1"]) == 6.0
+                         and held["CP2"].applies_a(1, txs["CP2"]) == 18.0, timeout_s=15)
+        failsafe = cs.state.station("CP1").failsafe.accepted_a
+        assert failsafe == 12.0
+        await sts["CP1"].close()
+        await eventually(lambda: not cs.state.station("CP1").connected, timeout_s=10)
+        n = len(ctl.history)
+        await eventually(lambda: len(ctl.history) >= n + 2, timeout_s=10)
+        res = ctl.history[-1]
+        cp2 = float(res.current_a[[s for s in res.current_a.index if s.startswith("CP2:")]].iloc[0])
+        # What the stations apply once CP1's TxProfile lapses, before any later step: its fail-safe.
+        assert cp2 + failsafe <= 24.0 + 1e-6, (cp2, failsafe)
+    finally:
+        for st in sts.values():
+            await st.close()
+        await ctl.stop()
+        await cs.stop()

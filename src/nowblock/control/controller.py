@@ -549,6 +549,7 @@ class Controller:
         if self.idle is not None:
             self.idle.keep(now, running=zip(obs.cars["charge_point_id"], obs.cars["connector_id"]))
         self.loop.probe_due = self.escalation.due(now)  # a car held at 0 A is tried at its minimum then
+        self.loop.offline_floor_a = self.failsafe.targets()  # what an offline car falls back to
         snap, ctx = self.loop.prepare(obs)
         self._committed = dict(zip(ctx.committed_a.index.tolist(), ctx.committed_a.to_numpy(float).tolist()))
         t1 = _time.perf_counter()

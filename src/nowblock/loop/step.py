@@ -170,6 +170,10 @@ class ControlStep:
         # others' raises in one wave; 41 A on a 25 A feeder).
         self.unconfirmed: set[str] = set()
         self.accepted: dict[str, tuple[float, pd.Timestamp]] = {}  # session -> limit [A] accepted, when
+        # Live: station -> [A per phase] what each of its connectors falls back to once our
+        # profiles there lapse (its fail-safe per EVSE); an offline car counts at least that
+        # (nowblock.control sets it before each step).
+        self.offline_floor_a: dict[str, float] = {}
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     def record_sent(self, session_id: str, limit_a: float, time: pd.Timestamp) -> None:
@@ -293,6 +297,12 @@ class ControlStep:
             meas0 = np.nan_to_num(measured, nan=0.0)
             # No limit known, or one only a process before this may have sent: its maximum.
             in_force = np.where(col["limit_known"].astype(bool) & ~restored, offered, max_a)
+            if self.offline_floor_a and offline.any():
+                # Its TxProfile lapses while nobody can renew it, then its station applies its
+                # fail-safe: counted at its 8 A TxProfile, an offline car drew its 13 A fail-safe
+                # beside the others' 30 A, 43 A on a 40 A grid until the next step.
+                floor = np.array([self.offline_floor_a.get(str(c), 0.0) for c in cars["charge_point_id"]], dtype=float)
+                in_force = np.where(offline, np.maximum(in_force, floor), in_force)
             committed = np.select([over, holding], [np.maximum(meas0 + s.margin_a, offered), np.fmax(offered, pending)],
                                   default=np.minimum(np.maximum(in_force, meas0), np.maximum(max_a, meas0)))
             if trial.any() or self.offsets:
