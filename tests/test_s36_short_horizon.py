@@ -129,3 +129,30 @@ def test_cars_leaving_after_the_horizon_share_their_fuse_after_it():
     s = nb.optimize(_site(10, 2), sess, start=T0, horizon="2h")
     assert s.energy_kwh["X"] >= 25.0 - 2 * per_h - 1e-6, s.energy_kwh.to_dict()
     np.testing.assert_allclose(s.shortfall_kwh.to_numpy(), 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("relaxed", [False, True])
+def test_the_rounding_gives_no_step_of_a_due_car_to_a_car_with_nothing_due(relaxed):
+    # A 24 A connection for 2 h (8 slots of 24 A x 0.1725 kWh = 33.12 kWh), two 16 A points. D
+    # leaves at the horizon's end wanting 20 kWh (115.9 ampere-slots: all due); L leaves the next
+    # day wanting 30 kWh (22 h of 16 A after the end: nothing due). The plan fills the connection, so D ends a
+    # part of a step above its need and L below its own; handing D's last step to L (as a kWh of
+    # L's weighed like D's did) makes D 0.16 kWh short of what is due to gain L a later kWh.
+    from nowblock.milp.rounding import make_plan
+
+    site, sess = _site(24, 2), _sessions([("D", "CP0", 0, 2, 20.0), ("L", "CP1", 0, 24, 30.0)])
+    form = from_sessions(site, sess, start=T0, horizon="2h")
+    np.testing.assert_allclose(form.due_kwh, [20.0, 0.0], atol=1e-9)
+    x = None
+    if relaxed:
+        mf = form.matrix(relax=True)
+        car, slot = form.cells
+        x = np.zeros((form.n_cars, form.n_slots))
+        x[car, slot] = mf.current_a(solve_matrix(form, mf, 30).values)
+    plan = make_plan(form, x)
+    lim = form.limits
+    assert (lim.g @ plan.current_a <= lim.h + 1e-9).all()
+    assert plan.energy_kwh[0] >= 20.0 - 1e-9, plan.energy_kwh
+    # L still takes every step D does not need: in every slot the connection is full or L at its 16 A.
+    y = plan.current_a
+    assert ((y.sum(axis=0) >= 24 - 1e-9) | (y[1] >= 16 - 1e-9)).all(), y

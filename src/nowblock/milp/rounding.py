@@ -83,18 +83,36 @@ def shortfall_weights(form: Formulation) -> np.ndarray:
     return np.broadcast_to(w, (form.n_cars,)).astype(float)
 
 
+def due_target_kwh(form: Formulation) -> np.ndarray | None:
+    """Per car the part of its need [kWh] due by the horizon's end (:attr:`Formulation.due_kwh`,
+    at most the need), or None when the whole need of every car is due."""
+    if form.due_kwh is None:
+        return None
+    need = np.maximum(np.nan_to_num(np.asarray(form.need_kwh, dtype=float)), 0.0)
+    return np.clip(np.nan_to_num(np.asarray(form.due_kwh, dtype=float)), 0.0, need)
+
+
 def car_order(form: Formulation, target_kwh: np.ndarray, usable: np.ndarray) -> np.ndarray:
-    """The order cars are served in: earliest last usable slot first, then the heavier shortfall
-    weight, then the smaller share of need already targeted; ``sharing="fair"`` puts the share
-    first."""
+    """The order cars are served in: cars with something due by the horizon's end before cars
+    with nothing due (:func:`due_target_kwh`), then earliest last usable slot first, then the
+    heavier shortfall weight, then the smaller share of the due part already targeted [kWh/kWh],
+    then the smaller share of the whole need; ``sharing="fair"`` puts the shares first (after
+    the due/nothing-due split). Without ``form.due_kwh`` every car's whole need is due."""
     T = form.n_slots
     last = np.where(usable.any(axis=1), T - 1 - np.argmax(usable[:, ::-1], axis=1), T)
     weight = shortfall_weights(form)
     need = np.maximum(form.need_kwh, 0.0)
     share = np.where(need > 1e-9, target_kwh / np.maximum(need, 1e-9), 1.0)
+    due = due_target_kwh(form)
+    if due is None:
+        later, share_due = np.zeros(len(need), dtype=bool), share
+    else:
+        # A car with nothing due ranks by its whole need, behind every car with something due.
+        later = (due <= 1e-9) & (need > 1e-9)
+        share_due = np.where(due > 1e-9, np.minimum(target_kwh, due) / np.maximum(due, 1e-9), share)
     if form.options.sharing == "fair":
-        return np.lexsort((-weight, last, share)).astype(np.int64)
-    return np.lexsort((share, -weight, last)).astype(np.int64)
+        return np.lexsort((-weight, last, share, share_due, later)).astype(np.int64)
+    return np.lexsort((share, share_due, -weight, last, later)).astype(np.int64)
 
 
 def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: float = np.inf,
@@ -174,6 +192,11 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
                                step, _TOL):
                 break
 
+    due = due_target_kwh(form)
+    if due is not None:
+        # What is due by the horizon's end first: the fills below take each car to its whole
+        # target in turn, and a car's later part would take room a due car needs.
+        pk.fill(y, delivered, np.minimum(target, due), kwh, up, on_a, order, by_cost, *rows, power_room, step, _TOL)
     # Fill and trim under the cap; raise the cap while someone misses the target.
     d_kw = step * float(kw.max(initial=0.0))
     slot_order = by_cost
@@ -210,8 +233,10 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
             power_room += 0.5 * d_kw
             slot_order = np.lexsort((np.arange(T), base + kw @ y, price)).astype(np.int64)
     pk.fill(y, delivered, target, kwh, up, on_a, order, slot_order, *rows, no_cap, step, _TOL)
-    # Beyond the relaxation's targets, up to the need, wherever there is room.
+    # Beyond the relaxation's targets, up to the due part, then up to the need, wherever there is room.
     if (need - delivered > 1e-9).any():
+        if due is not None:
+            pk.fill(y, delivered, due, kwh, up, on_a, order, by_cost, *rows, no_cap, step, _TOL)
         pk.fill(y, delivered, need, kwh, up, on_a, order, by_cost, *rows, no_cap, step, _TOL)
     if lim.g.shape[0] > lim.n_fuse_rows and (need - delivered > 1e-9).any():
         # Unbalance-blocked cars: the light phases take more in the same slot, up to their need
@@ -241,18 +266,32 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
     # What the moves above freed, for cars still short of their need; then the steps some cars
     # get beyond their need, where a car short of its need could use them.
     if (need - delivered > 1e-9).any():
+        if due is not None:
+            pk.fill(y, delivered, due, kwh, up, on_a, order, by_cost, *rows, no_cap, step, _TOL)
         pk.fill(y, delivered, need, kwh, up, on_a, order, by_cost, *rows, no_cap, step, _TOL)
-        pk.pass_on_excess(y, delivered, need, shortfall_weights(form), kwh, up, on_a, *rows, no_cap,
-                          step, _TOL)
+        weight = shortfall_weights(form)
+        if due is not None:
+            # A kWh is worth what the model prices it at: a car past its due part (or one giving up
+            # a step of the part it could get after the horizon) after_horizon_weight times its
+            # weight; else a car whose whole need is due gave a step to one with nothing due.
+            weight = np.where((delivered < due - 1e-9) | (need - due <= 1e-9), weight,
+                              weight * float(form.options.after_horizon_weight))
+        pk.pass_on_excess(y, delivered, need, weight, kwh, up, on_a, *rows, no_cap, step, _TOL)
     y = np.round(y / step) * step  # whole steps exactly (sums of steps drift in floating point)
     if keep_unbalance_drawn(form, y, on_a, shave_until):
         # The cars lowered may find room in other slots: fill up to the need, repair again, and
         # keep the result while it lowers the weighted shortfall (a fill can overshoot a light-
         # side car's need and so break a row with real draws again: hence the comparison).
         weight = shortfall_weights(form)
+        later_w = weight * float(form.options.after_horizon_weight)
+        due_or_need = need if due is None else due
 
         def short(z):
-            return float((weight * np.maximum(need - (z * kwh).sum(axis=1), 0.0)).sum())
+            # Priced as the model prices it: the due part at the car's weight, the rest at
+            # after_horizon_weight times it.
+            miss = np.maximum(need - (z * kwh).sum(axis=1), 0.0)
+            later = np.minimum(miss, need - due_or_need)
+            return float((weight * (miss - later) + later_w * later).sum())
 
         for _ in range(3):
             if short(y) <= 1e-9:
@@ -260,6 +299,9 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
             z = y.copy()
             d_z = (z * kwh).sum(axis=1)
             s_z = lim.h - lim.g @ z
+            if due is not None:
+                pk.fill(z, d_z, due, kwh, up, on_a, order, by_cost, g_start, g_row, g_val, s_z, kw, no_cap, step,
+                        _TOL)
             pk.fill(z, d_z, need, kwh, up, on_a, order, by_cost, g_start, g_row, g_val, s_z, kw, no_cap, step, _TOL)
             z = np.round(z / step) * step
             keep_unbalance_drawn(form, z, on_a, shave_until)
