@@ -156,3 +156,23 @@ def test_the_rounding_gives_no_step_of_a_due_car_to_a_car_with_nothing_due(relax
     # L still takes every step D does not need: in every slot the connection is full or L at its 16 A.
     y = plan.current_a
     assert ((y.sum(axis=0) >= 24 - 1e-9) | (y[1] >= 16 - 1e-9)).all(), y
+
+
+def test_cars_with_something_due_are_rounded_before_cars_with_nothing_due():
+    # D leaves at the horizon's end (all 20 kWh due), L the next day (nothing due); both can
+    # charge in every slot. By the whole need L (nothing targeted yet) would come first; by the
+    # due part D does, and among the due cars the smaller share of the due part first.
+    from nowblock.milp.rounding import car_order, pilot_bounds
+
+    site = _site(24, 3)
+    sess = _sessions([("L", "CP0", 0, 24, 30.0), ("D", "CP1", 0, 2, 20.0), ("M", "CP2", 0, 3, 20.0)])
+    form = from_sessions(site, sess, start=T0, horizon="2h")
+    assert form.due_kwh[0] == 0.0 and form.due_kwh[1] == 20.0 and 0.0 < form.due_kwh[2] < 20.0
+    up, _ = pilot_bounds(form)
+    # Targets: L nothing, D all its need, M its due part and 1 kWh of its later part: both due
+    # parts all targeted, so the smaller share of the whole need first (M), L last.
+    target = np.array([0.0, 20.0, form.due_kwh[2] + 1.0])
+    assert list(form.session_ids[car_order(form, target, up > 0)]) == ["M", "D", "L"]
+    # Half of D's due part targeted: D before M, whose due part is all targeted.
+    ids = form.session_ids[car_order(form, np.array([0.0, 10.0, form.due_kwh[2] + 1.0]), up > 0)]
+    assert list(ids) == ["D", "M", "L"]
