@@ -431,7 +431,9 @@ def random_scenarios(draw) -> Scenario:
                      "energy_kwh": draw(st.floats(0.0, 40.0)), "phases": draw(st.integers(1, 3)),
                      "max_current_a": float(draw(st.sampled_from([10, 16, 32]))),
                      "draw_fraction": draw(st.sampled_from([0.7, 1.0]))})
-    times = pd.date_range(T0, periods=36, freq="10min")
+    # 9 h: the last departure is at most 8 h after T0; a base load ending inside the simulated
+    # window is refused (it was filled with its largest value, and held before that).
+    times = pd.date_range(T0, periods=54, freq="10min")
     base = pd.Series([draw(st.floats(0.0, 60.0)) for _ in range(len(times))], index=times, name="kw")
     return Scenario(site, pd.DataFrame(rows), base_load=base)
 
