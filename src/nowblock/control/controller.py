@@ -521,7 +521,17 @@ class Controller:
     def build_snapshot(self, now: pd.Timestamp | None = None) -> tuple[BlockSnapshot, StepContext]:
         """The policy's snapshot now and the step's context (observe, then prepare)."""
         now = now or self.clock()
-        return self.loop.prepare(self.source.observe(now))
+        obs = self.source.observe(now)
+        self._set_offline_floors(obs, now)
+        return self.loop.prepare(obs)
+
+    def _set_offline_floors(self, obs, now: pd.Timestamp) -> None:
+        """Give the step what each offline car's station falls back to once its TxProfile lapses
+        (``LiveBlock.offline_floors_a``): the fail-safe as the station holds it, or the car's
+        maximum where it holds none (the fail-safe we want it to hold counted 12 A for a car
+        that drew 16 A: review rev3 F1 of session 36)."""
+        floors = getattr(self.source, "offline_floors_a", None)
+        self.loop.offline_floor_a = floors(obs.cars, now) if floors is not None else {}
 
     async def decide(self, snap: BlockSnapshot, *, new_cars: bool = False) -> tuple[Decision, str, str]:
         """The policy's decision within the step's wait, else the fallback's; see
@@ -549,7 +559,7 @@ class Controller:
         if self.idle is not None:
             self.idle.keep(now, running=zip(obs.cars["charge_point_id"], obs.cars["connector_id"]))
         self.loop.probe_due = self.escalation.due(now)  # a car held at 0 A is tried at its minimum then
-        self.loop.offline_floor_a = self.failsafe.targets()  # what an offline car falls back to
+        self._set_offline_floors(obs, now)
         snap, ctx = self.loop.prepare(obs)
         self._committed = dict(zip(ctx.committed_a.index.tolist(), ctx.committed_a.to_numpy(float).tolist()))
         t1 = _time.perf_counter()

@@ -25,6 +25,7 @@ import time as _time
 
 import pandas as pd
 
+from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.profiles import IDLE_DEFAULT_ID_BASE
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,40 @@ def failsafe_missing(state, failsafe_a: pd.Series, voltage_v: float, now: pd.Tim
         if not ok:
             out.append(cp_id)
     return out
+
+
+def fallback_limit_a(state, cp_id: str, connector_id: int, now, until) -> float:
+    """[A per phase] The most the station ``cp_id`` may apply on ``connector_id`` from ``now`` to
+    ``until`` (UTC datetimes) once the running car's TxProfile is left out, by what the live
+    state knows it holds: its fail-safe, the idle and fallback defaults and station maximums as
+    accepted, and those sent without an answer (either may be in force: the higher counts).
+    ``math.inf`` when at some instant none of them applies (the station then applies no limit).
+
+    This is what a car at a station we cannot reach falls back to once its TxProfile lapses,
+    not the fail-safe we want it to hold: a station that refused the fail-safe lets the car
+    draw its maximum, one that missed a lower re-install keeps the higher one it holds (review
+    rev3 F1 of session 36: counted at the 12 A target, 16 A and 12 A were drawn; counted at a
+    6 A target, the station fell back to the 12 A it held)."""
+    st = state.stations[cp_id]
+    t = state.running_on(cp_id, connector_id)
+    cp = state.site.charge_point(cp_id)
+    # As LiveState.applied_limit_a: a limit in watts over the phases the car uses, else one.
+    kw = dict(transaction_id=None, tx_start=None if t is None else t.start, voltage_v=state.site.voltage_v,
+              phases=min(t.phases_used, cp.phases) if t is not None and t.phases_used else 1)
+    duration_s = max((until - now).total_seconds(), 0.0) + 1e-3
+    lists = [st.profiles]
+    if st.unanswered:
+        maybe = st.profiles
+        for p in st.unanswered:
+            maybe = pr.add_profile(maybe, p)
+        lists.append(maybe)
+    worst = 0.0
+    for profiles in lists:
+        for _, lim in pr.composite_schedule_a(profiles, connector_id, now, duration_s, **kw):
+            if lim is None:
+                return math.inf
+            worst = max(worst, float(lim))
+    return worst
 
 
 class FailsafeKeeper:

@@ -10,14 +10,17 @@ own (:class:`nowblock.loop.step.ControlStep`).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from nowblock.block.site import Site
+from nowblock.control.failsafe import fallback_limit_a
 from nowblock.loop.observation import OBSERVED_COLUMNS, Observation
 from nowblock.loop.series import on_grid
+from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.state import PLUGGED
 from nowblock.seam import CAR_COLUMNS
 
@@ -161,18 +164,52 @@ class LiveBlock:
         phys = cars["max_current_a"].to_numpy(float, copy=True)
         for i in np.flatnonzero(off):
             row = cars.iloc[i]
-            cp = self.site.charge_point(str(row["charge_point_id"]))
-            t = self.state.transaction(str(row["charge_point_id"]), row["transaction_id"])
-            ev = float(getattr(t, "ev_max_current_a", np.nan))
-            ev = np.inf if not np.isfinite(ev) else ev
-            # As the live state's maximum, its caps left out: a car below the point's minimum
-            # is offered that minimum and draws its own maximum.
-            phys[i] = min(float(cp.max_current_a), max(ev, float(row["min_current_a"])))
+            phys[i] = self._physical_a(row["charge_point_id"], row["transaction_id"], row["min_current_a"])
         if np.array_equal(phys, cars["max_current_a"].to_numpy(float)):
             return obs
         cars = cars.copy()
         cars["max_current_a"] = phys
         return replace(obs, cars=cars, arrays=None)
+
+    def _physical_a(self, cp_id, transaction_id, min_current_a) -> float:
+        """[A per phase] The most a car may physically draw: min(the point's rating, the car's own
+        maximum), as the live state's maximum with the site's caps left out (a car below the
+        point's minimum is offered that minimum and draws its own maximum)."""
+        cp = self.site.charge_point(str(cp_id))
+        t = self.state.transaction(str(cp_id), transaction_id)
+        ev = float(getattr(t, "ev_max_current_a", np.nan))
+        ev = np.inf if not np.isfinite(ev) else ev
+        return min(float(cp.max_current_a), max(ev, float(min_current_a)))
+
+    #: How long past the lapse of an offline car's TxProfile what its station falls back to is
+    #: looked at (:meth:`offline_floors_a`): at least the time between two steps. The fail-safe
+    #: is re-installed while it has less than an hour left (FailsafeKeeper's horizon).
+    OFFLINE_LOOKAHEAD = pd.Timedelta(hours=1)
+
+    def offline_floors_a(self, cars: pd.DataFrame, now: pd.Timestamp) -> dict[str, float]:
+        """[A per phase] For each car that cannot be sent a limit (``connected`` False; index
+        session_id, ``charge_point_id``, ``connector_id``), the most its station may apply once
+        the car's TxProfile lapses: what the live state knows it holds from ``now`` to that lapse
+        plus :attr:`OFFLINE_LOOKAHEAD`, its TxProfiles left out
+        (:func:`nowblock.control.failsafe.fallback_limit_a`). ``math.inf`` (the car's physical
+        maximum) when at some instant nothing accepted applies, or when the station's clock is
+        unusable or not known since its boot (it may apply none of our profiles). The step
+        counts an offline car at least this (``ControlStep.offline_floor_a``)."""
+        out: dict[str, float] = {}
+        if not len(cars):
+            return out
+        t = now.to_pydatetime()
+        for i in np.flatnonzero(~cars["connected"].to_numpy(bool)):
+            sid, cp_id, c = cars.index[i], str(cars["charge_point_id"].iloc[i]), int(cars["connector_id"].iloc[i])
+            st = self.state.stations.get(cp_id)
+            if st is None or not (_usable(st) and getattr(getattr(st, "clock", None), "stamped", True)):
+                out[sid] = math.inf
+                continue
+            ends = [p.valid_to for p in (*st.profiles, *st.unanswered)
+                    if p.purpose == pr.TX and p.connector_id == c and p.valid_to is not None]
+            lapse = max([t, *ends])
+            out[sid] = fallback_limit_a(self.state, cp_id, c, t, lapse + self.OFFLINE_LOOKAHEAD.to_pytimedelta())
+        return out
 
     def _far_clocks(self, now: pd.Timestamp) -> list[str]:
         """The stations whose clock is more than a day off ours (``Station.clock.far_s``) or whose

@@ -170,9 +170,9 @@ class ControlStep:
         # others' raises in one wave; 41 A on a 25 A feeder).
         self.unconfirmed: set[str] = set()
         self.accepted: dict[str, tuple[float, pd.Timestamp]] = {}  # session -> limit [A] accepted, when
-        # Live: station -> [A per phase] what each of its connectors falls back to once our
-        # profiles there lapse (its fail-safe per EVSE); an offline car counts at least that
-        # (nowblock.control sets it before each step).
+        # Live: session -> [A per phase] what its station falls back to once its TxProfile
+        # lapses, as the station holds it (inf: no limit, the car's maximum); an offline car
+        # counts at least that (nowblock.control sets it before each step).
         self.offline_floor_a: dict[str, float] = {}
 
     # ---- bookkeeping ---------------------------------------------------------------------------
@@ -298,10 +298,10 @@ class ControlStep:
             # No limit known, or one only a process before this may have sent: its maximum.
             in_force = np.where(col["limit_known"].astype(bool) & ~restored, offered, max_a)
             if self.offline_floor_a and offline.any():
-                # Its TxProfile lapses while nobody can renew it, then its station applies its
-                # fail-safe: counted at its 8 A TxProfile, an offline car drew its 13 A fail-safe
-                # beside the others' 30 A, 43 A on a 40 A grid until the next step.
-                floor = np.array([self.offline_floor_a.get(str(c), 0.0) for c in cars["charge_point_id"]], dtype=float)
+                # Its TxProfile lapses while nobody can renew it, then its station applies what
+                # it falls back to: counted at its 8 A TxProfile, an offline car drew its 13 A
+                # fail-safe beside the others' 30 A, 43 A on a 40 A grid until the next step.
+                floor = np.array([self.offline_floor_a.get(x, 0.0) for x in ids_all], dtype=float)
                 in_force = np.where(offline, np.maximum(in_force, floor), in_force)
             committed = np.select([over, holding], [np.maximum(meas0 + s.margin_a, offered), np.fmax(offered, pending)],
                                   default=np.minimum(np.maximum(in_force, meas0), np.maximum(max_a, meas0)))

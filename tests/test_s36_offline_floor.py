@@ -1,0 +1,150 @@
+"""A car at a station we cannot reach counts at what that station falls back to once the car's
+TxProfile lapses, as the station holds it (review rev3 F1, F2 of session 36; raw frames over
+127.0.0.1, a real controller): a station that refused the fail-safe lets the car draw its
+maximum, one that missed a lower re-install keeps the higher fail-safe it holds, and a
+GetCompositeSchedule read-back does not keep an offline car at a TxProfile that lapsed."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pandas as pd
+from interop.station import RawStation, Silence, now_iso
+from test_s35_profiles_fallback import K01Station, _start
+from test_s36_idle_and_full import _status
+
+from nowblock.control import attach
+from nowblock.ocpp import profiles as pr
+from nowblock.ocpp.server import CentralSystem
+from nowblock.testing import eventually, make_test_site
+
+
+class NoFailsafe(K01Station):
+    """Takes TxProfiles and idle defaults, refuses the connector-0 fail-safe; answers a
+    GetCompositeSchedule with what it applies (the point's maximum when nothing applies)."""
+
+    tx = None
+    max_a = 16.0
+
+    def __call__(self, action, p):
+        if action == "SetChargingProfile":
+            raw = p.get("csChargingProfiles") or p.get("chargingProfile")
+            if raw["chargingProfilePurpose"] == pr.TX_DEFAULT and p.get("connectorId", p.get("evseId")) == 0:
+                return {"status": "Rejected"}
+        if action == "GetCompositeSchedule":
+            lim = self.applies_a(p["connectorId"], self.tx)
+            return {"status": "Accepted", "connectorId": p["connectorId"], "scheduleStart": now_iso(),
+                    "chargingSchedule": {"chargingRateUnit": "A", "duration": p["duration"],
+                                         "chargingSchedulePeriod": [{"startPeriod": 0, "limit": float(
+                                             self.max_a if lim is None else lim)}]}}
+        return super().__call__(action, p)
+
+
+class DropsOnLowerFailsafe(K01Station):
+    """Holds the fail-safe it took first; its network drops when a lower one is sent (no answer)."""
+
+    st = None
+
+    def __call__(self, action, p):
+        if action == "SetChargingProfile":
+            raw = p.get("csChargingProfiles") or p.get("chargingProfile")
+            lim = float(raw["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"])
+            if raw["chargingProfilePurpose"] == pr.TX_DEFAULT and p.get("connectorId") == 0 and lim < 12:
+                asyncio.get_running_loop().call_later(0.1, lambda: asyncio.ensure_future(self.st.close()))
+                return Silence()
+        return super().__call__(action, p)
+
+
+class Uneven:
+    """CP1's car 6 A, CP2's 18 A."""
+
+    name = "uneven"
+
+    def schedule(self, snapshot):
+        return pd.Series([6.0 if s.startswith("CP1:") else 18.0 for s in snapshot.cars.index],
+                         index=snapshot.cars.index)
+
+
+async def _pair(tmp_path, cp1, max_a: float, validity_s: float = 30.0, site=None):
+    site = site if site is not None else make_test_site(2, grid_a=24.0, max_current_a=max_a)
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
+    await cs.start()
+    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy=Uneven(), period_s=1.0, min_replan_s=0.1,
+                 solve_timeout_s=2.0, profile_validity_s=validity_s)
+    await ctl.start()
+    held = {"CP1": cp1, "CP2": K01Station("1.6", reject_tx=False)}
+    sts = {cp: await RawStation(f"ws://127.0.0.1:{cs.port}", cp, "1.6", answer=held[cp]).connect() for cp in held}
+    return cs, ctl, held, sts
+
+
+async def _close(cs, ctl, sts):
+    for st in sts.values():
+        await st.close()
+    await ctl.stop()
+    await cs.stop()
+
+
+async def _cp2_after_cp1_offline(cs, ctl, sts) -> float:
+    """CP1's station goes away; CP2's limit two steps later [A]."""
+    await sts["CP1"].close()  # idempotent (a station that dropped itself)
+    await eventually(lambda: not cs.state.station("CP1").connected, timeout_s=10)
+    n = len(ctl.history)
+    await eventually(lambda: len(ctl.history) >= n + 2, timeout_s=10)
+    res = ctl.history[-1]
+    return float(res.current_a[[s for s in res.current_a.index if s.startswith("CP2:")]].iloc[0])
+
+
+def _at_lapse(station: K01Station, tx, max_a: float) -> float:
+    """[A] What ``station`` applies on connector 1 a second after its TxProfile's validTo, by
+    the profiles it holds (no limit: the point's maximum)."""
+    txp = [p for p in station.held if p.purpose == pr.TX][-1]
+    lim = pr.active_limit_a(station.held, 1, txp.valid_to + timedelta(seconds=1), transaction_id=tx)
+    return max_a if lim is None else float(lim)
+
+
+async def test_an_offline_car_whose_station_refused_the_failsafe_counts_at_its_maximum(tmp_path):
+    # Counted at the 12 A fail-safe wanted (refused), CP2 got 12 A; at CP1's TxProfile's end its
+    # station applied no limit: 16 + 12 = 28 A on the 24 A grid until the next step.
+    cs, ctl, held, sts = await _pair(tmp_path, NoFailsafe("1.6", reject_tx=False), 16.0)
+    try:
+        txs = {}
+        for cp, st in sts.items():
+            await st.boot()
+            await _status(st, "1.6")
+            txs[cp] = await _start(st, "1.6")
+        await eventually(lambda: held["CP1"].applies_a(1, txs["CP1"]) == 6.0
+                         and held["CP2"].applies_a(1, txs["CP2"]) == 16.0, timeout_s=15)
+        assert not any(p.connector_id == 0 for p in held["CP1"].held)  # it holds no fail-safe
+        cp2 = await _cp2_after_cp1_offline(cs, ctl, sts)
+        cp1 = _at_lapse(held["CP1"], txs["CP1"], 16.0)
+        assert cp1 == 16.0
+        assert cp2 + cp1 <= 24.0 + 1e-6, (cp2, cp1)
+    finally:
+        await _close(cs, ctl, sts)
+
+
+async def test_an_offline_car_counts_at_the_failsafe_its_station_holds_above_the_target(tmp_path):
+    # CP1 holds a 12 A fail-safe; a second connector shows up, the target becomes 6 A per EVSE
+    # and CP1's network drops before it takes it. Counted at the 6 A target, CP2 kept 18 A:
+    # 18 + 12 = 30 A on the 24 A grid once CP1's TxProfile lapsed.
+    cp1 = DropsOnLowerFailsafe("1.6", reject_tx=False)
+    cs, ctl, held, sts = await _pair(tmp_path, cp1, 32.0)
+    cp1.st = sts["CP1"]
+    try:
+        txs = {}
+        for cp, st in sts.items():
+            await st.boot()
+            await _status(st, "1.6")
+            txs[cp] = await _start(st, "1.6")
+        await eventually(lambda: held["CP1"].applies_a(1, txs["CP1"]) == 6.0
+                         and held["CP2"].applies_a(1, txs["CP2"]) == 18.0
+                         and getattr(cs.state.station("CP1").failsafe, "accepted_a", None) == 12.0, timeout_s=20)
+        await sts["CP1"].ok("StatusNotification", {"connectorId": 2, "errorCode": "NoError", "status": "Available"})
+        cp2 = await _cp2_after_cp1_offline(cs, ctl, sts)
+        assert [float(p.periods[0].limit) for p in held["CP1"].held if p.connector_id == 0] == [12.0]
+        cp1_a = _at_lapse(held["CP1"], txs["CP1"], 32.0)
+        assert cp1_a == 12.0
+        assert cp2 + cp1_a <= 24.0 + 1e-6, (cp2, cp1_a)
+    finally:
+        await _close(cs, ctl, sts)
