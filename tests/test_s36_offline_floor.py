@@ -148,3 +148,73 @@ async def test_an_offline_car_counts_at_the_failsafe_its_station_holds_above_the
         assert cp2 + cp1_a <= 24.0 + 1e-6, (cp2, cp1_a)
     finally:
         await _close(cs, ctl, sts)
+
+
+async def test_a_read_back_does_not_keep_an_offline_car_at_a_txprofile_that_lapsed(tmp_path):
+    # CP1 answered a GetCompositeSchedule (6 A, its TxProfile) just before it went offline: the
+    # read-back counted over what it holds for 900 s, so after its TxProfile lapsed (8 s here)
+    # its car was still observed at 6 A with a limit known, where it draws the point's 16 A.
+    cs, ctl, held, sts = await _pair(tmp_path, NoFailsafe("1.6", reject_tx=False), 16.0, validity_s=8.0)
+    try:
+        txs = {}
+        for cp, st in sts.items():
+            await st.boot()
+            await _status(st, "1.6")
+            txs[cp] = await _start(st, "1.6")
+        held["CP1"].tx = txs["CP1"]
+        await eventually(lambda: held["CP1"].applies_a(1, txs["CP1"]) == 6.0, timeout_s=15)
+        rep = await cs.read_applied_limit("CP1", 1)
+        assert rep is not None and rep.limit_a == 6.0
+        await sts["CP1"].close()
+        await eventually(lambda: not cs.state.station("CP1").connected, timeout_s=10)
+        txp = [p for p in held["CP1"].held if p.purpose == pr.TX][-1]
+        lapse = pd.Timestamp(txp.valid_to) + pd.Timedelta(seconds=1)
+        assert held["CP1"].applies_a(1, txs["CP1"], offset_s=(lapse - pd.Timestamp(pr.utcnow())).total_seconds()) is None
+        await eventually(lambda: pd.Timestamp(pr.utcnow()) >= lapse, timeout_s=15)
+        cars = ctl.source.observe(pd.Timestamp(pr.utcnow())).cars
+        row = cars.loc[[s for s in cars.index if s.startswith("CP1:")][0]]
+        # Its station applies no limit now: not a limit known at 6 A.
+        assert not (bool(row["limit_known"]) and float(row["offered_current_a"]) < 16.0), row.to_dict()
+    finally:
+        await _close(cs, ctl, sts)
+
+
+class ReadBack(NoFailsafe):
+    """Takes every profile (the fail-safe too) and answers GetCompositeSchedule."""
+
+    max_a = 32.0
+
+    def __call__(self, action, p):
+        return K01Station.__call__(self, action, p) if action == "SetChargingProfile" else super().__call__(action, p)
+
+
+async def test_a_read_back_above_a_cap_window_counts_at_what_the_station_reports(tmp_path):
+    # The read-back was clipped by the planning maximum, which holds the site's cap windows that
+    # only our profiles enforce: CP1 (32 A, a 10 A cap window all day) reported applying 16 A and
+    # its car was observed at 10 A. It is clipped by the physical maximum now (32 A).
+    from nowblock.block.site import Site
+
+    site = Site.from_dict({"name": "b", "fuses": [{"id": "grid", "max_current_a": [40.0] * 3}], "charge_points": [
+        {"id": "CP1", "fuse": "grid", "max_current_a": 32.0, "phases": 3,
+         "caps": [{"start": "00:00", "end": "24:00", "max_current_a": 10.0}]},
+        {"id": "CP2", "fuse": "grid", "max_current_a": 32.0, "phases": 3}]})
+    cs, ctl, held, sts = await _pair(tmp_path, ReadBack("1.6", reject_tx=False), 32.0, site=site)
+    try:
+        txs = {}
+        for cp, st in sts.items():
+            await st.boot()
+            await _status(st, "1.6")
+            txs[cp] = await _start(st, "1.6")
+        held["CP1"].tx = txs["CP1"]
+        await eventually(lambda: held["CP1"].applies_a(1, txs["CP1"]) == 6.0, timeout_s=15)
+        await ctl.stop()  # no step re-sends its limit meanwhile
+        rec = await cs.set_limit("CP1", 1, 16.0, transaction_id=txs["CP1"])
+        assert rec.accepted_a == held["CP1"].applies_a(1, txs["CP1"]) == 16.0
+        rep = await cs.read_applied_limit("CP1", 1)
+        assert rep is not None and rep.limit_a == 16.0
+        cars = ctl.source.observe(pd.Timestamp(pr.utcnow())).cars
+        row = cars.loc[f"CP1:{txs['CP1']}"]
+        assert bool(row["connected"]) and float(row["max_current_a"]) == 10.0  # planned under the cap
+        assert float(row["offered_current_a"]) == 16.0, row.to_dict()
+    finally:
+        await _close(cs, ctl, sts)

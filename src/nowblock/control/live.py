@@ -119,12 +119,19 @@ class LiveBlock:
         cars["connected"] = raw["connected"].to_numpy(bool)
         cars["limit_known"] = raw["accepted_limit_a"].notna().to_numpy()
         if "reported_limit_a" in raw:
-            # What a station says it applies (GetCompositeSchedule) counts over what it accepted.
+            # What a station says it applies (GetCompositeSchedule) counts over what it accepted,
+            # while it can be sent a limit: the first period read then counts for 900 s, and an
+            # offline car's read-back outlived its TxProfile (16 A drawn where 6 A were counted,
+            # review rev3 F2 of session 36). Clipped by the physical maximum, not the planning
+            # one: a cap window is enforced only by the profiles the step sends.
             rep = raw["reported_limit_a"].to_numpy(float)
-            known = np.isfinite(rep)
-            cars["offered_current_a"] = np.where(known, np.minimum(rep, cars["max_current_a"].to_numpy(float)),
-                                                 cars["offered_current_a"].to_numpy(float))
-            cars["limit_known"] = cars["limit_known"].to_numpy() | known
+            known = np.isfinite(rep) & raw["connected"].to_numpy(bool)
+            if known.any():
+                phys = np.array([self._physical_a(cp, tx, lo) if k else np.inf for cp, tx, lo, k in zip(
+                    raw["charge_point_id"], raw["transaction_id"], raw["min_current_a"], known)], dtype=float)
+                cars["offered_current_a"] = np.where(known, np.minimum(rep, phys),
+                                                     cars["offered_current_a"].to_numpy(float))
+                cars["limit_known"] = cars["limit_known"].to_numpy() | known
         far = self._far_clocks(now)
         if far:
             # A station whose clock is more than a day off applies no profile of ours, the fail-safe
