@@ -90,13 +90,75 @@ def test_a_fine_base_load_ending_at_the_last_slot_start_covers_the_horizon(caplo
 
 
 def test_optimize_fills_a_hole_in_prices_with_their_mean(caplog):
-    prices = pd.concat([_load("2026-07-01T18:00+02:00", 2, 0.4), _load("2026-07-01T22:00+02:00", 8, 0.1)])
+    # hourly prices without 20:00-00:00: a 5 h gap between 1 h gaps is a hole
+    prices = pd.concat([_load("2026-07-01T18:00+02:00", 2, 0.4), _load("2026-07-02T00:00+02:00", 6, 0.1)])
     with caplog.at_level(logging.WARNING, logger="nowblock.block.scenario"):
         s = nb.optimize(_site(), _sessions(), start=START, horizon="12h", step="1h", prices=prices.rename("eur_per_kwh"))
     price = np.asarray(s.form.price_eur_per_kwh)
-    assert np.allclose(price[2:4], 0.16) and np.allclose(price[:2], 0.4) and np.allclose(price[4:], 0.1)
-    assert any("first 2026-07-01T20:00:00+02:00 .. 2026-07-01T22:00:00+02:00, a gap between its times" in r.getMessage()
+    assert np.allclose(price[2:6], 0.175) and np.allclose(price[:2], 0.4) and np.allclose(price[6:], 0.1)
+    assert any("first 2026-07-01T20:00:00+02:00 .. 2026-07-02T00:00:00+02:00, a gap between its times" in r.getMessage()
                for r in caplog.records)
+
+
+def _at(times, values, name):
+    return pd.Series(values, index=pd.DatetimeIndex([pd.Timestamp(t) for t in times]).tz_convert("UTC"), name=name)
+
+
+def test_prices_given_as_change_points_hold_until_the_next_row(caplog):
+    # rev4 F1: a tariff as change points (docs: a value holds until the next row); the whole
+    # series' median gap made 18:00-22:00 of its 0.40 a hole, taken as the mean 0.286.
+    pts = []
+    for d in ("2026-07-01", "2026-07-02"):
+        pts += [(f"{d}T00:00+02:00", 0.20), (f"{d}T06:00+02:00", 0.40), (f"{d}T22:00+02:00", 0.20)]
+    prices = _at([t for t, _ in pts], [v for _, v in pts], "eur_per_kwh")
+    with caplog.at_level(logging.WARNING, logger="nowblock.block.scenario"):
+        s = nb.optimize(_site(), _sessions(), start="2026-07-01T12:00+02:00", horizon="18h", step="1h",
+                        prices=prices)
+    price = np.asarray(s.form.price_eur_per_kwh)
+    assert np.allclose(price[:10], 0.40) and np.allclose(price[10:], 0.20)  # 12:00-22:00, then 22:00-06:00
+    assert not [r for r in caplog.records if "no value" in r.getMessage()]
+
+
+def test_hourly_then_quarter_hourly_prices_are_not_holes():
+    # rev4 F1: hourly day-ahead prices, then 15-minute ones (36 of 120 h were replaced by the mean)
+    h = pd.date_range("2026-07-01T12:00+02:00", periods=12, freq="1h")
+    q = pd.date_range("2026-07-02T00:00+02:00", periods=24, freq="15min")
+    prices = pd.Series(np.r_[np.where(h.hour.isin(range(18, 21)), 0.60, 0.10), np.full(24, 0.15)],
+                       index=h.append(q), name="eur_per_kwh")
+    s = nb.optimize(_site(), _sessions(), start="2026-07-01T12:00+02:00", horizon="18h", step="15min", prices=prices)
+    price = np.asarray(s.form.price_eur_per_kwh)
+    assert np.allclose(price[24:36], 0.60) and np.allclose(price[:24], 0.10) and np.allclose(price[48:], 0.15)
+
+
+def test_a_base_load_profile_of_change_points_is_accepted():
+    # rev4 F1: 3 kW night, 8 kW from 06:00, 5 kW from 09:00, 12 kW from 17:00, 3 kW from 22:00 (refused before)
+    times = ["2026-07-01T00:00+02:00", "2026-07-01T06:00+02:00", "2026-07-01T09:00+02:00", "2026-07-01T17:00+02:00",
+             "2026-07-01T22:00+02:00", "2026-07-02T06:00+02:00", "2026-07-02T09:00+02:00"]
+    load = _at(times, [3.0, 8.0, 5.0, 12.0, 3.0, 8.0, 5.0], "kw")
+    s = nb.optimize(_site(), _sessions(), start=START, horizon="12h", step="1h", base_load=load)
+    assert np.allclose(s.form.base_kw[:4], 12.0) and np.allclose(s.form.base_kw[4:], 3.0)
+
+
+@pytest.mark.parametrize("step", ["15min", "5min"])
+def test_one_missing_quarter_hour_reading_holds_the_value_before(step):
+    # rev4 F4: a 30-minute gap in 15-minute meter data is no hole (it was refused)
+    t = pd.date_range(pd.Timestamp(START), periods=48, freq="15min")
+    load = pd.Series(5.0, index=t, name="kw")
+    load.iloc[8] = 9.0
+    load = load.drop(t[9])
+    s = nb.optimize(_site(), _sessions(), start=START, horizon="12h", step=step, base_load=load)
+    slot = pd.Timedelta(step)
+    base = pd.Series(np.asarray(s.form.base_kw), index=pd.Timestamp(START) + slot * np.arange(len(s.form.base_kw)))
+    assert np.allclose(base[t[8]:t[10] - slot], 9.0) and np.allclose(base.drop(base[t[8]:t[10] - slot].index), 5.0)
+
+
+def test_six_hours_missing_from_quarter_hour_data_is_still_a_hole():
+    t = pd.date_range(pd.Timestamp(START), periods=48, freq="15min")
+    load = pd.Series(5.0, index=t, name="kw")
+    load = load[(load.index < pd.Timestamp("2026-07-01T20:00+02:00")) | (load.index >= pd.Timestamp("2026-07-02T02:00+02:00"))]
+    with pytest.raises(ScenarioError, match=r"no value for 2026-07-01T20:00:00\+02:00 \.\. 2026-07-02T02:00:00\+02:00 "
+                                            r"\(6 h, a gap between its times\)"):
+        nb.optimize(_site(), _sessions(), start=START, horizon="12h", step="15min", base_load=load)
 
 
 def test_optimize_fills_partial_prices_with_their_mean(caplog):
