@@ -109,26 +109,48 @@ def test_a_drawn_maximum_after_the_horizon_is_the_capped_offer_times_the_draw_fr
     assert form.due_kwh[0] == pytest.approx(30.0 - 10 * 0.5 * 2 * KW_PER_A, abs=1e-9)
 
 
-def test_cars_leaving_after_the_horizon_share_their_fuse_after_it():
+def test_each_car_leaving_after_the_horizon_counts_its_fuse_after_it_on_its_own():
     # A 10 A connection, a 2 h horizon. X leaves 1 h after its end wanting 20 kWh, Y 3 h after it
     # wanting 20 kWh, Z the next day wanting 25 kWh. After the end the connection carries at most
-    # 10 A x 0.69 kW/A = 6.9 kWh an hour for all of them: X can get at most its one hour, and X and
-    # Y together at most the three hours Y stays, so by the horizon's end X needs 20 - 6.9 and X
-    # and Y together 40 - 3 x 6.9. Z has 21 h after the end: nothing is due.
+    # 10 A x 0.69 kW/A = 6.9 kWh an hour: on its own X can get at most its one hour, so 20 - 6.9
+    # are due by the end; Y on its own can get 3 x 6.9 = 20.7 >= 20, so nothing is due (the plan
+    # may give X its share inside the horizon). Z has 21 h after the end: nothing is due. (Until
+    # rev4 F2 the fuse was split earliest departure first: X took the first hour and Y was due
+    # 40 - 20.7 - 13.1 = 6.2.)
     per_h = 10 * 3 * 230 / 1000
     site = _site(10, 3)
     sess = _sessions([("X", "CP0", 0, 3, 20.0), ("Y", "CP1", 0, 5, 20.0), ("Z", "CP2", 0, 23, 25.0)])
     form = from_sessions(site, sess, start=T0, horizon="2h")
-    assert form.due_kwh[0] == pytest.approx(20.0 - per_h, abs=1e-9)
-    assert form.due_kwh[0] + form.due_kwh[1] == pytest.approx(40.0 - 3 * per_h, abs=1e-9)
-    assert form.due_kwh[2] == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_allclose(form.due_kwh, [20.0 - per_h, max(20.0 - 3 * per_h, 0.0), 0.0], atol=1e-9)
     # The review's case (rev2 F3): X leaves 2 h after a 2 h horizon wanting 25 kWh, Y the next
     # day. X can get at most 2 h x 6.9 kWh after the end, so 25 - 13.8 = 11.2 kWh are due by
-    # then and the plan gives X at least that (before: X was due 2.92 kWh and got 6.9).
+    # then and the plan gives X at least that (before 80dad3c: X was due 2.92 kWh and got 6.9).
     sess = _sessions([("X", "CP0", 0, 4, 25.0), ("Y", "CP1", 0, 24, 25.0)])
     s = nb.optimize(_site(10, 2), sess, start=T0, horizon="2h")
     assert s.energy_kwh["X"] >= 25.0 - 2 * per_h - 1e-6, s.energy_kwh.to_dict()
     np.testing.assert_allclose(s.shortfall_kwh.to_numpy(), 0.0, atol=1e-6)
+
+
+def test_a_later_car_is_not_made_due_by_an_earlier_cars_claim_on_the_fuse():
+    # Review rev4 F2 (blockB's a6 made due by a4's claim, in small). A 16 A connection, a 1 h
+    # horizon. X, single-phase on L1, leaves 45 min after the end wanting 2.76 kWh (16 A x 230 V
+    # for those 45 min); Y, three-phase, leaves 1 h after the end wanting 22.08 kWh (16 A for 2 h).
+    # On its own after the end X can get its 2.76 kWh (nothing due), Y 16 A for 1 h:
+    per_h_3 = 16 * KW_PER_A
+    site = _site(16, 2)
+    sess = _sessions([("X", "CP0", 0, 1.75, 16 * 0.23 * 0.75), ("Y", "CP1", 0, 2, 2 * per_h_3)])
+    sess.loc[sess.session_id == "X", "phases"] = 1
+    form = from_sessions(site, sess, start=T0, horizon="1h")
+    np.testing.assert_allclose(form.due_kwh, [0.0, 2 * per_h_3 - per_h_3], atol=1e-9)
+    # Y can have all of its need: planned over both stays, it takes the connection for 2 h and
+    # is not short (X, 2.76 kWh, is). Before, X's 45 min after the end were counted as X's alone
+    # (earliest departure first), Y got the 15 min after X leaves: due 22.08 - 2.76 = 19.32 kWh,
+    # more than its 16 A deliver in the horizon, and it was reported 8.28 kWh short.
+    whole = nb.optimize(site, sess, start=T0, horizon="2h")
+    assert whole.shortfall_kwh["Y"] == pytest.approx(0.0, abs=1e-6), whole.shortfall_kwh.to_dict()
+    s = nb.optimize(site, sess, start=T0, horizon="1h")
+    assert s.energy_kwh["Y"] == pytest.approx(per_h_3, abs=1e-6), s.energy_kwh.to_dict()
+    assert s.shortfall_kwh["Y"] == pytest.approx(0.0, abs=1e-6), s.shortfall_kwh.to_dict()
 
 
 @pytest.mark.parametrize("relaxed", [False, True])

@@ -86,10 +86,12 @@ def due_by_horizon_end_kwh(site: Site, arrival, departure, end, step, cp_index, 
     caps applied, 0 where below ``min_a`` [A]) on ``step`` slots from ``end`` to its departure,
     as the horizon's own slots count it (:func:`_upper`, :func:`~nowblock.milp.slots.plugged_fraction`),
     times ``phases``, the voltage and ``draw_ratio``; at most :data:`AFTER_HORIZON_DAYS` past
-    ``end``. Every fuse phase it loads carries at most its rating, shared among the cars leaving
-    after ``end`` earliest departure first (:func:`_after_horizon_kwh`); the block's other load
-    and the unbalance limit are not counted (unknown after the horizon), so this is the most the
-    fuses allow and the due part the least that is due. With ``draw_fraction`` (per car, ``use_draw_fraction``) the current is the drawn one:
+    ``end``, and at most the lowest rating of the fuse phases it loads (:func:`_after_horizon_kwh`).
+    Each car counts on its own: the fuses are not shared with the other cars leaving after
+    ``end``, nor is the block's other load or the unbalance limit counted (unknown after the
+    horizon), so this is the most it could get and the due part the least that is due for it;
+    together the cars may be due more (docs/optimizer.md, "Short horizons"). With
+    ``draw_fraction`` (per car, ``use_draw_fraction``) the current is the drawn one:
     the capped offer times the fraction (``min_a`` is then a drawn minimum too), as
     :func:`from_sessions` scales the horizon's own upper bounds. Returns None when every car leaves
     by ``end`` (the whole need is due).
@@ -109,50 +111,31 @@ def due_by_horizon_end_kwh(site: Site, arrival, departure, end, step, cp_index, 
     if draw_fraction is not None:  # cap the offer first, then scale: min(cap, offer) x fraction
         hi = hi * np.asarray(draw_fraction, dtype=float)[late][:, None]
     kw = phases[late] * site.voltage_v / 1000.0 * draw_ratio[late]
-    after_kwh = _after_horizon_kwh(site, cp_index[late], phases[late], hi, plugged * dt_h[None, :], kw,
-                                   min_a[late], need[late], dep[late].asi8)
+    after_kwh = _after_horizon_kwh(site, cp_index[late], phases[late], hi, plugged * dt_h[None, :], kw, min_a[late])
     due = need.copy()
     due[late] = np.maximum(need[late] - after_kwh, 0.0)
     return due
 
 
-def _after_horizon_kwh(site: Site, cp_index, phases, hi_a, slot_h, kw_per_a, min_a, need_kwh, departure_ns
-                       ) -> np.ndarray:
-    """Per car the energy [kWh] it can get after the horizon's end, the fuses shared.
+def _after_horizon_kwh(site: Site, cp_index, phases, hi_a, slot_h, kw_per_a, min_a) -> np.ndarray:
+    """Per car the most energy [kWh] it could get after the horizon's end on its own.
 
     ``hi_a`` (n, T) [A per phase] is each car's largest current per slot after the end (0 where
     not plugged in), ``slot_h`` (n, T) [h] the time it is plugged in of each slot, ``kw_per_a``
-    [kW/A] its energy per ampere-hour, ``min_a`` [A] its minimum (below it: 0), ``need_kwh``
-    [kWh] its whole need, ``departure_ns`` its departure [ns since the epoch]. The cars take, in
-    order of departure (earliest first: each car's time after the end holds that of every car
-    leaving before it), their largest current within the room each fuse phase they load has left
-    (its rating less the cars before them), until they have their need; what a car does not need
-    is left to the cars after it. Room is counted per slot as the formulation does (a car plugged
-    in for part of a slot takes the fuse for all of it).
+    [kW/A] its energy per ampere-hour, ``min_a`` [A] its minimum (below it: 0). Its current is
+    at most the lowest rating [A] of the fuse phases it loads (its path to the grid connection,
+    its phases). The other cars leaving after the end are not counted: any fixed split of a fuse
+    among them (80dad3c took earliest departure first) gives a later car a due part it may not
+    have, as the plan can let the earlier car take its share inside the horizon (review rev4 F2).
     """
     n = len(cp_index)
-    got = np.zeros(n)
     if not n:
-        return got
+        return np.zeros(0)
     inc = site.phase_incidence(cp_index, phases).astype(bool)  # (fuse phases, n)
-    room = np.repeat(site.limits_a.reshape(-1, 1), hi_a.shape[1], axis=1)
-    # Each car's slots end at its last plugged-in one: a 1,000-car call looks at its own only.
-    on = slot_h > 0
-    stop = np.where(on.any(axis=1), on.shape[1] - np.argmax(on[:, ::-1], axis=1), 0)
-    for i in np.argsort(np.asarray(departure_ns), kind="stable"):
-        k = stop[i]
-        if not k or need_kwh[i] <= 0:
-            continue
-        rows = np.nonzero(inc[:, i])[0]
-        cur = np.minimum(hi_a[i, :k], room[rows, :k].min(axis=0)) if len(rows) else hi_a[i, :k]
-        cur = np.where(cur >= min_a[i] - _TOL_A, np.maximum(cur, 0.0), 0.0)
-        kwh = cur * slot_h[i, :k] * kw_per_a[i]
-        # Slots in time order until the need is met; the part of a slot it does not need stays free.
-        take = np.clip(need_kwh[i] - (np.cumsum(kwh) - kwh), 0.0, kwh)
-        got[i] = take.sum()
-        if len(rows):
-            room[rows, :k] -= np.where(kwh > 0, cur * take / np.where(kwh > 0, kwh, 1.0), 0.0)
-    return got
+    rating = np.where(inc, site.limits_a.reshape(-1, 1), np.inf).min(axis=0)
+    cur = np.minimum(hi_a, rating[:, None])
+    cur = np.where(cur >= np.asarray(min_a, dtype=float)[:, None] - _TOL_A, np.maximum(cur, 0.0), 0.0)
+    return (cur * slot_h).sum(axis=1) * kw_per_a
 
 
 def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOptions | None = None,
