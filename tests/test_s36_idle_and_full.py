@@ -21,7 +21,10 @@ from nowblock.testing import eventually, make_test_site
 
 async def _status(st: RawStation, version: str, status: str = "Available") -> None:
     if version == "1.6":
-        await st.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": status})
+        # Stamped (optional in 1.6): no idle default goes to a station whose clock is not known
+        # since its boot (review rev3 F3 of session 36).
+        await st.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": status,
+                                           "timestamp": now_iso()})
     else:
         await st.ok("StatusNotification", {"timestamp": now_iso(), "connectorStatus": status, "evseId": 1,
                                            "connectorId": 1})
@@ -142,6 +145,7 @@ async def test_an_idle_default_sent_before_the_station_clock_was_known_is_sent_a
     # A station one hour ahead: the idle default went out right after its boot, before its first
     # timestamped CALL, written in our time (900 s), so by its clock it had ended on arrival. A
     # car plugging in then drew its fail-safe (12 A) while the step held 0 A for the connector.
+    # Since review rev3 F3 none goes out before the station stamps a CALL after its boot.
     skew = timedelta(hours=1)
     site = make_test_site(2, grid_a=24.0, max_current_a=16.0)
     cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
@@ -153,7 +157,11 @@ async def test_an_idle_default_sent_before_the_station_clock_was_known_is_sent_a
     st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=station).connect()
     try:
         await st.boot()
-        await eventually(lambda: any(p.id == pr.IDLE_DEFAULT_ID_BASE + 1 for p in station.held), timeout_s=10)
+        await eventually(lambda: cs.state.station("CP1").failsafe is not None, timeout_s=10)
+        n = len(ctl.history)
+        await eventually(lambda: len(ctl.history) >= n + 2, timeout_s=10)
+        assert not any(p.id == pr.IDLE_DEFAULT_ID_BASE + 1 for p in station.held)  # its clock is not known yet
+        assert ctl.source.idle_defaults_a(ctl.clock()).get(("CP1", 1)) == 16.0  # so the step holds its maximum
         await st.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available",
                                            "timestamp": now_iso(pr.utcnow() + skew)})
         await eventually(lambda: abs(cs.state.station("CP1").clock.offset_s - 3600) < 5, timeout_s=10)

@@ -218,3 +218,39 @@ async def test_a_read_back_above_a_cap_window_counts_at_what_the_station_reports
         assert float(row["offered_current_a"]) == 16.0, row.to_dict()
     finally:
         await _close(cs, ctl, sts)
+
+
+async def test_no_idle_default_outlives_a_txprofile_at_a_station_whose_clock_is_behind(tmp_path):
+    # Review rev3 F3 (/tmp/s36/rev3/g_idle_outlives_tx_clock_behind.py): a 1.6 station one hour
+    # behind. Its 0 A idle default went out right after its boot, before any timestamped CALL,
+    # written in our time; a car started before any re-send (busy connectors are not re-sent),
+    # so once its TxProfile ended the station applied that 0 A for about an hour, not the 12 A
+    # fail-safe it accepted and the step counts an offline car at.
+    skew = -timedelta(hours=1)
+    site = make_test_site(2, grid_a=24.0, max_current_a=16.0)
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
+    await cs.start()
+    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy="equal", period_s=1.0, min_replan_s=0.1,
+                 solve_timeout_s=2.0, profile_validity_s=60.0)
+    await ctl.start()
+    station = K01Station("1.6", reject_tx=False)
+    st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=station).connect()
+    try:
+        await st.boot()
+        await eventually(lambda: getattr(cs.state.station("CP1").failsafe, "accepted_a", None) == 12.0, timeout_s=10)
+        n = len(ctl.history)
+        await eventually(lambda: len(ctl.history) >= n + 2, timeout_s=10)
+        await st.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Preparing",
+                                           "timestamp": now_iso(pr.utcnow() + skew)})
+        res = await st.ok("StartTransaction", {"connectorId": 1, "idTag": "TAG1", "meterStart": 0,
+                                               "timestamp": now_iso(pr.utcnow() + skew)})
+        tx = res["transactionId"]
+        await eventually(lambda: any(p.purpose == pr.TX for p in station.held), timeout_s=10)
+        await asyncio.sleep(1.0)
+        txp = [p for p in station.held if p.purpose == pr.TX][-1]
+        for dt in (1, 600, 3000):  # by the station's clock, after its TxProfile ended
+            assert pr.active_limit_a(station.held, 1, txp.valid_to + timedelta(seconds=dt), transaction_id=tx) == 12.0
+    finally:
+        await st.close()
+        await ctl.stop()
+        await cs.stop()

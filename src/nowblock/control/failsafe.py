@@ -301,7 +301,8 @@ class IdleDefaults:
         return float(getattr(getattr(st, "clock", None), "offset_s", 0.0) or 0.0)
 
     def due(self, now: pd.Timestamp, running) -> list[tuple[str, int]]:
-        """Idle connectors of booted, connected stations whose low default is missing or ends soon."""
+        """Idle connectors of booted, connected stations whose low default is missing or ends soon
+        (none of a station that has not stamped a CALL since its boot: ``ClockOffset.stamped``)."""
         busy = {(str(cp), int(c)) for cp, c in running}
         state = self.central.state
         out = []
@@ -309,6 +310,12 @@ class IdleDefaults:
         for cp in self.site.charge_points:
             st = state.stations.get(cp.id)
             if st is None or not st.connected or not st.boot:
+                continue
+            if not getattr(getattr(st, "clock", None), "stamped", True):
+                # Its clock not known since its boot: a default written in our time outlived the
+                # TxProfile of a car that started before any re-send at a station one hour
+                # behind (0 A for an hour where its 12 A fail-safe was counted; review rev3 F3
+                # of session 36). The step holds its idle connectors at their maximum meanwhile.
                 continue
             for c in sorted({c for c in st.connectors if c > 0} | {1}):
                 if (cp.id, c) in busy:
