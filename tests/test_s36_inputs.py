@@ -169,6 +169,33 @@ def test_optimize_fills_partial_prices_with_their_mean(caplog):
     assert any("mean, 0.25 EUR/kWh" in r.getMessage() for r in caplog.records)
 
 
+def test_optimize_takes_0_kw_where_no_car_is_plugged_in(caplog):
+    # rev4 F3: a base load covering the sessions' span (18:00-06:00) was refused under the default
+    # 24 h horizon for 06:00-18:00, when no car is plugged in and no fuse is at risk.
+    load = _load("2026-07-01T18:00+02:00", 12, 7.0)
+    with caplog.at_level(logging.WARNING, logger="nowblock.block.scenario"):
+        s = nb.optimize(_site(), _sessions(), start=START, step="1h", base_load=load)
+    base = np.asarray(s.form.base_kw)
+    assert len(base) == 24 and np.allclose(base[:12], 7.0) and np.allclose(base[12:], 0.0)  # 0, not a made-up peak
+    said = [r.getMessage() for r in caplog.records if "no car is plugged in then" in r.getMessage()]
+    assert len(said) == 1 and "first 2026-07-02T06:00:00+02:00 .. 2026-07-02T18:00:00+02:00" in said[0]
+
+
+def test_fine_meter_data_from_after_the_floored_start_is_accepted(tmp_path):
+    # rev4 F3: 5-minute values from 18:05, the only car from 18:07; the window floors to 18:00.
+    t = pd.date_range(pd.Timestamp("2026-07-01T18:05+02:00"), pd.Timestamp("2026-07-02T06:00+02:00"), freq="5min")
+    load = pd.Series(6.0, index=t, name="kw")
+    sess = _sessions().assign(arrival=[pd.Timestamp("2026-07-01T18:07+02:00")])
+    s = nb.optimize(_site(), sess, horizon="12h", step="15min", base_load=load)
+    assert np.allclose(s.form.base_kw, 6.0)  # the first slot's fuses at its largest value, 6 kW from 18:05
+    res = nb.simulate(nb.Scenario(_site(), sess, base_load=load), policy="equal", step="15min")
+    assert res.metrics["demand_met"] > 0
+    # a car plugged in before the first value still needs one
+    with pytest.raises(ScenarioError, match=r"18:00:00\+02:00 \.\. 2026-07-01T18:05:00\+02:00 .*before its first "
+                                            r"time\) of the simulated window .*, while a car is plugged in"):
+        nb.simulate(nb.Scenario(_site(), _sessions(), base_load=load), policy="equal", step="15min")
+
+
 def _folder(tmp_path, base_text: str | None = None, prices_text: str | None = None):
     scn = nb.Scenario(_site(), _sessions())
     scn.to_dir(tmp_path)

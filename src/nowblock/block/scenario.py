@@ -415,17 +415,52 @@ def missing_parts(series: pd.Series, start, end, step=None) -> list[tuple[pd.Tim
     return [(a, b) for a, b in clipped if b > a]
 
 
+def plugged_times(sessions: pd.DataFrame, start, end) -> list[tuple[pd.Timestamp, pd.Timestamp]] | None:
+    """The times of ``start`` .. ``end`` when some car is plugged in (arrival to departure), merged.
+
+    Parameters
+    ----------
+    sessions : pandas.DataFrame
+        The sessions frame (``arrival``, ``departure``: times with offsets).
+    start, end : pandas.Timestamp
+        The window.
+
+    Returns
+    -------
+    list of (pandas.Timestamp, pandas.Timestamp) or None
+        [UTC] In time order, not overlapping; None when the times cannot be read (the sessions'
+        own check says why later).
+    """
+    try:
+        arr = pd.to_datetime(sessions["arrival"], utc=True, format="ISO8601")
+        dep = pd.to_datetime(sessions["departure"], utc=True, format="ISO8601")
+    except (KeyError, ValueError, TypeError):
+        return None
+    start, end = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
+    out: list[tuple[pd.Timestamp, pd.Timestamp]] = []
+    for a, b in sorted(zip(arr.clip(lower=start), dep.clip(upper=end))):
+        if pd.isna(a) or pd.isna(b) or not b > a:
+            continue
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
 def cover_window(series: pd.Series | None, start, end, what: str, kind: str, tz: str | None = None,
-                 window: str = "the planned horizon", step=None) -> pd.Series | None:
+                 window: str = "the planned horizon", step=None, needed=None) -> pd.Series | None:
     """``series`` checked to cover ``start`` .. ``end`` (:func:`missing_parts`): a base load
-    that misses any of it is refused, prices that miss part of it are filled with their mean.
+    that misses a time a car is plugged in is refused, prices that miss part of it are filled
+    with their mean.
 
     The one coverage rule of :func:`nowblock.optimize` (its horizon) and :func:`nowblock.simulate`
     (its window). Before it a series a year off was held flat at its last value and a grid
     connection planned for the wrong load (+30 A on a 45 A phase in an outside test).
 
     - A **base load** without a value for any part of the window (before its first time, after
-      its last, or a hole between) is refused, naming the first missing interval: an unknown
+      its last, or a hole between) that ``needed`` holds (a car plugged in; all of it when
+      None) is refused, naming the first such interval; elsewhere it is 0 kW. An unknown
       load of the flats is not 0 kW, and no value taken from other hours is safe. Its largest
       value, filled in before, is only the largest of the hours given: 12:00-16:00 given, the
       evening peak (32 kW) planned at 13.5 kW, +26 A on a 50 A house connection. A caller who
@@ -452,6 +487,11 @@ def cover_window(series: pd.Series | None, start, end, what: str, kind: str, tz:
         How the window is called in messages.
     step : pandas.Timedelta, optional
         The step the window is planned or simulated at: a gap up to a step is not missing.
+    needed : list of (pandas.Timestamp, pandas.Timestamp), optional
+        The times a base load must be given for (:func:`plugged_times`: some car plugged in);
+        a base load missing outside them is taken as 0 kW there, with one warning (no car to
+        keep off a fuse then, and a value made up would put a peak or a cost in the plan that
+        is not there). None: the whole window.
 
     Returns
     -------
@@ -479,23 +519,35 @@ def cover_window(series: pd.Series | None, start, end, what: str, kind: str, tz:
     if gone >= end - start:
         raise ScenarioError(f"{what}: its times ({span}) cover none of {window} ({win}); a series for other days "
                             f"(a year off?) would be planned as if it were this one")
+    def where(a, b) -> str:
+        return ("before its first time" if b <= series.index[0] else
+                "after its last time" if a >= series.index[-1] else "a gap between its times")
+
     a, b = parts[0]
-    where = ("before its first time" if b <= series.index[0] else
-             "after its last time" if a >= series.index[-1] else "a gap between its times")
     if kind == "base_load":
-        more = f"; {len(parts)} such parts, {_hours(gone)} in all" if len(parts) > 1 else ""
-        raise ScenarioError(
-            f"{what}: no value for {iso_times([a], tz)[0]} .. {iso_times([b], tz)[0]} ({_hours(b - a)}, {where}) "
-            f"of {window} ({win}){more}: an unknown load of the block is not 0 kW, and no value taken from other "
-            f"hours is safe; give it for the whole window, or fill the missing part yourself with a value known "
-            f"to be safe")
-    fill = float(series.mean())
+        bad = parts if needed is None else [(max(a, c), min(b, d)) for a, b in parts for c, d in needed
+                                            if min(b, d) > max(a, c)]
+        if bad:
+            a, b = bad[0]
+            lost = sum((y - x for x, y in bad), pd.Timedelta(0))
+            more = f"; {len(bad)} such parts, {_hours(lost)} in all" if len(bad) > 1 else ""
+            cars = ", while a car is plugged in" if needed is not None else ""
+            raise ScenarioError(
+                f"{what}: no value for {iso_times([a], tz)[0]} .. {iso_times([b], tz)[0]} ({_hours(b - a)}, "
+                f"{where(a, b)}) of {window} ({win}){cars}{more}: an unknown load of the block is not 0 kW, and no "
+                f"value taken from other hours is safe; give it for the whole window, or fill the missing part "
+                f"yourself with a value known to be safe")
+        fill = 0.0
+        how = ("no car is plugged in then: taken as 0 kW there (no car to hold back for the fuses; a made-up value "
+               "would plan a peak or a cost that is not there)")
+    else:
+        fill = float(series.mean())
+        how = f"taken as its mean, {fill:g} EUR/kWh"
     key = ("cover", what, kind, first, until, start, end)
     if key not in _warned and len(_warned) < 1000:
         _warned.add(key)
-        log.warning("%s: no value for %s of %s of %s (%s; first %s .. %s, %s): taken as its mean, %g EUR/kWh",
-                    what, _hours(gone), _hours(end - start), window, win, iso_times([a], tz)[0],
-                    iso_times([b], tz)[0], where, fill)
+        log.warning("%s: no value for %s of %s of %s (%s; first %s .. %s, %s): %s", what, _hours(gone),
+                    _hours(end - start), window, win, iso_times([a], tz)[0], iso_times([b], tz)[0], where(a, b), how)
     extra = pd.Series(fill, index=pd.DatetimeIndex([p[0] for p in parts]).as_unit(series.index.unit))
     out = pd.concat([series, extra]).sort_index()
     out.index.name = series.index.name

@@ -26,6 +26,7 @@ from nowblock.block.scenario import (
     check_base_load,
     check_prices,
     cover_window,
+    plugged_times,
     refuse_empty,
     time_series,
 )
@@ -112,13 +113,14 @@ def cover_horizon(base_load: pd.Series | None, prices: pd.Series | None, site: S
     -------
     base_load, prices : pandas.Series or None
         Each as given when it covers the horizon; prices that miss part of it with the
-        missing parts taken as their mean (one warning).
+        missing parts taken as their mean, a base load that misses only times when no car is
+        plugged in with 0 kW there (one warning each).
 
     Raises
     ------
     ScenarioError
         A series that covers none of the horizon (its span and the horizon's given), or a base
-        load that misses any part of it (the first missing interval given).
+        load that misses a time when some car is plugged in (the first such interval given).
     """
     if base_load is None and prices is None:
         return base_load, prices
@@ -132,7 +134,10 @@ def cover_horizon(base_load: pd.Series | None, prices: pd.Series | None, site: S
         start = arrival.min().floor(step)
     end = start + horizon
     where = "the horizon"
-    return (cover_window(base_load, start, end, "base_load", "base_load", site.timezone, where, step),
+    # Only while a car is plugged in is the base load needed: a series covering the sessions'
+    # span was refused under the default 24 h horizon (rev4 F3).
+    needed = plugged_times(sessions, start, end)
+    return (cover_window(base_load, start, end, "base_load", "base_load", site.timezone, where, step, needed),
             cover_window(prices, start, end, "prices", "prices", site.timezone, where, step))
 
 

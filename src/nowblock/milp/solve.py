@@ -646,10 +646,11 @@ def optimize(site, sessions: pd.DataFrame, start=None, horizon="24h", step="15mi
         The block's other load [kW] over timezone-aware times (a DataFrame: its column ``kw``,
         with a ``time`` column or a time index), checked as :class:`~nowblock.Scenario` checks
         it (refused 100 times past the grid connection: W given for kW); every value finite.
-        None: 0 kW. An empty series is refused, as is one that misses any part of the horizon
-        (a year off, ending early, a hole longer than its spacing and a step): an unknown load
-        of the block is not 0 kW, and no value from other hours is safe; the error names the
-        first missing interval (:func:`~nowblock.block.scenario.cover_window`).
+        None: 0 kW. An empty series is refused, as is one a year off, or one that misses a
+        time when some car is plugged in (ending early, a hole): an unknown load of the block
+        is not 0 kW, and no value from other hours is safe; the error names the first such
+        interval. Where no car is plugged in a missing value is 0 kW, with one warning
+        (:func:`~nowblock.block.scenario.cover_window`).
     prices : pandas.Series or pandas.DataFrame, optional
         Energy price [EUR/kWh] over timezone-aware times (a DataFrame: its column
         ``eur_per_kwh``), checked the same way. None: 0 EUR/kWh. Empty, or covering none of

@@ -362,15 +362,17 @@ def _covered(scenario, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelt
     """``scenario`` checked to cover the simulated window (the rule of
     :func:`nowblock.block.scenario.cover_window`, as in :func:`nowblock.optimize`): a series a
     year off was held flat at its last value, without a word. A base load that misses part of
-    the window is refused; prices that miss part of it get their mean there."""
+    the window while a car is plugged in is refused (elsewhere it is 0 kW, with one warning:
+    the window starts at the first arrival floored to the step); prices that miss part of it
+    get their mean there."""
     import copy
 
-    from nowblock.block.scenario import cover_window
+    from nowblock.block.scenario import cover_window, plugged_times
 
     tz, where = scenario.site.timezone, "the simulated window"
     files = getattr(scenario, "_series_files", {})  # set by Scenario.from_dir: name the file
     base = cover_window(scenario.base_load, start, end, files.get("base_load", "base_load"), "base_load", tz, where,
-                        step)
+                        step, plugged_times(scenario.sessions, start, end))
     prices = cover_window(scenario.prices, start, end, files.get("prices", "prices"), "prices", tz, where, step)
     if base is scenario.base_load and prices is scenario.prices:
         return scenario
