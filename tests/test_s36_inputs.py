@@ -155,7 +155,8 @@ def test_one_missing_quarter_hour_reading_holds_the_value_before(step):
 def test_six_hours_missing_from_quarter_hour_data_is_still_a_hole():
     t = pd.date_range(pd.Timestamp(START), periods=48, freq="15min")
     load = pd.Series(5.0, index=t, name="kw")
-    load = load[(load.index < pd.Timestamp("2026-07-01T20:00+02:00")) | (load.index >= pd.Timestamp("2026-07-02T02:00+02:00"))]
+    gone = (load.index >= pd.Timestamp("2026-07-01T20:00+02:00")) & (load.index < pd.Timestamp("2026-07-02T02:00+02:00"))
+    load = load[~gone]
     with pytest.raises(ScenarioError, match=r"no value for 2026-07-01T20:00:00\+02:00 \.\. 2026-07-02T02:00:00\+02:00 "
                                             r"\(6 h, a gap between its times\)"):
         nb.optimize(_site(), _sessions(), start=START, horizon="12h", step="15min", base_load=load)
@@ -404,6 +405,31 @@ def test_messages_count_file_lines_after_a_quoted_newline(tmp_path):
                     + _ROW1 + '10,"two\nlines"\ns2,CP01\n')
     with pytest.raises(nb.SessionsError, match=r"line 4: 2 field\(s\), the header has 6"):
         read_sessions_csv(path, _site())
+
+
+@pytest.mark.parametrize("fname", ["base_load.csv", "prices.csv"])
+def test_series_messages_count_blank_lines(tmp_path, fname):
+    # rev4 F5: a bad time on line 7 after a blank line 4 was named line 6 (sessions.csv was right)
+    col = "kw" if fname == "base_load.csv" else "eur_per_kwh"
+    rows = [f"2026-07-01T{h:02d}:00:00+02:00,1\n" for h in range(18, 24)]
+    text = f"time,{col}\n" + "".join(rows[:2]) + "\n" + "".join(rows[2:4]) + "xx,1\n" + "".join(rows[4:])
+    d = _folder(tmp_path, **({"base_text": text} if fname == "base_load.csv" else {"prices_text": text}))
+    with pytest.raises(ScenarioError, match=rf"{fname}: line 7: time 'xx' has no UTC offset"):
+        nb.Scenario.from_dir(d)
+    dup = f"time,{col}\n" + "".join(rows[:2]) + "\n\n" + rows[2] + rows[2]
+    (d / fname).write_text(dup)
+    with pytest.raises(ScenarioError, match=rf"{fname}: line 7: time 2026-07-01T20:00:00\+02:00 repeats line 6"):
+        nb.Scenario.from_dir(d)
+
+
+def test_a_base_load_value_past_the_connection_names_its_file_line(tmp_path):
+    # check_base_load's line after a blank line (a value of 100 times the grid connection: W for kW)
+    text = "time,kw\n2026-07-01T18:00:00+02:00,5\n\n2026-07-01T19:00:00+02:00,9e6\n"
+    with pytest.raises(ScenarioError, match=r"base_load\.csv.*line 4"):
+        nb.Scenario.from_dir(_folder(tmp_path, text))
+    from nowblock.block.scenario import read_base_load_csv
+    with pytest.raises(ScenarioError, match=r"base_load\.csv.*line 4"):
+        read_base_load_csv(tmp_path / "base_load.csv", _site())
 
 
 def test_a_row_without_its_optional_fields_is_still_read(tmp_path):

@@ -604,8 +604,8 @@ class Scenario:
             raise ScenarioError(f"{p}: no sessions.csv")
         site = Site.from_toml(p / "site.toml")
         sessions = read_sessions_csv(p / "sessions.csv", site)
-        base = _read_ts(p / "base_load.csv", "kw", site.timezone)
-        prices = _read_ts(p / "prices.csv", "eur_per_kwh", site.timezone)
+        base, base_lines = _read_ts(p / "base_load.csv", "kw", site.timezone)
+        prices, price_lines = _read_ts(p / "prices.csv", "eur_per_kwh", site.timezone)
         name = p.resolve().name or site.name
         if base is None:
             log.warning("%s: no base_load.csv: the block's other load is taken as 0 kW, so only the cars load "
@@ -614,9 +614,10 @@ class Scenario:
             log.warning("%s: no prices.csv: cost_eur is 0 and the MILP has no reason to prefer cheap hours "
                         "(add prices.csv with columns time,eur_per_kwh)", p)
         sources = {}
-        for key, series, fname in (("base_load", base, "base_load.csv"), ("prices", prices, "prices.csv")):
+        for key, series, lines, fname in (("base_load", base, base_lines, "base_load.csv"),
+                                          ("prices", prices, price_lines, "prices.csv")):
             if series is not None:
-                sources[key] = (str(p / fname), pd.Series(np.arange(len(series)) + 2, index=series.index))
+                sources[key] = (str(p / fname), pd.Series(lines, index=series.index))
         token = _SOURCES.set(sources)
         try:
             scn = cls(site, sessions, base_load=base, prices=prices, name=name)
@@ -687,21 +688,23 @@ def read_base_load_csv(path: str | Path, site: Site) -> pd.Series:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file")
-    series = _read_ts(p, "kw", site.timezone)
+    series, lines = _read_ts(p, "kw", site.timezone)
     refuse_empty(series, str(p))
-    lines = pd.Series(np.arange(len(series)) + 2, index=series.index)
+    lines = pd.Series(lines, index=series.index)
     check_base_load(series, site, str(p), lines)
     return series.sort_index()
 
 
-def _read_ts(path: Path, col: str, tz: str | None = None) -> pd.Series | None:
-    """The series in CSV ``path`` (columns ``time``, ``col``), in file order; None without the file.
+def _read_ts(path: Path, col: str, tz: str | None = None) -> tuple[pd.Series | None, np.ndarray | None]:
+    """The series in CSV ``path`` (columns ``time``, ``col``), in file order, and each value's
+    line in the file; (None, None) without the file.
 
-    Every error names the file and the line (the header is line 1); times in it are ISO 8601
-    text in ``tz``.
+    Every error names the file and the line (the header is line 1; blank lines, which pandas
+    skips, count, as in :func:`~nowblock.block.sessions.scan_csv`: record number + 2 named
+    line 6 for line 7 after a blank line); times in it are ISO 8601 text in ``tz``.
     """
     if not path.is_file():
-        return None
+        return None, None
     try:
         with warnings.catch_warnings():  # pandas' "loss of data": a row with a field too many is refused below
             warnings.simplefilter("ignore", pd.errors.ParserWarning)
@@ -710,7 +713,8 @@ def _read_ts(path: Path, col: str, tz: str | None = None) -> pd.Series | None:
         bad = scan_csv(path, ("time", col))[0]
         raise ScenarioError(f"{path}: " + (field_count_error(bad) if bad else
                                            f"cannot read it as CSV time,{col} ({exc})")) from exc
-    bad = scan_csv(path, ("time", col))[0]
+    bad, starts = scan_csv(path, ("time", col))
+    lines = np.asarray(starts if starts is not None and len(starts) == len(df) else np.arange(len(df)) + 2)
     if bad is not None and "time" in df.columns and col in df.columns:
         raise ScenarioError(f"{path}: {field_count_error(bad)}")
     if "time" not in df.columns or col not in df.columns:
@@ -718,11 +722,11 @@ def _read_ts(path: Path, col: str, tz: str | None = None) -> pd.Series | None:
     text = df["time"].astype("string")
     gone = text.isna().to_numpy()
     if gone.any():
-        raise ScenarioError(f"{path}: line {int(np.argmax(gone)) + 2}: time is missing")
+        raise ScenarioError(f"{path}: line {lines[int(np.argmax(gone))]}: time is missing")
     no_offset = ~text.str.contains(ISO_OFFSET_RE, regex=True).fillna(False).to_numpy()
     if no_offset.any():
         i = int(np.argmax(no_offset))
-        raise ScenarioError(f"{path}: line {i + 2}: time {text.iloc[i]!r} has no UTC offset (expected ISO 8601 "
+        raise ScenarioError(f"{path}: line {lines[i]}: time {text.iloc[i]!r} has no UTC offset (expected ISO 8601 "
                             f"with one, like 2026-03-02T18:00+01:00)")
     try:
         t = pd.to_datetime(text, format="ISO8601", utc=True)
@@ -731,22 +735,23 @@ def _read_ts(path: Path, col: str, tz: str | None = None) -> pd.Series | None:
     out = ((t < TIME_MIN) | (t > TIME_MAX)).to_numpy()
     if out.any():
         i = int(np.argmax(out))
-        raise ScenarioError(f"{path}: line {i + 2}: time {text.iloc[i]} {OUTSIDE_TIMES}")
-    warn_foreign_offsets(text, t, tz, str(path), lambda i: f"line {i + 2}")
+        raise ScenarioError(f"{path}: line {lines[i]}: time {text.iloc[i]} {OUTSIDE_TIMES}")
+    warn_foreign_offsets(text, t, tz, str(path), lambda i: f"line {lines[i]}")
     dup = t.duplicated().to_numpy()
     if dup.any():
         i = int(np.argmax(dup))
         first = int(np.argmax((t == t.iloc[i]).to_numpy()))
-        raise ScenarioError(f"{path}: line {i + 2}: time {iso_times([t.iloc[i]], tz)[0]} repeats line {first + 2}")
+        raise ScenarioError(f"{path}: line {lines[i]}: time {iso_times([t.iloc[i]], tz)[0]} "
+                            f"repeats line {lines[first]}")
     values = pd.to_numeric(df[col], errors="coerce")
     bad = (values.isna() & df[col].notna()).to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
-        raise ScenarioError(f"{path}: line {i + 2}: {col} {df[col].iloc[i]!r} is not a number")
+        raise ScenarioError(f"{path}: line {lines[i]}: {col} {df[col].iloc[i]!r} is not a number")
     gone = values.isna().to_numpy()
     if gone.any():
-        raise ScenarioError(f"{path}: line {int(np.argmax(gone)) + 2}: {col} is missing")
-    return pd.Series(values.to_numpy(float), index=pd.DatetimeIndex(t), name=col)
+        raise ScenarioError(f"{path}: line {lines[int(np.argmax(gone))]}: {col} is missing")
+    return pd.Series(values.to_numpy(float), index=pd.DatetimeIndex(t), name=col), lines
 
 
 def generate_block(**overrides) -> Scenario:
