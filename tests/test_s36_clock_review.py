@@ -135,7 +135,7 @@ async def test_a_car_at_a_station_whose_clock_went_1970_counts_at_its_points_rat
                 await st[cp].ok("MeterValues", meter_16(1, tx[cp], amps=[8.0] * 3,
                                                         when=when if cp == "CP1" and when else _iso(pr.utcnow())))
             res = await ctl.step("manual")
-        sid1, sid2 = f"CP1:{tx['CP1']}", f"CP2:{tx['CP2']}"
+        sid1 = f"CP1:{tx['CP1']}"
         assert not cs.state.station("CP1").clock.usable
         assert res.context.untrusted.get(sid1) == "offline"
         assert res.context.committed_a[sid1] == 32.0
