@@ -135,7 +135,7 @@ async def test_a_car_at_a_station_whose_clock_went_1970_counts_at_its_points_rat
                 await st[cp].ok("MeterValues", meter_16(1, tx[cp], amps=[8.0] * 3,
                                                         when=when if cp == "CP1" and when else _iso(pr.utcnow())))
             res = await ctl.step("manual")
-        sid1 = f"CP1:{tx['CP1']}"
+        sid1, sid2 = f"CP1:{tx['CP1']}", f"CP2:{tx['CP2']}"
         assert not cs.state.station("CP1").clock.usable
         assert res.context.untrusted.get(sid1) == "offline"
         assert res.context.committed_a[sid1] == 32.0
@@ -164,7 +164,7 @@ async def test_a_car_at_an_offline_station_counts_at_what_it_holds_when_its_poin
         await eventually(lambda: not cs.state.station("CP1").connected)
         ctl.operator.set_in_service("CP1", False, reason="test")
         res = await ctl.step("manual")
-        sid1, sid2 = f"CP1:{tx['CP1']}", f"CP2:{tx['CP2']}"
+        sid1 = f"CP1:{tx['CP1']}"
         assert res.context.untrusted.get(sid1) == "offline"
         assert res.context.committed_a[sid1] >= held
         cp2 = answers["CP2"].applies_a(1, tx["CP2"])
