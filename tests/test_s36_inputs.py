@@ -394,6 +394,24 @@ def test_a_decimal_comma_in_a_base_load_file_is_named(tmp_path):
         nb.Scenario.from_dir(d)
 
 
+def test_a_trailing_comma_on_every_row_is_named_a_trailing_separator(tmp_path):
+    # rev4 F6: 'time,kw' rows ending in ',' were named a decimal comma
+    d = _folder(tmp_path, "time,kw\n2026-07-01T18:00:00+02:00,3,\n2026-07-01T19:00:00+02:00,3,\n")
+    with pytest.raises(ScenarioError, match=r"base_load\.csv: line 2: 3 fields, the header has 2: the row ends with a "
+                                            r"trailing separator") as err:
+        nb.Scenario.from_dir(d)
+    assert "decimal comma" not in str(err.value)
+    path = tmp_path / "sessions.csv"
+    path.write_text(_HEAD + _ROW1 + "10,\n" + _ROW2 + "20,\n")
+    with pytest.raises(nb.SessionsError, match=r"sessions\.csv: line 2: 6 fields, the header has 5: the row ends with "
+                                               r"a trailing separator"):
+        read_sessions_csv(path, _site())
+    # a decimal comma is still one
+    path.write_text(_HEAD + _ROW1 + "10\n" + _ROW2 + "20,5\n")
+    with pytest.raises(nb.SessionsError, match=r"line 3: .*a decimal comma\?"):
+        read_sessions_csv(path, _site())
+
+
 def test_messages_count_file_lines_after_a_quoted_newline(tmp_path):
     # rev2 F9: records were counted: the row on line 4 was called line 3.
     path = tmp_path / "sessions.csv"

@@ -242,7 +242,7 @@ def separator_hint(columns) -> str:
     return ""
 
 
-def scan_csv(path, required=REQUIRED) -> tuple[tuple[int, int, int] | None, list[int] | None]:
+def scan_csv(path, required=REQUIRED) -> tuple[tuple[int, int, int, bool] | None, list[int] | None]:
     """Each record's first line in CSV ``path``, and the first record with more fields than
     the header or with fewer and a ``required`` column among those missing.
 
@@ -254,8 +254,9 @@ def scan_csv(path, required=REQUIRED) -> tuple[tuple[int, int, int] | None, list
 
     Returns
     -------
-    bad : (int, int, int) or None
-        The bad record's first line (the header is line 1), its fields, the header's fields.
+    bad : (int, int, int, bool) or None
+        The bad record's first line (the header is line 1), its fields, the header's fields,
+        and whether the fields past the header's are all empty (a separator at the row's end).
     starts : list of int or None
         The first line of each record pandas reads (blank lines skipped), in order; None when
         the file could not be scanned.
@@ -276,7 +277,7 @@ def scan_csv(path, required=REQUIRED) -> tuple[tuple[int, int, int] | None, list
                 if row:
                     starts.append(line)
                     if bad is None and (len(row) > n or len(row) < min(need, n)):
-                        bad = (line, len(row), n)
+                        bad = (line, len(row), n, len(row) > n and not any(f.strip() for f in row[n:]))
                 line = rows.line_num + 1
             return bad, starts
     except (OSError, UnicodeDecodeError, csv.Error):  # pandas reads it, or says why not
@@ -284,8 +285,15 @@ def scan_csv(path, required=REQUIRED) -> tuple[tuple[int, int, int] | None, list
 
 
 def field_count_error(bad: tuple[int, int, int]) -> str:
-    """What :func:`scan_csv`'s bad row has wrong, for messages (starts with ``line N``)."""
-    line, fields, n = bad
+    """What :func:`scan_csv`'s bad row has wrong, for messages (starts with ``line N``).
+
+    An empty field past the header's is a separator at the row's end (a spreadsheet's export),
+    not a decimal comma: every row of ``time,kw`` ending in ``,`` was named a decimal comma.
+    """
+    line, fields, n, trailing = bad
+    if trailing:
+        return (f"line {line}: {fields} fields, the header has {n}: the row ends with a trailing separator (an empty "
+                f"field after the last column); remove the ',' at the end of the rows")
     if fields > n:
         return (f"line {line}: {fields} fields, the header has {n}: the row has more fields than the header (a decimal "
                 f"comma? nowblock reads comma-separated values with a decimal point, 30.5 not 30,5)")
