@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 import nowblock as nb
-import nowblock.block.scenario as scn_mod
+import nowblock.block.series as series_mod
 import nowblock.block.sessions as ses_mod
 from nowblock.block.scenario import Scenario, ScenarioError, check_base_load
 from nowblock.block.sessions import SessionsError, iso_times, read_sessions_csv
@@ -42,7 +42,7 @@ HEADER = "session_id,charge_point_id,arrival,departure,energy_kwh\n"
 def _fresh_warnings(monkeypatch):
     """Every warning is logged once a process: each test starts with none logged."""
     monkeypatch.setattr(ses_mod, "_warned", set())
-    monkeypatch.setattr(scn_mod, "_warned", set())
+    monkeypatch.setattr(series_mod, "_warned", set())  # the base-load warnings live in block.series
 
 
 def _folder(tmp_path, sessions: str, base_load: str | None = None):
