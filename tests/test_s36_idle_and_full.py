@@ -30,20 +30,27 @@ async def _status(st: RawStation, version: str, status: str = "Available") -> No
                                            "connectorId": 1})
 
 
+async def one_station(tmp_path, version: str, validity_s: float):
+    """A central system, its controller (equal sharing, 1 s steps, TxProfiles of ``validity_s``)
+    and one spec-stacking station CP1 of two 16 A points on a 24 A grid, connected."""
+    site = make_test_site(2, grid_a=24.0, max_current_a=16.0)
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
+    await cs.start()
+    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy="equal", period_s=1.0, min_replan_s=0.1,
+                 solve_timeout_s=2.0, profile_validity_s=validity_s)
+    await ctl.start()
+    station = K01Station(version, reject_tx=False)
+    st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", version, answer=station).connect()
+    return cs, ctl, station, st
+
+
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])
 async def test_an_idle_default_under_a_car_ends_no_later_than_its_txprofile(tmp_path, version):
     # A car plugs in at a connector holding the 0 A idle default (900 s) and gets TxProfiles of
     # 300 s (the controller's defaults): once its last TxProfile lapsed (serve dead, or its
     # station offline), the station applied the idle default's 0 A for up to 600 s more, not
     # its fail-safe (tests/test_control_e2e.py's dropped station, on a busy machine).
-    site = make_test_site(2, grid_a=24.0, max_current_a=16.0)
-    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
-    await cs.start()
-    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy="equal", period_s=1.0, min_replan_s=0.1,
-                 solve_timeout_s=2.0, profile_validity_s=30.0)
-    await ctl.start()
-    station = K01Station(version, reject_tx=False)
-    st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", version, answer=station).connect()
+    cs, ctl, station, st = await one_station(tmp_path, version, 30.0)
     try:
         await st.boot()
         await _status(st, version)
@@ -66,14 +73,7 @@ async def test_an_idle_default_under_a_car_ends_no_later_than_its_txprofile(tmp_
 async def test_idle_defaults_shorter_than_retry_s_are_renewed_in_time(tmp_path):
     # Their life is now at most the TxProfiles' (here 4 s), shorter than the 60 s between
     # attempts: a renewal waiting for it left the idle connector on its fail-safe.
-    site = make_test_site(2, grid_a=24.0, max_current_a=16.0)
-    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
-    await cs.start()
-    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy="equal", period_s=1.0, min_replan_s=0.1,
-                 solve_timeout_s=2.0, profile_validity_s=4.0)
-    await ctl.start()
-    station = K01Station("1.6", reject_tx=False)
-    st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=station).connect()
+    cs, ctl, station, st = await one_station(tmp_path, "1.6", 4.0)
     try:
         await st.boot()
         await _status(st, "1.6")

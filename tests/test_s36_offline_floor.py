@@ -12,7 +12,7 @@ from datetime import timedelta
 import pandas as pd
 from interop.station import RawStation, Silence, now_iso
 from test_s35_profiles_fallback import K01Station, _start
-from test_s36_idle_and_full import _status
+from test_s36_idle_and_full import _status, one_station
 
 from nowblock.control import attach
 from nowblock.ocpp import profiles as pr
@@ -227,14 +227,7 @@ async def test_no_idle_default_outlives_a_txprofile_at_a_station_whose_clock_is_
     # so once its TxProfile ended the station applied that 0 A for about an hour, not the 12 A
     # fail-safe it accepted and the step counts an offline car at.
     skew = -timedelta(hours=1)
-    site = make_test_site(2, grid_a=24.0, max_current_a=16.0)
-    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
-    await cs.start()
-    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy="equal", period_s=1.0, min_replan_s=0.1,
-                 solve_timeout_s=2.0, profile_validity_s=60.0)
-    await ctl.start()
-    station = K01Station("1.6", reject_tx=False)
-    st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=station).connect()
+    cs, ctl, station, st = await one_station(tmp_path, "1.6", 60.0)
     try:
         await st.boot()
         await eventually(lambda: getattr(cs.state.station("CP1").failsafe, "accepted_a", None) == 12.0, timeout_s=10)
