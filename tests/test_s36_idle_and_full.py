@@ -30,6 +30,16 @@ async def _status(st: RawStation, version: str, status: str = "Available") -> No
                                            "connectorId": 1})
 
 
+async def start_all(sts: dict) -> dict:
+    """Boot each 1.6 station, plug a car in at its connector 1 and start; its transaction ids."""
+    txs = {}
+    for cp, st in sts.items():
+        await st.boot()
+        await _status(st, "1.6")
+        txs[cp] = await _start(st, "1.6")
+    return txs
+
+
 async def one_station(tmp_path, version: str, validity_s: float):
     """A central system, its controller (equal sharing, 1 s steps, TxProfiles of ``validity_s``)
     and one spec-stacking station CP1 of two 16 A points on a 24 A grid, connected."""
@@ -200,11 +210,7 @@ async def test_an_offline_car_is_counted_at_the_failsafe_its_station_falls_back_
     held = {cp: K01Station("1.6", reject_tx=False) for cp in ("CP1", "CP2")}
     sts = {cp: await RawStation(f"ws://127.0.0.1:{cs.port}", cp, "1.6", answer=held[cp]).connect() for cp in held}
     try:
-        txs = {}
-        for cp, st in sts.items():
-            await st.boot()
-            await _status(st, "1.6")
-            txs[cp] = await _start(st, "1.6")
+        txs = await start_all(sts)
         await eventually(lambda: held["CP1"].applies_a(1, txs["CP1"]) == 6.0
                          and held["CP2"].applies_a(1, txs["CP2"]) == 18.0, timeout_s=15)
         failsafe = cs.state.station("CP1").failsafe.accepted_a

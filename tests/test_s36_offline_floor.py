@@ -11,8 +11,8 @@ from datetime import timedelta
 
 import pandas as pd
 from interop.station import RawStation, Silence, now_iso
-from test_s35_profiles_fallback import K01Station, _start
-from test_s36_idle_and_full import _status, one_station
+from test_s35_profiles_fallback import K01Station
+from test_s36_idle_and_full import one_station, start_all
 
 from nowblock.control import attach
 from nowblock.ocpp import profiles as pr
@@ -108,11 +108,7 @@ async def test_an_offline_car_whose_station_refused_the_failsafe_counts_at_its_m
     # station applied no limit: 16 + 12 = 28 A on the 24 A grid until the next step.
     cs, ctl, held, sts = await _pair(tmp_path, NoFailsafe("1.6", reject_tx=False), 16.0)
     try:
-        txs = {}
-        for cp, st in sts.items():
-            await st.boot()
-            await _status(st, "1.6")
-            txs[cp] = await _start(st, "1.6")
+        txs = await start_all(sts)
         await eventually(lambda: held["CP1"].applies_a(1, txs["CP1"]) == 6.0
                          and held["CP2"].applies_a(1, txs["CP2"]) == 16.0, timeout_s=15)
         assert not any(p.connector_id == 0 for p in held["CP1"].held)  # it holds no fail-safe
@@ -132,11 +128,7 @@ async def test_an_offline_car_counts_at_the_failsafe_its_station_holds_above_the
     cs, ctl, held, sts = await _pair(tmp_path, cp1, 32.0)
     cp1.st = sts["CP1"]
     try:
-        txs = {}
-        for cp, st in sts.items():
-            await st.boot()
-            await _status(st, "1.6")
-            txs[cp] = await _start(st, "1.6")
+        txs = await start_all(sts)
         await eventually(lambda: held["CP1"].applies_a(1, txs["CP1"]) == 6.0
                          and held["CP2"].applies_a(1, txs["CP2"]) == 18.0
                          and getattr(cs.state.station("CP1").failsafe, "accepted_a", None) == 12.0, timeout_s=20)
@@ -156,11 +148,7 @@ async def test_a_read_back_does_not_keep_an_offline_car_at_a_txprofile_that_laps
     # its car was still observed at 6 A with a limit known, where it draws the point's 16 A.
     cs, ctl, held, sts = await _pair(tmp_path, NoFailsafe("1.6", reject_tx=False), 16.0, validity_s=8.0)
     try:
-        txs = {}
-        for cp, st in sts.items():
-            await st.boot()
-            await _status(st, "1.6")
-            txs[cp] = await _start(st, "1.6")
+        txs = await start_all(sts)
         held["CP1"].tx = txs["CP1"]
         await eventually(lambda: held["CP1"].applies_a(1, txs["CP1"]) == 6.0, timeout_s=15)
         rep = await cs.read_applied_limit("CP1", 1)
@@ -200,11 +188,7 @@ async def test_a_read_back_above_a_cap_window_counts_at_what_the_station_reports
         {"id": "CP2", "fuse": "grid", "max_current_a": 32.0, "phases": 3}]})
     cs, ctl, held, sts = await _pair(tmp_path, ReadBack("1.6", reject_tx=False), 32.0, site=site)
     try:
-        txs = {}
-        for cp, st in sts.items():
-            await st.boot()
-            await _status(st, "1.6")
-            txs[cp] = await _start(st, "1.6")
+        txs = await start_all(sts)
         held["CP1"].tx = txs["CP1"]
         await eventually(lambda: held["CP1"].applies_a(1, txs["CP1"]) == 6.0, timeout_s=15)
         await ctl.stop()  # no step re-sends its limit meanwhile
