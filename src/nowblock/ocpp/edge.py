@@ -517,12 +517,13 @@ class ClockOffset:
 
         free = [x for x in near if not x[3]]
         voters = [x for x in near if not x[3] or told(x[0], free, but=x[2]) >= 2]
-        support, best = max((told(d, voters), d) for d, *_ in voters)
-        other = max((told(d, voters) for d, *_ in voters if abs(d - best) > LATE_S), default=0)
+        counts = [(told(d, voters), d) for d, *_ in voters]  # once: this runs on every stamped CALL
+        support, best = max(counts)
+        other = max((n for n, d in counts if abs(d - best) > LATE_S), default=0)
         self._votes = [d for d, *_ in voters if abs(d - best) <= LATE_S]
         self._offset = float(statistics.median(self._votes))
         self._won = support > other  # not a tie: the estimate may be warned about
-        tied = [d for d, *_ in voters if told(d, voters) == support]
+        tied = [d for n, d in counts if n == support]
         spread = max(tied) - min(tied)
         self.split_s = spread if not self._won and spread > TIE_SPLIT_S else None
 
