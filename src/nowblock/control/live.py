@@ -33,6 +33,12 @@ def _usable(station) -> bool:
     return clock is None or clock.usable
 
 
+def _clock_known(station) -> bool:
+    """Whether ``station``'s clock is usable and stamped since its boot (``ClockOffset.stamped``):
+    only then do its profiles, the fail-safe included, count as in force by its clock."""
+    return _usable(station) and getattr(getattr(station, "clock", None), "stamped", True)
+
+
 def pilot_step_a(versions) -> float:
     """The pilot-signal step [A] of the chargers running cars: 0.1 A when all speak OCPP 1.6
     (its limits take one decimal), else 1 A (2.0.1 takes any decimal, many chargers round)."""
@@ -209,7 +215,7 @@ class LiveBlock:
         for i in np.flatnonzero(~cars["connected"].to_numpy(bool)):
             sid, cp_id, c = cars.index[i], str(cars["charge_point_id"].iloc[i]), int(cars["connector_id"].iloc[i])
             st = self.state.stations.get(cp_id)
-            if st is None or not (_usable(st) and getattr(getattr(st, "clock", None), "stamped", True)):
+            if st is None or not _clock_known(st):
                 out[sid] = math.inf
                 continue
             ends = [p.valid_to for p in (*st.profiles, *st.unanswered)
@@ -277,7 +283,7 @@ class LiveBlock:
                 # stamps no StatusNotification held its idle connector at the 20 A fail-safe its
                 # clock does not apply (validFrom decades ahead), a car plugging in draws 32 A
                 # (review rev1 of session 36, /tmp/s36/m4/s3_no_stamp_1970.py).
-                known = _usable(st) and getattr(getattr(st, "clock", None), "stamped", True)
+                known = _clock_known(st)
                 held = self.state.applied_limit_a(cp.id, c, t) if known else float(cp.max_current_a)
                 if held is None:
                     held = cp.max_current_a if st.connected and st.boot else float(
