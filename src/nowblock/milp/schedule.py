@@ -44,11 +44,18 @@ class Schedule:
         ``"fallback"`` (the solver failed or found nothing: a heuristic plan, ``detail`` says
         which and why).
     method : str
-        Which plan was returned: ``"lp+rounding"``, ``"milp+rounding"``, ``"milp"`` (the MILP
-        stage's own plan as found, when it passes every check), ``"greedy"`` (the
-        earliest-deadline plan of :func:`~nowblock.milp.rounding.make_plan`), ``"warm start"``
-        (the previous plan, shifted and made real), ``"none"`` (nothing to plan, or the all-zero
-        plan when no car's minimum fits its fuses) or ``"baseline"``.
+        Which plan was returned: ``"lp+rounding"`` (the LP's currents made real),
+        ``"coarse lp+rounding"`` (the LP over merged slots), ``"lp without peak+rounding"`` and
+        ``"mean-peak lp+rounding"`` (the LP without its peak term, and its mean-peak form: see
+        :mod:`nowblock.milp.solve`), ``"least laxity under the critical peak"`` (a plan from
+        scratch, least laxity first),
+        any of these with ``"+polish"`` (rounded again while that lowered the objective, e.g.
+        ``"lp+rounding+polish"``), ``"milp+rounding"``, ``"milp"`` (the MILP stage's own plan
+        as found, when it passes every check), ``"warm start"`` (the previous plan, shifted and
+        made real), ``"greedy"`` (the earliest-deadline plan of
+        :func:`~nowblock.milp.rounding.make_plan`, with ``status="fallback"``), ``"none"``
+        (nothing to plan, or the all-zero plan when no car's minimum fits its fuses) or
+        ``"baseline"``.
     objective, bound, mip_gap : float
         The returned plan's objective [EUR] (every term computed from the plan itself), the best
         proven lower bound [EUR] (NaN if none) and their relative distance (inf without a bound).
