@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from collections.abc import Callable
 from typing import Any
 
@@ -182,6 +182,9 @@ class Station:
     boot_unknown: bool = False
     #: Its transactions orphaned by its latest connect(s), not by a boot (see LiveState.on_connect).
     connect_orphans: set[str] = field(default_factory=set)
+    #: [station's clock] When it sent its latest BootNotification in this process, by the clock
+    #: estimate then (None: no boot seen); a meter value stamped before it was queued.
+    booted_at: datetime | None = None
 
     def refused(self, what: str, *, transaction_id=None, now: datetime | None = None,
                 memory_s: float = math.inf) -> Refusal | None:
@@ -336,6 +339,8 @@ class LiveState:
         self.stations[cp_id].refusals.clear()
         self.stations[cp_id].boot_unknown = False  # it rebooted: its connect's orphans are the boot's
         self.stations[cp_id].connect_orphans.clear()
+        clock = self.stations[cp_id].clock
+        self.stations[cp_id].booted_at = self.clock() + timedelta(seconds=clock.offset_s)
         # A reboot ends its transactions (their end may still come): each is an offline car's
         # until the station names it again (rebooted stations got TxProfiles for restored ids).
         for t in self.running(cp_id):
@@ -362,6 +367,23 @@ class LiveState:
         if t is not None and t.stop is None:
             self._runs(self.stations[cp_id], t)
         return t
+
+    #: [s] A meter value stamped up to this long after a station's boot (by the clock estimate
+    #: before it) still counts as queued before it: an estimate a little too low must not let
+    #: a queued value revive an orphan (counted at its limit where the station runs nothing);
+    #: a live value taken this soon after the boot only leaves the orphan at its maximum longer.
+    BOOT_SLACK_S = 5.0
+
+    def before_boot(self, cp_id: str, time: datetime | None) -> bool:
+        """Whether a message stamped ``time`` (the station's clock) was taken before the
+        station's latest BootNotification (:attr:`Station.booted_at`): a 1.6 station replays
+        MeterValues it queued while offline after its boot (OCPP 1.6 queues transaction-related
+        messages while offline and delivers them in order), naming a transaction the reboot ended; reviving its orphan sent it
+        TxProfiles (Rejected) and counted its connector at their limit."""
+        st = self.stations.get(cp_id)
+        if time is None or st is None or st.booted_at is None:
+            return False
+        return (time - st.booted_at).total_seconds() < self.BOOT_SLACK_S
 
     @staticmethod
     def _runs(st: Station, t: Transaction) -> None:
@@ -412,7 +434,8 @@ class LiveState:
                  *, publish: bool = True, queued: bool = False) -> Event | None:
         """Meter values (see :func:`nowblock.ocpp.meter.parse_meter_values` for ``reading``);
         returns the ``meter`` event (None when no transaction matches). ``queued``: sent while the
-        station was offline (2.0.1 ``offline``), so it names no transaction the station runs now."""
+        station was offline (2.0.1 ``offline``; 1.6: stamped before its boot, :meth:`before_boot`),
+        so it names no transaction the station runs now."""
         self.touch(cp_id)
         t = self.transaction(cp_id, transaction_id) if transaction_id is not None else None
         if t is None and connector_id:

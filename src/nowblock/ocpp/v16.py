@@ -85,7 +85,10 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
         edge.check_connector(connector_id)
         now = self.state.clock()
         reading, ts = parse_meter_values(meter_value, now, self.id)
-        self.state.on_meter(self.id, connector_id, transaction_id, reading, edge.meter_time(ts, now, self.id))
+        # Replayed after a reboot, one queued before it names a transaction the reboot ended:
+        # it revived its orphan (two or three TxProfiles Rejected, /tmp/s37/h1/repro3_queued_revive.py).
+        self.state.on_meter(self.id, connector_id, transaction_id, reading, edge.meter_time(ts, now, self.id),
+                            queued=self.state.before_boot(self.id, ts))
         return call_result.MeterValues()
 
     @on(Action.data_transfer)

@@ -1,0 +1,81 @@
+"""A 1.6 station's MeterValues queued before a reboot and replayed after its BootNotification
+(raw frames over 127.0.0.1, a real central system and controller): they name a transaction the
+reboot ended, so they revive no orphan; a meter value taken after the boot still does."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+from interop.station import RawStation, meter_16, now_iso
+
+from nowblock.control import attach
+from nowblock.ocpp.server import CentralSystem
+from nowblock.testing import eventually, make_test_site
+
+
+class RunsOnly:
+    """Accepts a TxProfile only for a transaction it runs (as after a reboot: none)."""
+
+    def __init__(self):
+        self.running, self.tx_answers = set(), []
+
+    def __call__(self, action, p):
+        if action == "SetChargingProfile" and p["csChargingProfiles"]["chargingProfilePurpose"] == "TxProfile":
+            ok = p["csChargingProfiles"].get("transactionId") in self.running
+            self.tx_answers.append((p["csChargingProfiles"].get("transactionId"), ok))
+            return {"status": "Accepted" if ok else "Rejected"}
+        if action == "GetConfiguration":
+            return {"configurationKey": []}
+        return {"status": "Accepted"}
+
+
+async def test_meter_values_queued_before_a_reboot_revive_no_orphan(tmp_path):
+    # They revived the orphan of the transaction the reboot ended: two or three TxProfiles sent
+    # for it, Rejected, and its connector counted at their limit until its StopTransaction came
+    # (/tmp/s37/h1/repro3_queued_revive.py).
+    site = make_test_site(1, grid_a=32.0, max_current_a=16.0)
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
+    await cs.start()
+    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy="equal", period_s=1.0, min_replan_s=0.1,
+                 solve_timeout_s=0.8, profile_validity_s=60.0)
+    await ctl.start()
+    stn = RunsOnly()
+    url = f"ws://127.0.0.1:{cs.port}"
+    st = await RawStation(url, "CP1", "1.6", answer=stn).connect()
+    try:
+        await st.boot()
+        await st.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Preparing",
+                                           "timestamp": now_iso()})
+        tx = (await st.ok("StartTransaction", {"connectorId": 1, "idTag": "TAG1", "meterStart": 0,
+                                               "timestamp": now_iso()}))["transactionId"]
+        stn.running.add(tx)
+        await st.ok("MeterValues", meter_16(1, tx, amps=[10, 10, 10], energy_wh=100.0))
+        await eventually(lambda: any(ok for _, ok in stn.tx_answers), timeout_s=10)
+        await st.close()  # its network is lost: it queues two MeterValues of tx, then reboots
+        off = datetime.now(timezone.utc)
+        queue = [meter_16(1, tx, amps=[10, 10, 10], energy_wh=200.0 + 100 * k,
+                          when=now_iso(off + timedelta(seconds=1 + k))) for k in range(2)]
+        await asyncio.sleep(3.0)
+        stn.running.clear()
+        st = await RawStation(url, "CP1", "1.6", answer=stn).connect()
+        await st.boot()
+        t = cs.state.transaction("CP1", tx)
+        assert t.orphaned
+        n = len(stn.tx_answers)
+        for p in queue:
+            await st.ok("MeterValues", p)
+        assert t.energy_register_wh == 300.0  # read, ...
+        assert t.orphaned  # ... but names no transaction the station runs now
+        await asyncio.sleep(3.0)  # steps at 1 s
+        assert stn.tx_answers[n:] == []
+        # A station that resumed it after the boot names it in a meter value taken since.
+        await asyncio.sleep(cs.state.BOOT_SLACK_S)
+        stn.running.add(tx)
+        await st.ok("MeterValues", meter_16(1, tx, amps=[10, 10, 10], energy_wh=400.0))
+        assert not t.orphaned
+        await eventually(lambda: any(ok for _, ok in stn.tx_answers[n:]), timeout_s=10)
+    finally:
+        await st.close()
+        await ctl.stop()
+        await cs.stop()
