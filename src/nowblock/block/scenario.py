@@ -209,10 +209,10 @@ def _read_ts(path: Path, col: str, tz: str | None = None) -> tuple[pd.Series | N
             warnings.simplefilter("ignore", pd.errors.ParserWarning)
             df = pd.read_csv(path, index_col=False)  # not the first column as the index when rows are longer
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        bad = scan_csv(path, ("time", col))[0]
+        bad = scan_csv(path, ("time", col), (col,))[0]
         raise ScenarioError(f"{path}: " + (field_count_error(bad) if bad else
                                            f"cannot read it as CSV time,{col} ({exc})")) from exc
-    bad, starts = scan_csv(path, ("time", col))
+    bad, starts = scan_csv(path, ("time", col), (col,))
     lines = np.asarray(starts if starts is not None and len(starts) == len(df) else np.arange(len(df)) + 2)
     if bad is not None and "time" in df.columns and col in df.columns:
         raise ScenarioError(f"{path}: {field_count_error(bad)}")

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from nowblock.block.csvrows import field_count_error, scan_csv, separator_hint
+
 if TYPE_CHECKING:
     from nowblock.block.site import Site
 
@@ -233,75 +235,11 @@ def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None, *,
         _ROW_LABELS.reset(token)
 
 
-def separator_hint(columns) -> str:
-    """A hint when a CSV was read as one column: its header holds ``;`` or a tab (a German Excel
-    export writes ``;`` and decimal commas), else ``""``."""
-    if len(columns) == 1 and any(sep in str(columns[0]) for sep in (";", "\t")):
-        return ("; the header was read as one column: the file looks separated by ';' or tabs (a spreadsheet "
-                "saved with a European locale?): nowblock reads comma-separated values with a decimal point")
-    return ""
-
-
-def scan_csv(path, required=REQUIRED) -> tuple[tuple[int, int, int, bool] | None, list[int] | None]:
-    """Each record's first line in CSV ``path``, and the first record with more fields than
-    the header or with fewer and a ``required`` column among those missing.
-
-    pandas fills a short row with NaN (the error then spoke of a bad value, not of a missing
-    field); a long one (a decimal comma, ``30,5``) it refused with its own words ("Expected 5
-    fields in line 3, saw 6") or, when every row had one more, took the first column for the
-    index and shifted the rest ("departure 30 has no UTC offset"). Lines are the file's: a
-    quoted value over two lines counts two, a blank line (which pandas skips) one.
-
-    Returns
-    -------
-    bad : (int, int, int, bool) or None
-        The bad record's first line (the header is line 1), its fields, the header's fields,
-        and whether the fields past the header's are all empty (a separator at the row's end).
-    starts : list of int or None
-        The first line of each record pandas reads (blank lines skipped), in order; None when
-        the file could not be scanned.
-    """
-    import csv
-
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = csv.reader(fh)
-            header = next(rows, None)
-            if header is None:
-                return None, None
-            n = len(header)
-            need = max((header.index(c) for c in required if c in header), default=-1) + 1
-            starts, bad = [], None
-            line = rows.line_num + 1  # the line the next record starts on
-            for row in rows:
-                if row:
-                    starts.append(line)
-                    if bad is None and (len(row) > n or len(row) < min(need, n)):
-                        bad = (line, len(row), n, len(row) > n and not any(f.strip() for f in row[n:]))
-                line = rows.line_num + 1
-            return bad, starts
-    except (OSError, UnicodeDecodeError, csv.Error):  # pandas reads it, or says why not
-        return None, None
-
-
-def field_count_error(bad: tuple[int, int, int]) -> str:
-    """What :func:`scan_csv`'s bad row has wrong, for messages (starts with ``line N``).
-
-    An empty field past the header's is a separator at the row's end (a spreadsheet's export),
-    not a decimal comma: every row of ``time,kw`` ending in ``,`` was named a decimal comma.
-    """
-    line, fields, n, trailing = bad
-    if trailing:
-        return (f"line {line}: {fields} fields, the header has {n}: the row ends with a trailing separator (an empty "
-                f"field after the last column); remove the ',' at the end of the rows")
-    if fields > n:
-        return (f"line {line}: {fields} fields, the header has {n}: the row has more fields than the header (a decimal "
-                f"comma? nowblock reads comma-separated values with a decimal point, 30.5 not 30,5)")
-    return f"line {line}: {fields} field(s), the header has {n}: a value or a separator is missing"
-
-
 #: Every column the sessions frame knows; any other is kept as it is (an export's own columns).
 KNOWN_COLUMNS = REQUIRED + tuple(OPTIONAL_DEFAULTS)
+#: The sessions frame's number columns: where a decimal comma can split a value
+#: (:func:`~nowblock.block.csvrows.scan_csv`).
+NUMERIC_COLUMNS = ("energy_kwh",) + tuple(OPTIONAL_DEFAULTS)
 #: Columns nowblock's own generators add and nothing validates (the ``workplace_acn`` family's
 #: stated departure): kept without a warning.
 KEPT_COLUMNS = ("user_departure",)
@@ -547,9 +485,9 @@ def _read_sessions_csv(path, site: "Site | None") -> pd.DataFrame:
             df = pd.read_csv(path, dtype={c: str for c in _ID_COLUMNS}, keep_default_na=False, na_values=na,
                              index_col=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        bad = scan_csv(path)[0] if isinstance(path, (str, os.PathLike)) else None
+        bad = scan_csv(path, REQUIRED, NUMERIC_COLUMNS)[0] if isinstance(path, (str, os.PathLike)) else None
         raise SessionsError(field_count_error(bad) if bad else f"cannot read sessions ({exc})") from exc
-    bad, starts = scan_csv(path) if isinstance(path, (str, os.PathLike)) else (None, None)
+    bad, starts = scan_csv(path, REQUIRED, NUMERIC_COLUMNS) if isinstance(path, (str, os.PathLike)) else (None, None)
     if bad is not None and not separator_hint(df.columns):  # a ';' file: the separator hint says more
         raise SessionsError(field_count_error(bad))
     for col in ("arrival", "departure"):
