@@ -24,6 +24,7 @@ from nowblock.baselines.heuristics import (  # noqa: F401 - re-exported (see the
     uncontrolled_a,
 )
 from nowblock.seam import Policy
+from nowblock.seam.policy import check_policy
 
 #: Names :func:`get_policy` knows.
 POLICY_NAMES = (*STRATEGIES, "milp")
@@ -36,7 +37,7 @@ def get_policy(name: str | Policy, **kwargs) -> Policy:
     ----------
     name : str or Policy
         "uncontrolled", "equal", "edf", "llf", "round_robin" or "milp" (case-insensitive); a policy object is
-        returned unchanged.
+        returned unchanged once :func:`~nowblock.seam.policy.check_policy` accepts it.
     **kwargs
         Options of the MILP policy (:class:`nowblock.milp.MilpPolicy`); the baselines take none.
 
@@ -44,11 +45,17 @@ def get_policy(name: str | Policy, **kwargs) -> Policy:
     -------
     Policy
         A fresh policy object (the MILP keeps its previous plan between calls).
+
+    Raises
+    ------
+    TypeError
+        An object that does not meet the policy protocol (no callable ``schedule`` or
+        ``decide``, or no str ``name``), or options for a baseline.
+    ValueError
+        An unknown name.
     """
     if not isinstance(name, str):
-        if isinstance(name, Policy):
-            return name
-        raise TypeError(f"policy: expected a name or a Policy object, got {type(name).__name__}")
+        return check_policy(name)
     key = name.strip().lower()
     if key == "milp":
         from nowblock.milp import MilpPolicy  # lazy: pyomo and highspy load on first use

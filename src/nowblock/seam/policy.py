@@ -7,6 +7,7 @@ A policy answers a :class:`~nowblock.seam.snapshot.BlockSnapshot` with setpoints
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -48,6 +49,53 @@ class Decision:
     plan_a: pd.DataFrame | None = None
     status: str = "ok"
     detail: str = ""
+
+
+def check_policy(policy, what: str = "policy"):
+    """``policy`` if it meets the protocol, checked before a run.
+
+    What :func:`decide` calls is a callable ``decide`` or ``schedule``; results and logs name
+    the policy by its ``name``. A misspelt method (``shedule``) ran every step on the fallback
+    (114 of 114 steps with cars in an outside test) with the results labelled with the policy's
+    own name, and an object without ``name`` stopped with a bare AttributeError.
+
+    Parameters
+    ----------
+    policy : object
+        The policy object given.
+    what : str
+        The argument's name, first in the message (``"policy"``, ``"fallback"``).
+
+    Returns
+    -------
+    object
+        ``policy`` itself.
+
+    Raises
+    ------
+    TypeError
+        A class instead of an instance, an object without a callable ``schedule`` or
+        ``decide``, or without a non-empty str ``name``; the message names the protocol and a
+        close spelling of a method the object has.
+    """
+    protocol = ("the nowblock.seam.Policy protocol (docs/howto/own-policy.md): a str `name` and a "
+                "`schedule(snapshot)` method, or `decide(snapshot)`")
+    kind = type(policy).__name__
+    if isinstance(policy, type):
+        raise TypeError(f"{what}: got the class {policy.__name__}, not a policy object: pass an instance "
+                        f"({policy.__name__}(...)); {protocol}")
+    lacks = []
+    if not any(callable(getattr(policy, m, None)) for m in ("schedule", "decide")):
+        own = [a for a in dir(policy) if not a.startswith("__")]
+        near = difflib.get_close_matches("schedule", own, n=1, cutoff=0.75) or difflib.get_close_matches(
+            "decide", own, n=1, cutoff=0.75)
+        lacks.append("no callable `schedule` or `decide`" + (f" (it has {near[0]!r}: misspelt?)" if near else ""))
+    name = getattr(policy, "name", None)
+    if not (isinstance(name, str) and name.strip()):
+        lacks.append("no `name`" if name is None else f"`name` {name!r} is not a non-empty str")
+    if lacks:
+        raise TypeError(f"{what}: a {kind} object is not a policy: {'; '.join(lacks)}; expected {protocol}")
+    return policy
 
 
 def decide(policy: Policy, snapshot: BlockSnapshot) -> Decision:

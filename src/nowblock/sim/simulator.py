@@ -304,7 +304,8 @@ def simulate(
         backup = get_policy(fallback)
     except (TypeError, ValueError) as exc:  # get_policy's words name 'policy', the argument the user got right
         raise type(exc)(f"fallback: {str(exc).removeprefix('policy: ')}") from None
-    pol = get_policy(policy, **(policy_options or {})) if isinstance(policy, str) else policy
+    # A policy object is checked too: one with a misspelt `schedule` ran every step on the fallback.
+    pol = get_policy(policy, **(policy_options or {}))
     if hasattr(pol, "reset"):
         pol.reset()
     warm_up = getattr(pol, "warm_up", None)
