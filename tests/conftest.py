@@ -95,6 +95,41 @@ def small_site() -> Site:
 
 
 @pytest.fixture
+def unhurried_optimizer(monkeypatch):
+    """``nb.optimize`` with every stage ending by its own rule, never by the machine's speed.
+
+    The optimizer gives its stages wall-clock budgets and picks its path by measured times, so a
+    test asserting the quality a call reaches passed on a quiet machine and failed at load 6-16
+    (session 37: a 50-car cell 19 % from its bound instead of 3 %, an ascent 5 steps short of its
+    start, a proof cut at 1 s). Here, for one test:
+
+    - after the LP without the peak term the whole LP always runs (cold or warm), as on a quiet
+      machine where that LP took <= 50 ms (``_COLD_LP_MAX_S``); under load the mean-peak LP ran
+      instead, whose plan is worse on small blocks;
+    - the whole and mean-peak LPs get 600 s, not ``max(10 x the first LP, 0.5 s)``: they end solved;
+    - every bound ascent runs until its own stop (500 steps, a stalled step, the certificate) or
+      the call's deadline, not for a share of the time spent;
+    - the coarse LP's race is the simplex alone (the first method to finish won; its duals set
+      the ascent's start).
+
+    The MILP stage's budget is the test's: ``milp_effort=0`` (no stage) or ``milp_min_s`` as long
+    as ``time_limit_s`` (HiGHS ends at its gap). Return: the options that leave the call's
+    deadline far away, ``{"time_limit_s": 600.0}``.
+    """
+    from nowblock.milp import highs_fast
+    from nowblock.milp import solve as solve_mod
+
+    monkeypatch.setattr(solve_mod, "_COLD_LP_MAX_S", float("inf"))
+    monkeypatch.setattr(solve_mod, "_PEAK_LP_MIN_S", 600.0)
+    monkeypatch.setattr(solve_mod, "_ASCENT_MIN_S", 600.0)
+    ascent = solve_mod._Run.bound_ascent
+    monkeypatch.setattr(solve_mod._Run, "bound_ascent",
+                        lambda self, reserve, budget_s=None: ascent(self, reserve, budget_s=600.0))
+    monkeypatch.setattr(highs_fast, "RACE_SOLVERS", ("simplex",))
+    return {"time_limit_s": 600.0}
+
+
+@pytest.fixture
 def small_sessions() -> pd.DataFrame:
     """Eleven hand-written sessions on ``small_site`` over two days (unvalidated, local times)."""
     return make_small_sessions()

@@ -196,16 +196,22 @@ def test_moves_keep_the_books_every_row_that_held_and_every_car_s_energy(c):
 
 
 @pytest.mark.parametrize("label", ["50-70%-tree-15min-unb", "50-35%-tree-15min-unb"])
-def test_unbalance_blocked_cars_get_what_a_whole_ampere_plan_can_give(label):
+def test_unbalance_blocked_cars_get_what_a_whole_ampere_plan_can_give(label, unhurried_optimizer):
     """50-70%-tree-15min-unb: before the moves four single-phase cars ended 0.02-0.05 kWh short
     (0.14 kWh) where benchmarks/exact_matrix.py finds a whole-ampere plan serving every car; the
-    gap to the bound was 65 %. 50-35%-tree-15min-unb: 996.07 kWh delivered, gap 6.8 %."""
+    gap to the bound was 65 %. 50-35%-tree-15min-unb: 996.07 kWh delivered, gap 6.8 %.
+
+    The LPs' path and budgets as on a quiet machine (``unhurried_optimizer``) and no MILP stage:
+    on a quiet machine the plan was the whole LP's, rounded and polished (the MILP stage, run on
+    the 35 % cell for 0.28 s, changed nothing, nor did it run to its gap in 9 s); at load 6-16 the
+    mean-peak LP ran instead and these asserts failed (gap 19.5 % / 8.3 %, 995.31 kWh)."""
     from nowblock.milp.testing import MatrixCell, matrix_block
 
     n, share, shape, step, *rest = label.split("-")
     b = matrix_block(MatrixCell(int(n), float(share.rstrip("%")) / 100, shape == "tree", step, "load" in rest,
                                 "unb" in rest))
-    s = nb.optimize(b["site"], b["sessions"], start=b["start"], horizon="24h", step=step)
+    s = nb.optimize(b["site"], b["sessions"], start=b["start"], horizon="24h", step=step, milp_effort=0.0,
+                    **unhurried_optimizer)
     check_unbalance_with_real_draws(b["site"], b["sessions"], s.current_a)
     assert s.bound <= s.objective + 1e-9
     if label.startswith("50-70%"):
