@@ -160,19 +160,25 @@ async def test_congested_block_stays_under_every_fuse_phase(tmp_path):
 
 
 async def test_needs_reported_by_a_2_0_1_car_change_its_allocation(tmp_path):
+    # Every step waits for the MILP: at load 6-16 its first solve (numba's compiling) outran the
+    # 1 s wait for new cars, and EDF's fallback, or a late plan, answered 'before' and 'after'
+    # (before 0-17 A, after 30-32 A), so the test compared whichever policies answered.
     site = _site(root_a=32.0, n=2)
-    async with block(tmp_path, site, ["2.0.1", "2.0.1"]) as (cs, ctl, sims):
+    wait = dict(solve_timeout_s=30.0, new_car_timeout_s=30.0, max_wait_s=30.0)
+    async with block(tmp_path, site, ["2.0.1", "2.0.1"], **wait) as (cs, ctl, sims):
         now = pr.utcnow()
         await sims[0].plug_in(Car(energy_kwh=20.0, departure=now + timedelta(hours=8)))
         await sims[1].plug_in(Car(energy_kwh=20.0, departure=now + timedelta(hours=8)))
         await wait_steps(ctl, 2)
         before = limit_of(ctl, "CP01")
+        n_before = len(ctl.history)
         # CP01's driver now says: leaving in 1.5 hours, needing 20 kWh (NotifyEVChargingNeeds).
         s = sims[1].sessions[1]
         s.car.departure = pr.utcnow() + timedelta(hours=1.5)
         await sims[1].client.needs(s, sims[1])
         await wait_steps(ctl, 2)
         after = limit_of(ctl, "CP01")
+        assert all((h.policy, h.status) == ("milp", "ok") for h in ctl.history[n_before - 1:])
         assert after > before
         assert after >= limit_of(ctl, "CP00")
         snap = cs.state.snapshot()
