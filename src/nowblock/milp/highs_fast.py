@@ -260,12 +260,23 @@ def solve_matrix(form: Formulation, mf: MatrixForm, time_limit_s: float, start: 
 #: The methods :func:`race_lp` runs side by side: HiGHS's dual simplex (its default for LPs) and
 #: its interior-point method with crossover (a basic solution and row duals, as the simplex).
 RACE_SOLVERS = ("simplex", "ipm")
+#: The share of :func:`race_lp`'s time limit the simplex runs alone before the interior-point
+#: method joins it. Why not at once: where the process's CPU time is capped as a whole (a busy
+#: shared machine, a container's CPU quota, the kernel's autogroup), the second thread does not
+#: add a core but halves the first's: the coarse LP of 1000-15%-tree-5min-load-unb took 5.4-7.4 s
+#: with the simplex alone and 14.6-14.9 s raced, at load 12 on 2 cores, 17-20 s even with no
+#: interrupt callbacks (docs/benchmarks.md, session 37). The simplex won on 40 of the 45 large
+#: coarse LPs measured; the interior point won by much only where the simplex took 11-45 s.
+RACE_DELAY_SHARE = 0.15
 
 
-def race_lp(form: Formulation, mf: MatrixForm, time_limit_s: float) -> SolveResult:
-    """The LP ``mf`` solved by each of :data:`RACE_SOLVERS` in its own thread (HiGHS releases
-    the GIL while it runs), the first optimal answer kept and the other stopped (its iterations
-    interrupted). Why: on large coarse LPs of the instance matrix neither method was always the
+def race_lp(form: Formulation, mf: MatrixForm, time_limit_s: float, delay_s: float | None = None) -> SolveResult:
+    """The LP ``mf`` solved by HiGHS's simplex and, if that has not ended after ``delay_s`` [s]
+    (default :data:`RACE_DELAY_SHARE` of ``time_limit_s`` [s]), its interior-point method beside
+    it in a second thread (HiGHS releases the GIL while it runs): the first optimal answer is
+    kept and the other method stopped (its iterations interrupted). The interior point starts at
+    once if the simplex ends before the delay without an optimum (an error), and never if it ends
+    optimal. Why race: on large coarse LPs of the instance matrix neither method was always the
     faster one: the interior-point method took 3-5 x less than the simplex on the unbalance
     trees with 2,000 cars (37.6 -> 12.9 s, 44.9 -> 9.3 s, where the simplex did not finish in
     time) and 4.8 x more at the median of 45 others (docs/bench_optimize.md, sessions 28-29);
@@ -275,25 +286,40 @@ def race_lp(form: Formulation, mf: MatrixForm, time_limit_s: float) -> SolveResu
 
     if "solver" in form.options.solver_options or bool(mf.integrality.any()):
         return solve_matrix(form, mf, time_limit_s)
-    stop, done = threading.Event(), threading.Event()
-    results: dict[str, SolveResult | BaseException] = {}
+    t0 = time.perf_counter()
+    delay = RACE_DELAY_SHARE * time_limit_s if delay_s is None else max(float(delay_s), 0.0)
+    stop, done, first_ended = threading.Event(), threading.Event(), threading.Event()
+    results: dict[str, SolveResult | BaseException | None] = {}
     lock = threading.Lock()
 
-    def one(solver: str) -> None:
-        try:
-            res = solve_matrix(form, mf, time_limit_s, interrupt=stop, options={"solver": solver})
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
-            res = exc
+    def finish(solver: str, res: SolveResult | BaseException | None) -> None:
         with lock:
             results[solver] = res
             if (isinstance(res, SolveResult) and res.status == "optimal") or len(results) == len(RACE_SOLVERS):
                 done.set()
 
-    threads = [threading.Thread(target=one, args=(s,), daemon=True) for s in RACE_SOLVERS]
+    def one(solver: str, wait_s: float) -> None:
+        if wait_s > 0:
+            first_ended.wait(wait_s)
+            if stop.is_set() or done.is_set():
+                finish(solver, None)  # the simplex was optimal in time: this method never ran
+                return
+        try:
+            left = time_limit_s - (time.perf_counter() - t0)
+            res = solve_matrix(form, mf, max(left, 1e-3), interrupt=stop, options={"solver": solver})
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
+            res = exc
+        finish(solver, res)
+        if solver == RACE_SOLVERS[0]:
+            first_ended.set()
+
+    threads = [threading.Thread(target=one, args=(s, 0.0 if i == 0 else delay), daemon=True)
+               for i, s in enumerate(RACE_SOLVERS)]
     for t in threads:
         t.start()
     done.wait()
     stop.set()
+    first_ended.set()
     for t in threads:
         t.join()
     for solver in RACE_SOLVERS:
