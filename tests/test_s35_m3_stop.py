@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 from interop.station import Late
-from test_s35_profiles_fallback import _booted, _start, _stop
+from test_live_fallback_default import _booted, _start, _stop
 
 from nowblock.ocpp import profiles as pr
 from nowblock.testing import eventually

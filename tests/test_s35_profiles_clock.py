@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 from interop.station import RawStation, now_iso
-from test_s35_profiles_fallback import K01Station, _served
+from test_live_fallback_default import K01Station, _served
 
 from nowblock.ocpp import profiles as pr
 from nowblock.testing import eventually

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from interop.station import RawStation, now_iso
-from test_s35_profiles_fallback import _served
+from test_live_fallback_default import _served
 
 
 async def _answer(st: RawStation, action: str, payload: dict, uid: str) -> list:

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 from interop.station import Late, RawStation, meter_16, now_iso
-from test_s35_profiles_fallback import K01Station, _start
+from test_live_fallback_default import K01Station, _start
 
 from nowblock.control import attach
 from nowblock.loop import closed_loop as cl

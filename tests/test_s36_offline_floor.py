@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pandas as pd
 from interop.station import RawStation, Silence, now_iso
-from test_s35_profiles_fallback import K01Station
+from test_live_fallback_default import K01Station
 from test_s36_idle_and_full import one_station, start_all
 
 from nowblock.control import attach
