@@ -497,9 +497,10 @@ async def test_cars_that_ignore_their_limits_get_them_again_then_a_station_maxim
 def _two_evse_station(grid_a: float, *, accept: bool):
     """A 2-EVSE 2.0.1 station CP0 under a grid fuse of ``grid_a`` [A], transactions "a" (EVSE 1) and
     "b" (EVSE 2) with needs; station maximums sent are kept in ``cs.station_max`` (and taken into the
-    live state as accepted with ``accept``)."""
+    live state as accepted with ``accept``). The station is rated 64 A, 32 A for each car: only
+    the grid fuse binds (its rating is over both EVSEs together)."""
     site = Site("t", (Fuse("grid", (grid_a,) * 3),),
-                (ChargePoint(id="CP0", fuse="grid", max_current_a=32.0, min_current_a=6.0),))
+                (ChargePoint(id="CP0", fuse="grid", max_current_a=64.0, min_current_a=6.0),))
     cs, clock = FakeCentral(site), Clock()
     cs.state.clock = clock
     cs.station_max = []

@@ -100,8 +100,9 @@ def _site_tables() -> dict[str, list[Field]]:
             Field("fuse", "string", default="required", allowed="the id of a fuse",
                   meaning="The fuse it sits behind (every fuse up to the grid connection carries its current)."),
             Field("max_current_a", "number", "A", _dc_default(f"{site}.ChargePoint", "max_current_a"),
-                  f"> 0, <= {cp_max}", "Most current per phase the charging point may give (AC charging: "
-                                        "at most 63 A in Europe, 80 A in North America)."),
+                  f"> 0, <= {cp_max}", "Most current per phase the charging point may give, over all its "
+                                        "connectors/EVSEs together (AC charging: at most 63 A in Europe, 80 A "
+                                        "in North America)."),
             Field("min_current_a", "number", "A", _dc_default(f"{site}.ChargePoint", "min_current_a"),
                   ">= 0, <= max_current_a",
                   "Least current a charging car may be given (IEC 61851: 6 A); below it the car gets 0."),

@@ -28,6 +28,10 @@ from nowblock.block.site import Fuse, Site
 #: Id of the virtual fuse that carries a charging-power cap.
 POWER_CAP_FUSE_ID = "charging-power-cap"
 
+#: Id prefix of the virtual fuse that carries a charging point's rating over its EVSEs
+#: (:func:`shared_points_site`).
+POINT_FUSE_PREFIX = "point:"
+
 #: [A] A fuse capped to nothing keeps this tiny rating (a site needs positive ratings): no
 #: car fits under it, so every setpoint there is 0.
 _ZERO_A = 1e-3
@@ -117,6 +121,46 @@ def capped_site(site: Site, *, fuse_caps_a: Mapping[str, object] | None = None,
     return replace(site, fuses=tuple(fuses), charge_points=tuple(cps))
 
 
+def shared_points_site(site: Site, ratings_a: Mapping[str, float]) -> Site:
+    """``site`` with a virtual fuse above each charging point named in ``ratings_a``: the point's
+    rating [A per phase] over all its connectors (1.6) or EVSEs (2.0.1) together.
+
+    A charging point (one OCPP identity) with two EVSEs gives at most its ``max_current_a`` per
+    phase in all, as its fail-safe share is divided over its EVSEs
+    (:func:`nowblock.control.failsafe.failsafe_per_evse_a`); planned as one car each, its two cars
+    got 32 + 31 A at a 32 A point (an outside test of a twin wallbox). The virtual fuse
+    ``point:<id>`` sits between the point and its fuse, so every policy, the reservations and the
+    safety net share the point's rating among its cars without knowing it is there.
+
+    Parameters
+    ----------
+    site : Site
+    ratings_a : mapping
+        Charging point id -> [A per phase] the most the point gives on each of its phases in all
+        (its ``max_current_a``, or a cap window's lower value in force). Unknown ids raise KeyError.
+
+    Returns
+    -------
+    Site
+        ``site`` itself when ``ratings_a`` is empty; the charging points keep their order (so
+        ``cp_index`` stays valid).
+    """
+    if not ratings_a:
+        return site
+    ids = set(site.fuse_ids)
+    fuses = list(site.fuses)
+    cps = list(site.charge_points)
+    for cp_id, rating in ratings_a.items():
+        j = int(site.cp_index([cp_id])[0])
+        fid = f"{POINT_FUSE_PREFIX}{cp_id}"
+        while fid in ids:  # a real fuse of that name: the virtual one gives way
+            fid += "'"
+        ids.add(fid)
+        fuses.append(Fuse(fid, (float(max(rating, _ZERO_A)),) * 3, parent=cps[j].fuse))
+        cps[j] = replace(cps[j], fuse=fid)
+    return replace(site, fuses=tuple(fuses), charge_points=tuple(cps))
+
+
 def phase_demand_a(site: Site, cp_index, phases, max_current_a) -> np.ndarray:
     """[A] (3,) The most a set of cars could draw on each grid phase (each at its maximum)."""
     cp_index = np.asarray(cp_index, dtype=np.int64)
@@ -126,4 +170,5 @@ def phase_demand_a(site: Site, cp_index, phases, max_current_a) -> np.ndarray:
     return used.T.astype(float) @ np.maximum(np.nan_to_num(np.asarray(max_current_a, dtype=float)), 0.0)
 
 
-__all__ = ["POWER_CAP_FUSE_ID", "capped_site", "phase_demand_a", "power_cap_phase_currents_a"]
+__all__ = ["POINT_FUSE_PREFIX", "POWER_CAP_FUSE_ID", "capped_site", "phase_demand_a", "power_cap_phase_currents_a",
+           "shared_points_site"]
