@@ -1,4 +1,5 @@
-"""The end of a transaction in the live loop, against stations written from the specifications (raw frames over 127.0.0.1).
+"""The end of a transaction in the live loop, against stations written from the specifications (raw
+frames over 127.0.0.1).
 
 A transaction's end dated before its start, as raw OCPP-J frames from the specifications.
 
@@ -14,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+
 import pytest
 from websockets.asyncio.client import connect
+
 from nowblock.testing import central_system, make_test_site
-from interop.station import Late
-from test_live_fallback_default import _booted, _start, _stop
 from nowblock.ocpp import profiles as pr
 from nowblock.testing import eventually
-import time
+
+from interop.station import Late
+from test_live_fallback_default import _booted, _start, _stop
 
 
 async def _station(ws):
