@@ -174,6 +174,9 @@ class ControlStep:
         # lapses, as the station holds it (inf: no limit, the car's maximum); an offline car
         # counts at least that (nowblock.control sets it before each step).
         self.offline_floor_a: dict[str, float] = {}
+        # session -> what a trusted car draws over its limit [A] (within the over-draw tolerance),
+        # reserved on every fuse above it (see :func:`~nowblock.loop.closed_loop.next_excess_a`).
+        self.excess_a: dict[str, float] = {}
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     def record_sent(self, session_id: str, limit_a: float, time: pd.Timestamp) -> None:
@@ -196,7 +199,8 @@ class ControlStep:
         """Drop what is kept for sessions not in ``keep`` (they ended)."""
         keep = set(keep)
         self.unconfirmed &= keep
-        for d in (self.sent, self.changed_at, self.before, self.over_ratio, self.probes, self.offsets, self.accepted):
+        for d in (self.sent, self.changed_at, self.before, self.over_ratio, self.probes, self.offsets, self.accepted,
+                  self.excess_a):
             for sid in [s for s in d if s not in keep]:
                 del d[sid]
         self.full &= keep
@@ -310,14 +314,20 @@ class ControlStep:
                 committed = np.where(trial | (offset > 0), np.maximum(committed, at_zero + offered + s.margin_a),
                                      committed)
         idle = obs.idle_defaults_a[obs.idle_defaults_a > 0] if len(obs.idle_defaults_a) else obs.idle_defaults_a
+        # What a trusted car draws over its limit (within the tolerance) is real: reserved.
+        excess = cl.next_excess_a(np.array([self.excess_a.get(x, 0.0) for x in ids_all], dtype=float), measured,
+                                  offered, before, min_a, settled, connected & ~untrusted & ~(offset > 0) & ~trial)
+        self.excess_a = {sid: float(e) for sid, e in zip(ids_all, excess) if e > 0}
+        extra = excess > 0
         policy_site = site
-        if offline.any() or len(idle):
+        if offline.any() or len(idle) or extra.any():
             # Offline chargers cannot be planned: reserve what they may draw, and the idle connectors'.
+            # A trusted car drawing a little over its limit draws that on top of any share: reserved.
             idle_cp = site.cp_index(idle.index.get_level_values("charge_point_id")) if len(idle) else np.zeros(0, np.int64)
             policy_site = cl.reserve_unobserved(
-                site, np.concatenate([cp_index[offline], idle_cp]),
-                np.concatenate([phases[offline], site.cp_phases[idle_cp]]),
-                np.concatenate([committed[offline], idle.to_numpy(float)]))
+                site, np.concatenate([cp_index[offline], idle_cp, cp_index[extra]]),
+                np.concatenate([phases[offline], site.cp_phases[idle_cp], phases[extra]]),
+                np.concatenate([committed[offline], idle.to_numpy(float), excess[extra]]))
         trusted = ~untrusted[connected]
         ids = cars.index[connected]
         prev = self.ceilings_a.reindex(ids).to_numpy(float) if len(self.ceilings_a) else None
