@@ -15,14 +15,12 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
-from nowblock.control import attach_store, restore_state
-from nowblock.ocpp.state import LiveState
+from nowblock.control import attach_store, restore_state, Controller
+from nowblock.ocpp.state import LiveState, DispatchRecord
 from nowblock.store import open_store
 from nowblock.testing import central_system, eventually, make_test_site
 from nowblock.block.site import ChargePoint, Fuse, Site
-from nowblock.control import Controller, attach_store, restore_state
 from nowblock.ocpp import profiles as pr
-from nowblock.ocpp.state import DispatchRecord, LiveState
 
 from interop.station import RawStation, meter_16, now_iso
 

@@ -1,4 +1,5 @@
-"""What the live controller sends and books as sent: each limit names its car's transaction; a station
+"""What the live controller sends and books as sent: each limit names its car's transaction; a
+station
 that goes away mid-step.
 
 The live controller names each car's transaction when it sends its limit (found by a review:
@@ -20,7 +21,6 @@ from nowblock.sim.chargers import Car
 from nowblock.testing import central_system, chargers, eventually, make_test_site
 from nowblock.control import Controller
 from nowblock.ocpp import profiles as pr
-from nowblock.testing import central_system, eventually, make_test_site
 
 from interop.station import RawStation, meter_16, now_iso
 
