@@ -1,12 +1,135 @@
-"""The limit sent again to a car at a watts-only station when its phases change, against the
-project's RawStation (raw OCPP 1.6J frames checked against the official schemas both ways)."""
+"""Stations that take watts only: the phases a car is planned on, the power it draws on, and the limit
+sent again when its phases change.
 
+Stations that take watts only: numberPhases is what the car is planned on, the power what it
+is known to draw on (the ``ocpp`` library's simulated chargers over 127.0.0.1).
+
+Stations taking watts: the limit re-sent when a car's phase count changes is the latest one,
+sent in turn with the steps' (the ``ocpp`` library's simulated chargers over 127.0.0.1).
+
+The limit sent again to a car at a watts-only station when its phases change, against the
+project's RawStation (raw OCPP 1.6J frames checked against the official schemas both ways).
+"""
+
+from __future__ import annotations
+
+import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pytest
+
+from nowblock.ocpp import profiles as pr
+from nowblock.sim.chargers import Car, Quirks
+from nowblock.testing import central_system, chargers, eventually, make_test_site
+
 from interop.station import Late, RawStation, limit_of, meter_16, meter_201, now_iso
 
-from nowblock.testing import central_system, eventually, make_test_site
+
+FAST = dict(backoff_s=0.01, response_timeout_s=2.0)
+
+
+def _tx_period(sim) -> pr.Period:
+    (p,) = [p for p in sim.profiles if p.purpose == pr.TX]
+    assert p.unit == "W"
+    return p.periods[0]
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_a_three_phase_car_is_not_told_to_charge_on_one_phase(version):
+    # H5 s10: a W-only station got numberPhases 1 for every car: its 3-phase car drew 32 A on
+    # L1 alone and was planned on one phase from then on.
+    async with central_system(make_test_site(1), **FAST) as cs:
+        spec = dict(cp_id="CP1", version=version, meter_interval_s=0.1, quirks=Quirks(rate_unit="W"))
+        async with chargers(cs, spec) as (sim,):
+            await eventually(lambda: cs.state.station("CP1").rate_unit == "W")
+            await sim.plug_in(Car(phases=3))
+            t = await eventually(lambda: (cs.state.running("CP1") or [None])[0])
+            rec = await cs.set_limit("CP1", 1, 24.0)
+            # planned on its three phases; the power of one until its meter shows three (a 1-phase
+            # car then cannot draw more than 24 A on its phase)
+            q = _tx_period(sim)
+            assert q.number_phases == 3 and q.limit in (24.0 * 230.0, 3 * 24.0 * 230.0)
+            assert rec.accepted_a == 24.0
+            await eventually(lambda: t.phases_used == 3)
+            # once its meter shows them, the same limit goes out again on all three, unasked
+            await eventually(lambda: _tx_period(sim).limit == 3 * 24.0 * 230.0)
+            assert _tx_period(sim).number_phases == 3 and sim.applied_limit_a() == 24.0
+            rec = await cs.set_limit("CP1", 1, 10.0)
+            q = _tx_period(sim)
+            assert q.number_phases == 3 and q.limit == 3 * 10.0 * 230.0
+            assert rec.accepted_a == cs.state.applied_limit_a("CP1", 1) == 10.0 and sim.applied_limit_a() == 10.0
+
+
+async def test_watts_for_a_car_of_unknown_phases_are_counted_on_one_phase():
+    # numberPhases 3 with the power of one phase: a 1-phase car draws all of it on its phase,
+    # and that is what is counted (not a third of it).
+    now = pr.utcnow()
+    held = [pr.Profile.from_payload(1, pr.build_profile("1.6", pr.TX, 10.0, connector_id=1, now=now, unit="W",
+                                                        phases=1, number_phases=3, transaction_id=7))]
+    assert held[0].periods[0].number_phases == 3 and held[0].periods[0].limit == 2300.0
+    assert pr.active_limit_a(held, 1, now, transaction_id=7, phases=1) == 10.0
+    assert pr.active_limit_a(held, 1, now, transaction_id=7, phases=3) == pytest.approx(10.0 / 3)
+
+
+FAST = dict(backoff_s=0.01, response_timeout_s=2.0)
+
+
+def _resends(cs) -> list[asyncio.Task]:
+    return [t for t in cs._tasks if t.get_name().startswith("phases-known")]
+
+
+async def test_the_phases_known_resend_never_overwrites_a_lower_limit_in_flight():
+    # Review of 8f19584: the re-send took the limit booked when the meter value came (24 A);
+    # the step's 6 A, then on the wire, went out first and the old 24 A after it: the station
+    # applied 24 A per phase where the step had sent 6 A, and nothing corrected it. (1.6: the
+    # simulated 2.0.1 station names its phases in its TransactionEvent Started.)
+    async with central_system(make_test_site(1), **FAST) as cs:
+        spec = dict(cp_id="CP1", version="1.6", meter_interval_s=600, quirks=Quirks(rate_unit="W"))
+        async with chargers(cs, spec) as (sim,):
+            await eventually(lambda: cs.state.station("CP1").rate_unit == "W")
+            await sim.plug_in(Car(phases=3))
+            t = await eventually(lambda: (cs.state.running("CP1") or [None])[0])
+            await cs.set_limit("CP1", 1, 24.0)
+            step = asyncio.create_task(cs.set_limit("CP1", 1, 6.0))
+            await eventually(lambda: cs.station_lock("CP1").locked(), every_s=0)
+            # its SetChargingProfile is on the wire as the meter shows the car on three phases
+            cs.state.on_meter("CP1", 1, t.transaction_id, {"current_l1_a": 8.0, "current_l2_a": 8.0,
+                                                          "current_l3_a": 8.0}, cs.state.clock())
+            assert t.phases_used == 3
+            await step
+            await eventually(lambda: not _resends(cs))
+            assert sim.applied_limit_a() == pytest.approx(6.0)
+            assert cs.state.applied_limit_a("CP1", 1) == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_a_car_falling_to_one_phase_gets_the_power_of_one(version):
+    # Review of 8f19584: a car known on 3 phases (6900 W for 10 A) went on on one phase and
+    # kept the 3-phase power: the station applied 30 A on its phase, 10 A planned.
+    async with central_system(make_test_site(1), **FAST) as cs:
+        spec = dict(cp_id="CP1", version=version, meter_interval_s=0.1, quirks=Quirks(rate_unit="W"))
+        async with chargers(cs, spec) as (sim,):
+            await eventually(lambda: cs.state.station("CP1").rate_unit == "W")
+            car = Car(phases=3)
+            await sim.plug_in(car)
+            t = await eventually(lambda: (cs.state.running("CP1") or [None])[0])
+            await cs.set_limit("CP1", 1, 24.0)  # 8 A a phase until its meter shows three (then 24 A)
+            await eventually(lambda: t.phases_used == 3)
+            await eventually(lambda: not _resends(cs))
+            await cs.set_limit("CP1", 1, 10.0)
+            assert sim.applied_limit_a() == pytest.approx(10.0)
+            (p,) = [p for p in sim.profiles if p.purpose == pr.TX]
+            assert p.periods[0].limit == 3 * 10.0 * 230.0
+            car.phases = 1
+            await eventually(lambda: t.phases_used == 1)
+            await eventually(lambda: not _resends(cs))
+            sent = len(sim.received)
+            await asyncio.sleep(0.3)  # a few more meter values: sent once, not again at each
+            assert len(sim.received) == sent
+            assert sim.applied_limit_a() == pytest.approx(10.0)
+            assert cs.state.applied_limit_a("CP1", 1) == pytest.approx(10.0)
+            assert max(t.current_a) <= 10.0 + 1e-6
+
 
 V = 230.0  # make_test_site's phase-to-neutral voltage [V]
 
