@@ -13,15 +13,14 @@ import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from interop.station import RawStation, meter_16, now_iso
+from test_live_fallback_default import K01Station, _served
 
 from nowblock.control import attach
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.edge import ClockOffset
 from nowblock.ocpp.server import CentralSystem
 from nowblock.testing import eventually, make_test_site
-
-from interop.station import RawStation, meter_16, now_iso
-from test_live_fallback_default import K01Station, _served
 
 
 T0 = datetime(2026, 12, 7, 12, tzinfo=timezone.utc)

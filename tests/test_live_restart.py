@@ -14,6 +14,7 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
+from interop.station import RawStation, meter_16, now_iso
 
 from nowblock.control import attach_store, restore_state, Controller
 from nowblock.ocpp.state import LiveState, DispatchRecord
@@ -21,8 +22,6 @@ from nowblock.store import open_store
 from nowblock.testing import central_system, eventually, make_test_site
 from nowblock.block.site import ChargePoint, Fuse, Site
 from nowblock.ocpp import profiles as pr
-
-from interop.station import RawStation, meter_16, now_iso
 
 
 def _station(cs, cp_id: str, running: set) -> RawStation:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from interop.station import RawStation, meter_16, now_iso
 
 from nowblock.sim.chargers import Car
 from nowblock.testing import central_system, chargers, eventually, make_test_site
 from nowblock.control import Controller
 from nowblock.ocpp import profiles as pr
-
-from interop.station import RawStation, meter_16, now_iso
 
 
 async def test_a_live_step_names_the_running_transaction():

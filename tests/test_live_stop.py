@@ -19,13 +19,11 @@ import time
 
 import pytest
 from websockets.asyncio.client import connect
-
-from nowblock.testing import central_system, make_test_site
-from nowblock.ocpp import profiles as pr
-from nowblock.testing import eventually
-
 from interop.station import Late
 from test_live_fallback_default import _booted, _start, _stop
+
+from nowblock.testing import central_system, make_test_site, eventually
+from nowblock.ocpp import profiles as pr
 
 
 async def _station(ws):

@@ -17,12 +17,11 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from interop.station import Late, RawStation, limit_of, meter_16, meter_201, now_iso
 
 from nowblock.ocpp import profiles as pr
 from nowblock.sim.chargers import Car, Quirks
 from nowblock.testing import central_system, chargers, eventually, make_test_site
-
-from interop.station import Late, RawStation, limit_of, meter_16, meter_201, now_iso
 
 
 FAST = dict(backoff_s=0.01, response_timeout_s=2.0)
