@@ -12,7 +12,7 @@ from datetime import timedelta
 import pandas as pd
 from interop.station import RawStation, Silence, now_iso
 from test_live_fallback_default import K01Station
-from test_s36_idle_and_full import one_station, start_all
+from test_live_idle_and_full import one_station, start_all
 
 from nowblock.control import attach
 from nowblock.ocpp import profiles as pr
