@@ -368,11 +368,12 @@ class LiveState:
             self._runs(self.stations[cp_id], t)
         return t
 
-    #: [s] A meter value stamped up to this long after a station's boot (by the clock estimate
-    #: before it) still counts as queued before it: an estimate a little too low must not let
-    #: a queued value revive an orphan (counted at its limit where the station runs nothing);
-    #: a live value taken this soon after the boot only leaves the orphan at its maximum longer.
-    BOOT_SLACK_S = 5.0
+    #: [s] A meter value stamped up to this long before a station's boot (by the clock estimate
+    #: before it) still counts as taken after it: the estimate reads late by the network delay
+    #: and whole-second stamps, and a station that goes on with its transaction after a boot
+    #: names it at once (its car waited for its TxProfile, tests/interop/test_crash.py); a
+    #: rebooting station takes longer than this between its last queued value and its boot.
+    BOOT_MARGIN_S = 2.0
 
     def before_boot(self, cp_id: str, time: datetime | None) -> bool:
         """Whether a message stamped ``time`` (the station's clock) was taken before the
@@ -383,7 +384,7 @@ class LiveState:
         st = self.stations.get(cp_id)
         if time is None or st is None or st.booted_at is None:
             return False
-        return (time - st.booted_at).total_seconds() < self.BOOT_SLACK_S
+        return (time - st.booted_at).total_seconds() < -self.BOOT_MARGIN_S
 
     @staticmethod
     def _runs(st: Station, t: Transaction) -> None:
