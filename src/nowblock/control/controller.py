@@ -426,13 +426,22 @@ class Controller:
     async def _wake_when_default_known(self, cp_id: str, timeout_s: float = 30.0, every_s: float = 0.1) -> None:
         """Re-plan as soon as a station that just booted is known to hold a default limit (the
         fail-safe the central system installs after the boot), so that the room held for its
-        idle connectors shrinks from its maximum to that limit without waiting for the period."""
+        idle connectors shrinks from its maximum to that limit without waiting for the period;
+        and again once its clock is known (``ClockOffset.stamped``; the central system asks a
+        station that stamps nothing), when its idle connectors may get their idle default."""
         end = _time.monotonic() + timeout_s
+        default = False
         while not self._stopping and _time.monotonic() < end:
             st = self.state.stations.get(cp_id)
             if st is None or not st.connected:
                 return
-            if self.state.applied_limit_a(cp_id, 1) is not None:
+            if not default and self.state.applied_limit_a(cp_id, 1) is not None:
+                self._wake.set()
+                default = True
+                unknown = not getattr(getattr(st, "clock", None), "stamped", True)
+                if not unknown:
+                    return
+            elif default and getattr(getattr(st, "clock", None), "stamped", True):
                 self._wake.set()
                 return
             await asyncio.sleep(every_s)

@@ -231,8 +231,31 @@ class CentralSystem:
             if st.failsafe.purpose is None:
                 log.warning("%s: fail-safe TxDefaultProfile of %.1f A not installed (%s)", cp_id,
                             self.failsafe_a[cp_id], st.failsafe.attempts)
+        await self._ask_clock(cp_id)  # before the currents: its idle connectors wait for it
         if self.ask_currents:  # after the fail-safe: that one matters first
             await self._ask_currents(cp_id)
+
+    async def _ask_clock(self, cp_id: str) -> None:
+        """Ask a station that has stamped no CALL since its boot for its time (1.6: a triggered
+        MeterValues; 2.0.1: ClockCtrlr.DateTime, taken as a sample of its clock on arrival).
+        One that never stamps its idle messages (1.6 StatusNotification's timestamp is
+        optional) got no idle default, and its idle connectors were counted at their maximum,
+        until a car started there (/tmp/s37/h1/repro4_unstamped_idle.py). Run from a task
+        (``after_boot``): a CALL awaited inside a handler would block its connection."""
+        conn = self.connection(cp_id)
+        st = self.state.station(cp_id)
+        if conn is None or st.clock.stamped or not hasattr(conn, "ask_clock"):
+            return
+        try:
+            value = await conn.ask_clock()
+        except CallErrorReceived as exc:
+            log.info("%s: station time not available (%s)", cp_id, exc.code)
+            return
+        except Exception as exc:  # noqa: BLE001 - its clock stays unknown, as before asking
+            log.info("%s: station time not available (%r)", cp_id, exc)
+            return
+        if value is not None:
+            st.clock.observe({"timestamp": value}, self.state.clock(), cp_id)
 
     async def _ask_currents(self, cp_id: str) -> None:
         conn = self.connection(cp_id)

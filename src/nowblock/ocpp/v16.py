@@ -147,6 +147,18 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
         res = await self._call(call.ChangeConfiguration(key="MeterValuesSampledData", value=value))
         return str(res.status)
 
+    async def ask_clock(self) -> None:
+        """Ask for a timestamped message: TriggerMessage MeterValues of connector 1 (OCPP 1.6
+        has no way to read a station's clock; a MeterValue's timestamp is required, the other
+        messages it may trigger carry none or an optional one). The station sends it after its
+        answer, as a CALL whose timestamp the clock estimate takes (``ClockOffset``); returns
+        None (the time is not in the answer). Logged when not Accepted."""
+        res = await self._call(call.TriggerMessage(requested_message="MeterValues", connector_id=1))
+        if str(res.status) != "Accepted":
+            log.info("%s: TriggerMessage MeterValues answered %s: its clock stays unknown until it stamps a "
+                     "message", self.id, res.status)
+        return None
+
     async def probe_rate_unit(self) -> str:
         """'A' or 'W' from ChargingScheduleAllowedChargingRateUnit (A when unknown)."""
         res = await self._call(call.GetConfiguration(key=["ChargingScheduleAllowedChargingRateUnit"]))

@@ -266,6 +266,17 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
         res = await self._call(call.SetVariables(set_variable_data=[{**var, "attribute_value": value}]))
         return str(next(iter(res.set_variable_result or []), {}).get("attribute_status", "Rejected"))
 
+    async def ask_clock(self) -> str | None:
+        """The station's date and time as it answers GetVariables ClockCtrlr.DateTime (a
+        required variable of OCPP 2.0.1: "contains the current date and time"); None when it
+        does not answer it Accepted with a value."""
+        res = await self._call(call.GetVariables(get_variable_data=[{
+            "component": {"name": "ClockCtrlr"}, "variable": {"name": "DateTime"}}]))
+        for r in res.get_variable_result or []:
+            if r.get("attribute_status") == "Accepted" and r.get("attribute_value"):
+                return str(r["attribute_value"])
+        return None
+
     async def probe_rate_unit(self) -> str:
         """'A' or 'W' from SmartChargingCtrlr.RateUnit (A when unknown)."""
         res = await self._call(call.GetVariables(get_variable_data=[{
