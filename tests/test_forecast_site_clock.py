@@ -1,21 +1,28 @@
-"""Forecasters learn in the site's own wall clock where a site is known.
+"""Forecasters, and the live controller's, learn in the site's own wall clock.
+
+Forecasters learn in the site's own wall clock where a site is known.
 
 Found by an outside test: every forecaster defaulted to Europe/Berlin, so a New York block's
 Friday-evening stays (18:00 local = Saturday 00:00 Berlin) were learnt as weekend ones: their
 0.25 departure quantile was Saturday 21:31 instead of Monday 07:00.
+
+The live controller learns a block's habits in the block's own clock (found by an outside test).
 """
 
 from __future__ import annotations
 
 import logging
+import types
 
 import numpy as np
 import pandas as pd
 import pytest
+from test_control import Clock, FakeCentral
 
 import nowblock as nb
 from nowblock.block.scenario import Scenario
 from nowblock.block.site import ChargePoint, Fuse, Site
+from nowblock.control import Controller
 
 
 def _site(tmp_path, tz: str) -> Site:
@@ -108,3 +115,19 @@ def test_online_forecaster_learns_on_the_calendar_given_and_simulate_warns_about
         nb.simulate(scn, "edf", step="1h", end=scn.sessions["arrival"].min() + pd.Timedelta("2h"), needs="unknown",
                     needs_estimator=OnlineNeedsForecaster(min_sessions=5))
     assert "needs_estimator learns on the Europe/Berlin clock" in caplog.text
+
+
+def test_the_controllers_needs_forecaster_learns_in_the_sites_clock():
+    """A New York block's needs forecaster was refitted on Berlin's clock every day: its Friday
+    18:00 stays were learnt as Saturday-midnight ones."""
+    cps = tuple(ChargePoint(id=f"CP{i}", fuse="grid", max_current_a=32.0, min_current_a=6.0) for i in range(2))
+    site = Site("ny", (Fuse("grid", (63.0,) * 3),), cps, timezone="America/New_York")
+    clock = Clock()
+    ctl = Controller(FakeCentral(site), site, "edf", period_s=60, clock=clock, min_replan_s=0.0)
+    arrivals = pd.date_range(clock.now - pd.Timedelta(days=30), periods=25, freq="D")
+    hist = pd.DataFrame({"charge_point_id": "CP0", "arrival": arrivals,
+                         "departure": arrivals + pd.Timedelta(hours=9), "energy_kwh": 12.0})
+    ctl.store = types.SimpleNamespace(sessions_history=lambda since=None: hist)
+    ctl._refit_needs(clock.now)
+    cal = ctl.needs_forecaster.calendar
+    assert (cal.tz, cal.country) == ("America/New_York", "US")
