@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from interop.station import RawStation, now_iso
-from test_s35_profiles_fallback import K01Station
+from test_live_fallback_default import K01Station
 
 from nowblock.control import attach
 from nowblock.ocpp import profiles as pr

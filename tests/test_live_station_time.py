@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from interop.station import RawStation, meter_16, now_iso
-from test_s35_profiles_fallback import K01Station
+from test_live_fallback_default import K01Station
 
 from nowblock.control import attach
 from nowblock.ocpp import profiles as pr
