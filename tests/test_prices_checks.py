@@ -1,8 +1,14 @@
-"""Prices in the wrong unit are refused, as a base load in W is (block.scenario.check_prices).
+"""Prices are checked wherever they enter: in the wrong unit refused (as a base load in W is), by the
+live controller as by a scenario and optimize.
+
+Prices in the wrong unit are refused, as a base load in W is (block.scenario.check_prices).
 
 Found by an outside test: prices in EUR/MWh (300) or ct/kWh (30) given as EUR/kWh were taken
 without a word; the MILP then weighed them against its 20 EUR/kWh shortfall penalty and left
 cars short (demand met 0.8112 in EUR/kWh, 0.7790 with the same prices in EUR/MWh).
+
+The live controller checks its prices as a scenario and optimize do (found by a review:
+``Controller(..., prices=<EUR/MWh>)`` was planned on without a word).
 """
 
 from __future__ import annotations
@@ -11,10 +17,13 @@ import logging
 
 import pandas as pd
 import pytest
+from test_control import Clock, FakeCentral
 
 from nowblock.block.scenario import Scenario, ScenarioError
 from nowblock.block.site import ChargePoint, Fuse, Site
 from nowblock.cli import main
+from nowblock.control import Controller
+
 
 T0 = pd.Timestamp("2026-03-02T17:00", tz="Europe/Berlin")
 IDX = pd.date_range(T0, periods=6, freq="1h")
@@ -105,3 +114,19 @@ def test_a_short_window_of_scarcity_hours_is_kept():
     refused by the median rule; it applies to a day or more only."""
     window = pd.Series([10.5, 10.5, 10.5, 0.4], index=pd.date_range(T0, periods=4, freq="1h"))
     assert Scenario(_site(), _sessions(), prices=window).prices.max() == 10.5
+
+
+def _controller(prices):
+    site = Site("p", (Fuse("grid", (63.0,) * 3),), (ChargePoint("CP0", "grid", 16.0, 6.0),))
+    clock = Clock()
+    return Controller(FakeCentral(site), site, "edf", period_s=60, clock=clock, min_replan_s=0.0, prices=prices)
+
+
+def test_live_prices_in_eur_per_mwh_are_refused():
+    idx = pd.date_range("2026-12-07T00:00", periods=24, freq="1h", tz="UTC")
+    with pytest.raises(ScenarioError, match="eur_per_kwh 300 is beyond"):
+        _controller(pd.Series(300.0, index=idx))
+    with pytest.raises(TypeError, match="prices: expected a pandas Series"):
+        _controller([0.3] * 24)
+    ctl = _controller(pd.Series(0.3, index=idx))  # EUR/kWh: planned on
+    assert float(ctl.source.prices.max()) == 0.3
