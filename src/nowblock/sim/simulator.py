@@ -373,7 +373,7 @@ def _covered(scenario, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelt
     tz, where = scenario.site.timezone, "the simulated window"
     files = getattr(scenario, "_series_files", {})  # set by Scenario.from_dir: name the file
     base = cover_window(scenario.base_load, start, end, files.get("base_load", "base_load"), "base_load", tz, where,
-                        step, plugged_times(scenario.sessions, start, end))
+                        step, plugged_times(scenario.sessions, start, end, step))
     prices = cover_window(scenario.prices, start, end, files.get("prices", "prices"), "prices", tz, where, step)
     if base is scenario.base_load and prices is scenario.prices:
         return scenario
