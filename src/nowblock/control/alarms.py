@@ -81,11 +81,14 @@ class OverloadWatch:
             phases) and ``base_load_kw`` [kW].
         now : pandas.Timestamp
         changed_at : dict, optional
-            session_id -> when its limit last changed. A car read before its limit went down is
-            counted at most at the limit it holds now: summing readings taken before and after
-            a re-sharing adds a car's old draw to the draw another car took over from it, an
-            overload that never flowed. A car that keeps drawing above its lowered limit shows
-            it in its next reading (and is escalated meanwhile).
+            session_id -> when its limit was last lowered
+            (:meth:`~nowblock.loop.step.ControlStep.lowered_since`; a raise does not move it). A
+            car read before its limit went down is counted at most at the limit it holds now:
+            summing readings taken before and after a re-sharing adds a car's old draw to the
+            draw another car took over from it, an overload that never flowed. A car that keeps
+            drawing above its lowered limit shows it in its next reading (and is escalated
+            meanwhile). A reading before a raise is the car's draw: capped at the raised limit,
+            an over-draw read before it vanished and its overload alarm closed while it went on.
         base_kw : float, optional
             [kW] The block's other load as metered now; without it the observation's first slot
             (which the planner raises to the next slot's forecast, so it is no measurement).

@@ -592,7 +592,7 @@ class Controller:
         self.sender.read_back(ctx, now)
         t3 = _time.perf_counter()
         x = pd.Series(counted, dtype=float).reindex(targets.index).rename("current_a")
-        self.overloads.watch(obs, now, changed_at=self.loop.changed_at, base_kw=self.source.metered_base_kw(now))
+        self.overloads.watch(obs, now, changed_at=self.loop.lowered_since(), base_kw=self.source.metered_base_kw(now))
         self.loop.forget(obs.cars.index)
         self._awaiting = {k: v for k, v in self._awaiting.items() if k in obs.cars.index}
         self.operator.forget_sessions(obs.cars.index)

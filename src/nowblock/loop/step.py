@@ -177,6 +177,9 @@ class ControlStep:
         # session -> what a trusted car draws over its limit [A] (within the over-draw tolerance),
         # reserved on every fuse above it (see :func:`~nowblock.loop.closed_loop.next_excess_a`).
         self.excess_a: dict[str, float] = {}
+        # Sessions last lowered (since changed_at); the others' last lowering (lowered_since).
+        self._lowered: set[str] = set()
+        self._lowered_at: dict[str, pd.Timestamp] = {}
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     def record_sent(self, session_id: str, limit_a: float, time: pd.Timestamp) -> None:
@@ -184,6 +187,12 @@ class ControlStep:
         prev = self.sent.get(session_id)
         self.sent[session_id] = (float(limit_a), time)
         if prev is None or abs(prev[0] - float(limit_a)) > 1e-6:
+            if prev is None or float(limit_a) < prev[0]:  # a first limit may lower what it held
+                self._lowered.add(session_id)
+                self._lowered_at.pop(session_id, None)
+            elif session_id in self._lowered and session_id in self.changed_at:  # a raise
+                self._lowered.discard(session_id)
+                self._lowered_at[session_id] = self.changed_at[session_id]
             self.changed_at[session_id] = time
             if prev is not None:
                 self.before[session_id] = prev[0]
@@ -195,15 +204,25 @@ class ControlStep:
         if prev is None or abs(prev[0] - float(limit_a)) > 1e-6:
             self.accepted[session_id] = (float(limit_a), time)
 
+    def lowered_since(self) -> dict[str, pd.Timestamp]:
+        """session_id -> since when [UTC] its limit holds its last lowering (a raise after it does
+        not move it). A reading before that may show a draw given up since; one before a raise is
+        the car's draw (capped at the raised limit, an over-draw vanished and its overload alarm
+        closed while it went on: an outside test)."""
+        out = {sid: t for sid, t in self._lowered_at.items() if sid not in self._lowered}
+        out.update({sid: self.changed_at[sid] for sid in self._lowered if sid in self.changed_at})
+        return out
+
     def forget(self, keep) -> None:
         """Drop what is kept for sessions not in ``keep`` (they ended)."""
         keep = set(keep)
         self.unconfirmed &= keep
         for d in (self.sent, self.changed_at, self.before, self.over_ratio, self.probes, self.offsets, self.accepted,
-                  self.excess_a):
+                  self.excess_a, self._lowered_at):
             for sid in [s for s in d if s not in keep]:
                 del d[sid]
         self.full &= keep
+        self._lowered &= keep
         self._drew &= keep
         self._ignoring &= keep
         for d in (self._on_since, self._off_at):
