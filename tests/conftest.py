@@ -243,10 +243,9 @@ def store_url(request, tmp_path):
 
 
 # ---- Old test module names still imported ---------------------------------------------------------
-# Test files named after sessions were moved to files named by subject in session 37. Files written
-# in that session by other helpers import the raw-station helpers under the old name: an alias until
-# they import test_live_fallback_default (tests/test_live_clock_step.py, test_live_idle_defaults.py,
-# test_live_over_draw.py, test_live_station_time.py).
+# Test files named after sessions were moved to files named by subject in session 37. A file written
+# in that session by another helper imports the raw-station helpers under the old name: an alias
+# until it imports test_live_fallback_default (tests/test_live_over_draw.py).
 import importlib  # noqa: E402
 import sys  # noqa: E402
 
