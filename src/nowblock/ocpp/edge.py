@@ -53,6 +53,7 @@ METER_AHEAD_S = 60.0
 #: as stale (its reading is not known to be current), which is safe but wastes room.
 METER_BEHIND_WARN_S = 300.0
 _meter_warned: dict[str, datetime] = {}
+_warned_at: dict[tuple[str, str], datetime] = {}  # (station, what) -> when last logged (:func:`hourly`)
 #: A departure later than this [s] from now is taken as this far away (planning needs no more).
 MAX_DEPARTURE_S = 7 * 86400.0
 #: A departure earlier than this [s] before now is a wrong clock, not a car in a hurry: ignored.
@@ -208,24 +209,53 @@ def event_time(value, now: datetime, what: str, cp_id: str = "") -> datetime:
     An unparseable timestamp is refused (FormatViolation). One outside
     [now - :data:`PAST_WINDOW_S`, now + :data:`FUTURE_WINDOW_S`] means the station's clock is
     wrong (a reset clock says 0001 or 1970, a broken one 9999): the central system's time
-    ``now`` replaces it and a warning is logged. None gives ``now``.
+    ``now`` replaces it and a warning is logged, at most hourly a station (a 2.0.1 station whose
+    clock runs 2 h ahead stamps every TransactionEvent so). None gives ``now``.
     """
     t = _parse(value, what)
     if t is None:
         return now
     if not plausible(t, now):
-        log.warning("%s: %s %s is implausible (station clock off?); using %s", cp_id, what, value, now.isoformat())
+        if hourly(cp_id, f"implausible {what}", now):
+            log.warning("%s: %s %s is implausible (station clock off?); using %s (logged at most hourly)", cp_id,
+                        what, value, now.isoformat())
         return now
     return t
 
 
-def meter_time(ts: datetime | None, now: datetime, cp_id: str = "") -> datetime:
-    """When a meter value was taken: its timestamp ``ts`` (already within the plausible window,
-    :func:`nowblock.ocpp.meter.parse_meter_values`), ``now`` when it has none or when it lies more
-    than :data:`METER_AHEAD_S` after ``now`` (the station's clock runs ahead); one more than
-    :data:`METER_BEHIND_WARN_S` before ``now`` is kept and logged, at most hourly per station."""
+def hourly(cp_id: str, what: str, now: datetime) -> bool:
+    """Whether a warning ``what`` about station ``cp_id`` may be logged at ``now``: once an hour
+    (and again when ``now`` goes back); True records it as logged."""
+    last = _warned_at.get((cp_id, what))
+    if last is not None and 0.0 <= (now - last).total_seconds() < 3600.0:
+        return False
+    _warned_at[(cp_id, what)] = now
+    return True
+
+
+def station_offset_s(clock) -> float:
+    """[s] What a station's stamps are corrected by into the central system's clock: its clock
+    estimate (:attr:`ClockOffset.offset_s`, the station's clock minus ours) while usable, else 0
+    (a clock a day off or split between offsets: its stamps are judged as they are)."""
+    if clock is None or not getattr(clock, "usable", True):
+        return 0.0
+    return float(getattr(clock, "offset_s", 0.0) or 0.0)
+
+
+def meter_time(ts: datetime | None, now: datetime, cp_id: str = "", offset_s: float = 0.0) -> datetime:
+    """When a meter value was taken, by the central system's clock: its timestamp ``ts`` (the
+    station's clock, already within the plausible window around the station's now,
+    :func:`nowblock.ocpp.meter.parse_meter_values`) less the station's known clock offset
+    ``offset_s`` [s] (:func:`station_offset_s`); ``now`` when it has none or when it lies more than
+    :data:`METER_AHEAD_S` after ``now`` (the station's clock runs ahead of its estimate); one more
+    than :data:`METER_BEHIND_WARN_S` before ``now`` is kept and logged, at most hourly per station.
+    Not corrected, a station 2 h ahead (local time written as UTC) had each stamp replaced by the
+    arrival time, a value it queued 10 minutes before counted as taken now, and one a station
+    30 s ahead sent kept its car fresh 30 s longer (/tmp/s37/m4/repro_f5_stamps.py)."""
     if ts is None:
         return now
+    if offset_s:
+        ts = ts - timedelta(seconds=float(offset_s))
     d = (ts - now).total_seconds()
     if d > METER_AHEAD_S or d < -METER_BEHIND_WARN_S:
         last = _meter_warned.get(cp_id)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from nowblock.ocpp.edge import plausible
+from nowblock.ocpp.edge import hourly, plausible
 from nowblock.ocpp.profiles import parse_time
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ _IMPORT = {"Energy.Active.Import.Register": "energy register", "Power.Active.Imp
 
 
 def parse_meter_values(meter_value: list[dict], now: datetime | None = None,
-                       cp_id: str = "") -> tuple[dict[str, float], datetime | None]:
+                       cp_id: str = "", offset_s: float = 0.0) -> tuple[dict[str, float], datetime | None]:
     """Flatten (snake_case) ``meter_value`` entries of either version; the latest value wins.
 
     Returns ``({"energy_wh", "power_w", "current_l1_a".."current_l3_a", "power_l1_w"..
@@ -37,8 +37,11 @@ def parse_meter_values(meter_value: list[dict], now: datetime | None = None,
     Unparseable samples (also ``NaN``, infinite values, a negative energy register, import power
     or import current: an import is no draw) are logged and skipped, never raised: one bad
     sample must not cost the rest of the message.
-    With ``now``, a timestamp outside the plausible window around it (see
-    :func:`nowblock.ocpp.edge.event_time`) is dropped, so the caller uses its own clock.
+    With ``now``, a timestamp outside the plausible window around the station's now, ``now``
+    plus its known clock offset ``offset_s`` [s] (:func:`nowblock.ocpp.edge.station_offset_s`;
+    see :func:`nowblock.ocpp.edge.event_time`), is dropped, so the caller uses its own clock; the
+    warning is logged at most hourly a station (once per MeterValues, a station whose clock ran
+    2 h ahead logged 37 in 4 minutes). The timestamp returned is the station's.
     """
     out: dict[str, float] = {}
     latest: datetime | None = None
@@ -48,9 +51,10 @@ def parse_meter_values(meter_value: list[dict], now: datetime | None = None,
             ts = parse_time(mv.get("timestamp"))
         except (ValueError, TypeError, OverflowError):
             ts = None
-        if ts is not None and now is not None and not plausible(ts, now):
-            log.warning("%s: meter value dated %s is implausible (station clock off?); using now", cp_id,
-                        mv.get("timestamp"))
+        if ts is not None and now is not None and not plausible(ts, now + timedelta(seconds=float(offset_s))):
+            if hourly(cp_id, "meter_implausible", now):
+                log.warning("%s: meter value dated %s is implausible (station clock off?); using now (logged at "
+                            "most hourly)", cp_id, mv.get("timestamp"))
             ts = None
         if ts is not None and (latest is None or ts > latest):
             latest = ts

@@ -72,8 +72,9 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
         if t is None:
             log.warning("%s: StopTransaction for unknown transaction %s", self.id, transaction_id)
         elif transaction_data:
-            reading, ts = parse_meter_values(transaction_data, now, self.id)
-            self.state.on_meter(self.id, t.connector_id, transaction_id, reading, edge.meter_time(ts, now, self.id))
+            off = edge.station_offset_s(self.state.stations[self.id].clock)
+            reading, ts = parse_meter_values(transaction_data, now, self.id, off)
+            self.state.on_meter(self.id, t.connector_id, transaction_id, reading, edge.meter_time(ts, now, self.id, off))
         self.state.on_stop(self.id, transaction_id, stop=stop, meter_stop_wh=meter_stop_wh, reason=reason or "Local")
         if t is not None:
             self.defer(lambda: self.central.after_stop(self.id, t.connector_id))
@@ -84,10 +85,12 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
     def on_meter_values(self, connector_id, meter_value, transaction_id=None, **kwargs):
         edge.check_connector(connector_id)
         now = self.state.clock()
-        reading, ts = parse_meter_values(meter_value, now, self.id)
+        # Its stamps are in its clock: judged there, dated in ours by its known offset.
+        off = edge.station_offset_s(self.state.stations[self.id].clock)
+        reading, ts = parse_meter_values(meter_value, now, self.id, off)
         # Replayed after a reboot, one queued before it names a transaction the reboot ended:
         # it revived its orphan (two or three TxProfiles Rejected, /tmp/s37/h1/repro3_queued_revive.py).
-        self.state.on_meter(self.id, connector_id, transaction_id, reading, edge.meter_time(ts, now, self.id),
+        self.state.on_meter(self.id, connector_id, transaction_id, reading, edge.meter_time(ts, now, self.id, off),
                             queued=self.state.before_boot(self.id, ts))
         return call_result.MeterValues()
 

@@ -58,7 +58,8 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
         tid = transaction_info["transaction_id"]
         now = self.state.clock()
         when = edge.event_time(timestamp, now, "timestamp", self.id)
-        reading, ts = parse_meter_values(meter_value or [], now, self.id)
+        off = edge.station_offset_s(self.state.stations[self.id].clock)  # its stamps are in its clock
+        reading, ts = parse_meter_values(meter_value or [], now, self.id, off)
         t = self.state.transaction(self.id, tid)
         if evse is not None:  # a transaction runs on an EVSE 1..32; 0 is the station itself
             edge.check_connector(evse.get("id"), "evse.id", allow_zero=False)
@@ -86,7 +87,7 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
                     self.state.emit("needs", self.id, t.connector_id, tid, phases_used=n_used)
             t.phases_used = n_used
         if reading:
-            taken = when if ts is None else edge.meter_time(ts, now, self.id)
+            taken = when if ts is None else edge.meter_time(ts, now, self.id, off)
             # One queued while offline names a transaction it ran then (a rebooted station's old
             # one revived by it got three TxProfiles, Rejected): it revives no orphan.
             ev = self.state.on_meter(self.id, t.connector_id, tid, reading, taken, publish=not later,
@@ -135,8 +136,9 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
     def on_meter_values(self, evse_id, meter_value, **kwargs):
         edge.check_connector(evse_id, "evseId")
         now = self.state.clock()
-        reading, ts = parse_meter_values(meter_value, now, self.id)
-        self.state.on_meter(self.id, evse_id, None, reading, edge.meter_time(ts, now, self.id))
+        off = edge.station_offset_s(self.state.stations[self.id].clock)
+        reading, ts = parse_meter_values(meter_value, now, self.id, off)
+        self.state.on_meter(self.id, evse_id, None, reading, edge.meter_time(ts, now, self.id, off))
         return call_result.MeterValues()
 
     @on(Action.notify_ev_charging_needs)
