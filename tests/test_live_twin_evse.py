@@ -57,12 +57,12 @@ async def test_the_two_evses_of_a_32_a_point_get_32_a_in_all_not_each():
             await s.close()
 
 
-def _twin_state(now: datetime, *, cars: int) -> LiveState:
+def _twin_state(now: datetime, *, cars: int, evses: int = 2) -> LiveState:
     state = LiveState(make_test_site(2, grid_a=100.0), clock=lambda: now)
     for cp in ("CP1", "CP2"):
         state.on_connect(cp, "1.6")
         state.on_boot(cp, vendor="V", model="M")
-    for c in (1, 2):  # a car plugged in at each EVSE; on EVSE 2 it has not started (cars=1)
+    for c in range(1, evses + 1):  # a car plugged in at each EVSE; started on the first ``cars``
         state.on_status("CP1", c, "Preparing")
     for c in range(1, cars + 1):
         state.on_start("CP1", c, c, start=now, meter_start_wh=0.0)
@@ -70,33 +70,34 @@ def _twin_state(now: datetime, *, cars: int) -> LiveState:
     return state
 
 
-def test_the_live_snapshot_rates_a_shared_point_as_a_fuse_over_its_cars_and_idle_connectors():
-    """The live observation puts a point with two cars, or a car and an idle connector it holds
-    room for, under a fuse of the point's rating (cap windows in force included); a point with
-    one EVSE in use gets none (its car's maximum is the point's already)."""
+def test_the_live_snapshot_rates_a_point_with_two_cars_as_a_fuse_over_them():
+    """The live observation puts a point with two cars under a fuse of the point's rating (a cap
+    window in force included); a point with one car gets none (its car's maximum is the point's
+    already). What is held for an idle connector of the point (a car plugged in, not started, no
+    default known: the point's maximum) is reserved above it, not taken from its cars."""
     from nowblock.control.live import LiveBlock
 
     now = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
     ts = pd.Timestamp(now)
     failsafe = pd.Series({"CP1": 16.0, "CP2": 16.0})
-    two = LiveBlock(_twin_state(now, cars=2), make_test_site(2, grid_a=100.0), step=pd.Timedelta("15min"),
-                    horizon=pd.Timedelta("1h"), failsafe_a=failsafe)
+
+    def live(cars: int, evses: int = 2, site: Site | None = None) -> LiveBlock:
+        return LiveBlock(_twin_state(now, cars=cars, evses=evses), site or make_test_site(2, grid_a=100.0),
+                         step=pd.Timedelta("15min"), horizon=pd.Timedelta("1h"), failsafe_a=failsafe)
+
+    two = live(2)
     obs = two.observe(ts)
-    cp1 = obs.site.charge_point("CP1")
-    assert cp1.fuse == "point:CP1" and obs.site.charge_point("CP2").fuse == "grid"
+    assert obs.site.charge_point("CP1").fuse == "point:CP1" and obs.site.charge_point("CP2").fuse == "grid"
     point = obs.site.fuses[obs.site.fuse_ids.index("point:CP1")]
     assert point.max_current_a == (32.0, 32.0, 32.0) and point.parent == "grid"
     assert two.observe(ts).site is obs.site  # the same site while nothing changes
-    one = LiveBlock(_twin_state(now, cars=1), make_test_site(2, grid_a=100.0), step=pd.Timedelta("15min"),
-                    horizon=pd.Timedelta("1h"), failsafe_a=failsafe)
-    # Its EVSE 2, a car plugged in, holds no default it knows: held at the point's maximum.
-    assert one.observe(ts).site.charge_point("CP1").fuse == "point:CP1"
+    assert live(1).observe(ts).site.charge_point("CP1").fuse == "grid"
+    obs = live(2, evses=3).observe(ts)
+    assert obs.idle_defaults_a[("CP1", 3)] == 32.0
+    assert obs.site.fuses[obs.site.fuse_ids.index("point:CP1")].max_current_a == (64.0, 64.0, 64.0)
     d = make_test_site(2, grid_a=100.0).to_dict()
     d["charge_points"][0]["caps"] = [{"start": "00:00", "end": "23:59", "max_current_a": 10.0}]
-    capped = Site.from_dict(d)
-    lb = LiveBlock(_twin_state(now, cars=2), capped, step=pd.Timedelta("15min"), horizon=pd.Timedelta("1h"),
-                   failsafe_a=failsafe)
-    site = lb.observe(ts).site
+    site = live(2, site=Site.from_dict(d)).observe(ts).site
     assert site.fuses[site.fuse_ids.index("point:CP1")].max_current_a == (10.0, 10.0, 10.0)
 
 

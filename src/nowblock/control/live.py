@@ -164,28 +164,31 @@ class LiveBlock:
         return self._shared_points(self._at_physical_maximum(obs))
 
     def _shared_points(self, obs: Observation) -> Observation:
-        """``obs`` whose site carries each charging point with more than one car or idle
-        connector held for as a fuse of its own (:func:`nowblock.loop.caps.shared_points_site`):
-        ``max_current_a`` [A per phase] is the point's, over all its connectors/EVSEs together,
-        as its fail-safe is divided over them; lowered by a cap window in force now. Each EVSE
-        of a twin wallbox planned at the point's whole maximum got 32 + 31 A at a 32 A point
-        (an outside test, /tmp/s37/m4/repro_f2_twin.py)."""
+        """``obs`` whose site carries each charging point with more than one car as a fuse of its
+        own (:func:`nowblock.loop.caps.shared_points_site`): ``max_current_a`` [A per phase] is the
+        point's, over all its connectors/EVSEs together, as its fail-safe is divided over them;
+        lowered by a cap window in force now. Each EVSE of a twin wallbox planned at the point's
+        whole maximum got 32 + 31 A at a 32 A point (an outside test, /tmp/s37/m4/repro_f2_twin.py).
+        What is held for the point's idle connectors is added to that rating: it is reserved on
+        the fuses above (a car plugging in draws it before the next step reaches it), and taken
+        from the point's own rating it would pause its cars for as long as a station that refuses
+        defaults holds its idle connectors at their maximum."""
         count: dict[str, int] = {}
         for cp in obs.cars["charge_point_id"].astype(str):
-            count[cp] = count.get(cp, 0) + 1
-        idle = obs.idle_defaults_a
-        for cp in idle[idle > 0].index.get_level_values("charge_point_id").astype(str):
             count[cp] = count.get(cp, 0) + 1
         shared = sorted(cp for cp, k in count.items() if k > 1)
         if not shared:
             return obs
+        idle = obs.idle_defaults_a
+        held = idle[idle > 0].groupby(level="charge_point_id").sum() if len(idle) else idle
         caps = self.site.cap_current_a([obs.time])[0]
         j = self.site.cp_index(shared)
-        ratings = {cp: float(min(self.site.charge_points[i].max_current_a, caps[i])) for cp, i in zip(shared, j)}
-        key = (obs.site, tuple(ratings.items()))
-        if self._shared_site is None or self._shared_site[0] is not obs.site or self._shared_site[1] != key[1]:
+        ratings = {cp: float(min(self.site.charge_points[i].max_current_a, caps[i]) + held.get(cp, 0.0))
+                   for cp, i in zip(shared, j)}
+        key = tuple(ratings.items())
+        if self._shared_site is None or self._shared_site[0] is not obs.site or self._shared_site[1] != key:
             # Kept while nothing changes: a new site each step would rebuild every cached row.
-            self._shared_site = (obs.site, key[1], shared_points_site(obs.site, ratings))
+            self._shared_site = (obs.site, key, shared_points_site(obs.site, ratings))
         return replace(obs, site=self._shared_site[2])
 
     def _at_physical_maximum(self, obs: Observation) -> Observation:
