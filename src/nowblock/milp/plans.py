@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nowblock.milp.formulation import Formulation
+from nowblock.milp.formulation import Formulation, rows_times
 from nowblock.milp.matrix import plan_objective
 from nowblock.milp.peak import plan_peak_kw
 from nowblock.milp.rounding import Plan, make_plan, pilot_bounds, unbalance_drawn
@@ -67,7 +67,7 @@ def as_plan(form: Formulation, x: np.ndarray, tol: float = 1e-6) -> Plan | None:
         return None
     lim = form.limits
     nf = lim.n_fuse_rows
-    if (lim.g[:nf] @ y > lim.h[:nf] + tol).any():
+    if (rows_times(lim.g[:nf], y) > lim.h[:nf] + tol).any():
         return None
     unb = unbalance_drawn(form, y)
     if unb is not None and (unb > lim.h[nf:] + tol).any():

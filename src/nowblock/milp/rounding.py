@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nowblock.milp.formulation import Formulation
+from nowblock.milp.formulation import Formulation, rows_times
 
 _TOL = 1e-9
 
@@ -298,7 +298,7 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
                 break
             z = y.copy()
             d_z = (z * kwh).sum(axis=1)
-            s_z = lim.h - lim.g @ z
+            s_z = lim.h - rows_times(lim.g, z)
             if due is not None:
                 pk.fill(z, d_z, due, kwh, up, on_a, order, by_cost, g_start, g_row, g_val, s_z, kw, no_cap, step,
                         _TOL)
@@ -329,10 +329,10 @@ def _light_phase_up(form: Formulation, x: np.ndarray, step: float) -> np.ndarray
         return x
     u = lim.h[lim.n_fuse_rows, 0]
     root = lim.g[0:3]
-    load = root @ x  # (3, T) charging current per grid phase of the root [A]
+    load = rows_times(root, x)  # (3, T) charging current per grid phase of the root [A]
     light = load <= load.max(axis=0, keepdims=True) - u + 1e-6  # (3, T): the light side of a binding row
     only = (root > 0) & (root.sum(axis=0, keepdims=True) == 1)  # (3, n): single-phase cars by phase
-    up_cells = (only.T.astype(float) @ light.astype(float)) > 0  # (n, T)
+    up_cells = rows_times(only.T, light) > 0  # (n, T)
     if not up_cells.any():
         return x
     return np.where(up_cells & (x > 1e-7), np.ceil(x / step - 1e-7) * step, x)
@@ -367,7 +367,7 @@ def unbalance_drawn(form: Formulation, y: np.ndarray) -> np.ndarray | None:
 def _unbalance_lhs(g: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Unbalance rows ``g`` times the plan: the heavy side (positive coefficients) at setpoints
     ``y`` [A], the light side at draws ``d`` [A]; (rows x slots) [A]."""
-    return np.clip(g, 0.0, None) @ y + np.clip(g, None, 0.0) @ d
+    return rows_times(np.clip(g, 0.0, None), y) + rows_times(np.clip(g, None, 0.0), d)
 
 
 def keep_unbalance_drawn(form: Formulation, y: np.ndarray, on_a: np.ndarray, stop_at: float | None = None) -> int:
@@ -395,7 +395,7 @@ def keep_unbalance_drawn(form: Formulation, y: np.ndarray, on_a: np.ndarray, sto
     d = _drawn_rows(y, kwh, need)
     over = _unbalance_lhs(g, y, d) - h
     gf = lim.g[:nf]
-    fuse_over = gf @ y - lim.h[:nf]
+    fuse_over = rows_times(gf, y) - lim.h[:nf]
     up = pilot_bounds(form)[0]
     steps = 0
     # Each pass moves a car a pilot step (or to/from its least setpoint): raises are bounded by
@@ -477,7 +477,7 @@ def serve_unbalance_blocked(form: Formulation, y: np.ndarray, max_tries: int | N
     power_room = np.ascontiguousarray(float(power.max()) - power)
     d = np.ascontiguousarray(_drawn_rows(y, kwh, need))
     over = np.ascontiguousarray(_unbalance_lhs(lim.g[nf:], y, d) - lim.h[nf:])
-    fslack = np.ascontiguousarray(lim.h[:nf] - lim.g[:nf] @ y)
+    fslack = np.ascontiguousarray(lim.h[:nf] - rows_times(lim.g[:nf], y))
     if max_tries is None:
         max_tries = min(40 * len(cars) * form.n_slots, 200_000)
     g_start, g_row, g_val = lim.by_car

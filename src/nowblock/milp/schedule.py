@@ -17,7 +17,7 @@ import pandas as pd
 
 from nowblock.baselines import baseline_policy
 from nowblock.milp.adapters import slot_snapshot
-from nowblock.milp.formulation import Formulation
+from nowblock.milp.formulation import Formulation, rows_times
 from nowblock.milp.rounding import Plan, round_to_steps
 from nowblock.seam import make_safe
 
@@ -171,7 +171,7 @@ def binding_report(form: Formulation, current_a: np.ndarray, load_a: np.ndarray 
     """Limits (fuse phase or unbalance, slot) with less than one pilot step of room left
     (``load_a``: ``G @ current_a`` if the caller has it)."""
     g, h, labels = limit_rows(form)
-    load = g @ current_a if load_a is None else load_a
+    load = rows_times(g, current_a) if load_a is None else load_a
     slack = h - load
     r, t = np.nonzero(slack < form.options.current_step_a - _TOL_A)
     # Only rows some charging car loads count (checked for the few tight pairs, not all rows x slots).
