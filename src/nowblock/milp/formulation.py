@@ -98,6 +98,18 @@ def rows_times(g: np.ndarray, y: np.ndarray) -> np.ndarray:
     the cores are busy those threads wait on each other: 200-240 ms against 4-11 ms as a sparse
     product (1,000 cars x 288 slots, 6 and 120 rows, load average 27 on 2 cores; with one BLAS
     thread both take the same). A car is in a few rows, so the sparse product does no more work.
+
+    Parameters
+    ----------
+    g : ndarray
+        (rows, n) coefficients (bool or float), e.g. 1 per car and fuse phase it loads.
+    y : ndarray
+        (n, T) or (n,) currents [A] (bool or float).
+
+    Returns
+    -------
+    ndarray
+        (rows, T) or (rows,) ``g @ y`` [A].
     """
     import scipy.sparse as sp
 

@@ -280,8 +280,25 @@ def race_lp(form: Formulation, mf: MatrixForm, time_limit_s: float, delay_s: flo
     faster one: the interior-point method took 3-5 x less than the simplex on the unbalance
     trees with 2,000 cars (37.6 -> 12.9 s, 44.9 -> 9.3 s, where the simplex did not finish in
     time) and 4.8 x more at the median of 45 others (docs/bench_optimize.md, sessions 28-29);
-    which wins is not known before. Costs a second core while both run. If neither is optimal
-    within the limit, the simplex's result (the one a single solve would have given)."""
+    which wins is not known before. Costs a second core while both run.
+
+    Parameters
+    ----------
+    form : Formulation
+        The model's options (a ``solver`` the user chose is used alone, not raced).
+    mf : MatrixForm
+        The LP (a model with integer columns is solved once, not raced).
+    time_limit_s : float
+        Both methods end by then [s] from the call.
+    delay_s : float, optional
+        How long [s] the simplex runs alone; default :data:`RACE_DELAY_SHARE` of ``time_limit_s``.
+
+    Returns
+    -------
+    SolveResult
+        The first optimal answer; if neither is optimal within the limit, the simplex's result
+        (the one a single solve would have given).
+    """
     import threading
 
     if "solver" in form.options.solver_options or bool(mf.integrality.any()):
