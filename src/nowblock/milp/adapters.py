@@ -180,12 +180,15 @@ def from_snapshot(snapshot, horizon="24h", step="15min", options: OptimizeOption
     # - a car that drew less than offered gets energy in proportion (``draw_ratio``; unknown, or 0
     #   when paused or full, counts as 1);
     # - a remainder smaller than one slot at the minimum current is planned as that slot: valued
-    #   at its true size it never beat the slot's price and slipped past departure.
+    #   at its true size it never beat the slot's price and slipped past departure;
+    # - the last ``taper_kwh`` of a car's remaining energy is planned at ``taper_share`` of its
+    #   maximum draw in its last hours (not in the first slot): a battery's taper is not observed.
     has_caps = site.has_caps and len(cp)
     plugged, upper, ratio, urgency, need, energy, cell_car, cell_slot = snapshot_plan_arrays(
         snapshot.hours_to_departure_h, max_a, site.cp_max_current_a[cp], snapshot.values("min_current_a"), phases,
         meas, offered, snapshot.remaining_kwh, dt_h, snapshot.dt_h, float(opts.urgency_h),
-        float(opts.departure_margin_h), float(site.voltage_v), use_ratio)
+        float(opts.departure_margin_h), float(site.voltage_v), use_ratio, float(opts.taper_kwh),
+        float(opts.taper_share))
     if has_caps:
         # ``snapshot.cars.max_current_a`` holds today's cap; later slots follow the site's windows.
         upper = np.where(plugged > 0, np.minimum(upper, site.cap_current_a(times.index(), dt_h * 3600.0)[:, cp].T), 0.0)

@@ -190,7 +190,7 @@ def _nan_min(a, b):
 
 @njit(cache=True)
 def snapshot_plan_arrays(left_h, max_a, cp_max_a, min_a, phases, meas_a, offered_a, remaining_kwh, dt_h, control_h,
-                         urgency_h, departure_margin_h, voltage_v, use_ratio):
+                         urgency_h, departure_margin_h, voltage_v, use_ratio, taper_kwh=0.0, taper_share=1.0):
     """Per car and slot, what a receding-horizon plan knows (see ``from_snapshot``).
 
     ``left_h`` [h] to departure (inf: unknown, plugged in all horizon), slot lengths ``dt_h``
@@ -199,6 +199,13 @@ def snapshot_plan_arrays(left_h, max_a, cp_max_a, min_a, phases, meas_a, offered
     energy still wanted [kWh] (NaN stays NaN: the caller fills it with what the car can take),
     the energy per ampere offered (n, T) [kWh/A] and the (car, slot) of every cell a car can
     charge in (``Formulation.cells`` without caps).
+
+    The last ``taper_kwh`` [kWh] of a car's known remaining energy is planned at ``taper_share``
+    of its maximum draw: after the first slot, the slots of its last hours before its (margin)
+    departure that this energy takes at that draw are capped at ``taper_share / draw ratio`` of
+    its maximum (never below its minimum). A battery's taper near full cannot be observed on
+    OCPP 1.6; a plan that leaves a car's whole charge to its last hours loses the taper's part.
+    The first slot is never capped: it is offered now, and a car not yet tapering draws it.
     """
     n = left_h.shape[0]
     T = dt_h.shape[0]
@@ -235,6 +242,16 @@ def snapshot_plan_arrays(left_h, max_a, cp_max_a, min_a, phases, meas_a, offered
             ratio[i] = min(max(meas_a[i] / offered_a[i], 0.2), 1.0)
         one_slot_kwh = min_a[i] * phases[i] * voltage_v / 1000.0 * dt_h[0] * ratio[i]
         e = remaining_kwh[i]
+        # A car already drawing less than offered (``ratio``) is planned at that draw, so the tail's
+        # draw is the lower of the two; a NaN maximum or energy compares false and skips this.
+        tail_draw = min(ratio[i], taper_share)
+        tail_kw = hi * phases[i] * voltage_v / 1000.0 * tail_draw
+        if taper_kwh > 0.0 and tail_draw < ratio[i] and e > 0.0 and tail_kw > 0.0:
+            start = dep - min(taper_kwh, e) / tail_kw
+            cap = max(hi * tail_draw / ratio[i], min(min_a[i], hi))
+            for t in range(1, T):
+                if plugged[i, t] > 0 and offs_h[t] + dt_h[t] > start + 1e-9:
+                    upper[i, t] = min(upper[i, t], cap)
         need[i] = one_slot_kwh if (e > 1e-3 and e < one_slot_kwh) else e
     # Energy per ampere offered, as Formulation.energy_per_a_kwh computes it (same operations).
     energy = np.empty((n, T))
