@@ -409,9 +409,13 @@ class Controller:
 
     async def _watch_events(self) -> None:
         async for ev in self._sub:
-            if ev.kind == "disconnect":
+            if ev.kind in ("disconnect", "clock"):
+                # A reconnected station gets fresh profiles; so does one whose clock estimate
+                # moved (those placed by the old estimate may have ended on arrival).
                 for sid in [s for s in self.loop.sent if s.split(":")[0] == ev.cp_id]:
-                    self.loop.sent.pop(sid, None)  # a reconnected station gets fresh profiles
+                    self.loop.sent.pop(sid, None)
+                if ev.kind == "clock":
+                    self._wake.set()
             if ev.kind in REPLAN_EVENTS:
                 self._wake.set()
             elif ev.kind == "meter" and self._meter_wakes(ev):

@@ -17,6 +17,7 @@ import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from ocpp import charge_point as _lib
@@ -28,6 +29,7 @@ from ocpp.v201.enums import Action as _Action201
 from websockets.exceptions import ConnectionClosed
 
 from nowblock.ocpp import edge
+from nowblock.ocpp import profiles as pr
 
 if TYPE_CHECKING:  # pragma: no cover
     from nowblock.ocpp.server import CentralSystem
@@ -195,7 +197,7 @@ class CsmsConnection:
 
     async def _route_call(self, msg: Call) -> None:
         try:
-            self.state.stations[self.id].clock.observe(msg.payload, self.state.clock(), self.id)
+            observe_clock(self.state, self.id, msg.payload)
             # OCPP-J (1.6 Table 7, 2.0.1 Part 4 §4.2.3): an action the receiver does not know is
             # NotImplemented, one it knows but does not support NotSupported. The ocpp library
             # answers the other way round (its two error classes swap the descriptions), so both
@@ -264,6 +266,36 @@ class CsmsConnection:
             if type(exc).__name__ == "UnknownCallErrorCodeError":
                 raise CallErrorReceived("Unknown", str(exc)) from exc
             raise
+
+
+def observe_clock(state, cp_id: str, payload) -> None:
+    """Give a station's CALL ``payload`` (or ``{"timestamp": its answered time}``) to its clock
+    estimate (``Station.clock``, :class:`~nowblock.ocpp.edge.ClockOffset`), now.
+
+    The profiles it holds carry its time: when the estimate moves by ``m`` [s], they move by
+    ``-m`` in ours (``LiveState`` keeps them in ours). A forward clock step followed left the
+    TxProfiles sent before it counted in force where the station had dropped them (21 of 39 s
+    after a +600 s step, /tmp/s37/h1/repro5_forward_step.py). A stamp more than ``LATE_S``
+    ahead of the estimate sets ``Station.clock_ahead_s`` until the estimate follows or a stamp
+    agrees with it: the profiles are judged by the station's clock meanwhile
+    (``LiveState.applied_limit_a``). A move over ``LATE_S``, or such a step seen or ended, is
+    published as a ``clock`` event: its cars are then sent their limits again."""
+    st, now = state.stations[cp_id], state.clock()
+    before, ahead = st.clock.offset_s, st.clock_ahead_s
+    st.clock.observe(payload, now, cp_id)
+    moved = st.clock.offset_s - before
+    if moved:
+        d = timedelta(seconds=-moved)
+        st.profiles = [pr.shifted(p, d) for p in st.profiles]
+        st.unanswered = [pr.shifted(p, d) for p in st.unanswered]
+    t = edge.latest_time(payload) if isinstance(payload, dict) and payload.get("offline") is not True else None
+    if t is not None and abs((t - now).total_seconds()) <= edge.MAX_CLOCK_OFFSET_S:
+        # Its latest stamp ahead of the estimate: a forward step not followed yet (a queued one is
+        # older, never ahead); ended by a stamp that agrees, or once the estimate follows.
+        a = (t - now).total_seconds() - st.clock.offset_s
+        st.clock_ahead_s = a if a > edge.LATE_S else None
+    if abs(moved) > edge.LATE_S or (ahead is None) != (st.clock_ahead_s is None):
+        state.emit("clock", cp_id, moved_s=moved, ahead_s=st.clock_ahead_s)
 
 
 #: The statuses a SetChargingProfile answer may carry (both versions).

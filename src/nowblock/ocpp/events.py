@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("nowblock.ocpp.state")
 
 EventKind = Literal[
-    "connect", "boot", "status", "plug_in", "unplug", "start", "meter", "needs", "stop", "disconnect", "limit", "seen"
+    "connect", "boot", "status", "plug_in", "unplug", "start", "meter", "needs", "stop", "disconnect", "limit", "seen",
+    "clock",
 ]
 
 

@@ -18,7 +18,7 @@ GetCompositeSchedule answer against them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -176,6 +176,13 @@ def in_station_clock(profile: dict, offset_s: float) -> dict:
     sched = profile["charging_schedule"]
     out["charging_schedule"] = [move(x) for x in sched] if isinstance(sched, list) else move(sched)
     return out
+
+
+def shifted(p: "Profile", d: timedelta) -> "Profile":
+    """``p`` with its absolute times (``valid_from``, ``valid_to``, ``start_schedule``) moved by ``d``."""
+    def mv(t):
+        return None if t is None else t + d
+    return replace(p, valid_from=mv(p.valid_from), valid_to=mv(p.valid_to), start_schedule=mv(p.start_schedule))
 
 
 # ---- evaluation ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from websockets.headers import build_www_authenticate_basic, parse_authorization
 from nowblock.ocpp import dispatch, edge
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.auth import verify_password
-from nowblock.ocpp.connection import CallErrorReceived
+from nowblock.ocpp.connection import CallErrorReceived, observe_clock
 from nowblock.ocpp.events import Subscription
 from nowblock.ocpp.state import DispatchRecord, LiveState
 from nowblock.ocpp.v16 import ChargePoint16
@@ -255,7 +255,7 @@ class CentralSystem:
             log.info("%s: station time not available (%r)", cp_id, exc)
             return
         if value is not None:
-            st.clock.observe({"timestamp": value}, self.state.clock(), cp_id)
+            observe_clock(self.state, cp_id, {"timestamp": value})
 
     async def _ask_currents(self, cp_id: str) -> None:
         conn = self.connection(cp_id)

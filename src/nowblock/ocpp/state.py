@@ -185,6 +185,9 @@ class Station:
     #: [station's clock] When it sent its latest BootNotification in this process, by the clock
     #: estimate then (None: no boot seen); a meter value stamped before it was queued.
     booted_at: datetime | None = None
+    #: [s] How far its latest stamp lies ahead of its clock estimate, when more than LATE_S (a
+    #: forward clock step the estimate has not followed yet; None: none). See ``applied_limit_a``.
+    clock_ahead_s: float | None = None
 
     def refused(self, what: str, *, transaction_id=None, now: datetime | None = None,
                 memory_s: float = math.inf) -> Refusal | None:
@@ -653,6 +656,11 @@ class LiveState:
         t = self.running_on(cp_id, connector_id)
         cp = self.site.charge_point(cp_id)
         now = now or self.clock()
+        if st.clock_ahead_s is not None:
+            # Its clock stepped forward and the estimate has not followed (3 CALLs): it judges
+            # our profiles by its clock, where a TxProfile placed by the estimate may have ended
+            # (one of 20 s sent then expired on arrival, /tmp/s37/h1/repro5_forward_step.py).
+            now = now + timedelta(seconds=st.clock_ahead_s)
         # A limit in watts: per phase over the phases the car uses; unknown, all on one phase.
         kw = dict(transaction_id=None if t is None else t.transaction_id,
                   tx_start=None if t is None else t.start, voltage_v=self.site.voltage_v,
