@@ -19,10 +19,12 @@ the longest plan made so far in the call, whichever is longer).
 2. **The LP** of the whole model (the fuse rooms floored to the pilot step, so its optimum
    bounds every plan a charger can follow), from the first stage's basis when that pays
    (:func:`~nowblock.milp.peak.warm_start_pays`), within ``10 x`` its time or 0.5 s; cold if
-   the first stage was quick; otherwise **the LP with the peak priced on the mean** over the
-   critical interval (:func:`~nowblock.milp.peak.mean_peak_matrix`, Lagrange's bound). The
-   solution becomes real plans (:func:`real_plan`, :func:`nowblock.milp.rounding.make_plan`);
-   each plan's objective is computed from the plan; the LP's optimum is the bound.
+   the model is small (:data:`_COLD_LP_MAX_NZ` nonzeros in the first stage's LP: by size, not by
+   measured time, so that a busy machine gets the same plan, only later); otherwise **the LP
+   with the peak priced on the mean** over the critical interval
+   (:func:`~nowblock.milp.peak.mean_peak_matrix`, Lagrange's bound). The solution becomes real
+   plans (:func:`real_plan`, :func:`nowblock.milp.rounding.make_plan`); each plan's objective
+   is computed from the plan; the LP's optimum is the bound.
 3. If the whole LP did not run or finish: real plans from the first stage's solution, and one
    from scratch under the critical peak, least laxity first; and, time permitting, Lagrange's
    bound over the critical interval.
@@ -104,10 +106,16 @@ COARSE_MIN_CELLS = 20_000
 _RESERVE_PLAN_FACTOR = 2.0  # the reserve after a solver stage, in longest plans made (see _Run.left)
 _PEAK_LP_FACTOR = 10.0  # the LP with the peak term may take this many times the LP without it ...
 _PEAK_LP_MIN_S = 0.5  # ... or this long [s], whichever is longer (then the time left)
-#: Otherwise the whole LP still runs (cold) when it is cheap: it took 4-6 times the LP without
-#: the peak term; its plan beat the mean-peak LP's on small blocks (200 cars, 35 %, flat, 15 min:
-#: 0.54 % against 1.09 % from the bound).
-_COLD_LP_FACTOR, _COLD_LP_MAX_S = 5.0, 0.25
+#: Otherwise the whole LP still runs (cold) when it is cheap, told by the size of the LP without
+#: the peak term (nonzeros), not by that LP's measured time: a busy machine took the mean-peak
+#: path on the same model and planned 3-6 times further from the bound (50-70%-tree-15min-unb
+#: gap 0.032 -> 0.195; 50-35%-tree-15min-unb 998.13 -> 995.31 kWh, session 37). The whole LP's
+#: plan beat the mean-peak LP's on small blocks (200 cars, 35 %, flat, 15 min: 0.54 % against
+#: 1.09 % from the bound). Calibrated on the old rule (that LP <= 50 ms on a quiet machine,
+#: docs/optimizer.md): up to 68,000 nonzeros (50 and 200 cars at 15 min, 50 at 5 min) it took
+#: 0.003-0.2 s and the cold whole LP 0.04-1.2 s at load 13 (about 5 x the quiet machine's);
+#: 147,000-342,000 (200 x 288 slots, 1,000 x 96) 0.17-2.7 s and 0.3-14 s. Its own budget cuts it.
+_COLD_LP_MAX_NZ = 100_000
 _SCHEDULE_SECONDS = 0.03  # the greedy plan's objective and the schedule's frames at 1,000 cars x 288 slots [s]
 _POLISH_ROUNDS = 4  # roundings of the best plan at most (nowblock.milp.plans.polish)
 #: The MILP stage runs only with at most this many on/off binaries: after polishing, HiGHS
@@ -502,7 +510,7 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
             run.lp_without_peak_stage(until)
             if run.lp0 is not None:
                 warm = run.lp0_basis is not None and warm_start_pays(form, run.lp0[1], run.lp0[2][0])
-                if warm or _COLD_LP_FACTOR * run.lp0_seconds <= _COLD_LP_MAX_S:
+                if warm or run.lp0[0].num_nz <= _COLD_LP_MAX_NZ:
                     run.lp_stage(budget=min(run.left(), until - time.perf_counter(),
                                             max(_PEAK_LP_FACTOR * run.lp0_seconds, _PEAK_LP_MIN_S)),
                                  basis=run.whole_lp_basis() if warm else None)
