@@ -432,7 +432,7 @@ class Controller:
         Its station's next message (the meter values naming it, a status) says so, but no event
         kind did: an orphan revived in the MeterValues a station sent within 10 s of its reboot
         stayed offline, with no setpoint, for up to the period (an outside test, h4 r4; 14 s of
-        a 20 s period in /tmp/s37/m4/repro_f3_revival.py) while the API showed every station
+        a 20 s period; tests/test_live_revival.py) while the API showed every station
         connected."""
         st = self.state.stations.get(cp_id)
         if st is None or not st.connected or not getattr(getattr(st, "clock", None), "usable", True):

@@ -330,7 +330,7 @@ class IdleDefaults:
                 # Sent before the station's clock was known (its first timestamped CALL comes
                 # after the boot), a default written in our time was already over by the clock
                 # of a station one hour ahead: a car plugging in got its fail-safe, 12 A, while
-                # the step held 0 A for it (/tmp/s36/h1/repro_first_call_idle.py).
+                # the step held 0 A for it.
                 moved = abs(self._offset_s(st) - self.sent_offset_s.get((cp.id, c), self._offset_s(st)))
                 if ends is None or ends - now < renew or moved > self.OFFSET_MOVED_S:
                     out.append((cp.id, c))
@@ -382,7 +382,7 @@ class IdleDefaults:
             self.installed[key] = now + pd.Timedelta(seconds=self.validity_s)
             # Only an install that frees room calls for a step: a renewal woke one each (110 of
             # 238 steps in the demo; 124 steps/h instead of 60 on 40 idle connectors at serve's
-            # period, /tmp/s37/h1/repro1_idle_wakes.py).
+            # period; tests/test_live_idle_defaults.py).
             if wake and self.on_installed is not None:
                 self.on_installed()
         else:

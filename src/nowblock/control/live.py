@@ -168,7 +168,7 @@ class LiveBlock:
         own (:func:`nowblock.loop.caps.shared_points_site`): ``max_current_a`` [A per phase] is the
         point's, over all its connectors/EVSEs together, as its fail-safe is divided over them;
         lowered by a cap window in force now. Each EVSE of a twin wallbox planned at the point's
-        whole maximum got 32 + 31 A at a 32 A point (an outside test, /tmp/s37/m4/repro_f2_twin.py).
+        whole maximum got 32 + 31 A at a 32 A point (an outside test; tests/test_live_twin_evse.py).
         What is held for the point's idle connectors is added to that rating: it is reserved on
         the fuses above (a car plugging in draws it before the next step reaches it), and taken
         from the point's own rating it would pause its cars for as long as a station that refuses
@@ -312,7 +312,7 @@ class LiveBlock:
                 # Nor known to be, before it stamps a CALL after its boot: one reset to 1970 that
                 # stamps no StatusNotification held its idle connector at the 20 A fail-safe its
                 # clock does not apply (validFrom decades ahead), a car plugging in draws 32 A
-                # (review rev1 of session 36, /tmp/s36/m4/s3_no_stamp_1970.py).
+                # (review rev1 of session 36).
                 known = _clock_known(st)
                 held = self.state.applied_limit_a(cp.id, c, t) if known else float(cp.max_current_a)
                 if held is None:
