@@ -117,7 +117,7 @@ def car_order(form: Formulation, target_kwh: np.ndarray, usable: np.ndarray) -> 
 
 def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: float = np.inf,
               target_kwh: np.ndarray | None = None, front_load: bool | None = None,
-              shave_until: float | None = None) -> Plan:
+              shave_until: float | None = None, raise_until: float | None = None) -> Plan:
     """Turn a relaxed dense plan ``x_a`` (n, T) [A] into a real one (module docstring).
 
     Parameters
@@ -139,6 +139,11 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
         (what the targets still miss is then placed without the cap, as after the last raise)
         and the unbalance repair mends rows in whole moves (:func:`keep_unbalance_drawn`);
         default: no time bound.
+    raise_until : float, optional
+        ``time.perf_counter()`` value [s] after which the cap is no longer raised, if before
+        ``shave_until`` (default: ``shave_until``): a caller that must keep time for the
+        fills after the raises, which cannot stop, ends them earlier without cutting the
+        peak shaving short.
 
     Returns
     -------
@@ -212,7 +217,8 @@ def make_plan(form: Formulation, x_a: np.ndarray | None = None, *, peak_kw: floa
         pk.trim(y, delivered, target, kwh, on_a, by_cost, *rows, power_room, step, _TOL)
         if not np.isfinite(cap) or (target - delivered <= 1e-9).all() or d_kw <= 0:
             break
-        if shave_until is not None and time.perf_counter() >= shave_until:
+        stop = shave_until if raise_until is None else raise_until
+        if stop is not None and time.perf_counter() >= stop:
             # Past the call's deadline the raises end and the fill below places the rest without
             # the cap: the least-laxity plan under the critical peak of a call short of time ran
             # all 64 raises (114 fills, 0.7 s at 2,000 cars x 96 slots) and the call returned at

@@ -47,9 +47,9 @@ the longest plan made so far in the call, whichever is longer).
    ``status`` and ``method``.
 
 Without any LP solution the plan is the least-laxity plan under the critical peak of the cars'
-needs (``status="fallback"``, ``method="greedy"``; without that cap when less time is left than
-that plan is expected to take: it costs 3-5 times less); if HiGHS raises, the baseline heuristic
-``options.fallback`` played forward (:func:`fallback_schedule`).
+needs (``status="fallback"``, ``method="greedy"``; the uncapped plan, made first and timed,
+when the time left holds less than :data:`_CAPPED_PLAN_FACTOR` times it); if HiGHS raises, the
+baseline heuristic ``options.fallback`` played forward (:func:`fallback_schedule`).
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ _PEAK_LP_MIN_S = 0.5  # ... or this long [s], whichever is longer (then the time
 #: 147,000-342,000 (200 x 288 slots, 1,000 x 96) 0.17-2.7 s and 0.3-14 s. Its own budget cuts it.
 _COLD_LP_MAX_NZ = 100_000
 _SCHEDULE_SECONDS = 0.03  # the greedy plan's objective and the schedule's frames at 1,000 cars x 288 slots [s]
+_CAPPED_PLAN_FACTOR, _CAPPED_TAIL_PLANS = 2.5, 2.0  # the greedy plan under the peak cap, in uncapped plans
 _POLISH_ROUNDS = 4  # roundings of the best plan at most (nowblock.milp.plans.polish)
 #: The MILP stage runs only with at most this many on/off binaries: after polishing, HiGHS
 #: returned the polished plan itself on every cell of the instance matrix with 1,600 or more
@@ -533,17 +534,22 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
     mf = run.mf
     if best.plan is None:
         need = np.maximum(np.nan_to_num(np.asarray(form.need_kwh, dtype=float)), 0.0)
-        # Under the critical peak the plan from nothing costs 3-5 times the uncapped one (1.2-1.5
-        # s against 0.4 s at 1,000 cars x 288 slots with unbalance rows; 0.5 against 0.1 s
-        # without): with less time left than it is expected to take (half the reserve for two
-        # plans), the uncapped one, so that a short time limit is kept. It can be far poorer
-        # (2,000 cars, tree, unbalance rows: 33,217 against 9,385 EUR), hence only then.
-        capped = deadline - time.perf_counter() > 0.5 * reserve_seconds(form)
-        # Peak shaving stops where the call's time ends (the objective and the schedule's frames
-        # after it take a few ms at 1,000 cars x 288 slots).
-        plan = make_plan(form, None, peak_kw=critical_peak_kw(form, need)[0] if capped else np.inf,
-                         shave_until=deadline - _SCHEDULE_SECONDS)
+        # The uncapped plan first (in hand, timed: this machine's speed now), then the one under
+        # the critical peak (2,000 cars, tree, unbalance: 9,385 vs 33,217 EUR, 4-6 x as long) if
+        # the time left holds _CAPPED_PLAN_FACTOR uncapped plans; its cap raises end
+        # _CAPPED_TAIL_PLANS of them before the deadline, for the balanced fills after them
+        # cannot stop. On a fixed reserve, raising to the deadline, it overran under load
+        # (1,000 x 288, 30 s limit, load 24: 30.6-36.8 s, session 37).
+        t = time.perf_counter()
+        plan = make_plan(form, None, peak_kw=np.inf, shave_until=deadline - _SCHEDULE_SECONDS)
         best.offer(plan, plan_objective(form, mf, plan.current_a), "greedy")
+        uncapped_s = time.perf_counter() - t
+        capped = deadline - time.perf_counter() > _CAPPED_PLAN_FACTOR * uncapped_s + _SCHEDULE_SECONDS
+        if capped:
+            plan = make_plan(form, None, peak_kw=critical_peak_kw(form, need)[0],
+                             shave_until=deadline - _SCHEDULE_SECONDS,
+                             raise_until=deadline - _CAPPED_TAIL_PLANS * uncapped_s - _SCHEDULE_SECONDS)
+            best.offer(plan, plan_objective(form, mf, plan.current_a), "greedy", wins_ties=True)
         return plan_schedule(form, best.plan, status="fallback", objective=best.objective, bound=float("nan"),
                              mip_gap=float("inf"), solve_seconds=solve_s, build_seconds=build_s, backend=backend,
                              detail=("greedy least-laxity plan" if capped else
