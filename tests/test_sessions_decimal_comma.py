@@ -60,10 +60,35 @@ def test_a_trailing_separator_alone_is_still_named_alone(tmp_path):
         assert "trailing separator" in msg and "decimal comma" not in msg, row
 
 
-def test_a_full_row_with_a_trailing_separator_names_each_possible_pair(tmp_path):
-    # 16,3 or 3,1 may be a number as well: a car at 16.3 A on 1 phase is as valid a row
-    msg = _error(tmp_path, HEAD + f"s1,CP01,{STAY1},12.5,16,3,1,\n")
-    assert "'16,3' in max_current_a or '3,1' in phases" in msg and "trailing separator" in msg
+def test_an_export_of_full_rows_each_ending_in_a_separator_names_the_separator_alone(tmp_path):
+    # Every row's last column given and one empty field after it: a spreadsheet's trailing ','.
+    # Read as decimal commas, each row would hold one and leave priority empty.
+    rows = [f"s1,CP01,{STAY1},12.5,16,3,1,\n", f"s2,CP01,{STAY2},20.0,32,1,2,\n"]
+    for text in (HEAD + rows[0], HEAD + "".join(rows)):
+        msg = _error(tmp_path, text)
+        assert "line 2: 9 fields, the header has 8" in msg
+        assert "trailing separator" in msg and "decimal comma" not in msg and "'16,3'" not in msg
+    # the edit it names reads every row as meant
+    path = tmp_path / "sessions.csv"
+    path.write_text(HEAD + "".join(r.replace(",\n", "\n") for r in rows))
+    got = read_sessions_csv(path, _site())
+    assert got["max_current_a"].tolist() == [16.0, 32.0] and got["phases"].tolist() == [3, 1]
+    assert got["priority"].tolist() == [1.0, 2.0]
+
+
+def test_a_pair_its_column_refuses_is_not_suggested(tmp_path):
+    # 16,3 may be 16.3 A; 3,1 cannot be phases (1, 2 or 3), 5,2 no draw_fraction (0..1), 1200,5
+    # no energy (<= 1000 kWh): the message quotes only what the column would take
+    msg = _error(tmp_path, HEAD + f"s0,CP01,{STAY2},8.5,,,\n" + f"s1,CP01,{STAY1},12.5,16,3,1,\n")
+    assert "'16,3' in max_current_a" in msg and "'3,1'" not in msg and "trailing separator" in msg
+    head = "session_id,charge_point_id,arrival,departure,energy_kwh,draw_fraction,note\n"
+    msg = _error(tmp_path, head + f"s0,CP01,{STAY2},8.5,1,x\n" + f"s1,CP01,{STAY1},1200,5,2,\n")
+    assert "'5,2'" not in msg and "'1200,5'" not in msg and "decimal comma" not in msg
+    assert "trailing separator" in msg
+    path = tmp_path / "sessions.csv"  # the phases read back as the pair would be refused
+    path.write_text(HEAD + f"s1,CP01,{STAY1},12.5,16,3.1,\n")
+    with pytest.raises(SessionsError, match="phases must be 1, 2 or 3"):
+        read_sessions_csv(path, _site())
 
 
 def test_a_decimal_comma_with_a_field_too_many_quotes_the_pair(tmp_path):

@@ -37,9 +37,11 @@ def scan_csv(path, required, numeric=()) -> tuple[tuple | None, list[int] | None
         The CSV file.
     required : sequence of str
         Columns a short row must still reach.
-    numeric : sequence of str
+    numeric : sequence of str, or mapping of str to callable
         Number columns: in a long row, a whole number in one of them followed by a field of
-        bare digits (``12,75``) may be a decimal comma.
+        bare digits (``12,75``) may be a decimal comma. A mapping gives each column a test of
+        the joined number (float -> bool): a pair whose number the column refuses (``3,1`` in
+        ``phases``, which must be 1, 2 or 3) is no decimal comma to suggest.
 
     Returns
     -------
@@ -47,6 +49,10 @@ def scan_csv(path, required, numeric=()) -> tuple[tuple | None, list[int] | None
         The bad record's first line (the header is line 1), its fields, the header's fields,
         whether the fields past the header's are all empty (a separator at the row's end), and
         the possible decimal commas: (column, next column or None, integer part, digits after).
+        None are named when every row is full (its last column given) and has exactly one empty
+        field past the header's: an export ending each row with ','. Read as decimal commas,
+        every row would have one and its last column empty; ``12,75,,,`` (empty optional
+        fields) keeps its pair.
     starts : list of int or None
         The first line of each record pandas reads (blank lines skipped), in order; None when
         the file could not be scanned.
@@ -60,18 +66,24 @@ def scan_csv(path, required, numeric=()) -> tuple[tuple | None, list[int] | None
             if header is None:
                 return None, None
             n = len(header)
+            valid = numeric if hasattr(numeric, "get") else dict.fromkeys(numeric, lambda v: True)
             need = max((header.index(c) for c in required if c in header), default=-1) + 1
-            starts, bad = [], None
+            starts, bad, every_trailing = [], None, True
             line = rows.line_num + 1  # the line the next record starts on
             for row in rows:
                 if row:
                     starts.append(line)
+                    every_trailing = (every_trailing and len(row) == n + 1 and not row[n].strip()
+                                      and bool(row[n - 1].strip()))
                     if bad is None and (len(row) > n or len(row) < min(need, n)):
                         pairs = [(header[i], header[i + 1] if i + 1 < n else None, row[i].strip(), row[i + 1].strip())
-                                 for i in range(min(n, len(row) - 1)) if len(row) > n and header[i] in numeric
-                                 and _INT_RE.fullmatch(row[i].strip()) and _DIGITS_RE.fullmatch(row[i + 1].strip())]
+                                 for i in range(min(n, len(row) - 1)) if len(row) > n and header[i] in valid
+                                 and _INT_RE.fullmatch(row[i].strip()) and _DIGITS_RE.fullmatch(row[i + 1].strip())
+                                 and valid[header[i]](float(f"{row[i].strip()}.{row[i + 1].strip()}"))]
                         bad = (line, len(row), n, len(row) > n and not any(f.strip() for f in row[n:]), pairs)
                 line = rows.line_num + 1
+            if bad is not None and every_trailing:
+                bad = bad[:4] + ([],)
             return bad, starts
     except (OSError, UnicodeDecodeError, csv.Error):  # pandas reads it, or says why not
         return None, None

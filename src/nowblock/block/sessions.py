@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from nowblock.block.csvrows import field_count_error, scan_csv, separator_hint
+from nowblock.block.site import MAX_CHARGE_POINT_CURRENT_A
 
 if TYPE_CHECKING:
     from nowblock.block.site import Site
@@ -238,8 +239,15 @@ def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None, *,
 #: Every column the sessions frame knows; any other is kept as it is (an export's own columns).
 KNOWN_COLUMNS = REQUIRED + tuple(OPTIONAL_DEFAULTS)
 #: The sessions frame's number columns: where a decimal comma can split a value
-#: (:func:`~nowblock.block.csvrows.scan_csv`).
-NUMERIC_COLUMNS = ("energy_kwh",) + tuple(OPTIONAL_DEFAULTS)
+#: (:func:`~nowblock.block.csvrows.scan_csv`), each with the values it takes: a pair joined
+#: into a value :func:`validate_sessions` refuses (``3,1`` in phases) is not suggested.
+NUMERIC_COLUMNS = {
+    "energy_kwh": lambda v: 0 <= v <= MAX_ENERGY_KWH,
+    "max_current_a": lambda v: 0 < v <= MAX_CHARGE_POINT_CURRENT_A,
+    "phases": lambda v: v in (1, 2, 3),
+    "priority": lambda v: v >= 0,
+    "draw_fraction": lambda v: 0 <= v <= 1,
+}
 #: Columns nowblock's own generators add and nothing validates (the ``workplace_acn`` family's
 #: stated departure): kept without a warning.
 KEPT_COLUMNS = ("user_departure",)
@@ -337,8 +345,6 @@ def _validate(df: pd.DataFrame, site: "Site | None") -> pd.DataFrame:
 
     # Here, not at the top: the forecasters import this module for its time range, and must stay
     # light (tests/test_forecast_base_load.py::test_base_load_import_stays_light).
-    from nowblock.block.site import MAX_CHARGE_POINT_CURRENT_A
-
     checks = [
         (df["departure"] <= df["arrival"], "departure is not after arrival"),
         (df["energy_kwh"].isna(), "energy_kwh is missing"),
