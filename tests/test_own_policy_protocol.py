@@ -68,3 +68,33 @@ def test_an_object_with_decide_alone_still_runs_as_itself(scn):
     assert res.metrics["policy"] == "decide-only"
     assert res.metrics["fallback_steps"] == 0
     assert res.metrics["energy_delivered_kwh"] == 0.0 < res.metrics["energy_requested_kwh"]  # its 0 A, not EDF
+
+
+class NameNone:
+    name = None
+
+    def schedule(self, snapshot):
+        return pd.Series(0.0, index=snapshot.cars.index)
+
+
+class BlankName(NameNone):
+    name = " "
+
+
+@pytest.mark.parametrize("policy, words", [(NameNone(), r"no `name`"), (BlankName(), r"`name` ' ' is not")])
+def test_the_live_controller_refuses_what_simulate_refuses(scn, policy, words):
+    # Such an object passes isinstance(policy, Policy) (the attribute exists): the live controller
+    # kept it unchecked and would run and log a policy named None
+    from types import SimpleNamespace
+
+    from nowblock.control.controller import Controller
+    from nowblock.ocpp.state import LiveState
+
+    with pytest.raises(TypeError, match=words):
+        nb.simulate(scn, policy=policy, **KW)
+    central = SimpleNamespace(state=LiveState(scn.site))
+    with pytest.raises(TypeError, match=r"policy: a \w+ object is not a policy: " + words):
+        Controller(central, scn.site, policy, period_s=60)
+    # a policy that meets the protocol is still the one the controller runs
+    ok = DecideOnly()
+    assert Controller(central, scn.site, ok, period_s=60).policy is ok

@@ -50,6 +50,7 @@ from nowblock.loop.binding import binding_limits
 from nowblock.loop.needs import NeedsEstimation
 from nowblock.loop.step import ControlStep, StepContext, held_back
 from nowblock.seam import BlockSnapshot, Decision, Policy, failsafe_current_a
+from nowblock.seam.policy import check_policy
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,8 @@ class Controller:
                                    else max(5.0 * self.period_s, 60.0))
         self.fallback = get_policy(cfg.fallback)
         try:
-            if isinstance(policy, Policy):
-                self.policy = policy
+            if isinstance(policy, Policy):  # the protocol's attributes exist; check_policy checks their kind
+                self.policy = check_policy(policy)
             elif (policy or "milp") == "milp":  # HiGHS stops well before the step gives up on it
                 opts = dict(horizon=cfg.horizon, step=cfg.step, time_limit_s=max(0.05, 0.6 * self.solve_timeout_s))
                 self.policy = SolverProcess("milp", opts) if cfg.solver_process else get_policy("milp", **opts)
