@@ -242,6 +242,33 @@ def station_offset_s(clock) -> float:
     return float(getattr(clock, "offset_s", 0.0) or 0.0)
 
 
+def station_stamp(ts: datetime | None, now: datetime, offset_s: float = 0.0) -> datetime:
+    """When a meter value was taken, by the station's clock.
+
+    The clock of a transaction's record: its start and stop are the station's stamps, so its
+    meter values are stored and ordered in the same clock. Dated in ours, a stop dated before its
+    start was stored 25705 s after it instead of at its last reading (1800 s); ordered in ours,
+    readings 5 ms apart swapped as the estimate moved and were lost though acknowledged.
+
+    Parameters
+    ----------
+    ts : datetime or None
+        The reading's timestamp as the station said it (tz-aware), None when it had none usable.
+    now : datetime
+        The central system's time when it arrived (tz-aware UTC).
+    offset_s : float
+        [s] The station's known clock offset, its clock minus ours (:func:`station_offset_s`).
+
+    Returns
+    -------
+    datetime
+        ``ts``, else ``now`` plus ``offset_s``.
+    """
+    if ts is not None:
+        return ts
+    return now + timedelta(seconds=float(offset_s)) if offset_s else now
+
+
 def meter_time(ts: datetime | None, now: datetime, cp_id: str = "", offset_s: float = 0.0) -> datetime:
     """When a meter value was taken, by the central system's clock: its timestamp ``ts`` (the
     station's clock, already within the plausible window around the station's now,
@@ -331,7 +358,9 @@ def checked_stop(t, stop: datetime, meter_stop_wh: float | None) -> tuple[dateti
         the start's register. Both were stored as they came: a session of -1 h, silently.
     """
     if stop < t.start:
-        known = max([t.start] + ([t.last_meter] if t.last_meter is not None else []))
+        # In the station's clock, as its start and stop (``last_meter`` is ours: 25705 s for 1800).
+        last = getattr(t, "last_stamp", None)
+        known = max([t.start] + ([last] if last is not None else []))
         log.warning("%s: transaction %s stopped at %s, before its start %s: its clock went back; stored as "
                     "ended at %s (the last time known of it)", t.cp_id, t.transaction_id, stop.isoformat(),
                     t.start.isoformat(), known.isoformat())

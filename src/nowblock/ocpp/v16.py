@@ -74,7 +74,8 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
         elif transaction_data:
             off = edge.station_offset_s(self.state.stations[self.id].clock)
             reading, ts = parse_meter_values(transaction_data, now, self.id, off)
-            self.state.on_meter(self.id, t.connector_id, transaction_id, reading, edge.meter_time(ts, now, self.id, off))
+            self.state.on_meter(self.id, t.connector_id, transaction_id, reading, edge.meter_time(ts, now, self.id, off),
+                                stamp=edge.station_stamp(ts, now, off))
         self.state.on_stop(self.id, transaction_id, stop=stop, meter_stop_wh=meter_stop_wh, reason=reason or "Local")
         if t is not None:
             self.defer(lambda: self.central.after_stop(self.id, t.connector_id))
@@ -91,7 +92,7 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
         # Replayed after a reboot, one queued before it names a transaction the reboot ended:
         # it revived its orphan (two or three TxProfiles Rejected, /tmp/s37/h1/repro3_queued_revive.py).
         self.state.on_meter(self.id, connector_id, transaction_id, reading, edge.meter_time(ts, now, self.id, off),
-                            queued=self.state.before_boot(self.id, ts))
+                            queued=self.state.before_boot(self.id, ts), stamp=edge.station_stamp(ts, now, off))
         return call_result.MeterValues()
 
     @on(Action.data_transfer)

@@ -91,7 +91,7 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
             # One queued while offline names a transaction it ran then (a rebooted station's old
             # one revived by it got three TxProfiles, Rejected): it revives no orphan.
             ev = self.state.on_meter(self.id, t.connector_id, tid, reading, taken, publish=not later,
-                                     queued=kwargs.get("offline") is True)
+                                     queued=kwargs.get("offline") is True, stamp=when if ts is None else ts)
             if later and ev is not None:
                 later.append(ev)
         else:
@@ -138,7 +138,8 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
         now = self.state.clock()
         off = edge.station_offset_s(self.state.stations[self.id].clock)
         reading, ts = parse_meter_values(meter_value, now, self.id, off)
-        self.state.on_meter(self.id, evse_id, None, reading, edge.meter_time(ts, now, self.id, off))
+        self.state.on_meter(self.id, evse_id, None, reading, edge.meter_time(ts, now, self.id, off),
+                            stamp=edge.station_stamp(ts, now, off))
         return call_result.MeterValues()
 
     @on(Action.notify_ev_charging_needs)

@@ -173,7 +173,7 @@ class StoreRecorder:
         elif ev.kind == "meter":
             # ``seen``: last_seen moves with the meter values in the same commit (one write a message).
             s.record_meter_values(ev.cp_id, t.transaction_id, [{
-                "time": pd.Timestamp(t.last_meter or ev.time), "energy_wh": t.energy_register_wh,
+                "time": pd.Timestamp(t.last_stamp or t.last_meter or ev.time), "energy_wh": t.energy_register_wh,
                 "current_a": [None if math.isnan(c) else c for c in t.current_a],
                 "power_kw": None if math.isnan(t.power_w) else t.power_w / 1000.0,
                 "soc_percent": None if math.isnan(t.soc_percent) else t.soc_percent,
