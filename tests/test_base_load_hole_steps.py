@@ -55,3 +55,35 @@ def test_a_hole_under_part_of_a_stay_is_refused_for_its_whole_steps():
     # a stay of exactly one step in the hole is still refused
     with pytest.raises(ScenarioError, match=r"no value for 2026-07-01T10:00:00\+02:00 \.\. 2026-07-01T10:15:00\+02:00"):
         nb.simulate(_scenario(("CP01", "08:00", "09:00"), ("CP02", "10:00", "10:15")), **WINDOW)
+
+
+def test_the_hole_check_and_the_simulator_plug_a_car_in_for_the_same_steps():
+    # plugged_times(step) and the simulator's k_in/k_out share one rule (whole_steps): stays on and
+    # off the grid, inside one step, over the window's ends
+    from nowblock.block.series import plugged_times
+    from nowblock.sim.block import SimulatedBlock
+
+    rng = np.random.default_rng(5)
+    start, step = pd.Timestamp(f"{DAY}00:00:00+02:00").tz_convert("UTC"), pd.Timedelta("15min")
+    a = start + pd.to_timedelta(rng.integers(-120, 1500, 40), unit="min") + pd.to_timedelta(rng.integers(0, 2, 40) * 30, "s")
+    b = a + pd.to_timedelta(np.r_[rng.integers(1, 15, 10), rng.integers(15, 400, 30)], unit="min")
+    site = Site(name="t", fuses=(Fuse("grid", (630.0,) * 3),), voltage_v=230.0, timezone=TZ,
+                charge_points=tuple(ChargePoint(f"CP{i}", "grid", max_current_a=32.0) for i in range(40)))
+    sessions = pd.DataFrame({"session_id": [f"s{i}" for i in range(40)], "charge_point_id": list(site.charge_point_ids),
+                             "arrival": a, "departure": b, "energy_kwh": 1.0})
+    end = start + pd.Timedelta("1D")
+    blk = SimulatedBlock(nb.Scenario(site, sessions), step=step, horizon=step, start=start, end=end)
+    for i, sid in enumerate(blk.sid):  # the simulator's own order
+        got = plugged_times(sessions[sessions["session_id"] == sid], start, end, step)
+        steps = [(start + k * step, start + (k + 1) * step) for k in range(blk.k_in[i], blk.k_out[i])]
+        assert got == ([(steps[0][0], steps[-1][1])] if steps else []), i
+    assert (blk.k_out > blk.k_in).sum() > 20 and (blk.k_out <= blk.k_in).any()  # both kinds met
+
+
+def test_whole_steps_rounds_arrival_up_and_departure_down():
+    from nowblock.block.series import whole_steps
+
+    m = 60 * 10**9  # a minute [ns]
+    k_in, k_out = whole_steps(np.array([0, 1, 15 * m, 16 * m, -20 * m]), np.array([15 * m, 29 * m, 30 * m, 29 * m, 1]),
+                              0, 15 * m)
+    assert k_in.tolist() == [0, 1, 1, 2, -1] and k_out.tolist() == [1, 1, 2, 1, 0]

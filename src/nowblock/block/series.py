@@ -402,6 +402,31 @@ def missing_parts(series: pd.Series, start, end, step=None) -> list[tuple[pd.Tim
     return [(a, b) for a, b in clipped if b > a]
 
 
+def whole_steps(arrival_ns, departure_ns, start_ns: int, step_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """The simulator's plugged steps of each stay: the first step that starts at or after its
+    arrival, and the step after the last that ends at or before its departure.
+
+    One rule for the simulator (:class:`nowblock.sim.block.SimulatedBlock`'s ``k_in``, ``k_out``) and
+    :func:`plugged_times`: a base-load hole was judged under the steps a car is plugged in for.
+
+    Parameters
+    ----------
+    arrival_ns, departure_ns : numpy.ndarray of int64
+        [ns since the epoch, UTC] The stays.
+    start_ns : int
+        [ns since the epoch, UTC] The grid's start.
+    step_ns : int
+        [ns] The step, > 0.
+
+    Returns
+    -------
+    k_in, k_out : numpy.ndarray of int64
+        [steps from ``start_ns``] ceil((arrival - start) / step) and floor((departure - start)
+        / step), neither clipped to the grid; the car is plugged in for steps k_in .. k_out - 1.
+    """
+    return -((start_ns - np.asarray(arrival_ns)) // step_ns), (np.asarray(departure_ns) - start_ns) // step_ns
+
+
 def plugged_times(sessions: pd.DataFrame, start, end, step=None) -> list[tuple[pd.Timestamp, pd.Timestamp]] | None:
     """The times of ``start`` .. ``end`` when some car is plugged in (arrival to departure), merged.
 
@@ -430,14 +455,15 @@ def plugged_times(sessions: pd.DataFrame, start, end, step=None) -> list[tuple[p
         return None
     start, end = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
     if step is not None:
-        # As nowblock.sim.block's k_in, k_out: a 7-minute stay inside one 15-minute step is never
+        # The simulator's steps (whole_steps): a 7-minute stay inside one 15-minute step is never
         # plugged in, yet the hole in the base load under it was the one a refusal named first.
         s_ns, st_ns = start.as_unit("ns").value, pd.Timedelta(step).value
         gone = (arr.isna() | dep.isna()).to_numpy()
         a_ns = np.where(gone, s_ns, pd.DatetimeIndex(arr).as_unit("ns").asi8)
         d_ns = np.where(gone, s_ns, pd.DatetimeIndex(dep).as_unit("ns").asi8)
-        arr = pd.Series(pd.to_datetime(s_ns - (s_ns - a_ns) // st_ns * st_ns, utc=True)).where(~gone)
-        dep = pd.Series(pd.to_datetime(s_ns + (d_ns - s_ns) // st_ns * st_ns, utc=True)).where(~gone)
+        k_in, k_out = whole_steps(a_ns, d_ns, s_ns, st_ns)
+        arr = pd.Series(pd.to_datetime(s_ns + k_in * st_ns, utc=True)).where(~gone)
+        dep = pd.Series(pd.to_datetime(s_ns + k_out * st_ns, utc=True)).where(~gone)
     out: list[tuple[pd.Timestamp, pd.Timestamp]] = []
     for a, b in sorted(zip(arr.clip(lower=start), dep.clip(upper=end))):
         if pd.isna(a) or pd.isna(b) or not b > a:

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from nowblock.block.series import whole_steps
 from nowblock.block.site import PHASES
 from nowblock.loop.observation import Observation, observed_frame
 from nowblock.loop.series import step_stats
@@ -93,8 +94,8 @@ class SimulatedBlock:
         s_ns, st_ns = start.as_unit("ns").value, step.as_unit("ns").value
         arr_ns = pd.DatetimeIndex(sess["arrival"]).as_unit("ns").asi8
         dep_ns = pd.DatetimeIndex(sess["departure"]).as_unit("ns").asi8
-        self.k_in = np.maximum(0, -((s_ns - arr_ns) // st_ns))  # ceil((arrival - start) / step)
-        self.k_out = np.minimum(n_t, (dep_ns - s_ns) // st_ns)  # floor((departure - start) / step)
+        k_in, k_out = whole_steps(arr_ns, dep_ns, s_ns, st_ns)
+        self.k_in, self.k_out = np.maximum(0, k_in), np.minimum(n_t, k_out)
         self.arr_ns, self.dep_ns = arr_ns, dep_ns
         self.arrival = pd.DatetimeIndex(sess["arrival"]).as_unit("ns").array
         self.departure = pd.DatetimeIndex(sess["departure"]).as_unit("ns").array
