@@ -268,15 +268,22 @@ RACE_SOLVERS = ("simplex", "ipm")
 #: interrupt callbacks (docs/benchmarks.md, session 37). The simplex won on 40 of the 45 large
 #: coarse LPs measured; the interior point won by much only where the simplex took 11-45 s.
 RACE_DELAY_SHARE = 0.15
+#: ... but at most this long [s]: the limit passed is the call's time left, so without a cap a
+#: long call held the interior point back long where it won by much (2000-15%-tree-5min-unb's
+#: coarse LP, interior point 14.2 s alone, simplex 27.6 s: at a 60 s limit 25-30 s raced at once
+#: against 39-42 s with a 9 s delay, and the call's polish did not fit; tests/test_milp_race.py).
+#: Up to a 33 s limit the share is kept (at 30 s its 4.5 s delay measured 23.0 s against 27.8 s
+#: at once; docs/benchmarks.md, session 37).
+RACE_DELAY_MAX_S = 5.0
 
 
 def race_lp(form: Formulation, mf: MatrixForm, time_limit_s: float, delay_s: float | None = None) -> SolveResult:
     """The LP ``mf`` solved by HiGHS's simplex and, if that has not ended after ``delay_s`` [s]
-    (default :data:`RACE_DELAY_SHARE` of ``time_limit_s`` [s]), its interior-point method beside
-    it in a second thread (HiGHS releases the GIL while it runs): the first optimal answer is
-    kept and the other method stopped (its iterations interrupted). The interior point starts at
-    once if the simplex ends before the delay without an optimum (an error), and never if it ends
-    optimal. Why race: on large coarse LPs of the instance matrix neither method was always the
+    (default :data:`RACE_DELAY_SHARE` of ``time_limit_s`` [s], at most :data:`RACE_DELAY_MAX_S`),
+    its interior-point method beside it in a second thread (HiGHS releases the GIL while it
+    runs): the first optimal answer is kept and the other method stopped (its iterations
+    interrupted). The interior point starts at once if the simplex ends before the delay without
+    an optimum (an error), and never if it ends optimal. Why race: on large coarse LPs of the instance matrix neither method was always the
     faster one: the interior-point method took 3-5 x less than the simplex on the unbalance
     trees with 2,000 cars (37.6 -> 12.9 s, 44.9 -> 9.3 s, where the simplex did not finish in
     time) and 4.8 x more at the median of 45 others (docs/bench_optimize.md, sessions 28-29);
@@ -291,7 +298,8 @@ def race_lp(form: Formulation, mf: MatrixForm, time_limit_s: float, delay_s: flo
     time_limit_s : float
         Both methods end by then [s] from the call.
     delay_s : float, optional
-        How long [s] the simplex runs alone; default :data:`RACE_DELAY_SHARE` of ``time_limit_s``.
+        How long [s] the simplex runs alone; default :data:`RACE_DELAY_SHARE` of ``time_limit_s``,
+        at most :data:`RACE_DELAY_MAX_S`.
 
     Returns
     -------
@@ -304,7 +312,8 @@ def race_lp(form: Formulation, mf: MatrixForm, time_limit_s: float, delay_s: flo
     if "solver" in form.options.solver_options or bool(mf.integrality.any()):
         return solve_matrix(form, mf, time_limit_s)
     t0 = time.perf_counter()
-    delay = RACE_DELAY_SHARE * time_limit_s if delay_s is None else max(float(delay_s), 0.0)
+    delay = (min(RACE_DELAY_SHARE * time_limit_s, RACE_DELAY_MAX_S) if delay_s is None
+             else max(float(delay_s), 0.0))
     stop, done, first_ended = threading.Event(), threading.Event(), threading.Event()
     results: dict[str, SolveResult | BaseException | None] = {}
     lock = threading.Lock()
