@@ -42,3 +42,19 @@ def test_every_method_the_code_returns_is_in_the_docstring():
     missing = sorted(m for m in methods if f'"{m}"' not in doc)
     assert not missing, f"Schedule.method's docstring does not list {missing}"
     assert '"lp+rounding+polish"' in doc
+
+
+def test_the_greedy_entry_says_how_the_plan_is_made():
+    # "greedy" was "the earliest-deadline plan" while solve.py's detail said "greedy least-laxity
+    # plan": make_plan from nothing fills cars earliest deadline first, and under a cap (the
+    # critical peak) places slot by slot least laxity first (rounding.py, plan_kernels.py)
+    import inspect
+
+    from nowblock.milp import rounding
+
+    doc = " ".join(Schedule.__doc__.split())
+    entry = doc[doc.index('``"greedy"``'):doc.index('``"none"``')]
+    made = inspect.getsource(rounding.make_plan)
+    assert "fill_least_laxity" in made and "isfinite(cap)" in made and "car_order" in made
+    assert "least laxity" in entry and "critical peak" in entry and "earliest deadline" in entry
+    assert "no power cap" in entry and "better by objective" in entry

@@ -1,8 +1,8 @@
 """From a relaxed solution to a real plan: every slot in pilot steps, "0 or >= min", every limit kept.
 
 :func:`make_plan` is the step between a solver's continuous currents and what a charger accepts.
-It is also the whole method when there is no solver answer (``x`` all zero: an
-earliest-deadline greedy). In order (kernels in :mod:`nowblock.milp.plan_kernels`):
+It is also the whole method when there is no solver answer (``x`` all zero: a greedy, earliest
+deadline first, and under a power cap placed slot by slot least laxity first). In order (kernels in :mod:`nowblock.milp.plan_kernels`):
 
 1. **Guided placement**, car by car, earliest departure first (``sharing="fair"``: the car with
    the smallest share of its need first): the car's own relaxed currents floored to a step (a

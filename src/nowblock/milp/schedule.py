@@ -52,8 +52,12 @@ class Schedule:
         any of these with ``"+polish"`` (rounded again while that lowered the objective, e.g.
         ``"lp+rounding+polish"``), ``"milp+rounding"``, ``"milp"`` (the MILP stage's own plan
         as found, when it passes every check), ``"warm start"`` (the previous plan, shifted and
-        made real), ``"greedy"`` (the earliest-deadline plan of
-        :func:`~nowblock.milp.rounding.make_plan`, with ``status="fallback"``), ``"none"``
+        made real), ``"greedy"`` (no LP solution: the better by objective of two plans from
+        scratch by :func:`~nowblock.milp.rounding.make_plan`, the one with no power cap, whose
+        cars take their cheapest slots earliest deadline first, and, when the time left holds
+        it, the one under the critical peak of the cars' needs, slot by slot least laxity first
+        and then filled earliest deadline first, the cap raised while a car misses its need;
+        with ``status="fallback"``), ``"none"``
         (nothing to plan, or the all-zero plan when no car's minimum fits its fuses) or
         ``"baseline"``.
     objective, bound, mip_gap : float
