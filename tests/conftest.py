@@ -94,37 +94,47 @@ def small_site() -> Site:
     return make_small_site()
 
 
+#: ``unhurried_optimizer``'s factor on a budget rule's value: the early ascent's quarter of
+#: the fine LPs' predicted time, 2-50 ms on the tests' 30-car blocks, becomes 2-50 s.
+_BUDGET_SCALE = 1000.0
+
+
 @pytest.fixture
 def unhurried_optimizer(monkeypatch):
     """``nb.optimize`` with every stage ending by its own rule, never by the machine's speed.
 
-    The optimizer gives its stages wall-clock budgets and picks its path by measured times, so a
-    test asserting the quality a call reaches passed on a quiet machine and failed at load 6-16
+    The optimizer gives its stages wall-clock budgets, shares of measured times, so a test
+    asserting the quality a call reaches passed on a quiet machine and failed at load 6-16
     (session 37: a 50-car cell 19 % from its bound instead of 3 %, an ascent 5 steps short of its
-    start, a proof cut at 1 s). Here, for one test:
+    start, a proof cut at 1 s). Here, for one test, the budgets' rules stay and what they give is
+    made long enough that the machine's speed no longer decides:
 
-    - after the LP without the peak term the whole LP always runs (cold or warm), as on a
-      small model (``_COLD_LP_MAX_NZ``; before session 37 the path followed that LP's measured
-      time, and under load the mean-peak LP ran instead, whose plan is worse on small blocks);
-    - the whole and mean-peak LPs get 600 s, not ``max(10 x the first LP, 0.5 s)``: they end solved;
-    - every bound ascent runs until its own stop (500 steps, a stalled step, the certificate) or
-      the call's deadline, not for a share of the time spent;
+    - the early bound ascent's budget (a quarter of the fine LPs' predicted time, in
+      ``solve_formulation``) is that rule's value times ``_BUDGET_SCALE``: a rule giving 0 still
+      gives 0 (review rev1 M2: replaced by 600 s, a budget of 0 went uncaught);
+    - the whole and mean-peak LPs get at least 600 s, not ``max(10 x the first LP, 0.5 s)``, and
+      the final ascent at least 600 s: they end by their own stops (solved; 500 steps, a stalled
+      step, the certificate) or the call's deadline;
     - the coarse LP's race is the simplex alone (the first method to finish won; its duals set
       the ascent's start).
 
-    The MILP stage's budget is the test's: ``milp_effort=0`` (no stage) or ``milp_min_s`` as long
-    as ``time_limit_s`` (HiGHS ends at its gap). Return: the options that leave the call's
-    deadline far away, ``{"time_limit_s": 600.0}``.
+    The path after the LP without the peak term is the real one: it follows the model's size
+    (``_COLD_LP_MAX_NZ``), not a measured time, since session 37, so the mean-peak LP of a large
+    model is tested as it runs. The MILP stage's budget is the test's: ``milp_effort=0`` (no
+    stage) or ``milp_min_s`` as long as ``time_limit_s`` (HiGHS ends at its gap). Return: the
+    options that leave the call's deadline far away, ``{"time_limit_s": 600.0}``.
     """
     from nowblock.milp import highs_fast
     from nowblock.milp import solve as solve_mod
 
-    monkeypatch.setattr(solve_mod, "_COLD_LP_MAX_NZ", float("inf"))
     monkeypatch.setattr(solve_mod, "_PEAK_LP_MIN_S", 600.0)
     monkeypatch.setattr(solve_mod, "_ASCENT_MIN_S", 600.0)
     ascent = solve_mod._Run.bound_ascent
-    monkeypatch.setattr(solve_mod._Run, "bound_ascent",
-                        lambda self, reserve, budget_s=None: ascent(self, reserve, budget_s=600.0))
+
+    def scaled_ascent(self, reserve, budget_s=None):
+        return ascent(self, reserve, budget_s=None if budget_s is None else _BUDGET_SCALE * budget_s)
+
+    monkeypatch.setattr(solve_mod._Run, "bound_ascent", scaled_ascent)
     monkeypatch.setattr(highs_fast, "RACE_SOLVERS", ("simplex",))
     return {"time_limit_s": 600.0}
 

@@ -93,8 +93,10 @@ def test_coarse_plan_is_fine_feasible_and_any_prices_give_a_bound(seed, tree, un
 
 def test_the_ascent_before_long_fine_lps_ends_the_call_when_it_certifies_the_coarse_plan(monkeypatch,
                                                                                          unhurried_optimizer):
-    # The ascent runs until its own stop (unhurried_optimizer): with a quarter of the fine LPs'
-    # predicted time it certified on a quiet machine and not at load 6-16 (the fine LPs ran).
+    # The early ascent's budget, a quarter of the fine LPs' predicted time, is scaled 1000 x
+    # (unhurried_optimizer): as it is it certified on a quiet machine and not at load 6-16 (the
+    # fine LPs ran); scaled, not replaced, so a rule giving no budget still fails here (review
+    # rev1 M2: with 600 s in its place, ``budget_s=0`` in solve_formulation went uncaught).
     monkeypatch.setattr(solve_mod, "COARSE_MIN_CELLS", 0)
     b = matrix_block(MatrixCell(30, 0.15, False, "5min", True, False), seed=0)
 
