@@ -72,18 +72,6 @@ from nowblock.milp.schedule import Schedule, fallback_schedule, plan_schedule
 from nowblock.milp.stage import milp_stage
 
 
-def run_backend(form: Formulation, *, relax: bool = False, warm_start_a=None) -> SolveResult:
-    """Solve ``form`` with the backend its options name, in one solve (no LP stage, no rounding);
-    ``warm_start_a`` as in :func:`~nowblock.milp.highs_fast.solve_highs`."""
-    if form.options.backend == "pyomo":
-        from nowblock.milp.pyomo_model import solve_pyomo
-
-        return solve_pyomo(form, relax=relax)
-    from nowblock.milp.highs_fast import solve_highs
-
-    return solve_highs(form, relax=relax, warm_start_a=warm_start_a)
-
-
 def reserve_seconds(form: Formulation) -> float:
     """Time [s] kept back from a solver stage for making, pricing and checking plans after it,
     before any plan of the call has been timed: 20 ms plus 4 us per (car, slot) pair, 16 us with
