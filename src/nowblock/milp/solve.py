@@ -46,9 +46,10 @@ the longest plan made so far in the call, whichever is longer).
    replaces a better plan; on a tie the whole LP's plan), with the best proven bound, its gap,
    ``status`` and ``method``.
 
-Without any LP solution the plan is the least-laxity plan under the critical peak of the cars'
-needs (``status="fallback"``, ``method="greedy"``; the uncapped plan, made first and timed,
-when the time left holds less than :data:`_CAPPED_PLAN_FACTOR` times it); if HiGHS raises, the
+Without any LP solution (``status="fallback"``, ``method="greedy"``) the plan is the cheaper of
+the greedy plan without a power cap (cars earliest deadline first; made first and timed) and, when
+the time left holds :data:`_CAPPED_PLAN_FACTOR` times that, the one under the critical peak of
+the cars' needs (least laxity first); ``detail`` says which; if HiGHS raises, the
 baseline heuristic ``options.fallback`` played forward (:func:`fallback_schedule`).
 """
 
@@ -533,15 +534,17 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
         best.offer(plan, plan_objective(form, mf, plan.current_a), "greedy")
         uncapped_s = time.perf_counter() - t
         capped = deadline - time.perf_counter() > _CAPPED_PLAN_FACTOR * uncapped_s + _SCHEDULE_SECONDS
+        which = "greedy plan, earliest deadline first, no peak cap (no time for one)"
         if capped:
             plan = make_plan(form, None, peak_kw=critical_peak_kw(form, need)[0],
                              shave_until=deadline - _SCHEDULE_SECONDS,
                              raise_until=deadline - _CAPPED_TAIL_PLANS * uncapped_s - _SCHEDULE_SECONDS)
             best.offer(plan, plan_objective(form, mf, plan.current_a), "greedy", wins_ties=True)
+            which = ("greedy plan under the critical peak, least laxity first" if best.plan is plan else
+                     "greedy plan, earliest deadline first (cheaper than the one under the critical peak)")
         return plan_schedule(form, best.plan, status="fallback", objective=best.objective, bound=float("nan"),
                              mip_gap=float("inf"), solve_seconds=solve_s, build_seconds=build_s, backend=backend,
-                             detail=("greedy least-laxity plan" if capped else
-                                     "greedy least-laxity plan, no peak cap (no time for one)") + "; "
+                             detail=which + "; "
                              + ", ".join(f"{s['stage']}: {s['status']}" for s in stages),
                              method="greedy", seconds=time.perf_counter() - t0,
                              extra={"stages": stages, "run_call_seconds": run_s})
