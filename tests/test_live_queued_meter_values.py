@@ -78,3 +78,60 @@ async def test_meter_values_queued_before_a_reboot_revive_no_orphan(tmp_path):
         await st.close()
         await ctl.stop()
         await cs.stop()
+
+
+async def test_a_restored_transaction_of_a_station_behind_us_is_revived_after_a_restart_and_reboot(tmp_path):
+    # Review rev2: the boot was placed in the station's clock by the estimate held then, 0 after
+    # a restart of the central system; a station 600 s behind had every live MeterValues judged
+    # queued before its boot for 600 s, its restored transaction an orphan (no TxProfile, its
+    # car counted at the point's maximum) although named every second.
+    behind = timedelta(seconds=600)
+
+    def snow():
+        return datetime.now(timezone.utc) - behind
+
+    site = make_test_site(1, grid_a=32.0, max_current_a=16.0)
+    db = str(tmp_path / "block.sqlite")
+
+    async def up():
+        cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
+        await cs.start()
+        ctl = attach(cs, db=db, policy="equal", period_s=1.0, min_replan_s=0.1, solve_timeout_s=0.8,
+                     profile_validity_s=60.0)
+        await ctl.start()
+        return cs, ctl
+
+    stn = RunsOnly()
+    cs, ctl = await up()
+    st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=stn).connect()
+    try:
+        await st.boot()
+        await st.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Preparing",
+                                           "timestamp": now_iso(snow())})
+        tx = (await st.ok("StartTransaction", {"connectorId": 1, "idTag": "TAG1", "meterStart": 0,
+                                               "timestamp": now_iso(snow())}))["transactionId"]
+        stn.running.add(tx)
+        await st.ok("MeterValues", meter_16(1, tx, amps=[10, 10, 10], energy_wh=100.0, when=now_iso(snow())))
+        await eventually(lambda: any(ok for _, ok in stn.tx_answers), timeout_s=10)
+    finally:
+        await st.close()
+        await ctl.stop()
+        await cs.stop()
+    # A power cut: the central system restarts and the station reboots, going on with tx.
+    cs, ctl = await up()
+    st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=stn).connect()
+    try:
+        await st.boot()
+        t = cs.state.transaction("CP1", tx)
+        assert t.orphaned
+        n = len(stn.tx_answers)
+        await st.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Charging",
+                                           "timestamp": now_iso(snow())})
+        assert cs.state.stations["CP1"].clock.offset_s < -590  # learnt from a live stamp
+        await st.ok("MeterValues", meter_16(1, tx, amps=[10, 10, 10], energy_wh=200.0, when=now_iso(snow())))
+        assert not t.orphaned  # named in a meter value taken after the boot
+        await eventually(lambda: any(ok for _, ok in stn.tx_answers[n:]), timeout_s=10)
+    finally:
+        await st.close()
+        await ctl.stop()
+        await cs.stop()

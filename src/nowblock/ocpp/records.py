@@ -168,8 +168,8 @@ class Station:
     boot_unknown: bool = False
     #: Its transactions orphaned by its latest connect(s), not by a boot (see LiveState.on_connect).
     connect_orphans: set[str] = field(default_factory=set)
-    #: [station's clock] When it sent its latest BootNotification in this process, by the clock
-    #: estimate then (None: no boot seen); a meter value stamped before it was queued.
+    #: [our clock] When it sent its latest BootNotification in this process (None: no boot
+    #: seen); a meter value stamped before it (by the current clock estimate) was queued.
     booted_at: datetime | None = None
     #: [s] How far its latest stamp lies ahead of its clock estimate, when more than LATE_S (a
     #: forward clock step the estimate has not followed yet; None: none). See ``applied_limit_a``.

@@ -171,8 +171,9 @@ class LiveState:
         self.stations[cp_id].refusals.clear()
         self.stations[cp_id].boot_unknown = False  # it rebooted: its connect's orphans are the boot's
         self.stations[cp_id].connect_orphans.clear()
-        clock = self.stations[cp_id].clock
-        self.stations[cp_id].booted_at = self.clock() + timedelta(seconds=clock.offset_s)
+        # In our clock: the estimate at a boot may not be known yet (0 after a restart of ours);
+        # a stamp is judged by the estimate when it comes (see before_boot).
+        self.stations[cp_id].booted_at = self.clock()
         # A reboot ends its transactions (their end may still come): each is an offline car's
         # until the station names it again (rebooted stations got TxProfiles for restored ids).
         for t in self.running(cp_id):
@@ -200,8 +201,8 @@ class LiveState:
             self._runs(self.stations[cp_id], t)
         return t
 
-    #: [s] A meter value stamped up to this long before a station's boot (by the clock estimate
-    #: before it) still counts as taken after it: the estimate reads late by the network delay
+    #: [s] A meter value stamped up to this long before a station's boot (by its clock estimate)
+    #: still counts as taken after it: the estimate reads late by the network delay
     #: and whole-second stamps, and a station that goes on with its transaction after a boot
     #: names it at once (its car waited for its TxProfile, tests/interop/test_crash.py); a
     #: rebooting station takes longer than this between its last queued value and its boot.
@@ -212,11 +213,30 @@ class LiveState:
         station's latest BootNotification (:attr:`Station.booted_at`): a 1.6 station replays
         MeterValues it queued while offline after its boot (OCPP 1.6 queues transaction-related
         messages while offline and delivers them in order), naming a transaction the reboot ended; reviving its orphan sent it
-        TxProfiles (Rejected) and counted its connector at their limit."""
+        TxProfiles (Rejected) and counted its connector at their limit.
+
+        The boot is kept in our clock and placed in the station's by its *current* clock
+        estimate (:attr:`Station.clock`): the estimate held at the boot is 0 after a restart of
+        the central system, and a station whose clock runs B s behind ours had every live
+        MeterValues judged queued for B s, its restored transaction an orphan (review rev2,
+        tests/test_live_queued_meter_values.py).
+
+        Parameters
+        ----------
+        cp_id : str
+            The station.
+        time : datetime or None
+            The message's stamp, in the station's clock (None: not stamped, never queued).
+
+        Returns
+        -------
+        bool
+            True when ``time`` lies more than :attr:`BOOT_MARGIN_S` [s] before the boot.
+        """
         st = self.stations.get(cp_id)
         if time is None or st is None or st.booted_at is None:
             return False
-        return (time - st.booted_at).total_seconds() < -self.BOOT_MARGIN_S
+        return (time - st.booted_at).total_seconds() - st.clock.offset_s < -self.BOOT_MARGIN_S
 
     @staticmethod
     def _runs(st: Station, t: Transaction) -> None:
