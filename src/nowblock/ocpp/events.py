@@ -1,9 +1,11 @@
 """The event stream of the live state: what the controller may react to, and its subscriptions.
 
 :class:`nowblock.ocpp.state.LiveState` emits an :class:`Event` for every plug-in, start, meter
-value, needs, stop, disconnect and limit; :meth:`~nowblock.ocpp.state.LiveState.subscribe`
-hands each reader a :class:`Subscription`, an async iterator that drops the oldest events
-rather than block the central system when its reader falls behind.
+value, needs, stop, disconnect and limit (and, to its listeners only, a ``late_meter`` for a
+meter value stamped before the car's last one, kept for the store);
+:meth:`~nowblock.ocpp.state.LiveState.subscribe` hands each reader a :class:`Subscription`, an
+async iterator that drops the oldest events rather than block the central system when its
+reader falls behind.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ log = logging.getLogger("nowblock.ocpp.state")
 
 EventKind = Literal[
     "connect", "boot", "status", "plug_in", "unplug", "start", "meter", "needs", "stop", "disconnect", "limit", "seen",
-    "clock",
+    "clock", "late_meter",
 ]
 
 

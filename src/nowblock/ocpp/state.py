@@ -307,6 +307,10 @@ class LiveState:
             # (over its limit, or on an unbalance row's light side: an outside test).
             log.info("%s: meter value of %s dated %s, before the last one (%s): not applied", cp_id,
                      t.transaction_id, stamp.isoformat(), t.last_stamp.isoformat())
+            # Acknowledged all the same: the store keeps it at its stamp (listeners only, it
+            # wakes no step; 1 of 2 acknowledged values stored before, m10).
+            self.emit("late_meter", cp_id, t.connector_id, t.transaction_id, publish=False,
+                      **{**reading, "stamp": stamp})
             return None
         st = self.stations[cp_id]
         if not queued and (transaction_id is not None or t.transaction_id in st.connect_orphans):

@@ -180,6 +180,14 @@ class StoreRecorder:
             }], seen=now)
             self._seen_written[ev.cp_id] = now
             return True
+        elif ev.kind == "late_meter":
+            # Acknowledged, stamped before the car's last reading (queued, resent): the live state
+            # keeps the newer one, the store keeps this one too, at its stamp. The store's energy
+            # so far only grows and its last register follows the newest stamp, so a late reading
+            # neither lowers nor adds to it (m10: 1 of 2 acknowledged values stored before).
+            s.record_meter_values(ev.cp_id, t.transaction_id, [_late_row(ev.data, st.site.voltage_v)], seen=now)
+            self._seen_written[ev.cp_id] = now
+            return True
         elif ev.kind == "needs":
             s.update_needs(ev.cp_id, t.transaction_id, departure=t.departure,
                            energy_requested_kwh=None if math.isnan(t.energy_requested_kwh) else t.energy_requested_kwh,
@@ -207,6 +215,21 @@ class StoreRecorder:
             log.warning("store could not move last_seen of %s: %s", cp_id, exc)
             return False
         return True
+
+
+def _late_row(d: dict, voltage_v: float) -> dict:
+    """The stored meter row of a ``late_meter`` event's reading ``d`` (the keys of
+    ``nowblock.ocpp.meter.parse_meter_values``, plus ``stamp``, the station's time): ``energy_wh``
+    [Wh], ``current_a`` [A per phase; from per-phase power [W] at ``voltage_v`` [V] when only that
+    was read, as the live state reads it], ``power_kw`` [kW], ``soc_percent`` [%]."""
+    cur = [d.get(f"current_l{i}_a") for i in (1, 2, 3)]
+    if all(c is None for c in cur):
+        cur = [None if d.get(f"power_l{i}_w") is None else d[f"power_l{i}_w"] / voltage_v for i in (1, 2, 3)]
+    power = d.get("power_w")
+    return {"time": pd.Timestamp(d["stamp"]), "energy_wh": d.get("energy_wh"),
+            "current_a": [None if c is None or math.isnan(c) else c for c in cur],
+            "power_kw": None if power is None or math.isnan(power) else power / 1000.0,
+            "soc_percent": None if d.get("soc_percent") is None or math.isnan(d["soc_percent"]) else d["soc_percent"]}
 
 
 def _first(boot: dict, *keys: str):
