@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -42,6 +44,11 @@ def from_sessions(site: Site, sessions: pd.DataFrame, start=None, horizon="24h",
     """
     from nowblock.block.sessions import validate_sessions
 
+    if options is not None and options.taper_kwh > 0:
+        # The taper needs what a snapshot holds (a car's measured draw, the slot sent now); a
+        # sessions frame has neither, and the option used to be dropped without a word (rev3 L1).
+        warnings.warn("taper_kwh / taper_share apply to the receding-horizon policy (live control and "
+                      "simulate), not to a plan of a sessions frame: ignored here", UserWarning, stacklevel=3)
     df = validate_sessions(sessions, site)
     if start is None:
         start = df["arrival"].min().floor(pd.Timedelta(step)) if len(df) else pd.Timestamp.now(tz="UTC").floor(step)

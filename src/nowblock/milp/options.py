@@ -94,7 +94,9 @@ class OptimizeOptions:
       at its draw (:func:`nowblock.milp.kernels.snapshot_plan_arrays`). OCPP 1.6 gives no state
       of charge: a battery's taper near full is seen only once it starts, and the margin (a
       quarter of the time left near the end) does not cover a car whose whole charge the plan
-      left to its last hours. 0 (default) switches it off. On an outside tester's 100 A block
+      left to its last hours. 0 (default) switches it off. Used by the receding-horizon policy
+      (``MilpPolicy``: live control and ``simulate``), which plans from a snapshot;
+      :func:`nowblock.optimize` plans the sessions as given and does not apply it. On an outside tester's 100 A block
       (one phase full all night) 6 kWh at 0.75 filled a 22.09 kWh car the default MILP left
       1.09 kWh short (demand met 0.976937, EDF's, against 0.976683); not the default because the
       workplace week at a tenth could not be shown equal: single runs 0.9420-0.9444 against the
