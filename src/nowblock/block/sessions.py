@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from nowblock.block.csvrows import field_count_error, scan_csv, separator_hint
-from nowblock.block.site import MAX_CHARGE_POINT_CURRENT_A
 
 if TYPE_CHECKING:
     from nowblock.block.site import Site
@@ -236,6 +235,14 @@ def validate_sessions(sessions: pd.DataFrame, site: "Site | None" = None, *,
         _ROW_LABELS.reset(token)
 
 
+def _max_charge_point_current_a() -> float:
+    """[A per phase] The site file's bound on a charging point, imported when first needed: the
+    forecasters import this module, and ``nowblock.block.site`` must stay out of their import."""
+    from nowblock.block.site import MAX_CHARGE_POINT_CURRENT_A
+
+    return MAX_CHARGE_POINT_CURRENT_A
+
+
 #: Every column the sessions frame knows; any other is kept as it is (an export's own columns).
 KNOWN_COLUMNS = REQUIRED + tuple(OPTIONAL_DEFAULTS)
 #: The sessions frame's number columns: where a decimal comma can split a value
@@ -243,7 +250,7 @@ KNOWN_COLUMNS = REQUIRED + tuple(OPTIONAL_DEFAULTS)
 #: into a value :func:`validate_sessions` refuses (``3,1`` in phases) is not suggested.
 NUMERIC_COLUMNS = {
     "energy_kwh": lambda v: 0 <= v <= MAX_ENERGY_KWH,
-    "max_current_a": lambda v: 0 < v <= MAX_CHARGE_POINT_CURRENT_A,
+    "max_current_a": lambda v: 0 < v <= _max_charge_point_current_a(),
     "phases": lambda v: v in (1, 2, 3),
     "priority": lambda v: v >= 0,
     "draw_fraction": lambda v: 0 <= v <= 1,
@@ -316,6 +323,7 @@ def _check_unknown_columns(columns) -> None:
 
 
 def _validate(df: pd.DataFrame, site: "Site | None") -> pd.DataFrame:
+    MAX_CHARGE_POINT_CURRENT_A = _max_charge_point_current_a()
     for col in ("session_id", "charge_point_id"):
         gone = (df[col].isna() | (df[col].astype(str).str.strip() == "")).to_numpy()
         if gone.any():
