@@ -395,3 +395,20 @@ def test_a_car_offered_its_minimum_again_after_a_pause_with_no_new_send_waits_st
     assert not at(1, 0.0, 0.0)  # held at 0 A by a station maximum, no new send
     assert not at(2, 16.0, 0.0)  # offered again, not started yet: not full before start_s
     assert at(5, 16.0, 0.0)  # still nothing after start_s: full
+
+
+def test_a_new_sessions_first_reading_under_its_idle_default_is_not_an_over_draw_at_once():
+    # /tmp/s37/m13: a twin EVSE's car started 1 ms after its EVSE's 0 A idle default was accepted,
+    # its first reading (16 A, drawn under the limit its charger held before) was judged over
+    # at once (no limit before it was known: NaN), sent 0 A and paused for good (2-3 of 4 runs of
+    # test_the_two_evses_of_a_32_a_point_get_32_a_in_all_not_each). A car is over at once only
+    # above both its limit and what its charger may have held before, at most its maximum.
+    obs = _obs(_site(), measured=[16.0, 8.0], offered=[0.0, 8.0], last_meter_s=[0.0, 0.0])
+    obs.cars["arrival"] = T0 - pd.Timedelta(seconds=1)
+    snap, ctx = ControlStep().prepare(obs)
+    assert "CP0:0" not in ctx.untrusted and "CP0:0" not in set(ctx.over_draw_ratio.index)
+    # drawing above both a limit and its maximum is still over at once
+    obs = _obs(_site(), measured=[20.0, 8.0], offered=[0.0, 8.0], last_meter_s=[0.0, 0.0])
+    obs.cars["arrival"] = T0 - pd.Timedelta(seconds=1)
+    _, ctx = ControlStep().prepare(obs)
+    assert ctx.untrusted.get("CP0:0") == "over_draw"

@@ -269,6 +269,9 @@ class ControlStep:
         # Over its limit: once the limit had time to act, or at once when the draw is above both
         # the new limit and the one before it (a car cannot legitimately exceed either).
         before = np.array([self.before.get(x, np.nan) for x in ids_all], dtype=float)
+        # Before its first limit its charger held its own (idle default, TxDefault), at most the car's
+        # maximum: a first reading under that is not over at once (a car started under a 0 A idle default paused).
+        before = np.where(np.isnan(before) & connected, max_a, before)
         above = np.isfinite(measured) & np.isfinite(offered) & (measured > offered + s.over_draw_a)
         over = above & (settled | ~(measured <= before + s.over_draw_a)) & connected & ~stale
         # A car on trial at its minimum (it drew at a 0 A limit) is judged once its draw at the
