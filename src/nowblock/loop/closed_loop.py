@@ -340,3 +340,22 @@ def lowered_a(snap: BlockSnapshot, x: np.ndarray, ids: pd.Index, new_a: np.ndarr
     y = np.minimum(x[pos], np.floor(new / step + 1e-9) * step)
     x[pos] = np.where(y >= lo - 1e-9, y, 0.0)
     return x
+
+
+def scaled_for_over_draw(snap: BlockSnapshot, x: np.ndarray, ratio: pd.Series) -> np.ndarray:
+    """``x`` [A] with the setpoint of every car in ``ratio`` divided by what it draws over its
+    offer, floored to a pilot step, 0 below its minimum.
+
+    A car (or a charger's meter) drawing 1.2 x its limit stays over it at any limit: sent its
+    share of the plan it kept a fuse its share filled 20 % over, for as long as it charged (an
+    outside test, a 25 A feeder at 30 A for five minutes); the other cars were made safe around
+    its draw, but it was the only car there. Sent its share over the ratio, it draws its share.
+    A charger that ignores its limit altogether draws the same at any limit: its ratio grows
+    each step until it is sent 0 A (and the escalation goes on as before).
+    """
+    pos = snap.cars.index.get_indexer(ratio.index)
+    now = np.where(pos >= 0, np.asarray(x, dtype=float)[np.maximum(pos, 0)], 0.0)
+    r = ratio.to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        new = np.where(np.isfinite(r) & (r > 1.0), now / r, 0.0)
+    return lowered_a(snap, x, ratio.index, new)

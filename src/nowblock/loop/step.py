@@ -569,7 +569,7 @@ class ControlStep:
             x = less_offsets(self.offsets, snap, x)
         if len(ctx.over_draw_ratio):
             planned = np.array(x, dtype=float, copy=True)
-            x = _scaled_for_over_draw(snap, x, ctx.over_draw_ratio)
+            x = cl.scaled_for_over_draw(snap, x, ctx.over_draw_ratio)
             x = start_trials(self, snap, ctx, x, planned)
             if snap.site.max_unbalance_a is not None:
                 # The unbalance rows counted the over-drawing cars at their share; sent less (or 0
@@ -681,23 +681,3 @@ def _draw_ratio(measured: np.ndarray, offered: np.ndarray) -> np.ndarray:
     """What cars draw over what they are offered (inf where offered nothing)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(offered > 0, measured / np.where(offered > 0, offered, 1.0), np.inf)
-
-
-def _scaled_for_over_draw(snap: BlockSnapshot, x: np.ndarray, ratio: pd.Series) -> np.ndarray:
-    """``x`` [A] with the setpoint of every car in ``ratio`` divided by what it draws over its
-    offer, floored to a pilot step, 0 below its minimum.
-
-    A car (or a charger's meter) drawing 1.2 x its limit stays over it at any limit: sent its
-    share of the plan it kept a fuse its share filled 20 % over, for as long as it charged (an
-    outside test, a 25 A feeder at 30 A for five minutes); the other cars were made safe around
-    its draw, but it was the only car there. Sent its share over the ratio, it draws its share.
-    A charger that ignores its limit altogether draws the same at any limit: its ratio grows
-    each step until it is sent 0 A (and the escalation goes on as before).
-    """
-    pos = snap.cars.index.get_indexer(ratio.index)
-    now = np.where(pos >= 0, np.asarray(x, dtype=float)[np.maximum(pos, 0)], 0.0)
-    r = ratio.to_numpy(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        new = np.where(np.isfinite(r) & (r > 1.0), now / r, 0.0)
-    return cl.lowered_a(snap, x, ratio.index, new)
-
