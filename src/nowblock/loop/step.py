@@ -269,9 +269,11 @@ class ControlStep:
         # Over its limit: once the limit had time to act, or at once when the draw is above both
         # the new limit and the one before it (a car cannot legitimately exceed either).
         before = np.array([self.before.get(x, np.nan) for x in ids_all], dtype=float)
-        # Before its first limit its charger held its own (idle default, TxDefault), at most the car's
-        # maximum: a first reading under that is not over at once (a car started under a 0 A idle default paused).
-        before = np.where(np.isnan(before) & connected, max_a, before)
+        # A car started under its connector's 0 A idle default (no limit of its own yet) drew what its
+        # charger held before, at most its maximum: not over at once (it was paused for good). Only
+        # there: a first limit above 0 A is judged as before (raising other cars' limits while cars
+        # ignoring theirs were not yet judged over broke the escalation's fair-share bound).
+        before = np.where(np.isnan(before) & connected & ~(offered > 0), max_a, before)
         above = np.isfinite(measured) & np.isfinite(offered) & (measured > offered + s.over_draw_a)
         over = above & (settled | ~(measured <= before + s.over_draw_a)) & connected & ~stale
         # A car on trial at its minimum (it drew at a 0 A limit) is judged once its draw at the
