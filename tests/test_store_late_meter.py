@@ -4,6 +4,7 @@ the live state or waking the controller (m10: before, 1 of 2 acknowledged values
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -73,4 +74,69 @@ async def test_an_acknowledged_meter_value_stamped_before_the_last_one_is_stored
     row = store.load_open_transactions().set_index("transaction_id").loc[str(tx)]
     assert row["energy_delivered_kwh"] == pytest.approx(2.0)
     assert row["meter_last_wh"] == pytest.approx(12000.0)
+    store.close()
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_the_stored_last_register_follows_the_readings_applied_after_the_stations_clock_steps_back(
+        version, tmp_path, monkeypatch):
+    """/tmp/s38/h2/repro2_sticky_register.py: a station's clock stepped back 600 s mid-transaction
+    (NTP, a 1.6 station taking the time from a Heartbeat). Once the offset estimate followed, the
+    live state applied its readings (54c225b), but the store moved its last register only for a
+    newer stamp: 10,300 Wh stored while 15,300 Wh were read and applied, for as long as the
+    station's clock took to pass its old last stamp (600 s). Now the stored last register is the
+    live state's, reading after reading; a late one still moves it not (the test above)."""
+    from nowblock.ocpp import edge
+
+    off = [0.0]
+    monkeypatch.setattr(edge, "station_offset_s", lambda clock: off[0])  # the estimate follows at once
+    cp = "CP1" if version == "1.6" else "CP2"
+
+    def st_now():
+        return datetime.now(timezone.utc) + timedelta(seconds=off[0])
+
+    store = SqliteStore(tmp_path / "s.db")
+    async with central_system(make_test_site(2)) as cs:
+        attach_store(cs.state, store)
+        s = await RawStation(f"ws://127.0.0.1:{cs.port}", cp, version,
+                             answer=lambda a, p: default_answer(version, a, p)).connect()
+        try:
+            await s.boot()
+            if version == "1.6":
+                tx = (await s.ok("StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 10000,
+                                                      "timestamp": now_iso(st_now())}))["transactionId"]
+            else:
+                tx = "T1"
+                await s.ok("TransactionEvent", {"eventType": "Started", "timestamp": now_iso(st_now()), "seqNo": 0,
+                                                "triggerReason": "CablePluggedIn",
+                                                "transactionInfo": {"transactionId": tx},
+                                                "evse": {"id": 1, "connectorId": 1},
+                                                "meterValue": meter_201(energy_wh=10000.0, when=now_iso(st_now()))})
+
+            async def reading(e, seq):
+                when = now_iso(st_now())
+                if version == "1.6":
+                    await s.ok("MeterValues", meter_16(1, tx, amps=[16.0] * 3, energy_wh=e, when=when))
+                else:
+                    await s.ok("TransactionEvent", {"eventType": "Updated", "timestamp": when, "seqNo": seq,
+                                                    "triggerReason": "MeterValuePeriodic",
+                                                    "transactionInfo": {"transactionId": tx},
+                                                    "meterValue": meter_201(amps=[16.0] * 3, energy_wh=e, when=when)})
+                return cs.state.transaction(cp, str(tx)).energy_register_wh
+
+            await reading(10300.0, 1)
+            off[0] = -600.0  # its clock steps back
+            registers = []
+            for k in range(3):
+                # 1.5 s apart: newer by our clock than the 1 s a reading older by its stamp needs
+                # (state.METER_STEP_TOLERANCE_S), so each is applied.
+                await asyncio.sleep(1.5)
+                live = await reading(11300.0 + 1000.0 * k, 2 + k)
+                row = store.load_open_transactions().set_index("transaction_id").loc[str(tx)]
+                registers.append((live, row["meter_last_wh"]))
+        finally:
+            await s.close()
+    assert [live for live, _ in registers] == [11300.0, 12300.0, 13300.0]  # applied by the live state
+    assert [stored for _, stored in registers] == [live for live, _ in registers], registers
+    assert row["energy_delivered_kwh"] == pytest.approx(3.3)
     store.close()

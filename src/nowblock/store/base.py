@@ -61,7 +61,8 @@ class Store(Protocol):
         """Record a started transaction (``meter_start_wh`` [Wh], ``max_current_a`` [A]); returns its session id."""
 
     def record_meter_values(self, station_id: str, transaction_id, rows: Iterable[Mapping], *, seen=None) -> int:
-        """Store samples (``time``, ``energy_wh`` [Wh], ``current_a`` [A], ``power_kw`` [kW], ``soc_percent``); returns how many were new.
+        """Store samples (``time``, ``energy_wh`` [Wh], ``current_a`` [A], ``power_kw`` [kW], ``soc_percent``,
+        ``late``: not applied, so not the last register); returns how many were new.
 
         ``seen`` (tz-aware), when given, moves the station's ``last_seen`` up to it in the same transaction."""
 

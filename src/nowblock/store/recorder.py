@@ -183,9 +183,10 @@ class StoreRecorder:
         elif ev.kind == "late_meter":
             # Acknowledged, stamped before the car's last reading (queued, resent): the live state
             # keeps the newer one, the store keeps this one too, at its stamp. The store's energy
-            # so far only grows and its last register follows the newest stamp, so a late reading
-            # neither lowers nor adds to it (m10: 1 of 2 acknowledged values stored before).
-            s.record_meter_values(ev.cp_id, t.transaction_id, [_late_row(ev.data, st.site.voltage_v)], seen=now)
+            # so far only grows and its last register is the live state's (not late), so a late
+            # reading neither lowers nor adds to it (m10: 1 of 2 acknowledged values stored before).
+            s.record_meter_values(ev.cp_id, t.transaction_id, [{**_late_row(ev.data, st.site.voltage_v), "late": True}],
+                                  seen=now)
             self._seen_written[ev.cp_id] = now
             return True
         elif ev.kind == "needs":

@@ -210,9 +210,15 @@ class SqlStore:
 
         Each row is a mapping with ``time`` and any of ``energy_wh`` (register [Wh]),
         ``current_a`` (per phase [A], a number or up to three), ``power_kw`` [kW],
-        ``soc_percent``. A repeated sample (same station, transaction, time) is ignored, not
-        overwritten. The transaction's energy so far only ever grows (a register that jumps
-        back, after a charger reset, does not erase delivered energy).
+        ``soc_percent``, ``late`` (True: a reading its station sent after a newer one, which the
+        live state did not apply: a queued or resent message). A repeated sample (same station,
+        transaction, time) is ignored, not overwritten. The transaction's energy so far only
+        ever grows (a register that jumps back, after a charger reset, does not erase delivered
+        energy). Its last register (``meter_last_wh``) is the last one recorded that is not
+        ``late``, in the order recorded (within one call, by time), as the live state applies
+        readings: by the newest time, a station whose clock stepped back 600 s kept the register
+        of before the step for 600 s (10,300 Wh stored while 15,300 Wh were read and applied).
+        ``last_meter_time`` is the latest time stored.
         """
         tx = "" if transaction_id is None else str(transaction_id)
         samples = []
@@ -222,7 +228,7 @@ class SqlStore:
             if cur is None or np.isscalar(cur):
                 cur = [cur]
             cur = [_num(c, f"meter row {i} current_a") for c in list(cur)[:3]] + [None] * (3 - min(3, len(cur)))
-            samples.append({"st": str(station_id), "tx": tx, "t": t,
+            samples.append({"st": str(station_id), "tx": tx, "t": t, "late": bool(r.get("late", False)),
                             "e": _num(r.get("energy_wh"), f"meter row {i} energy_wh", min_value=0.0),
                             "l1": cur[0], "l2": cur[1], "l3": cur[2],
                             "p": _num(r.get("power_kw"), f"meter row {i} power_kw"),
@@ -236,7 +242,7 @@ class SqlStore:
         # The first register seen opens a transaction whose start carried no meter value.
         update = """UPDATE transactions SET
                       meter_start_wh = COALESCE(meter_start_wh, CAST(:e AS DOUBLE PRECISION)),
-                      meter_last_wh = CASE WHEN :e IS NOT NULL AND (last_meter_time IS NULL OR last_meter_time <= :t)
+                      meter_last_wh = CASE WHEN :e IS NOT NULL AND NOT CAST(:late AS BOOLEAN)
                                            THEN :e ELSE meter_last_wh END,
                       last_meter_time = GREATEST(last_meter_time, :t),
                       energy_kwh = CASE WHEN :e IS NULL THEN energy_kwh
