@@ -1,6 +1,6 @@
-"""A transaction's record keeps the station's clock (its start, stop and stored meter values, as
-the station stamped them) while the live state dates each reading in ours by the station's known
-offset (4376b4c): readings stamped in order must all be applied, however that estimate moves."""
+"""A transaction's readings are ordered by the station's own stamps while the live state (and the
+record, m11) dates each in ours by the station's known offset (4376b4c): readings stamped in order
+must all be applied, however that estimate moves."""
 
 from __future__ import annotations
 

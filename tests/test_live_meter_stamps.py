@@ -116,3 +116,120 @@ async def test_an_implausible_transaction_event_stamp_is_logged_at_most_hourly_a
             assert len(lines) == 1
         finally:
             await s.close()
+
+
+class _Clocked:
+    """A raw station of ``version`` whose clock runs ``off[0]`` [s] ahead of ours (changed at will),
+    a transaction started on its connector/EVSE 1: ``reading(e)`` sends a stamped meter value
+    (register ``e`` [Wh]), ``stop(e)`` ends it."""
+
+    def __init__(self, s, version: str, off: list):
+        self.s, self.version, self.off, self.seq, self.tx = s, version, off, 0, None
+
+    def now(self) -> str:
+        return now_iso(datetime.now(timezone.utc) + timedelta(seconds=self.off[0]))
+
+    async def event(self, kind: str, trigger: str, **more):
+        self.seq += 1
+        await self.s.ok("TransactionEvent", {"eventType": kind, "timestamp": self.now(), "seqNo": self.seq,
+                                             "triggerReason": trigger, **more})
+
+    async def start(self, e: float):
+        if self.version == "1.6":
+            r = await self.s.ok("StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": int(e),
+                                                     "timestamp": self.now()})
+            self.tx = r["transactionId"]
+        else:
+            self.tx = "T1"
+            await self.event("Started", "CablePluggedIn", transactionInfo={"transactionId": self.tx},
+                             evse={"id": 1, "connectorId": 1}, meterValue=meter_201(energy_wh=e, when=self.now()))
+
+    async def reading(self, e: float):
+        if self.version == "1.6":
+            await self.s.ok("MeterValues", meter_16(1, self.tx, amps=[16.0] * 3, energy_wh=e, when=self.now()))
+        else:
+            await self.event("Updated", "MeterValuePeriodic", transactionInfo={"transactionId": self.tx},
+                             meterValue=meter_201(amps=[16.0] * 3, energy_wh=e, when=self.now()))
+
+    async def stop(self, e: float):
+        if self.version == "1.6":
+            await self.s.ok("StopTransaction", {"transactionId": self.tx, "meterStop": int(e),
+                                                "timestamp": self.now(), "reason": "Local"})
+        else:
+            await self.event("Ended", "EVDeparted", transactionInfo={"transactionId": self.tx,
+                                                                      "stoppedReason": "Local"})
+
+
+def _record(store, cp: str, tx: str):
+    """(start, stop, stored meter values) of a finished transaction in ``store``."""
+    row = store.sessions_history().set_index("session_id").loc[f"{cp}:{tx}"]
+    return row["arrival"], row["departure"], store.meter_values(cp, str(tx))
+
+
+@pytest.mark.parametrize("version,ahead_s", [("1.6", 7200.0), ("2.0.1", 7200.0), ("1.6", -1200.0)])
+async def test_a_record_of_a_station_whose_clock_is_off_is_in_our_clock(version, ahead_s, tmp_path):
+    """m11 (/tmp/s38/h2/repro1_ahead_record.py): a station 2 h ahead (local time written as UTC) had
+    its start and stop judged around our clock, found implausible and dated on arrival, while its
+    meter values were stored at its stamps: stored 7200 s after its stop (0 of 6 between start and
+    stop; a station 10 minutes ahead: its whole record 600 s in our future). Now every stamp is
+    judged around the station's now and dated in ours by its clock offset, the stamp kept beside."""
+    from nowblock.store import SqliteStore, attach_store
+
+    cp = "CP1" if version == "1.6" else "CP2"
+    store = SqliteStore(tmp_path / "s.db")
+    t0 = datetime.now(timezone.utc)
+    async with central_system(make_test_site(2)) as cs:
+        attach_store(cs.state, store)
+        s = await RawStation(f"ws://127.0.0.1:{cs.port}", cp, version,
+                             answer=lambda a, p: default_answer(version, a, p)).connect()
+        st = _Clocked(s, version, [ahead_s])
+        try:
+            await s.boot()
+            await st.start(10000.0)
+            for k in range(4):
+                await asyncio.sleep(0.2)
+                await st.reading(10000.0 + 10.0 * (k + 1))
+            await st.stop(10040.0)
+        finally:
+            await s.close()
+    t1 = datetime.now(timezone.utc)
+    start, stop, mv = _record(store, cp, st.tx)
+    assert t0 <= start <= stop <= t1, (t0, start, stop, t1)  # our clock: when it happened here
+    assert len(mv) >= 4 and mv["time"].between(start, stop).all(), (start, stop, list(mv["time"]))
+    # The station's own stamps are kept beside ours, its offset apart.
+    assert ((mv["station_time"] - mv["time"]).dt.total_seconds() - ahead_s).abs().max() < 2.0
+    store.close()
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_every_stored_reading_lies_within_its_record_when_the_stations_clock_steps_back(version, tmp_path):
+    """A station's clock steps back 600 s just after its car started (NTP; a 1.6 station taking the
+    time from a Heartbeat). Until the offset estimate follows, its readings are older by both
+    clocks (not applied, stored as late ones); dated by their stamps they lay 600 s before the
+    start. Each is stored, dated on arrival, and the record's stop comes after all of them."""
+    from nowblock.store import SqliteStore, attach_store
+
+    cp = "CP1" if version == "1.6" else "CP2"
+    store = SqliteStore(tmp_path / "s.db")
+    async with central_system(make_test_site(2)) as cs:
+        attach_store(cs.state, store)
+        s = await RawStation(f"ws://127.0.0.1:{cs.port}", cp, version,
+                             answer=lambda a, p: default_answer(version, a, p)).connect()
+        off = [0.0]
+        st = _Clocked(s, version, off)
+        try:
+            await s.boot()
+            await st.start(10000.0)
+            await st.reading(10010.0)
+            off[0] = -600.0
+            for k in range(5):
+                await asyncio.sleep(0.1)
+                await st.reading(10020.0 + 10.0 * k)
+            await st.stop(10070.0)
+        finally:
+            await s.close()
+    start, stop, mv = _record(store, cp, st.tx)
+    sent = mv[mv["energy_wh"] > 10000.0]
+    assert len(sent) == 6, list(sent["energy_wh"])  # every acknowledged reading stored
+    assert mv["time"].between(start, stop).all(), (start, stop, list(mv["time"]))
+    store.close()

@@ -296,6 +296,30 @@ def test_transaction_life_cycle_and_reopen(db):
     s.close()
 
 
+def test_a_meter_row_keeps_the_stations_stamp_and_a_late_one_moves_no_last_register(db):
+    """Meter rows are dated in the central system's clock, the station's own stamp kept beside
+    (m11; schema version 3), and the last register is the last row recorded not marked late, in
+    the order recorded (a station whose clock stepped back kept the register of before the step)."""
+    s = open_store(db)
+    ahead = pd.Timedelta(hours=2)
+    s.start_transaction("CP01", 7, time=T0, meter_start_wh=1000.0)
+    s.record_meter_values("CP01", 7, [{"time": _minutes(2), "station_time": _minutes(2) + ahead, "energy_wh": 2000.0}])
+    # Dated earlier in ours than the last, and applied (the live state's judgment): the last register.
+    s.record_meter_values("CP01", 7, [{"time": _minutes(1.5), "station_time": _minutes(1.5) + ahead,
+                                       "energy_wh": 2500.0}])
+    tx = s.load_open_transactions().iloc[0]
+    assert tx["meter_last_wh"] == 2500.0 and tx["last_meter_time"] == _minutes(2)
+    # Not applied (stamped before the last by both clocks): stored, moves neither total.
+    s.record_meter_values("CP01", 7, [{"time": _minutes(3), "station_time": _minutes(1) + ahead,
+                                       "energy_wh": 1500.0, "late": True}])
+    tx = s.load_open_transactions().iloc[0]
+    assert tx["meter_last_wh"] == 2500.0 and tx["energy_delivered_kwh"] == pytest.approx(1.5)
+    mv = s.meter_values("CP01", 7)
+    assert list(mv["energy_wh"]) == [2500.0, 2000.0, 1500.0]  # by our clock
+    assert list(mv["station_time"] - mv["time"]) == [ahead, ahead, ahead - pd.Timedelta(minutes=2)]
+    s.close()
+
+
 def test_duplicates_and_bad_input_lose_nothing(db):
     s = open_store(db)
     s.start_transaction("CP01", 7, time=T0, meter_start_wh=0.0)

@@ -169,7 +169,8 @@ def test_nowblock_tables_with_missing_columns_are_refused_naming_them(tmp_path):
     with pytest.raises(StoreFileError) as err:
         open_store(db)
     msg = str(err.value)
-    assert msg.startswith(f"{db}: nowblock's tables (schema version 2) are incomplete")
+    v = max(m[0] for m in sqlite_backend.MIGRATIONS)  # the latest: the file was written whole
+    assert msg.startswith(f"{db}: nowblock's tables (schema version {v}) are incomplete")
     assert "table operator_inputs is missing" in msg
     assert "table transactions lacks columns stop_reason, stopped_at" in msg
 
@@ -245,21 +246,24 @@ def test_postgres_tables_of_another_program_are_refused_and_left_unchanged(postg
     # The expectation is read from the PostgreSQL migrations: a fresh schema has exactly those columns.
     _pg(postgres_url, f"DROP TABLE {table}")
     open_store(postgres_url).close()
-    assert _pg_columns(postgres_url) == pg_backend.expected_columns(pg_backend.MIGRATIONS, 2)
+    latest = max(m[0] for m in pg_backend.MIGRATIONS)
+    assert _pg_columns(postgres_url) == pg_backend.expected_columns(pg_backend.MIGRATIONS, latest)
 
 
 def test_postgres_nowblock_tables_with_missing_columns_are_refused_naming_them(postgres_url):
+    from nowblock.store import postgres as pg_backend
+
     open_store(postgres_url).close()
     _pg(postgres_url, "ALTER TABLE transactions DROP COLUMN stop_reason",
         "ALTER TABLE transactions DROP COLUMN stopped_at", "DROP TABLE operator_inputs")
     with pytest.raises(StoreFileError) as err:
         open_store(postgres_url)
     msg = str(err.value)
-    assert "nowblock's tables (schema version 2) are incomplete" in msg
+    assert f"nowblock's tables (schema version {max(m[0] for m in pg_backend.MIGRATIONS)}) are incomplete" in msg
     assert "table operator_inputs is missing" in msg
     assert "table transactions lacks columns stop_reason, stopped_at" in msg
     # A table that only a later version creates, already there (another program's): refused too.
-    _pg(postgres_url, "DROP TABLE events", "DELETE FROM nowblock_schema WHERE version = 2",
+    _pg(postgres_url, "DROP TABLE events", "DELETE FROM nowblock_schema WHERE version >= 2",
         "ALTER TABLE transactions ADD COLUMN stop_reason TEXT", "ALTER TABLE transactions ADD COLUMN stopped_at TEXT",
         "CREATE TABLE events (id INTEGER, what TEXT)")
     with pytest.raises(StoreFileError, match="schema version 1.*table events is there, but schema version 1 has none"):

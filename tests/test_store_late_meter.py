@@ -1,6 +1,7 @@
 """Meter values a station had acknowledged but stamped before the car's last reading (a queued
 message replayed after a reconnect, a resent one) are stored, at their stamp, without touching
-the live state or waking the controller (m10: before, 1 of 2 acknowledged values was stored)."""
+the live state or waking the controller (m10: before, 1 of 2 acknowledged values was stored),
+dated in our clock within their transaction's record, the station's stamps kept beside."""
 
 from __future__ import annotations
 
@@ -63,13 +64,16 @@ async def test_an_acknowledged_meter_value_stamped_before_the_last_one_is_stored
         finally:
             sub.close()
             await s.close()
-    mv = store.recent_meter_values(base - timedelta(hours=1))
-    # The readings after the start (a 2.0.1 Started event stores its own).
-    mv = mv[(mv["transaction_id"] == str(tx)) & (mv["time"] > base + timedelta(minutes=1))]
+    every = store.meter_values(cp, str(tx))
+    # The readings after the start (a 2.0.1 Started event stores its own), by their stamps.
+    mv = every[every["station_time"] > base + timedelta(minutes=1)].sort_values("station_time")
     assert len(mv) == 2, f"{len(mv)} of 2 acknowledged meter values stored"
-    assert list(mv["energy_wh"]) == [11000.0, 12000.0]  # in order, at the station's stamps
+    assert list(mv["energy_wh"]) == [11000.0, 12000.0]  # the station's stamps kept beside ours
     assert list(mv["current_l1_a"]) == [8.0, 10.0]
-    assert abs((mv["time"].iloc[0] - mv["time"].iloc[1]).total_seconds() + 300.0) < 0.01
+    assert abs((mv["station_time"].iloc[0] - mv["station_time"].iloc[1]).total_seconds() + 300.0) < 0.01
+    # Dated in our clock within the record (m11): none before its start.
+    start = store.load_open_transactions().set_index("transaction_id").loc[str(tx), "arrival"]
+    assert (every["time"] >= start).all(), (start, list(every["time"]))
     # The late register neither lowers the energy so far nor adds to it.
     row = store.load_open_transactions().set_index("transaction_id").loc[str(tx)]
     assert row["energy_delivered_kwh"] == pytest.approx(2.0)

@@ -203,24 +203,51 @@ def check_time(value, what: str = "timestamp") -> datetime | None:
     return _parse(value, what)
 
 
-def event_time(value, now: datetime, what: str, cp_id: str = "") -> datetime:
-    """When something happened, by the station's clock, or ``now`` when it cannot be.
+def event_time(value, now: datetime, what: str, cp_id: str = "", offset_s: float = 0.0) -> datetime:
+    """When something happened, by the station's clock, or the station's now when it cannot be.
 
     An unparseable timestamp is refused (FormatViolation). One outside
-    [now - :data:`PAST_WINDOW_S`, now + :data:`FUTURE_WINDOW_S`] means the station's clock is
-    wrong (a reset clock says 0001 or 1970, a broken one 9999): the central system's time
-    ``now`` replaces it and a warning is logged, at most hourly a station (a 2.0.1 station whose
-    clock runs 2 h ahead stamps every TransactionEvent so). None gives ``now``.
+    [its now - :data:`PAST_WINDOW_S`, its now + :data:`FUTURE_WINDOW_S`], its now being ``now``
+    plus its known clock offset ``offset_s`` [s] (:func:`station_offset_s`, as meter values are
+    judged), means the station's clock is wrong (a reset clock says 0001 or 1970, a broken one
+    9999): its now replaces it and a warning is logged, at most hourly a station. Judged around
+    ours, a station 2 h ahead (local time written as UTC) had its start and stop replaced by our
+    arrival times while its meter values kept its clock: one record in two clocks, its meter
+    values stored 7200 s after its stop. None gives its now. :func:`in_our_clock` dates the
+    result in ours.
     """
     t = _parse(value, what)
+    its_now = now + timedelta(seconds=float(offset_s)) if offset_s else now
     if t is None:
-        return now
-    if not plausible(t, now):
+        return its_now
+    if not plausible(t, its_now):
         if hourly(cp_id, f"implausible {what}", now):
             log.warning("%s: %s %s is implausible (station clock off?); using %s (logged at most hourly)", cp_id,
                         what, value, now.isoformat())
-        return now
+        return its_now
     return t
+
+
+def in_our_clock(stamp: datetime, now: datetime, offset_s: float = 0.0) -> datetime:
+    """When an event the station stamped ``stamp`` (its clock) happened, by ours.
+
+    Parameters
+    ----------
+    stamp : datetime
+        Its time by the station's clock (:func:`event_time`), tz-aware.
+    now : datetime
+        The central system's time when its message arrived (tz-aware UTC).
+    offset_s : float
+        [s] The station's known clock offset, its clock minus ours (:func:`station_offset_s`).
+
+    Returns
+    -------
+    datetime
+        ``stamp`` less ``offset_s``, no later than ``now``: nothing a message reports happened
+        after it arrived (a clock stepped forward that the estimate has not followed yet).
+    """
+    t = stamp - timedelta(seconds=float(offset_s)) if offset_s else stamp
+    return min(t, now)
 
 
 def hourly(cp_id: str, what: str, now: datetime) -> bool:
@@ -245,10 +272,9 @@ def station_offset_s(clock) -> float:
 def station_stamp(ts: datetime | None, now: datetime, offset_s: float = 0.0) -> datetime:
     """When a meter value was taken, by the station's clock.
 
-    The clock of a transaction's record: its start and stop are the station's stamps, so its
-    meter values are stored and ordered in the same clock. Dated in ours, a stop dated before its
-    start was stored 25705 s after it instead of at its last reading (1800 s); ordered in ours,
-    readings 5 ms apart swapped as the estimate moved and were lost though acknowledged.
+    What orders a transaction's readings (``Transaction.last_stamp``): ordered in ours (by an
+    estimate that moves by milliseconds from CALL to CALL), readings 5 ms apart swapped and were
+    lost though acknowledged. The record is stored in ours (``Transaction.record_time``).
 
     Parameters
     ----------
@@ -343,28 +369,31 @@ def checked_stop(t, stop: datetime, meter_stop_wh: float | None) -> tuple[dateti
     Parameters
     ----------
     t : Transaction
-        The transaction that ends (its ``start``, ``last_meter``, ``meter_start_wh`` [Wh]).
+        The transaction that ends (its ``start`` and ``recorded_until``, our clock;
+        ``meter_start_wh`` [Wh]).
     stop : datetime
-        When the station says it ended.
+        When the station says it ended, in our clock (:func:`in_our_clock`).
     meter_stop_wh : float or None
         [Wh] Its final energy register.
 
     Returns
     -------
     tuple
-        ``stop`` no earlier than the start: a stop dated before it (a station clock gone back)
-        is a WARNING naming both times and becomes the last time known of the transaction
-        (its last meter value, else its start); ``meter_stop_wh`` None (not stored) when below
-        the start's register. Both were stored as they came: a session of -1 h, silently.
+        ``stop`` no earlier than the start nor than any stored meter value of it
+        (``recorded_until``), all in our clock: a stop dated before its start (a station clock gone
+        back) is a WARNING naming both times and becomes the last time known of the transaction
+        (its last stored meter value, else its start); one dated after its start but before its
+        last stored meter value (the clock estimate moved between them) becomes that, silently.
+        ``meter_stop_wh`` None (not stored) when below the start's register. Both were stored as
+        they came: a session of -1 h, silently.
     """
+    last = getattr(t, "recorded_until", None)
+    known = max([t.start] + ([last] if last is not None else []))
     if stop < t.start:
-        # In the station's clock, as its start and stop (``last_meter`` is ours: 25705 s for 1800).
-        last = getattr(t, "last_stamp", None)
-        known = max([t.start] + ([last] if last is not None else []))
         log.warning("%s: transaction %s stopped at %s, before its start %s: its clock went back; stored as "
                     "ended at %s (the last time known of it)", t.cp_id, t.transaction_id, stop.isoformat(),
                     t.start.isoformat(), known.isoformat())
-        stop = known
+    stop = max(stop, known)
     if meter_stop_wh is not None and t.meter_start_wh is not None and meter_stop_wh < t.meter_start_wh:
         log.warning("%s: transaction %s ended with its meter at %.0f Wh, below its start's %.0f Wh; not stored",
                     t.cp_id, t.transaction_id, meter_stop_wh, t.meter_start_wh)

@@ -21,12 +21,19 @@ PERMANENT_REFUSALS = ("NotSupported", "NotImplemented")
 
 @dataclass
 class Transaction:
-    """A charging session as the charger reports it. Energy [Wh], currents [A], power [W]."""
+    """A charging session as the charger reports it. Energy [Wh], currents [A], power [W].
+
+    Its record (``start``, ``stop``, the dates its meter values are stored at) is in our clock:
+    each stamp less the station's clock offset estimated when it arrived, then kept between its
+    start and its stop (:meth:`LiveState.on_meter <nowblock.ocpp.state.LiveState.on_meter>`,
+    :func:`~nowblock.ocpp.edge.checked_stop`). Its readings are ordered by the station's own stamps
+    (``last_stamp``): ordered in ours, readings 5 ms apart swapped as the estimate moved.
+    """
 
     cp_id: str
     transaction_id: str
     connector_id: int
-    start: datetime
+    start: datetime  # [our clock] its start as the station stamped it, less its clock offset then
     id_tag: str | None = None
     meter_start_wh: float | None = None
     energy_register_wh: float | None = None
@@ -40,15 +47,18 @@ class Transaction:
     energy_requested_kwh: float = math.nan
     ev_max_current_a: float = math.nan
     ev_min_current_a: float = math.nan
-    last_meter: datetime | None = None
-    # Its last meter value's time by the station's clock: the clock of its record (start, stop and
-    # stored meter values, as the station said them); ``last_meter`` is ours (a reading's age).
+    last_meter: datetime | None = None  # [our clock] when its last reading was taken (its age)
+    # Its last meter value's time by the station's clock: what orders its readings.
     last_stamp: datetime | None = None
-    stop: datetime | None = None
+    #: [our clock] The date its last applied reading is stored at (``last_meter`` kept between its
+    #: start and stop) and the latest date of any of its stored meter values (late ones too).
+    record_time: datetime | None = None
+    recorded_until: datetime | None = None
+    stop: datetime | None = None  # [our clock] no earlier than ``start`` and ``recorded_until``
     meter_stop_wh: float | None = None
     stop_reason: str | None = None
     orphaned: bool = False  # its station (re)connected or rebooted since, and has not named it again
-    known_at: datetime | None = None  # when this process learnt of it, by our clock (``start`` is the station's)
+    known_at: datetime | None = None  # when this process learnt of it, by our clock
     start_event: Event | None = field(default=None, repr=False, compare=False)
 
     @property

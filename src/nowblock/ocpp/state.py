@@ -295,8 +295,9 @@ class LiveState:
         returns the ``meter`` event (None when no transaction matches). ``queued``: sent while the
         station was offline (2.0.1 ``offline``; 1.6: stamped before its boot, :meth:`before_boot`),
         so it names no transaction the station runs now. ``time``: when it was taken by our clock
-        (its age); ``stamp``: by the station's (what it said; its order and the stored record),
-        ``time`` when not given."""
+        (its age); ``stamp``: by the station's (what it said: its order, kept beside in the
+        store), ``time`` when not given. Its stored date is ``time`` kept within its record
+        (:attr:`Transaction.record_time`, a late one's ``time`` in the event)."""
         self.touch(cp_id)
         t = self.transaction(cp_id, transaction_id) if transaction_id is not None else None
         if t is None and connector_id:
@@ -318,10 +319,10 @@ class LiveState:
             # (over its limit, or on an unbalance row's light side: an outside test).
             log.info("%s: meter value of %s dated %s, before the last one (%s): not applied", cp_id,
                      t.transaction_id, stamp.isoformat(), t.last_stamp.isoformat())
-            # Acknowledged all the same: the store keeps it at its stamp (listeners only, it
-            # wakes no step; 1 of 2 acknowledged values stored before, m10).
+            # Acknowledged all the same: the store keeps it (listeners only, it wakes no step; 1 of
+            # 2 acknowledged values stored before, m10), dated in ours within its record.
             self.emit("late_meter", cp_id, t.connector_id, t.transaction_id, publish=False,
-                      **{**reading, "stamp": stamp})
+                      **{**reading, "stamp": stamp, "time": self._recorded(t, time)})
             return None
         st = self.stations[cp_id]
         if not queued and (transaction_id is not None or t.transaction_id in st.connect_orphans):
@@ -364,7 +365,23 @@ class LiveState:
             if key in reading:
                 setattr(t, attr, reading[key])
         t.last_meter, t.last_stamp = time, stamp
+        t.record_time = self._recorded(t, time)
         return self.emit("meter", cp_id, t.connector_id, t.transaction_id, publish=publish, **reading)
+
+    def _recorded(self, t: Transaction, time: datetime) -> datetime:
+        """[our clock] The date a reading of ``t`` taken at ``time`` (ours) is stored at: ``time``,
+        within its record and never after it arrived. One dated before its start (a clock stepped
+        back that the estimate has not followed yet; stored by the station's stamps, a record of a
+        station 2 h ahead lay 7200 s after its stop, m11) is dated on arrival, a distinct date
+        (clamped to its start, several would be one stored row); none after its stop. Moves
+        :attr:`Transaction.recorded_until` (its stop is never dated before)."""
+        now = self.clock()
+        r = min(time, now) if time >= t.start else max(now, t.start)
+        if t.stop is not None:
+            r = min(r, t.stop)
+        if t.recorded_until is None or r > t.recorded_until:
+            t.recorded_until = r
+        return r
 
     def on_needs(
         self, cp_id: str, connector_id: int, *, departure: datetime | None, energy_kwh: float | None,

@@ -53,7 +53,10 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
     @on(Action.start_transaction)
     def on_start_transaction(self, connector_id, id_tag, meter_start, timestamp, **kwargs):
         edge.check_connector(connector_id, allow_zero=False)
-        start = edge.event_time(timestamp, self.state.clock(), "timestamp", self.id)
+        now = self.state.clock()
+        # In its clock, judged around its now; its record is in ours (Transaction).
+        off = edge.station_offset_s(self.state.stations[self.id].clock)
+        start = edge.in_our_clock(edge.event_time(timestamp, now, "timestamp", self.id, off), now, off)
         meter_start_wh = edge.check_energy_wh(meter_start, "meterStart")
         tid = self.state.new_transaction_id()
         t = self.state.on_start(self.id, connector_id, tid, start=start,
@@ -66,13 +69,13 @@ class ChargePoint16(CsmsConnection, _ChargePoint16):
     def on_stop_transaction(self, meter_stop, timestamp, transaction_id, reason=None, transaction_data=None,
                             id_tag=None, **kwargs):
         now = self.state.clock()
-        stop = edge.event_time(timestamp, now, "timestamp", self.id)
+        off = edge.station_offset_s(self.state.stations[self.id].clock)
+        stop = edge.in_our_clock(edge.event_time(timestamp, now, "timestamp", self.id, off), now, off)
         meter_stop_wh = edge.check_energy_wh(meter_stop, "meterStop")
         t = self.state.transaction(self.id, transaction_id)
         if t is None:
             log.warning("%s: StopTransaction for unknown transaction %s", self.id, transaction_id)
         elif transaction_data:
-            off = edge.station_offset_s(self.state.stations[self.id].clock)
             reading, ts = parse_meter_values(transaction_data, now, self.id, off)
             self.state.on_meter(self.id, t.connector_id, transaction_id, reading, edge.meter_time(ts, now, self.id, off),
                                 stamp=edge.station_stamp(ts, now, off))

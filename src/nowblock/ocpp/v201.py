@@ -57,8 +57,9 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
                              meter_value=None, evse=None, id_token=None, number_of_phases_used=None, **kwargs):
         tid = transaction_info["transaction_id"]
         now = self.state.clock()
-        when = edge.event_time(timestamp, now, "timestamp", self.id)
         off = edge.station_offset_s(self.state.stations[self.id].clock)  # its stamps are in its clock
+        stamp = edge.event_time(timestamp, now, "timestamp", self.id, off)
+        when = edge.in_our_clock(stamp, now, off)  # its record is in ours (Transaction)
         reading, ts = parse_meter_values(meter_value or [], now, self.id, off)
         t = self.state.transaction(self.id, tid)
         if evse is not None:  # a transaction runs on an EVSE 1..32; 0 is the station itself
@@ -91,7 +92,7 @@ class ChargePoint201(CsmsConnection, _ChargePoint201):
             # One queued while offline names a transaction it ran then (a rebooted station's old
             # one revived by it got three TxProfiles, Rejected): it revives no orphan.
             ev = self.state.on_meter(self.id, t.connector_id, tid, reading, taken, publish=not later,
-                                     queued=kwargs.get("offline") is True, stamp=when if ts is None else ts)
+                                     queued=kwargs.get("offline") is True, stamp=stamp if ts is None else ts)
             if later and ev is not None:
                 later.append(ev)
         else:

@@ -172,8 +172,11 @@ class StoreRecorder:
                                 id_tag=t.id_tag, meter_start_wh=t.meter_start_wh, session_id=t.session_id)
         elif ev.kind == "meter":
             # ``seen``: last_seen moves with the meter values in the same commit (one write a message).
+            # In our clock within its record (Transaction.record_time), the station's stamp beside it.
             s.record_meter_values(ev.cp_id, t.transaction_id, [{
-                "time": pd.Timestamp(t.last_stamp or t.last_meter or ev.time), "energy_wh": t.energy_register_wh,
+                "time": pd.Timestamp(t.record_time or t.last_meter or ev.time),
+                "station_time": None if t.last_stamp is None else pd.Timestamp(t.last_stamp),
+                "energy_wh": t.energy_register_wh,
                 "current_a": [None if math.isnan(c) else c for c in t.current_a],
                 "power_kw": None if math.isnan(t.power_w) else t.power_w / 1000.0,
                 "soc_percent": None if math.isnan(t.soc_percent) else t.soc_percent,
@@ -182,7 +185,7 @@ class StoreRecorder:
             return True
         elif ev.kind == "late_meter":
             # Acknowledged, stamped before the car's last reading (queued, resent): the live state
-            # keeps the newer one, the store keeps this one too, at its stamp. The store's energy
+            # keeps the newer one, the store keeps this one too, dated in ours. The store's energy
             # so far only grows and its last register is the live state's (not late), so a late
             # reading neither lowers nor adds to it (m10: 1 of 2 acknowledged values stored before).
             s.record_meter_values(ev.cp_id, t.transaction_id, [{**_late_row(ev.data, st.site.voltage_v), "late": True}],
@@ -220,14 +223,16 @@ class StoreRecorder:
 
 def _late_row(d: dict, voltage_v: float) -> dict:
     """The stored meter row of a ``late_meter`` event's reading ``d`` (the keys of
-    ``nowblock.ocpp.meter.parse_meter_values``, plus ``stamp``, the station's time): ``energy_wh``
-    [Wh], ``current_a`` [A per phase; from per-phase power [W] at ``voltage_v`` [V] when only that
-    was read, as the live state reads it], ``power_kw`` [kW], ``soc_percent`` [%]."""
+    ``nowblock.ocpp.meter.parse_meter_values``, plus ``stamp``, the station's time, and ``time``,
+    its date in ours within its transaction's record): ``energy_wh`` [Wh], ``current_a`` [A per
+    phase; from per-phase power [W] at ``voltage_v`` [V] when only that was read, as the live state
+    reads it], ``power_kw`` [kW], ``soc_percent`` [%], ``station_time`` (``stamp``)."""
     cur = [d.get(f"current_l{i}_a") for i in (1, 2, 3)]
     if all(c is None for c in cur):
         cur = [None if d.get(f"power_l{i}_w") is None else d[f"power_l{i}_w"] / voltage_v for i in (1, 2, 3)]
     power = d.get("power_w")
-    return {"time": pd.Timestamp(d["stamp"]), "energy_wh": d.get("energy_wh"),
+    return {"time": pd.Timestamp(d.get("time", d["stamp"])), "station_time": pd.Timestamp(d["stamp"]),
+            "energy_wh": d.get("energy_wh"),
             "current_a": [None if c is None or math.isnan(c) else c for c in cur],
             "power_kw": None if power is None or math.isnan(power) else power / 1000.0,
             "soc_percent": None if d.get("soc_percent") is None or math.isnan(d["soc_percent"]) else d["soc_percent"]}
@@ -342,6 +347,10 @@ def _restore_one(state, r) -> str:
                        meter_start_wh=ms, id_tag=None if pd.isna(r["id_tag"]) else r["id_tag"])
     if ms is not None:
         t.energy_register_wh = ms + 1000.0 * float(r["energy_delivered_kwh"])
+    if pd.notna(r.get("last_meter_time")):
+        # Its stop is never dated before a meter value stored of it (edge.checked_stop); none
+        # after now (a file written before schema version 3 dated them by the station's clock).
+        t.recorded_until = min(max(r["last_meter_time"].to_pydatetime(), t.start), max(state.clock(), t.start))
     if bool(r["needs_known"]):
         t.departure = departure
         if pd.notna(r["energy_requested_kwh"]):

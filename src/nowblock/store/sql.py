@@ -208,10 +208,11 @@ class SqlStore:
         values are what a charging station sends most, and a separate write per message would
         double the commits (one disk flush each with ``synchronous=FULL``).
 
-        Each row is a mapping with ``time`` and any of ``energy_wh`` (register [Wh]),
-        ``current_a`` (per phase [A], a number or up to three), ``power_kw`` [kW],
-        ``soc_percent``, ``late`` (True: a reading its station sent after a newer one, which the
-        live state did not apply: a queued or resent message). A repeated sample (same station,
+        Each row is a mapping with ``time`` (the central system's clock) and any of ``energy_wh``
+        (register [Wh]), ``current_a`` (per phase [A], a number or up to three), ``power_kw``
+        [kW], ``soc_percent``, ``station_time`` (what the station stamped it, in its own clock;
+        kept beside ``time``, tz-aware), ``late`` (True: a reading its station sent after a newer
+        one, which the live state did not apply: a queued or resent message). A repeated sample (same station,
         transaction, time) is ignored, not overwritten. The transaction's energy so far only
         ever grows (a register that jumps back, after a charger reset, does not erase delivered
         energy). Its last register (``meter_last_wh``) is the last one recorded that is not
@@ -228,7 +229,9 @@ class SqlStore:
             if cur is None or np.isscalar(cur):
                 cur = [cur]
             cur = [_num(c, f"meter row {i} current_a") for c in list(cur)[:3]] + [None] * (3 - min(3, len(cur)))
+            raw = r.get("station_time")
             samples.append({"st": str(station_id), "tx": tx, "t": t, "late": bool(r.get("late", False)),
+                            "raw": None if raw is None else _ts(raw, f"meter row {i} station_time"),
                             "e": _num(r.get("energy_wh"), f"meter row {i} energy_wh", min_value=0.0),
                             "l1": cur[0], "l2": cur[1], "l3": cur[2],
                             "p": _num(r.get("power_kw"), f"meter row {i} power_kw"),
@@ -237,8 +240,8 @@ class SqlStore:
         if not samples and seen_at is None:
             return 0
         insert = """INSERT INTO meter_values (station_id, transaction_id, time, energy_wh, current_l1_a,
-                        current_l2_a, current_l3_a, power_kw, soc_percent)
-                    VALUES (:st, :tx, :t, :e, :l1, :l2, :l3, :p, :soc) ON CONFLICT DO NOTHING"""
+                        current_l2_a, current_l3_a, power_kw, soc_percent, station_time)
+                    VALUES (:st, :tx, :t, :e, :l1, :l2, :l3, :p, :soc, :raw) ON CONFLICT DO NOTHING"""
         # The first register seen opens a transaction whose start carried no meter value.
         update = """UPDATE transactions SET
                       meter_start_wh = COALESCE(meter_start_wh, CAST(:e AS DOUBLE PRECISION)),
@@ -370,7 +373,8 @@ class SqlStore:
 
     # ---- meter values, profiles, plans -------------------------------------------------------
     def meter_values(self, station_id: str | None = None, transaction_id=None) -> pd.DataFrame:
-        """Stored meter samples (UTC time), optionally of one station / transaction."""
+        """Stored meter samples (UTC ``time`` in the central system's clock, ``station_time`` as the
+        station stamped them), optionally of one station / transaction."""
         conds, params = [], {}
         if station_id is not None:
             conds.append("station_id = :st")
@@ -381,6 +385,7 @@ class SqlStore:
         where = (" WHERE " + " AND ".join(conds)) if conds else ""
         df = self._read(f"SELECT * FROM meter_values{where} ORDER BY time, station_id", params)
         df["time"] = parse_times(df["time"])
+        df["station_time"] = parse_times(df["station_time"])
         return df
 
     def record_profile(self, station_id, *, time, purpose, limit_a, status, transaction_id=None,
@@ -469,6 +474,7 @@ class SqlStore:
         if bucket_s is None:
             df = self._read(f"SELECT * FROM meter_values WHERE {cond} ORDER BY time, station_id", params)
             df["time"] = parse_times(df["time"])
+            df["station_time"] = parse_times(df["station_time"])
             return df
         b = int(_num(bucket_s, "bucket_s", min_value=1.0))
         epoch = self.EPOCH_S_SQL

@@ -116,6 +116,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX IF NOT EXISTS events_time ON events (time)",
         "CREATE INDEX IF NOT EXISTS meter_values_time ON meter_values (time)",
     )),
+    # A meter value's time is in the central system's clock (a station's stamp less its clock
+    # offset); what the station stamped it is kept beside it (NULL: written before, or none).
+    (3, "meter values keep the station's own stamp", (
+        "ALTER TABLE meter_values ADD COLUMN station_time TEXT",
+    )),
 )
 
 _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS nowblock_schema (
