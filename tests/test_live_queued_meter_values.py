@@ -135,3 +135,59 @@ async def test_a_restored_transaction_of_a_station_behind_us_is_revived_after_a_
         await st.close()
         await ctl.stop()
         await cs.stop()
+
+
+async def test_a_replay_first_after_a_restart_and_reboot_revives_no_ended_transaction(tmp_path):
+    # m9 (/tmp/s38/h2/repro3_replay_first.py): the central system restarts and the station reboots
+    # (a power cut); its StatusNotification carries no timestamp, so its first stamped CALL is the
+    # replay of MeterValues it queued before the reboot, 60 s old. The clock estimate, empty after
+    # the restart, learnt the replay's age from the replay itself: judged by it, the replay was
+    # live and revived the transaction the reboot ended (1 TxProfile sent for it, Rejected) until
+    # its queued StopTransaction. By the station's clock before the boot (the store's) it is queued.
+    site = make_test_site(1, grid_a=32.0, max_current_a=16.0)
+    db = str(tmp_path / "block.sqlite")
+
+    async def up():
+        cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
+        await cs.start()
+        ctl = attach(cs, db=db, policy="equal", period_s=1.0, min_replan_s=0.1, solve_timeout_s=0.8,
+                     profile_validity_s=60.0)
+        await ctl.start()
+        return cs, ctl
+
+    stn = RunsOnly()
+    cs, ctl = await up()
+    st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=stn).connect()
+    try:
+        await st.boot()
+        tx = (await st.ok("StartTransaction", {"connectorId": 1, "idTag": "TAG1", "meterStart": 0,
+                                               "timestamp": now_iso()}))["transactionId"]
+        stn.running.add(tx)
+        await st.ok("MeterValues", meter_16(1, tx, amps=[10, 10, 10], energy_wh=10.0))
+        await eventually(lambda: any(ok for _, ok in stn.tx_answers), timeout_s=10)
+    finally:
+        await st.close()
+        await ctl.stop()
+        await cs.stop()
+    old = datetime.now(timezone.utc) - timedelta(seconds=60)  # its last two values, queued
+    stn.running.clear()  # the reboot ended tx
+    cs, ctl = await up()
+    st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=stn).connect()
+    try:
+        await st.boot()
+        n = len(stn.tx_answers)
+        await st.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available"})
+        for k in range(2):
+            await st.ok("MeterValues", meter_16(1, tx, amps=[10, 10, 10], energy_wh=20.0 + k,
+                                                when=now_iso(old + timedelta(seconds=k))))
+        t = cs.state.transaction("CP1", tx)
+        assert t.energy_register_wh == 21.0  # read, ...
+        assert t.orphaned  # ... but names no transaction the station runs now
+        await asyncio.sleep(3.0)  # steps at 1 s
+        assert [a for a in stn.tx_answers[n:] if a[0] == tx] == []
+        await st.ok("StopTransaction", {"transactionId": tx, "meterStop": 21, "timestamp": now_iso(old)})
+        assert t.stop is not None
+    finally:
+        await st.close()
+        await ctl.stop()
+        await cs.stop()

@@ -181,6 +181,9 @@ class Station:
     #: [our clock] When it sent its latest BootNotification in this process (None: no boot
     #: seen); a meter value stamped before it (by the current clock estimate) was queued.
     booted_at: datetime | None = None
+    #: [s] Its clock's offset as known before its latest boot: this process's estimate then, else
+    #: (after a restart) the one its stored meter values show (None: not known). See before_boot.
+    clock_before_boot_s: float | None = None
     #: [s] How far its latest stamp lies ahead of its clock estimate, when more than LATE_S (a
     #: forward clock step the estimate has not followed yet; None: none). See ``applied_limit_a``.
     clock_ahead_s: float | None = None

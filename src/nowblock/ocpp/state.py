@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from nowblock.ocpp import frames
+from nowblock.ocpp import edge, frames
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.frames import OCPP_COLUMNS
 from nowblock.ocpp.edge import checked_stop
@@ -180,6 +180,8 @@ class LiveState:
         # In our clock: the estimate at a boot may not be known yet (0 after a restart of ours);
         # a stamp is judged by the estimate when it comes (see before_boot).
         self.stations[cp_id].booted_at = self.clock()
+        if self.stations[cp_id].clock.samples:  # it stamped CALLs to this process: its clock then
+            self.stations[cp_id].clock_before_boot_s = edge.station_offset_s(self.stations[cp_id].clock)
         # A reboot ends its transactions (their end may still come): each is an offline car's
         # until the station names it again (rebooted stations got TxProfiles for restored ids).
         for t in self.running(cp_id):
@@ -221,11 +223,22 @@ class LiveState:
         messages while offline and delivers them in order), naming a transaction the reboot ended; reviving its orphan sent it
         TxProfiles (Rejected) and counted its connector at their limit.
 
-        The boot is kept in our clock and placed in the station's by its *current* clock
-        estimate (:attr:`Station.clock`): the estimate held at the boot is 0 after a restart of
-        the central system, and a station whose clock runs B s behind ours had every live
-        MeterValues judged queued for B s, its restored transaction an orphan (review rev2,
-        tests/test_live_queued_meter_values.py).
+        The boot is kept in our clock and placed in the station's by every clock the station
+        may run after it: the one it ran before (:attr:`Station.clock_before_boot_s`, this
+        process's estimate then, after a restart the one its stored meter values show) or ours,
+        which the BootNotification answer told it (a 1.6 station may set its clock by it): a
+        stamp is queued only when it lies before the boot by both. By the *current* estimate
+        alone, a station whose first stamped CALL after a boot (with a restart of the central
+        system) was a replay of its queued MeterValues had the estimate learn the replay's age
+        from them and revived the ended transaction until its queued StopTransaction (one
+        Rejected TxProfile, m9). The estimate held at the boot is 0 after a restart: judged by it,
+        a station whose clock runs B s behind ours had every live MeterValues judged queued for
+        B s, its restored transaction an orphan (review rev2); by its clock before the boot (the
+        store's) it is not. With no clock known before the boot, the current estimate decides.
+        Left: a station whose clock stepped back by more than :attr:`BOOT_MARGIN_S` across a
+        reboot (not to ours) has its live meter values judged queued for that long; a replay
+        from a station more than its age ahead before the boot still revives (either is a live
+        value or a replay by its stamps alone).
 
         Parameters
         ----------
@@ -242,7 +255,9 @@ class LiveState:
         st = self.stations.get(cp_id)
         if time is None or st is None or st.booted_at is None:
             return False
-        return (time - st.booted_at).total_seconds() - st.clock.offset_s < -self.BOOT_MARGIN_S
+        before = st.clock_before_boot_s
+        off = st.clock.offset_s if before is None else min(before, 0.0)
+        return (time - st.booted_at).total_seconds() - off < -self.BOOT_MARGIN_S
 
     @staticmethod
     def _runs(st: Station, t: Transaction) -> None:

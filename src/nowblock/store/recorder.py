@@ -304,6 +304,11 @@ def restore_state(state, store) -> int:
                       r.get("charge_point_id"), exc)
             continue
         n += 1
+        try:
+            _restore_clock(state, store, r["charge_point_id"], str(r["transaction_id"]))
+        except Exception as exc:  # noqa: BLE001 - the transaction is restored; its clock is not needed to run
+            log.error("stored meter values of %s on %s cannot be read for its clock (%r)", r.get("transaction_id"),
+                      r.get("charge_point_id"), exc)
     if n:
         log.info("restored %d running transaction(s) from the store", n)
     return n
@@ -327,6 +332,24 @@ def _mark_disconnected(state, store) -> None:
                      r["station_id"])
     except Exception as exc:  # noqa: BLE001 - a restart must come up; the next connection record fixes it
         log.error("could not record the stations not connected since the start (%r)", exc)
+
+
+def _restore_clock(state, store, cp_id: str, transaction_id: str) -> None:
+    """Set ``Station.clock_before_boot_s`` [s] of ``cp_id`` from the stored meter values of its
+    restored transaction: the median of their own stamps less their dates in ours (its clock
+    offset then), over its last 5; left as it is when none has a stamp. A station that reboots
+    after the restart is judged by it (``LiveState.before_boot``): its replayed queue then
+    revives no transaction the reboot ended, while a live value of a station B s behind is live."""
+    rows = getattr(store, "meter_values", None)
+    station = state.stations.get(cp_id)
+    if rows is None or station is None:
+        return
+    mv = rows(cp_id, transaction_id)
+    if "station_time" not in mv:
+        return
+    mv = mv.dropna(subset=["station_time", "time"]).tail(5)
+    if len(mv):
+        station.clock_before_boot_s = float((mv["station_time"] - mv["time"]).dt.total_seconds().median())
 
 
 def _restore_one(state, r) -> str:
