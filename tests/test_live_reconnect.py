@@ -2,6 +2,7 @@
 frames checked against the official schemas both ways)."""
 
 import asyncio
+from contextlib import asynccontextmanager
 
 from interop.station import RawStation, default_answer, limit_of, meter_16, meter_201, now_iso
 
@@ -14,6 +15,35 @@ def _tx_profiles(station: RawStation, tx: str) -> list[dict]:
             and p["chargingProfile"].get("transactionId") == tx]
 
 
+@asynccontextmanager
+async def t1_dropped_and_back(cs):
+    """A 2.0.1 station CP1 (default answers) booted on ``cs``, running T1 at 16 A until its
+    TxProfile came; its connection then drops and it comes back on a new one, sending nothing yet.
+    Yields (the first station, closed; the second, connected); both closed on exit."""
+    url = f"ws://127.0.0.1:{cs.port}"
+
+    def answer(action, payload):
+        return default_answer("2.0.1", action, payload)
+
+    s = await RawStation(url, "CP1", "2.0.1", answer=answer).connect()
+    s2 = None
+    try:
+        await s.boot()
+        await s.ok("TransactionEvent", {"eventType": "Started", "timestamp": now_iso(), "seqNo": 0,
+                                        "triggerReason": "CablePluggedIn", "transactionInfo": {"transactionId": "T1"},
+                                        "evse": {"id": 1, "connectorId": 1},
+                                        "meterValue": meter_201(amps=[16.0] * 3, energy_wh=0.0)})
+        await eventually(lambda: _tx_profiles(s, "T1"), timeout_s=10)
+        await s.close()  # its network drops; it comes back on a new connection
+        await eventually(lambda: not cs.state.station("CP1").connected)
+        s2 = await RawStation(url, "CP1", "2.0.1", answer=answer).connect()
+        yield s, s2
+    finally:
+        await s.close()
+        if s2 is not None:
+            await s2.close()
+
+
 async def test_a_reconnected_station_gets_no_txprofile_until_it_names_its_transaction():
     """A station that connects may have rebooted while it was away, and says so only in the
     BootNotification that follows (/tmp/s36/h2/r1_reconnect_race.py: a step between the connect
@@ -22,23 +52,7 @@ async def test_a_reconnected_station_gets_no_txprofile_until_it_names_its_transa
     until it names them; here a TransactionEvent Updated without meter values names it, and the
     limits resume."""
     async with central_system(make_test_site(1, grid_a=40), control="equal") as cs:
-        url = f"ws://127.0.0.1:{cs.port}"
-
-        def answer(action, payload):
-            return default_answer("2.0.1", action, payload)
-
-        s = await RawStation(url, "CP1", "2.0.1", answer=answer).connect()
-        s2 = None
-        try:
-            await s.boot()
-            await s.ok("TransactionEvent", {"eventType": "Started", "timestamp": now_iso(), "seqNo": 0,
-                                            "triggerReason": "CablePluggedIn", "transactionInfo": {"transactionId": "T1"},
-                                            "evse": {"id": 1, "connectorId": 1},
-                                            "meterValue": meter_201(amps=[16.0] * 3, energy_wh=0.0)})
-            await eventually(lambda: _tx_profiles(s, "T1"), timeout_s=10)
-            await s.close()  # its network drops; it comes back on a new connection, no BootNotification
-            await eventually(lambda: not cs.state.station("CP1").connected)
-            s2 = await RawStation(url, "CP1", "2.0.1", answer=answer).connect()
+        async with t1_dropped_and_back(cs) as (s, s2):  # back on a new connection, no BootNotification
             await eventually(lambda: cs.state.station("CP1").connected)
             ctl = cs.controller
             n = len(ctl.history)
@@ -55,10 +69,6 @@ async def test_a_reconnected_station_gets_no_txprofile_until_it_names_its_transa
             assert cs.state.snapshot().loc["CP1:T1", "connected"]
             await eventually(lambda: _tx_profiles(s2, "T1"), timeout_s=10)
             assert s.schema_errors == [] and s2.schema_errors == []
-        finally:
-            await s.close()
-            if s2 is not None:
-                await s2.close()
 
 
 async def test_a_restored_car_is_not_paused_before_its_first_meter_value(tmp_path):

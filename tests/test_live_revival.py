@@ -6,17 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from interop.station import RawStation, default_answer, limit_of, meter_201, now_iso
+from interop.station import limit_of, meter_201, now_iso
+from test_live_reconnect import _tx_profiles, t1_dropped_and_back
 
 from nowblock.testing import central_system, eventually, make_test_site
 
 PERIOD_S = 30.0
-
-
-def _tx_profiles(station: RawStation, tx: str) -> list[dict]:
-    return [p["chargingProfile"] for a, p in station.received if a == "SetChargingProfile"
-            and p["chargingProfile"]["chargingProfilePurpose"] == "TxProfile"
-            and p["chargingProfile"].get("transactionId") == tx]
 
 
 async def _orphaned_then_named(boot: bool):
@@ -26,23 +21,7 @@ async def _orphaned_then_named(boot: bool):
     and the seconds to T1's first TxProfile on the new connection."""
     async with central_system(make_test_site(1, grid_a=40), control="equal",
                               control_options={"period_s": PERIOD_S}) as cs:
-        url = f"ws://127.0.0.1:{cs.port}"
-
-        def answer(action, payload):
-            return default_answer("2.0.1", action, payload)
-
-        s = await RawStation(url, "CP1", "2.0.1", answer=answer).connect()
-        s2 = None
-        try:
-            await s.boot()
-            await s.ok("TransactionEvent", {"eventType": "Started", "timestamp": now_iso(), "seqNo": 0,
-                                            "triggerReason": "CablePluggedIn", "transactionInfo": {"transactionId": "T1"},
-                                            "evse": {"id": 1, "connectorId": 1},
-                                            "meterValue": meter_201(amps=[16.0] * 3, energy_wh=0.0)})
-            await eventually(lambda: _tx_profiles(s, "T1"), timeout_s=10)
-            await s.close()
-            await eventually(lambda: not cs.state.station("CP1").connected)
-            s2 = await RawStation(url, "CP1", "2.0.1", answer=answer).connect()
+        async with t1_dropped_and_back(cs) as (s, s2):
             if boot:
                 await s2.boot()
             ctl = cs.controller
@@ -65,10 +44,6 @@ async def _orphaned_then_named(boot: bool):
             assert limit_of(_tx_profiles(s2, "T1")[0]) >= 6.0
             assert s.schema_errors == [] and s2.schema_errors == []
             return stepped, why, sent
-        finally:
-            await s.close()
-            if s2 is not None:
-                await s2.close()
 
 
 async def test_an_orphan_named_after_a_reboot_gets_a_limit_at_once():
