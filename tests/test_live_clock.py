@@ -154,15 +154,24 @@ def _capped_site():
         {"id": "CP2", "fuse": "grid", "max_current_a": 32.0, "phases": 3}]})
 
 
-async def _two_cars(site, **cs_kw):
-    """A central system on ``site`` with a controller stepping by hand, CP1 and CP2 (raw 1.6,
-    K01 logic) booted, each running a car; returns (cs, ctl, stations, answers, tx)."""
+async def _controlled(site, **cs_kw):
+    """A started central system on ``site`` (fast retries, ``cs_kw``) with a controller stepping
+    by hand (a period of an hour); returns (cs, ctl)."""
     from nowblock.control import attach
     from nowblock.ocpp.server import CentralSystem
 
-    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1, tx_validity_s=900, **cs_kw)
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1, **cs_kw)
     await cs.start()
-    ctl = attach(cs, policy="equal", period_s=3600.0, min_replan_s=0.0, solve_timeout_s=2.0)
+    return cs, attach(cs, policy="equal", period_s=3600.0, min_replan_s=0.0, solve_timeout_s=2.0)
+
+
+async def _two_cars(site, *, preparing: bool = True, **cs_kw):
+    """A central system on ``site`` with a controller stepping by hand, CP1 and CP2 (raw 1.6,
+    K01 logic) booted, each running a car (started after a stamped Preparing StatusNotification
+    with ``preparing``), stamped by the central system's clock (``cs_kw`` ``clock``, else the
+    wall clock); returns (cs, ctl, stations, answers, tx)."""
+    cs, ctl = await _controlled(site, tx_validity_s=900, **cs_kw)
+    clock = cs_kw.get("clock", pr.utcnow)
     answers = {cp: K01Station("1.6", reject_tx=False) for cp in ("CP1", "CP2")}
     st = {cp: RawStation(f"ws://127.0.0.1:{cs.port}", cp, "1.6", answer=answers[cp]) for cp in answers}
     tx = {}
@@ -170,10 +179,11 @@ async def _two_cars(site, **cs_kw):
         await s.connect()
         await s.boot()
         await eventually(lambda: cs.state.station(cp).failsafe is not None)
-        await s.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Preparing",
-                                          "timestamp": _iso(pr.utcnow())})
+        if preparing:
+            await s.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Preparing",
+                                              "timestamp": _iso(clock())})
         tx[cp] = (await s.ok("StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 0,
-                                                  "timestamp": _iso(pr.utcnow())}))["transactionId"]
+                                                  "timestamp": _iso(clock())}))["transactionId"]
     return cs, ctl, st, answers, tx
 
 
@@ -266,24 +276,10 @@ async def test_a_station_whose_stamps_tie_an_hour_apart_has_its_car_counted_at_i
     # rev1 M2 through the live loop (raw 1.6 frames): CP1 stamps its StatusNotifications an
     # hour ahead and its MeterValues right, alternately, a minute apart. Its car was trusted at
     # the limit it accepted (placed +3600 s in its clock) and CP2 got the rest of the 24 A grid.
-    from nowblock.control import attach
-    from nowblock.ocpp.server import CentralSystem
-
     now = [pr.utcnow().replace(microsecond=0)]
-    cs = CentralSystem(make_test_site(2, grid_a=24.0, max_current_a=16.0), port=0, response_timeout_s=2.0,
-                       backoff_s=0.05, retries=1, tx_validity_s=900, clock=lambda: now[0])
-    await cs.start()
-    ctl = attach(cs, policy="equal", period_s=3600.0, min_replan_s=0.0, solve_timeout_s=2.0)
-    answers = {cp: K01Station("1.6", reject_tx=False) for cp in ("CP1", "CP2")}
-    st = {cp: RawStation(f"ws://127.0.0.1:{cs.port}", cp, "1.6", answer=answers[cp]) for cp in answers}
+    cs, ctl, st, answers, tx = await _two_cars(make_test_site(2, grid_a=24.0, max_current_a=16.0), preparing=False,
+                                               clock=lambda: now[0])
     try:
-        tx = {}
-        for cp, s in st.items():
-            await s.connect()
-            await s.boot()
-            await eventually(lambda: cs.state.station(cp).failsafe is not None)
-            tx[cp] = (await s.ok("StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 0,
-                                                      "timestamp": _iso(now[0])}))["transactionId"]
         for m in range(6):
             now[0] += timedelta(seconds=60)
             await st["CP1"].ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Charging",
@@ -359,13 +355,7 @@ async def test_a_station_stamping_nothing_since_its_boot_has_its_idle_connector_
     # found 1970: its idle connector counted at the 20 A fail-safe, which its clock does not apply
     # (validFrom decades ahead), so a car plugging in draws the point's 32 A until a step after
     # its StartTransaction.
-    from nowblock.control import attach
-    from nowblock.ocpp.server import CentralSystem
-
-    cs = CentralSystem(make_test_site(2, grid_a=40.0, max_current_a=32.0), port=0, response_timeout_s=2.0,
-                       backoff_s=0.05, retries=1)
-    await cs.start()
-    ctl = attach(cs, policy="equal", period_s=3600.0, min_replan_s=0.0, solve_timeout_s=2.0)
+    cs, ctl = await _controlled(make_test_site(2, grid_a=40.0, max_current_a=32.0))
     k = K01Station("1.6", reject_tx=False)
     s = RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=k)
     try:
