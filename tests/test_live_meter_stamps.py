@@ -5,12 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from interop.station import RawStation, default_answer, meter_16, meter_201, now_iso
 
 from nowblock.testing import central_system, make_test_site
+
+
+@asynccontextmanager
+async def _booted(version: str, cp_id: str = "CP1", site=None, store=None):
+    """A central system on ``site`` (one 40 A point by default), recording into ``store`` if
+    given, and a raw station ``cp_id`` of ``version`` (default answers) booted on it: yields
+    (central system, station); the station is closed on exit."""
+    from nowblock.store import attach_store
+
+    async with central_system(site or make_test_site(1, grid_a=40)) as cs:
+        if store is not None:
+            attach_store(cs.state, store)
+        s = await RawStation(f"ws://127.0.0.1:{cs.port}", cp_id, version,
+                             answer=lambda a, p: default_answer(version, a, p)).connect()
+        try:
+            await s.boot()
+            yield cs, s
+        finally:
+            await s.close()
 
 
 async def _started_16(cs, ahead_s: float):
@@ -79,19 +99,13 @@ async def test_an_implausible_meter_stamp_is_logged_at_most_hourly_a_station(cap
     from nowblock.ocpp import edge
 
     monkeypatch.setattr(edge, "_warned_at", {}, raising=False)  # nothing logged before in this process
-    async with central_system(make_test_site(1, grid_a=40)) as cs:
-        s = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "2.0.1",
-                             answer=lambda a, p: default_answer("2.0.1", a, p)).connect()
-        try:
-            await s.boot()
-            far = now_iso(datetime.now(timezone.utc) + timedelta(days=400))
-            with caplog.at_level(logging.WARNING, logger="nowblock.ocpp.meter"):
-                for k in range(5):
-                    await s.ok("MeterValues", {"evseId": 1, "meterValue": meter_201(energy_wh=10.0 * k, when=far)})
-            lines = [r for r in caplog.records if "meter value dated" in r.getMessage()]
-            assert len(lines) == 1
-        finally:
-            await s.close()
+    async with _booted("2.0.1") as (cs, s):
+        far = now_iso(datetime.now(timezone.utc) + timedelta(days=400))
+        with caplog.at_level(logging.WARNING, logger="nowblock.ocpp.meter"):
+            for k in range(5):
+                await s.ok("MeterValues", {"evseId": 1, "meterValue": meter_201(energy_wh=10.0 * k, when=far)})
+        lines = [r for r in caplog.records if "meter value dated" in r.getMessage()]
+        assert len(lines) == 1
 
 
 async def test_an_implausible_transaction_event_stamp_is_logged_at_most_hourly_a_station(caplog, monkeypatch):
@@ -99,23 +113,17 @@ async def test_an_implausible_transaction_event_stamp_is_logged_at_most_hourly_a
     from nowblock.ocpp import edge
 
     monkeypatch.setattr(edge, "_warned_at", {}, raising=False)
-    async with central_system(make_test_site(1, grid_a=40)) as cs:
-        s = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "2.0.1",
-                             answer=lambda a, p: default_answer("2.0.1", a, p)).connect()
-        try:
-            await s.boot()
-            far = now_iso(datetime.now(timezone.utc) + timedelta(days=400))
-            with caplog.at_level(logging.WARNING, logger="nowblock.ocpp.edge"):
-                for k in range(5):
-                    await s.ok("TransactionEvent", {
-                        "eventType": "Started" if k == 0 else "Updated", "timestamp": far, "seqNo": k,
-                        "triggerReason": "CablePluggedIn" if k == 0 else "MeterValuePeriodic",
-                        "transactionInfo": {"transactionId": "T1"}, "evse": {"id": 1, "connectorId": 1}})
-            assert cs.state.transaction("CP1", "T1") is not None
-            lines = [r for r in caplog.records if "timestamp" in r.getMessage() and "implausible" in r.getMessage()]
-            assert len(lines) == 1
-        finally:
-            await s.close()
+    async with _booted("2.0.1") as (cs, s):
+        far = now_iso(datetime.now(timezone.utc) + timedelta(days=400))
+        with caplog.at_level(logging.WARNING, logger="nowblock.ocpp.edge"):
+            for k in range(5):
+                await s.ok("TransactionEvent", {
+                    "eventType": "Started" if k == 0 else "Updated", "timestamp": far, "seqNo": k,
+                    "triggerReason": "CablePluggedIn" if k == 0 else "MeterValuePeriodic",
+                    "transactionInfo": {"transactionId": "T1"}, "evse": {"id": 1, "connectorId": 1}})
+        assert cs.state.transaction("CP1", "T1") is not None
+        lines = [r for r in caplog.records if "timestamp" in r.getMessage() and "implausible" in r.getMessage()]
+        assert len(lines) == 1
 
 
 class _Clocked:
@@ -173,25 +181,18 @@ async def test_a_record_of_a_station_whose_clock_is_off_is_in_our_clock(version,
     meter values were stored at its stamps: stored 7200 s after its stop (0 of 6 between start and
     stop; a station 10 minutes ahead: its whole record 600 s in our future). Now every stamp is
     judged around the station's now and dated in ours by its clock offset, the stamp kept beside."""
-    from nowblock.store import SqliteStore, attach_store
+    from nowblock.store import SqliteStore
 
     cp = "CP1" if version == "1.6" else "CP2"
     store = SqliteStore(tmp_path / "s.db")
     t0 = datetime.now(timezone.utc)
-    async with central_system(make_test_site(2)) as cs:
-        attach_store(cs.state, store)
-        s = await RawStation(f"ws://127.0.0.1:{cs.port}", cp, version,
-                             answer=lambda a, p: default_answer(version, a, p)).connect()
+    async with _booted(version, cp, make_test_site(2), store) as (cs, s):
         st = _Clocked(s, version, [ahead_s])
-        try:
-            await s.boot()
-            await st.start(10000.0)
-            for k in range(4):
-                await asyncio.sleep(0.2)
-                await st.reading(10000.0 + 10.0 * (k + 1))
-            await st.stop(10040.0)
-        finally:
-            await s.close()
+        await st.start(10000.0)
+        for k in range(4):
+            await asyncio.sleep(0.2)
+            await st.reading(10000.0 + 10.0 * (k + 1))
+        await st.stop(10040.0)
     t1 = datetime.now(timezone.utc)
     start, stop, mv = _record(store, cp, st.tx)
     assert t0 <= start <= stop <= t1, (t0, start, stop, t1)  # our clock: when it happened here
@@ -207,27 +208,20 @@ async def test_every_stored_reading_lies_within_its_record_when_the_stations_clo
     time from a Heartbeat). Until the offset estimate follows, its readings are older by both
     clocks (not applied, stored as late ones); dated by their stamps they lay 600 s before the
     start. Each is stored, dated on arrival, and the record's stop comes after all of them."""
-    from nowblock.store import SqliteStore, attach_store
+    from nowblock.store import SqliteStore
 
     cp = "CP1" if version == "1.6" else "CP2"
     store = SqliteStore(tmp_path / "s.db")
-    async with central_system(make_test_site(2)) as cs:
-        attach_store(cs.state, store)
-        s = await RawStation(f"ws://127.0.0.1:{cs.port}", cp, version,
-                             answer=lambda a, p: default_answer(version, a, p)).connect()
+    async with _booted(version, cp, make_test_site(2), store) as (cs, s):
         off = [0.0]
         st = _Clocked(s, version, off)
-        try:
-            await s.boot()
-            await st.start(10000.0)
-            await st.reading(10010.0)
-            off[0] = -600.0
-            for k in range(5):
-                await asyncio.sleep(0.1)
-                await st.reading(10020.0 + 10.0 * k)
-            await st.stop(10070.0)
-        finally:
-            await s.close()
+        await st.start(10000.0)
+        await st.reading(10010.0)
+        off[0] = -600.0
+        for k in range(5):
+            await asyncio.sleep(0.1)
+            await st.reading(10020.0 + 10.0 * k)
+        await st.stop(10070.0)
     start, stop, mv = _record(store, cp, st.tx)
     sent = mv[mv["energy_wh"] > 10000.0]
     assert len(sent) == 6, list(sent["energy_wh"])  # every acknowledged reading stored
