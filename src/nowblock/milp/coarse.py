@@ -48,9 +48,9 @@ def coarse_factor(form: Formulation, slot_h: float = COARSE_SLOT_H) -> int:
 #: coarse stage, and its plan alone, on slots of ``COARSE_UNBALANCE_SLOT_H`` [h] when its LP has at
 #: least ``COARSE_UNBALANCE_MIN_ROWS`` rows (:func:`coarse_slots`). On the instance matrix's
 #: 1,000-car trees (14,400-15,700 rows) the fine LPs took 1-11 s each (simplex) and the calls
-#: 4.4-14.6 s, the 30-minute LP 0.2-0.8 s and the calls 1.5-2.8 s, with plans 0.1-0.5 % cheaper
+#: 2.6-14.6 s, the 30-minute LP 0.2-0.8 s and the calls 1.5-2.8 s, with plans 0.1-0.8 % cheaper
 #: on five of six (docs/benchmarks.md, session 38); on the flat sites (4,600-4,800 rows) the fine
-#: LPs took 0.2-2 s and bounded 0.3-1.4 % higher than the coarse duals did, so they stay.
+#: LPs took 0.2-2 s and bounded 0.2-1.4 % higher than the coarse duals did, so they stay.
 COARSE_UNBALANCE_MIN_ROWS = 10_000
 COARSE_UNBALANCE_SLOT_H = 0.5
 
