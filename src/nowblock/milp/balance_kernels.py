@@ -1,4 +1,4 @@
-"""Numba kernels that serve cars an unbalance row blocks, with the light side at what cars draw.
+"""Numba kernels that serve cars an unbalance row (or a fuse row) blocks, by moving other cars' steps.
 
 Where a site limits the unbalance between grid phases, a single-phase car on the heavy phase
 can take more only if the light phases carry more in the same slot. The light side counts what
@@ -19,10 +19,11 @@ Every move is checked against every fuse row and the power cap of the slots it t
 against every unbalance row of every slot with the draws recomputed (a car's draws change in
 every later slot when its energy passes its need); a move is kept only if no row gets worse than
 it was (none that held breaks), no car's energy up to its need falls, no car passes its energy
-ceiling and the blocked car's energy rises. Not handled: a car a *fuse* row blocks (a partner
-under the same fuse moving a step out would serve it, but it changes plans on sites without an
-unbalance limit too; measured and left for later, docs/bench_optimize.md, session 27); partners'
-other slots are tried in time order, not by price. Bookkeeping as in :mod:`nowblock.milp.plan_kernels`: ``fslack`` [A] is ``h - G @ y``
+ceiling and the blocked car's energy rises; partners' other slots are tried in time order, not
+by price. A car a *fuse* row blocks by less than its next step (a phase with 1-5 A left, a 6 A
+minimum) is served by :func:`serve_fuse_blocked` (session 38; session 27 had left it for later
+since it changes plans on sites without an unbalance limit too), with the same checks
+(:func:`try_moves`). Bookkeeping as in :mod:`nowblock.milp.plan_kernels`: ``fslack`` [A] is ``h - G @ y``
 over the fuse rows, ``over`` [A] the unbalance rows' left-hand side less ``h`` (<= 0 where they
 hold), ``d`` [A] what each car draws, ``power_room`` [kW] what the power cap leaves per slot.
 """
@@ -31,6 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from nowblock.milp.kernels import argsort_stable
 
 
 @njit(cache=True)
@@ -337,3 +340,270 @@ def serve_blocked(y, d, over, fslack, power_room, order, kwh, need, ceiling, kw,
             if tries[0] >= max_tries or tries[1] >= max_work:
                 return made, tries[0]
     return made, tries[0]
+
+
+# ---- cars a fuse row blocks: time-sharing a fuse phase under "0 or at least the minimum" ----
+@njit(cache=True)
+def _steps_down(v, step):
+    return np.floor(v / step + 1e-9) * step
+
+
+@njit(cache=True)
+def _shift_partner(j, t, give, y, fslack, up, on_a, kwh, cand, n_cand, g_start, g_row, g_val, n_fuse_rows, step, tol,
+                   cars, slots, amounts, max_pieces):
+    """Car ``j``'s ``give`` [A] out of slot ``t`` and into slots ``cand[:n_cand]`` (in that
+    order), as pieces of whole steps where its maximum and every fuse row of its have room:
+    raised where it is on, all of it where it is off and ``give`` is at least its ``on_a``; at
+    most ``max_pieces`` slots, each worth the energy a step in ``t`` is, so that ``j`` keeps
+    its energy (and taking the shift back restores it exactly). Written into
+    ``cars``/``slots``/``amounts``; returns how many changes (0: no such placement)."""
+    cars[0], slots[0], amounts[0] = j, t, -give
+    m, rem = 1, give
+    for q in range(n_cand):
+        u = cand[q]
+        if u == t or up[j, u] <= 0.0 or abs(kwh[j, u] - kwh[j, t]) > 1e-12:
+            continue
+        off = y[j, u] <= 0.0
+        if off and rem < on_a[j] - tol:
+            continue
+        room = up[j, u] - y[j, u]
+        for p in range(g_start[j], g_start[j + 1]):
+            r = g_row[p]
+            if r < n_fuse_rows and g_val[p] > 0:
+                room = min(room, (fslack[r, u] + tol) / g_val[p])
+        piece = min(rem, _steps_down(room, step))
+        if piece <= 0.0 or (off and piece < rem - tol):
+            continue
+        cars[m], slots[m], amounts[m] = j, u, piece
+        m += 1
+        rem -= piece
+        if rem <= tol or m > max_pieces:
+            break
+    return m if rem <= tol else 0
+
+
+@njit(cache=True)
+def _swap_slot(i, j, t, a, dj, y, fslack, up, on_a, kwh, cand, n_cand, g_start, g_row, g_val, n_fuse_rows, tol, cars,
+               slots, amounts):
+    """Car ``i``'s step ``a`` [A] into slot ``t`` with car ``j`` giving ``dj`` [A] there and taking
+    it back in a slot ``u`` where ``i`` gives up the same ``dj`` (``i``'s room there goes to
+    ``j``): ``i`` gains ``a - dj`` amperes of energy, the room ``t`` had left. ``u`` among
+    ``cand[:n_cand]`` (in that order) where ``i`` is on and stays 0 or at least its ``on_a``,
+    ``j`` stays within its maximum and 0 or at least its ``on_a``, every fuse row of ``j``'s
+    has room after ``i``'s part, and ``j``'s step is worth the same energy in ``t`` and ``u``.
+    Written into ``cars``/``slots``/``amounts``; returns 4 (or 0: no such slot)."""
+    for q in range(n_cand):
+        u = cand[q]
+        if u == t or y[i, u] <= 0.0 or up[j, u] <= 0.0 or abs(kwh[j, u] - kwh[j, t]) > 1e-12:
+            continue
+        left = y[i, u] - dj
+        if left < -tol or (left > tol and left < on_a[i] - tol) or a * kwh[i, t] - dj * kwh[i, u] <= 1e-12:
+            continue
+        if y[j, u] + dj > up[j, u] + tol or (y[j, u] <= 0.0 and dj < on_a[j] - tol):
+            continue
+        ok = True
+        for p in range(g_start[j], g_start[j + 1]):
+            r = g_row[p]
+            if r < n_fuse_rows and g_val[p] > 0:
+                if fslack[r, u] + _coef(i, r, g_start, g_row, g_val) * dj - g_val[p] * dj < -tol:
+                    ok = False
+                    break
+        if ok:
+            cars[0], slots[0], amounts[0] = j, t, -dj
+            cars[1], slots[1], amounts[1] = j, u, dj
+            cars[2], slots[2], amounts[2] = i, u, -dj
+            cars[3], slots[3], amounts[3] = i, t, a
+            return 4
+    return 0
+
+
+@njit(cache=True)
+def _slots_where(cond_row, y, i, slot_order, fslack, tol, out):
+    """Slots in ``slot_order`` order into ``out``: where car ``i`` is on (``cond_row`` < 0) or
+    where fuse row ``cond_row`` has room left; returns how many."""
+    k = 0
+    for q in range(slot_order.shape[0]):
+        u = slot_order[q]
+        if (y[i, u] > 0.0) if cond_row < 0 else (fslack[cond_row, u] > tol):
+            out[k] = u
+            k += 1
+    return k
+
+
+@njit(cache=True)
+def serve_fuse_blocked(y, d, over, fslack, power_room, order, slot_order, kwh, need, ceiling, kw, up, on_a, g_start,
+                       g_row, g_val, r_start, r_car, r_val, n_fuse_rows, step, tol, max_work, max_partners=16,
+                       max_pieces=8, swap=True, shift=True):
+    """Serve cars in ``order`` (short of their need) where a *fuse* row has room left, but less
+    than the car's next step: its least setpoint ``on_a`` if it is off there (a phase with
+    3 A left cannot take a 6 A car), else a pilot step. The LP shares a fuse phase with
+    fractional currents; under "0 or at least the minimum" the same room needs the cars to take
+    turns. For car ``i`` and such a slot ``t`` (those lacking the least room first), cars on in
+    ``t`` under the row that lacks the most give up what the lacking rows miss, in whole steps
+    and never below their own ``on_a``:
+
+    - **shift** (``shift``): partner ``j`` moves it into other slots of its own where every
+      fuse row of its has room (:func:`_shift_partner`); more partners may add up; then ``i``
+      takes its step (gaining all of it);
+    - **swap** (``swap``; one partner that covers every lacking row, where no shift was made):
+      ``j`` moves it into a slot ``u`` where ``i`` is on and gives up the same there
+      (:func:`_swap_slot`); ``i`` gains the room ``t`` had left.
+
+    Each shift and swap and the step are checked and applied by :func:`try_moves` (every fuse
+    row and the power cap ``power_room`` of the slots touched, every unbalance row of every slot
+    with the light side at what cars draw, no car's energy up to its need falls, none passes its
+    ``ceiling``); where the step is refused in the end, the shifts are taken back. Slots a
+    partner's step goes to are tried in ``slot_order`` (the cheapest first). Changes ``y``,
+    ``d``, ``over``, ``fslack`` and ``power_room`` in place; stops once ``max_work`` candidate
+    slots have been looked at, each move tried counted as ``T`` more (checked between slots of
+    ``i``). Returns the steps given and the work done."""
+    n, T = y.shape
+    width = 1
+    for c in range(n):
+        width = max(width, g_start[c + 1] - g_start[c])
+    lack_row = np.empty(width, dtype=np.int64)
+    lack = np.empty(width)
+    key = np.empty(T)
+    mine = np.empty(T, dtype=np.int64)  # the slots i is on in, cheapest first
+    roomy = np.empty(T, dtype=np.int64)  # the slots the lacking row has room in, cheapest first
+    cap = max(max_pieces + 1, 4)
+    cars = np.empty(cap, dtype=np.int64)
+    slots = np.empty(cap, dtype=np.int64)
+    amounts = np.empty(cap)
+    log_car = np.empty(max_partners * cap, dtype=np.int64)
+    log_slot = np.empty(max_partners * cap, dtype=np.int64)
+    log_a = np.empty(max_partners * cap)
+    log_m = np.empty(max_partners, dtype=np.int64)
+    one_car = np.empty(1, dtype=np.int64)
+    one_slot = np.empty(1, dtype=np.int64)
+    one_a = np.empty(1)
+    made, work = 0, 0
+    # ``roomy`` holds row ``roomy_row``'s slots as of the ``roomy_at``-th change of the plan.
+    changes, roomy_row, roomy_at, n_roomy = 0, -1, -1, 0
+    for jj in range(order.shape[0]):
+        i = order[jj]
+        # Slots where a fuse row lacks room for the car's next step, the least lacking first.
+        for t in range(T):
+            key[t] = np.inf
+            if kwh[i, t] <= 0.0 or up[i, t] <= 0.0:
+                continue
+            a = step if y[i, t] > 0.0 else on_a[i]
+            if y[i, t] + a > up[i, t] + tol:
+                continue
+            total = 0.0
+            for p in range(g_start[i], g_start[i + 1]):
+                r = g_row[p]
+                if r < n_fuse_rows and g_val[p] > 0:
+                    short = g_val[p] * a - fslack[r, t]
+                    if short > tol:
+                        total += short
+            if total > tol:
+                key[t] = total
+        ts = argsort_stable(key)
+        n_mine = _slots_where(-1, y, i, slot_order, fslack, tol, mine)
+        work += T
+        for q in range(T):
+            t = ts[q]
+            if key[t] == np.inf or _served(y[i], kwh[i], need[i]) >= need[i] - 1e-9:
+                break
+            if work >= max_work:
+                return made, work
+            a = step if y[i, t] > 0.0 else on_a[i]
+            if y[i, t] + a > up[i, t] + tol or _energy(y[i], kwh[i]) + a * kwh[i, t] > ceiling[i] + 1e-9:
+                continue
+            nl, worst, worst_l = 0, -1, 0.0
+            for p in range(g_start[i], g_start[i + 1]):
+                r = g_row[p]
+                if r < n_fuse_rows and g_val[p] > 0:
+                    short = g_val[p] * a - fslack[r, t]
+                    if short > tol:
+                        lack_row[nl], lack[nl] = r, short
+                        nl += 1
+                        if short > worst_l:
+                            worst, worst_l = r, short
+            n_shift = 0
+            swapped = False
+            if nl > 0:
+                # A partner's shift needs room on the row it relieves.
+                if shift and (worst != roomy_row or changes != roomy_at):
+                    n_roomy = _slots_where(worst, y, i, slot_order, fslack, tol, roomy)
+                    roomy_row, roomy_at = worst, changes
+                    work += T
+                for s_ in range(r_start[worst], r_start[worst + 1]):
+                    j = r_car[s_]
+                    if j == i or r_val[s_] <= 0 or y[j, t] <= 0.0:
+                        continue
+                    give = 0.0
+                    on_all = True  # j is on every row that still lacks room
+                    for k in range(nl):
+                        if lack[k] > tol:
+                            c = _coef(j, lack_row[k], g_start, g_row, g_val)
+                            if c > 0:
+                                give = max(give, lack[k] / c)
+                            else:
+                                on_all = False
+                    give = np.ceil(give / step - 1e-9) * step
+                    spare = _steps_down(y[j, t] - on_a[j], step)
+                    # What it lacks, from j's spare above its least setpoint (or all of the spare).
+                    covers = on_all and spare >= give - tol
+                    give = min(give, spare)
+                    if give <= 0.0:
+                        continue
+                    m = 0
+                    if n_roomy > 0:
+                        m = _shift_partner(j, t, give, y, fslack, up, on_a, kwh, roomy, n_roomy, g_start, g_row,
+                                           g_val, n_fuse_rows, step, tol, cars, slots, amounts, max_pieces)
+                        work += n_roomy
+                    work += T * (m > 0)  # a try costs about a pass over the touched cars' slots
+                    if m > 0 and try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need,
+                                           ceiling, kw, up, on_a, g_start, g_row, g_val, n_fuse_rows, tol):
+                        changes += 1
+                        for e in range(m):
+                            log_car[n_shift * cap + e] = cars[e]
+                            log_slot[n_shift * cap + e] = slots[e]
+                            log_a[n_shift * cap + e] = amounts[e]
+                        log_m[n_shift] = m
+                        n_shift += 1
+                        done = True
+                        for k in range(nl):
+                            lack[k] -= _coef(j, lack_row[k], g_start, g_row, g_val) * give
+                            if lack[k] > tol:
+                                done = False
+                        if done or n_shift >= max_partners:
+                            break
+                    elif swap and n_shift == 0 and covers:
+                        m = _swap_slot(i, j, t, a, give, y, fslack, up, on_a, kwh, mine, n_mine, g_start, g_row,
+                                       g_val, n_fuse_rows, tol, cars, slots, amounts)
+                        work += n_mine + T * (m > 0)
+                        if m > 0 and try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need,
+                                               ceiling, kw, up, on_a, g_start, g_row, g_val, n_fuse_rows, tol):
+                            swapped = True
+                            changes += 1
+                            break
+            if swapped:
+                made += 1
+                n_mine = _slots_where(-1, y, i, slot_order, fslack, tol, mine)
+                continue
+            one_car[0], one_slot[0], one_a[0] = i, t, a
+            ok = True
+            for k in range(nl):
+                if lack[k] > tol:
+                    ok = False
+            if ok and try_moves(one_car, one_slot, one_a, 1, y, d, over, fslack, power_room, kwh, need, ceiling, kw,
+                                up, on_a, g_start, g_row, g_val, n_fuse_rows, tol):
+                made += 1
+                changes += 1
+                n_mine = _slots_where(-1, y, i, slot_order, fslack, tol, mine)
+                continue
+            # Refused: the shifts taken back, the last first (each restores a plan that held
+            # every row, so it is accepted).
+            for b in range(n_shift - 1, -1, -1):
+                m = log_m[b]
+                for e in range(m):
+                    cars[e] = log_car[b * cap + e]
+                    slots[e] = log_slot[b * cap + e]
+                    amounts[e] = -log_a[b * cap + e]
+                try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up, on_a,
+                          g_start, g_row, g_val, n_fuse_rows, tol)
+                changes += 1
+    return made, work

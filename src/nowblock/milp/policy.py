@@ -236,9 +236,10 @@ class MilpPolicy:
         is_feasible(mf, np.zeros(mf.num_col))
         # The moves for cars an unbalance row blocks (only a plan that leaves one short reaches
         # them; from an empty plan every car is short).
-        from nowblock.milp.rounding import serve_unbalance_blocked
+        from nowblock.milp.rounding import serve_fuse_blocked, serve_unbalance_blocked
 
         serve_unbalance_blocked(form, np.zeros((form.n_cars, form.n_slots)))
+        serve_fuse_blocked(form, np.zeros((form.n_cars, form.n_slots)))  # and those a fuse row blocks
         _WARM = True
         return time.perf_counter() - t0
 
