@@ -40,6 +40,22 @@ async def start_all(sts: dict) -> dict:
     return txs
 
 
+async def draw_limits(sts: dict, held: dict, txs: dict, stop: asyncio.Event, every_s: float = 0.3) -> None:
+    """Each 1.6 station's 3-phase car draws the TxProfile limit its station applies (nothing
+    before its first), reported every ``every_s`` [s] until ``stop`` (a station gone is skipped):
+    a new session is counted at its limit plus ``over_draw_a`` until a reading tells what it
+    draws over it (:mod:`nowblock.loop.reserve`)."""
+    while not stop.is_set():
+        for cp, st in sts.items():
+            on = any(p.purpose == pr.TX for p in held[cp].held)
+            a = float(held[cp].applies_a(1, txs[cp]) or 0.0) if on else 0.0
+            try:
+                await st.ok("MeterValues", meter_16(1, txs[cp], amps=[a, a, a]), timeout=2.0)
+            except Exception:  # noqa: BLE001 - its station went away (the tests close it)
+                pass
+        await asyncio.sleep(every_s)
+
+
 async def one_station(tmp_path, version: str, validity_s: float):
     """A central system, its controller (equal sharing, 1 s steps, TxProfiles of ``validity_s``)
     and one spec-stacking station CP1 of two 16 A points on a 24 A grid, connected."""
@@ -198,19 +214,25 @@ async def test_an_offline_car_is_counted_at_the_failsafe_its_station_falls_back_
         name = "uneven"
 
         def schedule(self, snapshot):
-            return pd.Series([6.0 if s.startswith("CP1:") else 18.0 for s in snapshot.cars.index],
+            # In the snapshot's bounds: a new session's include the 2 A it is counted at over its limit
+            # until a reading tells what it draws over it (nowblock.loop.reserve); then 6 and 18 A.
+            lo = snapshot.cars["min_current_a"]
+            return pd.Series([lo[s] if s.startswith("CP1:") else lo[s] + 12.0 for s in snapshot.cars.index],
                              index=snapshot.cars.index)
 
     site = make_test_site(2, grid_a=24.0, max_current_a=32.0)
     cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
     await cs.start()
     ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy=Uneven(), period_s=1.0, min_replan_s=0.1,
-                 solve_timeout_s=2.0, profile_validity_s=30.0)
+                 solve_timeout_s=2.0, profile_validity_s=30.0, loop=cl.LoopSettings(settle_s=1.0))
     await ctl.start()
     held = {cp: K01Station("1.6", reject_tx=False) for cp in ("CP1", "CP2")}
     sts = {cp: await RawStation(f"ws://127.0.0.1:{cs.port}", cp, "1.6", answer=held[cp]).connect() for cp in held}
+    stop, drawing = asyncio.Event(), None
     try:
         txs = await start_all(sts)
+        # They draw their limits: their readings free the 2 A over-draw reserve (6 + 18 A fill the grid).
+        drawing = asyncio.ensure_future(draw_limits(sts, held, txs, stop))
         await eventually(lambda: held["CP1"].applies_a(1, txs["CP1"]) == 6.0
                          and held["CP2"].applies_a(1, txs["CP2"]) == 18.0, timeout_s=15)
         failsafe = cs.state.station("CP1").failsafe.accepted_a
@@ -224,6 +246,9 @@ async def test_an_offline_car_is_counted_at_the_failsafe_its_station_falls_back_
         # What the stations apply once CP1's TxProfile lapses, before any later step: its fail-safe.
         assert cp2 + failsafe <= 24.0 + 1e-6, (cp2, failsafe)
     finally:
+        stop.set()
+        if drawing is not None:
+            await drawing
         for st in sts.values():
             await st.close()
         await ctl.stop()

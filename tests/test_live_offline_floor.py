@@ -12,9 +12,10 @@ from datetime import timedelta
 import pandas as pd
 from interop.station import RawStation, Silence, now_iso
 from test_live_fallback_default import K01Station
-from test_live_idle_and_full import one_station, start_all
+from test_live_idle_and_full import draw_limits, one_station, start_all
 
 from nowblock.control import attach
+from nowblock.loop.closed_loop import LoopSettings
 from nowblock.ocpp import profiles as pr
 from nowblock.ocpp.server import CentralSystem
 from nowblock.testing import eventually, make_test_site
@@ -62,7 +63,10 @@ class Uneven:
     name = "uneven"
 
     def schedule(self, snapshot):
-        return pd.Series([6.0 if s.startswith("CP1:") else 18.0 for s in snapshot.cars.index],
+        # In the snapshot's bounds: a new session's include the 2 A it is counted at over its limit
+        # until a reading tells what it draws over it (nowblock.loop.reserve); then 6 and 18 A.
+        lo = snapshot.cars["min_current_a"]
+        return pd.Series([lo[s] if s.startswith("CP1:") else lo[s] + 12.0 for s in snapshot.cars.index],
                          index=snapshot.cars.index)
 
 
@@ -71,14 +75,30 @@ async def _pair(tmp_path, cp1, max_a: float, validity_s: float = 30.0, site=None
     cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
     await cs.start()
     ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy=Uneven(), period_s=1.0, min_replan_s=0.1,
-                 solve_timeout_s=2.0, profile_validity_s=validity_s)
+                 solve_timeout_s=2.0, profile_validity_s=validity_s, loop=LoopSettings(settle_s=1.0))
     await ctl.start()
     held = {"CP1": cp1, "CP2": K01Station("1.6", reject_tx=False)}
     sts = {cp: await RawStation(f"ws://127.0.0.1:{cs.port}", cp, "1.6", answer=held[cp]).connect() for cp in held}
     return cs, ctl, held, sts
 
 
+_DRAWING: dict[int, tuple] = {}  # id(sts) -> (stop event, reporting task)
+
+
+async def _start_drawing(sts: dict, held: dict) -> dict:
+    """:func:`start_all`, then each car draws its limit and reports it (``draw_limits``): its readings
+    free the 2 A a new session is counted at over its limit, so 6 + 18 A fill the 24 A grid."""
+    txs = await start_all(sts)
+    stop = asyncio.Event()
+    _DRAWING[id(sts)] = (stop, asyncio.ensure_future(draw_limits(sts, held, txs, stop)))
+    return txs
+
+
 async def _close(cs, ctl, sts):
+    stop, task = _DRAWING.pop(id(sts), (None, None))
+    if stop is not None:
+        stop.set()
+        await task
     for st in sts.values():
         await st.close()
     await ctl.stop()
@@ -108,7 +128,7 @@ async def test_an_offline_car_whose_station_refused_the_failsafe_counts_at_its_m
     # station applied no limit: 16 + 12 = 28 A on the 24 A grid until the next step.
     cs, ctl, held, sts = await _pair(tmp_path, NoFailsafe("1.6", reject_tx=False), 16.0)
     try:
-        txs = await start_all(sts)
+        txs = await _start_drawing(sts, held)
         await eventually(lambda: held["CP1"].applies_a(1, txs["CP1"]) == 6.0
                          and held["CP2"].applies_a(1, txs["CP2"]) == 16.0, timeout_s=15)
         assert not any(p.connector_id == 0 for p in held["CP1"].held)  # it holds no fail-safe
@@ -128,7 +148,7 @@ async def test_an_offline_car_counts_at_the_failsafe_its_station_holds_above_the
     cs, ctl, held, sts = await _pair(tmp_path, cp1, 32.0)
     cp1.st = sts["CP1"]
     try:
-        txs = await start_all(sts)
+        txs = await _start_drawing(sts, held)
         await eventually(lambda: held["CP1"].applies_a(1, txs["CP1"]) == 6.0
                          and held["CP2"].applies_a(1, txs["CP2"]) == 18.0
                          and getattr(cs.state.station("CP1").failsafe, "accepted_a", None) == 12.0, timeout_s=20)
@@ -148,7 +168,7 @@ async def test_a_read_back_does_not_keep_an_offline_car_at_a_txprofile_that_laps
     # its car was still observed at 6 A with a limit known, where it draws the point's 16 A.
     cs, ctl, held, sts = await _pair(tmp_path, NoFailsafe("1.6", reject_tx=False), 16.0, validity_s=8.0)
     try:
-        txs = await start_all(sts)
+        txs = await _start_drawing(sts, held)
         held["CP1"].tx = txs["CP1"]
         await eventually(lambda: held["CP1"].applies_a(1, txs["CP1"]) == 6.0, timeout_s=15)
         rep = await cs.read_applied_limit("CP1", 1)

@@ -3,7 +3,7 @@
 import asyncio
 
 import pytest
-from interop.station import RawStation, default_answer, now_iso
+from interop.station import RawStation, default_answer, meter_201, now_iso
 
 from nowblock.testing import central_system, eventually, make_test_site
 
@@ -48,6 +48,16 @@ async def test_an_evse_named_only_by_a_status_notification_is_held_for_only_with
             await asyncio.sleep(0.5)
             ctl._wake.set()
             await asyncio.sleep(0.5)
+            await eventually(settled, timeout_s=10)
+            # Its car draws its limit: that reading frees the 2 A a new session is counted at over its
+            # limit until a reading tells what it draws over it (nowblock.loop.reserve), in the step it wakes.
+            a = float(cs.state.applied_limit_a("CP2", 1))
+            n = len(ctl.history)
+            await s2.ok("TransactionEvent", {"eventType": "Updated", "timestamp": now_iso(), "seqNo": 1,
+                                             "triggerReason": "MeterValuePeriodic",
+                                             "transactionInfo": {"transactionId": "T1"},
+                                             "meterValue": meter_201(amps=[a, a, a])})
+            await eventually(lambda: len(ctl.history) > n, timeout_s=10)
             res = await eventually(settled, timeout_s=10)
             idle = res.context.idle_reserved_a
             assert (("CP1", 5) in idle.index and idle[("CP1", 5)] > 0) == held

@@ -45,7 +45,7 @@ from nowblock.control.live import LiveBlock
 from nowblock.control.operator import OperatorInputs
 from nowblock.control.sending import Dispatcher
 from nowblock.control.solver import SolverProcess
-from nowblock.loop import closed_loop as cl
+from nowblock.loop import closed_loop as cl, reserve
 from nowblock.loop.binding import binding_limits
 from nowblock.loop.needs import NeedsEstimation
 from nowblock.loop.step import ControlStep, StepContext, held_back
@@ -500,23 +500,9 @@ class Controller:
         return self._meter_departs(ev)
 
     def _meter_departs(self, ev) -> bool:
-        sid = self._session(ev)
-        sent = self.loop.sent.get(sid)
-        if sent is None:
-            return False
         cur = [ev.data.get(f"current_l{i}_a") for i in (1, 2, 3)]
         cur = [c for c in cur if c is not None and not math.isnan(c)]
-        if not cur:
-            return False
-        since = self.loop.changed_at.get(sid)
-        if since is not None and (self.clock() - since).total_seconds() < self.settings.settle_s:
-            return False
-        if max(cur) > sent[0] + self.loop.excess_a.get(sid, 0.0) + cl.EXCESS_HYSTERESIS_A:
-            # Over its limit by more than the last step reserved for it (within the over-draw
-            # tolerance: still trusted): reserved at once, not at the period's step (two cars at
-            # their limit + 1.5 A kept a 40 A grid at 43 A until then: an outside test).
-            return True
-        return abs(max(cur) - sent[0]) > self.settings.under_draw_a + self.settings.margin_a
+        return bool(cur) and reserve.meter_departs(self.loop, self._session(ev), max(cur), self.clock())
 
     def _book_acceptances(self, cars, booked: dict | None = None) -> None:
         """Date each limit change from when its charger accepted it, not from the step that decided it.

@@ -23,6 +23,7 @@ import pandas as pd
 from nowblock.control.dispatch import Escalation, plan_waves
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.step import ControlStep, StepContext
+from nowblock.loop.trials import less_offsets
 from nowblock.ocpp.profiles import STATION_MAX_ID
 from nowblock.seam import BlockSnapshot, make_safe, safe_setpoints_a
 
@@ -310,12 +311,19 @@ class Dispatcher:
         base_kw = ctx.base_load_kw if ctx.base_load_kw is not None else snap.base_load_kw  # not the policy's copy
         snap2 = BlockSnapshot(now, replace(site, max_unbalance_a=None), snap.step, rest, base_kw,
                               snap.prices_eur_per_kwh, snap.current_step_a)
-        x2 = make_safe(snap2, targets.reindex(rest.index))
+        # In what the snapshot plans a car in: a new session's limit plus its reserve (a car sent
+        # its limit was held at 0 A against bounds that include it, and counted without it).
+        over = pd.Series(ctx.planned_over_a, dtype=float).reindex(targets.index).fillna(0.0)
+        planned = targets + over.where(targets > 0, 0.0)
+        x2 = make_safe(snap2, planned.reindex(rest.index))
         if snap.site.max_unbalance_a is not None:
             # Every car not repaired here counts at its offer: the held ones at what they hold,
             # the untrusted ones (not in ``base`` under a safety snapshot) at what they were sent.
-            others = {sid: float(targets.get(sid, 0.0)) for sid in snap.cars.index if sid not in x2.index}
+            others = {sid: float(planned.get(sid, 0.0)) for sid in snap.cars.index if sid not in x2.index}
             x2 = _balanced_around(snap, x2, {**others, **kept})
+        if ctx.planned_over_a:
+            x2 = pd.Series(less_offsets(ctx.planned_over_a, snap2, x2.reindex(rest.index).to_numpy(float)),
+                           index=rest.index)
         got = await self.send_waves(x2, ctx, now, only_lower=True)
         return {sid: self.in_force_a(ctx.cars, sid, got[sid]) if sid in got else float(x2[sid]) for sid in x2.index}
 

@@ -53,6 +53,9 @@ class LoopSettings:
     offered its minimum) only once that offer has been in force this long: cars take seconds to a
     minute to start drawing, and a car called full is offered nothing, so it could never show
     that it was not.
+    ``new_session_reserve``: count a car at its limit plus ``over_draw_a`` until a reading tells
+    what it draws over it (:mod:`nowblock.loop.reserve`); None: on in the live loop, off in the
+    simulator (its cars never draw over their offer, and its steps are minutes long).
     """
 
     margin_a: float = 1.0
@@ -62,6 +65,7 @@ class LoopSettings:
     stale_after_s: float = 120.0
     settle_s: float = 15.0
     start_s: float = 120.0
+    new_session_reserve: bool | None = None
 
 
 def update_ceilings(

@@ -62,7 +62,7 @@ from __future__ import annotations
 import logging
 import sys
 import time as _time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -280,7 +280,8 @@ def simulate(
         The baseline that answers a step when the policy raises (as in the live loop); an
         unknown name raises ValueError naming ``fallback``.
     loop_settings : LoopSettings, optional
-        The closed loop's margins and times (:class:`nowblock.loop.closed_loop.LoopSettings`).
+        The closed loop's margins and times (:class:`nowblock.loop.closed_loop.LoopSettings`);
+        a new session's over-draw reserve is off unless ``new_session_reserve=True``.
 
     Returns
     -------
@@ -332,7 +333,10 @@ def simulate(
     block = SimulatedBlock(scenario, step=step, horizon=horizon, start=t_start, end=t_end,
                            needs_known=needs == "known", base_load_forecaster=base_load_forecaster,
                            current_step_a=current_step_a, battery=battery)
-    control = ControlStep(settings=loop_settings or LoopSettings(),
+    loop_settings = loop_settings or LoopSettings()
+    if loop_settings.new_session_reserve is None:  # its cars never draw over their offer
+        loop_settings = replace(loop_settings, new_session_reserve=False)
+    control = ControlStep(settings=loop_settings,
                           needs=NeedsEstimation(needs_estimator if needs == "unknown" else None))
     solve_s: list[float] = []
     fallbacks: list[tuple] = []  # (time, the policy that answered, why): steps the policy did not answer
