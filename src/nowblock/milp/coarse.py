@@ -34,55 +34,14 @@ from nowblock.milp.formulation import Formulation
 COARSE_SLOT_H = 0.25
 
 
-def coarse_factor(form: Formulation, slot_h: float = COARSE_SLOT_H) -> int:
-    """How many fine slots make one coarse slot of ``slot_h`` [h] (1: no coarse stage). Only for
-    uniform slots shorter than ``slot_h`` (default :data:`COARSE_SLOT_H`) that divide it."""
+def coarse_factor(form: Formulation) -> int:
+    """How many fine slots make one coarse slot (1: no coarse stage). Only for uniform slots
+    shorter than :data:`COARSE_SLOT_H` that divide it."""
     if np.ndim(form.dt_h) != 0 or form.n_slots < 2:
         return 1
-    ratio = float(slot_h) / float(form.dt_h)
+    ratio = COARSE_SLOT_H / float(form.dt_h)
     m = int(round(ratio))
     return m if m >= 2 and abs(ratio - m) < 1e-9 else 1
-
-
-#: With an unbalance limit, a grid with no coarse slot of its own (15-minute slots) gets the
-#: coarse stage, and its plan alone, on slots of ``COARSE_UNBALANCE_SLOT_H`` [h] when its LP has at
-#: least ``COARSE_UNBALANCE_MIN_ROWS`` rows (:func:`coarse_slots`). On the instance matrix's
-#: 1,000-car trees (14,400-15,700 rows) the fine LPs took 1-11 s each (simplex) and the calls
-#: 2.6-14.6 s, the 30-minute LP 0.2-0.8 s and the calls 1.5-2.8 s, with plans 0.1-0.8 % cheaper
-#: on five of six (docs/benchmarks.md, session 38); on the flat sites (4,600-4,800 rows) the fine
-#: LPs took 0.2-2 s and bounded 0.2-1.4 % higher than the coarse duals did, so they stay.
-COARSE_UNBALANCE_MIN_ROWS = 10_000
-COARSE_UNBALANCE_SLOT_H = 0.5
-
-
-def coarse_slots(form: Formulation, mf, min_cells: int) -> int:
-    """How many fine slots make one slot of the coarse stage (1: none), by the model's size
-    alone, so that a busy machine plans the same.
-
-    Parameters
-    ----------
-    form : Formulation
-    mf : MatrixForm or None
-        ``form``'s LP matrix (its rows tell the unbalance limit and the size).
-    min_cells : int
-        The fewest (car, slot) cells a model needs for any coarse stage.
-
-    Returns
-    -------
-    int
-        :func:`coarse_factor` (15-minute coarse slots) for a finer grid; with unbalance rows and at
-        least :data:`COARSE_UNBALANCE_MIN_ROWS` rows in ``mf``, 30-minute slots
-        (:data:`COARSE_UNBALANCE_SLOT_H`) for a grid without a 15-minute factor; else 1.
-    """
-    if len(form.cells[0]) < min_cells:
-        return 1
-    m = coarse_factor(form)
-    if m > 1 or mf is None:
-        return m
-    unbalance = mf.rows.get("unbalance")
-    if unbalance is None or unbalance.stop <= unbalance.start or mf.num_row < COARSE_UNBALANCE_MIN_ROWS:
-        return 1
-    return coarse_factor(form, COARSE_UNBALANCE_SLOT_H)
 
 
 def _groups(T: int, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,14 +49,11 @@ def _groups(T: int, m: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(T) // m, np.arange(0, T, m)
 
 
-def coarse_formulation(form: Formulation, m: int, whole_slots: bool | None = None) -> Formulation:
+def coarse_formulation(form: Formulation, m: int) -> Formulation:
     """``form`` on slots of ``m`` fine slots each (the last may be shorter), as a restriction:
     per car and coarse slot the least fine upper bound [A] among the fine slots it may charge in,
     the plugged fraction so that a coarse ampere gives the energy of its fine slots, the largest
-    other load [kW], the mean price [EUR/kWh]. With ``whole_slots`` a car charges only in coarse
-    slots it can charge in throughout (0 A upper bound in the others): only so is every fine
-    unbalance row kept. Default: with an unbalance limit and coarse slots longer than
-    :data:`COARSE_SLOT_H` (see the comment below)."""
+    other load [kW], the mean price [EUR/kWh]."""
     T = form.n_slots
     group, first = _groups(T, m)
     G = len(first)
@@ -107,21 +63,6 @@ def coarse_formulation(form: Formulation, m: int, whole_slots: bool | None = Non
     up = np.where(can, form.upper_a, np.inf)
     upper = np.minimum.reduceat(up, first, axis=1)
     upper = np.where(np.isfinite(upper), upper, 0.0)
-    if whole_slots is None:
-        whole_slots = form.site.max_unbalance_a is not None and m * dt > COARSE_SLOT_H + 1e-9
-    if whole_slots:
-        # An unbalance row bounds a difference: a car that stops charging within a coarse slot
-        # (it leaves, or arrives, between two of its fine slots) takes its current off the light
-        # side of the fine slots without it, and the coarse point broke those fine rows: by up to
-        # 80 A at 1,000 cars on 30-minute slots, where half the cars leave inside one (they leave
-        # on quarter hours); the plans rounded from it were worse (1000-35%-tree-15min-unb
-        # 2225.0 against 2169.3 EUR, session 38). Only coarse slots the car can charge in
-        # throughout, then; the rounding fills the rest. Not on 15-minute coarse slots, which
-        # cars leaving on quarter hours never straddle: with every car leaving 5 minutes past
-        # one it cost 0.3-0.9 % at 200 cars (0.1 % at 1,000, 1.2 x faster).
-        whole = np.logical_and.reduceat(can, first, axis=1)
-        upper = np.where(whole, upper, 0.0)
-        can = can & whole[:, group]
     plugged = np.add.reduceat(np.where(can, form.plugged, 0.0), first, axis=1) / n_in[None, :]
     base = np.maximum.reduceat(np.asarray(form.base_kw, dtype=float), first)
     price = np.add.reduceat(np.asarray(form.price_eur_per_kwh, dtype=float), first) / n_in

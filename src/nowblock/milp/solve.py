@@ -10,9 +10,7 @@ the longest plan made so far in the call, whichever is longer).
    made real fine plans, and a Lagrange bound on the fine model from its duals
    (:mod:`nowblock.milp.coarse`); the fine LPs below then only if that does not certify the
    plan, within ``milp_effort`` times the time spent so far, skipped when predicted beyond it,
-   and not at all with unbalance rows (their fine LP was slow and its plans no better). With
-   unbalance rows, a large 15-minute grid whose LP has many rows gets it too, on 30-minute slots
-   (:func:`~nowblock.milp.coarse.coarse_slots`: by size alone).
+   and not at all with unbalance rows (their fine LP was slow and its plans no better).
 
 1. **The LP without the peak term** (when the model has one): fast (the peak rows tie every
    slot together and make HiGHS's LP up to a few hundred times slower); its time sets the
@@ -63,7 +61,7 @@ import numpy as np
 import pandas as pd
 
 from nowblock.milp.adapters import from_sessions
-from nowblock.milp.coarse import Lagrangian, coarse_formulation, coarse_slots, expand, fine_row_prices, improve_bound
+from nowblock.milp.coarse import Lagrangian, coarse_factor, coarse_formulation, expand, fine_row_prices, improve_bound
 from nowblock.milp.formulation import Formulation, OptimizeOptions
 from nowblock.milp.highs_fast import SolveResult, SolverOptionError, extend_basis, race_lp, solve_matrix
 from nowblock.milp.inputs import check_duration, check_series, check_start, cover_horizon
@@ -456,9 +454,9 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
         # Lagrange bound in seconds, nowblock.milp.coarse); the fine LPs then only within
         # ``milp_effort`` times the time spent so far (at least _PEAK_LP_MIN_S).
         until = np.inf
-        m = coarse_slots(form, run.mf, COARSE_MIN_CELLS) if backend == "highs" else 1
+        m = coarse_factor(form) if backend == "highs" else 1
         predicted = 0.0
-        coarse = m > 1
+        coarse = m > 1 and len(form.cells[0]) >= COARSE_MIN_CELLS
         # With unbalance rows the coarse plan alone: there the fine LP was slow (4-5 s at 200 cars
         # x 288 slots on a tree, 10-28 s at 1,000) and its plans, rounded under the unbalance rows,
         # no better than the coarse stage's, whose currents, held over three fine slots, round
