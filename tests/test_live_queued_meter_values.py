@@ -191,3 +191,59 @@ async def test_a_replay_first_after_a_restart_and_reboot_revives_no_ended_transa
         await st.close()
         await ctl.stop()
         await cs.stop()
+
+
+async def test_a_replay_of_a_station_ahead_of_us_revives_no_ended_transaction(tmp_path):
+    # Review rev1 F1 (/tmp/s38/rev1/r5_replay_ahead.py): no restart of ours; a station 10 s ahead
+    # queues two MeterValues of tx while offline, reboots and replays them 4 s later. The boot was
+    # placed in its clock by ours as well as by its own (min(offset, 0)): by ours its stamps lay
+    # after the boot, the replay was live and revived tx (2 Rejected TxProfiles).
+    ahead = timedelta(seconds=10)
+
+    def snow():
+        return datetime.now(timezone.utc) + ahead
+
+    site = make_test_site(1, grid_a=32.0, max_current_a=16.0)
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
+    await cs.start()
+    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy="equal", period_s=1.0, min_replan_s=0.1,
+                 solve_timeout_s=0.8, profile_validity_s=60.0)
+    await ctl.start()
+    stn = RunsOnly()
+    url = f"ws://127.0.0.1:{cs.port}"
+    st = await RawStation(url, "CP1", "1.6", answer=stn).connect()
+    try:
+        await st.boot()
+        await st.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Preparing",
+                                           "timestamp": now_iso(snow())})
+        tx = (await st.ok("StartTransaction", {"connectorId": 1, "idTag": "TAG1", "meterStart": 0,
+                                               "timestamp": now_iso(snow())}))["transactionId"]
+        stn.running.add(tx)
+        for k in range(3):
+            await st.ok("MeterValues", meter_16(1, tx, amps=[10, 10, 10], energy_wh=100.0 + k, when=now_iso(snow())))
+        await eventually(lambda: any(ok for _, ok in stn.tx_answers), timeout_s=10)
+        assert cs.state.stations["CP1"].clock.offset_s > 9.0
+        await st.close()
+        off = snow()
+        queue = [meter_16(1, tx, amps=[10, 10, 10], energy_wh=200.0 + 100 * k,
+                          when=now_iso(off + timedelta(seconds=1 + k / 2))) for k in range(2)]
+        await asyncio.sleep(5.0)  # its reboot
+        stn.running.clear()
+        st = await RawStation(url, "CP1", "1.6", answer=stn).connect()
+        await st.boot()
+        t = cs.state.transaction("CP1", tx)
+        n = len(stn.tx_answers)
+        for p in queue:
+            await st.ok("MeterValues", p)
+        assert t.energy_register_wh == 300.0  # read, ...
+        assert t.orphaned  # ... but names no transaction the station runs now
+        await asyncio.sleep(3.0)  # steps at 1 s
+        assert [a for a in stn.tx_answers[n:] if a[0] == tx] == []
+        # A value it takes after the boot, in the same clock, still names tx as running.
+        stn.running.add(tx)
+        await st.ok("MeterValues", meter_16(1, tx, amps=[10, 10, 10], energy_wh=400.0, when=now_iso(snow())))
+        assert not t.orphaned
+    finally:
+        await st.close()
+        await ctl.stop()
+        await cs.stop()

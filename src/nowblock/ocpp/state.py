@@ -223,11 +223,12 @@ class LiveState:
         messages while offline and delivers them in order), naming a transaction the reboot ended; reviving its orphan sent it
         TxProfiles (Rejected) and counted its connector at their limit.
 
-        The boot is kept in our clock and placed in the station's by every clock the station
-        may run after it: the one it ran before (:attr:`Station.clock_before_boot_s`, this
-        process's estimate then, after a restart the one its stored meter values show) or ours,
-        which the BootNotification answer told it (a 1.6 station may set its clock by it): a
-        stamp is queued only when it lies before the boot by both. By the *current* estimate
+        The boot is kept in our clock and placed in the station's by the clock it ran before
+        (:attr:`Station.clock_before_boot_s`, this process's estimate then, after a restart the
+        one its stored meter values show). Judged also by ours (which the BootNotification answer
+        told it; a stamp queued only when before the boot by both), a station ahead of ours had
+        its replay judged by ours, after the boot, and revived the transaction its reboot ended
+        (2 Rejected TxProfiles, 10 s ahead, no restart: rev1 F1). By the *current* estimate
         alone, a station whose first stamped CALL after a boot (with a restart of the central
         system) was a replay of its queued MeterValues had the estimate learn the replay's age
         from them and revived the ended transaction until its queued StopTransaction (one
@@ -236,9 +237,9 @@ class LiveState:
         B s, its restored transaction an orphan (review rev2); by its clock before the boot (the
         store's) it is not. With no clock known before the boot, the current estimate decides.
         Left: a station whose clock stepped back by more than :attr:`BOOT_MARGIN_S` across a
-        reboot (not to ours) has its live meter values judged queued for that long; a replay
-        from a station more than its age ahead before the boot still revives (either is a live
-        value or a replay by its stamps alone).
+        reboot (to ours too: a station ahead that sets its clock by the BootNotification) has
+        its live meter values judged queued for that long, its transaction an orphan (reserved:
+        the safe side, as before 94a67d1); either is a live value or a replay by its stamps alone.
 
         Parameters
         ----------
@@ -256,7 +257,10 @@ class LiveState:
         if time is None or st is None or st.booted_at is None:
             return False
         before = st.clock_before_boot_s
-        off = st.clock.offset_s if before is None else min(before, 0.0)
+        # By its clock before alone, not by ours too: a station ahead of ours had a replay of its
+        # queued values judged by ours (its stamps then after the boot), revived the transaction
+        # its reboot ended (2 Rejected TxProfiles for a station 10 s ahead, no restart: rev1 F1).
+        off = st.clock.offset_s if before is None else before
         return (time - st.booted_at).total_seconds() - off < -self.BOOT_MARGIN_S
 
     @staticmethod
