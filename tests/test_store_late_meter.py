@@ -144,3 +144,47 @@ async def test_the_stored_last_register_follows_the_readings_applied_after_the_s
     assert [stored for _, stored in registers] == [live for live, _ in registers], registers
     assert row["energy_delivered_kwh"] == pytest.approx(3.3)
     store.close()
+
+
+async def test_readings_after_an_upgrade_from_schema_2_of_a_station_ahead_are_all_stored(tmp_path, monkeypatch):
+    """Review rev1 F2 (/tmp/s38/rev1/r7_upgrade_ahead.py): a schema-2 file stored a start by the
+    station's clock; for a station 300 s ahead it was restored 300 s in our future. Every reading
+    after the upgrade was then "before its start", dated at the start, and all but the first
+    collided on the meter values' key and were dropped silently (1 of 6 acknowledged stored)."""
+    from nowblock.store import restore_state
+
+    ahead = timedelta(seconds=300)
+
+    def snow():
+        return datetime.now(timezone.utc) + ahead
+
+    db = tmp_path / "v2.sqlite"
+    # The file as schema version 2 wrote it: no station_time, the start at the station's stamp.
+    monkeypatch.setattr(SqliteStore, "MIGRATIONS", SqliteStore.MIGRATIONS[:2])
+    old = SqliteStore(db)
+    assert old.schema_version() == 2
+    old.upsert_station("CP1", time=datetime.now(timezone.utc))
+    old.start_transaction("CP1", "7", time=snow(), connector_id=1, meter_start_wh=1000.0)
+    old.close()
+    monkeypatch.undo()
+    store = SqliteStore(db)
+    assert store.schema_version() == store.latest_schema_version >= 3
+    async with central_system(make_test_site(1, grid_a=40)) as cs:
+        restore_state(cs.state, store)
+        attach_store(cs.state, store)
+        t = cs.state.transaction("CP1", "7")
+        assert t is not None
+        s = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", answer=lambda a, p: default_answer("1.6", a, p)).connect()
+        try:  # the station goes on with its car: no reboot
+            await s.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Charging",
+                                              "timestamp": now_iso(snow())})
+            for k in range(6):
+                await asyncio.sleep(0.1)
+                await s.ok("MeterValues", meter_16(1, 7, amps=[10.0] * 3, energy_wh=1010.0 + k, when=now_iso(snow())))
+        finally:
+            await s.close()
+    mv = store.meter_values("CP1", "7")
+    assert sorted(mv["energy_wh"]) == [1010.0 + k for k in range(6)]  # every acknowledged reading
+    assert mv["time"].is_monotonic_increasing
+    assert (mv["time"] <= datetime.now(timezone.utc)).all()  # none in our future
+    store.close()

@@ -366,7 +366,11 @@ def _restore_one(state, r) -> str:
         except (ValueError, OverflowError):
             log.error("stored departure %s of transaction %s cannot be used: restored without it",
                       r["departure"], r["transaction_id"])
-    t = state.on_start(r["charge_point_id"], connector, r["transaction_id"], start=arrival.to_pydatetime(),
+    # Never in our future: a file written before schema version 3 stored a start by the station's
+    # clock; one of a station 300 s ahead restored 300 s ahead, every later reading was "before
+    # its start", dated at the start, and all but the first were dropped as repeats (rev1 F2).
+    t = state.on_start(r["charge_point_id"], connector, r["transaction_id"],
+                       start=min(arrival.to_pydatetime(), state.clock()),
                        meter_start_wh=ms, id_tag=None if pd.isna(r["id_tag"]) else r["id_tag"])
     if ms is not None:
         t.energy_register_wh = ms + 1000.0 * float(r["energy_delivered_kwh"])
