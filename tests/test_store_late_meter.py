@@ -188,3 +188,34 @@ async def test_readings_after_an_upgrade_from_schema_2_of_a_station_ahead_are_al
     assert mv["time"].is_monotonic_increasing
     assert (mv["time"] <= datetime.now(timezone.utc)).all()  # none in our future
     store.close()
+
+
+async def test_meter_values_sent_after_the_stop_are_all_stored_within_the_record(tmp_path):
+    """Review rev1 F3 (/tmp/s38/rev1/r4_after_stop.py): 1.6 MeterValues naming a transaction after
+    its StopTransaction (end-of-transaction samples, distinct stamps) were all dated at its stop
+    and collided on the meter values' key: of two, one stored (10021 Wh lost, acknowledged)."""
+    store = SqliteStore(tmp_path / "s.db")
+    async with central_system(make_test_site(2)) as cs:
+        attach_store(cs.state, store)
+        s = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", answer=lambda a, p: default_answer("1.6", a, p)).connect()
+        try:
+            await s.boot()
+            tx = (await s.ok("StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 10000,
+                                                  "timestamp": now_iso()}))["transactionId"]
+            await asyncio.sleep(0.1)
+            await s.ok("MeterValues", meter_16(1, tx, amps=[10.0] * 3, energy_wh=10010.0))
+            await asyncio.sleep(0.1)
+            await s.ok("StopTransaction", {"transactionId": tx, "meterStop": 10020, "timestamp": now_iso(),
+                                           "reason": "Local"})
+            for k in range(3):
+                await asyncio.sleep(0.1)
+                await s.ok("MeterValues", meter_16(1, tx, amps=[0.0] * 3, energy_wh=10020.0 + k))
+        finally:
+            await s.close()
+    row = store.sessions_history().set_index("session_id").loc[f"CP1:{tx}"]
+    mv = store.meter_values("CP1", str(tx))
+    assert sorted(mv["energy_wh"]) == [10010.0, 10020.0, 10021.0, 10022.0]  # every acknowledged reading
+    assert mv["time"].between(row["arrival"], row["departure"]).all(), (row["arrival"], row["departure"],
+                                                                       list(mv["time"]))
+    assert list(mv.sort_values("time")["energy_wh"]) == [10010.0, 10020.0, 10021.0, 10022.0]  # in their order
+    store.close()

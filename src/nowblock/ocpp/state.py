@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 #: from a Heartbeat) and our estimate of its offset followed. Above the estimate's wobble from CALL
 #: to CALL (milliseconds), under a meter interval.
 METER_STEP_TOLERANCE_S = 1.0
+#: Apart by this, two meter values whose dates in ours were moved into their record (after its
+#: stop, before its start) are stored as two: the store keys them on their date.
+RECORD_TICK = timedelta(microseconds=1)
 
 
 class LiveState:
@@ -393,11 +396,20 @@ class LiveState:
         back that the estimate has not followed yet; stored by the station's stamps, a record of a
         station 2 h ahead lay 7200 s after its stop, m11) is dated on arrival, a distinct date
         (clamped to its start, several would be one stored row); none after its stop. Moves
-        :attr:`Transaction.recorded_until` (its stop is never dated before)."""
+        :attr:`Transaction.recorded_until` (its stop is never dated before).
+
+        A date moved (clamped) is never one already stored: the store keys meter values on
+        their date and ignores a repeat, so 1.6 MeterValues sent after its StopTransaction, all
+        dated at its stop, were one stored row (of two, 10021 Wh lost: rev1 F3). One after its
+        stop is dated just after the latest date stored, :data:`RECORD_TICK` apart, within its
+        record while there is room (past its stop by ticks only when the stop is that date)."""
         now = self.clock()
         r = min(time, now) if time >= t.start else max(now, t.start)
-        if t.stop is not None:
-            r = min(r, t.stop)
+        last = t.recorded_until
+        if t.stop is not None and r >= t.stop:
+            r = (t.start if last is None else last) + RECORD_TICK
+        elif last is not None and (r == last or (r != time and r < last)):
+            r = last + RECORD_TICK
         if t.recorded_until is None or r > t.recorded_until:
             t.recorded_until = r
         return r
