@@ -219,3 +219,38 @@ async def test_meter_values_sent_after_the_stop_are_all_stored_within_the_record
                                                                        list(mv["time"]))
     assert list(mv.sort_values("time")["energy_wh"]) == [10010.0, 10020.0, 10021.0, 10022.0]  # in their order
     store.close()
+
+
+@pytest.mark.parametrize("ahead_s", [0.0, 300.0])
+async def test_a_resent_meter_value_is_stored_once(ahead_s, tmp_path):
+    """Review rev1 F4 (/tmp/s38/rev1/r1_resend.py): a MeterValues CALL sent again (same stamp, same
+    register; its answer was lost) was stored twice: dated in ours by an estimate that moves by
+    under a millisecond, the repeat had another date (6 rows for 3 readings). A different reading
+    with the same stamp (a station splitting its samples over two messages) is still its own row."""
+    store = SqliteStore(tmp_path / "s.db")
+
+    def snow():
+        return datetime.now(timezone.utc) + timedelta(seconds=ahead_s)
+
+    async with central_system(make_test_site(2)) as cs:
+        attach_store(cs.state, store)
+        s = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", answer=lambda a, p: default_answer("1.6", a, p)).connect()
+        try:
+            await s.boot()
+            tx = (await s.ok("StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 10000,
+                                                  "timestamp": now_iso(snow())}))["transactionId"]
+            for k in range(3):
+                await asyncio.sleep(0.1)
+                msg = meter_16(1, tx, amps=[10.0] * 3, energy_wh=10000.0 + 10 * (k + 1), when=now_iso(snow()))
+                await s.ok("MeterValues", msg)
+                await asyncio.sleep(0.05)
+                await s.ok("MeterValues", msg)  # the same CALL again
+            when = now_iso(snow())
+            await s.ok("MeterValues", meter_16(1, tx, amps=[10.0] * 3, energy_wh=10040.0, when=when))
+            await s.ok("MeterValues", meter_16(1, tx, amps=[12.0] * 3, energy_wh=10040.0, when=when))
+        finally:
+            await s.close()
+    mv = store.meter_values("CP1", str(tx))
+    assert list(mv.sort_values("time")["energy_wh"]) == [10010.0, 10020.0, 10030.0, 10040.0, 10040.0]
+    assert sorted(mv["current_l1_a"].dropna()) == [10.0] * 4 + [12.0]
+    store.close()

@@ -54,6 +54,9 @@ class Transaction:
     #: start and stop) and the latest date of any of its stored meter values (late ones too).
     record_time: datetime | None = None
     recorded_until: datetime | None = None
+    # Its last applied reading as parsed: the same again with the same stamp is a resent CALL,
+    # stored at the same date (the store ignores the repeat).
+    last_reading: dict | None = field(default=None, repr=False, compare=False)
     stop: datetime | None = None  # [our clock] no earlier than ``start`` and ``recorded_until``
     meter_stop_wh: float | None = None
     stop_reason: str | None = None
