@@ -9,8 +9,8 @@ the 19 s before their first settled reading (an outside test, session 37). Until
 
 * after a **raise** (the limit before was lower: the 0 A idle default, or no limit where the car
   drew nothing) a car ramping up cannot legitimately be above its new limit, so the first
-  reading taken under the new limit that shows it at its offer (no more than ``under_draw_a``
-  below) tells its excess, settled or not;
+  reading taken under the new limit that shows it at its offer (within
+  ``EXCESS_HYSTERESIS_A``; a car still ramping is below it) tells its excess, settled or not;
 * otherwise (a lowering, or nothing known of before) only a settled reading does (``settle_s``
   after the change: until then a reading may still show the limit before).
 
@@ -137,9 +137,11 @@ def learn_and_reserve(step, ids: pd.Index, excess_a: np.ndarray, controllable, s
         sid = ids[i]
         sent, since = step.sent.get(sid), step.changed_at.get(sid)
         # After a raise, a reading taken under the new limit (in force: the charger applies what
-        # was sent) that shows the car at its offer is its draw there.
+        # was sent) that shows the car at its offer is its draw there. At it, not within
+        # under_draw_a below: a car still ramping (1 A under) was judged to draw nothing over,
+        # then climbed to its limit + 1.5 A (4 cars on 40 A at 46 A until the next reading).
         tells[i] = (sent is not None and since is not None and abs(off[i] - sent[0]) <= 0.05
-                    and last_ns[i] > since.value and meas[i] >= off[i] - s.under_draw_a and raised(step, sid))
+                    and last_ns[i] > since.value and meas[i] >= off[i] - EXCESS_HYSTERESIS_A and raised(step, sid))
     if tells.any():
         step.learnt |= set(ids[tells])
         learnt = learnt | tells
@@ -216,7 +218,7 @@ def meter_departs(step, sid: str, current_a: float, now: pd.Timestamp) -> bool:
         # is reserved at once; a new session's first reading at its offer frees the rest.
         if current_a > sent[0] + held + EXCESS_HYSTERESIS_A:
             return True
-        return (not learnt and current_a >= sent[0] - s.under_draw_a
+        return (not learnt and current_a >= sent[0] - EXCESS_HYSTERESIS_A
                 and current_a - sent[0] < held - EXCESS_HYSTERESIS_A)
     if not learnt and sent[0] > 0:
         return True  # its first settled reading: the step learns its excess and frees the rest
