@@ -150,6 +150,68 @@ def test_the_moves_keep_every_fuse_phase_minimum_pilot_step_and_car_s_energy(c):
     assert (made > 0) == (np.minimum(e1, need).sum() > np.minimum(e0, need).sum() + 1e-12)
 
 
+def _over_at_entry_case(seed):
+    """review rev3's wider generator (kernel_broken.py): 1-, 2- and 3-phase cars, three fuse
+    levels, kWh per slot per car, least setpoints 6-8 A, and unbalance rows whose room may be
+    2-5 A below what the start draws (a row over its limit at entry)."""
+    rng = np.random.default_rng(seed)
+    n, T = int(rng.integers(1, 9)), int(rng.integers(1, 7))
+    step = float(rng.choice([1.0, 0.1]))
+    phase = np.zeros((3, n))
+    for c in range(n):
+        k = int(rng.choice([1, 1, 2, 3]))
+        phase[rng.permutation(3)[:k], c] = 1.0
+    nosub = rng.random(n) < 0.2
+    sub = np.zeros((6, n))
+    for c in range(n):
+        if not nosub[c]:
+            k = int(rng.integers(0, 2))
+            sub[3 * k:3 * k + 3, c] = phase[:, c]
+    unbalance = bool(rng.integers(0, 2))
+    unb = [phase[p] - phase[q] for p in range(3) for q in range(3) if p != q] if unbalance else []
+    g = np.array(list(phase) + list(sub) + unb)
+    n_fuse = 9
+    on_a = rng.choice([6.0, 6.0, 7.0, 8.0], n) if step == 1.0 else np.full(n, 6.0)
+    up = np.where(rng.random((n, T)) < 0.85, rng.choice([16.0, 13.0, 32.0], (n, 1)), 0.0)
+    kwh = KWH_PER_A * phase.sum(0)[:, None] * (up > 0) * rng.choice([1.0, 1.0, 0.5], (n, T))
+    y = np.where(rng.random((n, T)) < 0.6, np.floor(rng.uniform(8.0, 16.0, (n, T)) / step) * step, 0.0) * (up > 0)
+    y = np.minimum(y, up)
+    need = (y * kwh).sum(axis=1) * rng.choice([0.5, 1.0, 1.5, 3.0], n)
+    h = np.empty((len(g), T))
+    h[:n_fuse] = g[:n_fuse] @ y + rng.choice([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 0.5, 12.0], (n_fuse, T))
+    if unbalance:
+        gu = g[n_fuse:]
+        h[n_fuse:] = np.maximum(np.clip(gu, 0, None) @ y + np.clip(gu, None, 0) @ _drawn_rows(y, kwh, need), 0) \
+            + rng.choice([0.0, 1.0, 3.0, -2.0, -5.0], (len(unb), T))
+    return g, h, n_fuse, y, kwh, need, up, on_a, step, need + on_a * kwh.max(axis=1)
+
+
+@pytest.mark.parametrize("seed", [101, 369, 408, 489])
+def test_a_partner_s_shift_is_taken_back_where_a_row_was_over_at_entry(seed):
+    """review rev3: where the short car's step was refused, its partners' shifts were taken back
+    as moves to check, and one that had brought an unbalance row (over its limit at entry) down
+    could not go back up: the partner's plan stayed changed while no car gained (34 of 4,000
+    such plans). Each seed here was one of them."""
+    g, h, n_fuse, y0, kwh, need, up, on_a, step, ceiling = _over_at_entry_case(seed)
+    n, T = y0.shape
+    y = y0.copy()
+    d, over, fslack = (np.ascontiguousarray(a) for a in _books(g, h, n_fuse, y, kwh, need))
+    order = np.arange(n, dtype=np.int64)[need - (y * kwh).sum(axis=1) > 1e-9]
+    g_start, g_row, g_val = _csr(g.T)
+    r_start, r_car, r_val = _csr(g)
+    made = 0
+    for shift in (False, True):
+        made += bk.serve_fuse_blocked(y, d, over, fslack, np.full(T, np.inf), order, np.arange(T, dtype=np.int64),
+                                      kwh, need, ceiling, np.full(n, 0.23), up, on_a, g_start, g_row,
+                                      g_val.astype(float), r_start, r_car, r_val.astype(float), n_fuse, step, 1e-9,
+                                      100_000, shift=shift)[0]
+    for got, want in zip((d, over, fslack), _books(g, h, n_fuse, y, kwh, need)):
+        np.testing.assert_allclose(got, want, atol=1e-9)
+    gained = np.minimum((y * kwh).sum(axis=1), need).sum() - np.minimum((y0 * kwh).sum(axis=1), need).sum()
+    assert made > 0 or np.array_equal(y, y0), np.argwhere(y != y0)  # no change for nothing
+    assert (made > 0) == (gained > 1e-12)
+
+
 # ---- 3. the instance-matrix cells of issue 15's energy target ---------------------------------
 @pytest.mark.parametrize("label", ["50-15%-tree-5min-load", "50-15%-tree-15min-load"])
 def test_the_tree_cells_with_a_base_load_deliver_995_of_the_plain_lp(label, unhurried_optimizer):

@@ -165,6 +165,46 @@ def try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need
 
 
 @njit(cache=True)
+def _take_back(cars, slots, olds, m, y, d, over, fslack, power_room, kwh, need, kw, g_start, g_row, g_val,
+               n_fuse_rows):
+    """Undo ``m`` changes applied by :func:`try_moves`: each cell (car, slot) back to its value
+    ``olds`` [A] from before them, the fuse rows, the power cap, the draws ``d`` and the
+    unbalance rows ``over`` rebooked from the restored plan. Not a move to check: an unbalance
+    row already over its limit before the changes may have come down with them, and going back
+    up to where it was must not be refused (review rev3)."""
+    T = y.shape[1]
+    cur = np.empty(T)
+    nd = np.empty(T)
+    for q in range(m):
+        c = cars[q]
+        if not _first(cars, q):
+            continue
+        for s in range(T):
+            cur[s] = y[c, s]
+        for qq in range(m - 1, -1, -1):  # the last first: a cell changed twice ends at its first value
+            if cars[qq] == c:
+                a = olds[qq] - y[c, slots[qq]]
+                for p in range(g_start[c], g_start[c + 1]):
+                    if g_row[p] < n_fuse_rows:
+                        fslack[g_row[p], slots[qq]] -= g_val[p] * a
+                power_room[slots[qq]] -= kw[c] * a
+                y[c, slots[qq]] = olds[qq]
+        drawn_row(y[c], kwh[c], need[c], nd)
+        for p in range(g_start[c], g_start[c + 1]):
+            r = g_row[p]
+            if r < n_fuse_rows:
+                continue
+            gv = g_val[p]
+            for s in range(T):
+                if gv > 0:
+                    over[r - n_fuse_rows, s] += gv * (y[c, s] - cur[s])
+                else:
+                    over[r - n_fuse_rows, s] += gv * (nd[s] - d[c, s])
+        for s in range(T):
+            d[c, s] = nd[s]
+
+
+@njit(cache=True)
 def _first(cars, q):
     """Whether ``cars[q]`` is the first entry of its car among ``cars[:q + 1]``."""
     for qq in range(q):
@@ -472,7 +512,7 @@ def serve_fuse_blocked(y, d, over, fslack, power_room, order, slot_order, kwh, n
     amounts = np.empty(cap)
     log_car = np.empty(max_partners * cap, dtype=np.int64)
     log_slot = np.empty(max_partners * cap, dtype=np.int64)
-    log_a = np.empty(max_partners * cap)
+    log_old = np.empty(max_partners * cap)
     log_m = np.empty(max_partners, dtype=np.int64)
     one_car = np.empty(1, dtype=np.int64)
     one_slot = np.empty(1, dtype=np.int64)
@@ -555,13 +595,14 @@ def serve_fuse_blocked(y, d, over, fslack, power_room, order, slot_order, kwh, n
                                            g_val, n_fuse_rows, step, tol, cars, slots, amounts, max_pieces)
                         work += n_roomy
                     work += T * (m > 0)  # a try costs about a pass over the touched cars' slots
+                    for e in range(m):
+                        log_old[n_shift * cap + e] = y[cars[e], slots[e]]
                     if m > 0 and try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need,
                                            ceiling, kw, up, on_a, g_start, g_row, g_val, n_fuse_rows, tol):
                         changes += 1
                         for e in range(m):
                             log_car[n_shift * cap + e] = cars[e]
                             log_slot[n_shift * cap + e] = slots[e]
-                            log_a[n_shift * cap + e] = amounts[e]
                         log_m[n_shift] = m
                         n_shift += 1
                         done = True
@@ -595,15 +636,15 @@ def serve_fuse_blocked(y, d, over, fslack, power_room, order, slot_order, kwh, n
                 changes += 1
                 n_mine = _slots_where(-1, y, i, slot_order, fslack, tol, mine)
                 continue
-            # Refused: the shifts taken back, the last first (each restores a plan that held
-            # every row, so it is accepted).
+            # Refused: the shifts taken back, the last first, cell by cell (not as moves to
+            # check: a row over its limit at entry that a shift brought down would refuse them).
             for b in range(n_shift - 1, -1, -1):
                 m = log_m[b]
                 for e in range(m):
                     cars[e] = log_car[b * cap + e]
                     slots[e] = log_slot[b * cap + e]
-                    amounts[e] = -log_a[b * cap + e]
-                try_moves(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need, ceiling, kw, up, on_a,
-                          g_start, g_row, g_val, n_fuse_rows, tol)
+                    amounts[e] = log_old[b * cap + e]
+                _take_back(cars, slots, amounts, m, y, d, over, fslack, power_room, kwh, need, kw, g_start, g_row,
+                           g_val, n_fuse_rows)
                 changes += 1
     return made, work
