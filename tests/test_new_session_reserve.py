@@ -46,3 +46,25 @@ def test_a_reading_taken_while_a_new_car_ramps_up_frees_no_reserve():
     assert reserve.meter_departs(step, sid, float(out[0]), t2)
     step.run(pol, _new_obs(site, t2, list(out), list(out)), fallback=pol)
     assert not step.reserve_a
+
+
+async def test_the_repair_around_a_held_limit_counts_the_held_cars_reserve_too():
+    # A new session whose charger keeps a higher limit (its 32 A maximum) may draw up to its
+    # over_draw_a (2 A) over it like any new session: the other car is repaired around 34 A,
+    # not 32 A (32 + (6 + 2) = 40 A counted, 33.5 + 7.5 = 41.0 A drawn at limit + 1.5 A).
+    from test_control import FakeCentral, Clock, _start, _site as _ctl_site, _controller
+
+    site = _ctl_site(root_a=ROOT_A, n=2)
+    cs, clock = FakeCentral(site), Clock()
+    _start(cs, clock, 2, needs={0: (3, 40.0), 1: (3, 40.0)})
+    ctl = _controller(cs, clock, policy="equal")
+    cs.keep_limit.add("CP0")  # answers, but its maximum (32 A) stays in force
+    res = await ctl.step()
+    assert res.current_a["CP0:tx0"] == 32.0
+    reserve_a = ctl.loop.reserve_a
+    assert reserve_a.get("CP0:tx0", 0.0) > 0.0  # its excess is still unknown
+    held = {s: cs.state.applied_limit_a(s.split(":")[0], 1) for s in res.current_a.index}
+    in_force = {s: 32.0 if a is None else a for s, a in held.items()}
+    # What each may draw: its limit plus its reserve where it runs (at its minimum at least).
+    may_draw = sum(a + reserve_a.get(s, 0.0) for s, a in in_force.items() if a >= 6.0)
+    assert may_draw <= ROOT_A + 1e-6, (in_force, reserve_a)

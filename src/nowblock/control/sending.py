@@ -304,7 +304,10 @@ class Dispatcher:
         log.warning("limit not lowered on %s; repairing the others", ", ".join(sorted(kept)))
         fixed = ctx.cars.loc[list(kept)]
         base = ctx.safety if ctx.safety is not None else snap
-        site = cl.reserve_unobserved(base.site, fixed["cp_index"], fixed["phases"], list(kept.values()))
+        # A held car whose excess is not known yet may draw its reserve over what it holds
+        # (counted at 32 A alone, the other repaired to 6 + 2 A on 40 A: 41.0 A drawn).
+        held_a = [a + self.loop.reserve_a.get(sid, 0.0) for sid, a in kept.items()]
+        site = cl.reserve_unobserved(base.site, fixed["cp_index"], fixed["phases"], held_a)
         rest = base.cars.drop(index=[s for s in kept if s in base.cars.index])
         # The fuse rows here; the unbalance rows below, with the held cars in them (on these
         # rows alone, the rest could be lowered into an unbalance the held cars make worse).
