@@ -68,3 +68,32 @@ async def test_the_repair_around_a_held_limit_counts_the_held_cars_reserve_too()
     # What each may draw: its limit plus its reserve where it runs (at its minimum at least).
     may_draw = sum(a + reserve_a.get(s, 0.0) for s, a in in_force.items() if a >= 6.0)
     assert may_draw <= ROOT_A + 1e-6, (in_force, reserve_a)
+
+
+def test_a_new_single_phase_car_draws_within_the_unbalance_limit_anywhere_in_its_reserve():
+    # A new single-phase car on L1 is planned at its limit + 2 A (its reserve) but may draw just
+    # its limit: the cars on L2 and L3 were raised to within 4 A of the upper bound, so the
+    # phases stood 6.0 A apart when it drew its limit. Anywhere from its limit to its limit +
+    # reserve, the phases now stay within the limit.
+    from nowblock.block.site import ChargePoint, Fuse, Site
+
+    unbalance_a = 4.0
+    cps = (ChargePoint("CP0", "grid", 8.0, 6.0, phases=1, phase_rotation="L1L2L3"),
+           ChargePoint("CP1", "grid", 16.0, 6.0, phases=1, phase_rotation="L2L3L1"),
+           ChargePoint("CP2", "grid", 16.0, 6.0, phases=1, phase_rotation="L3L1L2"))
+    site = Site("t", (Fuse("grid", (100.0,) * 3),), cps, max_unbalance_a=unbalance_a)
+    o = _obs(site, measured=[0.0, 12.0, 12.0], offered=[0.0, 12.0, 12.0])
+    o.cars["phases"] = 1
+    o.cars["max_current_a"] = [8.0, 16.0, 16.0]
+    o.cars["arrival"] = [T0 - pd.Timedelta(seconds=2)] + [T0 - pd.Timedelta(hours=1)] * 2  # CP0's is new
+    o.cars["last_meter"] = T0 - pd.Timedelta(seconds=0.1)
+    step = ControlStep()
+    for sid in ("CP1:1", "CP2:2"):
+        step.record_sent(sid, 12.0, T0 - pd.Timedelta(minutes=2))
+    pol = get_policy("equal")
+    x = step.run(pol, o, fallback=pol).current_a
+    reserve_a = step.reserve_a.get("CP0:0", 0.0)
+    assert reserve_a > 0.0 and x["CP0:0"] >= 6.0  # the new car runs, its excess unknown
+    for over in np.linspace(0.0, reserve_a, 5):  # one phase per car
+        drawn = np.array([x["CP0:0"] + over, x["CP1:1"], x["CP2:2"]])
+        assert drawn.max() - drawn.min() <= unbalance_a + 1e-6, (over, x.to_dict())

@@ -22,6 +22,8 @@ policy runs it: :func:`planned_with_reserve`). The ControlStep keeps the state (
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
@@ -228,3 +230,43 @@ def meter_departs(step, sid: str, current_a: float, now: pd.Timestamp) -> bool:
         # their limit + 1.5 A kept a 40 A grid at 43 A until then: an outside test).
         return True
     return abs(current_a - sent[0]) > s.under_draw_a + s.margin_a
+
+
+def unbalance_less_reserve(site, reserve_a: dict, ids: pd.Index, cp_index, phases):
+    """``site`` with its unbalance limit [A] tightened by what the reserves may leave undrawn.
+
+    A car with a reserve is planned at its limit plus the reserve, but draws anywhere from its
+    limit to that: on the unbalance rows it lies in a range. A single- or two-phase car planned
+    at limit + 2 A let the cars on the other phases be raised to within the limit of that bound;
+    drawing its limit, the phases stood 6.0 A apart on a 4 A limit (review rev4). Each grid
+    phase may draw up to the reserves of the unbalanced cars on it less than planned (a
+    three-phase car's shortfall is the same on all three: no spread), so the plan keeps the
+    limit less the largest such sum, never below 0 A.
+
+    Parameters
+    ----------
+    site : nowblock.block.site.Site
+        The site planned in (its ``max_unbalance_a`` may be None: returned as is).
+    reserve_a : dict
+        session_id -> [A] its reserve (:attr:`ControlStep.reserve_a`).
+    ids : pandas.Index
+        The observed cars (session ids), aligned with ``cp_index`` and ``phases``.
+    cp_index, phases : numpy.ndarray
+        Each car's charging point (position in ``site``) and number of phases.
+
+    Returns
+    -------
+    nowblock.block.site.Site
+        The site, its ``max_unbalance_a`` [A] lowered where a reserve lies on the unbalance rows.
+    """
+    if site.max_unbalance_a is None or not reserve_a:
+        return site
+    pos = ids.get_indexer(list(reserve_a))
+    r = np.array(list(reserve_a.values()), dtype=float)[pos >= 0]
+    pos = pos[pos >= 0]
+    used = site.phase_usage(np.asarray(cp_index)[pos], np.asarray(phases)[pos])
+    unbalanced = used.sum(axis=1) < 3
+    short = (used[unbalanced] * r[unbalanced, None]).sum(axis=0)  # [A] per grid phase
+    if not short.any():
+        return site
+    return replace(site, max_unbalance_a=max(float(site.max_unbalance_a) - float(short.max()), 0.0))

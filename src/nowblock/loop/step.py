@@ -28,7 +28,7 @@ import pandas as pd
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.needs import NeedsEstimation
 from nowblock.loop.observation import Observation
-from nowblock.loop.reserve import learn_and_reserve, limits_before, planned_with_reserve
+from nowblock.loop.reserve import learn_and_reserve, limits_before, planned_with_reserve, unbalance_less_reserve
 from nowblock.loop.calling import bypasses_safety, call_policy
 from nowblock.loop.restored import capped_at_draw, draw_caps_a, unconfirmed_mask
 from nowblock.loop.trials import less_offsets, start_trials
@@ -363,6 +363,8 @@ class ControlStep:
                 site, np.concatenate([cp_index[offline], idle_cp, cp_index[extra]]),
                 np.concatenate([phases[offline], site.cp_phases[idle_cp], phases[extra]]),
                 np.concatenate([committed[offline], idle.to_numpy(float), excess[extra]]))
+        if self.reserve_a:  # planned at limit + reserve, it may draw its limit: a range on the unbalance rows
+            policy_site = unbalance_less_reserve(policy_site, self.reserve_a, cars.index, cp_index, phases)
         trusted = ~untrusted[connected]
         ids = cars.index[connected]
         prev = self.ceilings_a.reindex(ids).to_numpy(float) if len(self.ceilings_a) else None
