@@ -16,6 +16,7 @@ from nowblock.policies import get_policy
 from nowblock.block.scenario import Scenario
 from nowblock.sim import simulator as simmod
 from nowblock.sim.battery import TaperBattery
+from nowblock.loop.closed_loop import LoopSettings
 from nowblock.loop.needs import FallbackNeedsEstimator
 from nowblock.loop.series import step_stats
 from nowblock.sim.simulator import simulate
@@ -301,10 +302,16 @@ def test_a_stay_covering_no_whole_step_gets_no_step_but_counts_as_requested(arri
 def test_snapshot_shows_measurements_of_the_previous_step(small_scenario):
     rec = Recorder("equal")
     simulate(small_scenario, rec, end=small_scenario.start + pd.Timedelta(hours=3))
-    first, second = rec.snaps[0], rec.snaps[1]
+    first, second, third = rec.snaps[0], rec.snaps[1], rec.snaps[2]
     assert first.cars["measured_current_a"].isna().all()
     sid = first.cars.index[0]
-    assert second.cars.loc[sid, "offered_current_a"] == rec.inner.schedule(first)[sid]
+    # A new session is planned in its limit plus over_draw_a (2 A) and sent its share less that
+    # until a reading tells its excess (the live loop's path, loop.reserve): its first reading,
+    # at the next step, does, and from then on it is sent what it was planned.
+    reserve_a = LoopSettings().over_draw_a
+    assert second.cars.loc[sid, "offered_current_a"] == rec.inner.schedule(first)[sid] - reserve_a
+    assert second.cars.loc[sid, "measured_current_a"] == second.cars.loc[sid, "offered_current_a"]
+    assert third.cars.loc[sid, "offered_current_a"] == rec.inner.schedule(second)[sid]
     assert second.cars.loc[sid, "energy_delivered_kwh"] > 0
     assert first.cars["needs_known"].all()
     assert len(first.base_load_kw) == 24 * 12 and first.base_load_kw.index[0] == first.time

@@ -54,8 +54,9 @@ class LoopSettings:
     minute to start drawing, and a car called full is offered nothing, so it could never show
     that it was not.
     ``new_session_reserve``: count a car at its limit plus ``over_draw_a`` until a reading tells
-    what it draws over it (:mod:`nowblock.loop.reserve`); None: on in the live loop, off in the
-    simulator (its cars never draw over their offer, and its steps are minutes long).
+    what it draws over it (:mod:`nowblock.loop.reserve`); on unless False, in the live loop and
+    the simulator alike (one path: a simulated session holds it for its first step, until its
+    first reading).
     """
 
     margin_a: float = 1.0

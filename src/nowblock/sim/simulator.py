@@ -62,7 +62,7 @@ from __future__ import annotations
 import logging
 import sys
 import time as _time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -281,7 +281,8 @@ def simulate(
         unknown name raises ValueError naming ``fallback``.
     loop_settings : LoopSettings, optional
         The closed loop's margins and times (:class:`nowblock.loop.closed_loop.LoopSettings`);
-        a new session's over-draw reserve is off unless ``new_session_reserve=True``.
+        a new session's over-draw reserve is on as in the live loop (``new_session_reserve=False``
+        turns it off).
 
     Returns
     -------
@@ -334,8 +335,6 @@ def simulate(
                            needs_known=needs == "known", base_load_forecaster=base_load_forecaster,
                            current_step_a=current_step_a, battery=battery)
     loop_settings = loop_settings or LoopSettings()
-    if loop_settings.new_session_reserve is None:  # its cars never draw over their offer
-        loop_settings = replace(loop_settings, new_session_reserve=False)
     control = ControlStep(settings=loop_settings,
                           needs=NeedsEstimation(needs_estimator if needs == "unknown" else None))
     solve_s: list[float] = []
