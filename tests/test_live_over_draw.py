@@ -9,6 +9,7 @@ import asyncio
 import time
 
 import numpy as np
+import pandas as pd
 
 from interop.station import RawStation, meter_16, now_iso
 from test_s35_profiles_fallback import K01Station
@@ -244,3 +245,60 @@ def test_a_first_limit_below_the_failsafe_a_new_car_drew_under_is_no_over_draw_a
     # Not settled yet, it is planned at its limit plus the 2 A tolerance (1.5 A seen over both).
     assert step.reserve_a == {sid: 2.0 for sid in snap.cars.index}
     assert (snap.cars["min_current_a"] == 8.0).all() and (snap.cars["max_current_a"] == 18.0).all()
+
+
+async def test_a_reading_above_both_limits_after_a_lowering_wakes_a_step_within_the_settle_window(tmp_path):
+    # An outside test (/tmp/s38/h6/repro_wake.py, F1): a car lowered 20 -> 14 A that read 32 A
+    # 3 s later (above both limits by more than over_draw_a: the step judges it over at once)
+    # woke no step until its first reading settle_s (15 s) after the lowering: a 40 A grid at
+    # 58 A for 26 s. Here a 20 A grid: CP1 alone at 16 A, lowered to its share when CP2 starts,
+    # then reads 25 A; default settle_s (15 s) and a 60 s period. CP2 paused (or lowered) by the
+    # step the reading wakes: 3 s at most (before: none until CP1's first settled reading).
+    site = make_test_site(2, grid_a=20.0, max_current_a=16.0)
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
+    await cs.start()
+    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy="equal", period_s=60.0, min_replan_s=0.1,
+                 solve_timeout_s=1.0)
+    await ctl.start()
+    a, b = (OverDrawingCar(f"CP{i}", cs.port, every_s=0.5, over_a=0.0) for i in (1, 2))
+    ignore_a: list[float] = []  # what CP1 draws once it ignores its limit
+    stop = asyncio.Event()
+
+    async def report(car, draw):
+        while not stop.is_set():
+            await car.send(draw())
+            await asyncio.sleep(car.every_s)
+
+    tasks = []
+    try:
+        await b.plug()  # booted, its idle connector at 0 A: CP1 alone gets its maximum
+        await a.start()
+        tasks.append(asyncio.create_task(report(a, lambda: ignore_a[0] if ignore_a else a.draw_a())))
+        await eventually(lambda: (a.station.applies_a(1, a.tx) or 0) >= 14.0, timeout_s=10)
+        await b.begin()
+        # CP2 takes 7 A at most: under its offer, its reading frees none of its reserve before it
+        # settles, so CP1's last change stays the lowering (a freed reserve raises it again).
+        tasks.append(asyncio.create_task(report(b, lambda: min(b.draw_a(), 7.0))))
+        # Both at their shares, CP1 lowered (its last change a lowering, well within settle_s).
+        await eventually(lambda: (b.station.applies_a(1, b.tx) or 0) >= 6.0
+                         and (a.station.applies_a(1, a.tx) or 99) <= 12.0, timeout_s=5)
+        await asyncio.sleep(1.0)
+        sid = f"CP1:{a.tx}"
+        lim_a, lim_b = a.station.applies_a(1, a.tx), b.station.applies_a(1, b.tx)
+        assert ctl.loop.before[sid] > ctl.loop.sent[sid][0] == lim_a, (ctl.loop.before, ctl.loop.sent)
+        assert (pd.Timestamp.now(tz="UTC") - ctl.loop.changed_at[sid]).total_seconds() < 8.0
+        ignore_a.append(25.0)  # above 16 + 2 and lim_a + 2: the step judges it over at once
+        t0 = time.monotonic()
+        await eventually(lambda: (b.station.applies_a(1, b.tx) or 0) < lim_b - 1.0, timeout_s=3.0)
+        waited = time.monotonic() - t0
+        assert sid in ctl.escalation.since or ctl.loop.over_ratio.get(sid) is not None, "CP1 not judged over"
+        assert waited < 3.0
+        assert a.st.schema_errors == [] and b.st.schema_errors == []
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in (a, b):
+            if c.st is not None:
+                await c.st.close()
+        await ctl.stop()
+        await cs.stop()

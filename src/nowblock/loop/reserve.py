@@ -203,7 +203,8 @@ def meter_departs(step, sid: str, current_a: float, now: pd.Timestamp) -> bool:
         True when the reading shows the car over its limit plus what is reserved for it (more
         than :data:`~nowblock.loop.closed_loop.EXCESS_HYSTERESIS_A`), when it tells a new
         session's excess (its reserve of ``over_draw_a`` frees), or when a settled reading
-        departs from the limit by more than ``under_draw_a + margin_a``.
+        departs from the limit by more than ``under_draw_a + margin_a``; before it settled after a
+        lowering, only when above both the limit and the one before by more than ``over_draw_a``.
     """
     sent = step.sent.get(sid)
     if sent is None:
@@ -215,7 +216,15 @@ def meter_departs(step, sid: str, current_a: float, now: pd.Timestamp) -> bool:
     since = step.changed_at.get(sid)
     if since is not None and (now - since).total_seconds() < s.settle_s:
         if not raised(step, sid):
-            return False  # a reading may still show the higher limit before
+            # A reading may still show the higher limit before, but not more: one above both
+            # limits by over_draw_a is what the step judges over at once (ControlStep.__call__:
+            # ``before``, ``offered``), so it wakes one now. Else a car ignoring a lowering to
+            # 14 A read 32 A unheeded until its first settled reading: a 40 A grid at 58 A for
+            # 26 s (an outside test, session 38).
+            before = step.before.get(sid, np.nan)
+            if np.isnan(before) and step.first_from.get(sid, 0.0) > 0:
+                before = step.first_from[sid]  # its first limit: what its charger held (limits_before)
+            return bool(np.isfinite(before) and current_a > max(sent[0], before) + s.over_draw_a)
         # After a raise a car cannot legitimately be above its new limit: over what is reserved
         # is reserved at once; a new session's first reading at its offer frees the rest.
         if current_a > sent[0] + held + EXCESS_HYSTERESIS_A:
