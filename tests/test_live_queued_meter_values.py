@@ -80,6 +80,16 @@ async def test_meter_values_queued_before_a_reboot_revive_no_orphan(tmp_path):
         await cs.stop()
 
 
+async def _up(site, db):
+    """A central system on a free port with a controller storing to ``db`` (one process's life)."""
+    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
+    await cs.start()
+    ctl = attach(cs, db=db, policy="equal", period_s=1.0, min_replan_s=0.1, solve_timeout_s=0.8,
+                 profile_validity_s=60.0)
+    await ctl.start()
+    return cs, ctl
+
+
 async def test_a_restored_transaction_of_a_station_behind_us_is_revived_after_a_restart_and_reboot(tmp_path):
     # Review rev2: the boot was placed in the station's clock by the estimate held then, 0 after
     # a restart of the central system; a station 600 s behind had every live MeterValues judged
@@ -93,16 +103,8 @@ async def test_a_restored_transaction_of_a_station_behind_us_is_revived_after_a_
     site = make_test_site(1, grid_a=32.0, max_current_a=16.0)
     db = str(tmp_path / "block.sqlite")
 
-    async def up():
-        cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
-        await cs.start()
-        ctl = attach(cs, db=db, policy="equal", period_s=1.0, min_replan_s=0.1, solve_timeout_s=0.8,
-                     profile_validity_s=60.0)
-        await ctl.start()
-        return cs, ctl
-
     stn = RunsOnly()
-    cs, ctl = await up()
+    cs, ctl = await _up(site, db)
     st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=stn).connect()
     try:
         await st.boot()
@@ -118,7 +120,7 @@ async def test_a_restored_transaction_of_a_station_behind_us_is_revived_after_a_
         await ctl.stop()
         await cs.stop()
     # A power cut: the central system restarts and the station reboots, going on with tx.
-    cs, ctl = await up()
+    cs, ctl = await _up(site, db)
     st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=stn).connect()
     try:
         await st.boot()
@@ -147,16 +149,8 @@ async def test_a_replay_first_after_a_restart_and_reboot_revives_no_ended_transa
     site = make_test_site(1, grid_a=32.0, max_current_a=16.0)
     db = str(tmp_path / "block.sqlite")
 
-    async def up():
-        cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
-        await cs.start()
-        ctl = attach(cs, db=db, policy="equal", period_s=1.0, min_replan_s=0.1, solve_timeout_s=0.8,
-                     profile_validity_s=60.0)
-        await ctl.start()
-        return cs, ctl
-
     stn = RunsOnly()
-    cs, ctl = await up()
+    cs, ctl = await _up(site, db)
     st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=stn).connect()
     try:
         await st.boot()
@@ -171,7 +165,7 @@ async def test_a_replay_first_after_a_restart_and_reboot_revives_no_ended_transa
         await cs.stop()
     old = datetime.now(timezone.utc) - timedelta(seconds=60)  # its last two values, queued
     stn.running.clear()  # the reboot ended tx
-    cs, ctl = await up()
+    cs, ctl = await _up(site, db)
     st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP1", "1.6", answer=stn).connect()
     try:
         await st.boot()
