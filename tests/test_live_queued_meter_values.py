@@ -35,11 +35,7 @@ async def test_meter_values_queued_before_a_reboot_revive_no_orphan(tmp_path):
     # for it, Rejected, and its connector counted at their limit until its StopTransaction came
     # (/tmp/s37/h1/repro3_queued_revive.py).
     site = make_test_site(1, grid_a=32.0, max_current_a=16.0)
-    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
-    await cs.start()
-    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy="equal", period_s=1.0, min_replan_s=0.1,
-                 solve_timeout_s=0.8, profile_validity_s=60.0)
-    await ctl.start()
+    cs, ctl = await _up(site, str(tmp_path / "block.sqlite"))
     stn = RunsOnly()
     url = f"ws://127.0.0.1:{cs.port}"
     st = await RawStation(url, "CP1", "1.6", answer=stn).connect()
@@ -198,11 +194,7 @@ async def test_a_replay_of_a_station_ahead_of_us_revives_no_ended_transaction(tm
         return datetime.now(timezone.utc) + ahead
 
     site = make_test_site(1, grid_a=32.0, max_current_a=16.0)
-    cs = CentralSystem(site, port=0, response_timeout_s=2.0, backoff_s=0.05, retries=1)
-    await cs.start()
-    ctl = attach(cs, db=str(tmp_path / "block.sqlite"), policy="equal", period_s=1.0, min_replan_s=0.1,
-                 solve_timeout_s=0.8, profile_validity_s=60.0)
-    await ctl.start()
+    cs, ctl = await _up(site, str(tmp_path / "block.sqlite"))
     stn = RunsOnly()
     url = f"ws://127.0.0.1:{cs.port}"
     st = await RawStation(url, "CP1", "1.6", answer=stn).connect()
