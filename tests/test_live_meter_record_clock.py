@@ -9,7 +9,7 @@ import itertools
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from interop.station import RawStation, default_answer, meter_16, meter_201, now_iso
+from interop.station import RawStation, default_answer, now_iso
 
 from nowblock.testing import central_system, make_test_site
 
@@ -31,26 +31,11 @@ async def test_readings_stamped_in_order_are_all_applied_while_the_offset_estima
                              answer=lambda a, p: default_answer(version, a, p)).connect()
         try:
             await s.boot()
-            if version == "1.6":
-                tx = (await s.ok("StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 10000,
-                                                      "timestamp": now_iso()}))["transactionId"]
-            else:
-                tx = "T1"
-                await s.ok("TransactionEvent", {"eventType": "Started", "timestamp": now_iso(), "seqNo": 0,
-                                                "triggerReason": "CablePluggedIn",
-                                                "transactionInfo": {"transactionId": tx},
-                                                "evse": {"id": 1, "connectorId": 1},
-                                                "meterValue": meter_201(energy_wh=10000.0)})
+            tx = await s.start_tx()
             applied = []
             for k in range(1, 21):
                 e = 10000.0 + 7.0 * k
-                if version == "1.6":
-                    await s.ok("MeterValues", meter_16(1, tx, amps=[10.0] * 3, energy_wh=e))
-                else:
-                    await s.ok("TransactionEvent", {"eventType": "Updated", "timestamp": now_iso(), "seqNo": k,
-                                                    "triggerReason": "MeterValuePeriodic",
-                                                    "transactionInfo": {"transactionId": tx},
-                                                    "meterValue": meter_201(amps=[10.0] * 3, energy_wh=e)})
+                await s.reading(tx, k, amps=[10.0] * 3, energy_wh=e)
                 applied.append(cs.state.transaction(cp, tx).energy_register_wh == pytest.approx(e))
                 await asyncio.sleep(0.005)
             assert all(applied), f"{applied.count(False)} of {len(applied)} acknowledged readings not applied"
@@ -82,27 +67,11 @@ async def test_readings_after_the_stations_clock_steps_back_are_applied_once_its
                              answer=lambda a, p: default_answer(version, a, p)).connect()
         try:
             await s.boot()
-            if version == "1.6":
-                tx = (await s.ok("StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 10000,
-                                                      "timestamp": now_iso(st_now())}))["transactionId"]
-            else:
-                tx = "T1"
-                await s.ok("TransactionEvent", {"eventType": "Started", "timestamp": now_iso(st_now()), "seqNo": 0,
-                                                "triggerReason": "CablePluggedIn",
-                                                "transactionInfo": {"transactionId": tx},
-                                                "evse": {"id": 1, "connectorId": 1},
-                                                "meterValue": meter_201(energy_wh=10000.0, when=now_iso(st_now()))})
+            tx = await s.start_tx(now_iso(st_now()))
             seq = itertools.count(1)
 
             async def reading(amps, e):
-                if version == "1.6":
-                    await s.ok("MeterValues", meter_16(1, tx, amps=[amps] * 3, energy_wh=e, when=now_iso(st_now())))
-                else:
-                    await s.ok("TransactionEvent", {"eventType": "Updated", "timestamp": now_iso(st_now()),
-                                                    "seqNo": next(seq), "triggerReason": "MeterValuePeriodic",
-                                                    "transactionInfo": {"transactionId": tx},
-                                                    "meterValue": meter_201(amps=[amps] * 3, energy_wh=e,
-                                                                            when=now_iso(st_now()))})
+                await s.reading(tx, next(seq), amps=[amps] * 3, energy_wh=e, when=now_iso(st_now()))
                 return cs.state.transaction(cp, tx)
 
             e = 10000.0

@@ -9,7 +9,7 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from interop.station import RawStation, default_answer, meter_16, meter_201, now_iso
+from interop.station import RawStation, default_answer, meter_16, now_iso
 
 from nowblock.store import SqliteStore, attach_store
 from nowblock.testing import central_system, make_test_site
@@ -30,25 +30,9 @@ async def test_an_acknowledged_meter_value_stamped_before_the_last_one_is_stored
             await s.boot()
 
             async def meter(k, amps, energy_wh, seq):
-                if version == "1.6":
-                    await s.ok("MeterValues", meter_16(1, tx, amps=amps, energy_wh=energy_wh, when=at[k]))
-                else:
-                    await s.ok("TransactionEvent", {"eventType": "Updated", "timestamp": at[k], "seqNo": seq,
-                                                    "triggerReason": "MeterValuePeriodic",
-                                                    "transactionInfo": {"transactionId": tx},
-                                                    "meterValue": meter_201(amps=amps, energy_wh=energy_wh,
-                                                                            when=at[k])})
+                await s.reading(tx, seq, amps=amps, energy_wh=energy_wh, when=at[k])
 
-            if version == "1.6":
-                tx = (await s.ok("StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 10000,
-                                                      "timestamp": at[0]}))["transactionId"]
-            else:
-                tx = "T1"
-                await s.ok("TransactionEvent", {"eventType": "Started", "timestamp": at[0], "seqNo": 0,
-                                                "triggerReason": "CablePluggedIn",
-                                                "transactionInfo": {"transactionId": tx},
-                                                "evse": {"id": 1, "connectorId": 1},
-                                                "meterValue": meter_201(energy_wh=10000.0, when=at[0])})
+            tx = await s.start_tx(at[0])
             while not sub._queue.empty():
                 sub._queue.get_nowait()
             await meter(10, [10.0] * 3, 12000.0, 1)
@@ -106,26 +90,10 @@ async def test_the_stored_last_register_follows_the_readings_applied_after_the_s
                              answer=lambda a, p: default_answer(version, a, p)).connect()
         try:
             await s.boot()
-            if version == "1.6":
-                tx = (await s.ok("StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 10000,
-                                                      "timestamp": now_iso(st_now())}))["transactionId"]
-            else:
-                tx = "T1"
-                await s.ok("TransactionEvent", {"eventType": "Started", "timestamp": now_iso(st_now()), "seqNo": 0,
-                                                "triggerReason": "CablePluggedIn",
-                                                "transactionInfo": {"transactionId": tx},
-                                                "evse": {"id": 1, "connectorId": 1},
-                                                "meterValue": meter_201(energy_wh=10000.0, when=now_iso(st_now()))})
+            tx = await s.start_tx(now_iso(st_now()))
 
             async def reading(e, seq):
-                when = now_iso(st_now())
-                if version == "1.6":
-                    await s.ok("MeterValues", meter_16(1, tx, amps=[16.0] * 3, energy_wh=e, when=when))
-                else:
-                    await s.ok("TransactionEvent", {"eventType": "Updated", "timestamp": when, "seqNo": seq,
-                                                    "triggerReason": "MeterValuePeriodic",
-                                                    "transactionInfo": {"transactionId": tx},
-                                                    "meterValue": meter_201(amps=[16.0] * 3, energy_wh=e, when=when)})
+                await s.reading(tx, seq, amps=[16.0] * 3, energy_wh=e, when=now_iso(st_now()))
                 return cs.state.transaction(cp, str(tx)).energy_register_wh
 
             await reading(10300.0, 1)

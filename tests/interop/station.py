@@ -211,6 +211,32 @@ class RawStation:
     async def heartbeat(self) -> dict:
         return await self.ok("Heartbeat", {})
 
+    async def start_tx(self, when: str | None = None, *, meter_start_wh: int = 10000, tx_id: str = "T1"):
+        """Start a transaction on connector 1 stamped ``when`` (now): a 1.6 StartTransaction (the
+        id is the central system's), a 2.0.1 TransactionEvent Started ``tx_id`` with the register
+        at ``meter_start_wh`` [Wh]. Returns the transaction id."""
+        when = when or now_iso()
+        if self.version == "1.6":
+            return (await self.ok("StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": meter_start_wh,
+                                                       "timestamp": when}))["transactionId"]
+        await self.ok("TransactionEvent", {"eventType": "Started", "timestamp": when, "seqNo": 0,
+                                           "triggerReason": "CablePluggedIn",
+                                           "transactionInfo": {"transactionId": tx_id},
+                                           "evse": {"id": 1, "connectorId": 1},
+                                           "meterValue": meter_201(energy_wh=float(meter_start_wh), when=when)})
+        return tx_id
+
+    async def reading(self, tx, seq: int, *, amps, energy_wh: float, when: str | None = None) -> dict:
+        """Send one periodic reading of transaction ``tx`` on connector 1: phase currents ``amps``
+        [A] and the register ``energy_wh`` [Wh], stamped ``when`` (now); 2.0.1 numbers the event
+        ``seq``."""
+        if self.version == "1.6":
+            return await self.ok("MeterValues", meter_16(1, tx, amps=amps, energy_wh=energy_wh, when=when))
+        return await self.ok("TransactionEvent", {"eventType": "Updated", "timestamp": when or now_iso(), "seqNo": seq,
+                                                  "triggerReason": "MeterValuePeriodic",
+                                                  "transactionInfo": {"transactionId": tx},
+                                                  "meterValue": meter_201(amps=amps, energy_wh=energy_wh, when=when)})
+
 
 def _num(x):
     if isinstance(x, Decimal):
