@@ -15,6 +15,9 @@ import asyncio
 import concurrent.futures as cf
 import logging
 import multiprocessing as mp
+import multiprocessing.connection
+import os
+import threading
 
 from nowblock.seam import BlockSnapshot, Decision, decide
 
@@ -27,7 +30,27 @@ def _init(name: str, options: dict) -> None:
     from nowblock.policies import get_policy
 
     global _POLICY
+    _end_with_parent()
     _POLICY = get_policy(name, **options)
+
+
+def _end_with_parent() -> None:
+    """End this worker when the process that started it ends, however it ends.
+
+    A pool's worker waits for work on a queue that a parent killed with SIGKILL never closes:
+    every ``kill -9`` of a ``nowblock serve`` left its worker (and its resource tracker) running
+    for good, 280 MB each (the crash tests, sessions 38 and 39). The parent's sentinel (the pipe
+    a ``spawn`` child is started with) becomes readable when the parent is gone.
+    """
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        mp.connection.wait([parent.sentinel])
+        os._exit(0)  # no clean-up: a solve may be running, and its result has nobody to go to
+
+    threading.Thread(target=watch, name="nowblock-end-with-parent", daemon=True).start()
 
 
 def _warm_up() -> float:
