@@ -275,6 +275,9 @@ async def test_a_reading_above_both_limits_after_a_lowering_wakes_a_step_within_
         await a.start()
         tasks.append(asyncio.create_task(report(a, lambda: ignore_a[0] if ignore_a else a.draw_a())))
         await eventually(lambda: (a.station.applies_a(1, a.tx) or 0) >= 14.0, timeout_s=10)
+        # CP1's reserve freed first (its reading at 16 A): a reading at its lowered limit would
+        # free it later and raise it again (reserve.tells_unsettled), its last change no lowering.
+        await eventually(lambda: f"CP1:{a.tx}" in ctl.loop.learnt, timeout_s=5)
         await b.begin()
         # CP2 takes 7 A at most: under its offer, its reading frees none of its reserve before it
         # settles, so CP1's last change stays the lowering (a freed reserve raises it again).

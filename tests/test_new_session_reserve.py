@@ -4,6 +4,7 @@ and what it is counted in (review rev4 of 197a73a)."""
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from nowblock.loop import reserve
@@ -97,3 +98,64 @@ def test_a_new_single_phase_car_draws_within_the_unbalance_limit_anywhere_in_its
     for over in np.linspace(0.0, reserve_a, 5):  # one phase per car
         drawn = np.array([x["CP0:0"] + over, x["CP1:1"], x["CP2:2"]])
         assert drawn.max() - drawn.min() <= unbalance_a + 1e-6, (over, x.to_dict())
+
+
+def _lowered_from_tx_default(held_a=13.0, n=3):
+    """Three new cars on 40 A whose chargers applied a 13 A TxDefault before their first limit
+    (drawn so): their first limits, 11 or 12 A ((40 - 3 x 2) / 3 in whole amperes), lower it."""
+    site = _site(root_a=ROOT_A, n=n)
+    pol = get_policy("equal")
+    step = ControlStep()
+    first = step.run(pol, _new_obs(site, T0, [held_a] * n, [held_a] * n), fallback=pol).current_a
+    assert step.reserve_a and (first < held_a).all() and (first > 0).all(), first.to_dict()
+    return site, pol, step, first
+
+
+def test_a_reading_at_a_lowered_first_limit_frees_the_reserve_before_it_settled():
+    # Before: after a lowering only a settled reading (15 s after the last change) told the
+    # excess, and the equal policy's rotation of the last pilot step moved each car's limit
+    # 11 <-> 12 A every few seconds: the 2 A stayed held until luck (1.5 to 18.7 s, session 39).
+    site, pol, step, first = _lowered_from_tx_default()
+    t = T0 + pd.Timedelta(seconds=3)
+    sid = first.index[0]
+    assert reserve.meter_departs(step, sid, float(first[sid]), t)  # wakes a step
+    at = list(first.to_numpy())
+    o = _new_obs(site, t, at, at)
+    o.cars["last_meter"] = t - pd.Timedelta(seconds=0.1)  # after the limits came into force
+    out = step.run(pol, o, fallback=pol).current_a
+    assert not step.reserve_a and step.learnt == set(first.index)
+    assert not step.excess_a
+    assert out.sum() == ROOT_A  # 40 A to share, none reserved
+
+
+def test_a_reading_over_a_lowered_first_limit_is_learnt_as_its_excess():
+    # A car read at its lowered limit + 1.5 A draws that much over it (or still comes down from
+    # the 13 A before): its excess is 1.5 A, not the 0 A that next_excess_a's rule for readings
+    # not settled gives (over the higher of both limits), which counted it at its limit.
+    site, pol, step, first = _lowered_from_tx_default()
+    t = T0 + pd.Timedelta(seconds=3)
+    drawn = first.to_numpy() + OVER_A
+    assert reserve.meter_departs(step, first.index[0], float(drawn[0]), t)
+    out = step.run(pol, _new_obs(site, t, list(drawn), list(first.to_numpy())), fallback=pol).current_a
+    assert not step.reserve_a
+    assert step.excess_a == pytest.approx({sid: OVER_A for sid in first.index})
+    assert (out.to_numpy() + OVER_A).sum() <= ROOT_A + 1e-6  # what they draw at the limits sent
+
+
+def test_a_reading_before_a_lowered_limit_came_into_force_or_far_from_it_tells_nothing():
+    site, pol, step, first = _lowered_from_tx_default()
+    t = T0 + pd.Timedelta(seconds=3)
+    at = first.to_numpy()
+    # Still the 13 A before in force (its charger has not applied the new limit: counted at
+    # what it holds meanwhile): no excess told.
+    step.prepare(_new_obs(site, t, [13.0] * 3, [13.0] * 3))
+    assert not step.learnt
+    # Under the new limit in force but over it by more than over_draw_a (the 13 A before + 1.5 A):
+    # not told (judged at its first settled reading), and no wake-up for it.
+    assert not reserve.meter_departs(step, first.index[0], float(at[0]) + 2.5, t)
+    step.prepare(_new_obs(site, t, list(at + 2.5), list(at)))
+    assert set(step.reserve_a) == set(first.index)
+    # Under it by more than the hysteresis: a car still ramping up tells nothing.
+    assert not reserve.meter_departs(step, first.index[0], float(at[0]) - 1.0, t)
+    step.prepare(_new_obs(site, t, list(at - 1.0), list(at)))
+    assert set(step.reserve_a) == set(first.index)

@@ -7,12 +7,12 @@ reading shows it: five raw OCPP 1.6 cars at their limit + 1.5 A held a 40 A grid
 the 19 s before their first settled reading (an outside test, session 37). Until its excess is
 *learnt*, a car is counted at its limit plus ``over_draw_a``:
 
-* after a **raise** (the limit before was lower: the 0 A idle default, or no limit where the car
-  drew nothing) a car ramping up cannot legitimately be above its new limit, so the first
-  reading taken under the new limit that shows it at its offer (within
-  ``EXCESS_HYSTERESIS_A``; a car still ramping is below it) tells its excess, settled or not;
-* otherwise (a lowering, or nothing known of before) only a settled reading does (``settle_s``
-  after the change: until then a reading may still show the limit before).
+* a settled reading (``settle_s`` after its last limit change) tells it;
+* so does, before that, the first reading taken under its last limit in force that shows it
+  from that limit less ``EXCESS_HYSTERESIS_A`` (a car still ramping up is below it) to that
+  limit plus ``over_draw_a`` (:func:`tells_unsettled`): its excess is the reading less the
+  limit. After a raise a car ramping up cannot be above its new limit; after a lowering a car
+  still coming down reads more than it will draw (over-estimated until a settled reading).
 
 Either reading wakes a step (:func:`meter_departs`), which replaces the reserve by the learnt
 excess. The car is planned in what it may draw (its limit plus the reserve, only while the
@@ -114,7 +114,9 @@ def learn_and_reserve(step, ids: pd.Index, excess_a: np.ndarray, controllable, s
         Connected, trusted, not on trial and not read with an offset: the cars whose excess is
         reserved (an untrusted car is counted at what it may draw instead).
     settled : array of bool
-        The last reading was taken with the limit in force ``settle_s``.
+        The last reading was taken with the limit in force ``settle_s``; a reading not settled
+        may tell it too (:func:`tells_unsettled`: its excess is then the reading less its limit,
+        in the returned excess and ``step.excess_a``).
     last_ns : numpy.ndarray
         [ns since the epoch] When each car's last reading was taken.
     offered_a, measured_a, min_a : numpy.ndarray
@@ -135,15 +137,18 @@ def learn_and_reserve(step, ids: pd.Index, excess_a: np.ndarray, controllable, s
         seen = np.isfinite(meas) & np.isfinite(off) & (off > 0) & (off >= np.asarray(min_a, float) - 1e-9)
     learnt = ids.isin(list(step.learnt)) if step.learnt else np.zeros(len(ids), bool)
     tells = seen & np.asarray(settled, bool)
+    excess_a = np.array(excess_a, dtype=float)
     for i in np.flatnonzero(seen & ~tells & ~learnt & np.asarray(controllable, bool)):
         sid = ids[i]
-        sent, since = step.sent.get(sid), step.changed_at.get(sid)
-        # After a raise, a reading taken under the new limit (in force: the charger applies what
-        # was sent) that shows the car at its offer is its draw there. At it, not within
-        # under_draw_a below: a car still ramping (1 A under) was judged to draw nothing over,
-        # then climbed to its limit + 1.5 A (4 cars on 40 A at 46 A until the next reading).
-        tells[i] = (sent is not None and since is not None and abs(off[i] - sent[0]) <= 0.05
-                    and last_ns[i] > since.value and meas[i] >= off[i] - EXCESS_HYSTERESIS_A and raised(step, sid))
+        if not tells_unsettled(step, sid, off[i], meas[i], last_ns[i]):
+            continue
+        tells[i] = True
+        # Over the new limit, not over the higher of both (next_excess_a's rule for readings not
+        # settled, 0 A here after a lowering): a car read at its lowered limit + 1.5 A draws that
+        # much over it, or is still coming down (then over-estimated until a settled reading).
+        excess_a[i] = max(float(excess_a[i]), float(meas[i] - off[i]), 0.0)
+        if excess_a[i] > 0:
+            step.excess_a[sid] = float(excess_a[i])
     if tells.any():
         step.learnt |= set(ids[tells])
         learnt = learnt | tells
@@ -151,6 +156,49 @@ def learn_and_reserve(step, ids: pd.Index, excess_a: np.ndarray, controllable, s
     hold = np.asarray(controllable, bool) & ~learnt & ~full & (s.new_session_reserve is not False)
     step.reserve_a = {sid: float(max(e, s.over_draw_a)) for sid, e in zip(ids[hold], excess_a[hold])}
     return np.where(hold, 0.0, excess_a)
+
+
+def tells_unsettled(step, sid: str, offered_a: float, measured_a: float, last_ns: int) -> bool:
+    """Whether a reading taken before ``settle_s`` tells a new session's excess over its limit.
+
+    It does when taken under the last limit sent, in force (its charger applies it, the reading
+    is later than the change), and it shows the car at that limit or over it by at most
+    ``over_draw_a``: from ``offered - EXCESS_HYSTERESIS_A`` to ``offered + over_draw_a``. Its
+    excess is then the reading less the limit (:func:`learn_and_reserve`):
+
+    * after a raise, a car ramping up cannot be above its new limit; at it (not within
+      ``under_draw_a`` below: a car still ramping, 1 A under, was judged to draw nothing over,
+      then climbed to its limit + 1.5 A: 4 cars on 40 A at 46 A until the next reading);
+    * after a lowering (or a first limit under what its charger held, or nothing known of
+      before), a car still coming down from the higher limit reads more than it will draw:
+      over-estimated, safe (the first settled reading lowers it, next_excess_a's fall rule).
+      Only a car still ramping up through its new limit is under-estimated, the same hole the
+      raise rule accepts. Before, only a settled reading told it after a lowering, and under the
+      equal policy's rotation of the last pilot step (11 <-> 12 A every few seconds, each
+      change restarting the settle window) three new cars on 40 A held their 2 A each for
+      1.5 to 18.7 s, over 30 s under load (session 39).
+
+    Parameters
+    ----------
+    step : nowblock.loop.step.ControlStep
+        The step's state (``sent``, ``changed_at``).
+    sid : str
+        The session.
+    offered_a, measured_a : float
+        [A] The limit its charger applies, the reading.
+    last_ns : int
+        [ns since the epoch] When the reading was taken.
+
+    Returns
+    -------
+    bool
+        True when the reading tells its excess.
+    """
+    sent, since = step.sent.get(sid), step.changed_at.get(sid)
+    if sent is None or since is None or not (sent[0] > 0 and abs(offered_a - sent[0]) <= 0.05):
+        return False
+    return bool(last_ns > since.value
+                and offered_a - EXCESS_HYSTERESIS_A <= measured_a <= offered_a + step.settings.over_draw_a)
 
 
 def planned_with_reserve(reserve_a: dict, ids: pd.Index, max_a: np.ndarray, min_a: np.ndarray):
@@ -202,9 +250,11 @@ def meter_departs(step, sid: str, current_a: float, now: pd.Timestamp) -> bool:
     bool
         True when the reading shows the car over its limit plus what is reserved for it (more
         than :data:`~nowblock.loop.closed_loop.EXCESS_HYSTERESIS_A`), when it tells a new
-        session's excess (its reserve of ``over_draw_a`` frees), or when a settled reading
-        departs from the limit by more than ``under_draw_a + margin_a``; before it settled after a
-        lowering, only when above both the limit and the one before by more than ``over_draw_a``.
+        session's excess (its reserve of ``over_draw_a`` frees; settled or not, from the limit
+        less ``EXCESS_HYSTERESIS_A`` to the limit plus ``over_draw_a``: :func:`tells_unsettled`),
+        or when a settled reading departs from the limit by more than ``under_draw_a +
+        margin_a``; else before it settled after a lowering, only when above both the limit and
+        the one before by more than ``over_draw_a``.
     """
     sent = step.sent.get(sid)
     if sent is None:
@@ -215,6 +265,9 @@ def meter_departs(step, sid: str, current_a: float, now: pd.Timestamp) -> bool:
     held = step.reserve_a.get(sid, excess)
     since = step.changed_at.get(sid)
     if since is not None and (now - since).total_seconds() < s.settle_s:
+        if (not learnt and sent[0] > 0 and sent[0] - EXCESS_HYSTERESIS_A <= current_a <= sent[0] + s.over_draw_a
+                and current_a - sent[0] < held - EXCESS_HYSTERESIS_A):
+            return True  # it tells a new session's excess (tells_unsettled): the rest of its reserve frees
         if not raised(step, sid):
             # A reading may still show the higher limit before, but not more: one above both
             # limits by over_draw_a is what the step judges over at once (ControlStep.__call__:
@@ -226,11 +279,8 @@ def meter_departs(step, sid: str, current_a: float, now: pd.Timestamp) -> bool:
                 before = step.first_from[sid]  # its first limit: what its charger held (limits_before)
             return bool(np.isfinite(before) and current_a > max(sent[0], before) + s.over_draw_a)
         # After a raise a car cannot legitimately be above its new limit: over what is reserved
-        # is reserved at once; a new session's first reading at its offer frees the rest.
-        if current_a > sent[0] + held + EXCESS_HYSTERESIS_A:
-            return True
-        return (not learnt and current_a >= sent[0] - EXCESS_HYSTERESIS_A
-                and current_a - sent[0] < held - EXCESS_HYSTERESIS_A)
+        # is reserved at once.
+        return current_a > sent[0] + held + EXCESS_HYSTERESIS_A
     if not learnt and sent[0] > 0:
         return True  # its first settled reading: the step learns its excess and frees the rest
     if current_a > sent[0] + excess + EXCESS_HYSTERESIS_A:
