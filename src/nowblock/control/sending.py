@@ -6,6 +6,12 @@ charger really holds afterwards, re-sends to cars that do not follow theirs when
 is over (:class:`~nowblock.control.dispatch.Escalation`), escalates them to a station maximum
 and then to an alarm, and asks chargers whose cars draw other than offered what they apply
 (GetCompositeSchedule). Unreachable or unwilling chargers are logged, never raised.
+
+A raise that needs the room a lowering frees waits until the lowered car follows
+(:mod:`nowblock.control.following`; ``LoopSettings.follow_s``): the step waits for it, at most
+the follow time. The simulator has no such wait: its cars follow at once and every limit of a
+step applies from the step's start, so no state between the two exists there (the seconds a
+live raise waits are under 2 % of its 5-minute step).
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ import inspect
 import logging
 import math
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from nowblock.control.dispatch import Escalation, plan_waves
+from nowblock.control.following import FollowRoom, Lowered, follows, fuse_rows, levels_a
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.step import ControlStep, StepContext
 from nowblock.loop.trials import less_offsets
@@ -85,8 +93,13 @@ class Dispatcher:
             raise ValueError(f"send_wait_s: must be > 0, got {send_wait_s!r}")
         self.send_wait_s = float(send_wait_s)
         self._named: bool | None = None  # central.set_limit takes transaction_id (checked once)
+        #: session -> a lowering whose car has not been seen following it (kept across steps: a
+        #: step soon after may raise another car into the room it frees).
+        self.lowered: dict[str, Lowered] = {}
+        self.follow_poll_s = 0.1  # [s] how often a raise held back looks for the lowered cars' readings
 
-    async def dispatch(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp) -> dict[str, float | None]:
+    async def dispatch(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp,
+                       snap: BlockSnapshot | None = None) -> dict[str, float | None]:
         """Send the step's limits (lowered first, then raised).
 
         Parameters
@@ -96,6 +109,10 @@ class Dispatcher:
         ctx : StepContext
             The step's context (cars, untrusted cars, what they follow).
         now : pandas.Timestamp
+        snap : BlockSnapshot, optional
+            The step's snapshot: the room its plan leaves on each fuse phase lets a raise go
+            beside a lowered car that has not followed yet. Without it a raise goes beside one
+            only where other raises held back make up for what that car may still draw.
 
         Returns
         -------
@@ -116,14 +133,19 @@ class Dispatcher:
         # A station maximum kept above the step's limits at its station lets the car that does
         # not follow take the room the others give up: lowered with the first wave.
         lowering = self._keep_station_maxima(targets, ctx, now, lower_only=True)
-        got = await self.send_waves(targets.drop(hold), ctx, now, resend=resend, also=lowering)
+        got = await self.send_waves(targets.drop(hold), ctx, now, resend=resend, also=lowering, snap=snap,
+                                    plan_a=targets)
         self.escalation.tried([s for s in resend if s in got], now)
         return got
 
     async def send_waves(self, targets: pd.Series, ctx: StepContext, now: pd.Timestamp, *, only_lower=False,
-                         resend=frozenset(), also=()) -> dict[str, float | None]:
+                         resend=frozenset(), also=(), snap: BlockSnapshot | None = None,
+                         plan_a: pd.Series | None = None) -> dict[str, float | None]:
         """Send what :func:`~nowblock.control.dispatch.plan_waves` says is due: the lowered
-        limits, and once they were answered the raises (none with ``only_lower``).
+        limits, and once they were answered the raises (none with ``only_lower``); a raise that
+        needs the room a lowering frees once the lowered car has followed
+        (:meth:`_raise_when_room`; ``snap`` and ``plan_a``, the step's snapshot and all its
+        setpoints [A], tell the room the plan leaves).
 
         Each wave waits at most ``send_wait_s`` (see the class). The raises are held back for
         this step when a lowered limit of a car the step counted on (trusted) is not in force
@@ -142,7 +164,13 @@ class Dispatcher:
             up = [(sid, lim) for sid, lim in lower if sid in fewer and not lim <= fewer[sid] + 1e-9]
             lower = [x for x in lower if x not in up]
             higher = up + higher
+        follow = self.settings.follow_s > 0
+        sids = [sid for sid, _ in lower + higher]
+        levels = levels_a(ctx.cars.loc[sids], self.loop, self.settings.margin_a) if follow else {}
+        sent_at = self._clock()
         out = await self._wave(ctx.cars, lower, now, also=also)
+        if follow:
+            self._track_lowerings(ctx, lower, out, levels, sent_at)
         if only_lower or not higher:
             return out
         stuck = [sid for sid, lim in lower if sid in out and sid not in ctx.untrusted
@@ -152,7 +180,101 @@ class Dispatcher:
         if stuck:
             log.warning("raises held back this step: %s not lowered yet", ", ".join(sorted(stuck)))
             return out
-        out.update(await self._wave(ctx.cars, higher, now))
+        if not follow:
+            out.update(await self._wave(ctx.cars, higher, now))
+            return out
+        out.update(await self._raise_when_room(ctx, higher, levels, snap, targets if plan_a is None else plan_a, now))
+        return out
+
+    async def _raise_when_room(self, ctx: StepContext, higher: list, levels: dict, snap: BlockSnapshot | None,
+                               plan_a: pd.Series, now: pd.Timestamp) -> dict[str, float | None]:
+        """Send the raises ``higher`` ((session, limit [A]) pairs) as the room they need is
+        there: at once those that fit beside what lowered cars that have not followed yet may
+        still draw (:class:`~nowblock.control.following.FollowRoom`), the others as those cars'
+        readings show them within their new limits, the rest once their follow time is over.
+        ``levels``: session -> [A] what each raised car draws until its raise is sent."""
+        self._forget_followed(ctx)
+        limits = dict(higher)
+        over = {s: low.old_a - float(plan_a.get(s, low.limit_a)) for s, low in self.lowered.items()}
+        if not any(a > 1e-6 for a in over.values()):
+            out = await self._wave(ctx.cars, higher, now)
+            self._raised(limits)
+            return out
+        # A car still on an earlier lowering draws more than either limit: its raise needs no room.
+        up = {s: 0.0 if s in ctx.untrusted or s in self.lowered else lim - levels.get(s, lim) for s, lim in higher}
+        rows, slack = fuse_rows(ctx, list(dict.fromkeys([*over, *up])), snap, plan_a, self.loop.offsets,
+                                getattr(self.state, "site", None))
+        room = FollowRoom(rows, slack, over, up)
+        go = room.release()
+        if room.waiting:
+            log.info("raises of %s wait for %s to follow their lowered limits (at most %.0f s)",
+                     ", ".join(room.waiting), ", ".join(sorted(room.over_a)), self.settings.follow_s)
+        out: dict[str, float | None] = {}
+        while True:
+            if go:
+                out.update(await self._wave(ctx.cars, [(s, limits[s]) for s in go], now))
+                self._raised({s: limits[s] for s in go})
+            if not room.waiting:
+                return out
+            await asyncio.sleep(self.follow_poll_s)
+            for s in self._forget_followed(ctx):
+                room.followed(s)
+            go = room.release()
+
+    def _follows(self, cars: pd.DataFrame, sid: str, low: Lowered) -> bool:
+        find = getattr(self.state, "transaction", None)
+        if find is None or "transaction_id" not in cars:
+            return False
+        t = find(str(cars.at[sid, "charge_point_id"]), cars.at[sid, "transaction_id"])
+        return follows(t, low, self.loop.offsets.get(sid, 0.0) + self.settings.over_draw_a)
+
+    def _clock(self) -> datetime:
+        """Now by the live state's clock (what stamps the readings and the answers)."""
+        clock = getattr(self.state, "clock", None)
+        t = clock() if callable(clock) else None
+        return t if isinstance(t, datetime) else datetime.now(timezone.utc)
+
+    def _track_lowerings(self, ctx: StepContext, lower: list, out: dict, levels: dict, sent_at: datetime) -> None:
+        """Keep each lowering of a trusted car sent in ``lower`` whose car may draw more than
+        its new limit until it follows (:attr:`lowered`)."""
+        if not lower:
+            return
+        until = self._clock() + timedelta(seconds=self.settings.follow_s)
+        until_s = asyncio.get_running_loop().time() + self.settings.follow_s
+        for sid, lim in lower:
+            if sid not in out or sid in ctx.untrusted:
+                continue
+            prev = self.lowered.get(sid)
+            old = max(levels.get(sid, lim), prev.old_a if prev is not None else 0.0)
+            if old <= lim + 1e-6:
+                self.lowered.pop(sid, None)
+                continue
+            self.lowered[sid] = Lowered(float(lim), float(old), prev.since if prev is not None else sent_at,
+                                        until, until_s)
+
+    def _raised(self, limits: dict) -> None:
+        """Raises sent to cars still on a lowering: their new limit, forgotten once above what
+        they drew."""
+        for sid, lim in limits.items():
+            low = self.lowered.get(sid)
+            if low is None:
+                continue
+            if lim >= low.old_a - 1e-6:
+                del self.lowered[sid]
+            else:
+                low.limit_a = float(lim)
+
+    def _forget_followed(self, ctx: StepContext) -> list[str]:
+        """Forget the lowerings whose car follows (a reading since within its limit plus
+        ``over_draw_a``), whose follow time is over, or that left or are untrusted now (counted
+        at what they draw); returns their sessions."""
+        now, now_s = self._clock(), asyncio.get_running_loop().time()
+        out = []
+        for sid, low in list(self.lowered.items()):
+            if (sid not in ctx.cars.index or sid in ctx.untrusted or now >= low.until or now_s >= low.until_s
+                    or self._follows(ctx.cars, sid, low)):
+                del self.lowered[sid]
+                out.append(sid)
         return out
 
     async def _wave(self, cars: pd.DataFrame, batch: list, now: pd.Timestamp, also=()) -> dict[str, float | None]:

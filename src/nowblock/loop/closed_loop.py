@@ -57,6 +57,11 @@ class LoopSettings:
     what it draws over it (:mod:`nowblock.loop.reserve`); on unless False, in the live loop and
     the simulator alike (one path: a simulated session holds it for its first step, until its
     first reading).
+    ``follow_s`` [s]: how long a lowered car may take to follow its new limit (IEC 61851-1: 5 s
+    after the duty cycle changed). Live, a raise that needs the room a lowering frees goes out
+    once a reading shows the lowered car within its new limit plus ``over_draw_a``, or this long
+    after its charger accepted (:mod:`nowblock.control.following`); 0 sends it with the answer.
+    The simulator's cars follow at once: both limits apply from the start of its step.
     """
 
     margin_a: float = 1.0
@@ -67,6 +72,7 @@ class LoopSettings:
     settle_s: float = 15.0
     start_s: float = 120.0
     new_session_reserve: bool | None = None
+    follow_s: float = 5.0
 
 
 def update_ceilings(
