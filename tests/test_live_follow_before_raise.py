@@ -206,3 +206,52 @@ def test_the_room_the_plan_leaves_is_read_from_the_steps_snapshot():
     # Without the snapshot: the live site's rows, no room known.
     rows, slack = fuse_rows(ctx, sids, None, plan, {}, site)
     assert np.allclose(slack, 0.0) and all(np.allclose(rows[s], 1.0) for s in sids)
+
+
+async def test_a_new_car_gets_its_first_limit_at_once_and_the_rest_once_the_lowered_car_followed():
+    # Every transaction gets a TxProfile within seconds of its start, also when its raise waits:
+    # CP1 alone at 30 A on a 40 A grid, then CP2's car starts (its connector at the 0 A idle
+    # default) and the plan is CP1 10 A, CP2 30 A. Beside CP1's old 30 A there are 10 A for CP2
+    # at once; the rest once CP1's car followed (5 s). Before: CP2 at 30 A at once, 60 A.
+    site = make_test_site(2, grid_a=40.0, max_current_a=32.0)
+    policy = Scripted({"CP1": 30.0, "CP2": 10.0})
+    async with central_system(site, control=policy, control_options={"period_s": 60.0, "min_replan_s": 0.1,
+                                                                     "solve_timeout_s": 1.0},
+                              response_timeout_s=2.0, backoff_s=0.05, retries=1) as cs:
+        ctl = cs.controller
+        a, b = LaggingCar("CP1", cs.port), LaggingCar("CP2", cs.port)
+        stop = asyncio.Event()
+        tasks = []
+        try:
+            b.st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP2", "1.6", answer=b.station).connect()
+            await b.st.boot()
+            await b.st.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Preparing",
+                                                 "timestamp": now_iso()})
+            await eventually(lambda: b.station.applies_a(1, None) == 0, timeout_s=10)  # its idle default
+            await a.start()
+            tasks.append(asyncio.create_task(a.report(stop)))
+            await eventually(lambda: a.draw_a() == 30.0 and not ctl.loop.reserve_a, timeout_s=20)
+            await asyncio.sleep(2 * a.every_s)
+            policy.want = {"CP1": 10.0, "CP2": 30.0}
+            res = await b.st.ok("StartTransaction", {"connectorId": 1, "idTag": "TAG1", "meterStart": 0,
+                                                     "timestamp": now_iso()})
+            b.tx = res["transactionId"]
+            tasks.append(asyncio.create_task(b.report(stop)))
+            samples = []
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 9.0:
+                samples.append((time.monotonic() - t0, [a.draw_a(), b.draw_a()]))
+                await asyncio.sleep(0.1)
+            worst = max(sum(x) for _, x in samples)
+            assert worst <= 40.0 + 1e-6, f"the 40 A grid at {worst:.1f} A"
+            # Its first TxProfile went out while CP1 still drew 30 A: what fits beside it (10 A, less
+            # the 2 A its new session is counted at over its limit until a reading tells).
+            assert any(x[0] == 30.0 and x[1] >= 6.0 for _, x in samples), samples
+            assert b.applies_a() >= 20.0 and a.applies_a() <= 20.0, (a.applies_a(), b.applies_a())
+            assert a.st.schema_errors == [] and b.st.schema_errors == []
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for c in (a, b):
+                if c.st is not None:
+                    await c.st.close()

@@ -104,6 +104,23 @@ class FollowRoom:
         if a is not None:
             self.extra_a = self.extra_a - a * self.rows[session_id]
 
+    def fit_a(self, session_id: str) -> float:
+        """[A] The most of the raise of ``session_id`` still waiting that fits now (0 to all of it)."""
+        a = self.raise_a[session_id]
+        col = self.rows.get(session_id)
+        used = col > 0 if col is not None else None
+        if used is None or not used.any():
+            return a
+        room = (self.slack_a[used] + self.tol_a - self.extra_a[used]) / col[used]
+        return float(np.clip(room.min(), 0.0, a))
+
+    def take(self, session_id: str, amount_a: float) -> None:
+        """Count ``amount_a`` [A] of the raise of ``session_id`` as sent (a part of it)."""
+        col = self.rows.get(session_id)
+        if col is not None:
+            self.extra_a = self.extra_a + amount_a * col
+        self.raise_a[session_id] = max(self.raise_a[session_id] - amount_a, 0.0)
+
     def release(self) -> list[str]:
         """The raises that fit now, in order (each counted as sent before the next is tried);
         they leave ``waiting``."""

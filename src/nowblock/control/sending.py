@@ -206,10 +206,11 @@ class Dispatcher:
                                 getattr(self.state, "site", None))
         room = FollowRoom(rows, slack, over, up)
         go = room.release()
+        out: dict[str, float | None] = {}
         if room.waiting:
             log.info("raises of %s wait for %s to follow their lowered limits (at most %.0f s)",
                      ", ".join(room.waiting), ", ".join(sorted(room.over_a)), self.settings.follow_s)
-        out: dict[str, float | None] = {}
+            out.update(await self._wave(ctx.cars, self._first_limits(ctx, room, levels, limits, snap), now))
         while True:
             if go:
                 out.update(await self._wave(ctx.cars, [(s, limits[s]) for s in go], now))
@@ -220,6 +221,24 @@ class Dispatcher:
             for s in self._forget_followed(ctx):
                 room.followed(s)
             go = room.release()
+
+    def _first_limits(self, ctx: StepContext, room: FollowRoom, levels: dict, limits: dict,
+                      snap: BlockSnapshot | None) -> list:
+        """(session, limit [A]) for each new car whose raise waits: a first TxProfile now (every
+        transaction gets one within seconds of its start), at what its charger holds plus the
+        part of its raise that fits (in pilot steps; none below its minimum)."""
+        step = float(snap.current_step_a) if snap is not None and snap.current_step_a else 1.0
+        out = []
+        for sid in room.waiting:
+            if sid in self.loop.sent or sid not in levels:
+                continue
+            held = min(levels[sid], limits[sid])
+            lim = min(math.floor((held + room.fit_a(sid)) / step + 1e-9) * step, limits[sid])
+            if lim < float(ctx.cars.at[sid, "min_current_a"]) or lim < held:
+                lim = held
+            room.take(sid, max(lim - held, 0.0))
+            out.append((sid, lim))
+        return out
 
     def _follows(self, cars: pd.DataFrame, sid: str, low: Lowered) -> bool:
         find = getattr(self.state, "transaction", None)
