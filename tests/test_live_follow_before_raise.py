@@ -280,3 +280,53 @@ async def test_a_raise_that_fits_in_the_room_the_plan_leaves_goes_at_once(monkey
     assert max(sum(a) for _, a in samples) <= 60.0 + 1e-6
     assert any(a == [30.0, 20.0] for _, a in samples), samples  # raised before CP1 followed
     assert end == [20.0, 20.0]
+
+
+async def test_a_car_starting_while_raises_wait_gets_its_first_limit_without_waiting_for_them():
+    # A step waiting for a lowered car to follow holds no new car's first TxProfile: the raises
+    # are left to the step the new transaction wakes (they wait there for the same lowered car).
+    from nowblock.ocpp import profiles as pr
+
+    site = make_test_site(3, grid_a=40.0, max_current_a=32.0)
+    policy = Scripted({"CP1": 30.0, "CP2": 10.0, "CP3": 0.0})
+    async with central_system(site, control=policy, control_options={"period_s": 60.0, "min_replan_s": 0.1,
+                                                                     "solve_timeout_s": 1.0},
+                              response_timeout_s=2.0, backoff_s=0.05, retries=1) as cs:
+        ctl = cs.controller
+        a, b, c = (LaggingCar(f"CP{i}", cs.port) for i in (1, 2, 3))
+        stop = asyncio.Event()
+        tasks = []
+        try:
+            c.st = await RawStation(f"ws://127.0.0.1:{cs.port}", "CP3", "1.6", answer=c.station).connect()
+            await c.st.boot()
+            await c.st.ok("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Preparing",
+                                                 "timestamp": now_iso()})
+            await eventually(lambda: c.station.applies_a(1, None) == 0, timeout_s=10)  # its idle default
+            for car in (a, b):
+                await car.start()
+                tasks.append(asyncio.create_task(car.report(stop)))
+            await eventually(lambda: [a.draw_a(), b.draw_a()] == [30.0, 10.0] and not ctl.loop.reserve_a,
+                             timeout_s=20)
+            await asyncio.sleep(2 * a.every_s)
+            policy.want = {"CP1": 10.0, "CP2": 30.0, "CP3": 0.0}
+            ctl.replan()
+            await eventually(lambda: a.applies_a() == 10.0, timeout_s=5)  # CP1 lowered, its car not following yet
+            res = await c.st.ok("StartTransaction", {"connectorId": 1, "idTag": "TAG1", "meterStart": 0,
+                                                     "timestamp": now_iso()})
+            c.tx = res["transactionId"]
+            tasks.append(asyncio.create_task(c.report(stop)))
+            samples = []
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 8.0:
+                has_tx = any(p.purpose == pr.TX and str(p.transaction_id) == str(c.tx) for p in c.station.held)
+                samples.append((a.draw_a(), b.draw_a(), has_tx))
+                await asyncio.sleep(0.1)
+            assert max(x + y for x, y, _ in samples) <= 40.0 + 1e-6
+            assert any(x == 30.0 and tx for x, _, tx in samples), samples  # CP3's TxProfile before CP1 followed
+            assert b.applies_a() == 30.0
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for car in (a, b, c):
+                if car.st is not None:
+                    await car.st.close()

@@ -205,6 +205,7 @@ class Dispatcher:
         rows, slack = fuse_rows(ctx, list(dict.fromkeys([*over, *up])), snap, plan_a, self.loop.offsets,
                                 getattr(self.state, "site", None))
         room = FollowRoom(rows, slack, over, up)
+        since = self._clock()
         go = room.release()
         out: dict[str, float | None] = {}
         if room.waiting:
@@ -216,6 +217,11 @@ class Dispatcher:
                 out.update(await self._wave(ctx.cars, [(s, limits[s]) for s in go], now))
                 self._raised({s: limits[s] for s in go})
             if not room.waiting:
+                return out
+            if self._new_session(ctx, since):
+                # A car that started meanwhile waits for this step: its step plans the raises
+                # again, and they wait there for the same lowered cars.
+                log.info("raises of %s left to the next step: a new transaction started", ", ".join(room.waiting))
                 return out
             await asyncio.sleep(self.follow_poll_s)
             for s in self._forget_followed(ctx):
@@ -239,6 +245,13 @@ class Dispatcher:
             room.take(sid, max(lim - held, 0.0))
             out.append((sid, lim))
         return out
+
+    def _new_session(self, ctx: StepContext, since: datetime) -> bool:
+        """Whether a transaction learnt of since ``since`` [our clock] runs that the step did not
+        see (its first limit waits for this step)."""
+        running = getattr(self.state, "running", None)
+        return callable(running) and any(t.session_id not in ctx.cars.index and t.known_at is not None
+                                         and t.known_at >= since for t in running())
 
     def _follows(self, cars: pd.DataFrame, sid: str, low: Lowered) -> bool:
         find = getattr(self.state, "transaction", None)
