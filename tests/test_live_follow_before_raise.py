@@ -330,3 +330,20 @@ async def test_a_car_starting_while_raises_wait_gets_its_first_limit_without_wai
             for car in (a, b, c):
                 if car.st is not None:
                     await car.st.close()
+
+
+def test_what_a_car_may_draw_until_its_new_limit_holds():
+    from nowblock.control.following import levels_a
+    from nowblock.loop.step import ControlStep
+
+    t0 = pd.Timestamp("2026-03-02 17:00", tz="UTC")
+    s = pd.Timedelta(seconds=1)
+    cars = pd.DataFrame({"measured_current_a": [30.0, 8.0, 33.0, np.nan], "offered_current_a": [20.0, 30.0, 30.0, 16.0],
+                         "max_current_a": [32.0] * 4, "last_meter": [t0 - 10 * s, t0 - s, t0 - s, pd.NaT],
+                         "arrival": [t0 - 3600 * s] * 4}, index=["a", "b", "c", "new"])
+    loop = ControlStep()
+    loop.record_sent("a", 20.0, t0 - 5 * s)  # read at 30 A before its last change: that tells nothing now
+    loop.record_sent("b", 30.0, t0 - 60 * s)  # settled at 8 A under 30 A: 8 A plus the 1 A margin
+    loop.record_sent("c", 30.0, t0 - 60 * s)  # over its limit: what it draws
+    # "new" was never sent a limit: what its charger applies
+    assert levels_a(cars, loop, 1.0) == {"a": 20.0, "b": 9.0, "c": 33.0, "new": 16.0}

@@ -148,7 +148,7 @@ def levels_a(cars: pd.DataFrame, loop, margin_a: float) -> dict[str, float]:
         The cars (index session_id) with ``measured_current_a``, ``offered_current_a``,
         ``max_current_a`` and, for settled readings, ``last_meter`` and ``arrival``.
     loop : ControlStep
-        Its ``sent`` book (the last limit sent [A]) and ``settled`` rule.
+        Its ``sent`` book (the last limit sent [A]), ``changed_at`` and ``settled`` rule.
     margin_a : float
         [A] Added to a settled reading under the limit.
 
@@ -157,19 +157,24 @@ def levels_a(cars: pd.DataFrame, loop, margin_a: float) -> dict[str, float]:
     dict
         session_id -> the limit it holds (the last sent, else what its charger applies, else
         its maximum), or its draw if more; a settled reading under that limit: the reading plus
-        ``margin_a``.
+        ``margin_a``. A reading taken before its last limit change tells nothing of it (a car
+        lowered by an earlier step still unfollowed is the dispatcher's :class:`Lowered`).
     """
     if not len(cars):
         return {}
     meas = cars["measured_current_a"].to_numpy(float)
     off = cars["offered_current_a"].to_numpy(float)
     hi = cars["max_current_a"].to_numpy(float)
-    settled = loop.settled(cars) if {"last_meter", "arrival"} <= set(cars.columns) else np.zeros(len(cars), bool)
+    timed = {"last_meter", "arrival"} <= set(cars.columns)
+    settled = loop.settled(cars) if timed else np.zeros(len(cars), bool)
     out = {}
     for k, sid in enumerate(cars.index):
         prev = loop.sent.get(sid)
         ref = prev[0] if prev is not None else (off[k] if np.isfinite(off[k]) else hi[k])
         m = meas[k]
+        changed = loop.changed_at.get(sid)
+        if timed and changed is not None and not (cars["last_meter"].iloc[k] >= changed):
+            m = np.nan  # read before its limit last changed (or never)
         if not np.isfinite(m):
             out[sid] = float(ref)
         elif settled[k] and m < ref:
