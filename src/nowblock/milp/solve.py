@@ -5,12 +5,12 @@ The time limit (``options.time_limit_s``) bounds the whole call, from the moment
 gets what is left less a reserve for the plans after it (:func:`reserve_seconds`, or 1.5 times
 the longest plan made so far in the call, whichever is longer).
 
-0. **Coarse stage** for fine slot grids of large blocks (:data:`COARSE_MIN_CELLS`): the LP on
-   15-minute slots (a restriction) with the peak priced on the mean over the critical interval,
-   made real fine plans, and a Lagrange bound on the fine model from its duals
-   (:mod:`nowblock.milp.coarse`); the fine LPs below then only if that does not certify the
-   plan, within ``milp_effort`` times the time spent so far, skipped when predicted beyond it,
-   and not at all with unbalance rows (their fine LP was slow and its plans no better).
+0. **Coarse stage** for fine slot grids (:data:`COARSE_MIN_CELLS`; below it, in calls planned once,
+   its plan is one more candidate): the LP on 15-minute slots (a restriction) with the peak
+   priced on the mean over the critical interval, made real fine plans, and a Lagrange bound on
+   the fine model from its duals (:mod:`nowblock.milp.coarse`); on large blocks the fine LPs
+   then only if that does not certify the plan, within ``milp_effort`` times the time spent,
+   skipped when predicted beyond it, and not with unbalance rows (slow, plans no better).
 
 1. **The LP without the peak term** (when the model has one): fast (the peak rows tie every
    slot together and make HiGHS's LP up to a few hundred times slower); its time sets the
@@ -85,12 +85,12 @@ def reserve_seconds(form: Formulation) -> float:
     return 0.02 + per_pair * form.n_cars * form.n_slots
 
 
-#: Fine grids with at least this many (car, slot) cells get the coarse stage first: the fine LP
-#: took 25-200 s at 163,000-288,000 cells (1,000 cars x 288 slots) on the instance matrix, the
-#: coarse LP 3-5 s; at 200 cars x 288 slots (28,000-33,000 cells) the coarse stage certified
-#: the blocks without load or prices in 0.2-0.3 s (the fine LPs: 0.4-1.2 s) and cost the others
-#: 0.03-0.17 s; below (50 cars) the fine LPs took <= 0.7 s and the coarse plans were worse
-#: (docs/bench_optimize.md, session 29).
+#: Fine grids with at least this many (car, slot) cells get the coarse stage first: the fine LP took
+#: 25-200 s at 1,000 cars x 288 slots, the coarse LP 3-5 s; at 200 x 288 it certified the blocks
+#: without load or prices in 0.2-0.3 s (fine LPs 0.4-1.2 s; docs/bench_optimize.md, session 29).
+#: Below (50 cars), alone its plans were worse; beside the fine LPs' (``milp_prove``: planned once)
+#: they won on 4 of 24 5-minute cells: 50-15%-tree-5min-load gap 12.40 -> 2.34 %, none worse,
+#: call time median 1.35 x (docs/benchmarks.md, session 39). The receding horizon keeps its path.
 COARSE_MIN_CELLS = 20_000
 _RESERVE_PLAN_FACTOR = 2.0  # the reserve after a solver stage, in longest plans made (see _Run.left)
 _PEAK_LP_FACTOR = 10.0  # the LP with the peak term may take this many times the LP without it ...
@@ -450,9 +450,8 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
                         method="none", seconds=time.perf_counter() - t0)
     run = _Run(form, t0, deadline, reserve_seconds(form))
     try:
-        # Fine slot grids of large blocks: the LP on 15-minute slots first (a real fine plan and a
-        # Lagrange bound in seconds, nowblock.milp.coarse); the fine LPs then only within
-        # ``milp_effort`` times the time spent so far (at least _PEAK_LP_MIN_S).
+        # Fine slot grids of large blocks: the LP on 15-minute slots first (a real fine plan and a Lagrange
+        # bound in seconds, nowblock.milp.coarse); the fine LPs then within a budget it sets.
         until = np.inf
         m = coarse_factor(form) if backend == "highs" else 1
         predicted = 0.0
@@ -463,8 +462,9 @@ def solve_formulation(form: Formulation, *, warm_start_a=None, started_at: float
         # better (better on 18 of 24 such cells of the instance matrix, docs/bench_optimize.md).
         unbalance = run.mf.rows.get("unbalance") if run.mf is not None else None
         coarse_only = coarse and unbalance is not None and unbalance.stop > unbalance.start
-        if coarse:
+        if m > 1 and (coarse or o.milp_prove):  # smaller (planned once): one more candidate (COARSE_MIN_CELLS)
             run.coarse_stage(m)
+        if coarse:
             # The fine LP took about m^2 times the coarse LP (5-20x at m = 3 on the instance
             # matrix): it runs if that fits in half the time left, within three times that.
             predicted = m * m * run.coarse_seconds
