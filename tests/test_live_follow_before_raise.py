@@ -347,3 +347,44 @@ def test_what_a_car_may_draw_until_its_new_limit_holds():
     loop.record_sent("c", 30.0, t0 - 60 * s)  # over its limit: what it draws
     # "new" was never sent a limit: what its charger applies
     assert levels_a(cars, loop, 1.0) == {"a": 20.0, "b": 9.0, "c": 33.0, "new": 16.0}
+
+
+async def test_a_raise_in_the_next_step_waits_for_a_lowering_of_the_step_before():
+    # The lowering and the raise in two steps a second apart (CP1 30 -> 10 A, then CP2 10 -> 30 A
+    # on 40 A): the next step's raise waits for CP1's car all the same.
+    site = make_test_site(2, grid_a=40.0, max_current_a=32.0)
+    policy = Scripted({"CP1": 30.0, "CP2": 10.0})
+    async with central_system(site, control=policy, control_options={"period_s": 60.0, "min_replan_s": 0.1,
+                                                                     "solve_timeout_s": 1.0},
+                              response_timeout_s=2.0, backoff_s=0.05, retries=1) as cs:
+        ctl = cs.controller
+        cars = [LaggingCar(f"CP{i}", cs.port) for i in (1, 2)]
+        stop = asyncio.Event()
+        tasks = []
+        try:
+            for c in cars:
+                await c.start()
+                tasks.append(asyncio.create_task(c.report(stop)))
+            await eventually(lambda: [c.draw_a() for c in cars] == [30.0, 10.0] and not ctl.loop.reserve_a,
+                             timeout_s=20)
+            await asyncio.sleep(2 * cars[0].every_s)
+            policy.want = {"CP1": 10.0, "CP2": 10.0}
+            ctl.replan()
+            samples = []
+            t0 = time.monotonic()
+            await eventually(lambda: cars[0].applies_a() == 10.0, timeout_s=5)
+            steps = len(ctl.history)
+            policy.want = {"CP1": 10.0, "CP2": 30.0}
+            ctl.replan()
+            while time.monotonic() - t0 < 8.0:
+                samples.append([c.draw_a() for c in cars])
+                await asyncio.sleep(0.1)
+            assert len(ctl.history) > steps  # the raise came from a step of its own
+            assert max(sum(x) for x in samples) <= 40.0 + 1e-6, samples
+            assert samples[-1] == [10.0, 30.0]
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for c in cars:
+                if c.st is not None:
+                    await c.st.close()
