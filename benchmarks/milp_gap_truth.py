@@ -63,7 +63,7 @@ def whole_milp(form, plan_a: np.ndarray):
     return mf, steps, start
 
 
-def truth(label: str, limit_s: float, rel_gap: float = 1e-4) -> dict:
+def truth(label: str, limit_s: float, rel_gap: float = 1e-4, save: str | None = None) -> dict:
     """Measure one cell (module docstring); returns the figures."""
     from exact_matrix import cell_block
     from nowblock.milp.highs_fast import solve_matrix
@@ -115,6 +115,10 @@ def truth(label: str, limit_s: float, rel_gap: float = 1e-4) -> dict:
         out["highs_plan_ok"] = chk["ok"]
         out["highs_plan_energy_kwh"] = chk["energy_kwh"]
         out["our_energy_kwh"] = chk_ours["energy_kwh"]
+        if save:
+            Path(save).mkdir(parents=True, exist_ok=True)
+            frame.to_csv(Path(save) / f"{label}-highs.csv")
+            s.current_a.to_csv(Path(save) / f"{label}-ours.csv")
     best_bound = max(out["highs_bound"], out["bound"]) if np.isfinite(out["highs_bound"]) else out["bound"]
     best_found = min(ours, out.get("highs_plan_objective", np.inf))
     out["best_bound"] = best_bound
@@ -131,6 +135,7 @@ def main(argv=None) -> None:
     ap.add_argument("--list", type=int, metavar="CARS", help="print the reported gap of every full-matrix cell "
                                                                  "with this many cars, worst first")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--save", metavar="DIR", help="write each cell's plans (ours, HiGHS's best) as CSV")
     args = ap.parse_args(argv)
     rows = []
     if args.list:
@@ -149,7 +154,7 @@ def main(argv=None) -> None:
                   f"{r['bound']:10.4f}  {r['status']} {r['method']}", flush=True)
     for label in args.cells:
         parse_cell(label)
-        r = truth(label, args.limit_s)
+        r = truth(label, args.limit_s, save=args.save)
         rows.append(r)
         print(json.dumps(r), flush=True)
     if args.json:
