@@ -39,7 +39,7 @@ import pandas as pd
 from nowblock.block.site import Site
 from nowblock.control.alarms import Alarms, OverloadWatch
 from nowblock.control.deciding import TimedPolicy
-from nowblock.control.dispatch import Escalation
+from nowblock.control.dispatch import Escalation, send_again
 from nowblock.control.failsafe import FailsafeKeeper, IdleDefaults
 from nowblock.control.live import LiveBlock
 from nowblock.control.operator import OperatorInputs
@@ -414,8 +414,7 @@ class Controller:
             if ev.kind in ("disconnect", "clock"):
                 # A reconnected station gets fresh profiles; so does one whose clock estimate
                 # moved (those placed by the old estimate may have ended on arrival).
-                for sid in [s for s in self.loop.sent if s.split(":")[0] == ev.cp_id]:
-                    self.loop.sent.pop(sid, None)
+                send_again(self.loop.sent, ev.cp_id, anew=ev.kind == "clock")
                 if ev.kind == "clock":
                     self._wake.set()
             if ev.kind in REPLAN_EVENTS or (ev.cp_id in self._offline and self._back_online(ev.cp_id)):
@@ -613,6 +612,7 @@ class Controller:
         x = pd.Series(counted, dtype=float).reindex(targets.index).rename("current_a")
         self.overloads.watch(obs, now, changed_at=lowered, base_kw=self.source.metered_base_kw(now))
         self.loop.forget(obs.cars.index)
+        self.escalation.forget(obs.cars.index)  # an offline car's clock runs on; an ended one's goes
         self._awaiting = {k: v for k, v in self._awaiting.items() if k in obs.cars.index}
         self.operator.forget_sessions(obs.cars.index)
         self._keep_plan(decision, x, now, name, status)
