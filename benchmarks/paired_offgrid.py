@@ -7,8 +7,9 @@ lets it leave on a quarter hour, which a 15-minute coarse stage (5-minute grids 
 leave after a whole number of minutes (uniform over 2..24 h), and the same block again with
 each departure rounded to the nearest clock quarter hour. Each block is planned twice in one
 process, in alternating order: as ``optimize`` plans it (``default``) and with the coarse stage
-switched off (``fine``: ``COARSE_MIN_CELLS`` raised past the block), so the coarse stage's
-own cost in quality is the difference. Per plan: objective [EUR], the reported bound and gap,
+switched off (``fine``: ``COARSE_MIN_CELLS`` raised past the block and no coarse factor, so no
+coarse candidate on small blocks either), so the coarse stage's own cost in quality is the
+difference. Per plan: objective [EUR], the reported bound and gap,
 the energy it delivers (counted up to each need) as a share of the plain LP's of the same cars
 (:func:`milp_matrix.lp_floor`), the outside feasibility check (:func:`milp_matrix.check_schedule`),
 the method, and the call time (only the ratio of the two arms in the same round counts).
@@ -60,17 +61,17 @@ def offgrid_block(cell: MatrixCell, start: str, quarter: bool, seed: int = 0) ->
 
 
 def plan(b: dict, step: str, fine: bool) -> dict:
-    """One ``optimize`` call on block ``b``; ``fine``: without the coarse stage."""
-    saved = solve_mod.COARSE_MIN_CELLS
-    if fine:
-        solve_mod.COARSE_MIN_CELLS = 10**12
+    """One ``optimize`` call on block ``b``; ``fine``: without the coarse stage (or its candidate)."""
+    saved = solve_mod.COARSE_MIN_CELLS, solve_mod.coarse_factor
+    if fine:  # neither the coarse stage nor, below COARSE_MIN_CELLS, its candidate plan
+        solve_mod.COARSE_MIN_CELLS, solve_mod.coarse_factor = 10**12, lambda form: 1
     try:
         t = time.perf_counter()
         s = nb.optimize(b["site"], b["sessions"], start=b["start"], horizon="24h", step=step,
                         base_load=b["base_load"], prices=b["prices"])
         dt = time.perf_counter() - t
     finally:
-        solve_mod.COARSE_MIN_CELLS = saved
+        solve_mod.COARSE_MIN_CELLS, solve_mod.coarse_factor = saved
     chk = check_schedule(b, step, s.current_a, step_a=1.0)
     return {"seconds": dt, "objective": float(s.objective), "bound": float(s.bound), "gap": float(s.mip_gap),
             "status": s.status, "method": s.method, "ok": chk["ok"], "violations": chk["violations"],
@@ -86,6 +87,7 @@ def main() -> None:
     ap.add_argument("--fuse", default="0.15,0.35,0.70")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--arms", default="default,fine")
+    ap.add_argument("--load", action="store_true", help="the cells with base load and prices")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from nowblock.milp import MilpPolicy
@@ -97,7 +99,7 @@ def main() -> None:
         for share in (float(x) for x in args.fuse.split(",")):
             for tree in (False, True):
                 for unb in (False, True):
-                    cell = MatrixCell(n, share, tree, args.step, False, unb)
+                    cell = MatrixCell(n, share, tree, args.step, args.load, unb)
                     for quarter in (False, True):
                         b = offgrid_block(cell, args.start, quarter)
                         floor = lp_floor(b, args.step)
