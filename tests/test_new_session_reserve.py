@@ -111,35 +111,104 @@ def _lowered_from_tx_default(held_a=13.0, n=3):
     return site, pol, step, first
 
 
-def test_a_reading_at_a_lowered_first_limit_frees_the_reserve_before_it_settled():
-    # Before: after a lowering only a settled reading (15 s after the last change) told the
-    # excess, and the equal policy's rotation of the last pilot step moved each car's limit
-    # 11 <-> 12 A every few seconds: the 2 A stayed held until luck (1.5 to 18.7 s, session 39).
+def _read(site, step, pol, t, measured, offered, taken=None):
+    """A step at ``t`` [UTC] on readings ``measured`` [A] taken at ``taken`` (0.1 s before)."""
+    o = _new_obs(site, t, list(measured), list(offered))
+    o.cars["last_meter"] = t - pd.Timedelta(seconds=0.1) if taken is None else taken
+    return step.run(pol, o, fallback=pol).current_a
+
+
+def test_two_readings_at_a_lowered_first_limit_free_the_reserve_before_it_settled():
+    # Before session 39: after a lowering only a settled reading (15 s after the last change)
+    # told the excess, and the equal policy's rotation of the last pilot step moved each car's
+    # limit 11 <-> 12 A every few seconds: the 2 A stayed held until luck (1.5 to 18.7 s). Now
+    # two readings at the limit in force, 10 s apart and not rising, tell it (13 s < settle_s).
     site, pol, step, first = _lowered_from_tx_default()
-    t = T0 + pd.Timedelta(seconds=3)
     sid = first.index[0]
-    assert reserve.meter_departs(step, sid, float(first[sid]), t)  # wakes a step
-    at = list(first.to_numpy())
-    o = _new_obs(site, t, at, at)
-    o.cars["last_meter"] = t - pd.Timedelta(seconds=0.1)  # after the limits came into force
-    out = step.run(pol, o, fallback=pol).current_a
+    t = T0 + pd.Timedelta(seconds=3)
+    assert reserve.meter_departs(step, sid, float(first[sid]), t)  # wakes a step: the first of a pair
+    out = _read(site, step, pol, t, first, first)
+    assert set(step.reserve_a) == set(first.index) and (out == first).all()
+    t = T0 + pd.Timedelta(seconds=13)
+    assert reserve.meter_departs(step, sid, float(first[sid]), t)
+    out = _read(site, step, pol, t, first, first)
     assert not step.reserve_a and step.learnt == set(first.index)
-    assert not step.excess_a
+    assert not step.excess_a and not step.offer_reads
     assert out.sum() == ROOT_A  # 40 A to share, none reserved
 
 
-def test_a_reading_over_a_lowered_first_limit_is_learnt_as_its_excess():
-    # A car read at its lowered limit + 1.5 A draws that much over it (or still comes down from
-    # the 13 A before): its excess is 1.5 A, not the 0 A that next_excess_a's rule for readings
-    # not settled gives (over the higher of both limits), which counted it at its limit.
+def test_readings_over_a_lowered_first_limit_are_learnt_as_its_excess():
+    # A car read twice at its lowered limit + 1.5 A draws that much over it (or still comes
+    # down from the 13 A before): its excess is 1.5 A, not the 0 A that next_excess_a's rule
+    # for readings not settled gives (over the higher of both limits), which counted it at its
+    # limit.
     site, pol, step, first = _lowered_from_tx_default()
-    t = T0 + pd.Timedelta(seconds=3)
-    drawn = first.to_numpy() + OVER_A
-    assert reserve.meter_departs(step, first.index[0], float(drawn[0]), t)
-    out = step.run(pol, _new_obs(site, t, list(drawn), list(first.to_numpy())), fallback=pol).current_a
+    drawn = first + OVER_A
+    _read(site, step, pol, T0 + pd.Timedelta(seconds=3), drawn, first)
+    assert set(step.reserve_a) == set(first.index)
+    out = _read(site, step, pol, T0 + pd.Timedelta(seconds=13), drawn, first)
     assert not step.reserve_a
     assert step.excess_a == pytest.approx({sid: OVER_A for sid in first.index})
     assert (out.to_numpy() + OVER_A).sum() <= ROOT_A + 1e-6  # what they draw at the limits sent
+
+
+def test_a_new_car_ramping_up_through_its_lowered_first_limit_frees_no_reserve():
+    # Review rev1 of 9d3cd10: three cars plugged in under their chargers' 13 A TxDefault, not
+    # read yet at the first step (their first limits, 11/12 A, booked as lowerings), still
+    # ramping up from 0 A: read 0.2 A under their limits on the way up. That one reading freed
+    # their 2 A each; they climbed on to their limits + 2 A: 46 A on the 40 A fuse until the
+    # next reading (sims: 16 of 60 runs over, up to 30 s). Now the next readings, risen by 1.2 A
+    # then 1.0 A (a slower ramp), tell nothing either; the one after, not rising, tells 2 A.
+    over_a = 2.0
+    site = _site(root_a=ROOT_A, n=3)
+    pol = get_policy("equal")
+    step = ControlStep()
+    first = _read(site, step, pol, T0, [np.nan] * 3, [13.0] * 3, taken=pd.NaT)
+    assert step.reserve_a and not any(reserve.raised(step, sid) for sid in first.index)
+    out = _read(site, step, pol, T0 + pd.Timedelta(seconds=3), first - 0.2, first)
+    assert set(step.reserve_a) == set(first.index)
+    assert (out.to_numpy() + over_a).sum() <= ROOT_A + 1e-6  # 46.0 A when that reading freed it
+    for s, over in ((13, 1.0), (14, over_a)):
+        out = _read(site, step, pol, T0 + pd.Timedelta(seconds=s), out + over, out)
+        assert set(step.reserve_a) == set(first.index), s
+        assert (out.to_numpy() + over_a).sum() <= ROOT_A + 1e-6
+    out = _read(site, step, pol, T0 + pd.Timedelta(seconds=14.5), out + over_a, out)  # still before settle_s
+    assert not step.reserve_a and step.excess_a == pytest.approx({sid: over_a for sid in first.index})
+    assert (out.to_numpy() + over_a).sum() <= ROOT_A + 1e-6
+
+
+def test_an_excess_told_on_the_way_down_falls_at_its_first_settled_reading_at_once():
+    # Review rev1 of 9d3cd10 (F2): readings taken while a car comes down from the 13 A before
+    # tell too much; the fall rule lowers it at a settled reading, but no step was woken for
+    # that reading: the A held too many waited for the period's step (2.4 A for 60 s). Here two
+    # readings on a slow way down tell 1.5 A, then a settled one shows 0.2 A.
+    site, pol, step, first = _lowered_from_tx_default()
+    _read(site, step, pol, T0 + pd.Timedelta(seconds=3), first + 1.7, first)
+    out = _read(site, step, pol, T0 + pd.Timedelta(seconds=13), first + 1.5, first)
+    assert not step.reserve_a and step.excess_a == pytest.approx({sid: 1.5 for sid in first.index})
+    sid, t = first.index[0], T0 + pd.Timedelta(seconds=30)  # the limits sent at 13 s settled
+    assert reserve.meter_departs(step, sid, float(out[sid]) + 0.2, t)  # 1.3 A under its excess
+    assert not reserve.meter_departs(step, sid, float(out[sid]) + 1.4, t)  # within the hysteresis
+    _read(site, step, pol, t, out + 0.2, out)
+    assert step.excess_a == pytest.approx({sid: 0.2 for sid in first.index})
+
+
+def test_readings_not_under_the_lowered_limit_in_force_tell_nothing():
+    # The two guards of reserve.tells_unsettled, each on its own (review rev1 of 9d3cd10: no test
+    # failed without them). A reading taken before the change, at the new limit, then one in
+    # force: not two readings in force, nothing told (a car ramping up under the 13 A before may
+    # pass its new limit on its way up).
+    site, pol, step, first = _lowered_from_tx_default()
+    _read(site, step, pol, T0 + pd.Timedelta(seconds=3), first - 0.1, first, taken=T0 - pd.Timedelta(seconds=1))
+    _read(site, step, pol, T0 + pd.Timedelta(seconds=13), first - 0.1, first)
+    assert set(step.reserve_a) == set(first.index)
+    # Its charger reports 1 A less than the limit sent applied (not that limit: a charger found
+    # holding more is untrusted instead): readings at that offer, 1 A under the limit sent, tell
+    # nothing of what it draws over the limit sent.
+    site, pol, step, first = _lowered_from_tx_default()
+    for s in (3, 13):
+        step.prepare(_new_obs(site, T0 + pd.Timedelta(seconds=s), list(first - 1.0), list(first - 1.0)))
+        assert set(step.reserve_a) == set(first.index) and not step.learnt
 
 
 def test_a_reading_before_a_lowered_limit_came_into_force_or_far_from_it_tells_nothing():

@@ -147,8 +147,7 @@ class ControlStep:
         self.before: dict[str, float] = {}  # session -> the limit before its last change [A]
         self.ceilings_a = pd.Series(dtype=float)
         self.full: set[str] = set()
-        # Live: session -> a limit [A] sent whose answer has not come (the charger may apply it any
-        # moment); the dispatcher keeps it (nowblock.control.sending).
+        # Live: session -> a limit [A] sent, its answer not come yet (kept by nowblock.control.sending).
         self.pending_a: dict[str, float] = {}
         # session -> since when [ns] its offer is at least its minimum, and its energy then [kWh]
         self._on_since: dict[str, tuple[int, float]] = {}
@@ -182,12 +181,13 @@ class ControlStep:
         # session -> what a trusted car draws over its limit [A] (within the over-draw tolerance),
         # reserved on every fuse above it (see :func:`~nowblock.loop.closed_loop.next_excess_a`).
         self.excess_a: dict[str, float] = {}
-        # Sessions whose excess a reading told; the others (controllable) reserved at over_draw_a
-        # at the last step; session -> what its charger held before its first limit [A] (0: it
-        # drew nothing; NaN unknown). See :mod:`nowblock.loop.reserve`.
+        # Sessions whose excess a reading told; the others (controllable) reserved at over_draw_a at
+        # the last step; session -> what its charger held before its first limit [A] (0: it drew nothing;
+        # NaN unknown); -> (when [ns], reading less limit [A]) of its last reading at its offer, not learnt.
         self.learnt: set[str] = set()
         self.reserve_a: dict[str, float] = {}
         self.first_from: dict[str, float] = {}
+        self.offer_reads: dict[str, tuple[int, float]] = {}  # see nowblock.loop.reserve
         # Sessions last lowered (since changed_at); the others' last lowering (lowered_since).
         self._lowered: set[str] = set()
         self._lowered_at: dict[str, pd.Timestamp] = {}
