@@ -276,7 +276,9 @@ async def test_a_raise_that_fits_in_the_room_the_plan_leaves_goes_at_once(monkey
 
     monkeypatch.setattr(ControlStep, "finish", finishing)
     monkeypatch.setattr(Dispatcher, "dispatch", dispatching)
-    samples, end = await _swap(60.0, {"CP1": 30.0, "CP2": 10.0}, {"CP1": 20.0, "CP2": 20.0}, seconds=3.0)
+    # CP1's car takes 10 s here: CP2 is seen raised beside its 30 A well before the 5 s follow time.
+    samples, end = await _swap(60.0, {"CP1": 30.0, "CP2": 10.0}, {"CP1": 20.0, "CP2": 20.0}, seconds=4.5,
+                               car_follow_s=10.0)
     assert max(sum(a) for _, a in samples) <= 60.0 + 1e-6
     assert any(a == [30.0, 20.0] for _, a in samples), samples  # raised before CP1 followed
     assert end == [20.0, 20.0]

@@ -167,14 +167,16 @@ def levels_a(cars: pd.DataFrame, loop, margin_a: float) -> dict[str, float]:
     hi = cars["max_current_a"].to_numpy(float)
     timed = {"last_meter", "arrival"} <= set(cars.columns)
     settled = loop.settled(cars) if timed else np.zeros(len(cars), bool)
+    if timed:  # a reading taken before its limit last changed (or none) tells nothing of it now
+        changed = pd.to_datetime(pd.Series([loop.changed_at.get(s, pd.NaT) for s in cars.index], dtype=object),
+                                 utc=True).to_numpy()
+        read = pd.to_datetime(cars["last_meter"], utc=True).to_numpy()
+        meas = np.where(pd.isna(changed) | (read >= changed), meas, np.nan)
     out = {}
     for k, sid in enumerate(cars.index):
         prev = loop.sent.get(sid)
         ref = prev[0] if prev is not None else (off[k] if np.isfinite(off[k]) else hi[k])
         m = meas[k]
-        changed = loop.changed_at.get(sid)
-        if timed and changed is not None and not (cars["last_meter"].iloc[k] >= changed):
-            m = np.nan  # read before its limit last changed (or never)
         if not np.isfinite(m):
             out[sid] = float(ref)
         elif settled[k] and m < ref:
