@@ -159,3 +159,35 @@ def test_a_reading_before_a_lowered_limit_came_into_force_or_far_from_it_tells_n
     assert not reserve.meter_departs(step, first.index[0], float(at[0]) - 1.0, t)
     step.prepare(_new_obs(site, t, list(at - 1.0), list(at)))
     assert set(step.reserve_a) == set(first.index)
+
+
+@pytest.mark.parametrize("policy", ["equal", "round_robin"])
+@pytest.mark.parametrize("over_a", [0.0, 2.0])
+def test_a_new_car_paused_by_its_reserve_runs_first_and_is_freed(policy, over_a):
+    # Three new cars on 18 A: at their minimum plus the 2 A reserve (3 x 8 A) one is paused; the
+    # other two are read at their limit and freed. Before, the paused car was never read (no
+    # offer), its reserve never freed, and 6 + 6 + 8 A never fit again: 9 + 9 A and the third
+    # paused for good, where without the reserve all three ran at 6 A. Now it runs first (a
+    # learnt car is paused instead), is read at its limit, freed, and all three run. Whatever
+    # the cars draw up to their limit + 2 A (over_a), the fuse holds at every step (at + 2 A
+    # two learnt cars leave no room for a third at its minimum, reserve or not: it waits).
+    site = _site(root_a=18.0, n=3)
+    pol = get_policy(policy)
+    step = ControlStep()
+    out = step.run(pol, _new_obs(site, T0, [0.0] * 3, [0.0] * 3), fallback=pol).current_a.to_numpy()
+    assert (out > 0).sum() == 2  # one paused for its reserve
+    paused = f"CP{int(np.flatnonzero(out == 0)[0])}:{int(np.flatnonzero(out == 0)[0])}"
+    for k in range(1, 5):
+        t = T0 + pd.Timedelta(seconds=3 * k)
+        # Each running car draws its limit + over_a, read after the limit came into force.
+        meas = [a + over_a if a > 0 else 0.0 for a in out]
+        assert sum(meas) <= 18.0 + 1e-6
+        may_draw = [a + (step.reserve_a.get(f"CP{i}:{i}", 0.0) or step.excess_a.get(f"CP{i}:{i}", 0.0))
+                    for i, a in enumerate(out) if a > 0]
+        assert sum(may_draw) <= 18.0 + 1e-6, (k, out, step.reserve_a, step.excess_a)
+        out = step.run(pol, _new_obs(site, t, meas, list(out)), fallback=pol).current_a.to_numpy()
+        if k == 1 and over_a == 0.0:
+            assert out[int(paused[2])] >= 6.0  # the paused new car runs, to be read
+    if over_a == 0.0:
+        assert not step.reserve_a  # every car's excess learnt
+        assert list(out) == [6.0, 6.0, 6.0]  # as without the reserve

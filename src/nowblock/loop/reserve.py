@@ -27,7 +27,9 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from nowblock.baselines.heuristics import offer_bounds_a
 from nowblock.loop.closed_loop import EXCESS_HYSTERESIS_A
+from nowblock.seam import cached_constraint_rows
 
 
 def raised(step, sid: str) -> bool:
@@ -229,6 +231,63 @@ def planned_with_reserve(reserve_a: dict, ids: pd.Index, max_a: np.ndarray, min_
     hi[pos] += r
     lo[pos] += r
     return hi, lo
+
+
+def paused_first(step, snap):
+    """``snap`` (the policy's snapshot) with each new car paused at the last step while its
+    reserve is held put first, where the cars that want energy fit at their minimum but not at
+    their minimum plus the reserves: its ``priority`` 1 above every other car's.
+
+    A paused car is never read at an offer, so its reserve never frees, and planned at its
+    minimum plus the reserve it may never fit again beside learnt cars: three new cars on an 18 A
+    grid under equal shares ran 9 + 9 A with the third paused for good, where at their minimum
+    all three fit once learnt (session 39). The baselines admit by priority first (``equal``,
+    ``round_robin``: :func:`~nowblock.baselines.heuristics.round_robin_order`), the safety net
+    and the hysteresis switch off the lowest first: the paused car runs at its minimum plus the
+    reserve beside what is left (a learnt car is paused instead), is read at its limit, its
+    reserve frees (:func:`tells_unsettled`), and at the next step the policy decides among learnt
+    cars as without the reserve. The fuses hold what it may draw (its limit plus the reserve)
+    throughout. Only where the cars that want energy fit at their minimum without the reserves
+    but not with them is a pause the reserve's doing: else it is the policy's own choice (``edf``
+    giving one car its maximum; turns among more cars than fit at their minimum), left as it is
+    (put first there, under ``edf`` a paused new car on a tie of departures took a 22 A cap from
+    a learnt car for a step, one new car after the other). ``edf``/``llf`` take priority only on
+    ties of departure or laxity; the MILP weighs a car's shortfall by it.
+
+    Parameters
+    ----------
+    step : nowblock.loop.step.ControlStep
+        The step's state (``reserve_a`` after :func:`learn_and_reserve`, ``sent``).
+    snap : nowblock.seam.BlockSnapshot
+        The policy's snapshot, its cars planned with their reserve
+        (:func:`planned_with_reserve`: ``min_current_a`` [A] is the minimum plus the reserve).
+
+    Returns
+    -------
+    nowblock.seam.BlockSnapshot
+        ``snap``, or a copy whose cars frame has those cars' priority raised.
+    """
+    cars = snap.cars
+    if not step.reserve_a or "priority" not in cars.columns:
+        return snap
+    pos = cars.index.get_indexer(list(step.reserve_a))
+    mins = snap.values("min_current_a")
+    paused = [sid for sid, i in zip(step.reserve_a, pos) if i >= 0 and sid in step.sent
+              and step.sent[sid][0] < mins[i] - step.reserve_a[sid] - 1e-9]
+    if not paused:
+        return snap
+    g, h = cached_constraint_rows(snap)
+    lo, _ = offer_bounds_a(snap)  # 0 for a car that wants nothing
+    plain = lo.copy()
+    plain[pos[pos >= 0]] -= np.array(list(step.reserve_a.values()), dtype=float)[pos >= 0]
+    if np.all(g @ lo <= h + 1e-6) or not np.all(g @ np.where(lo > 0, plain, 0.0) <= h + 1e-6):
+        return snap
+    prio = np.array(snap.values("priority"), dtype=float)
+    top = float(np.nanmax(prio)) if np.isfinite(prio).any() else 0.0
+    prio[cars.index.isin(paused)] = max(top, 0.0) + 1.0
+    cars = cars.copy(deep=False)
+    cars["priority"] = prio
+    return replace(snap, cars=cars, car_arrays=None)
 
 
 def meter_departs(step, sid: str, current_a: float, now: pd.Timestamp) -> bool:

@@ -28,7 +28,8 @@ import pandas as pd
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.needs import NeedsEstimation
 from nowblock.loop.observation import Observation
-from nowblock.loop.reserve import learn_and_reserve, limits_before, planned_with_reserve, unbalance_less_reserve
+from nowblock.loop.reserve import (learn_and_reserve, limits_before, paused_first, planned_with_reserve,
+                                   unbalance_less_reserve)
 from nowblock.loop.calling import bypasses_safety, call_policy
 from nowblock.loop.restored import capped_at_draw, draw_caps_a, unconfirmed_mask
 from nowblock.loop.trials import less_offsets, start_trials
@@ -413,8 +414,7 @@ class ControlStep:
             capped[pos] = need
             lo_plan = lo_plan if self.offsets or self.reserve_a else lo.copy()
             lo_plan[pos] = need
-        # The policy gets the observed columns too (a few more than CAR_COLUMNS): selecting
-        # CAR_COLUMNS alone copied the frame, a third of a simulated step (measured).
+        # The policy gets the observed columns too: selecting CAR_COLUMNS alone copied the frame, a third of a step.
         policy_cars = cars if connected.all() else cars.loc[connected]
         planned_as_read = bool(self.offsets or self.trial_candidates or self.reserve_a)  # min/max changed below
         if (capped != hi).any() or planned_as_read:
@@ -422,9 +422,8 @@ class ControlStep:
             policy_cars["max_current_a"] = capped
             if planned_as_read:
                 policy_cars["min_current_a"] = lo_plan
-        incidence = None
-        if obs.incidence_a is not None and n:
-            incidence = np.asarray(obs.incidence_a)[:, connected] if not connected.all() else obs.incidence_a
+        incidence = None if obs.incidence_a is None or not n else (
+            np.asarray(obs.incidence_a)[:, connected] if not connected.all() else obs.incidence_a)
         arrays = None
         if obs.arrays is not None and connected.all() and cars is obs.cars and not planned_as_read:
             arrays = {**obs.arrays, "max_current_a": capped}
@@ -435,6 +434,7 @@ class ControlStep:
                              base_load_kw=obs.base_load_kw.copy(),
                              prices_eur_per_kwh=None if obs.prices_eur_per_kwh is None else obs.prices_eur_per_kwh.copy(),
                              current_step_a=float(obs.current_step_a), incidence_a=incidence, car_arrays=arrays)
+        snap = paused_first(self, snap)  # a new car paused for its reserve runs first, to be read
         safety = None
         doubt = untrusted[connected]
         if doubt.any():
