@@ -186,6 +186,37 @@ def levels_a(cars: pd.DataFrame, loop, margin_a: float) -> dict[str, float]:
     return out
 
 
+def may_draw_a(cars: pd.DataFrame, levels: dict) -> dict[str, float]:
+    """[A per phase] The most each car may draw until it follows a limit sent now.
+
+    Parameters
+    ----------
+    cars : pandas.DataFrame
+        The cars (index session_id) with ``measured_current_a``, ``max_current_a`` and
+        ``connected``.
+    levels : dict
+        session_id -> [A] what it is counted at until a new limit takes hold (:func:`levels_a`).
+
+    Returns
+    -------
+    dict
+        session_id -> its level; for a connected car not read yet, its maximum. Nothing shows
+        such a car within what its charger holds: a car paused from its start (a full block: a
+        first limit of 0 A under its connector's 0 A idle default) that drew 16 A was counted at
+        0 A, and the others' raises went at once beside it (h2's repro, session 39: 14.5 s at
+        32 A on a 19 A grid). Used for lowerings only: a raise is credited at its level.
+    """
+    out = {}
+    for sid, level in levels.items():
+        row = cars.loc[sid]
+        unread = not np.isfinite(float(row.get("measured_current_a", np.nan)))
+        if unread and bool(row.get("connected", True)):
+            out[sid] = max(float(level), float(row["max_current_a"]))
+        else:
+            out[sid] = float(level)
+    return out
+
+
 def follows(transaction, low: Lowered, tol_a: float) -> bool:
     """Whether ``transaction`` (:class:`nowblock.ocpp.records.Transaction`, or None) shows its
     car following the lowering ``low``: a reading taken since it left (``last_meter``) with no
