@@ -93,3 +93,15 @@ async def test_a_raise_waits_for_a_new_car_paused_at_its_first_limit_to_follow()
             for c in (a, b):
                 if c.st is not None:
                     await c.st.close()
+
+
+def test_a_car_not_read_yet_may_draw_its_maximum_until_it_follows():
+    import numpy as np
+    import pandas as pd
+
+    from nowblock.control.following import may_draw_a
+
+    cars = pd.DataFrame({"measured_current_a": [np.nan, 8.0, np.nan], "max_current_a": [16.0, 16.0, 32.0],
+                         "connected": [True, True, False]}, index=["new", "read", "offline"])
+    # Not read yet: its maximum; read: its level (levels_a's); an offline car draws nothing here.
+    assert may_draw_a(cars, {"read": 9.0, "new": 0.0, "offline": 0.0}) == {"read": 9.0, "new": 16.0, "offline": 0.0}

@@ -206,15 +206,14 @@ def may_draw_a(cars: pd.DataFrame, levels: dict) -> dict[str, float]:
         0 A, and the others' raises went at once beside it (h2's repro, session 39: 14.5 s at
         32 A on a 19 A grid). Used for lowerings only: a raise is credited at its level.
     """
-    out = {}
-    for sid, level in levels.items():
-        row = cars.loc[sid]
-        unread = not np.isfinite(float(row.get("measured_current_a", np.nan)))
-        if unread and bool(row.get("connected", True)):
-            out[sid] = max(float(level), float(row["max_current_a"]))
-        else:
-            out[sid] = float(level)
-    return out
+    if not levels:
+        return {}
+    sel = cars.loc[list(levels)]  # one lookup for all (a step may send thousands of limits)
+    lvl = np.fromiter(levels.values(), float, len(levels))
+    meas = sel["measured_current_a"].to_numpy(float) if "measured_current_a" in sel else np.full(len(sel), np.nan)
+    on = sel["connected"].to_numpy(bool) if "connected" in sel else np.ones(len(sel), bool)
+    out = np.where(~np.isfinite(meas) & on, np.maximum(lvl, sel["max_current_a"].to_numpy(float)), lvl)
+    return dict(zip(levels, out.tolist()))
 
 
 def follows(transaction, low: Lowered, tol_a: float) -> bool:
