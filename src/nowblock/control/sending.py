@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from nowblock.control.dispatch import Escalation, plan_waves
+from nowblock.control.dispatch import LONG_AGO, Escalation, plan_waves
 from nowblock.control.following import FollowRoom, Lowered, follows, fuse_rows, levels_a, may_draw_a
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.step import ControlStep, StepContext
@@ -128,8 +128,11 @@ class Dispatcher:
         # flooded. A lower one goes out at once: a car drawing more than its limit in proportion
         # draws less at a lower limit (the step divides its share by what it draws over it), and
         # one ignoring its limit is lowered a few times, to 0 A, then held.
+        # Not one booked LONG_AGO: its station dropped and may have lost its profiles, so what
+        # it applies is unknown; held, a station back without them let its car draw 16 A on a
+        # 19 A grid for 8 s (review rev3, session 39).
         hold = [s for s in doubt if s not in resend and s in self.loop.sent
-                and float(targets[s]) >= self.loop.sent[s][0] - 1e-6]
+                and float(targets[s]) >= self.loop.sent[s][0] - 1e-6 and self.loop.sent[s][1] != LONG_AGO]
         # A station maximum kept above the step's limits at its station lets the car that does
         # not follow take the room the others give up: lowered with the first wave.
         lowering = self._keep_station_maxima(targets, ctx, now, lower_only=True)
