@@ -28,7 +28,7 @@ import pandas as pd
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.needs import NeedsEstimation
 from nowblock.loop.observation import Observation
-from nowblock.loop.reserve import (learn_and_reserve, limits_before, paused_first, planned_with_reserve,
+from nowblock.loop.reserve import (held_before, learn_and_reserve, limits_before, paused_first, planned_with_reserve,
                                    unbalance_less_reserve)
 from nowblock.loop.calling import bypasses_safety, call_policy
 from nowblock.loop.restored import capped_at_draw, draw_caps_a, unconfirmed_mask
@@ -185,10 +185,11 @@ class ControlStep:
         self.excess_a: dict[str, float] = {}
         # Sessions whose excess a reading told; the others (controllable) reserved at over_draw_a
         # at the last step; session -> what its charger held before its first limit [A] (0: it
-        # drew nothing; NaN unknown). See :mod:`nowblock.loop.reserve`.
+        # drew nothing; NaN unknown), and what it applied then [A]. See :mod:`nowblock.loop.reserve`.
         self.learnt: set[str] = set()
         self.reserve_a: dict[str, float] = {}
         self.first_from: dict[str, float] = {}
+        self.first_held: dict[str, float] = {}
         # Sessions last lowered (since changed_at); the others' last lowering (lowered_since).
         self._lowered: set[str] = set()
         self._lowered_at: dict[str, pd.Timestamp] = {}
@@ -230,7 +231,7 @@ class ControlStep:
         keep = set(keep)
         self.unconfirmed &= keep
         for d in (self.sent, self.changed_at, self.before, self.over_ratio, self.probes, self.offsets, self.accepted,
-                  self.excess_a, self._lowered_at, self.first_from, self.reserve_a):
+                  self.excess_a, self._lowered_at, self.first_from, self.first_held, self.reserve_a):
             for sid in [s for s in d if s not in keep]:
                 del d[sid]
         self.full &= keep
@@ -347,13 +348,13 @@ class ControlStep:
                                      committed)
         idle = obs.idle_defaults_a[obs.idle_defaults_a > 0] if len(obs.idle_defaults_a) else obs.idle_defaults_a
         # What a trusted car draws over its limit (within the tolerance) is real: reserved.
+        mine = connected & ~untrusted & ~(offset > 0) & ~trial  # its own draw, its limit followed
         excess = cl.next_excess_a(np.array([self.excess_a.get(x, 0.0) for x in ids_all], dtype=float), measured,
-                                  offered, before, min_a, settled, connected & ~untrusted & ~(offset > 0) & ~trial)
+                                  offered, held_before(self, cars.index, before, last), min_a, settled, mine)
         self.excess_a = {sid: float(e) for sid, e in zip(ids_all, excess) if e > 0}
         # Until a reading tells it, a car may draw up to over_draw_a over its limit unseen (five new
         # sessions at their limit + 1.5 A held a 40 A grid at 43 A for 19 s: an outside test).
-        excess = learn_and_reserve(self, cars.index, excess, connected & ~untrusted & ~(offset > 0) & ~trial,
-                                   settled, last, offered, measured, min_a)
+        excess = learn_and_reserve(self, cars.index, excess, mine, settled, last, offered, measured, min_a)
         extra = excess > 0
         policy_site = site
         if offline.any() or len(idle) or extra.any():
@@ -414,7 +415,6 @@ class ControlStep:
             capped[pos] = need
             lo_plan = lo_plan if self.offsets or self.reserve_a else lo.copy()
             lo_plan[pos] = need
-        # The policy gets the observed columns too: selecting CAR_COLUMNS alone copied the frame, a third of a step.
         policy_cars = cars if connected.all() else cars.loc[connected]
         planned_as_read = bool(self.offsets or self.trial_candidates or self.reserve_a)  # min/max changed below
         if (capped != hi).any() or planned_as_read:
