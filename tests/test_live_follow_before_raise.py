@@ -257,26 +257,14 @@ async def test_a_new_car_gets_its_first_limit_at_once_and_the_rest_once_the_lowe
                     await c.st.close()
 
 
-async def test_a_raise_that_fits_in_the_room_the_plan_leaves_goes_at_once(monkeypatch):
+async def test_a_raise_that_fits_in_the_room_the_plan_leaves_goes_at_once():
     # The cost side: 60 A grid, CP1 30 -> 20 A, CP2 10 -> 20 A; the plan leaves 20 A, so CP2's
-    # raise fits beside CP1's old 30 A (50 A) and goes at once when the dispatch is given the
-    # step's snapshot. (The controller does not pass it yet: here the step's own snapshot is
-    # handed on. Without it CP2 waited the 5 s, 10 Wh, /tmp/s39/h3/measure_snap.py.)
-    from nowblock.control.sending import Dispatcher
-    from nowblock.loop.step import ControlStep
-
-    finish, dispatch = ControlStep.finish, Dispatcher.dispatch
-
-    def finishing(self, snap, ctx, answer, **kw):
-        self.test_snap = snap
-        return finish(self, snap, ctx, answer, **kw)
-
-    async def dispatching(self, targets, ctx, now, snap=None):
-        return await dispatch(self, targets, ctx, now, snap=snap if snap is not None else self.loop.test_snap)
-
-    monkeypatch.setattr(ControlStep, "finish", finishing)
-    monkeypatch.setattr(Dispatcher, "dispatch", dispatching)
-    samples, end = await _swap(60.0, {"CP1": 30.0, "CP2": 10.0}, {"CP1": 20.0, "CP2": 20.0}, seconds=3.0)
+    # raise fits beside CP1's old 30 A (50 A) and goes at once: the controller hands the dispatch
+    # the step's snapshot. (Before it did, CP2 waited the 5 s follow time: 10 Wh less in 10 s,
+    # 76.8 vs 86.8 Wh, /tmp/s39/h3/measure_snap.py.)
+    # CP1's car takes 10 s here: CP2 is seen raised beside its 30 A well before the 5 s follow time.
+    samples, end = await _swap(60.0, {"CP1": 30.0, "CP2": 10.0}, {"CP1": 20.0, "CP2": 20.0}, seconds=4.5,
+                               car_follow_s=10.0)
     assert max(sum(a) for _, a in samples) <= 60.0 + 1e-6
     assert any(a == [30.0, 20.0] for _, a in samples), samples  # raised before CP1 followed
     assert end == [20.0, 20.0]

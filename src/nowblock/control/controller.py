@@ -39,7 +39,7 @@ import pandas as pd
 from nowblock.block.site import Site
 from nowblock.control.alarms import Alarms, OverloadWatch
 from nowblock.control.deciding import TimedPolicy
-from nowblock.control.dispatch import Escalation, send_again
+from nowblock.control.dispatch import Escalation, planned_a, send_again
 from nowblock.control.failsafe import FailsafeKeeper, IdleDefaults
 from nowblock.control.live import LiveBlock
 from nowblock.control.operator import OperatorInputs
@@ -599,7 +599,7 @@ class Controller:
         decision, name, status = await self.decide(snap, new_cars=new_cars)
         t2 = _time.perf_counter()
         targets = self.loop.finish(snap, ctx, decision.current_a)
-        accepted = await self.sender.dispatch(targets, ctx, now)
+        accepted = await self.sender.dispatch(targets, ctx, now, snap)  # the plan's room: raises that fit go at once
         self._awaiting.update({sid: now for sid in accepted if sid in self.loop.pending_a})
         self._book_acceptances(obs.cars, {sid: now for sid, a in accepted.items() if a is not None})
         counted = self.sender.counted_a(targets, ctx, accepted)
@@ -617,7 +617,7 @@ class Controller:
         self.operator.forget_sessions(obs.cars.index)
         self._keep_plan(decision, x, now, name, status)
         hb = held_back(snap, ctx, x)
-        binding = self._binding(snap, targets)
+        binding = self._binding(snap, planned_a(targets, ctx))
         secs = {"snapshot": t1 - t0, "optimize": t2 - t1, "dispatch": t3 - t2, "persist": _time.perf_counter() - t3}
         res = StepResult(now, reason, name, status, x, sorted(ctx.untrusted), accepted, secs, snap, ctx, targets, hb,
                          binding)

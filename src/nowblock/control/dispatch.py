@@ -59,6 +59,30 @@ def plan_waves(targets_a: pd.Series, sent: dict[str, tuple[float, pd.Timestamp]]
     return sorted(lower, key=first), sorted(higher, key=first)
 
 
+def planned_a(targets_a: pd.Series, ctx) -> pd.Series:
+    """[A per phase] What the step's plan holds each car at: its limit, plus what it is planned
+    in over it where it runs (``ctx.planned_over_a``: a new session's reserve, a meter's learnt
+    offset; :class:`~nowblock.loop.step.StepContext`).
+
+    The limits sent exclude it, the plan's snapshot counts it: the binding limits of the sent
+    limits showed a reserved car 2 A of room on a full fuse, bound by its plan.
+
+    Parameters
+    ----------
+    targets_a : pandas.Series
+        [A per phase] The step's limits by session_id.
+    ctx : StepContext
+        The step's context.
+
+    Returns
+    -------
+    pandas.Series
+        [A per phase] By session_id, as ``targets_a``.
+    """
+    over = pd.Series(getattr(ctx, "planned_over_a", None) or {}, dtype=float).reindex(targets_a.index).fillna(0.0)
+    return targets_a + over.where(targets_a > 0, 0.0)
+
+
 #: When a limit is booked as sent once its station dropped: due again at once (:func:`send_again`).
 LONG_AGO = pd.Timestamp("2000-01-01", tz="UTC")
 

@@ -27,8 +27,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from nowblock.control.dispatch import Escalation, plan_waves
-from nowblock.control.following import FollowRoom, Lowered, follows, fuse_rows, levels_a
+from nowblock.control.dispatch import LONG_AGO, Escalation, plan_waves
+from nowblock.control.following import FollowRoom, Lowered, follows, fuse_rows, levels_a, may_draw_a
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.step import ControlStep, StepContext
 from nowblock.loop.trials import less_offsets
@@ -128,8 +128,11 @@ class Dispatcher:
         # flooded. A lower one goes out at once: a car drawing more than its limit in proportion
         # draws less at a lower limit (the step divides its share by what it draws over it), and
         # one ignoring its limit is lowered a few times, to 0 A, then held.
+        # Not one booked LONG_AGO: its station dropped and may have lost its profiles, so what
+        # it applies is unknown; held, a station back without them let its car draw 16 A on a
+        # 19 A grid for 8 s (review rev3, session 39).
         hold = [s for s in doubt if s not in resend and s in self.loop.sent
-                and float(targets[s]) >= self.loop.sent[s][0] - 1e-6]
+                and float(targets[s]) >= self.loop.sent[s][0] - 1e-6 and self.loop.sent[s][1] != LONG_AGO]
         # A station maximum kept above the step's limits at its station lets the car that does
         # not follow take the room the others give up: lowered with the first wave.
         lowering = self._keep_station_maxima(targets, ctx, now, lower_only=True)
@@ -170,7 +173,14 @@ class Dispatcher:
         sent_at = self._clock()
         out = await self._wave(ctx.cars, lower, now, also=also)
         if follow:
-            self._track_lowerings(ctx, lower, out, levels, sent_at)
+            self._track_lowerings(ctx, lower, out, may_draw_a(ctx.cars.loc[sids], levels), sent_at)
+            # A raise still below what its car was read drawing lowers it all the same: its
+            # excess waits for it to follow like a lowering's (the raise itself needs no room).
+            # Not a car not read yet: its raise is credited at what its charger holds (a new car
+            # under a 0 A idle default drawing nothing; counted at its maximum, it went at once).
+            tol = self.settings.over_draw_a
+            self._track_lowerings(ctx, [(s, lim) for s, lim in higher if levels[s] > lim + tol
+                                        and s not in self.loop.pending_a], None, levels, sent_at)
         if only_lower or not higher:
             return out
         stuck = [sid for sid, lim in lower if sid in out and sid not in ctx.untrusted
@@ -266,15 +276,18 @@ class Dispatcher:
         t = clock() if callable(clock) else None
         return t if isinstance(t, datetime) else datetime.now(timezone.utc)
 
-    def _track_lowerings(self, ctx: StepContext, lower: list, out: dict, levels: dict, sent_at: datetime) -> None:
-        """Keep each lowering of a trusted car sent in ``lower`` whose car may draw more than
-        its new limit until it follows (:attr:`lowered`)."""
+    def _track_lowerings(self, ctx: StepContext, lower: list, out: dict | None, levels: dict,
+                         sent_at: datetime) -> None:
+        """Keep each lowering of a trusted car sent in ``lower`` ((session, limit [A]) pairs;
+        answered: in ``out``, or None: about to be sent) whose car may draw more than its new
+        limit (``levels``, [A]: :func:`~nowblock.control.following.may_draw_a`) until it
+        follows (:attr:`lowered`)."""
         if not lower:
             return
         until = self._clock() + timedelta(seconds=self.settings.follow_s)
         until_s = asyncio.get_running_loop().time() + self.settings.follow_s
         for sid, lim in lower:
-            if sid not in out or sid in ctx.untrusted:
+            if (out is not None and sid not in out) or sid in ctx.untrusted:
                 continue
             prev = self.lowered.get(sid)
             old = max(levels.get(sid, lim), prev.old_a if prev is not None else 0.0)

@@ -28,7 +28,8 @@ import pandas as pd
 from nowblock.loop import closed_loop as cl
 from nowblock.loop.needs import NeedsEstimation
 from nowblock.loop.observation import Observation
-from nowblock.loop.reserve import learn_and_reserve, limits_before, planned_with_reserve, unbalance_less_reserve
+from nowblock.loop.reserve import (held_before, learn_and_reserve, limits_before, paused_first, planned_with_reserve,
+                                   unbalance_less_reserve)
 from nowblock.loop.calling import bypasses_safety, call_policy
 from nowblock.loop.restored import capped_at_draw, draw_caps_a, unconfirmed_mask
 from nowblock.loop.trials import less_offsets, start_trials
@@ -181,13 +182,14 @@ class ControlStep:
         # session -> what a trusted car draws over its limit [A] (within the over-draw tolerance),
         # reserved on every fuse above it (see :func:`~nowblock.loop.closed_loop.next_excess_a`).
         self.excess_a: dict[str, float] = {}
-        # Sessions whose excess a reading told; the others (controllable) reserved at over_draw_a at
-        # the last step; session -> what its charger held before its first limit [A] (0: it drew nothing;
-        # NaN unknown); -> (when [ns], reading less limit [A]) of its last reading at its offer, not learnt.
+        # Sessions whose excess a reading told (the others reserved at over_draw_a); session -> what its
+        # charger held before its first limit [A] (0: drew nothing; NaN unknown), what it applied then [A];
+        # -> (when [ns], reading less limit [A]) of its last reading at its offer. See nowblock.loop.reserve.
         self.learnt: set[str] = set()
         self.reserve_a: dict[str, float] = {}
         self.first_from: dict[str, float] = {}
-        self.offer_reads: dict[str, tuple[int, float]] = {}  # see nowblock.loop.reserve
+        self.first_held: dict[str, float] = {}
+        self.offer_reads: dict[str, tuple[int, float]] = {}
         # Sessions last lowered (since changed_at); the others' last lowering (lowered_since).
         self._lowered: set[str] = set()
         self._lowered_at: dict[str, pd.Timestamp] = {}
@@ -229,7 +231,7 @@ class ControlStep:
         keep = set(keep)
         self.unconfirmed &= keep
         for d in (self.sent, self.changed_at, self.before, self.over_ratio, self.probes, self.offsets, self.accepted,
-                  self.excess_a, self._lowered_at, self.first_from, self.reserve_a):
+                  self.excess_a, self._lowered_at, self.first_from, self.first_held, self.reserve_a):
             for sid in [s for s in d if s not in keep]:
                 del d[sid]
         self.full &= keep
@@ -346,13 +348,13 @@ class ControlStep:
                                      committed)
         idle = obs.idle_defaults_a[obs.idle_defaults_a > 0] if len(obs.idle_defaults_a) else obs.idle_defaults_a
         # What a trusted car draws over its limit (within the tolerance) is real: reserved.
+        mine = connected & ~untrusted & ~(offset > 0) & ~trial  # its own draw, its limit followed
         excess = cl.next_excess_a(np.array([self.excess_a.get(x, 0.0) for x in ids_all], dtype=float), measured,
-                                  offered, before, min_a, settled, connected & ~untrusted & ~(offset > 0) & ~trial)
+                                  offered, held_before(self, cars.index, before, last), min_a, settled, mine)
         self.excess_a = {sid: float(e) for sid, e in zip(ids_all, excess) if e > 0}
         # Until a reading tells it, a car may draw up to over_draw_a over its limit unseen (five new
         # sessions at their limit + 1.5 A held a 40 A grid at 43 A for 19 s: an outside test).
-        excess = learn_and_reserve(self, cars.index, excess, connected & ~untrusted & ~(offset > 0) & ~trial,
-                                   settled, last, offered, measured, min_a)
+        excess = learn_and_reserve(self, cars.index, excess, mine, settled, last, offered, measured, min_a)
         extra = excess > 0
         policy_site = site
         if offline.any() or len(idle) or extra.any():
@@ -413,8 +415,6 @@ class ControlStep:
             capped[pos] = need
             lo_plan = lo_plan if self.offsets or self.reserve_a else lo.copy()
             lo_plan[pos] = need
-        # The policy gets the observed columns too (a few more than CAR_COLUMNS): selecting
-        # CAR_COLUMNS alone copied the frame, a third of a simulated step (measured).
         policy_cars = cars if connected.all() else cars.loc[connected]
         planned_as_read = bool(self.offsets or self.trial_candidates or self.reserve_a)  # min/max changed below
         if (capped != hi).any() or planned_as_read:
@@ -422,9 +422,8 @@ class ControlStep:
             policy_cars["max_current_a"] = capped
             if planned_as_read:
                 policy_cars["min_current_a"] = lo_plan
-        incidence = None
-        if obs.incidence_a is not None and n:
-            incidence = np.asarray(obs.incidence_a)[:, connected] if not connected.all() else obs.incidence_a
+        incidence = None if obs.incidence_a is None or not n else (
+            np.asarray(obs.incidence_a)[:, connected] if not connected.all() else obs.incidence_a)
         arrays = None
         if obs.arrays is not None and connected.all() and cars is obs.cars and not planned_as_read:
             arrays = {**obs.arrays, "max_current_a": capped}
@@ -435,6 +434,7 @@ class ControlStep:
                              base_load_kw=obs.base_load_kw.copy(),
                              prices_eur_per_kwh=None if obs.prices_eur_per_kwh is None else obs.prices_eur_per_kwh.copy(),
                              current_step_a=float(obs.current_step_a), incidence_a=incidence, car_arrays=arrays)
+        snap = paused_first(self, snap)  # a new car paused for its reserve runs first, to be read
         safety = None
         doubt = untrusted[connected]
         if doubt.any():

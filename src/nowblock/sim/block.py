@@ -5,6 +5,13 @@
 drew in the previous step as the measurement, the limit in force, the energy so far, the needs
 if they are known), and ``apply(time, current_a)`` lets the cars draw for one step. The control
 step in between is :class:`nowblock.loop.step.ControlStep`, the very one the live loop runs.
+
+A step may be split where a meter reading wakes a control step inside it (the simulator's
+``meter_interval_s``): ``apply(time, current_a, until=...)`` lets the cars draw for a part of the
+step, ``observe`` at that instant reports the draw of that part, and the next ``apply`` from
+there runs the rest. Energy adds over the parts; the step's fuse and offered currents and its
+unbalance are those of its worst part (an overload of any part is never averaged away); the
+time series keep the fixed step grid.
 """
 
 from __future__ import annotations
@@ -121,11 +128,18 @@ class SimulatedBlock:
         self.offered_sum_a = np.zeros(n_t)
         self.n_plugged = np.zeros(n_t, dtype=np.int64)
         self.n_charging = np.zeros(n_t, dtype=np.int64)
+        self.unbalance_a = np.zeros(n_t)  # the grid's charging unbalance, its worst part of each step
         self._log: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._split = False  # a step was drawn in parts: draws() sums their rows
+        self._part: tuple[int, np.ndarray] | None = None  # the step drawn last, and who drew in it
 
     def index_of(self, time: pd.Timestamp) -> int:
         """The step that starts at ``time``."""
         return int(round((pd.Timestamp(time) - self.start) / self.step))
+
+    def step_at(self, time: pd.Timestamp) -> int:
+        """The step that holds ``time`` (its start or an instant inside it)."""
+        return int((pd.Timestamp(time) - self.start) // self.step)
 
     def plugged(self, k: int) -> np.ndarray:
         """Positions of the sessions plugged in during step ``k``."""
@@ -133,11 +147,15 @@ class SimulatedBlock:
 
     # ---- the SnapshotSource side ----------------------------------------------------------------
     def observe(self, time: pd.Timestamp) -> Observation:
-        """The block at the start of the step at ``time`` (see :class:`Observation`)."""
-        k = self.index_of(time)
+        """The block at ``time``, a step's start or an instant inside it where a meter reading
+        wakes a control step (see :class:`Observation`): the readings then are the draws since
+        the step's start."""
+        k = self.step_at(time)
         act = self.plugged(k)
         self.n_plugged[k] = len(act)
         now = self.grid[k]
+        if pd.Timestamp(time) != now:  # a reading inside the step: its time, the step's series
+            now = pd.Timestamp(time).tz_convert(now.tz)
         cols = {
             "session_id": self.sid_index.take(act),
             "charge_point_id": self.cp_str.take(act),
@@ -157,16 +175,19 @@ class SimulatedBlock:
             # its limit in force all step, or no draw yet for a car that plugged in within it
             # (offered nothing). Not "no meter value": a car that arrived mid-step was stale in its
             # first step, so every such arrival took the untrusted path of a silent charger.
+            # Inside a step (a meter wake-up): the draw since the step's start, read now.
             "last_meter": pd.DatetimeIndex(np.full(len(act), now.as_unit("ns").value).view("M8[ns]"), tz="UTC").array,
         }
         if not self.needs_known:
             cols["departure"] = pd.DatetimeIndex(np.full(len(act), _NAT).view("M8[ns]"), tz="UTC").array
             cols["energy_requested_kwh"] = np.full(len(act), np.nan)
+        # Inside a step the series stay on the step grid: the first value (the step's maximum)
+        # holds from the step's start, so the plan's first slot sees the worst of the rest of it.
         ahead = self.grid[k : k + self.n_h]
         base_kw = self.base_max[k : k + self.n_h]
         if self.forecaster is not None:
-            base_kw = forecast_base(self.forecaster, self.scenario.base_load, now, self.step, self.horizon, self.n_h,
-                                    self.base_max[k])
+            base_kw = forecast_base(self.forecaster, self.scenario.base_load, self.grid[k], self.step, self.horizon,
+                                    self.n_h, self.base_max[k])
         n = len(act)
         arrays = {c: cols[c] for c in ("cp_index", "phases", "min_current_a", "max_current_a", "energy_requested_kwh",
                                         "energy_delivered_kwh", "measured_current_a", "offered_current_a", "priority")}
@@ -181,18 +202,39 @@ class SimulatedBlock:
         )
 
     # ---- the cars draw ---------------------------------------------------------------------------
-    def apply(self, time: pd.Timestamp, current_a: pd.Series) -> None:
-        """Offer ``current_a`` [A per phase] (by session_id) for the step at ``time``; the cars draw."""
-        k = self.index_of(time)
+    def apply(self, time: pd.Timestamp, current_a: pd.Series, *, until: pd.Timestamp | None = None) -> None:
+        """Offer ``current_a`` [A per phase] (by session_id) from ``time`` to ``until``; the cars draw.
+
+        Parameters
+        ----------
+        time : pandas.Timestamp
+            [UTC] A step's start, or an instant inside it (the rest of a step split by a
+            meter wake-up).
+        current_a : pandas.Series
+            [A per phase] The offers, by session_id (missing: 0 A).
+        until : pandas.Timestamp, optional
+            [UTC] The end of this part, inside the step; default the step's end.
+
+        Notes
+        -----
+        The part from a step's start sets the step's figures; a later part of the same step adds
+        its energy [kWh] and keeps the worst of the fuse currents, offers and unbalance [A].
+        """
+        k = self.step_at(time)
         act = self.plugged(k)
         if not len(act):
             return
+        t0, end = pd.Timestamp(time), self.grid[k] + self.step
+        t1 = end if until is None else min(pd.Timestamp(until), end)
+        first = t0 == self.grid[k]
+        # A whole step keeps the step's own dt_h, so results without a split are unchanged to the bit.
+        dt_h = self.dt_h if (first and t1 == end) else (t1 - t0) / pd.Timedelta(hours=1)
         x = as_setpoints(current_a, self.sid_index.take(act))
         ceiling = np.minimum(x, self.car_max[act]) * self.draw_frac[act]
         accept = self.battery.accepted_current_a(self.soc[act], self.car_max[act])
         drawn = np.minimum(ceiling, accept)
         remaining = np.maximum(self.req[act] - self.delivered[act], 0.0)
-        per_a_kwh = self.kw_per_a[act] * self.dt_h
+        per_a_kwh = self.kw_per_a[act] * dt_h
         e = np.minimum(drawn * per_a_kwh, remaining)
         e[remaining <= _DONE_KWH] = 0.0
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -207,15 +249,37 @@ class SimulatedBlock:
         self.measured[act] = np.where(self.req[act] - self.delivered[act] <= _DONE_KWH, 0.0, drawn)
         self.offered[act] = x
         r0 = self.root
-        self.fuse_a[k] = self.inc[:, act] @ drawn
-        self.cars_ph_a[k] = self.fuse_a[k, 3 * r0 : 3 * r0 + 3]
-        self.offered_ph_a[k] = self.inc[3 * r0 : 3 * r0 + 3, act] @ np.minimum(x, self.car_max[act])
-        self.charging_kw[k] = float(e.sum() / self.dt_h)
-        self.offered_sum_a[k] = float(x.sum())
+        fuse = self.inc[:, act] @ drawn
+        cars = fuse[3 * r0 : 3 * r0 + 3]
+        offered_ph = self.inc[3 * r0 : 3 * r0 + 3, act] @ np.minimum(x, self.car_max[act])
         on = drawn > 0
+        same = not first and self._part is not None and self._part[0] == k and len(self._part[1]) == len(act)
+        if same:
+            # The worst part of the step counts for the fuses, offers and unbalance: a mean over
+            # the step would hide a part's overload.
+            np.maximum(self.fuse_a[k], fuse, out=self.fuse_a[k])
+            self.cars_ph_a[k] = self.fuse_a[k, 3 * r0 : 3 * r0 + 3]
+            np.maximum(self.offered_ph_a[k], offered_ph, out=self.offered_ph_a[k])
+            self.charging_kw[k] += float(e.sum() / self.dt_h)
+            self.offered_sum_a[k] = max(self.offered_sum_a[k], float(x.sum()))
+            self.unbalance_a[k] = max(self.unbalance_a[k], float(cars.max() - cars.min()))
+            on = on | self._part[1]
+        else:
+            self.fuse_a[k] = fuse
+            self.cars_ph_a[k] = cars
+            self.offered_ph_a[k] = offered_ph
+            self.charging_kw[k] = float(e.sum() / self.dt_h)
+            self.offered_sum_a[k] = float(x.sum())
+            self.unbalance_a[k] = float(cars.max() - cars.min())
+        self._part = (k, on)
         self.n_charging[k] = int(on.sum())
-        if on.any():
-            self._log.append((np.full(int(on.sum()), k), act[on], drawn[on]))
+        part_on = drawn > 0
+        if part_on.any():
+            if dt_h == self.dt_h:
+                self._log.append((np.full(int(part_on.sum()), k), act[part_on], drawn[part_on]))
+            else:  # a part: its share of the step's mean current (draws() sums the parts)
+                self._split = True
+                self._log.append((np.full(int(part_on.sum()), k), act[part_on], drawn[part_on] * (dt_h / self.dt_h)))
 
     # ---- results -----------------------------------------------------------------------------------
     def timeseries(self) -> tuple[pd.DataFrame, float, int, float, np.ndarray]:
@@ -234,7 +298,7 @@ class SimulatedBlock:
         excess = fuse_a - allowed
         # Below a microampere an "excess" is floating-point noise of sums, not an overload.
         max_overload = float(excess.max()) if n_t and excess.max() > _NOISE_A else 0.0
-        unbalance = self.cars_ph_a.max(axis=1) - self.cars_ph_a.min(axis=1) if n_t else np.zeros(0)
+        unbalance = self.unbalance_a  # each step's worst part
         unb_excess = (float(max(0.0, (unbalance - site.max_unbalance_a).max()))
                       if (n_t and site.max_unbalance_a is not None) else 0.0)
         if unb_excess <= _NOISE_A:  # as max_overload: 3.55e-15 A was reported, not 0
@@ -280,6 +344,12 @@ class SimulatedBlock:
         """Long format: time, session_id, current_a [A], power_kw [kW] for every step a car drew."""
         if self._log:
             kk, ss, aa = (np.concatenate(c) for c in zip(*self._log))
+            if self._split:  # one row a car and step: the parts' shares of its mean current add up
+                key = kk.astype(np.int64) * len(self.sid) + ss
+                uniq, inv = np.unique(key, return_inverse=True)
+                mean = np.zeros(len(uniq))
+                np.add.at(mean, inv, aa)
+                kk, ss, aa = uniq // len(self.sid), uniq % len(self.sid), mean
         else:
             kk, ss, aa = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
         return pd.DataFrame({"time": self.grid[kk], "session_id": self.sid[ss], "current_a": aa,
