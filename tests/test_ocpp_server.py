@@ -90,9 +90,12 @@ async def test_every_running_transaction_gets_a_safe_txprofile_within_5_s(versio
             # pilot step restarted (1.5 to 18.7 s, over 30 s in CI).
             await eventually(lambda: cs.controller.loop.learnt >= {f"CP{i}:{tx}" for i, tx in zip((1, 2, 3), txs)}
                              and not cs.controller.loop.reserve_a, timeout_s=5.0 + 2 * 10.0 + 10.0)
-            # equal shares of the 40 A fuse, the last pilot steps of room to the first in turn
+            # equal shares of the 40 A fuse, the last pilot steps of room to the first in turn; an excess
+            # over-estimated from a car read while it came down from its TxDefault falls at its next two
+            # readings at a lowered limit (or a settled one): two meter intervals more, and CI load
             await eventually(lambda: all(s.applied_limit_a() is not None for s in sims)
-                             and sum(s.applied_limit_a() for s in sims) == pytest.approx(40.0))
+                             and sum(s.applied_limit_a() for s in sims) == pytest.approx(40.0),
+                             timeout_s=2 * 10.0 + 10.0)
             applied = np.array([s.applied_limit_a() for s in sims])
             assert applied.max() - applied.min() <= step + 1e-9
             assert applied.min() == pytest.approx(13.3 if version == "1.6" else 13.0)
