@@ -522,6 +522,7 @@ def _unbalanced_block(excess_a: float):
     block = SimulatedBlock(scn, step=pd.Timedelta("1h"), horizon=pd.Timedelta("2h"), start=start,
                            end=start + pd.Timedelta("2h"))
     block.cars_ph_a[0] = [20.0 + excess_a, 0.0, 0.0]  # the cars' unbalance on the grid connection
+    block.unbalance_a[0] = 20.0 + excess_a  # as apply records it, the step's worst part (7d3a6e7)
     return block.timeseries()[3]
 
 
