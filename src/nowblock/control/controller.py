@@ -269,8 +269,7 @@ class Controller:
         self.sender = Dispatcher(central, self.loop, self.escalation, cfg.loop,
                                  profile_validity_s=self.profile_validity_s, readback_s=cfg.readback_s,
                                  spawn=self.failsafe.spawn, alarm=self._alarms.raise_alarm,
-                                 step_gap_s=lambda: self._step_gap_s, send_wait_s=cfg.send_wait_s,
-                                 should_yield=lambda: self._wake.is_set())
+                                 step_gap_s=lambda: self._step_gap_s, send_wait_s=cfg.send_wait_s)
         self._needs_fit_at: pd.Timestamp | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()

@@ -72,15 +72,11 @@ class Dispatcher:
         nothing more until it answers; its send goes on in the background. Without this bound
         one silent charger held every step, and every other charger's limit, for the 90 s of its
         fallback chain's time-outs.
-    should_yield : callable, optional
-        True when a step is called for (the controller's wake-up): the raises waiting for a
-        lowered car to follow are left to the next step, which waits for it again (rev2 F-A).
     """
 
     def __init__(self, central, loop: ControlStep, escalation: Escalation, settings: cl.LoopSettings, *,
                  profile_validity_s: float, readback_s: float, spawn: Callable, alarm: Callable,
-                 step_gap_s: Callable[[], float], send_wait_s: float = 2.5,
-                 should_yield: Callable[[], bool] | None = None) -> None:
+                 step_gap_s: Callable[[], float], send_wait_s: float = 2.5) -> None:
         self.central = central
         self.state = central.state
         self.loop = loop
@@ -91,7 +87,6 @@ class Dispatcher:
         self._spawn = spawn
         self._alarm = alarm
         self._step_gap_s = step_gap_s
-        self._should_yield = should_yield
         self._read_at: dict[str, pd.Timestamp] = {}  # session -> when its applied limit was last asked
         self.station_max: dict[str, StationMax] = {}  # station -> the maximum kept on it (escalation)
         if not send_wait_s > 0:
@@ -133,7 +128,9 @@ class Dispatcher:
         # flooded. A lower one goes out at once: a car drawing more than its limit in proportion
         # draws less at a lower limit (the step divides its share by what it draws over it), and
         # one ignoring its limit is lowered a few times, to 0 A, then held.
-        # Not one booked LONG_AGO: its station dropped, may have lost its profile (rev3 F1).
+        # Not one booked LONG_AGO: its station dropped and may have lost its profiles, so what
+        # it applies is unknown; held, a station back without them let its car draw 16 A on a
+        # 19 A grid for 8 s (review rev3, session 39).
         hold = [s for s in doubt if s not in resend and s in self.loop.sent
                 and float(targets[s]) >= self.loop.sent[s][0] - 1e-6 and self.loop.sent[s][1] != LONG_AGO]
         # A station maximum kept above the step's limits at its station lets the car that does
@@ -235,9 +232,6 @@ class Dispatcher:
                 # A car that started meanwhile waits for this step: its step plans the raises
                 # again, and they wait there for the same lowered cars.
                 log.info("raises of %s left to the next step: a new transaction started", ", ".join(room.waiting))
-                return out
-            if self._should_yield is not None and self._should_yield():
-                log.info("raises of %s left to the next step: a step is called for", ", ".join(room.waiting))
                 return out
             await asyncio.sleep(self.follow_poll_s)
             for s in self._forget_followed(ctx):
